@@ -1,0 +1,1 @@
+"""The Proxmox-compatible HTTPS API: method registry, validation, auth, server."""

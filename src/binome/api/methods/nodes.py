@@ -1,0 +1,74 @@
+"""Node methods: the node list, one node's status, and the node part of /cluster/resources."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from binome.api.context import RequestContext
+from binome.api.methods.common import NODE
+from binome.api.registry import ANY_USER, CliSpec, privs, registry
+from binome.api.schema import Param
+
+
+async def node_entries(ctx: RequestContext) -> list[dict[str, Any]]:
+    services = ctx.services
+    cluster = services.cluster
+    cfg = services.config
+    if not cluster.is_member:
+        return [{"node": cfg.name, "status": "online", "level": "", "id": f"node/{cfg.name}",
+                 "type": "node", "ssl_fingerprint": cluster.fingerprint(),
+                 **services.host.summary()}]
+    stats = await cluster.node_stats()
+    out = []
+    for name, rec in sorted(cluster.node_records.items()):
+        if rec.get("role") == "witness":
+            continue
+        online = cluster.node_online(name)
+        entry: dict[str, Any] = {"node": name, "status": "online" if online else "offline",
+                                 "level": "", "id": f"node/{name}", "type": "node",
+                                 "ssl_fingerprint": rec.get("fingerprint", "")}
+        if name == cfg.name:
+            entry.update(services.host.summary())
+        elif online and name in stats:
+            entry.update(stats[name])
+        out.append(entry)
+    return out
+
+
+@registry.register(
+    "GET", "/nodes", name="list_nodes", permission=ANY_USER,
+    description="Cluster node index (witnesses host no guests and are not listed).",
+    returns={"type": "array", "items": {"type": "object"}},
+    cli=CliSpec(("node", "list"), formatter="table:node,status,cpu,maxcpu,mem,maxmem,uptime"),
+)
+async def list_nodes(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
+    return await node_entries(ctx)
+
+
+@registry.register(
+    "GET", "/nodes/{node}/status", name="node_status", permission=privs("Sys.Audit",
+                                                                       path="/nodes/{node}"),
+    description="Read node status: CPU, memory, load, uptime, versions.",
+    parameters={"node": NODE}, proxyto="node",
+    returns={"type": "object"},
+    cli=CliSpec(("node", "status"), positional=("node",)),
+)
+async def node_status(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    return ctx.services.host.status()
+
+
+@registry.register(
+    "GET", "/cluster/resources", name="cluster_resources", permission=ANY_USER,
+    description="Resources index (cluster wide): nodes now; guests and storage as they come.",
+    parameters={"type": Param(optional=True, enum=("vm", "storage", "node", "sdn"),
+                              description="Resource type.")},
+    returns={"type": "array", "items": {"type": "object"}},
+    cli=CliSpec(("cluster", "resources"), formatter="table:id,type,node,status"),
+)
+async def cluster_resources(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
+    kind = params.get("type")
+    out: list[dict[str, Any]] = []
+    if kind in (None, "node"):
+        for n in await node_entries(ctx):
+            out.append({k: v for k, v in n.items() if k != "ssl_fingerprint"})
+    return out

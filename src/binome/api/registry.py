@@ -1,0 +1,142 @@
+"""The schema-driven method registry: each API method is declared once.
+
+A declaration (HTTP method, path, parameters, returns, permission, handler,
+optional CLI binding) gives: the route and its dispatch, parameter validation
+with PVE-style errors, the permission check, proxying to the node named in the
+path, the OpenAPI document, and the CLI's subcommand with its `--help`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from binome.api.errors import NotImplementedMethod
+from binome.api.schema import Param
+
+if TYPE_CHECKING:
+    from binome.api.context import RequestContext
+
+Handler = Callable[["RequestContext", dict[str, Any]], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Permission:
+    """Who may call a method: `world` (no login), any logged-in `user`, or privileges on a path.
+
+    `path` may use the method's parameters, e.g. "/nodes/{node}".
+    """
+
+    privs: tuple[str, ...] = ()
+    path: str = "/"
+    user: str | None = None      # "world" | "all" | None (privileges needed)
+
+    def describe(self) -> str:
+        if self.user == "world":
+            return "public"
+        if self.user == "all":
+            return "any authenticated user"
+        return f"{', '.join(self.privs)} on {self.path}"
+
+
+WORLD = Permission(user="world")
+ANY_USER = Permission(user="all")
+
+
+def privs(*names: str, path: str = "/") -> Permission:
+    return Permission(privs=tuple(names), path=path)
+
+
+@dataclass(frozen=True)
+class CliSpec:
+    """How a method appears in the `binome` command line."""
+
+    command: tuple[str, ...]
+    positional: tuple[str, ...] = ()
+    formatter: str | None = None
+    confirm: str | None = None   # a warning shown before running; needs --yes or typing "yes"
+    help: str | None = None
+    fixed: tuple[tuple[str, str], ...] = ()   # parameters this command always sends
+
+
+@dataclass(frozen=True)
+class WithTotal:
+    """A list result that also carries PVE's top-level `total`."""
+
+    data: list[Any]
+    total: int
+
+
+@dataclass
+class ApiMethod:
+    method: str
+    path: str
+    name: str
+    description: str
+    handler: Handler
+    parameters: dict[str, Param] = field(default_factory=dict)
+    returns: dict[str, Any] = field(default_factory=lambda: {"type": "null"})
+    permission: Permission = ANY_USER
+    proxyto: str | None = None
+    cli: tuple[CliSpec, ...] = ()
+    allowtoken: bool = True
+
+    @property
+    def segments(self) -> list[str]:
+        return [s for s in self.path.split("/") if s]
+
+    @property
+    def path_params(self) -> list[str]:
+        return [s[1:-1] for s in self.segments if s.startswith("{")]
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.methods: list[ApiMethod] = []
+
+    def register(self, method: str, path: str, *, name: str, description: str,
+                 parameters: dict[str, Param] | None = None,
+                 returns: dict[str, Any] | None = None,
+                 permission: Permission = ANY_USER, proxyto: str | None = None,
+                 cli: CliSpec | tuple[CliSpec, ...] = (), allowtoken: bool = True
+                 ) -> Callable[[Handler], Handler]:
+        def decorator(handler: Handler) -> Handler:
+            m = ApiMethod(method=method, path=path, name=name, description=description,
+                          handler=handler, parameters=dict(parameters or {}),
+                          returns=returns or {"type": "null"}, permission=permission,
+                          proxyto=proxyto, allowtoken=allowtoken,
+                          cli=(cli,) if isinstance(cli, CliSpec) else tuple(cli))
+            for p in m.path_params:
+                if p not in m.parameters:
+                    raise ValueError(f"{method} {path}: path parameter {p} not declared")
+            if any(x.method == method and x.path == path for x in self.methods):
+                raise ValueError(f"{method} {path} declared twice")
+            self.methods.append(m)
+            return handler
+        return decorator
+
+    def match(self, method: str, path: str) -> tuple[ApiMethod, dict[str, str]]:
+        parts = [unquote(s) for s in path.split("/") if s]
+        for m in self.methods:
+            if m.method != method:
+                continue
+            segs = m.segments
+            if len(segs) != len(parts):
+                continue
+            found: dict[str, str] = {}
+            for seg, part in zip(segs, parts, strict=True):
+                if seg.startswith("{"):
+                    found[seg[1:-1]] = part
+                elif seg != part:
+                    break
+            else:
+                return m, found
+        raise NotImplementedMethod(method, "/" + "/".join(parts))
+
+    def commands(self) -> list[tuple[CliSpec, ApiMethod]]:
+        return [(spec, m) for m in self.methods for spec in m.cli]
+
+
+registry = Registry()

@@ -1,0 +1,230 @@
+"""The aiohttp HTTPS server on port 8006 (and the local unix socket the CLI uses).
+
+Dispatch: match the path in the registry (501 if unknown), authenticate (ticket
+cookie or header; on the unix socket, the peer's uid: root is root@pam), check
+CSRF on writes, validate parameters, proxy to the node named in the path when
+it is not this one, check permissions, run the handler, and answer in PVE's
+envelope with the error text as the HTTP reason phrase.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import ssl
+import struct
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import aiohttp
+from aiohttp import web
+
+from binome.api import auth, openapi
+from binome.api.context import RequestContext
+from binome.api.errors import ApiError, AuthError, PermissionDenied
+from binome.api.registry import ApiMethod, WithTotal, registry
+from binome.api.schema import validate
+
+if TYPE_CHECKING:
+    from binome.daemon.services import Services
+
+log = logging.getLogger("binome.api")
+
+API_PREFIX = "/api2/json"
+OPENAPI_PATH = "/api2/openapi.json"
+
+
+def _reason(message: str) -> str:
+    line = message.strip().splitlines()[0] if message.strip() else "error"
+    return line.encode("latin-1", "replace").decode("latin-1")[:200]
+
+
+def error_response(exc: ApiError) -> web.Response:
+    message = exc.message.strip()
+    status, reason = exc.status, _reason(message)
+    if "\n" in message and status != 400:
+        status, reason = 400, _reason(message)
+    body: dict[str, Any] = {"data": None, "message": message + "\n"}
+    if exc.errors:
+        body["errors"] = exc.errors
+    return web.json_response(body, status=status, reason=reason)
+
+
+def _peer_uid(request: web.Request) -> int | None:
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
+
+
+def _ticket_from(request: web.Request) -> str | None:
+    cookie = request.cookies.get("PVEAuthCookie")
+    if cookie:
+        return unquote(cookie)
+    header = request.headers.get("Authorization", "")
+    for scheme in ("PVEAuthCookie=", "PVEAuthCookie "):
+        if header.startswith(scheme):
+            return unquote(header[len(scheme):])
+    return None
+
+
+class ApiServer:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.app = web.Application(client_max_size=16 * 1024 * 1024)
+        self.app.router.add_route("*", API_PREFIX + "/{tail:.*}", self.dispatch)
+        self.app.router.add_get(OPENAPI_PATH, self.openapi)
+        self.app.router.add_get("/", self.index)
+        self.runner: web.AppRunner | None = None
+        self.ssl_context: ssl.SSLContext | None = None
+        self._client: aiohttp.ClientSession | None = None
+
+    def _make_ssl_context(self) -> ssl.SSLContext:
+        cert, key = self.services.api_cert_paths()
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert, key)
+        return ctx
+
+    def reload_tls(self) -> None:
+        """Serve the current node certificate on new connections (after create/join)."""
+        if self.ssl_context is not None:
+            cert, key = self.services.api_cert_paths()
+            self.ssl_context.load_cert_chain(cert, key)
+
+    async def start(self) -> None:
+        cfg = self.services.config
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        self.ssl_context = self._make_ssl_context()
+        await web.TCPSite(self.runner, cfg.api_bind, cfg.api_port,
+                          ssl_context=self.ssl_context, reuse_address=True).start()
+        sock_path = cfg.api_socket
+        sock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        sock_path.unlink(missing_ok=True)
+        await web.UnixSite(self.runner, str(sock_path)).start()
+        os.chmod(sock_path, 0o600)
+        log.info("API listening on https://%s:%d%s and %s", cfg.api_bind, cfg.api_port,
+                 API_PREFIX, sock_path)
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+        if self.runner is not None:
+            await self.runner.cleanup()
+        self.services.config.api_socket.unlink(missing_ok=True)
+
+    async def index(self, request: web.Request) -> web.Response:
+        text = (f"<!doctype html><title>binome {self.services.config.name}</title>"
+                f"<h1>binome node {self.services.config.name}</h1>"
+                f"<p>API: <a href='{API_PREFIX}/version'>{API_PREFIX}</a>, "
+                f"schema: <a href='{OPENAPI_PATH}'>{OPENAPI_PATH}</a></p>")
+        return web.Response(text=text, content_type="text/html")
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi.document(registry))
+
+    async def _params(self, request: web.Request) -> dict[str, Any]:
+        params: dict[str, Any] = dict(request.query)
+        if request.method in ("POST", "PUT") and request.can_read_body:
+            if request.content_type == "application/json":
+                try:
+                    body = await request.json()
+                except json.JSONDecodeError:
+                    raise ApiError(400, "invalid JSON body") from None
+                if not isinstance(body, dict):
+                    raise ApiError(400, "JSON body must be an object")
+                params.update({k: v for k, v in body.items() if v is not None})
+            else:
+                params.update(dict(await request.post()))
+        return params
+
+    async def _authenticate(self, request: web.Request, method: ApiMethod) -> tuple[str | None,
+                                                                                    bool]:
+        uid = _peer_uid(request)
+        if uid is not None:
+            if uid != 0:
+                raise AuthError("only root may use the local socket")
+            return "root@pam", True
+        if method.permission.user == "world":
+            return None, False
+        ticket = _ticket_from(request)
+        if ticket is None:
+            if request.headers.get("Authorization", "").startswith("PVEAPIToken"):
+                raise AuthError("API tokens are not supported yet")
+            raise AuthError("No ticket")
+        key = await self.services.authkey()
+        user = auth.verify_ticket(key, ticket)
+        if request.method != "GET":
+            token = request.headers.get("CSRFPreventionToken", "")
+            if not auth.verify_csrf_token(key, token, user):
+                raise AuthError("Permission denied - invalid csrf token")
+        return user, False
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = "/" + request.match_info["tail"]
+        try:
+            method, path_params = registry.match(request.method, path)
+            if path_params.get("node") == "localhost":
+                path_params["node"] = self.services.config.name
+            user, via_socket = await self._authenticate(request, method)
+            raw = await self._params(request)
+            raw.update(path_params)
+            params = validate(method.parameters, raw)
+            if method.proxyto and params.get(method.proxyto) not in (None,
+                                                                     self.services.config.name):
+                return await self._proxy(request, params[method.proxyto], path, raw, user)
+            ctx = RequestContext(self.services, user, request, method, via_socket)
+            await self._check_permission(ctx, method, params)
+            result = await method.handler(ctx, params)
+        except ApiError as exc:
+            if exc.status >= 500:
+                log.warning("%s %s: %s", request.method, path, exc.message)
+            return error_response(exc)
+        except Exception as exc:
+            log.exception("%s %s failed", request.method, path)
+            return error_response(ApiError(500, str(exc) or type(exc).__name__))
+        if isinstance(result, web.StreamResponse):
+            return result
+        if isinstance(result, WithTotal):
+            return web.json_response({"data": result.data, "total": result.total})
+        return web.json_response({"data": result})
+
+    async def _check_permission(self, ctx: RequestContext, method: ApiMethod,
+                                params: dict[str, Any]) -> None:
+        perm = method.permission
+        if perm.user in ("world", "all"):
+            return
+        if await self.services.is_superuser(ctx.userid):
+            return
+        path = perm.path.format(**params)
+        raise PermissionDenied(f"{path}, {'|'.join(perm.privs)}")
+
+    async def _proxy(self, request: web.Request, node: str, path: str, raw: dict[str, Any],
+                     user: str | None) -> web.Response:
+        """Forward to the node named in the path, as the same user."""
+        base = await self.services.node_api_url(node)
+        if self._client is None:
+            self._client = aiohttp.ClientSession()
+        headers = {}
+        if user is not None:
+            key = await self.services.authkey()
+            headers["Authorization"] = "PVEAuthCookie=" + auth.make_ticket(key, user)
+            headers["CSRFPreventionToken"] = auth.make_csrf_token(key, user)
+        data = None if request.method in ("GET", "DELETE") else {
+            k: str(v) for k, v in raw.items()}
+        query = dict(request.query) if request.method in ("GET", "DELETE") else None
+        try:
+            async with self._client.request(
+                request.method, base + API_PREFIX + path, params=query, data=data,
+                headers=headers, ssl=self.services.cluster_ssl_context(),
+                timeout=aiohttp.ClientTimeout(total=60),
+            ) as upstream:
+                body = await upstream.read()
+                return web.Response(body=body, status=upstream.status, reason=upstream.reason,
+                                    content_type="application/json")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ApiError(595, f"proxy to node '{node}' failed: {exc or 'timeout'}") from exc

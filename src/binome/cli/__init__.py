@@ -1,0 +1,1 @@
+"""The `binome` command line: every command is an API call, built from the method registry."""

@@ -1,0 +1,131 @@
+"""A small synchronous API client for the CLI.
+
+Locally it talks to the node's unix socket (root is root@pam, no password);
+with --host it logs in over HTTPS to a remote node, pinning its certificate
+fingerprint when given one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import socket
+import ssl
+import time
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from binome.tasks.upid import Upid
+
+
+class ApiCallError(Exception):
+    def __init__(self, status: int, reason: str, errors: dict[str, str] | None = None) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status, self.reason, self.errors = status, reason, errors or {}
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+class Client:
+    def __init__(self, *, socket_path: str | None = None, host: str | None = None,
+                 port: int = 8006, fingerprint: str | None = None, timeout: float = 120.0
+                 ) -> None:
+        self.socket_path, self.host, self.port = socket_path, host, port
+        self.fingerprint = fingerprint.replace(":", "").lower() if fingerprint else None
+        self.timeout = timeout
+        self.ticket: str | None = None
+        self.csrf: str | None = None
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.host is None:
+            assert self.socket_path
+            return _UnixConnection(self.socket_path, self.timeout)
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE   # we pin the fingerprint ourselves below
+        conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
+                                           context=ctx)
+        if self.fingerprint:
+            conn.connect()
+            assert isinstance(conn.sock, ssl.SSLSocket)
+            der = conn.sock.getpeercert(binary_form=True) or b""
+            if hashlib.sha256(der).hexdigest() != self.fingerprint:
+                conn.close()
+                raise ApiCallError(0, f"certificate fingerprint mismatch for {self.host}")
+        return conn
+
+    def login(self, user: str, password: str) -> None:
+        data = self.call("POST", "/access/ticket", {"username": user, "password": password})
+        self.ticket, self.csrf = data["ticket"], data["CSRFPreventionToken"]
+
+    def call(self, method: str, path: str, params: dict[str, Any] | None = None,
+             *, with_total: bool = False) -> Any:
+        params = {k: _form(v) for k, v in (params or {}).items() if v is not None}
+        url = "/api2/json" + quote(path)
+        body = None
+        headers = {"Accept": "application/json"}
+        if method in ("GET", "DELETE"):
+            if params:
+                url += "?" + urlencode(params)
+        else:
+            body = urlencode(params)
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        if self.ticket:
+            headers["Cookie"] = f"PVEAuthCookie={quote(self.ticket, safe='')}"
+            if method != "GET":
+                headers["CSRFPreventionToken"] = self.csrf or ""
+        conn = self._connection()
+        try:
+            conn.request(method, url, body=body, headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+        finally:
+            conn.close()
+        try:
+            payload = json.loads(raw) if raw else {}
+        except json.JSONDecodeError:
+            payload = {}
+        if response.status != 200:
+            raise ApiCallError(response.status, response.reason, payload.get("errors"))
+        if with_total:
+            return payload.get("data"), payload.get("total")
+        return payload.get("data")
+
+    def wait_task(self, upid: str, on_line=None, poll: float = 0.3) -> dict[str, Any]:
+        """Poll a task until it stops, feeding new log lines to `on_line`."""
+        node = Upid.parse(upid).node
+        base = f"/nodes/{node}/tasks/{upid}"
+        seen = 0
+        while True:
+            status = self.call("GET", base + "/status")
+            lines, _total = self.call("GET", base + "/log", {"start": seen, "limit": 0},
+                                      with_total=True)
+            for line in lines or []:
+                seen = line["n"]
+                if on_line:
+                    on_line(line["t"])
+            if status["status"] == "stopped":
+                lines, _ = self.call("GET", base + "/log", {"start": seen, "limit": 0},
+                                     with_total=True)
+                for line in lines or []:
+                    if on_line:
+                        on_line(line["t"])
+                return status
+            time.sleep(poll)
+
+
+def _form(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)

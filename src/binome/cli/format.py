@@ -1,0 +1,140 @@
+"""Text renderings of API results, in the spirit of pvecm / qm / ha-manager outputs."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def render(data: Any, formatter: str | None, output_format: str) -> str:
+    if output_format == "json":
+        return json.dumps(data, separators=(",", ":"), sort_keys=True)
+    if output_format == "json-pretty":
+        return json.dumps(data, indent=4, sort_keys=True)
+    if formatter and formatter.startswith("table:"):
+        return table(data or [], formatter[len("table:"):].split(","))
+    if formatter in FORMATTERS:
+        return FORMATTERS[formatter](data)
+    return default(data)
+
+
+def default(data: Any) -> str:
+    if data is None:
+        return ""
+    if isinstance(data, list):
+        if data and all(isinstance(x, dict) for x in data):
+            columns = list(dict.fromkeys(k for row in data for k in row))
+            return table(data, columns)
+        return "\n".join(str(x) for x in data)
+    if isinstance(data, dict):
+        width = max((len(k) for k in data), default=0)
+        return "\n".join(f"{k + ':':<{width + 1}} {_cell(v)}" for k, v in sorted(data.items()))
+    return str(data)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    if value is None:
+        return ""
+    return str(value)
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+              for r in cells]
+    return "\n".join(lines)
+
+
+def cluster_status(entries: list[dict[str, Any]]) -> str:
+    cluster = next((e for e in entries if e["type"] == "cluster"), None)
+    members = [e for e in entries if e["type"] != "cluster"]
+    if cluster is None:
+        local = members[0]["name"] if members else "?"
+        return (f"Node {local} is not part of a cluster.\n"
+                f"Create one with 'binome cluster create NAME' or join one with "
+                f"'binome cluster join ADDRESS --fingerprint SHA256'.")
+    out = [
+        "Cluster information", "-------------------",
+        f"Name:             {cluster['name']}",
+        f"Config Version:   {cluster['version']}",
+        f"Transport:        {cluster['transport']}",
+        "",
+        "Votequorum information", "----------------------",
+        f"Date:             {time.strftime('%a %b %d %H:%M:%S %Y')}",
+        f"Nodes:            {cluster['nodes']}",
+        f"Expected votes:   {cluster['expected_votes']}",
+        f"Total votes:      {cluster['total_votes']}",
+        f"Quorum:           {cluster['quorum']}{'' if cluster['quorate'] else '  Activity blocked'}",
+        f"Quorate:          {'Yes' if cluster['quorate'] else 'No'}",
+        f"Flags:            {cluster['flags'] or '-'}",
+        "",
+        "Membership information", "----------------------",
+        f"{'Nodeid':>10} {'Votes':>6}  {'Role':<8} {'Name'}",
+    ]
+    for m in members:
+        notes = []
+        if m.get("local"):
+            notes.append("(local)")
+        if not m.get("online"):
+            notes.append("(offline)")
+        if m.get("learner"):
+            notes.append("(joining)")
+        out.append(f"{m['nodeid']:>10} {m['votes']:>6}  {m['role']:<8} {m['name']} "
+                   f"{' '.join(notes)}".rstrip())
+    for warning in cluster.get("warnings") or []:
+        out.append(f"\nWARNING: {warning}")
+    return "\n".join(out)
+
+
+def witness_status(entries: list[dict[str, Any]]) -> str:
+    cluster = next((e for e in entries if e["type"] == "cluster"), None)
+    me = next((e for e in entries if e.get("local")), None)
+    if cluster is None or me is None:
+        return "This machine is not part of a cluster (join one with 'binome witness join')."
+    lines = [f"{'Witness' if me['role'] == 'witness' else 'Node'} {me['name']} of cluster "
+             f"'{cluster['name']}' (config version {cluster['version']})",
+             f"Vote:     {me['votes']} ({'online' if me['online'] else 'offline'})",
+             f"Quorate:  {'Yes' if cluster['quorate'] else 'No'} "
+             f"({cluster['total_votes']} of {cluster['expected_votes']} votes, "
+             f"{cluster['quorum']} needed)",
+             "Sees:"]
+    for e in entries:
+        if e["type"] == "cluster" or e.get("local"):
+            continue
+        lines.append(f"  {e['name']:<16} {e['role']:<8} "
+                     f"{'online' if e['online'] else 'OFFLINE'}")
+    return "\n".join(lines)
+
+
+def cluster_nodes(rows: list[dict[str, Any]]) -> str:
+    return table(rows, ["nodeid", "quorum_votes", "name", "role", "ring0_addr",
+                        "replication_addr", "state", "online"])
+
+
+def cluster_log(rows: list[dict[str, Any]]) -> str:
+    out = []
+    for e in reversed(rows):
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["time"]))
+        level = {0: "EMERG", 1: "ALERT", 2: "CRIT", 3: "ERROR", 4: "WARN"}.get(e["pri"], "")
+        out.append(f"{stamp} {e['node']} {e['tag']}[{e['user']}]: "
+                   f"{level + ': ' if level else ''}{e['msg']}")
+    return "\n".join(out)
+
+
+def task_log(rows: list[dict[str, Any]]) -> str:
+    return "\n".join(r["t"] for r in rows)
+
+
+FORMATTERS: dict[str, Callable[[Any], str]] = {
+    "cluster_status": cluster_status,
+    "witness_status": witness_status,
+    "cluster_nodes": cluster_nodes,
+    "cluster_log": cluster_log,
+    "task_log": task_log,
+}

@@ -1,0 +1,255 @@
+"""`binome`: the command line. Subcommands come from the API method registry.
+
+Each registered method with a CLI binding becomes `binome <group> <verb>`,
+with its parameters as options (or positionals), its description as help, and
+its text rendering; `binome api get|create|set|delete PATH` reaches any method
+(like `pvesh`). Commands that start a task wait for it and print its log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from binome.api.registry import ApiMethod, CliSpec, registry
+from binome.api.schema import Param
+from binome.cli.client import ApiCallError, Client
+from binome.cli.format import render
+from binome.tasks.upid import InvalidUpid, Upid
+
+OUTPUT_FORMATS = ("text", "json", "json-pretty")
+API_VERBS = {"get": "GET", "create": "POST", "set": "PUT", "delete": "DELETE"}
+
+
+def _load_methods() -> None:
+    from binome.api import methods  # noqa: F401  (registers every method)
+
+
+def _common_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("connection and output")
+    s = argparse.SUPPRESS
+    g.add_argument("--output-format", choices=OUTPUT_FORMATS, default=s,
+                   help="output format (default: text)")
+    g.add_argument("--state-dir", default=s, help="local node state directory "
+                   "(default: $BINOME_STATE_DIR or /var/lib/binome)")
+    g.add_argument("--socket", default=s, help="local API socket (default: STATE_DIR/run/api.sock)")
+    g.add_argument("--remote", dest="host", default=s, metavar="HOST",
+                   help="talk to a remote node's API over HTTPS instead")
+    g.add_argument("--remote-port", dest="remote_port", type=int, default=s,
+                   help="remote API port (default 8006)")
+    g.add_argument("--remote-user", dest="login_user", default=s,
+                   help="remote login (user@realm, default root@pam)")
+    g.add_argument("--remote-password-file", dest="login_password_file", default=s,
+                   help="file holding the remote password")
+    g.add_argument("--remote-fingerprint", dest="login_fingerprint", default=s,
+                   help="pin the remote certificate's SHA-256 fingerprint")
+    g.add_argument("--no-wait", action="store_true", default=s,
+                   help="print the UPID of a started task instead of waiting for it")
+    g.add_argument("--yes", action="store_true", default=s,
+                   help="confirm a dangerous operation without asking")
+
+
+def _opt(args: argparse.Namespace, name: str, default: Any = None) -> Any:
+    return getattr(args, name, default)
+
+
+def _bool(text: str) -> str:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return "1"
+    if text.lower() in ("0", "false", "no", "off"):
+        return "0"
+    raise argparse.ArgumentTypeError(f"expected 0/1, got {text!r}")
+
+
+def _add_param(parser: argparse.ArgumentParser, name: str, p: Param, positional: bool) -> None:
+    help_text = p.description or None
+    if p.enum:
+        help_text = f"{help_text or ''} ({'|'.join(p.enum)})".strip()
+    if p.default is not None:
+        help_text = f"{help_text or ''} [default: {p.default}]".strip()
+    dest = "p_" + name.replace("-", "_")
+    if p.secret:
+        parser.add_argument(f"--{name}-file", dest=dest + "_file", metavar="FILE",
+                            help=f"read {name} from FILE ({p.description})")
+        return
+    if positional:
+        parser.add_argument(dest, metavar=name.upper(), nargs="?" if p.optional else None,
+                            help=help_text)
+    elif p.type == "boolean":
+        parser.add_argument(f"--{name}", dest=dest, nargs="?", const="1", type=_bool,
+                            metavar="0|1", help=help_text)
+    else:
+        parser.add_argument(f"--{name}", dest=dest, choices=p.enum, metavar=name.upper(),
+                            help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    _load_methods()
+    parser = argparse.ArgumentParser(prog="binome", description="binome cluster command line")
+    _common_options(parser)
+    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+    nodes: dict[tuple[str, ...], Any] = {(): groups}
+    parsers: dict[tuple[str, ...], argparse.ArgumentParser] = {}
+    for spec, method in sorted(registry.commands(), key=lambda sm: sm[0].command):
+        for depth in range(1, len(spec.command)):
+            prefix = spec.command[:depth]
+            if prefix not in nodes:
+                sub = nodes[prefix[:-1]].add_parser(prefix[-1], help=f"{prefix[-1]} commands")
+                parsers[prefix] = sub
+                nodes[prefix] = sub.add_subparsers(dest="_".join(prefix) + "_cmd",
+                                                   required=True, metavar="COMMAND")
+        leaf = nodes[spec.command[:-1]].add_parser(
+            spec.command[-1], help=spec.help or method.description,
+            description=f"{method.description}\n\nAPI: {method.method} {method.path}",
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+        _common_options(leaf)
+        fixed = dict(spec.fixed)
+        for name, p in method.parameters.items():
+            if name in fixed:
+                continue
+            if name == "node" and name not in spec.positional:
+                leaf.add_argument("--node", dest="p_node", help="node (default: this node)")
+                continue
+            _add_param(leaf, name, p, name in spec.positional)
+        leaf.set_defaults(_spec=spec, _method=method)
+    api = groups.add_parser("api", help="call any API path (like pvesh)")
+    api_verbs = api.add_subparsers(dest="api_cmd", required=True, metavar="VERB")
+    for verb in API_VERBS:
+        vp = api_verbs.add_parser(verb, help=f"{API_VERBS[verb]} an API path")
+        _common_options(vp)
+        vp.add_argument("path", help="API path, e.g. /cluster/status")
+        vp.add_argument("params", nargs="*", metavar="KEY=VALUE", help="parameters")
+        vp.set_defaults(_api_verb=verb)
+    return parser
+
+
+def _socket_path(args: argparse.Namespace) -> str:
+    if _opt(args, "socket"):
+        return args.socket
+    if os.environ.get("BINOME_SOCKET"):
+        return os.environ["BINOME_SOCKET"]
+    state = _opt(args, "state_dir") or os.environ.get("BINOME_STATE_DIR", "/var/lib/binome")
+    return str(Path(state) / "run" / "api.sock")
+
+
+def _read_secret(path: str | None, name: str, required: bool) -> str | None:
+    if path:
+        return Path(path).read_text().rstrip("\n")
+    if not required:
+        return None
+    if sys.stdin.isatty():
+        return getpass.getpass(f"{name}: ")
+    raise SystemExit(f"binome: --{name}-file is required (no terminal to ask on)")
+
+
+def make_client(args: argparse.Namespace) -> Client:
+    host = _opt(args, "host")
+    if host is None:
+        return Client(socket_path=_socket_path(args))
+    client = Client(host=host, port=_opt(args, "remote_port", 8006),
+                    fingerprint=_opt(args, "login_fingerprint"))
+    user = _opt(args, "login_user", "root@pam")
+    password = _read_secret(_opt(args, "login_password_file"), "remote-password", True)
+    assert password is not None
+    client.login(user, password)
+    return client
+
+
+def _confirm(spec: CliSpec, args: argparse.Namespace) -> None:
+    if not spec.confirm:
+        return
+    print(f"WARNING: {spec.confirm}", file=sys.stderr)
+    if _opt(args, "yes"):
+        return
+    if not sys.stdin.isatty():
+        raise SystemExit("binome: refusing without --yes (no terminal to confirm on)")
+    if input("Type 'yes' to continue: ").strip() != "yes":
+        raise SystemExit("binome: aborted")
+
+
+def _collect(method: ApiMethod, spec: CliSpec, args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for name, p in method.parameters.items():
+        dest = "p_" + name.replace("-", "_")
+        if p.secret:
+            value = _read_secret(getattr(args, dest + "_file", None), name, not p.optional)
+        else:
+            value = getattr(args, dest, None)
+        if value is not None:
+            params[name] = value
+    params.update(dict(spec.fixed))
+    if "node" in method.parameters and "node" not in params:
+        upid = params.get("upid")
+        try:
+            params["node"] = Upid.parse(upid).node if upid else "localhost"
+        except InvalidUpid:
+            params["node"] = "localhost"
+    return params
+
+
+def _split(method: ApiMethod, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    path_params = method.path_params
+    path = method.path
+    for name in path_params:
+        path = path.replace("{" + name + "}", quote(str(params[name]), safe=""))
+    return path, {k: v for k, v in params.items() if k not in path_params}
+
+
+def _print_error(exc: ApiCallError) -> int:
+    print(f"binome: {exc.reason} ({exc.status})" if exc.status else f"binome: {exc.reason}",
+          file=sys.stderr)
+    for name, text in sorted(exc.errors.items()):
+        print(f"  {name}: {text}", file=sys.stderr)
+    return 2 if exc.status == 400 else 1
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    output = _opt(args, "output_format", "text")
+    try:
+        client = make_client(args)
+        if hasattr(args, "_api_verb"):
+            params = dict(kv.split("=", 1) for kv in args.params)
+            data = client.call(API_VERBS[args._api_verb], args.path, params)
+            formatter = None
+        else:
+            spec, method = args._spec, args._method
+            _confirm(spec, args)
+            path, params = _split(method, _collect(method, spec, args))
+            data = client.call(method.method, path, params)
+            formatter = spec.formatter
+        if isinstance(data, str) and data.startswith("UPID:") and not _opt(args, "no_wait"):
+            return _wait(client, data, output)
+        text = render(data, formatter, output)
+        if text:
+            print(text)
+        return 0
+    except ApiCallError as exc:
+        return _print_error(exc)
+    except (ConnectionError, FileNotFoundError, OSError) as exc:
+        print(f"binome: cannot reach the node's API: {exc}", file=sys.stderr)
+        return 1
+
+
+def _wait(client: Client, upid: str, output: str) -> int:
+    text = output == "text"
+    if text:
+        print(f"task {upid}", file=sys.stderr, flush=True)
+    status = client.wait_task(upid, on_line=(lambda t: print(t, flush=True)) if text else None)
+    if not text:
+        print(render(status, None, output))
+    return 0 if status.get("exitstatus") == "OK" else 1
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Cluster membership: create / join / leave, node identity, PKI, quorum view, witness."""

@@ -1,0 +1,1 @@
+"""binomed: the node daemon wiring store, cluster, tasks and the API together."""

@@ -1,0 +1,41 @@
+"""Structured log lines (logfmt): `ts=... level=... component=... msg="..." key=value`."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+_STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+def _quote(value: object) -> str:
+    text = str(value)
+    if text == "" or any(c in text for c in ' "=\t\n'):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return text
+
+
+class LogfmtFormatter(logging.Formatter):
+    def __init__(self, node: str) -> None:
+        super().__init__()
+        self.node = node
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
+        parts = [f"ts={ts}.{int(record.msecs):03d}", f"level={record.levelname.lower()}",
+                 f"node={self.node}", f"component={record.name.removeprefix('binome.')}",
+                 f"msg={_quote(record.getMessage())}"]
+        parts += [f"{k}={_quote(v)}" for k, v in vars(record).items() if k not in _STD]
+        if record.exc_info:
+            parts.append(f"exc={_quote(self.formatException(record.exc_info))}")
+        return " ".join(parts)
+
+
+def setup(node: str, level: str = "info") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(LogfmtFormatter(node))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("aiohttp.access", "asyncio", "grpc"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

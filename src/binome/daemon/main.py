@@ -1,0 +1,111 @@
+"""`binomed`: the node daemon.
+
+It serves the API (HTTPS on 8006 and a local unix socket for the CLI), runs
+the node's etcd member as its child once the node belongs to a cluster, keeps
+the node lease alive and watches quorum. The same daemon runs on a witness
+with `--role witness` (no guests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from binome.config import ConfigError, NodeConfig
+
+log = logging.getLogger("binome.daemon")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="binomed", description="binome node daemon")
+    p.add_argument("--state-dir", type=Path, default=Path("/var/lib/binome"),
+                   help="node state directory (default: /var/lib/binome)")
+    p.add_argument("--name", help="node name (first start only; saved in node.json)")
+    p.add_argument("--address", help="cluster network address of this node")
+    p.add_argument("--replication-address", help="replication network address")
+    p.add_argument("--role", choices=("node", "witness"), help="node or witness")
+    p.add_argument("--api-port", type=int, help="API port (default 8006)")
+    p.add_argument("--api-bind", help="API bind address (default 0.0.0.0)")
+    p.add_argument("--etcd-client-port", type=int, help="etcd client port (default 2379)")
+    p.add_argument("--etcd-peer-port", type=int, help="etcd peer port (default 2380)")
+    p.add_argument("--log-level", default=os.environ.get("BINOME_LOG_LEVEL", "info"))
+    return p.parse_args(argv)
+
+
+def load_config(args: argparse.Namespace) -> NodeConfig:
+    overrides = {k: v for k, v in {
+        "name": args.name, "cluster_address": args.address,
+        "replication_address": args.replication_address, "role": args.role,
+        "api_port": args.api_port, "api_bind": args.api_bind,
+        "etcd_client_port": args.etcd_client_port, "etcd_peer_port": args.etcd_peer_port,
+    }.items() if v is not None}
+    path = args.state_dir / "node.json"
+    if path.exists():
+        cfg = NodeConfig.load(args.state_dir)
+        if "name" in overrides and overrides["name"] != cfg.name:
+            raise ConfigError(f"name: this state directory belongs to node '{cfg.name}'")
+        data = cfg.to_dict() | overrides
+        data["timers"] = cfg.to_dict()["timers"]
+        cfg = NodeConfig.from_dict(data)
+    else:
+        if "name" not in overrides or "cluster_address" not in overrides:
+            raise ConfigError("first start: --name and --address are required")
+        cfg = NodeConfig(state_dir=args.state_dir, **overrides)
+    cfg.save()
+    return cfg
+
+
+async def run(cfg: NodeConfig) -> None:
+    from binome.api import methods  # noqa: F401  (registers the API methods)
+    from binome.api.server import ApiServer
+    from binome.daemon.services import Services
+
+    services = Services(cfg)
+    server = ApiServer(services)
+
+    def tls_changed() -> None:
+        services.tls_changed()
+        server.reload_tls()
+
+    services.cluster.on_tls_change = tls_changed
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    pidfile = cfg.run_dir / "binomed.pid"
+    cfg.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pidfile.write_text(f"{os.getpid()}\n")
+    await server.start()
+    try:
+        await services.cluster.start()
+        log.info("binomed ready", extra={"role": cfg.role,
+                                         "cluster": services.cluster.cluster_name or "-"})
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await server.stop()
+        await services.tasks.shutdown()
+        await services.cluster.stop()
+        pidfile.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    from binome.daemon import logfmt
+
+    try:
+        cfg = load_config(args)
+    except (ConfigError, ValueError) as exc:
+        print(f"binomed: {exc}", file=sys.stderr)
+        sys.exit(2)
+    logfmt.setup(cfg.name, args.log_level)
+    asyncio.run(run(cfg))
+
+
+if __name__ == "__main__":
+    main()

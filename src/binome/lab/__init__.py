@@ -1,0 +1,1 @@
+"""Lab tooling: throwaway guests, namespaces and test rigs for binome."""

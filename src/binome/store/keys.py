@@ -1,0 +1,44 @@
+"""The etcd key layout: every key binome writes is built here, nowhere else."""
+
+from __future__ import annotations
+
+ROOT = "/binome"
+
+CLUSTER = f"{ROOT}/cluster"                # name, config_version, settings (JSON)
+NODES = f"{ROOT}/nodes/"                   # static node records, one per node/witness
+ALIVE = f"{ROOT}/alive/"                   # bound to each node's lease
+NODE_STATS = f"{ROOT}/nodestats/"          # cpu/mem/uptime, bound to the node lease
+PKI_CA = f"{ROOT}/pki/ca"                  # cluster CA certificate and key
+ACCESS_AUTHKEY = f"{ROOT}/access/authkey"  # ticket/CSRF signing secret
+ACCESS_USERS = f"{ROOT}/access/users/"
+ACCESS_ACL = f"{ROOT}/access/acl"
+CLUSTER_LOG = f"{ROOT}/clusterlog/"
+CONFIG_NODES = f"{ROOT}/config/nodes/"     # per-node guest configs (next issues)
+TASKS = f"{ROOT}/tasks/"
+
+
+def node(name: str) -> str:
+    return f"{NODES}{name}"
+
+
+def alive(name: str) -> str:
+    return f"{ALIVE}{name}"
+
+
+def user(userid: str) -> str:
+    return f"{ACCESS_USERS}{userid}"
+
+
+def node_config_prefix(name: str) -> str:
+    """Everything a node owns (guest configs); delnode refuses while non-empty."""
+    return f"{CONFIG_NODES}{name}/"
+
+
+def cluster_log(entry_id: str) -> str:
+    return f"{CLUSTER_LOG}{entry_id}"
+
+
+def prefix_end(prefix: str) -> str:
+    """The exclusive range end of a prefix, as etcd's range API wants it."""
+    raw = prefix.encode()
+    return (raw[:-1] + bytes([raw[-1] + 1])).decode()

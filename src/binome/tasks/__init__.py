@@ -1,0 +1,1 @@
+"""Tasks: Proxmox-format UPIDs, task execution with logs, and the cluster log."""

@@ -1,0 +1,208 @@
+"""The HTTPS API as Proxmox clients use it: tickets, CSRF, errors, proxying, proxmoxer."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import uuid
+
+import pytest
+import requests
+import urllib3
+
+from tests.integration.harness import PASSWORD, Cluster
+
+urllib3.disable_warnings()
+
+
+def base(cluster: Cluster, node: str = "n1") -> str:
+    return f"https://{cluster[node].address}:8006/api2/json"
+
+
+def login(cluster: Cluster, user: str = "admin@pve", password: str = PASSWORD):
+    r = requests.post(base(cluster) + "/access/ticket",
+                      data={"username": user, "password": password}, verify=False, timeout=10)
+    return r
+
+
+@pytest.fixture(scope="module")
+def session(cluster: Cluster) -> requests.Session:
+    r = login(cluster)
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    assert data["username"] == "admin@pve" and data["clustername"] == "itest"
+    s = requests.Session()
+    s.verify = False
+    s.trust_env = False  # a CA bundle in the environment would override verify=False
+    s.cookies.set("PVEAuthCookie", data["ticket"])
+    s.headers["CSRFPreventionToken"] = data["CSRFPreventionToken"]
+    return s
+
+
+def test_ticket_login_and_failures(cluster: Cluster) -> None:
+    r = login(cluster, password="wrong-password")
+    assert r.status_code == 401 and r.reason == "authentication failure"
+    assert r.json()["data"] is None and "errors" not in r.json()
+    assert login(cluster, user="nobody@pve").status_code == 401
+    assert login(cluster, user="admin@nosuchrealm").status_code == 401
+    ticket = login(cluster).json()["data"]["ticket"]
+    assert ticket.startswith("PVE:admin@pve:") and "::" in ticket
+    renewed = login(cluster, password=ticket)
+    assert renewed.status_code == 200 and renewed.json()["data"]["ticket"].startswith("PVE:")
+    # a ticket issued by n1 is valid on n2 (the signing key is cluster-wide)
+    r = requests.get(base(cluster, "n2") + "/version", cookies={"PVEAuthCookie": ticket},
+                     verify=False, timeout=10)
+    assert r.status_code == 200
+
+
+def test_unauthenticated_is_401(cluster: Cluster) -> None:
+    r = requests.get(base(cluster) + "/cluster/status", verify=False, timeout=10)
+    assert r.status_code == 401 and r.reason == "No ticket"
+    r = requests.get(base(cluster) + "/version", verify=False, timeout=10,
+                     headers={"Authorization": "PVEAuthCookie=PVE:admin@pve:00000000::forged"})
+    assert r.status_code == 401
+
+
+def test_authorization_header_and_version(cluster: Cluster, session) -> None:
+    ticket = session.cookies["PVEAuthCookie"]
+    r = requests.get(base(cluster) + "/version", verify=False, timeout=10,
+                     headers={"Authorization": f"PVEAuthCookie={ticket}"})
+    data = r.json()["data"]
+    assert r.status_code == 200 and data["version"].startswith("8.") and data["release"]
+
+
+def test_csrf_required_on_post(cluster: Cluster, session) -> None:
+    ticket = session.cookies["PVEAuthCookie"]
+    r = requests.post(base(cluster) + "/cluster/config", data={"clustername": "other"},
+                      cookies={"PVEAuthCookie": ticket}, verify=False, timeout=10)
+    assert r.status_code == 401 and "csrf" in r.reason
+    r = requests.post(base(cluster) + "/cluster/config", data={"clustername": "other"},
+                      cookies={"PVEAuthCookie": ticket}, verify=False, timeout=10,
+                      headers={"CSRFPreventionToken": "00000000:bogus"})
+    assert r.status_code == 401
+
+
+def test_bad_parameters_are_400_with_errors_and_change_nothing(cluster: Cluster,
+                                                                session) -> None:
+    r = session.post(base(cluster) + "/cluster/config",
+                     data={"clustername": "bad name!", "bogus": "1"}, timeout=10)
+    assert r.status_code == 400 and r.reason == "Parameter verification failed."
+    errors = r.json()["errors"]
+    assert set(errors) == {"clustername", "bogus"}
+    assert "invalid cluster name" in errors["clustername"]
+    assert "not defined in schema" in errors["bogus"]
+    r = session.get(base(cluster) + "/cluster/log", params={"max": "0"}, timeout=10)
+    assert r.status_code == 400 and "minimum value of 1" in r.json()["errors"]["max"]
+    r = session.post(base(cluster) + "/cluster/config/expected", data={"expected": "x"},
+                     timeout=10)
+    assert r.status_code == 400 and "integer" in r.json()["errors"]["expected"]
+    # a valid request that the node refuses: 500 with the message as reason phrase
+    r = session.post(base(cluster) + "/cluster/config", data={"clustername": "other"},
+                     timeout=10)
+    assert r.status_code == 500 and r.reason == "this node already belongs to cluster 'itest'"
+    assert r.json()["message"] == "this node already belongs to cluster 'itest'\n"
+    status = session.get(base(cluster) + "/cluster/status", timeout=10).json()["data"]
+    assert status[0]["name"] == "itest"
+
+
+def test_unknown_path_is_501(cluster: Cluster, session) -> None:
+    r = session.get(base(cluster) + "/nosuch/thing", timeout=10)
+    assert r.status_code == 501 and r.reason == "Method 'GET /nosuch/thing' not implemented"
+    r = session.put(base(cluster) + "/version", timeout=10)
+    assert r.status_code == 501
+
+
+def test_cluster_status_shape(cluster: Cluster, session) -> None:
+    data = session.get(base(cluster) + "/cluster/status", timeout=10).json()["data"]
+    head = data[0]
+    assert head["type"] == "cluster" and head["id"] == "cluster" and head["quorate"] == 1
+    assert isinstance(head["version"], int) and head["nodes"] == 2
+    nodes = [e for e in data if e["type"] == "node"]
+    assert {n["name"] for n in nodes} == {"n1", "n2"}
+    for n in nodes:
+        assert n["id"] == f"node/{n['name']}" and n["online"] == 1
+        assert isinstance(n["nodeid"], int) and n["ip"]
+    assert [n["local"] for n in nodes if n["name"] == "n1"] == [1]
+
+
+def test_nodes_and_proxying(cluster: Cluster, session) -> None:
+    nodes = session.get(base(cluster) + "/nodes", timeout=10).json()["data"]
+    assert {n["node"] for n in nodes} == {"n1", "n2"}   # the witness hosts no guests
+    for n in nodes:
+        assert n["status"] == "online" and len(n["ssl_fingerprint"]) == 95
+        assert isinstance(n["maxcpu"], int) and n["maxmem"] > 0
+    # /nodes/n2/status asked of n1 is answered by n2
+    st = session.get(base(cluster) + "/nodes/n2/status", timeout=10).json()["data"]
+    assert st["memory"]["total"] > 0 and st["pveversion"].startswith("binome/")
+    assert st["cpuinfo"]["cpus"] >= 1 and len(st["loadavg"]) == 3
+    # n2's join task, seen through n1
+    r = session.get(base(cluster) + "/nodes/n2/tasks", params={"source": "all"}, timeout=10)
+    body = r.json()
+    assert body["total"] >= 1
+    join = next(t for t in body["data"] if t["type"] == "clusterjoin")
+    assert join["node"] == "n2" and join["status"] == "OK"
+    upid = join["upid"]
+    assert upid.startswith("UPID:n2:") and upid.endswith(":") and len(upid.split(":")) == 9
+    st = session.get(base(cluster) + f"/nodes/n2/tasks/{upid}/status", timeout=10)
+    assert st.json()["data"]["status"] == "stopped"
+    assert st.json()["data"]["exitstatus"] == "OK"
+    log = session.get(base(cluster) + f"/nodes/n2/tasks/{upid}/log", timeout=10).json()
+    assert log["data"][-1]["t"] == "TASK OK" and log["total"] == len(log["data"])
+    assert log["data"][0]["n"] == 1
+    r = session.get(base(cluster) + "/nodes/n2/tasks/NOT-A-UPID/status", timeout=10)
+    assert r.status_code == 400 and "upid" in r.json()["errors"]
+    r = session.get(base(cluster) + "/nodes/nosuch/status", timeout=10)
+    assert r.status_code == 500 and "no such cluster node" in r.reason
+
+
+def test_openapi_document(cluster: Cluster) -> None:
+    r = requests.get(f"https://{cluster['n1'].address}:8006/api2/openapi.json", verify=False,
+                     timeout=10)
+    doc = r.json()
+    assert doc["openapi"].startswith("3.")
+    assert "post" in doc["paths"]["/api2/json/access/ticket"]
+    assert "get" in doc["paths"]["/api2/json/nodes/{node}/tasks/{upid}/status"]
+
+
+def test_proxmoxer_client(cluster: Cluster) -> None:
+    from proxmoxer import ProxmoxAPI, ResourceException
+    from proxmoxer.tools import Tasks
+
+    px = ProxmoxAPI(cluster["n1"].address, user="admin@pve", password=PASSWORD,
+                    verify_ssl=False, timeout=10)
+    assert px.version.get()["version"].startswith("8.")
+    assert any(e["type"] == "cluster" for e in px.cluster.status.get())
+    assert {n["node"] for n in px.nodes.get()} == {"n1", "n2"}
+    tasks = px.nodes("n1").tasks.get(source="all")
+    create = next(t for t in tasks if t["type"] == "clustercreate")
+    decoded = Tasks.decode_upid(create["upid"])
+    assert decoded["node"] == "n1" and decoded["type"] == "clustercreate"
+    status = Tasks.blocking_status(px, create["upid"], timeout=5)
+    assert status["status"] == "stopped" and status["exitstatus"] == "OK"
+    with pytest.raises(ResourceException) as excinfo:
+        px.cluster.config.post(clustername="again")
+    assert excinfo.value.status_code == 500
+    assert "already belongs to cluster" in excinfo.value.content
+
+
+@pytest.mark.skipif(shutil.which("useradd") is None, reason="useradd not available")
+def test_pam_authentication_real_path() -> None:
+    """The pam realm goes through the system's PAM stack with a real account."""
+    from binome.api import auth
+
+    name = f"bnt{uuid.uuid4().hex[:8]}"
+    secret = uuid.uuid4().hex
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                   check=True)
+    try:
+        subprocess.run(["chpasswd"], input=f"{name}:{secret}\n", text=True, check=True)
+        assert asyncio.run(auth.pam_authenticate(name, secret)) is True
+        assert asyncio.run(auth.pam_authenticate(name, secret + "x")) is False
+    finally:
+        subprocess.run(["userdel", name], check=False)
+
+
+def test_pam_realm_refuses_wrong_root_password(cluster: Cluster) -> None:
+    r = login(cluster, user="root@pam", password=uuid.uuid4().hex)
+    assert r.status_code == 401

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install the Debian packages binome needs, idempotently (only what is missing).
+set -euo pipefail
+PACKAGES=(etcd-server etcd-client qemu-system-x86 qemu-utils busybox-static iproute2
+          ipmitool cpio iptables iputils-ping curl python3-venv libpam0g)
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$pkg")
+    fi
+done
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+    echo "setup: Debian packages present"
+fi
+# PAM service for the pam realm (root@pam logins through the system's PAM stack).
+if [ ! -f /etc/pam.d/binome ]; then
+    printf '@include common-auth\n@include common-account\n' | $SUDO tee /etc/pam.d/binome >/dev/null
+fi
