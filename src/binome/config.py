@@ -79,7 +79,7 @@ class NodeConfig:
         self.validate()
 
     def validate(self) -> None:
-        if not NODE_NAME_RE.match(self.name):
+        if not NODE_NAME_RE.fullmatch(self.name):
             raise ConfigError(f"name: invalid node name '{self.name}'")
         if self.role not in ROLES:
             raise ConfigError(f"role: must be one of {', '.join(ROLES)}")

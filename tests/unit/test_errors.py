@@ -98,3 +98,10 @@ def test_reason_is_latin1_safe_and_short():
     assert r.reason.startswith("bad ? snowman")
     # the body keeps the full text
     assert body_of(r)["message"].startswith("bad \u2603 snowman")
+
+
+def test_empty_message():
+    r = error_response(ApiError(500, "  "))
+    assert r.status == 500
+    assert r.reason == "error"
+    assert body_of(r) == {"data": None, "message": "\n"}

@@ -147,15 +147,11 @@ def test_to_dict():
     }
 
 
-@pytest.mark.xfail(reason="src bug: _UPID_RE ends in '$', which also matches before a trailing "
-                          "newline, so parse() accepts 'UPID:...:root@pam:\\n'", strict=True)
 def test_trailing_newline_rejected():
     with pytest.raises(InvalidUpid):
         Upid.parse(PVE_EXAMPLE + "\n")
 
 
-@pytest.mark.xfail(reason="src bug: Upid.__post_init__ does not check node, so a node with ':' "
-                          "builds a 10-segment UPID that parse() and proxmoxer reject", strict=True)
 def test_node_with_colon_rejected_at_construction():
     with pytest.raises(InvalidUpid):
         make(node="a:b")

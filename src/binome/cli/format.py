@@ -59,6 +59,7 @@ def cluster_status(entries: list[dict[str, Any]]) -> str:
         return (f"Node {local} is not part of a cluster.\n"
                 f"Create one with 'binome cluster create NAME' or join one with "
                 f"'binome cluster join ADDRESS --fingerprint SHA256'.")
+    blocked = "" if cluster["quorate"] else "  Activity blocked"
     out = [
         "Cluster information", "-------------------",
         f"Name:             {cluster['name']}",
@@ -70,7 +71,7 @@ def cluster_status(entries: list[dict[str, Any]]) -> str:
         f"Nodes:            {cluster['nodes']}",
         f"Expected votes:   {cluster['expected_votes']}",
         f"Total votes:      {cluster['total_votes']}",
-        f"Quorum:           {cluster['quorum']}{'' if cluster['quorate'] else '  Activity blocked'}",
+        f"Quorum:           {cluster['quorum']}{blocked}",
         f"Quorate:          {'Yes' if cluster['quorate'] else 'No'}",
         f"Flags:            {cluster['flags'] or '-'}",
         "",

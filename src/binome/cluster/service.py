@@ -568,6 +568,7 @@ class ClusterService:
                       "fingerprint": pki.fingerprint(cert), "state": "joining",
                       "joined": int(time.time())}
             await store.update(keys.node(name), lambda _old: record, bump_config=True)
+            self.view.checked_at = 0.0   # membership changed: the next reader refreshes
             await self.clusterlog.write(f"admitting {role} {name} ({cluster_address}) as etcd "
                                         f"learner {member.id:x}", tag="cluster", user=user)
             return {

@@ -107,18 +107,26 @@ class TaskManager:
         if not self.index_path.exists():
             return
         interrupted = []
-        for line in self.index_path.read_text().splitlines():
+        text = self.index_path.read_text()
+        if text and not text.endswith("\n"):
+            # a record torn by a crash: terminate it so the next append starts a new line
+            with open(self.index_path, "a") as f:
+                f.write("\n")
+        for line in text.splitlines():
             try:
                 rec = json.loads(line)
                 upid = Upid.parse(rec["upid"])
-            except (ValueError, KeyError):
+                event = rec["event"]
+                if event == "end":
+                    exitstatus, endtime = str(rec["exitstatus"]), int(rec["endtime"])
+            except (ValueError, KeyError, TypeError):
                 continue
             key = str(upid)
-            if rec["event"] == "start":
+            if event == "start":
                 self.records[key] = TaskRecord(upid)
-            elif key in self.records:
+            elif event == "end" and key in self.records:
                 r = self.records[key]
-                r.status, r.exitstatus, r.endtime = "stopped", rec["exitstatus"], rec["endtime"]
+                r.status, r.exitstatus, r.endtime = "stopped", exitstatus, endtime
             if upid.node == self.node:
                 self._serial = max(self._serial, upid.pid)
         for key, r in self.records.items():

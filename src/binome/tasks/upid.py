@@ -34,6 +34,8 @@ class Upid:
     user: str
 
     def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?", self.node):
+            raise InvalidUpid(f"invalid UPID field node: {self.node!r}")
         for name in ("type", "user"):
             value = getattr(self, name)
             if not value or ":" in value or any(c.isspace() for c in value):
@@ -47,7 +49,7 @@ class Upid:
 
     @classmethod
     def parse(cls, text: str) -> Upid:
-        m = _UPID_RE.match(text)
+        m = _UPID_RE.fullmatch(text)
         if not m:
             raise InvalidUpid(f"unable to parse worker upid '{text}'")
         return cls(m["node"], int(m["pid"], 16), int(m["pstart"], 16), int(m["starttime"], 16),
