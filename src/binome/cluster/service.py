@@ -244,10 +244,13 @@ class ClusterService:
     async def _lease_loop(self) -> None:
         t = self.config.timers
         stats_every = max(1, round(5.0 / t.keepalive_interval))
+        trim_every = max(1, round(300.0 / t.keepalive_interval))
         n = 0
         while True:
             try:
                 await self._keepalive_once(publish_stats=(n % stats_every == 0))
+                if n % trim_every == trim_every - 1:
+                    await self.clusterlog.trim()
             except asyncio.CancelledError:
                 raise
             except StoreUnavailable as exc:
