@@ -2,7 +2,7 @@
 # Install the Debian packages binome needs, idempotently (only what is missing).
 set -euo pipefail
 PACKAGES=(etcd-server etcd-client qemu-system-x86 qemu-utils busybox-static iproute2
-          ipmitool cpio iptables iputils-ping curl python3-venv libpam0g)
+          ipmitool cpio iptables iputils-ping curl python3-venv libpam0g fio util-linux)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then

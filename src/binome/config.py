@@ -79,8 +79,10 @@ class NodeConfig:
         self.validate()
 
     def validate(self) -> None:
-        if not NODE_NAME_RE.fullmatch(self.name):
-            raise ConfigError(f"name: invalid node name '{self.name}'")
+        if not NODE_NAME_RE.fullmatch(self.name) or self.name == "localhost":
+            raise ConfigError(f"name: invalid node name '{self.name}'"
+                              + (" ('localhost' means 'this node' in the API)"
+                                 if self.name == "localhost" else ""))
         if self.role not in ROLES:
             raise ConfigError(f"role: must be one of {', '.join(ROLES)}")
         for key in ("cluster_address", "replication_address", "api_bind"):

@@ -273,3 +273,30 @@ def test_half_done_join_never_costs_quorum(fresh_cluster: Cluster) -> None:
     assert n1.quorate()
     n1.cli("cluster", "delnode", "ghost")
     assert "ghost" not in {n["name"] for n in n1.json("cluster", "nodes")}
+
+
+def test_evicted_node_learns_it_and_rejoins_with_force(fresh_cluster: Cluster) -> None:
+    c = fresh_cluster
+    n1, n2, w = c["n1"], c["n2"], c["w"]
+    n2.kill()
+    w.kill()
+    wait_for(lambda: not n1.quorate(), 10, "n1 inquorate")
+    n1.cli("cluster", "expected", "1", "--yes")
+    wait_for(n1.quorate, 20, "n1 quorate alone")
+    # n2 comes back (the witness stays down): its etcd is refused by the survivor
+    n2.start()
+    wait_for(lambda: any("removed from the cluster" in x for x in n2.cluster()["warnings"]),
+             60, "n2 to learn it was evicted")
+    r = n2.cli("cluster", "join", n1.address, "--fingerprint", n1.fingerprint(), "--user",
+               "admin@pve", "--password-file", str(c.password_file), check=False)
+    assert r.returncode != 0 and "--force" in r.stdout + r.stderr
+    n2.cli("cluster", "join", n1.address, "--fingerprint", n1.fingerprint(), "--user",
+           "admin@pve", "--password-file", str(c.password_file), "--force")
+    head = wait_for(lambda: (h := n1.cluster())["total_votes"] == 2 and h, 20, "n2 back")
+    assert head["expected_votes"] == 2 and head["quorate"] == 1
+    assert "ExpectedOverride" not in head["flags"]
+    wait_for(n2.quorate, 10, "n2 quorate")
+    # a quorate, active member refuses --force (it would walk out of a working cluster)
+    r = n2.cli("cluster", "join", n1.address, "--fingerprint", n1.fingerprint(), "--user",
+               "admin@pve", "--password-file", str(c.password_file), "--force", check=False)
+    assert r.returncode != 0 and "active, quorate member" in r.stdout

@@ -118,7 +118,7 @@ async def test_stop_running_task(mgr):
     assert mgr.stop(upid) is True
     await mgr.wait(upid)
     assert mgr.get(upid).exitstatus == "interrupted by signal"
-    assert log_lines(mgr, upid)[-1] == "received interrupt"
+    assert log_lines(mgr, upid)[-2:] == ["received interrupt", "TASK ERROR: interrupted by signal"]
     assert mgr.stop(upid) is False
 
 

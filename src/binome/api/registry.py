@@ -81,7 +81,6 @@ class ApiMethod:
     permission: Permission = ANY_USER
     proxyto: str | None = None
     cli: tuple[CliSpec, ...] = ()
-    allowtoken: bool = True
 
     @property
     def segments(self) -> list[str]:
@@ -100,13 +99,13 @@ class Registry:
                  parameters: dict[str, Param] | None = None,
                  returns: dict[str, Any] | None = None,
                  permission: Permission = ANY_USER, proxyto: str | None = None,
-                 cli: CliSpec | tuple[CliSpec, ...] = (), allowtoken: bool = True
+                 cli: CliSpec | tuple[CliSpec, ...] = ()
                  ) -> Callable[[Handler], Handler]:
         def decorator(handler: Handler) -> Handler:
             m = ApiMethod(method=method, path=path, name=name, description=description,
                           handler=handler, parameters=dict(parameters or {}),
                           returns=returns or {"type": "null"}, permission=permission,
-                          proxyto=proxyto, allowtoken=allowtoken,
+                          proxyto=proxyto,
                           cli=(cli,) if isinstance(cli, CliSpec) else tuple(cli))
             for p in m.path_params:
                 if p not in m.parameters:

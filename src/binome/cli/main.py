@@ -139,7 +139,10 @@ def _socket_path(args: argparse.Namespace) -> str:
 
 def _read_secret(path: str | None, name: str, required: bool) -> str | None:
     if path:
-        return Path(path).read_text().rstrip("\n")
+        try:
+            return Path(path).read_text().rstrip("\n")
+        except OSError as exc:
+            raise SystemExit(f"binome: cannot read {name} file {path}: {exc.strerror}") from None
     if not required:
         return None
     if sys.stdin.isatty():
@@ -215,6 +218,9 @@ def run(argv: list[str] | None = None) -> int:
     try:
         client = make_client(args)
         if hasattr(args, "_api_verb"):
+            bad = [kv for kv in args.params if "=" not in kv]
+            if bad:
+                parser.error(f"parameters must be KEY=VALUE, got: {' '.join(bad)}")
             params = dict(kv.split("=", 1) for kv in args.params)
             data = client.call(API_VERBS[args._api_verb], args.path, params)
             formatter = None

@@ -27,7 +27,6 @@ class MemberView:
 class QuorumView:
     quorate: bool = False
     members: list[MemberView] = field(default_factory=list)
-    leader_id: int = 0
     checked_at: float = 0.0
     override: dict | None = None
 

@@ -54,6 +54,7 @@ class ClusterService:
         self._peer_stores: dict[str, Store] = {}
         self._authkey: bytes | None = None
         self._lock = asyncio.Lock()   # one membership change at a time on this node
+        self._refreshing = asyncio.Lock()   # one quorum view refresh at a time
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -83,23 +84,19 @@ class ClusterService:
         if m is None:
             return
         if m.state != "member":
-            log.warning("membership record in state %r: an interrupted %s; discarding it",
-                        m.state, m.state.rstrip("ing"))
+            log.warning("membership record in state %r: an interrupted create or join; "
+                        "discarding it", m.state)
             await self._discard_local_membership()
             return
         await self._start_member(state="existing")
         self._start_loops()
 
     async def stop(self) -> None:
-        for loop in self._loops:
-            loop.cancel()
-        for loop in self._loops:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await loop
-        self._loops = []
-        if self.store is not None and self._lease_id is not None:
+        lease_id = self._lease_id
+        await self._stop_loops()
+        if self.store is not None and lease_id is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.store.revoke_lease(self._lease_id), 1.0)
+                await asyncio.wait_for(self.store.revoke_lease(lease_id), 1.0)
         for store in [self.store, *self._peer_stores.values()]:
             if store is not None:
                 await store.close()
@@ -167,6 +164,10 @@ class ClusterService:
             await asyncio.sleep(t.quorum_check_interval)
 
     async def refresh_view(self) -> QuorumView:
+        async with self._refreshing:
+            return await self._refresh_view()
+
+    async def _refresh_view(self) -> QuorumView:
         assert self.store is not None
         t = self.config.timers
         was = self.view.quorate if self.view.checked_at else None
@@ -224,6 +225,10 @@ class ClusterService:
             try:
                 status = await store.member_status(timeout=t.quorum_check_timeout)
             except StoreUnavailable:
+                # a fresh channel next time: gRPC's reconnect backoff would otherwise
+                # keep a returning member "offline" for many seconds
+                self._peer_stores.pop(url, None)
+                await store.close()
                 return m.id, False
             return m.id, status["member_id"] == m.id
 
@@ -303,6 +308,14 @@ class ClusterService:
     def status(self) -> dict[str, Any]:
         """The `pvecm status` picture of this node's view."""
         v = self.view
+        warnings = list(v.warnings)
+        if self.etcd is not None and self.etcd.removed:
+            warnings.insert(0, "this node was removed from the cluster (for example by an "
+                               "expected-votes override elsewhere): its etcd member is stopped; "
+                               "rejoin with 'binome cluster join ADDRESS --force ...'")
+        elif self.etcd is not None and self.etcd.pid is None:
+            warnings.insert(0, f"the local etcd member is not running (restarts: "
+                               f"{self.etcd.restarts}); see {self.etcd.log_path}")
         return {
             "name": self.cluster_name,
             "config_version": int(self.cluster_doc.get("config_version", 0)),
@@ -314,7 +327,7 @@ class ClusterService:
             "quorate": v.quorate,
             "flags": v.flags,
             "witness": v.has_witness,
-            "warnings": v.warnings,
+            "warnings": warnings,
             "checked_at": v.checked_at,
             "local": self.config.name,
             "members": [
@@ -334,6 +347,9 @@ class ClusterService:
                 raise TaskFailed(f"this node already belongs to cluster "
                                  f"'{self.membership.cluster_name}'")
             cfg = self.config
+            if cfg.role == "witness":
+                raise TaskFailed("a witness cannot create a cluster; create it on a node and "
+                                 "use 'binome witness join' here")
             task.log(f"creating cluster '{name}' on node {cfg.name}")
             ca_key, ca_cert = pki.create_ca(name)
             node_key = pki.new_key()
@@ -406,19 +422,19 @@ class ClusterService:
 
     # ------------------------------------------------------------------ join (newcomer side)
     async def join(self, task: Task, address: str, fingerprint: str, user: str, password: str,
-                   api_port: int = 8006, force: bool = False) -> None:
+                   api_port: int = 8006, force: bool = False, role: str | None = None) -> None:
         async with self._lock:
             if self.membership is not None:
-                raise TaskFailed(f"this node already belongs to cluster "
-                                 f"'{self.membership.cluster_name}'")
+                await self._leave_for_rejoin(task, force)
             cfg = self.config
+            role = role or cfg.role
             try:
                 fp = pki.normalize_fingerprint(fingerprint)
             except ValueError as exc:
                 raise TaskFailed(str(exc)) from None
             host = f"[{address}]" if ":" in address else address
             base = f"https://{host}:{api_port}/api2/json"
-            task.log(f"joining cluster through {address} as {cfg.role} '{cfg.name}'")
+            task.log(f"joining cluster through {address} as {role} '{cfg.name}'")
             ssl_pin = aiohttp.Fingerprint(bytes.fromhex(fp.replace(":", "")))
             node_key = pki.new_key()
             csr = pki.make_csr(node_key, cfg.name)
@@ -435,7 +451,7 @@ class ClusterService:
                     ticket = body["data"]["ticket"]
                     csrf = body["data"]["CSRFPreventionToken"]
                     task.log(f"authenticated to {address} as {user}; fingerprint verified")
-                    form = {"csr": pki.csr_pem(csr).decode(), "role": cfg.role,
+                    form = {"csr": pki.csr_pem(csr).decode(), "role": role,
                             "cluster_address": cfg.cluster_address,
                             "replication_address": cfg.replication_address,
                             "api_port": str(cfg.api_port),
@@ -463,7 +479,7 @@ class ClusterService:
             self.membership = Membership(
                 cluster_name=grant["cluster_name"], state="joining",
                 initial_cluster=grant["initial_cluster"], token=grant["token"],
-                member_id=grant["member_id"], nodeid=grant["nodeid"], role=cfg.role,
+                member_id=grant["member_id"], nodeid=grant["nodeid"], role=role,
                 peer_client_urls=tuple(grant["peer_client_urls"]))
             self.membership.save(cfg.membership_path)
             try:
@@ -477,6 +493,9 @@ class ClusterService:
                                         bump_config=True)
                 self.membership.state = "member"
                 self.membership.save(cfg.membership_path)
+                if role != cfg.role:
+                    cfg.role = role
+                    cfg.save()
             except BaseException as exc:
                 task.log(f"join failed ({exc}); withdrawing the learner")
                 await self._withdraw(grant["member_id"], grant["peer_client_urls"])
@@ -485,10 +504,34 @@ class ClusterService:
             self.on_tls_change()
             await self.refresh_view()
             self._start_loops()
-            await self.clusterlog.write(f"{cfg.role} {cfg.name} joined cluster "
+            await self.clusterlog.write(f"{role} {cfg.name} joined cluster "
                                         f"'{grant['cluster_name']}'", tag="cluster", user=user)
-            task.log(f"{cfg.role} {cfg.name} is now a voting member of cluster "
+            task.log(f"{role} {cfg.name} is now a voting member of cluster "
                      f"'{grant['cluster_name']}'")
+
+    async def _leave_for_rejoin(self, task: Task, force: bool) -> None:
+        """With --force, drop a membership this node can no longer use (evicted, failed)."""
+        assert self.membership is not None
+        name = self.membership.cluster_name
+        if not force:
+            raise TaskFailed(f"this node already belongs to cluster '{name}' (if it was "
+                             f"removed from it, rejoin with --force)")
+        removed = self.etcd is not None and self.etcd.removed
+        if self.is_member and not removed and self.view.quorate:
+            raise TaskFailed(f"this node is an active, quorate member of cluster '{name}'; "
+                             f"remove it with 'binome cluster delnode' from another node first")
+        task.log(f"--force: discarding this node's previous membership of cluster '{name}'")
+        await self._stop_loops()
+        await self._discard_local_membership()
+
+    async def _stop_loops(self) -> None:
+        for loop in self._loops:
+            loop.cancel()
+        for loop in self._loops:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await loop
+        self._loops = []
+        self._lease_id = None
 
     async def _promote(self, task: Task, member_id: int, urls: list[str]) -> None:
         deadline = time.monotonic() + JOIN_PROMOTE_TIMEOUT
@@ -571,6 +614,11 @@ class ClusterService:
                       "fingerprint": pki.fingerprint(cert), "state": "joining",
                       "joined": int(time.time())}
             await store.update(keys.node(name), lambda _old: record, bump_config=True)
+            doc = await store.get(keys.CLUSTER)
+            if doc is not None and "expected_override" in doc.value:
+                # the cluster has grown again: the override no longer describes it
+                cleared = {k: v for k, v in doc.value.items() if k != "expected_override"}
+                await store.commit({keys.CLUSTER: doc.mod_revision}, {keys.CLUSTER: cleared})
             self.view.checked_at = 0.0   # membership changed: the next reader refreshes
             await self.clusterlog.write(f"admitting {role} {name} ({cluster_address}) as etcd "
                                         f"learner {member.id:x}", tag="cluster", user=user)
@@ -641,16 +689,20 @@ class ClusterService:
             task.log("WARNING: if they are alive on the other side of a partition, you are")
             task.log("WARNING: creating a split brain.")
             assert self.etcd is not None
-            for loop in self._loops:
-                loop.cancel()
-            self._loops = []
+            await self._stop_loops()
             await self.etcd.stop()
             if self.store is not None:
                 await self.store.close()
-            self._lease_id = None
-            task.log("restarting etcd with --force-new-cluster")
-            await self._start_member(state="existing", force_new_cluster=True)
-            await self.wait_quorate()
+            try:
+                task.log("restarting etcd with --force-new-cluster")
+                await self._start_member(state="existing", force_new_cluster=True)
+                await self.wait_quorate()
+            except BaseException:
+                # whatever happened, this node keeps watching quorum and says so
+                self._start_loops()
+                raise
+            assert self.etcd is not None
+            self.etcd.clear_force()
             store = self.store
             assert store is not None
             me = await store.member_status(timeout=5.0)

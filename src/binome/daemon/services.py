@@ -24,7 +24,8 @@ SUPERUSERS = ("root@pam",)
 class Services:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
-        self.clusterlog = ClusterLog(config.name)
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.clusterlog = ClusterLog(config.name, config.state_dir / "clusterlog.pending")
         self.tasks = TaskManager(config.name, config.tasks_dir)
         self.cluster = ClusterService(config, self.clusterlog)
         self.host = HostInfo()

@@ -2,15 +2,17 @@
 
 etcd is the consensus engine; binome never implements its own. The member runs
 with mutual TLS on both peer and client URLs using the node certificate issued
-by the cluster CA. The child gets PR_SET_PDEATHSIG so a crashed daemon never
-leaves an orphan member behind, and a pidfile lets a restarted daemon clean up
-a member that survived anyway (checked by its command line, never by name).
+by the cluster CA. It is started through `setpriv --pdeathsig SIGTERM` so a
+crashed daemon never leaves an orphan member behind (not `preexec_fn`: forking
+Python code in a process with gRPC threads can abort the child), and a pidfile
+lets a restarted daemon clean up a member that survived anyway (checked by its
+command line, never by name). A member that etcd itself reports as removed from
+the cluster is not restarted: the node must rejoin.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
 import signal
@@ -19,7 +21,8 @@ from pathlib import Path
 
 log = logging.getLogger("binome.etcd")
 
-PR_SET_PDEATHSIG = 1
+REMOVED_MARKERS = ("has already been removed", "permanently removed", "member has been removed",
+                   "data-dir used by this member must be removed")
 
 
 @dataclass(frozen=True)
@@ -35,17 +38,12 @@ class MemberSpec:
     election_ms: int = 1000
 
 
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def _pid_is_member(pid: int, data_dir: Path) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return bool(cmdline) and cmdline[0].endswith(b"etcd") and str(data_dir).encode() in cmdline
+    return b"etcd" in cmdline and str(data_dir).encode() in cmdline
 
 
 class EtcdMember:
@@ -60,6 +58,7 @@ class EtcdMember:
         self._stopping = False
         self._argv: list[str] = []
         self.restarts = 0
+        self.removed = False   # etcd said this member was removed from the cluster
 
     @property
     def pid(self) -> int | None:
@@ -69,6 +68,7 @@ class EtcdMember:
              force_new_cluster: bool = False) -> list[str]:
         s = self.spec
         argv = [
+            "setpriv", "--pdeathsig", "SIGTERM", "--",
             "etcd", "--name", s.name, "--data-dir", str(s.data_dir),
             "--listen-peer-urls", s.peer_url, "--initial-advertise-peer-urls", s.peer_url,
             "--listen-client-urls", s.client_url, "--advertise-client-urls", s.client_url,
@@ -106,18 +106,25 @@ class EtcdMember:
                                force_new_cluster=force_new_cluster)
         self._stopping = False
         await self._spawn()
-        # After one run, membership lives in the data dir; a forced new cluster
-        # must not be forced again on the next restart.
-        self._argv = [a for a in self._argv if a != "--force-new-cluster"]
         self._supervisor = asyncio.create_task(self._supervise(), name="etcd-supervisor")
+
+    def clear_force(self) -> None:
+        """Once a forced new cluster is up, later restarts must not force it again."""
+        self._argv = [a for a in self._argv if a != "--force-new-cluster"]
+
+    def _log_tail(self, size: int = 8192) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - size))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     async def _spawn(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
             self._proc = await asyncio.create_subprocess_exec(
-                *self._argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
-                preexec_fn=_die_with_parent,
-            )
+                *self._argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out)
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
         self.pidfile.write_text(f"{self._proc.pid}\n")
         log.info("etcd member started pid=%d name=%s", self._proc.pid, self.spec.name)
@@ -130,6 +137,11 @@ class EtcdMember:
             if self._stopping:
                 return
             self.restarts += 1
+            if any(marker in self._log_tail() for marker in REMOVED_MARKERS):
+                self.removed = True
+                log.error("etcd member was removed from the cluster; not restarting it "
+                          "(rejoin with 'binome cluster join --force')")
+                return
             log.error("etcd member exited code=%s; restarting in %.1fs", code, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 10.0)

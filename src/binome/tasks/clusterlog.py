@@ -3,16 +3,19 @@
 Entries live in etcd under /binome/clusterlog/ (bounded). An entry written
 while this node has no quorum cannot reach etcd: it is kept in a local pending
 queue (and served by this node's /cluster/log meanwhile) and flushed as soon
-as quorum returns, so what happened during an outage is never lost.
+as quorum returns, so what happened during an outage is never lost. The
+queue is also kept in a local file, so it survives a daemon restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
 from collections import deque
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from binome.store import keys
@@ -28,12 +31,32 @@ MAX_ENTRIES = 2000
 
 
 class ClusterLog:
-    def __init__(self, node: str) -> None:
+    def __init__(self, node: str, pending_path: Path | None = None) -> None:
         self.node = node
         self.store: Store | None = None
         self.pending: deque[dict[str, Any]] = deque(maxlen=MAX_ENTRIES)
+        self.pending_path = pending_path
         self._seq = 0
         self._flushing = asyncio.Lock()
+        self._load_pending()
+
+    def _load_pending(self) -> None:
+        if self.pending_path is None or not self.pending_path.exists():
+            return
+        for line in self.pending_path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue   # a line torn by a crash
+            if isinstance(entry, dict) and "uid" in entry:
+                self.pending.append(entry)
+
+    def _save_pending(self) -> None:
+        if self.pending_path is None:
+            return
+        tmp = self.pending_path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(e) + "\n" for e in self.pending))
+        tmp.replace(self.pending_path)
 
     def entry(self, msg: str, *, tag: str = "binome", user: str = "root@pam",
               pri: str = "info") -> dict[str, Any]:
@@ -49,20 +72,29 @@ class ClusterLog:
         level = logging.WARNING if entry["pri"] <= PRI["warning"] else logging.INFO
         log.log(level, "cluster log: %s", msg, extra={"tag": entry["tag"], "user": entry["user"]})
         self.pending.append(entry)
+        if self.pending_path is not None:
+            with open(self.pending_path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
         await self.flush()
         return entry
 
     async def flush(self) -> bool:
         async with self._flushing:
-            while self.pending and self.store is not None:
-                entry = self.pending[0]
-                try:
-                    await self.store.put(keys.cluster_log(entry["uid"]), entry)
-                except Exception:
-                    return False
-                if self.pending and self.pending[0] is entry:
-                    self.pending.popleft()
-            return not self.pending
+            sent = 0
+            try:
+                while self.pending and self.store is not None:
+                    entry = self.pending[0]
+                    try:
+                        await self.store.put(keys.cluster_log(entry["uid"]), entry)
+                    except Exception:
+                        return False
+                    if self.pending and self.pending[0] is entry:
+                        self.pending.popleft()
+                        sent += 1
+                return not self.pending
+            finally:
+                if sent:
+                    self._save_pending()
 
     async def trim(self) -> None:
         if self.store is None:
@@ -74,11 +106,16 @@ class ClusterLog:
     async def read(self, max_entries: int = 50) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = []
         if self.store is not None:
-            try:
-                entries = [e.value for e in await self.store.get_prefix(keys.CLUSTER_LOG,
-                                                                         serializable=True)]
-            except Exception:
-                entries = []
+            # linearizable when quorate (a member that just restarted may lag behind);
+            # this member's own copy when not
+            for serializable in (False, True):
+                try:
+                    found = await self.store.get_prefix(keys.CLUSTER_LOG, timeout=1.0,
+                                                        serializable=serializable)
+                except Exception:
+                    continue
+                entries = [e.value for e in found]
+                break
         seen = {e["uid"] for e in entries}
         entries += [e for e in self.pending if e["uid"] not in seen]
         entries.sort(key=lambda e: e["uid"], reverse=True)

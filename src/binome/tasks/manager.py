@@ -182,6 +182,7 @@ class TaskManager:
             await body(task)
         except asyncio.CancelledError:
             task.log("received interrupt")
+            task.log("TASK ERROR: interrupted by signal")
             self._end(task, "interrupted by signal")
             raise
         except Exception as exc:  # every failure of a task body is the task's result

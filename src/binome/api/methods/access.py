@@ -41,7 +41,7 @@ async def _check_password(ctx: RequestContext, userid: str, password: str) -> bo
 
 
 @registry.register(
-    "POST", "/access/ticket", name="create_ticket", permission=WORLD, allowtoken=False,
+    "POST", "/access/ticket", name="create_ticket", permission=WORLD,
     description="Create or verify an authentication ticket.",
     parameters={
         "username": Param(description="User name (user@realm).", max_length=64),

@@ -125,7 +125,8 @@ async def cluster_create(ctx: RequestContext, params: dict[str, Any]) -> str:
         "role": Param(optional=True, enum=("node", "witness"),
                       description="Join as a node or as a witness (default: configured role)."),
         "force": Param(type="boolean", optional=True, default=False,
-                       description="Replace a stale record of this node (failed earlier join)."),
+                       description="Replace a stale record of this node (failed earlier join) "
+                                   "and discard this node's own membership if it was evicted."),
     },
     returns={"type": "string", "description": "UPID"},
     cli=(CliSpec(("cluster", "join"), positional=("hostname",)),
@@ -134,16 +135,14 @@ async def cluster_create(ctx: RequestContext, params: dict[str, Any]) -> str:
 async def cluster_join(ctx: RequestContext, params: dict[str, Any]) -> str:
     cluster = ctx.services.cluster
     cfg = ctx.services.config
-    if cluster.membership is not None:
-        raise fail(f"this node already belongs to cluster '{cluster.membership.cluster_name}'")
-    role = params.get("role")
-    if role and role != cfg.role:
-        cfg.role = role
-        cfg.save()
+    if cluster.membership is not None and not params["force"]:
+        raise fail(f"this node already belongs to cluster '{cluster.membership.cluster_name}'"
+                   f" (if it was removed from it, rejoin with --force, API: force=1)")
 
     async def body(task: Task) -> None:
         await cluster.join(task, params["hostname"], params["fingerprint"], params["user"],
-                           params["password"], api_port=params["port"], force=params["force"])
+                           params["password"], api_port=params["port"], force=params["force"],
+                           role=params.get("role"))
 
     return ctx.services.tasks.start("clusterjoin", cfg.name, ctx.userid, body)
 

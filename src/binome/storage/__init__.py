@@ -1,0 +1,1 @@
+"""Storage backends; `storage.replica` is the DRBD-like replicated volume engine."""
