@@ -39,6 +39,7 @@ class Timers:
     quorum_check_timeout: float = 1.0
     etcd_heartbeat_ms: int = 100
     etcd_election_ms: int = 1000
+    rrd_interval: float = 10.0
 
     def validate(self) -> None:
         if self.lease_ttl < 2:

@@ -26,6 +26,7 @@ from binome.api.context import RequestContext
 from binome.api.errors import ApiError, AuthError, PermissionDenied
 from binome.api.registry import ApiMethod, WithTotal, registry
 from binome.api.schema import validate
+from binome.errors import BinomeError
 
 if TYPE_CHECKING:
     from binome.daemon.services import Services
@@ -184,6 +185,9 @@ class ApiServer:
             if exc.status >= 500:
                 log.warning("%s %s: %s", request.method, path, exc.message)
             return error_response(exc)
+        except BinomeError as exc:
+            log.warning("%s %s: %s", request.method, path, exc)
+            return error_response(ApiError(500, str(exc)))
         except Exception as exc:
             log.exception("%s %s failed", request.method, path)
             return error_response(ApiError(500, str(exc) or type(exc).__name__))

@@ -117,6 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             _add_param(leaf, name, p, name in spec.positional)
         leaf.set_defaults(_spec=spec, _method=method)
+    if ("vm",) in nodes:
+        console = nodes[("vm",)].add_parser(
+            "console", help="attach to the VM's serial console (Ctrl-] leaves)",
+            description="Serial console through the API websocket. Without a terminal, "
+                        "standard input is sent and output copied until --expect is seen.")
+        _common_options(console)
+        console.add_argument("p_vmid", metavar="VMID", type=int)
+        console.add_argument("--node", dest="p_node", help="node (default: this node)")
+        console.add_argument("--expect", help="exit 0 once this text was printed")
+        console.add_argument("--timeout", type=float, default=30.0,
+                             help="give up after this many seconds (scripted mode)")
+        console.set_defaults(_console=True)
     api = groups.add_parser("api", help="call any API path (like pvesh)")
     api_verbs = api.add_subparsers(dest="api_cmd", required=True, metavar="VERB")
     for verb in API_VERBS:
@@ -217,6 +229,8 @@ def run(argv: list[str] | None = None) -> int:
     output = _opt(args, "output_format", "text")
     try:
         client = make_client(args)
+        if hasattr(args, "_console"):
+            return _console(client, args)
         if hasattr(args, "_api_verb"):
             bad = [kv for kv in args.params if "=" not in kv]
             if bad:
@@ -241,6 +255,22 @@ def run(argv: list[str] | None = None) -> int:
     except (ConnectionError, FileNotFoundError, OSError) as exc:
         print(f"binome: cannot reach the node's API: {exc}", file=sys.stderr)
         return 1
+
+
+def _console(client: Client, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from binome.cli.console import run_console
+
+    if client.host is None:
+        socket_path, base, cookies, headers = client.socket_path, "http://localhost", {}, {}
+    else:
+        socket_path, cookies = None, {"PVEAuthCookie": client.ticket or ""}
+        base = f"https://{client.host}:{client.port}"
+        headers = {"CSRFPreventionToken": client.csrf or ""}
+    return asyncio.run(run_console(socket_path, base + "/api2/json", args.p_vmid,
+                                   args.p_node or "localhost", args.expect, args.timeout,
+                                   cookies, headers))
 
 
 def _wait(client: Client, upid: str, output: str) -> int:

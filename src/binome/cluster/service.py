@@ -284,6 +284,11 @@ class ClusterService:
                                  lease=self._lease_id)
 
     # ------------------------------------------------------------------ reads
+    @property
+    def lease_id(self) -> int | None:
+        """This node's live lease (keys bound to it vanish when the node dies)."""
+        return self._lease_id
+
     async def authkey(self) -> bytes | None:
         if self._authkey is None and self.store is not None:
             value = await self.store.get_value(keys.ACCESS_AUTHKEY, serializable=True)

@@ -33,6 +33,17 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _net_bytes() -> tuple[int, int]:
+    rx = tx = 0
+    for line in open("/proc/net/dev").readlines()[2:]:
+        name, _, rest = line.partition(":")
+        if name.strip() == "lo":
+            continue
+        fields = rest.split()
+        rx, tx = rx + int(fields[0]), tx + int(fields[8])
+    return rx, tx
+
+
 def uptime() -> int:
     return int(float(open("/proc/uptime").read().split()[0]))
 
@@ -64,6 +75,13 @@ class HostInfo:
             "disk": (disk.f_blocks - disk.f_bfree) * disk.f_frsize,
             "maxdisk": disk.f_blocks * disk.f_frsize, "uptime": uptime(),
         }
+
+    def rrd_sample(self) -> dict[str, float]:
+        s = self.summary()
+        rx, tx = _net_bytes()
+        return {"cpu": s["cpu"], "maxcpu": s["maxcpu"], "memused": s["mem"],
+                "memtotal": s["maxmem"], "rootused": s["disk"], "roottotal": s["maxdisk"],
+                "loadavg": os.getloadavg()[0], "netin": rx, "netout": tx}
 
     def status(self) -> dict[str, Any]:
         mem = _meminfo()

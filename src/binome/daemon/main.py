@@ -63,6 +63,7 @@ def load_config(args: argparse.Namespace) -> NodeConfig:
 async def run(cfg: NodeConfig) -> None:
     from binome.api import methods  # noqa: F401  (registers the API methods)
     from binome.api.server import ApiServer
+    from binome.daemon.rrd import sample_forever
     from binome.daemon.services import Services
 
     services = Services(cfg)
@@ -83,13 +84,22 @@ async def run(cfg: NodeConfig) -> None:
     await server.start()
     try:
         await services.cluster.start()
+        if services.guests is not None:
+            await services.guests.start()
+        sampler = asyncio.create_task(sample_forever(
+            services.rrd, services.host.rrd_sample,
+            lambda: services.guests.last_status if services.guests else {},
+            interval=cfg.timers.rrd_interval), name="rrd")
         log.info("binomed ready", extra={"role": cfg.role,
                                          "cluster": services.cluster.cluster_name or "-"})
         await stop.wait()
         log.info("shutting down")
+        sampler.cancel()
     finally:
         await server.stop()
         await services.tasks.shutdown()
+        if services.guests is not None:
+            await services.guests.stop()   # detaches from guests; they keep running
         await services.cluster.stop()
         pidfile.unlink(missing_ok=True)
 

@@ -15,6 +15,9 @@ from binome.cluster import pki
 from binome.cluster.service import ClusterService
 from binome.config import NodeConfig
 from binome.daemon.hostinfo import HostInfo
+from binome.daemon.rrd import RrdStore
+from binome.guest.service import GuestService
+from binome.storage.manager import StorageManager
 from binome.tasks.clusterlog import ClusterLog
 from binome.tasks.manager import TaskManager
 
@@ -30,6 +33,15 @@ class Services:
         self.cluster = ClusterService(config, self.clusterlog)
         self.host = HostInfo()
         self.cluster.on_node_stats = self.host.summary
+        self.rrd = RrdStore()
+        self.storages = StorageManager(config.name, config.state_dir, self.cluster)
+        self.guests: GuestService | None = None
+        if config.role == "node":
+            from binome.guest.runtime import QemuRuntime
+
+            runtime = QemuRuntime(config.run_dir / "qemu")
+            self.guests = GuestService(config.name, self.cluster, self.storages, runtime,
+                                       self.clusterlog)
         self._local_authkey: bytes | None = None
         self._cluster_ssl: ssl.SSLContext | None = None
         pki.ensure_self_signed(self.cluster.paths, config.name,

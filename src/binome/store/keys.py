@@ -14,7 +14,9 @@ ACCESS_USERS = f"{ROOT}/access/users/"
 ACCESS_ACL = f"{ROOT}/access/acl"
 CLUSTER_LOG = f"{ROOT}/clusterlog/"
 CONFIG_NODES = f"{ROOT}/config/nodes/"     # per-node guest configs (next issues)
-TASKS = f"{ROOT}/tasks/"
+VMIDS = f"{ROOT}/vmids/"                   # vmid -> owner node: cluster-wide uniqueness
+VM_STATUS = f"{ROOT}/vmstatus/"            # per node: its guests' runtime status (lease-bound)
+STORAGE = f"{ROOT}/storage/"               # storage definitions (PVE storage.cfg)
 
 
 def node(name: str) -> str:
@@ -32,6 +34,15 @@ def user(userid: str) -> str:
 def node_config_prefix(name: str) -> str:
     """Everything a node owns (guest configs); delnode refuses while non-empty."""
     return f"{CONFIG_NODES}{name}/"
+
+
+def vm_conf(node: str, vmid: int) -> str:
+    """Like /etc/pve/nodes/<node>/qemu-server/<vmid>.conf: the config lives under its owner."""
+    return f"{CONFIG_NODES}{node}/qemu/{vmid}.conf"
+
+
+def vmid(vmid: int) -> str:
+    return f"{VMIDS}{vmid}"
 
 
 def cluster_log(entry_id: str) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from binome.errors import BinomeError
 from binome.tasks.upid import Upid
 
 log = logging.getLogger("binome.tasks")
@@ -31,7 +32,7 @@ def process_start_ticks(pid: int | None = None) -> int:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
-class TaskFailed(Exception):
+class TaskFailed(BinomeError):
     """Raised inside a task to end it with `TASK ERROR: <message>`."""
 
 
@@ -187,7 +188,7 @@ class TaskManager:
             raise
         except Exception as exc:  # every failure of a task body is the task's result
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if not isinstance(exc, TaskFailed):
+            if not isinstance(exc, BinomeError):
                 log.exception("task %s failed", task.upid)
             task.log(f"TASK ERROR: {message}")
             self._end(task, message)

@@ -1,3 +1,12 @@
 """API method declarations, one module per area; importing this package registers them all."""
 
-from binome.api.methods import access, cluster, nodes, tasks, version  # noqa: F401
+from binome.api.methods import (  # noqa: F401
+    access,
+    cluster,
+    console,
+    nodes,
+    qemu,
+    storage,
+    tasks,
+    version,
+)

@@ -8,6 +8,7 @@ from binome.api.context import RequestContext
 from binome.api.methods.common import NODE
 from binome.api.registry import ANY_USER, CliSpec, privs, registry
 from binome.api.schema import Param
+from binome.errors import BinomeError
 
 
 async def node_entries(ctx: RequestContext) -> list[dict[str, Any]]:
@@ -59,7 +60,7 @@ async def node_status(ctx: RequestContext, params: dict[str, Any]) -> dict[str, 
 
 @registry.register(
     "GET", "/cluster/resources", name="cluster_resources", permission=ANY_USER,
-    description="Resources index (cluster wide): nodes now; guests and storage as they come.",
+    description="Resources index (cluster wide): guests, nodes, and this node's storages.",
     parameters={"type": Param(optional=True, enum=("vm", "storage", "node", "sdn"),
                               description="Resource type.")},
     returns={"type": "array", "items": {"type": "object"}},
@@ -68,7 +69,51 @@ async def node_status(ctx: RequestContext, params: dict[str, Any]) -> dict[str, 
 async def cluster_resources(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
     kind = params.get("type")
     out: list[dict[str, Any]] = []
+    if kind in (None, "vm") and ctx.services.guests is not None:
+        out += await ctx.services.guests.cluster_vms()
     if kind in (None, "node"):
         for n in await node_entries(ctx):
             out.append({k: v for k, v in n.items() if k != "ssl_fingerprint"})
+    if kind in (None, "storage"):
+        for cfg in await ctx.services.storages.configs():
+            if not cfg.available_on(ctx.node):
+                continue
+            try:
+                status = await (await ctx.services.storages.get(cfg.storage)).status()
+            except BinomeError:
+                continue
+            out.append({"id": f"storage/{ctx.node}/{cfg.storage}", "type": "storage",
+                        "storage": cfg.storage, "node": ctx.node, "plugintype": cfg.type,
+                        "status": "available", "shared": int(cfg.shared),
+                        "content": ",".join(cfg.content), "disk": status["used"],
+                        "maxdisk": status["total"]})
     return out
+
+
+RRD_PARAMS = {"timeframe": Param(enum=("hour", "day", "week", "month", "year"),
+                                 description="Time frame."),
+              "cf": Param(optional=True, default="AVERAGE", enum=("AVERAGE", "MAX"),
+                          description="Consolidation function.")}
+
+
+@registry.register(
+    "GET", "/nodes/{node}/rrddata", name="node_rrddata",
+    permission=privs("Sys.Audit", path="/nodes/{node}"), proxyto="node",
+    description="Node usage statistics over time (cpu, memory, network, load).",
+    parameters={"node": NODE, **RRD_PARAMS}, returns={"type": "array"},
+)
+async def node_rrddata(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
+    return ctx.services.rrd.node.fetch(params["timeframe"], params["cf"])
+
+
+@registry.register(
+    "GET", "/nodes/{node}/qemu/{vmid}/rrddata", name="vm_rrddata",
+    permission=privs("VM.Audit", path="/vms/{vmid}"), proxyto="node",
+    description="VM usage statistics over time (cpu, memory, disk and network rates).",
+    parameters={"node": NODE, "vmid": Param(type="integer", minimum=100), **RRD_PARAMS},
+    returns={"type": "array"},
+)
+async def vm_rrddata(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
+    if ctx.services.guests is not None:
+        await ctx.services.guests.read(params["vmid"])
+    return ctx.services.rrd.guest(params["vmid"]).fetch(params["timeframe"], params["cf"])

@@ -1,0 +1,428 @@
+"""QEMU guest methods: /nodes/{node}/qemu/... and /cluster/nextid, in PVE's shapes.
+
+Synchronous checks (the VM exists, is or is not running, is not a template)
+run before a task is started, so a refused request changes nothing and the
+client reads PVE's message from the HTTP reason phrase.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from binome.api.context import RequestContext
+from binome.api.errors import ApiError, fail, param_error
+from binome.api.methods.common import NODE
+from binome.api.registry import CliSpec, privs, registry
+from binome.api.schema import Param
+from binome.errors import BinomeError
+from binome.guest import config as vmconf
+from binome.guest.service import GuestFailure, GuestService
+from binome.tasks.manager import Task
+
+VMID = Param(type="integer", minimum=100, maximum=999_999_999, description="The (unique) ID "
+             "of the VM.")
+VM_PATH = "/vms/{vmid}"
+AUDIT = privs("VM.Audit", path=VM_PATH)
+POWER = privs("VM.PowerMgmt", path=VM_PATH)
+CONFIG = privs("VM.Config.Options", path=VM_PATH)
+TIMEOUT = Param(type="integer", optional=True, minimum=0, maximum=86400,
+                description="Wait at most this many seconds.")
+SETTABLE = {k: v for k, v in vmconf.SCHEMA.items() if k != "lock"}
+
+
+def guests(ctx: RequestContext) -> GuestService:
+    service = ctx.services.guests
+    if service is None:
+        raise fail("this node does not host guests (witness)")
+    return service
+
+
+def _config_changes(params: dict[str, Any]) -> dict[str, Any]:
+    changes = {k: v for k, v in params.items() if k in SETTABLE}
+    try:
+        return vmconf.validate_changes(changes)
+    except vmconf.ConfigError as exc:
+        raise ApiError(400, "Parameter verification failed.", exc.errors) from None
+
+
+def _start_task(ctx: RequestContext, type_: str, vmid: int, body) -> str:
+    return ctx.services.tasks.start(type_, str(vmid), ctx.userid, body)
+
+
+@registry.register(
+    "GET", "/cluster/nextid", name="cluster_nextid", permission=privs("VM.Allocate"),
+    description="Get the next free VMID (>= 100), or check that a given one is free.",
+    parameters={"vmid": Param(type="integer", optional=True, minimum=100,
+                              maximum=999_999_999, description="VMID to check.")},
+    returns={"type": "string"},
+    cli=CliSpec(("vm", "nextid")),
+)
+async def cluster_nextid(ctx: RequestContext, params: dict[str, Any]) -> str:
+    service = guests(ctx)
+    if params.get("vmid") is not None:
+        if await service.owner(params["vmid"]) is not None:
+            raise param_error("vmid", f"VM {params['vmid']} already exists")
+        return str(params["vmid"])
+    return str(await service.next_free_vmid())
+
+
+@registry.register(
+    "GET", "/nodes/{node}/qemu", name="vm_list", permission=privs("VM.Audit"), proxyto="node",
+    description="Virtual machine index (per node).",
+    parameters={"node": NODE, "full": Param(type="boolean", optional=True, default=False)},
+    returns={"type": "array", "items": {"type": "object"}},
+    cli=CliSpec(("vm", "list"), formatter="table:vmid,name,status,mem,maxmem,cpus,uptime,pid"),
+)
+async def vm_list(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
+    service = guests(ctx)
+    out = []
+    for vm in await service.list_configs():
+        st = await service.runtime.status(vm.vmid)
+        out.append(service._status_entry(vm, st))
+    return out
+
+
+@registry.register(
+    "POST", "/nodes/{node}/qemu", name="vm_create", permission=privs("VM.Allocate"),
+    proxyto="node", description="Create a virtual machine.",
+    parameters={"node": NODE, "vmid": VMID,
+                "start": Param(type="boolean", optional=True, default=False,
+                               description="Start the VM once created."),
+                **SETTABLE},
+    returns={"type": "string", "description": "UPID"},
+    cli=CliSpec(("vm", "create"), positional=("vmid",)),
+)
+async def vm_create(ctx: RequestContext, params: dict[str, Any]) -> str:
+    service = guests(ctx)
+    vmid = params["vmid"]
+    changes = _config_changes(params)
+    owner = await service.owner(vmid)
+    if owner is not None:
+        raise fail(f"unable to create VM {vmid} - VM {vmid} already exists on node '{owner}'")
+    for key, value in changes.items():
+        if vmconf.is_disk_key(key):
+            disk = vmconf.parse_disk(key, str(value))
+            storage_id = disk.options.get("_storage") or disk.storage
+            if storage_id:
+                try:
+                    await service.storages.get(storage_id)
+                except BinomeError as exc:
+                    raise param_error(key, str(exc)) from None
+    try:
+        vmconf.check_boot_devices(changes)
+    except vmconf.ConfigError as exc:
+        raise ApiError(400, "Parameter verification failed.", exc.errors) from None
+
+    async def body(task: Task) -> None:
+        await service.create(task, vmid, changes, start=params["start"])
+
+    return _start_task(ctx, "qmcreate", vmid, body)
+
+
+@registry.register(
+    "GET", "/nodes/{node}/qemu/{vmid}", name="vm_index", permission=AUDIT, proxyto="node",
+    description="Directory index of a VM.",
+    parameters={"node": NODE, "vmid": VMID},
+    returns={"type": "array"},
+)
+async def vm_index(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, str]]:
+    await guests(ctx).read(params["vmid"])
+    return [{"subdir": s} for s in ("config", "pending", "status", "clone", "template",
+                                    "resize", "vncproxy", "termproxy", "rrddata")]
+
+
+@registry.register(
+    "DELETE", "/nodes/{node}/qemu/{vmid}", name="vm_destroy",
+    permission=privs("VM.Allocate", path=VM_PATH), proxyto="node",
+    description="Destroy the VM and all used/owned volumes.",
+    parameters={"node": NODE, "vmid": VMID,
+                "purge": Param(type="boolean", optional=True, default=False,
+                               description="Also remove the VM from jobs and HA config."),
+                "destroy-unreferenced-disks": Param(type="boolean", optional=True,
+                                                    default=False),
+                "skiplock": Param(type="boolean", optional=True, default=False)},
+    returns={"type": "string", "description": "UPID"},
+    cli=CliSpec(("vm", "destroy"), positional=("vmid",)),
+)
+async def vm_destroy(ctx: RequestContext, params: dict[str, Any]) -> str:
+    service = guests(ctx)
+    vmid = params["vmid"]
+    await service.read(vmid)
+    if service.runtime.is_running(vmid):
+        raise fail(f"VM {vmid} is running - destroy failed")
+
+    async def body(task: Task) -> None:
+        await service.destroy(task, vmid, purge=params["purge"])
+
+    return _start_task(ctx, "qmdestroy", vmid, body)
+
+
+def _typed_config(config: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        p = vmconf.SCHEMA.get(key)
+        if p is not None and p.type in ("integer", "boolean"):
+            try:
+                out[key] = int(value)
+                continue
+            except (TypeError, ValueError):
+                pass
+        out[key] = value
+    return out
+
+
+@registry.register(
+    "GET", "/nodes/{node}/qemu/{vmid}/config", name="vm_config", permission=AUDIT,
+    proxyto="node", description="Get the VM configuration (with its digest).",
+    parameters={"node": NODE, "vmid": VMID,
+                "current": Param(type="boolean", optional=True, default=False),
+                "snapshot": Param(optional=True)},
+    returns={"type": "object"},
+    cli=CliSpec(("vm", "config"), positional=("vmid",)),
+)
+async def vm_config(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    if params.get("snapshot"):
+        raise fail(f"snapshot '{params['snapshot']}' does not exist")
+    vm = await guests(ctx).read(params["vmid"])
+    return {**_typed_config(vm.config), "digest": vm.digest}
+
+
+@registry.register(
+    "GET", "/nodes/{node}/qemu/{vmid}/pending", name="vm_pending", permission=AUDIT,
+    proxyto="node", description="The VM configuration with pending changes (none: binome "
+                                "applies changes at once, or at the next start).",
+    parameters={"node": NODE, "vmid": VMID},
+    returns={"type": "array"},
+)
+async def vm_pending(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
+    vm = await guests(ctx).read(params["vmid"])
+    return [{"key": k, "value": v} for k, v in sorted(_typed_config(vm.config).items())]
+
+
+CONFIG_PARAMS = {
+    "node": NODE, "vmid": VMID,
+    "delete": Param(optional=True, max_length=4096,
+                    description="Settings to delete, separated by ',' or ';'."),
+    "digest": Param(optional=True, max_length=64,
+                    description="Refuse the change if the config digest differs."),
+    "revert": Param(optional=True, description="Revert pending changes (none exist)."),
+    "skiplock": Param(type="boolean", optional=True, default=False),
+    "background_delay": Param(type="integer", optional=True, minimum=1, maximum=30),
+    **SETTABLE,
+}
+
+
+def _deletes(params: dict[str, Any]) -> list[str]:
+    raw = params.get("delete") or ""
+    keys = [k.strip() for k in raw.replace(";", ",").split(",") if k.strip()]
+    bad = [k for k in keys if k not in SETTABLE]
+    if bad:
+        raise param_error("delete", f"invalid configuration key '{bad[0]}'")
+    return keys
+
+
+async def _apply_config(ctx: RequestContext, params: dict[str, Any],
+                        task: Task | None = None) -> None:
+    changes = _config_changes(params)
+    deletes = _deletes(params)
+    both = set(changes) & set(deletes)
+    if both:
+        raise param_error("delete", f"cannot set and delete '{sorted(both)[0]}' at once")
+    await guests(ctx).update(params["vmid"], changes, deletes, params.get("digest"), task=task)
+
+
+@registry.register(
+    "PUT", "/nodes/{node}/qemu/{vmid}/config", name="vm_set_config_sync",
+    permission=CONFIG, proxyto="node", description="Set VM options (synchronous).",
+    parameters=CONFIG_PARAMS, returns={"type": "null"},
+    cli=CliSpec(("vm", "set"), positional=("vmid",)),
+)
+async def vm_set_config_sync(ctx: RequestContext, params: dict[str, Any]) -> None:
+    await _apply_config(ctx, params)
+
+
+@registry.register(
+    "POST", "/nodes/{node}/qemu/{vmid}/config", name="vm_set_config",
+    permission=CONFIG, proxyto="node", description="Set VM options (asynchronous: a task).",
+    parameters=CONFIG_PARAMS, returns={"type": "string", "description": "UPID"},
+)
+async def vm_set_config(ctx: RequestContext, params: dict[str, Any]) -> str:
+    service = guests(ctx)
+    await service.read(params["vmid"])
+    _config_changes(params)
+    _deletes(params)
+
+    async def body(task: Task) -> None:
+        await _apply_config(ctx, params, task)
+
+    return _start_task(ctx, "qmconfig", params["vmid"], body)
+
+
+@registry.register(
+    "GET", "/nodes/{node}/qemu/{vmid}/status/current", name="vm_status", permission=AUDIT,
+    proxyto="node", description="Get the VM's current status.",
+    parameters={"node": NODE, "vmid": VMID}, returns={"type": "object"},
+    cli=CliSpec(("vm", "status"), positional=("vmid",)),
+)
+async def vm_status(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    return await guests(ctx).current_status(params["vmid"])
+
+
+def _power(action: str, task_type: str, description: str, extra: dict[str, Param],
+           cli: str):
+    @registry.register(
+        "POST", f"/nodes/{{node}}/qemu/{{vmid}}/status/{action}", name=f"vm_{action}",
+        permission=POWER, proxyto="node", description=description,
+        parameters={"node": NODE, "vmid": VMID, **extra},
+        returns={"type": "string", "description": "UPID"},
+        cli=CliSpec(("vm", cli), positional=("vmid",)),
+    )
+    async def handler(ctx: RequestContext, params: dict[str, Any]) -> str:
+        service = guests(ctx)
+        vmid = params["vmid"]
+        if action == "start":
+            await service.check_startable(vmid)
+        else:
+            await service.read(vmid)
+            service.require_running(vmid)
+        timeout = float(params.get("timeout") or 60)
+
+        async def body(task: Task) -> None:
+            if action == "start":
+                await service.start_vm(task, vmid)
+            elif action == "stop":
+                await service.stop_vm(task, vmid, timeout=float(params.get("timeout") or 10))
+            elif action == "shutdown":
+                await service.shutdown_vm(task, vmid, timeout, bool(params.get("forceStop")))
+            elif action == "reboot":
+                await service.reboot_vm(task, vmid, timeout)
+            elif action == "reset":
+                await service.reset_vm(task, vmid)
+            elif action == "suspend":
+                await service.suspend_vm(task, vmid)
+            elif action == "resume":
+                await service.resume_vm(task, vmid)
+
+        return _start_task(ctx, task_type, vmid, body)
+
+    return handler
+
+
+SKIPLOCK = Param(type="boolean", optional=True, default=False)
+_power("start", "qmstart", "Start the virtual machine.",
+       {"timeout": TIMEOUT, "skiplock": SKIPLOCK, "machine": Param(optional=True),
+        "migratedfrom": Param(format="pve-node", optional=True)}, "start")
+_power("stop", "qmstop", "Stop the virtual machine hard (like pulling the power plug).",
+       {"timeout": TIMEOUT, "skiplock": SKIPLOCK,
+        "keepActive": Param(type="boolean", optional=True),
+        "overrule-shutdown": Param(type="boolean", optional=True)}, "stop")
+_power("shutdown", "qmshutdown", "Shut the virtual machine down (ACPI power button).",
+       {"timeout": TIMEOUT, "skiplock": SKIPLOCK,
+        "forceStop": Param(type="boolean", optional=True, default=False,
+                           description="Stop hard if the guest does not shut down in time."),
+        "keepActive": Param(type="boolean", optional=True)}, "shutdown")
+_power("reboot", "qmreboot", "Reboot: shut down, then start again (applies config changes).",
+       {"timeout": TIMEOUT}, "reboot")
+_power("reset", "qmreset", "Reset the virtual machine (hardware reset).",
+       {"skiplock": SKIPLOCK}, "reset")
+_power("suspend", "qmpause", "Suspend (pause) the virtual machine.",
+       {"skiplock": SKIPLOCK, "todisk": Param(type="boolean", optional=True, default=False),
+        "statestorage": Param(optional=True)}, "suspend")
+_power("resume", "qmresume", "Resume a paused virtual machine.",
+       {"skiplock": SKIPLOCK, "nocheck": Param(type="boolean", optional=True)}, "resume")
+
+
+@registry.register(
+    "POST", "/nodes/{node}/qemu/{vmid}/clone", name="vm_clone",
+    permission=privs("VM.Clone", path=VM_PATH), proxyto="node",
+    description="Create a full copy of a virtual machine or template.",
+    parameters={"node": NODE, "vmid": VMID, "newid": VMID,
+                "name": Param(format="pve-node", optional=True, max_length=63),
+                "description": Param(optional=True, max_length=8192),
+                "target": Param(format="pve-node", optional=True),
+                "full": Param(type="boolean", optional=True, default=True),
+                "storage": Param(optional=True), "format": Param(optional=True,
+                                                                  enum=("raw", "qcow2")),
+                "pool": Param(optional=True), "snapname": Param(optional=True)},
+    returns={"type": "string", "description": "UPID"},
+    cli=CliSpec(("vm", "clone"), positional=("vmid", "newid")),
+)
+async def vm_clone(ctx: RequestContext, params: dict[str, Any]) -> str:
+    service = guests(ctx)
+    vmid, newid = params["vmid"], params["newid"]
+    await service.read(vmid)
+    owner = await service.owner(newid)
+    if owner is not None:
+        raise fail(f"unable to create VM {newid} - VM {newid} already exists on node '{owner}'")
+    if params.get("target") not in (None, ctx.node):
+        raise param_error("target", "clone to another node is not supported yet")
+
+    async def body(task: Task) -> None:
+        await service.clone(task, vmid, newid, params.get("name"), params.get("target"))
+
+    return _start_task(ctx, "qmclone", vmid, body)
+
+
+@registry.register(
+    "POST", "/nodes/{node}/qemu/{vmid}/template", name="vm_template",
+    permission=privs("VM.Allocate", path=VM_PATH), proxyto="node",
+    description="Convert the VM to a template (it can then only be cloned).",
+    parameters={"node": NODE, "vmid": VMID, "disk": Param(optional=True)},
+    returns={"type": "string", "description": "UPID"},
+    cli=CliSpec(("vm", "template"), positional=("vmid",)),
+)
+async def vm_template(ctx: RequestContext, params: dict[str, Any]) -> str:
+    service = guests(ctx)
+    vmid = params["vmid"]
+    vm = await service.read(vmid)
+    if service.runtime.is_running(vmid):
+        raise fail(f"VM {vmid} is running: shut it down before converting it to a template")
+    if vm.config.get("template"):
+        raise fail(f"VM {vmid} is already a template")
+
+    async def body(task: Task) -> None:
+        await service.make_template(task, vmid)
+
+    return _start_task(ctx, "qmtemplate", vmid, body)
+
+
+@registry.register(
+    "PUT", "/nodes/{node}/qemu/{vmid}/resize", name="vm_resize",
+    permission=privs("VM.Config.Disk", path=VM_PATH), proxyto="node",
+    description="Extend a disk ('+1G' adds, '8G' sets; shrinking is refused).",
+    parameters={"node": NODE, "vmid": VMID,
+                "disk": Param(description="The disk key, e.g. virtio0."),
+                "size": Param(pattern=r"\+?\d+(?:\.\d+)?[KMGT]?"),
+                "digest": Param(optional=True), "skiplock": SKIPLOCK},
+    returns={"type": "string", "description": "UPID"},
+    cli=CliSpec(("vm", "resize"), positional=("vmid", "disk", "size")),
+)
+async def vm_resize(ctx: RequestContext, params: dict[str, Any]) -> str:
+    service = guests(ctx)
+    vmid, key = params["vmid"], params["disk"]
+    vm = await service.read(vmid)
+    if key not in vm.config or not vmconf.is_disk_key(key):
+        raise param_error("disk", f"disk '{key}' does not exist")
+    disk = vmconf.parse_disk(key, str(vm.config[key]))
+    if not disk.volid or disk.is_cdrom:
+        raise param_error("disk", f"disk '{key}' cannot be resized")
+    storage = await service.storages.for_volid(disk.volid)
+    current = await storage.size(disk.volid)
+    text = params["size"]
+    delta = vmconf.parse_size(text.lstrip("+"))
+    new_size = current + delta if text.startswith("+") else delta
+    if new_size < current:
+        raise param_error("size", "shrinking disks is not supported")
+
+    async def body(task: Task) -> None:
+        async with service.lock(vmid):
+            if service.runtime.is_running(vmid):
+                raise GuestFailure("resizing the disk of a running VM is not supported yet")
+            await storage.resize(disk.volid, new_size)
+            options = {**disk.options, "size": vmconf.format_size(new_size)}
+            value = ",".join([disk.volid, *(f"{k}={v}" for k, v in options.items())])
+        await service.update(vmid, {key: value}, [], None, task=task)
+        task.log(f"{key}: resized to {vmconf.format_size(new_size)}")
+
+    return _start_task(ctx, "resize", vmid, body)
+

@@ -1,0 +1,121 @@
+"""Storage methods: definitions (/storage), per-node status and content."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from binome.api.context import RequestContext
+from binome.api.errors import fail, param_error
+from binome.api.methods.common import NODE
+from binome.api.registry import CliSpec, privs, registry
+from binome.api.schema import Param
+from binome.errors import BinomeError
+from binome.storage.base import CONTENT_TYPES
+from binome.storage.manager import BACKENDS
+from binome.store import keys
+
+STORAGE_ID = Param(pattern=r"[a-z][a-z0-9\-_.]*", max_length=64, description="Storage ID.")
+AUDIT = privs("Datastore.Audit", path="/storage/{storage}")
+
+
+def _manager(ctx: RequestContext):
+    return ctx.services.storages
+
+
+@registry.register(
+    "GET", "/storage", name="storage_index", permission=privs("Datastore.Audit"),
+    description="Storage definitions.",
+    parameters={"type": Param(optional=True, description="Only storages of this type.")},
+    returns={"type": "array"},
+    cli=CliSpec(("storage", "list"), formatter="table:storage,type,content,path,shared"),
+)
+async def storage_index(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
+    configs = await _manager(ctx).configs()
+    return [c.to_api() for c in configs if params.get("type") in (None, c.type)]
+
+
+@registry.register(
+    "POST", "/storage", name="storage_create", permission=privs("Datastore.Allocate"),
+    description="Define a storage (type 'dir' now).",
+    parameters={"storage": STORAGE_ID,
+                "type": Param(enum=tuple(BACKENDS), description="Storage type."),
+                "path": Param(optional=True, pattern=r"/[^\0]*", max_length=4096),
+                "content": Param(optional=True, default="images,iso", max_length=256),
+                "nodes": Param(optional=True, max_length=1024),
+                "shared": Param(type="boolean", optional=True, default=False),
+                "disable": Param(type="boolean", optional=True, default=False)},
+    cli=CliSpec(("storage", "add"), positional=("storage",)),
+)
+async def storage_create(ctx: RequestContext, params: dict[str, Any]) -> None:
+    store = ctx.services.cluster.store
+    if store is None:
+        raise fail("this node is not part of a cluster")
+    content = [c for c in params["content"].split(",") if c]
+    bad = [c for c in content if c not in CONTENT_TYPES]
+    if bad:
+        raise param_error("content", f"invalid content type '{bad[0]}'")
+    if params["type"] == "dir" and not params.get("path"):
+        raise param_error("path", "property is missing and it is not optional")
+    record = {"storage": params["storage"], "type": params["type"],
+              "path": params.get("path", ""), "content": ",".join(content),
+              "nodes": params.get("nodes", ""), "shared": int(params["shared"]),
+              "disable": int(params["disable"])}
+    if not await store.commit({keys.STORAGE + params["storage"]: 0},
+                              {keys.STORAGE + params["storage"]: record}, bump_config=True):
+        raise fail(f"storage ID '{params['storage']}' already defined")
+
+
+@registry.register(
+    "GET", "/nodes/{node}/storage", name="node_storage", permission=privs("Datastore.Audit"),
+    proxyto="node", description="Storage status on this node.",
+    parameters={"node": NODE, "content": Param(optional=True, enum=CONTENT_TYPES),
+                "storage": Param(optional=True)},
+    returns={"type": "array"},
+    cli=CliSpec(("storage", "status"), formatter="table:storage,type,active,total,used,avail"),
+)
+async def node_storage(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
+    manager = _manager(ctx)
+    out = []
+    for cfg in await manager.configs():
+        if not cfg.available_on(ctx.node):
+            continue
+        if params.get("storage") not in (None, cfg.storage):
+            continue
+        if params.get("content") and params["content"] not in cfg.content:
+            continue
+        try:
+            status = await (await manager.get(cfg.storage)).status()
+        except BinomeError:
+            status = {"active": 0, "enabled": 0, "total": 0, "used": 0, "avail": 0}
+        out.append({"storage": cfg.storage, "type": cfg.type, "content": ",".join(cfg.content),
+                    "shared": int(cfg.shared), **status})
+    return out
+
+
+@registry.register(
+    "GET", "/nodes/{node}/storage/{storage}/status", name="node_storage_status",
+    permission=AUDIT, proxyto="node", description="Status of one storage on this node.",
+    parameters={"node": NODE, "storage": STORAGE_ID}, returns={"type": "object"},
+)
+async def node_storage_status(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    manager = _manager(ctx)
+    cfg = await manager.config(params["storage"])
+    status = await (await manager.get(cfg.storage)).status()
+    return {"storage": cfg.storage, "type": cfg.type, "content": ",".join(cfg.content),
+            "shared": int(cfg.shared), **status}
+
+
+@registry.register(
+    "GET", "/nodes/{node}/storage/{storage}/content", name="node_storage_content",
+    permission=AUDIT, proxyto="node", description="List the volumes of a storage.",
+    parameters={"node": NODE, "storage": STORAGE_ID,
+                "content": Param(optional=True, enum=CONTENT_TYPES),
+                "vmid": Param(type="integer", optional=True, minimum=100)},
+    returns={"type": "array"},
+    cli=CliSpec(("storage", "content"), positional=("storage",),
+                formatter="table:volid,content,format,size,vmid"),
+)
+async def node_storage_content(ctx: RequestContext,
+                               params: dict[str, Any]) -> list[dict[str, Any]]:
+    storage = await _manager(ctx).get(params["storage"])
+    return await storage.list(params.get("content"), params.get("vmid"))

@@ -1,0 +1,70 @@
+"""Where a guest's runtime files live: ``<run_dir>/<vmid>.<suffix>``.
+
+One place for the layout so the command line, the runtime, adoption and
+cleanup agree:
+
+* ``.pid``       QEMU's ``-pidfile`` (QEMU writes and locks it);
+* ``.qmp``       QMP monitor socket (server; the runtime is its client);
+* ``.serial``    serial console socket (server; one client at a time reads
+                 and writes ttyS0);
+* ``.vnc``       VNC server socket (only with a display device);
+* ``.json``      the runtime's record of the running guest (spec, pids,
+                 taps, requested action): what a restarted daemon adopts;
+* ``.log``       QEMU's stdout/stderr (kept after exit for diagnosis);
+* ``.exitcode``  written by the exit wrapper when QEMU exits;
+* ``.exit.json`` the last exit's reason, kept until the next start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["SUN_PATH_MAX", "GuestPaths"]
+
+SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1
+
+
+@dataclass(frozen=True)
+class GuestPaths:
+    run_dir: Path
+    vmid: int
+
+    def _p(self, suffix: str) -> Path:
+        return self.run_dir / f"{self.vmid}{suffix}"
+
+    @property
+    def pidfile(self) -> Path:
+        return self._p(".pid")
+
+    @property
+    def qmp(self) -> Path:
+        return self._p(".qmp")
+
+    @property
+    def serial(self) -> Path:
+        return self._p(".serial")
+
+    @property
+    def vnc(self) -> Path:
+        return self._p(".vnc")
+
+    @property
+    def state(self) -> Path:
+        return self._p(".json")
+
+    @property
+    def log(self) -> Path:
+        return self._p(".log")
+
+    @property
+    def exitcode(self) -> Path:
+        return self._p(".exitcode")
+
+    @property
+    def last_exit(self) -> Path:
+        return self._p(".exit.json")
+
+    def transient(self) -> list[Path]:
+        """Files that only make sense while QEMU runs (removed once it has exited)."""
+        return [self.pidfile, self.qmp, self.serial, self.vnc, self.state, self.exitcode]

@@ -1,0 +1,735 @@
+"""The guest runtime of one node: QEMU processes, their QMP control, adoption and stats.
+
+Owns the lifecycle of guest processes below the API: start (taps, the
+detached QEMU, readiness), graceful shutdown (ACPI over QMP), hard stop,
+reset, pause/resume, status and resource counters, watching for exits and
+classifying them, and re-adopting guests after a daemon restart. It knows
+nothing about VM configs, storage or tasks; the API layer hands it a
+:class:`~binome.guest.spec.LaunchSpec` and turns :class:`GuestError` messages
+into task errors.
+
+Design (details in the modules named):
+
+* Detached QEMU (``process``): each QEMU runs under a ``/bin/sh`` exit
+  wrapper in its own session; killing the daemon leaves it running. The
+  wrapper records QEMU's exit status, so how a guest ended is known even if
+  no daemon ran at that moment.
+* Everything a restarted daemon needs is on disk in ``run_dir``
+  (``paths``): ``<vmid>.json`` (spec, pids, start time, taps, what was
+  requested) is written before QEMU starts; ``adopt()`` reads it, checks the
+  pid is alive, not reused (start time) and really our QEMU (cmdline has this
+  guest's ``-pidfile``), then reconnects QMP. Dead guests are cleaned up
+  (taps, sockets, state) and their exit reason recorded in ``<vmid>.exit.json``.
+* Exit watching: a pidfd per QEMU in the event loop, so an exit is seen at
+  once whether or not QMP is connected; the exit is then "finalized" exactly
+  once (reason, taps, files, ``on_exit`` callback).
+* One persistent QMP connection per guest, reconnected on demand; QEMU's
+  SHUTDOWN events on it refine the exit reason.
+* Stats come from /proc (cpu, RSS, uptime), QMP ``query-blockstats`` (disk
+  bytes) and the taps' counters (network bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import ExecuteError, QMPClient, QMPError, Runstate
+
+from binome.guest.accel import cached_accel, resolve_accel
+from binome.guest.argv import QEMU_BINARY, build_argv
+from binome.guest.errors import GuestError
+from binome.guest.network import create_taps, delete_taps, tap_counters, tap_name
+from binome.guest.paths import SUN_PATH_MAX, GuestPaths
+from binome.guest.process import (
+    CLK_TCK,
+    classify_exit,
+    is_alive,
+    is_our_qemu,
+    proc_cmdline,
+    proc_rss,
+    proc_stat,
+    process_uptime,
+    read_exitcode,
+    wrapper_argv,
+)
+from binome.guest.spec import LaunchSpec
+
+__all__ = ["GuestError", "QemuRuntime", "RuntimeStatus"]
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 30.0  # QEMU up to a QMP greeting (TCG init is ~0.1 s; disks over NBD more)
+QMP_CONNECT_TIMEOUT = 5.0
+QMP_TIMEOUT = 10.0
+WRAPPER_GRACE = 5.0  # QEMU gone -> wrapper has written the status file and left
+KILL_WAIT = 10.0
+POLL = 0.02
+
+ExitCallback = Callable[[int, str], Any]
+
+
+@dataclass
+class RuntimeStatus:
+    """What ``qm status``/``status/current`` needs from the runtime.
+
+    ``cpu`` is Proxmox's fraction: CPU time used per wall-clock second,
+    divided by the VM's vcpus (1.0 = all vcpus busy), measured since the
+    previous ``status()`` call for that VM (since QEMU started on the first
+    call). ``mem`` is QEMU's RSS (Proxmox reports the balloon's view; we have
+    no balloon). ``netin`` is bytes into the guest, ``netout`` bytes out of it.
+    For a stopped VM everything but ``exit_reason`` is zero/None; ``maxmem``
+    is 0 then too (the config knows it).
+    """
+
+    vmid: int
+    status: str  # running|stopped
+    qmpstatus: str | None
+    pid: int | None
+    uptime: int
+    cpu: float
+    mem: int
+    maxmem: int
+    diskread: int
+    diskwrite: int
+    netin: int
+    netout: int
+    exit_reason: str | None
+
+
+@dataclass(eq=False)
+class _Guest:
+    spec: LaunchSpec
+    paths: GuestPaths
+    taps: list[str]
+    pid: int | None = None
+    start_ticks: int | None = None
+    wrapper_pid: int | None = None
+    popen: subprocess.Popen[bytes] | None = None  # set when this process started it
+    requested: str | None = None  # "stop" | "shutdown" | "shutdown-forced"
+    argv: list[str] = field(default_factory=list)
+    started_at: float = 0.0
+    qmp: QMPClient | None = None
+    qmp_reason: str | None = None  # reason of the last SHUTDOWN event
+    event_task: asyncio.Task[None] | None = None
+    pidfd: int | None = None
+    cpu_sample: tuple[float, int] | None = None  # (monotonic, cpu ticks)
+    finalizer: asyncio.Task[str] | None = None
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def vmid(self) -> int:
+        return self.spec.vmid
+
+    def alive(self) -> bool:
+        return self.pid is not None and is_alive(self.pid, self.start_ticks)
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "vmid": self.vmid,
+            "spec": self.spec.to_dict(),
+            "argv": self.argv,
+            "taps": self.taps,
+            "pid": self.pid,
+            "start_ticks": self.start_ticks,
+            "wrapper_pid": self.wrapper_pid,
+            "requested": self.requested,
+            "started_at": self.started_at,
+        }
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _spawn_detached(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``argv`` with nothing tying it to this process.
+
+    Own session (no signal from our process group or terminal reaches it),
+    no inherited descriptors (``close_fds``: QEMU must not hold the API's
+    listening socket), cwd "/", output to ``log_path``; no PDEATHSIG.
+    """
+    with log_path.open("wb") as logf:
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True, cwd="/",
+        )
+
+
+async def _poll(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Poll a /proc condition until true (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(POLL)
+
+
+def _log_tail(path: Path, limit: int = 16384) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - limit))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class QemuRuntime:
+    """Runs and tracks this node's QEMU guests; state lives in ``run_dir``.
+
+    ``accel``: ``None`` probes once (cached in ``run_dir``), ``"kvm"``/``"tcg"``
+    force. ``on_exit(vmid, reason)`` (optional, sync or async) is called once
+    per guest exit this runtime observes, including guests ``adopt()`` finds
+    dead, so the caller can write the task/cluster log.
+    """
+
+    def __init__(
+        self, run_dir: Path, *, accel: str | None = None, on_exit: ExitCallback | None = None,
+        qemu: str = QEMU_BINARY,
+    ) -> None:
+        if accel not in (None, "kvm", "tcg"):
+            raise ValueError(f"accel {accel!r}: want None, 'kvm' or 'tcg'")
+        self.run_dir = Path(run_dir).absolute()
+        longest = GuestPaths(self.run_dir, 999_999_999).serial
+        if len(str(longest)) > SUN_PATH_MAX:
+            raise ValueError(f"run_dir {self.run_dir} too long for unix socket paths")
+        if not self.run_dir.exists():
+            self.run_dir.mkdir(parents=True, mode=0o700)
+        self.qemu = qemu
+        self.on_exit = on_exit
+        self._forced_accel = accel
+        self._accel: str | None = accel
+        self._guests: dict[int, _Guest] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._last_exit: dict[int, str] = {}
+        self._closed = False
+
+    # -- acceleration and command line ---------------------------------------------
+
+    async def accel(self) -> str:
+        """The accelerator guests get ("kvm"/"tcg"), probing once if not forced."""
+        if self._accel is None:
+            self._accel = (await resolve_accel(self.run_dir, qemu=self.qemu)).accel
+        return self._accel
+
+    def argv(self, spec: LaunchSpec) -> list[str]:
+        """The QEMU argv :meth:`start` runs for ``spec`` (without the exit wrapper).
+
+        Uses the forced or already-probed accelerator, else the cached probe
+        result, else "tcg" (await :meth:`accel` first to probe).
+        """
+        accel = self._accel
+        if accel is None:
+            cached = cached_accel(self.run_dir, self.qemu)
+            accel = cached.accel if cached is not None else "tcg"
+        return build_argv(spec, self.run_dir, accel, qemu=self.qemu)
+
+    def paths(self, vmid: int) -> GuestPaths:
+        return GuestPaths(self.run_dir, vmid)
+
+    def serial_socket(self, vmid: int) -> Path:
+        return self.paths(vmid).serial
+
+    def vnc_socket(self, vmid: int) -> Path:
+        return self.paths(vmid).vnc
+
+    def qmp_socket(self, vmid: int) -> Path:
+        return self.paths(vmid).qmp
+
+    def log_path(self, vmid: int) -> Path:
+        return self.paths(vmid).log
+
+    # -- queries ------------------------------------------------------------------
+
+    def is_running(self, vmid: int) -> bool:
+        g = self._guests.get(vmid)
+        return g is not None and g.alive()
+
+    def running(self) -> list[int]:
+        return sorted(v for v, g in self._guests.items() if g.alive())
+
+    def last_exit(self, vmid: int) -> str | None:
+        """Why the VM's QEMU last ended (None if unknown or running)."""
+        if self.is_running(vmid):
+            return None
+        if vmid in self._last_exit:
+            return self._last_exit[vmid]
+        data = _read_json(self.paths(vmid).last_exit)
+        return data.get("reason") if data else None
+
+    async def status(self, vmid: int) -> RuntimeStatus:
+        g = self._guests.get(vmid)
+        if g is not None and not g.alive():
+            await self._finalize(g)
+            g = None
+        if g is None:
+            return RuntimeStatus(vmid, "stopped", None, None, 0, 0.0, 0, 0, 0, 0, 0, 0,
+                                 self.last_exit(vmid))
+        assert g.pid is not None and g.start_ticks is not None
+        st = proc_stat(g.pid)
+        now = time.monotonic()
+        uptime = process_uptime(g.start_ticks)
+        cpu = 0.0
+        if st is not None:
+            if g.cpu_sample is not None and now > g.cpu_sample[0]:
+                used = (st.cpu_ticks - g.cpu_sample[1]) / CLK_TCK
+                cpu = used / (now - g.cpu_sample[0]) / g.spec.vcpus
+            elif uptime > 0:
+                cpu = st.cpu_ticks / CLK_TCK / uptime / g.spec.vcpus
+            g.cpu_sample = (now, st.cpu_ticks)
+        qmpstatus: str | None = None
+        diskread = diskwrite = 0
+        try:
+            qmpstatus = (await self._command(g, "query-status", timeout=3.0))["status"]
+            for entry in await self._command(g, "query-blockstats", timeout=3.0):
+                stats = entry.get("stats", {})
+                diskread += int(stats.get("rd_bytes", 0))
+                diskwrite += int(stats.get("wr_bytes", 0))
+        except GuestError as exc:
+            # A busy or wedged QMP must not make the whole status call fail.
+            log.warning("VM %s: status over QMP failed: %s", vmid, exc)
+        netin, netout = tap_counters(g.taps)
+        return RuntimeStatus(
+            vmid=vmid, status="running", qmpstatus=qmpstatus, pid=g.pid, uptime=int(uptime),
+            cpu=round(max(cpu, 0.0), 6), mem=proc_rss(g.pid), maxmem=g.spec.maxmem,
+            diskread=diskread, diskwrite=diskwrite, netin=netin, netout=netout,
+            exit_reason=None,
+        )
+
+    # -- start --------------------------------------------------------------------
+
+    def _lock(self, vmid: int) -> asyncio.Lock:
+        return self._locks.setdefault(vmid, asyncio.Lock())
+
+    async def start(self, spec: LaunchSpec) -> int:
+        """Start the guest; returns QEMU's pid once QMP answers.
+
+        Raises GuestError for a running VM, a missing/unsuitable bridge
+        (before anything is created) or a QEMU that fails to come up (with
+        QEMU's own error); nothing is left behind on failure.
+        """
+        self._check_open()
+        vmid = spec.vmid
+        async with self._lock(vmid):
+            g = self._guests.get(vmid)
+            if g is None and self.paths(vmid).state.exists():
+                g = await self._adopt_one(vmid)  # adopt() was not called: do not start twice
+            if g is not None:
+                if g.alive():
+                    raise GuestError(f"VM {vmid} already running")
+                await self._finalize(g)
+            accel = await self.accel()
+            qemu_argv = build_argv(spec, self.run_dir, accel, qemu=self.qemu)
+            paths = self.paths(vmid)
+            for path in [*paths.transient(), paths.last_exit]:
+                path.unlink(missing_ok=True)
+            self._last_exit.pop(vmid, None)
+            taps = [tap_name(vmid, nic.index) for nic in spec.nics]
+            g = _Guest(spec=spec, paths=paths, taps=taps, argv=qemu_argv, started_at=time.time())
+            # Recorded before anything exists, so a crash from here on is cleaned by adopt().
+            _write_json(paths.state, g.record())
+            try:
+                await create_taps(vmid, spec.nics)
+                await self._spawn(g)
+            except BaseException:
+                await asyncio.shield(self._abort_start(g))
+                raise
+            self._guests[vmid] = g
+            self._watch(g)
+            log.info("VM %s started (pid %s, %s)", vmid, g.pid, accel)
+            assert g.pid is not None
+            return g.pid
+
+    async def _spawn(self, g: _Guest) -> None:
+        paths = g.paths
+        g.popen = await asyncio.to_thread(_spawn_detached,
+                                          wrapper_argv(g.vmid, paths.exitcode, g.taps, g.argv),
+                                          paths.log)
+        g.wrapper_pid = g.popen.pid
+        _write_json(paths.state, g.record())
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if g.pid is None:
+                g.pid = self._pid_from_pidfile(g)
+                if g.pid is not None:
+                    st = proc_stat(g.pid)
+                    g.start_ticks = st.start_ticks if st else None
+                    _write_json(paths.state, g.record())
+            if g.popen.poll() is not None:
+                reason = classify_exit(read_exitcode(paths.exitcode), requested=None,
+                                       qmp_reason=None, log_text=_log_tail(paths.log))
+                raise GuestError(f"start failed: {reason}")
+            if g.pid is not None and paths.qmp.exists():
+                with contextlib.suppress(GuestError):
+                    await self._qmp(g, quiet=True)
+                    return
+            if time.monotonic() > deadline:
+                raise GuestError(f"start failed: QEMU not ready within {START_TIMEOUT:.0f}s")
+            await asyncio.sleep(POLL)
+
+    def _pid_from_pidfile(self, g: _Guest) -> int | None:
+        try:
+            pid = int(g.paths.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None  # not written yet (or half-written)
+        st = proc_stat(pid)
+        if st is None or not is_our_qemu(pid, g.paths.pidfile):
+            return None
+        if g.wrapper_pid is not None and st.ppid != g.wrapper_pid:
+            return None
+        return pid
+
+    async def _abort_start(self, g: _Guest) -> None:
+        """Undo a failed start: kill what runs, remove taps and files."""
+        await self._disconnect(g)
+        for pid in (g.pid, g.wrapper_pid):
+            if pid is not None and is_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if g.popen is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(g.popen.wait, KILL_WAIT)
+        await self._wait_gone(g.pid, KILL_WAIT)
+        await delete_taps(g.taps)
+        for path in g.paths.transient():
+            path.unlink(missing_ok=True)
+
+    # -- exit watching and finalization ---------------------------------------------
+
+    def _watch(self, g: _Guest) -> None:
+        """Call :meth:`_finalize` as soon as QEMU exits (pidfd readable)."""
+        assert g.pid is not None
+        loop = asyncio.get_running_loop()
+        try:
+            g.pidfd = os.pidfd_open(g.pid)
+        except ProcessLookupError:
+            g.finalizer = loop.create_task(self._do_finalize(g))
+            return
+        loop.add_reader(g.pidfd, self._on_pidfd, g)
+
+    def _on_pidfd(self, g: _Guest) -> None:
+        self._unwatch(g)
+        if g.finalizer is None:
+            g.finalizer = asyncio.get_running_loop().create_task(self._do_finalize(g))
+
+    def _unwatch(self, g: _Guest) -> None:
+        if g.pidfd is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(g.pidfd)
+            os.close(g.pidfd)
+            g.pidfd = None
+
+    async def _finalize(self, g: _Guest) -> str:
+        """Once per exit (one task, however many callers): the exit's reason."""
+        if g.finalizer is None:
+            g.finalizer = asyncio.get_running_loop().create_task(self._do_finalize(g))
+        return await asyncio.shield(g.finalizer)
+
+    async def _do_finalize(self, g: _Guest) -> str:
+        """Classify the exit, remove taps and files, record and report it."""
+        self._unwatch(g)
+        await self._wait_wrapper(g)
+        status = read_exitcode(g.paths.exitcode)
+        reason = classify_exit(status, requested=g.requested, qmp_reason=g.qmp_reason,
+                               log_text=_log_tail(g.paths.log))
+        await self._disconnect(g)
+        await delete_taps(g.taps)
+        for path in g.paths.transient():
+            path.unlink(missing_ok=True)
+        _write_json(g.paths.last_exit, {"vmid": g.vmid, "reason": reason, "status": status,
+                                        "pid": g.pid, "time": int(time.time())})
+        self._last_exit[g.vmid] = reason
+        if self._guests.get(g.vmid) is g:
+            del self._guests[g.vmid]
+        g.exited.set()
+        log.info("VM %s: %s", g.vmid, reason)
+        if self.on_exit is not None:
+            try:
+                result = self.on_exit(g.vmid, reason)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("VM %s: on_exit callback failed", g.vmid)
+        return reason
+
+    def _wrapper_alive(self, g: _Guest) -> bool:
+        if g.popen is not None:
+            return g.popen.poll() is None  # our child: this also reaps it
+        if g.wrapper_pid is None or not is_alive(g.wrapper_pid):
+            return False
+        argv = proc_cmdline(g.wrapper_pid) or []
+        return f"binome-vm-{g.vmid}" in argv  # not a reused pid
+
+    async def _wait_wrapper(self, g: _Guest) -> None:
+        await _poll(lambda: not self._wrapper_alive(g), WRAPPER_GRACE)
+
+    @staticmethod
+    async def _wait_gone(pid: int | None, timeout: float) -> bool:
+        return await _poll(lambda: pid is None or not is_alive(pid), timeout)
+
+    async def _wait_exit(self, g: _Guest, timeout: float) -> bool:
+        """Wait until the exit was finalized; False on timeout."""
+        try:
+            await asyncio.wait_for(asyncio.shield(g.exited.wait()), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # -- adoption -------------------------------------------------------------------
+
+    async def adopt(self) -> list[int]:
+        """Re-attach to guests a previous daemon started; returns the running vmids.
+
+        Guests found dead are finalized: exit reason recorded (and passed to
+        ``on_exit``), taps and runtime files removed.
+        """
+        self._check_open()
+        for state in sorted(self.run_dir.glob("*.json")):
+            if not state.stem.isdigit():
+                continue
+            vmid = int(state.stem)
+            if vmid in self._guests:
+                continue
+            async with self._lock(vmid):
+                if vmid not in self._guests:
+                    await self._adopt_one(vmid)
+        return self.running()
+
+    async def _adopt_one(self, vmid: int) -> _Guest | None:
+        paths = self.paths(vmid)
+        data = _read_json(paths.state)
+        try:
+            spec = LaunchSpec.from_dict(data["spec"])  # type: ignore[index]
+        except (TypeError, KeyError, ValueError):
+            log.warning("VM %s: unreadable runtime state %s; removing it", vmid, paths.state)
+            spec = None
+        if spec is None or data is None:
+            await self._forget_orphan(vmid, data)
+            return None
+        g = _Guest(
+            spec=spec, paths=paths, taps=list(data.get("taps") or []),
+            pid=data.get("pid"), start_ticks=data.get("start_ticks"),
+            wrapper_pid=data.get("wrapper_pid"), requested=data.get("requested"),
+            argv=list(data.get("argv") or []), started_at=data.get("started_at") or 0.0,
+        )
+        if g.pid is None:  # the previous daemon died between spawn and readiness
+            g.pid = self._pid_from_pidfile(g)
+            st = proc_stat(g.pid) if g.pid is not None else None
+            g.start_ticks = st.start_ticks if st else None
+        if g.pid is not None and g.alive() and is_our_qemu(g.pid, paths.pidfile):
+            self._guests[vmid] = g
+            _write_json(paths.state, g.record())
+            self._watch(g)
+            try:
+                await self._qmp(g)
+            except GuestError as exc:
+                log.warning("VM %s adopted (pid %s) without QMP: %s", vmid, g.pid, exc)
+            log.info("VM %s adopted (pid %s)", vmid, g.pid)
+            return g
+        g.pid = g.pid if g.pid is not None and g.alive() else None
+        await self._finalize(g)
+        return None
+
+    async def _forget_orphan(self, vmid: int, data: dict[str, Any] | None) -> None:
+        """A state file we cannot parse: kill nothing we cannot identify, clean the rest."""
+        paths = self.paths(vmid)
+        taps = list((data or {}).get("taps") or [])
+        await delete_taps(taps)
+        try:
+            pid = int(paths.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            pid = None
+        if pid is not None and is_alive(pid) and is_our_qemu(pid, paths.pidfile):
+            log.error("VM %s: QEMU pid %s runs but its state is unreadable; leaving it", vmid, pid)
+            return
+        for path in paths.transient():
+            path.unlink(missing_ok=True)
+
+    # -- lifecycle commands ---------------------------------------------------------
+
+    def _running(self, vmid: int) -> _Guest:
+        self._check_open()
+        g = self._guests.get(vmid)
+        if g is None or not g.alive():
+            raise GuestError(f"VM {vmid} not running")
+        return g
+
+    def _set_requested(self, g: _Guest, what: str | None) -> None:
+        g.requested = what
+        with contextlib.suppress(OSError):
+            _write_json(g.paths.state, g.record())
+
+    async def shutdown(self, vmid: int, timeout: float = 60.0, force_stop: bool = False) -> None:
+        """ACPI power button; wait up to ``timeout`` for the guest to power off.
+
+        On timeout: GuestError, or with ``force_stop`` a hard :meth:`stop`.
+        A paused guest cannot react to ACPI: GuestError unless ``force_stop``.
+        """
+        g = self._running(vmid)
+        if await self._qmpstatus(g) == "paused":
+            if not force_stop:
+                raise GuestError(f"VM {vmid} is paused - cannot shutdown")
+            await self.stop(vmid)
+            return
+        self._set_requested(g, "shutdown")
+        try:
+            await self._command(g, "system_powerdown")
+        except GuestError:
+            if g.alive():
+                self._set_requested(g, None)
+                raise
+        if await self._wait_exit(g, timeout):
+            return
+        if not force_stop:
+            self._set_requested(g, None)
+            raise GuestError("VM quit/powerdown failed - got timeout")
+        log.warning("VM %s: shutdown timed out after %ss, stopping it", vmid, timeout)
+        await self.stop(vmid)
+
+    async def stop(self, vmid: int, timeout: float = 10.0) -> None:
+        """Hard stop: QMP ``quit``; after ``timeout`` SIGTERM, then SIGKILL, by pid."""
+        g = self._running(vmid)
+        self._set_requested(g, "stop")
+        with contextlib.suppress(GuestError):
+            await self._command(g, "quit", timeout=min(timeout, 5.0))
+        if await self._wait_exit(g, timeout):
+            return
+        log.warning("VM %s still running after quit - terminating now with SIGTERM", vmid)
+        self._kill(g, signal.SIGTERM)
+        if await self._wait_exit(g, min(timeout, 5.0)):
+            return
+        log.warning("VM %s still running - killing it with SIGKILL", vmid)
+        self._kill(g, signal.SIGKILL)
+        if not await self._wait_exit(g, KILL_WAIT + WRAPPER_GRACE):
+            raise GuestError(f"VM {vmid} still running after SIGKILL (pid {g.pid})")
+
+    def _kill(self, g: _Guest, sig: int) -> None:
+        if g.pid is not None and g.alive():  # alive() checks the start time: no reused pid
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(g.pid, sig)
+
+    async def reset(self, vmid: int) -> None:
+        """Hard reset of the virtual machine (QMP ``system_reset``); QEMU keeps running."""
+        await self._command(self._running(vmid), "system_reset")
+
+    async def suspend(self, vmid: int) -> None:
+        """Pause the vcpus (QMP ``stop``); the guest is frozen in memory."""
+        await self._command(self._running(vmid), "stop")
+
+    async def resume(self, vmid: int) -> None:
+        """Continue a paused guest (QMP ``cont``)."""
+        await self._command(self._running(vmid), "cont")
+
+    async def command(
+        self, vmid: int, cmd: str, args: dict[str, Any] | None = None,
+        timeout: float = QMP_TIMEOUT,
+    ) -> Any:
+        """One QMP command on a running guest, over the runtime's own connection.
+
+        For what the lifecycle verbs do not cover (``query-block``, VNC
+        password, migration ...). QMP errors become GuestError.
+        """
+        return await self._command(self._running(vmid), cmd, args, timeout)
+
+    # -- QMP ------------------------------------------------------------------------
+
+    async def _qmp(self, g: _Guest, quiet: bool = False) -> QMPClient:
+        """The guest's connected QMP client, (re)connecting when needed."""
+        if g.qmp is not None and g.qmp.runstate == Runstate.RUNNING:
+            return g.qmp
+        await self._disconnect(g)
+        client = QMPClient(f"vm{g.vmid}")
+        if quiet:  # readiness polling: failed attempts are expected, not errors
+            client.logger = logging.getLogger("binome.guest.qmp.startup")
+            client.logger.setLevel(logging.CRITICAL)
+        try:
+            await asyncio.wait_for(client.connect(str(g.paths.qmp)), QMP_CONNECT_TIMEOUT)
+        except (QMPError, OSError, TimeoutError, EOFError) as exc:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+            raise GuestError(f"VM {g.vmid} qmp socket unavailable: {exc or type(exc).__name__}") \
+                from exc
+        g.qmp = client
+        g.event_task = asyncio.get_running_loop().create_task(self._events(g, client))
+        return client
+
+    async def _events(self, g: _Guest, client: QMPClient) -> None:
+        async for event in client.events:
+            name = event.get("event")
+            if name == "SHUTDOWN":
+                g.qmp_reason = (event.get("data") or {}).get("reason")
+            log.debug("VM %s: QMP event %s %s", g.vmid, name, event.get("data"))
+
+    async def _disconnect(self, g: _Guest) -> None:
+        task, client = g.event_task, g.qmp
+        g.event_task, g.qmp = None, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+
+    async def _command(
+        self, g: _Guest, cmd: str, args: dict[str, Any] | None = None,
+        timeout: float = QMP_TIMEOUT,
+    ) -> Any:
+        client = await self._qmp(g)
+        try:
+            return await asyncio.wait_for(client.execute(cmd, args), timeout)
+        except ExecuteError as exc:
+            raise GuestError(f"VM {g.vmid} qmp command '{cmd}' failed - {exc}") from exc
+        except TimeoutError:
+            # The reply may still come and confuse the next command: start afresh.
+            await self._disconnect(g)
+            raise GuestError(f"VM {g.vmid} qmp command '{cmd}' failed - got timeout") from None
+        except (QMPError, OSError, EOFError) as exc:
+            await self._disconnect(g)
+            raise GuestError(f"VM {g.vmid} qmp command '{cmd}' failed - {exc}") from exc
+
+    async def _qmpstatus(self, g: _Guest) -> str | None:
+        try:
+            return (await self._command(g, "query-status", timeout=3.0))["status"]
+        except GuestError:
+            return None
+
+    # -- shutdown of the runtime itself ---------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise GuestError("guest runtime is closed")
+
+    async def close(self) -> None:
+        """Drop QMP connections and exit watches; the guests keep running."""
+        self._closed = True
+        for g in list(self._guests.values()):
+            self._unwatch(g)
+            await self._disconnect(g)
+            if g.finalizer is not None and not g.finalizer.done():
+                with contextlib.suppress(Exception):
+                    await g.finalizer

@@ -1,0 +1,194 @@
+"""What to launch: the runtime's input, as frozen dataclasses (pure, no I/O).
+
+The config layer (``binome.guest.config``) turns a ``qm``-style VM config plus
+its storage into a :class:`LaunchSpec`; the runtime turns that into a QEMU
+process. Everything the runtime needs is here, already resolved: disk sources
+are file paths or NBD URIs, not storage ids. Construction validates the values
+the command line depends on and raises ``ValueError`` (the config layer is the
+place for user-facing messages; these are a second line of defence so a bad
+spec can never become a malformed QEMU option).
+
+``to_dict``/``from_dict`` give the JSON shape the runtime persists next to a
+running guest, so a restarted daemon knows what it adopted.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid as uuidlib
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = [
+    "BUS_MAX_INDEX",
+    "CACHE_MODES",
+    "DISK_FORMATS",
+    "MAX_NICS",
+    "NIC_MODELS",
+    "VGA_TYPES",
+    "DiskSpec",
+    "LaunchSpec",
+    "NicSpec",
+    "is_nbd_uri",
+]
+
+#: Highest disk index per bus, as Proxmox allows (virtio0-15, scsi0-30, ide0-3, sata0-5).
+BUS_MAX_INDEX: dict[str, int] = {"virtio": 15, "scsi": 30, "ide": 3, "sata": 5}
+DISK_FORMATS = ("raw", "qcow2")
+CACHE_MODES = ("none", "writeback", "writethrough", "unsafe")
+NIC_MODELS = ("virtio", "e1000", "rtl8139")
+VGA_TYPES = ("std", "virtio", "none", "serial0")
+MAX_NICS = 32  # net0-net31
+
+_MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
+# An interface name Linux accepts: 1-15 chars, no '/', ':' or whitespace.
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_CPU_RE = re.compile(r"^[A-Za-z0-9_.+=,-]+$")
+_NBD_PREFIXES = ("nbd:", "nbd+unix:", "nbd+tcp:")
+
+
+def is_nbd_uri(source: str) -> bool:
+    """Whether a disk source is an NBD URI (``nbd+unix:///export?socket=...``)."""
+    return source.startswith(_NBD_PREFIXES)
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """One disk: ``<bus><index>`` backed by a file or an NBD export."""
+
+    bus: str  # virtio|scsi|ide|sata
+    index: int
+    source: str  # a file path, or an NBD URI "nbd+unix:///export?socket=/path"
+    format: str | None = "raw"  # raw|qcow2; None for NBD (the export is raw data)
+    readonly: bool = False
+    cache: str = "none"  # none|writeback|writethrough|unsafe
+
+    def __post_init__(self) -> None:
+        if self.bus not in BUS_MAX_INDEX:
+            raise ValueError(f"disk bus {self.bus!r}: want one of {', '.join(BUS_MAX_INDEX)}")
+        top = BUS_MAX_INDEX[self.bus]
+        if not isinstance(self.index, int) or not 0 <= self.index <= top:
+            raise ValueError(f"disk {self.bus}{self.index}: index must be 0..{top}")
+        if not self.source or "\n" in self.source or "\0" in self.source:
+            raise ValueError(f"disk {self.name}: empty or malformed source")
+        if self.format is not None and self.format not in DISK_FORMATS:
+            raise ValueError(f"disk {self.name}: format {self.format!r} not in {DISK_FORMATS}")
+        if self.format is None and not is_nbd_uri(self.source):
+            # QEMU would probe the format of a file: a guest could then write a
+            # qcow2 header into a raw image and read host files through it.
+            raise ValueError(f"disk {self.name}: a file source needs an explicit format")
+        if self.cache not in CACHE_MODES:
+            raise ValueError(f"disk {self.name}: cache {self.cache!r} not in {CACHE_MODES}")
+
+    @property
+    def name(self) -> str:
+        """The Proxmox key of this disk (``virtio0``, ``scsi3`` ...)."""
+        return f"{self.bus}{self.index}"
+
+    @property
+    def is_nbd(self) -> bool:
+        return is_nbd_uri(self.source)
+
+
+@dataclass(frozen=True)
+class NicSpec:
+    """One NIC: ``net<index>``, a tap on a Linux bridge, optionally VLAN-tagged."""
+
+    index: int
+    model: str  # virtio|e1000|rtl8139
+    mac: str
+    bridge: str
+    tag: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.index, int) or not 0 <= self.index < MAX_NICS:
+            raise ValueError(f"nic net{self.index}: index must be 0..{MAX_NICS - 1}")
+        if self.model not in NIC_MODELS:
+            raise ValueError(f"nic {self.name}: model {self.model!r} not in {NIC_MODELS}")
+        if not _MAC_RE.match(self.mac):
+            raise ValueError(f"nic {self.name}: bad MAC address {self.mac!r}")
+        if int(self.mac[:2], 16) & 1:
+            raise ValueError(f"nic {self.name}: {self.mac} is a multicast address")
+        if not _IFNAME_RE.match(self.bridge):
+            raise ValueError(f"nic {self.name}: bad bridge name {self.bridge!r}")
+        if self.tag is not None and not 1 <= self.tag <= 4094:
+            raise ValueError(f"nic {self.name}: VLAN tag {self.tag} not in 1..4094")
+
+    @property
+    def name(self) -> str:
+        return f"net{self.index}"
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything needed to start one guest's QEMU process."""
+
+    vmid: int
+    name: str
+    memory_mb: int
+    cores: int = 1
+    sockets: int = 1
+    cpu: str = "qemu64"
+    disks: tuple[DiskSpec, ...] = ()
+    nics: tuple[NicSpec, ...] = ()
+    # Device order, e.g. ("virtio0", "net0") as in PVE 'order=virtio0;net0'.
+    # Names of devices the spec does not have are ignored, as Proxmox does.
+    boot: tuple[str, ...] = ()
+    kernel: str | None = None
+    initrd: str | None = None
+    append: str | None = None
+    vga: str = "std"  # std|virtio|none|serial0 (serial0: no display device)
+    uuid: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.vmid, int) or not 100 <= self.vmid <= 999_999_999:
+            raise ValueError(f"vmid {self.vmid!r} not in 100..999999999")
+        if not self.name or any(c in self.name for c in "\0\n"):
+            raise ValueError(f"VM {self.vmid}: bad name {self.name!r}")
+        if not isinstance(self.memory_mb, int) or self.memory_mb < 16:
+            raise ValueError(f"VM {self.vmid}: memory {self.memory_mb!r} MiB (minimum 16)")
+        for what, value in (("cores", self.cores), ("sockets", self.sockets)):
+            if not isinstance(value, int) or not 1 <= value <= 128:
+                raise ValueError(f"VM {self.vmid}: {what} {value!r} not in 1..128")
+        if not _CPU_RE.match(self.cpu):
+            raise ValueError(f"VM {self.vmid}: bad cpu type {self.cpu!r}")
+        # Tuples, not lists: the spec is hashable and its JSON form round-trips.
+        object.__setattr__(self, "disks", tuple(self.disks))
+        object.__setattr__(self, "nics", tuple(self.nics))
+        object.__setattr__(self, "boot", tuple(self.boot))
+        seen: set[str] = set()
+        for dev in (*self.disks, *self.nics):
+            if dev.name in seen:
+                raise ValueError(f"VM {self.vmid}: device {dev.name} given twice")
+            seen.add(dev.name)
+        if (self.initrd or self.append) and not self.kernel:
+            raise ValueError(f"VM {self.vmid}: initrd/append need a kernel")
+        if self.vga not in VGA_TYPES:
+            raise ValueError(f"VM {self.vmid}: vga {self.vga!r} not in {VGA_TYPES}")
+        if self.uuid is not None:
+            try:
+                uuidlib.UUID(self.uuid)
+            except ValueError:
+                raise ValueError(f"VM {self.vmid}: bad uuid {self.uuid!r}") from None
+
+    @property
+    def vcpus(self) -> int:
+        return self.cores * self.sockets
+
+    @property
+    def maxmem(self) -> int:
+        """Configured memory in bytes."""
+        return self.memory_mb * 1024 * 1024
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (tuples become lists)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LaunchSpec:
+        """Inverse of :meth:`to_dict`; validates like the constructor."""
+        fields = dict(data)
+        fields["disks"] = tuple(DiskSpec(**d) for d in fields.get("disks", ()))
+        fields["nics"] = tuple(NicSpec(**n) for n in fields.get("nics", ()))
+        fields["boot"] = tuple(fields.get("boot", ()))
+        return cls(**fields)

@@ -1,0 +1,168 @@
+"""The `dir` storage: raw or qcow2 image files under a directory (PVE's layout).
+
+Images live in ``<path>/images/<vmid>/vm-<vmid>-disk-<n>.<fmt>`` with volids
+``STORAGE:<vmid>/vm-<vmid>-disk-<n>.<fmt>``; kernels, initrds and ISO images in
+``<path>/template/iso/`` with volids ``STORAGE:iso/<file>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from binome.storage.base import (
+    Storage,
+    StorageError,
+    VolumeSource,
+    parse_image_volname,
+    split_volid,
+)
+
+FORMATS = ("raw", "qcow2")
+
+
+async def _run(*argv: str) -> str:
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise StorageError(f"{argv[0]} failed: {err.decode().strip() or proc.returncode}")
+    return out.decode()
+
+
+class DirStorage(Storage):
+    @property
+    def root(self) -> Path:
+        return Path(self.config.path)
+
+    def _image_dir(self, vmid: int) -> Path:
+        return self.root / "images" / str(vmid)
+
+    def path(self, volid: str) -> Path:
+        storage, volname = split_volid(volid)
+        if storage != self.id:
+            raise StorageError(f"volume '{volid}' is not on storage '{self.id}'")
+        if volname.startswith("iso/"):
+            name = volname[4:]
+            if "/" in name or name in ("", ".", ".."):
+                raise StorageError(f"invalid volume name '{volname}'")
+            return self.root / "template" / "iso" / name
+        vmid, name, fmt = parse_image_volname(volname)
+        return self._image_dir(vmid) / f"{name}.{fmt}"
+
+    def _next_name(self, vmid: int, prefix: str = "vm") -> str:
+        used = set()
+        directory = self._image_dir(vmid)
+        if directory.exists():
+            for f in directory.iterdir():
+                m = re.match(rf"(?:vm|base)-{vmid}-disk-(\d+)\.", f.name)
+                if m:
+                    used.add(int(m.group(1)))
+        n = 0
+        while n in used:
+            n += 1
+        return f"{prefix}-{vmid}-disk-{n}"
+
+    async def alloc(self, vmid: int, size: int, fmt: str = "raw",
+                    name: str | None = None) -> str:
+        if fmt not in FORMATS:
+            raise StorageError(f"unsupported format '{fmt}' on dir storage")
+        if size <= 0:
+            raise StorageError("volume size must be positive")
+        self._image_dir(vmid).mkdir(parents=True, exist_ok=True)
+        name = name or self._next_name(vmid)
+        path = self._image_dir(vmid) / f"{name}.{fmt}"
+        if path.exists():
+            raise StorageError(f"volume '{self.id}:{vmid}/{name}.{fmt}' already exists")
+        if fmt == "raw":
+            with open(path, "xb") as f:
+                f.truncate(size)
+        else:
+            await _run("qemu-img", "create", "-q", "-f", "qcow2", str(path), str(size))
+        return f"{self.id}:{vmid}/{name}.{fmt}"
+
+    async def free(self, volid: str) -> None:
+        path = self.path(volid)
+        path.unlink(missing_ok=True)
+        with_dir = path.parent
+        if with_dir.name.isdigit() and with_dir.exists() and not any(with_dir.iterdir()):
+            with_dir.rmdir()
+
+    async def resize(self, volid: str, size: int) -> None:
+        path = self.path(volid)
+        if not path.exists():
+            raise StorageError(f"volume '{volid}' does not exist")
+        await _run("qemu-img", "resize", "-q", "-f", path.suffix[1:], str(path), str(size))
+
+    async def copy(self, volid: str, vmid: int, fmt: str | None = None) -> str:
+        src = self.path(volid)
+        if not src.exists():
+            raise StorageError(f"volume '{volid}' does not exist")
+        fmt = fmt or src.suffix[1:]
+        self._image_dir(vmid).mkdir(parents=True, exist_ok=True)
+        name = self._next_name(vmid)
+        dst = self._image_dir(vmid) / f"{name}.{fmt}"
+        await _run("qemu-img", "convert", "-q", "-f", src.suffix[1:], "-O", fmt, str(src),
+                   str(dst))
+        return f"{self.id}:{vmid}/{name}.{fmt}"
+
+    def source(self, volid: str) -> VolumeSource:
+        path = self.path(volid)
+        if not path.exists():
+            raise StorageError(f"volume '{volid}' does not exist")
+        fmt = path.suffix[1:] if path.suffix[1:] in FORMATS else "raw"
+        return VolumeSource(str(path), fmt)
+
+    async def size(self, volid: str) -> int:
+        path = self.path(volid)
+        if path.suffix == ".qcow2":
+            import json
+
+            info = json.loads(await _run("qemu-img", "info", "--output=json", str(path)))
+            return int(info["virtual-size"])
+        return path.stat().st_size
+
+    async def list(self, content: str | None = None,
+                   vmid: int | None = None) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if content in (None, "images") and (self.root / "images").exists():
+            for vdir in sorted((self.root / "images").iterdir()):
+                if not vdir.name.isdigit() or (vmid is not None and int(vdir.name) != vmid):
+                    continue
+                for f in sorted(vdir.iterdir()):
+                    volid = f"{self.id}:{vdir.name}/{f.name}"
+                    try:
+                        parse_image_volname(f"{vdir.name}/{f.name}")
+                    except StorageError:
+                        continue
+                    st = f.stat()
+                    out.append({"volid": volid, "format": f.suffix[1:], "content": "images",
+                                "size": await self.size(volid), "used": st.st_blocks * 512,
+                                "ctime": int(st.st_ctime), "vmid": int(vdir.name)})
+        iso = self.root / "template" / "iso"
+        if content in (None, "iso") and vmid is None and iso.exists():
+            for f in sorted(iso.iterdir()):
+                st = f.stat()
+                out.append({"volid": f"{self.id}:iso/{f.name}", "format": "iso",
+                            "content": "iso", "size": st.st_size, "ctime": int(st.st_ctime)})
+        return out
+
+    async def status(self) -> dict[str, Any]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        st = os.statvfs(self.root)
+        total = st.f_blocks * st.f_frsize
+        avail = st.f_bavail * st.f_frsize
+        return {"total": total, "used": total - st.f_bfree * st.f_frsize, "avail": avail,
+                "active": 1, "enabled": 0 if self.config.disable else 1}
+
+    def import_iso(self, src: Path, name: str | None = None) -> str:
+        """Copy a file into the iso content (used by the lab to provide the guest kernel)."""
+        dst_dir = self.root / "template" / "iso"
+        dst_dir.mkdir(parents=True, exist_ok=True)
+        name = name or src.name
+        shutil.copyfile(src, dst_dir / name)
+        return f"{self.id}:iso/{name}"

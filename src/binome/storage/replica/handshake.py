@@ -1,0 +1,171 @@
+"""The sync handshake decision (pure, no I/O): DRBD's `drbd_sync_handshake`.
+
+After both sides exchanged UUIDs, flags, bitmap weights and states, this
+decides: Connected without resync, WFBitMapS / WFBitMapT (bitmap-based or full
+resync, and in which direction), or dropping the connection (StandAlone),
+with the handlers to run and DRBD's log lines. `uuid_compare` gives the first
+answer; the post-processing (disk-state override, after-sb policies,
+discard-my-data, rr-conflict) follows `reference/drbd.md` section 3 in order.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from binome.storage.replica.splitbrain import (
+    AfterSb,
+    SplitBrainView,
+    recover_0p,
+    recover_1p,
+    recover_2p,
+)
+from binome.storage.replica.states import ConnState, DiskState
+from binome.storage.replica.uuids import Comparison, Side, Sync, uuid_compare
+
+
+class RrConflict(enum.StrEnum):
+    DISCONNECT = "disconnect"
+    CALL_PRI_LOST = "call-pri-lost"
+    VIOLENTLY = "violently"
+
+
+@dataclass(frozen=True)
+class Policies:
+    after_sb_0pri: AfterSb = AfterSb.DISCONNECT
+    after_sb_1pri: AfterSb = AfterSb.DISCONNECT
+    after_sb_2pri: AfterSb = AfterSb.DISCONNECT
+    always_asbp: bool = False
+    rr_conflict: RrConflict = RrConflict.DISCONNECT
+
+
+@dataclass(frozen=True)
+class HandshakeInput:
+    me: Side
+    peer: Side
+    my_disk: DiskState
+    peer_disk: DiskState
+    my_changes: int                 # my bitmap weight (bits set)
+    peer_changes: int
+    resolve_conflicts: bool
+    discard_my_data: bool = False
+    peer_discard_my_data: bool = False
+    policies: Policies = field(default_factory=Policies)
+    can_demote: bool = True         # this Primary could demote now (no open clients)
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class HandshakeOutcome:
+    conn: ConnState | None          # None: drop the connection and go StandAlone
+    result: Sync                    # final decision after post-processing
+    full_sync: bool                 # set every bitmap bit before the resync
+    comparison: Comparison
+    handlers: tuple[str, ...] = ()
+    demote: bool = False            # demote this node (call-pri-lost-after-sb won)
+    log: tuple[str, ...] = ()
+
+
+def sync_handshake(h: HandshakeInput) -> HandshakeOutcome:
+    log: list[str] = []
+    handlers: list[str] = []
+    demote = False
+    cmp = uuid_compare(h.me, h.peer, resolve_conflicts=h.resolve_conflicts)
+    log.extend(cmp.messages)
+    log.append(f"uuid_compare()={int(cmp.result)} by rule {cmp.rule}")
+    hg = int(cmp.result)
+
+    def out(conn: ConnState | None, result: int, full: bool = False) -> HandshakeOutcome:
+        return HandshakeOutcome(conn, Sync(result), full, cmp, tuple(handlers), demote,
+                                tuple(log))
+
+    if hg == Sync.UNRELATED:
+        log.append("Unrelated data, aborting!")
+        return out(None, hg)
+
+    mydisk, peer_disk = h.my_disk, h.peer_disk
+    if ((mydisk == DiskState.Inconsistent and peer_disk > DiskState.Inconsistent)
+            or (peer_disk == DiskState.Inconsistent and mydisk > DiskState.Inconsistent)):
+        full = hg == Sync.SPLIT_BRAIN or abs(hg) == 2
+        hg = 1 if mydisk > DiskState.Inconsistent else -1
+        if full:
+            hg *= 2
+        log.append(f"Becoming sync {'source' if hg > 0 else 'target'} due to disk states.")
+
+    if abs(hg) == 100:
+        handlers.append("initial-split-brain")
+
+    if hg == Sync.SPLIT_BRAIN_AUTO or (hg == Sync.SPLIT_BRAIN and h.policies.always_asbp):
+        pcount = int(h.me.primary) + int(h.peer.primary)
+        forced = hg == Sync.SPLIT_BRAIN
+        view = SplitBrainView(
+            self_was_primary=bool(h.me.gi.bitmap & 1), peer_was_primary=bool(h.peer.gi.bitmap & 1),
+            self_changes=h.my_changes, peer_changes=h.peer_changes,
+            resolve_conflicts=h.resolve_conflicts, self_primary=h.me.primary)
+        p = h.policies
+        if pcount == 0:
+            rec = recover_0p(p.after_sb_0pri, view)
+        elif pcount == 1:
+            rec = recover_1p(p.after_sb_1pri, p.after_sb_0pri, view, can_demote=h.can_demote)
+        else:
+            rec = recover_2p(p.after_sb_2pri, p.after_sb_0pri, view, can_demote=h.can_demote)
+        if rec.message:
+            log.append(rec.message)
+        if rec.handler:
+            handlers.append(rec.handler)
+        demote = rec.demote
+        hg = int(rec.result)
+        if abs(hg) < 100:
+            log.append(f"Split-Brain detected, {pcount} primaries, automatically solved. "
+                       f"Sync from {'peer' if hg < 0 else 'this'} node")
+            if forced:
+                log.append("Doing a full sync, since UUIDs where ambiguous.")
+                hg *= 2
+
+    if hg == Sync.SPLIT_BRAIN:
+        if h.discard_my_data and not h.peer_discard_my_data:
+            hg = -1
+        if not h.discard_my_data and h.peer_discard_my_data:
+            hg = 1
+        if abs(hg) < 100:
+            log.append("Split-Brain detected, manually solved. "
+                       f"Sync from {'peer' if hg < 0 else 'this'} node")
+
+    if hg == Sync.SPLIT_BRAIN:
+        log.append("Split-Brain detected but unresolved, dropping connection!")
+        handlers.append("split-brain")
+        return out(None, hg)
+
+    if hg > 0 and mydisk <= DiskState.Inconsistent:
+        log.append("I shall become SyncSource, but I am inconsistent!")
+        return out(None, hg)
+
+    # DRBD deliberately looks at the real role and disk here, not the negotiated disk.
+    if hg < 0 and h.me.primary and not demote and h.my_disk >= DiskState.Consistent:
+        if h.policies.rr_conflict == RrConflict.VIOLENTLY:
+            log.append("Becoming SyncTarget, violating the stable-data assumption")
+        else:
+            if h.policies.rr_conflict == RrConflict.CALL_PRI_LOST:
+                handlers.append("pri-lost")
+            log.append("I shall become SyncTarget, but I am primary!")
+            return out(None, hg)
+
+    full = abs(hg) >= 2
+    if h.dry_run:
+        if hg == 0:
+            log.append("dry-run connect: No resync, would become Connected immediately.")
+        else:
+            log.append(f"dry-run connect: Would become "
+                       f"{'SyncSource' if hg > 0 else 'SyncTarget'}, doing a "
+                       f"{'full' if full else 'bit-map based'} resync.")
+        return out(None, hg, full)
+
+    if full:
+        log.append("Writing the whole bitmap, full sync required after drbd_sync_handshake.")
+    if hg > 0:
+        return out(ConnState.WFBitMapS, hg, full)
+    if hg < 0:
+        return out(ConnState.WFBitMapT, hg, full)
+    if h.my_changes:
+        log.append(f"No resync, but {h.my_changes} bits in bitmap!")
+    return out(ConnState.Connected, hg)

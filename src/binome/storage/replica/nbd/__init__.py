@@ -1,0 +1,1 @@
+"""NBD: wire codecs (`protocol`), the server (`server`) and an asyncio client (`client`)."""
