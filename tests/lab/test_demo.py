@@ -60,6 +60,7 @@ def test_demo_starts_quorate_and_cleans_up() -> None:
         assert "Quorate:          Yes" in text and "Expected votes:   3" in text
         password = re.search(r"Password:\s+(\S+)", text).group(1)
         workdir = Path(re.search(r"--state-dir (\S+)/n1 cluster status", text).group(1))
+        assert "VM 100 'web' on n1, serving http://198.19.3.10/" in text
         assert "https://198.19.1.1:8006/api2/json" in text
 
         # the API is reachable from the root namespace at the printed URL, with the login
@@ -75,6 +76,15 @@ def test_demo_starts_quorate_and_cleans_up() -> None:
         assert {e["name"] for e in entries[1:]} == {"n1", "n2", "w"}
         assert all(e["online"] == 1 for e in entries[1:])
         assert _processes_mentioning(str(workdir)), "daemons should be running"
+        # the demo guest answers on the VM LAN from the root namespace
+        body = None
+        deadline = time.monotonic() + 60
+        while body is None and time.monotonic() < deadline:
+            try:
+                body = s.get("http://198.19.3.10/", timeout=1).text
+            except requests.RequestException:
+                time.sleep(0.25)
+        assert body is not None and "web" in body
 
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)

@@ -1,0 +1,1 @@
+"""Unit tests of the replicated volume engine's pure logic."""
