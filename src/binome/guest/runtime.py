@@ -79,6 +79,10 @@ POLL = 0.02
 
 ExitCallback = Callable[[int, str], Any]
 
+_SILENT = logging.getLogger("binome.guest.qmp-startup")
+_SILENT.setLevel(logging.CRITICAL)
+_SILENT.propagate = False
+
 
 @dataclass
 class RuntimeStatus:
@@ -117,7 +121,7 @@ class _Guest:
     start_ticks: int | None = None
     wrapper_pid: int | None = None
     popen: subprocess.Popen[bytes] | None = None  # set when this process started it
-    requested: str | None = None  # "stop" | "shutdown" | "shutdown-forced"
+    requested: str | None = None  # "stop" | "shutdown": what we asked QEMU/the guest to do
     argv: list[str] = field(default_factory=list)
     started_at: float = 0.0
     qmp: QMPClient | None = None
@@ -452,20 +456,24 @@ class QemuRuntime:
     async def _do_finalize(self, g: _Guest) -> str:
         """Classify the exit, remove taps and files, record and report it."""
         self._unwatch(g)
-        await self._wait_wrapper(g)
-        status = read_exitcode(g.paths.exitcode)
-        reason = classify_exit(status, requested=g.requested, qmp_reason=g.qmp_reason,
-                               log_text=_log_tail(g.paths.log))
-        await self._disconnect(g)
-        await delete_taps(g.taps)
-        for path in g.paths.transient():
-            path.unlink(missing_ok=True)
-        _write_json(g.paths.last_exit, {"vmid": g.vmid, "reason": reason, "status": status,
-                                        "pid": g.pid, "time": int(time.time())})
-        self._last_exit[g.vmid] = reason
-        if self._guests.get(g.vmid) is g:
-            del self._guests[g.vmid]
-        g.exited.set()
+        reason = "QEMU exited"
+        try:
+            await self._wait_wrapper(g)
+            status = read_exitcode(g.paths.exitcode)
+            reason = classify_exit(status, requested=g.requested, qmp_reason=g.qmp_reason,
+                                   log_text=_log_tail(g.paths.log))
+            await self._disconnect(g)
+            await delete_taps(g.taps)
+            for path in g.paths.transient():
+                path.unlink(missing_ok=True)
+            _write_json(g.paths.last_exit, {"vmid": g.vmid, "reason": reason, "status": status,
+                                            "pid": g.pid, "time": int(time.time())})
+        finally:
+            # Whatever failed above, the guest is gone: never leave waiters hanging.
+            self._last_exit[g.vmid] = reason
+            if self._guests.get(g.vmid) is g:
+                del self._guests[g.vmid]
+            g.exited.set()
         log.info("VM %s: %s", g.vmid, reason)
         if self.on_exit is not None:
             try:
@@ -663,9 +671,9 @@ class QemuRuntime:
             return g.qmp
         await self._disconnect(g)
         client = QMPClient(f"vm{g.vmid}")
+        normal_logger = client.logger
         if quiet:  # readiness polling: failed attempts are expected, not errors
-            client.logger = logging.getLogger("binome.guest.qmp.startup")
-            client.logger.setLevel(logging.CRITICAL)
+            client.logger = _SILENT
         try:
             await asyncio.wait_for(client.connect(str(g.paths.qmp)), QMP_CONNECT_TIMEOUT)
         except (QMPError, OSError, TimeoutError, EOFError) as exc:
@@ -673,6 +681,7 @@ class QemuRuntime:
                 await client.disconnect()
             raise GuestError(f"VM {g.vmid} qmp socket unavailable: {exc or type(exc).__name__}") \
                 from exc
+        client.logger = normal_logger
         g.qmp = client
         g.event_task = asyncio.get_running_loop().create_task(self._events(g, client))
         return client

@@ -64,6 +64,7 @@ class GuestService:
         self._locks: dict[int, asyncio.Lock] = {}
         self._believed_running: set[int] = set()
         self._loop: asyncio.Task | None = None
+        self._onboot: asyncio.Task | None = None
         self.last_status: dict[int, dict[str, Any]] = {}
 
     def lock(self, vmid: int) -> asyncio.Lock:
@@ -82,12 +83,43 @@ class GuestService:
         if adopted:
             log.info("re-adopted running guests: %s", ", ".join(map(str, adopted)))
         self._loop = asyncio.create_task(self._watch_loop(), name="guest-watch")
+        self._onboot = asyncio.create_task(self._onboot_after_host_boot(), name="onboot")
+
+    async def _onboot_after_host_boot(self) -> None:
+        """Once per host boot (not per daemon restart), start the VMs marked `onboot`."""
+        marker = self.runtime.run_dir / "onboot.bootid"
+        try:
+            boot_id = open("/proc/sys/kernel/random/boot_id").read().strip()
+        except OSError:
+            return
+        if marker.exists() and marker.read_text().strip() == boot_id:
+            return
+        while not (self.cluster.is_member and self.cluster.view.quorate):  # noqa: ASYNC110
+            await asyncio.sleep(1.0)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(boot_id + "\n")
+        for vm in await self.list_configs():
+            if not vm.config.get("onboot") or vm.config.get("template"):
+                continue
+            if self.runtime.is_running(vm.vmid):
+                continue
+            try:
+                async with self.lock(vm.vmid):
+                    spec = await self.launch_spec(await self.check_startable(vm.vmid))
+                    await self.runtime.start(spec)
+                    self._believed_running.add(vm.vmid)
+                await self.clusterlog.write(f"VM {vm.vmid} started at boot of node {self.node}",
+                                            tag="qemu")
+            except Exception as exc:
+                await self.clusterlog.write(f"VM {vm.vmid}: start at boot failed: {exc}",
+                                            tag="qemu", pri="err")
 
     async def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._loop
+        for loop in (self._loop, self._onboot):
+            if loop is not None:
+                loop.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await loop
         await self.runtime.close()
 
     async def _watch_loop(self) -> None:

@@ -60,7 +60,7 @@ def test_boot_reaches_http_and_status_is_running(node: Node, shared: SharedGuest
     # the kernel read the partition table; HTTP went both ways through the tap
     assert st["diskread"] > 0
     assert st["netin"] > 0 and st["netout"] > 0
-    assert 0.0 <= st["cpu"] <= 1.5
+    assert 0.05 < st["cpu"] < 4.0  # first sample: average since start, the boot was busy
     assert "tap100i0" in node.links()
     assert {"100.pid", "100.qmp", "100.serial", "100.json"} <= node.run_files(100)
     assert "100.vnc" not in node.run_files(100)  # vga=serial0: no display, no VNC

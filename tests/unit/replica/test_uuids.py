@@ -182,10 +182,10 @@ def test_disconnect_then_bitmap_resync_round_trip():
     assert cmp(secondary, primary, peer_pri=True).rule == 50
     # Resync start: the source's bitmap UUID moves to history; the target adopts the sync UUID.
     primary, sync_uuid = primary.start_resync_as_source(_seq())
-    assert sync_uuid == (A | 1) + UUID_NEW_BM_OFFSET & ~1
+    assert sync_uuid == (A | 1) + UUID_NEW_BM_OFFSET
     assert primary.history == (A | 1, C)
     secondary = secondary.adopt_sync_uuid(sync_uuid, primary=False)
-    assert secondary == G(sync_uuid, 0, C)
+    assert secondary == G(sync_uuid & ~1, 0, C)
     # Resync end: the target copies the source's tuple; both rotate the bitmap UUID out.
     secondary = secondary.finish_resync_as_target(primary, primary=False)
     primary = primary.finish_resync_as_source()

@@ -17,6 +17,7 @@ import itertools
 import json
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -133,3 +134,21 @@ async def call(path: str, cmd: str, **args: Any) -> Any:
         return await client.call(cmd, **args)
     finally:
         await client.close()
+
+
+def call_sync(path: str, cmd: str, timeout: float = 60.0, **args: Any) -> Any:
+    """One request, blocking (for synchronous callers: the CLI, tests, scripts)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(json.dumps({"id": 1, "cmd": cmd, "args": args}).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("engine closed the control connection")
+            buf += chunk
+    reply = json.loads(buf)
+    if not reply["ok"]:
+        raise ControlError(reply.get("code", "EIO"), reply.get("error", "unknown error"))
+    return reply["result"]

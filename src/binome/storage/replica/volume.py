@@ -113,7 +113,7 @@ class Volume:
         disk.close()
         sb = Superblock(size=config.size, bm_block_size=config.bm_block_size,
                         al_extent_size=config.al_extent_size, al_nr_extents=config.al_extents,
-                        device_uuid=_rand64())
+                        flags=MetaFlags.AL_CLEAN, device_uuid=_rand64())
         MetaFile.create(Path(config.meta), sb)
 
     async def attach(self) -> None:

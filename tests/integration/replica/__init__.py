@@ -1,0 +1,1 @@
+"""Integration tests of the volume engine: real engine processes, real NBD clients."""
