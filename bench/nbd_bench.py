@@ -208,8 +208,8 @@ def main() -> int:
                 results[job][label] = r
                 print(f"{spec['title']:24s} {label:9s} {fmt(job, r)}  cpu {r['cpu'] * 100:3.0f} %",
                       flush=True)
-            print(f"{'':24s} {'ratio':9s} {ratio(job, results[job]['qemu-nbd'], results[job]['engine'])}\n",
-                  flush=True)
+            verdict = ratio(job, results[job]["qemu-nbd"], results[job]["engine"])
+            print(f"{'':24s} {'ratio':9s} {verdict}\n", flush=True)
     finally:
         for srv in reversed(servers):
             with contextlib.suppress(Exception):

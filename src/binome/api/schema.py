@@ -117,6 +117,8 @@ def _coerce(name: str, p: Param, raw: Any) -> Any:
         if isinstance(raw, (dict, list)):
             raise ValueError("type check ('string') failed - got a structure")
         value = str(raw)
+        if any(c in value for c in "\r\0") or ("\n" in value and not p.extra.get("multiline")):
+            raise ValueError("value must not contain line breaks or NUL characters")
         if p.max_length is not None and len(value) > p.max_length:
             raise ValueError(f"value may only be {p.max_length} characters long")
         if p.enum and value not in p.enum:

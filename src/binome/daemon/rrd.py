@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,14 +30,14 @@ COUNTERS = ("netin", "netout", "diskread", "diskwrite")
 class _Slot:
     sums: dict[str, float] = field(default_factory=dict)
     maxs: dict[str, float] = field(default_factory=dict)
-    count: int = 0
+    counts: dict[str, int] = field(default_factory=dict)   # per key: counters lack a first rate
 
 
 class Series:
     """One resource's series across every timeframe."""
 
     def __init__(self) -> None:
-        self._slots: dict[str, OrderedDict[int, _Slot]] = {tf: OrderedDict() for tf in TIMEFRAMES}
+        self._slots: dict[str, dict[int, _Slot]] = {tf: {} for tf in TIMEFRAMES}
         self._last_counters: tuple[float, dict[str, float]] | None = None
 
     def add(self, values: dict[str, float], now: float | None = None) -> None:
@@ -61,18 +60,21 @@ class Series:
             if slot is None:
                 slot = slots[start] = _Slot()
                 while len(slots) > keep:
-                    slots.popitem(last=False)
-            slot.count += 1
+                    # the oldest slot goes, even if the clock stepped back
+                    del slots[min(slots)]
             for k, v in sample.items():
                 slot.sums[k] = slot.sums.get(k, 0.0) + v
                 slot.maxs[k] = max(slot.maxs.get(k, v), v)
+                slot.counts[k] = slot.counts.get(k, 0) + 1
 
     def fetch(self, timeframe: str, cf: str = "AVERAGE") -> list[dict[str, Any]]:
         out = []
-        for start, slot in self._slots[timeframe].items():
+        slots = self._slots[timeframe]
+        for start in sorted(slots):
+            slot = slots[start]
             point: dict[str, Any] = {"time": start}
             for k in slot.sums:
-                point[k] = slot.maxs[k] if cf == "MAX" else slot.sums[k] / slot.count
+                point[k] = slot.maxs[k] if cf == "MAX" else slot.sums[k] / slot.counts[k]
             out.append(point)
         return out
 

@@ -54,12 +54,12 @@ def _disk_keys() -> list[str]:
 
 
 def is_disk_key(key: str) -> bool:
-    m = re.fullmatch(r"(virtio|scsi|ide|sata)(\d+)", key)
+    m = re.fullmatch(r"(virtio|scsi|ide|sata)(0|[1-9]\d*)", key)
     return bool(m) and int(m.group(2)) < DISK_BUSES[m.group(1)]
 
 
 def is_net_key(key: str) -> bool:
-    m = re.fullmatch(r"net(\d+)", key)
+    m = re.fullmatch(r"net(0|[1-9]\d*)", key)
     return bool(m) and int(m.group(1)) < MAX_NETS
 
 
@@ -80,7 +80,8 @@ def schema() -> dict[str, Param]:
                       description="Boot order, 'order=virtio0;net0'."),
         "onboot": Param(type="boolean", optional=True,
                         description="Start at boot of the node (or of the cluster)."),
-        "description": Param(optional=True, max_length=8192, description="Notes."),
+        "description": Param(optional=True, max_length=8192, description="Notes.",
+                             extra={"multiline": True}),
         "tags": Param(optional=True, pattern=r"[\w\-+.]+(?:[;, ][\w\-+.]+)*", max_length=512,
                       description="Tags, separated by ';'."),
         "template": Param(type="boolean", optional=True, description="Is a template."),
@@ -352,6 +353,10 @@ def validate_changes(changes: dict[str, Any], *, assign_macs: bool = True) -> di
     out: dict[str, Any] = {}
     for key, value in changes.items():
         try:
+            text = str(value)
+            if any(c in text for c in "\r\0") or ("\n" in text and key != "description"):
+                # one key per line in the .conf text: a line break would inject keys
+                raise ValueError("value must not contain line breaks or NUL characters")
             if is_disk_key(key):
                 parse_disk(key, str(value))
                 out[key] = str(value)

@@ -225,7 +225,6 @@ class QemuRuntime:
             self.run_dir.mkdir(parents=True, mode=0o700)
         self.qemu = qemu
         self.on_exit = on_exit
-        self._forced_accel = accel
         self._accel: str | None = accel
         self._guests: dict[int, _Guest] = {}
         self._locks: dict[int, asyncio.Lock] = {}
@@ -293,10 +292,12 @@ class QemuRuntime:
         if g is None:
             return RuntimeStatus(vmid, "stopped", None, None, 0, 0.0, 0, 0, 0, 0, 0, 0,
                                  self.last_exit(vmid))
-        assert g.pid is not None and g.start_ticks is not None
+        assert g.pid is not None
         st = proc_stat(g.pid)
+        if g.start_ticks is None and st is not None:
+            g.start_ticks = st.start_ticks
         now = time.monotonic()
-        uptime = process_uptime(g.start_ticks)
+        uptime = process_uptime(g.start_ticks) if g.start_ticks is not None else 0.0
         cpu = 0.0
         if st is not None:
             if g.cpu_sample is not None and now > g.cpu_sample[0]:

@@ -119,6 +119,8 @@ class DirStorage(Storage):
 
     async def size(self, volid: str) -> int:
         path = self.path(volid)
+        if not path.exists():
+            raise StorageError(f"volume '{volid}' does not exist")
         if path.suffix == ".qcow2":
             import json
 

@@ -67,7 +67,7 @@ def test_discard_and_write_zeroes_read_back_zeroes(volume):
             "discard 1M 1M", "read -P 0 1M 1M", "read -P 0x77 0 1M", "read -P 0x77 2M 1M",
             "write -z 3M 512k", "read -P 0 3M 512k",                  # WRITE_ZEROES, may punch
             "write -z -u 4M 512k", "read -P 0 4M 512k",               # may unmap
-            "write -z -f 5M 4k", "read -P 0 5M 4k", "read -P 0x77 5M+4k 4k")
+            "write -z -f 5M 4k", "read -P 0 5M 4k", f"read -P 0x77 {5 * MiB + 4096} 4k")
 
 
 def test_qemu_img_map_uses_base_allocation(volume):
@@ -100,7 +100,8 @@ def test_fio_nbd_engine_verified_random_writes(volume):
                   ["--rw=write", "--bs=1M", "--iodepth=8"],
                   ["--rw=randwrite", "--bsrange=512-256k", "--iodepth=16",
                    "--norandommap=0"]):
-        out = json.loads(run(*base, *extra, timeout=120))
+        text = run(*base, *extra, timeout=120)
+        out = json.loads(text[text.index("{"):])   # fio prints "connected to NBD server" first
         job = out["jobs"][0]
         assert job["error"] == 0
         assert job["write"]["io_bytes"] >= 32 * MiB

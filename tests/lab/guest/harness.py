@@ -114,14 +114,15 @@ class Agent:
                     raise AssertionError(f"agent {self.pid} exited ({self.proc.poll()})")
                 self._buf += chunk
 
-    def call(self, op: str, timeout: float = 60.0, **kwargs: Any) -> Any:
-        """Run one runtime operation; AgentError carries the runtime's exception."""
+    def call(self, op: str, *, deadline: float = 90.0, **kwargs: Any) -> Any:
+        """Run one runtime operation (``kwargs`` are its arguments) and return its result;
+        AgentError carries the runtime's exception. ``deadline``: seconds to wait."""
         self._next += 1
         rid = self._next
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps({"id": rid, "op": op, **kwargs}).encode() + b"\n")
         self.proc.stdin.flush()
-        msg = self._read_until(lambda m: m.get("id") == rid, timeout)
+        msg = self._read_until(lambda m: m.get("id") == rid, deadline)
         self.last_elapsed = float(msg.get("elapsed", 0.0))
         if not msg["ok"]:
             raise AgentError(msg["error"], msg["message"])

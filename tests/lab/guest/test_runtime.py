@@ -190,6 +190,18 @@ def test_hard_stop(node: Node) -> None:
     assert node.run_files(101) == {"101.log", "101.exit.json"}
 
 
+def test_shutdown_timeout_then_force_stop(node: Node) -> None:
+    """A machine with nothing to boot has no OS to honour the ACPI button."""
+    pid = node.start(109, nics=[], kernel=None, initrd=None, append=None)
+    with pytest.raises(AgentError) as err:
+        node.agent.call("shutdown", vmid=109, timeout=1.0)
+    assert err.value.message == "VM quit/powerdown failed - got timeout"
+    assert is_alive(pid) and _status(node, 109)["status"] == "running"
+    node.agent.call("shutdown", vmid=109, timeout=1.0, force_stop=True)
+    assert not is_alive(pid)
+    assert _status(node, 109)["exit_reason"] == "stopped by request"
+
+
 def test_killed_qemu_is_reported_and_cleaned(node: Node) -> None:
     """SIGKILL of QEMU seen live (102), while no daemon ran (103), and with its wrapper
     killed too (104: no exit status at all, so adopt() alone must clean up)."""

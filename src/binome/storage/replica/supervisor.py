@@ -85,13 +85,18 @@ async def ensure_engine(state_dir: Path, *, socket_dir: Path | None = None,
 
 
 def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (an adopted engine is not our child to reap)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 async def stop_engine(handle: EngineHandle, timeout: float = 30.0) -> None:
