@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from binome.errors import BinomeError
+
 __all__ = ["GuestError"]
 
 
-class GuestError(RuntimeError):
+class GuestError(BinomeError):
     """A guest operation failed; the message is what an admin reads.
 
     Messages follow Proxmox's wording where one exists ("VM 100 already
