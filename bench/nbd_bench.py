@@ -1,19 +1,23 @@
 #!/usr/bin/env python3
-"""NBD export benchmark: `qemu-nbd` (baseline) vs the binome volume engine, same fio jobs.
+"""NBD export benchmark: `qemu-nbd` vs the binome engine, unreplicated and replicated.
 
-Both servers export a raw file of the same size (pre-written so every block
-is allocated) over a unix socket; each fio job (`--ioengine=nbd`, one
-connection, libnbd pipelining up to the job's iodepth) runs against the
-baseline first, then against the engine. Printed: IOPS, throughput, mean and
-p99 completion latency, the engine/baseline ratio, and the engine's CPU use.
+Three servers export a raw file of the same size (pre-written so every block
+is allocated) over a unix socket: `qemu-nbd` (the baseline), the engine
+serving a StandAlone volume, and the engine serving a volume replicated with
+protocol C to a second engine over loopback TCP. Each fio job
+(`--ioengine=nbd`, one connection, libnbd pipelining up to the job's iodepth)
+runs against each in turn. Printed: IOPS, throughput, mean and p99 completion
+latency, the ratio to the baseline, the servers' CPU use (both engines for
+the replicated case), and the initial full-sync throughput over loopback.
 
     .venv/bin/python bench/nbd_bench.py [--runtime 10] [--size 1G] [--dir /tmp]
                                          [--jobs seq,rand32,rand1] [--uvloop] [--json]
+                                         [--baseline-aio threads|io_uring] [--no-replicated]
 
-The targets in the issue are for the *replicated* engine (next increment):
-sequential write >= 70 % of the baseline, 4 KiB qd32 >= 40 %, qd1 latency <= 3x.
-This is not a test: nothing is asserted. Every process started is stopped by
-pid and the temporary directory removed, also on failure or Ctrl-C.
+Targets (issue 4) for the replicated engine: sequential write >= 70 % of the
+baseline, 4 KiB qd32 >= 40 %, qd1 latency <= 3x. This is not a test: nothing
+is asserted. Every process started is stopped by pid and the temporary
+directory removed, also on failure or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -89,10 +94,10 @@ def run_fio(uri: str, job: dict, runtime: int, size: int) -> dict:
 
 
 class Baseline:
-    def __init__(self, image: Path, sock: Path) -> None:
+    def __init__(self, image: Path, sock: Path, aio: str) -> None:
         self.sock = sock
         self.proc = subprocess.Popen(
-            ["qemu-nbd", "-f", "raw", "--cache=writeback", "--aio=threads", "-t", "-e", "4",
+            ["qemu-nbd", "-f", "raw", "--cache=writeback", f"--aio={aio}", "-t", "-e", "4",
              "-k", str(sock), str(image)], stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while not sock.exists():
@@ -105,8 +110,8 @@ class Baseline:
         return f"nbd+unix:///?socket={self.sock}"
 
     @property
-    def pid(self) -> int:
-        return self.proc.pid
+    def pids(self) -> list[int]:
+        return [self.proc.pid]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -118,19 +123,50 @@ class Baseline:
                 self.proc.wait()
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Engine:
-    def __init__(self, workdir: Path, image: Path, size: int, uvloop: bool) -> None:
+    """One engine (StandAlone), or a replicated pair (protocol C over loopback TCP)."""
+
+    def __init__(self, workdir: Path, image: Path, size: int, uvloop: bool,
+                 peer_image: Path | None = None) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
         if uvloop:
             env["BINOME_UVLOOP"] = "1"
-        self.state = workdir / "engine"
-        self.handle = asyncio.run(supervisor.ensure_engine(self.state, env=env))
-        ctl = self.handle.control
+        tag = "repl" if peer_image else "solo"
+        self.handles = [asyncio.run(supervisor.ensure_engine(workdir / f"{tag}-a", env=env))]
+        if peer_image:
+            self.handles.append(asyncio.run(supervisor.ensure_engine(workdir / f"{tag}-b",
+                                                                     env=env)))
+        self.sync_mib_s: float | None = None
+        ctl = self.handles[0].control
 
         async def setup() -> dict:
-            await control.call(ctl, "create", name="bench", size=size, backing=str(image))
+            if peer_image is None:
+                await control.call(ctl, "create", name="bench", size=size, backing=str(image))
+                await control.call(ctl, "up", name="bench")
+                return await control.call(ctl, "primary", name="bench", force=True)
+            pa, pb = free_port(), free_port()
+            net = {"secret": "bench", "protocol": "C", "connect_int": 0.1}
+            peer_ctl = self.handles[1].control
+            await control.call(ctl, "create", name="bench", size=size, backing=str(image),
+                               address=f"127.0.0.1:{pa}", peer_address=f"127.0.0.1:{pb}", **net)
+            await control.call(peer_ctl, "create", name="bench", size=size,
+                               backing=str(peer_image), address=f"127.0.0.1:{pb}",
+                               peer_address=f"127.0.0.1:{pa}", **net)
             await control.call(ctl, "up", name="bench")
-            return await control.call(ctl, "primary", name="bench", force=True)
+            await control.call(peer_ctl, "up", name="bench")
+            await wait_status(ctl, lambda st: st["cstate"] == "Connected")
+            t0 = time.monotonic()
+            await control.call(ctl, "primary", name="bench", force=True)
+            st = await wait_status(ctl, lambda st: st["cstate"] == "Connected"
+                                   and st["peer_disk"] == "UpToDate", timeout=600)
+            self.sync_mib_s = size / 2**20 / (time.monotonic() - t0)
+            return st
 
         self.sock = asyncio.run(setup())["socket"]
 
@@ -139,11 +175,23 @@ class Engine:
         return f"nbd+unix:///bench?socket={self.sock}"
 
     @property
-    def pid(self) -> int:
-        return self.handle.pid
+    def pids(self) -> list[int]:
+        return [h.pid for h in self.handles]
 
     def stop(self) -> None:
-        asyncio.run(supervisor.stop_engine(self.handle))
+        for h in self.handles:
+            asyncio.run(supervisor.stop_engine(h))
+
+
+async def wait_status(ctl: str, pred, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        st = await control.call(ctl, "status", name="bench")
+        if pred(st):
+            return st
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"engine state: {st}")
+        await asyncio.sleep(0.05)
 
 
 def fmt(job: str, r: dict) -> str:
@@ -152,7 +200,7 @@ def fmt(job: str, r: dict) -> str:
     return f"{r['iops']:8.0f} IOPS   lat {r['lat_us']:5.0f} us p99 {r['p99_us']:5.0f} us"
 
 
-def ratio(job: str, base: dict, ours: dict) -> str:
+def ratio(job: str, base: dict, ours: dict, replicated: bool) -> str:
     if job == "rand1":
         x = ours["lat_us"] / base["lat_us"]
         text = f"latency x{x:.2f}"
@@ -160,12 +208,12 @@ def ratio(job: str, base: dict, ours: dict) -> str:
         key = "bw" if job == "seq" else "iops"
         x = ours[key] / base[key]
         text = f"{x * 100:5.1f} %"
-    if job in TARGETS:
+    if job in TARGETS and replicated:
         kind, target = TARGETS[job]
         ok = x <= target if kind == "latency" else x >= target
-        text += f"  (replicated target {'<=' if kind == 'latency' else '>='} "
+        text += f"  (target {'<=' if kind == 'latency' else '>='} "
         text += f"{target if kind == 'latency' else f'{target:.0%}'}"
-        text += f": {'met' if ok else 'not met'} unreplicated)"
+        text += f": {'met' if ok else 'NOT met'})"
     return text
 
 
@@ -176,7 +224,11 @@ def main() -> int:
     ap.add_argument("--dir", default=None, help="where the temporary files go (default $TMPDIR)")
     ap.add_argument("--jobs", default="seq,rand32,rand1", help=f"among {','.join(JOBS)}")
     ap.add_argument("--uvloop", action="store_true", help="run the engine on uvloop")
+    ap.add_argument("--baseline-aio", default="threads", choices=["threads", "io_uring"],
+                    help="qemu-nbd --aio mode (default threads, qemu-nbd's default)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
+    ap.add_argument("--no-replicated", action="store_true",
+                    help="skip the replicated engine (protocol C to a second engine)")
     args = ap.parse_args()
     for tool in ("fio", "qemu-nbd"):
         if shutil.which(tool) is None:
@@ -184,34 +236,43 @@ def main() -> int:
     size = parse_size(args.size)
     jobs = [j.strip() for j in args.jobs.split(",") if j.strip()]
     work = Path(tempfile.mkdtemp(prefix="nbdbench-", dir=args.dir))
-    servers: list = []
+    servers: list[tuple[str, Baseline | Engine]] = []
     results: dict[str, dict[str, dict]] = {}
     try:
-        base_img, our_img = work / "baseline.raw", work / "engine.raw"
-        print(f"pre-writing two {size >> 20} MiB files in {work} ...", flush=True)
-        prefill(base_img, size)
-        prefill(our_img, size)
-        baseline = Baseline(base_img, work / "qemu-nbd.sock")
-        servers.append(baseline)
-        engine = Engine(work, our_img, size, args.uvloop)
-        servers.append(engine)
-        print(f"qemu-nbd pid {baseline.pid}, engine pid {engine.pid}"
-              f"{' (uvloop)' if args.uvloop else ''}; {args.runtime} s per job\n", flush=True)
+        images = {n: work / f"{n}.raw" for n in ("baseline", "engine", "primary", "secondary")}
+        wanted = ["baseline", "engine"] + ([] if args.no_replicated
+                                           else ["primary", "secondary"])
+        print(f"pre-writing {len(wanted)} files of {size >> 20} MiB in {work} ...", flush=True)
+        for n in wanted:
+            prefill(images[n], size)
+        baseline = Baseline(images["baseline"], work / "qemu-nbd.sock", args.baseline_aio)
+        servers.append(("qemu-nbd", baseline))
+        servers.append(("engine", Engine(work, images["engine"], size, args.uvloop)))
+        if not args.no_replicated:
+            repl = Engine(work, images["primary"], size, args.uvloop,
+                          peer_image=images["secondary"])
+            servers.append(("replicated", repl))
+            print(f"initial full sync over loopback: {repl.sync_mib_s:.0f} MiB/s", flush=True)
+        print("pids: " + ", ".join(f"{label} {srv.pids}" for label, srv in servers)
+              + f"{' (uvloop)' if args.uvloop else ''}; {args.runtime} s per job\n", flush=True)
         for job in jobs:
             spec = JOBS[job]
             results[job] = {}
-            for label, srv in (("qemu-nbd", baseline), ("engine", engine)):
-                cpu0 = cpu_seconds(srv.pid)
+            for label, srv in servers:
+                cpu0 = sum(cpu_seconds(p) for p in srv.pids)
                 t0 = time.monotonic()
                 r = run_fio(srv.uri, spec, args.runtime, size)
-                r["cpu"] = (cpu_seconds(srv.pid) - cpu0) / (time.monotonic() - t0)
+                r["cpu"] = (sum(cpu_seconds(p) for p in srv.pids) - cpu0) / (time.monotonic() - t0)
                 results[job][label] = r
-                print(f"{spec['title']:24s} {label:9s} {fmt(job, r)}  cpu {r['cpu'] * 100:3.0f} %",
+                print(f"{spec['title']:24s} {label:11s} {fmt(job, r)}  cpu {r['cpu'] * 100:3.0f} %",
                       flush=True)
-            verdict = ratio(job, results[job]["qemu-nbd"], results[job]["engine"])
-            print(f"{'':24s} {'ratio':9s} {verdict}\n", flush=True)
+            for label, _ in servers[1:]:
+                verdict = ratio(job, results[job]["qemu-nbd"], results[job][label],
+                                label == "replicated")
+                print(f"{'':24s} {label + '/base':11s} {verdict}", flush=True)
+            print(flush=True)
     finally:
-        for srv in reversed(servers):
+        for _, srv in reversed(servers):
             with contextlib.suppress(Exception):
                 srv.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -469,7 +469,10 @@ class ClusterService:
                                              "CSRFPreventionToken": csrf}) as r:
                         body = await r.json(content_type=None)
                         if r.status != 200:
-                            raise TaskFailed(f"{address} refused the join: {r.reason}")
+                            errors = "; ".join(f"{k}: {v}" for k, v in
+                                               (body.get("errors") or {}).items())
+                            raise TaskFailed(f"{address} refused the join: {r.reason}"
+                                             + (f" ({errors})" if errors else ""))
                 except aiohttp.ServerFingerprintMismatch as exc:
                     raise TaskFailed(f"fingerprint mismatch: {address} presented "
                                      f"{_colon(exc.got.hex())}, expected {fp}") from None

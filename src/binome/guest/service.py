@@ -65,6 +65,7 @@ class GuestService:
         self._believed_running: set[int] = set()
         self._loop: asyncio.Task | None = None
         self._onboot: asyncio.Task | None = None
+        runtime.on_exit = self._on_guest_exit
         self.last_status: dict[int, dict[str, Any]] = {}
 
     def lock(self, vmid: int) -> asyncio.Lock:
@@ -78,6 +79,8 @@ class GuestService:
 
     # ------------------------------------------------------------------ lifecycle of the service
     async def start(self) -> None:
+        # guests found dead at adoption were running when the daemon went away
+        self._believed_running = {vm.vmid for vm in await self._safe_list()}
         adopted = await self.runtime.adopt()
         self._believed_running = set(adopted)
         if adopted:
@@ -122,6 +125,22 @@ class GuestService:
                     await loop
         await self.runtime.close()
 
+    async def _safe_list(self) -> list[VmConfig]:
+        try:
+            return await self.list_configs() if self.cluster.is_member else []
+        except StoreUnavailable:
+            return []
+
+    async def _on_guest_exit(self, vmid: int, reason: str) -> None:
+        """Called by the runtime once per QEMU exit, at once (or at adoption if it died
+        while no daemon ran): an exit nobody asked for goes to the cluster log."""
+        expected = vmid not in self._believed_running
+        self._believed_running.discard(vmid)
+        if expected or "by request" in reason:
+            return
+        await self.clusterlog.write(f"VM {vmid} stopped unexpectedly on node {self.node}: "
+                                    f"{reason}", tag="qemu", pri="warning")
+
     async def _watch_loop(self) -> None:
         while True:
             try:
@@ -140,12 +159,7 @@ class GuestService:
         for vm in await self.list_configs():
             st = await self.runtime.status(vm.vmid)
             statuses[vm.vmid] = self._status_entry(vm, st)
-            if vm.vmid in self._believed_running and st.status != "running":
-                self._believed_running.discard(vm.vmid)
-                reason = st.exit_reason or "QEMU process is gone"
-                await self.clusterlog.write(f"VM {vm.vmid} stopped unexpectedly on node "
-                                            f"{self.node}: {reason}", tag="qemu", pri="warning")
-            elif st.status == "running":
+            if st.status == "running":
                 self._believed_running.add(vm.vmid)
         self.last_status = statuses
         lease = self.cluster.lease_id

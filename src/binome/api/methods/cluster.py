@@ -154,7 +154,7 @@ async def cluster_join(ctx: RequestContext, params: dict[str, Any]) -> str:
     parameters={
         "node": NODE,
         "csr": Param(description="PEM certificate signing request of the node's key.",
-                     max_length=8192),
+                     max_length=8192, extra={"multiline": True}),
         "role": Param(optional=True, default="node", enum=("node", "witness")),
         "cluster_address": Param(format="ip"),
         "replication_address": Param(format="ip"),

@@ -137,6 +137,25 @@ class Bitmap:
         if start is not None:
             yield start, prev - start + 1
 
+    def merge(self, offset: int, data: bytes) -> int:
+        """OR the peer's bitmap bytes at byte `offset` into ours (the connect-time merge).
+
+        Returns how many bits became set.
+        """
+        end = min(offset + len(data), len(self._bits))
+        if end <= offset:
+            return 0
+        mine = int.from_bytes(self._bits[offset:end], "little")
+        merged = mine | int.from_bytes(data[:end - offset], "little")
+        if merged == mine:
+            return 0
+        self._bits[offset:end] = merged.to_bytes(end - offset, "little")
+        self._clear_tail()
+        added = int.from_bytes(self._bits[offset:end], "little").bit_count() - mine.bit_count()
+        self.weight += added
+        self.dirty_pages.update(range(offset >> 12, ((end - 1) >> 12) + 1))
+        return added
+
     def page(self, index: int) -> bytes:
         """One on-disk page (zero-padded at the end of the bitmap)."""
         chunk = bytes(self._bits[index * PAGE:(index + 1) * PAGE])

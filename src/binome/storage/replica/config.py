@@ -5,8 +5,11 @@ metadata (`meta`) and, by default, its backing file (`data.img`). The NBD
 socket defaults to `<state>/nbd/<name>.sock` (unix socket paths are limited
 to 107 bytes, so the socket directory can be set separately).
 
-Replication settings (peer address, protocol, shared secret, after-sb
-policies) join this record in the next increment.
+The network part (DRBD's `net` section) is optional: without `address` the
+volume stays StandAlone. With it, `address` is where this node's engine
+listens or connects from ("host:port" on the replication network),
+`peer_address` the peer's, `secret` the shared secret (HMAC challenge), and
+`node`/`peer_node` the two node names (`discard-node-NAME` refers to them).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from binome.storage.replica.handshake import RrConflict
+from binome.storage.replica.splitbrain import parse_policy
 from binome.storage.replica.states import Fencing
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -38,6 +43,28 @@ class VolumeConfig:
     al_extents: int = 1237
     al_extent_size: int = 4 * 1024 * 1024
     fencing: str = Fencing.DONT_CARE.value
+    # net
+    node: str = ""
+    peer_node: str = ""
+    address: str = ""
+    peer_address: str = ""
+    secret: str = ""
+    protocol: str = "C"
+    after_sb_0pri: str = "disconnect"
+    after_sb_1pri: str = "disconnect"
+    after_sb_2pri: str = "disconnect"
+    always_asbp: bool = False
+    rr_conflict: str = "disconnect"
+    allow_two_primaries: bool = False
+    resync_rate: int = 0          # bytes/s the SyncTarget pulls; 0 = as fast as possible
+    connect_int: float = 10.0     # seconds between connection attempts (DRBD: connect-int)
+    ping_int: float = 10.0        # seconds between keepalive pings (DRBD: ping-int)
+    ping_timeout: float = 5.0     # extra silence tolerated before the link is declared dead
+    max_epoch_size: int = 2048    # writes per epoch before a barrier closes it
+
+    @property
+    def has_net(self) -> bool:
+        return bool(self.address)
 
     def validate(self) -> None:
         if not NAME_RE.match(self.name):
@@ -55,6 +82,31 @@ class VolumeConfig:
         if len(os.fsencode(self.socket)) > MAX_SOCKET_PATH:
             raise ConfigError(f"NBD socket path too long ({self.socket})")
         Fencing(self.fencing)
+        if self.has_net:
+            self._validate_net()
+
+    def _validate_net(self) -> None:
+        for what in ("address", "peer_address"):
+            split_address(getattr(self, what))
+        if self.address == self.peer_address:
+            raise ConfigError("address and peer_address must differ")
+        if not self.secret:
+            raise ConfigError("a replicated volume needs a shared secret")
+        if self.protocol not in ("A", "B", "C"):
+            raise ConfigError("protocol must be A, B or C")
+        if self.allow_two_primaries and self.protocol != "C":
+            raise ConfigError("allow-two-primaries: not protocol C")
+        try:
+            for n in (0, 1, 2):
+                parse_policy(getattr(self, f"after_sb_{n}pri"), n, my_name=self.node,
+                             peer_name=self.peer_node)
+            RrConflict(self.rr_conflict)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if (min(self.connect_int, self.ping_int, self.ping_timeout) <= 0
+                or self.max_epoch_size < 1 or self.resync_rate < 0):
+            raise ConfigError("connect_int, ping_int, ping_timeout, max_epoch_size and "
+                              "resync_rate must be positive")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -94,3 +146,11 @@ def parse_size(value: int | str) -> int:
         raise ConfigError(f"invalid size {value!r}")
     mult = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m[2].upper()]
     return int(m[1]) * mult
+
+
+def split_address(text: str) -> tuple[str, int]:
+    """("host", port) from "host:port" (IPv6 as "[::1]:7789")."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"invalid address {text!r} (expected host:port)")
+    return host.strip("[]"), int(port)

@@ -50,7 +50,8 @@ class LocalDisk:
         self.is_block = False
         self._flush_running = False
         self._next_flush: asyncio.Future | None = None
-        self._zero_range_ok = True
+        self.zero_range_ok = True       # fallocate(ZERO_RANGE) works here
+        self.punch_hole_ok = True       # fallocate(PUNCH_HOLE) works here
 
     def open(self, *, create: bool = False) -> None:
         flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
@@ -95,14 +96,14 @@ class LocalDisk:
         if length == 0:
             return
         if keep_allocated:
-            if self._zero_range_ok:
+            if self.zero_range_ok:
                 try:
                     fallocate(self.fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length)
                     return
                 except OSError as e:
                     if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                         raise
-                    self._zero_range_ok = False
+                    self.zero_range_ok = False
             if fast:
                 raise OSError(errno.ENOTSUP, "zeroing this range is not fast")
             self._write_zeroes(offset, length)
@@ -112,6 +113,7 @@ class LocalDisk:
         except OSError as e:
             if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
                 raise
+            self.punch_hole_ok = False
             if fast:
                 raise OSError(errno.ENOTSUP, "zeroing this range is not fast") from None
             self._write_zeroes(offset, length)

@@ -10,9 +10,10 @@ guest I/O) and is re-adopted by it through the control socket (see
     <state>/nbd/<name>.sock      NBD export of an up volume (default location)
 
 Commands (DRBD's verbs where they exist): ping, list, create, delete, up,
-down, primary, secondary, outdate, status, proc, bitmap, write-bitmap,
-shutdown. `up` attaches the disk and opens the NBD socket, the volume starts
-Secondary and StandAlone; only a Primary serves I/O. What `up` brought up is
+down, connect, disconnect, primary, secondary, outdate, status, proc, bitmap,
+write-bitmap, shutdown. `up` attaches the disk, opens the NBD socket and, for
+a volume with a network configuration, starts connecting to the peer; the
+volume starts Secondary; only a Primary serves I/O. What `up` brought up is
 not remembered across an engine restart: the daemon, which owns the desired
 state, issues `up` again (a volume that was Primary comes back with the
 crashed-primary flag, as in DRBD).
@@ -51,6 +52,7 @@ class Engine:
         self._commands: dict[str, Callable[..., Awaitable[Any]]] = {
             "ping": self.ping, "list": self.list_volumes, "create": self.create,
             "delete": self.delete, "up": self.up, "down": self.down, "primary": self.primary,
+            "connect": self.connect, "disconnect": self.disconnect,
             "secondary": self.secondary, "outdate": self.outdate, "status": self.status,
             "proc": self.proc, "bitmap": self.bitmap, "write-bitmap": self.write_bitmap,
             "shutdown": self.shutdown,
@@ -126,15 +128,19 @@ class Engine:
                      meta: str | None = None, socket: str | None = None,
                      bm_block_size: int = 4096, al_extents: int = 1237,
                      al_extent_size: int = 4 * 1024 * 1024,
-                     fencing: str = "dont-care") -> dict[str, Any]:
-        """Record a volume and write fresh metadata (DRBD: config + create-md)."""
+                     fencing: str = "dont-care", **net: Any) -> dict[str, Any]:
+        """Record a volume and write fresh metadata (DRBD: config + create-md).
+
+        `net` takes the replication settings of `config.VolumeConfig` (address,
+        peer_address, secret, protocol, node, peer_node, after_sb_*pri, ...).
+        """
         vdir = self._dir(name)
         cfg = VolumeConfig(
             name=name, size=parse_size(size), backing=backing or str(vdir / "data.img"),
             meta=meta or str(vdir / "meta"),
             socket=socket or str(self.socket_dir / f"{name}.sock"),
             bm_block_size=bm_block_size, al_extents=al_extents, al_extent_size=al_extent_size,
-            fencing=fencing)
+            fencing=fencing, **net)
         cfg.validate()
         async with self._lock(name):
             if (vdir / "volume.json").exists():
@@ -172,10 +178,26 @@ class Engine:
             await vol.attach()
             try:
                 await vol.start_export()
+                if vol.config.has_net:
+                    await vol.connect()
             except BaseException:
                 await vol.detach()
                 raise
             self.volumes[name] = vol
+            return vol.status()
+
+    async def connect(self, name: str, discard_my_data: bool = False,
+                      dry_run: bool = False) -> dict[str, Any]:
+        """Start connecting to the peer (StandAlone -> WFConnection)."""
+        async with self._lock(name):
+            vol = self._up(name)
+            await vol.connect(discard_my_data=discard_my_data, dry_run=dry_run)
+            return vol.status()
+
+    async def disconnect(self, name: str) -> dict[str, Any]:
+        async with self._lock(name):
+            vol = self._up(name)
+            await vol.disconnect()
             return vol.status()
 
     async def down(self, name: str, force: bool = False) -> None:

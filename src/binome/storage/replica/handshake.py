@@ -40,6 +40,42 @@ class Policies:
 
 
 @dataclass(frozen=True)
+class NetSettings:
+    """What each side announces in P_PROTOCOL; both must agree (receive_protocol)."""
+
+    protocol: str
+    after_sb_0pri: AfterSb
+    after_sb_1pri: AfterSb
+    after_sb_2pri: AfterSb
+    allow_two_primaries: bool
+    discard_my_data: bool = False
+
+
+def _convert_after_sb(peer: AfterSb) -> AfterSb:
+    """The peer's policy seen from here: its discard-local is our discard-remote."""
+    if peer == AfterSb.DISCARD_REMOTE:
+        return AfterSb.DISCARD_LOCAL
+    if peer == AfterSb.DISCARD_LOCAL:
+        return AfterSb.DISCARD_REMOTE
+    return peer
+
+
+def incompatible(mine: NetSettings, theirs: NetSettings) -> str | None:
+    """DRBD's "incompatible %s settings" check; None when the two sides may connect."""
+    if theirs.protocol != mine.protocol:
+        return "incompatible protocol settings"
+    for n in (0, 1, 2):
+        attr = f"after_sb_{n}pri"
+        if _convert_after_sb(getattr(theirs, attr)) != getattr(mine, attr):
+            return f"incompatible after-sb-{n}pri settings"
+    if theirs.allow_two_primaries != mine.allow_two_primaries:
+        return "incompatible allow-two-primaries settings"
+    if theirs.discard_my_data and mine.discard_my_data:
+        return "incompatible discard-my-data settings"
+    return None
+
+
+@dataclass(frozen=True)
 class HandshakeInput:
     me: Side
     peer: Side

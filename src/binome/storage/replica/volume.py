@@ -9,12 +9,14 @@ Write path (DRBD's `drbd_req.c`, reduced to what exists so far):
 1. the extents the write touches must be hot in the activity log; a cold one
    costs an AL transaction, durable before the data is submitted (concurrent
    transactions are grouped, one writer at a time);
-2. if the write is not mirrored (no peer, as in this increment: StandAlone),
-   its blocks are marked out of sync in the bitmap *before* the data is written;
-3. the data goes to the backing file; FUA waits for a (coalesced) fdatasync.
-The peer connection slots in between 2 and 3 in the next increment: the
-request will complete when the local write is done and the network part is
-acknowledged per protocol A/B/C.
+2. if the write is not mirrored (no peer, or the peer cannot take it), its
+   blocks are marked out of sync in the bitmap *before* the data is written
+   (in WFBitMapS the peer is also sent a P_OUT_OF_SYNC notice);
+3. the data goes to the backing file and, when mirrored, to the peer
+   (`peer.PeerLink`) without waiting in between; the request completes when
+   the local write is done and the network part is acknowledged per protocol
+   (A: sent, B: received, C: written); FUA adds a (coalesced) fdatasync here
+   and on the peer. FLUSH is a local fdatasync plus a barrier on the peer.
 
 The bitmap reaches the disk lazily (a periodic writer, and always before an
 extent leaves the activity log); a clean detach writes it fully and marks the
@@ -42,7 +44,10 @@ from binome.storage.replica.config import VolumeConfig
 from binome.storage.replica.disk import LocalDisk
 from binome.storage.replica.meta import MetaError, MetaFile, Superblock
 from binome.storage.replica.nbd.server import NbdServer
+from binome.storage.replica.peer import PeerLink
 from binome.storage.replica.states import ConnState, DiskState, Fencing, MetaFlags, Role, State
+from binome.storage.replica.uuids import GenerationIds
+from binome.storage.replica.wire import DP_DISCARD, DP_FUA, DP_ZERO_KEEP
 
 log = logging.getLogger("binome.replica")
 
@@ -77,6 +82,15 @@ def _rand64() -> int:
     return secrets.randbits(64)
 
 
+def _both(a: asyncio.Future | None, b: asyncio.Future | None) -> asyncio.Future | None:
+    """A future done when both parts are (either may be absent)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return asyncio.gather(a, b)
+
+
 class Volume:
     def __init__(self, config: VolumeConfig, *, rand64: Callable[[], int] = _rand64) -> None:
         self.config = config
@@ -91,9 +105,10 @@ class Volume:
         self.bitmap: Bitmap | None = None
         self.al: ActivityLog | None = None
         self.nbd: NbdServer | None = None
-        self._rand64 = rand64
+        self.link: PeerLink | None = None
+        self.rand64 = rand64
         self._al_shift = config.al_extent_size.bit_length() - 1
-        self._bm_shift = config.bm_block_size.bit_length() - 1
+        self.bm_shift = config.bm_block_size.bit_length() - 1
         self._meta_lock = asyncio.Lock()
         self._al_wanted: set[int] = set()
         self._al_waiters: list[asyncio.Future] = []
@@ -101,7 +116,35 @@ class Volume:
         self._al_starved: asyncio.Event | None = None
         self._writeback: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._mark_oos = True
+        self._mirror = False          # writes go to the peer (states.should_do_remote)
+        self._oos_notice = False      # writes are announced with P_OUT_OF_SYNC (WFBitMapS)
+
+    # --- state --------------------------------------------------------------------------
+
+    def set_state(self, **changes: Any) -> None:
+        """Change the state; log it DRBD-style ("conn( WFConnection -> Connected )")."""
+        old = self.state
+        new = old.with_(**changes)
+        if new == old:
+            return
+        self.state = new
+        self._mirror = self.link is not None and states.should_do_remote(new)
+        self._oos_notice = self.link is not None and states.should_send_out_of_sync(new)
+        parts = []
+        for field, label in (("role", "role"), ("peer", "peer"), ("conn", "conn"),
+                             ("disk", "disk"), ("pdsk", "pdsk"), ("susp", "susp")):
+            a, b = getattr(old, field), getattr(new, field)
+            if a != b:
+                parts.append(f"{label}( {a} -> {b} )")
+        log.info("%s: %s", self.name, " ".join(parts))
+
+    def mark_out_of_sync(self, offset: int, length: int) -> None:
+        if self.bitmap is not None and length > 0:
+            self._mark(offset, length)
+
+    def disk_flush(self) -> asyncio.Future:
+        assert self.disk is not None
+        return self.disk.flush()
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -121,7 +164,7 @@ class Volume:
         cfg = self.config
         if self.state.disk != DiskState.Diskless:
             raise VolumeError("EBUSY", f"{self.name}: already attached")
-        self.state = self.state.with_(disk=DiskState.Attaching)
+        self.set_state(disk=DiskState.Attaching)
         try:
             meta = await asyncio.to_thread(MetaFile.open, Path(cfg.meta))
         except (MetaError, OSError) as e:
@@ -156,9 +199,9 @@ class Volume:
         async with self._meta_lock:
             await asyncio.to_thread(meta.write_bitmap_pages, self.bitmap.take_dirty_pages())
         disk_state, pdsk = states.disk_state_on_attach(flags, Fencing(cfg.fencing))
-        self.state = State(role=Role.Secondary, peer=Role.Unknown, conn=ConnState.StandAlone,
-                           disk=disk_state, pdsk=pdsk)
-        await self._persist(flags=flags)
+        self.set_state(role=Role.Secondary, peer=Role.Unknown, conn=ConnState.StandAlone,
+                       disk=disk_state, pdsk=pdsk)
+        await self.persist(flags=flags)
         self._writeback = asyncio.get_running_loop().create_task(self._writeback_loop())
         log.info("%s: attached: disk %s, %s, gi %s, %d KiB out of sync", self.name, disk_state,
                  "crashed primary" if self.crashed_primary else "clean", meta.sb.gi,
@@ -166,7 +209,7 @@ class Volume:
 
     def _apply_al(self) -> int:
         assert self.al is not None and self.bitmap is not None
-        bits_per_extent = 1 << (self.al.extent_shift - self._bm_shift)
+        bits_per_extent = 1 << (self.al.extent_shift - self.bm_shift)
         hot = self.al.hot()
         for ext in hot:
             first = ext * bits_per_extent
@@ -181,8 +224,31 @@ class Volume:
     def _lookup(self, name: str) -> Volume | None:
         return self if name in ("", self.name) else None
 
+    async def connect(self, *, discard_my_data: bool = False, dry_run: bool = False) -> None:
+        """Start the peer link (WFConnection); no-op when it runs already."""
+        if not self.config.has_net:
+            raise VolumeError("EINVAL", f"{self.name}: no network configuration")
+        if self.state.disk == DiskState.Diskless:
+            raise VolumeError("ESTATE", f"{self.name}: not attached")
+        if self.link is not None and not self.link.stopped:
+            return
+        if self.link is not None:
+            await self.link.stop()
+        self.link = PeerLink(self, discard_my_data=discard_my_data, dry_run=dry_run)
+        await self.link.start()
+
+    async def disconnect(self) -> None:
+        if self.link is not None:
+            link, self.link = self.link, None
+            await link.stop()
+            self.set_state(conn=ConnState.StandAlone, peer=Role.Unknown,
+                           pdsk=DiskState.DUnknown)
+            if self.meta is not None:
+                await self.persist()
+
     async def detach(self) -> None:
         """Stop serving and detach cleanly: data and bitmap durable, activity log clean."""
+        await self.disconnect()
         if self.nbd is not None:
             await self.nbd.close(abort=True)
             self.nbd = None
@@ -211,15 +277,25 @@ class Volume:
         self.meta.close()
         self.disk = self.meta = None
         self.bitmap = self.al = None
-        self.state = self.state.with_(disk=DiskState.Diskless, role=Role.Secondary)
+        self.set_state(disk=DiskState.Diskless, role=Role.Secondary)
         log.info("%s: detached", self.name)
 
-    async def _persist(self, *, flags: MetaFlags | None = None,
-                       gi: Any = None) -> None:
-        """Write the superblock for the current state (flags from state, GIs)."""
+    async def change_state(self, *, gi: GenerationIds | None = None, **changes: Any) -> None:
+        """Persist the flags of the new state (and new GIs) first, then enter the state.
+
+        Whoever sees the new state (status, the peer) can rely on the metadata
+        saying the same after a crash.
+        """
+        await self.persist(gi=gi, state=self.state.with_(**changes))
+        self.set_state(**changes)
+
+    async def persist(self, *, flags: MetaFlags | None = None,
+                      gi: GenerationIds | None = None, state: State | None = None) -> None:
+        """Write the superblock for the current (or given) state: flags from state, GIs."""
         assert self.meta is not None
         base = self.meta.sb.flags if flags is None else flags
-        new_flags = states.flags_from_state(self.state, base, crashed_primary=self.crashed_primary)
+        new_flags = states.flags_from_state(state or self.state, base,
+                                            crashed_primary=self.crashed_primary)
         sb = self.meta.sb.with_(flags=new_flags, gi=self.meta.sb.gi if gi is None else gi)
         async with self._meta_lock:
             await asyncio.to_thread(self.meta.write_superblock, sb)
@@ -229,35 +305,31 @@ class Volume:
     async def promote(self, *, force: bool = False) -> None:
         assert self.meta is not None
         gi = self.meta.sb.gi
-        pr = states.promote(self.state, force=force, allow_two_primaries=False,
+        pr = states.promote(self.state, force=force,
+                            allow_two_primaries=self.config.allow_two_primaries,
                             fencing=Fencing(self.config.fencing), bitmap_uuid=gi.bitmap)
         if pr.new_generation:
-            gi = gi.new_current(self._rand64, primary=True)
+            gi = gi.new_current(self.rand64, primary=True)
             log.info("%s: new current UUID %016X (bitmap %016X)", self.name, gi.current, gi.bitmap)
         old = self.state
-        self.state = pr.state
-        try:
-            await self._persist(gi=gi.with_role(True))
-        except OSError:
-            self.state = old
-            raise
-        log.info("%s: role( %s -> Primary ) disk( %s -> %s )", self.name, old.role, old.disk,
-                 pr.state.disk)
+        await self.change_state(gi=gi.with_role(True), role=Role.Primary, disk=pr.state.disk)
+        if self.link is not None:
+            # A forced promotion changed the data's generation: the peer must resync from us.
+            self.link.state_changed(renegotiate=pr.state.disk != old.disk or force)
 
     async def demote(self) -> None:
         assert self.meta is not None
         new = states.demote(self.state, open_count=self.open_count)
         if new == self.state:
             return
-        old, self.state = self.state, new
-        await self._persist(gi=self.meta.sb.gi.with_role(False))
-        log.info("%s: role( %s -> Secondary )", self.name, old.role)
+        await self.change_state(gi=self.meta.sb.gi.with_role(False), role=new.role)
+        if self.link is not None:
+            self.link.state_changed()
 
     async def outdate(self) -> None:
         new = states.outdate(self.state)
         if new != self.state:
-            self.state = new
-            await self._persist()
+            await self.change_state(disk=new.disk)
 
     # --- the Export interface (called by the NBD server) --------------------------------
 
@@ -299,19 +371,34 @@ class Volume:
             # The data must outlive this call: the receive buffer will be reused.
             return self._spawn(self._write_cold(offset, bytes(data), fua, e0, e1))
         try:
-            if self._mark_oos:
-                self._mark(offset, length)
-            self.disk.write(offset, data)
+            remote = self._submit(offset, data, length, DP_FUA if fua else 0)
         finally:
-            al.end(e0, e1)
-            if self._al_starved is not None:
-                self._al_starved.set()
-        self.counters.dw += length
-        return self.disk.flush() if fua else None
+            self._al_end(e0, e1)
+        return _both(self.disk.flush() if fua else None, remote)
+
+    def _submit(self, offset: int, data: memoryview | bytes | None, length: int,
+                flags: int) -> asyncio.Future | None:
+        """Mark or mirror, then apply locally (data None: discard per flags)."""
+        assert self.disk is not None
+        mirror = self._mirror
+        if not mirror:
+            self._mark(offset, length)
+            if self._oos_notice and self.link is not None:
+                self.link.send_out_of_sync(offset, length)
+        if data is None:
+            self.disk.discard(offset, length, keep_allocated=bool(flags & DP_ZERO_KEEP),
+                              fast=False)
+        else:
+            self.disk.write(offset, data)
+            self.counters.dw += length
+        if mirror:
+            assert self.link is not None
+            return self.link.send_write(offset, data, length, flags)
+        return None
 
     def _mark(self, offset: int, length: int) -> None:
         assert self.bitmap is not None
-        shift = self._bm_shift
+        shift = self.bm_shift
         first, last = offset >> shift, (offset + length - 1) >> shift
         if first == last:
             self.bitmap.set_bit(first)
@@ -320,16 +407,14 @@ class Volume:
 
     async def _write_cold(self, offset: int, data: bytes, fua: bool, e0: int, e1: int) -> None:
         await self._al_begin(e0, e1)
-        assert self.disk is not None and self.al is not None
+        assert self.disk is not None
         try:
-            if self._mark_oos:
-                self._mark(offset, len(data))
-            self.disk.write(offset, data)
+            remote = self._submit(offset, data, len(data), DP_FUA if fua else 0)
         finally:
             self._al_end(e0, e1)
-        self.counters.dw += len(data)
-        if fua:
-            await self.disk.flush()
+        both = _both(self.disk.flush() if fua else None, remote)
+        if both is not None:
+            await both
 
     def trim(self, offset: int, length: int, fua: bool) -> asyncio.Future | None:
         return self.write_zeroes(offset, length, fua, no_hole=False, fast=False)
@@ -340,35 +425,44 @@ class Volume:
         if length == 0:
             return None
         assert self.al is not None and self.disk is not None
+        flags = (DP_ZERO_KEEP if no_hole else DP_DISCARD) | (DP_FUA if fua else 0)
         e0, e1 = self.al.extents_of(offset, length)
+        if fast and not (self.disk.zero_range_ok if no_hole else self.disk.punch_hole_ok):
+            raise OSError(errno.ENOTSUP, "zeroing this range is not fast")
         if length > BIG_DISCARD or not self.al.begin(e0, e1):
-            return self._spawn(self._discard_async(offset, length, fua, no_hole, fast, e0, e1))
+            return self._spawn(self._discard_async(offset, length, flags, e0, e1))
         try:
-            if self._mark_oos:
-                self._mark(offset, length)
-            self.disk.discard(offset, length, keep_allocated=no_hole, fast=fast)
+            remote = self._submit(offset, None, length, flags)
         finally:
             self._al_end(e0, e1)
-        return self.disk.flush() if fua else None
+        return _both(self.disk.flush() if fua else None, remote)
 
-    async def _discard_async(self, offset: int, length: int, fua: bool, no_hole: bool,
-                             fast: bool, e0: int, e1: int) -> None:
+    async def _discard_async(self, offset: int, length: int, flags: int, e0: int,
+                             e1: int) -> None:
         await self._al_begin(e0, e1)
         assert self.disk is not None
         try:
-            if self._mark_oos:
+            mirror = self._mirror
+            if not mirror:
                 self._mark(offset, length)
+                if self._oos_notice and self.link is not None:
+                    self.link.send_out_of_sync(offset, length)
             await asyncio.to_thread(self.disk.discard, offset, length,
-                                    keep_allocated=no_hole, fast=fast)
+                                    keep_allocated=bool(flags & DP_ZERO_KEEP), fast=False)
+            remote = None
+            if mirror and self.link is not None and self._mirror:
+                remote = self.link.send_write(offset, None, length, flags)
         finally:
             self._al_end(e0, e1)
-        if fua:
-            await self.disk.flush()
+        both = _both(self.disk.flush() if flags & DP_FUA else None, remote)
+        if both is not None:
+            await both
 
     def flush(self) -> asyncio.Future:
         self._check_io()
         assert self.disk is not None
-        return self.disk.flush()
+        remote = self.link.send_barrier() if self._mirror and self.link is not None else None
+        return _both(self.disk.flush(), remote)
 
     def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
         self._check_io()
@@ -483,16 +577,30 @@ class Volume:
             "al_hot": len(self.al.hot()) if self.al else 0,
             "open_count": self.open_count,
             "socket": self.config.socket,
+            "peer": self._peer_status(),
             "counters": {"ns": c.ns // 1024, "nr": c.nr // 1024, "dw": c.dw // 1024,
                          "dr": c.dr // 1024, "al": c.al, "bm": c.bm, "lo": c.lo,
                          "pe": c.pe, "ua": c.ua, "ap": c.ap, "ep": c.ep},
         }
 
+    def _peer_status(self) -> dict[str, Any] | None:
+        link = self.link
+        if link is None:
+            return None
+        out: dict[str, Any] = {"address": self.config.peer_address, "node": self.config.peer_node,
+                               "protocol": self.config.protocol, "last_error": link.last_error,
+                               "peer_gi": str(link.peer_gi)}
+        if link.resync is not None and self.bitmap is not None:
+            out["sync"] = link.resync.progress(self.bitmap.weight, self.config.bm_block_size)
+        return out
+
     def proc_drbd(self, minor: int) -> str:
         """The two /proc/drbd lines of this volume (protocol letter C by default)."""
         s, c = self.state, self.counters
         flags = ("s" if s.susp else "r") + "-----"
-        return (f"{minor:2d}: cs:{s.conn} ro:{s.role}/{s.peer} ds:{s.disk}/{s.pdsk} C {flags}\n"
+        proto = self.config.protocol if self.config.has_net else "C"
+        return (f"{minor:2d}: cs:{s.conn} ro:{s.role}/{s.peer} ds:{s.disk}/{s.pdsk} "
+                f"{proto} {flags}\n"
                 f"    ns:{c.ns // 1024} nr:{c.nr // 1024} dw:{c.dw // 1024} dr:{c.dr // 1024} "
                 f"al:{c.al} bm:{c.bm} lo:{c.lo} pe:{c.pe} ua:{c.ua} ap:{c.ap} ep:{c.ep} wo:f "
                 f"oos:{self.out_of_sync_kib()}")

@@ -1,0 +1,300 @@
+"""The per-service state machine of the CRM (pure, over a RoundContext).
+
+`next_state(ctx, sid)` applies at most one transition to one service and
+returns whether it changed; the manager calls it until nothing moves. Each
+handler is named after the state it leaves; `docs/ha.md` has the table.
+
+Principles the handlers keep:
+
+- a command to an LRM is a state plus a fresh `uid`; the LRM runs each uid
+  once and the CRM reads the result under the same uid. Refinements that do
+  not ask the LRM anything new (`starting` -> `started`, `request_stop` ->
+  `stopping` -> `stopped`) keep the uid;
+- a service leaves a lost node only through `fence` -> `recovery`, and
+  recovery moves the config only to a node holding an UpToDate replica of
+  every volume (the scheduler's hard constraint); otherwise it waits with the
+  reason;
+- the config owner (`service_config_node`) is the truth about where a
+  service may run: a completed migration whose result was never read is
+  adopted, not recovered a second time.
+"""
+
+from __future__ import annotations
+
+from binome.ha.context import RoundContext
+from binome.ha.env import Conflict
+from binome.ha.model import (
+    ExitCode,
+    LrmMode,
+    LrmState,
+    NodeState,
+    RequestedState,
+    ServiceState,
+    ServiceStatus,
+)
+from binome.ha.nodes import FENCEABLE, lost
+
+S = ServiceState
+
+
+def _wants_stop(ctx: RoundContext, sid: str) -> bool:
+    cfg = ctx.resources[sid]
+    return cfg.state in (RequestedState.STOPPED, RequestedState.DISABLED)
+
+
+def next_state(ctx: RoundContext, sid: str) -> bool:
+    sd = ctx.status.service_status[sid]
+    cfg = ctx.resources[sid]
+    before = (sd.state, sd.node, sd.uid, sd.target)
+    if ctx.status.disarm is not None:
+        return False
+    if sd.state in FENCEABLE and lost(ctx, sd.node) and not (
+            sd.state == S.STOPPED and cfg.state == RequestedState.DISABLED):
+        ctx.change(sid, sd, S.FENCE, why=f"node {sd.node} lost")
+        return True
+    handler = _HANDLERS.get(sd.state)
+    if handler is not None:
+        handler(ctx, sid, sd)
+    return (sd.state, sd.node, sd.uid, sd.target) != before
+
+
+# ---------------------------------------------------------------- starting a service
+
+
+def _request_start(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
+    if _wants_stop(ctx, sid):
+        ctx.change(sid, sd, S.REQUEST_STOP, why="stop requested")
+        return
+    if ctx.node_state(sd.node) not in (NodeState.ONLINE, NodeState.MAINTENANCE):
+        # only its node's LRM can hand it over (relocate); a lost node goes through fencing
+        ctx.set_reason(sid, sd, f"waiting for {sd.node} to come online", level="info")
+        return
+    choice = ctx.place(sid, current=sd.node, stay=True)
+    if choice.node is None:
+        ctx.set_reason(sid, sd, choice.reason)
+    elif choice.node == sd.node:
+        ctx.change(sid, sd, S.STARTING)
+    else:
+        ctx.change(sid, sd, S.RELOCATE, target=choice.node, why=choice.reason)
+
+
+def _starting(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
+    if _wants_stop(ctx, sid):
+        ctx.change(sid, sd, S.REQUEST_STOP, why="stop requested")
+        return
+    res = ctx.result(sd.node, sd.uid)
+    if res is None:
+        return
+    if res.exit_code == ExitCode.SUCCESS:
+        sd.restarts = 0
+        sd.failed_nodes = []
+        ctx.change(sid, sd, S.STARTED, new_uid=False)
+        return
+    if res.exit_code == ExitCode.EWRONG_NODE:
+        ctx.change(sid, sd, S.ERROR, why=f"start on {sd.node}: {res.message}")
+        return
+    _start_failed(ctx, sid, sd, res.message)
+
+
+def _start_failed(ctx: RoundContext, sid: str, sd: ServiceStatus, message: str) -> None:
+    """Restart on the same node up to max_restart, then try other nodes up to max_relocate."""
+    cfg = ctx.resources[sid]
+    if sd.restarts < cfg.max_restart:
+        sd.restarts += 1
+        ctx.change(sid, sd, S.STARTING,
+                   why=f"start failed ({message}); restart {sd.restarts} of {cfg.max_restart}")
+        return
+    tried = [*sd.failed_nodes, sd.node]
+    if len(tried) <= cfg.max_relocate:
+        choice = ctx.place(sid, current=None, stay=False, avoid=frozenset(tried))
+        if choice.node is not None:
+            sd.failed_nodes = tried
+            sd.restarts = 0
+            ctx.change(sid, sd, S.RELOCATE, target=choice.node,
+                       why=f"start failed ({message}); relocate {len(tried)} of "
+                           f"{cfg.max_relocate}")
+            return
+        why = f"start failed ({message}) and {choice.reason}"
+    else:
+        why = (f"start failed ({message}) on {', '.join(tried)}: max_restart="
+               f"{cfg.max_restart}, max_relocate={cfg.max_relocate} reached")
+    sd.failed_nodes = tried
+    ctx.change(sid, sd, S.ERROR, reason=why, why="giving up")
+    ctx.log("err", f"service {sid}: error: {why}; set it to 'disabled' to recover")
+
+
+def _started(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
+    if _wants_stop(ctx, sid):
+        ctx.change(sid, sd, S.REQUEST_STOP, why="stop requested")
+        return
+    mode = ctx.lrm_mode(sd.node)
+    if mode == LrmMode.RESTART:
+        ctx.change(sid, sd, S.FREEZE, why=f"{sd.node} goes down with a freezing shutdown policy")
+        return
+    if mode == LrmMode.SHUTDOWN:
+        return  # the node stops it and powers off; fencing then recovers it elsewhere
+    if ctx.node_state(sd.node) == NodeState.MAINTENANCE or mode == LrmMode.MAINTENANCE:
+        _evacuate(ctx, sid, sd)
+        return
+    lrm = ctx.lrm(sd.node)
+    res = ctx.result(sd.node, sd.uid)
+    if (lrm is not None and lrm.state == LrmState.ACTIVE and res is not None
+            and res.exit_code == ExitCode.SUCCESS and sid not in lrm.running
+            and sid not in lrm.jobs.values()):
+        ctx.change(sid, sd, S.STARTING, why=f"not running on {sd.node} any more; starting again")
+        return
+    if res is None:
+        return  # the LRM has not confirmed this uid yet (e.g. just migrated here)
+    _maybe_move_back(ctx, sid, sd)
+
+
+def _evacuate(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
+    choice = ctx.place(sid, current=None, stay=False, exclude=sd.node)
+    if choice.node is None:
+        ctx.set_reason(sid, sd, f"cannot leave {sd.node} (maintenance): {choice.reason}")
+        return
+    sd.maintenance_node = sd.maintenance_node or sd.node
+    ctx.change(sid, sd, S.MIGRATE, target=choice.node, why=f"{sd.node} in maintenance")
+
+
+def _maybe_move_back(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
+    """Return to the node it was evacuated from, or fail back to a preferred node."""
+    home = sd.maintenance_node
+    if home is not None:
+        if home == sd.node or home not in ctx.nodes:
+            sd.maintenance_node = None
+        elif home in ctx.placeable():
+            choice = ctx.place(sid, current=home, stay=True)
+            if choice.node == home:
+                ctx.change(sid, sd, S.MIGRATE, target=home,
+                           why=f"back to {home}, its maintenance ended")
+                return
+        return  # while it may come back, do not fail back elsewhere
+    choice = ctx.place(sid, current=sd.node, stay=True)
+    if choice.node is not None and choice.node != sd.node:
+        ctx.change(sid, sd, S.MIGRATE, target=choice.node, why=f"failback: {choice.reason}")
+
+
+# ---------------------------------------------------------------- stopping
+
+
+def _request_stop(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
+    res = ctx.result(sd.node, sd.uid)
+    if res is None:
+        if sd.state == S.REQUEST_STOP and ctx.job_running(sd.node, sd.uid):
+            ctx.change(sid, sd, S.STOPPING, new_uid=False)
+        return
+    if res.exit_code == ExitCode.SUCCESS:
+        ctx.change(sid, sd, S.STOPPED, new_uid=False)
+    else:
+        ctx.change(sid, sd, S.ERROR, reason=f"stop failed: {res.message}",
+                   why=f"stop failed: {res.message}")
+
+
+def _stopped(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
+    if ctx.resources[sid].state == RequestedState.STARTED:
+        ctx.change(sid, sd, S.REQUEST_START, why="start requested")
+
+
+# ---------------------------------------------------------------- moving
+
+
+def _migrate(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
+    res = ctx.result(sd.node, sd.uid)
+    if res is None:
+        return
+    target = sd.target
+    if res.exit_code == ExitCode.SUCCESS and target is not None:
+        if sd.maintenance_node == target:
+            sd.maintenance_node = None
+        nxt = S.REQUEST_STOP if _wants_stop(ctx, sid) else S.STARTED
+        ctx.change(sid, sd, nxt, node=target, why="migrated")
+    elif res.exit_code == ExitCode.EWRONG_NODE:
+        ctx.change(sid, sd, S.ERROR, reason=res.message, why=f"migrate: {res.message}")
+    else:
+        ctx.change(sid, sd, S.STARTED, why=f"migration to {target} failed ({res.message})")
+
+
+def _relocate(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
+    res = ctx.result(sd.node, sd.uid)
+    if res is None:
+        return
+    target = sd.target
+    if res.exit_code == ExitCode.SUCCESS and target is not None:
+        if _wants_stop(ctx, sid):
+            ctx.change(sid, sd, S.REQUEST_STOP, node=target, why="relocated")
+        else:
+            ctx.change(sid, sd, S.STARTING, node=target, why="relocated")
+    elif res.exit_code == ExitCode.EWRONG_NODE:
+        ctx.change(sid, sd, S.ERROR, reason=res.message, why=f"relocate: {res.message}")
+    elif _wants_stop(ctx, sid):
+        ctx.change(sid, sd, S.REQUEST_STOP, why=f"relocation failed ({res.message})")
+    else:
+        ctx.change(sid, sd, S.REQUEST_START, why=f"relocation failed ({res.message})")
+
+
+# ---------------------------------------------------------------- node failure
+
+
+def _recovery(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
+    cfg = ctx.resources[sid]
+    if cfg.state == RequestedState.DISABLED:
+        ctx.change(sid, sd, S.STOPPED, why="disabled; stays with its fenced node")
+        return
+    owner = ctx.env.service_config_node(sid)
+    if owner is None:
+        ctx.change(sid, sd, S.ERROR, reason="guest config not found", why="config not found")
+        return
+    nxt = S.REQUEST_STOP if _wants_stop(ctx, sid) else S.STARTING
+    if owner != sd.node and owner in ctx.placeable():
+        # a migration switched over before the node was lost: the guest lives there now
+        ctx.change(sid, sd, nxt, node=owner, why=f"config already on {owner}")
+        return
+    choice = ctx.place(sid, current=None, stay=False)
+    if choice.node is None:
+        ctx.set_reason(sid, sd, choice.reason)
+        return
+    if choice.node == owner:
+        ctx.log("info", f"service {sid}: recovering on {owner}, where its config is "
+                        f"({choice.reason})")
+    else:
+        try:
+            ctx.env.move_service_config(sid, owner, choice.node)
+        except Conflict as exc:
+            ctx.set_reason(sid, sd, f"config move failed: {exc}")
+            return
+        ctx.log("info", f"service {sid}: recovering from fenced node {sd.node} to "
+                        f"{choice.node} (config moved; {choice.reason})")
+    ctx.change(sid, sd, nxt, node=choice.node, why="recovered")
+
+
+def _freeze(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
+    lrm = ctx.lrm(sd.node)
+    if ctx.node_state(sd.node) not in (NodeState.ONLINE, NodeState.MAINTENANCE):
+        return
+    if lrm is None or lrm.mode != LrmMode.ACTIVE or lrm.shutdown_done:
+        return
+    nxt = S.REQUEST_STOP if _wants_stop(ctx, sid) else S.STARTING
+    ctx.change(sid, sd, nxt, why=f"unfrozen: {sd.node}'s LRM is active again")
+
+
+def _error(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
+    if ctx.resources[sid].state == RequestedState.DISABLED:
+        sd.restarts = 0
+        sd.failed_nodes = []
+        ctx.change(sid, sd, S.REQUEST_STOP, why="disabled: leaving error state")
+
+
+_HANDLERS = {
+    S.REQUEST_START: _request_start,
+    S.STARTING: _starting,
+    S.STARTED: _started,
+    S.REQUEST_STOP: _request_stop,
+    S.STOPPING: _request_stop,
+    S.STOPPED: _stopped,
+    S.MIGRATE: _migrate,
+    S.RELOCATE: _relocate,
+    S.RECOVERY: _recovery,
+    S.FREEZE: _freeze,
+    S.ERROR: _error,
+}

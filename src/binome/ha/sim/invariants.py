@@ -1,0 +1,105 @@
+"""The safety invariants of TESTING.md, checked while the simulation runs, plus convergence.
+
+Checked at the moment things happen (so a violation points at the event):
+
+- **one instance**: a guest runs (booting, running or stopping) on at most
+  one node at any time;
+- **quorum**: no HA action (start, migrate, relocate, config move, fence
+  request) is taken by a node that is not quorate at that instant;
+- **fenced before recovered**: when the CRM moves a service's config away
+  from a lost node, the guest is not running there (and, with "one
+  instance", never runs twice afterwards);
+- **no stale promotion**: the CRM orders a start (`starting`, new uid) only
+  on a node holding an UpToDate replica of every volume; and no guest is
+  ever promoted on anything else.
+
+`converged()` is the liveness check run after a quiet period with every
+fault healed: requested states are reached and replicas are in sync.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from binome.ha.model import ManagerStatus, RequestedState, ServiceState
+
+if TYPE_CHECKING:
+    from binome.ha.sim.world import World
+
+
+class InvariantViolation(AssertionError):
+    pass
+
+
+class Invariants:
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def _fail(self, message: str) -> None:
+        w = self.world
+        raise InvariantViolation(f"t={w.q.now / 1000:.2f}: {message}")
+
+    def guest_changed(self, sid: str) -> None:
+        nodes = self.world.guests.running_on(sid)
+        if len(nodes) > 1:
+            self._fail(f"{sid} runs on {len(nodes)} nodes at once: {', '.join(nodes)}")
+
+    def ha_action(self, node: str, what: str) -> None:
+        if not self.world.etcd.quorate(node):
+            self._fail(f"{node} took an HA action without quorum: {what}")
+
+    def promoted(self, sid: str, node: str) -> None:
+        if not self.world.replicas.all_uptodate(sid, node):
+            self._fail(f"{sid} promoted on {node} with a stale replica: "
+                       f"{self.world.replicas.states(sid)}")
+
+    def recovered(self, sid: str, src: str, dst: str) -> None:
+        if src in self.world.guests.instances.get(sid, {}):
+            self._fail(f"{sid} recovered from {src} to {dst} while it still runs on {src}")
+
+    def manager_status_written(self, old: ManagerStatus, new: ManagerStatus) -> None:
+        replicas = self.world.replicas
+        for sid, sd in new.service_status.items():
+            prev = old.service_status.get(sid)
+            if sd.state != ServiceState.STARTING or (prev and prev.uid == sd.uid):
+                continue
+            if not replicas.all_uptodate(sid, sd.node):
+                self._fail(f"CRM ordered {sid} to start on {sd.node} without an UpToDate "
+                           f"replica: {replicas.states(sid)}")
+
+    # ------------------------------------------------------------ liveness
+
+    def converged(self) -> list[str]:
+        """Problems left after the quiet period (empty when everything converged)."""
+        w = self.world
+        problems = []
+        for name, node in w.nodes.items():
+            if not node.up or not w.etcd.quorate(name):
+                problems.append(f"{name} is not up with quorum")
+        status = w.manager_status()
+        resources = w.resources()
+        for sid, cfg in sorted(resources.items()):
+            running = w.guests.running_on(sid)
+            sd = status.service_status.get(sid)
+            if cfg.state == RequestedState.IGNORED:
+                if sd is not None:
+                    problems.append(f"{sid} is ignored but still managed")
+                continue
+            if sd is None:
+                problems.append(f"{sid} is not managed")
+                continue
+            if cfg.state == RequestedState.STARTED:
+                if sd.state != ServiceState.STARTED or running != [sd.node]:
+                    problems.append(f"{sid} should run: state {sd.state} on {sd.node}, "
+                                    f"running on {running or 'no node'} ({sd.reason})")
+                elif w.config_owner(sid) != sd.node:
+                    problems.append(f"{sid} runs on {sd.node} but its config is on "
+                                    f"{w.config_owner(sid)}")
+            elif running or sd.state != ServiceState.STOPPED:
+                problems.append(f"{sid} should be stopped: state {sd.state}, running on "
+                                f"{running or 'no node'}")
+        for vol, disks in sorted(w.replicas.disks.items()):
+            stale = {n: s for n, s in disks.items() if s != "UpToDate"}
+            if stale:
+                problems.append(f"{vol} not in sync: {stale}")
+        return problems

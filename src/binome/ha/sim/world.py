@@ -1,0 +1,440 @@
+"""The simulated cluster: members, power and links, leases, watchdogs, fence devices, daemons.
+
+The `World` owns the virtual clock and everything physical; the real `Crm`
+and `Lrm` of every node run inside it, unmodified, through a `SimEnv`. Per
+node, three periodic loops run with a fixed phase (keepalive, CRM round, LRM
+round), and the daemons are also woken `watch_latency` after a document they
+watch changes, as etcd watches would. After every event the world re-elects
+the etcd leader if needed, applies the replication rules and the invariants.
+
+Physical model (what the commands of a scenario act on):
+
+- power off kills the node's guests and jobs at once; power on boots it in
+  `node_boot` seconds with fresh daemons (new lease, LRM and CRM from scratch);
+- the cluster link carries etcd and migrations; the replication link carries
+  volume traffic; a partition cuts the cluster link between two members only;
+- the watchdog kills the node's HA guests at its deadline unless pushed
+  forward (binome's supervisor process; with `/dev/watchdog` the node would
+  also reset); it keeps running while the daemon is paused;
+- a fence device powers its node off after `delay` seconds if healthy,
+  reports an error if failing, or times out (`fence_timeout`) if dead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from binome.ha.crm import Crm
+from binome.ha.lrm import Lrm
+from binome.ha.model import (
+    ExitCode,
+    FenceState,
+    FenceStatus,
+    HaSettings,
+    ManagerStatus,
+    ResourceConfig,
+)
+from binome.ha.sim import keys
+from binome.ha.sim.clock import EventQueue, ms
+from binome.ha.sim.config import ClusterSpec, ServicesSpec
+from binome.ha.sim.env import SimEnv
+from binome.ha.sim.etcd import VirtualEtcd
+from binome.ha.sim.guests import Guests
+from binome.ha.sim.hardware import FenceDevice, Member, SimNode, Watchdog
+from binome.ha.sim.invariants import Invariants
+from binome.ha.sim.replicas import Replicas
+
+
+class World:
+    def __init__(self, cluster: ClusterSpec, services: ServicesSpec) -> None:
+        self.cluster = cluster
+        self.timers = cluster.timers
+        self.params = cluster.sim
+        self.q = EventQueue()
+        self.lines: list[str] = []
+        self.nodes: dict[str, SimNode] = {}
+        for i, spec in enumerate(cluster.nodes):
+            self.nodes[spec.name] = SimNode(
+                name=spec.name, spec=spec, index=i,
+                fence=FenceDevice(spec.fence_device) if spec.fence_device else None)
+        self.members: dict[str, Member] = dict(self.nodes)
+        if cluster.witness:
+            self.members[cluster.witness] = Member(cluster.witness)
+        self.cuts: set[frozenset[str]] = set()
+        self.etcd = VirtualEtcd(cluster.members, cluster.leader_preference, ms(cluster.election),
+                                reach=self._linked, up=lambda m: self.members[m].up,
+                                log=lambda level, msg: self.log(level, "etcd", msg))
+        self.invariants = Invariants(self)
+        sids = [s.config.sid for s in services.services]
+        self.guests = Guests(self, sids)
+        self.replicas = Replicas({s.config.sid: s.volumes for s in services.services},
+                                 log=lambda level, msg: self.log(level, "replica", msg))
+        self._quorate: dict[str, bool] = {}
+        self._timers_pending: set[tuple[str, Any]] = set()
+        self._command_seq = 0
+        self.etcd.boot_leader()
+        etcd = self.etcd
+        etcd.put(keys.RESOURCES, {s.config.sid: s.config.to_dict() for s in services.services})
+        etcd.put(keys.GROUPS, {name: g.to_dict() for name, g in services.groups.items()})
+        etcd.put(keys.SETTINGS, HaSettings(cluster.shutdown_policy).to_dict())
+        for s in services.services:
+            etcd.put(keys.config(s.config.sid), s.node)
+        for node in self.nodes.values():
+            self._boot(node)
+        self.after_event()
+
+    # ------------------------------------------------------------ logging and reads
+
+    def log(self, level: str, source: str, message: str) -> None:
+        self.lines.append(f"{level:<5} {self.q.now / 1000:8.2f} {source:>10}: {message}")
+
+    def config_owner(self, sid: str) -> str | None:
+        return self.etcd.get(keys.config(sid))[0]
+
+    def manager_status(self) -> ManagerStatus:
+        return ManagerStatus.from_dict(self.etcd.get(keys.MANAGER_STATUS)[0])
+
+    def resources(self) -> dict[str, ResourceConfig]:
+        data = self.etcd.get(keys.RESOURCES)[0] or {}
+        return {sid: ResourceConfig.from_dict(sid, r) for sid, r in data.items()}
+
+    # ------------------------------------------------------------ connectivity
+
+    def _linked(self, a: str, b: str) -> bool:
+        ma, mb = self.members[a], self.members[b]
+        return ma.cluster_link and mb.cluster_link and frozenset((a, b)) not in self.cuts
+
+    def reach(self, a: str, b: str) -> bool:
+        return self.etcd.reach(a, b)
+
+    def repl_connected(self, a: str, b: str) -> bool:
+        na, nb = self.nodes[a], self.nodes[b]
+        return a != b and na.up and nb.up and na.replication_link and nb.replication_link
+
+    # ------------------------------------------------------------ event plumbing
+
+    def _once(self, key: tuple[str, Any], time: int, fn, *args) -> None:
+        """Schedule `fn` at `time` unless the same timer is already pending."""
+        if key in self._timers_pending:
+            return
+        self._timers_pending.add(key)
+
+        def fire() -> None:
+            self._timers_pending.discard(key)
+            fn(*args)
+        self.q.at(time, fire)
+
+    def after_event(self) -> None:
+        now = self.q.now
+        leader = self.etcd.leader
+        again = self.etcd.refresh(now)
+        if again is not None:
+            self._once(("election", again), again, lambda: None)
+        if self.etcd.leader != leader and self.etcd.leader is not None:
+            for lease in list(self.etcd.leases.values()):
+                self._schedule_expiry(lease.id)
+        for name in self.members:
+            quorate = self.etcd.quorate(name)
+            if self._quorate.get(name) != quorate:
+                self._quorate[name] = quorate
+                self.log("info" if quorate else "warn", "etcd",
+                         f"{name}: {'quorate' if quorate else 'no quorum'}")
+                if name in self.nodes:
+                    self.wake(self.nodes[name], "crm")
+                    self.wake(self.nodes[name], "lrm")
+        done = self.replicas.update(now, self.guests.primary, self.repl_connected,
+                                    self.etcd.quorate, ms(self.params.resync_time))
+        if done is not None:
+            self._once(("resync", done), done, lambda: None)
+
+    def run_until(self, until: int) -> None:
+        while (t := self.q.next_time()) is not None and t <= until:
+            event = self.q.pop()
+            event.fn(*event.args)
+            self.after_event()
+        self.q.now = max(self.q.now, until)
+
+    # ------------------------------------------------------------ daemons
+
+    def _boot(self, node: SimNode) -> None:
+        node.up = True
+        node.generation += 1
+        node.crm = Crm(SimEnv(self, node.name, "crm"), self.timers)
+        node.lrm = Lrm(SimEnv(self, node.name, "lrm"), self.timers)
+        gen, phase = node.generation, 100 * node.index
+        self.q.after(phase, self._keepalive_loop, node, gen)
+        self.q.after(phase + 200, self._daemon_loop, node, gen, "crm")
+        self.q.after(phase + 500, self._daemon_loop, node, gen, "lrm")
+
+    def _keepalive_loop(self, node: SimNode, gen: int) -> None:
+        if gen != node.generation or not node.up:
+            return
+        self.q.after(ms(self.timers.keepalive_interval), self._keepalive_loop, node, gen)
+        if node.running(self.q.now):
+            self._renew(node)
+
+    def _renew(self, node: SimNode) -> None:
+        etcd, now = self.etcd, self.q.now
+        if not etcd.quorate(node.name):
+            return
+        if node.lease_id is not None and etcd.keepalive(node.lease_id, now):
+            node.renewed_at = now
+        else:
+            node.lease_id = etcd.grant(node.name, ms(self.timers.lease_ttl), now)
+            etcd.put(keys.alive(node.name), {"node": node.name}, lease=node.lease_id)
+            node.renewed_at = now
+            self.log("info", "etcd", f"lease granted to {node.name}")
+            self.wake_all("crm")
+        self._schedule_expiry(node.lease_id)
+
+    def _schedule_expiry(self, lease_id: int) -> None:
+        lease = self.etcd.leases.get(lease_id)
+        if lease is not None:
+            self._once(("lease", lease_id), lease.expiry, self._expiry_check, lease_id)
+
+    def _expiry_check(self, lease_id: int) -> None:
+        lease = self.etcd.leases.get(lease_id)
+        if lease is None:
+            return
+        if lease.expiry > self.q.now:
+            self._schedule_expiry(lease_id)
+            return
+        for gone in self.etcd.expire(self.q.now):
+            if self.etcd.lease_of(gone.owner) is not None:
+                self.log("info", "etcd", f"old lease of {gone.owner} (from before its restart) "
+                                         "expired")
+            else:
+                self.log("warn", "etcd", f"lease of {gone.owner} expired")
+            self.wake_all("crm")
+
+    def _daemon_loop(self, node: SimNode, gen: int, role: str) -> None:
+        if gen != node.generation or not node.up:
+            return
+        every = self.timers.manager_round if role == "crm" else self.timers.lrm_round
+        self.q.after(ms(every), self._daemon_loop, node, gen, role)
+        self._run_daemon(node, role)
+
+    def _run_daemon(self, node: SimNode, role: str) -> None:
+        if not node.running(self.q.now):
+            return
+        daemon = node.crm if role == "crm" else node.lrm
+        if daemon is not None:
+            daemon.step()
+
+    def wake(self, node: SimNode, role: str) -> None:
+        """A watched document changed: run the daemon soon (deduplicated)."""
+        if not node.up:
+            return
+        at = self.q.now + ms(self.params.watch_latency)
+        self._once(("wake", node.name, role, node.generation), at, self._wakeup, node,
+                   node.generation, role)
+
+    def _wakeup(self, node: SimNode, gen: int, role: str) -> None:
+        if gen == node.generation:
+            self._run_daemon(node, role)
+
+    def wake_all(self, role: str) -> None:
+        for node in self.nodes.values():
+            self.wake(node, role)
+
+    # ------------------------------------------------------------ power and links
+
+    def power_off(self, name: str, why: str) -> None:
+        member = self.members[name]
+        if not member.power:
+            return
+        member.power = member.up = False
+        self.log("info", "hw", f"{name} powered off ({why})")
+        node = self.nodes.get(name)
+        if node is not None:
+            self._node_down(node, why)
+
+    def _node_down(self, node: SimNode, why: str) -> None:
+        node.generation += 1
+        for job in node.jobs.values():
+            if job.kind == "migrate" and job.target:
+                if self.guests.instances[job.sid].get(job.target) == "incoming":
+                    self.guests._set(job.sid, job.target, None, "migration source died")
+        self.guests.kill_all(node.name, why)
+        node.jobs, node.results, node.wakeups = {}, {}, {}
+        node.crm = node.lrm = None
+        node.watchdog = Watchdog()
+        node.lease_id = node.renewed_at = None
+        node.shutdown_request = None
+        node.paused_until = -1
+
+    def power_on(self, name: str) -> None:
+        member = self.members[name]
+        if member.power:
+            return
+        member.power = True
+        self.log("info", "hw", f"{name} powered on")
+        node = self.nodes.get(name)
+        gen = node.generation if node else 0
+        self.q.after(ms(self.params.node_boot), self._booted, name, gen)
+
+    def _booted(self, name: str, gen: int) -> None:
+        member = self.members[name]
+        node = self.nodes.get(name)
+        if not member.power or (node is not None and node.generation != gen):
+            return
+        self.log("info", "hw", f"{name} booted")
+        if node is None:
+            member.up = True
+        else:
+            self._boot(node)
+
+    def set_link(self, name: str, link: str, on: bool) -> None:
+        member = self.members[name]
+        attr = "cluster_link" if link == "cluster" else "replication_link"
+        if getattr(member, attr) != on:
+            setattr(member, attr, on)
+            self.log("info", "hw", f"{name}: {link} link {'up' if on else 'down'}")
+
+    def partition(self, a: str, b: str, cut: bool) -> None:
+        pair = frozenset((a, b))
+        if cut and pair not in self.cuts:
+            self.cuts.add(pair)
+            self.log("info", "hw", f"cluster network cut between {a} and {b}")
+        elif not cut and pair in self.cuts:
+            self.cuts.discard(pair)
+            self.log("info", "hw", f"cluster network between {a} and {b} restored")
+
+    def pause(self, name: str, seconds: float) -> None:
+        node = self.nodes[name]
+        if not node.up:
+            return
+        node.paused_until = self.q.now + ms(seconds)
+        self.log("info", "hw", f"{name}: binomed paused for {seconds:g} s")
+        self.q.at(node.paused_until, self._resumed, node, node.generation)
+
+    def _resumed(self, node: SimNode, gen: int) -> None:
+        if gen == node.generation and node.up and not node.paused(self.q.now):
+            self.log("info", "hw", f"{node.name}: binomed resumed")
+            self._renew(node)  # its overdue keepalive timer fires first thing
+            self.wake(node, "crm")
+            self.wake(node, "lrm")
+
+    def request_shutdown(self, name: str, kind: str) -> None:
+        node = self.nodes[name]
+        if not node.up or node.shutdown_request:
+            return
+        node.shutdown_request = kind
+        self.log("info", "hw", f"{name}: {kind} requested")
+        self.wake(node, "lrm")
+
+    def shutdown_ready(self, node: SimNode) -> None:
+        self.q.after(0, self._graceful_off, node, node.generation)
+
+    def _graceful_off(self, node: SimNode, gen: int) -> None:
+        if gen != node.generation or not node.up:
+            return
+        kind = node.shutdown_request
+        if node.crm is not None:
+            node.crm.shutdown()
+        if node.lease_id is not None and self.etcd.quorate(node.name):
+            self.etcd.revoke(node.lease_id, self.q.now)
+            self.log("info", "etcd", f"{node.name} released its lease")
+            self.wake_all("crm")
+        self.power_off(node.name, "rebooting" if kind == "reboot" else "shut down")
+        if kind == "reboot":
+            self.power_on(node.name)
+
+    # ------------------------------------------------------------ watchdog
+
+    def watchdog_arm(self, node: SimNode, deadline: int) -> None:
+        if not node.spec.watchdog:
+            return  # this node has no watchdog: arming does nothing, and it never fires
+        wd = node.watchdog
+        wd.armed, wd.fired, wd.deadline = True, False, deadline
+        self._once(("watchdog", node.name, node.generation), deadline, self._watchdog_check,
+                   node, node.generation)
+
+    def _watchdog_check(self, node: SimNode, gen: int) -> None:
+        wd = node.watchdog
+        if gen != node.generation or not wd.armed:
+            return
+        if self.q.now < wd.deadline:
+            self._once(("watchdog", node.name, gen), wd.deadline, self._watchdog_check, node, gen)
+            return
+        wd.armed, wd.fired = False, True
+        for job in node.jobs.values():
+            if job.kind == "migrate" and job.target:
+                if self.guests.instances[job.sid].get(job.target) == "incoming":
+                    self.guests._set(job.sid, job.target, None, "migration source self-fenced")
+        killed = self.guests.kill_all(node.name, "watchdog")
+        node.jobs, node.results = {}, {}
+        last = "never" if node.renewed_at is None else f"{node.renewed_at / 1000:.2f}"
+        self.log("warn", "watchdog", f"{node.name}: self-fence (last lease renewal {last}): "
+                                     f"killed {', '.join(killed) or 'nothing'}")
+        self.wake(node, "lrm")
+
+    # ------------------------------------------------------------ fence devices
+
+    def fence_request(self, name: str) -> str:
+        dev = self.nodes[name].fence
+        assert dev is not None
+        dev.requests += 1
+        rid = f"{name}#{dev.requests}"
+        dev.latest = FenceStatus(rid, FenceState.PENDING)
+        self.log("info", "fence", f"{name}: power-off requested ({rid}, device {dev.health})")
+        delay = self.timers.fence_timeout if dev.health == "dead" else dev.spec.delay
+        self.q.after(ms(delay), self._fence_done, name, rid)
+        return rid
+
+    def _fence_done(self, name: str, rid: str) -> None:
+        dev = self.nodes[name].fence
+        assert dev is not None
+        if dev.latest is None or dev.latest.request_id != rid:
+            return
+        if dev.health == "ok":
+            self.power_off(name, "fence device")
+            dev.latest = FenceStatus(rid, FenceState.CONFIRMED, "power-off confirmed")
+            self.log("info", "fence", f"{name}: power-off confirmed ({rid})")
+            if dev.spec.action == "reboot":
+                self.power_on(name)
+        elif dev.health == "fail":
+            dev.latest = FenceStatus(rid, FenceState.FAILED, "fence agent returned an error")
+            self.log("err", "fence", f"{name}: fence agent returned an error ({rid})")
+        else:
+            dev.latest = FenceStatus(rid, FenceState.FAILED, "BMC did not answer within "
+                                                              f"{self.timers.fence_timeout:g} s")
+            self.log("err", "fence", f"{name}: BMC unreachable, request timed out ({rid})")
+        self.wake_all("crm")
+
+    def set_fence_health(self, name: str, health: str) -> None:
+        dev = self.nodes[name].fence
+        if dev is None:
+            raise ValueError(f"{name} has no fence device")
+        dev.health = health
+        self.log("info", "hw", f"{name}: fence device {health}")
+
+    # ------------------------------------------------------------ executor support
+
+    def move_config_by_node(self, node: str, sid: str, target: str) -> tuple[ExitCode, str]:
+        """The executor's config move at the end of a migration/relocation (one transaction)."""
+        if not self.etcd.quorate(node):
+            return ExitCode.ERROR, "no quorum for the config move"
+        self.invariants.ha_action(node, f"move config of {sid} to {target}")
+        owner, rev = self.etcd.get(keys.config(sid))
+        if owner != node:
+            return ExitCode.EWRONG_NODE, f"config is on {owner}"
+        self.etcd.txn({keys.config(sid): rev}, {keys.config(sid): target})
+        return ExitCode.SUCCESS, ""
+
+    # ------------------------------------------------------------ admin
+
+    def admin_ok(self) -> bool:
+        """Admin changes go through the API of some quorate node."""
+        return any(self.etcd.quorate(n) for n in self.nodes)
+
+    def set_requested(self, sid: str, state: str) -> None:
+        data = self.etcd.get(keys.RESOURCES)[0] or {}
+        data[sid]["state"] = state
+        self.etcd.put(keys.RESOURCES, data)
+        self.wake_all("crm")
+
+    def queue_command(self, line: str) -> None:
+        self._command_seq += 1
+        self.etcd.put(keys.command(self._command_seq), line)
+        self.wake_all("crm")

@@ -1,0 +1,96 @@
+"""HA timers: defaults chosen for seconds-scale failover, and the relations between them.
+
+Every duration the CRM, the LRM, the watchdog and the fencing code wait on is
+here, in seconds, so nothing is a hard-coded constant (Proxmox's fixed 60 s
+fence delay, 120 s lock and 60 s watchdog are its users' first complaint).
+
+The relations `validate()` enforces, and why:
+
+- ``keepalive_interval <= lease_ttl / 3``: two renewals can be lost (an etcd
+  leader election, a slow disk) before the lease is in danger.
+- ``self_fence_deadline > keepalive_interval + lrm_round``: the watchdog is
+  petted by the LRM round with a deadline counted from the last *successful*
+  renewal, so a healthy node must always renew and pet before the deadline;
+  otherwise it would self-fence in normal operation.
+- ``self_fence_deadline < lease_ttl - safety_margin``: the watchdog kills the
+  node's HA guests strictly before its lease can expire anywhere else. Lease
+  expiry is what the CRM takes as the watchdog guarantee, so this inequality
+  *is* the safety of recovery without a fence device. The margin absorbs the
+  time to kill the guests and clock rate differences.
+- ``fence_delay >= 2 * keepalive_interval``: one lost renewal never makes the
+  CRM power a node off through its fence device. The default equals the
+  self-fence deadline: a node that stalls for less than that renews in time
+  and is left alone; one that stalls longer has already killed its guests,
+  and the device only makes the proof faster and certain. A shorter delay
+  fails over sooner but powers off nodes that merely hiccuped.
+- ``fence_retry >= fence_timeout``: a new fence attempt never overlaps the one
+  still in flight.
+
+Expected failover with the defaults (node dies at T, its last renewal was
+at T - d with 0 <= d < keepalive_interval, guest boot B = 3.5 s): with a
+working fence device, T - d + fence_delay (3) + a round (<= 1) + device
+power-off (~1) + B, about 7.5-8.5 s; with the watchdog guarantee only,
+T - d + lease_ttl (5) + B (lease expiry wakes the CRM), about 7.6-8.6 s; when
+the master itself dies its lock goes with its lease: the same 7.6-8.6 s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from binome.config import ConfigError
+
+
+@dataclass(frozen=True)
+class HaTimers:
+    """Seconds. Defaults are the shipped configuration; see the module docstring."""
+
+    lease_ttl: float = 5.0
+    keepalive_interval: float = 1.0
+    self_fence_deadline: float = 3.0
+    safety_margin: float = 1.0
+    fence_delay: float = 3.0
+    fence_timeout: float = 5.0
+    fence_retry: float = 10.0
+    manager_round: float = 1.0
+    lrm_round: float = 1.0
+
+    def validate(self) -> HaTimers:
+        """Raise ConfigError naming the offending key; return self for chaining."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"ha.timers.{f.name}: must be a positive number of seconds")
+        if self.keepalive_interval > self.lease_ttl / 3:
+            raise ConfigError("ha.timers.keepalive_interval: must be <= lease_ttl / 3 "
+                              f"({self.lease_ttl / 3:g} s), so two renewals can be lost")
+        if self.self_fence_deadline <= self.keepalive_interval + self.lrm_round:
+            raise ConfigError("ha.timers.self_fence_deadline: must be > keepalive_interval + "
+                              f"lrm_round ({self.keepalive_interval + self.lrm_round:g} s), "
+                              "or a healthy node would self-fence")
+        if self.self_fence_deadline >= self.lease_ttl - self.safety_margin:
+            raise ConfigError("ha.timers.self_fence_deadline: must be < lease_ttl - safety_margin "
+                              f"({self.lease_ttl - self.safety_margin:g} s), so the watchdog "
+                              "fires before the lease can expire")
+        if self.fence_delay < 2 * self.keepalive_interval:
+            raise ConfigError("ha.timers.fence_delay: must be >= 2 x keepalive_interval "
+                              f"({2 * self.keepalive_interval:g} s)")
+        if self.fence_retry < self.fence_timeout:
+            raise ConfigError("ha.timers.fence_retry: must be >= fence_timeout "
+                              f"({self.fence_timeout:g} s)")
+        return self
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> HaTimers:
+        """Build and validate timers from a (partial) mapping; unknown keys are errors."""
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"ha.timers.{unknown[0]}: unknown timer "
+                              f"(known: {', '.join(sorted(known))})")
+        return cls(**data).validate()

@@ -1,0 +1,822 @@
+"""The link to the peer engine: connect, authenticate, handshake, replicate, resync.
+
+One `PeerLink` per replicated volume, owned by its `Volume`. One TCP
+connection on the replication network carries everything, in order:
+
+1. **Connect.** The side whose `address` sorts lower connects to the other,
+   which listens (both sides agree without a race; the connector retries every
+   `connect_int` seconds). The acceptor holds DRBD's tie flag
+   (RESOLVE_CONFLICTS). States: WFConnection, then WFReportParams.
+2. **Features, then authentication** (`auth`: HMAC-SHA256 challenge and
+   response in both directions). A wrong secret goes StandAlone on both
+   sides: nothing else is exchanged.
+3. **Settings** (`P_PROTOCOL`: protocol, after-sb policies, two-primaries,
+   discard-my-data; any mismatch is "incompatible ... settings", StandAlone),
+   then sizes (they must be equal), UUIDs with bitmap weight and flags, state.
+4. **Decision**: `handshake.sync_handshake` on both sides (they agree: the
+   inputs are mirrored and the tie flag is opposite). Connected, or a bitmap
+   exchange (zlib-compressed, OR-merged) and a resync in the decided
+   direction, or StandAlone (split brain unresolved, unrelated data, ...).
+5. **Replication** (Connected, SyncSource, SyncTarget): each application
+   write goes to the peer as P_DATA; protocol A completes it once handed to
+   the socket, B on P_RECV_ACK, C on P_WRITE_ACK (sent after the peer's
+   write). Writes stay in the transfer log until their epoch's P_BARRIER_ACK
+   (a barrier closes an epoch on every flush and every `max_epoch_size`
+   writes; the peer acks it after fdatasync). When the link breaks, every
+   write still in the transfer log is marked out of sync.
+6. **Resync**, pulled by the SyncTarget (`P_RS_DATA_REQUEST` for runs of set
+   bits, up to 1 MiB each, 8 in flight, optionally rate-limited), in disk
+   order. Application writes keep flowing on the same stream, so a resync
+   reply can never overtake a newer write of the same block. At the end the
+   target adopts the source's UUIDs and both rotate the bitmap UUID out.
+
+Single event loop: a write's local part, its P_DATA and the reading of a
+resync reply each happen without yielding, which is what keeps the ordering
+arguments above true.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import socket
+import time
+import zlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from binome.storage.replica import auth, wire
+from binome.storage.replica.config import split_address
+from binome.storage.replica.handshake import (
+    HandshakeInput,
+    NetSettings,
+    Policies,
+    RrConflict,
+    incompatible,
+    sync_handshake,
+)
+from binome.storage.replica.splitbrain import AfterSb, parse_policy
+from binome.storage.replica.states import ConnState, DiskState, Role
+from binome.storage.replica.uuids import GenerationIds, Side, UuidFlags
+from binome.storage.replica.wire import P
+
+if TYPE_CHECKING:
+    from binome.storage.replica.volume import Volume
+
+log = logging.getLogger("binome.replica.peer")
+
+RS_CHUNK_BITS = 256          # resync request size: 256 blocks (1 MiB at 4 KiB)
+RS_WINDOW = 8                # resync requests in flight
+BITMAP_CHUNK = 1 << 20       # bitmap bytes per P_BITMAP packet (before compression)
+HANDSHAKE_TIMEOUT = 30.0
+
+
+class _Fatal(Exception):
+    """Drop the connection and go StandAlone (no automatic reconnect)."""
+
+
+@dataclass
+class Resync:
+    source: bool
+    total_bits: int
+    started: float
+    bytes: int = 0
+    inflight: int = 0
+
+    def progress(self, left_bits: int, block: int) -> dict[str, Any]:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        done = self.total_bits - left_bits
+        speed = self.bytes / elapsed
+        return {"source": self.source, "total_kib": self.total_bits * block // 1024,
+                "left_kib": left_bits * block // 1024,
+                "done": 100.0 * done / self.total_bits if self.total_bits else 100.0,
+                "speed_kib": int(speed // 1024),
+                "eta_s": int(left_bits * block / speed) if speed > 0 else None}
+
+
+class PeerLink:
+    def __init__(self, vol: Volume, *, discard_my_data: bool = False,
+                 dry_run: bool = False) -> None:
+        self.vol = vol
+        self.cfg = cfg = vol.config
+        self.initiator = cfg.address < cfg.peer_address
+        self.resolve_conflicts = not self.initiator
+        self.discard_my_data = discard_my_data
+        self.dry_run = dry_run
+        self.settings = NetSettings(
+            protocol=cfg.protocol,
+            after_sb_0pri=self._policy(0), after_sb_1pri=self._policy(1),
+            after_sb_2pri=self._policy(2), allow_two_primaries=cfg.allow_two_primaries,
+            discard_my_data=discard_my_data)
+        self.stopped = False
+        self.last_error: str | None = None
+        self._last_rx = 0.0
+        self._task: asyncio.Task | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = \
+            asyncio.Queue()
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._bg: set[asyncio.Task] = set()
+        # peer's view
+        self.peer_gi = GenerationIds()
+        self.peer_bits = 0
+        self.peer_flags = UuidFlags(0)
+        self.peer_role = Role.Unknown
+        self.peer_disk = DiskState.DUnknown
+        # replication
+        self._seq = itertools.count(1)
+        self._acks: dict[int, asyncio.Future] = {}
+        self._tl: dict[int, tuple[int, int, int]] = {}     # seq -> (offset, length, epoch)
+        self._epoch = 1
+        self._epoch_writes = 0
+        self._barriers: dict[int, list[asyncio.Future]] = {}
+        # bitmap exchange and resync
+        self._bm_received = False
+        self._bm_sent = False
+        self._deciding = False
+        self._early_bitmap: list[bytes] = []
+        self.resync: Resync | None = None
+        self._rs_slot = asyncio.Event()
+        self._rs_task: asyncio.Task | None = None
+
+    def _policy(self, n: int) -> AfterSb:
+        return parse_policy(getattr(self.cfg, f"after_sb_{n}pri"), n, my_name=self.cfg.node,
+                            peer_name=self.cfg.peer_node)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.vol.set_state(conn=ConnState.Unconnected)
+        if not self.initiator:
+            host, port = split_address(self.cfg.address)
+            self._server = await asyncio.start_server(self._on_accept, host, port,
+                                                      reuse_address=True)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """disconnect: drop the link, go StandAlone."""
+        self.stopped = True
+        if self.vol.state.conn > ConnState.StandAlone:
+            self.vol.set_state(conn=ConnState.Disconnecting)
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self._writer is not None:
+            self._writer.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        while not self._accepted.empty():
+            _, w = self._accepted.get_nowait()
+            w.close()
+        self.vol.set_state(conn=ConnState.StandAlone)
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None and self.vol.state.conn >= ConnState.Connected
+
+    def _on_accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.stopped or self._writer is not None or not self._accepted.empty():
+            writer.close()          # one connection at a time
+            return
+        self._accepted.put_nowait((reader, writer))
+
+    async def _get_connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if not self.initiator:
+            return await self._accepted.get()
+        host, port = split_address(self.cfg.peer_address)
+        while True:
+            try:
+                async with asyncio.timeout(max(self.cfg.connect_int, 1.0)):
+                    return await asyncio.open_connection(host, port,
+                                                         limit=wire.MAX_PAYLOAD + 1024)
+            except (OSError, TimeoutError):
+                await asyncio.sleep(self.cfg.connect_int)
+
+    async def _run(self) -> None:
+        name = self.vol.name
+        while not self.stopped:
+            self.vol.set_state(conn=ConnState.WFConnection)
+            reader, writer = await self._get_connection()
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._reader, self._writer = reader, writer
+            self._last_rx = time.monotonic()
+            keepalive = asyncio.get_running_loop().create_task(self._keepalive(writer))
+            reason = ConnState.NetworkFailure
+            try:
+                await self._session()
+                reason = ConnState.TearDown
+            except _Fatal as e:
+                self.last_error = str(e)
+                log.error("%s: %s", name, e)
+                self.stopped = True
+            except auth.AuthError as e:
+                self.last_error = str(e)
+                log.error("%s: %s", name, e)
+                self.stopped = True
+            except wire.WireError as e:
+                self.last_error = str(e)
+                log.error("%s: protocol error: %s", name, e)
+                reason = ConnState.ProtocolError
+            except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, OSError) as e:
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.warning("%s: connection lost: %s", name, self.last_error)
+            finally:
+                writer.close()
+                self._reader = self._writer = None
+                if keepalive is not None:
+                    keepalive.cancel()
+                await self._connection_lost(ConnState.Disconnecting if self.stopped else reason)
+            if self.stopped:
+                self.vol.set_state(conn=ConnState.StandAlone)
+                if self._server is not None:
+                    self._server.close()
+                    self._server = None
+                return
+            self.vol.set_state(conn=ConnState.Unconnected)
+
+    async def _keepalive(self, writer: asyncio.StreamWriter) -> None:
+        """P_PING every ping_int; a peer silent for ping_int + ping_timeout is gone."""
+        cfg = self.cfg
+        while True:
+            await asyncio.sleep(cfg.ping_int)
+            if time.monotonic() - self._last_rx > cfg.ping_int + cfg.ping_timeout:
+                log.warning("%s: PingAck did not arrive in time.", self.vol.name)
+                writer.transport.abort()
+                return
+            with contextlib.suppress(ConnectionError):
+                writer.write(wire.packet(P.PING))
+
+    # --- packet I/O ---------------------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        if self._writer is None:
+            raise ConnectionError("not connected")
+        self._writer.write(data)
+
+    async def _read(self) -> tuple[P, bytes]:
+        assert self._reader is not None
+        cmd, length = wire.parse_header(await self._reader.readexactly(wire.HEADER.size))
+        payload = await self._reader.readexactly(length) if length else b""
+        self._last_rx = time.monotonic()
+        return cmd, payload
+
+    async def _expect(self, cmd: P) -> bytes:
+        got, payload = await self._read()
+        if got != cmd:
+            raise wire.WireError(f"expected {cmd.name}, got {got.name}")
+        return payload
+
+    # --- handshake ----------------------------------------------------------------------
+
+    async def _session(self) -> None:
+        vol, cfg = self.vol, self.cfg
+        vol.set_state(conn=ConnState.WFReportParams)
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            self._send(wire.json_packet(P.CONNECTION_FEATURES, {
+                "version": wire.PROTOCOL_VERSION, "volume": vol.name, "node": cfg.node}))
+            feats = wire.parse_json(await self._expect(P.CONNECTION_FEATURES))
+            if feats.get("volume") != vol.name:
+                raise _Fatal(f"peer serves volume {feats.get('volume')!r}, not {vol.name!r}")
+            mine = auth.challenge()
+            self._send(wire.packet(P.AUTH_CHALLENGE, mine))
+            theirs = await self._expect(P.AUTH_CHALLENGE)
+            self._send(wire.packet(P.AUTH_RESPONSE, auth.response(cfg.secret, theirs, mine)))
+            auth.verify(cfg.secret, mine, await self._expect(P.AUTH_RESPONSE))
+            log.info("%s: Peer authenticated using %d bytes HMAC", vol.name, len(mine))
+            self._send(wire.json_packet(P.PROTOCOL, {
+                "protocol": cfg.protocol, "after_sb_0pri": self.settings.after_sb_0pri.value,
+                "after_sb_1pri": self.settings.after_sb_1pri.value,
+                "after_sb_2pri": self.settings.after_sb_2pri.value,
+                "allow_two_primaries": cfg.allow_two_primaries,
+                "discard_my_data": self.discard_my_data}))
+            peer_settings = self._parse_settings(await self._expect(P.PROTOCOL))
+            problem = incompatible(self.settings, peer_settings)
+            if problem:
+                raise _Fatal(problem)
+            self.peer_discard = peer_settings.discard_my_data
+            self._send(wire.json_packet(P.SIZES, {"size": vol.size}))
+            self._send_uuids()
+            self._send_state()
+            size = wire.parse_json(await self._expect(P.SIZES)).get("size")
+            self._on_uuids(await self._expect(P.UUIDS))
+            self._on_state(await self._expect(P.STATE), during_handshake=True)
+            if size != vol.size:
+                raise _Fatal(f"The peer's disk size differs (peer {size} bytes, "
+                             f"mine {vol.size} bytes)")
+        log.info("%s: Handshake successful: Agreed network protocol version %d", vol.name,
+                 wire.PROTOCOL_VERSION)
+        await self._decide()
+        self.discard_my_data = False       # one connect only, as drbdadm's flag
+        await self._receive_loop()
+
+    @staticmethod
+    def _parse_settings(payload: bytes) -> NetSettings:
+        d = wire.parse_json(payload)
+        try:
+            return NetSettings(protocol=d["protocol"],
+                               after_sb_0pri=AfterSb(d["after_sb_0pri"]),
+                               after_sb_1pri=AfterSb(d["after_sb_1pri"]),
+                               after_sb_2pri=AfterSb(d["after_sb_2pri"]),
+                               allow_two_primaries=bool(d["allow_two_primaries"]),
+                               discard_my_data=bool(d["discard_my_data"]))
+        except (KeyError, ValueError) as e:
+            raise wire.WireError(f"bad P_PROTOCOL: {e}") from None
+
+    def _uuid_flags(self) -> UuidFlags:
+        f = UuidFlags(0)
+        if self.discard_my_data:
+            f |= UuidFlags.DISCARD_MY_DATA
+        if self.vol.crashed_primary:
+            f |= UuidFlags.CRASHED_PRIMARY
+        if self.vol.state.disk == DiskState.Inconsistent:
+            f |= UuidFlags.INCONSISTENT
+        return f
+
+    def _send_uuids(self) -> None:
+        assert self.vol.meta is not None and self.vol.bitmap is not None
+        self._send(wire.json_packet(P.UUIDS, {
+            "gi": self.vol.meta.sb.gi.to_list(), "bits": self.vol.bitmap.weight,
+            "flags": int(self._uuid_flags())}))
+
+    def _send_state(self, **extra: Any) -> None:
+        s = self.vol.state
+        self._send(wire.json_packet(P.STATE, {"role": s.role.name, "disk": s.disk.name,
+                                              **extra}))
+
+    def _on_uuids(self, payload: bytes) -> None:
+        d = wire.parse_json(payload)
+        try:
+            self.peer_gi = GenerationIds.from_list([int(x) for x in d["gi"]])
+            self.peer_bits = int(d["bits"])
+            self.peer_flags = UuidFlags(int(d["flags"]))
+        except (KeyError, ValueError, IndexError, TypeError) as e:
+            raise wire.WireError(f"bad P_UUIDS: {e}") from None
+
+    def _on_state(self, payload: bytes, *, during_handshake: bool = False) -> dict[str, Any]:
+        d = wire.parse_json(payload)
+        try:
+            self.peer_role = Role[d["role"]]
+            self.peer_disk = DiskState[d["disk"]]
+        except KeyError as e:
+            raise wire.WireError(f"bad P_STATE: {e}") from None
+        if not during_handshake:
+            self.vol.set_state(peer=self.peer_role,
+                               pdsk=self.peer_disk if self.vol.state.conn >= ConnState.Connected
+                               else self.vol.state.pdsk)
+        return d
+
+    async def _decide(self) -> None:
+        """Run the sync handshake and enter its outcome (drbd_sync_handshake + after)."""
+        self._deciding = True
+        try:
+            await self._decide_now()
+        finally:
+            self._deciding = False
+        early, self._early_bitmap = self._early_bitmap, []
+        for payload in early:
+            await self._on_bitmap(payload)
+
+    async def _decide_now(self) -> None:
+        vol = self.vol
+        assert vol.meta is not None and vol.bitmap is not None
+        cfg = self.cfg
+        me = Side(vol.meta.sb.gi, vol.state.role == Role.Primary, vol.crashed_primary)
+        peer = Side(self.peer_gi, self.peer_role == Role.Primary,
+                    bool(self.peer_flags & UuidFlags.CRASHED_PRIMARY))
+        log.info("%s: drbd_sync_handshake:", vol.name)
+        log.info("%s: self %s bits:%d flags:0", vol.name, me.gi, vol.bitmap.weight)
+        log.info("%s: peer %s bits:%d flags:%X", vol.name, peer.gi, self.peer_bits,
+                 int(self.peer_flags))
+        out = sync_handshake(HandshakeInput(
+            me=me, peer=peer, my_disk=vol.state.disk, peer_disk=self.peer_disk,
+            my_changes=vol.bitmap.weight, peer_changes=self.peer_bits,
+            resolve_conflicts=self.resolve_conflicts, discard_my_data=self.discard_my_data,
+            peer_discard_my_data=bool(self.peer_flags & UuidFlags.DISCARD_MY_DATA),
+            policies=Policies(self.settings.after_sb_0pri, self.settings.after_sb_1pri,
+                              self.settings.after_sb_2pri, cfg.always_asbp,
+                              RrConflict(cfg.rr_conflict)),
+            can_demote=vol.open_count == 0, dry_run=self.dry_run))
+        for line in out.log:
+            log.info("%s: %s", vol.name, line)
+        for handler in out.handlers:
+            log.warning("%s: helper command: %s (handlers are not implemented yet)",
+                        vol.name, handler)
+        if out.comparison.self_gi != me.gi:
+            await vol.persist(gi=out.comparison.self_gi)
+        if out.comparison.peer_gi != peer.gi:
+            self.peer_gi = out.comparison.peer_gi
+        if out.demote:
+            await vol.demote()
+        if out.conn is None:
+            raise _Fatal(out.log[-1] if out.log else "handshake failed")
+        if out.conn == ConnState.Connected:
+            # Connected without resync: Consistent/Outdated disks are UpToDate now.
+            disk = vol.state.disk
+            if disk in (DiskState.Consistent, DiskState.Outdated):
+                disk = DiskState.UpToDate
+            pdsk = self.peer_disk
+            if pdsk in (DiskState.Consistent, DiskState.Outdated):
+                pdsk = DiskState.UpToDate
+            await vol.change_state(conn=ConnState.Connected, disk=disk, pdsk=pdsk,
+                                   peer=self.peer_role)
+            return
+        if out.full_sync:
+            vol.bitmap.set_all()
+        source = out.conn == ConnState.WFBitMapS
+        await vol.change_state(conn=out.conn, peer=self.peer_role,
+                               disk=vol.state.disk if source else DiskState.Inconsistent,
+                               pdsk=DiskState.Inconsistent if source else self.peer_disk)
+        self._bm_sent = self._bm_received = False
+        self._send_bitmap()
+
+    def _send_bitmap(self) -> None:
+        bm = self.vol.bitmap
+        assert bm is not None
+        raw = bm.to_bytes()
+        offsets = range(0, max(len(raw), 1), BITMAP_CHUNK)
+        for i, off in enumerate(offsets):
+            chunk = zlib.compress(raw[off:off + BITMAP_CHUNK], 1)
+            last = i == len(offsets) - 1
+            self._send(wire.packet(P.BITMAP, wire.BITMAP_HDR.pack(off, int(last)) + chunk))
+            self.vol.counters.ns += len(chunk)
+        self._bm_sent = True
+
+    async def _on_bitmap(self, payload: bytes) -> None:
+        vol = self.vol
+        assert vol.bitmap is not None and vol.meta is not None
+        if vol.state.conn not in (ConnState.WFBitMapS, ConnState.WFBitMapT):
+            if self._deciding:
+                # The peer decided first (renegotiation): keep its bitmap for a moment.
+                self._early_bitmap.append(payload)
+                return
+            raise wire.WireError("P_BITMAP outside WFBitMapS/T")
+        off, last = wire.BITMAP_HDR.unpack_from(payload)
+        try:
+            data = zlib.decompress(payload[wire.BITMAP_HDR.size:])
+        except zlib.error as e:
+            raise wire.WireError(f"bad bitmap chunk: {e}") from None
+        vol.counters.nr += len(payload)
+        vol.bitmap.merge(off, data)
+        if not last:
+            return
+        self._bm_received = True
+        await vol.write_bitmap()
+        if vol.state.conn == ConnState.WFBitMapS:
+            await self._start_sync_source()
+        else:
+            vol.set_state(conn=ConnState.WFSyncUUID)
+
+    # --- resync -------------------------------------------------------------------------
+
+    async def _start_sync_source(self) -> None:
+        vol = self.vol
+        assert vol.meta is not None and vol.bitmap is not None
+        gi, sync_uuid = vol.meta.sb.gi.start_resync_as_source(vol.rand64)
+        await vol.change_state(gi=gi, conn=ConnState.SyncSource, pdsk=DiskState.Inconsistent)
+        self.resync = Resync(source=True, total_bits=vol.bitmap.weight,
+                             started=time.monotonic())
+        self._send_uuids()
+        self._send(wire.packet(P.SYNC_UUID, wire.SYNC_UUID.pack(sync_uuid)))
+        log.info("%s: Began resync as SyncSource (will sync %d KB [%d bits set]).", vol.name,
+                 vol.out_of_sync_kib(), vol.bitmap.weight)
+
+    async def _on_sync_uuid(self, payload: bytes) -> None:
+        vol = self.vol
+        assert vol.meta is not None and vol.bitmap is not None
+        (uuid,) = wire.SYNC_UUID.unpack(payload)
+        gi = vol.meta.sb.gi.adopt_sync_uuid(uuid, primary=vol.state.role == Role.Primary)
+        await vol.change_state(gi=gi, conn=ConnState.SyncTarget, disk=DiskState.Inconsistent)
+        self.resync = Resync(source=False, total_bits=vol.bitmap.weight,
+                             started=time.monotonic())
+        log.info("%s: Began resync as SyncTarget (will sync %d KB [%d bits set]).", vol.name,
+                 vol.out_of_sync_kib(), vol.bitmap.weight)
+        self._rs_task = self._spawn(self._pull_resync())
+
+    async def _pull_resync(self) -> None:
+        """SyncTarget: request every run of set bits, in disk order, RS_WINDOW at a time."""
+        vol = self.vol
+        bm = vol.bitmap
+        rs = self.resync
+        assert bm is not None and rs is not None
+        block = vol.config.bm_block_size
+        rate = vol.config.resync_rate
+        while True:
+            runs = list(bm.runs())
+            if not runs:
+                break
+            await self._pull_runs(runs, rs, block, rate)
+            while rs.inflight:
+                self._rs_slot.clear()
+                await self._rs_slot.wait()
+        await self._finish_sync_target()
+
+    async def _pull_runs(self, runs: list[tuple[int, int]], rs: Resync, block: int,
+                         rate: int) -> None:
+        vol = self.vol
+        for first, count in runs:
+            bit = first
+            while bit < first + count:
+                n = min(RS_CHUNK_BITS, first + count - bit)
+                while rs.inflight >= RS_WINDOW:
+                    self._rs_slot.clear()
+                    await self._rs_slot.wait()
+                offset = bit * block
+                length = min(n * block, vol.size - offset)
+                if rate:
+                    # Fixed-rate controller: never ahead of `rate` bytes per second.
+                    ahead = rs.bytes / rate - (time.monotonic() - rs.started)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+                rs.inflight += 1
+                self._send(wire.packet(P.RS_DATA_REQUEST, wire.RS_REQUEST.pack(offset, length)))
+                bit += n
+
+    def _on_rs_request(self, payload: bytes) -> None:
+        vol = self.vol
+        assert vol.disk is not None
+        offset, length = wire.RS_REQUEST.unpack(payload)
+        if offset + length > vol.size:
+            raise wire.WireError("resync request beyond the end of the volume")
+        buf = bytearray(wire.HEADER.size + wire.RS_REPLY_HDR.size + length)
+        view = memoryview(buf)
+        vol.disk.read_into(offset, view[wire.HEADER.size + wire.RS_REPLY_HDR.size:])
+        wire.HEADER.pack_into(buf, 0, wire.MAGIC, P.RS_DATA_REPLY,
+                              wire.RS_REPLY_HDR.size + length)
+        wire.RS_REPLY_HDR.pack_into(buf, wire.HEADER.size, offset)
+        self._send(bytes(buf))
+        vol.counters.ns += length
+        vol.counters.dr += length
+        if self.resync is not None:
+            self.resync.bytes += length
+
+    def _on_rs_reply(self, payload: bytes) -> None:
+        vol = self.vol
+        assert vol.disk is not None and vol.bitmap is not None
+        (offset,) = wire.RS_REPLY_HDR.unpack_from(payload)
+        data = memoryview(payload)[wire.RS_REPLY_HDR.size:]
+        length = len(data)
+        vol.disk.write(offset, data)
+        vol.bitmap.clear_range(offset >> vol.bm_shift, (offset + length - 1) >> vol.bm_shift)
+        vol.counters.nr += length
+        vol.counters.dw += length
+        self._send(wire.packet(P.RS_WRITE_ACK, wire.RS_ACK.pack(offset, length)))
+        if self.resync is not None:
+            self.resync.bytes += length
+            self.resync.inflight -= 1
+            self._rs_slot.set()
+
+    def _on_rs_ack(self, payload: bytes) -> None:
+        vol = self.vol
+        assert vol.bitmap is not None
+        offset, length = wire.RS_ACK.unpack(payload)
+        vol.bitmap.clear_range(offset >> vol.bm_shift, (offset + length - 1) >> vol.bm_shift)
+
+    async def _finish_sync_target(self) -> None:
+        vol = self.vol
+        assert vol.meta is not None and vol.bitmap is not None
+        rs = self.resync
+        gi = vol.meta.sb.gi.finish_resync_as_target(self.peer_gi,
+                                                    primary=vol.state.role == Role.Primary)
+        # Data and bitmap durable before the metadata says UpToDate.
+        await vol.disk_flush()
+        await vol.write_bitmap()
+        await vol.change_state(gi=gi, conn=ConnState.Connected, disk=DiskState.UpToDate,
+                               pdsk=DiskState.UpToDate)
+        self._send_state(resync_finished=True)
+        self._log_done(rs)
+        self.resync = None
+
+    async def _finish_sync_source(self) -> None:
+        vol = self.vol
+        assert vol.meta is not None
+        rs = self.resync
+        vol.crashed_primary = False
+        await vol.write_bitmap()
+        await vol.change_state(gi=vol.meta.sb.gi.finish_resync_as_source(),
+                               conn=ConnState.Connected, pdsk=DiskState.UpToDate)
+        self._log_done(rs)
+        self.resync = None
+
+    def _log_done(self, rs: Resync | None) -> None:
+        if rs is None:
+            return
+        secs = max(time.monotonic() - rs.started, 1e-6)
+        log.info("%s: Resync done (total %d sec; paused 0 sec; %d K/sec)", self.vol.name,
+                 round(secs), int(rs.bytes / secs / 1024))
+
+    # --- replication --------------------------------------------------------------------
+
+    def send_out_of_sync(self, offset: int, length: int) -> None:
+        """WFBitMapS: the bitmap already left; tell the peer about this block (P_OUT_OF_SYNC)."""
+        self._send(wire.packet(P.OUT_OF_SYNC, wire.RS_ACK.pack(offset, length)))
+
+    def send_write(self, offset: int, data: memoryview | bytes | None, length: int,
+                   flags: int) -> asyncio.Future | None:
+        """Mirror one write (or discard: data None); the future completes per protocol."""
+        seq = next(self._seq)
+        hdr = wire.data_header(seq, offset, length, flags)
+        if data is None:
+            self._send(hdr)
+        elif length <= 65536:
+            self._send(hdr + bytes(data))
+        else:
+            # Large payloads live in a buffer of their own (NBD "direct" mode) until the
+            # request completes: hand the view over, the transport copies only what the
+            # socket does not take at once.
+            self._send(hdr)
+            self._send(data)
+        self.vol.counters.ns += length if data is not None else 0
+        self._tl[seq] = (offset, length, self._epoch)
+        self._epoch_writes += 1
+        if self._epoch_writes >= self.cfg.max_epoch_size:
+            self.send_barrier()         # nobody waits: it only lets the transfer log drain
+        if self.cfg.protocol == "A":
+            return None
+        fut = asyncio.get_running_loop().create_future()
+        self._acks[seq] = fut
+        return fut
+
+    def send_barrier(self) -> asyncio.Future:
+        """Close the current epoch; the future completes when the peer flushed it.
+
+        An empty epoch is closed too: a FLUSH must make the writes the peer
+        already acknowledged (in its page cache) durable there as well.
+        """
+        fut = asyncio.get_running_loop().create_future()
+        epoch = self._epoch
+        self._barriers.setdefault(epoch, []).append(fut)
+        self._send(wire.packet(P.BARRIER, wire.BARRIER.pack(epoch)))
+        self._epoch += 1
+        self._epoch_writes = 0
+        return fut
+
+    def _on_ack(self, payload: bytes) -> None:
+        (seq,) = wire.ACK.unpack(payload)
+        fut = self._acks.pop(seq, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _on_neg_ack(self, payload: bytes) -> None:
+        (seq,) = wire.ACK.unpack(payload)
+        entry = self._tl.get(seq)
+        if entry is not None:
+            self.vol.mark_out_of_sync(entry[0], entry[1])
+        self._on_ack(payload)
+
+    def _on_barrier_ack(self, payload: bytes) -> None:
+        epoch, _count = wire.BARRIER_ACK.unpack(payload)
+        for seq in [s for s, (_, _, e) in self._tl.items() if e <= epoch]:
+            del self._tl[seq]
+        for e in [e for e in self._barriers if e <= epoch]:
+            for fut in self._barriers.pop(e):
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def _on_data(self, payload: bytes) -> None:
+        """The peer (Primary) writes: apply, then acknowledge per protocol."""
+        vol = self.vol
+        assert vol.disk is not None
+        seq, offset, length, flags = wire.DATA_HDR.unpack_from(payload)
+        if offset + length > vol.size:
+            raise wire.WireError("write beyond the end of the volume")
+        if self.cfg.protocol == "B":
+            self._send(wire.packet(P.RECV_ACK, wire.ACK.pack(seq)))
+        try:
+            if flags & (wire.DP_DISCARD | wire.DP_ZERO_KEEP):
+                vol.disk.discard(offset, length, keep_allocated=bool(flags & wire.DP_ZERO_KEEP),
+                                 fast=False)
+            else:
+                vol.disk.write(offset, memoryview(payload)[wire.DATA_HDR.size:])
+                vol.counters.dw += length
+            vol.counters.nr += length
+        except OSError as e:
+            log.error("%s: local write failed: %s", vol.name, e)
+            self._send(wire.packet(P.NEG_ACK, wire.ACK.pack(seq)))
+            return
+        if self.cfg.protocol != "C":
+            return
+        if flags & wire.DP_FUA:
+            async def ack_after_flush() -> None:
+                await vol.disk_flush()
+                self._send(wire.packet(P.WRITE_ACK, wire.ACK.pack(seq)))
+            self._spawn(ack_after_flush())
+        else:
+            self._send(wire.packet(P.WRITE_ACK, wire.ACK.pack(seq)))
+
+    def _on_barrier(self, payload: bytes) -> None:
+        (epoch,) = wire.BARRIER.unpack(payload)
+
+        async def flush_then_ack() -> None:
+            await self.vol.disk_flush()
+            if self._writer is not None:
+                self._send(wire.packet(P.BARRIER_ACK, wire.BARRIER_ACK.pack(epoch, 0)))
+        self._spawn(flush_then_ack())
+
+    def _spawn(self, coro: Any) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+        return task
+
+    # --- the receive loop ---------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        sync_handlers = {
+            P.WRITE_ACK: self._on_ack, P.RECV_ACK: self._on_ack, P.NEG_ACK: self._on_neg_ack,
+            P.BARRIER_ACK: self._on_barrier_ack, P.BARRIER: self._on_barrier,
+            P.RS_DATA_REQUEST: self._on_rs_request, P.RS_DATA_REPLY: self._on_rs_reply,
+            P.RS_WRITE_ACK: self._on_rs_ack, P.UUIDS: self._on_uuids,
+            P.PING: lambda _: self._send(wire.packet(P.PING_ACK)), P.PING_ACK: lambda _: None,
+            P.OUT_OF_SYNC: self._on_out_of_sync,
+        }
+        async_handlers = {P.DATA: self._on_data, P.BITMAP: self._on_bitmap,
+                          P.SYNC_UUID: self._on_sync_uuid, P.STATE: self._on_state_change}
+        while True:
+            cmd, payload = await self._read()
+            fn = sync_handlers.get(cmd)
+            if fn is not None:
+                fn(payload)
+                continue
+            afn = async_handlers.get(cmd)
+            if afn is None:
+                raise wire.WireError(f"unexpected {cmd.name} while {self.vol.state.conn}")
+            await afn(payload)
+
+    def _on_out_of_sync(self, payload: bytes) -> None:
+        offset, length = wire.RS_ACK.unpack(payload)
+        self.vol.mark_out_of_sync(offset, length)
+
+    async def _on_state_change(self, payload: bytes) -> None:
+        d = self._on_state(payload)
+        if d.get("resync_finished") and self.vol.state.conn == ConnState.SyncSource:
+            await self._finish_sync_source()
+        elif d.get("renegotiate"):
+            await self._decide()
+
+    def state_changed(self, *, renegotiate: bool = False) -> None:
+        """Tell the peer about a local role/disk/UUID change (and maybe re-run the handshake)."""
+        if self._writer is None or self.vol.state.conn < ConnState.Connected:
+            return
+        self._send_uuids()
+        self._send_state(renegotiate=renegotiate)
+        if renegotiate:
+            self._spawn(self._decide_or_drop())
+
+    async def _decide_or_drop(self) -> None:
+        try:
+            await self._decide()
+        except _Fatal as e:
+            log.error("%s: %s", self.vol.name, e)
+            self.last_error = str(e)
+            self.stopped = True
+            if self._writer is not None:
+                self._writer.close()
+
+    # --- connection loss ----------------------------------------------------------------
+
+    async def _connection_lost(self, reason: ConnState) -> None:
+        vol = self.vol
+        if self._rs_task is not None:
+            self._rs_task.cancel()
+            self._rs_task = None
+        for task in list(self._bg):
+            task.cancel()
+        # Everything not yet barrier-acked may be missing on the peer.
+        for offset, length, _ in self._tl.values():
+            vol.mark_out_of_sync(offset, length)
+        lost = len(self._tl)
+        self._tl.clear()
+        for fut in self._acks.values():
+            if not fut.done():
+                fut.set_result(None)          # the local write succeeded: DRBD reports success
+        self._acks.clear()
+        for futs in self._barriers.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_result(None)
+        self._barriers.clear()
+        self._epoch_writes = 0
+        self.resync = None
+        old = vol.state
+        if old.disk == DiskState.Diskless:
+            return
+        vol.set_state(conn=reason, peer=Role.Unknown, pdsk=DiskState.DUnknown)
+        if lost:
+            log.info("%s: %d writes not acknowledged by a barrier marked out of sync",
+                     vol.name, lost)
+        assert vol.meta is not None
+        if (old.role == Role.Primary and old.pdsk >= DiskState.Inconsistent
+                and old.disk == DiskState.UpToDate and vol.meta.sb.gi.bitmap == 0):
+            gi = vol.meta.sb.gi.new_current(vol.rand64, primary=True)
+            log.info("%s: new current UUID %016X (peer lost)", vol.name, gi.current)
+            await vol.persist(gi=gi)
+        else:
+            await vol.persist()
+

@@ -1,0 +1,287 @@
+"""Two real engines replicating over loopback TCP: handshake refusals, initial sync,
+protocol C, resync of only the changed blocks after a disconnect, split brain."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from binome.storage.replica import supervisor
+from binome.storage.replica.meta import MetaFile
+from binome.storage.replica.nbd.client import NbdClient
+from binome.storage.replica.states import MetaFlags
+from binome.storage.replica.uuids import GenerationIds
+from tests.integration.replica.conftest import EngineProc, running_engine
+
+MiB = 1 << 20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Pair:
+    a: EngineProc
+    b: EngineProc
+
+    def create(self, name: str = "r0", size: str = "16M", a: dict | None = None,
+               b: dict | None = None, up: bool = True, **common: Any) -> None:
+        pa, pb = free_port(), free_port()
+        base = {"secret": "s3cret", "connect_int": 0.1, **common}
+        self.a.call("create", name=name, size=size, node="alpha", peer_node="beta",
+                    address=f"127.0.0.1:{pa}", peer_address=f"127.0.0.1:{pb}",
+                    **{**base, **(a or {})})
+        self.b.call("create", name=name, size=size, node="beta", peer_node="alpha",
+                    address=f"127.0.0.1:{pb}", peer_address=f"127.0.0.1:{pa}",
+                    **{**base, **(b or {})})
+        if up:
+            self.a.call("up", name=name)
+            self.b.call("up", name=name)
+
+    def data(self, engine: EngineProc, name: str = "r0") -> bytes:
+        return (engine.state_dir / "volumes" / name / "data.img").read_bytes()
+
+    def identical(self, name: str = "r0") -> bool:
+        return self.data(self.a, name) == self.data(self.b, name)
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    with running_engine() as a, running_engine() as b:
+        yield Pair(a, b)
+
+
+def wait_for(engine: EngineProc, pred: Callable[[dict], bool], name: str = "r0",
+             timeout: float = 20) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        st = engine.call("status", name=name)
+        if pred(st):
+            return st
+        assert time.monotonic() < deadline, f"timed out; last status: {st}"
+        time.sleep(0.02)
+
+
+def connected(st: dict) -> bool:
+    return st["cstate"] == "Connected"
+
+
+def standalone(st: dict) -> bool:
+    return st["cstate"] == "StandAlone"
+
+
+def in_sync(st: dict) -> bool:
+    return st["cstate"] == "Connected" and st["disk"] == st["peer_disk"] == "UpToDate"
+
+
+def synced_pair(pair: Pair, **kw: Any) -> None:
+    pair.create(**kw)
+    wait_for(pair.a, connected)
+    pair.a.call("primary", name="r0", force=True)
+    wait_for(pair.a, in_sync)
+    wait_for(pair.b, in_sync)
+
+
+async def nbd_writes(sock: str, writes: list[tuple[int, bytes]], *, flush: bool = True) -> None:
+    c = await NbdClient.connect(sock, "r0")
+    try:
+        await asyncio.gather(*(c.write(off, data) for off, data in writes))
+        if flush:
+            await c.flush()
+    finally:
+        await c.close()
+
+
+def log_of(engine: EngineProc) -> str:
+    return (engine.state_dir / "engine.log").read_text()
+
+
+# --- refusals: nothing is exchanged ---------------------------------------------------------
+
+def test_wrong_secret_never_connects(pair):
+    pair.create(b={"secret": "not the secret"})
+    for engine in (pair.a, pair.b):
+        st = wait_for(engine, standalone)
+        assert st["peer"]["last_error"] == "Authentication of peer failed"
+        assert st["gi"].startswith("0000000000000004:") and st["counters"]["nr"] == 0
+    assert "Peer authenticated" not in log_of(pair.a) + log_of(pair.b)
+
+
+@pytest.mark.parametrize("b, error", [
+    ({"protocol": "B"}, "incompatible protocol settings"),
+    ({"after_sb_0pri": "discard-zero-changes"}, "incompatible after-sb-0pri settings"),
+])
+def test_incompatible_settings_refused(pair, b, error):
+    pair.create(b=b)
+    for engine in (pair.a, pair.b):
+        assert wait_for(engine, standalone)["peer"]["last_error"] == error
+
+
+def test_size_mismatch_refused(pair):
+    pa, pb = free_port(), free_port()
+    common = {"secret": "x", "connect_int": 0.1}
+    pair.a.call("create", name="r0", size="16M", address=f"127.0.0.1:{pa}",
+                peer_address=f"127.0.0.1:{pb}", **common)
+    pair.b.call("create", name="r0", size="32M", address=f"127.0.0.1:{pb}",
+                peer_address=f"127.0.0.1:{pa}", **common)
+    pair.a.call("up", name="r0")
+    pair.b.call("up", name="r0")
+    st = wait_for(pair.a, standalone)
+    assert "The peer's disk size differs" in st["peer"]["last_error"]
+    assert wait_for(pair.b, standalone)["counters"]["dw"] == 0
+
+
+def set_gi(engine: EngineProc, gi: GenerationIds, name: str = "r0") -> None:
+    """Like DRBD's tests (`drbdmeta set-gi`): write generation identifiers into the metadata."""
+    meta = MetaFile.open(engine.state_dir / "volumes" / name / "meta")
+    try:
+        flags = MetaFlags.CONSISTENT | MetaFlags.WAS_UP_TO_DATE | MetaFlags.AL_CLEAN
+        meta.write_superblock(meta.sb.with_(gi=gi, flags=flags))
+    finally:
+        meta.close()
+
+
+def test_unrelated_data_refused(pair):
+    pair.create(up=False)
+    set_gi(pair.a, GenerationIds(0xA0, 0, (0xA2, 0xA4)))
+    set_gi(pair.b, GenerationIds(0xB0, 0, (0xB2, 0xB4)))
+    pair.a.call("up", name="r0")
+    pair.b.call("up", name="r0")
+    for engine in (pair.a, pair.b):
+        st = wait_for(engine, standalone)
+        assert st["peer"]["last_error"] == "Unrelated data, aborting!"
+        assert st["counters"]["dw"] == 0 and st["bitmap_bits"] == 0
+    assert "uuid_compare()=-1000 by rule 100" in log_of(pair.a)
+
+
+def test_crafted_generations_pick_the_resync_direction(pair):
+    """Rule 50/70 from metadata alone: B's current is A's bitmap UUID, A resyncs B."""
+    pair.create(up=False)
+    set_gi(pair.a, GenerationIds(0xC0, 0xB0, (0xA0, 0)))
+    set_gi(pair.b, GenerationIds(0xB0, 0, (0xA0, 0)))
+    pair.a.call("up", name="r0")
+    pair.b.call("up", name="r0")
+    wait_for(pair.a, connected)
+    wait_for(pair.b, connected)
+    assert "uuid_compare()=1 by rule 70" in log_of(pair.a)
+    assert "uuid_compare()=-1 by rule 50" in log_of(pair.b)
+
+
+# --- replication ----------------------------------------------------------------------------
+
+def test_initial_full_sync_then_protocol_c(pair):
+    pair.create()
+    st = wait_for(pair.a, connected)
+    assert (st["disk"], st["peer_disk"]) == ("Inconsistent", "Inconsistent")
+    pair.a.call("primary", name="r0", force=True)
+    b = wait_for(pair.b, in_sync)
+    a = wait_for(pair.a, in_sync)
+    assert a["gi"].split(":")[1:] == b["gi"].split(":")[1:]          # same bitmap/history
+    assert int(a["gi"].split(":")[0], 16) & ~1 == int(b["gi"].split(":")[0], 16)
+    assert b["role"] == "Secondary" and a["peer_role"] == "Secondary"
+    assert b["counters"]["nr"] >= 16 * 1024                          # the whole 16 MiB
+    writes = [(random.randrange(0, 4096) * 4096, os.urandom(4096)) for _ in range(200)]
+    writes.append((3 * MiB, os.urandom(MiB)))
+    asyncio.run(nbd_writes(a["socket"], writes))
+    assert pair.identical()
+    assert pair.a.call("bitmap", name="r0")["weight"] == 0           # mirrored, not marked
+    assert "cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate C" in pair.b.call("proc")
+
+
+def test_acknowledged_write_is_on_the_peer_when_the_primary_dies(pair):
+    synced_pair(pair)
+    sock = pair.a.call("status", name="r0")["socket"]
+    payload = os.urandom(64 * 1024)
+
+    async def write_then_kill() -> None:
+        c = await NbdClient.connect(sock, "r0")
+        await c.write(5 * MiB, payload)             # acknowledged under protocol C ...
+        os.kill(pair.a.handle.pid, signal.SIGKILL)  # ... and the primary dies at once
+        await c.close()
+
+    asyncio.run(write_then_kill())
+    pair.a.handle.process.wait()
+    assert pair.data(pair.b)[5 * MiB:5 * MiB + len(payload)] == payload
+    wait_for(pair.b, lambda s: s["cstate"] in ("WFConnection", "Unconnected"))
+
+
+def test_disconnect_then_resync_moves_only_the_changed_blocks(pair):
+    synced_pair(pair, size="64M")
+    pair.b.stop()                                     # the secondary goes away (SIGTERM)
+    wait_for(pair.a, lambda s: s["cstate"] == "WFConnection")
+    rng = random.Random(7)
+    blocks = sorted(rng.sample(range(16384), 300))
+    writes = [(blk * 4096, rng.randbytes(4096)) for blk in blocks]
+    sock = pair.a.call("status", name="r0")["socket"]
+    asyncio.run(nbd_writes(sock, writes))
+    bm = pair.a.call("bitmap", name="r0")
+    assert bm["weight"] == len(blocks)
+    dirty = len(blocks) * 4096
+    pair.b.handle = asyncio.run(supervisor.ensure_engine(pair.b.state_dir))
+    pair.b.call("up", name="r0")
+    b = wait_for(pair.b, in_sync)
+    wait_for(pair.a, in_sync)
+    assert pair.identical()
+    # Resync traffic: the dirty blocks plus the (compressed) bitmap, nothing more.
+    received = b["counters"]["nr"] * 1024
+    assert dirty <= received <= 1.2 * dirty + 64 * 1024
+    assert "uuid_compare()=1 by rule 70" in log_of(pair.a)
+    assert "uuid_compare()=-1 by rule 50" in log_of(pair.b)
+    assert pair.a.call("bitmap", name="r0")["weight"] == 0
+
+
+def test_split_brain_resolved_by_discard_zero_changes(pair):
+    synced_pair(pair, after_sb_0pri="discard-zero-changes")
+    pair.a.call("disconnect", name="r0")
+    pair.b.call("disconnect", name="r0")
+    sock_a = pair.a.call("status", name="r0")["socket"]
+    asyncio.run(nbd_writes(sock_a, [(MiB, os.urandom(8192))]))
+    pair.b.call("primary", name="r0")                 # B promoted too: split brain
+    pair.a.call("secondary", name="r0")
+    pair.b.call("secondary", name="r0")
+    pair.a.call("connect", name="r0")
+    pair.b.call("connect", name="r0")
+    wait_for(pair.b, in_sync)
+    wait_for(pair.a, in_sync)
+    assert pair.identical()
+    log_b = log_of(pair.b)
+    assert "uuid_compare()=100 by rule 90" in log_b
+    assert "Split-Brain detected, 0 primaries, automatically solved. Sync from peer node" in log_b
+
+
+def test_split_brain_unresolved_then_manual_recovery(pair):
+    synced_pair(pair)
+    pair.a.call("disconnect", name="r0")
+    pair.b.call("disconnect", name="r0")
+    sock_a = pair.a.call("status", name="r0")["socket"]
+    asyncio.run(nbd_writes(sock_a, [(MiB, os.urandom(8192))]))
+    st_b = pair.b.call("primary", name="r0")
+    asyncio.run(nbd_writes(st_b["socket"], [(2 * MiB, os.urandom(4096))]))
+    pair.a.call("secondary", name="r0")
+    pair.b.call("secondary", name="r0")
+    pair.a.call("connect", name="r0")
+    pair.b.call("connect", name="r0")
+    for engine in (pair.a, pair.b):
+        st = wait_for(engine, standalone)
+        assert st["peer"]["last_error"] == ("Split-Brain detected but unresolved, dropping "
+                                            "connection!")
+    assert not pair.identical()
+    # Manual recovery: the victim (B) discards its data, the survivor just connects.
+    pair.b.call("connect", name="r0", discard_my_data=True)
+    pair.a.call("connect", name="r0")
+    wait_for(pair.b, in_sync)
+    wait_for(pair.a, in_sync)
+    assert pair.identical()
+    assert "Split-Brain detected, manually solved. Sync from peer node" in log_of(pair.b)
