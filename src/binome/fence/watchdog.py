@@ -45,9 +45,10 @@ Supervisor behaviour:
   process runs in its own session with no parent-death signal and no inherited
   descriptors, so killing the daemon or its process group does not reach it.
 * With ``/dev/watchdog`` present (``--device``), the device is opened when armed,
-  petted every tick while the deadline is ahead, no longer petted once it passed
-  (the hardware then resets the machine: the production guarantee, which also covers
-  the supervisor itself dying), and closed with the magic 'V' on a clean disarm.
+  petted every tick while the deadline is more than the device's timeout ahead, no
+  longer petted after that (so the hardware resets the machine by the deadline: the
+  production guarantee, which holds even if this process dies or hangs), and closed
+  with the magic 'V' on a clean disarm.
 * One supervisor per state file: it holds an exclusive ``flock`` on its pidfile. The
   daemon finds it again after a restart through the pidfile and a
   ``/proc/<pid>/cmdline`` check (module name and this state file's path).
@@ -102,6 +103,7 @@ LOCK_WAIT = 1.0  # a previous instance may be exiting: wait this long for the pi
 KILL_CONFIRM = 2.0  # after SIGKILL, how long to watch for the guests to be gone
 POLL = 0.01
 WDIOC_SETTIMEOUT = 0xC0045706  # _IOWR('W', 6, int)
+WDIOC_GETTIMEOUT = 0x80045707  # _IOR('W', 7, int)
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any], mode: int = 0o644) -> None:
@@ -164,12 +166,19 @@ def kill_guest(run_dir: Path, vmid: int) -> dict[str, Any]:
 
 
 class HardwareWatchdog:
-    """``/dev/watchdog``: open = started, write = pet, 'V' then close = clean stop."""
+    """``/dev/watchdog``: open = started, write = pet, 'V' then close = clean stop.
+
+    ``effective_timeout`` is the device's timeout as the driver reports it (None if
+    it cannot tell): the supervisor stops petting that long *before* the deadline, so
+    the hardware resets the machine by the deadline even if the supervisor itself
+    died or hung in between.
+    """
 
     def __init__(self, path: str, timeout: int | None = None) -> None:
         self.path = path
         self.timeout = timeout
         self.fd: int | None = None
+        self.effective_timeout: int | None = None
         self._warned = False
 
     @property
@@ -190,8 +199,22 @@ class HardwareWatchdog:
                 fcntl.ioctl(self.fd, WDIOC_SETTIMEOUT, struct.pack("i", self.timeout))
             except OSError as exc:
                 log.warning("%s: cannot set the timeout to %ss: %s", self.path, self.timeout, exc)
-        log.info("hardware watchdog %s opened (started)", self.path)
+        try:
+            raw = fcntl.ioctl(self.fd, WDIOC_GETTIMEOUT, struct.pack("i", 0))
+            self.effective_timeout = struct.unpack("i", raw)[0] or None
+        except OSError:
+            self.effective_timeout = None
+        if self.effective_timeout is None:
+            log.warning("%s: timeout unknown; petted until the deadline, so a reset may come "
+                        "up to one device timeout after it", self.path)
+        log.info("hardware watchdog %s opened (started, timeout %s s)", self.path,
+                 self.effective_timeout)
         return True
+
+    def pet_until(self, deadline: float, now: float) -> None:
+        """Pet unless the device's timeout would then run past ``deadline``."""
+        if self.effective_timeout is None or now + self.effective_timeout <= deadline:
+            self.pet()
 
     def pet(self) -> None:
         if self.fd is None:
@@ -357,11 +380,11 @@ class Supervisor:
                         state.deadline, state.deadline - now)
             self.fired = None
             if self.hw is not None and self.hw.open():
-                self.hw.pet()
+                self.hw.pet_until(state.deadline, now)
             self.write_report()
         if now <= state.deadline:
             if self.hw is not None:
-                self.hw.pet()
+                self.hw.pet_until(state.deadline, now)
             return
         if self.fired is None:
             self._fire(state, now)

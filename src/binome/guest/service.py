@@ -65,6 +65,7 @@ class GuestService:
         self._believed_running: set[int] = set()
         self._loop: asyncio.Task | None = None
         self._onboot: asyncio.Task | None = None
+        self._probe: asyncio.Task | None = None
         runtime.on_exit = self._on_guest_exit
         self.last_status: dict[int, dict[str, Any]] = {}
 
@@ -87,6 +88,9 @@ class GuestService:
             log.info("re-adopted running guests: %s", ", ".join(map(str, adopted)))
         self._loop = asyncio.create_task(self._watch_loop(), name="guest-watch")
         self._onboot = asyncio.create_task(self._onboot_after_host_boot(), name="onboot")
+        # decide KVM vs TCG now (the probe boots a guest for a few seconds), not on the
+        # first start, which may be an HA recovery where seconds count
+        self._probe = asyncio.create_task(self.runtime.accel(), name="accel-probe")
 
     async def _onboot_after_host_boot(self) -> None:
         """Once per host boot (not per daemon restart), start the VMs marked `onboot`."""
@@ -118,7 +122,7 @@ class GuestService:
                                             tag="qemu", pri="err")
 
     async def stop(self) -> None:
-        for loop in (self._loop, self._onboot):
+        for loop in (self._loop, self._onboot, self._probe):
             if loop is not None:
                 loop.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

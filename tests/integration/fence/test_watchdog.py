@@ -26,7 +26,13 @@ from pathlib import Path
 
 import pytest
 
-from binome.fence.watchdog import EXIT_ALREADY_RUNNING, MODULE, Watchdog, WatchdogStatus
+from binome.fence.watchdog import (
+    EXIT_ALREADY_RUNNING,
+    MODULE,
+    HardwareWatchdog,
+    Watchdog,
+    WatchdogStatus,
+)
 from binome.guest.process import proc_stat
 from tests.integration.fence.helpers import kill_quietly, pid_alive, wait_until
 
@@ -336,3 +342,25 @@ async def test_one_supervisor_per_state_file(watchdogs, tmp_path) -> None:
     assert w.running_pid() is None
     w.pidfile.write_text(f"{pid}\n")
     assert MODULE in " ".join(w.argv())
+
+
+def test_hardware_petting_stops_one_device_timeout_before_the_deadline(tmp_path) -> None:
+    # With a known device timeout, the last pet leaves the hardware to reset the
+    # machine by the deadline, even if the supervisor died right after petting.
+    device = tmp_path / "watchdog"
+    device.write_bytes(b"")
+    hw = HardwareWatchdog(str(device))
+    assert hw.open()
+    try:
+        assert hw.effective_timeout is None  # a plain file answers no ioctl
+        now = time.monotonic()
+        hw.pet_until(now + 0.5, now)
+        assert device.read_bytes() == b"\0"  # unknown timeout: petted up to the deadline
+        hw.effective_timeout = 1
+        hw.pet_until(now + 0.5, now)  # a reset 1 s from now would come after the deadline
+        assert device.read_bytes() == b"\0"
+        hw.pet_until(now + 2.0, now)
+        assert device.read_bytes() == b"\0\0"
+    finally:
+        hw.close_clean()
+    assert device.read_bytes() == b"\0\0V"

@@ -77,8 +77,9 @@ def validate(words: list[str], cluster: ClusterSpec, sids: set[str]) -> None:
     elif verb in ("partition", "heal"):
         need(len(args) == 2 and set(args) <= members and args[0] != args[1], f"{verb} <a> <b>")
     elif verb == "fence-device":
-        need(len(args) == 2 and args[0] in nodes and args[1] in ("ok", "fail", "dead"),
-             "fence-device <node> ok|fail|dead")
+        with_device = {n.name for n in cluster.nodes if n.fence_device is not None}
+        need(len(args) == 2 and args[0] in with_device and args[1] in ("ok", "fail", "dead"),
+             "fence-device <node with a fence device> ok|fail|dead")
     elif verb in ("shutdown", "reboot"):
         need(len(args) == 1 and args[0] in nodes, f"{verb} <node>")
     elif verb == "pause":

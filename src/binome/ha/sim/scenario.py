@@ -47,12 +47,18 @@ def load_scenario(path: Path) -> Scenario:
                           (path / "cmdlist").read_text())
 
 
-def run(scenario: Scenario) -> World:
+def start(scenario: Scenario) -> tuple[World, int]:
+    """Build the world with its commands scheduled; returns it and the end time (ms)."""
     world = World(scenario.cluster, scenario.services)
     for when, line in scenario.commands:
         world.q.at(when, apply, world, line)
     last = max((when for when, _ in scenario.commands), default=0)
-    world.run_until(last + ms(scenario.cluster.sim.end_after))
+    return world, last + ms(scenario.cluster.sim.end_after)
+
+
+def run(scenario: Scenario) -> World:
+    world, end = start(scenario)
+    world.run_until(end)
     return world
 
 

@@ -71,6 +71,8 @@ RS_CHUNK_BITS = 256          # resync request size: 256 blocks (1 MiB at 4 KiB)
 RS_WINDOW = 8                # resync requests in flight
 BITMAP_CHUNK = 1 << 20       # bitmap bytes per P_BITMAP packet (before compression)
 HANDSHAKE_TIMEOUT = 30.0
+# StreamReader pauses the socket above 2 x limit: keep several large writes in flight.
+STREAM_LIMIT = 8 * 1024 * 1024
 
 
 class _Fatal(Exception):
@@ -153,7 +155,7 @@ class PeerLink:
         if not self.initiator:
             host, port = split_address(self.cfg.address)
             self._server = await asyncio.start_server(self._on_accept, host, port,
-                                                      reuse_address=True)
+                                                      reuse_address=True, limit=STREAM_LIMIT)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -192,8 +194,7 @@ class PeerLink:
         while True:
             try:
                 async with asyncio.timeout(max(self.cfg.connect_int, 1.0)):
-                    return await asyncio.open_connection(host, port,
-                                                         limit=wire.MAX_PAYLOAD + 1024)
+                    return await asyncio.open_connection(host, port, limit=STREAM_LIMIT)
             except (OSError, TimeoutError):
                 await asyncio.sleep(self.cfg.connect_int)
 
