@@ -54,6 +54,8 @@ class Timers:
             raise ConfigError("timers.etcd_election_ms: must be >= 5 x etcd_heartbeat_ms")
         if self.etcd_election_ms >= self.lease_ttl * 1000:
             raise ConfigError("timers.etcd_election_ms: must be shorter than lease_ttl")
+        if self.rrd_interval <= 0:
+            raise ConfigError("timers.rrd_interval: must be > 0")
 
 
 @dataclass

@@ -157,3 +157,33 @@ def test_template_and_clone(px) -> None:
     wait_task(px, node.qemu(vmid).delete())
     content = node.storage("local").content.get(content="images")
     assert not {c["vmid"] for c in content} & {vmid, newid}
+
+
+def test_unlock_after_an_operation_died_half_way(px, cluster: Cluster) -> None:
+    import asyncio
+
+    from proxmoxer import ResourceException
+
+    node = px.nodes("n1")
+    vmid = int(px.cluster.nextid.get())
+    wait_task(px, node.qemu.post(vmid=vmid, name="locked", memory=64))
+
+    async def plant_lock() -> None:   # what a daemon killed mid-clone leaves behind
+        store = cluster.raw_store("n1")
+        key = f"/binome/config/nodes/n1/qemu/{vmid}.conf"
+        text = (await store.get(key)).value
+        await store.put(key, text + "lock: clone\n")
+        await store.close()
+
+    asyncio.run(plant_lock())
+    with pytest.raises(ResourceException) as exc:
+        node.qemu(vmid).config.put(memory=96)
+    assert "locked (clone)" in exc.value.content
+    status = wait_task(px, node.qemu(vmid).delete())
+    assert "locked" in status["exitstatus"]
+    node.qemu(vmid).config.put(delete="lock")            # qm unlock
+    assert "lock" not in node.qemu(vmid).config.get()
+    with pytest.raises(ResourceException) as exc:
+        node.qemu(vmid).config.put(lock="migrate")     # 'lock' can be deleted, never set
+    assert exc.value.status_code == 400
+    assert wait_task(px, node.qemu(vmid).delete())["exitstatus"] == "OK"

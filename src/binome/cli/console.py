@@ -20,9 +20,13 @@ ESCAPE = b"\x1d"   # Ctrl-]
 
 
 async def _open(socket_path: str | None, base: str, vmid: int, node: str,
-                cookies: dict[str, str], headers: dict[str, str]):
-    connector = aiohttp.UnixConnector(path=socket_path) if socket_path else \
-        aiohttp.TCPConnector(ssl=False)
+                cookies: dict[str, str], headers: dict[str, str], fingerprint: str | None):
+    if socket_path:
+        connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=socket_path)
+    else:
+        pin = aiohttp.Fingerprint(bytes.fromhex(fingerprint.replace(":", ""))) \
+            if fingerprint else False
+        connector = aiohttp.TCPConnector(ssl=pin)
     session = aiohttp.ClientSession(connector=connector, cookies=cookies, headers=headers)
     try:
         async with session.post(f"{base}/nodes/{node}/qemu/{vmid}/termproxy") as r:
@@ -42,8 +46,10 @@ async def _open(socket_path: str | None, base: str, vmid: int, node: str,
 async def run_console(socket_path: str | None, base: str, vmid: int, node: str = "localhost",
                       expect: str | None = None, timeout: float = 30.0,
                       cookies: dict[str, str] | None = None,
-                      headers: dict[str, str] | None = None) -> int:
-    session, ws = await _open(socket_path, base, vmid, node, cookies or {}, headers or {})
+                      headers: dict[str, str] | None = None,
+                      fingerprint: str | None = None) -> int:
+    session, ws = await _open(socket_path, base, vmid, node, cookies or {}, headers or {},
+                              fingerprint)
     try:
         if sys.stdin.isatty() and expect is None:
             return await _interactive(ws)

@@ -270,7 +270,7 @@ def _console(client: Client, args: argparse.Namespace) -> int:
         headers = {"CSRFPreventionToken": client.csrf or ""}
     return asyncio.run(run_console(socket_path, base + "/api2/json", args.p_vmid,
                                    args.p_node or "localhost", args.expect, args.timeout,
-                                   cookies, headers))
+                                   cookies, headers, _opt(args, "login_fingerprint")))
 
 
 def _wait(client: Client, upid: str, output: str) -> int:

@@ -130,6 +130,9 @@ class ClusterService:
             self.store = None
         self.clusterlog.store = None
         shutil.rmtree(self.config.etcd_dir, ignore_errors=True)
+        # the old member's log could hold a "removed" marker that a new member must not
+        # inherit
+        (self.config.state_dir / "etcd.log").unlink(missing_ok=True)
         for path in (self.paths.ca_cert, self.paths.node_cert, self.paths.node_key):
             path.unlink(missing_ok=True)
         self.config.membership_path.unlink(missing_ok=True)

@@ -21,6 +21,12 @@ Design:
   user/password as ``str`` but deletes with ``bytes``), so a second ``Command`` to the
   same BMC in one process gets a dead session back. :func:`_forget_session` drops that
   cache entry before and after every operation.
+* pyghmi 1.6's synchronous client also loses wake-ups: after sending a request it
+  registers to be woken by the *next* datagram from the BMC, so a reply that arrived in
+  between (a fast BMC, a busy CPU) sits in the session's queue until the retransmit
+  timer (0.5-1 s, measured up to 2.5 s) fires. :func:`_fix_pyghmi_lost_wakeup` wraps
+  pyghmi's wait so it returns at once when a reply from that BMC is already queued
+  (the caller then processes it and loops as before).
 * Before pyghmi is asked anything, one sessionless *Get Channel Authentication
   Capabilities* request (what ipmitool sends first, answered by every IPMI 2.0 BMC)
   probes the BMC, retransmitted with backoff until the deadline. A dead BMC (the
@@ -144,6 +150,32 @@ def probe(ip: str, port: int, deadline: float) -> float:
                 raise _NoAnswer("no answer from the BMC to IPMI requests (BMC powered off "
                                 "with the node, unreachable, or not an IPMI BMC)")
             wait *= 2
+
+
+def _fix_pyghmi_lost_wakeup() -> None:
+    """Wrap ``pyghmi...session._io_wait`` to not wait for a reply already received.
+
+    Idempotent. Only the directed, event-less wait used while awaiting a response is
+    short-cut; everything else goes to pyghmi unchanged.
+    """
+    from pyghmi.ipmi.private import session as pyghmi_session
+
+    original = pyghmi_session._io_wait
+    if getattr(original, "binome_fixed", False):
+        return
+
+    def _io_wait(timeout: Any, myaddr: Any = None, evq: Any = None) -> Any:
+        if myaddr is not None and evq is None:
+            handlers = pyghmi_session.Session.bmc_handlers.get(myaddr) or {}
+            if any(getattr(h, "pktqueue", None) for h in list(handlers.values())):
+                return None  # already here: the caller processes its queue next
+        return original(timeout, myaddr, evq)
+
+    _io_wait.binome_fixed = True  # type: ignore[attr-defined]
+    pyghmi_session._io_wait = _io_wait
+
+
+_fix_pyghmi_lost_wakeup()
 
 
 def _explain(exc: BaseException) -> str:

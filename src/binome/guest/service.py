@@ -201,9 +201,13 @@ class GuestService:
         return total
 
     # ------------------------------------------------------------------ configs
-    async def read(self, vmid: int, node: str | None = None) -> VmConfig:
+    async def read(self, vmid: int, node: str | None = None, *, fresh: bool = True) -> VmConfig:
+        """The VM's config. `fresh` (a quorum read) is required before starting a guest or
+        changing its config: a node cut off from the cluster may hold a stale copy of a
+        config that was moved away by a recovery. Stop, status and console use this node's
+        own copy (`fresh=False`) so they keep working without quorum."""
         node = node or self.node
-        entry = await self.store.get(keys.vm_conf(node, vmid))
+        entry = await self.store.get(keys.vm_conf(node, vmid), serializable=not fresh)
         if entry is None:
             raise conf_missing(node, vmid)
         text = str(entry.value)
@@ -340,12 +344,13 @@ class GuestService:
         if start:
             await self.start_vm(task, vmid)
 
-    async def destroy(self, task: Task, vmid: int, purge: bool = False) -> None:
+    async def destroy(self, task: Task, vmid: int, purge: bool = False,
+                      skiplock: bool = False) -> None:
         async with self.lock(vmid):
             vm = await self.read(vmid)
             if self.runtime.is_running(vmid):
                 raise TaskFailed(f"VM {vmid} is running - destroy failed")
-            if vm.config.get("lock") and vm.config["lock"] != "create":
+            if vm.config.get("lock") and vm.config["lock"] != "create" and not skiplock:
                 raise TaskFailed(f"VM is locked ({vm.config['lock']})")
             for disk in vmconf.disks(vm.config):
                 if not disk.volid or disk.is_cdrom:
@@ -415,7 +420,7 @@ class GuestService:
 
     async def shutdown_vm(self, task: Task, vmid: int, timeout: float, force_stop: bool) -> None:
         async with self.lock(vmid):
-            await self.read(vmid)
+            await self.read(vmid, fresh=False)
             self.require_running(vmid)
             self._believed_running.discard(vmid)
             task.log(f"requesting shutdown of VM {vmid} (timeout {timeout:.0f}s)")
@@ -429,7 +434,7 @@ class GuestService:
 
     async def stop_vm(self, task: Task, vmid: int, timeout: float = 10.0) -> None:
         async with self.lock(vmid):
-            await self.read(vmid)
+            await self.read(vmid, fresh=False)
             self.require_running(vmid)
             self._believed_running.discard(vmid)
             await self.runtime.stop(vmid, timeout=timeout)
@@ -448,20 +453,20 @@ class GuestService:
 
     async def suspend_vm(self, task: Task, vmid: int) -> None:
         async with self.lock(vmid):
-            await self.read(vmid)
+            await self.read(vmid, fresh=False)
             self.require_running(vmid)
             await self.runtime.suspend(vmid)
             task.log(f"VM {vmid} paused")
 
     async def resume_vm(self, task: Task, vmid: int) -> None:
         async with self.lock(vmid):
-            await self.read(vmid)
+            await self.read(vmid, fresh=False)
             self.require_running(vmid)
             await self.runtime.resume(vmid)
             task.log(f"VM {vmid} resumed")
 
     async def current_status(self, vmid: int) -> dict[str, Any]:
-        vm = await self.read(vmid)
+        vm = await self.read(vmid, fresh=False)
         st = await self.runtime.status(vmid)
         entry = self._status_entry(vm, st)
         entry["ha"] = {"managed": 0}

@@ -259,6 +259,7 @@ class ServiceStatus:
     reason: str | None = None
     maintenance_node: str | None = None
     since: float = 0.0
+    move_retry_at: float | None = None   # no automatic migration before (after a failure)
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -272,7 +273,8 @@ class ServiceStatus:
                    target=data.get("target"), failed_nodes=list(data.get("failed_nodes", [])),
                    restarts=int(data.get("restarts", 0)), reason=data.get("reason"),
                    maintenance_node=data.get("maintenance_node"),
-                   since=float(data.get("since", 0.0)))
+                   since=float(data.get("since", 0.0)),
+                   move_retry_at=data.get("move_retry_at"))
 
 
 @dataclass

@@ -35,6 +35,9 @@ from binome.ha.model import (
 from binome.ha.nodes import FENCEABLE, lost
 
 S = ServiceState
+#: After an automatic migration (failback, evacuation) failed, wait this many manager
+#: rounds before trying again, instead of retrying in a tight loop.
+MOVE_RETRY_ROUNDS = 10
 
 
 def _wants_stop(ctx: RoundContext, sid: str) -> bool:
@@ -138,6 +141,10 @@ def _started(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
         return
     lrm = ctx.lrm(sd.node)
     res = ctx.result(sd.node, sd.uid)
+    if res is not None and res.exit_code != ExitCode.SUCCESS:
+        # the LRM (re)started it under this uid, e.g. after a migration here, and failed
+        _start_failed(ctx, sid, sd, res.message)
+        return
     if (lrm is not None and lrm.state == LrmState.ACTIVE and res is not None
             and res.exit_code == ExitCode.SUCCESS and sid not in lrm.running
             and sid not in lrm.jobs.values()):
@@ -148,7 +155,19 @@ def _started(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
     _maybe_move_back(ctx, sid, sd)
 
 
+def _move_backoff(ctx: RoundContext, sid: str, sd: ServiceStatus) -> bool:
+    """True while automatic migrations of this service are paused after a failure."""
+    if sd.move_retry_at is None:
+        return False
+    if ctx.now < sd.move_retry_at:
+        return True
+    sd.move_retry_at = None
+    return False
+
+
 def _evacuate(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
+    if _move_backoff(ctx, sid, sd):
+        return
     choice = ctx.place(sid, current=None, stay=False, exclude=sd.node)
     if choice.node is None:
         ctx.set_reason(sid, sd, f"cannot leave {sd.node} (maintenance): {choice.reason}")
@@ -159,6 +178,8 @@ def _evacuate(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
 
 def _maybe_move_back(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
     """Return to the node it was evacuated from, or fail back to a preferred node."""
+    if _move_backoff(ctx, sid, sd):
+        return
     home = sd.maintenance_node
     if home is not None:
         if home == sd.node or home not in ctx.nodes:
@@ -212,7 +233,9 @@ def _migrate(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
     elif res.exit_code == ExitCode.EWRONG_NODE:
         ctx.change(sid, sd, S.ERROR, reason=res.message, why=f"migrate: {res.message}")
     else:
-        ctx.change(sid, sd, S.STARTED, why=f"migration to {target} failed ({res.message})")
+        sd.move_retry_at = ctx.now + MOVE_RETRY_ROUNDS * ctx.timers.manager_round
+        ctx.change(sid, sd, S.STARTED, why=f"migration to {target} failed ({res.message}); "
+                                           f"no automatic move before {sd.move_retry_at:.2f}")
 
 
 def _relocate(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:

@@ -51,8 +51,8 @@ def banner(lab: LabCluster, guest_url: str | None) -> str:
         f"    binome --state-dir {lab.state_dir('n1')} cluster status",
         f"    binome --state-dir {lab.state_dir('n2')} vm list --node n1",
         f"    binome --state-dir {lab.state_dir('w')} witness status",
-        f"    curl -sk -d username={ADMIN} --data-urlencode password@{lab.password_file} "
-        f"https://{n1}:8006/api2/json/access/ticket",
+        f"    curl -sk -d username={ADMIN} --data-urlencode \"password=$(cat "
+        f"{lab.password_file})\" https://{n1}:8006/api2/json/access/ticket",
     ]
     if guest_url:
         lines.append(f"    curl {guest_url}")

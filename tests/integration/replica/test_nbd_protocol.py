@@ -158,12 +158,16 @@ async def test_largest_request_and_oversized_write(volume):
 
 
 async def test_disc_completes_inflight_requests(volume):
+    """Requests sent before NBD_CMD_DISC are all answered, then the server hangs up."""
     vol = volume("16M")
     c = await NbdClient.connect(vol.socket, vol.name)
     futs = [asyncio.ensure_future(c.write(i * 65536, bytes([i]) * 65536)) for i in range(64)]
-    await asyncio.sleep(0)
-    await c.disconnect()
-    await asyncio.gather(*futs, return_exceptions=True)
+    await asyncio.sleep(0)          # every write request is on the wire ...
+    c.send_disc()                   # ... before the disconnect
+    await asyncio.gather(*futs)
+    async with asyncio.timeout(10):
+        await c.closed_by_server()
+    await c.close()
     c = await NbdClient.connect(vol.socket, vol.name)
     try:
         for i in range(64):

@@ -66,7 +66,7 @@ def check_console_ticket(key: bytes, ticket: str, user: str, vmid: int) -> str:
 async def _proxy_ticket(ctx: RequestContext, params: dict[str, Any], kind: str) -> dict:
     service = guests(ctx)
     vmid = params["vmid"]
-    vm = await service.read(vmid)
+    vm = await service.read(vmid, fresh=False)
     service.require_running(vmid)
     vga = str(vm.config.get("vga", "std")).split(",", 1)[0]
     if kind == "vnc" and vga in ("none", "serial0"):

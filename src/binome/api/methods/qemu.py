@@ -152,7 +152,7 @@ async def vm_destroy(ctx: RequestContext, params: dict[str, Any]) -> str:
         raise fail(f"VM {vmid} is running - destroy failed")
 
     async def body(task: Task) -> None:
-        await service.destroy(task, vmid, purge=params["purge"])
+        await service.destroy(task, vmid, purge=params["purge"], skiplock=params["skiplock"])
 
     return _start_task(ctx, "qmdestroy", vmid, body)
 
@@ -169,6 +169,17 @@ def _typed_config(config: dict[str, Any]) -> dict[str, Any]:
                 pass
         out[key] = value
     return out
+
+
+@registry.register(
+    "GET", "/nodes/{node}/qemu/{vmid}/status", name="vm_status_index", permission=AUDIT,
+    proxyto="node", description="Directory index of the VM's status actions.",
+    parameters={"node": NODE, "vmid": VMID}, returns={"type": "array"},
+)
+async def vm_status_index(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, str]]:
+    await guests(ctx).read(params["vmid"], fresh=False)
+    return [{"subdir": s} for s in ("current", "start", "stop", "shutdown", "reboot", "reset",
+                                    "suspend", "resume")]
 
 
 @registry.register(
@@ -215,7 +226,9 @@ CONFIG_PARAMS = {
 def _deletes(params: dict[str, Any]) -> list[str]:
     raw = params.get("delete") or ""
     keys = [k.strip() for k in raw.replace(";", ",").split(",") if k.strip()]
-    bad = [k for k in keys if k not in SETTABLE]
+    # 'lock' cannot be set, but deleting it is how an admin unlocks a VM whose
+    # operation died half-way (PVE: qm unlock)
+    bad = [k for k in keys if k not in SETTABLE and k != "lock"]
     if bad:
         raise param_error("delete", f"invalid configuration key '{bad[0]}'")
     return keys
@@ -283,7 +296,8 @@ def _power(action: str, task_type: str, description: str, extra: dict[str, Param
         if action == "start":
             await service.check_startable(vmid)
         else:
-            await service.read(vmid)
+            # stopping and pausing need no quorum: this node's copy of the config will do
+            await service.read(vmid, fresh=False)
             service.require_running(vmid)
         timeout = float(params.get("timeout") or 60)
 

@@ -9,7 +9,8 @@
      "shutdown_policy": "conditional",
      "etcd": {"election": 1.0, "leader_preference": ["w", "n1", "n2"]},
      "sim": {"guest_boot": 3.5, "guest_stop": 1.0, "migrate_time": 1.0, "resync_time": 2.0,
-             "node_boot": 20.0, "start_fail_time": 1.0, "watch_latency": 0.05,
+             "node_boot": 20.0, "shutdown_timeout": 60.0, "start_fail_time": 1.0,
+             "watch_latency": 0.05,
              "end_after": 60.0}}
 
 `services.json`:
@@ -56,6 +57,7 @@ class SimParams:
     migrate_time: float = 1.0
     resync_time: float = 2.0
     node_boot: float = 20.0
+    shutdown_timeout: float = 60.0
     start_fail_time: float = 1.0
     watch_latency: float = 0.05
     end_after: float = 60.0

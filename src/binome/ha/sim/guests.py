@@ -14,6 +14,7 @@ The executor is faithful to what the real one must refuse (see docs/ha.md):
   quorum and the config (the config move is one transaction), the target is
   reachable, its watchdog armed and its replicas connected and UpToDate;
   otherwise the migration is aborted and the guest keeps running at the source;
+- migrate of a guest that is not running moves its config only (offline);
 - relocate: stop, then move the config (needs quorum and ownership).
 
 Jobs of a node vanish when it powers off or its watchdog fires, exactly like
@@ -140,8 +141,14 @@ class Guests:
         if w.config_owner(sid) != node.name:
             self._result(node, uid, sid, "migrate", ExitCode.EWRONG_NODE, "config not here")
             return
-        if self.instances[sid].get(node.name) != "running":
-            self._result(node, uid, sid, "migrate", ExitCode.ERROR, "not running here")
+        state = self.instances[sid].get(node.name)
+        if state is None:
+            # offline migration, as `qm migrate` does for a stopped guest: move the config
+            code, msg = w.move_config_by_node(node.name, sid, target)
+            self._result(node, uid, sid, "migrate", code, msg or "offline: it was not running")
+            return
+        if state != "running":
+            self._result(node, uid, sid, "migrate", ExitCode.ERROR, f"guest is {state}")
             return
         if target in self.instances[sid]:
             self._result(node, uid, sid, "migrate", ExitCode.ERROR, f"already on {target}")

@@ -150,6 +150,8 @@ def _heal(names: list[str], members: list[str], nodes: dict, sids: list[str],
     out += [f"node-maintenance disable {n}" for n in names]
     final = {sid: rng.choice(["started"] * 3 + ["stopped", "ignored"]) for sid in sids}
     out.append("delay 30")
+    # a node powered on while the master was fencing it is off again (device action off)
+    out += [f"power {m} on" for m in members]
     # the documented way out of `error`: disabled, then the wanted state
     out += [f"service {sid} disabled" for sid in sids if final[sid] != "ignored"]
     out.append("delay 10")

@@ -322,6 +322,18 @@ class World:
         node.shutdown_request = kind
         self.log("info", "hw", f"{name}: {kind} requested")
         self.wake(node, "lrm")
+        self.q.after(ms(self.params.shutdown_timeout), self._shutdown_timeout, node,
+                     node.generation)
+
+    def _shutdown_timeout(self, node: SimNode, gen: int) -> None:
+        """Like systemd's stop timeout: the machine goes down anyway, guests killed hard."""
+        if gen != node.generation or not node.up or not node.shutdown_request:
+            return
+        kind = node.shutdown_request
+        self.log("warn", "hw", f"{node.name}: {kind} timed out; forcing it")
+        self.power_off(node.name, f"{kind} timed out")
+        if kind == "reboot":
+            self.power_on(node.name)
 
     def shutdown_ready(self, node: SimNode) -> None:
         self.q.after(0, self._graceful_off, node, node.generation)

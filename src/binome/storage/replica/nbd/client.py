@@ -202,8 +202,17 @@ class NbdClient:
         """Any command, for protocol tests (e.g. an unknown command number)."""
         return await self._request(cmd, offset, length, flags)
 
-    async def disconnect(self) -> None:
+    def send_disc(self) -> None:
+        """Send NBD_CMD_DISC; replies to earlier requests still arrive, then the server hangs up."""
         self.writer.write(p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_DISC, 0, 0, 0))
+
+    async def closed_by_server(self) -> None:
+        """Wait until the server closed the connection (the reply reader saw EOF)."""
+        if self._reader_task is not None:
+            await asyncio.shield(self._reader_task)
+
+    async def disconnect(self) -> None:
+        self.send_disc()
         await self.writer.drain()
         await self.close()
 
