@@ -62,7 +62,7 @@ from pyghmi.ipmi.command import Command
 
 from binome.fence.result import FenceResult, scrub
 
-__all__ = ["DEFAULT_PORT", "DEFAULT_TIMEOUT", "IpmiFence"]
+__all__ = ["AUTH_CAP_PROBE", "DEFAULT_PORT", "DEFAULT_TIMEOUT", "IpmiFence", "probe"]
 
 log = logging.getLogger(__name__)
 

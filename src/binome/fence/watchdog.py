@@ -294,7 +294,6 @@ class Supervisor:
         self.armed: _Armed | None = None
         self.fired: dict[str, Any] | None = None  # the latched fire, while it holds
         self.last_fire: dict[str, Any] | None = None
-        self.kills: list[dict[str, Any]] = []
         self._stop = False
         self._lock_fd: int | None = None
         self._started = time.monotonic()
@@ -417,7 +416,6 @@ class Supervisor:
                       "last_arm_age": now - state.written_at if state.written_at else None,
                       "killed": killed, "skipped": [r for r in results if r not in killed]}
         self.last_fire = self.fired
-        self.kills = list(killed)
         log.critical("SELF-FENCE: lease not renewed in time (deadline passed %.1f ms ago): "
                      "killed %s; %s", late * 1000,
                      ", ".join(f"VM {r['vmid']} (pid {r['pid']})" for r in killed) or "nothing",

@@ -31,6 +31,7 @@ from binome.ha.model import (
     FenceProof,
     FenceState,
     LrmMode,
+    NodeFacts,
     NodeRecord,
     NodeState,
     RequestedState,
@@ -145,8 +146,8 @@ def _proof(ctx: RoundContext, node: str, rec: NodeRecord) -> tuple[FenceProof, s
         fs = ctx.env.fence_status(node)
         if fs and fs.request_id == rec.fence_request and fs.state == FenceState.CONFIRMED:
             return FenceProof.DEVICE, "fence device confirmed power-off"
-    facts = ctx.facts.get(node)
-    if facts is None or facts.lease_alive:
+    facts = ctx.facts.get(node) or NodeFacts(node, lease_alive=False)  # unknown to the store
+    if facts.lease_alive:
         return None
     lrm = ctx.lrm(node)
     if lrm and lrm.shutdown_done and not lrm.running and not lrm.jobs:

@@ -4,6 +4,7 @@ protocol C, resync of only the changed blocks after a disconnect, split brain.""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import random
 import signal
@@ -285,3 +286,86 @@ def test_split_brain_unresolved_then_manual_recovery(pair):
     wait_for(pair.a, in_sync)
     assert pair.identical()
     assert "Split-Brain detected, manually solved. Sync from peer node" in log_of(pair.b)
+
+
+def test_link_cut_mid_stream_loses_nothing(pair):
+    """Random writes keep flowing while the secondary is killed and comes back: afterwards
+    both replicas equal the oracle (unacknowledged and un-barriered writes were marked
+    out of sync on the primary and resynced)."""
+    synced_pair(pair, size="32M")
+    sock = pair.a.call("status", name="r0")["socket"]
+    size = 32 * MiB
+    model = bytearray(pair.data(pair.a))
+    rng = random.Random(99)
+
+    async def scenario() -> None:
+        c = await NbdClient.connect(sock, "r0")
+        stop = asyncio.Event()
+
+        async def writer() -> None:
+            while not stop.is_set():
+                batch = []
+                for _ in range(16):
+                    length = rng.choice([4096, 16384, 65536, 262144])
+                    off = rng.randrange(0, size - length) // 4096 * 4096
+                    if any(off < o + len(d) and o < off + length for o, d in batch):
+                        continue
+                    data = rng.randbytes(length)
+                    model[off:off + length] = data
+                    batch.append((off, data))
+                await asyncio.gather(*(c.write(o, d) for o, d in batch))
+
+        task = asyncio.ensure_future(writer())
+        try:
+            await asyncio.sleep(0.3)
+            os.kill(pair.b.handle.pid, signal.SIGKILL)           # cut, mid-stream
+            await asyncio.to_thread(pair.b.handle.process.wait)
+            await asyncio.sleep(0.3)                              # writes while disconnected
+            pair.b.handle = await supervisor.ensure_engine(pair.b.state_dir)
+            await asyncio.to_thread(pair.b.call, "up", name="r0")
+            await asyncio.to_thread(wait_for, pair.b, in_sync)
+            await asyncio.sleep(0.2)                              # replicated again
+        finally:
+            stop.set()
+            await task
+        await c.flush()
+        await c.close()
+
+    asyncio.run(scenario())
+    wait_for(pair.a, in_sync)
+    a_data = pair.data(pair.a)
+    assert hashlib.sha256(a_data).digest() == hashlib.sha256(model).digest()
+    assert pair.identical()
+    assert pair.a.call("bitmap", name="r0")["weight"] == 0
+    assert "not acknowledged by a barrier marked out of sync" in log_of(pair.a)
+
+
+def test_unacknowledged_writes_are_marked_and_resynced(pair):
+    """Writes the peer never acknowledged (it is frozen, then killed) complete for the
+    client only once the link is declared lost, and are resynced afterwards."""
+    synced_pair(pair, size="16M")
+    sock = pair.a.call("status", name="r0")["socket"]
+    writes = [(i * 65536, os.urandom(4096)) for i in range(32)]
+
+    async def scenario() -> None:
+        c = await NbdClient.connect(sock, "r0")
+        try:
+            os.kill(pair.b.handle.pid, signal.SIGSTOP)
+            pending = [asyncio.ensure_future(c.write(o, d)) for o, d in writes]
+            done, _ = await asyncio.wait(pending, timeout=0.5)
+            assert not done, "protocol C acknowledged a write the peer never saw"
+            os.kill(pair.b.handle.pid, signal.SIGKILL)
+            await asyncio.to_thread(pair.b.handle.process.wait)
+            async with asyncio.timeout(20):
+                await asyncio.gather(*pending)        # local write done: success (DRBD)
+        finally:
+            await c.close()
+
+    asyncio.run(scenario())
+    bits = pair.a.call("bitmap", name="r0")
+    assert {tuple(r) for r in bits["runs"]} >= {(i * 16, 1) for i in range(32)}
+    pair.b.handle = asyncio.run(supervisor.ensure_engine(pair.b.state_dir))
+    pair.b.call("up", name="r0")
+    wait_for(pair.b, in_sync)
+    wait_for(pair.a, in_sync)
+    assert pair.identical()

@@ -616,25 +616,36 @@ class PeerLink:
 
     def send_out_of_sync(self, offset: int, length: int) -> None:
         """WFBitMapS: the bitmap already left; tell the peer about this block (P_OUT_OF_SYNC)."""
-        self._send(wire.packet(P.OUT_OF_SYNC, wire.RS_ACK.pack(offset, length)))
+        with contextlib.suppress(ConnectionError):   # if the link drops, we keep the bit
+            self._send(wire.packet(P.OUT_OF_SYNC, wire.RS_ACK.pack(offset, length)))
 
     def send_write(self, offset: int, data: memoryview | bytes | None, length: int,
                    flags: int) -> asyncio.Future | None:
-        """Mirror one write (or discard: data None); the future completes per protocol."""
+        """Mirror one write (or discard: data None); the future completes per protocol.
+
+        The write enters the transfer log before it is sent: whatever happens to
+        the link from now on, it is either acknowledged by a barrier or marked
+        out of sync.
+        """
         seq = next(self._seq)
-        hdr = wire.data_header(seq, offset, length, flags)
-        if data is None:
-            self._send(hdr)
-        elif length <= 65536:
-            self._send(hdr + bytes(data))
-        else:
-            # Large payloads live in a buffer of their own (NBD "direct" mode) until the
-            # request completes: hand the view over, the transport copies only what the
-            # socket does not take at once.
-            self._send(hdr)
-            self._send(data)
-        self.vol.counters.ns += length if data is not None else 0
         self._tl[seq] = (offset, length, self._epoch)
+        hdr = wire.data_header(seq, offset, length, flags)
+        try:
+            if data is None:
+                self._send(hdr)
+            elif length <= 65536:
+                self._send(hdr + bytes(data))
+            else:
+                # Large payloads live in a buffer of their own (NBD "direct" mode) until
+                # the request completes: hand the view over, the transport copies only
+                # what the socket does not take at once.
+                self._send(hdr)
+                self._send(data)
+        except ConnectionError:
+            del self._tl[seq]
+            self.vol.mark_out_of_sync(offset, length)
+            return None
+        self.vol.counters.ns += length if data is not None else 0
         self._epoch_writes += 1
         if self._epoch_writes >= self.cfg.max_epoch_size:
             self.send_barrier()         # nobody waits: it only lets the transfer log drain
@@ -652,8 +663,12 @@ class PeerLink:
         """
         fut = asyncio.get_running_loop().create_future()
         epoch = self._epoch
+        try:
+            self._send(wire.packet(P.BARRIER, wire.BARRIER.pack(epoch)))
+        except ConnectionError:
+            fut.set_result(None)        # the link is gone: unflushed writes are marked
+            return fut
         self._barriers.setdefault(epoch, []).append(fut)
-        self._send(wire.packet(P.BARRIER, wire.BARRIER.pack(epoch)))
         self._epoch += 1
         self._epoch_writes = 0
         return fut
