@@ -29,7 +29,7 @@ class Crm:
 
     def _set(self, state: CrmState, why: str) -> None:
         if state != self.state:
-            self.env.log("info", f"crm: {self.state} -> {state} ({why})")
+            self.env.log("info", f"status change {self.state} -> {state} ({why})")
             self.state = state
         if state != CrmState.MASTER:
             self.manager = None

@@ -4,7 +4,8 @@ Like pve-ha-manager's `PVE::HA::Env`, the HA logic never touches a clock, a
 socket, etcd or QEMU directly; it calls an `Env`. Two implementations exist
 (or will): `binome.ha.sim.env.SimEnv` (the deterministic simulator) and the
 etcd-backed adapter of the daemon (see `docs/ha.md`, "Daemon integration").
-One `Env` object serves one node: it knows its own node name.
+An `Env` serves one daemon of one node: it knows its node name and tags the
+log lines it writes with node and daemon (`n1/crm`, `n1/lrm`).
 
 The interface is split by consumer so each side sees only what it needs:
 
@@ -31,7 +32,7 @@ Contract for implementations:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
 from binome.ha.model import (
@@ -153,11 +154,13 @@ class LrmEnv(ClusterEnv, Protocol):
         """Conditional on `revision`; returns the new revision, raises Conflict."""
         ...
 
-    def watchdog_arm(self, deadline: float) -> None:
-        """Arm the watchdog, or push its deadline (absolute monotonic seconds) forward.
+    def watchdog_arm(self, deadline: float, sids: Collection[str]) -> None:
+        """Arm the watchdog, or move its deadline (absolute monotonic seconds), protecting `sids`.
 
-        When the deadline passes without a new call, every HA guest of the
-        node is killed (production: the machine resets).
+        When the deadline passes without a new call, the guests in `sids` are
+        killed (with `/dev/watchdog`, the machine resets). A guest is listed
+        before it starts here (incoming migrations included) and stays listed
+        until it has stopped (`binome.fence.watchdog` has the same rule).
         """
         ...
 

@@ -65,7 +65,7 @@ class Lrm:
 
     def _set(self, state: LrmState, why: str) -> None:
         if state != self.state:
-            self.env.log("info", f"lrm: {self.state} -> {state} ({why})")
+            self.env.log("info", f"status change {self.state} -> {state} ({why})")
             self.state = state
 
     def _lease_ok(self, lease: LeaseInfo, quorate: bool) -> bool:
@@ -76,14 +76,15 @@ class Lrm:
         assert lease.renewed_at is not None
         return lease.renewed_at + self.timers.self_fence_deadline
 
-    def _needs_watchdog(self, ms: ManagerStatus) -> bool:
+    def _protected(self, ms: ManagerStatus) -> set[str]:
+        """HA guests the watchdog must cover: running here, being worked on, or about to be."""
         me = self.env.node
-        for sd in ms.service_status.values():
-            if sd.node == me and sd.state in ACTIVE_STATES:
-                return True
-            if sd.target == me and sd.state == S.MIGRATE:
-                return True
-        return bool(self.env.running_guests() or self.env.jobs())
+        sids = self.env.running_guests() | set(self.env.jobs().values())
+        for sid, sd in ms.service_status.items():
+            if (sd.node == me and sd.state in ACTIVE_STATES) or (
+                    sd.target == me and sd.state == S.MIGRATE):
+                sids.add(sid)
+        return sids
 
     # ------------------------------------------------------------ the round
 
@@ -92,7 +93,7 @@ class Lrm:
         if self.shutdown_signalled:
             return
         if self.armed and env.watchdog_fired():
-            env.log("err", "lrm: the watchdog fired and killed this node's HA guests")
+            env.log("err", "the watchdog fired and killed this node's HA guests")
             self.armed = False
             self._set(LrmState.WAIT_FOR_AGENT_LOCK, "watchdog fired")
         quorate = env.quorate()
@@ -133,7 +134,7 @@ class Lrm:
         self._write_status(ms)
         if self.shutdown_done and not self.shutdown_signalled:
             self.shutdown_signalled = True
-            env.log("info", "lrm: shutdown ready")
+            env.log("info", "shutdown ready")
             env.shutdown_ready()
 
     def _update_mode(self, ms: ManagerStatus, policy: ShutdownPolicy) -> None:
@@ -153,7 +154,7 @@ class Lrm:
         if mode != self.mode:
             why = f"{req} requested, policy {policy}" if req else (
                 "HA disarmed" if mode == LrmMode.DISARM else "HA armed")
-            self.env.log("info", f"lrm: mode {self.mode} -> {mode} ({why})")
+            self.env.log("info", f"mode change {self.mode} -> {mode} ({why})")
             self.mode = mode
 
     def _arm_or_release(self, ms: ManagerStatus, lease: LeaseInfo, lease_ok: bool) -> bool:
@@ -163,10 +164,11 @@ class Lrm:
         in_maintenance = bool(node_rec and node_rec.state == NodeState.MAINTENANCE)
         fenced_view = bool(node_rec and node_rec.state == NodeState.FENCE)
         disarm = ms.disarm is not None or self.mode == LrmMode.DISARM
-        want = self._needs_watchdog(ms) and not disarm
+        protect = self._protected(ms)
+        want = bool(protect) and not disarm
         if self.state in (LrmState.WAIT_FOR_AGENT_LOCK, LrmState.MAINTENANCE):
             if want and lease_ok and not fenced_view:
-                env.watchdog_arm(self._deadline(lease))
+                env.watchdog_arm(self._deadline(lease), protect)
                 self.armed = True
                 self._set(LrmState.ACTIVE, "watchdog armed")
             elif in_maintenance and not want:
@@ -175,7 +177,7 @@ class Lrm:
                 self._set(LrmState.WAIT_FOR_AGENT_LOCK, "maintenance ended")
         elif self.state == LrmState.ACTIVE:
             if want:
-                env.watchdog_arm(self._deadline(lease))
+                env.watchdog_arm(self._deadline(lease), protect)
             elif disarm:
                 # report first: once written, the CRM no longer counts on this watchdog
                 if not self._write_status(ms, armed=False):
@@ -208,7 +210,7 @@ class Lrm:
                     self.results[uid] = LrmResult(sid, "start", ExitCode.SUCCESS,
                                                   "already running")
                 else:
-                    env.log("info", f"lrm: starting {sid}")
+                    env.log("info", f"starting {sid}")
                     env.exec_start(sid, uid)
             elif sd.state in (S.REQUEST_STOP, S.STOPPING):
                 if done:
@@ -216,19 +218,19 @@ class Lrm:
                 if sid not in running:
                     self.results[uid] = LrmResult(sid, "stop", ExitCode.SUCCESS, "not running")
                 else:
-                    env.log("info", f"lrm: stopping {sid}")
+                    env.log("info", f"stopping {sid}")
                     env.exec_stop(sid, uid)
             elif sd.state == S.STOPPED:
                 if sid in running:
-                    env.log("info", f"lrm: {sid} should be stopped; stopping it")
+                    env.log("info", f"{sid} should be stopped; stopping it")
                     env.exec_stop(sid, f"{uid}:ensure-stopped")
             elif sd.state == S.MIGRATE and sd.target:
                 if not done and self.mode in MOVES:
-                    env.log("info", f"lrm: migrating {sid} to {sd.target}")
+                    env.log("info", f"migrating {sid} to {sd.target}")
                     env.exec_migrate(sid, uid, sd.target)
             elif sd.state == S.RELOCATE and sd.target:
                 if not done and self.mode in MOVES:
-                    env.log("info", f"lrm: relocating {sid} to {sd.target}")
+                    env.log("info", f"relocating {sid} to {sd.target}")
                     env.exec_relocate(sid, uid, sd.target)
 
     def _shutdown(self, ms: ManagerStatus, quorate: bool) -> None:
@@ -242,7 +244,7 @@ class Lrm:
                 return  # let the CRM freeze them first, or it would recover them elsewhere
             busy = set(env.jobs().values())
             for sid in sorted(env.running_guests() - busy):
-                env.log("info", f"lrm: stopping {sid} for the node's {self.mode}")
+                env.log("info", f"stopping {sid} for the node's {self.mode}")
                 env.exec_stop(sid, f"shutdown:{sid}")
         elif any((sd.node == me and sd.state in ACTIVE_STATES)
                  or (sd.target == me and sd.state == S.MIGRATE)

@@ -269,9 +269,12 @@ def _recovery(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
         ctx.change(sid, sd, S.ERROR, reason="guest config not found", why="config not found")
         return
     nxt = S.REQUEST_STOP if _wants_stop(ctx, sid) else S.STARTING
-    if owner != sd.node and owner in ctx.placeable():
+    if owner != sd.node:
         # a migration switched over before the node was lost: the guest lives there now
-        ctx.change(sid, sd, nxt, node=owner, why=f"config already on {owner}")
+        if lost(ctx, owner):
+            ctx.change(sid, sd, S.FENCE, node=owner, why=f"its config is on {owner}, lost too")
+        else:
+            ctx.change(sid, sd, nxt, node=owner, why=f"config already on {owner}")
         return
     choice = ctx.place(sid, current=None, stay=False)
     if choice.node is None:

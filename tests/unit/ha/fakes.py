@@ -183,8 +183,8 @@ class FakeEnv:
         self.calls.append(("write_lrm_status", status.watchdog_armed))
         return self.own_revision
 
-    def watchdog_arm(self, deadline: float) -> None:
-        self.calls.append(("watchdog_arm", deadline))
+    def watchdog_arm(self, deadline: float, sids) -> None:
+        self.calls.append(("watchdog_arm", deadline, frozenset(sids)))
         self.watchdog_has_fired = False
 
     def watchdog_disarm(self) -> None:

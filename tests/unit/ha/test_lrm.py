@@ -68,7 +68,17 @@ def test_watchdog_is_armed_before_the_first_start():
     lrm(env).step()
     kinds = [c[0] for c in env.calls]
     assert kinds.index("watchdog_arm") < kinds.index("start")
-    assert env.calls[kinds.index("watchdog_arm")][1] == pytest.approx(99.5 + 3.0)
+    _, deadline, sids = env.calls[kinds.index("watchdog_arm")]
+    assert deadline == pytest.approx(99.5 + 3.0)   # counted from the renewal, not from now
+    assert sids == {"vm:100"}                       # listed before it starts
+
+
+def test_a_migration_target_protects_the_incoming_guest():
+    env = env_with(S.MIGRATE)
+    env.name = "n2"
+    env.status.service_status["vm:100"].target = "n2"
+    lrm(env).step()
+    assert env.executed("watchdog_arm")[0][2] == {"vm:100"}
 
 
 def test_stale_lease_stops_petting_and_acting():

@@ -227,3 +227,26 @@ def test_migrate_onto_an_outdated_copy_is_refused():
     manager(env).round()
     assert svc(env).state == S.STARTED
     assert "refused: no UpToDate replica of vm-101-disk-0 on n1" in env.log_text()
+
+
+def test_a_completed_migration_is_adopted_not_recovered_twice():
+    env = cluster()
+    env.owners["vm:101"] = "n1"   # n2 -> n1 switched over, then n2 died before reporting
+    svc(env).state, svc(env).target = S.MIGRATE, "n1"
+    env.expired("n2", at=env.t - 0.1)
+    manager(env).round()
+    assert (svc(env).state, svc(env).node) == (S.STARTING, "n1")
+    assert not env.executed("move_config")
+
+
+def test_a_config_on_another_lost_node_is_fenced_there_first():
+    env = cluster()
+    env.nodes["n3"] = NodeInfo("n3")
+    env.status.node_status["n3"] = NodeRecord(NodeState.ONLINE)
+    env.alive("n3", renewed=env.t - 3.5)     # silent, lease still valid: maybe alive
+    env.owners["vm:101"] = "n3"              # migrated n2 -> n3, then both were lost
+    svc(env).state, svc(env).target = S.MIGRATE, "n3"
+    env.expired("n2", at=env.t - 0.1)
+    manager(env).round()
+    assert (svc(env).state, svc(env).node) == (S.FENCE, "n3")
+    assert not env.executed("move_config")

@@ -10,7 +10,7 @@ say who spoke.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 from binome.ha.env import Conflict, EnvUnavailable
@@ -201,8 +201,8 @@ class SimEnv:
         self.world.wake_all("crm")
         return rev
 
-    def watchdog_arm(self, deadline: float) -> None:
-        self.world.watchdog_arm(self._hw, ms(deadline))
+    def watchdog_arm(self, deadline: float, sids: Collection[str]) -> None:
+        self.world.watchdog_arm(self._hw, ms(deadline), frozenset(sids))
 
     def watchdog_disarm(self) -> None:
         self._hw.watchdog.armed = False

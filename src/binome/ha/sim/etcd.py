@@ -61,8 +61,13 @@ class VirtualEtcd:
         self.leases: dict[int, Lease] = {}
         self._next_lease = 1
         self.lease_gone: dict[str, tuple[int, bool]] = {}   # owner -> (when, expired?)
+        self._quorate: dict[str, bool] = {}    # cache, valid until invalidate() or a new leader
 
     # ------------------------------------------------------------ membership and quorum
+
+    def invalidate(self) -> None:
+        """The world's topology changed (power, links, partitions): forget cached answers."""
+        self._quorate.clear()
 
     def reach(self, a: str, b: str) -> bool:
         return (a == b and self._up(a)) or (self._up(a) and self._up(b) and self._reach(a, b))
@@ -72,13 +77,18 @@ class VirtualEtcd:
                 and sum(self.reach(member, m) for m in self.members) > len(self.members) // 2)
 
     def quorate(self, member: str) -> bool:
-        return self.leader is not None and self.reach(member, self.leader)
+        cached = self._quorate.get(member)
+        if cached is None:
+            cached = self.leader is not None and self.reach(member, self.leader)
+            self._quorate[member] = cached
+        return cached
 
     def refresh(self, now: int) -> int | None:
         """Re-evaluate leadership; returns when to call again to finish an election."""
         if self.leader is not None and not self.can_lead(self.leader):
             self._log("warn", f"leader {self.leader} lost its majority; election started")
             self.leader = None
+            self.invalidate()
             self.electing_since = now
         if self.leader is not None:
             return None
@@ -91,6 +101,7 @@ class VirtualEtcd:
         if now - self.electing_since < self.election:
             return self.electing_since + self.election
         self.leader = candidates[0]
+        self.invalidate()
         self.electing_since = None
         for lease in self.leases.values():
             lease.expiry = max(lease.expiry, now + lease.ttl)
@@ -101,6 +112,7 @@ class VirtualEtcd:
         """At time 0 the cluster is already formed: no election delay."""
         candidates = [m for m in self.preference if self.can_lead(m)]
         self.leader = candidates[0] if candidates else None
+        self.invalidate()
 
     # ------------------------------------------------------------ keys
 

@@ -74,11 +74,13 @@ class Guests:
             self.world.log("info", "guest", f"{sid} on {node}: {old or 'off'} -> "
                                             f"{state or 'off'} ({why})")
         self.world.invariants.guest_changed(sid)
+        self.world.replicas_dirty = True
 
-    def kill_all(self, node: str, why: str) -> list[str]:
+    def kill_all(self, node: str, why: str, only: frozenset[str] | None = None) -> list[str]:
+        """Kill the guests of `node` (only those in `only`, when given: a watchdog's list)."""
         killed = []
         for sid, inst in sorted(self.instances.items()):
-            if node in inst:
+            if node in inst and (only is None or sid in only):
                 if inst[node] in RUNNING_STATES:
                     killed.append(sid)
                 self._set(sid, node, None, why)
@@ -109,8 +111,10 @@ class Guests:
         if state == "running":
             self._result(node, uid, sid, "start", ExitCode.SUCCESS, "already running")
             return
-        if node.spec.watchdog and (not node.watchdog.armed or node.watchdog.fired):
-            self._result(node, uid, sid, "start", ExitCode.ERROR, "watchdog not armed")
+        wd = node.watchdog
+        if node.spec.watchdog and (not wd.armed or wd.fired or sid not in wd.sids):
+            self._result(node, uid, sid, "start", ExitCode.ERROR,
+                         "not protected by an armed watchdog")
             return
         stale = [f"{v} is {d.get(node.name)}" for v, d in sorted(w.replicas.states(sid).items())
                  if d.get(node.name) != "UpToDate"]
@@ -207,8 +211,9 @@ class Guests:
             why = "target instance vanished"
         elif not tnode.up or not w.reach(node.name, target):
             why = f"{target} unreachable"
-        elif tnode.spec.watchdog and (not tnode.watchdog.armed or tnode.watchdog.fired):
-            why = f"{target}'s watchdog is not armed"
+        elif tnode.spec.watchdog and (not tnode.watchdog.armed or tnode.watchdog.fired
+                                      or sid not in tnode.watchdog.sids):
+            why = f"{target}'s watchdog does not protect it"
         elif not w.repl_connected(node.name, target) or not w.replicas.all_uptodate(sid, target):
             why = f"replicas on {target} not connected and UpToDate"
         elif self.instances[sid].get(node.name) != "running":

@@ -21,6 +21,7 @@ class Watchdog:
     armed: bool = False
     deadline: int = 0     # ms
     fired: bool = False
+    sids: frozenset[str] = frozenset()   # the guests it kills when it fires
 
 
 @dataclass

@@ -58,14 +58,15 @@ def generate(seed: int) -> RandomCase:
         spec: dict = {}
         if rng.random() < 0.6:
             spec["fence_device"] = {"delay": rng.choice([0.5, 1.0, 2.0])}
-        if rng.random() < 0.1:
+        if rng.random() < 0.25:  # where only a fence device (or nothing) can prove death
             spec["watchdog"] = False
         nodes[name] = spec
     cluster = {"nodes": nodes, "witness": witness,
                "shutdown_policy": rng.choice(["conditional", "freeze", "failover", "migrate"]),
                "sim": {"node_boot": 10.0}}
-    if rng.random() < 0.3:
-        cluster["timers"] = rng.choice([{"fence_delay": 2.0}, {"keepalive_interval": 0.5},
+    if rng.random() < 0.4:  # also fence_delay < self_fence_deadline: fencing races the watchdog
+        cluster["timers"] = rng.choice([{"fence_delay": 2.0}, {"fence_delay": 2.0},
+                                        {"keepalive_interval": 0.5},
                                         {"lease_ttl": 8.0, "self_fence_deadline": 5.0}])
     members = names + ([witness] if witness else [])
     groups = {}
@@ -101,7 +102,7 @@ def _fault(rng: random.Random, names: list[str], members: list[str], sids: list[
     kind = rng.choices(
         ["power", "network", "link", "partition", "fence", "pause", "shutdown", "state",
          "move", "fails", "crash", "maintenance", "disarm"],
-        weights=[12, 12, 6, 4, 6, 4, 4, 8, 8, 2, 3, 4, 1])[0]
+        weights=[12, 16, 6, 6, 6, 6, 4, 8, 8, 2, 3, 4, 1])[0]
     if kind == "power":
         return f"power {member} {onoff}"
     if kind == "network":

@@ -70,6 +70,8 @@ class World:
         self.replicas = Replicas({s.config.sid: s.volumes for s in services.services},
                                  log=lambda level, msg: self.log(level, "replica", msg))
         self._quorate: dict[str, bool] = {}
+        self.replicas_dirty = True          # replication rules must be re-applied
+        self._resync_due: int | None = None
         self._timers_pending: set[tuple[str, Any]] = set()
         self._command_seq = 0
         self.etcd.boot_leader()
@@ -124,6 +126,10 @@ class World:
             fn(*args)
         self.q.at(time, fire)
 
+    def topology_changed(self) -> None:
+        self.etcd.invalidate()
+        self.replicas_dirty = True
+
     def after_event(self) -> None:
         now = self.q.now
         leader = self.etcd.leader
@@ -137,15 +143,20 @@ class World:
             quorate = self.etcd.quorate(name)
             if self._quorate.get(name) != quorate:
                 self._quorate[name] = quorate
+                self.replicas_dirty = True
                 self.log("info" if quorate else "warn", "etcd",
                          f"{name}: {'quorate' if quorate else 'no quorum'}")
                 if name in self.nodes:
                     self.wake(self.nodes[name], "crm")
                     self.wake(self.nodes[name], "lrm")
-        done = self.replicas.update(now, self.guests.primary, self.repl_connected,
-                                    self.etcd.quorate, ms(self.params.resync_time))
-        if done is not None:
-            self._once(("resync", done), done, lambda: None)
+        due = self._resync_due is not None and now >= self._resync_due
+        if self.replicas_dirty or due:
+            self.replicas_dirty = False
+            self._resync_due = self.replicas.update(now, self.guests.primary, self.repl_connected,
+                                                    self.etcd.quorate,
+                                                    ms(self.params.resync_time))
+            if self._resync_due is not None:
+                self._once(("resync", self._resync_due), self._resync_due, lambda: None)
 
     def run_until(self, until: int) -> None:
         while (t := self.q.next_time()) is not None and t <= until:
@@ -244,6 +255,7 @@ class World:
         if not member.power:
             return
         member.power = member.up = False
+        self.topology_changed()
         self.log("info", "hw", f"{name} powered off ({why})")
         node = self.nodes.get(name)
         if node is not None:
@@ -283,16 +295,19 @@ class World:
             member.up = True
         else:
             self._boot(node)
+        self.topology_changed()
 
     def set_link(self, name: str, link: str, on: bool) -> None:
         member = self.members[name]
         attr = "cluster_link" if link == "cluster" else "replication_link"
         if getattr(member, attr) != on:
             setattr(member, attr, on)
+            self.topology_changed()
             self.log("info", "hw", f"{name}: {link} link {'up' if on else 'down'}")
 
     def partition(self, a: str, b: str, cut: bool) -> None:
         pair = frozenset((a, b))
+        self.topology_changed()
         if cut and pair not in self.cuts:
             self.cuts.add(pair)
             self.log("info", "hw", f"cluster network cut between {a} and {b}")
@@ -354,11 +369,11 @@ class World:
 
     # ------------------------------------------------------------ watchdog
 
-    def watchdog_arm(self, node: SimNode, deadline: int) -> None:
+    def watchdog_arm(self, node: SimNode, deadline: int, sids: frozenset[str]) -> None:
         if not node.spec.watchdog:
             return  # this node has no watchdog: arming does nothing, and it never fires
         wd = node.watchdog
-        wd.armed, wd.fired, wd.deadline = True, False, deadline
+        wd.armed, wd.fired, wd.deadline, wd.sids = True, False, deadline, sids
         self._once(("watchdog", node.name, node.generation), deadline, self._watchdog_check,
                    node, node.generation)
 
@@ -371,11 +386,12 @@ class World:
             return
         wd.armed, wd.fired = False, True
         for job in node.jobs.values():
-            if job.kind == "migrate" and job.target:
+            if job.kind == "migrate" and job.target and job.sid in wd.sids:
                 if self.guests.instances[job.sid].get(job.target) == "incoming":
                     self.guests._set(job.sid, job.target, None, "migration source self-fenced")
-        killed = self.guests.kill_all(node.name, "watchdog")
-        node.jobs, node.results = {}, {}
+        killed = self.guests.kill_all(node.name, "watchdog", only=wd.sids)
+        node.jobs = {u: j for u, j in node.jobs.items() if j.sid not in wd.sids}
+        node.results = {}
         last = "never" if node.renewed_at is None else f"{node.renewed_at / 1000:.2f}"
         self.log("warn", "watchdog", f"{node.name}: self-fence (last lease renewal {last}): "
                                      f"killed {', '.join(killed) or 'nothing'}")
