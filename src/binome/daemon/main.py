@@ -84,6 +84,8 @@ async def run(cfg: NodeConfig) -> None:
     await server.start()
     try:
         await services.cluster.start()
+        if services.volumes is not None:
+            await services.volumes.start()    # adopts (or starts) the volume engine
         if services.guests is not None:
             await services.guests.start()
         sampler = asyncio.create_task(sample_forever(
@@ -100,6 +102,8 @@ async def run(cfg: NodeConfig) -> None:
         await services.tasks.shutdown()
         if services.guests is not None:
             await services.guests.stop()   # detaches from guests; they keep running
+        if services.volumes is not None:
+            await services.volumes.stop()  # stops watching; the engine keeps serving
         await services.cluster.stop()
         pidfile.unlink(missing_ok=True)
 

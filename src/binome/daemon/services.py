@@ -17,7 +17,9 @@ from binome.config import NodeConfig
 from binome.daemon.hostinfo import HostInfo
 from binome.daemon.rrd import RrdStore
 from binome.guest.service import GuestService
+from binome.storage import replicated
 from binome.storage.manager import StorageManager
+from binome.storage.replica.service import VolumeService
 from binome.tasks.clusterlog import ClusterLog
 from binome.tasks.manager import TaskManager
 
@@ -36,7 +38,12 @@ class Services:
         self.rrd = RrdStore()
         self.storages = StorageManager(config.name, config.state_dir, self.cluster)
         self.guests: GuestService | None = None
+        self.volumes: VolumeService | None = None
         if config.role == "node":
+            # replicated volumes: the engine runs apart from the daemon (it outlives it)
+            self.volumes = VolumeService(config.name, config.state_dir, self.cluster,
+                                         self.clusterlog)
+            replicated.bind(self.volumes)
             from binome.guest.runtime import QemuRuntime
 
             runtime = QemuRuntime(config.run_dir / "qemu")

@@ -127,7 +127,12 @@ class CrmEnv(ClusterEnv, Protocol):
         ...
 
     def node_facts(self) -> dict[str, NodeFacts]:
-        """Lease state of every cluster node."""
+        """Lease state of every cluster node.
+
+        `last_renewal` must be the store's time of the node's latest renewal
+        (not `expiry - ttl`: etcd pushes expiries forward on a leader change).
+        A node missing from the mapping is taken to hold no lease at all.
+        """
         ...
 
     def read_lrm_statuses(self) -> dict[str, LrmStatus]: ...
@@ -146,7 +151,9 @@ class CrmEnv(ClusterEnv, Protocol):
 
 
 class LrmEnv(ClusterEnv, Protocol):
-    def own_lease(self) -> LeaseInfo: ...
+    def own_lease(self) -> LeaseInfo:
+        """This node's lease; `renewed_at` is when the last successful renewal was *sent*."""
+        ...
 
     def read_lrm_status(self) -> tuple[LrmStatus | None, int]: ...
 
@@ -182,7 +189,11 @@ class LrmEnv(ClusterEnv, Protocol):
         """HA guests running (or booting) on this node."""
         ...
 
-    def exec_start(self, sid: str, uid: str) -> None: ...
+    def exec_start(self, sid: str, uid: str) -> None:
+        """Start the guest; the executor refuses (result ERROR/EWRONG_NODE) when the config
+        is not on this node, the watchdog does not protect `sid`, or a replica is not
+        UpToDate."""
+        ...
 
     def exec_stop(self, sid: str, uid: str) -> None: ...
 

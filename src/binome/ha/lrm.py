@@ -122,6 +122,8 @@ class Lrm:
             policy = env.read_settings().shutdown_policy
         except EnvUnavailable:
             return
+        if self.written is None and not self._write_status(ms):
+            return  # a new life reports itself before acting: no stale report may stand
         self._update_mode(ms, policy)
         if not self._arm_or_release(ms, lease, lease_ok):
             return

@@ -285,7 +285,6 @@ class NodeRecord:
     since: float = 0.0
     fence_request: str | None = None     # fence device request id in flight / last used
     fence_requested_at: float | None = None
-    fence_failed: bool = False           # the last device attempt failed
     reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -298,7 +297,6 @@ class NodeRecord:
         return cls(state=NodeState(data["state"]), since=float(data.get("since", 0.0)),
                    fence_request=data.get("fence_request"),
                    fence_requested_at=data.get("fence_requested_at"),
-                   fence_failed=bool(data.get("fence_failed", False)),
                    reason=data.get("reason"))
 
 

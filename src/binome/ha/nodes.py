@@ -150,7 +150,10 @@ def _proof(ctx: RoundContext, node: str, rec: NodeRecord) -> tuple[FenceProof, s
     if facts.lease_alive:
         return None
     lrm = ctx.lrm(node)
-    if lrm and lrm.shutdown_done and not lrm.running and not lrm.jobs:
+    if (lrm and lrm.shutdown_done and not lrm.running and not lrm.jobs
+            and facts.lease_gone_at is not None and not facts.lease_expired):
+        # released, not expired: the release follows the report (a new life of the node
+        # rewrites its report before it does anything, so this one is not stale)
         return FenceProof.SHUTDOWN, "clean shutdown, lease released"
     if not _watchdog_trusted(ctx, node):
         return None
@@ -233,9 +236,7 @@ def fence_nodes(ctx: RoundContext) -> bool:
         if rec.state != NodeState.FENCE:
             _set(ctx, node, rec, NodeState.FENCE,
                  f"services to recover: {', '.join(waiting[node])}")
-            if node in ctx.nodes and ctx.nodes[node].fence_device:
-                rec.fence_request = None
-                rec.fence_failed = False
+            rec.fence_request = rec.fence_requested_at = None
     for node, rec in sorted(status.node_status.items()):
         if rec.state != NodeState.FENCE or node not in ctx.nodes:
             continue
@@ -245,7 +246,6 @@ def fence_nodes(ctx: RoundContext) -> bool:
             ctx.log("info", f"node {node}: fenced ({kind}: {detail})")
             rec.state, rec.since, rec.reason = NodeState.UNKNOWN, ctx.now, f"fenced by {kind}"
             rec.fence_request = rec.fence_requested_at = None
-            rec.fence_failed = False
             for sid in waiting.get(node, []):
                 ctx.change(sid, status.service_status[sid], ServiceState.RECOVERY,
                            why=f"{node} fenced by {kind}")

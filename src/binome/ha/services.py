@@ -94,7 +94,12 @@ def _starting(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
         ctx.change(sid, sd, S.STARTED, new_uid=False)
         return
     if res.exit_code == ExitCode.EWRONG_NODE:
-        ctx.change(sid, sd, S.ERROR, why=f"start on {sd.node}: {res.message}")
+        owner = ctx.env.service_config_node(sid)
+        if owner is not None and owner != sd.node and not lost(ctx, owner):
+            ctx.change(sid, sd, S.STARTING, node=owner, why=f"its config is on {owner}")
+        else:
+            ctx.change(sid, sd, S.ERROR, reason=res.message,
+                       why=f"start on {sd.node}: {res.message}")
         return
     _start_failed(ctx, sid, sd, res.message)
 
@@ -220,12 +225,20 @@ def _stopped(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
 # ---------------------------------------------------------------- moving
 
 
+def _moved(ctx: RoundContext, sid: str, sd: ServiceStatus, code: ExitCode) -> bool:
+    """Success, or a re-run of a move that had already switched over (its result was lost,
+    e.g. the node reset before reporting): the config on the target says it happened."""
+    if code == ExitCode.SUCCESS:
+        return True
+    return code == ExitCode.EWRONG_NODE and ctx.env.service_config_node(sid) == sd.target
+
+
 def _migrate(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
     res = ctx.result(sd.node, sd.uid)
     if res is None:
         return
     target = sd.target
-    if res.exit_code == ExitCode.SUCCESS and target is not None:
+    if _moved(ctx, sid, sd, res.exit_code) and target is not None:
         if sd.maintenance_node == target:
             sd.maintenance_node = None
         nxt = S.REQUEST_STOP if _wants_stop(ctx, sid) else S.STARTED
@@ -243,7 +256,7 @@ def _relocate(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
     if res is None:
         return
     target = sd.target
-    if res.exit_code == ExitCode.SUCCESS and target is not None:
+    if _moved(ctx, sid, sd, res.exit_code) and target is not None:
         if _wants_stop(ctx, sid):
             ctx.change(sid, sd, S.REQUEST_STOP, node=target, why="relocated")
         else:

@@ -28,10 +28,11 @@ The relations `validate()` enforces, and why:
 
 Expected failover with the defaults (node dies at T, its last renewal was
 at T - d with 0 <= d < keepalive_interval, guest boot B = 3.5 s): with a
-working fence device, T - d + fence_delay (3) + a round (<= 1) + device
-power-off (~1) + B, about 7.5-8.5 s; with the watchdog guarantee only,
-T - d + lease_ttl (5) + B (lease expiry wakes the CRM), about 7.6-8.6 s; when
-the master itself dies its lock goes with its lease: the same 7.6-8.6 s.
+working fence device, T - d + fence_delay (3) + the next round + device
+power-off (~1 s) + B: 6.7-7.7 s in the simulator; with the watchdog guarantee
+only, T - d + lease_ttl (5) + B (lease expiry wakes the CRM): 7.6-8.6 s; when
+the master itself dies its lock goes with its lease: the same 7.6-8.6 s
+(`python -m binome.ha.sim.failover`).
 """
 
 from __future__ import annotations

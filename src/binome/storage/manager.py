@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING
 
 from binome.storage.base import Storage, StorageConfig, StorageError
 from binome.storage.dir import DirStorage
+from binome.storage.replicated import ReplicatedStorage
 from binome.store import keys
 
 if TYPE_CHECKING:
     from binome.cluster.service import ClusterService
 
-BACKENDS: dict[str, type[Storage]] = {"dir": DirStorage}
+BACKENDS: dict[str, type[Storage]] = {"dir": DirStorage, "replicated": ReplicatedStorage}
 
 
 class StorageManager:

@@ -103,3 +103,12 @@ def volume(engine: EngineProc) -> Iterator[Callable[..., Vol]]:
             engine.call("down", name=name, force=True)
         with contextlib.suppress(control.ControlError, OSError):
             engine.call("delete", name=name, remove_data=True)
+
+
+@pytest.fixture
+def pair() -> Iterator[Any]:
+    """Two engines of their own (tests kill and restart them)."""
+    from tests.integration.replica.pairs import Pair
+
+    with running_engine() as a, running_engine() as b:
+        yield Pair(a, b)

@@ -189,3 +189,13 @@ def test_failover_shutdown_stops_guests_then_declares_ready():
     agent.step()
     assert env.executed("shutdown_ready")
     assert env.own_status.shutdown_done
+
+
+def test_a_new_life_reports_before_it_acts():
+    env = env_with(S.STARTING)
+    env.own_status = LrmStatus("n1", shutdown_done=True)   # the report of its previous life
+    lrm(env).step()
+    kinds = [c[0] for c in env.calls]
+    assert kinds[0] == "write_lrm_status" and kinds.index("write_lrm_status") < kinds.index(
+        "watchdog_arm") < kinds.index("start")
+    assert env.own_status.shutdown_done is False

@@ -16,6 +16,7 @@ from binome.ha.model import (
     LrmState,
     LrmStatus,
     ManagerStatus,
+    NodeFacts,
     NodeInfo,
     NodeRecord,
     NodeState,
@@ -250,3 +251,25 @@ def test_a_config_on_another_lost_node_is_fenced_there_first():
     manager(env).round()
     assert (svc(env).state, svc(env).node) == (S.FENCE, "n3")
     assert not env.executed("move_config")
+
+
+def test_a_migration_rerun_after_a_lost_result_is_recognised():
+    """The source reset after the switch-over: its re-run finds the config gone (EWRONG_NODE)."""
+    env = cluster()
+    svc(env).state, svc(env).target, svc(env).uid = S.MIGRATE, "n1", "u5"
+    env.owners["vm:101"] = "n1"
+    env.lrms["n2"].results = {"u5": LrmResult("vm:101", "migrate", ExitCode.EWRONG_NODE, "x")}
+    manager(env).round()
+    assert (svc(env).state, svc(env).node) == (S.STARTED, "n1")
+
+
+def test_a_clean_shutdown_report_proves_nothing_once_the_lease_expired():
+    """Only a released lease follows the report; an expired one may belong to a later life."""
+    env = cluster(watchdog=False)
+    env.lrms["n2"] = LrmStatus("n2", shutdown_done=True)
+    env.expired("n2", at=env.t - 0.1)
+    manager(env).round()
+    assert svc(env).state == S.FENCE and not env.executed("move_config")
+    env.facts["n2"] = NodeFacts("n2", False, lease_gone_at=env.t, lease_expired=False)
+    manager(env).round()
+    assert svc(env).state == S.STARTING and svc(env).node == "n1"

@@ -30,7 +30,7 @@ def roundtrip(obj):
 
 def test_manager_status_roundtrip():
     ms = ManagerStatus(master_node="n1", next_uid=7,
-                       node_status={"n1": NodeRecord(NodeState.FENCE, 3.0, "n1#2", 2.0, True, "x")},
+                       node_status={"n1": NodeRecord(NodeState.FENCE, 3.0, "n1#2", 2.0, "x")},
                        node_request={"n2": {"maintenance": True}},
                        service_status={"vm:100": ServiceStatus(
                            ServiceState.RECOVERY, "n1", "u6", None, ["n2"], 1, "why", "n2", 4.5,

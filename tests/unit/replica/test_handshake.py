@@ -138,7 +138,17 @@ def test_dry_run_only_reports():
     assert "dry-run connect: Would become SyncTarget, doing a bit-map based resync." in out.log
 
 
-def test_connected_with_stray_bits_is_logged():
+def test_stray_bits_with_equal_generations_are_resynced():
+    """A fenced Primary's peer came back before fencing decided: the bits are resynced."""
     out = hs(G(A), G(A), mine=12)
-    assert out.conn == ConnState.Connected
+    assert out.conn == ConnState.WFBitMapS and out.result == Sync.SOURCE_BITMAP
     assert "No resync, but 12 bits in bitmap!" in out.log
+    # mirrored on the other side; the Primary wins over the bit count, then the tie flag
+    assert hs(G(A), G(A), theirs=12).conn == ConnState.WFBitMapT
+    assert hs(G(A), G(A), mine=12, peer_pri=True).conn == ConnState.WFBitMapT
+    assert hs(G(A), G(A), mine=3, theirs=3, tie=True).conn == ConnState.WFBitMapS
+    assert hs(G(A), G(A), mine=3, theirs=3, tie=False).conn == ConnState.WFBitMapT
+    # never from an Inconsistent side
+    out = hs(G(A), G(A), mine=12, my_disk=DiskState.Inconsistent,
+             peer_disk=DiskState.Inconsistent)
+    assert out.conn == ConnState.Connected

@@ -9,4 +9,5 @@ from binome.api.methods import (  # noqa: F401
     storage,
     tasks,
     version,
+    volumes,
 )

@@ -151,8 +151,11 @@ def _heal(names: list[str], members: list[str], nodes: dict, sids: list[str],
     out += [f"node-maintenance disable {n}" for n in names]
     final = {sid: rng.choice(["started"] * 3 + ["stopped", "ignored"]) for sid in sids}
     out.append("delay 30")
-    # a node powered on while the master was fencing it is off again (device action off)
+    # a node powered on while the master was fencing it is off again (device action off);
+    # admin commands refused while quorum was still missing are given again
     out += [f"power {m} on" for m in members]
+    out.append("crm arm")
+    out += [f"node-maintenance disable {n}" for n in names]
     # the documented way out of `error`: disabled, then the wanted state
     out += [f"service {sid} disabled" for sid in sids if final[sid] != "ignored"]
     out.append("delay 10")

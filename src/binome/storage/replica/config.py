@@ -130,7 +130,10 @@ class VolumeConfig:
 
     def save(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w") as f:
+        # 0600: the file holds the replication secret.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with open(fd, "w") as f:
             f.write(self.to_json())
             f.flush()
             os.fsync(f.fileno())

@@ -7,6 +7,11 @@ Response: {"id": 7, "ok": true, "result": {...}}
 A connection may send many requests; they are answered in order. The socket
 is a unix socket with mode 0600 (only root, i.e. `binomed`, talks to it).
 `ControlClient` is the asyncio client the daemon and the tests use.
+
+A command may answer with a stream (`events`): the reply is
+`{"id": 7, "ok": true, "result": {"stream": true}}`, then one JSON object per
+line for as long as the client stays connected (the connection then carries
+nothing else). `ControlClient.stream` reads them.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 log = logging.getLogger("binome.replica.control")
@@ -33,6 +38,13 @@ class ControlError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class Stream:
+    """A streaming answer: the server writes every object `source` yields, one per line."""
+
+    def __init__(self, source: AsyncIterator[dict[str, Any]]) -> None:
+        self.source = source
 
 
 class ControlServer:
@@ -63,6 +75,12 @@ class ControlServer:
         try:
             while line := await reader.readline():
                 reply = await self._answer(line)
+                stream = reply.get("result")
+                if isinstance(stream, Stream):
+                    reply["result"] = {"stream": True}
+                    writer.write(json.dumps(reply).encode() + b"\n")
+                    await self._stream(stream, reader, writer)
+                    return
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
@@ -70,6 +88,34 @@ class ControlServer:
         finally:
             self._clients.discard(task)
             writer.close()
+
+    @staticmethod
+    async def _stream(stream: Stream, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        """Copy the stream to the client until either side ends it."""
+        hangup = asyncio.ensure_future(reader.read())    # EOF: the client went away
+        items = stream.source.__aiter__()
+        try:
+            while True:
+                nxt = asyncio.ensure_future(items.__anext__())
+                await asyncio.wait({nxt, hangup}, return_when=asyncio.FIRST_COMPLETED)
+                if not nxt.done():
+                    nxt.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await nxt
+                    return
+                try:
+                    item = nxt.result()
+                except StopAsyncIteration:
+                    return
+                writer.write(json.dumps(item).encode() + b"\n")
+                await writer.drain()
+        finally:
+            hangup.cancel()
+            aclose = getattr(stream.source, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
 
     async def _answer(self, line: bytes) -> dict[str, Any]:
         rid = None
@@ -120,6 +166,15 @@ class ControlClient:
         if not reply["ok"]:
             raise ControlError(reply.get("code", "EIO"), reply.get("error", "unknown error"))
         return reply["result"]
+
+    async def stream(self, cmd: str, **args: Any) -> AsyncIterator[dict[str, Any]]:
+        """Start a streaming command (`events`) and yield its objects until EOF.
+
+        The connection is dedicated to the stream from then on.
+        """
+        await self.call(cmd, **args)
+        while line := await self._reader.readline():
+            yield json.loads(line)
 
     async def close(self) -> None:
         self._writer.close()

@@ -10,33 +10,42 @@ guest I/O) and is re-adopted by it through the control socket (see
     <state>/nbd/<name>.sock      NBD export of an up volume (default location)
 
 Commands (DRBD's verbs where they exist): ping, list, create, delete, up,
-down, connect, disconnect, primary, secondary, outdate, status, proc, bitmap,
-write-bitmap, shutdown. `up` attaches the disk, opens the NBD socket and, for
-a volume with a network configuration, starts connecting to the peer; the
-volume starts Secondary; only a Primary serves I/O. What `up` brought up is
-not remembered across an engine restart: the daemon, which owns the desired
-state, issues `up` again (a volume that was Primary comes back with the
-crashed-primary flag, as in DRBD).
+down, connect, disconnect, primary, secondary, outdate, invalidate,
+invalidate-remote, pause-sync, resume-sync, status, proc, bitmap,
+write-bitmap, shutdown; for the daemon's quorum fencing: peer-outdated (the
+fence-peer handler succeeded), outdated-by-peer (the peer fenced us first),
+set-fencing (standalone mode); and `events`, a stream of every state change
+(one status object per change, preceded by one per up volume).
+
+`up` attaches the disk, opens the NBD socket and, for a volume with a
+network configuration, starts connecting to the peer; the volume starts
+Secondary; only a Primary serves I/O. What `up` brought up is not remembered
+across an engine restart: the daemon, which owns the desired state, issues
+`up` again (a volume that was Primary comes back with the crashed-primary
+flag, as in DRBD).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from binome.storage.replica import format as fmt
 from binome.storage.replica.config import ConfigError, VolumeConfig, parse_size
-from binome.storage.replica.control import ControlError, ControlServer
+from binome.storage.replica.control import ControlError, ControlServer, Stream
 from binome.storage.replica.states import StateError
 from binome.storage.replica.volume import Volume, VolumeError
 
 log = logging.getLogger("binome.replica.engine")
 
-VERSION = "0.1"
+VERSION = fmt.VERSION
+EVENT_QUEUE = 10000        # a subscriber this far behind is dropped (it re-reads status)
 
 
 class Engine:
@@ -49,13 +58,18 @@ class Engine:
         self._locks: dict[str, asyncio.Lock] = {}
         self._control = ControlServer(self.handle)
         self.stopped = asyncio.Event()
+        self._subscribers: set[asyncio.Queue] = set()
         self._commands: dict[str, Callable[..., Awaitable[Any]]] = {
             "ping": self.ping, "list": self.list_volumes, "create": self.create,
             "delete": self.delete, "up": self.up, "down": self.down, "primary": self.primary,
             "connect": self.connect, "disconnect": self.disconnect,
             "secondary": self.secondary, "outdate": self.outdate, "status": self.status,
             "proc": self.proc, "bitmap": self.bitmap, "write-bitmap": self.write_bitmap,
-            "shutdown": self.shutdown,
+            "shutdown": self.shutdown, "invalidate": self.invalidate,
+            "invalidate-remote": self.invalidate_remote, "pause-sync": self.pause_sync,
+            "resume-sync": self.resume_sync, "peer-outdated": self.peer_outdated,
+            "outdated-by-peer": self.outdated_by_peer, "set-fencing": self.set_fencing,
+            "events": self.events,
         }
 
     async def start(self) -> None:
@@ -175,6 +189,7 @@ class Engine:
             if name in self.volumes:
                 return self.volumes[name].status()
             vol = Volume(self._config(name))
+            vol.on_change = self._changed
             await vol.attach()
             try:
                 await vol.start_export()
@@ -184,6 +199,7 @@ class Engine:
                 await vol.detach()
                 raise
             self.volumes[name] = vol
+            self._changed(vol)
             return vol.status()
 
     async def connect(self, name: str, discard_my_data: bool = False,
@@ -211,6 +227,7 @@ class Engine:
                 await vol.demote()
             await vol.detach()
             del self.volumes[name]
+            self._publish({"event": "down", "name": name})
 
     async def primary(self, name: str, force: bool = False) -> dict[str, Any]:
         async with self._lock(name):
@@ -230,6 +247,85 @@ class Engine:
             await vol.outdate()
             return vol.status()
 
+    async def invalidate(self, name: str) -> dict[str, Any]:
+        async with self._lock(name):
+            vol = self._up(name)
+            await vol.invalidate()
+            return vol.status()
+
+    async def invalidate_remote(self, name: str) -> dict[str, Any]:
+        async with self._lock(name):
+            vol = self._up(name)
+            await vol.invalidate_remote()
+            return vol.status()
+
+    async def pause_sync(self, name: str) -> dict[str, Any]:
+        vol = self._up(name)
+        vol.pause_sync(True)
+        return vol.status()
+
+    async def resume_sync(self, name: str) -> dict[str, Any]:
+        vol = self._up(name)
+        vol.pause_sync(False)
+        return vol.status()
+
+    async def peer_outdated(self, name: str, by: str = "") -> dict[str, Any]:
+        """The fence-peer handler (the daemon) recorded the peer's copy Outdated."""
+        async with self._lock(name):
+            vol = self._up(name)
+            changed = await vol.peer_outdated(by)
+            return {**vol.status(), "changed": changed}
+
+    async def outdated_by_peer(self, name: str, by: str = "") -> dict[str, Any]:
+        """The cluster says this copy is Outdated (the peer fenced it): refuse to serve."""
+        async with self._lock(name):
+            vol = self._up(name)
+            await vol.outdated_by_peer(by)
+            return vol.status()
+
+    async def set_fencing(self, name: str, fencing: str) -> dict[str, Any]:
+        """Change the fencing policy (persisted); `dont-care` is the standalone mode."""
+        async with self._lock(name):
+            cfg = dataclasses.replace(self._config(name), fencing=fencing)
+            cfg.validate()
+            cfg.save(self._dir(name) / "volume.json")
+            vol = self.volumes.get(name)
+            if vol is None:
+                return {"name": name, "fencing": fencing, "cstate": "Unconfigured"}
+            await vol.set_fencing(fencing)
+            log.warning("%s: fencing set to %s", name, fencing)
+            return vol.status()
+
+    # --- events -------------------------------------------------------------------------
+
+    def _changed(self, vol: Volume) -> None:
+        if self._subscribers and vol.meta is not None:
+            self._publish({"event": "change", "name": vol.name, "status": vol.status()})
+
+    def _publish(self, event: dict[str, Any]) -> None:
+        for q in list(self._subscribers):
+            if q.qsize() >= EVENT_QUEUE:
+                self._subscribers.discard(q)
+                q.put_nowait(None)           # tells the stream to end: the reader lagged
+            else:
+                q.put_nowait(event)
+
+    async def events(self) -> Stream:
+        """Every state change from now on, after one `exists` event per up volume."""
+        q: asyncio.Queue = asyncio.Queue()
+        self._subscribers.add(q)
+        for name in sorted(self.volumes):
+            q.put_nowait({"event": "exists", "name": name, "status": self.volumes[name].status()})
+
+        async def gen() -> AsyncIterator[dict[str, Any]]:
+            try:
+                while (item := await q.get()) is not None:
+                    yield item
+            finally:
+                self._subscribers.discard(q)
+
+        return Stream(gen())
+
     async def status(self, name: str | None = None) -> Any:
         if name is not None:
             vol = self.volumes.get(name)
@@ -241,10 +337,7 @@ class Engine:
 
     async def proc(self) -> str:
         """A /proc/drbd-style text for every up volume."""
-        lines = [f"version: binome-replica {VERSION} (api:1/proto:1)"]
-        for minor, n in enumerate(sorted(self.volumes)):
-            lines.append(self.volumes[n].proc_drbd(minor))
-        return "\n".join(lines) + "\n"
+        return fmt.proc_drbd([self.volumes[n].status() for n in sorted(self.volumes)])
 
     async def bitmap(self, name: str, max_runs: int = 10000) -> dict[str, Any]:
         """The out-of-sync bits as runs (first bit, count), for status tools and tests."""

@@ -128,6 +128,23 @@ def sync_handshake(h: HandshakeInput) -> HandshakeOutcome:
             hg *= 2
         log.append(f"Becoming sync {'source' if hg > 0 else 'target'} due to disk states.")
 
+    if (hg == Sync.NONE and (h.my_changes or h.peer_changes)
+            and mydisk > DiskState.Inconsistent and peer_disk > DiskState.Inconsistent):
+        # Departure from DRBD, which only logs "No resync, but N bits in bitmap!": equal
+        # generations with bits set happen when a fenced Primary's peer comes back before
+        # the fencing decided (the new generation is deferred), and those bits are writes
+        # the peer may lack. Resync them: from the Primary, else from the side with more
+        # bits, else by the tie flag (both sides reach the mirrored answer).
+        log.append(f"No resync, but {h.my_changes} bits in bitmap!")
+        if h.me.primary != h.peer.primary:
+            source = h.me.primary
+        elif h.my_changes != h.peer_changes:
+            source = h.my_changes > h.peer_changes
+        else:
+            source = h.resolve_conflicts
+        hg = 1 if source else -1
+        log.append(f"Resyncing the out-of-sync blocks from {'this' if source else 'peer'} node.")
+
     if abs(hg) == 100:
         handlers.append("initial-split-brain")
 

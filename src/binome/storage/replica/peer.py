@@ -44,7 +44,7 @@ import logging
 import socket
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from binome.storage.replica import auth, wire
@@ -79,6 +79,10 @@ class _Fatal(Exception):
     """Drop the connection and go StandAlone (no automatic reconnect)."""
 
 
+SPEED_WINDOW = 3.0          # seconds of history behind the "current" resync speed
+STALLED_AFTER = 180.0       # DRBD appends "(stalled)" after this long without progress
+
+
 @dataclass
 class Resync:
     source: bool
@@ -86,16 +90,36 @@ class Resync:
     started: float
     bytes: int = 0
     inflight: int = 0
+    last_progress: float = 0.0
+    paused: float = 0.0          # seconds spent paused (the rate controller skips them)
+    marks: list[tuple[float, int]] = field(default_factory=list)
 
-    def progress(self, left_bits: int, block: int) -> dict[str, Any]:
-        elapsed = max(time.monotonic() - self.started, 1e-6)
+    def moved(self, nbytes: int) -> None:
+        """Account resync bytes; keep a sample every 0.5 s for the current speed."""
+        self.bytes += nbytes
+        now = time.monotonic()
+        self.last_progress = now
+        if not self.marks or now - self.marks[-1][0] >= 0.5:
+            self.marks.append((now, self.bytes))
+            while len(self.marks) > 2 and now - self.marks[1][0] >= SPEED_WINDOW:
+                del self.marks[0]
+
+    def progress(self, left_bits: int, block: int, rate: int = 0) -> dict[str, Any]:
+        now = time.monotonic()
+        elapsed = max(now - self.started, 1e-6)
         done = self.total_bits - left_bits
-        speed = self.bytes / elapsed
+        avg = self.bytes / elapsed
+        speed = avg
+        if self.marks and now - self.marks[0][0] > 0.2:
+            speed = (self.bytes - self.marks[0][1]) / (now - self.marks[0][0])
+        base = speed if speed > 0 else avg
         return {"source": self.source, "total_kib": self.total_bits * block // 1024,
                 "left_kib": left_bits * block // 1024,
                 "done": 100.0 * done / self.total_bits if self.total_bits else 100.0,
-                "speed_kib": int(speed // 1024),
-                "eta_s": int(left_bits * block / speed) if speed > 0 else None}
+                "speed_kib": int(speed // 1024), "avg_kib": int(avg // 1024),
+                "want_kib": rate // 1024,
+                "stalled": now - max(self.last_progress, self.started) > STALLED_AFTER,
+                "eta_s": int(left_bits * block / base) if base > 0 else None}
 
 
 class PeerLink:
@@ -143,6 +167,7 @@ class PeerLink:
         self.resync: Resync | None = None
         self._rs_slot = asyncio.Event()
         self._rs_task: asyncio.Task | None = None
+        self.peer_paused = False          # the peer's user paused the resync (flag `p`)
 
     def _policy(self, n: int) -> AfterSb:
         return parse_policy(getattr(self.cfg, f"after_sb_{n}pri"), n, my_name=self.cfg.node,
@@ -349,7 +374,7 @@ class PeerLink:
     def _send_state(self, **extra: Any) -> None:
         s = self.vol.state
         self._send(wire.json_packet(P.STATE, {"role": s.role.name, "disk": s.disk.name,
-                                              **extra}))
+                                              "paused": self.vol.user_paused, **extra}))
 
     def _on_uuids(self, payload: bytes) -> None:
         d = wire.parse_json(payload)
@@ -367,6 +392,7 @@ class PeerLink:
             self.peer_disk = DiskState[d["disk"]]
         except KeyError as e:
             raise wire.WireError(f"bad P_STATE: {e}") from None
+        self.peer_paused = bool(d.get("paused"))
         if not during_handshake:
             self.vol.set_state(peer=self.peer_role,
                                pdsk=self.peer_disk if self.vol.state.conn >= ConnState.Connected
@@ -417,6 +443,7 @@ class PeerLink:
             await vol.demote()
         if out.conn is None:
             raise _Fatal(out.log[-1] if out.log else "handshake failed")
+        vol.deferred_generation = False    # the peer is back: nothing to fence
         if out.conn == ConnState.Connected:
             # Connected without resync: Consistent/Outdated disks are UpToDate now.
             disk = vol.state.disk
@@ -487,6 +514,7 @@ class PeerLink:
         self._send(wire.packet(P.SYNC_UUID, wire.SYNC_UUID.pack(sync_uuid)))
         log.info("%s: Began resync as SyncSource (will sync %d KB [%d bits set]).", vol.name,
                  vol.out_of_sync_kib(), vol.bitmap.weight)
+        self.pause_changed(notify=False)
 
     async def _on_sync_uuid(self, payload: bytes) -> None:
         vol = self.vol
@@ -498,6 +526,7 @@ class PeerLink:
                              started=time.monotonic())
         log.info("%s: Began resync as SyncTarget (will sync %d KB [%d bits set]).", vol.name,
                  vol.out_of_sync_kib(), vol.bitmap.weight)
+        self.pause_changed(notify=False)
         self._rs_task = self._spawn(self._pull_resync())
 
     async def _pull_resync(self) -> None:
@@ -525,14 +554,17 @@ class PeerLink:
             bit = first
             while bit < first + count:
                 n = min(RS_CHUNK_BITS, first + count - bit)
-                while rs.inflight >= RS_WINDOW:
+                while rs.inflight >= RS_WINDOW or self.sync_paused:
+                    paused_at = time.monotonic() if self.sync_paused else None
                     self._rs_slot.clear()
                     await self._rs_slot.wait()
+                    if paused_at is not None:
+                        rs.paused += time.monotonic() - paused_at
                 offset = bit * block
                 length = min(n * block, vol.size - offset)
                 if rate:
                     # Fixed-rate controller: never ahead of `rate` bytes per second.
-                    ahead = rs.bytes / rate - (time.monotonic() - rs.started)
+                    ahead = rs.bytes / rate - (time.monotonic() - rs.started - rs.paused)
                     if ahead > 0:
                         await asyncio.sleep(ahead)
                 rs.inflight += 1
@@ -555,7 +587,7 @@ class PeerLink:
         vol.counters.ns += length
         vol.counters.dr += length
         if self.resync is not None:
-            self.resync.bytes += length
+            self.resync.moved(length)
 
     def _on_rs_reply(self, payload: bytes) -> None:
         vol = self.vol
@@ -569,7 +601,7 @@ class PeerLink:
         vol.counters.dw += length
         self._send(wire.packet(P.RS_WRITE_ACK, wire.RS_ACK.pack(offset, length)))
         if self.resync is not None:
-            self.resync.bytes += length
+            self.resync.moved(length)
             self.resync.inflight -= 1
             self._rs_slot.set()
 
@@ -771,10 +803,54 @@ class PeerLink:
 
     async def _on_state_change(self, payload: bytes) -> None:
         d = self._on_state(payload)
-        if d.get("resync_finished") and self.vol.state.conn == ConnState.SyncSource:
+        self.pause_changed(notify=False)
+        if d.get("resync_finished") and self.vol.state.conn in (ConnState.SyncSource,
+                                                                ConnState.PausedSyncS):
             await self._finish_sync_source()
         elif d.get("renegotiate"):
             await self._decide()
+        elif d.get("invalidate_request"):
+            # invalidate-remote on the peer: become the target of a full sync, if we may.
+            try:
+                await self.vol.invalidate()
+            except Exception as e:
+                log.error("%s: invalidate requested by the peer refused: %s", self.vol.name, e)
+
+    # --- pause-sync / resume-sync ---------------------------------------------------------
+
+    @property
+    def sync_paused(self) -> bool:
+        return self.vol.user_paused or self.peer_paused
+
+    def pause_changed(self, *, notify: bool = True) -> None:
+        """Map the pause flags onto the connection state and wake the resync puller."""
+        vol = self.vol
+        conn = vol.state.conn
+        paused = self.sync_paused
+        if paused and conn in (ConnState.SyncSource, ConnState.SyncTarget):
+            vol.set_state(conn=ConnState.PausedSyncS if conn == ConnState.SyncSource
+                          else ConnState.PausedSyncT)
+        elif not paused and conn in (ConnState.PausedSyncS, ConnState.PausedSyncT):
+            vol.set_state(conn=ConnState.SyncSource if conn == ConnState.PausedSyncS
+                          else ConnState.SyncTarget)
+        self._rs_slot.set()
+        if notify and self._writer is not None and conn >= ConnState.Connected:
+            with contextlib.suppress(ConnectionError):
+                self._send_state()
+
+    def request_peer_invalidate(self) -> None:
+        """invalidate-remote: ask the peer to invalidate itself (it becomes SyncTarget)."""
+        self._send_state(invalidate_request=True)
+
+    # --- counters -------------------------------------------------------------------------
+
+    def pending_count(self) -> int:
+        """Requests sent to the peer and not answered yet (DRBD's `pe:`)."""
+        return len(self._acks) + (self.resync.inflight if self.resync is not None else 0)
+
+    def epochs_in_flight(self) -> int:
+        """Epochs not yet barrier-acknowledged (DRBD's `ep:`)."""
+        return len({e for _, _, e in self._tl.values()})
 
     def state_changed(self, *, renegotiate: bool = False) -> None:
         """Tell the peer about a local role/disk/UUID change (and maybe re-run the handshake)."""
@@ -809,27 +885,33 @@ class PeerLink:
             vol.mark_out_of_sync(offset, length)
         lost = len(self._tl)
         self._tl.clear()
-        for fut in self._acks.values():
-            if not fut.done():
-                fut.set_result(None)          # the local write succeeded: DRBD reports success
+        # The local part of these writes succeeded: DRBD completes them successfully.
+        # Under quorum fencing they wait for the peer to be back or fenced instead.
+        waiting = [f for f in self._acks.values() if not f.done()]
+        waiting += [f for futs in self._barriers.values() for f in futs if not f.done()]
         self._acks.clear()
-        for futs in self._barriers.values():
-            for fut in futs:
-                if not fut.done():
-                    fut.set_result(None)
         self._barriers.clear()
         self._epoch_writes = 0
         self.resync = None
+        self.peer_paused = False
         old = vol.state
         if old.disk == DiskState.Diskless:
+            vol.hold_completions(waiting)
             return
         vol.set_state(conn=reason, peer=Role.Unknown, pdsk=DiskState.DUnknown)
+        vol.hold_completions(waiting)
         if lost:
             log.info("%s: %d writes not acknowledged by a barrier marked out of sync",
                      vol.name, lost)
         assert vol.meta is not None
         if (old.role == Role.Primary and old.pdsk >= DiskState.Inconsistent
                 and old.disk == DiskState.UpToDate and vol.meta.sb.gi.bitmap == 0):
+            if vol.state.susp:
+                # DRBD defers the new generation until fencing succeeded: if the peer
+                # comes back instead, nothing diverged and no false split brain arises.
+                vol.deferred_generation = True
+                await vol.persist()
+                return
             gi = vol.meta.sb.gi.new_current(vol.rand64, primary=True)
             log.info("%s: new current UUID %016X (peer lost)", vol.name, gi.current)
             await vol.persist(gi=gi)

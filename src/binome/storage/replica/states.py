@@ -85,9 +85,18 @@ class MetaFlags(enum.IntFlag):
 
 
 class Fencing(enum.StrEnum):
+    """DRBD's `fencing` keywords plus `quorum`, binome's cluster-quorum fencing.
+
+    `quorum` behaves like `resource-and-stonith` with the daemon as the
+    fence-peer handler: a Primary whose peer's disk is unknown suspends its
+    writes until the daemon, holding cluster quorum, has recorded the peer's
+    copy as Outdated in etcd (`peer-outdated`), or until the peer is back.
+    """
+
     DONT_CARE = "dont-care"
     RESOURCE_ONLY = "resource-only"
     RESOURCE_AND_STONITH = "resource-and-stonith"
+    QUORUM = "quorum"
 
 
 @dataclass(frozen=True)
@@ -227,6 +236,17 @@ def outdate(state: State) -> State:
     if state.disk in (DiskState.Consistent, DiskState.UpToDate):
         return state.with_(disk=DiskState.Outdated)
     return state
+
+
+def needs_fencing(state: State, fencing: Fencing) -> bool:
+    """Writes must wait: a Primary under quorum fencing does not know its peer's disk.
+
+    This is the condition for `susp` (DRBD's susp_fen): set when the peer is
+    lost (or never seen), cleared when the peer's disk is known again, either
+    because it reconnected or because the daemon recorded it Outdated.
+    """
+    return (fencing == Fencing.QUORUM and state.role == Role.Primary
+            and state.disk == DiskState.UpToDate and state.pdsk == DiskState.DUnknown)
 
 
 def should_do_remote(state: State) -> bool:

@@ -33,10 +33,11 @@ import logging
 import os
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from binome.storage.replica import format as fmt
 from binome.storage.replica import states
 from binome.storage.replica.activity_log import ActivityLog
 from binome.storage.replica.bitmap import Bitmap
@@ -118,13 +119,28 @@ class Volume:
         self._tasks: set[asyncio.Task] = set()
         self._mirror = False          # writes go to the peer (states.should_do_remote)
         self._oos_notice = False      # writes are announced with P_OUT_OF_SYNC (WFBitMapS)
+        # Quorum fencing (states.needs_fencing): while `state.susp`, new writes wait for
+        # `_resumed` and the completions of writes the link lost wait in `_held`.
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self._held: list[asyncio.Future] = []
+        self.deferred_generation = False   # new current UUID once the peer is fenced
+        self.fenced_by: str | None = None  # who recorded the peer Outdated (for status)
+        self.user_paused = False           # pause-sync
+        self.on_change: Callable[[Volume], None] | None = None   # the engine's event hook
+        self._closing = False
 
     # --- state --------------------------------------------------------------------------
 
     def set_state(self, **changes: Any) -> None:
-        """Change the state; log it DRBD-style ("conn( WFConnection -> Connected )")."""
+        """Change the state; log it DRBD-style ("conn( WFConnection -> Connected )").
+
+        `susp` is derived, never set by callers: it follows `states.needs_fencing`.
+        Leaving it releases the held writes and completions.
+        """
         old = self.state
         new = old.with_(**changes)
+        new = new.with_(susp=states.needs_fencing(new, Fencing(self.config.fencing)))
         if new == old:
             return
         self.state = new
@@ -137,6 +153,40 @@ class Volume:
             if a != b:
                 parts.append(f"{label}( {a} -> {b} )")
         log.info("%s: %s", self.name, " ".join(parts))
+        if new.susp and not old.susp:
+            self._resumed.clear()
+            log.warning("%s: suspending I/O: the peer's disk is unknown; writes wait until the "
+                        "peer is back or is recorded Outdated by a quorate node (fence-peer)",
+                        self.name)
+        elif old.susp and not new.susp:
+            self._release_held(None)
+            self._resumed.set()
+            log.info("%s: resuming I/O", self.name)
+        if self.on_change is not None:
+            self.on_change(self)
+
+    def hold_completions(self, futures: list[asyncio.Future]) -> None:
+        """Complete `futures` (writes whose mirroring the link lost) once I/O may resume.
+
+        While suspended they wait: the peer may lack these writes, so they are not
+        acknowledged until the peer is back or known Outdated.
+        """
+        if self.state.susp:
+            self._held.extend(f for f in futures if not f.done())
+            return
+        for fut in futures:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _release_held(self, exc: BaseException | None) -> None:
+        held, self._held = self._held, []
+        for fut in held:
+            if fut.done():
+                continue
+            if exc is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(exc)
 
     def mark_out_of_sync(self, offset: int, length: int) -> None:
         if self.bitmap is not None and length > 0:
@@ -241,13 +291,19 @@ class Volume:
         if self.link is not None:
             link, self.link = self.link, None
             await link.stop()
-            self.set_state(conn=ConnState.StandAlone, peer=Role.Unknown,
-                           pdsk=DiskState.DUnknown)
+            # A peer recorded Outdated (fencing) stays so (DRBD's sanitize_state keeps it);
+            # anything else is unknown once disconnected.
+            pdsk = DiskState.Outdated if self.state.pdsk == DiskState.Outdated \
+                else DiskState.DUnknown
+            self.set_state(conn=ConnState.StandAlone, peer=Role.Unknown, pdsk=pdsk)
             if self.meta is not None:
                 await self.persist()
 
     async def detach(self) -> None:
         """Stop serving and detach cleanly: data and bitmap durable, activity log clean."""
+        self._closing = True
+        self._release_held(OSError(errno.EIO, f"volume {self.name} is going down"))
+        self._resumed.set()            # suspended writers wake up and fail
         await self.disconnect()
         if self.nbd is not None:
             await self.nbd.close(abort=True)
@@ -331,6 +387,101 @@ class Volume:
         if new != self.state:
             await self.change_state(disk=new.disk)
 
+    # --- fencing (the daemon is the fence-peer handler) ---------------------------------
+
+    async def peer_outdated(self, by: str = "") -> bool:
+        """The peer's copy is recorded Outdated (fence-peer exit code 4): resume I/O.
+
+        A no-op while connected (the peer's disk is known then). A Consistent
+        local disk becomes UpToDate (DRBD: Consistent is trusted once the peer is
+        known outdated), and a Primary that deferred its new generation at the
+        link loss starts it now, before any write goes on without the peer.
+        Returns whether anything changed.
+        """
+        s = self.state
+        if s.conn >= ConnState.Connected or self.meta is None:
+            return False
+        gi = None
+        if self.deferred_generation and s.role == Role.Primary and self.meta.sb.gi.bitmap == 0:
+            gi = self.meta.sb.gi.new_current(self.rand64, primary=True)
+            log.info("%s: new current UUID %016X (peer fenced)", self.name, gi.current)
+        self.deferred_generation = False
+        disk = DiskState.UpToDate if s.disk == DiskState.Consistent else s.disk
+        pdsk = s.pdsk if s.pdsk == DiskState.Inconsistent else DiskState.Outdated
+        self.fenced_by = by or None
+        log.info("%s: fence-peer: the peer's disk was recorded Outdated%s", self.name,
+                 f" by {by}" if by else "")
+        await self.change_state(gi=gi, disk=disk, pdsk=pdsk)
+        return True
+
+    async def outdated_by_peer(self, by: str = "") -> None:
+        """This copy was recorded Outdated by the peer (it fenced us first): stale from now.
+
+        Writes held by the suspension fail with EIO, and so does any further
+        I/O: a Primary without UpToDate data must not serve.
+        """
+        if self.state.conn >= ConnState.Connected:
+            raise states.refuse(states.SS_CONNECTED_OUTDATES)
+        self.fenced_by = by or None
+        self.deferred_generation = False
+        self._release_held(OSError(errno.EIO, f"volume {self.name}: this copy was outdated "
+                                              f"by {by or 'the peer'}"))
+        log.warning("%s: this copy was recorded Outdated%s", self.name,
+                    f" by {by}" if by else "")
+        if self.state.disk in (DiskState.Consistent, DiskState.UpToDate):
+            await self.change_state(disk=DiskState.Outdated)
+
+    async def set_fencing(self, fencing: str) -> None:
+        """Change the fencing policy at run time (standalone mode: `dont-care`)."""
+        Fencing(fencing)
+        self.config = replace(self.config, fencing=fencing)
+        self.set_state()
+
+    # --- resync control -----------------------------------------------------------------
+
+    async def invalidate(self) -> None:
+        """Full sync from the peer (drbdadm invalidate): every block becomes out of sync.
+
+        Connected: this side turns Inconsistent and the handshake is re-run, so
+        it becomes the SyncTarget of a resync covering every block. Disconnected:
+        only a Secondary may, and the resync happens at the next connection.
+        """
+        assert self.bitmap is not None
+        s = self.state
+        connected = s.conn >= ConnState.Connected
+        if s.role == Role.Primary:
+            raise VolumeError("ESTATE", f"State change failed: (-15) {self.name} is Primary: a "
+                                        f"Primary cannot become SyncTarget here")
+        if connected and s.conn != ConnState.Connected:
+            raise VolumeError("ESTATE", f"{self.name}: a resync is already running ({s.conn})")
+        if connected and s.pdsk != DiskState.UpToDate:
+            raise VolumeError("ESTATE", "State change failed: (-2) Need access to UpToDate data")
+        self.bitmap.set_all()
+        await self.write_bitmap()
+        await self.change_state(disk=DiskState.Inconsistent)
+        log.info("%s: invalidated: %d KiB out of sync", self.name, self.out_of_sync_kib())
+        if connected and self.link is not None:
+            self.link.state_changed(renegotiate=True)
+
+    async def invalidate_remote(self) -> None:
+        """Full sync to the peer (drbdadm invalidate-remote); needs a connected peer."""
+        s = self.state
+        if self.link is None or s.conn != ConnState.Connected:
+            raise VolumeError("ESTATE", f"{self.name}: invalidate-remote needs a Connected "
+                                        f"peer (now {s.conn})")
+        if s.disk != DiskState.UpToDate:
+            raise VolumeError("ESTATE", "State change failed: (-2) Need access to UpToDate data")
+        if s.peer == Role.Primary:
+            raise VolumeError("ESTATE", f"State change failed: (-15) the peer of {self.name} "
+                                        f"is Primary")
+        self.link.request_peer_invalidate()
+
+    def pause_sync(self, paused: bool) -> None:
+        """pause-sync / resume-sync: the user flag; the link maps it onto the states."""
+        self.user_paused = paused
+        if self.link is not None:
+            self.link.pause_changed()
+
     # --- the Export interface (called by the NBD server) --------------------------------
 
     def description(self) -> str:
@@ -345,14 +496,32 @@ class Volume:
 
     def opened(self) -> None:
         self.open_count += 1
+        if self.on_change is not None:
+            self.on_change(self)
 
     def closed(self) -> None:
         self.open_count -= 1
+        if self.on_change is not None:
+            self.on_change(self)
 
     def _check_io(self) -> None:
         # A Secondary refuses all local I/O (DRBD), including reads.
-        if self.state.role != Role.Primary or self.disk is None:
+        if self.state.role != Role.Primary or self.disk is None or self._closing:
             raise OSError(errno.EPERM, f"volume {self.name} is not Primary")
+        if self.state.disk != DiskState.UpToDate:
+            # A Primary without UpToDate data (outdated by a quorate peer): I/O errors.
+            raise OSError(errno.EIO, f"volume {self.name}: the local disk is "
+                                     f"{self.state.disk}" + (f" (outdated by {self.fenced_by})"
+                                                             if self.fenced_by else ""))
+
+    async def _after_resume(self, fn: Callable[..., asyncio.Future | None],
+                            *args: Any) -> None:
+        """Run an I/O call once writes may resume (quorum fencing), then wait for it."""
+        while self.state.susp and not self._closing:
+            await self._resumed.wait()
+        pending = fn(*args)
+        if pending is not None:
+            await pending
 
     def read_into(self, offset: int, view: memoryview) -> None:
         self._check_io()
@@ -362,6 +531,9 @@ class Volume:
 
     def write(self, offset: int, data: memoryview, fua: bool) -> asyncio.Future | None:
         self._check_io()
+        if self.state.susp:
+            # The data must outlive this call: the receive buffer will be reused.
+            return self._spawn(self._after_resume(self.write, offset, bytes(data), fua))
         length = len(data)
         shift = self._al_shift
         e0, e1 = offset >> shift, (offset + length - 1) >> shift
@@ -407,6 +579,12 @@ class Volume:
 
     async def _write_cold(self, offset: int, data: bytes, fua: bool, e0: int, e1: int) -> None:
         await self._al_begin(e0, e1)
+        if self.state.susp or self._closing:
+            # Suspended while waiting for the activity log: start over once resumed.
+            self._al_end(e0, e1)
+            await self._after_resume(self.write, offset, data, fua)
+            return
+        self._check_io()
         assert self.disk is not None
         try:
             remote = self._submit(offset, data, len(data), DP_FUA if fua else 0)
@@ -424,6 +602,9 @@ class Volume:
         self._check_io()
         if length == 0:
             return None
+        if self.state.susp:
+            return self._spawn(self._after_resume(self.write_zeroes, offset, length, fua,
+                                                  no_hole, fast))
         assert self.al is not None and self.disk is not None
         flags = (DP_ZERO_KEEP if no_hole else DP_DISCARD) | (DP_FUA if fua else 0)
         e0, e1 = self.al.extents_of(offset, length)
@@ -440,6 +621,12 @@ class Volume:
     async def _discard_async(self, offset: int, length: int, flags: int, e0: int,
                              e1: int) -> None:
         await self._al_begin(e0, e1)
+        if self.state.susp or self._closing:
+            self._al_end(e0, e1)
+            await self._after_resume(self.write_zeroes, offset, length, bool(flags & DP_FUA),
+                                     bool(flags & DP_ZERO_KEEP), False)
+            return
+        self._check_io()
         assert self.disk is not None
         try:
             mirror = self._mirror
@@ -460,6 +647,8 @@ class Volume:
 
     def flush(self) -> asyncio.Future:
         self._check_io()
+        if self.state.susp:
+            return self._spawn(self._after_resume(self.flush))
         assert self.disk is not None
         remote = self.link.send_barrier() if self._mirror and self.link is not None else None
         return _both(self.disk.flush(), remote)
@@ -560,6 +749,13 @@ class Volume:
         s = self.state
         c = self.counters
         meta = self.meta
+        link = self.link
+        pe = ep = 0
+        if link is not None:
+            pe = link.pending_count()
+            ep = link.epochs_in_flight()
+        ap = self.nbd.inflight() if self.nbd is not None else 0
+        cfg = self.config
         return {
             "name": self.name,
             "size": self.size,
@@ -569,6 +765,15 @@ class Volume:
             "disk": str(s.disk),
             "peer_disk": str(s.pdsk),
             "suspended": s.susp,
+            "fencing": cfg.fencing,
+            "fence": "needed" if s.susp else None,
+            "fenced_by": self.fenced_by,
+            "paused": {"user": self.user_paused,
+                       "peer": bool(link is not None and link.peer_paused)},
+            "protocol": cfg.protocol if cfg.has_net else "C",
+            "has_net": cfg.has_net,
+            "node": cfg.node,
+            "peer_node": cfg.peer_node,
             "gi": str(meta.sb.gi) if meta else None,
             "flags": int(meta.sb.flags) if meta else None,
             "crashed_primary": self.crashed_primary,
@@ -576,11 +781,12 @@ class Volume:
             "bitmap_bits": self.bitmap.weight if self.bitmap else 0,
             "al_hot": len(self.al.hot()) if self.al else 0,
             "open_count": self.open_count,
-            "socket": self.config.socket,
+            "socket": cfg.socket,
+            "backing": cfg.backing,
             "peer": self._peer_status(),
             "counters": {"ns": c.ns // 1024, "nr": c.nr // 1024, "dw": c.dw // 1024,
                          "dr": c.dr // 1024, "al": c.al, "bm": c.bm, "lo": c.lo,
-                         "pe": c.pe, "ua": c.ua, "ap": c.ap, "ep": c.ep},
+                         "pe": pe, "ua": c.ua, "ap": ap, "ep": ep},
         }
 
     def _peer_status(self) -> dict[str, Any] | None:
@@ -591,16 +797,10 @@ class Volume:
                                "protocol": self.config.protocol, "last_error": link.last_error,
                                "peer_gi": str(link.peer_gi)}
         if link.resync is not None and self.bitmap is not None:
-            out["sync"] = link.resync.progress(self.bitmap.weight, self.config.bm_block_size)
+            out["sync"] = link.resync.progress(self.bitmap.weight, self.config.bm_block_size,
+                                               self.config.resync_rate)
         return out
 
     def proc_drbd(self, minor: int) -> str:
-        """The two /proc/drbd lines of this volume (protocol letter C by default)."""
-        s, c = self.state, self.counters
-        flags = ("s" if s.susp else "r") + "-----"
-        proto = self.config.protocol if self.config.has_net else "C"
-        return (f"{minor:2d}: cs:{s.conn} ro:{s.role}/{s.peer} ds:{s.disk}/{s.pdsk} "
-                f"{proto} {flags}\n"
-                f"    ns:{c.ns // 1024} nr:{c.nr // 1024} dw:{c.dw // 1024} dr:{c.dr // 1024} "
-                f"al:{c.al} bm:{c.bm} lo:{c.lo} pe:{c.pe} ua:{c.ua} ap:{c.ap} ep:{c.ep} wo:f "
-                f"oos:{self.out_of_sync_kib()}")
+        """The /proc/drbd lines of this volume (`format.proc_volume`)."""
+        return fmt.proc_volume(self.status(), minor)

@@ -90,6 +90,10 @@ class NbdServer:
     def exports(self) -> list[Export]:
         return self._listing()
 
+    def inflight(self) -> int:
+        """Requests received and not yet answered, over every connection (DRBD's `ap:`)."""
+        return sum(c._inflight for c in self.connections)
+
     async def start_unix(self, path: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

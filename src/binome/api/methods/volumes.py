@@ -1,0 +1,259 @@
+"""Replicated volume methods: /nodes/{node}/volumes/... and `binome volume ...`.
+
+    GET    /nodes/{node}/volumes                     every volume of the node, with its state
+    POST   /nodes/{node}/volumes                     create (this node Primary + its peer)
+    GET    /nodes/{node}/volumes/{volume}            one volume: state, cluster record, marks
+    DELETE /nodes/{node}/volumes/{volume}            remove it on both nodes, with its data
+    POST   /nodes/{node}/volumes/{volume}/ACTION     up, down, primary [force], secondary,
+           connect [discard-my-data], disconnect, invalidate, invalidate-remote, outdate,
+           pause-sync, resume-sync, standalone [enable]
+
+Every state change runs as a task (a UPID); the CLI waits for it and prints
+its log. `binome volume status` prints DRBD's two views (`replica.format`):
+its formatter is registered into the CLI's table at import. The replication
+secret is never returned: it lives in a key of its own that no method reads
+back (`replica.keys`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from binome.api.context import RequestContext
+from binome.api.errors import fail
+from binome.api.methods.common import NODE
+from binome.api.registry import CliSpec, privs, registry
+from binome.api.schema import Param
+from binome.cli.format import FORMATTERS
+from binome.storage.replica import format as vformat
+from binome.storage.replica.service import VolumeFailure, VolumeService
+from binome.store.client import StoreUnavailable
+from binome.tasks.manager import Task
+
+FORMATTERS["volume_status"] = vformat.volume_status
+
+VOLUME = Param(pattern=r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}", description="Volume name.")
+AUDIT = privs("Datastore.Audit", path="/storage")
+ALLOCATE = privs("Datastore.Allocate", path="/storage")
+UPID_RETURN = {"type": "string", "description": "UPID"}
+POLICY = Param(optional=True, max_length=64, description="After-split-brain policy keyword.")
+
+
+def volumes(ctx: RequestContext) -> VolumeService:
+    service = getattr(ctx.services, "volumes", None)
+    if service is None:
+        raise fail("this node holds no replicated volumes (witness)")
+    return service
+
+
+def _task(ctx: RequestContext, type_: str, name: str, body) -> str:
+    return ctx.services.tasks.start(type_, name, ctx.userid, body)
+
+
+def _line(st: dict[str, Any]) -> str:
+    return (f"{st['name']}: cs:{st['cstate']} ro:{st['role']}/{st['peer_role']} "
+            f"ds:{st['disk']}/{st['peer_disk']}" + (" (I/O suspended: fencing)"
+                                                    if st.get("suspended") else ""))
+
+
+async def _with_cluster(service: VolumeService, statuses: list[dict[str, Any]]
+                        ) -> list[dict[str, Any]]:
+    """Add what the cluster knows (records, Outdated marks); fine without quorum."""
+    if not service.cluster.is_member or service.cluster.store is None:
+        return statuses
+    try:
+        records = await service.all_records()
+    except (VolumeFailure, StoreUnavailable):
+        return statuses
+    out = []
+    seen = set()
+    for st in statuses:
+        rec = records.get(st["name"])
+        seen.add(st["name"])
+        if rec is not None:
+            st = {**st, "storage": rec.get("storage"), "vmid": rec.get("vmid"),
+                  "port": rec.get("port"), "desired_primary": rec.get("primary")}
+        out.append(st)
+    for name, rec in sorted(records.items()):
+        if name in seen or service.node not in rec.get("nodes", {}):
+            continue
+        peer = next((n for n in rec["nodes"] if n != service.node), None)
+        out.append({"name": name, "size": rec["size"], "cstate": "Unconfigured",
+                    "role": "Unknown", "peer_role": "Unknown", "disk": "Diskless",
+                    "peer_disk": "DUnknown", "peer_node": peer, "storage": rec.get("storage"),
+                    "vmid": rec.get("vmid"), "port": rec.get("port"),
+                    "deleting": bool(rec.get("deleting"))})
+    return out
+
+
+@registry.register(
+    "GET", "/nodes/{node}/volumes", name="volume_list", permission=AUDIT, proxyto="node",
+    description="Replicated volumes of a node, with their replication state.",
+    parameters={"node": NODE, "volume": Param(optional=True, description="Only this volume.")},
+    returns={"type": "array", "items": {"type": "object"}},
+    cli=(CliSpec(("volume", "list"),
+                 formatter="table:name,role,peer_role,cstate,disk,peer_disk,peer_node,size,"
+                           "out_of_sync_kib"),
+         CliSpec(("volume", "status"), positional=("volume",), formatter="volume_status",
+                 help="DRBD-style status: a /proc/drbd view and a drbdadm status view")),
+)
+async def volume_list(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
+    service = volumes(ctx)
+    try:
+        statuses = await service.local_statuses()
+    except VolumeFailure as exc:
+        raise fail(str(exc)) from None
+    out = await _with_cluster(service, statuses)
+    if params.get("volume"):
+        out = [st for st in out if st["name"] == params["volume"]]
+        if not out:
+            raise fail(f"no volume named '{params['volume']}' on node {ctx.node}")
+    return out
+
+
+@registry.register(
+    "POST", "/nodes/{node}/volumes", name="volume_create", permission=ALLOCATE,
+    proxyto="node",
+    description="Create a replicated volume on this node and its peer; this node becomes "
+                "its Primary and the initial full sync starts.",
+    parameters={
+        "node": NODE, "volume": VOLUME,
+        "size": Param(pattern=r"\d+[KMGT]?", description="Size, e.g. 1G (multiple of 4K)."),
+        "peer": Param(format="pve-node", optional=True,
+                      description="The peer node (default: the other node of the cluster)."),
+        "protocol": Param(enum=("A", "B", "C"), optional=True, default="C",
+                          description="Replication protocol (C: synchronous)."),
+        "fencing": Param(enum=("quorum", "dont-care"), optional=True, default="quorum",
+                         description="quorum: a Primary that loses its peer suspends writes "
+                                     "until the peer is back or recorded Outdated by a "
+                                     "quorate node."),
+        "resync-rate": Param(type="integer", optional=True, default=0, minimum=0,
+                             description="Resync rate limit in KiB/s (0: unlimited)."),
+        "after-sb-0pri": POLICY, "after-sb-1pri": POLICY, "after-sb-2pri": POLICY,
+    },
+    returns=UPID_RETURN,
+    cli=CliSpec(("volume", "create"), positional=("volume",)),
+)
+async def volume_create(ctx: RequestContext, params: dict[str, Any]) -> str:
+    service = volumes(ctx)
+    name = params["volume"]
+    after_sb = {n: params[f"after-sb-{n}pri"] for n in (0, 1, 2)
+                if params.get(f"after-sb-{n}pri")}
+
+    async def body(task: Task) -> None:
+        await service.create_volume(name, params["size"], peer=params.get("peer"),
+                                    protocol=params["protocol"], fencing=params["fencing"],
+                                    resync_rate=int(params["resync-rate"]) * 1024,
+                                    after_sb=after_sb, task=task)
+
+    return _task(ctx, "volcreate", name, body)
+
+
+@registry.register(
+    "GET", "/nodes/{node}/volumes/{volume}", name="volume_status", permission=AUDIT,
+    proxyto="node",
+    description="One replicated volume: this node's state, the cluster record, the copies "
+                "recorded Outdated and every node's published state.",
+    parameters={"node": NODE, "volume": VOLUME}, returns={"type": "object"},
+    cli=CliSpec(("volume", "show"), positional=("volume",)),
+)
+async def volume_status(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    service = volumes(ctx)
+    name = params["volume"]
+    out: dict[str, Any] = {"name": name}
+    if service.exists_locally(name):
+        try:
+            out.update(await service.call("status", name=name))
+        except VolumeFailure as exc:
+            raise fail(str(exc)) from None
+    try:
+        view = await service.cluster_view(name)
+        out["cluster"] = view["config"]
+        out["outdated"] = view["outdated"]
+        out["states"] = view["states"]
+    except (VolumeFailure, StoreUnavailable) as exc:
+        if len(out) == 1:
+            raise fail(str(exc)) from None
+    return out
+
+
+@registry.register(
+    "DELETE", "/nodes/{node}/volumes/{volume}", name="volume_destroy", permission=ALLOCATE,
+    proxyto="node", description="Remove a replicated volume and its data on both nodes.",
+    parameters={"node": NODE, "volume": VOLUME}, returns=UPID_RETURN,
+    cli=CliSpec(("volume", "destroy"), positional=("volume",),
+                confirm="this removes the volume and its data on both nodes"),
+)
+async def volume_destroy(ctx: RequestContext, params: dict[str, Any]) -> str:
+    service = volumes(ctx)
+    name = params["volume"]
+
+    async def body(task: Task) -> None:
+        await service.delete_volume(name, task=task)
+
+    return _task(ctx, "voldestroy", name, body)
+
+
+def _action(action: str, description: str, extra: dict[str, Param] | None = None,
+            confirm: str | None = None):
+    @registry.register(
+        "POST", f"/nodes/{{node}}/volumes/{{volume}}/{action}", name=f"volume_{action}",
+        permission=ALLOCATE, proxyto="node", description=description,
+        parameters={"node": NODE, "volume": VOLUME, **(extra or {})}, returns=UPID_RETURN,
+        cli=CliSpec(("volume", action), positional=("volume",), confirm=confirm),
+    )
+    async def handler(ctx: RequestContext, params: dict[str, Any]) -> str:
+        service = volumes(ctx)
+        name = params["volume"]
+        if not service.exists_locally(name) and action != "up":
+            raise fail(f"no volume named '{name}' on node {ctx.node}")
+
+        async def body(task: Task) -> None:
+            if action == "primary":
+                st = await service.promote(name, force=bool(params.get("force")), task=task)
+            elif action == "secondary":
+                st = await service.demote(name)
+            elif action == "up":
+                st = await service.up(name)
+            elif action == "down":
+                await service.down(name)
+                task.log(f"{name}: down on {ctx.node}")
+                return
+            elif action == "connect":
+                st = await service.call("connect", name=name,
+                                        discard_my_data=bool(params.get("discard-my-data")))
+            elif action == "standalone":
+                st = await service.standalone(name, bool(params.get("enable", True)), task)
+            else:
+                async with service.lock(name):
+                    st = await service.call(action, name=name)
+            task.log(_line(st))
+
+        return _task(ctx, f"vol{action.replace('-', '')}", name, body)
+
+    return handler
+
+
+_FORCE = {"force": Param(type="boolean", optional=True, default=False,
+                         description="Promote even stale or inconsistent data (DRBD's "
+                                     "--force): may overwrite the peer's newer data.")}
+_action("up", "Attach the volume and connect to its peer (drbdadm up).")
+_action("down", "Disconnect and detach the volume on this node (drbdadm down).")
+_action("primary", "Promote: this node serves the volume's I/O (quorum fencing first "
+                   "records a disconnected peer's copy as Outdated).", _FORCE)
+_action("secondary", "Demote: this node stops serving I/O.")
+_action("connect", "Connect to the peer (after a disconnect or an unresolved split brain).",
+        {"discard-my-data": Param(type="boolean", optional=True, default=False,
+                                  description="This node is the split-brain victim: its "
+                                              "changes are overwritten by the peer's.")})
+_action("disconnect", "Drop the connection to the peer (StandAlone).")
+_action("invalidate", "Full resync of this node's copy from the peer.")
+_action("invalidate-remote", "Full resync of the peer's copy from this node.")
+_action("outdate", "Mark this node's copy Outdated (refused while connected).")
+_action("pause-sync", "Pause the resync.")
+_action("resume-sync", "Resume a paused resync.")
+_action("standalone", "Standalone mode: turn quorum fencing off on this node (writes go on "
+                      "without the peer or quorum; split-brain policies apply later).",
+        {"enable": Param(type="boolean", optional=True, default=True,
+                         description="1: fencing off; 0: back to the volume's fencing.")},
+        confirm="without quorum fencing both nodes may write: a split brain is possible")

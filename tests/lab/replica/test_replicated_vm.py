@@ -1,0 +1,208 @@
+"""A QEMU guest whose disk is a replicated volume, on a 2-node + witness lab cluster.
+
+The guest (the tiny image, TCG) is created with `--virtio0 repl:1` on n1: the
+`replicated` storage allocates `vm-300-disk-0` on n1 (Primary) and n2, QEMU opens
+n1's NBD export, and what the guest writes through its `/cgi-bin/disk` CGI is in
+both nodes' backing files. Then the replication link of n2 is cut for real (its
+veth goes down): n1 still holds quorum over the cluster network, records n2's copy
+Outdated in etcd and the guest's writes go on; when the link comes back n2 resyncs
+only what changed and the mark is cleared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from binome.lab.cluster import LabCluster
+from binome.storage.replica.nbd.client import NbdClient
+
+pytestmark = pytest.mark.lab
+
+VMID = 300
+VOL = f"vm-{VMID}-disk-0"
+MiB = 1 << 20
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except Exception as exc:  # the system may still be settling
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def http_get(url: str, timeout: float = 2.0) -> str | None:
+    r = subprocess.run(["curl", "-s", "-f", "--max-time", str(timeout), url],
+                       capture_output=True, text=True)
+    return r.stdout if r.returncode == 0 else None
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Iterator[LabCluster]:
+    if os.geteuid() != 0:
+        pytest.skip("lab tests need root (network namespaces)")
+    c = LabCluster(base="198.19", lab_id=f"rv{os.getpid() % 100000:x}"[:8],
+                   workdir=tmp_path_factory.mktemp("replab"), name="repltest")
+    c.start()       # stop() kills guests by pid, and every process in the namespaces
+    try:            # (the volume engines outlive binomed by design)
+        c.image = c.install_guest_image()
+        yield c
+    finally:
+        c.stop()
+
+
+def volume_file(lab: LabCluster, node: str, name: str) -> Path:
+    return lab.state_dir(node) / "replica" / "volumes" / name / "data.img"
+
+
+def backing(lab: LabCluster, node: str) -> Path:
+    return volume_file(lab, node, VOL)
+
+
+def on_disk(lab: LabCluster, node: str, offset: int, text: str) -> bool:
+    with open(backing(lab, node), "rb") as f:
+        f.seek(offset)
+        return f.read(len(text)) == text.encode()
+
+
+def vol(lab: LabCluster, node: str, name: str = VOL) -> dict:
+    return next(v for v in lab.json(node, "volume", "list") if v["name"] == name)
+
+
+def in_sync(st: dict) -> bool:
+    return st["cstate"] == "Connected" and st["disk"] == st["peer_disk"] == "UpToDate"
+
+
+def guest_write(lab: LabCluster, offset: int, text: str, timeout: float = 30) -> None:
+    url = f"http://{lab.guest_ip(0)}/cgi-bin/disk?write={offset}&data={text}"
+    assert http_get(url, timeout=timeout) == f"ok {len(text)}\n"
+
+
+def test_guest_disk_on_a_replicated_volume(lab: LabCluster) -> None:
+    lab.cli("n1", "storage", "add", "repl", "--type", "replicated", "--content", "images")
+    started = time.monotonic()
+    lab.cli("n1", "vm", "create", str(VMID), "--name", "rg", "--memory", "128",
+            "--net0", "virtio,bridge=vmbr0", "--virtio0", "repl:1",
+            "--kernel", lab.image["kernel"], "--initrd", lab.image["initrd"],
+            "--append", lab.guest_cmdline(0, "rg"), "--vga", "serial0")
+    print(f"VM with a 1 GiB replicated disk created in {time.monotonic() - started:.1f}s")
+    assert lab.json("n1", "vm", "config", str(VMID))["virtio0"] == f"repl:{VOL},size=1G"
+    lab.cli("n1", "vm", "start", str(VMID))
+    assert wait_for(lambda: http_get(f"http://{lab.guest_ip(0)}/cgi-bin/disk"), 90,
+                    "guest disk CGI") == "present 1073741824\n"
+    guest_write(lab, 4096, "hello-replica")
+    assert on_disk(lab, "n1", 4096, "hello-replica")
+    assert on_disk(lab, "n2", 4096, "hello-replica")     # protocol C: already on n2
+    st = wait_for(lambda: in_sync(s := vol(lab, "n1")) and s, 120, "initial sync done")
+    assert st["role"] == "Primary" and st["open_count"] == 1 and st["storage"] == "repl"
+    text = lab.cli("n2", "volume", "status", VOL).stdout
+    assert "cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate C r-----" in text
+
+
+def test_replication_link_cut_with_quorum_outdates_the_peer(lab: LabCluster) -> None:
+    lab.lab.link_down("n2", "replication")
+    try:
+        started = time.monotonic()
+        guest_write(lab, 8192, "written-while-cut", timeout=40)
+        print(f"guest write during the cut took {time.monotonic() - started:.1f}s "
+              f"(peer loss detection + fencing)")
+        st = vol(lab, "n1")
+        assert st["peer_disk"] == "Outdated" and not st["suspended"]
+        show = lab.json("n1", "volume", "show", VOL)
+        assert show["outdated"]["n2"]["by"] == "n1"
+        assert on_disk(lab, "n1", 8192, "written-while-cut")
+        assert not on_disk(lab, "n2", 8192, "written-while-cut")
+        r = lab.cli("n2", "volume", "primary", VOL, check=False)
+        assert r.returncode != 0
+        assert "Multiple primaries" in r.stdout or "recorded Outdated" in r.stdout
+    finally:
+        lab.lab.link_up("n2", "replication")
+    wait_for(lambda: in_sync(vol(lab, "n2")), 60, "n2 resynced")
+    assert on_disk(lab, "n2", 8192, "written-while-cut")
+    wait_for(lambda: lab.json("n1", "volume", "show", VOL)["outdated"] == {}, 20,
+             "Outdated mark cleared")
+    log = (lab.state_dir("n2") / "replica" / "engine.log").read_text()
+    resyncs = [int(k) for k in re.findall(r"Began resync as SyncTarget \(will sync (\d+) KB",
+                                          log)]
+    assert resyncs[0] == 1024 * 1024                   # the initial full sync
+    assert 4 <= resyncs[-1] <= 64, resyncs             # after the cut: only what changed
+    guest_write(lab, 12288, "after-heal")
+    assert on_disk(lab, "n2", 12288, "after-heal")
+
+
+def test_oracle_across_a_real_link_cut_resyncs_only_the_dirty_blocks(lab: LabCluster) -> None:
+    """Random writes through NBD with a checksum oracle; the replication link is cut in the
+    middle of the stream (writes stall until n1 fences n2, then go on); after the link is
+    back both replicas equal the oracle and the resync moved about the dirty bytes only."""
+    name, size = "ov", 64 * MiB
+    lab.cli("n1", "volume", "create", name, "--size", "64M")
+    st = wait_for(lambda: in_sync(s := vol(lab, "n1", name)) and s, 60, "initial sync")
+    model = bytearray(size)
+    rng = random.Random(4)
+    cut_at = {}
+
+    async def writer() -> None:
+        c = await NbdClient.connect(st["socket"], name)
+        try:
+            for batch in range(60):
+                if batch == 20:
+                    await asyncio.to_thread(lab.lab.link_down, "n2", "replication")
+                    cut_at["t"] = time.monotonic()
+                if batch == 21:
+                    cut_at["stall"] = time.monotonic() - cut_at["t"]
+                writes: list[tuple[int, bytes]] = []
+                for _ in range(16):
+                    length = rng.choice([4096, 16384, 65536])
+                    off = rng.randrange(0, size - length) // 4096 * 4096
+                    if any(off < o + len(d) and o < off + length for o, d in writes):
+                        continue
+                    data = rng.randbytes(length)
+                    model[off:off + length] = data
+                    writes.append((off, data))
+                await asyncio.gather(*(c.write(o, d) for o, d in writes))
+            await c.flush()
+        finally:
+            await c.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(writer(), 120))
+        a = vol(lab, "n1", name)
+        assert a["peer_disk"] == "Outdated" and a["out_of_sync_kib"] > 0
+        dirty = a["out_of_sync_kib"] * 1024
+        received_before = vol(lab, "n2", name)["counters"]["nr"] * 1024
+    finally:
+        lab.lab.link_up("n2", "replication")
+    print(f"writes stalled {cut_at['stall']:.1f}s at the cut (loss detection + fencing)")
+    b = wait_for(lambda: in_sync(s := vol(lab, "n2", name)) and s, 60, "n2 resynced")
+    wait_for(lambda: in_sync(vol(lab, "n1", name)), 20, "n1 in sync")
+    data_a = volume_file(lab, "n1", name).read_bytes()
+    assert hashlib.sha256(data_a).digest() == hashlib.sha256(model).digest()
+    assert data_a == volume_file(lab, "n2", name).read_bytes()
+    moved = b["counters"]["nr"] * 1024 - received_before
+    print(f"resync moved {moved // 1024} KiB for {dirty // 1024} KiB dirty")
+    assert dirty <= moved + 1024 <= 1.2 * dirty + 64 * 1024 + 1024
+    lab.cli("n1", "volume", "destroy", name, "--yes")
+
+
+def test_destroying_the_vm_removes_both_copies(lab: LabCluster) -> None:
+    lab.cli("n1", "vm", "stop", str(VMID))
+    lab.cli("n1", "vm", "destroy", str(VMID))
+    wait_for(lambda: not backing(lab, "n2").exists(), 30, "n2's copy removed")
+    assert not backing(lab, "n1").exists()
+    assert lab.json("n1", "volume", "list") == [] and lab.json("n2", "volume", "list") == []
