@@ -206,3 +206,17 @@ def test_pam_authentication_real_path() -> None:
 def test_pam_realm_refuses_wrong_root_password(cluster: Cluster) -> None:
     r = login(cluster, user="root@pam", password=uuid.uuid4().hex)
     assert r.status_code == 401
+
+
+def test_client_bootstrap_endpoints(cluster: Cluster, session) -> None:
+    """What Telmate and bpg call at start-up: permissions, users, pools."""
+    perms = session.get(base(cluster) + "/access/permissions",
+                        params={"userid": "admin@pve", "path": "/"}, timeout=10).json()["data"]
+    for priv in ("VM.Allocate", "VM.Audit", "VM.Clone", "VM.PowerMgmt", "Sys.Audit",
+                 "Sys.Modify", "Datastore.AllocateSpace", "Datastore.Audit"):
+        assert perms["/"][priv] == 1
+    users = session.get(base(cluster) + "/access/users", params={"full": 1},
+                        timeout=10).json()["data"]
+    assert {"root@pam", "admin@pve"} <= {u["userid"] for u in users}
+    assert all("password" not in u for u in users)
+    assert session.get(base(cluster) + "/pools", timeout=10).json()["data"] == []

@@ -7,9 +7,11 @@ from typing import Any
 
 from binome.api import auth
 from binome.api.context import RequestContext
-from binome.api.errors import AuthError
-from binome.api.registry import WORLD, registry
+from binome.api.errors import AuthError, PermissionDenied
+from binome.api.registry import ANY_USER, WORLD, CliSpec, registry
+from binome.api.registry import privs as privs_
 from binome.api.schema import Param
+from binome.store import keys
 
 LOGIN_FAILURE_DELAY = 0.5
 PRIVILEGES = ("Sys.Audit", "Sys.Modify", "Sys.Console", "Sys.PowerMgmt", "VM.Allocate",
@@ -76,3 +78,49 @@ async def create_ticket(ctx: RequestContext, params: dict[str, Any]) -> dict[str
     if ctx.services.cluster.cluster_name:
         data["clustername"] = ctx.services.cluster.cluster_name
     return data
+
+
+@registry.register(
+    "GET", "/access/permissions", name="access_permissions", permission=ANY_USER,
+    description="The effective privileges of a user (default: the caller) by path.",
+    parameters={"userid": Param(optional=True, format="pve-userid"),
+                "path": Param(optional=True, max_length=256)},
+    returns={"type": "object"},
+)
+async def access_permissions(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    userid = params.get("userid") or ctx.userid
+    if userid != ctx.userid and not await ctx.services.is_superuser(ctx.userid):
+        raise PermissionDenied("/access, User.Modify")
+    privs = {p: 1 for p in PRIVILEGES} if await ctx.services.is_superuser(userid) else {}
+    return {params.get("path") or "/": privs}
+
+
+@registry.register(
+    "GET", "/access/users", name="access_users", permission=privs_("User.Modify"),
+    description="The users defined in the cluster (passwords are never returned).",
+    parameters={"full": Param(type="boolean", optional=True, default=False),
+                "enabled": Param(type="boolean", optional=True)},
+    returns={"type": "array"},
+    cli=CliSpec(("user", "list"), formatter="table:userid,enable,comment"),
+)
+async def access_users(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
+    users = [{"userid": "root@pam", "enable": 1, "comment": "system administrator"}]
+    store = ctx.services.cluster.store
+    if store is not None:
+        for entry in await store.get_prefix(keys.ACCESS_USERS, serializable=True):
+            user = {k: v for k, v in entry.value.items() if k not in ("password", "superuser")}
+            users.append(user)
+    if params.get("enabled") is not None:
+        users = [u for u in users if bool(u.get("enable", 1)) == params["enabled"]]
+    return users
+
+
+@registry.register(
+    "GET", "/pools", name="pools", permission=ANY_USER,
+    description="Resource pools (none yet: binome has no pools; clients get an empty list).",
+    parameters={"poolid": Param(optional=True, max_length=64),
+                "type": Param(optional=True, enum=("qemu", "lxc", "storage"))},
+    returns={"type": "array"},
+)
+async def pools(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
+    return []
