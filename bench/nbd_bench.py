@@ -13,6 +13,14 @@ the replicated case), and the initial full-sync throughput over loopback.
     .venv/bin/python bench/nbd_bench.py [--runtime 10] [--size 1G] [--dir /tmp]
                                          [--jobs seq,rand32,rand1] [--uvloop] [--json]
                                          [--baseline-aio threads|io_uring] [--no-replicated]
+                                         [--repeat N]
+
+`--repeat N` runs every job N times, the servers taking turns within each
+round, and prints the medians, and the median of the per-round ratios: on a
+shared machine, a ratio measured a few seconds apart is much steadier than
+either figure. After the jobs, the bitmap resync rate is measured: the
+secondary is disconnected, a quarter of the volume is rewritten in scattered
+4 KiB blocks (one in four), and the resync after reconnecting is timed.
 
 Targets (issue 4) for the replicated engine: sequential write >= 70 % of the
 baseline, 4 KiB qd32 >= 40 %, qd1 latency <= 3x. This is not a test: nothing
@@ -200,14 +208,24 @@ def fmt(job: str, r: dict) -> str:
     return f"{r['iops']:8.0f} IOPS   lat {r['lat_us']:5.0f} us p99 {r['p99_us']:5.0f} us"
 
 
-def ratio(job: str, base: dict, ours: dict, replicated: bool) -> str:
+KEY = {"seq": "bw", "rand32": "iops", "rand1": "lat_us", "read32": "iops"}
+
+
+def median_result(job: str, rs: list[dict]) -> dict:
+    ordered = sorted(rs, key=lambda r: r[KEY[job]])
+    return ordered[len(ordered) // 2]
+
+
+def ratio(job: str, base: list[dict], ours: list[dict], replicated: bool) -> str:
+    """The median over the rounds of ours/baseline, each round's pair measured together."""
+    key = KEY[job]
+    xs = sorted(o[key] / b[key] for o, b in zip(ours, base, strict=True))
+    x = xs[len(xs) // 2]
+    spread = f" [{xs[0]:.2f}-{xs[-1]:.2f}]" if len(xs) > 1 else ""
     if job == "rand1":
-        x = ours["lat_us"] / base["lat_us"]
-        text = f"latency x{x:.2f}"
+        text = f"latency x{x:.2f}{spread}"
     else:
-        key = "bw" if job == "seq" else "iops"
-        x = ours[key] / base[key]
-        text = f"{x * 100:5.1f} %"
+        text = f"{x * 100:5.1f} %{spread}"
     if job in TARGETS and replicated:
         kind, target = TARGETS[job]
         ok = x <= target if kind == "latency" else x >= target
@@ -215,6 +233,31 @@ def ratio(job: str, base: dict, ours: dict, replicated: bool) -> str:
         text += f"{target if kind == 'latency' else f'{target:.0%}'}"
         text += f": {'met' if ok else 'NOT met'})"
     return text
+
+
+async def resync_rate(repl: Engine, size: int) -> tuple[float, int]:
+    """Disconnect the secondary, dirty a quarter of the volume, time the bitmap resync."""
+    from binome.storage.replica.nbd.client import NbdClient
+
+    ctl, peer_ctl = repl.handles[0].control, repl.handles[1].control
+    await control.call(peer_ctl, "disconnect", name="bench")
+    await wait_status(ctl, lambda st: st["cstate"] in ("WFConnection", "StandAlone",
+                                                      "Unconnected"))
+    c = await NbdClient.connect(repl.sock, "bench")
+    block = os.urandom(4096)
+    try:
+        offsets = list(range(0, size, 16384))
+        for i in range(0, len(offsets), 256):
+            await asyncio.gather(*(c.write(off, block) for off in offsets[i:i + 256]))
+        await c.flush()
+    finally:
+        await c.close()
+    dirty = (await control.call(ctl, "status", name="bench"))["out_of_sync_kib"] * 1024
+    t0 = time.monotonic()
+    await control.call(peer_ctl, "connect", name="bench")
+    await wait_status(ctl, lambda st: st["cstate"] == "Connected"
+                      and st["peer_disk"] == "UpToDate", timeout=600)
+    return dirty / 2**20 / (time.monotonic() - t0), dirty
 
 
 def main() -> int:
@@ -229,6 +272,8 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
     ap.add_argument("--no-replicated", action="store_true",
                     help="skip the replicated engine (protocol C to a second engine)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds per job; medians are printed (default 1)")
     args = ap.parse_args()
     for tool in ("fio", "qemu-nbd"):
         if shutil.which(tool) is None:
@@ -257,20 +302,31 @@ def main() -> int:
               + f"{' (uvloop)' if args.uvloop else ''}; {args.runtime} s per job\n", flush=True)
         for job in jobs:
             spec = JOBS[job]
-            results[job] = {}
-            for label, srv in servers:
-                cpu0 = sum(cpu_seconds(p) for p in srv.pids)
-                t0 = time.monotonic()
-                r = run_fio(srv.uri, spec, args.runtime, size)
-                r["cpu"] = (sum(cpu_seconds(p) for p in srv.pids) - cpu0) / (time.monotonic() - t0)
-                results[job][label] = r
-                print(f"{spec['title']:24s} {label:11s} {fmt(job, r)}  cpu {r['cpu'] * 100:3.0f} %",
-                      flush=True)
+            rounds: dict[str, list[dict]] = {label: [] for label, _ in servers}
+            for rnd in range(args.repeat):
+                for label, srv in servers:
+                    cpu0 = sum(cpu_seconds(p) for p in srv.pids)
+                    t0 = time.monotonic()
+                    r = run_fio(srv.uri, spec, args.runtime, size)
+                    r["cpu"] = ((sum(cpu_seconds(p) for p in srv.pids) - cpu0)
+                                / (time.monotonic() - t0))
+                    rounds[label].append(r)
+                    tag = f" #{rnd + 1}" if args.repeat > 1 else ""
+                    print(f"{spec['title']:24s} {label + tag:14s} {fmt(job, r)}  "
+                          f"cpu {r['cpu'] * 100:3.0f} %", flush=True)
+            results[job] = {label: median_result(job, rs) for label, rs in rounds.items()}
+            if args.repeat > 1:
+                for label, _ in servers:
+                    r = results[job][label]
+                    print(f"{spec['title']:24s} {label + ' med':14s} {fmt(job, r)}", flush=True)
             for label, _ in servers[1:]:
-                verdict = ratio(job, results[job]["qemu-nbd"], results[job][label],
-                                label == "replicated")
-                print(f"{'':24s} {label + '/base':11s} {verdict}", flush=True)
+                verdict = ratio(job, rounds["qemu-nbd"], rounds[label], label == "replicated")
+                print(f"{'':24s} {label + '/base':14s} {verdict}", flush=True)
             print(flush=True)
+        if not args.no_replicated:
+            rate, dirty = asyncio.run(resync_rate(repl, size))
+            print(f"bitmap resync over loopback ({dirty >> 20} MiB dirty in scattered 4 KiB "
+                  f"blocks): {rate:.0f} MiB/s", flush=True)
     finally:
         for _, srv in reversed(servers):
             with contextlib.suppress(Exception):

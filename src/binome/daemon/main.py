@@ -88,6 +88,8 @@ async def run(cfg: NodeConfig) -> None:
             await services.volumes.start()    # adopts (or starts) the volume engine
         if services.guests is not None:
             await services.guests.start()
+        if services.ha is not None:
+            await services.ha.start()        # CRM + LRM rounds, HA heartbeat
         sampler = asyncio.create_task(sample_forever(
             services.rrd, services.host.rrd_sample,
             lambda: services.guests.last_status if services.guests else {},
@@ -99,6 +101,8 @@ async def run(cfg: NodeConfig) -> None:
         sampler.cancel()
     finally:
         await server.stop()
+        if services.ha is not None:
+            await services.ha.stop()         # before the lease is revoked
         await services.tasks.shutdown()
         if services.guests is not None:
             await services.guests.stop()   # detaches from guests; they keep running

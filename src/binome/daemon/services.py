@@ -49,6 +49,18 @@ class Services:
             runtime = QemuRuntime(config.run_dir / "qemu")
             self.guests = GuestService(config.name, self.cluster, self.storages, runtime,
                                        self.clusterlog)
+        self.ha = None
+        if config.role == "node":
+            from binome.config import ConfigError
+            from binome.ha.daemon.service import HaService
+
+            try:
+                self.ha = HaService(config, self.cluster, self.guests, self.tasks,
+                                    self.clusterlog)
+            except ConfigError as exc:   # cluster timers the HA timers cannot live with
+                import logging
+
+                logging.getLogger("binome.ha").error("HA manager disabled: %s", exc)
         self._local_authkey: bytes | None = None
         self._cluster_ssl: ssl.SSLContext | None = None
         pki.ensure_self_signed(self.cluster.paths, config.name,

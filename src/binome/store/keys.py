@@ -53,3 +53,42 @@ def prefix_end(prefix: str) -> str:
     """The exclusive range end of a prefix, as etcd's range API wants it."""
     raw = prefix.encode()
     return (raw[:-1] + bytes([raw[-1] + 1])).decode()
+
+
+# ---------------------------------------------------------------- HA (docs/ha.md section 8)
+HA = f"{ROOT}/ha/"
+HA_RESOURCES = f"{HA}resources"            # {sid: ResourceConfig JSON}
+HA_GROUPS = f"{HA}groups"                  # {group: GroupConfig JSON}
+HA_SETTINGS = f"{HA}settings"              # HaSettings JSON
+HA_MANAGER_STATUS = f"{HA}manager_status"  # ManagerStatus JSON, written by the CRM master
+HA_MANAGER_LOCK = f"{HA}manager_lock"      # value: node name; bound to the master's lease
+HA_COMMANDS = f"{HA}commands/"             # <seq>: "migrate vm:100 n2" (API/CLI append)
+HA_LRM = f"{HA}lrm/"                       # <node>: LrmStatus JSON
+HA_HEARTBEAT = f"{HA}heartbeat/"           # <node>: rewritten at every renewal (lease-bound)
+HA_RELEASED = f"{HA}released/"             # <node>: {"lease": id} written before a revoke
+HA_FENCE = f"{HA}fence/"                   # <node>: fence device config (secrets write-only)
+HA_FENCE_REQUESTS = f"{HA}fence_requests/"  # <node>: latest fence request and its state
+
+
+def ha_command(seq: str) -> str:
+    return f"{HA_COMMANDS}{seq}"
+
+
+def ha_lrm(node: str) -> str:
+    return f"{HA_LRM}{node}"
+
+
+def ha_heartbeat(node: str) -> str:
+    return f"{HA_HEARTBEAT}{node}"
+
+
+def ha_released(node: str) -> str:
+    return f"{HA_RELEASED}{node}"
+
+
+def ha_fence(node: str) -> str:
+    return f"{HA_FENCE}{node}"
+
+
+def ha_fence_request(node: str) -> str:
+    return f"{HA_FENCE_REQUESTS}{node}"

@@ -46,13 +46,13 @@ def sync_lines(sync: dict[str, Any], verify: bool = False) -> list[str]:
     """DRBD's two progress lines (drbd_syncer_progress)."""
     total = max(int(sync.get("total_kib", 0)), 0)
     left = max(int(sync.get("left_kib", 0)), 0)
-    done = float(sync.get("done", 0.0))
-    width = 20
-    filled = min(width - 1, int(done * width / 100.0))
-    bar = "=" * filled + ">" + "." * (width - filled - 1)
+    res = min(1000, max(0, int(float(sync.get("done", 0.0)) * 10)))   # per mille, as DRBD
+    x = res // 50
+    bar = "=" * max(x - 1, 0) + ">" + "." * (20 - x)
     unit, scale = ("M", 1024) if total >= 1024 * 1024 else ("K", 1)
     what = "verified" if verify else "sync'ed"
-    line1 = f"\t[{bar}] {what}:{done:5.1f}% ({left // scale}/{total // scale}){unit}"
+    line1 = (f"\t[{bar}] {what}:{res // 10:3d}.{res % 10}% "
+             f"({left // scale}/{total // scale}){unit}")
     eta = sync.get("eta_s")
     if eta is None:
         finish = "--:--:--"

@@ -41,7 +41,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import socket
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -57,6 +56,7 @@ from binome.storage.replica.handshake import (
     incompatible,
     sync_handshake,
 )
+from binome.storage.replica.link import Completion, PeerProtocol
 from binome.storage.replica.splitbrain import AfterSb, parse_policy
 from binome.storage.replica.states import ConnState, DiskState, Role
 from binome.storage.replica.uuids import GenerationIds, Side, UuidFlags
@@ -68,11 +68,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("binome.replica.peer")
 
 RS_CHUNK_BITS = 256          # resync request size: 256 blocks (1 MiB at 4 KiB)
-RS_WINDOW = 8                # resync requests in flight
+RS_WINDOW = 128              # resync requests in flight (scattered blocks: many small ones)
+RS_WINDOW_BYTES = 8 << 20    # ... and at most this many bytes
 BITMAP_CHUNK = 1 << 20       # bitmap bytes per P_BITMAP packet (before compression)
 HANDSHAKE_TIMEOUT = 30.0
-# StreamReader pauses the socket above 2 x limit: keep several large writes in flight.
-STREAM_LIMIT = 8 * 1024 * 1024
+BIG_PACKET = 65536           # payloads from this size are sent without joining (no copy)
 
 
 class _Fatal(Exception):
@@ -90,6 +90,7 @@ class Resync:
     started: float
     bytes: int = 0
     inflight: int = 0
+    inflight_bytes: int = 0
     last_progress: float = 0.0
     paused: float = 0.0          # seconds spent paused (the rate controller skips them)
     marks: list[tuple[float, int]] = field(default_factory=list)
@@ -141,10 +142,8 @@ class PeerLink:
         self._last_rx = 0.0
         self._task: asyncio.Task | None = None
         self._server: asyncio.base_events.Server | None = None
-        self._accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = \
-            asyncio.Queue()
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._accepted: asyncio.Queue[PeerProtocol] = asyncio.Queue()
+        self._proto: PeerProtocol | None = None
         self._bg: set[asyncio.Task] = set()
         # peer's view
         self.peer_gi = GenerationIds()
@@ -154,7 +153,7 @@ class PeerLink:
         self.peer_disk = DiskState.DUnknown
         # replication
         self._seq = itertools.count(1)
-        self._acks: dict[int, asyncio.Future] = {}
+        self._acks: dict[int, Completion] = {}
         self._tl: dict[int, tuple[int, int, int]] = {}     # seq -> (offset, length, epoch)
         self._epoch = 1
         self._epoch_writes = 0
@@ -179,8 +178,8 @@ class PeerLink:
         self.vol.set_state(conn=ConnState.Unconnected)
         if not self.initiator:
             host, port = split_address(self.cfg.address)
-            self._server = await asyncio.start_server(self._on_accept, host, port,
-                                                      reuse_address=True, limit=STREAM_LIMIT)
+            self._server = await asyncio.get_running_loop().create_server(
+                lambda: PeerProtocol(on_made=self._on_accept), host, port, reuse_address=True)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -191,35 +190,36 @@ class PeerLink:
         if self._server is not None:
             self._server.close()
             self._server = None
-        if self._writer is not None:
-            self._writer.close()
+        if self._proto is not None:
+            self._proto.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         while not self._accepted.empty():
-            _, w = self._accepted.get_nowait()
-            w.close()
+            self._accepted.get_nowait().abort()
         self.vol.set_state(conn=ConnState.StandAlone)
 
     @property
     def connected(self) -> bool:
-        return self._writer is not None and self.vol.state.conn >= ConnState.Connected
+        return self._proto is not None and self.vol.state.conn >= ConnState.Connected
 
-    def _on_accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.stopped or self._writer is not None or not self._accepted.empty():
-            writer.close()          # one connection at a time
+    def _on_accept(self, proto: PeerProtocol) -> None:
+        if self.stopped or self._proto is not None or not self._accepted.empty():
+            proto.abort()           # one connection at a time
             return
-        self._accepted.put_nowait((reader, writer))
+        self._accepted.put_nowait(proto)
 
-    async def _get_connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _get_connection(self) -> PeerProtocol:
         if not self.initiator:
             return await self._accepted.get()
         host, port = split_address(self.cfg.peer_address)
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 async with asyncio.timeout(max(self.cfg.connect_int, 1.0)):
-                    return await asyncio.open_connection(host, port, limit=STREAM_LIMIT)
+                    _, proto = await loop.create_connection(PeerProtocol, host, port)
+                    return proto
             except (OSError, TimeoutError):
                 await asyncio.sleep(self.cfg.connect_int)
 
@@ -227,13 +227,9 @@ class PeerLink:
         name = self.vol.name
         while not self.stopped:
             self.vol.set_state(conn=ConnState.WFConnection)
-            reader, writer = await self._get_connection()
-            sock = writer.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._reader, self._writer = reader, writer
-            self._last_rx = time.monotonic()
-            keepalive = asyncio.get_running_loop().create_task(self._keepalive(writer))
+            proto = await self._get_connection()
+            self._proto = proto
+            keepalive = asyncio.get_running_loop().create_task(self._keepalive(proto))
             reason = ConnState.NetworkFailure
             try:
                 await self._session()
@@ -250,14 +246,13 @@ class PeerLink:
                 self.last_error = str(e)
                 log.error("%s: protocol error: %s", name, e)
                 reason = ConnState.ProtocolError
-            except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, OSError) as e:
+            except (ConnectionError, TimeoutError, OSError) as e:
                 self.last_error = f"{type(e).__name__}: {e}"
                 log.warning("%s: connection lost: %s", name, self.last_error)
             finally:
-                writer.close()
-                self._reader = self._writer = None
-                if keepalive is not None:
-                    keepalive.cancel()
+                proto.close()               # what is queued still leaves (e.g. our auth reply)
+                self._proto = None
+                keepalive.cancel()
                 await self._connection_lost(ConnState.Disconnecting if self.stopped else reason)
             if self.stopped:
                 self.vol.set_state(conn=ConnState.StandAlone)
@@ -267,31 +262,33 @@ class PeerLink:
                 return
             self.vol.set_state(conn=ConnState.Unconnected)
 
-    async def _keepalive(self, writer: asyncio.StreamWriter) -> None:
+    async def _keepalive(self, proto: PeerProtocol) -> None:
         """P_PING every ping_int; a peer silent for ping_int + ping_timeout is gone."""
         cfg = self.cfg
         while True:
             await asyncio.sleep(cfg.ping_int)
-            if time.monotonic() - self._last_rx > cfg.ping_int + cfg.ping_timeout:
+            if time.monotonic() - proto.last_rx > cfg.ping_int + cfg.ping_timeout:
                 log.warning("%s: PingAck did not arrive in time.", self.vol.name)
-                writer.transport.abort()
+                proto.fail(ConnectionError("PingAck did not arrive in time"))
                 return
             with contextlib.suppress(ConnectionError):
-                writer.write(wire.packet(P.PING))
+                proto.send(wire.packet(P.PING))
 
     # --- packet I/O ---------------------------------------------------------------------
 
-    def _send(self, data: bytes) -> None:
-        if self._writer is None:
+    def _send(self, data: bytes | bytearray) -> None:
+        if self._proto is None:
             raise ConnectionError("not connected")
-        self._writer.write(data)
+        self._proto.send(data)
+
+    def flush(self) -> None:
+        """Send what the current batch queued (the NBD server calls this after a batch)."""
+        if self._proto is not None:
+            self._proto.flush()
 
     async def _read(self) -> tuple[P, bytes]:
-        assert self._reader is not None
-        cmd, length = wire.parse_header(await self._reader.readexactly(wire.HEADER.size))
-        payload = await self._reader.readexactly(length) if length else b""
-        self._last_rx = time.monotonic()
-        return cmd, payload
+        assert self._proto is not None
+        return await self._proto.read()
 
     async def _expect(self, cmd: P) -> bytes:
         got, payload = await self._read()
@@ -554,7 +551,8 @@ class PeerLink:
             bit = first
             while bit < first + count:
                 n = min(RS_CHUNK_BITS, first + count - bit)
-                while rs.inflight >= RS_WINDOW or self.sync_paused:
+                while (rs.inflight >= RS_WINDOW or rs.inflight_bytes >= RS_WINDOW_BYTES
+                       or self.sync_paused):
                     paused_at = time.monotonic() if self.sync_paused else None
                     self._rs_slot.clear()
                     await self._rs_slot.wait()
@@ -568,6 +566,7 @@ class PeerLink:
                     if ahead > 0:
                         await asyncio.sleep(ahead)
                 rs.inflight += 1
+                rs.inflight_bytes += length
                 self._send(wire.packet(P.RS_DATA_REQUEST, wire.RS_REQUEST.pack(offset, length)))
                 bit += n
 
@@ -583,7 +582,12 @@ class PeerLink:
         wire.HEADER.pack_into(buf, 0, wire.MAGIC, P.RS_DATA_REPLY,
                               wire.RS_REPLY_HDR.size + length)
         wire.RS_REPLY_HDR.pack_into(buf, wire.HEADER.size, offset)
-        self._send(bytes(buf))
+        if length < BIG_PACKET:
+            self._send(buf)                     # joined with the batch's other replies
+        else:
+            if self._proto is None:
+                raise ConnectionError("not connected")
+            self._proto.send_big(b"", buf)      # a fresh buffer each time: no copy needed
         vol.counters.ns += length
         vol.counters.dr += length
         if self.resync is not None:
@@ -603,6 +607,7 @@ class PeerLink:
         if self.resync is not None:
             self.resync.moved(length)
             self.resync.inflight -= 1
+            self.resync.inflight_bytes -= length
             self._rs_slot.set()
 
     def _on_rs_ack(self, payload: bytes) -> None:
@@ -652,8 +657,8 @@ class PeerLink:
             self._send(wire.packet(P.OUT_OF_SYNC, wire.RS_ACK.pack(offset, length)))
 
     def send_write(self, offset: int, data: memoryview | bytes | None, length: int,
-                   flags: int) -> asyncio.Future | None:
-        """Mirror one write (or discard: data None); the future completes per protocol.
+                   flags: int) -> Completion | None:
+        """Mirror one write (or discard: data None); the completion fires per protocol.
 
         The write enters the transfer log before it is sent: whatever happens to
         the link from now on, it is either acknowledged by a barrier or marked
@@ -665,14 +670,15 @@ class PeerLink:
         try:
             if data is None:
                 self._send(hdr)
-            elif length <= 65536:
+            elif length < BIG_PACKET:
                 self._send(hdr + bytes(data))
             else:
-                # Large payloads live in a buffer of their own (NBD "direct" mode) until
-                # the request completes: hand the view over, the transport copies only
-                # what the socket does not take at once.
-                self._send(hdr)
-                self._send(data)
+                # Large payloads live in a buffer of their own (NBD "direct" mode, never
+                # reused): hand the view over, the transport copies only what the socket
+                # does not take at once.
+                if self._proto is None:
+                    raise ConnectionError("not connected")
+                self._proto.send_big(hdr, data)
         except ConnectionError:
             del self._tl[seq]
             self.vol.mark_out_of_sync(offset, length)
@@ -683,9 +689,9 @@ class PeerLink:
             self.send_barrier()         # nobody waits: it only lets the transfer log drain
         if self.cfg.protocol == "A":
             return None
-        fut = asyncio.get_running_loop().create_future()
-        self._acks[seq] = fut
-        return fut
+        done = Completion()
+        self._acks[seq] = done
+        return done
 
     def send_barrier(self) -> asyncio.Future:
         """Close the current epoch; the future completes when the peer flushed it.
@@ -727,8 +733,8 @@ class PeerLink:
                 if not fut.done():
                     fut.set_result(None)
 
-    async def _on_data(self, payload: bytes) -> None:
-        """The peer (Primary) writes: apply, then acknowledge per protocol."""
+    def _on_data(self, payload: memoryview) -> None:
+        """The peer (Primary) writes: apply, then acknowledge per protocol (inline)."""
         vol = self.vol
         assert vol.disk is not None
         seq, offset, length, flags = wire.DATA_HDR.unpack_from(payload)
@@ -741,7 +747,7 @@ class PeerLink:
                 vol.disk.discard(offset, length, keep_allocated=bool(flags & wire.DP_ZERO_KEEP),
                                  fast=False)
             else:
-                vol.disk.write(offset, memoryview(payload)[wire.DATA_HDR.size:])
+                vol.disk.write(offset, payload[wire.DATA_HDR.size:])
                 vol.counters.dw += length
             vol.counters.nr += length
         except OSError as e:
@@ -763,7 +769,7 @@ class PeerLink:
 
         async def flush_then_ack() -> None:
             await self.vol.disk_flush()
-            if self._writer is not None:
+            if self._proto is not None:
                 self._send(wire.packet(P.BARRIER_ACK, wire.BARRIER_ACK.pack(epoch, 0)))
         self._spawn(flush_then_ack())
 
@@ -776,7 +782,11 @@ class PeerLink:
     # --- the receive loop ---------------------------------------------------------------
 
     async def _receive_loop(self) -> None:
+        """Replication: packets are handled inline as they arrive (`link.PeerProtocol`)."""
+        proto = self._proto
+        assert proto is not None
         sync_handlers = {
+            P.DATA: self._on_data,
             P.WRITE_ACK: self._on_ack, P.RECV_ACK: self._on_ack, P.NEG_ACK: self._on_neg_ack,
             P.BARRIER_ACK: self._on_barrier_ack, P.BARRIER: self._on_barrier,
             P.RS_DATA_REQUEST: self._on_rs_request, P.RS_DATA_REPLY: self._on_rs_reply,
@@ -784,18 +794,26 @@ class PeerLink:
             P.PING: lambda _: self._send(wire.packet(P.PING_ACK)), P.PING_ACK: lambda _: None,
             P.OUT_OF_SYNC: self._on_out_of_sync,
         }
-        async_handlers = {P.DATA: self._on_data, P.BITMAP: self._on_bitmap,
-                          P.SYNC_UUID: self._on_sync_uuid, P.STATE: self._on_state_change}
-        while True:
-            cmd, payload = await self._read()
+        # These change states and metadata: the packets after them wait until they are done.
+        async_handlers = {P.BITMAP: self._on_bitmap, P.SYNC_UUID: self._on_sync_uuid,
+                          P.STATE: self._on_state_change}
+
+        def dispatch(cmd: P, payload: memoryview) -> Any:
             fn = sync_handlers.get(cmd)
             if fn is not None:
                 fn(payload)
-                continue
+                return None
             afn = async_handlers.get(cmd)
             if afn is None:
                 raise wire.WireError(f"unexpected {cmd.name} while {self.vol.state.conn}")
-            await afn(payload)
+            return afn(bytes(payload))        # a copy: the receive buffer moves on
+
+        nbd = self.vol.nbd
+        if nbd is not None:
+            # Replies completed by the acks of a batch leave in the same loop iteration.
+            proto.on_batch_end = nbd.flush_pending
+        proto.start(dispatch)
+        await proto.closed
 
     def _on_out_of_sync(self, payload: bytes) -> None:
         offset, length = wire.RS_ACK.unpack(payload)
@@ -834,7 +852,7 @@ class PeerLink:
             vol.set_state(conn=ConnState.SyncSource if conn == ConnState.PausedSyncS
                           else ConnState.SyncTarget)
         self._rs_slot.set()
-        if notify and self._writer is not None and conn >= ConnState.Connected:
+        if notify and self._proto is not None and conn >= ConnState.Connected:
             with contextlib.suppress(ConnectionError):
                 self._send_state()
 
@@ -854,7 +872,7 @@ class PeerLink:
 
     def state_changed(self, *, renegotiate: bool = False) -> None:
         """Tell the peer about a local role/disk/UUID change (and maybe re-run the handshake)."""
-        if self._writer is None or self.vol.state.conn < ConnState.Connected:
+        if self._proto is None or self.vol.state.conn < ConnState.Connected:
             return
         self._send_uuids()
         self._send_state(renegotiate=renegotiate)
@@ -868,8 +886,8 @@ class PeerLink:
             log.error("%s: %s", self.vol.name, e)
             self.last_error = str(e)
             self.stopped = True
-            if self._writer is not None:
-                self._writer.close()
+            if self._proto is not None:
+                self._proto.close()
 
     # --- connection loss ----------------------------------------------------------------
 

@@ -174,15 +174,15 @@ class VolumeService:
         """The running engine, adopted or started (and its event stream watched)."""
         async with self._engine_lock:
             h = self.handle
-            if h is not None and await supervisor.ping(h.control) is not None:
-                return h
-            h = await supervisor.ensure_engine(self.engine_dir, socket_dir=self.socket_dir)
-            log.info("volume engine %s (pid %d, %s)", "adopted" if h.adopted else "started",
-                     h.pid, self.engine_dir)
-            self.handle = h
+            if h is None or await supervisor.ping(h.control) is None:
+                h = await supervisor.ensure_engine(self.engine_dir, socket_dir=self.socket_dir)
+                log.info("volume engine %s (pid %d, %s)",
+                         "adopted" if h.adopted else "started", h.pid, self.engine_dir)
+                self.handle = h
+                self._wake.set()
             if self._watcher is None or self._watcher.done():
+                # (again if the engine dropped a lagging event stream)
                 self._watcher = asyncio.create_task(self._watch_events(h), name="volumes-events")
-            self._wake.set()
             return h
 
     async def call(self, cmd: str, **args: Any) -> Any:
@@ -216,7 +216,8 @@ class VolumeService:
             if self.handle is h:
                 self.handle = None
                 self.statuses.clear()
-        self._watcher = None
+        if self._watcher is asyncio.current_task():
+            self._watcher = None
         self._wake.set()                  # the reconcile loop restarts it when needed
 
     def _on_event(self, event: dict[str, Any]) -> None:

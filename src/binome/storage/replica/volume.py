@@ -269,7 +269,13 @@ class Volume:
 
     async def start_export(self) -> None:
         self.nbd = NbdServer(self._lookup, lambda: [self])
+        self.nbd.after_batch = self._flush_link
         await self.nbd.start_unix(self.config.socket)
+
+    def _flush_link(self) -> None:
+        # The P_DATA packets of a batch of NBD writes leave together, at once.
+        if self.link is not None:
+            self.link.flush()
 
     def _lookup(self, name: str) -> Volume | None:
         return self if name in ("", self.name) else None

@@ -73,7 +73,7 @@ def packet(cmd: P, payload: bytes = b"") -> bytes:
     return HEADER.pack(MAGIC, cmd, len(payload)) + payload
 
 
-def parse_header(raw: bytes) -> tuple[P, int]:
+def parse_header(raw: bytes | bytearray | memoryview) -> tuple[P, int]:
     magic, cmd, length = HEADER.unpack(raw)
     if magic != MAGIC:
         raise WireError(f"bad packet magic {magic:#x}")
@@ -89,9 +89,9 @@ def json_packet(cmd: P, obj: dict[str, Any]) -> bytes:
     return packet(cmd, json.dumps(obj, sort_keys=True).encode())
 
 
-def parse_json(payload: bytes) -> dict[str, Any]:
+def parse_json(payload: bytes | memoryview) -> dict[str, Any]:
     try:
-        obj = json.loads(payload)
+        obj = json.loads(bytes(payload) if isinstance(payload, memoryview) else payload)
     except (ValueError, UnicodeDecodeError) as e:
         raise WireError(f"bad handshake packet: {e}") from None
     if not isinstance(obj, dict):

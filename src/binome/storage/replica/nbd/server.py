@@ -83,6 +83,15 @@ class NbdServer:
         self._listing = listing
         self._server: asyncio.base_events.Server | None = None
         self.connections: set[NbdConnection] = set()
+        self.pending: set[NbdConnection] = set()     # connections with replies to send
+        # Called after each batch of requests is handled (the volume sends what the batch
+        # queued for its peer then, in one write, before waiting for anything).
+        self.after_batch: Callable[[], None] | None = None
+
+    def flush_pending(self) -> None:
+        """Send the replies completed so far now, not at the next loop iteration."""
+        while self.pending:
+            self.pending.pop()._flush_out()
 
     def export(self, name: str) -> Export | None:
         return self._lookup(name)
@@ -220,6 +229,7 @@ class NbdConnection(asyncio.BufferedProtocol):
             if d.filled == d.length:
                 self._direct = None
                 self._run(d.cookie, self._write_direct, d)
+                self._batch_done()
                 self._flush_out()
             return
         self._end += nbytes
@@ -231,6 +241,11 @@ class NbdConnection(asyncio.BufferedProtocol):
         except _ProtocolViolation as e:
             log.warning("nbd: closing connection: %s", e)
             self.abort()
+
+    def _batch_done(self) -> None:
+        hook = self.server.after_batch
+        if hook is not None:
+            hook()
 
     def eof_received(self) -> bool:
         return False
@@ -472,6 +487,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         if start == end:
             start = end = 0
         self._start, self._end = start, end
+        self._batch_done()
         self._flush_out()
         if self._closing:
             self.drain_and_close()
@@ -603,13 +619,16 @@ class NbdConnection(asyncio.BufferedProtocol):
             self._out.append(data)
 
     def _schedule_flush(self) -> None:
-        # Completions that land in the same loop iteration share one write.
+        # Completions that land in the same loop iteration share one write (or leave
+        # earlier, when whoever completed them calls NbdServer.flush_pending).
         if not self._flush_scheduled:
             self._flush_scheduled = True
+            self.server.pending.add(self)
             self._loop.call_soon(self._flush_out)
 
     def _flush_out(self) -> None:
         self._flush_scheduled = False
+        self.server.pending.discard(self)
         out = self._out
         if not out:
             return

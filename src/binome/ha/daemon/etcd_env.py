@@ -1,0 +1,467 @@
+"""`EtcdEnv`: the `ha.env.Env` of one daemon (CRM or LRM) of one node, over etcd.
+
+The CRM and the LRM are synchronous; etcd is async. The adapter is a
+*snapshot-then-act* wrapper (docs/ha.md section 8):
+
+1. `await refresh()` reads, in one linearizable range, every key under
+   `/binome/ha/` plus the guest owners (`/binome/vmids/`); if that fails the
+   node has no quorum and every read of the round raises `EnvUnavailable`;
+   the CRM side also takes the manager lock here (a key created with this
+   node's lease, `create_revision == 0`);
+2. the synchronous round runs against the snapshot; writes are queued;
+3. `await commit()` applies them as etcd transactions with the
+   compare-and-swap rules of `ha/env.py`: the manager status (with the
+   config moves and the deletion of consumed commands, all in one
+   transaction) compares the status revision read *and* the manager lock
+   key's revision and lease; an LRM status compares its own revision.
+
+Node liveness: each node's HA service rewrites `/binome/ha/heartbeat/<node>`
+(bound to its lease) after every successful lease renewal; the CRM takes
+the local time at which it first *saw* a new revision of that key as
+`last_renewal` (never later in reality than what it reports, so `fence_delay`
+is never shortened). The key vanishing means the lease is gone: expired,
+unless the node wrote `/binome/ha/released/<node>` for that lease first.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aetcd import rpc
+
+from binome.ha.env import Conflict, EnvUnavailable
+from binome.ha.model import (
+    FenceStatus,
+    GroupConfig,
+    HaSettings,
+    LeaseInfo,
+    LrmResult,
+    LrmStatus,
+    ManagerStatus,
+    NodeFacts,
+    NodeInfo,
+    ResourceConfig,
+)
+from binome.store import keys
+from binome.store.client import Store, StoreUnavailable
+
+if TYPE_CHECKING:
+    from binome.ha.daemon.service import HaService
+
+
+@dataclass(frozen=True)
+class Raw:
+    key: str
+    value: Any
+    mod_revision: int
+    lease: int
+
+
+def _encode(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+# The Store's public API has no lease on transactional puts and does not return the
+# revision a transaction created; these two helpers speak the etcd RPCs directly
+# through the Store's connection (same TLS channel, same timeout/error mapping).
+
+
+async def range_prefix(store: Store, prefix: str, timeout: float) -> tuple[list[Raw], int]:
+    """Linearizable range over a prefix: (entries with lease ids, store revision)."""
+    await store._call(store._client.connect, timeout=timeout)
+    req = rpc.RangeRequest(key=prefix.encode(), range_end=keys.prefix_end(prefix).encode())
+    resp = await store._call(store._client.kvstub.Range, req, timeout=timeout)
+    return ([Raw(kv.key.decode(), _decode(kv.value), int(kv.mod_revision), int(kv.lease))
+             for kv in resp.kvs], int(resp.header.revision))
+
+
+async def txn(store: Store, compare: list[tuple[str, str, int]],
+              puts: dict[str, tuple[Any, int]], deletes: Sequence[str],
+              timeout: float) -> int | None:
+    """One transaction; `compare` holds (key, "mod"|"create", revision), puts carry a lease
+    (0 for none). Returns the new store revision, None when a comparison failed."""
+    cmp = []
+    for key, target, rev in compare:
+        c = rpc.Compare(key=key.encode(), result=rpc.Compare.EQUAL)
+        if target == "mod":
+            c.target = rpc.Compare.MOD
+            c.mod_revision = rev
+        else:
+            c.target = rpc.Compare.CREATE
+            c.create_revision = rev
+        cmp.append(c)
+    ops = [rpc.RequestOp(request_put=rpc.PutRequest(key=k.encode(), value=_encode(v), lease=lease))
+           for k, (v, lease) in puts.items()]
+    ops += [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k.encode()))
+            for k in deletes]
+    await store._call(store._client.connect, timeout=timeout)
+    resp = await store._call(store._client.kvstub.Txn,
+                             rpc.TxnRequest(compare=cmp, success=ops, failure=[]),
+                             timeout=timeout)
+    return int(resp.header.revision) if resp.succeeded else None
+
+
+def vmid_of(sid: str) -> int | None:
+    kind, _, rest = sid.partition(":")
+    if kind == "vm" and rest.isdigit():
+        return int(rest)
+    return None
+
+
+class LivenessTracker:
+    """The CRM's view of every node's heartbeat key, in its own monotonic clock."""
+
+    def __init__(self) -> None:
+        # node -> (mod revision, first seen at, lease id)
+        self.seen: dict[str, tuple[int, float, int]] = {}
+        self.gone: dict[str, tuple[float, bool]] = {}  # node -> (seen gone at, expired)
+
+    def observe(self, now: float, heartbeats: dict[str, Raw], released: dict[str, Raw]) -> None:
+        for node, raw in heartbeats.items():
+            self.gone.pop(node, None)
+            old = self.seen.get(node)
+            if old is None or old[0] != raw.mod_revision:
+                self.seen[node] = (raw.mod_revision, now, raw.lease)
+        for node in list(self.seen):
+            if node not in heartbeats:
+                rel = released.get(node)
+                # released: the node announced the revoke of exactly the lease it had
+                expired = not (rel and isinstance(rel.value, dict)
+                               and rel.value.get("lease") == self.seen[node][2])
+                self.gone[node] = (now, expired)
+                del self.seen[node]
+
+    def facts(self, node: str, heartbeats: dict[str, Raw]) -> NodeFacts:
+        if node in heartbeats and node in self.seen:
+            return NodeFacts(node, True, last_renewal=self.seen[node][1])
+        gone = self.gone.get(node)
+        if gone is not None:
+            return NodeFacts(node, False, lease_gone_at=gone[0], lease_expired=gone[1])
+        return NodeFacts(node, False)
+
+
+class EtcdEnv:
+    """One daemon's Env (`role` is `crm` or `lrm`); see the module docstring."""
+
+    def __init__(self, hub: HaService, role: str) -> None:
+        self.hub = hub
+        self.role = role
+        self._ok = False
+        self._entries: dict[str, Raw] = {}
+        self._owners: dict[int, str] = {}
+        self._lock_mine = False
+        # queued writes
+        self._status_write: tuple[ManagerStatus, int, list[str]] | None = None
+        self._moves: list[tuple[int, str, str]] = []
+        self._lock_release = False
+        self._lrm_write: LrmStatus | None = None
+        # the LRM's CAS: tokens handed to the Lrm, the real revision compared in etcd
+        self._lrm_token = 0
+        self._lrm_real = 0
+        self.liveness = LivenessTracker()
+
+    # ------------------------------------------------------------ snapshot / commit
+
+    async def refresh(self) -> bool:
+        """Read the round's snapshot; False (and every read unavailable) without quorum."""
+        hub = self.hub
+        store = hub.store
+        self._ok = False
+        self._status_write, self._moves, self._lrm_write = None, [], None
+        self._lock_release = False
+        if store is None:
+            return False
+        timeout = hub.io_timeout
+        try:
+            entries, _rev = await range_prefix(store, keys.HA, timeout)
+            if self.role == "crm":
+                entries = await self._take_lock(store, entries, timeout)
+            vmids, _ = await range_prefix(store, keys.VMIDS, timeout)
+        except StoreUnavailable:
+            return False
+        self._entries = {e.key: e for e in entries}
+        self._owners = {}
+        for e in vmids:
+            tail = e.key[len(keys.VMIDS):]
+            if tail.isdigit() and isinstance(e.value, dict) and e.value.get("node"):
+                self._owners[int(tail)] = e.value["node"]
+        lock = self._entries.get(keys.HA_MANAGER_LOCK)
+        self._lock_mine = bool(lock and lock.value == hub.node and hub.lease_id
+                               and lock.lease == hub.lease_id)
+        if self.role == "crm":
+            self.liveness.observe(self.now(), self._prefix(keys.HA_HEARTBEAT),
+                                  self._prefix(keys.HA_RELEASED))
+        self._ok = True
+        return True
+
+    async def _take_lock(self, store: Store, entries: list[Raw], timeout: float) -> list[Raw]:
+        hub = self.hub
+        if (any(e.key == keys.HA_MANAGER_LOCK for e in entries) or not hub.lease_id
+                or not hub.lease_valid):
+            return entries
+        rev = await txn(store, [(keys.HA_MANAGER_LOCK, "create", 0)],
+                        {keys.HA_MANAGER_LOCK: (hub.node, hub.lease_id)}, (), timeout)
+        if rev is None:
+            return entries
+        return [*entries, Raw(keys.HA_MANAGER_LOCK, hub.node, rev, hub.lease_id)]
+
+    async def commit(self) -> list[str]:
+        """Apply the queued writes; returns what was refused (Conflict messages)."""
+        store = self.hub.store
+        errors: list[str] = []
+        if store is None:
+            return errors
+        timeout = self.hub.io_timeout
+        try:
+            if self._status_write is not None or self._moves:
+                await self._commit_crm(store, timeout, errors)
+            if self._lock_release:
+                lock = self._entries.get(keys.HA_MANAGER_LOCK)
+                if lock is not None and self._lock_mine:
+                    await txn(store, [(keys.HA_MANAGER_LOCK, "mod", lock.mod_revision)], {},
+                              [keys.HA_MANAGER_LOCK], timeout)
+            if self._lrm_write is not None:
+                key = keys.ha_lrm(self.hub.node)
+                rev = await txn(store, [(key, "mod", self._lrm_real)],
+                                {key: (self._lrm_write.to_dict(), 0)}, (), timeout)
+                if rev is None:
+                    self._lrm_token = -1   # the Lrm's next write fails: it re-reads
+                    errors.append("lrm status changed since it was read")
+                else:
+                    self._lrm_real = rev
+        except StoreUnavailable as exc:
+            errors.append(f"store unavailable: {exc}")
+            if self._lrm_write is not None:
+                self._lrm_token = -1
+        finally:
+            self._status_write, self._moves, self._lrm_write = None, [], None
+            self._lock_release = False
+        return errors
+
+    async def _commit_crm(self, store: Store, timeout: float, errors: list[str]) -> None:
+        lock = self._entries.get(keys.HA_MANAGER_LOCK)
+        if lock is None or not self._lock_mine:
+            errors.append("the manager lock is no longer ours")
+            return
+        compare = [(keys.HA_MANAGER_LOCK, "mod", lock.mod_revision)]
+        puts: dict[str, tuple[Any, int]] = {}
+        deletes: list[str] = []
+        for vmid, src, dst in self._moves:
+            owner_key = keys.vmid(vmid)
+            src_key, dst_key = keys.vm_conf(src, vmid), keys.vm_conf(dst, vmid)
+            cur = await store.get(src_key)
+            own = await store.get(owner_key)
+            if cur is None or own is None or (own.value or {}).get("node") != src:
+                errors.append(f"config of vm:{vmid} is not on {src}")
+                return
+            compare += [(src_key, "mod", cur.mod_revision), (owner_key, "mod", own.mod_revision),
+                        (dst_key, "create", 0)]
+            puts[dst_key] = (cur.value, 0)
+            puts[owner_key] = ({**own.value, "node": dst}, 0)
+            deletes.append(src_key)
+        if self._status_write is not None:
+            status, revision, done = self._status_write
+            compare.append((keys.HA_MANAGER_STATUS, "mod", revision))
+            puts[keys.HA_MANAGER_STATUS] = (status.to_dict(), 0)
+            deletes += done
+        rev = await txn(store, compare, puts, deletes, timeout)
+        if rev is None:
+            errors.append("manager status, lock or a guest config changed since it was read")
+
+    # ------------------------------------------------------------ helpers
+
+    def _need(self) -> None:
+        if not self._ok:
+            raise EnvUnavailable(f"{self.hub.node}: no quorum")
+
+    def _value(self, key: str, default: Any = None) -> Any:
+        raw = self._entries.get(key)
+        return default if raw is None or raw.value is None else raw.value
+
+    def _prefix(self, prefix: str) -> dict[str, Raw]:
+        return {k[len(prefix):]: r for k, r in self._entries.items() if k.startswith(prefix)}
+
+    # ------------------------------------------------------------ ClusterEnv
+
+    @property
+    def node(self) -> str:
+        return self.hub.node
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def log(self, level: str, message: str) -> None:
+        self.hub.log(level, f"{self.hub.node}/{self.role}", message)
+
+    def quorate(self) -> bool:
+        return self._ok
+
+    def cluster_nodes(self) -> dict[str, NodeInfo]:
+        fence = self._prefix(keys.HA_FENCE)
+        return {name: NodeInfo(name, watchdog=True, fence_device=name in fence)
+                for name in self.hub.guest_nodes()}
+
+    def read_manager_status(self) -> tuple[ManagerStatus, int]:
+        self._need()
+        raw = self._entries.get(keys.HA_MANAGER_STATUS)
+        if raw is None:
+            return ManagerStatus(), 0
+        return ManagerStatus.from_dict(raw.value), raw.mod_revision
+
+    def read_settings(self) -> HaSettings:
+        self._need()
+        return HaSettings.from_dict(self._value(keys.HA_SETTINGS))
+
+    def service_config_node(self, sid: str) -> str | None:
+        self._need()
+        vmid = vmid_of(sid)
+        return None if vmid is None else self._owners.get(vmid)
+
+    def replica_states(self, sid: str) -> dict[str, dict[str, str]]:
+        self._need()
+        # first increment: replicated volumes are not consulted yet (docs/ha.md section 8)
+        return {}
+
+    # ------------------------------------------------------------ CrmEnv
+
+    def try_manager_lock(self) -> bool:
+        self._need()
+        return self._lock_mine
+
+    def release_manager_lock(self) -> None:
+        self._need()
+        self._lock_release = True
+
+    def write_manager_status(self, status: ManagerStatus, revision: int,
+                             done_commands: Sequence[str] = ()) -> int:
+        self._need()
+        if not self._lock_mine:
+            raise Conflict("the manager lock is no longer ours")
+        raw = self._entries.get(keys.HA_MANAGER_STATUS)
+        if revision != (raw.mod_revision if raw else 0):
+            raise Conflict("manager status changed since it was read")
+        self._status_write = (ManagerStatus.from_dict(status.to_dict()), revision,
+                              list(done_commands))
+        return revision
+
+    def read_resources(self) -> dict[str, ResourceConfig]:
+        self._need()
+        return {sid: ResourceConfig.from_dict(sid, d)
+                for sid, d in (self._value(keys.HA_RESOURCES, {}) or {}).items()}
+
+    def read_groups(self) -> dict[str, GroupConfig]:
+        self._need()
+        return {name: GroupConfig.from_dict(name, d)
+                for name, d in (self._value(keys.HA_GROUPS, {}) or {}).items()}
+
+    def read_commands(self) -> list[tuple[str, str]]:
+        self._need()
+        return [(k, str(r.value)) for k, r in sorted(self._entries.items())
+                if k.startswith(keys.HA_COMMANDS)]
+
+    def node_facts(self) -> dict[str, NodeFacts]:
+        self._need()
+        beats = self._prefix(keys.HA_HEARTBEAT)
+        return {n: self.liveness.facts(n, beats) for n in self.hub.guest_nodes()}
+
+    def read_lrm_statuses(self) -> dict[str, LrmStatus]:
+        self._need()
+        out = {}
+        for node, raw in self._prefix(keys.HA_LRM).items():
+            if isinstance(raw.value, dict):
+                out[node] = LrmStatus.from_dict(raw.value)
+        return out
+
+    def move_service_config(self, sid: str, from_node: str, to_node: str) -> None:
+        self._need()
+        if not self._lock_mine:
+            raise Conflict("the manager lock is no longer ours")
+        vmid = vmid_of(sid)
+        if vmid is None or self._owners.get(vmid) != from_node:
+            raise Conflict(f"config of {sid} is on {self._owners.get(vmid or -1)}, "
+                           f"not {from_node}")
+        if from_node != to_node:
+            self._moves.append((vmid, from_node, to_node))
+            self._owners[vmid] = to_node   # the rest of the round sees the move
+
+    def fence(self, node: str) -> str:
+        self._need()
+        if not self._lock_mine:
+            raise Conflict("the manager lock is no longer ours")
+        return self.hub.fencer.request(node)
+
+    def fence_status(self, node: str) -> FenceStatus | None:
+        return self.hub.fencer.status(node)
+
+    # ------------------------------------------------------------ LrmEnv
+
+    def own_lease(self) -> LeaseInfo:
+        return LeaseInfo(self.hub.lease_valid, self.hub.renewed_at)
+
+    def read_lrm_status(self) -> tuple[LrmStatus | None, int]:
+        self._need()
+        raw = self._entries.get(keys.ha_lrm(self.hub.node))
+        self._lrm_real = raw.mod_revision if raw else 0
+        self._lrm_token = max(self._lrm_token, 0) + 1
+        status = LrmStatus.from_dict(raw.value) if raw and isinstance(raw.value, dict) else None
+        return status, self._lrm_token
+
+    def write_lrm_status(self, status: LrmStatus, revision: int) -> int:
+        self._need()
+        if revision != self._lrm_token or self._lrm_token <= 0:
+            raise Conflict("lrm status changed since it was read")
+        self._lrm_write = status
+        self._lrm_token += 1
+        return self._lrm_token
+
+    def watchdog_arm(self, deadline: float, sids: Collection[str]) -> None:
+        self.hub.watchdog_arm(deadline, sids)
+
+    def watchdog_disarm(self) -> None:
+        self.hub.watchdog_disarm()
+
+    def watchdog_fired(self) -> bool:
+        return self.hub.watchdog_fired()
+
+    def shutdown_request(self) -> str | None:
+        return None   # logind PrepareForShutdown is not wired yet
+
+    def shutdown_ready(self) -> None:
+        return None
+
+    def ha_sids(self) -> set[str]:
+        return set(self._value(keys.HA_RESOURCES, {}) or {})
+
+    def running_guests(self) -> set[str]:
+        managed = self.ha_sids() if self._ok else None
+        return self.hub.executor.running(managed)
+
+    def exec_start(self, sid: str, uid: str) -> None:
+        self.hub.executor.start(sid, uid, self._owners.get(vmid_of(sid) or -1))
+
+    def exec_stop(self, sid: str, uid: str) -> None:
+        self.hub.executor.stop(sid, uid)
+
+    def exec_migrate(self, sid: str, uid: str, target: str) -> None:
+        self.hub.executor.migrate(sid, uid, target)
+
+    def exec_relocate(self, sid: str, uid: str, target: str) -> None:
+        self.hub.executor.relocate(sid, uid, target)
+
+    def jobs(self) -> dict[str, str]:
+        return self.hub.executor.jobs()
+
+    def collect_results(self) -> dict[str, LrmResult]:
+        return self.hub.executor.collect()
+

@@ -1,0 +1,310 @@
+"""`HaService`: the CRM and the LRM of one node inside `binomed` (role `node`).
+
+Loops:
+
+- **heartbeat** (every `keepalive_interval`): renews the node lease itself
+  (the send time of a successful renewal is `renewed_at`, what the watchdog
+  deadline counts from), then rewrites `/binome/ha/heartbeat/<node>` bound to
+  that lease (the CRM's proof of life), then pushes the watchdog deadline to
+  `renewed_at + self_fence_deadline` if the LRM has it armed;
+- **rounds** (every `manager_round`, and when a job finishes): refresh ->
+  `Crm.step()` -> commit, then refresh -> `Lrm.step()` -> commit
+  (`ha.daemon.etcd_env`).
+
+The watchdog is `binome.fence.watchdog.Watchdog` (its supervisor process,
+state file in the node's run dir); fencing uses the fence device configured
+in `/binome/ha/fence/<node>` when there is one, and the watchdog guarantee
+otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any
+
+from binome.fence.watchdog import Watchdog
+from binome.ha.crm import Crm
+from binome.ha.daemon.etcd_env import EtcdEnv, txn, vmid_of
+from binome.ha.daemon.executor import Executor
+from binome.ha.lrm import Lrm
+from binome.ha.model import FenceState, FenceStatus, LrmState
+from binome.ha.timers import HaTimers
+from binome.store import keys
+from binome.store.client import StoreUnavailable
+
+if TYPE_CHECKING:
+    from binome.cluster.service import ClusterService
+    from binome.config import NodeConfig
+    from binome.guest.service import GuestService
+    from binome.tasks.clusterlog import ClusterLog
+    from binome.tasks.manager import TaskManager
+
+log = logging.getLogger("binome.ha")
+
+LOG_LEVELS = {"info": logging.INFO, "warn": logging.WARNING, "err": logging.ERROR,
+              "alert": logging.CRITICAL}
+CLUSTERLOG_PRI = {"warn": "warning", "err": "err", "alert": "alert"}
+
+
+class Fencer:
+    """Fence requests through the node's fence device, run as tasks; recorded in etcd."""
+
+    def __init__(self, hub: HaService) -> None:
+        self.hub = hub
+        self._status: dict[str, FenceStatus] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
+
+    def request(self, node: str) -> str:
+        request_id = uuid.uuid4().hex[:12]
+        self._status[node] = FenceStatus(request_id, FenceState.PENDING)
+        self._tasks[node] = asyncio.get_running_loop().create_task(
+            self._run(node, request_id), name=f"fence-{node}")
+        return request_id
+
+    def status(self, node: str) -> FenceStatus | None:
+        return self._status.get(node)
+
+    async def _run(self, node: str, request_id: str) -> None:
+        from binome.fence.device import make_device
+
+        hub = self.hub
+        state, detail = FenceState.FAILED, ""
+        try:
+            assert hub.store is not None
+            cfg = await hub.store.get_value(keys.ha_fence(node))
+            if not cfg:
+                detail = "no fence device configured"
+            else:
+                result = await make_device(cfg).fence(node)
+                state = FenceState.CONFIRMED if result.ok else FenceState.FAILED
+                detail = result.detail
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:   # never a secret: make_device/fence scrub their messages
+            detail = f"{type(exc).__name__}: {exc}"
+        self._status[node] = FenceStatus(request_id, state, detail)
+        with contextlib.suppress(Exception):
+            assert hub.store is not None
+            await hub.store.put(keys.ha_fence_request(node),
+                                {"request": request_id, "state": str(state), "detail": detail,
+                                 "by": hub.node, "at": time.time()})
+        hub.log("info" if state == FenceState.CONFIRMED else "err", f"{hub.node}/crm",
+                f"fence {node}: {state} ({detail})")
+        hub.wake()
+
+    async def stop(self) -> None:
+        for t in self._tasks.values():
+            t.cancel()
+
+
+class HaService:
+    def __init__(self, config: NodeConfig, cluster: ClusterService,
+                 guests: GuestService | None, tasks: TaskManager,
+                 clusterlog: ClusterLog, timers: HaTimers | None = None) -> None:
+        self.config = config
+        self.node = config.name
+        self.cluster = cluster
+        self.guests = guests
+        self.tasks = tasks
+        self.clusterlog = clusterlog
+        t = config.timers
+        self.timers = timers or HaTimers(lease_ttl=float(t.lease_ttl),
+                                         keepalive_interval=float(t.keepalive_interval))
+        self.timers.validate()
+        # no store call may block a round longer than this
+        self.io_timeout = max(0.2, min(self.timers.keepalive_interval,
+                                       self.timers.manager_round) * 0.8)
+        run = config.run_dir
+        self.qemu_run_dir = run / "qemu"
+        # device=None: the lab has no /dev/watchdog; the supervisor kills the guests itself
+        self.watchdog = Watchdog(run / "ha-watchdog.state", run / "ha-watchdog.pid",
+                                 device=None)
+        self.armed_sids: set[str] = set()
+        self.executor = Executor(self)
+        self.fencer = Fencer(self)
+        self.crm_env = EtcdEnv(self, "crm")
+        self.lrm_env = EtcdEnv(self, "lrm")
+        self.crm = Crm(self.crm_env, self.timers)
+        self.lrm = Lrm(self.lrm_env, self.timers)
+        self.renewed_at: float | None = None
+        self._hb_lease: int | None = None
+        self._hb_ok = False
+        self._wake = asyncio.Event()
+        self._loops: list[asyncio.Task] = []
+        self._pending_logs: list[asyncio.Task] = []
+
+    # ------------------------------------------------------------ facts for the envs
+
+    @property
+    def store(self):
+        return self.cluster.store
+
+    @property
+    def lease_id(self) -> int | None:
+        return self.cluster.lease_id
+
+    @property
+    def lease_valid(self) -> bool:
+        """Valid once the heartbeat key bound to the current lease exists."""
+        return self._hb_ok and self._hb_lease is not None and self._hb_lease == self.lease_id
+
+    def guest_nodes(self) -> list[str]:
+        return sorted(name for name, rec in self.cluster.node_records.items()
+                      if rec.get("role", "node") == "node" and rec.get("state") != "evicted")
+
+    def log(self, level: str, source: str, message: str) -> None:
+        log.log(LOG_LEVELS.get(level, logging.INFO), "%s: %s", source, message)
+        if level == "info" and message.startswith(("status change", "mode change")):
+            return   # the daemons' own state changes: node log only, not the cluster log
+        kw: dict[str, Any] = {"tag": "ha"}
+        if level in CLUSTERLOG_PRI:
+            kw["pri"] = CLUSTERLOG_PRI[level]
+        with contextlib.suppress(RuntimeError):
+            t = asyncio.get_running_loop().create_task(
+                self.clusterlog.write(f"{source}: {message}", **kw))
+            self._pending_logs.append(t)
+            self._pending_logs = [p for p in self._pending_logs if not p.done()]
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ------------------------------------------------------------ watchdog
+
+    def watchdog_arm(self, deadline: float, sids: Collection[str]) -> None:
+        vmids = [v for v in (vmid_of(s) for s in sids) if v is not None]
+        self.watchdog.arm_sync(deadline, vmids, self.qemu_run_dir)
+        self.armed_sids = set(sids)
+        if self.watchdog.running_pid() is None:
+            asyncio.get_running_loop().create_task(self._ensure_watchdog())
+
+    def watchdog_disarm(self) -> None:
+        self.watchdog.disarm_sync()
+        self.armed_sids = set()
+
+    def watchdog_fired(self) -> bool:
+        return self.watchdog.read_status().fired
+
+    async def _ensure_watchdog(self) -> None:
+        try:
+            await self.watchdog.ensure_running()
+        except Exception as exc:
+            self.log("alert", f"{self.node}/lrm", f"watchdog supervisor not running: {exc}")
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        # the watchdog supervisor is started by the first round that sees HA resources
+        self._loops = [asyncio.create_task(self._heartbeat_loop(), name="ha-heartbeat"),
+                       asyncio.create_task(self._round_loop(), name="ha-rounds")]
+
+    async def stop(self) -> None:
+        """Stop the loops, hand the manager lock over and announce the lease release.
+
+        The watchdog stays armed if HA guests run: they are killed at its
+        deadline and the CRM recovers them (the restart/freeze mode of a daemon
+        restart is not wired yet).
+        """
+        for t in self._loops:
+            t.cancel()
+        for t in self._loops:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._loops = []
+        await self.fencer.stop()
+        await self.executor.cancel_all()
+        if not self.armed_sids and self.watchdog.running_pid() is not None:
+            with contextlib.suppress(Exception):
+                await self.watchdog.stop()
+        with contextlib.suppress(Exception):
+            if await self.crm_env.refresh():
+                self.crm.shutdown()
+                await self.crm_env.commit()
+        store, lease = self.store, self.lease_id
+        if store is not None and lease is not None:
+            # the cluster service revokes the lease next: say so, or the CRM would
+            # take the revoke for an expiry (and trust a watchdog still counting down)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(store.put(keys.ha_released(self.node), {"lease": lease}),
+                                       1.0)
+
+    # ------------------------------------------------------------ loops
+
+    async def _heartbeat_loop(self) -> None:
+        seq = 0
+        while True:
+            try:
+                await self._heartbeat(seq)
+            except asyncio.CancelledError:
+                raise
+            except StoreUnavailable as exc:
+                log.debug("HA heartbeat failed: %s", exc)
+            except Exception:
+                log.exception("HA heartbeat failed")
+            seq += 1
+            await asyncio.sleep(self.timers.keepalive_interval)
+
+    async def _heartbeat(self, seq: int) -> None:
+        store, lease = self.store, self.lease_id
+        if store is None or lease is None:
+            return
+        sent = time.monotonic()
+        ttl = await store.refresh_lease(lease, timeout=self.io_timeout)
+        if ttl <= 0:
+            self._hb_ok = False
+            return
+        rev = await txn(store, [], {keys.ha_heartbeat(self.node): ({"seq": seq}, lease)}, (),
+                        self.io_timeout)
+        if rev is None:
+            return
+        self.renewed_at, self._hb_lease, self._hb_ok = sent, lease, True
+        lrm = self.lrm
+        if lrm.armed and lrm.state == LrmState.ACTIVE and self.armed_sids:
+            self.watchdog_arm(sent + self.timers.self_fence_deadline, self.armed_sids)
+
+    async def _round_loop(self) -> None:
+        while True:
+            began = time.monotonic()
+            self._wake.clear()
+            try:
+                await self.round()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("HA round failed")
+            left = self.timers.manager_round - (time.monotonic() - began)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.05, left))
+
+    async def round(self) -> None:
+        await self.crm_env.refresh()
+        try:
+            self.crm.step()
+        except Exception:   # a CRM bug must not stop the LRM (and its watchdog petting)
+            log.exception("CRM round failed")
+        for err in await self.crm_env.commit():
+            self.log("warn", f"{self.node}/crm", f"write refused: {err}")
+        if await self.lrm_env.refresh() and self.lrm_env.ha_sids() \
+                and self.watchdog.running_pid() is None:
+            await self._ensure_watchdog()   # before the LRM may arm it and start guests
+        self.lrm.step()
+        errors = await self.lrm_env.commit()
+        if errors:
+            # the Lrm believes its report was written: make it re-read and rewrite
+            self.lrm.revision = None
+            self.lrm.written = None
+            for err in errors:
+                log.info("%s/lrm: status write refused: %s", self.node, err)
+
+    # ------------------------------------------------------------ status (API)
+
+    def local_status(self) -> dict[str, Any]:
+        wd = self.watchdog.read_status()
+        return {"node": self.node, "crm": str(self.crm.state), "lrm": str(self.lrm.state),
+                "lrm_mode": str(self.lrm.mode), "watchdog": {
+                    "running": wd.running, "armed": wd.armed, "fired": wd.fired,
+                    "remaining": wd.remaining, "vmids": wd.vmids}}
