@@ -15,7 +15,8 @@ the way up prints:
 
 No marker in time, no kernel to try, or no usable ``/dev/kvm``: TCG. The
 probe QEMU is always killed by its pid and reaped. The decision is cached in
-``<run_dir>/accel.json`` together with the host kernel release and the QEMU
+``<run_dir>/accel.json`` (and host-wide in ``/run/binome/accel.json``) together with
+the host kernel release and the QEMU
 binary's identity, and re-probed when either changes.
 """
 
@@ -46,6 +47,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ACCEL_CACHE = "accel.json"
+HOST_CACHE_DIR = Path(os.environ.get("BINOME_HOST_RUN_DIR", "/run/binome"))
 #: A working KVM brings the probe kernel to its marker in well under 2 s; a
 #: host too slow for that is better served by TCG's predictability anyway.
 PROBE_TIMEOUT = 6.0
@@ -178,19 +180,42 @@ def cached_accel(run_dir: Path, qemu: str = QEMU_BINARY) -> AccelDecision | None
     return AccelDecision(data["accel"], data.get("reason", ""), data.get("probe_seconds"))
 
 
+def _write_cache(directory: Path, record: dict[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{ACCEL_CACHE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(directory / ACCEL_CACHE)
+
+
 async def resolve_accel(
-    run_dir: Path, *, timeout: float = PROBE_TIMEOUT, qemu: str = QEMU_BINARY
+    run_dir: Path, *, timeout: float = PROBE_TIMEOUT, qemu: str = QEMU_BINARY,
+    host_cache: Path | None = HOST_CACHE_DIR,
 ) -> AccelDecision:
-    """The cached decision, else probe once and cache the result in ``run_dir``."""
+    """The cached decision, else probe once and cache the result in ``run_dir``.
+
+    KVM's usability is a property of the host, so the decision is also kept in a
+    host-wide cache on tmpfs (``/run/binome``, gone at reboot): every node daemon
+    and test cluster on the machine shares one probe instead of booting its own.
+    """
     cached = cached_accel(run_dir, qemu)
     if cached is not None:
         return cached
+    if host_cache is not None:
+        shared = cached_accel(host_cache, qemu)
+        if shared is not None:
+            record = {**asdict(shared), "host": _host_identity(qemu),
+                      "decided_at": int(time.time())}
+            record.pop("probe_pid", None)
+            _write_cache(run_dir, record)
+            return shared
     decision = await probe_kvm(timeout, qemu)
     log.info("acceleration: %s (%s)", decision.accel, decision.reason)
-    run_dir.mkdir(parents=True, exist_ok=True)
     record = {**asdict(decision), "host": _host_identity(qemu), "decided_at": int(time.time())}
     record.pop("probe_pid", None)
-    tmp = run_dir / f".{ACCEL_CACHE}.tmp"
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(run_dir / ACCEL_CACHE)
+    _write_cache(run_dir, record)
+    if host_cache is not None:
+        try:
+            _write_cache(host_cache, record)
+        except OSError as exc:   # not root, read-only /run: the per-node cache still works
+            log.debug("host accel cache not written: %s", exc)
     return decision
