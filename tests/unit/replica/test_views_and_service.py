@@ -13,7 +13,7 @@ from binome.storage.base import StorageConfig, StorageError
 from binome.storage.replica import format as vformat
 from binome.storage.replica import keys, wire
 from binome.storage.replica.link import Completion, PeerProtocol
-from binome.storage.replica.service import VolumeFailure, VolumeService
+from binome.storage.replica.service import VolumeFailure, VolumeService, effective_disk_states
 from binome.storage.replica.states import ConnState, DiskState, Fencing, Role, State, needs_fencing
 from binome.storage.replicated import ReplicatedStorage, bind
 
@@ -182,3 +182,14 @@ def test_replicated_backend_names_sources_and_pairing():
         bind(None)
     with pytest.raises(StorageError, match="not available"):
         st.source("repl:vm-100-disk-0")
+
+
+def test_effective_disk_states_fold_in_the_fencing_marks():
+    view = {"config": {"nodes": {"n1": {}, "n2": {}, "n3": {}}},
+            "outdated": {"n2": {"by": "n1"}},
+            "states": {"n1": {"disk": "UpToDate", "up": True},
+                       "n2": {"disk": "UpToDate", "up": True}}}
+    assert effective_disk_states(view) == {"n1": "UpToDate", "n2": "Outdated",
+                                           "n3": "DUnknown"}
+    view["states"]["n1"] = {"up": False, "cstate": "Unconfigured"}
+    assert effective_disk_states(view)["n1"] == "DUnknown"

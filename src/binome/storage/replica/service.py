@@ -95,6 +95,22 @@ def _now() -> int:
     return int(time.time())
 
 
+def effective_disk_states(view: dict[str, Any]) -> dict[str, str]:
+    """node -> disk state of each copy, as the HA manager must read them (pure).
+
+    `view` is `VolumeService.cluster_view()`: a node's published disk state,
+    except that a copy recorded Outdated in the fencing key is Outdated whatever
+    its last report said (a dead node never heard it was fenced), and a node
+    that published nothing is DUnknown. Only UpToDate copies may be promoted.
+    """
+    out: dict[str, str] = {}
+    for node in view["config"].get("nodes", {}):
+        st = view["states"].get(node) or {}
+        disk = str(st.get("disk") or "DUnknown") if st.get("up", True) else "DUnknown"
+        out[node] = "Outdated" if node in view["outdated"] else disk
+    return out
+
+
 class VolumeService:
     def __init__(self, node: str, state_dir: Path, cluster: ClusterService,
                  clusterlog: ClusterLog, *, reconcile_interval: float = RECONCILE_INTERVAL
