@@ -66,9 +66,11 @@ def vc(tmp_path_factory) -> Iterator[Cluster]:
     try:
         yield c
     finally:
-        c.stop()
-        for node in c.nodes.values():
-            kill_engine(node)
+        try:
+            c.stop()
+        finally:
+            for node in c.nodes.values():
+                kill_engine(node)
 
 
 def vstatus(node: Node, name: str = "v1", via: Node | None = None) -> dict:

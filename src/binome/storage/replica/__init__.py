@@ -14,5 +14,9 @@ Layout (see docs/replicated-volumes.md):
   peer engine: handshake, replication, resync), `nbd.server` (the NBD export),
   `nbd.client` (an asyncio NBD client), `control` (the engine's JSON-lines
   control socket), `engine` (one process serving many volumes), `supervisor`
-  (start or re-adopt the engine), `__main__` (the engine's entry point).
+  (start or re-adopt the engine), `__main__` (the engine's entry point),
+  `link` (the peer connection's transport);
+- the daemon's side (runs in `binomed`, not in the engine): `service`
+  (supervision, etcd records and reconciliation, quorum fencing), `keys` (its
+  etcd keys), `format` (the /proc/drbd and drbdadm status views, pure).
 """

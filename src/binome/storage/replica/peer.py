@@ -32,7 +32,10 @@ connection on the replication network carries everything, in order:
 
 Single event loop: a write's local part, its P_DATA and the reading of a
 resync reply each happen without yielding, which is what keeps the ordering
-arguments above true.
+arguments above true. The bytes move through `link.PeerProtocol` (packets
+framed in place and handled inline, sends batched; see its docstring). Under
+quorum fencing a link loss does not complete the waiting writes: they are
+handed to the volume, which holds them until the peer is back or fenced.
 """
 
 from __future__ import annotations

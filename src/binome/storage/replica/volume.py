@@ -18,6 +18,12 @@ Write path (DRBD's `drbd_req.c`, reduced to what exists so far):
    (A: sent, B: received, C: written); FUA adds a (coalesced) fdatasync here
    and on the peer. FLUSH is a local fdatasync plus a barrier on the peer.
 
+Under quorum fencing (`states.needs_fencing`: a Primary whose peer's disk is
+unknown) writes, discards and flushes wait for `_resumed` and the completions
+of writes the link lost are held (`hold_completions`), until the peer is back
+or the daemon recorded it Outdated (`peer_outdated`); a copy the peer fenced
+first (`outdated_by_peer`) fails them with EIO.
+
 The bitmap reaches the disk lazily (a periodic writer, and always before an
 extent leaves the activity log); a clean detach writes it fully and marks the
 activity log clean. On attach after a crash the bits of every extent still in
