@@ -17,22 +17,11 @@ import pytest
 import requests
 
 from binome.lab.cluster import ADMIN, LabCluster
+from tests.integration.harness import wait_for
 
 pytestmark = pytest.mark.lab
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except Exception as exc:  # the system may still be settling
-            last = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def http_get(url: str, timeout: float = 1.0) -> str | None:

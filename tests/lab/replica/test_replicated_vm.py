@@ -25,6 +25,7 @@ import pytest
 
 from binome.lab.cluster import LabCluster
 from binome.storage.replica.nbd.client import NbdClient
+from tests.integration.harness import wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -33,18 +34,6 @@ VOL = f"vm-{VMID}-disk-0"
 MiB = 1 << 20
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except Exception as exc:  # the system may still be settling
-            last = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def http_get(url: str, timeout: float = 2.0) -> str | None:
