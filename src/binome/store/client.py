@@ -46,6 +46,16 @@ class Entry:
     mod_revision: int
 
 
+@dataclass(frozen=True)
+class LeasedEntry:
+    """An entry with the lease it is bound to (0: none)."""
+
+    key: str
+    value: Any
+    mod_revision: int
+    lease: int
+
+
 class _TlsClient(aetcd.Client):
     """aetcd.Client over a TLS channel (mutual TLS with the cluster CA)."""
 
@@ -81,6 +91,14 @@ def _decode(raw: bytes | None) -> Any:
     if raw is None:
         return None
     return json.loads(raw)
+
+
+def _decode_lenient(raw: bytes) -> Any:
+    """A value that is not JSON reads as None instead of failing the whole range."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
 
 
 def _encode(value: Any) -> bytes:
@@ -147,6 +165,44 @@ class Store:
                          timeout: float | None = None) -> list[Entry]:
         kvs = await self._range(prefix, keys.prefix_end(prefix), serializable, timeout)
         return [Entry(kv.key.decode(), _decode(kv.value), int(kv.mod_revision)) for kv in kvs]
+
+    async def range_leased(self, prefix: str,
+                           timeout: float | None = None) -> tuple[list[LeasedEntry], int]:
+        """Linearizable range over a prefix with each key's lease, and the store revision."""
+        await self._call(self._client.connect, timeout=timeout)
+        request = rpc.RangeRequest(key=prefix.encode(),
+                                   range_end=keys.prefix_end(prefix).encode())
+        response = await self._call(self._client.kvstub.Range, request, timeout=timeout)
+        return ([LeasedEntry(kv.key.decode(), _decode_lenient(kv.value), int(kv.mod_revision),
+                             int(kv.lease)) for kv in response.kvs],
+                int(response.header.revision))
+
+    async def txn(self, compare: list[tuple[str, str, int]],
+                  puts: dict[str, tuple[Any, int]], deletes: Sequence[str] = (),
+                  timeout: float | None = None) -> int | None:
+        """One transaction. `compare` holds (key, "mod"|"create", revision); each put
+        carries its lease (0: none). Returns the new store revision, or None when a
+        comparison failed and nothing was written."""
+        cmp = []
+        for key, target, rev in compare:
+            c = rpc.Compare(key=key.encode(), result=rpc.Compare.EQUAL)
+            if target == "mod":
+                c.target = rpc.Compare.MOD
+                c.mod_revision = rev
+            else:
+                c.target = rpc.Compare.CREATE
+                c.create_revision = rev
+            cmp.append(c)
+        ops = [rpc.RequestOp(request_put=rpc.PutRequest(key=k.encode(), value=_encode(v),
+                                                        lease=lease))
+               for k, (v, lease) in puts.items()]
+        ops += [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k.encode()))
+                for k in deletes]
+        await self._call(self._client.connect, timeout=timeout)
+        response = await self._call(self._client.kvstub.Txn,
+                                    rpc.TxnRequest(compare=cmp, success=ops, failure=[]),
+                                    timeout=timeout)
+        return int(response.header.revision) if response.succeeded else None
 
     async def count_prefix(self, prefix: str) -> int:
         return len(await self.get_prefix(prefix))

@@ -25,13 +25,9 @@ unless the node wrote `/binome/ha/released/<node>` for that lease first.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-from aetcd import rpc
 
 from binome.ha.env import Conflict, EnvUnavailable
 from binome.ha.model import (
@@ -47,69 +43,13 @@ from binome.ha.model import (
     ResourceConfig,
 )
 from binome.store import keys
-from binome.store.client import Store, StoreUnavailable
+from binome.store.client import LeasedEntry, Store, StoreUnavailable
 
 if TYPE_CHECKING:
     from binome.ha.daemon.service import HaService
 
 
-@dataclass(frozen=True)
-class Raw:
-    key: str
-    value: Any
-    mod_revision: int
-    lease: int
-
-
-def _encode(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _decode(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
-
-
-# The Store's public API has no lease on transactional puts and does not return the
-# revision a transaction created; these two helpers speak the etcd RPCs directly
-# through the Store's connection (same TLS channel, same timeout/error mapping).
-
-
-async def range_prefix(store: Store, prefix: str, timeout: float) -> tuple[list[Raw], int]:
-    """Linearizable range over a prefix: (entries with lease ids, store revision)."""
-    await store._call(store._client.connect, timeout=timeout)
-    req = rpc.RangeRequest(key=prefix.encode(), range_end=keys.prefix_end(prefix).encode())
-    resp = await store._call(store._client.kvstub.Range, req, timeout=timeout)
-    return ([Raw(kv.key.decode(), _decode(kv.value), int(kv.mod_revision), int(kv.lease))
-             for kv in resp.kvs], int(resp.header.revision))
-
-
-async def txn(store: Store, compare: list[tuple[str, str, int]],
-              puts: dict[str, tuple[Any, int]], deletes: Sequence[str],
-              timeout: float) -> int | None:
-    """One transaction; `compare` holds (key, "mod"|"create", revision), puts carry a lease
-    (0 for none). Returns the new store revision, None when a comparison failed."""
-    cmp = []
-    for key, target, rev in compare:
-        c = rpc.Compare(key=key.encode(), result=rpc.Compare.EQUAL)
-        if target == "mod":
-            c.target = rpc.Compare.MOD
-            c.mod_revision = rev
-        else:
-            c.target = rpc.Compare.CREATE
-            c.create_revision = rev
-        cmp.append(c)
-    ops = [rpc.RequestOp(request_put=rpc.PutRequest(key=k.encode(), value=_encode(v), lease=lease))
-           for k, (v, lease) in puts.items()]
-    ops += [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k.encode()))
-            for k in deletes]
-    await store._call(store._client.connect, timeout=timeout)
-    resp = await store._call(store._client.kvstub.Txn,
-                             rpc.TxnRequest(compare=cmp, success=ops, failure=[]),
-                             timeout=timeout)
-    return int(resp.header.revision) if resp.succeeded else None
+Raw = LeasedEntry
 
 
 def vmid_of(sid: str) -> int | None:
@@ -184,10 +124,10 @@ class EtcdEnv:
             return False
         timeout = hub.io_timeout
         try:
-            entries, _rev = await range_prefix(store, keys.HA, timeout)
+            entries, _rev = await store.range_leased(keys.HA, timeout)
             if self.role == "crm":
                 entries = await self._take_lock(store, entries, timeout)
-            vmids, _ = await range_prefix(store, keys.VMIDS, timeout)
+            vmids, _ = await store.range_leased(keys.VMIDS, timeout)
         except StoreUnavailable:
             return False
         self._entries = {e.key: e for e in entries}
@@ -210,7 +150,7 @@ class EtcdEnv:
         if (any(e.key == keys.HA_MANAGER_LOCK for e in entries) or not hub.lease_id
                 or not hub.lease_valid):
             return entries
-        rev = await txn(store, [(keys.HA_MANAGER_LOCK, "create", 0)],
+        rev = await store.txn([(keys.HA_MANAGER_LOCK, "create", 0)],
                         {keys.HA_MANAGER_LOCK: (hub.node, hub.lease_id)}, (), timeout)
         if rev is None:
             return entries
@@ -229,11 +169,11 @@ class EtcdEnv:
             if self._lock_release:
                 lock = self._entries.get(keys.HA_MANAGER_LOCK)
                 if lock is not None and self._lock_mine:
-                    await txn(store, [(keys.HA_MANAGER_LOCK, "mod", lock.mod_revision)], {},
+                    await store.txn([(keys.HA_MANAGER_LOCK, "mod", lock.mod_revision)], {},
                               [keys.HA_MANAGER_LOCK], timeout)
             if self._lrm_write is not None:
                 key = keys.ha_lrm(self.hub.node)
-                rev = await txn(store, [(key, "mod", self._lrm_real)],
+                rev = await store.txn([(key, "mod", self._lrm_real)],
                                 {key: (self._lrm_write.to_dict(), 0)}, (), timeout)
                 if rev is None:
                     self._lrm_token = -1   # the Lrm's next write fails: it re-reads
@@ -275,7 +215,7 @@ class EtcdEnv:
             compare.append((keys.HA_MANAGER_STATUS, "mod", revision))
             puts[keys.HA_MANAGER_STATUS] = (status.to_dict(), 0)
             deletes += done
-        rev = await txn(store, compare, puts, deletes, timeout)
+        rev = await store.txn(compare, puts, deletes, timeout)
         if rev is None:
             errors.append("manager status, lock or a guest config changed since it was read")
 

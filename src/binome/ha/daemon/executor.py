@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from binome.ha.daemon.etcd_env import txn, vmid_of
+from binome.ha.daemon.etcd_env import vmid_of
 from binome.ha.model import ExitCode, LrmResult
 from binome.store import keys
 
@@ -159,7 +159,7 @@ async def move_config(store, vmid: int, src: str, dst: str, timeout: float) -> N
     own = await store.get(owner_key)
     if cur is None or own is None or (own.value or {}).get("node") != src:
         raise GuestFailure(f"VM {vmid}: config is not on {src}")
-    rev = await txn(store, [(src_key, "mod", cur.mod_revision),
+    rev = await store.txn([(src_key, "mod", cur.mod_revision),
                             (owner_key, "mod", own.mod_revision), (dst_key, "create", 0)],
                     {dst_key: (cur.value, 0), owner_key: ({**own.value, "node": dst}, 0)},
                     [src_key], timeout)

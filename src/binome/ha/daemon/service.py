@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from binome.fence.watchdog import Watchdog
 from binome.ha.crm import Crm
-from binome.ha.daemon.etcd_env import EtcdEnv, txn, vmid_of
+from binome.ha.daemon.etcd_env import EtcdEnv, vmid_of
 from binome.ha.daemon.executor import Executor
 from binome.ha.lrm import Lrm
 from binome.ha.model import FenceState, FenceStatus, LrmState
@@ -257,7 +257,7 @@ class HaService:
         if ttl <= 0:
             self._hb_ok = False
             return
-        rev = await txn(store, [], {keys.ha_heartbeat(self.node): ({"seq": seq}, lease)}, (),
+        rev = await store.txn([], {keys.ha_heartbeat(self.node): ({"seq": seq}, lease)}, (),
                         self.io_timeout)
         if rev is None:
             return
