@@ -1,4 +1,5 @@
-"""`make demo`'s program: 2 nodes + witness in namespaces, quorate, then nothing left behind."""
+"""`make demo`'s program: 2 nodes + witness in namespaces, quorate, an HA guest that survives
+`binome lab power-off n1` (the demo prints the outage), then nothing left behind."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -38,7 +40,13 @@ def _processes_mentioning(text: str) -> list[int]:
     return pids
 
 
-def test_demo_starts_quorate_and_cleans_up() -> None:
+def _lab_cli(lab_id: str, *args: str) -> subprocess.CompletedProcess:
+    binome = Path(sys.executable).parent / "binome"
+    return subprocess.run([str(binome), "lab", "--lab", lab_id, *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_demo_starts_quorate_survives_a_power_off_and_cleans_up() -> None:
     _requires_root()
     lab_id = f"dm{os.getpid() % 100000:x}"[:8]
     proc = subprocess.Popen([sys.executable, "-m", "binome.lab.demo", "--base", "198.19",
@@ -46,7 +54,7 @@ def test_demo_starts_quorate_and_cleans_up() -> None:
                             stderr=subprocess.STDOUT, text=True)
     output: list[str] = []
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 240   # HA guest: booted and its volume in sync
         assert proc.stdout is not None
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
@@ -60,7 +68,9 @@ def test_demo_starts_quorate_and_cleans_up() -> None:
         assert "Quorate:          Yes" in text and "Expected votes:   3" in text
         password = re.search(r"Password:\s+(\S+)", text).group(1)
         workdir = Path(re.search(r"--state-dir (\S+)/n1 cluster status", text).group(1))
-        assert "VM 100 'web' on n1, serving http://198.19.3.10/" in text
+        assert "VM 100 'web' on n1, HA-managed, disk replicated n1 <-> n2, serving " \
+               "http://198.19.3.10/" in text
+        assert "binome lab power-off n1" in text and "binome lab cut n2" in text
         assert "https://198.19.1.1:8006/api2/json" in text
 
         # the API is reachable from the root namespace at the printed URL, with the login
@@ -86,14 +96,49 @@ def test_demo_starts_quorate_and_cleans_up() -> None:
                 time.sleep(0.25)
         assert body is not None and "web" in body
 
+        # the rest of the demo's output, read as it comes (outage lines)
+        def pump() -> None:
+            for line in proc.stdout:   # type: ignore[union-attr]
+                output.append(line)
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+
+        status = _lab_cli(lab_id, "status")
+        assert status.returncode == 0, status.stderr
+        assert "running on n1, answering" in status.stdout, status.stdout
+        assert re.search(r"n1 .*BMC 198\.19\.4\.\d+ power on", status.stdout), status.stdout
+
+        # an admin's fault: n1 powered off through its BMC; the guest comes back on n2
+        began, seen = time.monotonic(), len(output)
+        r = _lab_cli(lab_id, "power-off", "n1")
+        assert r.returncode == 0, r.stderr
+        assert "n1: chassis power off through its BMC" in r.stdout, r.stdout
+        outage = None
+        deadline = time.monotonic() + 120
+        while outage is None and time.monotonic() < deadline:
+            outage = re.search(r"binome demo: guest http://198\.19\.3\.10/ unreachable "
+                               r"\S+ - \S+: outage ([\d.]+) s, now on (n2)",
+                               "".join(output[seen:]))
+            time.sleep(0.5)
+        assert outage is not None, "".join(output)[-3000:]
+        print(f"\n{outage.group(0)} (fault to line: {time.monotonic() - began:.1f} s)")
+        assert 1.0 < float(outage.group(1)) < 120
+        assert "web" in s.get("http://198.19.3.10/", timeout=5).text
+        status = _lab_cli(lab_id, "status")
+        assert "running on n2, answering" in status.stdout, status.stdout
+        assert re.search(r"n1 .*binomed not running.*power off", status.stdout), status.stdout
+
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 0, rest
+        proc.wait(timeout=60)
+        reader.join(10)
+        assert proc.returncode == 0, "".join(output)[-3000:]
+        assert not (STATE_DIR / f"{lab_id}.demo").exists(), "control file left behind"
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
         cleanup_stale(lab_id)
+        (STATE_DIR / f"{lab_id}.demo").unlink(missing_ok=True)   # the demo was killed
 
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"bn-{lab_id}-" not in netns

@@ -9,6 +9,7 @@ envelope with the error text as the HTTP reason phrase.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -207,8 +208,32 @@ class ApiServer:
         path = perm.path.format(**params)
         raise PermissionDenied(f"{path}, {'|'.join(perm.privs)}")
 
+    async def _relay_stream(self, request: web.Request,
+                            upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+        resp = web.StreamResponse(status=upstream.status,
+                                  headers={"Content-Type": "application/x-ndjson",
+                                           "Cache-Control": "no-cache"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        try:
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(upstream.content.readany(), 5.0)
+                except TimeoutError:
+                    # Quiet: end the relay once our client has gone.
+                    if request.transport is None or request.transport.is_closing():
+                        break
+                    continue
+                if not chunk:
+                    break
+                await resp.write(chunk)
+            await resp.write_eof()
+        except (ConnectionError, aiohttp.ClientError):
+            pass                # either side hung up: the stream is over
+        return resp
+
     async def _proxy(self, request: web.Request, node: str, path: str, raw: dict[str, Any],
-                     user: str | None) -> web.Response:
+                     user: str | None) -> web.StreamResponse:
         """Forward to the node named in the path, as the same user."""
         base = await self.services.node_api_url(node)
         if self._client is None:
@@ -221,12 +246,19 @@ class ApiServer:
         data = None if request.method in ("GET", "DELETE") else {
             k: str(v) for k, v in raw.items()}
         query = dict(request.query) if request.method in ("GET", "DELETE") else None
+        # Event streams (volume events: application/x-ndjson) are relayed as they come,
+        # without the 60 s limit of ordinary answers.
+        streaming = request.method == "GET" and path.rstrip("/").endswith("events")
+        timeout = (aiohttp.ClientTimeout(total=None, sock_connect=30) if streaming
+                   else aiohttp.ClientTimeout(total=60))
         try:
             async with self._client.request(
                 request.method, base + API_PREFIX + path, params=query, data=data,
                 headers=headers, ssl=self.services.cluster_ssl_context(),
-                timeout=aiohttp.ClientTimeout(total=60),
+                timeout=timeout,
             ) as upstream:
+                if streaming and upstream.content_type == "application/x-ndjson":
+                    return await self._relay_stream(request, upstream)
                 body = await upstream.read()
                 return web.Response(body=body, status=upstream.status, reason=upstream.reason,
                                     content_type="application/json")

@@ -13,6 +13,7 @@ import json
 import socket
 import ssl
 import time
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -101,6 +102,33 @@ class Client:
         if with_total:
             return payload.get("data"), payload.get("total")
         return payload.get("data")
+
+    def stream(self, path: str, params: dict[str, Any] | None = None) -> Iterator[Any]:
+        """GET a streaming path (application/x-ndjson): yield one object per line until
+        the server ends the stream (no read timeout once it started)."""
+        params = {k: _form(v) for k, v in (params or {}).items() if v is not None}
+        url = "/api2/json" + quote(path) + ("?" + urlencode(params) if params else "")
+        headers = {"Accept": "application/x-ndjson"}
+        if self.ticket:
+            headers["Cookie"] = f"PVEAuthCookie={quote(self.ticket, safe='')}"
+        conn = self._connection()
+        try:
+            conn.request("GET", url, headers=headers)
+            response = conn.getresponse()
+            if response.status != 200:
+                raw = response.read()
+                try:
+                    payload = json.loads(raw) if raw else {}
+                except json.JSONDecodeError:
+                    payload = {}
+                raise ApiCallError(response.status, response.reason, payload.get("errors"))
+            if conn.sock is not None:
+                conn.sock.settimeout(None)        # events may be minutes apart
+            for line in response:
+                if line.strip():
+                    yield json.loads(line)
+        finally:
+            conn.close()
 
     def wait_task(self, upid: str, on_line=None, poll: float = 0.3) -> dict[str, Any]:
         """Poll a task until it stops, feeding new log lines to `on_line`."""

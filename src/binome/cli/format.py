@@ -65,6 +65,7 @@ def cluster_status(entries: list[dict[str, Any]]) -> str:
         f"Name:             {cluster['name']}",
         f"Config Version:   {cluster['version']}",
         f"Transport:        {cluster['transport']}",
+        f"etcd leader:      {cluster.get('etcd_leader') or '-'}",
         "",
         "Votequorum information", "----------------------",
         f"Date:             {time.strftime('%a %b %d %H:%M:%S %Y')}",

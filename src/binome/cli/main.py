@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
 import sys
 from pathlib import Path
@@ -137,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
         vp.add_argument("path", help="API path, e.g. /cluster/status")
         vp.add_argument("params", nargs="*", metavar="KEY=VALUE", help="parameters")
         vp.set_defaults(_api_verb=verb)
+    from binome.lab.control import add_lab_parser  # `binome lab ...`: local, no API
+    add_lab_parser(groups)
     return parser
 
 
@@ -223,10 +226,28 @@ def _print_error(exc: ApiCallError) -> int:
     return 2 if exc.status == 400 else 1
 
 
+FENCE_VERBS = {"list", "config", "add", "set", "remove", "test", "node"}
+
+
+def _aliases(argv: list[str]) -> list[str]:
+    """Short forms: `binome fence NODE` (like fence_node) is `binome fence node NODE`;
+    `binome ha node-maintenance ...` is `binome ha crm-command node-maintenance ...`."""
+    words = [i for i, a in enumerate(argv) if not a.startswith("-")]
+    if len(words) >= 2 and argv[words[0]] == "fence" and words[1] == words[0] + 1 \
+            and argv[words[1]] not in FENCE_VERBS:
+        return [*argv[:words[1]], "node", *argv[words[1]:]]
+    # `binome ha node-maintenance enable N` is `binome ha crm-command node-maintenance ...`
+    if len(words) >= 2 and argv[words[0]] == "ha" and argv[words[1]] == "node-maintenance":
+        return [*argv[:words[1]], "crm-command", *argv[words[1]:]]
+    return argv
+
+
 def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_aliases(list(sys.argv[1:] if argv is None else argv)))
     output = _opt(args, "output_format", "text")
+    if hasattr(args, "_lab"):   # lab-only commands act on the demo's processes directly
+        return args._lab(args)
     try:
         client = make_client(args)
         if hasattr(args, "_console"):
@@ -242,6 +263,8 @@ def run(argv: list[str] | None = None) -> int:
             spec, method = args._spec, args._method
             _confirm(spec, args)
             path, params = _split(method, _collect(method, spec, args))
+            if method.name == "volume_events":
+                return _volume_events(client, path, params, output)
             data = client.call(method.method, path, params)
             formatter = spec.formatter
         if isinstance(data, str) and data.startswith("UPID:") and not _opt(args, "no_wait"):
@@ -271,6 +294,20 @@ def _console(client: Client, args: argparse.Namespace) -> int:
     return asyncio.run(run_console(socket_path, base + "/api2/json", args.p_vmid,
                                    args.p_node or "localhost", args.expect, args.timeout,
                                    cookies, headers, _opt(args, "login_fingerprint")))
+
+
+def _volume_events(client: Client, path: str, params: dict[str, Any], output: str) -> int:
+    """`binome volume events`: drbdsetup events2 lines (or one JSON object per line)."""
+    from binome.storage.replica.events import format_line
+
+    items = client.call("GET", path, params) if params.get("now") else \
+        client.stream(path, params)
+    try:
+        for ev in items:
+            print(json.dumps(ev) if output.startswith("json") else format_line(ev), flush=True)
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def _wait(client: Client, upid: str, output: str) -> int:

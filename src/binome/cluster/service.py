@@ -26,7 +26,13 @@ from binome.cluster.quorum import MemberView, QuorumView
 from binome.config import NodeConfig
 from binome.store import keys
 from binome.store.client import Store, StoreUnavailable
-from binome.store.member import EtcdMember, MemberSpec
+from binome.store.member import (
+    EtcdMember,
+    LeadershipPreference,
+    MemberSpec,
+    PeerHealth,
+    witness_transfer_target,
+)
 from binome.tasks.clusterlog import ClusterLog
 from binome.tasks.manager import Task, TaskFailed
 
@@ -34,6 +40,7 @@ log = logging.getLogger("binome.cluster")
 
 JOIN_PROMOTE_TIMEOUT = 60.0
 QUORUM_WAIT = 30.0
+LEADER_MOVE_TIMEOUT = 5.0   # etcd itself gives up a transfer after an election timeout
 
 
 class ClusterService:
@@ -55,6 +62,7 @@ class ClusterService:
         self._authkey: bytes | None = None
         self._lock = asyncio.Lock()   # one membership change at a time on this node
         self._refreshing = asyncio.Lock()   # one quorum view refresh at a time
+        self._etcd_leader_id: int | None = None   # as the local member last saw it
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -119,7 +127,8 @@ class ClusterService:
 
     def _start_loops(self) -> None:
         self._loops = [asyncio.create_task(self._quorum_loop(), name="quorum"),
-                       asyncio.create_task(self._lease_loop(), name="lease")]
+                       asyncio.create_task(self._lease_loop(), name="lease"),
+                       asyncio.create_task(self._leadership_loop(), name="etcd-leadership")]
 
     async def _discard_local_membership(self) -> None:
         if self.etcd is not None:
@@ -285,6 +294,112 @@ class ClusterService:
         if publish_stats:
             await self.store.put(keys.NODE_STATS + self.config.name, self.on_node_stats(),
                                  lease=self._lease_id)
+
+    # ------------------------------------------------------------------ etcd leadership
+    async def _leadership_loop(self) -> None:
+        """Keep etcd leadership on the witness (docs/ha.md, "etcd leadership").
+
+        Every daemon reads its local member's Status each quorum check interval (which
+        also feeds `etcd_leader_name`); only the daemon whose member leads, when it is
+        not the witness, looks at the whole cluster and moves leadership with
+        MoveLeader - etcd accepts that RPC only from the leader, so two daemons never
+        fight over it. When and how often: `store.member.LeadershipPreference`.
+        """
+        policy = LeadershipPreference()
+        peers: dict[str, Store] = {}   # our own channels: the quorum loop closes its own
+        try:
+            while True:
+                try:
+                    await self._leadership_once(policy, peers)
+                except asyncio.CancelledError:
+                    raise
+                except StoreUnavailable as exc:
+                    self._etcd_leader_id = None
+                    log.debug("etcd leadership check failed: %s", exc)
+                except Exception:
+                    log.exception("etcd leadership check failed")
+                await asyncio.sleep(self.config.timers.quorum_check_interval)
+        finally:
+            self._etcd_leader_id = None
+            for store in peers.values():
+                await store.close()
+
+    async def _leadership_once(self, policy: LeadershipPreference,
+                               peers: dict[str, Store]) -> None:
+        assert self.store is not None
+        t = self.config.timers
+        local = await self.store.member_status(timeout=t.quorum_check_timeout)
+        now = time.monotonic()
+        me, leader = local["member_id"], local["leader"]
+        self._etcd_leader_id = leader or None
+        records = {int(r.get("member_id", 0)): r for r in self.node_records.values()}
+        witnesses = {mid for mid, r in records.items() if r.get("role") == "witness"}
+        held = policy.witness_since is not None
+        policy.observe(now, leader in witnesses)
+        if held and leader not in witnesses and leader == me:
+            log.info("etcd leadership left the witness", extra={
+                "leader": self.config.name, "term": local["raft_term"],
+                "retry_in_s": round(policy.delay, 1), "quick_losses": policy.quick_losses})
+        if leader != me or me in witnesses or not witnesses:
+            policy.healthy(now, False)
+            return
+        members = await self.store.members(timeout=t.quorum_check_timeout)
+
+        async def status(m) -> dict[str, Any] | None:
+            if m.id == me:
+                return local
+            if not m.client_urls:
+                return None
+            url = m.client_urls[0]
+            store = peers.get(url)
+            if store is None:
+                store = peers[url] = self._new_store(url, timeout=t.quorum_check_timeout)
+            try:
+                return await store.member_status(timeout=t.quorum_check_timeout)
+            except StoreUnavailable:
+                # a fresh channel next time (gRPC's reconnect backoff is long)
+                peers.pop(url, None)
+                await store.close()
+                return None
+
+        statuses = await asyncio.gather(*(status(m) for m in members))
+        health = [PeerHealth(member_id=m.id, name=m.name,
+                             role=records.get(m.id, {}).get("role", "unknown"),
+                             state=records.get(m.id, {}).get("state", ""),
+                             is_learner=m.is_learner, status=st)
+                  for m, st in zip(members, statuses, strict=True)]
+        target, why = witness_transfer_target(local, health)
+        policy.healthy(time.monotonic(), target is not None)
+        if target is None:
+            log.debug("etcd leadership stays here: %s", why)
+            return
+        if not policy.may_move(time.monotonic()):
+            return
+        to = next((m.name for m in members if m.id == target), f"{target:x}")
+        started = time.monotonic()
+        try:
+            await self.store.move_leader(target, timeout=LEADER_MOVE_TIMEOUT)
+        except StoreUnavailable as exc:
+            policy.moved(time.monotonic(), ok=False)
+            log.log(logging.WARNING if policy.failures == 1 else logging.DEBUG,
+                    "etcd leadership transfer to the witness failed", extra={
+                        "from": self.config.name, "to": to, "error": str(exc),
+                        "failures": policy.failures,
+                        "retry_in_s": round(policy.not_before - time.monotonic(), 1)})
+            return
+        policy.moved(time.monotonic(), ok=True)
+        self._etcd_leader_id = target
+        log.info("etcd leadership moved to the witness", extra={
+            "from": self.config.name, "to": to, "term": local["raft_term"],
+            "took_ms": round((time.monotonic() - started) * 1000)})
+
+    def etcd_leader_name(self) -> str | None:
+        """The etcd leader as the local member last saw it (None: no leader or unknown)."""
+        leader = self._etcd_leader_id
+        if not leader:
+            return None
+        return next((m.name for m in self.view.members if m.member_id == leader),
+                    f"{leader:x}")
 
     # ------------------------------------------------------------------ reads
     @property

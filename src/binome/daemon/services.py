@@ -49,6 +49,7 @@ class Services:
             runtime = QemuRuntime(config.run_dir / "qemu")
             self.guests = GuestService(config.name, self.cluster, self.storages, runtime,
                                        self.clusterlog)
+            self.guests.volumes = self.volumes   # live migration promotes/demotes volumes
         self.ha = None
         if config.role == "node":
             from binome.config import ConfigError
@@ -57,6 +58,7 @@ class Services:
             try:
                 self.ha = HaService(config, self.cluster, self.guests, self.tasks,
                                     self.clusterlog)
+                self.ha.volumes = self.volumes
             except ConfigError as exc:   # cluster timers the HA timers cannot live with
                 import logging
 

@@ -23,6 +23,11 @@ Owns the mapping from Proxmox-style devices to QEMU options. Choices, and why:
 * NBD sources go straight into ``file=`` (QEMU parses the URI); with no
   format, ``format=raw`` is still given so QEMU never probes guest data.
 * Values from the spec are escaped for QEMU's option parser (``,`` -> ``,,``).
+* The target of a live migration (``incoming=True``) gets ``-S -incoming
+  defer``: QEMU waits for a ``migrate-incoming`` over QMP (the runtime then
+  picks the listening address) and stays paused after the state arrived, so
+  the guest runs there only once the source has handed over and the service
+  says ``cont``.
 """
 
 from __future__ import annotations
@@ -90,11 +95,14 @@ def _nic(vmid: int, nic: NicSpec, bootindex: int | None) -> list[str]:
 
 
 def build_argv(
-    spec: LaunchSpec, run_dir: Path, accel: str, *, qemu: str = QEMU_BINARY
+    spec: LaunchSpec, run_dir: Path, accel: str, *, qemu: str = QEMU_BINARY,
+    incoming: bool = False,
 ) -> list[str]:
     """The full argv (``argv[0]`` is the QEMU binary) to run ``spec``.
 
-    ``accel`` is ``"kvm"`` or ``"tcg"``. Pure: touches no file and no device.
+    ``accel`` is ``"kvm"`` or ``"tcg"``. ``incoming``: the target side of a
+    live migration (paused, waiting for ``migrate-incoming``). Pure: touches
+    no file and no device.
     """
     if accel not in ("kvm", "tcg"):
         raise ValueError(f"accel {accel!r}: want kvm or tcg")
@@ -141,4 +149,6 @@ def build_argv(
         argv += ["-drive", _drive(disk), "-device", _disk_device(disk, boot.get(disk.name))]
     for nic in sorted(spec.nics, key=lambda n: n.index):
         argv += _nic(spec.vmid, nic, boot.get(nic.name))
+    if incoming:
+        argv += ["-S", "-incoming", "defer"]
     return argv

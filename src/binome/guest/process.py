@@ -161,10 +161,13 @@ def classify_exit(
     """One line saying why QEMU ended, for status(), the task log and the cluster log.
 
     ``status`` is the wrapper's (None: unknown), ``requested`` is ``"stop"``,
-    ``"shutdown"`` or None, ``qmp_reason`` the last SHUTDOWN event's reason.
+    ``"shutdown"``, ``"migrated"`` (the source after a live migration) or None,
+    ``qmp_reason`` the last SHUTDOWN event's reason.
     """
     if requested == "stop":
         return "stopped by request"
+    if requested == "migrated":   # the source QEMU after a live migration handed over
+        return "migrated away (source stopped by request)"
     if status is None:
         return "QEMU exited (exit status unknown: its wrapper is gone)"
     if status > 128:

@@ -27,6 +27,12 @@ Design (details in the modules named):
   SHUTDOWN events on it refine the exit reason.
 * Stats come from /proc (cpu, RSS, uptime), QMP ``query-blockstats`` (disk
   bytes) and the taps' counters (network bytes).
+* Live migration, QEMU's side only: the target is started paused and
+  incoming (``start(incoming=True)``, ``listen_incoming``), the source sends
+  its state (``migrate_out``: capabilities, parameters, ``migrate``, polling
+  ``query-migrate``), the target waits for it (``wait_incoming``). Who owns
+  the config, the volumes and the switch-over order is the guest service's
+  business (``service.GuestService.migrate_vm``).
 """
 
 from __future__ import annotations
@@ -76,6 +82,10 @@ QMP_TIMEOUT = 10.0
 WRAPPER_GRACE = 5.0  # QEMU gone -> wrapper has written the status file and left
 KILL_WAIT = 10.0
 POLL = 0.02
+MIGRATE_POLL = 0.05         # query-migrate while a migration runs
+MIGRATE_DOWNTIME_MS = 100   # PVE's default migrate_downtime (0.1 s)
+MIGRATE_MAX_BANDWIDTH = 1 << 30   # bytes/s; QEMU 7.2 defaults to 128 MiB/s, below 10 GbE
+MIGRATE_TIMEOUT = 600.0
 
 ExitCallback = Callable[[int, str], Any]
 
@@ -330,12 +340,14 @@ class QemuRuntime:
     def _lock(self, vmid: int) -> asyncio.Lock:
         return self._locks.setdefault(vmid, asyncio.Lock())
 
-    async def start(self, spec: LaunchSpec) -> int:
+    async def start(self, spec: LaunchSpec, *, incoming: bool = False) -> int:
         """Start the guest; returns QEMU's pid once QMP answers.
 
         Raises GuestError for a running VM, a missing/unsuitable bridge
         (before anything is created) or a QEMU that fails to come up (with
-        QEMU's own error); nothing is left behind on failure.
+        QEMU's own error); nothing is left behind on failure. ``incoming``:
+        the target of a live migration, paused and waiting for
+        :meth:`listen_incoming`.
         """
         self._check_open()
         vmid = spec.vmid
@@ -348,7 +360,7 @@ class QemuRuntime:
                     raise GuestError(f"VM {vmid} already running")
                 await self._finalize(g)
             accel = await self.accel()
-            qemu_argv = build_argv(spec, self.run_dir, accel, qemu=self.qemu)
+            qemu_argv = build_argv(spec, self.run_dir, accel, qemu=self.qemu, incoming=incoming)
             paths = self.paths(vmid)
             for path in [*paths.transient(), paths.last_exit]:
                 path.unlink(missing_ok=True)
@@ -619,10 +631,14 @@ class QemuRuntime:
         log.warning("VM %s: shutdown timed out after %ss, stopping it", vmid, timeout)
         await self.stop(vmid)
 
-    async def stop(self, vmid: int, timeout: float = 10.0) -> None:
-        """Hard stop: QMP ``quit``; after ``timeout`` SIGTERM, then SIGKILL, by pid."""
+    async def stop(self, vmid: int, timeout: float = 10.0, *, requested: str = "stop") -> None:
+        """Hard stop: QMP ``quit``; after ``timeout`` SIGTERM, then SIGKILL, by pid.
+
+        ``requested="migrated"`` for the source of a finished live migration
+        (the exit reason then says so).
+        """
         g = self._running(vmid)
-        self._set_requested(g, "stop")
+        self._set_requested(g, requested)
         with contextlib.suppress(GuestError):
             await self._command(g, "quit", timeout=min(timeout, 5.0))
         if await self._wait_exit(g, timeout):
@@ -663,6 +679,128 @@ class QemuRuntime:
         password, migration ...). QMP errors become GuestError.
         """
         return await self._command(self._running(vmid), cmd, args, timeout)
+
+    # -- live migration ---------------------------------------------------------------
+
+    async def listen_incoming(self, vmid: int, host: str) -> str:
+        """On the target: listen for the migration stream; returns ``tcp:HOST:PORT``.
+
+        The guest must have been started with ``incoming=True``. Port 0 lets
+        the kernel choose a free port (no range to configure, no race with
+        another migration); QEMU reports it in ``query-migrate``. QEMU
+        accepts exactly one connection, then closes the listening socket.
+        """
+        g = self._running(vmid)
+        await self._command(g, "migrate-set-capabilities", {"capabilities": [
+            {"capability": "events", "state": True}]})
+        await self._command(g, "migrate-incoming", {"uri": f"tcp:{host}:0"})
+        info = await self._command(g, "query-migrate")
+        for addr in info.get("socket-address") or []:
+            if addr.get("type") == "inet" and addr.get("port"):
+                return f"tcp:{host}:{addr['port']}"
+        raise GuestError(f"VM {vmid}: incoming migration did not report its port ({info})")
+
+    async def migrate_out(
+        self, vmid: int, uri: str, *, downtime_ms: int = MIGRATE_DOWNTIME_MS,
+        max_bandwidth: int = MIGRATE_MAX_BANDWIDTH, timeout: float = MIGRATE_TIMEOUT,
+        on_progress: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> dict[str, Any]:
+        """On the source: send the guest's state to ``uri``; the final ``query-migrate``.
+
+        Capabilities: ``auto-converge`` (QEMU throttles the vcpus when the
+        guest dirties memory faster than the link carries it, so a busy guest
+        still converges instead of running until the timeout) and ``events``.
+        No ``xbzrle``/compression: they trade CPU for bandwidth, and CPU is what
+        a TCG guest on a shared host lacks; no postcopy: a failure after the
+        switch would lose the guest, precopy keeps the source intact until the
+        end. ``downtime-limit`` bounds the stop-and-copy phase (PVE's default
+        migrate_downtime is 0.1 s). On success the source is paused
+        (``postmigrate``): the caller decides when it quits. On failure,
+        timeout or cancellation the migration is cancelled and the source goes
+        on running; GuestError says why.
+        """
+        g = self._running(vmid)
+        await self._command(g, "migrate-set-capabilities", {"capabilities": [
+            {"capability": "auto-converge", "state": True},
+            {"capability": "events", "state": True}]})
+        await self._command(g, "migrate-set-parameters", {
+            "downtime-limit": int(downtime_ms), "max-bandwidth": int(max_bandwidth)})
+        await self._command(g, "migrate", {"uri": uri})
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                info = await self._command(g, "query-migrate", timeout=5.0)
+                status = info.get("status")
+                if status == "completed":
+                    return info
+                if status in ("failed", "cancelled", None):
+                    why = info.get("error-desc") or f"status {status}"
+                    raise GuestError(f"VM {vmid}: migration {status or 'vanished'}: {why}")
+                if on_progress is not None:
+                    on_progress(info)
+                if time.monotonic() > deadline:
+                    raise GuestError(f"VM {vmid}: migration did not finish within "
+                                     f"{timeout:.0f} s")
+                if not g.alive():
+                    raise GuestError(f"VM {vmid}: QEMU exited during the migration")
+                # short: the target sits paused from completion until we notice it
+                await asyncio.sleep(MIGRATE_POLL)
+        except BaseException:
+            if g.alive():
+                await asyncio.shield(self._cancel_migration(g))
+            raise
+
+    async def _cancel_migration(self, g: _Guest) -> None:
+        """After a failed migration: the source must run on (cancel, then ``cont``)."""
+        with contextlib.suppress(GuestError):
+            await self._command(g, "migrate_cancel")
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and g.alive():
+            try:
+                status = (await self._command(g, "query-migrate", timeout=3.0)).get("status")
+            except GuestError:
+                break
+            if status not in ("active", "setup", "device", "pre-switchover", "cancelling"):
+                break
+            await asyncio.sleep(MIGRATE_POLL)
+        # a migration that failed in its last phase leaves the source paused (postmigrate
+        # or finish-migrate); a guest that was running must go on running
+        if await self._qmpstatus(g) in ("postmigrate", "finish-migrate", "paused"):
+            with contextlib.suppress(GuestError):
+                await self._command(g, "cont")
+
+    async def wait_incoming(self, vmid: int, timeout: float = 30.0) -> str:
+        """On the target: wait until the incoming state is complete; the runstate.
+
+        The guest then sits ``paused`` (it was started with ``-S``) until
+        :meth:`resume`. GuestError if QEMU exits, fails the migration or is
+        still receiving after ``timeout``.
+        """
+        g = self._running(vmid)
+        deadline = time.monotonic() + timeout
+        while True:
+            status = await self._qmpstatus(g)
+            if status is not None and status != "inmigrate":
+                if status != "paused":
+                    raise GuestError(f"VM {vmid}: incoming migration ended in state {status}")
+                info = await self._command(g, "query-migrate", timeout=3.0)
+                if info.get("status") not in (None, "completed"):
+                    raise GuestError(f"VM {vmid}: incoming migration {info.get('status')}")
+                return status
+            if not g.alive():
+                raise GuestError(f"VM {vmid}: QEMU exited during the incoming migration")
+            if time.monotonic() > deadline:
+                raise GuestError(f"VM {vmid}: incoming migration not complete after "
+                                 f"{timeout:.0f} s")
+            await asyncio.sleep(MIGRATE_POLL)
+
+    async def announce(self, vmid: int) -> None:
+        """Gratuitous RARPs for every NIC (QMP ``announce-self``), right after a migrated
+        guest resumed: the bridges on the way learn its MACs' new port at once instead of
+        when the guest next sends something (QEMU's own announce at the end of the
+        incoming migration may happen while the guest still sits paused)."""
+        await self._command(self._running(vmid), "announce-self", {
+            "initial": 50, "max": 550, "rounds": 5, "step": 100})
 
     # -- QMP ------------------------------------------------------------------------
 

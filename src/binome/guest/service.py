@@ -5,6 +5,14 @@ A VM's config lives under its owner node (``/binome/config/nodes/<node>/qemu/
 cluster-wide (``/binome/vmids/<vmid>``) in the same transaction, so two nodes
 can never create the same vmid. Config updates are compare-and-swap on the
 config digest. The QEMU processes belong to the runtime and outlive the daemon.
+
+Migration (`migrate_vm`, the source's side, and `incoming_*`, the target's):
+an offline migration moves the config and the vmid owner in one transaction;
+a live one starts a paused incoming QEMU on the target (its replicated
+volumes made Primary there too: dual-primary), streams the state, and at
+completion moves the config, stops the source, resumes the target and
+demotes the source's volumes. Until the config has moved, the source is
+the guest and the target only a paused copy that any failure removes.
 """
 
 from __future__ import annotations
@@ -12,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from binome.errors import BinomeError
 from binome.guest import config as vmconf
+from binome.guest.errors import GuestError
 from binome.guest.spec import DiskSpec, LaunchSpec, NicSpec
 from binome.storage.base import StorageError
 from binome.store import keys
@@ -28,6 +38,7 @@ if TYPE_CHECKING:
     from binome.cluster.service import ClusterService
     from binome.guest.runtime import QemuRuntime
     from binome.storage.manager import StorageManager
+    from binome.storage.replica.service import VolumeService
     from binome.tasks.clusterlog import ClusterLog
 
 log = logging.getLogger("binome.guest")
@@ -68,6 +79,8 @@ class GuestService:
         self._probe: asyncio.Task | None = None
         runtime.on_exit = self._on_guest_exit
         self.last_status: dict[int, dict[str, Any]] = {}
+        self.volumes: VolumeService | None = None   # set by the daemon (replicated disks)
+        self._incoming: dict[int, dict[str, Any]] = {}   # target side of live migrations
 
     def lock(self, vmid: int) -> asyncio.Lock:
         return self._locks.setdefault(vmid, asyncio.Lock())
@@ -570,3 +583,444 @@ class GuestService:
                 item["lock"] = c["lock"]
             out.append(item)
         return sorted(out, key=lambda x: x["vmid"])
+
+    # ------------------------------------------------------------------ migration
+    def _migration_nodes(self) -> list[str]:
+        """The other nodes that can host guests (not witnesses), sorted."""
+        return sorted(n for n, rec in self.cluster.node_records.items()
+                      if n != self.node and rec.get("role", "node") == "node"
+                      and rec.get("state", "member") == "member")
+
+    async def _disk_kinds(self, vm: VmConfig) -> tuple[list[dict[str, Any]], list[str]]:
+        """(local disks in PVE's shape, replicated volume names) of a VM's disks."""
+        local: list[dict[str, Any]] = []
+        replicated: list[str] = []
+        for d in vmconf.disks(vm.config):
+            if not d.volid or d.is_cdrom:
+                continue   # ISO images and kernels must exist on the target: checked there
+            storage = await self.storages.for_volid(d.volid)
+            if storage.config.type == "replicated":
+                replicated.append(storage.volname(d.volid))   # type: ignore[attr-defined]
+            elif not storage.config.shared:
+                local.append({"volid": d.volid, "drivename": d.key, "size": d.size or 0,
+                              "cdrom": 0, "is_unused": 0})
+        return local, replicated
+
+    async def _replica_problem(self, name: str, target: str, online: bool) -> str | None:
+        """Why `target` cannot take volume `name` now (None: it can)."""
+        from binome.storage.replica.service import VolumeFailure, effective_disk_states
+
+        if self.volumes is None:
+            return "replicated storage is not available on this node"
+        try:
+            view = await self.volumes.cluster_view(name)
+        except VolumeFailure as exc:
+            return str(exc)
+        if target not in view["config"].get("nodes", {}):
+            holders = ", ".join(sorted(view["config"].get("nodes", {})))
+            return f"volume {name} has no copy on {target} (replicated between {holders})"
+        disk = effective_disk_states(view).get(target, "DUnknown")
+        if disk != "UpToDate":
+            return f"the copy of volume {name} on {target} is {disk}, not UpToDate"
+        if online:
+            # the live link is what dual-primary writes go through: ask our engine
+            try:
+                st = await self.volumes.call("status", name=name)
+            except Exception as exc:   # engine down, volume not up ...
+                return f"volume {name}: {exc}"
+            if st.get("cstate") != "Connected" or st.get("peer_disk") != "UpToDate":
+                return (f"volume {name} is {st.get('cstate')} (peer disk "
+                        f"{st.get('peer_disk')}) here: live migration needs it Connected "
+                        f"with both copies UpToDate")
+        return None
+
+    async def migrate_preconditions(self, vmid: int, target: str | None = None
+                                    ) -> dict[str, Any]:
+        """PVE's `GET .../migrate`: running, allowed_nodes, not_allowed_nodes, local_disks."""
+        vm = await self.read(vmid)
+        running = self.runtime.is_running(vmid)
+        local, replicated = await self._disk_kinds(vm)
+        allowed: list[str] = []
+        not_allowed: dict[str, Any] = {}
+        for node in self._migration_nodes():
+            if target is not None and node != target:
+                continue
+            problems = []
+            if not self.cluster.node_online(node):
+                problems.append(f"node '{node}' is not online")
+            bad: list[str] = []
+            for name in replicated:
+                why = await self._replica_problem(name, node, running)
+                if why:
+                    problems.append(why)
+                    bad.append(name)
+            if problems:
+                not_allowed[node] = {"unavailable_storages": sorted(
+                    {v.split(":", 1)[0] for v in _volids(vm, bad)}), "reasons": problems}
+            else:
+                allowed.append(node)
+        return {"running": int(running), "allowed_nodes": allowed,
+                "not_allowed_nodes": not_allowed, "local_disks": local,
+                "local_resources": [], "mapped-resources": [],
+                "replicated_volumes": replicated}
+
+    async def check_migratable(self, vmid: int, target: str, *, online: bool,
+                               with_local_disks: bool = False) -> VmConfig:
+        """The refusals of a migration request, before any task starts (PVE's texts)."""
+        vm = await self.read(vmid)
+        if vm.config.get("lock"):
+            raise GuestFailure(f"VM is locked ({vm.config['lock']})")
+        if vm.config.get("template") and self.runtime.is_running(vmid):
+            raise GuestFailure("you can't migrate a running template")
+        if self.runtime.is_running(vmid) and not online:
+            raise GuestFailure("can't migrate running VM without --online")
+        if not self.cluster.node_online(target):
+            raise GuestFailure(f"target node '{target}' is not online")
+        local, replicated = await self._disk_kinds(vm)
+        if local:
+            disks = ", ".join(f"{d['drivename']} ({d['volid']})" for d in local)
+            if with_local_disks:
+                raise GuestFailure(f"migration of local disks is not implemented: {disks}; "
+                                   f"move them to replicated storage first")
+            raise GuestFailure(f"can't migrate VM {vmid} with local disks: {disks} (binome "
+                               f"migrates VMs whose disks are on replicated storage)")
+        running = self.runtime.is_running(vmid)
+        for name in replicated:
+            why = await self._replica_problem(name, target, running)
+            if why:
+                raise GuestFailure(f"can't migrate VM {vmid} to {target}: {why}")
+        return vm
+
+    async def _move_config(self, vm: VmConfig, target: str) -> None:
+        """The switch-over: config and vmid owner to `target`, lock removed, in one
+        transaction conditioned on the source config, the owner and an absent target
+        config. If etcd does not answer, the owner is read again to learn the outcome."""
+        store = self.store
+        src_key, dst_key, own_key = (keys.vm_conf(self.node, vm.vmid),
+                                     keys.vm_conf(target, vm.vmid), keys.vmid(vm.vmid))
+        owner = await store.get(own_key)
+        if owner is None or (owner.value or {}).get("node") != self.node:
+            raise GuestFailure(f"VM {vm.vmid}: this node is not its owner; not moved")
+        new = {k: v for k, v in vm.config.items() if k != "lock"}
+        text = vmconf.format_conf(new)
+        try:
+            ok = await store.commit({src_key: vm.revision, own_key: owner.mod_revision,
+                                     dst_key: 0},
+                                    {dst_key: text, own_key: {**owner.value, "node": target}},
+                                    [src_key])
+        except StoreUnavailable:
+            ok = None
+        if ok is None:   # unknown outcome: ask again (with quorum) before deciding anything
+            for _ in range(10):
+                try:
+                    now = await store.get_value(own_key)
+                    ok = (now or {}).get("node") == target
+                    break
+                except StoreUnavailable:
+                    await asyncio.sleep(1.0)
+            else:
+                raise GuestFailure(f"VM {vm.vmid}: cluster store unavailable: cannot tell "
+                                   f"whether the config moved to {target}")
+        if not ok:
+            raise GuestFailure(f"VM {vm.vmid}: config changed while migrating; not moved")
+
+    async def _set_lock(self, vm: VmConfig, lock: str | None) -> VmConfig:
+        new = dict(vm.config)
+        if lock:
+            new["lock"] = lock
+        else:
+            new.pop("lock", None)
+        return await self._write(vm, new)
+
+    async def _demote_after(self, task: Task, names: list[str], timeout: float = 15.0) -> None:
+        """Demote volumes once QEMU's NBD connections are gone (a demotion is refused
+        while the device is open); a failure is a task warning, not an error: the
+        guest already runs elsewhere and a Primary that no one opens does no harm."""
+        if self.volumes is None:
+            return
+        for name in names:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    st = await self.volumes.demote(name)
+                    task.log(f"volume {name}: Secondary on {self.node} (peer "
+                             f"{st.get('peer_role', '?')})")
+                    break
+                except Exception as exc:
+                    if time.monotonic() > deadline:
+                        task.warn(f"volume {name}: could not demote on {self.node}: {exc}")
+                        break
+                    await asyncio.sleep(0.2)
+
+    async def migrate_vm(self, task: Task, vmid: int, target: str, *, online: bool,
+                         with_local_disks: bool = False, bwlimit_kib: int | None = None
+                         ) -> None:
+        """Move VM `vmid` to `target`: a config move if stopped, a live migration if
+        running (needs `online`). Runs on the source node, as task `qmigrate`.
+        `bwlimit_kib`: migration bandwidth limit in KiB/s (None: the runtime's)."""
+        started = time.monotonic()
+        address = (self.cluster.node_address(target) or ("?", 0))[0]
+        async with self.lock(vmid):
+            vm = await self.check_migratable(vmid, target, online=online,
+                                             with_local_disks=with_local_disks)
+            _local, replicated = await self._disk_kinds(vm)
+            running = self.runtime.is_running(vmid)
+            task.log(f"starting migration of VM {vmid} to node '{target}' ({address})")
+            if online and not running:
+                task.log("VM isn't running. Doing offline migration instead.")
+            vm = await self._set_lock(vm, "migrate")
+            try:
+                if running:
+                    await self._live_migrate(task, vm, target, replicated, bwlimit_kib)
+                else:
+                    await self._offline_migrate(task, vm, target, replicated)
+            except BaseException as exc:
+                task.log(f"migration aborted: {exc}")
+                with contextlib.suppress(Exception):
+                    current = await self.read(vmid)     # still ours: unlock it
+                    if current.config.get("lock") == "migrate":
+                        await self._set_lock(current, None)
+                raise
+        elapsed = time.monotonic() - started
+        task.log(f"migration finished successfully (duration {_hms(elapsed)})")
+
+    async def _offline_migrate(self, task: Task, vm: VmConfig, target: str,
+                               replicated: list[str]) -> None:
+        from binome.guest.remote import node_call
+
+        # a stopped guest's volumes are Primary here; the target's copy is UpToDate
+        await self._demote_after(task, replicated, timeout=5.0)
+        await self._move_config(vm, target)
+        task.log(f"VM {vm.vmid}: config moved to node '{target}'")
+        if replicated:
+            # make the guest startable there at once (a start does not promote by itself)
+            try:
+                await node_call(self.cluster, target, "POST",
+                                f"/nodes/{target}/qemu/{vm.vmid}/migrate/incoming",
+                                {"phase": "promote", "source": self.node})
+                task.log(f"volumes {', '.join(replicated)}: Primary on {target}")
+            except BinomeError as exc:
+                task.warn(f"could not make the volumes Primary on {target}: {exc} "
+                          f"(promote them there before starting the VM)")
+
+    async def _live_migrate(self, task: Task, vm: VmConfig, target: str,
+                            replicated: list[str], bwlimit_kib: int | None) -> None:
+        from binome.guest.remote import node_call
+
+        vmid = vm.vmid
+        path = f"/nodes/{target}/qemu/{vmid}/migrate/incoming"
+
+        async def target_abort() -> None:
+            try:
+                await node_call(self.cluster, target, "POST", path,
+                                {"phase": "abort", "source": self.node})
+            except BinomeError as exc:
+                task.warn(f"cleanup on {target} failed: {exc}")
+
+        task.log(f"starting VM {vmid} on remote node '{target}'")
+        try:
+            prep = await node_call(self.cluster, target, "POST", path,
+                                   {"phase": "prepare", "source": self.node}, timeout=90)
+        except BaseException:
+            await asyncio.shield(target_abort())
+            raise
+        uri = str(prep["uri"])
+        for name in prep.get("promoted") or []:
+            task.log(f"volume {name}: Primary on {target} too (dual-primary)")
+        task.log(f"migration listens on {uri}")
+        task.log(f"starting online/live migration on {uri}")
+        defaults = runtime_defaults()
+        bandwidth = bwlimit_kib * 1024 if bwlimit_kib else defaults["max_bandwidth"]
+        task.log(f"set migration capabilities: auto-converge, events; downtime limit "
+                 f"{defaults['downtime_ms']} ms, bandwidth limit {bandwidth // 1024} KiB/s")
+        last = [0.0]
+
+        def progress(info: dict[str, Any]) -> None:
+            now = time.monotonic()
+            if now - last[0] < 1.0:
+                return
+            last[0] = now
+            ram = info.get("ram") or {}
+            task.log(f"migration status: {info.get('status')} (transferred "
+                     f"{ram.get('transferred', 0)}, remaining {ram.get('remaining', 0)}), "
+                     f"total {ram.get('total', 0)})")
+
+        try:
+            info = await self.runtime.migrate_out(vmid, uri, on_progress=progress,
+                                                  max_bandwidth=bandwidth)
+        except BaseException:
+            # migrate_out has cancelled the migration: the source runs on
+            await asyncio.shield(target_abort())
+            raise
+        completed_at = time.monotonic()
+        ram = info.get("ram") or {}
+        mbps = float(ram.get("mbps") or 0.0)
+        qemu_downtime = int(info.get("downtime") or 0)
+        task.log(f"migration status: completed (transferred {ram.get('transferred', 0)}, "
+                 f"total {ram.get('total', 0)}, {mbps / 8:.1f} MB/s)")
+        # switch-over: the source is paused (postmigrate), the target paused (-S)
+        try:
+            await self._move_config(vm, target)
+        except BaseException as exc:
+            try:
+                now_owner: str | None = await self.owner(vmid)
+            except Exception:
+                now_owner = None
+            if now_owner == self.node:
+                task.log(f"switch-over failed ({exc}); resuming VM {vmid} here")
+                await asyncio.shield(self.runtime.resume(vmid))
+                await asyncio.shield(target_abort())
+                raise
+            if now_owner is None:
+                # resuming either side could make two running copies: leave both paused
+                task.log(f"switch-over failed ({exc}) and the owner of VM {vmid} cannot be "
+                         f"read: VM left paused on {self.node} and {target}")
+                raise
+            if now_owner != target or isinstance(exc, asyncio.CancelledError):
+                raise
+            task.log(f"switch-over reported an error ({exc}) but VM {vmid} belongs to "
+                     f"{target} now: going on")
+        task.log(f"VM {vmid}: config moved to node '{target}'")
+        self._believed_running.discard(vmid)
+        await self.runtime.stop(vmid, requested="migrated")
+        resumed_err: BaseException | None = None
+        for attempt in range(3):
+            try:
+                await node_call(self.cluster, target, "POST", path,
+                                {"phase": "resume", "source": self.node})
+                resumed_err = None
+                break
+            except BinomeError as exc:
+                resumed_err = exc
+                task.warn(f"resume on {target} failed (attempt {attempt + 1}): {exc}")
+                await asyncio.sleep(1.0)
+        switch_ms = int((time.monotonic() - completed_at) * 1000)
+        if resumed_err is not None:
+            raise GuestFailure(f"VM {vmid} was handed over to {target} but could not be "
+                               f"resumed there: {resumed_err}")
+        task.log(f"VM {vmid} resumed on node '{target}'")
+        task.log(f"migration downtime: {qemu_downtime} ms (QEMU stop-and-copy) + "
+                 f"{switch_ms} ms (switch-over: config move, source stop, target resume)")
+        await self._demote_after(task, replicated)
+
+    # -- the target's side (POST .../migrate/incoming, called by the source node) ----
+    async def _promote_here(self, names: list[str]) -> list[str]:
+        """Make each volume Primary here; the ones this call promoted."""
+        promoted: list[str] = []
+        if not names:
+            return promoted
+        if self.volumes is None:
+            raise GuestFailure("replicated storage is not available on this node")
+        try:
+            for name in names:
+                st = await self.volumes.call("status", name=name)
+                if st.get("role") == "Primary":
+                    continue
+                await self.volumes.promote(name)
+                promoted.append(name)
+        except BaseException:
+            await asyncio.shield(self._demote_quietly(promoted))
+            raise
+        return promoted
+
+    async def _demote_quietly(self, names: list[str], timeout: float = 10.0) -> None:
+        if self.volumes is None:
+            return
+        for name in names:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    await self.volumes.demote(name)
+                    break
+                except Exception as exc:
+                    if time.monotonic() > deadline:
+                        log.warning("volume %s: demotion after an aborted migration failed: "
+                                    "%s", name, exc)
+                        break
+                    await asyncio.sleep(0.2)
+
+    async def incoming_prepare(self, vmid: int, source: str) -> dict[str, Any]:
+        """Start a paused QEMU waiting for the state of VM `vmid` from `source`."""
+        async with self.lock(vmid):
+            vm = await self.read(vmid, node=source)
+            if vm.config.get("lock") != "migrate":
+                raise GuestFailure(f"VM {vmid} is not being migrated from {source}")
+            if self.runtime.is_running(vmid):
+                raise GuestFailure(f"VM {vmid} already running on {self.node}")
+            _local, replicated = await self._disk_kinds(vm)
+            promoted = await self._promote_here(replicated)
+            try:
+                spec = await self.launch_spec(vm)
+                await self.runtime.start(spec, incoming=True)
+                uri = await self.runtime.listen_incoming(vmid,
+                                                         self.cluster.config.cluster_address)
+            except BaseException:
+                await asyncio.shield(self._drop_incoming(vmid, promoted))
+                raise
+            self._incoming[vmid] = {"source": source, "promoted": promoted,
+                                    "since": time.time()}
+            log.info("VM %s: incoming migration from %s on %s", vmid, source, uri)
+            return {"uri": uri, "promoted": promoted}
+
+    async def _drop_incoming(self, vmid: int, promoted: list[str]) -> None:
+        if self.runtime.is_running(vmid):
+            with contextlib.suppress(Exception):
+                await self.runtime.stop(vmid, timeout=5.0)
+        await self._demote_quietly(promoted)
+
+    async def incoming_resume(self, vmid: int, source: str) -> dict[str, Any]:
+        """After the switch-over: the config is here now; run the received guest."""
+        async with self.lock(vmid):
+            await self.runtime.wait_incoming(vmid)
+            await self.read(vmid)          # quorum read: the config must be ours now
+            await self.runtime.resume(vmid)
+            self._believed_running.add(vmid)
+            self._incoming.pop(vmid, None)
+            try:
+                await self.runtime.announce(vmid)
+            except GuestError as exc:
+                log.warning("VM %s: announce after migration failed: %s", vmid, exc)
+            log.info("VM %s: migrated here from %s and resumed", vmid, source)
+            return {"status": "running"}
+
+    async def incoming_abort(self, vmid: int, source: str) -> dict[str, Any]:
+        """Remove what `incoming_prepare` made, unless the guest is ours by now."""
+        async with self.lock(vmid):
+            if await self.owner(vmid) == self.node:
+                raise GuestFailure(f"VM {vmid} belongs to {self.node} now; not aborting")
+            info = self._incoming.pop(vmid, None) or {}
+            promoted = list(info.get("promoted") or [])
+            if not info:
+                # daemon restarted meanwhile: every volume of the VM Primary here goes back
+                with contextlib.suppress(Exception):
+                    vm = await self.read(vmid, node=source)
+                    promoted = (await self._disk_kinds(vm))[1]
+            await self._drop_incoming(vmid, promoted)
+            return {"status": "stopped"}
+
+    async def incoming_promote(self, vmid: int) -> dict[str, Any]:
+        """After an offline migration: the VM's replicated volumes Primary here."""
+        async with self.lock(vmid):
+            vm = await self.read(vmid)
+            _local, replicated = await self._disk_kinds(vm)
+            return {"promoted": await self._promote_here(replicated)}
+
+
+def runtime_defaults() -> dict[str, Any]:
+    from binome.guest import runtime
+
+    return {"downtime_ms": runtime.MIGRATE_DOWNTIME_MS,
+            "max_bandwidth": runtime.MIGRATE_MAX_BANDWIDTH}
+
+
+def _volids(vm: VmConfig, names: list[str]) -> list[str]:
+    out = []
+    for d in vmconf.disks(vm.config):
+        if d.volid and any(d.volid.endswith(":" + n) for n in names):
+            out.append(d.volid)
+    return out
+
+
+def _hms(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"

@@ -4,6 +4,21 @@ Each host gets addresses on a cluster network and a replication network;
 nodes also get a `vmbr0` bridge inside their namespace, enslaving their link
 to the VM LAN, so guests on every node share one L2 segment that the machine
 running the lab reaches too. Used by `make demo` and the lab tests.
+
+Options for the HA lab (`binome.lab.ha`):
+
+- `bmc=True`: a management network (`<base>.4.0/24`) and, per node, a host
+  `<node>bmc` on it running the simulated BMC (`binome.lab.bmc`) of that node:
+  IPMI power off kills every process in the node's namespace (binomed, its
+  etcd, the volume engine, QEMU, the watchdog supervisor), power on starts
+  the node's `binomed` again (same argv; its output goes to
+  `<workdir>/bmc-<node>/bmc.power-on.log`). Nodes are on the management
+  network too (the CRM fences through it). `fence_config(node)` is the
+  node's IPMI fence device as `make_device` reads it (the password as a 0600
+  `password_file`, never in etcd); `HaLab.configure_fencing()` writes it to
+  `/binome/ha/fence/<node>`.
+- `client=True`: a host `client` on the VM LAN (`<base>.3.<i>`), for probing
+  guests from outside the nodes.
 """
 
 from __future__ import annotations
@@ -18,11 +33,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from binome.fence.ipmi import IpmiFence
+from binome.lab.bmc import BmcProcess, start_bmc, write_secret_file
 from binome.lab.topology import Lab, NetworkSpec
 
 BIN = Path(sys.executable).parent
 ADMIN = "admin@pve"
 VM_BRIDGE = "vmbr0"
+BMC_USER = "admin"
+BMC_PORT = 623
+CLIENT = "client"
 
 
 class LabClusterError(RuntimeError):
@@ -32,7 +52,8 @@ class LabClusterError(RuntimeError):
 class LabCluster:
     def __init__(self, base: str = "198.18", nodes: tuple[str, ...] = ("n1", "n2"),
                  witness: str | None = "w", workdir: Path | None = None,
-                 lab_id: str | None = None, name: str = "demo") -> None:
+                 lab_id: str | None = None, name: str = "demo", bmc: bool = False,
+                 client: bool = False) -> None:
         self.name = name
         self.nodes = nodes
         self.witness = witness
@@ -43,7 +64,20 @@ class LabCluster:
         attach = {h: ["cluster", "replication", "vmlan"] for h in nodes}
         if witness:
             attach[witness] = ["cluster"]
-        self.lab = Lab(list(self.hosts), networks, lab_id=lab_id, attach=attach)
+        extra: list[str] = []
+        self.with_bmc = bmc
+        if bmc:
+            networks.append(NetworkSpec("mgmt", f"{base}.4.0/24"))
+            for n in nodes:
+                attach[n].append("mgmt")
+                attach[self.bmc_host(n)] = ["mgmt"]
+                extra.append(self.bmc_host(n))
+        if client:
+            attach[CLIENT] = ["vmlan"]
+            extra.append(CLIENT)
+        self.lab = Lab([*self.hosts, *extra], networks, lab_id=lab_id, attach=attach)
+        self.bmcs: dict[str, BmcProcess] = {}
+        self.bmc_password = secrets.token_urlsafe(12)
         self.vmlan_prefix = f"{base}.3"
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="binome-lab-"))
@@ -57,6 +91,16 @@ class LabCluster:
 
     def address(self, host: str) -> str:
         return self.lab.host(host).addresses["cluster"]
+
+    @staticmethod
+    def bmc_host(node: str) -> str:
+        return f"{node}bmc"
+
+    def bmc_address(self, node: str) -> str:
+        return self.lab.host(self.bmc_host(node)).addresses["mgmt"]
+
+    def bmc_password_file(self) -> Path:
+        return self.workdir / "bmc-password"
 
     def api_url(self, host: str) -> str:
         return f"https://{self.address(host)}:8006/api2/json"
@@ -99,6 +143,8 @@ class LabCluster:
                 self.cli(name, verb, "join", self.address(self.nodes[0]), "--fingerprint",
                          fingerprint, "--user", ADMIN, "--password-file",
                          str(self.password_file))
+            if self.with_bmc:
+                self._start_bmcs()
         except BaseException:
             self.stop()
             raise
@@ -111,15 +157,56 @@ class LabCluster:
         host.run(["ip", "link", "set", inner, "master", VM_BRIDGE])
         host.run(["ip", "link", "set", VM_BRIDGE, "up"])
 
-    def start_daemon(self, name: str) -> None:
+    def daemon_argv(self, name: str) -> list[str]:
         host = self.lab.host(name)
         role = "witness" if name == self.witness else "node"
         argv = [str(BIN / "binomed"), "--state-dir", str(self.state_dir(name)), "--name", name,
                 "--role", role, "--address", host.addresses["cluster"]]
         if "replication" in host.addresses:
             argv += ["--replication-address", host.addresses["replication"]]
-        self.daemons[name] = host.spawn(argv, log_path=self.workdir / f"{name}.log")
+        return argv
+
+    def start_daemon(self, name: str) -> None:
+        host = self.lab.host(name)
+        self.daemons[name] = host.spawn(self.daemon_argv(name),
+                                        log_path=self.workdir / f"{name}.log")
         self._wait_api(name)
+
+    # ------------------------------------------------------------------ BMCs
+    def _start_bmcs(self) -> None:
+        write_secret_file(self.bmc_password_file(), self.bmc_password)
+        for node in self.nodes:
+            self.start_bmc(node)
+
+    def start_bmc(self, node: str) -> BmcProcess:
+        """(Re)start the simulated BMC of `node` in its own namespace on the mgmt network."""
+        old = self.bmcs.pop(node, None)
+        if old is not None:
+            old.stop()
+        bmc = start_bmc(netns=self.lab.host(node).netns, address=self.bmc_address(node),
+                        port=BMC_PORT, user=BMC_USER, password=self.bmc_password,
+                        power_on_argv=self.daemon_argv(node),
+                        workdir=self.workdir / f"bmc-{node}",
+                        bmc_netns=self.lab.host(self.bmc_host(node)).netns)
+        self.bmcs[node] = bmc
+        return bmc
+
+    def kill_bmc(self, node: str) -> None:
+        """The BMC stops answering (the seeds' case 3: it lost power with its node)."""
+        bmc = self.bmcs.pop(node, None)
+        if bmc is not None:
+            bmc.kill()
+
+    def fence_config(self, node: str) -> dict[str, object]:
+        """The node's IPMI fence device, as `binome.fence.device.make_device` reads it."""
+        return {"type": "ipmi", "ip": self.bmc_address(node), "port": BMC_PORT,
+                "username": BMC_USER, "password_file": str(self.bmc_password_file()),
+                "timeout": 5}
+
+    def ipmi(self, node: str) -> IpmiFence:
+        """An IPMI client for the node's BMC, from the root namespace (on the mgmt bridge)."""
+        return IpmiFence(self.bmc_address(node), port=BMC_PORT, username=BMC_USER,
+                         password=self.bmc_password, timeout=10)
 
     def kill_daemon(self, name: str) -> None:
         """SIGKILL binomed only (its etcd dies with it; guests survive)."""
@@ -166,6 +253,8 @@ class LabCluster:
 
     def stop(self) -> None:
         """Stop everything: guests first (they outlive binomed by design), then the lab."""
+        for node in list(self.bmcs):   # before the nodes: no power-on behind our back
+            self.kill_bmc(node)
         for name in self.nodes:
             pidfiles = (self.state_dir(name) / "run" / "qemu").glob("*.pid")
             for pidfile in pidfiles:

@@ -2,10 +2,16 @@
 
 Each host gets its own addresses on a cluster network, a replication network
 and (nodes) a VM LAN, all bridges in the root namespace, so the machine running
-the demo reaches the API and the guests. The demo creates the cluster, joins
-the second node and the witness, creates and starts a guest from the tiny lab
-image, prints the API URL and a login, and runs until interrupted; then it
-removes every process, namespace and bridge it created.
+the demo reaches the API and the guests; each node also has a simulated BMC on
+a management network, configured as its IPMI fence device (`binome.lab.ha`).
+The demo creates the cluster, joins the second node and the witness, creates
+guest VM 100 from the tiny lab image with its disk on a replicated volume
+(n1 <-> n2) and puts it under HA, prints the API URL, a login and the
+`binome lab` fault commands to try, and runs until interrupted: meanwhile it
+probes the guest every 100 ms and prints each outage with its duration and the
+node the guest came back on. It records itself in a control file for `binome
+lab` (`binome.lab.control`). On exit it removes every process, namespace and
+bridge it created.
 """
 
 from __future__ import annotations
@@ -15,21 +21,36 @@ import os
 import signal
 import sys
 import time
+from typing import Any
 
-from binome.lab.cluster import ADMIN, LabCluster, LabClusterError
+from binome.lab.cluster import ADMIN, BMC_PORT, BMC_USER, LabCluster, LabClusterError
+from binome.lab.control import OutageWatcher, remove_control, write_control
+from binome.lab.ha import HaLab
 
 DEMO_VMID = 100
+GUEST_NAME = "web"
 
 
-def create_demo_guest(lab: LabCluster, node: str = "n1", vmid: int = DEMO_VMID) -> str:
-    """Create and start a guest from the tiny image; returns its HTTP URL."""
-    image = lab.install_guest_image()
-    lab.cli(node, "vm", "create", str(vmid), "--name", "web", "--memory", "128",
-            "--net0", "virtio,bridge=vmbr0", "--virtio0", "local:1",
-            "--kernel", image["kernel"], "--initrd", image["initrd"],
-            "--append", lab.guest_cmdline(0, "web"), "--vga", "serial0")
-    lab.cli(node, "vm", "start", str(vmid))
-    return f"http://{lab.guest_ip(0)}/"
+def create_demo_guest(ha: HaLab) -> str:
+    """VM 100 'web' on a replicated disk, HA-managed, started on n1; returns its URL."""
+    ha.create_ha_guest(node="n1", guest_name=GUEST_NAME)
+    return f"http://{ha.guest_ip}/"
+
+
+def control_info(ha: HaLab, guest_url: str | None) -> dict[str, Any]:
+    """What `binome lab` needs to act on this demo (see binome.lab.control)."""
+    lab = ha.cluster
+    return {
+        "workdir": str(lab.workdir),
+        "nodes": list(lab.nodes), "witness": lab.witness,
+        "hosts": {h: {"netns": lab.lab.host(h).netns, "veths": dict(lab.lab.host(h).veths),
+                      "addresses": dict(lab.lab.host(h).addresses)} for h in lab.hosts},
+        "state_dirs": {h: str(lab.state_dir(h)) for h in lab.hosts},
+        "bmcs": {n: {"address": lab.bmc_address(n), "port": BMC_PORT, "user": BMC_USER}
+                 for n in lab.nodes},
+        "bmc_password_file": str(lab.bmc_password_file()),
+        "guest": {"vmid": ha.vmid, "ip": ha.guest_ip, "url": guest_url or ""},
+    }
 
 
 def banner(lab: LabCluster, guest_url: str | None) -> str:
@@ -42,20 +63,36 @@ def banner(lab: LabCluster, guest_url: str | None) -> str:
         f"  Login:        {ADMIN}",
         f"  Password:     {lab.password}   (demo-only; also in {lab.password_file})",
         f"  Fingerprint:  {lab.fingerprint()}",
+        f"  BMCs (IPMI):  n1 {lab.bmc_address('n1')}, n2 {lab.bmc_address('n2')}: the "
+        f"fence devices of the nodes",
     ]
     if guest_url:
-        lines.append(f"  Guest:        VM {DEMO_VMID} 'web' on n1, serving {guest_url}")
+        lines.append(f"  Guest:        VM {DEMO_VMID} '{GUEST_NAME}' on n1, HA-managed, disk "
+                     f"replicated n1 <-> n2, serving {guest_url}")
     lines += [
         "",
         "  Try:",
         f"    binome --state-dir {lab.state_dir('n1')} cluster status",
         f"    binome --state-dir {lab.state_dir('n2')} vm list --node n1",
         f"    binome --state-dir {lab.state_dir('w')} witness status",
+        f"    binome --state-dir {lab.state_dir('w')} ha status",
         f"    curl -sk -d username={ADMIN} --data-urlencode \"password=$(cat "
         f"{lab.password_file})\" https://{n1}:8006/api2/json/access/ticket",
     ]
     if guest_url:
-        lines.append(f"    curl {guest_url}")
+        lines += [
+            f"    curl {guest_url}",
+            "",
+            "  Faults (as root, in another terminal; this demo prints every outage of the "
+            "guest):",
+            "    binome lab status             hosts, links, BMC power, where the guest runs",
+            "    binome lab power-off n1       through n1's BMC: the guest is recovered on n2",
+            "    binome lab power-on n1        n1 rejoins and resyncs; the guest stays on n2",
+            "    binome lab cut n2             n2's cluster, replication and VM LAN links down",
+            "    binome lab restore n2",
+            "    binome lab pause n2 / resume n2   freeze / thaw n2's daemon",
+            "    binome lab watch              the outage probe, in your terminal",
+        ]
     lines += ["", "Press Ctrl-C to stop the demo and remove everything it created."]
     return "\n".join(lines)
 
@@ -70,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("binome demo: needs root (network namespaces and bridges)", file=sys.stderr)
         return 2
-    lab = LabCluster(base=args.base, lab_id=args.lab_id)
+    ha = HaLab(base=args.base, lab_id=args.lab_id, name="demo", vmid=DEMO_VMID)
+    lab = ha.cluster
     stop = False
+    watcher: OutageWatcher | None = None
 
     def on_signal(signum, frame) -> None:
         nonlocal stop
@@ -81,10 +120,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         print("binome demo: starting 2 nodes + witness in network namespaces...", flush=True)
-        lab.start()
-        guest_url = None if args.no_guest else create_demo_guest(lab)
+        ha.start()
+        if not args.no_guest:
+            print("binome demo: creating the HA guest on a replicated disk...", flush=True)
+        guest_url = None if args.no_guest else create_demo_guest(ha)
         print(lab.cli("n1", "cluster", "status").stdout, flush=True)
         print(banner(lab, guest_url), flush=True)
+        write_control(lab.lab.lab_id, control_info(ha, guest_url))
+        if guest_url:
+            watcher = OutageWatcher(control_info(ha, guest_url),
+                                    lambda line: print(f"binome demo: {line}", flush=True))
+            watcher.start()
         print("DEMO READY", flush=True)
         while not stop:
             time.sleep(0.5)
@@ -92,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"binome demo: {exc}", file=sys.stderr)
         return 1
     finally:
+        if watcher is not None:
+            watcher.stop()
         print("\nbinome demo: stopping and cleaning up...", flush=True)
-        lab.stop()
+        remove_control(lab.lab.lab_id)
+        ha.stop()
         print("binome demo: done.", flush=True)
     return 0
 

@@ -96,8 +96,10 @@ class ReplicatedStorage(Storage):
             raise StorageError(f"volume '{self.id}:{name}' already exists")
         peer = self._peer()
         try:
+            # A VM disk may be live-migrated: both nodes Primary during the hand-over.
             await service.create_volume(name, size, peer=peer, storage=self.id, vmid=vmid,
-                                        backing_dir=self.config.path or None)
+                                        backing_dir=self.config.path or None,
+                                        allow_two_primaries=True)
         except VolumeFailure as exc:
             raise StorageError(str(exc)) from None
         return f"{self.id}:{name}"
@@ -111,7 +113,14 @@ class ReplicatedStorage(Storage):
             raise StorageError(str(exc)) from None
 
     async def resize(self, volid: str, size: int) -> None:
-        raise StorageError("resizing replicated volumes is not supported yet")
+        """Grow both copies (the peer must be connected); running guests keep the size
+        their NBD connection negotiated until they reconnect."""
+        from binome.storage.replica.service import VolumeFailure
+
+        try:
+            await _svc().resize_volume(self.volname(volid), size)
+        except VolumeFailure as exc:
+            raise StorageError(str(exc)) from None
 
     async def copy(self, volid: str, vmid: int, fmt: str | None = None) -> str:
         """A new replicated volume with the same data (qemu-img over both NBD exports)."""

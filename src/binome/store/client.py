@@ -1,4 +1,5 @@
-"""The etcd client wrapper: TLS connection, JSON values, compare-and-swap, leases, membership.
+"""The etcd client wrapper: TLS connection, JSON values, compare-and-swap, leases, membership,
+member status and leadership transfer.
 
 aetcd speaks only plaintext gRPC, so `_TlsClient` opens a TLS channel with the
 node's certificate (etcd runs with client-cert-auth). Everything above this
@@ -355,7 +356,18 @@ class Store:
             "raft_index": int(response.raftIndex),
             "is_learner": bool(response.isLearner),
             "version": response.version,
+            "raft_applied_index": int(response.raftAppliedIndex),
+            "errors": list(response.errors),   # alarms (NOSPACE, CORRUPT), as etcd words them
         }
+
+    async def move_leader(self, target_id: int, timeout: float | None = None) -> None:
+        """Ask the member this client talks to, which must be the leader, to hand etcd
+        leadership to member `target_id` (Maintenance/MoveLeader: aetcd has the stub but
+        no wrapper). etcd answers once the target leads, or fails ("not leader",
+        "leadership transfer timeout")."""
+        await self._call(self._client.connect)
+        await self._call(self._client.maintenancestub.MoveLeader,
+                         rpc.MoveLeaderRequest(targetID=target_id), timeout=timeout)
 
     def watch_prefix(self, prefix: str):
         return self._client.watch_prefix(prefix.encode())

@@ -8,6 +8,11 @@ Python code in a process with gRPC threads can abort the child), and a pidfile
 lets a restarted daemon clean up a member that survived anyway (checked by its
 command line, never by name). A member that etcd itself reports as removed from
 the cluster is not restarted: the node must rejoin.
+
+It also owns the *leadership preference* (pure, no I/O): `witness_transfer_target`
+decides whether the etcd leader should hand leadership to the witness's member,
+`LeadershipPreference` when it may try (settling, backoff, no flapping). The
+cluster service's leadership loop does the I/O.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("binome.etcd")
 
@@ -80,6 +86,11 @@ class EtcdMember:
             "--peer-cert-file", str(s.cert), "--peer-key-file", str(s.key),
             "--heartbeat-interval", str(s.heartbeat_ms),
             "--election-timeout", str(s.election_ms),
+            # pre-vote (etcd 3.4: off by default): a member cut off from the leader
+            # (seeds' case 1 link flaps) only *asks* whether it could win before it
+            # raises its term, so when its link comes back its higher term does not
+            # depose the leader (and cost an election plus a lease extension)
+            "--pre-vote",
             "--auto-compaction-mode", "revision", "--auto-compaction-retention", "10000",
             "--logger", "zap", "--log-outputs", "stderr",
         ]
@@ -167,3 +178,133 @@ class EtcdMember:
                 await proc.wait()
         self.pidfile.unlink(missing_ok=True)
         self._proc = None
+
+
+# ---------------------------------------------------------------------- leadership preference
+# The witness runs no guests, so it is the member whose death costs HA nothing. When a
+# node holding etcd leadership dies, etcd first elects a new leader (election timeout)
+# and the new leader then extends every lease (etcd without lease checkpoints), which
+# delays the dead node's lease expiry - and so the recovery of its guests - by both.
+
+WITNESS_MAX_LAG = 100   # raft entries the witness may be behind the leader to be "caught up"
+
+
+@dataclass(frozen=True)
+class PeerHealth:
+    """One etcd member as the leader sees it: membership, its node record, its Status."""
+
+    member_id: int
+    name: str               # "" while the member has not started yet
+    role: str               # from the node record: node | witness | unknown
+    state: str              # from the node record: member | joining | evicted | ""
+    is_learner: bool
+    status: dict[str, Any] | None   # Store.member_status() of that member; None: unreachable
+
+
+def witness_transfer_target(local: dict[str, Any], peers: list[PeerHealth],
+                            max_lag: int = WITNESS_MAX_LAG) -> tuple[int | None, str]:
+    """The witness member the local member (the leader) should hand leadership to.
+
+    Returns (member id, "") or (None, why not). Only the leader can move leadership
+    (etcd answers "not leader" otherwise), so exactly one daemon ever acts. The
+    cluster must be healthy: every member started, voting, with a finished join,
+    reachable, without alarms and agreeing on the leader; the witness caught up.
+    """
+    me = int(local["member_id"])
+    if int(local.get("leader", 0)) != me:
+        return None, "not-leader"
+    witnesses = sorted((p for p in peers if p.role == "witness"), key=lambda p: p.member_id)
+    if not witnesses:
+        return None, "no-witness"
+    if any(p.member_id == me for p in witnesses):
+        return None, "witness-leads"
+    if not any(p.member_id == me for p in peers):
+        return None, "self-not-member"
+    for p in peers:
+        if not p.name:
+            return None, f"member-not-started:{p.member_id:x}"
+        if p.is_learner:
+            return None, f"learner:{p.name}"
+        if p.state != "member":
+            return None, f"not-joined:{p.name}"
+        st = p.status
+        if st is None or int(st.get("member_id", 0)) != p.member_id:
+            return None, f"unreachable:{p.name}"
+        if st.get("is_learner"):
+            return None, f"learner:{p.name}"
+        if st.get("errors"):
+            return None, f"errors:{p.name}"
+        if int(st.get("leader", 0)) != me:
+            return None, f"leader-disagreement:{p.name}"
+    leader_index = int(local.get("raft_index", 0))
+    for w in witnesses:
+        assert w.status is not None
+        applied = int(w.status.get("raft_applied_index", w.status.get("raft_index", 0)))
+        if leader_index - applied <= max_lag:
+            return w.member_id, ""
+    return None, "witness-behind"
+
+
+class LeadershipPreference:
+    """When the leader may move leadership to the witness (pure: times are passed in).
+
+    - `settle`: the cluster must have looked healthy for that long (a member that
+      just came back is not trusted on its first answer);
+    - after the witness *lost* leadership it held for less than `stable` seconds,
+      the next move waits `retry`, doubled for each further quick loss up to
+      `cap`: a witness that keeps losing it (overloaded, flapping link) is left
+      alone more and more, and once it held leadership `stable` seconds all is
+      forgiven;
+    - a failed MoveLeader is retried after `retry`, doubled per failure up to `cap`.
+    Every daemon keeps one (all observe the same leader), only the leader acts.
+    """
+
+    def __init__(self, settle: float = 2.0, retry: float = 3.0, cap: float = 300.0,
+                 stable: float = 60.0) -> None:
+        self.settle, self.base, self.cap, self.stable = settle, retry, cap, stable
+        self.quick_losses = 0
+        self.failures = 0
+        self.not_before = 0.0
+        self.healthy_since: float | None = None
+        self.witness_since: float | None = None
+
+    def observe(self, now: float, witness_leads: bool) -> None:
+        """Every check: whether the witness is the leader right now."""
+        if witness_leads:
+            if self.witness_since is None:
+                self.witness_since = now
+            elif now - self.witness_since >= self.stable:
+                self.quick_losses = 0
+            return
+        if self.witness_since is not None:   # the witness just lost leadership
+            if now - self.witness_since < self.stable:
+                self.quick_losses += 1
+            self.witness_since = None
+            delay = min(self.base * 2 ** max(self.quick_losses - 1, 0), self.cap)
+            self.not_before = max(self.not_before, now + delay)
+
+    def healthy(self, now: float, ok: bool) -> None:
+        """Every check on the leader: whether `witness_transfer_target` found a target."""
+        if not ok:
+            self.healthy_since = None
+        elif self.healthy_since is None:
+            self.healthy_since = now
+
+    def may_move(self, now: float) -> bool:
+        return (self.healthy_since is not None and now - self.healthy_since >= self.settle
+                and now >= self.not_before)
+
+    def moved(self, now: float, ok: bool) -> None:
+        """After a MoveLeader: success resets the failure backoff, failure doubles it."""
+        if ok:
+            self.failures = 0
+            self.witness_since = now
+            self.healthy_since = None
+        else:
+            self.failures += 1
+            self.not_before = now + min(self.base * 2 ** (self.failures - 1), self.cap)
+
+    @property
+    def delay(self) -> float:
+        """The delay before the next move after a quick loss (for logs)."""
+        return min(self.base * 2 ** max(self.quick_losses - 1, 0), self.cap)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from binome.guest.argv import build_argv
 from binome.guest.process import classify_exit, wrapper_argv
 from binome.guest.runtime import QemuRuntime
 from binome.guest.spec import DiskSpec, LaunchSpec, NicSpec
@@ -126,6 +127,17 @@ def test_minimal_spec_has_display_and_no_optional_devices(run: Path) -> None:
     assert _pairs(serial, "-display") == ["none"] and "-vnc" not in serial
 
 
+def test_incoming_migration_target_starts_paused_and_deferred(run: Path) -> None:
+    """The target of a live migration: same command line, plus -S and -incoming defer (the
+    runtime chooses the listening address over QMP), so it cannot run before the hand-over."""
+    spec = LaunchSpec(vmid=101, name="tiny", memory_mb=64, vga="serial0")
+    normal = build_argv(spec, run, "tcg")
+    incoming = build_argv(spec, run, "tcg", incoming=True)
+    assert incoming[:len(normal)] == normal
+    assert incoming[len(normal):] == ["-S", "-incoming", "defer"]
+    assert "-incoming" not in normal and "-S" not in normal
+
+
 def test_path_with_comma_is_escaped(run: Path) -> None:
     spec = LaunchSpec(vmid=102, name="x", memory_mb=64,
                       disks=(DiskSpec("virtio", 0, "/data/a,b.raw"),))
@@ -188,6 +200,7 @@ def test_wrapper_runs_qemu_under_sh_and_names_the_vm() -> None:
         (0, None, None, "2026-01-01T00:00:00Z qemu-system-x86_64: terminating on signal 15 "
          "from pid 42 (bash)\n", "QEMU terminated by signal 15 (SIGTERM)"),
         (0, None, "host-qmp-quit", "", "QEMU quit by a QMP client"),
+        (0, "migrated", "host-qmp-quit", "", "migrated away (source stopped by request)"),
         (1, None, None, "qemu-system-x86_64: -drive file=/x: Could not open '/x': No such file\n",
          "QEMU exited with status 1: -drive file=/x: Could not open '/x': No such file"),
         (None, None, None, "", "QEMU exited (exit status unknown: its wrapper is gone)"),

@@ -239,15 +239,159 @@ def test_without_quorum_writes_wait_and_the_outdated_copy_refuses_promotion(
     assert backing(n1).read_bytes() == backing(n2).read_bytes()
 
 
+class EventReader:
+    """`binome volume events ...` running in the background; its lines collected."""
+
+    def __init__(self, node: Node, *args: str) -> None:
+        import subprocess
+        import threading
+
+        from tests.integration.harness import BIN
+
+        env = dict(os.environ, BINOME_SOCKET=node.socket)
+        self.proc = subprocess.Popen([str(BIN / "binome"), "volume", "events", *args], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_line(self, pred, what: str, timeout: float = 30) -> str:
+        def found():
+            return next((ln for ln in list(self.lines) if pred(ln)), None)
+        return wait_for(found, timeout, f"{what}; lines so far: {self.lines[-8:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._thread.join(10)
+
+
+def test_volume_events_now_and_streamed(vc: Cluster) -> None:
+    n1, n2 = vc["n1"], vc["n2"]
+    wait_for(lambda: in_sync(vstatus(n1)), 30, "n1 in sync")
+    lines = n1.cli("volume", "events", "v1", "--now").stdout.splitlines()
+    assert lines[0] == "exists resource name:v1 role:Primary suspended:no", lines
+    assert "exists connection name:v1 conn-name:n2 connection:Connected role:Secondary" in lines
+    assert "exists device name:v1 volume:0 disk:UpToDate client:no open:no" in lines
+    assert ("exists peer-device name:v1 conn-name:n2 volume:0 replication:Established "
+            "peer-disk:UpToDate resync-suspended:no") in lines
+    assert lines[-1] == "exists -"
+    objs = [json.loads(ln) for ln in n2.cli("volume", "events", "--now", "--output-format",
+                                            "json").stdout.splitlines()]
+    assert objs[0]["action"] == "exists" and objs[0]["object"] == "resource"
+    assert objs[0]["role"] == "Secondary" and objs[-1]["object"] == "-"
+    r = n1.cli("volume", "events", "nope", "--now", check=False)
+    assert r.returncode != 0 and "no volume named 'nope'" in r.stdout + r.stderr
+    r = n1.cli("api", "get", "/nodes/n1/volume-events", "volume=bad/name", "now=1",
+               check=False)
+    assert r.returncode != 0 and "400" in r.stdout + r.stderr and "volume" in r.stdout + r.stderr
+
+    local = EventReader(n1, "v1")                                   # n1's own API
+    proxied = EventReader(n1, "--node", "n2", "--output-format", "json")   # relayed to n2
+    try:
+        local.wait_line(lambda ln: ln == "exists -", "n1's snapshot")
+        proxied.wait_line(lambda ln: json.loads(ln)["object"] == "-", "n2's snapshot")
+        started = time.monotonic()
+        n1.cli("volume", "pause-sync", "v1")
+        line = local.wait_line(lambda ln: ln.startswith("change peer-device name:v1")
+                               and "resync-suspended:user" in ln, "n1's pause")
+        print(f"event seen {time.monotonic() - started:.2f}s after the pause-sync command")
+        assert line.startswith("change peer-device name:v1 conn-name:n2 volume:0 "
+                               "replication:Established")
+        n1.cli("volume", "resume-sync", "v1")
+        local.wait_line(lambda ln: ln.startswith("change peer-device")
+                        and "resync-suspended:no" in ln, "n1's resume")
+        n2.cli("volume", "pause-sync", "v1")
+        ev = json.loads(proxied.wait_line(
+            lambda ln: json.loads(ln).get("resync-suspended") == "user", "n2's pause"))
+        assert ev["action"] == "change" and ev["object"] == "peer-device" and ev["time"]
+        n2.cli("volume", "resume-sync", "v1")
+        assert local.proc.poll() is None and proxied.proc.poll() is None   # still streaming
+    finally:
+        local.stop()
+        proxied.stop()
+    assert not any("s3cret" in ln or "secret" in ln for ln in local.lines + proxied.lines)
+
+
+def test_split_brain_in_standalone_mode_recovered_through_the_cli(vc: Cluster) -> None:
+    """Standalone mode on both nodes, both write while disconnected, the reconnect finds
+    a split brain (after-sb-1pri disconnect): StandAlone on both; the DRBD recovery by
+    hand through `binome volume`: the victim (n2) discards its data, n1 survives."""
+    n1, n2 = vc["n1"], vc["n2"]
+    wait_for(lambda: in_sync(vstatus(n1)) and in_sync(vstatus(n2)), 30, "in sync")
+    for node in (n1, n2):
+        node.cli("volume", "standalone", "v1", "--yes")
+    try:
+        for node in (n1, n2):
+            node.cli("volume", "disconnect", "v1")
+        survivor = os.urandom(8192)
+        asyncio.run(_nbd_write(vstatus(n1)["socket"], 3 * MiB, survivor))
+        n2.cli("volume", "primary", "v1", "--force", "1")
+        asyncio.run(_nbd_write(vstatus(n2)["socket"], 3 * MiB, os.urandom(4096)))
+        asyncio.run(_nbd_write(vstatus(n2)["socket"], 5 * MiB, os.urandom(4096)))
+        n2.cli("volume", "secondary", "v1")
+        events = EventReader(n2, "v1")
+        try:
+            events.wait_line(lambda ln: ln == "exists -", "n2's snapshot")
+            n1.cli("volume", "connect", "v1")
+            n2.cli("volume", "connect", "v1")
+            for node in (n1, n2):
+                wait_for(lambda node=node: vstatus(node).get("cstate") == "StandAlone", 30,
+                         f"{node.name} StandAlone after the split brain")
+            events.wait_line(lambda ln: ln == "call helper name:v1 volume:0 "
+                             "helper:split-brain", "the split-brain helper event on n2")
+        finally:
+            events.stop()
+        assert backing(n2).read_bytes()[3 * MiB:3 * MiB + 8192] != survivor
+        # DRBD's manual recovery, through the CLI (API) on each node.
+        n2.cli("volume", "connect", "v1", "--discard-my-data", "1")
+        n1.cli("volume", "connect", "v1")
+        wait_for(lambda: in_sync(vstatus(n2)) and in_sync(vstatus(n1)), 60,
+                 "n2 resynced from n1")
+        assert vstatus(n1)["role"] == "Primary" and vstatus(n2)["role"] == "Secondary"
+        assert backing(n2).read_bytes() == backing(n1).read_bytes()
+        assert backing(n2).read_bytes()[3 * MiB:3 * MiB + 8192] == survivor
+    finally:
+        for node in (n1, n2):
+            node.cli("volume", "standalone", "v1", "--enable", "0", "--yes", check=False)
+
+
 def test_actions_and_destroy(vc: Cluster) -> None:
     n1, n2 = vc["n1"], vc["n2"]
     r = n2.cli("volume", "primary", "v1", check=False)
     assert r.returncode != 0 and "Multiple primaries not allowed" in r.stdout + r.stderr
     n1.cli("volume", "pause-sync", "v1")
     n1.cli("volume", "resume-sync", "v1")
+    # n2's handler commands come from a node-local file, never from the API or etcd.
+    hdir = n2.state_dir / "handler-out"
+    hdir.mkdir()
+    cmd = f"{{ env; echo END; }} > {hdir}/$BINOME_HANDLER"
+    (n2.state_dir / "replica" / "handlers.json").write_text(json.dumps(
+        {"handlers": {"before-resync-target": cmd, "after-resync-target": cmd},
+         "handler_timeout": 30}))
+    conf = n2.state_dir / "replica" / "volumes" / "v1" / "volume.json"
+    wait_for(lambda: "before-resync-target" in conf.read_text(), 20,
+             "the daemon applied handlers.json to the engine")
     out = n2.cli("volume", "invalidate", "v1").stdout
     assert "v1: cs:" in out
     wait_for(lambda: in_sync(vstatus(n2)), 30, "n2 resynced after invalidate")
+    wait_for(lambda: all((hdir / h).exists() and (hdir / h).read_text().endswith("END\n")
+                         for h in ("before-resync-target", "after-resync-target")),
+             20, "n2's resync handlers ran")
+    env = (hdir / "before-resync-target").read_text()
+    assert "DRBD_RESOURCE=v1" in env and "DRBD_PEER_NODE=n1" in env
+    secret = store_get(vc, "/binome/volume-secrets/v1")["secret"]
+    assert secret not in env
     r = n1.cli("volume", "destroy", "v1", check=False)
     assert r.returncode != 0                    # needs --yes (no terminal to confirm on)
     n1.cli("volume", "destroy", "v1", "--yes")

@@ -210,6 +210,7 @@ def test_events_stream_reports_every_state_change(pair):
             events = client.stream("events")
             first = await anext(events)
             assert first["event"] == "exists" and first["name"] == "r0"
+            assert await anext(events) == {"event": "exists-end"}    # end of the snapshot
             await asyncio.to_thread(pair.a.call, "disconnect", name="r0")
             async with asyncio.timeout(10):
                 async for ev in events:

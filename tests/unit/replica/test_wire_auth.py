@@ -43,9 +43,9 @@ def test_packet_framing():
 
 
 def test_data_header_length_includes_data_unless_discard():
-    hdr = wire.data_header(7, 4096, 512, wire.DP_FUA)
+    hdr = wire.data_header(7, 4096, 512, wire.DP_FUA, 5)
     assert wire.parse_header(hdr[:10]) == (P.DATA, wire.DATA_HDR.size + 512)
-    assert wire.DATA_HDR.unpack(hdr[10:]) == (7, 4096, 512, wire.DP_FUA)
+    assert wire.DATA_HDR.unpack(hdr[10:]) == (7, 4096, 512, wire.DP_FUA, 5)
     trim = wire.data_header(8, 0, 1 << 20, wire.DP_DISCARD)
     assert wire.parse_header(trim[:10]) == (P.DATA, wire.DATA_HDR.size)
 

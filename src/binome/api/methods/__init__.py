@@ -4,6 +4,7 @@ from binome.api.methods import (  # noqa: F401
     access,
     cluster,
     console,
+    fence,
     ha,
     nodes,
     qemu,

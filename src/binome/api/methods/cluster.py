@@ -31,6 +31,8 @@ def cluster_status_entries(ctx: RequestContext) -> list[dict[str, Any]]:
         "expected_votes": s["expected_votes"], "total_votes": s["total_votes"],
         "quorum": s["quorum"], "flags": " ".join(s["flags"]), "transport": s["transport"],
         "witness": int(s["witness"]), "warnings": s["warnings"],
+        # binome addition: the etcd leader as this node's member sees it ("": none)
+        "etcd_leader": cluster.etcd_leader_name() or "",
     }]
     for m in s["members"]:
         entries.append({

@@ -18,8 +18,9 @@ from binome.api.errors import ApiError, param_error
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
 from binome.cli import format as cli_format
-from binome.ha.model import GroupConfig, ResourceConfig, parse_group_nodes
+from binome.ha.model import GroupConfig, HaSettings, ResourceConfig, parse_group_nodes
 from binome.store import keys
+from binome.store.client import StoreUnavailable
 
 if TYPE_CHECKING:
     from binome.api.context import RequestContext
@@ -85,6 +86,7 @@ RESOURCE_PARAMS = {
 
 def _apply(cfg: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     out = dict(cfg)
+    out.pop("stop_timeout", None)   # a hint of the last qm stop/shutdown only
     for key in RESOURCE_PARAMS:
         if params.get(key) is not None:
             out[key] = params[key]
@@ -384,8 +386,13 @@ async def ha_status_current(ctx: RequestContext, params: dict[str, Any]) -> list
     master = ms.get("master_node")
     if master:
         state = "active" if lock == master else "idle (lock not held)"
-        out.append({"id": "master", "type": "master", "node": master,
-                    "status": f"{master} ({state})"})
+        if ms.get("disarm"):
+            state += f", HA disarmed ({ms['disarm']})"
+        entry = {"id": "master", "type": "master", "node": master,
+                 "status": f"{master} ({state})"}
+        if ms.get("disarm"):
+            entry["disarm"] = ms["disarm"]
+        out.append(entry)
     for node, lrm in sorted(raw["lrms"].items()):
         rec = (ms.get("node_status") or {}).get(node, {})
         state = lrm.get("state", "?")
@@ -443,3 +450,275 @@ def format_ha_status(entries: list[dict[str, Any]]) -> str:
 
 
 cli_format.FORMATTERS.setdefault("ha_status", format_ha_status)
+
+
+# ---------------------------------------------------------------- qm actions routed through HA
+#
+# As in PVE, `qm start|stop|shutdown` of an HA-managed guest does not touch
+# QEMU: it changes the HA requested state (`hastart` / `hastop` tasks) and the
+# manager carries it out. Going behind the manager's back would be undone by
+# it (a stopped `started` service is restarted) or fight it (a started
+# `stopped` service is stopped again).
+
+HA_WAIT_DEFAULT = 120.0     # how long an hastart/hastop task follows the manager
+HA_SHUTDOWN_DEFAULT = 60.0  # qm shutdown's default timeout
+_DONE = {"started": "started", "stopped": "stopped"}
+
+
+async def ha_resource(ctx: RequestContext, vmid: int) -> dict[str, Any] | None:
+    """The HA resource config of `vm:<vmid>` if the manager handles it (not `ignored`)."""
+    store = ctx.services.cluster.store
+    if store is None:
+        return None
+    # serializable: stopping a non-HA guest needs no quorum, and must not start to
+    # (an HA guest's request then needs quorum anyway, checked by the caller)
+    try:
+        doc = await store.get_value(keys.HA_RESOURCES, {}, serializable=True) or {}
+    except StoreUnavailable:
+        return None
+    cfg = doc.get(f"vm:{vmid}")
+    if cfg is None or cfg.get("state") == "ignored":
+        return None
+    return cfg
+
+
+async def ha_service_status(ctx: RequestContext, sid: str,
+                            serializable: bool = False) -> dict[str, Any]:
+    store = ctx.services.cluster.store
+    if store is None:
+        return {}
+    ms = await store.get_value(keys.HA_MANAGER_STATUS, {}, serializable=serializable) or {}
+    return (ms.get("service_status") or {}).get(sid) or {}
+
+
+async def vm_ha_info(ctx: RequestContext, vmid: int) -> dict[str, Any]:
+    """`status/current`'s `ha` object (PVE shape): `{managed: 1, state, group?}` or
+    `{managed: 0}`."""
+    store = ctx.services.cluster.store
+    if store is None:
+        return {"managed": 0}
+    # serializable: the status of a VM answers without quorum, like its config
+    doc = await store.get_value(keys.HA_RESOURCES, {}, serializable=True) or {}
+    sid = f"vm:{vmid}"
+    cfg = doc.get(sid)
+    if cfg is None:
+        return {"managed": 0}
+    sd = await ha_service_status(ctx, sid, serializable=True)
+    out: dict[str, Any] = {"managed": 1, "state": sd.get("state") or cfg.get("state", "started"),
+                           "request_state": cfg.get("state", "started")}
+    if cfg.get("group"):
+        out["group"] = cfg["group"]
+    return out
+
+
+async def set_requested_state(ctx: RequestContext, sid: str, state: str,
+                              stop_timeout: float | None = None) -> None:
+    """Set the requested state; `stop_timeout` tells the LRM how long the guest may take
+    to shut down before it is stopped hard (0: at once, `qm stop`)."""
+    store = _require_quorum(ctx)
+
+    def mutate(doc):
+        doc = dict(doc or {})
+        if sid not in doc:
+            raise ApiError(500, f"no such resource '{sid}'")
+        cfg = {k: v for k, v in doc[sid].items() if k != "stop_timeout"}
+        if stop_timeout is not None:
+            cfg["stop_timeout"] = stop_timeout
+        doc[sid] = {**cfg, "state": state}
+        return doc
+
+    await store.update(keys.HA_RESOURCES, mutate)
+
+
+async def wait_service_state(ctx: RequestContext, task, sid: str, want: str,
+                             before: dict[str, Any], timeout: float) -> None:
+    """Wait until the manager reports `want` for `sid` (a new command, not a stale status)."""
+    import asyncio
+
+    from binome.tasks.manager import TaskFailed
+
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            sd = await ha_service_status(ctx, sid)
+            doc = await _store(ctx).get_value(keys.HA_RESOURCES, {}) or {}
+        except StoreUnavailable:   # no quorum for a moment: the deadline still applies
+            sd, doc = {}, None
+        state = sd.get("state")
+        if state != last:
+            task.log(f"service {sid}: {state or 'queued'}"
+                     + (f" on {sd['node']}" if sd.get("node") else "")
+                     + (f" ({sd['reason']})" if sd.get("reason") else ""))
+            last = state
+        fresh = before.get("state") != want or sd.get("uid") != before.get("uid")
+        if state == want and fresh:
+            return
+        if state == "error":
+            raise TaskFailed(f"HA service {sid} is in error state: "
+                             f"{sd.get('reason') or 'see the HA log'}")
+        requested = None if doc is None else (doc.get(sid) or {}).get("state")
+        if doc is not None and requested is None:
+            raise TaskFailed(f"HA resource {sid} was removed")
+        if requested is not None and _DONE.get(requested) != want:
+            raise TaskFailed(f"HA request of {sid} changed to '{requested}' meanwhile")
+        if time.monotonic() > deadline:
+            raise TaskFailed(f"HA {'start' if want == 'started' else 'stop'} of {sid} not "
+                             f"done after {timeout:.0f}s (state {state or 'queued'}"
+                             + (f": {sd['reason']}" if sd.get("reason") else "")
+                             + "); the request stays in place")
+        await asyncio.sleep(0.5)
+
+
+async def route_power_action(ctx: RequestContext, vmid: int, action: str,
+                             timeout: float | None) -> str | None:
+    # `timeout` is qm's: for shutdown, the time the guest gets before a hard stop
+    """Start an `hastart`/`hastop` task for an HA guest; None if the guest is not HA-managed."""
+    cfg = await ha_resource(ctx, vmid)
+    if cfg is None:
+        return None
+    sid = f"vm:{vmid}"
+    want = "started" if action == "start" else "stopped"
+    before = await ha_service_status(ctx, sid)
+    guests = ctx.services.guests
+    running = guests is not None and guests.runtime.is_running(vmid)
+    if want == "started" and cfg.get("state") == "started" and before.get("state") == "started" \
+            and running:
+        raise ApiError(500, f"VM {vmid} already running")
+    if want == "stopped" and cfg.get("state") in ("stopped", "disabled") and not running:
+        raise ApiError(500, f"VM {vmid} not running")
+    _require_quorum(ctx)
+    # qm stop is a hard stop, qm shutdown waits `timeout` (PVE: crm-command stop SID T)
+    stop_timeout = None
+    if action == "stop":
+        stop_timeout = 0.0
+    elif action == "shutdown":
+        stop_timeout = float(timeout) if timeout is not None else HA_SHUTDOWN_DEFAULT
+    wait = HA_WAIT_DEFAULT + (stop_timeout or 0.0)
+    verb = "start" if want == "started" else "stop"
+
+    async def body(task) -> None:
+        task.log(f"Requesting HA {verb} for VM {vmid}")
+        await set_requested_state(ctx, sid, want, stop_timeout)
+        await wait_service_state(ctx, task, sid, want, before, wait)
+        task.log(f"HA {verb} of VM {vmid} done")
+
+    return ctx.services.tasks.start("hastart" if want == "started" else "hastop", str(vmid),
+                                    ctx.userid, body)
+
+
+# ---------------------------------------------------------------- crm-command (extension)
+#
+# PVE 8.4 has no API for `ha-manager crm-command`: the command writes the CRM
+# command queue directly. binome exposes the same queue under
+# /cluster/ha/crm-command/... (documented as an extension).
+
+
+def _guest_node(ctx: RequestContext, node: str) -> None:
+    rec = ctx.services.cluster.node_records.get(node)
+    if rec is None or rec.get("state") == "evicted":
+        raise param_error("node", f"no such cluster node '{node}'")
+    if rec.get("role") == "witness":
+        raise param_error("node", f"'{node}' is a witness: it runs no HA services")
+
+
+for _action in ("enable", "disable"):
+    def _make_maint(action: str):
+        async def handler(ctx: RequestContext, params: dict[str, Any]) -> None:
+            _guest_node(ctx, params["node"])
+            await _append_command(ctx, f"{action}-node-maintenance {params['node']}")
+        return handler
+
+    registry.register(
+        "POST", f"/cluster/ha/crm-command/node-maintenance/{_action}",
+        name=f"ha_node_maintenance_{_action}", permission=CONSOLE,
+        description=(f"{_action.capitalize()} maintenance mode of a node: "
+                     + ("its HA services are migrated away and its watchdog released."
+                        if _action == "enable" else
+                        "the services moved away for the maintenance come back.")),
+        parameters={"node": Param(type="string", format="pve-node", description="The node.")},
+        cli=CliSpec(("ha", "crm-command", "node-maintenance", _action), positional=("node",)),
+    )(_make_maint(_action))
+
+
+@registry.register(
+    "POST", "/cluster/ha/crm-command/disarm-ha", name="ha_disarm", permission=CONSOLE,
+    description="Disarm HA for cluster maintenance: no fencing, no recovery, watchdogs "
+                "released. freeze: services keep their state; ignore: left to the admin.",
+    parameters={"mode": Param(type="string", enum=("freeze", "ignore"),
+                              description="What the services do meanwhile.")},
+    cli=CliSpec(("ha", "crm-command", "disarm-ha"), positional=("mode",)),
+)
+async def ha_disarm(ctx: RequestContext, params: dict[str, Any]) -> None:
+    await _append_command(ctx, f"disarm-ha {params['mode']}")
+
+
+@registry.register(
+    "POST", "/cluster/ha/crm-command/arm-ha", name="ha_arm", permission=CONSOLE,
+    description="Re-arm HA after disarm-ha: watchdogs armed, fencing and recovery resume.",
+    cli=CliSpec(("ha", "crm-command", "arm-ha")),
+)
+async def ha_arm(ctx: RequestContext, params: dict[str, Any]) -> None:
+    await _append_command(ctx, "arm-ha")
+
+
+# ---------------------------------------------------------------- datacenter options: ha
+
+
+POLICIES = ("conditional", "freeze", "failover", "migrate")
+
+
+def _parse_ha_option(text: str) -> dict[str, Any]:
+    """PVE's datacenter.cfg `ha` property: `shutdown_policy=<policy>`."""
+    out: dict[str, Any] = {}
+    for item in (i.strip() for i in text.split(",") if i.strip()):
+        key, sep, value = item.partition("=")
+        if not sep and key in POLICIES:   # PVE's default key
+            key, value = "shutdown_policy", key
+        if key != "shutdown_policy":
+            raise param_error("ha", f"invalid format - unknown key '{key}'")
+        if value not in POLICIES:
+            raise param_error("ha", f"invalid format - shutdown_policy: value '{value}' "
+                                    f"does not have a value in the enumeration "
+                                    f"'{', '.join(POLICIES)}'")
+        out["shutdown_policy"] = value
+    return out
+
+
+@registry.register(
+    "GET", "/cluster/options", name="cluster_options", permission=AUDIT,
+    description="Datacenter options (binome: only the HA settings).",
+    returns={"type": "object"},
+    cli=CliSpec(("cluster", "options")),
+)
+async def cluster_options(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    doc = await _store(ctx).get_value(keys.HA_SETTINGS, {}) or {}
+    out: dict[str, Any] = {}
+    if doc.get("shutdown_policy"):
+        out["ha"] = f"shutdown_policy={doc['shutdown_policy']}"
+    return out
+
+
+@registry.register(
+    "PUT", "/cluster/options", name="cluster_set_options", permission=privs("Sys.Modify"),
+    description="Set datacenter options (binome: only `ha`, the HA shutdown policy).",
+    parameters={"ha": Param(type="string", optional=True, max_length=256,
+                            description="shutdown_policy=<conditional|freeze|failover|"
+                                        "migrate>"),
+                "delete": Param(type="string", optional=True,
+                                description="Settings to delete (only 'ha').")},
+    cli=CliSpec(("cluster", "set-options")),
+)
+async def cluster_set_options(ctx: RequestContext, params: dict[str, Any]) -> None:
+    delete = [d.strip() for d in (params.get("delete") or "").split(",") if d.strip()]
+    bad = [d for d in delete if d != "ha"]
+    if bad:
+        raise param_error("delete", f"unknown or unsupported option '{bad[0]}'")
+    if params.get("ha") is not None and "ha" in delete:
+        raise param_error("delete", "cannot set and delete 'ha' at once")
+    new = _parse_ha_option(params["ha"]) if params.get("ha") is not None else None
+    store = _require_quorum(ctx)
+    if "ha" in delete:
+        await store.delete(keys.HA_SETTINGS)
+    elif new is not None:
+        await store.put(keys.HA_SETTINGS, HaSettings.from_dict(new).to_dict())

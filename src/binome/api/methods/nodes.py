@@ -58,6 +58,27 @@ async def node_status(ctx: RequestContext, params: dict[str, Any]) -> dict[str, 
     return ctx.services.host.status()
 
 
+async def _hastates(ctx: RequestContext) -> dict[int, str]:
+    """vmid -> PVE's `hastate`: the CRM state if it has one, else the requested state."""
+    from binome.store import keys
+
+    store = ctx.services.cluster.store
+    if store is None:
+        return {}
+    resources = await store.get_value(keys.HA_RESOURCES, {}, serializable=True) or {}
+    if not resources:
+        return {}
+    ms = await store.get_value(keys.HA_MANAGER_STATUS, {}, serializable=True) or {}
+    services = ms.get("service_status") or {}
+    out = {}
+    for sid, cfg in resources.items():
+        kind, _, vmid = sid.partition(":")
+        if kind == "vm" and vmid.isdigit():
+            out[int(vmid)] = str((services.get(sid) or {}).get("state")
+                                 or cfg.get("state", "started"))
+    return out
+
+
 @registry.register(
     "GET", "/cluster/resources", name="cluster_resources", permission=ANY_USER,
     description="Resources index (cluster wide): guests, nodes, and this node's storages.",
@@ -70,7 +91,12 @@ async def cluster_resources(ctx: RequestContext, params: dict[str, Any]) -> list
     kind = params.get("type")
     out: list[dict[str, Any]] = []
     if kind in (None, "vm") and ctx.services.guests is not None:
-        out += await ctx.services.guests.cluster_vms()
+        vms = await ctx.services.guests.cluster_vms()
+        hastates = await _hastates(ctx) if vms else {}
+        for vm in vms:
+            if vm["vmid"] in hastates:
+                vm["hastate"] = hastates[vm["vmid"]]
+        out += vms
     if kind in (None, "node"):
         for n in await node_entries(ctx):
             out.append({k: v for k, v in n.items() if k != "ssl_fingerprint"})

@@ -11,6 +11,7 @@ from typing import Any
 
 from binome.api.context import RequestContext
 from binome.api.errors import ApiError, fail, param_error
+from binome.api.methods import ha as ha_api
 from binome.api.methods.common import NODE
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
@@ -278,7 +279,9 @@ async def vm_set_config(ctx: RequestContext, params: dict[str, Any]) -> str:
     cli=CliSpec(("vm", "status"), positional=("vmid",)),
 )
 async def vm_status(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    return await guests(ctx).current_status(params["vmid"])
+    entry = await guests(ctx).current_status(params["vmid"])
+    entry["ha"] = await ha_api.vm_ha_info(ctx, params["vmid"])
+    return entry
 
 
 def _power(action: str, task_type: str, description: str, extra: dict[str, Param],
@@ -293,6 +296,12 @@ def _power(action: str, task_type: str, description: str, extra: dict[str, Param
     async def handler(ctx: RequestContext, params: dict[str, Any]) -> str:
         service = guests(ctx)
         vmid = params["vmid"]
+        if action in HA_ROUTED:
+            # an HA guest: the manager starts and stops it (PVE's hastart / hastop)
+            await service.read(vmid, fresh=False)
+            upid = await ha_api.route_power_action(ctx, vmid, action, params.get("timeout"))
+            if upid is not None:
+                return upid
         if action == "start":
             await service.check_startable(vmid)
         else:
@@ -301,8 +310,16 @@ def _power(action: str, task_type: str, description: str, extra: dict[str, Param
             service.require_running(vmid)
         timeout = float(params.get("timeout") or 60)
 
+        reboot_guard = None
+        if action == "reboot" and await ha_api.ha_resource(ctx, vmid) is not None:
+            # the LRM must not take the stopped half of a reboot for a crash
+            reboot_guard = ctx.services.ha
+
         async def body(task: Task) -> None:
-            if action == "start":
+            if reboot_guard is not None:
+                with reboot_guard.rebooting(vmid):
+                    await service.reboot_vm(task, vmid, timeout)
+            elif action == "start":
                 await service.start_vm(task, vmid)
             elif action == "stop":
                 await service.stop_vm(task, vmid, timeout=float(params.get("timeout") or 10))
@@ -323,6 +340,7 @@ def _power(action: str, task_type: str, description: str, extra: dict[str, Param
 
 
 SKIPLOCK = Param(type="boolean", optional=True, default=False)
+HA_ROUTED = ("start", "stop", "shutdown")
 _power("start", "qmstart", "Start the virtual machine.",
        {"timeout": TIMEOUT, "skiplock": SKIPLOCK, "machine": Param(optional=True),
         "migratedfrom": Param(format="pve-node", optional=True)}, "start")
@@ -440,3 +458,173 @@ async def vm_resize(ctx: RequestContext, params: dict[str, Any]) -> str:
 
     return _start_task(ctx, "resize", vmid, body)
 
+
+
+# ---------------------------------------------------------------- migration
+#
+# `qm migrate` (PVE's API shapes): GET .../migrate answers the preconditions,
+# POST .../migrate starts task `qmigrate` on the source node (offline: a config
+# move; online: a live migration), or, for an HA-managed VM, queues the CRM's
+# `migrate` command (task `hamigrate`, as PVE does). POST .../migrate/incoming
+# is binome's internal step on the target node, called by the source's task.
+
+MIGRATE = privs("VM.Migrate", path=VM_PATH)
+TARGET = Param(format="pve-node", description="Target node.")
+
+
+def _check_target(ctx: RequestContext, params: dict[str, Any]) -> str:
+    """A target that is another guest-hosting member, else a 400 on `target`."""
+    target = params["target"]
+    records = ctx.services.cluster.node_records
+    if target not in records:
+        raise param_error("target", f"no such cluster node '{target}'")
+    if target == ctx.services.config.name:
+        raise param_error("target", "target is local node.")
+    if records[target].get("role", "node") != "node":
+        raise param_error("target", f"node '{target}' is a witness: it does not host guests")
+    return target
+
+
+@registry.register(
+    "GET", "/nodes/{node}/qemu/{vmid}/migrate", name="vm_migrate_precondition",
+    permission=MIGRATE, proxyto="node",
+    description="Get preconditions for migration: running, allowed and not allowed nodes "
+                "(with the reasons), local disks.",
+    parameters={"node": NODE, "vmid": VMID,
+                "target": Param(format="pve-node", optional=True,
+                                description="Check only this target node.")},
+    returns={"type": "object"},
+    cli=CliSpec(("vm", "migrate-check"), positional=("vmid",)),
+)
+async def vm_migrate_precondition(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    if params.get("target"):
+        _check_target(ctx, params)
+    return await guests(ctx).migrate_preconditions(params["vmid"], params.get("target"))
+
+
+@registry.register(
+    "POST", "/nodes/{node}/qemu/{vmid}/migrate", name="vm_migrate",
+    permission=MIGRATE, proxyto="node",
+    description="Migrate the virtual machine to another node: a stopped VM's config moves; "
+                "a running VM is live-migrated with online=1 (its disks must be on "
+                "replicated storage held by the target). An HA-managed VM is migrated by "
+                "the HA manager.",
+    parameters={"node": NODE, "vmid": VMID, "target": TARGET,
+                "online": Param(type="boolean", optional=True, default=False,
+                                description="Live migration of a running VM."),
+                "force": Param(type="boolean", optional=True, default=False,
+                               description="Accepted for compatibility (no local resources "
+                                           "to override)."),
+                "with-local-disks": Param(type="boolean", optional=True, default=False,
+                                          description="Copy local disks (not implemented: "
+                                                      "refused)."),
+                "targetstorage": Param(optional=True, description="Not supported: disks "
+                                       "stay on their replicated storage."),
+                "migration_type": Param(optional=True, enum=("secure", "insecure"),
+                                        description="Accepted; the state goes over plain "
+                                                    "TCP on the cluster network."),
+                "migration_network": Param(optional=True,
+                                           description="Not supported (cluster network)."),
+                "bwlimit": Param(type="integer", optional=True, minimum=0,
+                                 maximum=4 * 1024 * 1024 * 1024,
+                                 description="Bandwidth limit in KiB/s (0: none).")},
+    returns={"type": "string", "description": "UPID"},
+    cli=CliSpec(("vm", "migrate"), positional=("vmid", "target")),
+)
+async def vm_migrate(ctx: RequestContext, params: dict[str, Any]) -> str:
+    from binome.api.methods import ha as ha_api
+
+    service = guests(ctx)
+    vmid = params["vmid"]
+    target = _check_target(ctx, params)
+    for unsupported in ("targetstorage", "migration_network"):
+        if params.get(unsupported):
+            raise param_error(unsupported, "not supported by binome")
+    await service.read(vmid)
+    if await ha_api.ha_resource(ctx, vmid) is not None:
+        return await _ha_migrate(ctx, vmid, target)
+    online = bool(params.get("online"))
+    await service.check_migratable(vmid, target, online=online,
+                                   with_local_disks=bool(params.get("with-local-disks")))
+
+    async def body(task: Task) -> None:
+        await service.migrate_vm(task, vmid, target, online=online,
+                                 with_local_disks=bool(params.get("with-local-disks")),
+                                 bwlimit_kib=params.get("bwlimit") or None)
+
+    return _start_task(ctx, "qmigrate", vmid, body)
+
+
+HA_MIGRATE_TIMEOUT = 600.0
+
+
+async def _ha_migrate(ctx: RequestContext, vmid: int, target: str) -> str:
+    """PVE: `qm migrate` of an HA guest asks the CRM (`migrate vm:N node`) and waits."""
+    import asyncio
+    import time
+
+    from binome.api.methods import ha as ha_api
+    from binome.tasks.manager import TaskFailed
+
+    sid = f"vm:{vmid}"
+    await ha_api._append_command(ctx, f"migrate {sid} {target}")
+
+    async def body(task: Task) -> None:
+        task.log(f"Requesting HA migration for VM {vmid} to node {target}")
+        deadline = time.monotonic() + HA_MIGRATE_TIMEOUT
+        moving, last = False, None
+        while True:
+            try:
+                sd = await ha_api.ha_service_status(ctx, sid)
+            except Exception:   # no quorum for a moment: the deadline still applies
+                sd = {}
+            state, node = sd.get("state"), sd.get("node")
+            if (state, node) != last:
+                task.log(f"service {sid}: {state or 'queued'} on {node or '?'}"
+                         + (f" ({sd['reason']})" if sd.get("reason") else ""))
+                last = (state, node)
+            if state in ("migrate", "relocate"):
+                moving = True
+            elif node == target and state in ("started", "stopped", "request_stop"):
+                task.log(f"HA migration of {sid} to {target} done")
+                return
+            elif state == "error":
+                raise TaskFailed(f"HA service {sid} is in error state: "
+                                 f"{sd.get('reason') or 'see the HA log'}")
+            elif moving:
+                raise TaskFailed(f"HA migration of {sid} to {target} failed"
+                                 + (f": {sd['reason']}" if sd.get("reason") else
+                                    " (see the cluster log)"))
+            if time.monotonic() > deadline:
+                raise TaskFailed(f"HA migration of {sid} to {target} not done after "
+                                 f"{HA_MIGRATE_TIMEOUT:.0f}s (the manager may have refused "
+                                 f"it: see the cluster log)")
+            await asyncio.sleep(0.5)
+
+    return _start_task(ctx, "hamigrate", vmid, body)
+
+
+@registry.register(
+    "POST", "/nodes/{node}/qemu/{vmid}/migrate/incoming", name="vm_migrate_incoming",
+    permission=MIGRATE, proxyto="node",
+    description="binome-internal step of a migration on the target node, called by the "
+                "source node's task: prepare (start a paused QEMU waiting for the state, "
+                "volumes Primary here too), resume (after the switch-over), abort (remove "
+                "the paused QEMU, demote), promote (after an offline migration).",
+    parameters={"node": NODE, "vmid": VMID,
+                "phase": Param(enum=("prepare", "resume", "abort", "promote")),
+                "source": Param(format="pve-node", description="The source node.")},
+    returns={"type": "object"},
+)
+async def vm_migrate_incoming(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    service = guests(ctx)
+    vmid, source, phase = params["vmid"], params["source"], params["phase"]
+    if source == ctx.services.config.name:
+        raise param_error("source", "source is the local node")
+    if phase == "prepare":
+        return await service.incoming_prepare(vmid, source)
+    if phase == "resume":
+        return await service.incoming_resume(vmid, source)
+    if phase == "abort":
+        return await service.incoming_abort(vmid, source)
+    return await service.incoming_promote(vmid)

@@ -17,15 +17,21 @@ back (`replica.keys`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 from typing import Any
 
+from aiohttp import web
+
 from binome.api.context import RequestContext
-from binome.api.errors import fail
+from binome.api.errors import fail, param_error
 from binome.api.methods.common import NODE
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
 from binome.cli.format import FORMATTERS
 from binome.storage.replica import format as vformat
+from binome.storage.replica.events import EventTranslator, end_of_snapshot
 from binome.storage.replica.service import VolumeFailure, VolumeService
 from binome.store.client import StoreUnavailable
 from binome.tasks.manager import Task
@@ -130,6 +136,9 @@ async def volume_list(ctx: RequestContext, params: dict[str, Any]) -> list[dict[
         "resync-rate": Param(type="integer", optional=True, default=0, minimum=0,
                              description="Resync rate limit in KiB/s (0: unlimited)."),
         "after-sb-0pri": POLICY, "after-sb-1pri": POLICY, "after-sb-2pri": POLICY,
+        "allow-two-primaries": Param(type="boolean", optional=True, default=0,
+                                     description="Allow both nodes to be Primary at once "
+                                                 "(live migration); protocol C only."),
     },
     returns=UPID_RETURN,
     cli=CliSpec(("volume", "create"), positional=("volume",)),
@@ -139,12 +148,16 @@ async def volume_create(ctx: RequestContext, params: dict[str, Any]) -> str:
     name = params["volume"]
     after_sb = {n: params[f"after-sb-{n}pri"] for n in (0, 1, 2)
                 if params.get(f"after-sb-{n}pri")}
+    if params.get("allow-two-primaries") and params["protocol"] != "C":
+        raise param_error("allow-two-primaries",
+                          f"allow-two-primaries requires protocol C (not {params['protocol']})")
 
     async def body(task: Task) -> None:
         await service.create_volume(name, params["size"], peer=params.get("peer"),
                                     protocol=params["protocol"], fencing=params["fencing"],
                                     resync_rate=int(params["resync-rate"]) * 1024,
-                                    after_sb=after_sb, task=task)
+                                    after_sb=after_sb, task=task,
+                                    allow_two_primaries=bool(params["allow-two-primaries"]))
 
     return _task(ctx, "volcreate", name, body)
 
@@ -247,13 +260,137 @@ _action("connect", "Connect to the peer (after a disconnect or an unresolved spl
                                   description="This node is the split-brain victim: its "
                                               "changes are overwritten by the peer's.")})
 _action("disconnect", "Drop the connection to the peer (StandAlone).")
+_action("attach", "Attach the backing store again after a local I/O error detached it "
+                  "(drbdadm attach): the replaced disk is resynced fully from the peer.")
 _action("invalidate", "Full resync of this node's copy from the peer.")
 _action("invalidate-remote", "Full resync of the peer's copy from this node.")
 _action("outdate", "Mark this node's copy Outdated (refused while connected).")
 _action("pause-sync", "Pause the resync.")
 _action("resume-sync", "Resume a paused resync.")
+_action("verify", "Online verify (drbdadm verify): compare every block with the peer's copy "
+                  "(verify-alg); blocks that differ are reported and marked out of sync, and "
+                  "a disconnect/connect resyncs them. Runs on; progress in the status.")
+_action("verify-stop", "Stop a running online verify.")
+
+
+@registry.register(
+    "POST", "/nodes/{node}/volumes/{volume}/resize", name="volume_resize",
+    permission=ALLOCATE, proxyto="node",
+    description="Grow the volume on both nodes (drbdadm resize; the peer must be connected). "
+                "NBD clients see the new size when they reconnect.",
+    parameters={"node": NODE, "volume": VOLUME,
+                "size": Param(pattern=r"\d+[KMGT]?",
+                              description="The new size, e.g. 2G (a multiple of 4K).")},
+    returns=UPID_RETURN,
+    cli=CliSpec(("volume", "resize"), positional=("volume",)),
+)
+async def volume_resize(ctx: RequestContext, params: dict[str, Any]) -> str:
+    service = volumes(ctx)
+    name = params["volume"]
+    if not service.exists_locally(name):
+        raise fail(f"no volume named '{name}' on node {ctx.node}")
+
+    async def body(task: Task) -> None:
+        st = await service.resize_volume(name, params["size"])
+        task.log(f"{name}: size {st['size']} bytes")
+        task.log(_line(st))
+
+    return _task(ctx, "volresize", name, body)
 _action("standalone", "Standalone mode: turn quorum fencing off on this node (writes go on "
                       "without the peer or quorum; split-brain policies apply later).",
         {"enable": Param(type="boolean", optional=True, default=True,
                          description="1: fencing off; 0: back to the volume's fencing.")},
         confirm="without quorum fencing both nodes may write: a split brain is possible")
+
+
+# --- events (drbdsetup events2) -------------------------------------------------------------
+
+EVENTS_PARAMS = {
+    "node": NODE,
+    "now": Param(type="boolean", optional=True, default=False,
+                 description="Only the current state (exists events), then end."),
+}
+EVENTS_HELP = ("State changes of the node's volumes as drbdsetup events2 lines (exists, "
+               "create, change, destroy, call/response helper). Streams application/x-ndjson "
+               "(one JSON object per line) until the client hangs up; with now=1 a plain "
+               "JSON list. A binome extension.")
+IDLE_CHECK = 5.0          # seconds between checks that a quiet stream's client is still there
+
+
+@registry.register(
+    "GET", "/nodes/{node}/volume-events", name="volume_events", permission=AUDIT,
+    proxyto="node", description=EVENTS_HELP,
+    parameters={**EVENTS_PARAMS, "volume": Param(
+        optional=True, pattern=r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}",
+        description="Only this volume.")},
+    returns={"type": "array", "items": {"type": "object"}},
+    cli=CliSpec(("volume", "events"), positional=("volume",),
+                help="follow volume state changes (like drbdsetup events2)"),
+)
+async def volume_events(ctx: RequestContext, params: dict[str, Any]) -> Any:
+    return await _events(ctx, params.get("volume"), bool(params.get("now")))
+
+
+@registry.register(
+    "GET", "/nodes/{node}/volumes/{volume}/events", name="volume_events_one",
+    permission=AUDIT, proxyto="node", description=EVENTS_HELP + " One volume.",
+    parameters={**EVENTS_PARAMS, "volume": VOLUME},
+    returns={"type": "array", "items": {"type": "object"}},
+)
+async def volume_events_one(ctx: RequestContext, params: dict[str, Any]) -> Any:
+    return await _events(ctx, params["volume"], bool(params.get("now")))
+
+
+async def _events(ctx: RequestContext, volume: str | None, now: bool) -> Any:
+    service = volumes(ctx)
+    if volume is not None and not service.exists_locally(volume):
+        raise fail(f"no volume named '{volume}' on node {ctx.node}")
+    tr = EventTranslator(volume)
+    if now:
+        try:
+            return tr.snapshot(await service.local_statuses())
+        except VolumeFailure as exc:
+            raise fail(str(exc)) from None
+    stream = service.engine_events()
+    try:
+        first = await anext(stream)          # fail with a plain error before streaming starts
+    except VolumeFailure as exc:
+        raise fail(str(exc)) from None
+    except StopAsyncIteration:
+        raise fail("the volume engine ended the event stream") from None
+    request = ctx.request
+    assert request is not None
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson",
+                                       "Cache-Control": "no-cache"})
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+
+    async def send(ev: dict[str, Any]) -> None:
+        out = end_of_snapshot() if ev.get("event") == "exists-end" else None
+        for item in ([out] if out else tr.feed(ev)):
+            await resp.write(json.dumps(item).encode() + b"\n")
+
+    nxt: asyncio.Task | None = None
+    try:
+        await send(first)
+        while True:
+            if nxt is None:
+                nxt = asyncio.ensure_future(anext(stream))
+            done, _ = await asyncio.wait({nxt}, timeout=IDLE_CHECK)
+            if not done:
+                # A quiet stream: stop when the client has gone (nothing else would tell).
+                if request.transport is None or request.transport.is_closing():
+                    break
+                continue
+            ev, nxt = nxt.result(), None
+            await send(ev)
+    except (StopAsyncIteration, ConnectionError):
+        pass
+    finally:
+        if nxt is not None:
+            nxt.cancel()
+        with contextlib.suppress(Exception):
+            await stream.aclose()
+    with contextlib.suppress(ConnectionError):
+        await resp.write_eof()
+    return resp

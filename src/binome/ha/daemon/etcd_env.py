@@ -21,6 +21,12 @@ the local time at which it first *saw* a new revision of that key as
 `last_renewal` (never later in reality than what it reports, so `fence_delay`
 is never shortened). The key vanishing means the lease is gone: expired,
 unless the node wrote `/binome/ha/released/<node>` for that lease first.
+
+Replicated volumes: the CRM's snapshot also holds `/binome/volumes/` (records,
+fencing marks, every node's published state); `replica_states(sid)` folds
+them with `storage.replica.service.effective_disk_states` (a copy recorded
+Outdated is Outdated whatever its node last said) for the volumes whose
+record names the guest's vmid.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ from binome.ha.model import (
     NodeInfo,
     ResourceConfig,
 )
+from binome.storage.replica import keys as vkeys
+from binome.storage.replica.service import effective_disk_states
 from binome.store import keys
 from binome.store.client import LeasedEntry, Store, StoreUnavailable
 
@@ -57,6 +65,36 @@ def vmid_of(sid: str) -> int | None:
     if kind == "vm" and rest.isdigit():
         return int(rest)
     return None
+
+
+def replica_snapshot(entries: Sequence[Raw]) -> dict[int, dict[str, dict[str, str]]]:
+    """vmid -> volume -> node -> effective disk state, from a range over `/binome/volumes/`.
+
+    A volume belongs to a guest when its record names the guest's vmid (the
+    `replicated` storage writes it at allocation); volumes being deleted are
+    left out.
+    """
+    views: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        parsed = vkeys.parse(e.key)
+        if parsed is None:
+            continue
+        vol, kind, node = parsed
+        view = views.setdefault(vol, {"config": None, "outdated": {}, "states": {}})
+        if kind == "config":
+            view["config"] = e.value if isinstance(e.value, dict) else None
+        elif kind == "fencing":
+            view["outdated"] = dict(((e.value or {}) if isinstance(e.value, dict) else {})
+                                    .get("outdated", {}))
+        elif node is not None:
+            view["states"][node] = e.value if isinstance(e.value, dict) else {}
+    out: dict[int, dict[str, dict[str, str]]] = {}
+    for vol, view in views.items():
+        rec = view["config"]
+        if not rec or rec.get("deleting") or not isinstance(rec.get("vmid"), int):
+            continue
+        out.setdefault(rec["vmid"], {})[vol] = effective_disk_states(view)
+    return out
 
 
 class LivenessTracker:
@@ -100,6 +138,8 @@ class EtcdEnv:
         self._ok = False
         self._entries: dict[str, Raw] = {}
         self._owners: dict[int, str] = {}
+        # vmid -> volume -> node -> effective disk state (CRM snapshot only)
+        self._replicas: dict[int, dict[str, dict[str, str]]] = {}
         self._lock_mine = False
         # queued writes
         self._status_write: tuple[ManagerStatus, int, list[str]] | None = None
@@ -128,6 +168,9 @@ class EtcdEnv:
             if self.role == "crm":
                 entries = await self._take_lock(store, entries, timeout)
             vmids, _ = await store.range_leased(keys.VMIDS, timeout)
+            volumes: list[Raw] = []
+            if self.role == "crm":
+                volumes, _ = await store.range_leased(vkeys.VOLUMES, timeout)
         except StoreUnavailable:
             return False
         self._entries = {e.key: e for e in entries}
@@ -136,6 +179,7 @@ class EtcdEnv:
             tail = e.key[len(keys.VMIDS):]
             if tail.isdigit() and isinstance(e.value, dict) and e.value.get("node"):
                 self._owners[int(tail)] = e.value["node"]
+        self._replicas = replica_snapshot(volumes)
         lock = self._entries.get(keys.HA_MANAGER_LOCK)
         self._lock_mine = bool(lock and lock.value == hub.node and hub.lease_id
                                and lock.lease == hub.lease_id)
@@ -270,8 +314,9 @@ class EtcdEnv:
 
     def replica_states(self, sid: str) -> dict[str, dict[str, str]]:
         self._need()
-        # first increment: replicated volumes are not consulted yet (docs/ha.md section 8)
-        return {}
+        vmid = vmid_of(sid)
+        vols = self._replicas.get(vmid) if vmid is not None else None
+        return {vol: dict(nodes) for vol, nodes in (vols or {}).items()}
 
     # ------------------------------------------------------------ CrmEnv
 
@@ -375,17 +420,23 @@ class EtcdEnv:
         return self.hub.watchdog_fired()
 
     def shutdown_request(self) -> str | None:
-        return None   # logind PrepareForShutdown is not wired yet
+        return self.hub.shutdown_request()   # logind, or systemd asked on SIGTERM
 
     def shutdown_ready(self) -> None:
-        return None
+        self.hub.shutdown_ready()
+
+    def resources_doc(self) -> dict[str, Any]:
+        """The raw resource configs of the last snapshot (extra keys included)."""
+        return dict(self._value(keys.HA_RESOURCES, {}) or {})
 
     def ha_sids(self) -> set[str]:
         return set(self._value(keys.HA_RESOURCES, {}) or {})
 
     def running_guests(self) -> set[str]:
         managed = self.ha_sids() if self._ok else None
-        return self.hub.executor.running(managed)
+        # a guest rebooted through the API counts as running between its stop and start
+        return self.hub.executor.running(managed) | {
+            f"vm:{v}" for v in self.hub.rebooting_vmids if f"vm:{v}" in (managed or ())}
 
     def exec_start(self, sid: str, uid: str) -> None:
         self.hub.executor.start(sid, uid, self._owners.get(vmid_of(sid) or -1))

@@ -4,9 +4,14 @@ Each `exec_*` of the LRM becomes an asyncio job run as a UPID task (`hastart`,
 `hastop`, `harelocate`); its result is collected by the next LRM round. The
 executor refuses a start (no job, an immediate result) when the guest config
 is not on this node (`EWRONG_NODE`) or the watchdog does not protect the sid
-(`ERROR`). Live migration is not implemented yet: a migrate of a running
-guest fails (the CRM keeps it on its node); of a stopped guest it is a
-config move, like a relocate.
+(`ERROR`). A start first promotes the guest's replicated volumes here
+(`promote_volumes`: UpToDate copies only, through the volume service's
+quorum-fencing rules, never forced) and fails with the reason otherwise; a
+stop or relocate demotes them to Secondary once QEMU has closed them. A
+migrate of a running guest is the guest service's live migration
+(`GuestService.migrate_vm`, task `hamigrate`: dual-primary volumes, paused
+target, config moved at the switch-over, source volumes demoted); of a
+stopped guest it is a config move, like a relocate.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from binome.ha.daemon.etcd_env import vmid_of
 from binome.ha.model import ExitCode, LrmResult
@@ -105,6 +110,8 @@ class Executor:
 
         async def body(task: Task, vmid: int) -> str:
             assert hub.guests is not None
+            # the guest's replicated disks must be Primary here before QEMU opens them
+            await promote_volumes(hub, task, sid, vmid)
             # start_vm re-reads the config with a quorum read: it must still be ours
             await hub.guests.start_vm(task, vmid)
             return f"HA start of {sid} done"
@@ -117,7 +124,9 @@ class Executor:
         async def body(task: Task, vmid: int) -> str:
             assert hub.guests is not None
             if hub.guests.runtime.is_running(vmid):
-                await hub.guests.shutdown_vm(task, vmid, STOP_TIMEOUT, force_stop=True)
+                await hub.guests.shutdown_vm(task, vmid, hub.stop_timeout(sid, STOP_TIMEOUT),
+                                             force_stop=True)
+            await demote_volumes(hub, task, vmid)
             return f"HA stop of {sid} done"
 
         self._spawn(uid, sid, "stop", "hastop", body)
@@ -129,6 +138,7 @@ class Executor:
             assert hub.guests is not None and hub.store is not None
             if hub.guests.runtime.is_running(vmid):
                 await hub.guests.shutdown_vm(task, vmid, STOP_TIMEOUT, force_stop=True)
+            await demote_volumes(hub, task, vmid, strict=True)   # the target promotes them
             await move_config(hub.store, vmid, hub.node, target, hub.io_timeout * 4)
             task.log(f"config of VM {vmid} moved to {target}")
             return f"HA {cmd} of {sid} to {target} done"
@@ -136,18 +146,122 @@ class Executor:
         self._spawn(uid, sid, cmd, "harelocate", body)
 
     def migrate(self, sid: str, uid: str, target: str) -> None:
+        """A running guest: the guest service's live migration (`hamigrate` task);
+        a stopped one: a config move, as relocate."""
+        hub = self.hub
         vmid = vmid_of(sid)
-        guests = self.hub.guests
-        if vmid is not None and guests is not None and guests.runtime.is_running(vmid):
-            self._result(uid, sid, "migrate", ExitCode.ERROR,
-                         "live migration is not implemented in the HA executor yet")
+        guests = hub.guests
+        if vmid is None or guests is None or not guests.runtime.is_running(vmid):
+            self.relocate(sid, uid, target, cmd="migrate")
             return
-        self.relocate(sid, uid, target, cmd="migrate")
+
+        async def body(task: Task, vmid: int) -> str:
+            assert hub.guests is not None
+            if await hub.guests.owner(vmid) == target:
+                # a re-run after the switch-over (our result was lost): it happened
+                return f"HA migrate of {sid} to {target} already done"
+            await hub.guests.migrate_vm(task, vmid, target, online=True)
+            return f"HA migrate of {sid} to {target} done"
+
+        self._spawn(uid, sid, "migrate", "hamigrate", body)
 
     async def cancel_all(self) -> None:
         for _sid, t in list(self._jobs.values()):
             t.cancel()
         self._jobs.clear()
+
+
+async def _local_volumes(hub: HaService, vmid: int) -> list[tuple[str, dict[str, Any]]]:
+    """The replicated volumes of guest `vmid` with a copy on this node (name, record)."""
+    svc = hub.volumes
+    if svc is None:
+        return []
+    from binome.storage.replica.service import VolumeFailure
+
+    try:
+        records = await svc.all_records()
+    except VolumeFailure:
+        return []
+    return sorted((name, rec) for name, rec in records.items()
+                  if rec.get("vmid") == vmid and hub.node in rec.get("nodes", {})
+                  and not rec.get("deleting"))
+
+
+async def promote_volumes(hub: HaService, task: Task, sid: str, vmid: int) -> None:
+    """Make every replicated volume of the guest Primary here, or refuse the start.
+
+    Only an UpToDate copy is promoted; the volume service applies quorum
+    fencing (a disconnected promotion first records the peer Outdated in etcd,
+    which needs quorum) and is never forced. A peer engine still Primary while
+    its node is offline belongs to a node the CRM proved fenced (the config was
+    moved here only after that proof, a relocation demotes first): its daemon
+    may be frozen with the engine still connected, so this node disconnects
+    from it and fences it in etcd. "Offline" is the HA view: the peer's
+    heartbeat key, bound to its lease, is gone (the lease expired, so its
+    watchdog fired); a peer whose lease lives is never disconnected.
+    """
+    from binome.guest.service import GuestFailure
+    from binome.storage.replica.service import CONNECTED_STATES, VolumeFailure
+
+    svc = hub.volumes
+    for name, rec in await _local_volumes(hub, vmid):
+        assert svc is not None
+        try:
+            st = await svc.call("status", name=name)
+            if st.get("role") == "Primary":
+                task.log(f"volume {name}: already Primary on {hub.node}")
+                continue
+            if st.get("disk") != "UpToDate":
+                raise GuestFailure(
+                    f"volume {name}: the copy on {hub.node} is {st.get('disk')}, not UpToDate; "
+                    f"refusing to start {sid} on stale data")
+            peer = svc.peer_of(rec)
+            if st.get("peer_role") == "Primary" and st.get("cstate") in CONNECTED_STATES:
+                assert hub.store is not None
+                if await hub.store.get(keys.ha_heartbeat(peer)) is not None:   # linearizable
+                    raise GuestFailure(f"volume {name}: {peer} is Primary and its lease is "
+                                       f"alive; refusing to start {sid} here")
+                task.log(f"volume {name}: {peer}'s lease expired (fenced) but its engine is "
+                         f"still Primary: disconnecting from it")
+                await svc.call("disconnect", name=name)
+                # record it Outdated ourselves: the volume service's own check takes a
+                # peer whose etcd member answers for an online Primary and would refuse
+                async with svc.lock(name):
+                    outcome = await svc.fence_peer(
+                        name, reason=f"HA recovery of {sid}: {peer}'s lease expired")
+                if outcome != "outdated-peer":
+                    raise GuestFailure(f"volume {name}: the copy on {hub.node} was recorded "
+                                       f"Outdated by {peer}; refusing to start {sid}")
+            await svc.promote(name, task=task)
+            task.log(f"volume {name}: Primary on {hub.node}")
+        except VolumeFailure as exc:
+            raise GuestFailure(f"refusing to start {sid}: {exc}") from None
+
+
+async def demote_volumes(hub: HaService, task: Task, vmid: int, strict: bool = False) -> None:
+    """Back to Secondary once QEMU has closed its disks (the next node promotes them).
+
+    `strict` (relocation): a volume that stays Primary fails the job, so the
+    config never moves to a node whose promotion would then meet a Primary peer.
+    """
+    from binome.storage.replica.service import VolumeFailure
+
+    svc = hub.volumes
+    for name, _rec in await _local_volumes(hub, vmid):
+        assert svc is not None
+        try:
+            st = await svc.call("status", name=name)
+            deadline = asyncio.get_running_loop().time() + 5.0
+            while st.get("open_count") and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.1)   # QEMU's NBD close reaches the engine after its exit
+                st = await svc.call("status", name=name)
+            if st.get("role") == "Primary":
+                await svc.demote(name)
+                task.log(f"volume {name}: Secondary on {hub.node}")
+        except VolumeFailure as exc:
+            if strict:
+                raise
+            task.log(f"warning: volume {name} stays Primary on {hub.node}: {exc}")
 
 
 async def move_config(store, vmid: int, src: str, dst: str, timeout: float) -> None:

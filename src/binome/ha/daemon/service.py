@@ -24,13 +24,14 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
 from binome.fence.watchdog import Watchdog
 from binome.ha.crm import Crm
 from binome.ha.daemon.etcd_env import EtcdEnv, vmid_of
 from binome.ha.daemon.executor import Executor
+from binome.ha.daemon.shutdown import ShutdownDetector
 from binome.ha.lrm import Lrm
 from binome.ha.model import FenceState, FenceStatus, LrmState
 from binome.ha.timers import HaTimers
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from binome.cluster.service import ClusterService
     from binome.config import NodeConfig
     from binome.guest.service import GuestService
+    from binome.storage.replica.service import VolumeService
     from binome.tasks.clusterlog import ClusterLog
     from binome.tasks.manager import TaskManager
 
@@ -48,6 +50,7 @@ log = logging.getLogger("binome.ha")
 
 LOG_LEVELS = {"info": logging.INFO, "warn": logging.WARNING, "err": logging.ERROR,
               "alert": logging.CRITICAL}
+SHUTDOWN_WAIT = 120.0   # below systemd's stop timeout if binomed.service sets 150 s
 CLUSTERLOG_PRI = {"warn": "warning", "err": "err", "alert": "alert"}
 
 
@@ -125,6 +128,9 @@ class HaService:
         self.watchdog = Watchdog(run / "ha-watchdog.state", run / "ha-watchdog.pid",
                                  device=None)
         self.armed_sids: set[str] = set()
+        self.rebooting_vmids: set[int] = set()
+        # the node's VolumeService (set by binomed): replicated disks are promoted on start
+        self.volumes: VolumeService | None = None
         self.executor = Executor(self)
         self.fencer = Fencer(self)
         self.crm_env = EtcdEnv(self, "crm")
@@ -135,7 +141,11 @@ class HaService:
         self._hb_lease: int | None = None
         self._hb_ok = False
         self._wake = asyncio.Event()
+        # host shutdown/reboot detection (logind, or systemd asked on SIGTERM)
+        self.shutdown = ShutdownDetector(on_request=self.wake)
+        self._shutdown_ready = asyncio.Event()
         self._loops: list[asyncio.Task] = []
+        self._stopping = False
         self._pending_logs: list[asyncio.Task] = []
 
     # ------------------------------------------------------------ facts for the envs
@@ -173,6 +183,21 @@ class HaService:
     def wake(self) -> None:
         self._wake.set()
 
+    def stop_timeout(self, sid: str, default: float) -> float:
+        """How long an HA stop lets the guest shut down (the hint of a qm stop/shutdown)."""
+        cfg = (self.lrm_env.resources_doc().get(sid) or {})
+        value = cfg.get("stop_timeout")
+        return float(value) if isinstance(value, int | float) and value >= 0 else default
+
+    @contextlib.contextmanager
+    def rebooting(self, vmid: int) -> Iterator[None]:
+        """An API reboot of an HA guest: its stopped half is not a crash to restart."""
+        self.rebooting_vmids.add(vmid)
+        try:
+            yield
+        finally:
+            self.rebooting_vmids.discard(vmid)
+
     # ------------------------------------------------------------ watchdog
 
     def watchdog_arm(self, deadline: float, sids: Collection[str]) -> None:
@@ -199,21 +224,33 @@ class HaService:
 
     async def start(self) -> None:
         # the watchdog supervisor is started by the first round that sees HA resources
+        await self.shutdown.start()
         self._loops = [asyncio.create_task(self._heartbeat_loop(), name="ha-heartbeat"),
                        asyncio.create_task(self._round_loop(), name="ha-rounds")]
 
     async def stop(self) -> None:
-        """Stop the loops, hand the manager lock over and announce the lease release.
+        """Apply the shutdown policy if the host goes down, stop the loops, hand the
+        manager lock over and announce the lease release.
 
-        The watchdog stays armed if HA guests run: they are killed at its
-        deadline and the CRM recovers them (the restart/freeze mode of a daemon
-        restart is not wired yet).
+        A plain daemon restart (no host shutdown detected) leaves the guests
+        running and the watchdog armed: if the daemon does not come back in
+        time, they are killed at its deadline and the CRM recovers them.
         """
-        for t in self._loops:
-            t.cancel()
-        for t in self._loops:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        if self._loops:
+            kind = await self.shutdown.probe()
+            if kind is not None:
+                await self._host_shutdown(kind)
+        self._stopping = True
+        # cancel until they are done: Python 3.11's wait_for swallows a cancellation
+        # that races with its inner future completing (a wake-up), and a loop would
+        # then go on forever
+        for _ in range(50):
+            pending = [t for t in self._loops if not t.done()]
+            if not pending:
+                break
+            for t in pending:
+                t.cancel()
+            await asyncio.wait(pending, timeout=0.2)
         self._loops = []
         await self.fencer.stop()
         await self.executor.cancel_all()
@@ -231,12 +268,37 @@ class HaService:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(store.put(keys.ha_released(self.node), {"lease": lease}),
                                        1.0)
+        await self.shutdown.stop()
+
+    def shutdown_request(self) -> str | None:
+        return self.shutdown.request
+
+    def shutdown_ready(self) -> None:
+        """The LRM applied the shutdown policy: nothing of HA runs here any more."""
+        self._shutdown_ready.set()
+        asyncio.get_running_loop().create_task(self.shutdown.release())
+
+    async def _host_shutdown(self, kind: str) -> None:
+        """Keep the rounds going until the LRM is ready for the host to go down."""
+        self.log("info", f"{self.node}/lrm", f"host {kind} detected: applying the HA "
+                                              "shutdown policy before stopping")
+        self.wake()
+        try:
+            await asyncio.wait_for(self._shutdown_ready.wait(), SHUTDOWN_WAIT)
+        except TimeoutError:
+            self.log("err", f"{self.node}/lrm", f"shutdown policy not done after "
+                                                 f"{SHUTDOWN_WAIT:.0f}s; stopping anyway")
+            return
+        if not self.executor.running(None):
+            # every HA guest here is stopped: a watchdog left armed would kill them
+            # when this node starts them again (same boot: a daemon-only "reboot")
+            self.watchdog_disarm()
 
     # ------------------------------------------------------------ loops
 
     async def _heartbeat_loop(self) -> None:
         seq = 0
-        while True:
+        while not self._stopping:
             try:
                 await self._heartbeat(seq)
             except asyncio.CancelledError:
@@ -267,7 +329,7 @@ class HaService:
             self.watchdog_arm(sent + self.timers.self_fence_deadline, self.armed_sids)
 
     async def _round_loop(self) -> None:
-        while True:
+        while not self._stopping:
             began = time.monotonic()
             self._wake.clear()
             try:

@@ -34,6 +34,18 @@ class Bitmap:
     def for_size(cls, size: int, block_size: int = 4096) -> Bitmap:
         return cls(-(-size // block_size), block_size)
 
+    def grow(self, nbits: int) -> None:
+        """Add bits (clear: in sync) for a grown volume; every page from the old tail on
+        becomes dirty, so the on-disk copy gets the new length's pages."""
+        if nbits < self.nbits:
+            raise ValueError("a bitmap cannot shrink")
+        old_pages = self.npages
+        old_last = max(len(self._bits) - 1, 0) >> 12
+        self.nbits = nbits
+        nbytes = (nbits + 7) // 8
+        self._bits.extend(bytes(nbytes - len(self._bits)))
+        self.dirty_pages.update(range(old_last, max(self.npages, old_pages)))
+
     def _clear_tail(self) -> None:
         # Bits past nbits are never set, whatever was on disk.
         extra = len(self._bits) * 8 - self.nbits

@@ -10,6 +10,9 @@ volume stays StandAlone. With it, `address` is where this node's engine
 listens or connects from ("host:port" on the replication network),
 `peer_address` the peer's, `secret` the shared secret (HMAC challenge), and
 `node`/`peer_node` the two node names (`discard-node-NAME` refers to them).
+The rest of DRBD's `net`/`disk` options kept here: `allow_two_primaries`
+(protocol C only), `verify_alg`/`csums_alg` (`csum.ALGORITHMS`), and the
+resync rate controller's `resync_rate` and `c_*` settings (`rsctl`).
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from binome.storage.replica import handlers as handlers_mod
+from binome.storage.replica.csum import ALGORITHMS
 from binome.storage.replica.handshake import RrConflict
+from binome.storage.replica.rsctl import RateSettings
 from binome.storage.replica.splitbrain import parse_policy
 from binome.storage.replica.states import Fencing
 
@@ -61,10 +67,29 @@ class VolumeConfig:
     ping_int: float = 10.0        # seconds between keepalive pings (DRBD: ping-int)
     ping_timeout: float = 5.0     # extra silence tolerated before the link is declared dead
     max_epoch_size: int = 2048    # writes per epoch before a barrier closes it
+    verify_alg: str = "sha256"    # online verify digest (DRBD: verify-alg; csum.ALGORITHMS)
+    csums_alg: str = ""           # checksum-based resync digest; "" = send every block
+    # The dynamic resync controller (rsctl); c_plan_ahead 0 = fixed `resync_rate`.
+    c_plan_ahead: float = 0.0     # seconds
+    c_fill_target: int = 0        # bytes in flight; 0 = aim at c_delay_target
+    c_delay_target: float = 1.0   # seconds
+    c_max_rate: int = 100 << 20   # bytes/s
+    c_min_rate: int = 0           # bytes/s while application I/O is active; 0 = no throttle
+    # DRBD's `handlers` section: {handler name: shell command} (handlers.py)
+    handlers: dict[str, str] = field(default_factory=dict)
+    handler_timeout: float = handlers_mod.DEFAULT_TIMEOUT
+    # DRBD's `on-io-error`: detach (continue Diskless, served by the peer) or pass_on
+    on_io_error: str = "detach"
 
     @property
     def has_net(self) -> bool:
         return bool(self.address)
+
+    def rate_settings(self) -> RateSettings:
+        return RateSettings(resync_rate=self.resync_rate, c_plan_ahead=self.c_plan_ahead,
+                            c_fill_target=self.c_fill_target,
+                            c_delay_target=self.c_delay_target, c_max_rate=self.c_max_rate,
+                            c_min_rate=self.c_min_rate)
 
     def validate(self) -> None:
         if not NAME_RE.match(self.name):
@@ -82,6 +107,12 @@ class VolumeConfig:
         if len(os.fsencode(self.socket)) > MAX_SOCKET_PATH:
             raise ConfigError(f"NBD socket path too long ({self.socket})")
         Fencing(self.fencing)
+        try:
+            handlers_mod.validate(self.handlers, self.handler_timeout)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.on_io_error not in ("detach", "pass_on"):
+            raise ConfigError("on_io_error must be detach or pass_on")
         if self.has_net:
             self._validate_net()
 
@@ -95,7 +126,9 @@ class VolumeConfig:
         if self.protocol not in ("A", "B", "C"):
             raise ConfigError("protocol must be A, B or C")
         if self.allow_two_primaries and self.protocol != "C":
-            raise ConfigError("allow-two-primaries: not protocol C")
+            # Both sides write: only protocol C acknowledges a write once the peer
+            # applied it, which concurrent writes from two primaries need (DRBD's rule).
+            raise ConfigError(f"allow-two-primaries requires protocol C (not {self.protocol})")
         try:
             for n in (0, 1, 2):
                 parse_policy(getattr(self, f"after_sb_{n}pri"), n, my_name=self.node,
@@ -107,6 +140,18 @@ class VolumeConfig:
                 or self.max_epoch_size < 1 or self.resync_rate < 0):
             raise ConfigError("connect_int, ping_int, ping_timeout, max_epoch_size and "
                               "resync_rate must be positive")
+        for what in ("verify_alg", "csums_alg"):
+            alg = getattr(self, what)
+            if alg and alg not in ALGORITHMS:
+                raise ConfigError(f"{what}: unknown algorithm {alg!r} "
+                                  f"(one of {', '.join(ALGORITHMS)})")
+        if (min(self.c_plan_ahead, self.c_fill_target, self.c_delay_target, self.c_min_rate) < 0
+                or self.c_max_rate <= 0):
+            raise ConfigError("c_plan_ahead, c_fill_target, c_delay_target and c_min_rate "
+                              "must not be negative, c_max_rate must be positive")
+        if self.c_plan_ahead and not self.c_fill_target and not self.c_delay_target:
+            raise ConfigError("the dynamic resync controller needs c_fill_target or "
+                              "c_delay_target")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"

@@ -11,11 +11,14 @@ guest I/O) and is re-adopted by it through the control socket (see
 
 Commands (DRBD's verbs where they exist): ping, list, create, delete, up,
 down, connect, disconnect, primary, secondary, outdate, invalidate,
-invalidate-remote, pause-sync, resume-sync, status, proc, bitmap,
-write-bitmap, shutdown; for the daemon's quorum fencing: peer-outdated (the
+invalidate-remote, pause-sync, resume-sync, verify, verify-stop, resize, status,
+proc, bitmap, write-bitmap, shutdown; for the daemon's quorum fencing: peer-outdated (the
 fence-peer handler succeeded), outdated-by-peer (the peer fenced us first),
-set-fencing (standalone mode); and `events`, a stream of every state change
-(one status object per change, preceded by one per up volume).
+set-fencing (standalone mode); attach (a replaced disk after a local I/O
+error detached the old one), set-handlers (handler commands); and `events`, a
+stream of every state change (one status object per change, preceded by one
+per up volume and an `exists-end` marker) and of handler runs (`call`,
+`response`).
 
 `up` attaches the disk, opens the NBD socket and, for a volume with a
 network configuration, starts connecting to the peer; the volume starts
@@ -69,7 +72,8 @@ class Engine:
             "invalidate-remote": self.invalidate_remote, "pause-sync": self.pause_sync,
             "resume-sync": self.resume_sync, "peer-outdated": self.peer_outdated,
             "outdated-by-peer": self.outdated_by_peer, "set-fencing": self.set_fencing,
-            "events": self.events,
+            "verify": self.verify, "verify-stop": self.verify_stop, "resize": self.resize,
+            "events": self.events, "attach": self.attach, "set-handlers": self.set_handlers,
         }
 
     async def start(self) -> None:
@@ -190,6 +194,8 @@ class Engine:
                 return self.volumes[name].status()
             vol = Volume(self._config(name))
             vol.on_change = self._changed
+            vol.on_helper = self._helper_event
+            vol.conf_path = str(self._dir(name) / "volume.json")
             await vol.attach()
             try:
                 await vol.start_export()
@@ -229,6 +235,13 @@ class Engine:
             del self.volumes[name]
             self._publish({"event": "down", "name": name})
 
+    async def attach(self, name: str) -> dict[str, Any]:
+        """Attach the backing store again after it failed and was detached (on-io-error)."""
+        async with self._lock(name):
+            vol = self._up(name)
+            await vol.reattach()
+            return vol.status()
+
     async def primary(self, name: str, force: bool = False) -> dict[str, Any]:
         async with self._lock(name):
             vol = self._up(name)
@@ -262,11 +275,33 @@ class Engine:
     async def pause_sync(self, name: str) -> dict[str, Any]:
         vol = self._up(name)
         vol.pause_sync(True)
+        self._changed(vol)          # the status changed (paused.user) even when no state did
         return vol.status()
 
     async def resume_sync(self, name: str) -> dict[str, Any]:
         vol = self._up(name)
         vol.pause_sync(False)
+        self._changed(vol)          # the status changed (paused.user) even when no state did
+        return vol.status()
+
+    async def verify(self, name: str, start: int = 0) -> dict[str, Any]:
+        """Online verify (drbdadm verify): VerifyS here, VerifyT on the peer; runs on."""
+        async with self._lock(name):
+            vol = self._up(name)
+            vol.verify(int(start))
+            return vol.status()
+
+    async def resize(self, name: str, size: int | str,
+                     assume_peer_has_space: bool = False) -> dict[str, Any]:
+        """Grow a volume (drbdadm resize): the peer's copy, then this one; volume.json too."""
+        async with self._lock(name):
+            vol = self._up(name)
+            await vol.resize(parse_size(size), assume_peer_has_space=assume_peer_has_space)
+            return vol.status()
+
+    async def verify_stop(self, name: str) -> dict[str, Any]:
+        vol = self._up(name)
+        vol.verify_stop()
         return vol.status()
 
     async def peer_outdated(self, name: str, by: str = "") -> dict[str, Any]:
@@ -296,11 +331,35 @@ class Engine:
             log.warning("%s: fencing set to %s", name, fencing)
             return vol.status()
 
+    async def set_handlers(self, name: str, handlers: dict[str, str],
+                           handler_timeout: float | None = None) -> dict[str, Any]:
+        """Replace the volume's handler commands (persisted; used from the next run on)."""
+        async with self._lock(name):
+            cfg = self._config(name)
+            cfg = dataclasses.replace(cfg, handlers=dict(handlers), handler_timeout=float(
+                cfg.handler_timeout if handler_timeout is None else handler_timeout))
+            cfg.validate()
+            cfg.save(self._dir(name) / "volume.json")
+            vol = self.volumes.get(name)
+            if vol is not None:
+                vol.config = dataclasses.replace(vol.config, handlers=cfg.handlers,
+                                                 handler_timeout=cfg.handler_timeout)
+            log.info("%s: handlers set: %s", name, ", ".join(sorted(handlers)) or "none")
+            return {"name": name, "handlers": sorted(handlers)}
+
     # --- events -------------------------------------------------------------------------
 
     def _changed(self, vol: Volume) -> None:
         if self._subscribers and vol.meta is not None:
             self._publish({"event": "change", "name": vol.name, "status": vol.status()})
+
+    def _helper_event(self, vol: Volume, helper: str, status: int | None) -> None:
+        # drbdsetup events2's "call helper" / "response helper ... status:N".
+        if status is None:
+            self._publish({"event": "call", "name": vol.name, "helper": helper})
+        else:
+            self._publish({"event": "response", "name": vol.name, "helper": helper,
+                           "status": status})
 
     def _publish(self, event: dict[str, Any]) -> None:
         for q in list(self._subscribers):
@@ -311,11 +370,13 @@ class Engine:
                 q.put_nowait(event)
 
     async def events(self) -> Stream:
-        """Every state change from now on, after one `exists` event per up volume."""
+        """Every state change from now on, after one `exists` event per up volume and an
+        `exists-end` marker; handler runs appear as `call` and `response` events."""
         q: asyncio.Queue = asyncio.Queue()
         self._subscribers.add(q)
         for name in sorted(self.volumes):
             q.put_nowait({"event": "exists", "name": name, "status": self.volumes[name].status()})
+        q.put_nowait({"event": "exists-end"})     # events2's "exists -": the snapshot is over
 
         async def gen() -> AsyncIterator[dict[str, Any]]:
             try:

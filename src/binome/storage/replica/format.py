@@ -84,7 +84,7 @@ def proc_volume(st: dict[str, Any], minor: int) -> str:
     ]
     sync = (st.get("peer") or {}).get("sync")
     if sync is not None:
-        lines += sync_lines(sync)
+        lines += sync_lines(sync, verify=bool(sync.get("verify")))
     return "\n".join(lines)
 
 

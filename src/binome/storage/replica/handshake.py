@@ -49,6 +49,8 @@ class NetSettings:
     after_sb_2pri: AfterSb
     allow_two_primaries: bool
     discard_my_data: bool = False
+    verify_alg: str = ""
+    csums_alg: str = ""
 
 
 def _convert_after_sb(peer: AfterSb) -> AfterSb:
@@ -72,6 +74,11 @@ def incompatible(mine: NetSettings, theirs: NetSettings) -> str | None:
         return "incompatible allow-two-primaries settings"
     if theirs.discard_my_data and mine.discard_my_data:
         return "incompatible discard-my-data settings"
+    # Both sides compute the digests they compare (DRBD: "Different verify-alg settings").
+    if theirs.verify_alg != mine.verify_alg:
+        return "incompatible verify-alg settings"
+    if theirs.csums_alg != mine.csums_alg:
+        return "incompatible csums-alg settings"
     return None
 
 

@@ -216,6 +216,17 @@ class MetaFile:
         self.sb = new
         return new
 
+    def grow(self, size: int) -> Superblock:
+        """A grown volume (resize): a longer bitmap area (zeroes: in sync), then the new
+        size in the superblock, the commit point. The in-memory bitmap grows too."""
+        new = self.sb.with_(size=size)
+        if size < self.sb.size:
+            raise MetaError("metadata cannot shrink")
+        os.ftruncate(self.fd, max(new.file_size, os.fstat(self.fd).st_size))
+        os.fdatasync(self.fd)
+        self.bitmap.grow(new.bm_bits)
+        return self.write_superblock(new)
+
     def write_al(self, table: tuple[int, ...] | list[int]) -> None:
         """Persist the AL slot table in the older slot, durably."""
         seq = self.al_seq + 1

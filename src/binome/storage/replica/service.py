@@ -35,17 +35,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import secrets
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from binome.errors import BinomeError
 from binome.storage.replica import control, supervisor
+from binome.storage.replica import handlers as handlers_mod
 from binome.storage.replica import keys as vkeys
 from binome.storage.replica.config import MAX_SOCKET_PATH, NAME_RE, ConfigError, parse_size
 from binome.storage.replica.splitbrain import parse_policy
@@ -61,6 +63,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("binome.volumes")
 
 ENGINE_SUBDIR = "replica"
+HANDLERS_FILE = "handlers.json"   # this node's handler commands (node_handlers)
 FIRST_PORT = 7789                 # DRBD's customary first port
 LAST_PORT = 7999
 RECONCILE_INTERVAL = 1.0
@@ -76,7 +79,8 @@ CONNECTED_STATES = ("Connected", "StartingSyncS", "StartingSyncT", "WFBitMapS", 
                     "WFSyncUUID", "SyncSource", "SyncTarget", "VerifyS", "VerifyT",
                     "PausedSyncS", "PausedSyncT", "Ahead", "Behind")
 PUBLISHED = ("role", "peer_role", "cstate", "disk", "peer_disk", "suspended", "gi",
-             "fenced_by", "fencing", "out_of_sync_kib", "crashed_primary", "open_count")
+             "fenced_by", "fencing", "out_of_sync_kib", "crashed_primary", "open_count",
+             "verify")
 
 
 class VolumeFailure(BinomeError):
@@ -117,6 +121,7 @@ class VolumeService:
                  ) -> None:
         self.node = node
         self.engine_dir = state_dir / ENGINE_SUBDIR
+        self._handlers_applied: dict[str, dict[str, Any]] = {}
         self.socket_dir = self._socket_dir(self.engine_dir)
         self.cluster = cluster
         self.clusterlog = clusterlog
@@ -133,6 +138,7 @@ class VolumeService:
         self._dirty: dict[str, dict[str, Any]] = {}
         self._publish_wake = asyncio.Event()
         self._published: dict[str, dict[str, Any]] = {}
+        self._verify_logged: dict[str, Any] = {}     # the verify results already logged
         self._warned: dict[str, str] = {}
 
     # ------------------------------------------------------------------ paths
@@ -236,6 +242,24 @@ class VolumeService:
             self._watcher = None
         self._wake.set()                  # the reconcile loop restarts it when needed
 
+    async def engine_events(self) -> AsyncIterator[dict[str, Any]]:
+        """The engine's event stream for one subscriber (the API's volume events).
+
+        No engine is started for it: on a node without volumes (no engine) this
+        raises VolumeFailure. The stream ends when the engine goes away.
+        """
+        h = self.handle
+        if h is None or await supervisor.ping(h.control) is None:
+            raise VolumeFailure("no volume engine runs on this node (it has no volumes)")
+        client = await control.ControlClient.connect(h.control)
+        try:
+            async for event in client.stream("events"):
+                yield event
+        except (OSError, ConnectionError, ValueError, control.ControlError) as exc:
+            log.debug("engine event stream (API subscriber): %s", exc)
+        finally:
+            await client.close()
+
     def _on_event(self, event: dict[str, Any]) -> None:
         name = event.get("name")
         if not isinstance(name, str):
@@ -249,8 +273,29 @@ class VolumeService:
             return
         self.statuses[name] = st
         self._queue_publish(name, {"up": True, **{k: st.get(k) for k in PUBLISHED}})
+        ver = st.get("verify")
+        if (event.get("event") == "change" and isinstance(ver, dict)
+                and ver.get("role") == "VerifyS" and st.get("cstate") != "VerifyS"
+                and self._verify_logged.get(name) != ver.get("time")):
+            # An online verify started here ended: its outcome goes to the cluster log.
+            self._verify_logged[name] = ver.get("time")
+            task = asyncio.ensure_future(self._log_verify(name, ver))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
         if st.get("fence") == "needed":
             self._start_fencing(name)
+
+    async def _log_verify(self, name: str, ver: dict[str, Any]) -> None:
+        found = int(ver.get("found_blocks") or 0)
+        what = "stopped" if ver.get("stopped") else "lost its peer" if ver.get("lost") \
+            else "finished"
+        msg = (f"volume {name}: online verify on {self.node} {what} after "
+               f"{ver.get('verified_kib')} KiB: {found} blocks out of sync"
+               + (f" ({found * int(ver.get('block_size') or 4096) // 1024} KiB, first ranges "
+                  f"{ver.get('ranges', [])[:5]}); disconnect/connect resyncs them"
+                  if found else ""))
+        log.log(logging.WARNING if found else logging.INFO, "%s", msg)
+        with contextlib.suppress(Exception):
+            await self.clusterlog.write(msg, tag="volume", pri="warning" if found else "info")
 
     # ------------------------------------------------------------------ publishing
     def _queue_publish(self, name: str, view: dict[str, Any]) -> None:
@@ -364,6 +409,32 @@ class VolumeService:
                 return port
         raise VolumeFailure(f"no free replication port in {FIRST_PORT}-{LAST_PORT}")
 
+    def node_handlers(self) -> dict[str, Any]:
+        """This node's handler commands for its volumes: `<state>/replica/handlers.json`.
+
+        `{"handlers": {"split-brain": "command", ...}, "handler_timeout": 60}`,
+        written by root on the node (the file must not be writable by others).
+        Deliberately not settable through the API or etcd: a handler is a
+        command run as the engine's user. Unreadable or invalid: no handlers
+        (logged).
+        """
+        path = self.engine_dir / HANDLERS_FILE
+        try:
+            st = path.stat()
+            if st.st_mode & 0o022 or st.st_uid not in (0, os.getuid()):
+                raise ValueError("writable by others or owned by another user: ignored")
+            data = json.loads(path.read_text())
+            cfg = {"handlers": dict(data.get("handlers") or {}),
+                   "handler_timeout": float(data.get("handler_timeout",
+                                                     handlers_mod.DEFAULT_TIMEOUT))}
+            handlers_mod.validate(cfg["handlers"], cfg["handler_timeout"])
+            return cfg
+        except FileNotFoundError:
+            return {"handlers": {}, "handler_timeout": handlers_mod.DEFAULT_TIMEOUT}
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            self._warn("*handlers", f"{path}: {exc}")
+            return {"handlers": {}, "handler_timeout": handlers_mod.DEFAULT_TIMEOUT}
+
     def _engine_config(self, rec: dict[str, Any], secret: str) -> dict[str, Any]:
         peer = self.peer_of(rec)
         port = int(rec["port"])
@@ -376,7 +447,9 @@ class VolumeService:
             "secret": secret, "protocol": rec.get("protocol", "C"),
             "fencing": rec.get("fencing", Fencing.QUORUM.value),
             "resync_rate": int(rec.get("resync_rate", 0)),
+            "allow_two_primaries": bool(rec.get("allow_two_primaries", False)),
             "connect_int": CONNECT_INT, "ping_int": PING_INT, "ping_timeout": PING_TIMEOUT,
+            **self.node_handlers(),
         }
         for n in (0, 1, 2):
             key = f"after_sb_{n}pri"
@@ -392,8 +465,8 @@ class VolumeService:
                             resync_rate: int = 0, after_sb: dict[int, str] | None = None,
                             storage: str | None = None, vmid: int | None = None,
                             backing_dir: str | None = None, primary: bool = True,
-                            task: Task | None = None, wait_peer: float = 30.0
-                            ) -> dict[str, Any]:
+                            task: Task | None = None, wait_peer: float = 30.0,
+                            allow_two_primaries: bool = False) -> dict[str, Any]:
         """Create a volume on this node and its peer; this node becomes its Primary.
 
         The record goes to etcd first (the name, the port and the secret are
@@ -414,6 +487,8 @@ class VolumeService:
             raise VolumeFailure("size must be a positive multiple of 4 KiB")
         if protocol not in ("A", "B", "C"):
             raise VolumeFailure("protocol must be A, B or C")
+        if allow_two_primaries and protocol != "C":
+            raise VolumeFailure(f"allow-two-primaries requires protocol C (not {protocol})")
         Fencing(fencing)
         store = self._store()
         peer = peer or self.default_peer()
@@ -424,6 +499,7 @@ class VolumeService:
         rec: dict[str, Any] = {
             "name": name, "size": size, "protocol": protocol, "fencing": fencing,
             "resync_rate": int(resync_rate), "storage": storage, "vmid": vmid,
+            "allow_two_primaries": bool(allow_two_primaries),
             "nodes": {self.node: {"address": mine_ip}, peer: {"address": peer_ip}},
             "primary": self.node if primary else None, "down": [], "creator": self.node,
             "created": _now(),
@@ -639,6 +715,11 @@ class VolumeService:
             await self.call("create", **self._engine_config(rec, entry.value["secret"]))
             log.info("volume %s: created on %s (peer %s)", name, self.node, self.peer_of(rec))
             local = {"name": name, "up": False}
+        wanted = self.node_handlers()
+        if self._handlers_applied.get(name) != wanted:
+            # handlers.json changed (or first round since the daemon started).
+            await self.call("set-handlers", name=name, **wanted)
+            self._handlers_applied[name] = wanted
         if not local["up"]:
             if self.node in rec.get("down", []):
                 return
@@ -834,6 +915,19 @@ class VolumeService:
                     **r, "down": sorted(set(r.get("down", [])) | {self.node}),
                     "primary": None if r.get("primary") == self.node else r.get("primary")})
             await self.call("down", name=name)
+
+    async def resize_volume(self, name: str, size: int | str) -> dict[str, Any]:
+        """Grow a volume on both nodes (the engine grows the peer's copy first over the
+        replication link; it must be Connected), then record the new size."""
+        try:
+            size = parse_size(size)
+        except ConfigError as exc:
+            raise VolumeFailure(str(exc)) from None
+        size = (size + 4095) // 4096 * 4096
+        async with self.lock(name):
+            st = await self.call("resize", name=name, size=size)
+            await self._set_record(name, lambda r: {**r, "size": max(int(r["size"]), size)})
+        return st
 
     async def standalone(self, name: str, enable: bool, task: Task | None = None
                          ) -> dict[str, Any]:

@@ -212,6 +212,10 @@ def promote(state: State, *, force: bool, allow_two_primaries: bool, fencing: Fe
         raise refuse(SS_NO_UP_TO_DATE_DISK)
     if connected and disk != DiskState.UpToDate and state.pdsk != DiskState.UpToDate:
         raise refuse(SS_NO_UP_TO_DATE_DISK)
+    if connected and DiskState.Inconsistent <= disk < DiskState.UpToDate:
+        # DRBD lets an Inconsistent node be Primary with an UpToDate peer (reads go to
+        # the peer); a Primary cannot be a SyncTarget here, so it needs its own data.
+        raise refuse(SS_NO_UP_TO_DATE_DISK)
     if (not force and fencing != Fencing.DONT_CARE and not connected
             and state.pdsk == DiskState.DUnknown):
         raise refuse(SS_PRIMARY_NOP)
@@ -239,13 +243,15 @@ def outdate(state: State) -> State:
 
 
 def needs_fencing(state: State, fencing: Fencing) -> bool:
-    """Writes must wait: a Primary under quorum fencing does not know its peer's disk.
+    """Writes must wait: a Primary under quorum fencing (or DRBD's resource-and-stonith,
+    whose fence-peer handler the engine runs) does not know its peer's disk.
 
     This is the condition for `susp` (DRBD's susp_fen): set when the peer is
     lost (or never seen), cleared when the peer's disk is known again, either
     because it reconnected or because the daemon recorded it Outdated.
     """
-    return (fencing == Fencing.QUORUM and state.role == Role.Primary
+    return (fencing in (Fencing.QUORUM, Fencing.RESOURCE_AND_STONITH)
+            and state.role == Role.Primary
             and state.disk == DiskState.UpToDate and state.pdsk == DiskState.DUnknown)
 
 

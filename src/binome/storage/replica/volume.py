@@ -28,6 +28,15 @@ The bitmap reaches the disk lazily (a periodic writer, and always before an
 extent leaves the activity log); a clean detach writes it fully and marks the
 activity log clean. On attach after a crash the bits of every extent still in
 the activity log are set (DRBD's apply-al).
+
+Local I/O errors (`local_io_error`, DRBD's on-io-error detach): a failed read,
+write, fdatasync or discard on the backing store makes the disk Failed, then
+Diskless (closed, FULL_SYNC recorded, the `local-io-error` handler run), and
+from then on a Primary serves everything through its peer (reads as
+P_DATA_REQUEST, writes as P_DATA only) while the peer is Connected and
+UpToDate; `reattach` brings a replaced disk back as a full SyncTarget.
+Handlers (`run_handler`, `handlers.py`) include fence-peer for DRBD's
+resource-only / resource-and-stonith fencing (`fence_peer`).
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from binome.storage.replica import format as fmt
-from binome.storage.replica import states
+from binome.storage.replica import handlers, states
 from binome.storage.replica.activity_log import ActivityLog
 from binome.storage.replica.bitmap import Bitmap
 from binome.storage.replica.config import VolumeConfig
@@ -59,6 +68,11 @@ from binome.storage.replica.wire import DP_DISCARD, DP_FUA, DP_ZERO_KEEP
 log = logging.getLogger("binome.replica")
 
 BITMAP_WRITEBACK_INTERVAL = 5.0
+# DRBD's fencing policies whose fence-peer handler the engine runs (quorum: the daemon).
+HANDLER_FENCING = (Fencing.RESOURCE_ONLY, Fencing.RESOURCE_AND_STONITH)
+FENCE_PEER_CODES = {3: "peer is inconsistent", 4: "peer was fenced",
+                    5: "peer is unreachable, assumed to be dead",
+                    6: "peer is primary, will outdate myself", 7: "peer was stonithed"}
 BIG_DISCARD = 1 << 20            # discards larger than this run in a thread
 
 
@@ -123,6 +137,8 @@ class Volume:
         self._al_starved: asyncio.Event | None = None
         self._writeback: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._helpers: set[asyncio.Future] = set()
+        self.conf_path = str(Path(config.meta).parent / "volume.json")   # the engine's file
         self._mirror = False          # writes go to the peer (states.should_do_remote)
         self._oos_notice = False      # writes are announced with P_OUT_OF_SYNC (WFBitMapS)
         # Quorum fencing (states.needs_fencing): while `state.susp`, new writes wait for
@@ -133,8 +149,14 @@ class Volume:
         self.deferred_generation = False   # new current UUID once the peer is fenced
         self.fenced_by: str | None = None  # who recorded the peer Outdated (for status)
         self.user_paused = False           # pause-sync
+        self.verify_result: dict[str, Any] | None = None   # the last online verify's outcome
         self.on_change: Callable[[Volume], None] | None = None   # the engine's event hook
+        # The engine's hook for handler calls and their exit codes (events "call"/"response").
+        self.on_helper: Callable[[Volume, str, int | None], None] | None = None
         self._closing = False
+        self._fence_task: asyncio.Future | None = None     # fence-peer handler running
+        # on-io-error detach: the local disk failed; I/O is served by the peer.
+        self._diskless_io = False
 
     # --- state --------------------------------------------------------------------------
 
@@ -168,8 +190,43 @@ class Volume:
             self._release_held(None)
             self._resumed.set()
             log.info("%s: resuming I/O", self.name)
+        if (new.role == Role.Primary and new.pdsk == DiskState.DUnknown
+                and old.pdsk != DiskState.DUnknown and new.conn < ConnState.Connected
+                and Fencing(self.config.fencing) in HANDLER_FENCING
+                and (self._fence_task is None or self._fence_task.done())):
+            # DRBD's conn_try_outdate_peer_async: a Primary lost its peer.
+            self._fence_task = self._spawn_detached(self.fence_peer())
         if self.on_change is not None:
             self.on_change(self)
+
+    # --- handlers (handlers.py) -----------------------------------------------------------
+
+    async def run_handler(self, name: str) -> handlers.HandlerResult:
+        """Run the configured command of handler `name` and wait for it (drbd_khelper)."""
+        cfg = self.config
+        env = handlers.handler_env(
+            volume=self.name, backing=cfg.backing, meta=cfg.meta,
+            conf=self.conf_path, node=cfg.node,
+            peer_node=cfg.peer_node, address=cfg.address, peer_address=cfg.peer_address,
+            handler=name)
+        if self.on_helper is not None:
+            self.on_helper(self, name, None)
+        result = await handlers.run(name, cfg.handlers.get(name), env, volume=self.name,
+                                    timeout=cfg.handler_timeout)
+        if self.on_helper is not None:
+            self.on_helper(self, name, result.exit_code)
+        return result
+
+    def call_handler(self, name: str) -> asyncio.Future:
+        """Run a handler in the background (the caller does not wait for its exit code)."""
+        return self._spawn_detached(self.run_handler(name))
+
+    def _spawn_detached(self, coro: Awaitable[Any]) -> asyncio.Future:
+        # Not in `_tasks`: a detach waits for I/O in flight, not for administrators' scripts.
+        task = asyncio.ensure_future(coro)
+        self._helpers.add(task)
+        task.add_done_callback(self._helpers.discard)
+        return task
 
     def hold_completions(self, futures: list[asyncio.Future]) -> None:
         """Complete `futures` (writes whose mirroring the link lost) once I/O may resume.
@@ -177,6 +234,13 @@ class Volume:
         While suspended they wait: the peer may lack these writes, so they are not
         acknowledged until the peer is back or known Outdated.
         """
+        if self._diskless_io:
+            # No local copy (the disk failed): what the peer did not acknowledge is lost.
+            for fut in futures:
+                if not fut.done():
+                    fut.set_exception(OSError(errno.EIO, f"volume {self.name}: no local disk "
+                                                         f"and the link to the peer was lost"))
+            return
         if self.state.susp:
             self._held.extend(f for f in futures if not f.done())
             return
@@ -227,6 +291,12 @@ class Volume:
             self.state = self.state.with_(disk=DiskState.Diskless)
             raise VolumeError("EIO", f"{self.name}: {e}") from e
         sb = meta.sb
+        if sb.bm_block_size == cfg.bm_block_size and sb.size < cfg.size:
+            # A resize recorded the new size in volume.json, then stopped before the
+            # metadata's commit point: finish it (the backing file was grown first).
+            log.warning("%s: finishing an interrupted resize (%d -> %d bytes)", self.name,
+                        sb.size, cfg.size)
+            sb = await asyncio.to_thread(meta.grow, cfg.size)
         if sb.size != cfg.size or sb.bm_block_size != cfg.bm_block_size:
             meta.close()
             self.state = self.state.with_(disk=DiskState.Diskless)
@@ -322,7 +392,7 @@ class Volume:
             self.nbd = None
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.config.socket)
-        if self.state.disk == DiskState.Diskless:
+        if self.state.disk == DiskState.Diskless and not self._diskless_io:
             return
         async with asyncio.timeout(60):
             while self._tasks or (self._al_writer and not self._al_writer.done()):
@@ -334,7 +404,8 @@ class Volume:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writeback
         assert self.disk is not None and self.meta is not None and self.bitmap is not None
-        await self.disk.flush()
+        if not self._diskless_io:           # a failed disk is not flushed (or closed already)
+            await self.disk.flush()
         async with self._meta_lock:
             await asyncio.to_thread(self.meta.write_bitmap_pages, self.bitmap.take_dirty_pages())
             flags = states.flags_from_state(self.state, self.meta.sb.flags,
@@ -372,6 +443,12 @@ class Volume:
 
     async def promote(self, *, force: bool = False) -> None:
         assert self.meta is not None
+        s = self.state
+        if (not force and Fencing(self.config.fencing) in HANDLER_FENCING
+                and s.conn < ConnState.Connected and s.pdsk == DiskState.DUnknown
+                and s.disk in (DiskState.Consistent, DiskState.UpToDate)):
+            # drbd_set_role: the peer's disk is unknown, fence it before going Primary.
+            await self.fence_peer()
         gi = self.meta.sb.gi
         pr = states.promote(self.state, force=force,
                             allow_two_primaries=self.config.allow_two_primaries,
@@ -443,6 +520,34 @@ class Volume:
         if self.state.disk in (DiskState.Consistent, DiskState.UpToDate):
             await self.change_state(disk=DiskState.Outdated)
 
+    async def fence_peer(self) -> int:
+        """Run the fence-peer handler and apply its exit code (DRBD's conn_try_outdate_peer).
+
+        3: the peer's disk is Inconsistent; 4 (fenced), 7 (stonithed), and 5
+        (unreachable, only with an UpToDate disk here): the peer is Outdated,
+        I/O resumes; 6: the peer is Primary, this copy outdates itself; anything
+        else: the handler is broken and nothing changes (resource-and-stonith
+        stays suspended; `peer-outdated` is the administrator's way out).
+        """
+        result = await self.run_handler("fence-peer")
+        code = result.exit_code if result.configured else -1
+        s = self.state
+        if s.conn >= ConnState.Connected or self.meta is None:
+            return code               # the peer came back meanwhile: nothing to fence
+        what = FENCE_PEER_CODES.get(code)
+        if what is None or (code == 5 and s.disk != DiskState.UpToDate):
+            log.error("%s: fence-peer helper broken, returned %d", self.name, code)
+            return code
+        log.info("%s: fence-peer helper returned %d (%s)", self.name, code, what)
+        if code == 6:
+            await self.outdated_by_peer("the fence-peer handler (the peer is Primary)")
+        elif code == 3:
+            await self.peer_outdated("the fence-peer handler")
+            await self.change_state(pdsk=DiskState.Inconsistent)
+        else:
+            await self.peer_outdated("the fence-peer handler")
+        return code
+
     async def set_fencing(self, fencing: str) -> None:
         """Change the fencing policy at run time (standalone mode: `dont-care`)."""
         Fencing(fencing)
@@ -475,6 +580,66 @@ class Volume:
         if connected and self.link is not None:
             self.link.state_changed(renegotiate=True)
 
+    async def resize(self, size: int, *, assume_peer_has_space: bool = False) -> None:
+        """Grow the volume (drbdadm resize): the peer's copy first, then this one.
+
+        Connected: the peer grows its copy and answers; this side grows when
+        the answer arrives (in the packet handler: no peer write beyond the old
+        end can be handled before). Without a connection only with
+        `assume_peer_has_space` (DRBD's flag): each side is then grown alone
+        and the next handshake checks the sizes. Shrinking is refused.
+        """
+        s = self.state
+        if self.disk is None or self.meta is None:
+            raise VolumeError("ESTATE", f"{self.name}: not attached")
+        if size < self.size:
+            raise VolumeError("EINVAL", f"{self.name}: shrinking a volume is not supported "
+                                        f"({self.size} -> {size} bytes)")
+        if size % 4096:
+            raise VolumeError("EINVAL", "size must be a multiple of 4096 bytes")
+        if size == self.size:
+            return
+        if self.disk.is_block:
+            raise VolumeError("EINVAL", f"{self.name}: the backing store is a block device; "
+                                        f"growing it is not supported here")
+        if self.link is not None and not assume_peer_has_space:
+            if s.conn != ConnState.Connected:
+                raise VolumeError("ESTATE", f"{self.name}: resize needs a Connected peer (now "
+                                            f"{s.conn}) or assume_peer_has_space")
+            try:
+                await self.link.request_resize(size)
+            except (ValueError, ConnectionError, TimeoutError) as e:
+                raise VolumeError("EIO", f"{self.name}: resize failed: {e}") from None
+            return
+        if self.link is not None and s.conn >= ConnState.Connected:
+            raise VolumeError("ESTATE", f"{self.name}: Connected: the peer grows too; "
+                                        f"resize without assume_peer_has_space")
+        await self.grow(size)
+
+    async def grow(self, size: int) -> None:
+        """Grow this copy: backing file, then volume.json, then the metadata (commit point).
+
+        The new area reads as zeroes on both copies (sparse files), so it is in
+        sync: no bits are set. NBD clients connecting from now on see the new
+        size; connected ones keep the size they negotiated.
+        """
+        assert self.disk is not None and self.meta is not None
+        old = self.size
+        if size <= old:
+            return
+        os.ftruncate(self.disk.fd, size)
+        await asyncio.to_thread(os.fsync, self.disk.fd)
+        self.config = replace(self.config, size=size)
+        await asyncio.to_thread(self.config.save, Path(self.conf_path))
+        async with self._meta_lock:
+            # Inline: the bitmap grows in place while no other code can touch it.
+            self.meta.grow(size)
+        self.disk.size = size
+        self.size = size
+        log.info("%s: size changed from %d to %d bytes", self.name, old, size)
+        if self.on_change is not None:
+            self.on_change(self)
+
     async def invalidate_remote(self) -> None:
         """Full sync to the peer (drbdadm invalidate-remote); needs a connected peer."""
         s = self.state
@@ -488,6 +653,23 @@ class Volume:
                                         f"is Primary")
         self.link.request_peer_invalidate()
 
+    def verify(self, start: int = 0) -> None:
+        """Online verify (drbdadm verify): compare every block with the peer's copy."""
+        if self.link is None:
+            raise VolumeError("ESTATE", f"{self.name}: online verify needs a connected peer")
+        try:
+            self.link.start_verify(start)
+        except ValueError as e:
+            raise VolumeError("ESTATE", f"{self.name}: {e}") from None
+
+    def verify_stop(self) -> None:
+        if self.link is None:
+            raise VolumeError("ESTATE", f"{self.name}: no online verify is running")
+        try:
+            self.link.stop_verify()
+        except ValueError as e:
+            raise VolumeError("ESTATE", f"{self.name}: {e}") from None
+
     def pause_sync(self, paused: bool) -> None:
         """pause-sync / resume-sync: the user flag; the link maps it onto the states."""
         self.user_paused = paused
@@ -500,7 +682,8 @@ class Volume:
         return f"binome replicated volume {self.name}"
 
     def refuse_reason(self) -> str | None:
-        if self.state.disk == DiskState.Diskless:
+        if self.state.disk == DiskState.Diskless and not (self._diskless_io
+                                                          and self._peer_serves()):
             return f"volume {self.name} has no disk attached"
         if self.state.role != Role.Primary:
             return f"volume {self.name} is {self.state.role}: only a Primary serves I/O"
@@ -520,6 +703,11 @@ class Volume:
         # A Secondary refuses all local I/O (DRBD), including reads.
         if self.state.role != Role.Primary or self.disk is None or self._closing:
             raise OSError(errno.EPERM, f"volume {self.name} is not Primary")
+        if self._diskless_io:
+            if not self._peer_serves():
+                raise OSError(errno.EIO, f"volume {self.name}: no local disk (detached after "
+                                         f"an I/O error) and no UpToDate peer")
+            return
         if self.state.disk != DiskState.UpToDate:
             # A Primary without UpToDate data (outdated by a quorate peer): I/O errors.
             raise OSError(errno.EIO, f"volume {self.name}: the local disk is "
@@ -535,11 +723,19 @@ class Volume:
         if pending is not None:
             await pending
 
-    def read_into(self, offset: int, view: memoryview) -> None:
+    def read_into(self, offset: int, view: memoryview) -> asyncio.Future | None:
         self._check_io()
+        if self._diskless_io:
+            return self._read_remote(offset, view)
         assert self.disk is not None
-        self.disk.read_into(offset, view)
+        try:
+            self.disk.read_into(offset, view)
+        except OSError as e:
+            if not self.local_io_error("read", e):
+                raise
+            return self._read_remote(offset, view)     # DRBD retries a failed read remotely
         self.counters.dr += len(view)
+        return None
 
     def write(self, offset: int, data: memoryview, fua: bool) -> asyncio.Future | None:
         self._check_io()
@@ -547,6 +743,8 @@ class Volume:
             # The data must outlive this call: the receive buffer will be reused.
             return self._spawn(self._after_resume(self.write, offset, bytes(data), fua))
         length = len(data)
+        if self._diskless_io:
+            return self._write_remote_only(offset, data, length, DP_FUA if fua else 0)
         shift = self._al_shift
         e0, e1 = offset >> shift, (offset + length - 1) >> shift
         al = self.al
@@ -558,23 +756,30 @@ class Volume:
             remote = self._submit(offset, data, length, DP_FUA if fua else 0)
         finally:
             self._al_end(e0, e1)
-        return _both(self.disk.flush() if fua else None, remote)
+        return _both(self._local_flush() if fua else None, remote)
 
     def _submit(self, offset: int, data: memoryview | bytes | None, length: int,
                 flags: int) -> asyncio.Future | None:
         """Mark or mirror, then apply locally (data None: discard per flags)."""
         assert self.disk is not None
+        if self._diskless_io:
+            return self._write_remote_only(offset, data, length, flags)
         mirror = self._mirror
         if not mirror:
             self._mark(offset, length)
             if self._oos_notice and self.link is not None:
                 self.link.send_out_of_sync(offset, length)
-        if data is None:
-            self.disk.discard(offset, length, keep_allocated=bool(flags & DP_ZERO_KEEP),
-                              fast=False)
-        else:
-            self.disk.write(offset, data)
-            self.counters.dw += length
+        try:
+            if data is None:
+                self.disk.discard(offset, length, keep_allocated=bool(flags & DP_ZERO_KEEP),
+                                  fast=False)
+            else:
+                self.disk.write(offset, data)
+                self.counters.dw += length
+        except OSError as e:
+            # Completed by the peer alone when it has the data (DRBD: on-io-error detach).
+            if not (mirror and self.local_io_error("write", e)):
+                raise
         if mirror:
             assert self.link is not None
             return self.link.send_write(offset, data, length, flags)
@@ -602,7 +807,7 @@ class Volume:
             remote = self._submit(offset, data, len(data), DP_FUA if fua else 0)
         finally:
             self._al_end(e0, e1)
-        both = _both(self.disk.flush() if fua else None, remote)
+        both = _both(self._local_flush() if fua else None, remote)
         if both is not None:
             await both
 
@@ -619,6 +824,8 @@ class Volume:
                                                   no_hole, fast))
         assert self.al is not None and self.disk is not None
         flags = (DP_ZERO_KEEP if no_hole else DP_DISCARD) | (DP_FUA if fua else 0)
+        if self._diskless_io:
+            return self._write_remote_only(offset, None, length, flags)
         e0, e1 = self.al.extents_of(offset, length)
         if fast and not (self.disk.zero_range_ok if no_hole else self.disk.punch_hole_ok):
             raise OSError(errno.ENOTSUP, "zeroing this range is not fast")
@@ -628,7 +835,7 @@ class Volume:
             remote = self._submit(offset, None, length, flags)
         finally:
             self._al_end(e0, e1)
-        return _both(self.disk.flush() if fua else None, remote)
+        return _both(self._local_flush() if fua else None, remote)
 
     async def _discard_async(self, offset: int, length: int, flags: int, e0: int,
                              e1: int) -> None:
@@ -640,20 +847,32 @@ class Volume:
             return
         self._check_io()
         assert self.disk is not None
+        if self._diskless_io:            # the disk failed while this waited
+            self._al_end(e0, e1)
+            pending = self._write_remote_only(offset, None, length, flags)
+            if pending is not None:
+                await pending
+            return
         try:
             mirror = self._mirror
             if not mirror:
                 self._mark(offset, length)
                 if self._oos_notice and self.link is not None:
                     self.link.send_out_of_sync(offset, length)
-            await asyncio.to_thread(self.disk.discard, offset, length,
-                                    keep_allocated=bool(flags & DP_ZERO_KEEP), fast=False)
+            if self.config.allow_two_primaries:
+                # Two primaries: the local part and the P_DATA must not be separated by a
+                # peer write to the same range (peer.PeerLink._unsuperseded's premise).
+                self.disk.discard(offset, length, keep_allocated=bool(flags & DP_ZERO_KEEP),
+                                  fast=False)
+            else:
+                await asyncio.to_thread(self.disk.discard, offset, length,
+                                        keep_allocated=bool(flags & DP_ZERO_KEEP), fast=False)
             remote = None
             if mirror and self.link is not None and self._mirror:
                 remote = self.link.send_write(offset, None, length, flags)
         finally:
             self._al_end(e0, e1)
-        both = _both(self.disk.flush() if flags & DP_FUA else None, remote)
+        both = _both(self._local_flush() if flags & DP_FUA else None, remote)
         if both is not None:
             await both
 
@@ -663,12 +882,141 @@ class Volume:
             return self._spawn(self._after_resume(self.flush))
         assert self.disk is not None
         remote = self.link.send_barrier() if self._mirror and self.link is not None else None
-        return _both(self.disk.flush(), remote)
+        return _both(self._local_flush(), remote)
 
     def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
         self._check_io()
         assert self.disk is not None
+        if self._diskless_io:
+            # No local disk to ask: everything is reported allocated (always correct).
+            left, out = min(length, self.size - offset), []
+            while left > 0:
+                out.append((min(left, 0x80000000), 0))
+                left -= out[-1][0]
+            return out
         return self.disk.block_status(offset, length)
+
+    # --- local I/O errors (DRBD's on-io-error detach) ----------------------------------
+
+    def _peer_serves(self) -> bool:
+        """The peer can take this Primary's I/O alone: connected, with UpToDate data."""
+        s = self.state
+        return (self.link is not None and self.link.is_connected
+                and s.conn >= ConnState.Connected and s.pdsk == DiskState.UpToDate
+                and self._mirror)
+
+    def local_io_error(self, what: str, exc: OSError) -> bool:
+        """The backing store failed (`what`: read, write, flush): detach it.
+
+        With `on_io_error detach` (the default) the disk goes Failed, then
+        Diskless (`_detach_failed`), and every later request is served by the
+        peer. Returns whether the failed request may be completed by the peer.
+        Errors that say the request was wrong, not the disk, are not I/O errors.
+        """
+        if exc.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+            return False
+        if self.config.on_io_error != "detach":
+            return False
+        if not self._diskless_io:
+            self._diskless_io = True
+            log.error("%s: Local IO failed in %s: %s. Detaching...", self.name, what, exc)
+            self.set_state(disk=DiskState.Failed)
+            self._spawn_detached(self._detach_failed())
+        return self._peer_serves()
+
+    async def _detach_failed(self) -> None:
+        """Failed -> Diskless: release the backing store, remember a full sync is due."""
+        self.call_handler("local-io-error")
+        disk = self.disk
+        assert disk is not None and self.meta is not None
+        # fdatasyncs running in threads still hold the descriptor.
+        for _ in range(3000):
+            if not disk._flush_running:
+                break
+            await asyncio.sleep(0.01)
+        disk.close()
+        # Whatever the old disk held may be stale or lost: when a disk is attached
+        # again (`attach`), everything is resynced from the peer (departure: DRBD
+        # keeps a bitmap of the writes done while Diskless and resyncs those).
+        try:
+            await self.persist(flags=self.meta.sb.flags | MetaFlags.FULL_SYNC,
+                               state=self.state.with_(disk=DiskState.Diskless))
+        except (OSError, MetaError) as e:
+            log.error("%s: could not record the failed disk in the metadata: %s", self.name, e)
+        self.set_state(disk=DiskState.Diskless)
+        if self.link is not None:
+            self.link.state_changed()
+
+    async def reattach(self) -> None:
+        """drbdadm attach after a failed disk was detached: a full sync from the peer.
+
+        The backing store named in the config is opened again (the replaced disk);
+        every block is out of sync and the disk Inconsistent, and the handshake
+        is re-run so this side becomes the SyncTarget. Only a Secondary: a
+        Primary cannot be a SyncTarget here.
+        """
+        assert self.meta is not None and self.bitmap is not None
+        if not self._diskless_io:
+            raise VolumeError("EBUSY", f"{self.name}: a disk is attached already")
+        if self.state.disk != DiskState.Diskless:
+            raise VolumeError("EBUSY", f"{self.name}: the failed disk is still being detached")
+        if self.state.role == Role.Primary:
+            raise VolumeError("ESTATE", f"State change failed: (-15) {self.name} is Primary: a "
+                                        f"Primary cannot become SyncTarget here (demote first)")
+        disk = LocalDisk(self.config.backing, self.config.size)
+        try:
+            await asyncio.to_thread(disk.open)
+        except OSError as e:
+            raise VolumeError("EIO", f"{self.name}: backing store: {e}") from e
+        self.disk = disk
+        self._diskless_io = False
+        self.bitmap.set_all()
+        await self.write_bitmap()
+        await self.change_state(disk=DiskState.Inconsistent)
+        # FULL_SYNC has done its job: every bit is set and on disk.
+        await self.persist(flags=self.meta.sb.flags & ~MetaFlags.FULL_SYNC)
+        log.info("%s: attached %s again: %d KiB out of sync", self.name, self.config.backing,
+                 self.out_of_sync_kib())
+        if self.link is not None and self.state.conn >= ConnState.Connected:
+            self.link.state_changed(renegotiate=True)
+
+    def _read_remote(self, offset: int, view: memoryview) -> asyncio.Future:
+        if not self._peer_serves():
+            raise OSError(errno.EIO, f"volume {self.name}: no local disk and no UpToDate peer")
+        assert self.link is not None
+        return self.link.read_remote(offset, view)
+
+    def _write_remote_only(self, offset: int, data: memoryview | bytes | None, length: int,
+                           flags: int) -> asyncio.Future | None:
+        """Diskless: the write (or discard) goes to the peer only."""
+        if not self._peer_serves():
+            raise OSError(errno.EIO, f"volume {self.name}: no local disk and no UpToDate peer")
+        assert self.link is not None
+        done = self.link.send_write(offset, data, length, flags)
+        if done is None and not self.link.is_connected:
+            raise OSError(errno.EIO, f"volume {self.name}: the link to the peer was lost")
+        return done
+
+    def _local_flush(self) -> asyncio.Future | None:
+        """fdatasync of the backing store; a failure detaches it (the peer has the data)."""
+        if self._diskless_io or self.disk is None:
+            return None
+        inner = self.disk.flush()
+        out = asyncio.get_running_loop().create_future()
+
+        def done(f: asyncio.Future) -> None:
+            if out.done():
+                return
+            exc = f.exception()
+            if exc is None:
+                out.set_result(None)
+            elif isinstance(exc, OSError) and self.local_io_error("flush", exc):
+                out.set_result(None)
+            else:
+                out.set_exception(exc)
+
+        inner.add_done_callback(done)
+        return out
 
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Future:
         task = asyncio.ensure_future(coro)
@@ -782,6 +1130,7 @@ class Volume:
             "fenced_by": self.fenced_by,
             "paused": {"user": self.user_paused,
                        "peer": bool(link is not None and link.peer_paused)},
+            "verify": self.verify_result,
             "protocol": cfg.protocol if cfg.has_net else "C",
             "has_net": cfg.has_net,
             "node": cfg.node,
@@ -807,10 +1156,13 @@ class Volume:
             return None
         out: dict[str, Any] = {"address": self.config.peer_address, "node": self.config.peer_node,
                                "protocol": self.config.protocol, "last_error": link.last_error,
-                               "peer_gi": str(link.peer_gi)}
-        if link.resync is not None and self.bitmap is not None:
-            out["sync"] = link.resync.progress(self.bitmap.weight, self.config.bm_block_size,
-                                               self.config.resync_rate)
+                               "peer_gi": str(link.peer_gi), "conflicts": link.conflicts,
+                               "last_resync": link.last_resync}
+        rs = link.resync or link.verify
+        if rs is not None and self.bitmap is not None:
+            # "sync" is also an online verify's progress ("verify": true), as in /proc/drbd.
+            out["sync"] = rs.progress(self.bitmap.weight, self.config.bm_block_size,
+                                      self.config.resync_rate)
         return out
 
     def proc_drbd(self, minor: int) -> str:

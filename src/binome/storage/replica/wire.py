@@ -18,14 +18,17 @@ from typing import Any
 MAGIC = 0x8620EC20
 HEADER = struct.Struct(">IHI")
 MAX_PAYLOAD = 64 * 1024 * 1024
-PROTOCOL_VERSION = 1
+# 2: P_DATA carries `applied` (dual-primary); verify and checksum-resync packets.
+PROTOCOL_VERSION = 2
 
 
 class P(enum.IntEnum):
     DATA = 0x00
+    DATA_REPLY = 0x01        # a read served for a Diskless peer (on-io-error detach)
     RS_DATA_REPLY = 0x02
     BARRIER = 0x03
     BITMAP = 0x04
+    DATA_REQUEST = 0x08      # a Diskless Primary reads from its peer
     RS_DATA_REQUEST = 0x09
     PROTOCOL = 0x0B
     UUIDS = 0x0C
@@ -41,7 +44,11 @@ class P(enum.IntEnum):
     RS_WRITE_ACK = 0x17
     NEG_ACK = 0x19
     BARRIER_ACK = 0x1C
+    OV_REQUEST = 0x1E
+    OV_REPLY = 0x1F
+    CSUM_RS_REQUEST = 0x21
     OUT_OF_SYNC = 0x28
+    RS_CSUM_REPLY = 0x40     # not DRBD's: the differing blocks of a checksum request
     CONNECTION_FEATURES = 0xFFFE
 
 
@@ -50,7 +57,10 @@ DP_FUA = 1 << 0
 DP_DISCARD = 1 << 1         # punch a hole (TRIM, WRITE_ZEROES)
 DP_ZERO_KEEP = 1 << 2       # zero in place (WRITE_ZEROES with NO_HOLE)
 
-DATA_HDR = struct.Struct(">QQII")       # seq, offset, length, flags  (+ data unless discard)
+# seq, offset, length, flags, applied (+ data unless discard). `applied` is the seq of
+# the last peer write the sender had applied when it wrote this one: with two primaries
+# it tells the receiver which of its own writes were concurrent (see peer.PeerLink).
+DATA_HDR = struct.Struct(">QQIIQ")
 ACK = struct.Struct(">Q")               # seq
 BARRIER = struct.Struct(">I")           # epoch
 BARRIER_ACK = struct.Struct(">II")      # epoch, writes in it
@@ -58,7 +68,13 @@ RS_REQUEST = struct.Struct(">QI")       # offset, length
 RS_REPLY_HDR = struct.Struct(">Q")      # offset (+ data)
 RS_ACK = struct.Struct(">QI")           # offset, length
 SYNC_UUID = struct.Struct(">Q")
+DATA_REQUEST = struct.Struct(">QQI")    # read id, offset, length
+DATA_REPLY_HDR = struct.Struct(">Qi")   # read id, errno (0: the data follows)
 BITMAP_HDR = struct.Struct(">QB")       # byte offset in the bitmap, last chunk? (+ zlib data)
+OV_REQUEST = struct.Struct(">QIQ")      # offset, length, applied (+ one digest per block)
+OV_REPLY = struct.Struct(">QI")         # offset, length (+ mask of the differing blocks)
+CSUM_REQUEST = struct.Struct(">QI")     # offset, length (+ one digest per block)
+CSUM_REPLY = struct.Struct(">QI")       # offset, length (+ mask, + the differing blocks' data)
 
 
 class WireError(Exception):
@@ -99,7 +115,7 @@ def parse_json(payload: bytes | memoryview) -> dict[str, Any]:
     return obj
 
 
-def data_header(seq: int, offset: int, length: int, flags: int) -> bytes:
+def data_header(seq: int, offset: int, length: int, flags: int, applied: int = 0) -> bytes:
     """The header of a P_DATA packet whose `length` data bytes follow (none if discard)."""
     body = DATA_HDR.size + (0 if flags & (DP_DISCARD | DP_ZERO_KEEP) else length)
-    return header(P.DATA, body) + DATA_HDR.pack(seq, offset, length, flags)
+    return header(P.DATA, body) + DATA_HDR.pack(seq, offset, length, flags, applied)

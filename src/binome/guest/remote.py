@@ -1,0 +1,65 @@
+"""Node-to-node API calls the guest service makes itself (the target side of a migration).
+
+A live migration is driven by the source node's task, which needs the target
+node to act in between its own steps (prepare an incoming QEMU, resume it,
+or clean up). It calls the target's API over HTTPS, as the API's own proxy
+does: the peer is verified against the cluster CA, and the request carries a
+freshly minted `root@pam` ticket and CSRF token signed with the cluster
+authkey (only cluster members hold it). Errors come back as GuestFailure
+with the target's one-line reason.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from binome.api import auth
+from binome.errors import BinomeError
+
+if TYPE_CHECKING:
+    from binome.cluster.service import ClusterService
+
+API_PREFIX = "/api2/json"
+USER = "root@pam"
+
+
+class RemoteCallFailed(BinomeError):
+    """A call to another node's API failed; the message is that node's reason."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def node_call(cluster: ClusterService, node: str, method: str, path: str,
+                    params: dict[str, Any] | None = None, timeout: float = 60.0) -> Any:
+    """`METHOD /api2/json<path>` on `node`, as root@pam; the answer's `data`."""
+    address = cluster.node_address(node)
+    key = await cluster.authkey()
+    if address is None or key is None:
+        raise RemoteCallFailed(f"no such cluster node '{node}'")
+    host, port = address
+    host = f"[{host}]" if ":" in host else host
+    headers = {"Authorization": "PVEAuthCookie=" + auth.make_ticket(key, USER),
+               "CSRFPreventionToken": auth.make_csrf_token(key, USER)}
+    ctx = ssl.create_default_context(cafile=str(cluster.paths.ca_cert))
+    data = None if method in ("GET", "DELETE") else {k: str(v) for k, v in (params or {}).items()}
+    query = {k: str(v) for k, v in (params or {}).items()} if data is None else None
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http, \
+                http.request(method, f"https://{host}:{port}{API_PREFIX}{path}", params=query,
+                             data=data, headers=headers, ssl=ctx) as resp:
+            try:
+                body = await resp.json(content_type=None)
+            except ValueError:
+                body = None
+            if resp.status != 200:
+                message = (body or {}).get("message") if isinstance(body, dict) else None
+                text = str(message or resp.reason or f"HTTP {resp.status}").strip()
+                raise RemoteCallFailed(f"{node}: {text}", resp.status)
+            return (body or {}).get("data") if isinstance(body, dict) else None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise RemoteCallFailed(f"call to node '{node}' failed: {exc or 'timeout'}") from exc

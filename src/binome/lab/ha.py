@@ -1,0 +1,637 @@
+"""The HA lab: a 2-node + witness cluster with BMCs, an HA guest on a replicated disk, probes.
+
+This module owns what the failover scenarios (tests/lab/ha, bench/failover.py,
+later `make demo` and `binome lab`) need on top of `LabCluster`:
+
+- `HaLab`: a `LabCluster` with a simulated BMC per node and a `client` host on
+  the VM LAN; `start()` forms the cluster and writes each node's IPMI fence
+  device to etcd; `create_ha_guest()` creates the tiny guest with its disk on
+  the `replicated` storage, puts it under HA (`started`) and waits until it
+  answers HTTP and its volume is in sync;
+- fault helpers: `cut_links` (cluster + replication), `power_off` through the
+  BMC, `kill_bmc` (BMC unreachable), `pause_daemon` (SIGSTOP binomed by pid),
+  and `restore(node)` bringing a faulted node back (links up, BMC restarted,
+  powered on, volumes resynced);
+- `HttpProbe`: a thread inside the client namespace polling the guest's
+  `/cgi-bin/status` every ~100 ms; it records every answer with the guest's
+  boot time, so "answering again" means *a new instance* answers;
+- `SeqWriter`: a thread writing sequence numbers through the guest's disk CGI
+  (one 512-byte sector each, `fsync`ed by the guest) and remembering which
+  were acknowledged; `missing(path)` checks them in a backing file;
+- `QemuWatch`: a thread sampling both nodes' QEMU for the guest every 50 ms
+  (pidfile + /proc), recording the largest number of simultaneous copies;
+- `cluster_log()` / `ha_timeline()`: the cluster log read straight from etcd,
+  with microsecond timestamps (from the entry ids), and the detect/fence/
+  recovery times of a fault derived from it.
+
+Threads enter the client namespace with setns(2) on themselves only (network
+namespaces are per thread), so the probes cost no process per request.
+All times are wall-clock `time.time()` (the cluster log's clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import http.client
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from binome.lab.bmc import netns_pids
+from binome.lab.cluster import CLIENT, LabCluster, LabClusterError
+from binome.store import keys
+
+CLONE_NEWNET = 0x40000000
+SEQ_BASE = 64 << 20          # sequence numbers live from 64 MiB on the guest's disk
+
+
+def wait_until(pred: Callable[[], Any], timeout: float, what: str,
+               interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise LabClusterError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _enter_netns(netns: str) -> None:
+    """Move the calling thread (only) into the named network namespace."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({netns}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def _get(host: str, path: str, timeout: float) -> tuple[int, str]:
+    conn = http.client.HTTPConnection(host, 80, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+class _NetnsThread:
+    """A daemon thread running `self._loop()` inside a network namespace until stopped."""
+
+    def __init__(self, netns: str, name: str) -> None:
+        self.netns = netns
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait(5)
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _main(self) -> None:
+        try:
+            _enter_netns(self.netns)
+        except BaseException as exc:
+            self.error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            self._loop()
+        except BaseException as exc:   # reported to the test through .error
+            self.error = exc
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class Sample:
+    t: float                 # when the request was sent
+    ok: bool
+    boot: float | None = None   # the answering guest's boot time (t - uptime)
+
+
+class HttpProbe(_NetnsThread):
+    """Polls http://<ip>/cgi-bin/status from `netns` every `interval` s."""
+
+    def __init__(self, netns: str, ip: str, interval: float = 0.1,
+                 timeout: float = 0.5) -> None:
+        super().__init__(netns, f"probe-{ip}")
+        self.ip = ip
+        self.interval = interval
+        self.timeout = timeout
+        self.samples: list[Sample] = []
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            t = time.time()
+            try:
+                status, body = _get(self.ip, "/cgi-bin/status", self.timeout)
+                boot = None
+                if status == 200:
+                    with contextlib.suppress(ValueError, KeyError, TypeError):
+                        boot = t - float(str(json.loads(body)["uptime"]).split()[0])
+                self.samples.append(Sample(t, status == 200, boot))
+            except (OSError, http.client.HTTPException):
+                self.samples.append(Sample(t, False))
+            self._stop.wait(max(0.0, t + self.interval - time.time()))
+
+    def ok_now(self) -> bool:
+        return bool(self.samples) and self.samples[-1].ok
+
+    def answered_again(self, since: float) -> float | None:
+        """When a guest instance booted after `since` first answered (None: not yet)."""
+        for s in list(self.samples):
+            if s.t > since and s.ok and s.boot is not None and s.boot > since - 1.0:
+                return s.t
+        return None
+
+    def outages(self, since: float = 0.0) -> list[tuple[float, float | None]]:
+        """(first failed request, first answered request after it) intervals."""
+        out: list[tuple[float, float | None]] = []
+        start: float | None = None
+        for s in list(self.samples):
+            if s.t < since:
+                continue
+            if not s.ok and start is None:
+                start = s.t
+            elif s.ok and start is not None:
+                out.append((start, s.t))
+                start = None
+        if start is not None:
+            out.append((start, None))
+        return out
+
+
+class SeqWriter(_NetnsThread):
+    """Writes `seq-<n>` to sector n after SEQ_BASE through the guest; keeps the acked ones."""
+
+    def __init__(self, netns: str, ip: str, interval: float = 0.2,
+                 timeout: float = 2.0, first: int = 0) -> None:
+        super().__init__(netns, f"seqwriter-{ip}")
+        self.ip = ip
+        self.interval = interval
+        self.timeout = timeout
+        self.next = first
+        self.acked: list[tuple[int, float]] = []   # (n, acknowledged at)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            t = time.time()
+            n, self.next = self.next, self.next + 1
+            try:
+                status, body = _get(self.ip, f"/cgi-bin/disk?write={SEQ_BASE + n * 512}"
+                                             f"&data=seq-{n}", self.timeout)
+                if status == 200 and body.startswith("ok "):
+                    self.acked.append((n, time.time()))
+            except (OSError, http.client.HTTPException):
+                pass
+            self._stop.wait(max(0.0, t + self.interval - time.time()))
+
+    def missing(self, backing: Path, upto: float | None = None) -> list[int]:
+        """Acknowledged sequence numbers (acked before `upto`) absent from `backing`."""
+        lost = []
+        with open(backing, "rb") as f:
+            for n, at in list(self.acked):
+                if upto is not None and at > upto:
+                    continue
+                f.seek(SEQ_BASE + n * 512)
+                if f.read(512).rstrip(b"\0") != f"seq-{n}".encode():
+                    lost.append(n)
+        return lost
+
+
+def _qemu_alive(pidfile: Path) -> int | None:
+    try:
+        pid = int(pidfile.read_text().split()[0])
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            return None
+        if str(pidfile).encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return None   # pid reused by something else
+        return pid
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class QemuWatch:
+    """Samples which nodes run QEMU for `vmid`; `max_copies` must stay <= 1."""
+
+    def __init__(self, lab: LabCluster, vmid: int, interval: float = 0.05) -> None:
+        self.pidfiles = {n: lab.state_dir(n) / "run" / "qemu" / f"{vmid}.pid"
+                         for n in lab.nodes}
+        self.interval = interval
+        self.max_copies = 0
+        self.overlaps: list[tuple[float, list[str]]] = []
+        self.events: list[tuple[float, str, bool]] = []   # (t, node, running)
+        self._running: dict[str, bool] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"qemuwatch-{vmid}",
+                                        daemon=True)
+
+    def running_on(self) -> list[str]:
+        return sorted(n for n, p in self.pidfiles.items() if _qemu_alive(p))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            t = time.time()
+            nodes = self.running_on()
+            self.max_copies = max(self.max_copies, len(nodes))
+            if len(nodes) > 1:
+                self.overlaps.append((t, nodes))
+            for n in self.pidfiles:
+                now = n in nodes
+                if self._running.get(n) != now:
+                    self._running[n] = now
+                    self.events.append((t, n, now))
+            self._stop.wait(self.interval)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def stopped_at(self, node: str, since: float) -> float | None:
+        return next((t for t, n, up in self.events if n == node and not up and t >= since),
+                    None)
+
+    def started_at(self, node: str, since: float) -> float | None:
+        return next((t for t, n, up in self.events if n == node and up and t >= since), None)
+
+
+@dataclass
+class Timeline:
+    """One fault, measured: every time is seconds after the fault."""
+
+    fault: float
+    detect: float | None = None        # the CRM saw the node lost (online -> unknown)
+    fence: float | None = None         # the node proven fenced ("fenced (...)")
+    fenced_by: str = ""
+    config_moved: float | None = None  # the recovery moved the guest's config
+    qemu_stopped: float | None = None  # QEMU gone on the faulted node
+    qemu_started: float | None = None  # QEMU running on the survivor
+    answered: float | None = None      # the new instance answered HTTP
+    lines: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        def f(v: float | None) -> str:
+            return "-" if v is None else f"{v:.1f}s"
+        return (f"outage {f(self.answered)} (detect {f(self.detect)}, fence {f(self.fence)} "
+                f"[{self.fenced_by}], config moved {f(self.config_moved)}, old qemu gone "
+                f"{f(self.qemu_stopped)}, new qemu {f(self.qemu_started)})")
+
+
+@dataclass
+class FaultRun:
+    """One fault of the guest's node, measured and audited (`HaLab.run_fault`)."""
+
+    name: str
+    victim: str
+    survivor: str
+    timeline: Timeline
+    max_copies: int                   # simultaneous QEMU copies seen (must be <= 1)
+    acked: int                        # acknowledged sequence-number writes
+    lost: list[int]                   # acknowledged ones missing on the survivor
+
+    @property
+    def boot(self) -> float | None:
+        tl = self.timeline
+        if tl.answered is None or tl.qemu_started is None:
+            return None
+        return tl.answered - tl.qemu_started
+
+
+class HaLab:
+    """A LabCluster with BMCs and a client, plus one HA guest on a replicated disk."""
+
+    def __init__(self, base: str = "198.20", lab_id: str | None = None,
+                 workdir: Path | None = None, name: str = "halab", vmid: int = 100,
+                 memory: int = 128, witness: str | None = "w") -> None:
+        # witness=None: two nodes alone (expected votes 2; a link cut leaves nobody quorate)
+        self.cluster = LabCluster(base=base, lab_id=lab_id, workdir=workdir, name=name,
+                                  witness=witness, bmc=True, client=True)
+        self.vmid = vmid
+        self.sid = f"vm:{vmid}"
+        self.memory = memory
+        self.volume = f"vm-{vmid}-disk-0"
+        self.image: dict[str, str] = {}
+
+    # ------------------------------------------------------------ lifecycle
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return self.cluster.nodes
+
+    @property
+    def guest_ip(self) -> str:
+        return self.cluster.guest_ip(0)
+
+    @property
+    def client_netns(self) -> str:
+        return self.cluster.lab.host(CLIENT).netns
+
+    def start(self) -> None:
+        self.cluster.start()
+        try:
+            self.image = self.cluster.install_guest_image()
+            self.configure_fencing()
+        except BaseException:
+            self.cluster.stop()
+            raise
+
+    def stop(self) -> None:
+        self.cluster.stop()
+
+    def __enter__(self) -> HaLab:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------ etcd, straight
+    def etcd(self, fn: Callable[[Any], Any], via: str | None = None) -> Any:
+        """Run `await fn(store)` against the etcd member of `via` (default: the witness)."""
+        from binome.store.client import Store
+
+        host = via or self.cluster.witness or self.nodes[0]
+        pki = self.cluster.state_dir(host) / "pki"
+
+        async def run() -> Any:
+            store = Store.for_url(f"https://{self.cluster.address(host)}:2379",
+                                  ca=pki / "ca.pem", cert=pki / "node.pem",
+                                  key=pki / "node.key", timeout=5.0)
+            try:
+                return await fn(store)
+            finally:
+                await store.close()
+
+        return asyncio.run(run())
+
+    def configure_fencing(self, nodes: tuple[str, ...] | None = None) -> None:
+        """Each node's IPMI fence device (its BMC) in `/binome/ha/fence/<node>`."""
+        async def put(store: Any) -> None:
+            for n in nodes or self.nodes:
+                await store.put(keys.ha_fence(n), self.cluster.fence_config(n))
+        self.etcd(put)
+
+    def remove_fencing(self, node: str) -> None:
+        async def delete(store: Any) -> None:
+            await store.delete(keys.ha_fence(node))
+        self.etcd(delete)
+
+    def cluster_log(self, since: float = 0.0) -> list[dict[str, Any]]:
+        """Cluster log entries (oldest first) with `t`: the microsecond time of the entry id."""
+        async def read(store: Any) -> list[Any]:
+            return await store.get_prefix(keys.CLUSTER_LOG)
+        out = []
+        for e in self.etcd(read):
+            entry = e.value if isinstance(e.value, dict) else None
+            if not entry or "uid" not in entry:
+                continue
+            with contextlib.suppress(ValueError):
+                entry = {**entry, "t": int(entry["uid"].split("-", 1)[0]) / 1e6}
+                if entry["t"] >= since:
+                    out.append(entry)
+        return sorted(out, key=lambda e: e["t"])
+
+    def timeline(self, fault: float, victim: str, probe: HttpProbe | None = None,
+                 watch: QemuWatch | None = None, survivor: str | None = None) -> Timeline:
+        """Detect / fence / recovery times of a fault of `victim`, from the cluster log."""
+        tl = Timeline(fault)
+        for e in self.cluster_log(since=fault - 1.0):
+            msg, t = str(e.get("msg", "")), e["t"] - fault
+            if e.get("tag") == "ha" or "volume" in msg:
+                tl.lines.append(f"{t:+7.2f}s {e.get('node')}: {msg}")
+            if tl.detect is None and f"node {victim}: online -> unknown" in msg:
+                tl.detect = t
+            if tl.fence is None and f"node {victim}: fenced (" in msg:
+                tl.fence = t
+                tl.fenced_by = msg.split("fenced (", 1)[1].split(":", 1)[0]
+            if (tl.config_moved is None and f"service {self.sid}:" in msg
+                    and f"({victim} -> " in msg):
+                tl.config_moved = t
+        if watch is not None:
+            stopped = watch.stopped_at(victim, fault)
+            tl.qemu_stopped = None if stopped is None else stopped - fault
+        if watch is not None and survivor is not None:
+            started = watch.started_at(survivor, fault)
+            tl.qemu_started = None if started is None else started - fault
+        if probe is not None:
+            answered = probe.answered_again(fault)
+            tl.answered = None if answered is None else answered - fault
+        return tl
+
+    # ------------------------------------------------------------ the HA guest
+    def create_ha_guest(self, node: str | None = None, timeout: float = 180.0,
+                        guest_name: str = "hag") -> None:
+        """Replicated storage, the guest (disk `repl:1`, NIC on vmbr0), HA `started`."""
+        c = self.cluster
+        node = node or self.nodes[0]
+        r = c.cli(node, "storage", "add", "repl", "--type", "replicated", "--content",
+                  "images", check=False)
+        if r.returncode != 0 and "already" not in r.stdout + r.stderr:
+            raise LabClusterError(f"storage add repl failed: {r.stdout}{r.stderr}")
+        c.cli(node, "vm", "create", str(self.vmid), "--name", guest_name, "--memory",
+              str(self.memory), "--net0", "virtio,bridge=vmbr0", "--virtio0", "repl:1",
+              "--kernel", self.image["kernel"], "--initrd", self.image["initrd"],
+              "--append", c.guest_cmdline(0, guest_name), "--vga", "serial0")
+        c.cli(node, "ha", "add", self.sid, "--state", "started")
+        self.wait_serving(timeout)
+        self.wait_in_sync(timeout)
+
+    def wait_serving(self, timeout: float = 120.0) -> None:
+        def answers() -> bool:
+            r = self.cluster.lab.host(CLIENT).run(
+                ["curl", "-s", "-f", "--max-time", "2", f"http://{self.guest_ip}/cgi-bin/status"],
+                check=False, capture_output=True, text=True)
+            return r.returncode == 0
+        wait_until(answers, timeout, f"{self.sid} answering HTTP", interval=0.5)
+
+    def volume_states(self, node: str) -> dict[str, Any] | None:
+        try:
+            vols = self.cluster.json(node, "volume", "list")
+        except (LabClusterError, ValueError):
+            return None
+        return next((v for v in vols if v.get("name") == self.volume), None)
+
+    def in_sync(self) -> bool:
+        for n in self.nodes:
+            st = self.volume_states(n)
+            if not st or st.get("cstate") != "Connected" or st.get("disk") != "UpToDate" \
+                    or st.get("peer_disk") != "UpToDate":
+                return False
+        return True
+
+    def wait_in_sync(self, timeout: float = 120.0) -> None:
+        wait_until(self.in_sync, timeout, f"{self.volume} in sync on both nodes", 1.0)
+
+        def unmarked(store: Any) -> Any:
+            return store.get_value(f"/binome/volumes/{self.volume}/fencing")
+        wait_until(lambda: not ((self.etcd(unmarked) or {}).get("outdated")), 30,
+                   f"{self.volume}: Outdated marks cleared", 0.5)
+
+    def backing(self, node: str) -> Path:
+        return self.cluster.state_dir(node) / "replica" / "volumes" / self.volume / "data.img"
+
+    def ha_service(self, via: str | None = None) -> dict[str, Any]:
+        """The guest's entry of `binome ha status` (on `via`, default the witness)."""
+        host = via or self.cluster.witness or self.nodes[0]
+        try:
+            entries = self.cluster.json(host, "ha", "status")
+        except (LabClusterError, ValueError):
+            return {}
+        return next((e for e in entries if e.get("sid") == self.sid), {})
+
+    def guest_node(self) -> str | None:
+        """Where QEMU of the guest runs now (None: nowhere)."""
+        running = QemuWatch(self.cluster, self.vmid).running_on()
+        return running[0] if len(running) == 1 else None
+
+    def other(self, node: str) -> str:
+        return next(n for n in self.nodes if n != node)
+
+    # ------------------------------------------------------------ probes
+    @contextlib.contextmanager
+    def probes(self, writer: bool = True) -> Iterator[tuple[HttpProbe, SeqWriter | None,
+                                                              QemuWatch]]:
+        """An HttpProbe, a SeqWriter (optional) and a QemuWatch, running for the block."""
+        probe = HttpProbe(self.client_netns, self.guest_ip)
+        seq = SeqWriter(self.client_netns, self.guest_ip,
+                        first=int(time.time() * 10) % 100000) if writer else None
+        watch = QemuWatch(self.cluster, self.vmid)
+        probe.start()
+        try:
+            if seq is not None:
+                seq.start()
+            watch.start()
+            yield probe, seq, watch
+        finally:
+            watch.stop()
+            if seq is not None:
+                seq.stop()
+            probe.stop()
+
+    def run_fault(self, fault: Callable[[str], Any], name: str,
+                  timeout: float = 60.0) -> FaultRun:
+        """Fault the guest's node with `fault(node)` while the probes run; wait until a
+        new instance answers on the other node and a few writes are acknowledged there."""
+        victim = self.guest_node()
+        if victim is None:
+            raise LabClusterError(f"{self.sid} is not running (exactly once) anywhere")
+        survivor = self.other(victim)
+        with self.probes() as (probe, seq, watch):
+            assert seq is not None
+            wait_until(lambda: seq.acked and probe.ok_now(), 30, "probe and writer running")
+            before = len(seq.acked)
+            wait_until(lambda: len(seq.acked) >= before + 3, 30, "writes before the fault")
+            t0 = time.time()
+            fault(victim)
+            wait_until(lambda: probe.answered_again(t0), timeout,
+                       f"{self.sid} answering again after {name}", 0.1)
+            wait_until(lambda: len([a for a in seq.acked if a[1] > t0]) >= 3, 30,
+                       "writes acknowledged by the recovered guest")
+        tl = self.timeline(t0, victim, probe, watch, survivor)
+        return FaultRun(name, victim, survivor, tl, watch.max_copies, len(seq.acked),
+                        seq.missing(self.backing(survivor)))
+
+    # ------------------------------------------------------------ faults
+    def cut_links(self, node: str) -> None:
+        """Cut the node's cluster and replication links (the VM LAN and mgmt stay)."""
+        self.cluster.lab.link_down(node, "cluster")
+        self.cluster.lab.link_down(node, "replication")
+
+    def restore_links(self, node: str) -> None:
+        for net in ("cluster", "replication"):
+            self.cluster.lab.link_up(node, net)
+
+    def power_off(self, node: str) -> None:
+        """Chassis power off through the node's BMC (IPMI from the root namespace)."""
+        result = asyncio.run(self.cluster.ipmi(node).power_off())
+        if not result.ok:
+            raise LabClusterError(f"power off of {node} through its BMC failed: {result.detail}")
+
+    def power_on(self, node: str) -> None:
+        result = asyncio.run(self.cluster.ipmi(node).power_on())
+        if not result.ok:
+            raise LabClusterError(f"power on of {node} through its BMC failed: {result.detail}")
+
+    def kill_bmc(self, node: str) -> None:
+        self.cluster.kill_bmc(node)
+
+    def daemon_pid(self, node: str) -> int | None:
+        """binomed of `node` (found in its namespace by its --state-dir argument)."""
+        state = str(self.cluster.state_dir(node)).encode()
+        for pid in netns_pids(self.cluster.lab.host(node).netns):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(a.endswith(b"binomed") for a in argv[:2]) and state in argv:
+                return pid
+        return None
+
+    def pause_daemon(self, node: str) -> int:
+        pid = self.daemon_pid(node)
+        if pid is None:
+            raise LabClusterError(f"binomed of {node} is not running")
+        os.kill(pid, signal.SIGSTOP)
+        return pid
+
+    def resume_daemon(self, pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+    def node_online(self, node: str) -> bool:
+        try:
+            nodes = self.cluster.json(self.cluster.witness or self.other(node),
+                                      "cluster", "nodes")
+        except (LabClusterError, ValueError):
+            return False
+        return any(n.get("name") == node and n.get("online") for n in nodes)
+
+    def restore(self, node: str, timeout: float = 120.0) -> None:
+        """Bring a faulted node back: power-cycled through its BMC, links up, volumes in sync.
+
+        The node is always power-cycled: the lab's watchdog kills only the guests
+        (`/dev/watchdog` would reset the machine), so a self-fenced node still runs
+        its volume engine, Primary with a copy the survivor recorded Outdated; a
+        reboot is what brings it back as a Secondary that resyncs. A survivor that
+        disconnected from a fenced peer still claiming Primary (`promote_volumes`)
+        stays StandAlone: it is reconnected here (`binome volume connect`).
+        """
+        lab = self.cluster
+        if node not in lab.bmcs:
+            lab.start_bmc(node)
+        if self.daemon_pid(node) is not None or netns_pids(lab.lab.host(node).netns):
+            self.power_off(node)
+        self.restore_links(node)
+        self.power_on(node)
+        lab._wait_api(node, timeout=60)
+        wait_until(lambda: self.node_online(node), timeout, f"{node} online again", 0.5)
+        peer = self.other(node)
+        st = self.volume_states(peer)
+        if st and st.get("cstate") == "StandAlone":
+            lab.cli(peer, "volume", "connect", self.volume)
+        self.wait_in_sync(timeout)

@@ -1,0 +1,65 @@
+"""The fence device API's boundary: what `_build` stores, what it refuses, and that
+no answer or error ever carries the password."""
+
+from __future__ import annotations
+
+import pytest
+
+from binome.api.errors import ParamError
+from binome.api.methods.fence import _build, _parse_options, public_config
+from binome.fence.device import make_device
+
+SECRET = "s3cret-Passw0rd"
+
+
+def errors(params: dict, old: dict | None = None, delete: list[str] | None = None) -> dict:
+    with pytest.raises(ParamError) as info:
+        _build("n2", old, params, delete or [])
+    assert SECRET not in str(info.value.errors) and SECRET not in info.value.message
+    return info.value.errors
+
+
+def test_ipmi_config_is_make_device_format() -> None:
+    cfg = _build("n2", None, {"type": "ipmi", "ip": "10.0.0.12", "username": "admin",
+                              "password": SECRET, "port": 6230, "timeout": 3}, [])
+    assert cfg == {"type": "ipmi", "ip": "10.0.0.12", "username": "admin",
+                   "password": SECRET, "port": 6230, "timeout": 3.0}
+    make_device(cfg)   # what the CRM's Fencer does with it
+    shown = public_config("n2", cfg)
+    assert "password" not in shown and shown["has_password"] == 1
+    assert SECRET not in str(shown)
+    # a host name is an address too
+    _build("n2", None, {"type": "ipmi", "ip": "bmc-n2.example.org", "username": "a",
+                        "password": SECRET}, [])
+
+
+def test_invalid_input_names_each_parameter() -> None:
+    assert set(errors({"type": "ipmi"})) == {"ip", "username", "password"}
+    for bad in ("10.0.0.256", "bmc_2", "-x.example", "a..b"):
+        assert "ip" in errors({"type": "ipmi", "ip": bad, "username": "a",
+                               "password": SECRET})
+    assert "agent" in errors({"type": "ipmi", "ip": "10.0.0.1", "username": "a",
+                              "password": SECRET, "agent": "fence_ipmilan"})
+    assert "agent" in errors({"type": "agent", "agent": "fence_surely_not_installed"})
+    assert "options" in errors({"type": "agent", "agent": "/bin/true",
+                                "options": "password=" + SECRET})
+    assert "options" in errors({"type": "agent", "agent": "/bin/true", "options": "noequals"})
+    assert "type" in errors({"ip": "10.0.0.1"})
+    old = {"type": "ipmi", "ip": "10.0.0.1", "username": "a", "password": SECRET}
+    assert "delete" in errors({}, old, ["ip"])
+
+
+def test_update_keeps_the_password_and_resets_deleted_keys() -> None:
+    old = {"type": "ipmi", "ip": "10.0.0.1", "username": "a", "password": SECRET,
+           "port": 6230}
+    cfg = _build("n2", old, {"ip": "10.0.0.2"}, ["port"])
+    assert cfg == {"type": "ipmi", "ip": "10.0.0.2", "username": "a", "password": SECRET}
+
+
+def test_agent_options() -> None:
+    assert _parse_options("ip=10.0.0.1, username=admin,lanplus=1") == {
+        "ip": "10.0.0.1", "username": "admin", "lanplus": "1"}
+    cfg = _build("n2", None, {"type": "agent", "agent": "/bin/true",
+                              "options": "ip=10.0.0.1,lanplus=1"}, [])
+    assert public_config("n2", cfg)["options"] == "ip=10.0.0.1,lanplus=1"
+    assert public_config("n2", cfg)["has_password"] == 0
