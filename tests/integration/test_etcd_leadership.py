@@ -83,9 +83,18 @@ def test_etcd_leadership_stays_on_the_witness(fresh_cluster: Cluster) -> None:
     assert "from=n1 to=w" in transfers_logged(c, "n1")[-1]
     assert transfers_logged(c, "w") == []
 
-    # ---- n1 dies: no election, no term change, its lease runs out after its TTL
+    # ---- no flapping: leadership stays on the witness, same term (a 3 s observation
+    # window, which also lets n1 renew its lease after the extension of the transfer)
     before = status(c, "w")
     assert before["leader"] == ids["w"]
+    watch_until = time.monotonic() + 3.0
+    while time.monotonic() < watch_until:
+        for node in ("w", "n2", "n1"):
+            now = status(c, node)
+            assert now["leader"] == ids["w"] and now["raft_term"] == before["raft_term"], now
+        time.sleep(0.2)
+
+    # ---- n1 dies: no election, no term change, its lease runs out after its TTL
     killed = time.monotonic()
     n1.kill()
     wait_for(lambda: not any(e.get("name") == "n1" and e["online"]
@@ -110,4 +119,28 @@ def test_etcd_leadership_stays_on_the_witness(fresh_cluster: Cluster) -> None:
     for node in ("w", "n2", "n1"):
         now = status(c, node)
         assert now["leader"] == ids["w"] and now["raft_term"] == before["raft_term"], (node, now)
+
+    # ---- the witness goes away: leadership stays on a node, nobody tries to move it
+    # to the unreachable witness; once it is back and healthy, it gets leadership back
+    moves = {n: len(transfers_logged(c, n)) for n in ("n1", "n2")}
+    w.kill()   # its etcd (SIGTERM) hands leadership to a node itself
+    wait_for(lambda: status(c, "n1")["leader"] in (ids["n1"], ids["n2"])
+             and status(c, "n2")["leader"] == status(c, "n1")["leader"], 20,
+             "a node leads without the witness")
+    wait_for(lambda: not any(e.get("name") == "w" and e["online"]
+                             for e in n1.json("cluster", "status")), 20, "w offline on n1")
+    node_leader = status(c, "n1")["leader"]
+    watch_until = time.monotonic() + 3.0
+    while time.monotonic() < watch_until:
+        assert status(c, "n1")["leader"] == node_leader
+        time.sleep(0.2)
+    assert {n: len(transfers_logged(c, n)) for n in ("n1", "n2")} == moves
+    for n in ("n1", "n2"):
+        assert "etcd leadership transfer to the witness failed" not in \
+            c[n].log_path.read_text(errors="replace")
+    w.start()
+    back = time.monotonic()
+    wait_for(lambda: leader_is(c, ids, "w", "n1", "n2", "w"), 60,
+             "etcd leadership back on the returned witness")
+    print(f"witness back -> leader on w after {time.monotonic() - back:.1f} s")
     print(f"test runtime {time.monotonic() - began:.1f} s")

@@ -97,3 +97,22 @@ def test_random_runs_catch_a_recovery_that_never_happens(monkeypatch):
     monkeypatch.setitem(services._HANDLERS, ServiceState.RECOVERY, lambda ctx, sid, sd: None)
     error = first_error(range(200))
     assert error is not None and "did not converge" in error
+
+
+def test_trusting_a_watchdog_released_for_a_binomed_restart_is_caught(monkeypatch):
+    # n2's binomed stays down for 60 s (released its watchdog, vm:101 runs on); no device
+    cluster = {"nodes": {"n1": {}, "n2": {}}, "witness": "w"}
+    text = "delay 20\nrestart n2 60\ndelay 80\n"
+    world = run(scenario(text, cluster))   # the real code keeps vm:101 frozen, and says so
+    assert "only a fence device could prove it dead" in "\n".join(world.lines)
+    monkeypatch.setattr(nodes, "_watchdog_trusted", lambda ctx, node: True)
+    with pytest.raises(InvariantViolation, match="vm:101 recovered from n2 to n1 while it "
+                                                 "still runs on n2"):
+        run(scenario(text, cluster))
+
+
+def test_random_runs_catch_a_frozen_restart_fenced_by_lease_expiry(monkeypatch):
+    """The seeds with binomed restarts find a CRM that trusts a released watchdog."""
+    monkeypatch.setattr(nodes, "_watchdog_trusted", lambda ctx, node: True)
+    error = first_error(range(200))
+    assert error is not None and "while it still runs on" in error

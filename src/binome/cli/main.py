@@ -300,8 +300,8 @@ def _volume_events(client: Client, path: str, params: dict[str, Any], output: st
     """`binome volume events`: drbdsetup events2 lines (or one JSON object per line)."""
     from binome.storage.replica.events import format_line
 
-    items = client.call("GET", path, params) if params.get("now") else \
-        client.stream(path, params)
+    now = str(params.get("now", "0")).lower() in ("1", "true", "yes", "on")
+    items = client.call("GET", path, params) if now else client.stream(path, params)
     try:
         for ev in items:
             print(json.dumps(ev) if output.startswith("json") else format_line(ev), flush=True)

@@ -62,6 +62,11 @@ class RoundContext:
         lrm = self.lrms.get(node)
         return lrm.mode if lrm else LrmMode.ACTIVE
 
+    def daemon_restart(self, node: str) -> bool:
+        """The node's binomed is restarting (host up): its services must be frozen."""
+        lrm = self.lrms.get(node)
+        return bool(lrm and lrm.mode == LrmMode.RESTART and lrm.daemon_restart)
+
     def result(self, node: str, uid: str) -> LrmResult | None:
         lrm = self.lrms.get(node)
         return lrm.results.get(uid) if lrm and uid else None
@@ -127,6 +132,7 @@ class RoundContext:
         sd.state = state
         sd.since = self.now
         sd.reason = reason
+        sd.frozen_by = None   # a freeze sets it after the change
         if new_uid:
             sd.uid = self.new_uid()
         where = sd.node if sd.node == old_node else f"{old_node} -> {sd.node}"

@@ -10,7 +10,12 @@ Each `step()` (every `lrm_round`, and when the manager status changes):
    resumes without any disruption;
 3. derives its mode from a shutdown request and the shutdown policy
    (`conditional` reboot/`freeze` -> restart, power-off/`failover` ->
-   shutdown, `migrate` -> maintenance) or from the cluster's disarm flag;
+   shutdown, `migrate` -> maintenance) or from the cluster's disarm flag; a
+   request `restart` (binomed alone restarts, the host stays up) is mode
+   `restart` whatever the policy: it runs nothing new, lets its jobs finish,
+   waits until the CRM has frozen its services (the acknowledgement), then
+   reports and releases its watchdog, guests left running, and declares
+   itself ready; the next life re-arms before it does anything;
 4. arms the watchdog before it runs anything and releases it when the node
    has nothing left that needs it; a release while guests still run (disarm)
    is first reported in its status, so the CRM never trusts a watchdog that
@@ -60,6 +65,8 @@ class Lrm:
         self.written: dict | None = None
         self.shutdown_done = False
         self.shutdown_signalled = False
+        self.daemon_restart = False   # this life ends with a binomed restart (host stays up)
+        self.restart_ready = False
 
     # ------------------------------------------------------------ helpers
 
@@ -127,6 +134,13 @@ class Lrm:
         self._update_mode(ms, policy)
         if not self._arm_or_release(ms, lease, lease_ok):
             return
+        if self.daemon_restart:
+            self._restart(ms)
+            self._write_status(ms)
+            if self.restart_ready and not self.shutdown_signalled:
+                self.shutdown_signalled = True
+                env.shutdown_ready()
+            return
         node_rec = ms.node_status.get(env.node)
         if (self.state == LrmState.ACTIVE and ms.disarm is None
                 and not (node_rec and node_rec.state == NodeState.FENCE)):
@@ -141,7 +155,10 @@ class Lrm:
 
     def _update_mode(self, ms: ManagerStatus, policy: ShutdownPolicy) -> None:
         req = self.env.shutdown_request()
-        if req:
+        self.daemon_restart = req == "restart"
+        if req == "restart":
+            mode = LrmMode.RESTART
+        elif req:
             if policy == ShutdownPolicy.MIGRATE:
                 mode = LrmMode.MAINTENANCE
             elif policy == ShutdownPolicy.FREEZE or (
@@ -154,8 +171,10 @@ class Lrm:
         else:
             mode = LrmMode.ACTIVE
         if mode != self.mode:
-            why = f"{req} requested, policy {policy}" if req else (
-                "HA disarmed" if mode == LrmMode.DISARM else "HA armed")
+            why = ("binomed restarts, the host stays up: services to be frozen, guests left "
+                   "running" if req == "restart"
+                   else f"{req} requested, policy {policy}" if req else (
+                "HA disarmed" if mode == LrmMode.DISARM else "HA armed"))
             self.env.log("info", f"mode change {self.mode} -> {mode} ({why})")
             self.mode = mode
 
@@ -235,6 +254,38 @@ class Lrm:
                     env.log("info", f"relocating {sid} to {sd.target}")
                     env.exec_relocate(sid, uid, sd.target)
 
+    def _restart(self, ms: ManagerStatus) -> None:
+        """binomed restarts: once the CRM froze everything here, release the watchdog.
+
+        Nothing new is run (`step` skips `_execute`); jobs in flight finish
+        first. The acknowledgement is the manager status itself: no service of
+        this node may still be active or about to be, and none may be moving
+        here. The release is written to our status *before* the watchdog is
+        released, so from then on the CRM never counts on it for this node.
+        """
+        env = self.env
+        me = env.node
+        if self.restart_ready or env.jobs():
+            return
+        if ms.disarm is None and any(
+                (sd.node == me and (sd.state in ACTIVE_STATES or sd.state == S.REQUEST_START))
+                or (sd.target == me and sd.state in (S.MIGRATE, S.RELOCATE))
+                for sd in ms.service_status.values()):
+            return   # not acknowledged yet
+        if self.armed:
+            if not self._write_status(ms, armed=False):
+                return
+            env.watchdog_disarm()
+            self.armed = False
+            running = sorted(env.running_guests())
+            self._set(LrmState.WAIT_FOR_AGENT_LOCK,
+                      "services frozen: watchdog released, "
+                      + (f"{', '.join(running)} left running" if running else "nothing runs"))
+        env.log("info", "ready for the binomed restart: "
+                        f"{', '.join(sorted(env.running_guests())) or 'no HA guest'} "
+                        "keeps running, frozen until this node's LRM is back")
+        self.restart_ready = True
+
     def _shutdown(self, ms: ManagerStatus, quorate: bool) -> None:
         """Do what the shutdown policy needs, then declare the node ready to go down."""
         env = self.env
@@ -263,7 +314,8 @@ class Lrm:
                            watchdog_armed=self.armed if armed is None else armed,
                            results=dict(self.results), jobs=env.jobs(),
                            running=sorted(env.running_guests()),
-                           shutdown_done=self.shutdown_done)
+                           shutdown_done=self.shutdown_done,
+                           daemon_restart=self.daemon_restart)
         data = status.to_dict()
         if data == self.written:
             return True

@@ -82,7 +82,8 @@ class LrmState(enum.StrEnum):
 
 class LrmMode(enum.StrEnum):
     ACTIVE = "active"
-    RESTART = "restart"          # node reboot with a freezing policy: services are frozen
+    RESTART = "restart"          # services are frozen: node reboot with a freezing policy, or
+                                 # a binomed restart (`LrmStatus.daemon_restart`; guests run on)
     SHUTDOWN = "shutdown"        # node power-off with a failover policy: stop, then recover
     MAINTENANCE = "maintenance"  # evacuate (policy `migrate`, or node-maintenance)
     DISARM = "disarm"            # HA disarmed cluster-wide: no actions, watchdog released
@@ -260,6 +261,9 @@ class ServiceStatus:
     maintenance_node: str | None = None
     since: float = 0.0
     move_retry_at: float | None = None   # no automatic migration before (after a failure)
+    # "restart": frozen for a binomed restart of `node` (its guests run on, its watchdog may
+    # be released): if the node does not come back, only a fence device may unfreeze it
+    frozen_by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -274,7 +278,7 @@ class ServiceStatus:
                    restarts=int(data.get("restarts", 0)), reason=data.get("reason"),
                    maintenance_node=data.get("maintenance_node"),
                    since=float(data.get("since", 0.0)),
-                   move_retry_at=data.get("move_retry_at"))
+                   move_retry_at=data.get("move_retry_at"), frozen_by=data.get("frozen_by"))
 
 
 @dataclass
@@ -366,13 +370,16 @@ class LrmStatus:
     jobs: dict[str, str] = field(default_factory=dict)   # uid -> sid, commands in progress
     running: list[str] = field(default_factory=list)
     shutdown_done: bool = False   # the node stopped everything and is about to power off
+    # binomed restarts (not the host): mode `restart`, services frozen, guests left running;
+    # with `watchdog_armed` false and `running` set, the watchdog no longer covers them
+    daemon_restart: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"node": self.node, "state": str(self.state), "mode": str(self.mode),
                 "watchdog_armed": self.watchdog_armed,
                 "results": {u: r.to_dict() for u, r in sorted(self.results.items())},
                 "jobs": dict(sorted(self.jobs.items())), "running": sorted(self.running),
-                "shutdown_done": self.shutdown_done}
+                "shutdown_done": self.shutdown_done, "daemon_restart": self.daemon_restart}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LrmStatus:
@@ -382,4 +389,5 @@ class LrmStatus:
                    results={u: LrmResult.from_dict(r)
                             for u, r in (data.get("results") or {}).items()},
                    jobs=dict(data.get("jobs") or {}), running=list(data.get("running") or []),
-                   shutdown_done=bool(data.get("shutdown_done", False)))
+                   shutdown_done=bool(data.get("shutdown_done", False)),
+                   daemon_restart=bool(data.get("daemon_restart", False)))

@@ -45,6 +45,11 @@ FENCEABLE = frozenset({ServiceState.REQUEST_START, ServiceState.STARTING, Servic
                        ServiceState.MIGRATE, ServiceState.RELOCATE})
 
 
+def watchdog_trusted(ctx: RoundContext, node: str) -> bool:
+    """Public form of `_watchdog_trusted` (looked up at call time: tests replace it)."""
+    return _watchdog_trusted(ctx, node)
+
+
 def alive(ctx: RoundContext, node: str) -> bool:
     """Lease held and renewed within `fence_delay`.
 
@@ -134,7 +139,11 @@ def update_node_states(ctx: RoundContext) -> None:
 
 
 def _watchdog_trusted(ctx: RoundContext, node: str) -> bool:
-    """Lease expiry proves death only if the node's watchdog was armed while it ran guests."""
+    """Lease expiry proves death only if the node's watchdog was armed while it ran guests.
+
+    An LRM reports a release (HA disarmed, binomed restart) *before* it
+    releases, so a report saying armed is never stale in that direction.
+    """
     if not ctx.nodes[node].watchdog:
         return False
     lrm = ctx.lrm(node)
@@ -180,7 +189,10 @@ def _drive_device(ctx: RoundContext, node: str, rec: NodeRecord, sids: list[str]
     blocked = f"recovery of {', '.join(sids)} blocked"
     if not info.fence_device:
         if not watchdog:
+            lrm = ctx.lrm(node)
             why = ("no watchdog configured" if not info.watchdog
+                   else "its watchdog was released while guests ran (binomed restart)"
+                   if lrm is not None and lrm.daemon_restart
                    else "its watchdog was released while guests ran (HA disarmed)")
             _block(ctx, node, rec, f"cannot fence: no fence device and {why}; "
                                    f"{blocked} until it returns", "alert")

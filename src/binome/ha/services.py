@@ -32,9 +32,15 @@ from binome.ha.model import (
     ServiceState,
     ServiceStatus,
 )
-from binome.ha.nodes import FENCEABLE, lost
+from binome.ha.nodes import FENCEABLE, lost, watchdog_trusted
 
 S = ServiceState
+#: `ServiceStatus.frozen_by` of a service frozen for a binomed restart of its node.
+RESTART = "restart"
+#: States whose command a restarting LRM will not run (unless it is already running it):
+#: frozen too, so that the LRM may release its watchdog.
+_PENDING = frozenset({S.REQUEST_START, S.STARTING, S.REQUEST_STOP, S.STOPPING, S.MIGRATE,
+                      S.RELOCATE})
 #: After an automatic migration (failback, evacuation) failed, wait this many manager
 #: rounds before trying again, instead of retrying in a tight loop.
 MOVE_RETRY_ROUNDS = 10
@@ -51,14 +57,76 @@ def next_state(ctx: RoundContext, sid: str) -> bool:
     before = (sd.state, sd.node, sd.uid, sd.target)
     if ctx.status.disarm is not None:
         return False
+    if sd.state == S.FREEZE and sd.frozen_by == RESTART and lost(ctx, sd.node):
+        return _restart_lost(ctx, sid, sd)
     if sd.state in FENCEABLE and lost(ctx, sd.node) and not (
             sd.state == S.STOPPED and cfg.state == RequestedState.DISABLED):
         ctx.change(sid, sd, S.FENCE, why=f"node {sd.node} lost")
+        return True
+    if _restart_freeze(ctx, sid, sd):
         return True
     handler = _HANDLERS.get(sd.state)
     if handler is not None:
         handler(ctx, sid, sd)
     return (sd.state, sd.node, sd.uid, sd.target) != before
+
+
+# ---------------------------------------------------------------- binomed restart
+
+
+def _restart_freeze(ctx: RoundContext, sid: str, sd: ServiceStatus) -> bool:
+    """The node's binomed restarts (its LRM reports mode `restart`): hands off its services.
+
+    Frozen services keep running and nothing is started, stopped, moved or
+    recovered for them; the frozen manager status is the LRM's acknowledgement,
+    after which it releases its watchdog. A command the LRM is running (or has
+    answered) is let finish first.
+    """
+    if not ctx.daemon_restart(sd.node):
+        return False
+    if sd.state not in (S.STARTED, S.STOPPED) and not (
+            sd.state in _PENDING and ctx.result(sd.node, sd.uid) is None
+            and not ctx.job_running(sd.node, sd.uid)):
+        return False
+    ctx.change(sid, sd, S.FREEZE, why=f"binomed restarts on {sd.node}: left as it is, "
+                                      "not managed until it is back")
+    sd.frozen_by = RESTART
+    return True
+
+
+def _restart_lost(ctx: RoundContext, sid: str, sd: ServiceStatus) -> bool:
+    """Frozen for a binomed restart, and the node did not come back: did it die meanwhile?
+
+    Its guests were left running and its watchdog was (normally) released, so
+    lease expiry proves nothing: after `restart_grace` the node is fenced
+    through its fence device (the only proof left), or through the watchdog
+    guarantee if its last report still says armed (it died before releasing
+    it). Without either, the service stays frozen and the reason says why.
+    """
+    node = sd.node
+    info = ctx.nodes.get(node)
+    if info is None:
+        return False   # no longer a member: stays frozen, the operator decides
+    rec = ctx.status.node_status.get(node)
+    start = max(min(rec.since, ctx.now) if rec else ctx.now, ctx.master_since)
+    grace = ctx.timers.restart_grace
+    if ctx.now - start < grace:
+        ctx.set_reason(sid, sd, f"{node} is restarting binomed; waiting up to {grace:g} s "
+                                "for it to come back", level="info")
+        return False
+    trusted = watchdog_trusted(ctx, node)
+    if info.fence_device or trusted:
+        how = "its fence device" if info.fence_device else "its watchdog guarantee"
+        ctx.change(sid, sd, S.FENCE, why=f"{node} did not come back from a binomed restart "
+                                         f"within {grace:g} s; fencing it through {how}")
+        return True
+    why = ("no watchdog on it" if not info.watchdog
+           else f"its watchdog was released while {sid} ran")
+    ctx.set_reason(sid, sd, f"{node} did not come back from a binomed restart within "
+                            f"{grace:g} s and {why}: only a fence device could prove it dead, "
+                            f"and it has none; stays frozen until {node} returns",
+                   level="alert")
+    return False
 
 
 # ---------------------------------------------------------------- starting a service

@@ -25,6 +25,11 @@ The relations `validate()` enforces, and why:
   fails over sooner but powers off nodes that merely hiccuped.
 - ``fence_retry >= fence_timeout``: a new fence attempt never overlaps the one
   still in flight.
+- ``restart_grace >= fence_delay``: how long a node whose binomed restarts
+  (services frozen, guests left running, watchdog released) may stay away
+  before the CRM powers it off through its fence device to recover them. A
+  restart normally takes a few seconds; fencing a node that is merely slow
+  to restart is safe but kills its guests, so this is generous.
 
 Expected failover with the defaults (node dies at T, its last renewal was
 at T - d with 0 <= d < keepalive_interval, guest boot B = 3.5 s): with a
@@ -56,6 +61,7 @@ class HaTimers:
     fence_retry: float = 10.0
     manager_round: float = 1.0
     lrm_round: float = 1.0
+    restart_grace: float = 30.0
 
     def validate(self) -> HaTimers:
         """Raise ConfigError naming the offending key; return self for chaining."""
@@ -77,6 +83,9 @@ class HaTimers:
         if self.fence_delay < 2 * self.keepalive_interval:
             raise ConfigError("ha.timers.fence_delay: must be >= 2 x keepalive_interval "
                               f"({2 * self.keepalive_interval:g} s)")
+        if self.restart_grace < self.fence_delay:
+            raise ConfigError("ha.timers.restart_grace: must be >= fence_delay "
+                              f"({self.fence_delay:g} s)")
         if self.fence_retry < self.fence_timeout:
             raise ConfigError("ha.timers.fence_retry: must be >= fence_timeout "
                               f"({self.fence_timeout:g} s)")

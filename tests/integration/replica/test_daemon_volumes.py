@@ -292,6 +292,9 @@ def test_volume_events_now_and_streamed(vc: Cluster) -> None:
     assert objs[0]["role"] == "Secondary" and objs[-1]["object"] == "-"
     r = n1.cli("volume", "events", "nope", "--now", check=False)
     assert r.returncode != 0 and "no volume named 'nope'" in r.stdout + r.stderr
+    one = n1.json("api", "get", "/nodes/n2/volumes/v1/events", "now=1")   # proxied to n2
+    assert [(e["action"], e["object"]) for e in one][-1] == ("exists", "-")
+    assert one[0]["name"] == "v1" and one[0]["role"] == "Secondary"
     r = n1.cli("api", "get", "/nodes/n1/volume-events", "volume=bad/name", "now=1",
                check=False)
     assert r.returncode != 0 and "400" in r.stdout + r.stderr and "volume" in r.stdout + r.stderr

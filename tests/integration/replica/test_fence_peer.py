@@ -1,7 +1,7 @@
 """DRBD's fence-peer handler for `fencing resource-only` and `resource-and-stonith`, run by
 the engine with real handler scripts (binome's own volumes use quorum fencing instead,
 where the daemon plays this role). The script's exit code is read from a file the test
-writes, and its environment is recorded."""
+writes, and its environment is recorded. Also the out-of-sync handler after a verify."""
 
 from __future__ import annotations
 

@@ -178,6 +178,9 @@ def test_local_io_error_detaches_and_the_peer_serves(failing_disk, pair, tmp_pat
     assert "s3cret" not in (hdir / "alpha.local-io-error").read_text()
     # The metadata remembers that the disk failed: a full sync when a disk comes back.
     assert pair.a.call("status", name="r0")["flags"] & 8      # MDF_FULL_SYNC
+    # A Diskless Primary that loses its peer says so (and its I/O fails).
+    pair.b.call("disconnect", name="r0")
+    wait_for(pair.a, lambda st: st["cstate"] != "Connected" and st["peer_disk"] == "DUnknown")
 
 
 def test_io_error_without_a_peer_fails_the_request(failing_disk, pair, tmp_path):
@@ -260,3 +263,46 @@ def test_diskless_primary_fails_io_when_the_peer_goes(failing_disk, pair, tmp_pa
             await c.close()
 
     asyncio.run(scenario())
+
+
+def test_secondary_disk_failure_detaches_and_the_primary_tracks_its_writes(failing_disk, pair,
+                                                                          tmp_path):
+    pair.create(size="16M", b={"backing": str(failing_disk.link),
+                               "handlers": handler_cmd(tmp_path)})
+    wait_for(pair.a, connected)
+    pair.a.call("primary", name="r0", force=True)
+    wait_for(pair.a, in_sync)
+    wait_for(pair.b, in_sync)
+    sock = pair.a.call("status", name="r0")["socket"]
+    p1, p2 = os.urandom(65536), os.urandom(8192)
+
+    async def writes() -> None:
+        c = await NbdClient.connect(sock, "r0")
+        try:
+            failing_disk.fail()
+            await c.write(MiB, p1)
+            await c.flush()                  # B's fdatasync fails: B detaches, the flush is ok
+            wait_for(pair.b, lambda st: st["disk"] == "Diskless")
+            wait_for(pair.a, lambda st: st["peer_disk"] == "Diskless")
+            await c.write(6 * MiB, p2)       # not mirrored: marked in A's bitmap
+            await c.flush()
+        finally:
+            await c.close()
+
+    asyncio.run(writes())
+    st = pair.a.call("status", name="r0")
+    assert st["disk"] == "UpToDate" and st["out_of_sync_kib"] >= 8 and not st["suspended"]
+    assert "Local IO failed in flush" in log_of(pair.b)
+    wait_file(tmp_path / "beta.local-io-error")
+    # Replace B's disk and attach it: a full resync from A.
+    replacement = failing_disk.workdir / "new.img"
+    replacement.touch()
+    os.truncate(replacement, SIZE)
+    failing_disk.link.unlink()
+    failing_disk.link.symlink_to(replacement)
+    pair.b.call("attach", name="r0")
+    wait_for(pair.b, in_sync, timeout=60)
+    wait_for(pair.a, in_sync, timeout=60)
+    data = replacement.read_bytes()
+    assert data == pair.data(pair.a)
+    assert data[MiB:MiB + 65536] == p1 and data[6 * MiB:6 * MiB + 8192] == p2

@@ -360,9 +360,10 @@ async def ha_group_remove(ctx: RequestContext, params: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- status
 
 
-async def _raw_status(ctx: RequestContext) -> dict[str, Any]:
+async def _raw_status(ctx: RequestContext, serializable: bool = False) -> dict[str, Any]:
     store = _store(ctx)
-    entries = {e.key: e.value for e in await store.get_prefix(keys.HA)}
+    entries = {e.key: e.value for e in await store.get_prefix(keys.HA,
+                                                              serializable=serializable)}
     lrms = {k[len(keys.HA_LRM):]: v for k, v in entries.items() if k.startswith(keys.HA_LRM)}
     return {"ms": entries.get(keys.HA_MANAGER_STATUS) or {},
             "lock": entries.get(keys.HA_MANAGER_LOCK),
@@ -381,7 +382,9 @@ async def ha_status_current(ctx: RequestContext, params: dict[str, Any]) -> list
     out: list[dict[str, Any]] = [{"id": "quorum", "type": "quorum", "node": me,
                                   "status": "OK" if quorate else "No quorum on node",
                                   "quorate": int(quorate)}]
-    raw = await _raw_status(ctx)
+    # Without quorum a linearizable read cannot succeed: show this node's last copy
+    # (the quorum line says it may be stale), so the admin sees why nothing moves.
+    raw = await _raw_status(ctx, serializable=not quorate)
     ms, lock = raw["ms"], raw["lock"]
     master = ms.get("master_node")
     if master:

@@ -51,6 +51,8 @@ log = logging.getLogger("binome.ha")
 LOG_LEVELS = {"info": logging.INFO, "warn": logging.WARNING, "err": logging.ERROR,
               "alert": logging.CRITICAL}
 SHUTDOWN_WAIT = 120.0   # below systemd's stop timeout if binomed.service sets 150 s
+# a plain binomed restart waits this long for the CRM to freeze this node's services
+RESTART_WAIT = 10.0
 CLUSTERLOG_PRI = {"warn": "warning", "err": "err", "alert": "alert"}
 
 
@@ -146,6 +148,7 @@ class HaService:
         self._shutdown_ready = asyncio.Event()
         self._loops: list[asyncio.Task] = []
         self._stopping = False
+        self._restarting = False   # a plain daemon stop: the LRM's `restart` mode
         self._pending_logs: list[asyncio.Task] = []
 
     # ------------------------------------------------------------ facts for the envs
@@ -229,17 +232,22 @@ class HaService:
                        asyncio.create_task(self._round_loop(), name="ha-rounds")]
 
     async def stop(self) -> None:
-        """Apply the shutdown policy if the host goes down, stop the loops, hand the
-        manager lock over and announce the lease release.
+        """Apply the shutdown policy if the host goes down (else the LRM's restart mode),
+        stop the loops, hand the manager lock over and announce the lease release.
 
-        A plain daemon restart (no host shutdown detected) leaves the guests
-        running and the watchdog armed: if the daemon does not come back in
-        time, they are killed at its deadline and the CRM recovers them.
+        A plain daemon stop (no host shutdown detected: `systemctl restart
+        binomed`, an upgrade) leaves the guests running: the LRM asks the CRM
+        to freeze this node's services and, once it has, releases the
+        watchdog (`_daemon_restart`). Without that acknowledgement (no quorum)
+        the watchdog stays armed, and the guests are killed at its deadline
+        unless binomed is back in time.
         """
         if self._loops:
             kind = await self.shutdown.probe()
             if kind is not None:
                 await self._host_shutdown(kind)
+            else:
+                await self._daemon_restart()
         self._stopping = True
         # cancel until they are done: Python 3.11's wait_for swallows a cancellation
         # that races with its inner future completing (a wake-up), and a loop would
@@ -271,12 +279,38 @@ class HaService:
         await self.shutdown.stop()
 
     def shutdown_request(self) -> str | None:
-        return self.shutdown.request
+        return self.shutdown.request or ("restart" if self._restarting else None)
 
     def shutdown_ready(self) -> None:
         """The LRM applied the shutdown policy: nothing of HA runs here any more."""
         self._shutdown_ready.set()
         asyncio.get_running_loop().create_task(self.shutdown.release())
+
+    async def _daemon_restart(self) -> None:
+        """Keep the rounds going until the LRM has its services frozen and the watchdog
+        released (at most RESTART_WAIT); the guests keep running meanwhile."""
+        if not self.lrm.armed:
+            return   # nothing protected here, nothing to release: no guest at stake
+        self.log("info", f"{self.node}/lrm", "binomed stops, the host stays up: freezing "
+                                              "this node's HA services, guests left running")
+        self._restarting = True
+        self.wake()
+        began = time.monotonic()
+        try:
+            await asyncio.wait_for(self._shutdown_ready.wait(), RESTART_WAIT)
+        except TimeoutError:
+            wd = self.watchdog.read_status()
+            left = f"in {wd.remaining:.1f} s" if wd.remaining is not None else "at its deadline"
+            guests = ", ".join(sorted(self.armed_sids)) or "none"
+            self.log("warn", f"{self.node}/lrm",
+                     f"binomed restart: the CRM did not freeze this node's services within "
+                     f"{RESTART_WAIT:.0f} s (no quorum?); the watchdog stays armed, so the HA "
+                     f"guests here ({guests}) will be killed {left} unless binomed is back "
+                     "and renews its lease before")
+            return
+        self.log("info", f"{self.node}/lrm",
+                 f"binomed restart: services frozen and watchdog released after "
+                 f"{time.monotonic() - began:.1f} s; guests left running")
 
     async def _host_shutdown(self, kind: str) -> None:
         """Keep the rounds going until the LRM is ready for the host to go down."""

@@ -12,6 +12,7 @@ instant, in order.
     fence-device <node> ok|fail|dead      # dead: the BMC does not answer (lost power too)
     shutdown <node> | reboot <node>       # graceful, through the LRM and shutdown policy
     pause <node> <seconds>                # SIGSTOP of binomed (the watchdog keeps running)
+    restart <node> [<seconds>]            # systemctl restart binomed: down that long (2 s)
     service <sid> started|stopped|disabled|ignored
     service <sid> migrate|relocate <node>
     service <sid> start-fails <node|all> on|off
@@ -84,6 +85,9 @@ def validate(words: list[str], cluster: ClusterSpec, sids: set[str]) -> None:
         need(len(args) == 1 and args[0] in nodes, f"{verb} <node>")
     elif verb == "pause":
         need(len(args) == 2 and args[0] in nodes and float(args[1]) > 0, "pause <node> <s>")
+    elif verb == "restart":
+        need(len(args) in (1, 2) and args[0] in nodes and (len(args) == 1 or float(args[1]) >= 0),
+             "restart <node> [<seconds down>]")
     elif verb == "service":
         need(len(args) >= 2 and args[0] in sids, "service <sid> ...")
         action, rest = args[1], args[2:]
@@ -131,6 +135,8 @@ def apply(world: World, line: str) -> None:
         world.request_shutdown(args[0], "poweroff" if verb == "shutdown" else "reboot")
     elif verb == "pause":
         world.pause(args[0], float(args[1]))
+    elif verb == "restart":
+        world.daemon_restart(args[0], float(args[1]) if len(args) > 1 else 2.0)
     elif verb == "service":
         _service(world, args[0], args[1], args[2:])
     elif verb == "node-maintenance":

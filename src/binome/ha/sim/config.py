@@ -58,6 +58,7 @@ class SimParams:
     resync_time: float = 2.0
     node_boot: float = 20.0
     shutdown_timeout: float = 60.0
+    restart_wait: float = 10.0    # binomed's bounded wait for the freeze on a restart
     start_fail_time: float = 1.0
     watch_latency: float = 0.05
     end_after: float = 60.0

@@ -60,6 +60,9 @@ class SimNode(Member):
     replication_link: bool = True
     generation: int = 0           # bumped at every power-off: stale events are dropped
     paused_until: int = -1
+    life: int = 0                 # bumped at every daemon start: the old daemons' loops stop
+    daemon_down: bool = False     # binomed restarting: the host, its guests and watchdog run on
+    restart_down: float = 0.0     # seconds binomed stays down on a restart
     lease_id: int | None = None
     renewed_at: int | None = None
     watchdog: Watchdog = field(default_factory=Watchdog)
@@ -76,7 +79,7 @@ class SimNode(Member):
 
     def running(self, now: int) -> bool:
         """The daemon runs: machine up and process not stopped."""
-        return self.up and not self.paused(now)
+        return self.up and not self.paused(now) and not self.daemon_down
 
 
 def fence_status(device: FenceDevice | None) -> FenceStatus | None:

@@ -101,8 +101,8 @@ def _fault(rng: random.Random, names: list[str], members: list[str], sids: list[
     onoff = rng.choice(["on", "off"])
     kind = rng.choices(
         ["power", "network", "link", "partition", "fence", "pause", "shutdown", "state",
-         "move", "fails", "crash", "maintenance", "disarm"],
-        weights=[12, 16, 6, 6, 6, 6, 4, 8, 8, 2, 3, 4, 1])[0]
+         "move", "fails", "crash", "maintenance", "disarm", "restart"],
+        weights=[12, 16, 6, 6, 6, 6, 4, 8, 8, 2, 3, 4, 1, 6])[0]
     if kind == "power":
         return f"power {member} {onoff}"
     if kind == "network":
@@ -116,6 +116,8 @@ def _fault(rng: random.Random, names: list[str], members: list[str], sids: list[
         return f"fence-device {rng.choice(devices)} {rng.choice(['fail', 'dead', 'ok'])}"
     if kind == "pause":
         return f"pause {node} {rng.choice([1, 2.5, 4, 7, 12])}"
+    if kind == "restart":  # binomed restart: down briefly, past the deadlines, or for long
+        return f"restart {node} {rng.choice([0.5, 2, 8, 40])}"
     if kind == "shutdown":
         return f"{rng.choice(['shutdown', 'reboot'])} {node}"
     if kind == "state":

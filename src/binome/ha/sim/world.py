@@ -17,7 +17,11 @@ Physical model (what the commands of a scenario act on):
   forward (binome's supervisor process; with `/dev/watchdog` the node would
   also reset); it keeps running while the daemon is paused;
 - a fence device powers its node off after `delay` seconds if healthy,
-  reports an error if failing, or times out (`fence_timeout`) if dead.
+  reports an error if failing, or times out (`fence_timeout`) if dead;
+- a binomed restart (`restart <node> <s>`) stops only the daemons, after
+  their LRM said it is ready (or after `restart_wait`, like the daemon's
+  bounded wait), releasing the lease; guests, jobs and the watchdog run on;
+  fresh daemons start `<s>` seconds later with a new lease.
 """
 
 from __future__ import annotations
@@ -170,17 +174,22 @@ class World:
     def _boot(self, node: SimNode) -> None:
         node.up = True
         node.generation += 1
+        self._start_daemons(node)
+
+    def _start_daemons(self, node: SimNode) -> None:
+        node.daemon_down = False
+        node.life += 1
         node.crm = Crm(SimEnv(self, node.name, "crm"), self.timers)
         node.lrm = Lrm(SimEnv(self, node.name, "lrm"), self.timers)
-        gen, phase = node.generation, 100 * node.index
-        self.q.after(phase, self._keepalive_loop, node, gen)
-        self.q.after(phase + 200, self._daemon_loop, node, gen, "crm")
-        self.q.after(phase + 500, self._daemon_loop, node, gen, "lrm")
+        gen, life, phase = node.generation, node.life, 100 * node.index
+        self.q.after(phase, self._keepalive_loop, node, gen, life)
+        self.q.after(phase + 200, self._daemon_loop, node, gen, life, "crm")
+        self.q.after(phase + 500, self._daemon_loop, node, gen, life, "lrm")
 
-    def _keepalive_loop(self, node: SimNode, gen: int) -> None:
-        if gen != node.generation or not node.up:
+    def _keepalive_loop(self, node: SimNode, gen: int, life: int) -> None:
+        if gen != node.generation or life != node.life or not node.up:
             return
-        self.q.after(ms(self.timers.keepalive_interval), self._keepalive_loop, node, gen)
+        self.q.after(ms(self.timers.keepalive_interval), self._keepalive_loop, node, gen, life)
         if node.running(self.q.now):
             self._renew(node)
 
@@ -218,11 +227,11 @@ class World:
                 self.log("warn", "etcd", f"lease of {gone.owner} expired")
             self.wake_all("crm")
 
-    def _daemon_loop(self, node: SimNode, gen: int, role: str) -> None:
-        if gen != node.generation or not node.up:
+    def _daemon_loop(self, node: SimNode, gen: int, life: int, role: str) -> None:
+        if gen != node.generation or life != node.life or not node.up:
             return
         every = self.timers.manager_round if role == "crm" else self.timers.lrm_round
-        self.q.after(ms(every), self._daemon_loop, node, gen, role)
+        self.q.after(ms(every), self._daemon_loop, node, gen, life, role)
         self._run_daemon(node, role)
 
     def _run_daemon(self, node: SimNode, role: str) -> None:
@@ -274,6 +283,7 @@ class World:
         node.lease_id = node.renewed_at = None
         node.shutdown_request = None
         node.paused_until = -1
+        node.daemon_down = False
 
     def power_on(self, name: str) -> None:
         member = self.members[name]
@@ -324,7 +334,7 @@ class World:
         self.q.at(node.paused_until, self._resumed, node, node.generation)
 
     def _resumed(self, node: SimNode, gen: int) -> None:
-        if gen == node.generation and node.up and not node.paused(self.q.now):
+        if gen == node.generation and node.running(self.q.now):
             self.log("info", "hw", f"{node.name}: binomed resumed")
             self._renew(node)  # its overdue keepalive timer fires first thing
             self.wake(node, "crm")
@@ -351,7 +361,53 @@ class World:
             self.power_on(node.name)
 
     def shutdown_ready(self, node: SimNode) -> None:
+        if node.shutdown_request == "restart":
+            self.q.after(0, self._daemon_stop, node, node.generation, node.life, "ready")
+            return
         self.q.after(0, self._graceful_off, node, node.generation)
+
+    # ------------------------------------------------------------ binomed restart
+
+    def daemon_restart(self, name: str, down: float) -> None:
+        """`systemctl restart binomed`: the daemon stops (after the LRM's restart mode, at
+        most `restart_wait` s) and starts again `down` s later; guests and watchdog run on."""
+        node = self.nodes[name]
+        if not node.up or node.daemon_down or node.shutdown_request:
+            return
+        node.shutdown_request = "restart"
+        node.restart_down = down
+        self.log("info", "hw", f"{name}: binomed restart requested (down for {down:g} s)")
+        self.wake(node, "lrm")
+        self.q.after(ms(self.params.restart_wait), self._daemon_stop, node, node.generation,
+                     node.life, "timeout")
+
+    def _daemon_stop(self, node: SimNode, gen: int, life: int, why: str) -> None:
+        if gen != node.generation or life != node.life or not node.up or node.daemon_down:
+            return
+        if why == "timeout":
+            self.log("warn", "hw", f"{node.name}: binomed stops without the freeze "
+                                   f"acknowledged ({self.params.restart_wait:g} s); its "
+                                   "watchdog stays armed")
+        if node.crm is not None:
+            node.crm.shutdown()
+        # like HaService.stop(): the lease is announced released, then revoked
+        if node.lease_id is not None and self.etcd.quorate(node.name):
+            self.etcd.revoke(node.lease_id, self.q.now)
+            self.log("info", "etcd", f"{node.name} released its lease")
+            self.wake_all("crm")
+        node.crm = node.lrm = None
+        node.daemon_down = True
+        node.lease_id = node.renewed_at = None
+        node.shutdown_request = None
+        node.life += 1
+        self.log("info", "hw", f"{node.name}: binomed stopped")
+        self.q.after(ms(node.restart_down), self._daemon_start, node, gen, node.life)
+
+    def _daemon_start(self, node: SimNode, gen: int, life: int) -> None:
+        if gen != node.generation or life != node.life or not node.up:
+            return
+        self.log("info", "hw", f"{node.name}: binomed started")
+        self._start_daemons(node)
 
     def _graceful_off(self, node: SimNode, gen: int) -> None:
         if gen != node.generation or not node.up:

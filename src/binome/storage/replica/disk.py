@@ -12,6 +12,10 @@ request must cover), and every request that arrives meanwhile shares it.
 
 TRIM and WRITE_ZEROES punch holes (`fallocate(PUNCH_HOLE)`), so a trimmed
 range reads back as zeroes on both replicas; NO_HOLE uses ZERO_RANGE.
+
+Errors of the backing store (EIO from the kernel: on reads, and for page-cache
+writes at the fdatasync) are raised as OSError, unchanged: the volume decides
+what a failure means (`Volume.local_io_error`, DRBD's on-io-error detach).
 """
 
 from __future__ import annotations
@@ -52,6 +56,11 @@ class LocalDisk:
         self._next_flush: asyncio.Future | None = None
         self.zero_range_ok = True       # fallocate(ZERO_RANGE) works here
         self.punch_hole_ok = True       # fallocate(PUNCH_HOLE) works here
+
+    @property
+    def flushing(self) -> bool:
+        """An fdatasync runs in a thread (the descriptor must stay open until it ends)."""
+        return self._flush_running
 
     def open(self, *, create: bool = False) -> None:
         flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)

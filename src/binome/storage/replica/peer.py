@@ -127,6 +127,7 @@ class Resync:
     step_bytes: int = 0
     step_io: int = 0
     slowed: bool = False         # this step's budget is c-min-rate's
+    app_busy_until: float = 0.0  # c-min-rate: the application counts as busy until then
     throttled: float = 0.0       # seconds held back by c-min-rate
 
     def moved(self, nbytes: int) -> None:
@@ -694,6 +695,10 @@ class PeerLink:
                 received = rs.bytes - rs.step_bytes
                 rs.step_bytes, rs.step_io = rs.bytes, io
                 rs.next_step = now + rsctl.STEP
+                if app > rsctl.APP_ACTIVE_BYTES:
+                    rs.app_busy_until = now + rsctl.APP_QUIET
+                elif now < rs.app_busy_until:
+                    app = rsctl.APP_ACTIVE_BYTES + 1     # busy a moment ago: still busy
                 req = None
                 if s.dynamic:
                     req, rs.plan = rsctl.controller_step(s, rs.plan, received,
@@ -1184,6 +1189,7 @@ class PeerLink:
             vol.counters.nr += length
         except OSError as e:
             log.error("%s: local write failed: %s", vol.name, e)
+            vol.local_io_error("write", e)      # on-io-error detach (volume.py)
             self._send(wire.packet(P.NEG_ACK, wire.ACK.pack(seq)))
             return
         if self.cfg.protocol != "C":
@@ -1496,6 +1502,8 @@ class PeerLink:
         self.peer_paused = False
         old = vol.state
         if old.disk == DiskState.Diskless:
+            # no local data: nothing to mark or fence, but the link state must be true
+            vol.set_state(conn=reason, peer=Role.Unknown, pdsk=DiskState.DUnknown)
             vol.hold_completions(waiting)
             return
         vol.set_state(conn=reason, peer=Role.Unknown, pdsk=DiskState.DUnknown)

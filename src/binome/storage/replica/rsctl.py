@@ -18,7 +18,9 @@ data; these functions decide how much it may ask for, step by step.
 - **c-min-rate** (`step_budget`): while application I/O is active, the
   resync is throttled down to `c_min_rate` (the application gets the rest of
   the bandwidth); 0 disables the throttle. DRBD's test of activity: more than
-  64 sectors of application I/O since the last look.
+  64 sectors of application I/O since the last look; here per step, and the
+  application stays "busy" until it has been quiet for APP_QUIET seconds (one
+  idle step would otherwise open the whole request window at once).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 
 STEP = 0.1                   # seconds per controller step (DRBD: SLEEP_TIME, HZ/10)
 APP_ACTIVE_BYTES = 32 * 1024  # application I/O per step that counts as "active"
+APP_QUIET = 1.0              # seconds without such I/O before the application is idle
 
 
 @dataclass(frozen=True)

@@ -263,8 +263,18 @@ class Volume:
             self._mark(offset, length)
 
     def disk_flush(self) -> asyncio.Future:
+        """fdatasync for the link (barriers, FUA and resync ends on this side).
+
+        A failure detaches the disk (`local_io_error`) and then counts as done:
+        the metadata says FULL_SYNC, so whatever the flush lost is resynced
+        when a disk is attached again, and the peer learns we are Diskless.
+        """
         assert self.disk is not None
-        return self.disk.flush()
+        fut = self._local_flush()
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(None)
+        return fut
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -917,11 +927,14 @@ class Volume:
             return False
         if self.config.on_io_error != "detach":
             return False
-        if not self._diskless_io:
-            self._diskless_io = True
-            log.error("%s: Local IO failed in %s: %s. Detaching...", self.name, what, exc)
-            self.set_state(disk=DiskState.Failed)
-            self._spawn_detached(self._detach_failed())
+        if self._diskless_io:
+            return self._peer_serves()
+        if self._closing or self.disk is None or self.state.disk <= DiskState.Failed:
+            return False            # going down, or not attached: not a disk failure
+        self._diskless_io = True
+        log.error("%s: Local IO failed in %s: %s. Detaching...", self.name, what, exc)
+        self.set_state(disk=DiskState.Failed)
+        self._spawn_detached(self._detach_failed())
         return self._peer_serves()
 
     async def _detach_failed(self) -> None:
@@ -931,7 +944,7 @@ class Volume:
         assert disk is not None and self.meta is not None
         # fdatasyncs running in threads still hold the descriptor.
         for _ in range(3000):
-            if not disk._flush_running:
+            if not disk.flushing:
                 break
             await asyncio.sleep(0.01)
         disk.close()

@@ -1,0 +1,230 @@
+"""A plain binomed restart (not a host shutdown) on real processes: the LRM's `restart` mode.
+
+One loopback 2-node + witness cluster (real etcd, binomed, QEMU with TCG).
+binomed gets SIGTERM while its host is not shutting down (the shutdown probe,
+`BINOME_SHUTDOWN_PROBE`, answers "running": this machine has no systemd to
+ask): its LRM has the CRM freeze the node's services, releases the watchdog
+and the daemon exits; the guest keeps running, past the self-fence deadline
+(3 s) and the lease TTL (5 s), and is neither killed nor started elsewhere.
+When binomed is back, the service is `started` again with the same QEMU.
+
+If the node dies while binomed is down (its remaining processes SIGKILLed),
+lease expiry proves nothing (the watchdog was released): the guest is
+recovered on the other node only after its fence device (an external agent
+script here, the `agent` fence type) confirmed the power-off, after
+`restart_grace` (30 s).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.conftest import _nets, _require_tools
+from tests.integration.ha.test_ha_failover import _pid, kill_pid, qemu_pid
+from tests.integration.harness import PASSWORD, Cluster, Node, make_cluster, wait_for
+
+GRACE = 30.0   # HaTimers.restart_grace (default)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    from binome.lab.image import build_image
+
+    _require_tools()
+    root = tmp_path_factory.mktemp("ha-restart")
+    probe = root / "host-state"
+    probe.write_text("running\n")   # the host is up: a SIGTERM is a daemon restart
+    old = os.environ.get("BINOME_SHUTDOWN_PROBE")
+    os.environ["BINOME_SHUTDOWN_PROBE"] = f"cat {probe}"
+    c = make_cluster(root, next(_nets))
+    try:
+        image = build_image()
+        for name in ("n1", "n2"):
+            iso = c[name].state_dir / "storage" / "local" / "template" / "iso"
+            iso.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(image.kernel, iso / "vmlinuz")
+            shutil.copyfile(image.initrd, iso / "initrd.gz")
+        yield c
+    finally:
+        for node in c.nodes.values():
+            for pidfile in (node.state_dir / "run" / "qemu").glob("*.pid"):
+                kill_pid(qemu_pid(node, int(pidfile.stem)))
+        c.stop()
+        for node in c.nodes.values():
+            kill_pid(_pid(node.state_dir / "run" / "ha-watchdog.pid"))
+        if old is None:
+            os.environ.pop("BINOME_SHUTDOWN_PROBE", None)
+        else:
+            os.environ["BINOME_SHUTDOWN_PROBE"] = old
+
+
+def api(node: Node):
+    from proxmoxer import ProxmoxAPI
+
+    return ProxmoxAPI(node.address, user="admin@pve", password=PASSWORD, verify_ssl=False,
+                      timeout=60)
+
+
+def service(node: Node, sid: str) -> dict:
+    return next((e for e in node.json("ha", "status") if e.get("sid") == sid), {})
+
+
+def ha_vm(c: Cluster, name: str) -> tuple[int, str]:
+    """An HA guest requested `started`, running on n1."""
+    px = api(c["n2"])
+    vmid = int(px.cluster.nextid.get())
+    upid = px.nodes("n1").qemu.post(vmid=vmid, name=name, memory=64, cores=1,
+                                    kernel="local:iso/vmlinuz", initrd="local:iso/initrd.gz",
+                                    vga="serial0")
+    wait_for(lambda: px.nodes("n1").tasks(upid).status.get()["status"] == "stopped", 60,
+             f"creation of VM {vmid}")
+    sid = f"vm:{vmid}"
+    c["n2"].cli("ha", "add", sid, "--state", "started")
+    wait_for(lambda: qemu_pid(c["n1"], vmid) and service(c["n2"], sid).get("state") == "started",
+             90, f"{sid} started on n1")
+    return vmid, sid
+
+
+def sigterm(node: Node, timeout: float = 60) -> float:
+    """Stop binomed the way `systemctl restart` does (SIGTERM); wait for it to exit."""
+    assert node.proc is not None
+    t0 = time.monotonic()
+    node.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: node.proc.poll() is not None, timeout, f"{node.name}'s binomed to exit")
+    took = time.monotonic() - t0
+    node.kill()   # reaps it and waits for its etcd
+    return took
+
+
+def cluster_log(node: Node) -> list[str]:
+    return [e.get("msg", "") for e in node.json("cluster", "log")]
+
+
+def test_binomed_restart_keeps_the_guest_running(cluster: Cluster) -> None:
+    began = time.monotonic()
+    c = cluster
+    n1, n2 = c["n1"], c["n2"]
+    vmid, sid = ha_vm(c, "ha-restart")
+    try:
+        pid = qemu_pid(n1, vmid)
+        uid = service(n2, sid).get("uid")
+        took = sigterm(n1)
+        print(f"binomed restart: SIGTERM -> exit {took:.1f} s")
+        st = service(n2, sid)
+        assert st.get("state") == "freeze" and st.get("node") == "n1", st
+        # longer than the self-fence deadline (3 s) and the lease TTL (5 s): the guest
+        # must neither be killed by the watchdog nor started on n2
+        t_end = time.monotonic() + 8
+        while time.monotonic() < t_end:
+            assert qemu_pid(n1, vmid) == pid, "the guest died while binomed was down"
+            assert qemu_pid(n2, vmid) is None, "a frozen guest was started on n2"
+            time.sleep(0.2)
+        st = service(n2, sid)
+        assert st.get("state") == "freeze" and st.get("node") == "n1", st
+        status = n2.cli("ha", "status").stdout
+        print(status)
+        assert f"service {sid} (n1, freeze)" in status
+
+        t0 = time.monotonic()
+        n1.start()
+
+        def back() -> bool:
+            assert qemu_pid(n1, vmid) == pid, "the guest was restarted, not adopted"
+            assert qemu_pid(n2, vmid) is None
+            s = service(n2, sid)
+            return s.get("state") == "started" and s.get("node") == "n1" and s.get("uid") != uid
+        wait_for(back, 90, f"{sid} started again on n1", interval=0.2)
+        print(f"binomed start -> {sid} started with the same QEMU: {time.monotonic() - t0:.1f} s")
+        wd = n1.json("ha", "status")   # the node's LRM is active and armed again
+        print(wd)
+        logs = "\n".join(cluster_log(n2))
+        assert "binomed restarts on n1" in logs and "unfrozen" in logs
+        time.sleep(3)   # a few rounds: nothing undoes it
+        assert qemu_pid(n1, vmid) == pid and qemu_pid(n2, vmid) is None
+    finally:
+        n2.cli("ha", "remove", sid, check=False)
+        kill_pid(qemu_pid(n1, vmid))
+        kill_pid(qemu_pid(n2, vmid))
+        if not n1.running:
+            n1.start()
+        print(f"test runtime {time.monotonic() - began:.1f} s")
+
+
+AGENT = """#!/bin/sh
+# a fence agent (fence-agents' stdin protocol) for a node that is already dead:
+# `off` records when it was asked; `status` then says off (exit 2)
+action=
+while IFS= read -r line; do
+  case "$line" in action=*) action=${line#action=};; esac
+done
+case "$action" in
+  off) date +%s.%N >> "@MARK@"; exit 0;;
+  on) rm -f "@MARK@"; exit 0;;
+  status|monitor) if [ -s "@MARK@" ]; then exit 2; fi; exit 0;;
+esac
+exit 0
+"""
+
+
+def test_node_dead_during_restart_is_recovered_only_after_a_device_fence(
+        cluster: Cluster, tmp_path) -> None:
+    began = time.monotonic()
+    c = cluster
+    n1, n2 = c["n1"], c["n2"]
+    mark = tmp_path / "n1-powered-off"
+    agent = tmp_path / "fence_test_agent"
+    agent.write_text(AGENT.replace("@MARK@", str(mark)))
+    agent.chmod(0o755)
+    px = api(n2)
+    px.cluster.ha.fence("n1").post(type="agent", agent=str(agent), timeout=10)
+    vmid, sid = ha_vm(c, "ha-restart-dies")
+    try:
+        took = sigterm(n1)
+        assert service(n2, sid).get("state") == "freeze"
+        # the node dies while binomed is down: everything left of it goes
+        t_dead = time.monotonic()
+        kill_pid(qemu_pid(n1, vmid))
+        kill_pid(_pid(n1.state_dir / "run" / "ha-watchdog.pid"))
+        print(f"binomed exited after {took:.1f} s; n1's remaining processes killed")
+
+        def recovered() -> bool:
+            assert qemu_pid(n1, vmid) is None
+            if qemu_pid(n2, vmid):
+                assert mark.exists(), f"{sid} recovered on n2 before the device fence"
+                return True
+            return False
+        wait_for(recovered, GRACE + 60, f"{sid} recovered on n2", interval=0.1)
+        t_run = time.time()
+        fenced_at = float(mark.read_text().split()[0])
+        elapsed = time.monotonic() - t_dead
+        print(f"n1 dead -> {sid} running on n2: {elapsed:.1f} s "
+              f"(device fence {t_run - fenced_at:.1f} s before)")
+        assert fenced_at <= t_run
+        assert elapsed >= GRACE - 5, "recovered before restart_grace"
+        wait_for(lambda: service(n2, sid).get("state") == "started"
+                 and service(n2, sid).get("node") == "n2", 60, f"{sid} started on n2")
+        logs = "\n".join(cluster_log(n2))
+        assert "did not come back from a binomed restart" in logs, logs
+        assert "fenced (device" in logs, logs
+        # n1 back: its binomed starts nothing (the config is on n2 now)
+        n1.start()
+        wait_for(n1.quorate, 60, "n1 quorate again")
+        t_end = time.monotonic() + 5
+        while time.monotonic() < t_end:
+            assert qemu_pid(n1, vmid) is None, "two copies"
+            time.sleep(0.2)
+        assert qemu_pid(n2, vmid)
+    finally:
+        n2.cli("ha", "remove", sid, check=False)
+        n2.cli("fence", "remove", "n1", check=False)
+        kill_pid(qemu_pid(n1, vmid))
+        kill_pid(qemu_pid(n2, vmid))
+        if not n1.running:
+            n1.start()
+        print(f"test runtime {time.monotonic() - began:.1f} s")
