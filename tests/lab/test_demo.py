@@ -108,6 +108,22 @@ def test_demo_starts_quorate_survives_a_power_off_and_cleans_up() -> None:
         assert "running on n1, answering" in status.stdout, status.stdout
         assert re.search(r"n1 .*BMC 198\.19\.4\.\d+ power on", status.stdout), status.stdout
 
+        # the other fault commands, on n2 (the guest runs on n1): each says what it did
+        r = _lab_cli(lab_id, "cut", "n2", "--network", "vmlan")
+        assert r.returncode == 0 and r.stdout.strip() == "n2: vmlan link cut", r
+        assert re.search(r"n2 .*vmlan DOWN", _lab_cli(lab_id, "status").stdout)
+        r = _lab_cli(lab_id, "restore", "n2")
+        assert r.stdout.strip() == "n2: cluster, replication, vmlan links restored", r
+        r = _lab_cli(lab_id, "pause", "n2")
+        pid = int(re.search(r"n2: binomed pid (\d+) paused \(SIGSTOP\)", r.stdout).group(1))
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            assert state == "T"
+        finally:
+            r = _lab_cli(lab_id, "resume", "n2")
+        assert r.stdout.strip() == f"n2: binomed pid {pid} resumed (SIGCONT)", r
+        assert _lab_cli(lab_id, "cut", "n9").returncode == 1
+
         # an admin's fault: n1 powered off through its BMC; the guest comes back on n2
         began, seen = time.monotonic(), len(output)
         r = _lab_cli(lab_id, "power-off", "n1")

@@ -181,10 +181,11 @@ class EtcdMember:
 
 
 # ---------------------------------------------------------------------- leadership preference
-# The witness runs no guests, so it is the member whose death costs HA nothing. When a
-# node holding etcd leadership dies, etcd first elects a new leader (election timeout)
-# and the new leader then extends every lease (etcd without lease checkpoints), which
-# delays the dead node's lease expiry - and so the recovery of its guests - by both.
+# The witness runs no guests, so its death needs no failover. When a node holding etcd
+# leadership dies, etcd first elects a new leader (election timeout) and the new leader
+# then extends every lease (etcd without lease checkpoints), which delays the dead
+# node's lease expiry - and so the recovery of its guests - by both. (The witness's own
+# death now costs that election instead: docs/ha.md 5.1.)
 
 WITNESS_MAX_LAG = 100   # raft entries the witness may be behind the leader to be "caught up"
 

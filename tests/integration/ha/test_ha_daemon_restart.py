@@ -113,7 +113,6 @@ def test_binomed_restart_keeps_the_guest_running(cluster: Cluster) -> None:
     vmid, sid = ha_vm(c, "ha-restart")
     try:
         pid = qemu_pid(n1, vmid)
-        uid = service(n2, sid).get("uid")
         took = sigterm(n1)
         print(f"binomed restart: SIGTERM -> exit {took:.1f} s")
         st = service(n2, sid)
@@ -138,11 +137,9 @@ def test_binomed_restart_keeps_the_guest_running(cluster: Cluster) -> None:
             assert qemu_pid(n1, vmid) == pid, "the guest was restarted, not adopted"
             assert qemu_pid(n2, vmid) is None
             s = service(n2, sid)
-            return s.get("state") == "started" and s.get("node") == "n1" and s.get("uid") != uid
+            return s.get("state") == "started" and s.get("node") == "n1"   # it was freeze
         wait_for(back, 90, f"{sid} started again on n1", interval=0.2)
         print(f"binomed start -> {sid} started with the same QEMU: {time.monotonic() - t0:.1f} s")
-        wd = n1.json("ha", "status")   # the node's LRM is active and armed again
-        print(wd)
         logs = "\n".join(cluster_log(n2))
         assert "binomed restarts on n1" in logs and "unfrozen" in logs
         time.sleep(3)   # a few rounds: nothing undoes it

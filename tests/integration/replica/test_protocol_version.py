@@ -38,7 +38,7 @@ def test_a_peer_with_another_protocol_version_is_dropped(engine):
         st = wait_for(engine, lambda s: "incompatible protocol version" in
                       (s["peer"]["last_error"] or ""), name="pv")
         wait_for(engine, lambda s: s["cstate"] == "WFConnection", name="pv")
-        assert "peer 1, mine 2" in st["peer"]["last_error"]
+        assert f"peer 1, mine {wire.PROTOCOL_VERSION}" in st["peer"]["last_error"]
     finally:
         engine.call("down", name="pv", force=True)
         engine.call("delete", name="pv", remove_data=True)

@@ -241,3 +241,13 @@ def test_a_new_master_knows_the_watchdog_was_released():
     m2.round()
     assert env.status.service_status["vm:100"].state == S.FENCE
     assert not env.executed("move_config")   # no watchdog proof: the device must confirm
+
+
+def test_restart_grace_must_cover_the_fence_delay():
+    import pytest
+
+    from binome.config import ConfigError
+
+    with pytest.raises(ConfigError, match="restart_grace"):
+        HaTimers(restart_grace=2.0).validate()
+    assert HaTimers.from_dict({"restart_grace": 60}).restart_grace == 60

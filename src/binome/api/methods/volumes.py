@@ -3,6 +3,8 @@
     GET    /nodes/{node}/volumes                     every volume of the node, with its state
     POST   /nodes/{node}/volumes                     create (this node Primary + its peer)
     GET    /nodes/{node}/volumes/{volume}            one volume: state, cluster record, marks
+    PUT    /nodes/{node}/volumes/{volume}            change settings (drbdadm adjust), both nodes
+    GET    /nodes/{node}/volumes/{volume}/config     effective settings (drbdsetup show)
     DELETE /nodes/{node}/volumes/{volume}            remove it on both nodes, with its data
     POST   /nodes/{node}/volumes/{volume}/ACTION     up, down, primary [force], secondary,
            connect [discard-my-data], disconnect, invalidate, invalidate-remote, outdate,
@@ -25,24 +27,109 @@ from typing import Any
 from aiohttp import web
 
 from binome.api.context import RequestContext
-from binome.api.errors import fail, param_error
+from binome.api.errors import ApiError, ParamError, fail, param_error
 from binome.api.methods.common import NODE
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
 from binome.cli.format import FORMATTERS
 from binome.storage.replica import format as vformat
+from binome.storage.replica.csum import ALGORITHMS
 from binome.storage.replica.events import EventTranslator, end_of_snapshot
-from binome.storage.replica.service import VolumeFailure, VolumeService
+from binome.storage.replica.service import (
+    SettingRefused,
+    VolumeFailure,
+    VolumeService,
+    record_settings,
+)
 from binome.store.client import StoreUnavailable
 from binome.tasks.manager import Task
 
 FORMATTERS["volume_status"] = vformat.volume_status
+FORMATTERS["volume_config"] = vformat.drbdsetup_show
 
 VOLUME = Param(pattern=r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}", description="Volume name.")
 AUDIT = privs("Datastore.Audit", path="/storage")
 ALLOCATE = privs("Datastore.Allocate", path="/storage")
 UPID_RETURN = {"type": "string", "description": "UPID"}
 POLICY = Param(optional=True, max_length=64, description="After-split-brain policy keyword.")
+
+
+# The adjustable settings (drbdadm adjust; config.ADJUSTABLE) as API parameters: DRBD's
+# names, binome's units (KiB and KiB/s; DRBD's 1/10 s for the controller's times).
+# parameter -> (engine setting, factor from the API unit to the engine's)
+SETTINGS: dict[str, tuple[str, float]] = {
+    "resync-rate": ("resync_rate", 1024), "c-plan-ahead": ("c_plan_ahead", 0.1),
+    "c-fill-target": ("c_fill_target", 1024), "c-delay-target": ("c_delay_target", 0.1),
+    "c-max-rate": ("c_max_rate", 1024), "c-min-rate": ("c_min_rate", 1024),
+    "allow-two-primaries": ("allow_two_primaries", 1), "protocol": ("protocol", 1),
+    "verify-alg": ("verify_alg", 1), "csums-alg": ("csums_alg", 1),
+}
+PARAM_OF = {key: name for name, (key, _) in SETTINGS.items()}
+ENGINE_DEFAULTS = {"resync_rate": 0, "c_plan_ahead": 0.0, "c_fill_target": 0,
+                   "c_delay_target": 1.0, "c_max_rate": 100 << 20, "c_min_rate": 0,
+                   "allow_two_primaries": False, "protocol": "C", "verify_alg": "sha256",
+                   "csums_alg": ""}
+CONTROLLER_PARAMS = {
+    "c-plan-ahead": Param(type="integer", optional=True, minimum=0, maximum=300,
+                          description="Dynamic resync controller: plan-ahead in 1/10 s "
+                                      "(0: the fixed resync-rate; DRBD's default is 20)."),
+    "c-fill-target": Param(type="integer", optional=True, minimum=0,
+                           description="KiB the dynamic controller keeps in flight (0: aim "
+                                       "at c-delay-target instead)."),
+    "c-delay-target": Param(type="integer", optional=True, minimum=0, maximum=100,
+                            description="Dynamic controller: seconds of requests in flight "
+                                        "at the incoming rate, in 1/10 s."),
+    "c-max-rate": Param(type="integer", optional=True, minimum=1,
+                        description="Dynamic controller's cap, KiB/s."),
+    "c-min-rate": Param(type="integer", optional=True, minimum=0,
+                        description="Resync rate while the application does I/O, KiB/s "
+                                    "(0: no throttle)."),
+    "verify-alg": Param(enum=ALGORITHMS, optional=True,
+                        description="Online verify digest (both nodes use the same)."),
+    "csums-alg": Param(enum=("none", *ALGORITHMS), optional=True,
+                       description="Checksum-based resync digest; none: send every block."),
+}
+
+
+def _engine_settings(params: dict[str, Any], names: Any = SETTINGS) -> dict[str, Any]:
+    """{engine setting: value} for the setting parameters given, in the engine's units."""
+    out: dict[str, Any] = {}
+    for name in names:
+        if params.get(name) is None:
+            continue
+        key, factor = SETTINGS[name]
+        value = params[name]
+        if key == "allow_two_primaries":
+            value = bool(value)
+        elif key == "csums_alg":
+            value = "" if value == "none" else value
+        elif key in ("c_plan_ahead", "c_delay_target"):
+            value = round(int(value) * factor, 1)
+        elif factor != 1:
+            value = int(value) * int(factor)
+        out[key] = value
+    return out
+
+
+def _setting_errors(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, str]:
+    """Per-parameter errors of the settings `current` + `changes` taken together."""
+    eff = {**ENGINE_DEFAULTS, **current, **changes}
+    errors: dict[str, str] = {}
+
+    def blame(text: str, *keys: str) -> None:
+        given = [k for k in keys if k in changes] or list(keys[:1])
+        errors[PARAM_OF[given[0]]] = text
+
+    if eff["allow_two_primaries"] and eff["protocol"] != "C":
+        blame(f"allow-two-primaries requires protocol C (the protocol would be "
+              f"{eff['protocol']})", "protocol", "allow_two_primaries")
+    if eff["c_min_rate"] > eff["c_max_rate"]:
+        blame(f"c-min-rate ({eff['c_min_rate'] // 1024} KiB/s) must not exceed c-max-rate "
+              f"({eff['c_max_rate'] // 1024} KiB/s)", "c_min_rate", "c_max_rate")
+    if eff["c_plan_ahead"] and not eff["c_fill_target"] and not eff["c_delay_target"]:
+        blame("the dynamic resync controller needs c-fill-target or c-delay-target",
+              "c_plan_ahead", "c_fill_target", "c_delay_target")
+    return errors
 
 
 def volumes(ctx: RequestContext) -> VolumeService:
@@ -139,6 +226,7 @@ async def volume_list(ctx: RequestContext, params: dict[str, Any]) -> list[dict[
         "allow-two-primaries": Param(type="boolean", optional=True, default=0,
                                      description="Allow both nodes to be Primary at once "
                                                  "(live migration); protocol C only."),
+        **CONTROLLER_PARAMS,
     },
     returns=UPID_RETURN,
     cli=CliSpec(("volume", "create"), positional=("volume",)),
@@ -151,13 +239,18 @@ async def volume_create(ctx: RequestContext, params: dict[str, Any]) -> str:
     if params.get("allow-two-primaries") and params["protocol"] != "C":
         raise param_error("allow-two-primaries",
                           f"allow-two-primaries requires protocol C (not {params['protocol']})")
+    options = _engine_settings(params, CONTROLLER_PARAMS)
+    errors = _setting_errors({"resync_rate": int(params["resync-rate"]) * 1024}, options)
+    if errors:
+        raise ParamError(errors)
 
     async def body(task: Task) -> None:
         await service.create_volume(name, params["size"], peer=params.get("peer"),
                                     protocol=params["protocol"], fencing=params["fencing"],
                                     resync_rate=int(params["resync-rate"]) * 1024,
                                     after_sb=after_sb, task=task,
-                                    allow_two_primaries=bool(params["allow-two-primaries"]))
+                                    allow_two_primaries=bool(params["allow-two-primaries"]),
+                                    options=options)
 
     return _task(ctx, "volcreate", name, body)
 
@@ -188,6 +281,85 @@ async def volume_status(ctx: RequestContext, params: dict[str, Any]) -> dict[str
         if len(out) == 1:
             raise fail(str(exc)) from None
     return out
+
+
+@registry.register(
+    "PUT", "/nodes/{node}/volumes/{volume}", name="volume_set", permission=ALLOCATE,
+    proxyto="node",
+    description="Change settings of a replicated volume (drbdadm adjust): the resync rate "
+                "and dynamic resync controller, protocol, allow-two-primaries, verify and "
+                "checksum algorithms. Recorded in the cluster and applied live on both "
+                "nodes (the peer over the replication link while connected, else by its "
+                "daemon). Synchronous; answers what changed and the effective settings.",
+    parameters={
+        "node": NODE, "volume": VOLUME,
+        "resync-rate": Param(type="integer", optional=True, minimum=0,
+                             description="Resync rate limit in KiB/s (0: unlimited); the "
+                                         "dynamic controller's first guess."),
+        "protocol": Param(enum=("A", "B", "C"), optional=True,
+                          description="Replication protocol (refused while both are "
+                                      "Primary; allow-two-primaries needs C)."),
+        "allow-two-primaries": Param(type="boolean", optional=True,
+                                     description="Allow both nodes to be Primary at once "
+                                                 "(live migration); 0 is refused while both "
+                                                 "are Primary."),
+        **CONTROLLER_PARAMS,
+    },
+    returns={"type": "object"},
+    cli=CliSpec(("volume", "set"), positional=("volume",)),
+)
+async def volume_set(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    service = volumes(ctx)
+    name = params["volume"]
+    changes = _engine_settings(params)
+    if not changes:
+        raise ApiError(400, "no setting to change given", {
+            "resync-rate": "one of " + ", ".join(SETTINGS) + " is needed"})
+    if not service.exists_locally(name):
+        raise fail(f"no volume named '{name}' on node {ctx.node}")
+    try:
+        rec = await service.record(name, serializable=False)
+    except (VolumeFailure, StoreUnavailable) as exc:
+        raise fail(str(exc)) from None
+    errors = _setting_errors(record_settings(rec), changes)
+    if errors:
+        raise ParamError(errors)
+    try:
+        res = await service.adjust_volume(name, changes)
+    except SettingRefused as exc:
+        if exc.setting in PARAM_OF:
+            raise ApiError(400, f"volume {name}: {exc}", {PARAM_OF[exc.setting]: str(exc)}
+                           ) from None
+        raise ApiError(400, f"volume {name}: {exc}") from None
+    except (VolumeFailure, StoreUnavailable) as exc:
+        raise fail(str(exc)) from None
+    return {"name": name, "changed": res.get("changed", {}),
+            "settings": res.get("settings", {}), "cstate": res.get("cstate"),
+            "role": res.get("role"), "peer_role": res.get("peer_role")}
+
+
+@registry.register(
+    "GET", "/nodes/{node}/volumes/{volume}/config", name="volume_config", permission=AUDIT,
+    proxyto="node",
+    description="The volume's effective settings on this node (a drbdsetup show view in "
+                "the CLI).",
+    parameters={"node": NODE, "volume": VOLUME}, returns={"type": "object"},
+    cli=CliSpec(("volume", "config"), positional=("volume",), formatter="volume_config",
+                help="effective settings, drbdsetup show style"),
+)
+async def volume_config(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    service = volumes(ctx)
+    name = params["volume"]
+    if not service.exists_locally(name):
+        raise fail(f"no volume named '{name}' on node {ctx.node}")
+    try:
+        st = await service.call("status", name=name)
+        if "settings" not in st:          # not up: the configuration file's
+            st = {**st, **await service.call("adjust", name=name, dry_run=True)}
+    except VolumeFailure as exc:
+        raise fail(str(exc)) from None
+    return {k: st.get(k) for k in ("name", "node", "peer_node", "protocol", "settings",
+                                   "peer", "cstate")}
 
 
 @registry.register(

@@ -54,6 +54,7 @@ SHUTDOWN_WAIT = 120.0   # below systemd's stop timeout if binomed.service sets 1
 # a plain binomed restart waits this long for the CRM to freeze this node's services
 RESTART_WAIT = 10.0
 CLUSTERLOG_PRI = {"warn": "warning", "err": "err", "alert": "alert"}
+HEARTBEAT_RETRY = 0.2   # seconds between attempts after a failed renewal
 
 
 class Fencer:
@@ -167,8 +168,11 @@ class HaService:
         return self._hb_ok and self._hb_lease is not None and self._hb_lease == self.lease_id
 
     def guest_nodes(self) -> list[str]:
+        # Evicted nodes (`cluster expected 1` on the other side) stay HA nodes: their
+        # services must still be fenced away from them (device or lease expiry) before
+        # they are recovered; a node the CRM no longer knows would leave them in `fence`.
         return sorted(name for name, rec in self.cluster.node_records.items()
-                      if rec.get("role", "node") == "node" and rec.get("state") != "evicted")
+                      if rec.get("role", "node") == "node")
 
     def log(self, level: str, source: str, message: str) -> None:
         log.log(LOG_LEVELS.get(level, logging.INFO), "%s: %s", source, message)
@@ -333,8 +337,10 @@ class HaService:
     async def _heartbeat_loop(self) -> None:
         seq = 0
         while not self._stopping:
+            began = time.monotonic()
+            ok = False
             try:
-                await self._heartbeat(seq)
+                ok = await self._heartbeat(seq)
             except asyncio.CancelledError:
                 raise
             except StoreUnavailable as exc:
@@ -342,25 +348,34 @@ class HaService:
             except Exception:
                 log.exception("HA heartbeat failed")
             seq += 1
-            await asyncio.sleep(self.timers.keepalive_interval)
+            # Renewals keep a fixed cadence from their send time; a missed one (an etcd
+            # leader election, a slow member) is retried almost at once, because the
+            # self-fence deadline counts from the last *successful* renewal and one
+            # full keepalive_interval of waiting would eat most of the margin.
+            if ok:
+                pause = self.timers.keepalive_interval - (time.monotonic() - began)
+            else:
+                pause = HEARTBEAT_RETRY
+            await asyncio.sleep(max(0.02, pause))
 
-    async def _heartbeat(self, seq: int) -> None:
+    async def _heartbeat(self, seq: int) -> bool:
         store, lease = self.store, self.lease_id
         if store is None or lease is None:
-            return
+            return False
         sent = time.monotonic()
         ttl = await store.refresh_lease(lease, timeout=self.io_timeout)
         if ttl <= 0:
             self._hb_ok = False
-            return
+            return False
         rev = await store.txn([], {keys.ha_heartbeat(self.node): ({"seq": seq}, lease)}, (),
                         self.io_timeout)
         if rev is None:
-            return
+            return False
         self.renewed_at, self._hb_lease, self._hb_ok = sent, lease, True
         lrm = self.lrm
         if lrm.armed and lrm.state == LrmState.ACTIVE and self.armed_sids:
             self.watchdog_arm(sent + self.timers.self_fence_deadline, self.armed_sids)
+        return True
 
     async def _round_loop(self) -> None:
         while not self._stopping:

@@ -20,8 +20,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from binome.storage.replica import handlers as handlers_mod
 from binome.storage.replica.csum import ALGORITHMS
@@ -32,6 +33,16 @@ from binome.storage.replica.states import Fencing
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_SOCKET_PATH = 107
+
+# What `adjust` may change on an existing volume (DRBD's `drbdadm adjust` of the
+# `disk`/`net` options). LOCAL ones are this side's business (the resync controller of
+# the side that pulls); SHARED ones are compared in P_PROTOCOL, so while connected they
+# are renegotiated with the peer over the link (P_STATE `adjust`), as DRBD 8.4's
+# P_PROTOCOL_UPDATE does.
+LOCAL_OPTIONS = ("resync_rate", "c_plan_ahead", "c_fill_target", "c_delay_target",
+                 "c_max_rate", "c_min_rate")
+SHARED_OPTIONS = ("protocol", "allow_two_primaries", "verify_alg", "csums_alg")
+ADJUSTABLE = LOCAL_OPTIONS + SHARED_OPTIONS
 
 
 class ConfigError(ValueError):
@@ -149,9 +160,42 @@ class VolumeConfig:
                 or self.c_max_rate <= 0):
             raise ConfigError("c_plan_ahead, c_fill_target, c_delay_target and c_min_rate "
                               "must not be negative, c_max_rate must be positive")
+        if self.c_min_rate > self.c_max_rate:
+            raise ConfigError(f"c_min_rate ({self.c_min_rate}) must not exceed c_max_rate "
+                              f"({self.c_max_rate})")
         if self.c_plan_ahead and not self.c_fill_target and not self.c_delay_target:
             raise ConfigError("the dynamic resync controller needs c_fill_target or "
                               "c_delay_target")
+
+    def settings(self) -> dict[str, Any]:
+        """The adjustable settings as they are (status, `drbdsetup show`)."""
+        return {k: getattr(self, k) for k in ADJUSTABLE}
+
+    def adjusted(self, changes: dict[str, Any]) -> VolumeConfig:
+        """This configuration with `changes` (ADJUSTABLE keys only) applied, validated."""
+        unknown = set(changes) - set(ADJUSTABLE)
+        if unknown:
+            raise ConfigError(f"{sorted(unknown)[0]}: not an adjustable setting (one of "
+                              f"{', '.join(ADJUSTABLE)})")
+        typed: dict[str, Any] = {}
+        for key, value in changes.items():
+            kind = type(getattr(self, key))
+            try:
+                if kind is bool:
+                    if value not in (True, False, 0, 1, "0", "1", "true", "false"):
+                        raise ValueError(value)
+                    typed[key] = value in (True, 1, "1", "true")
+                elif kind is int:
+                    typed[key] = int(value)
+                elif kind is float:
+                    typed[key] = float(value)
+                else:
+                    typed[key] = str(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{key}: invalid value {value!r}") from None
+        cfg = replace(self, **typed)
+        cfg.validate()
+        return cfg
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"

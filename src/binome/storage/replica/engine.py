@@ -15,7 +15,9 @@ invalidate-remote, pause-sync, resume-sync, verify, verify-stop, resize, status,
 proc, bitmap, write-bitmap, shutdown; for the daemon's quorum fencing: peer-outdated (the
 fence-peer handler succeeded), outdated-by-peer (the peer fenced us first),
 set-fencing (standalone mode); attach (a replaced disk after a local I/O
-error detached the old one), set-handlers (handler commands); and `events`, a
+error detached the old one), set-handlers (handler commands), adjust (change
+the resync controller, protocol, allow-two-primaries, verify/csums algorithms
+of an existing volume, live); and `events`, a
 stream of every state change (one status object per change, preceded by one
 per up volume and an `exists-end` marker) and of handler runs (`call`,
 `response`).
@@ -74,6 +76,7 @@ class Engine:
             "outdated-by-peer": self.outdated_by_peer, "set-fencing": self.set_fencing,
             "verify": self.verify, "verify-stop": self.verify_stop, "resize": self.resize,
             "events": self.events, "attach": self.attach, "set-handlers": self.set_handlers,
+            "adjust": self.adjust,
         }
 
     async def start(self) -> None:
@@ -330,6 +333,30 @@ class Engine:
             await vol.set_fencing(fencing)
             log.warning("%s: fencing set to %s", name, fencing)
             return vol.status()
+
+    async def adjust(self, name: str, dry_run: bool = False, **changes: Any) -> dict[str, Any]:
+        """Change settings of an existing volume (drbdadm adjust; config.ADJUSTABLE).
+
+        Up: applied live (Volume.adjust: the peer too for the settings both must
+        agree on, while connected). Not up: volume.json only. Answers
+        {"changed": {setting: [old, new]}, "settings": {...}} (+ the status when up);
+        EINVAL for a bad value, ESTATE ("<setting>: reason") for a refused change.
+        """
+        async with self._lock(name):
+            vol = self.volumes.get(name)
+            if vol is not None:
+                changed = await vol.adjust(changes, dry_run=bool(dry_run))
+                return {**vol.status(), "changed": changed}
+            cfg = self._config(name)
+            new = cfg.adjusted(changes)
+            changed = {k: [a, b] for k, a in cfg.settings().items()
+                       if (b := new.settings()[k]) != a}
+            if changed and not dry_run:
+                new.save(self._dir(name) / "volume.json")
+                log.info("%s: adjusted (not up): %s", name, ", ".join(
+                    f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+            return {"name": name, "cstate": "Unconfigured", "changed": changed,
+                    "settings": (cfg if dry_run else new).settings()}
 
     async def set_handlers(self, name: str, handlers: dict[str, str],
                            handler_timeout: float | None = None) -> dict[str, Any]:

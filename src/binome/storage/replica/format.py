@@ -142,3 +142,40 @@ def volume_status(data: Any) -> str:
     if not statuses:
         return "no replicated volumes on this node"
     return proc_drbd(statuses) + "\n" + drbdadm_status(statuses)
+
+
+def drbdsetup_show(data: Any) -> str:
+    """`binome volume config NAME`: the effective settings in `drbdsetup show`'s syntax
+    (DRBD 8.4's sections and units: rates in KiB/s, times in 1/10 s, fill in sectors)."""
+    statuses = data if isinstance(data, list) else [data]
+    out = []
+    for st in statuses:
+        s = st.get("settings") or {}
+
+        def kib(v: Any) -> str:
+            return f"{int(v) // 1024}k"
+
+        net = [("protocol", s.get("protocol", st.get("protocol", "C"))),
+               ("allow-two-primaries", "yes" if s.get("allow_two_primaries") else "no"),
+               ("verify-alg", s.get("verify_alg") or '""'),
+               ("csums-alg", s.get("csums_alg") or '""')]
+        disk = [("resync-rate", kib(s.get("resync_rate", 0)), "bytes/second; 0: unlimited"),
+                ("c-plan-ahead", round(float(s.get("c_plan_ahead", 0)) * 10),
+                 "1/10 seconds; 0: fixed resync-rate"),
+                ("c-delay-target", round(float(s.get("c_delay_target", 0)) * 10),
+                 "1/10 seconds"),
+                ("c-fill-target", f"{int(s.get('c_fill_target', 0)) // 512}s", "sectors"),
+                ("c-max-rate", kib(s.get("c_max_rate", 0)), "bytes/second"),
+                ("c-min-rate", kib(s.get("c_min_rate", 0)), "bytes/second")]
+        lines = [f"resource {st.get('name')} {{", "    net {"]
+        lines += [f"        {k:<24}{v};" for k, v in net]
+        lines += ["    }", "    disk {"]
+        lines += [f"        {k:<24}{v}; # {c}" for k, v, c in disk]
+        lines += ["    }"]
+        peer = st.get("peer") or {}
+        if st.get("peer_node") or peer.get("address"):
+            lines += [f"    connection {{ # {st.get('node', '')} - {st.get('peer_node', '')}",
+                      f"        _peer_address           {peer.get('address', '')};", "    }"]
+        lines.append("}")
+        out.append("\n".join(lines))
+    return "\n".join(out) if out else "no replicated volumes on this node"

@@ -13,7 +13,8 @@ connection on the replication network carries everything, in order:
    dropped and retried (packet layouts differ).
 3. **Settings** (`P_PROTOCOL`: protocol, after-sb policies, two-primaries,
    discard-my-data, verify-alg, csums-alg; any mismatch is "incompatible ...
-   settings", StandAlone),
+   settings", StandAlone; once connected, `adjust` changes them on both sides
+   through P_STATE `adjust`/`adjusted`/`adjust_failed`, see `request_adjust`),
    then sizes (they must be equal), UUIDs with bitmap weight and flags, state.
 4. **Decision**: `handshake.sync_handshake` on both sides (they agree: the
    inputs are mirrored and the tie flag is opposite). Connected, or a bitmap
@@ -22,10 +23,12 @@ connection on the replication network carries everything, in order:
 5. **Replication** (Connected, SyncSource, SyncTarget): each application
    write goes to the peer as P_DATA; protocol A completes it once handed to
    the socket, B on P_RECV_ACK, C on P_WRITE_ACK (sent after the peer's
-   write). Writes stay in the transfer log until their epoch's P_BARRIER_ACK
-   (a barrier closes an epoch on every flush and every `max_epoch_size`
-   writes; the peer acks it after fdatasync). When the link breaks, every
-   write still in the transfer log is marked out of sync.
+   write); the P_DATA says which ack it wants (DP_SEND_*_ACK), so a protocol
+   changed by `adjust` never strands a write in flight. Writes stay in the
+   transfer log until their epoch's P_BARRIER_ACK (a barrier closes an epoch
+   on every flush and every `max_epoch_size` writes; the peer acks it after
+   fdatasync). When the link breaks, every write still in the transfer log is
+   marked out of sync.
    With two primaries both sides send P_DATA; each carries `applied`, the
    last peer write its sender had applied, and the side with the tie flag
    skips the bytes of a peer write that its own concurrent writes overlap
@@ -55,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import itertools
 import logging
@@ -122,6 +126,7 @@ class Resync:
     own_io: int = 0              # bytes this resync added to the I/O counters (not the app's)
     # the dynamic controller (rsctl) and the c-min-rate throttle
     plan: rsctl.Plan | None = None
+    plan_for: Any = None          # the RateSettings the plan was made with (adjust resets it)
     budget: int = 0
     next_step: float = 0.0
     step_bytes: int = 0
@@ -237,6 +242,7 @@ class PeerLink:
         self._verify_task: asyncio.Task | None = None
         self._verify_runs: list[list[int]] = []          # [first block, count], coalesced
         self._resize_wait: asyncio.Future | None = None  # our resize, until the peer grew
+        self._adjust_wait: asyncio.Future | None = None  # our adjust, until the peer applied
 
     def _policy(self, n: int) -> AfterSb:
         return parse_policy(getattr(self.cfg, f"after_sb_{n}pri"), n, my_name=self.cfg.node,
@@ -681,9 +687,12 @@ class PeerLink:
         least one block), then waits for the next step. The fixed controller
         also never asks ahead of `resync_rate`.
         """
-        s = self.rate
         while True:
+            s = self.rate              # re-read: `adjust` may change it during a wait
             now = time.monotonic()
+            if rs.plan_for is not s:
+                # `adjust` changed the settings mid-resync: plan afresh from the next step.
+                rs.plan, rs.plan_for, rs.next_step = None, s, min(rs.next_step, now)
             if now >= rs.next_step:
                 io = self._app_io()
                 app = io - rs.step_io
@@ -909,6 +918,36 @@ class PeerLink:
             if self._resize_wait is fut:
                 self._resize_wait = None
 
+    # --- adjust -------------------------------------------------------------------------
+
+    def apply_config(self, cfg: Any) -> None:
+        """Settings changed by `adjust` (Volume.adjust): used from the next write, request
+        or handshake on. The protocol travels with each write (DP_SEND_*_ACK)."""
+        self.cfg = cfg
+        self.settings = dataclasses.replace(
+            self.settings, protocol=cfg.protocol, allow_two_primaries=cfg.allow_two_primaries,
+            verify_alg=cfg.verify_alg, csums_alg=cfg.csums_alg)
+        self.rate = cfg.rate_settings()
+
+    @property
+    def adjusting(self) -> bool:
+        return self._adjust_wait is not None
+
+    async def request_adjust(self, shared: dict[str, Any]) -> None:
+        """Ask the peer to apply the settings both sides must agree on; raises ValueError
+        with the peer's reason when it refuses. Ours are applied by the caller after."""
+        if self._adjust_wait is not None:
+            raise ValueError("an adjust is already running")
+        fut = asyncio.get_running_loop().create_future()
+        self._adjust_wait = fut
+        try:
+            self._send_state(adjust=shared)
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                await fut
+        finally:
+            if self._adjust_wait is fut:
+                self._adjust_wait = None
+
     # --- online verify ------------------------------------------------------------------
 
     def start_verify(self, start: int = 0) -> None:
@@ -1096,6 +1135,11 @@ class PeerLink:
         """
         seq = next(self._seq)
         self._tl[seq] = (offset, length, self._epoch)
+        protocol = self.cfg.protocol
+        if protocol == "B":
+            flags |= wire.DP_SEND_RECEIVE_ACK
+        elif protocol == "C":
+            flags |= wire.DP_SEND_WRITE_ACK
         hdr = wire.data_header(seq, offset, length, flags, self._peer_applied)
         try:
             if data is None:
@@ -1117,7 +1161,7 @@ class PeerLink:
         self._epoch_writes += 1
         if self._epoch_writes >= self.cfg.max_epoch_size:
             self.send_barrier()         # nobody waits: it only lets the transfer log drain
-        if self.cfg.protocol == "A":
+        if protocol == "A":
             return None
         done = Completion()
         self._acks[seq] = done
@@ -1170,7 +1214,9 @@ class PeerLink:
         seq, offset, length, flags, applied = wire.DATA_HDR.unpack_from(payload)
         if offset + length > vol.size:
             raise wire.WireError("write beyond the end of the volume")
-        if self.cfg.protocol == "B":
+        # The ack the sender asked for (its protocol when it sent this write), not ours:
+        # the two differ for writes crossing an `adjust` of the protocol.
+        if flags & wire.DP_SEND_RECEIVE_ACK:
             self._send(wire.packet(P.RECV_ACK, wire.ACK.pack(seq)))
         self._peer_applied = seq
         pieces = None
@@ -1192,7 +1238,7 @@ class PeerLink:
             vol.local_io_error("write", e)      # on-io-error detach (volume.py)
             self._send(wire.packet(P.NEG_ACK, wire.ACK.pack(seq)))
             return
-        if self.cfg.protocol != "C":
+        if not flags & wire.DP_SEND_WRITE_ACK:
             return
         if flags & wire.DP_FUA:
             async def ack_after_flush() -> None:
@@ -1410,6 +1456,26 @@ class PeerLink:
                     fut.set_result(None)
                 else:
                     fut.set_exception(ValueError(str(d["resize_failed"])))
+        elif d.get("adjust"):
+            # The peer's `adjust` of a setting both sides must agree on: apply ours first,
+            # then answer (it applies its own when the answer arrives). Refused while our
+            # own adjust waits: both would end up with the other's values.
+            try:
+                if self._adjust_wait is not None:
+                    raise ValueError("a concurrent adjust runs on this side")
+                await self.vol.adjust(dict(d["adjust"]), from_peer=True)
+            except Exception as e:
+                log.error("%s: adjust requested by the peer refused: %s", self.vol.name, e)
+                self._send_state(adjust_failed=f"{self.cfg.node or 'peer'}: {e}")
+            else:
+                self._send_state(adjusted=True)
+        elif d.get("adjusted") or d.get("adjust_failed"):
+            fut, self._adjust_wait = self._adjust_wait, None
+            if fut is not None and not fut.done():
+                if d.get("adjusted"):
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(ValueError(str(d["adjust_failed"])))
         elif d.get("verify") == "start" and self.vol.state.conn == ConnState.Connected:
             block = self.cfg.bm_block_size
             start = int(d.get("start", 0))
@@ -1499,6 +1565,8 @@ class PeerLink:
         self._end_verify(stopped=False, lost=True)
         if self._resize_wait is not None and not self._resize_wait.done():
             self._resize_wait.set_exception(ConnectionError("connection lost during resize"))
+        if self._adjust_wait is not None and not self._adjust_wait.done():
+            self._adjust_wait.set_exception(ConnectionError("connection lost during adjust"))
         self.peer_paused = False
         old = vol.state
         if old.disk == DiskState.Diskless:

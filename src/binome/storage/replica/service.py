@@ -49,7 +49,13 @@ from binome.errors import BinomeError
 from binome.storage.replica import control, supervisor
 from binome.storage.replica import handlers as handlers_mod
 from binome.storage.replica import keys as vkeys
-from binome.storage.replica.config import MAX_SOCKET_PATH, NAME_RE, ConfigError, parse_size
+from binome.storage.replica.config import (
+    ADJUSTABLE,
+    MAX_SOCKET_PATH,
+    NAME_RE,
+    ConfigError,
+    parse_size,
+)
 from binome.storage.replica.splitbrain import parse_policy
 from binome.storage.replica.states import Fencing
 from binome.store.client import StoreUnavailable
@@ -85,6 +91,20 @@ PUBLISHED = ("role", "peer_role", "cstate", "disk", "peer_disk", "suspended", "g
 
 class VolumeFailure(BinomeError):
     """A volume operation was refused or failed; the message is for the administrator."""
+
+
+class SettingRefused(VolumeFailure):
+    """An `adjust` refused by an engine; `setting` names the refused one (config key)."""
+
+    def __init__(self, message: str, setting: str | None) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+def record_settings(rec: dict[str, Any]) -> dict[str, Any]:
+    """The adjustable engine settings a volume record asks for (keys it does not carry
+    keep the engine's defaults: records written before `adjust` existed)."""
+    return {k: rec[k] for k in ADJUSTABLE if rec.get(k) is not None}
 
 
 class FenceFailed(VolumeFailure):
@@ -450,6 +470,7 @@ class VolumeService:
             "allow_two_primaries": bool(rec.get("allow_two_primaries", False)),
             "connect_int": CONNECT_INT, "ping_int": PING_INT, "ping_timeout": PING_TIMEOUT,
             **self.node_handlers(),
+            **record_settings(rec),
         }
         for n in (0, 1, 2):
             key = f"after_sb_{n}pri"
@@ -466,13 +487,16 @@ class VolumeService:
                             storage: str | None = None, vmid: int | None = None,
                             backing_dir: str | None = None, primary: bool = True,
                             task: Task | None = None, wait_peer: float = 30.0,
-                            allow_two_primaries: bool = False) -> dict[str, Any]:
+                            allow_two_primaries: bool = False,
+                            options: dict[str, Any] | None = None) -> dict[str, Any]:
         """Create a volume on this node and its peer; this node becomes its Primary.
 
         The record goes to etcd first (the name, the port and the secret are
         claimed there atomically); the peer's daemon creates its copy from it.
         This node waits (up to `wait_peer` s) for the peer to connect, then
-        forces itself Primary, which starts the initial full sync.
+        forces itself Primary, which starts the initial full sync. `options`: more
+        adjustable engine settings (config.ADJUSTABLE: the c_* of the dynamic resync
+        controller, verify_alg, csums_alg), recorded like the others.
         """
         say = task.log if task is not None else (lambda m: log.info("%s", m))
         if not NAME_RE.match(name):
@@ -509,6 +533,10 @@ class VolumeService:
                 n["backing_dir"] = backing_dir
         for n, policy in (after_sb or {}).items():
             rec[f"after_sb_{n}pri"] = policy
+        for key, value in (options or {}).items():
+            if key not in ADJUSTABLE:
+                raise VolumeFailure(f"{key}: not a volume setting")
+            rec[key] = value
         for _ in range(10):
             if await store.get(vkeys.config(name)) is not None:
                 raise VolumeFailure(f"volume '{name}' already exists")
@@ -720,11 +748,30 @@ class VolumeService:
             # handlers.json changed (or first round since the daemon started).
             await self.call("set-handlers", name=name, **wanted)
             self._handlers_applied[name] = wanted
+        wanted_settings = record_settings(rec)
         if not local["up"]:
+            # The record's settings first (changed while this node was away): a handshake
+            # with the old ones would end in "incompatible ... settings".
+            if wanted_settings:
+                await self._adjust_engine(name, wanted_settings)
             if self.node in rec.get("down", []):
                 return
             await self.call("up", name=name)
         st = await self.call("status", name=name)
+        have = st.get("settings") or {}
+        diff = {k: v for k, v in wanted_settings.items() if have.get(k, v) != v}
+        if diff:
+            # `binome volume set` on the other node (or here before a restart): the
+            # shared settings usually arrived over the link already; the rest come here.
+            st = await self._adjust_engine(name, diff)
+            log.info("volume %s: settings from the cluster record applied on %s: %s", name,
+                     self.node, ", ".join(f"{k}={v!r}" for k, v in sorted(diff.items())))
+        if (st["cstate"] == "StandAlone" and "incompatible" in
+                str((st.get("peer") or {}).get("last_error") or "")):
+            # The link gave up on settings that differed; the record is applied now, so
+            # try again (the peer's loop does the same on its side).
+            await self.call("connect", name=name)
+            st = await self.call("status", name=name)
         connected = st["cstate"] in CONNECTED_STATES
         peer = self.peer_of(rec)
         mine = marks.get(self.node)
@@ -928,6 +975,66 @@ class VolumeService:
             st = await self.call("resize", name=name, size=size)
             await self._set_record(name, lambda r: {**r, "size": max(int(r["size"]), size)})
         return st
+
+    async def _adjust_engine(self, name: str, changes: dict[str, Any], *,
+                             dry_run: bool = False) -> dict[str, Any]:
+        try:
+            return await self.call("adjust", name=name, dry_run=dry_run, **changes)
+        except VolumeFailure as exc:
+            text = str(exc)
+            key = text.split(":", 1)[0]
+            raise SettingRefused(text, key if key in ADJUSTABLE else None) from None
+
+    async def adjust_volume(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change settings of a volume (drbdadm adjust) on this node and its peer.
+
+        This node's engine checks first (dry run: the values and DRBD's rules for
+        its current state), then the record changes (a compare-and-swap), then the
+        engine applies it live: the settings both sides must agree on reach the
+        peer's engine over the replication link while connected. The peer's daemon
+        makes its engine match the record in its reconcile loop (the only way while
+        disconnected, and for the resync controller's settings, which each side
+        keeps for itself). The record first: the peer's loop must never see an
+        engine newer than the record and turn it back. If the engine then refuses
+        (the peer refused), the record gets its old values back.
+        Returns {"changed": {setting: [old, new]}, "settings", "status"}.
+        """
+        unknown = set(changes) - set(ADJUSTABLE)
+        if unknown:
+            raise SettingRefused(f"{sorted(unknown)[0]}: not a volume setting",
+                                 sorted(unknown)[0])
+        async with self.lock(name):
+            rec = await self.record(name, serializable=False)
+            if rec.get("deleting"):
+                raise VolumeFailure(f"volume {name} is being deleted")
+            if self.node not in rec.get("nodes", {}):
+                raise VolumeFailure(f"volume {name} has no copy on {self.node}")
+            dry = await self._adjust_engine(name, changes, dry_run=True)
+            old = {k: rec.get(k) for k in changes}
+            await self._set_record(name, lambda r: {**r, **changes})
+            try:
+                res = await self._adjust_engine(name, changes)
+            except VolumeFailure:
+                def undo(r: dict[str, Any]) -> dict[str, Any]:
+                    if all(r.get(k) == v for k, v in changes.items()):
+                        r.update({k: v for k, v in old.items()})
+                        for k in [k for k, v in old.items() if v is None]:
+                            r.pop(k, None)
+                    return r
+                with contextlib.suppress(VolumeFailure, StoreUnavailable):
+                    await self._set_record(name, undo)
+                raise
+            self.records[name] = {**rec, **changes}
+        # What changed against this engine before (the peer's loop may have brought the
+        # shared settings over the link first: then the engine's own answer is empty).
+        changed = dry.get("changed", {}) or res.get("changed", {})
+        res = {**res, "changed": changed}
+        if changed:
+            await self.clusterlog.write(
+                f"volume {name}: settings changed on {self.node}: " + ", ".join(
+                    f"{k} {a} -> {b}" for k, (a, b) in sorted(changed.items())), tag="volume")
+        self._wake.set()            # (the peer's loop wakes on its own: every second)
+        return res
 
     async def standalone(self, name: str, enable: bool, task: Task | None = None
                          ) -> dict[str, Any]:

@@ -56,7 +56,13 @@ from binome.storage.replica import format as fmt
 from binome.storage.replica import handlers, states
 from binome.storage.replica.activity_log import ActivityLog
 from binome.storage.replica.bitmap import Bitmap
-from binome.storage.replica.config import VolumeConfig
+from binome.storage.replica.config import (
+    ADJUSTABLE,
+    LOCAL_OPTIONS,
+    SHARED_OPTIONS,
+    ConfigError,
+    VolumeConfig,
+)
 from binome.storage.replica.disk import LocalDisk
 from binome.storage.replica.meta import MetaError, MetaFile, Superblock
 from binome.storage.replica.nbd.server import NbdServer
@@ -626,6 +632,89 @@ class Volume:
                                         f"resize without assume_peer_has_space")
         await self.grow(size)
 
+    # --- adjust (drbdadm adjust of the disk/net options) ---------------------------------
+
+    def _check_adjust(self, new: VolumeConfig, diff: dict[str, list[Any]]) -> None:
+        """DRBD's rules for what may change now (drbd_nl.c `_check_net_options`); raises
+        VolumeError("ESTATE", "<setting>: reason") naming the refused setting."""
+        s = self.state
+        link = self.link
+        both_primary = s.role == Role.Primary and s.peer == Role.Primary
+        if "allow_two_primaries" in diff and not new.allow_two_primaries and both_primary:
+            raise VolumeError("ESTATE", "allow_two_primaries: State change failed: Can not "
+                                        "clear allow_two_primaries as long as there are "
+                                        "primaries on both sides")
+        if "protocol" in diff and both_primary:
+            raise VolumeError("ESTATE", "protocol: State change failed: can not change the "
+                                        "protocol while both sides are Primary")
+        if "verify_alg" in diff and s.conn in (ConnState.VerifyS, ConnState.VerifyT):
+            raise VolumeError("ESTATE", "verify_alg: State change failed: Can not change "
+                                        "verify-alg while online verify runs")
+        if "csums_alg" in diff and s.conn in (
+                ConnState.SyncSource, ConnState.SyncTarget, ConnState.PausedSyncS,
+                ConnState.PausedSyncT, ConnState.WFBitMapS, ConnState.WFBitMapT,
+                ConnState.WFSyncUUID):
+            raise VolumeError("ESTATE", "csums_alg: State change failed: Can not change "
+                                        "csums-alg while resync is in progress")
+        shared = [k for k in diff if k in SHARED_OPTIONS]
+        if shared and link is not None and not link.stopped and s.conn == ConnState.WFReportParams:
+            # P_PROTOCOL is being exchanged with the old values: the peer would compare
+            # the wrong ones. The handshake takes a moment; ask again after it.
+            raise VolumeError("ESTATE", f"{shared[0]}: State change failed: the connection "
+                                        f"handshake is in progress (WFReportParams); retry")
+
+    async def adjust(self, changes: dict[str, Any], *, dry_run: bool = False,
+                     from_peer: bool = False) -> dict[str, list[Any]]:
+        """Change settings of the running volume (DRBD's `adjust`); {setting: [old, new]}.
+
+        LOCAL_OPTIONS (the resync controller) take effect at the next controller step,
+        also during a running resync. SHARED_OPTIONS, while connected, are first
+        applied by the peer (P_STATE `adjust`, DRBD's P_PROTOCOL_UPDATE) and then here;
+        a refusal by either side changes nothing. Disconnected, they change here only
+        and the next handshake compares them (the daemon adjusts both nodes); a link
+        that gave up on "incompatible ... settings" connects again after an adjust.
+        Persisted in volume.json.
+        """
+        old = self.config
+        try:
+            new = old.adjusted(changes)
+        except ConfigError as e:
+            raise VolumeError("EINVAL", str(e)) from None
+        diff = {k: [getattr(old, k), getattr(new, k)] for k in ADJUSTABLE
+                if getattr(old, k) != getattr(new, k)}
+        if not diff:
+            return {}
+        self._check_adjust(new, diff)
+        if dry_run:
+            return diff
+        link = self.link
+        shared = {k: getattr(new, k) for k in diff if k in SHARED_OPTIONS}
+        if (shared and not from_peer and link is not None and not link.stopped
+                and self.state.conn >= ConnState.Connected):
+            try:
+                await link.request_adjust(shared)
+            except (ValueError, ConnectionError, TimeoutError) as e:
+                raise VolumeError("ESTATE", f"{next(iter(shared))}: the peer refused the "
+                                            f"change: {e}") from None
+            # The peer applied it; ours must follow whatever changed here meanwhile.
+            new = replace(self.config, **shared, **{k: getattr(new, k) for k in diff
+                                                     if k in LOCAL_OPTIONS})
+        else:
+            new = replace(self.config, **{k: getattr(new, k) for k in diff})
+        self.config = new
+        if self.link is not None:
+            self.link.apply_config(new)
+        await asyncio.to_thread(new.save, Path(self.conf_path))
+        log.info("%s: adjusted%s: %s", self.name, " by the peer" if from_peer else "",
+                 ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items()))
+        link = self.link
+        if (shared and not from_peer and link is not None and link.stopped
+                and "incompatible" in (link.last_error or "")):
+            await self.connect()
+        if self.on_change is not None:
+            self.on_change(self)
+        return diff
+
     async def grow(self, size: int) -> None:
         """Grow this copy: backing file, then volume.json, then the metadata (commit point).
 
@@ -1145,6 +1234,7 @@ class Volume:
                        "peer": bool(link is not None and link.peer_paused)},
             "verify": self.verify_result,
             "protocol": cfg.protocol if cfg.has_net else "C",
+            "settings": cfg.settings(),
             "has_net": cfg.has_net,
             "node": cfg.node,
             "peer_node": cfg.peer_node,

@@ -19,7 +19,9 @@ MAGIC = 0x8620EC20
 HEADER = struct.Struct(">IHI")
 MAX_PAYLOAD = 64 * 1024 * 1024
 # 2: P_DATA carries `applied` (dual-primary); verify and checksum-resync packets.
-PROTOCOL_VERSION = 2
+# 3: P_DATA says which ack it wants (DP_SEND_*_ACK), so `adjust` can change the protocol
+#    while connected; P_STATE `adjust` / `adjusted` / `adjust_failed`.
+PROTOCOL_VERSION = 3
 
 
 class P(enum.IntEnum):
@@ -56,6 +58,11 @@ class P(enum.IntEnum):
 DP_FUA = 1 << 0
 DP_DISCARD = 1 << 1         # punch a hole (TRIM, WRITE_ZEROES)
 DP_ZERO_KEEP = 1 << 2       # zero in place (WRITE_ZEROES with NO_HOLE)
+# The ack the sender waits for (DRBD's DP_SEND_RECEIVE_ACK / DP_SEND_WRITE_ACK): set per
+# write from the sender's protocol at send time, so a protocol changed by `adjust` while
+# writes are in flight never leaves one waiting for an ack the receiver will not send.
+DP_SEND_RECEIVE_ACK = 1 << 3    # protocol B
+DP_SEND_WRITE_ACK = 1 << 4      # protocol C
 
 # seq, offset, length, flags, applied (+ data unless discard). `applied` is the seq of
 # the last peer write the sender had applied when it wrote this one: with two primaries
