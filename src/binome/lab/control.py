@@ -224,12 +224,13 @@ class OutageWatcher:
     """
 
     def __init__(self, doc: dict[str, Any], report: Callable[[str], None],
-                 interval: float = 0.1, timeout: float = 1.0) -> None:
+                 interval: float = 0.1, timeout: float = 1.0, port: int = 80) -> None:
         # timeout: a TCG guest on a loaded machine may take a moment to answer; that is
         # not an outage
         self.doc = doc
         self.url = doc["guest"]["url"]
         self.ip = doc["guest"]["ip"]
+        self.port = port
         self.report = report
         self.interval = interval
         self.timeout = timeout
@@ -239,7 +240,7 @@ class OutageWatcher:
         self._thread = threading.Thread(target=self._loop, name="outage-watcher", daemon=True)
 
     def answers(self) -> bool:
-        conn = http.client.HTTPConnection(self.ip, 80, timeout=self.timeout)
+        conn = http.client.HTTPConnection(self.ip, self.port, timeout=self.timeout)
         try:
             conn.request("GET", "/cgi-bin/status")
             return conn.getresponse().status == 200

@@ -11,7 +11,8 @@ later `make demo` and `binome lab`) need on top of `LabCluster`:
 - fault helpers: `cut_links` (cluster + replication), `power_off` through the
   BMC, `kill_bmc` (BMC unreachable), `pause_daemon` (SIGSTOP binomed by pid),
   and `restore(node)` bringing a faulted node back (links up, BMC restarted,
-  powered on, volumes resynced);
+  powered on if it is off) and waiting until its volume resynced *by itself*;
+  `wait_resynced`, `copies_equal` (checksums of both backing files);
 - `HttpProbe`: a thread inside the client namespace polling the guest's
   `/cgi-bin/status` every ~100 ms; it records every answer with the guest's
   boot time, so "answering again" means *a new instance* answers;
@@ -34,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import hashlib
 import http.client
 import json
 import os
@@ -611,27 +613,55 @@ class HaLab:
             return False
         return any(n.get("name") == node and n.get("online") for n in nodes)
 
-    def restore(self, node: str, timeout: float = 120.0) -> None:
-        """Bring a faulted node back: power-cycled through its BMC, links up, volumes in sync.
+    def restore(self, node: str, timeout: float = 120.0, reset: bool = False) -> None:
+        """Bring a faulted node back (BMC restarted, links up, powered on if it is off) and
+        wait until its volume is in sync again, by itself.
 
-        The node is always power-cycled: the lab's watchdog kills only the guests
-        (`/dev/watchdog` would reset the machine), so a self-fenced node still runs
-        its volume engine, Primary with a copy the survivor recorded Outdated; a
-        reboot is what brings it back as a Secondary that resyncs. A survivor that
-        disconnected from a fenced peer still claiming Primary (`promote_volumes`)
-        stays StandAlone: it is reconnected here (`binome volume connect`).
+        Nothing is reconnected or demoted here: a self-fenced node that still runs
+        (links cut, daemon paused) gives up the Primary role of its stale copy and
+        resyncs by itself (`ha.daemon.executor.release_fenced_volumes`), the
+        survivor reconnects after a recovery that disconnected it, and a node
+        powered on comes up Secondary and resyncs. `reset=True` power-cycles the
+        node through its BMC first (a hardware reset) for a scenario that needs one.
         """
         lab = self.cluster
         if node not in lab.bmcs:
             lab.start_bmc(node)
-        if self.daemon_pid(node) is not None or netns_pids(lab.lab.host(node).netns):
+        if reset and (self.daemon_pid(node) is not None or netns_pids(lab.lab.host(node).netns)):
             self.power_off(node)
         self.restore_links(node)
-        self.power_on(node)
+        if self.daemon_pid(node) is None:
+            if netns_pids(lab.lab.host(node).netns):
+                self.power_off(node)   # what is left of a node without its daemon
+            self.power_on(node)
         lab._wait_api(node, timeout=60)
         wait_until(lambda: self.node_online(node), timeout, f"{node} online again", 0.5)
-        peer = self.other(node)
-        st = self.volume_states(peer)
-        if st and st.get("cstate") == "StandAlone":
-            lab.cli(peer, "volume", "connect", self.volume)
         self.wait_in_sync(timeout)
+
+    def digest(self, node: str) -> str:
+        """sha256 of the volume's data area (the backing file) on `node`."""
+        h = hashlib.sha256()
+        with open(self.backing(node), "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        return h.hexdigest()
+
+    def copies_equal(self, timeout: float = 30.0) -> str:
+        """Wait until both backing files have the same checksum (the survivor's guest may
+        have a write in flight at the first read); returns it."""
+        a, b = self.nodes[0], self.nodes[1]
+        return wait_until(lambda: (d := self.digest(a)) == self.digest(b) and d, timeout,
+                          f"{self.volume}: identical copies on {a} and {b}", 1.0)
+
+    def wait_resynced(self, node: str, timeout: float = 120.0) -> float:
+        """Wait until `node`'s copy is UpToDate Secondary, connected to an UpToDate Primary
+        (no admin command); returns the seconds it took."""
+        began = time.monotonic()
+
+        def done() -> bool:
+            st = self.volume_states(node)
+            return bool(st) and st.get("role") == "Secondary" and st.get("disk") == "UpToDate" \
+                and st.get("cstate") == "Connected" and st.get("peer_disk") == "UpToDate" \
+                and st.get("peer_role") == "Primary"
+        wait_until(done, timeout, f"{self.volume} on {node} UpToDate Secondary by itself", 0.5)
+        return time.monotonic() - began

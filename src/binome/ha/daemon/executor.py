@@ -40,6 +40,7 @@ class Executor:
         self._jobs: dict[str, tuple[str, asyncio.Task]] = {}
         self._results: dict[str, LrmResult] = {}
         self._managed: set[str] = set()
+        self._releasing: asyncio.Task | None = None
 
     # ------------------------------------------------------------ views
 
@@ -169,6 +170,116 @@ class Executor:
         for _sid, t in list(self._jobs.values()):
             t.cancel()
         self._jobs.clear()
+        if self._releasing is not None:
+            self._releasing.cancel()
+
+    # ------------------------------------------------------------ fenced volumes
+
+    def release_fenced(self) -> None:
+        """Called every round: in the background (a round never waits for it), give
+        up the Primary role of volumes whose guest was recovered elsewhere."""
+        if self._releasing is not None and not self._releasing.done():
+            return
+        svc = self.hub.volumes
+        if svc is None or not self._release_candidates():
+            return   # the common case: no etcd read, no task
+        self._releasing = asyncio.get_running_loop().create_task(
+            release_fenced_volumes(self.hub, self._busy_vmids()), name="ha-release-fenced")
+
+    def _busy_vmids(self) -> set[int]:
+        """Guests this node is acting on: running, rebooting, or with an HA job here."""
+        hub = self.hub
+        busy = set(hub.rebooting_vmids)
+        busy |= {v for v in (vmid_of(s) for s, _t in self._jobs.values()) if v is not None}
+        if hub.guests is not None:
+            busy |= set(hub.guests.runtime.running())
+        return busy
+
+    def _release_candidates(self) -> list[str]:
+        svc = self.hub.volumes
+        assert svc is not None
+        busy = self._busy_vmids()
+        return [name for name, st in svc.statuses.items()
+                if _stuck_primary(st) and not st.get("open_count")
+                and isinstance((svc.records.get(name) or {}).get("vmid"), int)
+                and svc.records[name]["vmid"] not in busy]
+
+
+REFUSED_AS_PRIMARY = "but I am primary"   # the handshake's rr-conflict refusal
+
+
+def _stuck_primary(st: dict[str, Any]) -> bool:
+    """This copy is Primary, or was left StandAlone because it was Primary at a handshake
+    that made it SyncTarget (it refused the resync)."""
+    if st.get("role") == "Primary":
+        return True
+    return (st.get("cstate") == "StandAlone"
+            and REFUSED_AS_PRIMARY in str((st.get("peer") or {}).get("last_error") or ""))
+
+
+async def release_fenced_volumes(hub: HaService, busy: set[int]) -> list[str]:
+    """Demote and reconnect the copies here that the peer recorded Outdated, once their
+    guest no longer runs here; returns the volumes released.
+
+    This is what a self-fenced node does when it wakes up (its watchdog fired
+    and killed the guests, its lease expired, the HA manager recovered them on
+    the other node): without `/dev/watchdog` resetting the machine, its engine
+    would stay Primary on stale data and refuse to resync ("I shall become
+    SyncTarget, but I am primary!"). The trigger is the fencing record: the
+    survivor writes this node's mark (a quorum transaction) *before* it
+    promotes, so a mark on a Primary copy whose guest is not running here means
+    the guest lives on the other node now and this copy can only be stale.
+    Then: the engine is told it is Outdated (held writes fail, as
+    `outdated-by-peer` does), Secondary, and connecting: the handshake makes it
+    SyncTarget of the survivor (whose promotion started a new generation from
+    this copy's) and the survivor clears the mark once both are UpToDate. A
+    copy whose peer never marked it (a normal stop, a migration in progress,
+    a Primary created with its volume) is never touched, and neither is one
+    whose guest runs, reboots or has an HA job here (`busy`, vmids). A split
+    brain is not resolved here: the handshake leaves both StandAlone with the
+    reason, as before.
+    """
+    from binome.storage.replica import keys as vkeys
+    from binome.storage.replica.service import CONNECTED_STATES, VolumeFailure
+    from binome.store.client import StoreUnavailable
+
+    svc, store = hub.volumes, hub.store
+    released: list[str] = []
+    if svc is None or store is None:
+        return released
+    for name, st in list(svc.statuses.items()):
+        rec = svc.records.get(name) or {}
+        vmid = rec.get("vmid")
+        if (not isinstance(vmid, int) or vmid in busy or rec.get("deleting")
+                or not _stuck_primary(st) or st.get("open_count")):
+            continue
+        try:
+            entry = await store.get(vkeys.fencing(name), timeout=hub.io_timeout)  # linearizable
+            mark = (((entry.value if entry else None) or {}).get("outdated") or {}).get(hub.node)
+            if mark is None:
+                continue
+            by = mark.get("by") or svc.peer_of(rec)
+            async with svc.lock(name):
+                cur = await svc.call("status", name=name)
+                if not _stuck_primary(cur) or cur.get("open_count") or (
+                        hub.guests is not None and hub.guests.runtime.is_running(vmid)):
+                    continue
+                if (cur.get("cstate") not in CONNECTED_STATES
+                        and cur.get("disk") in ("UpToDate", "Consistent")):
+                    # what the volume service's reconcile loop would do next: the
+                    # engine agrees the copy is stale before it stops being Primary
+                    await svc.call("outdated-by-peer", name=name, by=by)
+            if cur.get("role") == "Primary":
+                await svc.demote(name)
+            await svc.call("connect", name=name)
+        except (VolumeFailure, StoreUnavailable, OSError, TimeoutError) as exc:
+            log.info("volume %s: fenced copy not released yet: %s", name, exc)
+            continue
+        released.append(name)
+        hub.log("info", f"{hub.node}/lrm",
+                f"volume {name}: this copy was recorded Outdated by {by} and VM {vmid} does "
+                f"not run here: demoted to Secondary and reconnecting (it resyncs from {by})")
+    return released
 
 
 async def _local_volumes(hub: HaService, vmid: int) -> list[tuple[str, dict[str, Any]]]:
@@ -224,18 +335,47 @@ async def promote_volumes(hub: HaService, task: Task, sid: str, vmid: int) -> No
                 task.log(f"volume {name}: {peer}'s lease expired (fenced) but its engine is "
                          f"still Primary: disconnecting from it")
                 await svc.call("disconnect", name=name)
-                # record it Outdated ourselves: the volume service's own check takes a
-                # peer whose etcd member answers for an online Primary and would refuse
-                async with svc.lock(name):
-                    outcome = await svc.fence_peer(
-                        name, reason=f"HA recovery of {sid}: {peer}'s lease expired")
-                if outcome != "outdated-peer":
-                    raise GuestFailure(f"volume {name}: the copy on {hub.node} was recorded "
-                                       f"Outdated by {peer}; refusing to start {sid}")
+                try:
+                    await _fence_and_promote(hub, task, sid, name, peer)
+                finally:
+                    # Back to connecting whatever happened, so the fenced peer resyncs
+                    # from us once it is Secondary (`release_fenced_volumes` on its
+                    # side) and no admin `volume connect` is needed. Safe at once: our
+                    # promotion started a new generation whose bitmap UUID is the peer's
+                    # current one, so the handshake makes the peer SyncTarget (rule 50 on
+                    # its side); while it is still Primary it refuses that ("I shall
+                    # become SyncTarget, but I am primary!") and nothing is exchanged; if
+                    # it wrote on its own meanwhile (standalone mode) the generations
+                    # diverged and the after-sb policies (disconnect) leave both StandAlone
+                    # with the reason. Not promoted (we were fenced first): we are the
+                    # Secondary, and the handshake makes *us* SyncTarget.
+                    await svc.call("connect", name=name)
+                    task.log(f"volume {name}: connecting to {peer} again (it resyncs once "
+                             f"it is Secondary)")
+                continue
             await svc.promote(name, task=task)
             task.log(f"volume {name}: Primary on {hub.node}")
         except VolumeFailure as exc:
             raise GuestFailure(f"refusing to start {sid}: {exc}") from None
+
+
+async def _fence_and_promote(hub: HaService, task: Task, sid: str, name: str,
+                             peer: str) -> None:
+    """Record the (disconnected, fenced) peer Outdated ourselves, then promote."""
+    from binome.guest.service import GuestFailure
+
+    svc = hub.volumes
+    assert svc is not None
+    # the volume service's own check takes a peer whose etcd member answers for an
+    # online Primary and would refuse
+    async with svc.lock(name):
+        outcome = await svc.fence_peer(
+            name, reason=f"HA recovery of {sid}: {peer}'s lease expired")
+    if outcome != "outdated-peer":
+        raise GuestFailure(f"volume {name}: the copy on {hub.node} was recorded "
+                           f"Outdated by {peer}; refusing to start {sid}")
+    await svc.promote(name, task=task)
+    task.log(f"volume {name}: Primary on {hub.node}")
 
 
 async def demote_volumes(hub: HaService, task: Task, vmid: int, strict: bool = False) -> None:

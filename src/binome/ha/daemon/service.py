@@ -410,6 +410,10 @@ class HaService:
             self.lrm.written = None
             for err in errors:
                 log.info("%s/lrm: status write refused: %s", self.node, err)
+        # A self-fenced node (watchdog fired, lease expired, guests recovered on the
+        # other node) gives up the Primary role of their volumes and resyncs; checked
+        # every round because a frozen daemon notices it only when it runs again.
+        self.executor.release_fenced()
 
     # ------------------------------------------------------------ status (API)
 
