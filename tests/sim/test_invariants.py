@@ -116,3 +116,31 @@ def test_random_runs_catch_a_frozen_restart_fenced_by_lease_expiry(monkeypatch):
     monkeypatch.setattr(nodes, "_watchdog_trusted", lambda ctx, node: True)
     error = first_error(range(200))
     assert error is not None and "while it still runs on" in error
+
+
+def test_a_dishonest_power_off_confirmation_is_caught():
+    # n2 (no watchdog) is cut off but powered: an admin who confirms it off lies, and
+    # the CRM would recover vm:101 while it runs on n2
+    cluster = {"nodes": {"n1": {}, "n2": {"watchdog": False}}, "witness": "w"}
+    world, _ = start(scenario("delay 20\nnetwork n2 off\ndelay 20\n", cluster))
+    world.run_until(30_000)
+    assert world.confirm_fence("n2") == "the admin finds n2 powered on and does not confirm"
+    with pytest.raises(InvariantViolation, match="power-off of n2 confirmed while it is "
+                                                 "powered on"):
+        world.confirm_fence("n2", honest=False)
+
+
+def test_a_manual_proof_without_confirmation_is_caught(monkeypatch):
+    # a mutant that takes any confirmation, even one for an earlier loss, as a proof
+    cluster = {"nodes": {"n1": {}, "n2": {"watchdog": False}}, "witness": "w"}
+
+    def any_confirmation(ctx, node):
+        rec = ctx.status.node_status.get(node)
+        return dataclasses.replace(ctx.confirmations[node], loss=rec.loss) \
+            if node in ctx.confirmations and rec is not None else None
+    monkeypatch.setattr(nodes, "manual_confirmation", any_confirmation)
+    text = ("delay 10\npower n2 off\ndelay 20\nfence-confirm n2\ndelay 10\npower n2 on\n"
+            "delay 30\nservice vm:100 migrate n2\ndelay 10\nnetwork n2 off\ndelay 30\n")
+    with pytest.raises(InvariantViolation, match=r"vm:10[01] recovered from n2 to n1 while "
+                                                 r"it still runs on n2"):
+        run(scenario(text, cluster))

@@ -63,3 +63,17 @@ def test_agent_options() -> None:
                               "options": "ip=10.0.0.1,lanplus=1"}, [])
     assert public_config("n2", cfg)["options"] == "ip=10.0.0.1,lanplus=1"
     assert public_config("n2", cfg)["has_password"] == 0
+
+
+def test_confirm_off_cli_form_and_warning(capsys) -> None:
+    from binome.cli.main import _aliases, _confirm, build_parser
+
+    assert _aliases(["fence", "n1", "--confirm-off", "--yes"]) == [
+        "fence", "confirm-off", "n1", "--yes"]
+    assert _aliases(["fence", "--confirm-off", "n1"]) == ["fence", "confirm-off", "n1"]
+    assert _aliases(["fence", "n1"]) == ["fence", "node", "n1"]   # unchanged
+    args = build_parser().parse_args(_aliases(["fence", "n1", "--confirm-off", "--yes"]))
+    assert args._method.path == "/cluster/ha/fence/{node}/confirm" and args.p_node == "n1"
+    _confirm(args._spec, args)   # --yes: no question, but the warning is always shown
+    err = capsys.readouterr().err
+    assert "node n1 is POWERED OFF" in err and "run TWICE" in err

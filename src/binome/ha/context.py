@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from binome.ha.env import CrmEnv
 from binome.ha.model import (
     ACTIVE_STATES,
+    FenceConfirmation,
     GroupConfig,
     HaSettings,
     LrmMode,
@@ -47,6 +48,8 @@ class RoundContext:
     facts: dict[str, NodeFacts]
     lrms: dict[str, LrmStatus]
     master_since: float = 0.0
+    # the administrator's power-off confirmations (`ha.nodes.manual_confirmation` checks them)
+    confirmations: dict[str, FenceConfirmation] = field(default_factory=dict)
     _replicas: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
 
     # ------------------------------------------------------------ reads

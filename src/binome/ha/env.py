@@ -36,6 +36,7 @@ from collections.abc import Collection, Sequence
 from typing import Protocol
 
 from binome.ha.model import (
+    FenceConfirmation,
     FenceStatus,
     GroupConfig,
     HaSettings,
@@ -147,6 +148,10 @@ class CrmEnv(ClusterEnv, Protocol):
 
     def fence_status(self, node: str) -> FenceStatus | None:
         """The state of the latest fence request for `node`, if any."""
+        ...
+
+    def fence_confirmations(self) -> dict[str, FenceConfirmation]:
+        """The administrator's power-off confirmations, by node (`binome fence --confirm-off`)."""
         ...
 
 

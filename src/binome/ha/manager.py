@@ -53,7 +53,8 @@ class Manager:
             env=env, timers=self.timers, now=env.now(), status=status,
             resources=env.read_resources(), groups=env.read_groups(),
             settings=env.read_settings(), nodes=env.cluster_nodes(), facts=env.node_facts(),
-            lrms=env.read_lrm_statuses(), master_since=self.since)
+            lrms=env.read_lrm_statuses(), master_since=self.since,
+            confirmations=env.fence_confirmations())
         status.master_node = env.node
         commands = env.read_commands()  # deleted with the status write: none is lost
         for _cmd_id, line in commands:

@@ -13,7 +13,9 @@ form (`to_dict` / `from_dict`), because every document lives in etcd as JSON:
   watchdog is armed, and the result of every command uid it executed
   (`/binome/ha/lrm/<node>`).
 - `NodeInfo`, `NodeFacts`, `LeaseInfo`, `FenceStatus`: read-only facts the
-  environment provides (static node capabilities, lease liveness, fencing).
+  environment provides (static node capabilities, lease liveness, fencing);
+  `FenceConfirmation`: the administrator's power-off confirmation of a lost
+  node (`/binome/ha/fence_confirm/<node>`).
 
 State names follow pve-ha-manager where it has one (`docs/ha.md` has the
 transition tables).
@@ -108,6 +110,7 @@ class FenceProof(enum.StrEnum):
     DEVICE = "device"        # fence device confirmed power-off
     WATCHDOG = "watchdog"    # lease expired, and the node's watchdog was armed: it fired first
     SHUTDOWN = "shutdown"    # the node reported a clean shutdown with no guest left
+    MANUAL = "manual"        # the administrator confirmed it is off (`binome fence --confirm-off`)
 
 
 class ExitCode(enum.IntEnum):
@@ -244,6 +247,30 @@ class FenceStatus:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class FenceConfirmation:
+    """The administrator's word that a lost node is powered off (`/binome/ha/fence_confirm/<node>`).
+
+    `loss` is the `NodeRecord.loss` of the loss it was given for: the CRM
+    accepts it only while that same loss lasts, so a confirmation can never
+    apply to a later failure of the node. `user` and `at` (wall clock) are
+    for the log and `ha status`.
+    """
+
+    node: str
+    loss: str
+    user: str = ""
+    at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "loss": self.loss, "user": self.user, "at": self.at}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FenceConfirmation:
+        return cls(node=str(data["node"]), loss=str(data["loss"]),
+                   user=str(data.get("user", "")), at=float(data.get("at", 0.0)))
+
+
 # ---------------------------------------------------------------- manager status
 
 
@@ -290,6 +317,9 @@ class NodeRecord:
     fence_request: str | None = None     # fence device request id in flight / last used
     fence_requested_at: float | None = None
     reason: str | None = None
+    # the current loss of the node (unknown / fence, and after "fenced"): a manual fence
+    # confirmation names it; a node back online drops it, its next loss gets a new one
+    loss: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -301,7 +331,7 @@ class NodeRecord:
         return cls(state=NodeState(data["state"]), since=float(data.get("since", 0.0)),
                    fence_request=data.get("fence_request"),
                    fence_requested_at=data.get("fence_requested_at"),
-                   reason=data.get("reason"))
+                   reason=data.get("reason"), loss=data.get("loss"))
 
 
 @dataclass
@@ -312,6 +342,7 @@ class ManagerStatus:
     node_request: dict[str, dict[str, Any]] = field(default_factory=dict)
     service_status: dict[str, ServiceStatus] = field(default_factory=dict)
     disarm: DisarmMode | None = None
+    next_loss: int = 1   # numbers the node losses (`NodeRecord.loss`)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -321,6 +352,7 @@ class ManagerStatus:
             "node_request": {n: dict(r) for n, r in sorted(self.node_request.items())},
             "service_status": {s: st.to_dict() for s, st in sorted(self.service_status.items())},
             "disarm": None if self.disarm is None else str(self.disarm),
+            "next_loss": self.next_loss,
         }
 
     @classmethod
@@ -335,6 +367,7 @@ class ManagerStatus:
             service_status={s: ServiceStatus.from_dict(st)
                             for s, st in (data.get("service_status") or {}).items()},
             disarm=_opt(DisarmMode, data.get("disarm")),
+            next_loss=int(data.get("next_loss", 1)),
         )
 
 

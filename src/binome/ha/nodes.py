@@ -15,7 +15,11 @@ proof (`FenceProof`):
   nothing running. `self_fence_deadline < lease_ttl - safety_margin` makes
   the watchdog fire before the lease can expire, so expiry is the proof;
 - `shutdown`: it released its lease after reporting a clean shutdown with no
-  guest left.
+  guest left;
+- `manual`: the administrator confirmed it is powered off
+  (`binome fence NODE --confirm-off`), for this very loss of the node
+  (`NodeRecord.loss`), and its lease is still gone. The way out when nothing
+  else can prove it; taken only when no other proof holds.
 
 A fence device that fails is retried every `fence_retry`; without a watchdog
 guarantee recovery stays blocked, an alert says so and the reason is shown on
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 from binome.ha.context import RoundContext
 from binome.ha.model import (
+    FenceConfirmation,
     FenceProof,
     FenceState,
     LrmMode,
@@ -96,11 +101,43 @@ def _lost_reason(ctx: RoundContext, node: str) -> str:
     return f"lease not renewed for {ctx.now - (facts.last_renewal or ctx.now):.1f} s"
 
 
+def _number_loss(ctx: RoundContext, node: str, rec: NodeRecord) -> None:
+    """Give a lost node's record the identity of this loss, once (a confirmation names it)."""
+    if rec.loss is None and rec.state in (NodeState.UNKNOWN, NodeState.FENCE):
+        rec.loss = f"{node}-{ctx.status.next_loss}"
+        ctx.status.next_loss += 1
+    elif rec.state in (NodeState.ONLINE, NodeState.MAINTENANCE):
+        rec.loss = None
+
+
 def _set(ctx: RoundContext, node: str, rec: NodeRecord, state: NodeState, why: str) -> None:
     ctx.log("info", f"node {node}: {rec.state} -> {state} ({why})")
     rec.state = state
     rec.since = ctx.now
     rec.reason = None
+    _number_loss(ctx, node, rec)
+
+
+def manual_confirmation(ctx: RoundContext, node: str) -> FenceConfirmation | None:
+    """The administrator's power-off confirmation, if it is for the node's current loss.
+
+    A confirmation for an earlier loss (the node came back since, and was lost
+    again) never applies; neither does any while the node's lease is alive:
+    the node then contradicts it, and is online or about to be.
+    """
+    rec = ctx.status.node_status.get(node)
+    conf = ctx.confirmations.get(node)
+    if (conf is None or rec is None or rec.loss is None or conf.loss != rec.loss
+            or rec.state not in (NodeState.UNKNOWN, NodeState.FENCE)):
+        return None
+    facts = ctx.facts.get(node)
+    if facts is not None and facts.lease_alive:
+        return None
+    return conf
+
+
+#: Appended to every "recovery blocked" alert: the admin's way out.
+CONFIRM_HINT = "if you have verified it is powered off: binome fence {node} --confirm-off"
 
 
 def update_node_states(ctx: RoundContext) -> None:
@@ -121,6 +158,7 @@ def update_node_states(ctx: RoundContext) -> None:
             rec = NodeRecord(NodeState.ONLINE if is_alive else NodeState.UNKNOWN, since=ctx.now)
             status.node_status[name] = rec
             ctx.log("info", f"node {name}: added ({rec.state})")
+        _number_loss(ctx, name, rec)   # also a loss recorded before losses were numbered
         if rec.state == NodeState.FENCE:
             continue
         wants_maintenance = (bool(status.node_request.get(name, {}).get("maintenance"))
@@ -151,6 +189,18 @@ def _watchdog_trusted(ctx: RoundContext, node: str) -> bool:
 
 
 def _proof(ctx: RoundContext, node: str, rec: NodeRecord) -> tuple[FenceProof, str] | None:
+    proof = _natural_proof(ctx, node, rec)
+    if proof is not None:
+        return proof
+    conf = manual_confirmation(ctx, node)
+    if conf is not None:
+        who = conf.user or "the administrator"
+        return FenceProof.MANUAL, f"{who} confirmed it is powered off"
+    return None
+
+
+def _natural_proof(ctx: RoundContext, node: str,
+                   rec: NodeRecord) -> tuple[FenceProof, str] | None:
     if rec.fence_request:
         fs = ctx.env.fence_status(node)
         if fs and fs.request_id == rec.fence_request and fs.state == FenceState.CONFIRMED:
@@ -195,7 +245,8 @@ def _drive_device(ctx: RoundContext, node: str, rec: NodeRecord, sids: list[str]
                    if lrm is not None and lrm.daemon_restart
                    else "its watchdog was released while guests ran (HA disarmed)")
             _block(ctx, node, rec, f"cannot fence: no fence device and {why}; "
-                                   f"{blocked} until it returns", "alert")
+                                   f"{blocked} until it returns "
+                                   f"({CONFIRM_HINT.format(node=node)})", "alert")
         else:
             _block(ctx, node, rec, "waiting for its lease to expire (watchdog guarantee)", "info")
         return
@@ -217,7 +268,8 @@ def _drive_device(ctx: RoundContext, node: str, rec: NodeRecord, sids: list[str]
         else:
             _block(ctx, node, rec, f"fencing failed ({fs.detail}) and there is no watchdog "
                                    f"guarantee; {blocked}, retrying the device every "
-                                   f"{ctx.timers.fence_retry:g} s", "alert")
+                                   f"{ctx.timers.fence_retry:g} s "
+                                   f"({CONFIRM_HINT.format(node=node)})", "alert")
 
 
 def _resume_in_place(ctx: RoundContext, node: str) -> None:

@@ -32,7 +32,7 @@ from binome.ha.model import (
     ServiceState,
     ServiceStatus,
 )
-from binome.ha.nodes import FENCEABLE, lost, watchdog_trusted
+from binome.ha.nodes import CONFIRM_HINT, FENCEABLE, lost, manual_confirmation, watchdog_trusted
 
 S = ServiceState
 #: `ServiceStatus.frozen_by` of a service frozen for a binomed restart of its node.
@@ -115,6 +115,13 @@ def _restart_lost(ctx: RoundContext, sid: str, sd: ServiceStatus) -> bool:
                                 "for it to come back", level="info")
         return False
     trusted = watchdog_trusted(ctx, node)
+    conf = manual_confirmation(ctx, node)
+    if conf is not None and not (info.fence_device or trusted):
+        who = conf.user or "the administrator"
+        ctx.change(sid, sd, S.FENCE, why=f"{node} did not come back from a binomed restart "
+                                         f"within {grace:g} s; {who} confirmed it is "
+                                         "powered off")
+        return True
     if info.fence_device or trusted:
         how = "its fence device" if info.fence_device else "its watchdog guarantee"
         ctx.change(sid, sd, S.FENCE, why=f"{node} did not come back from a binomed restart "
@@ -124,7 +131,8 @@ def _restart_lost(ctx: RoundContext, sid: str, sd: ServiceStatus) -> bool:
            else f"its watchdog was released while {sid} ran")
     ctx.set_reason(sid, sd, f"{node} did not come back from a binomed restart within "
                             f"{grace:g} s and {why}: only a fence device could prove it dead, "
-                            f"and it has none; stays frozen until {node} returns",
+                            f"and it has none; stays frozen until {node} returns "
+                            f"({CONFIRM_HINT.format(node=node)})",
                    level="alert")
     return False
 

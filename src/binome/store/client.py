@@ -1,5 +1,5 @@
 """The etcd client wrapper: TLS connection, JSON values, compare-and-swap, leases, membership,
-member status and leadership transfer.
+member status, leadership transfer and prefix watches.
 
 aetcd speaks only plaintext gRPC, so `_TlsClient` opens a TLS channel with the
 node's certificate (etcd runs with client-cert-auth). Everything above this
@@ -9,8 +9,9 @@ module talks to `Store`; nobody imports aetcd elsewhere.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,26 @@ class LeasedEntry:
     lease: int
 
 
+@dataclass(frozen=True)
+class WatchEvent:
+    """One change seen by a watch: `kind` is "put" or "delete"; `prev` is the key as it
+    was before (None when it did not exist, or when the watch did not ask for it)."""
+
+    kind: str
+    key: str
+    value: Any
+    mod_revision: int
+    lease: int
+    version: int
+    prev: LeasedEntry | None = None
+
+
+# etcd cancels a watch carrying this metadata when its member loses the raft leader
+# (clientv3's WithRequireLeader): a member cut off from quorum must not leave a watch
+# that silently never fires.
+_REQUIRE_LEADER = (("hasleader", "true"),)
+
+
 class _TlsClient(aetcd.Client):
     """aetcd.Client over a TLS channel (mutual TLS with the cluster CA)."""
 
@@ -75,8 +96,9 @@ class _TlsClient(aetcd.Client):
         self.clusterstub = rpc.ClusterStub(self.channel)
         self.leasestub = rpc.LeaseStub(self.channel)
         self.maintenancestub = rpc.MaintenanceStub(self.channel)
-        self._watcher = aetcd.watcher.Watcher(rpc.WatchStub(self.channel),
-                                              timeout=self._timeout, metadata=self.metadata)
+        self._watcher = aetcd.watcher.Watcher(
+            rpc.WatchStub(self.channel), timeout=self._timeout,
+            metadata=tuple(self.metadata or ()) + _REQUIRE_LEADER)
         self._connected.set()
 
 
@@ -371,6 +393,57 @@ class Store:
 
     def watch_prefix(self, prefix: str):
         return self._client.watch_prefix(prefix.encode())
+
+    @contextlib.asynccontextmanager
+    async def watch_prefixes(self, prefixes: Sequence[str], *, prev_kv: bool = False,
+                             timeout: float | None = None
+                             ) -> AsyncIterator[AsyncIterator[WatchEvent]]:
+        """Watch every change under `prefixes` from now on (revision order per prefix).
+
+        `async with store.watch_prefixes([...]) as events: async for ev in events:`.
+        Entering creates the watches (StoreUnavailable if it cannot); leaving
+        cancels them. The iterator raises StoreUnavailable when the stream breaks
+        (member down, member without leader, compaction): the caller re-creates
+        the watch and must assume it missed events meanwhile.
+        """
+        await self._call(self._client.connect, timeout=timeout)
+        watcher = self._client._watcher
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def on_event(event: Any) -> None:
+            queue.put_nowait(event)
+
+        async def events() -> AsyncIterator[WatchEvent]:
+            while True:
+                item = await queue.get()
+                if item is None or isinstance(item, BaseException):
+                    raise StoreUnavailable(f"etcd {self.host}:{self.port}: watch ended"
+                                           + (f": {item!r}" if item is not None else ""))
+                yield _watch_event(item)
+
+        created: list[int] = []
+        try:
+            for prefix in prefixes:
+                cb = await self._call(watcher.add_callback, prefix.encode(), on_event,
+                                      range_end=keys.prefix_end(prefix).encode(),
+                                      prev_kv=prev_kv, timeout=timeout)
+                created.append(cb.watch_id)
+            yield events()
+        finally:
+            for watch_id in created:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(watcher.cancel(watch_id), 1.0)
+
+
+def _watch_event(event: Any) -> WatchEvent:
+    kv, prev = event.kv, event.prev_kv
+    return WatchEvent(
+        kind="delete" if event.kind == "DELETE" else "put", key=kv.key.decode(),
+        value=_decode_lenient(kv.value) if kv.value else None,
+        mod_revision=int(kv.mod_revision), lease=int(kv.lease), version=int(kv.version),
+        prev=None if prev is None or not prev.key else LeasedEntry(
+            prev.key.decode(), _decode_lenient(prev.value), int(prev.mod_revision),
+            int(prev.lease)))
 
 
 def _member(m) -> Member:

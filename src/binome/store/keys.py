@@ -68,6 +68,7 @@ HA_HEARTBEAT = f"{HA}heartbeat/"           # <node>: rewritten at every renewal 
 HA_RELEASED = f"{HA}released/"             # <node>: {"lease": id} written before a revoke
 HA_FENCE = f"{HA}fence/"                   # <node>: fence device config (secrets write-only)
 HA_FENCE_REQUESTS = f"{HA}fence_requests/"  # <node>: latest fence request and its state
+HA_FENCE_CONFIRM = f"{HA}fence_confirm/"    # <node>: the admin's power-off confirmation
 
 
 def ha_command(seq: str) -> str:
@@ -88,6 +89,10 @@ def ha_released(node: str) -> str:
 
 def ha_fence(node: str) -> str:
     return f"{HA_FENCE}{node}"
+
+
+def ha_fence_confirm(node: str) -> str:
+    return f"{HA_FENCE_CONFIRM}{node}"
 
 
 def ha_fence_request(node: str) -> str:

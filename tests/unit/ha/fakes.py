@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from binome.ha.env import Conflict, EnvUnavailable
 from binome.ha.model import (
+    FenceConfirmation,
     FenceState,
     FenceStatus,
     GroupConfig,
@@ -45,6 +46,7 @@ class FakeEnv:
     owners: dict[str, str] = field(default_factory=dict)
     replicas: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
     fences: dict[str, FenceStatus] = field(default_factory=dict)
+    confirmations: dict[str, FenceConfirmation] = field(default_factory=dict)
     logs: list[tuple[str, str]] = field(default_factory=list)
     calls: list[tuple] = field(default_factory=list)
     # LRM side
@@ -164,6 +166,10 @@ class FakeEnv:
 
     def fence_status(self, node: str) -> FenceStatus | None:
         return self.fences.get(node)
+
+    def fence_confirmations(self) -> dict[str, FenceConfirmation]:
+        self._need_quorum()
+        return dict(self.confirmations)
 
     # ------------------------------------------------------------ LrmEnv
 

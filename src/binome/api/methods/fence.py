@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import time
 from typing import TYPE_CHECKING, Any
 
 from binome.api.errors import ApiError, ParamError, param_error
@@ -316,6 +317,63 @@ async def fence_node(ctx: RequestContext, params: dict[str, Any]) -> str:
         await _clusterlog(ctx, f"node {node} fenced: power off confirmed", "warning")
 
     return ctx.services.tasks.start("hafence", node, ctx.userid, body)
+
+
+CONFIRM_WARNING = """\
+you are about to tell the HA manager that node {node} is POWERED OFF.
+
+  This is a fence proof, exactly like a fence device confirming power-off: the
+  HA manager will at once recover the HA guests that were on {node} on other
+  nodes. If {node} is in fact still running (hung, partitioned, or only its
+  network is down), every such guest will run TWICE, writing to the same disks:
+  the data splits and is corrupted.
+
+  Only confirm after you verified it yourself: the power is physically off
+  (PDU, power cable, remote console of the BMC showing it off), or the machine
+  is gone. Do not confirm to "get things moving" while you are unsure."""
+
+
+@registry.register(
+    "POST", "/cluster/ha/fence/{node}/confirm", name="fence_confirm", permission=CONSOLE,
+    description="Confirm, as the administrator, that a lost node is powered off (like "
+                "stonith_admin --confirm): a fence proof for its current loss only. "
+                "Its HA guests are then recovered elsewhere. Dangerous if it is not off.",
+    parameters={"node": NODE}, returns={"type": "object"},
+    cli=CliSpec(("fence", "confirm-off"), positional=("node",),
+                confirm=CONFIRM_WARNING),   # the CLI fills in {node}
+)
+async def fence_confirm(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Record `/binome/ha/fence_confirm/<node>` for the loss the manager status shows.
+
+    Bound to `NodeRecord.loss`: the CRM accepts it only while that loss lasts
+    (and the node's lease stays gone), so it can never apply to a later
+    failure of the node. Refused for the local node, a node whose lease is
+    alive, and a node the HA manager does not consider lost.
+    """
+    store = _require_quorum(ctx)
+    node = params["node"]
+    if node in (ctx.node, "localhost"):
+        raise ApiError(500, f"refusing to confirm the power-off of the local node "
+                            f"'{ctx.node}': it is answering this request")
+    await _known_node(ctx, node)
+    if await store.get(keys.ha_heartbeat(node)) is not None \
+            or await store.get(keys.alive(node)) is not None:
+        raise ApiError(500, f"node '{node}' is online (its lease is alive): refusing to "
+                            "confirm it is powered off")
+    ms = await store.get_value(keys.HA_MANAGER_STATUS, {}) or {}
+    rec = (ms.get("node_status") or {}).get(node) or {}
+    loss = rec.get("loss")
+    if rec.get("state") not in ("unknown", "fence") or not loss:
+        raise ApiError(500, f"node '{node}' is not lost for the HA manager (state "
+                            f"{rec.get('state') or 'unknown to it'}): nothing to confirm")
+    doc = {"node": node, "loss": loss, "user": ctx.userid, "at": round(time.time(), 3)}
+    await store.put(keys.ha_fence_confirm(node), doc)
+    waiting = sorted(sid for sid, sd in (ms.get("service_status") or {}).items()
+                     if sd.get("node") == node and sd.get("state") in ("fence", "freeze"))
+    await _clusterlog(ctx, f"power-off of {node} confirmed by {ctx.userid} (manual fence, "
+                           f"loss {loss}): its HA services may now be recovered elsewhere"
+                           + (f" ({', '.join(waiting)})" if waiting else ""), "warning")
+    return {"node": node, "loss": loss, "user": ctx.userid, "services": waiting}
 
 
 def format_fence_result(data: dict[str, Any]) -> str:

@@ -365,9 +365,12 @@ async def _raw_status(ctx: RequestContext, serializable: bool = False) -> dict[s
     entries = {e.key: e.value for e in await store.get_prefix(keys.HA,
                                                               serializable=serializable)}
     lrms = {k[len(keys.HA_LRM):]: v for k, v in entries.items() if k.startswith(keys.HA_LRM)}
+    confirms = {k[len(keys.HA_FENCE_CONFIRM):]: v for k, v in entries.items()
+                if k.startswith(keys.HA_FENCE_CONFIRM) and isinstance(v, dict)}
     return {"ms": entries.get(keys.HA_MANAGER_STATUS) or {},
             "lock": entries.get(keys.HA_MANAGER_LOCK),
-            "resources": entries.get(keys.HA_RESOURCES) or {}, "lrms": lrms}
+            "resources": entries.get(keys.HA_RESOURCES) or {}, "lrms": lrms,
+            "confirms": confirms}
 
 
 @registry.register(
@@ -404,9 +407,16 @@ async def ha_status_current(ctx: RequestContext, params: dict[str, Any]) -> list
         text = label.get(state, state)
         if rec.get("state") and rec["state"] != "online":
             text = f"{text}, node {rec['state']}"
-        out.append({"id": f"lrm:{node}", "type": "lrm", "node": node, "state": state,
-                    "mode": lrm.get("mode"), "watchdog": int(bool(lrm.get("watchdog_armed"))),
-                    "status": f"{node} ({text})"})
+        entry = {"id": f"lrm:{node}", "type": "lrm", "node": node, "state": state,
+                 "mode": lrm.get("mode"), "watchdog": int(bool(lrm.get("watchdog_armed"))),
+                 "status": f"{node} ({text})"}
+        conf = raw["confirms"].get(node)
+        if conf and rec.get("loss") and conf.get("loss") == rec["loss"]:
+            # only for the node's current loss: an older one no longer applies
+            entry["fence_confirmed"] = {"user": conf.get("user"), "time": conf.get("at")}
+            entry["status"] = (f"{node} ({text}, power-off confirmed by "
+                               f"{conf.get('user')}: manual fence)")
+        out.append(entry)
     services = ms.get("service_status") or {}
     for sid, cfg in sorted(raw["resources"].items()):
         sd = services.get(sid) or {}

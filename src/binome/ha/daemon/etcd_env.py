@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from binome.ha.env import Conflict, EnvUnavailable
 from binome.ha.model import (
+    FenceConfirmation,
     FenceStatus,
     GroupConfig,
     HaSettings,
@@ -388,6 +389,17 @@ class EtcdEnv:
 
     def fence_status(self, node: str) -> FenceStatus | None:
         return self.hub.fencer.status(node)
+
+    def fence_confirmations(self) -> dict[str, FenceConfirmation]:
+        """`binome fence NODE --confirm-off` (api/methods/fence.py); malformed ones are ignored."""
+        self._need()
+        out = {}
+        for node, raw in self._prefix(keys.HA_FENCE_CONFIRM).items():
+            try:
+                out[node] = FenceConfirmation.from_dict(raw.value)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                continue
+        return out
 
     # ------------------------------------------------------------ LrmEnv
 

@@ -12,12 +12,19 @@ migrate of a running guest is the guest service's live migration
 (`GuestService.migrate_vm`, task `hamigrate`: dual-primary volumes, paused
 target, config moved at the switch-over, source volumes demoted); of a
 stopped guest it is a config move, like a relocate.
+
+Volumes after a fence (issue 5): a start that had to disconnect from a fenced
+peer still Primary connects again after promoting, and every round
+`release_fenced` demotes and reconnects the copies here that the peer recorded
+Outdated once their guest no longer runs here (`release_fenced_volumes`), so a
+self-fenced node resyncs by itself when its links or its daemon come back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("binome.ha")
 
 STOP_TIMEOUT = 30.0
+RELEASE_INTERVAL = 2.0   # seconds between two looks at the fencing marks of stuck Primaries
 
 
 class Executor:
@@ -41,6 +49,7 @@ class Executor:
         self._results: dict[str, LrmResult] = {}
         self._managed: set[str] = set()
         self._releasing: asyncio.Task | None = None
+        self._release_next = 0.0
 
     # ------------------------------------------------------------ views
 
@@ -183,6 +192,10 @@ class Executor:
         svc = self.hub.volumes
         if svc is None or not self._release_candidates():
             return   # the common case: no etcd read, no task
+        now = time.monotonic()
+        if now < self._release_next:
+            return   # stopped guests' volumes stay Primary: not an etcd read per round
+        self._release_next = now + RELEASE_INTERVAL
         self._releasing = asyncio.get_running_loop().create_task(
             release_fenced_volumes(self.hub, self._busy_vmids()), name="ha-release-fenced")
 
@@ -272,7 +285,11 @@ async def release_fenced_volumes(hub: HaService, busy: set[int]) -> list[str]:
             if cur.get("role") == "Primary":
                 await svc.demote(name)
             await svc.call("connect", name=name)
-        except (VolumeFailure, StoreUnavailable, OSError, TimeoutError) as exc:
+        except (StoreUnavailable, TimeoutError) as exc:
+            # expected while this node is cut off; the next round tries again
+            log.debug("volume %s: fenced copy not released yet: %s", name, exc)
+            continue
+        except (VolumeFailure, OSError) as exc:
             log.info("volume %s: fenced copy not released yet: %s", name, exc)
             continue
         released.append(name)

@@ -7,9 +7,15 @@ Loops:
   deadline counts from), then rewrites `/binome/ha/heartbeat/<node>` bound to
   that lease (the CRM's proof of life), then pushes the watchdog deadline to
   `renewed_at + self_fence_deadline` if the LRM has it armed;
-- **rounds** (every `manager_round`, and when a job finishes): refresh ->
-  `Crm.step()` -> commit, then refresh -> `Lrm.step()` -> commit
-  (`ha.daemon.etcd_env`).
+- **rounds** (every `manager_round`, when a job finishes, and woken by the
+  watch): refresh -> `Crm.step()` -> commit, then refresh -> `Lrm.step()` ->
+  commit (`ha.daemon.etcd_env`);
+- **watch**: one etcd watch over what a round reads (`ha.daemon.wake`); a
+  relevant change (a heartbeat key gone or back, a manager or LRM status, a
+  command, the resources, a volume's disk state...) wakes the rounds after a
+  short debounce instead of waiting for the next periodic round. Broken, it is
+  re-created with backoff; the periodic round is the fallback meanwhile.
+  `BINOME_HA_WATCH=0` in binomed's environment turns it off (measurements).
 
 The watchdog is `binome.fence.watchdog.Watchdog` (its supervisor process,
 state file in the node's run dir); fencing uses the fence device configured
@@ -22,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import Collection, Iterator
@@ -32,6 +39,7 @@ from binome.ha.crm import Crm
 from binome.ha.daemon.etcd_env import EtcdEnv, vmid_of
 from binome.ha.daemon.executor import Executor
 from binome.ha.daemon.shutdown import ShutdownDetector
+from binome.ha.daemon.wake import WATCH_PREFIXES, Debouncer, wakes_rounds
 from binome.ha.lrm import Lrm
 from binome.ha.model import FenceState, FenceStatus, LrmState
 from binome.ha.timers import HaTimers
@@ -55,6 +63,7 @@ SHUTDOWN_WAIT = 120.0   # below systemd's stop timeout if binomed.service sets 1
 RESTART_WAIT = 10.0
 CLUSTERLOG_PRI = {"warn": "warning", "err": "err", "alert": "alert"}
 HEARTBEAT_RETRY = 0.2   # seconds between attempts after a failed renewal
+WATCH_RETRY_MIN, WATCH_RETRY_MAX = 0.5, 5.0   # backoff before re-creating a broken watch
 
 
 class Fencer:
@@ -144,6 +153,9 @@ class HaService:
         self._hb_lease: int | None = None
         self._hb_ok = False
         self._wake = asyncio.Event()
+        self._debounce = Debouncer()
+        self._debounce_handle: asyncio.TimerHandle | None = None
+        self.watch_wakeups = 0   # rounds woken by the watch (status, tests)
         # host shutdown/reboot detection (logind, or systemd asked on SIGTERM)
         self.shutdown = ShutdownDetector(on_request=self.wake)
         self._shutdown_ready = asyncio.Event()
@@ -234,6 +246,8 @@ class HaService:
         await self.shutdown.start()
         self._loops = [asyncio.create_task(self._heartbeat_loop(), name="ha-heartbeat"),
                        asyncio.create_task(self._round_loop(), name="ha-rounds")]
+        if os.environ.get("BINOME_HA_WATCH", "1") != "0":
+            self._loops.append(asyncio.create_task(self._watch_loop(), name="ha-watch"))
 
     async def stop(self) -> None:
         """Apply the shutdown policy if the host goes down (else the LRM's restart mode),
@@ -264,6 +278,8 @@ class HaService:
                 t.cancel()
             await asyncio.wait(pending, timeout=0.2)
         self._loops = []
+        if self._debounce_handle is not None:
+            self._debounce_handle.cancel()
         await self.fencer.stop()
         await self.executor.cancel_all()
         if not self.armed_sids and self.watchdog.running_pid() is not None:
@@ -390,6 +406,53 @@ class HaService:
             left = self.timers.manager_round - (time.monotonic() - began)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.05, left))
+
+    async def _watch_loop(self) -> None:
+        """Wake the rounds on relevant etcd changes (module docstring); never decides."""
+        pause = WATCH_RETRY_MIN
+        broken: str | None = None   # logged once per outage, not at every retry
+        established = False         # before the first watch, etcd may simply be starting
+        while not self._stopping:
+            store = self.store
+            if store is None:
+                await asyncio.sleep(WATCH_RETRY_MIN)
+                continue
+            try:
+                async with store.watch_prefixes(WATCH_PREFIXES, prev_kv=True,
+                                                timeout=max(1.0, self.io_timeout)) as events:
+                    if broken is not None and established:
+                        log.info("%s: HA watch restored", self.node)
+                    broken, established = None, True
+                    pause = WATCH_RETRY_MIN
+                    if self._debounce_handle is not None:
+                        self._debounce_handle.cancel()
+                    self._debounce.reset()
+                    self._watch_event()   # what changed while there was no watch
+                    async for ev in events:
+                        if wakes_rounds(ev):
+                            self._watch_event()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if broken is None and not self._stopping:
+                    broken = f"{type(exc).__name__}: {exc}"
+                    log.log(logging.WARNING if established else logging.DEBUG,
+                            "%s: HA watch broken (%s); rounds every %.1f s until it is back",
+                            self.node, broken, self.timers.manager_round)
+            await asyncio.sleep(pause)
+            pause = min(WATCH_RETRY_MAX, pause * 2)
+
+    def _watch_event(self) -> None:
+        loop = asyncio.get_running_loop()
+        at = self._debounce.event(loop.time())
+        if at is not None:
+            self._debounce_handle = loop.call_at(at, self._watch_fire)
+
+    def _watch_fire(self) -> None:
+        self._debounce.fired(asyncio.get_running_loop().time())
+        self._debounce_handle = None
+        self.watch_wakeups += 1
+        self.wake()
 
     async def round(self) -> None:
         await self.crm_env.refresh()

@@ -18,6 +18,7 @@ instant, in order.
     service <sid> start-fails <node|all> on|off
     service <sid> crash                   # the guest dies on its own
     node-maintenance enable|disable <node>
+    fence-confirm <node>                  # binome fence <node> --confirm-off (an honest admin)
     crm disarm freeze|ignore | crm arm
 """
 
@@ -103,6 +104,8 @@ def validate(words: list[str], cluster: ClusterSpec, sids: set[str]) -> None:
     elif verb == "node-maintenance":
         need(len(args) == 2 and args[0] in ("enable", "disable") and args[1] in nodes,
              "node-maintenance enable|disable <node>")
+    elif verb == "fence-confirm":
+        need(len(args) == 1 and args[0] in nodes, "fence-confirm <node>")
     elif verb == "crm":
         need(args in (["arm"], ["disarm", "freeze"], ["disarm", "ignore"]),
              "crm disarm freeze|ignore | crm arm")
@@ -141,6 +144,10 @@ def apply(world: World, line: str) -> None:
         _service(world, args[0], args[1], args[2:])
     elif verb == "node-maintenance":
         _admin(world, f"{args[0]}-node-maintenance {args[1]}")
+    elif verb == "fence-confirm":
+        refused = world.confirm_fence(args[0])
+        if refused:
+            world.log("warn", "cmdlist", f"refused: {refused}")
     elif verb == "crm":
         _admin(world, "arm-ha" if args == ["arm"] else f"disarm-ha {args[1]}")
 

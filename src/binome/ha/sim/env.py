@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from binome.ha.env import Conflict, EnvUnavailable
 from binome.ha.model import (
+    FenceConfirmation,
     FenceStatus,
     GroupConfig,
     HaSettings,
@@ -179,6 +180,14 @@ class SimEnv:
     def fence_status(self, node: str) -> FenceStatus | None:
         dev = self.world.nodes[node].fence
         return dev.latest if dev else None
+
+    def fence_confirmations(self) -> dict[str, FenceConfirmation]:
+        self._need_quorum()
+        out = {}
+        for data, _rev in self.world.etcd.prefix(keys.FENCE_CONFIRM).values():
+            conf = FenceConfirmation.from_dict(data)
+            out[conf.node] = conf
+        return out
 
     # ------------------------------------------------------------ LrmEnv
 

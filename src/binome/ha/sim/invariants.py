@@ -48,6 +48,11 @@ class Invariants:
         if not self.world.etcd.quorate(node):
             self._fail(f"{node} took an HA action without quorum: {what}")
 
+    def fence_confirmed(self, node: str) -> None:
+        """The admin is assumed honest: a power-off confirmation is given only when it is true."""
+        if self.world.members[node].power:
+            self._fail(f"power-off of {node} confirmed while it is powered on")
+
     def promoted(self, sid: str, node: str) -> None:
         if not self.world.replicas.all_uptodate(sid, node):
             self._fail(f"{sid} promoted on {node} with a stale replica: "

@@ -9,6 +9,7 @@ GROUPS = "ha/groups"
 SETTINGS = "ha/settings"
 COMMANDS = "ha/commands/"
 LRM = "ha/lrm/"
+FENCE_CONFIRM = "ha/fence_confirm/"   # <node>: FenceConfirmation JSON (the admin's word)
 ALIVE = "alive/"
 
 
@@ -22,6 +23,10 @@ def config(sid: str) -> str:
 
 def alive(node: str) -> str:
     return f"{ALIVE}{node}"
+
+
+def fence_confirm(node: str) -> str:
+    return f"{FENCE_CONFIRM}{node}"
 
 
 def command(seq: int) -> str:

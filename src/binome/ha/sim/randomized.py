@@ -88,11 +88,32 @@ def generate(seed: int) -> RandomCase:
         lines.append(f"delay {rng.choice([0.5, 1, 2, 3, 4, 5, 8, 12, 20])}")
         lines.append(_fault(rng, names, members, sids, broken,
                             [n for n in names if "fence_device" in nodes[n]]))
+    lines = _confirmations(seed, names, lines)
     lines.append("delay 20")
     lines += _heal(names, members, nodes, sids, broken, rng)
     lines.append(f"delay {QUIET:g}")
     return RandomCase(seed, cluster, {"resources": resources, "groups": groups},
                       "\n".join(lines) + "\n")
+
+
+def _confirmations(seed: int, names: list[str], lines: list[str]) -> list[str]:
+    """Sprinkle `fence-confirm` (the admin's power-off confirmation) over the schedule.
+
+    A separate random stream, so each seed's faults stay what they were. The
+    admin is honest: the simulator confirms only a node that is really off
+    (else it logs that the admin did not), and the API's own refusals apply.
+    """
+    rng = random.Random(seed * 7919 + 1)
+    out: list[str] = []
+    cut: list[str] = []   # nodes whose power was cut: the ones an admin would confirm
+    for line in lines:
+        out.append(line)
+        words = line.split()
+        if words[0] == "power" and words[1] in names and words[2] == "off":
+            cut.append(words[1])
+        if words[0] == "delay" and rng.random() < 0.3:
+            out.append(f"fence-confirm {rng.choice(cut if cut and rng.random() < 0.8 else names)}")
+    return out
 
 
 def _fault(rng: random.Random, names: list[str], members: list[str], sids: list[str],

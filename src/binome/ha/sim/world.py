@@ -32,6 +32,7 @@ from binome.ha.crm import Crm
 from binome.ha.lrm import Lrm
 from binome.ha.model import (
     ExitCode,
+    FenceConfirmation,
     FenceState,
     FenceStatus,
     HaSettings,
@@ -517,6 +518,30 @@ class World:
         data[sid]["state"] = state
         self.etcd.put(keys.RESOURCES, data)
         self.wake_all("crm")
+
+    def confirm_fence(self, name: str, user: str = "root@pam", *,
+                      honest: bool = True) -> str | None:
+        """`binome fence NODE --confirm-off`: the API's checks, then the confirmation.
+
+        Returns why it was refused, or None. The admin is honest: a node that
+        is powered on is not confirmed (`honest=False` lets a test check that
+        the invariants catch a lie).
+        """
+        if not self.admin_ok():
+            return "no node has quorum (the API is read-only)"
+        if self.etcd.lease_of(name) is not None:
+            return f"{name} is online (its lease is alive)"
+        rec = self.manager_status().node_status.get(name)
+        if rec is None or rec.loss is None:
+            return f"{name} is not known lost by the HA manager"
+        if self.members[name].power and honest:
+            return f"the admin finds {name} powered on and does not confirm"
+        self.invariants.fence_confirmed(name)
+        self.etcd.put(keys.fence_confirm(name),
+                      FenceConfirmation(name, rec.loss, user, self.q.now / 1000).to_dict())
+        self.log("warn", "admin", f"{user} confirmed {name} is powered off (loss {rec.loss})")
+        self.wake_all("crm")
+        return None
 
     def queue_command(self, line: str) -> None:
         self._command_seq += 1

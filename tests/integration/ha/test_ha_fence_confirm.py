@@ -1,0 +1,114 @@
+"""The admin's way out when no fence can succeed: `binome fence NODE --confirm-off`.
+
+One loopback 2-node + witness cluster (real etcd, binomed, QEMU with TCG;
+the fixture of `test_ha_daemon_restart`). n1's fence device is an agent that
+always fails, and n1's watchdog guarantee is gone: its binomed is restarted
+(SIGTERM while the host runs: the LRM releases its watchdog with the guest
+left running, docs/ha.md 4.5), then everything left of n1 is killed. After
+`restart_grace` the CRM fences n1 through its device, which fails: nothing is
+recovered, an alert names the way out. The admin confirms the power-off on
+n2: the guest is recovered on n2 (`fenced (manual: root@pam ...)`: the CLI
+on the local socket acts as root@pam). Refusals: the local node, a node that
+is online, an unknown node, a malformed name, and no `--yes` without a
+terminal.
+"""
+
+from __future__ import annotations
+
+import time
+
+from tests.integration.ha.test_ha_daemon_restart import (  # noqa: F401 (fixture)
+    GRACE,
+    api,
+    cluster,
+    cluster_log,
+    ha_vm,
+    service,
+    sigterm,
+)
+from tests.integration.ha.test_ha_failover import _pid, kill_pid, qemu_pid
+from tests.integration.harness import Cluster, wait_for
+
+FAILING_AGENT = """#!/bin/sh
+# a fence agent whose device never answers: every action fails (exit 1)
+while IFS= read -r line; do :; done
+echo "BMC unreachable" >&2
+exit 1
+"""
+
+
+def test_confirm_off_recovers_when_fencing_cannot_succeed(cluster: Cluster,  # noqa: F811
+                                                          tmp_path) -> None:
+    began = time.monotonic()
+    c = cluster
+    n1, n2 = c["n1"], c["n2"]
+    agent = tmp_path / "fence_failing_agent"
+    agent.write_text(FAILING_AGENT)
+    agent.chmod(0o755)
+    api(n2).cluster.ha.fence("n1").post(type="agent", agent=str(agent), timeout=5)
+    vmid, sid = ha_vm(c, "ha-confirm-off")
+    try:
+        # refusals while n1 is up: it is online; the local node; bad input
+        r = n2.cli("fence", "n1", "--confirm-off", "--yes", check=False)
+        assert r.returncode != 0 and "is online" in r.stderr, r.stderr
+        r = n2.cli("fence", "n2", "--confirm-off", "--yes", check=False)
+        assert r.returncode != 0 and "local node" in r.stderr, r.stderr
+        r = n2.cli("fence", "n9", "--confirm-off", "--yes", check=False)
+        assert r.returncode != 0 and "no such cluster node" in r.stderr, r.stderr
+        r = n2.cli("fence", "bad_name!", "--confirm-off", "--yes", check=False)
+        assert r.returncode == 2 and "node" in r.stderr, r.stderr          # 400
+        r = n2.cli("fence", "n1", "--confirm-off", check=False)            # no tty, no --yes
+        assert r.returncode != 0 and "refusing without --yes" in r.stderr, r.stderr
+        assert "run TWICE" in r.stderr and "n1" in r.stderr   # the loud warning came first
+
+        took = sigterm(n1)            # watchdog released, guest left running
+        kill_pid(qemu_pid(n1, vmid))  # then n1 dies
+        kill_pid(_pid(n1.state_dir / "run" / "ha-watchdog.pid"))
+        t_dead = time.monotonic()
+        print(f"binomed exited after {took:.1f} s; n1's remaining processes killed")
+
+        def blocked() -> bool:
+            assert qemu_pid(n2, vmid) is None, f"{sid} recovered without any fence proof"
+            return "no watchdog guarantee" in "\n".join(cluster_log(n2))
+        wait_for(blocked, GRACE + 60, "the 'recovery blocked' alert", interval=0.5)
+        st = service(n2, sid)
+        assert st.get("state") == "fence" and st.get("node") == "n1", st
+        assert "binome fence n1 --confirm-off" in st.get("reason", ""), st
+        t_end = time.monotonic() + 5      # a few rounds and a device retry: still nothing
+        while time.monotonic() < t_end:
+            assert qemu_pid(n2, vmid) is None
+            time.sleep(0.5)
+        print(f"n1 dead -> blocked with the alert: {time.monotonic() - t_dead:.1f} s")
+
+        t0 = time.monotonic()
+        out = n2.cli("fence", "n1", "--confirm-off", "--yes")
+        assert "run TWICE" in out.stderr
+        wait_for(lambda: qemu_pid(n2, vmid), 60, f"{sid} recovered on n2", interval=0.1)
+        print(f"confirm-off -> {sid} running on n2: {time.monotonic() - t0:.1f} s")
+        wait_for(lambda: service(n2, sid).get("state") == "started"
+                 and service(n2, sid).get("node") == "n2", 60, f"{sid} started on n2")
+        logs = "\n".join(cluster_log(n2))
+        assert "power-off of n1 confirmed by root@pam" in logs, logs
+        assert "fenced (manual: root@pam confirmed it is powered off)" in logs, logs
+        assert "fenced by manual" in logs, logs
+        status = n2.cli("ha", "status").stdout
+        print(status)
+        assert "power-off confirmed by root@pam" in status, status
+
+        # n1 back: its binomed starts nothing (the config is on n2), and the
+        # confirmation no longer applies (shown nowhere, refused as online)
+        n1.start()
+        wait_for(n1.quorate, 60, "n1 quorate again")
+        wait_for(lambda: "power-off confirmed" not in n2.cli("ha", "status").stdout, 60,
+                 "the confirmation to stop applying once n1 is back")
+        r = n2.cli("fence", "n1", "--confirm-off", "--yes", check=False)
+        assert r.returncode != 0 and "is online" in r.stderr, r.stderr
+        assert qemu_pid(n1, vmid) is None and qemu_pid(n2, vmid)
+    finally:
+        n2.cli("ha", "remove", sid, check=False)
+        n2.cli("fence", "remove", "n1", check=False)
+        kill_pid(qemu_pid(n1, vmid))
+        kill_pid(qemu_pid(n2, vmid))
+        if not n1.running:
+            n1.start()
+        print(f"test runtime {time.monotonic() - began:.1f} s")
