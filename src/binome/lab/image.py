@@ -13,11 +13,11 @@ boot under QEMU/TCG:
   payload cannot be unpacked or the kernel has no PVH entry);
 * the initramfs (gzip'ed newc cpio, written in pure Python) holds a static
   busybox, the virtio/ACPI-button/evdev kernel modules (decompressed to plain
-  ``.ko`` at build time) and an ``/init`` shell script that configures the
-  network from ``binome.*`` kernel parameters, serves HTTP (static page plus
-  the ``status`` and ``disk`` CGIs), prints ``BINOME-GUEST-READY <ip>`` on the
-  serial console, powers off on an ACPI power-button press and keeps a shell
-  on the serial console.
+  ``.ko`` and stripped of their signatures at build time) and an ``/init``
+  shell script that configures the network from ``binome.*`` kernel
+  parameters, serves HTTP (static page plus the ``status`` and ``disk`` CGIs),
+  prints ``BINOME-GUEST-READY <ip>`` on the serial console, powers off on an
+  ACPI power-button press and keeps a shell on the serial console.
 
 It also knows how to build the kernel command line (:meth:`GuestImage.cmdline`)
 and the QEMU argv (:func:`qemu_command`) for such a guest.
@@ -57,7 +57,6 @@ from pathlib import Path
 
 __all__ = [
     "DEFAULT_CACHE_DIR",
-    "GUEST_LATE_MODULES",
     "GUEST_MODULES",
     "READY_MARKER",
     "GuestImage",
@@ -74,9 +73,7 @@ READY_MARKER = "BINOME-GUEST-READY"
 
 #: Kernel modules loaded by /init, in this order (dependencies found in a
 #: module's ``.modinfo`` are pulled in ahead of it automatically). Modules
-#: built into the kernel are skipped. Those in :data:`GUEST_LATE_MODULES`
-#: (and deps only they need) are loaded after httpd has started, so they
-#: do not delay the guest's first HTTP answer.
+#: built into the kernel are skipped.
 GUEST_MODULES: tuple[str, ...] = (
     "virtio_ring",
     "virtio",
@@ -91,7 +88,6 @@ GUEST_MODULES: tuple[str, ...] = (
     "button",
     "evdev",
 )
-GUEST_LATE_MODULES: frozenset[str] = frozenset({"button", "evdev"})
 
 #: Busybox applets linked into the initramfs (/init also calls them by name).
 BUSYBOX_APPLETS: tuple[str, ...] = tuple(
@@ -103,10 +99,6 @@ BUSYBOX_APPLETS: tuple[str, ...] = tuple(
     cut env top sysctl blockdev cp mv ln touch find date expr less sort
     """.split()
 )
-
-#: qboot, a minimal firmware for direct kernel boot (Debian: qemu-system-data).
-#: It replaces SeaBIOS only when the guest boots a kernel given with -kernel.
-QBOOT_ROM = Path("/usr/share/qemu/qboot.rom")
 
 
 def default_cache_dir() -> Path:
@@ -204,8 +196,7 @@ def qemu_command(
     ``file:PATH``, ``unix:PATH,server=on,wait=off``, ``none`` ...). With ``tap``
     the guest gets a virtio-net NIC on that (pre-created) tap device; ``extra``
     is appended verbatim (e.g. ``-drive``, ``-qmp``). The guest powering off
-    (or panicking) makes QEMU exit (``-no-reboot``). The firmware is qboot
-    when installed (faster than SeaBIOS for a direct kernel boot).
+    (or panicking) makes QEMU exit (``-no-reboot``).
     """
     argv = [
         QEMU_BINARY,
@@ -230,7 +221,6 @@ def qemu_command(
         "-serial",
         serial,
         "-no-reboot",
-        *(["-bios", str(QBOOT_ROM)] if QBOOT_ROM.is_file() else []),
         "-kernel",
         str(image.kernel),
         "-initrd",
@@ -266,17 +256,13 @@ exec </dev/console >/dev/console 2>&1
 
 log() { echo "binome-init: $*"; }
 
-# Kernel modules, in dependency order: what HTTP and the disk CGI need now
-# (virtio net/blk), the power button's after httpd runs (boot-time budget).
-load_modules() {
-    while read -r mod; do
-        [ -n "$mod" ] || continue
-        name=${mod##*/}; name=${name%.ko}
-        [ -d "/sys/module/$name" ] && continue
-        insmod "/lib/modules/$mod" || log "insmod $mod failed"
-    done < "$1"
-}
-load_modules /etc/binome/modules
+# Kernel modules, in dependency order.
+while read -r mod; do
+    [ -n "$mod" ] || continue
+    name=${mod##*/}; name=${name%.ko}
+    [ -d "/sys/module/$name" ] && continue
+    insmod "/lib/modules/$mod" || log "insmod $mod failed"
+done < /etc/binome/modules
 
 IP=; GW=; HTTP_PORT=80; HOST=guest
 for arg in $(cat /proc/cmdline); do
@@ -290,10 +276,12 @@ done
 hostname "$HOST"
 echo "$HOST" > /etc/hostname
 
+# ACPI power button (QMP system_powerdown) -> acpid -> /etc/acpi/PWRF/00000080
+acpid -c /etc/acpi -l /var/log/acpid.log -p /var/run/acpid.pid || log "acpid failed"
+
 ip link set lo up
-# virtio-net probes asynchronously: poll finely (every 10 ms, up to 2 s).
 i=0
-while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 200 ]; do usleep 10000; i=$((i + 1)); done
+while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 20 ]; do usleep 100000; i=$((i + 1)); done
 ADDR=none
 if [ -e /sys/class/net/eth0 ]; then
     if [ -n "$IP" ]; then
@@ -314,11 +302,6 @@ fi
 
 echo "binome guest $HOST" > /www/index.html
 httpd -f -p "$HTTP_PORT" -h /www &
-
-load_modules /etc/binome/modules.late
-# ACPI power button (QMP system_powerdown) -> acpid -> /etc/acpi/PWRF/00000080
-acpid -c /etc/acpi -l /var/log/acpid.log -p /var/run/acpid.pid || log "acpid failed"
-
 i=0
 until wget -q -O /dev/null "http://127.0.0.1:$HTTP_PORT/" 2>/dev/null || [ $i -ge 50 ]; do
     usleep 100000; i=$((i + 1))
@@ -418,7 +401,7 @@ reply "200 OK" "ok $LEN"
 """
 
 # Bumped whenever the initramfs layout changes in a way the hash below misses.
-_FORMAT_VERSION = "2"
+_FORMAT_VERSION = "3"
 
 
 def _recipe_hash() -> str:
@@ -433,7 +416,6 @@ def _recipe_hash() -> str:
         STATUS_CGI,
         DISK_CGI,
         ",".join(GUEST_MODULES),
-        ",".join(sorted(GUEST_LATE_MODULES)),
         ",".join(BUSYBOX_APPLETS),
     ):
         h.update(part.encode())
@@ -616,15 +598,20 @@ def _decompress_kernel(payload: bytes) -> bytes | None:
 
 
 def _has_pvh_entry(elf: bytes) -> bool:
-    """True for a 64-bit ELF with a Xen PHYS32_ENTRY note (QEMU boots it via PVH)."""
+    """True for a complete 64-bit ELF with a Xen PHYS32_ENTRY note (QEMU boots it via PVH)."""
     if len(elf) < 64 or elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
         return False
     phoff = struct.unpack_from("<Q", elf, 0x20)[0]
     phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
-    for i in range(phnum):
-        p_type, _flags, p_offset, _va, _pa, p_filesz = struct.unpack_from(
-            "<IIQQQQ", elf, phoff + i * phentsize
-        )
+    if phoff + phentsize * phnum > len(elf):
+        return False
+    headers = [
+        struct.unpack_from("<IIQQQQ", elf, phoff + i * phentsize) for i in range(phnum)
+    ]
+    # A truncated decompression must not pass for a kernel.
+    if any(off + filesz > len(elf) for _t, _f, off, _v, _p, filesz in headers):
+        return False
+    for p_type, _flags, p_offset, _va, _pa, p_filesz in headers:
         if p_type != 4:  # PT_NOTE
             continue
         pos, end = p_offset, p_offset + p_filesz
@@ -701,6 +688,27 @@ def _module_bytes(path: Path) -> bytes:
     return data
 
 
+_MODULE_SIG_MAGIC = b"~Module signature appended~\n"
+
+
+def _strip_module_signature(data: bytes) -> bytes:
+    """``data`` without its appended signature (a ``struct module_signature``).
+
+    The guest kernel then skips the RSA check of each ``insmod`` (~0.15 s of
+    TCG time for the set, measured); it loads unsigned modules (no
+    ``module.sig_enforce``, no lockdown) and only marks itself tainted.
+    """
+    if not data.endswith(_MODULE_SIG_MAGIC):
+        return data
+    trailer = len(_MODULE_SIG_MAGIC) + 12  # magic + struct module_signature
+    if len(data) < trailer:
+        return data
+    (sig_len,) = struct.unpack(">I", data[-trailer + 8 : -len(_MODULE_SIG_MAGIC)])
+    if sig_len + trailer > len(data):
+        return data
+    return data[: -(trailer + sig_len)]
+
+
 def _module_depends(data: bytes) -> list[str]:
     m = re.search(rb"(?:^|\0)depends=([^\0]*)\0", data)
     if not m or not m.group(1):
@@ -738,10 +746,7 @@ def _collect_modules(moddir: Path, wanted: Iterable[str]) -> list[tuple[str, Pat
     return ordered
 
 
-def _build_initramfs(
-    busybox: Path, modules: list[tuple[str, Path, bytes]], kver: str, late: set[str]
-) -> bytes:
-    """The gzip'ed cpio; modules named in ``late`` go to ``modules.late``."""
+def _build_initramfs(busybox: Path, modules: list[tuple[str, Path, bytes]], kver: str) -> bytes:
     cpio = _Cpio()
     for d in (
         "bin",
@@ -787,13 +792,12 @@ def _build_initramfs(
     cpio.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
     cpio.file("etc/group", b"root:x:0:\n")
     cpio.file("etc/hostname", b"guest\n")
-    listing: dict[bool, list[str]] = {False: [], True: []}
+    listing = []
     for name, _path, data in modules:
         rel = f"{kver}/{name}.ko"
-        cpio.file(f"lib/modules/{rel}", data)
-        listing[name in late].append(rel)
-    cpio.file("etc/binome/modules", ("\n".join(listing[False]) + "\n").encode())
-    cpio.file("etc/binome/modules.late", ("\n".join(listing[True]) + "\n").encode())
+        cpio.file(f"lib/modules/{rel}", _strip_module_signature(data))
+        listing.append(rel)
+    cpio.file("etc/binome/modules", ("\n".join(listing) + "\n").encode())
     return gzip.compress(cpio.finish(), compresslevel=6, mtime=0)
 
 
@@ -857,12 +861,8 @@ def _build_locked(guest_dir: Path) -> GuestImage:
             raise ImageBuildError(f"{deb.name} has no boot/vmlinuz-* or lib/modules/*")
         kver = moddirs[-1].name
         modules = _collect_modules(moddirs[-1], GUEST_MODULES)
-        early = _collect_modules(
-            moddirs[-1], [m for m in GUEST_MODULES if m not in GUEST_LATE_MODULES]
-        )
-        late = {name for name, _p, _d in modules} - {name for name, _p, _d in early}
         busybox = _find_busybox(work)
-        initrd = _build_initramfs(busybox, modules, kver, late)
+        initrd = _build_initramfs(busybox, modules, kver)
 
         bzimage = kernels[-1].read_bytes()
         vmlinux = _pvh_kernel(bzimage)

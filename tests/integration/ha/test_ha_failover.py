@@ -10,6 +10,7 @@ node gone), nothing is recovered.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -66,6 +67,39 @@ def service(node: Node, sid: str) -> dict:
     return next((e for e in entries if e.get("sid") == sid), {})
 
 
+async def _waking_events(c: Cluster, seconds: float) -> list[str]:
+    """The changes that would wake the HA rounds during `seconds` (docs/ha.md 8.4)."""
+    from binome.ha.daemon.wake import WATCH_PREFIXES, wakes_rounds
+
+    store, seen = c.raw_store("n2"), []
+    try:
+        async with store.watch_prefixes(WATCH_PREFIXES, prev_kv=True, timeout=5) as events:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    async for ev in events:
+                        seen.append(ev)
+    finally:
+        await store.close()
+    assert any(e.key.startswith("/binome/ha/heartbeat/") for e in seen), "no renewal seen"
+    return [f"{e.kind} {e.key}" for e in seen if wakes_rounds(e)]
+
+
+def _crm_steps(node: Node, since: float) -> str:
+    """When the survivor's CRM saw n1 lost and assigned the recovery (its log, wall clock)."""
+    from datetime import datetime
+
+    def first(text: str) -> str:
+        for line in node.log_path.read_text(errors="replace").splitlines():
+            if text in line and line.startswith("ts="):
+                at = datetime.fromisoformat(line.split()[0][3:]).timestamp()
+                if at >= since - 1:
+                    return f"{at - since:.2f} s"
+        return "?"
+
+    return (f"CRM: n1 lost at {first('node n1: online -> unknown')}, recovery assigned at "
+            f"{first('recovery -> starting')}")
+
+
 def test_ha_failover_and_no_recovery_without_quorum(fresh_cluster: Cluster) -> None:
     from proxmoxer import ProxmoxAPI
 
@@ -104,13 +138,19 @@ def test_ha_failover_and_no_recovery_without_quorum(fresh_cluster: Cluster) -> N
         status = n1.cli("ha", "status").stdout
         print(status)
         assert "quorum OK" in status and f"service {sid} (n1, started)" in status
+        # steady state: the HA rounds' watch sees heartbeat renewals, nothing that wakes
+        # a round (a status rewritten every round would make the rounds loop)
+        waking = asyncio.run(_waking_events(c, 3.0))
+        assert len(waking) <= 1, waking
 
         # ---- power loss of n1: recovered on n2 (watchdog guarantee, no fence device)
-        t_kill = time.monotonic()
+        t_kill, wall_kill = time.monotonic(), time.time()
         power_off(n1, vmid)
         wait_for(lambda: qemu_pid(n2, vmid), 40, f"{sid} recovered on n2", interval=0.1)
         recovery = time.monotonic() - t_kill
-        print(f"\nrecovery: power-off of n1 -> QEMU of {sid} running on n2: {recovery:.1f} s")
+        watch = "off" if os.environ.get("BINOME_HA_WATCH") == "0" else "on"
+        print(f"\nrecovery: power-off of n1 -> QEMU of {sid} running on n2: {recovery:.1f} s"
+              f" (HA watch {watch}; {_crm_steps(n2, wall_kill)})")
         wait_for(lambda: service(n2, sid).get("node") == "n2"
                  and service(n2, sid).get("state") == "started", 20, f"{sid} started on n2")
         assert px.nodes("n2").qemu(vmid).config.get()["name"] == "ha-vm"   # config moved

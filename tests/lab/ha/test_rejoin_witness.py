@@ -115,13 +115,21 @@ def test_scenario_5_witness_down_nothing_moves(ha: HaLab) -> None:
         # observe for a while: at least one full lease period past the loss
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            assert watch.running_on() == [node], "the guest moved or stopped"
+            if watch.running_on() != [node]:
+                log = [f"{e.get('time')} {e.get('node')}: {e.get('msg')}"
+                       for e in reversed(lab.json(node, "cluster", "log", "--max", "15"))]
+                raise AssertionError("the guest moved or stopped; cluster log:\n"
+                                     + "\n".join(log))
             time.sleep(0.5)
         acked_after = [n for n, at in seq.acked if at > t0]
         status = lab.json(node, "ha", "status")
+    outages = [(round(a - t0, 1), b and round(b - t0, 1)) for a, b in probe.outages(t0)]
     print(f"10 s before: outages {base_outages}, {base_acked} writes acknowledged; since the "
-          f"witness went down ({time.time() - t0:.0f} s): outages {probe.outages(t0)}, "
+          f"witness went down ({time.time() - t0:.0f} s): outages {outages} (s after), "
           f"{len(acked_after)} writes acknowledged")
+    if outages:   # the witness's etcd is down: the node's API has the log
+        for e in reversed(lab.json(node, "cluster", "log", "--max", "30")):
+            print(f"   {e.get('time')} {e.get('node')}: {e.get('msg')}")
     quorum = next(e for e in status if e["type"] == "quorum")
     svc = next(e for e in status if e.get("sid") == ha.sid)
     assert quorum["quorate"] == 1 and quorum["status"] == "OK"

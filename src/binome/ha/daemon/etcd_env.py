@@ -155,7 +155,10 @@ class EtcdEnv:
     # ------------------------------------------------------------ snapshot / commit
 
     async def refresh(self) -> bool:
-        """Read the round's snapshot; False (and every read unavailable) without quorum."""
+        """Read the round's snapshot; False (and every read unavailable) without quorum.
+
+        A prefix read here must also be in `ha.daemon.wake.WATCH_PREFIXES`, or its
+        changes wait for the next periodic round."""
         hub = self.hub
         store = hub.store
         self._ok = False

@@ -155,7 +155,6 @@ class HaService:
         self._wake = asyncio.Event()
         self._debounce = Debouncer()
         self._debounce_handle: asyncio.TimerHandle | None = None
-        self.watch_wakeups = 0   # rounds woken by the watch (status, tests)
         # host shutdown/reboot detection (logind, or systemd asked on SIGTERM)
         self.shutdown = ShutdownDetector(on_request=self.wake)
         self._shutdown_ready = asyncio.Event()
@@ -451,7 +450,6 @@ class HaService:
     def _watch_fire(self) -> None:
         self._debounce.fired(asyncio.get_running_loop().time())
         self._debounce_handle = None
-        self.watch_wakeups += 1
         self.wake()
 
     async def round(self) -> None:
