@@ -13,11 +13,11 @@ boot under QEMU/TCG:
   payload cannot be unpacked or the kernel has no PVH entry);
 * the initramfs (gzip'ed newc cpio, written in pure Python) holds a static
   busybox, the virtio/ACPI-button/evdev kernel modules (decompressed to plain
-  ``.ko`` and stripped of their signatures at build time) and an ``/init``
-  shell script that configures the network from ``binome.*`` kernel
-  parameters, serves HTTP (static page plus the ``status`` and ``disk`` CGIs),
-  prints ``BINOME-GUEST-READY <ip>`` on the serial console, powers off on an
-  ACPI power-button press and keeps a shell on the serial console.
+  ``.ko`` at build time) and an ``/init`` shell script that configures the
+  network from ``binome.*`` kernel parameters, serves HTTP (static page plus
+  the ``status`` and ``disk`` CGIs), prints ``BINOME-GUEST-READY <ip>`` on the
+  serial console, powers off on an ACPI power-button press and keeps a shell
+  on the serial console.
 
 It also knows how to build the kernel command line (:meth:`GuestImage.cmdline`)
 and the QEMU argv (:func:`qemu_command`) for such a guest.
@@ -401,7 +401,7 @@ reply "200 OK" "ok $LEN"
 """
 
 # Bumped whenever the initramfs layout changes in a way the hash below misses.
-_FORMAT_VERSION = "3"
+_FORMAT_VERSION = "2"
 
 
 def _recipe_hash() -> str:
@@ -688,27 +688,6 @@ def _module_bytes(path: Path) -> bytes:
     return data
 
 
-_MODULE_SIG_MAGIC = b"~Module signature appended~\n"
-
-
-def _strip_module_signature(data: bytes) -> bytes:
-    """``data`` without its appended signature (a ``struct module_signature``).
-
-    The guest kernel then skips the RSA check of each ``insmod`` (~0.15 s of
-    TCG time for the set, measured); it loads unsigned modules (no
-    ``module.sig_enforce``, no lockdown) and only marks itself tainted.
-    """
-    if not data.endswith(_MODULE_SIG_MAGIC):
-        return data
-    trailer = len(_MODULE_SIG_MAGIC) + 12  # magic + struct module_signature
-    if len(data) < trailer:
-        return data
-    (sig_len,) = struct.unpack(">I", data[-trailer + 8 : -len(_MODULE_SIG_MAGIC)])
-    if sig_len + trailer > len(data):
-        return data
-    return data[: -(trailer + sig_len)]
-
-
 def _module_depends(data: bytes) -> list[str]:
     m = re.search(rb"(?:^|\0)depends=([^\0]*)\0", data)
     if not m or not m.group(1):
@@ -795,7 +774,7 @@ def _build_initramfs(busybox: Path, modules: list[tuple[str, Path, bytes]], kver
     listing = []
     for name, _path, data in modules:
         rel = f"{kver}/{name}.ko"
-        cpio.file(f"lib/modules/{rel}", _strip_module_signature(data))
+        cpio.file(f"lib/modules/{rel}", data)
         listing.append(rel)
     cpio.file("etc/binome/modules", ("\n".join(listing) + "\n").encode())
     return gzip.compress(cpio.finish(), compresslevel=6, mtime=0)
