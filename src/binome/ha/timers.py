@@ -18,11 +18,16 @@ The relations `validate()` enforces, and why:
   *is* the safety of recovery without a fence device. The margin absorbs the
   time to kill the guests and clock rate differences.
 - ``fence_delay >= 2 * keepalive_interval``: one lost renewal never makes the
-  CRM power a node off through its fence device. The default equals the
-  self-fence deadline: a node that stalls for less than that renews in time
-  and is left alone; one that stalls longer has already killed its guests,
+  CRM power a node off through its fence device. The default (3 s) is
+  close to the self-fence deadline: a node that stalls for less renews in
+  time and is left alone; one that stalls longer is about to kill its guests,
   and the device only makes the proof faster and certain. A shorter delay
   fails over sooner but powers off nodes that merely hiccuped.
+- ``self_fence_deadline`` (3.8 s, not validated beyond the rules above)
+  should exceed ``keepalive_interval`` + the longest etcd leader election
+  (1-2 s with the 1 s election timeout): losing the etcd leader (the witness,
+  which holds leadership) then never makes the nodes kill their guests;
+  failed renewals are retried every 0.2 s for the same reason.
 - ``fence_retry >= fence_timeout``: a new fence attempt never overlaps the one
   still in flight.
 - ``restart_grace >= fence_delay``: how long a node whose binomed restarts
@@ -54,7 +59,7 @@ class HaTimers:
 
     lease_ttl: float = 5.0
     keepalive_interval: float = 1.0
-    self_fence_deadline: float = 3.0
+    self_fence_deadline: float = 3.8
     safety_margin: float = 1.0
     fence_delay: float = 3.0
     fence_timeout: float = 5.0

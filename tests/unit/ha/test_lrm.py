@@ -69,7 +69,7 @@ def test_watchdog_is_armed_before_the_first_start():
     kinds = [c[0] for c in env.calls]
     assert kinds.index("watchdog_arm") < kinds.index("start")
     _, deadline, sids = env.calls[kinds.index("watchdog_arm")]
-    assert deadline == pytest.approx(99.5 + 3.0)   # counted from the renewal, not from now
+    assert deadline == pytest.approx(99.5 + HaTimers().self_fence_deadline)   # from the renewal
     assert sids == {"vm:100"}                       # listed before it starts
 
 
@@ -88,7 +88,7 @@ def test_stale_lease_stops_petting_and_acting():
     agent.step()
     assert agent.state == LrmState.ACTIVE
     env.calls.clear()
-    env.lease = LeaseInfo(True, env.t - 3.0)   # not renewed for the self-fence deadline
+    env.lease = LeaseInfo(True, env.t - HaTimers().self_fence_deadline - 0.01)   # deadline passed
     env.status.service_status["vm:100"] = ServiceStatus(S.MIGRATE, "n1", "u9", target="n2")
     agent.step()
     assert agent.state == LrmState.LOST_AGENT_LOCK
