@@ -71,6 +71,10 @@ class NodeConfig:
     api_bind: str = ""
     etcd_client_port: int = 2379
     etcd_peer_port: int = 2380
+    # The HA self-fence uses this hardware watchdog when it exists (the machine resets
+    # if binomed and its supervisor both stall); "none" for hosts running several
+    # nodes (the lab), where one node's self-fence must not reset the host.
+    watchdog_device: str = "/dev/watchdog"
     timers: Timers = field(default_factory=Timers)
 
     def __post_init__(self) -> None:
@@ -88,6 +92,8 @@ class NodeConfig:
                                  if self.name == "localhost" else ""))
         if self.role not in ROLES:
             raise ConfigError(f"role: must be one of {', '.join(ROLES)}")
+        if self.watchdog_device != "none" and not self.watchdog_device.startswith("/dev/"):
+            raise ConfigError("watchdog_device: a device path under /dev, or 'none'")
         for key in ("cluster_address", "replication_address", "api_bind"):
             try:
                 ipaddress.ip_address(getattr(self, key))

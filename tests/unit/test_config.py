@@ -136,3 +136,13 @@ def test_derived_paths_and_urls(tmp_path):
     assert node(tmp_path).etcd_client_url == "https://10.0.0.1:2379"
     assert cfg.api_socket == tmp_path / "run" / "api.sock"
     assert cfg.tasks_dir == tmp_path / "tasks"
+
+
+def test_watchdog_device_default_none_and_bad_value(tmp_path):
+    cfg = NodeConfig(name="n1", state_dir=tmp_path, cluster_address="10.0.0.1")
+    assert cfg.watchdog_device == "/dev/watchdog"
+    assert NodeConfig(name="n1", state_dir=tmp_path, cluster_address="10.0.0.1",
+                      watchdog_device="none").watchdog_device == "none"
+    with pytest.raises(ConfigError, match="watchdog_device"):
+        NodeConfig(name="n1", state_dir=tmp_path, cluster_address="10.0.0.1",
+                   watchdog_device="watchdog0")

@@ -33,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--api-bind", help="API bind address (default 0.0.0.0)")
     p.add_argument("--etcd-client-port", type=int, help="etcd client port (default 2379)")
     p.add_argument("--etcd-peer-port", type=int, help="etcd peer port (default 2380)")
+    p.add_argument("--watchdog-device",
+                   help="hardware watchdog for the HA self-fence, used if it exists "
+                        "(default /dev/watchdog; 'none': the supervisor process only)")
     p.add_argument("--log-level", default=os.environ.get("BINOME_LOG_LEVEL", "info"))
     return p.parse_args(argv)
 
@@ -43,6 +46,7 @@ def load_config(args: argparse.Namespace) -> NodeConfig:
         "replication_address": args.replication_address, "role": args.role,
         "api_port": args.api_port, "api_bind": args.api_bind,
         "etcd_client_port": args.etcd_client_port, "etcd_peer_port": args.etcd_peer_port,
+        "watchdog_device": args.watchdog_device,
     }.items() if v is not None}
     path = args.state_dir / "node.json"
     if path.exists():

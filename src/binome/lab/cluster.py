@@ -161,7 +161,9 @@ class LabCluster:
         host = self.lab.host(name)
         role = "witness" if name == self.witness else "node"
         argv = [str(BIN / "binomed"), "--state-dir", str(self.state_dir(name)), "--name", name,
-                "--role", role, "--address", host.addresses["cluster"]]
+                "--role", role, "--address", host.addresses["cluster"],
+                # the lab's nodes share one host: a self-fence must never reset it
+                "--watchdog-device", "none"]
         if "replication" in host.addresses:
             argv += ["--replication-address", host.addresses["replication"]]
         return argv

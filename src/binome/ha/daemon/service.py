@@ -136,9 +136,11 @@ class HaService:
                                        self.timers.manager_round) * 0.8)
         run = config.run_dir
         self.qemu_run_dir = run / "qemu"
-        # device=None: the lab has no /dev/watchdog; the supervisor kills the guests itself
+        # The supervisor kills the guests itself at the deadline; with a hardware
+        # watchdog (used when the device exists) the machine also resets.
+        device = None if config.watchdog_device == "none" else config.watchdog_device
         self.watchdog = Watchdog(run / "ha-watchdog.state", run / "ha-watchdog.pid",
-                                 device=None)
+                                 device=device)
         self.armed_sids: set[str] = set()
         self.rebooting_vmids: set[int] = set()
         # the node's VolumeService (set by binomed): replicated disks are promoted on start
