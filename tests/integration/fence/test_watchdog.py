@@ -159,7 +159,7 @@ async def test_fires_after_the_deadline_and_not_before(watchdogs, guests, run_di
     assert {(k["vmid"], k["pid"]) for k in status.killed} == {(100, g100.pid), (101, g101.pid)}
     assert all(k["dead"] for k in status.killed)
     assert other.alive()
-    assert g100.popen.returncode == -signal.SIGKILL
+    assert g100.popen.wait(timeout=5) == -signal.SIGKILL   # reaped: it may be a zombie still
     print(f"\nwatchdog: fired {status.late * 1000:.1f} ms after the deadline "
           f"(supervisor's clock); death seen by the test {(seen_dead - deadline) * 1000:.1f} ms "
           "after it")

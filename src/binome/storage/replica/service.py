@@ -912,6 +912,19 @@ class VolumeService:
                     raise VolumeFailure(f"volume {name}: the copy on {self.node} was "
                                         f"recorded Outdated by {peer}")
                 say(f"volume {name}: {peer}'s copy recorded Outdated before the promotion")
+        elif quorum_fenced and not force:
+            # Our engine may still believe it is Connected while the peer, which noticed
+            # the link loss first (it was writing), has already recorded this copy
+            # Outdated with quorum and gone on writing alone: the mark wins.
+            with contextlib.suppress(StoreUnavailable):
+                marked = ((await self._store().get(vkeys.fencing(name))) or None)
+                mine = (((marked.value if marked else None) or {})
+                        .get("outdated", {}).get(self.node))
+                if mine is not None:
+                    raise VolumeFailure(
+                        f"volume {name}: the copy on {self.node} was recorded Outdated by "
+                        f"{mine.get('by')} ({mine.get('reason', '')}); refusing to promote "
+                        f"stale data (--force overrides)")
         if force:
             msg = (f"volume {name}: FORCED promotion on {self.node} "
                    f"(disk {st['disk']}, peer disk {st['peer_disk']}, {st['cstate']})")
