@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,9 @@ from aetcd import exceptions as etcd_exc
 from aetcd import rpc
 
 from binome.store import keys
+
+# etcd errors returned before a request was proposed to raft (nothing applied)
+_NOT_PROPOSED = ("raft proposal dropped", "etcdserver: no leader")
 
 
 class StoreUnavailable(RuntimeError):
@@ -151,15 +155,27 @@ class Store:
             pass
 
     async def _call(self, coro_fn, *args, timeout: float | None = None, **kwargs):
-        try:
-            return await asyncio.wait_for(coro_fn(*args, **kwargs), timeout or self.timeout)
-        except (TimeoutError, etcd_exc.ClientError, grpc.RpcError) as exc:
-            if isinstance(exc, etcd_exc.PreconditionFailedError):
-                raise
-            cause = exc.__cause__ if isinstance(exc, etcd_exc.ClientError) else exc
-            detail = cause.details() if isinstance(cause, grpc.aio.AioRpcError) else str(exc)
-            raise StoreUnavailable(f"etcd {self.host}:{self.port}: {detail or 'timeout'}") \
-                from exc
+        deadline = time.monotonic() + (timeout or self.timeout)
+        pause = 0.05
+        while True:
+            try:
+                return await asyncio.wait_for(coro_fn(*args, **kwargs),
+                                              max(0.01, deadline - time.monotonic()))
+            except (TimeoutError, etcd_exc.ClientError, grpc.RpcError) as exc:
+                if isinstance(exc, etcd_exc.PreconditionFailedError):
+                    raise
+                cause = exc.__cause__ if isinstance(exc, etcd_exc.ClientError) else exc
+                detail = cause.details() if isinstance(cause, grpc.aio.AioRpcError) else str(exc)
+                # A leader transfer or election drops proposals / answers "no leader"
+                # before anything is proposed: retrying within the caller's deadline is
+                # safe for every request (nothing was applied) and hides the hand-over.
+                if (detail and any(t in detail for t in _NOT_PROPOSED)
+                        and deadline - time.monotonic() > pause):
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 0.4)
+                    continue
+                raise StoreUnavailable(f"etcd {self.host}:{self.port}: {detail or 'timeout'}") \
+                    from exc
 
     # key/value, JSON encoded
     async def _range(self, key: str, range_end: str | None, serializable: bool,
