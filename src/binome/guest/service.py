@@ -732,10 +732,12 @@ class GuestService:
             new.pop("lock", None)
         return await self._write(vm, new)
 
-    async def _demote_after(self, task: Task, names: list[str], timeout: float = 15.0) -> None:
+    async def _demote_after(self, task: Task | None, names: list[str],
+                            timeout: float = 15.0) -> None:
         """Demote volumes once QEMU's NBD connections are gone (a demotion is refused
-        while the device is open); a failure is a task warning, not an error: the
-        guest already runs elsewhere and a Primary that no one opens does no harm."""
+        while the device is open); a failure is a warning (in the task if there is
+        one), not an error: the guest runs elsewhere, or never left, and a Primary
+        that no one opens does no harm."""
         if self.volumes is None:
             return
         for name in names:
@@ -743,12 +745,18 @@ class GuestService:
             while True:
                 try:
                     st = await self.volumes.demote(name)
-                    task.log(f"volume {name}: Secondary on {self.node} (peer "
-                             f"{st.get('peer_role', '?')})")
+                    if task is not None:
+                        task.log(f"volume {name}: Secondary on {self.node} (peer "
+                                 f"{st.get('peer_role', '?')})")
                     break
                 except Exception as exc:
                     if time.monotonic() > deadline:
-                        task.warn(f"volume {name}: could not demote on {self.node}: {exc}")
+                        if task is not None:
+                            task.warn(f"volume {name}: could not demote on {self.node}: "
+                                      f"{exc}")
+                        else:
+                            log.warning("volume %s: demotion after an aborted migration "
+                                        "failed: %s", name, exc)
                         break
                     await asyncio.sleep(0.2)
 
@@ -919,25 +927,9 @@ class GuestService:
                 await self.volumes.promote(name)
                 promoted.append(name)
         except BaseException:
-            await asyncio.shield(self._demote_quietly(promoted))
+            await asyncio.shield(self._demote_after(None, promoted, timeout=10.0))
             raise
         return promoted
-
-    async def _demote_quietly(self, names: list[str], timeout: float = 10.0) -> None:
-        if self.volumes is None:
-            return
-        for name in names:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    await self.volumes.demote(name)
-                    break
-                except Exception as exc:
-                    if time.monotonic() > deadline:
-                        log.warning("volume %s: demotion after an aborted migration failed: "
-                                    "%s", name, exc)
-                        break
-                    await asyncio.sleep(0.2)
 
     async def incoming_prepare(self, vmid: int, source: str) -> dict[str, Any]:
         """Start a paused QEMU waiting for the state of VM `vmid` from `source`."""
@@ -966,7 +958,7 @@ class GuestService:
         if self.runtime.is_running(vmid):
             with contextlib.suppress(Exception):
                 await self.runtime.stop(vmid, timeout=5.0)
-        await self._demote_quietly(promoted)
+        await self._demote_after(None, promoted, timeout=10.0)
 
     async def incoming_resume(self, vmid: int, source: str) -> dict[str, Any]:
         """After the switch-over: the config is here now; run the received guest."""

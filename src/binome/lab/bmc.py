@@ -95,6 +95,24 @@ def netns_pids(netns: str) -> list[int]:
     return pids
 
 
+def binomed_pid(netns: str, state_dir: str | Path) -> int | None:
+    """The binomed of a lab host: in its namespace, with its --state-dir (None if the
+    namespace or the process is gone)."""
+    state = str(state_dir).encode()
+    try:
+        pids = netns_pids(netns)
+    except FileNotFoundError:
+        return None
+    for pid in pids:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(a.endswith(b"binomed") for a in argv[:2]) and state in argv:
+            return pid
+    return None
+
+
 class NodePower:
     """The power of one lab node: its network namespace's processes and a power-on argv."""
 

@@ -107,21 +107,9 @@ def _link_up(veth: str) -> bool | None:
 
 def daemon_pid(doc: dict[str, Any], host: str) -> int | None:
     """binomed of `host`, found in its namespace by its --state-dir argument."""
-    from binome.lab.bmc import netns_pids
+    from binome.lab.bmc import binomed_pid
 
-    state = doc["state_dirs"][host].encode()
-    try:
-        pids = netns_pids(doc["hosts"][host]["netns"])
-    except FileNotFoundError:
-        return None
-    for pid in pids:
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(a.endswith(b"binomed") for a in argv[:2]) and state in argv:
-            return pid
-    return None
+    return binomed_pid(doc["hosts"][host]["netns"], doc["state_dirs"][host])
 
 
 def _proc_state(pid: int) -> str:

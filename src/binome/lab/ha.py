@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from binome.lab.bmc import netns_pids
+from binome.lab.bmc import binomed_pid, netns_pids
 from binome.lab.cluster import CLIENT, LabCluster, LabClusterError
 from binome.store import keys
 
@@ -584,15 +584,7 @@ class HaLab:
 
     def daemon_pid(self, node: str) -> int | None:
         """binomed of `node` (found in its namespace by its --state-dir argument)."""
-        state = str(self.cluster.state_dir(node)).encode()
-        for pid in netns_pids(self.cluster.lab.host(node).netns):
-            try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if any(a.endswith(b"binomed") for a in argv[:2]) and state in argv:
-                return pid
-        return None
+        return binomed_pid(self.cluster.lab.host(node).netns, self.cluster.state_dir(node))
 
     def pause_daemon(self, node: str) -> int:
         pid = self.daemon_pid(node)

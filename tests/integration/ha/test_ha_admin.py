@@ -9,7 +9,6 @@ leaves the cluster with no HA resource.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,56 +16,26 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import _nets, _require_tools
-from tests.integration.ha.test_ha_failover import kill_pid, qemu_pid
+from tests.integration.ha.guests import (
+    api,
+    install_guest_image,
+    kill_pid,
+    qemu_pid,
+    service,
+    stop_cluster_and_guests,
+)
 from tests.integration.harness import PASSWORD, Cluster, Node, make_cluster, wait_for
 
 
 @pytest.fixture(scope="module")
 def ha_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    from binome.lab.image import build_image
-
     _require_tools()
     c = make_cluster(tmp_path_factory.mktemp("ha-admin"), next(_nets))
     try:
-        image = build_image()
-        for name in ("n1", "n2"):
-            iso = c[name].state_dir / "storage" / "local" / "template" / "iso"
-            iso.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(image.kernel, iso / "vmlinuz")
-            shutil.copyfile(image.initrd, iso / "initrd.gz")
+        install_guest_image(c)
         yield c
     finally:
-        for node in c.nodes.values():
-            for pidfile in (node.state_dir / "run" / "qemu").glob("*.pid"):
-                kill_pid(qemu_pid(node, int(pidfile.stem)))
-        c.stop()
-        for pid in _supervisors(c.root):   # they outlive a daemon stop, by design
-            kill_pid(pid)
-
-
-def _supervisors(root) -> list[int]:
-    """The watchdog supervisors of this cluster's nodes, found by their state path
-    (not by pidfile: a concurrent pytest session may have pruned our base temp dir)."""
-    from pathlib import Path
-
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"binome.fence.watchdog" in cmd and any(str(root).encode() in a for a in cmd):
-            pids.append(int(proc.name))
-    return pids
-
-
-def api(node: Node):
-    from proxmoxer import ProxmoxAPI
-
-    return ProxmoxAPI(node.address, user="admin@pve", password=PASSWORD, verify_ssl=False,
-                      timeout=60)
+        stop_cluster_and_guests(c)
 
 
 def create_vm(px, node: str, name: str) -> int:
@@ -86,10 +55,6 @@ def task_done(px, node: str, upid: str, timeout: float = 180) -> dict[str, Any]:
 
 def task_log(px, node: str, upid: str) -> str:
     return "\n".join(e["t"] for e in px.nodes(node).tasks(upid).log.get(limit=1000))
-
-
-def service(node: Node, sid: str) -> dict:
-    return next((e for e in node.json("ha", "status") if e.get("sid") == sid), {})
 
 
 def test_qm_actions_of_an_ha_vm_go_through_the_manager(ha_cluster: Cluster) -> None:

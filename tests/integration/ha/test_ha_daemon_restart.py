@@ -18,7 +18,6 @@ script here, the `agent` fence type) confirmed the power-off, after
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -26,16 +25,22 @@ from collections.abc import Iterator
 import pytest
 
 from tests.integration.conftest import _nets, _require_tools
-from tests.integration.ha.test_ha_failover import _pid, kill_pid, qemu_pid
-from tests.integration.harness import PASSWORD, Cluster, Node, make_cluster, wait_for
+from tests.integration.ha.guests import (
+    _pid,
+    api,
+    install_guest_image,
+    kill_pid,
+    qemu_pid,
+    service,
+    stop_cluster_and_guests,
+)
+from tests.integration.harness import Cluster, Node, make_cluster, wait_for
 
 GRACE = 30.0   # HaTimers.restart_grace (default)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    from binome.lab.image import build_image
-
     _require_tools()
     root = tmp_path_factory.mktemp("ha-restart")
     probe = root / "host-state"
@@ -44,35 +49,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     os.environ["BINOME_SHUTDOWN_PROBE"] = f"cat {probe}"
     c = make_cluster(root, next(_nets))
     try:
-        image = build_image()
-        for name in ("n1", "n2"):
-            iso = c[name].state_dir / "storage" / "local" / "template" / "iso"
-            iso.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(image.kernel, iso / "vmlinuz")
-            shutil.copyfile(image.initrd, iso / "initrd.gz")
+        install_guest_image(c)
         yield c
     finally:
-        for node in c.nodes.values():
-            for pidfile in (node.state_dir / "run" / "qemu").glob("*.pid"):
-                kill_pid(qemu_pid(node, int(pidfile.stem)))
-        c.stop()
-        for node in c.nodes.values():
-            kill_pid(_pid(node.state_dir / "run" / "ha-watchdog.pid"))
+        stop_cluster_and_guests(c)
         if old is None:
             os.environ.pop("BINOME_SHUTDOWN_PROBE", None)
         else:
             os.environ["BINOME_SHUTDOWN_PROBE"] = old
-
-
-def api(node: Node):
-    from proxmoxer import ProxmoxAPI
-
-    return ProxmoxAPI(node.address, user="admin@pve", password=PASSWORD, verify_ssl=False,
-                      timeout=60)
-
-
-def service(node: Node, sid: str) -> dict:
-    return next((e for e in node.json("ha", "status") if e.get("sid") == sid), {})
 
 
 def ha_vm(c: Cluster, name: str) -> tuple[int, str]:
@@ -129,6 +113,7 @@ def test_binomed_restart_keeps_the_guest_running(cluster: Cluster) -> None:
         status = n2.cli("ha", "status").stdout
         print(status)
         assert f"service {sid} (n1, freeze)" in status
+        assert "restart mode (binomed restarting, guests left running)" in status, status
 
         t0 = time.monotonic()
         n1.start()

@@ -13,40 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
-import signal
 import time
-from pathlib import Path
 
+from tests.integration.ha.guests import _pid, install_guest_image, kill_pid, qemu_pid
 from tests.integration.harness import PASSWORD, Cluster, Node, wait_for
-
-
-def _pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def qemu_pid(node: Node, vmid: int) -> int | None:
-    pid = _pid(node.state_dir / "run" / "qemu" / f"{vmid}.pid")
-    return pid if _alive(pid) else None
-
-
-def kill_pid(pid: int | None) -> None:
-    if pid is not None and _alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def power_off(node: Node, vmid: int) -> None:
@@ -103,17 +73,10 @@ def _crm_steps(node: Node, since: float) -> str:
 def test_ha_failover_and_no_recovery_without_quorum(fresh_cluster: Cluster) -> None:
     from proxmoxer import ProxmoxAPI
 
-    from binome.lab.image import build_image
-
     began = time.monotonic()
     c = fresh_cluster
     n1, n2, w = c["n1"], c["n2"], c["w"]
-    image = build_image()
-    for name in ("n1", "n2"):
-        iso = c[name].state_dir / "storage" / "local" / "template" / "iso"
-        iso.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(image.kernel, iso / "vmlinuz")
-        shutil.copyfile(image.initrd, iso / "initrd.gz")
+    install_guest_image(c)
     px = ProxmoxAPI(n2.address, user="admin@pve", password=PASSWORD, verify_ssl=False,
                     timeout=30)
     vmid = int(px.cluster.nextid.get())

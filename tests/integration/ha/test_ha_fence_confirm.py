@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import time
 
+from tests.integration.ha.guests import _pid, api, kill_pid, qemu_pid, service
 from tests.integration.ha.test_ha_daemon_restart import (  # noqa: F401 (fixture)
     GRACE,
-    api,
     cluster,
     cluster_log,
     ha_vm,
-    service,
     sigterm,
 )
-from tests.integration.ha.test_ha_failover import _pid, kill_pid, qemu_pid
 from tests.integration.harness import Cluster, wait_for
 
 FAILING_AGENT = """#!/bin/sh

@@ -14,27 +14,15 @@ from tests.integration.replica.test_daemon_volumes import (
     MiB,
     backing,
     in_sync,
-    kill_engine,
     store_get,
+    volume_cluster,
     vstatus,
 )
 
 
 @pytest.fixture(scope="module")
 def vc(tmp_path_factory) -> Iterator[Cluster]:
-    from tests.integration.conftest import _nets, _require_tools
-    from tests.integration.harness import make_cluster
-
-    _require_tools()
-    c = make_cluster(tmp_path_factory.mktemp("volops"), next(_nets))
-    try:
-        yield c
-    finally:
-        try:
-            c.stop()
-        finally:
-            for node in c.nodes.values():
-                kill_engine(node)
+    yield from volume_cluster(tmp_path_factory, "volops")
 
 
 def test_two_primaries_and_online_verify_through_the_api(vc: Cluster) -> None:

@@ -14,27 +14,15 @@ from tests.integration.harness import Cluster, Node, wait_for
 from tests.integration.replica.test_daemon_volumes import (
     MiB,
     in_sync,
-    kill_engine,
     store_get,
+    volume_cluster,
     vstatus,
 )
 
 
 @pytest.fixture(scope="module")
 def vc(tmp_path_factory) -> Iterator[Cluster]:
-    from tests.integration.conftest import _nets, _require_tools
-    from tests.integration.harness import make_cluster
-
-    _require_tools()
-    c = make_cluster(tmp_path_factory.mktemp("volset"), next(_nets))
-    try:
-        yield c
-    finally:
-        try:
-            c.stop()
-        finally:
-            for node in c.nodes.values():
-                kill_engine(node)
+    yield from volume_cluster(tmp_path_factory, "volset")
 
 
 def settings(node: Node, name: str = "d1") -> dict:

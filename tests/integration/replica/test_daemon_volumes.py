@@ -57,12 +57,13 @@ def _running(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.fixture(scope="module")
-def vc(tmp_path_factory) -> Iterator[Cluster]:
+def volume_cluster(tmp_path_factory, name: str) -> Iterator[Cluster]:
+    """A module's 2-node + witness cluster; the engines outlive their daemons by design,
+    so they are stopped by pid after the cluster."""
     from tests.integration.conftest import _nets, _require_tools
 
     _require_tools()
-    c = make_cluster(tmp_path_factory.mktemp("vols"), next(_nets))
+    c = make_cluster(tmp_path_factory.mktemp(name), next(_nets))
     try:
         yield c
     finally:
@@ -71,6 +72,11 @@ def vc(tmp_path_factory) -> Iterator[Cluster]:
         finally:
             for node in c.nodes.values():
                 kill_engine(node)
+
+
+@pytest.fixture(scope="module")
+def vc(tmp_path_factory) -> Iterator[Cluster]:
+    yield from volume_cluster(tmp_path_factory, "vols")
 
 
 def vstatus(node: Node, name: str = "v1", via: Node | None = None) -> dict:

@@ -28,13 +28,13 @@ same instance answering, no failed request).
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from binome.lab.ha import HaLab, HttpProbe, QemuWatch, SeqWriter, Timeline, _qemu_alive, wait_until
+from tests.lab.ha.labs import serving_lab
 
 pytestmark = pytest.mark.lab
 
@@ -47,19 +47,7 @@ RESYNC_TIMEOUT = 60.0
 
 @pytest.fixture(scope="module")
 def ha(tmp_path_factory) -> Iterator[HaLab]:
-    if os.geteuid() != 0:
-        pytest.skip("lab tests need root (network namespaces)")
-    lab = HaLab(base="198.20", lab_id=f"ha{os.getpid() % 100000:x}"[:8],
-                workdir=tmp_path_factory.mktemp("halab"))
-    began = time.monotonic()
-    lab.start()
-    try:
-        lab.create_ha_guest()
-        print(f"\nHA lab with the guest serving and its volume in sync: "
-              f"{time.monotonic() - began:.1f} s")
-        yield lab
-    finally:
-        lab.stop()
+    yield from serving_lab(tmp_path_factory, base="198.20", id_prefix="ha", dirname="halab")
 
 
 def report(name: str, tl: Timeline) -> None:

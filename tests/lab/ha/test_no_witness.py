@@ -14,7 +14,6 @@ sure n1 is dead (powers it off through its BMC), runs `binome cluster expected
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 
@@ -22,6 +21,7 @@ import pytest
 
 from binome.lab.cluster import LabClusterError
 from binome.lab.ha import HaLab, wait_until
+from tests.lab.ha.labs import serving_lab
 
 pytestmark = pytest.mark.lab
 
@@ -30,19 +30,8 @@ OBSERVE = 25.0   # how long "nothing is recovered" is watched after the cut
 
 @pytest.fixture
 def ha2(tmp_path_factory) -> Iterator[HaLab]:
-    if os.geteuid() != 0:
-        pytest.skip("lab tests need root (network namespaces)")
-    lab = HaLab(base="198.22", lab_id=f"hn{os.getpid() % 100000:x}"[:8],
-                workdir=tmp_path_factory.mktemp("halab4"), witness=None)
-    began = time.monotonic()
-    lab.start()
-    try:
-        lab.create_ha_guest()
-        print(f"\n2-node HA lab with the guest serving and its volume in sync: "
-              f"{time.monotonic() - began:.1f} s")
-        yield lab
-    finally:
-        lab.stop()
+    yield from serving_lab(tmp_path_factory, base="198.22", id_prefix="hn", dirname="halab4",
+                           label="2-node HA lab", witness=None)
 
 
 def quorum_entry(ha: HaLab, node: str) -> dict:

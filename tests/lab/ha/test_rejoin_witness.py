@@ -22,6 +22,7 @@ import pytest
 
 from binome.lab.bmc import netns_pids
 from binome.lab.ha import HaLab, HttpProbe, QemuWatch, SeqWriter, wait_until
+from tests.lab.ha.labs import serving_lab
 
 pytestmark = pytest.mark.lab
 
@@ -53,19 +54,7 @@ def patient_probes(ha: HaLab) -> Iterator[tuple[HttpProbe, SeqWriter, QemuWatch]
 
 @pytest.fixture(scope="module")
 def ha(tmp_path_factory) -> Iterator[HaLab]:
-    if os.geteuid() != 0:
-        pytest.skip("lab tests need root (network namespaces)")
-    lab = HaLab(base="198.22", lab_id=f"hr{os.getpid() % 100000:x}"[:8],
-                workdir=tmp_path_factory.mktemp("halab3"))
-    began = time.monotonic()
-    lab.start()
-    try:
-        lab.create_ha_guest()
-        print(f"\nHA lab with the guest serving and its volume in sync: "
-              f"{time.monotonic() - began:.1f} s")
-        yield lab
-    finally:
-        lab.stop()
+    yield from serving_lab(tmp_path_factory, base="198.22", id_prefix="hr", dirname="halab3")
 
 
 def engine_log(ha: HaLab, node: str) -> Path:

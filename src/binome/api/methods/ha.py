@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from binome.api.errors import ApiError, param_error
@@ -84,6 +85,34 @@ RESOURCE_PARAMS = {
 }
 
 
+async def _edit_entry(store, key: str, name: str,
+                      change: Callable[[dict[str, Any] | None], dict[str, Any] | None], *,
+                      missing: str | None = None, exists: str | None = None,
+                      check: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """One compare-and-swap edit of an entry of the resources or groups document.
+
+    `change(old)` gives the new entry (None deletes it); `missing` / `exists` are
+    the errors for an entry that must / must not be there already; `check(doc)`
+    runs first on the whole document read.
+    """
+    def mutate(doc):
+        doc = dict(doc or {})
+        if check is not None:
+            check(doc)
+        if exists is not None and name in doc:
+            raise ApiError(500, exists)
+        if missing is not None and name not in doc:
+            raise ApiError(500, missing)
+        new = change(doc.get(name))
+        if new is None:
+            doc.pop(name, None)
+        else:
+            doc[name] = new
+        return doc
+
+    await store.update(key, mutate)
+
+
 def _apply(cfg: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     out = dict(cfg)
     out.pop("stop_timeout", None)   # a hint of the last qm stop/shutdown only
@@ -128,15 +157,8 @@ async def ha_resource_add(ctx: RequestContext, params: dict[str, Any]) -> None:
     if params.get("group") and params["group"] not in groups:
         raise ApiError(500, f"no such ha group '{params['group']}'")
     cfg = _apply({"state": "started"}, params)
-
-    def mutate(doc):
-        doc = dict(doc or {})
-        if sid in doc:
-            raise ApiError(500, f"resource ID '{sid}' already defined")
-        doc[sid] = cfg
-        return doc
-
-    await store.update(keys.HA_RESOURCES, mutate)
+    await _edit_entry(store, keys.HA_RESOURCES, sid, lambda _old: cfg,
+                      exists=f"resource ID '{sid}' already defined")
 
 
 @registry.register(
@@ -169,18 +191,15 @@ async def ha_resource_set(ctx: RequestContext, params: dict[str, Any]) -> None:
     sid = parse_sid(params["sid"])
     delete = [d.strip() for d in (params.get("delete") or "").split(",") if d.strip()]
 
-    def mutate(doc):
-        doc = dict(doc or {})
+    def same_digest(doc: dict[str, Any]) -> None:
         if params.get("digest") and params["digest"] != _digest(doc):
             raise ApiError(500, "detected modified configuration - file changed by other "
                                 "user? Try again.")
-        if sid not in doc:
-            raise ApiError(500, f"no such resource '{sid}'")
-        cfg = {k: v for k, v in doc[sid].items() if k not in delete}
-        doc[sid] = _apply(cfg, params)
-        return doc
 
-    await store.update(keys.HA_RESOURCES, mutate)
+    await _edit_entry(
+        store, keys.HA_RESOURCES, sid,
+        lambda old: _apply({k: v for k, v in old.items() if k not in delete}, params),
+        missing=f"no such resource '{sid}'", check=same_digest)
 
 
 @registry.register(
@@ -192,15 +211,8 @@ async def ha_resource_set(ctx: RequestContext, params: dict[str, Any]) -> None:
 async def ha_resource_remove(ctx: RequestContext, params: dict[str, Any]) -> None:
     store = _require_quorum(ctx)
     sid = parse_sid(params["sid"])
-
-    def mutate(doc):
-        doc = dict(doc or {})
-        if sid not in doc:
-            raise ApiError(500, f"no such resource '{sid}'")
-        del doc[sid]
-        return doc
-
-    await store.update(keys.HA_RESOURCES, mutate)
+    await _edit_entry(store, keys.HA_RESOURCES, sid, lambda _old: None,
+                      missing=f"no such resource '{sid}'")
 
 
 async def _append_command(ctx: RequestContext, line: str) -> None:
@@ -290,15 +302,8 @@ async def ha_group_add(ctx: RequestContext, params: dict[str, Any]) -> None:
     if not params.get("nodes"):
         raise param_error("nodes", "property is missing and it is not optional")
     cfg = _group_apply({}, params)
-
-    def mutate(doc):
-        doc = dict(doc or {})
-        if name in doc:
-            raise ApiError(500, f"ha group '{name}' already defined")
-        doc[name] = cfg
-        return doc
-
-    await store.update(keys.HA_GROUPS, mutate)
+    await _edit_entry(store, keys.HA_GROUPS, name, lambda _old: cfg,
+                      exists=f"ha group '{name}' already defined")
 
 
 @registry.register(
@@ -322,15 +327,8 @@ async def ha_group_get(ctx: RequestContext, params: dict[str, Any]) -> dict[str,
 async def ha_group_set(ctx: RequestContext, params: dict[str, Any]) -> None:
     store = _require_quorum(ctx)
     name = params["group"]
-
-    def mutate(doc):
-        doc = dict(doc or {})
-        if name not in doc:
-            raise ApiError(500, f"no such ha group '{name}'")
-        doc[name] = _group_apply(doc[name], params)
-        return doc
-
-    await store.update(keys.HA_GROUPS, mutate)
+    await _edit_entry(store, keys.HA_GROUPS, name, lambda old: _group_apply(old, params),
+                      missing=f"no such ha group '{name}'")
 
 
 @registry.register(
@@ -346,15 +344,8 @@ async def ha_group_remove(ctx: RequestContext, params: dict[str, Any]) -> None:
     users = sorted(sid for sid, cfg in resources.items() if cfg.get("group") == name)
     if users:
         raise ApiError(500, f"ha group '{name}' is used by {', '.join(users)}")
-
-    def mutate(doc):
-        doc = dict(doc or {})
-        if name not in doc:
-            raise ApiError(500, f"no such ha group '{name}'")
-        del doc[name]
-        return doc
-
-    await store.update(keys.HA_GROUPS, mutate)
+    await _edit_entry(store, keys.HA_GROUPS, name, lambda _old: None,
+                      missing=f"no such ha group '{name}'")
 
 
 # ---------------------------------------------------------------- status
@@ -405,6 +396,13 @@ async def ha_status_current(ctx: RequestContext, params: dict[str, Any]) -> list
         label = {"active": "active", "wait_for_agent_lock": "idle",
                  "lost_agent_lock": "lost agent lock", "maintenance": "maintenance mode"}
         text = label.get(state, state)
+        mode = lrm.get("mode") or "active"
+        if mode not in ("active", "maintenance") and state != "maintenance":
+            # as ha-manager does: a node about to restart or shut down says so, else an
+            # admin reads "idle" while binomed is down and its guests run unwatched
+            text = f"{text}, {mode} mode"
+            if lrm.get("daemon_restart"):
+                text += " (binomed restarting, guests left running)"
         if rec.get("state") and rec["state"] != "online":
             text = f"{text}, node {rec['state']}"
         entry = {"id": f"lrm:{node}", "type": "lrm", "node": node, "state": state,
@@ -530,17 +528,14 @@ async def set_requested_state(ctx: RequestContext, sid: str, state: str,
     to shut down before it is stopped hard (0: at once, `qm stop`)."""
     store = _require_quorum(ctx)
 
-    def mutate(doc):
-        doc = dict(doc or {})
-        if sid not in doc:
-            raise ApiError(500, f"no such resource '{sid}'")
-        cfg = {k: v for k, v in doc[sid].items() if k != "stop_timeout"}
+    def change(old: dict[str, Any]) -> dict[str, Any]:
+        cfg = {k: v for k, v in old.items() if k != "stop_timeout"}
         if stop_timeout is not None:
             cfg["stop_timeout"] = stop_timeout
-        doc[sid] = {**cfg, "state": state}
-        return doc
+        return {**cfg, "state": state}
 
-    await store.update(keys.HA_RESOURCES, mutate)
+    await _edit_entry(store, keys.HA_RESOURCES, sid, change,
+                      missing=f"no such resource '{sid}'")
 
 
 async def wait_service_state(ctx: RequestContext, task, sid: str, want: str,

@@ -895,12 +895,8 @@ class VolumeService:
         in_sync = (st["cstate"] in CONNECTED_STATES and st["disk"] == "UpToDate")
         if quorum_fenced and not in_sync:
             view = await self._marks_for_promotion(name, force)
-            mine = view["outdated"].get(self.node)
-            if mine is not None and not force:
-                raise VolumeFailure(
-                    f"volume {name}: the copy on {self.node} was recorded Outdated by "
-                    f"{mine.get('by')} ({mine.get('reason', '')}); refusing to promote stale "
-                    f"data (--force overrides)")
+            if not force:
+                self._refuse_if_marked(name, view["outdated"])
             if st["peer_disk"] == "DUnknown" and not force:
                 peer = self.peer_of(view["config"])
                 peer_state = view["states"].get(peer) or {}
@@ -917,14 +913,9 @@ class VolumeService:
             # the link loss first (it was writing), has already recorded this copy
             # Outdated with quorum and gone on writing alone: the mark wins.
             with contextlib.suppress(StoreUnavailable):
-                marked = ((await self._store().get(vkeys.fencing(name))) or None)
-                mine = (((marked.value if marked else None) or {})
-                        .get("outdated", {}).get(self.node))
-                if mine is not None:
-                    raise VolumeFailure(
-                        f"volume {name}: the copy on {self.node} was recorded Outdated by "
-                        f"{mine.get('by')} ({mine.get('reason', '')}); refusing to promote "
-                        f"stale data (--force overrides)")
+                entry = await self._store().get(vkeys.fencing(name))
+                self._refuse_if_marked(name, ((entry.value if entry else None) or {})
+                                       .get("outdated", {}))
         if force:
             msg = (f"volume {name}: FORCED promotion on {self.node} "
                    f"(disk {st['disk']}, peer disk {st['peer_disk']}, {st['cstate']})")
@@ -935,6 +926,14 @@ class VolumeService:
         with contextlib.suppress(StoreUnavailable, VolumeFailure):
             await self._set_record(name, lambda r: {**r, "primary": self.node})
         return st
+
+    def _refuse_if_marked(self, name: str, outdated: dict[str, Any]) -> None:
+        mine = outdated.get(self.node)
+        if mine is not None:
+            raise VolumeFailure(
+                f"volume {name}: the copy on {self.node} was recorded Outdated by "
+                f"{mine.get('by')} ({mine.get('reason', '')}); refusing to promote stale "
+                f"data (--force overrides)")
 
     async def _marks_for_promotion(self, name: str, force: bool) -> dict[str, Any]:
         """The fencing marks, read with quorum (a stale read could hide our own mark)."""
