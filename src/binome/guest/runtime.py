@@ -794,6 +794,21 @@ class QemuRuntime:
                                  f"{timeout:.0f} s")
             await asyncio.sleep(MIGRATE_POLL)
 
+    async def migration_state(self, vmid: int) -> tuple[str | None, str | None, bool]:
+        """(runstate, ``query-migrate`` status, started as a migration target) of a
+        running guest: what a restarted daemon needs to settle a migration its previous
+        life left half-done. None where QMP does not answer."""
+        g = self._running(vmid)
+        try:
+            info = await self._command(g, "query-migrate", timeout=3.0)
+        except GuestError:
+            info = {}
+        return await self._qmpstatus(g), info.get("status"), "-incoming" in g.argv
+
+    async def cancel_migration(self, vmid: int) -> None:
+        """Cancel an outgoing migration and let the source run on (see migrate_out)."""
+        await self._cancel_migration(self._running(vmid))
+
     async def announce(self, vmid: int) -> None:
         """Gratuitous RARPs for every NIC (QMP ``announce-self``), right after a migrated
         guest resumed: the bridges on the way learn its MACs' new port at once instead of

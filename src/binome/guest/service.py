@@ -76,6 +76,7 @@ class GuestService:
         self._believed_running: set[int] = set()
         self._loop: asyncio.Task | None = None
         self._onboot: asyncio.Task | None = None
+        self._settle: asyncio.Task | None = None
         self._probe: asyncio.Task | None = None
         runtime.on_exit = self._on_guest_exit
         self.last_status: dict[int, dict[str, Any]] = {}
@@ -101,9 +102,152 @@ class GuestService:
             log.info("re-adopted running guests: %s", ", ".join(map(str, adopted)))
         self._loop = asyncio.create_task(self._watch_loop(), name="guest-watch")
         self._onboot = asyncio.create_task(self._onboot_after_host_boot(), name="onboot")
+        self._settle = asyncio.create_task(self._settle_migrations(), name="settle-migrations")
         # decide KVM vs TCG now (the probe boots a guest for a few seconds), not on the
         # first start, which may be an HA recovery where seconds count
         self._probe = asyncio.create_task(self.runtime.accel(), name="accel-probe")
+
+    async def _settle_migrations(self) -> None:
+        """Finish what a previous life of this daemon left of live migrations.
+
+        binomed may die (crash, SIGKILL, host OOM) while it drives a migration
+        as its source or serves one as its target; QEMU runs on without it. Once
+        quorate, with the config read by quorum as the only arbiter of where a
+        guest may run:
+        - a VM of this node still locked `migrate`: its task died with the
+          daemon. The migration is cancelled and the guest runs on here (a
+          completed one too: the switch-over never happened, so the target
+          never resumed), the other nodes drop their incoming copy, the lock goes.
+        - a paused copy here of a VM owned elsewhere: either the source of a
+          migration that switched over (its QEMU must never run again) or the
+          target of one that was abandoned. It is stopped, and volumes promoted
+          for it demoted; a migration still in progress (owner locked `migrate`)
+          is left to its source, which will resume or abort it.
+        - an incoming copy here, of a VM now owned here, complete but paused: the
+          source switched over and could not reach us to resume it. It is resumed.
+        Each action is in the cluster log with its reason."""
+        while not (self.cluster.is_member and self.cluster.view.quorate):  # noqa: ASYNC110
+            await asyncio.sleep(0.5)
+        try:
+            for vm in await self.list_configs():
+                if vm.config.get("lock") == "migrate":
+                    await self._settle_source(vm.vmid)
+            for vmid in self.runtime.running():
+                await self._settle_copy(vmid)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("settling interrupted migrations failed")
+
+    async def _settle_source(self, vmid: int) -> None:
+        from binome.guest.remote import node_call
+
+        async with self.lock(vmid):
+            vm = await self.read(vmid)
+            if vm.config.get("lock") != "migrate":
+                return
+            running = self.runtime.is_running(vmid)
+            what = "stopped"
+            if running:
+                await self.runtime.cancel_migration(vmid)
+                what = "running"
+            _local, replicated = await self._disk_kinds(vm)
+            for node in self._migration_nodes():
+                try:
+                    await node_call(self.cluster, node, "POST",
+                                    f"/nodes/{node}/qemu/{vmid}/migrate/incoming",
+                                    {"phase": "abort", "source": self.node}, timeout=30)
+                except BinomeError as exc:
+                    log.warning("VM %s: dropping the incoming copy on %s failed: %s "
+                                "(it stops it itself when its binomed runs)", vmid, node, exc)
+            if not running and replicated:
+                # an offline migration demotes before it moves the config
+                try:
+                    await self._promote_here(replicated)
+                except Exception as exc:
+                    log.warning("VM %s: volumes not made Primary again: %s", vmid, exc)
+            await self._set_lock(vm, None)
+        await self.clusterlog.write(
+            f"VM {vmid}: migration interrupted by a binomed restart on {self.node}: "
+            f"cancelled, the VM stays on {self.node} ({what}), lock removed", tag="qemu",
+            pri="warning")
+
+    async def _settle_copy(self, vmid: int, *, at_start: bool = True) -> None:
+        """A QEMU here that a migration may have left behind (see _settle_migrations).
+        Also run every watch round (`at_start` False) for the copies of VMs owned
+        elsewhere: an incoming copy whose source node went offline can never complete
+        (its source died with the host, or a restarted source aborts it), and would
+        block the guest's recovery here; it is stopped (it never ran guest code)."""
+        async with self.lock(vmid):
+            if not self.runtime.is_running(vmid):
+                return
+            if at_start and vmid in self._incoming:
+                return
+            owner = await self.owner(vmid)
+            if owner == self.node and (not at_start or vmid in self._incoming):
+                return
+            try:
+                runstate, migration, incoming = await self.runtime.migration_state(vmid)
+            except GuestError:
+                return
+            if owner == self.node:
+                if incoming and runstate == "paused" and migration in (None, "completed"):
+                    await self._resume_handed_over(vmid)
+                return
+            if runstate not in ("inmigrate", "paused", "postmigrate", "finish-migrate"):
+                if runstate == "running" and at_start:
+                    await self.clusterlog.write(
+                        f"VM {vmid} runs on {self.node} but its config is on "
+                        f"{owner or 'no node'}: left running, check which copy is right",
+                        tag="qemu", pri="err")
+                return
+            source_gone = False
+            if owner is not None:
+                try:
+                    conf: VmConfig | None = await self.read(vmid, node=owner)
+                except BinomeError:
+                    conf = None
+                if conf is not None and conf.config.get("lock") == "migrate":
+                    # in progress: its source resumes or aborts this copy, unless it is gone
+                    source_gone = runstate == "inmigrate" and not self.cluster.node_online(owner)
+                    if not source_gone:
+                        return
+            elif not at_start:
+                return
+            replicated: list[str] = []
+            with contextlib.suppress(Exception):
+                if owner is not None:
+                    vm = await self.read(vmid, node=owner)
+                    replicated = [name for name in (await self._disk_kinds(vm))[1]
+                                  if await self._primary_here(name)]
+            self._believed_running.discard(vmid)
+            self._incoming.pop(vmid, None)
+            await self.runtime.stop(vmid, timeout=5.0, requested="migrated")
+            await self._demote_after(None, replicated, timeout=10.0)
+        if source_gone:
+            why = (f"incoming migration from {owner}, which went offline before it "
+                   f"completed")
+        else:
+            side = "source" if runstate in ("postmigrate", "finish-migrate") else "target"
+            why = f"the {side} of a migration a binomed restart interrupted"
+        await self.clusterlog.write(
+            f"VM {vmid}: paused copy on {self.node} stopped ({why}); the VM belongs to "
+            f"{owner or 'no node'}", tag="qemu", pri="warning")
+
+    async def _resume_handed_over(self, vmid: int) -> None:
+        """Our incoming copy completed and the config moved here, but the source could
+        not reach this daemon to resume it: resume it (the source never resumes a guest
+        whose config moved away, so this is the only copy that may run)."""
+        vm = await self.read(vmid)
+        if vm.config.get("lock"):
+            return
+        await self.runtime.resume(vmid)
+        self._believed_running.add(vmid)
+        with contextlib.suppress(GuestError):
+            await self.runtime.announce(vmid)
+        await self.clusterlog.write(
+            f"VM {vmid}: resumed on {self.node}: its migration here had switched over but "
+            f"the guest was not resumed (binomed restarted)", tag="qemu", pri="warning")
 
     async def _onboot_after_host_boot(self) -> None:
         """Once per host boot (not per daemon restart), start the VMs marked `onboot`."""
@@ -135,7 +279,7 @@ class GuestService:
                                             tag="qemu", pri="err")
 
     async def stop(self) -> None:
-        for loop in (self._loop, self._onboot, self._probe):
+        for loop in (self._loop, self._onboot, self._probe, self._settle):
             if loop is not None:
                 loop.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -179,6 +323,9 @@ class GuestService:
             if st.status == "running":
                 self._believed_running.add(vm.vmid)
         self.last_status = statuses
+        for vmid in sorted(set(self.runtime.running()) - set(statuses)):
+            if not self.lock(vmid).locked():    # a migration step holds it: its business
+                await self._settle_copy(vmid, at_start=False)
         lease = self.cluster.lease_id
         if lease is not None and self.cluster.store is not None:
             with contextlib.suppress(StoreUnavailable):
@@ -954,6 +1101,14 @@ class GuestService:
             log.info("VM %s: incoming migration from %s on %s", vmid, source, uri)
             return {"uri": uri, "promoted": promoted}
 
+    async def _primary_here(self, name: str) -> bool:
+        if self.volumes is None:
+            return False
+        try:
+            return (await self.volumes.call("status", name=name)).get("role") == "Primary"
+        except Exception:
+            return False   # no copy here, or the engine is down: nothing to demote
+
     async def _drop_incoming(self, vmid: int, promoted: list[str]) -> None:
         if self.runtime.is_running(vmid):
             with contextlib.suppress(Exception):
@@ -963,6 +1118,12 @@ class GuestService:
     async def incoming_resume(self, vmid: int, source: str) -> dict[str, Any]:
         """After the switch-over: the config is here now; run the received guest."""
         async with self.lock(vmid):
+            if vmid not in self._incoming and self.runtime.is_running(vmid):
+                # adopted after a restart of this daemon: maybe already resumed by it
+                runstate, _migration, _incoming = await self.runtime.migration_state(vmid)
+                if runstate == "running":
+                    await self.read(vmid)
+                    return {"status": "running"}
             await self.runtime.wait_incoming(vmid)
             await self.read(vmid)          # quorum read: the config must be ours now
             await self.runtime.resume(vmid)
@@ -986,7 +1147,8 @@ class GuestService:
                 # daemon restarted meanwhile: every volume of the VM Primary here goes back
                 with contextlib.suppress(Exception):
                     vm = await self.read(vmid, node=source)
-                    promoted = (await self._disk_kinds(vm))[1]
+                    promoted = [name for name in (await self._disk_kinds(vm))[1]
+                                if await self._primary_here(name)]
             await self._drop_incoming(vmid, promoted)
             return {"status": "stopped"}
 
