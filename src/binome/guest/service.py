@@ -207,13 +207,19 @@ class GuestService:
                     conf: VmConfig | None = await self.read(vmid, node=owner)
                 except BinomeError:
                     conf = None
-                if conf is not None and conf.config.get("lock") == "migrate":
+                if conf is None:
+                    return     # the config is moving (a switch-over): look again later
+                if conf.config.get("lock") == "migrate":
                     # in progress: its source resumes or aborts this copy, unless it is gone
                     source_gone = runstate == "inmigrate" and not self.cluster.node_online(owner)
                     if not source_gone:
                         return
+                elif not at_start:
+                    return     # between rounds only the case above: a live flow may race
             elif not at_start:
                 return
+            if await self.owner(vmid) != owner:
+                return         # switched over meanwhile: this copy may be the guest now
             replicated: list[str] = []
             with contextlib.suppress(Exception):
                 if owner is not None:
