@@ -202,11 +202,10 @@ class GuestService:
                         tag="qemu", pri="err")
                 return
             source_gone = False
+            conf: VmConfig | None = None
             if owner is not None:
-                try:
-                    conf: VmConfig | None = await self.read(vmid, node=owner)
-                except BinomeError:
-                    conf = None
+                with contextlib.suppress(BinomeError):
+                    conf = await self.read(vmid, node=owner)
                 if conf is None:
                     return     # the config is moving (a switch-over): look again later
                 if conf.config.get("lock") == "migrate":
@@ -221,11 +220,9 @@ class GuestService:
             if await self.owner(vmid) != owner:
                 return         # switched over meanwhile: this copy may be the guest now
             replicated: list[str] = []
-            with contextlib.suppress(Exception):
-                if owner is not None:
-                    vm = await self.read(vmid, node=owner)
-                    replicated = [name for name in (await self._disk_kinds(vm))[1]
-                                  if await self._primary_here(name)]
+            if conf is not None:
+                with contextlib.suppress(Exception):
+                    replicated = await self._volumes_primary_here(conf)
             self._believed_running.discard(vmid)
             self._incoming.pop(vmid, None)
             await self.runtime.stop(vmid, timeout=5.0, requested="migrated")
@@ -1107,6 +1104,12 @@ class GuestService:
             log.info("VM %s: incoming migration from %s on %s", vmid, source, uri)
             return {"uri": uri, "promoted": promoted}
 
+    async def _volumes_primary_here(self, vm: VmConfig) -> list[str]:
+        """The VM's replicated volumes whose copy here is Primary: what dropping a
+        migration's copy here must demote."""
+        return [name for name in (await self._disk_kinds(vm))[1]
+                if await self._primary_here(name)]
+
     async def _primary_here(self, name: str) -> bool:
         if self.volumes is None:
             return False
@@ -1152,9 +1155,8 @@ class GuestService:
             if not info:
                 # daemon restarted meanwhile: every volume of the VM Primary here goes back
                 with contextlib.suppress(Exception):
-                    vm = await self.read(vmid, node=source)
-                    promoted = [name for name in (await self._disk_kinds(vm))[1]
-                                if await self._primary_here(name)]
+                    promoted = await self._volumes_primary_here(
+                        await self.read(vmid, node=source))
             await self._drop_incoming(vmid, promoted)
             return {"status": "stopped"}
 

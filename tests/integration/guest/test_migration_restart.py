@@ -28,28 +28,20 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.conftest import _nets, _require_tools
 from tests.integration.ha.guests import (
     api,
-    install_guest_image,
+    guest_cluster,
     kill_pid,
     qemu_pid,
-    stop_cluster_and_guests,
 )
-from tests.integration.harness import Cluster, Node, make_cluster, wait_for
+from tests.integration.harness import Cluster, Node, wait_for
 
 BWLIMIT_KIB = 1024    # the tiny guest's RAM then takes well over 10 s to send
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    _require_tools()
-    c = make_cluster(tmp_path_factory.mktemp("migration-restart"), next(_nets))
-    try:
-        install_guest_image(c)
-        yield c
-    finally:
-        stop_cluster_and_guests(c)
+    yield from guest_cluster(tmp_path_factory, "migration-restart")
 
 
 def running_vm(c: Cluster, name: str) -> int:
@@ -101,8 +93,11 @@ def start_slow_migration(c: Cluster, vmid: int, source: str, target: str) -> str
     px = api(c[source])
     upid = px.nodes(source).qemu(vmid).migrate.post(target=target, online=1,
                                                     bwlimit=BWLIMIT_KIB)
-    wait_for(lambda: qemu_pid(c[target], vmid) and "migration status: active"
-             in task_log(c[source], source, upid), 60, "the migration to be under way")
+    try:
+        wait_for(lambda: qemu_pid(c[target], vmid) and "migration status: active"
+                 in task_log(c[source], source, upid), 60, "the migration to be under way")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{task_log(c[source], source, upid)}") from None
     return upid
 
 

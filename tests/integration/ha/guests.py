@@ -8,9 +8,15 @@ import contextlib
 import os
 import shutil
 import signal
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from tests.integration.harness import PASSWORD, Cluster, Node
+import pytest
+
+from tests.integration.conftest import _nets, _require_tools
+from tests.integration.harness import PASSWORD, Cluster, Node, make_cluster, wait_for
+from tests.integration.harness import _alive as _process_alive
 
 
 def _pid(path: Path) -> int | None:
@@ -21,13 +27,7 @@ def _pid(path: Path) -> int | None:
 
 
 def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return pid is not None and _process_alive(pid)
 
 
 def qemu_pid(node: Node, vmid: int) -> int | None:
@@ -88,3 +88,38 @@ def api(node: Node):
 
 def service(node: Node, sid: str) -> dict:
     return next((e for e in node.json("ha", "status") if e.get("sid") == sid), {})
+
+
+def guest_cluster(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Cluster]:
+    """A loopback 2-node + witness cluster with the tiny guest image on n1 and n2, for
+    a module fixture (`yield from`); guests, daemons and supervisors stopped after."""
+    _require_tools()
+    c = make_cluster(tmp_path_factory.mktemp(name), next(_nets))
+    try:
+        install_guest_image(c)
+        yield c
+    finally:
+        stop_cluster_and_guests(c)
+
+
+def sigterm_and_wait(node: Node, timeout: float) -> float:
+    """Stop binomed the way systemd does (SIGTERM); wait for it to exit; the seconds."""
+    assert node.proc is not None
+    t0 = time.monotonic()
+    node.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: node.proc.poll() is not None, timeout, f"{node.name}'s binomed to exit")
+    took = time.monotonic() - t0
+    node.kill()   # reaps it and waits for its etcd
+    return took
+
+
+def remove_ha_guest(n1: Node, n2: Node, sid: str, vmid: int, fence: bool = False) -> None:
+    """After a test: the HA resource (and n1's fence device) removed through n2, the
+    guest's QEMU killed wherever it runs, n1's daemon running again."""
+    n2.cli("ha", "remove", sid, check=False)
+    if fence:
+        n2.cli("fence", "remove", "n1", check=False)
+    kill_pid(qemu_pid(n1, vmid))
+    kill_pid(qemu_pid(n2, vmid))
+    if not n1.running:
+        n1.start()

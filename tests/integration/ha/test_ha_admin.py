@@ -15,27 +15,20 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import _nets, _require_tools
 from tests.integration.ha.guests import (
     api,
-    install_guest_image,
+    guest_cluster,
     kill_pid,
     qemu_pid,
     service,
-    stop_cluster_and_guests,
+    sigterm_and_wait,
 )
-from tests.integration.harness import PASSWORD, Cluster, Node, make_cluster, wait_for
+from tests.integration.harness import PASSWORD, Cluster, wait_for
 
 
 @pytest.fixture(scope="module")
 def ha_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    _require_tools()
-    c = make_cluster(tmp_path_factory.mktemp("ha-admin"), next(_nets))
-    try:
-        install_guest_image(c)
-        yield c
-    finally:
-        stop_cluster_and_guests(c)
+    yield from guest_cluster(tmp_path_factory, "ha-admin")
 
 
 def create_vm(px, node: str, name: str) -> int:
@@ -384,19 +377,6 @@ def test_node_maintenance_evacuates_and_brings_back(ha_cluster: Cluster) -> None
 # ---------------------------------------------------------------- host shutdown
 
 
-def _sigterm_and_wait(node: Node, timeout: float = 120) -> float:
-    """Stop binomed the way systemd does (SIGTERM) and wait for it to exit."""
-    import signal
-
-    assert node.proc is not None
-    t0 = time.monotonic()
-    node.proc.send_signal(signal.SIGTERM)
-    wait_for(lambda: node.proc.poll() is not None, timeout, f"{node.name}'s binomed to exit")
-    took = time.monotonic() - t0
-    node.kill()   # reaps it and waits for its etcd
-    return took
-
-
 def test_host_shutdown_policies(
         ha_cluster: Cluster, tmp_path, monkeypatch) -> None:
     """binomed stopped by SIGTERM while the host reboots (policy `conditional`): the
@@ -415,7 +395,7 @@ def test_host_shutdown_policies(
     sid = ""
     try:
         # a plain daemon restart (probe says nothing) changes nothing
-        took = _sigterm_and_wait(n1)
+        took = sigterm_and_wait(n1, 120)
         print(f"plain restart: binomed stopped in {took:.1f} s")
         n1.start()
         wait_for(n1.quorate, 60, "n1 quorate again")
@@ -428,7 +408,7 @@ def test_host_shutdown_policies(
 
         # ---- reboot: freeze, stop, do not recover
         answer.write_text("reboot\n")
-        took = _sigterm_and_wait(n1)
+        took = sigterm_and_wait(n1, 120)
         print(f"reboot: binomed applied the policy and exited in {took:.1f} s")
         assert qemu_pid(n1, vmid) is None, "the guest outlived its node's reboot"
         assert service(n2, sid).get("state") == "freeze", service(n2, sid)
@@ -449,7 +429,7 @@ def test_host_shutdown_policies(
         # ---- power-off: stop, release, recovered on n2 at once (clean shutdown proof)
         answer.write_text("poweroff\n")
         t0 = time.monotonic()
-        took = _sigterm_and_wait(n1)
+        took = sigterm_and_wait(n1, 120)
         gone = time.monotonic()
         assert qemu_pid(n1, vmid) is None
         wait_for(lambda: qemu_pid(n2, vmid), 60, f"{sid} recovered on n2", interval=0.1)
@@ -468,7 +448,7 @@ def test_host_shutdown_policies(
                  and service(n2, sid).get("state") == "started", 120, f"{sid} back on n1")
         n2.cli("cluster", "set-options", "--ha", "shutdown_policy=migrate")
         answer.write_text("reboot\n")
-        took = _sigterm_and_wait(n1)
+        took = sigterm_and_wait(n1, 120)
         print(f"migrate policy: binomed exited after {took:.1f} s")
         assert qemu_pid(n2, vmid), f"{sid} was not migrated away before n1 went down"
         st = service(n2, sid)

@@ -18,7 +18,6 @@ script here, the `agent` fence type) confirmed the power-off, after
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Iterator
 
@@ -31,7 +30,9 @@ from tests.integration.ha.guests import (
     install_guest_image,
     kill_pid,
     qemu_pid,
+    remove_ha_guest,
     service,
+    sigterm_and_wait,
     stop_cluster_and_guests,
 )
 from tests.integration.harness import Cluster, Node, make_cluster, wait_for
@@ -75,15 +76,8 @@ def ha_vm(c: Cluster, name: str) -> tuple[int, str]:
     return vmid, sid
 
 
-def sigterm(node: Node, timeout: float = 60) -> float:
-    """Stop binomed the way `systemctl restart` does (SIGTERM); wait for it to exit."""
-    assert node.proc is not None
-    t0 = time.monotonic()
-    node.proc.send_signal(signal.SIGTERM)
-    wait_for(lambda: node.proc.poll() is not None, timeout, f"{node.name}'s binomed to exit")
-    took = time.monotonic() - t0
-    node.kill()   # reaps it and waits for its etcd
-    return took
+def sigterm(node: Node) -> float:
+    return sigterm_and_wait(node, 60)
 
 
 def cluster_log(node: Node) -> list[str]:
@@ -130,11 +124,7 @@ def test_binomed_restart_keeps_the_guest_running(cluster: Cluster) -> None:
         time.sleep(3)   # a few rounds: nothing undoes it
         assert qemu_pid(n1, vmid) == pid and qemu_pid(n2, vmid) is None
     finally:
-        n2.cli("ha", "remove", sid, check=False)
-        kill_pid(qemu_pid(n1, vmid))
-        kill_pid(qemu_pid(n2, vmid))
-        if not n1.running:
-            n1.start()
+        remove_ha_guest(n1, n2, sid, vmid)
         print(f"test runtime {time.monotonic() - began:.1f} s")
 
 
@@ -203,10 +193,5 @@ def test_node_dead_during_restart_is_recovered_only_after_a_device_fence(
             time.sleep(0.2)
         assert qemu_pid(n2, vmid)
     finally:
-        n2.cli("ha", "remove", sid, check=False)
-        n2.cli("fence", "remove", "n1", check=False)
-        kill_pid(qemu_pid(n1, vmid))
-        kill_pid(qemu_pid(n2, vmid))
-        if not n1.running:
-            n1.start()
+        remove_ha_guest(n1, n2, sid, vmid, fence=True)
         print(f"test runtime {time.monotonic() - began:.1f} s")

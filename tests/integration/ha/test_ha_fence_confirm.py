@@ -17,7 +17,14 @@ from __future__ import annotations
 
 import time
 
-from tests.integration.ha.guests import _pid, api, kill_pid, qemu_pid, service
+from tests.integration.ha.guests import (
+    _pid,
+    api,
+    kill_pid,
+    qemu_pid,
+    remove_ha_guest,
+    service,
+)
 from tests.integration.ha.test_ha_daemon_restart import (  # noqa: F401 (fixture)
     GRACE,
     cluster,
@@ -103,10 +110,5 @@ def test_confirm_off_recovers_when_fencing_cannot_succeed(cluster: Cluster,  # n
         assert r.returncode != 0 and "is online" in r.stderr, r.stderr
         assert qemu_pid(n1, vmid) is None and qemu_pid(n2, vmid)
     finally:
-        n2.cli("ha", "remove", sid, check=False)
-        n2.cli("fence", "remove", "n1", check=False)
-        kill_pid(qemu_pid(n1, vmid))
-        kill_pid(qemu_pid(n2, vmid))
-        if not n1.running:
-            n1.start()
+        remove_ha_guest(n1, n2, sid, vmid, fence=True)
         print(f"test runtime {time.monotonic() - began:.1f} s")
