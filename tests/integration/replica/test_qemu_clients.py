@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -13,8 +14,8 @@ from tests.integration.replica.conftest import require
 MiB = 1 << 20
 
 
-def run(*cmd: str, timeout: float = 60) -> str:
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+def run(*cmd: str, timeout: float = 60, cwd: Path | None = None) -> str:
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
     assert out.returncode == 0, f"{cmd[0]} failed: {out.stdout}\n{out.stderr}"
     return out.stdout
 
@@ -90,7 +91,7 @@ def test_qemu_img_convert_and_compare(volume, tmp_path):
     run("qemu-img", "compare", "-f", "raw", "-F", "raw", str(src), vol.uri)
 
 
-def test_fio_nbd_engine_verified_random_writes(volume):
+def test_fio_nbd_engine_verified_random_writes(volume, tmp_path):
     require("fio")
     vol = volume()
     base = ["fio", "--name=verify", "--ioengine=nbd", f"--uri={vol.uri}", "--size=32M",
@@ -100,7 +101,8 @@ def test_fio_nbd_engine_verified_random_writes(volume):
                   ["--rw=write", "--bs=1M", "--iodepth=8"],
                   ["--rw=randwrite", "--bsrange=512-256k", "--iodepth=16",
                    "--norandommap=0"]):
-        text = run(*base, *extra, timeout=120)
+        # fio saves its verify state (local-verify-*.state) in its working directory
+        text = run(*base, *extra, timeout=120, cwd=tmp_path)
         out = json.loads(text[text.index("{"):])   # fio prints "connected to NBD server" first
         job = out["jobs"][0]
         assert job["error"] == 0
