@@ -405,6 +405,7 @@ class AccessConfig:
     pools: dict[str, Pool] = field(default_factory=dict)
     tokens: dict[str, Token] = field(default_factory=dict)
     realms: dict[str, Realm] = field(default_factory=dict)
+    tfa: dict[str, TfaUser] = field(default_factory=dict)
 
     def role_privs(self, roleid: str) -> frozenset[str] | None:
         return BUILTIN_ROLES.get(roleid, self.roles.get(roleid))
