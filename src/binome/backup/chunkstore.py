@@ -1,0 +1,216 @@
+"""The deduplicated chunk store: PBS-style data blobs in `.chunks/<4 hex>/<digest>`.
+
+Owns chunk encoding (PBS data blob: 8-byte magic, CRC-32 of the payload, for encrypted
+blobs a 16-byte IV and 16-byte GCM tag, then the zstd-compressed or plain payload), the
+client-side AES-256-GCM encryption (the key stays with the caller; the digest of an
+encrypted chunk is SHA-256 over the plaintext and a key-derived id key, as PBS's
+`CryptConfig::compute_digest` does, so the store never learns plaintext digests), atomic
+insert (temp, fsync, rename, fsync dir) and the two GC phases (touch, then sweep chunks
+not touched since a cutoff).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import struct
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import zstandard
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from binome.durable import fsync_dir
+
+DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
+UNCOMPRESSED_MAGIC = bytes([66, 171, 56, 7, 190, 131, 112, 161])
+COMPRESSED_MAGIC = bytes([49, 185, 88, 66, 111, 182, 163, 127])
+ENCRYPTED_MAGIC = bytes([123, 103, 133, 190, 34, 45, 76, 240])
+ENCRYPTED_COMPRESSED_MAGIC = bytes([230, 89, 27, 191, 11, 191, 216, 11])
+_IV_LEN = 16
+_TAG_LEN = 16
+
+
+class ChunkError(Exception):
+    """A chunk that is missing, torn, corrupt or cannot be decrypted."""
+
+
+class CryptConfig:
+    """The client-side encryption key (32 bytes). Never logged; repr hides it."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise ValueError("an encryption key is 32 bytes")
+        self._aead = AESGCM(key)
+        # A separate id key so the digest reveals nothing about the data key.
+        self._id_key = hashlib.sha256(b"binome-backup-id-key\0" + key).digest()
+        self.fingerprint = hashlib.sha256(self._id_key + b"fingerprint").hexdigest()[:32]
+
+    @classmethod
+    def generate(cls) -> tuple[CryptConfig, bytes]:
+        key = secrets.token_bytes(32)
+        return cls(key), key
+
+    def __repr__(self) -> str:
+        return f"CryptConfig(fingerprint={self.fingerprint})"
+
+    def digest(self, data: bytes) -> bytes:
+        return hashlib.sha256(data + self._id_key).digest()
+
+    def encrypt(self, data: bytes) -> tuple[bytes, bytes, bytes]:
+        iv = secrets.token_bytes(_IV_LEN)
+        sealed = self._aead.encrypt(iv, data, None)
+        return iv, sealed[-_TAG_LEN:], sealed[:-_TAG_LEN]
+
+    def decrypt(self, iv: bytes, tag: bytes, data: bytes) -> bytes:
+        return self._aead.decrypt(iv, data + tag, None)
+
+
+def chunk_digest(data: bytes, crypt: CryptConfig | None = None) -> bytes:
+    """The digest a chunk is stored under: plain SHA-256, or keyed when encrypted."""
+    return crypt.digest(data) if crypt else hashlib.sha256(data).digest()
+
+
+def encode_blob(data: bytes, crypt: CryptConfig | None = None, compress: bool = True) -> bytes:
+    """A PBS-style data blob; compression is kept only when it makes the chunk smaller."""
+    payload, compressed = data, False
+    if compress:
+        packed = zstandard.ZstdCompressor(level=1).compress(data)
+        if len(packed) < len(data):
+            payload, compressed = packed, True
+    if crypt:
+        iv, tag, sealed = crypt.encrypt(payload)
+        magic = ENCRYPTED_COMPRESSED_MAGIC if compressed else ENCRYPTED_MAGIC
+        body = iv + tag + sealed
+    else:
+        magic = COMPRESSED_MAGIC if compressed else UNCOMPRESSED_MAGIC
+        body = payload
+    return magic + struct.pack("<I", zlib.crc32(body)) + body
+
+
+def decode_blob(blob: bytes, crypt: CryptConfig | None = None) -> bytes:
+    """The plaintext of a blob; ChunkError if torn, corrupt or the key is missing/wrong."""
+    if len(blob) < 12:
+        raise ChunkError("blob shorter than its header")
+    magic, (crc,), body = blob[:8], struct.unpack("<I", blob[8:12]), blob[12:]
+    if zlib.crc32(body) != crc:
+        raise ChunkError("blob CRC mismatch")
+    if magic in (ENCRYPTED_MAGIC, ENCRYPTED_COMPRESSED_MAGIC):
+        if crypt is None:
+            raise ChunkError("blob is encrypted and no key was given")
+        if len(body) < _IV_LEN + _TAG_LEN:
+            raise ChunkError("encrypted blob too short")
+        try:
+            payload = crypt.decrypt(body[:_IV_LEN], body[_IV_LEN:_IV_LEN + _TAG_LEN],
+                                    body[_IV_LEN + _TAG_LEN:])
+        except Exception as error:  # InvalidTag: wrong key or tampered data
+            raise ChunkError("blob decryption failed (wrong key or tampered)") from error
+        compressed = magic == ENCRYPTED_COMPRESSED_MAGIC
+    elif magic in (UNCOMPRESSED_MAGIC, COMPRESSED_MAGIC):
+        payload, compressed = body, magic == COMPRESSED_MAGIC
+    else:
+        raise ChunkError("unknown blob magic")
+    if compressed:
+        try:
+            return zstandard.ZstdDecompressor().decompress(payload)
+        except zstandard.ZstdError as error:
+            raise ChunkError(f"blob decompression failed: {error}") from error
+    return payload
+
+
+@dataclass
+class SweepStats:
+    removed_chunks: int = 0
+    removed_bytes: int = 0
+    kept_chunks: int = 0
+    kept_bytes: int = 0
+
+
+class ChunkStore:
+    """Chunks of one datastore, addressed by digest, shared by every backup in it."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.base = Path(root) / ".chunks"
+
+    def create(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: bytes) -> Path:
+        hexdigest = digest.hex()
+        return self.base / hexdigest[:4] / hexdigest
+
+    def contains(self, digest: bytes) -> bool:
+        return self.path(digest).exists()
+
+    def insert(self, digest: bytes, blob: bytes) -> bool:
+        """Store `blob` under `digest` unless present (then only touch it); True if new."""
+        target = self.path(digest)
+        if target.exists():
+            self.touch(digest)
+            return False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(blob)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        fsync_dir(target.parent)
+        return True
+
+    def load(self, digest: bytes) -> bytes:
+        try:
+            return self.path(digest).read_bytes()
+        except FileNotFoundError as error:
+            raise ChunkError(f"chunk {digest.hex()} is missing") from error
+
+    def read_chunk(self, digest: bytes, crypt: CryptConfig | None = None) -> bytes:
+        """The plaintext of a chunk, checked against its digest."""
+        data = decode_blob(self.load(digest), crypt)
+        if chunk_digest(data, crypt) != digest:
+            raise ChunkError(f"chunk {digest.hex()} does not match its digest")
+        return data
+
+    def verify_chunk(self, digest: bytes, crypt: CryptConfig | None = None) -> None:
+        """Raise ChunkError if the chunk is bad. Without the key, an encrypted chunk is checked
+        by CRC only (as PBS's server does: it cannot decrypt)."""
+        blob = self.load(digest)
+        if crypt is None and blob[:8] in (ENCRYPTED_MAGIC, ENCRYPTED_COMPRESSED_MAGIC):
+            if len(blob) < 12 or zlib.crc32(blob[12:]) != struct.unpack("<I", blob[8:12])[0]:
+                raise ChunkError(f"chunk {digest.hex()}: CRC mismatch")
+            return
+        self.read_chunk(digest, crypt)
+
+    def touch(self, digest: bytes) -> None:
+        """GC phase 1 mark: the chunk is in use as of now."""
+        now = time.time()
+        try:
+            os.utime(self.path(digest), (now, now))
+        except FileNotFoundError:
+            pass
+
+    def sweep(self, cutoff: float) -> SweepStats:
+        """GC phase 2: remove chunks not touched since `cutoff` (and stale temp files)."""
+        stats = SweepStats()
+        if not self.base.exists():
+            return stats
+        for prefix in sorted(self.base.iterdir()):
+            for entry in prefix.iterdir():
+                info = entry.stat()
+                if info.st_mtime < cutoff:
+                    entry.unlink(missing_ok=True)
+                    if not entry.name.startswith(".tmp-"):
+                        stats.removed_chunks += 1
+                        stats.removed_bytes += info.st_size
+                elif not entry.name.startswith(".tmp-"):
+                    stats.kept_chunks += 1
+                    stats.kept_bytes += info.st_size
+        return stats

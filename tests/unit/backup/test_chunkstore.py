@@ -1,0 +1,107 @@
+"""Data blobs, encryption, atomic insert, chunk verification and the GC sweep."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from binome.backup.chunkstore import (
+    COMPRESSED_MAGIC,
+    ENCRYPTED_COMPRESSED_MAGIC,
+    UNCOMPRESSED_MAGIC,
+    ChunkError,
+    ChunkStore,
+    CryptConfig,
+    chunk_digest,
+    decode_blob,
+    encode_blob,
+)
+
+
+def test_blob_round_trip_compressed_and_plain() -> None:
+    compressible = b"a" * 10000
+    blob = encode_blob(compressible)
+    assert blob[:8] == COMPRESSED_MAGIC and len(blob) < 200
+    assert decode_blob(blob) == compressible
+    random = os.urandom(1000)
+    blob = encode_blob(random)
+    assert blob[:8] == UNCOMPRESSED_MAGIC
+    assert decode_blob(blob) == random
+
+
+def test_flipped_byte_is_detected() -> None:
+    blob = bytearray(encode_blob(b"x" * 5000))
+    blob[-1] ^= 1
+    with pytest.raises(ChunkError, match="CRC"):
+        decode_blob(bytes(blob))
+
+
+def test_encryption_round_trip_and_keyed_digest() -> None:
+    crypt, key = CryptConfig.generate()
+    data = b"secret" * 1000
+    blob = encode_blob(data, crypt)
+    assert blob[:8] == ENCRYPTED_COMPRESSED_MAGIC and b"secret" not in blob
+    assert decode_blob(blob, crypt) == data
+    assert chunk_digest(data, crypt) != chunk_digest(data)
+    assert chunk_digest(data, CryptConfig(key)) == chunk_digest(data, crypt)
+    assert key.hex() not in repr(crypt)
+    with pytest.raises(ChunkError, match="no key"):
+        decode_blob(blob)
+    with pytest.raises(ChunkError, match="decryption"):
+        decode_blob(blob, CryptConfig.generate()[0])
+
+
+def test_bad_key_length_rejected() -> None:
+    with pytest.raises(ValueError):
+        CryptConfig(b"short")
+
+
+def test_insert_dedups_and_layout(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    store.create()
+    data = b"chunk" * 100
+    digest = chunk_digest(data)
+    assert store.insert(digest, encode_blob(data)) is True
+    assert store.insert(digest, encode_blob(data)) is False
+    assert store.path(digest) == tmp_path / ".chunks" / digest.hex()[:4] / digest.hex()
+    assert store.read_chunk(digest) == data
+    assert not list(store.path(digest).parent.glob(".tmp-*"))
+
+
+def test_read_chunk_checks_digest(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    wrong = chunk_digest(b"other")
+    store.insert(wrong, encode_blob(b"data"))
+    with pytest.raises(ChunkError, match="digest"):
+        store.read_chunk(wrong)
+    with pytest.raises(ChunkError, match="missing"):
+        store.read_chunk(chunk_digest(b"absent"))
+
+
+def test_verify_encrypted_without_key_checks_crc(tmp_path: Path) -> None:
+    crypt, _ = CryptConfig.generate()
+    store = ChunkStore(tmp_path)
+    digest = chunk_digest(b"d" * 100, crypt)
+    store.insert(digest, encode_blob(b"d" * 100, crypt))
+    store.verify_chunk(digest)
+    path = store.path(digest)
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ChunkError):
+        store.verify_chunk(digest)
+
+
+def test_sweep_removes_only_old_untouched(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    old, fresh = chunk_digest(b"old"), chunk_digest(b"fresh")
+    store.insert(old, encode_blob(b"old"))
+    store.insert(fresh, encode_blob(b"fresh"))
+    past = time.time() - 3600
+    os.utime(store.path(old), (past, past))
+    stats = store.sweep(time.time() - 60)
+    assert stats.removed_chunks == 1 and stats.kept_chunks == 1
+    assert not store.contains(old) and store.contains(fresh)
