@@ -1,0 +1,225 @@
+"""The notification event catalogue: each event's severity, fields and admin-facing text.
+
+Pure: builds `Event` values; renders a title and a body saying what happened, why, and what
+the administrator should do. The `group_key` lets the dispatcher merge a storm of related
+events (one node failure, fifty guests) into one message.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    NOTICE = "notice"
+    WARNING = "warning"
+    ERROR = "error"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class EventKind:
+    """One entry of the catalogue: fixed severity (or None: chosen per event), type field, texts."""
+
+    name: str
+    type: str
+    severity: Severity | None
+    required: tuple[str, ...]
+    title: str
+    body: str
+    # Fields that, with the type, form the storm-grouping key (e.g. the failed node).
+    group_by: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    severity: Severity
+    fields: dict[str, str]
+    data: dict[str, Any]
+    timestamp: float
+    title: str
+    message: str
+    group_key: str
+
+    @property
+    def type(self) -> str:
+        return self.fields["type"]
+
+
+def _k(name: str, type_: str, sev: Severity | None, req: tuple[str, ...], title: str, body: str,
+       group_by: tuple[str, ...] = ("hostname",)) -> EventKind:
+    return EventKind(name, type_, sev, req, title, body, group_by)
+
+
+S = Severity
+CATALOGUE: dict[str, EventKind] = {k.name: k for k in [
+    _k("fence-requested", "fencing", S.ERROR, ("node", "reason"),
+       "Fencing node {node}",
+       "Node {node} is being fenced: {reason}.\nIts HA services will be recovered on another node "
+       "once the fence is confirmed. Check the node's power and network; do not start its guests "
+       "by hand meanwhile.", ("node",)),
+    _k("fence-succeeded", "fencing", S.ERROR, ("node", "agent"),
+       "Node {node} fenced",
+       "Node {node} was fenced successfully by {agent}.\nIts HA services are now being recovered "
+       "elsewhere. Find out why the node failed before bringing it back.", ("node",)),
+    _k("fence-failed", "fencing", S.ERROR, ("node", "error"),
+       "Fencing node {node} FAILED",
+       "Fencing node {node} failed: {error}.\nIts HA services stay down until a fence succeeds "
+       "(recovery without a fence risks a split brain). Check the fence device (IPMI address, "
+       "credentials) or power the node off by hand and confirm with "
+       "'binome ha fence-confirm {node}'.", ("node",)),
+    _k("node-offline", "node", S.WARNING, ("node",),
+       "Node {node} offline",
+       "Node {node} stopped answering the cluster (last seen {last_seen}).\nIf it holds HA "
+       "services it will be fenced. Check its power, network links and binomed.", ("node",)),
+    _k("node-online", "node", S.NOTICE, ("node",),
+       "Node {node} back online",
+       "Node {node} is back in the cluster.\nReplicated volumes will resync to it; HA services "
+       "stay where they are unless a group prefers this node.", ("node",)),
+    _k("quorum-lost", "quorum", S.ERROR, ("votes", "expected"),
+       "Quorum lost on {hostname}",
+       "This node lost quorum ({votes} of {expected} votes).\nIt will not start, migrate or "
+       "recover HA services, and self-fences if it runs any. Check the links to the other "
+       "nodes and the witness."),
+    _k("quorum-regained", "quorum", S.NOTICE, ("votes", "expected"),
+       "Quorum regained on {hostname}",
+       "This node has quorum again ({votes} of {expected} votes). HA management resumes."),
+    _k("ha-recovered", "ha", S.NOTICE, ("sid", "from_node", "node"),
+       "HA service {sid} recovered on {node}",
+       "HA service {sid} was recovered on {node} after {from_node} failed.\nCheck the guest "
+       "works; it will not move back automatically unless its group says so.", ("from_node",)),
+    _k("ha-recovery-blocked", "ha", S.ERROR, ("sid", "from_node", "reason"),
+       "HA service {sid} cannot be recovered",
+       "HA service {sid} (was on {from_node}) cannot be recovered: {reason_text}.\n"
+       "{reason_action}", ("from_node",)),
+    _k("ha-error", "ha", S.ERROR, ("sid", "node", "error"),
+       "HA service {sid} in error state",
+       "HA service {sid} on {node} entered the error state: {error}.\nThe HA manager no longer "
+       "acts on it. Fix the cause, then 'binome ha set {sid} --state disabled' and enable it "
+       "again.", ("sid",)),
+    _k("split-brain-detected", "split-brain", S.ERROR, ("volume", "peer"),
+       "Split brain on volume {volume}",
+       "Volume {volume} has diverging data on {hostname} and {peer}: both were written while "
+       "disconnected.\nReplication is stopped for it. Decide which copy survives (the policy "
+       "configured for it: {policy}), or resolve by hand with 'binome volume resolve'.",
+       ("volume",)),
+    _k("split-brain-resolved", "split-brain", S.WARNING, ("volume", "policy", "victim"),
+       "Split brain on volume {volume} resolved",
+       "The split brain on volume {volume} was resolved by policy '{policy}': the changes on "
+       "{victim} were discarded and it resyncs from the survivor.", ("volume",)),
+    _k("replication-disconnected", "replication", S.WARNING, ("volume", "peer"),
+       "Replication of {volume} to {peer} disconnected",
+       "Volume {volume} lost its connection to {peer} ({reason}).\nWrites continue locally; "
+       "the peer is out of date and cannot take over until it resyncs. Check the replication "
+       "link.", ("peer",)),
+    _k("resync-started", "replication", S.INFO, ("volume", "peer", "out_of_sync_bytes"),
+       "Resync of {volume} to {peer} started",
+       "Volume {volume} is resyncing {out_of_sync_bytes} bytes to {peer}. {peer} cannot take "
+       "over the volume until it finishes.", ("peer",)),
+    _k("resync-done", "replication", S.INFO, ("volume", "peer", "duration"),
+       "Resync of {volume} to {peer} done",
+       "Volume {volume} is UpToDate on {peer} again (resync took {duration} s).", ("peer",)),
+    _k("verify-out-of-sync", "replication", S.WARNING, ("volume", "peer", "out_of_sync_bytes"),
+       "Verify found differences on {volume}",
+       "An online verify of {volume} against {peer} found {out_of_sync_bytes} bytes that "
+       "differ.\nDisconnect and reconnect the volume to resync them, and check the disks and "
+       "memory of both nodes (this should not happen).", ("volume",)),
+    _k("disk-io-error", "disk", S.ERROR, ("volume", "device", "error"),
+       "I/O error on {device} ({volume})",
+       "The local disk {device} of volume {volume} returned an I/O error: {error}.\n"
+       "{detach_text}Replace the disk, then reattach it.", ("device",)),
+    _k("backup-result", "vzdump", None, ("job_id", "status", "ok_count", "failed_count"),
+       "Backup {job_id}: {status_text}",
+       "Backup job {job_id} finished: {ok_count} guests backed up, {failed_count} failed, "
+       "{total_size} bytes in {total_time} s.\n{details}", ("job_id",)),
+    _k("certificate-expiry", "certificate", S.WARNING, ("certificate", "days_left"),
+       "Certificate {certificate} expires in {days_left} days",
+       "The certificate {certificate} on {hostname} expires on {not_after}.\nRenew it before "
+       "then ('binome cert renew'), or clients will refuse the API.", ("certificate",)),
+    _k("clock-skew", "time", S.WARNING, ("node", "skew", "threshold"),
+       "Clock skew on {node}: {skew} s",
+       "The clock of {node} differs by {skew} s from the cluster (threshold {threshold} s).\n"
+       "Leases and fencing deadlines depend on time; check NTP (chrony) on {node}.", ("node",)),
+    _k("etcd-unhealthy", "etcd", S.ERROR, ("member", "error"),
+       "etcd member {member} unhealthy",
+       "The etcd member {member} is unhealthy: {error}.\nThe cluster keeps quorum while a "
+       "majority is healthy. Check the member's disk latency and its network.", ("member",)),
+    _k("availability-budget-exceeded", "availability", S.WARNING,
+       ("sid", "month", "downtime", "budget"),
+       "HA service {sid} exceeded its downtime budget",
+       "HA service {sid} was down {downtime} s in {month}, over its budget of {budget} s "
+       "({target}).\nSee 'binome ha availability {sid}' for the outages and their causes.",
+       ("sid",)),
+    _k("test", "test", S.INFO, ("target",), "Test notification",
+       "This is a test of the notification target '{target}'.", ("target",)),
+]}
+
+BLOCKED_REASONS: dict[str, tuple[str, str]] = {
+    "no-uptodate-replica": (
+        "no node has an UpToDate replica of its disks",
+        "Starting it elsewhere would lose data. Bring the failed node back, or, if its disks "
+        "are lost, promote an outdated copy by hand knowing the recent writes are lost."),
+    "fence-failed": (
+        "the failed node could not be fenced",
+        "Fence the node by hand (power it off) and confirm with 'binome ha fence-confirm'."),
+    "no-quorum": (
+        "the cluster has no quorum",
+        "Restore the links between nodes or the witness; recovery resumes with quorum."),
+}
+
+
+class EventError(ValueError):
+    pass
+
+
+class _Defaulting(dict):
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
+def make_event(kind: str, hostname: str, *, severity: Severity | str | None = None,
+               timestamp: float | None = None, **data: Any) -> Event:
+    """Build an event of the catalogue; `data` carries its required and optional fields."""
+    spec = CATALOGUE.get(kind)
+    if spec is None:
+        raise EventError(f"unknown event kind '{kind}'")
+    missing = [f for f in spec.required if f not in data]
+    if missing:
+        raise EventError(f"event '{kind}' is missing: {', '.join(missing)}")
+    if severity is None:
+        severity = spec.severity
+    if kind == "backup-result":
+        ok = int(data["failed_count"]) == 0 and data["status"] == "ok"
+        severity = severity or (Severity.INFO if ok else Severity.ERROR)
+        data.setdefault("status_text", "OK" if ok else "FAILED")
+    if severity is None:
+        raise EventError(f"event '{kind}' needs a severity")
+    sev = Severity(severity)
+    if kind == "ha-recovery-blocked":
+        reason = str(data["reason"])
+        if reason not in BLOCKED_REASONS:
+            raise EventError(f"unknown recovery-blocked reason '{reason}'")
+        data.setdefault("reason_text", BLOCKED_REASONS[reason][0])
+        data.setdefault("reason_action", BLOCKED_REASONS[reason][1])
+    if kind == "disk-io-error":
+        data.setdefault("detach_text", "The disk was detached; the volume now reads and writes "
+                        "through its peer (diskless). " if data.get("detached") else "")
+    values = _Defaulting({k: v for k, v in data.items()})
+    values["hostname"] = hostname
+    fields = {"type": spec.type, "hostname": hostname}
+    for name in spec.required:
+        if isinstance(data[name], str | int | float):
+            fields[name.replace("_", "-")] = str(data[name])
+    fields["kind"] = kind
+    group = ":".join([spec.type, *(str(values[g]) for g in spec.group_by)])
+    return Event(
+        kind=kind, severity=sev, fields=fields, data=dict(data),
+        timestamp=time.time() if timestamp is None else timestamp,
+        title=spec.title.format_map(values), message=spec.body.format_map(values),
+        group_key=group,
+    )
