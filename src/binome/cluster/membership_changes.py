@@ -205,8 +205,8 @@ class MembershipChanges:
                 await self.local.wait_quorate()
                 assert self.local.store is not None
                 await self.local.store.update(keys.node(cfg.name),
-                                        lambda rec: {**(rec or {}), "state": "member"},
-                                        bump_config=True)
+                                              lambda rec: {**(rec or {}), "state": "member"},
+                                              bump_config=True)
                 self.local.membership.state = "member"
                 self.local.membership.save(cfg.membership_path)
                 if role != cfg.role:

@@ -110,12 +110,12 @@ class ClusterMonitor:
             quorate = True
         except StoreUnavailable:
             quorate = False
-        members = []
+        members: list[Member] = []
         with contextlib.suppress(StoreUnavailable):
             members = await store.members(timeout=t.quorum_check_timeout)
         with contextlib.suppress(StoreUnavailable):
             records = await store.get_prefix(keys.NODES, serializable=True,
-                                                  timeout=t.quorum_check_timeout)
+                                             timeout=t.quorum_check_timeout)
             self.node_records = {e.key[len(keys.NODES):]: e.value for e in records}
         with contextlib.suppress(StoreUnavailable):
             self.cluster_doc = await store.get_value(
@@ -152,17 +152,17 @@ class ClusterMonitor:
             if not m.client_urls:
                 return m.id, False
             url = m.client_urls[0]
-            store = self._peer_stores.get(url)
-            if store is None:
-                store = self.local.new_store(url, timeout=t.quorum_check_timeout)
-                self._peer_stores[url] = store
+            peer = self._peer_stores.get(url)
+            if peer is None:
+                peer = self.local.new_store(url, timeout=t.quorum_check_timeout)
+                self._peer_stores[url] = peer
             try:
-                status = await store.member_status(timeout=t.quorum_check_timeout)
+                status = await peer.member_status(timeout=t.quorum_check_timeout)
             except StoreUnavailable:
                 # a fresh channel next time: gRPC's reconnect backoff would otherwise
                 # keep a returning member "offline" for many seconds
                 self._peer_stores.pop(url, None)
-                await store.close()
+                await peer.close()
                 return m.id, False
             return m.id, status["member_id"] == m.id
 
@@ -201,20 +201,19 @@ class ClusterMonitor:
         assert store is not None
         t = self.config.timers
         if self._lease_id is not None:
-            ttl = await store.refresh_lease(self._lease_id,
-                                             timeout=t.keepalive_interval)
+            ttl = await store.refresh_lease(self._lease_id, timeout=t.keepalive_interval)
             if ttl <= 0:
                 log.warning("node lease %x expired; granting a new one", self._lease_id)
                 self._lease_id = None
         if self._lease_id is None:
             self._lease_id = await store.grant_lease(t.lease_ttl)
             await store.put(keys.alive(self.config.name),
-                                 {"node": self.config.name, "since": time.time()},
-                                 lease=self._lease_id)
+                            {"node": self.config.name, "since": time.time()},
+                            lease=self._lease_id)
             publish_stats = True
         if publish_stats:
             await store.put(keys.NODE_STATS + self.config.name, self.on_node_stats(),
-                                 lease=self._lease_id)
+                            lease=self._lease_id)
 
 
     # ------------------------------------------------------------------ etcd leadership
@@ -243,8 +242,8 @@ class ClusterMonitor:
                                quiet=(StoreUnavailable,))
         finally:
             self._etcd_leader_id = None
-            for store in peers.values():
-                await store.close()
+            for peer in peers.values():
+                await peer.close()
 
     async def _leadership_once(self, policy: LeadershipPreference,
                                peers: dict[str, Store]) -> None:
