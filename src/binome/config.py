@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from binome import durable
+
 NODE_NAME_RE = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
 ROLES = ("node", "witness")
 
@@ -148,9 +150,7 @@ class NodeConfig:
 
     def save(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        tmp.replace(self.config_path)
+        durable.write_json(self.config_path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NodeConfig:

@@ -10,6 +10,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from binome import durable
+
 STATES = ("creating", "joining", "member")
 
 
@@ -25,11 +27,9 @@ class Membership:
     peer_client_urls: tuple[str, ...] = ()
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
         data = asdict(self)
         data["peer_client_urls"] = list(self.peer_client_urls)
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        tmp.replace(path)
+        durable.write_json(path, data)
 
     @classmethod
     def load(cls, path: Path) -> Membership | None:

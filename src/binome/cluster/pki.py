@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from binome import durable
 
 CA_DAYS = 3650
 NODE_DAYS = 3650
@@ -82,16 +83,12 @@ def load_key(data: bytes) -> ec.EllipticCurvePrivateKey:
 
 def write_private(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    path.with_suffix(".tmp").replace(path)
+    durable.write_bytes(path, data, mode=0o600)   # 0600 from creation: never readable by others
 
 
 def write_public(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.with_suffix(".tmp").write_bytes(data)
-    path.with_suffix(".tmp").replace(path)
+    durable.write_bytes(path, data)
 
 
 def _now() -> dt.datetime:

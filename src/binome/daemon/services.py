@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from binome.cluster import pki
-from binome.cluster.service import ClusterService
+from binome.cluster.cluster import ClusterService
 from binome.config import NodeConfig
 from binome.daemon.hostinfo import HostInfo
 from binome.daemon.rrd import RrdStore

@@ -78,6 +78,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from binome import durable
 from binome.guest.paths import GuestPaths
 from binome.guest.process import is_alive, is_our_qemu, proc_cmdline
 
@@ -107,11 +108,10 @@ WDIOC_GETTIMEOUT = 0x80045707  # _IOR('W', 7, int)
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any], mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(data) + "\n")
-    tmp.replace(path)
+    # Atomic, not fsynced: the state and the report hold CLOCK_MONOTONIC deadlines of
+    # this boot, meaningless after a power cut, and the state is rewritten at every
+    # lease renewal from the daemon's event loop, where an fsync could stall it.
+    durable.write_json(path, data, indent=None, mode=mode, sync=False)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ from binome.api import auth
 from binome.errors import BinomeError
 
 if TYPE_CHECKING:
-    from binome.cluster.service import ClusterService
+    from binome.cluster.cluster import ClusterService
 
 API_PREFIX = "/api2/json"
 USER = "root@pam"

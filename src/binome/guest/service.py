@@ -35,7 +35,7 @@ from binome.store.client import StoreUnavailable
 from binome.tasks.manager import Task, TaskFailed
 
 if TYPE_CHECKING:
-    from binome.cluster.service import ClusterService
+    from binome.cluster.cluster import ClusterService
     from binome.guest.runtime import QemuRuntime
     from binome.storage.manager import StorageManager
     from binome.storage.replica.service import VolumeService

@@ -54,6 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from binome import durable
+
 log = logging.getLogger("binome.lab.bmc")
 
 NETNS_DIR = Path("/run/netns")
@@ -360,11 +362,8 @@ def serve(args: argparse.Namespace) -> None:
     pyghmi_session.myself = args.address
 
     if args.ready_file:
-        ready = Path(args.ready_file)
-        tmp = ready.with_name(f".{ready.name}.tmp")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "address": args.address,
-                                   "port": args.port}))
-        tmp.replace(ready)
+        durable.write_json(Path(args.ready_file), {"pid": os.getpid(), "address": args.address,
+                                                   "port": args.port}, indent=None, sync=False)
     log.info("BMC for %s listening on %s:%d (user %s)", args.netns, args.address, args.port,
              args.user)
     del bmc  # registered with pyghmi's session machinery, which dispatches to it
@@ -465,12 +464,7 @@ def _state(pid: int) -> str:
 
 def write_secret_file(path: Path, secret: str) -> Path:
     """Write ``secret`` to ``path`` with mode 0600 from the start (temp + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secret + "\n")
-    tmp.replace(path)
+    durable.write_text(path, secret + "\n", mode=0o600)
     return path
 
 

@@ -33,6 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from binome import durable
 from binome.lab.topology import STATE_DIR, _start_time
 
 SUFFIX = ".demo"
@@ -54,9 +55,7 @@ def write_control(lab_id: str, info: dict[str, Any]) -> Path:
     me = os.getpid()
     doc = {**info, "lab_id": lab_id, "owner": {"pid": me, "start_time": _start_time(me)}}
     path = control_path(lab_id)
-    tmp = path.with_suffix(".demo-tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    tmp.replace(path)
+    durable.write_json(path, doc, indent=1)
     return path
 
 

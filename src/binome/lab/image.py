@@ -55,6 +55,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from binome import durable
+
 __all__ = [
     "DEFAULT_CACHE_DIR",
     "GUEST_MODULES",
@@ -846,11 +848,12 @@ def _build_locked(guest_dir: Path) -> GuestImage:
         bzimage = kernels[-1].read_bytes()
         vmlinux = _pvh_kernel(bzimage)
         kernel_file = "vmlinux" if vmlinux is not None else "vmlinuz"
-        (work / kernel_file).write_bytes(vmlinux if vmlinux is not None else bzimage)
-        (work / "initrd.gz").write_bytes(initrd)
+        # a cache rebuilt when its stamp is missing or stale: atomic, no fsync; the stamp
+        # goes first and comes back last, so a torn rebuild is never taken as complete
         _stamp_path(guest_dir).unlink(missing_ok=True)
-        os.replace(work / kernel_file, guest_dir / kernel_file)
-        os.replace(work / "initrd.gz", guest_dir / "initrd.gz")
+        durable.write_bytes(guest_dir / kernel_file,
+                            vmlinux if vmlinux is not None else bzimage, sync=False)
+        durable.write_bytes(guest_dir / "initrd.gz", initrd, sync=False)
         stamp = {
             "kernel_version": kver,
             "kernel_package": deb.name,
@@ -861,9 +864,7 @@ def _build_locked(guest_dir: Path) -> GuestImage:
             "recipe": _recipe_hash(),
             "built_at": int(time.time()),
         }
-        tmp_stamp = work / "stamp.json"
-        tmp_stamp.write_text(json.dumps(stamp, indent=2) + "\n")
-        os.replace(tmp_stamp, _stamp_path(guest_dir))
+        durable.write_json(_stamp_path(guest_dir), stamp, sync=False)
     return GuestImage(
         kernel=guest_dir / kernel_file, initrd=guest_dir / "initrd.gz", kernel_version=kver
     )

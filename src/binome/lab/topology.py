@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from binome import durable
+
 log = logging.getLogger(__name__)
 
 STATE_DIR = Path("/run/binome-lab")
@@ -519,9 +521,7 @@ class Lab:
 
     def _save_state(self) -> None:
         assert self._state is not None
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._state, indent=1))
-        tmp.replace(self.state_path)
+        durable.write_json(self.state_path, self._state, indent=1)
 
     @contextlib.contextmanager
     def _recording(self, kind: str, name: str) -> Iterator[None]:
@@ -759,7 +759,9 @@ def cleanup_stale(lab_id: str | None = None) -> list[str]:
             errors += [f"lab {path.stem}: {e}" for e in failed]
             continue
         path.unlink(missing_ok=True)
-        path.with_suffix(".tmp").unlink(missing_ok=True)
+        path.with_suffix(".tmp").unlink(missing_ok=True)   # left by older versions
+        for tmp in path.parent.glob(f".{path.name}.*.tmp"):   # a write cut short (durable)
+            tmp.unlink(missing_ok=True)
         cleaned.append(path.stem)
     if errors:
         raise LabError("cleanup_stale incomplete: " + "; ".join(errors))

@@ -17,7 +17,7 @@ from binome.storage.replicated import ReplicatedStorage
 from binome.store import keys
 
 if TYPE_CHECKING:
-    from binome.cluster.service import ClusterService
+    from binome.cluster.cluster import ClusterService
 
 BACKENDS: dict[str, type[Storage]] = {"dir": DirStorage, "replicated": ReplicatedStorage}
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from binome import durable
+
 log = logging.getLogger("binome.etcd")
 
 REMOVED_MARKERS = ("has already been removed", "permanently removed", "member has been removed",
@@ -137,7 +139,8 @@ class EtcdMember:
             self._proc = await asyncio.create_subprocess_exec(
                 *self._argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out)
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
-        self.pidfile.write_text(f"{self._proc.pid}\n")
+        # atomic (a reader never sees it empty); no fsync: a pid means nothing after a reboot
+        durable.write_text(self.pidfile, f"{self._proc.pid}\n", sync=False)
         log.info("etcd member started pid=%d name=%s", self._proc.pid, self.spec.name)
 
     async def _supervise(self) -> None:

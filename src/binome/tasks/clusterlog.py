@@ -18,6 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from binome import durable
 from binome.store import keys
 
 if TYPE_CHECKING:
@@ -54,9 +55,11 @@ class ClusterLog:
     def _save_pending(self) -> None:
         if self.pending_path is None:
             return
-        tmp = self.pending_path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(e) + "\n" for e in self.pending))
-        tmp.replace(self.pending_path)
+        # Atomic but not fsynced: this rewrite only drops entries etcd already holds,
+        # and losing it to a power cut re-sends them under the same uid key (idempotent),
+        # while an fsync here would stall the event loop on every cluster-log write.
+        durable.write_text(self.pending_path,
+                           "".join(json.dumps(e) + "\n" for e in self.pending), sync=False)
 
     def entry(self, msg: str, *, tag: str = "binome", user: str = "root@pam",
               pri: str = "info") -> dict[str, Any]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from binome import durable
 from binome.errors import BinomeError
 from binome.tasks.upid import Upid
 
@@ -144,14 +145,13 @@ class TaskManager:
         for r in ordered[: len(ordered) - MAX_TASKS_KEPT]:
             self.records.pop(str(r.upid), None)
             self.log_path(r.upid).unlink(missing_ok=True)
-        tmp = self.index_path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            for r in self.records.values():
-                f.write(json.dumps({"event": "start", "upid": str(r.upid)}) + "\n")
-                if r.status == "stopped":
-                    f.write(json.dumps({"event": "end", "upid": str(r.upid),
-                                        "exitstatus": r.exitstatus, "endtime": r.endtime}) + "\n")
-        tmp.replace(self.index_path)
+        lines = []
+        for r in self.records.values():
+            lines.append(json.dumps({"event": "start", "upid": str(r.upid)}) + "\n")
+            if r.status == "stopped":
+                lines.append(json.dumps({"event": "end", "upid": str(r.upid),
+                                         "exitstatus": r.exitstatus, "endtime": r.endtime}) + "\n")
+        durable.write_text(self.index_path, "".join(lines))
 
     def _append_index(self, rec: dict) -> None:
         with open(self.index_path, "a") as f:

@@ -47,7 +47,7 @@ from binome.store import keys
 from binome.store.client import StoreUnavailable
 
 if TYPE_CHECKING:
-    from binome.cluster.service import ClusterService
+    from binome.cluster.cluster import ClusterService
     from binome.config import NodeConfig
     from binome.guest.service import GuestService
     from binome.storage.replica.service import VolumeService

@@ -61,7 +61,7 @@ from binome.storage.replica.states import Fencing
 from binome.store.client import StoreUnavailable
 
 if TYPE_CHECKING:
-    from binome.cluster.service import ClusterService
+    from binome.cluster.cluster import ClusterService
     from binome.store.client import Store
     from binome.tasks.clusterlog import ClusterLog
     from binome.tasks.manager import Task
