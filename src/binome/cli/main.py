@@ -18,9 +18,9 @@ from typing import Any
 from urllib.parse import quote
 
 from binome.api.registry import ApiMethod, CliSpec, registry
-from binome.api.schema import Param
 from binome.cli.client import ApiCallError, Client
 from binome.cli.format import render
+from binome.schema import Param
 from binome.tasks.upid import InvalidUpid, Upid
 
 OUTPUT_FORMATS = ("text", "json", "json-pretty")
