@@ -374,19 +374,3 @@ async def fence_confirm(ctx: RequestContext, params: dict[str, Any]) -> dict[str
                            f"loss {loss}): its HA services may now be recovered elsewhere"
                            + (f" ({', '.join(waiting)})" if waiting else ""), "warning")
     return {"node": node, "loss": loss, "user": ctx.userid, "services": waiting}
-
-
-def format_fence_result(data: dict[str, Any]) -> str:
-    line = f"{data['node']}: power {data.get('state') or 'unknown'}"
-    if not data.get("ok"):
-        line = f"{data['node']}: device FAILED ({data.get('detail')})"
-    return f"{line} [{data.get('duration', 0):.2f}s]"
-
-
-def _register_formatter() -> None:
-    from binome.cli import format as cli_format
-
-    cli_format.FORMATTERS.setdefault("fence_result", format_fence_result)
-
-
-_register_formatter()

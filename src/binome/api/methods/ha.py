@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from binome.api.errors import ApiError, param_error
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
-from binome.cli import format as cli_format
 from binome.ha.model import GroupConfig, HaSettings, ResourceConfig, parse_group_nodes
 from binome.store import keys
 from binome.store.client import StoreUnavailable
@@ -447,20 +446,6 @@ async def ha_status_manager(ctx: RequestContext, params: dict[str, Any]) -> dict
             "quorum": {"node": ctx.services.config.name,
                        "quorate": int(bool(ctx.services.cluster.view.quorate))},
             "lrm_status": raw["lrms"]}
-
-
-def format_ha_status(entries: list[dict[str, Any]]) -> str:
-    """`ha-manager status`: one line per entry, `type status`."""
-    lines = []
-    for e in entries:
-        text = e.get("status", "")
-        if e["type"] == "service" and e.get("reason"):
-            text += f" - {e['reason']}"
-        lines.append(f"{e['type']} {text}")
-    return "\n".join(lines)
-
-
-cli_format.FORMATTERS.setdefault("ha_status", format_ha_status)
 
 
 # ---------------------------------------------------------------- qm actions routed through HA
