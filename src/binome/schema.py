@@ -254,8 +254,9 @@ class PropertyString:
                 if i == 0 and self.default_key is not None:
                     key, value = self.default_key, item
                 else:
+                    # the item is not echoed: it may be a secret given in the wrong place
                     raise ValueError("invalid format - missing key in comma-separated "
-                                     f"list property ('{item}')")
+                                     "list property")
             if key in seen:
                 raise ValueError("invalid format - duplicate key in comma-separated list "
                                  f"property: {key}")
