@@ -1,4 +1,8 @@
-"""Storage methods: definitions (/storage), per-node status and content."""
+"""Storage methods: definitions (/storage), per-node status and content.
+
+Definitions are written by `binome.storage.definitions`, read through the node's
+`StorageManager`; this module validates, calls and shapes.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,8 @@ from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
 from binome.errors import BinomeError
 from binome.storage.base import CONTENT_TYPES
+from binome.storage.definitions import StorageDefinitions, definition_record
 from binome.storage.manager import BACKENDS
-from binome.store import keys
 
 STORAGE_ID = Param(pattern=r"[a-z][a-z0-9\-_.]*", max_length=64, description="Storage ID.")
 AUDIT = privs("Datastore.Audit", path="/storage/{storage}")
@@ -56,13 +60,9 @@ async def storage_create(ctx: RequestContext, params: dict[str, Any]) -> None:
         raise param_error("content", f"invalid content type '{bad[0]}'")
     if params["type"] == "dir" and not params.get("path"):
         raise param_error("path", "property is missing and it is not optional")
-    record = {"storage": params["storage"], "type": params["type"],
-              "path": params.get("path", ""), "content": ",".join(content),
-              "nodes": params.get("nodes", ""), "shared": int(params["shared"]),
-              "disable": int(params["disable"])}
-    if not await store.commit({keys.STORAGE + params["storage"]: 0},
-                              {keys.STORAGE + params["storage"]: record}, bump_config=True):
-        raise fail(f"storage ID '{params['storage']}' already defined")
+    await StorageDefinitions(store).create(definition_record(
+        params["storage"], params["type"], path=params.get("path", ""), content=content,
+        nodes=params.get("nodes", ""), shared=params["shared"], disable=params["disable"]))
 
 
 @registry.register(
