@@ -311,7 +311,7 @@ class PropertyString:
             text = f"[{key}=]{kind}" if key == self.default_key else f"{key}={kind}"
             parts.append(text if not parts else (f"[,{text}]" if p.optional else f",{text}"))
         if self.additional is not None:
-            parts.append("[,<key>=<value>...]")
+            parts.append("[,<key>=<value>...]" if parts else "<key>=<value>[,<key>=<value>...]")
         return " ".join(parts)
 
 
