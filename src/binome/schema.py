@@ -113,6 +113,13 @@ FORMATS: dict[str, Format] = {
 }
 
 
+def register_format(name: str, check: Format) -> None:
+    """Declare a named format; its owner (the module that knows the values) calls this."""
+    if FORMATS.get(name, check) is not check:
+        raise ValueError(f"format '{name}' declared twice")
+    FORMATS[name] = check
+
+
 def split_list(text: str) -> list[str]:
     """PVE's split_list: items separated by ',', ';' or white space."""
     return [item for item in re.split(r"[,;\s]+", text) if item]

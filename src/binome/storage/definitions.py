@@ -12,11 +12,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from binome.storage.base import StorageError
+from binome.schema import register_format
+from binome.storage.base import CONTENT_TYPES, StorageError
 from binome.store import keys
 
 if TYPE_CHECKING:
     from binome.store.client import Store
+
+
+def _content_type(value: str) -> str:
+    if value not in CONTENT_TYPES:
+        raise ValueError(f"invalid content type '{value}'")
+    return value
+
+
+# PVE's `pve-storage-content`; `content` is a list of them (pve-storage-content-list)
+register_format("pve-storage-content", _content_type)
 
 
 def definition_record(storage: str, type_: str, *, path: str = "",

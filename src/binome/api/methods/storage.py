@@ -44,7 +44,9 @@ async def storage_index(ctx: RequestContext, params: dict[str, Any]) -> list[dic
     parameters={"storage": STORAGE_ID,
                 "type": Param(enum=tuple(BACKENDS), description="Storage type."),
                 "path": Param(optional=True, pattern=r"/[^\0]*", max_length=4096),
-                "content": Param(optional=True, default="images,iso", max_length=256),
+                "content": Param(optional=True, default="images,iso", max_length=256,
+                                 format="pve-storage-content-list",
+                                 description="Content types, e.g. images,iso."),
                 "nodes": Param(optional=True, max_length=1024),
                 "shared": Param(type="boolean", optional=True, default=False),
                 "disable": Param(type="boolean", optional=True, default=False)},
@@ -55,9 +57,6 @@ async def storage_create(ctx: RequestContext, params: dict[str, Any]) -> None:
     if store is None:
         raise fail("this node is not part of a cluster")
     content = [c for c in params["content"].split(",") if c]
-    bad = [c for c in content if c not in CONTENT_TYPES]
-    if bad:
-        raise param_error("content", f"invalid content type '{bad[0]}'")
     if params["type"] == "dir" and not params.get("path"):
         raise param_error("path", "property is missing and it is not optional")
     await StorageDefinitions(store).create(definition_record(
