@@ -223,7 +223,7 @@ class Param:
         if self.format:
             value = check_format(self.format, value)
         if self.props is not None:
-            self.props.parse(value)   # checked here; the handler parses it again
+            self.props.check(value)   # checked here; the handler parses it again
         return value
 
 
@@ -247,6 +247,9 @@ class PropertyString:
     default_key: str | None = None
     additional: Param | None = None
     key_pattern: str = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+    # the owner's parser, for a format with rules beyond its typed keys (a NIC's
+    # MODEL=MAC head): validation calls it instead, its ValueError text is the error
+    verify: Callable[[str], Any] | None = field(default=None, compare=False)
 
     def split(self, text: str) -> list[tuple[str, str]]:
         """The (key, raw value) pairs of `text`, in order; ValueError on a malformed one."""
@@ -293,6 +296,13 @@ class PropertyString:
                 out[key] = p.default
         return out
 
+    def check(self, text: str) -> None:
+        """ValueError (PVE's text, or the owner's parser's) if `text` is not valid."""
+        if self.verify is not None:
+            self.verify(text)
+        else:
+            self.parse(text)
+
     def format(self, values: Mapping[str, Any]) -> str:
         """`values` as a property string (the default key first, bare)."""
         parts = []
@@ -316,7 +326,10 @@ class PropertyString:
         for key, p in self.keys.items():
             kind = f"<{'|'.join(p.enum)}>" if p.enum else f"<{p.type}>"
             text = f"[{key}=]{kind}" if key == self.default_key else f"{key}={kind}"
-            parts.append(text if not parts else (f"[,{text}]" if p.optional else f",{text}"))
+            if not parts:
+                parts.append(f"[{text}]" if p.optional and key != self.default_key else text)
+            else:
+                parts.append(f"[,{text}]" if p.optional else f",{text}")
         if self.additional is not None:
             parts.append("[,<key>=<value>...]" if parts else "<key>=<value>[,<key>=<value>...]")
         return " ".join(parts)
