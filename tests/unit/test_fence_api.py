@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 
 from binome.api.errors import ParamError
-from binome.api.methods.fence import _build, _parse_options, public_config
+from binome.api.methods.fence import _build
 from binome.fence.device import make_device
+from binome.fence.devices import parse_agent_options as _parse_options
+from binome.fence.devices import public_record as public_config
 
 SECRET = "s3cret-Passw0rd"
 

@@ -6,14 +6,18 @@ from typing import Any
 
 from binome import __version__
 from binome.api.registry import Registry
+from binome.schema import Param
 
 
-def _schema(p) -> dict[str, Any]:
+def _schema(p: Param) -> dict[str, Any]:
     schema = p.json_schema()
     schema.pop("optional", None)
     schema.pop("description", None)
     if schema.get("format") and schema["format"] not in ("ip",):
+        # PVE's named formats and property strings (a dict of typed keys)
         schema["x-pve-format"] = schema.pop("format")
+    if "typetext" in schema:
+        schema["x-pve-typetext"] = schema.pop("typetext")
     return schema
 
 

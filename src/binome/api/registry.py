@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from binome.api.errors import NotImplementedMethod
-from binome.api.schema import Param
+from binome.schema import Param
 
 if TYPE_CHECKING:
     from binome.api.context import RequestContext

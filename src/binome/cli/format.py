@@ -1,4 +1,9 @@
-"""Text renderings of API results, in the spirit of pvecm / qm / ha-manager outputs."""
+"""Text renderings of API results, in the spirit of pvecm / qm / ha-manager outputs.
+
+The CLI owns its formatting: a method's CLI binding names a formatter
+(`CliSpec.formatter`: "table:COL,..." or a name in `FORMATTERS`), and every
+named formatter is registered here, never by the API method modules.
+"""
 
 from __future__ import annotations
 
@@ -133,10 +138,47 @@ def task_log(rows: list[dict[str, Any]]) -> str:
     return "\n".join(r["t"] for r in rows)
 
 
+def ha_status(entries: list[dict[str, Any]]) -> str:
+    """`ha-manager status`: one line per entry, `type status`."""
+    lines = []
+    for e in entries:
+        text = e.get("status", "")
+        if e["type"] == "service" and e.get("reason"):
+            text += f" - {e['reason']}"
+        lines.append(f"{e['type']} {text}")
+    return "\n".join(lines)
+
+
+def fence_result(data: dict[str, Any]) -> str:
+    """`binome fence test NODE`: the power state the device read, or why it failed."""
+    line = f"{data['node']}: power {data.get('state') or 'unknown'}"
+    if not data.get("ok"):
+        line = f"{data['node']}: device FAILED ({data.get('detail')})"
+    return f"{line} [{data.get('duration', 0):.2f}s]"
+
+
+def volume_status(data: Any) -> str:
+    """`binome volume status`: drbdsetup status style."""
+    from binome.storage.replica import format as vformat
+
+    return vformat.volume_status(data)
+
+
+def volume_config(data: Any) -> str:
+    """`binome volume config`: drbdsetup show style."""
+    from binome.storage.replica import format as vformat
+
+    return vformat.drbdsetup_show(data)
+
+
 FORMATTERS: dict[str, Callable[[Any], str]] = {
     "cluster_status": cluster_status,
     "witness_status": witness_status,
     "cluster_nodes": cluster_nodes,
     "cluster_log": cluster_log,
     "task_log": task_log,
+    "ha_status": ha_status,
+    "fence_result": fence_result,
+    "volume_status": volume_status,
+    "volume_config": volume_config,
 }

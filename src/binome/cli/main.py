@@ -18,9 +18,9 @@ from typing import Any
 from urllib.parse import quote
 
 from binome.api.registry import ApiMethod, CliSpec, registry
-from binome.api.schema import Param
 from binome.cli.client import ApiCallError, Client
 from binome.cli.format import render
+from binome.schema import Param
 from binome.tasks.upid import InvalidUpid, Upid
 
 OUTPUT_FORMATS = ("text", "json", "json-pretty")
@@ -67,8 +67,11 @@ def _bool(text: str) -> str:
     raise argparse.ArgumentTypeError(f"expected 0/1, got {text!r}")
 
 
-def _add_param(parser: argparse.ArgumentParser, name: str, p: Param, positional: bool) -> None:
+def _add_param(parser: argparse.ArgumentParser, name: str, p: Param, positional: bool,
+               required_group: Any = None) -> None:
     help_text = p.description or None
+    if p.props is not None:
+        help_text = f"{help_text or ''} Format: {p.props.typetext()}".strip()
     if p.enum:
         help_text = f"{help_text or ''} ({'|'.join(p.enum)})".strip()
     if p.default is not None:
@@ -84,6 +87,10 @@ def _add_param(parser: argparse.ArgumentParser, name: str, p: Param, positional:
     elif p.type == "boolean":
         parser.add_argument(f"--{name}", dest=dest, nargs="?", const="1", type=_bool,
                             metavar="0|1", help=help_text)
+    elif not p.optional and required_group is not None:
+        # a parameter the method cannot do without: an option the command requires
+        required_group.add_argument(f"--{name}", dest=dest, choices=p.enum,
+                                    metavar=name.upper(), help=help_text, required=True)
     else:
         parser.add_argument(f"--{name}", dest=dest, choices=p.enum, metavar=name.upper(),
                             help=help_text)
@@ -110,13 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter)
         _common_options(leaf)
         fixed = dict(spec.fixed)
+        required = leaf.add_argument_group("required options")
         for name, p in method.parameters.items():
             if name in fixed:
                 continue
             if name == "node" and name not in spec.positional:
                 leaf.add_argument("--node", dest="p_node", help="node (default: this node)")
                 continue
-            _add_param(leaf, name, p, name in spec.positional)
+            _add_param(leaf, name, p, name in spec.positional, required)
         leaf.set_defaults(_spec=spec, _method=method)
     if ("vm",) in nodes:
         console = nodes[("vm",)].add_parser(

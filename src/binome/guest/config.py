@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from binome.api.schema import Param
+from binome.schema import Param, PropertyString
 
 DISK_BUSES: dict[str, int] = {"virtio": 16, "scsi": 31, "ide": 4, "sata": 6}
 MAX_NETS = 32
@@ -63,6 +63,48 @@ def is_net_key(key: str) -> bool:
     return bool(m) and int(m.group(1)) < MAX_NETS
 
 
+_ON_OFF = Param(type="boolean", optional=True)
+
+
+def _check_disk(value: str) -> None:
+    parse_disk("virtio0", value)
+
+
+def _check_net(value: str) -> None:
+    parse_net("net0", value, assign_mac=True)
+
+
+# The typed keys of a disk and of a NIC (what OpenAPI and `--help` show); values are
+# checked by parse_disk / parse_net, which know the rules beyond the keys (an allocation
+# request 'STORAGE:SIZE', a NIC's 'MODEL=MAC' head) and give the model's messages.
+DISK_FORMAT = PropertyString(keys={
+    "file": Param(description="The volume (STORAGE:VOLNAME), STORAGE:SIZE_GiB to "
+                              "allocate, or 'none' (empty drive)."),
+    "size": Param(optional=True, description="Disk size (e.g. 4G)."),
+    "cache": Param(optional=True, enum=CACHE_MODES),
+    "media": Param(optional=True, enum=("disk", "cdrom")),
+    "format": Param(optional=True, enum=("raw", "qcow2")),
+    "discard": Param(optional=True, enum=("ignore", "on")),
+    "iothread": _ON_OFF, "ssd": _ON_OFF, "backup": _ON_OFF, "replicate": _ON_OFF,
+    "ro": _ON_OFF,
+    "serial": Param(optional=True, max_length=60),
+    "aio": Param(optional=True, enum=("native", "threads", "io_uring")),
+}, default_key="file", verify=_check_disk)
+_MAC = Param(optional=True, description="The MAC address (assigned if not given).")
+NET_FORMAT = PropertyString(keys={
+    **{model: _MAC for model in NIC_MODELS},
+    "model": Param(optional=True, enum=NIC_MODELS, description="NIC model (or MODEL=MAC)."),
+    "macaddr": _MAC,
+    "bridge": Param(pattern=r"[A-Za-z0-9_.\-]{1,15}", description="The bridge to attach to."),
+    "tag": Param(type="integer", optional=True, minimum=1, maximum=4094,
+                 description="VLAN tag."),
+    "firewall": _ON_OFF, "link_down": _ON_OFF,
+    "rate": Param(type="number", optional=True, minimum=0, description="Rate limit in MB/s."),
+    "mtu": Param(type="integer", optional=True, minimum=1, maximum=65520),
+    "queues": Param(type="integer", optional=True, minimum=0, maximum=64),
+}, verify=_check_net)
+
+
 def schema() -> dict[str, Param]:
     """Every config key a VM may carry, with its type (shared by the API methods)."""
     keys: dict[str, Param] = {
@@ -102,11 +144,11 @@ def schema() -> dict[str, Param]:
                       description="Lock held by a running operation."),
     }
     for key in _disk_keys():
-        keys[key] = Param(optional=True, max_length=512, description=(
+        keys[key] = Param(optional=True, max_length=512, props=DISK_FORMAT, description=(
             f"Disk {key}: STORAGE:SIZE_GiB to allocate, or a volume "
             f"'STORAGE:VOLNAME[,size=..][,cache=..][,media=cdrom]'."))
     for i in range(MAX_NETS):
-        keys[f"net{i}"] = Param(optional=True, max_length=256, description=(
+        keys[f"net{i}"] = Param(optional=True, max_length=256, props=NET_FORMAT, description=(
             f"NIC net{i}: 'MODEL[=MAC],bridge=BRIDGE[,tag=VLAN]', MODEL in "
             f"{'|'.join(NIC_MODELS)}."))
     return keys

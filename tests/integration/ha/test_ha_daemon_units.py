@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from binome.api.errors import ParamError
-from binome.api.methods.ha import format_ha_status, parse_sid
+from binome.api.methods.ha import parse_sid
+from binome.cli.format import ha_status as format_ha_status
 from binome.ha.daemon.etcd_env import LivenessTracker, Raw, vmid_of
 
 

@@ -1,6 +1,51 @@
-"""Parameter declarations shared by several methods."""
+"""Parameter declarations and repository access shared by several method modules."""
 
-from binome.api.schema import Param
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from binome.api.errors import ApiError
+from binome.fence.devices import FenceDevices
+from binome.ha.config import HaConfig
+from binome.schema import Param
+
+if TYPE_CHECKING:
+    from binome.api.context import RequestContext
 
 NODE = Param(format="pve-node", description="The cluster node name ('localhost': this node).")
 UPID = Param(description="The task's unique ID (UPID).", max_length=256)
+
+
+def require_quorum(ctx: RequestContext) -> None:
+    """A 500 unless this node is in a cluster and has quorum (for changes)."""
+    cluster = ctx.services.cluster
+    if cluster.store is None:
+        raise ApiError(500, "this node is not part of a cluster")
+    if not cluster.view.quorate:
+        raise ApiError(500, "cluster not ready - no quorum?")
+
+
+def ha_config(ctx: RequestContext, *, quorum: bool = False) -> HaConfig:
+    """The HA configuration; a 500 outside a cluster (or, with `quorum`, without quorum)."""
+    if quorum:
+        require_quorum(ctx)
+    store = ctx.services.cluster.store
+    if store is None:
+        raise ApiError(500, "this node is not part of a cluster")
+    return HaConfig(store)
+
+
+def ha_config_if_clustered(ctx: RequestContext) -> HaConfig | None:
+    """The HA configuration, or None on a node that is in no cluster (nothing is HA)."""
+    store = ctx.services.cluster.store
+    return None if store is None else HaConfig(store)
+
+
+def fence_devices(ctx: RequestContext, *, quorum: bool = False) -> FenceDevices:
+    """The fence device records; a 500 outside a cluster (or, with `quorum`, without it)."""
+    if quorum:
+        require_quorum(ctx)
+    store = ctx.services.cluster.store
+    if store is None:
+        raise ApiError(500, "this node is not part of a cluster")
+    return FenceDevices(store)

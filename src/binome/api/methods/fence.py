@@ -1,39 +1,43 @@
 """Fence device configuration (`/cluster/ha/fence/...`, a binome extension) and
 `binome fence`: fence a node by hand (like `fence_node`) or test its device.
 
-Owns the boundary between operators and `/binome/ha/fence/<node>`: the
-stored document is exactly what `binome.fence.device.make_device` takes (the
-CRM's `Fencer` builds the device from it), validated here before anything is
-written. The password is **write-only**: stored in etcd (readable only by
-the cluster's members), never returned (`password` is replaced by
-`has_password: 1`), never put in an error, a task log or the cluster log.
+Validates, calls and shapes: the records live in `binome.fence.devices` (which
+builds and checks a record, and owns `/binome/ha/fence/<node>`), the manual
+power-off confirmation in `binome.ha.config`. The password is **write-only**:
+never returned (`has_password: 1` instead), never put in an error, a task log
+or the cluster log.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from binome.api.errors import ApiError, ParamError, param_error
-from binome.api.methods.ha import AUDIT, CONSOLE, _require_quorum, _store
-from binome.api.registry import CliSpec, registry
+from binome.api.errors import ApiError, ParamError
+from binome.api.methods.common import fence_devices, ha_config
+from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
-from binome.fence.device import FenceConfigError, make_device
-from binome.store import keys
+from binome.fence.devices import (
+    AGENT_OPTIONS,
+    TYPES,
+    FenceRecordError,
+    build_record,
+    public_record,
+)
+from binome.ha.model import FenceConfirmation
 
 if TYPE_CHECKING:
     from binome.api.context import RequestContext
 
-_HOST_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
-                      r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*")
-_OPT_RE = re.compile(r"[A-Za-z0-9_-]+")
-
+AUDIT = privs("Sys.Audit")
+CONSOLE = privs("Sys.Console")   # PVE's privilege for HA changes
+TYPE = Param(type="string", enum=TYPES,
+             description="Device type: ipmi (IPMI over LAN) or agent (a fence_* agent).")
 FENCE_PARAMS = {
-    "type": Param(type="string", optional=True, enum=("ipmi", "agent"),
+    "type": Param(type="string", optional=True, enum=TYPES,
                   description="Device type: ipmi (IPMI over LAN) or agent (a fence_* agent)."),
-    "ip": Param(type="string", optional=True, max_length=253,
+    "ip": Param(type="string", optional=True, max_length=253, format="host-address",
                 description="ipmi: the BMC's address (IP or host name)."),
     "port": Param(type="integer", optional=True, minimum=1, maximum=65535,
                   description="ipmi: the BMC's UDP port [623]."),
@@ -46,107 +50,22 @@ FENCE_PARAMS = {
                                  "[ipmi 5, agent 30]."),
     "agent": Param(type="string", optional=True, max_length=255,
                    description="agent: the fence agent (fence_ipmilan...) or its path."),
-    "options": Param(type="string", optional=True, max_length=4096,
-                     description="agent: options as key=value[,key=value...] "
+    "options": Param(type="string", optional=True, max_length=4096, props=AGENT_OPTIONS,
+                     description="agent: the agent's options as key=value[,key=value...] "
                                  "(booleans: key=1)."),
     "confirm": Param(type="boolean", optional=True,
                      description="agent: after off, poll status until it reports off [1]."),
 }
 NODE = Param(type="string", format="pve-node", description="The node the device powers.")
-# the stored keys per type (make_device's), besides type and password
-_TYPE_KEYS = {"ipmi": ("ip", "port", "username", "timeout"),
-              "agent": ("agent", "options", "timeout", "confirm")}
-
-
-def _parse_options(text: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in (i.strip() for i in text.split(",")):
-        if not item:
-            continue
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not _OPT_RE.fullmatch(key):
-            raise param_error("options", f"invalid option '{key or item}': want key=value")
-        if key in out:
-            raise param_error("options", f"option '{key}' given twice")
-        out[key] = value.strip()
-    return out
 
 
 def _build(node: str, old: dict[str, Any] | None, params: dict[str, Any],
-           delete: list[str]) -> dict[str, Any]:
-    """The document to store, validated; ParamError naming every bad parameter."""
-    kind = params.get("type") or (old or {}).get("type")
-    if kind is None:
-        raise param_error("type", "property is missing and it is not optional")
-    errors: dict[str, str] = {}
-    for name in _TYPE_KEYS["ipmi" if kind == "agent" else "agent"]:
-        if params.get(name) is not None and name not in _TYPE_KEYS[kind]:
-            errors[name] = f"not a parameter of a {kind} fence device"
-    for name in delete:
-        if name not in _TYPE_KEYS[kind] or name in ("ip", "username", "agent"):
-            errors["delete"] = f"cannot delete '{name}'"
-    if errors:
-        raise ParamError(errors)
-    cfg: dict[str, Any] = {}
-    if old and old.get("type") == kind:
-        cfg = {k: v for k, v in old.items() if k not in delete}
-    cfg["type"] = kind
-    for name in _TYPE_KEYS[kind]:
-        if params.get(name) is not None:
-            cfg[name] = params[name]
-    if isinstance(cfg.get("options"), str):
-        cfg["options"] = _parse_options(cfg["options"])
-    if "timeout" in cfg:
-        cfg["timeout"] = float(cfg["timeout"])
-    if params.get("password") is not None:
-        cfg["password"] = params["password"]
-    if kind == "ipmi":
-        ip = cfg.get("ip")
-        if ip is not None:
-            try:
-                ipaddress.ip_address(ip)
-            except ValueError:
-                if not _HOST_RE.fullmatch(ip) or ip.replace(".", "").isdigit():
-                    errors["ip"] = f"invalid address '{ip}'"
-        for name in ("ip", "username", "password"):
-            if not cfg.get(name) and name not in errors:
-                errors[name] = "property is missing and it is not optional"
-    else:
-        agent = cfg.get("agent")
-        if not agent:
-            errors["agent"] = "property is missing and it is not optional"
-    if errors:
-        raise ParamError(errors)
+           delete: Sequence[str]) -> dict[str, Any]:
+    """The record to store for `node`, validated; ParamError naming every bad parameter."""
     try:
-        device = make_device(cfg)
-    except FenceConfigError as exc:
-        # its messages start with the key at fault and never hold the secret
-        msg = str(exc)
-        key = msg.split(":", 1)[0].strip()
-        if key not in FENCE_PARAMS:
-            key = next((k for k in ("options", "password", "timeout", "agent")
-                        if k.rstrip("s") in msg), "type")
-        raise param_error(key, msg) from None
-    if kind == "agent" and device.resolve() is None:   # type: ignore[attr-defined]
-        raise param_error("agent", f"unknown fence agent '{cfg['agent']}' (not found in "
-                                   "PATH, /usr/sbin or /sbin on this node)")
-    return cfg
-
-
-def public_config(node: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    """A stored config as the API shows it: no secret, ever."""
-    out: dict[str, Any] = {"node": node, "type": cfg.get("type")}
-    for name in _TYPE_KEYS.get(str(cfg.get("type")), ()):
-        if name in cfg:
-            value = cfg[name]
-            if name == "options":
-                value = ",".join(f"{k}={v}" for k, v in sorted(value.items()))
-            elif name == "confirm":
-                value = int(bool(value))
-            out[name] = value
-    out["has_password"] = int(bool(cfg.get("password") or cfg.get("password_file")))
-    return out
+        return build_record(old, params, delete)
+    except FenceRecordError as exc:
+        raise ParamError(exc.errors) from None
 
 
 async def _known_node(ctx: RequestContext, node: str) -> None:
@@ -166,9 +85,8 @@ async def _known_node(ctx: RequestContext, node: str) -> None:
                                              "has_password"),
 )
 async def fence_list(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
-    entries = await _store(ctx).get_prefix(keys.HA_FENCE)
-    return [public_config(e.key[len(keys.HA_FENCE):], e.value) for e in entries
-            if isinstance(e.value, dict)]
+    records = await fence_devices(ctx).records()
+    return [public_record(node, cfg) for node, cfg in records.items()]
 
 
 @registry.register(
@@ -178,30 +96,21 @@ async def fence_list(ctx: RequestContext, params: dict[str, Any]) -> list[dict[s
     cli=CliSpec(("fence", "config"), positional=("node",)),
 )
 async def fence_get(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    cfg = await _store(ctx).get_value(keys.ha_fence(params["node"]))
-    if not isinstance(cfg, dict):
-        raise ApiError(500, f"no fence device configured for node '{params['node']}'")
-    return public_config(params["node"], cfg)
+    return public_record(params["node"], await fence_devices(ctx).record(params["node"]))
 
 
 @registry.register(
     "POST", "/cluster/ha/fence/{node}", name="fence_create", permission=CONSOLE,
     description="Configure a node's fence device.",
-    parameters={"node": NODE, **FENCE_PARAMS},
+    parameters={"node": NODE, **FENCE_PARAMS, "type": TYPE},   # type: required on create
     cli=CliSpec(("fence", "add"), positional=("node",)),
 )
 async def fence_create(ctx: RequestContext, params: dict[str, Any]) -> None:
-    store = _require_quorum(ctx)
+    devices = fence_devices(ctx, quorum=True)
     node = params["node"]
     await _known_node(ctx, node)
     cfg = _build(node, None, params, [])
-
-    def mutate(doc):
-        if doc:
-            raise ApiError(500, f"node '{node}' already has a fence device (use set)")
-        return cfg
-
-    await store.update(keys.ha_fence(node), mutate)
+    await devices.create(node, cfg)
     await _clusterlog(ctx, f"fence device of {node} configured ({cfg['type']}) by {ctx.userid}")
 
 
@@ -214,24 +123,11 @@ async def fence_create(ctx: RequestContext, params: dict[str, Any]) -> None:
     cli=CliSpec(("fence", "set"), positional=("node",)),
 )
 async def fence_set(ctx: RequestContext, params: dict[str, Any]) -> None:
-    store = _require_quorum(ctx)
+    devices = fence_devices(ctx, quorum=True)
     node = params["node"]
     delete = [d.strip() for d in (params.get("delete") or "").split(",") if d.strip()]
-    old = await store.get_value(keys.ha_fence(node))
-    if not isinstance(old, dict):
-        raise ApiError(500, f"no fence device configured for node '{node}'")
-    if params.get("type") not in (None, old.get("type")) and params.get("password") is None \
-            and old.get("password"):
-        # a type change keeps the password: the secret stays where it was given
-        params = {**params, "password": old["password"]}
-    cfg = _build(node, old, params, delete)
-
-    def mutate(doc):
-        if doc != old:
-            raise ApiError(500, "fence device changed meanwhile - try again")
-        return cfg
-
-    await store.update(keys.ha_fence(node), mutate)
+    old = await devices.record(node)
+    await devices.replace(node, old, _build(node, old, params, delete))
     await _clusterlog(ctx, f"fence device of {node} changed by {ctx.userid}")
 
 
@@ -242,22 +138,9 @@ async def fence_set(ctx: RequestContext, params: dict[str, Any]) -> None:
     cli=CliSpec(("fence", "remove"), positional=("node",)),
 )
 async def fence_remove(ctx: RequestContext, params: dict[str, Any]) -> None:
-    store = _require_quorum(ctx)
     node = params["node"]
-    if await store.get(keys.ha_fence(node)) is None:
-        raise ApiError(500, f"no fence device configured for node '{node}'")
-    await store.delete(keys.ha_fence(node))
+    await fence_devices(ctx, quorum=True).remove(node)
     await _clusterlog(ctx, f"fence device of {node} removed by {ctx.userid}")
-
-
-async def _device(ctx: RequestContext, node: str):
-    cfg = await _store(ctx).get_value(keys.ha_fence(node))
-    if not isinstance(cfg, dict):
-        raise ApiError(500, f"no fence device configured for node '{node}'")
-    try:
-        return make_device(cfg)
-    except FenceConfigError as exc:
-        raise ApiError(500, f"fence device of '{node}' is invalid: {exc}") from None
 
 
 async def _clusterlog(ctx: RequestContext, message: str, pri: str | None = None) -> None:
@@ -280,7 +163,7 @@ async def _clusterlog(ctx: RequestContext, message: str, pri: str | None = None)
     cli=CliSpec(("fence", "test"), positional=("node",), formatter="fence_result"),
 )
 async def fence_test(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    device = await _device(ctx, params["node"])
+    device = await fence_devices(ctx).device(params["node"])
     result = await device.status()
     return {"node": params["node"], "ok": int(result.ok), "state": result.state,
             "detail": result.detail, "duration": round(result.duration, 3)}
@@ -301,7 +184,7 @@ async def fence_node(ctx: RequestContext, params: dict[str, Any]) -> str:
         raise ApiError(500, f"refusing to fence the local node '{ctx.node}': "
                             "run it from another node")
     await _known_node(ctx, node)
-    device = await _device(ctx, node)
+    device = await fence_devices(ctx).device(node)
 
     async def body(task) -> None:
         from binome.tasks.manager import TaskFailed
@@ -350,43 +233,26 @@ async def fence_confirm(ctx: RequestContext, params: dict[str, Any]) -> dict[str
     failure of the node. Refused for the local node, a node whose lease is
     alive, and a node the HA manager does not consider lost.
     """
-    store = _require_quorum(ctx)
+    config = ha_config(ctx, quorum=True)
     node = params["node"]
     if node in (ctx.node, "localhost"):
         raise ApiError(500, f"refusing to confirm the power-off of the local node "
                             f"'{ctx.node}': it is answering this request")
     await _known_node(ctx, node)
-    if await store.get(keys.ha_heartbeat(node)) is not None \
-            or await store.get(keys.alive(node)) is not None:
+    if await config.node_lease_alive(node):
         raise ApiError(500, f"node '{node}' is online (its lease is alive): refusing to "
                             "confirm it is powered off")
-    ms = await store.get_value(keys.HA_MANAGER_STATUS, {}) or {}
+    ms = await config.manager_status()
     rec = (ms.get("node_status") or {}).get(node) or {}
     loss = rec.get("loss")
     if rec.get("state") not in ("unknown", "fence") or not loss:
         raise ApiError(500, f"node '{node}' is not lost for the HA manager (state "
                             f"{rec.get('state') or 'unknown to it'}): nothing to confirm")
-    doc = {"node": node, "loss": loss, "user": ctx.userid, "at": round(time.time(), 3)}
-    await store.put(keys.ha_fence_confirm(node), doc)
+    await config.record_fence_confirmation(FenceConfirmation(
+        node=node, loss=str(loss), user=ctx.userid, at=round(time.time(), 3)))
     waiting = sorted(sid for sid, sd in (ms.get("service_status") or {}).items()
                      if sd.get("node") == node and sd.get("state") in ("fence", "freeze"))
     await _clusterlog(ctx, f"power-off of {node} confirmed by {ctx.userid} (manual fence, "
                            f"loss {loss}): its HA services may now be recovered elsewhere"
                            + (f" ({', '.join(waiting)})" if waiting else ""), "warning")
     return {"node": node, "loss": loss, "user": ctx.userid, "services": waiting}
-
-
-def format_fence_result(data: dict[str, Any]) -> str:
-    line = f"{data['node']}: power {data.get('state') or 'unknown'}"
-    if not data.get("ok"):
-        line = f"{data['node']}: device FAILED ({data.get('detail')})"
-    return f"{line} [{data.get('duration', 0):.2f}s]"
-
-
-def _register_formatter() -> None:
-    from binome.cli import format as cli_format
-
-    cli_format.FORMATTERS.setdefault("fence_result", format_fence_result)
-
-
-_register_formatter()

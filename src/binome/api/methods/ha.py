@@ -1,27 +1,25 @@
 """HA API (`/cluster/ha/...`, PVE shapes) and the `binome ha ...` commands.
 
-The resource and group configs are single JSON documents in etcd
-(`/binome/ha/resources`, `/binome/ha/groups`), edited with compare-and-swap;
-admin moves (`migrate`, `relocate`) are appended to `/binome/ha/commands/`
-for the CRM master; status is read from the manager status and the LRM
-reports the daemons write (`binome.ha.daemon`).
+Validates, calls `binome.ha.config` (which owns the HA keys in etcd: the
+resources and groups documents, the settings, the admin command queue the
+CRM master reads, the status the daemons publish) and shapes the answers.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from binome.api.errors import ApiError, param_error
+from binome.api.methods.common import (
+    ha_config,
+    ha_config_if_clustered,
+    require_quorum,
+)
 from binome.api.registry import CliSpec, privs, registry
-from binome.api.schema import Param
-from binome.cli import format as cli_format
-from binome.ha.model import GroupConfig, HaSettings, ResourceConfig, parse_group_nodes
-from binome.store import keys
-from binome.store.client import StoreUnavailable
+from binome.api.schema import Param, PropertyString, check_param
+from binome.ha.config import config_digest, sid_of
+from binome.ha.model import HaSettings
 
 if TYPE_CHECKING:
     from binome.api.context import RequestContext
@@ -31,35 +29,13 @@ CONSOLE = privs("Sys.Console")   # PVE's privilege for HA changes
 STATES = ("started", "stopped", "enabled", "disabled", "ignored")
 
 
-def _store(ctx: RequestContext):
-    cluster = ctx.services.cluster
-    if cluster.store is None:
-        raise ApiError(500, "this node is not part of a cluster")
-    return cluster.store
-
-
-def _require_quorum(ctx: RequestContext):
-    store = _store(ctx)
-    if not ctx.services.cluster.view.quorate:
-        raise ApiError(500, "cluster not ready - no quorum?")
-    return store
+SID = Param(type="string", format="pve-ha-resource-or-vm-id",
+            description="HA resource ID (vm:100 or 100).")
 
 
 def parse_sid(raw: str) -> str:
-    """`vm:100` or a bare `100` (PVE's parse_sid); containers do not exist here."""
-    text = str(raw).strip()
-    if text.isdigit():
-        return f"vm:{int(text)}"
-    kind, _, vmid = text.partition(":")
-    if kind == "vm" and vmid.isdigit():
-        return f"vm:{int(vmid)}"
-    if kind == "ct":
-        raise param_error("sid", "containers are not supported")
-    raise param_error("sid", f"unable to parse service id '{text}'")
-
-
-def _digest(doc: Any) -> str:
-    return hashlib.sha1(json.dumps(doc or {}, sort_keys=True).encode()).hexdigest()
+    """`vm:100` or a bare `100` (PVE's parse_sid), normalised; ParamError on `sid`."""
+    return str(check_param("sid", SID, raw))
 
 
 def _resource_entry(sid: str, cfg: dict[str, Any], digest: str) -> dict[str, Any]:
@@ -85,46 +61,6 @@ RESOURCE_PARAMS = {
 }
 
 
-async def _edit_entry(store, key: str, name: str,
-                      change: Callable[[dict[str, Any] | None], dict[str, Any] | None], *,
-                      missing: str | None = None, exists: str | None = None,
-                      check: Callable[[dict[str, Any]], None] | None = None) -> None:
-    """One compare-and-swap edit of an entry of the resources or groups document.
-
-    `change(old)` gives the new entry (None deletes it); `missing` / `exists` are
-    the errors for an entry that must / must not be there already; `check(doc)`
-    runs first on the whole document read.
-    """
-    def mutate(doc):
-        doc = dict(doc or {})
-        if check is not None:
-            check(doc)
-        if exists is not None and name in doc:
-            raise ApiError(500, exists)
-        if missing is not None and name not in doc:
-            raise ApiError(500, missing)
-        new = change(doc.get(name))
-        if new is None:
-            doc.pop(name, None)
-        else:
-            doc[name] = new
-        return doc
-
-    await store.update(key, mutate)
-
-
-def _apply(cfg: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    out = dict(cfg)
-    out.pop("stop_timeout", None)   # a hint of the last qm stop/shutdown only
-    for key in RESOURCE_PARAMS:
-        if params.get(key) is not None:
-            out[key] = params[key]
-    if out.get("state") == "enabled":
-        out["state"] = "started"
-    ResourceConfig.from_dict("vm:0", out)   # validates
-    return out
-
-
 @registry.register(
     "GET", "/cluster/ha/resources", name="ha_resources", permission=AUDIT,
     description="List HA resources.",
@@ -134,8 +70,8 @@ def _apply(cfg: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     cli=CliSpec(("ha", "config"), formatter="table:sid,state,group,max_restart,max_relocate"),
 )
 async def ha_resources(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
-    doc = await _store(ctx).get_value(keys.HA_RESOURCES, {}) or {}
-    digest = _digest(doc)
+    doc = await ha_config(ctx).resources()
+    digest = config_digest(doc)
     return [_resource_entry(sid, cfg, digest) for sid, cfg in sorted(doc.items())
             if params.get("type") in (None, sid.split(":", 1)[0])]
 
@@ -143,43 +79,31 @@ async def ha_resources(ctx: RequestContext, params: dict[str, Any]) -> list[dict
 @registry.register(
     "POST", "/cluster/ha/resources", name="ha_resource_add", permission=CONSOLE,
     description="Create a new HA resource.",
-    parameters={"sid": Param(type="string", description="HA resource ID (vm:100 or 100)."),
-                **RESOURCE_PARAMS},
+    parameters={"sid": SID, **RESOURCE_PARAMS},
     cli=CliSpec(("ha", "add"), positional=("sid",)),
 )
 async def ha_resource_add(ctx: RequestContext, params: dict[str, Any]) -> None:
-    store = _require_quorum(ctx)
-    sid = parse_sid(params["sid"])
-    vmid = int(sid.split(":", 1)[1])
-    if await store.get(keys.vmid(vmid)) is None:
-        raise ApiError(500, f"no such VM '{vmid}'")
-    groups = await store.get_value(keys.HA_GROUPS, {}) or {}
-    if params.get("group") and params["group"] not in groups:
-        raise ApiError(500, f"no such ha group '{params['group']}'")
-    cfg = _apply({"state": "started"}, params)
-    await _edit_entry(store, keys.HA_RESOURCES, sid, lambda _old: cfg,
-                      exists=f"resource ID '{sid}' already defined")
+    await ha_config(ctx, quorum=True).add_resource(params["sid"], params)
 
 
 @registry.register(
     "GET", "/cluster/ha/resources/{sid}", name="ha_resource_get", permission=AUDIT,
     description="Read an HA resource's configuration.",
-    parameters={"sid": Param(type="string", description="HA resource ID.")},
+    parameters={"sid": SID},
     returns={"type": "object"},
 )
 async def ha_resource_get(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    sid = parse_sid(params["sid"])
-    doc = await _store(ctx).get_value(keys.HA_RESOURCES, {}) or {}
+    sid = params["sid"]
+    doc = await ha_config(ctx).resources()
     if sid not in doc:
         raise ApiError(500, f"no such resource '{sid}'")
-    return _resource_entry(sid, doc[sid], _digest(doc))
+    return _resource_entry(sid, doc[sid], config_digest(doc))
 
 
 @registry.register(
     "PUT", "/cluster/ha/resources/{sid}", name="ha_resource_set", permission=CONSOLE,
     description="Update an HA resource.",
-    parameters={"sid": Param(type="string", description="HA resource ID."),
-                **RESOURCE_PARAMS,
+    parameters={"sid": SID, **RESOURCE_PARAMS,
                 "delete": Param(type="string", optional=True,
                                 description="Settings to delete (comma-separated)."),
                 "digest": Param(type="string", optional=True, max_length=64,
@@ -187,48 +111,32 @@ async def ha_resource_get(ctx: RequestContext, params: dict[str, Any]) -> dict[s
     cli=CliSpec(("ha", "set"), positional=("sid",)),
 )
 async def ha_resource_set(ctx: RequestContext, params: dict[str, Any]) -> None:
-    store = _require_quorum(ctx)
-    sid = parse_sid(params["sid"])
+    config = ha_config(ctx, quorum=True)
     delete = [d.strip() for d in (params.get("delete") or "").split(",") if d.strip()]
-
-    def same_digest(doc: dict[str, Any]) -> None:
-        if params.get("digest") and params["digest"] != _digest(doc):
-            raise ApiError(500, "detected modified configuration - file changed by other "
-                                "user? Try again.")
-
-    await _edit_entry(
-        store, keys.HA_RESOURCES, sid,
-        lambda old: _apply({k: v for k, v in old.items() if k not in delete}, params),
-        missing=f"no such resource '{sid}'", check=same_digest)
+    await config.update_resource(params["sid"], params, delete, params.get("digest"))
 
 
 @registry.register(
     "DELETE", "/cluster/ha/resources/{sid}", name="ha_resource_remove", permission=CONSOLE,
     description="Delete an HA resource (the guest is left as it is).",
-    parameters={"sid": Param(type="string", description="HA resource ID.")},
+    parameters={"sid": SID},
     cli=CliSpec(("ha", "remove"), positional=("sid",)),
 )
 async def ha_resource_remove(ctx: RequestContext, params: dict[str, Any]) -> None:
-    store = _require_quorum(ctx)
-    sid = parse_sid(params["sid"])
-    await _edit_entry(store, keys.HA_RESOURCES, sid, lambda _old: None,
-                      missing=f"no such resource '{sid}'")
+    await ha_config(ctx, quorum=True).remove_resource(params["sid"])
 
 
-async def _append_command(ctx: RequestContext, line: str) -> None:
-    store = _require_quorum(ctx)
-    seq = f"{time.time_ns():020d}-{ctx.services.config.name}"
-    await store.put(keys.ha_command(seq), line)
+async def queue_command(ctx: RequestContext, line: str) -> None:
+    """Append an admin command for the CRM master (needs quorum)."""
+    await ha_config(ctx, quorum=True).queue_command(line, ctx.services.config.name)
 
 
 for _verb in ("migrate", "relocate"):
     def _make(verb: str):
         async def handler(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-            sid = parse_sid(params["sid"])
-            doc = await _store(ctx).get_value(keys.HA_RESOURCES, {}) or {}
-            if sid not in doc:
-                raise ApiError(500, f"no such resource '{sid}'")
-            await _append_command(ctx, f"{verb} {sid} {params['node']}")
+            sid = params["sid"]
+            await ha_config(ctx).resource(sid)   # no such resource: refused
+            await queue_command(ctx, f"{verb} {sid} {params['node']}")
             return {"sid": sid, "requested-node": params["node"]}
         return handler
 
@@ -236,7 +144,7 @@ for _verb in ("migrate", "relocate"):
         "POST", f"/cluster/ha/resources/{{sid}}/{_verb}", name=f"ha_resource_{_verb}",
         permission=CONSOLE,
         description=f"Request the CRM to {_verb} the resource to another node.",
-        parameters={"sid": Param(type="string", description="HA resource ID."),
+        parameters={"sid": SID,
                     "node": Param(type="string", format="pve-node", description="Target node.")},
         returns={"type": "object"},
         cli=CliSpec(("ha", _verb), positional=("sid", "node")),
@@ -256,27 +164,16 @@ def _group_entry(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+GROUP_NODES = Param(type="string", format="pve-ha-group-node-list",
+                    description="node[:priority],... (higher priority preferred)")
 GROUP_PARAMS = {
-    "nodes": Param(type="string", optional=True, description="node[:priority],..."),
+    "nodes": Param(type="string", format="pve-ha-group-node-list", optional=True,
+                   description="node[:priority],... (higher priority preferred)"),
     "restricted": Param(type="boolean", optional=True, description="Only run on these nodes."),
     "nofailback": Param(type="boolean", optional=True,
                         description="Do not move back to a preferred node."),
     "comment": Param(type="string", optional=True, max_length=4096, description="Comment."),
 }
-
-
-def _group_apply(cfg: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    out = dict(cfg)
-    if params.get("nodes") is not None:
-        try:
-            out["nodes"] = parse_group_nodes(params["nodes"])
-        except ValueError:
-            raise param_error("nodes", "invalid format: node[:priority],...") from None
-    for key in ("restricted", "nofailback", "comment"):
-        if params.get(key) is not None:
-            out[key] = params[key]
-    GroupConfig.from_dict("g", out)
-    return out
 
 
 @registry.register(
@@ -285,7 +182,7 @@ def _group_apply(cfg: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     cli=CliSpec(("ha", "grouplist"), formatter="table:group,nodes,restricted,nofailback"),
 )
 async def ha_groups(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
-    doc = await _store(ctx).get_value(keys.HA_GROUPS, {}) or {}
+    doc = await ha_config(ctx).groups()
     return [_group_entry(name, cfg) for name, cfg in sorted(doc.items())]
 
 
@@ -293,17 +190,15 @@ async def ha_groups(ctx: RequestContext, params: dict[str, Any]) -> list[dict[st
     "POST", "/cluster/ha/groups", name="ha_group_add", permission=CONSOLE,
     description="Create an HA group.",
     parameters={"group": Param(type="string", pattern=r"[A-Za-z][A-Za-z0-9\-_.]{0,63}",
-                               description="Group name."), **GROUP_PARAMS},
+                               description="Group name."),
+                **GROUP_PARAMS, "nodes": GROUP_NODES},   # required on create
     cli=CliSpec(("ha", "groupadd"), positional=("group",)),
 )
 async def ha_group_add(ctx: RequestContext, params: dict[str, Any]) -> None:
-    store = _require_quorum(ctx)
-    name = params["group"]
-    if not params.get("nodes"):
+    config = ha_config(ctx, quorum=True)
+    if not params["nodes"]:
         raise param_error("nodes", "property is missing and it is not optional")
-    cfg = _group_apply({}, params)
-    await _edit_entry(store, keys.HA_GROUPS, name, lambda _old: cfg,
-                      exists=f"ha group '{name}' already defined")
+    await config.add_group(params["group"], params)
 
 
 @registry.register(
@@ -313,10 +208,7 @@ async def ha_group_add(ctx: RequestContext, params: dict[str, Any]) -> None:
     returns={"type": "object"},
 )
 async def ha_group_get(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    doc = await _store(ctx).get_value(keys.HA_GROUPS, {}) or {}
-    if params["group"] not in doc:
-        raise ApiError(500, f"no such ha group '{params['group']}'")
-    return _group_entry(params["group"], doc[params["group"]])
+    return _group_entry(params["group"], await ha_config(ctx).group(params["group"]))
 
 
 @registry.register(
@@ -325,10 +217,7 @@ async def ha_group_get(ctx: RequestContext, params: dict[str, Any]) -> dict[str,
     parameters={"group": Param(type="string", description="Group name."), **GROUP_PARAMS},
 )
 async def ha_group_set(ctx: RequestContext, params: dict[str, Any]) -> None:
-    store = _require_quorum(ctx)
-    name = params["group"]
-    await _edit_entry(store, keys.HA_GROUPS, name, lambda old: _group_apply(old, params),
-                      missing=f"no such ha group '{name}'")
+    await ha_config(ctx, quorum=True).update_group(params["group"], params)
 
 
 @registry.register(
@@ -338,30 +227,10 @@ async def ha_group_set(ctx: RequestContext, params: dict[str, Any]) -> None:
     cli=CliSpec(("ha", "groupremove"), positional=("group",)),
 )
 async def ha_group_remove(ctx: RequestContext, params: dict[str, Any]) -> None:
-    store = _require_quorum(ctx)
-    name = params["group"]
-    resources = await store.get_value(keys.HA_RESOURCES, {}) or {}
-    users = sorted(sid for sid, cfg in resources.items() if cfg.get("group") == name)
-    if users:
-        raise ApiError(500, f"ha group '{name}' is used by {', '.join(users)}")
-    await _edit_entry(store, keys.HA_GROUPS, name, lambda _old: None,
-                      missing=f"no such ha group '{name}'")
+    await ha_config(ctx, quorum=True).remove_group(params["group"])
 
 
 # ---------------------------------------------------------------- status
-
-
-async def _raw_status(ctx: RequestContext, serializable: bool = False) -> dict[str, Any]:
-    store = _store(ctx)
-    entries = {e.key: e.value for e in await store.get_prefix(keys.HA,
-                                                              serializable=serializable)}
-    lrms = {k[len(keys.HA_LRM):]: v for k, v in entries.items() if k.startswith(keys.HA_LRM)}
-    confirms = {k[len(keys.HA_FENCE_CONFIRM):]: v for k, v in entries.items()
-                if k.startswith(keys.HA_FENCE_CONFIRM) and isinstance(v, dict)}
-    return {"ms": entries.get(keys.HA_MANAGER_STATUS) or {},
-            "lock": entries.get(keys.HA_MANAGER_LOCK),
-            "resources": entries.get(keys.HA_RESOURCES) or {}, "lrms": lrms,
-            "confirms": confirms}
 
 
 @registry.register(
@@ -378,7 +247,7 @@ async def ha_status_current(ctx: RequestContext, params: dict[str, Any]) -> list
                                   "quorate": int(quorate)}]
     # Without quorum a linearizable read cannot succeed: show this node's last copy
     # (the quorum line says it may be stale), so the admin sees why nothing moves.
-    raw = await _raw_status(ctx, serializable=not quorate)
+    raw = await ha_config(ctx).status_snapshot(serializable=not quorate)
     ms, lock = raw["ms"], raw["lock"]
     master = ms.get("master_node")
     if master:
@@ -442,25 +311,11 @@ async def ha_status_current(ctx: RequestContext, params: dict[str, Any]) -> list
     returns={"type": "object"},
 )
 async def ha_status_manager(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    raw = await _raw_status(ctx)
+    raw = await ha_config(ctx).status_snapshot()
     return {"manager_status": raw["ms"],
             "quorum": {"node": ctx.services.config.name,
                        "quorate": int(bool(ctx.services.cluster.view.quorate))},
             "lrm_status": raw["lrms"]}
-
-
-def format_ha_status(entries: list[dict[str, Any]]) -> str:
-    """`ha-manager status`: one line per entry, `type status`."""
-    lines = []
-    for e in entries:
-        text = e.get("status", "")
-        if e["type"] == "service" and e.get("reason"):
-            text += f" - {e['reason']}"
-        lines.append(f"{e['type']} {text}")
-    return "\n".join(lines)
-
-
-cli_format.FORMATTERS.setdefault("ha_status", format_ha_status)
 
 
 # ---------------------------------------------------------------- qm actions routed through HA
@@ -478,64 +333,35 @@ _DONE = {"started": "started", "stopped": "stopped"}
 
 async def ha_resource(ctx: RequestContext, vmid: int) -> dict[str, Any] | None:
     """The HA resource config of `vm:<vmid>` if the manager handles it (not `ignored`)."""
-    store = ctx.services.cluster.store
-    if store is None:
-        return None
-    # serializable: stopping a non-HA guest needs no quorum, and must not start to
-    # (an HA guest's request then needs quorum anyway, checked by the caller)
-    try:
-        doc = await store.get_value(keys.HA_RESOURCES, {}, serializable=True) or {}
-    except StoreUnavailable:
-        return None
-    cfg = doc.get(f"vm:{vmid}")
-    if cfg is None or cfg.get("state") == "ignored":
-        return None
-    return cfg
+    config = ha_config_if_clustered(ctx)
+    return None if config is None else await config.managed_resource(vmid)
 
 
 async def ha_service_status(ctx: RequestContext, sid: str,
                             serializable: bool = False) -> dict[str, Any]:
-    store = ctx.services.cluster.store
-    if store is None:
-        return {}
-    ms = await store.get_value(keys.HA_MANAGER_STATUS, {}, serializable=serializable) or {}
-    return (ms.get("service_status") or {}).get(sid) or {}
+    """The manager's status of `sid` ({} if none, or outside a cluster)."""
+    config = ha_config_if_clustered(ctx)
+    return {} if config is None else await config.service_status(sid,
+                                                                 serializable=serializable)
 
 
 async def vm_ha_info(ctx: RequestContext, vmid: int) -> dict[str, Any]:
     """`status/current`'s `ha` object (PVE shape): `{managed: 1, state, group?}` or
     `{managed: 0}`."""
-    store = ctx.services.cluster.store
-    if store is None:
+    config = ha_config_if_clustered(ctx)
+    if config is None:
         return {"managed": 0}
     # serializable: the status of a VM answers without quorum, like its config
-    doc = await store.get_value(keys.HA_RESOURCES, {}, serializable=True) or {}
-    sid = f"vm:{vmid}"
-    cfg = doc.get(sid)
+    sid = sid_of(vmid)
+    cfg = (await config.resources(serializable=True)).get(sid)
     if cfg is None:
         return {"managed": 0}
-    sd = await ha_service_status(ctx, sid, serializable=True)
+    sd = await config.service_status(sid, serializable=True)
     out: dict[str, Any] = {"managed": 1, "state": sd.get("state") or cfg.get("state", "started"),
                            "request_state": cfg.get("state", "started")}
     if cfg.get("group"):
         out["group"] = cfg["group"]
     return out
-
-
-async def set_requested_state(ctx: RequestContext, sid: str, state: str,
-                              stop_timeout: float | None = None) -> None:
-    """Set the requested state; `stop_timeout` tells the LRM how long the guest may take
-    to shut down before it is stopped hard (0: at once, `qm stop`)."""
-    store = _require_quorum(ctx)
-
-    def change(old: dict[str, Any]) -> dict[str, Any]:
-        cfg = {k: v for k, v in old.items() if k != "stop_timeout"}
-        if stop_timeout is not None:
-            cfg["stop_timeout"] = stop_timeout
-        return {**cfg, "state": state}
-
-    await _edit_entry(store, keys.HA_RESOURCES, sid, change,
-                      missing=f"no such resource '{sid}'")
 
 
 async def wait_service_state(ctx: RequestContext, task, sid: str, want: str,
@@ -545,14 +371,13 @@ async def wait_service_state(ctx: RequestContext, task, sid: str, want: str,
 
     from binome.tasks.manager import TaskFailed
 
+    config = ha_config(ctx)
     deadline = time.monotonic() + timeout
     last = None
     while True:
-        try:
-            sd = await ha_service_status(ctx, sid)
-            doc = await _store(ctx).get_value(keys.HA_RESOURCES, {}) or {}
-        except StoreUnavailable:   # no quorum for a moment: the deadline still applies
-            sd, doc = {}, None
+        polled = await config.poll_service(sid)
+        # None: no quorum for a moment, the deadline still applies
+        sd, cfg = ({}, None) if polled is None else polled
         state = sd.get("state")
         if state != last:
             task.log(f"service {sid}: {state or 'queued'}"
@@ -565,8 +390,8 @@ async def wait_service_state(ctx: RequestContext, task, sid: str, want: str,
         if state == "error":
             raise TaskFailed(f"HA service {sid} is in error state: "
                              f"{sd.get('reason') or 'see the HA log'}")
-        requested = None if doc is None else (doc.get(sid) or {}).get("state")
-        if doc is not None and requested is None:
+        requested = None if cfg is None else cfg.get("state")
+        if polled is not None and requested is None:
             raise TaskFailed(f"HA resource {sid} was removed")
         if requested is not None and _DONE.get(requested) != want:
             raise TaskFailed(f"HA request of {sid} changed to '{requested}' meanwhile")
@@ -585,7 +410,7 @@ async def route_power_action(ctx: RequestContext, vmid: int, action: str,
     cfg = await ha_resource(ctx, vmid)
     if cfg is None:
         return None
-    sid = f"vm:{vmid}"
+    sid = sid_of(vmid)
     want = "started" if action == "start" else "stopped"
     before = await ha_service_status(ctx, sid)
     guests = ctx.services.guests
@@ -595,7 +420,7 @@ async def route_power_action(ctx: RequestContext, vmid: int, action: str,
         raise ApiError(500, f"VM {vmid} already running")
     if want == "stopped" and cfg.get("state") in ("stopped", "disabled") and not running:
         raise ApiError(500, f"VM {vmid} not running")
-    _require_quorum(ctx)
+    require_quorum(ctx)
     # qm stop is a hard stop, qm shutdown waits `timeout` (PVE: crm-command stop SID T)
     stop_timeout = None
     if action == "stop":
@@ -607,7 +432,7 @@ async def route_power_action(ctx: RequestContext, vmid: int, action: str,
 
     async def body(task) -> None:
         task.log(f"Requesting HA {verb} for VM {vmid}")
-        await set_requested_state(ctx, sid, want, stop_timeout)
+        await ha_config(ctx, quorum=True).set_requested_state(sid, want, stop_timeout)
         await wait_service_state(ctx, task, sid, want, before, wait)
         task.log(f"HA {verb} of VM {vmid} done")
 
@@ -634,7 +459,7 @@ for _action in ("enable", "disable"):
     def _make_maint(action: str):
         async def handler(ctx: RequestContext, params: dict[str, Any]) -> None:
             _guest_node(ctx, params["node"])
-            await _append_command(ctx, f"{action}-node-maintenance {params['node']}")
+            await queue_command(ctx, f"{action}-node-maintenance {params['node']}")
         return handler
 
     registry.register(
@@ -658,7 +483,7 @@ for _action in ("enable", "disable"):
     cli=CliSpec(("ha", "crm-command", "disarm-ha"), positional=("mode",)),
 )
 async def ha_disarm(ctx: RequestContext, params: dict[str, Any]) -> None:
-    await _append_command(ctx, f"disarm-ha {params['mode']}")
+    await queue_command(ctx, f"disarm-ha {params['mode']}")
 
 
 @registry.register(
@@ -667,7 +492,7 @@ async def ha_disarm(ctx: RequestContext, params: dict[str, Any]) -> None:
     cli=CliSpec(("ha", "crm-command", "arm-ha")),
 )
 async def ha_arm(ctx: RequestContext, params: dict[str, Any]) -> None:
-    await _append_command(ctx, "arm-ha")
+    await queue_command(ctx, "arm-ha")
 
 
 # ---------------------------------------------------------------- datacenter options: ha
@@ -676,21 +501,11 @@ async def ha_arm(ctx: RequestContext, params: dict[str, Any]) -> None:
 POLICIES = ("conditional", "freeze", "failover", "migrate")
 
 
-def _parse_ha_option(text: str) -> dict[str, Any]:
-    """PVE's datacenter.cfg `ha` property: `shutdown_policy=<policy>`."""
-    out: dict[str, Any] = {}
-    for item in (i.strip() for i in text.split(",") if i.strip()):
-        key, sep, value = item.partition("=")
-        if not sep and key in POLICIES:   # PVE's default key
-            key, value = "shutdown_policy", key
-        if key != "shutdown_policy":
-            raise param_error("ha", f"invalid format - unknown key '{key}'")
-        if value not in POLICIES:
-            raise param_error("ha", f"invalid format - shutdown_policy: value '{value}' "
-                                    f"does not have a value in the enumeration "
-                                    f"'{', '.join(POLICIES)}'")
-        out["shutdown_policy"] = value
-    return out
+# PVE's datacenter.cfg `ha` property: `shutdown_policy=<policy>` (the default key)
+HA_OPTION = PropertyString(keys={"shutdown_policy": Param(
+    enum=POLICIES, optional=True, description="How HA services behave when their node "
+                                              "shuts down or reboots.")},
+    default_key="shutdown_policy")
 
 
 @registry.register(
@@ -700,7 +515,7 @@ def _parse_ha_option(text: str) -> dict[str, Any]:
     cli=CliSpec(("cluster", "options")),
 )
 async def cluster_options(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    doc = await _store(ctx).get_value(keys.HA_SETTINGS, {}) or {}
+    doc = await ha_config(ctx).settings()
     out: dict[str, Any] = {}
     if doc.get("shutdown_policy"):
         out["ha"] = f"shutdown_policy={doc['shutdown_policy']}"
@@ -711,8 +526,7 @@ async def cluster_options(ctx: RequestContext, params: dict[str, Any]) -> dict[s
     "PUT", "/cluster/options", name="cluster_set_options", permission=privs("Sys.Modify"),
     description="Set datacenter options (binome: only `ha`, the HA shutdown policy).",
     parameters={"ha": Param(type="string", optional=True, max_length=256,
-                            description="shutdown_policy=<conditional|freeze|failover|"
-                                        "migrate>"),
+                            props=HA_OPTION, description="Cluster-wide HA settings."),
                 "delete": Param(type="string", optional=True,
                                 description="Settings to delete (only 'ha').")},
     cli=CliSpec(("cluster", "set-options")),
@@ -724,9 +538,9 @@ async def cluster_set_options(ctx: RequestContext, params: dict[str, Any]) -> No
         raise param_error("delete", f"unknown or unsupported option '{bad[0]}'")
     if params.get("ha") is not None and "ha" in delete:
         raise param_error("delete", "cannot set and delete 'ha' at once")
-    new = _parse_ha_option(params["ha"]) if params.get("ha") is not None else None
-    store = _require_quorum(ctx)
+    new = HA_OPTION.parse(params["ha"]) if params.get("ha") is not None else None
+    config = ha_config(ctx, quorum=True)
     if "ha" in delete:
-        await store.delete(keys.HA_SETTINGS)
+        await config.set_settings(None)
     elif new is not None:
-        await store.put(keys.HA_SETTINGS, HaSettings.from_dict(new).to_dict())
+        await config.set_settings(HaSettings.from_dict(new))

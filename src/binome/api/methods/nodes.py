@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from binome.api.context import RequestContext
-from binome.api.methods.common import NODE
+from binome.api.methods.common import NODE, ha_config_if_clustered
 from binome.api.registry import ANY_USER, CliSpec, privs, registry
 from binome.api.schema import Param
 from binome.errors import BinomeError
@@ -60,23 +60,8 @@ async def node_status(ctx: RequestContext, params: dict[str, Any]) -> dict[str, 
 
 async def _hastates(ctx: RequestContext) -> dict[int, str]:
     """vmid -> PVE's `hastate`: the CRM state if it has one, else the requested state."""
-    from binome.store import keys
-
-    store = ctx.services.cluster.store
-    if store is None:
-        return {}
-    resources = await store.get_value(keys.HA_RESOURCES, {}, serializable=True) or {}
-    if not resources:
-        return {}
-    ms = await store.get_value(keys.HA_MANAGER_STATUS, {}, serializable=True) or {}
-    services = ms.get("service_status") or {}
-    out = {}
-    for sid, cfg in resources.items():
-        kind, _, vmid = sid.partition(":")
-        if kind == "vm" and vmid.isdigit():
-            out[int(vmid)] = str((services.get(sid) or {}).get("state")
-                                 or cfg.get("state", "started"))
-    return out
+    config = ha_config_if_clustered(ctx)
+    return {} if config is None else await config.hastates()
 
 
 @registry.register(

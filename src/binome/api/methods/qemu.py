@@ -18,6 +18,7 @@ from binome.api.schema import Param
 from binome.errors import BinomeError
 from binome.guest import config as vmconf
 from binome.guest.service import GuestFailure, GuestService
+from binome.ha.config import sid_of
 from binome.tasks.manager import Task
 
 VMID = Param(type="integer", minimum=100, maximum=999_999_999, description="The (unique) ID "
@@ -532,8 +533,6 @@ async def vm_migrate_precondition(ctx: RequestContext, params: dict[str, Any]) -
     cli=CliSpec(("vm", "migrate"), positional=("vmid", "target")),
 )
 async def vm_migrate(ctx: RequestContext, params: dict[str, Any]) -> str:
-    from binome.api.methods import ha as ha_api
-
     service = guests(ctx)
     vmid = params["vmid"]
     target = _check_target(ctx, params)
@@ -563,11 +562,10 @@ async def _ha_migrate(ctx: RequestContext, vmid: int, target: str) -> str:
     import asyncio
     import time
 
-    from binome.api.methods import ha as ha_api
     from binome.tasks.manager import TaskFailed
 
-    sid = f"vm:{vmid}"
-    await ha_api._append_command(ctx, f"migrate {sid} {target}")
+    sid = sid_of(vmid)
+    await ha_api.queue_command(ctx, f"migrate {sid} {target}")
 
     async def body(task: Task) -> None:
         task.log(f"Requesting HA migration for VM {vmid} to node {target}")

@@ -1,4 +1,8 @@
-"""Storage methods: definitions (/storage), per-node status and content."""
+"""Storage methods: definitions (/storage), per-node status and content.
+
+Definitions are written by `binome.storage.definitions`, read through the node's
+`StorageManager`; this module validates, calls and shapes.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,8 @@ from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
 from binome.errors import BinomeError
 from binome.storage.base import CONTENT_TYPES
+from binome.storage.definitions import StorageDefinitions, definition_record
 from binome.storage.manager import BACKENDS
-from binome.store import keys
 
 STORAGE_ID = Param(pattern=r"[a-z][a-z0-9\-_.]*", max_length=64, description="Storage ID.")
 AUDIT = privs("Datastore.Audit", path="/storage/{storage}")
@@ -40,7 +44,9 @@ async def storage_index(ctx: RequestContext, params: dict[str, Any]) -> list[dic
     parameters={"storage": STORAGE_ID,
                 "type": Param(enum=tuple(BACKENDS), description="Storage type."),
                 "path": Param(optional=True, pattern=r"/[^\0]*", max_length=4096),
-                "content": Param(optional=True, default="images,iso", max_length=256),
+                "content": Param(optional=True, default="images,iso", max_length=256,
+                                 format="pve-storage-content-list",
+                                 description="Content types, e.g. images,iso."),
                 "nodes": Param(optional=True, max_length=1024),
                 "shared": Param(type="boolean", optional=True, default=False),
                 "disable": Param(type="boolean", optional=True, default=False)},
@@ -51,18 +57,11 @@ async def storage_create(ctx: RequestContext, params: dict[str, Any]) -> None:
     if store is None:
         raise fail("this node is not part of a cluster")
     content = [c for c in params["content"].split(",") if c]
-    bad = [c for c in content if c not in CONTENT_TYPES]
-    if bad:
-        raise param_error("content", f"invalid content type '{bad[0]}'")
     if params["type"] == "dir" and not params.get("path"):
         raise param_error("path", "property is missing and it is not optional")
-    record = {"storage": params["storage"], "type": params["type"],
-              "path": params.get("path", ""), "content": ",".join(content),
-              "nodes": params.get("nodes", ""), "shared": int(params["shared"]),
-              "disable": int(params["disable"])}
-    if not await store.commit({keys.STORAGE + params["storage"]: 0},
-                              {keys.STORAGE + params["storage"]: record}, bump_config=True):
-        raise fail(f"storage ID '{params['storage']}' already defined")
+    await StorageDefinitions(store).create(definition_record(
+        params["storage"], params["type"], path=params.get("path", ""), content=content,
+        nodes=params.get("nodes", ""), shared=params["shared"], disable=params["disable"]))
 
 
 @registry.register(

@@ -35,6 +35,7 @@ import time
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
+from binome.ha.config import decode_commands, decode_groups, decode_resources, decode_settings
 from binome.ha.env import Conflict, EnvUnavailable
 from binome.ha.model import (
     FenceConfirmation,
@@ -309,7 +310,7 @@ class EtcdEnv:
 
     def read_settings(self) -> HaSettings:
         self._need()
-        return HaSettings.from_dict(self._value(keys.HA_SETTINGS))
+        return decode_settings(self._value(keys.HA_SETTINGS))
 
     def service_config_node(self, sid: str) -> str | None:
         self._need()
@@ -346,18 +347,15 @@ class EtcdEnv:
 
     def read_resources(self) -> dict[str, ResourceConfig]:
         self._need()
-        return {sid: ResourceConfig.from_dict(sid, d)
-                for sid, d in (self._value(keys.HA_RESOURCES, {}) or {}).items()}
+        return decode_resources(self._value(keys.HA_RESOURCES, {}))
 
     def read_groups(self) -> dict[str, GroupConfig]:
         self._need()
-        return {name: GroupConfig.from_dict(name, d)
-                for name, d in (self._value(keys.HA_GROUPS, {}) or {}).items()}
+        return decode_groups(self._value(keys.HA_GROUPS, {}))
 
     def read_commands(self) -> list[tuple[str, str]]:
         self._need()
-        return [(k, str(r.value)) for k, r in sorted(self._entries.items())
-                if k.startswith(keys.HA_COMMANDS)]
+        return decode_commands((k, r.value) for k, r in self._entries.items())
 
     def node_facts(self) -> dict[str, NodeFacts]:
         self._need()
