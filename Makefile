@@ -27,6 +27,7 @@ demo: setup
 
 lint: venv
 	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/mypy   # what and how strictly: [tool.mypy] in pyproject.toml
 
 test: setup lint
 	$(PY) -m pytest -p no:cacheprovider

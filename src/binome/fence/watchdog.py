@@ -606,8 +606,8 @@ class Watchdog:
             if popen.poll() is not None:
                 return True  # exited: decided below
             report = self._report()
-            return self.running_pid() == popen.pid and bool(report) \
-                and report.get("pid") == popen.pid
+            return self.running_pid() == popen.pid and report is not None \
+                and bool(report) and report.get("pid") == popen.pid
 
         await self._until(ready, timeout, "not ready")
         if popen.returncode is not None:
