@@ -4,9 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup deps venv image demo test test-unit test-integration test-lab lint clean
+.PHONY: setup deps venv image path demo test test-unit test-integration test-lab lint clean
 
-setup: deps venv image
+setup: deps venv image path
 
 deps:
 	@bash tools/setup-debian.sh
@@ -22,11 +22,27 @@ venv: $(STAMP)
 image: venv
 	$(PY) -m binome.lab.image
 
+# `binome` and `binomed` on the PATH: /usr/local/bin links to this clone's venv, so the
+# commands `make demo` prints work as printed. A link is (re)pointed here; a file that is
+# not a link (someone else's binome) is left alone.
+BINDIR ?= /usr/local/bin
+path: venv
+	@for cmd in binome binomed; do \
+	    src="$(abspath $(VENV))/bin/$$cmd"; dst="$(BINDIR)/$$cmd"; \
+	    if [ -e "$$dst" ] && [ ! -L "$$dst" ]; then \
+	        echo "setup: $$dst is not a link, left alone (run $$src)"; \
+	    elif [ "$$(readlink "$$dst")" = "$$src" ]; then :; \
+	    elif ln -sfn "$$src" "$$dst" 2>/dev/null; then echo "setup: $$dst -> $$src"; \
+	    else echo "setup: cannot write $$dst (not root?): run $$src or add its directory to PATH"; \
+	    fi; \
+	done
+
 demo: setup
 	$(PY) -m binome.lab.demo
 
 lint: venv
 	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/mypy   # what and how strictly: [tool.mypy] in pyproject.toml
 
 test: setup lint
 	$(PY) -m pytest -p no:cacheprovider

@@ -72,6 +72,12 @@ def test_demo_starts_quorate_survives_a_power_off_and_cleans_up() -> None:
                "http://198.19.3.10/" in text
         assert "binome lab power-off n1" in text and "binome lab cut n2" in text
         assert "https://198.19.1.1:8006/api2/json" in text
+        # the printed commands work as printed, typed into a shell with this PATH: the
+        # demo prints `binome` if the PATH finds this install's, else its full path
+        printed = re.search(r"^ +(\S*binome --state-dir \S+/n1 cluster status)$", text,
+                            re.M).group(1)
+        r = subprocess.run(printed, shell=True, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "Quorate:          Yes" in r.stdout, (printed, r)
 
         # the API is reachable from the root namespace at the printed URL, with the login
         s = requests.Session()
@@ -106,6 +112,9 @@ def test_demo_starts_quorate_survives_a_power_off_and_cleans_up() -> None:
         status = _lab_cli(lab_id, "status")
         assert status.returncode == 0, status.stderr
         assert "running on n1, answering" in status.stdout, status.stdout
+        printed = re.search(r"^ +(\S*binome lab status) ", text, re.M).group(1)
+        r = subprocess.run(printed, shell=True, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "running on n1, answering" in r.stdout, (printed, r)
         assert re.search(r"n1 .*BMC 198\.19\.4\.\d+ power on", status.stdout), status.stdout
 
         # the other fault commands, on n2 (the guest runs on n1): each says what it did

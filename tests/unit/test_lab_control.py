@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from binome.cli.main import build_parser
 from binome.lab import control
+from binome.lab.control import build_parser
 
 pytestmark = pytest.mark.unit
 

@@ -12,6 +12,7 @@ import argparse
 import getpass
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -146,9 +147,28 @@ def build_parser() -> argparse.ArgumentParser:
         vp.add_argument("path", help="API path, e.g. /cluster/status")
         vp.add_argument("params", nargs="*", metavar="KEY=VALUE", help="parameters")
         vp.set_defaults(_api_verb=verb)
-    from binome.lab.control import add_lab_parser  # `binome lab ...`: local, no API
-    add_lab_parser(groups)
+    # `binome lab ...` is the lab's own program, `binome-lab` (git-style external command):
+    # the production CLI never imports the lab. Listed here so `binome --help` shows it.
+    lab = groups.add_parser("lab", add_help=False,
+                            help=f"faults for a running `make demo` (root, local; runs "
+                                 f"{LAB_PROGRAM}, see `binome lab --help`)")
+    lab.add_argument("lab_args", nargs=argparse.REMAINDER)
     return parser
+
+
+LAB_PROGRAM = "binome-lab"
+
+
+def _run_lab(args: list[str]) -> int:
+    """Replace this process by `binome-lab ARGS` (next to this interpreter, else on PATH)."""
+    beside = Path(sys.executable).parent / LAB_PROGRAM
+    program = str(beside) if beside.is_file() else shutil.which(LAB_PROGRAM)
+    if program is None:
+        print(f"binome lab: {LAB_PROGRAM} is not installed (lab tooling, not part of a "
+              f"production install)", file=sys.stderr)
+        return 2
+    os.execv(program, [program, *args])
+    return 0   # not reached: execv replaces the process or raises
 
 
 def _socket_path(args: argparse.Namespace) -> str:
@@ -257,11 +277,12 @@ def _aliases(argv: list[str]) -> list[str]:
 
 
 def run(argv: list[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["lab"]:   # lab-only commands act on the demo's processes directly
+        return _run_lab(words[1:])
     parser = build_parser()
-    args = parser.parse_args(_aliases(list(sys.argv[1:] if argv is None else argv)))
+    args = parser.parse_args(_aliases(words))
     output = _opt(args, "output_format", "text")
-    if hasattr(args, "_lab"):   # lab-only commands act on the demo's processes directly
-        return args._lab(args)
     try:
         client = make_client(args)
         if hasattr(args, "_console"):

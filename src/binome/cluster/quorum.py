@@ -9,6 +9,7 @@ learners that are still joining do not vote).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class QuorumView:
     quorate: bool = False
     members: list[MemberView] = field(default_factory=list)
     checked_at: float = 0.0
-    override: dict | None = None
+    override: dict[str, Any] | None = None
 
     @property
     def expected_votes(self) -> int:

@@ -79,8 +79,7 @@ from pathlib import Path
 from typing import Any
 
 from binome import durable
-from binome.guest.paths import GuestPaths
-from binome.guest.process import is_alive, is_our_qemu, proc_cmdline
+from binome.fence.guests import is_alive, kill_guest, proc_cmdline
 
 __all__ = [
     "DEFAULT_DEVICE",
@@ -120,46 +119,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-# --- killing one guest --------------------------------------------------------------------
-
-
-def kill_guest(run_dir: Path, vmid: int) -> dict[str, Any]:
-    """SIGKILL guest ``vmid``'s QEMU if it provably is that guest; says what happened.
-
-    Returns ``{"vmid", "result", "pid"?, "detail"?}`` with result ``killed``,
-    ``not running`` or ``not killed`` (identity could not be proven).
-    """
-    paths = GuestPaths(run_dir, vmid)
-    rec = _read_json(paths.state)
-    if rec is None:
-        return {"vmid": vmid, "result": "not running", "detail": "no runtime record"}
-    pid, ticks = rec.get("pid"), rec.get("start_ticks")
-    if not isinstance(pid, int):
-        # The runtime died between spawning QEMU and recording its pid: QEMU's own
-        # pidfile names it, trusted only if that process is this guest's QEMU.
-        try:
-            pid = int(paths.pidfile.read_text().strip())
-        except (OSError, ValueError):
-            return {"vmid": vmid, "result": "not running", "detail": "no pid recorded"}
-        ticks = None
-    if not is_alive(pid):
-        return {"vmid": vmid, "result": "not running", "pid": pid}
-    if isinstance(ticks, int):
-        if not is_alive(pid, ticks):
-            return {"vmid": vmid, "result": "not killed", "pid": pid,
-                    "detail": "pid reused: start time differs from the guest's"}
-    elif not is_our_qemu(pid, paths.pidfile):
-        return {"vmid": vmid, "result": "not killed", "pid": pid,
-                "detail": "no start time recorded and the pid is not this guest's QEMU"}
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return {"vmid": vmid, "result": "not running", "pid": pid}
-    except OSError as exc:
-        return {"vmid": vmid, "result": "not killed", "pid": pid, "detail": str(exc)}
-    return {"vmid": vmid, "result": "killed", "pid": pid, "start_ticks": ticks}
 
 
 # --- the hardware watchdog device -------------------------------------------------------
@@ -606,8 +565,8 @@ class Watchdog:
             if popen.poll() is not None:
                 return True  # exited: decided below
             report = self._report()
-            return self.running_pid() == popen.pid and bool(report) \
-                and report.get("pid") == popen.pid
+            return self.running_pid() == popen.pid and report is not None \
+                and bool(report) and report.get("pid") == popen.pid
 
         await self._until(ready, timeout, "not ready")
         if popen.returncode is not None:

@@ -75,17 +75,42 @@ def _kvm_unusable() -> str | None:
     return None
 
 
+def _image_dir() -> Path:
+    """Where a built lab guest image would be: ``<binome build cache>/guest``.
+
+    The cache root is ``$BINOME_CACHE_DIR``, else ``<repo>/.cache`` in a source tree,
+    else ``/var/cache/binome``: the layout ``binome.lab.image`` builds into (the guest
+    package does not import the lab; tests/unit/test_accel_image.py pins the two).
+    """
+    env = os.environ.get("BINOME_CACHE_DIR")
+    if env:
+        return Path(env) / "guest"
+    repo = Path(__file__).resolve().parents[3]
+    root = repo / ".cache" if (repo / "pyproject.toml").exists() else Path("/var/cache/binome")
+    return root / "guest"
+
+
+def _built_image(guest_dir: Path) -> tuple[Path, Path] | None:
+    """(kernel, initrd) of an already-built lab guest image, from its ``stamp.json``.
+
+    Any built image will do, whatever recipe built it: the probe only needs a kernel
+    that runs an initramfs' ``/init``.
+    """
+    try:
+        info = json.loads((guest_dir / "stamp.json").read_text())
+        kernel = guest_dir / str(info.get("kernel_file", "vmlinuz"))
+    except (OSError, ValueError, AttributeError):
+        return None
+    initrd = guest_dir / "initrd.gz"
+    return (kernel, initrd) if kernel.is_file() and initrd.is_file() else None
+
+
 def _probe_kernel() -> tuple[Path, Path | None, str, str] | None:
     """(kernel, initrd, append, description) to boot, or None."""
-    try:
-        from binome.lab import image as lab_image
-
-        # Only an already-built image: a probe must never start a build.
-        cached = lab_image._load_cached(lab_image.DEFAULT_CACHE_DIR / "guest")
-    except Exception:  # the lab package is optional on a production node
-        cached = None
-    if cached is not None:
-        return cached.kernel, cached.initrd, "console=ttyS0 panic=-1 rdinit=/init", "lab image"
+    # Only an already-built image: a probe must never start a build.
+    built = _built_image(_image_dir())
+    if built is not None:
+        return built[0], built[1], "console=ttyS0 panic=-1 rdinit=/init", "lab image"
     release = os.uname().release
     candidates = [Path(f"/boot/vmlinuz-{release}"), *sorted(Path("/boot").glob("vmlinuz-*"))]
     for kernel in candidates:

@@ -33,6 +33,8 @@ killed), `maintenance` (its node is evacuated; disarmed).
 
 from __future__ import annotations
 
+from typing import Any
+
 from binome.ha.env import Conflict, EnvUnavailable, LrmEnv
 from binome.ha.model import (
     ACTIVE_STATES,
@@ -62,7 +64,7 @@ class Lrm:
         self.armed = False
         self.results: dict[str, LrmResult] = {}
         self.revision: int | None = None   # of our status document; None until read
-        self.written: dict | None = None
+        self.written: dict[str, Any] | None = None
         self.shutdown_done = False
         self.shutdown_signalled = False
         self.daemon_restart = False   # this life ends with a binomed restart (host stays up)

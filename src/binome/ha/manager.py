@@ -109,9 +109,10 @@ class Manager:
         ctx.log("info", f"command: {cmd}")
         if cmd.verb in ("migrate", "relocate"):
             self._move_command(ctx, cmd)
-        elif cmd.verb == "enable-node-maintenance":
+        # (parse_command gives the maintenance verbs their node: `is not None` is for mypy)
+        elif cmd.verb == "enable-node-maintenance" and cmd.node is not None:
             ctx.status.node_request.setdefault(cmd.node, {})["maintenance"] = True
-        elif cmd.verb == "disable-node-maintenance":
+        elif cmd.verb == "disable-node-maintenance" and cmd.node is not None:
             ctx.status.node_request.pop(cmd.node, None)
         elif cmd.verb == "disarm-ha":
             self._disarm(ctx, cmd)
@@ -120,6 +121,7 @@ class Manager:
 
     def _move_command(self, ctx: RoundContext, cmd: CrmCommand) -> None:
         sid, target = cmd.sid, cmd.node
+        assert sid is not None and target is not None   # parse_command: `<verb> <sid> <node>`
         sd = ctx.status.service_status.get(sid)
         if sd is None:
             ctx.log("err", f"{cmd}: refused: not an HA service")

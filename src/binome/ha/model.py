@@ -24,8 +24,9 @@ transition tables).
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
 
 class RequestedState(enum.StrEnum):
@@ -126,7 +127,10 @@ class DisarmMode(enum.StrEnum):
     IGNORE = "ignore"   # services keep their state; nobody acts on them
 
 
-def _opt(cls, value):
+T = TypeVar("T")
+
+
+def _opt(cls: Callable[[Any], T], value: Any) -> T | None:
     return None if value is None else cls(value)
 
 

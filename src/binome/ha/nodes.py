@@ -251,22 +251,24 @@ def _drive_device(ctx: RoundContext, node: str, rec: NodeRecord, sids: list[str]
             _block(ctx, node, rec, "waiting for its lease to expire (watchdog guarantee)", "info")
         return
     fs = ctx.env.fence_status(node) if rec.fence_request else None
-    mine = fs is not None and fs.request_id == rec.fence_request
+    # our request, and it failed (None: no request, another one's status, or not failed)
+    failed = fs if (fs is not None and fs.request_id == rec.fence_request
+                    and fs.state == FenceState.FAILED) else None
     retry_due = (rec.fence_requested_at is not None
                  and ctx.now >= rec.fence_requested_at + ctx.timers.fence_retry)
-    if rec.fence_request is None or (mine and fs.state == FenceState.FAILED and retry_due):
+    if rec.fence_request is None or (failed is not None and retry_due):
         retry = rec.fence_request is not None
         rec.fence_request = ctx.env.fence(node)
         rec.fence_requested_at = ctx.now
         ctx.log("info", f"node {node}: {'retrying' if retry else 'fencing through'} "
                         "its fence device")
         return
-    if mine and fs.state == FenceState.FAILED:
+    if failed is not None:
         if watchdog:
-            _block(ctx, node, rec, f"fence device failed ({fs.detail}); waiting for the "
+            _block(ctx, node, rec, f"fence device failed ({failed.detail}); waiting for the "
                                    "watchdog guarantee (lease expiry)", "warn")
         else:
-            _block(ctx, node, rec, f"fencing failed ({fs.detail}) and there is no watchdog "
+            _block(ctx, node, rec, f"fencing failed ({failed.detail}) and there is no watchdog "
                                    f"guarantee; {blocked}, retrying the device every "
                                    f"{ctx.timers.fence_retry:g} s "
                                    f"({CONFIRM_HINT.format(node=node)})", "alert")

@@ -13,7 +13,9 @@ This module owns:
 - the `binome lab` sub-commands (status, power-off/power-on through the node's
   simulated BMC with `ipmitool`, like an admin would; cut/restore a node's
   links; pause/resume its daemon; watch). They are local, lab-only commands:
-  no API method, no running daemon needed, root only.
+  no API method, no running daemon needed, root only. They are the program
+  `binome-lab`, which `binome lab ARGS` runs (git-style): the production CLI never
+  imports the lab.
 """
 
 from __future__ import annotations
@@ -347,3 +349,20 @@ def add_lab_parser(groups: Any) -> None:
                        help="which link (default: all of cluster, replication, vmlan; "
                             "the BMCs' management network is never cut)")
     lab.set_defaults(_lab=_run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`binome lab ...`'s grammar (``binome-lab ARGS`` parses ``lab ARGS`` with it)."""
+    parser = argparse.ArgumentParser(prog="binome", description="binome lab tooling")
+    add_lab_parser(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `binome-lab` program, run as `binome lab ARGS`."""
+    args = build_parser().parse_args(["lab", *(sys.argv[1:] if argv is None else argv)])
+    return int(args._lab(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

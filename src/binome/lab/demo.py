@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from binome.lab.cluster import ADMIN, BMC_PORT, BMC_USER, LabCluster, LabClusterError
@@ -53,8 +55,19 @@ def control_info(ha: HaLab, guest_url: str | None) -> dict[str, Any]:
     }
 
 
+def binome_command() -> str:
+    """How to type this install's `binome`: the bare name if the PATH finds this very
+    program (`make setup` links it into /usr/local/bin), else its absolute path."""
+    mine = Path(sys.executable).parent / "binome"
+    found = shutil.which("binome")
+    if found is not None and Path(found).resolve() == mine.resolve():
+        return "binome"
+    return str(mine)
+
+
 def banner(lab: LabCluster, guest_url: str | None) -> str:
     n1, n2 = lab.address("n1"), lab.address("n2")
+    binome = binome_command()
     lines = [
         "",
         "binome demo: cluster 'demo' with nodes n1, n2 and witness w is up.",
@@ -72,10 +85,10 @@ def banner(lab: LabCluster, guest_url: str | None) -> str:
     lines += [
         "",
         "  Try:",
-        f"    binome --state-dir {lab.state_dir('n1')} cluster status",
-        f"    binome --state-dir {lab.state_dir('n2')} vm list --node n1",
-        f"    binome --state-dir {lab.state_dir('w')} witness status",
-        f"    binome --state-dir {lab.state_dir('w')} ha status",
+        f"    {binome} --state-dir {lab.state_dir('n1')} cluster status",
+        f"    {binome} --state-dir {lab.state_dir('n2')} vm list --node n1",
+        f"    {binome} --state-dir {lab.state_dir('w')} witness status",
+        f"    {binome} --state-dir {lab.state_dir('w')} ha status",
         f"    curl -sk -d username={ADMIN} --data-urlencode \"password=$(cat "
         f"{lab.password_file})\" https://{n1}:8006/api2/json/access/ticket",
     ]
@@ -85,13 +98,13 @@ def banner(lab: LabCluster, guest_url: str | None) -> str:
             "",
             "  Faults (as root, in another terminal; this demo prints every outage of the "
             "guest):",
-            "    binome lab status             hosts, links, BMC power, where the guest runs",
-            "    binome lab power-off n1       through n1's BMC: the guest is recovered on n2",
-            "    binome lab power-on n1        n1 rejoins and resyncs; the guest stays on n2",
-            "    binome lab cut n2             n2's cluster, replication and VM LAN links down",
-            "    binome lab restore n2",
-            "    binome lab pause n2 / resume n2   freeze / thaw n2's daemon",
-            "    binome lab watch              the outage probe, in your terminal",
+            f"    {binome} lab status             hosts, links, BMC power, where the guest runs",
+            f"    {binome} lab power-off n1       through n1's BMC: the guest is recovered on n2",
+            f"    {binome} lab power-on n1        n1 rejoins and resyncs; the guest stays on n2",
+            f"    {binome} lab cut n2             n2's cluster, replication and VM LAN links down",
+            f"    {binome} lab restore n2",
+            f"    {binome} lab pause n2 / resume n2   freeze / thaw n2's daemon",
+            f"    {binome} lab watch              the outage probe, in your terminal",
         ]
     lines += ["", "Press Ctrl-C to stop the demo and remove everything it created."]
     return "\n".join(lines)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 _UPID_RE = re.compile(
     r"^UPID:(?P<node>[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?):(?P<pid>[0-9A-F]{8}):"
@@ -55,6 +56,6 @@ class Upid:
         return cls(m["node"], int(m["pid"], 16), int(m["pstart"], 16), int(m["starttime"], 16),
                    m["type"], m["id"], m["user"])
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"upid": str(self), "node": self.node, "pid": self.pid, "pstart": self.pstart,
                 "starttime": self.starttime, "type": self.type, "id": self.id, "user": self.user}

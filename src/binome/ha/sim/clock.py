@@ -22,7 +22,7 @@ class _Event:
     time: int
     seq: int
     fn: Callable[..., Any] = field(compare=False)
-    args: tuple = field(compare=False, default=())
+    args: tuple[Any, ...] = field(compare=False, default=())
 
 
 class EventQueue:

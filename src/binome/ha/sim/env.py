@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
-from binome.ha.env import Conflict, EnvUnavailable
+from binome.ha.env import Conflict, Env, EnvUnavailable
 from binome.ha.model import (
     FenceConfirmation,
     FenceStatus,
@@ -246,3 +246,8 @@ class SimEnv:
     def collect_results(self) -> dict[str, LrmResult]:
         results, self._hw.results = self._hw.results, {}
         return results
+
+
+# mypy checks here that SimEnv implements the whole Env protocol (the etcd adapter and the
+# unit tests' fake are checked in tests/unit/test_env_protocols.py).
+_SIM_ENV_IS_AN_ENV: type[Env] = SimEnv

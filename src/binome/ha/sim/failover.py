@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from typing import Any
 
 from binome.ha.sim.metrics import outages
 from binome.ha.sim.scenario import parse_scenario, run
@@ -26,7 +27,7 @@ SERVICES = {"resources": {"vm:100": {"node": "n1", "state": "started"},
 @dataclass(frozen=True)
 class Case:
     name: str
-    cluster: dict
+    cluster: dict[str, Any]
     fault: str
     sid: str          # the guest that must come back
 

@@ -196,6 +196,7 @@ class Guests:
         elif job.kind == "migrate":
             self._finish_migrate(node, job)
         elif job.kind == "relocate":
+            assert job.target is not None   # a relocate job is always given its target
             if inst.get(node.name) == "stopping":
                 self._set(job.sid, node.name, None, "stopped for relocation")
             code, msg = w.move_config_by_node(node.name, job.sid, job.target)

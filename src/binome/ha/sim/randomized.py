@@ -19,6 +19,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from binome.ha.sim.invariants import InvariantViolation
 from binome.ha.sim.scenario import Scenario, parse_scenario, render, start
@@ -29,8 +30,8 @@ QUIET = 90.0  # seconds after the heal phase: node boot (10 s) + fencing + resta
 @dataclass
 class RandomCase:
     seed: int
-    cluster: dict
-    services: dict
+    cluster: dict[str, Any]
+    services: dict[str, Any]
     cmdlist: str
 
     def scenario(self) -> Scenario:
@@ -55,7 +56,7 @@ def generate(seed: int) -> RandomCase:
     witness = "w" if n == 2 and rng.random() < 0.85 else None
     nodes = {}
     for name in names:
-        spec: dict = {}
+        spec: dict[str, Any] = {}
         if rng.random() < 0.6:
             spec["fence_device"] = {"delay": rng.choice([0.5, 1.0, 2.0])}
         if rng.random() < 0.25:  # where only a fence device (or nothing) can prove death
@@ -157,7 +158,7 @@ def _fault(rng: random.Random, names: list[str], members: list[str], sids: list[
     return f"power {member} {onoff}"
 
 
-def _heal(names: list[str], members: list[str], nodes: dict, sids: list[str],
+def _heal(names: list[str], members: list[str], nodes: dict[str, Any], sids: list[str],
           broken: set[str], rng: random.Random) -> list[str]:
     out = [f"fence-device {n} ok" for n in names if "fence_device" in nodes[n]]
     for m in members:

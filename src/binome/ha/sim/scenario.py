@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from binome.ha.sim.clock import ms
 from binome.ha.sim.commands import apply, parse_cmdlist
@@ -33,7 +34,8 @@ class Scenario:
     commands: list[tuple[int, str]]
 
 
-def parse_scenario(name: str, cluster: dict, services: dict, cmdlist: str) -> Scenario:
+def parse_scenario(name: str, cluster: dict[str, Any], services: dict[str, Any],
+                   cmdlist: str) -> Scenario:
     cspec = parse_cluster(cluster)
     sspec = parse_services(services, cspec)
     sids = {s.config.sid for s in sspec.services}

@@ -26,6 +26,7 @@ Physical model (what the commands of a scenario act on):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from binome.ha.crm import Crm
@@ -96,7 +97,8 @@ class World:
         self.lines.append(f"{level:<5} {self.q.now / 1000:8.2f} {source:>10}: {message}")
 
     def config_owner(self, sid: str) -> str | None:
-        return self.etcd.get(keys.config(sid))[0]
+        owner: str | None = self.etcd.get(keys.config(sid))[0]
+        return owner
 
     def manager_status(self) -> ManagerStatus:
         return ManagerStatus.from_dict(self.etcd.get(keys.MANAGER_STATUS)[0])
@@ -120,7 +122,7 @@ class World:
 
     # ------------------------------------------------------------ event plumbing
 
-    def _once(self, key: tuple[str, Any], time: int, fn, *args) -> None:
+    def _once(self, key: tuple[Any, ...], time: int, fn: Callable[..., None], *args: Any) -> None:
         """Schedule `fn` at `time` unless the same timer is already pending."""
         if key in self._timers_pending:
             return
