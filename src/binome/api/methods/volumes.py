@@ -12,7 +12,7 @@
 
 Every state change runs as a task (a UPID); the CLI waits for it and prints
 its log. `binome volume status` prints DRBD's two views (`replica.format`):
-its formatter is registered into the CLI's table at import. The replication
+the CLI owns that formatter (`cli/format.py`). The replication
 secret is never returned: it lives in a key of its own that no method reads
 back (`replica.keys`).
 """
@@ -31,8 +31,6 @@ from binome.api.errors import ApiError, ParamError, fail, param_error
 from binome.api.methods.common import NODE
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
-from binome.cli.format import FORMATTERS
-from binome.storage.replica import format as vformat
 from binome.storage.replica.csum import ALGORITHMS
 from binome.storage.replica.events import EventTranslator, end_of_snapshot
 from binome.storage.replica.service import (
@@ -43,9 +41,6 @@ from binome.storage.replica.service import (
 )
 from binome.store.client import StoreUnavailable
 from binome.tasks.manager import Task
-
-FORMATTERS["volume_status"] = vformat.volume_status
-FORMATTERS["volume_config"] = vformat.drbdsetup_show
 
 VOLUME = Param(pattern=r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}", description="Volume name.")
 AUDIT = privs("Datastore.Audit", path="/storage")
