@@ -32,15 +32,11 @@ from binome.api.methods.common import NODE
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
 from binome.cli.format import FORMATTERS
-from binome.storage.replica import format as vformat
-from binome.storage.replica.csum import ALGORITHMS
-from binome.storage.replica.events import EventTranslator, end_of_snapshot
-from binome.storage.replica.service import (
-    SettingRefused,
-    VolumeFailure,
-    VolumeService,
-    record_settings,
-)
+from binome.storage.replica.core import format as vformat
+from binome.storage.replica.core.csum import ALGORITHMS
+from binome.storage.replica.core.events import EventTranslator, end_of_snapshot
+from binome.storage.replica.core.views import record_settings
+from binome.storage.replica.node.volumes import SettingRefused, VolumeFailure, VolumeService
 from binome.store.client import StoreUnavailable
 from binome.tasks.manager import Task
 

@@ -13,7 +13,7 @@ import itertools
 import struct
 from dataclasses import dataclass, field
 
-from binome.storage.replica.nbd import protocol as p
+from binome.storage.replica.core import nbd_protocol as p
 
 
 class NbdError(Exception):
