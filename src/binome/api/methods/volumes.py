@@ -148,7 +148,7 @@ def _line(st: dict[str, Any]) -> str:
 async def _with_cluster(service: VolumeService, statuses: list[dict[str, Any]]
                         ) -> list[dict[str, Any]]:
     """Add what the cluster knows (records, Outdated marks); fine without quorum."""
-    if not service.cluster.is_member or service.cluster.store is None:
+    if not service.in_cluster():
         return statuses
     try:
         records = await service.all_records()

@@ -45,7 +45,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from binome.errors import BinomeError
 from binome.storage.replica.core import handler_rules
 from binome.storage.replica.core.config import (
     ADJUSTABLE,
@@ -58,8 +57,9 @@ from binome.storage.replica.core.splitbrain import parse_policy
 from binome.storage.replica.core.states import Fencing
 from binome.storage.replica.core.views import CONNECTED_STATES, record_settings
 from binome.storage.replica.engine import control
-from binome.storage.replica.node import records as vkeys
 from binome.storage.replica.node import supervisor
+from binome.storage.replica.node.errors import FenceFailed, SettingRefused, VolumeFailure
+from binome.storage.replica.node.records import VolumeRecords
 from binome.store.client import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -86,22 +86,6 @@ PING_TIMEOUT = 2.0
 PUBLISHED = ("role", "peer_role", "cstate", "disk", "peer_disk", "suspended", "gi",
              "fenced_by", "fencing", "out_of_sync_kib", "crashed_primary", "open_count",
              "verify")
-
-
-class VolumeFailure(BinomeError):
-    """A volume operation was refused or failed; the message is for the administrator."""
-
-
-class SettingRefused(VolumeFailure):
-    """An `adjust` refused by an engine; `setting` names the refused one (config key)."""
-
-    def __init__(self, message: str, setting: str | None) -> None:
-        super().__init__(message)
-        self.setting = setting
-
-
-class FenceFailed(VolumeFailure):
-    """The peer's copy could not be recorded Outdated (no quorum, store unavailable)."""
 
 
 def _addr(ip: str, port: int) -> str:
@@ -137,6 +121,7 @@ class VolumeService:
         self._published: dict[str, dict[str, Any]] = {}
         self._verify_logged: dict[str, Any] = {}     # the verify results already logged
         self._warned: dict[str, str] = {}
+        self.record_store = VolumeRecords(self._store)   # the volume records in etcd
 
     # ------------------------------------------------------------------ paths
     @staticmethod
@@ -306,17 +291,16 @@ class VolumeService:
             await self._publish_wake.wait()
             self._publish_wake.clear()
             await asyncio.sleep(PUBLISH_COALESCE)      # coalesce bursts of state changes
-            store = self.cluster.store
-            if store is None or not self.cluster.is_member:
+            if self.cluster.store is None or not self.cluster.is_member:
                 self._dirty.clear()
                 continue
             pending, self._dirty = self._dirty, {}
             for name, view in pending.items():
                 try:
-                    await store.put(vkeys.state(name, self.node),
-                                    {**view, "node": self.node, "time": _now()})
+                    await self.record_store.publish_state(
+                        name, self.node, {**view, "node": self.node, "time": _now()})
                     self._published[name] = view
-                except StoreUnavailable:
+                except (StoreUnavailable, VolumeFailure):   # (VolumeFailure: left the cluster)
                     self._dirty.setdefault(name, view)
             if self._dirty:
                 await asyncio.sleep(FENCE_RETRY)
@@ -330,39 +314,19 @@ class VolumeService:
                                 "a peer node")
         return store
 
+    def in_cluster(self) -> bool:
+        """Whether the volume records can be read here (this node is a cluster member)."""
+        return self.cluster.is_member and self.cluster.store is not None
+
     async def record(self, name: str, *, serializable: bool = True) -> dict[str, Any]:
-        entry = await self._store().get(vkeys.config(name), serializable=serializable)
-        if entry is None:
-            raise VolumeFailure(f"no replicated volume named '{name}' in the cluster")
-        return dict(entry.value)
+        return await self.record_store.get(name, serializable=serializable)
 
     async def all_records(self) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        for e in await self._store().get_prefix(vkeys.VOLUMES, serializable=True):
-            parsed = vkeys.parse(e.key)
-            if parsed is not None and parsed[1] == "config":
-                out[parsed[0]] = dict(e.value)
-        return out
+        return await self.record_store.all()
 
     async def cluster_view(self, name: str) -> dict[str, Any]:
         """The record, the fencing marks and every node's published state (no secret)."""
-        store = self._store()
-        rec: dict[str, Any] | None = None
-        marks: dict[str, Any] = {}
-        states: dict[str, Any] = {}
-        for e in await store.get_prefix(vkeys.prefix(name), serializable=True):
-            parsed = vkeys.parse(e.key)
-            if parsed is None:
-                continue
-            if parsed[1] == "config":
-                rec = dict(e.value)
-            elif parsed[1] == "fencing":
-                marks = dict((e.value or {}).get("outdated", {}))
-            elif parsed[2] is not None:
-                states[parsed[2]] = e.value
-        if rec is None:
-            raise VolumeFailure(f"no replicated volume named '{name}' in the cluster")
-        return {"config": rec, "outdated": marks, "states": states}
+        return await self.record_store.view(name)
 
     def peer_of(self, rec: dict[str, Any]) -> str:
         others = [n for n in rec["nodes"] if n != self.node]
@@ -397,14 +361,6 @@ class VolumeService:
         if not ip:
             raise VolumeFailure(f"node '{node}' has no replication address")
         return ip
-
-    async def _free_port(self, store: Store) -> int:
-        used = {int(e.key[len(vkeys.PORTS):]) for e in await store.get_prefix(vkeys.PORTS)
-                if e.key[len(vkeys.PORTS):].isdigit()}
-        for port in range(FIRST_PORT, LAST_PORT + 1):
-            if port not in used:
-                return port
-        raise VolumeFailure(f"no free replication port in {FIRST_PORT}-{LAST_PORT}")
 
     def node_handlers(self) -> dict[str, Any]:
         """This node's handler commands for its volumes: `<state>/replica/handlers.json`.
@@ -491,7 +447,7 @@ class VolumeService:
         if allow_two_primaries and protocol != "C":
             raise VolumeFailure(f"allow-two-primaries requires protocol C (not {protocol})")
         Fencing(fencing)
-        store = self._store()
+        self._store()                    # (not in a cluster: refused before anything else)
         peer = peer or self.default_peer()
         if peer == self.node:
             raise VolumeFailure("a volume's peer must be another node")
@@ -514,21 +470,7 @@ class VolumeService:
             if key not in ADJUSTABLE:
                 raise VolumeFailure(f"{key}: not a volume setting")
             rec[key] = value
-        for _ in range(10):
-            if await store.get(vkeys.config(name)) is not None:
-                raise VolumeFailure(f"volume '{name}' already exists")
-            port = await self._free_port(store)
-            rec["port"] = port
-            ok = await store.commit(
-                {vkeys.config(name): 0, vkeys.secret(name): 0, vkeys.port(port): 0,
-                 vkeys.fencing(name): 0},
-                {vkeys.config(name): rec, vkeys.secret(name): {"secret": secret},
-                 vkeys.port(port): {"volume": name}, vkeys.fencing(name): {"outdated": {}}})
-            if ok:
-                break
-        else:
-            raise VolumeFailure(f"volume '{name}': could not claim a name and a port "
-                                f"(concurrent creations)")
+        port = await self.record_store.claim(rec, secret, FIRST_PORT, LAST_PORT)
         say(f"volume {name}: {size} bytes, replicated between {self.node} and {peer} "
             f"(protocol {protocol}, fencing {fencing}, port {port})")
         try:
@@ -574,7 +516,7 @@ class VolumeService:
                             wait_peer: float = 30.0) -> None:
         """Remove the volume and its data on both nodes (the peer's daemon deletes its copy)."""
         say = task.log if task is not None else (lambda m: log.info("%s", m))
-        store = self._store()
+        self._store()                    # (not in a cluster: refused before anything else)
         if self.exists_locally(name):
             # A guest that was just stopped may still be closing its NBD connection.
             if not await self._wait_status(name, lambda st: not st.get("open_count"), 5.0):
@@ -582,13 +524,8 @@ class VolumeService:
                 raise VolumeFailure(f"volume {name} is in use on {self.node} "
                                     f"({st['open_count']} NBD clients)")
 
-        def mark(old: dict[str, Any] | None) -> dict[str, Any]:
-            if old is None:
-                raise VolumeFailure(f"no replicated volume named '{name}' in the cluster")
-            return {**old, "deleting": True}
-
         try:
-            rec = await store.update(vkeys.config(name), mark)
+            rec = await self.record_store.update(name, lambda old: {**old, "deleting": True})
         except VolumeFailure:
             if self.exists_locally(name):
                 async with self.lock(name):
@@ -603,7 +540,7 @@ class VolumeService:
         deadline = time.monotonic() + wait_peer
         while not done and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
-            done = await store.get(vkeys.config(name)) is None
+            done = not await self.record_store.exists(name)
         if not done:
             say(f"volume {name}: {peer} will remove its copy when it is back")
         else:
@@ -622,33 +559,11 @@ class VolumeService:
 
     async def _ack_deletion(self, name: str) -> bool:
         """Note that this node's copy is gone; the last node removes every key. True if gone."""
-        store = self._store()
-        for _ in range(10):
-            entry = await store.get(vkeys.config(name))
-            if entry is None:
-                return True
-            rec = dict(entry.value)
-            deleted = sorted(set(rec.get("deleted", [])) | {self.node})
-            if set(deleted) >= set(rec["nodes"]):
-                deletes = [vkeys.config(name), vkeys.fencing(name), vkeys.secret(name)]
-                if rec.get("port") is not None:
-                    deletes.append(vkeys.port(int(rec["port"])))
-                if await store.commit({vkeys.config(name): entry.mod_revision}, None, deletes):
-                    await store.delete_prefix(vkeys.prefix(name))
-                    return True
-            elif await store.commit({vkeys.config(name): entry.mod_revision},
-                                    {vkeys.config(name): {**rec, "deleted": deleted}}):
-                return False
-        raise VolumeFailure(f"volume {name}: too many concurrent updates of its record")
+        return await self.record_store.ack_deletion(name, self.node)
 
     async def _set_record(self, name: str, mutate: Callable[[dict[str, Any]], dict[str, Any]]
                           ) -> None:
-        def apply(old: dict[str, Any] | None) -> dict[str, Any]:
-            if old is None:
-                raise VolumeFailure(f"no replicated volume named '{name}' in the cluster")
-            return mutate(dict(old))
-
-        await self._store().update(vkeys.config(name), apply)
+        await self.record_store.update(name, mutate)
 
     # ------------------------------------------------------------------ reconciliation
     async def _reconcile_loop(self) -> None:
@@ -674,19 +589,9 @@ class VolumeService:
 
     async def reconcile(self) -> None:
         """One round: make this node's engine match the cluster records naming it."""
-        store = self.cluster.store
-        if store is None or not self.cluster.is_member:
+        if self.cluster.store is None or not self.cluster.is_member:
             return
-        records: dict[str, dict[str, Any]] = {}
-        marks: dict[str, dict[str, Any]] = {}
-        for e in await store.get_prefix(vkeys.VOLUMES, serializable=True):
-            parsed = vkeys.parse(e.key)
-            if parsed is None:
-                continue
-            if parsed[1] == "config" and self.node in (e.value or {}).get("nodes", {}):
-                records[parsed[0]] = dict(e.value)
-            elif parsed[1] == "fencing":
-                marks[parsed[0]] = dict((e.value or {}).get("outdated", {}))
+        records, marks = await self.record_store.of_node(self.node)
         self.records = records
         if not records and self.handle is None:
             return                       # nothing to serve here: no engine needed
@@ -714,10 +619,10 @@ class VolumeService:
             local = {"name": name, "up": (await self.call("status", name=name))
                      .get("cstate") != "Unconfigured"}
         if local is None:
-            entry = await self._store().get(vkeys.secret(name))
-            if entry is None:
+            secret = await self.record_store.secret(name)
+            if secret is None:
                 raise VolumeFailure("the volume's secret is missing from the cluster")
-            await self.call("create", **self._engine_config(rec, entry.value["secret"]))
+            await self.call("create", **self._engine_config(rec, secret))
             log.info("volume %s: created on %s (peer %s)", name, self.node, self.peer_of(rec))
             local = {"name": name, "up": False}
         wanted = self.node_handlers()
@@ -776,19 +681,16 @@ class VolumeService:
         Read the mark first, then the engine's state, then compare-and-swap: a
         mark written after our read (a new link loss) makes the swap fail.
         """
-        store = self._store()
-        entry = await store.get(vkeys.fencing(name))
-        if entry is None:
+        marks, revision = await self.record_store.fencing_marks(name)
+        if revision is None:
             return
-        marks = dict((entry.value or {}).get("outdated", {}))
         if peer not in marks or self.node in marks:
             return
         st = await self.call("status", name=name)
         if not (st["cstate"] == "Connected" and st["disk"] == st["peer_disk"] == "UpToDate"):
             return
         marks.pop(peer)
-        if await store.commit({vkeys.fencing(name): entry.mod_revision},
-                              {vkeys.fencing(name): {"outdated": marks}}):
+        if await self.record_store.swap_fencing_marks(name, marks, revision):
             log.info("volume %s: %s's copy is in sync again: Outdated mark cleared", name, peer)
 
     # ------------------------------------------------------------------ quorum fencing
@@ -822,15 +724,14 @@ class VolumeService:
         first (the engine then fails the suspended writes). Raises FenceFailed
         without quorum. The caller holds the volume's lock.
         """
-        store = self._store()
+        self._store()                    # (not in a cluster: refused before anything else)
         if not (await self.cluster.fresh_view()).quorate:
             raise FenceFailed("no quorum: cannot record the peer's copy as Outdated")
         try:
             rec = await self.record(name, serializable=False)
             peer = self.peer_of(rec)
             for _ in range(10):
-                entry = await store.get(vkeys.fencing(name))        # linearizable
-                marks = dict(((entry.value if entry else None) or {}).get("outdated", {}))
+                marks, revision = await self.record_store.fencing_marks(name)   # linearizable
                 if self.node in marks:
                     by = marks[self.node].get("by", peer)
                     await self.call("outdated-by-peer", name=name, by=by)
@@ -840,9 +741,7 @@ class VolumeService:
                     return "outdated-self"
                 if peer not in marks:
                     marks[peer] = {"by": self.node, "time": _now(), "reason": reason}
-                    if not await store.commit(
-                            {vkeys.fencing(name): entry.mod_revision if entry else 0},
-                            {vkeys.fencing(name): {"outdated": marks}}):
+                    if not await self.record_store.swap_fencing_marks(name, marks, revision):
                         continue
                     await self.clusterlog.write(
                         f"volume {name}: {peer}'s copy recorded Outdated by {self.node} "
@@ -890,9 +789,8 @@ class VolumeService:
             # the link loss first (it was writing), has already recorded this copy
             # Outdated with quorum and gone on writing alone: the mark wins.
             with contextlib.suppress(StoreUnavailable):
-                entry = await self._store().get(vkeys.fencing(name))
-                self._refuse_if_marked(name, ((entry.value if entry else None) or {})
-                                       .get("outdated", {}))
+                marks, _ = await self.record_store.fencing_marks(name)
+                self._refuse_if_marked(name, marks)
         if force:
             msg = (f"volume {name}: FORCED promotion on {self.node} "
                    f"(disk {st['disk']}, peer disk {st['peer_disk']}, {st['cstate']})")
@@ -915,11 +813,8 @@ class VolumeService:
     async def _marks_for_promotion(self, name: str, force: bool) -> dict[str, Any]:
         """The fencing marks, read with quorum (a stale read could hide our own mark)."""
         try:
-            store = self._store()
             view = await self.cluster_view(name)
-            entry = await store.get(vkeys.fencing(name))            # linearizable
-            view["outdated"] = dict(((entry.value if entry else None) or {})
-                                    .get("outdated", {}))
+            view["outdated"], _ = await self.record_store.fencing_marks(name)  # linearizable
             return view
         except StoreUnavailable:
             if force:

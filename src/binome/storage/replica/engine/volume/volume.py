@@ -67,6 +67,7 @@ from binome.storage.replica.core.states import ConnState, DiskState, Fencing, Me
 from binome.storage.replica.core.uuids import GenerationIds
 from binome.storage.replica.core.wire import DP_DISCARD, DP_FUA, DP_ZERO_KEEP
 from binome.storage.replica.engine import handlers
+from binome.storage.replica.engine.config_file import save_config
 from binome.storage.replica.engine.disk import LocalDisk
 from binome.storage.replica.engine.meta import MetaError, MetaFile, Superblock
 from binome.storage.replica.engine.nbd_server import NbdServer
@@ -705,7 +706,7 @@ class Volume:
         self.config = new
         if self.link is not None:
             self.link.apply_config(new)
-        await asyncio.to_thread(new.save, Path(self.conf_path))
+        await asyncio.to_thread(save_config, new, Path(self.conf_path))
         log.info("%s: adjusted%s: %s", self.name, " by the peer" if from_peer else "",
                  ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items()))
         link = self.link
@@ -730,7 +731,7 @@ class Volume:
         os.ftruncate(self.disk.fd, size)
         await asyncio.to_thread(os.fsync, self.disk.fd)
         self.config = replace(self.config, size=size)
-        await asyncio.to_thread(self.config.save, Path(self.conf_path))
+        await asyncio.to_thread(save_config, self.config, Path(self.conf_path))
         async with self._meta_lock:
             # Inline: the bitmap grows in place while no other code can touch it.
             self.meta.grow(size)
