@@ -237,7 +237,7 @@ def ratio(job: str, base: list[dict], ours: list[dict], replicated: bool) -> str
 
 async def resync_rate(repl: Engine, size: int) -> tuple[float, int]:
     """Disconnect the secondary, dirty a quarter of the volume, time the bitmap resync."""
-    from binome.storage.replica.nbd.client import NbdClient
+    from binome.lab.nbd_client import NbdClient
 
     ctl, peer_ctl = repl.handles[0].control, repl.handles[1].control
     await control.call(peer_ctl, "disconnect", name="bench")

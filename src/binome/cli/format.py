@@ -159,14 +159,14 @@ def fence_result(data: dict[str, Any]) -> str:
 
 def volume_status(data: Any) -> str:
     """`binome volume status`: drbdsetup status style."""
-    from binome.storage.replica import format as vformat
+    from binome.storage.replica.core import format as vformat
 
     return vformat.volume_status(data)
 
 
 def volume_config(data: Any) -> str:
     """`binome volume config`: drbdsetup show style."""
-    from binome.storage.replica import format as vformat
+    from binome.storage.replica.core import format as vformat
 
     return vformat.drbdsetup_show(data)
 

@@ -333,7 +333,7 @@ def _console(client: Client, args: argparse.Namespace) -> int:
 
 def _volume_events(client: Client, path: str, params: dict[str, Any], output: str) -> int:
     """`binome volume events`: drbdsetup events2 lines (or one JSON object per line)."""
-    from binome.storage.replica.events import format_line
+    from binome.storage.replica.core.events import format_line
 
     now = str(params.get("now", "0")).lower() in ("1", "true", "yes", "on")
     items = client.call("GET", path, params) if now else client.stream(path, params)

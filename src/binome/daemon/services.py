@@ -19,7 +19,7 @@ from binome.daemon.rrd import RrdStore
 from binome.guest.service import GuestService
 from binome.storage import replicated
 from binome.storage.manager import StorageManager
-from binome.storage.replica.service import VolumeService
+from binome.storage.replica.node.volumes import VolumeService
 from binome.tasks.clusterlog import ClusterLog
 from binome.tasks.manager import TaskManager
 

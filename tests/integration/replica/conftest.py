@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from binome.storage.replica import control, supervisor
+from binome.storage.replica.engine import control
+from binome.storage.replica.node import supervisor
 
 _names = itertools.count(1)
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from binome.storage.replica.nbd.client import NbdClient
+from binome.lab.nbd_client import NbdClient
 from tests.integration.replica.conftest import EngineProc
 
 MiB = 1 << 20

@@ -8,10 +8,10 @@ import os
 import signal
 from pathlib import Path
 
-from binome.storage.replica import supervisor
-from binome.storage.replica.meta import MetaFile
-from binome.storage.replica.nbd.client import NbdClient
-from binome.storage.replica.states import MetaFlags
+from binome.lab.nbd_client import NbdClient
+from binome.storage.replica.core.states import MetaFlags
+from binome.storage.replica.engine.meta import MetaFile
+from binome.storage.replica.node import supervisor
 from tests.integration.replica.conftest import make_volume_factory
 
 MiB = 1 << 20

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from binome.storage.replica.nbd.client import NbdClient
+from binome.lab.nbd_client import NbdClient
 from tests.integration.harness import Cluster, Node, make_cluster, wait_for
 
 MiB = 1 << 20

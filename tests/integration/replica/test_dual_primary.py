@@ -11,9 +11,9 @@ import signal
 
 import pytest
 
-from binome.storage.replica import control
-from binome.storage.replica.nbd import protocol as nbdp
-from binome.storage.replica.nbd.client import NbdClient, NbdError
+from binome.lab.nbd_client import NbdClient, NbdError
+from binome.storage.replica.core import nbd_protocol as nbdp
+from binome.storage.replica.engine import control
 from tests.integration.replica.pairs import (
     MiB,
     Pair,

@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from binome.storage.replica import control, supervisor
-from binome.storage.replica.nbd.client import NbdClient
+from binome.lab.nbd_client import NbdClient
+from binome.storage.replica.engine import control
+from binome.storage.replica.node import supervisor
 
 
 def err(engine, cmd, **args):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from binome.storage.replica import control
+from binome.storage.replica.engine import control
 from tests.integration.replica.pairs import MiB, nbd_writes, synced_pair, wait_for
 
 

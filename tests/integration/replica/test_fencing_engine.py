@@ -10,9 +10,10 @@ import signal
 
 import pytest
 
-from binome.storage.replica import control, supervisor
-from binome.storage.replica.nbd import protocol as nbdp
-from binome.storage.replica.nbd.client import NbdClient, NbdError
+from binome.lab.nbd_client import NbdClient, NbdError
+from binome.storage.replica.core import nbd_protocol as nbdp
+from binome.storage.replica.engine import control
+from binome.storage.replica.node import supervisor
 from tests.integration.replica.pairs import (
     MiB,
     in_sync,

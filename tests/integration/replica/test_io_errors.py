@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from binome.storage.replica import control
-from binome.storage.replica.nbd.client import NbdClient, NbdError
+from binome.lab.nbd_client import NbdClient, NbdError
+from binome.storage.replica.engine import control
 from tests.integration.replica.pairs import (
     MiB,
     Pair,

@@ -9,8 +9,8 @@ import struct
 
 import pytest
 
-from binome.storage.replica.nbd import protocol as p
-from binome.storage.replica.nbd.client import NbdClient, NbdError, NbdOptionError
+from binome.lab.nbd_client import NbdClient, NbdError, NbdOptionError
+from binome.storage.replica.core import nbd_protocol as p
 
 MiB = 1 << 20
 

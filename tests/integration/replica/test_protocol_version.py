@@ -7,8 +7,8 @@ from __future__ import annotations
 import socket
 import time
 
-from binome.storage.replica import wire
-from binome.storage.replica.wire import P
+from binome.storage.replica.core import wire
+from binome.storage.replica.core.wire import P
 from tests.integration.replica.pairs import free_port, wait_for
 
 

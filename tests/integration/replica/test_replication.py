@@ -11,11 +11,11 @@ import signal
 
 import pytest
 
-from binome.storage.replica import supervisor
-from binome.storage.replica.meta import MetaFile
-from binome.storage.replica.nbd.client import NbdClient
-from binome.storage.replica.states import MetaFlags
-from binome.storage.replica.uuids import GenerationIds
+from binome.lab.nbd_client import NbdClient
+from binome.storage.replica.core.states import MetaFlags
+from binome.storage.replica.core.uuids import GenerationIds
+from binome.storage.replica.engine.meta import MetaFile
+from binome.storage.replica.node import supervisor
 from tests.integration.replica.conftest import EngineProc
 from tests.integration.replica.pairs import (
     MiB,

@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-from binome.storage.replica import control
-from binome.storage.replica.nbd.client import NbdClient
+from binome.lab.nbd_client import NbdClient
+from binome.storage.replica.engine import control
 from tests.integration.replica.pairs import (
     MiB,
     connected,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from binome.storage.replica.nbd.client import NbdClient
+from binome.lab.nbd_client import NbdClient
 from tests.integration.replica.pairs import (
     MiB,
     Pair,

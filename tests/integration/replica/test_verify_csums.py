@@ -8,7 +8,7 @@ import asyncio
 import os
 import time
 
-from binome.storage.replica.nbd.client import NbdClient
+from binome.lab.nbd_client import NbdClient
 from tests.integration.replica.pairs import (
     MiB,
     Pair,

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from binome.lab.cluster import LabCluster
-from binome.storage.replica.nbd.client import NbdClient
+from binome.lab.nbd_client import NbdClient
 from tests.integration.harness import wait_for
 
 pytestmark = pytest.mark.lab

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from binome.api.methods.volumes import _engine_settings, _setting_errors
-from binome.storage.replica.config import ADJUSTABLE, ConfigError, VolumeConfig
-from binome.storage.replica.format import drbdsetup_show
+from binome.storage.replica.core.config import ADJUSTABLE, ConfigError, VolumeConfig
+from binome.storage.replica.core.format import drbdsetup_show
 
 
 def cfg(**kw) -> VolumeConfig:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from binome.storage.replica.activity_log import EMPTY, ActivityLog
-from binome.storage.replica.bitmap import PAGE, Bitmap
+from binome.storage.replica.core.activity_log import EMPTY, ActivityLog
+from binome.storage.replica.core.bitmap import PAGE, Bitmap
 
 
 def test_set_bit_and_weight_and_dirty_page():

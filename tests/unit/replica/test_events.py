@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from binome.storage.replica.events import EventTranslator, format_line
+from binome.storage.replica.core.events import EventTranslator, format_line
 
 
 def status(**kw):

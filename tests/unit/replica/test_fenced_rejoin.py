@@ -11,9 +11,9 @@ it demoted its copy), so the handshake alone must keep the stale copy from
 ever winning, and a real split brain must still stop in StandAlone.
 """
 
-from binome.storage.replica.handshake import HandshakeInput, Policies, sync_handshake
-from binome.storage.replica.states import ConnState, DiskState
-from binome.storage.replica.uuids import GenerationIds, Side
+from binome.storage.replica.core.handshake import HandshakeInput, Policies, sync_handshake
+from binome.storage.replica.core.states import ConnState, DiskState
+from binome.storage.replica.core.uuids import GenerationIds, Side
 
 A, B, D = 0xA000, 0xB000, 0xD000
 UP, OUT = DiskState.UpToDate, DiskState.Outdated

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from binome.storage.replica import handlers
-from binome.storage.replica.config import ConfigError, VolumeConfig
+from binome.storage.replica.core.config import ConfigError, VolumeConfig
+from binome.storage.replica.engine import handlers
 
 
 def env(**kw):

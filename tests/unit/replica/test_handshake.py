@@ -1,14 +1,14 @@
 """drbd_sync_handshake post-processing: overrides, policies, manual resolution, refusals."""
 
-from binome.storage.replica.handshake import (
+from binome.storage.replica.core.handshake import (
     HandshakeInput,
     Policies,
     RrConflict,
     sync_handshake,
 )
-from binome.storage.replica.splitbrain import AfterSb
-from binome.storage.replica.states import ConnState, DiskState
-from binome.storage.replica.uuids import UUID_JUST_CREATED, GenerationIds, Side, Sync
+from binome.storage.replica.core.splitbrain import AfterSb
+from binome.storage.replica.core.states import ConnState, DiskState
+from binome.storage.replica.core.uuids import UUID_JUST_CREATED, GenerationIds, Side, Sync
 
 A, B, C, D, E, F = (0xA000, 0xB000, 0xC000, 0xD000, 0xE000, 0xF000)
 UP = DiskState.UpToDate

@@ -4,10 +4,10 @@ import os
 
 import pytest
 
-from binome.storage.replica import meta as m
-from binome.storage.replica.activity_log import EMPTY
-from binome.storage.replica.states import MetaFlags
-from binome.storage.replica.uuids import GenerationIds
+from binome.storage.replica.core.activity_log import EMPTY
+from binome.storage.replica.core.states import MetaFlags
+from binome.storage.replica.core.uuids import GenerationIds
+from binome.storage.replica.engine import meta as m
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from binome.storage.replica.nbd import protocol as p
+from binome.storage.replica.core import nbd_protocol as p
 
 
 def test_option_reply_layout():

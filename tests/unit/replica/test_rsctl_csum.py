@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from binome.storage.replica import csum, rsctl
-from binome.storage.replica.rsctl import STEP, Plan, RateSettings, controller_step
+from binome.storage.replica.core import csum, rsctl
+from binome.storage.replica.core.rsctl import STEP, Plan, RateSettings, controller_step
 
 MiB = 1 << 20
 
@@ -126,7 +126,7 @@ def test_masks_and_unknown_algorithms():
 
 
 def test_config_validates_algorithms_and_controller_settings():
-    from binome.storage.replica.config import ConfigError, VolumeConfig
+    from binome.storage.replica.core.config import ConfigError, VolumeConfig
 
     base = dict(name="v", size=4096, backing="/x", meta="/m", socket="/s",
                 address="127.0.0.1:1", peer_address="127.0.0.1:2", secret="s")
@@ -144,7 +144,7 @@ def test_config_validates_algorithms_and_controller_settings():
 
 
 def test_subtract_ranges_for_concurrent_dual_primary_writes():
-    from binome.storage.replica.peer import subtract_ranges
+    from binome.storage.replica.engine.peer.link import subtract_ranges
 
     assert subtract_ranges(0, 100, []) == [(0, 100)]
     assert subtract_ranges(0, 100, [(0, 100)]) == []

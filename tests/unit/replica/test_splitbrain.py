@@ -2,7 +2,7 @@
 
 import pytest
 
-from binome.storage.replica.splitbrain import (
+from binome.storage.replica.core.splitbrain import (
     AfterSb,
     SplitBrainView,
     parse_policy,
@@ -10,7 +10,7 @@ from binome.storage.replica.splitbrain import (
     recover_1p,
     recover_2p,
 )
-from binome.storage.replica.uuids import Sync
+from binome.storage.replica.core.uuids import Sync
 
 SOURCE, TARGET, DISCONNECT = Sync.SOURCE_BITMAP, Sync.TARGET_BITMAP, Sync.SPLIT_BRAIN
 

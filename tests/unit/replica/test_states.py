@@ -2,8 +2,8 @@
 
 import pytest
 
-from binome.storage.replica import states
-from binome.storage.replica.states import (
+from binome.storage.replica.core import states
+from binome.storage.replica.core.states import (
     ConnState,
     DiskState,
     Fencing,

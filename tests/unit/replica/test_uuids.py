@@ -2,7 +2,7 @@
 
 import pytest
 
-from binome.storage.replica.uuids import (
+from binome.storage.replica.core.uuids import (
     UUID_JUST_CREATED,
     UUID_NEW_BM_OFFSET,
     GenerationIds,

@@ -10,11 +10,20 @@ from types import SimpleNamespace
 import pytest
 
 from binome.storage.base import StorageConfig, StorageError
-from binome.storage.replica import format as vformat
-from binome.storage.replica import keys, wire
-from binome.storage.replica.link import Completion, PeerProtocol
-from binome.storage.replica.service import VolumeFailure, VolumeService, effective_disk_states
-from binome.storage.replica.states import ConnState, DiskState, Fencing, Role, State, needs_fencing
+from binome.storage.replica.core import format as vformat
+from binome.storage.replica.core import wire
+from binome.storage.replica.core.states import (
+    ConnState,
+    DiskState,
+    Fencing,
+    Role,
+    State,
+    needs_fencing,
+)
+from binome.storage.replica.core.views import effective_disk_states
+from binome.storage.replica.engine.peer.transport import Completion, PeerProtocol
+from binome.storage.replica.node import records as keys
+from binome.storage.replica.node.volumes import VolumeFailure, VolumeService
 from binome.storage.replicated import ReplicatedStorage, bind
 
 BASE = {"name": "vm-100-disk-0", "role": "Primary", "peer_role": "Secondary",

@@ -2,12 +2,12 @@
 
 import pytest
 
-from binome.storage.replica import auth, wire
-from binome.storage.replica.bitmap import Bitmap
-from binome.storage.replica.config import ConfigError, VolumeConfig, split_address
-from binome.storage.replica.handshake import NetSettings, incompatible
-from binome.storage.replica.splitbrain import AfterSb
-from binome.storage.replica.wire import P
+from binome.storage.replica.core import auth, wire
+from binome.storage.replica.core.bitmap import Bitmap
+from binome.storage.replica.core.config import ConfigError, VolumeConfig, split_address
+from binome.storage.replica.core.handshake import NetSettings, incompatible
+from binome.storage.replica.core.splitbrain import AfterSb
+from binome.storage.replica.core.wire import P
 
 
 def test_authentication_succeeds_with_the_same_secret():

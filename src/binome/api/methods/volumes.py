@@ -31,14 +31,10 @@ from binome.api.errors import ApiError, ParamError, fail, param_error
 from binome.api.methods.common import NODE
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
-from binome.storage.replica.csum import ALGORITHMS
-from binome.storage.replica.events import EventTranslator, end_of_snapshot
-from binome.storage.replica.service import (
-    SettingRefused,
-    VolumeFailure,
-    VolumeService,
-    record_settings,
-)
+from binome.storage.replica.core.csum import ALGORITHMS
+from binome.storage.replica.core.events import EventTranslator, end_of_snapshot
+from binome.storage.replica.core.views import record_settings
+from binome.storage.replica.node.volumes import SettingRefused, VolumeFailure, VolumeService
 from binome.store.client import StoreUnavailable
 from binome.tasks.manager import Task
 
@@ -147,7 +143,7 @@ def _line(st: dict[str, Any]) -> str:
 async def _with_cluster(service: VolumeService, statuses: list[dict[str, Any]]
                         ) -> list[dict[str, Any]]:
     """Add what the cluster knows (records, Outdated marks); fine without quorum."""
-    if not service.cluster.is_member or service.cluster.store is None:
+    if not service.in_cluster():
         return statuses
     try:
         records = await service.all_records()

@@ -1,22 +1,32 @@
 """The replicated volume engine: DRBD's semantics rebuilt in user space, served over NBD.
 
-Layout (see docs/replicated-volumes.md):
+Three layers, dependencies pointing one way (node -> engine -> core); see
+docs/replicated-volumes.md:
 
-- pure logic, no I/O (a simulator can drive it): `states` (roles, connection and
-  disk states, promotion rules), `uuids` (generation identifiers and
-  `uuid_compare`), `splitbrain` (after-sb policies), `handshake` (the sync
-  handshake decision, settings compatibility), `bitmap` (the dirty bitmap),
+- `core`: pure logic, no I/O (a simulator can drive it): `states` (roles,
+  connection and disk states, promotion rules), `uuids` (generation
+  identifiers, `uuid_compare`), `splitbrain` (after-sb policies), `handshake`
+  (the sync handshake decision, settings compatibility), `rsctl` (the resync
+  rate controller), `csum` (block digests), `bitmap` (the dirty bitmap),
   `activity_log` (hot extents), `auth` (HMAC challenge-response), `wire` (peer
-  packet codecs), `nbd.protocol` (NBD codecs);
-- I/O: `config` (volume settings, validated, stored as JSON), `meta` (the
-  on-disk metadata file), `disk` (the backing file), `volume`
-  (one volume: disk + metadata + state + write path), `peer` (the link to the
-  peer engine: handshake, replication, resync), `nbd.server` (the NBD export),
-  `nbd.client` (an asyncio NBD client), `control` (the engine's JSON-lines
-  control socket), `engine` (one process serving many volumes), `supervisor`
-  (start or re-adopt the engine), `__main__` (the engine's entry point),
-  `link` (the peer connection's transport);
-- the daemon's side (runs in `binomed`, not in the engine): `service`
-  (supervision, etcd records and reconciliation, quorum fencing), `keys` (its
-  etcd keys), `format` (the /proc/drbd and drbdadm status views, pure).
+  packet codecs), `nbd_protocol` (NBD codecs), `config` (volume settings,
+  validated), `handler_rules` (handler names, environment, validation),
+  `format` (the /proc/drbd and drbdadm status views), `events` (drbdsetup
+  events2 lines), `views` (what the volume records mean: effective disk states);
+- `engine`: the engine process, one per node (`python -m binome.storage.replica`
+  runs `engine.main`): `process` (one process serving many volumes, its
+  commands), `control` (the JSON-lines control socket, server and client),
+  `volume.volume` (one volume: disk + metadata + state + write path),
+  `peer.link` (the link to the peer engine: handshake, replication, resync,
+  verify), `peer.transport` (the peer connection's bytes), `nbd_server` (the
+  NBD export), `disk` (the backing file), `meta` (the on-disk metadata),
+  `handlers` (running handler commands), `config_file` (volume.json);
+- `node`: binomed's side: `volumes` (`VolumeService`: engine supervision,
+  reconciliation, quorum fencing), `records` (the volume records' etcd keys,
+  reads and compare-and-swap writes), `supervisor` (start or re-adopt the
+  engine), `errors`.
+
+`service` and `keys` at this level are transitional aliases (node.volumes,
+node.records) for modules not yet re-pointed. The NBD client used by tests
+and the benchmark is `binome.lab.nbd_client`, off the production path.
 """

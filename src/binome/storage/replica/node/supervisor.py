@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from binome.storage.replica import control
+from binome.storage.replica.engine import control
 
 
 @dataclass

@@ -13,15 +13,15 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from binome.storage.replica.splitbrain import (
+from binome.storage.replica.core.splitbrain import (
     AfterSb,
     SplitBrainView,
     recover_0p,
     recover_1p,
     recover_2p,
 )
-from binome.storage.replica.states import ConnState, DiskState
-from binome.storage.replica.uuids import Comparison, Side, Sync, uuid_compare
+from binome.storage.replica.core.states import ConnState, DiskState
+from binome.storage.replica.core.uuids import Comparison, Side, Sync, uuid_compare
 
 
 class RrConflict(enum.StrEnum):

@@ -30,7 +30,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from binome.storage.replica.format import _REPLICATION, _connection
+from binome.storage.replica.core.format import _REPLICATION, _connection
 
 OBJECTS = ("resource", "connection", "device", "peer-device")
 

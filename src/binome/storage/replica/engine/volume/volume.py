@@ -52,24 +52,26 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from binome.storage.replica import format as fmt
-from binome.storage.replica import handlers, states
-from binome.storage.replica.activity_log import ActivityLog
-from binome.storage.replica.bitmap import Bitmap
-from binome.storage.replica.config import (
+from binome.storage.replica.core import format as fmt
+from binome.storage.replica.core import states
+from binome.storage.replica.core.activity_log import ActivityLog
+from binome.storage.replica.core.bitmap import Bitmap
+from binome.storage.replica.core.config import (
     ADJUSTABLE,
     LOCAL_OPTIONS,
     SHARED_OPTIONS,
     ConfigError,
     VolumeConfig,
 )
-from binome.storage.replica.disk import LocalDisk
-from binome.storage.replica.meta import MetaError, MetaFile, Superblock
-from binome.storage.replica.nbd.server import NbdServer
-from binome.storage.replica.peer import PeerLink
-from binome.storage.replica.states import ConnState, DiskState, Fencing, MetaFlags, Role, State
-from binome.storage.replica.uuids import GenerationIds
-from binome.storage.replica.wire import DP_DISCARD, DP_FUA, DP_ZERO_KEEP
+from binome.storage.replica.core.states import ConnState, DiskState, Fencing, MetaFlags, Role, State
+from binome.storage.replica.core.uuids import GenerationIds
+from binome.storage.replica.core.wire import DP_DISCARD, DP_FUA, DP_ZERO_KEEP
+from binome.storage.replica.engine import handlers
+from binome.storage.replica.engine.config_file import save_config
+from binome.storage.replica.engine.disk import LocalDisk
+from binome.storage.replica.engine.meta import MetaError, MetaFile, Superblock
+from binome.storage.replica.engine.nbd_server import NbdServer
+from binome.storage.replica.engine.peer.link import PeerLink
 
 log = logging.getLogger("binome.replica")
 
@@ -704,7 +706,7 @@ class Volume:
         self.config = new
         if self.link is not None:
             self.link.apply_config(new)
-        await asyncio.to_thread(new.save, Path(self.conf_path))
+        await asyncio.to_thread(save_config, new, Path(self.conf_path))
         log.info("%s: adjusted%s: %s", self.name, " by the peer" if from_peer else "",
                  ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items()))
         link = self.link
@@ -729,7 +731,7 @@ class Volume:
         os.ftruncate(self.disk.fd, size)
         await asyncio.to_thread(os.fsync, self.disk.fd)
         self.config = replace(self.config, size=size)
-        await asyncio.to_thread(self.config.save, Path(self.conf_path))
+        await asyncio.to_thread(save_config, self.config, Path(self.conf_path))
         async with self._meta_lock:
             # Inline: the bitmap grows in place while no other code can touch it.
             self.meta.grow(size)

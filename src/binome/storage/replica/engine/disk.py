@@ -27,7 +27,7 @@ import errno
 import os
 import stat
 
-from binome.storage.replica.nbd.protocol import STATE_HOLE, STATE_ZERO
+from binome.storage.replica.core.nbd_protocol import STATE_HOLE, STATE_ZERO
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02

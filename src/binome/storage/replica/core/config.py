@@ -1,6 +1,7 @@
 """Volume configuration: what `create` records, validated, stored as JSON per volume.
 
-The engine keeps `<state>/volumes/<name>/volume.json` next to the volume's
+Pure: no I/O (`engine.config_file` reads and writes it). The engine keeps
+`<state>/volumes/<name>/volume.json` next to the volume's
 metadata (`meta`) and, by default, its backing file (`data.img`). The NBD
 socket defaults to `<state>/nbd/<name>.sock` (unix socket paths are limited
 to 107 bytes, so the socket directory can be set separately).
@@ -21,15 +22,14 @@ import json
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any
 
-from binome.storage.replica import handlers as handlers_mod
-from binome.storage.replica.csum import ALGORITHMS
-from binome.storage.replica.handshake import RrConflict
-from binome.storage.replica.rsctl import RateSettings
-from binome.storage.replica.splitbrain import parse_policy
-from binome.storage.replica.states import Fencing
+from binome.storage.replica.core import handler_rules
+from binome.storage.replica.core.csum import ALGORITHMS
+from binome.storage.replica.core.handshake import RrConflict
+from binome.storage.replica.core.rsctl import RateSettings
+from binome.storage.replica.core.splitbrain import parse_policy
+from binome.storage.replica.core.states import Fencing
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_SOCKET_PATH = 107
@@ -88,7 +88,7 @@ class VolumeConfig:
     c_min_rate: int = 0           # bytes/s while application I/O is active; 0 = no throttle
     # DRBD's `handlers` section: {handler name: shell command} (handlers.py)
     handlers: dict[str, str] = field(default_factory=dict)
-    handler_timeout: float = handlers_mod.DEFAULT_TIMEOUT
+    handler_timeout: float = handler_rules.DEFAULT_TIMEOUT
     # DRBD's `on-io-error`: detach (continue Diskless, served by the peer) or pass_on
     on_io_error: str = "detach"
 
@@ -119,7 +119,7 @@ class VolumeConfig:
             raise ConfigError(f"NBD socket path too long ({self.socket})")
         Fencing(self.fencing)
         try:
-            handlers_mod.validate(self.handlers, self.handler_timeout)
+            handler_rules.validate(self.handlers, self.handler_timeout)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if self.on_io_error not in ("detach", "pass_on"):
@@ -212,21 +212,6 @@ class VolumeConfig:
             raise ConfigError(str(e)) from None
         cfg.validate()
         return cfg
-
-    @classmethod
-    def load(cls, path: Path) -> VolumeConfig:
-        return cls.from_dict(json.loads(path.read_text()))
-
-    def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        # 0600: the file holds the replication secret.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)
-        with open(fd, "w") as f:
-            f.write(self.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
 
 
 def parse_size(value: int | str) -> int:

@@ -68,9 +68,9 @@ import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from binome.storage.replica import auth, csum, rsctl, wire
-from binome.storage.replica.config import split_address
-from binome.storage.replica.handshake import (
+from binome.storage.replica.core import auth, csum, rsctl, wire
+from binome.storage.replica.core.config import split_address
+from binome.storage.replica.core.handshake import (
     HandshakeInput,
     NetSettings,
     Policies,
@@ -78,14 +78,14 @@ from binome.storage.replica.handshake import (
     incompatible,
     sync_handshake,
 )
-from binome.storage.replica.link import Completion, PeerProtocol
-from binome.storage.replica.splitbrain import AfterSb, parse_policy
-from binome.storage.replica.states import ConnState, DiskState, Role
-from binome.storage.replica.uuids import GenerationIds, Side, UuidFlags
-from binome.storage.replica.wire import P
+from binome.storage.replica.core.splitbrain import AfterSb, parse_policy
+from binome.storage.replica.core.states import ConnState, DiskState, Role
+from binome.storage.replica.core.uuids import GenerationIds, Side, UuidFlags
+from binome.storage.replica.core.wire import P
+from binome.storage.replica.engine.peer.transport import Completion, PeerProtocol
 
 if TYPE_CHECKING:
-    from binome.storage.replica.volume import Volume
+    from binome.storage.replica.engine.volume.volume import Volume
 
 log = logging.getLogger("binome.replica.peer")
 

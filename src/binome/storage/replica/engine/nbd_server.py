@@ -31,7 +31,7 @@ import struct
 from collections.abc import Callable
 from typing import Protocol
 
-from binome.storage.replica.nbd import protocol as p
+from binome.storage.replica.core import nbd_protocol as p
 
 log = logging.getLogger("binome.replica.nbd")
 

@@ -41,11 +41,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from binome.storage.replica import format as fmt
-from binome.storage.replica.config import ConfigError, VolumeConfig, parse_size
-from binome.storage.replica.control import ControlError, ControlServer, Stream
-from binome.storage.replica.states import StateError
-from binome.storage.replica.volume import Volume, VolumeError
+from binome.storage.replica.core import format as fmt
+from binome.storage.replica.core.config import ConfigError, VolumeConfig, parse_size
+from binome.storage.replica.core.states import StateError
+from binome.storage.replica.engine.config_file import load_config, save_config
+from binome.storage.replica.engine.control import ControlError, ControlServer, Stream
+from binome.storage.replica.engine.volume.volume import Volume, VolumeError
 
 log = logging.getLogger("binome.replica.engine")
 
@@ -126,7 +127,7 @@ class Engine:
         path = self._dir(name) / "volume.json"
         if not isinstance(name, str) or not path.is_file():
             raise ControlError("ENOENT", f"no volume named {name!r}")
-        return VolumeConfig.load(path)
+        return load_config(path)
 
     def _up(self, name: str) -> Volume:
         vol = self.volumes.get(name)
@@ -172,7 +173,7 @@ class Engine:
             except OSError as e:
                 shutil.rmtree(vdir, ignore_errors=True)
                 raise ControlError("EIO", f"{name}: create-md failed: {e}") from e
-            cfg.save(vdir / "volume.json")
+            save_config(cfg, vdir / "volume.json")
         log.info("%s: created, %d bytes, backing %s", name, cfg.size, cfg.backing)
         return {"name": name, "size": cfg.size, "backing": cfg.backing, "meta": cfg.meta,
                 "socket": cfg.socket}
@@ -326,7 +327,7 @@ class Engine:
         async with self._lock(name):
             cfg = dataclasses.replace(self._config(name), fencing=fencing)
             cfg.validate()
-            cfg.save(self._dir(name) / "volume.json")
+            save_config(cfg, self._dir(name) / "volume.json")
             vol = self.volumes.get(name)
             if vol is None:
                 return {"name": name, "fencing": fencing, "cstate": "Unconfigured"}
@@ -352,7 +353,7 @@ class Engine:
             changed = {k: [a, b] for k, a in cfg.settings().items()
                        if (b := new.settings()[k]) != a}
             if changed and not dry_run:
-                new.save(self._dir(name) / "volume.json")
+                save_config(new, self._dir(name) / "volume.json")
                 log.info("%s: adjusted (not up): %s", name, ", ".join(
                     f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
             return {"name": name, "cstate": "Unconfigured", "changed": changed,
@@ -366,7 +367,7 @@ class Engine:
             cfg = dataclasses.replace(cfg, handlers=dict(handlers), handler_timeout=float(
                 cfg.handler_timeout if handler_timeout is None else handler_timeout))
             cfg.validate()
-            cfg.save(self._dir(name) / "volume.json")
+            save_config(cfg, self._dir(name) / "volume.json")
             vol = self.volumes.get(name)
             if vol is not None:
                 vol.config = dataclasses.replace(vol.config, handlers=cfg.handlers,

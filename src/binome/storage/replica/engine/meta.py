@@ -37,10 +37,10 @@ import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from binome.storage.replica.activity_log import EMPTY
-from binome.storage.replica.bitmap import PAGE, Bitmap
-from binome.storage.replica.states import MetaFlags
-from binome.storage.replica.uuids import UUID_JUST_CREATED, GenerationIds
+from binome.storage.replica.core.activity_log import EMPTY
+from binome.storage.replica.core.bitmap import PAGE, Bitmap
+from binome.storage.replica.core.states import MetaFlags
+from binome.storage.replica.core.uuids import UUID_JUST_CREATED, GenerationIds
 
 SB_MAGIC = b"BNMVOLMD"
 AL_MAGIC = b"BNMVOLAL"

@@ -35,8 +35,8 @@ import time
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
-from binome.storage.replica import wire
-from binome.storage.replica.wire import P
+from binome.storage.replica.core import wire
+from binome.storage.replica.core.wire import P
 
 log = logging.getLogger("binome.replica.peer")
 

@@ -1,8 +1,9 @@
 """A small asyncio NBD client: fixed-newstyle negotiation, pipelined requests.
 
-Used by the tests (checksum oracle, protocol edge cases) and by tools that
-need to talk to an export without QEMU. Requests may be issued concurrently;
-a reader task matches replies to requests by cookie, simple or structured.
+Used by the tests (checksum oracle, protocol edge cases) and the NBD benchmark
+(bench/nbd_bench.py), never by production code (hence in `lab`). Requests may
+be issued concurrently; a reader task matches replies to requests by cookie,
+simple or structured.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import itertools
 import struct
 from dataclasses import dataclass, field
 
-from binome.storage.replica.nbd import protocol as p
+from binome.storage.replica.core import nbd_protocol as p
 
 
 class NbdError(Exception):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from binome.storage.replica.uuids import Sync
+from binome.storage.replica.core.uuids import Sync
 
 
 class AfterSb(enum.StrEnum):

@@ -1,0 +1,1 @@
+"""The link to the peer engine (`link.PeerLink`), split by concern; `transport` moves the bytes."""

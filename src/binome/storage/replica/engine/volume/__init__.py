@@ -1,0 +1,1 @@
+"""One replicated volume in the engine (`volume.Volume`), split by concern."""

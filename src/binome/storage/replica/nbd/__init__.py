@@ -1,1 +1,0 @@
-"""NBD: wire codecs (`protocol`), the server (`server`) and an asyncio client (`client`)."""

@@ -1,0 +1,1 @@
+"""binomed's side of replicated volumes: engine supervision, cluster records, quorum fencing."""
