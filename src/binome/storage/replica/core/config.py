@@ -19,7 +19,6 @@ resync rate controller's `resync_rate` and `c_*` settings (`rsctl`).
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -115,7 +114,8 @@ class VolumeConfig:
             raise ConfigError("al_extent_size must not be smaller than bm_block_size")
         if not 7 <= self.al_extents <= 65534:
             raise ConfigError("al_extents must be between 7 and 65534 (DRBD's limits)")
-        if len(os.fsencode(self.socket)) > MAX_SOCKET_PATH:
+        # the path as the kernel sees it: bytes (fsencode), not characters
+        if len(self.socket.encode("utf-8", "surrogateescape")) > MAX_SOCKET_PATH:
             raise ConfigError(f"NBD socket path too long ({self.socket})")
         Fencing(self.fencing)
         try:
