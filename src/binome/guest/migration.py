@@ -265,16 +265,15 @@ class MigrationTarget:
             try:
                 spec = await self.lifecycle.launch_spec(vm)
                 await self.ctx.runtime.start(spec, incoming=True)
-                uri = await self.ctx.runtime.listen_incoming(vmid,
-                                                         self.ctx.cluster.config.cluster_address)
+                uri = await self.ctx.runtime.listen_incoming(
+                    vmid, self.ctx.cluster.config.cluster_address)
             except BaseException:
                 await asyncio.shield(self._drop_incoming(vmid, promoted))
                 raise
             self.ctx.incoming[vmid] = {"source": source, "promoted": promoted,
-                                    "since": time.time()}
+                                       "since": time.time()}
             log.info("VM %s: incoming migration from %s on %s", vmid, source, uri)
             return {"uri": uri, "promoted": [volume_name(v) for v in promoted]}
-
 
     async def _drop_incoming(self, vmid: int, promoted: list[str]) -> None:
         if self.ctx.runtime.is_running(vmid):
@@ -325,7 +324,6 @@ class MigrationTarget:
             _local, replicated = await self.ctx.disk_kinds(vm)
             return {"promoted": [volume_name(v) for v in
                                  await self.ctx.activate_here(replicated)]}
-
 
 
 def runtime_defaults() -> dict[str, Any]:
