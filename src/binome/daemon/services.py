@@ -2,6 +2,8 @@
 
 This is the seam between the HTTP layer and the node: handlers reach the
 cluster, the tasks, the cluster log and host information only through here.
+It is also the one place where the node's object graph is built: each
+service gets its dependencies in its constructor (nothing is bound later).
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ from binome.cluster.cluster import ClusterService
 from binome.config import NodeConfig
 from binome.daemon.hostinfo import HostInfo
 from binome.daemon.rrd import RrdStore
-from binome.guest.service import GuestService
-from binome.storage import replicated
+from binome.guest.guests import GuestService
 from binome.storage.manager import StorageManager
 from binome.storage.replica.node.volumes import VolumeService
 from binome.tasks.clusterlog import ClusterLog
@@ -36,29 +37,29 @@ class Services:
         self.host = HostInfo()
         self.cluster.on_node_stats = self.host.summary
         self.rrd = RrdStore()
-        self.storages = StorageManager(config.name, config.state_dir, self.cluster)
-        self.guests: GuestService | None = None
         self.volumes: VolumeService | None = None
         if config.role == "node":
             # replicated volumes: the engine runs apart from the daemon (it outlives it)
             self.volumes = VolumeService(config.name, config.state_dir, self.cluster,
                                          self.clusterlog)
-            replicated.bind(self.volumes)
+        # guest and HA code reach the volumes only through the storage manager
+        self.storages = StorageManager(config.name, config.state_dir, self.cluster,
+                                       self.volumes)
+        self.guests: GuestService | None = None
+        if config.role == "node":
             from binome.guest.runtime import QemuRuntime
 
             runtime = QemuRuntime(config.run_dir / "qemu")
             self.guests = GuestService(config.name, self.cluster, self.storages, runtime,
                                        self.clusterlog)
-            self.guests.volumes = self.volumes   # live migration promotes/demotes volumes
         self.ha = None
         if config.role == "node":
             from binome.config import ConfigError
             from binome.ha.daemon.service import HaService
 
             try:
-                self.ha = HaService(config, self.cluster, self.guests, self.tasks,
-                                    self.clusterlog)
-                self.ha.volumes = self.volumes
+                self.ha = HaService(config, self.cluster, self.guests, self.storages,
+                                    self.tasks, self.clusterlog)
             except ConfigError as exc:   # cluster timers the HA timers cannot live with
                 import logging
 

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from binome import durable
 from binome.guest.argv import QEMU_BINARY
 
 __all__ = [
@@ -207,9 +208,8 @@ def cached_accel(run_dir: Path, qemu: str = QEMU_BINARY) -> AccelDecision | None
 
 def _write_cache(directory: Path, record: dict[str, Any]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{ACCEL_CACHE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(directory / ACCEL_CACHE)
+    # a cache, probed again if lost: atomic, without the fsyncs
+    durable.write_json(directory / ACCEL_CACHE, record, indent=1, sync=False)
 
 
 async def resolve_accel(

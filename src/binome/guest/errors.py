@@ -1,10 +1,11 @@
-"""The runtime layer's one exception type (re-exported by ``binome.guest.runtime``)."""
+"""The guest layer's exception types: the runtime's (`GuestError`, re-exported by
+``binome.guest.runtime``) and the service's refusals (`GuestFailure`)."""
 
 from __future__ import annotations
 
 from binome.errors import BinomeError
 
-__all__ = ["GuestError"]
+__all__ = ["GuestError", "GuestFailure"]
 
 
 class GuestError(BinomeError):
@@ -13,3 +14,7 @@ class GuestError(BinomeError):
     Messages follow Proxmox's wording where one exists ("VM 100 already
     running", "VM 100 not running"), so the API layer can pass them through.
     """
+
+
+class GuestFailure(BinomeError):
+    """A guest operation refused or failed; the message is PVE's text where one exists."""

@@ -32,7 +32,7 @@ Design (details in the modules named):
   its state (``migrate_out``: capabilities, parameters, ``migrate``, polling
   ``query-migrate``), the target waits for it (``wait_incoming``). Who owns
   the config, the volumes and the switch-over order is the guest service's
-  business (``service.GuestService.migrate_vm``).
+  business (``migration.MigrationSource.migrate_vm``).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from typing import Any
 
 from qemu.qmp import ExecuteError, QMPClient, QMPError, Runstate
 
+from binome import durable
 from binome.guest.accel import cached_accel, resolve_accel
 from binome.guest.argv import QEMU_BINARY, build_argv
 from binome.guest.errors import GuestError
@@ -164,9 +165,7 @@ class _Guest:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
+    durable.write_json(path, data, indent=1)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -1,19 +1,45 @@
-"""The storage backend interface every storage type implements.
+"""The storage backend interface every storage type implements (PVE's storage plugins).
 
-Guest code only ever talks to this interface: allocate, free, resize, the
-source QEMU should open (a path or an NBD URI), list content, status. The
-`dir` backend implements it now; the `replicated` backend (the volume engine)
-plugs in behind the same interface.
+Guest and HA code only ever talk to this interface, through
+`storage.manager.StorageManager`; no other module knows how a storage type
+does its work (the volume engine's commands are known to `storage.replicated`
+alone). What a type implements:
+
+- content: `alloc`, `free`, `resize`, `copy`, `size`, `list`, `status`;
+- use by a guest on this node: `source` (the path or NBD URI QEMU opens),
+  `activate_volume` / `deactivate_volume` (PVE's `activate_volume(s)`: a
+  replicated copy becomes Primary / Secondary), `volume_state` and
+  `usable_here` ("may this node use this volume now", with the reason when not);
+- moving a guest: `migration_blocker` (why a target node cannot take the
+  volume over, live or not); a live migration activates the target's copy
+  while the source's is still active (both Primary for the hand-over: every
+  VM disk of a replicated storage is created allowing it) and deactivates the
+  source's after the switch-over;
+- HA recovery (types whose copies are bound to nodes, `per_node_activation`):
+  `take_over_volume` (activate here although the copy of a node proven fenced
+  is still active) and `release_fenced_copy` (on the fenced node, once back:
+  give up its stale active copy so it resyncs).
+
+Hooks for the next storage types, not implemented by any type yet (the base
+methods refuse): snapshots (`snapshot`, `rollback_snapshot`, `delete_snapshot`,
+PVE's volume_snapshot*), backups (a backup is `content` "backup" written by
+`alloc`/`copy`-like export, to be added with the backup job), storage-level
+activation for network storage and LVM (`activate_storage` /
+`deactivate_storage`: mount, login, vgchange, before any volume is used).
 """
 
 from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from binome.errors import BinomeError
+
+if TYPE_CHECKING:
+    from binome.tasks.manager import Task
 
 CONTENT_TYPES = ("images", "iso", "backup", "rootdir", "vztmpl", "snippets")
 
@@ -22,12 +48,57 @@ class StorageError(BinomeError):
     """A storage operation failed; the message is for the administrator."""
 
 
+class StaleCopy(StorageError):
+    """This node's copy of a volume was recorded Outdated by its peer: never used."""
+
+
 @dataclass(frozen=True)
 class VolumeSource:
     """How QEMU opens a volume."""
 
     source: str            # a file path or an NBD URI
     format: str | None     # raw | qcow2 | None (NBD: the export is raw)
+
+
+@dataclass(frozen=True)
+class VolumeState:
+    """This node's copy of a volume, in storage terms.
+
+    For a plain local or shared volume: it exists (and is then active and
+    current) or not. For a replicated one: `active` is the Primary role,
+    `disk` the copy's data state (UpToDate, Outdated, Inconsistent,
+    Consistent, DUnknown), the peer's role and disk as this node last heard
+    them, and whether the replication link is up (`link`: its state name)."""
+
+    exists: bool = True
+    active: bool = True
+    disk: str = "UpToDate"
+    replicated: bool = False
+    peer: str | None = None            # the node holding the other copy
+    peer_role: str | None = None       # Primary | Secondary | Unknown; None: no peer
+    peer_disk: str | None = None
+    link: str | None = None            # replication link state (Connected, StandAlone ...)
+    connected: bool = False
+    in_use: int = 0                    # open handles on this node (QEMU's NBD connections)
+    outdated_by_peer: bool = False     # the peer recorded this copy Outdated (with quorum)
+
+    @property
+    def peer_active(self) -> bool:
+        return self.peer_role == "Primary"
+
+
+def unusable_reason(name: str, node: str, state: VolumeState) -> str | None:
+    """Why a guest on `node` may not use the volume now (None: it may); pure."""
+    if not state.exists:
+        return f"volume {name} does not exist on {node}"
+    if state.outdated_by_peer:
+        return f"the copy of volume {name} on {node} was recorded Outdated by its peer"
+    if state.disk != "UpToDate":
+        return f"the copy of volume {name} on {node} is {state.disk}, not UpToDate"
+    if not state.active:
+        link = "connected" if state.connected else f"{state.link or 'not connected'}"
+        return f"volume {name} is Secondary on {node} ({link}): activate it first"
+    return None
 
 
 @dataclass(frozen=True)
@@ -77,8 +148,14 @@ def parse_image_volname(volname: str) -> tuple[int, str, str]:
 
 
 class Storage(ABC):
-    def __init__(self, config: StorageConfig) -> None:
+    # Volumes bound to nodes: a guest's node activates them before QEMU opens them and
+    # deactivates them after (a replicated copy is Primary on one node at a time, on
+    # two only during a live migration's hand-over).
+    per_node_activation: ClassVar[bool] = False
+
+    def __init__(self, config: StorageConfig, node: str = "") -> None:
         self.config = config
+        self.node = node
 
     @property
     def id(self) -> str:
@@ -111,3 +188,78 @@ class Storage(ABC):
 
     @abstractmethod
     async def status(self) -> dict[str, Any]: ...
+
+    # ------------------------------------------------------------ use by a guest here
+
+    async def volume_state(self, volid: str) -> VolumeState:
+        """This node's copy of the volume (exists, active, data state, link)."""
+        try:
+            self.source(volid)
+        except StorageError:
+            return VolumeState(exists=False, active=False, disk="DUnknown")
+        return VolumeState()
+
+    async def usable_here(self, volid: str) -> str | None:
+        """Why a guest on this node may not use the volume now; None: it may."""
+        return unusable_reason(volid.partition(":")[2], self.node,
+                               await self.volume_state(volid))
+
+    async def activate_volume(self, volid: str, *, task: Task | None = None) -> bool:
+        """Make the volume usable by a guest on this node; True if this call changed
+        anything (False: it was already). Types without per-node activation only
+        check that it exists."""
+        self.source(volid)
+        return False
+
+    async def deactivate_volume(self, volid: str) -> VolumeState:
+        """Give up this node's use of the volume once no guest here opens it (refused,
+        with StorageError, while one does); the state after."""
+        return await self.volume_state(volid)
+
+    async def migration_blocker(self, volid: str, target: str, *, live: bool) -> str | None:
+        """Why node `target` cannot take the volume over from this node now, by a live
+        migration (`live`) or a stopped guest's move; None: it can."""
+        if self.config.shared and self.config.available_on(target):
+            return None
+        return f"volume {volid} is local to {self.node}"
+
+    # ------------------------------------------------------------ HA recovery
+
+    async def take_over_volume(self, volid: str, *, reason: str,
+                               task: Task | None = None) -> None:
+        """Activate the volume here although the peer node's copy is still active,
+        because that node is proven fenced (`reason` says how; the caller proved it).
+        Only for types with per-node activation."""
+        raise StorageError(f"storage type '{self.config.type}' has no per-node copies to "
+                           f"take over")
+
+    async def release_fenced_copy(self, volid: str, *, still_idle: Callable[[], bool],
+                                  timeout: float) -> str | None:
+        """On a node that was fenced and is back: if its peer recorded this node's copy
+        Outdated and no guest here uses it (`still_idle()`, asked under the volume's
+        lock), deactivate it so it resyncs from the peer. Returns the peer that
+        outdated it when released, None when there was nothing to release."""
+        return None
+
+    # ------------------------------------------------------------ hooks (no type yet)
+
+    async def snapshot(self, volid: str, snap: str) -> None:
+        """Take snapshot `snap` of the volume (PVE's volume_snapshot)."""
+        raise StorageError(f"storage type '{self.config.type}' does not support snapshots")
+
+    async def rollback_snapshot(self, volid: str, snap: str) -> None:
+        """Return the volume to snapshot `snap` (PVE's volume_snapshot_rollback)."""
+        raise StorageError(f"storage type '{self.config.type}' does not support snapshots")
+
+    async def delete_snapshot(self, volid: str, snap: str) -> None:
+        """Remove snapshot `snap` (PVE's volume_snapshot_delete)."""
+        raise StorageError(f"storage type '{self.config.type}' does not support snapshots")
+
+    async def activate_storage(self) -> None:
+        """Make the storage itself usable on this node before any of its volumes (a
+        network mount, an iSCSI login, an LVM volume group): nothing for local types."""
+        return None
+
+    async def deactivate_storage(self) -> None:
+        """Undo `activate_storage`: nothing for local types."""
+        return None

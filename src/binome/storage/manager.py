@@ -1,32 +1,43 @@
-"""Storage definitions (PVE's storage.cfg, kept in etcd) and their backends.
+"""Storage definitions (PVE's storage.cfg, kept in etcd) and their backends: the one
+entry point guest and HA code use for storage.
 
 Every node has the implicit `local` dir storage (``<state-dir>/storage/local``)
-unless the cluster defines `local` differently. Backends are looked up by type,
-so the replicated engine plugs in by adding its type here, without touching the
-guest code.
+unless the cluster defines `local` differently. Backends are built by type
+(`_build`), so a new storage type plugs in there without touching guest or HA
+code. The per-volume operations (`activate_volume`, `volume_state`, ...) find
+the volume's backend by its volid and delegate to the `Storage` interface; the
+node-wide views (`guest_volumes`, `idle_active_copies`) ask the types whose
+volumes are bound to nodes (today: replicated).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from binome.storage.base import Storage, StorageConfig, StorageError
+from binome.storage.base import Storage, StorageConfig, StorageError, VolumeState
 from binome.storage.dir import DirStorage
-from binome.storage.replicated import ReplicatedStorage
+from binome.storage.replicated import ReplicatedStorage, ReplicaVolumes
 from binome.store import keys
 
 if TYPE_CHECKING:
     from binome.cluster.cluster import ClusterService
+    from binome.storage.replica.node.volumes import VolumeService
+    from binome.tasks.manager import Task
 
 BACKENDS: dict[str, type[Storage]] = {"dir": DirStorage, "replicated": ReplicatedStorage}
 
 
 class StorageManager:
-    def __init__(self, node: str, state_dir: Path, cluster: ClusterService) -> None:
+    def __init__(self, node: str, state_dir: Path, cluster: ClusterService,
+                 volumes: VolumeService | None = None) -> None:
+        """`volumes`: this node's replicated volume service (None: no replicated
+        storage here, e.g. a witness)."""
         self.node = node
         self.state_dir = state_dir
         self.cluster = cluster
+        self.replicas = ReplicaVolumes(volumes) if volumes is not None else None
 
     def default_local(self) -> StorageConfig:
         return StorageConfig("local", "dir", path=str(self.state_dir / "storage" / "local"),
@@ -52,17 +63,68 @@ class StorageManager:
                 return cfg
         raise StorageError(f"storage '{storage_id}' does not exist")
 
+    def _build(self, cfg: StorageConfig) -> Storage:
+        backend = BACKENDS.get(cfg.type)
+        if backend is None:
+            raise StorageError(f"storage type '{cfg.type}' is not supported on this node")
+        if backend is ReplicatedStorage:
+            return ReplicatedStorage(cfg, self.node, self.replicas)
+        return backend(cfg, self.node)
+
     async def get(self, storage_id: str) -> Storage:
         cfg = await self.config(storage_id)
         if not cfg.available_on(self.node):
             raise StorageError(f"storage '{storage_id}' is not available on node '{self.node}'")
         if cfg.disable:
             raise StorageError(f"storage '{storage_id}' is disabled")
-        backend = BACKENDS.get(cfg.type)
-        if backend is None:
-            raise StorageError(f"storage type '{cfg.type}' is not supported on this node")
-        return backend(cfg)
+        return self._build(cfg)
 
     async def for_volid(self, volid: str) -> Storage:
         storage_id = volid.split(":", 1)[0]
         return await self.get(storage_id)
+
+    async def _holder(self, volid: str) -> Storage:
+        """The backend of an existing volume, even if its storage was since disabled or
+        restricted to other nodes: a guest's volumes are still activated, released
+        and taken over (what `get` refuses is new use)."""
+        return self._build(await self.config(volid.split(":", 1)[0]))
+
+    # ------------------------------------------------------------ per volume (Storage)
+
+    async def volume_state(self, volid: str) -> VolumeState:
+        return await (await self._holder(volid)).volume_state(volid)
+
+    async def usable_here(self, volid: str) -> str | None:
+        return await (await self._holder(volid)).usable_here(volid)
+
+    async def activate_volume(self, volid: str, *, task: Task | None = None) -> bool:
+        return await (await self._holder(volid)).activate_volume(volid, task=task)
+
+    async def deactivate_volume(self, volid: str) -> VolumeState:
+        return await (await self._holder(volid)).deactivate_volume(volid)
+
+    async def migration_blocker(self, volid: str, target: str, *, live: bool) -> str | None:
+        return await (await self._holder(volid)).migration_blocker(volid, target, live=live)
+
+    async def take_over_volume(self, volid: str, *, reason: str,
+                               task: Task | None = None) -> None:
+        await (await self._holder(volid)).take_over_volume(volid, reason=reason, task=task)
+
+    async def release_fenced_copy(self, volid: str, *, still_idle: Callable[[], bool],
+                                  timeout: float) -> str | None:
+        return await (await self._holder(volid)).release_fenced_copy(
+            volid, still_idle=still_idle, timeout=timeout)
+
+    # ------------------------------------------------------------ node-wide views
+
+    async def guest_volumes(self, vmid: int) -> list[str]:
+        """Volids of guest `vmid`'s volumes that need activation on the node running it
+        and have a copy on this one."""
+        return await self.replicas.guest_volumes(vmid) if self.replicas is not None else []
+
+    def idle_active_copies(self, exclude_vmids: set[int]) -> list[tuple[str, int]]:
+        """(volid, vmid): guests' volumes still active here that nothing here opens,
+        from caches (no I/O), guests in `exclude_vmids` left out."""
+        if self.replicas is None:
+            return []
+        return self.replicas.idle_active_copies(exclude_vmids)

@@ -6,16 +6,20 @@ this node (the VM's node, which becomes Primary) and its peer, chosen by the
 pairing rule: the storage's `nodes` when it names exactly two (this one and
 the peer), otherwise the one other node of a two-node cluster. The volume's
 record, secret and replication port go to etcd, and the peer's daemon creates
-its copy from there (`replica.service`); the backing files live in each
+its copy from there (`replica.node.volumes`); the backing files live in each
 node's engine state directory, or under the storage's `path` when set.
 
 Volume IDs are `<storage>:vm-<vmid>-disk-<n>` (no format suffix: the export
 is raw). QEMU opens `source()`: the engine's NBD unix socket, which serves
-I/O only while the volume is Primary on this node (the node it was created
-on; `binome volume primary` elsewhere). Resizing is not supported yet.
+I/O only while the volume is Primary on this node: `activate_volume` makes it
+so (Primary), `deactivate_volume` gives it up (Secondary). Resizing grows both
+copies.
 
-`StorageManager` builds a backend from its config alone, so the daemon binds
-its `VolumeService` here at start (`bind`).
+`ReplicaVolumes` is this node's side of every replicated storage: the one
+object that knows the volume engine's commands and the volume service's
+caches. `StorageManager` builds it once from the node's `VolumeService` and
+gives it to each `ReplicatedStorage` it builds; guest and HA code reach it
+only through the `Storage` interface.
 """
 
 from __future__ import annotations
@@ -23,31 +27,249 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from binome.storage.base import Storage, StorageError, VolumeSource, split_volid
+from binome.storage.base import (
+    StaleCopy,
+    Storage,
+    StorageConfig,
+    StorageError,
+    VolumeSource,
+    VolumeState,
+    split_volid,
+    unusable_reason,
+)
+from binome.storage.replica.core.views import CONNECTED_STATES, effective_disk_states
+from binome.storage.replica.node import records as vkeys
+from binome.storage.replica.node.errors import VolumeFailure
+from binome.store.client import StoreUnavailable
 
 if TYPE_CHECKING:
-    from binome.storage.replica.service import VolumeService
+    from binome.storage.replica.node.volumes import VolumeService
+    from binome.tasks.manager import Task
 
-_service: VolumeService | None = None
 _NAME_RE = re.compile(r"^(?:vm|base)-(\d+)-disk-(\d+)$")
+REFUSED_AS_PRIMARY = "but I am primary"   # the handshake's rr-conflict refusal
 
 
-def bind(service: VolumeService | None) -> None:
-    """Give the backend this node's volume service (binomed does, at start)."""
-    global _service
-    _service = service
+@contextmanager
+def _engine_errors() -> Iterator[None]:
+    try:
+        yield
+    except VolumeFailure as exc:
+        raise StorageError(str(exc)) from None
 
 
-def _svc() -> VolumeService:
-    if _service is None:
-        raise StorageError("replicated storage is not available on this node (no volume "
-                           "service)")
-    return _service
+def stuck_active(st: dict[str, Any]) -> bool:
+    """This copy is Primary, or was left StandAlone because it was Primary at a handshake
+    that made it SyncTarget (it refused the resync)."""
+    if st.get("role") == "Primary":
+        return True
+    return (st.get("cstate") == "StandAlone"
+            and REFUSED_AS_PRIMARY in str((st.get("peer") or {}).get("last_error") or ""))
+
+
+def state_of(st: dict[str, Any], *, peer: str | None = None,
+             outdated_by_peer: bool = False) -> VolumeState:
+    """The engine's status of a volume, in storage terms (pure)."""
+    up = st.get("cstate") != "Unconfigured"
+    return VolumeState(exists=up, active=st.get("role") == "Primary",
+                       disk=str(st.get("disk") or "DUnknown"), replicated=True,
+                       peer=peer, peer_role=st.get("peer_role"),
+                       peer_disk=st.get("peer_disk"), link=st.get("cstate"),
+                       connected=st.get("cstate") in CONNECTED_STATES,
+                       in_use=int(st.get("open_count") or 0),
+                       outdated_by_peer=outdated_by_peer)
+
+
+class ReplicaVolumes:
+    """This node's replicated volumes, over its `VolumeService` (by volume name)."""
+
+    def __init__(self, service: VolumeService) -> None:
+        self.service = service
+
+    @property
+    def node(self) -> str:
+        return self.service.node
+
+    async def _peer(self, name: str) -> str | None:
+        """The node holding the other copy (the service's cache, else the record)."""
+        try:
+            rec = self.service.records.get(name) or await self.service.record(name)
+            return self.service.peer_of(rec)
+        except (VolumeFailure, StoreUnavailable):
+            return None
+
+    async def state(self, name: str, *, with_marks: bool = False) -> VolumeState:
+        """The engine's status of the copy here; `with_marks`: also read (with quorum)
+        whether the peer recorded it Outdated."""
+        with _engine_errors():
+            st = await self.service.call("status", name=name)
+        outdated = False
+        if with_marks:
+            store = self.service.cluster.store
+            if store is not None:
+                entry = await store.get(vkeys.fencing(name))
+                marks = ((entry.value if entry else None) or {}).get("outdated") or {}
+                outdated = self.node in marks
+        return state_of(st, peer=await self._peer(name), outdated_by_peer=outdated)
+
+    async def activate(self, name: str, *, task: Task | None = None) -> bool:
+        """Primary here (through the volume service's quorum-fencing rules, never
+        forced); False if it already was. With the peer Primary too, this is a live
+        migration's hand-over (the volume allows two Primaries)."""
+        with _engine_errors():
+            st = await self.service.call("status", name=name)
+            if st.get("role") == "Primary":
+                return False
+            await self.service.promote(name, task=task)
+        return True
+
+    async def deactivate(self, name: str) -> VolumeState:
+        with _engine_errors():
+            st = await self.service.demote(name)
+        return state_of(st, peer=await self._peer(name))
+
+    async def migration_blocker(self, name: str, target: str, *, live: bool) -> str | None:
+        """Why `target` cannot take volume `name` now (None: it can)."""
+        try:
+            view = await self.service.cluster_view(name)
+        except VolumeFailure as exc:
+            return str(exc)
+        if target not in view["config"].get("nodes", {}):
+            holders = ", ".join(sorted(view["config"].get("nodes", {})))
+            return f"volume {name} has no copy on {target} (replicated between {holders})"
+        disk = effective_disk_states(view).get(target, "DUnknown")
+        if disk != "UpToDate":
+            return f"the copy of volume {name} on {target} is {disk}, not UpToDate"
+        if live:
+            # the live link is what dual-primary writes go through: ask our engine
+            try:
+                st = await self.service.call("status", name=name)
+            except Exception as exc:   # engine down, volume not up ...
+                return f"volume {name}: {exc}"
+            if st.get("cstate") != "Connected" or st.get("peer_disk") != "UpToDate":
+                return (f"volume {name} is {st.get('cstate')} (peer disk "
+                        f"{st.get('peer_disk')}) here: live migration needs it Connected "
+                        f"with both copies UpToDate")
+        return None
+
+    async def take_over(self, name: str, *, reason: str, task: Task | None = None) -> None:
+        """Primary here while the peer's engine is still Primary, its node proven fenced
+        by the caller: disconnect from it, record its copy Outdated (quorum), promote,
+        then connect again whatever happened.
+
+        Connecting again at once is safe: our promotion started a new generation
+        whose bitmap UUID is the peer's current one, so the handshake makes the
+        peer SyncTarget; while it is still Primary it refuses that ("I shall
+        become SyncTarget, but I am primary!") and nothing is exchanged, until
+        `release_fenced` on its side demotes it; if it wrote on its own meanwhile
+        (standalone mode) the generations diverged and the after-sb policies
+        (disconnect) leave both StandAlone with the reason. Not promoted (we were
+        fenced first): we are the Secondary, and the handshake makes *us*
+        SyncTarget. So the fenced peer resyncs with no admin `volume connect`."""
+        svc = self.service
+        say = task.log if task is not None else (lambda _m: None)
+        peer = await self._peer(name) or "the peer"
+        with _engine_errors():
+            await svc.call("disconnect", name=name)
+            try:
+                # the volume service's own check takes a peer whose etcd member answers
+                # for an online Primary and would refuse
+                async with svc.lock(name):
+                    outcome = await svc.fence_peer(name, reason=reason)
+                if outcome != "outdated-peer":
+                    raise StaleCopy(f"volume {name}: the copy on {self.node} was recorded "
+                                    f"Outdated by {peer}")
+                await svc.promote(name, task=task)
+                say(f"volume {name}: Primary on {self.node}")
+            finally:
+                await svc.call("connect", name=name)
+                say(f"volume {name}: connecting to {peer} again (it resyncs once it is "
+                    f"Secondary)")
+
+    async def release_fenced(self, name: str, *, still_idle: Callable[[], bool],
+                             timeout: float) -> str | None:
+        """See `Storage.release_fenced_copy`. The trigger is the fencing record: the
+        survivor writes this node's mark (a quorum transaction) *before* it promotes,
+        so a mark on a Primary copy nobody here uses means the guest lives on the
+        other node now and this copy can only be stale. The engine is then told it is
+        Outdated (held writes fail), Secondary, and connecting: the handshake makes it
+        SyncTarget of the survivor, which clears the mark once both are UpToDate."""
+        svc = self.service
+        store = svc.cluster.store
+        if store is None:
+            return None
+        rec = svc.records.get(name) or {}
+        entry = await store.get(vkeys.fencing(name), timeout=timeout)   # linearizable
+        mark = (((entry.value if entry else None) or {}).get("outdated") or {}).get(self.node)
+        if mark is None:
+            return None
+        with _engine_errors():
+            by = mark.get("by") or svc.peer_of(rec)
+            async with svc.lock(name):
+                cur = await svc.call("status", name=name)
+                if not stuck_active(cur) or cur.get("open_count") or not still_idle():
+                    return None
+                if (cur.get("cstate") not in CONNECTED_STATES
+                        and cur.get("disk") in ("UpToDate", "Consistent")):
+                    # what the volume service's reconcile loop would do next: the
+                    # engine agrees the copy is stale before it stops being Primary
+                    await svc.call("outdated-by-peer", name=name, by=by)
+            if cur.get("role") == "Primary":
+                await svc.demote(name)
+            await svc.call("connect", name=name)
+        return str(by)
+
+    # ------------------------------------------------------------ node-wide views
+
+    async def guest_volumes(self, vmid: int) -> list[str]:
+        """Volids of guest `vmid`'s replicated volumes with a copy on this node."""
+        try:
+            records = await self.service.all_records()
+        except VolumeFailure:
+            return []
+        return [f"{rec.get('storage')}:{name}" for name, rec in sorted(records.items())
+                if rec.get("vmid") == vmid and self.node in rec.get("nodes", {})
+                and not rec.get("deleting")]
+
+    def idle_active_copies(self, exclude_vmids: set[int]) -> list[tuple[str, int]]:
+        """(volid, vmid) of the guests' copies still Primary here (or refusing a resync
+        because they were) that nothing opens, from the volume service's caches (no
+        I/O): what `release_fenced` looks at. Guests in `exclude_vmids` are left out."""
+        svc = self.service
+        out = []
+        for name, st in list(svc.statuses.items()):
+            rec = svc.records.get(name) or {}
+            vmid = rec.get("vmid")
+            if (isinstance(vmid, int) and vmid not in exclude_vmids
+                    and not rec.get("deleting") and stuck_active(st)
+                    and not st.get("open_count")):
+                out.append((f"{rec.get('storage')}:{name}", vmid))
+        return out
 
 
 class ReplicatedStorage(Storage):
+    per_node_activation = True
+
+    def __init__(self, config: StorageConfig, node: str = "",
+                 replicas: ReplicaVolumes | None = None) -> None:
+        super().__init__(config, node or (replicas.node if replicas else ""))
+        self.replicas = replicas
+
+    def _svc(self) -> VolumeService:
+        if self.replicas is None:
+            raise StorageError("replicated storage is not available on this node (no volume "
+                               "service)")
+        return self.replicas.service
+
+    def _rep(self) -> ReplicaVolumes:
+        self._svc()
+        assert self.replicas is not None
+        return self.replicas
+
     def volname(self, volid: str) -> str:
         storage, name = split_volid(volid)
         if storage != self.id:
@@ -57,32 +279,26 @@ class ReplicatedStorage(Storage):
         return name
 
     def _peer(self) -> str:
-        from binome.storage.replica.service import VolumeFailure
-
         try:
-            return _svc().default_peer(self.config.nodes)
+            return self._svc().default_peer(self.config.nodes)
         except VolumeFailure as exc:
             raise StorageError(f"storage '{self.id}': {exc}") from None
 
     async def _records(self) -> dict[str, dict[str, Any]]:
-        from binome.storage.replica.service import VolumeFailure
-
         try:
-            return {n: r for n, r in (await _svc().all_records()).items()
+            return {n: r for n, r in (await self._svc().all_records()).items()
                     if r.get("storage") == self.id and not r.get("deleting")}
         except VolumeFailure as exc:
             raise StorageError(str(exc)) from None
 
     async def alloc(self, vmid: int, size: int, fmt: str = "raw",
                     name: str | None = None) -> str:
-        from binome.storage.replica.service import VolumeFailure
-
         if fmt != "raw":
             raise StorageError(f"unsupported format '{fmt}' on replicated storage (raw only)")
         if size <= 0:
             raise StorageError("volume size must be positive")
         size = (size + 4095) // 4096 * 4096
-        service = _svc()
+        service = self._svc()
         try:
             taken = set(await service.all_records())
         except VolumeFailure as exc:
@@ -105,20 +321,16 @@ class ReplicatedStorage(Storage):
         return f"{self.id}:{name}"
 
     async def free(self, volid: str) -> None:
-        from binome.storage.replica.service import VolumeFailure
-
         try:
-            await _svc().delete_volume(self.volname(volid))
+            await self._svc().delete_volume(self.volname(volid))
         except VolumeFailure as exc:
             raise StorageError(str(exc)) from None
 
     async def resize(self, volid: str, size: int) -> None:
         """Grow both copies (the peer must be connected); running guests keep the size
         their NBD connection negotiated until they reconnect."""
-        from binome.storage.replica.service import VolumeFailure
-
         try:
-            await _svc().resize_volume(self.volname(volid), size)
+            await self._svc().resize_volume(self.volname(volid), size)
         except VolumeFailure as exc:
             raise StorageError(str(exc)) from None
 
@@ -138,7 +350,7 @@ class ReplicatedStorage(Storage):
 
     def source(self, volid: str) -> VolumeSource:
         name = self.volname(volid)
-        service = _svc()
+        service = self._svc()
         if not service.exists_locally(name):
             raise StorageError(f"volume '{volid}' does not exist on this node")
         return VolumeSource(service.nbd_uri(name), None)
@@ -158,19 +370,53 @@ class ReplicatedStorage(Storage):
         for name, rec in sorted((await self._records()).items()):
             if vmid is not None and rec.get("vmid") != vmid:
                 continue
-            if _svc().node not in rec.get("nodes", {}):
+            if self._svc().node not in rec.get("nodes", {}):
                 continue
             out.append({"volid": f"{self.id}:{name}", "format": "raw", "content": "images",
                         "size": int(rec["size"]), "used": int(rec["size"]),
                         "ctime": int(rec.get("created", 0)), "vmid": rec.get("vmid"),
-                        "peer": next((n for n in rec["nodes"] if n != _svc().node), None)})
+                        "peer": next((n for n in rec["nodes"] if n != self._svc().node), None)})
         return out
 
     async def status(self) -> dict[str, Any]:
-        root = self.config.path or str(_svc().engine_dir)
+        root = self.config.path or str(self._svc().engine_dir)
         os.makedirs(root, exist_ok=True)
         st = os.statvfs(root)
         total = st.f_blocks * st.f_frsize
         return {"total": total, "used": total - st.f_bfree * st.f_frsize,
                 "avail": st.f_bavail * st.f_frsize, "active": 1,
                 "enabled": 0 if self.config.disable else 1}
+
+    # ------------------------------------------------------------ use by a guest here
+
+    async def volume_state(self, volid: str) -> VolumeState:
+        return await self._rep().state(self.volname(volid))
+
+    async def usable_here(self, volid: str) -> str | None:
+        name = self.volname(volid)
+        if not self._svc().exists_locally(name):
+            return f"volume {name} has no copy on {self.node}"
+        return unusable_reason(name, self.node,
+                               await self._rep().state(name, with_marks=True))
+
+    async def activate_volume(self, volid: str, *, task: Task | None = None) -> bool:
+        return await self._rep().activate(self.volname(volid), task=task)
+
+    async def deactivate_volume(self, volid: str) -> VolumeState:
+        return await self._rep().deactivate(self.volname(volid))
+
+    async def migration_blocker(self, volid: str, target: str, *, live: bool) -> str | None:
+        if self.replicas is None:
+            return "replicated storage is not available on this node"
+        return await self.replicas.migration_blocker(self.volname(volid), target, live=live)
+
+    # ------------------------------------------------------------ HA recovery
+
+    async def take_over_volume(self, volid: str, *, reason: str,
+                               task: Task | None = None) -> None:
+        await self._rep().take_over(self.volname(volid), reason=reason, task=task)
+
+    async def release_fenced_copy(self, volid: str, *, still_idle: Callable[[], bool],
+                                  timeout: float) -> str | None:
+        return await self._rep().release_fenced(self.volname(volid), still_idle=still_idle,
+                                                timeout=timeout)

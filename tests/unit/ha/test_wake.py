@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from binome.ha.daemon.wake import MIN_WAKE_GAP, WATCH_PREFIXES, Debouncer, wakes_rounds
-from binome.storage.replica import keys as vkeys
+from binome.storage.replica.node import records as vkeys
 from binome.store import keys
 from binome.store.client import LeasedEntry, WatchEvent
 

@@ -24,7 +24,7 @@ from binome.storage.replica.core.views import effective_disk_states
 from binome.storage.replica.engine.peer.transport import Completion, PeerProtocol
 from binome.storage.replica.node import records as keys
 from binome.storage.replica.node.volumes import VolumeFailure, VolumeService
-from binome.storage.replicated import ReplicatedStorage, bind
+from binome.storage.replicated import ReplicatedStorage, ReplicaVolumes
 
 BASE = {"name": "vm-100-disk-0", "role": "Primary", "peer_role": "Secondary",
         "cstate": "Connected", "disk": "UpToDate", "peer_disk": "UpToDate", "suspended": False,
@@ -166,29 +166,31 @@ class _FakeService:
         return f"nbd+unix:///{name}?socket=/s/{name}.sock"
 
 
+def _backend(service, nodes=()):
+    return ReplicatedStorage(StorageConfig("repl", "replicated", nodes=nodes), "n1",
+                             ReplicaVolumes(service) if service else None)
+
+
 def test_replicated_backend_names_sources_and_pairing():
-    st = ReplicatedStorage(StorageConfig("repl", "replicated"))
-    bind(_FakeService({"vm-100-disk-0": {}}))
-    try:
-        assert st.volname("repl:vm-100-disk-0") == "vm-100-disk-0"
-        with pytest.raises(StorageError, match="not on storage"):
-            st.volname("local:vm-100-disk-0")
-        with pytest.raises(StorageError, match="unable to parse"):
-            st.volname("repl:../x")
-        src = st.source("repl:vm-100-disk-0")
-        assert src.format is None and src.source.startswith("nbd+unix:///vm-100-disk-0?socket=")
-        with pytest.raises(StorageError, match="does not exist"):
-            st.source("repl:vm-101-disk-0")
-        assert st._peer() == "n2"
-        bind(_FakeService(others=("n2", "n3")))
-        with pytest.raises(StorageError, match="2 other nodes"):
-            st._peer()
-        paired = ReplicatedStorage(StorageConfig("repl", "replicated", nodes=("n1", "n3")))
-        assert paired._peer() == "n3"
-        with pytest.raises(VolumeFailure):
-            VolumeService.default_peer(SimpleNamespace(node="n1"), ("n2", "n3"))
-    finally:
-        bind(None)
+    st = _backend(_FakeService({"vm-100-disk-0": {}}))
+    assert st.volname("repl:vm-100-disk-0") == "vm-100-disk-0"
+    with pytest.raises(StorageError, match="not on storage"):
+        st.volname("local:vm-100-disk-0")
+    with pytest.raises(StorageError, match="unable to parse"):
+        st.volname("repl:../x")
+    src = st.source("repl:vm-100-disk-0")
+    assert src.format is None and src.source.startswith("nbd+unix:///vm-100-disk-0?socket=")
+    with pytest.raises(StorageError, match="does not exist"):
+        st.source("repl:vm-101-disk-0")
+    assert st._peer() == "n2"
+    st = _backend(_FakeService(others=("n2", "n3")))
+    with pytest.raises(StorageError, match="2 other nodes"):
+        st._peer()
+    paired = _backend(_FakeService(others=("n2", "n3")), nodes=("n1", "n3"))
+    assert paired._peer() == "n3"
+    with pytest.raises(VolumeFailure):
+        VolumeService.default_peer(SimpleNamespace(node="n1"), ("n2", "n3"))
+    st = _backend(None)
     with pytest.raises(StorageError, match="not available"):
         st.source("repl:vm-100-disk-0")
 

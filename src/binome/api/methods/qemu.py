@@ -17,7 +17,7 @@ from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
 from binome.errors import BinomeError
 from binome.guest import config as vmconf
-from binome.guest.service import GuestFailure, GuestService
+from binome.guest.guests import GuestFailure, GuestService
 from binome.ha.config import sid_of
 from binome.tasks.manager import Task
 

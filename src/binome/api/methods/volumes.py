@@ -11,10 +11,10 @@
            pause-sync, resume-sync, standalone [enable]
 
 Every state change runs as a task (a UPID); the CLI waits for it and prints
-its log. `binome volume status` prints DRBD's two views (`replica.format`):
+its log. `binome volume status` prints DRBD's two views (`replica.core.format`):
 the CLI owns that formatter (`cli/format.py`). The replication
 secret is never returned: it lives in a key of its own that no method reads
-back (`replica.keys`).
+back (`replica.node.records`).
 """
 
 from __future__ import annotations

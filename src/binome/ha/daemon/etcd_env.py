@@ -13,7 +13,9 @@ The CRM and the LRM are synchronous; etcd is async. The adapter is a
    compare-and-swap rules of `ha/env.py`: the manager status (with the
    config moves and the deletion of consumed commands, all in one
    transaction) compares the status revision read *and* the manager lock
-   key's revision and lease; an LRM status compares its own revision.
+   key's revision and lease; an LRM status compares its own revision. A
+   config move's parts come from `guest.configs.plan_move`, the one
+   definition of a move.
 
 Node liveness: each node's HA service rewrites `/binome/ha/heartbeat/<node>`
 (bound to its lease) after every successful lease renewal; the CRM takes
@@ -24,7 +26,7 @@ unless the node wrote `/binome/ha/released/<node>` for that lease first.
 
 Replicated volumes: the CRM's snapshot also holds `/binome/volumes/` (records,
 fencing marks, every node's published state); `replica_states(sid)` folds
-them with `storage.replica.service.effective_disk_states` (a copy recorded
+them with `storage.replica.core.views.effective_disk_states` (a copy recorded
 Outdated is Outdated whatever its node last said) for the volumes whose
 record names the guest's vmid.
 """
@@ -35,6 +37,7 @@ import time
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
+from binome.guest import configs
 from binome.ha.config import decode_commands, decode_groups, decode_resources, decode_settings
 from binome.ha.env import Conflict, EnvUnavailable
 from binome.ha.model import (
@@ -50,8 +53,8 @@ from binome.ha.model import (
     NodeInfo,
     ResourceConfig,
 )
-from binome.storage.replica import keys as vkeys
-from binome.storage.replica.service import effective_disk_states
+from binome.storage.replica.core.views import effective_disk_states
+from binome.storage.replica.node import records as vkeys
 from binome.store import keys
 from binome.store.client import LeasedEntry, Store, StoreUnavailable
 
@@ -247,18 +250,16 @@ class EtcdEnv:
         puts: dict[str, tuple[Any, int]] = {}
         deletes: list[str] = []
         for vmid, src, dst in self._moves:
-            owner_key = keys.vmid(vmid)
-            src_key, dst_key = keys.vm_conf(src, vmid), keys.vm_conf(dst, vmid)
-            cur = await store.get(src_key)
-            own = await store.get(owner_key)
-            if cur is None or own is None or (own.value or {}).get("node") != src:
+            # one move's parts (guest.configs); an unknown outcome of this transaction
+            # is resolved by the next round's quorum snapshot of the owners
+            try:
+                move = await configs.plan_move(store, vmid, src, dst)
+            except configs.MoveRefused:
                 errors.append(f"config of vm:{vmid} is not on {src}")
                 return
-            compare += [(src_key, "mod", cur.mod_revision), (owner_key, "mod", own.mod_revision),
-                        (dst_key, "create", 0)]
-            puts[dst_key] = (cur.value, 0)
-            puts[owner_key] = ({**own.value, "node": dst}, 0)
-            deletes.append(src_key)
+            compare += move.compare
+            puts.update(move.puts)
+            deletes += move.deletes
         if self._status_write is not None:
             status, revision, done = self._status_write
             compare.append((keys.HA_MANAGER_STATUS, "mod", revision))

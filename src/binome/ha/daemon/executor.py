@@ -26,11 +26,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from binome.guest import configs
+from binome.guest.errors import GuestFailure
 from binome.ha.daemon.etcd_env import vmid_of
 from binome.ha.model import ExitCode, LrmResult
+from binome.storage.base import StaleCopy, StorageError
 from binome.store import keys
+from binome.store.client import StoreUnavailable
 
 if TYPE_CHECKING:
     from binome.ha.daemon.service import HaService
@@ -149,7 +153,8 @@ class Executor:
             if hub.guests.runtime.is_running(vmid):
                 await hub.guests.shutdown_vm(task, vmid, STOP_TIMEOUT, force_stop=True)
             await demote_volumes(hub, task, vmid, strict=True)   # the target promotes them
-            await move_config(hub.store, vmid, hub.node, target, hub.io_timeout * 4)
+            await configs.move(hub.store, vmid, hub.node, target,
+                               timeout=hub.io_timeout * 4)
             task.log(f"config of VM {vmid} moved to {target}")
             return f"HA {cmd} of {sid} to {target} done"
 
@@ -189,8 +194,7 @@ class Executor:
         up the Primary role of volumes whose guest was recovered elsewhere."""
         if self._releasing is not None and not self._releasing.done():
             return
-        svc = self.hub.volumes
-        if svc is None or not self._release_candidates():
+        if not self.hub.storages.idle_active_copies(self._busy_vmids()):
             return   # the common case: no etcd read, no task
         now = time.monotonic()
         if now < self._release_next:
@@ -208,191 +212,97 @@ class Executor:
             busy |= set(hub.guests.runtime.running())
         return busy
 
-    def _release_candidates(self) -> list[str]:
-        svc = self.hub.volumes
-        assert svc is not None
-        busy = self._busy_vmids()
-        return [name for name, st in svc.statuses.items()
-                if _stuck_primary(st) and not st.get("open_count")
-                and isinstance((svc.records.get(name) or {}).get("vmid"), int)
-                and svc.records[name]["vmid"] not in busy]
-
-
-REFUSED_AS_PRIMARY = "but I am primary"   # the handshake's rr-conflict refusal
-
-
-def _stuck_primary(st: dict[str, Any]) -> bool:
-    """This copy is Primary, or was left StandAlone because it was Primary at a handshake
-    that made it SyncTarget (it refused the resync)."""
-    if st.get("role") == "Primary":
-        return True
-    return (st.get("cstate") == "StandAlone"
-            and REFUSED_AS_PRIMARY in str((st.get("peer") or {}).get("last_error") or ""))
-
 
 async def release_fenced_volumes(hub: HaService, busy: set[int]) -> list[str]:
-    """Demote and reconnect the copies here that the peer recorded Outdated, once their
-    guest no longer runs here; returns the volumes released.
+    """Deactivate and reconnect the copies here that the peer recorded Outdated, once
+    their guest no longer runs here; returns the volids released.
 
     This is what a self-fenced node does when it wakes up (its watchdog fired
     and killed the guests, its lease expired, the HA manager recovered them on
     the other node): without `/dev/watchdog` resetting the machine, its engine
     would stay Primary on stale data and refuse to resync ("I shall become
-    SyncTarget, but I am primary!"). The trigger is the fencing record: the
-    survivor writes this node's mark (a quorum transaction) *before* it
-    promotes, so a mark on a Primary copy whose guest is not running here means
-    the guest lives on the other node now and this copy can only be stale.
-    Then: the engine is told it is Outdated (held writes fail, as
-    `outdated-by-peer` does), Secondary, and connecting: the handshake makes it
-    SyncTarget of the survivor (whose promotion started a new generation from
-    this copy's) and the survivor clears the mark once both are UpToDate. A
-    copy whose peer never marked it (a normal stop, a migration in progress,
-    a Primary created with its volume) is never touched, and neither is one
-    whose guest runs, reboots or has an HA job here (`busy`, vmids). A split
-    brain is not resolved here: the handshake leaves both StandAlone with the
-    reason, as before.
+    SyncTarget, but I am primary!"). The trigger is the fencing record the
+    survivor wrote before it promoted (`Storage.release_fenced_copy`). A copy
+    whose peer never marked it (a normal stop, a migration in progress, a
+    Primary created with its volume) is never touched, and neither is one whose
+    guest runs, reboots or has an HA job here (`busy`, vmids). A split brain is
+    not resolved here: the handshake leaves both StandAlone with the reason, as
+    before.
     """
-    from binome.storage.replica import keys as vkeys
-    from binome.storage.replica.service import CONNECTED_STATES, VolumeFailure
-    from binome.store.client import StoreUnavailable
-
-    svc, store = hub.volumes, hub.store
     released: list[str] = []
-    if svc is None or store is None:
+    if hub.store is None:
         return released
-    for name, st in list(svc.statuses.items()):
-        rec = svc.records.get(name) or {}
-        vmid = rec.get("vmid")
-        if (not isinstance(vmid, int) or vmid in busy or rec.get("deleting")
-                or not _stuck_primary(st) or st.get("open_count")):
-            continue
+    for volid, vmid in hub.storages.idle_active_copies(busy):
+        name = volid.partition(":")[2]
+
+        def idle(vmid: int = vmid) -> bool:
+            return hub.guests is None or not hub.guests.runtime.is_running(vmid)
+
         try:
-            entry = await store.get(vkeys.fencing(name), timeout=hub.io_timeout)  # linearizable
-            mark = (((entry.value if entry else None) or {}).get("outdated") or {}).get(hub.node)
-            if mark is None:
-                continue
-            by = mark.get("by") or svc.peer_of(rec)
-            async with svc.lock(name):
-                cur = await svc.call("status", name=name)
-                if not _stuck_primary(cur) or cur.get("open_count") or (
-                        hub.guests is not None and hub.guests.runtime.is_running(vmid)):
-                    continue
-                if (cur.get("cstate") not in CONNECTED_STATES
-                        and cur.get("disk") in ("UpToDate", "Consistent")):
-                    # what the volume service's reconcile loop would do next: the
-                    # engine agrees the copy is stale before it stops being Primary
-                    await svc.call("outdated-by-peer", name=name, by=by)
-            if cur.get("role") == "Primary":
-                await svc.demote(name)
-            await svc.call("connect", name=name)
+            by = await hub.storages.release_fenced_copy(volid, still_idle=idle,
+                                                         timeout=hub.io_timeout)
         except (StoreUnavailable, TimeoutError) as exc:
             # expected while this node is cut off; the next round tries again
             log.debug("volume %s: fenced copy not released yet: %s", name, exc)
             continue
-        except (VolumeFailure, OSError) as exc:
+        except (StorageError, OSError) as exc:
             log.info("volume %s: fenced copy not released yet: %s", name, exc)
             continue
-        released.append(name)
+        if by is None:
+            continue
+        released.append(volid)
         hub.log("info", f"{hub.node}/lrm",
                 f"volume {name}: this copy was recorded Outdated by {by} and VM {vmid} does "
                 f"not run here: demoted to Secondary and reconnecting (it resyncs from {by})")
     return released
 
 
-async def _local_volumes(hub: HaService, vmid: int) -> list[tuple[str, dict[str, Any]]]:
-    """The replicated volumes of guest `vmid` with a copy on this node (name, record)."""
-    svc = hub.volumes
-    if svc is None:
-        return []
-    from binome.storage.replica.service import VolumeFailure
-
-    try:
-        records = await svc.all_records()
-    except VolumeFailure:
-        return []
-    return sorted((name, rec) for name, rec in records.items()
-                  if rec.get("vmid") == vmid and hub.node in rec.get("nodes", {})
-                  and not rec.get("deleting"))
-
-
 async def promote_volumes(hub: HaService, task: Task, sid: str, vmid: int) -> None:
-    """Make every replicated volume of the guest Primary here, or refuse the start.
+    """Activate (Primary) every replicated volume of the guest here, or refuse the start.
 
-    Only an UpToDate copy is promoted; the volume service applies quorum
-    fencing (a disconnected promotion first records the peer Outdated in etcd,
-    which needs quorum) and is never forced. A peer engine still Primary while
-    its node is offline belongs to a node the CRM proved fenced (the config was
-    moved here only after that proof, a relocation demotes first): its daemon
-    may be frozen with the engine still connected, so this node disconnects
-    from it and fences it in etcd. "Offline" is the HA view: the peer's
-    heartbeat key, bound to its lease, is gone (the lease expired, so its
-    watchdog fired); a peer whose lease lives is never disconnected.
+    Only an UpToDate copy is activated; the storage applies quorum fencing (a
+    disconnected promotion first records the peer Outdated in etcd, which
+    needs quorum) and is never forced. A peer copy still active while its node
+    is offline belongs to a node the CRM proved fenced (the config was moved
+    here only after that proof, a relocation demotes first): its daemon may be
+    frozen with the engine still connected, so this node takes the volume over
+    (`take_over_volume`: disconnects from it, fences it in etcd, promotes,
+    reconnects). "Offline" is the HA view: the peer's heartbeat key, bound to
+    its lease, is gone (the lease expired, so its watchdog fired); a peer whose
+    lease lives is never disconnected.
     """
-    from binome.guest.service import GuestFailure
-    from binome.storage.replica.service import CONNECTED_STATES, VolumeFailure
-
-    svc = hub.volumes
-    for name, rec in await _local_volumes(hub, vmid):
-        assert svc is not None
+    storages = hub.storages
+    for volid in await storages.guest_volumes(vmid):
+        name = volid.partition(":")[2]
         try:
-            st = await svc.call("status", name=name)
-            if st.get("role") == "Primary":
+            st = await storages.volume_state(volid)
+            if st.active:
                 task.log(f"volume {name}: already Primary on {hub.node}")
                 continue
-            if st.get("disk") != "UpToDate":
+            if st.disk != "UpToDate":
                 raise GuestFailure(
-                    f"volume {name}: the copy on {hub.node} is {st.get('disk')}, not UpToDate; "
+                    f"volume {name}: the copy on {hub.node} is {st.disk}, not UpToDate; "
                     f"refusing to start {sid} on stale data")
-            peer = svc.peer_of(rec)
-            if st.get("peer_role") == "Primary" and st.get("cstate") in CONNECTED_STATES:
+            peer = st.peer
+            if st.peer_active and st.connected:
                 assert hub.store is not None
+                if peer is None:
+                    raise GuestFailure(f"refusing to start {sid}: volume {name}: its peer "
+                                       f"node is unknown")
                 if await hub.store.get(keys.ha_heartbeat(peer)) is not None:   # linearizable
                     raise GuestFailure(f"volume {name}: {peer} is Primary and its lease is "
                                        f"alive; refusing to start {sid} here")
                 task.log(f"volume {name}: {peer}'s lease expired (fenced) but its engine is "
                          f"still Primary: disconnecting from it")
-                await svc.call("disconnect", name=name)
-                try:
-                    await _fence_and_promote(hub, task, sid, name, peer)
-                finally:
-                    # Back to connecting whatever happened, so the fenced peer resyncs
-                    # from us once it is Secondary (`release_fenced_volumes` on its
-                    # side) and no admin `volume connect` is needed. Safe at once: our
-                    # promotion started a new generation whose bitmap UUID is the peer's
-                    # current one, so the handshake makes the peer SyncTarget (rule 50 on
-                    # its side); while it is still Primary it refuses that ("I shall
-                    # become SyncTarget, but I am primary!") and nothing is exchanged; if
-                    # it wrote on its own meanwhile (standalone mode) the generations
-                    # diverged and the after-sb policies (disconnect) leave both StandAlone
-                    # with the reason. Not promoted (we were fenced first): we are the
-                    # Secondary, and the handshake makes *us* SyncTarget.
-                    await svc.call("connect", name=name)
-                    task.log(f"volume {name}: connecting to {peer} again (it resyncs once "
-                             f"it is Secondary)")
+                await storages.take_over_volume(
+                    volid, reason=f"HA recovery of {sid}: {peer}'s lease expired", task=task)
                 continue
-            await svc.promote(name, task=task)
+            await storages.activate_volume(volid, task=task)
             task.log(f"volume {name}: Primary on {hub.node}")
-        except VolumeFailure as exc:
+        except StaleCopy as exc:
+            raise GuestFailure(f"{exc}; refusing to start {sid}") from None
+        except StorageError as exc:
             raise GuestFailure(f"refusing to start {sid}: {exc}") from None
-
-
-async def _fence_and_promote(hub: HaService, task: Task, sid: str, name: str,
-                             peer: str) -> None:
-    """Record the (disconnected, fenced) peer Outdated ourselves, then promote."""
-    from binome.guest.service import GuestFailure
-
-    svc = hub.volumes
-    assert svc is not None
-    # the volume service's own check takes a peer whose etcd member answers for an
-    # online Primary and would refuse
-    async with svc.lock(name):
-        outcome = await svc.fence_peer(
-            name, reason=f"HA recovery of {sid}: {peer}'s lease expired")
-    if outcome != "outdated-peer":
-        raise GuestFailure(f"volume {name}: the copy on {hub.node} was recorded "
-                           f"Outdated by {peer}; refusing to start {sid}")
-    await svc.promote(name, task=task)
-    task.log(f"volume {name}: Primary on {hub.node}")
 
 
 async def demote_volumes(hub: HaService, task: Task, vmid: int, strict: bool = False) -> None:
@@ -401,38 +311,20 @@ async def demote_volumes(hub: HaService, task: Task, vmid: int, strict: bool = F
     `strict` (relocation): a volume that stays Primary fails the job, so the
     config never moves to a node whose promotion would then meet a Primary peer.
     """
-    from binome.storage.replica.service import VolumeFailure
-
-    svc = hub.volumes
-    for name, _rec in await _local_volumes(hub, vmid):
-        assert svc is not None
+    storages = hub.storages
+    loop = asyncio.get_running_loop()
+    for volid in await storages.guest_volumes(vmid):
+        name = volid.partition(":")[2]
         try:
-            st = await svc.call("status", name=name)
-            deadline = asyncio.get_running_loop().time() + 5.0
-            while st.get("open_count") and asyncio.get_running_loop().time() < deadline:
+            st = await storages.volume_state(volid)
+            deadline = loop.time() + 5.0
+            while st.in_use and loop.time() < deadline:
                 await asyncio.sleep(0.1)   # QEMU's NBD close reaches the engine after its exit
-                st = await svc.call("status", name=name)
-            if st.get("role") == "Primary":
-                await svc.demote(name)
+                st = await storages.volume_state(volid)
+            if st.active:
+                await storages.deactivate_volume(volid)
                 task.log(f"volume {name}: Secondary on {hub.node}")
-        except VolumeFailure as exc:
+        except StorageError as exc:
             if strict:
                 raise
             task.log(f"warning: volume {name} stays Primary on {hub.node}: {exc}")
-
-
-async def move_config(store, vmid: int, src: str, dst: str, timeout: float) -> None:
-    """One transaction moving the config `src` -> `dst`, conditioned on the owner."""
-    from binome.guest.service import GuestFailure
-
-    src_key, dst_key, owner_key = keys.vm_conf(src, vmid), keys.vm_conf(dst, vmid), keys.vmid(vmid)
-    cur = await store.get(src_key)
-    own = await store.get(owner_key)
-    if cur is None or own is None or (own.value or {}).get("node") != src:
-        raise GuestFailure(f"VM {vmid}: config is not on {src}")
-    rev = await store.txn([(src_key, "mod", cur.mod_revision),
-                            (owner_key, "mod", own.mod_revision), (dst_key, "create", 0)],
-                    {dst_key: (cur.value, 0), owner_key: ({**own.value, "node": dst}, 0)},
-                    [src_key], timeout)
-    if rev is None:
-        raise GuestFailure(f"VM {vmid}: config changed while moving it; not moved")

@@ -49,8 +49,8 @@ from binome.store.client import StoreUnavailable
 if TYPE_CHECKING:
     from binome.cluster.cluster import ClusterService
     from binome.config import NodeConfig
-    from binome.guest.service import GuestService
-    from binome.storage.replica.service import VolumeService
+    from binome.guest.guests import GuestService
+    from binome.storage.manager import StorageManager
     from binome.tasks.clusterlog import ClusterLog
     from binome.tasks.manager import TaskManager
 
@@ -119,12 +119,16 @@ class Fencer:
 
 class HaService:
     def __init__(self, config: NodeConfig, cluster: ClusterService,
-                 guests: GuestService | None, tasks: TaskManager,
-                 clusterlog: ClusterLog, timers: HaTimers | None = None) -> None:
+                 guests: GuestService | None, storages: StorageManager,
+                 tasks: TaskManager, clusterlog: ClusterLog,
+                 timers: HaTimers | None = None) -> None:
         self.config = config
         self.node = config.name
         self.cluster = cluster
         self.guests = guests
+        # replicated disks are activated on start, given up on stop, taken over from a
+        # fenced node and released after this node was fenced
+        self.storages = storages
         self.tasks = tasks
         self.clusterlog = clusterlog
         t = config.timers
@@ -143,8 +147,6 @@ class HaService:
                                  device=device)
         self.armed_sids: set[str] = set()
         self.rebooting_vmids: set[int] = set()
-        # the node's VolumeService (set by binomed): replicated disks are promoted on start
-        self.volumes: VolumeService | None = None
         self.executor = Executor(self)
         self.fencer = Fencer(self)
         self.crm_env = EtcdEnv(self, "crm")

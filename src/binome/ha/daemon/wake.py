@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from binome.storage.replica import keys as vkeys
+from binome.storage.replica.node import records as vkeys
 from binome.store import keys
 from binome.store.client import WatchEvent
 
@@ -22,7 +22,7 @@ from binome.store.client import WatchEvent
 WATCH_PREFIXES = (keys.HA, keys.VMIDS, vkeys.VOLUMES)
 
 # The fields of a volume's published state that the CRM folds
-# (storage.replica.service.effective_disk_states); the others (out-of-sync
+# (storage.replica.core.views.effective_disk_states); the others (out-of-sync
 # counters during a resync, open counts) change often and decide nothing.
 VOLUME_STATE_FIELDS = ("up", "disk")
 

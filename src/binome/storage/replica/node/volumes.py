@@ -8,7 +8,7 @@
   node without volumes runs none). An engine found dead is started again and
   its volumes brought back up. The daemon never stops it: the engine outlives
   the daemon, and guest I/O with it;
-- **keeps each volume's desired state in etcd** (`replica.keys`) and
+- **keeps each volume's desired state in etcd** (`replica.node.records`) and
   reconciles this node's engine to it: a record naming this node makes the
   volume exist and be up here. The node that creates a volume writes the
   record (with a per-volume secret and replication port) and its peer's

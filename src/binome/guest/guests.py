@@ -1,0 +1,208 @@
+"""`GuestService`: the guests of one node, as the API and the HA manager call them.
+
+A facade over the parts, each in its own module, sharing one `GuestContext`:
+the config repository (`configs`), the lifecycle (`lifecycle`), migration as
+source and target (`migration`), the settling of migrations a binomed restart
+interrupted (`settling`) and the status loop (`status`). The QEMU processes
+belong to the runtime and outlive the daemon: `start` re-adopts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from binome.guest.configs import VmConfig, conf_missing
+from binome.guest.context import GuestContext
+from binome.guest.errors import GuestFailure
+from binome.guest.lifecycle import Lifecycle
+from binome.guest.migration import MigrationSource, MigrationTarget
+from binome.guest.settling import MigrationSettler
+from binome.guest.status import GuestStatus
+
+if TYPE_CHECKING:
+    from binome.cluster.cluster import ClusterService
+    from binome.guest.runtime import QemuRuntime
+    from binome.guest.spec import LaunchSpec
+    from binome.storage.manager import StorageManager
+    from binome.tasks.clusterlog import ClusterLog
+    from binome.tasks.manager import Task
+
+__all__ = ["GuestFailure", "GuestService", "VmConfig", "conf_missing"]
+
+log = logging.getLogger("binome.guest")
+
+
+class GuestService:
+    def __init__(self, node: str, cluster: ClusterService, storages: StorageManager,
+                 runtime: QemuRuntime, clusterlog: ClusterLog) -> None:
+        self.ctx = ctx = GuestContext(node, cluster, storages, runtime, clusterlog)
+        self.configs = ctx.configs
+        self.lifecycle = Lifecycle(ctx)
+        self.migration = MigrationSource(ctx)
+        self.incoming = MigrationTarget(ctx, self.lifecycle)
+        self.settler = MigrationSettler(ctx)
+        self.status = GuestStatus(ctx, self.lifecycle, self.settler)
+        runtime.on_exit = self.status.on_guest_exit
+        self._loops: list[asyncio.Task] = []
+
+    @property
+    def node(self) -> str:
+        return self.ctx.node
+
+    @property
+    def cluster(self) -> ClusterService:
+        return self.ctx.cluster
+
+    @property
+    def storages(self) -> StorageManager:
+        return self.ctx.storages
+
+    @property
+    def runtime(self) -> QemuRuntime:
+        return self.ctx.runtime
+
+    @property
+    def last_status(self) -> dict[int, dict[str, Any]]:
+        return self.status.last_status
+
+    def lock(self, vmid: int) -> asyncio.Lock:
+        return self.ctx.lock(vmid)
+
+    # ------------------------------------------------------------ the service's life
+    async def start(self) -> None:
+        runtime = self.ctx.runtime
+        # guests found dead at adoption were running when the daemon went away
+        self.ctx.believed_running = {vm.vmid for vm in await self.status.safe_list()}
+        adopted = await runtime.adopt()
+        self.ctx.believed_running = set(adopted)
+        if adopted:
+            log.info("re-adopted running guests: %s", ", ".join(map(str, adopted)))
+        self._loops = [
+            asyncio.create_task(self.status.watch_loop(), name="guest-watch"),
+            asyncio.create_task(self.status.onboot_after_host_boot(), name="onboot"),
+            asyncio.create_task(self.settler.settle_at_start(), name="settle-migrations"),
+            # decide KVM vs TCG now (the probe boots a guest for a few seconds), not on
+            # the first start, which may be an HA recovery where seconds count
+            asyncio.create_task(runtime.accel(), name="accel-probe"),
+        ]
+
+    async def stop(self) -> None:
+        for loop in self._loops:
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await loop
+        self._loops = []
+        await self.ctx.runtime.close()
+
+    # ------------------------------------------------------------ configs
+    async def read(self, vmid: int, node: str | None = None, *, fresh: bool = True
+                   ) -> VmConfig:
+        """The VM's config. `fresh` (a quorum read) is required before starting a guest or
+        changing its config: a node cut off from the cluster may hold a stale copy of a
+        config that was moved away by a recovery. Stop, status and console use this node's
+        own copy (`fresh=False`) so they keep working without quorum."""
+        return await self.configs.read(vmid, node, fresh=fresh)
+
+    async def list_configs(self, node: str | None = None) -> list[VmConfig]:
+        return await self.configs.list(node)
+
+    async def owner(self, vmid: int) -> str | None:
+        return await self.configs.owner(vmid)
+
+    async def next_free_vmid(self, start: int = 100) -> int:
+        return await self.configs.next_free_vmid(start)
+
+    async def update(self, vmid: int, changes: dict[str, Any], delete: list[str],
+                     digest: str | None, *, task: Task | None = None) -> VmConfig:
+        """Apply config changes; `digest` (if given) must match the current config."""
+        return await self.lifecycle.update(vmid, changes, delete, digest, task=task)
+
+    # ------------------------------------------------------------ lifecycle
+    async def create(self, task: Task, vmid: int, settings: dict[str, Any],
+                     start: bool = False) -> None:
+        await self.lifecycle.create(task, vmid, settings, start)
+
+    async def destroy(self, task: Task, vmid: int, purge: bool = False,
+                      skiplock: bool = False) -> None:
+        await self.lifecycle.destroy(task, vmid, purge, skiplock)
+
+    async def launch_spec(self, vm: VmConfig) -> LaunchSpec:
+        return await self.lifecycle.launch_spec(vm)
+
+    async def check_startable(self, vmid: int) -> VmConfig:
+        return await self.lifecycle.check_startable(vmid)
+
+    async def start_vm(self, task: Task, vmid: int) -> None:
+        await self.lifecycle.start_vm(task, vmid)
+
+    def require_running(self, vmid: int) -> None:
+        self.lifecycle.require_running(vmid)
+
+    async def shutdown_vm(self, task: Task, vmid: int, timeout: float, force_stop: bool) -> None:
+        await self.lifecycle.shutdown_vm(task, vmid, timeout, force_stop)
+
+    async def stop_vm(self, task: Task, vmid: int, timeout: float = 10.0) -> None:
+        await self.lifecycle.stop_vm(task, vmid, timeout)
+
+    async def reboot_vm(self, task: Task, vmid: int, timeout: float) -> None:
+        await self.lifecycle.reboot_vm(task, vmid, timeout)
+
+    async def reset_vm(self, task: Task, vmid: int) -> None:
+        await self.lifecycle.reset_vm(task, vmid)
+
+    async def suspend_vm(self, task: Task, vmid: int) -> None:
+        await self.lifecycle.suspend_vm(task, vmid)
+
+    async def resume_vm(self, task: Task, vmid: int) -> None:
+        await self.lifecycle.resume_vm(task, vmid)
+
+    async def clone(self, task: Task, vmid: int, newid: int, name: str | None,
+                    target: str | None) -> None:
+        await self.lifecycle.clone(task, vmid, newid, name, target)
+
+    async def make_template(self, task: Task, vmid: int) -> None:
+        await self.lifecycle.make_template(task, vmid)
+
+    # ------------------------------------------------------------ status
+    async def current_status(self, vmid: int) -> dict[str, Any]:
+        return await self.status.current_status(vmid)
+
+    def _status_entry(self, vm: VmConfig, st: Any) -> dict[str, Any]:
+        # (kept for api/methods/qemu.py, which lists statuses itself)
+        return self.status.status_entry(vm, st)
+
+    async def cluster_vms(self) -> list[dict[str, Any]]:
+        """Every VM of the cluster with its status, for /cluster/resources."""
+        return await self.status.cluster_vms()
+
+    # ------------------------------------------------------------ migration
+    async def migrate_preconditions(self, vmid: int, target: str | None = None
+                                    ) -> dict[str, Any]:
+        return await self.migration.migrate_preconditions(vmid, target)
+
+    async def check_migratable(self, vmid: int, target: str, *, online: bool,
+                               with_local_disks: bool = False) -> VmConfig:
+        return await self.migration.check_migratable(vmid, target, online=online,
+                                                     with_local_disks=with_local_disks)
+
+    async def migrate_vm(self, task: Task, vmid: int, target: str, *, online: bool,
+                         with_local_disks: bool = False, bwlimit_kib: int | None = None
+                         ) -> None:
+        await self.migration.migrate_vm(task, vmid, target, online=online,
+                                        with_local_disks=with_local_disks,
+                                        bwlimit_kib=bwlimit_kib)
+
+    async def incoming_prepare(self, vmid: int, source: str) -> dict[str, Any]:
+        return await self.incoming.incoming_prepare(vmid, source)
+
+    async def incoming_resume(self, vmid: int, source: str) -> dict[str, Any]:
+        return await self.incoming.incoming_resume(vmid, source)
+
+    async def incoming_abort(self, vmid: int, source: str) -> dict[str, Any]:
+        return await self.incoming.incoming_abort(vmid, source)
+
+    async def incoming_promote(self, vmid: int) -> dict[str, Any]:
+        return await self.incoming.incoming_promote(vmid)

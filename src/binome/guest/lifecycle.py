@@ -1,0 +1,303 @@
+"""Guest lifecycle on this node: config changes, create, destroy, start, stop, clone, template.
+
+Every operation on a VM holds its lock (`GuestContext.lock`) and reads the
+config first: with quorum (`fresh`) before starting a guest or changing its
+config, since a node cut off from the cluster may hold a stale copy of a
+config a recovery moved away; from this node's own copy for stop, status and
+console, so they keep working without quorum. A create or clone reserves the
+vmid cluster-wide with a placeholder config (locked `create` / `clone`)
+before it allocates disks, and removes both if it fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from binome.guest import config as vmconf
+from binome.guest.configs import VmConfig
+from binome.guest.errors import GuestFailure
+from binome.guest.spec import DiskSpec, LaunchSpec, NicSpec
+from binome.storage.base import StorageError
+from binome.tasks.manager import Task, TaskFailed
+
+if TYPE_CHECKING:
+    from binome.guest.context import GuestContext
+
+
+class Lifecycle:
+    def __init__(self, ctx: GuestContext) -> None:
+        self.ctx = ctx
+
+    async def update(self, vmid: int, changes: dict[str, Any], delete: list[str],
+                     digest: str | None, *, task: Task | None = None) -> VmConfig:
+        """Apply config changes; `digest` (if given) must match the current config."""
+        async with self.ctx.lock(vmid):
+            vm = await self.ctx.read(vmid)
+            if digest and digest != vm.digest:
+                raise GuestFailure("detected modified configuration - file changed by other "
+                                   "user? Try again.")
+            if vm.config.get("lock") and "lock" not in delete:
+                raise GuestFailure(f"VM is locked ({vm.config['lock']})")
+            if vm.config.get("template") and any(vmconf.is_disk_key(k) for k in changes):
+                raise GuestFailure("you can't change disks of a template")
+            new = dict(vm.config)
+            for key in delete:
+                if key not in new:
+                    continue
+                if vmconf.is_disk_key(key) and self.ctx.runtime.is_running(vmid):
+                    raise GuestFailure(f"cannot remove disk {key} of a running VM")
+                new.pop(key)
+            allocated = []
+            try:
+                for key, value in changes.items():
+                    if vmconf.is_disk_key(key):
+                        value, vol = await self._materialize_disk(vmid, key, str(value))
+                        if vol:
+                            allocated.append(vol)
+                            if task:
+                                task.log(f"{key}: allocated {vol}")
+                    new[key] = value
+                vmconf.check_boot_devices(new)
+                return await self.ctx.configs.write(vm, new)
+            except BaseException:
+                for vol in allocated:
+                    with contextlib.suppress(Exception):
+                        await (await self.ctx.storages.for_volid(vol)).free(vol)
+                raise
+
+    async def _materialize_disk(self, vmid: int, key: str, value: str) -> tuple[str, str | None]:
+        """'local:4' -> allocate 4 GiB and return the volume's config value."""
+        disk = vmconf.parse_disk(key, value)
+        if disk.new_size_gib is None:
+            if disk.volid:
+                storage = await self.ctx.storages.for_volid(disk.volid)
+                storage.source(disk.volid)   # raises if it does not exist
+            return value, None
+        options = dict(disk.options)
+        storage_id = options.pop("_storage")
+        fmt = options.pop("format", "raw")
+        storage = await self.ctx.storages.get(storage_id)
+        size = int(disk.new_size_gib * (1 << 30))
+        volid = await storage.alloc(vmid, size, fmt)
+        options["size"] = vmconf.format_size(size)
+        return ",".join([volid, *(f"{k}={v}" for k, v in options.items())]), volid
+
+
+    async def create(self, task: Task, vmid: int, settings: dict[str, Any],
+                     start: bool = False) -> None:
+        configs = self.ctx.configs
+        if not await configs.reserve(vmid, {"lock": "create"}):
+            owner = await self.ctx.configs.owner(vmid)
+            raise TaskFailed(f"unable to create VM {vmid} - VM {vmid} already exists on node "
+                             f"'{owner}'")
+        allocated: list[str] = []
+        try:
+            config: dict[str, Any] = {}
+            for key, value in settings.items():
+                if vmconf.is_disk_key(key):
+                    value, vol = await self._materialize_disk(vmid, key, str(value))
+                    if vol:
+                        allocated.append(vol)
+                        task.log(f"{key}: allocated {vol}")
+                config[key] = value
+            config.setdefault("smbios1", f"uuid={uuid.uuid4()}")
+            if "boot" not in config:
+                order = vmconf.boot_order(config)
+                if order:
+                    config["boot"] = "order=" + ";".join(order)
+            vmconf.check_boot_devices(config)
+            vm = await self.ctx.read(vmid)
+            await self.ctx.configs.write(vm, config)
+        except BaseException as exc:
+            task.log(f"creation failed ({exc}); removing what was created")
+            for vol in allocated:
+                with contextlib.suppress(Exception):
+                    await (await self.ctx.storages.for_volid(vol)).free(vol)
+            with contextlib.suppress(Exception):
+                await configs.unreserve(vmid)
+            raise
+        task.log(f"VM {vmid} created on node {self.ctx.node}")
+        if start:
+            await self.start_vm(task, vmid)
+
+    async def destroy(self, task: Task, vmid: int, purge: bool = False,
+                      skiplock: bool = False) -> None:
+        async with self.ctx.lock(vmid):
+            vm = await self.ctx.read(vmid)
+            if self.ctx.runtime.is_running(vmid):
+                raise TaskFailed(f"VM {vmid} is running - destroy failed")
+            if vm.config.get("lock") and vm.config["lock"] != "create" and not skiplock:
+                raise TaskFailed(f"VM is locked ({vm.config['lock']})")
+            for disk in vmconf.disks(vm.config):
+                if not disk.volid or disk.is_cdrom:
+                    continue
+                if f"-{vmid}-disk-" not in disk.volid:
+                    task.log(f"{disk.key}: {disk.volid} is not owned by VM {vmid}; kept")
+                    continue
+                try:
+                    await (await self.ctx.storages.for_volid(disk.volid)).free(disk.volid)
+                    task.log(f"{disk.key}: removed {disk.volid}")
+                except StorageError as exc:
+                    task.warn(f"{disk.key}: could not remove {disk.volid}: {exc}")
+            await self.ctx.configs.remove(vm)
+            self.ctx.believed_running.discard(vmid)
+            task.log(f"VM {vmid} destroyed{' (purged)' if purge else ''}")
+
+
+    async def launch_spec(self, vm: VmConfig) -> LaunchSpec:
+        c = vm.config
+        disks = []
+        for d in vmconf.disks(c):
+            if not d.volid:
+                continue   # empty cdrom drive
+            storage = await self.ctx.storages.for_volid(d.volid)
+            src = storage.source(d.volid)
+            disks.append(DiskSpec(bus=d.bus, index=d.index, source=src.source,
+                                  format=src.format, readonly=d.is_cdrom,
+                                  cache=d.options.get("cache", "none")))
+        nics = [NicSpec(index=n.index, model=n.model, mac=n.mac, bridge=n.bridge, tag=n.tag)
+                for n in vmconf.nets(c)]
+        kernel = initrd = None
+        if c.get("kernel"):
+            kernel = (await self.ctx.storages.for_volid(c["kernel"])).source(c["kernel"]).source
+        if c.get("initrd"):
+            initrd = (await self.ctx.storages.for_volid(c["initrd"])).source(c["initrd"]).source
+        smbios = vmconf.parse_property_string(str(c.get("smbios1", "")))
+        vga = str(c.get("vga", "std")).split(",", 1)[0]
+        return LaunchSpec(vmid=vm.vmid, name=str(c.get("name", f"vm{vm.vmid}")),
+                          memory_mb=int(c.get("memory", vmconf.DEFAULTS["memory"])),
+                          cores=int(c.get("cores", 1)), sockets=int(c.get("sockets", 1)),
+                          cpu=str(c.get("cpu", "qemu64")), disks=tuple(disks), nics=tuple(nics),
+                          boot=tuple(vmconf.boot_order(c)), kernel=kernel, initrd=initrd,
+                          append=c.get("append"), vga=vga, uuid=smbios.get("uuid"))
+
+    async def check_startable(self, vmid: int) -> VmConfig:
+        vm = await self.ctx.read(vmid)
+        if vm.config.get("template"):
+            raise GuestFailure("you can't start a vm if it's a template")
+        if vm.config.get("lock"):
+            raise GuestFailure(f"VM is locked ({vm.config['lock']})")
+        if self.ctx.runtime.is_running(vmid):
+            raise GuestFailure(f"VM {vmid} already running")
+        return vm
+
+    async def start_vm(self, task: Task, vmid: int) -> None:
+        async with self.ctx.lock(vmid):
+            vm = await self.check_startable(vmid)
+            spec = await self.launch_spec(vm)
+            pid = await self.ctx.runtime.start(spec)
+            self.ctx.believed_running.add(vmid)
+            task.log(f"VM {vmid} started (pid {pid})")
+
+    def require_running(self, vmid: int) -> None:
+        if not self.ctx.runtime.is_running(vmid):
+            raise GuestFailure(f"VM {vmid} not running")
+
+    async def shutdown_vm(self, task: Task, vmid: int, timeout: float, force_stop: bool) -> None:
+        async with self.ctx.lock(vmid):
+            await self.ctx.read(vmid, fresh=False)
+            self.require_running(vmid)
+            self.ctx.believed_running.discard(vmid)
+            task.log(f"requesting shutdown of VM {vmid} (timeout {timeout:.0f}s)")
+            try:
+                await self.ctx.runtime.shutdown(vmid, timeout=timeout, force_stop=force_stop)
+            except BaseException:
+                if self.ctx.runtime.is_running(vmid):
+                    self.ctx.believed_running.add(vmid)
+                raise
+            task.log(f"VM {vmid} is stopped")
+
+    async def stop_vm(self, task: Task, vmid: int, timeout: float = 10.0) -> None:
+        async with self.ctx.lock(vmid):
+            await self.ctx.read(vmid, fresh=False)
+            self.require_running(vmid)
+            self.ctx.believed_running.discard(vmid)
+            await self.ctx.runtime.stop(vmid, timeout=timeout)
+            task.log(f"VM {vmid} stopped (hard)")
+
+    async def reboot_vm(self, task: Task, vmid: int, timeout: float) -> None:
+        await self.shutdown_vm(task, vmid, timeout, force_stop=False)
+        await self.start_vm(task, vmid)
+
+    async def reset_vm(self, task: Task, vmid: int) -> None:
+        async with self.ctx.lock(vmid):
+            await self.ctx.read(vmid)
+            self.require_running(vmid)
+            await self.ctx.runtime.reset(vmid)
+            task.log(f"VM {vmid} reset")
+
+    async def suspend_vm(self, task: Task, vmid: int) -> None:
+        async with self.ctx.lock(vmid):
+            await self.ctx.read(vmid, fresh=False)
+            self.require_running(vmid)
+            await self.ctx.runtime.suspend(vmid)
+            task.log(f"VM {vmid} paused")
+
+    async def resume_vm(self, task: Task, vmid: int) -> None:
+        async with self.ctx.lock(vmid):
+            await self.ctx.read(vmid, fresh=False)
+            self.require_running(vmid)
+            await self.ctx.runtime.resume(vmid)
+            task.log(f"VM {vmid} resumed")
+
+
+    async def clone(self, task: Task, vmid: int, newid: int, name: str | None,
+                    target: str | None) -> None:
+        if target and target != self.ctx.node:
+            raise TaskFailed("clone to another node is not supported yet; clone here, then "
+                             "migrate")
+        async with self.ctx.lock(vmid):
+            vm = await self.ctx.read(vmid)
+            if self.ctx.runtime.is_running(vmid) and not vm.config.get("template"):
+                raise TaskFailed(f"VM {vmid} is running: full clone of a running VM is not "
+                                 f"supported yet (stop it, or clone from a template)")
+            source = dict(vm.config)
+        configs = self.ctx.configs
+        if not await configs.reserve(newid, {"lock": "clone"}):
+            raise TaskFailed(f"unable to create VM {newid} - VM {newid} already exists on node "
+                             f"'{await self.ctx.configs.owner(newid)}'")
+        copied: list[str] = []
+        try:
+            new: dict[str, Any] = {}
+            for key, value in source.items():
+                if key in ("template", "lock", "smbios1"):
+                    continue
+                if vmconf.is_disk_key(key):
+                    disk = vmconf.parse_disk(key, str(value))
+                    if disk.volid and not disk.is_cdrom:
+                        storage = await self.ctx.storages.for_volid(disk.volid)
+                        volid = await storage.copy(disk.volid, newid)
+                        copied.append(volid)
+                        task.log(f"{key}: copied {disk.volid} to {volid}")
+                        value = ",".join([volid, *(f"{k}={v}" for k, v in disk.options.items())])
+                elif vmconf.is_net_key(key):
+                    nic = vmconf.parse_net(key, str(value))
+                    value = vmconf.NetEntry(nic.key, nic.index, nic.model, vmconf.random_mac(),
+                                            nic.bridge, nic.tag, nic.options).format()
+                new[key] = value
+            new["name"] = name or f"Copy-of-VM-{source.get('name', vmid)}"[:63]
+            new["smbios1"] = f"uuid={uuid.uuid4()}"
+            await self.ctx.configs.write(await self.ctx.read(newid), new)
+        except BaseException as exc:
+            task.log(f"clone failed ({exc}); removing what was created")
+            for vol in copied:
+                with contextlib.suppress(Exception):
+                    await (await self.ctx.storages.for_volid(vol)).free(vol)
+            with contextlib.suppress(Exception):
+                await configs.unreserve(newid)
+            raise
+        task.log(f"VM {vmid} cloned to VM {newid}")
+
+    async def make_template(self, task: Task, vmid: int) -> None:
+        async with self.ctx.lock(vmid):
+            vm = await self.ctx.read(vmid)
+            if self.ctx.runtime.is_running(vmid):
+                raise TaskFailed(f"VM {vmid} is running: shut it down before converting it to "
+                                 f"a template")
+            if vm.config.get("template"):
+                raise TaskFailed(f"VM {vmid} is already a template")
+            await self.ctx.configs.write(vm, {**vm.config, "template": 1})
+            task.log(f"VM {vmid} converted to a template")
+

@@ -1,0 +1,184 @@
+"""The status of this node's guests: the watch loop, status entries, the cluster-wide
+view, start at host boot, and the cluster-log line of a guest that died.
+
+Every `STATUS_PUBLISH_INTERVAL` seconds the watch loop reads the runtime
+status of the guests whose config is here, publishes them under
+``/binome/vmstatus/<node>`` (bound to the node's lease: the key owned here),
+and hands the QEMU processes of VMs owned elsewhere to the migration settler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from binome import durable
+from binome.guest import config as vmconf
+from binome.guest.configs import VmConfig
+from binome.store import keys
+from binome.store.client import StoreUnavailable
+
+if TYPE_CHECKING:
+    from binome.guest.context import GuestContext
+    from binome.guest.lifecycle import Lifecycle
+    from binome.guest.settling import MigrationSettler
+
+log = logging.getLogger("binome.guest")
+
+STATUS_PUBLISH_INTERVAL = 2.0
+
+
+class GuestStatus:
+    def __init__(self, ctx: GuestContext, lifecycle: Lifecycle,
+                 settler: MigrationSettler) -> None:
+        self.ctx = ctx
+        self.lifecycle = lifecycle
+        self.settler = settler
+        self.last_status: dict[int, dict[str, Any]] = {}
+
+    async def onboot_after_host_boot(self) -> None:
+        """Once per host boot (not per daemon restart), start the VMs marked `onboot`."""
+        marker = self.ctx.runtime.run_dir / "onboot.bootid"
+        try:
+            boot_id = open("/proc/sys/kernel/random/boot_id").read().strip()
+        except OSError:
+            return
+        if marker.exists() and marker.read_text().strip() == boot_id:
+            return
+        while not (self.ctx.cluster.is_member and self.ctx.cluster.view.quorate):  # noqa: ASYNC110
+            await asyncio.sleep(1.0)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        durable.write_text(marker, boot_id + "\n")
+        for vm in await self.ctx.configs.list():
+            if not vm.config.get("onboot") or vm.config.get("template"):
+                continue
+            if self.ctx.runtime.is_running(vm.vmid):
+                continue
+            try:
+                async with self.ctx.lock(vm.vmid):
+                    spec = await self.lifecycle.launch_spec(
+                        await self.lifecycle.check_startable(vm.vmid))
+                    await self.ctx.runtime.start(spec)
+                    self.ctx.believed_running.add(vm.vmid)
+                await self.ctx.clusterlog.write(
+                    f"VM {vm.vmid} started at boot of node {self.ctx.node}", tag="qemu")
+            except Exception as exc:
+                await self.ctx.clusterlog.write(f"VM {vm.vmid}: start at boot failed: {exc}",
+                                            tag="qemu", pri="err")
+
+
+    async def safe_list(self) -> list[VmConfig]:
+        try:
+            return await self.ctx.configs.list() if self.ctx.cluster.is_member else []
+        except StoreUnavailable:
+            return []
+
+    async def on_guest_exit(self, vmid: int, reason: str) -> None:
+        """Called by the runtime once per QEMU exit, at once (or at adoption if it died
+        while no daemon ran): an exit nobody asked for goes to the cluster log."""
+        expected = vmid not in self.ctx.believed_running
+        self.ctx.believed_running.discard(vmid)
+        if expected or "by request" in reason:
+            return
+        await self.ctx.clusterlog.write(f"VM {vmid} stopped unexpectedly on node {self.ctx.node}: "
+                                    f"{reason}", tag="qemu", pri="warning")
+
+    async def watch_loop(self) -> None:
+        while True:
+            try:
+                if self.ctx.cluster.is_member:
+                    await self._watch_once()
+            except asyncio.CancelledError:
+                raise
+            except StoreUnavailable as exc:
+                log.debug("guest watch: %s", exc)
+            except Exception:
+                log.exception("guest watch failed")
+            await asyncio.sleep(STATUS_PUBLISH_INTERVAL)
+
+    async def _watch_once(self) -> None:
+        statuses: dict[int, dict[str, Any]] = {}
+        for vm in await self.ctx.configs.list():
+            st = await self.ctx.runtime.status(vm.vmid)
+            statuses[vm.vmid] = self.status_entry(vm, st)
+            if st.status == "running":
+                self.ctx.believed_running.add(vm.vmid)
+        self.last_status = statuses
+        for vmid in sorted(set(self.ctx.runtime.running()) - set(statuses)):
+            if not self.ctx.lock(vmid).locked():    # a migration step holds it: its business
+                await self.settler.settle_copy(vmid, at_start=False)
+        lease = self.ctx.cluster.lease_id
+        if lease is not None and self.ctx.cluster.store is not None:
+            with contextlib.suppress(StoreUnavailable):
+                await self.ctx.cluster.store.put(keys.VM_STATUS + self.ctx.node,
+                                             {str(k): v for k, v in statuses.items()},
+                                             lease=lease)
+
+    def status_entry(self, vm: VmConfig, st) -> dict[str, Any]:
+        c = vm.config
+        entry = {"vmid": vm.vmid, "name": c.get("name", f"VM {vm.vmid}"),
+                 "status": st.status, "uptime": st.uptime, "cpu": st.cpu, "mem": st.mem,
+                 "maxmem": int(c.get("memory", vmconf.DEFAULTS["memory"])) * 1024 * 1024,
+                 "cpus": int(c.get("cores", 1)) * int(c.get("sockets", 1)),
+                 "maxdisk": self._maxdisk(c), "disk": 0, "netin": st.netin,
+                 "netout": st.netout, "diskread": st.diskread, "diskwrite": st.diskwrite,
+                 "template": int(c.get("template", 0) or 0)}
+        if st.pid:
+            entry["pid"] = st.pid
+        if st.qmpstatus:
+            entry["qmpstatus"] = st.qmpstatus
+        if c.get("lock"):
+            entry["lock"] = c["lock"]
+        if c.get("tags"):
+            entry["tags"] = c["tags"]
+        return entry
+
+    @staticmethod
+    def _maxdisk(config: dict[str, Any]) -> int:
+        total = 0
+        for d in vmconf.disks(config):
+            if not d.is_cdrom and d.size:
+                total += d.size
+        return total
+
+
+    async def current_status(self, vmid: int) -> dict[str, Any]:
+        vm = await self.ctx.read(vmid, fresh=False)
+        st = await self.ctx.runtime.status(vmid)
+        entry = self.status_entry(vm, st)
+        entry["ha"] = {"managed": 0}
+        entry["agent"] = 0
+        return entry
+
+
+    async def cluster_vms(self) -> list[dict[str, Any]]:
+        """Every VM of the cluster with its status, for /cluster/resources."""
+        if self.ctx.cluster.store is None:
+            return []
+        statuses: dict[str, dict[str, Any]] = {}
+        for entry in await self.ctx.cluster.store.get_prefix(keys.VM_STATUS,
+                                                             serializable=True):
+            statuses[entry.key[len(keys.VM_STATUS):]] = entry.value
+        out = []
+        for node, vmid, c in await self.ctx.configs.list_all():
+            if node == self.ctx.node and vmid in self.last_status:
+                st = dict(self.last_status[vmid])
+            else:
+                st = dict(statuses.get(node, {}).get(str(vmid)) or {})
+            item = {"id": f"qemu/{vmid}", "type": "qemu", "vmid": vmid, "node": node,
+                    "name": c.get("name", f"VM {vmid}"), "status": st.get("status", "unknown"),
+                    "template": int(c.get("template", 0) or 0),
+                    "maxcpu": int(c.get("cores", 1)) * int(c.get("sockets", 1)),
+                    "maxmem": int(c.get("memory", vmconf.DEFAULTS["memory"])) * 1024 * 1024,
+                    "maxdisk": self._maxdisk(c), "disk": 0}
+            for k in ("cpu", "mem", "uptime", "netin", "netout", "diskread", "diskwrite"):
+                item[k] = st.get(k, 0)
+            if c.get("tags"):
+                item["tags"] = c["tags"]
+            if c.get("lock"):
+                item["lock"] = c["lock"]
+            out.append(item)
+        return sorted(out, key=lambda x: x["vmid"])
+
