@@ -305,7 +305,7 @@ class PropertyString:
 
     def format(self, values: Mapping[str, Any]) -> str:
         """`values` as a property string (the default key first, bare)."""
-        parts = []
+        parts: list[str] = []
         for key, value in values.items():
             text = ("1" if value else "0") if isinstance(value, bool) else str(value)
             parts.append(text if key == self.default_key and not parts else f"{key}={text}")
@@ -322,7 +322,7 @@ class PropertyString:
 
     def typetext(self) -> str:
         """The `--help` text, PVE's style: ``[model=]<virtio|e1000> [,bridge=<string>]``."""
-        parts = []
+        parts: list[str] = []
         for key, p in self.keys.items():
             kind = f"<{'|'.join(p.enum)}>" if p.enum else f"<{p.type}>"
             text = f"[{key}=]{kind}" if key == self.default_key else f"{key}={kind}"

@@ -72,7 +72,7 @@ def split_userid(userid: str, param: str = "userid") -> tuple[str, str]:
 def split_tokenid(tokenid: str, param: str = "tokenid") -> tuple[str, str]:
     """`user@realm!token` -> (userid, token name)."""
     m = TOKENID_RE.match(tokenid)
-    _need(bool(m) and len(m["user"]) <= 64, param, "invalid format")
+    _need(m is not None and len(m["user"]) <= 64, param, "invalid format")
     assert m is not None
     return m["user"], m["token"]
 

@@ -324,7 +324,7 @@ def update_realm(cfg: AccessConfig, realm_id: str, changes: dict[str, Any],
                                          if realm_id in ("pam", "pve") else None)
     if realm is None:
         raise AccessError(f"domain '{realm_id}' does not exist")
-    top = {k: changes[k] for k in ("comment", "default", "tfa") if k in changes}
+    top: dict[str, Any] = {k: changes[k] for k in ("comment", "default", "tfa") if k in changes}
     options = dict(realm.options)
     options.update({k: v for k, v in changes.items()
                     if k not in ("comment", "default", "tfa", "password")})

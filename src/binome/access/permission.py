@@ -137,7 +137,8 @@ def check(decl: Decl, ev: Evaluator, authid: str, params: Mapping[str, Any]) -> 
         return target == user and target in ev.config.users
     if isinstance(decl, UseridRealm):
         target = params.get(decl.param)
-        return bool(target) and ev.check(authid, f"/access/realm/{split_userid(target)[1]}",
+        return isinstance(target, str) and bool(target) and ev.check(
+            authid, f"/access/realm/{split_userid(target)[1]}",
                                          [decl.priv])
     if isinstance(decl, UseridGroup):
         groups = params.get("groups")

@@ -171,8 +171,8 @@ def encode(cfg: AccessConfig) -> dict[str, Any]:
                                  "options": dict(r.options)}
         if r.bind_password is not None:
             out[REALM_SECRETS + r.realm] = {"bind_password": r.bind_password}
-    for t in cfg.tfa.values():
-        out[TFA + t.userid] = _tfa_doc(t)
+    for tfa in cfg.tfa.values():
+        out[TFA + tfa.userid] = _tfa_doc(tfa)
     return out
 
 

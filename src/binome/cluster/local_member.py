@@ -43,7 +43,14 @@ class LocalMember:
 
     @property
     def cluster_name(self) -> str | None:
-        return self.membership.cluster_name if self.is_member else None
+        return self.membership.cluster_name if self.membership is not None and self.is_member \
+            else None
+
+    def member_record(self) -> Membership:
+        """The membership record of a node that has one (callers checked `is_member`)."""
+        if self.membership is None:
+            raise TaskFailed("this node is not a cluster member")
+        return self.membership
 
     def member_spec(self) -> MemberSpec:
         t = self.config.timers

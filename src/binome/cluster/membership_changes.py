@@ -331,9 +331,9 @@ class MembershipChanges:
             await self.clusterlog.write(f"admitting {role} {name} ({cluster_address}) as etcd "
                                         f"learner {member.id:x}", tag="cluster", user=user)
             return {
-                "cluster_name": self.local.membership.cluster_name, "ca_cert": ca["cert"],
+                "cluster_name": self.local.member_record().cluster_name, "ca_cert": ca["cert"],
                 "cert": pki.cert_pem(cert).decode(), "initial_cluster": initial,
-                "token": self.local.membership.token, "member_id": member.id, "nodeid": nodeid,
+                "token": self.local.member_record().token, "member_id": member.id, "nodeid": nodeid,
                 "peer_client_urls": [u for m in all_members if not m.is_learner
                                      for u in m.client_urls],
             }
@@ -426,8 +426,9 @@ class MembershipChanges:
                     await store.put(entry.key, {**rec, "state": "evicted"})
             await store.update(keys.CLUSTER, lambda doc: {**doc, "expected_override": override},
                                bump_config=True)
-            self.local.membership.member_id = me["member_id"]
-            self.local.membership.save(self.config.membership_path)
+            record = self.local.member_record()
+            record.member_id = me["member_id"]
+            record.save(self.config.membership_path)
             self.monitor.start_loops()
             await self.clusterlog.write(
                 f"EXPECTED VOTES OVERRIDE: expected votes set to {votes} on node "
