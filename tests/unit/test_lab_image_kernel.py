@@ -6,7 +6,7 @@ import gzip
 import lzma
 import struct
 
-from binome.lab.image import _bzimage_payload, _has_pvh_entry, _pvh_kernel
+from binome.lab.kernel_files import bzimage_payload, has_pvh_entry, pvh_kernel
 
 
 def _elf(with_pvh_note: bool) -> bytes:
@@ -38,16 +38,16 @@ def _bzimage(payload: bytes, setup_sects: int = 4) -> bytes:
 
 def test_gzip_and_xz_payloads_unpack_to_the_pvh_elf() -> None:
     elf = _elf(with_pvh_note=True)
-    assert _has_pvh_entry(elf)
+    assert has_pvh_entry(elf)
     for compressed in (gzip.compress(elf), lzma.compress(elf, format=lzma.FORMAT_XZ)):
         image = _bzimage(compressed)
-        assert _bzimage_payload(image)[: len(compressed)] == compressed
-        assert _pvh_kernel(image) == elf
+        assert bzimage_payload(image)[: len(compressed)] == compressed
+        assert pvh_kernel(image) == elf
 
 
 def test_no_pvh_note_truncated_or_unknown_payload_keeps_the_bzimage() -> None:
-    assert _pvh_kernel(_bzimage(gzip.compress(_elf(with_pvh_note=False)))) is None
+    assert pvh_kernel(_bzimage(gzip.compress(_elf(with_pvh_note=False)))) is None
     elf = _elf(with_pvh_note=True)
-    assert not _has_pvh_entry(elf[:-10])  # PT_LOAD runs past the end: truncated
-    assert _pvh_kernel(_bzimage(b"not compressed at all")) is None
-    assert _pvh_kernel(b"MZ" + b"\0" * 600) is None  # no setup header
+    assert not has_pvh_entry(elf[:-10])  # PT_LOAD runs past the end: truncated
+    assert pvh_kernel(_bzimage(b"not compressed at all")) is None
+    assert pvh_kernel(b"MZ" + b"\0" * 600) is None  # no setup header
