@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from binome.lab import topology
+from binome.lab import processes, topology
 from binome.lab.topology import (
     DEFAULT_NETWORKS,
     IFNAME_MAX,
@@ -327,8 +327,8 @@ def test_partition_one_way_drops_only_that_direction(firewall: Firewall) -> None
 @needs_root
 def test_terminate_escalates_and_kill_takes_the_whole_tree(lab: Lab) -> None:
     stubborn = lab.host("n1").spawn(["sh", "-c", "trap '' TERM; sleep 300 & sleep 300 & wait"])
-    wait_for(lambda: len(topology._group_members(stubborn.pgid)) == 3, "sh and two sleeps")
-    members = topology._group_members(stubborn.pgid)
+    wait_for(lambda: len(processes.group_members(stubborn.pgid)) == 3, "sh and two sleeps")
+    members = processes.group_members(stubborn.pgid)
     t0 = time.monotonic()
     stubborn.terminate(timeout=0.5)
     assert time.monotonic() - t0 < 5
@@ -336,8 +336,8 @@ def test_terminate_escalates_and_kill_takes_the_whole_tree(lab: Lab) -> None:
     wait_for(lambda: all(process_gone(p) for p in members), "the group to be reaped")
 
     node = lab.host("n2").spawn(["sh", "-c", "sleep 300 & sleep 300 & wait"])
-    wait_for(lambda: len(topology._group_members(node.pgid)) == 3, "sh and two sleeps")
-    members = topology._group_members(node.pgid)
+    wait_for(lambda: len(processes.group_members(node.pgid)) == 3, "sh and two sleeps")
+    members = processes.group_members(node.pgid)
     node.kill()  # power off
     assert not node.alive()
     assert node.returncode == -9

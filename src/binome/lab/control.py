@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from binome import durable
-from binome.lab.topology import STATE_DIR, _start_time
+from binome.lab.processes import start_time as _start_time
+from binome.lab.topology import STATE_DIR
 
 SUFFIX = ".demo"
 NETWORKS = ("cluster", "replication", "vmlan")   # what `cut --network all` cuts

@@ -33,13 +33,14 @@ import shlex
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from binome import durable
+from binome.lab import processes
+from binome.lab.processes import LabError, LabProcess
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,6 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 Firewall = Literal["auto", "iptables", "nft"]
-
-
-class LabError(RuntimeError):
-    """A lab operation failed (the message carries the failing command and its stderr)."""
 
 
 @dataclass(frozen=True)
@@ -144,117 +141,9 @@ def _disable_ipv6_root(ifname: str) -> None:
         Path(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6").write_text("1")
 
 
-def _start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (to detect pid reuse)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group, found through /proc."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            members.append(int(entry.name))
-    return members
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, sig)
-
-
 def _netns_pids(netns: str) -> list[int]:
     proc = _run(["ip", "netns", "pids", netns], check=False)
     return [int(p) for p in proc.stdout.split()] if proc.returncode == 0 else []
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
-# --- processes -------------------------------------------------------------------------
-
-
-class LabProcess:
-    """A process tree started inside a host: its own session, so one process group.
-
-    Signals go to the whole group (the "node's process tree"), never by name.
-    """
-
-    def __init__(
-        self, popen: subprocess.Popen[bytes], argv: Sequence[str], netns: str,
-        log_path: Path | None,
-    ) -> None:
-        self._popen = popen
-        self.pid = popen.pid
-        self.pgid = popen.pid  # start_new_session: the leader's pid is the group id
-        self.argv = list(argv)
-        self.netns = netns
-        self.log_path = log_path
-        self.start_time = _start_time(self.pid)
-        self._gone = False
-
-    def __repr__(self) -> str:
-        return f"LabProcess(pid={self.pid}, netns={self.netns!r}, argv={self.argv!r})"
-
-    @property
-    def returncode(self) -> int | None:
-        """The group leader's exit status (None while it runs)."""
-        return self._popen.poll()
-
-    def alive(self) -> bool:
-        """Whether any process of the group still runs (zombies do not count)."""
-        if self._gone:
-            return False
-        self._popen.poll()  # reap the leader if it exited
-        if _group_members(self.pgid):
-            return True
-        self._gone = True  # remembered, so a later reuse of the pgid cannot fool us
-        return False
-
-    def signal(self, sig: int) -> None:
-        """Send a signal to the whole group (SIGSTOP/SIGCONT for pause drills)."""
-        if self.alive():
-            _killpg(self.pgid, sig)
-
-    def terminate(self, timeout: float = 10.0) -> None:
-        """SIGTERM the group, wait up to ``timeout``, then SIGKILL what is left."""
-        if not self.alive():
-            return
-        _killpg(self.pgid, signal.SIGTERM)
-        _killpg(self.pgid, signal.SIGCONT)  # a stopped process must run to see SIGTERM
-        if not self._wait_gone(timeout):
-            self.kill()
-
-    def kill(self) -> None:
-        """SIGKILL the whole group at once ("power off") and wait until it is gone."""
-        if not self.alive():
-            return
-        _killpg(self.pgid, signal.SIGKILL)
-        if not self._wait_gone(5.0):
-            raise LabError(f"{self!r}: group {self.pgid} survived SIGKILL")
-
-    def _wait_gone(self, timeout: float) -> bool:
-        return _wait_until(lambda: not self.alive(), timeout)
-
-
-# --- hosts -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -467,9 +356,9 @@ class Lab:
         """
         procs = [p for h in self.hosts.values() for p in h.processes if p.alive()]
         for proc in procs:
-            _killpg(proc.pgid, signal.SIGTERM)
-            _killpg(proc.pgid, signal.SIGCONT)
-        _wait_until(lambda: not any(p.alive() for p in procs), timeout)
+            processes.killpg(proc.pgid, signal.SIGTERM)
+            processes.killpg(proc.pgid, signal.SIGCONT)
+        processes.wait_until(lambda: not any(p.alive() for p in procs), timeout)
         errors: list[str] = []
         for proc in procs:
             try:
@@ -505,7 +394,7 @@ class Lab:
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         state = {
             "lab_id": self.lab_id,
-            "owner": {"pid": os.getpid(), "start_time": _start_time(os.getpid())},
+            "owner": {"pid": os.getpid(), "start_time": processes.start_time(os.getpid())},
             "namespaces": [], "bridges": [], "veths": [], "processes": [],
         }
         try:
@@ -702,8 +591,8 @@ def _teardown(state: Mapping[str, Any]) -> list[str]:
     # Spawned groups whose leader is provably ours (same start time: no pid reuse).
     for rec in state.get("processes", []):
         started = rec.get("start_time")
-        if started is not None and _start_time(rec["pid"]) == started:
-            _killpg(rec["pgid"], signal.SIGKILL)
+        if started is not None and processes.start_time(rec["pid"]) == started:
+            processes.killpg(rec["pgid"], signal.SIGKILL)
     # Anything else still running inside our namespaces (escaped its group, or exec'd
     # there by hand) would keep the namespace and its veths alive: kill it by pid.
     live = [ns for ns in namespaces if _netns_exists(ns)]
@@ -711,7 +600,7 @@ def _teardown(state: Mapping[str, Any]) -> list[str]:
         for pid in _netns_pids(ns):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-    if not _wait_until(lambda: not any(_netns_pids(ns) for ns in live), 5.0):
+    if not processes.wait_until(lambda: not any(_netns_pids(ns) for ns in live), 5.0):
         errors.append(f"processes survive in {[ns for ns in live if _netns_pids(ns)]}")
 
     for ns in live:
@@ -730,7 +619,7 @@ def _teardown(state: Mapping[str, Any]) -> list[str]:
 
 def _owner_alive(owner: Mapping[str, Any]) -> bool:
     pid, started = owner.get("pid"), owner.get("start_time")
-    return isinstance(pid, int) and started is not None and _start_time(pid) == started
+    return isinstance(pid, int) and started is not None and processes.start_time(pid) == started
 
 
 def cleanup_stale(lab_id: str | None = None) -> list[str]:
