@@ -20,7 +20,7 @@ one lab host, i.e. one network namespace and every process inside it:
 
 The BMC runs outside the node's namespace (in the root namespace or a namespace of
 its own on a management network), so powering the node off does not kill the BMC.
-Killing the BMC process (by pid, see :meth:`BmcProcess.kill`) is the seeds' case 3:
+Killing the BMC process (by pid, see :meth:`BmcProcess.kill`) is incident 3 (docs/incidents.md):
 the node lost power and its BMC with it, so nothing answers on the IPMI port.
 
 Secrets: the password is read from a file (mode 0600, refused otherwise), never from

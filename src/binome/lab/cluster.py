@@ -194,7 +194,7 @@ class LabCluster:
         return bmc
 
     def kill_bmc(self, node: str) -> None:
-        """The BMC stops answering (the seeds' case 3: it lost power with its node)."""
+        """The BMC stops answering (docs/incidents.md, 3: lost power with its node)."""
         bmc = self.bmcs.pop(node, None)
         if bmc is not None:
             bmc.kill()
