@@ -432,7 +432,7 @@ class Engine:
         """The out-of-sync bits as runs (first bit, count), for status tools and tests."""
         vol = self._up(name)
         assert vol.bitmap is not None
-        runs = []
+        runs: list[list[int]] = []
         for run in vol.bitmap.runs():
             if len(runs) >= max_runs:
                 break

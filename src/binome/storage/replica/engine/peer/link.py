@@ -65,6 +65,7 @@ import logging
 import os
 import time
 import zlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -82,7 +83,8 @@ from binome.storage.replica.core.splitbrain import AfterSb, parse_policy
 from binome.storage.replica.core.states import ConnState, DiskState, Role
 from binome.storage.replica.core.uuids import GenerationIds, Side, UuidFlags
 from binome.storage.replica.core.wire import P
-from binome.storage.replica.engine.peer.transport import Completion, PeerProtocol
+from binome.storage.replica.engine.completion import Completion, Pending
+from binome.storage.replica.engine.peer.transport import PeerProtocol
 
 if TYPE_CHECKING:
     from binome.storage.replica.engine.volume.volume import Volume
@@ -459,7 +461,7 @@ class PeerLink:
         self._send(wire.json_packet(P.STATE, {"role": s.role.name, "disk": s.disk.name,
                                               "paused": self.vol.user_paused, **extra}))
 
-    def _on_uuids(self, payload: bytes) -> None:
+    def _on_uuids(self, payload: bytes | memoryview) -> None:
         d = wire.parse_json(payload)
         try:
             self.peer_gi = GenerationIds.from_list([int(x) for x in d["gi"]])
@@ -732,7 +734,7 @@ class PeerLink:
                     await asyncio.sleep(delay)
             return nbits
 
-    def _on_rs_request(self, payload: bytes) -> None:
+    def _on_rs_request(self, payload: memoryview) -> None:
         vol = self.vol
         assert vol.disk is not None
         offset, length = wire.RS_REQUEST.unpack(payload)
@@ -759,7 +761,7 @@ class PeerLink:
                 raise ConnectionError("not connected")
             self._proto.send_big(b"", buf)      # a fresh buffer each time: no copy needed
 
-    def _on_csum_rs_request(self, payload: bytes) -> None:
+    def _on_csum_rs_request(self, payload: memoryview) -> None:
         """SyncSource, checksum-based: send back only the blocks whose digests differ."""
         vol = self.vol
         assert vol.disk is not None
@@ -777,6 +779,7 @@ class PeerLink:
             raise wire.WireError(f"bad P_CSUM_RS_REQUEST: {e}") from None
         n = (length + block - 1) // block
         view = memoryview(data)
+        body: bytes | memoryview
         if len(diff) == n:
             body = view                          # everything differs: no copy of the pieces
         else:
@@ -795,7 +798,7 @@ class PeerLink:
             rs.equal += length - sent
             rs.moved(length)
 
-    def _on_rs_csum_reply(self, payload: bytes) -> None:
+    def _on_rs_csum_reply(self, payload: memoryview) -> None:
         """SyncTarget: write the differing blocks; the equal ones are in sync as they are."""
         vol = self.vol
         assert vol.disk is not None and vol.bitmap is not None
@@ -826,7 +829,7 @@ class PeerLink:
         if self.resync is not None:
             self.resync.equal += length - written
 
-    def _on_rs_reply(self, payload: bytes) -> None:
+    def _on_rs_reply(self, payload: memoryview) -> None:
         vol = self.vol
         assert vol.disk is not None and vol.bitmap is not None
         (offset,) = wire.RS_REPLY_HDR.unpack_from(payload)
@@ -851,7 +854,7 @@ class PeerLink:
             rs.inflight_bytes -= length
             self._rs_slot.set()
 
-    def _on_rs_ack(self, payload: bytes) -> None:
+    def _on_rs_ack(self, payload: memoryview) -> None:
         vol = self.vol
         assert vol.bitmap is not None
         offset, length = wire.RS_ACK.unpack(payload)
@@ -1011,7 +1014,7 @@ class PeerLink:
         self._send_state(verify="done")
         self._end_verify(stopped=False)
 
-    def _on_ov_request(self, payload: bytes) -> None:
+    def _on_ov_request(self, payload: memoryview) -> None:
         """VerifyT: compare the peer's digests with our copy; mark and report what differs."""
         vol = self.vol
         assert vol.disk is not None
@@ -1042,7 +1045,7 @@ class PeerLink:
             rs.done_bits += n
             rs.moved(length)
 
-    def _on_ov_reply(self, payload: bytes) -> None:
+    def _on_ov_reply(self, payload: memoryview) -> None:
         offset, length = wire.OV_REPLY.unpack_from(payload)
         block = self.cfg.bm_block_size
         n = (length + block - 1) // block
@@ -1185,20 +1188,20 @@ class PeerLink:
         self._epoch_writes = 0
         return fut
 
-    def _on_ack(self, payload: bytes) -> None:
+    def _on_ack(self, payload: memoryview) -> None:
         (seq,) = wire.ACK.unpack(payload)
         fut = self._acks.pop(seq, None)
         if fut is not None and not fut.done():
             fut.set_result(None)
 
-    def _on_neg_ack(self, payload: bytes) -> None:
+    def _on_neg_ack(self, payload: memoryview) -> None:
         (seq,) = wire.ACK.unpack(payload)
         entry = self._tl.get(seq)
         if entry is not None:
             self.vol.mark_out_of_sync(entry[0], entry[1])
         self._on_ack(payload)
 
-    def _on_barrier_ack(self, payload: bytes) -> None:
+    def _on_barrier_ack(self, payload: memoryview) -> None:
         epoch, _count = wire.BARRIER_ACK.unpack(payload)
         for seq in [s for s, (_, _, e) in self._tl.items() if e <= epoch]:
             del self._tl[seq]
@@ -1290,7 +1293,7 @@ class PeerLink:
                 vol.disk.write(o, data[o - offset:o - offset + n])
                 vol.counters.dw += n
 
-    def _on_barrier(self, payload: bytes) -> None:
+    def _on_barrier(self, payload: memoryview) -> None:
         (epoch,) = wire.BARRIER.unpack(payload)
 
         async def flush_then_ack() -> None:
@@ -1311,7 +1314,7 @@ class PeerLink:
         """Replication: packets are handled inline as they arrive (`link.PeerProtocol`)."""
         proto = self._proto
         assert proto is not None
-        sync_handlers = {
+        sync_handlers: dict[P, Callable[[memoryview], None]] = {
             P.DATA: self._on_data,
             P.WRITE_ACK: self._on_ack, P.RECV_ACK: self._on_ack, P.NEG_ACK: self._on_neg_ack,
             P.BARRIER_ACK: self._on_barrier_ack, P.BARRIER: self._on_barrier,
@@ -1324,8 +1327,9 @@ class PeerLink:
             P.DATA_REQUEST: self._on_data_request, P.DATA_REPLY: self._on_data_reply,
         }
         # These change states and metadata: the packets after them wait until they are done.
-        async_handlers = {P.BITMAP: self._on_bitmap, P.SYNC_UUID: self._on_sync_uuid,
-                          P.STATE: self._on_state_change}
+        async_handlers: dict[P, Callable[[bytes], Awaitable[None]]] = {
+            P.BITMAP: self._on_bitmap, P.SYNC_UUID: self._on_sync_uuid,
+            P.STATE: self._on_state_change}
 
         def dispatch(cmd: P, payload: memoryview) -> Any:
             fn = sync_handlers.get(cmd)
@@ -1362,7 +1366,7 @@ class PeerLink:
         self._send(wire.packet(P.DATA_REQUEST, wire.DATA_REQUEST.pack(rid, offset, len(view))))
         return fut
 
-    def _on_data_request(self, payload: bytes) -> None:
+    def _on_data_request(self, payload: memoryview) -> None:
         vol = self.vol
         rid, offset, length = wire.DATA_REQUEST.unpack(payload)
         if offset + length > vol.size:
@@ -1390,7 +1394,7 @@ class PeerLink:
             vol.counters.ns += length
             vol.counters.dr += length
 
-    def _on_data_reply(self, payload: bytes) -> None:
+    def _on_data_reply(self, payload: memoryview) -> None:
         rid, err = wire.DATA_REPLY_HDR.unpack_from(payload)
         entry = self._reads.pop(rid, None)
         if entry is None:
@@ -1415,7 +1419,7 @@ class PeerLink:
                 fut.set_exception(OSError(errno.EIO, f"volume {self.vol.name}: the link to the "
                                                      f"peer serving reads was lost"))
 
-    def _on_out_of_sync(self, payload: bytes) -> None:
+    def _on_out_of_sync(self, payload: memoryview) -> None:
         offset, length = wire.RS_ACK.unpack(payload)
         self.vol.mark_out_of_sync(offset, length)
 
@@ -1556,7 +1560,7 @@ class PeerLink:
         self._tl.clear()
         # The local part of these writes succeeded: DRBD completes them successfully.
         # Under quorum fencing they wait for the peer to be back or fenced instead.
-        waiting = [f for f in self._acks.values() if not f.done()]
+        waiting: list[Pending] = [f for f in self._acks.values() if not f.done()]
         waiting += [f for futs in self._barriers.values() for f in futs if not f.done()]
         self._acks.clear()
         self._barriers.clear()

@@ -67,6 +67,7 @@ from binome.storage.replica.core.states import ConnState, DiskState, Fencing, Me
 from binome.storage.replica.core.uuids import GenerationIds
 from binome.storage.replica.core.wire import DP_DISCARD, DP_FUA, DP_ZERO_KEEP
 from binome.storage.replica.engine import handlers
+from binome.storage.replica.engine.completion import Pending
 from binome.storage.replica.engine.config_file import save_config
 from binome.storage.replica.engine.disk import LocalDisk
 from binome.storage.replica.engine.meta import MetaError, MetaFile, Superblock
@@ -111,7 +112,7 @@ def _rand64() -> int:
     return secrets.randbits(64)
 
 
-def _both(a: asyncio.Future | None, b: asyncio.Future | None) -> asyncio.Future | None:
+def _both(a: Pending | None, b: Pending | None) -> Pending | None:
     """A future done when both parts are (either may be absent)."""
     if a is None:
         return b
@@ -153,7 +154,7 @@ class Volume:
         # `_resumed` and the completions of writes the link lost wait in `_held`.
         self._resumed = asyncio.Event()
         self._resumed.set()
-        self._held: list[asyncio.Future] = []
+        self._held: list[Pending] = []
         self.deferred_generation = False   # new current UUID once the peer is fenced
         self.fenced_by: str | None = None  # who recorded the peer Outdated (for status)
         self.user_paused = False           # pause-sync
@@ -236,7 +237,7 @@ class Volume:
         task.add_done_callback(self._helpers.discard)
         return task
 
-    def hold_completions(self, futures: list[asyncio.Future]) -> None:
+    def hold_completions(self, futures: list[Pending]) -> None:
         """Complete `futures` (writes whose mirroring the link lost) once I/O may resume.
 
         While suspended they wait: the peer may lack these writes, so they are not
@@ -270,7 +271,7 @@ class Volume:
         if self.bitmap is not None and length > 0:
             self._mark(offset, length)
 
-    def disk_flush(self) -> asyncio.Future:
+    def disk_flush(self) -> Pending:
         """fdatasync for the link (barriers, FUA and resync ends on this side).
 
         A failure detaches the disk (`local_io_error`) and then counts as done:
@@ -280,8 +281,9 @@ class Volume:
         assert self.disk is not None
         fut = self._local_flush()
         if fut is None:
-            fut = asyncio.get_running_loop().create_future()
-            fut.set_result(None)
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
         return fut
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -815,7 +817,7 @@ class Volume:
                                      f"{self.state.disk}" + (f" (outdated by {self.fenced_by})"
                                                              if self.fenced_by else ""))
 
-    async def _after_resume(self, fn: Callable[..., asyncio.Future | None],
+    async def _after_resume(self, fn: Callable[..., Pending | None],
                             *args: Any) -> None:
         """Run an I/O call once writes may resume (quorum fencing), then wait for it."""
         while self.state.susp and not self._closing:
@@ -824,7 +826,7 @@ class Volume:
         if pending is not None:
             await pending
 
-    def read_into(self, offset: int, view: memoryview) -> asyncio.Future | None:
+    def read_into(self, offset: int, view: memoryview) -> Pending | None:
         self._check_io()
         if self._diskless_io:
             return self._read_remote(offset, view)
@@ -838,7 +840,7 @@ class Volume:
         self.counters.dr += len(view)
         return None
 
-    def write(self, offset: int, data: memoryview, fua: bool) -> asyncio.Future | None:
+    def write(self, offset: int, data: memoryview, fua: bool) -> Pending | None:
         self._check_io()
         if self.state.susp:
             # The data must outlive this call: the receive buffer will be reused.
@@ -860,7 +862,7 @@ class Volume:
         return _both(self._local_flush() if fua else None, remote)
 
     def _submit(self, offset: int, data: memoryview | bytes | None, length: int,
-                flags: int) -> asyncio.Future | None:
+                flags: int) -> Pending | None:
         """Mark or mirror, then apply locally (data None: discard per flags)."""
         assert self.disk is not None
         if self._diskless_io:
@@ -912,11 +914,11 @@ class Volume:
         if both is not None:
             await both
 
-    def trim(self, offset: int, length: int, fua: bool) -> asyncio.Future | None:
+    def trim(self, offset: int, length: int, fua: bool) -> Pending | None:
         return self.write_zeroes(offset, length, fua, no_hole=False, fast=False)
 
     def write_zeroes(self, offset: int, length: int, fua: bool, no_hole: bool,
-                     fast: bool) -> asyncio.Future | None:
+                     fast: bool) -> Pending | None:
         self._check_io()
         if length == 0:
             return None
@@ -977,7 +979,7 @@ class Volume:
         if both is not None:
             await both
 
-    def flush(self) -> asyncio.Future:
+    def flush(self) -> Pending | None:
         self._check_io()
         if self.state.susp:
             return self._spawn(self._after_resume(self.flush))
@@ -1084,14 +1086,14 @@ class Volume:
         if self.link is not None and self.state.conn >= ConnState.Connected:
             self.link.state_changed(renegotiate=True)
 
-    def _read_remote(self, offset: int, view: memoryview) -> asyncio.Future:
+    def _read_remote(self, offset: int, view: memoryview) -> Pending:
         if not self._peer_serves():
             raise OSError(errno.EIO, f"volume {self.name}: no local disk and no UpToDate peer")
         assert self.link is not None
         return self.link.read_remote(offset, view)
 
     def _write_remote_only(self, offset: int, data: memoryview | bytes | None, length: int,
-                           flags: int) -> asyncio.Future | None:
+                           flags: int) -> Pending | None:
         """Diskless: the write (or discard) goes to the peer only."""
         if not self._peer_serves():
             raise OSError(errno.EIO, f"volume {self.name}: no local disk and no UpToDate peer")
@@ -1101,7 +1103,7 @@ class Volume:
             raise OSError(errno.EIO, f"volume {self.name}: the link to the peer was lost")
         return done
 
-    def _local_flush(self) -> asyncio.Future | None:
+    def _local_flush(self) -> Pending | None:
         """fdatasync of the backing store; a failure detaches it (the peer has the data)."""
         if self._diskless_io or self.disk is None:
             return None
