@@ -964,7 +964,7 @@ class Volume:
                     self.link.send_out_of_sync(offset, length)
             if self.config.allow_two_primaries:
                 # Two primaries: the local part and the P_DATA must not be separated by a
-                # peer write to the same range (peer.PeerLink._unsuperseded's premise).
+                # peer write to the same range (peer.replication.unsuperseded's premise).
                 self.disk.discard(offset, length, keep_allocated=bool(flags & DP_ZERO_KEEP),
                                   fast=False)
             else:
