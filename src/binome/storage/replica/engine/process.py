@@ -46,7 +46,8 @@ from binome.storage.replica.core.config import ConfigError, VolumeConfig, parse_
 from binome.storage.replica.core.states import StateError
 from binome.storage.replica.engine.config_file import load_config, save_config
 from binome.storage.replica.engine.control import ControlError, ControlServer, Stream
-from binome.storage.replica.engine.volume.volume import Volume, VolumeError
+from binome.storage.replica.engine.volume.errors import VolumeError
+from binome.storage.replica.engine.volume.volume import Volume
 
 log = logging.getLogger("binome.replica.engine")
 
