@@ -53,7 +53,7 @@ async def fence_loop(svc: VolumeService, name: str) -> None:
 async def fence_peer(svc: VolumeService, name: str, *, reason: str) -> str:
     """Record the peer's copy Outdated in etcd (needs quorum), then tell the engine.
 
-    Returns "outdated-peer", or "outdated-svc" when the peer fenced this node
+    Returns "outdated-peer", or "outdated-self" when the peer fenced this node
     first (the engine then fails the suspended writes). Raises FenceFailed
     without quorum. The caller holds the volume's lock.
     """
@@ -71,7 +71,7 @@ async def fence_peer(svc: VolumeService, name: str, *, reason: str) -> str:
                 await svc.clusterlog.write(
                     f"volume {name}: the copy on {svc.node} was outdated by {by}; its "
                     f"suspended writes failed", tag="volume", pri="warning")
-                return "outdated-svc"
+                return "outdated-self"
             if peer not in marks:
                 marks[peer] = {"by": svc.node, "time": int(time.time()), "reason": reason}
                 if not await svc.record_store.swap_fencing_marks(name, marks, revision):

@@ -56,7 +56,7 @@ async def promote_locked(svc: VolumeService, name: str, *, force: bool,
                 raise VolumeFailure(f"volume {name}: {peer} is Primary (and online); "
                                     f"demote it first")
             outcome = await fencing.fence_peer(svc, name, reason=f"promotion of {svc.node}")
-            if outcome == "outdated-svc":
+            if outcome == "outdated-self":
                 raise VolumeFailure(f"volume {name}: the copy on {svc.node} was "
                                     f"recorded Outdated by {peer}")
             say(f"volume {name}: {peer}'s copy recorded Outdated before the promotion")

@@ -152,7 +152,7 @@ async def decide_now(link: PeerLink) -> None:
     peer = Side(link.peer_gi, link.peer_role == Role.Primary,
                 bool(link.peer_flags & UuidFlags.CRASHED_PRIMARY))
     log.info("%s: drbd_sync_handshake:", vol.name)
-    log.info("%s: link %s bits:%d flags:0", vol.name, me.gi, vol.bitmap.weight)
+    log.info("%s: self %s bits:%d flags:0", vol.name, me.gi, vol.bitmap.weight)
     log.info("%s: peer %s bits:%d flags:%X", vol.name, peer.gi, link.peer_bits,
              int(link.peer_flags))
     out = sync_handshake(HandshakeInput(
