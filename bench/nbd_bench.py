@@ -47,7 +47,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from binome.storage.replica import control, supervisor  # noqa: E402
+from binome.storage.replica.engine import control  # noqa: E402
+from binome.storage.replica.node import supervisor  # noqa: E402
 
 JOBS = {
     "seq": {"title": "1 MiB seq write qd8", "rw": "write", "bs": "1M", "iodepth": 8},

@@ -100,7 +100,7 @@ class NbdClient:
     async def option(self, option: int, data: bytes = b"") -> list[tuple[int, bytes]]:
         """Send an option; return its replies up to the final ACK; raise on an error reply."""
         self.send_option(option, data)
-        replies = []
+        replies: list[tuple[int, bytes]] = []
         while True:
             opt, reply, payload = await self.read_option_reply()
             if opt != option:

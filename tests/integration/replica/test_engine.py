@@ -90,7 +90,7 @@ def test_engine_outlives_its_starter_and_is_readopted(fresh_engine):
     fresh_engine.handle.process.wait(timeout=30)
     starter = (
         "import asyncio, pathlib, sys\n"
-        "from binome.storage.replica import supervisor\n"
+        "from binome.storage.replica.node import supervisor\n"
         "h = asyncio.run(supervisor.ensure_engine(pathlib.Path(sys.argv[1])))\n"
         "print(h.pid, h.adopted)\n")
     out = subprocess.run([sys.executable, "-c", starter, str(state)], capture_output=True,

@@ -144,7 +144,7 @@ def test_config_validates_algorithms_and_controller_settings():
 
 
 def test_subtract_ranges_for_concurrent_dual_primary_writes():
-    from binome.storage.replica.engine.peer.link import subtract_ranges
+    from binome.storage.replica.engine.peer.replication import subtract_ranges
 
     assert subtract_ranges(0, 100, []) == [(0, 100)]
     assert subtract_ranges(0, 100, [(0, 100)]) == []

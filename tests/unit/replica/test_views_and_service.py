@@ -21,9 +21,11 @@ from binome.storage.replica.core.states import (
     needs_fencing,
 )
 from binome.storage.replica.core.views import effective_disk_states
-from binome.storage.replica.engine.peer.transport import Completion, PeerProtocol
+from binome.storage.replica.engine.completion import Completion
+from binome.storage.replica.engine.peer.transport import PeerProtocol
 from binome.storage.replica.node import records as keys
-from binome.storage.replica.node.volumes import VolumeFailure, VolumeService
+from binome.storage.replica.node.errors import VolumeFailure
+from binome.storage.replica.node.volumes import VolumeService
 from binome.storage.replicated import ReplicatedStorage, ReplicaVolumes
 
 BASE = {"name": "vm-100-disk-0", "role": "Primary", "peer_role": "Secondary",

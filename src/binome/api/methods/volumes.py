@@ -34,7 +34,8 @@ from binome.api.schema import Param
 from binome.storage.replica.core.csum import ALGORITHMS
 from binome.storage.replica.core.events import EventTranslator, end_of_snapshot
 from binome.storage.replica.core.views import record_settings
-from binome.storage.replica.node.volumes import SettingRefused, VolumeFailure, VolumeService
+from binome.storage.replica.node.errors import SettingRefused, VolumeFailure
+from binome.storage.replica.node.volumes import VolumeService
 from binome.store.client import StoreUnavailable
 from binome.tasks.manager import Task
 

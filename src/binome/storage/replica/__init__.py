@@ -16,17 +16,21 @@ docs/replicated-volumes.md:
 - `engine`: the engine process, one per node (`python -m binome.storage.replica`
   runs `engine.main`): `process` (one process serving many volumes, its
   commands), `control` (the JSON-lines control socket, server and client),
-  `volume.volume` (one volume: disk + metadata + state + write path),
-  `peer.link` (the link to the peer engine: handshake, replication, resync,
-  verify), `peer.transport` (the peer connection's bytes), `nbd_server` (the
-  NBD export), `disk` (the backing file), `meta` (the on-disk metadata),
+  `volume.volume` (one volume: state, lifecycle, metadata) with `volume.io_path`
+  (the export and write path), `volume.faults` (fencing, local I/O errors),
+  `volume.admin` (invalidate, resize, adjust, verify) and `volume.report`
+  (status), `volume.errors`; `peer.link` (the link to the peer engine:
+  connection, dispatch, loss) with `peer.session` (handshake, P_STATE),
+  `peer.replication`, `peer.resync`, `peer.verify` and `peer.common`;
+  `peer.transport` (the peer connection's bytes), `completion` (what I/O
+  waits on), `nbd_server` (the NBD export), `disk` (the backing file), `meta`
+  (the on-disk metadata),
   `handlers` (running handler commands), `config_file` (volume.json);
 - `node`: binomed's side: `volumes` (`VolumeService`: engine supervision,
   reconciliation, quorum fencing), `records` (the volume records' etcd keys,
   reads and compare-and-swap writes), `supervisor` (start or re-adopt the
   engine), `errors`.
 
-`service` and `keys` at this level are transitional aliases (node.volumes,
-node.records) for modules not yet re-pointed. The NBD client used by tests
+The NBD client used by tests
 and the benchmark is `binome.lab.nbd_client`, off the production path.
 """

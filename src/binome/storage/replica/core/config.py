@@ -201,7 +201,7 @@ class VolumeConfig:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_dict(cls, data: dict) -> VolumeConfig:
+    def from_dict(cls, data: dict[str, Any]) -> VolumeConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:

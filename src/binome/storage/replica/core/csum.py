@@ -19,12 +19,15 @@ from collections.abc import Callable
 _HASHLIB = ("md5", "sha1", "sha256", "sha512", "blake2b", "blake2s", "sha3_256")
 ALGORITHMS = ("crc32", *_HASHLIB)
 
+# What the digest functions read: the engine hands them its read buffers as they are.
+BytesLike = bytes | bytearray | memoryview
 
-def _crc32(data: bytes | memoryview) -> bytes:
+
+def _crc32(data: BytesLike) -> bytes:
     return zlib.crc32(data).to_bytes(4, "big")
 
 
-def digest_fn(alg: str) -> tuple[Callable[[bytes | memoryview], bytes], int]:
+def digest_fn(alg: str) -> tuple[Callable[[BytesLike], bytes], int]:
     """(function of one block, digest size) for `alg`; ValueError if unknown."""
     if alg == "crc32":
         return _crc32, 4
@@ -35,15 +38,15 @@ def digest_fn(alg: str) -> tuple[Callable[[bytes | memoryview], bytes], int]:
     return (lambda data: ctor(data).digest()), size
 
 
-def block_digests(alg: str, data: bytes | memoryview, block: int) -> bytes:
+def block_digests(alg: str, data: BytesLike, block: int) -> bytes:
     """The digests of every `block`-byte block of `data` (the last may be short), joined."""
     fn, _ = digest_fn(alg)
     view = memoryview(data)
     return b"".join(fn(view[i:i + block]) for i in range(0, len(view), block))
 
 
-def differing_blocks(alg: str, data: bytes | memoryview, block: int,
-                     digests: bytes | memoryview) -> list[int]:
+def differing_blocks(alg: str, data: BytesLike, block: int,
+                     digests: BytesLike) -> list[int]:
     """Indexes of the blocks of `data` whose digest differs from the one in `digests`."""
     fn, size = digest_fn(alg)
     view = memoryview(data)
@@ -63,7 +66,7 @@ def mask_of(indexes: list[int], n: int) -> bytes:
     return bytes(out)
 
 
-def mask_indexes(mask: bytes | memoryview, n: int) -> list[int]:
+def mask_indexes(mask: BytesLike, n: int) -> list[int]:
     m = bytes(mask)
     if len(m) < (n + 7) // 8:
         raise ValueError("mask too short")

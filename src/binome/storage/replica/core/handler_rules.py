@@ -62,7 +62,7 @@ def handler_env(*, volume: str, backing: str, meta: str, conf: str, node: str = 
     return env
 
 
-def validate(handlers: dict, timeout: float) -> None:
+def validate(handlers: object, timeout: object) -> None:
     """Raise ValueError for an unknown handler name, a non-string command or a bad timeout."""
     if not isinstance(handlers, dict):
         raise ValueError("handlers must be an object {handler: command}")

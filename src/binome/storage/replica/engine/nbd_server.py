@@ -29,9 +29,10 @@ import os
 import socket
 import struct
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from binome.storage.replica.core import nbd_protocol as p
+from binome.storage.replica.engine.completion import Pending
 
 log = logging.getLogger("binome.replica.nbd")
 
@@ -51,7 +52,7 @@ _SIMPLE_MAGIC = p.SIMPLE_REPLY_MAGIC
 _STRUCT_MAGIC = p.STRUCTURED_REPLY_MAGIC
 _READ_HDR = p.READ_CHUNK_HEADER_SIZE
 
-Pending = asyncio.Future | None  # what an export returns: None = done now, else a future
+Reply = Pending | None  # what an export returns: None = done now, else a future
 
 
 class Export(Protocol):
@@ -65,12 +66,12 @@ class Export(Protocol):
         """Why a client may not use the export now (None: it may)."""
     def opened(self) -> None: ...
     def closed(self) -> None: ...
-    def read_into(self, offset: int, view: memoryview) -> Pending: ...
-    def write(self, offset: int, data: memoryview, fua: bool) -> Pending: ...
-    def trim(self, offset: int, length: int, fua: bool) -> Pending: ...
+    def read_into(self, offset: int, view: memoryview) -> Reply: ...
+    def write(self, offset: int, data: memoryview, fua: bool) -> Reply: ...
+    def trim(self, offset: int, length: int, fua: bool) -> Reply: ...
     def write_zeroes(self, offset: int, length: int, fua: bool, no_hole: bool,
-                     fast: bool) -> Pending: ...
-    def flush(self) -> Pending: ...
+                     fast: bool) -> Reply: ...
+    def flush(self) -> Reply: ...
     def block_status(self, offset: int, length: int) -> list[tuple[int, int]]: ...
 
 
@@ -177,12 +178,13 @@ class NbdConnection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not an isinstance check: uvloop's transports do not subclass asyncio's.
-        self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
+        t = cast(asyncio.Transport, transport)
+        self.transport = t
+        sock = t.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.connections.add(self)
-        transport.write(struct.pack(">QQH", p.NBDMAGIC, p.IHAVEOPT,
+        t.write(struct.pack(">QQH", p.NBDMAGIC, p.IHAVEOPT,
                                     p.FLAG_FIXED_NEWSTYLE | p.FLAG_NO_ZEROES))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -501,7 +503,7 @@ class NbdConnection(asyncio.BufferedProtocol):
     def _simple(self, cookie: int, error: int) -> None:
         self._out.append(p.simple_reply(cookie, error))
 
-    def _run(self, cookie: int, fn: Callable[..., Pending], *args: object) -> None:
+    def _run(self, cookie: int, fn: Callable[..., Reply], *args: object) -> None:
         """Run an export call whose answer is a bare status; reply now or on completion."""
         self._inflight += 1
         try:
@@ -514,17 +516,17 @@ class NbdConnection(asyncio.BufferedProtocol):
         else:
             self._wait(cookie, pending)
 
-    def _write_direct(self, d: _Direct) -> Pending:
+    def _write_direct(self, d: _Direct) -> Reply:
         if d.offset + d.length > self._size:
             raise OSError(errno.ENOSPC, "write beyond the end of the export")
         assert self.export is not None
         return self.export.write(d.offset, d.view, bool(d.flags & p.CMD_FLAG_FUA))
 
-    def _wait(self, cookie: int, pending: asyncio.Future) -> None:
+    def _wait(self, cookie: int, pending: Pending) -> None:
         pending.add_done_callback(lambda f: self._completed(cookie, f))
         self._update_reading()
 
-    def _completed(self, cookie: int, fut: asyncio.Future) -> None:
+    def _completed(self, cookie: int, fut: Pending) -> None:
         if fut.cancelled():
             err = p.NBD_ESHUTDOWN
         else:
@@ -572,7 +574,7 @@ class NbdConnection(asyncio.BufferedProtocol):
             self._send(buf)
             return
 
-        def finished(fut: asyncio.Future) -> None:
+        def finished(fut: Pending) -> None:
             self._inflight -= 1
             exc = None if fut.cancelled() else fut.exception()
             if fut.cancelled() or exc is not None:

@@ -46,7 +46,8 @@ from binome.storage.replica.core.config import ConfigError, VolumeConfig, parse_
 from binome.storage.replica.core.states import StateError
 from binome.storage.replica.engine.config_file import load_config, save_config
 from binome.storage.replica.engine.control import ControlError, ControlServer, Stream
-from binome.storage.replica.engine.volume.volume import Volume, VolumeError
+from binome.storage.replica.engine.volume.errors import VolumeError
+from binome.storage.replica.engine.volume.volume import Volume
 
 log = logging.getLogger("binome.replica.engine")
 
@@ -432,7 +433,7 @@ class Engine:
         """The out-of-sync bits as runs (first bit, count), for status tools and tests."""
         vol = self._up(name)
         assert vol.bitmap is not None
-        runs = []
+        runs: list[list[int]] = []
         for run in vol.bitmap.runs():
             if len(runs) >= max_runs:
                 break

@@ -17,7 +17,7 @@ a scheduled flush: two more loop iterations per write on the primary. Here:
   `transport.write` (the secondary's acks of a batch: one send), and
   `on_batch_end` lets the volume flush the NBD replies the acks completed in
   the same loop iteration;
-- `Completion` is the acknowledgement a mirrored write waits for: its
+- `completion.Completion` is the acknowledgement a mirrored write waits for: its
   callbacks run at once when the ack is handled, not one loop iteration later
   as an asyncio future's would.
 
@@ -32,8 +32,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Generator
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from binome.storage.replica.core import wire
 from binome.storage.replica.core.wire import P
@@ -45,70 +44,6 @@ PAUSE_ABOVE = RX_SIZE // 2      # unprocessed bytes above which reading pauses (
 _HDR = wire.HEADER.size
 
 Dispatch = Callable[[P, memoryview], "Awaitable[None] | None"]
-
-
-class Completion:
-    """A future-like acknowledgement whose done-callbacks run synchronously.
-
-    It quacks like the part of `asyncio.Future` its users touch
-    (`add_done_callback`, `done`, `cancelled`, `exception`, `result`,
-    `set_result`, `set_exception`) and can be awaited.
-    """
-
-    __slots__ = ("_callbacks", "_done", "_exc")
-
-    def __init__(self) -> None:
-        self._callbacks: list[Callable[[Completion], Any]] = []
-        self._done = False
-        self._exc: BaseException | None = None
-
-    def done(self) -> bool:
-        return self._done
-
-    def cancelled(self) -> bool:
-        return False
-
-    def exception(self) -> BaseException | None:
-        return self._exc
-
-    def result(self) -> None:
-        if self._exc is not None:
-            raise self._exc
-
-    def add_done_callback(self, fn: Callable[[Completion], Any]) -> None:
-        if self._done:
-            fn(self)
-        else:
-            self._callbacks.append(fn)
-
-    def set_result(self, _value: Any = None) -> None:
-        self._finish(None)
-
-    def set_exception(self, exc: BaseException) -> None:
-        self._finish(exc)
-
-    def _finish(self, exc: BaseException | None) -> None:
-        if self._done:
-            return
-        self._done, self._exc = True, exc
-        callbacks, self._callbacks = self._callbacks, []
-        for fn in callbacks:
-            try:
-                fn(self)
-            except Exception:
-                log.exception("completion callback failed")
-
-    def __await__(self) -> Generator[Any, None, None]:
-        if not self._done:
-            fut = asyncio.get_running_loop().create_future()
-
-            def wake(c: Completion) -> None:
-                if not fut.done():
-                    fut.set_exception(c._exc) if c._exc else fut.set_result(None)
-            self.add_done_callback(wake)
-            yield from fut.__await__()
-        if self._exc is not None:
-            raise self._exc
 
 
 class PeerProtocol(asyncio.BufferedProtocol):

@@ -1,0 +1,142 @@
+"""The daemon's view of its engine's events: following them, publishing the volumes' states.
+
+Follows the engine's event stream (`watch_events`, reconnecting), turns each
+event into what `VolumeService` acts on (a suspended Primary starts quorum
+fencing; a finished verify is logged to the cluster log) and publishes each
+volume's state under `/binome/volumes/<vol>/state/<node>`, bursts coalesced.
+Functions of the `VolumeService` whose engine they follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from binome.storage.replica.engine import control
+from binome.storage.replica.node import fencing, supervisor
+from binome.storage.replica.node.errors import VolumeFailure
+from binome.store.client import StoreUnavailable
+
+if TYPE_CHECKING:
+    from binome.storage.replica.node.volumes import VolumeService
+
+log = logging.getLogger("binome.volumes")
+
+PUBLISH_COALESCE = 0.2
+PUBLISHED = ("role", "peer_role", "cstate", "disk", "peer_disk", "suspended", "gi",
+             "fenced_by", "fencing", "out_of_sync_kib", "crashed_primary", "open_count",
+             "verify")
+
+
+async def watch_events(svc: VolumeService, h: supervisor.EngineHandle) -> None:
+    """Follow the engine's state changes; notice when the engine goes away."""
+    client: control.ControlClient | None = None
+    try:
+        client = await control.ControlClient.connect(h.control)
+        async for event in client.stream("events"):
+            on_event(svc, event)
+    except (OSError, ConnectionError, ValueError, control.ControlError) as exc:
+        log.debug("engine event stream: %s", exc)
+    finally:
+        if client is not None:
+            await client.close()
+    if await supervisor.ping(h.control) is None:
+        log.warning("volume engine (pid %d) is gone", h.pid)
+        if h.process is not None:
+            h.process.poll()           # reap it if it was our child
+        if svc.handle is h:
+            svc.handle = None
+            svc.statuses.clear()
+    if svc._watcher is asyncio.current_task():
+        svc._watcher = None
+    svc._wake.set()                  # the reconcile loop restarts it when needed
+
+
+async def engine_events(svc: VolumeService) -> AsyncIterator[dict[str, Any]]:
+    """The engine's event stream for one subscriber (the API's volume events).
+
+    No engine is started for it: on a node without volumes (no engine) this
+    raises VolumeFailure. The stream ends when the engine goes away.
+    """
+    h = svc.handle
+    if h is None or await supervisor.ping(h.control) is None:
+        raise VolumeFailure("no volume engine runs on this node (it has no volumes)")
+    client = await control.ControlClient.connect(h.control)
+    try:
+        async for event in client.stream("events"):
+            yield event
+    except (OSError, ConnectionError, ValueError, control.ControlError) as exc:
+        log.debug("engine event stream (API subscriber): %s", exc)
+    finally:
+        await client.close()
+
+
+def on_event(svc: VolumeService, event: dict[str, Any]) -> None:
+    name = event.get("name")
+    if not isinstance(name, str):
+        return
+    if event.get("event") == "down":
+        svc.statuses.pop(name, None)
+        queue_publish(svc, name, {"up": False, "cstate": "Unconfigured"})
+        return
+    st = event.get("status")
+    if not isinstance(st, dict):
+        return
+    svc.statuses[name] = st
+    queue_publish(svc, name, {"up": True, **{k: st.get(k) for k in PUBLISHED}})
+    ver = st.get("verify")
+    if (event.get("event") == "change" and isinstance(ver, dict)
+            and ver.get("role") == "VerifyS" and st.get("cstate") != "VerifyS"
+            and svc._verify_logged.get(name) != ver.get("time")):
+        # An online verify started here ended: its outcome goes to the cluster log.
+        svc._verify_logged[name] = ver.get("time")
+        task = asyncio.ensure_future(log_verify(svc, name, ver))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    if st.get("fence") == "needed":
+        fencing.start_fencing(svc, name)
+
+
+async def log_verify(svc: VolumeService, name: str, ver: dict[str, Any]) -> None:
+    found = int(ver.get("found_blocks") or 0)
+    what = "stopped" if ver.get("stopped") else "lost its peer" if ver.get("lost") \
+        else "finished"
+    msg = (f"volume {name}: online verify on {svc.node} {what} after "
+           f"{ver.get('verified_kib')} KiB: {found} blocks out of sync"
+           + (f" ({found * int(ver.get('block_size') or 4096) // 1024} KiB, first ranges "
+              f"{ver.get('ranges', [])[:5]}); disconnect/connect resyncs them"
+              if found else ""))
+    log.log(logging.WARNING if found else logging.INFO, "%s", msg)
+    with contextlib.suppress(Exception):
+        await svc.clusterlog.write(msg, tag="volume", pri="warning" if found else "info")
+
+
+def queue_publish(svc: VolumeService, name: str, view: dict[str, Any]) -> None:
+    if svc._published.get(name) == view:
+        return
+    svc._dirty[name] = view
+    svc._publish_wake.set()
+
+
+async def publish_loop(svc: VolumeService) -> None:
+    while True:
+        await svc._publish_wake.wait()
+        svc._publish_wake.clear()
+        await asyncio.sleep(PUBLISH_COALESCE)      # coalesce bursts of state changes
+        if svc.cluster.store is None or not svc.cluster.is_member:
+            svc._dirty.clear()
+            continue
+        pending, svc._dirty = svc._dirty, {}
+        for name, view in pending.items():
+            try:
+                await svc.record_store.publish_state(
+                    name, svc.node, {**view, "node": svc.node, "time": int(time.time())})
+                svc._published[name] = view
+            except (StoreUnavailable, VolumeFailure):   # (VolumeFailure: left the cluster)
+                svc._dirty.setdefault(name, view)
+        if svc._dirty:
+            await asyncio.sleep(fencing.FENCE_RETRY)
+            svc._publish_wake.set()
