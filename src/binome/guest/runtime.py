@@ -842,9 +842,10 @@ class QemuRuntime:
     async def _events(self, g: _Guest, client: QMPClient) -> None:
         async for event in client.events:
             name = event.get("event")
+            data = event.get("data")
             if name == "SHUTDOWN":
-                g.qmp_reason = (event.get("data") or {}).get("reason")
-            log.debug("VM %s: QMP event %s %s", g.vmid, name, event.get("data"))
+                g.qmp_reason = data.get("reason") if isinstance(data, dict) else None
+            log.debug("VM %s: QMP event %s %s", g.vmid, name, data)
 
     async def _disconnect(self, g: _Guest) -> None:
         task, client = g.event_task, g.qmp
