@@ -55,12 +55,12 @@ def _disk_keys() -> list[str]:
 
 def is_disk_key(key: str) -> bool:
     m = re.fullmatch(r"(virtio|scsi|ide|sata)(0|[1-9]\d*)", key)
-    return bool(m) and int(m.group(2)) < DISK_BUSES[m.group(1)]
+    return m is not None and int(m.group(2)) < DISK_BUSES[m.group(1)]
 
 
 def is_net_key(key: str) -> bool:
     m = re.fullmatch(r"net(0|[1-9]\d*)", key)
-    return bool(m) and int(m.group(1)) < MAX_NETS
+    return m is not None and int(m.group(1)) < MAX_NETS
 
 
 _ON_OFF = Param(type="boolean", optional=True)

@@ -26,6 +26,7 @@ One policy for every move:
 from __future__ import annotations
 
 import asyncio
+import builtins
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -200,7 +201,7 @@ class VmConfigs:
                                 vmconf.digest(text), entry.mod_revision))
         return sorted(out, key=lambda v: v.vmid)
 
-    async def list_all(self) -> list[tuple[str, int, dict[str, Any]]]:
+    async def list_all(self) -> builtins.list[tuple[str, int, dict[str, Any]]]:
         """(node, vmid, config) of every VM of the cluster; local read."""
         out = []
         for entry in await self.store.get_prefix(keys.CONFIG_NODES, serializable=True):

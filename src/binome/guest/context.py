@@ -55,6 +55,12 @@ class GuestContext:
                    ) -> VmConfig:
         return await self.configs.read(vmid, node, fresh=fresh)
 
+    async def until_quorate(self, poll: float) -> None:
+        """Return once this node is a member of a quorate cluster (checked every `poll`
+        seconds): what the jobs that read configs at start wait for."""
+        while not (self.cluster.is_member and self.cluster.view.quorate):  # noqa: ASYNC110
+            await asyncio.sleep(poll)
+
     def migration_nodes(self) -> list[str]:
         """The other nodes that can host guests (not witnesses), sorted."""
         return sorted(n for n, rec in self.cluster.node_records.items()

@@ -10,7 +10,6 @@ belong to the runtime and outlive the daemon: `start` re-adopts them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ from binome.guest.lifecycle import Lifecycle
 from binome.guest.migration import MigrationSource, MigrationTarget
 from binome.guest.settling import MigrationSettler
 from binome.guest.status import GuestStatus
+from binome.loops import stop_tasks
 
 if TYPE_CHECKING:
     from binome.cluster.cluster import ClusterService
@@ -90,10 +90,7 @@ class GuestService:
         ]
 
     async def stop(self) -> None:
-        for loop in self._loops:
-            loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await loop
+        await stop_tasks(self._loops)
         self._loops = []
         await self.ctx.runtime.close()
 

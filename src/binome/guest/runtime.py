@@ -1,4 +1,4 @@
-"""The guest runtime of one node: QEMU processes, their QMP control, adoption and stats.
+"""The guest runtime of one node: QEMU processes, their supervision, adoption and stats.
 
 Owns the lifecycle of guest processes below the API: start (taps, the
 detached QEMU, readiness), graceful shutdown (ACPI over QMP), hard stop,
@@ -23,14 +23,16 @@ Design (details in the modules named):
 * Exit watching: a pidfd per QEMU in the event loop, so an exit is seen at
   once whether or not QMP is connected; the exit is then "finalized" exactly
   once (reason, taps, files, ``on_exit`` callback).
-* One persistent QMP connection per guest, reconnected on demand; QEMU's
-  SHUTDOWN events on it refine the exit reason.
+* One persistent QMP connection per guest (``qmp.QmpChannel``), reconnected
+  on demand; QEMU's SHUTDOWN events on it refine the exit reason. The guest
+  record itself (``running.RunningGuest``) is what ``<vmid>.json`` holds.
 * Stats come from /proc (cpu, RSS, uptime), QMP ``query-blockstats`` (disk
   bytes) and the taps' counters (network bytes).
 * Live migration, QEMU's side only: the target is started paused and
   incoming (``start(incoming=True)``, ``listen_incoming``), the source sends
   its state (``migrate_out``: capabilities, parameters, ``migrate``, polling
-  ``query-migrate``), the target waits for it (``wait_incoming``). Who owns
+  ``query-migrate``), the target waits for it (``wait_incoming``); the QMP
+  conversation and its polling are in ``qemu_migration``. Who owns
   the config, the volumes and the switch-over order is the guest service's
   business (``migration.MigrationSource.migrate_vm``).
 """
@@ -40,20 +42,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
 import logging
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import ExecuteError, QMPClient, QMPError, Runstate
-
-from binome import durable
+from binome.guest import qemu_migration
 from binome.guest.accel import cached_accel, resolve_accel
 from binome.guest.argv import QEMU_BINARY, build_argv
 from binome.guest.errors import GuestError
@@ -71,6 +70,21 @@ from binome.guest.process import (
     read_exitcode,
     wrapper_argv,
 )
+from binome.guest.qemu_migration import (
+    MIGRATE_DOWNTIME_MS,
+    MIGRATE_MAX_BANDWIDTH,
+    MIGRATE_TIMEOUT,
+)
+from binome.guest.qmp import QMP_TIMEOUT
+from binome.guest.running import (
+    POLL,
+    RunningGuest,
+    log_tail,
+    poll_until,
+    read_json,
+    spawn_detached,
+    write_json,
+)
 from binome.guest.spec import LaunchSpec
 
 __all__ = ["GuestError", "QemuRuntime", "RuntimeStatus"]
@@ -78,22 +92,10 @@ __all__ = ["GuestError", "QemuRuntime", "RuntimeStatus"]
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 30.0  # QEMU up to a QMP greeting (TCG init is ~0.1 s; disks over NBD more)
-QMP_CONNECT_TIMEOUT = 5.0
-QMP_TIMEOUT = 10.0
 WRAPPER_GRACE = 5.0  # QEMU gone -> wrapper has written the status file and left
 KILL_WAIT = 10.0
-POLL = 0.02
-MIGRATE_POLL = 0.05         # query-migrate while a migration runs
-MIGRATE_DOWNTIME_MS = 100   # PVE's default migrate_downtime (0.1 s)
-MIGRATE_MAX_BANDWIDTH = 1 << 30   # bytes/s; QEMU 7.2 defaults to 128 MiB/s, below 10 GbE
-MIGRATE_TIMEOUT = 600.0
 
 ExitCallback = Callable[[int, str], Any]
-
-_SILENT = logging.getLogger("binome.guest.qmp-startup")
-_SILENT.setLevel(logging.CRITICAL)
-_SILENT.propagate = False
-
 
 @dataclass
 class RuntimeStatus:
@@ -123,94 +125,6 @@ class RuntimeStatus:
     exit_reason: str | None
 
 
-@dataclass(eq=False)
-class _Guest:
-    spec: LaunchSpec
-    paths: GuestPaths
-    taps: list[str]
-    pid: int | None = None
-    start_ticks: int | None = None
-    wrapper_pid: int | None = None
-    popen: subprocess.Popen[bytes] | None = None  # set when this process started it
-    requested: str | None = None  # "stop" | "shutdown": what we asked QEMU/the guest to do
-    argv: list[str] = field(default_factory=list)
-    started_at: float = 0.0
-    qmp: QMPClient | None = None
-    qmp_reason: str | None = None  # reason of the last SHUTDOWN event
-    event_task: asyncio.Task[None] | None = None
-    pidfd: int | None = None
-    cpu_sample: tuple[float, int] | None = None  # (monotonic, cpu ticks)
-    finalizer: asyncio.Task[str] | None = None
-    exited: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def vmid(self) -> int:
-        return self.spec.vmid
-
-    def alive(self) -> bool:
-        return self.pid is not None and is_alive(self.pid, self.start_ticks)
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "vmid": self.vmid,
-            "spec": self.spec.to_dict(),
-            "argv": self.argv,
-            "taps": self.taps,
-            "pid": self.pid,
-            "start_ticks": self.start_ticks,
-            "wrapper_pid": self.wrapper_pid,
-            "requested": self.requested,
-            "started_at": self.started_at,
-        }
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    durable.write_json(path, data, indent=1)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _spawn_detached(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start ``argv`` with nothing tying it to this process.
-
-    Own session (no signal from our process group or terminal reaches it),
-    no inherited descriptors (``close_fds``: QEMU must not hold the API's
-    listening socket), cwd "/", output to ``log_path``; no PDEATHSIG.
-    """
-    with log_path.open("wb") as logf:
-        return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True, cwd="/",
-        )
-
-
-async def _poll(predicate: Callable[[], bool], timeout: float) -> bool:
-    """Poll a /proc condition until true (True) or ``timeout`` seconds pass (False)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(POLL)
-
-
-def _log_tail(path: Path, limit: int = 16384) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - limit))
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
-
-
 class QemuRuntime:
     """Runs and tracks this node's QEMU guests; state lives in ``run_dir``.
 
@@ -235,7 +149,7 @@ class QemuRuntime:
         self.qemu = qemu
         self.on_exit = on_exit
         self._accel: str | None = accel
-        self._guests: dict[int, _Guest] = {}
+        self._guests: dict[int, RunningGuest] = {}
         self._locks: dict[int, asyncio.Lock] = {}
         self._last_exit: dict[int, str] = {}
         self._closed = False
@@ -290,7 +204,7 @@ class QemuRuntime:
             return None
         if vmid in self._last_exit:
             return self._last_exit[vmid]
-        data = _read_json(self.paths(vmid).last_exit)
+        data = read_json(self.paths(vmid).last_exit)
         return data.get("reason") if data else None
 
     async def status(self, vmid: int) -> RuntimeStatus:
@@ -318,8 +232,8 @@ class QemuRuntime:
         qmpstatus: str | None = None
         diskread = diskwrite = 0
         try:
-            qmpstatus = (await self._command(g, "query-status", timeout=3.0))["status"]
-            for entry in await self._command(g, "query-blockstats", timeout=3.0):
+            qmpstatus = (await g.qmp.command("query-status", timeout=3.0))["status"]
+            for entry in await g.qmp.command("query-blockstats", timeout=3.0):
                 stats = entry.get("stats", {})
                 diskread += int(stats.get("rd_bytes", 0))
                 diskwrite += int(stats.get("wr_bytes", 0))
@@ -365,9 +279,10 @@ class QemuRuntime:
                 path.unlink(missing_ok=True)
             self._last_exit.pop(vmid, None)
             taps = [tap_name(vmid, nic.index) for nic in spec.nics]
-            g = _Guest(spec=spec, paths=paths, taps=taps, argv=qemu_argv, started_at=time.time())
+            g = RunningGuest(spec=spec, paths=paths, taps=taps, argv=qemu_argv,
+                             started_at=time.time())
             # Recorded before anything exists, so a crash from here on is cleaned by adopt().
-            _write_json(paths.state, g.record())
+            write_json(paths.state, g.record())
             try:
                 await create_taps(vmid, spec.nics)
                 await self._spawn(g)
@@ -380,13 +295,13 @@ class QemuRuntime:
             assert g.pid is not None
             return g.pid
 
-    async def _spawn(self, g: _Guest) -> None:
+    async def _spawn(self, g: RunningGuest) -> None:
         paths = g.paths
-        g.popen = await asyncio.to_thread(_spawn_detached,
+        g.popen = await asyncio.to_thread(spawn_detached,
                                           wrapper_argv(g.vmid, paths.exitcode, g.taps, g.argv),
                                           paths.log)
         g.wrapper_pid = g.popen.pid
-        _write_json(paths.state, g.record())
+        write_json(paths.state, g.record())
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if g.pid is None:
@@ -394,20 +309,20 @@ class QemuRuntime:
                 if g.pid is not None:
                     st = proc_stat(g.pid)
                     g.start_ticks = st.start_ticks if st else None
-                    _write_json(paths.state, g.record())
+                    write_json(paths.state, g.record())
             if g.popen.poll() is not None:
                 reason = classify_exit(read_exitcode(paths.exitcode), requested=None,
-                                       qmp_reason=None, log_text=_log_tail(paths.log))
+                                       qmp_reason=None, log_text=log_tail(paths.log))
                 raise GuestError(f"start failed: {reason}")
             if g.pid is not None and paths.qmp.exists():
                 with contextlib.suppress(GuestError):
-                    await self._qmp(g, quiet=True)
+                    await g.qmp.connect(quiet=True)
                     return
             if time.monotonic() > deadline:
                 raise GuestError(f"start failed: QEMU not ready within {START_TIMEOUT:.0f}s")
             await asyncio.sleep(POLL)
 
-    def _pid_from_pidfile(self, g: _Guest) -> int | None:
+    def _pid_from_pidfile(self, g: RunningGuest) -> int | None:
         try:
             pid = int(g.paths.pidfile.read_text().strip())
         except (OSError, ValueError):
@@ -419,9 +334,9 @@ class QemuRuntime:
             return None
         return pid
 
-    async def _abort_start(self, g: _Guest) -> None:
+    async def _abort_start(self, g: RunningGuest) -> None:
         """Undo a failed start: kill what runs, remove taps and files."""
-        await self._disconnect(g)
+        await g.qmp.disconnect()
         for pid in (g.pid, g.wrapper_pid):
             if pid is not None and is_alive(pid):
                 with contextlib.suppress(ProcessLookupError):
@@ -436,7 +351,7 @@ class QemuRuntime:
 
     # -- exit watching and finalization ---------------------------------------------
 
-    def _watch(self, g: _Guest) -> None:
+    def _watch(self, g: RunningGuest) -> None:
         """Call :meth:`_finalize` as soon as QEMU exits (pidfd readable)."""
         assert g.pid is not None
         loop = asyncio.get_running_loop()
@@ -447,38 +362,38 @@ class QemuRuntime:
             return
         loop.add_reader(g.pidfd, self._on_pidfd, g)
 
-    def _on_pidfd(self, g: _Guest) -> None:
+    def _on_pidfd(self, g: RunningGuest) -> None:
         self._unwatch(g)
         if g.finalizer is None:
             g.finalizer = asyncio.get_running_loop().create_task(self._do_finalize(g))
 
-    def _unwatch(self, g: _Guest) -> None:
+    def _unwatch(self, g: RunningGuest) -> None:
         if g.pidfd is not None:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(g.pidfd)
             os.close(g.pidfd)
             g.pidfd = None
 
-    async def _finalize(self, g: _Guest) -> str:
+    async def _finalize(self, g: RunningGuest) -> str:
         """Once per exit (one task, however many callers): the exit's reason."""
         if g.finalizer is None:
             g.finalizer = asyncio.get_running_loop().create_task(self._do_finalize(g))
         return await asyncio.shield(g.finalizer)
 
-    async def _do_finalize(self, g: _Guest) -> str:
+    async def _do_finalize(self, g: RunningGuest) -> str:
         """Classify the exit, remove taps and files, record and report it."""
         self._unwatch(g)
         reason = "QEMU exited"
         try:
             await self._wait_wrapper(g)
             status = read_exitcode(g.paths.exitcode)
-            reason = classify_exit(status, requested=g.requested, qmp_reason=g.qmp_reason,
-                                   log_text=_log_tail(g.paths.log))
-            await self._disconnect(g)
+            reason = classify_exit(status, requested=g.requested, qmp_reason=g.qmp.shutdown_reason,
+                                   log_text=log_tail(g.paths.log))
+            await g.qmp.disconnect()
             await delete_taps(g.taps)
             for path in g.paths.transient():
                 path.unlink(missing_ok=True)
-            _write_json(g.paths.last_exit, {"vmid": g.vmid, "reason": reason, "status": status,
+            write_json(g.paths.last_exit, {"vmid": g.vmid, "reason": reason, "status": status,
                                             "pid": g.pid, "time": int(time.time())})
         finally:
             # Whatever failed above, the guest is gone: never leave waiters hanging.
@@ -496,7 +411,7 @@ class QemuRuntime:
                 log.exception("VM %s: on_exit callback failed", g.vmid)
         return reason
 
-    def _wrapper_alive(self, g: _Guest) -> bool:
+    def _wrapper_alive(self, g: RunningGuest) -> bool:
         if g.popen is not None:
             return g.popen.poll() is None  # our child: this also reaps it
         if g.wrapper_pid is None or not is_alive(g.wrapper_pid):
@@ -504,14 +419,14 @@ class QemuRuntime:
         argv = proc_cmdline(g.wrapper_pid) or []
         return f"binome-vm-{g.vmid}" in argv  # not a reused pid
 
-    async def _wait_wrapper(self, g: _Guest) -> None:
-        await _poll(lambda: not self._wrapper_alive(g), WRAPPER_GRACE)
+    async def _wait_wrapper(self, g: RunningGuest) -> None:
+        await poll_until(lambda: not self._wrapper_alive(g), WRAPPER_GRACE)
 
     @staticmethod
     async def _wait_gone(pid: int | None, timeout: float) -> bool:
-        return await _poll(lambda: pid is None or not is_alive(pid), timeout)
+        return await poll_until(lambda: pid is None or not is_alive(pid), timeout)
 
-    async def _wait_exit(self, g: _Guest, timeout: float) -> bool:
+    async def _wait_exit(self, g: RunningGuest, timeout: float) -> bool:
         """Wait until the exit was finalized; False on timeout."""
         try:
             await asyncio.wait_for(asyncio.shield(g.exited.wait()), timeout)
@@ -539,9 +454,9 @@ class QemuRuntime:
                     await self._adopt_one(vmid)
         return self.running()
 
-    async def _adopt_one(self, vmid: int) -> _Guest | None:
+    async def _adopt_one(self, vmid: int) -> RunningGuest | None:
         paths = self.paths(vmid)
-        data = _read_json(paths.state)
+        data = read_json(paths.state)
         try:
             spec = LaunchSpec.from_dict(data["spec"])  # type: ignore[index]
         except (TypeError, KeyError, ValueError):
@@ -550,7 +465,7 @@ class QemuRuntime:
         if spec is None or data is None:
             await self._forget_orphan(vmid, data)
             return None
-        g = _Guest(
+        g = RunningGuest(
             spec=spec, paths=paths, taps=list(data.get("taps") or []),
             pid=data.get("pid"), start_ticks=data.get("start_ticks"),
             wrapper_pid=data.get("wrapper_pid"), requested=data.get("requested"),
@@ -562,10 +477,10 @@ class QemuRuntime:
             g.start_ticks = st.start_ticks if st else None
         if g.pid is not None and g.alive() and is_our_qemu(g.pid, paths.pidfile):
             self._guests[vmid] = g
-            _write_json(paths.state, g.record())
+            write_json(paths.state, g.record())
             self._watch(g)
             try:
-                await self._qmp(g)
+                await g.qmp.connect()
             except GuestError as exc:
                 log.warning("VM %s adopted (pid %s) without QMP: %s", vmid, g.pid, exc)
             log.info("VM %s adopted (pid %s)", vmid, g.pid)
@@ -591,17 +506,17 @@ class QemuRuntime:
 
     # -- lifecycle commands ---------------------------------------------------------
 
-    def _running(self, vmid: int) -> _Guest:
+    def _running(self, vmid: int) -> RunningGuest:
         self._check_open()
         g = self._guests.get(vmid)
         if g is None or not g.alive():
             raise GuestError(f"VM {vmid} not running")
         return g
 
-    def _set_requested(self, g: _Guest, what: str | None) -> None:
+    def _set_requested(self, g: RunningGuest, what: str | None) -> None:
         g.requested = what
         with contextlib.suppress(OSError):
-            _write_json(g.paths.state, g.record())
+            write_json(g.paths.state, g.record())
 
     async def shutdown(self, vmid: int, timeout: float = 60.0, force_stop: bool = False) -> None:
         """ACPI power button; wait up to ``timeout`` for the guest to power off.
@@ -610,14 +525,14 @@ class QemuRuntime:
         A paused guest cannot react to ACPI: GuestError unless ``force_stop``.
         """
         g = self._running(vmid)
-        if await self._qmpstatus(g) == "paused":
+        if await g.qmp.runstate() == "paused":
             if not force_stop:
                 raise GuestError(f"VM {vmid} is paused - cannot shutdown")
             await self.stop(vmid)
             return
         self._set_requested(g, "shutdown")
         try:
-            await self._command(g, "system_powerdown")
+            await g.qmp.command("system_powerdown")
         except GuestError:
             if g.alive():
                 self._set_requested(g, None)
@@ -639,7 +554,7 @@ class QemuRuntime:
         g = self._running(vmid)
         self._set_requested(g, requested)
         with contextlib.suppress(GuestError):
-            await self._command(g, "quit", timeout=min(timeout, 5.0))
+            await g.qmp.command("quit", timeout=min(timeout, 5.0))
         if await self._wait_exit(g, timeout):
             return
         log.warning("VM %s still running after quit - terminating now with SIGTERM", vmid)
@@ -651,22 +566,22 @@ class QemuRuntime:
         if not await self._wait_exit(g, KILL_WAIT + WRAPPER_GRACE):
             raise GuestError(f"VM {vmid} still running after SIGKILL (pid {g.pid})")
 
-    def _kill(self, g: _Guest, sig: int) -> None:
+    def _kill(self, g: RunningGuest, sig: int) -> None:
         if g.pid is not None and g.alive():  # alive() checks the start time: no reused pid
             with contextlib.suppress(ProcessLookupError):
                 os.kill(g.pid, sig)
 
     async def reset(self, vmid: int) -> None:
         """Hard reset of the virtual machine (QMP ``system_reset``); QEMU keeps running."""
-        await self._command(self._running(vmid), "system_reset")
+        await self._running(vmid).qmp.command("system_reset")
 
     async def suspend(self, vmid: int) -> None:
         """Pause the vcpus (QMP ``stop``); the guest is frozen in memory."""
-        await self._command(self._running(vmid), "stop")
+        await self._running(vmid).qmp.command("stop")
 
     async def resume(self, vmid: int) -> None:
         """Continue a paused guest (QMP ``cont``)."""
-        await self._command(self._running(vmid), "cont")
+        await self._running(vmid).qmp.command("cont")
 
     async def command(
         self, vmid: int, cmd: str, args: dict[str, Any] | None = None,
@@ -677,208 +592,53 @@ class QemuRuntime:
         For what the lifecycle verbs do not cover (``query-block``, VNC
         password, migration ...). QMP errors become GuestError.
         """
-        return await self._command(self._running(vmid), cmd, args, timeout)
+        return await self._running(vmid).qmp.command(cmd, args, timeout)
 
-    # -- live migration ---------------------------------------------------------------
+    # -- live migration (QEMU's side: `qemu_migration`) -------------------------------
 
     async def listen_incoming(self, vmid: int, host: str) -> str:
-        """On the target: listen for the migration stream; returns ``tcp:HOST:PORT``.
-
-        The guest must have been started with ``incoming=True``. Port 0 lets
-        the kernel choose a free port (no range to configure, no race with
-        another migration); QEMU reports it in ``query-migrate``. QEMU
-        accepts exactly one connection, then closes the listening socket.
-        """
-        g = self._running(vmid)
-        await self._command(g, "migrate-set-capabilities", {"capabilities": [
-            {"capability": "events", "state": True}]})
-        await self._command(g, "migrate-incoming", {"uri": f"tcp:{host}:0"})
-        info = await self._command(g, "query-migrate")
-        for addr in info.get("socket-address") or []:
-            if addr.get("type") == "inet" and addr.get("port"):
-                return f"tcp:{host}:{addr['port']}"
-        raise GuestError(f"VM {vmid}: incoming migration did not report its port ({info})")
+        """On the target: listen for the migration stream; returns ``tcp:HOST:PORT``
+        (see `qemu_migration.listen_incoming`)."""
+        return await qemu_migration.listen_incoming(self._running(vmid).qmp, host)
 
     async def migrate_out(
         self, vmid: int, uri: str, *, downtime_ms: int = MIGRATE_DOWNTIME_MS,
         max_bandwidth: int = MIGRATE_MAX_BANDWIDTH, timeout: float = MIGRATE_TIMEOUT,
         on_progress: Callable[[dict[str, Any]], Any] | None = None,
     ) -> dict[str, Any]:
-        """On the source: send the guest's state to ``uri``; the final ``query-migrate``.
-
-        Capabilities: ``auto-converge`` (QEMU throttles the vcpus when the
-        guest dirties memory faster than the link carries it, so a busy guest
-        still converges instead of running until the timeout) and ``events``.
-        No ``xbzrle``/compression: they trade CPU for bandwidth, and CPU is what
-        a TCG guest on a shared host lacks; no postcopy: a failure after the
-        switch would lose the guest, precopy keeps the source intact until the
-        end. ``downtime-limit`` bounds the stop-and-copy phase (PVE's default
-        migrate_downtime is 0.1 s). On success the source is paused
-        (``postmigrate``): the caller decides when it quits. On failure,
-        timeout or cancellation the migration is cancelled and the source goes
-        on running; GuestError says why.
-        """
+        """On the source: send the guest's state to ``uri``; the final ``query-migrate``
+        (see `qemu_migration.migrate_out`: on failure the source runs on)."""
         g = self._running(vmid)
-        await self._command(g, "migrate-set-capabilities", {"capabilities": [
-            {"capability": "auto-converge", "state": True},
-            {"capability": "events", "state": True}]})
-        await self._command(g, "migrate-set-parameters", {
-            "downtime-limit": int(downtime_ms), "max-bandwidth": int(max_bandwidth)})
-        await self._command(g, "migrate", {"uri": uri})
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                info = await self._command(g, "query-migrate", timeout=5.0)
-                status = info.get("status")
-                if status == "completed":
-                    return info
-                if status in ("failed", "cancelled", None):
-                    why = info.get("error-desc") or f"status {status}"
-                    raise GuestError(f"VM {vmid}: migration {status or 'vanished'}: {why}")
-                if on_progress is not None:
-                    on_progress(info)
-                if time.monotonic() > deadline:
-                    raise GuestError(f"VM {vmid}: migration did not finish within "
-                                     f"{timeout:.0f} s")
-                if not g.alive():
-                    raise GuestError(f"VM {vmid}: QEMU exited during the migration")
-                # short: the target sits paused from completion until we notice it
-                await asyncio.sleep(MIGRATE_POLL)
-        except BaseException:
-            if g.alive():
-                await asyncio.shield(self._cancel_migration(g))
-            raise
-
-    async def _cancel_migration(self, g: _Guest) -> None:
-        """After a failed migration: the source must run on (cancel, then ``cont``)."""
-        with contextlib.suppress(GuestError):
-            await self._command(g, "migrate_cancel")
-        deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline and g.alive():
-            try:
-                status = (await self._command(g, "query-migrate", timeout=3.0)).get("status")
-            except GuestError:
-                break
-            if status not in ("active", "setup", "device", "pre-switchover", "cancelling"):
-                break
-            await asyncio.sleep(MIGRATE_POLL)
-        # a migration that failed in its last phase leaves the source paused (postmigrate
-        # or finish-migrate); a guest that was running must go on running
-        if await self._qmpstatus(g) in ("postmigrate", "finish-migrate", "paused"):
-            with contextlib.suppress(GuestError):
-                await self._command(g, "cont")
+        return await qemu_migration.migrate_out(
+            g.qmp, g.alive, uri, downtime_ms=downtime_ms, max_bandwidth=max_bandwidth,
+            timeout=timeout, on_progress=on_progress)
 
     async def wait_incoming(self, vmid: int, timeout: float = 30.0) -> str:
-        """On the target: wait until the incoming state is complete; the runstate.
-
-        The guest then sits ``paused`` (it was started with ``-S``) until
-        :meth:`resume`. GuestError if QEMU exits, fails the migration or is
-        still receiving after ``timeout``.
-        """
+        """On the target: wait until the incoming state is complete; the runstate (the
+        guest sits ``paused`` until :meth:`resume`)."""
         g = self._running(vmid)
-        deadline = time.monotonic() + timeout
-        while True:
-            status = await self._qmpstatus(g)
-            if status is not None and status != "inmigrate":
-                if status != "paused":
-                    raise GuestError(f"VM {vmid}: incoming migration ended in state {status}")
-                info = await self._command(g, "query-migrate", timeout=3.0)
-                if info.get("status") not in (None, "completed"):
-                    raise GuestError(f"VM {vmid}: incoming migration {info.get('status')}")
-                return status
-            if not g.alive():
-                raise GuestError(f"VM {vmid}: QEMU exited during the incoming migration")
-            if time.monotonic() > deadline:
-                raise GuestError(f"VM {vmid}: incoming migration not complete after "
-                                 f"{timeout:.0f} s")
-            await asyncio.sleep(MIGRATE_POLL)
+        return await qemu_migration.wait_incoming(g.qmp, g.alive, timeout)
 
     async def migration_state(self, vmid: int) -> tuple[str | None, str | None, bool]:
         """(runstate, ``query-migrate`` status, started as a migration target) of a
         running guest: what a restarted daemon needs to settle a migration its previous
         life left half-done. None where QMP does not answer."""
         g = self._running(vmid)
-        try:
-            info = await self._command(g, "query-migrate", timeout=3.0)
-        except GuestError:
-            info = {}
-        return await self._qmpstatus(g), info.get("status"), "-incoming" in g.argv
+        runstate, status = await qemu_migration.migration_state(g.qmp)
+        return runstate, status, "-incoming" in g.argv
 
     async def cancel_migration(self, vmid: int) -> None:
         """Cancel an outgoing migration and let the source run on (see migrate_out)."""
-        await self._cancel_migration(self._running(vmid))
+        g = self._running(vmid)
+        await qemu_migration.cancel_outgoing(g.qmp, g.alive)
 
     async def announce(self, vmid: int) -> None:
         """Gratuitous RARPs for every NIC (QMP ``announce-self``), right after a migrated
         guest resumed: the bridges on the way learn its MACs' new port at once instead of
         when the guest next sends something (QEMU's own announce at the end of the
         incoming migration may happen while the guest still sits paused)."""
-        await self._command(self._running(vmid), "announce-self", {
+        await self._running(vmid).qmp.command("announce-self", {
             "initial": 50, "max": 550, "rounds": 5, "step": 100})
-
-    # -- QMP ------------------------------------------------------------------------
-
-    async def _qmp(self, g: _Guest, quiet: bool = False) -> QMPClient:
-        """The guest's connected QMP client, (re)connecting when needed."""
-        if g.qmp is not None and g.qmp.runstate == Runstate.RUNNING:
-            return g.qmp
-        await self._disconnect(g)
-        client = QMPClient(f"vm{g.vmid}")
-        normal_logger = client.logger
-        if quiet:  # readiness polling: failed attempts are expected, not errors
-            client.logger = _SILENT
-        try:
-            await asyncio.wait_for(client.connect(str(g.paths.qmp)), QMP_CONNECT_TIMEOUT)
-        except (QMPError, OSError, TimeoutError, EOFError) as exc:
-            with contextlib.suppress(Exception):
-                await client.disconnect()
-            raise GuestError(f"VM {g.vmid} qmp socket unavailable: {exc or type(exc).__name__}") \
-                from exc
-        client.logger = normal_logger
-        g.qmp = client
-        g.event_task = asyncio.get_running_loop().create_task(self._events(g, client))
-        return client
-
-    async def _events(self, g: _Guest, client: QMPClient) -> None:
-        async for event in client.events:
-            name = event.get("event")
-            if name == "SHUTDOWN":
-                g.qmp_reason = (event.get("data") or {}).get("reason")
-            log.debug("VM %s: QMP event %s %s", g.vmid, name, event.get("data"))
-
-    async def _disconnect(self, g: _Guest) -> None:
-        task, client = g.event_task, g.qmp
-        g.event_task, g.qmp = None, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if client is not None:
-            with contextlib.suppress(Exception):
-                await client.disconnect()
-
-    async def _command(
-        self, g: _Guest, cmd: str, args: dict[str, Any] | None = None,
-        timeout: float = QMP_TIMEOUT,
-    ) -> Any:
-        client = await self._qmp(g)
-        try:
-            return await asyncio.wait_for(client.execute(cmd, args), timeout)
-        except ExecuteError as exc:
-            raise GuestError(f"VM {g.vmid} qmp command '{cmd}' failed - {exc}") from exc
-        except TimeoutError:
-            # The reply may still come and confuse the next command: start afresh.
-            await self._disconnect(g)
-            raise GuestError(f"VM {g.vmid} qmp command '{cmd}' failed - got timeout") from None
-        except (QMPError, OSError, EOFError) as exc:
-            await self._disconnect(g)
-            raise GuestError(f"VM {g.vmid} qmp command '{cmd}' failed - {exc}") from exc
-
-    async def _qmpstatus(self, g: _Guest) -> str | None:
-        try:
-            return (await self._command(g, "query-status", timeout=3.0))["status"]
-        except GuestError:
-            return None
 
     # -- shutdown of the runtime itself ---------------------------------------------
 
@@ -891,7 +651,7 @@ class QemuRuntime:
         self._closed = True
         for g in list(self._guests.values()):
             self._unwatch(g)
-            await self._disconnect(g)
+            await g.qmp.disconnect()
             if g.finalizer is not None and not g.finalizer.done():
                 with contextlib.suppress(Exception):
                     await g.finalizer

@@ -50,8 +50,7 @@ class MigrationSettler:
         - an incoming copy here, of a VM now owned here, complete but paused: the
           source switched over and could not reach us to resume it. It is resumed.
         Each action is in the cluster log with its reason."""
-        while not (self.ctx.cluster.is_member and self.ctx.cluster.view.quorate):  # noqa: ASYNC110
-            await asyncio.sleep(0.5)
+        await self.ctx.until_quorate(poll=0.5)
         try:
             for vm in await self.ctx.configs.list():
                 if vm.config.get("lock") == "migrate":

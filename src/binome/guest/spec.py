@@ -157,7 +157,8 @@ class LaunchSpec:
         object.__setattr__(self, "nics", tuple(self.nics))
         object.__setattr__(self, "boot", tuple(self.boot))
         seen: set[str] = set()
-        for dev in (*self.disks, *self.nics):
+        devices: tuple[DiskSpec | NicSpec, ...] = (*self.disks, *self.nics)
+        for dev in devices:
             if dev.name in seen:
                 raise ValueError(f"VM {self.vmid}: device {dev.name} given twice")
             seen.add(dev.name)

@@ -9,7 +9,6 @@ and hands the QEMU processes of VMs owned elsewhere to the migration settler.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from binome import durable
 from binome.guest import config as vmconf
 from binome.guest.configs import VmConfig
+from binome.loops import run_periodic
 from binome.store import keys
 from binome.store.client import StoreUnavailable
 
@@ -47,8 +47,7 @@ class GuestStatus:
             return
         if marker.exists() and marker.read_text().strip() == boot_id:
             return
-        while not (self.ctx.cluster.is_member and self.ctx.cluster.view.quorate):  # noqa: ASYNC110
-            await asyncio.sleep(1.0)
+        await self.ctx.until_quorate(poll=1.0)
         marker.parent.mkdir(parents=True, exist_ok=True)
         durable.write_text(marker, boot_id + "\n")
         for vm in await self.ctx.configs.list():
@@ -86,17 +85,14 @@ class GuestStatus:
                                     f"{reason}", tag="qemu", pri="warning")
 
     async def watch_loop(self) -> None:
-        while True:
-            try:
-                if self.ctx.cluster.is_member:
-                    await self._watch_once()
-            except asyncio.CancelledError:
-                raise
-            except StoreUnavailable as exc:
-                log.debug("guest watch: %s", exc)
-            except Exception:
-                log.exception("guest watch failed")
-            await asyncio.sleep(STATUS_PUBLISH_INTERVAL)
+        """The watch round every `STATUS_PUBLISH_INTERVAL` seconds, while this node is a
+        member, until cancelled (etcd unreachable is expected: quorum lost)."""
+        async def step() -> None:
+            if self.ctx.cluster.is_member:
+                await self._watch_once()
+
+        await run_periodic("guest watch", step, STATUS_PUBLISH_INTERVAL, logger=log,
+                           quiet=(StoreUnavailable,))
 
     async def _watch_once(self) -> None:
         statuses: dict[int, dict[str, Any]] = {}
