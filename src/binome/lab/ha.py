@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from binome.fence.devices import FenceDeviceError, FenceDevices
 from binome.lab.bmc import binomed_pid, netns_pids
 from binome.lab.cluster import CLIENT, LabCluster, LabClusterError
 from binome.store import keys
@@ -394,13 +395,15 @@ class HaLab:
     def configure_fencing(self, nodes: tuple[str, ...] | None = None) -> None:
         """Each node's IPMI fence device (its BMC) in `/binome/ha/fence/<node>`."""
         async def put(store: Any) -> None:
+            devices = FenceDevices(store)
             for n in nodes or self.nodes:
-                await store.put(keys.ha_fence(n), self.cluster.fence_config(n))
+                await devices.overwrite(n, self.cluster.fence_config(n))
         self.etcd(put)
 
     def remove_fencing(self, node: str) -> None:
         async def delete(store: Any) -> None:
-            await store.delete(keys.ha_fence(node))
+            with contextlib.suppress(FenceDeviceError):   # none: nothing to remove
+                await FenceDevices(store).remove(node)
         self.etcd(delete)
 
     def cluster_log(self, since: float = 0.0) -> list[dict[str, Any]]:

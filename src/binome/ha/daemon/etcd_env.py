@@ -37,6 +37,7 @@ import time
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
+from binome.fence.devices import device_nodes
 from binome.guest import configs
 from binome.ha.config import decode_commands, decode_groups, decode_resources, decode_settings
 from binome.ha.env import Conflict, EnvUnavailable
@@ -298,7 +299,7 @@ class EtcdEnv:
         return self._ok
 
     def cluster_nodes(self) -> dict[str, NodeInfo]:
-        fence = self._prefix(keys.HA_FENCE)
+        fence = device_nodes(self._entries)
         return {name: NodeInfo(name, watchdog=True, fence_device=name in fence)
                 for name in self.hub.guest_nodes()}
 

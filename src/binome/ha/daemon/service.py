@@ -38,7 +38,10 @@ import uuid
 from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
+from binome.fence.device import make_device
+from binome.fence.devices import FenceDevices
 from binome.fence.watchdog import Watchdog
+from binome.ha.config import HaConfig
 from binome.ha.crm import Crm
 from binome.ha.daemon.etcd_env import EtcdEnv, vmid_of
 from binome.ha.daemon.executor import Executor
@@ -92,13 +95,11 @@ class Fencer:
         return self._status.get(node)
 
     async def _run(self, node: str, request_id: str) -> None:
-        from binome.fence.device import make_device
-
         hub = self.hub
         state, detail = FenceState.FAILED, ""
         try:
             assert hub.store is not None
-            cfg = await hub.store.get_value(keys.ha_fence(node))
+            cfg = await FenceDevices(hub.store).find(node)
             if not cfg:
                 detail = "no fence device configured"
             else:
@@ -112,9 +113,8 @@ class Fencer:
         self._status[node] = FenceStatus(request_id, state, detail)
         with contextlib.suppress(Exception):
             assert hub.store is not None
-            await hub.store.put(keys.ha_fence_request(node),
-                                {"request": request_id, "state": str(state), "detail": detail,
-                                 "by": hub.node, "at": time.time()})
+            await HaConfig(hub.store).record_fence_request(node, request_id, str(state), detail,
+                                                           by=hub.node)
         hub.log("info" if state == FenceState.CONFIRMED else "err", f"{hub.node}/crm",
                 f"fence {node}: {state} ({detail})")
         hub.wake()
