@@ -614,7 +614,7 @@ class HaLab:
 
         Nothing is reconnected or demoted here: a self-fenced node that still runs
         (links cut, daemon paused) gives up the Primary role of its stale copy and
-        resyncs by itself (`ha.daemon.executor.release_fenced_volumes`), the
+        resyncs by itself (`ha.agent.executor.release_fenced_volumes`), the
         survivor reconnects after a recovery that disconnected it, and a node
         powered on comes up Secondary and resyncs. `reset=True` power-cycles the
         node through its BMC first (a hardware reset) for a scenario that needs one.

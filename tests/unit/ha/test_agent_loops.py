@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from binome import loops
-from binome.ha.daemon import service
-from binome.ha.daemon.service import HaService
+from binome.ha.agent import agent
+from binome.ha.agent.agent import HaAgent
 from binome.ha.timers import HaTimers
 from binome.store.client import StoreUnavailable
 
@@ -39,10 +39,10 @@ class Clock:
         await asyncio.sleep(0)
 
 
-def agent() -> HaService:
-    """An HaService with only what its loops read (no cluster, no store); a test's fake
+def shell() -> HaAgent:
+    """An HaAgent with only what its loops read (no cluster, no store); a test's fake
     step sets `_stopping` at its last call, and the loop ends after that step's pause."""
-    hub = HaService.__new__(HaService)
+    hub = HaAgent.__new__(HaAgent)
     hub.timers = HaTimers(lease_ttl=10.0, keepalive_interval=1.0)
     hub.node = "n1"
     hub.io_timeout = 0.8
@@ -57,7 +57,7 @@ async def test_heartbeat_keeps_a_fixed_rate_and_retries_a_miss_quickly(
     clock = Clock(monkeypatch)
     outcomes: list[object] = [True, False, StoreUnavailable("down"), RuntimeError("bug"), True]
     seqs: list[int] = []
-    hub = agent()
+    hub = shell()
 
     async def heartbeat(seq: int) -> bool:
         seqs.append(seq)
@@ -77,7 +77,7 @@ async def test_heartbeat_keeps_a_fixed_rate_and_retries_a_miss_quickly(
 
 async def test_heartbeat_pause_never_below_its_floor(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock(monkeypatch)
-    hub = agent()
+    hub = shell()
 
     async def slow(seq: int) -> bool:
         clock.now += 5.0
@@ -86,13 +86,13 @@ async def test_heartbeat_pause_never_below_its_floor(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(hub, "_heartbeat", slow)
     await hub._heartbeat_loop()
-    assert clock.pauses == [service.HEARTBEAT_MIN_PAUSE]
+    assert clock.pauses == [agent.HEARTBEAT_MIN_PAUSE]
 
 
 async def test_rounds_keep_a_fixed_rate_even_when_one_fails(
         monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock(monkeypatch)
-    hub = agent()
+    hub = shell()
     durations = [0.1, 0.2, 9.0]
 
     async def round_() -> None:
@@ -105,7 +105,7 @@ async def test_rounds_keep_a_fixed_rate_even_when_one_fails(
     await hub._round_loop()
     rnd = hub.timers.manager_round
     assert clock.pauses == [round(rnd - 0.1, 6), round(rnd - 0.2, 6),
-                            service.ROUND_MIN_PAUSE]
+                            agent.ROUND_MIN_PAUSE]
 
 
 async def test_watch_backs_off_until_established_then_starts_over(
@@ -129,7 +129,7 @@ async def test_watch_backs_off_until_established_then_starts_over(
                 yield   # an async generator
             yield events()
 
-    hub = agent()
+    hub = shell()
     hub.cluster = types.SimpleNamespace(store=Store())   # type: ignore[assignment]
     hub._debounce = types.SimpleNamespace(reset=lambda: None)   # type: ignore[assignment]
     monkeypatch.setattr(hub, "_watch_event", lambda: None)

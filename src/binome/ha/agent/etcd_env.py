@@ -60,7 +60,7 @@ from binome.store import keys
 from binome.store.client import LeasedEntry, Store, StoreUnavailable
 
 if TYPE_CHECKING:
-    from binome.ha.daemon.service import HaService
+    from binome.ha.agent.agent import HaAgent
 
 
 Raw = LeasedEntry
@@ -138,7 +138,7 @@ class LivenessTracker:
 class EtcdEnv:
     """One daemon's Env (`role` is `crm` or `lrm`); see the module docstring."""
 
-    def __init__(self, hub: HaService, role: str) -> None:
+    def __init__(self, hub: HaAgent, role: str) -> None:
         self.hub = hub
         self.role = role
         self._ok = False
@@ -162,7 +162,7 @@ class EtcdEnv:
     async def refresh(self) -> bool:
         """Read the round's snapshot; False (and every read unavailable) without quorum.
 
-        A prefix read here must also be in `ha.daemon.wake.WATCH_PREFIXES`, or its
+        A prefix read here must also be in `ha.agent.wake.WATCH_PREFIXES`, or its
         changes wait for the next periodic round."""
         hub = self.hub
         store = hub.store

@@ -1,4 +1,4 @@
-"""`HaService`: the CRM and the LRM of one node inside `binomed` (role `node`).
+"""`HaAgent`: the CRM and the LRM of one node inside `binomed` (role `node`).
 
 Loops:
 
@@ -9,8 +9,8 @@ Loops:
   `renewed_at + self_fence_deadline` if the LRM has it armed;
 - **rounds** (every `manager_round`, when a job finishes, and woken by the
   watch): refresh -> `Crm.step()` -> commit, then refresh -> `Lrm.step()` ->
-  commit (`ha.daemon.etcd_env`);
-- **watch**: one etcd watch over what a round reads (`ha.daemon.wake`); a
+  commit (`ha.agent.etcd_env`);
+- **watch**: one etcd watch over what a round reads (`ha.agent.wake`); a
   relevant change (a heartbeat key gone or back, a manager or LRM status, a
   command, the resources, a volume's disk state...) wakes the rounds after a
   short debounce instead of waiting for the next periodic round. Broken, it is
@@ -41,12 +41,12 @@ from typing import TYPE_CHECKING, Any
 from binome.fence.device import make_device
 from binome.fence.devices import FenceDevices
 from binome.fence.watchdog import Watchdog
+from binome.ha.agent.etcd_env import EtcdEnv, vmid_of
+from binome.ha.agent.executor import Executor
+from binome.ha.agent.shutdown import ShutdownDetector
+from binome.ha.agent.wake import WATCH_PREFIXES, Debouncer, wakes_rounds
 from binome.ha.config import HaConfig
 from binome.ha.crm import Crm
-from binome.ha.daemon.etcd_env import EtcdEnv, vmid_of
-from binome.ha.daemon.executor import Executor
-from binome.ha.daemon.shutdown import ShutdownDetector
-from binome.ha.daemon.wake import WATCH_PREFIXES, Debouncer, wakes_rounds
 from binome.ha.lrm import Lrm
 from binome.ha.model import FenceState, FenceStatus, LrmState
 from binome.ha.timers import HaTimers
@@ -79,7 +79,7 @@ WATCH_RETRY_MIN, WATCH_RETRY_MAX = 0.5, 5.0   # backoff before re-creating a bro
 class Fencer:
     """Fence requests through the node's fence device, run as tasks; recorded in etcd."""
 
-    def __init__(self, hub: HaService) -> None:
+    def __init__(self, hub: HaAgent) -> None:
         self.hub = hub
         self._status: dict[str, FenceStatus] = {}
         self._tasks: dict[str, asyncio.Task] = {}
@@ -124,7 +124,7 @@ class Fencer:
             t.cancel()
 
 
-class HaService:
+class HaAgent:
     def __init__(self, config: NodeConfig, cluster: ClusterService,
                  guests: GuestService | None, storages: StorageManager,
                  tasks: TaskManager, clusterlog: ClusterLog,
