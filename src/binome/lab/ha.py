@@ -655,7 +655,9 @@ class HaLab:
 
         def done() -> bool:
             st = self.volume_states(node)
-            return bool(st) and st.get("role") == "Secondary" and st.get("disk") == "UpToDate" \
+            if not st:
+                return False
+            return st.get("role") == "Secondary" and st.get("disk") == "UpToDate" \
                 and st.get("cstate") == "Connected" and st.get("peer_disk") == "UpToDate" \
                 and st.get("peer_role") == "Primary"
         wait_until(done, timeout, f"{self.volume} on {node} UpToDate Secondary by itself", 0.5)

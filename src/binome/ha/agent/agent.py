@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from binome.config import NodeConfig
     from binome.guest.guests import GuestService
     from binome.storage.manager import StorageManager
+    from binome.store.client import Store
     from binome.tasks.clusterlog import ClusterLog
     from binome.tasks.manager import TaskManager
 
@@ -82,7 +83,7 @@ class Fencer:
     def __init__(self, hub: HaAgent) -> None:
         self.hub = hub
         self._status: dict[str, FenceStatus] = {}
-        self._tasks: dict[str, asyncio.Task] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def request(self, node: str) -> str:
         request_id = uuid.uuid4().hex[:12]
@@ -169,15 +170,15 @@ class HaAgent:
         # host shutdown/reboot detection (logind, or systemd asked on SIGTERM)
         self.shutdown = ShutdownDetector(on_request=self.wake)
         self._shutdown_ready = asyncio.Event()
-        self._loops: list[asyncio.Task] = []
+        self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
         self._restarting = False   # a plain daemon stop: the LRM's `restart` mode
-        self._pending_logs: list[asyncio.Task] = []
+        self._pending_logs: list[asyncio.Task[dict[str, Any]]] = []
 
     # ------------------------------------------------------------ facts for the envs
 
     @property
-    def store(self):
+    def store(self) -> Store | None:
         return self.cluster.store
 
     @property

@@ -49,10 +49,10 @@ RELEASE_INTERVAL = 2.0   # seconds between two looks at the fencing marks of stu
 class Executor:
     def __init__(self, hub: HaAgent) -> None:
         self.hub = hub
-        self._jobs: dict[str, tuple[str, asyncio.Task]] = {}
+        self._jobs: dict[str, tuple[str, asyncio.Task[None]]] = {}
         self._results: dict[str, LrmResult] = {}
         self._managed: set[str] = set()
-        self._releasing: asyncio.Task | None = None
+        self._releasing: asyncio.Task[list[str]] | None = None
         self._release_next = 0.0
 
     # ------------------------------------------------------------ views

@@ -51,7 +51,7 @@ def wakes_rounds(ev: WatchEvent) -> bool:
     return key.startswith(WATCH_PREFIXES)
 
 
-def _fields(value: object) -> tuple:
+def _fields(value: object) -> tuple[object, ...]:
     d = value if isinstance(value, dict) else {}
     return tuple(d.get(f) for f in VOLUME_STATE_FIELDS)
 
