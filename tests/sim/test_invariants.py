@@ -13,7 +13,7 @@ import pytest
 
 import binome.ha.context as context
 import binome.ha.nodes as nodes
-import binome.ha.services as services
+import binome.ha.transitions as services
 from binome.ha.model import FenceProof, ServiceState
 from binome.ha.scheduler import select_node
 from binome.ha.sim.invariants import InvariantViolation

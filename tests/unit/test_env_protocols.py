@@ -13,7 +13,7 @@ import inspect
 
 import pytest
 
-from binome.ha.daemon.etcd_env import EtcdEnv
+from binome.ha.agent.etcd_env import EtcdEnv
 from binome.ha.env import ClusterEnv, CrmEnv, Env, LrmEnv
 from binome.ha.sim.env import SimEnv
 from tests.unit.ha.fakes import FakeEnv

@@ -81,7 +81,7 @@ KNOWN_INVERSIONS: frozenset[tuple[str, str]] = frozenset({
 PURE_MODULES = (
     "binome.ha.commands", "binome.ha.context", "binome.ha.crm", "binome.ha.env",
     "binome.ha.lrm", "binome.ha.manager", "binome.ha.model", "binome.ha.nodes",
-    "binome.ha.scheduler", "binome.ha.select", "binome.ha.services", "binome.ha.timers",
+    "binome.ha.scheduler", "binome.ha.select", "binome.ha.timers", "binome.ha.transitions",
     "binome.ha.sim",
     "binome.tasks.upid", "binome.cluster.quorum",
     "binome.storage.replica.states", "binome.storage.replica.uuids",

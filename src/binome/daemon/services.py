@@ -55,7 +55,7 @@ class Services:
         self.ha = None
         if config.role == "node":
             from binome.config import ConfigError
-            from binome.ha.daemon.service import HaService
+            from binome.ha.agent.agent import HaAgent as HaService
 
             try:
                 self.ha = HaService(config, self.cluster, self.guests, self.storages,

@@ -10,7 +10,7 @@ written, naming each bad setting (:class:`FenceRecordError`). The password is
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from binome.errors import BinomeError
@@ -129,6 +129,12 @@ def public_record(node: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def device_nodes(stored_keys: Iterable[str]) -> set[str]:
+    """The nodes with a fence device record among `stored_keys` (keys of a snapshot of
+    etcd, such as the HA Env's range over `/binome/ha/`), whatever the record holds."""
+    return {k[len(keys.HA_FENCE):] for k in stored_keys if k.startswith(keys.HA_FENCE)}
+
+
 class FenceDevices:
     """The stored fence device records, on one store client."""
 
@@ -139,6 +145,12 @@ class FenceDevices:
         """{node: record} of every node with a device."""
         return {e.key[len(keys.HA_FENCE):]: e.value
                 for e in await self.store.get_prefix(keys.HA_FENCE) if isinstance(e.value, dict)}
+
+    async def find(self, node: str) -> dict[str, Any] | None:
+        """The node's record, or None if it has none (the CRM's fencer: no device, so
+        the watchdog guarantee alone)."""
+        cfg = await self.store.get_value(keys.ha_fence(node))
+        return cfg if isinstance(cfg, dict) else None
 
     async def record(self, node: str) -> dict[str, Any]:
         """The node's record; FenceDeviceError if it has none."""
@@ -164,6 +176,11 @@ class FenceDevices:
             return dict(record)
 
         await self.store.update(keys.ha_fence(node), mutate)
+
+    async def overwrite(self, node: str, record: Mapping[str, Any]) -> None:
+        """Store `record` whatever is stored (a test lab wiring its BMCs); administrators
+        go through `create` and `replace`, which refuse a concurrent change."""
+        await self.store.put(keys.ha_fence(node), dict(record))
 
     async def remove(self, node: str) -> None:
         if await self.store.get(keys.ha_fence(node)) is None:

@@ -1,7 +1,7 @@
 """One manager round's view of the world, and the helpers every transition uses.
 
 `Manager.round` reads everything once into a `RoundContext`; the node and
-service state machines (`ha.nodes`, `ha.services`) then work on it and on
+service state machines (`ha.nodes`, `ha.transitions`) then work on it and on
 the `ManagerStatus` it holds, which the manager writes back at the end with
 a compare-and-swap. Keeping the reads in one place makes a round a function
 of one snapshot: what the log says was decided is what the snapshot showed.

@@ -8,7 +8,7 @@
 2. applies admin commands (migrate, relocate, node maintenance, disarm/arm);
 3. adds services new in the config and drops removed or `ignored` ones;
 4. updates node states (`ha.nodes`), then runs every service's state
-   machine (`ha.services`) and the fencing logic until nothing changes;
+   machine (`ha.transitions`) and the fencing logic until nothing changes;
 5. writes the manager status back, compared against the revision it read and
    the manager lock (`CrmEnv.write_manager_status`), together with the
    deletion of the commands it consumed.
@@ -32,8 +32,8 @@ from binome.ha.model import (
 )
 from binome.ha.nodes import fence_nodes, update_node_states
 from binome.ha.scheduler import replica_reason, uptodate_nodes
-from binome.ha.services import next_state
 from binome.ha.timers import HaTimers
+from binome.ha.transitions import next_state
 
 S = ServiceState
 MAX_PASSES = 5  # a service moves at most a few states per round; this bounds a bug's loop

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from binome.fence.devices import FenceDeviceError, FenceDevices
 from binome.lab.bmc import binomed_pid, netns_pids
 from binome.lab.cluster import CLIENT, LabCluster, LabClusterError
 from binome.store import keys
@@ -394,13 +395,15 @@ class HaLab:
     def configure_fencing(self, nodes: tuple[str, ...] | None = None) -> None:
         """Each node's IPMI fence device (its BMC) in `/binome/ha/fence/<node>`."""
         async def put(store: Any) -> None:
+            devices = FenceDevices(store)
             for n in nodes or self.nodes:
-                await store.put(keys.ha_fence(n), self.cluster.fence_config(n))
+                await devices.overwrite(n, self.cluster.fence_config(n))
         self.etcd(put)
 
     def remove_fencing(self, node: str) -> None:
         async def delete(store: Any) -> None:
-            await store.delete(keys.ha_fence(node))
+            with contextlib.suppress(FenceDeviceError):   # none: nothing to remove
+                await FenceDevices(store).remove(node)
         self.etcd(delete)
 
     def cluster_log(self, since: float = 0.0) -> list[dict[str, Any]]:
@@ -611,7 +614,7 @@ class HaLab:
 
         Nothing is reconnected or demoted here: a self-fenced node that still runs
         (links cut, daemon paused) gives up the Primary role of its stale copy and
-        resyncs by itself (`ha.daemon.executor.release_fenced_volumes`), the
+        resyncs by itself (`ha.agent.executor.release_fenced_volumes`), the
         survivor reconnects after a recovery that disconnected it, and a node
         powered on comes up Secondary and resyncs. `reset=True` power-cycles the
         node through its BMC first (a hardware reset) for a scenario that needs one.
@@ -652,7 +655,9 @@ class HaLab:
 
         def done() -> bool:
             st = self.volume_states(node)
-            return bool(st) and st.get("role") == "Secondary" and st.get("disk") == "UpToDate" \
+            if not st:
+                return False
+            return st.get("role") == "Secondary" and st.get("disk") == "UpToDate" \
                 and st.get("cstate") == "Connected" and st.get("peer_disk") == "UpToDate" \
                 and st.get("peer_role") == "Primary"
         wait_until(done, timeout, f"{self.volume} on {node} UpToDate Secondary by itself", 0.5)

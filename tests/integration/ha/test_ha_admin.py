@@ -384,7 +384,7 @@ def test_host_shutdown_policies(
     once the node is back. While the host powers off: stopped, lease released, and
     recovered on the other node at once. With policy `migrate`: live-migrated away
     first, back when the node returns. The host's state comes from the probe command
-    (no systemd on this machine: see binome.ha.daemon.shutdown)."""
+    (no systemd on this machine: see binome.ha.agent.shutdown)."""
     began = time.monotonic()
     c = ha_cluster
     n1, n2 = c["n1"], c["n2"]

@@ -7,7 +7,7 @@ import pytest
 from binome.api.errors import ParamError
 from binome.api.methods.ha import parse_sid
 from binome.cli.format import ha_status as format_ha_status
-from binome.ha.daemon.etcd_env import LivenessTracker, Raw, vmid_of
+from binome.ha.agent.etcd_env import LivenessTracker, Raw, vmid_of
 
 
 def test_parse_sid() -> None:

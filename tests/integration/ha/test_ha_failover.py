@@ -39,7 +39,7 @@ def service(node: Node, sid: str) -> dict:
 
 async def _waking_events(c: Cluster, seconds: float) -> list[str]:
     """The changes that would wake the HA rounds during `seconds` (docs/ha.md 8.4)."""
-    from binome.ha.daemon.wake import WATCH_PREFIXES, wakes_rounds
+    from binome.ha.agent.wake import WATCH_PREFIXES, wakes_rounds
 
     store, seen = c.raw_store("n2"), []
     try:

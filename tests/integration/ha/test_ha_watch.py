@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from binome.ha.daemon.wake import wakes_rounds
+from binome.ha.agent.wake import wakes_rounds
 from binome.store import keys
 from binome.store.client import StoreUnavailable, WatchEvent
 from tests.integration.harness import Cluster

@@ -16,7 +16,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from binome.ha.daemon.shutdown import ShutdownDetector, classify_jobs
+from binome.ha.agent.shutdown import ShutdownDetector, classify_jobs
 
 
 def test_classify_systemd_jobs() -> None:
@@ -60,7 +60,7 @@ def test_sigterm_asks_the_probe(tmp_path: Path) -> None:
     answer.write_text("")
     script = textwrap.dedent("""
         import asyncio, signal, sys
-        from binome.ha.daemon.shutdown import ShutdownDetector
+        from binome.ha.agent.shutdown import ShutdownDetector
 
         async def main():
             seen = []

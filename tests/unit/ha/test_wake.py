@@ -1,8 +1,8 @@
-"""The watch filter and debounce of the event-driven HA rounds (`ha.daemon.wake`, pure)."""
+"""The watch filter and debounce of the event-driven HA rounds (`ha.agent.wake`, pure)."""
 
 from __future__ import annotations
 
-from binome.ha.daemon.wake import MIN_WAKE_GAP, WATCH_PREFIXES, Debouncer, wakes_rounds
+from binome.ha.agent.wake import MIN_WAKE_GAP, WATCH_PREFIXES, Debouncer, wakes_rounds
 from binome.storage.replica.node import records as vkeys
 from binome.store import keys
 from binome.store.client import LeasedEntry, WatchEvent

@@ -393,7 +393,7 @@ class World:
                                    "watchdog stays armed")
         if node.crm is not None:
             node.crm.shutdown()
-        # like HaService.stop(): the lease is announced released, then revoked
+        # like HaAgent.stop(): the lease is announced released, then revoked
         if node.lease_id is not None and self.etcd.quorate(node.name):
             self.etcd.revoke(node.lease_id, self.q.now)
             self.log("info", "etcd", f"{node.name} released its lease")

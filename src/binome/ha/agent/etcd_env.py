@@ -37,6 +37,7 @@ import time
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
+from binome.fence.devices import device_nodes
 from binome.guest import configs
 from binome.ha.config import decode_commands, decode_groups, decode_resources, decode_settings
 from binome.ha.env import Conflict, EnvUnavailable
@@ -59,7 +60,7 @@ from binome.store import keys
 from binome.store.client import LeasedEntry, Store, StoreUnavailable
 
 if TYPE_CHECKING:
-    from binome.ha.daemon.service import HaService
+    from binome.ha.agent.agent import HaAgent
 
 
 Raw = LeasedEntry
@@ -137,7 +138,7 @@ class LivenessTracker:
 class EtcdEnv:
     """One daemon's Env (`role` is `crm` or `lrm`); see the module docstring."""
 
-    def __init__(self, hub: HaService, role: str) -> None:
+    def __init__(self, hub: HaAgent, role: str) -> None:
         self.hub = hub
         self.role = role
         self._ok = False
@@ -161,7 +162,7 @@ class EtcdEnv:
     async def refresh(self) -> bool:
         """Read the round's snapshot; False (and every read unavailable) without quorum.
 
-        A prefix read here must also be in `ha.daemon.wake.WATCH_PREFIXES`, or its
+        A prefix read here must also be in `ha.agent.wake.WATCH_PREFIXES`, or its
         changes wait for the next periodic round."""
         hub = self.hub
         store = hub.store
@@ -298,7 +299,7 @@ class EtcdEnv:
         return self._ok
 
     def cluster_nodes(self) -> dict[str, NodeInfo]:
-        fence = self._prefix(keys.HA_FENCE)
+        fence = device_nodes(self._entries)
         return {name: NodeInfo(name, watchdog=True, fence_device=name in fence)
                 for name in self.hub.guest_nodes()}
 

@@ -1,6 +1,6 @@
 """Event-driven HA rounds: which etcd changes wake the rounds early, and the debounce.
 
-Pure (no I/O): `HaService._watch_loop` feeds it the events of one etcd watch
+Pure (no I/O): `HaAgent._watch_loop` feeds it the events of one etcd watch
 over `WATCH_PREFIXES` (what `EtcdEnv.refresh()` reads) and wakes the round
 loop when `Debouncer` says so. The periodic round (`manager_round`) stays the
 fallback: a missed or dropped event only delays a decision to the next
@@ -51,7 +51,7 @@ def wakes_rounds(ev: WatchEvent) -> bool:
     return key.startswith(WATCH_PREFIXES)
 
 
-def _fields(value: object) -> tuple:
+def _fields(value: object) -> tuple[object, ...]:
     d = value if isinstance(value, dict) else {}
     return tuple(d.get(f) for f in VOLUME_STATE_FIELDS)
 

@@ -85,7 +85,7 @@ class ShutdownDetector:
         env = os.environ.get(PROBE_ENV)
         self.probe_command = probe_command if probe_command is not None else env
         self._inhibitor: asyncio.subprocess.Process | None = None
-        self._monitor: asyncio.Task | None = None
+        self._monitor: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ systemd / logind
 

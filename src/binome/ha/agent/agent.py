@@ -1,4 +1,4 @@
-"""`HaService`: the CRM and the LRM of one node inside `binomed` (role `node`).
+"""`HaAgent`: the CRM and the LRM of one node inside `binomed` (role `node`).
 
 Loops:
 
@@ -9,13 +9,16 @@ Loops:
   `renewed_at + self_fence_deadline` if the LRM has it armed;
 - **rounds** (every `manager_round`, when a job finishes, and woken by the
   watch): refresh -> `Crm.step()` -> commit, then refresh -> `Lrm.step()` ->
-  commit (`ha.daemon.etcd_env`);
-- **watch**: one etcd watch over what a round reads (`ha.daemon.wake`); a
+  commit (`ha.agent.etcd_env`);
+- **watch**: one etcd watch over what a round reads (`ha.agent.wake`); a
   relevant change (a heartbeat key gone or back, a manager or LRM status, a
   command, the resources, a volume's disk state...) wakes the rounds after a
   short debounce instead of waiting for the next periodic round. Broken, it is
   re-created with backoff; the periodic round is the fallback meanwhile.
   `BINOME_HA_WATCH=0` in binomed's environment turns it off (measurements).
+
+Each loop is a `binome.loops.run_periodic` (cancellation, failure logging, backoff);
+`stop()` ends them with `binome.loops.stop_tasks`.
 
 The watchdog is `binome.fence.watchdog.Watchdog` (its supervisor process,
 state file in the node's run dir); fencing uses the fence device configured
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import time
@@ -34,15 +38,19 @@ import uuid
 from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
+from binome.fence.device import make_device
+from binome.fence.devices import FenceDevices
 from binome.fence.watchdog import Watchdog
+from binome.ha.agent.etcd_env import EtcdEnv, vmid_of
+from binome.ha.agent.executor import Executor
+from binome.ha.agent.shutdown import ShutdownDetector
+from binome.ha.agent.wake import WATCH_PREFIXES, Debouncer, wakes_rounds
+from binome.ha.config import HaConfig
 from binome.ha.crm import Crm
-from binome.ha.daemon.etcd_env import EtcdEnv, vmid_of
-from binome.ha.daemon.executor import Executor
-from binome.ha.daemon.shutdown import ShutdownDetector
-from binome.ha.daemon.wake import WATCH_PREFIXES, Debouncer, wakes_rounds
 from binome.ha.lrm import Lrm
 from binome.ha.model import FenceState, FenceStatus, LrmState
 from binome.ha.timers import HaTimers
+from binome.loops import Backoff, run_periodic, stop_tasks
 from binome.store import keys
 from binome.store.client import StoreUnavailable
 
@@ -51,6 +59,7 @@ if TYPE_CHECKING:
     from binome.config import NodeConfig
     from binome.guest.guests import GuestService
     from binome.storage.manager import StorageManager
+    from binome.store.client import Store
     from binome.tasks.clusterlog import ClusterLog
     from binome.tasks.manager import TaskManager
 
@@ -63,16 +72,18 @@ SHUTDOWN_WAIT = 120.0   # below systemd's stop timeout if binomed.service sets 1
 RESTART_WAIT = 10.0
 CLUSTERLOG_PRI = {"warn": "warning", "err": "err", "alert": "alert"}
 HEARTBEAT_RETRY = 0.2   # seconds between attempts after a failed renewal
+HEARTBEAT_MIN_PAUSE = 0.02   # between two renewals, however late the last one was
+ROUND_MIN_PAUSE = 0.05       # between two rounds, however long the last one took
 WATCH_RETRY_MIN, WATCH_RETRY_MAX = 0.5, 5.0   # backoff before re-creating a broken watch
 
 
 class Fencer:
     """Fence requests through the node's fence device, run as tasks; recorded in etcd."""
 
-    def __init__(self, hub: HaService) -> None:
+    def __init__(self, hub: HaAgent) -> None:
         self.hub = hub
         self._status: dict[str, FenceStatus] = {}
-        self._tasks: dict[str, asyncio.Task] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def request(self, node: str) -> str:
         request_id = uuid.uuid4().hex[:12]
@@ -85,13 +96,11 @@ class Fencer:
         return self._status.get(node)
 
     async def _run(self, node: str, request_id: str) -> None:
-        from binome.fence.device import make_device
-
         hub = self.hub
         state, detail = FenceState.FAILED, ""
         try:
             assert hub.store is not None
-            cfg = await hub.store.get_value(keys.ha_fence(node))
+            cfg = await FenceDevices(hub.store).find(node)
             if not cfg:
                 detail = "no fence device configured"
             else:
@@ -105,9 +114,8 @@ class Fencer:
         self._status[node] = FenceStatus(request_id, state, detail)
         with contextlib.suppress(Exception):
             assert hub.store is not None
-            await hub.store.put(keys.ha_fence_request(node),
-                                {"request": request_id, "state": str(state), "detail": detail,
-                                 "by": hub.node, "at": time.time()})
+            await HaConfig(hub.store).record_fence_request(node, request_id, str(state), detail,
+                                                           by=hub.node)
         hub.log("info" if state == FenceState.CONFIRMED else "err", f"{hub.node}/crm",
                 f"fence {node}: {state} ({detail})")
         hub.wake()
@@ -117,7 +125,7 @@ class Fencer:
             t.cancel()
 
 
-class HaService:
+class HaAgent:
     def __init__(self, config: NodeConfig, cluster: ClusterService,
                  guests: GuestService | None, storages: StorageManager,
                  tasks: TaskManager, clusterlog: ClusterLog,
@@ -162,15 +170,15 @@ class HaService:
         # host shutdown/reboot detection (logind, or systemd asked on SIGTERM)
         self.shutdown = ShutdownDetector(on_request=self.wake)
         self._shutdown_ready = asyncio.Event()
-        self._loops: list[asyncio.Task] = []
+        self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
         self._restarting = False   # a plain daemon stop: the LRM's `restart` mode
-        self._pending_logs: list[asyncio.Task] = []
+        self._pending_logs: list[asyncio.Task[dict[str, Any]]] = []
 
     # ------------------------------------------------------------ facts for the envs
 
     @property
-    def store(self):
+    def store(self) -> Store | None:
         return self.cluster.store
 
     @property
@@ -270,16 +278,7 @@ class HaService:
             else:
                 await self._daemon_restart()
         self._stopping = True
-        # cancel until they are done: Python 3.11's wait_for swallows a cancellation
-        # that races with its inner future completing (a wake-up), and a loop would
-        # then go on forever
-        for _ in range(50):
-            pending = [t for t in self._loops if not t.done()]
-            if not pending:
-                break
-            for t in pending:
-                t.cancel()
-            await asyncio.wait(pending, timeout=0.2)
+        await stop_tasks(self._loops)
         self._loops = []
         if self._debounce_handle is not None:
             self._debounce_handle.cancel()
@@ -354,28 +353,21 @@ class HaService:
     # ------------------------------------------------------------ loops
 
     async def _heartbeat_loop(self) -> None:
-        seq = 0
-        while not self._stopping:
-            began = time.monotonic()
-            ok = False
-            try:
-                ok = await self._heartbeat(seq)
-            except asyncio.CancelledError:
-                raise
-            except StoreUnavailable as exc:
-                log.debug("HA heartbeat failed: %s", exc)
-            except Exception:
-                log.exception("HA heartbeat failed")
-            seq += 1
+        seq = itertools.count()
+
+        async def step() -> float | None:
+            ok = await self._heartbeat(next(seq))   # a failed attempt uses its number too
             # Renewals keep a fixed cadence from their send time; a missed one (an etcd
             # leader election, a slow member) is retried almost at once, because the
             # self-fence deadline counts from the last *successful* renewal and one
             # full keepalive_interval of waiting would eat most of the margin.
-            if ok:
-                pause = self.timers.keepalive_interval - (time.monotonic() - began)
-            else:
-                pause = HEARTBEAT_RETRY
-            await asyncio.sleep(max(0.02, pause))
+            return None if ok else HEARTBEAT_RETRY
+
+        await run_periodic("HA heartbeat", step, lambda: self.timers.keepalive_interval,
+                           logger=log, quiet=(StoreUnavailable,), fixed_rate=True,
+                           min_pause=HEARTBEAT_MIN_PAUSE,
+                           backoff=Backoff(HEARTBEAT_RETRY, HEARTBEAT_RETRY),
+                           stop_when=lambda: self._stopping)
 
     async def _heartbeat(self, seq: int) -> bool:
         store, lease = self.store, self.lease_id
@@ -397,36 +389,32 @@ class HaService:
         return True
 
     async def _round_loop(self) -> None:
-        while not self._stopping:
-            began = time.monotonic()
-            self._wake.clear()
-            try:
-                await self.round()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("HA round failed")
-            left = self.timers.manager_round - (time.monotonic() - began)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.05, left))
+        async def step() -> None:
+            await self.round()
+
+        await run_periodic("HA round", step, lambda: self.timers.manager_round, logger=log,
+                           fixed_rate=True, min_pause=ROUND_MIN_PAUSE, wake=self._wake,
+                           stop_when=lambda: self._stopping)
 
     async def _watch_loop(self) -> None:
         """Wake the rounds on relevant etcd changes (module docstring); never decides."""
-        pause = WATCH_RETRY_MIN
+        backoff = Backoff(WATCH_RETRY_MIN, WATCH_RETRY_MAX)
         broken: str | None = None   # logged once per outage, not at every retry
         established = False         # before the first watch, etcd may simply be starting
-        while not self._stopping:
+
+        async def step() -> None:
+            nonlocal broken, established
             store = self.store
-            if store is None:
+            while store is None:   # no cluster (yet): the backoff stays where it was
                 await asyncio.sleep(WATCH_RETRY_MIN)
-                continue
+                store = self.store
             try:
                 async with store.watch_prefixes(WATCH_PREFIXES, prev_kv=True,
                                                 timeout=max(1.0, self.io_timeout)) as events:
                     if broken is not None and established:
                         log.info("%s: HA watch restored", self.node)
                     broken, established = None, True
-                    pause = WATCH_RETRY_MIN
+                    backoff.reset()
                     if self._debounce_handle is not None:
                         self._debounce_handle.cancel()
                     self._debounce.reset()
@@ -434,16 +422,19 @@ class HaService:
                     async for ev in events:
                         if wakes_rounds(ev):
                             self._watch_event()
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 if broken is None and not self._stopping:
                     broken = f"{type(exc).__name__}: {exc}"
                     log.log(logging.WARNING if established else logging.DEBUG,
                             "%s: HA watch broken (%s); rounds every %.1f s until it is back",
                             self.node, broken, self.timers.manager_round)
-            await asyncio.sleep(pause)
-            pause = min(WATCH_RETRY_MAX, pause * 2)
+                raise
+
+        # the events never end but by an error (StoreUnavailable when the stream breaks):
+        # every pass of the step ends in the backoff pause
+        await run_periodic("HA watch", step, WATCH_RETRY_MIN, logger=log,
+                           quiet=(StoreUnavailable,), backoff=backoff,
+                           stop_when=lambda: self._stopping)
 
     def _watch_event(self) -> None:
         loop = asyncio.get_running_loop()

@@ -30,14 +30,14 @@ from typing import TYPE_CHECKING
 
 from binome.guest import configs
 from binome.guest.errors import GuestFailure
-from binome.ha.daemon.etcd_env import vmid_of
+from binome.ha.agent.etcd_env import vmid_of
 from binome.ha.model import ExitCode, LrmResult
 from binome.storage.base import StaleCopy, StorageError
 from binome.store import keys
 from binome.store.client import StoreUnavailable
 
 if TYPE_CHECKING:
-    from binome.ha.daemon.service import HaService
+    from binome.ha.agent.agent import HaAgent
     from binome.tasks.manager import Task
 
 log = logging.getLogger("binome.ha")
@@ -47,12 +47,12 @@ RELEASE_INTERVAL = 2.0   # seconds between two looks at the fencing marks of stu
 
 
 class Executor:
-    def __init__(self, hub: HaService) -> None:
+    def __init__(self, hub: HaAgent) -> None:
         self.hub = hub
-        self._jobs: dict[str, tuple[str, asyncio.Task]] = {}
+        self._jobs: dict[str, tuple[str, asyncio.Task[None]]] = {}
         self._results: dict[str, LrmResult] = {}
         self._managed: set[str] = set()
-        self._releasing: asyncio.Task | None = None
+        self._releasing: asyncio.Task[list[str]] | None = None
         self._release_next = 0.0
 
     # ------------------------------------------------------------ views
@@ -213,7 +213,7 @@ class Executor:
         return busy
 
 
-async def release_fenced_volumes(hub: HaService, busy: set[int]) -> list[str]:
+async def release_fenced_volumes(hub: HaAgent, busy: set[int]) -> list[str]:
     """Deactivate and reconnect the copies here that the peer recorded Outdated, once
     their guest no longer runs here; returns the volids released.
 
@@ -257,7 +257,7 @@ async def release_fenced_volumes(hub: HaService, busy: set[int]) -> list[str]:
     return released
 
 
-async def promote_volumes(hub: HaService, task: Task, sid: str, vmid: int) -> None:
+async def promote_volumes(hub: HaAgent, task: Task, sid: str, vmid: int) -> None:
     """Activate (Primary) every replicated volume of the guest here, or refuse the start.
 
     Only an UpToDate copy is activated; the storage applies quorum fencing (a
@@ -305,7 +305,7 @@ async def promote_volumes(hub: HaService, task: Task, sid: str, vmid: int) -> No
             raise GuestFailure(f"refusing to start {sid}: {exc}") from None
 
 
-async def demote_volumes(hub: HaService, task: Task, vmid: int, strict: bool = False) -> None:
+async def demote_volumes(hub: HaAgent, task: Task, vmid: int, strict: bool = False) -> None:
     """Back to Secondary once QEMU has closed its disks (the next node promotes them).
 
     `strict` (relocation): a volume that stays Primary fails the job, so the

@@ -1,1 +1,0 @@
-"""The HA manager inside `binomed`: the etcd-backed Env, the executor, the service loop."""
