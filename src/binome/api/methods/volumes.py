@@ -124,7 +124,7 @@ def _setting_errors(current: dict[str, Any], changes: dict[str, Any]) -> dict[st
 
 
 def volumes(ctx: RequestContext) -> VolumeService:
-    service = getattr(ctx.services, "volumes", None)
+    service = ctx.services.volumes
     if service is None:
         raise fail("this node holds no replicated volumes (witness)")
     return service
