@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from aiohttp import web
@@ -552,8 +553,10 @@ async def _events(ctx: RequestContext, volume: str | None, now: bool) -> Any:
     finally:
         if nxt is not None:
             nxt.cancel()
-        with contextlib.suppress(Exception):
-            await stream.aclose()
+        # the stream is an async generator: close it now, not when it is collected
+        if isinstance(stream, AsyncGenerator):
+            with contextlib.suppress(Exception):
+                await stream.aclose()
     with contextlib.suppress(ConnectionError):
         await resp.write_eof()
     return resp
