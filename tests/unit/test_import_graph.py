@@ -4,8 +4,7 @@ Every import is found with `ast`: top-level ones, function-local ones (an invers
 hidden in a function is still an inversion) and, reported apart, `if TYPE_CHECKING:`
 ones (they cost nothing at run time but still couple the packages). Each edge between
 top-level units (packages such as `ha`, modules such as `config`) must be listed in
-`ALLOWED_EDGES`; today's inversions that other changes remove are in `KNOWN_INVERSIONS`,
-and the test fails when one of them disappears, so that list only shrinks.
+`ALLOWED_EDGES`: there are no known exceptions.
 
 The pure modules (the HA state machines, the replica's pure state, the UPID and quorum
 rules) import no I/O module at all (`FORBIDDEN_IN_PURE`).
@@ -33,7 +32,8 @@ ROOT = SRC / "binome"
 #:   lab (and tests) on top of everything, imported by nothing in src/binome.
 #: Owners import each other only downwards: ha -> guest, storage, fence, cluster, tasks ;
 #: guest -> storage, cluster, tasks ; storage -> cluster, tasks ; cluster -> tasks.
-LEAVES = frozenset({"config", "errors", "durable", "loops", "schema", "params", "version"})
+LEAVES = frozenset({"config", "errors", "durable", "loops", "schema", "params", "version",
+                    "tickets"})
 ALLOWED_EDGES: dict[str, frozenset[str]] = {
     "cli": frozenset({"api", "tasks"}),   # tasks: the pure UPID format it prints
     "daemon": frozenset({"api", "ha", "guest", "storage", "fence", "cluster", "tasks",
@@ -64,17 +64,6 @@ ALLOWED_MODULES: dict[str, frozenset[str]] = {
     "cli": frozenset({"binome.storage.replica.core.format",
                       "binome.storage.replica.core.events"}),
 }
-
-#: Edges the architecture forbids that exist today, each removed by another change of
-#: issue 10 (named in the comment). Written `(importer module, imported module)`.
-KNOWN_INVERSIONS: frozenset[tuple[str, str]] = frozenset({
-    # the API takes the daemon's service container: the graph is built once, in the
-    # daemon, and handed down (api/daemon helpers).
-    ("binome.api.context", "binome.daemon.services"),
-    ("binome.api.server", "binome.daemon.services"),
-    # the guest's remote calls use the API client (guest helper).
-    ("binome.guest.remote", "binome.api.auth"),
-})
 
 #: Unit prefix -> modules that must stay pure (no I/O). Prefixes match sub-modules too;
 #: the replica's pure modules are listed where they are and under a future core/.
@@ -193,15 +182,8 @@ def test_every_unit_is_in_the_table() -> None:
 
 
 def test_no_import_crosses_the_layers_outside_the_table() -> None:
-    found = _violations(_graph())
-    new = sorted(line for pair, lines in found.items() if pair not in KNOWN_INVERSIONS
-                 for line in lines)
-    assert new == [], "\n".join(new)
-
-
-def test_known_inversions_still_exist_so_the_list_shrinks() -> None:
-    gone = sorted(KNOWN_INVERSIONS - set(_violations(_graph())))
-    assert gone == [], f"fixed: remove {gone} from KNOWN_INVERSIONS"
+    found = sorted(line for lines in _violations(_graph()).values() for line in lines)
+    assert found == [], "\n".join(found)
 
 
 def test_nothing_outside_the_lab_imports_the_lab() -> None:

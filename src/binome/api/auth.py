@@ -1,72 +1,35 @@
 """Authentication: PVE tickets and CSRF tokens, argon2 password hashes, PAM.
 
-Ticket: ``PVE:<userid>:<8-hex time>::<base64 HMAC-SHA256>``, valid two hours,
-signed with the cluster's auth key (kept in etcd, so any node verifies a ticket
-issued by another). CSRF token: ``<8-hex time>:<base64 HMAC>`` bound to the user.
+The ticket and CSRF token format is `binome.tickets` (a leaf that node-to-node callers
+use too); this module adds what the API needs on top: AuthError on a bad ticket.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
-import time
 from pathlib import Path
 
 import argon2
 
 from binome.api.errors import AuthError
+from binome.tickets import InvalidTicket, ticket_user
 
-TICKET_LIFETIME = 7200
-CLOCK_SKEW = 300
+# re-exported: the API signs and checks tokens through this module
+from binome.tickets import make_csrf_token as make_csrf_token
+from binome.tickets import make_ticket as make_ticket
+from binome.tickets import verify_csrf_token as verify_csrf_token
+
 PAM_SERVICE_FILE = Path("/etc/pam.d/binome")
 
 _hasher = argon2.PasswordHasher()
 
 
-def _sign(key: bytes, text: str) -> str:
-    return base64.b64encode(hmac.new(key, text.encode(), hashlib.sha256).digest()).decode()
-
-
-def make_ticket(key: bytes, userid: str, now: float | None = None) -> str:
-    plain = f"PVE:{userid}:{int(now if now is not None else time.time()):08X}"
-    return f"{plain}::{_sign(key, plain)}"
-
-
 def verify_ticket(key: bytes, ticket: str, now: float | None = None) -> str:
     """Return the user id of a valid ticket; raise AuthError otherwise."""
-    plain, sep, signature = ticket.partition("::")
-    parts = plain.split(":")
-    if not sep or len(parts) != 3 or parts[0] != "PVE":
-        raise AuthError("invalid ticket")
-    if not hmac.compare_digest(_sign(key, plain), signature):
-        raise AuthError("invalid ticket")
     try:
-        issued = int(parts[2], 16)
-    except ValueError:
-        raise AuthError("invalid ticket") from None
-    age = (now if now is not None else time.time()) - issued
-    if age < -CLOCK_SKEW or age > TICKET_LIFETIME:
-        raise AuthError("ticket expired")
-    return parts[1]
-
-
-def make_csrf_token(key: bytes, userid: str, now: float | None = None) -> str:
-    stamp = f"{int(now if now is not None else time.time()):08X}"
-    return f"{stamp}:{_sign(key, f'csrf:{stamp}:{userid}')}"
-
-
-def verify_csrf_token(key: bytes, token: str, userid: str, now: float | None = None) -> bool:
-    stamp, _, signature = token.partition(":")
-    try:
-        issued = int(stamp, 16)
-    except ValueError:
-        return False
-    age = (now if now is not None else time.time()) - issued
-    if age < -CLOCK_SKEW or age > TICKET_LIFETIME:
-        return False
-    return hmac.compare_digest(_sign(key, f"csrf:{stamp}:{userid}"), signature)
+        return ticket_user(key, ticket, now)
+    except InvalidTicket as exc:
+        raise AuthError(str(exc)) from None
 
 
 def hash_password(password: str) -> str:

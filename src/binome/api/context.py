@@ -1,20 +1,117 @@
-"""What a method handler gets: who is calling, through which door, and the node's services."""
+"""What a method handler gets: who is calling, through which door, and the node's services.
+
+`NodeServices` is the API's view of the node: exactly what the server and the method
+handlers use. The daemon's object graph (`binome.daemon.graph.NodeGraph`) satisfies it
+and is handed to the API as one; the API imports nothing from the daemon.
+"""
 
 from __future__ import annotations
 
+import ssl
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from aiohttp import web
 
     from binome.api.registry import ApiMethod
-    from binome.daemon.services import Services
+    from binome.cluster.cluster import ClusterService
+    from binome.config import NodeConfig
+    from binome.guest.guests import GuestService
+    from binome.storage.manager import StorageManager
+    from binome.storage.replica.node.volumes import VolumeService
+    from binome.tasks.clusterlog import ClusterLog
+    from binome.tasks.manager import TaskManager
+
+
+class HostView(Protocol):
+    """This host's resources, as `nodes/{node}/status` and the node list show them."""
+
+    def summary(self) -> dict[str, Any]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+class RrdSeries(Protocol):
+    """One round-robin series (the node's, or a guest's)."""
+
+    def fetch(self, timeframe: str, cf: str = "AVERAGE") -> list[dict[str, Any]]: ...
+
+
+class RrdView(Protocol):
+    """The node's and guests' usage history (`.../rrddata`)."""
+
+    @property
+    def node(self) -> RrdSeries: ...
+
+    def guest(self, vmid: int) -> RrdSeries: ...
+
+
+class RebootGuard(Protocol):
+    """The HA agent as the API sees it: an API reboot of an HA guest is not a crash."""
+
+    def rebooting(self, vmid: int) -> AbstractContextManager[None]: ...
+
+
+class NodeServices(Protocol):
+    """The node as the API sees it. On a witness, `guests`, `volumes` and `ha` are None."""
+
+    @property
+    def config(self) -> NodeConfig: ...
+
+    @property
+    def cluster(self) -> ClusterService: ...
+
+    @property
+    def clusterlog(self) -> ClusterLog: ...
+
+    @property
+    def tasks(self) -> TaskManager: ...
+
+    @property
+    def host(self) -> HostView: ...
+
+    @property
+    def rrd(self) -> RrdView: ...
+
+    @property
+    def storages(self) -> StorageManager: ...
+
+    @property
+    def volumes(self) -> VolumeService | None: ...
+
+    @property
+    def guests(self) -> GuestService | None: ...
+
+    @property
+    def ha(self) -> RebootGuard | None: ...
+
+    def api_cert_paths(self) -> tuple[Path, Path]:
+        """The certificate and key the API serves (the node's, once it is a member)."""
+        ...
+
+    def cluster_ssl_context(self) -> ssl.SSLContext:
+        """Client context for node-to-node calls."""
+        ...
+
+    async def authkey(self) -> bytes:
+        """The key tickets and CSRF tokens are signed with."""
+        ...
+
+    async def get_user(self, userid: str) -> dict[str, Any] | None: ...
+
+    async def is_superuser(self, userid: str) -> bool: ...
+
+    async def node_api_url(self, node: str) -> str:
+        """`https://host:port` of a cluster node's API."""
+        ...
 
 
 @dataclass
 class RequestContext:
-    services: Services
+    services: NodeServices
     user: str | None
     request: web.Request | None
     method: ApiMethod

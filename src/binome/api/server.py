@@ -16,21 +16,18 @@ import os
 import socket
 import ssl
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote
 
 import aiohttp
 from aiohttp import web
 
 from binome.api import auth, openapi
-from binome.api.context import RequestContext
+from binome.api.context import NodeServices, RequestContext
 from binome.api.errors import ApiError, AuthError, PermissionDenied
 from binome.api.registry import ApiMethod, WithTotal, registry
 from binome.api.schema import validate
 from binome.errors import BinomeError
-
-if TYPE_CHECKING:
-    from binome.daemon.services import Services
 
 log = logging.getLogger("binome.api")
 
@@ -75,7 +72,7 @@ def _ticket_from(request: web.Request) -> str | None:
 
 
 class ApiServer:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: NodeServices) -> None:
         self.services = services
         self.app = web.Application(client_max_size=16 * 1024 * 1024)
         self.app.router.add_route("*", API_PREFIX + "/{tail:.*}", self.dispatch)

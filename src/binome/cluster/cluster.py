@@ -30,9 +30,16 @@ from binome.tasks.manager import Task
 
 
 class ClusterService:
-    def __init__(self, config: NodeConfig, clusterlog: ClusterLog) -> None:
+    def __init__(self, config: NodeConfig, clusterlog: ClusterLog, *,
+                 node_stats: Callable[[], dict[str, Any]] = dict,
+                 on_tls_change: Callable[[], None] = lambda: None) -> None:
+        """`node_stats`: what the node publishes as its stats, bound to its lease;
+        `on_tls_change`: called when the node certificate changes (create/join)."""
         self.local = LocalMember(config, clusterlog)
+        # the parts take their callbacks as attributes; they are set here, once
+        self.local.on_tls_change = on_tls_change
         self.monitor = ClusterMonitor(self.local)
+        self.monitor.on_node_stats = node_stats
         self.changes = MembershipChanges(self.local, self.monitor)
 
     # ------------------------------------------------------------------ state
@@ -86,24 +93,6 @@ class ClusterService:
     def lease_id(self) -> int | None:
         """This node's live lease (keys bound to it vanish when the node dies)."""
         return self.monitor.lease_id
-
-    @property
-    def on_tls_change(self) -> Callable[[], None]:
-        """Called when the node certificate changes (the daemon reloads its TLS)."""
-        return self.local.on_tls_change
-
-    @on_tls_change.setter
-    def on_tls_change(self, callback: Callable[[], None]) -> None:
-        self.local.on_tls_change = callback
-
-    @property
-    def on_node_stats(self) -> Callable[[], dict[str, Any]]:
-        """What the node publishes as its stats, bound to its lease."""
-        return self.monitor.on_node_stats
-
-    @on_node_stats.setter
-    def on_node_stats(self, callback: Callable[[], dict[str, Any]]) -> None:
-        self.monitor.on_node_stats = callback
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -178,6 +167,13 @@ class ClusterService:
         if self.store is None:
             return None
         return await self.store.get_value(keys.user(userid), serializable=True)
+
+    async def users(self) -> list[dict[str, Any]]:
+        """The users defined in the cluster, as stored (with their password hashes)."""
+        if self.store is None:
+            return []
+        entries = await self.store.get_prefix(keys.ACCESS_USERS, serializable=True)
+        return [e.value for e in entries]
 
     async def node_stats(self) -> dict[str, dict[str, Any]]:
         if self.store is None:

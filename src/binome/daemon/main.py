@@ -66,18 +66,10 @@ def load_config(args: argparse.Namespace) -> NodeConfig:
 
 async def run(cfg: NodeConfig) -> None:
     from binome.api import methods  # noqa: F401  (registers the API methods)
-    from binome.api.server import ApiServer
+    from binome.daemon.graph import NodeGraph
     from binome.daemon.rrd import sample_forever
-    from binome.daemon.services import Services
 
-    services = Services(cfg)
-    server = ApiServer(services)
-
-    def tls_changed() -> None:
-        services.tls_changed()
-        server.reload_tls()
-
-    services.cluster.on_tls_change = tls_changed
+    node = NodeGraph(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -85,34 +77,35 @@ async def run(cfg: NodeConfig) -> None:
     pidfile = cfg.run_dir / "binomed.pid"
     cfg.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     pidfile.write_text(f"{os.getpid()}\n")
-    await server.start()
+    await node.api.start()
     try:
-        await services.cluster.start()
-        if services.volumes is not None:
-            await services.volumes.start()    # adopts (or starts) the volume engine
-        if services.guests is not None:
-            await services.guests.start()
-        if services.ha is not None:
-            await services.ha.start()        # CRM + LRM rounds, HA heartbeat
+        await node.cluster.start()
+        if node.volumes is not None:
+            await node.volumes.start()    # adopts (or starts) the volume engine
+        if node.guests is not None:
+            await node.guests.start()
+        if node.ha is not None:
+            await node.ha.start()        # CRM + LRM rounds, HA heartbeat
+        guests = node.guests
         sampler = asyncio.create_task(sample_forever(
-            services.rrd, services.host.rrd_sample,
-            lambda: services.guests.last_status if services.guests else {},
+            node.rrd, node.host.rrd_sample,
+            lambda: guests.last_status if guests is not None else {},
             interval=cfg.timers.rrd_interval), name="rrd")
         log.info("binomed ready", extra={"role": cfg.role,
-                                         "cluster": services.cluster.cluster_name or "-"})
+                                         "cluster": node.cluster.cluster_name or "-"})
         await stop.wait()
         log.info("shutting down")
         sampler.cancel()
     finally:
-        await server.stop()
-        if services.ha is not None:
-            await services.ha.stop()         # before the lease is revoked
-        await services.tasks.shutdown()
-        if services.guests is not None:
-            await services.guests.stop()   # detaches from guests; they keep running
-        if services.volumes is not None:
-            await services.volumes.stop()  # stops watching; the engine keeps serving
-        await services.cluster.stop()
+        await node.api.stop()
+        if node.ha is not None:
+            await node.ha.stop()         # before the lease is revoked
+        await node.tasks.shutdown()
+        if node.guests is not None:
+            await node.guests.stop()   # detaches from guests; they keep running
+        if node.volumes is not None:
+            await node.volumes.stop()  # stops watching; the engine keeps serving
+        await node.cluster.stop()
         pidfile.unlink(missing_ok=True)
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from binome.api import auth
+from binome import tickets
 from binome.errors import BinomeError
 
 if TYPE_CHECKING:
@@ -43,8 +43,8 @@ async def node_call(cluster: ClusterService, node: str, method: str, path: str,
         raise RemoteCallFailed(f"no such cluster node '{node}'")
     host, port = address
     host = f"[{host}]" if ":" in host else host
-    headers = {"Authorization": "PVEAuthCookie=" + auth.make_ticket(key, USER),
-               "CSRFPreventionToken": auth.make_csrf_token(key, USER)}
+    headers = {"Authorization": "PVEAuthCookie=" + tickets.make_ticket(key, USER),
+               "CSRFPreventionToken": tickets.make_csrf_token(key, USER)}
     ctx = ssl.create_default_context(cafile=str(cluster.paths.ca_cert))
     data = None if method in ("GET", "DELETE") else {k: str(v) for k, v in (params or {}).items()}
     query = {k: str(v) for k, v in (params or {}).items()} if data is None else None

@@ -6,7 +6,7 @@ recorded Outdated (quorum), which started a new generation: survivor
 node's copy kept `current = A` (its new generation is deferred while it is
 suspended, and dropped when it learns it was outdated), possibly with bits for
 writes that were in flight at the split. Both sides reconnect by themselves
-now (`ha.daemon.executor`: the survivor after its promotion, the old node once
+now (`ha.agent.executor`: the survivor after its promotion, the old node once
 it demoted its copy), so the handshake alone must keep the stale copy from
 ever winning, and a real split brain must still stop in StandAlone.
 """

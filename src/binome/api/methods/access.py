@@ -11,7 +11,6 @@ from binome.api.errors import AuthError, PermissionDenied
 from binome.api.registry import ANY_USER, WORLD, CliSpec, registry
 from binome.api.registry import privs as privs_
 from binome.api.schema import Param
-from binome.store import keys
 
 LOGIN_FAILURE_DELAY = 0.5
 PRIVILEGES = ("Sys.Audit", "Sys.Modify", "Sys.Console", "Sys.PowerMgmt", "VM.Allocate",
@@ -105,11 +104,8 @@ async def access_permissions(ctx: RequestContext, params: dict[str, Any]) -> dic
 )
 async def access_users(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
     users = [{"userid": "root@pam", "enable": 1, "comment": "system administrator"}]
-    store = ctx.services.cluster.store
-    if store is not None:
-        for entry in await store.get_prefix(keys.ACCESS_USERS, serializable=True):
-            user = {k: v for k, v in entry.value.items() if k not in ("password", "superuser")}
-            users.append(user)
+    for stored in await ctx.services.cluster.users():
+        users.append({k: v for k, v in stored.items() if k not in ("password", "superuser")})
     if params.get("enabled") is not None:
         users = [u for u in users if bool(u.get("enable", 1)) == params["enabled"]]
     return users

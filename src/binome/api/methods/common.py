@@ -1,4 +1,8 @@
-"""Parameter declarations and repository access shared by several method modules."""
+"""Parameter declarations and repository access shared by several method modules.
+
+The repositories below the API own their etcd keys; this is the one place that hands
+them the cluster's store (there is none outside a cluster: a 500 then).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from binome.api.errors import ApiError
 from binome.fence.devices import FenceDevices
 from binome.ha.config import HaConfig
 from binome.schema import Param
+from binome.storage.definitions import StorageDefinitions
 
 if TYPE_CHECKING:
     from binome.api.context import RequestContext
@@ -49,3 +54,11 @@ def fence_devices(ctx: RequestContext, *, quorum: bool = False) -> FenceDevices:
     if store is None:
         raise ApiError(500, "this node is not part of a cluster")
     return FenceDevices(store)
+
+
+def storage_definitions(ctx: RequestContext) -> StorageDefinitions:
+    """The cluster's storage definitions; a 500 outside a cluster."""
+    store = ctx.services.cluster.store
+    if store is None:
+        raise ApiError(500, "this node is not part of a cluster")
+    return StorageDefinitions(store)

@@ -144,9 +144,7 @@ async def fence_remove(ctx: RequestContext, params: dict[str, Any]) -> None:
 
 
 async def _clusterlog(ctx: RequestContext, message: str, pri: str | None = None) -> None:
-    clog = getattr(ctx.services, "clusterlog", None)
-    if clog is None:
-        return
+    clog = ctx.services.clusterlog
     kw: dict[str, Any] = {"tag": "fence", "user": ctx.userid}
     if pri:
         kw["pri"] = pri

@@ -437,10 +437,11 @@ async def vm_resize(ctx: RequestContext, params: dict[str, Any]) -> str:
     if key not in vm.config or not vmconf.is_disk_key(key):
         raise param_error("disk", f"disk '{key}' does not exist")
     disk = vmconf.parse_disk(key, str(vm.config[key]))
-    if not disk.volid or disk.is_cdrom:
+    volid = disk.volid
+    if not volid or disk.is_cdrom:
         raise param_error("disk", f"disk '{key}' cannot be resized")
-    storage = await service.storages.for_volid(disk.volid)
-    current = await storage.size(disk.volid)
+    storage = await service.storages.for_volid(volid)
+    current = await storage.size(volid)
     text = params["size"]
     delta = vmconf.parse_size(text.lstrip("+"))
     new_size = current + delta if text.startswith("+") else delta
@@ -451,9 +452,9 @@ async def vm_resize(ctx: RequestContext, params: dict[str, Any]) -> str:
         async with service.lock(vmid):
             if service.runtime.is_running(vmid):
                 raise GuestFailure("resizing the disk of a running VM is not supported yet")
-            await storage.resize(disk.volid, new_size)
+            await storage.resize(volid, new_size)
             options = {**disk.options, "size": vmconf.format_size(new_size)}
-            value = ",".join([disk.volid, *(f"{k}={v}" for k, v in options.items())])
+            value = ",".join([volid, *(f"{k}={v}" for k, v in options.items())])
         await service.update(vmid, {key: value}, [], None, task=task)
         task.log(f"{key}: resized to {vmconf.format_size(new_size)}")
 

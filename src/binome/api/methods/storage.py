@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from binome.api.context import RequestContext
-from binome.api.errors import fail, param_error
-from binome.api.methods.common import NODE
+from binome.api.errors import param_error
+from binome.api.methods.common import NODE, storage_definitions
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
 from binome.errors import BinomeError
 from binome.storage.base import CONTENT_TYPES
-from binome.storage.definitions import StorageDefinitions, definition_record
+from binome.storage.definitions import definition_record
 from binome.storage.manager import BACKENDS
 
 STORAGE_ID = Param(pattern=r"[a-z][a-z0-9\-_.]*", max_length=64, description="Storage ID.")
@@ -53,13 +53,11 @@ async def storage_index(ctx: RequestContext, params: dict[str, Any]) -> list[dic
     cli=CliSpec(("storage", "add"), positional=("storage",)),
 )
 async def storage_create(ctx: RequestContext, params: dict[str, Any]) -> None:
-    store = ctx.services.cluster.store
-    if store is None:
-        raise fail("this node is not part of a cluster")
+    definitions = storage_definitions(ctx)
     content = [c for c in params["content"].split(",") if c]
     if params["type"] == "dir" and not params.get("path"):
         raise param_error("path", "property is missing and it is not optional")
-    await StorageDefinitions(store).create(definition_record(
+    await definitions.create(definition_record(
         params["storage"], params["type"], path=params.get("path", ""), content=content,
         nodes=params.get("nodes", ""), shared=params["shared"], disable=params["disable"]))
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from aiohttp import web
@@ -125,7 +126,7 @@ def _setting_errors(current: dict[str, Any], changes: dict[str, Any]) -> dict[st
 
 
 def volumes(ctx: RequestContext) -> VolumeService:
-    service = getattr(ctx.services, "volumes", None)
+    service = ctx.services.volumes
     if service is None:
         raise fail("this node holds no replicated volumes (witness)")
     return service
@@ -553,8 +554,10 @@ async def _events(ctx: RequestContext, volume: str | None, now: bool) -> Any:
     finally:
         if nxt is not None:
             nxt.cancel()
-        with contextlib.suppress(Exception):
-            await stream.aclose()
+        # the stream is an async generator: close it now, not when it is collected
+        if isinstance(stream, AsyncGenerator):
+            with contextlib.suppress(Exception):
+                await stream.aclose()
     with contextlib.suppress(ConnectionError):
         await resp.write_eof()
     return resp

@@ -1,21 +1,24 @@
-"""The services of one node, as the API handlers see them.
+"""The node's object graph: every long-lived object of one node, built once, here.
 
-This is the seam between the HTTP layer and the node: handlers reach the
-cluster, the tasks, the cluster log and host information only through here.
-It is also the one place where the node's object graph is built: each
-service gets its dependencies in its constructor (nothing is bound later).
+Each object gets its dependencies and callbacks in its constructor; nothing is bound
+after construction. The API sees the graph only as `binome.api.context.NodeServices`
+(the `ApiServer` built below is where mypy checks that the graph satisfies it).
+On a witness (`role == "witness"`) there are no guests, volumes or HA agent.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from binome.api.errors import ApiError
+from binome.api.server import ApiServer
 from binome.cluster import pki
 from binome.cluster.cluster import ClusterService
-from binome.config import NodeConfig
+from binome.config import ConfigError, NodeConfig
 from binome.daemon.hostinfo import HostInfo
 from binome.daemon.rrd import RrdStore
 from binome.guest.guests import GuestService
@@ -24,50 +27,60 @@ from binome.storage.replica.node.volumes import VolumeService
 from binome.tasks.clusterlog import ClusterLog
 from binome.tasks.manager import TaskManager
 
+if TYPE_CHECKING:
+    from binome.ha.agent.agent import HaAgent
+
 SUPERUSERS = ("root@pam",)
 
 
-class Services:
+class NodeGraph:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         config.state_dir.mkdir(parents=True, exist_ok=True)
+        is_node = config.role == "node"
         self.clusterlog = ClusterLog(config.name, config.state_dir / "clusterlog.pending")
         self.tasks = TaskManager(config.name, config.tasks_dir)
-        self.cluster = ClusterService(config, self.clusterlog)
         self.host = HostInfo()
-        self.cluster.on_node_stats = self.host.summary
         self.rrd = RrdStore()
-        self.volumes: VolumeService | None = None
-        if config.role == "node":
-            # replicated volumes: the engine runs apart from the daemon (it outlives it)
-            self.volumes = VolumeService(config.name, config.state_dir, self.cluster,
-                                         self.clusterlog)
+        self.cluster = ClusterService(config, self.clusterlog, node_stats=self.host.summary,
+                                      on_tls_change=self._tls_changed)
+        # replicated volumes: the engine runs apart from the daemon (it outlives it)
+        self.volumes: VolumeService | None = (
+            VolumeService(config.name, config.state_dir, self.cluster, self.clusterlog)
+            if is_node else None)
         # guest and HA code reach the volumes only through the storage manager
         self.storages = StorageManager(config.name, config.state_dir, self.cluster,
                                        self.volumes)
-        self.guests: GuestService | None = None
-        if config.role == "node":
-            from binome.guest.runtime import QemuRuntime
-
-            runtime = QemuRuntime(config.run_dir / "qemu")
-            self.guests = GuestService(config.name, self.cluster, self.storages, runtime,
-                                       self.clusterlog)
-        self.ha = None
-        if config.role == "node":
-            from binome.config import ConfigError
-            from binome.ha.agent.agent import HaAgent as HaService
-
-            try:
-                self.ha = HaService(config, self.cluster, self.guests, self.storages,
-                                    self.tasks, self.clusterlog)
-            except ConfigError as exc:   # cluster timers the HA timers cannot live with
-                import logging
-
-                logging.getLogger("binome.ha").error("HA manager disabled: %s", exc)
-        self._local_authkey: bytes | None = None
-        self._cluster_ssl: ssl.SSLContext | None = None
+        self.guests: GuestService | None = self._guests() if is_node else None
+        self.ha = self._ha_agent() if is_node else None
+        self._local_authkey: bytes | None = None    # cache of a file read on first use
+        self._cluster_ssl: ssl.SSLContext | None = None   # cache, reset on a TLS change
         pki.ensure_self_signed(self.cluster.paths, config.name,
                                [config.cluster_address, "127.0.0.1"])
+        self.api = ApiServer(self)    # last: it takes the whole graph
+
+    def _guests(self) -> GuestService:
+        from binome.guest.runtime import QemuRuntime
+
+        runtime = QemuRuntime(self.config.run_dir / "qemu")
+        return GuestService(self.config.name, self.cluster, self.storages, runtime,
+                            self.clusterlog)
+
+    def _ha_agent(self) -> HaAgent | None:
+        """The HA agent (CRM + LRM), or None if the cluster timers rule it out."""
+        from binome.ha.agent.agent import HaAgent
+
+        try:
+            return HaAgent(self.config, self.cluster, self.guests, self.storages,
+                             self.tasks, self.clusterlog)
+        except ConfigError as exc:   # cluster timers the HA timers cannot live with
+            logging.getLogger("binome.ha").error("HA manager disabled: %s", exc)
+            return None
+
+    def _tls_changed(self) -> None:
+        """The node certificate changed (create/join): trust and serve the new one."""
+        self._cluster_ssl = None
+        self.api.reload_tls()
 
     def api_cert_paths(self) -> tuple[Path, Path]:
         paths = self.cluster.paths
@@ -81,9 +94,6 @@ class Services:
             ctx = ssl.create_default_context(cafile=str(self.cluster.paths.ca_cert))
             self._cluster_ssl = ctx
         return self._cluster_ssl
-
-    def tls_changed(self) -> None:
-        self._cluster_ssl = None
 
     async def authkey(self) -> bytes:
         key = await self.cluster.authkey()
@@ -106,8 +116,6 @@ class Services:
         return bool(user and user.get("enable", 1) and user.get("superuser"))
 
     async def node_api_url(self, node: str) -> str:
-        from binome.api.errors import ApiError
-
         address = self.cluster.node_address(node)
         if address is None:
             raise ApiError(500, f"no such cluster node '{node}'")
