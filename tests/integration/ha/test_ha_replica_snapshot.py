@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from binome.ha.agent.etcd_env import Raw, replica_snapshot
+from binome.ha.agent.etcd_env import Raw
+from binome.storage.placement import replica_snapshot
 
 
 def _e(key: str, value: object) -> Raw:

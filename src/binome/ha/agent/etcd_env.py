@@ -24,11 +24,11 @@ the local time at which it first *saw* a new revision of that key as
 is never shortened). The key vanishing means the lease is gone: expired,
 unless the node wrote `/binome/ha/released/<node>` for that lease first.
 
-Replicated volumes: the CRM's snapshot also holds `/binome/volumes/` (records,
-fencing marks, every node's published state); `replica_states(sid)` folds
-them with `storage.replica.core.views.effective_disk_states` (a copy recorded
-Outdated is Outdated whatever its node last said) for the volumes whose
-record names the guest's vmid.
+Volumes: the CRM's snapshot also ranges over `storage.placement.PREFIXES` (today
+the replicated volumes' records, fencing marks and every node's published state)
+and reads them with `storage.placement.replica_snapshot` (a copy recorded
+Outdated is Outdated whatever its node last said); `replica_states(sid)` answers
+from it. HA knows no storage backend's keys.
 """
 
 from __future__ import annotations
@@ -54,8 +54,7 @@ from binome.ha.model import (
     NodeInfo,
     ResourceConfig,
 )
-from binome.storage.replica.core.views import effective_disk_states
-from binome.storage.replica.node import records as vkeys
+from binome.storage import placement
 from binome.store import keys
 from binome.store.client import LeasedEntry, Store, StoreUnavailable
 
@@ -71,36 +70,6 @@ def vmid_of(sid: str) -> int | None:
     if kind == "vm" and rest.isdigit():
         return int(rest)
     return None
-
-
-def replica_snapshot(entries: Sequence[Raw]) -> dict[int, dict[str, dict[str, str]]]:
-    """vmid -> volume -> node -> effective disk state, from a range over `/binome/volumes/`.
-
-    A volume belongs to a guest when its record names the guest's vmid (the
-    `replicated` storage writes it at allocation); volumes being deleted are
-    left out.
-    """
-    views: dict[str, dict[str, Any]] = {}
-    for e in entries:
-        parsed = vkeys.parse(e.key)
-        if parsed is None:
-            continue
-        vol, kind, node = parsed
-        view = views.setdefault(vol, {"config": None, "outdated": {}, "states": {}})
-        if kind == "config":
-            view["config"] = e.value if isinstance(e.value, dict) else None
-        elif kind == "fencing":
-            view["outdated"] = dict(((e.value or {}) if isinstance(e.value, dict) else {})
-                                    .get("outdated", {}))
-        elif node is not None:
-            view["states"][node] = e.value if isinstance(e.value, dict) else {}
-    out: dict[int, dict[str, dict[str, str]]] = {}
-    for vol, view in views.items():
-        rec = view["config"]
-        if not rec or rec.get("deleting") or not isinstance(rec.get("vmid"), int):
-            continue
-        out.setdefault(rec["vmid"], {})[vol] = effective_disk_states(view)
-    return out
 
 
 class LivenessTracker:
@@ -179,7 +148,9 @@ class EtcdEnv:
             vmids, _ = await store.range_leased(keys.VMIDS, timeout)
             volumes: list[Raw] = []
             if self.role == "crm":
-                volumes, _ = await store.range_leased(vkeys.VOLUMES, timeout)
+                for prefix in placement.PREFIXES:
+                    entries_of_prefix, _ = await store.range_leased(prefix, timeout)
+                    volumes += entries_of_prefix
         except StoreUnavailable:
             return False
         self._entries = {e.key: e for e in entries}
@@ -188,7 +159,7 @@ class EtcdEnv:
             tail = e.key[len(keys.VMIDS):]
             if tail.isdigit() and isinstance(e.value, dict) and e.value.get("node"):
                 self._owners[int(tail)] = e.value["node"]
-        self._replicas = replica_snapshot(volumes)
+        self._replicas = placement.replica_snapshot(volumes)
         lock = self._entries.get(keys.HA_MANAGER_LOCK)
         self._lock_mine = bool(lock and lock.value == hub.node and hub.lease_id
                                and lock.lease == hub.lease_id)

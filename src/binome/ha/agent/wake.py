@@ -13,18 +13,13 @@ from __future__ import annotations
 
 import math
 
-from binome.storage.replica.node import records as vkeys
+from binome.storage import placement
 from binome.store import keys
 from binome.store.client import WatchEvent
 
 # Everything a round's snapshot reads (EtcdEnv.refresh): the HA keys, the guest
-# owners, the replicated volumes (the CRM's recovery placement).
-WATCH_PREFIXES = (keys.HA, keys.VMIDS, vkeys.VOLUMES)
-
-# The fields of a volume's published state that the CRM folds
-# (storage.replica.core.views.effective_disk_states); the others (out-of-sync
-# counters during a resync, open counts) change often and decide nothing.
-VOLUME_STATE_FIELDS = ("up", "disk")
+# owners, the volumes' placement facts (the CRM's recovery placement).
+WATCH_PREFIXES = (keys.HA, keys.VMIDS, *placement.PREFIXES)
 
 DEBOUNCE_WINDOW = 0.03   # events this close together make one wake-up
 MIN_WAKE_GAP = 0.1       # at most 10 watch-triggered wake-ups per second
@@ -42,18 +37,11 @@ def wakes_rounds(ev: WatchEvent) -> bool:
     key = ev.key
     if key.startswith(keys.HA_HEARTBEAT):
         return ev.kind == "delete" or ev.prev is None or ev.prev.lease != ev.lease
-    if key.startswith(vkeys.VOLUMES):
-        parsed = vkeys.parse(key)
-        if parsed is not None and parsed[1] == "state" and ev.kind == "put" \
-                and ev.prev is not None:
-            return _fields(ev.value) != _fields(ev.prev.value)
-        return True
+    if placement.is_placement_key(key):
+        return placement.change_matters(key, ev.kind, ev.value,
+                                        ev.prev.value if ev.prev is not None else None,
+                                        had_prev=ev.prev is not None)
     return key.startswith(WATCH_PREFIXES)
-
-
-def _fields(value: object) -> tuple[object, ...]:
-    d = value if isinstance(value, dict) else {}
-    return tuple(d.get(f) for f in VOLUME_STATE_FIELDS)
 
 
 class Debouncer:
