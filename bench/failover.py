@@ -7,8 +7,8 @@ the default timers, creates the HA guest (tiny image, disk on a replicated
 volume, HTTP server) and runs issue 5's scenarios against the node the guest
 runs on, N times each, alternating:
 
-1. its cluster and replication links cut (seeds' case 1);
-2. powered off through its BMC, the BMC then killed (seeds' case 3: recovery
+1. its cluster and replication links cut (incident 1 of docs/incidents.md);
+2. powered off through its BMC, the BMC then killed (incident 3: recovery
    on the witness + watchdog guarantee).
 
 After each run the faulted node is power-cycled through its BMC, its links

@@ -30,7 +30,7 @@ Design:
 * Before pyghmi is asked anything, one sessionless *Get Channel Authentication
   Capabilities* request (what ipmitool sends first, answered by every IPMI 2.0 BMC)
   probes the BMC, retransmitted with backoff until the deadline. A dead BMC (the
-  seeds' case 3: the node lost power and its BMC with it) is thus reported at our
+  incident 3 of docs/incidents.md: the node lost power and its BMC with it) is thus reported at our
   deadline, or at once when an ICMP "port unreachable" comes back, instead of
   leaving pyghmi's own login retries (about 5 s, not configurable) to run on in a
   thread and block the next attempt.

@@ -89,7 +89,7 @@ class EtcdMember:
             "--heartbeat-interval", str(s.heartbeat_ms),
             "--election-timeout", str(s.election_ms),
             # pre-vote (etcd 3.4: off by default): a member cut off from the leader
-            # (seeds' case 1 link flaps) only *asks* whether it could win before it
+            # (incident 1's link flaps) only *asks* whether it could win before it
             # raises its term, so when its link comes back its higher term does not
             # depose the leader (and cost an election plus a lease extension)
             "--pre-vote",

@@ -3,7 +3,7 @@
 The fence client (``binome.fence.ipmi``) powers a lab node off through its BMC (every
 process in the node's namespace dies, and "off" is confirmed), reads its status, powers
 it on again (the power-on command runs again), and fails cleanly, with a reason, for a
-wrong password, a BMC process that died, and the seeds' case 3: the node lost power
+wrong password, a BMC process that died, and incident 3 of docs/incidents.md: the node lost power
 and its BMC with it (nothing answers at all). ``ipmitool``, when installed, checks that
 the simulated BMC speaks real IPMI (interop beyond pyghmi talking to pyghmi).
 """
@@ -121,7 +121,7 @@ async def test_dead_bmc_process_fails_fast(node_on: FenceLab, bmc: BmcProcess) -
 
 
 async def test_node_and_bmc_lost_power_together(node_on: FenceLab, bmc: BmcProcess) -> None:
-    """The seeds' case 3: the node lost power, its BMC with it. Nothing answers."""
+    """Incident 3 (docs/incidents.md): the node lost power, its BMC with it. Nothing answers."""
     lab = node_on.lab
     bmc.kill()
     lab.link_down("bmc", "mgmt")  # a powerless BMC does not even send ICMP

@@ -1,4 +1,4 @@
-"""uuid_compare: one test per DRBD rule (reference/drbd.md section 3), plus GI transitions."""
+"""uuid_compare: one test per rule of DRBD's `drbd_uuid_compare`, plus GI transitions."""
 
 import pytest
 

@@ -39,7 +39,7 @@ CASES = [
     Case("power loss of n2, no fence device (watchdog)", WATCHDOG_ONLY, "power n2 off",
          "vm:101"),
     Case("power loss of the CRM master n1", WITH_DEVICES, "power n1 off", "vm:100"),
-    Case("network cut of n2 (seeds' case 1)", WITH_DEVICES, "network n2 off", "vm:101"),
+    Case("network cut of n2 (incident 1)", WITH_DEVICES, "network n2 off", "vm:101"),
     Case("network cut of the CRM master n1", WITH_DEVICES, "network n1 off", "vm:100"),
 ]
 

@@ -8,7 +8,7 @@ states; the I/O itself is not simulated):
   every write (protocol C) and stays UpToDate;
 - when the primary loses a peer and *holds quorum*, it records the peer as
   Outdated and continues; without quorum its writes are suspended, so the
-  peer stays UpToDate (the seeds' case 1 made safe: the isolated node cannot
+  peer stays UpToDate (incident 1 of docs/incidents.md made safe: the isolated node cannot
   get ahead of the survivor);
 - whenever two replicas are connected and one is UpToDate while the other
   is not, a resync runs for `resync_time`: the target is Inconsistent

@@ -2,7 +2,7 @@
 
 The engine's `status` command (and the API, which relays it) returns one dict
 per volume; these functions render them the way DRBD users read them, so the
-same eyes and the same regexes work (`reference/drbd.md` section 8):
+same eyes and the same regexes work (DRBD 8.4's `/proc/drbd`, `drbdadm status`):
 
     version: binome-replica 0.1 (api:1/proto:1)
      0: cs:SyncSource ro:Primary/Secondary ds:UpToDate/Inconsistent C r-----

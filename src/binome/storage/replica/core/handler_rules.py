@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# DRBD 8.4's handler names (reference/drbd.md section 6); what the engine runs is
+# DRBD 8.4's handler names (drbd.conf(5), "handlers"); what the engine runs is
 # documented in docs/replicated-volumes.md ("Handlers").
 HANDLERS = frozenset({
     "pri-on-incon-degr", "pri-lost-after-sb", "pri-lost", "local-io-error", "fence-peer",

@@ -5,7 +5,7 @@ decides: Connected without resync, WFBitMapS / WFBitMapT (bitmap-based or full
 resync, and in which direction), or dropping the connection (StandAlone),
 with the handlers to run and DRBD's log lines. `uuid_compare` gives the first
 answer; the post-processing (disk-state override, after-sb policies,
-discard-my-data, rr-conflict) follows `reference/drbd.md` section 3 in order.
+discard-my-data, rr-conflict) follows DRBD 8.4's `drbd_sync_handshake` (`drbd_receiver.c`) in order.
 """
 
 from __future__ import annotations

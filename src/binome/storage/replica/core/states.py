@@ -1,6 +1,6 @@
 """Roles, connection states, disk states and the rules between them (pure, no I/O).
 
-Names and enum order follow DRBD 8.4 (`reference/drbd.md` section 1): the code
+Names and enum order follow DRBD 8.4 (`drbd_int.h`, `linux/drbd.h`): the code
 compares states with `<` and `>` exactly as DRBD does (`conn < Connected`
 means "not connected"), so the order of the members is part of the contract.
 

@@ -3,8 +3,8 @@
 A volume's history is a tuple of 64-bit values: `current`, `bitmap` (0 while in
 sync), `history[0]`, `history[1]`. The lowest bit of `current` is 1 while the
 node is Primary; every comparison masks it out. `uuid_compare` is a faithful
-port of DRBD 8.4's `drbd_uuid_compare` (the rule table of `reference/drbd.md`
-section 3), including its rule numbers, so logs read like DRBD's:
+port of DRBD 8.4's `drbd_uuid_compare` (`drbd_receiver.c`, its numbered rules),
+including its rule numbers, so logs read like DRBD's:
 "uuid_compare()=-1 by rule 50".
 
 Differences from DRBD, on purpose:
