@@ -6,6 +6,7 @@ import re
 import argon2
 import pytest
 
+from binome.access import secrets
 from binome.api import auth
 from binome.api.errors import AuthError
 
@@ -124,30 +125,30 @@ def test_csrf_token_garbage(garbage):
 @pytest.fixture
 def stored_hash(monkeypatch):
     # cheap argon2 parameters keep the test in milliseconds; verification reads them from the hash
-    monkeypatch.setattr(auth, "_hasher",
+    monkeypatch.setattr(secrets, "_hasher",
                         argon2.PasswordHasher(time_cost=1, memory_cost=64, parallelism=1))
-    return auth.hash_password("correct horse")
+    return secrets.hash_secret("correct horse")
 
 
 def test_password_hash_verify(stored_hash):
     assert stored_hash.startswith("$argon2id$")
     assert "correct horse" not in stored_hash
-    assert auth.verify_password(stored_hash, "correct horse") is True
+    assert secrets.verify_secret(stored_hash, "correct horse") is True
 
 
 def test_password_wrong(stored_hash):
-    assert auth.verify_password(stored_hash, "wrong horse") is False
-    assert auth.verify_password(stored_hash, "") is False
+    assert secrets.verify_secret(stored_hash, "wrong horse") is False
+    assert secrets.verify_secret(stored_hash, "") is False
 
 
 def test_password_hash_is_salted(stored_hash):
-    assert auth.hash_password("correct horse") != stored_hash
+    assert secrets.hash_secret("correct horse") != stored_hash
 
 
 @pytest.mark.parametrize("garbage", ["", "not a hash", "$argon2id$v=19$garbage",
                                      "$2b$12$abcdefghijklmnopqrstuv"])
 def test_password_garbage_hash(garbage):
-    assert auth.verify_password(garbage, "correct horse") is False
+    assert secrets.verify_secret(garbage, "correct horse") is False
 
 
 def test_split_userid():

@@ -4,6 +4,7 @@ import re
 
 import pytest
 
+from binome.access.permission import World
 from binome.api.errors import NotImplementedMethod
 from binome.api.registry import CliSpec, Registry
 from binome.api.schema import Param
@@ -166,7 +167,7 @@ def test_global_openapi_document(global_registry):
         assert entry["summary"] == m.description
         in_path = {p["name"] for p in entry["parameters"] if p["in"] == "path"}
         assert in_path == set(m.path_params)
-        if m.permission.user == "world":
+        if isinstance(m.permission, World):
             assert entry["security"] == []
     op_ids = [op["operationId"] for item in doc["paths"].values() for op in item.values()]
     assert sorted(op_ids) == sorted(m.name for m in global_registry.methods)

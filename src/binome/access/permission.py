@@ -160,6 +160,27 @@ def refuses_tokens(authid: str, allow_token: bool) -> bool:
     return not allow_token and is_tokenid(authid)
 
 
+def denied_text(decl: Decl, params: Mapping[str, Any]) -> str:
+    """What a 403 names, as PVE does: "Permission check failed (/vms/100, VM.PowerMgmt)"."""
+    if isinstance(decl, Perm):
+        try:
+            path = _fill(decl.path, params)
+        except MissingParam:
+            path = decl.path
+        return f"{path}, {'|'.join(decl.privs)}"
+    if isinstance(decl, And | Or) and decl.items:
+        return denied_text(decl.items[0], params)
+    if isinstance(decl, RootOnly):
+        return "root@pam only"
+    if isinstance(decl, PermModify):
+        try:
+            path = _fill(decl.path, params) if decl.path else "/access"
+        except MissingParam:
+            path = decl.path
+        return f"{path}, Permissions.Modify"
+    return describe(decl)
+
+
 def describe(decl: Decl) -> str:
     """One line for the OpenAPI document and `binome help`."""
     if isinstance(decl, World):

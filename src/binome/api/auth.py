@@ -1,4 +1,4 @@
-"""Authentication: PVE tickets and CSRF tokens, argon2 password hashes, PAM.
+"""Authentication: PVE tickets and CSRF tokens, PAM (password hashes: access.secrets).
 
 The ticket and CSRF token format is `binome.tickets` (a leaf that node-to-node callers
 use too); this module adds what the API needs on top: AuthError on a bad ticket.
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-
-import argon2
 
 from binome.api.errors import AuthError
 from binome.tickets import InvalidTicket, ticket_user
@@ -21,26 +19,12 @@ from binome.tickets import verify_csrf_token as verify_csrf_token
 
 PAM_SERVICE_FILE = Path("/etc/pam.d/binome")
 
-_hasher = argon2.PasswordHasher()
-
-
 def verify_ticket(key: bytes, ticket: str, now: float | None = None) -> str:
     """Return the user id of a valid ticket; raise AuthError otherwise."""
     try:
         return ticket_user(key, ticket, now)
     except InvalidTicket as exc:
         raise AuthError(str(exc)) from None
-
-
-def hash_password(password: str) -> str:
-    return _hasher.hash(password)
-
-
-def verify_password(stored_hash: str, password: str) -> bool:
-    try:
-        return _hasher.verify(stored_hash, password)
-    except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
-        return False
 
 
 def _pam_check(username: str, password: str) -> bool:

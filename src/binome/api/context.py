@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from binome.access.service import AccessService
     from binome.api.registry import ApiMethod
     from binome.cluster.cluster import ClusterService
     from binome.config import NodeConfig
@@ -88,6 +89,11 @@ class NodeServices(Protocol):
     @property
     def ha(self) -> RebootGuard | None: ...
 
+    @property
+    def access(self) -> AccessService:
+        """Users, tokens, ACLs: authentication and the permission check ask it."""
+        ...
+
     def api_cert_paths(self) -> tuple[Path, Path]:
         """The certificate and key the API serves (the node's, once it is a member)."""
         ...
@@ -99,10 +105,6 @@ class NodeServices(Protocol):
     async def authkey(self) -> bytes:
         """The key tickets and CSRF tokens are signed with."""
         ...
-
-    async def get_user(self, userid: str) -> dict[str, Any] | None: ...
-
-    async def is_superuser(self, userid: str) -> bool: ...
 
     async def node_api_url(self, node: str) -> str:
         """`https://host:port` of a cluster node's API."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from binome import __version__
+from binome.access.permission import World, describe
 from binome.api.registry import Registry
 from binome.schema import Param
 
@@ -28,7 +29,7 @@ def document(registry: Registry) -> dict[str, Any]:
         op: dict[str, Any] = {
             "operationId": m.name,
             "summary": m.description,
-            "x-permission": m.permission.describe(),
+            "x-permission": describe(m.permission),
             "parameters": [],
             "responses": {
                 "200": {"description": "OK", "content": {"application/json": {"schema": {
@@ -39,8 +40,10 @@ def document(registry: Registry) -> dict[str, Any]:
                 "500": {"description": "error; the reason phrase carries the message"},
             },
         }
-        if m.permission.user == "world":
+        if isinstance(m.permission, World):
             op["security"] = []
+        if not m.allow_token:
+            op["x-allow-token"] = False
         body_props: dict[str, Any] = {}
         required: list[str] = []
         for name, p in m.parameters.items():

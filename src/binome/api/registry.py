@@ -4,6 +4,10 @@ A declaration (HTTP method, path, parameters, returns, permission, handler,
 optional CLI binding) gives: the route and its dispatch, parameter validation
 with PVE-style errors, the permission check, proxying to the node named in the
 path, the OpenAPI document, and the CLI's subcommand with its `--help`.
+
+Permissions are `binome.access.permission` declarations (PVE's `permissions =>`):
+the server enforces them before the handler runs; no handler checks by hand, except
+to filter a listing (`AnyUser(filter=...)` says what it hides).
 """
 
 from __future__ import annotations
@@ -13,8 +17,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+from binome.access.permission import ANY_USER, ROOT_ONLY, WORLD, Decl, Perm
 from binome.api.errors import NotImplementedMethod
 from binome.schema import Param
+
+__all__ = ["ANY_USER", "ROOT_ONLY", "WORLD", "ApiMethod", "CliSpec", "Decl", "Perm",
+           "Registry", "WithTotal", "privs", "registry"]
 
 if TYPE_CHECKING:
     from binome.api.context import RequestContext
@@ -22,31 +30,10 @@ if TYPE_CHECKING:
 Handler = Callable[["RequestContext", dict[str, Any]], Awaitable[Any]]
 
 
-@dataclass(frozen=True)
-class Permission:
-    """Who may call a method: `world` (no login), any logged-in `user`, or privileges on a path.
-
-    `path` may use the method's parameters, e.g. "/nodes/{node}".
-    """
-
-    privs: tuple[str, ...] = ()
-    path: str = "/"
-    user: str | None = None      # "world" | "all" | None (privileges needed)
-
-    def describe(self) -> str:
-        if self.user == "world":
-            return "public"
-        if self.user == "all":
-            return "any authenticated user"
-        return f"{', '.join(self.privs)} on {self.path}"
-
-
-WORLD = Permission(user="world")
-ANY_USER = Permission(user="all")
-
-
-def privs(*names: str, path: str = "/") -> Permission:
-    return Permission(privs=tuple(names), path=path)
+def privs(*names: str, path: str = "/", any: bool = False) -> Perm:
+    """PVE's `['perm', path, [privs]]`: the privileges on `path`, which may name the
+    method's parameters, e.g. "/vms/{vmid}". `any`: one of them suffices."""
+    return Perm(path, tuple(names), any=any)
 
 
 @dataclass(frozen=True)
@@ -78,9 +65,10 @@ class ApiMethod:
     handler: Handler
     parameters: dict[str, Param] = field(default_factory=dict)
     returns: dict[str, Any] = field(default_factory=lambda: {"type": "null"})
-    permission: Permission = ANY_USER
+    permission: Decl = ANY_USER
     proxyto: str | None = None
     cli: tuple[CliSpec, ...] = ()
+    allow_token: bool = True     # PVE's allowtoken: login, password and TFA writes refuse tokens
 
     @property
     def segments(self) -> list[str]:
@@ -98,15 +86,16 @@ class Registry:
     def register(self, method: str, path: str, *, name: str, description: str,
                  parameters: dict[str, Param] | None = None,
                  returns: dict[str, Any] | None = None,
-                 permission: Permission = ANY_USER, proxyto: str | None = None,
-                 cli: CliSpec | tuple[CliSpec, ...] = ()
+                 permission: Decl = ANY_USER, proxyto: str | None = None,
+                 cli: CliSpec | tuple[CliSpec, ...] = (), allow_token: bool = True,
                  ) -> Callable[[Handler], Handler]:
         def decorator(handler: Handler) -> Handler:
             m = ApiMethod(method=method, path=path, name=name, description=description,
                           handler=handler, parameters=dict(parameters or {}),
                           returns=returns or {"type": "null"}, permission=permission,
                           proxyto=proxyto,
-                          cli=(cli,) if isinstance(cli, CliSpec) else tuple(cli))
+                          cli=(cli,) if isinstance(cli, CliSpec) else tuple(cli),
+                          allow_token=allow_token)
             for p in m.path_params:
                 if p not in m.parameters:
                     raise ValueError(f"{method} {path}: path parameter {p} not declared")

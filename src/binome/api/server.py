@@ -22,6 +22,10 @@ from urllib.parse import unquote
 import aiohttp
 from aiohttp import web
 
+from binome.access import permission
+from binome.access.model import ROOT_USER
+from binome.access.permission import AnyUser, World
+from binome.access.service import AuthRefused
 from binome.api import auth, openapi
 from binome.api.context import NodeServices, RequestContext
 from binome.api.errors import ApiError, AuthError, PermissionDenied
@@ -143,17 +147,29 @@ class ApiServer:
 
     async def _authenticate(self, request: web.Request, method: ApiMethod) -> tuple[str | None,
                                                                                     bool]:
+        """Who calls: root@pam on the local socket (root only), a token (PVEAPIToken
+        header, no CSRF: not a browser credential), or a ticket (cookie or header; CSRF
+        token on writes). The user behind a ticket or token must still be active."""
         uid = _peer_uid(request)
         if uid is not None:
             if uid != 0:
                 raise AuthError("only root may use the local socket")
             return "root@pam", True
-        if method.permission.user == "world":
+        if isinstance(method.permission, World):
             return None, False
+        access = self.services.access
+        header = request.headers.get("Authorization", "")
+        if header.startswith("PVEAPIToken"):
+            try:
+                tokenid = await access.authenticate_token(header)
+            except AuthRefused as exc:
+                raise AuthError(str(exc)) from None
+            if tokenid is not None:
+                if not method.allow_token:
+                    raise PermissionDenied("API tokens may not call this method")
+                return tokenid, False
         ticket = _ticket_from(request)
         if ticket is None:
-            if request.headers.get("Authorization", "").startswith("PVEAPIToken"):
-                raise AuthError("API tokens are not supported yet")
             raise AuthError("No ticket")
         key = await self.services.authkey()
         user = auth.verify_ticket(key, ticket)
@@ -161,6 +177,10 @@ class ApiServer:
             token = request.headers.get("CSRFPreventionToken", "")
             if not auth.verify_csrf_token(key, token, user):
                 raise AuthError("Permission denied - invalid csrf token")
+        try:
+            await access.check_active(user)
+        except AuthRefused as exc:
+            raise AuthError(f"authentication failure ({exc})") from None
         return user, False
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
@@ -197,13 +217,13 @@ class ApiServer:
 
     async def _check_permission(self, ctx: RequestContext, method: ApiMethod,
                                 params: dict[str, Any]) -> None:
-        perm = method.permission
-        if perm.user in ("world", "all"):
+        """The method's declared permission, PVE's rules (access.permission.check)."""
+        decl = method.permission
+        if isinstance(decl, World | AnyUser) or ctx.userid == ROOT_USER:
             return
-        if await self.services.is_superuser(ctx.userid):
-            return
-        path = perm.path.format(**params)
-        raise PermissionDenied(f"{path}, {'|'.join(perm.privs)}")
+        evaluator = await self.services.access.evaluator()
+        if not permission.check(decl, evaluator, ctx.userid, params):
+            raise PermissionDenied(permission.denied_text(decl, params))
 
     async def _relay_stream(self, request: web.Request,
                             upstream: aiohttp.ClientResponse) -> web.StreamResponse:
@@ -236,7 +256,10 @@ class ApiServer:
         if self._client is None:
             self._client = aiohttp.ClientSession()
         headers = {}
-        if user is not None:
+        forwarded = request.headers.get("Authorization", "")
+        if user is not None and forwarded.startswith("PVEAPIToken"):
+            headers["Authorization"] = forwarded   # the target node checks the token itself
+        elif user is not None:
             key = await self.services.authkey()
             headers["Authorization"] = "PVEAuthCookie=" + auth.make_ticket(key, user)
             headers["CSRFPreventionToken"] = auth.make_csrf_token(key, user)

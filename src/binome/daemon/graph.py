@@ -12,8 +12,10 @@ import logging
 import secrets
 import ssl
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from binome.access.repository import Change
+from binome.access.service import AccessService
 from binome.api.errors import ApiError
 from binome.api.server import ApiServer
 from binome.cluster import pki
@@ -30,9 +32,6 @@ from binome.tasks.manager import TaskManager
 if TYPE_CHECKING:
     from binome.ha.agent.agent import HaAgent
 
-SUPERUSERS = ("root@pam",)
-
-
 class NodeGraph:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
@@ -44,6 +43,7 @@ class NodeGraph:
         self.rrd = RrdStore()
         self.cluster = ClusterService(config, self.clusterlog, node_stats=self.host.summary,
                                       on_tls_change=self._tls_changed)
+        self.access = AccessService(lambda: self.cluster.store, on_change=self._log_access)
         # replicated volumes: the engine runs apart from the daemon (it outlives it)
         self.volumes: VolumeService | None = (
             VolumeService(config.name, config.state_dir, self.cluster, self.clusterlog)
@@ -77,6 +77,9 @@ class NodeGraph:
             logging.getLogger("binome.ha").error("HA manager disabled: %s", exc)
             return None
 
+    async def _log_access(self, change: Change) -> None:
+        await self.clusterlog.write(change.action, tag="access", user=change.actor)
+
     def _tls_changed(self) -> None:
         """The node certificate changed (create/join): trust and serve the new one."""
         self._cluster_ssl = None
@@ -105,15 +108,6 @@ class NodeGraph:
                 pki.write_private(path, secrets.token_hex(32).encode())
             self._local_authkey = bytes.fromhex(path.read_text())
         return self._local_authkey
-
-    async def get_user(self, userid: str) -> dict[str, Any] | None:
-        return await self.cluster.get_user(userid)
-
-    async def is_superuser(self, userid: str) -> bool:
-        if userid in SUPERUSERS:
-            return True
-        user = await self.get_user(userid)
-        return bool(user and user.get("enable", 1) and user.get("superuser"))
 
     async def node_api_url(self, node: str) -> str:
         address = self.cluster.node_address(node)

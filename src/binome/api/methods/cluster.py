@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from binome.api import auth
+from binome.access.secrets import hash_secret
 from binome.api.context import RequestContext
 from binome.api.errors import fail
 from binome.api.methods.common import NODE
@@ -101,7 +101,7 @@ async def cluster_create(ctx: RequestContext, params: dict[str, Any]) -> str:
     if password is not None and len(password) < 8:
         from binome.api.errors import param_error
         raise param_error("password", "must be at least 8 characters long")
-    hashed = auth.hash_password(password) if password else None
+    hashed = hash_secret(password) if password else None
     name = params["clustername"]
 
     async def body(task: Task) -> None:

@@ -1,0 +1,155 @@
+"""The node's access runtime: the current access snapshot and its evaluator, login and
+token authentication, and every access change (stored by the repository, then logged).
+
+This is what the API holds: handlers and the registry's permission check ask it, never
+the store. One `AccessService` per node; it takes the store lazily (`store_of`) because
+a node outside a cluster has none, and then knows only root@pam.
+
+Freshness: every authenticated request reads one key, the access generation (bumped by
+every change, in the change's own transaction), and rebuilds the snapshot when it
+moved. So a user disabled, a token deleted or an ACL removed on any node takes effect
+on the next request everywhere, at the price of one etcd read per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from binome.access.evaluator import Evaluator
+from binome.access.model import ROOT_USER, AccessConfig, ValidationError, split_userid
+from binome.access.ratelimit import LoginRateLimiter
+from binome.access.repository import GENERATION, AccessRepository, Change, Snapshot, StoreLike
+from binome.access.secrets import verify_secret
+from binome.access.tokens import TokenAuthError, TokenVerifier, parse_token_header
+
+log = logging.getLogger("binome.access")
+
+PamCheck = Callable[[str, str], Awaitable[bool]]
+ChangeLog = Callable[[Change], Awaitable[Any]]
+
+
+class AuthRefused(Exception):
+    """Login or token refused; the message is safe to show (no secret, no detail that
+    tells a guesser which part was wrong)."""
+
+
+@dataclass(frozen=True)
+class _Cached:
+    store: object
+    generation: int
+    snapshot: Snapshot
+    evaluator: Evaluator
+
+
+_EMPTY = Snapshot(AccessConfig(), {}, 0)
+
+
+class AccessService:
+    def __init__(self, store_of: Callable[[], StoreLike | None], *,
+                 on_change: ChangeLog | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._store_of = store_of
+        self._on_change = on_change
+        self._clock = clock
+        self._cached: _Cached | None = None
+        self.limiter = LoginRateLimiter()
+        self._tokens = TokenVerifier()
+
+    # -- the current snapshot ------------------------------------------------------------
+
+    async def snapshot(self) -> Snapshot:
+        return (await self._current()).snapshot
+
+    async def evaluator(self) -> Evaluator:
+        return (await self._current()).evaluator
+
+    async def config(self) -> AccessConfig:
+        return (await self._current()).snapshot.config
+
+    async def _current(self) -> _Cached:
+        store = self._store_of()
+        if store is None:
+            if self._cached is None or self._cached.store is not None:
+                self._cached = _Cached(None, 0, _EMPTY, Evaluator(_EMPTY.config))
+            return self._cached
+        entry = await store.get(GENERATION)
+        generation = entry.mod_revision if entry is not None else 0
+        cached = self._cached
+        if cached is not None and cached.store is store and cached.generation == generation \
+                and generation != 0:
+            return cached
+        snap = await AccessRepository(store).load()
+        cached = _Cached(store, snap.generation, snap, Evaluator(snap.config))
+        self._cached = cached
+        return cached
+
+    # -- authentication ----------------------------------------------------------------
+
+    async def check_active(self, userid: str) -> None:
+        """Refuse a ticket whose user is gone, disabled or expired (checked per request,
+        as PVE does, so disabling a user cuts them off at once)."""
+        if userid == ROOT_USER:
+            return
+        user = (await self.config()).users.get(userid)
+        if user is None:
+            raise AuthRefused(f"user '{userid}' does not exist")
+        if not user.active(self._clock()):
+            raise AuthRefused(f"user '{userid}' is disabled or expired")
+
+    async def authenticate_token(self, header: str) -> str | None:
+        """The token id a `PVEAPIToken=...` Authorization header proves, or None if the
+        header is no token header. Raises AuthRefused on any failure."""
+        try:
+            parsed = parse_token_header(header)
+            if parsed is None:
+                return None
+            tokenid, secret = parsed
+            return self._tokens.authenticate(await self.config(), tokenid, secret,
+                                             self._clock())
+        except TokenAuthError as exc:
+            log.warning("API token refused: %s", exc)
+            raise AuthRefused("authentication failure") from None
+
+    async def verify_password(self, userid: str, password: str, pam: PamCheck) -> bool:
+        """Whether `password` is `userid`'s password in its realm (no rate limiting here:
+        the login method applies `limiter` around it)."""
+        try:
+            name, realm = split_userid(userid)
+        except ValidationError:
+            return False
+        cfg = await self.config()
+        user = cfg.users.get(userid)
+        if userid != ROOT_USER:
+            if user is None or not user.active(self._clock()):
+                return False
+        if realm == "pve":
+            return bool(user and user.password_hash
+                        and verify_secret(user.password_hash, password))
+        if realm == "pam":
+            return await pam(name, password)
+        return False      # LDAP/AD realms: not wired yet (issue 11)
+
+    # -- changes -----------------------------------------------------------------------
+
+    async def change(self, actor: str, action: str,
+                     operation: Callable[[AccessConfig], AccessConfig]) -> Change:
+        """Apply a pure change as `actor`; store it (one CAS, config-version bump) and
+        hand it to `on_change` (the cluster log, naming the actor). Bad input raises
+        before anything is written."""
+        store = self._store_of()
+        if store is None:
+            raise AuthRefused("this node is not in a cluster: no access configuration")
+        change = await AccessRepository(store).change(actor, action, operation)
+        if change.changed and self._on_change is not None:
+            try:
+                await self._on_change(change)
+            except Exception:    # the change is stored; a lost log line must not undo it
+                log.exception("cluster log of an access change failed")
+        return change
+
+    def now(self) -> float:
+        return self._clock()
