@@ -10,6 +10,7 @@ from binome.api.methods import (  # noqa: F401
     qemu,
     storage,
     tasks,
+    tfa,
     version,
     volumes,
 )

@@ -1,13 +1,20 @@
-"""POST /access/ticket: login (realms `pve` and `pam`) and ticket renewal."""
+"""POST /access/ticket: login (realms `pve`, `pam`, LDAP/AD), PVE's two-step TFA login, and
+ticket renewal."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
 import logging
 from typing import Any
+from urllib.parse import quote
 
+from binome.access import tfa
 from binome.access.model import ROOT_USER, is_tokenid, split_tokenid
 from binome.access.permission import AnyUser
+from binome.access.repository import AccessRepository
 from binome.access.service import AuthRefused
 from binome.api import auth
 from binome.api.context import RequestContext
@@ -38,24 +45,81 @@ async def _check_password(ctx: RequestContext, userid: str, password: str) -> bo
     return await ctx.services.access.verify_password(userid, password, auth.pam_authenticate)
 
 
+TFA_TICKET_LIFETIME = 300
+
+
+def _tfa_key(key: bytes) -> bytes:
+    # a key of its own: a partial (TFA-pending) ticket can never verify as a full one
+    return hashlib.sha256(b"binome-tfa-partial-ticket\0" + key).digest()
+
+
+def _partial_ticket(key: bytes, userid: str, challenge: dict[str, Any], now: float) -> str:
+    """PVE's `PVE:!tfa!<challenge>:<time>::<sig>`, the user id bound as signed data."""
+    plain = f"PVE:!tfa!{quote(json.dumps(challenge, separators=(',', ':')), safe='')}:" \
+            f"{int(now):08X}"
+    sig = hmac.new(_tfa_key(key), f"{plain}\0{userid}".encode(), hashlib.sha256).hexdigest()
+    return f"{plain}::{sig}"
+
+
+def _partial_ticket_valid(key: bytes, ticket: str, userid: str, now: float) -> bool:
+    plain, sep, sig = ticket.partition("::")
+    parts = plain.split(":")
+    if not sep or len(parts) != 3 or not parts[1].startswith("!tfa!"):
+        return False
+    want = hmac.new(_tfa_key(key), f"{plain}\0{userid}".encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(want, sig):
+        return False
+    try:
+        age = now - int(parts[2], 16)
+    except ValueError:
+        return False
+    return -30 <= age <= TFA_TICKET_LIFETIME
+
+
+async def _refuse(ctx: RequestContext, userid: str, source: str,
+                  message: str = "authentication failure") -> AuthError:
+    access = ctx.services.access
+    access.limiter.failure(userid, source, access.now())
+    log.warning("authentication failure; rhost=%s user=%s msg=%s", source, userid, message)
+    await asyncio.sleep(LOGIN_FAILURE_DELAY)
+    return AuthError(message)
+
+
+async def _second_factor(ctx: RequestContext, userid: str, response: str) -> bool:
+    """Spend `response` (`totp:CODE` / `recovery:KEY`) with a compare on the user's TFA
+    key: of two logins racing with one code, one wins."""
+    access = ctx.services.access
+    store = ctx.services.cluster.store
+    if store is None:
+        return False
+    now = access.now()
+    ok = await AccessRepository(store).update_tfa_state(
+        userid, lambda t: tfa.verify_response(t, response, now))
+    return bool(ok)
+
+
 @registry.register(
     "POST", "/access/ticket", name="create_ticket", permission=WORLD,
     description="Create or verify an authentication ticket.",
     parameters={
         "username": Param(description="User name (user@realm).", max_length=64),
-        "password": Param(description="The secret password, or a valid ticket to renew.",
+        "password": Param(description="The secret password, or a valid ticket to renew; "
+                          "with tfa-challenge, the TFA response (totp:CODE, recovery:KEY).",
                           secret=True),
         "realm": Param(optional=True, description="Realm, if not part of the user name.",
                        max_length=32),
-        "otp": Param(optional=True, description="One-time password for two-factor login."),
-        "tfa-challenge": Param(optional=True, description="TFA challenge ticket."),
+        "otp": Param(optional=True, secret=True,
+                     description="One-time password for two-factor login (one step)."),
+        "tfa-challenge": Param(optional=True, max_length=4096,
+                               description="The signed TFA challenge ticket of step one."),
         "path": Param(optional=True, description="Verify ticket for this path."),
         "privs": Param(optional=True, description="Verify ticket for these privileges."),
         "new-format": Param(type="boolean", optional=True, description="Ignored."),
     },
     returns={"type": "object", "properties": {"username": {"type": "string"},
                                               "ticket": {"type": "string"},
-                                              "CSRFPreventionToken": {"type": "string"}}},
+                                              "CSRFPreventionToken": {"type": "string"},
+                                              "NeedTFA": {"type": "integer"}}},
 )
 async def create_ticket(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     userid = params["username"]
@@ -67,13 +131,56 @@ async def create_ticket(ctx: RequestContext, params: dict[str, Any]) -> dict[str
     if wait > 0:
         log.warning("authentication refused (rate limit); rhost=%s user=%s", source, userid)
         raise AuthError(access.limiter.message(wait))
-    if not await _check_password(ctx, userid, params["password"]):
-        access.limiter.failure(userid, source, access.now())
-        log.warning("authentication failure; rhost=%s user=%s", source, userid)
-        await asyncio.sleep(LOGIN_FAILURE_DELAY)
-        raise AuthError("authentication failure")
-    access.limiter.success(userid)
     key = await ctx.services.authkey()
+    challenge_ticket = params.get("tfa-challenge")
+    if challenge_ticket:
+        # step two: the partial ticket proves the password; the password is the factor
+        if not _partial_ticket_valid(key, challenge_ticket, userid, access.now()):
+            raise await _refuse(ctx, userid, source, "invalid tfa challenge")
+        try:
+            await access.check_active(userid)
+        except AuthRefused:
+            raise await _refuse(ctx, userid, source) from None
+        if not await _second_factor(ctx, userid, params["password"]):
+            raise await _refuse(ctx, userid, source, "second factor refused")
+        return await _full_ticket(ctx, key, userid)
+    renewal = _is_renewal(key, userid, params["password"])
+    if not await _check_password(ctx, userid, params["password"]):
+        raise await _refuse(ctx, userid, source)
+    if not renewal:
+        cfg = await access.config()
+        tfa_user = cfg.tfa.get(userid)
+        _, realm = userid.rsplit("@", 1)
+        realm_cfg = cfg.realms.get(realm)
+        if realm_cfg is not None and realm_cfg.tfa and not (
+                tfa_user and any(e.enable and e.type == "totp" for e in tfa_user.entries)):
+            raise await _refuse(ctx, userid, source, f"realm '{realm}' requires two-factor "
+                                "authentication (TOTP) and the user has none configured")
+        if tfa_user is not None and tfa.has_factors(tfa_user):
+            if params.get("otp"):
+                # PVE's one-step form: the code comes with the password
+                if not await _second_factor(ctx, userid, f"totp:{params['otp']}"):
+                    raise await _refuse(ctx, userid, source, "second factor refused")
+                return await _full_ticket(ctx, key, userid)
+            now = access.now()
+            return {"username": userid, "NeedTFA": 1,
+                    "ticket": _partial_ticket(key, userid, tfa.challenge(tfa_user), now),
+                    # a CSRF token for a name no user can have: useless until step two
+                    "CSRFPreventionToken": auth.make_csrf_token(key, "!tfa!" + userid)}
+    return await _full_ticket(ctx, key, userid)
+
+
+def _is_renewal(key: bytes, userid: str, password: str) -> bool:
+    """A still-valid full ticket of this user renews without asking the factor again."""
+    try:
+        return auth.verify_ticket(key, password) == userid
+    except AuthError:
+        return False
+
+
+async def _full_ticket(ctx: RequestContext, key: bytes, userid: str) -> dict[str, Any]:
+    access = ctx.services.access
+    access.limiter.success(userid)
     evaluator = await access.evaluator()
     data = {"username": userid, "ticket": auth.make_ticket(key, userid),
             "CSRFPreventionToken": auth.make_csrf_token(key, userid),
