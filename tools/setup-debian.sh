@@ -3,7 +3,8 @@
 set -euo pipefail
 PACKAGES=(etcd-server etcd-client qemu-system-x86 qemu-utils busybox-static iproute2
           ipmitool cpio iptables iputils-ping curl python3-venv libpam0g fio util-linux
-          e2fsprogs lz4 zstd nftables)
+          e2fsprogs lz4 zstd nftables slapd ldap-utils)
+# slapd, ldap-utils: the LDAP realm tests start their own directory server.
 # e2fsprogs: mkfs.ext4 for the replica I/O-error tests; lz4/zstd: unpack the guest kernel
 # and modules; nftables: `nft`, the lab's second partition backend (tests/lab run both).
 missing=()
