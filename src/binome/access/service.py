@@ -131,7 +131,16 @@ class AccessService:
                         and verify_secret(user.password_hash, password))
         if realm == "pam":
             return await pam(name, password)
-        return False      # LDAP/AD realms: not wired yet (issue 11)
+        realm_cfg = cfg.realms.get(realm)
+        if realm_cfg is None or realm_cfg.type not in ("ldap", "ad") or user is None:
+            return False  # openid has no password; an LDAP user must be synced or added first
+        # imported here: ldap3 is needed only by nodes that have an LDAP realm
+        from binome.access.ldap import LdapClient, LdapError
+        try:
+            return await LdapClient(realm_cfg).check_password(name, password)
+        except LdapError as exc:
+            log.warning("LDAP realm %s: %s", realm, exc)   # the text carries no secret
+            return False
 
     # -- changes -----------------------------------------------------------------------
 

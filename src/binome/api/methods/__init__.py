@@ -4,6 +4,7 @@ from binome.api.methods import (  # noqa: F401
     access,
     cluster,
     console,
+    domains,
     fence,
     ha,
     nodes,
