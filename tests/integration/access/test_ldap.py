@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import ldap3
 import pytest
+import requests
+import urllib3
+from proxmoxer import ProxmoxAPI, ResourceException
+from proxmoxer.tools import Tasks
 
 from binome.access import ldap, ops
 from binome.access.model import AccessConfig, AclEntry, Realm
+from binome.access.repository import AccessRepository
+from tests.integration.harness import PASSWORD, Cluster
+
+urllib3.disable_warnings()
 
 ADDRESS = f"127.{os.getpid() % 200 + 20}.84.1"
 
@@ -153,3 +164,123 @@ async def test_sync_then_a_user_removed_from_the_directory(slapd):
     keep = ldap.plan_sync(cfg, r, directory, ldap.SyncOptions.parse(r, {"scope": "users"}))
     assert "bob@corp" in keep.config.users and keep.removed_users == ()
     assert AclEntry("/vms", "user", "bob@corp", "PVEVMUser") in keep.config.acl
+
+
+# -- through the API of a real cluster ----------------------------------------------------
+
+def _config(cluster: Cluster) -> AccessConfig:
+    async def go() -> AccessConfig:
+        store = cluster.raw_store("n1")
+        try:
+            return (await AccessRepository(store).load()).config
+        finally:
+            await store.close()
+    return asyncio.run(go())
+
+
+def _purge(cluster: Cluster, realm_id: str) -> None:
+    """Remove what a sync into `realm_id` created (tests clean up after themselves)."""
+    def op(cfg: AccessConfig) -> AccessConfig:
+        for u in [u for u in cfg.users if u.endswith("@" + realm_id)]:
+            cfg = ops.delete_user(cfg, u)
+        for g in [g for g in cfg.groups if g.endswith("-" + realm_id)]:
+            cfg = ops.delete_group(cfg, g)
+        if realm_id in cfg.realms:
+            cfg = ops.delete_realm(cfg, realm_id)
+        return cfg
+
+    async def go() -> None:
+        store = cluster.raw_store("n1")
+        try:
+            await AccessRepository(store).change("test", "cleanup", op)
+        finally:
+            await store.close()
+    asyncio.run(go())
+
+
+def _login(cluster: Cluster, user: str, password: str) -> requests.Response:
+    return requests.post(f"https://{cluster['n1'].address}:8006/api2/json/access/ticket",
+                         data={"username": user, "password": password}, verify=False,
+                         timeout=30)
+
+
+def _sync(px: ProxmoxAPI, realm_id: str, **options: Any) -> list[str]:
+    upid = px.access.domains(realm_id).sync.post(**options)
+    status = Tasks.blocking_status(px, upid, timeout=60, polling_interval=0.2)
+    assert status is not None and status["exitstatus"] == "OK", status
+    return [line["t"] for line in px.nodes("n1").tasks(upid).log.get()]
+
+
+def test_realm_api_sync_and_login(slapd: str, cluster: Cluster) -> None:
+    px = ProxmoxAPI(cluster["n1"].address, user="admin@pve", password=PASSWORD,
+                    verify_ssl=False, timeout=30)
+    realm_id = f"ld{uuid.uuid4().hex[:6]}"
+    dave = f"dave{uuid.uuid4().hex[:4]}"
+    conn = ldap3.Connection(ldap3.Server(ADDRESS, port=PORT), ADMIN, ADMIN_PW, auto_bind=True)
+    assert conn.add(f"uid={dave},ou=people,{BASE}", ["inetOrgPerson"],
+                    {"cn": dave, "sn": "Dave", "userPassword": "dave-pw", "mail": "d@x.org"})
+    assert conn.add(f"cn=web{dave},ou=groups,{BASE}", ["groupOfNames"],
+                    {"member": [f"uid={dave},ou=people,{BASE}"]})
+    options = {"server1": ADDRESS, "port": PORT, "base_dn": BASE, "user_attr": "uid",
+               "bind_dn": ADMIN, "sync_attributes": "email=mail"}
+    try:
+        # bad input: a clear per-parameter error, nothing stored
+        with pytest.raises(ResourceException) as e:
+            px.access.domains.post(realm=realm_id, type="ldap", mode="bogus", **options)
+        assert e.value.status_code == 400 and "mode" in e.value.errors
+        with pytest.raises(ResourceException) as e:
+            px.access.domains.post(realm=realm_id, type="ldap", server1=ADDRESS)
+        assert e.value.status_code == 400 and "base_dn" in e.value.errors
+        assert realm_id not in _config(cluster).realms
+
+        px.access.domains.post(realm=realm_id, type="ldap", password=ADMIN_PW,
+                               comment="directory", **options)
+        listed = {r["realm"]: r for r in px.access.domains.get()}
+        assert {"pam", "pve", realm_id} <= set(listed)
+        assert listed[realm_id]["type"] == "ldap"
+        # the login form reads the list without a ticket
+        anon = requests.get(f"https://{cluster['n1'].address}:8006/api2/json/access/domains",
+                            verify=False, timeout=10)
+        assert anon.status_code == 200 and realm_id in anon.text and ADMIN_PW not in anon.text
+        got = px.access.domains(realm_id).get()
+        assert got["bind_dn"] == ADMIN and got["comment"] == "directory"
+        assert "password" not in got and ADMIN_PW not in str(got)
+        assert _config(cluster).realms[realm_id].bind_password == ADMIN_PW
+
+        # a dry run logs the plan and stores nothing
+        log = _sync(px, realm_id, scope="both", **{"dry-run": 1})
+        assert any(line.startswith("added user:") and f"{dave}@{realm_id}" in line
+                   for line in log), log
+        assert f"{dave}@{realm_id}" not in _config(cluster).users
+
+        log = _sync(px, realm_id, scope="both", **{"remove-vanished": "acl;entry"})
+        assert any(f"{dave}@{realm_id}" in line for line in log), log
+        cfg = _config(cluster)
+        assert cfg.users[f"{dave}@{realm_id}"].email == "d@x.org"
+        assert cfg.members(f"web{dave}-{realm_id}") == [f"{dave}@{realm_id}"]
+
+        # a synced user logs in with the directory's password, not another
+        r = _login(cluster, f"{dave}@{realm_id}", "dave-pw")
+        assert r.status_code == 200, r.text
+        assert r.json()["data"]["username"] == f"{dave}@{realm_id}"
+        assert _login(cluster, f"{dave}@{realm_id}", "wrong").status_code == 401
+        assert _login(cluster, f"{dave}@{realm_id}", "").status_code in (400, 401)
+
+        # gone from the directory: gone at the next sync, and no login
+        assert conn.delete(f"uid={dave},ou=people,{BASE}")
+        log = _sync(px, realm_id, scope="both", **{"remove-vanished": "acl;entry"})
+        assert any(line.startswith("removed user:") and f"{dave}@{realm_id}" in line
+                   for line in log), log
+        assert f"{dave}@{realm_id}" not in _config(cluster).users
+        assert _login(cluster, f"{dave}@{realm_id}", "dave-pw").status_code == 401
+
+        px.access.domains(realm_id).put(comment="changed", delete="server2")
+        assert px.access.domains(realm_id).get()["comment"] == "changed"
+        with pytest.raises(ResourceException) as e:
+            px.access.domains("pam").delete()
+        assert e.value.status_code == 500
+    finally:
+        conn.delete(f"uid={dave},ou=people,{BASE}")
+        conn.delete(f"cn=web{dave},ou=groups,{BASE}")
+        conn.unbind()
+        _purge(cluster, realm_id)
