@@ -208,3 +208,36 @@ def test_tokens_may_not_change_factors(cluster: Cluster, user: str) -> None:
                       verify=False, timeout=10)
     assert r.status_code in (401, 403)
     assert tfa_state(cluster, user).entries == ()
+
+
+def test_realm_enforced_tfa(cluster: Cluster, user: str) -> None:
+    """`tfa=type=oath` on the pve realm: a user without TOTP is refused, clearly; with
+    one, the two-step login proceeds. The realm option is put back afterwards."""
+    admin = ProxmoxAPI(cluster["n1"].address, user="admin@pve", password="integration-secret",
+                       verify_ssl=False, timeout=30)
+    s = session_of(cluster, user)     # before enforcement: a plain login works
+    admin.access.domains("pve").put(tfa="type=oath")
+    try:
+        r = post_ticket(cluster, username=user, password=PW)
+        assert r.status_code == 401 and "two-factor" in r.reason, r.reason
+        totp, step = add_totp(cluster, s, user)
+        step1 = post_ticket(cluster, username=user, password=PW).json()["data"]
+        assert step1["NeedTFA"] == 1
+        r = post_ticket(cluster, username=user, password=f"totp:{totp.generate_otp(step + 1)}",
+                        **{"tfa-challenge": step1["ticket"]})
+        assert r.status_code == 200, r.text
+    finally:
+        admin.access.domains("pve").put(delete="tfa")
+    assert "tfa" not in admin.access.domains("pve").get()
+
+
+def test_cli_lists_and_deletes_factors(cluster: Cluster, user: str) -> None:
+    s = session_of(cluster, user)
+    r = s.post(f"{base(cluster)}/access/tfa/{user}", data={"type": "recovery", "password": PW})
+    assert r.status_code == 200
+    listed = cluster["n1"].json("tfa", "list")
+    assert any(u["userid"] == user and u["entries"][0]["id"] == "recovery" for u in listed)
+    out = cluster["n1"].cli("realm", "list").stdout
+    assert out.startswith("REALM") and "\npve " in out and "\npam " in out
+    cluster["n1"].cli("tfa", "delete", user, "recovery")
+    assert tfa_state(cluster, user).entries == ()
