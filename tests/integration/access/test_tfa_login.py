@@ -106,6 +106,9 @@ def test_totp_login_replay_and_wrong_code(cluster: Cluster, user: str) -> None:
     r = s.post(f"{base(cluster)}/access/tfa/{user}",
                data={"type": "totp", "totp": totp0.provisioning_uri(name=user), "value": "1"})
     assert r.status_code == 400 and "password" in r.json()["errors"]
+    r = s.post(f"{base(cluster)}/access/tfa/{user}",
+               data={"type": "recovery", "password": "not-the-password"})
+    assert r.status_code == 500 and "recovery" not in r.text
     assert tfa_state(cluster, user).entries == ()
 
     totp, step = add_totp(cluster, s, user)

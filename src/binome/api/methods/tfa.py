@@ -36,8 +36,14 @@ async def _confirm_password(ctx: RequestContext, params: dict[str, Any]) -> None
     password = params.get("password")
     if not password:
         raise ParamError({"password": "property is missing and it is not optional"})
-    if not await ctx.services.access.verify_password(ctx.userid, password,
-                                                     auth.pam_authenticate):
+    access = ctx.services.access
+    source = ctx.request.remote if ctx.request is not None and ctx.request.remote else "local"
+    # the login limiter here too: a stolen ticket must not become a password oracle
+    wait = access.limiter.retry_after(ctx.userid, source, access.now())
+    if wait > 0:
+        raise ApiError(500, access.limiter.message(wait))
+    if not await access.verify_password(ctx.userid, password, auth.pam_authenticate):
+        access.limiter.failure(ctx.userid, source, access.now())
         raise ApiError(500, "authentication failure")
 
 
