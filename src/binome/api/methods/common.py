@@ -6,9 +6,13 @@ them the cluster's store (there is none outside a cluster: a 500 then).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from binome.api.errors import ApiError
+from binome.access.model import AccessConfig, ValidationError
+from binome.access.ops import AccessError
+from binome.access.repository import Change
+from binome.api.errors import ApiError, ParamError
 from binome.fence.devices import FenceDevices
 from binome.ha.config import HaConfig
 from binome.schema import Param
@@ -62,3 +66,15 @@ def storage_definitions(ctx: RequestContext) -> StorageDefinitions:
     if store is None:
         raise ApiError(500, "this node is not part of a cluster")
     return StorageDefinitions(store)
+
+
+async def access_change(ctx: RequestContext, action: str,
+                        op: Callable[[AccessConfig], AccessConfig]) -> Change:
+    """Store an access change as the caller; PVE's answers for refused input:
+    `ValidationError` -> 400 with `errors`, `AccessError` -> 500 with its text."""
+    try:
+        return await ctx.services.access.change(ctx.userid, action, op)
+    except ValidationError as exc:
+        raise ParamError(exc.errors) from None
+    except AccessError as exc:
+        raise ApiError(500, str(exc)) from None
