@@ -9,7 +9,7 @@ from typing import Any
 
 from binome.access import ops
 from binome.access.evaluator import PermissionCheckFailed
-from binome.access.model import AccessConfig, Group, ValidationError
+from binome.access.model import AccessConfig, Group, ValidationError, verify_acl_path
 from binome.access.permission import AnyUser, PermModify
 from binome.access.roles import BUILTIN_ROLES, RoleError
 from binome.api.context import RequestContext
@@ -223,6 +223,10 @@ _ACL_PARAMS: dict[str, Param] = {
          CliSpec(("acl", "delete"), positional=("path",), fixed=(("delete", "1"),))),
 )
 async def update_acl(ctx: RequestContext, params: dict[str, Any]) -> None:
+    try:     # a malformed path is a parameter error whoever asks, before any right
+        path = verify_acl_path(params["path"])
+    except ValidationError as exc:
+        raise ParamError(exc.errors) from None
     roles = split_list(params["roles"])
     propagate = params.get("propagate")
     propagate = True if propagate is None else bool(propagate)
@@ -233,13 +237,13 @@ async def update_acl(ctx: RequestContext, params: dict[str, Any]) -> None:
         # any role there; holding only VM.Allocate / Datastore.Allocate / Pool.Allocate,
         # one gives only roles whose privileges one holds there. The path itself already
         # bounds the grant (no Permissions.Modify on "/" -> no grant on "/").
-        ev.check_acl_change(ctx.userid, params["path"], roles, propagate, delete)
+        ev.check_acl_change(ctx.userid, path, roles, propagate, delete)
     except PermissionCheckFailed as exc:
         raise PermissionDenied(str(exc)) from None
     what = "remove" if delete else "add"
-    await access_change(ctx, f"{what} ACL {params['path']} roles {','.join(roles)}",
+    await access_change(ctx, f"{what} ACL {path} roles {','.join(roles)}",
                         lambda cfg: ops.modify_acl(
-                            cfg, params["path"], roles,
+                            cfg, path, roles,
                             users=split_list(params.get("users")),
                             groups=split_list(params.get("groups")),
                             tokens=split_list(params.get("tokens")),
