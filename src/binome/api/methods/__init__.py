@@ -2,6 +2,8 @@
 
 from binome.api.methods import (  # noqa: F401
     access,
+    access_acl,
+    access_users,
     cluster,
     console,
     domains,

@@ -19,8 +19,7 @@ from binome.access.service import AuthRefused
 from binome.api import auth
 from binome.api.context import RequestContext
 from binome.api.errors import AuthError, PermissionDenied
-from binome.api.registry import ANY_USER, WORLD, CliSpec, registry
-from binome.api.registry import privs as privs_
+from binome.api.registry import ANY_USER, WORLD, registry
 from binome.api.schema import Param
 
 log = logging.getLogger("binome.api.access")
@@ -207,25 +206,6 @@ async def access_permissions(ctx: RequestContext, params: dict[str, Any]) -> dic
         if not own_token and not evaluator.check(ctx.userid, "/access", ["Sys.Audit"]):
             raise PermissionDenied("/access, Sys.Audit")
     return evaluator.permissions(target, params.get("path"))
-
-
-@registry.register(
-    "GET", "/access/users", name="access_users", permission=privs_("User.Modify"),
-    description="The users defined in the cluster (passwords are never returned).",
-    parameters={"full": Param(type="boolean", optional=True, default=False),
-                "enabled": Param(type="boolean", optional=True)},
-    returns={"type": "array"},
-    cli=CliSpec(("user", "list"), formatter="table:userid,enable,comment"),
-)
-async def access_users(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
-    config = await ctx.services.access.config()
-    users = [{"userid": ROOT_USER, "enable": 1, "expire": 0,
-              "comment": "system administrator"}]
-    users += [u.to_public() for u in sorted(config.users.values(), key=lambda u: u.userid)
-              if u.userid != ROOT_USER]
-    if params.get("enabled") is not None:
-        users = [u for u in users if bool(u.get("enable", 1)) == params["enabled"]]
-    return users
 
 
 @registry.register(
