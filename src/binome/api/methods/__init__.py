@@ -7,6 +7,7 @@ from binome.api.methods import (  # noqa: F401
     fence,
     ha,
     nodes,
+    pools,
     qemu,
     storage,
     tasks,

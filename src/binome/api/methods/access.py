@@ -12,7 +12,7 @@ from binome.access.service import AuthRefused
 from binome.api import auth
 from binome.api.context import RequestContext
 from binome.api.errors import AuthError, PermissionDenied
-from binome.api.registry import ANY_USER, WORLD, CliSpec, registry
+from binome.api.registry import WORLD, CliSpec, registry
 from binome.api.registry import privs as privs_
 from binome.api.schema import Param
 
@@ -120,13 +120,3 @@ async def access_users(ctx: RequestContext, params: dict[str, Any]) -> list[dict
         users = [u for u in users if bool(u.get("enable", 1)) == params["enabled"]]
     return users
 
-
-@registry.register(
-    "GET", "/pools", name="pools", permission=ANY_USER,
-    description="Resource pools (none yet: binome has no pools; clients get an empty list).",
-    parameters={"poolid": Param(optional=True, max_length=64),
-                "type": Param(optional=True, enum=("qemu", "lxc", "storage"))},
-    returns={"type": "array"},
-)
-async def pools(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
-    return []

@@ -6,9 +6,14 @@ them the cluster's store (there is none outside a cluster: a 500 then).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from binome.api.errors import ApiError
+from binome.access.model import AccessConfig, ValidationError
+from binome.access.ops import AccessError
+from binome.access.repository import Change
+from binome.access.service import AuthRefused
+from binome.api.errors import ApiError, ParamError
 from binome.fence.devices import FenceDevices
 from binome.ha.config import HaConfig
 from binome.schema import Param
@@ -62,3 +67,15 @@ def storage_definitions(ctx: RequestContext) -> StorageDefinitions:
     if store is None:
         raise ApiError(500, "this node is not part of a cluster")
     return StorageDefinitions(store)
+
+
+async def access_change(ctx: RequestContext, action: str,
+                        op: Callable[[AccessConfig], AccessConfig]) -> Change:
+    """Store an access change as the caller; bad input is a 400 naming the parameter,
+    a refused change a 500 with PVE's text (nothing is written in either case)."""
+    try:
+        return await ctx.services.access.change(ctx.userid, action, op)
+    except ValidationError as exc:
+        raise ParamError(dict(exc.errors)) from None
+    except (AccessError, AuthRefused) as exc:
+        raise ApiError(500, str(exc)) from None
