@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from binome.access.ops import remove_vm, update_pool
+from binome.access.permission import And, Or, Perm
 from binome.api.context import RequestContext
 from binome.api.errors import ApiError, fail, param_error
 from binome.api.methods import ha as ha_api
-from binome.api.methods.common import NODE
+from binome.api.methods.common import NODE, access_change
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
 from binome.errors import BinomeError
@@ -30,6 +32,21 @@ CONFIG = privs("VM.Config.Options", path=VM_PATH)
 TIMEOUT = Param(type="integer", optional=True, minimum=0, maximum=86400,
                 description="Wait at most this many seconds.")
 SETTABLE = {k: v for k, v in vmconf.SCHEMA.items() if k != "lock"}
+POOL = Param(optional=True, description="Add the VM to the specified pool.")
+# PVE: VM.Allocate on the new VM, or on the pool it is created in
+IN_POOL = Perm("/pool/{pool}", ("VM.Allocate",), require_param="pool")
+
+
+async def _check_pool(ctx: RequestContext, pool: str | None) -> None:
+    """PVE's check_pool_exist, before anything is created."""
+    if pool and pool not in (await ctx.services.access.config()).pools:
+        raise fail(f"pool '{pool}' does not exist")
+
+
+async def _add_to_pool(ctx: RequestContext, vmid: int, pool: str | None) -> None:
+    if pool:
+        await access_change(ctx, f"add VM {vmid} to pool '{pool}'",
+                            lambda cfg: update_pool(cfg, pool, vms=[vmid]))
 
 
 def guests(ctx: RequestContext) -> GuestService:
@@ -85,9 +102,10 @@ async def vm_list(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str,
 
 
 @registry.register(
-    "POST", "/nodes/{node}/qemu", name="vm_create", permission=privs("VM.Allocate"),
+    "POST", "/nodes/{node}/qemu", name="vm_create",
+    permission=Or(privs("VM.Allocate", path=VM_PATH), IN_POOL),
     proxyto="node", description="Create a virtual machine.",
-    parameters={"node": NODE, "vmid": VMID,
+    parameters={"node": NODE, "vmid": VMID, "pool": POOL,
                 "start": Param(type="boolean", optional=True, default=False,
                                description="Start the VM once created."),
                 **SETTABLE},
@@ -114,9 +132,11 @@ async def vm_create(ctx: RequestContext, params: dict[str, Any]) -> str:
         vmconf.check_boot_devices(changes)
     except vmconf.ConfigError as exc:
         raise ApiError(400, "Parameter verification failed.", exc.errors) from None
+    await _check_pool(ctx, params.get("pool"))
 
     async def body(task: Task) -> None:
         await service.create(task, vmid, changes, start=params["start"])
+        await _add_to_pool(ctx, vmid, params.get("pool"))
 
     return _start_task(ctx, "qmcreate", vmid, body)
 
@@ -155,6 +175,10 @@ async def vm_destroy(ctx: RequestContext, params: dict[str, Any]) -> str:
 
     async def body(task: Task) -> None:
         await service.destroy(task, vmid, purge=params["purge"], skiplock=params["skiplock"])
+        # PVE's remove_vm_access (run on every destroy): the id may be reused, and a new
+        # VM must not inherit the old one's pool or ACL entries
+        await access_change(ctx, f"remove VM {vmid} from pools and ACLs",
+                            lambda cfg: remove_vm(cfg, vmid))
 
     return _start_task(ctx, "qmdestroy", vmid, body)
 
@@ -367,7 +391,9 @@ _power("resume", "qmresume", "Resume a paused virtual machine.",
 
 @registry.register(
     "POST", "/nodes/{node}/qemu/{vmid}/clone", name="vm_clone",
-    permission=privs("VM.Clone", path=VM_PATH), proxyto="node",
+    permission=And(privs("VM.Clone", path=VM_PATH),
+                   Or(privs("VM.Allocate", path="/vms/{newid}"), IN_POOL)),
+    proxyto="node",
     description="Create a full copy of a virtual machine or template.",
     parameters={"node": NODE, "vmid": VMID, "newid": VMID,
                 "name": Param(format="pve-node", optional=True, max_length=63),
@@ -389,9 +415,11 @@ async def vm_clone(ctx: RequestContext, params: dict[str, Any]) -> str:
         raise fail(f"unable to create VM {newid} - VM {newid} already exists on node '{owner}'")
     if params.get("target") not in (None, ctx.node):
         raise param_error("target", "clone to another node is not supported yet")
+    await _check_pool(ctx, params.get("pool"))
 
     async def body(task: Task) -> None:
         await service.clone(task, vmid, newid, params.get("name"), params.get("target"))
+        await _add_to_pool(ctx, newid, params.get("pool"))
 
     return _start_task(ctx, "qmclone", vmid, body)
 
