@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from binome.access.ops import remove_vm, update_pool
-from binome.access.permission import And, Or, Perm
+from binome.access.permission import And, AnyUser, Or, Perm
 from binome.api.context import RequestContext
 from binome.api.errors import ApiError, fail, param_error
 from binome.api.methods import ha as ha_api
@@ -69,7 +69,8 @@ def _start_task(ctx: RequestContext, type_: str, vmid: int, body) -> str:
 
 
 @registry.register(
-    "GET", "/cluster/nextid", name="cluster_nextid", permission=privs("VM.Allocate"),
+    "GET", "/cluster/nextid", name="cluster_nextid",
+    permission=AnyUser("PVE: user => 'all'"),
     description="Get the next free VMID (>= 100), or check that a given one is free.",
     parameters={"vmid": Param(type="integer", optional=True, minimum=100,
                               maximum=999_999_999, description="VMID to check.")},
@@ -86,7 +87,8 @@ async def cluster_nextid(ctx: RequestContext, params: dict[str, Any]) -> str:
 
 
 @registry.register(
-    "GET", "/nodes/{node}/qemu", name="vm_list", permission=privs("VM.Audit"), proxyto="node",
+    "GET", "/nodes/{node}/qemu", name="vm_list",
+    permission=AnyUser("only VMs with VM.Audit on /vms/<vmid>"), proxyto="node",
     description="Virtual machine index (per node).",
     parameters={"node": NODE, "full": Param(type="boolean", optional=True, default=False)},
     returns={"type": "array", "items": {"type": "object"}},
@@ -94,8 +96,11 @@ async def cluster_nextid(ctx: RequestContext, params: dict[str, Any]) -> str:
 )
 async def vm_list(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
     service = guests(ctx)
+    ev = await ctx.services.access.evaluator()
     out = []
     for vm in await service.list_configs():
+        if not ev.check(ctx.userid, f"/vms/{vm.vmid}", ["VM.Audit"]):
+            continue
         st = await service.runtime.status(vm.vmid)
         out.append(service._status_entry(vm, st))
     return out
