@@ -36,15 +36,16 @@ ROLES = ["Administrator", "PVEAdmin", "PVEVMAdmin", "PVEVMUser", "PVEAuditor",
 SCOPES = ["root", "vm", "pool"]
 STORAGE = "local"
 
-_ALL = {"VM.Audit", "VM.PowerMgmt", "VM.Config.Options", "VM.Console", "Datastore.Audit",
-        "Datastore.AllocateSpace", "Sys.Audit", "Pool.Audit", "Pool.Allocate"}
+_ALL = {"VM.Audit", "VM.PowerMgmt", "VM.Config.Options", "VM.Config.Memory", "VM.Console",
+        "Datastore.Audit", "Datastore.AllocateSpace", "Sys.Audit", "Pool.Audit", "Pool.Allocate"}
 # PVE's documented built-in roles, restricted to the privileges the calls below need
 # (pve-access-control AccessControl.pm create_roles; written out, not imported, so the
 # test does not check binome's roles against themselves)
 ROLE_PRIVS: dict[str, set[str]] = {
     "Administrator": _ALL,
     "PVEAdmin": _ALL,
-    "PVEVMAdmin": {"VM.Audit", "VM.PowerMgmt", "VM.Config.Options", "VM.Console"},
+    "PVEVMAdmin": {"VM.Audit", "VM.PowerMgmt", "VM.Config.Options", "VM.Config.Memory",
+                   "VM.Console"},
     "PVEVMUser": {"VM.Audit", "VM.PowerMgmt", "VM.Console"},
     "PVEAuditor": {"VM.Audit", "Datastore.Audit", "Sys.Audit", "Pool.Audit"},
     "PVEDatastoreAdmin": {"Datastore.Audit", "Datastore.AllocateSpace"},
@@ -90,6 +91,9 @@ CALLS = [
          "vm", data={}),
     Call("vm config change", "PUT", "/nodes/n1/qemu/{vmid}/config", ("VM.Config.Options",),
          "vm", data={"description": "matrix"}),
+    # PVE checks each key: memory needs VM.Config.Memory, not VM.Config.Options
+    Call("vm memory change", "PUT", "/nodes/n1/qemu/{vmid}/config", ("VM.Config.Memory",),
+         "vm", data={"memory": 64}),
     Call("vm console", "POST", "/nodes/n1/qemu/{vmid}/vncproxy", ("VM.Console",), "vm",
          data={}),
     Call("storage status", "GET", f"/nodes/n1/storage/{STORAGE}/status",

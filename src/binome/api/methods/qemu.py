@@ -12,7 +12,7 @@ from typing import Any
 from binome.access.ops import remove_vm, update_pool
 from binome.access.permission import And, AnyUser, Or, Perm
 from binome.api.context import RequestContext
-from binome.api.errors import ApiError, fail, param_error
+from binome.api.errors import ApiError, PermissionDenied, fail, param_error
 from binome.api.methods import ha as ha_api
 from binome.api.methods.common import NODE, access_change
 from binome.api.registry import CliSpec, privs, registry
@@ -28,7 +28,20 @@ VMID = Param(type="integer", minimum=100, maximum=999_999_999, description="The 
 VM_PATH = "/vms/{vmid}"
 AUDIT = privs("VM.Audit", path=VM_PATH)
 POWER = privs("VM.PowerMgmt", path=VM_PATH)
-CONFIG = privs("VM.Config.Options", path=VM_PATH)
+# PVE's update_vm: any VM.Config.* lets one in; each key then needs its own (below)
+CONFIG = privs("VM.Config.Disk", "VM.Config.CDROM", "VM.Config.CPU", "VM.Config.Memory",
+               "VM.Config.Network", "VM.Config.HWType", "VM.Config.Options",
+               "VM.Config.Cloudinit", path=VM_PATH, any=True)
+# PVE's check_vm_modify_config_perm, for binome's keys
+KEY_PRIVS = {"cores": ("VM.Config.CPU",), "cpu": ("VM.Config.CPU",),
+             "sockets": ("VM.Config.CPU",), "memory": ("VM.Config.Memory",),
+             "scsihw": ("VM.Config.HWType",), "smbios1": ("VM.Config.HWType",),
+             "vga": ("VM.Config.HWType",), "serial0": ("VM.Config.HWType",),
+             "boot": ("VM.Config.Disk",),
+             # binome's direct kernel boot: which code the guest runs, from a storage
+             "kernel": ("VM.Config.Disk", "VM.Config.HWType"),
+             "initrd": ("VM.Config.Disk", "VM.Config.HWType"),
+             "append": ("VM.Config.Disk", "VM.Config.HWType")}
 TIMEOUT = Param(type="integer", optional=True, minimum=0, maximum=86400,
                 description="Wait at most this many seconds.")
 SETTABLE = {k: v for k, v in vmconf.SCHEMA.items() if k != "lock"}
@@ -272,7 +285,29 @@ async def _apply_config(ctx: RequestContext, params: dict[str, Any],
     both = set(changes) & set(deletes)
     if both:
         raise param_error("delete", f"cannot set and delete '{sorted(both)[0]}' at once")
+    await _check_config_privs(ctx, params["vmid"], changes, deletes)
     await guests(ctx).update(params["vmid"], changes, deletes, params.get("digest"), task=task)
+
+
+def _key_privs(key: str, value: Any) -> tuple[str, ...]:
+    if vmconf.is_disk_key(key):
+        cdrom = value is not None and "media=cdrom" in str(value)
+        return ("VM.Config.CDROM",) if cdrom else ("VM.Config.Disk",)
+    if vmconf.is_net_key(key):
+        return ("VM.Config.Network",)
+    return KEY_PRIVS.get(key, ("VM.Config.Options",))
+
+
+async def _check_config_privs(ctx: RequestContext, vmid: int, changes: dict[str, Any],
+                              deletes: list[str]) -> None:
+    """Each key needs its own privilege (memory VM.Config.Memory, a disk VM.Config.Disk
+    ...), so a role for CD changes cannot swap disks; checked before anything changes."""
+    ev = await ctx.services.access.evaluator()
+    wanted = {p for key, value in changes.items() for p in _key_privs(key, value)}
+    wanted |= {p for key in deletes for p in _key_privs(key, None)}
+    for priv in sorted(wanted):
+        if not ev.check(ctx.userid, f"/vms/{vmid}", [priv]):
+            raise PermissionDenied(f"/vms/{vmid}, {priv}")
 
 
 @registry.register(
