@@ -19,7 +19,7 @@ from binome.access.service import AuthRefused
 from binome.api import auth
 from binome.api.context import RequestContext
 from binome.api.errors import AuthError, PermissionDenied
-from binome.api.registry import ANY_USER, WORLD, registry
+from binome.api.registry import WORLD, registry
 from binome.api.schema import Param
 
 log = logging.getLogger("binome.api.access")
@@ -208,12 +208,3 @@ async def access_permissions(ctx: RequestContext, params: dict[str, Any]) -> dic
     return evaluator.permissions(target, params.get("path"))
 
 
-@registry.register(
-    "GET", "/pools", name="pools", permission=ANY_USER,
-    description="Resource pools (none yet: binome has no pools; clients get an empty list).",
-    parameters={"poolid": Param(optional=True, max_length=64),
-                "type": Param(optional=True, enum=("qemu", "lxc", "storage"))},
-    returns={"type": "array"},
-)
-async def pools(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
-    return []

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from binome.access import ops
-from binome.access.evaluator import PermissionCheckFailed
+from binome.access.evaluator import Evaluator, PermissionCheckFailed
 from binome.access.model import AccessConfig, Group, ValidationError, verify_acl_path
 from binome.access.permission import AnyUser, PermModify
 from binome.access.roles import BUILTIN_ROLES, RoleError
@@ -231,20 +231,21 @@ async def update_acl(ctx: RequestContext, params: dict[str, Any]) -> None:
     propagate = params.get("propagate")
     propagate = True if propagate is None else bool(propagate)
     delete = bool(params.get("delete"))
-    ev = await ctx.services.access.evaluator()
+    what = "remove" if delete else "add"
+
+    def change(cfg: AccessConfig) -> AccessConfig:
+        # Delegation, checked on the configuration the change applies to. Strict, unlike
+        # PVE: even holding Permissions.Modify on the path, one gives or takes only roles
+        # whose every privilege one holds there, so a delegated Permissions.Modify never
+        # escalates (docs/access-control.md). The path bounds the grant too.
+        Evaluator(cfg).check_acl_change(ctx.userid, path, roles, propagate, delete,
+                                        strict=True)
+        return ops.modify_acl(cfg, path, roles, users=split_list(params.get("users")),
+                              groups=split_list(params.get("groups")),
+                              tokens=split_list(params.get("tokens")),
+                              propagate=propagate, delete=delete)
+
     try:
-        # PVE's rule (strict=False): holding Permissions.Modify on the path lets one give
-        # any role there; holding only VM.Allocate / Datastore.Allocate / Pool.Allocate,
-        # one gives only roles whose privileges one holds there. The path itself already
-        # bounds the grant (no Permissions.Modify on "/" -> no grant on "/").
-        ev.check_acl_change(ctx.userid, path, roles, propagate, delete)
+        await access_change(ctx, f"{what} ACL {path} roles {','.join(roles)}", change)
     except PermissionCheckFailed as exc:
         raise PermissionDenied(str(exc)) from None
-    what = "remove" if delete else "add"
-    await access_change(ctx, f"{what} ACL {path} roles {','.join(roles)}",
-                        lambda cfg: ops.modify_acl(
-                            cfg, path, roles,
-                            users=split_list(params.get("users")),
-                            groups=split_list(params.get("groups")),
-                            tokens=split_list(params.get("tokens")),
-                            propagate=propagate, delete=delete))

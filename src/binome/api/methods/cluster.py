@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from binome.access.permission import AnyUser
 from binome.access.secrets import hash_secret
 from binome.api.context import RequestContext
 from binome.api.errors import fail
@@ -226,7 +227,8 @@ async def cluster_expected(ctx: RequestContext, params: dict[str, Any]) -> str:
 
 
 @registry.register(
-    "GET", "/cluster/log", name="cluster_log", permission=AUDIT,
+    "GET", "/cluster/log", name="cluster_log",
+    permission=AnyUser("without Sys.Syslog on / only one's own entries (PVE)"),
     description="Read the cluster log (newest first).",
     parameters={"max": Param(type="integer", optional=True, default=50, minimum=1,
                              maximum=5000, description="Maximum number of entries.")},
@@ -234,4 +236,10 @@ async def cluster_expected(ctx: RequestContext, params: dict[str, Any]) -> str:
     cli=CliSpec(("cluster", "log"), formatter="cluster_log"),
 )
 async def cluster_log(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
-    return await ctx.services.clusterlog.read(params["max"])
+    ev = await ctx.services.access.evaluator()
+    if ev.check(ctx.userid, "/", ["Sys.Syslog"]):
+        return await ctx.services.clusterlog.read(params["max"])
+    # PVE's get_cluster_log($user): read more, keep the caller's own lines
+    user = ev.owner_of(ctx.userid)
+    entries = await ctx.services.clusterlog.read(5000)
+    return [e for e in entries if e.get("user") in (user, ctx.userid)][:params["max"]]

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 
 from binome.access.model import AccessConfig, ValidationError
 from binome.access.ops import AccessError
-from binome.access.repository import Change
+from binome.access.repository import AccessConflict, Change
+from binome.access.roles import RoleError
+from binome.access.service import AuthRefused
 from binome.api.errors import ApiError, ParamError
 from binome.fence.devices import FenceDevices
 from binome.ha.config import HaConfig
@@ -70,11 +72,11 @@ def storage_definitions(ctx: RequestContext) -> StorageDefinitions:
 
 async def access_change(ctx: RequestContext, action: str,
                         op: Callable[[AccessConfig], AccessConfig]) -> Change:
-    """Store an access change as the caller; bad input is a 400 with per-parameter
-    errors, a refusal a 500 with PVE's text (nothing is written in either case)."""
+    """Store an access change as the caller; bad input is a 400 naming the parameter,
+    a refused change a 500 with PVE's text (nothing is written in either case)."""
     try:
         return await ctx.services.access.change(ctx.userid, action, op)
-    except ValidationError as exc:
-        raise ParamError(exc.errors) from None
-    except AccessError as exc:
+    except (ValidationError, RoleError) as exc:
+        raise ParamError(dict(exc.errors)) from None
+    except (AccessError, AuthRefused, AccessConflict) as exc:
         raise ApiError(500, str(exc)) from None

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from binome.access.permission import Or
 from binome.api.errors import ApiError, ParamError
 from binome.api.methods.common import fence_devices, ha_config
 from binome.api.registry import CliSpec, privs, registry
@@ -30,8 +31,10 @@ from binome.ha.model import FenceConfirmation
 if TYPE_CHECKING:
     from binome.api.context import RequestContext
 
-AUDIT = privs("Sys.Audit")
-CONSOLE = privs("Sys.Console")   # PVE's privilege for HA changes
+# reads as HA's; anything that drives a fence device (or edits one) is Sys.Fence, a
+# root-tier privilege only Administrator has: it powers nodes off
+AUDIT = Or(privs("Sys.Audit"), privs("HA.Audit"))
+CONSOLE = privs("Sys.Fence")
 TYPE = Param(type="string", enum=TYPES,
              description="Device type: ipmi (IPMI over LAN) or agent (a fence_* agent).")
 FENCE_PARAMS = {

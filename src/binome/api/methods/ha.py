@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from binome.access.permission import Or
 from binome.api.errors import ApiError, param_error
 from binome.api.methods.common import (
     ha_config,
@@ -24,8 +25,9 @@ from binome.ha.model import HaSettings
 if TYPE_CHECKING:
     from binome.api.context import RequestContext
 
-AUDIT = privs("Sys.Audit")
-CONSOLE = privs("Sys.Console")   # PVE's privilege for HA changes
+# PVE asks Sys.Audit / Sys.Console on /; binome's HA.Audit / HA.Modify delegate HA alone
+AUDIT = Or(privs("Sys.Audit"), privs("HA.Audit"))
+CONSOLE = Or(privs("Sys.Console"), privs("HA.Modify"))
 STATES = ("started", "stopped", "enabled", "disabled", "ignored")
 
 
@@ -509,7 +511,7 @@ HA_OPTION = PropertyString(keys={"shutdown_policy": Param(
 
 
 @registry.register(
-    "GET", "/cluster/options", name="cluster_options", permission=AUDIT,
+    "GET", "/cluster/options", name="cluster_options", permission=privs("Sys.Audit"),
     description="Datacenter options (binome: only the HA settings).",
     returns={"type": "object"},
     cli=CliSpec(("cluster", "options")),

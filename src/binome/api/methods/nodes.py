@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from binome.access.permission import AnyUser
 from binome.api.context import RequestContext
 from binome.api.methods.common import NODE, ha_config_if_clustered
-from binome.api.registry import ANY_USER, CliSpec, privs, registry
+from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
 from binome.errors import BinomeError
 
@@ -36,14 +38,31 @@ async def node_entries(ctx: RequestContext) -> list[dict[str, Any]]:
     return out
 
 
+# what PVE's extract_node_stats keeps for a node the caller may not audit
+NODE_PUBLIC = ("node", "status", "id", "type", "level", "ssl_fingerprint")
+
+
+async def _node_auditor(ctx: RequestContext) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """PVE lists every node, with its usage only to whom has Sys.Audit on /nodes/<node>."""
+    ev = await ctx.services.access.evaluator()
+
+    def shown(entry: dict[str, Any]) -> dict[str, Any]:
+        if ev.check(ctx.userid, f"/nodes/{entry['node']}", ["Sys.Audit"]):
+            return entry
+        return {k: v for k, v in entry.items() if k in NODE_PUBLIC}
+    return shown
+
+
 @registry.register(
-    "GET", "/nodes", name="list_nodes", permission=ANY_USER,
+    "GET", "/nodes", name="list_nodes",
+    permission=AnyUser("every node; usage only with Sys.Audit on /nodes/<node>"),
     description="Cluster node index (witnesses host no guests and are not listed).",
     returns={"type": "array", "items": {"type": "object"}},
     cli=CliSpec(("node", "list"), formatter="table:node,status,cpu,maxcpu,mem,maxmem,uptime"),
 )
 async def list_nodes(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
-    return await node_entries(ctx)
+    shown = await _node_auditor(ctx)
+    return [shown(e) for e in await node_entries(ctx)]
 
 
 @registry.register(
@@ -65,7 +84,9 @@ async def _hastates(ctx: RequestContext) -> dict[int, str]:
 
 
 @registry.register(
-    "GET", "/cluster/resources", name="cluster_resources", permission=ANY_USER,
+    "GET", "/cluster/resources", name="cluster_resources",
+    permission=AnyUser("VMs with VM.Audit, storages with Datastore.Audit, pools with "
+                       "Pool.Audit; node usage with Sys.Audit"),
     description="Resources index (cluster wide): guests, nodes, and this node's storages.",
     parameters={"type": Param(optional=True, enum=("vm", "storage", "node", "sdn"),
                               description="Resource type.")},
@@ -74,20 +95,28 @@ async def _hastates(ctx: RequestContext) -> dict[int, str]:
 )
 async def cluster_resources(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
     kind = params.get("type")
+    ev = await ctx.services.access.evaluator()
+    access = ev.config
     out: list[dict[str, Any]] = []
     if kind in (None, "vm") and ctx.services.guests is not None:
-        vms = await ctx.services.guests.cluster_vms()
+        vms = [vm for vm in await ctx.services.guests.cluster_vms()
+               if ev.check(ctx.userid, f"/vms/{vm['vmid']}", ["VM.Audit"])]
         hastates = await _hastates(ctx) if vms else {}
         for vm in vms:
             if vm["vmid"] in hastates:
                 vm["hastate"] = hastates[vm["vmid"]]
+            pool = access.pool_of_vm(vm["vmid"])
+            if pool:
+                vm["pool"] = pool
         out += vms
     if kind in (None, "node"):
+        shown = await _node_auditor(ctx)
         for n in await node_entries(ctx):
-            out.append({k: v for k, v in n.items() if k != "ssl_fingerprint"})
+            out.append({k: v for k, v in shown(n).items() if k != "ssl_fingerprint"})
     if kind in (None, "storage"):
         for cfg in await ctx.services.storages.configs():
-            if not cfg.available_on(ctx.node):
+            if not cfg.available_on(ctx.node) or not ev.check(
+                    ctx.userid, f"/storage/{cfg.storage}", ["Datastore.Audit"]):
                 continue
             try:
                 status = await (await ctx.services.storages.get(cfg.storage)).status()
@@ -98,6 +127,11 @@ async def cluster_resources(ctx: RequestContext, params: dict[str, Any]) -> list
                         "status": "available", "shared": int(cfg.shared),
                         "content": ",".join(cfg.content), "disk": status["used"],
                         "maxdisk": status["total"]})
+    if kind is None:
+        # PVE lists the pools the caller may audit as `type: pool` entries
+        for poolid in sorted(access.pools):
+            if ev.check(ctx.userid, f"/pool/{poolid}", ["Pool.Audit"]):
+                out.append({"id": f"/pool/{poolid}", "type": "pool", "pool": poolid})
     return out
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from binome.access.ops import remove_vm, update_pool
+from binome.access.permission import And, AnyUser, Or, Perm
 from binome.api.context import RequestContext
-from binome.api.errors import ApiError, fail, param_error
+from binome.api.errors import ApiError, PermissionDenied, fail, param_error
 from binome.api.methods import ha as ha_api
-from binome.api.methods.common import NODE
+from binome.api.methods.common import NODE, access_change
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
 from binome.errors import BinomeError
@@ -26,10 +28,38 @@ VMID = Param(type="integer", minimum=100, maximum=999_999_999, description="The 
 VM_PATH = "/vms/{vmid}"
 AUDIT = privs("VM.Audit", path=VM_PATH)
 POWER = privs("VM.PowerMgmt", path=VM_PATH)
-CONFIG = privs("VM.Config.Options", path=VM_PATH)
+# PVE's update_vm: any VM.Config.* lets one in; each key then needs its own (below)
+CONFIG = privs("VM.Config.Disk", "VM.Config.CDROM", "VM.Config.CPU", "VM.Config.Memory",
+               "VM.Config.Network", "VM.Config.HWType", "VM.Config.Options",
+               "VM.Config.Cloudinit", path=VM_PATH, any=True)
+# PVE's check_vm_modify_config_perm, for binome's keys
+KEY_PRIVS = {"cores": ("VM.Config.CPU",), "cpu": ("VM.Config.CPU",),
+             "sockets": ("VM.Config.CPU",), "memory": ("VM.Config.Memory",),
+             "scsihw": ("VM.Config.HWType",), "smbios1": ("VM.Config.HWType",),
+             "vga": ("VM.Config.HWType",), "serial0": ("VM.Config.HWType",),
+             "boot": ("VM.Config.Disk",),
+             # binome's direct kernel boot: which code the guest runs, from a storage
+             "kernel": ("VM.Config.Disk", "VM.Config.HWType"),
+             "initrd": ("VM.Config.Disk", "VM.Config.HWType"),
+             "append": ("VM.Config.Disk", "VM.Config.HWType")}
 TIMEOUT = Param(type="integer", optional=True, minimum=0, maximum=86400,
                 description="Wait at most this many seconds.")
 SETTABLE = {k: v for k, v in vmconf.SCHEMA.items() if k != "lock"}
+POOL = Param(optional=True, description="Add the VM to the specified pool.")
+# PVE: VM.Allocate on the new VM, or on the pool it is created in
+IN_POOL = Perm("/pool/{pool}", ("VM.Allocate",), require_param="pool")
+
+
+async def _check_pool(ctx: RequestContext, pool: str | None) -> None:
+    """PVE's check_pool_exist, before anything is created."""
+    if pool and pool not in (await ctx.services.access.config()).pools:
+        raise fail(f"pool '{pool}' does not exist")
+
+
+async def _add_to_pool(ctx: RequestContext, vmid: int, pool: str | None) -> None:
+    if pool:
+        await access_change(ctx, f"add VM {vmid} to pool '{pool}'",
+                            lambda cfg: update_pool(cfg, pool, vms=[vmid]))
 
 
 def guests(ctx: RequestContext) -> GuestService:
@@ -52,7 +82,8 @@ def _start_task(ctx: RequestContext, type_: str, vmid: int, body) -> str:
 
 
 @registry.register(
-    "GET", "/cluster/nextid", name="cluster_nextid", permission=privs("VM.Allocate"),
+    "GET", "/cluster/nextid", name="cluster_nextid",
+    permission=AnyUser("PVE: user => 'all'"),
     description="Get the next free VMID (>= 100), or check that a given one is free.",
     parameters={"vmid": Param(type="integer", optional=True, minimum=100,
                               maximum=999_999_999, description="VMID to check.")},
@@ -69,7 +100,8 @@ async def cluster_nextid(ctx: RequestContext, params: dict[str, Any]) -> str:
 
 
 @registry.register(
-    "GET", "/nodes/{node}/qemu", name="vm_list", permission=privs("VM.Audit"), proxyto="node",
+    "GET", "/nodes/{node}/qemu", name="vm_list",
+    permission=AnyUser("only VMs with VM.Audit on /vms/<vmid>"), proxyto="node",
     description="Virtual machine index (per node).",
     parameters={"node": NODE, "full": Param(type="boolean", optional=True, default=False)},
     returns={"type": "array", "items": {"type": "object"}},
@@ -77,17 +109,21 @@ async def cluster_nextid(ctx: RequestContext, params: dict[str, Any]) -> str:
 )
 async def vm_list(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
     service = guests(ctx)
+    ev = await ctx.services.access.evaluator()
     out = []
     for vm in await service.list_configs():
+        if not ev.check(ctx.userid, f"/vms/{vm.vmid}", ["VM.Audit"]):
+            continue
         st = await service.runtime.status(vm.vmid)
         out.append(service._status_entry(vm, st))
     return out
 
 
 @registry.register(
-    "POST", "/nodes/{node}/qemu", name="vm_create", permission=privs("VM.Allocate"),
+    "POST", "/nodes/{node}/qemu", name="vm_create",
+    permission=Or(privs("VM.Allocate", path=VM_PATH), IN_POOL),
     proxyto="node", description="Create a virtual machine.",
-    parameters={"node": NODE, "vmid": VMID,
+    parameters={"node": NODE, "vmid": VMID, "pool": POOL,
                 "start": Param(type="boolean", optional=True, default=False,
                                description="Start the VM once created."),
                 **SETTABLE},
@@ -114,9 +150,11 @@ async def vm_create(ctx: RequestContext, params: dict[str, Any]) -> str:
         vmconf.check_boot_devices(changes)
     except vmconf.ConfigError as exc:
         raise ApiError(400, "Parameter verification failed.", exc.errors) from None
+    await _check_pool(ctx, params.get("pool"))
 
     async def body(task: Task) -> None:
         await service.create(task, vmid, changes, start=params["start"])
+        await _add_to_pool(ctx, vmid, params.get("pool"))
 
     return _start_task(ctx, "qmcreate", vmid, body)
 
@@ -155,6 +193,10 @@ async def vm_destroy(ctx: RequestContext, params: dict[str, Any]) -> str:
 
     async def body(task: Task) -> None:
         await service.destroy(task, vmid, purge=params["purge"], skiplock=params["skiplock"])
+        # PVE's remove_vm_access (run on every destroy): the id may be reused, and a new
+        # VM must not inherit the old one's pool or ACL entries
+        await access_change(ctx, f"remove VM {vmid} from pools and ACLs",
+                            lambda cfg: remove_vm(cfg, vmid))
 
     return _start_task(ctx, "qmdestroy", vmid, body)
 
@@ -243,7 +285,29 @@ async def _apply_config(ctx: RequestContext, params: dict[str, Any],
     both = set(changes) & set(deletes)
     if both:
         raise param_error("delete", f"cannot set and delete '{sorted(both)[0]}' at once")
+    await _check_config_privs(ctx, params["vmid"], changes, deletes)
     await guests(ctx).update(params["vmid"], changes, deletes, params.get("digest"), task=task)
+
+
+def _key_privs(key: str, value: Any) -> tuple[str, ...]:
+    if vmconf.is_disk_key(key):
+        cdrom = value is not None and "media=cdrom" in str(value)
+        return ("VM.Config.CDROM",) if cdrom else ("VM.Config.Disk",)
+    if vmconf.is_net_key(key):
+        return ("VM.Config.Network",)
+    return KEY_PRIVS.get(key, ("VM.Config.Options",))
+
+
+async def _check_config_privs(ctx: RequestContext, vmid: int, changes: dict[str, Any],
+                              deletes: list[str]) -> None:
+    """Each key needs its own privilege (memory VM.Config.Memory, a disk VM.Config.Disk
+    ...), so a role for CD changes cannot swap disks; checked before anything changes."""
+    ev = await ctx.services.access.evaluator()
+    wanted = {p for key, value in changes.items() for p in _key_privs(key, value)}
+    wanted |= {p for key in deletes for p in _key_privs(key, None)}
+    for priv in sorted(wanted):
+        if not ev.check(ctx.userid, f"/vms/{vmid}", [priv]):
+            raise PermissionDenied(f"/vms/{vmid}, {priv}")
 
 
 @registry.register(
@@ -367,7 +431,9 @@ _power("resume", "qmresume", "Resume a paused virtual machine.",
 
 @registry.register(
     "POST", "/nodes/{node}/qemu/{vmid}/clone", name="vm_clone",
-    permission=privs("VM.Clone", path=VM_PATH), proxyto="node",
+    permission=And(privs("VM.Clone", path=VM_PATH),
+                   Or(privs("VM.Allocate", path="/vms/{newid}"), IN_POOL)),
+    proxyto="node",
     description="Create a full copy of a virtual machine or template.",
     parameters={"node": NODE, "vmid": VMID, "newid": VMID,
                 "name": Param(format="pve-node", optional=True, max_length=63),
@@ -389,9 +455,11 @@ async def vm_clone(ctx: RequestContext, params: dict[str, Any]) -> str:
         raise fail(f"unable to create VM {newid} - VM {newid} already exists on node '{owner}'")
     if params.get("target") not in (None, ctx.node):
         raise param_error("target", "clone to another node is not supported yet")
+    await _check_pool(ctx, params.get("pool"))
 
     async def body(task: Task) -> None:
         await service.clone(task, vmid, newid, params.get("name"), params.get("target"))
+        await _add_to_pool(ctx, newid, params.get("pool"))
 
     return _start_task(ctx, "qmclone", vmid, body)
 

@@ -6,8 +6,10 @@ Definitions are written by `binome.storage.definitions`, read through the node's
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from binome.access.permission import AnyUser
 from binome.api.context import RequestContext
 from binome.api.errors import param_error
 from binome.api.methods.common import NODE, storage_definitions
@@ -19,7 +21,17 @@ from binome.storage.definitions import definition_record
 from binome.storage.manager import BACKENDS
 
 STORAGE_ID = Param(pattern=r"[a-z][a-z0-9\-_.]*", max_length=64, description="Storage ID.")
-AUDIT = privs("Datastore.Audit", path="/storage/{storage}")
+AUDIT = privs("Datastore.Audit", "Datastore.AllocateSpace", path="/storage/{storage}",
+              any=True)
+VISIBLE = ("Datastore.Audit", "Datastore.AllocateSpace")
+# content types anyone who sees the storage may list (PVE's check_volume_access)
+SHARED_CONTENT = ("iso", "vztmpl", "import", "snippets")
+
+
+async def _visible(ctx: RequestContext) -> Callable[[str], bool]:
+    """PVE lists a storage to whom has Datastore.Audit or .AllocateSpace on it."""
+    ev = await ctx.services.access.evaluator()
+    return lambda sid: ev.check(ctx.userid, f"/storage/{sid}", VISIBLE, any=True)
 
 
 def _manager(ctx: RequestContext):
@@ -27,7 +39,8 @@ def _manager(ctx: RequestContext):
 
 
 @registry.register(
-    "GET", "/storage", name="storage_index", permission=privs("Datastore.Audit"),
+    "GET", "/storage", name="storage_index",
+    permission=AnyUser("only storages with Datastore.Audit or Datastore.AllocateSpace"),
     description="Storage definitions.",
     parameters={"type": Param(optional=True, description="Only storages of this type.")},
     returns={"type": "array"},
@@ -35,11 +48,14 @@ def _manager(ctx: RequestContext):
 )
 async def storage_index(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
     configs = await _manager(ctx).configs()
-    return [c.to_api() for c in configs if params.get("type") in (None, c.type)]
+    visible = await _visible(ctx)
+    return [c.to_api() for c in configs
+            if params.get("type") in (None, c.type) and visible(c.storage)]
 
 
 @registry.register(
-    "POST", "/storage", name="storage_create", permission=privs("Datastore.Allocate"),
+    "POST", "/storage", name="storage_create",
+    permission=privs("Datastore.Allocate", path="/storage"),
     description="Define a storage (type 'dir' now).",
     parameters={"storage": STORAGE_ID,
                 "type": Param(enum=tuple(BACKENDS), description="Storage type."),
@@ -63,7 +79,8 @@ async def storage_create(ctx: RequestContext, params: dict[str, Any]) -> None:
 
 
 @registry.register(
-    "GET", "/nodes/{node}/storage", name="node_storage", permission=privs("Datastore.Audit"),
+    "GET", "/nodes/{node}/storage", name="node_storage",
+    permission=AnyUser("only storages with Datastore.Audit or Datastore.AllocateSpace"),
     proxyto="node", description="Storage status on this node.",
     parameters={"node": NODE, "content": Param(optional=True, enum=CONTENT_TYPES),
                 "storage": Param(optional=True)},
@@ -72,9 +89,10 @@ async def storage_create(ctx: RequestContext, params: dict[str, Any]) -> None:
 )
 async def node_storage(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
     manager = _manager(ctx)
+    visible = await _visible(ctx)
     out = []
     for cfg in await manager.configs():
-        if not cfg.available_on(ctx.node):
+        if not cfg.available_on(ctx.node) or not visible(cfg.storage):
             continue
         if params.get("storage") not in (None, cfg.storage):
             continue
@@ -115,4 +133,23 @@ async def node_storage_status(ctx: RequestContext, params: dict[str, Any]) -> di
 async def node_storage_content(ctx: RequestContext,
                                params: dict[str, Any]) -> list[dict[str, Any]]:
     storage = await _manager(ctx).get(params["storage"])
-    return await storage.list(params.get("content"), params.get("vmid"))
+    volumes = await storage.list(params.get("content"), params.get("vmid"))
+    ev = await ctx.services.access.evaluator()
+    if ev.check(ctx.userid, f"/storage/{params['storage']}", ["Datastore.Allocate"]):
+        return volumes
+    # PVE's check_volume_access: a guest's disks only to who may see that guest, backups
+    # to who may back it up; templates and ISO images to anyone who sees the storage
+    out = []
+    for vol in volumes:
+        vmid = vol.get("vmid")
+        content = vol.get("content")
+        if content in SHARED_CONTENT:
+            out.append(vol)
+        elif content == "backup" and vmid is not None:
+            if ev.check(ctx.userid, f"/storage/{params['storage']}",
+                        ["Datastore.AllocateSpace"]) and \
+                    ev.check(ctx.userid, f"/vms/{vmid}", ["VM.Backup"]):
+                out.append(vol)
+        elif vmid is not None and ev.check(ctx.userid, f"/vms/{vmid}", ["VM.Audit"]):
+            out.append(vol)
+    return out

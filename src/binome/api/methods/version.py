@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from binome import __version__
+from binome.access.permission import AnyUser
 from binome.api.context import RequestContext
-from binome.api.registry import ANY_USER, CliSpec, registry
+from binome.api.registry import CliSpec, registry
 
 PVE_COMPAT_VERSION = "8.4.1"
 
 
 @registry.register(
-    "GET", "/version", name="version", permission=ANY_USER,
+    "GET", "/version", name="version", permission=AnyUser("PVE: user => 'all'"),
     description="API version details: the PVE release we are compatible with, and binome's own.",
     returns={"type": "object", "properties": {"version": {"type": "string"},
                                               "release": {"type": "string"},

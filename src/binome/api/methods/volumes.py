@@ -41,7 +41,10 @@ from binome.store.client import StoreUnavailable
 from binome.tasks.manager import Task
 
 VOLUME = Param(pattern=r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}", description="Volume name.")
-AUDIT = privs("Datastore.Audit", path="/storage")
+# binome-only: replicated volumes have their own privileges (docs/access-control.md);
+# creating, resizing or removing one allocates storage, as PVE's Datastore.Allocate
+AUDIT = privs("Volume.Audit")
+MODIFY = privs("Volume.Modify")
 ALLOCATE = privs("Datastore.Allocate", path="/storage")
 UPID_RETURN = {"type": "string", "description": "UPID"}
 POLICY = Param(optional=True, max_length=64, description="After-split-brain policy keyword.")
@@ -277,7 +280,7 @@ async def volume_status(ctx: RequestContext, params: dict[str, Any]) -> dict[str
 
 
 @registry.register(
-    "PUT", "/nodes/{node}/volumes/{volume}", name="volume_set", permission=ALLOCATE,
+    "PUT", "/nodes/{node}/volumes/{volume}", name="volume_set", permission=MODIFY,
     proxyto="node",
     description="Change settings of a replicated volume (drbdadm adjust): the resync rate "
                 "and dynamic resync controller, protocol, allow-two-primaries, verify and "
@@ -376,7 +379,7 @@ def _action(action: str, description: str, extra: dict[str, Param] | None = None
             confirm: str | None = None):
     @registry.register(
         "POST", f"/nodes/{{node}}/volumes/{{volume}}/{action}", name=f"volume_{action}",
-        permission=ALLOCATE, proxyto="node", description=description,
+        permission=MODIFY, proxyto="node", description=description,
         parameters={"node": NODE, "volume": VOLUME, **(extra or {})}, returns=UPID_RETURN,
         cli=CliSpec(("volume", action), positional=("volume",), confirm=confirm),
     )

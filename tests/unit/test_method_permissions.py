@@ -1,0 +1,126 @@
+"""Every registered API method declares its permission on purpose, and each declaration
+names only parameters the method has; the declarations PVE's clients rely on are pinned
+to PVE's (qemu-server Qemu.pm, pve-manager Pool.pm/Storage/*.pm/Tasks.pm/Cluster.pm)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import binome.api.methods  # noqa: F401  (registers every method)
+from binome.access.evaluator import Evaluator
+from binome.access.model import AccessConfig, AclEntry, User
+from binome.access.permission import (
+    And,
+    AnyUser,
+    Decl,
+    Or,
+    Perm,
+    PermModify,
+    UseridGroup,
+    UseridRealm,
+    UseridSelf,
+    check,
+)
+from binome.api.registry import ANY_USER, ApiMethod, registry
+
+PLACEHOLDER = re.compile(r"\{([^}]+)\}")
+
+
+def _leaves(decl: Decl) -> list[Decl]:
+    if isinstance(decl, And | Or):
+        return [leaf for item in decl.items for leaf in _leaves(item)]
+    return [decl]
+
+
+def _by_route(method: str, path: str) -> ApiMethod:
+    for m in registry.methods:
+        if m.method == method and m.path == path:
+            return m
+    raise AssertionError(f"{method} {path} is not registered")
+
+
+@pytest.mark.parametrize("m", registry.methods, ids=lambda m: f"{m.method} {m.path}")
+def test_declared_on_purpose(m: ApiMethod) -> None:
+    # the registry's default is ANY_USER: a method left on it was never audited
+    assert m.permission != ANY_USER, "declare permission= (AnyUser('what is filtered') " \
+                                     "if every user may call it)"
+    for leaf in _leaves(m.permission):
+        if isinstance(leaf, AnyUser):
+            assert leaf.filter, "AnyUser needs a text saying what the handler filters"
+
+
+@pytest.mark.parametrize("m", registry.methods, ids=lambda m: f"{m.method} {m.path}")
+def test_declared_paths_name_parameters(m: ApiMethod) -> None:
+    for leaf in _leaves(m.permission):
+        names: list[str] = []
+        if isinstance(leaf, Perm | PermModify):
+            names += PLACEHOLDER.findall(leaf.path)
+        if isinstance(leaf, Perm) and leaf.require_param:
+            names.append(leaf.require_param)
+        if isinstance(leaf, UseridSelf | UseridRealm | UseridGroup):
+            names.append(leaf.param)
+        for name in names:
+            assert name in m.parameters, f"{name} is not a parameter of {m.name}"
+
+
+# (method, path, PVE's declaration) — the ones clients and the matrix test depend on
+PVE = [
+    ("POST", "/nodes/{node}/qemu",
+     Or(Perm("/vms/{vmid}", ("VM.Allocate",)),
+        Perm("/pool/{pool}", ("VM.Allocate",), require_param="pool"))),
+    ("POST", "/nodes/{node}/qemu/{vmid}/clone",
+     And(Perm("/vms/{vmid}", ("VM.Clone",)),
+         Or(Perm("/vms/{newid}", ("VM.Allocate",)),
+            Perm("/pool/{pool}", ("VM.Allocate",), require_param="pool")))),
+    ("DELETE", "/nodes/{node}/qemu/{vmid}", Perm("/vms/{vmid}", ("VM.Allocate",))),
+    ("GET", "/nodes/{node}/qemu/{vmid}/config", Perm("/vms/{vmid}", ("VM.Audit",))),
+    ("POST", "/nodes/{node}/qemu/{vmid}/status/start", Perm("/vms/{vmid}", ("VM.PowerMgmt",))),
+    ("POST", "/nodes/{node}/qemu/{vmid}/vncproxy", Perm("/vms/{vmid}", ("VM.Console",))),
+    ("POST", "/nodes/{node}/qemu/{vmid}/termproxy", Perm("/vms/{vmid}", ("VM.Console",))),
+    ("POST", "/nodes/{node}/qemu/{vmid}/migrate", Perm("/vms/{vmid}", ("VM.Migrate",))),
+    ("PUT", "/nodes/{node}/qemu/{vmid}/resize", Perm("/vms/{vmid}", ("VM.Config.Disk",))),
+    ("POST", "/storage", Perm("/storage", ("Datastore.Allocate",))),
+    ("GET", "/nodes/{node}/storage/{storage}/status",
+     Perm("/storage/{storage}", ("Datastore.Audit", "Datastore.AllocateSpace"), any=True)),
+    ("GET", "/nodes/{node}/status", Perm("/nodes/{node}", ("Sys.Audit",))),
+    ("GET", "/cluster/status", Perm("/", ("Sys.Audit",))),
+    ("POST", "/pools", Perm("/pool/{poolid}", ("Pool.Allocate",))),
+    ("PUT", "/pools", Perm("/pool/{poolid}", ("Pool.Allocate",))),
+    ("DELETE", "/pools", Perm("/pool/{poolid}", ("Pool.Allocate",))),
+    ("GET", "/pools/{poolid}", Perm("/pool/{poolid}", ("Pool.Audit",))),
+    ("GET", "/cluster/ha/resources",
+     Or(Perm("/", ("Sys.Audit",)), Perm("/", ("HA.Audit",)))),
+    ("POST", "/cluster/ha/resources",
+     Or(Perm("/", ("Sys.Console",)), Perm("/", ("HA.Modify",)))),
+    ("POST", "/cluster/ha/fence/{node}/fence", Perm("/", ("Sys.Fence",))),
+]
+
+
+@pytest.mark.parametrize("method,path,decl", PVE, ids=[f"{m} {p}" for m, p, _ in PVE])
+def test_pve_declarations(method: str, path: str, decl: Decl) -> None:
+    assert _by_route(method, path).permission == decl
+
+
+# PVE's `user => 'all'` methods whose handler filters (or that hide nothing)
+ALL_USERS = [("GET", "/cluster/resources"), ("GET", "/nodes"), ("GET", "/nodes/{node}/qemu"),
+             ("GET", "/storage"), ("GET", "/nodes/{node}/storage"), ("GET", "/pools"),
+             ("GET", "/nodes/{node}/tasks"), ("GET", "/cluster/log"), ("GET", "/version"),
+             ("GET", "/cluster/nextid")]
+
+
+@pytest.mark.parametrize("method,path", ALL_USERS, ids=[f"{m} {p}" for m, p in ALL_USERS])
+def test_pve_user_all(method: str, path: str) -> None:
+    assert isinstance(_by_route(method, path).permission, AnyUser)
+
+
+def test_pool_allocate_on_pool_creates_in_pool_only() -> None:
+    """PVEPoolAdmin-style VM.Allocate on /pool/web lets one create VMs there, not elsewhere."""
+    cfg = AccessConfig(users={"alice@pve": User("alice@pve")},
+                       acl=(AclEntry("/pool/web", "user", "alice@pve", "PVEVMAdmin"),))
+    ev = Evaluator(cfg)
+    decl = _by_route("POST", "/nodes/{node}/qemu").permission
+    assert check(decl, ev, "alice@pve", {"node": "a", "vmid": 150, "pool": "web"})
+    assert not check(decl, ev, "alice@pve", {"node": "a", "vmid": 150})
+    assert not check(decl, ev, "alice@pve", {"node": "a", "vmid": 150, "pool": "other"})
