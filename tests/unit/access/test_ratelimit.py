@@ -32,3 +32,13 @@ def test_success_clears_user_count_and_prune_bounds_memory():
     rl.failure("b@pve", "x", 0)
     rl.prune(100)
     assert not rl._users and not rl._sources
+
+
+def test_the_source_limit_counts_distinct_users():
+    rl = LoginRateLimiter(user_limit=100, source_limit=3, window=60)
+    for t in range(10):
+        rl.failure("same@pve", "10.0.0.1", t)      # one user guessed again and again
+    assert rl.retry_after("other@pve", "10.0.0.1", 10) == 0
+    rl.failure("u1@pve", "10.0.0.1", 11)
+    rl.failure("u2@pve", "10.0.0.1", 12)
+    assert rl.retry_after("other@pve", "10.0.0.1", 13) == 9 + 60 - 13

@@ -16,7 +16,7 @@ from binome.api.context import RequestContext
 from binome.api.errors import ApiError, ParamError, PermissionDenied
 from binome.api.methods.access_users import split_list
 from binome.api.methods.common import access_change
-from binome.api.registry import ANY_USER, CliSpec, privs, registry
+from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
 
 GROUPID = Param(description="The group id.", max_length=64, pattern=r"[A-Za-z0-9._-]+")
@@ -117,7 +117,8 @@ def _role_op(op: Callable[[AccessConfig], AccessConfig]) -> Callable[[AccessConf
 
 
 @registry.register(
-    "GET", "/access/roles", name="role_index", permission=ANY_USER,
+    "GET", "/access/roles", name="role_index",
+    permission=AnyUser("none: every role is listed, as PVE"),
     description="Role index (built-in roles have 'special': 1).", returns={"type": "array"},
     cli=CliSpec(("role", "list"), formatter="table:roleid,privs,special"),
 )
@@ -148,7 +149,8 @@ async def create_role(ctx: RequestContext, params: dict[str, Any]) -> None:
 
 
 @registry.register(
-    "GET", "/access/roles/{roleid}", name="read_role", permission=ANY_USER,
+    "GET", "/access/roles/{roleid}", name="read_role",
+    permission=AnyUser("none: every role is readable, as PVE"),
     description="Get role configuration: its privileges.", parameters={"roleid": ROLEID},
     returns={"type": "object"},
 )
