@@ -1,0 +1,240 @@
+"""Delegating a pool to a colleague, end to end through the HTTPS API and the CLI, as
+docs/access-control.md tells an administrator to do it.
+
+One scenario on the shared cluster, in steps that build on each other: the cluster
+administrator delegates a pool to a colleague; the colleague sees and acts on exactly
+the pool's VM; her privilege-separated token (through proxmoxer) never exceeds its own
+ACL nor her; a delegated Permissions.Modify cannot escalate; disabling a user cuts off
+her ticket and her token at the next request. Everything created is removed at the end
+(the cluster is shared with other modules). Per-method refusals and bad input:
+test_access_api.py; every built-in role: test_permission_matrix.py.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+import urllib3
+from proxmoxer import ProxmoxAPI
+
+from tests.integration.harness import PASSWORD, Cluster, wait_for
+
+urllib3.disable_warnings()
+
+SUFFIX = uuid.uuid4().hex[:6]
+POOL = f"dmz{SUFFIX}"
+GROUP = f"web{SUFFIX}"
+ALICE = f"alice{SUFFIX}@pve"
+BOB = f"bob{SUFFIX}@pve"
+ALICE_PW = "alice-secret-1"
+VM_IN, VM_OUT = 870 + int(SUFFIX, 16) % 50 * 2, 871 + int(SUFFIX, 16) % 50 * 2
+SECRET_WORDS = ("password", "secret_hash", ALICE_PW)
+
+
+def _base(cluster: Cluster) -> str:
+    return f"https://{cluster['n1'].address}:8006/api2/json"
+
+
+class Api:
+    """A logged-in HTTPS session (ticket + CSRF) or a token session."""
+
+    def __init__(self, cluster: Cluster, user: str, password: str | None = None,
+                 token: str | None = None) -> None:
+        self.base = _base(cluster)
+        self.s = requests.Session()
+        self.s.verify = False
+        self.s.trust_env = False
+        if token is not None:
+            self.s.headers["Authorization"] = f"PVEAPIToken={user}={token}"
+            return
+        r = self.s.post(self.base + "/access/ticket",
+                        data={"username": user, "password": password}, timeout=10)
+        assert r.status_code == 200, (r.status_code, r.text)
+        data = r.json()["data"]
+        self.cap = data["cap"]
+        self.s.cookies.set("PVEAuthCookie", data["ticket"])
+        self.s.headers["CSRFPreventionToken"] = data["CSRFPreventionToken"]
+
+    def call(self, method: str, url: str, /, **params: Any) -> requests.Response:
+        kw: dict[str, Any] = {"params": params} if method in ("GET", "DELETE") else \
+            {"data": params}
+        return self.s.request(method, self.base + url, timeout=30, **kw)
+
+    def ok(self, method: str, url: str, /, **params: Any) -> Any:
+        r = self.call(method, url, **params)
+        assert r.status_code == 200, (method, url, r.status_code, r.text)
+        return r.json()["data"]
+
+
+def _no_secret(payload: Any) -> None:
+    text = json.dumps(payload)
+    for word in SECRET_WORDS:
+        assert word not in text, f"{word!r} in {text[:300]}"
+
+
+def _wait_task(api: Api, upid: str) -> None:
+    node = upid.split(":")[1]
+
+    def done() -> bool:
+        status = api.ok("GET", f"/nodes/{node}/tasks/{upid}/status")
+        if status["status"] == "stopped":
+            assert status["exitstatus"] == "OK", status
+            return True
+        return False
+    wait_for(done, 60, f"task {upid}")
+
+
+@pytest.fixture(scope="module")
+def admin(cluster: Cluster) -> Iterator[Api]:
+    api = Api(cluster, "admin@pve", PASSWORD)
+    for vmid in (VM_IN, VM_OUT):
+        _wait_task(api, api.ok("POST", "/nodes/n1/qemu", vmid=vmid, memory=64,
+                               name=f"acl-{vmid}"))
+    try:
+        yield api
+    finally:   # leave the shared cluster as found, whatever failed
+        for vmid in (VM_IN, VM_OUT):
+            r = api.call("DELETE", f"/nodes/n1/qemu/{vmid}")
+            if r.status_code == 200:
+                _wait_task(api, r.json()["data"])
+        for user in (ALICE, BOB):
+            api.call("DELETE", f"/access/users/{user}")
+        api.call("DELETE", f"/access/groups/{GROUP}")
+        api.call("DELETE", "/pools", poolid=POOL)
+        api.call("DELETE", f"/access/roles/Delegate{SUFFIX}")
+
+
+def test_delegating_a_pool_and_tokens_through_the_api(cluster: Cluster, admin: Api) -> None:
+    # the administrator builds the delegation, pveum's way
+    admin.ok("POST", "/pools", poolid=POOL, comment="web servers")
+    admin.ok("PUT", "/pools", poolid=POOL, vms=str(VM_IN))
+    admin.ok("POST", "/access/groups", groupid=GROUP, comment="web admins")
+    admin.ok("POST", "/access/users", userid=ALICE, password=ALICE_PW, groups=GROUP,
+             email="alice@example.org", firstname="Alice")
+    admin.ok("PUT", "/access/acl", path=f"/pool/{POOL}", groups=GROUP, roles="PVEVMAdmin")
+    pool = admin.ok("GET", "/pools", poolid=POOL)
+    assert [m["vmid"] for m in pool[0]["members"] if m["type"] == "qemu"] == [VM_IN]
+    group = admin.ok("GET", f"/access/groups/{GROUP}")
+    assert group["members"] == [ALICE]
+    users = admin.ok("GET", "/access/users", full=1)
+    assert ALICE in [u["userid"] for u in users]
+    _no_secret(users)
+    _no_secret(admin.ok("GET", f"/access/users/{ALICE}"))
+    acl = admin.ok("GET", "/access/acl")
+    assert {"path": f"/pool/{POOL}", "type": "group", "ugid": GROUP, "roleid": "PVEVMAdmin",
+            "propagate": 1} in acl
+
+    # alice sees and acts on exactly the pool's VM
+    alice = Api(cluster, ALICE, ALICE_PW)
+    assert alice.cap["vms"].get("VM.PowerMgmt") == 1
+    vms = {r["vmid"] for r in alice.ok("GET", "/cluster/resources", type="vm")}
+    assert VM_IN in vms and VM_OUT not in vms
+    assert {v["vmid"] for v in alice.ok("GET", "/nodes/n1/qemu")} & {VM_IN, VM_OUT} == {VM_IN}
+    assert alice.ok("GET", f"/nodes/n1/qemu/{VM_IN}/config")["name"] == f"acl-{VM_IN}"
+    assert alice.call("PUT", f"/nodes/n1/qemu/{VM_IN}/config",
+                      description="delegated").status_code == 200
+    r = alice.call("GET", f"/nodes/n1/qemu/{VM_OUT}/config")
+    assert r.status_code == 403 and r.reason.startswith("Permission check failed")
+    assert alice.call("GET", "/nodes/n1/status").status_code == 403
+    assert [u["userid"] for u in alice.ok("GET", "/access/users")] == [ALICE]
+    assert alice.call("POST", "/access/users", userid=BOB).status_code == 403
+    perms = alice.ok("GET", "/access/permissions", path=f"/vms/{VM_IN}")
+    assert "VM.PowerMgmt" in perms[f"/vms/{VM_IN}"]   # value: propagate (pool: 0)
+
+    # her privilege-separated token: its own ACL, never beyond her
+    created = alice.ok("POST", f"/access/users/{ALICE}/token/tf", comment="terraform")
+    assert created["full-tokenid"] == f"{ALICE}!tf" and created["info"]["privsep"] == 1
+    secret = created["value"]
+    listed = alice.ok("GET", f"/access/users/{ALICE}/token")
+    assert listed == [{"tokenid": "tf", "expire": 0, "privsep": 1, "comment": "terraform"}]
+    assert secret not in json.dumps(listed)
+    host = cluster["n1"].address
+    prox = ProxmoxAPI(host, user=ALICE, token_name="tf", token_value=secret,
+                      verify_ssl=False, timeout=20)
+    assert [v for v in prox.nodes("n1").qemu.get() if v["vmid"] in (VM_IN, VM_OUT)] == []
+    admin.ok("PUT", "/access/acl", path="/", tokens=f"{ALICE}!tf", roles="Administrator")
+    seen = {v["vmid"] for v in prox.nodes("n1").qemu.get()} & {VM_IN, VM_OUT}
+    assert seen == {VM_IN}      # Administrator on / for the token, but alice has the pool only
+    assert prox.nodes("n1").qemu(VM_IN).config.get()["description"] == "delegated"
+    token_api = Api(cluster, f"{ALICE}!tf", token=secret)
+    assert token_api.call("GET", f"/nodes/n1/qemu/{VM_OUT}/config").status_code == 403
+    assert token_api.call("PUT", "/access/password", userid=ALICE,
+                          password="x" * 10).status_code == 403   # tokens may not
+    bad = Api(cluster, f"{ALICE}!tf", token="0" * 36)
+    assert bad.call("GET", "/version").status_code == 401
+
+    # a delegated Permissions.Modify cannot escalate
+    admin.ok("POST", "/access/roles", roleid=f"Delegate{SUFFIX}",
+             privs="Permissions.Modify,VM.Audit")
+    admin.ok("PUT", "/access/acl", path=f"/vms/{VM_OUT}", users=ALICE,
+             roles=f"Delegate{SUFFIX}")
+    before = admin.ok("GET", "/access/acl")
+    r = alice.call("PUT", "/access/acl", path="/", users=ALICE, roles="Administrator")
+    assert r.status_code == 403
+    r = alice.call("PUT", "/access/acl", path=f"/vms/{VM_OUT}", users=ALICE,
+                   roles="PVEVMAdmin")      # privileges she lacks there
+    assert r.status_code == 403 and r.reason.startswith("Permission check failed")
+    assert admin.ok("GET", "/access/acl") == before
+    # what she holds there, she may pass on
+    assert alice.call("PUT", "/access/acl", path=f"/vms/{VM_OUT}", groups=GROUP,
+                      roles=f"Delegate{SUFFIX}").status_code == 200
+    admin.ok("PUT", "/access/acl", path=f"/vms/{VM_OUT}", groups=GROUP,
+             roles=f"Delegate{SUFFIX}", delete=1)
+    assert admin.ok("GET", "/access/acl") == before
+
+    # password: her own, then reset by the administrator
+    alice.ok("PUT", "/access/password", userid=ALICE, password="alice-secret-2",
+             **{"confirmation-password": ALICE_PW})
+    Api(cluster, ALICE, "alice-secret-2")
+    admin.ok("PUT", "/access/password", userid=ALICE, password="alice-secret-3")
+    r = requests.post(_base(cluster) + "/access/ticket", verify=False, timeout=10,
+                      data={"username": ALICE, "password": "alice-secret-2"})
+    assert r.status_code == 401
+    alice = Api(cluster, ALICE, "alice-secret-3")
+
+    # disabling her cuts off her ticket and her token at the next request
+    admin.ok("PUT", f"/access/users/{ALICE}", enable=0)
+    assert alice.call("GET", "/version").status_code == 401
+    assert token_api.call("GET", "/version").status_code == 401
+    admin.ok("PUT", f"/access/users/{ALICE}", enable=1)
+    assert token_api.call("GET", "/version").status_code == 200
+
+    # deleting her removes her tokens and her ACL entries
+    admin.ok("DELETE", f"/access/users/{ALICE}")
+    assert token_api.call("GET", "/version").status_code == 401
+    assert not [e for e in admin.ok("GET", "/access/acl") if ALICE in e["ugid"]]
+
+
+def test_the_cli_speaks_pveum(cluster: Cluster, tmp_path) -> None:
+    """`binome user|group|pool|acl|role|user token` on the local socket (root@pam)."""
+    n1 = cluster["n1"]
+    user, group, pool = f"carol{SUFFIX}@pve", f"ops{SUFFIX}", f"test{SUFFIX}"
+    secret_file = tmp_path / "pw"
+    secret_file.write_text("carol-secret-1\n")
+    try:
+        n1.cli("group", "add", group, "--comment", "operators")
+        n1.cli("user", "add", user, "--groups", group, "--password-file", str(secret_file))
+        n1.cli("pool", "add", pool)
+        n1.cli("acl", "modify", f"/pool/{pool}", "--groups", group, "--roles", "PVEVMUser")
+        entries = n1.json("acl", "list")
+        assert {"path": f"/pool/{pool}", "type": "group", "ugid": group,
+                "roleid": "PVEVMUser", "propagate": 1} in entries
+        assert [u["groups"] for u in n1.json("user", "list") if u["userid"] == user] == [group]
+        token = n1.json("user", "token", "add", user, "ci", "--privsep", "0")
+        assert token["full-tokenid"] == f"{user}!ci" and len(token["value"]) == 36
+        listed = n1.cli("user", "token", "list", user).stdout
+        assert "ci" in listed and token["value"] not in listed
+        refused = n1.cli("user", "add", user, check=False)
+        assert refused.returncode != 0 and "already exists" in refused.stderr
+        Api(cluster, user, "carol-secret-1")        # the password the CLI read from the file
+        n1.cli("acl", "delete", f"/pool/{pool}", "--groups", group, "--roles", "PVEVMUser")
+        assert not [e for e in n1.json("acl", "list") if e["ugid"] == group]
+    finally:
+        n1.cli("user", "delete", user, check=False)
+        n1.cli("group", "delete", group, check=False)
+        n1.cli("pool", "delete", pool, check=False)
