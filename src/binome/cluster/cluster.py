@@ -163,18 +163,6 @@ class ClusterService:
     async def authkey(self) -> bytes | None:
         return await self.local.authkey()
 
-    async def get_user(self, userid: str) -> dict[str, Any] | None:
-        if self.store is None:
-            return None
-        return await self.store.get_value(keys.user(userid), serializable=True)
-
-    async def users(self) -> list[dict[str, Any]]:
-        """The users defined in the cluster, as stored (with their password hashes)."""
-        if self.store is None:
-            return []
-        entries = await self.store.get_prefix(keys.ACCESS_USERS, serializable=True)
-        return [e.value for e in entries]
-
     async def node_stats(self) -> dict[str, dict[str, Any]]:
         if self.store is None:
             return {}
