@@ -1,4 +1,5 @@
-"""Store._call retries etcd errors that mean "not proposed" (a leader hand-over), only them."""
+"""Store._call retries etcd errors that mean "not proposed" (a leader hand-over), and for reads
+also "leader changed"; nothing else."""
 
 from __future__ import annotations
 
@@ -43,6 +44,12 @@ def test_other_errors_are_not_retried():
     with pytest.raises(StoreUnavailable, match="leader changed"):
         asyncio.run(store()._call(op))
     assert len(calls) == 1
+
+
+def test_a_read_cut_by_a_leader_change_is_retried():
+    op, calls = flaky(["etcdserver: leader changed"])   # a read applied nothing
+    assert asyncio.run(store()._call(op, read_only=True)) == "done"
+    assert len(calls) == 2
 
 
 def test_retries_stop_at_the_deadline():

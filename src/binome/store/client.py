@@ -26,6 +26,9 @@ from binome.store import keys
 
 # etcd errors returned before a request was proposed to raft (nothing applied)
 _NOT_PROPOSED = ("raft proposal dropped", "etcdserver: no leader")
+# A linearizable read whose ReadIndex was cut by a leader change: a read changes nothing,
+# so retrying it is always safe (a write answered this way may have been applied).
+_READ_INTERRUPTED = ("etcdserver: leader changed",)
 
 
 class StoreUnavailable(RuntimeError):
@@ -154,8 +157,10 @@ class Store:
         except Exception:  # closing a dead channel must never mask the caller's error
             pass
 
-    async def _call(self, coro_fn, *args, timeout: float | None = None, **kwargs):
+    async def _call(self, coro_fn, *args, timeout: float | None = None,
+                    read_only: bool = False, **kwargs):
         deadline = time.monotonic() + (timeout or self.timeout)
+        retried = _NOT_PROPOSED + _READ_INTERRUPTED if read_only else _NOT_PROPOSED
         pause = 0.05
         while True:
             try:
@@ -169,7 +174,7 @@ class Store:
                 # A leader transfer or election drops proposals / answers "no leader"
                 # before anything is proposed: retrying within the caller's deadline is
                 # safe for every request (nothing was applied) and hides the hand-over.
-                if (detail and any(t in detail for t in _NOT_PROPOSED)
+                if (detail and any(t in detail for t in retried)
                         and deadline - time.monotonic() > pause):
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, 0.4)
@@ -186,7 +191,8 @@ class Store:
             request.range_end = range_end.encode()
             request.sort_target = rpc.RangeRequest.KEY
             request.sort_order = rpc.RangeRequest.ASCEND
-        response = await self._call(self._client.kvstub.Range, request, timeout=timeout)
+        response = await self._call(self._client.kvstub.Range, request, timeout=timeout,
+                                    read_only=True)
         return response.kvs
 
     async def get(self, key: str, *, serializable: bool = False,
@@ -211,7 +217,8 @@ class Store:
         await self._call(self._client.connect, timeout=timeout)
         request = rpc.RangeRequest(key=prefix.encode(),
                                    range_end=keys.prefix_end(prefix).encode())
-        response = await self._call(self._client.kvstub.Range, request, timeout=timeout)
+        response = await self._call(self._client.kvstub.Range, request, timeout=timeout,
+                                    read_only=True)
         return ([LeasedEntry(kv.key.decode(), _decode_lenient(kv.value), int(kv.mod_revision),
                              int(kv.lease)) for kv in response.kvs],
                 int(response.header.revision))
