@@ -68,8 +68,8 @@ _NOT_OURS = (f"{ROOT}authkey",)
 class StoreLike(Protocol):
     """The part of binome.store.client.Store used here."""
 
-    async def get_prefix(self, prefix: str) -> list[Any]: ...
-    async def get(self, key: str) -> Any: ...
+    async def get_prefix(self, prefix: str, *, serializable: bool = False) -> list[Any]: ...
+    async def get(self, key: str, *, serializable: bool = False) -> Any: ...
     async def commit(self, expect: dict[str, int], puts: dict[str, Any] | None = None,
                      deletes: Any = (), *, bump_config: bool = False) -> bool: ...
 
@@ -238,8 +238,10 @@ class AccessRepository:
         self.store = store
         self.attempts = attempts
 
-    async def load(self) -> Snapshot:
-        entries = await self.store.get_prefix(ROOT)
+    async def load(self, *, local: bool = False) -> Snapshot:
+        """The configuration as stored; `local`: this member's copy (a serializable
+        read, which works without quorum but may lag)."""
+        entries = await self.store.get_prefix(ROOT, serializable=local)
         values: dict[str, Any] = {}
         revisions: dict[str, int] = {}
         generation = generation_value = 0

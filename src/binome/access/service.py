@@ -76,13 +76,29 @@ class AccessService:
             if self._cached is None or self._cached.store is not None:
                 self._cached = _Cached(None, 0, _EMPTY, Evaluator(_EMPTY.config))
             return self._cached
-        entry = await store.get(GENERATION)
+        try:
+            entry = await store.get(GENERATION)
+            local = False
+        except Exception as exc:   # no quorum (or etcd unreachable): see below
+            # Without quorum a node must still answer its administrator (status, the
+            # cluster log, why nothing moves): read this member's copy, which is at worst
+            # the configuration as it was when quorum was lost; changes are refused
+            # anyway (they need a quorate commit). If even that fails, keep the last
+            # snapshot this node read.
+            log.debug("access generation unreadable (%s): reading the local copy", exc)
+            try:
+                entry = await store.get(GENERATION, serializable=True)
+                local = True
+            except Exception:
+                if self._cached is not None and self._cached.store is store:
+                    return self._cached
+                raise
         generation = entry.mod_revision if entry is not None else 0
         cached = self._cached
         if cached is not None and cached.store is store and cached.generation == generation \
                 and generation != 0:
             return cached
-        snap = await AccessRepository(store).load()
+        snap = await AccessRepository(store).load(local=local)
         cached = _Cached(store, snap.generation, snap, Evaluator(snap.config))
         self._cached = cached
         return cached

@@ -22,7 +22,8 @@ import requests
 import urllib3
 from proxmoxer import ProxmoxAPI
 
-from tests.integration.harness import PASSWORD, Cluster, wait_for
+from tests.integration.access.client import Api, base_url, wait_task
+from tests.integration.harness import PASSWORD, Cluster
 
 urllib3.disable_warnings()
 
@@ -36,64 +37,17 @@ VM_IN, VM_OUT = 870 + int(SUFFIX, 16) % 50 * 2, 871 + int(SUFFIX, 16) % 50 * 2
 SECRET_WORDS = ("password", "secret_hash", ALICE_PW)
 
 
-def _base(cluster: Cluster) -> str:
-    return f"https://{cluster['n1'].address}:8006/api2/json"
-
-
-class Api:
-    """A logged-in HTTPS session (ticket + CSRF) or a token session."""
-
-    def __init__(self, cluster: Cluster, user: str, password: str | None = None,
-                 token: str | None = None) -> None:
-        self.base = _base(cluster)
-        self.s = requests.Session()
-        self.s.verify = False
-        self.s.trust_env = False
-        if token is not None:
-            self.s.headers["Authorization"] = f"PVEAPIToken={user}={token}"
-            return
-        r = self.s.post(self.base + "/access/ticket",
-                        data={"username": user, "password": password}, timeout=10)
-        assert r.status_code == 200, (r.status_code, r.text)
-        data = r.json()["data"]
-        self.cap = data["cap"]
-        self.s.cookies.set("PVEAuthCookie", data["ticket"])
-        self.s.headers["CSRFPreventionToken"] = data["CSRFPreventionToken"]
-
-    def call(self, method: str, url: str, /, **params: Any) -> requests.Response:
-        kw: dict[str, Any] = {"params": params} if method in ("GET", "DELETE") else \
-            {"data": params}
-        return self.s.request(method, self.base + url, timeout=30, **kw)
-
-    def ok(self, method: str, url: str, /, **params: Any) -> Any:
-        r = self.call(method, url, **params)
-        assert r.status_code == 200, (method, url, r.status_code, r.text)
-        return r.json()["data"]
-
-
 def _no_secret(payload: Any) -> None:
     text = json.dumps(payload)
     for word in SECRET_WORDS:
         assert word not in text, f"{word!r} in {text[:300]}"
 
 
-def _wait_task(api: Api, upid: str) -> None:
-    node = upid.split(":")[1]
-
-    def done() -> bool:
-        status = api.ok("GET", f"/nodes/{node}/tasks/{upid}/status")
-        if status["status"] == "stopped":
-            assert status["exitstatus"] == "OK", status
-            return True
-        return False
-    wait_for(done, 60, f"task {upid}")
-
-
 @pytest.fixture(scope="module")
 def admin(cluster: Cluster) -> Iterator[Api]:
     api = Api(cluster, "admin@pve", PASSWORD)
     for vmid in (VM_IN, VM_OUT):
-        _wait_task(api, api.ok("POST", "/nodes/n1/qemu", vmid=vmid, memory=64,
+        wait_task(api, api.ok("POST", "/nodes/n1/qemu", vmid=vmid, memory=64,
                                name=f"acl-{vmid}"))
     try:
         yield api
@@ -101,7 +55,7 @@ def admin(cluster: Cluster) -> Iterator[Api]:
         for vmid in (VM_IN, VM_OUT):
             r = api.call("DELETE", f"/nodes/n1/qemu/{vmid}")
             if r.status_code == 200:
-                _wait_task(api, r.json()["data"])
+                wait_task(api, r.json()["data"])
         for user in (ALICE, BOB):
             api.call("DELETE", f"/access/users/{user}")
         api.call("DELETE", f"/access/groups/{GROUP}")
@@ -192,7 +146,7 @@ def test_delegating_a_pool_and_tokens_through_the_api(cluster: Cluster, admin: A
              **{"confirmation-password": ALICE_PW})
     Api(cluster, ALICE, "alice-secret-2")
     admin.ok("PUT", "/access/password", userid=ALICE, password="alice-secret-3")
-    r = requests.post(_base(cluster) + "/access/ticket", verify=False, timeout=10,
+    r = requests.post(base_url(cluster) + "/access/ticket", verify=False, timeout=10,
                       data={"username": ALICE, "password": "alice-secret-2"})
     assert r.status_code == 401
     alice = Api(cluster, ALICE, "alice-secret-3")
