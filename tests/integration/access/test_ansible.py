@@ -93,7 +93,7 @@ def test_community_proxmox_with_tokens(cluster: Cluster, admin: Api, tmp_path: P
     ]
     first = run_play(cluster, tmp_path, "admin@pve", admin_token, setup)
     for (module, _), result in zip(setup, first, strict=True):
-        assert not result.get("failed"), (module, result)
+        assert not result.get("failed"), (module, result.get("msg"))
         assert result["changed"] is True, (module, result)
     # the state is what the modules asked for, read through the API
     assert admin.ok("GET", f"/access/groups/{GROUP}")["members"] == [USER]
@@ -107,9 +107,12 @@ def test_community_proxmox_with_tokens(cluster: Cluster, admin: Api, tmp_path: P
     info = [("community.proxmox.proxmox_user_info", {"userid": USER}),
             ("community.proxmox.proxmox_group_info", {"group": GROUP}),
             ("community.proxmox.proxmox_domain_info", {})]
-    second = run_play(cluster, tmp_path, "admin@pve", admin_token, setup + info)
-    for (module, _), result in zip(setup, second, strict=True):
-        assert not result.get("failed") and result["changed"] is False, (module, result)
+    # (proxmox_user re-sets a password whenever one is given, which PVE, like binome,
+    # refuses to tokens: the second run leaves it out, as a playbook with tokens must)
+    again = [(m, {k: v for k, v in a.items() if k != "password"}) for m, a in setup]
+    second = run_play(cluster, tmp_path, "admin@pve", admin_token, again + info)
+    for (module, _), result in zip(again, second[:len(again)], strict=True):
+        assert not result.get("failed") and result["changed"] is False, (module, result.get("msg"), result.get("changed"))
     user_info, group_info, domain_info = second[len(setup):]
     assert not user_info.get("failed"), user_info
     assert [u["userid"] for u in user_info["proxmox_users"]] == [USER]
