@@ -112,7 +112,8 @@ def test_community_proxmox_with_tokens(cluster: Cluster, admin: Api, tmp_path: P
     again = [(m, {k: v for k, v in a.items() if k != "password"}) for m, a in setup]
     second = run_play(cluster, tmp_path, "admin@pve", admin_token, again + info)
     for (module, _), result in zip(again, second[:len(again)], strict=True):
-        assert not result.get("failed") and result["changed"] is False, (module, result.get("msg"), result.get("changed"))
+        assert not result.get("failed") and result["changed"] is False, \
+            (module, result.get("msg"), result.get("changed"))
     user_info, group_info, domain_info = second[len(setup):]
     assert not user_info.get("failed"), user_info
     assert [u["userid"] for u in user_info["proxmox_users"]] == [USER]
