@@ -15,6 +15,7 @@ declared type (booleans accept 1/0, true/false, yes/no, on/off as PVE does).
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 MISSING = "property is missing and it is not optional"
 UNDEFINED = "property is not defined in schema and the schema does not allow additional properties"
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")
 
 
 class SchemaError(ValueError):
@@ -66,6 +68,12 @@ def is_host_address(value: str) -> bool:
     return bool(_HOST_RE.fullmatch(value)) and not value.replace(".", "").isdigit()
 
 
+def _digits(text: str, most: int = 18) -> bool:
+    """ASCII digits only, at most `most` of them: str.isdigit() and int() also take
+    other scripts' digits (fullwidth '100' would be 100) and int() refuses 4300 digits."""
+    return 0 < len(text) <= most and text.isascii() and text.isdigit()
+
+
 def _checked(test: Callable[[str], bool], text: str) -> Format:
     def check(value: str) -> str:
         if not test(value):
@@ -77,10 +85,10 @@ def _checked(test: Callable[[str], bool], text: str) -> Format:
 def _ha_sid(value: str) -> str:
     """PVE's `pve-ha-resource-or-vm-id`: `vm:100` or a bare `100`, normalised to `vm:100`."""
     text = value.strip()
-    if text.isdigit():
+    if _digits(text):
         return f"vm:{int(text)}"
     kind, _, vmid = text.partition(":")
-    if kind == "vm" and vmid.isdigit():
+    if kind == "vm" and _digits(vmid):
         return f"vm:{int(vmid)}"
     if kind == "ct":
         raise ValueError("containers are not supported")
@@ -90,7 +98,7 @@ def _ha_sid(value: str) -> str:
 def _ha_group_node(value: str) -> str:
     """PVE's `pve-ha-group-node`: `node[:priority]`, priority a non-negative integer."""
     name, sep, prio = value.partition(":")
-    if not _is_node(name) or (sep and not prio.isdigit()):
+    if not _is_node(name) or (sep and not _digits(prio, 9)):
         raise ValueError(f"value '{value}' does not look like a valid ha group node "
                          "(node[:priority])")
     return value
@@ -190,15 +198,20 @@ class Param:
                 raise ValueError(f"type check ('integer') failed - got '{raw}'")
             if isinstance(raw, int):
                 value: Any = raw
-            elif isinstance(raw, str) and re.fullmatch(r"[+-]?\d+", raw.strip()):
+            elif isinstance(raw, str) and re.fullmatch(r"[+-]?[0-9]{1,30}", raw.strip()):
                 value = int(raw)
             else:
                 raise ValueError(f"type check ('integer') failed - got '{raw}'")
         elif self.type == "number":
+            # float() also reads 'nan', 'inf', '1_0' and other scripts' digits
+            if isinstance(raw, str) and not _NUMBER.fullmatch(raw.strip()):
+                raise ValueError(f"type check ('number') failed - got '{raw}'")
             try:
                 value = float(raw)
             except (TypeError, ValueError):
                 raise ValueError(f"type check ('number') failed - got '{raw}'") from None
+            if not math.isfinite(value):
+                raise ValueError(f"type check ('number') failed - got '{raw}'")
         else:
             value = self._string(raw)
         if self.minimum is not None and value < self.minimum:
@@ -218,7 +231,8 @@ class Param:
         if self.enum and value not in self.enum:
             raise ValueError(f"value '{value}' does not have a value in the enumeration "
                              f"'{', '.join(self.enum)}'")
-        if self.pattern and not re.fullmatch(self.pattern, value):
+        # ASCII: \d and \w would take other scripts' digits and letters (fullwidth '100')
+        if self.pattern and not re.fullmatch(self.pattern, value, re.ASCII):
             raise ValueError("value does not match the regex pattern")
         if self.format:
             value = check_format(self.format, value)

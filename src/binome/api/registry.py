@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 from binome.access.permission import ANY_USER, ROOT_ONLY, WORLD, Decl, Perm
 from binome.api.errors import NotImplementedMethod
+from binome.api.wire import path_segment
 from binome.schema import Param
 
 __all__ = ["ANY_USER", "ROOT_ONLY", "WORLD", "ApiMethod", "CliSpec", "Decl", "Perm",
@@ -106,7 +106,8 @@ class Registry:
         return decorator
 
     def match(self, method: str, path: str) -> tuple[ApiMethod, dict[str, str]]:
-        parts = [unquote(s) for s in path.split("/") if s]
+        # strictly (BadPath: 400): the parts become parameters and the 501's reason phrase
+        parts = [path_segment(s) for s in path.split("/") if s]
         for m in self.methods:
             if m.method != method:
                 continue

@@ -5,12 +5,16 @@ cookie or header; on the unix socket, the peer's uid: root is root@pam), check
 CSRF on writes, validate parameters, proxy to the node named in the path when
 it is not this one, check permissions, run the handler, and answer in PVE's
 envelope with the error text as the HTTP reason phrase.
+
+Malformed requests (see `wire`) are answered the same way, never by a dropped
+connection or a Python message: the path is checked before any route (400), the
+URL's and body's sizes are limited (414, 413), the parameters are decoded strictly
+(400 naming them) and a body of another content type is refused (415).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
@@ -26,11 +30,12 @@ from binome.access import permission
 from binome.access.model import ROOT_USER
 from binome.access.permission import AnyUser, World
 from binome.access.service import AuthRefused
-from binome.api import auth, openapi
+from binome.api import auth, openapi, wire
 from binome.api.context import NodeServices, RequestContext
 from binome.api.errors import ApiError, AuthError, PermissionDenied
 from binome.api.registry import ApiMethod, WithTotal, registry
 from binome.api.schema import validate
+from binome.api.wire import MAX_BODY, MAX_LINE, MAX_URL, MULTIPART
 from binome.errors import BinomeError
 
 log = logging.getLogger("binome.api")
@@ -41,7 +46,10 @@ OPENAPI_PATH = "/api2/openapi.json"
 
 def _reason(message: str) -> str:
     line = message.strip().splitlines()[0] if message.strip() else "error"
-    return line.encode("latin-1", "replace").decode("latin-1")[:200]
+    line = line.encode("latin-1", "replace").decode("latin-1")[:200]
+    # aiohttp refuses to write a control character in the status line and drops the
+    # connection instead: the message may echo anything the client sent
+    return "".join(c if c.isprintable() else "?" for c in line)
 
 
 def error_response(exc: ApiError) -> web.Response:
@@ -78,7 +86,7 @@ def _ticket_from(request: web.Request) -> str | None:
 class ApiServer:
     def __init__(self, services: NodeServices) -> None:
         self.services = services
-        self.app = web.Application(client_max_size=16 * 1024 * 1024)
+        self.app = web.Application(client_max_size=MAX_BODY, middlewares=[self.guard])
         self.app.router.add_route("*", API_PREFIX + "/{tail:.*}", self.dispatch)
         self.app.router.add_get(OPENAPI_PATH, self.openapi)
         self.app.router.add_get("/", self.index)
@@ -100,7 +108,8 @@ class ApiServer:
 
     async def start(self) -> None:
         cfg = self.services.config
-        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+                                    max_line_size=MAX_LINE)
         await self.runner.setup()
         self.ssl_context = self._make_ssl_context()
         await web.TCPSite(self.runner, cfg.api_bind, cfg.api_port,
@@ -120,6 +129,21 @@ class ApiServer:
             await self.runner.cleanup()
         self.services.config.api_socket.unlink(missing_ok=True)
 
+    @web.middleware
+    async def guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Refuse what no route may see: an over-long URL, a path that is not clean
+        text, a body declared larger than the limit (before reading it)."""
+        try:
+            if len(request.raw_path) > MAX_URL:
+                raise wire.url_too_long()
+            wire.check_path(request.raw_path)
+            if (request.content_length or 0) > MAX_BODY:
+                raise wire.body_too_large()
+        except ApiError as exc:
+            return error_response(exc)
+        response: web.StreamResponse = await handler(request)
+        return response
+
     async def index(self, request: web.Request) -> web.Response:
         text = (f"<!doctype html><title>binome {self.services.config.name}</title>"
                 f"<h1>binome node {self.services.config.name}</h1>"
@@ -131,19 +155,27 @@ class ApiServer:
         return web.json_response(openapi.document(registry))
 
     async def _params(self, request: web.Request) -> dict[str, Any]:
-        params: dict[str, Any] = dict(request.query)
-        if request.method in ("POST", "PUT") and request.can_read_body:
-            if request.content_type == "application/json":
-                try:
-                    body = await request.json()
-                except json.JSONDecodeError:
-                    raise ApiError(400, "invalid JSON body") from None
-                if not isinstance(body, dict):
-                    raise ApiError(400, "JSON body must be an object")
-                params.update({k: v for k, v in body.items() if v is not None})
-            else:
-                params.update(dict(await request.post()))
-        return params
+        """The query's and (POST, PUT) the body's parameters, decoded strictly (wire)."""
+        query = request.rel_url.raw_query_string
+        if request.method not in ("POST", "PUT") or not request.can_read_body:
+            return wire.parameters(query, None, None)
+        # no Content-Type: read as a form (PVE reads any body that is not JSON so); another
+        # type is refused (415) rather than ignored as it was
+        ctype = request.content_type if "Content-Type" in request.headers else None
+        try:
+            if ctype != MULTIPART:
+                return wire.parameters(query, ctype, await request.read())
+            try:
+                fields = await request.post()
+            except web.HTTPRequestEntityTooLarge:
+                raise
+            except Exception as exc:
+                # aiohttp's multipart reader fails in many ways (ValueError, AssertionError,
+                # LookupError for an unknown charset...): all of them are the client's error
+                raise ApiError(400, f"invalid {MULTIPART} body") from exc
+            return wire.merge_fields(wire.parameters(query, None, None), fields.items())
+        except web.HTTPRequestEntityTooLarge:     # a chunked body past the limit
+            raise wire.body_too_large() from None
 
     async def _authenticate(self, request: web.Request, method: ApiMethod) -> tuple[str | None,
                                                                                     bool]:

@@ -9,6 +9,7 @@ the caller's right to hand each touched object to a pool (PVE's check_perm_modif
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from binome.access.model import AccessConfig
@@ -43,7 +44,8 @@ UPDATE_PARAMS = {
 def _vmids(text: str | None) -> list[int]:
     out = []
     for item in split_list(text or ""):
-        if not item.isdigit() or not 100 <= int(item) <= 999_999_999:
+        # ASCII digits: isdigit() and int() also take fullwidth digits
+        if not re.fullmatch(r"[0-9]{3,9}", item) or not 100 <= int(item) <= 999_999_999:
             raise param_error("vms", f"value '{item}' does not look like a valid VM ID")
         out.append(int(item))
     return out
