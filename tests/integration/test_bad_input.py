@@ -285,3 +285,21 @@ def test_long_urls(wire: Wire) -> None:
     refused(wire, 414, "request URI too long (more than 16384 bytes)", "GET",
             b"/api2/json/cluster/log?x=" + b"a" * 20_000)
 
+
+@pytest.mark.parametrize("segment", [b"NOT%3FA%23UPID", b"NOT%252FA"])
+def test_proxied_path_goes_on_as_sent(cluster: Cluster, ticket: tuple[str, str],
+                                      wire: Wire, segment: bytes) -> None:
+    """A path for another node is forwarded as it came: re-encoded from its decoded form,
+    '%3F' became a query ('?') and '%23' a fragment, and the CLI's twice-quoted '/' a
+    segment separator, so the other node answered a different request."""
+    target = b"/api2/json/nodes/n2/tasks/" + segment + b"/status"
+    direct = Wire(cluster["n2"].address, *ticket)
+    try:
+        expected = direct.send("GET", target)
+    finally:
+        direct.close()
+    assert expected.status == 400 and "upid" in expected.json()["errors"]
+    answer = wire.send("GET", target)
+    assert (answer.status, answer.reason, answer.json()) == (
+        expected.status, expected.reason, expected.json())
+    wire.still_answers()

@@ -25,6 +25,7 @@ from urllib.parse import unquote
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from binome.access import permission
 from binome.access.model import ROOT_USER
@@ -303,9 +304,12 @@ class ApiServer:
         streaming = request.method == "GET" and path.rstrip("/").endswith("events")
         timeout = (aiohttp.ClientTimeout(total=None, sock_connect=30) if streaming
                    else aiohttp.ClientTimeout(total=60))
+        # the path as it came (encoded; the guard checked it): re-encoded from its decoded
+        # form, '%3F' would become a query, '%23' a fragment, a twice-quoted '/' a separator
+        url = URL(base + request.rel_url.raw_path, encoded=True)
         try:
             async with self._client.request(
-                request.method, base + API_PREFIX + path, params=query, data=data,
+                request.method, url, params=query, data=data,
                 headers=headers, ssl=self.services.cluster_ssl_context(),
                 timeout=timeout,
             ) as upstream:
