@@ -235,3 +235,15 @@ def test_conf_text_round_trip_with_pve_types():
                       "tags": "a;b", "agent": "1", "protection": 1}
     assert type(parsed["cpulimit"]) is int and type(parsed["acpi"]) is int
     assert re.search(r"^cpulimit: 2$", vmconf.format_conf(conf), re.M)
+
+
+def test_startup_order_at_host_boot():
+    from binome.guest.configs import VmConfig
+    from binome.guest.status import startup_key
+
+    def vm(vmid: int, startup: str | None) -> VmConfig:
+        return VmConfig(vmid, "n1", {"startup": startup} if startup else {}, "", 0)
+
+    vms = [vm(100, None), vm(101, "order=2,up=5"), vm(102, "1"), vm(103, "up=3"),
+           vm(99, "order=2")]
+    assert [v.vmid for v in sorted(vms, key=startup_key)] == [102, 99, 101, 100, 103]

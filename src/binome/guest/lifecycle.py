@@ -319,6 +319,9 @@ class Lifecycle:
                 new[key] = value
             new["name"] = name or f"Copy-of-VM-{source.get('name', vmid)}"[:63]
             new["smbios1"] = f"uuid={uuid.uuid4()}"
+            if new.get("vmgenid", "0") != "0":
+                # PVE's clone: a copy is a new generation, to the guest too
+                new["vmgenid"] = str(uuid.uuid4())
             await self.ctx.configs.write(await self.ctx.read(newid), new)
         except BaseException as exc:
             task.log(f"clone failed ({exc}); removing what was created")
