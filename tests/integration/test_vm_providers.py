@@ -170,6 +170,9 @@ def test_bpg_create_read_back_start_and_protection(api, cluster: Cluster) -> Non
     assert r.status_code == 500 and r.reason == "only root can set 'args' config"
     r = api.put(url + "/config", data={"numa0": "cpus=0"}, timeout=30)
     assert r.status_code == 400 and r.json()["errors"] == {"numa0": UNDEFINED}
+    r = api.put(url + "/config", data={"boot": "order=scsi1;virtio0"}, timeout=30)
+    assert r.status_code == 500 and r.reason == ("invalid bootorder: device 'scsi1' does not "
+                                                 "exist'")
     r = api.put(url + "/config", data={"balloon": "1024"}, timeout=30)
     assert r.status_code == 500 and r.reason == ("balloon value too large (must be smaller "
                                                  "than assigned memory)")
@@ -179,6 +182,25 @@ def test_bpg_create_read_back_start_and_protection(api, cluster: Cluster) -> Non
     assert api.put(url + "/config", data={"protection": "0"}, timeout=30).status_code == 200
     assert wait_task(api, cluster, api.delete(url, params={"purge": 1}, timeout=30)
                      .json()["data"]) == "OK"
+
+
+def test_refused_create_stores_nothing(api, cluster: Cluster) -> None:
+    vmid = next_id(api, cluster)
+    _, sent = bpg_body(vmid)
+    bad = {**sent, "bios": "uefi", "hotplug": "network,floppy", "numa0": "cpus=0"}
+    r = api.post(f"{base(cluster)}/nodes/n1/qemu", data=urllib.parse.urlencode(bad),
+                 headers=FORM, timeout=30)
+    assert r.status_code == 400 and r.reason == "Parameter verification failed."
+    assert r.json()["errors"] == {
+        "bios": "value 'uefi' does not have a value in the enumeration 'seabios, ovmf'",
+        "hotplug": "invalid hotplug feature 'floppy'", "numa0": UNDEFINED}
+    # a key only root may set: refused before any task, the vmid stays free
+    r = api.post(f"{base(cluster)}/nodes/n1/qemu", data={**sent, "args": "-S"}, timeout=30)
+    assert r.status_code == 500 and r.reason == "only root can set 'args' config"
+    assert next_id(api, cluster) == vmid
+    images = api.get(f"{base(cluster)}/nodes/n1/storage/local/content",
+                     params={"content": "images"}, timeout=10).json()["data"]
+    assert not [i for i in images if i.get("vmid") == vmid]
 
 
 def test_telmate_create_read_back_and_start(api, cluster: Cluster) -> None:

@@ -87,7 +87,10 @@ class Lifecycle:
                                 task.log(f"{key}: allocated {vol}")
                     new[key] = value
                 if "boot" in changes:
-                    vmconf.check_boot_devices(new)
+                    try:
+                        vmconf.check_boot_devices(new)
+                    except vmconf.ConfigError as exc:   # PVE dies: a 500 with its text
+                        raise GuestFailure(exc.errors["boot"]) from None
                 if "memory" in changes or "balloon" in changes:
                     too_large = vmconf.balloon_error(new)
                     if too_large:
