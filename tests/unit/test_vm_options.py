@@ -247,3 +247,20 @@ def test_startup_order_at_host_boot():
     vms = [vm(100, None), vm(101, "order=2,up=5"), vm(102, "1"), vm(103, "up=3"),
            vm(99, "order=2")]
     assert [v.vmid for v in sorted(vms, key=startup_key)] == [102, 99, 101, 100, 103]
+
+
+def test_key_privileges_are_pves_classes():
+    from binome.api.methods.qemu import _key_privs
+
+    expected = {"cpu": "VM.Config.CPU", "vcpus": "VM.Config.CPU", "numa": "VM.Config.CPU",
+                "cpulimit": "VM.Config.CPU", "balloon": "VM.Config.Memory",
+                "shares": "VM.Config.Memory", "acpi": "VM.Config.HWType",
+                "kvm": "VM.Config.HWType", "tablet": "VM.Config.HWType",
+                "hotplug": "VM.Config.HWType", "watchdog": "VM.Config.HWType",
+                "machine": "VM.Config.HWType", "serial1": "VM.Config.HWType",
+                "bios": "VM.Config.Options", "protection": "VM.Config.Options",
+                "keyboard": "VM.Config.Options", "startup": "VM.Config.Options",
+                "agent": "VM.Config.Options", "tags": "VM.Config.Options",
+                "freeze": "VM.PowerMgmt", "boot": "VM.Config.Disk",
+                "vmstatestorage": "VM.Config.Disk"}
+    assert {k: _key_privs(k, "x") for k in expected} == {k: (v,) for k, v in expected.items()}
