@@ -264,3 +264,9 @@ def test_key_privileges_are_pves_classes():
                 "freeze": "VM.PowerMgmt", "boot": "VM.Config.Disk",
                 "vmstatestorage": "VM.Config.Disk"}
     assert {k: _key_privs(k, "x") for k in expected} == {k: (v,) for k, v in expected.items()}
+
+
+def test_status_cpus_follow_vcpus():
+    assert vmconf.cpu_count({"cores": 2, "sockets": 2}) == 4
+    assert vmconf.cpu_count({"cores": 2, "sockets": 2, "vcpus": 3}) == 3
+    assert vmconf.cpu_count({}) == 1

@@ -481,6 +481,13 @@ def root_only(key: str, value: Any) -> str | None:
     return None
 
 
+def cpu_count(config: dict[str, Any]) -> int:
+    """The vCPUs PVE's status reports: `vcpus` if set, else cores x sockets."""
+    if config.get("vcpus"):
+        return int(config["vcpus"])
+    return int(config.get("cores", 1)) * int(config.get("sockets", 1))
+
+
 def is_windows(config: dict[str, Any]) -> bool:
     return str(config.get("ostype", "other")) in WINDOWS_OSTYPES
 

@@ -226,9 +226,9 @@ class QemuRuntime:
         if st is not None:
             if g.cpu_sample is not None and now > g.cpu_sample[0]:
                 used = (st.cpu_ticks - g.cpu_sample[1]) / CLK_TCK
-                cpu = used / (now - g.cpu_sample[0]) / g.spec.vcpus
+                cpu = used / (now - g.cpu_sample[0]) / (g.spec.vcpus_online or g.spec.vcpus)
             elif uptime > 0:
-                cpu = st.cpu_ticks / CLK_TCK / uptime / g.spec.vcpus
+                cpu = st.cpu_ticks / CLK_TCK / uptime / (g.spec.vcpus_online or g.spec.vcpus)
             g.cpu_sample = (now, st.cpu_ticks)
         qmpstatus: str | None = None
         diskread = diskwrite = 0

@@ -128,7 +128,7 @@ class GuestStatus:
         entry = {"vmid": vm.vmid, "name": c.get("name", f"VM {vm.vmid}"),
                  "status": st.status, "uptime": st.uptime, "cpu": st.cpu, "mem": st.mem,
                  "maxmem": int(c.get("memory", vmconf.DEFAULTS["memory"])) * 1024 * 1024,
-                 "cpus": int(c.get("cores", 1)) * int(c.get("sockets", 1)),
+                 "cpus": vmconf.cpu_count(c),
                  "maxdisk": self._maxdisk(c), "disk": 0, "netin": st.netin,
                  "netout": st.netout, "diskread": st.diskread, "diskwrite": st.diskwrite,
                  "template": int(c.get("template", 0) or 0)}
@@ -177,7 +177,7 @@ class GuestStatus:
             item = {"id": f"qemu/{vmid}", "type": "qemu", "vmid": vmid, "node": node,
                     "name": c.get("name", f"VM {vmid}"), "status": st.get("status", "unknown"),
                     "template": int(c.get("template", 0) or 0),
-                    "maxcpu": int(c.get("cores", 1)) * int(c.get("sockets", 1)),
+                    "maxcpu": vmconf.cpu_count(c),
                     "maxmem": int(c.get("memory", vmconf.DEFAULTS["memory"])) * 1024 * 1024,
                     "maxdisk": self._maxdisk(c), "disk": 0}
             for k in ("cpu", "mem", "uptime", "netin", "netout", "diskread", "diskwrite"):
