@@ -280,7 +280,8 @@ AGENT_FORMAT = PropertyString(keys={
 
 _CPU_KEYS = {
     "cputype": Param(optional=True, description="Emulated CPU type."),
-    "reported-model": Param(optional=True, enum=CPU_TYPES),
+    # valid in PVE's custom model definitions only: parse_cpu refuses it, as PVE does
+    "reported-model": Param(optional=True, description="Custom CPU models only."),
     "hidden": _BOOL,
     "hv-vendor-id": Param(optional=True, pattern=r"[a-zA-Z0-9]{1,12}"),
     "flags": Param(optional=True, pattern=r"[+-][a-zA-Z0-9\-_.]+(?:;[+-][a-zA-Z0-9\-_.]+)*",
