@@ -400,7 +400,7 @@ def test_validate_changes_reports_every_bad_key():
             "virtio0": "local:100/vm-100-disk-0.raw,cache=bogus",
             "net0": "virtio=BC:24:11:00:00:01,bridge=vmbr0,tag=0",
             "boot": "order=virtio0;floppy0",
-            "vga": "cirrus",
+            "vga": "matrox",
             "kernel": "vmlinuz",
             "memory": 1024,
             "scsi0": "local:4",
@@ -410,7 +410,7 @@ def test_validate_changes_reports_every_bad_key():
     assert "cache" in errors["virtio0"]
     assert "VLAN" in errors["net0"]
     assert "floppy0" in errors["boot"]
-    assert "cirrus" in errors["vga"]
+    assert "matrox" in errors["vga"]
     assert isinstance(info.value, ValueError)
     for key in errors:
         assert key in str(info.value)
@@ -458,7 +458,8 @@ def test_check_boot_devices():
     conf = {"boot": "order=virtio0;net0", "virtio0": "local:100/vm-100-disk-0.raw"}
     with pytest.raises(ConfigError) as info:
         check_boot_devices(conf)
-    assert info.value.errors == {"boot": "boot device 'net0' does not exist"}
+    # PVE's text, its unbalanced quote included
+    assert info.value.errors == {"boot": "invalid bootorder: device 'net0' does not exist'"}
     conf["net0"] = "virtio=BC:24:11:00:00:01,bridge=vmbr0"
     check_boot_devices(conf)             # no error
     check_boot_devices({"boot": "cdn"})  # legacy form is not checked
@@ -475,7 +476,7 @@ def test_schema_device_keys():
     for i in range(32):
         assert f"net{i}" in schema
     assert "net32" not in schema
-    assert "args" not in schema
+    assert "args" in schema and vmconf.root_only("args", "-S") is not None
     assert {"kernel", "initrd", "append", "memory", "cores", "boot"} <= set(schema)
 
 

@@ -23,6 +23,21 @@ Owns the mapping from Proxmox-style devices to QEMU options. Choices, and why:
 * NBD sources go straight into ``file=`` (QEMU parses the URI); with no
   format, ``format=raw`` is still given so QEMU never probes guest data.
 * Values from the spec are escaped for QEMU's option parser (``,`` -> ``,,``).
+* PVE's VM options, as qemu-server's config_to_command writes them: ``acpi: 0``
+  is ``-machine q35,acpi=off`` (``-no-acpi`` is deprecated since QEMU 8.0);
+  ``kvm: 0`` forces TCG; ``tablet`` a USB tablet on a ``qemu-xhci``
+  controller; ``keyboard`` ``-k``; ``localtime``/``startdate``/``tdf``
+  ``-rtc``; ``smbios1`` ``-smbios type=1``; ``vmgenid`` a ``vmgenid`` device
+  (needs ACPI, so none with ``acpi: 0``); ``balloon`` a ``virtio-balloon-pci``;
+  ``numa: 1`` one node per socket with its share of the memory; ``watchdog``
+  the device and ``-watchdog-action``; ``reboot: 0`` ``-no-reboot``;
+  ``freeze`` ``-S``; ``serialN`` more ports (``isa-serial`` with its index, so
+  ttyS2 stays ttyS2 without ttyS1); ``bios: ovmf`` two pflash drives;
+  ``args`` (root only) appended last.
+* CPU: 'host' exists only with KVM; under TCG it becomes 'max' (everything TCG
+  emulates). PVE's flags are QEMU's ``name=on|off``, except ``nested-virt``
+  (PVE turns it into vmx or svm by the host's vendor, which a pure function
+  cannot know: left out) and the ``hv-*`` enlightenments (KVM only).
 * The target of a live migration (``incoming=True``) gets ``-S -incoming
   defer``: QEMU waits for a ``migrate-incoming`` over QMP (the runtime then
   picks the listening address) and stays paused after the state arrived, so
@@ -86,6 +101,69 @@ def _disk_device(disk: DiskSpec, bootindex: int | None) -> str:
     return dev
 
 
+VGA_DEVICES = {"std": "VGA", "cirrus": "cirrus-vga", "vmware": "vmware-svga",
+               "qxl": "qxl-vga", "qxl2": "qxl-vga", "qxl3": "qxl-vga", "qxl4": "qxl-vga",
+               "virtio": "virtio-vga"}
+
+
+def cpu_option(model: str, flags: tuple[str, ...], accel: str) -> str:
+    """The ``-cpu`` value: the model (see the module notes) and its flags as ``x=on``."""
+    if model == "host" and accel != "kvm":
+        model = "max"
+    parts = [model]
+    for flag in flags:
+        name = flag[1:]
+        if name == "nested-virt" or (name.startswith("hv-") and accel != "kvm"):
+            continue
+        parts.append(f"{name}={'on' if flag[0] == '+' else 'off'}")
+    return ",".join(parts)
+
+
+def _display(spec: LaunchSpec, paths: GuestPaths) -> list[str]:
+    device = VGA_DEVICES.get(spec.vga)
+    if device is None:     # none, serialN: no display device, no VNC
+        return ["-display", "none"]
+    opts = f"{device},id=vga"
+    if spec.vga_memory_mb is not None and spec.vga != "virtio":
+        opts += f",vgamem_mb={spec.vga_memory_mb}"
+    argv = ["-device", opts]
+    if spec.vga.startswith("qxl") and len(spec.vga) == 4:
+        # PVE: 'qxlN' is N displays, the first VGA-compatible
+        argv += [a for i in range(1, int(spec.vga[3])) for a in ("-device", f"qxl,id=vga{i}")]
+    argv += ["-vnc", f"unix:{qemu_opt(str(paths.vnc))}"]
+    if spec.keyboard:
+        argv += ["-k", spec.keyboard]
+    return argv
+
+
+def _numa(spec: LaunchSpec) -> list[str]:
+    """PVE without numaN keys: one node per socket, its cores, an equal share of memory
+    (the remainder on the last node, as QEMU wants the nodes to add up)."""
+    argv: list[str] = []
+    share = spec.memory_mb // spec.sockets
+    for i in range(spec.sockets):
+        size = share if i < spec.sockets - 1 else spec.memory_mb - share * (spec.sockets - 1)
+        first = i * spec.cores
+        cpus = str(first) if spec.cores == 1 else f"{first}-{first + spec.cores - 1}"
+        argv += ["-object", f"memory-backend-ram,id=ram-node{i},size={size}M",
+                 "-numa", f"node,nodeid={i},cpus={cpus},memdev=ram-node{i}"]
+    return argv
+
+
+def _serials(spec: LaunchSpec, paths: GuestPaths) -> list[str]:
+    argv: list[str] = []
+    for index, port in sorted(spec.serials):
+        if index == 0 and port == "socket":
+            continue    # the console, always there
+        if port == "socket":
+            chardev = (f"socket,id=serial{index},path={qemu_opt(str(paths.serial_port(index)))}"
+                       ",server=on,wait=off")
+        else:
+            chardev = f"serial,id=serial{index},path={qemu_opt(port)}"
+        argv += ["-chardev", chardev, "-device", f"isa-serial,chardev=serial{index},index={index}"]
+    return argv
+
+
 def _nic(vmid: int, nic: NicSpec, bootindex: int | None) -> list[str]:
     netdev = f"tap,id={nic.name},ifname={tap_name(vmid, nic.index)},script=no,downscript=no"
     dev = f"{NIC_DEVICES[nic.model]},netdev={nic.name},id={nic.name},mac={nic.mac.lower()}"
@@ -106,32 +184,62 @@ def build_argv(
     """
     if accel not in ("kvm", "tcg"):
         raise ValueError(f"accel {accel!r}: want kvm or tcg")
+    if not spec.kvm:
+        accel = "tcg"
     paths = GuestPaths(run_dir, spec.vmid)
     boot = _bootindex(spec)
+    online = spec.vcpus_online or spec.vcpus
+    console = dict(spec.serials).get(0, "socket")
+    if console == "socket":
+        chardev0 = f"socket,id=serial0,path={qemu_opt(str(paths.serial))},server=on,wait=off"
+    else:
+        chardev0 = f"serial,id=serial0,path={qemu_opt(console)}"
     argv = [
         qemu,
         "-name", f"guest={qemu_opt(spec.name)},debug-threads=on",
         "-no-user-config",
         "-nodefaults",
-        "-machine", "q35",
+        "-machine", "q35" if spec.acpi else "q35,acpi=off",
         "-accel", accel,
-        "-cpu", spec.cpu,
-        "-smp", f"{spec.vcpus},sockets={spec.sockets},cores={spec.cores},maxcpus={spec.vcpus}",
+        "-cpu", cpu_option(spec.cpu, spec.cpu_flags, accel),
+        "-smp", f"{online},sockets={spec.sockets},cores={spec.cores},maxcpus={spec.vcpus}",
         "-m", str(spec.memory_mb),
         # QEMU writes and locks the pidfile: a second QEMU for this vmid cannot start.
         "-pidfile", str(paths.pidfile),
         "-qmp", f"unix:{qemu_opt(str(paths.qmp))},server=on,wait=off",
-        "-chardev", f"socket,id=serial0,path={qemu_opt(str(paths.serial))},server=on,wait=off",
+        "-chardev", chardev0,
         "-serial", "chardev:serial0",
         "-msg", "timestamp=on",
     ]
+    if spec.ovmf_code and spec.ovmf_vars_template:
+        code, efivars = qemu_opt(spec.ovmf_code), qemu_opt(str(paths.efivars))
+        argv += ["-drive", f"if=pflash,unit=0,format=raw,readonly=on,file={code}",
+                 "-drive", f"if=pflash,unit=1,format=raw,file={efivars}"]
+    if spec.numa:
+        argv += _numa(spec)
     if spec.uuid:
         argv += ["-uuid", spec.uuid]
-    if spec.vga in ("std", "virtio"):
-        device = "VGA" if spec.vga == "std" else "virtio-vga"
-        argv += ["-device", f"{device},id=vga", "-vnc", f"unix:{qemu_opt(str(paths.vnc))}"]
-    else:
-        argv += ["-display", "none"]
+    if spec.smbios1:
+        argv += ["-smbios", ",".join(["type=1", *(f"{k}={qemu_opt(v)}" for k, v in spec.smbios1)])]
+    if spec.rtc_base or spec.rtc_driftfix:
+        flags = (["driftfix=slew"] if spec.rtc_driftfix else []) + (
+            [f"base={spec.rtc_base}"] if spec.rtc_base else [])
+        argv += ["-rtc", ",".join(flags)]
+    if spec.no_reboot:
+        argv.append("-no-reboot")
+    argv += _display(spec, paths)
+    if spec.tablet:
+        argv += ["-device", "qemu-xhci,id=xhci",
+                 "-device", "usb-tablet,id=tablet,bus=xhci.0,port=1"]
+    if spec.vmgenid and spec.acpi:
+        argv += ["-device", f"vmgenid,guid={spec.vmgenid},id=vmgenid0"]
+    if spec.balloon:
+        argv += ["-device", "virtio-balloon-pci,id=balloon0"]
+    if spec.watchdog:
+        argv += ["-device", f"{spec.watchdog},id=watchdog0"]
+        if spec.watchdog_action:
+            argv += ["-watchdog-action", spec.watchdog_action]
+    argv += _serials(spec, paths)
     argv += ["-boot", "strict=on,reboot-timeout=1000" if boot else "reboot-timeout=1000"]
     if spec.kernel:
         argv += ["-kernel", spec.kernel]
@@ -151,4 +259,7 @@ def build_argv(
         argv += _nic(spec.vmid, nic, boot.get(nic.name))
     if incoming:
         argv += ["-S", "-incoming", "defer"]
+    elif spec.freeze:
+        argv.append("-S")
+    argv += list(spec.args)
     return argv

@@ -10,30 +10,99 @@ compare-and-swap.
 binome additions to the qm keys: ``kernel``, ``initrd`` (volumes of content
 ``iso`` on a storage, e.g. ``local:iso/vmlinuz``) and ``append`` (the kernel
 command line), so a guest can boot a kernel directly, as the lab image does.
-There is no ``args`` (raw QEMU passthrough) on purpose.
+
+The general keys of PVE's ``$confdesc`` (qemu-server ``PVE/QemuServer.pm``)
+are declared with PVE's types, ranges, enums and formats, so what Terraform
+(bpg, Telmate) and Ansible send is accepted or refused as PVE would, with
+PVE's texts: ``acpi``, ``agent``, ``bios``, ``cpu`` (PVE's model list and
+flag subset), ``hotplug``, ``startup``, ``tags`` (stored de-duplicated,
+lower-case, sorted, ``;``-joined, as GuestHelpers::get_unique_tags does),
+``vmgenid`` (``1`` becomes a new UUID), ``smbios1``, ``vga``, ``watchdog``,
+``serial0``-``serial3``... Which privilege each key needs is the API's
+business; :func:`root_only` says which keys (``args``, ``affinity``,
+``hookscript``, ``vmgenid``...) PVE lets only ``root@pam`` set.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import random
 import re
+import shlex
+import uuid as uuidlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from binome.schema import Param, PropertyString
+from binome.schema import (
+    Param,
+    PropertyString,
+    SchemaError,
+    check_value,
+    register_format,
+    split_list,
+)
 
 DISK_BUSES: dict[str, int] = {"virtio": 16, "scsi": 31, "ide": 4, "sata": 6}
 MAX_NETS = 32
+MAX_SERIALS = 4
 NIC_MODELS = ("virtio", "e1000", "rtl8139")
-CPU_TYPES = ("qemu64", "kvm64", "host", "max", "x86-64-v2", "x86-64-v2-AES", "x86-64-v3")
+# PVE's x86_64 models (CPUConfig.pm, the list used when QEMU ships no model file),
+# its built-in 'x86-64-vN' models and 'host': what `cpu` accepts
+CPU_MODELS = (
+    "486", "pentium", "pentium2", "pentium3", "coreduo", "core2duo", "Conroe", "Penryn",
+    "Nehalem", "Nehalem-IBRS", "Westmere", "Westmere-IBRS", "SandyBridge", "SandyBridge-IBRS",
+    "IvyBridge", "IvyBridge-IBRS", "Haswell", "Haswell-IBRS", "Haswell-noTSX",
+    "Haswell-noTSX-IBRS", "Broadwell", "Broadwell-IBRS", "Broadwell-noTSX",
+    "Broadwell-noTSX-IBRS", "Skylake-Client", "Skylake-Client-IBRS",
+    "Skylake-Client-noTSX-IBRS", "Skylake-Client-v4", "Skylake-Server", "Skylake-Server-IBRS",
+    "Skylake-Server-noTSX-IBRS", "Skylake-Server-v4", "Skylake-Server-v5",
+    "Cascadelake-Server", "Cascadelake-Server-v2", "Cascadelake-Server-noTSX",
+    "Cascadelake-Server-v4", "Cascadelake-Server-v5", "Cooperlake", "Cooperlake-v2",
+    "KnightsMill", "Icelake-Client", "Icelake-Client-noTSX", "Icelake-Server",
+    "Icelake-Server-noTSX", "Icelake-Server-v3", "Icelake-Server-v4", "Icelake-Server-v5",
+    "Icelake-Server-v6", "Icelake-Server-v7", "SapphireRapids", "SapphireRapids-v2",
+    "SapphireRapids-v3", "SapphireRapids-v4", "GraniteRapids", "GraniteRapids-v2",
+    "GraniteRapids-v3", "SierraForest", "SierraForest-v2", "SierraForest-v3",
+    "ClearwaterForest", "athlon", "phenom", "Opteron_G1", "Opteron_G2", "Opteron_G3",
+    "Opteron_G4", "Opteron_G5", "EPYC", "EPYC-IBPB", "EPYC-v3", "EPYC-v4", "EPYC-v5",
+    "EPYC-Rome", "EPYC-Rome-v2", "EPYC-Rome-v3", "EPYC-Rome-v4", "EPYC-Rome-v5", "EPYC-Milan",
+    "EPYC-Milan-v2", "EPYC-Milan-v3", "EPYC-Genoa", "EPYC-Genoa-v2", "EPYC-Turin",
+    "kvm32", "kvm64", "qemu32", "qemu64", "max", "host")
+# PVE's built-in models are QEMU's qemu64 plus these flags (CPUConfig.pm)
+BUILTIN_CPU_MODELS: dict[str, tuple[str, ...]] = {
+    "x86-64-v2": ("+popcnt", "+pni", "+sse4.1", "+sse4.2", "+ssse3"),
+    "x86-64-v2-AES": ("+aes", "+popcnt", "+pni", "+sse4.1", "+sse4.2", "+ssse3"),
+    "x86-64-v3": ("+aes", "+popcnt", "+pni", "+sse4.1", "+sse4.2", "+ssse3", "+avx", "+avx2",
+                  "+bmi1", "+bmi2", "+f16c", "+fma", "+abm", "+movbe", "+xsave"),
+    "x86-64-v4": ("+aes", "+popcnt", "+pni", "+sse4.1", "+sse4.2", "+ssse3", "+avx", "+avx2",
+                  "+bmi1", "+bmi2", "+f16c", "+fma", "+abm", "+movbe", "+xsave", "+avx512f",
+                  "+avx512bw", "+avx512cd", "+avx512dq", "+avx512vl"),
+}
+# the flags a VM's own cpu string may set (CPUFlags.pm, x86_64)
+CPU_FLAGS = ("nested-virt", "md-clear", "pcid", "spec-ctrl", "ssbd", "ibpb", "virt-ssbd",
+             "amd-ssbd", "amd-no-ssb", "pdpe1gb", "hv-tlbflush", "hv-evmcs", "aes")
+CPU_TYPES = (*CPU_MODELS, *BUILTIN_CPU_MODELS)
 OSTYPES = ("other", "wxp", "w2k", "w2k3", "w2k8", "wvista", "win7", "win8", "win10", "win11",
            "l24", "l26", "solaris")
-VGA_TYPES = ("std", "virtio", "none", "serial0")
+WINDOWS_OSTYPES = ("wxp", "w2k", "w2k3", "w2k8", "wvista", "win7", "win8", "win10", "win11")
+VGA_TYPES = ("cirrus", "qxl", "qxl2", "qxl3", "qxl4", "none", "serial0", "serial1", "serial2",
+             "serial3", "std", "virtio", "virtio-gl", "vmware")
+# PVE::Tools::kvmkeymaplist
+KEYMAPS = ("de", "de-ch", "da", "en-gb", "en-us", "es", "fi", "fr", "fr-be", "fr-ca", "fr-ch",
+           "hu", "is", "it", "ja", "lt", "mk", "nl", "no", "pl", "pt", "pt-br", "sv", "sl", "tr")
+HOTPLUG_FEATURES = ("network", "disk", "cpu", "memory", "usb", "cloudinit")
+HOTPLUG_DEFAULT = "network,disk,usb"
+SCSI_HW = ("lsi", "lsi53c810", "virtio-scsi-pci", "virtio-scsi-single", "megasas", "pvscsi")
 MAC_PREFIX = "BC:24:11"
 DISK_OPTIONS = {"size", "cache", "discard", "iothread", "ssd", "media", "backup", "format",
                 "serial", "aio", "replicate", "ro"}
 CACHE_MODES = ("none", "writeback", "writethrough", "unsafe")
+_UUID_RE = r"[a-fA-F0-9]{8}(?:-[a-fA-F0-9]{4}){3}-[a-fA-F0-9]{12}"
+_BASE64_RE = r"[A-Za-z0-9+\/]+={0,2}"
+_TAG_RE = re.compile(r"[a-z0-9_][a-z0-9_\-+.]*", re.IGNORECASE)
+_VOLUME_ID_RE = re.compile(r"[a-z][a-z0-9\-_.]*[a-z0-9]:.+", re.IGNORECASE)
 
 _SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)([KMGT]?)$")
 _MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}$")
@@ -105,6 +174,185 @@ NET_FORMAT = PropertyString(keys={
 }, verify=_check_net)
 
 
+# ---------------------------------------------------------------- PVE's formats
+#
+# Each raises ValueError with PVE's text (JSONSchema.pm, QemuServer.pm); the
+# schema module reports it under the parameter's name.
+
+
+def _bootdev(dev: str) -> str:
+    """PVE's verify_bootdev: a disk, netN, usbN or hostpciN key (no efidisk/tpmstate)."""
+    m = re.fullmatch(r"(net|usb|hostpci)(0|[1-9]\d*)", dev)
+    limits = {"net": MAX_NETS, "usb": 14, "hostpci": 16}
+    if is_disk_key(dev) or (m is not None and int(m.group(2)) < limits[m.group(1)]):
+        return dev
+    raise ValueError(f"invalid boot device '{dev}'")
+
+
+def parse_hotplug(value: str) -> set[str]:
+    """PVE's parse_hotplug_features: '0' none, '1' the default, else a list of features."""
+    if value == "0":
+        return set()
+    if value == "1":
+        value = HOTPLUG_DEFAULT
+    features = set()
+    for feature in split_list(value):
+        if feature not in HOTPLUG_FEATURES:
+            raise ValueError(f"invalid hotplug feature '{feature}'")
+        features.add(feature)
+    return features
+
+
+def _hotplug(value: str) -> str:
+    parse_hotplug(value)
+    return value
+
+
+def parse_startup(value: str) -> dict[str, int] | None:
+    """PVE's pve_parse_startup_order: '[order=]N,up=N,down=N'; None if malformed."""
+    if not value:
+        return None
+    out: dict[str, int] = {}
+    for part in value.split(","):
+        if not part.strip():
+            continue
+        m = re.fullmatch(r"(?:order=)?(\d+)|up=(\d+)|down=(\d+)", part)
+        if m is None:
+            return None
+        if m.group(1) is not None:
+            out["order"] = int(m.group(1))
+        elif m.group(2) is not None:
+            out["up"] = int(m.group(2))
+        else:
+            out["down"] = int(m.group(3))
+    return out
+
+
+def _startup(value: str) -> str:
+    if parse_startup(value) is None:
+        raise ValueError("unable to parse startup options")
+    return value
+
+
+def _tag(value: str) -> str:
+    if not _TAG_RE.fullmatch(value):
+        raise ValueError("invalid characters in tag")
+    return value
+
+
+def unique_tags(value: str) -> str:
+    """GuestHelpers::get_unique_tags with the datacenter defaults: lower-case,
+    de-duplicated, sorted, joined with ';'."""
+    return ";".join(sorted({t.lower() for t in split_list(value)}))
+
+
+def _cpuset(value: str) -> str:
+    """PVE's pve-cpuset: '0,5,8-11' (ids below 8192, ranges ascending)."""
+    for part in value.split(","):
+        m = re.fullmatch(r"\s*(\d+)(?:-(\d+))?\s*", part)
+        if m is None or int(m.group(1)) >= 8192 or (
+                m.group(2) is not None and not int(m.group(1)) <= int(m.group(2)) < 8192):
+            raise ValueError("unable to parse cpuset option")
+    return value
+
+
+def _volume_id(value: str) -> str:
+    if not _VOLUME_ID_RE.fullmatch(value):
+        raise ValueError(f"unable to parse volume ID '{value}'")
+    return value
+
+
+for _name, _check in (("pve-qm-bootdev", _bootdev), ("pve-hotplug-features", _hotplug),
+                      ("pve-startup-order", _startup), ("pve-tag", _tag),
+                      ("pve-cpuset", _cpuset), ("pve-volume-id", _volume_id)):
+    register_format(_name, _check)
+
+_BOOL = Param(type="boolean", optional=True)
+
+AGENT_FORMAT = PropertyString(keys={
+    "enabled": Param(type="boolean", description="Enable/disable communication with a QEMU "
+                     "Guest Agent (QGA) running in the VM."),
+    "fstrim_cloned_disks": _BOOL,
+    # PVE 9 calls it freeze-fs and keeps freeze-fs-on-backup (PVE 8's name) as an alias
+    "freeze-fs": _BOOL, "freeze-fs-on-backup": _BOOL,
+    "type": Param(optional=True, enum=("virtio", "isa")),
+}, default_key="enabled")
+
+_CPU_KEYS = {
+    "cputype": Param(optional=True, description="Emulated CPU type."),
+    # valid in PVE's custom model definitions only: parse_cpu refuses it, as PVE does
+    "reported-model": Param(optional=True, description="Custom CPU models only."),
+    "hidden": _BOOL,
+    "hv-vendor-id": Param(optional=True, pattern=r"[a-zA-Z0-9]{1,12}"),
+    "flags": Param(optional=True, pattern=r"[+-][a-zA-Z0-9\-_.]+(?:;[+-][a-zA-Z0-9\-_.]+)*",
+                   description="+FLAG[;-FLAG...]"),
+    "guest-phys-bits": Param(type="integer", optional=True, minimum=32, maximum=64),
+    "phys-bits": Param(optional=True, pattern=r"host|[1-9]\d?"),
+    "level": Param(type="integer", optional=True, minimum=0, maximum=4294967295),
+}
+_CPU_PLAIN = PropertyString(keys=_CPU_KEYS, default_key="cputype")
+
+
+def parse_cpu(value: str) -> dict[str, Any]:
+    """A VM's `cpu` value, checked as PVE's validate_vm_cpu_conf does."""
+    cpu = _CPU_PLAIN.parse(value)
+    cputype = cpu.get("cputype") or "kvm64"
+    if cputype.startswith("custom-"):
+        # binome has no cluster-wide custom model file (cpu-models.conf)
+        raise ValueError(f"Custom cputype '{cputype[len('custom-'):]}' not found")
+    if cputype not in CPU_TYPES:
+        raise ValueError(f"Built-in cputype '{cputype}' is not defined (missing 'custom-' "
+                         "prefix?)")
+    flags = [f for f in str(cpu.get("flags") or "").split(";") if f]
+    if any(f[1:] not in CPU_FLAGS for f in flags):
+        raise ValueError("VM-specific CPU flags must be a subset of: "
+                         + ", ".join(sorted(CPU_FLAGS)))
+    if "reported-model" in cpu:
+        raise ValueError("Property 'reported-model' not allowed in VM-specific CPU config.")
+    phys = cpu.get("phys-bits")
+    if phys is not None and phys != "host" and not 8 <= int(phys) <= 64:
+        raise ValueError(f"invalid format - phys-bits: value '{phys}' not in 8-64|host")
+    cpu["cputype"] = cputype
+    return cpu
+
+
+CPU_FORMAT = PropertyString(keys=_CPU_KEYS, default_key="cputype", verify=parse_cpu)
+VGA_FORMAT = PropertyString(keys={
+    "type": Param(optional=True, enum=VGA_TYPES, default="std"),
+    "memory": Param(type="integer", optional=True, minimum=4, maximum=512,
+                    description="VGA memory (in MiB)."),
+    "clipboard": Param(optional=True, enum=("vnc",)),
+}, default_key="type")
+SMBIOS1_FORMAT = PropertyString(keys={
+    "uuid": Param(optional=True, pattern=_UUID_RE),
+    **{k: Param(optional=True, pattern=_BASE64_RE, description="Base64 encoded string")
+       for k in ("version", "serial", "manufacturer", "product", "sku", "family")},
+    "base64": _BOOL,
+})
+MACHINE_FORMAT = PropertyString(keys={
+    "type": Param(optional=True, max_length=40, pattern=(
+        r"(pc|pc(-i440fx)?-\d+(\.\d+)+(\+pve\d+)?(\.pxe)?|q35|pc-q35-\d+(\.\d+)+"
+        r"(\+pve\d+)?(\.pxe)?|virt(?:-\d+(\.\d+)+)?(\+pve\d+)?)")),
+    "viommu": Param(optional=True, enum=("intel", "virtio")),
+    "aw-bits": Param(type="number", optional=True, minimum=32, maximum=64),
+    "enable-s3": _BOOL, "enable-s4": _BOOL,
+}, default_key="type")
+WATCHDOG_FORMAT = PropertyString(keys={
+    "model": Param(optional=True, enum=("i6300esb", "ib700"), default="i6300esb"),
+    "action": Param(optional=True, enum=("reset", "shutdown", "poweroff", "pause", "debug",
+                                         "none")),
+}, default_key="model")
+BOOT_FORMAT = PropertyString(keys={
+    "legacy": Param(optional=True, pattern=r"[acdn]{1,4}",
+                    description="Deprecated: floppy (a), disk (c), CD-ROM (d), network (n)."),
+    "order": Param(optional=True, format="pve-qm-bootdev-list",
+                   description="device[;device...]"),
+}, default_key="legacy")
+_SERIAL = Param(optional=True, pattern=r"(/dev/[^,]+|socket)",
+                description="A serial port: 'socket' (a unix socket on the host) or a host "
+                            "device /dev/... (root only).")
+
+
 def schema() -> dict[str, Param]:
     """Every config key a VM may carry, with its type (shared by the API methods)."""
     keys: dict[str, Param] = {
@@ -112,37 +360,99 @@ def schema() -> dict[str, Param]:
                       optional=True, max_length=63),
         "memory": Param(type="integer", optional=True, minimum=16, maximum=4 * 1024 * 1024,
                         description="Memory in MiB (default 512)."),
+        "balloon": Param(type="integer", optional=True, minimum=0, description=(
+            "Target RAM in MiB for the balloon driver; 0 removes the balloon device.")),
+        "shares": Param(type="integer", optional=True, minimum=0, maximum=50000,
+                        description="Auto-ballooning weight (stored; no auto-ballooning)."),
         "cores": Param(type="integer", optional=True, minimum=1, maximum=128,
                        description="Cores per socket (default 1)."),
         "sockets": Param(type="integer", optional=True, minimum=1, maximum=4,
                          description="CPU sockets (default 1)."),
-        "cpu": Param(optional=True, enum=CPU_TYPES, description="Emulated CPU type."),
+        "vcpus": Param(type="integer", optional=True, minimum=1,
+                       description="vCPUs online at start (default: cores x sockets)."),
+        "cpu": Param(optional=True, props=CPU_FORMAT, description="Emulated CPU type."),
+        "cpulimit": Param(type="number", optional=True, minimum=0, maximum=128,
+                          description="Limit of CPU usage (stored, no effect)."),
+        "cpuunits": Param(type="integer", optional=True, minimum=1, maximum=262144,
+                          description="CPU weight (stored, no effect)."),
+        "affinity": Param(optional=True, format="pve-cpuset",
+                          description="Host cores for the guest (root only; stored)."),
+        "numa": Param(type="boolean", optional=True, description="Enable/disable NUMA."),
+        "hugepages": Param(optional=True, enum=("any", "2", "1024"),
+                           description="Hugepage size (root only; stored, no effect)."),
+        "keephugepages": Param(type="boolean", optional=True,
+                               description="Keep hugepages (root only; stored, no effect)."),
+        "arch": Param(optional=True, enum=("x86_64", "aarch64"),
+                      description="Virtual processor architecture (root only; only x86_64 "
+                                  "runs)."),
         "ostype": Param(optional=True, enum=OSTYPES, description="Guest operating system."),
-        "boot": Param(optional=True, max_length=256,
+        "boot": Param(optional=True, max_length=256, props=BOOT_FORMAT,
                       description="Boot order, 'order=virtio0;net0'."),
+        "bootdisk": Param(optional=True, pattern=r"(ide|sata|scsi|virtio)\d+",
+                          description="Deprecated: use 'boot: order=...'."),
+        "bios": Param(optional=True, enum=("seabios", "ovmf"), description="BIOS."),
+        "machine": Param(optional=True, props=MACHINE_FORMAT,
+                         description="QEMU machine (stored; binome runs q35)."),
+        "acpi": Param(type="boolean", optional=True, description="Enable/disable ACPI."),
+        "kvm": Param(type="boolean", optional=True,
+                     description="Enable/disable KVM hardware virtualization."),
+        "tablet": Param(type="boolean", optional=True,
+                        description="Enable/disable the USB tablet device."),
+        "localtime": Param(type="boolean", optional=True,
+                           description="Set the real time clock to local time."),
+        "startdate": Param(optional=True, pattern=(
+            r"(now|\d{4}-\d{1,2}-\d{1,2}(T\d{1,2}:\d{1,2}:\d{1,2})?)"),
+            description="Initial date of the real time clock."),
+        "tdf": Param(type="boolean", optional=True, description="Time drift fix."),
+        "freeze": Param(type="boolean", optional=True, description="Freeze CPU at startup."),
+        "reboot": Param(type="boolean", optional=True,
+                        description="Allow reboot; 0: a guest reboot stops the VM."),
+        "keyboard": Param(optional=True, enum=KEYMAPS, description="VNC keyboard layout."),
+        "hotplug": Param(optional=True, format="pve-hotplug-features",
+                         description="Hotplug features (stored; binome applies changes at "
+                                     "the next start)."),
         "onboot": Param(type="boolean", optional=True,
                         description="Start at boot of the node (or of the cluster)."),
+        "autostart": Param(type="boolean", optional=True,
+                           description="Automatic restart after crash (ignored, as in PVE)."),
+        "startup": Param(optional=True, format="pve-startup-order",
+                         description="'[[order=]N][,up=N][,down=N]' (stored)."),
+        "protection": Param(type="boolean", optional=True, description=(
+            "Protection flag: the VM and its disks cannot be removed.")),
         "description": Param(optional=True, max_length=8192, description="Notes.",
                              extra={"multiline": True}),
-        "tags": Param(optional=True, pattern=r"[\w\-+.]+(?:[;, ][\w\-+.]+)*", max_length=512,
+        "tags": Param(optional=True, format="pve-tag-list", max_length=4096,
                       description="Tags, separated by ';'."),
         "template": Param(type="boolean", optional=True, description="Is a template."),
-        "scsihw": Param(optional=True, enum=("virtio-scsi-pci", "virtio-scsi-single", "lsi",
-                                             "megasas"), description="SCSI controller."),
-        "agent": Param(optional=True, max_length=128, description="QEMU guest agent (0/1)."),
-        "vga": Param(optional=True, max_length=64,
-                     description="Display: std, virtio, none or serial0."),
-        "serial0": Param(optional=True, enum=("socket",), description="Serial port."),
+        "scsihw": Param(optional=True, enum=SCSI_HW, description="SCSI controller."),
+        "agent": Param(optional=True, props=AGENT_FORMAT, description="QEMU guest agent."),
+        "vga": Param(optional=True, props=VGA_FORMAT, description="The display."),
+        "watchdog": Param(optional=True, props=WATCHDOG_FORMAT,
+                          description="Virtual hardware watchdog."),
+        "smbios1": Param(optional=True, max_length=512, props=SMBIOS1_FORMAT,
+                         description="SMBIOS type 1 fields."),
+        "vmgenid": Param(optional=True, pattern=f"(?:{_UUID_RE}|[01])", description=(
+            "VM generation ID: '1' generates one, '0' disables it (root only).")),
+        "hookscript": Param(optional=True, format="pve-volume-id",
+                            description="Hook script (root only; stored, not run)."),
+        "args": Param(optional=True, description="Arbitrary arguments for QEMU (root only)."),
+        "migrate_speed": Param(type="integer", optional=True, minimum=0,
+                               description="Migration speed limit in MB/s (stored)."),
+        "migrate_downtime": Param(type="number", optional=True, minimum=0,
+                                  description="Tolerated migration downtime (stored)."),
+        "vmstatestorage": Param(optional=True, pattern=r"[a-z][a-z0-9\-_.]*[a-z0-9]",
+                                description="Storage for VM state volumes (stored)."),
         "kernel": Param(optional=True, max_length=256,
                         description="binome: boot this kernel (volume of content iso)."),
         "initrd": Param(optional=True, max_length=256,
                         description="binome: initrd for 'kernel' (volume of content iso)."),
         "append": Param(optional=True, max_length=2048,
                         description="binome: kernel command line for 'kernel'."),
-        "smbios1": Param(optional=True, max_length=512, description="SMBIOS type 1 fields."),
         "lock": Param(optional=True, enum=("clone", "create", "destroyed", "migrate"),
                       description="Lock held by a running operation."),
     }
+    for i in range(MAX_SERIALS):
+        keys[f"serial{i}"] = _SERIAL
     for key in _disk_keys():
         keys[key] = Param(optional=True, max_length=512, props=DISK_FORMAT, description=(
             f"Disk {key}: STORAGE:SIZE_GiB to allocate, or a volume "
@@ -157,6 +467,30 @@ def schema() -> dict[str, Param]:
 SCHEMA = schema()
 DEFAULTS: dict[str, Any] = {"memory": 512, "cores": 1, "sockets": 1, "cpu": "qemu64",
                             "ostype": "other", "vga": "std"}
+# only root@pam may set these (PVE's check_vm_modify_config_perm: keys outside its tables)
+# ('lock' is not settable at all; deleting it is binome's `qm unlock` for admins)
+ROOT_ONLY = ("affinity", "args", "arch", "hookscript", "hugepages", "keephugepages",
+             "vmgenid")
+
+
+def root_only(key: str, value: Any) -> str | None:
+    """PVE's message if only root@pam may set `key` to `value`, else None."""
+    if key in ROOT_ONLY:
+        return f"only root can set '{key}' config"
+    if re.fullmatch(r"serial\d+", key) and value is not None and str(value) != "socket":
+        return f"only root can set '{key}' config for real devices"
+    return None
+
+
+def cpu_count(config: dict[str, Any]) -> int:
+    """The vCPUs PVE's status reports: `vcpus` if set, else cores x sockets."""
+    if config.get("vcpus"):
+        return int(config["vcpus"])
+    return int(config.get("cores", 1)) * int(config.get("sockets", 1))
+
+
+def is_windows(config: dict[str, Any]) -> bool:
+    return str(config.get("ostype", "other")) in WINDOWS_OSTYPES
 
 
 # ---------------------------------------------------------------- text format
@@ -206,12 +540,21 @@ def _typed(key: str, value: str) -> Any:
             return value
     if p.type == "boolean":
         return 1 if value in ("1", "true", "yes", "on") else 0
+    if p.type == "number":
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        # PVE answers '2' for 2 and 1.5 for 1.5: JSON numbers, no trailing '.0'
+        return int(number) if number.is_integer() else number
     return value
 
 
 def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
     return str(value)
 
 
@@ -386,10 +729,13 @@ def boot_order(config: dict[str, Any]) -> list[str]:
 
 # ---------------------------------------------------------------- validation
 def validate_changes(changes: dict[str, Any], *, assign_macs: bool = True) -> dict[str, Any]:
-    """Semantic checks of already type-checked values; returns them normalised.
+    """Check values against the schema and PVE's extra rules; returns them normalised.
 
+    Every bad key is reported at once (PVE's texts). The API has type-checked
+    the values already; checking again here keeps internal callers honest.
     NICs without a MAC get one; disk values are parsed (allocation requests are
-    kept as 'STORAGE:SIZE' for the caller to allocate).
+    kept as 'STORAGE:SIZE' for the caller to allocate); tags are de-duplicated
+    and sorted; vmgenid '1' becomes a new UUID, as PVE's create and update do.
     """
     errors: dict[str, str] = {}
     out: dict[str, Any] = {}
@@ -399,30 +745,34 @@ def validate_changes(changes: dict[str, Any], *, assign_macs: bool = True) -> di
             if any(c in text for c in "\r\0") or ("\n" in text and key != "description"):
                 # one key per line in the .conf text: a line break would inject keys
                 raise ValueError("value must not contain line breaks or NUL characters")
-            if is_disk_key(key):
-                parse_disk(key, str(value))
-                out[key] = str(value)
-            elif is_net_key(key):
-                out[key] = parse_net(key, str(value), assign_mac=assign_macs).format()
-            elif key == "boot":
+            p = SCHEMA.get(key)
+            if p is not None and not is_net_key(key):
+                value = p.coerce(value)
                 text = str(value)
-                if text and not text.startswith("order=") and not re.fullmatch(r"[acdn]{1,4}",
-                                                                              text):
-                    raise ValueError("expected 'order=DEV;DEV...'")
-                if text.startswith("order="):
-                    for dev in text[6:].split(";"):
-                        if dev and not (is_disk_key(dev) or is_net_key(dev)):
-                            raise ValueError(f"invalid boot device '{dev}'")
+            if is_disk_key(key):
+                parse_disk(key, text)
                 out[key] = text
-            elif key == "vga":
-                head = str(value).split(",", 1)[0]
-                if head not in VGA_TYPES:
-                    raise ValueError(f"invalid display type '{head}'")
-                out[key] = str(value)
+            elif is_net_key(key):
+                out[key] = parse_net(key, text, assign_mac=assign_macs).format()
             elif key in ("kernel", "initrd"):
-                if not _VOLID_RE.match(str(value)):
+                if not _VOLID_RE.match(text):
                     raise ValueError("expected a volume 'STORAGE:iso/FILE'")
-                out[key] = str(value)
+                out[key] = text
+            elif key == "tags":
+                out[key] = unique_tags(text)
+            elif key == "vmgenid":
+                out[key] = str(uuidlib.uuid4()) if text == "1" else text
+            elif key == "args":
+                try:
+                    shlex.split(text)
+                except ValueError as exc:
+                    raise ValueError(f"unable to parse arguments - {exc}") from None
+                out[key] = text
+            elif key == "hookscript":
+                # PVE's check_hookscript: only a snippets volume can be a hook script
+                if not re.fullmatch(r"[^:]+:snippets/[^/]+", text):
+                    raise ValueError(f"'{text}' is not in the snippets directory")
+                out[key] = text
             else:
                 out[key] = value
         except ValueError as exc:
@@ -432,10 +782,134 @@ def validate_changes(changes: dict[str, Any], *, assign_macs: bool = True) -> di
     return out
 
 
-def check_boot_devices(config: dict[str, Any]) -> None:
-    """The boot order may only name devices the VM has."""
-    boot = str(config.get("boot", ""))
-    if boot.startswith("order="):
-        missing = [d for d in boot[6:].split(";") if d and d not in config]
-        if missing:
-            raise ConfigError({"boot": f"boot device '{missing[0]}' does not exist"})
+def check_params(given: dict[str, Any]) -> dict[str, Any]:
+    """What the API does with config keys: unknown keys refused with PVE's text, the
+    rest validated by `validate_changes`; ConfigError lists every problem."""
+    errors: dict[str, str] = {}
+    known: dict[str, Any] = {}
+    for key, value in given.items():
+        if key not in SCHEMA:
+            errors[key] = ("property is not defined in schema and the schema does not allow "
+                           "additional properties")
+            continue
+        try:
+            known[key] = check_value(key, SCHEMA[key], value)
+        except SchemaError as exc:
+            errors.update(exc.errors)
+    try:
+        out = validate_changes(known)
+    except ConfigError as exc:
+        errors.update(exc.errors)
+    if errors:
+        raise ConfigError(errors)
+    return out
+
+
+def check_boot_devices(config: dict[str, Any], given: dict[str, Any] | None = None) -> None:
+    """The boot order names only devices the VM has (PVE checks this when `boot` is set by
+    an update; a create stores it as given)."""
+    for dev in boot_order({"boot": config.get("boot", "")}):
+        if dev not in config and dev not in (given or {}):
+            raise ConfigError({"boot": f"invalid bootorder: device '{dev}' does not exist'"})
+
+
+def drop_from_boot_order(config: dict[str, Any], removed: str) -> None:
+    """A device removed from the config leaves the boot order too (PVE's update)."""
+    order = boot_order({"boot": config.get("boot", "")})
+    if str(config.get("boot", "")).find("order=") >= 0 and removed in order:
+        config["boot"] = "order=" + ";".join(d for d in order if d != removed)
+        if config["boot"] == "order=":
+            config.pop("boot")
+
+
+def balloon_error(config: dict[str, Any]) -> str | None:
+    """PVE's check that the balloon target does not exceed the memory."""
+    balloon = int(config.get("balloon") or 0)
+    if balloon and balloon > int(config.get("memory", DEFAULTS["memory"])):
+        return "balloon value too large (must be smaller than assigned memory)"
+    return None
+
+
+def protection_error(config: dict[str, Any], what: str) -> str | None:
+    """PVE's check_protection: '<what> - protection mode enabled' when the flag is set."""
+    return f"{what} - protection mode enabled" if config.get("protection") else None
+
+
+# ---------------------------------------------------------------- launch-time values
+def smbios1_fields(value: str) -> list[tuple[str, str]]:
+    """The SMBIOS type 1 fields to give QEMU: base64 values decoded (PVE), uuid kept."""
+    props = SMBIOS1_FORMAT.parse(value)
+    encoded = bool(props.pop("base64", False))
+    out = []
+    for key, raw in props.items():
+        text = str(raw)
+        if encoded and key != "uuid":
+            try:
+                text = base64.b64decode(text, validate=True).decode("utf-8", "replace")
+            except (binascii.Error, ValueError):
+                raise ValueError(f"smbios1: {key} is not valid base64") from None
+        out.append((key, text))
+    return out
+
+
+def cpu_model(value: str | None) -> tuple[str, tuple[str, ...]]:
+    """(QEMU model, flags) for a `cpu` value; PVE's built-in models are qemu64 + flags."""
+    if not value:
+        return DEFAULTS["cpu"], ()
+    cpu = parse_cpu(value)
+    flags = tuple(f for f in str(cpu.get("flags") or "").split(";") if f)
+    model = cpu["cputype"]
+    if model in BUILTIN_CPU_MODELS:
+        return "qemu64", BUILTIN_CPU_MODELS[model] + flags
+    return model, flags
+
+
+def launch_options(config: dict[str, Any]) -> dict[str, Any]:
+    """The LaunchSpec fields that PVE's options decide, with PVE's defaults
+    (qemu-server's config_to_command); ValueError for what cannot run here."""
+    c = config
+    windows = is_windows(c)
+    model, flags = cpu_model(str(c["cpu"]) if c.get("cpu") else None)
+    vga = VGA_FORMAT.parse(str(c.get("vga") or "std"))
+    vga_type = str(vga.get("type") or "std")
+    if vga_type == "virtio-gl":
+        raise ValueError("vga type 'virtio-gl' needs an OpenGL display (SPICE), which "
+                         "binome does not provide")
+    acpi = bool(int(c.get("acpi", 1)))
+    localtime = bool(int(c["localtime"])) if "localtime" in c else windows
+    # PVE (Cfg2Cmd/Timer.pm): Windows gets driftfix=slew with ACPI unless tdf says no
+    driftfix = bool(int(c["tdf"])) if "tdf" in c else (windows and acpi)
+    startdate = str(c.get("startdate", "now"))
+    rtc_base = startdate if startdate != "now" else ("localtime" if localtime else None)
+    # PVE: a tablet by default, except with a serial terminal or SPICE (qxl) display
+    tablet = (bool(int(c["tablet"])) if "tablet" in c
+              else not vga_type.startswith(("serial", "qxl")))
+    vcpus = int(c["vcpus"]) if c.get("vcpus") else None
+    total = int(c.get("cores", 1)) * int(c.get("sockets", 1))
+    if vcpus is not None and vcpus > total:
+        raise ValueError(f"vcpus ({vcpus}) must not exceed cores x sockets ({total})")
+    vmgenid = str(c.get("vmgenid") or "0")
+    watchdog = WATCHDOG_FORMAT.parse(str(c["watchdog"])) if c.get("watchdog") else {}
+    smbios = smbios1_fields(str(c["smbios1"])) if c.get("smbios1") else []
+    try:
+        args = tuple(shlex.split(str(c.get("args") or "")))
+    except ValueError as exc:
+        raise ValueError(f"unable to parse args - {exc}") from None
+    return {
+        "cpu": model, "cpu_flags": flags, "vcpus_online": vcpus,
+        "kvm": bool(int(c.get("kvm", 1))), "acpi": acpi,
+        "vga": vga_type, "vga_memory_mb": vga.get("memory"),
+        "keyboard": c.get("keyboard"), "tablet": tablet,
+        "rtc_base": rtc_base, "rtc_driftfix": driftfix,
+        "uuid": dict(smbios).get("uuid"), "smbios1": tuple(smbios),
+        "vmgenid": vmgenid if vmgenid != "0" else None,
+        "numa": bool(int(c.get("numa", 0))),
+        # PVE: the balloon device is there unless balloon is explicitly 0
+        "balloon": int(c.get("balloon", 1)) != 0,
+        "serials": tuple((i, str(c[f"serial{i}"])) for i in range(MAX_SERIALS)
+                         if c.get(f"serial{i}")),
+        "watchdog": watchdog.get("model"), "watchdog_action": watchdog.get("action"),
+        "no_reboot": not bool(int(c.get("reboot", 1))),
+        "freeze": bool(int(c.get("freeze", 0))),
+        "args": args,
+    }

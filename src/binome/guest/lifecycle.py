@@ -12,6 +12,7 @@ before it allocates disks, and removes both if it fails.
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,26 @@ from binome.tasks.manager import Task, TaskFailed
 
 if TYPE_CHECKING:
     from binome.guest.context import GuestContext
+
+
+# Debian's 'ovmf' package: the 4 MiB build first (what PVE's efitype=4m uses), then 2 MiB
+OVMF_FIRMWARE = (("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+                 ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"))
+
+
+def ovmf_firmware(node: str) -> dict[str, str]:
+    for code, template in OVMF_FIRMWARE:
+        if os.path.exists(code) and os.path.exists(template):
+            return {"ovmf_code": code, "ovmf_vars_template": template}
+    raise GuestFailure(f"bios 'ovmf' needs the OVMF firmware ({OVMF_FIRMWARE[0][0]}, Debian "
+                       f"package 'ovmf'), which is not installed on node '{node}'")
+
+
+def launch_options(node: str, config: dict[str, Any]) -> dict[str, Any]:
+    options = vmconf.launch_options(config)
+    if config.get("bios") == "ovmf":
+        options.update(ovmf_firmware(node))
+    return options
 
 
 class Lifecycle:
@@ -46,9 +67,15 @@ class Lifecycle:
             for key in delete:
                 if key not in new:
                     continue
-                if vmconf.is_disk_key(key) and self.ctx.runtime.is_running(vmid):
-                    raise GuestFailure(f"cannot remove disk {key} of a running VM")
+                if vmconf.is_disk_key(key):
+                    protected = vmconf.protection_error(vm.config, f"can't remove drive '{key}'")
+                    if protected:
+                        raise GuestFailure(protected)
+                    if self.ctx.runtime.is_running(vmid):
+                        raise GuestFailure(f"cannot remove disk {key} of a running VM")
                 new.pop(key)
+                if vmconf.is_disk_key(key) or vmconf.is_net_key(key):
+                    vmconf.drop_from_boot_order(new, key)
             allocated = []
             try:
                 for key, value in changes.items():
@@ -59,7 +86,15 @@ class Lifecycle:
                             if task:
                                 task.log(f"{key}: allocated {vol}")
                     new[key] = value
-                vmconf.check_boot_devices(new)
+                if "boot" in changes:
+                    try:
+                        vmconf.check_boot_devices(new)
+                    except vmconf.ConfigError as exc:   # PVE dies: a 500 with its text
+                        raise GuestFailure(exc.errors["boot"]) from None
+                if "memory" in changes or "balloon" in changes:
+                    too_large = vmconf.balloon_error(new)
+                    if too_large:
+                        raise GuestFailure(too_large)
                 return await self.ctx.configs.write(vm, new)
             except BaseException:
                 for vol in allocated:
@@ -103,11 +138,15 @@ class Lifecycle:
                         task.log(f"{key}: allocated {vol}")
                 config[key] = value
             config.setdefault("smbios1", f"uuid={uuid.uuid4()}")
+            if config.get("arch") != "aarch64":
+                # PVE's create: a generation ID unless one was given ('1' was made one)
+                config.setdefault("vmgenid", str(uuid.uuid4()))
             if "boot" not in config:
                 order = vmconf.boot_order(config)
                 if order:
                     config["boot"] = "order=" + ";".join(order)
-            vmconf.check_boot_devices(config)
+            # like PVE's create, the boot order is stored as given: bpg always lists
+            # net0, with or without a NIC (devices not present are skipped at start)
             vm = await self.ctx.read(vmid)
             await self.ctx.configs.write(vm, config)
         except BaseException as exc:
@@ -130,6 +169,9 @@ class Lifecycle:
                 raise TaskFailed(f"VM {vmid} is running - destroy failed")
             if vm.config.get("lock") and vm.config["lock"] != "create" and not skiplock:
                 raise TaskFailed(f"VM is locked ({vm.config['lock']})")
+            protected = vmconf.protection_error(vm.config, f"can't remove VM {vmid}")
+            if protected:
+                raise TaskFailed(protected)
             for disk in vmconf.disks(vm.config):
                 if not disk.volid or disk.is_cdrom:
                     continue
@@ -164,14 +206,15 @@ class Lifecycle:
             kernel = (await self.ctx.storages.for_volid(c["kernel"])).source(c["kernel"]).source
         if c.get("initrd"):
             initrd = (await self.ctx.storages.for_volid(c["initrd"])).source(c["initrd"]).source
-        smbios = vmconf.parse_property_string(str(c.get("smbios1", "")))
-        vga = str(c.get("vga", "std")).split(",", 1)[0]
-        return LaunchSpec(vmid=vm.vmid, name=str(c.get("name", f"vm{vm.vmid}")),
-                          memory_mb=int(c.get("memory", vmconf.DEFAULTS["memory"])),
-                          cores=int(c.get("cores", 1)), sockets=int(c.get("sockets", 1)),
-                          cpu=str(c.get("cpu", "qemu64")), disks=tuple(disks), nics=tuple(nics),
-                          boot=tuple(vmconf.boot_order(c)), kernel=kernel, initrd=initrd,
-                          append=c.get("append"), vga=vga, uuid=smbios.get("uuid"))
+        try:
+            return LaunchSpec(vmid=vm.vmid, name=str(c.get("name", f"vm{vm.vmid}")),
+                              memory_mb=int(c.get("memory", vmconf.DEFAULTS["memory"])),
+                              cores=int(c.get("cores", 1)), sockets=int(c.get("sockets", 1)),
+                              disks=tuple(disks), nics=tuple(nics),
+                              boot=tuple(vmconf.boot_order(c)), kernel=kernel, initrd=initrd,
+                              append=c.get("append"), **launch_options(self.ctx.node, c))
+        except ValueError as exc:
+            raise GuestFailure(f"VM {vm.vmid}: {exc}") from None
 
     async def check_startable(self, vmid: int) -> VmConfig:
         vm = await self.ctx.read(vmid)
@@ -279,6 +322,9 @@ class Lifecycle:
                 new[key] = value
             new["name"] = name or f"Copy-of-VM-{source.get('name', vmid)}"[:63]
             new["smbios1"] = f"uuid={uuid.uuid4()}"
+            if new.get("vmgenid", "0") != "0":
+                # PVE's clone: a copy is a new generation, to the guest too
+                new["vmgenid"] = str(uuid.uuid4())
             await self.ctx.configs.write(await self.ctx.read(newid), new)
         except BaseException as exc:
             task.log(f"clone failed ({exc}); removing what was created")

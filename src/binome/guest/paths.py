@@ -6,7 +6,9 @@ cleanup agree:
 * ``.pid``       QEMU's ``-pidfile`` (QEMU writes and locks it);
 * ``.qmp``       QMP monitor socket (server; the runtime is its client);
 * ``.serial``    serial console socket (server; one client at a time reads
-                 and writes ttyS0);
+                 and writes ttyS0); ``.serial1``-``.serial3`` the sockets of
+                 ``serialN: socket`` ports;
+* ``.efivars.fd`` OVMF's writable vars (``bios: ovmf``; reset at each start);
 * ``.vnc``       VNC server socket (only with a display device);
 * ``.json``      the runtime's record of the running guest (spec, pids,
                  taps, requested action): what a restarted daemon adopts;
@@ -45,9 +47,18 @@ class GuestPaths:
     def serial(self) -> Path:
         return self._p(".serial")
 
+    def serial_port(self, index: int) -> Path:
+        """The socket of serial port `index` (0 is the console, ``.serial``)."""
+        return self.serial if index == 0 else self._p(f".serial{index}")
+
     @property
     def vnc(self) -> Path:
         return self._p(".vnc")
+
+    @property
+    def efivars(self) -> Path:
+        """The OVMF vars copy of a guest without an efidisk (PVE's temporary efivars)."""
+        return self._p(".efivars.fd")
 
     @property
     def state(self) -> Path:
@@ -67,4 +78,5 @@ class GuestPaths:
 
     def transient(self) -> list[Path]:
         """Files that only make sense while QEMU runs (removed once it has exited)."""
-        return [self.pidfile, self.qmp, self.serial, self.vnc, self.state, self.exitcode]
+        return [self.pidfile, self.qmp, self.serial, *(self.serial_port(i) for i in (1, 2, 3)),
+                self.vnc, self.state, self.exitcode, self.efivars]

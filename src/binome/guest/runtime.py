@@ -44,6 +44,7 @@ import contextlib
 import inspect
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -225,9 +226,9 @@ class QemuRuntime:
         if st is not None:
             if g.cpu_sample is not None and now > g.cpu_sample[0]:
                 used = (st.cpu_ticks - g.cpu_sample[1]) / CLK_TCK
-                cpu = used / (now - g.cpu_sample[0]) / g.spec.vcpus
+                cpu = used / (now - g.cpu_sample[0]) / (g.spec.vcpus_online or g.spec.vcpus)
             elif uptime > 0:
-                cpu = st.cpu_ticks / CLK_TCK / uptime / g.spec.vcpus
+                cpu = st.cpu_ticks / CLK_TCK / uptime / (g.spec.vcpus_online or g.spec.vcpus)
             g.cpu_sample = (now, st.cpu_ticks)
         qmpstatus: str | None = None
         diskread = diskwrite = 0
@@ -277,6 +278,13 @@ class QemuRuntime:
             paths = self.paths(vmid)
             for path in [*paths.transient(), paths.last_exit]:
                 path.unlink(missing_ok=True)
+            if spec.ovmf_vars_template:
+                # a fresh copy per start, as PVE's temporary efivars without an efidisk0
+                try:
+                    shutil.copyfile(spec.ovmf_vars_template, paths.efivars)
+                except OSError as exc:
+                    raise GuestError(f"start failed: cannot copy the OVMF vars template "
+                                     f"{spec.ovmf_vars_template}: {exc.strerror}") from None
             self._last_exit.pop(vmid, None)
             taps = [tap_name(vmid, nic.index) for nic in spec.nics]
             g = RunningGuest(spec=spec, paths=paths, taps=taps, argv=qemu_argv,

@@ -26,6 +26,8 @@ __all__ = [
     "MAX_NICS",
     "NIC_MODELS",
     "VGA_TYPES",
+    "WATCHDOG_ACTIONS",
+    "WATCHDOG_MODELS",
     "DiskSpec",
     "LaunchSpec",
     "NicSpec",
@@ -37,13 +39,20 @@ BUS_MAX_INDEX: dict[str, int] = {"virtio": 15, "scsi": 30, "ide": 3, "sata": 5}
 DISK_FORMATS = ("raw", "qcow2")
 CACHE_MODES = ("none", "writeback", "writethrough", "unsafe")
 NIC_MODELS = ("virtio", "e1000", "rtl8139")
-VGA_TYPES = ("std", "virtio", "none", "serial0")
+VGA_TYPES = ("std", "cirrus", "vmware", "qxl", "qxl2", "qxl3", "qxl4", "virtio", "none",
+             "serial0", "serial1", "serial2", "serial3")
+WATCHDOG_MODELS = ("i6300esb", "ib700")
+WATCHDOG_ACTIONS = ("reset", "shutdown", "poweroff", "pause", "debug", "none")
+MAX_SERIALS = 4  # serial0-serial3
 MAX_NICS = 32  # net0-net31
 
 _MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 # An interface name Linux accepts: 1-15 chars, no '/', ':' or whitespace.
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _CPU_RE = re.compile(r"^[A-Za-z0-9_.+=,-]+$")
+_CPU_FLAG_RE = re.compile(r"^[+-][A-Za-z0-9_.-]+$")
+_KEYMAP_RE = re.compile(r"^[a-z]{2}(-[a-z]{2})?$")
+_RTC_BASE_RE = re.compile(r"^(localtime|utc|\d{4}-\d{1,2}-\d{1,2}(T\d{1,2}:\d{1,2}:\d{1,2})?)$")
 _NBD_PREFIXES = ("nbd:", "nbd+unix:", "nbd+tcp:")
 
 
@@ -137,8 +146,32 @@ class LaunchSpec:
     kernel: str | None = None
     initrd: str | None = None
     append: str | None = None
-    vga: str = "std"  # std|virtio|none|serial0 (serial0: no display device)
+    vga: str = "std"  # see VGA_TYPES (none/serialN: no display device)
     uuid: str | None = None
+    # The fields below default to "nothing added", so a spec persisted by an older
+    # binome reads back as it ran; the config layer applies PVE's defaults.
+    vga_memory_mb: int | None = None
+    cpu_flags: tuple[str, ...] = ()   # '+aes', '-pcid' ... (PVE's flag syntax)
+    vcpus_online: int | None = None   # PVE 'vcpus': fewer online at start (None: all)
+    kvm: bool = True                  # False: TCG even where KVM works (PVE 'kvm: 0')
+    acpi: bool = True
+    tablet: bool = False              # a USB tablet (absolute pointer for VNC)
+    keyboard: str | None = None       # VNC keymap ('de', 'en-us' ...)
+    rtc_base: str | None = None       # 'localtime' or a start date
+    rtc_driftfix: bool = False
+    smbios1: tuple[tuple[str, str], ...] = ()   # SMBIOS type 1 fields, decoded
+    vmgenid: str | None = None
+    numa: bool = False                # one guest NUMA node per socket
+    balloon: bool = False             # a virtio-balloon device
+    # serial ports besides the ttyS0 console: (index, 'socket' or a host /dev path)
+    serials: tuple[tuple[int, str], ...] = ()
+    watchdog: str | None = None       # i6300esb|ib700
+    watchdog_action: str | None = None
+    no_reboot: bool = False           # PVE 'reboot: 0': a guest reboot stops QEMU
+    freeze: bool = False              # start with the CPUs paused
+    ovmf_code: str | None = None      # OVMF firmware (bios: ovmf): code, read-only,
+    ovmf_vars_template: str | None = None   # and the vars template the runtime copies
+    args: tuple[str, ...] = ()        # root's raw QEMU arguments (PVE 'args')
 
     def __post_init__(self) -> None:
         if not isinstance(self.vmid, int) or not 100 <= self.vmid <= 999_999_999:
@@ -166,11 +199,43 @@ class LaunchSpec:
             raise ValueError(f"VM {self.vmid}: initrd/append need a kernel")
         if self.vga not in VGA_TYPES:
             raise ValueError(f"VM {self.vmid}: vga {self.vga!r} not in {VGA_TYPES}")
-        if self.uuid is not None:
-            try:
-                uuidlib.UUID(self.uuid)
-            except ValueError:
-                raise ValueError(f"VM {self.vmid}: bad uuid {self.uuid!r}") from None
+        for what, ident in (("uuid", self.uuid), ("vmgenid", self.vmgenid)):
+            if ident is not None:
+                try:
+                    uuidlib.UUID(ident)
+                except ValueError:
+                    raise ValueError(f"VM {self.vmid}: bad {what} {ident!r}") from None
+        object.__setattr__(self, "cpu_flags", tuple(self.cpu_flags))
+        object.__setattr__(self, "args", tuple(self.args))
+        object.__setattr__(self, "smbios1", tuple(tuple(f) for f in self.smbios1))
+        object.__setattr__(self, "serials", tuple(tuple(s) for s in self.serials))
+        for flag in self.cpu_flags:
+            if not _CPU_FLAG_RE.match(flag):
+                raise ValueError(f"VM {self.vmid}: bad cpu flag {flag!r}")
+        if self.vcpus_online is not None and not 1 <= self.vcpus_online <= self.vcpus:
+            raise ValueError(f"VM {self.vmid}: vcpus {self.vcpus_online} not in "
+                             f"1..{self.vcpus} (cores x sockets)")
+        if self.vga_memory_mb is not None and not 4 <= self.vga_memory_mb <= 512:
+            raise ValueError(f"VM {self.vmid}: vga memory {self.vga_memory_mb} not in 4..512")
+        if self.keyboard is not None and not _KEYMAP_RE.match(self.keyboard):
+            raise ValueError(f"VM {self.vmid}: bad keyboard layout {self.keyboard!r}")
+        if self.rtc_base is not None and not _RTC_BASE_RE.match(self.rtc_base):
+            raise ValueError(f"VM {self.vmid}: bad rtc base {self.rtc_base!r}")
+        for key, text in self.smbios1:
+            if key not in ("uuid", "manufacturer", "product", "version", "serial", "sku",
+                           "family") or any(c in text for c in "\0\n"):
+                raise ValueError(f"VM {self.vmid}: bad smbios1 field {key}={text!r}")
+        for index, port in self.serials:
+            if not 0 <= index < MAX_SERIALS or not (
+                    port == "socket" or (port.startswith("/dev/") and "," not in port)):
+                raise ValueError(f"VM {self.vmid}: bad serial{index} {port!r}")
+        if self.watchdog is not None and self.watchdog not in WATCHDOG_MODELS:
+            raise ValueError(f"VM {self.vmid}: watchdog {self.watchdog!r} not in "
+                             f"{WATCHDOG_MODELS}")
+        if self.watchdog_action is not None and self.watchdog_action not in WATCHDOG_ACTIONS:
+            raise ValueError(f"VM {self.vmid}: watchdog action {self.watchdog_action!r}")
+        if (self.ovmf_code is None) != (self.ovmf_vars_template is None):
+            raise ValueError(f"VM {self.vmid}: OVMF needs both its code and vars files")
 
     @property
     def vcpus(self) -> int:
@@ -192,4 +257,8 @@ class LaunchSpec:
         fields["disks"] = tuple(DiskSpec(**d) for d in fields.get("disks", ()))
         fields["nics"] = tuple(NicSpec(**n) for n in fields.get("nics", ()))
         fields["boot"] = tuple(fields.get("boot", ()))
+        for key in ("cpu_flags", "args"):
+            fields[key] = tuple(fields.get(key, ()))
+        for key in ("smbios1", "serials"):
+            fields[key] = tuple(tuple(item) for item in fields.get(key, ()))
         return cls(**fields)

@@ -1,5 +1,6 @@
 """The status of this node's guests: the watch loop, status entries, the cluster-wide
-view, start at host boot, and the cluster-log line of a guest that died.
+view, start at host boot (`onboot` VMs in PVE's `startup` order, waiting `up`
+seconds after each), and the cluster-log line of a guest that died.
 
 Every `STATUS_PUBLISH_INTERVAL` seconds the watch loop reads the runtime
 status of the guests whose config is here, publishes them under
@@ -9,6 +10,7 @@ and hands the QEMU processes of VMs owned elsewhere to the migration settler.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
@@ -28,6 +30,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("binome.guest")
 
 STATUS_PUBLISH_INTERVAL = 2.0
+
+
+def startup_key(vm: VmConfig) -> tuple[int, int]:
+    """PVE's startall order: by `startup` order (VMs without one last), then by vmid."""
+    order = (vmconf.parse_startup(str(vm.config.get("startup") or "")) or {}).get("order")
+    return (order if order is not None else 2**63, vm.vmid)
 
 
 class GuestStatus:
@@ -50,7 +58,7 @@ class GuestStatus:
         await self.ctx.until_quorate(poll=1.0)
         marker.parent.mkdir(parents=True, exist_ok=True)
         durable.write_text(marker, boot_id + "\n")
-        for vm in await self.ctx.configs.list():
+        for vm in sorted(await self.ctx.configs.list(), key=startup_key):
             if not vm.config.get("onboot") or vm.config.get("template"):
                 continue
             if self.ctx.runtime.is_running(vm.vmid):
@@ -63,6 +71,9 @@ class GuestStatus:
                     self.ctx.believed_running.add(vm.vmid)
                 await self.ctx.clusterlog.write(
                     f"VM {vm.vmid} started at boot of node {self.ctx.node}", tag="qemu")
+                up = (vmconf.parse_startup(str(vm.config.get("startup") or "")) or {}).get("up")
+                if up:
+                    await asyncio.sleep(up)   # PVE's startall: 'up' seconds before the next
             except Exception as exc:
                 await self.ctx.clusterlog.write(f"VM {vm.vmid}: start at boot failed: {exc}",
                                             tag="qemu", pri="err")
@@ -117,7 +128,7 @@ class GuestStatus:
         entry = {"vmid": vm.vmid, "name": c.get("name", f"VM {vm.vmid}"),
                  "status": st.status, "uptime": st.uptime, "cpu": st.cpu, "mem": st.mem,
                  "maxmem": int(c.get("memory", vmconf.DEFAULTS["memory"])) * 1024 * 1024,
-                 "cpus": int(c.get("cores", 1)) * int(c.get("sockets", 1)),
+                 "cpus": vmconf.cpu_count(c),
                  "maxdisk": self._maxdisk(c), "disk": 0, "netin": st.netin,
                  "netout": st.netout, "diskread": st.diskread, "diskwrite": st.diskwrite,
                  "template": int(c.get("template", 0) or 0)}
@@ -166,7 +177,7 @@ class GuestStatus:
             item = {"id": f"qemu/{vmid}", "type": "qemu", "vmid": vmid, "node": node,
                     "name": c.get("name", f"VM {vmid}"), "status": st.get("status", "unknown"),
                     "template": int(c.get("template", 0) or 0),
-                    "maxcpu": int(c.get("cores", 1)) * int(c.get("sockets", 1)),
+                    "maxcpu": vmconf.cpu_count(c),
                     "maxmem": int(c.get("memory", vmconf.DEFAULTS["memory"])) * 1024 * 1024,
                     "maxdisk": self._maxdisk(c), "disk": 0}
             for k in ("cpu", "mem", "uptime", "netin", "netout", "diskread", "diskwrite"):

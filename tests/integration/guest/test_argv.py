@@ -166,7 +166,7 @@ def test_spec_round_trips_through_json_shape() -> None:
         (lambda: NicSpec(0, "virtio", "bc:24:11:00:00:01", "a" * 16), "bridge name"),
         (lambda: LaunchSpec(vmid=99, name="x", memory_mb=64), "vmid"),
         (lambda: LaunchSpec(vmid=100, name="x", memory_mb=0), "memory"),
-        (lambda: LaunchSpec(vmid=100, name="x", memory_mb=64, vga="cirrus"), "vga"),
+        (lambda: LaunchSpec(vmid=100, name="x", memory_mb=64, vga="matrox"), "vga"),
         (lambda: LaunchSpec(vmid=100, name="x", memory_mb=64, initrd="/i"), "need a kernel"),
         (lambda: LaunchSpec(vmid=100, name="x", memory_mb=64, uuid="nope"), "uuid"),
         (lambda: LaunchSpec(vmid=100, name="x", memory_mb=64, cpu="host;rm"), "cpu"),

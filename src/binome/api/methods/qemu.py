@@ -32,16 +32,31 @@ POWER = privs("VM.PowerMgmt", path=VM_PATH)
 CONFIG = privs("VM.Config.Disk", "VM.Config.CDROM", "VM.Config.CPU", "VM.Config.Memory",
                "VM.Config.Network", "VM.Config.HWType", "VM.Config.Options",
                "VM.Config.Cloudinit", path=VM_PATH, any=True)
-# PVE's check_vm_modify_config_perm, for binome's keys
-KEY_PRIVS = {"cores": ("VM.Config.CPU",), "cpu": ("VM.Config.CPU",),
-             "sockets": ("VM.Config.CPU",), "memory": ("VM.Config.Memory",),
-             "scsihw": ("VM.Config.HWType",), "smbios1": ("VM.Config.HWType",),
-             "vga": ("VM.Config.HWType",), "serial0": ("VM.Config.HWType",),
-             "boot": ("VM.Config.Disk",),
-             # binome's direct kernel boot: which code the guest runs, from a storage
-             "kernel": ("VM.Config.Disk", "VM.Config.HWType"),
-             "initrd": ("VM.Config.Disk", "VM.Config.HWType"),
-             "append": ("VM.Config.Disk", "VM.Config.HWType")}
+# PVE's check_vm_modify_config_perm (API2/Qemu.pm $cpuoptions, $memoryoptions,
+# $hwtypeoptions, $generaloptions, $vmpoweroptions, $diskoptions): the privilege each
+# key needs on /vms/<vmid>. Disks, CD-ROMs and NICs are decided by `_key_privs`; keys
+# in vmconf.ROOT_ONLY only root@pam may set.
+_PVE_KEY_CLASSES = {
+    "VM.Config.CPU": ("cores", "cpu", "cpulimit", "cpuunits", "numa", "sockets", "vcpus"),
+    "VM.Config.Memory": ("memory", "balloon", "shares"),
+    "VM.Config.HWType": ("acpi", "hotplug", "kvm", "machine", "scsihw", "smbios1", "tablet",
+                         "vga", "watchdog"),
+    "VM.Config.Options": ("agent", "autostart", "bios", "description", "keyboard",
+                          "localtime", "migrate_downtime", "migrate_speed", "name", "onboot",
+                          "ostype", "protection", "reboot", "startdate", "startup", "tdf",
+                          "template", "tags"),
+    "VM.PowerMgmt": ("freeze",),
+    "VM.Config.Disk": ("boot", "bootdisk", "vmstatestorage"),
+}
+KEY_PRIVS: dict[str, tuple[str, ...]] = {
+    key: (priv,) for priv, keys in _PVE_KEY_CLASSES.items() for key in keys}
+KEY_PRIVS.update({
+    # a serial socket is hardware (a host device is root's: vmconf.root_only)
+    **{f"serial{i}": ("VM.Config.HWType",) for i in range(vmconf.MAX_SERIALS)},
+    # binome's direct kernel boot: which code the guest runs, from a storage
+    "kernel": ("VM.Config.Disk", "VM.Config.HWType"),
+    "initrd": ("VM.Config.Disk", "VM.Config.HWType"),
+    "append": ("VM.Config.Disk", "VM.Config.HWType")})
 TIMEOUT = Param(type="integer", optional=True, minimum=0, maximum=86400,
                 description="Wait at most this many seconds.")
 SETTABLE = {k: v for k, v in vmconf.SCHEMA.items() if k != "lock"}
@@ -146,10 +161,9 @@ async def vm_create(ctx: RequestContext, params: dict[str, Any]) -> str:
                     await service.storages.get(storage_id)
                 except BinomeError as exc:
                     raise param_error(key, str(exc)) from None
-    try:
-        vmconf.check_boot_devices(changes)
-    except vmconf.ConfigError as exc:
-        raise ApiError(400, "Parameter verification failed.", exc.errors) from None
+    # PVE checks every key's privilege at create too; binome checks (for now) what only
+    # root may set and startup's Sys.Modify: VM.Allocate already covers the others here
+    await _check_root_keys(ctx, changes, [])
     await _check_pool(ctx, params.get("pool"))
 
     async def body(task: Task) -> None:
@@ -187,7 +201,11 @@ async def vm_index(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str
 async def vm_destroy(ctx: RequestContext, params: dict[str, Any]) -> str:
     service = guests(ctx)
     vmid = params["vmid"]
-    await service.read(vmid)
+    vm = await service.read(vmid)
+    # PVE's early checks, before the task: a protected VM is refused, nothing changes
+    protected = vmconf.protection_error(vm.config, f"can't remove VM {vmid}")
+    if protected:
+        raise fail(protected)
     if service.runtime.is_running(vmid):
         raise fail(f"VM {vmid} is running - destroy failed")
 
@@ -208,6 +226,13 @@ def _typed_config(config: dict[str, Any]) -> dict[str, Any]:
         if p is not None and p.type in ("integer", "boolean"):
             try:
                 out[key] = int(value)
+                continue
+            except (TypeError, ValueError):
+                pass
+        if p is not None and p.type == "number":
+            try:
+                number = float(value)
+                out[key] = int(number) if number.is_integer() else number
                 continue
             except (TypeError, ValueError):
                 pass
@@ -298,10 +323,28 @@ def _key_privs(key: str, value: Any) -> tuple[str, ...]:
     return KEY_PRIVS.get(key, ("VM.Config.Options",))
 
 
+async def _check_root_keys(ctx: RequestContext, changes: dict[str, Any],
+                           deletes: list[str]) -> None:
+    """PVE: keys outside its privilege tables (args, affinity, hookscript, vmgenid...) and
+    host serial devices are root@pam's alone (a 500 with PVE's text); `startup` changes
+    the host's boot sequence, so it also needs Sys.Modify on /."""
+    if ctx.userid == "root@pam":
+        return
+    for key, value in [*changes.items(), *((k, None) for k in deletes)]:
+        refused = vmconf.root_only(key, value)
+        if refused:
+            raise fail(refused)
+    if "startup" in changes or "startup" in deletes:
+        ev = await ctx.services.access.evaluator()
+        if not ev.check(ctx.userid, "/", ["Sys.Modify"]):
+            raise PermissionDenied("/, Sys.Modify")
+
+
 async def _check_config_privs(ctx: RequestContext, vmid: int, changes: dict[str, Any],
                               deletes: list[str]) -> None:
     """Each key needs its own privilege (memory VM.Config.Memory, a disk VM.Config.Disk
     ...), so a role for CD changes cannot swap disks; checked before anything changes."""
+    await _check_root_keys(ctx, changes, deletes)
     ev = await ctx.services.access.evaluator()
     wanted = {p for key, value in changes.items() for p in _key_privs(key, value)}
     wanted |= {p for key in deletes for p in _key_privs(key, None)}
@@ -328,8 +371,8 @@ async def vm_set_config_sync(ctx: RequestContext, params: dict[str, Any]) -> Non
 async def vm_set_config(ctx: RequestContext, params: dict[str, Any]) -> str:
     service = guests(ctx)
     await service.read(params["vmid"])
-    _config_changes(params)
-    _deletes(params)
+    # refused before the task, as PVE's checks run before it forks a worker
+    await _check_config_privs(ctx, params["vmid"], _config_changes(params), _deletes(params))
 
     async def body(task: Task) -> None:
         await _apply_config(ctx, params, task)
