@@ -34,21 +34,18 @@ import itertools
 import logging
 import os
 import time
-import uuid
 from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
-from binome.fence.device import make_device
-from binome.fence.devices import FenceDevices
 from binome.fence.watchdog import Watchdog
 from binome.ha.agent.etcd_env import EtcdEnv, vmid_of
 from binome.ha.agent.executor import Executor
+from binome.ha.agent.fencer import Fencer
 from binome.ha.agent.shutdown import ShutdownDetector
 from binome.ha.agent.wake import WATCH_PREFIXES, Debouncer, wakes_rounds
-from binome.ha.config import HaConfig
 from binome.ha.crm import Crm
 from binome.ha.lrm import Lrm
-from binome.ha.model import FenceState, FenceStatus, LrmState
+from binome.ha.model import LrmState
 from binome.ha.timers import HaTimers
 from binome.loops import Backoff, run_periodic, stop_tasks
 from binome.store import keys
@@ -75,54 +72,6 @@ HEARTBEAT_RETRY = 0.2   # seconds between attempts after a failed renewal
 HEARTBEAT_MIN_PAUSE = 0.02   # between two renewals, however late the last one was
 ROUND_MIN_PAUSE = 0.05       # between two rounds, however long the last one took
 WATCH_RETRY_MIN, WATCH_RETRY_MAX = 0.5, 5.0   # backoff before re-creating a broken watch
-
-
-class Fencer:
-    """Fence requests through the node's fence device, run as tasks; recorded in etcd."""
-
-    def __init__(self, hub: HaAgent) -> None:
-        self.hub = hub
-        self._status: dict[str, FenceStatus] = {}
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-
-    def request(self, node: str) -> str:
-        request_id = uuid.uuid4().hex[:12]
-        self._status[node] = FenceStatus(request_id, FenceState.PENDING)
-        self._tasks[node] = asyncio.get_running_loop().create_task(
-            self._run(node, request_id), name=f"fence-{node}")
-        return request_id
-
-    def status(self, node: str) -> FenceStatus | None:
-        return self._status.get(node)
-
-    async def _run(self, node: str, request_id: str) -> None:
-        hub = self.hub
-        state, detail = FenceState.FAILED, ""
-        try:
-            assert hub.store is not None
-            cfg = await FenceDevices(hub.store).find(node)
-            if not cfg:
-                detail = "no fence device configured"
-            else:
-                result = await make_device(cfg).fence(node)
-                state = FenceState.CONFIRMED if result.ok else FenceState.FAILED
-                detail = result.detail
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:   # never a secret: make_device/fence scrub their messages
-            detail = f"{type(exc).__name__}: {exc}"
-        self._status[node] = FenceStatus(request_id, state, detail)
-        with contextlib.suppress(Exception):
-            assert hub.store is not None
-            await HaConfig(hub.store).record_fence_request(node, request_id, str(state), detail,
-                                                           by=hub.node)
-        hub.log("info" if state == FenceState.CONFIRMED else "err", f"{hub.node}/crm",
-                f"fence {node}: {state} ({detail})")
-        hub.wake()
-
-    async def stop(self) -> None:
-        for t in self._tasks.values():
-            t.cancel()
 
 
 class HaAgent:
@@ -455,6 +404,8 @@ class HaAgent:
             log.exception("CRM round failed")
         for err in await self.crm_env.commit():
             self.log("warn", f"{self.node}/crm", f"write refused: {err}")
+        self.fencer.settle_power_debts(self.crm_env.fence_records(),
+                                       self.crm_env.lock_revision())
         if await self.lrm_env.refresh() and self.lrm_env.ha_sids() \
                 and self.watchdog.running_pid() is None:
             await self._ensure_watchdog()   # before the LRM may arm it and start guests
