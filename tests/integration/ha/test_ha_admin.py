@@ -222,6 +222,8 @@ def test_fence_device_api_and_binome_fence(ha_cluster: Cluster, tmp_path) -> Non
         assert "agent" in bad("n2", type="ipmi", ip=bmc_ip, username="admin",
                               password=password, agent="fence_ipmilan")
         assert "type" in bad("n2", ip=bmc_ip)
+        assert "action" in bad("n2", type="ipmi", ip=bmc_ip, username="admin",
+                               password=password, action="cycle")
         with pytest.raises(ResourceException, match="no such cluster node"):
             px.cluster.ha.fence("n9").post(type="ipmi", ip=bmc_ip, username="a",
                                            password=password)
@@ -233,8 +235,6 @@ def test_fence_device_api_and_binome_fence(ha_cluster: Cluster, tmp_path) -> Non
         assert cfg == {"node": "n2", "type": "ipmi", "ip": bmc_ip, "port": port,
                        "username": "admin", "timeout": 5.0, "action": "reboot",
                        "has_password": 1}, cfg
-        assert "action" in bad("n2", type="ipmi", ip=bmc_ip, username="admin",
-                               password=password, action="cycle")
         listed = px.cluster.ha.fence.get()
         assert [e["node"] for e in listed] == ["n2"] and "password" not in listed[0]
         dup = n1.cli("fence", "add", "n2", "--type", "agent", "--agent", "/bin/true",
