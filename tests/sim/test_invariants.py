@@ -149,6 +149,7 @@ def test_a_manual_proof_without_confirmation_is_caught(monkeypatch):
 
 
 RACE = Path(__file__).parent / "scenarios" / "master-pause-resume-race"
+STALL = Path(__file__).parent / "scenarios" / "stall-below-deadline"
 
 
 def test_a_fencer_without_its_guard_acts_on_a_decision_it_no_longer_owns(monkeypatch):
@@ -171,3 +172,17 @@ def test_a_master_that_counts_itself_lost_fences_its_own_node(monkeypatch):
     monkeypatch.setattr(World, "fencer_guard_refusal", lambda *args: None)
     with pytest.raises(InvariantViolation, match="fenced its own node"):
         run(load_scenario(RACE))
+
+
+def test_a_stall_shorter_than_the_deadline_was_fenced_with_the_old_fence_delay():
+    """Issue 16, defect 2: with fence_delay (3 s) below the self-fence deadline (3.8 s),
+    a 3.6 s stall got a power cycle. `HaTimers.validate` now refuses such timers; forced
+    past it, the simulator's invariant catches the unneeded fence."""
+    case = STALL
+    run(load_scenario(case))   # the shipped timers: clean
+    scenario = load_scenario(case)
+    old = dataclasses.replace(scenario.cluster.timers, fence_delay=3.0)   # no validate()
+    scenario = dataclasses.replace(scenario, cluster=dataclasses.replace(scenario.cluster,
+                                                                         timers=old))
+    with pytest.raises(InvariantViolation, match="before its self-fence deadline"):
+        run(scenario)
