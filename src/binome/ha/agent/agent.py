@@ -116,11 +116,17 @@ class RenewalStats:
         self._last: float | None = None
         self._report_every = float(os.environ.get("BINOME_HA_RENEWAL_REPORT", "300"))
         self._reported = time.monotonic()
+        # bench/renewal.py: every renewal as "<wall time> <gap> <latency>" in this file
+        self._trace = os.environ.get("BINOME_HA_RENEWAL_TRACE") or None
 
     def renewed(self, sent: float, latency: float, node: str) -> None:
         gap = None if self._last is None else sent - self._last
         self._last = sent
         self.latencies.append(latency)
+        if self._trace is not None:
+            with contextlib.suppress(OSError), open(f"{self._trace}.{node}", "a") as f:
+                f.write(f"{time.time():.3f} {gap if gap is not None else 0:.4f} "
+                        f"{latency:.4f}\n")
         if gap is not None:
             self.gaps.append(gap)
             if gap > LATE_FACTOR * self.interval:
@@ -284,11 +290,16 @@ class HaAgent:
     async def start(self) -> None:
         # the watchdog supervisor is started by the first round that sees HA resources
         await self.shutdown.start()
-        self._hb_thread = threading.Thread(target=self._keeper_thread, name="ha-keepalive",
-                                           daemon=True)
-        self._hb_thread.start()
         self._loops = [asyncio.create_task(self._round_loop(), name="ha-rounds"),
                        asyncio.create_task(self._loop_monitor(), name="ha-loop-monitor")]
+        if os.environ.get("BINOME_HA_KEEPER_THREAD", "1") == "0":
+            # the former way, on the daemon's event loop: kept for bench/renewal.py's
+            # side-by-side measurement only
+            self._loops.append(asyncio.create_task(self._keeper_main(), name="ha-heartbeat"))
+        else:
+            self._hb_thread = threading.Thread(target=self._keeper_thread,
+                                               name="ha-keepalive", daemon=True)
+            self._hb_thread.start()
         if os.environ.get("BINOME_HA_WATCH", "1") != "0":
             self._loops.append(asyncio.create_task(self._watch_loop(), name="ha-watch"))
 
