@@ -8,6 +8,7 @@ If one of these ever passes silently, the invariant it names has gone blind.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +19,8 @@ from binome.ha.model import FenceProof, ServiceState
 from binome.ha.scheduler import select_node
 from binome.ha.sim.invariants import InvariantViolation
 from binome.ha.sim.randomized import check
-from binome.ha.sim.scenario import parse_scenario, run, start
+from binome.ha.sim.scenario import load_scenario, parse_scenario, run, start
+from binome.ha.sim.world import World
 
 TWO_NODES = {"nodes": {"n1": {"fence_device": {"delay": 1.0}}, "n2": {}}, "witness": "w"}
 SERVICES = {"resources": {"vm:100": {"node": "n1", "state": "started"},
@@ -144,3 +146,43 @@ def test_a_manual_proof_without_confirmation_is_caught(monkeypatch):
     with pytest.raises(InvariantViolation, match=r"vm:10[01] recovered from n2 to n1 while "
                                                  r"it still runs on n2"):
         run(scenario(text, cluster))
+
+
+RACE = Path(__file__).parent / "scenarios" / "master-pause-resume-race"
+STALL = Path(__file__).parent / "scenarios" / "stall-below-deadline"
+
+
+def test_a_fencer_without_its_guard_acts_on_a_decision_it_no_longer_owns(monkeypatch):
+    """Issue 16: n1 decides to fence n2, is paused past its lease, and resumes; its
+    fencer must re-check the manager lock before the device acts. Without the guard the
+    invariant catches the stale fence."""
+    run(load_scenario(RACE))   # with the guard: clean
+    monkeypatch.setattr(World, "fencer_guard_refusal", lambda *args: None)
+    with pytest.raises(InvariantViolation, match="without holding the manager lock"):
+        run(load_scenario(RACE))
+
+
+def test_a_master_that_counts_itself_lost_fences_its_own_node(monkeypatch):
+    """Issue 16, defect 1: a resumed master whose round runs before its renewal saw its
+    own lease overdue and fenced its own node. Two defences stop it: the CRM's own-node
+    rule, and the fencer's guard (the node renewed between the decision and the act).
+    Without both, the invariant catches it."""
+    monkeypatch.setattr(nodes, "own_node", lambda ctx, node: False)
+    run(load_scenario(RACE))   # the guard alone holds
+    monkeypatch.setattr(World, "fencer_guard_refusal", lambda *args: None)
+    with pytest.raises(InvariantViolation, match="fenced its own node"):
+        run(load_scenario(RACE))
+
+
+def test_a_stall_shorter_than_the_deadline_was_fenced_with_the_old_fence_delay():
+    """Issue 16, defect 2: with fence_delay (3 s) below the self-fence deadline (3.8 s),
+    a 3.6 s stall got a power cycle. `HaTimers.validate` now refuses such timers; forced
+    past it, the simulator's invariant catches the unneeded fence."""
+    case = STALL
+    run(load_scenario(case))   # the shipped timers: clean
+    scenario = load_scenario(case)
+    old = dataclasses.replace(scenario.cluster.timers, fence_delay=3.0)   # no validate()
+    scenario = dataclasses.replace(scenario, cluster=dataclasses.replace(scenario.cluster,
+                                                                         timers=old))
+    with pytest.raises(InvariantViolation, match="before its self-fence deadline"):
+        run(scenario)

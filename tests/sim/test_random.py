@@ -9,7 +9,7 @@ end of its log; replay it with
     BINOME_SIM_SEED=<n> .venv/bin/pytest tests/sim/test_random.py
     .venv/bin/python -m binome.ha.sim.randomized <n> --log [--write tests/sim/scenarios/<case>]
 
-`BINOME_SIM_SEEDS` (default 200) and `BINOME_SIM_FIRST_SEED` (default 0) pick
+`BINOME_SIM_SEEDS` (default 1000) and `BINOME_SIM_FIRST_SEED` (default 0) pick
 the range: CI runs the same seeds every time; raise them locally to explore.
 """
 
@@ -26,7 +26,7 @@ def _seeds() -> list[int]:
     if os.environ.get("BINOME_SIM_SEED"):
         return [int(os.environ["BINOME_SIM_SEED"])]
     first = int(os.environ.get("BINOME_SIM_FIRST_SEED", "0"))
-    return list(range(first, first + int(os.environ.get("BINOME_SIM_SEEDS", "200"))))
+    return list(range(first, first + int(os.environ.get("BINOME_SIM_SEEDS", "1000"))))
 
 
 @pytest.mark.parametrize("seed", _seeds(), ids=lambda s: f"seed-{s}")

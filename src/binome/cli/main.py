@@ -255,18 +255,20 @@ def _print_error(exc: ApiCallError) -> int:
     return 2 if exc.status == 400 else 1
 
 
-FENCE_VERBS = {"list", "config", "add", "set", "remove", "test", "node", "confirm-off"}
+FENCE_VERBS = {"list", "config", "add", "set", "remove", "test", "node", "confirm-off",
+               "power-on"}
 
 
 def _aliases(argv: list[str]) -> list[str]:
     """Short forms: `binome fence NODE` (like fence_node) is `binome fence node NODE`;
     `binome ha node-maintenance ...` is `binome ha crm-command node-maintenance ...`."""
     words = [i for i, a in enumerate(argv) if not a.startswith("-")]
-    if len(words) >= 2 and argv[words[0]] == "fence" and "--confirm-off" in argv \
-            and argv[words[1]] not in FENCE_VERBS:
-        # `binome fence NODE --confirm-off` is `binome fence confirm-off NODE`
-        rest = [a for a in argv[words[0] + 1:] if a != "--confirm-off"]
-        return [*argv[:words[0] + 1], "confirm-off", *rest]
+    for flag in ("--confirm-off", "--power-on"):
+        if len(words) >= 2 and argv[words[0]] == "fence" and flag in argv \
+                and argv[words[1]] not in FENCE_VERBS:
+            # `binome fence NODE --confirm-off` is `binome fence confirm-off NODE`
+            rest = [a for a in argv[words[0] + 1:] if a != flag]
+            return [*argv[:words[0] + 1], flag[2:], *rest]
     if len(words) >= 2 and argv[words[0]] == "fence" and words[1] == words[0] + 1 \
             and argv[words[1]] not in FENCE_VERBS:
         return [*argv[:words[1]], "node", *argv[words[1]:]]

@@ -58,7 +58,8 @@ class FenceDevice(Protocol):
         ...
 
 
-_COMMON_KEYS = {"type", "password", "password_file", "timeout"}
+# `action` (reboot|off) is what the CRM's fencer does with the device, not the device's
+_COMMON_KEYS = {"type", "password", "password_file", "timeout", "action"}
 _KEYS = {
     "ipmi": _COMMON_KEYS | {"ip", "port", "username"},
     "agent": _COMMON_KEYS | {"agent", "options", "confirm"},

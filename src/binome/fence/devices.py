@@ -23,10 +23,15 @@ if TYPE_CHECKING:
 
 TYPES = ("ipmi", "agent")
 # the stored keys per type (make_device's), besides type and password
-TYPE_KEYS: dict[str, tuple[str, ...]] = {"ipmi": ("ip", "port", "username", "timeout"),
-                                         "agent": ("agent", "options", "timeout", "confirm")}
+TYPE_KEYS: dict[str, tuple[str, ...]] = {
+    "ipmi": ("ip", "port", "username", "timeout", "action"),
+    "agent": ("agent", "options", "timeout", "confirm", "action")}
 SETTINGS = ("type", "ip", "port", "username", "password", "timeout", "agent", "options",
-            "confirm")
+            "confirm", "action")
+#: what fencing does to the node (`fence_ipmilan`'s and Pacemaker's stonith-action):
+#: reboot = off, confirmed (the proof), then on; off = left off
+ACTIONS = ("reboot", "off")
+DEFAULT_ACTION = "reboot"
 # a fence agent's options: any `key=value` (its own names), values as text
 AGENT_OPTIONS = PropertyString(keys={}, additional=Param(max_length=1024),
                                key_pattern=r"[A-Za-z0-9_-]+")
@@ -46,6 +51,12 @@ class FenceDeviceError(BinomeError):
     """A missing, duplicate, concurrently changed or invalid stored record."""
 
 
+def fence_action(cfg: Mapping[str, Any]) -> str:
+    """The record's fence action (`reboot` when not set)."""
+    action = cfg.get("action") or DEFAULT_ACTION
+    return action if action in ACTIONS else DEFAULT_ACTION
+
+
 def parse_agent_options(text: str) -> dict[str, str]:
     """`ip=10.0.0.1,lanplus=1` -> {'ip': '10.0.0.1', 'lanplus': '1'}; ValueError if malformed."""
     return {k: str(v) for k, v in AGENT_OPTIONS.parse(text).items()}
@@ -63,6 +74,9 @@ def build_record(old: Mapping[str, Any] | None, settings: Mapping[str, Any],
         # a type change keeps the password: the secret stays where it was given
         settings = {**settings, "password": old["password"]}
     errors: dict[str, str] = {}
+    if settings.get("action") is not None and settings["action"] not in ACTIONS:
+        errors["action"] = f"value '{settings['action']}' does not have a value in the " \
+                           f"enumeration '{', '.join(ACTIONS)}'"
     for name in TYPE_KEYS["ipmi" if kind == "agent" else "agent"]:
         if settings.get(name) is not None and name not in TYPE_KEYS[kind]:
             errors[name] = f"not a parameter of a {kind} fence device"
@@ -125,6 +139,7 @@ def public_record(node: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
             elif name == "confirm":
                 value = int(bool(value))
             out[name] = value
+    out["action"] = fence_action(cfg)
     out["has_password"] = int(bool(cfg.get("password") or cfg.get("password_file")))
     return out
 

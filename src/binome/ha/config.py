@@ -302,6 +302,19 @@ class HaConfig:
                              {"request": request, "state": state, "detail": detail, "by": by,
                               "at": time.time()})
 
+    async def settle_power_on(self, node: str) -> None:
+        """The node was powered on by hand: a reboot's power-on the fencer still owed
+        (`power_on: owed` in its fence request record) is no longer owed."""
+        key = keys.ha_fence_request(node)
+        for _ in range(5):
+            raw = await self.store.get(key)
+            if raw is None or not isinstance(raw.value, dict) \
+                    or raw.value.get("power_on") != "owed":
+                return
+            new = {**raw.value, "power_on": "done by hand"}
+            if await self.store.txn([(key, "mod", raw.mod_revision)], {key: (new, 0)}):
+                return
+
     # ------------------------------------------------------------ internals
 
     async def _edit(self, key: str, name: str,

@@ -55,16 +55,31 @@ def watchdog_trusted(ctx: RoundContext, node: str) -> bool:
     return _watchdog_trusted(ctx, node)
 
 
+def own_node(ctx: RoundContext, node: str) -> bool:
+    """`node` is the one this master's CRM runs on."""
+    return node == ctx.env.node
+
+
 def alive(ctx: RoundContext, node: str) -> bool:
     """Lease held and renewed within `fence_delay`.
 
     The delay counts from when this master started at the earliest (as in
     Proxmox): after a quorum loss nobody could renew, and every node deserves
     a chance to do so before it is called lost.
+
+    The master's own node is alive while its lease is: this CRM is running
+    there. Its renewal may look overdue only because the whole daemon was
+    stalled (SIGSTOP, a long GC, CPU starvation) and its CRM round ran before
+    its keepalive when it resumed; calling it lost then made a master fence
+    its own node. If the stall outlived the self-fence deadline, its own
+    watchdog already killed its guests and its LRM starts over; if its lease
+    expires, the lock goes with it and another master decides.
     """
     facts = ctx.facts.get(node)
     if not (facts and facts.lease_alive and facts.last_renewal is not None):
         return False
+    if own_node(ctx, node):
+        return True
     return ctx.now - max(facts.last_renewal, ctx.master_since) <= ctx.timers.fence_delay
 
 
@@ -237,6 +252,13 @@ def _drive_device(ctx: RoundContext, node: str, rec: NodeRecord, sids: list[str]
     info = ctx.nodes[node]
     watchdog = _watchdog_trusted(ctx, node)
     blocked = f"recovery of {', '.join(sids)} blocked"
+    if own_node(ctx, node):
+        # a master fencing its own node would power off the machine it decides on,
+        # possibly for good (`off`, or a reboot cut in half); self-fencing is the
+        # watchdog's job, and a lost lease hands the decision to another master
+        _block(ctx, node, rec, "not fencing its own node through its fence device "
+                               "(self-fencing is the watchdog's job)", "warn")
+        return
     if not info.fence_device:
         if not watchdog:
             lrm = ctx.lrm(node)
@@ -298,6 +320,12 @@ def fence_nodes(ctx: RoundContext) -> bool:
     for node in sorted(waiting):
         rec = status.node_status.get(node)
         if rec is None or node not in ctx.nodes:
+            continue
+        if rec.state in (NodeState.ONLINE, NodeState.MAINTENANCE) and alive(ctx, node):
+            # sent to `fence` on an older view of the node (HA armed again while it was
+            # lost, and it renewed in this very round): it is alive, nothing to fence
+            _resume_in_place(ctx, node)
+            changed = True
             continue
         if rec.state != NodeState.FENCE:
             _set(ctx, node, rec, NodeState.FENCE,

@@ -200,10 +200,14 @@ class LabCluster:
             bmc.kill()
 
     def fence_config(self, node: str) -> dict[str, object]:
-        """The node's IPMI fence device, as `binome.fence.device.make_device` reads it."""
+        """The node's IPMI fence device, as `binome.fence.device.make_device` reads it.
+
+        `action: off`, not the product's default reboot: the lab's faults model a machine
+        that died (power lost, hardware gone), which no power-on brings back; its tests
+        and the demo power nodes on themselves (`binome-lab power NODE on`)."""
         return {"type": "ipmi", "ip": self.bmc_address(node), "port": BMC_PORT,
                 "username": BMC_USER, "password_file": str(self.bmc_password_file()),
-                "timeout": 5}
+                "timeout": 5, "action": "off"}
 
     def ipmi(self, node: str) -> IpmiFence:
         """An IPMI client for the node's BMC, from the root namespace (on the mgmt bridge)."""

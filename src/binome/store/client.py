@@ -151,6 +151,17 @@ class Store:
         host, _, port = hostport.rpartition(":")
         return cls(host.strip("[]"), int(port), ca=ca, cert=cert, key=key, timeout=timeout)
 
+    def clone(self) -> Store:
+        """A new client of the same member with the same credentials and timeout.
+
+        A grpc.aio channel belongs to the event loop it was created on: a loop running
+        in another thread (the HA lease keeper) needs a client of its own."""
+        other = Store.__new__(Store)
+        other.host, other.port, other._creds = self.host, self.port, self._creds
+        other.timeout = self.timeout
+        other._client = _TlsClient(self.host, self.port, self._creds, self.timeout)
+        return other
+
     async def close(self) -> None:
         try:
             await self._client.close()

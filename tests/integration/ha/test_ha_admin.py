@@ -222,6 +222,8 @@ def test_fence_device_api_and_binome_fence(ha_cluster: Cluster, tmp_path) -> Non
         assert "agent" in bad("n2", type="ipmi", ip=bmc_ip, username="admin",
                               password=password, agent="fence_ipmilan")
         assert "type" in bad("n2", ip=bmc_ip)
+        assert "action" in bad("n2", type="ipmi", ip=bmc_ip, username="admin",
+                               password=password, action="cycle")
         with pytest.raises(ResourceException, match="no such cluster node"):
             px.cluster.ha.fence("n9").post(type="ipmi", ip=bmc_ip, username="a",
                                            password=password)
@@ -231,7 +233,8 @@ def test_fence_device_api_and_binome_fence(ha_cluster: Cluster, tmp_path) -> Non
                "--username", "admin", "--password-file", str(pwfile), "--timeout", "5")
         cfg = px.cluster.ha.fence("n2").get()
         assert cfg == {"node": "n2", "type": "ipmi", "ip": bmc_ip, "port": port,
-                       "username": "admin", "timeout": 5.0, "has_password": 1}, cfg
+                       "username": "admin", "timeout": 5.0, "action": "reboot",
+                       "has_password": 1}, cfg
         listed = px.cluster.ha.fence.get()
         assert [e["node"] for e in listed] == ["n2"] and "password" not in listed[0]
         dup = n1.cli("fence", "add", "n2", "--type", "agent", "--agent", "/bin/true",
@@ -273,6 +276,13 @@ def test_fence_device_api_and_binome_fence(ha_cluster: Cluster, tmp_path) -> Non
         assert "n2: power off" in n1.cli("fence", "test", "n2").stdout
         wait_for(lambda: any("node n2 fenced: power off confirmed" in e["msg"]
                              for e in n1.json("cluster", "log")), 10, "the cluster log entry")
+
+        # ---- `binome fence NODE --power-on`: the BMC runs the machine again
+        out = n1.cli("fence", "n2", "--power-on")
+        print(out.stdout, out.stderr)
+        assert ":hapoweron:n2:" in out.stderr and "on: ok, power on" in out.stdout
+        wait_for(lambda: len(netns_pids(ns)) >= 1, 10, "the machine running again")
+        assert "n2: power on" in n1.cli("fence", "test", "n2").stdout
 
         # ---- the secret is nowhere: API answers, cluster log, daemon and task logs
         for answer in (px.cluster.ha.fence.get(), px.cluster.ha.fence("n2").get(),

@@ -154,7 +154,8 @@ def test_node_dead_during_restart_is_recovered_only_after_a_device_fence(
     agent.write_text(AGENT.replace("@MARK@", str(mark)))
     agent.chmod(0o755)
     px = api(n2)
-    px.cluster.ha.fence("n1").post(type="agent", agent=str(agent), timeout=10)
+    # action off: this node died, no power-on brings it back (the reboot path: test_fencer)
+    px.cluster.ha.fence("n1").post(type="agent", agent=str(agent), timeout=10, action="off")
     vmid, sid = ha_vm(c, "ha-restart-dies")
     try:
         took = sigterm(n1)

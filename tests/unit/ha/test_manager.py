@@ -58,7 +58,7 @@ def svc(env: FakeEnv, sid: str = "vm:101") -> ServiceStatus:
 
 def test_a_silent_node_with_a_live_lease_is_fenced_but_not_recovered():
     env = cluster()
-    env.alive("n2", renewed=env.t - 3.5)
+    env.alive("n2", renewed=env.t - 4.5)
     manager(env).round()
     assert svc(env).state == S.FENCE
     assert env.status.node_status["n2"].state == NodeState.FENCE
@@ -91,7 +91,7 @@ def test_no_watchdog_and_a_failed_device_block_recovery_loudly():
 
 def test_a_confirmed_power_off_is_the_device_proof():
     env = cluster(watchdog=False, fence_device=True)
-    env.alive("n2", renewed=env.t - 3.5)
+    env.alive("n2", renewed=env.t - 4.5)
     m = manager(env)
     m.round()
     env.fences["n2"] = FenceStatus(env.fences["n2"].request_id, FenceState.CONFIRMED)
@@ -101,7 +101,7 @@ def test_a_confirmed_power_off_is_the_device_proof():
 
 def test_a_confirmation_for_an_older_request_proves_nothing():
     env = cluster(watchdog=False, fence_device=True)
-    env.alive("n2", renewed=env.t - 3.5)
+    env.alive("n2", renewed=env.t - 4.5)
     env.status.node_status["n2"] = NodeRecord(NodeState.FENCE, env.t - 1, "n2#2", env.t - 1)
     svc(env).state = S.FENCE
     env.fences["n2"] = FenceStatus("n2#1", FenceState.CONFIRMED)
@@ -135,7 +135,7 @@ def test_a_node_never_seen_gets_fence_delay_before_fencing():
     m = manager(env)
     m.round()
     assert svc(env).state == S.REQUEST_START and env.status.node_status["n2"].state == "unknown"
-    env.t += 3.1
+    env.t += 4.1
     env.alive("n1")
     m.round()
     assert svc(env).node == "n1"   # no lease at all: its watchdog cannot be armed
@@ -143,7 +143,7 @@ def test_a_node_never_seen_gets_fence_delay_before_fencing():
 
 def test_a_node_back_before_any_proof_keeps_its_services():
     env = cluster()
-    env.alive("n2", renewed=env.t - 3.5)
+    env.alive("n2", renewed=env.t - 4.5)
     m = manager(env)
     m.round()
     env.t += 1
@@ -244,7 +244,7 @@ def test_a_config_on_another_lost_node_is_fenced_there_first():
     env = cluster()
     env.nodes["n3"] = NodeInfo("n3")
     env.status.node_status["n3"] = NodeRecord(NodeState.ONLINE)
-    env.alive("n3", renewed=env.t - 3.5)     # silent, lease still valid: maybe alive
+    env.alive("n3", renewed=env.t - 4.5)     # silent, lease still valid: maybe alive
     env.owners["vm:101"] = "n3"              # migrated n2 -> n3, then both were lost
     svc(env).state, svc(env).target = S.MIGRATE, "n3"
     env.expired("n2", at=env.t - 0.1)

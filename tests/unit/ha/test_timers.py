@@ -12,6 +12,8 @@ def test_defaults_are_valid_and_seconds_scale():
     t = HaTimers().validate()
     assert t.self_fence_deadline < t.lease_ttl - t.safety_margin
     assert t.lease_ttl <= 10 and t.fence_delay <= 5
+    # a stall its watchdog survives never gets a power cycle (issue 16)
+    assert t.fence_delay >= t.self_fence_deadline
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -20,6 +22,7 @@ def test_defaults_are_valid_and_seconds_scale():
     ({"self_fence_deadline": 1.5}, "self_fence_deadline"),            # <= keepalive + lrm round
     ({"keepalive_interval": 2.0}, "keepalive_interval"),              # > ttl / 3
     ({"fence_delay": 1.0}, "fence_delay"),                            # < 2 x keepalive
+    ({"fence_delay": 3.0}, "fence_delay"),                            # < self-fence deadline
     ({"fence_retry": 1.0}, "fence_retry"),                            # < fence_timeout
     ({"manager_round": 0}, "manager_round"),
     ({"lease_ttl": -1}, "lease_ttl"),

@@ -20,6 +20,7 @@ from binome.api.methods.common import fence_devices, ha_config
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
 from binome.fence.devices import (
+    ACTIONS,
     AGENT_OPTIONS,
     TYPES,
     FenceRecordError,
@@ -58,6 +59,9 @@ FENCE_PARAMS = {
                                  "(booleans: key=1)."),
     "confirm": Param(type="boolean", optional=True,
                      description="agent: after off, poll status until it reports off [1]."),
+    "action": Param(type="string", optional=True, enum=ACTIONS,
+                    description="What fencing does: reboot (off, confirmed, then on; a "
+                                "surviving node retries the on) or off (left off) [reboot]."),
 }
 NODE = Param(type="string", format="pve-node", description="The node the device powers.")
 
@@ -201,6 +205,36 @@ async def fence_node(ctx: RequestContext, params: dict[str, Any]) -> str:
         await _clusterlog(ctx, f"node {node} fenced: power off confirmed", "warning")
 
     return ctx.services.tasks.start("hafence", node, ctx.userid, body)
+
+
+@registry.register(
+    "POST", "/cluster/ha/fence/{node}/power-on", name="fence_power_on", permission=CONSOLE,
+    description="Power a node on through its fence device and confirm it is on (after a "
+                "fence with action=off, or when a reboot's power-on kept failing).",
+    parameters={"node": NODE}, returns={"type": "string", "description": "UPID"},
+    cli=CliSpec(("fence", "power-on"), positional=("node",)),
+)
+async def fence_power_on(ctx: RequestContext, params: dict[str, Any]) -> str:
+    node = params["node"]
+    await _known_node(ctx, node)
+    devices = fence_devices(ctx)
+    device = await devices.device(node)
+
+    async def body(task) -> None:
+        from binome.tasks.manager import TaskFailed
+
+        task.log(f"powering node {node} on through its {device.kind} device")
+        result = await device.power_on(confirm=True)
+        task.log(f"{result.action}: {'ok' if result.ok else 'FAILED'}, power "
+                 f"{result.state or 'unknown'} after {result.duration:.1f}s ({result.detail})")
+        if not result.ok:
+            await _clusterlog(ctx, f"power-on of {node} failed: {result.detail}", "err")
+            raise TaskFailed(f"power-on of {node} failed: {result.detail}")
+        # a reboot's power-on that the HA manager still owed is settled
+        await ha_config(ctx).settle_power_on(node)
+        await _clusterlog(ctx, f"node {node} powered on by {ctx.userid}")
+
+    return ctx.services.tasks.start("hapoweron", node, ctx.userid, body)
 
 
 CONFIRM_WARNING = """\

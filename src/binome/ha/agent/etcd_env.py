@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from binome.fence.devices import device_nodes
 from binome.guest import configs
+from binome.ha.agent.fencer import Guard
 from binome.ha.config import decode_commands, decode_groups, decode_resources, decode_settings
 from binome.ha.env import Conflict, EnvUnavailable
 from binome.ha.model import (
@@ -357,9 +358,24 @@ class EtcdEnv:
 
     def fence(self, node: str) -> str:
         self._need()
-        if not self._lock_mine:
+        lock = self._entries.get(keys.HA_MANAGER_LOCK)
+        if not self._lock_mine or lock is None:
             raise Conflict("the manager lock is no longer ours")
-        return self.hub.fencer.request(node)
+        # what this decision was taken on: the fencer re-checks both before it acts
+        beat = self._entries.get(keys.ha_heartbeat(node))
+        return self.hub.fencer.request(node, Guard(
+            lock.mod_revision, beat.mod_revision if beat is not None else None))
+
+    def lock_revision(self) -> int | None:
+        """The manager lock's revision when this node held it in the last snapshot."""
+        lock = self._entries.get(keys.HA_MANAGER_LOCK)
+        return lock.mod_revision if self._ok and self._lock_mine and lock else None
+
+    def fence_records(self) -> dict[str, object]:
+        """`/binome/ha/fence_requests/<node>` as of the last snapshot (the fencer's debts)."""
+        if not self._ok:
+            return {}
+        return {node: raw.value for node, raw in self._prefix(keys.HA_FENCE_REQUESTS).items()}
 
     def fence_status(self, node: str) -> FenceStatus | None:
         return self.hub.fencer.status(node)

@@ -11,7 +11,9 @@ instant, in order.
     partition <a> <b> | heal <a> <b>      # cut / restore the cluster network between two
     fence-device <node> ok|fail|dead      # dead: the BMC does not answer (lost power too)
     shutdown <node> | reboot <node>       # graceful, through the LRM and shutdown policy
-    pause <node> <seconds>                # SIGSTOP of binomed (the watchdog keeps running)
+    pause <node> <seconds> [crm-first]    # SIGSTOP of binomed (the watchdog keeps running);
+                                          # crm-first: on resume its CRM round runs before
+                                          # its lease renewal (the race of a resumed daemon)
     restart <node> [<seconds>]            # systemctl restart binomed: down that long (2 s)
     service <sid> started|stopped|disabled|ignored
     service <sid> migrate|relocate <node>
@@ -85,7 +87,8 @@ def validate(words: list[str], cluster: ClusterSpec, sids: set[str]) -> None:
     elif verb in ("shutdown", "reboot"):
         need(len(args) == 1 and args[0] in nodes, f"{verb} <node>")
     elif verb == "pause":
-        need(len(args) == 2 and args[0] in nodes and float(args[1]) > 0, "pause <node> <s>")
+        need(len(args) in (2, 3) and args[0] in nodes and float(args[1]) > 0
+             and (len(args) == 2 or args[2] == "crm-first"), "pause <node> <s> [crm-first]")
     elif verb == "restart":
         need(len(args) in (1, 2) and args[0] in nodes and (len(args) == 1 or float(args[1]) >= 0),
              "restart <node> [<seconds down>]")
@@ -137,7 +140,7 @@ def apply(world: World, line: str) -> None:
     elif verb in ("shutdown", "reboot"):
         world.request_shutdown(args[0], "poweroff" if verb == "shutdown" else "reboot")
     elif verb == "pause":
-        world.pause(args[0], float(args[1]))
+        world.pause(args[0], float(args[1]), crm_first=len(args) == 3)
     elif verb == "restart":
         world.daemon_restart(args[0], float(args[1]) if len(args) > 1 else 2.0)
     elif verb == "service":

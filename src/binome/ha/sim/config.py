@@ -61,6 +61,9 @@ class SimParams:
     restart_wait: float = 10.0    # binomed's bounded wait for the freeze on a restart
     start_fail_time: float = 1.0
     watch_latency: float = 0.05
+    # from a fence decision to the fencer's guard transaction (binomed's fence task): a
+    # daemon paused in between resumes with a decision it may no longer own
+    fencer_latency: float = 0.05
     end_after: float = 60.0
 
 

@@ -175,7 +175,9 @@ class SimEnv:
         if not self._lock_is_mine():
             raise Conflict("the manager lock is no longer ours")
         self.world.invariants.ha_action(self._node, f"fence {node}")
-        return self.world.fence_request(node)
+        lease = self.world.etcd.lease_of(node)
+        return self.world.fence_request(node, self._node,
+                                        lease.renewed if lease is not None else None)
 
     def fence_status(self, node: str) -> FenceStatus | None:
         dev = self.world.nodes[node].fence

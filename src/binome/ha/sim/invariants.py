@@ -9,6 +9,11 @@ Checked at the moment things happen (so a violation points at the event):
 - **fenced before recovered**: when the CRM moves a service's config away
   from a lost node, the guest is not running there (and, with "one
   instance", never runs twice afterwards);
+- **no stale fence**: a fence device acts only for the node holding the manager
+  lock at that instant, never on the requester's own node (self-fencing is
+  the watchdog's job), and only on a node whose last lease renewal is older
+  than its self-fence deadline: a node that stalled for less would have
+  survived, so powering it off is an unneeded fence;
 - **no stale promotion**: the CRM orders a start (`starting`, new uid) only
   on a node holding an UpToDate replica of every volume; and no guest is
   ever promoted on anything else.
@@ -52,6 +57,19 @@ class Invariants:
         """The admin is assumed honest: a power-off confirmation is given only when it is true."""
         if self.world.members[node].power:
             self._fail(f"power-off of {node} confirmed while it is powered on")
+
+    def fence_action(self, by: str, target: str) -> None:
+        w = self.world
+        if by == target:
+            self._fail(f"{by} fenced its own node through its fence device")
+        if not w._holds_lock(by):
+            self._fail(f"{by} fenced {target} without holding the manager lock "
+                       "(a decision it no longer owns)")
+        lease = w.etcd.lease_of(target)
+        deadline = w.timers.self_fence_deadline
+        if lease is not None and w.q.now - lease.renewed < deadline * 1000:
+            self._fail(f"{by} fenced {target} {(w.q.now - lease.renewed) / 1000:.2f} s after "
+                       f"its last renewal, before its self-fence deadline ({deadline:g} s)")
 
     def promoted(self, sid: str, node: str) -> None:
         if not self.world.replicas.all_uptodate(sid, node):

@@ -65,10 +65,11 @@ def generate(seed: int) -> RandomCase:
     cluster = {"nodes": nodes, "witness": witness,
                "shutdown_policy": rng.choice(["conditional", "freeze", "failover", "migrate"]),
                "sim": {"node_boot": 10.0}}
-    if rng.random() < 0.4:  # also fence_delay < self_fence_deadline: fencing races the watchdog
-        cluster["timers"] = rng.choice([{"fence_delay": 2.0}, {"fence_delay": 2.0},
+    if rng.random() < 0.4:  # fence_delay at the deadline: fencing races the watchdog
+        cluster["timers"] = rng.choice([{"fence_delay": 3.8}, {"fence_delay": 6.0},
                                         {"keepalive_interval": 0.5},
-                                        {"lease_ttl": 8.0, "self_fence_deadline": 5.0}])
+                                        {"lease_ttl": 8.0, "self_fence_deadline": 5.0,
+                                         "fence_delay": 5.0}])
     members = names + ([witness] if witness else [])
     groups = {}
     if rng.random() < 0.5:
@@ -136,8 +137,9 @@ def _fault(rng: random.Random, names: list[str], members: list[str], sids: list[
         return f"{rng.choice(['partition', 'heal'])} {a} {b}"
     if kind == "fence" and devices:
         return f"fence-device {rng.choice(devices)} {rng.choice(['fail', 'dead', 'ok'])}"
-    if kind == "pause":
-        return f"pause {node} {rng.choice([1, 2.5, 4, 7, 12])}"
+    if kind == "pause":  # 3.5 and 4.5: past fence_delay, a resumed master within its lease
+        first = rng.choice(["", " crm-first"])
+        return f"pause {node} {rng.choice([1, 2.5, 3.5, 4, 4.5, 7, 12])}{first}"
     if kind == "restart":  # binomed restart: down briefly, past the deadlines, or for long
         return f"restart {node} {rng.choice([0.5, 2, 8, 40])}"
     if kind == "shutdown":

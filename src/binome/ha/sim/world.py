@@ -328,17 +328,23 @@ class World:
             self.cuts.discard(pair)
             self.log("info", "hw", f"cluster network between {a} and {b} restored")
 
-    def pause(self, name: str, seconds: float) -> None:
+    def pause(self, name: str, seconds: float, crm_first: bool = False) -> None:
         node = self.nodes[name]
         if not node.up:
             return
         node.paused_until = self.q.now + ms(seconds)
         self.log("info", "hw", f"{name}: binomed paused for {seconds:g} s")
-        self.q.at(node.paused_until, self._resumed, node, node.generation)
+        self.q.at(node.paused_until, self._resumed, node, node.generation, crm_first)
 
-    def _resumed(self, node: SimNode, gen: int) -> None:
+    def _resumed(self, node: SimNode, gen: int, crm_first: bool = False) -> None:
         if gen == node.generation and node.running(self.q.now):
-            self.log("info", "hw", f"{node.name}: binomed resumed")
+            self.log("info", "hw", f"{node.name}: binomed resumed"
+                                   + (" (its CRM round runs before its renewal)" if crm_first
+                                      else ""))
+            if crm_first:
+                # binomed's loops are due together when it resumes; nothing orders the
+                # round before the renewal, so a resumed CRM sees its own lease overdue
+                self._run_daemon(node, "crm")
             self._renew(node)  # its overdue keepalive timer fires first thing
             self.wake(node, "crm")
             self.wake(node, "lrm")
@@ -458,16 +464,63 @@ class World:
 
     # ------------------------------------------------------------ fence devices
 
-    def fence_request(self, name: str) -> str:
+    def fence_request(self, name: str, by: str, seen_renewal: int | None) -> str:
+        """The CRM on `by` decided to fence `name`, whose latest renewal it saw at
+        `seen_renewal` (None: no lease). binomed's fencer acts `fencer_latency` later,
+        and only after its guard transaction (`_fence_guard`), like `ha.agent.fencer`."""
         dev = self.nodes[name].fence
         assert dev is not None
         dev.requests += 1
         rid = f"{name}#{dev.requests}"
         dev.latest = FenceStatus(rid, FenceState.PENDING)
         self.log("info", "fence", f"{name}: power-off requested ({rid}, device {dev.health})")
+        requester = self.nodes[by]
+        self.q.after(ms(self.params.fencer_latency), self._fence_guard, name, rid, by,
+                     requester.generation, requester.life, seen_renewal)
+        return rid
+
+    def _fence_guard(self, name: str, rid: str, by: str, gen: int, life: int,
+                     seen_renewal: int | None) -> None:
+        dev = self.nodes[name].fence
+        assert dev is not None
+        if dev.latest is None or dev.latest.request_id != rid:
+            return
+        requester = self.nodes[by]
+        if requester.generation != gen or requester.life != life or not requester.up:
+            dev.latest = FenceStatus(rid, FenceState.FAILED, "the fencer died")
+            return
+        if requester.paused(self.q.now):   # the task runs when its process resumes
+            self.q.at(requester.paused_until, self._fence_guard, name, rid, by, gen, life,
+                      seen_renewal)
+            return
+        why = self.fencer_guard_refusal(by, name, seen_renewal)
+        if why is not None:
+            dev.latest = FenceStatus(rid, FenceState.FAILED, f"not fenced: {why}")
+            self.log("warn", "fence", f"{name}: request {rid} dropped by {by}'s fencer ({why})")
+            self.wake_all("crm")
+            return
+        self.invariants.fence_action(by, name)
         delay = self.timers.fence_timeout if dev.health == "dead" else dev.spec.delay
         self.q.after(ms(delay), self._fence_done, name, rid)
-        return rid
+
+    def fencer_guard_refusal(self, by: str, name: str, seen_renewal: int | None) -> str | None:
+        """binomed's guard, one etcd transaction: the manager lock is still `by`'s (on its
+        current lease) and `name` has not renewed since the decision (its lease may have
+        expired meanwhile: that only confirms it). None when the fencer may act."""
+        if not self.etcd.quorate(by):
+            return "no quorum"
+        if not self._holds_lock(by):
+            return "the manager lock is no longer ours"
+        lease = self.etcd.lease_of(name)
+        if lease is not None and lease.renewed != seen_renewal:
+            return f"{name} renewed its lease since the decision"
+        return None
+
+    def _holds_lock(self, node: str) -> bool:
+        entry = self.etcd.kv.get(keys.MANAGER_LOCK)
+        hw = self.nodes[node]
+        return (entry is not None and hw.lease_id is not None and entry.lease == hw.lease_id
+                and self.etcd.get(keys.MANAGER_LOCK)[0] == node)
 
     def _fence_done(self, name: str, rid: str) -> None:
         dev = self.nodes[name].fence

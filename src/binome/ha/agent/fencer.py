@@ -1,0 +1,220 @@
+"""`Fencer`: the master CRM's fence requests, carried out through the nodes' fence devices.
+
+Owns acting on a fence decision outside etcd (the device's power off, and the power
+on that completes a `reboot`), the in-memory status the CRM reads back
+(`CrmEnv.fence_status`), and the power-on debts recorded in
+`/binome/ha/fence_requests/<node>`.
+
+A fencer acts only on a decision it still owns. The CRM decides on a snapshot;
+between that snapshot and the device call the daemon may have been paused, the
+manager lock may have expired and another master may have taken over, or the
+target may have renewed its lease. So before touching a device the fencer runs
+one etcd transaction (`Guard`) comparing:
+
+- the manager lock's revision read with the decision (still ours, same lease);
+- the target's heartbeat key: unchanged since the decision, or gone (its lease
+  expired meanwhile, which only confirms it is lost), never renewed;
+
+and writing the request record. If the comparison fails nothing is done and the
+request fails with the reason; the CRM decides again on fresh facts. A node never
+fences itself through its device: self-fencing is its watchdog's job.
+
+Fence actions (the device record's `action`, as `fence_ipmilan`'s and
+Pacemaker's `stonith-action`): `reboot` (default) powers the node off, confirms
+it is off (the proof the CRM needs), then powers it on; `off` leaves it off.
+A reboot is off + on, not the BMC's one-shot cycle, because the CRM needs the
+confirmed off as its proof; so that the death of this fencer half-way cannot
+leave the node off, the confirmed off is recorded with `power_on: owed` before
+the on is tried, and whichever node is master retries the on every
+`fence_retry` until it succeeds (`settle_power_debts`), with an alert while the
+node stays off. `binome fence NODE --power-on` does it by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from binome.fence.device import make_device
+from binome.fence.devices import FenceDevices, fence_action
+from binome.ha.model import FenceState, FenceStatus
+from binome.store import keys
+
+if TYPE_CHECKING:
+    from binome.store.client import Store
+
+log = logging.getLogger("binome.ha")
+
+#: retries of an owed power-on between two alerts
+ALERT_EVERY = 10
+
+
+@dataclass(frozen=True)
+class Guard:
+    """What a fence decision was taken on: the manager lock's revision and the target's
+    heartbeat revision (None: it had no heartbeat key)."""
+
+    lock_revision: int
+    heartbeat_revision: int | None
+
+
+class Fencer:
+    """Fence requests through the node's fence device, run as tasks; recorded in etcd."""
+
+    def __init__(self, hub: Any) -> None:
+        self.hub = hub
+        self._status: dict[str, FenceStatus] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._power_tasks: dict[str, asyncio.Task[bool]] = {}
+        self._power_failures: dict[str, int] = {}
+        self._power_next: dict[str, float] = {}
+
+    def request(self, node: str, guard: Guard) -> str:
+        request_id = uuid.uuid4().hex[:12]
+        self._status[node] = FenceStatus(request_id, FenceState.PENDING)
+        self._tasks[node] = asyncio.get_running_loop().create_task(
+            self._run(node, request_id, guard), name=f"fence-{node}")
+        return request_id
+
+    def status(self, node: str) -> FenceStatus | None:
+        return self._status.get(node)
+
+    # ------------------------------------------------------------ one request
+
+    async def _run(self, node: str, request_id: str, guard: Guard) -> None:
+        hub = self.hub
+        state, detail, action = FenceState.FAILED, "", "off"
+        try:
+            store = hub.store
+            assert store is not None
+            cfg = await FenceDevices(store).find(node)
+            if node == hub.node:
+                detail = "not fenced: a node never fences itself through its device"
+            elif not cfg:
+                detail = "no fence device configured"
+            else:
+                refusal = await self._claim(store, node, request_id, guard)
+                if refusal is not None:
+                    detail = f"not fenced: {refusal}"
+                    hub.log("warn", f"{hub.node}/crm", f"fence {node}: request dropped "
+                                                       f"({refusal})")
+                else:
+                    action = fence_action(cfg)
+                    result = await make_device(cfg).fence(node)
+                    state = FenceState.CONFIRMED if result.ok else FenceState.FAILED
+                    detail = result.detail
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:   # never a secret: make_device/fence scrub their messages
+            detail = f"{type(exc).__name__}: {exc}"
+        # the proof first: the CRM may recover as soon as it reads this
+        self._status[node] = FenceStatus(request_id, state, detail)
+        owed = state == FenceState.CONFIRMED and action == "reboot"
+        await self._record(node, {"request": request_id, "state": str(state),
+                                  "detail": detail, "action": action,
+                                  **({"power_on": "owed"} if owed else {})})
+        hub.log("info" if state == FenceState.CONFIRMED else "err", f"{hub.node}/crm",
+                f"fence {node}: {state} ({detail})")
+        hub.wake()
+        if owed:
+            await self._power_on(node, request_id, guard.lock_revision)
+
+    async def _claim(self, store: Store, node: str, request_id: str,
+                     guard: Guard) -> str | None:
+        """The guard transaction; None if the decision still holds (the request is then
+        recorded as pending), else why not."""
+        lock = (keys.HA_MANAGER_LOCK, "mod", guard.lock_revision)
+        beat = keys.ha_heartbeat(node)
+        record = {keys.ha_fence_request(node): (
+            {"request": request_id, "state": "pending", "by": self.hub.node,
+             "at": time.time()}, 0)}
+        attempts: list[tuple[str, str, int]] = [(beat, "create", 0)]   # gone: expired
+        if guard.heartbeat_revision is not None:
+            attempts.insert(0, (beat, "mod", guard.heartbeat_revision))   # unchanged
+        for cmp in attempts:
+            if await store.txn([lock, cmp], record) is not None:
+                return None
+        if await store.txn([lock], {}) is None:
+            return "the manager lock is no longer ours"
+        return f"{node} renewed its lease since the decision"
+
+    async def _record(self, node: str, fields: dict[str, Any]) -> None:
+        with contextlib.suppress(Exception):
+            store = self.hub.store
+            assert store is not None
+            await store.put(keys.ha_fence_request(node),
+                            {**fields, "by": self.hub.node, "at": time.time()})
+
+    # ------------------------------------------------------------ power-on debts
+
+    async def _power_on(self, node: str, request_id: str, lock_revision: int) -> bool:
+        """Power `node` on after its fence (a reboot's second half); True when it is on.
+        The record keeps `power_on: owed` until then, so a later master retries. Like the
+        off, done only while the manager lock read at `lock_revision` is still ours."""
+        hub = self.hub
+        try:
+            store = hub.store
+            assert store is not None
+            cfg = await FenceDevices(store).find(node)
+            if await store.txn([(keys.HA_MANAGER_LOCK, "mod", lock_revision)], {}) is None:
+                return False   # no longer master: the next one settles the debt
+            if not cfg:
+                detail = "no fence device configured"
+            else:
+                result = await make_device(cfg).power_on(confirm=True)
+                if result.ok:
+                    self._power_failures.pop(node, None)
+                    await self._record(node, {"request": request_id, "state": "confirmed",
+                                              "action": "reboot", "power_on": "done",
+                                              "detail": result.detail})
+                    hub.log("info", f"{hub.node}/crm", f"fence {node}: powered on again "
+                                                       f"(reboot: {result.detail})")
+                    return True
+                detail = result.detail
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+        failures = self._power_failures.get(node, 0) + 1
+        self._power_failures[node] = failures
+        self._power_next[node] = time.monotonic() + hub.timers.fence_retry
+        if failures % ALERT_EVERY == 1:
+            hub.log("alert", f"{hub.node}/crm",
+                    f"node {node} stays powered off after its fence: power on failed "
+                    f"({detail}); retrying every {hub.timers.fence_retry:g} s "
+                    f"(by hand: binome fence {node} --power-on)")
+        return False
+
+    def settle_power_debts(self, records: dict[str, Any], lock_revision: int | None) -> None:
+        """Called after each round with `/binome/ha/fence_requests/` (node -> record) and
+        the manager lock's revision when this node is master: start a power-on for every
+        debt whose retry is due. Only the master does, so two nodes never drive one BMC
+        at once."""
+        if lock_revision is None:
+            return
+        now = time.monotonic()
+        for node, rec in records.items():
+            if not (isinstance(rec, dict) and rec.get("power_on") == "owed"):
+                continue
+            if node == self.hub.node or self._busy(node):
+                continue
+            if now < self._power_next.get(node, 0.0):
+                continue
+            self._power_next[node] = now + self.hub.timers.fence_retry
+            self._power_tasks[node] = asyncio.get_running_loop().create_task(
+                self._power_on(node, str(rec.get("request", "")), lock_revision),
+                name=f"power-on-{node}")
+
+    def _busy(self, node: str) -> bool:
+        task = self._tasks.get(node)
+        power = self._power_tasks.get(node)
+        return bool((task and not task.done()) or (power and not power.done()))
+
+    async def stop(self) -> None:
+        for t in [*self._tasks.values(), *self._power_tasks.values()]:
+            t.cancel()

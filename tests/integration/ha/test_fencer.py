@@ -1,0 +1,233 @@
+"""The CRM's fencer against a real etcd: it acts only on a decision it still owns.
+
+Issue 16: a master paused across a lock change must not fence on its old decision,
+a node that renewed since the decision is left alone, a node never fences itself,
+and a `reboot` fence whose power-on fails leaves a debt the master keeps retrying.
+The etcd is real (mutual TLS, its own loopback address); the fence device is a
+recording stand-in, since what is tested is what reaches it (the lab's IPMI BMC is
+driven by tests/integration/ha/test_ha_admin.py and tests/lab).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from binome.cluster import pki
+from binome.fence.result import FenceResult
+from binome.ha.agent import fencer as fencer_mod
+from binome.ha.agent.fencer import Fencer, Guard
+from binome.ha.model import FenceState
+from binome.store import keys
+from binome.store.client import Store
+
+ADDRESS = f"127.{os.getpid() % 200 + 20}.84.1"
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory) -> Iterator[dict[str, Path]]:
+    if shutil.which("etcd") is None:
+        pytest.fail("etcd is not installed (make setup installs it)")
+    root = tmp_path_factory.mktemp("etcd")
+    ca_key, ca_cert = pki.create_ca("fencer-test")
+    key = pki.new_key()
+    cert = pki.sign_node_cert(ca_key, ca_cert, pki.make_csr(key, "n1"), "n1", [ADDRESS])
+    paths = {"ca": root / "ca.pem", "cert": root / "node.pem", "key": root / "node.key"}
+    paths["ca"].write_bytes(pki.cert_pem(ca_cert))
+    paths["cert"].write_bytes(pki.cert_pem(cert))
+    paths["key"].write_bytes(pki.key_pem(key))
+    client, peer = f"https://{ADDRESS}:2379", f"https://{ADDRESS}:2380"
+    with open(root / "etcd.log", "wb") as log:
+        proc = subprocess.Popen(
+            ["etcd", "--name", "n1", "--data-dir", str(root / "data"),
+             "--listen-client-urls", client, "--advertise-client-urls", client,
+             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", f"n1={peer}",
+             "--client-cert-auth", "--trusted-ca-file", str(paths["ca"]),
+             "--cert-file", str(paths["cert"]), "--key-file", str(paths["key"]),
+             "--peer-client-cert-auth", "--peer-trusted-ca-file", str(paths["ca"]),
+             "--peer-cert-file", str(paths["cert"]), "--peer-key-file", str(paths["key"])],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    try:
+        yield paths
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+async def store(etcd) -> AsyncIterator[Store]:
+    s = Store(ADDRESS, 2379, ca=etcd["ca"], cert=etcd["cert"], key=etcd["key"])
+    for _ in range(100):
+        try:
+            await s.delete_prefix("/binome/")
+            break
+        except Exception:
+            await asyncio.sleep(0.1)
+    yield s
+    await s.close()
+
+
+class Device:
+    """Records what reached the fence device; `on_ok` scripts the power-on results."""
+
+    kind = "ipmi"
+
+    def __init__(self, calls: list[str], on_ok: list[bool]) -> None:
+        self.calls, self.on_ok = calls, on_ok
+
+    async def fence(self, node: str) -> FenceResult:
+        self.calls.append(f"off {node}")
+        return FenceResult(True, "off", "off", "power off confirmed", 0.01)
+
+    async def power_on(self, confirm: bool = True) -> FenceResult:
+        ok = self.on_ok.pop(0) if self.on_ok else True
+        self.calls.append("on" if ok else "on failed")
+        return FenceResult(ok, "on", "on" if ok else None,
+                           "power on confirmed" if ok else "BMC did not answer", 0.01)
+
+
+@pytest.fixture
+def world(monkeypatch, store):
+    calls: list[str] = []
+    on_ok: list[bool] = []
+    logs: list[tuple[str, str]] = []
+    monkeypatch.setattr(fencer_mod, "make_device", lambda cfg: Device(calls, on_ok))
+    hub = SimpleNamespace(node="n1", store=store, timers=SimpleNamespace(fence_retry=0.2),
+                          log=lambda level, source, msg: logs.append((level, msg)),
+                          wake=lambda: None)
+    return SimpleNamespace(fencer=Fencer(hub), calls=calls, on_ok=on_ok, logs=logs,
+                           store=store)
+
+
+async def decision(store: Store, target: str = "n2") -> Guard:
+    """n1 holds the manager lock; `target` has a heartbeat: what a CRM round reads."""
+    await store.put(keys.HA_MANAGER_LOCK, "n1")
+    await store.put(keys.ha_heartbeat(target), {"node": target})
+    await store.put(keys.ha_fence(target), {"type": "ipmi", "ip": "192.0.2.1",
+                                            "username": "admin", "password": "x",
+                                            "action": "reboot"})
+    lock = await store.get(keys.HA_MANAGER_LOCK)
+    beat = await store.get(keys.ha_heartbeat(target))
+    assert lock is not None and beat is not None
+    return Guard(lock.mod_revision, beat.mod_revision)
+
+
+async def settle(w: Any, node: str = "n2") -> None:
+    for _ in range(100):
+        task = w.fencer._tasks.get(node)
+        power = w.fencer._power_tasks.get(node)
+        if (task is None or task.done()) and (power is None or power.done()):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("fencer tasks did not finish")
+
+
+async def record(store: Store, node: str = "n2") -> dict[str, Any]:
+    raw = await store.get(keys.ha_fence_request(node))
+    assert raw is not None
+    return raw.value
+
+
+async def test_a_decision_still_owned_fences_then_powers_on(world) -> None:
+    guard = await decision(world.store)
+    rid = world.fencer.request("n2", guard)
+    await settle(world)
+    assert world.calls == ["off n2", "on"]
+    assert world.fencer.status("n2").request_id == rid
+    assert world.fencer.status("n2").state == FenceState.CONFIRMED
+    rec = await record(world.store)
+    assert rec["power_on"] == "done" and rec["action"] == "reboot" and rec["by"] == "n1"
+
+
+async def test_a_lost_lock_drops_the_request(world) -> None:
+    guard = await decision(world.store)
+    await world.store.put(keys.HA_MANAGER_LOCK, "n3")   # another master since
+    world.fencer.request("n2", guard)
+    await settle(world)
+    assert world.calls == []
+    status = world.fencer.status("n2")
+    assert status.state == FenceState.FAILED
+    assert "the manager lock is no longer ours" in status.detail
+
+
+async def test_a_renewal_since_the_decision_drops_the_request(world) -> None:
+    guard = await decision(world.store)
+    await world.store.put(keys.ha_heartbeat("n2"), {"node": "n2"})   # it renewed
+    world.fencer.request("n2", guard)
+    await settle(world)
+    assert world.calls == []
+    assert "n2 renewed its lease since the decision" in world.fencer.status("n2").detail
+
+
+async def test_an_expiry_since_the_decision_only_confirms_it(world) -> None:
+    guard = await decision(world.store)
+    await world.store.delete(keys.ha_heartbeat("n2"))   # its lease expired meanwhile
+    world.fencer.request("n2", guard)
+    await settle(world)
+    assert world.calls == ["off n2", "on"]
+
+
+async def test_a_node_never_fences_itself(world) -> None:
+    guard = await decision(world.store, target="n1")
+    world.fencer.request("n1", guard)
+    await settle(world, "n1")
+    assert world.calls == []
+    assert "never fences itself" in world.fencer.status("n1").detail
+
+
+async def test_action_off_leaves_it_off(world) -> None:
+    guard = await decision(world.store)
+    await world.store.put(keys.ha_fence("n2"), {"type": "ipmi", "ip": "192.0.2.1",
+                                                "username": "admin", "password": "x",
+                                                "action": "off"})
+    world.fencer.request("n2", guard)
+    await settle(world)
+    assert world.calls == ["off n2"]
+    assert "power_on" not in await record(world.store)
+
+
+async def test_a_failed_power_on_is_a_debt_the_master_retries(world) -> None:
+    guard = await decision(world.store)
+    world.on_ok.extend([False, False])
+    world.fencer.request("n2", guard)
+    await settle(world)
+    assert world.calls == ["off n2", "on failed"]
+    assert (await record(world.store))["power_on"] == "owed"
+    alerts = [m for level, m in world.logs if level == "alert"]
+    assert len(alerts) == 1 and "stays powered off" in alerts[0], world.logs
+    records = {"n2": await record(world.store)}
+    # not master: nothing; master but the retry is not due yet: nothing
+    world.fencer.settle_power_debts(records, None)
+    world.fencer.settle_power_debts(records, guard.lock_revision)
+    await settle(world)
+    assert world.calls == ["off n2", "on failed"]
+    await asyncio.sleep(0.25)   # fence_retry
+    world.fencer.settle_power_debts(records, guard.lock_revision)
+    await settle(world)
+    assert world.calls == ["off n2", "on failed", "on failed"]
+    assert len([m for level, m in world.logs if level == "alert"]) == 1   # not every retry
+    await asyncio.sleep(0.25)
+    # a master whose lock changed leaves the debt to the next one
+    await world.store.put(keys.HA_MANAGER_LOCK, "n1")
+    world.fencer.settle_power_debts(records, guard.lock_revision)
+    await settle(world)
+    assert world.calls == ["off n2", "on failed", "on failed"]
+    lock = await world.store.get(keys.HA_MANAGER_LOCK)
+    await asyncio.sleep(0.25)
+    world.fencer.settle_power_debts(records, lock.mod_revision)
+    await settle(world)
+    assert world.calls[-1] == "on"
+    assert (await record(world.store))["power_on"] == "done"
