@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from binome import durable
 from binome.guest import config as vmconf
 from binome.guest.configs import VmConfig
+from binome.guest.options import parse_startup
 from binome.loops import run_periodic
 from binome.store import keys
 from binome.store.client import StoreUnavailable
@@ -34,7 +35,7 @@ STATUS_PUBLISH_INTERVAL = 2.0
 
 def startup_key(vm: VmConfig) -> tuple[int, int]:
     """PVE's startall order: by `startup` order (VMs without one last), then by vmid."""
-    order = (vmconf.parse_startup(str(vm.config.get("startup") or "")) or {}).get("order")
+    order = (parse_startup(str(vm.config.get("startup") or "")) or {}).get("order")
     return (order if order is not None else 2**63, vm.vmid)
 
 
@@ -71,7 +72,7 @@ class GuestStatus:
                     self.ctx.believed_running.add(vm.vmid)
                 await self.ctx.clusterlog.write(
                     f"VM {vm.vmid} started at boot of node {self.ctx.node}", tag="qemu")
-                up = (vmconf.parse_startup(str(vm.config.get("startup") or "")) or {}).get("up")
+                up = (parse_startup(str(vm.config.get("startup") or "")) or {}).get("up")
                 if up:
                     await asyncio.sleep(up)   # PVE's startall: 'up' seconds before the next
             except Exception as exc:
