@@ -12,7 +12,9 @@ thread (the default), and in each runs the same phases:
 2. CPU hog: busy loops on the guest's node, as many as it has cores, plus one;
 3. boot + resync under the hog: the guest is stopped, the other node's
    replication link cut, the guest started again (a TCG boot), the link
-   restored and the volume resynced.
+   restored and the volume resynced;
+4. power-cycled rejoin: the other node powered off and on through its BMC
+   (its etcd member catches up, its copy resyncs) while the hog runs.
 
 Each binomed writes every renewal (wall time, gap since the previous one, its
 latency) to a trace file (`BINOME_HA_RENEWAL_TRACE`) and logs its event-loop
@@ -132,6 +134,16 @@ def run_design(thread: bool, phase: float, base: str, workdir: Path) -> dict[str
             lab.lab.link_up(other, "replication")
             ha.wait_in_sync(180)
             marks["boot + resync, hog"] = (t, time.time())
+            # the case: a node power-cycled through its BMC comes back (etcd
+            # member catching up, its copy resyncing) while the other node is loaded
+            t = time.time()
+            ha.power_off(other)
+            time.sleep(3)
+            ha.power_on(other)
+            wait_until(lambda: ha.node_online(other), 120, f"{other} back online")
+            ha.wait_in_sync(180)
+            time.sleep(phase / 2)
+            marks["power-cycled rejoin"] = (t, time.time())
         hog.stop()
         hog = None
     finally:
