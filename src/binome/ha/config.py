@@ -294,14 +294,6 @@ class HaConfig:
     async def record_fence_confirmation(self, confirmation: FenceConfirmation) -> None:
         await self.store.put(keys.ha_fence_confirm(confirmation.node), confirmation.to_dict())
 
-    async def record_fence_request(self, node: str, request: str, state: str, detail: str,
-                                   by: str) -> None:
-        """The outcome of the latest fence request for `node`, sent by the CRM on node `by`
-        (`/binome/ha/fence_requests/<node>`, for the record: nothing decides on it)."""
-        await self.store.put(keys.ha_fence_request(node),
-                             {"request": request, "state": state, "detail": detail, "by": by,
-                              "at": time.time()})
-
     async def settle_power_on(self, node: str) -> None:
         """The node was powered on by hand: a reboot's power-on the fencer still owed
         (`power_on: owed` in its fence request record) is no longer owed."""

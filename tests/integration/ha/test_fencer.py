@@ -231,3 +231,20 @@ async def test_a_failed_power_on_is_a_debt_the_master_retries(world) -> None:
     await settle(world)
     assert world.calls[-1] == "on"
     assert (await record(world.store))["power_on"] == "done"
+
+
+async def test_a_power_on_by_hand_settles_the_debt(store) -> None:
+    """`binome fence NODE --power-on` (api fence_power_on) marks an owed power-on done, so
+    no master powers the node on again later; other records are left as they are."""
+    from binome.ha.config import HaConfig
+
+    config = HaConfig(store)
+    await config.settle_power_on("n2")   # no record: nothing to do
+    assert await store.get(keys.ha_fence_request("n2")) is None
+    await store.put(keys.ha_fence_request("n2"), {"request": "r1", "state": "confirmed",
+                                                   "power_on": "owed"})
+    await config.settle_power_on("n2")
+    assert (await record(store))["power_on"] == "done by hand"
+    await store.put(keys.ha_fence_request("n2"), {"request": "r2", "state": "failed"})
+    await config.settle_power_on("n2")
+    assert await record(store) == {"request": "r2", "state": "failed"}

@@ -106,13 +106,3 @@ def test_resource_and_group_edits() -> None:
     assert run(config.settings()) == {"shutdown_policy": "migrate"}
     run(config.set_settings(None))
     assert run(config.settings()) == {}
-
-
-def test_fence_request_outcome_is_recorded() -> None:
-    store = MemoryStore()
-    run(HaConfig(store).record_fence_request(  # type: ignore[arg-type]
-        "n2", "abc123", "confirmed", "power off", by="n1"))
-    doc = store.data[keys.ha_fence_request("n2")]
-    assert {k: v for k, v in doc.items() if k != "at"} == {
-        "request": "abc123", "state": "confirmed", "detail": "power off", "by": "n1"}
-    assert isinstance(doc["at"], float)
