@@ -4,6 +4,7 @@ source running."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ class ScriptedQmp(QmpChannel):
 @pytest.fixture(autouse=True)
 def fast_poll(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(qemu_migration, "MIGRATE_POLL", 0.0)
+    monkeypatch.setattr(qemu_migration, "MIGRATE_EVENT_POLL", 0.0)
 
 
 async def test_migrate_out_polls_until_completed() -> None:
@@ -79,3 +81,27 @@ async def test_listen_incoming_reports_the_port_qemu_chose() -> None:
     qmp = ScriptedQmp([{"socket-address": [{"type": "inet", "port": "49152"}]}], [None])
     assert await qemu_migration.listen_incoming(qmp, "10.0.0.2") == "tcp:10.0.0.2:49152"
     assert ("migrate-incoming", {"uri": "tcp:10.0.0.2:0"}) in qmp.sent
+
+
+async def test_the_migration_event_ends_the_wait_without_a_poll_period(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16: the guest is paused on both sides from completion until the source
+    notices it; QEMU's MIGRATION event, not the next poll, must end the wait."""
+    monkeypatch.setattr(qemu_migration, "MIGRATE_EVENT_POLL", 30.0)
+    monkeypatch.setattr(qemu_migration, "MIGRATE_POLL", 30.0)
+    qmp = ScriptedQmp([{"status": "active"}, {"status": "completed", "downtime": 7}],
+                      ["postmigrate"])
+    answered = qmp.command
+
+    async def command(cmd: str, args: dict[str, Any] | None = None,
+                      timeout: float = 10.0) -> Any:
+        result = await answered(cmd, args, timeout)
+        if cmd == "query-migrate":   # QEMU emits MIGRATION when the state changes
+            asyncio.get_running_loop().call_later(0.01, qmp.migration_changed.set)
+        return result
+
+    qmp.command = command   # type: ignore[method-assign]
+    began = asyncio.get_running_loop().time()
+    info = await qemu_migration.migrate_out(qmp, lambda: True, "tcp:10.0.0.2:4444")
+    assert info["status"] == "completed"
+    assert asyncio.get_running_loop().time() - began < 1.0   # not the 30 s poll

@@ -6,8 +6,8 @@ An offline migration deactivates the source's volumes and moves the config
 and the vmid owner in one transaction (`configs.move`, which also removes the
 `migrate` lock), then asks the target to activate its copies. A live one
 starts a paused incoming QEMU on the target (its volumes activated there too:
-dual-primary), streams the state, and at completion moves the config, stops
-the source, resumes the target and deactivates the source's volumes. Until
+dual-primary), streams the state, and at completion moves the config, resumes
+the target, stops the (paused) source and deactivates the source's volumes. Until
 the config has moved, the source is the guest and the target only a paused
 copy that any failure removes. What a binomed restart leaves of a migration
 is settled by `settling`.
@@ -225,7 +225,9 @@ class MigrationSource:
                      f"{target} now: going on")
         task.log(f"VM {vmid}: config moved to node '{target}'")
         self.ctx.believed_running.discard(vmid)
-        await self.ctx.runtime.stop(vmid, requested="migrated")
+        # the target resumes before the source quits: the source stays paused
+        # (postmigrate) and never runs again (a restarted daemon stops a paused copy of
+        # a VM owned elsewhere), so quitting it is no longer on the guest's downtime
         resumed_err: BaseException | None = None
         for attempt in range(3):
             try:
@@ -238,12 +240,13 @@ class MigrationSource:
                 task.warn(f"resume on {target} failed (attempt {attempt + 1}): {exc}")
                 await asyncio.sleep(1.0)
         switch_ms = int((time.monotonic() - completed_at) * 1000)
+        await self.ctx.runtime.stop(vmid, requested="migrated")
         if resumed_err is not None:
             raise GuestFailure(f"VM {vmid} was handed over to {target} but could not be "
                                f"resumed there: {resumed_err}")
         task.log(f"VM {vmid} resumed on node '{target}'")
         task.log(f"migration downtime: {qemu_downtime} ms (QEMU stop-and-copy) + "
-                 f"{switch_ms} ms (switch-over: config move, source stop, target resume)")
+                 f"{switch_ms} ms (switch-over: config move, target resume)")
         await self.ctx.deactivate_after(task, replicated)
 
 

@@ -21,7 +21,10 @@ from typing import Any
 from binome.guest.errors import GuestError
 from binome.guest.qmp import QmpChannel
 
-MIGRATE_POLL = 0.05         # query-migrate while a migration runs
+MIGRATE_POLL = 0.05         # query-migrate while a migration runs (target, cancel)
+# the source waits for QEMU's MIGRATION event, polling at least this often (progress,
+# timeout, a missed event)
+MIGRATE_EVENT_POLL = 0.25
 MIGRATE_DOWNTIME_MS = 100   # PVE's default migrate_downtime (0.1 s)
 MIGRATE_MAX_BANDWIDTH = 1 << 30   # bytes/s; QEMU 7.2 defaults to 128 MiB/s, below 10 GbE
 MIGRATE_TIMEOUT = 600.0
@@ -75,6 +78,7 @@ async def migrate_out(
         {"capability": "events", "state": True}]})
     await qmp.command("migrate-set-parameters", {
         "downtime-limit": int(downtime_ms), "max-bandwidth": int(max_bandwidth)})
+    qmp.migration_changed.clear()
     await qmp.command("migrate", {"uri": uri})
     deadline = time.monotonic() + timeout
     try:
@@ -93,8 +97,11 @@ async def migrate_out(
                                  f"{timeout:.0f} s")
             if not alive():
                 raise GuestError(f"VM {vmid}: QEMU exited during the migration")
-            # short: the target sits paused from completion until we notice it
-            await asyncio.sleep(MIGRATE_POLL)
+            # the target sits paused from completion until we notice it: QEMU's
+            # MIGRATION event ends the wait at once (no poll period in the downtime)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(qmp.migration_changed.wait(), MIGRATE_EVENT_POLL)
+            qmp.migration_changed.clear()
     except BaseException:
         if alive():
             await asyncio.shield(cancel_outgoing(qmp, alive))

@@ -39,6 +39,9 @@ class QmpChannel:
         self.socket = socket
         self.client: QMPClient | None = None
         self.shutdown_reason: str | None = None   # reason of the last SHUTDOWN event
+        # set at every MIGRATION event: a migration's end is noticed when QEMU says so,
+        # not at the next poll (the guest sits paused on both sides meanwhile)
+        self.migration_changed = asyncio.Event()
         self._event_task: asyncio.Task[None] | None = None
 
     async def connect(self, *, quiet: bool = False) -> QMPClient:
@@ -69,6 +72,8 @@ class QmpChannel:
             data = event.get("data")
             if name == "SHUTDOWN":
                 self.shutdown_reason = data.get("reason") if isinstance(data, dict) else None
+            elif name == "MIGRATION":
+                self.migration_changed.set()
             log.debug("VM %s: QMP event %s %s", self.vmid, name, data)
 
     async def disconnect(self) -> None:

@@ -645,8 +645,10 @@ class QemuRuntime:
         guest resumed: the bridges on the way learn its MACs' new port at once instead of
         when the guest next sends something (QEMU's own announce at the end of the
         incoming migration may happen while the guest still sits paused)."""
+        # the first round at once (QEMU's default waits 50 ms): until it, frames for the
+        # guest still go to the source's port
         await self._running(vmid).qmp.command("announce-self", {
-            "initial": 50, "max": 550, "rounds": 5, "step": 100})
+            "initial": 1, "max": 550, "rounds": 5, "step": 100})
 
     # -- shutdown of the runtime itself ---------------------------------------------
 
