@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Live migration as a client sees it: pings lost during the switch-over, vs QEMU's downtime.
+
+Issue 16: a client pinging the guest every 10 ms lost 6-8 consecutive pings
+(60-90 ms) per live migration, more than QEMU's own stop-and-copy downtime.
+This builds the HA lab (`binome.lab.ha.HaLab`), creates the HA guest on its
+replicated disk, starts `ping -i 0.01` from the client host on the VM LAN, and
+live-migrates the guest back and forth `--runs` times (`binome vm migrate`,
+which an HA guest goes through the HA manager for). Per migration it prints the
+longest run of lost pings (the client-visible gap, at 10 ms per ping), QEMU's
+reported downtime and binome's switch-over time (both from the `hamigrate` task
+log), then the median and max of each.
+
+It measures the code of the interpreter that runs it, so a side by side is two
+runs, e.g. the previous commit's clone and this one:
+
+    sudo /path/to/baseline/.venv/bin/python bench/migration.py --runs 6 --label before
+    sudo .venv/bin/python bench/migration.py --runs 6 --label after
+
+Root only. About 1.5 min of setup plus ~15 s per migration. The pinger is
+stopped by pid and the lab torn down, also on failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from binome.lab.ha import HaLab, wait_until
+
+INTERVAL = 0.01
+SEQ_RE = re.compile(r"icmp_seq=(\d+)")
+DOWNTIME_RE = re.compile(r"migration downtime: (\d+) ms \(QEMU[^)]*\) \+ (\d+) ms")
+
+
+class Pinger:
+    """`ping -i 0.01` from the client namespace; remembers which sequence numbers came
+    back, and the send time of each (seq * interval after the start)."""
+
+    def __init__(self, netns: str, ip: str) -> None:
+        self.proc = subprocess.Popen(["ip", "netns", "exec", netns, "ping", "-n", "-i",
+                                      str(INTERVAL), "-W", "1", ip],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True, start_new_session=True)
+        self.started = time.time()
+        self.replies: set[int] = set()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            m = SEQ_RE.search(line)
+            if m:
+                self.replies.add(int(m.group(1)))
+
+    def seq_at(self, t: float) -> int:
+        return int((t - self.started) / INTERVAL) + 1
+
+    def longest_loss(self, t0: float, t1: float) -> int:
+        """The longest run of consecutive unanswered pings sent between t0 and t1."""
+        worst = run = 0
+        for seq in range(self.seq_at(t0), self.seq_at(t1)):
+            run = 0 if seq in self.replies else run + 1
+            worst = max(worst, run)
+        return worst
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+        self.proc.wait(10)
+
+
+def task_figures(ha: HaLab, source: str, since: float) -> tuple[int | None, int | None]:
+    """QEMU's downtime and the switch-over (ms) from the latest hamigrate task on source."""
+    lab = ha.cluster
+    tasks = [t for t in lab.json(source, "task", "list")
+             if t.get("type") in ("hamigrate", "qmigrate") and t.get("starttime", 0) >= since - 2]
+    for t in sorted(tasks, key=lambda t: t.get("starttime", 0), reverse=True):
+        log = lab.cli(source, "task", "log", t["upid"]).stdout
+        m = DOWNTIME_RE.search(log)
+        if m:
+            return int(m.group(1)), int(m.group(2))
+    return None, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--runs", type=int, default=6, help="migrations (default 6)")
+    p.add_argument("--base", default="198.40", help="lab subnets <base>.1-4.0/24")
+    p.add_argument("--label", default="", help="printed with the results")
+    p.add_argument("--json", help="also write the runs to this file")
+    args = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/migration.py needs root (network namespaces)", file=sys.stderr)
+        return 2
+    ha = HaLab(base=args.base, lab_id=f"mg{os.getpid() % 100000:x}"[:8], name="migration")
+    runs: list[dict[str, Any]] = []
+    pinger: Pinger | None = None
+    began = time.monotonic()
+    try:
+        ha.start()
+        ha.create_ha_guest()
+        pinger = Pinger(ha.client_netns, ha.guest_ip)
+        wait_until(lambda: len(pinger.replies) > 50, 30, "the guest answering pings")
+        for i in range(1, args.runs + 1):
+            source = ha.guest_node()
+            assert source is not None
+            target = ha.other(source)
+            time.sleep(2)
+            t0 = time.time()
+            ha.cluster.cli(source, "vm", "migrate", str(ha.vmid), target, "--online", "1")
+            def arrived(target: str = target) -> bool:
+                return (ha.guest_node() == target
+                        and ha.ha_service().get("state") == "started")
+            wait_until(arrived, 120, f"the guest migrated to {target}")
+            time.sleep(1)
+            t1 = time.time()
+            lost = pinger.longest_loss(t0, t1)
+            qemu_ms, switch_ms = task_figures(ha, source, t0)
+            run = {"from": source, "to": target, "lost_pings": lost,
+                   "gap_ms": lost * INTERVAL * 1000, "qemu_downtime_ms": qemu_ms,
+                   "switch_over_ms": switch_ms}
+            runs.append(run)
+            print(f"  run {i}: {source}->{target}: {lost} consecutive pings lost "
+                  f"(~{run['gap_ms']:.0f} ms), QEMU downtime {qemu_ms} ms, switch-over "
+                  f"{switch_ms} ms", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+    finally:
+        if pinger is not None:
+            pinger.stop()
+        ha.stop()
+
+    def stat(key: str) -> str:
+        vals = [r[key] for r in runs if r[key] is not None]
+        if not vals:
+            return "-"
+        return f"median {statistics.median(vals):.0f}, max {max(vals):.0f}"
+    label = f" [{args.label}]" if args.label else ""
+    print(f"live migration{label}, {len(runs)} runs: client gap (ms) {stat('gap_ms')}; "
+          f"QEMU downtime (ms) {stat('qemu_downtime_ms')}; switch-over (ms) "
+          f"{stat('switch_over_ms')}; total {time.monotonic() - began:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"label": args.label, "runs": runs}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
