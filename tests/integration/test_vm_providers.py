@@ -39,6 +39,7 @@ import uuid
 import pytest
 import requests
 
+from tests.integration.access.client import Api
 from tests.integration.harness import PASSWORD, Cluster, wait_for
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -52,15 +53,8 @@ def base(cluster: Cluster) -> str:
 
 @pytest.fixture(scope="module")
 def api(cluster: Cluster) -> requests.Session:
-    r = requests.post(base(cluster) + "/access/ticket", verify=False, timeout=10,
-                      data={"username": "admin@pve", "password": PASSWORD})
-    assert r.status_code == 200, r.text
-    s = requests.Session()
-    s.verify = False
-    s.trust_env = False
-    s.cookies.set("PVEAuthCookie", r.json()["data"]["ticket"])
-    s.headers["CSRFPreventionToken"] = r.json()["data"]["CSRFPreventionToken"]
-    return s
+    """admin@pve's ticket session (cookie and CSRF token), as the providers log in."""
+    return Api(cluster, "admin@pve", PASSWORD).s
 
 
 def wait_task(api: requests.Session, cluster: Cluster, upid: str) -> str:

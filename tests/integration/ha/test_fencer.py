@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,61 +19,26 @@ from typing import Any
 
 import pytest
 
-from binome.cluster import pki
 from binome.fence.result import FenceResult
 from binome.ha.agent import fencer as fencer_mod
 from binome.ha.agent.fencer import Fencer, Guard
 from binome.ha.model import FenceState
 from binome.store import keys
 from binome.store.client import Store
+from tests.integration.single_etcd import empty_store, single_etcd
 
 ADDRESS = f"127.{os.getpid() % 200 + 20}.84.1"
 
 
 @pytest.fixture(scope="module")
 def etcd(tmp_path_factory) -> Iterator[dict[str, Path]]:
-    if shutil.which("etcd") is None:
-        pytest.fail("etcd is not installed (make setup installs it)")
-    root = tmp_path_factory.mktemp("etcd")
-    ca_key, ca_cert = pki.create_ca("fencer-test")
-    key = pki.new_key()
-    cert = pki.sign_node_cert(ca_key, ca_cert, pki.make_csr(key, "n1"), "n1", [ADDRESS])
-    paths = {"ca": root / "ca.pem", "cert": root / "node.pem", "key": root / "node.key"}
-    paths["ca"].write_bytes(pki.cert_pem(ca_cert))
-    paths["cert"].write_bytes(pki.cert_pem(cert))
-    paths["key"].write_bytes(pki.key_pem(key))
-    client, peer = f"https://{ADDRESS}:2379", f"https://{ADDRESS}:2380"
-    with open(root / "etcd.log", "wb") as log:
-        proc = subprocess.Popen(
-            ["etcd", "--name", "n1", "--data-dir", str(root / "data"),
-             "--listen-client-urls", client, "--advertise-client-urls", client,
-             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-             "--initial-cluster", f"n1={peer}",
-             "--client-cert-auth", "--trusted-ca-file", str(paths["ca"]),
-             "--cert-file", str(paths["cert"]), "--key-file", str(paths["key"]),
-             "--peer-client-cert-auth", "--peer-trusted-ca-file", str(paths["ca"]),
-             "--peer-cert-file", str(paths["cert"]), "--peer-key-file", str(paths["key"])],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-    try:
+    with single_etcd(tmp_path_factory.mktemp("etcd"), ADDRESS, "fencer-test") as paths:
         yield paths
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
 async def store(etcd) -> AsyncIterator[Store]:
-    s = Store(ADDRESS, 2379, ca=etcd["ca"], cert=etcd["cert"], key=etcd["key"])
-    for _ in range(100):
-        try:
-            await s.delete_prefix("/binome/")
-            break
-        except Exception:
-            await asyncio.sleep(0.1)
+    s = await empty_store(etcd, ADDRESS)
     yield s
     await s.close()
 
