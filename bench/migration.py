@@ -24,6 +24,7 @@ stopped by pid and the lab torn down, also on failure or Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -38,41 +39,40 @@ from typing import Any
 from binome.lab.ha import HaLab, wait_until
 
 INTERVAL = 0.01
-SEQ_RE = re.compile(r"icmp_seq=(\d+)")
+REPLY_RE = re.compile(r"^\[(\d+\.\d+)\].*icmp_seq=(\d+)")
 DOWNTIME_RE = re.compile(r"migration downtime: (\d+) ms \(QEMU[^)]*\) \+ (\d+) ms")
 
 
 class Pinger:
-    """`ping -i 0.01` from the client namespace; remembers which sequence numbers came
-    back, and the send time of each (seq * interval after the start)."""
+    """`ping -D -i 0.01` from the client namespace; remembers each reply's sequence number
+    and its arrival time (ping's own timestamp), so gaps are measured on replies, not
+    on an assumed send rate."""
 
     def __init__(self, netns: str, ip: str) -> None:
-        self.proc = subprocess.Popen(["ip", "netns", "exec", netns, "ping", "-n", "-i",
+        self.proc = subprocess.Popen(["ip", "netns", "exec", netns, "ping", "-n", "-D", "-i",
                                       str(INTERVAL), "-W", "1", ip],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      text=True, start_new_session=True)
-        self.started = time.time()
-        self.replies: set[int] = set()
+        self.replies: list[tuple[float, int]] = []   # (arrival, seq)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            m = SEQ_RE.search(line)
+            m = REPLY_RE.search(line)
             if m:
-                self.replies.add(int(m.group(1)))
+                self.replies.append((float(m.group(1)), int(m.group(2))))
 
-    def seq_at(self, t: float) -> int:
-        return int((t - self.started) / INTERVAL) + 1
-
-    def longest_loss(self, t0: float, t1: float) -> int:
-        """The longest run of consecutive unanswered pings sent between t0 and t1."""
-        worst = run = 0
-        for seq in range(self.seq_at(t0), self.seq_at(t1)):
-            run = 0 if seq in self.replies else run + 1
-            worst = max(worst, run)
-        return worst
+    def worst_gap(self, t0: float, t1: float) -> tuple[float, int]:
+        """The longest silence between two consecutive replies arriving in [t0, t1]
+        (seconds), and how many pings went unanswered in it."""
+        got = [(t, seq) for t, seq in list(self.replies) if t0 <= t <= t1]
+        worst, lost = 0.0, 0
+        for (ta, sa), (tb, sb) in itertools.pairwise(got):
+            if tb - ta > worst:
+                worst, lost = tb - ta, max(0, sb - sa - 1)
+        return worst, lost
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -123,16 +123,19 @@ def main(argv: list[str] | None = None) -> int:
                 return (ha.guest_node() == target
                         and ha.ha_service().get("state") == "started")
             wait_until(arrived, 120, f"the guest migrated to {target}")
-            time.sleep(1)
+            wait_until(lambda: bool(pinger.replies)
+                       and pinger.replies[-1][0] > time.time() - 0.2, 60,
+                       "the guest answering pings again")
+            time.sleep(0.5)
             t1 = time.time()
-            lost = pinger.longest_loss(t0, t1)
+            gap, lost = pinger.worst_gap(t0, t1)
             qemu_ms, switch_ms = task_figures(ha, source, t0)
             run = {"from": source, "to": target, "lost_pings": lost,
-                   "gap_ms": lost * INTERVAL * 1000, "qemu_downtime_ms": qemu_ms,
+                   "gap_ms": round(gap * 1000), "qemu_downtime_ms": qemu_ms,
                    "switch_over_ms": switch_ms}
             runs.append(run)
-            print(f"  run {i}: {source}->{target}: {lost} consecutive pings lost "
-                  f"(~{run['gap_ms']:.0f} ms), QEMU downtime {qemu_ms} ms, switch-over "
+            print(f"  run {i}: {source}->{target}: longest silence {run['gap_ms']} ms "
+                  f"({lost} pings unanswered), QEMU downtime {qemu_ms} ms, switch-over "
                   f"{switch_ms} ms", flush=True)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
