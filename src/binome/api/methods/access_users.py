@@ -49,7 +49,8 @@ def _user_fields(params: dict[str, Any]) -> dict[str, Any]:
     return {k: params[k] for k in ops.USER_FIELDS if params.get(k) is not None}
 
 
-def _user_record(cfg: AccessConfig, user: User, full: bool, now: float) -> dict[str, Any]:
+def _user_record(cfg: AccessConfig, user: User, full: bool, now: float,
+                 tfa_state: TfaUser | None) -> dict[str, Any]:
     out = user.to_public()
     out["groups"] = ",".join(user.groups)
     out["realm-type"] = user.realm
@@ -59,7 +60,7 @@ def _user_record(cfg: AccessConfig, user: User, full: bool, now: float) -> dict[
                          if t.userid == user.userid]
     # PVE's index adds the TFA lock-out state (tfa_lock_status): `totp-locked` when set,
     # `tfa-locked-until` while in the future
-    out.update(tfa.lock_status(cfg.tfa.get(user.userid), now))
+    out.update(tfa.lock_status(tfa_state, now))
     return out
 
 
@@ -85,6 +86,7 @@ async def access_users(ctx: RequestContext, params: dict[str, Any]) -> list[dict
     users.setdefault(ROOT_USER, User(ROOT_USER, comment="system administrator"))
     out = []
     now = ctx.services.access.now()
+    tfa_states = await ctx.services.access.tfa_states()
     for userid in sorted(users):
         user = users[userid]
         # PVE: one's own record, else a group the caller audits or modifies
@@ -94,7 +96,8 @@ async def access_users(ctx: RequestContext, params: dict[str, Any]) -> list[dict
             continue
         if params.get("enabled") is not None and user.enable != params["enabled"]:
             continue
-        out.append(_user_record(cfg, user, bool(params.get("full")), now))
+        out.append(_user_record(cfg, user, bool(params.get("full")), now,
+                                tfa_states.get(userid)))
     return out
 
 

@@ -72,7 +72,9 @@ async def tfa_list(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str
     everyone = ev.check(ctx.userid, "/access/groups", ["User.Modify", "Sys.Audit"], any=True) \
         if ctx.userid != ROOT_USER else True
     now = ctx.services.access.now()
-    return [_public_user(t, now) for uid, t in sorted(cfg.tfa.items())
+    # the lock-out state as stored now (logins move it without a configuration bump)
+    states = await ctx.services.access.tfa_states()
+    return [_public_user(states.get(uid, t), now) for uid, t in sorted(cfg.tfa.items())
             if everyone or uid == ctx.userid]
 
 
