@@ -182,10 +182,12 @@ class AccessService:
         when there is no store or it cannot answer."""
         store = self._store_of()
         if store is not None:
-            try:
-                return await AccessRepository(store).load_tfa()
-            except Exception:   # no quorum or etcd away: what the snapshot holds
-                log.warning("TFA states: reading the store failed; using the snapshot")
+            for local in (False, True):    # without quorum: this member's copy
+                try:
+                    return await AccessRepository(store).load_tfa(local=local)
+                except Exception:          # etcd away: the snapshot's copy
+                    continue
+            log.warning("TFA states: the store did not answer; using the snapshot")
         return dict((await self.config()).tfa)
 
     def now(self) -> float:
