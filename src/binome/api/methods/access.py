@@ -107,7 +107,7 @@ async def _factor_refused(ctx: RequestContext, userid: str, source: str,
     a bare 401 "authentication failure", locked or not."""
     text = tfa.LOG_TEXT.get(outcome, "failed 2nd factor")
     if outcome == tfa.LOCKED:
-        text += f" (second factors of user '{userid}' are locked)"
+        text += " (locked: unlock-tfa, a recovery key for TOTP, or the hour's end)"
     return await _refuse(ctx, userid, source, text, answer="authentication failure")
 
 
