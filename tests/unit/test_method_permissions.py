@@ -95,6 +95,8 @@ PVE = [
     ("POST", "/cluster/ha/resources",
      Or(Perm("/", ("Sys.Console",)), Perm("/", ("HA.Modify",)))),
     ("POST", "/cluster/ha/fence/{node}/fence", Perm("/", ("Sys.Fence",))),
+    # pve-access-control User.pm unlock_tfa: ['userid-group', ['User.Modify']]
+    ("PUT", "/access/users/{userid}/unlock-tfa", UseridGroup(("User.Modify",))),
 ]
 
 
@@ -107,7 +109,7 @@ def test_pve_declarations(method: str, path: str, decl: Decl) -> None:
 ALL_USERS = [("GET", "/cluster/resources"), ("GET", "/nodes"), ("GET", "/nodes/{node}/qemu"),
              ("GET", "/storage"), ("GET", "/nodes/{node}/storage"), ("GET", "/pools"),
              ("GET", "/nodes/{node}/tasks"), ("GET", "/cluster/log"), ("GET", "/version"),
-             ("GET", "/cluster/nextid")]
+             ("GET", "/cluster/nextid"), ("GET", "/cluster/tasks")]
 
 
 @pytest.mark.parametrize("method,path", ALL_USERS, ids=[f"{m} {p}" for m, p in ALL_USERS])

@@ -281,6 +281,18 @@ class AccessRepository:
                 return Change(actor, action, written, tuple(deletes), new)
         raise AccessConflict(f"access configuration: too many concurrent changes ({action})")
 
+    async def load_tfa(self, *, local: bool = False) -> dict[str, TfaUser]:
+        """Every user's TFA state as stored now. Logins change the counters and locks
+        without a generation bump (`update_tfa_state`), so a snapshot's copy may lag."""
+        out: dict[str, TfaUser] = {}
+        for e in await self.store.get_prefix(TFA, serializable=local):
+            try:
+                t = _tfa(e.value)
+            except (KeyError, TypeError, ValueError):
+                continue
+            out[t.userid] = t
+        return out
+
     async def update_tfa_state(self, userid: str,
                                step: Callable[[TfaUser], tuple[TfaUser, Any]]) -> Any:
         """Run a login-time TFA step (`step(old) -> (new, result)`) and store its state

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from binome.access.evaluator import Evaluator
-from binome.access.model import ROOT_USER, AccessConfig, ValidationError, split_userid
+from binome.access.model import ROOT_USER, AccessConfig, TfaUser, ValidationError, split_userid
 from binome.access.ratelimit import LoginRateLimiter
 from binome.access.repository import GENERATION, AccessRepository, Change, Snapshot, StoreLike
 from binome.access.secrets import verify_secret
@@ -175,6 +175,20 @@ class AccessService:
             except Exception:    # the change is stored; a lost log line must not undo it
                 log.exception("cluster log of an access change failed")
         return change
+
+    async def tfa_states(self) -> dict[str, TfaUser]:
+        """Users' TFA states as stored now (lock-out counters move at each login without
+        a generation bump, so the cached snapshot's may be stale); the snapshot's copy
+        when there is no store or it cannot answer."""
+        store = self._store_of()
+        if store is not None:
+            for local in (False, True):    # without quorum: this member's copy
+                try:
+                    return await AccessRepository(store).load_tfa(local=local)
+                except Exception:          # etcd away: the snapshot's copy
+                    continue
+            log.warning("TFA states: the store did not answer; using the snapshot")
+        return dict((await self.config()).tfa)
 
     def now(self) -> float:
         return self._clock()

@@ -111,16 +111,56 @@ def locked(user: TfaUser, now: float) -> bool:
     return user.tfa_locked_until > now
 
 
-def verify_response(user: TfaUser, response: str, now: float) -> tuple[TfaUser, bool]:
-    """Check a PVE TFA response (``totp:123456`` or ``recovery:xxxx-xxxx-xxxx-xxxx``).
+def lock_status(user: TfaUser | None, now: float) -> dict[str, int]:
+    """PVE's `tfa_lock_status`: `totp-locked` only when set, `tfa-locked-until` only while
+    in the future (proxmox-tfa drops an expired timestamp when it reads the user)."""
+    out: dict[str, int] = {}
+    if user is None:
+        return out
+    if user.totp_locked:
+        out["totp-locked"] = 1
+    if user.tfa_locked_until > now:
+        out["tfa-locked-until"] = user.tfa_locked_until
+    return out
 
-    Returns the user's new TFA state (spent key, last step, counters) and whether the
-    factor was accepted. Store the new state even on failure: it carries the counters.
+
+# Outcomes of `verify` (proxmox-tfa's TfaResult, with the limit flags PVE's login reads)
+OK = "ok"
+FAILED = "failed"                 # counted
+TOTP_LIMIT = "totp-limit"         # counted, and this failure locked TOTP
+TFA_LIMIT = "tfa-limit"           # counted, and this failure locked every factor for an hour
+LOCKED = "locked"                 # refused unchecked and uncounted: the factor is locked
+
+#: What PVE's authenticate_2nd_new_do dies with (logged as `msg=`; the client sees only
+#: "authentication failure"). "1nd" is PVE's own spelling, kept for log searches.
+LOG_TEXT = {
+    FAILED: "failed 2nd factor",
+    LOCKED: "failed 2nd factor",
+    TOTP_LIMIT: "failed 2nd factor: TOTP limit reached, locked",
+    TFA_LIMIT: "failed 1nd factor: TFA limit reached, user locked out",
+}
+
+
+def verify(user: TfaUser, response: str, now: float) -> tuple[TfaUser, str]:
+    """Check a PVE TFA response (``totp:123456`` or ``recovery:xxxx-xxxx-xxxx-xxxx``), as
+    proxmox-tfa's `TfaConfig::verify`.
+
+    Returns the user's new TFA state (spent key, last step, counters, locks) and the
+    outcome. Store the new state even on failure: it carries the counters.
+    - every factor locked (`tfa_locked_until` in the future): refused, nothing counted;
+    - TOTP locked: a TOTP answer is refused, nothing counted; a recovery key still works;
+    - a failure counts one TFA failure (and one TOTP failure for a TOTP answer);
+      TOTP_LOCK_FAILURES TOTP failures lock TOTP, TFA_LOCK_FAILURES failures lock every
+      factor for TFA_LOCK_SECONDS;
+    - success resets the TFA count (and the TOTP count for TOTP); a recovery key also
+      lifts both locks.
     """
     kind, _, value = response.partition(":")
     if locked(user, now):
-        return user, False
-    if kind == "totp" and not user.totp_locked:
+        return user, LOCKED
+    if kind == "totp":
+        if user.totp_locked:
+            return user, LOCKED
         for i, e in enumerate(user.entries):
             if e.enable and e.type == "totp":
                 step = _accepted_step(e.secret, value.strip(), now, e.last_step)
@@ -128,8 +168,8 @@ def verify_response(user: TfaUser, response: str, now: float) -> tuple[TfaUser, 
                     entries = list(user.entries)
                     entries[i] = replace(e, last_step=step)
                     return replace(user, entries=tuple(entries), totp_failures=0,
-                                   tfa_failures=0), True
-        return _failed(user, now, totp=True), False
+                                   tfa_failures=0), OK
+        return _failed(user, now, totp=True)
     if kind == "recovery":
         for i, e in enumerate(user.entries):
             if not (e.enable and e.type == "recovery"):
@@ -140,21 +180,32 @@ def verify_response(user: TfaUser, response: str, now: float) -> tuple[TfaUser, 
                     hashes[j] = None
                     entries = list(user.entries)
                     entries[i] = replace(e, recovery_hashes=tuple(hashes))
-                    # a recovery key also lifts the TOTP lock (PVE)
+                    # a recovery key also lifts the locks (proxmox-tfa verify_recovery)
                     return replace(user, entries=tuple(entries), totp_failures=0,
-                                   tfa_failures=0), True
-    return _failed(user, now, totp=False), False
+                                   tfa_failures=0, tfa_locked_until=0), OK
+    return _failed(user, now, totp=False)
 
 
-def _failed(user: TfaUser, now: float, *, totp: bool) -> TfaUser:
+def verify_response(user: TfaUser, response: str, now: float) -> tuple[TfaUser, bool]:
+    """`verify` with a yes/no answer."""
+    new, outcome = verify(user, response, now)
+    return new, outcome == OK
+
+
+def _failed(user: TfaUser, now: float, *, totp: bool) -> tuple[TfaUser, str]:
     failures = user.tfa_failures + 1
-    until = int(now) + TFA_LOCK_SECONDS if failures >= TFA_LOCK_FAILURES else \
-        user.tfa_locked_until
-    return replace(user, tfa_failures=failures, tfa_locked_until=until,
-                   totp_failures=user.totp_failures + (1 if totp else 0))
+    totp_failures = user.totp_failures + (1 if totp else 0)
+    new = replace(user, tfa_failures=failures, totp_failures=totp_failures)
+    if failures >= TFA_LOCK_FAILURES:
+        return replace(new, tfa_locked_until=int(now) + TFA_LOCK_SECONDS), TFA_LIMIT
+    if totp and totp_failures >= TOTP_LOCK_FAILURES:
+        return new, TOTP_LIMIT
+    return new, FAILED
 
 
-def unlock(user: TfaUser) -> tuple[TfaUser, bool]:
-    """PUT /access/users/{u}/unlock-tfa: clear both locks; True if one was set."""
-    was = user.totp_locked or user.tfa_locked_until > 0
+def unlock(user: TfaUser, now: float) -> tuple[TfaUser, bool]:
+    """PUT /access/users/{u}/unlock-tfa (proxmox-tfa `unlock_and_reset_tfa`): reset the
+    counters and both locks; True if the user was locked (TOTP, or every factor until a
+    time still to come)."""
+    was = user.totp_locked or locked(user, now)
     return replace(user, totp_failures=0, tfa_failures=0, tfa_locked_until=0), was

@@ -9,11 +9,12 @@ task that was running when the daemon died is closed as
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ from binome.tasks.upid import Upid
 log = logging.getLogger("binome.tasks")
 
 MAX_TASKS_KEPT = 5000
+#: PVE's active_workers ($MAX_FINISHED): a node's recent-task list, broadcast to the
+#: cluster, holds every running task and finished ones up to this many entries in all.
+RECENT_TASKS = 25
 
 
 def process_start_ticks(pid: int | None = None) -> int:
@@ -272,6 +276,11 @@ class TaskManager:
         total = len(items)
         return [r.to_list_entry() for r in items[start:start + limit]], total
 
+    def recent(self, max_entries: int = RECENT_TASKS) -> builtins.list[TaskRecord]:
+        """PVE's per-node list behind /cluster/tasks (RESTEnvironment `active_workers`):
+        every running task, then the newest finished ones while fewer than `max_entries`."""
+        return recent_tasks(self.records.values(), max_entries)
+
     def stop(self, upid: str) -> bool:
         running = self._running.get(upid)
         if running is None:
@@ -293,3 +302,15 @@ class TaskManager:
             running.cancel()
         if self._running:
             await asyncio.gather(*self._running.values(), return_exceptions=True)
+
+
+def recent_tasks(records: Iterable[TaskRecord],
+                 max_entries: int = RECENT_TASKS) -> list[TaskRecord]:
+    """Running tasks (newest first), then finished ones, newest first, up to
+    `max_entries` entries in all (running tasks are never left out)."""
+    def newest(r: TaskRecord) -> tuple[int, int]:
+        return (r.upid.starttime, r.upid.pid)
+    running = sorted((r for r in records if r.status == "running"), key=newest, reverse=True)
+    finished = sorted((r for r in records if r.status != "running"), key=newest,
+                      reverse=True)
+    return running + finished[:max(0, max_entries - len(running))]

@@ -63,3 +63,30 @@ def test_without_quorum_the_local_copy_then_the_last_snapshot_answer() -> None:
             await access.change("root@pam", "noop", lambda c: c.with_changes(users={}))
 
     asyncio.run(scenario())
+
+
+def test_tfa_states_are_read_fresh_then_locally_then_from_the_snapshot() -> None:
+    """Logins move the lock-out counters without a generation bump: the user and TFA
+    lists read them from the store, not from the cached snapshot."""
+    from binome.access.repository import TFA
+
+    store = NoQuorumStore()
+    access = AccessService(lambda: store)
+
+    def plant(failures: int) -> None:
+        store.data[TFA + "alice@pve"] = Entry(TFA + "alice@pve", {
+            "userid": "alice@pve", "entries": [], "totp_failures": failures,
+            "tfa_failures": failures, "tfa_locked_until": 0}, 9)
+
+    async def scenario() -> None:
+        plant(1)
+        assert (await access.config()).tfa["alice@pve"].totp_failures == 1   # snapshot
+        plant(8)                                    # a login counted: no generation bump
+        assert (await access.config()).tfa["alice@pve"].totp_failures == 1
+        assert (await access.tfa_states())["alice@pve"].totp_locked
+        store.quorate = False                       # this member's copy still answers
+        assert (await access.tfa_states())["alice@pve"].totp_failures == 8
+        store.local_ok = False                      # nothing answers: the snapshot's
+        assert (await access.tfa_states())["alice@pve"].totp_failures == 1
+
+    asyncio.run(scenario())

@@ -1,5 +1,7 @@
 """TOTP with replay refusal, single-use recovery keys, PVE's lock counters."""
 
+from dataclasses import replace
+
 import pyotp
 import pytest
 
@@ -94,9 +96,50 @@ def test_hundred_failures_lock_everything_for_an_hour_and_unlock():
     _, ok = tfa.verify_response(user, f"recovery:{keys[0]}", T0 + 10)
     assert not ok
     assert not tfa.locked(user, T0 + 3600)
-    user, was = tfa.unlock(user)
+    user, was = tfa.unlock(user, T0 + 10)
     assert was and not tfa.locked(user, T0) and user.tfa_failures == 0
-    assert tfa.unlock(user) == (user, False)
+    assert tfa.unlock(user, T0) == (user, False)
+
+
+def test_outcomes_and_log_texts_follow_proxmox_tfa():
+    """proxmox-tfa's verify: the 8th TOTP failure reports the TOTP limit; once locked a
+    TOTP answer is refused unchecked and uncounted (even a right code); the 100th failure
+    reports the TFA limit and locks every factor, recovery keys included."""
+    user = with_totp(T0 - 300)
+    user, keys = tfa.add_recovery(user, entry_id="recovery", now=T0)
+    wrong = "000000" if code(T0) != "000000" else "111111"
+    outcomes = []
+    for _ in range(8):
+        user, outcome = tfa.verify(user, f"totp:{wrong}", T0)
+        outcomes.append(outcome)
+    assert outcomes == [tfa.FAILED] * 7 + [tfa.TOTP_LIMIT]
+    assert (user.totp_failures, user.tfa_failures) == (8, 8)
+    assert tfa.LOG_TEXT[tfa.TOTP_LIMIT] == "failed 2nd factor: TOTP limit reached, locked"
+    same, outcome = tfa.verify(user, f"totp:{code(T0)}", T0)
+    assert outcome == tfa.LOCKED and same == user        # nothing counted, nothing spent
+    for _ in range(91):
+        user, outcome = tfa.verify(user, "recovery:0000-0000-0000-0000", T0)
+    assert outcome == tfa.FAILED and user.tfa_failures == 99
+    user, outcome = tfa.verify(user, "recovery:0000-0000-0000-0000", T0)
+    assert outcome == tfa.TFA_LIMIT and user.tfa_locked_until == int(T0) + 3600
+    assert tfa.verify(user, f"recovery:{keys[0]}", T0 + 5) == (user, tfa.LOCKED)
+    assert tfa.lock_status(user, T0) == {"totp-locked": 1, "tfa-locked-until": int(T0) + 3600}
+    # an expired lock is not shown (proxmox-tfa filters it) and unlock says it was not...
+    assert tfa.lock_status(replace(user, totp_failures=0), T0 + 3600) == {}
+    assert tfa.unlock(replace(user, totp_failures=0), T0 + 3600)[1] is False
+    # ... but still resets the counters
+    unlocked, was = tfa.unlock(user, T0 + 10)
+    assert was and tfa.lock_status(unlocked, T0 + 10) == {}
+    assert (unlocked.totp_failures, unlocked.tfa_failures) == (0, 0)
+    assert tfa.lock_status(None, T0) == {}
+
+
+def test_recovery_key_lifts_both_locks_once_the_hour_is_over():
+    user, keys = tfa.add_recovery(with_totp(T0 - 300), entry_id="recovery", now=T0)
+    user = replace(user, totp_failures=8, tfa_failures=100, tfa_locked_until=int(T0) + 3600)
+    user, outcome = tfa.verify(user, f"recovery:{keys[1]}", T0 + 3600)
+    assert outcome == tfa.OK
+    assert (user.totp_failures, user.tfa_failures, user.tfa_locked_until) == (0, 0, 0)
 
 
 def test_unknown_response_type_fails():

@@ -76,25 +76,39 @@ def _partial_ticket_valid(key: bytes, ticket: str, userid: str, now: float) -> b
 
 
 async def _refuse(ctx: RequestContext, userid: str, source: str,
-                  message: str = "authentication failure") -> AuthError:
+                  message: str = "authentication failure",
+                  answer: str | None = None) -> AuthError:
+    """Count and log a failed login; `answer` is what the client reads (default: the
+    logged message; PVE answers only "authentication failure")."""
     access = ctx.services.access
     access.limiter.failure(userid, source, access.now())
     log.warning("authentication failure; rhost=%s user=%s msg=%s", source, userid, message)
     await asyncio.sleep(LOGIN_FAILURE_DELAY)
-    return AuthError(message)
+    return AuthError(message if answer is None else answer)
 
 
-async def _second_factor(ctx: RequestContext, userid: str, response: str) -> bool:
+async def _second_factor(ctx: RequestContext, userid: str, response: str) -> str:
     """Spend `response` (`totp:CODE` / `recovery:KEY`) with a compare on the user's TFA
-    key: of two logins racing with one code, one wins."""
+    key: of two logins racing with one code, one wins. Returns `tfa.verify`'s outcome
+    (counters and PVE's locks are stored with it)."""
     access = ctx.services.access
     store = ctx.services.cluster.store
     if store is None:
-        return False
+        return tfa.FAILED
     now = access.now()
-    ok = await AccessRepository(store).update_tfa_state(
-        userid, lambda t: tfa.verify_response(t, response, now))
-    return bool(ok)
+    outcome = await AccessRepository(store).update_tfa_state(
+        userid, lambda t: tfa.verify(t, response, now))
+    return str(outcome)
+
+
+async def _factor_refused(ctx: RequestContext, userid: str, source: str,
+                          outcome: str) -> AuthError:
+    """PVE logs why (`failed 2nd factor: TOTP limit reached, locked`, ...) and answers
+    a bare 401 "authentication failure", locked or not."""
+    text = tfa.LOG_TEXT.get(outcome, "failed 2nd factor")
+    if outcome == tfa.LOCKED:
+        text += " (locked: unlock-tfa, a recovery key for TOTP, or the hour's end)"
+    return await _refuse(ctx, userid, source, text, answer="authentication failure")
 
 
 @registry.register(
@@ -140,8 +154,9 @@ async def create_ticket(ctx: RequestContext, params: dict[str, Any]) -> dict[str
             await access.check_active(userid)
         except AuthRefused:
             raise await _refuse(ctx, userid, source) from None
-        if not await _second_factor(ctx, userid, params["password"]):
-            raise await _refuse(ctx, userid, source, "second factor refused")
+        outcome = await _second_factor(ctx, userid, params["password"])
+        if outcome != tfa.OK:
+            raise await _factor_refused(ctx, userid, source, outcome)
         return await _full_ticket(ctx, key, userid)
     renewal = _is_renewal(key, userid, params["password"])
     if not await _check_password(ctx, userid, params["password"]):
@@ -158,8 +173,9 @@ async def create_ticket(ctx: RequestContext, params: dict[str, Any]) -> dict[str
         if tfa_user is not None and tfa.has_factors(tfa_user):
             if params.get("otp"):
                 # PVE's one-step form: the code comes with the password
-                if not await _second_factor(ctx, userid, f"totp:{params['otp']}"):
-                    raise await _refuse(ctx, userid, source, "second factor refused")
+                outcome = await _second_factor(ctx, userid, f"totp:{params['otp']}")
+                if outcome != tfa.OK:
+                    raise await _factor_refused(ctx, userid, source, outcome)
                 return await _full_ticket(ctx, key, userid)
             now = access.now()
             return {"username": userid, "NeedTFA": 1,

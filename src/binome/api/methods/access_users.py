@@ -9,8 +9,8 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
-from binome.access import ops
-from binome.access.model import ROOT_USER, AccessConfig, User, ValidationError
+from binome.access import ops, tfa
+from binome.access.model import ROOT_USER, AccessConfig, TfaUser, User, ValidationError
 from binome.access.permission import And, AnyUser, Or, UseridGroup, UseridRealm, UseridSelf
 from binome.access.secrets import hash_secret
 from binome.api.context import RequestContext
@@ -49,7 +49,8 @@ def _user_fields(params: dict[str, Any]) -> dict[str, Any]:
     return {k: params[k] for k in ops.USER_FIELDS if params.get(k) is not None}
 
 
-def _user_record(cfg: AccessConfig, user: User, full: bool) -> dict[str, Any]:
+def _user_record(cfg: AccessConfig, user: User, full: bool, now: float,
+                 tfa_state: TfaUser | None) -> dict[str, Any]:
     out = user.to_public()
     out["groups"] = ",".join(user.groups)
     out["realm-type"] = user.realm
@@ -57,6 +58,9 @@ def _user_record(cfg: AccessConfig, user: User, full: bool) -> dict[str, Any]:
         out["tokens"] = [t.to_public() for t in sorted(cfg.tokens.values(),
                                                         key=lambda t: t.tokenid)
                          if t.userid == user.userid]
+    # PVE's index adds the TFA lock-out state (tfa_lock_status): `totp-locked` when set,
+    # `tfa-locked-until` while in the future
+    out.update(tfa.lock_status(tfa_state, now))
     return out
 
 
@@ -81,6 +85,8 @@ async def access_users(ctx: RequestContext, params: dict[str, Any]) -> list[dict
     users = dict(cfg.users)
     users.setdefault(ROOT_USER, User(ROOT_USER, comment="system administrator"))
     out = []
+    now = ctx.services.access.now()
+    tfa_states = await ctx.services.access.tfa_states()
     for userid in sorted(users):
         user = users[userid]
         # PVE: one's own record, else a group the caller audits or modifies
@@ -90,7 +96,8 @@ async def access_users(ctx: RequestContext, params: dict[str, Any]) -> list[dict
             continue
         if params.get("enabled") is not None and user.enable != params["enabled"]:
             continue
-        out.append(_user_record(cfg, user, bool(params.get("full"))))
+        out.append(_user_record(cfg, user, bool(params.get("full")), now,
+                                tfa_states.get(userid)))
     return out
 
 
@@ -170,6 +177,33 @@ async def delete_user(ctx: RequestContext, params: dict[str, Any]) -> None:
     userid = params["userid"]
     await access_change(ctx, f"delete user '{userid}'",
                         lambda cfg: ops.delete_user(cfg, userid))
+
+
+@registry.register(
+    "PUT", "/access/users/{userid}/unlock-tfa", name="unlock_tfa",
+    permission=UseridGroup(("User.Modify",)),
+    description="Unlock a user's TFA authentication.",
+    parameters={"userid": USERID},
+    returns={"type": "boolean"},
+    cli=CliSpec(("user", "tfa", "unlock"), positional=("userid",)),
+)
+async def unlock_tfa(ctx: RequestContext, params: dict[str, Any]) -> int:
+    """PVE 7.3+ (User.pm `unlock_tfa`, proxmox-tfa `unlock_and_reset_tfa`): clear the TOTP
+    lock, the hour-long lock of every factor and both failure counters; answers whether
+    the user was locked. A user without TFA data is PVE's "no such user"."""
+    userid = params["userid"]
+    now = ctx.services.access.now()
+    was: list[bool] = [False]
+
+    def op(cfg: AccessConfig) -> AccessConfig:
+        current: TfaUser | None = cfg.tfa.get(userid)
+        if current is None:
+            raise ops.AccessError("no such user")
+        new, was[0] = tfa.unlock(current, now)
+        return ops.set_tfa(cfg, new)
+
+    await access_change(ctx, f"unlock TFA of '{userid}'", op)
+    return int(was[0])
 
 
 def _check_password_length(password: str) -> None:

@@ -152,6 +152,8 @@ async def vm_create(ctx: RequestContext, params: dict[str, Any]) -> str:
     owner = await service.owner(vmid)
     if owner is not None:
         raise fail(f"unable to create VM {vmid} - VM {vmid} already exists on node '{owner}'")
+    # PVE's create_vm: Datastore.AllocateSpace on each new disk's storage
+    await _check_storage_access(ctx, new_disk_storages(changes))
     for key, value in changes.items():
         if vmconf.is_disk_key(key):
             disk = vmconf.parse_disk(key, str(value))
@@ -311,6 +313,8 @@ async def _apply_config(ctx: RequestContext, params: dict[str, Any],
     if both:
         raise param_error("delete", f"cannot set and delete '{sorted(both)[0]}' at once")
     await _check_config_privs(ctx, params["vmid"], changes, deletes)
+    # PVE's update_vm_api runs the same $check_storage_access as create
+    await _check_storage_access(ctx, new_disk_storages(changes))
     await guests(ctx).update(params["vmid"], changes, deletes, params.get("digest"), task=task)
 
 
@@ -338,6 +342,57 @@ async def _check_root_keys(ctx: RequestContext, changes: dict[str, Any],
         ev = await ctx.services.access.evaluator()
         if not ev.check(ctx.userid, "/", ["Sys.Modify"]):
             raise PermissionDenied("/, Sys.Modify")
+
+
+def new_disk_storages(changes: dict[str, Any]) -> list[str]:
+    """The storages PVE's `$check_storage_access` asks Datastore.AllocateSpace on: that of
+    each new disk (`STORAGE:SIZE`, not a CD-ROM), in key order, each once."""
+    out: list[str] = []
+    for key in sorted(changes):
+        if not vmconf.is_disk_key(key):
+            continue
+        try:
+            disk = vmconf.parse_disk(key, str(changes[key]))
+        except ValueError:
+            continue                      # validation reports it
+        storage = disk.options.get("_storage")
+        if disk.new_size_gib is not None and not disk.is_cdrom and storage \
+                and storage not in out:
+            out.append(storage)
+    return out
+
+
+def clone_storages(config: dict[str, Any], target: str | None) -> list[str]:
+    """PVE's `$check_storage_access_clone`: the storage of each disk of the source (not
+    CD-ROMs), or the clone's target `storage` when given, and `vmstatestorage`."""
+    out: list[str] = []
+    for key in sorted(config):
+        if not vmconf.is_disk_key(key):
+            continue
+        try:
+            disk = vmconf.parse_disk(key, str(config[key]))
+        except ValueError:
+            continue
+        if disk.is_cdrom or not disk.volid:
+            continue
+        storage = target or disk.storage
+        if storage and storage not in out:
+            out.append(storage)
+    if config.get("vmstatestorage") and config["vmstatestorage"] not in out:
+        out.append(str(config["vmstatestorage"]))
+    return out
+
+
+async def _check_storage_access(ctx: RequestContext, storages: list[str]) -> None:
+    """Datastore.AllocateSpace on each storage a disk is allocated on (PVE's 403
+    `Permission check failed (/storage/S, Datastore.AllocateSpace)`), before anything
+    is looked up or created."""
+    if not storages:
+        return
+    ev = await ctx.services.access.evaluator()
+    for storage in storages:
+        if not ev.check(ctx.userid, f"/storage/{storage}", ["Datastore.AllocateSpace"]):
+            raise PermissionDenied(f"/storage/{storage}, Datastore.AllocateSpace")
 
 
 async def _check_config_privs(ctx: RequestContext, vmid: int, changes: dict[str, Any],
@@ -492,7 +547,14 @@ _power("resume", "qmresume", "Resume a paused virtual machine.",
 async def vm_clone(ctx: RequestContext, params: dict[str, Any]) -> str:
     service = guests(ctx)
     vmid, newid = params["vmid"], params["newid"]
-    await service.read(vmid)
+    source = await service.read(vmid)
+    # PVE's clone_vm ($check_storage_access_clone): Datastore.AllocateSpace where each
+    # copy is allocated; binome copies each disk on its own storage, so that storage is
+    # checked too when a target `storage` is named
+    storages = clone_storages(source.config, None)
+    if params.get("storage"):
+        storages = [params["storage"], *(s for s in storages if s != params["storage"])]
+    await _check_storage_access(ctx, storages)
     owner = await service.owner(newid)
     if owner is not None:
         raise fail(f"unable to create VM {newid} - VM {newid} already exists on node '{owner}'")

@@ -51,13 +51,10 @@ def _user_entries(cfg: AccessConfig, userid: str) -> TfaUser:
     return cfg.tfa.get(userid) or TfaUser(userid)
 
 
-def _public_user(t: TfaUser) -> dict[str, Any]:
+def _public_user(t: TfaUser, now: float) -> dict[str, Any]:
     out: dict[str, Any] = {"userid": t.userid,
                            "entries": [e.to_public() for e in t.entries]}
-    if t.totp_locked:
-        out["totp-locked"] = 1
-    if t.tfa_locked_until:
-        out["tfa-locked-until"] = t.tfa_locked_until
+    out.update(tfa.lock_status(t, now))
     return out
 
 
@@ -74,7 +71,10 @@ async def tfa_list(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str
     ev = await ctx.services.access.evaluator()
     everyone = ev.check(ctx.userid, "/access/groups", ["User.Modify", "Sys.Audit"], any=True) \
         if ctx.userid != ROOT_USER else True
-    return [_public_user(t) for uid, t in sorted(cfg.tfa.items())
+    now = ctx.services.access.now()
+    # the lock-out state as stored now (logins move it without a configuration bump)
+    states = await ctx.services.access.tfa_states()
+    return [_public_user(states.get(uid, t), now) for uid, t in sorted(cfg.tfa.items())
             if everyone or uid == ctx.userid]
 
 
