@@ -13,6 +13,12 @@ later `make demo` and `binome lab`) need on top of `LabCluster`:
   and `restore(node)` bringing a faulted node back (links up, BMC restarted,
   powered on if it is off) and waiting until its volume resynced *by itself*;
   `wait_resynced`, `copies_equal` (checksums of both backing files);
+- soak faults (`bench/soak.py`, `binome.lab.soak`): `cut_replication`,
+  `cut_one_way` (iptables drops of the node's outgoing packets),
+  `netem`/`clear_netem` (`tc netem` loss and delay on the node's cluster and
+  replication links, both directions), `kill9` of a host's binomed, volume
+  engine or etcd member (found by pid in its namespace, by its state dir),
+  `powered_on(node)`;
 - `HttpProbe`: a thread inside the client namespace polling the guest's
   `/cgi-bin/status` every ~100 ms; it records every answer with the guest's
   boot time, so "answering again" means *a new instance* answers;
@@ -40,6 +46,7 @@ import http.client
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -662,3 +669,105 @@ class HaLab:
                 and st.get("peer_role") == "Primary"
         wait_until(done, timeout, f"{self.volume} on {node} UpToDate Secondary by itself", 0.5)
         return time.monotonic() - began
+
+    # ------------------------------------------------------------ soak faults
+    def cut_replication(self, node: str) -> None:
+        """Only the replication link down (etcd, leases and the CRM see nothing)."""
+        self.cluster.lab.link_down(node, "replication")
+
+    def _peers(self, node: str) -> list[tuple[str, str]]:
+        """(peer, network) pairs the node talks to the cluster over."""
+        lab = self.cluster
+        pairs = [(p, "cluster") for p in lab.hosts if p != node]
+        if node in self.nodes:
+            pairs.append((self.other(node), "replication"))
+        return pairs
+
+    def cut_one_way(self, node: str) -> None:
+        """The node's outgoing cluster and replication packets are dropped (at the peers'
+        input); it still hears everybody. Undone by `heal_one_way` (or the lab's teardown,
+        which deletes the namespaces with their rules)."""
+        for peer, net in self._peers(node):
+            self.cluster.lab.partition(node, peer, net, one_way=True)
+
+    def heal_one_way(self, node: str) -> None:
+        for peer, net in self._peers(node):
+            self.cluster.lab.heal(node, peer, net)
+
+    def _netem_devices(self, node: str) -> list[list[str]]:
+        """`tc` argv prefixes for both ends of the node's cluster and replication links: the
+        bridge port in the root namespace (traffic to the node) and the interface inside."""
+        host = self.cluster.lab.host(node)
+        out = []
+        for net in ("cluster", "replication"):
+            if net in host.veths:
+                out.append(["tc", "qdisc", "{op}", "dev", host.veths[net], "root"])
+                out.append(host.exec_argv(["tc", "qdisc", "{op}", "dev",
+                                           host.interfaces[net], "root"]))
+        return out
+
+    def netem(self, node: str, loss_pct: float, delay_ms: int, jitter_ms: int = 0) -> None:
+        """`tc netem` loss and delay on the node's links, each direction (the qdiscs go
+        with the veths when the lab is torn down)."""
+        for argv in self._netem_devices(node):
+            cmd = [a.replace("{op}", "replace") for a in argv]
+            cmd += ["netem", "delay", f"{delay_ms}ms"]
+            if jitter_ms:
+                cmd.append(f"{jitter_ms}ms")
+            cmd += ["loss", f"{loss_pct:g}%"]
+            subprocess.run(cmd, check=True, capture_output=True)
+
+    def clear_netem(self, node: str) -> None:
+        for argv in self._netem_devices(node):
+            subprocess.run([a.replace("{op}", "del") for a in argv], check=False,
+                           capture_output=True)
+
+    def powered_on(self, node: str) -> bool:
+        """What the node's BMC reports: any process left in its namespace."""
+        try:
+            return bool(netns_pids(self.cluster.lab.host(node).netns))
+        except FileNotFoundError:
+            return False
+
+    def process_pid(self, host: str, what: str) -> int | None:
+        """`binomed`, `engine` (the volume engine) or `etcd` (the member) of a lab host:
+        found in its namespace by its argv, which names the host's state dir."""
+        if what == "binomed":
+            return self.daemon_pid(host)
+        state = str(self.cluster.state_dir(host)).encode()
+        try:
+            pids = netns_pids(self.cluster.lab.host(host).netns)
+        except FileNotFoundError:
+            return None
+        for pid in pids:
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if not any(a.startswith(state) for a in argv):
+                continue
+            if what == "engine" and b"binome.storage.replica" in argv:
+                return pid
+            if what == "etcd" and argv[0].endswith(b"etcd") and b"--data-dir" in argv:
+                return pid
+        return None
+
+    def kill9(self, host: str, what: str, timeout: float = 10.0) -> int:
+        """SIGKILL one process of a host (`process_pid`) and wait until it is gone."""
+        pid = self.process_pid(host, what)
+        if pid is None:
+            raise LabClusterError(f"{what} of {host} is not running")
+        os.kill(pid, signal.SIGKILL)
+
+        def gone() -> bool:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                return True
+            return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        wait_until(gone, timeout, f"{what} of {host} (pid {pid}) gone", 0.02)
+        return pid
+
+    def start_daemon(self, host: str) -> None:
+        """binomed of a host started again (same argv) after it was killed; its API up."""
+        self.cluster.start_daemon(host)
