@@ -16,7 +16,8 @@ later `make demo` and `binome lab`) need on top of `LabCluster`:
 - soak faults (`bench/soak.py`, `binome.lab.soak`): `cut_replication`,
   `cut_one_way` (iptables drops of the node's outgoing packets),
   `netem`/`clear_netem` (`tc netem` loss and delay on the node's cluster and
-  replication links, both directions), `kill9` of a host's binomed, volume
+  replication links, both directions; iptables random loss and a tbf rate cap
+  on a kernel without sch_netem), `kill9` of a host's binomed, volume
   engine or etcd member (found by pid in its namespace, by its state dir),
   `powered_on(node)`;
 - `HttpProbe`: a thread inside the client namespace polling the guest's
@@ -347,6 +348,7 @@ class HaLab:
         self.memory = memory
         self.volume = f"vm-{vmid}-disk-0"
         self.image: dict[str, str] = {}
+        self._netem_loss: dict[str, float] = {}   # node -> loss of its iptables rules
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -694,33 +696,70 @@ class HaLab:
         for peer, net in self._peers(node):
             self.cluster.lab.heal(node, peer, net)
 
-    def _netem_devices(self, node: str) -> list[list[str]]:
-        """`tc` argv prefixes for both ends of the node's cluster and replication links: the
-        bridge port in the root namespace (traffic to the node) and the interface inside."""
+    def _link_ends(self, node: str) -> list[tuple[list[str], str]]:
+        """Both ends of the node's cluster and replication links, as (argv prefix to run a
+        command there, device): the bridge port in the root namespace (traffic to the
+        node) and the interface inside the node (traffic from it)."""
         host = self.cluster.lab.host(node)
-        out = []
+        out: list[tuple[list[str], str]] = []
         for net in ("cluster", "replication"):
             if net in host.veths:
-                out.append(["tc", "qdisc", "{op}", "dev", host.veths[net], "root"])
-                out.append(host.exec_argv(["tc", "qdisc", "{op}", "dev",
-                                           host.interfaces[net], "root"]))
+                out.append(([], host.veths[net]))
+                out.append((host.exec_argv([]), host.interfaces[net]))
         return out
 
-    def netem(self, node: str, loss_pct: float, delay_ms: int, jitter_ms: int = 0) -> None:
-        """`tc netem` loss and delay on the node's links, each direction (the qdiscs go
-        with the veths when the lab is torn down)."""
-        for argv in self._netem_devices(node):
-            cmd = [a.replace("{op}", "replace") for a in argv]
-            cmd += ["netem", "delay", f"{delay_ms}ms"]
-            if jitter_ms:
-                cmd.append(f"{jitter_ms}ms")
-            cmd += ["loss", f"{loss_pct:g}%"]
-            subprocess.run(cmd, check=True, capture_output=True)
+    def netem(self, node: str, loss_pct: float, delay_ms: int, jitter_ms: int = 0) -> str:
+        """Loss and delay on the node's links, each direction; returns the mode used.
+
+        `tc netem` where the kernel has it (`netem`). A kernel without sch_netem (this
+        machine's) gets the closest it has (`statistic+tbf`): random loss by iptables'
+        `statistic` match inside the node (INPUT and OUTPUT of each link), and a `tbf`
+        rate cap of 1 mbit/s whose queue may hold a packet up to `delay_ms` (queueing
+        delay under load, not a fixed one). Undone by `clear_netem`; the qdiscs and
+        rules also go with the veths and the namespace when the lab is torn down."""
+        ends = self._link_ends(node)
+        try:
+            for prefix, dev in ends:
+                cmd = [*prefix, "tc", "qdisc", "replace", "dev", dev, "root", "netem",
+                       "delay", f"{delay_ms}ms", *([f"{jitter_ms}ms"] if jitter_ms else []),
+                       "loss", f"{loss_pct:g}%"]
+                subprocess.run(cmd, check=True, capture_output=True, text=True)
+            return "netem"
+        except subprocess.CalledProcessError as exc:
+            if "unknown" not in (exc.stderr or "").lower():
+                self.clear_netem(node)
+                raise
+        for prefix, dev in ends:
+            subprocess.run([*prefix, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
+                            "rate", "1mbit", "burst", "32kbit", "latency", f"{delay_ms}ms"],
+                           check=True, capture_output=True)
+        for rule in self._loss_rules(node, loss_pct):
+            subprocess.run([*rule[0], "iptables", "-w", "-I", *rule[1]], check=True,
+                           capture_output=True)
+        self._netem_loss[node] = loss_pct
+        return "statistic+tbf"
+
+    def _loss_rules(self, node: str, loss_pct: float) -> list[tuple[list[str], list[str]]]:
+        host = self.cluster.lab.host(node)
+        match = ["-m", "statistic", "--mode", "random", "--probability",
+                 f"{loss_pct / 100:.3f}", "-j", "DROP"]
+        rules = []
+        for net in ("cluster", "replication"):
+            if net in host.interfaces:
+                ifname = host.interfaces[net]
+                rules.append((host.exec_argv([]), ["INPUT", "-i", ifname, *match]))
+                rules.append((host.exec_argv([]), ["OUTPUT", "-o", ifname, *match]))
+        return rules
 
     def clear_netem(self, node: str) -> None:
-        for argv in self._netem_devices(node):
-            subprocess.run([a.replace("{op}", "del") for a in argv], check=False,
+        for prefix, dev in self._link_ends(node):
+            subprocess.run([*prefix, "tc", "qdisc", "del", "dev", dev, "root"], check=False,
                            capture_output=True)
+        loss = self._netem_loss.pop(node, None)
+        if loss is not None:
+            for prefix, rule in self._loss_rules(node, loss):
+                subprocess.run([*prefix, "iptables", "-w", "-D", *rule], check=False,
+                               capture_output=True)
 
     def powered_on(self, node: str) -> bool:
         """What the node's BMC reports: any process left in its namespace."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import random
 import statistics
@@ -58,10 +59,20 @@ DESCRIPTION = {
     "kill_etcd": "kill -9 of one etcd member (binomed's supervisor restarts it)",
     "witness_loss": "the witness's binomed and etcd killed for 10-30 s, then started again",
     "netem": "tc netem loss 5-30 % and delay 20-200 ms on the node's cluster and "
-             "replication links (both directions) for 10-30 s",
+             "replication links (both directions) for 10-30 s; on a kernel without "
+             "sch_netem: iptables random loss + a 1 mbit/s tbf cap (mode statistic+tbf)",
 }
 
 SELF_FENCE_DEADLINE = HaTimers().self_fence_deadline
+# the watchdog's deadline runs from the last renewal, up to one keepalive before a stall:
+# a stall shorter than this never legitimately fires it
+SURE_SHORT_STALL = SELF_FENCE_DEADLINE - HaTimers().keepalive_interval
+
+
+def _body(msg: str) -> str:
+    """A CRM/LRM log message without its "n2/crm: " origin."""
+    head, sep, rest = msg.partition(": ")
+    return rest if sep and "/" in head and " " not in head else msg
 
 
 @dataclass
@@ -241,6 +252,7 @@ class Soak:
         self.lost_other: list[int] | None = None
         self._stopped = False
         self._started: list[Any] = []
+        self.log_error = ""   # the cluster log could not be read at the end
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -298,7 +310,8 @@ class Soak:
             ha.cut_one_way(node)
             return lambda: ha.heal_one_way(node)
         if f.kind == "netem":
-            ha.netem(node, f.params["loss"], f.params["delay_ms"], f.params["delay_ms"] // 4)
+            f.params["mode"] = ha.netem(node, f.params["loss"], f.params["delay_ms"],
+                                        f.params["delay_ms"] // 4)
             return lambda: ha.clear_netem(node)
         if f.kind == "pause":
             pid = ha.pause_daemon(node)
@@ -356,12 +369,12 @@ class Soak:
             except Exception as exc:
                 w.errors.append(f"heal: {type(exc).__name__}: {exc}")
             w.healed = time.time()
-        self._bring_back(w)
-        if self.hog is not None:
-            self.hog.ensure()
         if self._bounded(lambda: self.serving(w.healed or t0), self.serve_timeout,
                          f"{ha.sid} serving after the heal", w):
             w.served = time.time()
+        self._bring_back(w)
+        if self.hog is not None:
+            self.hog.ensure()
         try:
             ha.wait_in_sync(self.sync_timeout)
             w.synced = time.time()
@@ -478,17 +491,18 @@ class Soak:
         device power-off ("fence X: confirmed") with no proof near it; each classified."""
         try:
             log = self._cluster_log(self.began - 1.0)
-        except LabClusterError:
+        except LabClusterError as exc:
+            self.log_error = str(exc)
             return []
         events: list[FenceEvent] = []
         for e in log:
-            msg = str(e.get("msg", ""))
+            msg = _body(str(e.get("msg", "")))
             if ": fenced (" in msg and msg.startswith("node "):
                 node = msg[5:].split(":", 1)[0]
                 kind = msg.split("fenced (", 1)[1].split(":", 1)[0]
                 events.append(FenceEvent(e["t"], node, kind, f"{e.get('node')}: {msg}"))
         for e in log:
-            msg = str(e.get("msg", ""))
+            msg = _body(str(e.get("msg", "")))
             if msg.startswith("fence ") and ": confirmed" in msg:
                 node = msg[6:].split(":", 1)[0]
                 if not any(ev.node == node and -30 <= ev.t - e["t"] <= 30 for ev in events):
@@ -496,10 +510,7 @@ class Soak:
                                              f"{e.get('node')}: {msg}"))
         events.sort(key=lambda ev: ev.t)
         for ev in events:
-            win = None
-            for w in self.windows:
-                if w.injected <= ev.t:
-                    win = w
+            win = self._window_at(ev.t)
             if win is None:
                 ev.unneeded = "before any fault"
                 continue
@@ -512,18 +523,68 @@ class Soak:
                                f"self-fence deadline {SELF_FENCE_DEADLINE:g}s")
         return events
 
+    def self_fences(self) -> list[FenceEvent]:
+        """The nodes' watchdog supervisors firing ("SELF-FENCE" in their logs, under each
+        node's state dir), classified as fences: unneeded on a healthy node, or on one
+        whose stall was shorter than the deadline less a keepalive interval."""
+        events: list[FenceEvent] = []
+        for n in self.ha.nodes:
+            for path in sorted(self.ha.cluster.state_dir(n).glob("run/*watchdog*.log")):
+                with contextlib.suppress(OSError):
+                    for line in path.read_text(errors="replace").splitlines():
+                        # (a supervisor started at power-on fires on the armed state
+                        # its powered-off predecessor left: nothing to kill, no fence)
+                        if "SELF-FENCE" not in line or "killed nothing" in line:
+                            continue
+                        try:
+                            t = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+                        except ValueError:
+                            continue
+                        at = time.mktime(t.timetuple()) + t.microsecond / 1e6
+                        if at >= self.began:
+                            events.append(FenceEvent(at, n, "self-fence", line[24:200]))
+        events.sort(key=lambda ev: ev.t)
+        for ev in events:
+            win = self._window_at(ev.t)
+            if win is None:
+                ev.unneeded = "before any fault"
+                continue
+            ev.window = win.index
+            f = win.fault
+            if f.target != ev.node:
+                ev.unneeded = f"{ev.node} was healthy (fault {f.label()})"
+            elif f.kind == "pause" and (win.stall or f.duration) < SURE_SHORT_STALL:
+                ev.unneeded = (f"{ev.node} stalled {win.stall or f.duration:.1f}s < "
+                               f"{SURE_SHORT_STALL:g}s (deadline less a keepalive)")
+        return events
+
+    def _window_at(self, t: float) -> Window | None:
+        win = None
+        for w in self.windows:
+            if w.injected <= t:
+                win = w
+        return win
+
     def fence_requests(self) -> list[str]:
         with contextlib.suppress(LabClusterError):
             return [f"{e['t'] - self.began:+8.1f}s {e.get('node')}: {e.get('msg')}"
                     for e in self._cluster_log(self.began - 1.0)
                     if "its fence device" in str(e.get("msg", ""))
-                    or str(e.get("msg", "")).startswith("fence ")]
+                    or _body(str(e.get("msg", ""))).startswith("fence ")]
         return []
 
-    def _window_outages(self, w: Window) -> list[tuple[float, float | None]]:
-        nxt = next((x.injected for x in self.windows if x.index == w.index + 1), None)
-        return [(a, b) for a, b in self.probe.outages(since=w.injected)
-                if nxt is None or a < nxt]
+    def _outages_by_window(self) -> dict[int, list[tuple[float, float | None]]]:
+        """Each outage of the run in the window of the latest fault injected before its
+        first failed request *ended* (a request sent just before a fault fails with it)."""
+        out: dict[int, list[tuple[float, float | None]]] = {w.index: [] for w in self.windows}
+        for a, b in self.probe.outages(since=self.began):
+            win = None
+            for w in self.windows:
+                if w.injected <= a + self.probe.timeout:
+                    win = w
+            if win is not None:
+                out[win.index].append((a, b))
+        return out
 
     def double_runs(self) -> list[tuple[float, list[str]]]:
         """Episodes of more than one running QEMU (consecutive samples grouped)."""
@@ -541,10 +602,7 @@ class Soak:
         for t, node, up in self.watch.events:
             if up or t < self.began:
                 continue
-            win = None
-            for w in self.windows:
-                if w.injected <= t:
-                    win = w
+            win = self._window_at(t)
             if win is None or win.fault.target == node:
                 continue
             if any(f.node == node and f.window == win.index for f in fences):
@@ -555,15 +613,17 @@ class Soak:
 
     def report(self) -> dict[str, Any]:
         fences = self.fences()
+        selff = self.self_fences()
         lines: list[dict[str, Any]] = []
         maxima: list[float] = []
+        by_window = self._outages_by_window()
         for w in self.windows:
-            outs = self._window_outages(w)
+            outs = by_window[w.index]
             durations = [(b if b is not None else w.end) - a for a, b in outs]
             longest = max(durations, default=0.0)
             if durations:
                 maxima.append(longest)
-            wf = [f for f in fences if f.window == w.index]
+            wf = [f for f in [*fences, *selff] if f.window == w.index]
             lines.append({
                 "index": w.index, "fault": w.fault.label(), **asdict(w.fault),
                 "at": round(w.injected - self.began, 1), "guest_before": w.guest_before,
@@ -594,7 +654,10 @@ class Soak:
             "fences": [{"t": round(f.t - self.began, 1), "node": f.node, "kind": f.kind,
                         "window": f.window, "unneeded": f.unneeded, "line": f.line}
                        for f in fences],
-            "unneeded_fences": sum(1 for f in fences if f.unneeded),
+            "self_fences": [{"t": round(f.t - self.began, 1), "node": f.node,
+                             "window": f.window, "unneeded": f.unneeded, "line": f.line}
+                            for f in selff],
+            "unneeded_fences": sum(1 for f in [*fences, *selff] if f.unneeded),
             "fence_log": self.fence_requests(),
             "left_off_by_action_off": off_action,
             "left_off_failed": off_failed,
@@ -607,8 +670,10 @@ class Soak:
             else len(self.lost_other),
             "double_runs": len(doubles), "max_qemu_copies": self.watch.max_copies,
             "double_run_samples": [(round(t - self.began, 1), n) for t, n in doubles],
-            "guest_stops_on_healthy_nodes": self.guest_stops_on_healthy_nodes(fences),
+            "guest_stops_on_healthy_nodes": self.guest_stops_on_healthy_nodes(
+                [*fences, *selff]),
             "windows_with_errors": sum(1 for w in self.windows if w.errors),
+            "cluster_log_error": self.log_error,
             "hog": None if self.hog is None else {"node": self.hog.node,
                                                   "starts": self.hog.starts},
             "windows": lines,
@@ -630,14 +695,17 @@ def format_report(r: dict[str, Any]) -> str:
             + (f", off {w['off_at_heal']}" if w["off_at_heal"] else "")
             + (f", ERRORS {w['errors']}" if w["errors"] else ""))
     med, mx = r["outage_median_s"], r["outage_max_s"]
+    selff = ", ".join(f"{f['node']} in fault {f['window']}" for f in r["self_fences"])
     out += [
         f"faults injected:            {r['faults']}",
         f"outages:                    {r['faults_with_outage']} faults with one; "
         f"median {med if med is not None else '-'} s, max {mx if mx is not None else '-'} s",
         f"fences:                     {len(r['fences'])} "
         f"({', '.join(f['node'] + ' ' + f['kind'] for f in r['fences']) or 'none'})",
+        f"watchdog self-fences:       {len(r['self_fences'])} ({selff or 'none'})",
         f"unneeded fences:            {r['unneeded_fences']}"
-        + "".join(f"\n    {f['unneeded']}: {f['line']}" for f in r["fences"] if f["unneeded"]),
+        + "".join(f"\n    {f['unneeded']}: {f['line']}"
+                  for f in [*r["fences"], *r["self_fences"]] if f["unneeded"]),
         f"nodes left powered off:     {r['left_off_by_action_off']} by the lab's action=off, "
         f"{r['left_off_failed']} otherwise (failed reboot / unexplained)",
         f"degraded mirror:            {r['degraded_mirror_s']} s "
@@ -650,6 +718,8 @@ def format_report(r: dict[str, Any]) -> str:
         + "".join(f"\n    {s}" for s in r["guest_stops_on_healthy_nodes"]),
         f"faults with errors:         {r['windows_with_errors']}",
     ]
+    if r.get("cluster_log_error"):
+        out.append(f"CLUSTER LOG UNREADABLE (fences unknown): {r['cluster_log_error']}")
     return "\n".join(out)
 
 

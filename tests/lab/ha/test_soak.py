@@ -65,6 +65,7 @@ def test_soak_three_faults(ha: HaLab) -> None:
     assert report["acked_writes_lost_other_copy"] == 0
     assert report["max_qemu_copies"] <= 1 and report["double_runs"] == 0, \
         report["double_run_samples"]
+    assert not report["cluster_log_error"]
     assert report["unneeded_fences"] == 0, report["fences"]
     # the power-off was fenced (device or watchdog) and the guest recovered elsewhere
     assert any(f["node"] == node and f["window"] == 3 for f in report["fences"]), \
