@@ -22,7 +22,9 @@ with their tc qdiscs, iptables rules) also on failure, Ctrl-C or SIGTERM.
 Root only (network namespaces). Heavy: run it under the machine-wide lock,
 `flock /tmp/binome-heavy.lock .venv/bin/python bench/soak.py --minutes 10`.
 It asserts nothing; its exit status is 1 if an invariant broke (an
-acknowledged write lost, two running copies, an unneeded fence).
+acknowledged write lost, two running copies, an unneeded fence) or the guest
+needed the admin's `disabled`/`started` to run again after HA gave up on it
+(the soak does that itself, bounded, to go on).
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     broken = (report["acked_writes_lost"] or 0) > 0 or report["double_runs"] > 0 \
-        or report["unneeded_fences"] > 0
+        or report["unneeded_fences"] > 0 or bool(report["admin_recoveries"])
     return 1 if broken else 0
 
 

@@ -213,6 +213,7 @@ class Window:
     stall: float | None = None        # a pause's measured length (SIGSTOP -> SIGCONT)
     off_at_heal: dict[str, str] = field(default_factory=dict)   # node -> why it was off
     errors: list[str] = field(default_factory=list)
+    admin: str = ""                   # the admin action the guest needed to serve again
 
 
 @dataclass
@@ -373,6 +374,8 @@ class Soak:
                          f"{ha.sid} serving after the heal", w):
             w.served = time.time()
         self._bring_back(w)
+        if w.served is None:
+            self._admin_recover(w)
         if self.hog is not None:
             self.hog.ensure()
         try:
@@ -388,6 +391,32 @@ class Soak:
                  f"{ha.guest_node()}" + (f"; off at heal: {w.off_at_heal}"
                                          if w.off_at_heal else ""))
         return w
+
+    def _admin_recover(self, w: Window) -> None:
+        """The guest does not serve after the heal and HA gave up on it (`error`): do what
+        the operator is told to (`disabled`, then `started`), so that the soak goes on;
+        recorded in the window (`admin`) and counted in the report as an HA failure."""
+        ha = self.ha
+        svc = ha.ha_service()
+        if svc.get("state") != "error":
+            return
+        host = ha.cluster.witness or ha.nodes[0]
+        w.admin = f"service in error ({svc.get('status') or svc.get('reason')}): " \
+                  "disabled, then started again"
+        self.say(f"   ! {w.admin}")
+        try:
+            ha.cluster.cli(host, "ha", "set", ha.sid, "--state", "disabled")
+            wait_until(lambda: ha.ha_service().get("state") not in ("error", None, ""), 60,
+                       f"{ha.sid} out of error", 1.0)
+            wait_until(lambda: ha.guest_node() is None, 60, f"{ha.sid} stopped", 0.5)
+            ha.cluster.cli(host, "ha", "set", ha.sid, "--state", "started")
+            since = time.time()
+            if self._bounded(lambda: self.serving(since), self.serve_timeout,
+                             f"{ha.sid} serving after the admin's restart", w):
+                w.served = time.time()
+        except (LabClusterError, OSError) as exc:
+            w.errors.append(f"admin recovery: {exc}")
+            self.say(f"   ! admin recovery: {exc}")
 
     def _check_powered_off(self, w: Window) -> None:
         """Before healing: a node off after a confirmed device fence must come back on by
@@ -635,7 +664,7 @@ class Soak:
                 "synced": None if w.synced is None else round(w.synced - w.injected, 1),
                 "fences": [f"{f.node} ({f.kind})" + (f" UNNEEDED: {f.unneeded}"
                                                      if f.unneeded else "") for f in wf],
-                "off_at_heal": w.off_at_heal, "errors": w.errors,
+                "off_at_heal": w.off_at_heal, "errors": w.errors, "admin": w.admin,
             })
         off_action = sum(1 for w in self.windows for why in w.off_at_heal.values()
                          if "action=off" in why)
@@ -673,6 +702,8 @@ class Soak:
             "guest_stops_on_healthy_nodes": self.guest_stops_on_healthy_nodes(
                 [*fences, *selff]),
             "windows_with_errors": sum(1 for w in self.windows if w.errors),
+            "admin_recoveries": [f"fault {w.index} {w.fault.label()}: {w.admin}"
+                                 for w in self.windows if w.admin],
             "cluster_log_error": self.log_error,
             "hog": None if self.hog is None else {"node": self.hog.node,
                                                   "starts": self.hog.starts},
@@ -716,7 +747,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"{r['max_qemu_copies']})",
         f"guest stops on healthy nodes: {len(r['guest_stops_on_healthy_nodes'])}"
         + "".join(f"\n    {s}" for s in r["guest_stops_on_healthy_nodes"]),
-        f"faults with errors:         {r['windows_with_errors']}",
+        f"faults with errors:         {r['windows_with_errors']} (a bounded wait timed out)",
+        f"admin recoveries needed:    {len(r['admin_recoveries'])}"
+        + "".join(f"\n    {a}" for a in r["admin_recoveries"]),
     ]
     if r.get("cluster_log_error"):
         out.append(f"CLUSTER LOG UNREADABLE (fences unknown): {r['cluster_log_error']}")
