@@ -254,11 +254,21 @@ class QemuWatch:
         self.interval = interval
         self.max_copies = 0
         self.overlaps: list[tuple[float, list[str]]] = []
+        # per overlap: the nodes whose QEMU was started for an incoming live migration
+        # (`-incoming`: paused until the hand-over), which the soak tells from a double run
+        self.overlap_incoming: list[tuple[float, list[str]]] = []
         self.events: list[tuple[float, str, bool]] = []   # (t, node, running)
         self._running: dict[str, bool] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"qemuwatch-{vmid}",
                                         daemon=True)
+
+    def _incoming(self, node: str) -> bool:
+        pid = _qemu_alive(self.pidfiles[node])
+        try:
+            return pid is not None and b"-incoming" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
 
     def running_on(self) -> list[str]:
         return sorted(n for n, p in self.pidfiles.items() if _qemu_alive(p))
@@ -270,6 +280,7 @@ class QemuWatch:
             self.max_copies = max(self.max_copies, len(nodes))
             if len(nodes) > 1:
                 self.overlaps.append((t, nodes))
+                self.overlap_incoming.append((t, [n for n in nodes if self._incoming(n)]))
             for n in self.pidfiles:
                 now = n in nodes
                 if self._running.get(n) != now:

@@ -64,6 +64,7 @@ DESCRIPTION = {
 }
 
 SELF_FENCE_DEADLINE = HaTimers().self_fence_deadline
+MIGRATION_OVERLAP = 30.0   # longest plausible live-migration hand-over (two QEMUs)
 # the watchdog's deadline runs from the last renewal, up to one keepalive before a stall:
 # a stall shorter than this never legitimately fires it
 SURE_SHORT_STALL = SELF_FENCE_DEADLINE - HaTimers().keepalive_interval
@@ -615,22 +616,35 @@ class Soak:
                 out[win.index].append((a, b))
         return out
 
-    def double_runs(self) -> list[tuple[float, list[str]]]:
-        """Episodes of more than one running QEMU (consecutive samples grouped)."""
-        episodes: list[tuple[float, list[str]]] = []
-        last = -1e9
-        for t, nodes in self.watch.overlaps:
-            if t - last > 1.0:
-                episodes.append((t, nodes))
-            last = t
+    def overlap_episodes(self) -> list[dict[str, Any]]:
+        """Episodes of more than one QEMU of the guest (samples < 1 s apart grouped). One
+        is a live-migration hand-over if a copy was an `-incoming` QEMU (paused until the
+        hand-over) and it lasted at most MIGRATION_OVERLAP s; any other is a double run."""
+        episodes: list[dict[str, Any]] = []
+        incoming = dict(self.watch.overlap_incoming)
+        for t, nodes in list(self.watch.overlaps):
+            if not episodes or t - episodes[-1]["last"] > 1.0:
+                episodes.append({"t": t, "last": t, "nodes": nodes, "incoming": set()})
+            ep = episodes[-1]
+            ep["last"] = t
+            ep["incoming"].update(incoming.get(t, []))
+        for ep in episodes:
+            ep["migration"] = bool(ep["incoming"]) and ep["last"] - ep["t"] <= MIGRATION_OVERLAP
         return episodes
+
+    def double_runs(self) -> list[dict[str, Any]]:
+        return [ep for ep in self.overlap_episodes() if not ep["migration"]]
 
     def guest_stops_on_healthy_nodes(self, fences: list[FenceEvent]) -> list[str]:
         """QEMU of the guest gone from a node no fault touched, with no fence of it."""
         out = []
+        handovers = [ep for ep in self.overlap_episodes() if ep["migration"]]
         for t, node, up in self.watch.events:
             if up or t < self.began:
                 continue
+            if any(node in ep["incoming"] and ep["t"] <= t <= ep["last"] + 1.5
+                   for ep in handovers):
+                continue   # the incoming QEMU of a live migration that failed
             win = self._window_at(t)
             if win is None or win.fault.target == node:
                 continue
@@ -673,7 +687,8 @@ class Soak:
         kinds: dict[str, int] = {}
         for w in self.windows:
             kinds[w.fault.kind] = kinds.get(w.fault.kind, 0) + 1
-        doubles = self.double_runs()
+        episodes = self.overlap_episodes()
+        doubles = [ep for ep in episodes if not ep["migration"]]
         return {
             "duration_s": round((self.finished or time.time()) - self.began, 1),
             "faults": len(self.windows), "faults_by_kind": kinds,
@@ -698,7 +713,10 @@ class Soak:
             "acked_writes_lost_other_copy": None if self.lost_other is None
             else len(self.lost_other),
             "double_runs": len(doubles), "max_qemu_copies": self.watch.max_copies,
-            "double_run_samples": [(round(t - self.began, 1), n) for t, n in doubles],
+            "double_run_samples": [(round(ep["t"] - self.began, 1),
+                                    round(ep["last"] - ep["t"], 2), ep["nodes"])
+                                   for ep in doubles],
+            "migration_handovers": sum(1 for ep in episodes if ep["migration"]),
             "guest_stops_on_healthy_nodes": self.guest_stops_on_healthy_nodes(
                 [*fences, *selff]),
             "windows_with_errors": sum(1 for w in self.windows if w.errors),
@@ -744,7 +762,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"acknowledged writes lost:   {r['acked_writes_lost']} of {r['acked_writes']} "
         f"(read on {r['lost_checked_on']}; other copy: {r['acked_writes_lost_other_copy']})",
         f"double runs:                {r['double_runs']} (max QEMU copies "
-        f"{r['max_qemu_copies']})",
+        f"{r['max_qemu_copies']}; {r['migration_handovers']} live-migration hand-overs "
+        "with an -incoming QEMU not counted)",
         f"guest stops on healthy nodes: {len(r['guest_stops_on_healthy_nodes'])}"
         + "".join(f"\n    {s}" for s in r["guest_stops_on_healthy_nodes"]),
         f"faults with errors:         {r['windows_with_errors']} (a bounded wait timed out)",

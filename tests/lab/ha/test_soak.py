@@ -13,7 +13,8 @@ n1's namespace, and a fixed plan on the node the guest runs on:
    and the soak powers it on again.
 
 Asserted with the soak's own probes (`binome.lab.soak.Soak`): no acknowledged
-write lost, never two running QEMU copies, no unneeded fence (of a healthy
+write lost, never two running QEMU copies (a live migration's paused
+`-incoming` target aside), no unneeded fence (of a healthy
 node, or of one that stalled less than its deadline), every fault healed with
 the guest serving and the volume in sync, and the guest serving at the end.
 """
@@ -63,8 +64,8 @@ def test_soak_three_faults(ha: HaLab) -> None:
     assert report["acked_writes"] > 20, "the writer got (almost) nothing acknowledged"
     assert report["acked_writes_lost"] == 0, report["lost_sample"]
     assert report["acked_writes_lost_other_copy"] == 0
-    assert report["max_qemu_copies"] <= 1 and report["double_runs"] == 0, \
-        report["double_run_samples"]
+    # (two QEMUs only for a live-migration hand-over, an `-incoming` one: not a double run)
+    assert report["double_runs"] == 0, report["double_run_samples"]
     assert not report["cluster_log_error"]
     assert report["unneeded_fences"] == 0, report["fences"]
     # the power-off was fenced (device or watchdog) and the guest recovered elsewhere
