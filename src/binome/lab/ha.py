@@ -13,6 +13,13 @@ later `make demo` and `binome lab`) need on top of `LabCluster`:
   and `restore(node)` bringing a faulted node back (links up, BMC restarted,
   powered on if it is off) and waiting until its volume resynced *by itself*;
   `wait_resynced`, `copies_equal` (checksums of both backing files);
+- soak faults (`bench/soak.py`, `binome.lab.soak`): `cut_replication`,
+  `cut_one_way` (iptables drops of the node's outgoing packets),
+  `netem`/`clear_netem` (`tc netem` loss and delay on the node's cluster and
+  replication links, both directions; iptables random loss and a tbf rate cap
+  on a kernel without sch_netem), `kill9` of a host's binomed, volume
+  engine or etcd member (found by pid in its namespace, by its state dir),
+  `powered_on(node)`;
 - `HttpProbe`: a thread inside the client namespace polling the guest's
   `/cgi-bin/status` every ~100 ms; it records every answer with the guest's
   boot time, so "answering again" means *a new instance* answers;
@@ -40,6 +47,7 @@ import http.client
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -246,11 +254,21 @@ class QemuWatch:
         self.interval = interval
         self.max_copies = 0
         self.overlaps: list[tuple[float, list[str]]] = []
+        # per overlap: the nodes whose QEMU was started for an incoming live migration
+        # (`-incoming`: paused until the hand-over), which the soak tells from a double run
+        self.overlap_incoming: list[tuple[float, list[str]]] = []
         self.events: list[tuple[float, str, bool]] = []   # (t, node, running)
         self._running: dict[str, bool] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"qemuwatch-{vmid}",
                                         daemon=True)
+
+    def _incoming(self, node: str) -> bool:
+        pid = _qemu_alive(self.pidfiles[node])
+        try:
+            return pid is not None and b"-incoming" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
 
     def running_on(self) -> list[str]:
         return sorted(n for n, p in self.pidfiles.items() if _qemu_alive(p))
@@ -262,6 +280,7 @@ class QemuWatch:
             self.max_copies = max(self.max_copies, len(nodes))
             if len(nodes) > 1:
                 self.overlaps.append((t, nodes))
+                self.overlap_incoming.append((t, [n for n in nodes if self._incoming(n)]))
             for n in self.pidfiles:
                 now = n in nodes
                 if self._running.get(n) != now:
@@ -340,6 +359,7 @@ class HaLab:
         self.memory = memory
         self.volume = f"vm-{vmid}-disk-0"
         self.image: dict[str, str] = {}
+        self._netem_loss: dict[str, float] = {}   # node -> loss of its iptables rules
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -662,3 +682,142 @@ class HaLab:
                 and st.get("peer_role") == "Primary"
         wait_until(done, timeout, f"{self.volume} on {node} UpToDate Secondary by itself", 0.5)
         return time.monotonic() - began
+
+    # ------------------------------------------------------------ soak faults
+    def cut_replication(self, node: str) -> None:
+        """Only the replication link down (etcd, leases and the CRM see nothing)."""
+        self.cluster.lab.link_down(node, "replication")
+
+    def _peers(self, node: str) -> list[tuple[str, str]]:
+        """(peer, network) pairs the node talks to the cluster over."""
+        lab = self.cluster
+        pairs = [(p, "cluster") for p in lab.hosts if p != node]
+        if node in self.nodes:
+            pairs.append((self.other(node), "replication"))
+        return pairs
+
+    def cut_one_way(self, node: str) -> None:
+        """The node's outgoing cluster and replication packets are dropped (at the peers'
+        input); it still hears everybody. Undone by `heal_one_way` (or the lab's teardown,
+        which deletes the namespaces with their rules)."""
+        for peer, net in self._peers(node):
+            self.cluster.lab.partition(node, peer, net, one_way=True)
+
+    def heal_one_way(self, node: str) -> None:
+        for peer, net in self._peers(node):
+            self.cluster.lab.heal(node, peer, net)
+
+    def _link_ends(self, node: str) -> list[tuple[list[str], str]]:
+        """Both ends of the node's cluster and replication links, as (argv prefix to run a
+        command there, device): the bridge port in the root namespace (traffic to the
+        node) and the interface inside the node (traffic from it)."""
+        host = self.cluster.lab.host(node)
+        out: list[tuple[list[str], str]] = []
+        for net in ("cluster", "replication"):
+            if net in host.veths:
+                out.append(([], host.veths[net]))
+                out.append((host.exec_argv([]), host.interfaces[net]))
+        return out
+
+    def netem(self, node: str, loss_pct: float, delay_ms: int, jitter_ms: int = 0) -> str:
+        """Loss and delay on the node's links, each direction; returns the mode used.
+
+        `tc netem` where the kernel has it (`netem`). A kernel without sch_netem (this
+        machine's) gets the closest it has (`statistic+tbf`): random loss by iptables'
+        `statistic` match inside the node (INPUT and OUTPUT of each link), and a `tbf`
+        rate cap of 1 mbit/s whose queue may hold a packet up to `delay_ms` (queueing
+        delay under load, not a fixed one). Undone by `clear_netem`; the qdiscs and
+        rules also go with the veths and the namespace when the lab is torn down."""
+        ends = self._link_ends(node)
+        try:
+            for prefix, dev in ends:
+                cmd = [*prefix, "tc", "qdisc", "replace", "dev", dev, "root", "netem",
+                       "delay", f"{delay_ms}ms", *([f"{jitter_ms}ms"] if jitter_ms else []),
+                       "loss", f"{loss_pct:g}%"]
+                subprocess.run(cmd, check=True, capture_output=True, text=True)
+            return "netem"
+        except subprocess.CalledProcessError as exc:
+            if "unknown" not in (exc.stderr or "").lower():
+                self.clear_netem(node)
+                raise
+        for prefix, dev in ends:
+            subprocess.run([*prefix, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
+                            "rate", "1mbit", "burst", "32kbit", "latency", f"{delay_ms}ms"],
+                           check=True, capture_output=True)
+        for rule in self._loss_rules(node, loss_pct):
+            subprocess.run([*rule[0], "iptables", "-w", "-I", *rule[1]], check=True,
+                           capture_output=True)
+        self._netem_loss[node] = loss_pct
+        return "statistic+tbf"
+
+    def _loss_rules(self, node: str, loss_pct: float) -> list[tuple[list[str], list[str]]]:
+        host = self.cluster.lab.host(node)
+        match = ["-m", "statistic", "--mode", "random", "--probability",
+                 f"{loss_pct / 100:.3f}", "-j", "DROP"]
+        rules = []
+        for net in ("cluster", "replication"):
+            if net in host.interfaces:
+                ifname = host.interfaces[net]
+                rules.append((host.exec_argv([]), ["INPUT", "-i", ifname, *match]))
+                rules.append((host.exec_argv([]), ["OUTPUT", "-o", ifname, *match]))
+        return rules
+
+    def clear_netem(self, node: str) -> None:
+        for prefix, dev in self._link_ends(node):
+            subprocess.run([*prefix, "tc", "qdisc", "del", "dev", dev, "root"], check=False,
+                           capture_output=True)
+        loss = self._netem_loss.pop(node, None)
+        if loss is not None:
+            for prefix, rule in self._loss_rules(node, loss):
+                subprocess.run([*prefix, "iptables", "-w", "-D", *rule], check=False,
+                               capture_output=True)
+
+    def powered_on(self, node: str) -> bool:
+        """What the node's BMC reports: any process left in its namespace."""
+        try:
+            return bool(netns_pids(self.cluster.lab.host(node).netns))
+        except FileNotFoundError:
+            return False
+
+    def process_pid(self, host: str, what: str) -> int | None:
+        """`binomed`, `engine` (the volume engine) or `etcd` (the member) of a lab host:
+        found in its namespace by its argv, which names the host's state dir."""
+        if what == "binomed":
+            return self.daemon_pid(host)
+        state = str(self.cluster.state_dir(host)).encode()
+        try:
+            pids = netns_pids(self.cluster.lab.host(host).netns)
+        except FileNotFoundError:
+            return None
+        for pid in pids:
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if not any(a.startswith(state) for a in argv):
+                continue
+            if what == "engine" and b"binome.storage.replica" in argv:
+                return pid
+            if what == "etcd" and argv[0].endswith(b"etcd") and b"--data-dir" in argv:
+                return pid
+        return None
+
+    def kill9(self, host: str, what: str, timeout: float = 10.0) -> int:
+        """SIGKILL one process of a host (`process_pid`) and wait until it is gone."""
+        pid = self.process_pid(host, what)
+        if pid is None:
+            raise LabClusterError(f"{what} of {host} is not running")
+        os.kill(pid, signal.SIGKILL)
+
+        def gone() -> bool:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                return True
+            return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        wait_until(gone, timeout, f"{what} of {host} (pid {pid}) gone", 0.02)
+        return pid
+
+    def start_daemon(self, host: str) -> None:
+        """binomed of a host started again (same argv) after it was killed; its API up."""
+        self.cluster.start_daemon(host)
