@@ -35,6 +35,11 @@ later `make demo` and `binome lab`) need on top of `LabCluster`:
 Threads enter the client namespace with setns(2) on themselves only (network
 namespaces are per thread), so the probes cost no process per request.
 All times are wall-clock `time.time()` (the cluster log's clock).
+
+Over 700 lines since the soak's fault helpers (one-way and replication-only cuts,
+netem, kill -9 of binomed, engine and etcd) joined the original ones: they share
+the lab's hosts, BMCs and probes; moving all fault helpers to a `lab.faults`
+module is the next split.
 """
 
 from __future__ import annotations

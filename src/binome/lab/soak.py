@@ -19,7 +19,8 @@ seeded random faults) and `tests/lab/ha/test_soak.py` (a fixed 3-fault plan):
   powered off, degraded-mirror time, acknowledged writes lost, double runs).
 
 Nothing here asserts: the report states the invariants and the test or the
-bench judges them. Every wait is on a condition with a bound; the fault's own
+bench judges them. (About 780 lines: one fault loop and the report that audits
+it, kept in one place so a classification rule is next to what it classifies.) Every wait is on a condition with a bound; the fault's own
 duration (a pause, a held cut) is the only timed wait.
 """
 
@@ -538,20 +539,7 @@ class Soak:
                 if not any(ev.node == node and -30 <= ev.t - e["t"] <= 30 for ev in events):
                     events.append(FenceEvent(e["t"], node, "device-power-off",
                                              f"{e.get('node')}: {msg}"))
-        events.sort(key=lambda ev: ev.t)
-        for ev in events:
-            win = self._window_at(ev.t)
-            if win is None:
-                ev.unneeded = "before any fault"
-                continue
-            ev.window = win.index
-            f = win.fault
-            if f.target != ev.node:
-                ev.unneeded = f"{ev.node} was healthy (fault {f.label()})"
-            elif f.kind == "pause" and (win.stall or f.duration) < SELF_FENCE_DEADLINE:
-                ev.unneeded = (f"{ev.node} stalled {win.stall or f.duration:.1f}s < "
-                               f"self-fence deadline {SELF_FENCE_DEADLINE:g}s")
-        return events
+        return self._classify(events, SELF_FENCE_DEADLINE, "self-fence deadline")
 
     def self_fences(self) -> list[FenceEvent]:
         """The nodes' watchdog supervisors firing ("SELF-FENCE" in their logs, under each
@@ -573,6 +561,12 @@ class Soak:
                         at = time.mktime(t.timetuple()) + t.microsecond / 1e6
                         if at >= self.began:
                             events.append(FenceEvent(at, n, "self-fence", line[24:200]))
+        return self._classify(events, SURE_SHORT_STALL, "deadline less a keepalive")
+
+    def _classify(self, events: list[FenceEvent], shortest: float,
+                  what: str) -> list[FenceEvent]:
+        """Sort `events` and mark each unneeded: outside any fault window, on a node the
+        fault was not about, or after a pause shorter than `shortest` seconds."""
         events.sort(key=lambda ev: ev.t)
         for ev in events:
             win = self._window_at(ev.t)
@@ -583,9 +577,9 @@ class Soak:
             f = win.fault
             if f.target != ev.node:
                 ev.unneeded = f"{ev.node} was healthy (fault {f.label()})"
-            elif f.kind == "pause" and (win.stall or f.duration) < SURE_SHORT_STALL:
+            elif f.kind == "pause" and (win.stall or f.duration) < shortest:
                 ev.unneeded = (f"{ev.node} stalled {win.stall or f.duration:.1f}s < "
-                               f"{SURE_SHORT_STALL:g}s (deadline less a keepalive)")
+                               f"{shortest:g}s ({what})")
         return events
 
     def _window_at(self, t: float) -> Window | None:
