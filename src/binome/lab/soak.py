@@ -19,9 +19,11 @@ seeded random faults) and `tests/lab/ha/test_soak.py` (a fixed 3-fault plan):
   powered off, degraded-mirror time, acknowledged writes lost, double runs).
 
 Nothing here asserts: the report states the invariants and the test or the
-bench judges them. (About 780 lines: one fault loop and the report that audits
-it, kept in one place so a classification rule is next to what it classifies.) Every wait is on a condition with a bound; the fault's own
+bench judges them. Every wait is on a condition with a bound; the fault's own
 duration (a pause, a held cut) is the only timed wait.
+
+About 780 lines: one fault loop and the report that audits it, kept in one
+place so that each classification rule sits next to what it classifies.
 """
 
 from __future__ import annotations
