@@ -97,10 +97,9 @@ def netns_pids(netns: str) -> list[int]:
     return pids
 
 
-def binomed_pid(netns: str, state_dir: str | Path) -> int | None:
-    """The binomed of a lab host: in its namespace, with its --state-dir (None if the
-    namespace or the process is gone)."""
-    state = str(state_dir).encode()
+def netns_pid_matching(netns: str, match: Callable[[list[bytes]], bool]) -> int | None:
+    """The first process of a namespace whose argv satisfies `match` (None if the
+    namespace or every such process is gone)."""
     try:
         pids = netns_pids(netns)
     except FileNotFoundError:
@@ -110,9 +109,17 @@ def binomed_pid(netns: str, state_dir: str | Path) -> int | None:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(a.endswith(b"binomed") for a in argv[:2]) and state in argv:
+        if match(argv):
             return pid
     return None
+
+
+def binomed_pid(netns: str, state_dir: str | Path) -> int | None:
+    """The binomed of a lab host: in its namespace, with its --state-dir (None if the
+    namespace or the process is gone)."""
+    state = str(state_dir).encode()
+    return netns_pid_matching(
+        netns, lambda argv: any(a.endswith(b"binomed") for a in argv[:2]) and state in argv)
 
 
 class NodePower:

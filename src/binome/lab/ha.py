@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from binome.fence.devices import FenceDeviceError, FenceDevices
-from binome.lab.bmc import binomed_pid, netns_pids
+from binome.lab.bmc import binomed_pid, netns_pid_matching, netns_pids
 from binome.lab.cluster import CLIENT, LabCluster, LabClusterError
 from binome.store import keys
 
@@ -790,22 +790,14 @@ class HaLab:
         if what == "binomed":
             return self.daemon_pid(host)
         state = str(self.cluster.state_dir(host)).encode()
-        try:
-            pids = netns_pids(self.cluster.lab.host(host).netns)
-        except FileNotFoundError:
-            return None
-        for pid in pids:
-            try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
+
+        def match(argv: list[bytes]) -> bool:
             if not any(a.startswith(state) for a in argv):
-                continue
-            if what == "engine" and b"binome.storage.replica" in argv:
-                return pid
-            if what == "etcd" and argv[0].endswith(b"etcd") and b"--data-dir" in argv:
-                return pid
-        return None
+                return False
+            if what == "engine":
+                return b"binome.storage.replica" in argv
+            return what == "etcd" and argv[0].endswith(b"etcd") and b"--data-dir" in argv
+        return netns_pid_matching(self.cluster.lab.host(host).netns, match)
 
     def kill9(self, host: str, what: str, timeout: float = 10.0) -> int:
         """SIGKILL one process of a host (`process_pid`) and wait until it is gone."""

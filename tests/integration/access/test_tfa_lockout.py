@@ -6,7 +6,6 @@ both; refused callers and bad input change nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,10 +17,14 @@ import pytest
 import requests
 import urllib3
 
-from binome.access.model import TfaUser
-from binome.access.repository import AccessRepository
 from tests.integration.access.client import Api
-from tests.integration.access.test_tfa_login import add_totp, post_ticket, session_of
+from tests.integration.access.test_tfa_login import (
+    _repo,
+    add_totp,
+    post_ticket,
+    session_of,
+    tfa_state,
+)
 from tests.integration.harness import PASSWORD, Cluster
 
 urllib3.disable_warnings()
@@ -33,22 +36,6 @@ OUTSIDER = f"outside{SUFFIX}@pve"     # in no group
 HELPDESK = f"help{SUFFIX}@pve"        # PVEUserAdmin on /access/groups/GROUP only
 NOBODY = f"nobody{SUFFIX}@pve"        # no privilege at all
 PW = "tfa-user-password"              # test_tfa_login's session_of logs in with it
-
-
-def _repo(cluster: Cluster, fn: Any) -> Any:
-    async def go() -> Any:
-        store = cluster.raw_store("n1")
-        try:
-            return await fn(AccessRepository(store))
-        finally:
-            await store.close()
-    return asyncio.run(go())
-
-
-def tfa_state(cluster: Cluster, userid: str) -> TfaUser:
-    async def fn(repo: AccessRepository) -> TfaUser:
-        return (await repo.load()).config.tfa.get(userid) or TfaUser(userid)
-    return _repo(cluster, fn)
 
 
 def plant_failures(cluster: Cluster, userid: str, totp: int, tfa: int) -> None:

@@ -264,12 +264,16 @@ class HaAgent:
     # ------------------------------------------------------------ watchdog
 
     def watchdog_arm(self, deadline: float, sids: Collection[str]) -> None:
-        vmids = [v for v in (vmid_of(s) for s in sids) if v is not None]
         with self._watchdog_lock:
-            self.watchdog.arm_sync(deadline, vmids, self.qemu_run_dir)
+            self._arm_locked(deadline, sids)
             self.armed_sids = set(sids)
         if self.watchdog.running_pid() is None:
             asyncio.get_running_loop().create_task(self._ensure_watchdog())
+
+    def _arm_locked(self, deadline: float, sids: Collection[str]) -> None:
+        """Write the armed state for `sids` (the caller holds `_watchdog_lock`)."""
+        vmids = [v for v in (vmid_of(s) for s in sids) if v is not None]
+        self.watchdog.arm_sync(deadline, vmids, self.qemu_run_dir)
 
     def watchdog_disarm(self) -> None:
         with self._watchdog_lock:
@@ -461,9 +465,7 @@ class HaAgent:
         with self._watchdog_lock:
             self.renewed_at, self._hb_lease, self._hb_ok = sent, lease, True
             if lrm.armed and lrm.state == LrmState.ACTIVE and self.armed_sids:
-                vmids = [v for v in (vmid_of(s) for s in self.armed_sids) if v is not None]
-                self.watchdog.arm_sync(sent + self.timers.self_fence_deadline, vmids,
-                                       self.qemu_run_dir)
+                self._arm_locked(sent + self.timers.self_fence_deadline, self.armed_sids)
         self.renewals.renewed(sent, time.monotonic() - sent, self.node)
         return True
 
@@ -544,8 +546,9 @@ class HaAgent:
             log.exception("CRM round failed")
         for err in await self.crm_env.commit():
             self.log("warn", f"{self.node}/crm", f"write refused: {err}")
-        self.fencer.settle_power_debts(self.crm_env.fence_records(),
-                                       self.crm_env.lock_revision())
+        lock_revision = self.crm_env.lock_revision()
+        if lock_revision is not None:   # only the master settles power-on debts
+            self.fencer.settle_power_debts(self.crm_env.fence_records(), lock_revision)
         if await self.lrm_env.refresh() and self.lrm_env.ha_sids() \
                 and self.watchdog.running_pid() is None:
             await self._ensure_watchdog()   # before the LRM may arm it and start guests

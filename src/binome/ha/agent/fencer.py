@@ -191,10 +191,10 @@ class Fencer:
         return False
 
     def settle_power_debts(self, records: dict[str, Any], lock_revision: int | None) -> None:
-        """Called after each round with `/binome/ha/fence_requests/` (node -> record) and
-        the manager lock's revision when this node is master: start a power-on for every
-        debt whose retry is due. Only the master does, so two nodes never drive one BMC
-        at once."""
+        """Called after each master round with `/binome/ha/fence_requests/` (node ->
+        record) and the manager lock's revision (None: not master, nothing done): start a
+        power-on for every debt whose retry is due. Only the master does, so two nodes
+        never drive one BMC at once."""
         if lock_revision is None:
             return
         now = time.monotonic()

@@ -85,11 +85,7 @@ class SimEnv:
     # ------------------------------------------------------------ CrmEnv
 
     def _lock_is_mine(self) -> bool:
-        etcd = self.world.etcd
-        entry = etcd.kv.get(keys.MANAGER_LOCK)
-        return (entry is not None and self._hw.lease_id is not None
-                and entry.lease == self._hw.lease_id
-                and etcd.get(keys.MANAGER_LOCK)[0] == self._node)
+        return self.world.holds_lock(self._node)
 
     def try_manager_lock(self) -> bool:
         self._need_quorum()

@@ -62,7 +62,7 @@ class Invariants:
         w = self.world
         if by == target:
             self._fail(f"{by} fenced its own node through its fence device")
-        if not w._holds_lock(by):
+        if not w.holds_lock(by):
             self._fail(f"{by} fenced {target} without holding the manager lock "
                        "(a decision it no longer owns)")
         lease = w.etcd.lease_of(target)

@@ -509,14 +509,15 @@ class World:
         expired meanwhile: that only confirms it). None when the fencer may act."""
         if not self.etcd.quorate(by):
             return "no quorum"
-        if not self._holds_lock(by):
+        if not self.holds_lock(by):
             return "the manager lock is no longer ours"
         lease = self.etcd.lease_of(name)
         if lease is not None and lease.renewed != seen_renewal:
             return f"{name} renewed its lease since the decision"
         return None
 
-    def _holds_lock(self, node: str) -> bool:
+    def holds_lock(self, node: str) -> bool:
+        """The manager lock is `node`'s, on its current lease (what a CRM's CAS compares)."""
         entry = self.etcd.kv.get(keys.MANAGER_LOCK)
         hw = self.nodes[node]
         return (entry is not None and hw.lease_id is not None and entry.lease == hw.lease_id
