@@ -119,6 +119,9 @@ class ExitCode(enum.IntEnum):
 
     SUCCESS = 0
     ERROR = 1
+    # not the guest's failure: what it needs here is not ready yet (a replica still
+    # resyncing, the peer still Primary); the CRM retries or moves it, counting no restart
+    ETRY_AGAIN = 2
     EWRONG_NODE = 3  # the service config is not on this node: the command is stale
 
 
@@ -292,6 +295,8 @@ class ServiceStatus:
     maintenance_node: str | None = None
     since: float = 0.0
     move_retry_at: float | None = None   # no automatic migration before (after a failure)
+    start_retry_at: float | None = None  # no new start before (the node said "try again")
+    deferrals: int = 0                   # "try again" answers since the last good start
     # "restart": frozen for a binomed restart of `node` (its guests run on, its watchdog may
     # be released): if the node does not come back, only a fence device may unfreeze it
     frozen_by: str | None = None
@@ -309,7 +314,9 @@ class ServiceStatus:
                    restarts=int(data.get("restarts", 0)), reason=data.get("reason"),
                    maintenance_node=data.get("maintenance_node"),
                    since=float(data.get("since", 0.0)),
-                   move_retry_at=data.get("move_retry_at"), frozen_by=data.get("frozen_by"))
+                   move_retry_at=data.get("move_retry_at"),
+                   start_retry_at=data.get("start_retry_at"),
+                   deferrals=int(data.get("deferrals", 0)), frozen_by=data.get("frozen_by"))
 
 
 @dataclass

@@ -44,6 +44,10 @@ _PENDING = frozenset({S.REQUEST_START, S.STARTING, S.REQUEST_STOP, S.STOPPING, S
 #: After an automatic migration (failback, evacuation) failed, wait this many manager
 #: rounds before trying again, instead of retrying in a tight loop.
 MOVE_RETRY_ROUNDS = 10
+#: A node that answered "try again" to a start (its storage not ready yet) is asked again
+#: after this many manager rounds, doubling per answer up to the cap: quick when a resync
+#: is about to end, quiet in the log when the wait is long.
+START_RETRY_ROUNDS, START_RETRY_MAX_ROUNDS = 2, 30
 
 
 def _wants_stop(ctx: RoundContext, sid: str) -> bool:
@@ -148,6 +152,10 @@ def _request_start(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
         # only its node's LRM can hand it over (relocate); a lost node goes through fencing
         ctx.set_reason(sid, sd, f"waiting for {sd.node} to come online", level="info")
         return
+    if sd.start_retry_at is not None:
+        if ctx.now < sd.start_retry_at:
+            return   # the reason says what the node is waiting for
+        sd.start_retry_at = None
     choice = ctx.place(sid, current=sd.node, stay=True)
     if choice.node is None:
         ctx.set_reason(sid, sd, choice.reason)
@@ -166,8 +174,12 @@ def _starting(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
         return
     if res.exit_code == ExitCode.SUCCESS:
         sd.restarts = 0
+        sd.deferrals = 0
         sd.failed_nodes = []
         ctx.change(sid, sd, S.STARTED, new_uid=False)
+        return
+    if res.exit_code == ExitCode.ETRY_AGAIN:
+        _start_deferred(ctx, sid, sd, res.message)
         return
     if res.exit_code == ExitCode.EWRONG_NODE:
         owner = ctx.env.service_config_node(sid)
@@ -178,6 +190,20 @@ def _starting(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
                        why=f"start on {sd.node}: {res.message}")
         return
     _start_failed(ctx, sid, sd, res.message)
+
+
+def _start_deferred(ctx: RoundContext, sid: str, sd: ServiceStatus, message: str) -> None:
+    """The node cannot start it *yet* (ETRY_AGAIN: a replica still resyncing, the peer
+    still Primary): not the guest's failure, so no restart is counted and it never ends
+    in `error` for it. Back to `request_start` after a growing pause, where placement
+    decides again: the same node once its storage is ready, or a node that is.
+    """
+    rounds = min(START_RETRY_ROUNDS * 2 ** min(sd.deferrals, 8), START_RETRY_MAX_ROUNDS)
+    delay = rounds * ctx.timers.manager_round
+    sd.deferrals += 1
+    sd.start_retry_at = ctx.now + delay
+    wait = f"{sd.node} cannot start it yet ({message}); trying again in {delay:g} s"
+    ctx.change(sid, sd, S.REQUEST_START, reason=wait, why=f"{wait}, no restart counted")
 
 
 def _start_failed(ctx: RoundContext, sid: str, sd: ServiceStatus, message: str) -> None:
@@ -222,6 +248,9 @@ def _started(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
         return
     lrm = ctx.lrm(sd.node)
     res = ctx.result(sd.node, sd.uid)
+    if res is not None and res.exit_code == ExitCode.ETRY_AGAIN:
+        _start_deferred(ctx, sid, sd, res.message)
+        return
     if res is not None and res.exit_code != ExitCode.SUCCESS:
         # the LRM (re)started it under this uid, e.g. after a migration here, and failed
         _start_failed(ctx, sid, sd, res.message)

@@ -151,16 +151,28 @@ class Store:
         host, _, port = hostport.rpartition(":")
         return cls(host.strip("[]"), int(port), ca=ca, cert=cert, key=key, timeout=timeout)
 
-    def clone(self) -> Store:
-        """A new client of the same member with the same credentials and timeout.
+    def clone(self, url: str | None = None) -> Store:
+        """A new client with the same credentials and timeout, of the same member or of
+        the member at client `url`.
 
         A grpc.aio channel belongs to the event loop it was created on: a loop running
         in another thread (the HA lease keeper) needs a client of its own."""
+        host, port = self.host, self.port
+        if url is not None:
+            hostport = url.split("://", 1)[-1].rstrip("/")
+            h, _, p = hostport.rpartition(":")
+            host, port = h.strip("[]"), int(p)
         other = Store.__new__(Store)
-        other.host, other.port, other._creds = self.host, self.port, self._creds
+        other.host, other.port, other._creds = host, port, self._creds
         other.timeout = self.timeout
-        other._client = _TlsClient(self.host, self.port, self._creds, self.timeout)
+        other._client = _TlsClient(host, port, self._creds, self.timeout)
         return other
+
+    @property
+    def url(self) -> str:
+        """The client URL of the member this client talks to."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
 
     async def close(self) -> None:
         try:

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,22 @@ log = logging.getLogger("binome.etcd")
 
 REMOVED_MARKERS = ("has already been removed", "permanently removed", "member has been removed",
                    "data-dir used by this member must be removed")
+
+
+# While the local member is down this node cannot renew its HA lease, and a restart
+# that waits longer than the self-fence deadline costs a power cycle of a healthy
+# node: restart at once, back off only while it keeps crashing, and forget old
+# crashes once it has run for a while (a soak found the delay stuck at its cap after
+# a few kills spread over half an hour, and the next kill self-fenced the node).
+RESTART_DELAY_MIN, RESTART_DELAY_MAX = 0.1, 10.0
+STABLE_RUN = 30.0   # seconds up after which the member counts as healthy again
+
+
+def restart_delay(previous: float | None, ran_for: float) -> float:
+    """The pause before restarting a member that exited after running `ran_for` s."""
+    if previous is None or ran_for >= STABLE_RUN:
+        return RESTART_DELAY_MIN
+    return min(previous * 2, RESTART_DELAY_MAX)
 
 
 @dataclass(frozen=True)
@@ -144,21 +161,22 @@ class EtcdMember:
         log.info("etcd member started pid=%d name=%s", self._proc.pid, self.spec.name)
 
     async def _supervise(self) -> None:
-        backoff = 0.5
+        delay: float | None = None
         while not self._stopping:
             assert self._proc is not None
+            started = time.monotonic()
             code = await self._proc.wait()
             if self._stopping:
                 return
+            delay = restart_delay(delay, time.monotonic() - started)
             self.restarts += 1
             if any(marker in self._log_tail() for marker in REMOVED_MARKERS):
                 self.removed = True
                 log.error("etcd member was removed from the cluster; not restarting it "
                           "(rejoin with 'binome cluster join --force')")
                 return
-            log.error("etcd member exited code=%s; restarting in %.1fs", code, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 10.0)
+            log.error("etcd member exited code=%s; restarting in %.1fs", code, delay)
+            await asyncio.sleep(delay)
             if not self._stopping:
                 await self._spawn()
 

@@ -273,3 +273,52 @@ def test_a_clean_shutdown_report_proves_nothing_once_the_lease_expired():
     env.facts["n2"] = NodeFacts("n2", False, lease_gone_at=env.t, lease_expired=False)
     manager(env).round()
     assert svc(env).state == S.STARTING and svc(env).node == "n1"
+
+
+def test_a_start_refused_for_now_counts_no_restart_and_is_retried():
+    """Soak finding: a copy still marked Outdated (its resync not finished) refused the
+    start, which burned the only restart and left the service in `error` for good."""
+    env = cluster()
+    env.resources["vm:101"] = ResourceConfig("vm:101", max_restart=0, max_relocate=0)
+    svc(env).state = S.STARTING
+    m = manager(env)
+
+    def not_ready():
+        sd = svc(env)
+        env.lrms["n2"] = LrmStatus("n2", LrmState.ACTIVE, results={
+            sd.uid: LrmResult("vm:101", "start", ExitCode.ETRY_AGAIN, "copy is Outdated")})
+        m.round()
+
+    for attempt in range(4):
+        not_ready()
+        sd = svc(env)
+        assert (sd.state, sd.node, sd.restarts) == (S.REQUEST_START, "n2", 0)
+        assert "cannot start it yet (copy is Outdated)" in sd.reason
+        assert sd.start_retry_at is not None
+        wait = sd.start_retry_at - env.t
+        assert wait == min(2 * 2 ** attempt, 30)   # manager rounds of 1 s, doubling
+        m.round()
+        assert svc(env).state == S.REQUEST_START   # not before its time
+        env.t = sd.start_retry_at
+        env.alive("n1", "n2")
+        m.round()
+        assert (svc(env).state, svc(env).node) == (S.STARTING, "n2")
+    sd = svc(env)
+    env.lrms["n2"] = LrmStatus("n2", LrmState.ACTIVE, running=["vm:101"], results={
+        sd.uid: LrmResult("vm:101", "start", ExitCode.SUCCESS)})
+    m.round()
+    assert (svc(env).state, svc(env).deferrals) == (S.STARTED, 0)
+
+
+def test_a_start_refused_for_now_goes_where_the_data_is_uptodate():
+    env = cluster()
+    svc(env).state = S.STARTING
+    m = manager(env)
+    env.replicas["vm:101"] = {"vm-101-disk-0": {"n1": "UpToDate", "n2": "Outdated"}}
+    env.lrms["n2"] = LrmStatus("n2", LrmState.ACTIVE, results={
+        svc(env).uid: LrmResult("vm:101", "start", ExitCode.ETRY_AGAIN, "copy is Outdated")})
+    m.round()
+    env.t = svc(env).start_retry_at
+    env.alive("n1", "n2")
+    m.round()
+    assert (svc(env).state, svc(env).target, svc(env).restarts) == (S.RELOCATE, "n1", 0)

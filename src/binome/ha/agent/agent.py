@@ -53,6 +53,7 @@ from binome.fence.watchdog import Watchdog
 from binome.ha.agent.etcd_env import EtcdEnv, vmid_of
 from binome.ha.agent.executor import Executor
 from binome.ha.agent.fencer import Fencer
+from binome.ha.agent.keeper_link import KeeperLink
 from binome.ha.agent.shutdown import ShutdownDetector
 from binome.ha.agent.wake import WATCH_PREFIXES, Debouncer, wakes_rounds
 from binome.ha.crm import Crm
@@ -189,9 +190,8 @@ class HaAgent:
         self.renewed_at: float | None = None
         self._hb_lease: int | None = None
         self._hb_ok = False
-        # the keeper thread's own etcd client, and the cluster client it was cloned from
-        self._hb_store: Store | None = None
-        self._hb_source: Store | None = None
+        # the keeper thread's own etcd clients (local member; another while it is down)
+        self._hb_link = KeeperLink(self.node)
         self._hb_thread: threading.Thread | None = None
         # watchdog writes come from the LRM (main loop) and the keeper thread: one at a
         # time, and never an arm after the LRM's disarm
@@ -415,9 +415,7 @@ class HaAgent:
         try:
             await self._heartbeat_loop()
         finally:
-            if self._hb_store is not None:
-                await self._hb_store.close()
-                self._hb_store = self._hb_source = None
+            await self._hb_link.close()
 
     async def _heartbeat_loop(self) -> None:
         seq = itertools.count()
@@ -436,29 +434,22 @@ class HaAgent:
                            backoff=Backoff(HEARTBEAT_RETRY, HEARTBEAT_RETRY),
                            stop_when=lambda: self._stopping)
 
-    async def _keeper_store(self) -> Store | None:
-        """This loop's client of the cluster's current etcd member (re-cloned when the
-        cluster service replaced its client)."""
-        source = self.store
-        if source is not self._hb_source:
-            if self._hb_store is not None:
-                await self._hb_store.close()
-            self._hb_store = source.clone() if source is not None else None
-            self._hb_source = source
-        return self._hb_store
-
     async def _heartbeat(self, seq: int) -> bool:
         lease = self.lease_id
-        store = await self._keeper_store()
+        store = await self._hb_link.store(self.store)
         if store is None or lease is None:
             return False
         sent = time.monotonic()
-        ttl = await store.refresh_lease(lease, timeout=self.io_timeout)
-        if ttl <= 0:
-            self._hb_ok = False
-            return False
-        rev = await store.txn([], {keys.ha_heartbeat(self.node): ({"seq": seq}, lease)}, (),
-                        self.io_timeout)
+        try:
+            ttl = await store.refresh_lease(lease, timeout=self.io_timeout)
+            if ttl <= 0:
+                self._hb_ok = False
+                return False
+            rev = await store.txn([], {keys.ha_heartbeat(self.node): ({"seq": seq}, lease)},
+                                  (), self.io_timeout)
+        except StoreUnavailable:
+            await self._hb_link.failed(hung=time.monotonic() - sent >= self.io_timeout * 0.9)
+            raise
         if rev is None:
             return False
         lrm = self.lrm
@@ -467,6 +458,7 @@ class HaAgent:
             if lrm.armed and lrm.state == LrmState.ACTIVE and self.armed_sids:
                 self._arm_locked(sent + self.timers.self_fence_deadline, self.armed_sids)
         self.renewals.renewed(sent, time.monotonic() - sent, self.node)
+        await self._hb_link.succeeded(store)
         return True
 
     async def _loop_monitor(self) -> None:

@@ -6,7 +6,9 @@ executor refuses a start (no job, an immediate result) when the guest config
 is not on this node (`EWRONG_NODE`) or the watchdog does not protect the sid
 (`ERROR`). A start first promotes the guest's replicated volumes here
 (`promote_volumes`: UpToDate copies only, through the volume service's
-quorum-fencing rules, never forced) and fails with the reason otherwise; a
+quorum-fencing rules, never forced); a copy not ready *yet* (resyncing, marked
+Outdated until its resync ends, the peer still Primary) answers `ETRY_AGAIN`, which
+the CRM retries without counting a restart, and other refusals fail with the reason; a
 stop or relocate demotes them to Secondary once QEMU has closed them. A
 migrate of a running guest is the guest service's live migration
 (`GuestService.migrate_vm`, task `hamigrate`: dual-primary volumes, paused
@@ -41,6 +43,12 @@ if TYPE_CHECKING:
     from binome.tasks.manager import Task
 
 log = logging.getLogger("binome.ha")
+
+
+class StartNotReady(GuestFailure):
+    """The guest cannot start here *yet*: a copy is not UpToDate (resyncing, or still
+    marked Outdated until its resync ends) or the peer is still Primary. Reported as
+    ETRY_AGAIN, so the CRM retries or places it elsewhere without counting a restart."""
 
 STOP_TIMEOUT = 30.0
 RELEASE_INTERVAL = 2.0   # seconds between two looks at the fencing marks of stuck Primaries
@@ -89,8 +97,14 @@ class Executor:
             return
         hub = self.hub
 
+        not_ready: list[StartNotReady] = []
+
         async def task_body(task: Task) -> None:
-            message = await body(task, vmid)
+            try:
+                message = await body(task, vmid)
+            except StartNotReady as exc:
+                not_ready.append(exc)
+                raise
             task.log(message)
 
         async def run() -> None:
@@ -99,6 +113,8 @@ class Executor:
                 rec = await hub.tasks.wait(upid)
                 if rec.exitstatus == "OK" or str(rec.exitstatus).startswith("WARNINGS"):
                     self._result(uid, sid, cmd, ExitCode.SUCCESS, f"{kind} ok ({upid})")
+                elif not_ready:
+                    self._result(uid, sid, cmd, ExitCode.ETRY_AGAIN, str(not_ready[0]))
                 else:
                     self._result(uid, sid, cmd, ExitCode.ERROR, str(rec.exitstatus))
             except asyncio.CancelledError:
@@ -280,7 +296,7 @@ async def promote_volumes(hub: HaAgent, task: Task, sid: str, vmid: int) -> None
                 task.log(f"volume {name}: already Primary on {hub.node}")
                 continue
             if st.disk != "UpToDate":
-                raise GuestFailure(
+                raise StartNotReady(
                     f"volume {name}: the copy on {hub.node} is {st.disk}, not UpToDate; "
                     f"refusing to start {sid} on stale data")
             peer = st.peer
@@ -290,7 +306,7 @@ async def promote_volumes(hub: HaAgent, task: Task, sid: str, vmid: int) -> None
                     raise GuestFailure(f"refusing to start {sid}: volume {name}: its peer "
                                        f"node is unknown")
                 if await hub.store.get(keys.ha_heartbeat(peer)) is not None:   # linearizable
-                    raise GuestFailure(f"volume {name}: {peer} is Primary and its lease is "
+                    raise StartNotReady(f"volume {name}: {peer} is Primary and its lease is "
                                        f"alive; refusing to start {sid} here")
                 task.log(f"volume {name}: {peer}'s lease expired (fenced) but its engine is "
                          f"still Primary: disconnecting from it")
@@ -300,7 +316,7 @@ async def promote_volumes(hub: HaAgent, task: Task, sid: str, vmid: int) -> None
             await storages.activate_volume(volid, task=task)
             task.log(f"volume {name}: Primary on {hub.node}")
         except StaleCopy as exc:
-            raise GuestFailure(f"{exc}; refusing to start {sid}") from None
+            raise StartNotReady(f"{exc}; refusing to start {sid}") from None
         except StorageError as exc:
             raise GuestFailure(f"refusing to start {sid}: {exc}") from None
 

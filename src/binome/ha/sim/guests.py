@@ -119,7 +119,7 @@ class Guests:
         stale = [f"{v} is {d.get(node.name)}" for v, d in sorted(w.replicas.states(sid).items())
                  if d.get(node.name) != "UpToDate"]
         if stale:
-            self._result(node, uid, sid, "start", ExitCode.ERROR,
+            self._result(node, uid, sid, "start", ExitCode.ETRY_AGAIN,
                          f"refusing to promote: {'; '.join(stale)}")
             return
         if state is not None:
