@@ -289,3 +289,25 @@ def test_unacknowledged_writes_are_marked_and_resynced(pair):
     wait_for(pair.b, in_sync)
     wait_for(pair.a, in_sync)
     assert pair.identical()
+
+
+def test_a_crashed_primary_is_uptodate_again_after_its_resync(pair):
+    """Soak finding: the volume engine of the Primary killed (quorum fencing, so the
+    restarted copy comes up Consistent, not UpToDate); the crashed primary resyncs its
+    hot extents to the peer as SyncSource and must then be UpToDate, as in DRBD
+    (drbd_resync_finished sets both disks UpToDate). It stayed Consistent for good:
+    never promotable again ("Need access to UpToDate data"), the mirror degraded."""
+    synced_pair(pair, fencing="quorum")
+    asyncio.run(nbd_writes(pair.a.call("status", name="r0")["socket"],
+                           [(i * MiB, os.urandom(4096)) for i in range(4)]))
+    os.kill(pair.a.handle.pid, signal.SIGKILL)
+    pair.a.handle.process.wait()
+    pair.a.handle = asyncio.run(supervisor.ensure_engine(pair.a.state_dir))
+    st = pair.a.call("up", name="r0")
+    assert st["crashed_primary"] and st["disk"] == "Consistent"
+    st = wait_for(pair.a, lambda s: s["cstate"] == "Connected" and not s["crashed_primary"])
+    st = wait_for(pair.a, in_sync)
+    assert st["role"] == "Secondary"
+    wait_for(pair.b, in_sync)
+    assert pair.identical()
+    pair.a.call("primary", name="r0")   # not forced: its data is UpToDate

@@ -407,8 +407,16 @@ async def finish_sync_source(link: PeerLink) -> None:
     rs = link.resync
     vol.crashed_primary = False
     await vol.write_bitmap()
+    # The copies are equal now. A source whose own disk was Consistent (a crashed
+    # primary under quorum fencing, which resyncs its activity log to the peer) is
+    # UpToDate, as drbd_resync_finished makes it; left Consistent it was never
+    # promotable again ("Need access to UpToDate data"). An Outdated source stays
+    # Outdated: equal to its target says nothing about a newer copy elsewhere.
+    disk = vol.state.disk
+    if disk == DiskState.Consistent:
+        disk = DiskState.UpToDate
     await vol.change_state(gi=vol.meta.sb.gi.finish_resync_as_source(),
-                           conn=ConnState.Connected, pdsk=DiskState.UpToDate)
+                           conn=ConnState.Connected, disk=disk, pdsk=DiskState.UpToDate)
     log_done(link, rs)
     link.resync = None
 
