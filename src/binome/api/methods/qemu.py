@@ -163,10 +163,8 @@ async def vm_create(ctx: RequestContext, params: dict[str, Any]) -> str:
                     await service.storages.get(storage_id)
                 except BinomeError as exc:
                     raise param_error(key, str(exc)) from None
-    # PVE checks every key's privilege at create too; binome checks (for now) what only
-    # root may set and startup's Sys.Modify: VM.Allocate already covers the others here
-    await _check_root_keys(ctx, changes, [])
     await _check_pool(ctx, params.get("pool"))
+    await _check_create_privs(ctx, vmid, params.get("pool"), changes, params["start"])
 
     async def body(task: Task) -> None:
         await service.create(task, vmid, changes, start=params["start"])
@@ -393,6 +391,28 @@ async def _check_storage_access(ctx: RequestContext, storages: list[str]) -> Non
     for storage in storages:
         if not ev.check(ctx.userid, f"/storage/{storage}", ["Datastore.AllocateSpace"]):
             raise PermissionDenied(f"/storage/{storage}, Datastore.AllocateSpace")
+
+
+async def _check_create_privs(ctx: RequestContext, vmid: int, pool: str | None,
+                              changes: dict[str, Any], start: bool) -> None:
+    """PVE's create_vm: VM.Allocate lets one in, then every key needs its own privilege
+    (check_vm_modify_config_perm with the pool: held on /pool/<pool> or /vms/<vmid>), so
+    a VM.Allocate-only role cannot create a VM with a disk, a NIC on any bridge or 64
+    cores. `start=1` also needs VM.PowerMgmt: PVE starts the new VM without asking (its
+    worker calls vm_start directly), which would let a role without power rights run
+    VMs; binome asks, and says so in docs/api-compatibility.md."""
+    await _check_root_keys(ctx, changes, [])
+    if ctx.userid == "root@pam":
+        return
+    ev = await ctx.services.access.evaluator()
+    wanted = {p for key, value in changes.items() for p in _key_privs(key, value)}
+    if start:
+        wanted.add("VM.PowerMgmt")
+    for priv in sorted(wanted):
+        if pool and ev.check(ctx.userid, f"/pool/{pool}", [priv]):
+            continue
+        if not ev.check(ctx.userid, f"/vms/{vmid}", [priv]):
+            raise PermissionDenied(f"/vms/{vmid}, {priv}")
 
 
 async def _check_config_privs(ctx: RequestContext, vmid: int, changes: dict[str, Any],
