@@ -1,4 +1,4 @@
-"""The soak of issue 16, three faults long: the lab tier's version of `bench/soak.py`.
+"""The soak of issue 16, four faults long: the lab tier's version of `bench/soak.py`.
 
 Its own HA lab (subnets 198.23.x; `tests.lab.ha.labs.serving_lab`, as the other
 HA modules, each of which needs its lab in a different state), a CPU hog in
@@ -8,7 +8,10 @@ n1's namespace, and a fixed plan on the node the guest runs on:
    deadline: nothing may be fenced and the guest must not move;
 2. its replication link cut for 10 s: the Primary records the peer Outdated
    and goes on; once the link is back the copy resyncs by itself;
-3. chassis power off through its BMC: the CRM fences it through the device
+3. kill -9 of its volume engine (binomed restarts it): the guest goes on, the
+   crashed primary resyncs its activity log and both copies are UpToDate again
+   (it used to stay Consistent: never promotable, the mirror degraded for good);
+4. chassis power off through its BMC: the CRM fences it through the device
    (`action: off`: it stays off), the guest is recovered on the other node,
    and the soak powers it on again.
 
@@ -39,7 +42,7 @@ def ha(tmp_path_factory) -> Iterator[HaLab]:
                            label="soak lab")
 
 
-def test_soak_three_faults(ha: HaLab) -> None:
+def test_soak_four_faults(ha: HaLab) -> None:
     began = time.monotonic()
     node = ha.guest_node()
     assert node is not None
@@ -50,6 +53,8 @@ def test_soak_three_faults(ha: HaLab) -> None:
         paused = soak.run(Fault("pause", node, 2.0))
         assert ha.guest_node() == node, "a 2 s stall moved the guest"
         soak.run(Fault("cut_replication", node, 10.0))
+        soak.run(Fault("kill_engine", node))
+        assert ha.guest_node() == node, "a volume engine crash moved the guest"
         soak.run(Fault("power_off", node))
         soak.finish()
     finally:
@@ -69,7 +74,7 @@ def test_soak_three_faults(ha: HaLab) -> None:
     assert not report["cluster_log_error"]
     assert report["unneeded_fences"] == 0, report["fences"]
     # the power-off was fenced (device or watchdog) and the guest recovered elsewhere
-    assert any(f["node"] == node and f["window"] == 3 for f in report["fences"]), \
+    assert any(f["node"] == node and f["window"] == 4 for f in report["fences"]), \
         report["fence_log"]
     assert ha.guest_node() == ha.other(node)
     ha.wait_serving(30)
