@@ -305,7 +305,8 @@ class Lifecycle:
         try:
             new: dict[str, Any] = {}
             for key, value in source.items():
-                if key in ("template", "lock", "smbios1"):
+                # like PVE's clone: no snapshot keys (the copy has no snapshots)
+                if key in ("template", "smbios1", *vmconf.INTERNAL_KEYS):
                     continue
                 if vmconf.is_disk_key(key):
                     disk = vmconf.parse_disk(key, str(value))

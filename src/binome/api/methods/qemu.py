@@ -59,7 +59,7 @@ KEY_PRIVS.update({
     "append": ("VM.Config.Disk", "VM.Config.HWType")})
 TIMEOUT = Param(type="integer", optional=True, minimum=0, maximum=86400,
                 description="Wait at most this many seconds.")
-SETTABLE = {k: v for k, v in vmconf.SCHEMA.items() if k != "lock"}
+SETTABLE = {k: v for k, v in vmconf.SCHEMA.items() if k not in vmconf.INTERNAL_KEYS}
 POOL = Param(optional=True, description="Add the VM to the specified pool.")
 # PVE: VM.Allocate on the new VM, or on the pool it is created in
 IN_POOL = Perm("/pool/{pool}", ("VM.Allocate",), require_param="pool")
@@ -184,6 +184,7 @@ async def vm_create(ctx: RequestContext, params: dict[str, Any]) -> str:
 async def vm_index(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, str]]:
     await guests(ctx).read(params["vmid"])
     return [{"subdir": s} for s in ("config", "pending", "status", "clone", "template",
+                                    "snapshot",
                                     "resize", "vncproxy", "termproxy", "rrddata")]
 
 
