@@ -119,6 +119,12 @@ def test_stopped_vm_snapshot_tree_rollback_and_delete(px, cluster: Cluster, vm: 
     assert first["memory"] == 128 and first["description"] == "data A"
     assert first["snaptime"] > 0 and "lock" not in first
     assert q.config.get()["memory"] == 96
+    assert q.config.get(snapshot="first")["memory"] == 128
+    # PVE's layout in the stored config: [name] sections after the current config
+    text = stored_config(cluster, vm)
+    current, _, sections = text.partition("\n[first]\n")
+    assert "parent: second" in current and "#data A" in sections
+    assert "\n[second]\n" in sections and "parent: first" in sections.split("[second]")[1]
 
     # rollback to a snapshot that is not the latest (PVE allows it): disk and config
     task_ok(px, q.snapshot("first").rollback.post())
@@ -197,6 +203,20 @@ def test_raw_disks_and_locked_vms_are_refused(px, cluster: Cluster, vm: int) -> 
     q.config.put(delete="lock")
     task_ok(px, q.snapshot("s1").delete())
     assert tree(px, vm) == {"current": None}
+
+
+def stored_config(cluster: Cluster, vmid: int) -> str:
+    """The VM's config text as stored in the cluster store."""
+    import asyncio
+
+    async def run() -> str:
+        store = cluster.raw_store("n1")
+        try:
+            return str((await store.get(f"/binome/config/nodes/n1/qemu/{vmid}.conf")).value)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
 
 
 def store_lock(cluster: Cluster, vmid: int, lock: str) -> None:
@@ -330,3 +350,38 @@ def qemu_pid(node: Node, vmid: int) -> int | None:
         return int((node.state_dir / "run" / "qemu" / f"{vmid}.pid").read_text().strip())
     except (OSError, ValueError):
         return None
+
+
+def test_ansible_proxmox_snap(px, cluster: Cluster, vm: int, tmp_path: Path) -> None:
+    """community.proxmox.proxmox_snap, unchanged: create (then again: no change), roll
+    back, remove (then again: no change), with an API token as its users run it."""
+    from tests.integration.access.test_ansible import run_play
+
+    token = f"snap{vm}"
+    secret = px.access.users("admin@pve").token(token).post(privsep=0)["value"]
+    path = disk_path(cluster, vm)
+    try:
+        qemu_io(path, "write -P 0x41 0 64k")
+        snap = {"vmid": vm, "snapname": "ansible", "description": "from ansible",
+                "timeout": 60}
+        first = run_play(cluster, tmp_path, "admin@pve", (token, secret), [
+            ("community.proxmox.proxmox_snap", {**snap, "state": "present"}),
+            ("community.proxmox.proxmox_snap", {**snap, "state": "present"})])
+        assert [r.get("failed", False) for r in first] == [False, False], first
+        assert [r["changed"] for r in first] == [True, False]
+        assert q_config(px, vm, "ansible")["description"] == "from ansible"
+        qemu_io(path, "write -P 0x42 0 64k")
+        second = run_play(cluster, tmp_path, "admin@pve", (token, secret), [
+            ("community.proxmox.proxmox_snap", {**snap, "state": "rollback"}),
+            ("community.proxmox.proxmox_snap", {**snap, "state": "absent"}),
+            ("community.proxmox.proxmox_snap", {**snap, "state": "absent"})])
+        assert [r.get("failed", False) for r in second] == [False] * 3, second
+        assert [r["changed"] for r in second] == [True, True, False]
+        assert holds_pattern(path, 0x41)
+        assert tree(px, vm) == {"current": None} and image_snapshots(path) == []
+    finally:
+        px.access.users("admin@pve").token(token).delete()
+
+
+def q_config(px, vmid: int, snapname: str) -> dict:
+    return px.nodes("n1").qemu(vmid).snapshot(snapname).config.get()

@@ -259,13 +259,21 @@ async def vm_status_index(ctx: RequestContext, params: dict[str, Any]) -> list[d
     proxyto="node", description="Get the VM configuration (with its digest).",
     parameters={"node": NODE, "vmid": VMID,
                 "current": Param(type="boolean", optional=True, default=False),
-                "snapshot": Param(optional=True)},
+                "snapshot": Param(optional=True, format="pve-configid", max_length=40,
+                                  description="Fetch config values from given snapshot.")},
     returns={"type": "object"},
     cli=CliSpec(("vm", "config"), positional=("vmid",)),
 )
 async def vm_config(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    if params.get("snapshot") and params["current"]:
+        text = "cannot use 'snapshot' parameter with 'current'"
+        raise ApiError(400, "Parameter verification failed.",
+                       {"snapshot": text, "current": text})
     if params.get("snapshot"):
-        raise fail(f"snapshot '{params['snapshot']}' does not exist")
+        # PVE's load_snapshot_config: the snapshot's section, with the config's digest
+        vm = await guests(ctx).read(params["vmid"])
+        snap = guests(ctx).snapshots.existing(vm, params["snapshot"])
+        return {**_typed_config(snap), "digest": vm.digest}
     vm = await guests(ctx).read(params["vmid"])
     return {**_typed_config(vm.config), "digest": vm.digest}
 
