@@ -121,3 +121,21 @@ def test_snapshot_names_are_pve_configids(name: str, ok: bool) -> None:
     else:
         with pytest.raises(ValueError, match="invalid configuration ID"):
             check_format("pve-configid", name)
+
+
+def test_which_volumes_can_have_snapshots(tmp_path) -> None:
+    from binome.storage.base import StorageConfig
+    from binome.storage.dir import DirStorage
+    from binome.storage.replicated import ReplicatedStorage
+
+    local = DirStorage(StorageConfig("local", "dir", path=str(tmp_path)), "n1")
+    images = tmp_path / "images" / "100"
+    images.mkdir(parents=True)
+    (images / "vm-100-disk-0.raw").write_bytes(b"")
+    (images / "vm-100-disk-1.qcow2").write_bytes(b"")
+    assert local.snapshot_blocker("local:100/vm-100-disk-1.qcow2") is None
+    assert "snapshots need qcow2" in str(local.snapshot_blocker("local:100/vm-100-disk-0.raw"))
+    assert "does not exist" in str(local.snapshot_blocker("local:100/vm-100-disk-2.qcow2"))
+    assert "not a disk image" in str(local.snapshot_blocker("local:iso/x.iso"))
+    replicated = ReplicatedStorage(StorageConfig("rep", "replicated"), "n1", None)
+    assert "no snapshots yet" in str(replicated.snapshot_blocker("rep:vm-100-disk-0"))
