@@ -79,6 +79,14 @@ def test_copy_rollback_and_reparent_follow_abstractconfig() -> None:
                                      "vmstate": "local:x", "description": "old"}, "a")
     assert after == {"memory": 512, "parent": "a", "description": "mine",
                      "unused0": "local:100/vm-100-disk-9.qcow2"}
+    # a disk added after the snapshot is kept as an unused volume, not forgotten
+    later = applied_config({"virtio0": "local:100/vm-100-disk-0.qcow2,size=1G",
+                            "virtio1": "local:100/vm-100-disk-1.qcow2,size=1G",
+                            "unused0": "local:100/vm-100-disk-7.qcow2"},
+                           {"virtio0": "local:100/vm-100-disk-0.qcow2,size=1G"}, "s")
+    assert later == {"virtio0": "local:100/vm-100-disk-0.qcow2,size=1G", "parent": "s",
+                     "unused0": "local:100/vm-100-disk-7.qcow2",
+                     "unused1": "local:100/vm-100-disk-1.qcow2"}
     assert reparented({"parent": "b", "x": 1}, "b", "a") == {"parent": "a", "x": 1}
     assert reparented({"parent": "b", "x": 1}, "b", None) == {"x": 1}
     assert reparented({"parent": "c"}, "b", "a") == {"parent": "c"}
@@ -139,3 +147,16 @@ def test_which_volumes_can_have_snapshots(tmp_path) -> None:
     assert "not a disk image" in str(local.snapshot_blocker("local:iso/x.iso"))
     replicated = ReplicatedStorage(StorageConfig("rep", "replicated"), "n1", None)
     assert "no snapshots yet" in str(replicated.snapshot_blocker("rep:vm-100-disk-0"))
+
+
+def test_destroy_frees_unused_and_snapshot_only_volumes_once() -> None:
+    from binome.guest.lifecycle import owned_volumes
+
+    config = {"virtio0": "local:100/vm-100-disk-0.qcow2,size=1G",
+              "ide2": "local:iso/x.iso,media=cdrom",
+              "unused0": "local:100/vm-100-disk-2.qcow2"}
+    snaps = {"s": {"virtio0": "local:100/vm-100-disk-0.qcow2,size=1G",
+                   "virtio1": "local:100/vm-100-disk-1.qcow2,size=1G"}}
+    assert owned_volumes(config, snaps) == [("virtio0", "local:100/vm-100-disk-0.qcow2"),
+                                           ("unused0", "local:100/vm-100-disk-2.qcow2"),
+                                           ("virtio1", "local:100/vm-100-disk-1.qcow2")]

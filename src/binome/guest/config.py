@@ -96,6 +96,11 @@ def is_disk_key(key: str) -> bool:
     return m is not None and int(m.group(2)) < DISK_BUSES[m.group(1)]
 
 
+def is_unused_key(key: str) -> bool:
+    """`unusedN`: a volume of the VM no drive uses (left by a snapshot rollback)."""
+    return re.fullmatch(r"unused(0|[1-9]\d*)", key) is not None
+
+
 def is_net_key(key: str) -> bool:
     m = re.fullmatch(r"net(0|[1-9]\d*)", key)
     return m is not None and int(m.group(1)) < MAX_NETS

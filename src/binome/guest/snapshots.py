@@ -68,8 +68,17 @@ def copy_config(source: dict[str, Any]) -> dict[str, Any]:
 def applied_config(current: dict[str, Any], snap: dict[str, Any], snapname: str
                    ) -> dict[str, Any]:
     """The config after a rollback to `snap` (AbstractConfig __snapshot_apply_config):
-    the snapshot's, keeping the current description and unused volumes."""
+    the snapshot's, keeping the current description and unused volumes; a current
+    disk the snapshot does not have becomes an `unusedN` volume (QemuConfig
+    __snapshot_rollback_get_unused), so no volume is forgotten."""
     new = {k: v for k, v in current.items() if k == "description" or k.startswith("unused")}
+    in_snapshot = {d.volid for d in snapshot_disks(snap)}
+    for disk in snapshot_disks(current):
+        if disk.volid not in in_snapshot and disk.volid not in new.values():
+            n = 0
+            while f"unused{n}" in new:
+                n += 1
+            new[f"unused{n}"] = disk.volid
     new.update(copy_config(snap))
     new["parent"] = snapname
     return new

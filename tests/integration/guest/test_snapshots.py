@@ -201,6 +201,19 @@ def test_raw_disks_and_locked_vms_are_refused(px, cluster: Cluster, vm: int) -> 
     with pytest.raises(ResourceException, match=r"VM is locked \(backup\)"):
         q.snapshot("s1").delete()
     q.config.put(delete="lock")
+
+    # a disk added after the snapshot survives a rollback as an unused volume (PVE),
+    # which deleting its key removes
+    q.config.put(virtio1="local:0.00390625,format=qcow2")
+    added = q.config.get()["virtio1"].split(",")[0]
+    task_ok(px, q.snapshot("s1").rollback.post())
+    config = q.config.get()
+    assert "virtio1" not in config and config["unused0"] == added
+    volume = disk_path(cluster, vm).with_name(added.rsplit("/", 1)[1])
+    assert volume.exists()
+    q.config.put(delete="unused0")
+    assert not volume.exists() and "unused0" not in q.config.get()
+
     task_ok(px, q.snapshot("s1").delete())
     assert tree(px, vm) == {"current": None}
 

@@ -308,7 +308,8 @@ def _deletes(params: dict[str, Any]) -> list[str]:
     keys = [k.strip() for k in raw.replace(";", ",").split(",") if k.strip()]
     # 'lock' cannot be set, but deleting it is how an admin unlocks a VM whose
     # operation died half-way (PVE: qm unlock)
-    bad = [k for k in keys if k not in SETTABLE and k != "lock"]
+    # an unused volume (a rollback's leftover) is removed by deleting its key (PVE)
+    bad = [k for k in keys if k not in SETTABLE and k != "lock" and not vmconf.is_unused_key(k)]
     if bad:
         raise param_error("delete", f"invalid configuration key '{bad[0]}'")
     return keys
@@ -328,6 +329,8 @@ async def _apply_config(ctx: RequestContext, params: dict[str, Any],
 
 
 def _key_privs(key: str, value: Any) -> tuple[str, ...]:
+    if vmconf.is_unused_key(key):
+        return ("VM.Config.Disk",)
     if vmconf.is_disk_key(key):
         cdrom = value is not None and "media=cdrom" in str(value)
         return ("VM.Config.CDROM",) if cdrom else ("VM.Config.Disk",)
