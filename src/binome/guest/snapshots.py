@@ -338,6 +338,19 @@ class Snapshots:
 
     # ------------------------------------------------------------ delete
 
+    async def _forget_disk(self, vmid: int, snapname: str, key: str) -> None:
+        """Drop disk `key` from snapshot `snapname`'s section once its volume snapshot
+        is gone (the section's `vmstate` too, when it named that disk's volume)."""
+        async with self.ctx.lock(vmid):
+            vm = await self.ctx.read(vmid)
+            if vm.config.get("lock") != "snapshot-delete":
+                raise GuestFailure("encountered invalid lock, expected 'snapshot-delete'")
+            snap = dict(self.existing(vm, snapname))
+            volid = vmconf.parse_disk(key, str(snap.pop(key))).volid if key in snap else None
+            if volid is not None and snap.get("vmstate") == volid:
+                snap.pop("vmstate")
+            await self.ctx.configs.write(vm, vm.config, {**vm.snapshots, snapname: snap})
+
     async def delete(self, task: Task, vmid: int, snapname: str, *, force: bool) -> None:
         ctx = self.ctx
         async with ctx.lock(vmid):
@@ -358,6 +371,10 @@ class Snapshots:
                 if not force:
                     raise GuestFailure(f"{disk.key}: {exc}") from exc
                 task.warn(f"{disk.key}: {exc}")
+                continue
+            if not force:
+                # PVE's $remove_drive: a retry after a failure skips what is done
+                await self._forget_disk(vmid, snapname, disk.key)
         async with ctx.lock(vmid):
             vm = await ctx.read(vmid)
             if vm.config.get("lock") != "snapshot-delete":

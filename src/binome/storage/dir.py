@@ -199,6 +199,10 @@ class DirStorage(Storage):
 
     async def snapshot(self, volid: str, snap: str) -> None:
         path = await self._qcow2(volid)
+        # qcow2 accepts a second snapshot of the same name; a rollback or delete by
+        # name would then pick one of them
+        if snap in await self.snapshots(volid):
+            raise StorageError(f"snapshot '{snap}' already exists in volume {volid}")
         await _run("qemu-img", "snapshot", "-q", "-c", snap, str(path))
 
     async def rollback_snapshot(self, volid: str, snap: str) -> None:

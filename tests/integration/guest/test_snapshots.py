@@ -398,3 +398,32 @@ def test_ansible_proxmox_snap(px, cluster: Cluster, vm: int, tmp_path: Path) -> 
 
 def q_config(px, vmid: int, snapname: str) -> dict:
     return px.nodes("n1").qemu(vmid).snapshot(snapname).config.get()
+
+
+def test_failures_half_way_leave_what_pve_leaves(px, cluster: Cluster, vm: int) -> None:
+    """A create that fails on its second disk undoes the first and leaves no section
+    and no lock; a delete that fails keeps `lock: snapshot-delete` until the
+    administrator unlocks and forces it (PVE's recovery)."""
+    q = px.nodes("n1").qemu(vm)
+    q.config.put(virtio1="local:0.00390625,format=qcow2")
+    first, second = disk_path(cluster, vm), disk_path(cluster, vm).with_name(
+        f"vm-{vm}-disk-1.qcow2")
+    subprocess.run(["qemu-img", "snapshot", "-c", "clash", str(second)], check=True)
+    digest = q.config.get()["digest"]
+    status = wait_task(px, q.snapshot.post(snapname="clash"))
+    assert "snapshot 'clash' already exists in volume" in status["exitstatus"]
+    assert image_snapshots(first) == [] and image_snapshots(second) == ["clash"]
+    assert q.config.get()["digest"] == digest and tree(px, vm) == {"current": None}
+
+    task_ok(px, q.snapshot.post(snapname="s1"))
+    subprocess.run(["qemu-img", "snapshot", "-d", "s1", str(second)], check=True)
+    status = wait_task(px, q.snapshot("s1").delete())
+    assert status["exitstatus"] != "OK"
+    assert q.config.get()["lock"] == "snapshot-delete"
+    assert q.snapshot("s1").config.get()["snapstate"] == "delete"
+    # virtio0's part was done and left the section; only virtio1 is still in it
+    assert "virtio0" not in q.snapshot("s1").config.get() and image_snapshots(first) == []
+    q.config.put(delete="lock")
+    status = wait_task(px, q.snapshot("s1").delete(force=1))
+    assert status["exitstatus"] == "WARNINGS: 1"       # virtio1 had no 's1' any more
+    assert tree(px, vm) == {"current": None} and "lock" not in q.config.get()
