@@ -222,7 +222,8 @@ async def vm_destroy(ctx: RequestContext, params: dict[str, Any]) -> str:
     return _start_task(ctx, "qmdestroy", vmid, body)
 
 
-def _typed_config(config: dict[str, Any]) -> dict[str, Any]:
+def typed_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A config (or a snapshot's section) with PVE's JSON types for the answer."""
     out: dict[str, Any] = {}
     for key, value in config.items():
         p = vmconf.SCHEMA.get(key)
@@ -273,9 +274,9 @@ async def vm_config(ctx: RequestContext, params: dict[str, Any]) -> dict[str, An
         # PVE's load_snapshot_config: the snapshot's section, with the config's digest
         vm = await guests(ctx).read(params["vmid"])
         snap = guests(ctx).snapshots.existing(vm, params["snapshot"])
-        return {**_typed_config(snap), "digest": vm.digest}
+        return {**typed_config(snap), "digest": vm.digest}
     vm = await guests(ctx).read(params["vmid"])
-    return {**_typed_config(vm.config), "digest": vm.digest}
+    return {**typed_config(vm.config), "digest": vm.digest}
 
 
 @registry.register(
@@ -287,7 +288,7 @@ async def vm_config(ctx: RequestContext, params: dict[str, Any]) -> dict[str, An
 )
 async def vm_pending(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
     vm = await guests(ctx).read(params["vmid"])
-    return [{"key": k, "value": v} for k, v in sorted(_typed_config(vm.config).items())]
+    return [{"key": k, "value": v} for k, v in sorted(typed_config(vm.config).items())]
 
 
 CONFIG_PARAMS = {

@@ -15,7 +15,7 @@ from typing import Any
 from binome.api.context import RequestContext
 from binome.api.errors import PermissionDenied, fail
 from binome.api.methods.common import NODE
-from binome.api.methods.qemu import VM_PATH, VMID, _typed_config, guests
+from binome.api.methods.qemu import VM_PATH, VMID, guests, typed_config
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
 from binome.guest.snapshots import reserved_name_error
@@ -25,10 +25,6 @@ SNAPNAME = Param(format="pve-configid", max_length=40,
                  description="The name of the snapshot.")
 SNAPSHOT = privs("VM.Snapshot", path=VM_PATH)
 SNAPSHOT_PATH = "/nodes/{node}/qemu/{vmid}/snapshot"
-
-
-def _start_task(ctx: RequestContext, type_: str, vmid: int, body) -> str:
-    return ctx.services.tasks.start(type_, str(vmid), ctx.userid, body)
 
 
 @registry.register(
@@ -68,7 +64,7 @@ async def vm_snapshot(ctx: RequestContext, params: dict[str, Any]) -> str:
                                        vmstate=bool(params.get("vmstate")),
                                        description=params.get("description"))
 
-    return _start_task(ctx, "qmsnapshot", vmid, body)
+    return ctx.services.tasks.start("qmsnapshot", str(vmid), ctx.userid, body)
 
 
 @registry.register(
@@ -95,7 +91,7 @@ async def vm_snapshot_index(ctx: RequestContext, params: dict[str, Any]) -> list
     cli=CliSpec(("vm", "snapshot-config"), positional=("vmid", "snapname")),
 )
 async def vm_snapshot_config(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    return _typed_config(await guests(ctx).snapshots.config(params["vmid"], params["snapname"]))
+    return typed_config(await guests(ctx).snapshots.config(params["vmid"], params["snapname"]))
 
 
 @registry.register(
@@ -140,7 +136,7 @@ async def vm_rollback(ctx: RequestContext, params: dict[str, Any]) -> str:
     async def body(task: Task) -> None:
         await service.snapshots.rollback(task, vmid, snapname, start=params["start"])
 
-    return _start_task(ctx, "qmrollback", vmid, body)
+    return ctx.services.tasks.start("qmrollback", str(vmid), ctx.userid, body)
 
 
 @registry.register(
@@ -161,4 +157,4 @@ async def vm_delsnapshot(ctx: RequestContext, params: dict[str, Any]) -> str:
     async def body(task: Task) -> None:
         await service.snapshots.delete(task, vmid, snapname, force=params["force"])
 
-    return _start_task(ctx, "qmdelsnapshot", vmid, body)
+    return ctx.services.tasks.start("qmdelsnapshot", str(vmid), ctx.userid, body)
