@@ -430,3 +430,30 @@ def test_failures_half_way_leave_what_pve_leaves(px, cluster: Cluster, vm: int) 
     status = wait_task(px, q.snapshot("s1").delete(force=1))
     assert status["exitstatus"] == "WARNINGS: 1"       # virtio1 had no 's1' any more
     assert tree(px, vm) == {"current": None} and "lock" not in q.config.get()
+
+
+def test_rollback_privileges_are_pves(px, cluster: Cluster, vm: int) -> None:
+    """VM.Snapshot.Rollback alone may roll back but not snapshot, and starting after the
+    rollback needs VM.PowerMgmt too (API2/Qemu.pm rollback)."""
+    from proxmoxer import ProxmoxAPI, ResourceException
+
+    role, user, password = f"SnapRb{vm}", f"snaprb{vm}@pve", "rollback-only-1"
+    px.access.roles.post(roleid=role, privs="VM.Audit,VM.Snapshot.Rollback")
+    px.access.users.post(userid=user, password=password)
+    try:
+        px.access.acl.put(path=f"/vms/{vm}", roles=role, users=user)
+        task_ok(px, px.nodes("n1").qemu(vm).snapshot.post(snapname="s1"))
+        mine = ProxmoxAPI(cluster["n1"].address, user=user, password=password,
+                          verify_ssl=False, timeout=30).nodes("n1").qemu(vm)
+        for call in (lambda: mine.snapshot.post(snapname="s2"),
+                     lambda: mine.snapshot("s1").rollback.post(start=1),
+                     lambda: mine.snapshot("s1").delete()):
+            with pytest.raises(ResourceException) as exc:
+                call()
+            assert exc.value.status_code == 403
+        task_ok(px, mine.snapshot("s1").rollback.post())
+        assert mine.snapshot("s1").config.get()["snaptime"] > 0
+        assert px.nodes("n1").qemu(vm).status.current.get()["status"] == "stopped"
+    finally:
+        px.access.users(user).delete()
+        px.access.roles(role).delete()
