@@ -53,7 +53,7 @@ def test_parse_conf_types_and_description():
     assert conf["virtio0"].startswith("local:100/")
 
 
-def test_parse_conf_skips_blank_lines_and_stops_at_snapshot_section():
+def test_parse_conf_skips_blank_lines_and_leaves_out_snapshot_sections():
     text = "memory: 512\n\n   \ncores: 1\n[snap1]\nmemory: 4096\n"
     assert parse_conf(text) == {"memory": 512, "cores": 1}
 

@@ -69,6 +69,10 @@ DISK_OPTIONS = {"size", "cache", "discard", "iothread", "ssd", "media", "backup"
                 "serial", "aio", "replicate", "ro"}
 CACHE_MODES = ("none", "writeback", "writethrough", "unsafe")
 
+# PVE's lock values (AbstractConfig / QemuServer $confdesc->{lock})
+LOCKS = ("backup", "clone", "create", "destroyed", "migrate", "rollback", "snapshot",
+         "snapshot-delete", "suspending", "suspended")
+
 _SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)([KMGT]?)$")
 _MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}$")
 _VOLID_RE = re.compile(r"^[a-z][a-z0-9\-_.]*:[\w./-]+$", re.IGNORECASE)
@@ -90,6 +94,11 @@ def _disk_keys() -> list[str]:
 def is_disk_key(key: str) -> bool:
     m = re.fullmatch(r"(virtio|scsi|ide|sata)(0|[1-9]\d*)", key)
     return m is not None and int(m.group(2)) < DISK_BUSES[m.group(1)]
+
+
+def is_unused_key(key: str) -> bool:
+    """`unusedN`: a volume of the VM no drive uses (left by a snapshot rollback)."""
+    return re.fullmatch(r"unused(0|[1-9]\d*)", key) is not None
 
 
 def is_net_key(key: str) -> bool:
@@ -155,6 +164,16 @@ def _bootdev(dev: str) -> str:
 
 
 register_format("pve-qm-bootdev", _bootdev)
+
+
+def _configid(value: str) -> str:
+    """PVE's pve_verify_configid (snapshot names among others)."""
+    if not re.fullmatch(r"[a-z][a-z0-9_-]+", value, re.IGNORECASE | re.ASCII):
+        raise ValueError(f"invalid configuration ID '{value}'")
+    return value
+
+
+register_format("pve-configid", _configid)
 
 BOOT_FORMAT = PropertyString(keys={
     "legacy": Param(optional=True, pattern=r"[acdn]{1,4}",
@@ -259,8 +278,17 @@ def schema() -> dict[str, Param]:
                         description="binome: initrd for 'kernel' (volume of content iso)."),
         "append": Param(optional=True, max_length=2048,
                         description="binome: kernel command line for 'kernel'."),
-        "lock": Param(optional=True, enum=("clone", "create", "destroyed", "migrate"),
+        "lock": Param(optional=True, enum=LOCKS,
                       description="Lock held by a running operation."),
+        # PVE's snapshot keys (written by the snapshot operations, never set by a client)
+        "parent": Param(optional=True, format="pve-configid", max_length=40,
+                        description="Parent snapshot name (internal: do not modify)."),
+        "snaptime": Param(type="integer", optional=True, minimum=0,
+                          description="Timestamp of a snapshot (internal)."),
+        "vmstate": Param(optional=True, description=(
+            "The volume holding a snapshot's RAM state (internal).")),
+        "snapstate": Param(optional=True, enum=("prepare", "delete"),
+                           description="State of a snapshot operation under way (internal)."),
     }
     for i in range(MAX_SERIALS):
         keys[f"serial{i}"] = _SERIAL
@@ -276,6 +304,8 @@ def schema() -> dict[str, Param]:
 
 
 SCHEMA = schema()
+# keys the snapshot operations write and no client sets (PVE: 'lock' too)
+INTERNAL_KEYS = ("lock", "parent", "snaptime", "vmstate", "snapstate")
 DEFAULTS: dict[str, Any] = {"memory": 512, "cores": 1, "sockets": 1, "cpu": "qemu64",
                             "ostype": "other", "vga": "std"}
 # only root@pam may set these (PVE's check_vm_modify_config_perm: keys outside its tables)
@@ -305,18 +335,19 @@ def is_windows(config: dict[str, Any]) -> bool:
 
 
 # ---------------------------------------------------------------- text format
-def parse_conf(text: str) -> dict[str, Any]:
-    """Parse a .conf text into typed values (description from leading '#' lines)."""
+_SECTION_RE = re.compile(r"^\[([^\]]+)\]\s*$")
+
+
+def _parse_block(lines: list[str]) -> dict[str, Any]:
+    """One section's ``key: value`` lines, its description from leading '#' lines."""
     config: dict[str, Any] = {}
     description: list[str] = []
-    for line in text.splitlines():
+    for line in lines:
         if not line.strip():
             continue
         if line.startswith("#"):
             description.append(line[1:])
             continue
-        if line.startswith("["):
-            break   # snapshot sections (not supported yet) follow the main config
         key, sep, value = line.partition(":")
         if not sep:
             continue
@@ -326,13 +357,47 @@ def parse_conf(text: str) -> dict[str, Any]:
     return config
 
 
-def format_conf(config: dict[str, Any]) -> str:
+def parse_conf_sections(text: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Parse a .conf text into (the current config, {snapshot name: its config}).
+
+    PVE's layout: the current config first, then one ``[name]`` section per
+    snapshot holding the config as it was then (with ``snaptime``, ``parent``,
+    ``vmstate``, its own description). Other sections PVE may write
+    (``[PENDING]``, ``[special:...]``) are not binome's and are dropped."""
+    blocks: list[tuple[str | None, list[str]]] = [(None, [])]
+    for line in text.splitlines():
+        m = _SECTION_RE.match(line)
+        if m:
+            blocks.append((m.group(1), []))
+        else:
+            blocks[-1][1].append(line)
+    config = _parse_block(blocks[0][1])
+    snapshots = {name: _parse_block(lines) for name, lines in blocks[1:]
+                 if name is not None and name != "PENDING" and not name.startswith("special:")}
+    return config, snapshots
+
+
+def parse_conf(text: str) -> dict[str, Any]:
+    """Parse a .conf text into typed values: the current config (no snapshot sections)."""
+    return parse_conf_sections(text)[0]
+
+
+def _format_block(config: dict[str, Any]) -> list[str]:
     lines = []
     desc = config.get("description")
     if desc:
         lines += [f"#{line}" for line in str(desc).split("\n")]
     for key in sorted(k for k in config if k != "description"):
         lines.append(f"{key}: {_text(config[key])}")
+    return lines
+
+
+def format_conf(config: dict[str, Any],
+                snapshots: dict[str, dict[str, Any]] | None = None) -> str:
+    """The .conf text: the current config, then each snapshot's section by name."""
+    lines = _format_block(config)
+    for name in sorted(snapshots or {}):
+        lines += ["", f"[{name}]", *_format_block((snapshots or {})[name])]
     return "\n".join(lines) + "\n"
 
 

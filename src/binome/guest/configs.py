@@ -53,6 +53,8 @@ class VmConfig:
     config: dict[str, Any]
     digest: str
     revision: int
+    # the snapshot sections of the config text, by name (see config.parse_conf_sections)
+    snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class MoveRefused(GuestFailure):
@@ -80,10 +82,10 @@ def moved_text(text: str, release_lock: str | None) -> str:
     """The config text written at the target: unchanged, except the mover's own lock."""
     if release_lock is None:
         return text
-    config = vmconf.parse_conf(text)
+    config, snapshots = vmconf.parse_conf_sections(text)
     if config.get("lock") != release_lock:
         return text
-    return vmconf.format_conf({k: v for k, v in config.items() if k != "lock"})
+    return vmconf.format_conf({k: v for k, v in config.items() if k != "lock"}, snapshots)
 
 
 def move_parts(vmid: int, source: str, target: str, config_text: str, config_revision: int,
@@ -182,8 +184,9 @@ class VmConfigs:
         if entry is None:
             raise conf_missing(node, vmid)
         text = str(entry.value)
-        return VmConfig(vmid, node, vmconf.parse_conf(text), vmconf.digest(text),
-                        entry.mod_revision)
+        config, snapshots = vmconf.parse_conf_sections(text)
+        return VmConfig(vmid, node, config, vmconf.digest(text), entry.mod_revision,
+                        snapshots)
 
     async def list(self, node: str | None = None) -> list[VmConfig]:
         """The configs held by `node` (this one by default), by vmid; local read."""
@@ -197,8 +200,9 @@ class VmConfigs:
             if not name.endswith(".conf") or not name[:-5].isdigit():
                 continue
             text = str(entry.value)
-            out.append(VmConfig(int(name[:-5]), node, vmconf.parse_conf(text),
-                                vmconf.digest(text), entry.mod_revision))
+            config, snapshots = vmconf.parse_conf_sections(text)
+            out.append(VmConfig(int(name[:-5]), node, config, vmconf.digest(text),
+                                entry.mod_revision, snapshots))
         return sorted(out, key=lambda v: v.vmid)
 
     async def list_all(self) -> builtins.list[tuple[str, int, dict[str, Any]]]:
@@ -241,9 +245,11 @@ class VmConfigs:
         await self.store.commit({keys.vm_conf(vm.node, vm.vmid): vm.revision}, None,
                                 [keys.vm_conf(vm.node, vm.vmid), keys.vmid(vm.vmid)])
 
-    async def write(self, vm: VmConfig, new: dict[str, Any]) -> VmConfig:
-        """Replace the config, if unchanged since `vm` was read (CAS); the new one."""
-        text = vmconf.format_conf(new)
+    async def write(self, vm: VmConfig, new: dict[str, Any],
+                    snapshots: dict[str, dict[str, Any]] | None = None) -> VmConfig:
+        """Replace the config, if unchanged since `vm` was read (CAS); the new one. The
+        snapshot sections are kept as read unless `snapshots` replaces them."""
+        text = vmconf.format_conf(new, vm.snapshots if snapshots is None else snapshots)
         ok = await self.store.commit({keys.vm_conf(vm.node, vm.vmid): vm.revision},
                                      {keys.vm_conf(vm.node, vm.vmid): text})
         if not ok:

@@ -1,9 +1,10 @@
 """`GuestService`: the guests of one node, as the API and the HA manager call them.
 
 A facade over the parts, each in its own module, sharing one `GuestContext`:
-the config repository (`configs`), the lifecycle (`lifecycle`), migration as
-source and target (`migration`), the settling of migrations a binomed restart
-interrupted (`settling`) and the status loop (`status`). The QEMU processes
+the config repository (`configs`), the lifecycle (`lifecycle`), snapshots
+(`snapshots`), migration as source and target (`migration`), the settling of
+migrations a binomed restart interrupted (`settling`) and the status loop
+(`status`). The QEMU processes
 belong to the runtime and outlive the daemon: `start` re-adopts them.
 """
 
@@ -19,6 +20,7 @@ from binome.guest.errors import GuestFailure
 from binome.guest.lifecycle import Lifecycle
 from binome.guest.migration import MigrationSource, MigrationTarget
 from binome.guest.settling import MigrationSettler
+from binome.guest.snapshots import Snapshots
 from binome.guest.status import GuestStatus
 from binome.loops import stop_tasks
 
@@ -44,6 +46,7 @@ class GuestService:
         self.migration = MigrationSource(ctx)
         self.incoming = MigrationTarget(ctx, self.lifecycle)
         self.settler = MigrationSettler(ctx)
+        self.snapshots = Snapshots(ctx, self.lifecycle)
         self.status = GuestStatus(ctx, self.lifecycle, self.settler)
         runtime.on_exit = self.status.on_guest_exit
         self._loops: list[asyncio.Task] = []

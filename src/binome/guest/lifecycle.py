@@ -47,6 +47,22 @@ def launch_options(node: str, config: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+def owned_volumes(config: dict[str, Any], snapshots: dict[str, dict[str, Any]]
+                  ) -> list[tuple[str, str]]:
+    """(key, volid) of every volume a VM references, once each: its disks (not
+    CD-ROMs), its `unusedN` volumes and the disks only its snapshots still hold
+    (PVE's destroy frees them all)."""
+    out: dict[str, str] = {}
+    for conf in (config, *snapshots.values()):
+        for disk in vmconf.disks(conf):
+            if disk.volid and not disk.is_cdrom:
+                out.setdefault(disk.volid, disk.key)
+        for key, value in conf.items():
+            if vmconf.is_unused_key(key) and value:
+                out.setdefault(str(value).split(",")[0], key)
+    return [(key, volid) for volid, key in out.items()]
+
+
 class Lifecycle:
     def __init__(self, ctx: GuestContext) -> None:
         self.ctx = ctx
@@ -64,9 +80,17 @@ class Lifecycle:
             if vm.config.get("template") and any(vmconf.is_disk_key(k) for k in changes):
                 raise GuestFailure("you can't change disks of a template")
             new = dict(vm.config)
+            freed: list[str] = []
             for key in delete:
                 if key not in new:
                     continue
+                if vmconf.is_unused_key(key):
+                    volid = self._unused_to_free(vm, str(new[key]))
+                    protected = vmconf.protection_error(
+                        vm.config, f"can't remove unused disk '{volid}'")
+                    if protected:
+                        raise GuestFailure(protected)
+                    freed.append(volid)
                 if vmconf.is_disk_key(key):
                     protected = vmconf.protection_error(vm.config, f"can't remove drive '{key}'")
                     if protected:
@@ -95,12 +119,31 @@ class Lifecycle:
                     too_large = vmconf.balloon_error(new)
                     if too_large:
                         raise GuestFailure(too_large)
-                return await self.ctx.configs.write(vm, new)
+                written = await self.ctx.configs.write(vm, new)
             except BaseException:
                 for vol in allocated:
                     with contextlib.suppress(Exception):
                         await (await self.ctx.storages.for_volid(vol)).free(vol)
                 raise
+            for volid in freed:
+                try:
+                    await (await self.ctx.storages.for_volid(volid)).free(volid)
+                    if task:
+                        task.log(f"removed unused volume {volid}")
+                except StorageError as exc:
+                    if task:
+                        task.warn(f"could not remove unused volume {volid}: {exc}")
+            return written
+
+    def _unused_to_free(self, vm: VmConfig, volid: str) -> str:
+        """The volume an `unusedN` key names, refused (PVE's text) while a snapshot
+        still holds it."""
+        volid = volid.split(",")[0]
+        if any(d.volid == volid for snap in vm.snapshots.values()
+               for d in vmconf.disks(snap)):
+            raise GuestFailure(f"unable to delete '{volid}' - volume is still in use "
+                               f"(snapshot?)")
+        return volid
 
     async def _materialize_disk(self, vmid: int, key: str, value: str) -> tuple[str, str | None]:
         """'local:4' -> allocate 4 GiB and return the volume's config value."""
@@ -172,17 +215,15 @@ class Lifecycle:
             protected = vmconf.protection_error(vm.config, f"can't remove VM {vmid}")
             if protected:
                 raise TaskFailed(protected)
-            for disk in vmconf.disks(vm.config):
-                if not disk.volid or disk.is_cdrom:
-                    continue
-                if f"-{vmid}-disk-" not in disk.volid:
-                    task.log(f"{disk.key}: {disk.volid} is not owned by VM {vmid}; kept")
+            for key, volid in owned_volumes(vm.config, vm.snapshots):
+                if f"-{vmid}-disk-" not in volid:
+                    task.log(f"{key}: {volid} is not owned by VM {vmid}; kept")
                     continue
                 try:
-                    await (await self.ctx.storages.for_volid(disk.volid)).free(disk.volid)
-                    task.log(f"{disk.key}: removed {disk.volid}")
+                    await (await self.ctx.storages.for_volid(volid)).free(volid)
+                    task.log(f"{key}: removed {volid}")
                 except StorageError as exc:
-                    task.warn(f"{disk.key}: could not remove {disk.volid}: {exc}")
+                    task.warn(f"{key}: could not remove {volid}: {exc}")
             await self.ctx.configs.remove(vm)
             self.ctx.believed_running.discard(vmid)
             task.log(f"VM {vmid} destroyed{' (purged)' if purge else ''}")
@@ -305,7 +346,8 @@ class Lifecycle:
         try:
             new: dict[str, Any] = {}
             for key, value in source.items():
-                if key in ("template", "lock", "smbios1"):
+                # like PVE's clone: no snapshot keys (the copy has no snapshots)
+                if key in ("template", "smbios1", *vmconf.INTERNAL_KEYS):
                     continue
                 if vmconf.is_disk_key(key):
                     disk = vmconf.parse_disk(key, str(value))

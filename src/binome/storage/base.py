@@ -20,9 +20,17 @@ alone). What a type implements:
   is still active) and `release_fenced_copy` (on the fenced node, once back:
   give up its stale active copy so it resyncs).
 
+- snapshots (PVE's volume_snapshot*, volume_has_feature 'snapshot' and
+  volume_qemu_snapshot_method): `snapshot_blocker` (why the volume cannot have
+  snapshots; None: it can), `snapshot`, `rollback_snapshot`, `delete_snapshot`,
+  `snapshots` (the names present) on a volume no QEMU has open, and
+  `qemu_snapshots_internal` (True: while a guest runs, its QEMU takes and drops
+  the volume's snapshots itself, as qcow2 internal snapshots). The base refuses
+  them all with PVE's "snapshot feature is not available"; `dir` implements
+  them for qcow2 images.
+
 Hooks for the next storage types, not implemented by any type yet (the base
-methods refuse): snapshots (`snapshot`, `rollback_snapshot`, `delete_snapshot`,
-PVE's volume_snapshot*), backups (a backup is `content` "backup" written by
+methods refuse): backups (a backup is `content` "backup" written by
 `alloc`/`copy`-like export, to be added with the backup job), storage-level
 activation for network storage and LVM (`activate_storage` /
 `deactivate_storage`: mount, login, vgchange, before any volume is used).
@@ -30,6 +38,7 @@ activation for network storage and LVM (`activate_storage` /
 
 from __future__ import annotations
 
+import builtins
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -42,6 +51,8 @@ if TYPE_CHECKING:
     from binome.tasks.manager import Task
 
 CONTENT_TYPES = ("images", "iso", "backup", "rootdir", "vztmpl", "snippets")
+# PVE's text when a guest's volumes cannot all have snapshots (AbstractConfig)
+SNAPSHOT_UNAVAILABLE = "snapshot feature is not available"
 
 
 class StorageError(BinomeError):
@@ -241,19 +252,38 @@ class Storage(ABC):
         outdated it when released, None when there was nothing to release."""
         return None
 
-    # ------------------------------------------------------------ hooks (no type yet)
+    # ------------------------------------------------------------ snapshots
+
+    def snapshot_blocker(self, volid: str) -> str | None:
+        """Why the volume cannot have snapshots (None: it can): PVE's
+        volume_has_feature('snapshot'), with the reason for the log."""
+        return f"storage type '{self.config.type}' has no volume snapshots"
+
+    def qemu_snapshots_internal(self, volid: str) -> bool:
+        """True: while a guest runs, its QEMU takes, drops and loads the volume's
+        snapshots (qcow2 internal snapshots); False: the storage does, QEMU or not."""
+        return False
 
     async def snapshot(self, volid: str, snap: str) -> None:
-        """Take snapshot `snap` of the volume (PVE's volume_snapshot)."""
-        raise StorageError(f"storage type '{self.config.type}' does not support snapshots")
+        """Take snapshot `snap` of the volume (PVE's volume_snapshot); no QEMU has it
+        open, or `qemu_snapshots_internal` is False."""
+        raise StorageError(SNAPSHOT_UNAVAILABLE)
 
     async def rollback_snapshot(self, volid: str, snap: str) -> None:
-        """Return the volume to snapshot `snap` (PVE's volume_snapshot_rollback)."""
-        raise StorageError(f"storage type '{self.config.type}' does not support snapshots")
+        """Return the volume to snapshot `snap` (PVE's volume_snapshot_rollback); no
+        QEMU has it open."""
+        raise StorageError(SNAPSHOT_UNAVAILABLE)
 
     async def delete_snapshot(self, volid: str, snap: str) -> None:
-        """Remove snapshot `snap` (PVE's volume_snapshot_delete)."""
-        raise StorageError(f"storage type '{self.config.type}' does not support snapshots")
+        """Remove snapshot `snap` (PVE's volume_snapshot_delete); no QEMU has it open,
+        or `qemu_snapshots_internal` is False."""
+        raise StorageError(SNAPSHOT_UNAVAILABLE)
+
+    async def snapshots(self, volid: str) -> builtins.list[str]:
+        """The names of the volume's snapshots (PVE's volume_snapshot_info)."""
+        return []
+
+    # ------------------------------------------------------------ hooks (no type yet)
 
     async def activate_storage(self) -> None:
         """Make the storage itself usable on this node before any of its volumes (a

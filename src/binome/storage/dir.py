@@ -3,11 +3,18 @@
 Images live in ``<path>/images/<vmid>/vm-<vmid>-disk-<n>.<fmt>`` with volids
 ``STORAGE:<vmid>/vm-<vmid>-disk-<n>.<fmt>``; kernels, initrds and ISO images in
 ``<path>/template/iso/`` with volids ``STORAGE:iso/<file>``.
+
+Snapshots, as PVE's dir plugin: qcow2 images only, as qcow2 internal snapshots
+(``qemu-img snapshot`` on an image no QEMU has open; the running QEMU takes
+them itself otherwise: `qemu_snapshots_internal`). A raw image has none (PVE:
+"snapshot feature is not available"); a new disk is raw unless created with
+``format=qcow2``, PVE's default for dir storage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 import re
 import shutil
@@ -15,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from binome.storage.base import (
+    SNAPSHOT_UNAVAILABLE,
     Storage,
     StorageError,
     VolumeSource,
@@ -160,6 +168,60 @@ class DirStorage(Storage):
         avail = st.f_bavail * st.f_frsize
         return {"total": total, "used": total - st.f_bfree * st.f_frsize, "avail": avail,
                 "active": 1, "enabled": 0 if self.config.disable else 1}
+
+    # ------------------------------------------------------------ snapshots
+
+    def _image(self, volid: str) -> Path:
+        path = self.path(volid)
+        if volid.partition(":")[2].startswith("iso/"):
+            raise StorageError(f"volume '{volid}' is not a disk image")
+        if not path.exists():
+            raise StorageError(f"volume '{volid}' does not exist")
+        return path
+
+    def snapshot_blocker(self, volid: str) -> str | None:
+        try:
+            path = self._image(volid)
+        except StorageError as exc:
+            return str(exc)
+        if path.suffix != ".qcow2":
+            return f"volume {volid} is {path.suffix[1:]}: snapshots need qcow2 on dir storage"
+        return None
+
+    def qemu_snapshots_internal(self, volid: str) -> bool:
+        return True
+
+    async def _qcow2(self, volid: str) -> Path:
+        reason = self.snapshot_blocker(volid)
+        if reason is not None:
+            raise StorageError(f"{SNAPSHOT_UNAVAILABLE}: {reason}")
+        return self._image(volid)
+
+    async def snapshot(self, volid: str, snap: str) -> None:
+        path = await self._qcow2(volid)
+        # qcow2 accepts a second snapshot of the same name; a rollback or delete by
+        # name would then pick one of them
+        if snap in await self.snapshots(volid):
+            raise StorageError(f"snapshot '{snap}' already exists in volume {volid}")
+        await _run("qemu-img", "snapshot", "-q", "-c", snap, str(path))
+
+    async def rollback_snapshot(self, volid: str, snap: str) -> None:
+        path = await self._qcow2(volid)
+        await _run("qemu-img", "snapshot", "-q", "-a", snap, str(path))
+
+    async def delete_snapshot(self, volid: str, snap: str) -> None:
+        path = await self._qcow2(volid)
+        await _run("qemu-img", "snapshot", "-q", "-d", snap, str(path))
+
+    async def snapshots(self, volid: str) -> builtins.list[str]:
+        import json
+
+        path = self._image(volid)
+        if path.suffix != ".qcow2":
+            return []
+        # -U: the running guest's QEMU holds the image's write lock; a read is safe
+        info = json.loads(await _run("qemu-img", "info", "-U", "--output=json", str(path)))
+        return [s["name"] for s in info.get("snapshots", [])]
 
     def import_iso(self, src: Path, name: str | None = None) -> str:
         """Copy a file into the iso content (used by the lab to provide the guest kernel)."""

@@ -115,6 +115,29 @@ class StorageManager:
         return await (await self._holder(volid)).release_fenced_copy(
             volid, still_idle=still_idle, timeout=timeout)
 
+    # snapshots (see Storage): the guest's snapshot operations reach volumes only here
+
+    async def snapshot_blocker(self, volid: str) -> str | None:
+        try:
+            return (await self._holder(volid)).snapshot_blocker(volid)
+        except StorageError as exc:
+            return str(exc)
+
+    async def qemu_snapshots_internal(self, volid: str) -> bool:
+        return (await self._holder(volid)).qemu_snapshots_internal(volid)
+
+    async def snapshot(self, volid: str, snap: str) -> None:
+        await (await self._holder(volid)).snapshot(volid, snap)
+
+    async def rollback_snapshot(self, volid: str, snap: str) -> None:
+        await (await self._holder(volid)).rollback_snapshot(volid, snap)
+
+    async def delete_snapshot(self, volid: str, snap: str) -> None:
+        await (await self._holder(volid)).delete_snapshot(volid, snap)
+
+    async def volume_snapshots(self, volid: str) -> list[str]:
+        return await (await self._holder(volid)).snapshots(volid)
+
     # ------------------------------------------------------------ node-wide views
 
     async def guest_volumes(self, vmid: int) -> list[str]:

@@ -10,7 +10,8 @@ its copy from there (`replica.node.volumes`); the backing files live in each
 node's engine state directory, or under the storage's `path` when set.
 
 Volume IDs are `<storage>:vm-<vmid>-disk-<n>` (no format suffix: the export
-is raw). QEMU opens `source()`: the engine's NBD unix socket, which serves
+is raw, so no snapshots yet: `snapshot_blocker`). QEMU opens `source()`: the
+engine's NBD unix socket, which serves
 I/O only while the volume is Primary on this node: `activate_volume` makes it
 so (Primary), `deactivate_volume` gives it up (Secondary). Resizing grows both
 copies.
@@ -258,6 +259,12 @@ class ReplicatedStorage(Storage):
                  replicas: ReplicaVolumes | None = None) -> None:
         super().__init__(config, node or (replicas.node if replicas else ""))
         self.replicas = replicas
+
+    def snapshot_blocker(self, volid: str) -> str | None:
+        # the design (a qcow2 layer carried on the replicated device) is in
+        # docs/replicated-volumes.md, "Snapshots"; until then PVE's refusal
+        return (f"volume {volid} is replicated: replicated volumes have no snapshots yet "
+                f"(raw export)")
 
     def _svc(self) -> VolumeService:
         if self.replicas is None:

@@ -12,6 +12,7 @@ from binome.api.methods import (  # noqa: F401
     nodes,
     pools,
     qemu,
+    snapshots,
     storage,
     tasks,
     tfa,

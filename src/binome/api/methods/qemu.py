@@ -59,7 +59,7 @@ KEY_PRIVS.update({
     "append": ("VM.Config.Disk", "VM.Config.HWType")})
 TIMEOUT = Param(type="integer", optional=True, minimum=0, maximum=86400,
                 description="Wait at most this many seconds.")
-SETTABLE = {k: v for k, v in vmconf.SCHEMA.items() if k != "lock"}
+SETTABLE = {k: v for k, v in vmconf.SCHEMA.items() if k not in vmconf.INTERNAL_KEYS}
 POOL = Param(optional=True, description="Add the VM to the specified pool.")
 # PVE: VM.Allocate on the new VM, or on the pool it is created in
 IN_POOL = Perm("/pool/{pool}", ("VM.Allocate",), require_param="pool")
@@ -182,6 +182,7 @@ async def vm_create(ctx: RequestContext, params: dict[str, Any]) -> str:
 async def vm_index(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, str]]:
     await guests(ctx).read(params["vmid"])
     return [{"subdir": s} for s in ("config", "pending", "status", "clone", "template",
+                                    "snapshot",
                                     "resize", "vncproxy", "termproxy", "rrddata")]
 
 
@@ -219,7 +220,8 @@ async def vm_destroy(ctx: RequestContext, params: dict[str, Any]) -> str:
     return _start_task(ctx, "qmdestroy", vmid, body)
 
 
-def _typed_config(config: dict[str, Any]) -> dict[str, Any]:
+def typed_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A config (or a snapshot's section) with PVE's JSON types for the answer."""
     out: dict[str, Any] = {}
     for key, value in config.items():
         p = vmconf.SCHEMA.get(key)
@@ -256,15 +258,23 @@ async def vm_status_index(ctx: RequestContext, params: dict[str, Any]) -> list[d
     proxyto="node", description="Get the VM configuration (with its digest).",
     parameters={"node": NODE, "vmid": VMID,
                 "current": Param(type="boolean", optional=True, default=False),
-                "snapshot": Param(optional=True)},
+                "snapshot": Param(optional=True, format="pve-configid", max_length=40,
+                                  description="Fetch config values from given snapshot.")},
     returns={"type": "object"},
     cli=CliSpec(("vm", "config"), positional=("vmid",)),
 )
 async def vm_config(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    if params.get("snapshot") and params["current"]:
+        text = "cannot use 'snapshot' parameter with 'current'"
+        raise ApiError(400, "Parameter verification failed.",
+                       {"snapshot": text, "current": text})
     if params.get("snapshot"):
-        raise fail(f"snapshot '{params['snapshot']}' does not exist")
+        # PVE's load_snapshot_config: the snapshot's section, with the config's digest
+        vm = await guests(ctx).read(params["vmid"])
+        snap = guests(ctx).snapshots.existing(vm, params["snapshot"])
+        return {**typed_config(snap), "digest": vm.digest}
     vm = await guests(ctx).read(params["vmid"])
-    return {**_typed_config(vm.config), "digest": vm.digest}
+    return {**typed_config(vm.config), "digest": vm.digest}
 
 
 @registry.register(
@@ -276,7 +286,7 @@ async def vm_config(ctx: RequestContext, params: dict[str, Any]) -> dict[str, An
 )
 async def vm_pending(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
     vm = await guests(ctx).read(params["vmid"])
-    return [{"key": k, "value": v} for k, v in sorted(_typed_config(vm.config).items())]
+    return [{"key": k, "value": v} for k, v in sorted(typed_config(vm.config).items())]
 
 
 CONFIG_PARAMS = {
@@ -297,7 +307,8 @@ def _deletes(params: dict[str, Any]) -> list[str]:
     keys = [k.strip() for k in raw.replace(";", ",").split(",") if k.strip()]
     # 'lock' cannot be set, but deleting it is how an admin unlocks a VM whose
     # operation died half-way (PVE: qm unlock)
-    bad = [k for k in keys if k not in SETTABLE and k != "lock"]
+    # an unused volume (a rollback's leftover) is removed by deleting its key (PVE)
+    bad = [k for k in keys if k not in SETTABLE and k != "lock" and not vmconf.is_unused_key(k)]
     if bad:
         raise param_error("delete", f"invalid configuration key '{bad[0]}'")
     return keys
@@ -317,6 +328,8 @@ async def _apply_config(ctx: RequestContext, params: dict[str, Any],
 
 
 def _key_privs(key: str, value: Any) -> tuple[str, ...]:
+    if vmconf.is_unused_key(key):
+        return ("VM.Config.Disk",)
     if vmconf.is_disk_key(key):
         cdrom = value is not None and "media=cdrom" in str(value)
         return ("VM.Config.CDROM",) if cdrom else ("VM.Config.Disk",)
