@@ -106,8 +106,18 @@ def test_names_and_references():
     assert {e.name for e in cfg.entries.values()} == {"mail-to-root", "default-matcher"}
     with pytest.raises(ConfigError, match="already exists"):
         cfg.add(Entry("gotify", "mail-to-root"))
-    with pytest.raises(ConfigError, match="referenced by: default-matcher"):
+    with pytest.raises(ConfigError, match="cannot delete built-in entry 'mail-to-root'"):
         cfg.delete("mail-to-root")
+    cfg.add(validate_entry("gotify", "phone", {"server": "http://g", "token": "t"}))
+    cfg.add(validate_entry("matcher", "to-phone", {"target": ["phone"]}))
+    with pytest.raises(ConfigError, match="referenced by: to-phone"):
+        cfg.delete("phone")
+    # a modified built-in goes back to its built-in form
+    cfg.replace(validate_entry("sendmail", "mail-to-root", {"mailto": ["ops@example.org"]}))
+    assert cfg.origin("mail-to-root") == "modified-builtin"
+    cfg.delete("mail-to-root")
+    assert cfg.origin("mail-to-root") == "builtin"
+    assert cfg.entries["mail-to-root"].options["mailto-user"] == ["root@pam"]
     with pytest.raises(ConfigError, match="invalid match-field"):
         validate_entry("matcher", "mm", {"match-field": ["type=fencing"]})
     with pytest.raises(ConfigError, match="invalid regex"):
