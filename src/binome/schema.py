@@ -371,9 +371,10 @@ def check(params: Mapping[str, Param], given: Mapping[str, Any]) -> dict[str, An
     """Coerce and check `given` against `params`; SchemaError listing every problem."""
     errors: dict[str, str] = {}
     result: dict[str, Any] = {}
-    for name in given:
+    for name, raw in given.items():
         if name not in params:
-            errors[name] = UNDEFINED
+            # given twice is said first, as the wire said it before arrays existed
+            errors[name] = DUPLICATE if isinstance(raw, Repeated) else UNDEFINED
     for name, p in params.items():
         raw = given.get(name)
         if isinstance(raw, Repeated) and p.type != "array":

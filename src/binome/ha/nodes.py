@@ -131,7 +131,7 @@ _PRESENT = (NodeState.ONLINE, NodeState.MAINTENANCE)
 def _set(ctx: RoundContext, node: str, rec: NodeRecord, state: NodeState, why: str) -> None:
     ctx.log("info", f"node {node}: {rec.state} -> {state} ({why})")
     if state == NodeState.UNKNOWN and rec.state in _PRESENT:
-        ctx.env.notify("node-offline", node=node, last_seen=why)
+        ctx.env.notify("node-offline", node=node, why=why)
     elif state in _PRESENT and rec.state in (NodeState.UNKNOWN, NodeState.FENCE):
         ctx.env.notify("node-online", node=node)
     elif state == NodeState.FENCE:

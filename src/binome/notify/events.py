@@ -75,7 +75,7 @@ CATALOGUE: dict[str, EventKind] = {k.name: k for k in [
        "'binome ha fence-confirm {node}'.", ("node",)),
     _k("node-offline", "node", S.WARNING, ("node",),
        "Node {node} offline",
-       "Node {node} stopped answering the cluster (last seen {last_seen}).\nIf it holds HA "
+       "Node {node} stopped answering the cluster ({why}).\nIf it holds HA "
        "services it will be fenced. Check its power, network links and binomed.", ("node",)),
     _k("node-online", "node", S.NOTICE, ("node",),
        "Node {node} back online",
