@@ -53,7 +53,8 @@ class NodeGraph:
         self.access = AccessService(lambda: self.cluster.store, on_change=self._log_access)
         # replicated volumes: the engine runs apart from the daemon (it outlives it)
         self.volumes: VolumeService | None = (
-            VolumeService(config.name, config.state_dir, self.cluster, self.clusterlog)
+            VolumeService(config.name, config.state_dir, self.cluster, self.clusterlog,
+                          notify=self.notifications.emit)
             if is_node else None)
         # guest and HA code reach the volumes only through the storage manager
         self.storages = StorageManager(config.name, config.state_dir, self.cluster,
