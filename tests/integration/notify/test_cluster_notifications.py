@@ -177,10 +177,11 @@ def test_targets_configured_tested_and_secrets_never_shown(env: dict[str, Any]) 
 
     # an update keeps the password it is not given; delete= removes an option
     digest = smtp["digest"]
-    api.ok("PUT", f"{N}/endpoints/smtp/mail", comment="on-call mail", delete=["author"],
+    api.ok("PUT", f"{N}/endpoints/smtp/mail", comment="on-call mail", delete="author,port",
            digest=digest)
     smtp = api.ok("GET", f"{N}/endpoints/smtp/mail")
-    assert smtp["comment"] == "on-call mail" and "author" not in smtp
+    assert smtp["comment"] == "on-call mail" and "author" not in smtp and "port" not in smtp
+    api.ok("PUT", f"{N}/endpoints/smtp/mail", port=env["smtp_port"])
     r = api.call("PUT", f"{N}/endpoints/smtp/mail", comment="x", digest=digest)
     assert r.status_code == 400 and "detected modified configuration" in r.reason
     api.ok("POST", f"{N}/targets/mail/test")

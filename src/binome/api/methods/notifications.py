@@ -116,7 +116,9 @@ PROPERTIES: dict[str, dict[str, Param]] = {
 DIGEST = Param(optional=True, max_length=64, pattern="[A-Fa-f0-9]{1,64}",
                description="Prevent changes if current configuration file has a different "
                            "digest. This can be used to prevent concurrent modifications.")
-DELETE = _list("A list of settings you want to delete.", Param(pattern=CONFIGID))
+# repeated (PVE's array) or, as older clients send it, a comma list
+DELETE = _list("A list of settings you want to delete.",
+               Param(pattern=rf"{CONFIGID}(,{CONFIGID})*", max_length=1024))
 
 
 def _optional(props: dict[str, Param]) -> dict[str, Param]:
@@ -336,7 +338,8 @@ async def _update(ctx: RequestContext, kind: str, params: dict[str, Any]) -> Non
 
     def operation(cfg: NotificationConfig) -> None:
         entry = _entry_of(cfg, kind, name)
-        cfg.replace(update_entry(entry, _options(params), list(params.get("delete") or [])))
+        delete = [key for item in params.get("delete") or [] for key in item.split(",")]
+        cfg.replace(update_entry(entry, _options(params), delete))
 
     await _change(ctx, f"update notification {label} '{name}'", operation,
                   digest=params.get("digest"))
