@@ -25,6 +25,12 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 MISSING = "property is missing and it is not optional"
 UNDEFINED = "property is not defined in schema and the schema does not allow additional properties"
+DUPLICATE = "duplicate parameter (not allowed)"
+
+
+class Repeated(list):
+    """A request parameter given more than once: only an `array` parameter takes it
+    (PVE's repeated `key=a&key=b`); any other parameter refuses it as a duplicate."""
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")
 
 
@@ -148,7 +154,7 @@ def check_format(name: str, value: str) -> str:
 class Param:
     """One parameter of an API method, or one key of a config or property string."""
 
-    type: str = "string"                 # string | integer | number | boolean
+    type: str = "string"                 # string | integer | number | boolean | array
     description: str = ""
     optional: bool = False
     default: Any = None
@@ -161,6 +167,7 @@ class Param:
     secret: bool = False                 # never logged; CLI reads it from a file or prompt
     cli_positional: bool = False
     props: PropertyString | None = None  # a property string with these typed keys
+    items: Param | None = None           # an array's item (a string when not given)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def json_schema(self) -> dict[str, Any]:
@@ -176,12 +183,20 @@ class Param:
         if self.props is not None:
             schema["format"] = self.props.json_schema()
             schema["typetext"] = self.props.typetext()
+        if self.type == "array":
+            schema["items"] = (self.items or Param()).json_schema()
         if self.optional:
             schema["optional"] = 1
         return schema
 
     def coerce(self, raw: Any) -> Any:
         """`raw` as this parameter's type, checked; ValueError with PVE's text."""
+        if self.type == "array":
+            item = self.items or Param()
+            values = list(raw) if isinstance(raw, list | tuple) else [raw]
+            if self.max_length is not None and len(values) > self.max_length:
+                raise ValueError(f"array may only have {self.max_length} items")
+            return [item.coerce(v) for v in values]
         if self.type == "boolean":
             if isinstance(raw, bool):
                 return raw
@@ -356,11 +371,15 @@ def check(params: Mapping[str, Param], given: Mapping[str, Any]) -> dict[str, An
     """Coerce and check `given` against `params`; SchemaError listing every problem."""
     errors: dict[str, str] = {}
     result: dict[str, Any] = {}
-    for name in given:
+    for name, raw in given.items():
         if name not in params:
-            errors[name] = UNDEFINED
+            # given twice is said first, as the wire said it before arrays existed
+            errors[name] = DUPLICATE if isinstance(raw, Repeated) else UNDEFINED
     for name, p in params.items():
         raw = given.get(name)
+        if isinstance(raw, Repeated) and p.type != "array":
+            errors[name] = DUPLICATE
+            continue
         if raw is None or (raw == "" and p.type != "string"):
             if not p.optional:
                 errors[name] = MISSING

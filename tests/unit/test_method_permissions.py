@@ -107,6 +107,21 @@ PVE = [
     ("POST", "/cluster/ha/resources",
      Or(Perm("/", ("Sys.Console",)), Perm("/", ("HA.Modify",)))),
     ("POST", "/cluster/ha/fence/{node}/fence", Perm("/", ("Sys.Fence",))),
+    # pve-manager Cluster/Notifications.pm
+    ("GET", "/cluster/notifications/endpoints/smtp/{name}",
+     Or(Perm("/mapping/notifications", ("Mapping.Modify",)),
+        Perm("/mapping/notifications", ("Mapping.Audit",)))),
+    ("POST", "/cluster/notifications/targets/{name}/test",
+     Or(Perm("/mapping/notifications", ("Mapping.Modify",)),
+        Perm("/mapping/notifications", ("Mapping.Audit",)),
+        Perm("/mapping/notifications", ("Mapping.Use",)))),
+    ("POST", "/cluster/notifications/endpoints/webhook",
+     And(Perm("/mapping/notifications", ("Mapping.Modify",)),
+         Or(Perm("/", ("Sys.Audit", "Sys.Modify")), Perm("/", ("Sys.AccessNetwork",))))),
+    ("DELETE", "/cluster/notifications/endpoints/gotify/{name}",
+     Perm("/mapping/notifications", ("Mapping.Modify",))),
+    ("PUT", "/cluster/notifications/matchers/{name}",
+     Perm("/mapping/notifications", ("Mapping.Modify",))),
     # pve-access-control User.pm unlock_tfa: ['userid-group', ['User.Modify']]
     ("PUT", "/access/users/{userid}/unlock-tfa", UseridGroup(("User.Modify",))),
 ]

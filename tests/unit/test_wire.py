@@ -19,8 +19,15 @@ from binome.schema import check_format
 
 def param_errors(query: str = "", ctype: str | None = None,
                  body: bytes | None = None) -> dict[str, str]:
+    """The errors of the wire layer, else those of a schema of plain (non-array) string
+    parameters: a repeated parameter passes the wire (an array's items) and is refused
+    there as a duplicate."""
+    try:
+        params = wire.parameters(query, ctype, body)
+    except ParamError as exc:
+        return exc.errors
     with pytest.raises(ParamError) as info:
-        wire.parameters(query, ctype, body)
+        validate({name: Param(optional=True) for name in params}, params)
     return info.value.errors
 
 
@@ -100,7 +107,7 @@ def test_query_and_form_decode_as_before():
     ("max=1&max=2", None, {"max": wire.DUPLICATE}),
     ("", b"group=a&group=b", {"group": wire.DUPLICATE}),
     ("group=a", b"group=b", {"group": wire.DUPLICATE}),                 # query and body
-    ("a=%ff&b=1&b=2", None, {"a": wire.NOT_UTF8, "b": wire.DUPLICATE}),  # every problem
+    ("a=%ff&b=%ff&b=2", None, {"a": wire.NOT_UTF8, "b": wire.NOT_UTF8}),  # every problem
 ])
 def test_bad_urlencoded_parameters_are_named(query, body, errors):
     assert param_errors(query, None if body is None else wire.FORM, body) == errors
@@ -169,9 +176,27 @@ def test_multipart_fields():
     assert wire.merge_fields({"a": "1"}, [("b", "2")]) == {"a": "1", "b": "2"}
     with pytest.raises(ParamError) as info:
         wire.merge_fields({"a": "1"}, [("a", "2"), ("f", b"bytes"), ("g", object())])
-    assert info.value.errors == {"a": wire.DUPLICATE,
-                                 "f": "only text fields are accepted (no files)",
+    assert info.value.errors == {"f": "only text fields are accepted (no files)",
                                  "g": "only text fields are accepted (no files)"}
+    repeated = wire.merge_fields({"a": "1"}, [("a", "2")])
+    with pytest.raises(ParamError) as info:
+        validate({"a": Param()}, repeated)
+    assert info.value.errors == {"a": wire.DUPLICATE}
+
+
+def test_repeated_parameter_is_an_arrays_items():
+    """PVE's array parameters (`target=a&target=b`, or a JSON list); one value is a list
+    of one; each item is checked by the item's schema."""
+    targets = Param(type="array", items=Param(pattern="[a-z]+"))
+    params = {"target": targets}
+    assert validate(params, wire.parameters("target=a&target=b", None, None)) == {
+        "target": ["a", "b"]}
+    assert validate(params, wire.parameters("target=a", None, None)) == {"target": ["a"]}
+    assert validate(params, wire.parameters("", wire.JSON, b'{"target": ["a", "c"]}')) == {
+        "target": ["a", "c"]}
+    with pytest.raises(ParamError) as info:
+        validate(params, wire.parameters("target=a&target=B", None, None))
+    assert info.value.errors == {"target": "value does not match the regex pattern"}
 
 
 # ---------------------------------------------------------------- other scripts' digits

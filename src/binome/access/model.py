@@ -41,6 +41,7 @@ _ACL_PATH_RE: Final = re.compile(
     | /storage(/{_ID})?
     | /pool(/{_ID}){{0,3}}
     | /mapping(/(pci|usb|dir|cpu|hwrng)(/{_ID})?)?
+    | /mapping/notifications
     | /sdn(/(controllers|dns|fabrics|ipams|prefix-lists|route-maps|zones)(/{_ID})?)?
     | /sdn/zones/{_ID}/{_ID}(/[0-9]+)?
     )$""",

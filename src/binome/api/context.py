@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from binome.cluster.cluster import ClusterService
     from binome.config import NodeConfig
     from binome.guest.guests import GuestService
+    from binome.notify.service import NotificationService
     from binome.storage.manager import StorageManager
     from binome.storage.replica.node.volumes import VolumeService
     from binome.tasks.clusterlog import ClusterLog
@@ -92,6 +93,11 @@ class NodeServices(Protocol):
     @property
     def access(self) -> AccessService:
         """Users, tokens, ACLs: authentication and the permission check ask it."""
+        ...
+
+    @property
+    def notifications(self) -> NotificationService:
+        """Notification targets and matchers, the node's dispatcher."""
         ...
 
     def api_cert_paths(self) -> tuple[Path, Path]:

@@ -18,7 +18,9 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from binome import schema
 from binome.api.errors import ApiError, ParamError
+from binome.schema import Repeated
 
 #: aiohttp's HTTP parser gives up on a longer request line (a bare 400, connection
 #: closed); below it, a URL longer than MAX_URL gets our 414 and the connection lives.
@@ -34,7 +36,7 @@ FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
 MULTIPART = "multipart/form-data"
 
-DUPLICATE = "duplicate parameter (not allowed)"
+DUPLICATE = schema.DUPLICATE
 NOT_UTF8 = "value is not valid UTF-8"
 BAD_PERCENT = "invalid percent-encoding (% must be followed by two hex digits)"
 
@@ -113,10 +115,16 @@ def _shown(data: bytes) -> str:
 def _collect(pairs: Iterable[tuple[str, Any]], errors: dict[str, str],
              into: dict[str, Any]) -> None:
     for name, value in pairs:
-        if name in into or name in errors:
-            errors[name] = DUPLICATE
-        elif isinstance(value, str) and len(value) > MAX_VALUE:
+        if name in errors:
+            continue
+        if isinstance(value, str) and len(value) > MAX_VALUE:
             errors[name] = f"value may only be {MAX_VALUE} characters long"
+        elif name in into:
+            # repeated: an array parameter's items; the schema refuses it for any other
+            # parameter (DUPLICATE), a JSON value given twice included
+            if not isinstance(into[name], Repeated):
+                into[name] = Repeated([into[name]])
+            into[name].append(value)
         else:
             into[name] = value
 

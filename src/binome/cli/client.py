@@ -78,9 +78,9 @@ class Client:
         headers = {"Accept": "application/json"}
         if method in ("GET", "DELETE"):
             if params:
-                url += "?" + urlencode(params)
+                url += "?" + urlencode(params, doseq=True)
         else:
-            body = urlencode(params)
+            body = urlencode(params, doseq=True)
             headers["Content-Type"] = "application/x-www-form-urlencoded"
         if self.ticket:
             headers["Cookie"] = f"PVEAuthCookie={quote(self.ticket, safe='')}"
@@ -107,7 +107,7 @@ class Client:
         """GET a streaming path (application/x-ndjson): yield one object per line until
         the server ends the stream (no read timeout once it started)."""
         params = {k: _form(v) for k, v in (params or {}).items() if v is not None}
-        url = "/api2/json" + quote(path) + ("?" + urlencode(params) if params else "")
+        url = "/api2/json" + quote(path) + ("?" + urlencode(params, doseq=True) if params else "")
         headers = {"Accept": "application/x-ndjson"}
         if self.ticket:
             headers["Cookie"] = f"PVEAuthCookie={quote(self.ticket, safe='')}"
@@ -153,7 +153,13 @@ class Client:
             time.sleep(poll)
 
 
-def _form(value: Any) -> str:
+def _form(value: Any) -> str | list[str]:
+    if isinstance(value, list | tuple):     # an array parameter: its items, repeated
+        return [_form_one(v) for v in value]
+    return _form_one(value)
+
+
+def _form_one(value: Any) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
     return str(value)

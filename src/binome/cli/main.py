@@ -88,6 +88,10 @@ def _add_param(parser: argparse.ArgumentParser, name: str, p: Param, positional:
     elif p.type == "boolean":
         parser.add_argument(f"--{name}", dest=dest, nargs="?", const="1", type=_bool,
                             metavar="0|1", help=help_text)
+    elif p.type == "array":
+        # PVE's array parameters: the option once per item (`--target a --target b`)
+        parser.add_argument(f"--{name}", dest=dest, action="append", metavar=name.upper(),
+                            help=f"{help_text or ''} (repeatable)".strip())
     elif not p.optional and required_group is not None:
         # a parameter the method cannot do without: an option the command requires
         required_group.add_argument(f"--{name}", dest=dest, choices=p.enum,

@@ -32,14 +32,19 @@ from binome.tasks.manager import Task
 class ClusterService:
     def __init__(self, config: NodeConfig, clusterlog: ClusterLog, *,
                  node_stats: Callable[[], dict[str, Any]] = dict,
-                 on_tls_change: Callable[[], None] = lambda: None) -> None:
+                 on_tls_change: Callable[[], None] = lambda: None,
+                 on_quorum_change: Callable[[bool, int, int], None] = lambda *_: None,
+                 ) -> None:
         """`node_stats`: what the node publishes as its stats, bound to its lease;
-        `on_tls_change`: called when the node certificate changes (create/join)."""
+        `on_tls_change`: called when the node certificate changes (create/join);
+        `on_quorum_change`: called, without waiting, when this node loses or regains
+        quorum (quorate, votes, expected votes)."""
         self.local = LocalMember(config, clusterlog)
         # the parts take their callbacks as attributes; they are set here, once
         self.local.on_tls_change = on_tls_change
         self.monitor = ClusterMonitor(self.local)
         self.monitor.on_node_stats = node_stats
+        self.monitor.on_quorum_change = on_quorum_change
         self.changes = MembershipChanges(self.local, self.monitor)
 
     # ------------------------------------------------------------------ state

@@ -46,6 +46,8 @@ class ClusterMonitor:
         self.cluster_doc: dict[str, Any] = {}
         # what the node publishes as its stats (the daemon sets its host summary)
         self.on_node_stats: Callable[[], dict[str, Any]] = dict
+        # told of this node's quorum changes (quorate, votes, expected); must not block
+        self.on_quorum_change: Callable[[bool, int, int], None] = lambda *_: None
         self._loops: list[asyncio.Task] = []
         self._lease_id: int | None = None
         self._peer_stores: dict[str, Store] = {}   # the member probes' channels
@@ -171,6 +173,10 @@ class ClusterMonitor:
 
     async def _quorum_changed(self, quorate: bool) -> None:
         v = self.view
+        try:
+            self.on_quorum_change(quorate, v.total_votes, v.expected_votes)
+        except Exception:   # a listener's bug must not stop the quorum loop
+            log.exception("quorum change listener failed")
         if quorate:
             msg = f"quorum regained: {v.total_votes} of {v.expected_votes} votes"
             await self.clusterlog.write(f"node {self.config.name}: {msg}", tag="quorum")

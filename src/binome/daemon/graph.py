@@ -24,6 +24,8 @@ from binome.config import ConfigError, NodeConfig
 from binome.daemon.hostinfo import HostInfo
 from binome.daemon.rrd import RrdStore
 from binome.guest.guests import GuestService
+from binome.notify.repository import Change as NotifyChange
+from binome.notify.service import NotificationService
 from binome.storage.manager import StorageManager
 from binome.storage.replica.node.volumes import VolumeService
 from binome.tasks.clusterlog import ClusterLog
@@ -41,12 +43,18 @@ class NodeGraph:
         self.tasks = TaskManager(config.name, config.tasks_dir)
         self.host = HostInfo()
         self.rrd = RrdStore()
+        # every node (witness too) sends the events it decides: see docs/architecture.md
+        self.notifications = NotificationService(
+            config.name, lambda: self.cluster.store, user_emails=self._user_emails,
+            on_change=self._log_notify_change)
         self.cluster = ClusterService(config, self.clusterlog, node_stats=self.host.summary,
-                                      on_tls_change=self._tls_changed)
+                                      on_tls_change=self._tls_changed,
+                                      on_quorum_change=self._quorum_changed)
         self.access = AccessService(lambda: self.cluster.store, on_change=self._log_access)
         # replicated volumes: the engine runs apart from the daemon (it outlives it)
         self.volumes: VolumeService | None = (
-            VolumeService(config.name, config.state_dir, self.cluster, self.clusterlog)
+            VolumeService(config.name, config.state_dir, self.cluster, self.clusterlog,
+                          notify=self.notifications.emit)
             if is_node else None)
         # guest and HA code reach the volumes only through the storage manager
         self.storages = StorageManager(config.name, config.state_dir, self.cluster,
@@ -72,13 +80,27 @@ class NodeGraph:
 
         try:
             return HaAgent(self.config, self.cluster, self.guests, self.storages,
-                             self.tasks, self.clusterlog)
+                           self.tasks, self.clusterlog, notify=self.notifications.emit)
         except ConfigError as exc:   # cluster timers the HA timers cannot live with
             logging.getLogger("binome.ha").error("HA manager disabled: %s", exc)
             return None
 
     async def _log_access(self, change: Change) -> None:
         await self.clusterlog.write(change.action, tag="access", user=change.actor)
+
+    async def _log_notify_change(self, change: NotifyChange) -> None:
+        await self.clusterlog.write(f"{change.actor}: {change.action}", tag="notify",
+                                    user=change.actor)
+
+    async def _user_emails(self) -> dict[str, str]:
+        """The users' e-mail addresses, for targets that name users (`mailto-user`)."""
+        users = (await self.access.config()).users
+        return {uid: u.email for uid, u in users.items() if u.email}
+
+    def _quorum_changed(self, quorate: bool, votes: int, expected: int) -> None:
+        # this node's own view: each node says it for itself (hostname = this node)
+        self.notifications.emit("quorum-regained" if quorate else "quorum-lost",
+                                votes=votes, expected=expected)
 
     def _tls_changed(self) -> None:
         """The node certificate changed (create/join): trust and serve the new one."""

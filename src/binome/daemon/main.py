@@ -78,6 +78,7 @@ async def run(cfg: NodeConfig) -> None:
     cfg.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     pidfile.write_text(f"{os.getpid()}\n")
     await node.api.start()
+    node.notifications.start()      # before anything that emits events
     try:
         await node.cluster.start()
         if node.volumes is not None:
@@ -106,6 +107,7 @@ async def run(cfg: NodeConfig) -> None:
         if node.volumes is not None:
             await node.volumes.stop()  # stops watching; the engine keeps serving
         await node.cluster.stop()
+        await node.notifications.stop()   # last: undelivered notifications are lost
         pidfile.unlink(missing_ok=True)
 
 

@@ -143,6 +143,8 @@ class RoundContext:
             where = f"{where} -> {target}"
         suffix = f": {why}" if why else ""
         self.log("info", f"service {sid}: {old_state} -> {state} ({where}){suffix}")
+        if state == ServiceState.ERROR and old_state != ServiceState.ERROR:
+            self.env.notify("ha-error", sid=sid, node=sd.node, error=reason or why)
 
     def set_reason(self, sid: str, sd: ServiceStatus, reason: str | None,
                    level: str = "warn") -> None:

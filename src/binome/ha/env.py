@@ -72,6 +72,13 @@ class ClusterEnv(Protocol):
         """Cluster log / event log (levels: info, warn, err, alert)."""
         ...
 
+    def notify(self, kind: str, **fields: str | int) -> None:
+        """An administrator notification of the event catalogue (`binome.notify.events`:
+        its kind and fields) for a decision of this round. Never blocks or fails; the
+        daemon sends it only once the round's writes are committed, so a decision that
+        loses its compare-and-swap is not announced."""
+        ...
+
     def quorate(self) -> bool:
         """Whether this node can currently reach a quorum of the store."""
         ...

@@ -125,8 +125,17 @@ def _number_loss(ctx: RoundContext, node: str, rec: NodeRecord) -> None:
         rec.loss = None
 
 
+_PRESENT = (NodeState.ONLINE, NodeState.MAINTENANCE)
+
+
 def _set(ctx: RoundContext, node: str, rec: NodeRecord, state: NodeState, why: str) -> None:
     ctx.log("info", f"node {node}: {rec.state} -> {state} ({why})")
+    if state == NodeState.UNKNOWN and rec.state in _PRESENT:
+        ctx.env.notify("node-offline", node=node, why=why)
+    elif state in _PRESENT and rec.state in (NodeState.UNKNOWN, NodeState.FENCE):
+        ctx.env.notify("node-online", node=node)
+    elif state == NodeState.FENCE:
+        ctx.env.notify("fence-requested", node=node, reason=why)
     rec.state = state
     rec.since = ctx.now
     rec.reason = None
@@ -241,10 +250,13 @@ def _natural_proof(ctx: RoundContext, node: str,
     return None
 
 
-def _block(ctx: RoundContext, node: str, rec: NodeRecord, reason: str, level: str) -> None:
+def _block(ctx: RoundContext, node: str, rec: NodeRecord, reason: str, level: str) -> bool:
+    """Record and log why the fence waits; True if the reason is new."""
     if rec.reason != reason:
         rec.reason = reason
         ctx.log(level, f"node {node}: {reason}")
+        return True
+    return False
 
 
 def _drive_device(ctx: RoundContext, node: str, rec: NodeRecord, sids: list[str]) -> None:
@@ -266,9 +278,12 @@ def _drive_device(ctx: RoundContext, node: str, rec: NodeRecord, sids: list[str]
                    else "its watchdog was released while guests ran (binomed restart)"
                    if lrm is not None and lrm.daemon_restart
                    else "its watchdog was released while guests ran (HA disarmed)")
-            _block(ctx, node, rec, f"cannot fence: no fence device and {why}; "
-                                   f"{blocked} until it returns "
-                                   f"({CONFIRM_HINT.format(node=node)})", "alert")
+            if _block(ctx, node, rec, f"cannot fence: no fence device and {why}; "
+                                      f"{blocked} until it returns "
+                                      f"({CONFIRM_HINT.format(node=node)})", "alert"):
+                for sid in sids:
+                    ctx.env.notify("ha-recovery-blocked", sid=sid, from_node=node,
+                                   reason="fence-failed", detail=f"no fence device and {why}")
         else:
             _block(ctx, node, rec, "waiting for its lease to expire (watchdog guarantee)", "info")
         return
@@ -287,13 +302,17 @@ def _drive_device(ctx: RoundContext, node: str, rec: NodeRecord, sids: list[str]
         return
     if failed is not None:
         if watchdog:
-            _block(ctx, node, rec, f"fence device failed ({failed.detail}); waiting for the "
-                                   "watchdog guarantee (lease expiry)", "warn")
-        else:
-            _block(ctx, node, rec, f"fencing failed ({failed.detail}) and there is no watchdog "
-                                   f"guarantee; {blocked}, retrying the device every "
-                                   f"{ctx.timers.fence_retry:g} s "
-                                   f"({CONFIRM_HINT.format(node=node)})", "alert")
+            if _block(ctx, node, rec, f"fence device failed ({failed.detail}); waiting for "
+                                      "the watchdog guarantee (lease expiry)", "warn"):
+                ctx.env.notify("fence-failed", node=node, error=failed.detail)
+        elif _block(ctx, node, rec, f"fencing failed ({failed.detail}) and there is no "
+                                    f"watchdog guarantee; {blocked}, retrying the device "
+                                    f"every {ctx.timers.fence_retry:g} s "
+                                    f"({CONFIRM_HINT.format(node=node)})", "alert"):
+            ctx.env.notify("fence-failed", node=node, error=failed.detail)
+            for sid in sids:
+                ctx.env.notify("ha-recovery-blocked", sid=sid, from_node=node,
+                               reason="fence-failed", detail=failed.detail)
 
 
 def _resume_in_place(ctx: RoundContext, node: str) -> None:
@@ -338,6 +357,7 @@ def fence_nodes(ctx: RoundContext) -> bool:
         if proof is not None:
             kind, detail = proof
             ctx.log("info", f"node {node}: fenced ({kind}: {detail})")
+            ctx.env.notify("fence-succeeded", node=node, agent=f"{kind} ({detail})")
             rec.state, rec.since, rec.reason = NodeState.UNKNOWN, ctx.now, f"fenced by {kind}"
             rec.fence_request = rec.fence_requested_at = None
             for sid in waiting.get(node, []):

@@ -387,15 +387,21 @@ def _recovery(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
         ctx.change(sid, sd, S.ERROR, reason="guest config not found", why="config not found")
         return
     nxt = S.REQUEST_STOP if _wants_stop(ctx, sid) else S.STARTING
+    failed = sd.node
     if owner != sd.node:
         # a migration switched over before the node was lost: the guest lives there now
         if lost(ctx, owner):
             ctx.change(sid, sd, S.FENCE, node=owner, why=f"its config is on {owner}, lost too")
         else:
             ctx.change(sid, sd, nxt, node=owner, why=f"config already on {owner}")
+            ctx.env.notify("ha-recovered", sid=sid, from_node=failed, node=owner)
         return
     choice = ctx.place(sid, current=None, stay=False)
     if choice.node is None:
+        if choice.reason != sd.reason:   # once per distinct reason, as its log line
+            code = "no-uptodate-replica" if "UpToDate" in choice.reason else "no-node"
+            ctx.env.notify("ha-recovery-blocked", sid=sid, from_node=failed, reason=code,
+                           detail=choice.reason)
         ctx.set_reason(sid, sd, choice.reason)
         return
     if choice.node == owner:
@@ -410,6 +416,7 @@ def _recovery(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
         ctx.log("info", f"service {sid}: recovering from fenced node {sd.node} to "
                         f"{choice.node} (config moved; {choice.reason})")
     ctx.change(sid, sd, nxt, node=choice.node, why="recovered")
+    ctx.env.notify("ha-recovered", sid=sid, from_node=failed, node=choice.node)
 
 
 def _freeze(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:

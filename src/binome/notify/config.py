@@ -196,6 +196,50 @@ def _mask(key: str, item: str) -> str:
         return "<secret>"
 
 
+def update_entry(entry: Entry, updates: dict[str, Any], delete: list[str]) -> Entry:
+    """PVE's update: `updates` replace options, `delete` removes them; the result is checked
+    as a whole (a required option cannot be deleted). A webhook secret given by name only
+    keeps its stored value; secrets not named stay as they are unless `secret` is deleted."""
+    allowed = OPTIONS[entry.type]
+    errors = {key: "property is not defined in schema and the schema does not allow "
+                   "additional properties" for key in sorted(set(updates) - allowed)}
+    for key in delete:
+        if key not in allowed:
+            errors["delete"] = f"invalid option '{key}'"
+    clash = sorted(set(delete) & set(updates))
+    if clash:
+        errors["delete"] = f"cannot set and delete '{clash[0]}' at the same time"
+    if errors:
+        raise ConfigError(errors)
+    merged: dict[str, Any] = {**entry.options, **entry.secrets}
+    for key in delete:
+        merged.pop(key, None)
+    for key, value in updates.items():
+        if key == "secret" and entry.type == "webhook":
+            value = _keep_secret_values(entry, _as_list(value))
+        merged[key] = value
+    return validate_entry(entry.type, entry.name, merged)
+
+
+def _keep_secret_values(entry: Entry, items: list[str]) -> list[str]:
+    stored = {}
+    for item in entry.secrets.get("secret", []):
+        prop = parse_property_string(item)
+        stored[prop.get("name")] = item
+    out = []
+    for item in items:
+        try:
+            prop = parse_property_string(item)
+        except ValueError:
+            out.append(item)     # validate_entry names the error (masked)
+            continue
+        if "value" not in prop and prop.get("name") in stored:
+            out.append(stored[prop["name"]])
+        else:
+            out.append(item)
+    return out
+
+
 def public_view(entry: Entry) -> dict[str, Any]:
     """What a GET returns: options without secret values (webhook secrets keep their name)."""
     out: dict[str, Any] = {"name": entry.name, "type": entry.type, **entry.options}
@@ -223,13 +267,33 @@ def builtin_entries() -> list[Entry]:
     ]
 
 
+BUILTIN_NAMES = frozenset(e.name for e in builtin_entries())
+
+
 class NotificationConfig:
-    """Targets and matchers in one namespace, with PVE's name-clash and reference checks."""
+    """Targets and matchers in one namespace, with PVE's name-clash and reference checks.
+
+    The built-in entries exist unless stored ones of the same name replace them
+    (PVE's `origin`: builtin, modified-builtin, user-created)."""
 
     def __init__(self, entries: list[Entry] | None = None) -> None:
         self.entries: dict[str, Entry] = {e.name: e for e in builtin_entries()}
+        self.stored: set[str] = set()
         for entry in entries or []:
             self.entries[entry.name] = entry
+            self.stored.add(entry.name)
+
+    def origin(self, name: str) -> str:
+        if name not in BUILTIN_NAMES:
+            return "user-created"
+        return "modified-builtin" if name in self.stored else "builtin"
+
+    def replace(self, entry: Entry) -> None:
+        """Store an updated entry (same name and type); a matcher's targets must exist."""
+        if entry.type == "matcher":
+            self._check_targets(entry)
+        self.entries[entry.name] = entry
+        self.stored.add(entry.name)
 
     def targets(self) -> list[Entry]:
         return [e for e in self.entries.values() if e.type in TARGET_TYPES]
@@ -244,6 +308,7 @@ class NotificationConfig:
         if entry.type == "matcher":
             self._check_targets(entry)
         self.entries[entry.name] = entry
+        self.stored.add(entry.name)
 
     def _check_targets(self, matcher: Entry) -> None:
         for target in matcher.options.get("target", []):
@@ -252,10 +317,19 @@ class NotificationConfig:
                 raise ConfigError({"target": f"target '{target}' does not exist"})
 
     def delete(self, name: str) -> None:
+        """Remove an entry; a modified built-in goes back to its built-in form, an
+        untouched built-in cannot be deleted."""
         if name not in self.entries:
             raise KeyError(name)
+        if name in BUILTIN_NAMES:
+            if name not in self.stored:
+                raise ConfigError({"name": f"cannot delete built-in entry '{name}'"})
+            self.stored.discard(name)
+            self.entries[name] = next(e for e in builtin_entries() if e.name == name)
+            return
         users = [m.name for m in self.matchers() if name in m.options.get("target", [])]
         if users and self.entries[name].type != "matcher":
             raise ConfigError({"name": f"cannot delete '{name}', referenced by: "
                                        + ", ".join(users)})
         del self.entries[name]
+        self.stored.discard(name)

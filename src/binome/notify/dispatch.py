@@ -10,6 +10,7 @@ targets with the matchers and delivers to each in its own task, with exponential
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 SEVERITY_ORDER = [Severity.INFO, Severity.UNKNOWN, Severity.NOTICE, Severity.WARNING,
                   Severity.ERROR]
 SendFn = Callable[[Entry, Notification], Awaitable[None]]
+# The configuration at delivery time: a snapshot, or a coroutine reading the store.
+ConfigFn = Callable[[], NotificationConfig | Awaitable[NotificationConfig]]
 
 
 @dataclass
@@ -56,7 +59,7 @@ def combine(events: list[Event]) -> Notification:
 
 
 class Dispatcher:
-    def __init__(self, config: Callable[[], NotificationConfig], send: SendFn, *,
+    def __init__(self, config: ConfigFn, send: SendFn, *,
                  queue_size: int = 1000, group_window: float = 5.0, max_attempts: int = 6,
                  first_retry: float = 2.0, max_retry: float = 300.0) -> None:
         self._config = config
@@ -99,6 +102,12 @@ class Dispatcher:
         while not self._queue.empty() or self._groups or self._tasks:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
+    async def _current_config(self) -> NotificationConfig:
+        config = self._config()
+        if inspect.isawaitable(config):
+            return await config
+        return config
+
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -117,7 +126,13 @@ class Dispatcher:
     async def _flush_later(self, key: str) -> None:
         await asyncio.sleep(self.group_window)
         events = self._groups.pop(key)
-        config = self._config()
+        try:
+            config = await self._current_config()
+        except Exception as exc:   # the store unreadable even locally: nothing to route by
+            self.dropped += len(events)
+            log.error("notifications of group %s dropped: configuration unreadable (%s)",
+                      key, exc)
+            return
         targets: dict[str, Entry] = {}
         for event in events:
             for target in targets_for(config, event):
@@ -156,7 +171,7 @@ class Dispatcher:
         """PVE's targets/{name}/test: one attempt, errors raised to the caller."""
         from binome.notify.events import make_event
 
-        config = self._config()
+        config = await self._current_config()
         target = config.entries.get(name)
         if target is None or target.type == "matcher":
             raise DeliveryError(f"notification target '{name}' does not exist")

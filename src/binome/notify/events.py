@@ -75,7 +75,7 @@ CATALOGUE: dict[str, EventKind] = {k.name: k for k in [
        "'binome ha fence-confirm {node}'.", ("node",)),
     _k("node-offline", "node", S.WARNING, ("node",),
        "Node {node} offline",
-       "Node {node} stopped answering the cluster (last seen {last_seen}).\nIf it holds HA "
+       "Node {node} stopped answering the cluster ({why}).\nIf it holds HA "
        "services it will be fenced. Check its power, network links and binomed.", ("node",)),
     _k("node-online", "node", S.NOTICE, ("node",),
        "Node {node} back online",
@@ -170,6 +170,10 @@ BLOCKED_REASONS: dict[str, tuple[str, str]] = {
     "no-quorum": (
         "the cluster has no quorum",
         "Restore the links between nodes or the witness; recovery resumes with quorum."),
+    "no-node": (
+        "no node may run it now",
+        "Bring a node of its group back online, or widen the group; recovery resumes by "
+        "itself as soon as a node can take it."),
 }
 
 
@@ -204,7 +208,8 @@ def make_event(kind: str, hostname: str, *, severity: Severity | str | None = No
         reason = str(data["reason"])
         if reason not in BLOCKED_REASONS:
             raise EventError(f"unknown recovery-blocked reason '{reason}'")
-        data.setdefault("reason_text", BLOCKED_REASONS[reason][0])
+        detail = f" ({data['detail']})" if data.get("detail") else ""
+        data.setdefault("reason_text", BLOCKED_REASONS[reason][0] + detail)
         data.setdefault("reason_action", BLOCKED_REASONS[reason][1])
     if kind == "disk-io-error":
         data.setdefault("detach_text", "The disk was detached; the volume now reads and writes "

@@ -48,6 +48,7 @@ class FakeEnv:
     fences: dict[str, FenceStatus] = field(default_factory=dict)
     confirmations: dict[str, FenceConfirmation] = field(default_factory=dict)
     logs: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[tuple[str, dict[str, str | int]]] = field(default_factory=list)
     calls: list[tuple] = field(default_factory=list)
     # LRM side
     lease: LeaseInfo = field(default_factory=lambda: LeaseInfo(True, 99.5))
@@ -86,6 +87,9 @@ class FakeEnv:
 
     def log(self, level: str, message: str) -> None:
         self.logs.append((level, message))
+
+    def notify(self, kind: str, **fields: str | int) -> None:
+        self.notes.append((kind, dict(fields)))
 
     def quorate(self) -> bool:
         return self.is_quorate

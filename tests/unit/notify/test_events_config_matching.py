@@ -20,7 +20,7 @@ SAMPLES = {
     "fence-requested": {"node": "n2", "reason": "lost quorum"},
     "fence-succeeded": {"node": "n2", "agent": "ipmi"},
     "fence-failed": {"node": "n2", "error": "BMC timeout"},
-    "node-offline": {"node": "n2", "last_seen": "10:00"},
+    "node-offline": {"node": "n2", "why": "lease expired 2.0 s ago"},
     "node-online": {"node": "n2"},
     "quorum-lost": {"votes": 1, "expected": 3},
     "quorum-regained": {"votes": 2, "expected": 3},
@@ -106,8 +106,18 @@ def test_names_and_references():
     assert {e.name for e in cfg.entries.values()} == {"mail-to-root", "default-matcher"}
     with pytest.raises(ConfigError, match="already exists"):
         cfg.add(Entry("gotify", "mail-to-root"))
-    with pytest.raises(ConfigError, match="referenced by: default-matcher"):
+    with pytest.raises(ConfigError, match="cannot delete built-in entry 'mail-to-root'"):
         cfg.delete("mail-to-root")
+    cfg.add(validate_entry("gotify", "phone", {"server": "http://g", "token": "t"}))
+    cfg.add(validate_entry("matcher", "to-phone", {"target": ["phone"]}))
+    with pytest.raises(ConfigError, match="referenced by: to-phone"):
+        cfg.delete("phone")
+    # a modified built-in goes back to its built-in form
+    cfg.replace(validate_entry("sendmail", "mail-to-root", {"mailto": ["ops@example.org"]}))
+    assert cfg.origin("mail-to-root") == "modified-builtin"
+    cfg.delete("mail-to-root")
+    assert cfg.origin("mail-to-root") == "builtin"
+    assert cfg.entries["mail-to-root"].options["mailto-user"] == ["root@pam"]
     with pytest.raises(ConfigError, match="invalid match-field"):
         validate_entry("matcher", "mm", {"match-field": ["type=fencing"]})
     with pytest.raises(ConfigError, match="invalid regex"):
@@ -168,3 +178,27 @@ def test_template_subset_is_safe():
     assert render("{{ __class__ }}", ctx) == ""
     with pytest.raises(TemplateError):
         render("{{ eval title }}", ctx)
+
+
+def test_update_keeps_unnamed_secrets_and_refuses_deleting_a_required_option():
+    from binome.notify.config import update_entry
+    hook = validate_entry("webhook", "hook", {
+        "url": "http://x", "method": "post",
+        "secret": ["name=a,value=c2VjcmV0", "name=b,value=b3RoZXI="]})
+    kept = update_entry(hook, {"secret": ["name=a", "name=c,value=bmV3"]}, [])
+    assert webhook_secrets(kept) == {"a": "secret", "c": "new"}
+    assert public_view(kept)["secret"] == ["name=a", "name=c"]
+    smtp = validate_entry("smtp", "mail", {"server": "h", "from-address": "a@b",
+                                           "mailto": ["x@y"], "username": "u",
+                                           "password": "pw", "author": "me"})
+    changed = update_entry(smtp, {"comment": "c"}, ["author"])
+    assert changed.secrets == {"password": "pw"} and "author" not in changed.options
+    with pytest.raises(ConfigError) as err:
+        update_entry(smtp, {}, ["server"])
+    assert "server" in err.value.errors
+    with pytest.raises(ConfigError) as err:
+        update_entry(smtp, {"comment": "c"}, ["comment"])
+    assert "delete" in err.value.errors
+    with pytest.raises(ConfigError) as err:
+        update_entry(smtp, {}, ["token"])
+    assert err.value.errors == {"delete": "invalid option 'token'"}

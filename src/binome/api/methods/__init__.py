@@ -10,6 +10,7 @@ from binome.api.methods import (  # noqa: F401
     fence,
     ha,
     nodes,
+    notifications,
     pools,
     qemu,
     snapshots,

@@ -46,7 +46,7 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
 from binome.fence.watchdog import Watchdog
@@ -155,8 +155,12 @@ class HaAgent:
     def __init__(self, config: NodeConfig, cluster: ClusterService,
                  guests: GuestService | None, storages: StorageManager,
                  tasks: TaskManager, clusterlog: ClusterLog,
-                 timers: HaTimers | None = None) -> None:
+                 timers: HaTimers | None = None,
+                 notify: Callable[..., None] | None = None) -> None:
+        """`notify(kind, **fields)`: the node's notification emitter (never blocks);
+        the HA agent hands it the events its CRM decided, once committed."""
         self.config = config
+        self._notify = notify
         self.node = config.name
         self.cluster = cluster
         self.guests = guests
@@ -242,6 +246,15 @@ class HaAgent:
                 self.clusterlog.write(f"{source}: {message}", **kw))
             self._pending_logs.append(t)
             self._pending_logs = [p for p in self._pending_logs if not p.done()]
+
+    def notify(self, kind: str, **fields: Any) -> None:
+        """Pass a committed decision's notification on; never raises into a round."""
+        if self._notify is None:
+            return
+        try:
+            self._notify(kind, **fields)
+        except Exception:
+            log.exception("notification %s not emitted", kind)
 
     def wake(self) -> None:
         self._wake.set()

@@ -122,6 +122,8 @@ class EtcdEnv:
         self._moves: list[tuple[int, str, str]] = []
         self._lock_release = False
         self._lrm_write: LrmStatus | None = None
+        # notifications of this round's decisions: sent only once they are committed
+        self._notes: list[tuple[str, dict[str, str | int]]] = []
         # the LRM's CAS: tokens handed to the Lrm, the real revision compared in etcd
         self._lrm_token = 0
         self._lrm_real = 0
@@ -139,6 +141,7 @@ class EtcdEnv:
         self._ok = False
         self._status_write, self._moves, self._lrm_write = None, [], None
         self._lock_release = False
+        self._notes = []
         if store is None:
             return False
         timeout = hub.io_timeout
@@ -188,9 +191,15 @@ class EtcdEnv:
         if store is None:
             return errors
         timeout = self.hub.io_timeout
+        notes, self._notes = self._notes, []
         try:
             if self._status_write is not None or self._moves:
-                await self._commit_crm(store, timeout, errors)
+                if await self._commit_crm(store, timeout, errors):
+                    # the decisions are the cluster's now: announce them, once (a lost
+                    # compare-and-swap or an unknown outcome announces nothing; the next
+                    # master decides again from what was stored)
+                    for kind, fields in notes:
+                        self.hub.notify(kind, **fields)
             if self._lock_release:
                 lock = self._entries.get(keys.HA_MANAGER_LOCK)
                 if lock is not None and self._lock_mine:
@@ -214,11 +223,12 @@ class EtcdEnv:
             self._lock_release = False
         return errors
 
-    async def _commit_crm(self, store: Store, timeout: float, errors: list[str]) -> None:
+    async def _commit_crm(self, store: Store, timeout: float, errors: list[str]) -> bool:
+        """The manager status and config moves in one transaction; True if committed."""
         lock = self._entries.get(keys.HA_MANAGER_LOCK)
         if lock is None or not self._lock_mine:
             errors.append("the manager lock is no longer ours")
-            return
+            return False
         compare = [(keys.HA_MANAGER_LOCK, "mod", lock.mod_revision)]
         puts: dict[str, tuple[Any, int]] = {}
         deletes: list[str] = []
@@ -229,7 +239,7 @@ class EtcdEnv:
                 move = await configs.plan_move(store, vmid, src, dst)
             except configs.MoveRefused:
                 errors.append(f"config of vm:{vmid} is not on {src}")
-                return
+                return False
             compare += move.compare
             puts.update(move.puts)
             deletes += move.deletes
@@ -241,6 +251,8 @@ class EtcdEnv:
         rev = await store.txn(compare, puts, deletes, timeout)
         if rev is None:
             errors.append("manager status, lock or a guest config changed since it was read")
+            return False
+        return True
 
     # ------------------------------------------------------------ helpers
 
@@ -266,6 +278,9 @@ class EtcdEnv:
 
     def log(self, level: str, message: str) -> None:
         self.hub.log(level, f"{self.hub.node}/{self.role}", message)
+
+    def notify(self, kind: str, **fields: str | int) -> None:
+        self._notes.append((kind, fields))
 
     def quorate(self) -> bool:
         return self._ok

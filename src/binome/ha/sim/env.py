@@ -53,6 +53,11 @@ class SimEnv:
     def log(self, level: str, message: str) -> None:
         self.world.log(level, f"{self._node}/{self.role}", message)
 
+    def notify(self, kind: str, **fields: str | int) -> None:
+        # kept apart from the log lines, so the golden scenarios' logs do not change
+        self.world.notifications.append((self.world.q.now / 1000, self._node, kind,
+                                         dict(fields)))
+
     def quorate(self) -> bool:
         return self.world.etcd.quorate(self._node)
 

@@ -58,6 +58,8 @@ class World:
         self.params = cluster.sim
         self.q = EventQueue()
         self.lines: list[str] = []
+        # (time, node, kind, fields): the notifications the CRMs raised
+        self.notifications: list[tuple[float, str, str, dict[str, str | int]]] = []
         self.nodes: dict[str, SimNode] = {}
         for i, spec in enumerate(cluster.nodes):
             self.nodes[spec.name] = SimNode(

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from binome.storage.replica.core.states import ConnState
 from binome.storage.replica.engine import control
 from binome.storage.replica.node import fencing, supervisor
 from binome.storage.replica.node.errors import VolumeFailure
@@ -88,6 +89,7 @@ def on_event(svc: VolumeService, event: dict[str, Any]) -> None:
         return
     svc.statuses[name] = st
     queue_publish(svc, name, {"up": True, **{k: st.get(k) for k in PUBLISHED}})
+    notify_replication(svc, name, st)
     ver = st.get("verify")
     if (event.get("event") == "change" and isinstance(ver, dict)
             and ver.get("role") == "VerifyS" and st.get("cstate") != "VerifyS"
@@ -100,8 +102,47 @@ def on_event(svc: VolumeService, event: dict[str, Any]) -> None:
         fencing.start_fencing(svc, name)
 
 
+_SENDING = ("SyncSource", "PausedSyncS")
+
+
+def _connected(cstate: str) -> bool:
+    state = ConnState.__members__.get(cstate)
+    return state is not None and state >= ConnState.Connected
+
+
+def notify_replication(svc: VolumeService, name: str, st: dict[str, Any]) -> None:
+    """Notifications of a volume's connection changes, each sent by one node only: a
+    disconnect by the node whose copy is Primary (the copy in use, which goes on alone;
+    none while no copy is Primary), a resync by the node sending it (SyncSource)."""
+    cstate = str(st.get("cstate") or "StandAlone")
+    before, started = svc.replication.get(name, ("", None))
+    if cstate == before:
+        return
+    if not before:   # first sight (daemon start): a state, not a change; nothing to say
+        svc.replication[name] = (cstate, time.monotonic() if cstate in _SENDING else None)
+        return
+    peer = str(st.get("peer_node") or "peer")
+    if _connected(before) and not _connected(cstate) \
+            and st.get("role") == "Primary":
+        svc.notify("replication-disconnected", volume=name, peer=peer, reason=cstate)
+    if cstate in _SENDING and before not in _SENDING:
+        started = time.monotonic()
+        svc.notify("resync-started", volume=name, peer=peer,
+                   out_of_sync_bytes=int(st.get("out_of_sync_kib") or 0) * 1024)
+    elif before in _SENDING and cstate not in _SENDING:
+        if cstate == "Connected" and started is not None:
+            svc.notify("resync-done", volume=name, peer=peer,
+                       duration=round(time.monotonic() - started, 1))
+        started = None
+    svc.replication[name] = (cstate, started)
+
+
 async def log_verify(svc: VolumeService, name: str, ver: dict[str, Any]) -> None:
     found = int(ver.get("found_blocks") or 0)
+    if found:   # the node that ran the verify says it (once: its result is logged once)
+        svc.notify("verify-out-of-sync", volume=name,
+                   peer=str((svc.statuses.get(name) or {}).get("peer_node") or "peer"),
+                   out_of_sync_bytes=found * int(ver.get("block_size") or 4096))
     what = "stopped" if ver.get("stopped") else "lost its peer" if ver.get("lost") \
         else "finished"
     msg = (f"volume {name}: online verify on {svc.node} {what} after "

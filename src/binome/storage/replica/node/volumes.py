@@ -46,6 +46,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,9 +92,14 @@ def _addr(ip: str, port: int) -> str:
 
 class VolumeService:
     def __init__(self, node: str, state_dir: Path, cluster: ClusterService,
-                 clusterlog: ClusterLog, *, reconcile_interval: float = RECONCILE_INTERVAL
-                 ) -> None:
+                 clusterlog: ClusterLog, *, reconcile_interval: float = RECONCILE_INTERVAL,
+                 notify: Callable[..., None] | None = None) -> None:
+        """`notify(kind, **fields)`: the node's notification emitter (never blocks); told
+        of replication disconnects, resyncs and verify findings (engine_events)."""
         self.node = node
+        self.notify: Callable[..., None] = notify or (lambda *_a, **_k: None)
+        # volume -> (last connection state, when a resync this node sends started)
+        self.replication: dict[str, tuple[str, float | None]] = {}
         self.engine_dir = state_dir / ENGINE_SUBDIR
         self._handlers_applied: dict[str, dict[str, Any]] = {}
         self.socket_dir = self._socket_dir(self.engine_dir)
