@@ -22,6 +22,7 @@ from binome.cluster import pki
 from binome.cluster.cluster import ClusterService
 from binome.config import ConfigError, NodeConfig
 from binome.daemon.hostinfo import HostInfo
+from binome.daemon.logs import NodeLogs
 from binome.daemon.rrd import RrdStore
 from binome.guest.guests import GuestService
 from binome.storage.manager import StorageManager
@@ -40,7 +41,9 @@ class NodeGraph:
         self.clusterlog = ClusterLog(config.name, config.state_dir / "clusterlog.pending")
         self.tasks = TaskManager(config.name, config.tasks_dir)
         self.host = HostInfo()
-        self.rrd = RrdStore()
+        self.rrd = RrdStore(config.state_dir / "rrd.sqlite")
+        self.logs = NodeLogs(config.name, config.log_dir / "binomed.log",
+                             config.state_dir / "etcd.log")
         self.cluster = ClusterService(config, self.clusterlog, node_stats=self.host.summary,
                                       on_tls_change=self._tls_changed)
         self.access = AccessService(lambda: self.cluster.store, on_change=self._log_access)
