@@ -203,7 +203,7 @@ def test_sampler_records_node_guests_and_storages(tmp_path):
     async def scenario():
         task = asyncio.create_task(sample_forever(
             store, lambda: {"cpu": 0.3, "memtotal": 8.0, "bogus": 1.0},
-            lambda: {101: {"cpu": 0.1, "mem": 5, "status": "running", "name": "vm"}},
+            lambda: {101: {"cpu": 0.1, "mem": 5, "cpus": 2, "status": "running", "name": "vm"}},
             storages, interval=0.01))
         try:
             for _ in range(500):
@@ -217,7 +217,9 @@ def test_sampler_records_node_guests_and_storages(tmp_path):
         asyncio.run(scenario())
         assert store.fetch(NODE, "hour")[-1].keys() >= {"cpu", "memtotal"}
         assert "bogus" not in store.fetch(NODE, "hour")[-1]     # not a PVE node field
-        assert store.fetch(guest_series(101), "hour")[-1].keys() == {"time", "cpu", "mem"}
+        assert store.fetch(guest_series(101), "hour")[-1] == {
+            "time": store.fetch(NODE, "hour")[-1]["time"], "cpu": 0.1, "mem": 5.0,
+            "maxcpu": 2.0}                                      # PVE's name for `cpus`
         assert store.fetch("storage/local", "hour")[-1] == {
             "time": store.fetch(NODE, "hour")[-1]["time"], "total": 100.0, "used": 40.0}
     finally:

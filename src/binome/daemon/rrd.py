@@ -263,7 +263,9 @@ async def sample_forever(store: RrdStore, node_sample: Callable[[], dict[str, fl
         try:
             samples = {node_series(): _numbers(node_sample(), NODE_FIELDS)}
             for vmid, status in guest_samples().items():
-                samples[guest_series(vmid)] = _numbers(status, GUEST_FIELDS)
+                # a guest's status says `cpus` (as PVE's qemu status); PVE's RRD `maxcpu`
+                renamed = {"maxcpu": status["cpus"], **status} if "cpus" in status else status
+                samples[guest_series(vmid)] = _numbers(renamed, GUEST_FIELDS)
             for storage, status in (await storage_samples()).items():
                 samples[storage_series(storage)] = _numbers(status, STORAGE_FIELDS)
             await store.record(samples)
