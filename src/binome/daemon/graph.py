@@ -42,8 +42,7 @@ class NodeGraph:
         self.tasks = TaskManager(config.name, config.tasks_dir)
         self.host = HostInfo()
         self.rrd = RrdStore(config.state_dir / "rrd.sqlite")
-        self.logs = NodeLogs(config.name, config.log_dir / "binomed.log",
-                             config.state_dir / "etcd.log")
+        self.logs = NodeLogs(config.name, config.log_dir / "binomed.log", config.etcd_log)
         self.cluster = ClusterService(config, self.clusterlog, node_stats=self.host.summary,
                                       on_tls_change=self._tls_changed)
         self.access = AccessService(lambda: self.cluster.store, on_change=self._log_access)
