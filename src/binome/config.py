@@ -124,6 +124,14 @@ class NodeConfig:
         return self.state_dir / "tasks"
 
     @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "log"
+
+    @property
+    def etcd_log(self) -> Path:
+        return self.state_dir / "etcd.log"
+
+    @property
     def run_dir(self) -> Path:
         return self.state_dir / "run"
 

@@ -36,19 +36,27 @@ class HostView(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
-class RrdSeries(Protocol):
-    """One round-robin series (the node's, or a guest's)."""
-
-    def fetch(self, timeframe: str, cf: str = "AVERAGE") -> list[dict[str, Any]]: ...
-
-
 class RrdView(Protocol):
-    """The node's and guests' usage history (`.../rrddata`)."""
+    """The node's, guests' and storages' usage history (`.../rrddata`), PVE's rows."""
 
-    @property
-    def node(self) -> RrdSeries: ...
+    async def fetch_node(self, timeframe: str, cf: str) -> list[dict[str, Any]]: ...
 
-    def guest(self, vmid: int) -> RrdSeries: ...
+    async def fetch_guest(self, vmid: int, timeframe: str, cf: str) -> list[dict[str, Any]]: ...
+
+    async def fetch_storage(self, storage: str, timeframe: str,
+                            cf: str) -> list[dict[str, Any]]: ...
+
+
+class LogView(Protocol):
+    """This node's service logs (binomed, etcd), as PVE's syslog and journal serve them."""
+
+    async def read_syslog(self, *, start: int, limit: int, since: float | None,
+                          until: float | None, service: str | None
+                          ) -> tuple[int, list[dict[str, Any]]]: ...
+
+    async def read_journal(self, *, since: int | None, until: int | None,
+                           lastentries: int | None, startcursor: str | None,
+                           endcursor: str | None) -> list[str]: ...
 
 
 class RebootGuard(Protocol):
@@ -77,6 +85,9 @@ class NodeServices(Protocol):
 
     @property
     def rrd(self) -> RrdView: ...
+
+    @property
+    def logs(self) -> LogView: ...
 
     @property
     def storages(self) -> StorageManager: ...

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from binome.api.registry import ApiMethod, CliSpec, registry
+from binome.cli import logs as logs_cli
 from binome.cli.client import ApiCallError, Client
 from binome.cli.format import render
 from binome.schema import Param
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         console.add_argument("--timeout", type=float, default=30.0,
                              help="give up after this many seconds (scripted mode)")
         console.set_defaults(_console=True)
+    logs_cli.add_parser(groups, _common_options)
     api = groups.add_parser("api", help="call any API path (like pvesh)")
     api_verbs = api.add_subparsers(dest="api_cmd", required=True, metavar="VERB")
     for verb in API_VERBS:
@@ -293,6 +295,8 @@ def run(argv: list[str] | None = None) -> int:
         client = make_client(args)
         if hasattr(args, "_console"):
             return _console(client, args)
+        if hasattr(args, "_log"):
+            return logs_cli.run(client, args, output)
         if hasattr(args, "_api_verb"):
             bad = [kv for kv in args.params if "=" not in kv]
             if bad:

@@ -70,8 +70,7 @@ class LocalMember:
         """Start the local etcd member from the membership record, and a client of it."""
         m = self.membership
         assert m is not None
-        self.etcd = EtcdMember(self.member_spec(), self.config.run_dir,
-                               self.config.state_dir / "etcd.log")
+        self.etcd = EtcdMember(self.member_spec(), self.config.run_dir, self.config.etcd_log)
         await self.etcd.start(initial_cluster=m.initial_cluster, state=state, token=m.token,
                               force_new_cluster=force_new_cluster)
         self.store = self.new_store()
@@ -99,7 +98,7 @@ class LocalMember:
         shutil.rmtree(self.config.etcd_dir, ignore_errors=True)
         # the old member's log could hold a "removed" marker that a new member must not
         # inherit
-        (self.config.state_dir / "etcd.log").unlink(missing_ok=True)
+        self.config.etcd_log.unlink(missing_ok=True)
         for path in (self.paths.ca_cert, self.paths.node_cert, self.paths.node_key):
             path.unlink(missing_ok=True)
         self.config.membership_path.unlink(missing_ok=True)

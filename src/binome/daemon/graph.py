@@ -22,6 +22,7 @@ from binome.cluster import pki
 from binome.cluster.cluster import ClusterService
 from binome.config import ConfigError, NodeConfig
 from binome.daemon.hostinfo import HostInfo
+from binome.daemon.logs import NodeLogs
 from binome.daemon.rrd import RrdStore
 from binome.guest.guests import GuestService
 from binome.notify.repository import Change as NotifyChange
@@ -42,7 +43,8 @@ class NodeGraph:
         self.clusterlog = ClusterLog(config.name, config.state_dir / "clusterlog.pending")
         self.tasks = TaskManager(config.name, config.tasks_dir)
         self.host = HostInfo()
-        self.rrd = RrdStore()
+        self.rrd = RrdStore(config.state_dir / "rrd.sqlite")
+        self.logs = NodeLogs(config.name, config.log_dir / "binomed.log", config.etcd_log)
         # every node (witness too) sends the events it decides: see docs/architecture.md
         self.notifications = NotificationService(
             config.name, lambda: self.cluster.store, user_emails=self._user_emails,

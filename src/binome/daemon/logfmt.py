@@ -1,9 +1,15 @@
-"""Structured log lines (logfmt): `ts=... level=... component=... msg="..." key=value`."""
+"""Structured log lines (logfmt): `ts=... level=... component=... msg="..." key=value`.
+
+binomed writes them to stderr (the journal, under systemd) and to its own rotated file,
+`<state>/log/binomed.log` (`binome.daemon.logs` serves it as `/nodes/{node}/syslog`).
+"""
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import time
+from pathlib import Path
 
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -31,11 +37,21 @@ class LogfmtFormatter(logging.Formatter):
         return " ".join(parts)
 
 
-def setup(node: str, level: str = "info") -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(LogfmtFormatter(node))
+# the file's size bound: LOG_FILE_BYTES per file, LOG_FILE_KEPT rotated files
+LOG_FILE_BYTES = 4 << 20
+LOG_FILE_KEPT = 3
+
+
+def setup(node: str, level: str = "info", log_file: Path | None = None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handlers.append(logging.handlers.RotatingFileHandler(
+            log_file, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_KEPT))
+    for handler in handlers:
+        handler.setFormatter(LogfmtFormatter(node))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = handlers
     root.setLevel(level.upper())
     for noisy in ("aiohttp.access", "asyncio", "grpc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -67,7 +67,7 @@ def load_config(args: argparse.Namespace) -> NodeConfig:
 async def run(cfg: NodeConfig) -> None:
     from binome.api import methods  # noqa: F401  (registers the API methods)
     from binome.daemon.graph import NodeGraph
-    from binome.daemon.rrd import sample_forever
+    from binome.daemon.rrd import sample_forever, storage_usage
 
     node = NodeGraph(cfg)
     stop = asyncio.Event()
@@ -91,6 +91,7 @@ async def run(cfg: NodeConfig) -> None:
         sampler = asyncio.create_task(sample_forever(
             node.rrd, node.host.rrd_sample,
             lambda: guests.last_status if guests is not None else {},
+            lambda: storage_usage(node.storages, cfg.name),
             interval=cfg.timers.rrd_interval), name="rrd")
         log.info("binomed ready", extra={"role": cfg.role,
                                          "cluster": node.cluster.cluster_name or "-"})
@@ -107,6 +108,7 @@ async def run(cfg: NodeConfig) -> None:
         if node.volumes is not None:
             await node.volumes.stop()  # stops watching; the engine keeps serving
         await node.cluster.stop()
+        node.rrd.close()
         await node.notifications.stop()   # last: undelivered notifications are lost
         pidfile.unlink(missing_ok=True)
 
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, ValueError) as exc:
         print(f"binomed: {exc}", file=sys.stderr)
         sys.exit(2)
-    logfmt.setup(cfg.name, args.log_level)
+    logfmt.setup(cfg.name, args.log_level, cfg.log_dir / "binomed.log")
     asyncio.run(run(cfg))
 
 

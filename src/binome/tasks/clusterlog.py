@@ -106,7 +106,10 @@ class ClusterLog:
         for old in entries[: max(0, len(entries) - MAX_ENTRIES)]:
             await self.store.delete(old.key)
 
-    async def read(self, max_entries: int = 50) -> list[dict[str, Any]]:
+    async def read(self, max_entries: int = 50, *, severity: str | None = None,
+                   tags: frozenset[str] | None = None) -> list[dict[str, Any]]:
+        """The newest entries, newest first; only those at `severity` or worse (a PRI
+        name) and with one of `tags`, when given (the filter applies before the count)."""
         entries: list[dict[str, Any]] = []
         if self.store is not None:
             # linearizable when quorate (a member that just restarted may lag behind);
@@ -121,5 +124,9 @@ class ClusterLog:
                 break
         seen = {e["uid"] for e in entries}
         entries += [e for e in self.pending if e["uid"] not in seen]
+        if severity is not None:
+            entries = [e for e in entries if e.get("pri", PRI["info"]) <= PRI[severity]]
+        if tags is not None:
+            entries = [e for e in entries if e.get("tag") in tags]
         entries.sort(key=lambda e: e["uid"], reverse=True)
         return entries[:max_entries]

@@ -11,6 +11,7 @@ from binome.api.errors import fail
 from binome.api.methods.common import NODE
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
+from binome.tasks.clusterlog import PRI
 from binome.tasks.manager import Task
 
 AUDIT = privs("Sys.Audit")
@@ -231,15 +232,28 @@ async def cluster_expected(ctx: RequestContext, params: dict[str, Any]) -> str:
     permission=AnyUser("without Sys.Syslog on / only one's own entries (PVE)"),
     description="Read the cluster log (newest first).",
     parameters={"max": Param(type="integer", optional=True, default=50, minimum=1,
-                             maximum=5000, description="Maximum number of entries.")},
+                             maximum=5000, description="Maximum number of entries."),
+                # binome-specific filters (PVE's cluster log has none)
+                "severity": Param(optional=True, enum=tuple(PRI),
+                                  description="binome: only entries at this severity or "
+                                              "worse (e.g. 'warning': warning, err, crit, "
+                                              "alert, emerg)."),
+                "tag": Param(optional=True, pattern=r"[a-z][a-z0-9_-]*(,[a-z][a-z0-9_-]*)*",
+                             max_length=256,
+                             description="binome: only entries of these types, a comma "
+                                         "separated list of tags (quorum, cluster, qemu, "
+                                         "volume, access, binome, ...).")},
     returns={"type": "array", "items": {"type": "object"}},
     cli=CliSpec(("cluster", "log"), formatter="cluster_log"),
 )
 async def cluster_log(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
+    filters: dict[str, Any] = {"severity": params.get("severity"),
+                               "tags": frozenset(params["tag"].split(","))
+                               if params.get("tag") else None}
     ev = await ctx.services.access.evaluator()
     if ev.check(ctx.userid, "/", ["Sys.Syslog"]):
-        return await ctx.services.clusterlog.read(params["max"])
+        return await ctx.services.clusterlog.read(params["max"], **filters)
     # PVE's get_cluster_log($user): read more, keep the caller's own lines
     user = ev.owner_of(ctx.userid)
-    entries = await ctx.services.clusterlog.read(5000)
+    entries = await ctx.services.clusterlog.read(5000, **filters)
     return [e for e in entries if e.get("user") in (user, ctx.userid)][:params["max"]]

@@ -80,3 +80,10 @@ async def access_change(ctx: RequestContext, action: str,
         raise ParamError(dict(exc.errors)) from None
     except (AccessError, AuthRefused, AccessConflict) as exc:
         raise ApiError(500, str(exc)) from None
+
+
+# `.../rrddata` of nodes, guests and storages: PVE's timeframes and consolidations
+RRD_PARAMS = {"timeframe": Param(enum=("hour", "day", "week", "month", "year"),
+                                 description="Time frame."),
+              "cf": Param(optional=True, default="AVERAGE", enum=("AVERAGE", "MAX"),
+                          description="Consolidation function.")}

@@ -7,7 +7,7 @@ from typing import Any
 
 from binome.access.permission import AnyUser
 from binome.api.context import RequestContext
-from binome.api.methods.common import NODE, ha_config_if_clustered
+from binome.api.methods.common import NODE, RRD_PARAMS, ha_config_if_clustered
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
 from binome.errors import BinomeError
@@ -135,12 +135,6 @@ async def cluster_resources(ctx: RequestContext, params: dict[str, Any]) -> list
     return out
 
 
-RRD_PARAMS = {"timeframe": Param(enum=("hour", "day", "week", "month", "year"),
-                                 description="Time frame."),
-              "cf": Param(optional=True, default="AVERAGE", enum=("AVERAGE", "MAX"),
-                          description="Consolidation function.")}
-
-
 @registry.register(
     "GET", "/nodes/{node}/rrddata", name="node_rrddata",
     permission=privs("Sys.Audit", path="/nodes/{node}"), proxyto="node",
@@ -148,7 +142,7 @@ RRD_PARAMS = {"timeframe": Param(enum=("hour", "day", "week", "month", "year"),
     parameters={"node": NODE, **RRD_PARAMS}, returns={"type": "array"},
 )
 async def node_rrddata(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
-    return ctx.services.rrd.node.fetch(params["timeframe"], params["cf"])
+    return await ctx.services.rrd.fetch_node(params["timeframe"], params["cf"])
 
 
 @registry.register(
@@ -161,4 +155,4 @@ async def node_rrddata(ctx: RequestContext, params: dict[str, Any]) -> list[dict
 async def vm_rrddata(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
     if ctx.services.guests is not None:
         await ctx.services.guests.read(params["vmid"])
-    return ctx.services.rrd.guest(params["vmid"]).fetch(params["timeframe"], params["cf"])
+    return await ctx.services.rrd.fetch_guest(params["vmid"], params["timeframe"], params["cf"])

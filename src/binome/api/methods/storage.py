@@ -12,7 +12,7 @@ from typing import Any
 from binome.access.permission import AnyUser
 from binome.api.context import RequestContext
 from binome.api.errors import param_error
-from binome.api.methods.common import NODE, storage_definitions
+from binome.api.methods.common import NODE, RRD_PARAMS, storage_definitions
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
 from binome.errors import BinomeError
@@ -118,6 +118,19 @@ async def node_storage_status(ctx: RequestContext, params: dict[str, Any]) -> di
     status = await (await manager.get(cfg.storage)).status()
     return {"storage": cfg.storage, "type": cfg.type, "content": ",".join(cfg.content),
             "shared": int(cfg.shared), **status}
+
+
+@registry.register(
+    "GET", "/nodes/{node}/storage/{storage}/rrddata", name="node_storage_rrddata",
+    permission=privs("Datastore.Audit", path="/storage/{storage}"), proxyto="node",
+    description="Storage usage over time (total, used), as this node sees it.",
+    parameters={"node": NODE, "storage": STORAGE_ID, **RRD_PARAMS}, returns={"type": "array"},
+)
+async def node_storage_rrddata(ctx: RequestContext,
+                               params: dict[str, Any]) -> list[dict[str, Any]]:
+    await _manager(ctx).config(params["storage"])      # an unknown storage is an error
+    return await ctx.services.rrd.fetch_storage(params["storage"], params["timeframe"],
+                                                params["cf"])
 
 
 @registry.register(
