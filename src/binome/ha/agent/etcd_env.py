@@ -54,6 +54,7 @@ from binome.ha.model import (
     NodeFacts,
     NodeInfo,
     ResourceConfig,
+    ServiceState,
 )
 from binome.storage import placement
 from binome.store import keys
@@ -64,6 +65,9 @@ if TYPE_CHECKING:
 
 
 Raw = LeasedEntry
+
+# what `recovery` hands a service to once a node took it over (transitions._recovery)
+RECOVERED_STATES = (ServiceState.STARTING, ServiceState.REQUEST_STOP, ServiceState.STARTED)
 
 
 def vmid_of(sid: str) -> int | None:
@@ -241,6 +245,21 @@ class EtcdEnv:
         rev = await store.txn(compare, puts, deletes, timeout)
         if rev is None:
             errors.append("manager status, lock or a guest config changed since it was read")
+        elif self._status_write is not None:
+            self._count_recoveries(self._status_write[0])
+
+    def _count_recoveries(self, written: ManagerStatus) -> None:
+        """After a committed status: the failovers this round completed, for the
+        metrics (`HaStats`: counted by the master that committed them)."""
+        before = ManagerStatus.from_dict(self._value(keys.HA_MANAGER_STATUS, {}))
+        now, stats = time.monotonic(), self.hub.stats
+        for sid, sd in written.service_status.items():
+            old = before.service_status.get(sid)
+            if (old is not None and old.state == ServiceState.RECOVERY
+                    and sd.state in RECOVERED_STATES):
+                stats.recovered(sid, old.node, sd.node, now)
+        stats.services_seen({sid: (str(sd.state), sd.node)
+                             for sid, sd in written.service_status.items()}, now)
 
     # ------------------------------------------------------------ helpers
 

@@ -1,0 +1,221 @@
+"""A real Prometheus (Debian's `prometheus`) scrapes a real binome cluster.
+
+One loopback 2-node + witness cluster (real etcd, binomed, QEMU with TCG). Prometheus,
+started here with its own config and storage directory, scrapes n1 and n2 on the API
+port (HTTPS, the cluster CA, an API token with PVEAuditor on /) and the witness on its
+plain-HTTP `metrics_listen` address. PromQL through Prometheus' HTTP API must show the
+quorum, the etcd leader, the HA state of a service, and the change after an HA start
+through the API (the service `started` on n1, the guest up with its usage series, the
+API latency histogram of that request).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from binome.cluster.pki import PkiPaths
+from binome.config import NodeConfig
+from tests.integration.ha.guests import api, guest_cluster, qemu_pid
+from tests.integration.harness import Cluster, wait_for
+
+pytestmark = pytest.mark.integration
+
+PROMETHEUS = "/usr/bin/prometheus"
+
+
+def free_port(address: str) -> int:
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    if not os.access(PROMETHEUS, os.X_OK):
+        pytest.skip("prometheus is not installed (make setup installs it)")
+    yield from guest_cluster(tmp_path_factory, "metrics")
+
+
+class Prometheus:
+    """A Prometheus process of our own: temp config and TSDB, a free port, stopped by pid."""
+
+    def __init__(self, root: Path, config: dict[str, Any]) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "prometheus.yml").write_text(json.dumps(config))   # JSON is YAML
+        self.port = free_port("127.0.0.1")
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(root / "prometheus.log", "wb")
+        self.proc = subprocess.Popen(
+            [PROMETHEUS, f"--config.file={root / 'prometheus.yml'}",
+             f"--storage.tsdb.path={root / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+        wait_for(self._ready, 30, "prometheus ready")
+
+    def _ready(self) -> bool:
+        assert self.proc.poll() is None, (self.root / "prometheus.log").read_text()[-2000:]
+        with contextlib.suppress(requests.RequestException):
+            return requests.get(self.url + "/-/ready", timeout=1).status_code == 200
+        return False
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        r = requests.get(self.url + "/api/v1/query", params={"query": promql}, timeout=5)
+        body = r.json()
+        assert r.status_code == 200 and body["status"] == "success", (promql, body)
+        return list(body["data"]["result"])
+
+    def values(self, promql: str) -> dict[str, float]:
+        """instance (or the series' labels) -> value."""
+        return {json.dumps(s["metric"], sort_keys=True): float(s["value"][1])
+                for s in self.query(promql)}
+
+    def targets(self) -> list[dict[str, Any]]:
+        r = requests.get(self.url + "/api/v1/targets", timeout=5)
+        return list(r.json()["data"]["activeTargets"])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.log.close()
+
+
+def set_metrics_listen(c: Cluster, name: str, listen: str) -> None:
+    """Restart a node with `metrics_listen` set in its node.json (as an admin would)."""
+    node = c[name]
+    node.stop()
+    cfg = NodeConfig.load(node.state_dir)
+    cfg.metrics_listen = listen
+    cfg.save()
+    node.start()
+
+
+def make_token(px: Any, role: str | None) -> str:
+    """An API token of admin@pve (privilege-separated), with `role` on / if given."""
+    name = f"prom{int(time.time() * 1000) % 100000}"
+    secret = px.access.users("admin@pve").token(name).post(privsep=1)["value"]
+    if role is not None:
+        px.access.acl.put(path="/", roles=role, tokens=f"admin@pve!{name}")
+    return f"admin@pve!{name}={secret}"
+
+
+def test_prometheus_scrapes_the_cluster(cluster: Cluster, tmp_path: Path) -> None:
+    began = time.monotonic()
+    c = cluster
+    n1, n2, w = c["n1"], c["n2"], c["w"]
+    px = api(n2)
+    auditor = make_token(px, "PVEAuditor")
+    nobody = make_token(px, None)
+
+    # ---- the endpoint on the API port: token with Sys.Audit on /, nothing else
+    url = f"https://{n1.address}:8006/metrics"
+    plain = requests.get(url, verify=False, timeout=10)
+    assert plain.status_code == 401, plain.text
+    denied = requests.get(url, verify=False, timeout=10,
+                          headers={"Authorization": f"PVEAPIToken={nobody}"})
+    assert denied.status_code == 403, denied.text
+    ok = requests.get(url, verify=False, timeout=10,
+                      headers={"Authorization": f"PVEAPIToken={auditor}"})
+    assert ok.status_code == 200 and "binome_cluster_quorate 1.0" in ok.text, ok.text[:2000]
+
+    # ---- the witness also serves it over plain HTTP on an address the admin chose
+    listen = f"{w.address}:{free_port(w.address)}"
+    set_metrics_listen(c, "w", listen)
+    wait_for(w.quorate, 30, "the witness back in quorum")
+
+    tokenid, _, secret = auditor.rpartition("=")
+    ca = PkiPaths(n1.state_dir / "pki").ca_cert    # the cluster CA signs every node's cert
+    prom = Prometheus(tmp_path / "prometheus", {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s",
+                   "evaluation_interval": "1s"},
+        "scrape_configs": [
+            {"job_name": "binome",
+             "scheme": "https",
+             "tls_config": {"ca_file": str(ca)},
+             # Prometheus sends "Authorization: PVEAPIToken <id>=<secret>", which the
+             # API accepts like PVE's "PVEAPIToken=<id>=<secret>"
+             "authorization": {"type": "PVEAPIToken", "credentials": f"{tokenid}={secret}"},
+             "static_configs": [{"targets": [f"{n1.address}:8006", f"{n2.address}:8006"]}]},
+            {"job_name": "binome-plain",
+             "static_configs": [{"targets": [listen]}]},
+        ]})
+    try:
+        wait_for(lambda: len(prom.values("up == 1")) == 3, 30,
+                 "all three targets up", interval=0.5)
+        # quorum and votes, seen by every node
+        wait_for(lambda: sorted(prom.values("binome_cluster_quorate").values())
+                 == [1.0, 1.0, 1.0], 30, "quorate on every node")
+        assert set(prom.values("binome_cluster_expected_votes").values()) == {3.0}
+        assert set(prom.values("binome_cluster_votes").values()) == {3.0}
+        # exactly one etcd leader, and every node names the same one
+        assert sum(prom.values("binome_etcd_is_leader").values()) == 1.0
+        leaders = {json.loads(k)["leader"] for k in prom.values("binome_etcd_leader_info")}
+        assert len(leaders) == 1, leaders
+        assert prom.values("binome_etcd_request_duration_seconds_count"
+                           '{request="quorum_read"}'), "no etcd latency samples"
+        roles = prom.values('binome_node_info{role="witness"}')
+        assert [json.loads(k)["node"] for k in roles] == ["w"]
+        assert prom.values(f'binome_node_memory_size_bytes{{instance="{listen}"}} > 0')
+
+        # ---- an HA service, stopped: its state on every node's view
+        vmid = int(px.cluster.nextid.get())
+        upid = px.nodes("n1").qemu.post(vmid=vmid, name="metrics", memory=64, cores=1,
+                                        kernel="local:iso/vmlinuz",
+                                        initrd="local:iso/initrd.gz", vga="serial0")
+        wait_for(lambda: px.nodes("n1").tasks(upid).status.get()["status"] == "stopped", 60,
+                 f"creation of VM {vmid}")
+        sid = f"vm:{vmid}"
+        n1.cli("ha", "add", sid, "--state", "stopped")
+        state = f'binome_ha_service_state{{sid="{sid}"}} == 1'
+        wait_for(lambda: {json.loads(k)["state"] for k in prom.values(state)} == {"stopped"},
+                 30, f"{sid} stopped in Prometheus", interval=0.5)
+        assert prom.values(f'binome_guest_up{{vmid="{vmid}"}} == 0')
+
+        # ---- the action through the API: an HA start; the series follow
+        t0 = time.monotonic()
+        px.nodes("n1").qemu(vmid).status.start.post()
+        wait_for(lambda: qemu_pid(n1, vmid), 60, f"QEMU of {vmid}")
+        started = (f'max by (sid, node) (binome_ha_service_state{{sid="{sid}",'
+                   f'state="started"}}) == 1')
+        series = wait_for(lambda: prom.query(started), 60, f"{sid} started in Prometheus",
+                          interval=0.5)
+        assert series[0]["metric"]["node"] == "n1", series
+        wait_for(lambda: prom.values(f'binome_guest_up{{vmid="{vmid}"}} == 1'), 30,
+                 "the guest up", interval=0.5)
+        print(f"HA start -> Prometheus shows started and up: {time.monotonic() - t0:.1f} s")
+        wait_for(lambda: prom.values(f'binome_guest_memory_used_bytes{{vmid="{vmid}"}} > 0'),
+                 30, "guest memory series", interval=0.5)
+        assert prom.values(f'binome_guest_network_receive_bytes_total{{vmid="{vmid}"}}')
+        # the start request itself, in n1's or n2's latency histogram (route template)
+        latency = ('sum(binome_api_request_duration_seconds_count{method="POST",'
+                   'path="/nodes/{node}/qemu/{vmid}/status/start"})')
+        wait_for(lambda: prom.values(latency) and min(prom.values(latency).values()) >= 1,
+                 30, "the start request in the latency histogram", interval=0.5)
+        tasks = prom.values('sum(binome_tasks{type="hastart"})')
+        assert tasks and min(tasks.values()) >= 1, tasks
+        assert prom.values('binome_metrics_source_up{source="ha"} == 0') == {}
+    finally:
+        prom.stop()
+        with contextlib.suppress(Exception):
+            n2.cli("ha", "remove", f"vm:{vmid}", check=False)
+    print(f"test took {time.monotonic() - began:.1f} s")
+    shutil.rmtree(tmp_path / "prometheus", ignore_errors=True)
