@@ -22,8 +22,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from binome.metrics.families import METRICS, build
 from binome.metrics.snapshot import Snapshot, take
@@ -31,7 +32,8 @@ from binome.metrics.sources import MetricSources
 
 log = logging.getLogger("binome.metrics")
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: the text format `generate_latest` writes, announced as Prometheus 2.x knows it
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 #: the request key where the API's dispatch leaves the route template it matched
 ROUTE_KEY = "binome.route"
 API_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

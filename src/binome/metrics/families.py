@@ -99,14 +99,20 @@ METRICS: dict[str, Spec] = _specs(
      "One-hot: 1 for the HA service's current CRM state on its node."),
     ("binome_ha_node_state", "gauge", "node state", "One-hot: 1 for the HA node state."),
     ("binome_ha_master", "gauge", "node", "1 for the node holding the HA manager lock."),
-    ("binome_ha_fences_total", "counter", "target action result",
-     "Fence requests this node's CRM carried out (result: confirmed or failed)."),
-    ("binome_ha_fence_duration_seconds", "summary", "target action result",
-     "Time from a fence request to the device's answer, for fences run by this node."),
+    ("binome_ha_fences_total", "counter", "node proof",
+     "Nodes this node's CRM declared fenced, by proof (device, watchdog, manual, shutdown)."),
+    ("binome_ha_fence_duration_seconds", "summary", "node proof",
+     "Time from this CRM first seeing the node in `fence` to the proof."),
+    ("binome_ha_fence_device_runs_total", "counter", "target action result",
+     "Fence device operations this node's fencer ran (result: confirmed or failed)."),
+    ("binome_ha_fence_device_duration_seconds", "summary", "target action result",
+     "Time from a fence request to the device's answer, for runs on this node."),
     ("binome_ha_recoveries_total", "counter", "sid from_node to_node",
-     "Services this node's CRM recovered from a fenced node (failovers)."),
+     "Services this node's CRM recovered from a fenced node (failovers), counted when the "
+     "service leaves `starting` on its new node (to_node: where it ended)."),
     ("binome_ha_recovery_duration_seconds", "summary", "sid from_node to_node",
-     "Time from this CRM first seeing the service in `fence` to its recovery."),
+     "Time from this CRM detecting the loss of the service's node (lease expiry) to the "
+     "service `started` on its new node."),
     # ---- replicated volumes of this node's engine
     ("binome_volume_connection_state", "gauge", "volume peer_node state",
      "One-hot: the replication link's connection state (DRBD's cstate)."),
@@ -271,9 +277,13 @@ def _ha(b: _Builder, snap: Snapshot) -> None:
     stats = snap.ha_stats
     if stats is None:
         return
-    for (target, action, result), t in sorted(stats.fences.items()):
-        b.set("binome_ha_fences_total", t.count, target, action, result)
-        b.tally("binome_ha_fence_duration_seconds", t.count, t.seconds, target, action, result)
+    for (node, proof), t in sorted(stats.fences.items()):
+        b.set("binome_ha_fences_total", t.count, node, proof)
+        b.tally("binome_ha_fence_duration_seconds", t.count, t.seconds, node, proof)
+    for (target, action, result), t in sorted(stats.device_runs.items()):
+        b.set("binome_ha_fence_device_runs_total", t.count, target, action, result)
+        b.tally("binome_ha_fence_device_duration_seconds", t.count, t.seconds, target, action,
+                result)
     for (sid, src, dst), t in sorted(stats.recoveries.items()):
         b.set("binome_ha_recoveries_total", t.count, sid, src, dst)
         b.tally("binome_ha_recovery_duration_seconds", t.count, t.seconds, sid, src, dst)

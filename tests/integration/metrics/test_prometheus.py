@@ -3,10 +3,13 @@
 One loopback 2-node + witness cluster (real etcd, binomed, QEMU with TCG). Prometheus,
 started here with its own config and storage directory, scrapes n1 and n2 on the API
 port (HTTPS, the cluster CA, an API token with PVEAuditor on /) and the witness on its
-plain-HTTP `metrics_listen` address. PromQL through Prometheus' HTTP API must show the
-quorum, the etcd leader, the HA state of a service, and the change after an HA start
-through the API (the service `started` on n1, the guest up with its usage series, the
-API latency histogram of that request).
+plain-HTTP `metrics_listen` address. PromQL through Prometheus' HTTP API must show:
+- the quorum, the etcd leader, the HA state of a service, and the change after an HA
+  start through the API (the service `started` on n1, the guest up with its usage
+  series, the API latency histogram of that request);
+- after n1 dies (binomed, etcd, QEMU SIGKILLed) and is fenced through its fence agent
+  (a test program obeying the fence_* protocol), the service started on n2, the fence
+  and recovery counters of the node that did them, the votes down to 2.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import requests
 
 from binome.cluster.pki import PkiPaths
 from binome.config import NodeConfig
-from tests.integration.ha.guests import api, guest_cluster, qemu_pid
+from tests.integration.ha.guests import _pid, api, guest_cluster, kill_pid, qemu_pid
 from tests.integration.harness import Cluster, wait_for
 
 pytestmark = pytest.mark.integration
@@ -118,33 +121,21 @@ def make_token(px: Any, role: str | None) -> str:
     return f"admin@pve!{name}={secret}"
 
 
-def test_prometheus_scrapes_the_cluster(cluster: Cluster, tmp_path: Path) -> None:
-    began = time.monotonic()
+@pytest.fixture(scope="module")
+def scraped(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[tuple[Prometheus, str, str]]:
+    """Prometheus scraping n1, n2 (API port, token) and w (plain listener); with the
+    auditor token and w's listen address."""
     c = cluster
     n1, n2, w = c["n1"], c["n2"], c["w"]
-    px = api(n2)
-    auditor = make_token(px, "PVEAuditor")
-    nobody = make_token(px, None)
-
-    # ---- the endpoint on the API port: token with Sys.Audit on /, nothing else
-    url = f"https://{n1.address}:8006/metrics"
-    plain = requests.get(url, verify=False, timeout=10)
-    assert plain.status_code == 401, plain.text
-    denied = requests.get(url, verify=False, timeout=10,
-                          headers={"Authorization": f"PVEAPIToken={nobody}"})
-    assert denied.status_code == 403, denied.text
-    ok = requests.get(url, verify=False, timeout=10,
-                      headers={"Authorization": f"PVEAPIToken={auditor}"})
-    assert ok.status_code == 200 and "binome_cluster_quorate 1.0" in ok.text, ok.text[:2000]
-
-    # ---- the witness also serves it over plain HTTP on an address the admin chose
+    auditor = make_token(api(n2), "PVEAuditor")
     listen = f"{w.address}:{free_port(w.address)}"
     set_metrics_listen(c, "w", listen)
     wait_for(w.quorate, 30, "the witness back in quorum")
-
     tokenid, _, secret = auditor.rpartition("=")
     ca = PkiPaths(n1.state_dir / "pki").ca_cert    # the cluster CA signs every node's cert
-    prom = Prometheus(tmp_path / "prometheus", {
+    root = tmp_path_factory.mktemp("prometheus")
+    prom = Prometheus(root, {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s",
                    "evaluation_interval": "1s"},
         "scrape_configs": [
@@ -159,36 +150,82 @@ def test_prometheus_scrapes_the_cluster(cluster: Cluster, tmp_path: Path) -> Non
              "static_configs": [{"targets": [listen]}]},
         ]})
     try:
-        wait_for(lambda: len(prom.values("up == 1")) == 3, 30,
-                 "all three targets up", interval=0.5)
-        # quorum and votes, seen by every node
-        wait_for(lambda: sorted(prom.values("binome_cluster_quorate").values())
-                 == [1.0, 1.0, 1.0], 30, "quorate on every node")
-        assert set(prom.values("binome_cluster_expected_votes").values()) == {3.0}
-        assert set(prom.values("binome_cluster_votes").values()) == {3.0}
-        # exactly one etcd leader, and every node names the same one
-        assert sum(prom.values("binome_etcd_is_leader").values()) == 1.0
-        leaders = {json.loads(k)["leader"] for k in prom.values("binome_etcd_leader_info")}
-        assert len(leaders) == 1, leaders
-        assert prom.values("binome_etcd_request_duration_seconds_count"
-                           '{request="quorum_read"}'), "no etcd latency samples"
-        roles = prom.values('binome_node_info{role="witness"}')
-        assert [json.loads(k)["node"] for k in roles] == ["w"]
-        assert prom.values(f'binome_node_memory_size_bytes{{instance="{listen}"}} > 0')
+        yield prom, auditor, listen
+    finally:
+        prom.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
-        # ---- an HA service, stopped: its state on every node's view
-        vmid = int(px.cluster.nextid.get())
-        upid = px.nodes("n1").qemu.post(vmid=vmid, name="metrics", memory=64, cores=1,
-                                        kernel="local:iso/vmlinuz",
-                                        initrd="local:iso/initrd.gz", vga="serial0")
-        wait_for(lambda: px.nodes("n1").tasks(upid).status.get()["status"] == "stopped", 60,
-                 f"creation of VM {vmid}")
-        sid = f"vm:{vmid}"
+
+def create_vm(px: Any, node: str, name: str) -> int:
+    vmid = int(px.cluster.nextid.get())
+    upid = px.nodes(node).qemu.post(vmid=vmid, name=name, memory=64, cores=1,
+                                    kernel="local:iso/vmlinuz", initrd="local:iso/initrd.gz",
+                                    vga="serial0")
+    wait_for(lambda: px.nodes(node).tasks(upid).status.get()["status"] == "stopped", 60,
+             f"creation of VM {vmid}")
+    return vmid
+
+
+def test_metrics_endpoint_needs_sys_audit(cluster: Cluster) -> None:
+    n1 = cluster["n1"]
+    px = api(cluster["n2"])
+    auditor, nobody = make_token(px, "PVEAuditor"), make_token(px, None)
+    url = f"https://{n1.address}:8006/metrics"
+    plain = requests.get(url, verify=False, timeout=10)
+    assert plain.status_code == 401, plain.text
+    bad = requests.get(url, verify=False, timeout=10,
+                       headers={"Authorization": f"PVEAPIToken={auditor}x"})
+    assert bad.status_code == 401, bad.text
+    denied = requests.get(url, verify=False, timeout=10,
+                          headers={"Authorization": f"PVEAPIToken={nobody}"})
+    assert denied.status_code == 403, denied.text
+    ok = requests.get(url, verify=False, timeout=10,
+                      headers={"Authorization": f"PVEAPIToken={auditor}"})
+    assert ok.status_code == 200, ok.text
+    assert ok.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert "binome_cluster_quorate 1.0" in ok.text, ok.text[:2000]
+    assert secret_free(ok.text, auditor)
+
+
+def secret_free(text: str, token: str) -> bool:
+    return token.rpartition("=")[2] not in text
+
+
+def test_prometheus_sees_quorum_and_an_ha_start(
+        cluster: Cluster, scraped: tuple[Prometheus, str, str]) -> None:
+    began = time.monotonic()
+    c = cluster
+    n1, n2 = c["n1"], c["n2"]
+    prom, _auditor, listen = scraped
+    px = api(n2)
+    wait_for(lambda: len(prom.values("up == 1")) == 3, 30,
+             "all three targets up", interval=0.5)
+    # quorum and votes, seen by every node
+    wait_for(lambda: sorted(prom.values("binome_cluster_quorate").values())
+             == [1.0, 1.0, 1.0], 30, "quorate on every node")
+    assert set(prom.values("binome_cluster_expected_votes").values()) == {3.0}
+    assert set(prom.values("binome_cluster_votes").values()) == {3.0}
+    # exactly one etcd leader, and every node names the same one
+    assert sum(prom.values("binome_etcd_is_leader").values()) == 1.0
+    leaders = {json.loads(k)["leader"] for k in prom.values("binome_etcd_leader_info")}
+    assert len(leaders) == 1, leaders
+    assert prom.values('binome_etcd_request_duration_seconds_count{request="quorum_read"}'), \
+        "no etcd latency samples"
+    roles = prom.values('binome_node_info{role="witness"}')
+    assert [json.loads(k)["node"] for k in roles] == ["w"]
+    assert prom.values(f'binome_node_memory_size_bytes{{instance="{listen}"}} > 0')
+
+    # ---- an HA service, stopped: its state in every node's view
+    vmid = create_vm(px, "n1", "metrics")
+    sid = f"vm:{vmid}"
+    try:
         n1.cli("ha", "add", sid, "--state", "stopped")
         state = f'binome_ha_service_state{{sid="{sid}"}} == 1'
         wait_for(lambda: {json.loads(k)["state"] for k in prom.values(state)} == {"stopped"},
                  30, f"{sid} stopped in Prometheus", interval=0.5)
-        assert prom.values(f'binome_guest_up{{vmid="{vmid}"}} == 0')
+        # the guest service's status round (every 2 s) lists it, stopped
+        wait_for(lambda: prom.values(f'binome_guest_up{{vmid="{vmid}"}} == 0'), 30,
+                 "the stopped guest", interval=0.5)
 
         # ---- the action through the API: an HA start; the series follow
         t0 = time.monotonic()
@@ -214,8 +251,82 @@ def test_prometheus_scrapes_the_cluster(cluster: Cluster, tmp_path: Path) -> Non
         assert tasks and min(tasks.values()) >= 1, tasks
         assert prom.values('binome_metrics_source_up{source="ha"} == 0') == {}
     finally:
-        prom.stop()
-        with contextlib.suppress(Exception):
-            n2.cli("ha", "remove", f"vm:{vmid}", check=False)
+        n2.cli("ha", "remove", sid, check=False)
+        kill_pid(qemu_pid(n1, vmid))
     print(f"test took {time.monotonic() - began:.1f} s")
-    shutil.rmtree(tmp_path / "prometheus", ignore_errors=True)
+
+
+FENCE_AGENT = """#!/bin/sh
+# A fence agent for the test (fence_* stdin protocol): the node's "power" is a file.
+state={state}
+action=
+while read -r line; do
+    case "$line" in action=*) action="${{line#action=}}" ;; esac
+done
+case "$action" in
+    off) echo off > "$state"; exit 0 ;;
+    on) echo on > "$state"; exit 0 ;;
+    status|monitor) [ "$(cat "$state" 2>/dev/null)" = off ] && exit 2; exit 0 ;;
+esac
+exit 1
+"""
+
+
+def test_prometheus_sees_a_failover(cluster: Cluster, scraped: tuple[Prometheus, str, str],
+                                    tmp_path: Path) -> None:
+    """n1 dies with an HA guest; n2 fences it (agent) and recovers the guest: the
+    counters of the node that did it, the service on n2, the votes, n1's target down."""
+    began = time.monotonic()
+    c = cluster
+    n1, n2 = c["n1"], c["n2"]
+    prom = scraped[0]
+    px = api(n2)
+    agent = tmp_path / "fence_test"
+    agent.write_text(FENCE_AGENT.format(state=tmp_path / "n1.power"))
+    agent.chmod(0o755)
+    vmid = create_vm(px, "n1", "failover")
+    sid = f"vm:{vmid}"
+    try:
+        n2.cli("fence", "add", "n1", "--type", "agent", "--agent", str(agent),
+               "--action", "off")
+        n1.cli("ha", "add", sid, "--state", "started")
+        on_n1 = (f'max by (node) (binome_ha_service_state{{sid="{sid}",state="started"}})'
+                 ' == 1')
+        wait_for(lambda: [s["metric"]["node"] for s in prom.query(on_n1)] == ["n1"], 90,
+                 f"{sid} started on n1", interval=0.5)
+
+        # ---- n1 "loses power": its binomed (and etcd), its QEMU, its supervisor
+        t0 = time.monotonic()
+        kill_pid(qemu_pid(n1, vmid))
+        kill_pid(_pid(n1.state_dir / "run" / "ha-watchdog.pid"))
+        n1.kill()
+        wait_for(lambda: [s["metric"]["node"] for s in prom.query(on_n1)] == ["n2"], 90,
+                 f"{sid} started on n2", interval=0.5)
+        print(f"failover seen in Prometheus after {time.monotonic() - t0:.1f} s")
+        n2_target = f"{n2.address}:8006"
+        # n1's lease expired before its device was driven: fenced by the watchdog proof
+        fences = wait_for(lambda: prom.values('binome_ha_fences_total{node="n1"}'), 10,
+                          "the fence counter", interval=0.5)
+        assert list(fences.values()) == [1.0], fences
+        labels = json.loads(next(iter(fences)))
+        assert labels["instance"] == n2_target and labels["proof"] in ("watchdog", "device")
+        recoveries = wait_for(lambda: prom.values(f'binome_ha_recoveries_total{{sid="{sid}"}}'),
+                              10, "the recovery counter", interval=0.5)
+        assert list(recoveries.values()) == [1.0], recoveries
+        labels = json.loads(next(iter(recoveries)))
+        assert (labels["from_node"], labels["to_node"]) == ("n1", "n2"), labels
+        took = prom.values(f'binome_ha_recovery_duration_seconds_sum{{sid="{sid}"}}')
+        assert 0 < next(iter(took.values())) < time.monotonic() - t0, took
+        assert prom.values(f'up{{instance="{n1.address}:8006"}} == 0')
+        wait_for(lambda: set(prom.values("binome_cluster_votes").values()) == {2.0}, 30,
+                 "two votes left", interval=0.5)
+        assert prom.values('binome_cluster_member_online{member="n1"} == 0')
+        assert prom.values('binome_ha_node_state{node="n1",state="fence"} == 1') == {}
+    finally:
+        n2.cli("ha", "remove", sid, check=False)
+        n2.cli("fence", "remove", "n1", check=False)
+        kill_pid(qemu_pid(n1, vmid))
+        kill_pid(qemu_pid(n2, vmid))
+        if not n1.running:
+            n1.start()
+    print(f"test took {time.monotonic() - began:.1f} s")

@@ -117,7 +117,7 @@ class Fencer:
             detail = f"{type(exc).__name__}: {exc}"
         # the proof first: the CRM may recover as soon as it reads this
         self._status[node] = FenceStatus(request_id, state, detail)
-        self.stats.fence_done(node, action, str(state), time.monotonic() - began)
+        self.stats.device_run(node, action, str(state), time.monotonic() - began)
         owed = state == FenceState.CONFIRMED and action == "reboot"
         await self._record(node, {"request": request_id, "state": str(state),
                                   "detail": detail, "action": action,

@@ -27,26 +27,52 @@ class Tally:
 
 @dataclass
 class HaStats:
-    # (fenced node, action, result: "confirmed" | "failed") -> fences run by this node
-    fences: dict[tuple[str, str, str], Tally] = field(default_factory=dict)
-    # (sid, from node, to node) -> recoveries committed by this node's CRM
+    # (node, proof: device | watchdog | manual | shutdown) -> nodes this CRM declared
+    # fenced, timed from the first committed round in which it saw the node lost
+    fences: dict[tuple[str, str], Tally] = field(default_factory=dict)
+    # (target node, action, result: "confirmed" | "failed") -> fence device runs here
+    device_runs: dict[tuple[str, str, str], Tally] = field(default_factory=dict)
+    # (sid, from node, to node) -> recoveries completed by this node's CRM, timed from
+    # the loss of the node the service was on to the service `started` (or, if it is
+    # wanted stopped or its start failed, to the end of its `starting`)
     recoveries: dict[tuple[str, str, str], Tally] = field(default_factory=dict)
-    # sid -> when this node's CRM first saw the service in `fence` (monotonic seconds)
-    fence_seen: dict[str, float] = field(default_factory=dict)
+    # sid -> (from node, to node, loss began): recoveries assigned, not completed yet
+    recovering: dict[str, tuple[str, str, float]] = field(default_factory=dict)
+    # node -> when this CRM first saw it lost (monotonic seconds), until it is fenced
+    lost_at: dict[str, float] = field(default_factory=dict)
+    # node -> when the loss it was fenced for began, until it is online again
+    fenced_loss_at: dict[str, float] = field(default_factory=dict)
 
-    def fence_done(self, node: str, action: str, result: str, seconds: float) -> None:
-        self.fences.setdefault((node, action, result), Tally()).add(seconds)
+    def device_run(self, node: str, action: str, result: str, seconds: float) -> None:
+        self.device_runs.setdefault((node, action, result), Tally()).add(seconds)
+
+    def node_fenced(self, node: str, proof: str, now: float) -> None:
+        """A committed round declared `node` fenced, by `proof`."""
+        began = self.lost_at.pop(node, now)
+        self.fenced_loss_at[node] = began
+        self.fences.setdefault((node, proof), Tally()).add(now - began)
+
+    def recovery_assigned(self, sid: str, from_node: str, to_node: str, now: float) -> None:
+        """A committed round handed `sid`, lost with `from_node`, to `to_node`."""
+        began = self.fenced_loss_at.get(from_node, now)
+        self.recovering[sid] = (from_node, to_node, began)
 
     def services_seen(self, states: dict[str, tuple[str, str]], now: float) -> None:
-        """After a committed CRM round: sid -> (state, node). Starts the failover clock
-        of a service newly in `fence` (or met in `fence`/`recovery` by a new master)."""
-        for sid, (state, _node) in states.items():
-            if state in ("fence", "recovery"):
-                self.fence_seen.setdefault(sid, now)
-        for sid in [s for s in self.fence_seen if s not in states]:
-            del self.fence_seen[sid]    # the resource was removed meanwhile
+        """After a committed round: sid -> (state, node). A recovery ends when its service
+        leaves `starting`; a service removed meanwhile is forgotten."""
+        for sid, (from_node, _to, began) in list(self.recovering.items()):
+            if sid not in states:
+                del self.recovering[sid]
+            elif states[sid][0] != "starting":
+                del self.recovering[sid]
+                key = (sid, from_node, states[sid][1])
+                self.recoveries.setdefault(key, Tally()).add(now - began)
 
-    def recovered(self, sid: str, from_node: str, to_node: str, now: float) -> None:
-        """A committed round moved `sid` out of `recovery` onto `to_node`."""
-        began = self.fence_seen.pop(sid, now)
-        self.recoveries.setdefault((sid, from_node, to_node), Tally()).add(now - began)
+    def nodes_seen(self, lost: dict[str, bool], now: float) -> None:
+        """After a committed round: node -> lost and not fenced yet. Starts the clock of a
+        newly lost node (or of one a new master finds lost); forgets nodes back online."""
+        for node, is_lost in lost.items():
+            if is_lost:
+                self.lost_at.setdefault(node, now)
+            else:
+                self.lost_at.pop(node, None)
