@@ -33,6 +33,7 @@ from binome.cluster.pki import PkiPaths
 from binome.config import NodeConfig
 from tests.integration.ha.guests import _pid, api, guest_cluster, kill_pid, qemu_pid
 from tests.integration.harness import Cluster, wait_for
+from tests.integration.replica.test_daemon_volumes import in_sync, kill_engine, vstatus
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +50,15 @@ def free_port(address: str) -> int:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     if not os.access(PROMETHEUS, os.X_OK):
         pytest.skip("prometheus is not installed (make setup installs it)")
-    yield from guest_cluster(tmp_path_factory, "metrics")
+    gen = guest_cluster(tmp_path_factory, "metrics")
+    c = next(gen)
+    try:
+        yield c
+    finally:
+        with contextlib.suppress(StopIteration):
+            next(gen)          # guests, daemons, supervisors
+        for node in c.nodes.values():
+            kill_engine(node)  # volume engines outlive their daemons by design
 
 
 class Prometheus:
@@ -253,6 +262,48 @@ def test_prometheus_sees_quorum_and_an_ha_start(
     finally:
         n2.cli("ha", "remove", sid, check=False)
         kill_pid(qemu_pid(n1, vmid))
+    print(f"test took {time.monotonic() - began:.1f} s")
+
+
+def test_prometheus_sees_a_replicated_volume_resync(
+        cluster: Cluster, scraped: tuple[Prometheus, str, str]) -> None:
+    """A replicated volume: connected, roles and disk states on both nodes; the peer's
+    copy invalidated while the sync is paused: 16 MiB out of sync, then resynced."""
+    began = time.monotonic()
+    n1, n2 = cluster["n1"], cluster["n2"]
+    prom = scraped[0]
+    i1, i2 = f"{n1.address}:8006", f"{n2.address}:8006"
+    n1.cli("volume", "create", "mv1", "--size", "16M")
+    try:
+        wait_for(lambda: in_sync(vstatus(n2, "mv1")), 30, "mv1 in sync")
+
+        def one_hot(metric: str, state_label: str) -> dict[str, str]:
+            rows = prom.query(f'{metric}{{volume="mv1"}} == 1')
+            return {r["metric"]["instance"]: r["metric"][state_label] for r in rows}
+
+        wait_for(lambda: one_hot("binome_volume_connection_state", "state")
+                 == {i1: "Connected", i2: "Connected"}, 30, "both copies connected",
+                 interval=0.5)
+        assert one_hot("binome_volume_role", "role") == {i1: "Primary", i2: "Secondary"}
+        assert one_hot("binome_volume_peer_role", "role") == {i1: "Secondary", i2: "Primary"}
+        assert one_hot("binome_volume_disk_state", "state") == {i1: "UpToDate", i2: "UpToDate"}
+        assert set(prom.values('binome_volume_size_bytes{volume="mv1"}').values()) == {16 << 20}
+        assert set(prom.values('binome_volume_out_of_sync_bytes{volume="mv1"}').values()) \
+            == {0.0}
+
+        # n2's copy thrown away while the resync may not run: all of it out of sync
+        n1.cli("volume", "pause-sync", "mv1")
+        n2.cli("volume", "invalidate", "mv1")
+        oos = f'binome_volume_out_of_sync_bytes{{volume="mv1",instance="{i2}"}}'
+        wait_for(lambda: list(prom.values(oos).values()) == [float(16 << 20)], 30,
+                 "16 MiB out of sync on n2", interval=0.5)
+        assert one_hot("binome_volume_disk_state", "state")[i2] == "Inconsistent"
+        n1.cli("volume", "resume-sync", "mv1")
+        wait_for(lambda: list(prom.values(oos).values()) == [0.0]
+                 and one_hot("binome_volume_disk_state", "state")[i2] == "UpToDate", 60,
+                 "n2 resynced", interval=0.5)
+    finally:
+        n1.cli("volume", "destroy", "mv1", "--yes", check=False)
     print(f"test took {time.monotonic() - began:.1f} s")
 
 
