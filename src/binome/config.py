@@ -182,9 +182,11 @@ class NodeConfig:
 def _check_listen(key: str, value: str) -> None:
     """`ADDRESS:PORT` (an IPv6 address in brackets)."""
     host, sep, port = value.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
     try:
-        ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]")
-                             else host)
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+        if address.version == 6 and not bracketed:
+            raise ValueError(value)       # "::1:9": which colon starts the port?
         if not sep or not 1 <= int(port) <= 65535:
             raise ValueError(value)
     except ValueError:

@@ -104,9 +104,11 @@ METRICS: dict[str, Spec] = _specs(
     ("binome_ha_fence_duration_seconds", "summary", "node proof",
      "Time from this CRM first seeing the node in `fence` to the proof."),
     ("binome_ha_fence_device_runs_total", "counter", "target action result",
-     "Fence device operations this node's fencer ran (result: confirmed or failed)."),
+     "Fence device runs by this node's fencer: the power-off and its confirmation "
+     "(result: confirmed or failed; `action` is the device's: off or reboot)."),
     ("binome_ha_fence_device_duration_seconds", "summary", "target action result",
-     "Time from a fence request to the device's answer, for runs on this node."),
+     "Time from a fence request to the device's confirmed power-off (or failure), for "
+     "runs on this node."),
     ("binome_ha_recoveries_total", "counter", "sid from_node to_node",
      "Services this node's CRM recovered from a fenced node (failovers), counted when the "
      "service leaves `starting` on its new node (to_node: where it ended)."),

@@ -91,7 +91,7 @@ class Fencer:
     async def _run(self, node: str, request_id: str, guard: Guard) -> None:
         hub = self.hub
         state, detail, action = FenceState.FAILED, "", "off"
-        began = time.monotonic()
+        began, ran = time.monotonic(), False
         try:
             store = hub.store
             assert store is not None
@@ -108,6 +108,7 @@ class Fencer:
                                                        f"({refusal})")
                 else:
                     action = fence_action(cfg)
+                    ran = True
                     result = await make_device(cfg).fence(node)
                     state = FenceState.CONFIRMED if result.ok else FenceState.FAILED
                     detail = result.detail
@@ -117,7 +118,8 @@ class Fencer:
             detail = f"{type(exc).__name__}: {exc}"
         # the proof first: the CRM may recover as soon as it reads this
         self._status[node] = FenceStatus(request_id, state, detail)
-        self.stats.device_run(node, action, str(state), time.monotonic() - began)
+        if ran:    # a request dropped before the device (lock lost, no device) is no run
+            self.stats.device_run(node, action, str(state), time.monotonic() - began)
         owed = state == FenceState.CONFIRMED and action == "reboot"
         await self._record(node, {"request": request_id, "state": str(state),
                                   "detail": detail, "action": action,
