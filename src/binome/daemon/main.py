@@ -72,6 +72,7 @@ async def run(cfg: NodeConfig) -> None:
     from binome.api import methods  # noqa: F401  (registers the API methods)
     from binome.daemon.graph import NodeGraph
     from binome.daemon.rrd import sample_forever
+    from binome.metrics.push import MetricPusher
 
     node = NodeGraph(cfg)
     stop = asyncio.Event()
@@ -96,11 +97,13 @@ async def run(cfg: NodeConfig) -> None:
             node.rrd, node.host.rrd_sample,
             lambda: guests.last_status if guests is not None else {},
             interval=cfg.timers.rrd_interval), name="rrd")
+        pusher = asyncio.create_task(MetricPusher(node).run(), name="metric-push")
         log.info("binomed ready", extra={"role": cfg.role,
                                          "cluster": node.cluster.cluster_name or "-"})
         await stop.wait()
         log.info("shutting down")
         sampler.cancel()
+        pusher.cancel()
     finally:
         await node.metrics.stop_listener()
         await node.api.stop()

@@ -307,6 +307,156 @@ def test_prometheus_sees_a_replicated_volume_resync(
     print(f"test took {time.monotonic() - began:.1f} s")
 
 
+class Receivers:
+    """The three kinds of external metric server, as sockets of our own: InfluxDB over
+    UDP, InfluxDB's HTTP API (`/health`, `/api/v2/write`), Graphite over TCP."""
+
+    def __init__(self) -> None:
+        import http.server
+        import socketserver
+        import threading
+
+        self.udp: list[str] = []
+        self.http: list[tuple[str, str, str]] = []     # (path, Authorization, body)
+        self.tcp: list[str] = []
+        self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._udp.bind(("127.0.0.1", 0))
+        self._udp.settimeout(0.2)
+        self.udp_port = self._udp.getsockname()[1]
+        receivers = self
+
+        class Influx(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200 if self.path == "/health" else 404)
+                self.end_headers()
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receivers.http.append((self.path, self.headers.get("Authorization", ""),
+                                       body.decode()))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        class Carbon(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                for line in self.rfile:
+                    receivers.tcp.append(line.decode().rstrip("\n"))
+
+        self._http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Influx)
+        self._tcp = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Carbon)
+        self._tcp.daemon_threads = True
+        self.http_port = self._http.server_address[1]
+        self.tcp_port = self._tcp.server_address[1]
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._http.serve_forever, daemon=True),
+                         threading.Thread(target=self._tcp.serve_forever, daemon=True),
+                         threading.Thread(target=self._read_udp, daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _read_udp(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, _ = self._udp.recvfrom(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            assert len(data) <= 1500 - 50, len(data)     # PVE: mtu - 50 per datagram
+            self.udp.extend(data.decode().splitlines())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._http.shutdown()
+        self._tcp.shutdown()
+        self._http.server_close()
+        self._tcp.server_close()
+        for t in self._threads:
+            t.join(5)
+        self._udp.close()
+
+
+def test_external_metric_servers_receive_pve_formats(cluster: Cluster) -> None:
+    """/cluster/metrics/server through proxmoxer; every node pushes its data to an
+    InfluxDB UDP socket, an InfluxDB HTTP API (with its token) and a Graphite TCP port."""
+    began = time.monotonic()
+    n1, n2 = cluster["n1"], cluster["n2"]
+    px = api(n2)
+    token = "tok-" + os.urandom(8).hex()
+    rx = Receivers()
+    vmid = create_vm(px, "n1", "pushed")
+    try:
+        assert px.cluster.metrics.get() == [{"name": "server"}]
+        px.cluster.metrics.server("iudp").post(type="influxdb", server="127.0.0.1",
+                                               port=rx.udp_port)
+        px.cluster.metrics.server("ihttp").post(
+            type="influxdb", server="127.0.0.1", port=rx.http_port, influxdbproto="http",
+            token=token, organization="org1", bucket="b1")
+        px.cluster.metrics.server("carbon").post(type="graphite", server="127.0.0.1",
+                                                 port=rx.tcp_port, proto="tcp",
+                                                 path="binome.test")
+        listed = px.cluster.metrics.server.get()
+        assert [(e["id"], e["type"], e["port"]) for e in listed] == [
+            ("carbon", "graphite", rx.tcp_port), ("ihttp", "influxdb", rx.http_port),
+            ("iudp", "influxdb", rx.udp_port)]
+        shown = px.cluster.metrics.server("ihttp").get()
+        assert shown["influxdbproto"] == "http" and "token" not in shown
+        assert token not in json.dumps(listed) + json.dumps(shown)
+
+        # bad input: PVE's 400 per parameter, 500 for a duplicate or a failed test
+        s = requests.Session()
+        s.verify, s.trust_env = False, False     # the environment's CA bundle would win
+        s.headers["Authorization"] = f"PVEAPIToken={make_token(px, 'Administrator')}"
+        base = f"https://{n2.address}:8006/api2/json/cluster/metrics/server"
+        r = s.post(f"{base}/bad", data={"type": "influxdb", "server": "127.0.0.1"})
+        assert r.status_code == 400 and "port" in r.json()["errors"], r.text
+        r = s.post(f"{base}/bad", data={"type": "graphite", "server": "x", "bogus": "1"})
+        assert r.status_code == 400 and "bogus" in r.json()["errors"], r.text
+        r = s.post(f"{base}/iudp", data={"type": "influxdb", "server": "127.0.0.1",
+                                         "port": "1"})
+        assert r.status_code == 500 and "already exists" in r.text, r.text
+        closed = free_port("127.0.0.1")
+        r = s.post(f"{base}/down", data={"type": "influxdb", "server": "127.0.0.1",
+                                         "port": str(closed), "influxdbproto": "http",
+                                         "token": token})
+        assert r.status_code == 500 and "connection test" in r.text, r.text
+        assert token not in r.text
+        assert "down" not in [e["id"] for e in px.cluster.metrics.server.get()]
+
+        # every node pushes its own data, in PVE's formats
+        wait_for(lambda: {h for h in ("n1", "n2", "w")
+                          if any(f"object=nodes,host={h} " in ln for ln in rx.udp)}
+                 == {"n1", "n2", "w"}, 20, "node data of n1, n2, w over UDP", interval=0.3)
+        assert any(ln.startswith(f"system,object=qemu,vmid={vmid},nodename=n1,host=pushed ")
+                   and 'name="pushed"' in ln for ln in rx.udp), rx.udp[:20]
+        assert any(ln.startswith("cpustat,object=nodes,host=n1 ") for ln in rx.udp)
+        wait_for(lambda: any(f"object=qemu,vmid={vmid}," in body for _, _, body in rx.http),
+                 20, "the VM over InfluxDB HTTP", interval=0.3)
+        path, auth, _ = rx.http[0]
+        assert path == "/api/v2/write?org=org1&bucket=b1" and auth == f"Token {token}"
+        wait_for(lambda: any(ln.startswith("binome.test.nodes.n2.cpustat.cpu ")
+                             for ln in rx.tcp), 20, "Graphite over TCP", interval=0.3)
+        assert any(ln.startswith(f"binome.test.qemu.{vmid}.maxmem 67108864 ") for ln in rx.tcp)
+
+        # disable and remove
+        px.cluster.metrics.server("carbon").put(disable=1)
+        assert px.cluster.metrics.server("carbon").get()["disable"] == 1
+        for sid in ("iudp", "ihttp", "carbon"):
+            px.cluster.metrics.server(sid).delete()
+        assert px.cluster.metrics.server.get() == []
+        for node in (n1, n2):
+            assert token not in node.log_path.read_text()
+    finally:
+        for sid in ("iudp", "ihttp", "carbon"):
+            with contextlib.suppress(Exception):
+                px.cluster.metrics.server(sid).delete()
+        rx.stop()
+    print(f"test took {time.monotonic() - began:.1f} s")
+
+
 FENCE_AGENT = """#!/bin/sh
 # A fence agent for the test (fence_* stdin protocol): the node's "power" is a file.
 state={state}

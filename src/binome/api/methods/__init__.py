@@ -9,6 +9,7 @@ from binome.api.methods import (  # noqa: F401
     domains,
     fence,
     ha,
+    metric_servers,
     nodes,
     pools,
     qemu,
