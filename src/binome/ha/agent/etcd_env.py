@@ -33,6 +33,7 @@ from it. HA knows no storage backend's keys.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
@@ -65,6 +66,8 @@ from binome.store.client import LeasedEntry, Store, StoreUnavailable
 if TYPE_CHECKING:
     from binome.ha.agent.agent import HaAgent
 
+
+log = logging.getLogger("binome.ha")
 
 Raw = LeasedEntry
 
@@ -250,7 +253,10 @@ class EtcdEnv:
         if rev is None:
             errors.append("manager status, lock or a guest config changed since it was read")
         elif self._status_write is not None:
-            self._count_ha_events(self._status_write[0])
+            try:
+                self._count_ha_events(self._status_write[0])
+            except Exception:   # counting for the metrics must never fail a CRM round
+                log.exception("HA metrics: counting the round's events failed")
 
     def _count_ha_events(self, written: ManagerStatus) -> None:
         """After a committed status: the fences and failovers this round completed, for
