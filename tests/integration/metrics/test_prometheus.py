@@ -430,16 +430,19 @@ def test_external_metric_servers_receive_pve_formats(cluster: Cluster) -> None:
         wait_for(lambda: {h for h in ("n1", "n2", "w")
                           if any(f"object=nodes,host={h} " in ln for ln in rx.udp)}
                  == {"n1", "n2", "w"}, 20, "node data of n1, n2, w over UDP", interval=0.3)
-        assert any(ln.startswith(f"system,object=qemu,vmid={vmid},nodename=n1,host=pushed ")
-                   and 'name="pushed"' in ln for ln in rx.udp), rx.udp[:20]
+        # the VM: once the guest service's status round (2 s) lists it, at a next push
+        wait_for(lambda: any(ln.startswith(f"system,object=qemu,vmid={vmid},nodename=n1,"
+                                           "host=pushed ") and 'name="pushed"' in ln
+                             for ln in rx.udp), 25, "the VM over UDP", interval=0.3)
         assert any(ln.startswith("cpustat,object=nodes,host=n1 ") for ln in rx.udp)
         wait_for(lambda: any(f"object=qemu,vmid={vmid}," in body for _, _, body in rx.http),
-                 20, "the VM over InfluxDB HTTP", interval=0.3)
+                 25, "the VM over InfluxDB HTTP", interval=0.3)
         path, auth, _ = rx.http[0]
         assert path == "/api/v2/write?org=org1&bucket=b1" and auth == f"Token {token}"
         wait_for(lambda: any(ln.startswith("binome.test.nodes.n2.cpustat.cpu ")
                              for ln in rx.tcp), 20, "Graphite over TCP", interval=0.3)
-        assert any(ln.startswith(f"binome.test.qemu.{vmid}.maxmem 67108864 ") for ln in rx.tcp)
+        wait_for(lambda: any(ln.startswith(f"binome.test.qemu.{vmid}.maxmem 67108864 ")
+                             for ln in rx.tcp), 25, "the VM over Graphite", interval=0.3)
 
         # disable and remove
         px.cluster.metrics.server("carbon").put(disable=1)
