@@ -379,7 +379,8 @@ class Receivers:
         self._udp.close()
 
 
-def test_external_metric_servers_receive_pve_formats(cluster: Cluster) -> None:
+def test_external_metric_servers_receive_pve_formats(
+        cluster: Cluster, scraped: tuple[Prometheus, str, str]) -> None:
     """/cluster/metrics/server through proxmoxer; every node pushes its data to an
     InfluxDB UDP socket, an InfluxDB HTTP API (with its token) and a Graphite TCP port."""
     began = time.monotonic()
@@ -388,6 +389,9 @@ def test_external_metric_servers_receive_pve_formats(cluster: Cluster) -> None:
     token = "tok-" + os.urandom(8).hex()
     rx = Receivers()
     vmid = create_vm(px, "n1", "pushed")
+    # in n1's guest status round (what a push sends) before the first push
+    wait_for(lambda: scraped[0].values(f'binome_guest_info{{vmid="{vmid}"}}'), 20,
+             "the VM in n1's status round", interval=0.3)
     try:
         assert px.cluster.metrics.get() == [{"name": "server"}]
         px.cluster.metrics.server("iudp").post(type="influxdb", server="127.0.0.1",
