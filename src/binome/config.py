@@ -77,6 +77,9 @@ class NodeConfig:
     # if binomed and its supervisor both stall); "none" for hosts running several
     # nodes (the lab), where one node's self-fence must not reset the host.
     watchdog_device: str = "/dev/watchdog"
+    # "ADDRESS:PORT": also serve Prometheus' /metrics there over plain HTTP without
+    # authentication (a trusted monitoring network); "" (default): only on the API port
+    metrics_listen: str = ""
     timers: Timers = field(default_factory=Timers)
 
     def __post_init__(self) -> None:
@@ -104,6 +107,8 @@ class NodeConfig:
         for key in ("api_port", "etcd_client_port", "etcd_peer_port"):
             if not 1 <= getattr(self, key) <= 65535:
                 raise ConfigError(f"{key}: port out of range")
+        if self.metrics_listen:
+            _check_listen("metrics_listen", self.metrics_listen)
         self.timers.validate()
 
     # paths inside the state directory
@@ -180,6 +185,20 @@ class NodeConfig:
         data = json.loads(path.read_text())
         data["state_dir"] = str(state_dir)
         return cls.from_dict(data)
+
+
+def _check_listen(key: str, value: str) -> None:
+    """`ADDRESS:PORT` (an IPv6 address in brackets)."""
+    host, sep, port = value.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+        if address.version == 6 and not bracketed:
+            raise ValueError(value)       # "::1:9": which colon starts the port?
+        if not sep or not 1 <= int(port) <= 65535:
+            raise ValueError(value)
+    except ValueError:
+        raise ConfigError(f"{key}: not ADDRESS:PORT: {value!r}") from None
 
 
 def _url_host(address: str) -> str:

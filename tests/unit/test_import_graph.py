@@ -36,9 +36,12 @@ LEAVES = frozenset({"config", "errors", "durable", "loops", "schema", "tickets"}
 ALLOWED_EDGES: dict[str, frozenset[str]] = {
     "cli": frozenset({"api", "tasks"}),   # tasks: the pure UPID format it prints
     "daemon": frozenset({"api", "ha", "guest", "storage", "fence", "cluster", "tasks",
-                         "store", "access", "backup", "notify"}),  # builds the object graph
+                         "store", "access", "backup", "notify",
+                         "metrics"}),  # builds the object graph
     "api": frozenset({"ha", "guest", "storage", "fence", "cluster", "tasks", "store",
-                      "access", "backup", "notify"}),
+                      "access", "backup", "notify", "metrics"}),
+    # the Prometheus exporter: reads the owners' state at scrape time (never writes it)
+    "metrics": frozenset({"ha", "guest", "storage", "cluster", "tasks", "store"}),
     "ha": frozenset({"guest", "storage", "fence", "cluster", "tasks", "store"}),
     "guest": frozenset({"storage", "cluster", "tasks", "store"}),
     "storage": frozenset({"cluster", "tasks", "store"}),
@@ -51,7 +54,7 @@ ALLOWED_EDGES: dict[str, frozenset[str]] = {
     "backup": frozenset(),
     "notify": frozenset(),
     "lab": frozenset({"cli", "api", "daemon", "ha", "guest", "storage", "fence", "cluster",
-                      "tasks", "store", "access", "backup", "notify"}),
+                      "tasks", "store", "access", "backup", "notify", "metrics"}),
     **{leaf: frozenset() for leaf in LEAVES},
 }
 

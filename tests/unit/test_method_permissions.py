@@ -122,6 +122,12 @@ PVE = [
      Perm("/mapping/notifications", ("Mapping.Modify",))),
     ("PUT", "/cluster/notifications/matchers/{name}",
      Perm("/mapping/notifications", ("Mapping.Modify",))),
+    # pve-manager API2/Cluster/MetricServer.pm
+    ("GET", "/cluster/metrics/server", Perm("/", ("Sys.Audit",))),
+    ("GET", "/cluster/metrics/server/{id}", Perm("/", ("Sys.Audit",))),
+    ("POST", "/cluster/metrics/server/{id}", Perm("/", ("Sys.Modify",))),
+    ("PUT", "/cluster/metrics/server/{id}", Perm("/", ("Sys.Modify",))),
+    ("DELETE", "/cluster/metrics/server/{id}", Perm("/", ("Sys.Modify",))),
     # pve-access-control User.pm unlock_tfa: ['userid-group', ['User.Modify']]
     ("PUT", "/access/users/{userid}/unlock-tfa", UseridGroup(("User.Modify",))),
 ]
@@ -136,7 +142,7 @@ def test_pve_declarations(method: str, path: str, decl: Decl) -> None:
 ALL_USERS = [("GET", "/cluster/resources"), ("GET", "/nodes"), ("GET", "/nodes/{node}/qemu"),
              ("GET", "/storage"), ("GET", "/nodes/{node}/storage"), ("GET", "/pools"),
              ("GET", "/nodes/{node}/tasks"), ("GET", "/cluster/log"), ("GET", "/version"),
-             ("GET", "/cluster/nextid"), ("GET", "/cluster/tasks")]
+             ("GET", "/cluster/nextid"), ("GET", "/cluster/tasks"), ("GET", "/cluster/metrics")]
 
 
 @pytest.mark.parametrize("method,path", ALL_USERS, ids=[f"{m} {p}" for m, p in ALL_USERS])

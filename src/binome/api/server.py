@@ -34,15 +34,28 @@ from binome.access.service import AuthRefused
 from binome.api import auth, openapi, wire
 from binome.api.context import NodeServices, RequestContext
 from binome.api.errors import ApiError, AuthError, PermissionDenied
-from binome.api.registry import ApiMethod, WithTotal, registry
+from binome.api.registry import ApiMethod, WithTotal, privs, registry
 from binome.api.schema import validate
 from binome.api.wire import MAX_BODY, MAX_LINE, MAX_URL, MULTIPART
 from binome.errors import BinomeError
+from binome.metrics.exporter import CONTENT_TYPE, ROUTE_KEY, NodeMetrics
 
 log = logging.getLogger("binome.api")
 
 API_PREFIX = "/api2/json"
 OPENAPI_PATH = "/api2/openapi.json"
+METRICS_PATH = "/metrics"
+
+
+async def _no_handler(ctx: RequestContext, params: dict[str, Any]) -> None:
+    raise AssertionError("served by ApiServer.metrics")
+
+
+# Prometheus' scrape: outside /api2 and the registry (no envelope, no CLI), authenticated
+# and permission-checked like a method: PVE's Sys.Audit on / (PVEAuditor), token or ticket
+METRICS_METHOD = ApiMethod("GET", METRICS_PATH, name="metrics",
+                           description="Prometheus metrics of this node.",
+                           handler=_no_handler, permission=privs("Sys.Audit"))
 
 
 def _reason(message: str) -> str:
@@ -85,11 +98,15 @@ def _ticket_from(request: web.Request) -> str | None:
 
 
 class ApiServer:
-    def __init__(self, services: NodeServices) -> None:
+    def __init__(self, services: NodeServices, metrics: NodeMetrics | None = None) -> None:
         self.services = services
-        self.app = web.Application(client_max_size=MAX_BODY, middlewares=[self.guard])
+        self.metrics = metrics
+        middlewares = [self.guard] if metrics is None else [metrics.middleware, self.guard]
+        self.app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
         self.app.router.add_route("*", API_PREFIX + "/{tail:.*}", self.dispatch)
         self.app.router.add_get(OPENAPI_PATH, self.openapi)
+        if metrics is not None:
+            self.app.router.add_get(METRICS_PATH, self.serve_metrics)
         self.app.router.add_get("/", self.index)
         self.runner: web.AppRunner | None = None
         self.ssl_context: ssl.SSLContext | None = None
@@ -151,6 +168,19 @@ class ApiServer:
                 f"<p>API: <a href='{API_PREFIX}/version'>{API_PREFIX}</a>, "
                 f"schema: <a href='{OPENAPI_PATH}'>{OPENAPI_PATH}</a></p>")
         return web.Response(text=text, content_type="text/html")
+
+    async def serve_metrics(self, request: web.Request) -> web.Response:
+        """`GET /metrics`: the Prometheus exposition, for a caller with Sys.Audit on /."""
+        request[ROUTE_KEY] = METRICS_PATH
+        assert self.metrics is not None
+        try:
+            user, via_socket = await self._authenticate(request, METRICS_METHOD)
+            ctx = RequestContext(self.services, user, request, METRICS_METHOD, via_socket)
+            await self._check_permission(ctx, METRICS_METHOD, {})
+        except ApiError as exc:
+            return error_response(exc)
+        return web.Response(body=await self.metrics.exposition(),
+                            headers={"Content-Type": CONTENT_TYPE})
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi.document(registry))
@@ -220,6 +250,7 @@ class ApiServer:
         path = "/" + request.match_info["tail"]
         try:
             method, path_params = registry.match(request.method, path)
+            request[ROUTE_KEY] = method.path    # the latency histogram's label
             if path_params.get("node") == "localhost":
                 path_params["node"] = self.services.config.name
             user, via_socket = await self._authenticate(request, method)

@@ -27,6 +27,7 @@ from binome.daemon.rrd import RrdStore
 from binome.guest.guests import GuestService
 from binome.notify.repository import Change as NotifyChange
 from binome.notify.service import NotificationService
+from binome.metrics.exporter import NodeMetrics
 from binome.storage.manager import StorageManager
 from binome.storage.replica.node.volumes import VolumeService
 from binome.tasks.clusterlog import ClusterLog
@@ -67,7 +68,8 @@ class NodeGraph:
         self._cluster_ssl: ssl.SSLContext | None = None   # cache, reset on a TLS change
         pki.ensure_self_signed(self.cluster.paths, config.name,
                                [config.cluster_address, "127.0.0.1"])
-        self.api = ApiServer(self)    # last: it takes the whole graph
+        self.metrics = NodeMetrics(self)   # reads the graph at each scrape
+        self.api = ApiServer(self, self.metrics)    # last: it takes the whole graph
 
     def _guests(self) -> GuestService:
         from binome.guest.runtime import QemuRuntime

@@ -44,6 +44,17 @@ def _net_bytes() -> tuple[int, int]:
     return rx, tx
 
 
+def net_devices() -> dict[str, tuple[int, int]]:
+    """Bytes received and sent per network device since boot (loopback left out)."""
+    out = {}
+    for line in open("/proc/net/dev").readlines()[2:]:
+        name, _, rest = line.partition(":")
+        fields = rest.split()
+        if name.strip() != "lo" and len(fields) > 8:
+            out[name.strip()] = (int(fields[0]), int(fields[8]))
+    return out
+
+
 def uptime() -> int:
     return int(float(open("/proc/uptime").read().split()[0]))
 
@@ -75,6 +86,9 @@ class HostInfo:
             "disk": (disk.f_blocks - disk.f_bfree) * disk.f_frsize,
             "maxdisk": disk.f_blocks * disk.f_frsize, "uptime": uptime(),
         }
+
+    def net_devices(self) -> dict[str, tuple[int, int]]:
+        return net_devices()
 
     def rrd_sample(self) -> dict[str, float]:
         s = self.summary()

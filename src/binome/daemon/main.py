@@ -36,6 +36,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--watchdog-device",
                    help="hardware watchdog for the HA self-fence, used if it exists "
                         "(default /dev/watchdog; 'none': the supervisor process only)")
+    p.add_argument("--metrics-listen", metavar="ADDRESS:PORT",
+                   help="also serve Prometheus /metrics over plain HTTP, without "
+                        "authentication, on this address ('' turns it off; default: "
+                        "only on the API port, with a ticket or token)")
     p.add_argument("--log-level", default=os.environ.get("BINOME_LOG_LEVEL", "info"))
     return p.parse_args(argv)
 
@@ -46,7 +50,7 @@ def load_config(args: argparse.Namespace) -> NodeConfig:
         "replication_address": args.replication_address, "role": args.role,
         "api_port": args.api_port, "api_bind": args.api_bind,
         "etcd_client_port": args.etcd_client_port, "etcd_peer_port": args.etcd_peer_port,
-        "watchdog_device": args.watchdog_device,
+        "watchdog_device": args.watchdog_device, "metrics_listen": args.metrics_listen,
     }.items() if v is not None}
     path = args.state_dir / "node.json"
     if path.exists():
@@ -68,6 +72,7 @@ async def run(cfg: NodeConfig) -> None:
     from binome.api import methods  # noqa: F401  (registers the API methods)
     from binome.daemon.graph import NodeGraph
     from binome.daemon.rrd import sample_forever, storage_usage
+    from binome.metrics.push import MetricPusher
 
     node = NodeGraph(cfg)
     stop = asyncio.Event()
@@ -80,6 +85,7 @@ async def run(cfg: NodeConfig) -> None:
     await node.api.start()
     node.notifications.start()      # before anything that emits events
     try:
+        await node.metrics.start_listener()
         await node.cluster.start()
         if node.volumes is not None:
             await node.volumes.start()    # adopts (or starts) the volume engine
@@ -93,12 +99,15 @@ async def run(cfg: NodeConfig) -> None:
             lambda: guests.last_status if guests is not None else {},
             lambda: storage_usage(node.storages, cfg.name),
             interval=cfg.timers.rrd_interval), name="rrd")
+        pusher = asyncio.create_task(MetricPusher(node).run(), name="metric-push")
         log.info("binomed ready", extra={"role": cfg.role,
                                          "cluster": node.cluster.cluster_name or "-"})
         await stop.wait()
         log.info("shutting down")
         sampler.cancel()
+        pusher.cancel()
     finally:
+        await node.metrics.stop_listener()
         await node.api.stop()
         if node.ha is not None:
             await node.ha.stop()         # before the lease is revoked

@@ -113,6 +113,9 @@ async def test_a_decision_still_owned_fences_then_powers_on(world) -> None:
     assert world.fencer.status("n2").state == FenceState.CONFIRMED
     rec = await record(world.store)
     assert rec["power_on"] == "done" and rec["action"] == "reboot" and rec["by"] == "n1"
+    # counted for the metrics (binome_ha_fence_device_runs_total) by the node that ran it
+    assert list(world.fencer.stats.device_runs) == [("n2", "reboot", "confirmed")]
+    assert world.fencer.stats.device_runs[("n2", "reboot", "confirmed")].count == 1
 
 
 async def test_a_lost_lock_drops_the_request(world) -> None:
@@ -124,6 +127,7 @@ async def test_a_lost_lock_drops_the_request(world) -> None:
     status = world.fencer.status("n2")
     assert status.state == FenceState.FAILED
     assert "the manager lock is no longer ours" in status.detail
+    assert world.fencer.stats.device_runs == {}    # the device was never run
 
 
 async def test_a_renewal_since_the_decision_drops_the_request(world) -> None:

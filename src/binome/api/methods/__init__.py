@@ -10,6 +10,7 @@ from binome.api.methods import (  # noqa: F401
     fence,
     ha,
     logs,
+    metric_servers,
     nodes,
     notifications,
     pools,

@@ -55,6 +55,7 @@ from binome.ha.agent.executor import Executor
 from binome.ha.agent.fencer import Fencer
 from binome.ha.agent.keeper_link import KeeperLink
 from binome.ha.agent.shutdown import ShutdownDetector
+from binome.ha.agent.stats import HaStats
 from binome.ha.agent.wake import WATCH_PREFIXES, Debouncer, wakes_rounds
 from binome.ha.crm import Crm
 from binome.ha.lrm import Lrm
@@ -186,7 +187,8 @@ class HaAgent:
         self.armed_sids: set[str] = set()
         self.rebooting_vmids: set[int] = set()
         self.executor = Executor(self)
-        self.fencer = Fencer(self)
+        self.stats = HaStats()     # fences and recoveries done here, for the metrics
+        self.fencer = Fencer(self, self.stats)
         self.crm_env = EtcdEnv(self, "crm")
         self.lrm_env = EtcdEnv(self, "lrm")
         self.crm = Crm(self.crm_env, self.timers)

@@ -33,6 +33,7 @@ from it. HA knows no storage backend's keys.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ from binome.ha.config import decode_commands, decode_groups, decode_resources, d
 from binome.ha.env import Conflict, EnvUnavailable
 from binome.ha.model import (
     FenceConfirmation,
+    FenceProof,
     FenceStatus,
     GroupConfig,
     HaSettings,
@@ -53,7 +55,9 @@ from binome.ha.model import (
     ManagerStatus,
     NodeFacts,
     NodeInfo,
+    NodeState,
     ResourceConfig,
+    ServiceState,
 )
 from binome.storage import placement
 from binome.store import keys
@@ -63,7 +67,14 @@ if TYPE_CHECKING:
     from binome.ha.agent.agent import HaAgent
 
 
+log = logging.getLogger("binome.ha")
+
 Raw = LeasedEntry
+
+# what `recovery` hands a service to once a node took it over (transitions._recovery)
+RECOVERED_STATES = (ServiceState.STARTING, ServiceState.REQUEST_STOP, ServiceState.STARTED)
+# the reason `nodes.fence_nodes` gives a node it declares fenced -> the proof's name
+FENCED_BY = {f"fenced by {proof}": str(proof) for proof in FenceProof}
 
 
 def vmid_of(sid: str) -> int | None:
@@ -252,7 +263,42 @@ class EtcdEnv:
         if rev is None:
             errors.append("manager status, lock or a guest config changed since it was read")
             return False
+        if self._status_write is not None:
+            try:
+                self._count_ha_events(self._status_write[0])
+            except Exception:   # counting for the metrics must never fail a CRM round
+                log.exception("HA metrics: counting the round's events failed")
         return True
+
+    def _count_ha_events(self, written: ManagerStatus) -> None:
+        """After a committed status: the fences and failovers this round completed, for
+        the metrics (`HaStats`: counted by the master that committed them). A loss, its
+        fence and the recovery may all happen within one round: they are told apart by
+        comparing the committed document with the one the round read."""
+        before = ManagerStatus.from_dict(self._value(keys.HA_MANAGER_STATUS, {}))
+        now, stats = time.monotonic(), self.hub.stats
+        fenced_now = set()
+        for node, rec in written.node_status.items():
+            proof = FENCED_BY.get(rec.reason or "")
+            old = before.node_status.get(node)
+            if proof is not None and (old is None or (old.reason, old.since)
+                                      != (rec.reason, rec.since)):
+                stats.node_fenced(node, proof, now)
+                fenced_now.add(node)
+        for sid, sd in written.service_status.items():
+            old_sd = before.service_status.get(sid)
+            if (old_sd is not None and sd.state in RECOVERED_STATES
+                    and (old_sd.state in (ServiceState.FENCE, ServiceState.RECOVERY)
+                         or old_sd.node in fenced_now)):
+                stats.recovery_assigned(sid, old_sd.node, sd.node, now)
+        stats.services_seen({sid: (str(sd.state), sd.node)
+                             for sid, sd in written.service_status.items()}, now)
+        stats.nodes_seen({n: r.state in (NodeState.UNKNOWN, NodeState.FENCE)
+                          and FENCED_BY.get(r.reason or "") is None
+                          for n, r in written.node_status.items()}, now)
+        for node, rec in written.node_status.items():
+            if rec.state == NodeState.ONLINE:
+                stats.fenced_loss_at.pop(node, None)
 
     # ------------------------------------------------------------ helpers
 

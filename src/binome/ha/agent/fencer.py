@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from binome.fence.device import make_device
 from binome.fence.devices import FenceDevices, fence_action
+from binome.ha.agent.stats import HaStats
 from binome.ha.model import FenceState, FenceStatus
 from binome.store import keys
 
@@ -66,8 +67,9 @@ class Guard:
 class Fencer:
     """Fence requests through the node's fence device, run as tasks; recorded in etcd."""
 
-    def __init__(self, hub: Any) -> None:
+    def __init__(self, hub: Any, stats: HaStats | None = None) -> None:
         self.hub = hub
+        self.stats = stats if stats is not None else HaStats()   # exported as metrics
         self._status: dict[str, FenceStatus] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._power_tasks: dict[str, asyncio.Task[bool]] = {}
@@ -89,6 +91,7 @@ class Fencer:
     async def _run(self, node: str, request_id: str, guard: Guard) -> None:
         hub = self.hub
         state, detail, action = FenceState.FAILED, "", "off"
+        began, ran = time.monotonic(), False
         try:
             store = hub.store
             assert store is not None
@@ -105,6 +108,7 @@ class Fencer:
                                                        f"({refusal})")
                 else:
                     action = fence_action(cfg)
+                    ran = True
                     result = await make_device(cfg).fence(node)
                     state = FenceState.CONFIRMED if result.ok else FenceState.FAILED
                     detail = result.detail
@@ -114,6 +118,8 @@ class Fencer:
             detail = f"{type(exc).__name__}: {exc}"
         # the proof first: the CRM may recover as soon as it reads this
         self._status[node] = FenceStatus(request_id, state, detail)
+        if ran:    # a request dropped before the device (lock lost, no device) is no run
+            self.stats.device_run(node, action, str(state), time.monotonic() - began)
         owed = state == FenceState.CONFIRMED and action == "reboot"
         await self._record(node, {"request": request_id, "state": str(state),
                                   "detail": detail, "action": action,
