@@ -259,7 +259,8 @@ def schema() -> dict[str, Param]:
                         description="binome: initrd for 'kernel' (volume of content iso)."),
         "append": Param(optional=True, max_length=2048,
                         description="binome: kernel command line for 'kernel'."),
-        "lock": Param(optional=True, enum=("clone", "create", "destroyed", "migrate"),
+        "lock": Param(optional=True, enum=("backup", "clone", "create", "destroyed",
+                                           "migrate"),
                       description="Lock held by a running operation."),
     }
     for i in range(MAX_SERIALS):

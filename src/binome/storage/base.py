@@ -20,10 +20,13 @@ alone). What a type implements:
   is still active) and `release_fenced_copy` (on the fenced node, once back:
   give up its stale active copy so it resyncs).
 
+- backups: `backup_store()` (the deduplicated datastore that holds this storage's
+  backups, for types with content `backup`: `dir` today); backup volumes are listed
+  by `list(content="backup")` and removed by `free`.
+
 Hooks for the next storage types, not implemented by any type yet (the base
 methods refuse): snapshots (`snapshot`, `rollback_snapshot`, `delete_snapshot`,
-PVE's volume_snapshot*), backups (a backup is `content` "backup" written by
-`alloc`/`copy`-like export, to be added with the backup job), storage-level
+PVE's volume_snapshot*), storage-level
 activation for network storage and LVM (`activate_storage` /
 `deactivate_storage`: mount, login, vgchange, before any volume is used).
 """
@@ -39,6 +42,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from binome.errors import BinomeError
 
 if TYPE_CHECKING:
+    from binome.backup.dumpstore import DumpStore
     from binome.tasks.manager import Task
 
 CONTENT_TYPES = ("images", "iso", "backup", "rootdir", "vztmpl", "snippets")
@@ -242,6 +246,10 @@ class Storage(ABC):
         return None
 
     # ------------------------------------------------------------ hooks (no type yet)
+
+    def backup_store(self) -> DumpStore:
+        """The datastore of this storage's backups; StorageError if it holds none."""
+        raise StorageError(f"storage '{self.id}' cannot hold backups (type {self.config.type})")
 
     async def snapshot(self, volid: str, snap: str) -> None:
         """Take snapshot `snap` of the volume (PVE's volume_snapshot)."""
