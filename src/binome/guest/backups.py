@@ -8,14 +8,16 @@ layout are the `binome.backup` library's (`dumpstore`: deduplicated chunks, one 
 index per disk, the guest config); the storage that holds backups gives its datastore
 (`Storage.backup_store`).
 
-Image fleecing (QEMU >= 7.1; Debian 12 has 7.2), per disk of a running guest: a
-temporary qcow2 "fleecing" node, a `copy-before-write` filter put above the disk's node
-(`qom-set` of the device's `drive`, all disks while the guest is paused for a moment, so
-they are consistent with each other), and a `snapshot-access` node on the filter that
-reads the disk as it was when the filter went in: a guest write first copies the old
-data to the fleecing node. QEMU's NBD server exports the snapshot-access nodes on a unix
-socket and the backup reads them (`binome.backup.nbd`). A stopped guest's qcow2 image is
-read through `qemu-nbd`, a raw image directly.
+Image fleecing, for the disks of a running guest: per disk a temporary qcow2
+"fleecing" node whose backing is the disk's node, then one QMP `transaction` of
+`blockdev-backup sync=none` jobs from each disk to its fleecing node (one instant for
+all disks). From then on a guest write first copies the old data to the fleecing node,
+so the fleecing node reads as the disk was at that instant. QEMU's NBD server exports
+the fleecing nodes on a unix socket and the backup reads them (`binome.backup.nbd`).
+(QEMU 7.1's `copy-before-write` + `snapshot-access` nodes, put in with a `qom-set` of
+the device's `drive`, did not see the guest's virtio-blk writes of a `-drive` disk in
+QEMU 7.2; the integration test caught it.) A stopped guest's qcow2 image is read
+through `qemu-nbd`, a raw image directly.
 """
 
 from __future__ import annotations
