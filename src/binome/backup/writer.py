@@ -132,6 +132,8 @@ def backup_image(writer: SnapshotWriter, name: str, source: Path | BlockSource, 
         else:
             to_read = dirty_chunks(dirty, chunk_size, size)
     digests: list[bytes] = []
+    zero = bytes(chunk_size)
+    zero_digests: dict[int, bytes] = {}
     for position in range(count):
         if to_read is not None and previous is not None and position not in to_read:
             digest = previous.digests[position]
@@ -147,7 +149,13 @@ def backup_image(writer: SnapshotWriter, name: str, source: Path | BlockSource, 
             throttle.account(len(data))
             stats.bytes_read += len(data)
             stats.chunks_read += 1
-            digest = chunk_digest(data, crypt)
+            if data == zero[:length]:
+                # unallocated areas of a disk: hash the zero chunk once per length
+                if length not in zero_digests:
+                    zero_digests[length] = chunk_digest(data, crypt)
+                digest = zero_digests[length]
+            else:
+                digest = chunk_digest(data, crypt)
             if chunks.contains(digest):
                 chunks.touch(digest)
                 stats.chunks_reused += 1
