@@ -107,7 +107,7 @@ def main() -> int:
             # qemu-img cannot write a raw image to /dev/null ("Cannot grow device
             # files"): its null-co driver discards the same way
             rows["read"].append(timed(lambda: subprocess.run(
-                ["qemu-img", "convert", "-q", "-n", "-U", "-f", "qcow2",
+                ["qemu-img", "convert", "-q", "-n", "-U", "-T", "none", "-f", "qcow2",
                  "--target-image-opts", str(disk), f"driver=null-co,size={size}"],
                 check=True)))
             store = Datastore(work / f"ds{round_}")
@@ -122,12 +122,12 @@ def main() -> int:
             rows["backup"].append(timed(backup))
             target = work / "restored.raw"
             rows["write"].append(timed(lambda: subprocess.run(
-                ["qemu-img", "convert", "-q", "-U", "-f", "qcow2", "-O", "raw", str(disk),
-                 str(target)], check=True)))
+                ["qemu-img", "convert", "-q", "-U", "-T", "none", "-f", "qcow2", "-O", "raw",
+                 str(disk), str(work / "restored.raw")], check=True)))
             target.unlink()
             ref = store.snapshots()[0]
             rows["restore"].append(timed(
-                lambda store=store, ref=ref: restore_image(store, ref,
+                lambda store=store, ref=ref, target=target: restore_image(store, ref,
                                                            "drive-scsi0.img.fidx", target)))
             target.unlink()
             shutil.rmtree(work / f"ds{round_}")
