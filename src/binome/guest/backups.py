@@ -366,7 +366,18 @@ class Backups:
         fleece_dir = store.root / ".fleecing" / f"{vmid}-{uuid.uuid4().hex[:8]}"
         fleecing = _Fleecing(vmid, workdir, workdir / "nbd.sock", fleece_dir)
         try:
-            await self._start_fleecing(task, fleecing, disks)
+            paused = False
+            if options.mode == "suspend":
+                # PVE's suspend mode: the guest is paused while the backup is set up
+                task.log("INFO: suspending guest")
+                await self._qmp(vmid, "stop")
+                paused = True
+            try:
+                await self._start_fleecing(task, fleecing, disks)
+            finally:
+                if paused:
+                    task.log("INFO: resuming guest")
+                    await self._qmp(vmid, "cont")
 
             def source(disk: _Disk) -> BlockSource:
                 return NbdExport(str(fleecing.socket), f"drive-{disk.key}")

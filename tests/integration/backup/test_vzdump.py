@@ -275,9 +275,11 @@ def test_running_vm_backup_is_the_disk_at_its_start(px, cluster: Cluster) -> Non
             destroy(px, vmid + 1)
 
         # the guest vanishes mid-backup: the job fails, nothing half-written is listed
-        upid = node.vzdump.post(vmid=str(vmid), storage="bk", bwlimit=4096)
+        upid = node.vzdump.post(vmid=str(vmid), storage="bk", bwlimit=4096, mode="suspend")
         wait_for(lambda: any("copy-before-write" in line for line in task_log(px, upid)),
                  30, "fleecing set up")
+        assert "INFO: resuming guest" in task_log(px, upid)
+        assert node.qemu(vmid).status.current.get()["qmpstatus"] == "running"
         wait_task(px, node.qemu(vmid).status.stop.post(skiplock=1))
         status = wait_task(px, upid)
         log = task_log(px, upid)
