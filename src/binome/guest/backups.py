@@ -175,6 +175,7 @@ class Backups:
                 task.log(f"ERROR: Backup of VM {vmid} failed - {error}")
                 failed.append(vmid)
         if failed:
+            task.log("INFO: Backup job finished with errors")
             raise TaskFailed("job errors")
         task.log("INFO: Backup job finished successfully")
 
@@ -243,7 +244,8 @@ class Backups:
             running, restart = False, True
         writer = store.begin("vm", str(vmid))
         target = store.snapshot_dir(writer.ref)
-        task.log(f"INFO: creating backup '{target}' (chunks in '{store.chunks.base}')")
+        task.log(f"INFO: creating vzdump archive '{target}' (chunks in "
+                 f"'{store.chunks.base}')")
         try:
             writer.add_file(GUEST_CONFIG, vmconf.format_conf(config).encode())
             if running:

@@ -285,6 +285,7 @@ def test_running_vm_backup_is_the_disk_at_its_start(px, cluster: Cluster) -> Non
         log = task_log(px, upid)
         assert status["exitstatus"] == "job errors", log
         assert any(line.startswith(f"ERROR: Backup of VM {vmid} failed - ") for line in log)
+        assert "INFO: Backup job finished with errors" in log
         assert [b["volid"] for b in backups(px, vmid)] == [listed["volid"]]
         dump = cluster["n1"].state_dir / "backups" / "dump"
         assert not [p.name for p in dump.iterdir() if p.name.startswith(".tmp-")]
@@ -310,6 +311,7 @@ def test_bad_input_is_a_pve_400(px) -> None:
         ({"vmid": "100", "storage": "bk", "prune-backups": "keep-often=2"}, "prune-backups"),
         ({"vmid": "100", "storage": "local"}, "storage"),
         ({"vmid": "100", "bogus": 1}, "bogus"),
+        ({"vmid": "100", "protected": 1}, "protected"),
     ]
     for params, field in cases:
         with pytest.raises(ResourceException) as exc:

@@ -33,7 +33,7 @@ VZDUMP_PARAMS = {
     "all": Param(type="boolean", optional=True, default=False,
                  description="Backup all known guest systems on this host."),
     "exclude": Param(optional=True, max_length=4096, pattern=r"[\d\s,;]+",
-                     description="Exclude specified guest systems (assumes --all)."),
+                     description="Exclude specified guest systems (implies --all)."),
     "mode": Param(optional=True, enum=MODES, default="snapshot", description="Backup mode."),
     "storage": Param(optional=True, pattern=STORAGE_ID.pattern, max_length=64,
                      description="Store resulting file to this storage."),
@@ -115,11 +115,14 @@ async def vzdump(ctx: RequestContext, params: dict[str, Any]) -> str:
     if params["all"] and vmids is not None:
         raise ApiError(400, "Parameter verification failed.",
                        {"all": "option conflicts with option 'vmid'"})
-    if not params["all"] and vmids is None:
+    if exclude and vmids is not None:   # PVE: exclude implies all
+        raise param_error("exclude", "option conflicts with option 'vmid'")
+    if not params["all"] and not exclude and vmids is None:
         raise param_error("vmid", "property is missing and it is not optional (or give "
                                   "'all')")
-    if exclude and not params["all"]:
-        raise param_error("exclude", "option 'exclude' can only be used with 'all'")
+    for needs_storage in ("notes-template", "protected"):
+        if params.get(needs_storage) and params.get("storage") is None:
+            raise param_error(needs_storage, "option requires option 'storage'")
     prune = None
     if params.get("prune-backups") is not None and params["remove"]:
         try:
