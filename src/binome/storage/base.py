@@ -22,7 +22,8 @@ alone). What a type implements:
 
 - backups: `backup_store()` (the deduplicated datastore that holds this storage's
   backups, for types with content `backup`: `dir` today); backup volumes are listed
-  by `list(content="backup")` and removed by `free`.
+  by `list(content="backup")`, changed by `set_backup_attributes` (notes,
+  protection) and removed by `free`.
 
 Hooks for the next storage types, not implemented by any type yet (the base
 methods refuse): snapshots (`snapshot`, `rollback_snapshot`, `delete_snapshot`,
@@ -249,6 +250,11 @@ class Storage(ABC):
 
     def backup_store(self) -> DumpStore:
         """The datastore of this storage's backups; StorageError if it holds none."""
+        raise StorageError(f"storage '{self.id}' cannot hold backups (type {self.config.type})")
+
+    async def set_backup_attributes(self, volid: str, *, notes: str | None = None,
+                                    protected: bool | None = None) -> None:
+        """Change a backup volume's notes or protection; StorageError if none here."""
         raise StorageError(f"storage '{self.id}' cannot hold backups (type {self.config.type})")
 
     async def snapshot(self, volid: str, snap: str) -> None:

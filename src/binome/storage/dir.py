@@ -146,6 +146,35 @@ class DirStorage(Storage):
         except FileNotFoundError:
             raise StorageError(f"backup '{path.name}' does not exist") from None
 
+    async def set_backup_attributes(self, volid: str, *, notes: str | None = None,
+                                    protected: bool | None = None) -> None:
+        path = self.path(volid)
+        if not split_volid(volid)[1].startswith("backup/"):
+            raise StorageError(f"'{volid}' is not a backup volume")
+
+        def change() -> None:
+            try:
+                if path.suffix == ".binome":
+                    store = DumpStore(self.root, self.id)
+                    ref = ref_of_name(path.name)
+                    if notes is not None:
+                        store.set_notes(ref, notes)
+                    if protected is not None:
+                        store.set_protected(ref, protected)
+                else:
+                    dump = DumpDir(self.root, self.id)
+                    archive = parse_archive_name(path.name)
+                    if not path.exists():
+                        raise StorageError(f"volume '{volid}' does not exist")
+                    if notes is not None:
+                        (dump.path / f"{archive.name}.notes").write_text(notes)
+                    if protected is not None:
+                        dump.set_protected(archive, protected)
+            except (DatastoreError, DumpDirError) as error:
+                raise StorageError(str(error)) from None
+
+        await asyncio.to_thread(change)
+
     def _backups(self, vmid: int | None) -> list[dict[str, Any]]:
         """PVE's backup listing: binome backups, then PVE archives found in dump/."""
         out: list[dict[str, Any]] = []

@@ -208,6 +208,10 @@ def test_stopped_vm_backup_restore_listing_and_protection(px, cluster: Cluster) 
             node.storage("bk").content(listed["volid"]).delete()
         assert "protected" in str(exc.value)
         assert len(backups(px, vmid)) == 1
+        # PUT content: notes and protection; unprotected, it can go (at the end)
+        node.storage("bk").content(listed["volid"]).put(notes="kept", protected=0)
+        (changed,) = backups(px, vmid)
+        assert changed["protected"] == 0 and changed["notes"] == "kept"
 
         # restore to a new vmid, onto the dir storage 'local'
         upid = node.qemu.post(vmid=vmid + 1, archive=listed["volid"], storage="local",
@@ -232,6 +236,9 @@ def test_stopped_vm_backup_restore_listing_and_protection(px, cluster: Cluster) 
             assert again["net0"].startswith("virtio=BC:24:11:00:00:01")  # not unique
         finally:
             destroy(px, vmid + 1)
+        assert wait_task(px, node.storage("bk").content(listed["volid"]).delete()
+                         )["exitstatus"] == "OK"
+        assert backups(px, vmid) == []
     finally:
         destroy(px, vmid)
 

@@ -203,6 +203,43 @@ async def storage_volume_delete(ctx: RequestContext, params: dict[str, Any]) -> 
     return ctx.services.tasks.start("imgdel", "", ctx.userid, body)
 
 
+@registry.register(
+    "PUT", "/nodes/{node}/storage/{storage}/content/{volume}", name="storage_volume_update",
+    permission=privs("Datastore.Allocate", "Datastore.AllocateSpace",
+                     path="/storage/{storage}", any=True),
+    proxyto="node",
+    description="Update volume attributes (backups: notes, protected; with "
+                "Datastore.AllocateSpace also VM.Backup on the guest).",
+    parameters={"node": NODE, "storage": Param(optional=True, pattern=STORAGE_ID.pattern),
+                "volume": Param(max_length=1024, description="Volume identifier."),
+                "notes": Param(optional=True, max_length=1024,
+                               description="The new notes."),
+                "protected": Param(type="boolean", optional=True,
+                                   description="Protection status.")},
+    returns={"type": "null"},
+    cli=CliSpec(("storage", "update"), positional=("storage", "volume")),
+)
+async def storage_volume_update(ctx: RequestContext, params: dict[str, Any]) -> None:
+    volume = params["volume"]
+    volid = volume if ":" in volume else f"{params['storage']}:{volume}"
+    storage_id, volname = split_volid(volid)
+    if params.get("storage") not in (None, storage_id):
+        raise param_error("volume", f"volume is not on storage '{params['storage']}'")
+    storage = await ctx.services.storages.get(storage_id)
+    ev = await ctx.services.access.evaluator()
+    if not ev.check(ctx.userid, f"/storage/{storage_id}", ["Datastore.Allocate"]):
+        vmid = _backup_vmid(volname)
+        if vmid is None or not ev.check(ctx.userid, f"/vms/{vmid}", ["VM.Backup"]):
+            raise PermissionDenied(f"/storage/{storage_id}, Datastore.Allocate")
+    if not volname.startswith("backup/"):
+        raise param_error("volume", "only backup volumes have notes and protection")
+    try:
+        await storage.set_backup_attributes(volid, notes=params.get("notes"),
+                                            protected=params.get("protected"))
+    except StorageError as error:
+        raise fail(str(error)) from None
+
+
 def _backup_vmid(volname: str) -> int | None:
     parts = volname.split("-")
     if volname.startswith("backup/vzdump-") and len(parts) > 2 and parts[2].isdigit():
