@@ -43,8 +43,10 @@ ALLOWED_EDGES: dict[str, frozenset[str]] = {
     # the Prometheus exporter: reads the owners' state at scrape time (never writes it)
     "metrics": frozenset({"ha", "guest", "storage", "cluster", "tasks", "store"}),
     "ha": frozenset({"guest", "storage", "fence", "cluster", "tasks", "store"}),
-    "guest": frozenset({"storage", "cluster", "tasks", "store"}),
-    "storage": frozenset({"cluster", "tasks", "store"}),
+    # backup: the vzdump job and restore (guest.backups) and the backup content of a
+    # dir storage (storage.dir) use the backup library
+    "guest": frozenset({"storage", "cluster", "tasks", "store", "backup"}),
+    "storage": frozenset({"cluster", "tasks", "store", "backup"}),
     "fence": frozenset({"store"}),
     "cluster": frozenset({"tasks", "store"}),
     "tasks": frozenset({"store"}),

@@ -171,3 +171,15 @@ def test_global_openapi_document(global_registry):
             assert entry["security"] == []
     op_ids = [op["operationId"] for item in doc["paths"].values() for op in item.values()]
     assert sorted(op_ids) == sorted(m.name for m in global_registry.methods)
+
+
+def test_content_volume_takes_the_rest_of_the_path(reg):
+    # PVE's fragmentDelimiter '' on .../content: volume ids hold a slash
+    reg.register("DELETE", "/nodes/{node}/storage/{storage}/content/{volume}", name="vol_del",
+                 description="d", parameters={"node": Param(), "storage": Param(),
+                                              "volume": Param()})(handler)
+    m, params = reg.match("DELETE", "/nodes/n1/storage/bk/content/bk:backup/vzdump-qemu-1.x")
+    assert m.name == "vol_del" and params["volume"] == "bk:backup/vzdump-qemu-1.x"
+    assert reg.match("DELETE", "/nodes/n1/tasks/UPID:x")[0].name == "task_stop"
+    with pytest.raises(NotImplementedMethod):
+        reg.match("DELETE", "/nodes/n1/tasks/a/b")

@@ -112,10 +112,15 @@ class Registry:
             if m.method != method:
                 continue
             segs = m.segments
-            if len(segs) != len(parts):
+            candidate = parts
+            if segs[-2:] == ["content", "{volume}"] and len(parts) > len(segs):
+                # PVE's `fragmentDelimiter => ''` on .../content: a volume id may hold a
+                # slash (local:backup/vzdump-...), so the rest of the path is the volume
+                candidate = [*parts[:len(segs) - 1], "/".join(parts[len(segs) - 1:])]
+            if len(segs) != len(candidate):
                 continue
             found: dict[str, str] = {}
-            for seg, part in zip(segs, parts, strict=True):
+            for seg, part in zip(segs, candidate, strict=True):
                 if seg.startswith("{"):
                     found[seg[1:-1]] = part
                 elif seg != part:

@@ -18,7 +18,9 @@ from binome.backup.prune import BackupEntry, Mark, PruneOptions, compute_prune
 ARCHIVE_RE = re.compile(
     r"^vzdump-(?P<type>qemu|lxc|openvz)-(?P<vmid>\d+)-"
     r"(?P<time>\d{4}_\d{2}_\d{2}-\d{2}_\d{2}_\d{2})"
-    r"\.(?P<ext>vma(\.(zst|gz|lzo))?|tar(\.(zst|gz|lzo))?|tgz)$")
+    r"\.(?P<ext>vma(\.(zst|gz|lzo))?|tar(\.(zst|gz|lzo))?|tgz|binome)$")
+# binome's own backups (`dumpstore`): a directory per backup, chunks shared in `.chunks`
+CHUNKED_EXT = "binome"
 _TIME_FORMAT = "%Y_%m_%d-%H_%M_%S"
 
 
@@ -74,6 +76,8 @@ class DumpDir:
                 archive = parse_archive_name(entry.name)
             except DumpDirError:
                 continue
+            if archive.ext == CHUNKED_EXT:
+                continue  # listed by binome.backup.dumpstore
             if vmid is None or archive.vmid == vmid:
                 found.append(archive)
         return sorted(found, key=lambda a: (a.vmid, a.time))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,28 +41,44 @@ def restore_image(store: Datastore, ref: SnapshotRef, name: str, target: Path, *
         with open(target, "rb") as probe:
             if probe.seek(0, os.SEEK_END) < index.size:
                 raise RestoreError(f"{target} is smaller than the image ({index.size} bytes)")
-    whole = hashlib.sha256()
-    written = 0
-    zero = bytes(index.chunk_size)
     flags = os.O_WRONLY | (0 if is_block else os.O_CREAT | os.O_TRUNC)
     fd = os.open(target, flags, 0o600)
     try:
         if not is_block:
             os.ftruncate(fd, index.size)
-        for position, digest in enumerate(index.digests):
-            try:
-                data = store.chunks.read_chunk(digest, crypt)
-            except ChunkError as error:
-                raise RestoreError(f"chunk {position} ({digest.hex()}): {error}") from error
-            start, end = index.chunk_range(position)
-            if len(data) != end - start:
-                raise RestoreError(f"chunk {position} has {len(data)} bytes, not {end - start}")
-            whole.update(data)
-            if sparse and not is_block and data == zero[:len(data)]:
-                continue
-            os.pwrite(fd, data, start)
-            written += len(data)
+        stats = restore_to(store, ref, name, lambda offset, data: os.pwrite(fd, data, offset),
+                           crypt=crypt, skip_zero=sparse and not is_block)
         os.fsync(fd)
     finally:
         os.close(fd)
+    return stats
+
+
+def restore_to(store: Datastore, ref: SnapshotRef, name: str,
+               write: Callable[[int, bytes], object], *, crypt: CryptConfig | None = None,
+               skip_zero: bool = False,
+               progress: Callable[[int, int], None] | None = None) -> RestoreStats:
+    """Send the image `<name>` of `ref` to `write(offset, data)` chunk by chunk.
+
+    `skip_zero`: the target reads zeros where nothing was written (a fresh sparse file or
+    qcow2 image), so all-zero chunks are not written. `progress(done, size)` after each chunk.
+    """
+    index = store.read_index(ref, name)
+    whole = hashlib.sha256()
+    written = 0
+    zero = bytes(index.chunk_size)
+    for position, digest in enumerate(index.digests):
+        try:
+            data = store.chunks.read_chunk(digest, crypt)
+        except ChunkError as error:
+            raise RestoreError(f"chunk {position} ({digest.hex()}): {error}") from error
+        start, end = index.chunk_range(position)
+        if len(data) != end - start:
+            raise RestoreError(f"chunk {position} has {len(data)} bytes, not {end - start}")
+        whole.update(data)
+        if not (skip_zero and data == zero[:len(data)]):
+            write(start, data)
+            written += len(data)
+        if progress is not None:
+            progress(end, index.size)
     return RestoreStats(size=index.size, sha256=whole.hexdigest(), bytes_written=written)

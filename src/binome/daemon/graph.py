@@ -25,9 +25,9 @@ from binome.daemon.hostinfo import HostInfo
 from binome.daemon.logs import NodeLogs
 from binome.daemon.rrd import RrdStore
 from binome.guest.guests import GuestService
+from binome.metrics.exporter import NodeMetrics
 from binome.notify.repository import Change as NotifyChange
 from binome.notify.service import NotificationService
-from binome.metrics.exporter import NodeMetrics
 from binome.storage.manager import StorageManager
 from binome.storage.replica.node.volumes import VolumeService
 from binome.tasks.clusterlog import ClusterLog

@@ -14,6 +14,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from binome.guest.backups import Backups, VzdumpOptions
 from binome.guest.configs import VmConfig, conf_missing
 from binome.guest.context import GuestContext
 from binome.guest.errors import GuestFailure
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from binome.tasks.clusterlog import ClusterLog
     from binome.tasks.manager import Task
 
-__all__ = ["GuestFailure", "GuestService", "VmConfig", "conf_missing"]
+__all__ = ["GuestFailure", "GuestService", "VmConfig", "VzdumpOptions", "conf_missing"]
 
 log = logging.getLogger("binome.guest")
 
@@ -47,6 +48,7 @@ class GuestService:
         self.incoming = MigrationTarget(ctx, self.lifecycle)
         self.settler = MigrationSettler(ctx)
         self.snapshots = Snapshots(ctx, self.lifecycle)
+        self.backups = Backups(ctx, self.lifecycle)
         self.status = GuestStatus(ctx, self.lifecycle, self.settler)
         runtime.on_exit = self.status.on_guest_exit
         self._loops: list[asyncio.Task] = []
@@ -162,6 +164,17 @@ class GuestService:
     async def clone(self, task: Task, vmid: int, newid: int, name: str | None,
                     target: str | None) -> None:
         await self.lifecycle.clone(task, vmid, newid, name, target)
+
+    async def selected(self, vmids: list[int] | None, exclude: list[int]) -> list[int]:
+        return await self.backups.selected(vmids, exclude)
+
+    async def backup_job(self, task: Task, vmids: list[int], options: VzdumpOptions) -> None:
+        await self.backups.run_job(task, vmids, options)
+
+    async def restore(self, task: Task, vmid: int, archive: str, *, storage: str | None,
+                      unique: bool, force: bool) -> None:
+        await self.backups.restore(task, vmid, archive, storage_id=storage, unique=unique,
+                                   force=force)
 
     async def make_template(self, task: Task, vmid: int) -> None:
         await self.lifecycle.make_template(task, vmid)

@@ -29,9 +29,13 @@ alone). What a type implements:
   them all with PVE's "snapshot feature is not available"; `dir` implements
   them for qcow2 images.
 
+- backups: `backup_store()` (the deduplicated datastore that holds this storage's
+  backups, for types with content `backup`: `dir` today); backup volumes are listed
+  by `list(content="backup")`, changed by `set_backup_attributes` (notes,
+  protection) and removed by `free`.
+
 Hooks for the next storage types, not implemented by any type yet (the base
-methods refuse): backups (a backup is `content` "backup" written by
-`alloc`/`copy`-like export, to be added with the backup job), storage-level
+methods refuse): storage-level
 activation for network storage and LVM (`activate_storage` /
 `deactivate_storage`: mount, login, vgchange, before any volume is used).
 """
@@ -48,6 +52,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from binome.errors import BinomeError
 
 if TYPE_CHECKING:
+    from binome.backup.dumpstore import DumpStore
     from binome.tasks.manager import Task
 
 CONTENT_TYPES = ("images", "iso", "backup", "rootdir", "vztmpl", "snippets")
@@ -263,6 +268,15 @@ class Storage(ABC):
         """True: while a guest runs, its QEMU takes, drops and loads the volume's
         snapshots (qcow2 internal snapshots); False: the storage does, QEMU or not."""
         return False
+
+    def backup_store(self) -> DumpStore:
+        """The datastore of this storage's backups; StorageError if it holds none."""
+        raise StorageError(f"storage '{self.id}' cannot hold backups (type {self.config.type})")
+
+    async def set_backup_attributes(self, volid: str, *, notes: str | None = None,
+                                    protected: bool | None = None) -> None:
+        """Change a backup volume's notes or protection; StorageError if none here."""
+        raise StorageError(f"storage '{self.id}' cannot hold backups (type {self.config.type})")
 
     async def snapshot(self, volid: str, snap: str) -> None:
         """Take snapshot `snap` of the volume (PVE's volume_snapshot); no QEMU has it

@@ -2,7 +2,10 @@
 
 Images live in ``<path>/images/<vmid>/vm-<vmid>-disk-<n>.<fmt>`` with volids
 ``STORAGE:<vmid>/vm-<vmid>-disk-<n>.<fmt>``; kernels, initrds and ISO images in
-``<path>/template/iso/`` with volids ``STORAGE:iso/<file>``.
+``<path>/template/iso/`` with volids ``STORAGE:iso/<file>``; backups (content
+``backup``) in ``<path>/dump/`` with volids ``STORAGE:backup/<name>``: binome's own
+(``vzdump-qemu-<vmid>-<time>.binome``, `binome.backup.dumpstore`) and PVE archives
+copied there (listed, not restorable).
 
 Snapshots, as PVE's dir plugin: qcow2 images only, as qcow2 internal snapshots
 (``qemu-img snapshot`` on an image no QEMU has open; the running QEMU takes
@@ -21,6 +24,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from binome.backup.datastore import DatastoreError
+from binome.backup.dumpdir import DumpDir, DumpDirError, parse_archive_name
+from binome.backup.dumpstore import DumpStore, ref_of_name
 from binome.storage.base import (
     SNAPSHOT_UNAVAILABLE,
     Storage,
@@ -50,10 +56,23 @@ class DirStorage(Storage):
     def _image_dir(self, vmid: int) -> Path:
         return self.root / "images" / str(vmid)
 
+    def backup_store(self) -> DumpStore:
+        if "backup" not in self.config.content:
+            raise StorageError(f"storage '{self.id}' does not support backups (content "
+                               f"'backup' is not enabled)")
+        return DumpStore(self.root, self.id)
+
     def path(self, volid: str) -> Path:
         storage, volname = split_volid(volid)
         if storage != self.id:
             raise StorageError(f"volume '{volid}' is not on storage '{self.id}'")
+        if volname.startswith("backup/"):
+            name = volname[7:]
+            try:
+                parse_archive_name(name)
+            except DumpDirError as error:
+                raise StorageError(f"invalid backup volume '{volname}': {error}") from None
+            return self.root / "dump" / name
         if volname.startswith("iso/"):
             name = volname[4:]
             if "/" in name or name in ("", ".", ".."):
@@ -95,6 +114,9 @@ class DirStorage(Storage):
 
     async def free(self, volid: str) -> None:
         path = self.path(volid)
+        if split_volid(volid)[1].startswith("backup/"):
+            await asyncio.to_thread(self._free_backup, path)
+            return
         path.unlink(missing_ok=True)
         with_dir = path.parent
         if with_dir.name.isdigit() and with_dir.exists() and not any(with_dir.iterdir()):
@@ -117,6 +139,85 @@ class DirStorage(Storage):
         await _run("qemu-img", "convert", "-q", "-f", src.suffix[1:], "-O", fmt, str(src),
                    str(dst))
         return f"{self.id}:{vmid}/{name}.{fmt}"
+
+    def _free_backup(self, path: Path) -> None:
+        """Remove a backup; its chunks stay until a garbage collection (PBS's model)."""
+        try:
+            if path.suffix == ".binome":
+                store = DumpStore(self.root, self.id)
+                store.remove(ref_of_name(path.name))
+            else:
+                dump = DumpDir(self.root, self.id)
+                dump.remove(parse_archive_name(path.name))
+        except (DatastoreError, DumpDirError) as error:
+            raise StorageError(str(error)) from None
+        except FileNotFoundError:
+            raise StorageError(f"backup '{path.name}' does not exist") from None
+
+    async def set_backup_attributes(self, volid: str, *, notes: str | None = None,
+                                    protected: bool | None = None) -> None:
+        path = self.path(volid)
+        if not split_volid(volid)[1].startswith("backup/"):
+            raise StorageError(f"'{volid}' is not a backup volume")
+
+        def change() -> None:
+            try:
+                if path.suffix == ".binome":
+                    store = DumpStore(self.root, self.id)
+                    ref = ref_of_name(path.name)
+                    if notes is not None:
+                        store.set_notes(ref, notes)
+                    if protected is not None:
+                        store.set_protected(ref, protected)
+                else:
+                    dump = DumpDir(self.root, self.id)
+                    archive = parse_archive_name(path.name)
+                    if not path.exists():
+                        raise StorageError(f"volume '{volid}' does not exist")
+                    if notes is not None:
+                        (dump.path / f"{archive.name}.notes").write_text(notes)
+                    if protected is not None:
+                        dump.set_protected(archive, protected)
+            except (DatastoreError, DumpDirError) as error:
+                raise StorageError(str(error)) from None
+
+        await asyncio.to_thread(change)
+
+    def _backups(self, vmid: int | None) -> list[dict[str, Any]]:
+        """PVE's backup listing: binome backups, then PVE archives found in dump/."""
+        out: list[dict[str, Any]] = []
+        store = DumpStore(self.root, self.id)
+        for ref in store.snapshots("vm", None if vmid is None else str(vmid)):
+            try:
+                manifest = store.manifest(ref)
+            except DatastoreError:
+                continue  # removed meanwhile
+            entry: dict[str, Any] = {
+                "volid": store.volid(ref), "content": "backup", "format": "binome",
+                "size": store.used_bytes(ref), "ctime": ref.backup_time,
+                "vmid": int(ref.backup_id), "subtype": "qemu",
+                "protected": int(manifest.protected)}
+            if manifest.notes:
+                entry["notes"] = manifest.notes
+            if manifest.verify_state:
+                entry["verification"] = {"state": manifest.verify_state.get("state")}
+            out.append(entry)
+        dump = DumpDir(self.root, self.id)
+        for archive in dump.archives(vmid):
+            try:
+                st = (dump.path / archive.name).stat()
+            except FileNotFoundError:
+                continue
+            entry = {"volid": archive.volid(self.id), "content": "backup",
+                     "format": archive.ext, "size": st.st_size,
+                     "ctime": int(archive.time.timestamp()), "vmid": archive.vmid,
+                     "subtype": archive.guest_type,
+                     "protected": int(dump.is_protected(archive))}
+            notes = dump.notes(archive)
+            if notes:
+                entry["notes"] = notes
+            out.append(entry)
+        return out
 
     def source(self, volid: str) -> VolumeSource:
         path = self.path(volid)
@@ -153,6 +254,8 @@ class DirStorage(Storage):
                     out.append({"volid": volid, "format": f.suffix[1:], "content": "images",
                                 "size": await self.size(volid), "used": st.st_blocks * 512,
                                 "ctime": int(st.st_ctime), "vmid": int(vdir.name)})
+        if content in (None, "backup") and "backup" in self.config.content:
+            out += await asyncio.to_thread(self._backups, vmid)
         iso = self.root / "template" / "iso"
         if content in (None, "iso") and vmid is None and iso.exists():
             for f in sorted(iso.iterdir()):

@@ -21,4 +21,5 @@ from binome.api.methods import (  # noqa: F401
     tfa,
     version,
     volumes,
+    vzdump,
 )

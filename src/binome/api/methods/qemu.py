@@ -141,13 +141,31 @@ async def vm_list(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str,
     parameters={"node": NODE, "vmid": VMID, "pool": POOL,
                 "start": Param(type="boolean", optional=True, default=False,
                                description="Start the VM once created."),
+                "archive": Param(optional=True, max_length=255,
+                                 description="The backup volume to restore (STORAGE:backup/"
+                                             "NAME)."),
+                "storage": Param(optional=True, max_length=64,
+                                 pattern=r"[a-z][a-z0-9\-_.]*",
+                                 description="Default storage of the restored disks."),
+                "unique": Param(type="boolean", optional=True, default=False,
+                                description="Assign a unique random ethernet address "
+                                            "(restore)."),
+                "force": Param(type="boolean", optional=True, default=False,
+                               description="Allow to overwrite existing VM (restore)."),
                 **SETTABLE},
     returns={"type": "string", "description": "UPID"},
-    cli=CliSpec(("vm", "create"), positional=("vmid",)),
+    cli=(CliSpec(("vm", "create"), positional=("vmid",)),
+         CliSpec(("qmrestore",), positional=("archive", "vmid"),
+                 help="Restore a backup (POST /nodes/{node}/qemu with archive).")),
 )
 async def vm_create(ctx: RequestContext, params: dict[str, Any]) -> str:
     service = guests(ctx)
     vmid = params["vmid"]
+    if params.get("archive") is not None:
+        return await _restore(ctx, service, params)
+    for key in ("storage", "unique", "force"):
+        if params.get(key):
+            raise param_error(key, "option is only valid with 'archive' (restore)")
     changes = _config_changes(params)
     owner = await service.owner(vmid)
     if owner is not None:
@@ -171,6 +189,52 @@ async def vm_create(ctx: RequestContext, params: dict[str, Any]) -> str:
         await _add_to_pool(ctx, vmid, params.get("pool"))
 
     return _start_task(ctx, "qmcreate", vmid, body)
+
+
+async def _restore(ctx: RequestContext, service: GuestService, params: dict[str, Any]) -> str:
+    """PVE's restore branch of create_vm: checks before the task, the work in guest."""
+    vmid, archive = params["vmid"], params["archive"]
+    conflicting = [k for k in params if k in SETTABLE]
+    if conflicting:
+        raise param_error(conflicting[0], "option conflicts with option 'archive'")
+    storage_id, _, volname = archive.partition(":")
+    if not storage_id or not volname.startswith("backup/"):
+        raise param_error("archive", f"'{archive}' is not a backup volume "
+                                     f"(STORAGE:backup/NAME)")
+    try:
+        source = await service.storages.get(storage_id)
+        source.backup_store()
+    except BinomeError as exc:
+        raise param_error("archive", str(exc)) from None
+    if params.get("storage") is not None:
+        try:
+            await service.storages.get(params["storage"])
+        except BinomeError as exc:
+            raise param_error("storage", str(exc)) from None
+        await _check_storage_access(ctx, [params["storage"]])
+    # PVE's check_volume_access on the archive: VM.Backup on its guest and
+    # Datastore.AllocateSpace on its storage, or Datastore.Allocate
+    ev = await ctx.services.access.evaluator()
+    if not ev.check(ctx.userid, f"/storage/{storage_id}", ["Datastore.Allocate"]):
+        if not ev.check(ctx.userid, f"/storage/{storage_id}", ["Datastore.AllocateSpace"]):
+            raise PermissionDenied(f"/storage/{storage_id}, Datastore.AllocateSpace")
+    owner = await service.owner(vmid)
+    if owner is not None:
+        if not params["force"]:
+            raise fail(f"unable to restore VM {vmid} - VM {vmid} already exists on node "
+                       f"'{owner}'")
+        if service.runtime.is_running(vmid):
+            raise fail(f"unable to restore VM {vmid} - VM is running")
+    await _check_pool(ctx, params.get("pool"))
+
+    async def body(task: Task) -> None:
+        await service.restore(task, vmid, archive, storage=params.get("storage"),
+                              unique=params["unique"], force=params["force"])
+        await _add_to_pool(ctx, vmid, params.get("pool"))
+        if params["start"]:
+            await service.start_vm(task, vmid)
+
+    return _start_task(ctx, "qmrestore", vmid, body)
 
 
 @registry.register(

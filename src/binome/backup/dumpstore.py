@@ -1,0 +1,131 @@
+"""binome's backups on a `dir` storage: PVE's vzdump names over a deduplicated datastore.
+
+Owns the layout of `<storage path>/dump/` for binome backups: each backup is a directory
+`vzdump-qemu-<vmid>-<YYYY_MM_DD-HH_MM_SS>.binome/` (local time, as vzdump names its
+archives) holding the datastore snapshot (`index.json` manifest, one `drive-<key>.img.fidx`
+fixed index per disk, the guest config `qemu-server.conf`), and every chunk of every
+backup lives once in `dump/.chunks/`, so backups on a plain directory deduplicate as on
+a backup server. A backup is staged in `dump/.tmp-<name>-<uuid>/` and renamed into place
+when complete, so a failed or half-written backup is never listed. Volume ids are PVE's
+`<storage>:backup/<name>`.
+
+Everything else (verify, prune, GC, protection, notes, restore) is `Datastore`'s: this
+class only maps snapshots to names.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+from binome.backup.chunkstore import CryptConfig
+from binome.backup.datastore import (
+    MANIFEST,
+    Datastore,
+    DatastoreError,
+    SnapshotRef,
+    SnapshotWriter,
+)
+from binome.backup.dumpdir import CHUNKED_EXT, DumpDirError, archive_name, parse_archive_name
+from binome.durable import write_json
+
+GUEST_CONFIG = "qemu-server.conf"
+_TYPE_NAMES = {"vm": "qemu", "ct": "lxc"}
+_TYPE_OF_NAME = {name: kind for kind, name in _TYPE_NAMES.items()}
+
+
+def backup_name(ref: SnapshotRef) -> str:
+    """`vzdump-qemu-100-2026_12_05-20_00_00.binome` for a snapshot."""
+    return archive_name(_TYPE_NAMES[ref.backup_type], int(ref.backup_id),
+                        datetime.fromtimestamp(ref.backup_time), CHUNKED_EXT)
+
+
+def ref_of_name(name: str) -> SnapshotRef:
+    """The snapshot a backup name stands for; DatastoreError if it is not one."""
+    try:
+        archive = parse_archive_name(name)
+    except DumpDirError as error:
+        raise DatastoreError(str(error)) from None
+    if archive.ext != CHUNKED_EXT or archive.guest_type not in _TYPE_OF_NAME:
+        raise DatastoreError(f"'{name}' is not a binome backup")
+    return SnapshotRef(_TYPE_OF_NAME[archive.guest_type], str(archive.vmid),
+                       int(archive.time.timestamp()))
+
+
+class DumpWriter(SnapshotWriter):
+    """Stages a backup in `dump/.tmp-<name>-<uuid>/` (not in a per-guest group dir)."""
+
+    def __init__(self, store: Datastore, ref: SnapshotRef, crypt: CryptConfig | None) -> None:
+        self.store, self.ref, self.crypt = store, ref, crypt
+        self.started = datetime.now().timestamp()
+        self.staging = store.root / f".tmp-{backup_name(ref)}-{uuid.uuid4().hex}"
+        self.staging.mkdir(parents=True)
+        self.files = []
+        self._writer_mark = store.root / ".writers" / self.staging.name
+        self._writer_mark.parent.mkdir(exist_ok=True)
+        write_json(self._writer_mark, {"started": self.started, "snapshot": backup_name(ref)})
+
+    def add_file(self, name: str, data: bytes) -> None:
+        """A small blob stored as is (the guest config), listed in the manifest."""
+        if "/" in name or name.startswith("."):
+            raise DatastoreError(f"bad file name '{name}'")
+        (self.staging / name).write_bytes(data)
+        self.files.append({"filename": name, "size": len(data)})
+
+
+class DumpStore(Datastore):
+    """The `dump/` directory of a dir storage as a datastore with vzdump names."""
+
+    def __init__(self, storage_path: str | os.PathLike[str], storage_id: str) -> None:
+        super().__init__(Path(storage_path) / "dump")
+        self.storage_id = storage_id
+
+    def snapshot_dir(self, ref: SnapshotRef) -> Path:
+        return self.root / backup_name(ref)
+
+    def volid(self, ref: SnapshotRef) -> str:
+        return f"{self.storage_id}:backup/{backup_name(ref)}"
+
+    def begin(self, backup_type: str, backup_id: str, backup_time: int | None = None,
+              crypt: CryptConfig | None = None) -> DumpWriter:
+        if backup_type not in _TYPE_NAMES or not backup_id.isdigit():
+            raise DatastoreError(f"cannot name a backup of {backup_type}/{backup_id}")
+        when = int(datetime.now().timestamp()) if backup_time is None else backup_time
+        ref = SnapshotRef(backup_type, backup_id, when)
+        if self.snapshot_dir(ref).exists():
+            raise DatastoreError(f"backup {backup_name(ref)} already exists")
+        self.create()
+        return DumpWriter(self, ref, crypt)
+
+    def groups(self) -> list[tuple[str, str]]:
+        return sorted({(r.backup_type, r.backup_id) for r in self.snapshots()})
+
+    def snapshots(self, backup_type: str | None = None,
+                  backup_id: str | None = None) -> list[SnapshotRef]:
+        """Finished backups, oldest first (staging directories are never listed)."""
+        if not self.root.is_dir():
+            return []
+        refs = []
+        for entry in self.root.iterdir():
+            if entry.name.startswith(".") or not (entry / MANIFEST).exists():
+                continue
+            try:
+                ref = ref_of_name(entry.name)
+            except DatastoreError:
+                continue
+            if backup_type in (None, ref.backup_type) and backup_id in (None, ref.backup_id):
+                refs.append(ref)
+        return sorted(refs, key=lambda r: (r.backup_type, int(r.backup_id), r.backup_time))
+
+    def guest_config(self, ref: SnapshotRef) -> str:
+        try:
+            return (self.snapshot_dir(ref) / GUEST_CONFIG).read_text()
+        except FileNotFoundError:
+            raise DatastoreError(f"backup {backup_name(ref)} has no guest config") from None
+
+    def used_bytes(self, ref: SnapshotRef) -> int:
+        """The size PVE lists for a backup: here the sum of its disk images."""
+        return sum(int(f.get("size", 0)) for f in self.manifest(ref).files
+                   if str(f["filename"]).endswith(".fidx"))

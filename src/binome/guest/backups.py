@@ -1,0 +1,644 @@
+"""Backups and restores of this node's guests: PVE's `vzdump` job and `qmrestore`.
+
+Owns how a guest's disks are read for a backup and written back by a restore: the
+`backup` config lock for the duration of a backup, the modes (`stop`: shut the guest
+down, read its images, start it again; `suspend` and `snapshot`: the disks as they were
+at the start, by QEMU image fleecing), and the vzdump task log. The backup's format and
+layout are the `binome.backup` library's (`dumpstore`: deduplicated chunks, one fixed
+index per disk, the guest config); the storage that holds backups gives its datastore
+(`Storage.backup_store`).
+
+Image fleecing, for the disks of a running guest: per disk a temporary qcow2
+"fleecing" node whose backing is the disk's node, then one QMP `transaction` of
+`blockdev-backup sync=none` jobs from each disk to its fleecing node (one instant for
+all disks). From then on a guest write first copies the old data to the fleecing node,
+so the fleecing node reads as the disk was at that instant. QEMU's NBD server exports
+the fleecing nodes on a unix socket and the backup reads them (`binome.backup.nbd`).
+(QEMU 7.1's `copy-before-write` + `snapshot-access` nodes, put in with a `qom-set` of
+the device's `drive`, did not see the guest's virtio-blk writes of a `-drive` disk in
+QEMU 7.2; the integration test caught it.) A stopped guest's qcow2 image is read
+through `qemu-nbd`, a raw image directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from binome.backup.datastore import DatastoreError, SnapshotRef
+from binome.backup.dumpstore import GUEST_CONFIG, DumpStore, DumpWriter, backup_name, ref_of_name
+from binome.backup.nbd import NbdError, NbdExport
+from binome.backup.prune import Mark, PruneOptions
+from binome.backup.reader import RestoreError, restore_to
+from binome.backup.writer import BackupStats, BlockSource, FileSource, backup_image
+from binome.guest import config as vmconf
+from binome.guest.errors import GuestError, GuestFailure
+from binome.storage.base import StorageError, split_volid
+from binome.tasks.manager import Task, TaskFailed
+
+if TYPE_CHECKING:
+    from binome.guest.context import GuestContext
+    from binome.guest.lifecycle import Lifecycle
+
+log = logging.getLogger("binome.guest.backups")
+
+MODES = ("snapshot", "suspend", "stop")
+_NBD_WAIT = 10.0
+_SHUTDOWN_TIMEOUT = 60.0
+
+
+def human_size(count: float) -> str:
+    """PVE's render_bytes: `4.0 GiB`, `512 B`."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+    value, unit = float(count), 0
+    while value >= 1024 and unit < len(units) - 1:
+        value /= 1024
+        unit += 1
+    return f"{int(value)} B" if unit == 0 else f"{value:.1f} {units[unit]}"
+
+
+def human_duration(seconds: float) -> str:
+    whole = int(seconds)
+    return f"{whole // 3600:02d}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+def expand_notes(template: str, *, vmid: int, name: str, node: str, cluster: str) -> str:
+    """PVE's notes-template variables: {{cluster}}, {{guestname}}, {{node}}, {{vmid}};
+    a literal `\\n` is a new line."""
+    text = template.replace("\\n", "\n")
+    for key, value in (("cluster", cluster), ("guestname", name), ("node", node),
+                       ("vmid", str(vmid))):
+        text = text.replace("{{" + key + "}}", value)
+    return text
+
+
+@dataclass
+class VzdumpOptions:
+    storage: str
+    mode: str = "snapshot"
+    notes_template: str | None = None
+    protected: bool = False
+    prune: PruneOptions | None = None   # prune-backups given with the job (remove=1)
+    bwlimit_kib: int = 0                # KiB/s, 0 = unlimited
+    command_line: str = ""
+
+
+@dataclass
+class _Disk:
+    key: str
+    volid: str
+    source: str            # path or URI QEMU opens
+    fmt: str
+    index_name: str = ""
+
+    def __post_init__(self) -> None:
+        self.index_name = f"drive-{self.key}.img.fidx"
+
+
+@dataclass
+class _Fleecing:
+    """What a live backup added to a running QEMU, to be undone in reverse."""
+
+    vmid: int
+    workdir: Path
+    socket: Path
+    fleece_dir: Path
+    nodes: list[str] = field(default_factory=list)         # blockdev-del, reverse order
+    jobs: list[str] = field(default_factory=list)          # the backup jobs (sync=none)
+    exports: list[str] = field(default_factory=list)
+    server: bool = False
+
+
+class _Progress:
+    """vzdump's progress lines, at most one per 10 %, from the writer's thread."""
+
+    def __init__(self, emit: Callable[[str], None], total: int) -> None:
+        self.emit, self.total = emit, max(total, 1)
+        self.started = time.monotonic()
+        self.done_before = 0   # bytes of earlier disks
+        self.read_before = 0
+        self.last_step = -1
+
+    def __call__(self, stats: BackupStats) -> None:
+        done = self.done_before + stats.bytes_done
+        percent = done * 100 // self.total
+        step = percent // 10
+        if step == self.last_step:
+            return
+        self.last_step = step
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        read = self.read_before + stats.bytes_read
+        self.emit(f"INFO: {percent:3d}% ({human_size(done)} of {human_size(self.total)}) "
+                  f"in {int(elapsed)}s, read: {human_size(read / elapsed)}/s, "
+                  f"write: {human_size(stats.bytes_stored / elapsed)}/s")
+
+
+class Backups:
+    """The vzdump job and the restore of this node's guests."""
+
+    def __init__(self, ctx: GuestContext, lifecycle: Lifecycle) -> None:
+        self.ctx = ctx
+        self.lifecycle = lifecycle
+
+    # ------------------------------------------------------------------ the job
+
+    async def selected(self, vmids: list[int] | None, exclude: list[int]) -> list[int]:
+        """The guests of this node a job backs up: the given ones, or all but `exclude`."""
+        if vmids is not None:
+            return vmids
+        return sorted(vm.vmid for vm in await self.ctx.configs.list(self.ctx.node)
+                      if vm.vmid not in exclude)
+
+    async def run_job(self, task: Task, vmids: list[int], options: VzdumpOptions) -> None:
+        """Back up each guest in turn; a failure of one is logged and the job goes on."""
+        task.log(f"INFO: starting new backup job: vzdump {options.command_line}".rstrip())
+        failed = []
+        for vmid in vmids:
+            try:
+                await self.backup_vm(task, vmid, options)
+            except Exception as error:
+                if not isinstance(error, (GuestFailure, GuestError, TaskFailed,
+                                          DatastoreError, StorageError, NbdError, OSError)):
+                    log.exception("backup of VM %s failed", vmid)
+                task.log(f"ERROR: Backup of VM {vmid} failed - {error}")
+                failed.append(vmid)
+        if failed:
+            task.log("INFO: Backup job finished with errors")
+            raise TaskFailed("job errors")
+        task.log("INFO: Backup job finished successfully")
+
+    async def backup_vm(self, task: Task, vmid: int, options: VzdumpOptions) -> SnapshotRef:
+        started = time.time()
+        task.log(f"INFO: Starting Backup of VM {vmid} (qemu)")
+        task.log(f"INFO: Backup started at {datetime.now():%Y-%m-%d %H:%M:%S}")
+        storage = await self.ctx.storages.get(options.storage)
+        store = storage.backup_store()
+        async with self.ctx.lock(vmid):
+            vm = await self.ctx.read(vmid)
+            if vm.node != self.ctx.node:
+                raise GuestFailure(f"VM {vmid} is not on node '{self.ctx.node}'")
+            if vm.config.get("template"):
+                raise GuestFailure(f"VM {vmid} is a template: back up its clones instead")
+            if vm.config.get("lock"):
+                raise GuestFailure(f"VM is locked ({vm.config['lock']})")
+            config = dict(vm.config)
+            await self.ctx.configs.set_lock(vm, "backup")
+        try:
+            return await self._backup_locked(task, vmid, config, store, options, started)
+        finally:
+            with contextlib.suppress(Exception):
+                async with self.ctx.lock(vmid):
+                    current = await self.ctx.read(vmid)
+                    if current.config.get("lock") == "backup":
+                        await self.ctx.configs.set_lock(current, None)
+
+    async def _disks(self, config: dict[str, Any], task: Task) -> list[_Disk]:
+        disks = []
+        for entry in vmconf.disks(config):
+            if not entry.volid or entry.is_cdrom:
+                continue
+            if entry.options.get("backup") == "0":
+                task.log(f"INFO: exclude disk '{entry.key}' '{entry.volid}' (backup=no)")
+                continue
+            storage = await self.ctx.storages.for_volid(entry.volid)
+            source = storage.source(entry.volid)
+            size = entry.size or await storage.size(entry.volid)
+            task.log(f"INFO: include disk '{entry.key}' '{entry.volid}' {human_size(size)}")
+            disks.append(_Disk(entry.key, entry.volid, source.source, source.format or "raw"))
+        if not disks:
+            raise GuestFailure("no disks to back up")
+        return disks
+
+    async def _backup_locked(self, task: Task, vmid: int, config: dict[str, Any],
+                             store: DumpStore, options: VzdumpOptions,
+                             started: float) -> SnapshotRef:
+        runtime = self.ctx.runtime
+        running = runtime.is_running(vmid)
+        task.log(f"INFO: status = {'running' if running else 'stopped'}")
+        name = str(config.get("name", f"vm{vmid}"))
+        task.log(f"INFO: VM Name: {name}")
+        config.pop("lock", None)
+        disks = await self._disks(config, task)
+        mode = options.mode
+        if mode != "stop" and not running:
+            task.log(f"INFO: backup mode: stop (the VM is not running; mode {mode} needs no "
+                     f"more)")
+        else:
+            task.log(f"INFO: backup mode: {mode}")
+        restart = False
+        if mode == "stop" and running:
+            task.log("INFO: stopping virtual guest")
+            await runtime.shutdown(vmid, timeout=_SHUTDOWN_TIMEOUT, force_stop=True)
+            running, restart = False, True
+        writer = store.begin("vm", str(vmid))
+        target = store.snapshot_dir(writer.ref)
+        task.log(f"INFO: creating vzdump archive '{target}' (chunks in "
+                 f"'{store.chunks.base}')")
+        try:
+            writer.add_file(GUEST_CONFIG, vmconf.format_conf(config).encode())
+            if running:
+                stats = await self._backup_running(task, vmid, disks, writer, store, options)
+            else:
+                stats = await self._backup_stopped(task, vmid, disks, writer, options)
+            notes = ""
+            if options.notes_template:
+                notes = expand_notes(options.notes_template, vmid=vmid, name=name,
+                                     node=self.ctx.node,
+                                     cluster=self.ctx.cluster.cluster_name or "")
+            ref = await asyncio.to_thread(writer.commit, notes, options.protected)
+        except BaseException:
+            await asyncio.shield(asyncio.to_thread(writer.abort))
+            raise
+        finally:
+            if restart:
+                task.log("INFO: restarting virtual guest")
+                try:
+                    await self.lifecycle.start_vm(task, vmid)
+                except Exception as error:
+                    task.log(f"ERROR: could not restart VM {vmid}: {error}")
+        self._log_totals(task, stats, store, ref)
+        if notes:
+            task.log("INFO: adding notes to backup")
+        if options.protected:
+            task.log("INFO: marking backup as protected")
+        if options.prune is not None:
+            await self._prune(task, store, vmid, options.prune)
+        task.log(f"INFO: Finished Backup of VM {vmid} "
+                 f"({human_duration(time.time() - started)})")
+        task.log(f"INFO: Backup finished at {datetime.now():%Y-%m-%d %H:%M:%S}")
+        return ref
+
+    def _log_totals(self, task: Task, stats: BackupStats, store: DumpStore,
+                    ref: SnapshotRef) -> None:
+        seconds = max(stats.seconds, 1e-6)
+        task.log(f"INFO: transferred {human_size(stats.bytes_read)} in {int(stats.seconds)} "
+                 f"seconds ({human_size(stats.bytes_read / seconds)}/s)")
+        task.log(f"INFO: backup stored {human_size(stats.bytes_stored)} in {stats.chunks_new} "
+                 f"new chunks, {stats.chunks_reused} chunks already in the store "
+                 f"(deduplicated)")
+        task.log(f"INFO: archive file size: {human_size(store.used_bytes(ref))}")
+        task.log(f"INFO: backup volume: {store.volid(ref)}")
+
+    async def _prune(self, task: Task, store: DumpStore, vmid: int,
+                     options: PruneOptions) -> None:
+        task.log("INFO: prune older backups with retention: "
+                 + ", ".join(f"{k}={v}" for k, v in options.counts().items() if v))
+        marks = await asyncio.to_thread(store.prune_group, "vm", str(vmid), options)
+        removed = [ref for ref, mark in marks.items() if mark is Mark.REMOVE]
+        for ref in removed:
+            task.log(f"INFO: removed backup {store.volid(ref)}")
+        task.log(f"INFO: pruned {len(removed)} backup(s)")
+
+    async def _read_disks(self, task: Task, disks: list[_Disk], writer: DumpWriter,
+                          options: VzdumpOptions,
+                          sources: Callable[[_Disk], BlockSource]) -> BackupStats:
+        """Read every disk into the writer (in a worker thread); the summed stats."""
+        loop = asyncio.get_running_loop()
+
+        def emit(line: str) -> None:
+            loop.call_soon_threadsafe(task.log, line)
+
+        def work() -> BackupStats:
+            opened = [sources(d) for d in disks]
+            try:
+                total = sum(s.size for s in opened)
+                progress = _Progress(emit, total)
+                summed = BackupStats()
+                for disk, source in zip(disks, opened, strict=True):
+                    stats = backup_image(writer, disk.index_name, source, progress=progress,
+                                         bwlimit=options.bwlimit_kib * 1024 or None)
+                    progress.done_before += stats.size
+                    progress.read_before += stats.bytes_read
+                    for name in ("size", "bytes_read", "chunks_read", "chunks_new",
+                                 "chunks_reused", "bytes_stored"):
+                        setattr(summed, name, getattr(summed, name) + getattr(stats, name))
+                summed.seconds = time.monotonic() - progress.started
+                return summed
+            finally:
+                for source in opened:
+                    close = getattr(source, "close", None)
+                    if close is not None:
+                        close()
+
+        return await asyncio.to_thread(work)
+
+    # ------------------------------------------------------------ stopped guests
+
+    async def _backup_stopped(self, task: Task, vmid: int, disks: list[_Disk],
+                              writer: DumpWriter, options: VzdumpOptions) -> BackupStats:
+        servers: dict[str, tuple[asyncio.subprocess.Process, Path]] = {}
+        workdir = Path(tempfile.mkdtemp(prefix=f"binome-vzdump-{vmid}-"))
+        try:
+            for disk in disks:
+                if disk.fmt == "raw" and os.path.exists(disk.source):
+                    continue
+                socket = workdir / f"{disk.key}.sock"
+                servers[disk.key] = (await _qemu_nbd(disk.source, disk.fmt, socket,
+                                                     read_only=True), socket)
+
+            def source(disk: _Disk) -> BlockSource:
+                if disk.key in servers:
+                    return NbdExport(str(servers[disk.key][1]), "drive")
+                return FileSource(Path(disk.source))
+
+            return await self._read_disks(task, disks, writer, options, source)
+        finally:
+            for process, _ in servers.values():
+                await _stop_process(process)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    # ------------------------------------------------------------ running guests
+
+    async def _backup_running(self, task: Task, vmid: int, disks: list[_Disk],
+                              writer: DumpWriter, store: DumpStore,
+                              options: VzdumpOptions) -> BackupStats:
+        workdir = Path(tempfile.mkdtemp(prefix=f"binome-vzdump-{vmid}-"))
+        fleece_dir = store.root / ".fleecing" / f"{vmid}-{uuid.uuid4().hex[:8]}"
+        fleecing = _Fleecing(vmid, workdir, workdir / "nbd.sock", fleece_dir)
+        try:
+            paused = False
+            if options.mode == "suspend":
+                # PVE's suspend mode: the guest is paused while the backup is set up
+                task.log("INFO: suspending guest")
+                await self._qmp(vmid, "stop")
+                paused = True
+            try:
+                await self._start_fleecing(task, fleecing, disks)
+            finally:
+                if paused:
+                    task.log("INFO: resuming guest")
+                    await self._qmp(vmid, "cont")
+
+            def source(disk: _Disk) -> BlockSource:
+                return NbdExport(str(fleecing.socket), f"drive-{disk.key}")
+
+            return await self._read_disks(task, disks, writer, options, source)
+        finally:
+            await asyncio.shield(self._stop_fleecing(fleecing))
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    async def _qmp(self, vmid: int, command: str, args: dict[str, Any] | None = None) -> Any:
+        return await self.ctx.runtime.command(vmid, command, args)
+
+    async def _start_fleecing(self, task: Task, fl: _Fleecing, disks: list[_Disk]) -> None:
+        vmid = fl.vmid
+        blocks = {b.get("device"): b for b in await self._qmp(vmid, "query-block")}
+        plan = []
+        for disk in disks:
+            block = blocks.get(f"drive-{disk.key}")
+            if not block or "inserted" not in block:
+                raise GuestFailure(f"VM {vmid}: QEMU has no drive 'drive-{disk.key}'")
+            plan.append((disk, block["inserted"]["node-name"],
+                         int(block["inserted"]["image"]["virtual-size"])))
+        fl.fleece_dir.mkdir(parents=True, exist_ok=True)
+        for disk, node, size in plan:
+            image = fl.fleece_dir / f"{disk.key}.qcow2"
+            await _run("qemu-img", "create", "-q", "-f", "qcow2", str(image), str(size))
+            fleece = f"fleece-{disk.key}"
+            await self._qmp(vmid, "blockdev-add", {
+                "driver": "qcow2", "node-name": fleece, "discard": "unmap",
+                "file": {"driver": "file", "filename": str(image)}, "backing": node})
+            fl.nodes.append(fleece)
+        # one transaction: every disk's copy-before-write starts at the same instant
+        await self._qmp(vmid, "transaction", {"actions": [
+            {"type": "blockdev-backup", "data": {
+                "job-id": f"vzdump-{disk.key}", "device": node, "target": f"fleece-{disk.key}",
+                "sync": "none", "auto-finalize": True, "auto-dismiss": True}}
+            for disk, node, _size in plan]})
+        fl.jobs = [f"vzdump-{disk.key}" for disk, _node, _size in plan]
+        task.log("INFO: started backup: copy-before-write fleecing of "
+                 + ", ".join(d.key for d in disks))
+        await self._qmp(vmid, "nbd-server-start", {
+            "addr": {"type": "unix", "data": {"path": str(fl.socket)}}})
+        fl.server = True
+        for disk, *_ in plan:
+            export = f"vzdump-{disk.key}"
+            await self._qmp(vmid, "block-export-add", {
+                "type": "nbd", "id": export, "node-name": f"fleece-{disk.key}",
+                "name": f"drive-{disk.key}", "writable": False})
+            fl.exports.append(export)
+
+    async def _stop_fleecing(self, fl: _Fleecing) -> None:
+        """Undo what `_start_fleecing` did, in reverse; nothing to do if QEMU is gone."""
+        vmid = fl.vmid
+        if self.ctx.runtime.is_running(vmid):
+            steps: list[tuple[str, dict[str, Any]]] = []
+            steps += [("block-export-del", {"id": e, "mode": "hard"}) for e in fl.exports]
+            if fl.server:
+                steps.append(("nbd-server-stop", {}))
+            steps += [("block-job-cancel", {"device": job, "force": True})
+                      for job in fl.jobs]
+            for command, args in steps:
+                try:
+                    await self._qmp(vmid, command, args)
+                except GuestError as error:
+                    log.warning("VM %s: fleecing cleanup %s %s: %s", vmid, command, args,
+                                error)
+            deadline = time.monotonic() + 10
+            while fl.jobs and time.monotonic() < deadline:
+                try:
+                    running = {j["device"] for j in await self._qmp(vmid, "query-block-jobs")}
+                except GuestError:
+                    break
+                if not running & set(fl.jobs):
+                    break
+                await asyncio.sleep(0.05)
+            for node in reversed(fl.nodes):
+                try:
+                    await self._qmp(vmid, "blockdev-del", {"node-name": node})
+                except GuestError as error:
+                    log.warning("VM %s: fleecing cleanup blockdev-del %s: %s", vmid, node,
+                                error)
+        shutil.rmtree(fl.fleece_dir, ignore_errors=True)
+
+    # ------------------------------------------------------------------ restore
+
+    async def restore(self, task: Task, vmid: int, archive: str, *,
+                      storage_id: str | None, unique: bool, force: bool) -> None:
+        """Create VM `vmid` from backup volume `archive`; over an existing VM only with
+        `force` (that VM is destroyed first: nothing of it is kept)."""
+        source_storage = await self.ctx.storages.for_volid(archive)
+        volname = split_volid(archive)[1]
+        if not volname.startswith("backup/"):
+            raise TaskFailed(f"'{archive}' is not a backup volume")
+        store = source_storage.backup_store()
+        try:
+            ref = ref_of_name(volname[len("backup/"):])
+            manifest = store.manifest(ref)
+            backed_up = vmconf.parse_conf(store.guest_config(ref))
+        except DatastoreError as error:
+            raise TaskFailed(f"cannot restore '{archive}': {error}") from None
+        indexes = {f["filename"] for f in manifest.files}
+        task.log(f"restore binome backup '{archive}' ({backup_name(ref)}) to VM {vmid}")
+        owner = await self.ctx.configs.owner(vmid)
+        if owner is not None:
+            if not force:
+                raise TaskFailed(f"unable to restore VM {vmid} - VM {vmid} already exists on "
+                                 f"node '{owner}'")
+            if owner != self.ctx.node:
+                raise TaskFailed(f"unable to restore VM {vmid} - VM {vmid} is on node "
+                                 f"'{owner}': restore over it there")
+            if self.ctx.runtime.is_running(vmid):
+                raise TaskFailed(f"unable to restore VM {vmid} - VM is running")
+            task.log(f"destroying existing VM {vmid} (force)")
+            await self.lifecycle.destroy(task, vmid)
+        if not await self.ctx.configs.reserve(vmid, {"lock": "create"}):
+            raise TaskFailed(f"unable to restore VM {vmid} - VM {vmid} already exists on "
+                             f"node '{await self.ctx.configs.owner(vmid)}'")
+        allocated: list[str] = []
+        try:
+            new: dict[str, Any] = {}
+            for key, value in backed_up.items():
+                if key in ("lock",):
+                    continue
+                if vmconf.is_disk_key(key):
+                    disk = vmconf.parse_disk(key, str(value))
+                    index_name = f"drive-{key}.img.fidx"
+                    if disk.volid and not disk.is_cdrom and index_name in indexes:
+                        volid = await self._restore_disk(task, store, ref, index_name, disk,
+                                                         vmid, storage_id)
+                        allocated.append(volid)
+                        value = ",".join([volid, *(f"{k}={v}"
+                                                   for k, v in disk.options.items())])
+                elif vmconf.is_net_key(key) and unique:
+                    nic = vmconf.parse_net(key, str(value))
+                    value = vmconf.NetEntry(nic.key, nic.index, nic.model, vmconf.random_mac(),
+                                            nic.bridge, nic.tag, nic.options).format()
+                new[key] = value
+            if unique and "smbios1" in new:
+                new["smbios1"] = f"uuid={uuid.uuid4()}"
+            await self.ctx.configs.write(await self.ctx.read(vmid), new)
+        except BaseException as error:
+            task.log(f"restore failed ({error}); removing what was created")
+            for volid in allocated:
+                with contextlib.suppress(Exception):
+                    await (await self.ctx.storages.for_volid(volid)).free(volid)
+            with contextlib.suppress(Exception):
+                await self.ctx.configs.unreserve(vmid)
+            raise
+        task.log(f"VM {vmid} restored on node {self.ctx.node}")
+
+    async def _restore_disk(self, task: Task, store: DumpStore, ref: SnapshotRef,
+                            index_name: str, disk: vmconf.DiskEntry, vmid: int,
+                            storage_id: str | None) -> str:
+        index = await asyncio.to_thread(store.read_index, ref, index_name)
+        target_id = storage_id or str(disk.storage)
+        storage = await self.ctx.storages.get(target_id)
+        fmt = disk.volid.rsplit(".", 1)[-1] if disk.volid and "." in disk.volid else "raw"
+        fmt = fmt if fmt in ("raw", "qcow2") else "raw"
+        try:
+            volid = await storage.alloc(vmid, index.size, fmt)
+        except StorageError:
+            volid = await storage.alloc(vmid, index.size, "raw")
+        task.log(f"new volume ID is '{volid}'")
+        source = storage.source(volid)
+        if not os.path.exists(source.source):
+            raise TaskFailed(f"restore to storage '{target_id}' ({storage.config.type}) is "
+                             f"not supported yet")
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        last = [-1]
+
+        def progress(done: int, size: int) -> None:
+            step = done * 10 // max(size, 1)
+            if step != last[0]:
+                last[0] = step
+                loop.call_soon_threadsafe(
+                    task.log, f"progress {step * 10}% (read {done} bytes, duration "
+                              f"{int(time.monotonic() - started)} sec)")
+
+        if source.format == "raw":
+            def write_raw() -> Any:
+                fd = os.open(source.source, os.O_WRONLY)
+                try:
+                    stats = restore_to(store, ref, index_name,
+                                       lambda offset, data: os.pwrite(fd, data, offset),
+                                       skip_zero=True, progress=progress)
+                    os.fsync(fd)
+                    return stats
+                finally:
+                    os.close(fd)
+            try:
+                stats = await asyncio.to_thread(write_raw)
+            except RestoreError as error:
+                raise TaskFailed(f"restore of {disk.key} failed: {error}") from None
+        else:
+            workdir = Path(tempfile.mkdtemp(prefix=f"binome-restore-{vmid}-"))
+            socket = workdir / "nbd.sock"
+            process = await _qemu_nbd(source.source, source.format or "raw", socket,
+                                      read_only=False)
+            try:
+                def write_nbd() -> Any:
+                    with NbdExport(str(socket), "drive") as export:
+                        stats = restore_to(store, ref, index_name, export.pwrite,
+                                           skip_zero=True, progress=progress)
+                        export.flush()
+                        return stats
+                try:
+                    stats = await asyncio.to_thread(write_nbd)
+                except (RestoreError, NbdError) as error:
+                    raise TaskFailed(f"restore of {disk.key} failed: {error}") from None
+            finally:
+                await _stop_process(process)
+                shutil.rmtree(workdir, ignore_errors=True)
+        sparse = stats.size - stats.bytes_written
+        task.log(f"total bytes read {stats.size}, sparse bytes {human_size(sparse)} "
+                 f"({sparse * 100 / max(stats.size, 1):.1f}%)")
+        task.log(f"{disk.key}: restored {human_size(stats.size)}, sha256 {stats.sha256}")
+        return volid
+
+
+async def _run(*argv: str) -> None:
+    process = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
+                                                   stderr=asyncio.subprocess.PIPE)
+    _out, err = await process.communicate()
+    if process.returncode != 0:
+        raise GuestFailure(f"{argv[0]} failed: {err.decode().strip() or process.returncode}")
+
+
+async def _qemu_nbd(path: str, fmt: str, socket: Path, *,
+                    read_only: bool) -> asyncio.subprocess.Process:
+    """Serve one image as export `drive` on `socket` (`qemu-nbd`, our child: stopped by
+    `_stop_process`); returns once the socket accepts connections."""
+    argv = ["qemu-nbd", f"--format={fmt}", "--export-name=drive", f"--socket={socket}",
+            "--cache=none", "--aio=threads", "--persistent"]
+    if read_only:
+        argv.append("--read-only")
+    process = await asyncio.create_subprocess_exec(*argv, path,
+                                                   stdout=asyncio.subprocess.DEVNULL,
+                                                   stderr=asyncio.subprocess.PIPE)
+    deadline = time.monotonic() + _NBD_WAIT
+    while not socket.exists():
+        if process.returncode is not None or time.monotonic() > deadline:
+            err = b""
+            if process.stderr is not None and process.returncode is not None:
+                err = await process.stderr.read()
+            await _stop_process(process)
+            raise GuestFailure(f"qemu-nbd could not serve {path}: "
+                               f"{err.decode().strip() or 'no socket'}")
+        await asyncio.sleep(0.02)
+    return process
+
+
+async def _stop_process(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()

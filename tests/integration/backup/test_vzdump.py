@@ -1,0 +1,333 @@
+"""vzdump and restore through the API (proxmoxer) with real QEMU guests and disks.
+
+The consistency check of a live backup: the guest fills its disk with `A\\n`, the backup
+starts (slowed by bwlimit), the guest then overwrites the whole disk with `B\\n` while
+the backup still runs; the restored disk must hash like the all-`A` disk (the disk at
+the backup's start) and the source disk like the all-`B` one (the writes did happen
+during the backup). A backup that does not fleece would restore a mix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import PASSWORD, Cluster, wait_for
+
+pytestmark = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None
+                                or shutil.which("qemu-nbd") is None,
+                                reason="QEMU (qemu-system-x86, qemu-utils) is not installed")
+
+DISK_MIB = 64
+DISK = DISK_MIB << 20
+
+
+@pytest.fixture(scope="module")
+def px(cluster: Cluster):
+    from proxmoxer import ProxmoxAPI
+
+    from binome.lab.image import build_image
+
+    image = build_image()
+    iso = cluster["n1"].state_dir / "storage" / "local" / "template" / "iso"
+    iso.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(image.kernel, iso / "vmlinuz")
+    shutil.copyfile(image.initrd, iso / "initrd.gz")
+    api = ProxmoxAPI(cluster["n1"].address, user="admin@pve", password=PASSWORD,
+                     verify_ssl=False, timeout=30)
+    backup_dir = cluster["n1"].state_dir / "backups"
+    if "bk" not in {s["storage"] for s in api.storage.get()}:
+        api.storage.post(storage="bk", type="dir", path=str(backup_dir), content="backup",
+                         nodes="n1")
+    return api
+
+
+def wait_task(px, upid: str, timeout: float = 120) -> dict:
+    from proxmoxer.tools import Tasks
+
+    status = Tasks.blocking_status(px, upid, timeout=timeout, polling_interval=0.2)
+    assert status is not None, f"task {upid} did not finish"
+    return status
+
+
+def task_log(px, upid: str) -> list[str]:
+    return [line["t"] for line in px.nodes("n1").tasks(upid).log.get(limit=1000)]
+
+
+def image_path(cluster: Cluster, volid: str) -> Path:
+    storage, volname = volid.split(",")[0].split(":")
+    assert storage == "local"
+    return cluster["n1"].state_dir / "storage" / "local" / "images" / volname
+
+
+def sha256_of(path: Path, fmt: str = "raw") -> str:
+    if fmt != "raw":
+        with tempfile.TemporaryDirectory() as scratch:
+            raw = Path(scratch) / "image.raw"
+            subprocess.run(["qemu-img", "convert", "-f", fmt, "-O", "raw", str(path),
+                            str(raw)], check=True, capture_output=True)
+            return sha256_of(raw)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def filled(letter: str, other: str = "", mibs: range = range(0)) -> str:
+    """The hash of a disk of `letter\\n`, with `other\\n` in the MiBs `mibs`."""
+    whole = hashlib.sha256()
+    for mib in range(DISK_MIB):
+        whole.update(((other if mib in mibs else letter) + "\n").encode() * (1 << 19))
+    return whole.hexdigest()
+
+
+def mib_letters(path: Path) -> str:
+    """What each MiB of a disk holds (`A`, `B`, `?` for anything else): for messages."""
+    data = path.read_bytes()
+    return "".join(chr(data[i]) if data[i:i + (1 << 20)] == data[i:i + 2] * (1 << 19)
+                   else "?" for i in range(0, len(data), 1 << 20))
+
+
+def backups(px, vmid: int | None = None) -> list[dict]:
+    listed = px.nodes("n1").storage("bk").content.get(content="backup")
+    return [b for b in listed if vmid is None or b["vmid"] == vmid]
+
+
+class Console:
+    """Runs shell commands in the lab guest over its serial socket."""
+
+    def __init__(self, socket: Path) -> None:
+        self.socket = socket
+        self.count = 0
+
+    async def run(self, command: str, timeout: float) -> None:
+        from binome.guest.console import open_serial
+
+        self.count += 1
+        token = f"cmd-done-{self.count}"
+        reader, writer = await open_serial(self.socket)
+        try:
+            # the token is split in the command so its echo never matches the output line
+            writer.write(f"\n{command}; echo cmd-done-''{self.count}\n".encode())
+            await writer.drain()
+            seen = b""
+            deadline = time.monotonic() + timeout
+            while True:
+                left = deadline - time.monotonic()
+                assert left > 0, f"'{command}' did not finish: {seen[-400:]!r}"
+                chunk = await asyncio.wait_for(reader.read(4096), left)
+                assert chunk, "serial socket closed"
+                seen += chunk
+                lines = [ln.strip() for ln in seen.decode(errors="replace").splitlines()]
+                if token in lines:
+                    return
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    def __call__(self, command: str, timeout: float = 60) -> None:
+        asyncio.run(self.run(command, timeout))
+
+
+def wait_shell(console: Console) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            console("true", timeout=3)
+            return
+        except (AssertionError, TimeoutError, OSError):
+            if time.monotonic() > deadline:
+                raise
+
+
+def fill_disk(console: Console, letter: str, mibs: range = range(DISK_MIB)) -> None:
+    """The guest writes `letter\\n` over the MiBs `mibs` of its disk (1 MiB writes: fast
+    under TCG), then syncs."""
+    console(f"yes {letter} | head -c 1048576 > /tmp/p; for i in {' '.join(map(str, mibs))}; "
+            f"do dd if=/tmp/p of=/dev/vda bs=1M seek=$i count=1 conv=notrunc 2>/dev/null; "
+            f"done; sync")
+
+
+def create_vm(px, vmid: int, disk: str, **extra: str) -> None:
+    from binome.lab.image import build_image
+
+    # a NIC only on guests that never start (no bridge here: tests/lab has the network)
+    upid = px.nodes("n1").qemu.post(vmid=vmid, name=f"bk{vmid}", memory=96, cores=1,
+                                   virtio0=disk, kernel="local:iso/vmlinuz",
+                                   initrd="local:iso/initrd.gz", vga="serial0",
+                                   append=build_image().cmdline(), **extra)
+    assert wait_task(px, upid)["exitstatus"] == "OK"
+
+
+def destroy(px, vmid: int) -> None:
+    node = px.nodes("n1")
+    if node.qemu(vmid).status.current.get()["status"] == "running":
+        wait_task(px, node.qemu(vmid).status.stop.post())
+    wait_task(px, node.qemu(vmid).delete())
+
+
+def test_stopped_vm_backup_restore_listing_and_protection(px, cluster: Cluster) -> None:
+    from proxmoxer import ResourceException
+
+    node = px.nodes("n1")
+    vmid = 910
+    create_vm(px, vmid, f"local:{DISK_MIB / 1024},format=qcow2",
+              net0="virtio=BC:24:11:00:00:01,bridge=vmbr0")
+    try:
+        disk = image_path(cluster, node.qemu(vmid).config.get()["virtio0"])
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 1M 3M", "-c",
+                        "write -P 0xa5 40M 64k", str(disk)], check=True, capture_output=True)
+        source_sum = sha256_of(disk, "qcow2")
+
+        upid = node.vzdump.post(vmid=str(vmid), storage="bk", mode="snapshot", protected=1,
+                                **{"notes-template": "{{guestname}} on {{node}}"})
+        status = wait_task(px, upid)
+        log = task_log(px, upid)
+        assert status["exitstatus"] == "OK", log
+        assert upid.split(":")[5] == "vzdump" and upid.split(":")[6] == str(vmid)
+        assert f"INFO: Starting Backup of VM {vmid} (qemu)" in log
+        assert "INFO: status = stopped" in log
+        assert any(line.startswith(f"INFO: Finished Backup of VM {vmid} (") for line in log)
+        assert log[-2:] == ["INFO: Backup job finished successfully", "TASK OK"]
+        assert any("100% (64.0 MiB of 64.0 MiB)" in line for line in log), log
+
+        (listed,) = backups(px, vmid)
+        assert listed["volid"].startswith(f"bk:backup/vzdump-qemu-{vmid}-")
+        assert listed["volid"].endswith(".binome")
+        assert listed["format"] == "binome" and listed["subtype"] == "qemu"
+        assert listed["protected"] == 1 and listed["notes"] == f"bk{vmid} on n1"
+        assert listed["size"] == DISK and abs(listed["ctime"] - time.time()) < 120
+        assert node.qemu(vmid).config.get().get("lock") is None
+
+        # protected: deleting is refused and changes nothing
+        with pytest.raises(ResourceException) as exc:
+            node.storage("bk").content(listed["volid"]).delete()
+        assert "protected" in str(exc.value)
+        assert len(backups(px, vmid)) == 1
+        # PUT content: notes and protection; unprotected, it can go (at the end)
+        node.storage("bk").content(listed["volid"]).put(notes="kept", protected=0)
+        (changed,) = backups(px, vmid)
+        assert changed["protected"] == 0 and changed["notes"] == "kept"
+
+        # restore to a new vmid, onto the dir storage 'local'
+        upid = node.qemu.post(vmid=vmid + 1, archive=listed["volid"], storage="local",
+                              unique=1)
+        assert wait_task(px, upid)["exitstatus"] == "OK", task_log(px, upid)
+        try:
+            restored = node.qemu(vmid + 1).config.get()
+            assert restored["name"] == f"bk{vmid}"
+            assert restored["virtio0"].startswith(f"local:{vmid + 1}/vm-{vmid + 1}-disk-0.qcow2")
+            assert "BC:24:11:00:00:01" not in restored["net0"]   # unique: a new MAC
+            assert sha256_of(image_path(cluster, restored["virtio0"]), "qcow2") == source_sum
+
+            # restore over an existing VM needs force, and keeps nothing of the old
+            with pytest.raises(ResourceException) as exc:
+                node.qemu.post(vmid=vmid + 1, archive=listed["volid"])
+            assert "already exists" in str(exc.value)
+            node.qemu(vmid + 1).config.put(memory=128, description="old one")
+            upid = node.qemu.post(vmid=vmid + 1, archive=listed["volid"], force=1)
+            assert wait_task(px, upid)["exitstatus"] == "OK", task_log(px, upid)
+            again = node.qemu(vmid + 1).config.get()
+            assert again["memory"] == 96 and "description" not in again
+            assert again["net0"].startswith("virtio=BC:24:11:00:00:01")  # not unique
+        finally:
+            destroy(px, vmid + 1)
+        assert wait_task(px, node.storage("bk").content(listed["volid"]).delete()
+                         )["exitstatus"] == "OK"
+        assert backups(px, vmid) == []
+    finally:
+        destroy(px, vmid)
+
+
+def test_running_vm_backup_is_the_disk_at_its_start(px, cluster: Cluster) -> None:
+    node = px.nodes("n1")
+    vmid = 920
+    create_vm(px, vmid, f"local:{DISK_MIB / 1024}")
+    try:
+        wait_task(px, node.qemu(vmid).status.start.post())
+        console = Console(cluster["n1"].state_dir / "run" / "qemu" / f"{vmid}.serial")
+        wait_shell(console)
+        fill_disk(console, "A")
+        disk = image_path(cluster, node.qemu(vmid).config.get()["virtio0"])
+        assert sha256_of(disk) == filled("A")
+
+        # ~8 s at 8 MiB/s: meanwhile the guest writes B into every 8th MiB, mostly ahead
+        # of the backup's sequential read (a backup without copy-before-write reads them)
+        rewritten = range(0, DISK_MIB, 8)
+        upid = node.vzdump.post(vmid=str(vmid), storage="bk", bwlimit=8192)
+        wait_for(lambda: any("copy-before-write" in line for line in task_log(px, upid)),
+                 30, "fleecing set up")
+        fill_disk(console, "B", rewritten)
+        assert node.tasks(upid).status.get()["status"] == "running", \
+            f"the backup ended before the guest's writes: {task_log(px, upid)}"
+        status = wait_task(px, upid)
+        log = task_log(px, upid)
+        assert status["exitstatus"] == "OK", log
+        assert "INFO: status = running" in log and "INFO: backup mode: snapshot" in log
+        assert sha256_of(disk) == filled("A", "B", rewritten)
+        (listed,) = backups(px, vmid)
+        assert node.qemu(vmid).status.current.get()["status"] == "running"
+
+        upid = node.qemu.post(vmid=vmid + 1, archive=listed["volid"])
+        assert wait_task(px, upid)["exitstatus"] == "OK", task_log(px, upid)
+        try:
+            restored = node.qemu(vmid + 1).config.get()["virtio0"]
+            image = image_path(cluster, restored)
+            assert sha256_of(image) == filled("A"), mib_letters(image)
+        finally:
+            destroy(px, vmid + 1)
+
+        # the guest vanishes mid-backup: the job fails, nothing half-written is listed
+        upid = node.vzdump.post(vmid=str(vmid), storage="bk", bwlimit=4096, mode="suspend")
+        wait_for(lambda: any("copy-before-write" in line for line in task_log(px, upid)),
+                 30, "fleecing set up")
+        assert "INFO: resuming guest" in task_log(px, upid)
+        assert node.qemu(vmid).status.current.get()["qmpstatus"] == "running"
+        wait_task(px, node.qemu(vmid).status.stop.post(skiplock=1))
+        status = wait_task(px, upid)
+        log = task_log(px, upid)
+        assert status["exitstatus"] == "job errors", log
+        assert any(line.startswith(f"ERROR: Backup of VM {vmid} failed - ") for line in log)
+        assert "INFO: Backup job finished with errors" in log
+        assert [b["volid"] for b in backups(px, vmid)] == [listed["volid"]]
+        dump = cluster["n1"].state_dir / "backups" / "dump"
+        assert not [p.name for p in dump.iterdir() if p.name.startswith(".tmp-")]
+        assert not list((dump / ".fleecing").iterdir())
+        wait_for(lambda: node.qemu(vmid).config.get().get("lock") is None, 10,
+                 "backup lock released")
+        wait_task(px, node.storage("bk").content(listed["volid"]).delete())
+        assert backups(px, vmid) == []
+    finally:
+        destroy(px, vmid)
+
+
+def test_bad_input_is_a_pve_400(px) -> None:
+    from proxmoxer import ResourceException
+
+    node = px.nodes("n1")
+    cases = [
+        ({"vmid": "100", "all": 1}, "all"),
+        ({}, "vmid"),
+        ({"vmid": "100", "mode": "later"}, "mode"),
+        ({"vmid": "abc"}, "vmid"),
+        ({"vmid": "100", "exclude": "101"}, "exclude"),
+        ({"vmid": "100", "storage": "bk", "prune-backups": "keep-often=2"}, "prune-backups"),
+        ({"vmid": "100", "storage": "local"}, "storage"),
+        ({"vmid": "100", "bogus": 1}, "bogus"),
+        ({"vmid": "100", "protected": 1}, "protected"),
+    ]
+    for params, field in cases:
+        with pytest.raises(ResourceException) as exc:
+            node.vzdump.post(**params)
+        assert exc.value.status_code == 400, params
+        assert field in exc.value.errors, (params, exc.value.errors)
+    with pytest.raises(ResourceException) as exc:
+        node.qemu.post(vmid=990, archive="local:100/vm-100-disk-0.raw")
+    assert exc.value.status_code == 400 and "archive" in exc.value.errors
+    with pytest.raises(ResourceException) as exc:
+        node.qemu.post(vmid=990, archive="bk:backup/x.binome", memory=64)
+    assert exc.value.status_code == 400 and "memory" in exc.value.errors
