@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import PASSWORD, Cluster, Node
+from tests.integration.test_vm_api import wait_task
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +40,6 @@ def px(cluster: Cluster):
             shutil.copyfile(src, iso / name)
     return ProxmoxAPI(cluster["n1"].address, user="admin@pve", password=PASSWORD,
                       verify_ssl=False, timeout=30)
-
-
-def wait_task(px, upid: str) -> dict:
-    from proxmoxer.tools import Tasks
-
-    status = Tasks.blocking_status(px, upid, timeout=120, polling_interval=0.2)
-    assert status is not None, f"task {upid} did not finish"
-    return status
 
 
 def task_ok(px, upid: str) -> None:

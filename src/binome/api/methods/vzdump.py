@@ -22,7 +22,7 @@ from binome.backup.prune import PruneError, parse_prune_backups
 from binome.errors import BinomeError
 from binome.guest.backups import MODES
 from binome.guest.guests import VzdumpOptions
-from binome.storage.base import StorageError, split_volid
+from binome.storage.base import Storage, StorageError, split_volid
 from binome.tasks.manager import Task
 
 VMID_LIST = Param(optional=True, max_length=4096, pattern=r"[\d\s,;]+",
@@ -158,6 +158,24 @@ async def vzdump(ctx: RequestContext, params: dict[str, Any]) -> str:
     return ctx.services.tasks.start("vzdump", task_id, ctx.userid, body)
 
 
+async def _backup_volume(ctx: RequestContext, params: dict[str, Any]) -> tuple[str, str, Storage]:
+    """The volume named by `storage` + `volume` (a full volid or a name on the storage),
+    its name and its storage, once the caller may change it: Datastore.Allocate on the
+    storage, or for a backup VM.Backup on its guest (PVE's check_volume_access)."""
+    volume = params["volume"]
+    volid = volume if ":" in volume else f"{params['storage']}:{volume}"
+    storage_id, volname = split_volid(volid)
+    if params.get("storage") not in (None, storage_id):
+        raise param_error("volume", f"volume is not on storage '{params['storage']}'")
+    storage = await ctx.services.storages.get(storage_id)
+    ev = await ctx.services.access.evaluator()
+    if not ev.check(ctx.userid, f"/storage/{storage_id}", ["Datastore.Allocate"]):
+        vmid = _backup_vmid(volname)
+        if vmid is None or not ev.check(ctx.userid, f"/vms/{vmid}", ["VM.Backup"]):
+            raise PermissionDenied(f"/storage/{storage_id}, Datastore.Allocate")
+    return volid, volname, storage
+
+
 @registry.register(
     "DELETE", "/nodes/{node}/storage/{storage}/content/{volume}", name="storage_volume_delete",
     permission=privs("Datastore.Allocate", "Datastore.AllocateSpace",
@@ -173,17 +191,7 @@ async def vzdump(ctx: RequestContext, params: dict[str, Any]) -> str:
     cli=CliSpec(("storage", "free"), positional=("storage", "volume")),
 )
 async def storage_volume_delete(ctx: RequestContext, params: dict[str, Any]) -> str:
-    volume = params["volume"]
-    volid = volume if ":" in volume else f"{params['storage']}:{volume}"
-    storage_id, volname = split_volid(volid)
-    if params.get("storage") not in (None, storage_id):
-        raise param_error("volume", f"volume is not on storage '{params['storage']}'")
-    storage = await ctx.services.storages.get(storage_id)
-    ev = await ctx.services.access.evaluator()
-    if not ev.check(ctx.userid, f"/storage/{storage_id}", ["Datastore.Allocate"]):
-        vmid = _backup_vmid(volname)
-        if vmid is None or not ev.check(ctx.userid, f"/vms/{vmid}", ["VM.Backup"]):
-            raise PermissionDenied(f"/storage/{storage_id}, Datastore.Allocate")
+    volid, volname, storage = await _backup_volume(ctx, params)
     if not volname.startswith("backup/"):
         # disks belong to their VM (its config, `qm disk unlink`): not deleted from here
         raise param_error("volume", "only backup volumes can be deleted here for now")
@@ -220,17 +228,7 @@ async def storage_volume_delete(ctx: RequestContext, params: dict[str, Any]) -> 
     cli=CliSpec(("storage", "update"), positional=("storage", "volume")),
 )
 async def storage_volume_update(ctx: RequestContext, params: dict[str, Any]) -> None:
-    volume = params["volume"]
-    volid = volume if ":" in volume else f"{params['storage']}:{volume}"
-    storage_id, volname = split_volid(volid)
-    if params.get("storage") not in (None, storage_id):
-        raise param_error("volume", f"volume is not on storage '{params['storage']}'")
-    storage = await ctx.services.storages.get(storage_id)
-    ev = await ctx.services.access.evaluator()
-    if not ev.check(ctx.userid, f"/storage/{storage_id}", ["Datastore.Allocate"]):
-        vmid = _backup_vmid(volname)
-        if vmid is None or not ev.check(ctx.userid, f"/vms/{vmid}", ["VM.Backup"]):
-            raise PermissionDenied(f"/storage/{storage_id}, Datastore.Allocate")
+    volid, volname, storage = await _backup_volume(ctx, params)
     if not volname.startswith("backup/"):
         raise param_error("volume", "only backup volumes have notes and protection")
     try:
