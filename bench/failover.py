@@ -9,7 +9,10 @@ runs on, N times each, alternating:
 
 1. its cluster and replication links cut (incident 1 of docs/incidents.md);
 2. powered off through its BMC, the BMC then killed (incident 3: recovery
-   on the witness + watchdog guarantee).
+   on the witness + watchdog guarantee);
+3. powered off through its BMC, the BMC still answering (a power loss or a
+   crash that switched the machine off: the CRM's power probe reads the
+   chassis off and recovers without waiting for the lease, `ha.probe`).
 
 After each run the faulted node is power-cycled through its BMC, its links
 restored, and the volume resynced before the next run. Per run it prints the
@@ -20,8 +23,12 @@ invariant audit (max simultaneous QEMU copies, acknowledged writes lost), and
 per scenario the median and max, with the baselines as ratios: Proxmox's
 documented ~120 s, and the seeds' 45-51 lost pings at 1 s.
 
-    sudo .venv/bin/python bench/failover.py [--runs 5] [--scenarios 1,2]
+    sudo .venv/bin/python bench/failover.py [--runs 5] [--scenarios 1,2,3]
                                              [--base 198.20] [--json FILE]
+                                             [--compare BASELINE.json]
+
+`--compare` takes the `--json` of a baseline run (e.g. an older commit run
+side by side) and prints each scenario's median outage against it.
 
 Root only (network namespaces). About 1 min of setup plus 50-70 s per run on
 this machine. Not a test: it asserts nothing, but prints a VIOLATION line if
@@ -51,7 +58,8 @@ def scenario_faults(ha: HaLab) -> dict[str, tuple[str, Any]]:
         ha.power_off(node)
         ha.kill_bmc(node)
     return {"1": ("links cut", ha.cut_links),
-            "2": ("power off, BMC dead", power_off_bmc_dead)}
+            "2": ("power off, BMC dead", power_off_bmc_dead),
+            "3": ("power off, BMC answers", ha.power_off)}
 
 
 def fmt(v: float | None) -> str:
@@ -94,9 +102,11 @@ def summary(name: str, runs: list[FaultRun]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=int, default=5, help="runs per scenario (default 5)")
-    p.add_argument("--scenarios", default="1,2", help="comma-separated: 1, 2 (default both)")
+    p.add_argument("--scenarios", default="1,2,3",
+                   help="comma-separated: 1, 2, 3 (default all)")
     p.add_argument("--base", default="198.20", help="lab subnets <base>.1-4.0/24")
     p.add_argument("--json", help="also write the runs to this file")
+    p.add_argument("--compare", help="a baseline run's --json: print median ratios")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/failover.py needs root (network namespaces)", file=sys.stderr)
@@ -127,6 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     for s in wanted:
         if results[s]:
             print("\n".join(summary(s, results[s])))
+    if args.compare:
+        base = json.loads(Path(args.compare).read_text())
+        for s in wanted:
+            now = [r.timeline.answered for r in results[s] if r.timeline.answered is not None]
+            then = [r["outage"] for r in base.get(s, []) if r.get("outage") is not None]
+            if now and then:
+                a, b = statistics.median(now), statistics.median(then)
+                print(f"scenario {s}: median outage {a:.1f} s vs baseline {b:.1f} s "
+                      f"-> x{b / a:.2f} ({len(now)} vs {len(then)} runs)")
     print(f"total {time.monotonic() - began:.0f} s")
     if args.json:
         out = {s: [{"victim": r.victim, "outage": r.timeline.answered,

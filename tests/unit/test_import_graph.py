@@ -73,7 +73,7 @@ ALLOWED_MODULES: dict[str, frozenset[str]] = {
 #: Prefixes match sub-modules too. Each must exist (test_tables_name_real_modules).
 PURE_MODULES = (
     "binome.ha.commands", "binome.ha.context", "binome.ha.crm", "binome.ha.env",
-    "binome.ha.lrm", "binome.ha.manager", "binome.ha.model", "binome.ha.nodes",
+    "binome.ha.lrm", "binome.ha.manager", "binome.ha.model", "binome.ha.nodes", "binome.ha.probe",
     "binome.ha.scheduler", "binome.ha.timers", "binome.ha.transitions",
     "binome.ha.sim",
     "binome.tasks.upid", "binome.cluster.quorum",

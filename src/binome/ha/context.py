@@ -50,6 +50,8 @@ class RoundContext:
     master_since: float = 0.0
     # the administrator's power-off confirmations (`ha.nodes.manual_confirmation` checks them)
     confirmations: dict[str, FenceConfirmation] = field(default_factory=dict)
+    # nodes whose fence device read their chassis off after their last renewal (`ha.probe`)
+    powered_off: dict[str, str] = field(default_factory=dict)
     _replicas: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
 
     # ------------------------------------------------------------ reads

@@ -17,6 +17,7 @@ from __future__ import annotations
 from binome.ha.env import Conflict, CrmEnv, EnvUnavailable
 from binome.ha.manager import Manager
 from binome.ha.model import CrmState
+from binome.ha.probe import PowerProber
 from binome.ha.timers import HaTimers
 
 
@@ -26,6 +27,7 @@ class Crm:
         self.timers = timers
         self.state = CrmState.WAIT_FOR_QUORUM
         self.manager: Manager | None = None
+        self.prober = PowerProber()
 
     def _set(self, state: CrmState, why: str) -> None:
         if state != self.state:
@@ -51,9 +53,10 @@ class Crm:
             return
         if self.state == CrmState.SLAVE:
             if not held:
+                self._probe_master()
                 return
             self._set(CrmState.MASTER, "acquired the manager lock")
-            self.manager = Manager(env, self.timers)
+            self.manager = Manager(env, self.timers, self.prober)
         elif not held:
             self._set(CrmState.LOST_MANAGER_LOCK, "manager lock lost")
             return
@@ -64,6 +67,41 @@ class Crm:
             return
         except Conflict as exc:
             self._set(CrmState.LOST_MANAGER_LOCK, f"write refused: {exc}")
+
+    def _probe_master(self) -> None:
+        """Not master: read the power of the master's node if its renewals stopped. Its
+        lease, revoked when the chassis reads off, frees the lock for this CRM now
+        rather than at the lease's expiry (`ha.probe`)."""
+        env = self.env
+        holder = env.manager_lock_holder()
+        if holder is None or holder == env.node:
+            return
+        try:
+            if env.read_manager_status()[0].disarm is not None:
+                return
+        except EnvUnavailable:
+            return
+        self.prober.step(env, self.timers, env.now(), env.node_facts(), env.cluster_nodes(),
+                         [holder])
+
+    def next_probe_at(self) -> float | None:
+        """When a power probe falls due (env time; `ha.probe`), for the daemon to wake
+        this CRM then. Reads this round's snapshot; None when nothing is due."""
+        env = self.env
+        if self.state not in (CrmState.MASTER, CrmState.SLAVE):
+            return None
+        try:
+            if env.read_manager_status()[0].disarm is not None:
+                return None
+            nodes, facts = env.cluster_nodes(), env.node_facts()
+        except EnvUnavailable:
+            return None
+        if self.state == CrmState.MASTER:
+            targets = sorted(nodes)
+        else:
+            holder = env.manager_lock_holder()
+            targets = [holder] if holder is not None else []
+        return self.prober.next_due(env, self.timers, facts, nodes, targets)
 
     def shutdown(self) -> None:
         """Graceful stop: hand the lock over at once instead of letting it expire."""

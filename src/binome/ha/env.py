@@ -161,6 +161,23 @@ class CrmEnv(ClusterEnv, Protocol):
         """The administrator's power-off confirmations, by node (`binome fence --confirm-off`)."""
         ...
 
+    def manager_lock_holder(self) -> str | None:
+        """The node holding the manager lock in this round's snapshot, if any."""
+        ...
+
+    def probe_power(self, node: str) -> str:
+        """Read `node`'s chassis power state through its fence device (a query, no
+        action); returns a request id. Guarded like `fence`: done only if `node` has not
+        renewed its lease since this round's snapshot (and, from a master, the lock is
+        still ours). A chassis read "off" between two such checks proves the node runs
+        nothing: its lease is then revoked, and the status says CONFIRMED."""
+        ...
+
+    def power_probe_status(self, node: str) -> FenceStatus | None:
+        """The latest power probe of `node`: PENDING, CONFIRMED (read off, lease revoked)
+        or FAILED (read on, unreadable, or refused by the guard; `detail` says which)."""
+        ...
+
 
 class LrmEnv(ClusterEnv, Protocol):
     def own_lease(self) -> LeaseInfo:

@@ -31,6 +31,7 @@ from binome.ha.model import (
     ServiceStatus,
 )
 from binome.ha.nodes import fence_nodes, update_node_states
+from binome.ha.probe import PowerProber
 from binome.ha.scheduler import replica_reason, uptodate_nodes
 from binome.ha.timers import HaTimers
 from binome.ha.transitions import next_state
@@ -40,21 +41,26 @@ MAX_PASSES = 5  # a service moves at most a few states per round; this bounds a 
 
 
 class Manager:
-    def __init__(self, env: CrmEnv, timers: HaTimers) -> None:
+    def __init__(self, env: CrmEnv, timers: HaTimers, prober: PowerProber | None = None) -> None:
         self.env = env
         self.timers = timers
         self.since = env.now()  # when this node became master: see nodes.alive()
+        # the CRM's, so what it probed before it was master still counts (`ha.probe`)
+        self.prober = prober if prober is not None else PowerProber()
 
     def round(self) -> None:
         env = self.env
         status, revision = env.read_manager_status()
         before = status.to_dict()
+        now, nodes, facts = env.now(), env.cluster_nodes(), env.node_facts()
+        if status.disarm is None:   # disarmed: no fencing, so no probing either
+            self.prober.step(env, self.timers, now, facts, nodes, sorted(nodes))
         ctx = RoundContext(
-            env=env, timers=self.timers, now=env.now(), status=status,
+            env=env, timers=self.timers, now=now, status=status,
             resources=env.read_resources(), groups=env.read_groups(),
-            settings=env.read_settings(), nodes=env.cluster_nodes(), facts=env.node_facts(),
+            settings=env.read_settings(), nodes=nodes, facts=facts,
             lrms=env.read_lrm_statuses(), master_since=self.since,
-            confirmations=env.fence_confirmations())
+            confirmations=env.fence_confirmations(), powered_off=self.prober.powered_off(env))
         status.master_node = env.node
         commands = env.read_commands()  # deleted with the status write: none is lost
         for _cmd_id, line in commands:

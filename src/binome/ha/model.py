@@ -112,6 +112,7 @@ class FenceProof(enum.StrEnum):
     WATCHDOG = "watchdog"    # lease expired, and the node's watchdog was armed: it fired first
     SHUTDOWN = "shutdown"    # the node reported a clean shutdown with no guest left
     MANUAL = "manual"        # the administrator confirmed it is off (`binome fence --confirm-off`)
+    POWER_OFF = "power-off"  # its fence device read its chassis off after its last renewal
 
 
 class ExitCode(enum.IntEnum):

@@ -10,6 +10,9 @@ proof (`FenceProof`):
 
 - `device`: its fence device confirmed power-off for a request made during
   this fence;
+- `power-off`: its fence device, asked for its power *status* when a renewal
+  was late (`ha.probe`), read the chassis off between two checks that its
+  heartbeat had not changed; its lease was revoked then, so it is lost now;
 - `watchdog`: its lease expired (or, when released, its natural expiry has
   passed) and it runs a watchdog whose last report was armed, or that had
   nothing running. `self_fence_deadline < lease_ttl - safety_margin` makes
@@ -107,6 +110,8 @@ def lost(ctx: RoundContext, node: str) -> bool:
 
 
 def _lost_reason(ctx: RoundContext, node: str) -> str:
+    if node in ctx.powered_off:
+        return "its fence device reads its chassis powered off; lease revoked"
     facts = ctx.facts.get(node)
     if facts is None or (not facts.lease_alive and facts.lease_gone_at is None):
         return "no lease"
@@ -232,6 +237,9 @@ def _natural_proof(ctx: RoundContext, node: str,
     facts = ctx.facts.get(node) or NodeFacts(node, lease_alive=False)  # unknown to the store
     if facts.lease_alive:
         return None
+    if node in ctx.powered_off:
+        return FenceProof.POWER_OFF, (f"its fence device read {ctx.powered_off[node]} after "
+                                      "its last renewal")
     lrm = ctx.lrm(node)
     if (lrm and lrm.shutdown_done and not lrm.running and not lrm.jobs
             and facts.lease_gone_at is not None and not facts.lease_expired):

@@ -35,6 +35,16 @@ The relations `validate()` enforces, and why:
   (1-2 s with the 1 s election timeout): losing the etcd leader (the witness,
   which holds leadership) then never makes the nodes kill their guests;
   failed renewals are retried every 0.2 s for the same reason.
+- ``keepalive_interval < power_probe_after < fence_delay``: a node whose
+  renewal is this late has missed one; the CRM then *reads* its fence
+  device's power state (a status query, never an action: a node that is
+  merely slow loses nothing). A chassis that reads "off", read after the
+  node's last renewal (the read is bracketed by two transactions that see
+  its heartbeat unchanged), is the same proof a confirmed fence gives, so
+  the node's lease is revoked and its guests recovered at once instead of
+  after `fence_delay` or the lease's expiry. The default (1.5 x keepalive_interval,
+  1.5 s) is half an interval past a missed renewal: a late renewal costs
+  one status query.
 - ``fence_retry >= fence_timeout``: a new fence attempt never overlaps the one
   still in flight.
 - ``restart_grace >= fence_delay``: how long a node whose binomed restarts
@@ -44,9 +54,12 @@ The relations `validate()` enforces, and why:
   to restart is safe but kills its guests, so this is generous.
 
 Expected failover with the defaults (node dies at T, its last renewal was
-at T - d with 0 <= d < keepalive_interval, guest boot B = 3.5 s): with a
-working fence device, T - d + fence_delay (4) + the next round + device
-power-off (~1 s) + B: 7.7-8.7 s in the simulator; with the watchdog guarantee
+at T - d with 0 <= d < keepalive_interval, guest boot B = 3.5 s): a node
+that lost its power (or crashed off) with a working fence device,
+T - d + power_probe_after (1.5) + the status read + B: 5.1-6.0 s in the
+simulator; a node that is cut off but still powered, with a working fence
+device, T - d + fence_delay (4) + the next round + device power-off (~1 s)
++ B: 7.7-8.7 s; with the watchdog guarantee
 only, T - d + lease_ttl (5) + B (lease expiry wakes the CRM): 7.6-8.6 s; when
 the master itself dies its lock goes with its lease: the same 7.6-8.6 s
 (`python -m binome.ha.sim.failover`).
@@ -74,11 +87,15 @@ class HaTimers:
     manager_round: float = 1.0
     lrm_round: float = 1.0
     restart_grace: float = 30.0
+    # None: 1.5 x keepalive_interval, half an interval past a missed renewal
+    power_probe_after: float | None = None
 
     def validate(self) -> HaTimers:
         """Raise ConfigError naming the offending key; return self for chaining."""
         for f in fields(self):
             value = getattr(self, f.name)
+            if value is None and f.name == "power_probe_after":
+                continue
             if not isinstance(value, int | float) or value <= 0:
                 raise ConfigError(f"ha.timers.{f.name}: must be a positive number of seconds")
         if self.keepalive_interval > self.lease_ttl / 3:
@@ -99,6 +116,10 @@ class HaTimers:
             raise ConfigError("ha.timers.fence_delay: must be >= self_fence_deadline "
                               f"({self.self_fence_deadline:g} s), or a node that stalls "
                               "for less than its deadline is powered off for nothing")
+        if not self.keepalive_interval < self.probe_after < self.fence_delay:
+            raise ConfigError("ha.timers.power_probe_after: must be > keepalive_interval "
+                              f"({self.keepalive_interval:g} s), so only a missed renewal "
+                              f"is probed, and < fence_delay ({self.fence_delay:g} s)")
         if self.restart_grace < self.fence_delay:
             raise ConfigError("ha.timers.restart_grace: must be >= fence_delay "
                               f"({self.fence_delay:g} s)")
@@ -107,7 +128,14 @@ class HaTimers:
                               f"({self.fence_timeout:g} s)")
         return self
 
-    def to_dict(self) -> dict[str, float]:
+    @property
+    def probe_after(self) -> float:
+        """`power_probe_after`, or its default derived from `keepalive_interval`."""
+        if self.power_probe_after is not None:
+            return self.power_probe_after
+        return 1.5 * self.keepalive_interval
+
+    def to_dict(self) -> dict[str, float | None]:
         return asdict(self)
 
     @classmethod

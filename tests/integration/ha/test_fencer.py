@@ -48,8 +48,16 @@ class Device:
 
     kind = "ipmi"
 
-    def __init__(self, calls: list[str], on_ok: list[bool]) -> None:
-        self.calls, self.on_ok = calls, on_ok
+    def __init__(self, calls: list[str], on_ok: list[bool], power: dict[str, Any]) -> None:
+        self.calls, self.on_ok, self.power = calls, on_ok, power
+
+    async def status(self) -> FenceResult:
+        self.calls.append("status")
+        during = self.power.get("during")
+        if during is not None:     # what happens while the BMC answers
+            await during()
+        state = self.power.get("state", "on")
+        return FenceResult(True, "status", state, f"chassis power {state}", 0.01)
 
     async def fence(self, node: str) -> FenceResult:
         self.calls.append(f"off {node}")
@@ -67,12 +75,13 @@ def world(monkeypatch, store):
     calls: list[str] = []
     on_ok: list[bool] = []
     logs: list[tuple[str, str]] = []
-    monkeypatch.setattr(fencer_mod, "make_device", lambda cfg: Device(calls, on_ok))
+    power: dict[str, Any] = {}
+    monkeypatch.setattr(fencer_mod, "make_device", lambda cfg: Device(calls, on_ok, power))
     hub = SimpleNamespace(node="n1", store=store, timers=SimpleNamespace(fence_retry=0.2),
                           log=lambda level, source, msg: logs.append((level, msg)),
                           wake=lambda: None)
     return SimpleNamespace(fencer=Fencer(hub), calls=calls, on_ok=on_ok, logs=logs,
-                           store=store)
+                           store=store, power=power)
 
 
 async def decision(store: Store, target: str = "n2") -> Guard:
@@ -215,3 +224,93 @@ async def test_a_power_on_by_hand_settles_the_debt(store) -> None:
     await store.put(keys.ha_fence_request("n2"), {"request": "r2", "state": "failed"})
     await config.settle_power_on("n2")
     assert await record(store) == {"request": "r2", "state": "failed"}
+
+
+# ------------------------------------------------------------ power probes (ha.probe)
+
+async def silent_node(store: Store, target: str = "n2") -> tuple[int, int, int]:
+    """n1 is master; `target`'s heartbeat is bound to a real lease, as binomed writes it.
+    Returns (lock revision, heartbeat revision, lease id): what the CRM's snapshot saw."""
+    await decision(store, target)
+    lease = await store.grant_lease(30)
+    await store.put(keys.ha_heartbeat(target), {"seq": 1}, lease=lease)
+    lock = await store.get(keys.HA_MANAGER_LOCK)
+    beat = await store.get(keys.ha_heartbeat(target))
+    assert lock is not None and beat is not None
+    return lock.mod_revision, beat.mod_revision, lease
+
+
+async def probed(w: Any, node: str = "n2") -> Any:
+    for _ in range(100):
+        task = w.fencer._probe_tasks.get(node)
+        if task is not None and task.done():
+            return w.fencer.probe_status(node)
+        await asyncio.sleep(0.02)
+    raise AssertionError("probe did not finish")
+
+
+async def test_a_chassis_read_off_revokes_the_silent_nodes_lease(world) -> None:
+    lock, beat, lease = await silent_node(world.store)
+    world.power["state"] = "off"
+    rid = world.fencer.probe("n2", lock, beat, lease)
+    st = await probed(world)
+    assert (st.request_id, st.state, st.detail) == (rid, FenceState.CONFIRMED,
+                                                    "chassis power off")
+    assert world.calls == ["status"]                   # a read: never an action
+    assert await world.store.get(keys.ha_heartbeat("n2")) is None   # lease revoked
+    assert ("n2", "status", "confirmed") in world.fencer.stats.device_runs
+
+
+async def test_a_chassis_read_on_changes_nothing(world) -> None:
+    lock, beat, lease = await silent_node(world.store)
+    world.power["state"] = "on"
+    world.fencer.probe("n2", lock, beat, lease)
+    st = await probed(world)
+    assert st.state == FenceState.FAILED and st.detail == "chassis power on"
+    raw = await world.store.get(keys.ha_heartbeat("n2"))
+    assert raw is not None and raw.mod_revision == beat     # lease and heartbeat intact
+
+
+async def test_a_renewal_before_the_read_skips_the_device(world) -> None:
+    lock, beat, lease = await silent_node(world.store)
+    await world.store.put(keys.ha_heartbeat("n2"), {"seq": 2}, lease=lease)   # it renewed
+    world.power["state"] = "off"
+    world.fencer.probe("n2", lock, beat, lease)
+    st = await probed(world)
+    assert st.state == FenceState.FAILED and "renewed" in st.detail
+    assert world.calls == []
+
+
+async def test_a_renewal_during_the_read_keeps_the_lease(world) -> None:
+    """The node renews while the BMC answers "off" (a stale or wrong reading): the second
+    check sees the renewal and nothing is revoked."""
+    lock, beat, lease = await silent_node(world.store)
+
+    async def renew() -> None:
+        await world.store.put(keys.ha_heartbeat("n2"), {"seq": 2}, lease=lease)
+    world.power.update(state="off", during=renew)
+    world.fencer.probe("n2", lock, beat, lease)
+    st = await probed(world)
+    assert st.state == FenceState.FAILED and st.detail.startswith("read off, but")
+    assert await world.store.get(keys.ha_heartbeat("n2")) is not None
+
+
+async def test_a_master_that_lost_its_lock_does_not_probe(world) -> None:
+    lock, beat, lease = await silent_node(world.store)
+    await world.store.put(keys.HA_MANAGER_LOCK, "n3")   # another master since
+    world.power["state"] = "off"
+    world.fencer.probe("n2", lock, beat, lease)
+    st = await probed(world)
+    assert "the manager lock is no longer ours" in st.detail
+    assert world.calls == [] and await world.store.get(keys.ha_heartbeat("n2")) is not None
+
+
+async def test_a_candidate_probes_the_masters_node_without_a_lock(world) -> None:
+    """Not master (lock_revision None): the probe of the master's node frees its lock."""
+    _lock, beat, lease = await silent_node(world.store)
+    await world.store.put(keys.HA_MANAGER_LOCK, "n2", lease=lease)   # n2 is the master
+    world.power["state"] = "off"
+    world.fencer.probe("n2", None, beat, lease)
+    st = await probed(world)
+    assert st.state == FenceState.CONFIRMED
+    assert await world.store.get(keys.HA_MANAGER_LOCK) is None

@@ -46,6 +46,8 @@ class FakeEnv:
     owners: dict[str, str] = field(default_factory=dict)
     replicas: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
     fences: dict[str, FenceStatus] = field(default_factory=dict)
+    probes: dict[str, FenceStatus] = field(default_factory=dict)
+    lock_holder: str | None = None
     confirmations: dict[str, FenceConfirmation] = field(default_factory=dict)
     logs: list[tuple[str, str]] = field(default_factory=list)
     notes: list[tuple[str, dict[str, str | int]]] = field(default_factory=list)
@@ -174,6 +176,19 @@ class FakeEnv:
     def fence_confirmations(self) -> dict[str, FenceConfirmation]:
         self._need_quorum()
         return dict(self.confirmations)
+
+    def manager_lock_holder(self) -> str | None:
+        return self.name if self.lock else self.lock_holder
+
+    def probe_power(self, node: str) -> str:
+        self._need_quorum()
+        rid = f"{node}?{sum(1 for c in self.calls if c[0] == 'probe') + 1}"
+        self.probes[node] = FenceStatus(rid, FenceState.PENDING)
+        self.calls.append(("probe", node))
+        return rid
+
+    def power_probe_status(self, node: str) -> FenceStatus | None:
+        return self.probes.get(node)
 
     # ------------------------------------------------------------ LrmEnv
 

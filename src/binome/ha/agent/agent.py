@@ -88,6 +88,7 @@ LATE_FACTOR = 1.5            # a renewal gap over this many intervals is logged
 LOOP_PROBE = 0.25            # the main-loop stall monitor's period
 LOOP_STALL = 0.5             # a main-loop stall longer than this is logged
 ROUND_MIN_PAUSE = 0.05       # between two rounds, however long the last one took
+PROBE_WAKE_MIN = 0.05        # a due power probe never makes the rounds a busy loop
 WATCH_RETRY_MIN, WATCH_RETRY_MAX = 0.5, 5.0   # backoff before re-creating a broken watch
 
 
@@ -206,6 +207,7 @@ class HaAgent:
         self._wake = asyncio.Event()
         self._debounce = Debouncer()
         self._debounce_handle: asyncio.TimerHandle | None = None
+        self._probe_handle: asyncio.TimerHandle | None = None   # wakes the CRM for a probe
         # host shutdown/reboot detection (logind, or systemd asked on SIGTERM)
         self.shutdown = ShutdownDetector(on_request=self.wake)
         self._shutdown_ready = asyncio.Event()
@@ -347,6 +349,8 @@ class HaAgent:
             self._hb_thread = None
         if self._debounce_handle is not None:
             self._debounce_handle.cancel()
+        if self._probe_handle is not None:
+            self._probe_handle.cancel()
         await self.fencer.stop()
         await self.executor.cancel_all()
         if not self.armed_sids and self.watchdog.running_pid() is not None:
@@ -549,6 +553,7 @@ class HaAgent:
         await self.crm_env.refresh()
         try:
             self.crm.step()
+            self._wake_for_probe(self.crm.next_probe_at())
         except Exception:   # a CRM bug must not stop the LRM (and its watchdog petting)
             log.exception("CRM round failed")
         for err in await self.crm_env.commit():
@@ -571,6 +576,17 @@ class HaAgent:
         # other node) gives up the Primary role of their volumes and resyncs; checked
         # every round because a frozen daemon notices it only when it runs again.
         self.executor.release_fenced()
+
+    def _wake_for_probe(self, due: float | None) -> None:
+        """Run a round when a power probe falls due (`ha.probe`; `due` on the CRM env's
+        monotonic clock) rather than at the next periodic round, up to one later."""
+        if self._probe_handle is not None:
+            self._probe_handle.cancel()
+            self._probe_handle = None
+        if due is None:
+            return
+        delay = max(due - self.crm_env.now(), PROBE_WAKE_MIN)
+        self._probe_handle = asyncio.get_running_loop().call_later(delay, self.wake)
 
     # ------------------------------------------------------------ status (API)
 

@@ -427,6 +427,23 @@ class EtcdEnv:
         return self.hub.fencer.request(node, Guard(
             lock.mod_revision, beat.mod_revision if beat is not None else None))
 
+    def manager_lock_holder(self) -> str | None:
+        lock = self._entries.get(keys.HA_MANAGER_LOCK) if self._ok else None
+        return lock.value if lock is not None and isinstance(lock.value, str) else None
+
+    def probe_power(self, node: str) -> str:
+        self._need()
+        lock = self._entries.get(keys.HA_MANAGER_LOCK)
+        beat = self._entries.get(keys.ha_heartbeat(node))
+        # what the decision was taken on: the fencer re-checks it around the status read
+        return self.hub.fencer.probe(
+            node, lock.mod_revision if self._lock_mine and lock is not None else None,
+            beat.mod_revision if beat is not None else None,
+            beat.lease if beat is not None else None)
+
+    def power_probe_status(self, node: str) -> FenceStatus | None:
+        return self.hub.fencer.probe_status(node)
+
     def lock_revision(self) -> int | None:
         """The manager lock's revision when this node held it in the last snapshot."""
         lock = self._entries.get(keys.HA_MANAGER_LOCK)

@@ -28,6 +28,13 @@ leave the node off, the confirmed off is recorded with `power_on: owed` before
 the on is tried, and whichever node is master retries the on every
 `fence_retry` until it succeeds (`settle_power_debts`), with an alert while the
 node stays off. `binome fence NODE --power-on` does it by hand.
+
+Power probes (`ha.probe`): a *status* read of a silent node's device, no action.
+The read is bracketed by two transactions that each see the node's heartbeat key
+unchanged since the CRM's snapshot (and, from a master, the lock still ours); an
+"off" between them means the node has run nothing since its last renewal, so its
+lease is revoked (its heartbeat, and the manager lock if it held it, go with it)
+and the CRM recovers its services at once. Any other answer changes nothing.
 """
 
 from __future__ import annotations
@@ -75,6 +82,8 @@ class Fencer:
         self._power_tasks: dict[str, asyncio.Task[bool]] = {}
         self._power_failures: dict[str, int] = {}
         self._power_next: dict[str, float] = {}
+        self._probes: dict[str, FenceStatus] = {}
+        self._probe_tasks: dict[str, asyncio.Task[None]] = {}
 
     def request(self, node: str, guard: Guard) -> str:
         request_id = uuid.uuid4().hex[:12]
@@ -85,6 +94,86 @@ class Fencer:
 
     def status(self, node: str) -> FenceStatus | None:
         return self._status.get(node)
+
+    # ------------------------------------------------------------ power probes
+
+    def probe(self, node: str, lock_revision: int | None, heartbeat_revision: int | None,
+              lease: int | None) -> str:
+        """Start a power probe of `node` (see the module docstring); returns its id.
+        `lock_revision` is None when this CRM is not master (it then probes the master's
+        node); `heartbeat_revision` and `lease` are the node's heartbeat key as the
+        decision saw it."""
+        request_id = uuid.uuid4().hex[:12]
+        self._probes[node] = FenceStatus(request_id, FenceState.PENDING)
+        self._probe_tasks[node] = asyncio.get_running_loop().create_task(
+            self._probe(node, request_id, lock_revision, heartbeat_revision, lease),
+            name=f"power-probe-{node}")
+        return request_id
+
+    def probe_status(self, node: str) -> FenceStatus | None:
+        return self._probes.get(node)
+
+    async def _probe(self, node: str, request_id: str, lock_revision: int | None,
+                     heartbeat_revision: int | None, lease: int | None) -> None:
+        hub = self.hub
+        state, detail = FenceState.FAILED, ""
+        began, ran = time.monotonic(), False
+        try:
+            store = hub.store
+            assert store is not None
+            cfg = await FenceDevices(store).find(node)
+            if node == hub.node:
+                detail = "not probed: its own node"
+            elif heartbeat_revision is None or not lease:
+                detail = "not probed: it holds no lease"
+            elif not cfg:
+                detail = "no fence device configured"
+            else:
+                refusal = await self._still_silent(store, node, lock_revision,
+                                                   heartbeat_revision)
+                if refusal is not None:
+                    detail = f"not probed: {refusal}"
+                else:
+                    ran = True
+                    result = await make_device(cfg).status()
+                    if not result.ok:
+                        detail = f"power state unreadable: {result.detail}"
+                    elif result.state != "off":
+                        detail = f"chassis power {result.state or 'unknown'}"
+                    else:
+                        refusal = await self._still_silent(store, node, lock_revision,
+                                                           heartbeat_revision)
+                        if refusal is not None:
+                            detail = f"read off, but {refusal}"
+                        else:
+                            await store.revoke_lease(lease)
+                            state, detail = FenceState.CONFIRMED, "chassis power off"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:   # never a secret: make_device/status scrub their messages
+            detail = f"{type(exc).__name__}: {exc}"
+        self._probes[node] = FenceStatus(request_id, state, detail)
+        if ran:
+            self.stats.device_run(node, "status", str(state), time.monotonic() - began)
+        if state == FenceState.CONFIRMED:
+            hub.log("warn", f"{hub.node}/crm",
+                    f"node {node}: its fence device reads its chassis powered off after its "
+                    f"last renewal; lease revoked, its guests are recovered now")
+            hub.wake()
+        else:
+            log.debug("%s: power probe of %s: %s", hub.node, node, detail)
+
+    async def _still_silent(self, store: Store, node: str, lock_revision: int | None,
+                            heartbeat_revision: int) -> str | None:
+        """None if `node`'s heartbeat is unchanged (and the lock, when given, still
+        ours), else why not. One transaction, nothing written."""
+        beat = (keys.ha_heartbeat(node), "mod", heartbeat_revision)
+        lock = [(keys.HA_MANAGER_LOCK, "mod", lock_revision)] if lock_revision else []
+        if await store.txn([beat, *lock], {}) is not None:
+            return None
+        if lock and await store.txn(lock, {}) is None:
+            return "the manager lock is no longer ours"
+        return f"{node} renewed its lease (or lost it) since the decision"
 
     # ------------------------------------------------------------ one request
 
@@ -222,5 +311,6 @@ class Fencer:
         return bool((task and not task.done()) or (power and not power.done()))
 
     async def stop(self) -> None:
-        for t in [*self._tasks.values(), *self._power_tasks.values()]:
+        for t in [*self._tasks.values(), *self._power_tasks.values(),
+                  *self._probe_tasks.values()]:
             t.cancel()

@@ -64,6 +64,7 @@ class SimParams:
     # from a fence decision to the fencer's guard transaction (binomed's fence task): a
     # daemon paused in between resumes with a decision it may no longer own
     fencer_latency: float = 0.05
+    probe_latency: float = 0.1      # a BMC's answer to a power status query
     end_after: float = 60.0
 
 

@@ -184,6 +184,23 @@ class SimEnv:
         dev = self.world.nodes[node].fence
         return dev.latest if dev else None
 
+    def manager_lock_holder(self) -> str | None:
+        self._need_quorum()
+        holder = self.world.etcd.get(keys.MANAGER_LOCK)[0]
+        return holder if isinstance(holder, str) else None
+
+    def probe_power(self, node: str) -> str:
+        self._need_quorum()
+        self.world.invariants.ha_action(self._node, f"probe {node}")
+        lease = self.world.etcd.lease_of(node)
+        return self.world.probe_request(node, self._node,
+                                        lease.renewed if lease is not None else None,
+                                        as_master=self._lock_is_mine())
+
+    def power_probe_status(self, node: str) -> FenceStatus | None:
+        dev = self.world.nodes[node].fence
+        return dev.probe.get(self._node) if dev else None
+
     def fence_confirmations(self) -> dict[str, FenceConfirmation]:
         self._need_quorum()
         out = {}

@@ -30,6 +30,10 @@ class FenceDevice:
     health: str = "ok"    # ok | fail | dead
     requests: int = 0
     latest: FenceStatus | None = None
+    probes: int = 0
+    # the latest power probe (`ha.probe`) by the node that asked: each binomed's fencer
+    # keeps its own probes' answers
+    probe: dict[str, FenceStatus] = field(default_factory=dict)
 
 
 @dataclass

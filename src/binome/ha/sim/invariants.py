@@ -71,6 +71,13 @@ class Invariants:
             self._fail(f"{by} fenced {target} {(w.q.now - lease.renewed) / 1000:.2f} s after "
                        f"its last renewal, before its self-fence deadline ({deadline:g} s)")
 
+    def power_read_off(self, by: str, target: str) -> None:
+        """A power probe's "off" (which revokes the target's lease) must be true."""
+        if self.world.members[target].power:
+            self._fail(f"{by} read {target}'s power off while it is on")
+        if by == target:
+            self._fail(f"{by} probed its own power")
+
     def promoted(self, sid: str, node: str) -> None:
         if not self.world.replicas.all_uptodate(sid, node):
             self._fail(f"{sid} promoted on {node} with a stale replica: "

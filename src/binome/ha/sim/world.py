@@ -245,6 +245,12 @@ class World:
         daemon = node.crm if role == "crm" else node.lrm
         if daemon is not None:
             daemon.step()
+        if role == "crm" and node.crm is not None:
+            due = node.crm.next_probe_at()   # binomed wakes its CRM when a probe is due
+            if due is not None:
+                at = max(ms(due), self.q.now + 50)   # never a busy loop
+                self._once(("probe", node.name, node.generation, at), at, self._wakeup,
+                           node, node.generation, "crm")
 
     def wake(self, node: SimNode, role: str) -> None:
         """A watched document changed: run the daemon soon (deduplicated)."""
@@ -515,6 +521,86 @@ class World:
             return "the manager lock is no longer ours"
         lease = self.etcd.lease_of(name)
         if lease is not None and lease.renewed != seen_renewal:
+            return f"{name} renewed its lease since the decision"
+        return None
+
+    def probe_request(self, name: str, by: str, seen_renewal: int | None, *,
+                      as_master: bool) -> str:
+        """The CRM on `by` asked for `name`'s power state (`ha.probe`): like binomed's
+        fencer, a guard transaction, the BMC's status read, a second guard, and when the
+        chassis reads off the revocation of `name`'s lease."""
+        dev = self.nodes[name].fence
+        assert dev is not None
+        dev.probes += 1
+        rid = f"{name}?{dev.probes}"
+        dev.probe[by] = FenceStatus(rid, FenceState.PENDING)
+        requester = self.nodes[by]
+        self.q.after(ms(self.params.fencer_latency), self._probe_step, name, rid, by,
+                     requester.generation, requester.life, seen_renewal, as_master, False)
+        return rid
+
+    def _probe_step(self, name: str, rid: str, by: str, gen: int, life: int,
+                    seen_renewal: int | None, as_master: bool, read_off: bool) -> None:
+        dev = self.nodes[name].fence
+        assert dev is not None
+        if by not in dev.probe or dev.probe[by].request_id != rid:
+            return
+        requester = self.nodes[by]
+        if requester.generation != gen or requester.life != life or not requester.up:
+            dev.probe[by] = FenceStatus(rid, FenceState.FAILED, "the prober died")
+            return
+        if requester.paused(self.q.now):
+            self.q.at(requester.paused_until, self._probe_step, name, rid, by, gen, life,
+                      seen_renewal, as_master, read_off)
+            return
+        why = self._probe_guard_refusal(by, name, seen_renewal, as_master)
+        if why is not None:
+            dev.probe[by] = FenceStatus(rid, FenceState.FAILED, f"not probed: {why}")
+            return   # nothing to act on: no wake (a FAILED probe is retried by the rounds)
+        if not read_off:    # first guard passed: the BMC's answer comes later
+            if dev.health != "ok":
+                delay = self.timers.fence_timeout if dev.health == "dead" else 0.0
+                self.q.after(ms(delay), self._probe_failed, name, rid, by)
+                return
+            self.q.after(ms(self.params.probe_latency), self._probe_read, name, rid, by, gen,
+                         life, seen_renewal, as_master)
+            return
+        # second guard passed: off was read after the last renewal; revoke its lease
+        self.invariants.power_read_off(by, name)
+        lease = self.etcd.lease_of(name)
+        if lease is not None:
+            self.etcd.revoke(lease.id, self.q.now)
+        dev.probe[by] = FenceStatus(rid, FenceState.CONFIRMED, "chassis power off")
+        self.log("info", "fence", f"{name}: power status read off ({rid}); lease revoked")
+        self.wake_all("crm")
+
+    def _probe_read(self, name: str, rid: str, by: str, gen: int, life: int,
+                    seen_renewal: int | None, as_master: bool) -> None:
+        dev = self.nodes[name].fence
+        assert dev is not None
+        if by not in dev.probe or dev.probe[by].request_id != rid:
+            return
+        if self.members[name].power:
+            dev.probe[by] = FenceStatus(rid, FenceState.FAILED, "chassis power on")
+            return
+        self._probe_step(name, rid, by, gen, life, seen_renewal, as_master, True)
+
+    def _probe_failed(self, name: str, rid: str, by: str) -> None:
+        dev = self.nodes[name].fence
+        assert dev is not None
+        if by in dev.probe and dev.probe[by].request_id == rid:
+            dev.probe[by] = FenceStatus(rid, FenceState.FAILED, f"fence device {dev.health}")
+
+    def _probe_guard_refusal(self, by: str, name: str, seen_renewal: int | None,
+                             as_master: bool) -> str | None:
+        if not self.etcd.quorate(by):
+            return "no quorum"
+        if as_master and not self.holds_lock(by):
+            return "the manager lock is no longer ours"
+        lease = self.etcd.lease_of(name)
+        if lease is None or seen_renewal is None:
+            return f"{name} holds no lease"
+        if lease.renewed != seen_renewal:
             return f"{name} renewed its lease since the decision"
         return None
 
