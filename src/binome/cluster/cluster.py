@@ -149,6 +149,10 @@ class ClusterService:
         """The quorum view, refreshed first if older than `max_age` seconds."""
         return await self.monitor.fresh_view(max_age)
 
+    async def quorate_now(self) -> bool:
+        """One linearizable read: quorum now (see `ClusterMonitor.quorate_now`)."""
+        return await self.monitor.quorate_now()
+
     def etcd_leader_name(self) -> str | None:
         """The etcd leader as the local member last saw it (None: no leader or unknown)."""
         return self.monitor.etcd_leader_name()

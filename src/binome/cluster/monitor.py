@@ -141,6 +141,20 @@ class ClusterMonitor:
             await self.clusterlog.flush()
         return self.view
 
+    async def quorate_now(self) -> bool:
+        """Whether the local member reaches a quorum now: one linearizable read, nothing
+        else. `refresh_view` also asks every member for its status, and a member that
+        died or was cut off costs it `quorum_check_timeout` (1 s) each time, so a caller
+        that needs only quorum (a promotion's fencing) must not pay for the view."""
+        store = self.local.store
+        if store is None:
+            return False
+        try:
+            await store.linearizable_probe(timeout=self.config.timers.quorum_check_timeout)
+        except StoreUnavailable:
+            return False
+        return True
+
     async def fresh_view(self, max_age: float = 0.5) -> QuorumView:
         """The quorum view, refreshed first if older than `max_age` seconds."""
         if self.local.store is not None and time.time() - self.view.checked_at > max_age:

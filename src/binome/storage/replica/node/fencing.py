@@ -58,7 +58,9 @@ async def fence_peer(svc: VolumeService, name: str, *, reason: str) -> str:
     without quorum. The caller holds the volume's lock.
     """
     svc._store()                    # (not in a cluster: refused before anything else)
-    if not (await svc.cluster.fresh_view()).quorate:
+    # quorum only, not the whole view: probing every member would wait a full
+    # quorum_check_timeout on the very peer this promotion is fencing (issue 16)
+    if not await svc.cluster.quorate_now():
         raise FenceFailed("no quorum: cannot record the peer's copy as Outdated")
     try:
         rec = await svc.record(name, serializable=False)
