@@ -153,8 +153,17 @@ CATALOGUE: dict[str, EventKind] = {k.name: k for k in [
        ("sid", "month", "downtime", "budget"),
        "HA service {sid} exceeded its downtime budget",
        "HA service {sid} was down {downtime} s in {month}, over its budget of {budget} s "
-       "({target}).\nSee 'binome ha availability {sid}' for the outages and their causes.",
+       "({target}).\nSee 'binome ha availability {sid}' for the outages and their causes; "
+       "a recurring cause (the same node failing, a guest that crashes) is worth fixing "
+       "before the next one.",
        ("sid",)),
+    _k("availability-budget-nearly", "availability", S.NOTICE,
+       ("sid", "month", "downtime", "budget"),
+       "HA service {sid} used {used_percent} % of its downtime budget",
+       "HA service {sid} was down {downtime_text} in {month}: {used_percent} % of its budget "
+       "of {budget_text} ({target}).\nAnother outage this month may exceed it. See "
+       "'binome ha availability {sid}' for the outages and their causes, and check why the "
+       "service failed.", ("sid",)),
     _k("test", "test", S.INFO, ("target",), "Test notification",
        "This is a test of the notification target '{target}'.", ("target",)),
 ]}

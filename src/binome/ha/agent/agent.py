@@ -50,6 +50,7 @@ from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
 from binome.fence.watchdog import Watchdog
+from binome.ha.agent.availability import AvailabilityRecorder
 from binome.ha.agent.etcd_env import EtcdEnv, vmid_of
 from binome.ha.agent.executor import Executor
 from binome.ha.agent.fencer import Fencer
@@ -190,6 +191,8 @@ class HaAgent:
         self.stats = HaStats()     # fences and recoveries done here, for the metrics
         self.fencer = Fencer(self, self.stats)
         self.crm_env = EtcdEnv(self, "crm")
+        self.availability = AvailabilityRecorder(lambda: self.store, self.notify,
+                                                 timeout=self.io_timeout)
         self.lrm_env = EtcdEnv(self, "lrm")
         self.crm = Crm(self.crm_env, self.timers)
         self.lrm = Lrm(self.lrm_env, self.timers)
@@ -310,7 +313,8 @@ class HaAgent:
         # the watchdog supervisor is started by the first round that sees HA resources
         await self.shutdown.start()
         self._loops = [asyncio.create_task(self._round_loop(), name="ha-rounds"),
-                       asyncio.create_task(self._loop_monitor(), name="ha-loop-monitor")]
+                       asyncio.create_task(self._loop_monitor(), name="ha-loop-monitor"),
+                       asyncio.create_task(self.availability.run(), name="ha-availability")]
         if os.environ.get("BINOME_HA_KEEPER_THREAD", "1") == "0":
             # the former way, on the daemon's event loop: kept for bench/renewal.py's
             # side-by-side measurement only
@@ -556,6 +560,12 @@ class HaAgent:
         lock_revision = self.crm_env.lock_revision()
         if lock_revision is not None:   # only the master settles power-on debts
             self.fencer.settle_power_debts(self.crm_env.fence_records(), lock_revision)
+            services = self.crm_env.committed_service_states()
+            if services is not None:    # recorded by a task of its own: never slows rounds
+                self.availability.offer(services, lock_revision,
+                                        self.crm_env.availability_target())
+        else:
+            self.availability.not_master()
         if await self.lrm_env.refresh() and self.lrm_env.ha_sids() \
                 and self.watchdog.running_pid() is None:
             await self._ensure_watchdog()   # before the LRM may arm it and start guests

@@ -135,6 +135,7 @@ class EtcdEnv:
         self._lrm_write: LrmStatus | None = None
         # notifications of this round's decisions: sent only once they are committed
         self._notes: list[tuple[str, dict[str, str | int]]] = []
+        self._committed_services: dict[str, tuple[str, str]] | None = None
         # the LRM's CAS: tokens handed to the Lrm, the real revision compared in etcd
         self._lrm_token = 0
         self._lrm_real = 0
@@ -153,6 +154,7 @@ class EtcdEnv:
         self._status_write, self._moves, self._lrm_write = None, [], None
         self._lock_release = False
         self._notes = []
+        self._committed_services = None
         if store is None:
             return False
         timeout = hub.io_timeout
@@ -264,6 +266,9 @@ class EtcdEnv:
             errors.append("manager status, lock or a guest config changed since it was read")
             return False
         if self._status_write is not None:
+            self._committed_services = {
+                sid: (str(sd.state), sd.node)
+                for sid, sd in self._status_write[0].service_status.items()}
             try:
                 self._count_ha_events(self._status_write[0])
             except Exception:   # counting for the metrics must never fail a CRM round
@@ -426,6 +431,20 @@ class EtcdEnv:
         beat = self._entries.get(keys.ha_heartbeat(node))
         return self.hub.fencer.request(node, Guard(
             lock.mod_revision, beat.mod_revision if beat is not None else None))
+
+    def committed_service_states(self) -> dict[str, tuple[str, str]] | None:
+        """Every service's (state, node) as committed: what this round's commit wrote, else
+        what the snapshot read (None without quorum). For the availability history."""
+        if self._committed_services is not None:
+            return self._committed_services
+        if not self._ok:
+            return None
+        status = ManagerStatus.from_dict(self._value(keys.HA_MANAGER_STATUS, {}))
+        return {sid: (str(sd.state), sd.node) for sid, sd in status.service_status.items()}
+
+    def availability_target(self) -> float | None:
+        return decode_settings(self._value(keys.HA_SETTINGS)).availability_target \
+            if self._ok else None
 
     def lock_revision(self) -> int | None:
         """The manager lock's revision when this node held it in the last snapshot."""
