@@ -44,6 +44,10 @@ DOWN_CAUSES = {"fence": "fencing", "recovery": "recovery", "error": "error",
 PLANNED_CAUSES = {"request_stop": "admin-stop", "stopping": "admin-stop",
                   "stopped": "admin-stop", "removed": "unmanaged"}
 STARTING_STATES = frozenset({"request_start", "starting"})
+FAILED_STATES = frozenset({"fence", "recovery"})
+#: States a service may be in right after its recovery to another node.
+RECOVERED_STATES = frozenset({"recovery", "request_start", "starting", "started",
+                              "request_stop", "stopped"})
 REMOVED = "removed"   # the pseudo-state recorded when a service leaves the manager status
 
 #: The seeds' availability classes: percent -> allowed downtime per (365-day) year.
@@ -106,13 +110,37 @@ class Outage:
 
 
 def diff_states(recorded: Mapping[str, tuple[str, str]],
-                current: Mapping[str, tuple[str, str]], now: float) -> list[tuple[str, Transition]]:
+                current: Mapping[str, tuple[str, str]], now: float,
+                lost_since: Mapping[str, float] | None = None,
+                recorded_at: Mapping[str, float] | None = None) -> list[tuple[str, Transition]]:
     """The transitions that take the last recorded (state, node) of each service to the
-    committed ones; a service gone from the manager status becomes `removed`."""
+    committed ones; a service gone from the manager status becomes `removed`.
+
+    The CRM declares a node lost only when its lease is overdue, seconds after the node
+    died; `lost_since` (each node the committed status has lost -> the last sign of life
+    the master saw from it) backdates a service's move to `fence` to that moment, never
+    before the service's previous transition (`recorded_at`), so an outage by node
+    failure starts when the node failed. A service that went from its lost node straight
+    to another (fence and recovery within one round of a new master) gets that `fence`
+    transition too.
+    """
     out: list[tuple[str, Transition]] = []
+    lost_since = lost_since or {}
     for sid, (state, node) in sorted(current.items()):
-        if recorded.get(sid) != (state, node):
-            out.append((sid, Transition(now, state, node)))
+        before = recorded.get(sid)
+        if before == (state, node):
+            continue
+        if before is not None and before[1] in lost_since and before[0] not in FAILED_STATES \
+                and (state == "fence" or (state in RECOVERED_STATES and node != before[1])):
+            # the service's node was lost: the outage began with the node's last sign of
+            # life (a new master may have done fence and recovery in one round: the fence
+            # is recorded all the same, so the outage has its cause)
+            floor = (recorded_at or {}).get(sid, float("-inf"))
+            lost_at = min(now, max(lost_since[before[1]], floor))
+            out.append((sid, Transition(lost_at, "fence", before[1])))
+            if state == "fence" and node == before[1]:
+                continue
+        out.append((sid, Transition(now, state, node)))
     for sid, (state, node) in sorted(recorded.items()):
         if sid not in current and state != REMOVED:
             out.append((sid, Transition(now, REMOVED, node)))

@@ -154,3 +154,31 @@ def test_period_bounds() -> None:
     assert (year[1] - year[0]) == 365 * 86400
     with pytest.raises(ValueError, match="unknown period"):
         av.period_bounds("fortnight", t)
+
+
+def test_diff_states_backdates_a_fence_to_the_nodes_last_sign_of_life() -> None:
+    got = av.diff_states({"vm:1": ("started", "n1")}, {"vm:1": ("fence", "n1")}, 100.0,
+                         lost_since={"n1": 88.5}, recorded_at={"vm:1": 50.0})
+    assert got == [("vm:1", T(88.5, "fence", "n1"))]
+    # never before the service's previous transition, never in the future
+    got = av.diff_states({"vm:1": ("started", "n1")}, {"vm:1": ("fence", "n1")}, 100.0,
+                         lost_since={"n1": 40.0}, recorded_at={"vm:1": 60.0})
+    assert got == [("vm:1", T(60.0, "fence", "n1"))]
+    got = av.diff_states({}, {"vm:1": ("fence", "n1")}, 100.0, lost_since={"n1": 140.0})
+    assert got == [("vm:1", T(100.0, "fence", "n1"))]
+    # other states and other nodes are stamped now
+    got = av.diff_states({"vm:1": ("fence", "n1")}, {"vm:1": ("recovery", "n1")}, 100.0,
+                         lost_since={"n1": 88.5})
+    assert got == [("vm:1", T(100.0, "recovery", "n1"))]
+
+
+def test_diff_states_inserts_the_fence_a_new_master_did_within_one_round() -> None:
+    got = av.diff_states({"vm:1": ("started", "n1")}, {"vm:1": ("starting", "n2")}, 25.0,
+                         lost_since={"n1": 20.0})
+    assert got == [("vm:1", T(20.0, "fence", "n1")), ("vm:1", T(25.0, "starting", "n2"))]
+    r = rep([T(0, "started", "n1"), *[t for _, t in got], T(28.0, "started", "n2")], 0, 100)
+    assert [(o["cause"], o["start"], o["end"]) for o in r["outage_list"]] == [
+        ("fencing", 20.0, 28.0)]
+    # a planned move (the node is not lost) is no fence
+    got = av.diff_states({"vm:1": ("stopped", "n1")}, {"vm:1": ("stopped", "n2")}, 25.0)
+    assert got == [("vm:1", T(25.0, "stopped", "n2"))]
