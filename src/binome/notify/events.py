@@ -152,8 +152,8 @@ CATALOGUE: dict[str, EventKind] = {k.name: k for k in [
     _k("availability-budget-exceeded", "availability", S.WARNING,
        ("sid", "month", "downtime", "budget"),
        "HA service {sid} exceeded its downtime budget",
-       "HA service {sid} was down {downtime} s in {month}, over its budget of {budget} s "
-       "({target}).\nSee 'binome ha availability {sid}' for the outages and their causes; "
+       "HA service {sid} was down {downtime_text} in {month}, over its budget of "
+       "{budget_text} ({target}: {used_percent} % used).\nSee 'binome ha availability {sid}' for the outages and their causes; "
        "a recurring cause (the same node failing, a guest that crashes) is worth fixing "
        "before the next one.",
        ("sid",)),
@@ -184,6 +184,18 @@ BLOCKED_REASONS: dict[str, tuple[str, str]] = {
         "Bring a node of its group back online, or widen the group; recovery resumes by "
         "itself as soon as a node can take it."),
 }
+
+
+def _duration(seconds: float) -> str:
+    """2 h 3 min 4 s: downtime as an administrator reads it."""
+    secs, parts = round(seconds), []
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if secs >= size:
+            parts.append(f"{secs // size} {unit}")
+            secs %= size
+    if secs or not parts:
+        parts.append(f"{secs} s")
+    return " ".join(parts)
 
 
 class EventError(ValueError):
@@ -223,6 +235,12 @@ def make_event(kind: str, hostname: str, *, severity: Severity | str | None = No
     if kind == "disk-io-error":
         data.setdefault("detach_text", "The disk was detached; the volume now reads and writes "
                         "through its peer (diskless). " if data.get("detached") else "")
+    if spec.type == "availability":
+        down, allowed = float(data["downtime"]), float(data["budget"])
+        data.setdefault("used_percent", f"{100 * down / allowed:.0f}" if allowed > 0 else "100")
+        data.setdefault("downtime_text", _duration(down))
+        data.setdefault("budget_text", _duration(allowed))
+        data.setdefault("target", "the target")
     values = _Defaulting({k: v for k, v in data.items()})
     values["hostname"] = hostname
     fields = {"type": spec.type, "hostname": hostname}

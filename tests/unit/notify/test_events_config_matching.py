@@ -42,6 +42,8 @@ SAMPLES = {
     "etcd-unhealthy": {"member": "n2", "error": "slow fsync"},
     "availability-budget-exceeded": {"sid": "vm:100", "month": "2026-12", "downtime": 900,
                                      "budget": 2630, "target": "99.9 %"},
+    "availability-budget-nearly": {"sid": "vm:100", "month": "2026-12", "downtime": 2100,
+                                   "budget": 2592, "target": "99.9 %"},
     "test": {"target": "t"},
 }
 

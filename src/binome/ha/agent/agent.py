@@ -60,7 +60,7 @@ from binome.ha.agent.stats import HaStats
 from binome.ha.agent.wake import WATCH_PREFIXES, Debouncer, wakes_rounds
 from binome.ha.crm import Crm
 from binome.ha.lrm import Lrm
-from binome.ha.model import LrmState
+from binome.ha.model import LrmState, NodeState
 from binome.ha.timers import HaTimers
 from binome.loops import Backoff, run_periodic, stop_tasks
 from binome.store import keys
@@ -560,10 +560,18 @@ class HaAgent:
         lock_revision = self.crm_env.lock_revision()
         if lock_revision is not None:   # only the master settles power-on debts
             self.fencer.settle_power_debts(self.crm_env.fence_records(), lock_revision)
-            services = self.crm_env.committed_service_states()
-            if services is not None:    # recorded by a task of its own: never slows rounds
+            status = self.crm_env.committed_status()
+            if status is not None:    # recorded by a task of its own: never slows rounds
+                services = {sid: (str(sd.state), sd.node)
+                            for sid, sd in status.service_status.items()}
+                wall, mono = time.time(), time.monotonic()
+                seen = self.crm_env.liveness.last_renewal
+                lost = {node: wall - (mono - seen[node])
+                        for node, rec in status.node_status.items()
+                        if rec.state not in (NodeState.ONLINE, NodeState.MAINTENANCE)
+                        and node in seen}
                 self.availability.offer(services, lock_revision,
-                                        self.crm_env.availability_target())
+                                        self.crm_env.availability_target(), lost)
         else:
             self.availability.not_master()
         if await self.lrm_env.refresh() and self.lrm_env.ha_sids() \

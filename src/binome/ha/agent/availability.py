@@ -35,16 +35,18 @@ class AvailabilityRecorder:
         self._notify = notify
         self._clock = clock
         self._timeout = timeout
-        self._offer: tuple[dict[str, tuple[str, str]], int, float | None] | None = None
+        self._offer: tuple[dict[str, tuple[str, str]], int, float | None,
+                           dict[str, float]] | None = None
         self._records: dict[str, ServiceRecord] | None = None   # cache, while master
         self._lock_revision: int | None = None
         self._last_budget_check = float("-inf")
         self._wake = asyncio.Event()
 
     def offer(self, services: dict[str, tuple[str, str]], lock_revision: int,
-              target: float | None) -> None:
-        """The committed services' (state, node) as master at `lock_revision`."""
-        self._offer = (services, lock_revision, target)
+              target: float | None, lost_since: dict[str, float] | None = None) -> None:
+        """The committed services' (state, node) as master at `lock_revision`, the budget
+        target, and the nodes the status has lost -> their last renewal (wall clock)."""
+        self._offer = (services, lock_revision, target, lost_since or {})
         self._wake.set()
 
     def not_master(self) -> None:
@@ -69,7 +71,7 @@ class AvailabilityRecorder:
         offer, store = self._offer, self._store_of()
         if offer is None or store is None:
             return False
-        services, lock_revision, target = offer
+        services, lock_revision, target, lost_since = offer
         repo = AvailabilityLog(store)
         if self._records is None or self._lock_revision != lock_revision:
             self._records = await repo.load()
@@ -77,8 +79,9 @@ class AvailabilityRecorder:
         records = self._records
         now = self._clock()
         recorded = {sid: last for sid, rec in records.items() if (last := rec.last) is not None}
+        at = {sid: rec.log[-1].time for sid, rec in records.items() if rec.log}
         changed: dict[str, ServiceRecord] = {}
-        for sid, tr in av.diff_states(recorded, services, now):
+        for sid, tr in av.diff_states(recorded, services, now, lost_since, at):
             rec = records.setdefault(sid, ServiceRecord(sid))
             rec.log.append(tr)
             changed[sid] = rec

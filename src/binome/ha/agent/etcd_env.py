@@ -91,6 +91,9 @@ class LivenessTracker:
         # node -> (mod revision, first seen at, lease id)
         self.seen: dict[str, tuple[int, float, int]] = {}
         self.gone: dict[str, tuple[float, bool]] = {}  # node -> (seen gone at, expired)
+        # node -> when its latest renewal was first seen, kept after the node is lost:
+        # its last sign of life, where the availability history starts its outages
+        self.last_renewal: dict[str, float] = {}
 
     def observe(self, now: float, heartbeats: dict[str, Raw], released: dict[str, Raw]) -> None:
         for node, raw in heartbeats.items():
@@ -98,6 +101,7 @@ class LivenessTracker:
             old = self.seen.get(node)
             if old is None or old[0] != raw.mod_revision:
                 self.seen[node] = (raw.mod_revision, now, raw.lease)
+                self.last_renewal[node] = now
         for node in list(self.seen):
             if node not in heartbeats:
                 rel = released.get(node)
@@ -135,7 +139,7 @@ class EtcdEnv:
         self._lrm_write: LrmStatus | None = None
         # notifications of this round's decisions: sent only once they are committed
         self._notes: list[tuple[str, dict[str, str | int]]] = []
-        self._committed_services: dict[str, tuple[str, str]] | None = None
+        self._committed: ManagerStatus | None = None
         # the LRM's CAS: tokens handed to the Lrm, the real revision compared in etcd
         self._lrm_token = 0
         self._lrm_real = 0
@@ -154,7 +158,7 @@ class EtcdEnv:
         self._status_write, self._moves, self._lrm_write = None, [], None
         self._lock_release = False
         self._notes = []
-        self._committed_services = None
+        self._committed = None
         if store is None:
             return False
         timeout = hub.io_timeout
@@ -266,9 +270,7 @@ class EtcdEnv:
             errors.append("manager status, lock or a guest config changed since it was read")
             return False
         if self._status_write is not None:
-            self._committed_services = {
-                sid: (str(sd.state), sd.node)
-                for sid, sd in self._status_write[0].service_status.items()}
+            self._committed = self._status_write[0]
             try:
                 self._count_ha_events(self._status_write[0])
             except Exception:   # counting for the metrics must never fail a CRM round
@@ -432,15 +434,14 @@ class EtcdEnv:
         return self.hub.fencer.request(node, Guard(
             lock.mod_revision, beat.mod_revision if beat is not None else None))
 
-    def committed_service_states(self) -> dict[str, tuple[str, str]] | None:
-        """Every service's (state, node) as committed: what this round's commit wrote, else
-        what the snapshot read (None without quorum). For the availability history."""
-        if self._committed_services is not None:
-            return self._committed_services
+    def committed_status(self) -> ManagerStatus | None:
+        """The manager status as committed: what this round's commit wrote, else what the
+        snapshot read (None without quorum). For the availability history."""
+        if self._committed is not None:
+            return self._committed
         if not self._ok:
             return None
-        status = ManagerStatus.from_dict(self._value(keys.HA_MANAGER_STATUS, {}))
-        return {sid: (str(sd.state), sd.node) for sid, sd in status.service_status.items()}
+        return ManagerStatus.from_dict(self._value(keys.HA_MANAGER_STATUS, {}))
 
     def availability_target(self) -> float | None:
         return decode_settings(self._value(keys.HA_SETTINGS)).availability_target \
