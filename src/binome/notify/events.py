@@ -143,8 +143,11 @@ CATALOGUE: dict[str, EventKind] = {k.name: k for k in [
        "then ('binome cert renew'), or clients will refuse the API.", ("certificate",)),
     _k("clock-skew", "time", S.WARNING, ("node", "skew", "threshold"),
        "Clock skew on {node}: {skew} s",
-       "The clock of {node} differs by {skew} s from the cluster (threshold {threshold} s).\n"
-       "Leases and fencing deadlines depend on time; check NTP (chrony) on {node}.", ("node",)),
+       "The clock of {node} differs by {skew} s from the cluster's ({reference}'s; "
+       "threshold {threshold} s), compared through the nodes' HA heartbeats.\n"
+       "Leases and fencing deadlines use monotonic clocks and are not affected, but logs, "
+       "certificates and the availability history are. Check NTP (chrony: 'chronyc "
+       "tracking') on {node} and on {reference}.", ("node",)),
     _k("etcd-unhealthy", "etcd", S.ERROR, ("member", "error"),
        "etcd member {member} unhealthy",
        "The etcd member {member} is unhealthy: {error}.\nThe cluster keeps quorum while a "
@@ -153,7 +156,8 @@ CATALOGUE: dict[str, EventKind] = {k.name: k for k in [
        ("sid", "month", "downtime", "budget"),
        "HA service {sid} exceeded its downtime budget",
        "HA service {sid} was down {downtime_text} in {month}, over its budget of "
-       "{budget_text} ({target}: {used_percent} % used).\nSee 'binome ha availability {sid}' for the outages and their causes; "
+       "{budget_text} ({target}: {used_percent} % used).\nSee 'binome ha availability "
+       "{sid}' for the outages and their causes; "
        "a recurring cause (the same node failing, a guest that crashes) is worth fixing "
        "before the next one.",
        ("sid",)),

@@ -38,7 +38,7 @@ SAMPLES = {
     "backup-result": {"job_id": "daily", "status": "ok", "ok_count": 3, "failed_count": 0,
                       "total_size": 10, "total_time": 5, "details": ""},
     "certificate-expiry": {"certificate": "pve-ssl", "days_left": 10, "not_after": "2027"},
-    "clock-skew": {"node": "n2", "skew": 2.5, "threshold": 1},
+    "clock-skew": {"node": "n2", "skew": 2.5, "threshold": 1, "reference": "n1"},
     "etcd-unhealthy": {"member": "n2", "error": "slow fsync"},
     "availability-budget-exceeded": {"sid": "vm:100", "month": "2026-12", "downtime": 900,
                                      "budget": 2630, "target": "99.9 %"},

@@ -464,7 +464,9 @@ class HaAgent:
             if ttl <= 0:
                 self._hb_ok = False
                 return False
-            rev = await store.txn([], {keys.ha_heartbeat(self.node): ({"seq": seq}, lease)},
+            # (its wall clock: the CRM compares the nodes' clocks, ha.agent.clock_skew)
+            beat = {"seq": seq, "time": round(time.time(), 3)}
+            rev = await store.txn([], {keys.ha_heartbeat(self.node): (beat, lease)},
                                   (), self.io_timeout)
         except StoreUnavailable:
             await self._hb_link.failed(hung=time.monotonic() - sent >= self.io_timeout * 0.9)
@@ -572,6 +574,11 @@ class HaAgent:
                         and node in seen}
                 self.availability.offer(services, lock_revision,
                                         self.crm_env.availability_target(), lost)
+            clocks = self.crm_env.liveness.clocks
+            for node, skew in clocks.alerts():
+                if node != self.node:
+                    self.notify("clock-skew", node=node, skew=f"{-skew:+.2f}",
+                                threshold=f"{clocks.threshold:g}", reference=self.node)
         else:
             self.availability.not_master()
         if await self.lrm_env.refresh() and self.lrm_env.ha_sids() \

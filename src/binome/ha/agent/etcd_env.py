@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from binome.fence.devices import device_nodes
 from binome.guest import configs
+from binome.ha.agent.clock_skew import SkewEstimator
 from binome.ha.agent.fencer import Guard
 from binome.ha.config import decode_commands, decode_groups, decode_resources, decode_settings
 from binome.ha.env import Conflict, EnvUnavailable
@@ -94,14 +95,21 @@ class LivenessTracker:
         # node -> when its latest renewal was first seen, kept after the node is lost:
         # its last sign of life, where the availability history starts its outages
         self.last_renewal: dict[str, float] = {}
+        self.clocks = SkewEstimator()   # the nodes' wall clocks compared with this one
 
-    def observe(self, now: float, heartbeats: dict[str, Raw], released: dict[str, Raw]) -> None:
+    def observe(self, now: float, heartbeats: dict[str, Raw], released: dict[str, Raw],
+                wall: float | None = None) -> None:
+        wall = time.time() if wall is None else wall
         for node, raw in heartbeats.items():
             self.gone.pop(node, None)
             old = self.seen.get(node)
             if old is None or old[0] != raw.mod_revision:
                 self.seen[node] = (raw.mod_revision, now, raw.lease)
                 self.last_renewal[node] = now
+                sent = raw.value.get("time") if isinstance(raw.value, dict) else None
+                if isinstance(sent, int | float) and old is not None:
+                    # (not the first sight: that one may have been written long ago)
+                    self.clocks.observe(node, float(sent), wall)
         for node in list(self.seen):
             if node not in heartbeats:
                 rel = released.get(node)
@@ -110,6 +118,7 @@ class LivenessTracker:
                                and rel.value.get("lease") == self.seen[node][2])
                 self.gone[node] = (now, expired)
                 del self.seen[node]
+                self.clocks.forget(node)
 
     def facts(self, node: str, heartbeats: dict[str, Raw]) -> NodeFacts:
         if node in heartbeats and node in self.seen:
