@@ -139,8 +139,11 @@ CATALOGUE: dict[str, EventKind] = {k.name: k for k in [
        "{total_size} bytes in {total_time} s.\n{details}", ("job_id",)),
     _k("certificate-expiry", "certificate", S.WARNING, ("certificate", "days_left"),
        "Certificate {certificate} expires in {days_left} days",
-       "The certificate {certificate} on {hostname} expires on {not_after}.\nRenew it before "
-       "then ('binome cert renew'), or clients will refuse the API.", ("certificate",)),
+       "The certificate {certificate} on {hostname} expires on {not_after}.\nClients, and the "
+       "other nodes, will refuse this node's API once it has expired. Plan its renewal now: "
+       "binome has no renewal command yet (node certificates are issued for 10 years when "
+       "a node joins); a node joined again gets a new one.",
+       ("certificate",)),
     _k("clock-skew", "time", S.WARNING, ("node", "skew", "threshold"),
        "Clock skew on {node}: {skew} s",
        "The clock of {node} differs by {skew} s from the cluster's ({reference}'s; "
