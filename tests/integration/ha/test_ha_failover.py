@@ -90,6 +90,8 @@ def _check_availability(node: Node, sid: str, wall_kill: float, recovery: float)
     assert abs(out["duration"] - recovery) <= keepalive + 1.0
     text = node.cli("ha", "availability", sid).stdout
     assert f"{sid} (started)" in text and "fencing" in text, text
+    bad = node.cli("ha", "availability", "--period", "day", "--since", "5", check=False)
+    assert bad.returncode != 0 and "give either a period or since/until" in bad.stderr
 
 
 def test_ha_failover_and_no_recovery_without_quorum(fresh_cluster: Cluster) -> None:

@@ -182,3 +182,20 @@ def test_diff_states_inserts_the_fence_a_new_master_did_within_one_round() -> No
     # a planned move (the node is not lost) is no fence
     got = av.diff_states({"vm:1": ("stopped", "n1")}, {"vm:1": ("stopped", "n2")}, 25.0)
     assert got == [("vm:1", T(25.0, "stopped", "n2"))]
+
+
+def test_api_window_validation() -> None:
+    from binome.api.errors import ApiError
+    from binome.api.methods.ha import availability_window
+
+    now = dt.datetime(2026, 12, 6, 12, tzinfo=dt.UTC).timestamp()
+    since, until, period = availability_window({}, now)
+    assert until - since == 31 * 86400
+    assert period == "month" and av.period_label("month", since) == "2026-12"
+    assert availability_window({"since": 100, "until": 200}, now) == (100.0, 200.0, "")
+    assert availability_window({"since": 100}, now) == (100.0, now, "")
+    for bad, param in (({"since": 300, "until": 200}, "since"),
+                       ({"period": "year", "until": 200}, "period")):
+        with pytest.raises(ApiError) as exc:
+            availability_window(bad, now)
+        assert exc.value.status == 400 and param in (exc.value.errors or {})
