@@ -199,3 +199,16 @@ def test_api_window_validation() -> None:
         with pytest.raises(ApiError) as exc:
             availability_window(bad, now)
         assert exc.value.status == 400 and param in (exc.value.errors or {})
+
+
+def test_availability_target_setting_round_trip() -> None:
+    from binome.api.methods.ha import HA_OPTION
+    from binome.ha.model import HaSettings
+
+    parsed = HA_OPTION.parse("shutdown_policy=freeze,availability_target=99.95")
+    settings = HaSettings.from_dict(parsed)
+    assert settings.availability_target == 99.95
+    assert HaSettings.from_dict(settings.to_dict()) == settings
+    assert "availability_target" not in HaSettings().to_dict()
+    with pytest.raises(ValueError, match="minimum value of 90"):
+        HA_OPTION.parse("availability_target=80")
