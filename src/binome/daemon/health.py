@@ -36,7 +36,7 @@ log = logging.getLogger("binome.health")
 CERT_WARN_DAYS = 30
 CERT_STEPS = (30, 14, 7, 3, 1, 0)
 CERT_CHECK = 3600.0
-ETCD_CHECK = 10.0
+ETCD_CHECK = 5.0
 ETCD_FAILS = 2
 ETCD_TIMEOUT = 2.0
 
