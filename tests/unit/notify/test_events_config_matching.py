@@ -204,3 +204,20 @@ def test_update_keeps_unnamed_secrets_and_refuses_deleting_a_required_option():
     with pytest.raises(ConfigError) as err:
         update_entry(smtp, {}, ["token"])
     assert err.value.errors == {"delete": "invalid option 'token'"}
+
+
+def test_availability_budget_texts() -> None:
+    nearly = make_event("availability-budget-nearly", "n1", sid="vm:100", month="2026-12",
+                        downtime=2305, budget=2678, target="99.9 %")
+    assert nearly.severity is Severity.NOTICE
+    assert nearly.title == "HA service vm:100 used 86 % of its downtime budget"
+    assert "was down 38 min 25 s in 2026-12" in nearly.message
+    assert "budget of 44 min 38 s (99.9 %)" in nearly.message
+    assert "binome ha availability vm:100" in nearly.message
+    over = make_event("availability-budget-exceeded", "n1", sid="vm:100", month="2026-12",
+                      downtime=2705, budget=2678, target="99.9 %")
+    assert over.severity is Severity.WARNING
+    assert over.fields == {"type": "availability", "hostname": "n1", "sid": "vm:100",
+                           "month": "2026-12", "downtime": "2705", "budget": "2678",
+                           "kind": "availability-budget-exceeded"}
+    assert "(99.9 %: 101 % used)" in over.message
