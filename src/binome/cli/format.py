@@ -171,7 +171,53 @@ def volume_config(data: Any) -> str:
     return vformat.drbdsetup_show(data)
 
 
+def ha_availability(reports: list[dict[str, Any]]) -> str:
+    """`binome ha availability`: one line per service, then its outages and planned stops."""
+    if not reports:
+        return "no availability history recorded yet"
+    lines = []
+    for rep in reports:
+        since = time.strftime("%Y-%m-%d %H:%M", time.gmtime(rep["since"]))
+        until = time.strftime("%Y-%m-%d %H:%M", time.gmtime(rep["until"]))
+        pct = "n/a" if rep["availability"] is None else f"{rep['availability']:.4f} %"
+        lines.append(f"{rep['sid']} ({rep['state']}) {since} .. {until} UTC: "
+                     f"availability {pct} (class {rep['class']}), "
+                     f"downtime {_duration(rep['downtime'])} in {rep['outages']} outage(s), "
+                     f"longest {_duration(rep['longest'])}, MTTR {_duration(rep['mttr'])}, "
+                     f"planned {_duration(rep['planned_downtime'])}")
+        bud = rep.get("budget")
+        if bud:
+            lines.append(f"  budget {bud['target']:g} %: {_duration(bud['used'])} of "
+                         f"{_duration(bud['allowed'])} used ({bud['used_percent']:g} %), "
+                         f"{_duration(bud['left'])} left")
+        for kind, items in (("outage", rep["outage_list"]), ("planned", rep["planned_list"])):
+            for o in items:
+                start = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(o["start"]))
+                phases = ", ".join(f"{p['cause']} {_duration(p['duration'])}"
+                                   for p in o["phases"])
+                lines.append(f"  {kind:<7} {start}  {_duration(o['duration']):>14}  "
+                             f"{o['cause']:<10} on {o['node'] or '?'}"
+                             + (" (ongoing)" if o["ongoing"] else "")
+                             + (f"  [{phases}]" if len(o["phases"]) > 1 else ""))
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    secs = round(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if secs >= size:
+            parts.append(f"{secs // size} {unit}")
+            secs %= size
+    if secs:
+        parts.append(f"{secs} s")
+    return " ".join(parts)
+
+
 FORMATTERS: dict[str, Callable[[Any], str]] = {
+    "ha_availability": ha_availability,
     "cluster_status": cluster_status,
     "witness_status": witness_status,
     "cluster_nodes": cluster_nodes,

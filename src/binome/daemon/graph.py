@@ -21,6 +21,7 @@ from binome.api.server import ApiServer
 from binome.cluster import pki
 from binome.cluster.cluster import ClusterService
 from binome.config import ConfigError, NodeConfig
+from binome.daemon.health import HealthWatch
 from binome.daemon.hostinfo import HostInfo
 from binome.daemon.logs import NodeLogs
 from binome.daemon.rrd import RrdStore
@@ -69,6 +70,10 @@ class NodeGraph:
         pki.ensure_self_signed(self.cluster.paths, config.name,
                                [config.cluster_address, "127.0.0.1"])
         self.metrics = NodeMetrics(self)   # reads the graph at each scrape
+        self.health = HealthWatch(
+            config.name, self.notifications.emit, lambda: self.api_cert_paths()[0],
+            lambda: self.cluster.store,
+            lambda: self.ha is not None and self.ha.crm_env.lock_revision() is not None)
         self.api = ApiServer(self, self.metrics)    # last: it takes the whole graph
 
     def _guests(self) -> GuestService:

@@ -100,6 +100,7 @@ async def run(cfg: NodeConfig) -> None:
             lambda: storage_usage(node.storages, cfg.name),
             interval=cfg.timers.rrd_interval), name="rrd")
         pusher = asyncio.create_task(MetricPusher(node).run(), name="metric-push")
+        node.health.start()               # certificate expiry, etcd members: notifications
         log.info("binomed ready", extra={"role": cfg.role,
                                          "cluster": node.cluster.cluster_name or "-"})
         await stop.wait()
@@ -107,6 +108,7 @@ async def run(cfg: NodeConfig) -> None:
         sampler.cancel()
         pusher.cancel()
     finally:
+        await node.health.stop()
         await node.metrics.stop_listener()
         await node.api.stop()
         if node.ha is not None:

@@ -201,14 +201,22 @@ class HaSettings:
     """Cluster-wide HA settings (datacenter.cfg `ha:` in Proxmox)."""
 
     shutdown_policy: ShutdownPolicy = ShutdownPolicy.CONDITIONAL
+    # binome: every HA service's availability target in percent (99.9), whose monthly
+    # downtime budget the master watches (binome.ha.agent.availability); None: no budget
+    availability_target: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"shutdown_policy": str(self.shutdown_policy)}
+        out: dict[str, Any] = {"shutdown_policy": str(self.shutdown_policy)}
+        if self.availability_target is not None:
+            out["availability_target"] = self.availability_target
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> HaSettings:
         data = data or {}
-        return cls(shutdown_policy=ShutdownPolicy(data.get("shutdown_policy", "conditional")))
+        target = data.get("availability_target")
+        return cls(shutdown_policy=ShutdownPolicy(data.get("shutdown_policy", "conditional")),
+                   availability_target=None if target is None else float(target))
 
 
 # ---------------------------------------------------------------- environment facts

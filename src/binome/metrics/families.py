@@ -115,6 +115,12 @@ METRICS: dict[str, Spec] = _specs(
     ("binome_ha_recovery_duration_seconds", "summary", "sid from_node to_node",
      "Time from this CRM detecting the loss of the service's node (lease expiry) to the "
      "service `started` on its new node."),
+    ("binome_ha_service_downtime_seconds_total", "counter", "sid",
+     "Unplanned downtime of the HA service recorded in its availability history (outages: "
+     "fencing, recovery, error, migration gaps; an ongoing one counts up to the scrape; "
+     "administrator stops excluded). Read from etcd: the same on every node."),
+    ("binome_ha_service_outages_total", "counter", "sid",
+     "Outages of the HA service recorded in its availability history."),
     # ---- replicated volumes of this node's engine
     ("binome_volume_connection_state", "gauge", "volume peer_node state",
      "One-hot: the replication link's connection state (DRBD's cstate)."),
@@ -152,10 +158,10 @@ METRICS: dict[str, Spec] = _specs(
      "API request latency on this node, by HTTP method, route template and status code."),
     ("binome_metrics_source_up", "gauge", "source",
      "1 if the exporter could read this source at this scrape (etcd, etcd_quorum_read, "
-     "ha, volumes, host)."),
+     "ha, ha_availability, volumes, host)."),
 )
 
-SOURCES = ("host", "etcd", "etcd_quorum_read", "ha", "volumes")
+SOURCES = ("host", "etcd", "etcd_quorum_read", "ha", "ha_availability", "volumes")
 TASK_STATUSES = ("running", "ok", "warning", "error")
 
 
@@ -276,6 +282,9 @@ def _ha(b: _Builder, snap: Snapshot) -> None:
             b.one_hot("binome_ha_node_state", NODE_STATES, str(state), node)
         if snap.ha.get("lock"):
             b.set("binome_ha_master", 1, str(snap.ha["lock"]))
+    for sid, (downtime, count) in sorted(snap.availability.items()):
+        b.set("binome_ha_service_downtime_seconds_total", downtime, sid)
+        b.set("binome_ha_service_outages_total", count, sid)
     stats = snap.ha_stats
     if stats is None:
         return

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from binome import __version__
+from binome.ha import availability as av
+from binome.ha.availability_log import AvailabilityLog
 from binome.ha.config import HaConfig
 from binome.store.client import StoreUnavailable
 
@@ -50,6 +52,8 @@ class Snapshot:
     # request kind -> seconds it took at this scrape (`status`, `quorum_read`)
     etcd_latency: dict[str, float] = field(default_factory=dict)
     ha: dict[str, Any] | None = None
+    # sid -> (unplanned downtime seconds, outages) over its whole availability history
+    availability: dict[str, tuple[float, int]] = field(default_factory=dict)
     ha_stats: HaStats | None = None
     volumes: list[dict[str, Any]] | None = None
     tasks: list[TaskRecord] = field(default_factory=list)
@@ -75,7 +79,7 @@ async def take(src: MetricSources) -> Snapshot:
     if snap.is_member and store is not None:
         snap.quorum = cluster.view
         snap.etcd_leader = cluster.etcd_leader_name()
-        await asyncio.gather(_etcd(snap, store), _ha(snap, store))
+        await asyncio.gather(_etcd(snap, store), _ha(snap, store), _availability(snap, store))
     if src.volumes is not None:
         try:
             snap.volumes = await asyncio.wait_for(src.volumes.local_statuses(),
@@ -107,6 +111,20 @@ async def _ha(snap: Snapshot, store: Any) -> None:
                                          SOURCE_TIMEOUT)
     except (StoreUnavailable, TimeoutError) as exc:
         _failed(snap, "ha", exc)
+
+
+async def _availability(snap: Snapshot, store: Any) -> None:
+    try:
+        records = await asyncio.wait_for(AvailabilityLog(store).load(serializable=True),
+                                         SOURCE_TIMEOUT)
+    except (StoreUnavailable, TimeoutError) as exc:
+        _failed(snap, "ha_availability", exc)
+        return
+    now = time.time()
+    for sid, rec in records.items():
+        if rec.log:
+            rep = av.report(sid, rec.log, rec.log[0].time, now, now)
+            snap.availability[sid] = (rep["downtime"], rep["outages"])
 
 
 def _failed(snap: Snapshot, source: str, exc: BaseException) -> None:

@@ -139,12 +139,18 @@ CATALOGUE: dict[str, EventKind] = {k.name: k for k in [
        "{total_size} bytes in {total_time} s.\n{details}", ("job_id",)),
     _k("certificate-expiry", "certificate", S.WARNING, ("certificate", "days_left"),
        "Certificate {certificate} expires in {days_left} days",
-       "The certificate {certificate} on {hostname} expires on {not_after}.\nRenew it before "
-       "then ('binome cert renew'), or clients will refuse the API.", ("certificate",)),
+       "The certificate {certificate} on {hostname} expires on {not_after}.\nClients, and the "
+       "other nodes, will refuse this node's API once it has expired. Plan its renewal now: "
+       "binome has no renewal command yet (node certificates are issued for 10 years when "
+       "a node joins); a node joined again gets a new one.",
+       ("certificate",)),
     _k("clock-skew", "time", S.WARNING, ("node", "skew", "threshold"),
        "Clock skew on {node}: {skew} s",
-       "The clock of {node} differs by {skew} s from the cluster (threshold {threshold} s).\n"
-       "Leases and fencing deadlines depend on time; check NTP (chrony) on {node}.", ("node",)),
+       "The clock of {node} differs by {skew} s from the cluster's ({reference}'s; "
+       "threshold {threshold} s), compared through the nodes' HA heartbeats.\n"
+       "Leases and fencing deadlines use monotonic clocks and are not affected, but logs, "
+       "certificates and the availability history are. Check NTP (chrony: 'chronyc "
+       "tracking') on {node} and on {reference}.", ("node",)),
     _k("etcd-unhealthy", "etcd", S.ERROR, ("member", "error"),
        "etcd member {member} unhealthy",
        "The etcd member {member} is unhealthy: {error}.\nThe cluster keeps quorum while a "
@@ -152,9 +158,19 @@ CATALOGUE: dict[str, EventKind] = {k.name: k for k in [
     _k("availability-budget-exceeded", "availability", S.WARNING,
        ("sid", "month", "downtime", "budget"),
        "HA service {sid} exceeded its downtime budget",
-       "HA service {sid} was down {downtime} s in {month}, over its budget of {budget} s "
-       "({target}).\nSee 'binome ha availability {sid}' for the outages and their causes.",
+       "HA service {sid} was down {downtime_text} in {month}, over its budget of "
+       "{budget_text} ({target}: {used_percent} % used).\nSee 'binome ha availability "
+       "{sid}' for the outages and their causes; "
+       "a recurring cause (the same node failing, a guest that crashes) is worth fixing "
+       "before the next one.",
        ("sid",)),
+    _k("availability-budget-nearly", "availability", S.NOTICE,
+       ("sid", "month", "downtime", "budget"),
+       "HA service {sid} used {used_percent} % of its downtime budget",
+       "HA service {sid} was down {downtime_text} in {month}: {used_percent} % of its budget "
+       "of {budget_text} ({target}).\nAnother outage this month may exceed it. See "
+       "'binome ha availability {sid}' for the outages and their causes, and check why the "
+       "service failed.", ("sid",)),
     _k("test", "test", S.INFO, ("target",), "Test notification",
        "This is a test of the notification target '{target}'.", ("target",)),
 ]}
@@ -175,6 +191,18 @@ BLOCKED_REASONS: dict[str, tuple[str, str]] = {
         "Bring a node of its group back online, or widen the group; recovery resumes by "
         "itself as soon as a node can take it."),
 }
+
+
+def _duration(seconds: float) -> str:
+    """2 h 3 min 4 s: downtime as an administrator reads it."""
+    secs, parts = round(seconds), []
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if secs >= size:
+            parts.append(f"{secs // size} {unit}")
+            secs %= size
+    if secs or not parts:
+        parts.append(f"{secs} s")
+    return " ".join(parts)
 
 
 class EventError(ValueError):
@@ -214,6 +242,12 @@ def make_event(kind: str, hostname: str, *, severity: Severity | str | None = No
     if kind == "disk-io-error":
         data.setdefault("detach_text", "The disk was detached; the volume now reads and writes "
                         "through its peer (diskless). " if data.get("detached") else "")
+    if spec.type == "availability":
+        down, allowed = float(data["downtime"]), float(data["budget"])
+        data.setdefault("used_percent", f"{100 * down / allowed:.0f}" if allowed > 0 else "100")
+        data.setdefault("downtime_text", _duration(down))
+        data.setdefault("budget_text", _duration(allowed))
+        data.setdefault("target", "the target")
     values = _Defaulting({k: v for k, v in data.items()})
     values["hostname"] = hostname
     fields = {"type": spec.type, "hostname": hostname}

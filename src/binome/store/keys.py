@@ -71,6 +71,15 @@ HA_FENCE_REQUESTS = f"{HA}fence_requests/"  # <node>: latest fence request and i
 HA_FENCE_CONFIRM = f"{HA}fence_confirm/"    # <node>: the admin's power-off confirmation
 
 
+# The HA services' availability history (binome.ha.availability_log; outside HA, so the
+# CRM's snapshot of /binome/ha/ does not carry it every round)
+AVAILABILITY = f"{ROOT}/availability/"      # <sid>: {"log": [[time, state, node], ...], ...}
+
+
+def availability(sid: str) -> str:
+    return f"{AVAILABILITY}{sid}"
+
+
 def ha_command(seq: str) -> str:
     return f"{HA_COMMANDS}{seq}"
 

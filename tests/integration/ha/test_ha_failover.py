@@ -70,6 +70,30 @@ def _crm_steps(node: Node, since: float) -> str:
             f"{first('recovery -> starting')}")
 
 
+def _check_availability(node: Node, sid: str, wall_kill: float, recovery: float) -> None:
+    """The availability history has the failover: one outage caused by the node's loss,
+    starting at n1's last renewal (just before the kill) and about as long as the probe
+    (kill -> QEMU running on n2) measured; recorded by the master of the moment."""
+    def outage() -> dict | None:
+        [rep] = node.json("ha", "availability", sid, "--period", "day")
+        done = [o for o in rep["outage_list"] if not o["ongoing"]]
+        return done[-1] if done else None
+
+    wait_for(lambda: outage() is not None, 20, f"{sid}'s outage in the availability history")
+    out = outage()
+    assert out is not None
+    print(f"availability history: {out}; probe: {recovery:.1f} s")
+    assert out["cause"] == "fencing" and out["node"] == "n1"
+    keepalive = 1.5   # > the default keepalive interval: the last renewal seen before the kill
+    assert wall_kill - keepalive <= out["start"] <= wall_kill + 0.5
+    # ends when the LRM on n2 reported the guest started (QEMU launched: what the probe saw)
+    assert abs(out["duration"] - recovery) <= keepalive + 1.0
+    text = node.cli("ha", "availability", sid).stdout
+    assert f"{sid} (started)" in text and "fencing" in text, text
+    bad = node.cli("ha", "availability", "--period", "day", "--since", "5", check=False)
+    assert bad.returncode != 0 and "give either a period or since/until" in bad.stderr
+
+
 def test_ha_failover_and_no_recovery_without_quorum(fresh_cluster: Cluster) -> None:
     from proxmoxer import ProxmoxAPI
 
@@ -118,6 +142,7 @@ def test_ha_failover_and_no_recovery_without_quorum(fresh_cluster: Cluster) -> N
                  and service(n2, sid).get("state") == "started", 20, f"{sid} started on n2")
         assert px.nodes("n2").qemu(vmid).config.get()["name"] == "ha-vm"   # config moved
         print(n2.cli("ha", "status").stdout)
+        _check_availability(n2, sid, wall_kill, recovery)
 
         # ---- without quorum nothing is recovered: n1 back, then witness and n2 gone
         n1.start()

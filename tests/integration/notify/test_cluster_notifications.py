@@ -255,12 +255,21 @@ def test_node_failure_mailed_exactly_once(env: dict[str, Any]) -> None:
     node); n2 returns: one 'back online' mail."""
     cluster: Cluster = env["cluster"]
     inbox: Inbox = env["inbox"]
+    receiver: Receiver = env["receiver"]
+    # the etcd member of the dead node is unhealthy: said by the master to the webhook
+    env["api"].ok("POST", f"{N}/matchers", name="etcd-events", target=["hook"],
+                  **{"match-field": ["exact:type=etcd"]})
     cluster["n2"].kill()
     (offline,) = wait_for(lambda: inbox.with_subject("Node n2 offline"), 60,
                           "the 'Node n2 offline' mail")
     text = offline.get_payload()
     assert "Node n2 stopped answering the cluster (lease " in text and "fenced" in text
     assert offline["To"] == "ops@example.org, oncall@example.org"
+    (hook,) = wait_for(lambda: [r for r in receiver.requests if r[1] == "/hook/etcd"], 30,
+                       "the 'etcd member n2 unhealthy' webhook call")
+    sent = json.loads(hook[3])
+    assert sent["title"] == "etcd member n2 unhealthy" and sent["severity"] == "error"
+    assert "not answering at " in sent["message"] and "keeps quorum" in sent["message"]
     cluster["n2"].start()
     wait_for(lambda: inbox.with_subject("Node n2 back online"), 60,
              "the 'Node n2 back online' mail")

@@ -139,3 +139,12 @@ def test_metrics_listen_refuses_the_rest(tmp_path, value: str) -> None:
     with pytest.raises(ConfigError, match="metrics_listen"):
         NodeConfig(name="n1", state_dir=tmp_path, cluster_address="10.0.0.1",
                    metrics_listen=value)
+
+
+def test_ha_service_downtime_counters() -> None:
+    snap = Snapshot(node="n1", role="node", availability={"vm:100": (8.65, 1)},
+                    failed={"ha_availability"})
+    got = samples(snap)
+    assert got[("binome_ha_service_downtime_seconds_total", (("sid", "vm:100"),))] == 8.65
+    assert got[("binome_ha_service_outages_total", (("sid", "vm:100"),))] == 1
+    assert got[("binome_metrics_source_up", (("source", "ha_availability"),))] == 0

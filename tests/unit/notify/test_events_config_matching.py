@@ -38,10 +38,12 @@ SAMPLES = {
     "backup-result": {"job_id": "daily", "status": "ok", "ok_count": 3, "failed_count": 0,
                       "total_size": 10, "total_time": 5, "details": ""},
     "certificate-expiry": {"certificate": "pve-ssl", "days_left": 10, "not_after": "2027"},
-    "clock-skew": {"node": "n2", "skew": 2.5, "threshold": 1},
+    "clock-skew": {"node": "n2", "skew": 2.5, "threshold": 1, "reference": "n1"},
     "etcd-unhealthy": {"member": "n2", "error": "slow fsync"},
     "availability-budget-exceeded": {"sid": "vm:100", "month": "2026-12", "downtime": 900,
                                      "budget": 2630, "target": "99.9 %"},
+    "availability-budget-nearly": {"sid": "vm:100", "month": "2026-12", "downtime": 2100,
+                                   "budget": 2592, "target": "99.9 %"},
     "test": {"target": "t"},
 }
 
@@ -202,3 +204,20 @@ def test_update_keeps_unnamed_secrets_and_refuses_deleting_a_required_option():
     with pytest.raises(ConfigError) as err:
         update_entry(smtp, {}, ["token"])
     assert err.value.errors == {"delete": "invalid option 'token'"}
+
+
+def test_availability_budget_texts() -> None:
+    nearly = make_event("availability-budget-nearly", "n1", sid="vm:100", month="2026-12",
+                        downtime=2305, budget=2678, target="99.9 %")
+    assert nearly.severity is Severity.NOTICE
+    assert nearly.title == "HA service vm:100 used 86 % of its downtime budget"
+    assert "was down 38 min 25 s in 2026-12" in nearly.message
+    assert "budget of 44 min 38 s (99.9 %)" in nearly.message
+    assert "binome ha availability vm:100" in nearly.message
+    over = make_event("availability-budget-exceeded", "n1", sid="vm:100", month="2026-12",
+                      downtime=2705, budget=2678, target="99.9 %")
+    assert over.severity is Severity.WARNING
+    assert over.fields == {"type": "availability", "hostname": "n1", "sid": "vm:100",
+                           "month": "2026-12", "downtime": "2705", "budget": "2678",
+                           "kind": "availability-budget-exceeded"}
+    assert "(99.9 %: 101 % used)" in over.message

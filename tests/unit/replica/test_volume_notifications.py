@@ -6,12 +6,12 @@ from types import SimpleNamespace
 from typing import Any
 
 from binome.notify.events import make_event
-from binome.storage.replica.node.engine_events import notify_replication
+from binome.storage.replica.node.engine_events import notify_disk, notify_replication
 
 
 def _node() -> Any:
     notes: list[tuple[str, dict[str, Any]]] = []
-    return SimpleNamespace(replication={}, notes=notes,
+    return SimpleNamespace(replication={}, disks={}, notes=notes,
                            notify=lambda kind, **f: notes.append((kind, f)))
 
 
@@ -52,3 +52,21 @@ def test_the_state_found_at_start_is_no_change() -> None:
     primary = _node()
     assert _feed(primary, ("SyncSource", "Primary"), ("Connected", "Primary")) == [
         "resync-done"]
+
+
+def test_a_failed_local_disk_is_said_once_by_its_node() -> None:
+    node = _node()
+    for disk in ("UpToDate", "Failed", "Diskless", "Diskless", "Inconsistent", "UpToDate"):
+        notify_disk(node, "vm-100-disk-0", {"disk": disk, "backing": "/dev/vg0/vm-100"})
+    assert [k for k, _ in node.notes] == ["disk-io-error"]
+    ev = make_event("disk-io-error", "n1", **node.notes[0][1])
+    assert ev.severity == "error" and ev.fields["device"] == "/dev/vg0/vm-100"
+    assert ev.fields["type"] == "disk" and ev.fields["volume"] == "vm-100-disk-0"
+    assert "was detached" in ev.message and "Replace the disk" in ev.message
+
+
+def test_a_clean_detach_or_the_state_found_at_start_is_no_io_error() -> None:
+    node = _node()
+    for disk in ("Failed", "Diskless", "UpToDate", "Diskless", "Attaching", "UpToDate"):
+        notify_disk(node, "v", {"disk": disk, "backing": "/dev/x"})
+    assert node.notes == []

@@ -19,6 +19,8 @@ from binome.api.methods.common import (
 )
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param, PropertyString, check_param
+from binome.ha import availability as av
+from binome.ha.availability_log import AvailabilityLog
 from binome.ha.config import config_digest, sid_of
 from binome.ha.model import HaSettings
 
@@ -506,7 +508,14 @@ POLICIES = ("conditional", "freeze", "failover", "migrate")
 # PVE's datacenter.cfg `ha` property: `shutdown_policy=<policy>` (the default key)
 HA_OPTION = PropertyString(keys={"shutdown_policy": Param(
     enum=POLICIES, optional=True, description="How HA services behave when their node "
-                                              "shuts down or reboots.")},
+                                              "shuts down or reboots."),
+    # binome: the availability every HA service should reach, in percent; the master
+    # notifies when a service's monthly downtime budget is 80 % used and when exceeded
+    "availability_target": Param(
+        type="number", optional=True, minimum=90, maximum=99.99999,
+        description="binome: availability target of the HA services in percent "
+                    "(e.g. 99.9); a notification goes out when a service used 80 % "
+                    "of its monthly downtime budget, and when it exceeded it.")},
     default_key="shutdown_policy")
 
 
@@ -521,6 +530,8 @@ async def cluster_options(ctx: RequestContext, params: dict[str, Any]) -> dict[s
     out: dict[str, Any] = {}
     if doc.get("shutdown_policy"):
         out["ha"] = f"shutdown_policy={doc['shutdown_policy']}"
+        if doc.get("availability_target") is not None:
+            out["ha"] += f",availability_target={doc['availability_target']:g}"
     return out
 
 
@@ -546,3 +557,65 @@ async def cluster_set_options(ctx: RequestContext, params: dict[str, Any]) -> No
         await config.set_settings(None)
     elif new is not None:
         await config.set_settings(HaSettings.from_dict(new))
+
+
+# ---------------------------------------------------------------- availability (binome)
+
+AVAILABILITY_PARAMS = {
+    "sid": Param(type="string", format="pve-ha-resource-or-vm-id", optional=True,
+                 description="Only this HA resource (vm:100 or 100)."),
+    "period": Param(type="string", optional=True, enum=av.PERIODS,
+                    description="The calendar period (UTC) containing now; default month. "
+                                "Not with since/until."),
+    "since": Param(type="integer", optional=True, minimum=0,
+                   description="Start of the report (epoch seconds)."),
+    "until": Param(type="integer", optional=True, minimum=0,
+                   description="End of the report (epoch seconds; default now)."),
+}
+
+
+def availability_window(params: dict[str, Any], now: float) -> tuple[float, float, str]:
+    """The report's [since, until) and its period name ("" for an explicit window)."""
+    explicit = params.get("since") is not None or params.get("until") is not None
+    if explicit and params.get("period"):
+        raise param_error("period", "give either a period or since/until, not both")
+    if not explicit:
+        period = params.get("period") or "month"
+        since, until = av.period_bounds(period, now)
+        return since, until, period
+    until = float(params["until"]) if params.get("until") is not None else now
+    since = float(params["since"]) if params.get("since") is not None else until - 30 * 86400
+    if since >= until:
+        raise param_error("since", "must be before 'until'")
+    return since, until, ""
+
+
+@registry.register(
+    "GET", "/cluster/ha/availability", name="ha_availability", permission=AUDIT,
+    description="binome: availability report of the HA services over a period: "
+                "availability %, downtime, outages with their causes, MTTR, the "
+                "availability class reached and the downtime budget.",
+    parameters=AVAILABILITY_PARAMS,
+    returns={"type": "array", "items": {"type": "object"}},
+    cli=CliSpec(("ha", "availability"), positional=("sid",), formatter="ha_availability"),
+)
+async def ha_availability(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
+    now = time.time()
+    since, until, period = availability_window(params, now)
+    config = ha_config(ctx)
+    store = ctx.services.cluster.store
+    assert store is not None   # ha_config refused a node outside a cluster
+    sid = parse_sid(params["sid"]) if params.get("sid") else None
+    records = await AvailabilityLog(store).load(sid)
+    if sid is not None and not records:
+        if sid not in await config.resources():
+            raise ApiError(500, f"no such resource '{sid}'")
+    target = (await config.settings()).get("availability_target")
+    out = []
+    for name, rec in sorted(records.items()):
+        rep = av.report(name, rec.log, since, until, now,
+                        None if target is None else float(target))
+        rep["period"] = period
+        rep["state"] = rec.last[0] if rec.last else ""
+        out.append(rep)
+    return out

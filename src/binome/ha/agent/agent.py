@@ -50,6 +50,7 @@ from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
 from binome.fence.watchdog import Watchdog
+from binome.ha.agent.availability import AvailabilityRecorder
 from binome.ha.agent.etcd_env import EtcdEnv, vmid_of
 from binome.ha.agent.executor import Executor
 from binome.ha.agent.fencer import Fencer
@@ -59,7 +60,7 @@ from binome.ha.agent.stats import HaStats
 from binome.ha.agent.wake import WATCH_PREFIXES, Debouncer, wakes_rounds
 from binome.ha.crm import Crm
 from binome.ha.lrm import Lrm
-from binome.ha.model import LrmState
+from binome.ha.model import LrmState, NodeState
 from binome.ha.timers import HaTimers
 from binome.loops import Backoff, run_periodic, stop_tasks
 from binome.store import keys
@@ -191,6 +192,8 @@ class HaAgent:
         self.stats = HaStats()     # fences and recoveries done here, for the metrics
         self.fencer = Fencer(self, self.stats)
         self.crm_env = EtcdEnv(self, "crm")
+        self.availability = AvailabilityRecorder(lambda: self.store, self.notify,
+                                                 timeout=self.io_timeout)
         self.lrm_env = EtcdEnv(self, "lrm")
         self.crm = Crm(self.crm_env, self.timers)
         self.lrm = Lrm(self.lrm_env, self.timers)
@@ -312,7 +315,8 @@ class HaAgent:
         # the watchdog supervisor is started by the first round that sees HA resources
         await self.shutdown.start()
         self._loops = [asyncio.create_task(self._round_loop(), name="ha-rounds"),
-                       asyncio.create_task(self._loop_monitor(), name="ha-loop-monitor")]
+                       asyncio.create_task(self._loop_monitor(), name="ha-loop-monitor"),
+                       asyncio.create_task(self.availability.run(), name="ha-availability")]
         if os.environ.get("BINOME_HA_KEEPER_THREAD", "1") == "0":
             # the former way, on the daemon's event loop: kept for bench/renewal.py's
             # side-by-side measurement only
@@ -464,7 +468,9 @@ class HaAgent:
             if ttl <= 0:
                 self._hb_ok = False
                 return False
-            rev = await store.txn([], {keys.ha_heartbeat(self.node): ({"seq": seq}, lease)},
+            # (its wall clock: the CRM compares the nodes' clocks, ha.agent.clock_skew)
+            beat = {"seq": seq, "time": round(time.time(), 3)}
+            rev = await store.txn([], {keys.ha_heartbeat(self.node): (beat, lease)},
                                   (), self.io_timeout)
         except StoreUnavailable:
             await self._hb_link.failed(hung=time.monotonic() - sent >= self.io_timeout * 0.9)
@@ -561,6 +567,25 @@ class HaAgent:
         lock_revision = self.crm_env.lock_revision()
         if lock_revision is not None:   # only the master settles power-on debts
             self.fencer.settle_power_debts(self.crm_env.fence_records(), lock_revision)
+            status = self.crm_env.committed_status()
+            if status is not None:    # recorded by a task of its own: never slows rounds
+                services = {sid: (str(sd.state), sd.node)
+                            for sid, sd in status.service_status.items()}
+                wall, mono = time.time(), time.monotonic()
+                seen = self.crm_env.liveness.last_renewal
+                lost = {node: wall - (mono - seen[node])
+                        for node, rec in status.node_status.items()
+                        if rec.state not in (NodeState.ONLINE, NodeState.MAINTENANCE)
+                        and node in seen}
+                self.availability.offer(services, lock_revision,
+                                        self.crm_env.availability_target(), lost)
+            clocks = self.crm_env.liveness.clocks
+            for node, skew in clocks.alerts():
+                if node != self.node:
+                    self.notify("clock-skew", node=node, skew=f"{-skew:+.2f}",
+                                threshold=f"{clocks.threshold:g}", reference=self.node)
+        else:
+            self.availability.not_master()
         if await self.lrm_env.refresh() and self.lrm_env.ha_sids() \
                 and self.watchdog.running_pid() is None:
             await self._ensure_watchdog()   # before the LRM may arm it and start guests

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from binome.fence.devices import device_nodes
 from binome.guest import configs
+from binome.ha.agent.clock_skew import SkewEstimator
 from binome.ha.agent.fencer import Guard
 from binome.ha.config import decode_commands, decode_groups, decode_resources, decode_settings
 from binome.ha.env import Conflict, EnvUnavailable
@@ -91,13 +92,24 @@ class LivenessTracker:
         # node -> (mod revision, first seen at, lease id)
         self.seen: dict[str, tuple[int, float, int]] = {}
         self.gone: dict[str, tuple[float, bool]] = {}  # node -> (seen gone at, expired)
+        # node -> when its latest renewal was first seen, kept after the node is lost:
+        # its last sign of life, where the availability history starts its outages
+        self.last_renewal: dict[str, float] = {}
+        self.clocks = SkewEstimator()   # the nodes' wall clocks compared with this one
 
-    def observe(self, now: float, heartbeats: dict[str, Raw], released: dict[str, Raw]) -> None:
+    def observe(self, now: float, heartbeats: dict[str, Raw], released: dict[str, Raw],
+                wall: float | None = None) -> None:
+        wall = time.time() if wall is None else wall
         for node, raw in heartbeats.items():
             self.gone.pop(node, None)
             old = self.seen.get(node)
             if old is None or old[0] != raw.mod_revision:
                 self.seen[node] = (raw.mod_revision, now, raw.lease)
+                self.last_renewal[node] = now
+                sent = raw.value.get("time") if isinstance(raw.value, dict) else None
+                if isinstance(sent, int | float) and old is not None:
+                    # (not the first sight: that one may have been written long ago)
+                    self.clocks.observe(node, float(sent), wall)
         for node in list(self.seen):
             if node not in heartbeats:
                 rel = released.get(node)
@@ -106,6 +118,7 @@ class LivenessTracker:
                                and rel.value.get("lease") == self.seen[node][2])
                 self.gone[node] = (now, expired)
                 del self.seen[node]
+                self.clocks.forget(node)
 
     def facts(self, node: str, heartbeats: dict[str, Raw]) -> NodeFacts:
         if node in heartbeats and node in self.seen:
@@ -135,6 +148,7 @@ class EtcdEnv:
         self._lrm_write: LrmStatus | None = None
         # notifications of this round's decisions: sent only once they are committed
         self._notes: list[tuple[str, dict[str, str | int]]] = []
+        self._committed: ManagerStatus | None = None
         # the LRM's CAS: tokens handed to the Lrm, the real revision compared in etcd
         self._lrm_token = 0
         self._lrm_real = 0
@@ -153,6 +167,7 @@ class EtcdEnv:
         self._status_write, self._moves, self._lrm_write = None, [], None
         self._lock_release = False
         self._notes = []
+        self._committed = None
         if store is None:
             return False
         timeout = hub.io_timeout
@@ -264,6 +279,7 @@ class EtcdEnv:
             errors.append("manager status, lock or a guest config changed since it was read")
             return False
         if self._status_write is not None:
+            self._committed = self._status_write[0]
             try:
                 self._count_ha_events(self._status_write[0])
             except Exception:   # counting for the metrics must never fail a CRM round
@@ -443,6 +459,19 @@ class EtcdEnv:
 
     def power_probe_status(self, node: str) -> FenceStatus | None:
         return self.hub.fencer.probe_status(node)
+
+    def committed_status(self) -> ManagerStatus | None:
+        """The manager status as committed: what this round's commit wrote, else what the
+        snapshot read (None without quorum). For the availability history."""
+        if self._committed is not None:
+            return self._committed
+        if not self._ok:
+            return None
+        return ManagerStatus.from_dict(self._value(keys.HA_MANAGER_STATUS, {}))
+
+    def availability_target(self) -> float | None:
+        return decode_settings(self._value(keys.HA_SETTINGS)).availability_target \
+            if self._ok else None
 
     def lock_revision(self) -> int | None:
         """The manager lock's revision when this node held it in the last snapshot."""

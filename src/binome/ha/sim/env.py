@@ -121,6 +121,7 @@ class SimEnv:
         if rev is None:
             raise Conflict("manager status changed since it was read")
         self.world.invariants.manager_status_written(old, status)
+        self.world.record_availability(status)
         self.world.wake_all("lrm")
         return rev
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from binome.ha.availability import Transition, diff_states
 from binome.ha.crm import Crm
 from binome.ha.lrm import Lrm
 from binome.ha.model import (
@@ -38,6 +39,7 @@ from binome.ha.model import (
     FenceStatus,
     HaSettings,
     ManagerStatus,
+    NodeState,
     ResourceConfig,
 )
 from binome.ha.sim import keys
@@ -73,6 +75,10 @@ class World:
                                 reach=self._linked, up=lambda m: self.members[m].up,
                                 log=lambda level, msg: self.log(level, "etcd", msg))
         self.invariants = Invariants(self)
+        # the availability history, recorded as the daemon's master does it
+        # (binome.ha.agent.availability): sid -> transitions, in virtual seconds
+        self.availability: dict[str, list[Transition]] = {}
+        self.last_renewal: dict[str, int] = {}   # node -> ms of its last lease renewal
         sids = [s.config.sid for s in services.services]
         self.guests = Guests(self, sids)
         self.replicas = Replicas({s.config.sid: s.volumes for s in services.services},
@@ -101,6 +107,19 @@ class World:
     def config_owner(self, sid: str) -> str | None:
         owner: str | None = self.etcd.get(keys.config(sid))[0]
         return owner
+
+    def record_availability(self, status: ManagerStatus) -> None:
+        """After a committed manager status: append its changes to the history."""
+        now = self.q.now / 1000
+        recorded = {sid: (log[-1].state, log[-1].node)
+                    for sid, log in self.availability.items() if log}
+        lost = {n: self.last_renewal[n] / 1000 for n, rec in status.node_status.items()
+                if rec.state not in (NodeState.ONLINE, NodeState.MAINTENANCE)
+                and n in self.last_renewal}
+        at = {sid: log[-1].time for sid, log in self.availability.items() if log}
+        current = {sid: (str(sd.state), sd.node) for sid, sd in status.service_status.items()}
+        for sid, tr in diff_states(recorded, current, now, lost, at):
+            self.availability.setdefault(sid, []).append(tr)
 
     def manager_status(self) -> ManagerStatus:
         return ManagerStatus.from_dict(self.etcd.get(keys.MANAGER_STATUS)[0])
@@ -210,6 +229,7 @@ class World:
             node.renewed_at = now
             self.log("info", "etcd", f"lease granted to {node.name}")
             self.wake_all("crm")
+        self.last_renewal[node.name] = now
         self._schedule_expiry(node.lease_id)
 
     def _schedule_expiry(self, lease_id: int) -> None:

@@ -90,6 +90,7 @@ def on_event(svc: VolumeService, event: dict[str, Any]) -> None:
     svc.statuses[name] = st
     queue_publish(svc, name, {"up": True, **{k: st.get(k) for k in PUBLISHED}})
     notify_replication(svc, name, st)
+    notify_disk(svc, name, st)
     ver = st.get("verify")
     if (event.get("event") == "change" and isinstance(ver, dict)
             and ver.get("role") == "VerifyS" and st.get("cstate") != "VerifyS"
@@ -135,6 +136,22 @@ def notify_replication(svc: VolumeService, name: str, st: dict[str, Any]) -> Non
                        duration=round(time.monotonic() - started, 1))
         started = None
     svc.replication[name] = (cstate, started)
+
+
+_ATTACHED = ("Inconsistent", "Outdated", "Consistent", "UpToDate")
+
+
+def notify_disk(svc: VolumeService, name: str, st: dict[str, Any]) -> None:
+    """The local disk failed: the engine moves it to Failed on an I/O error only (then
+    detaches it to Diskless, `on_io_error detach`; a clean detach never passes Failed).
+    Said by the node whose disk failed."""
+    disk = str(st.get("disk") or "")
+    before = svc.disks.get(name)
+    svc.disks[name] = disk
+    if before in _ATTACHED and disk == "Failed":
+        svc.notify("disk-io-error", volume=name, device=str(st.get("backing") or "?"),
+                   error="the backing device failed a read, write or flush (see the "
+                         "node log for the errno)", detached=True)
 
 
 async def log_verify(svc: VolumeService, name: str, ver: dict[str, Any]) -> None:

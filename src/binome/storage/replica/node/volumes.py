@@ -100,6 +100,7 @@ class VolumeService:
         self.notify: Callable[..., None] = notify or (lambda *_a, **_k: None)
         # volume -> (last connection state, when a resync this node sends started)
         self.replication: dict[str, tuple[str, float | None]] = {}
+        self.disks: dict[str, str] = {}   # volume -> last local disk state (I/O errors)
         self.engine_dir = state_dir / ENGINE_SUBDIR
         self._handlers_applied: dict[str, dict[str, Any]] = {}
         self.socket_dir = self._socket_dir(self.engine_dir)
