@@ -70,6 +70,7 @@ def load_config(args: argparse.Namespace) -> NodeConfig:
 
 async def run(cfg: NodeConfig) -> None:
     from binome.api import methods  # noqa: F401  (registers the API methods)
+    from binome.daemon.backupjobs import node_scheduler, remove_stale_staging
     from binome.daemon.graph import NodeGraph
     from binome.daemon.rrd import sample_forever, storage_usage
     from binome.metrics.push import MetricPusher
@@ -100,12 +101,18 @@ async def run(cfg: NodeConfig) -> None:
             lambda: storage_usage(node.storages, cfg.name),
             interval=cfg.timers.rrd_interval), name="rrd")
         pusher = asyncio.create_task(MetricPusher(node).run(), name="metric-push")
+        backup_jobs = None
+        if node.guests is not None:
+            await remove_stale_staging(node)      # no backup of this node runs yet
+            backup_jobs = asyncio.create_task(node_scheduler(node).run(), name="backup-jobs")
         log.info("binomed ready", extra={"role": cfg.role,
                                          "cluster": node.cluster.cluster_name or "-"})
         await stop.wait()
         log.info("shutting down")
         sampler.cancel()
         pusher.cancel()
+        if backup_jobs is not None:
+            backup_jobs.cancel()
     finally:
         await node.metrics.stop_listener()
         await node.api.stop()
