@@ -15,6 +15,7 @@ class only maps snapshots to names.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -136,6 +137,14 @@ class DumpStore(Datastore):
         if not self.root.is_dir():
             return []
         return sorted(p for p in self.root.glob(".tmp-*") if p.is_dir())
+
+    def staging_started(self, staging: Path) -> float | None:
+        """When the backup staged in `staging` started (its writer mark), None if unknown."""
+        try:
+            return float(json.loads((self.root / ".writers" / staging.name).read_text())
+                         ["started"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def remove_staging(self, staging: Path) -> None:
         """Drop a staging directory (a backup that will never commit) and its writer mark,

@@ -9,7 +9,9 @@ is due) and, for each due job, starts one `vzdump` task for the job's guests thi
 holds (so a guest is backed up by its current node, and by no other). A job result is a
 `backup-result` notification (type `vzdump`, info on success, error on failure). The
 state survives a daemon restart; `repeat-missed` decides whether a missed event runs at
-start. Nothing here reads the clock but `clock`, so a unit test drives it.
+start. Nothing here reads the clock but `clock`, so a unit test drives it. At its first
+round on a real node, the staging directories of backups interrupted by a crash are
+removed (`remove_stale_staging`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from binome.backup.schedule import JobState
 from binome.durable import write_json
 from binome.loops import Backoff, run_periodic
 from binome.store.client import StoreUnavailable
-from binome.tasks.manager import Task, TaskFailed
+from binome.tasks.manager import Task
 
 if TYPE_CHECKING:
     from binome.daemon.graph import NodeGraph
@@ -228,10 +230,7 @@ class NodeJobRunner:
             message = "OK"
             try:
                 await guests.backup_job(task, vmids, options)
-            except TaskFailed as exc:
-                message = str(exc)
-                raise
-            except Exception as exc:
+            except BaseException as exc:     # a cancelled task (shutdown) failed too
                 message = str(exc) or type(exc).__name__
                 raise
             finally:
@@ -272,18 +271,16 @@ def _stored_bytes(log_path: Path) -> str:
 
 # ------------------------------------------------------------------ crash cleanup
 
-async def remove_stale_staging(graph: NodeGraph) -> list[str]:
-    """At daemon start no backup of this node runs: remove the `dump/.tmp-*` staging
-    directories of its local (non-shared) backup storages, saying so. A shared storage
-    may hold another node's running backup: its staging directories are left (logged)."""
+async def remove_stale_staging(graph: NodeGraph, started_before: float) -> list[str]:
+    """Remove the `dump/.tmp-*` staging directories of backups that started before
+    `started_before` (this daemon's start: no backup of this process wrote them, so
+    they were interrupted by a crash or a restart) on this node's local (non-shared)
+    backup storages, saying so. A shared storage may hold another node's running
+    backup: its staging directories are left (logged). Raises if the storages cannot be
+    read (the caller tries again later)."""
     removed: list[str] = []
     node = graph.config.name
-    try:
-        configs = await graph.storages.configs()
-    except Exception as exc:
-        log.info("stale backup staging not checked (storages unreadable: %s)", exc)
-        return removed
-    for cfg in configs:
+    for cfg in await graph.storages.configs():
         if "backup" not in cfg.content or not cfg.available_on(node) or cfg.disable:
             continue
         try:
@@ -291,6 +288,9 @@ async def remove_stale_staging(graph: NodeGraph) -> list[str]:
         except Exception:
             continue
         for staging in store.staging_dirs():
+            began = store.staging_started(staging)
+            if began is not None and began >= started_before:
+                continue          # a backup of this daemon: running
             if cfg.shared:
                 log.info("backup storage %s is shared: staging directory %s left (another "
                          "node may be writing it)", cfg.storage, staging.name)
@@ -305,10 +305,17 @@ async def remove_stale_staging(graph: NodeGraph) -> list[str]:
 def node_scheduler(graph: NodeGraph) -> BackupScheduler:
     """The scheduler of a real node: jobs from etcd (local read), states in state_dir."""
 
+    daemon_started = time.time()
+    cleaned = False
+
     async def jobs() -> dict[str, dict[str, Any]]:
+        nonlocal cleaned
         store = graph.cluster.store
         if store is None:
             return {}
+        if not cleaned:      # once, when the storages can be read (quorum may come late)
+            await remove_stale_staging(graph, daemon_started)
+            cleaned = True
         return await BackupJobs(store).records(serializable=True)
 
     return BackupScheduler(graph.config.name, jobs,

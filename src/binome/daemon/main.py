@@ -70,7 +70,7 @@ def load_config(args: argparse.Namespace) -> NodeConfig:
 
 async def run(cfg: NodeConfig) -> None:
     from binome.api import methods  # noqa: F401  (registers the API methods)
-    from binome.daemon.backupjobs import node_scheduler, remove_stale_staging
+    from binome.daemon.backupjobs import node_scheduler
     from binome.daemon.graph import NodeGraph
     from binome.daemon.rrd import sample_forever, storage_usage
     from binome.metrics.push import MetricPusher
@@ -102,8 +102,7 @@ async def run(cfg: NodeConfig) -> None:
             interval=cfg.timers.rrd_interval), name="rrd")
         pusher = asyncio.create_task(MetricPusher(node).run(), name="metric-push")
         backup_jobs = None
-        if node.guests is not None:
-            await remove_stale_staging(node)      # no backup of this node runs yet
+        if node.guests is not None:     # removes stale backup staging at its first round
             backup_jobs = asyncio.create_task(node_scheduler(node).run(), name="backup-jobs")
         log.info("binomed ready", extra={"role": cfg.role,
                                          "cluster": node.cluster.cluster_name or "-"})
