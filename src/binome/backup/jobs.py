@@ -38,7 +38,6 @@ SETTINGS: tuple[str, ...] = (
     "notes-template", "protected", "comment", "repeat-missed", "bwlimit", "remove",
 )
 BOOLEANS = ("enabled", "all", "protected", "repeat-missed", "remove")
-_SELECTION = ("vmid", "all", "pool")
 
 
 class JobError(Exception):
@@ -82,7 +81,7 @@ def build_job(old: Mapping[str, Any] | None, settings: Mapping[str, Any],
     errors: dict[str, str] = {}
     for name in delete:
         if name not in SETTINGS:
-            errors["delete"] = f"no such option '{name}'"
+            errors["delete"] = f"unknown option '{name}'"
         elif name == "schedule":
             errors["delete"] = "unable to delete required option 'schedule'"
         elif settings.get(name) is not None:
@@ -92,25 +91,30 @@ def build_job(old: Mapping[str, Any] | None, settings: Mapping[str, Any],
     given = {k: v for k, v in settings.items() if k in SETTINGS and v is not None}
     record = {k: v for k, v in (old or {}).items() if k not in delete}
     record["type"] = "vzdump"
+    record.update(given)
+    if old is None:
+        record.setdefault("enabled", 1)
     # a new guest selection replaces the old one (PVE's update_job)
-    if given.get("vmid"):
+    elif given.get("vmid"):
         for name in ("all", "exclude", "pool"):
             record.pop(name, None)
-    elif given.get("all") or given.get("pool"):
+    elif given.get("all"):
         record.pop("vmid", None)
-        record.pop("pool" if given.get("all") else "all", None)
-    record.update(given)
+        record.pop("pool", None)
+    elif record.get("pool"):
+        for name in ("vmid", "all", "exclude"):
+            record.pop(name, None)
     for name in BOOLEANS:
         if name in record:
             record[name] = int(bool(record[name]))
+    # PVE's verify_vzdump_parameters, in its order
+    for name in ("all", "exclude", "pool"):
+        if record.get(name) and record.get("vmid"):
+            raise JobSettingsError({name: "option conflicts with option 'vmid'"})
     if "exclude" in record and not record.get("pool"):
         record["all"] = 1             # PVE: exclude implies all (unless a pool is given)
-    chosen = [name for name in _SELECTION if record.get(name)]
-    if len(chosen) > 1:
-        errors[chosen[1]] = f"option conflicts with option '{chosen[0]}'"
-    elif not chosen:
-        errors["vmid"] = "property is missing and it is not optional (or give 'all' or " \
-                         "'pool')"
+    if not (record.get("all") or record.get("pool") or record.get("vmid")):
+        errors["vmid"] = "property is missing"
     for name in ("vmid", "exclude"):
         if name in record:
             try:
@@ -123,7 +127,7 @@ def build_job(old: Mapping[str, Any] | None, settings: Mapping[str, Any],
                 record[name] = ",".join(str(v) for v in vmids)
     schedule = record.get("schedule")
     if schedule in (None, ""):
-        errors["schedule"] = "property is missing and it is not optional"
+        errors["schedule"] = "neither 'starttime' nor 'schedule' were set"
     else:
         try:
             parse_calendar_event(str(schedule))
@@ -202,14 +206,14 @@ class BackupJobs:
     async def create(self, job_id: str, record: Mapping[str, Any]) -> None:
         key = JOBS + job_id
         if not await self.store.commit({key: 0}, {key: dict(record)}, bump_config=True):
-            raise JobError(f"Job ID '{job_id}' already exists")
+            raise JobError(f"Job '{job_id}' already exists")
 
     async def replace(self, job_id: str, old: Mapping[str, Any],
                       record: Mapping[str, Any]) -> None:
         """Store `record` if the stored job is still `old`."""
         entry = await self.store.get(JOBS + job_id)
         if entry is None:
-            raise JobError(f"No such job '{job_id}'")
+            raise JobError("no such vzdump job")
         if entry.value != old or not await self.store.commit(
                 {JOBS + job_id: entry.mod_revision}, {JOBS + job_id: dict(record)},
                 bump_config=True):
@@ -219,7 +223,7 @@ class BackupJobs:
     async def remove(self, job_id: str) -> None:
         entry = await self.store.get(JOBS + job_id)
         if entry is None:
-            raise JobError(f"job '{job_id}' not found")
+            raise JobError(f"No such job '{job_id}'")
         if not await self.store.commit({JOBS + job_id: entry.mod_revision}, None,
                                        [JOBS + job_id], bump_config=True):
             raise JobError("detected modified configuration - file changed by other user? "

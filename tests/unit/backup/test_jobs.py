@@ -50,6 +50,9 @@ def test_update_replaces_the_selection_like_pve() -> None:
     assert new["vmid"] == "200" and "all" not in new and "exclude" not in new
     back = build_job(new, {"all": True})
     assert back["all"] == 1 and "vmid" not in back
+    pooled = build_job(back, {"pool": "prod"})
+    assert pooled["pool"] == "prod" and "all" not in pooled and "vmid" not in pooled
+    assert build_job(None, {"schedule": "daily", "all": True})["enabled"] == 1
 
 
 def test_bad_values_name_their_parameter() -> None:
@@ -60,7 +63,9 @@ def test_bad_values_name_their_parameter() -> None:
     assert "keep-last" in errors["prune-backups"]
     assert errors["notes-template"] == "option requires option 'storage'"
     assert _errors(None, {"vmid": "100"}) == {
-        "schedule": "property is missing and it is not optional"}
+        "schedule": "neither 'starttime' nor 'schedule' were set"}
+    assert _errors(None, {"schedule": "daily", "vmid": "100", "exclude": "101"}) == {
+        "exclude": "option conflicts with option 'vmid'"}
 
 
 def test_delete_rules() -> None:
@@ -68,7 +73,7 @@ def test_delete_rules() -> None:
     assert "comment" not in build_job(old, {}, ["comment"])
     assert _errors(old, {}, ["schedule"]) == {
         "delete": "unable to delete required option 'schedule'"}
-    assert _errors(old, {}, ["bogus"]) == {"delete": "no such option 'bogus'"}
+    assert _errors(old, {}, ["bogus"]) == {"delete": "unknown option 'bogus'"}
     assert "at the same time" in _errors(old, {"comment": "y"}, ["comment"])["delete"]
 
 

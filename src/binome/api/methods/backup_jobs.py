@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from binome.api.context import RequestContext
-from binome.api.errors import ApiError, ParamError, fail, param_error
+from binome.api.errors import ApiError, ParamError, PermissionDenied, fail, param_error
 from binome.api.methods.common import require_quorum
 from binome.api.methods.qemu import guests
 from binome.api.methods.vzdump import VMID_LIST
@@ -100,14 +100,39 @@ def _jobs(ctx: RequestContext, *, quorum: bool = False) -> BackupJobs:
     return BackupJobs(store)
 
 
+ALL_DAYS = "mon,tue,wed,thu,fri,sat,sun"
+
+
 def _settings(params: dict[str, Any]) -> dict[str, Any]:
+    """The job settings given, the legacy starttime/dow turned into a schedule (PVE's
+    schedule_param_check)."""
     settings = {k: v for k, v in params.items() if k in JOB_OPTIONS}
     starttime, dow = settings.pop("starttime", None), settings.pop("dow", None)
-    if starttime is not None and settings.get("schedule") is None:
-        settings["schedule"] = f"{dow} {starttime}" if dow else starttime  # PVE's conversion
-    elif dow is not None and starttime is None:
-        raise param_error("dow", "option requires option 'starttime'")
+    if settings.get("schedule") is not None:
+        if starttime is not None:
+            raise param_error("starttime", "'starttime' and 'schedule' cannot both be set")
+    elif starttime is not None:
+        days = ",".join(split_list(dow or ""))
+        settings["schedule"] = f"{days} {starttime}" if days and days != ALL_DAYS \
+            else starttime
     return settings
+
+
+async def _check_create(ctx: RequestContext, record: dict[str, Any]) -> None:
+    """PVE's extra checks for a non-root user: Datastore.Allocate on the job's storage,
+    VM.Backup on its pool (which must exist)."""
+    ev = await ctx.services.access.evaluator()
+    if record.get("pool"):
+        pool = str(record["pool"])
+        if pool not in ev.config.pools:
+            raise fail(f"pool '{pool}' does not exist")
+        if ctx.userid != "root@pam" and not ev.check(ctx.userid, f"/pool/{pool}",
+                                                     ["VM.Backup"]):
+            raise PermissionDenied(f"/pool/{pool}, VM.Backup")
+    storage = record.get("storage")
+    if storage and ctx.userid != "root@pam" and not ev.check(
+            ctx.userid, f"/storage/{storage}", ["Datastore.Allocate"]):
+        raise PermissionDenied(f"/storage/{storage}, Datastore.Allocate")
 
 
 def _build(old: dict[str, Any] | None, params: dict[str, Any],
@@ -122,7 +147,8 @@ def _build(old: dict[str, Any] | None, params: dict[str, Any],
 
 def _listed(job_id: str, record: dict[str, Any]) -> dict[str, Any]:
     out = public_record(job_id, record)
-    nxt = schedule.job_next_run(record, None, time.time())
+    # PVE: jobs are cluster wide, a node may not have run one: the next event from now
+    nxt = schedule.job_next_run({**record, "enabled": 1}, None, time.time())
     if nxt is not None:
         out["next-run"] = nxt
     return out
@@ -166,6 +192,7 @@ async def backup_job_create(ctx: RequestContext, params: dict[str, Any]) -> None
     jobs = _jobs(ctx, quorum=True)
     job_id = params.get("id") or new_job_id()
     record = _build(None, params, [])
+    await _check_create(ctx, record)
     try:
         await jobs.create(job_id, record)
     except JobError as exc:
@@ -201,11 +228,19 @@ async def backup_job_read(ctx: RequestContext, params: dict[str, Any]) -> dict[s
 async def backup_job_update(ctx: RequestContext, params: dict[str, Any]) -> None:
     jobs = _jobs(ctx, quorum=True)
     job_id = params["id"]
-    old = await _get(jobs, job_id, param=False)
+    delete = split_list(params.get("delete") or "")
+    if not delete and not any(params.get(k) is not None for k in JOB_OPTIONS):
+        raise fail("no options specified")
+    try:
+        old = await jobs.record(job_id)
+    except JobError:
+        raise fail("no such vzdump job") from None
     if params.get("digest") and params["digest"] != digest(old):
         raise fail("detected modified configuration - file changed by other user? "
                    "Try again.")
-    record = _build(old, params, split_list(params.get("delete") or ""))
+    record = _build(old, params, delete)
+    await _check_create(ctx, {k: v for k, v in record.items()
+                              if k in ("pool", "storage") and params.get(k) is not None})
     try:
         await jobs.replace(job_id, old, record)
     except JobError as exc:
@@ -223,7 +258,7 @@ async def backup_job_delete(ctx: RequestContext, params: dict[str, Any]) -> None
     try:
         await _jobs(ctx, quorum=True).remove(params["id"])
     except JobError as exc:
-        raise fail(str(exc)) from None
+        raise param_error("id", str(exc)) from None
     await _log(ctx, f"backup job '{params['id']}' removed by {ctx.userid}")
 
 
