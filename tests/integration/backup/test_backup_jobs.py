@@ -68,8 +68,8 @@ def test_scheduled_job_prune_verify_gc(px) -> None:
         assert listed["next-run"] == int(due.replace(microsecond=0).timestamp())
         assert listed["enabled"] == 1 and listed["vmid"] == str(VMID)
         included = px.cluster.backup(JOB).included_volumes.get()["children"]
-        assert [(g["id"], [(d["id"], d["included"]) for d in g["children"]])
-                for g in included] == [(VMID, [("virtio0", 1)])]
+        assert [(g["id"], [(d["id"], d["included"], d["reason"]) for d in g["children"]])
+                for g in included] == [(VMID, [(f"{VMID}:virtio0", 1, "backup=yes")])]
         assert VMID not in {g["vmid"] for g in px.cluster("backup-info")("not-backed-up").get()}
 
         first = wait_for(lambda: backups(px), 40, "the scheduled backup")[0]

@@ -295,22 +295,31 @@ async def backup_job_included_volumes(ctx: RequestContext, params: dict[str, Any
     record = await _get(_jobs(ctx), params["id"])
     all_guests = await _all_guests(ctx)
     configs = {vmid: cfg for _, vmid, cfg in all_guests}
-    children = []
-    for vmid in await _included(ctx, record, all_guests):
-        cfg = configs[vmid]
+    vmids = await _included(ctx, record, all_guests)
+    # guests named in the job but gone: only their id (PVE: type 'unknown')
+    if record.get("vmid"):
+        vmids += [v for v in parse_vmid_list(str(record["vmid"])) if v not in configs]
+    ev = await ctx.services.access.evaluator()
+    children: list[dict[str, Any]] = []
+    for vmid in vmids:
+        if not ev.check(ctx.userid, f"/vms/{vmid}", ["VM.Audit"]):
+            continue        # PVE: no guest names leak to who may not see the guest
+        cfg = configs.get(vmid)
+        if cfg is None:
+            children.append({"id": vmid, "type": "unknown", "leaf": 1})
+            continue
         disks = []
-        for disk in vmconf.disks(cfg):
+        for disk in vmconf.disks(cfg):   # qemu-server's get_backup_volumes
             if disk.is_cdrom or not disk.volid:
                 continue
-            included, reason = 1, "default include"
-            if disk.options.get("backup") in ("0", "no", "off", "false"):
-                included, reason = 0, "disabled"
-            elif disk.key.startswith("efidisk") and cfg.get("bios") != "ovmf":
+            off = disk.options.get("backup") in ("0", "no", "off", "false")
+            included, reason = (0, "backup=no") if off else (1, "backup=yes")
+            if disk.key.startswith("efidisk") and cfg.get("bios") != "ovmf":
                 included, reason = 0, "efidisk but no OMVF BIOS"
-            disks.append({"id": disk.key, "name": disk.volid, "included": included,
-                          "reason": reason})
-        children.append({"id": vmid, "name": cfg.get("name", f"VM {vmid}"),
-                         "type": "qemu", "children": disks})
+            disks.append({"id": f"{vmid}:{disk.key}", "name": disk.volid,
+                          "included": included, "reason": reason, "leaf": 1})
+        children.append({"id": vmid, "type": "qemu", "name": cfg.get("name", ""),
+                         "children": disks, "leaf": 0 if disks else 1})
     return {"children": children}
 
 
@@ -338,5 +347,14 @@ async def backup_info_not_backed_up(ctx: RequestContext, params: dict[str, Any]
     covered: set[int] = set()
     for record in records.values():
         covered.update(await _included(ctx, record, all_guests))
-    return [{"vmid": vmid, "type": "qemu", "name": cfg.get("name", f"VM {vmid}")}
-            for _, vmid, cfg in all_guests if vmid not in covered]
+    ev = await ctx.services.access.evaluator()
+    out = []
+    for _, vmid, cfg in all_guests:
+        # PVE: only guests the user may see (VM.Audit), so no guest name leaks
+        if vmid in covered or not ev.check(ctx.userid, f"/vms/{vmid}", ["VM.Audit"]):
+            continue
+        entry: dict[str, Any] = {"vmid": vmid, "type": "qemu"}
+        if cfg.get("name") is not None:
+            entry["name"] = cfg["name"]
+        out.append(entry)
+    return out
