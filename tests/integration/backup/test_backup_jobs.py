@@ -96,13 +96,16 @@ def test_scheduled_job_prune_verify_gc(px) -> None:
         upid = node.vzdump.post(vmid=str(VMID), storage=STORAGE)
         assert wait_task(px, upid)["exitstatus"] == "OK"
         older, newer = backups(px)
+        with pytest.raises(ResourceException) as unset:
+            node.storage(STORAGE).prunebackups.get()
+        assert "no prune-backups options configured" in str(unset.value)
         marks = node.storage(STORAGE).prunebackups.get(**{"prune-backups": "keep-last=1"})
         assert {(m["volid"], m["mark"]) for m in marks if m["vmid"] == VMID} == {
             (newer["volid"], "keep"), (older["volid"], "remove")}
         assert [b["volid"] for b in backups(px)] == [older["volid"], newer["volid"]]
         upid = node.storage(STORAGE).prunebackups.delete(**{"prune-backups": "keep-last=1"})
         assert wait_task(px, upid)["exitstatus"] == "OK"
-        assert f"removed backup '{older['volid']}'" in task_log(px, upid)
+        assert f"removing backup '{older['volid']}'" in task_log(px, upid)
         assert [b["volid"] for b in backups(px)] == [newer["volid"]]
 
         # ---- verify and garbage collection tasks

@@ -40,7 +40,7 @@ PRUNE_PARAMS = {
     "prune-backups": Param(optional=True, max_length=256,
                            description="Use these retention options instead of those from "
                                        "the storage configuration (binome's storages have "
-                                       "none: keep-all)."),
+                                       "none yet: required)."),
     "type": Param(optional=True, enum=("qemu", "lxc"),
                   description="Either 'qemu' or 'lxc'. Only consider backups for guests "
                               "of this type."),
@@ -60,8 +60,8 @@ async def _storage(ctx: RequestContext, storage_id: str) -> Storage:
 
 def _options(params: dict[str, Any]) -> PruneOptions:
     text = params.get("prune-backups")
-    if text is None:
-        return PruneOptions(keep_all=True)
+    if text is None:   # PVE falls back on the storage's; binome's storages have none yet
+        raise fail(f"no prune-backups options configured for storage '{params['storage']}'")
     try:
         return parse_prune_backups(text)
     except PruneError as error:
@@ -95,25 +95,30 @@ async def prunebackups_dryrun(ctx: RequestContext, params: dict[str, Any]
 
 @registry.register(
     "DELETE", "/nodes/{node}/storage/{storage}/prunebackups", name="prunebackups",
-    permission=AnyUser("Datastore.Allocate on the storage, or Datastore.AllocateSpace on it "
-                       "and VM.Backup on each guest (checked by the method)"),
+    permission=AnyUser("You need the 'Datastore.Allocate' privilege on the storage (or if a "
+                       "VM ID is specified, 'Datastore.AllocateSpace' and 'VM.Backup' for "
+                       "the VM)."),
     proxyto="node",
     description="Prune backups. Only those using the standard naming scheme are considered.",
-    parameters=PRUNE_PARAMS, returns={"type": "string", "description": "UPID"},
+    parameters={**PRUNE_PARAMS, "prune-backups": Param(
+        max_length=256, description="Use these retention options instead of those from the "
+                                    "storage configuration.")},
+    returns={"type": "string", "description": "UPID"},
     cli=CliSpec(("storage", "prune-backups"), positional=("storage",)),
 )
 async def prunebackups(ctx: RequestContext, params: dict[str, Any]) -> str:
     storage_id = params["storage"]
     storage = await _storage(ctx, storage_id)
     options = _options(params)
-    marks = await _marks(ctx, params)
     ev = await ctx.services.access.evaluator()
-    if not ev.check(ctx.userid, f"/storage/{storage_id}", ["Datastore.Allocate"]):
+    vmid = params.get("vmid")
+    if vmid is not None:
         if not ev.check(ctx.userid, f"/storage/{storage_id}", ["Datastore.AllocateSpace"]):
             raise PermissionDenied(f"/storage/{storage_id}, Datastore.AllocateSpace")
-        for vmid in sorted({m["vmid"] for m in marks}):
-            if not ev.check(ctx.userid, f"/vms/{vmid}", ["VM.Backup"]):
-                raise PermissionDenied(f"/vms/{vmid}, VM.Backup")
+        if not ev.check(ctx.userid, f"/vms/{vmid}", ["VM.Backup"]):
+            raise PermissionDenied(f"/vms/{vmid}, VM.Backup")
+    elif not ev.check(ctx.userid, f"/storage/{storage_id}", ["Datastore.Allocate"]):
+        raise PermissionDenied(f"/storage/{storage_id}, Datastore.Allocate")
 
     async def body(task: Task) -> None:
         task.log(f"prune backups of storage '{storage_id}' with retention: "
@@ -125,17 +130,16 @@ async def prunebackups(ctx: RequestContext, params: dict[str, Any]) -> str:
         for entry in await _marks(ctx, params):     # again: the listing may have changed
             if entry["mark"] != str(Mark.REMOVE):
                 continue
+            task.log(f"removing backup '{entry['volid']}'")
             try:
                 await storage.free(entry["volid"])
             except StorageError as error:
                 failed += 1
-                task.log(f"error removing '{entry['volid']}': {error}")
-                continue
-            task.log(f"removed backup '{entry['volid']}'")
+                task.log(f"error when removing backup '{entry['volid']}' - {error}")
         if failed:
-            raise TaskFailed(f"failed to remove {failed} backup(s)")
+            raise TaskFailed("error pruning backups - check log")
 
-    task_id = str(params["vmid"]) if params.get("vmid") else ""
+    task_id = f"{vmid}@{storage_id}" if vmid is not None else storage_id
     return ctx.services.tasks.start("prunebackups", task_id, ctx.userid, body)
 
 
