@@ -1,16 +1,20 @@
 """A scheduled backup job on the shared cluster: created through the API (proxmoxer) with a
 schedule a few seconds ahead, run by n1's scheduler as a real vzdump task of the guest
-n1 holds; then the backup management: prune (dry run, then for real), verify and
-garbage collection tasks, and the job's included volumes and not-backed-up listing."""
+n1 holds, its result delivered as a `vzdump` notification to a real webhook receiver;
+then the backup management: prune (dry run, then for real), verify and garbage
+collection tasks, and the job's included volumes and not-backed-up listing."""
 
 from __future__ import annotations
 
+import base64
+import json
 import shutil
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from tests.integration.harness import PASSWORD, Cluster, wait_for
+from tests.integration.notify.test_cluster_notifications import Receiver
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-nbd") is None,
                                 reason="qemu-utils is not installed")
@@ -49,7 +53,28 @@ def backups(px) -> list[dict]:
     return sorted((b for b in listed if b["vmid"] == VMID), key=lambda b: b["ctime"])
 
 
-def test_scheduled_job_prune_verify_gc(px) -> None:
+@pytest.fixture
+def vzdump_hook(px):
+    """A webhook target and a matcher for `type=vzdump` events, removed afterwards."""
+    receiver = Receiver()
+    receiver.start()
+    notifications = px.cluster.notifications
+    body = '{"title": "{{ escape title }}", "severity": "{{ severity }}", ' \
+           '"job": "{{ fields.job-id }}"}'
+    notifications.endpoints.webhook.post(
+        name="bkjobs-hook", method="post", url=f"http://127.0.0.1:{receiver.port}/vzdump",
+        body=base64.b64encode(body.encode()).decode())
+    notifications.matchers.post(name="bkjobs-vzdump", target="bkjobs-hook",
+                                **{"match-field": "exact:type=vzdump"})
+    try:
+        yield receiver
+    finally:
+        notifications.matchers("bkjobs-vzdump").delete()
+        notifications.endpoints.webhook("bkjobs-hook").delete()
+        receiver.stop()
+
+
+def test_scheduled_job_prune_verify_gc(px, vzdump_hook) -> None:
     from proxmoxer import ResourceException
 
     node = px.nodes("n1")
@@ -64,6 +89,9 @@ def test_scheduled_job_prune_verify_gc(px) -> None:
         due = datetime.now(UTC) + timedelta(seconds=6)
         px.cluster.backup.post(id=JOB, schedule=f"{due:%H:%M:%S} UTC", vmid=str(VMID),
                                storage=STORAGE, comment="integration test")
+        logged = [e for e in px.cluster.log.get(max=50) if e["tag"] == "backup"]
+        assert any(e["msg"].startswith(f"backup job '{JOB}' created by admin@pve")
+                   and e["user"] == "admin@pve" for e in logged)
         (listed,) = [j for j in px.cluster.backup.get() if j["id"] == JOB]
         assert listed["next-run"] == int(due.replace(microsecond=0).timestamp())
         assert listed["enabled"] == 1 and listed["vmid"] == str(VMID)
@@ -81,6 +109,10 @@ def test_scheduled_job_prune_verify_gc(px) -> None:
         assert log[0].startswith("INFO: starting new backup job: vzdump ")
         assert f"--storage {STORAGE}" in log[0] and log[0].endswith(str(VMID))
         assert any(line.startswith(f"INFO: Finished Backup of VM {VMID} (") for line in log)
+        posted = wait_for(lambda: [json.loads(r[3]) for r in vzdump_hook.requests
+                                   if r[1] == "/vzdump"], 30, "the vzdump notification")
+        assert posted == [{"title": "vzdump backup status (n1): backup successful",
+                           "severity": "info", "job": JOB}]
 
         px.cluster.backup(JOB).put(comment="changed", delete="storage")
         assert "storage" not in px.cluster.backup(JOB).get()
