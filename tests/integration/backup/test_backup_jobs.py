@@ -74,7 +74,7 @@ def vzdump_hook(px):
         receiver.stop()
 
 
-def test_scheduled_job_prune_verify_gc(px, vzdump_hook) -> None:
+def test_scheduled_job_prune_verify_gc(px, vzdump_hook, cluster: Cluster) -> None:
     from proxmoxer import ResourceException
 
     node = px.nodes("n1")
@@ -114,9 +114,11 @@ def test_scheduled_job_prune_verify_gc(px, vzdump_hook) -> None:
         assert posted == [{"title": "vzdump backup status (n1): backup successful",
                            "severity": "info", "job": JOB}]
 
-        px.cluster.backup(JOB).put(comment="changed", delete="storage")
-        assert "storage" not in px.cluster.backup(JOB).get()
-        px.cluster.backup(JOB).delete()
+        n1 = cluster["n1"]
+        n1.cli("backup-job", "set", JOB, "--comment", "changed", "--delete", "storage")
+        (shown,) = [j for j in n1.json("backup-job", "list") if j["id"] == JOB]
+        assert shown["comment"] == "changed" and "storage" not in shown
+        n1.cli("backup-job", "delete", JOB)
         with pytest.raises(ResourceException) as gone:
             px.cluster.backup(JOB).get()
         assert gone.value.status_code == 400
@@ -145,9 +147,8 @@ def test_scheduled_job_prune_verify_gc(px, vzdump_hook) -> None:
         assert wait_task(px, upid)["exitstatus"] == "OK"
         assert "verified all backups: ok" in task_log(px, upid)
         assert backups(px)[0]["verification"] == {"state": "ok"}
-        upid = node.storage(STORAGE).gc.post()
-        assert wait_task(px, upid)["exitstatus"] == "OK"
-        assert any(line.startswith("Removed chunks: ") for line in task_log(px, upid))
+        gc = n1.cli("storage", "gc", STORAGE).stdout        # waits for the task, prints it
+        assert "Removed chunks: " in gc and "Disk chunks: " in gc
     finally:
         for job in px.cluster.backup.get():
             if job["id"] == JOB:
