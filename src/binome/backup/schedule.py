@@ -124,6 +124,7 @@ def started(state: JobState, upid: str) -> JobState:
 
 
 def stopped(state: JobState, msg: str, now: float | None = None) -> JobState:
-    """The run ended with `msg` (`OK` or the error); keeps its start time."""
+    """The run ended with `msg` (`OK` or the error); keeps its start time, and a change of
+    the schedule seen while it ran (PVE's update_job_stopped keeps `updated`)."""
     return JobState(state="stopped", time=state.time if now is None else now,
-                    upid=state.upid, msg=msg, config=state.config)
+                    updated=state.updated, upid=state.upid, msg=msg, config=state.config)

@@ -48,6 +48,13 @@ def test_schedule_change_counts_from_the_change() -> None:
     assert schedule.last_runtime(state) == _t(20, 30)
     assert not schedule.is_due(changed, state, _t(20, 59), UTC)
     assert schedule.is_due(changed, state, _t(21), UTC)
+    # changed while a run was on: the run's end keeps the change's time
+    running = schedule.started(schedule.starting(state, _t(21)), "UPID")
+    hourly = {**changed, "schedule": "hourly", "_changed": _t(21, 30)}
+    running = schedule.synchronize(running, hourly, _t(21, 31))
+    ended = schedule.stopped(running, "OK")
+    assert ended.updated == _t(21, 30) and not schedule.is_due(hourly, ended, _t(21, 59), UTC)
+    assert schedule.is_due(hourly, ended, _t(22), UTC)
     # a node seeing a job late still counts from its creation: the near event is not lost
     late = schedule.synchronize(None, {**DAILY_20, "_changed": _t(19, 59)}, _t(20, 0, 4))
     assert schedule.is_due(DAILY_20, late, _t(20, 0, 4), UTC)
