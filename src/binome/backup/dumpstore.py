@@ -15,7 +15,9 @@ class only maps snapshots to names.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -129,3 +131,25 @@ class DumpStore(Datastore):
         """The size PVE lists for a backup: here the sum of its disk images."""
         return sum(int(f.get("size", 0)) for f in self.manifest(ref).files
                    if str(f["filename"]).endswith(".fidx"))
+
+    def staging_dirs(self) -> list[Path]:
+        """The `.tmp-*` staging directories of backups not (or not yet) committed."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.glob(".tmp-*") if p.is_dir())
+
+    def staging_started(self, staging: Path) -> float | None:
+        """When the backup staged in `staging` started (its writer mark), None if unknown."""
+        try:
+            return float(json.loads((self.root / ".writers" / staging.name).read_text())
+                         ["started"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def remove_staging(self, staging: Path) -> None:
+        """Drop a staging directory (a backup that will never commit) and its writer mark,
+        so GC no longer holds chunks back for it."""
+        if staging.parent != self.root or not staging.name.startswith(".tmp-"):
+            raise DatastoreError(f"'{staging}' is not a staging directory of this store")
+        shutil.rmtree(staging, ignore_errors=True)
+        (self.root / ".writers" / staging.name).unlink(missing_ok=True)

@@ -160,3 +160,24 @@ def compute_prune(backups: Iterable[BackupEntry], options: PruneOptions) -> dict
     return {
         b.id: Mark.PROTECTED if b.protected else marks.get(b.id, default) for b in ordered
     }
+
+
+def mark_backup_list(backups: Iterable[dict[str, Any]],
+                     options: PruneOptions) -> list[dict[str, Any]]:
+    """PVE's storage `prune_backups` dry run over a backup listing (`volid`, `ctime`,
+    `vmid`, `subtype`, `protected`): each guest's backups form a group; returns
+    `{volid, ctime, mark, type, vmid}` per backup, newest first within a group."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for entry in backups:
+        kind = str(entry.get("subtype") or "qemu")
+        groups.setdefault((kind, int(entry["vmid"])), []).append(entry)
+    out: list[dict[str, Any]] = []
+    for (kind, vmid), entries in sorted(groups.items()):
+        marks = compute_prune(
+            [BackupEntry(id=str(e["volid"]), time=datetime.fromtimestamp(int(e["ctime"])),
+                         protected=bool(e.get("protected"))) for e in entries], options)
+        for entry in sorted(entries, key=lambda e: int(e["ctime"]), reverse=True):
+            out.append({"volid": entry["volid"], "ctime": int(entry["ctime"]),
+                        "mark": str(marks[str(entry["volid"])]), "type": kind,
+                        "vmid": vmid})
+    return out

@@ -70,6 +70,7 @@ def load_config(args: argparse.Namespace) -> NodeConfig:
 
 async def run(cfg: NodeConfig) -> None:
     from binome.api import methods  # noqa: F401  (registers the API methods)
+    from binome.daemon.backupjobs import node_scheduler
     from binome.daemon.graph import NodeGraph
     from binome.daemon.rrd import sample_forever, storage_usage
     from binome.metrics.push import MetricPusher
@@ -101,12 +102,17 @@ async def run(cfg: NodeConfig) -> None:
             interval=cfg.timers.rrd_interval), name="rrd")
         pusher = asyncio.create_task(MetricPusher(node).run(), name="metric-push")
         node.health.start()               # certificate expiry, etcd members: notifications
+        backup_jobs = None
+        if node.guests is not None:     # removes stale backup staging at its first round
+            backup_jobs = asyncio.create_task(node_scheduler(node).run(), name="backup-jobs")
         log.info("binomed ready", extra={"role": cfg.role,
                                          "cluster": node.cluster.cluster_name or "-"})
         await stop.wait()
         log.info("shutting down")
         sampler.cancel()
         pusher.cancel()
+        if backup_jobs is not None:
+            backup_jobs.cancel()
     finally:
         await node.health.stop()
         await node.metrics.stop_listener()

@@ -134,7 +134,7 @@ CATALOGUE: dict[str, EventKind] = {k.name: k for k in [
        "The local disk {device} of volume {volume} returned an I/O error: {error}.\n"
        "{detach_text}Replace the disk, then reattach it.", ("device",)),
     _k("backup-result", "vzdump", None, ("job_id", "status", "ok_count", "failed_count"),
-       "Backup {job_id}: {status_text}",
+       "vzdump backup status ({hostname}): {status_text}",
        "Backup job {job_id} finished: {ok_count} guests backed up, {failed_count} failed, "
        "{total_size} bytes in {total_time} s.\n{details}", ("job_id",)),
     _k("certificate-expiry", "certificate", S.WARNING, ("certificate", "days_left"),
@@ -228,7 +228,7 @@ def make_event(kind: str, hostname: str, *, severity: Severity | str | None = No
     if kind == "backup-result":
         ok = int(data["failed_count"]) == 0 and data["status"] == "ok"
         severity = severity or (Severity.INFO if ok else Severity.ERROR)
-        data.setdefault("status_text", "OK" if ok else "FAILED")
+        data.setdefault("status_text", "backup successful" if ok else "backup failed")
     if severity is None:
         raise EventError(f"event '{kind}' needs a severity")
     sev = Severity(severity)

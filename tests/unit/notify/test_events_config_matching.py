@@ -66,9 +66,10 @@ def test_recovery_blocked_explains_reason_and_action():
 
 def test_backup_severity_follows_result_and_missing_fields_fail():
     ok = make_event("backup-result", "n1", **SAMPLES["backup-result"])
-    assert ok.severity is Severity.INFO and ok.title == "Backup daily: OK"
+    assert ok.severity is Severity.INFO
+    assert ok.title == "vzdump backup status (n1): backup successful"
     bad = make_event("backup-result", "n1", **{**SAMPLES["backup-result"], "failed_count": 1})
-    assert bad.severity is Severity.ERROR and "FAILED" in bad.title
+    assert bad.severity is Severity.ERROR and bad.title.endswith("backup failed")
     with pytest.raises(EventError, match="missing: node"):
         make_event("fence-failed", "n1", error="x")
 

@@ -4,6 +4,8 @@ from binome.api.methods import (  # noqa: F401
     access,
     access_acl,
     access_users,
+    backup_jobs,
+    backup_storage,
     cluster,
     console,
     domains,

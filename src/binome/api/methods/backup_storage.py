@@ -1,0 +1,245 @@
+"""Management of the backups on a storage: PVE's `prunebackups` (GET: the dry run, DELETE:
+the prune task) and binome's extensions `verify` and `gc` of the storage's deduplicated
+backup datastore (PBS's verify and garbage collection, as tasks `verify` and
+`garbage_collection`).
+
+Validates, calls and shapes: the prune selection is `binome.backup.prune`'s (PVE's
+semantics), verify and GC are the datastore's (`binome.backup.datastore`), the listing
+and removal of backups the storage's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from binome.access.permission import AnyUser
+from binome.api.context import RequestContext
+from binome.api.errors import PermissionDenied, fail, param_error
+from binome.api.methods.common import NODE
+from binome.api.methods.storage import STORAGE_ID
+from binome.api.registry import CliSpec, privs, registry
+from binome.api.schema import Param
+from binome.backup.datastore import DatastoreError, SnapshotRef
+from binome.backup.dumpstore import DumpStore, backup_name, ref_of_name
+from binome.backup.prune import (
+    Mark,
+    PruneError,
+    PruneOptions,
+    format_prune_backups,
+    mark_backup_list,
+    parse_prune_backups,
+)
+from binome.errors import BinomeError
+from binome.storage.base import Storage, StorageError, split_volid
+from binome.tasks.manager import Task, TaskFailed
+
+PRUNE_PARAMS = {
+    "node": NODE,
+    "storage": Param(pattern=STORAGE_ID.pattern, max_length=64, description="Storage ID."),
+    "prune-backups": Param(optional=True, max_length=256,
+                           description="Use these retention options instead of those from "
+                                       "the storage configuration (binome's storages have "
+                                       "none yet: required)."),
+    "type": Param(optional=True, enum=("qemu", "lxc"),
+                  description="Either 'qemu' or 'lxc'. Only consider backups for guests "
+                              "of this type."),
+    "vmid": Param(type="integer", optional=True, minimum=100, maximum=999_999_999,
+                  description="Only consider backups for this guest."),
+}
+
+
+async def _storage(ctx: RequestContext, storage_id: str) -> Storage:
+    try:
+        storage = await ctx.services.storages.get(storage_id)
+        storage.backup_store()
+    except BinomeError as error:
+        raise param_error("storage", str(error)) from None
+    return storage
+
+
+def _options(params: dict[str, Any]) -> PruneOptions:
+    text = params.get("prune-backups")
+    if text is None:   # PVE falls back on the storage's; binome's storages have none yet
+        raise fail(f"no prune-backups options configured for storage '{params['storage']}'")
+    try:
+        return parse_prune_backups(text)
+    except PruneError as error:
+        raise param_error("prune-backups", str(error)) from None
+
+
+async def _marks(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
+    storage = await _storage(ctx, params["storage"])
+    listing = await storage.list("backup", params.get("vmid"))
+    if params.get("type"):
+        listing = [e for e in listing if (e.get("subtype") or "qemu") == params["type"]]
+    return mark_backup_list(listing, _options(params))
+
+
+@registry.register(
+    "GET", "/nodes/{node}/storage/{storage}/prunebackups", name="prunebackups_dryrun",
+    permission=privs("Datastore.Audit", "Datastore.AllocateSpace", path="/storage/{storage}",
+                     any=True),
+    proxyto="node",
+    description="Get prune information for backups. NOTE: this is only a preview and might "
+                "not be what a subsequent prune call does if backups are removed/added in "
+                "the meantime.",
+    parameters=PRUNE_PARAMS, returns={"type": "array", "items": {"type": "object"}},
+    cli=CliSpec(("storage", "prune-backups-list"), positional=("storage",),
+                formatter="table:volid,type,vmid,ctime,mark"),
+)
+async def prunebackups_dryrun(ctx: RequestContext, params: dict[str, Any]
+                              ) -> list[dict[str, Any]]:
+    return await _marks(ctx, params)
+
+
+@registry.register(
+    "DELETE", "/nodes/{node}/storage/{storage}/prunebackups", name="prunebackups",
+    permission=AnyUser("You need the 'Datastore.Allocate' privilege on the storage (or if a "
+                       "VM ID is specified, 'Datastore.AllocateSpace' and 'VM.Backup' for "
+                       "the VM)."),
+    proxyto="node",
+    description="Prune backups. Only those using the standard naming scheme are considered.",
+    parameters={**PRUNE_PARAMS, "prune-backups": Param(
+        max_length=256, description="Use these retention options instead of those from the "
+                                    "storage configuration.")},
+    returns={"type": "string", "description": "UPID"},
+    cli=CliSpec(("storage", "prune-backups"), positional=("storage",)),
+)
+async def prunebackups(ctx: RequestContext, params: dict[str, Any]) -> str:
+    storage_id = params["storage"]
+    storage = await _storage(ctx, storage_id)
+    options = _options(params)
+    ev = await ctx.services.access.evaluator()
+    vmid = params.get("vmid")
+    if vmid is not None:
+        if not ev.check(ctx.userid, f"/storage/{storage_id}", ["Datastore.AllocateSpace"]):
+            raise PermissionDenied(f"/storage/{storage_id}, Datastore.AllocateSpace")
+        if not ev.check(ctx.userid, f"/vms/{vmid}", ["VM.Backup"]):
+            raise PermissionDenied(f"/vms/{vmid}, VM.Backup")
+    elif not ev.check(ctx.userid, f"/storage/{storage_id}", ["Datastore.Allocate"]):
+        raise PermissionDenied(f"/storage/{storage_id}, Datastore.Allocate")
+
+    async def body(task: Task) -> None:
+        task.log(f"prune backups of storage '{storage_id}' with retention: "
+                 f"{format_prune_backups(options)}")
+        if options.keeps_all():
+            task.log("retention keeps all backups: nothing to prune")
+            return
+        failed = 0
+        for entry in await _marks(ctx, params):     # again: the listing may have changed
+            if entry["mark"] != str(Mark.REMOVE):
+                continue
+            task.log(f"removing backup '{entry['volid']}'")
+            try:
+                await storage.free(entry["volid"])
+            except StorageError as error:
+                failed += 1
+                task.log(f"error when removing backup '{entry['volid']}' - {error}")
+        if failed:
+            raise TaskFailed("error pruning backups - check log")
+
+    task_id = f"{vmid}@{storage_id}" if vmid is not None else storage_id
+    return ctx.services.tasks.start("prunebackups", task_id, ctx.userid, body)
+
+
+async def _datastore(ctx: RequestContext, storage_id: str) -> DumpStore:
+    return (await _storage(ctx, storage_id)).backup_store()
+
+
+def _refs(store: DumpStore, params: dict[str, Any]) -> list[SnapshotRef]:
+    volume = params.get("volume")
+    if volume is None:
+        vmid = params.get("vmid")
+        return store.snapshots("vm", None if vmid is None else str(vmid))
+    volid = volume if ":" in volume else f"{store.storage_id}:{volume}"
+    storage_id, volname = split_volid(volid)
+    if storage_id != store.storage_id or not volname.startswith("backup/"):
+        raise param_error("volume", f"volume is not a backup on storage '{store.storage_id}'")
+    try:
+        ref = ref_of_name(volname[len("backup/"):])
+    except DatastoreError as error:
+        raise param_error("volume", str(error)) from None
+    if ref not in store.snapshots():
+        raise fail(f"volume '{volid}' does not exist")
+    return [ref]
+
+
+@registry.register(
+    "POST", "/nodes/{node}/storage/{storage}/verify", name="backup_verify",
+    permission=privs("Datastore.Allocate", path="/storage/{storage}"),
+    proxyto="node",
+    description="binome extension (PBS's verify): re-read every chunk of the storage's "
+                "binome backups (or of one backup, or of one guest's) and check its "
+                "digest; a backup with a bad or missing chunk is marked failed.",
+    parameters={"node": NODE, "storage": PRUNE_PARAMS["storage"],
+                "volume": Param(optional=True, max_length=1024,
+                                description="Only this backup (volume id)."),
+                "vmid": Param(type="integer", optional=True, minimum=100,
+                              maximum=999_999_999,
+                              description="Only the backups of this guest.")},
+    returns={"type": "string", "description": "UPID"},
+    cli=CliSpec(("storage", "verify"), positional=("storage",)),
+)
+async def backup_verify(ctx: RequestContext, params: dict[str, Any]) -> str:
+    store = await _datastore(ctx, params["storage"])
+    refs = _refs(store, params)
+
+    async def body(task: Task) -> None:
+        task.log(f"verify datastore of storage '{store.storage_id}': {len(refs)} backup(s)")
+        failed = []
+        for ref in refs:
+            name = backup_name(ref)
+            task.log(f"verify {name}")
+            try:
+                result = await asyncio.to_thread(store.verify, ref)
+            except (DatastoreError, OSError) as error:   # removed meanwhile, unreadable
+                task.log(f"  check failed: {error}")
+                failed.append(name)
+                continue
+            for bad in result.bad_chunks[:20]:
+                task.log(f"  chunk {bad} is missing or corrupt")
+            if not result.ok:
+                task.log(f"  {name}: {len(result.bad_chunks)} bad chunk(s), marked failed")
+                failed.append(name)
+        if failed:
+            task.log(f"Failed to verify the following snapshots/groups: {', '.join(failed)}")
+            raise TaskFailed("verification failed - please check the log for details")
+        task.log("verified all backups: ok")
+
+    return ctx.services.tasks.start("verify", store.storage_id, ctx.userid, body)
+
+
+@registry.register(
+    "POST", "/nodes/{node}/storage/{storage}/gc", name="backup_gc",
+    permission=privs("Datastore.Allocate", path="/storage/{storage}"),
+    proxyto="node",
+    description="binome extension (PBS's garbage collection): remove the chunks no backup "
+                "of the storage references any more (those a running backup may use are "
+                "kept).",
+    parameters={"node": NODE, "storage": PRUNE_PARAMS["storage"]},
+    returns={"type": "string", "description": "UPID"},
+    cli=CliSpec(("storage", "gc"), positional=("storage",)),
+)
+async def backup_gc(ctx: RequestContext, params: dict[str, Any]) -> str:
+    store = await _datastore(ctx, params["storage"])
+
+    async def body(task: Task) -> None:
+        task.log(f"starting garbage collection on storage '{store.storage_id}'")
+        task.log("Start GC phase1 (mark used chunks)")
+        task.log("Start GC phase2 (sweep unused chunks)")
+        if not store.root.is_dir():
+            task.log("no backups on this storage: nothing to do")
+            return
+        try:
+            result = await asyncio.to_thread(store.garbage_collect)
+        except (DatastoreError, OSError) as error:
+            raise TaskFailed(f"garbage collection failed: {error}") from None
+        sweep = result.sweep
+        task.log(f"Marked chunks of {result.marked_indexes} index(es)")
+        task.log(f"Removed garbage: {sweep.removed_bytes} B")
+        task.log(f"Removed chunks: {sweep.removed_chunks}")
+        task.log(f"Disk chunks: {sweep.kept_chunks}")
+        task.log(f"Disk bytes: {sweep.kept_bytes} B")
+
+    return ctx.services.tasks.start("garbage_collection", store.storage_id, ctx.userid, body)
