@@ -298,9 +298,8 @@ class LdapClient:
         self.base_dn = o.get("base_dn", "")
 
     def _mode(self) -> str:
-        """PVE's get_scheme_and_port: `mode`, else the deprecated `secure` flag."""
-        o = self.realm.options
-        return str(o.get("mode") or ("ldaps" if int(o.get("secure") or 0) else "ldap"))
+        """PVE's get_scheme_and_port (its deprecated `secure` flag is not in our schema)."""
+        return str(self.realm.options.get("mode") or "ldap")
 
     def _tls(self) -> ldap3.Tls | None:
         """PVE's connect_and_bind TLS arguments: verify=1 requires a certificate signed by
