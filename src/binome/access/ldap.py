@@ -2,7 +2,8 @@
 `pveum realm sync` does it (scope users|groups|both, remove-vanished acl;entry;properties,
 enable-new, dry-run), over ldap3.
 
-The directory reads (`LdapClient`) do blocking ldap3 calls in a worker thread; the sync
+The directory reads (`LdapClient`) do blocking ldap3 calls in a worker thread, over ldap, ldaps or
+ldap+starttls with PVE's verify/capath/cert/certkey/sslversion options; the sync
 plan (`plan_sync`) is pure: it turns what the directory holds into a new AccessConfig and
 a summary of what was added, updated and removed, so a dry run is the plan unapplied.
 The bind password is used, never logged or put in an error.
@@ -11,6 +12,7 @@ The bind password is used, never logged or put in an error.
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -34,6 +36,9 @@ USER_FIELDS = ("enable", "expire", "firstname", "lastname", "email", "comment", 
 DEFAULT_USER_CLASSES = ("inetorgperson", "posixaccount", "person", "user")
 DEFAULT_GROUP_CLASSES = ("groupOfNames", "group", "univentionGroup", "ipausergroup")
 REMOVE_VANISHED = ("acl", "entry", "properties")
+DEFAULT_CAPATH = "/etc/ssl/certs"
+SSL_VERSIONS = {"tlsv1": ssl.TLSVersion.TLSv1, "tlsv1_1": ssl.TLSVersion.TLSv1_1,
+                "tlsv1_2": ssl.TLSVersion.TLSv1_2, "tlsv1_3": ssl.TLSVersion.TLSv1_3}
 
 
 class LdapError(Exception):
@@ -255,6 +260,31 @@ def plan_sync(cfg: AccessConfig, realm: Realm, directory: Directory,
 
 # -- the directory ----------------------------------------------------------------------
 
+class _PinnedTls(ldap3.Tls):
+    """ldap3's TLS settings with a context of our own: exactly one TLS version (as
+    IO::Socket::SSL's SSL_version for PVE; ldap3 could only pin it with the deprecated
+    OP_NO_* flags) and, when verifying, Python's own host-name check of the server's
+    certificate (IP SANs included) instead of ldap3's deprecated match_hostname."""
+
+    def __init__(self, version: ssl.TLSVersion, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pinned_version = version
+
+    def wrap_socket(self, connection: Any, do_handshake: bool = False) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if self.validate == ssl.CERT_NONE:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        else:
+            context.load_verify_locations(self.ca_certs_file, self.ca_certs_path)
+        context.minimum_version = context.maximum_version = self.pinned_version
+        if self.certificate_file:
+            context.load_cert_chain(self.certificate_file, keyfile=self.private_key_file)
+        connection.socket = context.wrap_socket(
+            connection.socket, server_side=False, do_handshake_on_connect=do_handshake,
+            server_hostname=connection.server.host)
+
+
 class LdapClient:
     """Reads one ldap/ad realm's directory. Blocking ldap3 calls run in a thread."""
 
@@ -267,37 +297,75 @@ class LdapClient:
         self.user_attr = o.get("user_attr") or ("sAMAccountName" if realm.type == "ad" else "uid")
         self.base_dn = o.get("base_dn", "")
 
-    def _server_pool(self) -> ldap3.ServerPool:
+    def _mode(self) -> str:
+        """PVE's get_scheme_and_port (its deprecated `secure` flag is not in our schema)."""
+        return str(self.realm.options.get("mode") or "ldap")
+
+    def _tls(self) -> ldap3.Tls | None:
+        """PVE's connect_and_bind TLS arguments: verify=1 requires a certificate signed by
+        `capath` (a directory of hashed CA files or one CA file; default /etc/ssl/certs)
+        for the server's name, and presents `cert`/`certkey` if set; verify=0 checks
+        nothing. `sslversion` (default tlsv1_2) is the one TLS version spoken."""
         o = self.realm.options
-        mode = o.get("mode", "ldap")
-        use_ssl = mode == "ldaps"
+        if self._mode() == "ldap":
+            return None
+        kwargs: dict[str, Any] = {}
+        verify = bool(int(o.get("verify") or 0))
+        if verify:
+            capath = str(o.get("capath") or DEFAULT_CAPATH)
+            kwargs["ca_certs_path" if os.path.isdir(capath) else "ca_certs_file"] = capath
+            if o.get("cert"):
+                kwargs["local_certificate_file"] = str(o["cert"])
+            if o.get("certkey"):
+                kwargs["local_private_key_file"] = str(o["certkey"])
+        version = str(o.get("sslversion") or "tlsv1_2")
+        if version not in SSL_VERSIONS:
+            raise LdapError(f"LDAP TLS: unknown sslversion '{version}'")
+        try:
+            return _PinnedTls(SSL_VERSIONS[version],
+                              validate=ssl.CERT_REQUIRED if verify else ssl.CERT_NONE,
+                              **kwargs)
+        except LDAPException as exc:
+            raise LdapError(f"LDAP TLS configuration: {exc}") from None
+
+    def _servers(self) -> list[ldap3.Server]:
+        o = self.realm.options
+        use_ssl = self._mode() == "ldaps"
         port = int(o.get("port") or (636 if use_ssl else 389))
-        tls = None
-        if mode in ("ldaps", "ldap+starttls"):
-            verify = bool(int(o.get("verify", 0)))
-            tls = ldap3.Tls(validate=ssl.CERT_REQUIRED if verify else ssl.CERT_NONE,
-                            ca_certs_path=o.get("capath") if verify else None)
-        servers = [ldap3.Server(o[k], port=port, use_ssl=use_ssl, tls=tls,
-                                connect_timeout=self.timeout,
-                                # no schema read: PVE's default class list names both
-                                # OpenLDAP and AD classes, which a schema check refuses
-                                get_info=ldap3.NONE)
-                   for k in ("server1", "server2") if o.get(k)]
-        return ldap3.ServerPool(servers, ldap3.FIRST, active=1, exhaust=True)
+        tls = self._tls()
+        return [ldap3.Server(o[k], port=port, use_ssl=use_ssl, tls=tls,
+                             connect_timeout=self.timeout,
+                             # no schema read: PVE's default class list names both
+                             # OpenLDAP and AD classes, which a schema check refuses
+                             get_info=ldap3.NONE)
+                for k in ("server1", "server2") if o.get(k)]
 
     def _connect(self, user: str | None, password: str | None) -> ldap3.Connection:
-        conn = ldap3.Connection(self._server_pool(), user=user, password=password,
-                                receive_timeout=self.timeout, raise_exceptions=True,
-                                check_names=False,
-                                auto_bind=ldap3.AUTO_BIND_NONE)
-        try:
-            conn.open()
-            if self.realm.options.get("mode") == "ldap+starttls":
-                conn.start_tls()
-            conn.bind()
-        except LDAPException as exc:
-            raise LdapError(f"LDAP bind failed: {type(exc).__name__}") from None
-        return conn
+        """Open (TLS first where the mode says so) to server1, else server2, and bind.
+        An error names the server and the reason (e.g. the certificate check), never
+        the password."""
+        failures: list[str] = []
+        for server in self._servers():
+            conn = ldap3.Connection(server, user=user, password=password,
+                                    receive_timeout=self.timeout, raise_exceptions=True,
+                                    check_names=False, auto_bind=ldap3.AUTO_BIND_NONE)
+            try:
+                conn.open()
+                if self._mode() == "ldap+starttls":
+                    conn.start_tls()
+            except LDAPException as exc:
+                _close(conn)
+                failures.append(f"{server.host}:{server.port}: "
+                                f"{_reason(exc, password)}")
+                continue
+            try:
+                conn.bind()
+            except LDAPException as exc:
+                _close(conn)
+                raise LdapError(f"LDAP bind failed: {_reason(exc, password)}") from None
+            return conn
+        raise LdapError("LDAP connection failed: " + ("; ".join(failures)
+                                                      or "no server configured"))
 
     def _service_connection(self) -> ldap3.Connection:
         bind_dn = self.realm.options.get("bind_dn")
@@ -393,6 +461,21 @@ class LdapClient:
     async def check_connection(self) -> None:
         """The realm's `check-connection`: a test bind (raises LdapError)."""
         await asyncio.to_thread(lambda: self._service_connection().unbind())
+
+
+def _reason(exc: LDAPException, secret: str | None) -> str:
+    """An ldap3 error as one line a user can act on, with any secret blanked."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if secret:
+        text = text.replace(secret, "********")
+    return text
+
+
+def _close(conn: ldap3.Connection) -> None:
+    try:
+        conn.unbind()
+    except LDAPException:
+        pass
 
 
 def _first(value: Any) -> Any:

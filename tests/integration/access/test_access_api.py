@@ -176,8 +176,23 @@ def test_privsep_token_through_proxmoxer(cluster: Cluster, admin: Api) -> None:
     with pytest.raises(ResourceException) as exc:
         px.access.password.put(userid=ALICE, password="token-changed-1")
     assert exc.value.status_code == 403
-    admin.ok("PUT", f"/access/users/{ALICE}/token/tf", privsep=0)
+    updated = admin.ok("PUT", f"/access/users/{ALICE}/token/tf", privsep=0)
+    assert updated["privsep"] == 0 and "value" not in updated
     assert admin.ok("GET", f"/access/users/{ALICE}/token/tf")["privsep"] == 0
+    # PVE 9.1 regenerate: a new secret shown once, the old one refused at once
+    assert token_get(cluster, f"{ALICE}!tf", secret, "/version").status_code == 200
+    r = admin.call("PUT", f"/access/users/{ALICE}/token/tf", regenerate=1, delete="expire")
+    assert r.status_code == 400 and "delete" in r.json()["errors"]
+    assert token_get(cluster, f"{ALICE}!tf", secret, "/version").status_code == 200
+    regenerated = admin.ok("PUT", f"/access/users/{ALICE}/token/tf", regenerate=1,
+                           delete="comment")
+    assert regenerated["full-tokenid"] == f"{ALICE}!tf" and "comment" not in regenerated
+    assert regenerated["value"] != secret and regenerated["privsep"] == 0
+    assert token_get(cluster, f"{ALICE}!tf", secret, "/version").status_code == 401
+    assert token_get(cluster, f"{ALICE}!tf", regenerated["value"],
+                     "/version").status_code == 200
+    assert regenerated["value"] not in str(admin.ok("GET", f"/access/users/{ALICE}/token"))
+    secret = regenerated["value"]
     admin.ok("DELETE", f"/access/users/{ALICE}/token/tf")
     assert token_get(cluster, f"{ALICE}!tf", secret, "/version").status_code == 401
     assert all(e["ugid"] != f"{ALICE}!tf" for e in admin.ok("GET", "/access/acl"))

@@ -1,8 +1,12 @@
-"""LDAP realm against a real slapd started by the test on its own loopback address."""
+"""LDAP realm against a real slapd started by the test on its own loopback address, in
+clear text, over ldaps and with STARTTLS (a CA and server certificate made by the test)."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
+import logging
 import os
 import shutil
 import socket
@@ -16,6 +20,10 @@ import ldap3
 import pytest
 import requests
 import urllib3
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from proxmoxer import ProxmoxAPI, ResourceException
 from proxmoxer.tools import Tasks
 
@@ -36,14 +44,56 @@ def _free_port() -> int:
 
 
 PORT = _free_port()
+TLS_PORT = _free_port()
 BASE = "dc=example,dc=org"
 ADMIN = f"cn=admin,{BASE}"
 ADMIN_PW = "admin-secret"
 SCHEMA = "/etc/ldap/schema"
 
 
+def _certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name | None,
+                 issuer_key: ec.EllipticCurvePrivateKey, ca: bool) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer or name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if ca:
+        builder = builder.add_extension(x509.KeyUsage(
+            digital_signature=True, content_commitment=False, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+            encipher_only=False, decipher_only=False), critical=True)
+    else:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address(ADDRESS))]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
 @pytest.fixture(scope="module")
-def slapd(tmp_path_factory) -> Iterator[str]:
+def pki(tmp_path_factory) -> dict[str, str]:
+    """A test CA, slapd's certificate for ADDRESS signed by it, and an unrelated CA."""
+    root = tmp_path_factory.mktemp("pki")
+    paths: dict[str, str] = {}
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("binome test CA", ca_key, None, ca_key, ca=True)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server = _certificate(ADDRESS, server_key, ca.subject, ca_key, ca=False)
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    other = _certificate("some other CA", other_key, None, other_key, ca=True)
+    for name, cert in (("ca", ca), ("server", server), ("wrong-ca", other)):
+        (root / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        paths[name] = str(root / f"{name}.pem")
+    (root / "server.key").write_bytes(server_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    paths["server-key"] = str(root / "server.key")
+    return paths
+
+
+@pytest.fixture(scope="module")
+def slapd(tmp_path_factory, pki: dict[str, str]) -> Iterator[str]:
     if shutil.which("slapd") is None and not os.path.exists("/usr/sbin/slapd"):
         pytest.skip("slapd is not installed (Debian package slapd)")
     root = tmp_path_factory.mktemp("slapd")
@@ -55,6 +105,9 @@ include {SCHEMA}/cosine.schema
 include {SCHEMA}/inetorgperson.schema
 include {SCHEMA}/nis.schema
 pidfile {root}/slapd.pid
+TLSCACertificateFile {pki["ca"]}
+TLSCertificateFile {pki["server"]}
+TLSCertificateKeyFile {pki["server-key"]}
 modulepath /usr/lib/ldap
 moduleload back_mdb
 database mdb
@@ -66,19 +119,20 @@ access to * by * read
 """)
     log = open(root / "slapd.log", "wb")
     proc = subprocess.Popen(["/usr/sbin/slapd", "-f", str(conf), "-h",
-                             f"ldap://{ADDRESS}:{PORT}/", "-d", "0"],
+                             f"ldap://{ADDRESS}:{PORT}/ ldaps://{ADDRESS}:{TLS_PORT}/", "-d", "0"],
                             stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     log.close()
     try:
         deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection((ADDRESS, PORT), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError((root / "slapd.log").read_text()) from None
-                time.sleep(0.1)
+        for port in (PORT, TLS_PORT):
+            while True:
+                try:
+                    socket.create_connection((ADDRESS, port), timeout=0.5).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise AssertionError((root / "slapd.log").read_text()) from None
+                    time.sleep(0.1)
         conn = ldap3.Connection(ldap3.Server(ADDRESS, port=PORT), ADMIN, ADMIN_PW,
                                 auto_bind=True)
         conn.add(BASE, ["dcObject", "organization"], {"o": "Example", "dc": "example"})
@@ -128,6 +182,57 @@ async def test_bad_bind_password_is_a_clear_error_without_the_secret(slapd):
     with pytest.raises(ldap.LdapError) as e:
         await ldap.LdapClient(bad).check_connection()
     assert "nope-secret" not in str(e.value)
+
+
+@pytest.mark.parametrize("mode,port", [("ldaps", TLS_PORT), ("ldap+starttls", PORT)])
+async def test_login_and_sync_over_tls_verified_by_the_ca(slapd, pki, caplog, mode, port):
+    caplog.set_level(logging.DEBUG)
+    good = realm(mode=mode, port=port, verify=1, capath=pki["ca"])
+    client = ldap.LdapClient(good)
+    assert await client.check_password("alice", "alice-pw")
+    assert not await client.check_password("alice", "wrong")
+    directory = await client.read()
+    assert {"alice", "bob", "carol"} <= {u.name for u in directory.users}
+    plan = ldap.plan_sync(AccessConfig(), good, directory,
+                          ldap.SyncOptions.parse(good, {"scope": "both"}))
+    assert "alice@corp" in plan.added_users and "ops-corp" in plan.added_groups
+    # capath may also be a directory of CA certificates (the default /etc/ssl/certs)
+    # holding no test CA: a refusal, as with a wrong CA file
+    for wrong in (pki["wrong-ca"], "/etc/ssl/certs"):
+        bad = ldap.LdapClient(realm(mode=mode, port=port, verify=1, capath=wrong))
+        with pytest.raises(ldap.LdapError) as e:
+            await bad.check_connection()
+        assert "certificate verify failed" in str(e.value), str(e.value)
+        assert f"{ADDRESS}:{port}" in str(e.value)
+        with pytest.raises(ldap.LdapError):
+            await bad.check_password("alice", "alice-pw")
+    # verify=0 (PVE's default) encrypts without checking the certificate
+    unverified = ldap.LdapClient(realm(mode=mode, port=port, capath=pki["wrong-ca"]))
+    assert await unverified.check_password("bob", "bob-pw")
+    assert ADMIN_PW not in caplog.text and "alice-pw" not in caplog.text
+
+
+async def test_tls_client_options_and_clear_errors(slapd, pki):
+    # a missing CA file is a configuration error naming the cause, not a crash
+    missing = ldap.LdapClient(realm(mode="ldaps", port=TLS_PORT, verify=1,
+                                    capath="/nonexistent/ca.pem"))
+    with pytest.raises(ldap.LdapError, match="invalid CA"):
+        await missing.check_connection()
+    # ldaps spoken to the clear-text port, and no server at all: the server is named
+    with pytest.raises(ldap.LdapError, match=f"{ADDRESS}:{PORT}"):
+        await ldap.LdapClient(realm(mode="ldaps", port=PORT)).check_connection()
+    # a TLS version the server does not speak is refused; the default (tlsv1_2) works
+    pinned = ldap.LdapClient(realm(mode="ldaps", port=TLS_PORT, verify=1, capath=pki["ca"],
+                                   sslversion="tlsv1"))
+    with pytest.raises(ldap.LdapError):
+        await pinned.check_connection()
+    # a wrong bind password over TLS: a clear error without the secret
+    bad = Realm("corp", "ldap", options=realm(mode="ldaps", port=TLS_PORT, verify=1,
+                                              capath=pki["ca"]).options,
+                bind_password="nope-tls-secret")
+    with pytest.raises(ldap.LdapError, match="invalidCredentials") as e:
+        await ldap.LdapClient(bad).check_connection()
+    assert "nope-tls-secret" not in str(e.value)
 
 
 async def test_sync_then_a_user_removed_from_the_directory(slapd):
@@ -211,7 +316,7 @@ def _sync(px: ProxmoxAPI, realm_id: str, **options: Any) -> list[str]:
     return [line["t"] for line in px.nodes("n1").tasks(upid).log.get()]
 
 
-def test_realm_api_sync_and_login(slapd: str, cluster: Cluster) -> None:
+def test_realm_api_sync_and_login(slapd: str, pki: dict[str, str], cluster: Cluster) -> None:
     px = ProxmoxAPI(cluster["n1"].address, user="admin@pve", password=PASSWORD,
                     verify_ssl=False, timeout=30)
     realm_id = f"ld{uuid.uuid4().hex[:6]}"
@@ -221,12 +326,14 @@ def test_realm_api_sync_and_login(slapd: str, cluster: Cluster) -> None:
                     {"cn": dave, "sn": "Dave", "userPassword": "dave-pw", "mail": "d@x.org"})
     assert conn.add(f"cn=web{dave},ou=groups,{BASE}", ["groupOfNames"],
                     {"member": [f"uid={dave},ou=people,{BASE}"]})
-    options = {"server1": ADDRESS, "port": PORT, "base_dn": BASE, "user_attr": "uid",
+    # over ldaps, the server's certificate checked against the test's CA
+    options = {"server1": ADDRESS, "port": TLS_PORT, "mode": "ldaps", "verify": 1,
+               "capath": pki["ca"], "base_dn": BASE, "user_attr": "uid",
                "bind_dn": ADMIN, "sync_attributes": "email=mail"}
     try:
         # bad input: a clear per-parameter error, nothing stored
         with pytest.raises(ResourceException) as e:
-            px.access.domains.post(realm=realm_id, type="ldap", mode="bogus", **options)
+            px.access.domains.post(realm=realm_id, type="ldap", **{**options, "mode": "bogus"})
         assert e.value.status_code == 400 and "mode" in e.value.errors
         with pytest.raises(ResourceException) as e:
             px.access.domains.post(realm=realm_id, type="ldap", server1=ADDRESS)
@@ -265,6 +372,21 @@ def test_realm_api_sync_and_login(slapd: str, cluster: Cluster) -> None:
         assert r.json()["data"]["username"] == f"{dave}@{realm_id}"
         assert _login(cluster, f"{dave}@{realm_id}", "wrong").status_code == 401
         assert _login(cluster, f"{dave}@{realm_id}", "").status_code in (400, 401)
+
+        # STARTTLS on the clear-text port works the same
+        px.access.domains(realm_id).put(mode="ldap+starttls", port=PORT)
+        assert _login(cluster, f"{dave}@{realm_id}", "dave-pw").status_code == 200
+        # a CA that did not sign the server's certificate: no login, and a sync fails
+        # with the reason in its task log (never the bind password)
+        px.access.domains(realm_id).put(capath=pki["wrong-ca"])
+        assert _login(cluster, f"{dave}@{realm_id}", "dave-pw").status_code == 401
+        upid = px.access.domains(realm_id).sync.post(scope="both")
+        status = Tasks.blocking_status(px, upid, timeout=60, polling_interval=0.2)
+        assert status is not None and status["exitstatus"] != "OK"
+        log = "\n".join(line["t"] for line in px.nodes("n1").tasks(upid).log.get())
+        assert "certificate verify failed" in log + status["exitstatus"], (log, status)
+        assert ADMIN_PW not in log + str(status)
+        px.access.domains(realm_id).put(capath=pki["ca"], mode="ldaps", port=TLS_PORT)
 
         # gone from the directory: gone at the next sync, and no login
         assert conn.delete(f"uid={dave},ou=people,{BASE}")

@@ -307,20 +307,52 @@ async def generate_token(ctx: RequestContext, params: dict[str, Any]) -> dict[st
             "value": secret}
 
 
+_TOKEN_DELETABLE = ("comment",)
+
+
 @registry.register(
     "PUT", "/access/users/{userid}/token/{tokenid}", name="update_token",
-    permission=TOKEN_PERM, description="Update API token for a specific user.",
-    parameters={"userid": USERID, "tokenid": TOKENID, **_TOKEN_OPTS},
+    permission=TOKEN_PERM,
+    description="Update API token for a specific user. NOTE: when 'regenerate' is set, "
+                "the returned token value needs to be stored as it cannot be retrieved "
+                "afterwards!",
+    parameters={"userid": USERID, "tokenid": TOKENID, **_TOKEN_OPTS,
+                "regenerate": Param(type="boolean", optional=True,
+                                    description="Regenerate the token's secret value. All "
+                                    "users of the previous secret will lose access after "
+                                    "this operation."),
+                "delete": Param(optional=True, max_length=4096,
+                                description="A list of settings you want to delete.")},
     returns={"type": "object"},
     cli=CliSpec(("user", "token", "modify"), positional=("userid", "tokenid")),
 )
 async def update_token(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    """PVE 9.1 (User.pm `update_token_info`): `regenerate` replaces the secret at once
+    (the old one stops working: the token cache is keyed by the stored hash) and the
+    answer carries the new `value` and `full-tokenid`, as the only time it is shown."""
     tokenid = _full(params)
     privsep = params.get("privsep")
-    change = await access_change(ctx, f"update API token '{tokenid}'", lambda cfg: ops.update_token(
-        cfg, tokenid, expire=params.get("expire"),
-        privsep=None if privsep is None else bool(privsep), comment=params.get("comment")))
-    return _token_info(change.config, tokenid)
+    delete = [d for d in str(params.get("delete") or "").replace(";", ",").split(",")
+              if d.strip()]
+    for key in delete:
+        if key.strip() not in _TOKEN_DELETABLE:
+            raise ParamError({"delete": f"unknown option '{key.strip()}'"})
+    comment = params.get("comment")
+    if delete:
+        comment = ""
+    regenerate = bool(params.get("regenerate"))
+    secret = str(uuid.uuid4()) if regenerate else None      # PVE's token values are UUIDs
+    digest = hash_secret(secret) if secret is not None else None
+    change = await access_change(
+        ctx, f"{'regenerate' if regenerate else 'update'} API token '{tokenid}'",
+        lambda cfg: ops.update_token(
+            cfg, tokenid, expire=params.get("expire"),
+            privsep=None if privsep is None else bool(privsep), comment=comment,
+            secret_hash=digest))
+    info = _token_info(change.config, tokenid)
+    if secret is not None:
+        info.update({"value": secret, "full-tokenid": tokenid})
+    return info
 
 
 @registry.register(
