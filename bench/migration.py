@@ -41,6 +41,7 @@ from binome.lab.ha import HaLab, wait_until
 INTERVAL = 0.01
 REPLY_RE = re.compile(r"^\[(\d+\.\d+)\].*icmp_seq=(\d+)")
 DOWNTIME_RE = re.compile(r"migration downtime: (\d+) ms \(QEMU[^)]*\) \+ (\d+) ms")
+SPLIT_RE = re.compile(r"config move (\d+) ms, target resume (\d+) ms")
 
 
 class Pinger:
@@ -80,8 +81,9 @@ class Pinger:
         self.proc.wait(10)
 
 
-def task_figures(ha: HaLab, source: str, since: float) -> tuple[int | None, int | None]:
-    """QEMU's downtime and the switch-over (ms) from the latest hamigrate task on source."""
+def task_figures(ha: HaLab, source: str, since: float) -> tuple[int | None, int | None, str]:
+    """QEMU's downtime and the switch-over (ms) from the latest hamigrate task on source,
+    and the switch-over's split (config move / target resume) when the log has it."""
     lab = ha.cluster
     tasks = [t for t in lab.json(source, "task", "list")
              if t.get("type") in ("hamigrate", "qmigrate") and t.get("starttime", 0) >= since - 2]
@@ -89,8 +91,10 @@ def task_figures(ha: HaLab, source: str, since: float) -> tuple[int | None, int 
         log = lab.cli(source, "task", "log", t["upid"]).stdout
         m = DOWNTIME_RE.search(log)
         if m:
-            return int(m.group(1)), int(m.group(2))
-    return None, None
+            split = SPLIT_RE.search(log)
+            return int(m.group(1)), int(m.group(2)), (
+                f" (move {split.group(1)} + resume {split.group(2)})" if split else "")
+    return None, None, ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,14 +133,14 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.5)
             t1 = time.time()
             gap, lost = pinger.worst_gap(t0, t1)
-            qemu_ms, switch_ms = task_figures(ha, source, t0)
+            qemu_ms, switch_ms, split = task_figures(ha, source, t0)
             run = {"from": source, "to": target, "lost_pings": lost,
                    "gap_ms": round(gap * 1000), "qemu_downtime_ms": qemu_ms,
                    "switch_over_ms": switch_ms}
             runs.append(run)
             print(f"  run {i}: {source}->{target}: longest silence {run['gap_ms']} ms "
                   f"({lost} pings unanswered), QEMU downtime {qemu_ms} ms, switch-over "
-                  f"{switch_ms} ms", flush=True)
+                  f"{switch_ms} ms{split}", flush=True)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
     finally:

@@ -29,9 +29,13 @@ from binome.guest.errors import GuestError, GuestFailure
 if TYPE_CHECKING:
     from binome.guest.context import GuestContext
     from binome.guest.lifecycle import Lifecycle
+    from binome.guest.remote import NodeSession
     from binome.tasks.manager import Task
 
 log = logging.getLogger("binome.guest")
+# seconds between two reads that keep the switch-over's connection to the target open
+# (the API server closes an idle one after 75 s)
+SESSION_REWARM = 20.0
 
 
 class MigrationSource:
@@ -148,6 +152,16 @@ class MigrationSource:
 
     async def _live_migrate(self, task: Task, vm: VmConfig, target: str,
                             replicated: list[str], bwlimit_kib: int | None) -> None:
+        from binome.guest.remote import NodeSession
+
+        # the resume at the switch-over goes over a connection opened beforehand: a TCP
+        # and TLS handshake there would be on the guest's downtime (issue 16)
+        async with NodeSession(self.ctx.cluster, target) as session:
+            await self._live_migrate_with(task, vm, target, replicated, bwlimit_kib, session)
+
+    async def _live_migrate_with(self, task: Task, vm: VmConfig, target: str,
+                                 replicated: list[str], bwlimit_kib: int | None,
+                                 session: NodeSession) -> None:
         from binome.guest.remote import node_call
 
         vmid = vm.vmid
@@ -177,9 +191,17 @@ class MigrationSource:
         task.log(f"set migration capabilities: auto-converge, events; downtime limit "
                  f"{defaults['downtime_ms']} ms, bandwidth limit {bandwidth // 1024} KiB/s")
         last = [0.0]
+        await session.warm()
+        warmed = [time.monotonic()]
+        keep_warm: set[asyncio.Task[None]] = set()
 
         def progress(info: dict[str, Any]) -> None:
             now = time.monotonic()
+            if now - warmed[0] > SESSION_REWARM:    # keep the switch-over's connection open
+                warmed[0] = now
+                t = asyncio.get_running_loop().create_task(session.warm())
+                keep_warm.add(t)
+                t.add_done_callback(keep_warm.discard)
             if now - last[0] < 1.0:
                 return
             last[0] = now
@@ -223,6 +245,7 @@ class MigrationSource:
                 raise
             task.log(f"switch-over reported an error ({exc}) but VM {vmid} belongs to "
                      f"{target} now: going on")
+        moved_ms = int((time.monotonic() - completed_at) * 1000)
         task.log(f"VM {vmid}: config moved to node '{target}'")
         self.ctx.believed_running.discard(vmid)
         # the target resumes before the source quits: the source stays paused
@@ -231,8 +254,7 @@ class MigrationSource:
         resumed_err: BaseException | None = None
         for attempt in range(3):
             try:
-                await node_call(self.ctx.cluster, target, "POST", path,
-                                {"phase": "resume", "source": self.ctx.node})
+                await session.call("POST", path, {"phase": "resume", "source": self.ctx.node})
                 resumed_err = None
                 break
             except BinomeError as exc:
@@ -246,7 +268,8 @@ class MigrationSource:
                                f"resumed there: {resumed_err}")
         task.log(f"VM {vmid} resumed on node '{target}'")
         task.log(f"migration downtime: {qemu_downtime} ms (QEMU stop-and-copy) + "
-                 f"{switch_ms} ms (switch-over: config move, target resume)")
+                 f"{switch_ms} ms (switch-over: config move {moved_ms} ms, target resume "
+                 f"{switch_ms - moved_ms} ms)")
         await self.ctx.deactivate_after(task, replicated)
 
 

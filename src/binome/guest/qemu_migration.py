@@ -21,7 +21,10 @@ from typing import Any
 from binome.guest.errors import GuestError
 from binome.guest.qmp import QmpChannel
 
-MIGRATE_POLL = 0.05         # query-migrate while a migration runs (target, cancel)
+MIGRATE_POLL = 0.05         # query-migrate while a migration runs (cancel)
+# the target's wait for the end of an incoming migration, at the switch-over while the
+# guest is paused on both sides: every poll period is downtime (a query-status is cheap)
+INCOMING_POLL = 0.01
 # the source waits for QEMU's MIGRATION event, polling at least this often (progress,
 # timeout, a missed event)
 MIGRATE_EVENT_POLL = 0.25
@@ -152,7 +155,7 @@ async def wait_incoming(qmp: QmpChannel, alive: Callable[[], bool],
         if time.monotonic() > deadline:
             raise GuestError(f"VM {vmid}: incoming migration not complete after "
                              f"{timeout:.0f} s")
-        await asyncio.sleep(MIGRATE_POLL)
+        await asyncio.sleep(INCOMING_POLL)
 
 
 async def migration_state(qmp: QmpChannel) -> tuple[str | None, str | None]:
