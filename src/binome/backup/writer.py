@@ -37,6 +37,8 @@ class BackupStats:
     seconds: float = 0.0
     bytes_done: int = 0  # image bytes handled so far (read or reused)
     full_reason: str | None = None  # why an incremental request became a full backup
+    incremental: bool = False       # only the chunks under dirty extents were read
+    bytes_dirty: int = 0            # image bytes in those chunks (incremental only)
 
 
 def dirty_chunks(extents: Iterable[tuple[int, int]], chunk_size: int, size: int) -> set[int]:
@@ -131,6 +133,8 @@ def backup_image(writer: SnapshotWriter, name: str, source: Path | BlockSource, 
             stats.full_reason = "chunks of the previous backup are missing"
         else:
             to_read = dirty_chunks(dirty, chunk_size, size)
+            stats.incremental = True
+            stats.bytes_dirty = sum(min(chunk_size, size - p * chunk_size) for p in to_read)
     digests: list[bytes] = []
     zero = bytes(chunk_size)
     zero_digests: dict[int, bytes] = {}
