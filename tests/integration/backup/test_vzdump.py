@@ -335,8 +335,9 @@ def test_bad_input_is_a_pve_400(px) -> None:
 
 def test_incremental_backups_follow_the_dirty_bitmap(px, cluster: Cluster) -> None:
     """Full, then incremental through QEMU's dirty bitmap (only the written chunks are
-    read); a backup cancelled mid-way loses no dirty bit; a QEMU restart makes the next
-    backup full with the reason. Restores hash like the disk at each backup's instant."""
+    read); a backup cancelled mid-way loses no dirty bit; deleting the newest backup or
+    restarting QEMU makes the next backup full with the reason. Restores hash like the
+    disk at each backup's instant."""
     node = px.nodes("n1")
     vmid = 930
     create_vm(px, vmid, f"local:{DISK_MIB / 1024},format=qcow2")
@@ -398,6 +399,18 @@ def test_incremental_backups_follow_the_dirty_bitmap(px, cluster: Cluster) -> No
             assert sha256_of(restored, "qcow2") == disk_with({20: "C", 40: "B"})
         finally:
             destroy(px, vmid + 1)
+
+        # the newest backup deleted: the bitmap it started is not the one of the backup
+        # now newest, so that disk is read in full
+        log = backup()
+        assert "INFO: using fast incremental mode (dirty-bitmap), 0 B dirty of 64.0 MiB " \
+               "total" in log, log
+        wait_task(px, node.storage("bk").content(backups(px, vmid)[-1]["volid"]).delete())
+        log = backup()
+        assert any(line.startswith("INFO: virtio0: dirty bitmap not trusted: the bitmap of "
+                                   "virtio0 belongs to a later backup than ") for line in log), \
+            log
+        assert any(line.startswith(f"INFO: transferred {DISK_MIB}.0 MiB in ") for line in log)
 
         # QEMU stopped and started: the disk may have changed meanwhile, so a full backup
         wait_task(px, node.qemu(vmid).status.stop.post())
