@@ -2,9 +2,11 @@
 
 Owns the client side of the NBD protocol as far as a backup or restore needs it:
 fixed-newstyle negotiation with `NBD_OPT_GO`, simple replies, `NBD_CMD_READ`,
-`NBD_CMD_WRITE`, `NBD_CMD_FLUSH` and `NBD_CMD_DISC`; and, when meta contexts are asked
-for (an incremental backup's `qemu:dirty-bitmap:<name>`), `NBD_OPT_STRUCTURED_REPLY`,
-`NBD_OPT_SET_META_CONTEXT`, structured replies and `NBD_CMD_BLOCK_STATUS`. QEMU
+`NBD_CMD_WRITE`, `NBD_CMD_FLUSH` and `NBD_CMD_DISC`, several reads in flight at once
+(`read_ahead`, replies matched by handle); `NBD_OPT_STRUCTURED_REPLY` whenever the server
+offers it (holes cost nothing on the socket) and, when meta contexts are asked for (an
+incremental backup's `qemu:dirty-bitmap:<name>`), `NBD_OPT_SET_META_CONTEXT` and
+`NBD_CMD_BLOCK_STATUS`. QEMU
 (`block-export-add`) and `qemu-nbd` serve the exports: the fleecing view of a running
 guest's disk, a stopped guest's qcow2 image, a qcow2 restore target. Synchronous
 because the backup writer and the restore run in a worker thread. The lab's asyncio
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 NBDMAGIC = b"NBDMAGIC"
 IHAVEOPT = b"IHAVEOPT"
@@ -42,6 +46,22 @@ _REPLY_ERROR_OFFSET = _REPLY_ERROR_BIT + 2
 _STATUS_STEP = 1 << 30
 STATE_DIRTY = 1   # `qemu:dirty-bitmap:` contexts: bit 0 set = dirty
 _TRANSMISSION_READ_ONLY = 1 << 1
+# read requests a backup keeps in flight (4 MiB chunks: 16 MiB of socket and server work)
+DEFAULT_READ_DEPTH = 4
+
+
+@dataclass
+class _Pending:
+    """One request sent and not yet fully answered."""
+
+    command: int
+    offset: int
+    length: int
+    buffer: bytearray | None = None
+    done: bool = False
+
+    def result(self) -> bytes:
+        return bytes(self.buffer) if self.buffer is not None else b""
 
 
 class NbdError(Exception):
@@ -53,7 +73,8 @@ class NbdExport:
 
     `meta_contexts`: the block status contexts to negotiate (e.g.
     `qemu:dirty-bitmap:binome-backup-1a2b`); the server must know every one, else
-    NbdError. With them the connection uses structured replies.
+    NbdError. Structured replies are negotiated whenever the server offers them (a read
+    of an unallocated area then costs no data on the socket).
     """
 
     def __init__(self, path: str, name: str = "", timeout: float = 60.0,
@@ -124,12 +145,18 @@ class NbdExport:
         self._sock.sendall(struct.pack(">I", _FLAG_FIXED_NEWSTYLE | (
             server_flags & _FLAG_NO_ZEROES)))
         encoded = name.encode()
-        if meta_contexts:
-            # block status replies are structured: negotiate them first
-            self._option(_OPT_STRUCTURED_REPLY, b"")
+        # structured replies send unallocated areas of a read as holes (no zero bytes on
+        # the socket) and are needed for block status; a server that refuses them is
+        # only fatal when meta contexts were asked for
+        self._option(_OPT_STRUCTURED_REPLY, b"")
+        try:
             for _reply in self._option_replies():
                 pass
             self.structured = True
+        except NbdError:
+            if meta_contexts:
+                raise
+        if meta_contexts:
             queries = b"".join(struct.pack(">I", len(q.encode())) + q.encode()
                                for q in meta_contexts)
             self._option(_OPT_SET_META_CONTEXT, struct.pack(">I", len(encoded)) + encoded
@@ -166,46 +193,91 @@ class NbdExport:
         """Send one request and take its whole reply (simple, or structured chunks for a
         read on a structured connection); a read's data is returned."""
         handle = self._send(command, offset, length, data)
-        buffer = bytearray(length) if command == _CMD_READ and self.structured else None
-        while True:
-            (magic,) = struct.unpack(">I", self._recv(4))
-            if magic == _SIMPLE_REPLY_MAGIC:
-                error, got = struct.unpack(">IQ", self._recv(12))
-                if got != handle:
-                    raise NbdError("unexpected NBD reply")
-                if error:
-                    raise NbdError(f"NBD request {command} at {offset}+{length} failed: "
-                                   f"errno {error}")
-                return self._recv_into(length) if command == _CMD_READ else b""
-            if magic != _STRUCTURED_REPLY_MAGIC or not self.structured:
+        pending = {handle: _Pending(command, offset, length)}
+        while not pending[handle].done:
+            self._take_reply(pending)
+        return pending[handle].result()
+
+    def _take_reply(self, pending: dict[int, _Pending]) -> None:
+        """Receive one simple reply or one structured reply chunk for any request in
+        `pending` (the server may answer requests in flight in any order)."""
+        (magic,) = struct.unpack(">I", self._recv(4))
+        if magic == _SIMPLE_REPLY_MAGIC:
+            error, got = struct.unpack(">IQ", self._recv(12))
+            request = pending.get(got)
+            if request is None:
                 raise NbdError("unexpected NBD reply")
-            flags, kind, got, size = struct.unpack(">HHQI", self._recv(16))
-            if got != handle:
-                raise NbdError("unexpected NBD reply")
-            if kind == _REPLY_OFFSET_DATA and buffer is not None and size >= 8:
-                (at,) = struct.unpack(">Q", self._recv(8))
-                start = at - offset
-                if start < 0 or start + size - 8 > length:
-                    raise NbdError("NBD read reply outside the request")
-                self._recv_exact(memoryview(buffer)[start:start + size - 8])
-            elif kind == _REPLY_OFFSET_HOLE and buffer is not None and size == 12:
-                at, hole = struct.unpack(">QI", self._recv(12))
-                start = at - offset
-                if start < 0 or start + hole > length:
-                    raise NbdError("NBD hole reply outside the request")
-                buffer[start:start + hole] = bytes(hole)
-            elif kind & _REPLY_ERROR_BIT:
-                payload = self._recv(size)
-                error, message_length = struct.unpack(">IH", payload[:6])
-                message = payload[6:6 + message_length].decode(errors="replace")
-                raise NbdError(f"NBD request {command} at {offset}+{length} failed: "
-                               f"errno {error} {message}".rstrip())
-            elif kind == _REPLY_BLOCK_STATUS:
-                self._status_chunks.append(self._recv(size))
-            else:
-                self._recv(size)
-            if flags & _REPLY_FLAG_DONE:
-                return bytes(buffer) if buffer is not None else b""
+            if error:
+                raise NbdError(f"NBD request {request.command} at {request.offset}+"
+                               f"{request.length} failed: errno {error}")
+            if request.command == _CMD_READ:
+                request.buffer = bytearray(request.length)
+                self._recv_exact(memoryview(request.buffer))
+            request.done = True
+            return
+        if magic != _STRUCTURED_REPLY_MAGIC or not self.structured:
+            raise NbdError("unexpected NBD reply")
+        flags, kind, got, size = struct.unpack(">HHQI", self._recv(16))
+        request = pending.get(got)
+        if request is None:
+            raise NbdError("unexpected NBD reply")
+        reading = request.command == _CMD_READ
+        if reading and request.buffer is None:
+            request.buffer = bytearray(request.length)
+        if kind == _REPLY_OFFSET_DATA and reading and size >= 8:
+            (at,) = struct.unpack(">Q", self._recv(8))
+            start = at - request.offset
+            if start < 0 or start + size - 8 > request.length:
+                raise NbdError("NBD read reply outside the request")
+            assert request.buffer is not None
+            self._recv_exact(memoryview(request.buffer)[start:start + size - 8])
+        elif kind == _REPLY_OFFSET_HOLE and reading and size == 12:
+            # the buffer starts zeroed: a hole needs no copy
+            at, hole = struct.unpack(">QI", self._recv(12))
+            start = at - request.offset
+            if start < 0 or start + hole > request.length:
+                raise NbdError("NBD hole reply outside the request")
+        elif kind & _REPLY_ERROR_BIT:
+            payload = self._recv(size)
+            error, message_length = struct.unpack(">IH", payload[:6])
+            message = payload[6:6 + message_length].decode(errors="replace")
+            raise NbdError(f"NBD request {request.command} at {request.offset}+"
+                           f"{request.length} failed: errno {error} {message}".rstrip())
+        elif kind == _REPLY_BLOCK_STATUS:
+            self._status_chunks.append(self._recv(size))
+        else:
+            self._recv(size)
+        if flags & _REPLY_FLAG_DONE:
+            request.done = True
+
+    def read_ahead(self, ranges: Iterable[tuple[int, int]],
+                   depth: int = DEFAULT_READ_DEPTH) -> Iterator[bytes]:
+        """The data of each (offset, length) in `ranges`, in order, with up to `depth`
+        read requests in flight so the server reads the next chunks while the caller
+        works on this one."""
+        todo = iter(ranges)
+        order: deque[int] = deque()
+        pending: dict[int, _Pending] = {}
+
+        def fill() -> None:
+            while len(order) < max(1, depth):
+                try:
+                    offset, length = next(todo)
+                except StopIteration:
+                    return
+                handle = self._send(_CMD_READ, offset, length)
+                pending[handle] = _Pending(_CMD_READ, offset, length)
+                order.append(handle)
+
+        fill()
+        while order:
+            head = order[0]
+            while not pending[head].done:
+                self._take_reply(pending)
+            order.popleft()
+            data = pending.pop(head).result()
+            fill()
+            yield data
 
     def block_status(self, context: str, offset: int = 0,
                      length: int | None = None) -> Iterator[tuple[int, int, int]]:
