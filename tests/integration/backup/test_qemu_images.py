@@ -129,3 +129,48 @@ def test_dirty_bitmap_over_nbd_drives_an_incremental_backup(tmp_path: Path) -> N
     restored = tmp_path / "restored.raw"
     restore_image(store, second, "drive-scsi0.img.fidx", restored)
     _run("qemu-img", "compare", "-f", "qcow2", "-F", "raw", str(qcow2), str(restored))
+
+
+def test_reads_in_flight_come_back_in_order_with_holes(tmp_path: Path) -> None:
+    """`read_ahead` keeps several reads in flight on qemu-nbd (threads may answer them
+    in any order): every range comes back in request order and equal to the image,
+    unallocated areas (structured hole replies) as zeros."""
+    import os
+    import random
+    import time
+
+    from binome.backup.nbd import NbdExport
+
+    qcow2 = tmp_path / "disk.qcow2"
+    _run("qemu-img", "create", "-f", "qcow2", str(qcow2), "48M")
+    rng = random.Random(7)
+    for block in rng.sample(range(48), 20):
+        _write(qcow2, "qcow2", rng.randrange(1, 255), block * CHUNK + 512, CHUNK - 1024)
+    raw = tmp_path / "disk.raw"
+    _run("qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(qcow2), str(raw))
+    expected = raw.read_bytes()
+    socket = tmp_path / "nbd.sock"
+    process = subprocess.Popen(["qemu-nbd", "--read-only", "--format=qcow2",
+                                "--export-name=drive", f"--socket={socket}", "--cache=none",
+                                "--aio=threads", "--persistent", str(qcow2)])
+    try:
+        deadline = time.monotonic() + 10
+        while not socket.exists():
+            assert process.poll() is None and time.monotonic() < deadline, "no qemu-nbd"
+            time.sleep(0.02)
+        ranges = [(offset, min(CHUNK, len(expected) - offset))
+                  for offset in range(0, len(expected), CHUNK)]
+        ranges += [(3 * CHUNK + 100, 4096), (47 * CHUNK, CHUNK)]
+        with NbdExport(str(socket), "drive") as export:
+            assert export.structured  # negotiated even without meta contexts
+            for depth in (1, 8):
+                got = list(export.read_ahead(ranges, depth))
+                assert [len(data) for data in got] == [length for _, length in ranges]
+                for (offset, length), data in zip(ranges, got, strict=True):
+                    assert data == expected[offset:offset + length], (depth, offset)
+            # the connection is still in step after the pipelined reads
+            assert export.pread(0, 4096) == expected[:4096]
+        assert os.path.getsize(raw) == 48 * CHUNK
+    finally:
+        process.terminate()
+        process.wait(10)
