@@ -9,7 +9,9 @@ rest stays unallocated: zeros, as a fresh guest disk is mostly) and then, in tur
 - binome's full backup of the same disk, read through `qemu-nbd` as a stopped guest's
   qcow2 disk is (`binome.backup.nbd`, 4 MiB chunks, SHA-256, zstd, chunk store), each
   time into a fresh datastore (no dedup against the previous run);
-- the restore of that backup to a raw file, vs `qemu-img convert -O raw` to a file;
+- the restore of that backup to a raw file (fsynced), vs `qemu-img convert -O raw -t
+  writeback` to a file (flushed at the end: convert's default cache mode, unsafe, never
+  flushes);
 - an incremental backup after changing `--change` percent of the disk (random 4 MiB
   blocks, chunk-aligned: what a guest's clustered writes look like to 4 MiB chunks)
   while a QEMU dirty bitmap recorded the writes (`qemu-img bitmap --add`, `qemu-io`);
@@ -205,8 +207,11 @@ def main() -> int:
             server = QemuNbd(disk, work / "nbd.sock")
             target = work / "restored.raw"
             rows["write"].append(timed(lambda: subprocess.run(
-                ["qemu-img", "convert", "-q", "-U", "-T", "none", "-f", "qcow2", "-O", "raw",
-                 str(disk), str(work / "restored.raw")], check=True)))
+                # -t writeback: flushed at the end like binome's restore (fsync); convert's
+                # default, unsafe, never flushes and measures the page cache
+                ["qemu-img", "convert", "-q", "-U", "-T", "none", "-t", "writeback",
+                 "-f", "qcow2", "-O", "raw", str(disk), str(work / "restored.raw")],
+                check=True)))
             target.unlink()
             ref = store.snapshots()[-1]
             rows["restore"].append(timed(
