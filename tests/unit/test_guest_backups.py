@@ -15,3 +15,42 @@ def test_notes_template_variables() -> None:
     text = expand_notes("{{guestname}} ({{vmid}}) on {{node}}/{{cluster}}\\nnext {{x}}",
                         vmid=100, name="web", node="n1", cluster="c")
     assert text == "web (100) on n1/c\nnext {{x}}"
+
+
+def test_qemu_instance_names_one_process(tmp_path) -> None:
+    import os
+
+    from binome.guest.backups import qemu_instance
+
+    pidfile = tmp_path / "100.pid"
+    pidfile.write_text(f"{os.getpid()}\n")
+    first = qemu_instance(pidfile)
+    assert first == qemu_instance(pidfile) and f":{os.getpid()}:" in first
+    pidfile.write_text("not a pid")
+    gone = qemu_instance(pidfile)
+    assert gone.startswith("unknown-") and gone != qemu_instance(pidfile)
+
+
+def test_previous_backup_reads_the_newest_backup_and_its_record(tmp_path) -> None:
+    from binome.backup.dumpstore import DumpStore
+    from binome.backup.incremental import RECORD_FILE, BitmapRecord
+    from binome.guest.backups import previous_backup
+
+    store = DumpStore(tmp_path, "bk")
+    assert previous_backup(store, 100) is None
+    record = BitmapRecord("n1", "boot:1:2", "binome-backup-x", {"virtio0": "local:1"})
+    for when, extra in ((1_000, None), (2_000, record)):
+        writer = store.begin("vm", "100", when)
+        if extra is not None:
+            writer.add_file(RECORD_FILE, extra.to_json())
+        writer.commit()
+    writer = store.begin("vm", "101", 3_000)   # another guest's backup
+    writer.commit()
+    found = previous_backup(store, 100)
+    assert found is not None
+    ref, previous = found
+    assert ref.backup_time == 2_000 and previous.time == 2_000
+    assert previous.record == record and not previous.verify_failed
+    store.remove(ref)
+    found = previous_backup(store, 100)
+    assert found is not None and found[1].record is None and found[1].time == 1_000

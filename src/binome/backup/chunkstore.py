@@ -5,8 +5,8 @@ blobs a 16-byte IV and 16-byte GCM tag, then the zstd-compressed or plain payloa
 client-side AES-256-GCM encryption (the key stays with the caller; the digest of an
 encrypted chunk is SHA-256 over the plaintext and a key-derived id key, as PBS's
 `CryptConfig::compute_digest` does, so the store never learns plaintext digests), atomic
-insert (temp, fsync, rename, fsync dir) and the two GC phases (touch, then sweep chunks
-not touched since a cutoff).
+insert (temp, fsync, rename, then an fsync of the directory, or one per directory and
+backup) and the two GC phases (touch, then sweep chunks not touched since a cutoff).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import struct
 import tempfile
 import time
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,13 +147,22 @@ class ChunkStore:
     def contains(self, digest: bytes) -> bool:
         return self.path(digest).exists()
 
-    def insert(self, digest: bytes, blob: bytes) -> bool:
-        """Store `blob` under `digest` unless present (then only touch it); True if new."""
+    def insert(self, digest: bytes, blob: bytes, *, sync_dir: bool = True) -> bool:
+        """Store `blob` under `digest` unless present (then only touch it); True if new.
+
+        The blob's data is fsynced before it gets its name, so a chunk under its final
+        name always has durable content. The name itself is durable once its directory
+        is fsynced: here, or with `sync_dir=False` by the caller's `sync_dirs` of
+        `self.path(digest).parent` before anything references the chunk (a backup
+        batches that, one fsync per directory, just before its index is written).
+        """
         target = self.path(digest)
         if target.exists():
             self.touch(digest)
             return False
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.parent.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fsync_dir(self.base)  # the new prefix directory's own entry
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -163,8 +173,14 @@ class ChunkStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        fsync_dir(target.parent)
+        if sync_dir:
+            fsync_dir(target.parent)
         return True
+
+    def sync_dirs(self, directories: Iterable[Path]) -> None:
+        """Make the names of chunks inserted with `sync_dir=False` durable."""
+        for directory in sorted(set(directories)):
+            fsync_dir(directory)
 
     def load(self, digest: bytes) -> bytes:
         try:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,20 +56,27 @@ def restore_image(store: Datastore, ref: SnapshotRef, name: str, target: Path, *
     return stats
 
 
+DEFAULT_WORKERS = 2  # chunk load/decode/check threads (zlib, zstd, hashlib release the GIL)
+
+
 def restore_to(store: Datastore, ref: SnapshotRef, name: str,
                write: Callable[[int, bytes], object], *, crypt: CryptConfig | None = None,
                skip_zero: bool = False,
-               progress: Callable[[int, int], None] | None = None) -> RestoreStats:
-    """Send the image `<name>` of `ref` to `write(offset, data)` chunk by chunk.
+               progress: Callable[[int, int], None] | None = None,
+               workers: int = DEFAULT_WORKERS) -> RestoreStats:
+    """Send the image `<name>` of `ref` to `write(offset, data)` chunk by chunk, in order.
 
-    `skip_zero`: the target reads zeros where nothing was written (a fresh sparse file or
-    qcow2 image), so all-zero chunks are not written. `progress(done, size)` after each chunk.
+    `workers` threads load, decode and check the next chunks while this thread writes
+    (a chunk repeated back to back, as the zero chunk of an empty area is, is checked
+    once); a third thread keeps the whole image's SHA-256. `skip_zero`: the target reads
+    zeros where nothing was written (a fresh sparse file or qcow2 image), so all-zero
+    chunks are not written. `progress(done, size)` after each chunk.
     """
     index = store.read_index(ref, name)
-    whole = hashlib.sha256()
     written = 0
     zero = bytes(index.chunk_size)
-    for position, digest in enumerate(index.digests):
+
+    def load(position: int, digest: bytes) -> bytes:
         try:
             data = store.chunks.read_chunk(digest, crypt)
         except ChunkError as error:
@@ -75,10 +84,50 @@ def restore_to(store: Datastore, ref: SnapshotRef, name: str,
         start, end = index.chunk_range(position)
         if len(data) != end - start:
             raise RestoreError(f"chunk {position} has {len(data)} bytes, not {end - start}")
-        whole.update(data)
-        if not (skip_zero and data == zero[:len(data)]):
-            write(start, data)
-            written += len(data)
-        if progress is not None:
-            progress(end, index.size)
+        return data
+
+    window = max(1, workers) * 2
+    with ThreadPoolExecutor(max_workers=max(1, workers),
+                            thread_name_prefix="restore-chunk") as pool, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore-hash") as hasher:
+        whole = hashlib.sha256()
+        hashing: Future[None] | None = None
+        loading: deque[Future[bytes]] = deque()
+        previous_digest: bytes | None = None
+        submitted = 0
+
+        def submit_next() -> None:
+            nonlocal submitted, previous_digest
+            position = submitted
+            digest = index.digests[position]
+            if digest == previous_digest:
+                # the same chunk again: the loaded one serves (already checked)
+                loading.append(loading[-1] if loading else last_loaded)
+            else:
+                loading.append(pool.submit(load, position, digest))
+            previous_digest = digest
+            submitted += 1
+
+        last_loaded: Future[bytes] = Future()
+        try:
+            for position in range(len(index.digests)):
+                while submitted < len(index.digests) and len(loading) < window:
+                    submit_next()
+                last_loaded = loading.popleft()
+                data = last_loaded.result()
+                if hashing is not None:
+                    hashing.result()  # the image hash takes chunks in order
+                hashing = hasher.submit(whole.update, data)
+                start, end = index.chunk_range(position)
+                if not (skip_zero and data == zero[:len(data)]):
+                    write(start, data)
+                    written += len(data)
+                if progress is not None:
+                    progress(end, index.size)
+            if hashing is not None:
+                hashing.result()
+        except BaseException:
+            for future in loading:
+                future.cancel()
+            raise
     return RestoreStats(size=index.size, sha256=whole.hexdigest(), bytes_written=written)

@@ -18,6 +18,20 @@ the fleecing nodes on a unix socket and the backup reads them (`binome.backup.nb
 the device's `drive`, did not see the guest's virtio-blk writes of a `-drive` disk in
 QEMU 7.2; the integration test caught it.) A stopped guest's qcow2 image is read
 through `qemu-nbd`, a raw image directly.
+
+Incremental backups (see `binome.backup.incremental` for the trust rule): the same
+transaction starts a new dirty bitmap on each drive and disables the one the previous
+backup started, so the old bitmap holds exactly the writes between the two backup
+instants. When the previous backup may be trusted, the fleecing export also exports
+the old bitmap, the backup asks the NBD server for its dirty extents
+(`qemu:dirty-bitmap:<name>`) and reads only the chunks under them; every other chunk
+comes from the previous backup's index. Once the backup is committed the old bitmap
+is removed; if it fails, the new bitmap is merged back into the old one and the old one
+re-enabled, so no dirty bit is lost. The bitmaps are QEMU's transient ones, not
+persistent ones kept in the qcow2 image: a bitmap is never trusted across a QEMU
+restart anyway (the disk may have been written while QEMU was down), and a persistent
+bitmap makes `qemu-img snapshot -a` and `snapshot-load` refuse ("Device has active dirty
+bitmaps"), that is the rollback of a snapshot. A stopped guest is always read in full.
 """
 
 from __future__ import annotations
@@ -37,14 +51,34 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from binome.backup.chunkstore import DEFAULT_CHUNK_SIZE
 from binome.backup.datastore import DatastoreError, SnapshotRef
 from binome.backup.dumpstore import GUEST_CONFIG, DumpStore, DumpWriter, backup_name, ref_of_name
+from binome.backup.incremental import (
+    BITMAP_PREFIX,
+    RECORD_FILE,
+    BitmapRecord,
+    LiveBitmap,
+    LiveDrive,
+    PreviousBackup,
+    Restored,
+    TrustDecision,
+    decide,
+)
+from binome.backup.index import FixedIndex, FixedIndexError
 from binome.backup.nbd import NbdError, NbdExport
 from binome.backup.prune import Mark, PruneOptions
 from binome.backup.reader import RestoreError, restore_to
-from binome.backup.writer import BackupStats, BlockSource, FileSource, backup_image
+from binome.backup.writer import (
+    BackupStats,
+    BlockSource,
+    FileSource,
+    backup_image,
+    dirty_chunks,
+)
 from binome.guest import config as vmconf
 from binome.guest.errors import GuestError, GuestFailure
+from binome.guest.process import proc_stat
 from binome.storage.base import StorageError, split_volid
 from binome.tasks.manager import Task, TaskFailed
 
@@ -57,6 +91,7 @@ log = logging.getLogger("binome.guest.backups")
 MODES = ("snapshot", "suspend", "stop")
 _NBD_WAIT = 10.0
 _SHUTDOWN_TIMEOUT = 60.0
+_BITMAP_BUSY_WAIT = 10.0   # an export being deleted still holds its bitmap briefly
 
 
 def human_size(count: float) -> str:
@@ -121,6 +156,60 @@ class _Fleecing:
     server: bool = False
 
 
+@dataclass
+class _Bitmaps:
+    """The dirty bitmaps a live backup started and disabled, to settle once it ends."""
+
+    vmid: int
+    new: str                                                 # started on every drive
+    nodes: dict[str, str] = field(default_factory=dict)      # disk key -> QEMU node
+    bases: dict[str, str] = field(default_factory=dict)      # disk key -> disabled bitmap
+    contexts: dict[str, str] = field(default_factory=dict)   # trusted: key -> meta context
+    started: bool = False
+
+
+@dataclass
+class _Incremental:
+    """What a live backup needs to read incrementally: the previous backup's indexes
+    of the trusted drives and the decision."""
+
+    decision: TrustDecision
+    previous: SnapshotRef | None
+    bases: dict[str, FixedIndex] = field(default_factory=dict)
+
+
+def qemu_instance(pidfile: Path) -> str:
+    """One QEMU process, told apart from any other ever run on this machine: boot id,
+    pid, start time. A fresh unique string when it cannot be read (never trusted)."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        stat = proc_stat(pid)
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except (OSError, ValueError):
+        stat = None
+    if stat is None:
+        return f"unknown-{uuid.uuid4().hex}"
+    return f"{boot}:{pid}:{stat.start_ticks}"
+
+
+def previous_backup(store: DumpStore, vmid: int) -> tuple[SnapshotRef, PreviousBackup] | None:
+    """The newest finished backup of VM `vmid` in `store`, with its bitmap record."""
+    refs = store.snapshots("vm", str(vmid))
+    if not refs:
+        return None
+    ref = refs[-1]
+    try:
+        record = BitmapRecord.from_json((store.snapshot_dir(ref) / RECORD_FILE).read_bytes())
+    except OSError:
+        record = None
+    try:
+        state = (store.manifest(ref).verify_state or {}).get("state")
+    except DatastoreError:
+        state = "failed"
+    return ref, PreviousBackup(backup_name(ref), ref.backup_time, record,
+                               verify_failed=state == "failed")
+
+
 class _Progress:
     """vzdump's progress lines, at most one per 10 %, from the writer's thread."""
 
@@ -151,6 +240,8 @@ class Backups:
     def __init__(self, ctx: GuestContext, lifecycle: Lifecycle) -> None:
         self.ctx = ctx
         self.lifecycle = lifecycle
+        # restores made here since the daemon started: the next backup says why it is full
+        self.restored: dict[int, Restored] = {}
 
     # ------------------------------------------------------------------ the job
 
@@ -246,10 +337,13 @@ class Backups:
         target = store.snapshot_dir(writer.ref)
         task.log(f"INFO: creating vzdump archive '{target}' (chunks in "
                  f"'{store.chunks.base}')")
+        bitmaps: _Bitmaps | None = None
         try:
             writer.add_file(GUEST_CONFIG, vmconf.format_conf(config).encode())
             if running:
-                stats = await self._backup_running(task, vmid, disks, writer, store, options)
+                stats, bitmaps, record = await self._backup_running(task, vmid, disks, writer,
+                                                                    store, options)
+                writer.add_file(RECORD_FILE, record.to_json())
             else:
                 stats = await self._backup_stopped(task, vmid, disks, writer, options)
             notes = ""
@@ -260,6 +354,8 @@ class Backups:
             ref = await asyncio.to_thread(writer.commit, notes, options.protected)
         except BaseException:
             await asyncio.shield(asyncio.to_thread(writer.abort))
+            if bitmaps is not None:
+                await asyncio.shield(self._settle_bitmaps(task, bitmaps, committed=False))
             raise
         finally:
             if restart:
@@ -268,6 +364,9 @@ class Backups:
                     await self.lifecycle.start_vm(task, vmid)
                 except Exception as error:
                     task.log(f"ERROR: could not restart VM {vmid}: {error}")
+        if bitmaps is not None:
+            await self._settle_bitmaps(task, bitmaps, committed=True)
+        self.restored.pop(vmid, None)
         self._log_totals(task, stats, store, ref)
         if notes:
             task.log("INFO: adding notes to backup")
@@ -303,8 +402,13 @@ class Backups:
 
     async def _read_disks(self, task: Task, disks: list[_Disk], writer: DumpWriter,
                           options: VzdumpOptions,
-                          sources: Callable[[_Disk], BlockSource]) -> BackupStats:
-        """Read every disk into the writer (in a worker thread); the summed stats."""
+                          sources: Callable[[_Disk], BlockSource],
+                          incremental: tuple[_Incremental, _Bitmaps] | None = None
+                          ) -> BackupStats:
+        """Read every disk into the writer (in a worker thread); the summed stats.
+
+        `incremental`: the drives whose bitmap is trusted are read only where it says
+        dirty (their sources are NBD exports negotiated with its meta context)."""
         loop = asyncio.get_running_loop()
 
         def emit(line: str) -> None:
@@ -314,15 +418,22 @@ class Backups:
             opened = [sources(d) for d in disks]
             try:
                 total = sum(s.size for s in opened)
+                dirty = self._dirty_extents(emit, disks, opened, incremental)
                 progress = _Progress(emit, total)
                 summed = BackupStats()
                 for disk, source in zip(disks, opened, strict=True):
+                    previous = incremental[0].bases.get(disk.key) if incremental else None
                     stats = backup_image(writer, disk.index_name, source, progress=progress,
-                                         bwlimit=options.bwlimit_kib * 1024 or None)
+                                         bwlimit=options.bwlimit_kib * 1024 or None,
+                                         previous=previous if disk.key in dirty else None,
+                                         dirty=dirty.get(disk.key))
+                    if stats.full_reason:
+                        emit(f"INFO: {disk.key}: dirty bitmap not used ({stats.full_reason}): "
+                             f"read in full")
                     progress.done_before += stats.size
                     progress.read_before += stats.bytes_read
                     for name in ("size", "bytes_read", "chunks_read", "chunks_new",
-                                 "chunks_reused", "bytes_stored"):
+                                 "chunks_reused", "bytes_stored", "bytes_dirty"):
                         setattr(summed, name, getattr(summed, name) + getattr(stats, name))
                 summed.seconds = time.monotonic() - progress.started
                 return summed
@@ -333,6 +444,37 @@ class Backups:
                         close()
 
         return await asyncio.to_thread(work)
+
+    @staticmethod
+    def _dirty_extents(emit: Callable[[str], None], disks: list[_Disk],
+                       opened: list[BlockSource],
+                       incremental: tuple[_Incremental, _Bitmaps] | None
+                       ) -> dict[str, list[tuple[int, int]]]:
+        """The dirty extents of each trusted drive (from its NBD export's bitmap
+        context), logged like PBS's fast incremental mode (worker thread)."""
+        if incremental is None:
+            return {}
+        plan, bitmaps = incremental
+        extents: dict[str, list[tuple[int, int]]] = {}
+        dirty_total = size_total = 0
+        for disk, source in zip(disks, opened, strict=True):
+            size_total += source.size
+            context = bitmaps.contexts.get(disk.key)
+            base = plan.bases.get(disk.key)
+            if context is None or base is None or not isinstance(source, NbdExport):
+                dirty_total += source.size
+                continue
+            extents[disk.key] = source.dirty_extents(context)
+            chunks = dirty_chunks(extents[disk.key], base.chunk_size, source.size)
+            dirty = sum(min(base.chunk_size, source.size - p * base.chunk_size)
+                        for p in chunks)
+            dirty_total += dirty
+            emit(f"INFO: {disk.key}: dirty-bitmap status: OK ({human_size(dirty)} of "
+                 f"{human_size(source.size)} dirty)")
+        if extents:
+            emit(f"INFO: using fast incremental mode (dirty-bitmap), {human_size(dirty_total)} "
+                 f"dirty of {human_size(size_total)} total")
+        return extents
 
     # ------------------------------------------------------------ stopped guests
 
@@ -362,46 +504,70 @@ class Backups:
     # ------------------------------------------------------------ running guests
 
     async def _backup_running(self, task: Task, vmid: int, disks: list[_Disk],
-                              writer: DumpWriter, store: DumpStore,
-                              options: VzdumpOptions) -> BackupStats:
+                              writer: DumpWriter, store: DumpStore, options: VzdumpOptions
+                              ) -> tuple[BackupStats, _Bitmaps, BitmapRecord]:
+        """Fleece and read the disks of a running guest; the bitmaps it started are
+        settled by the caller once the backup is committed or has failed."""
         workdir = Path(tempfile.mkdtemp(prefix=f"binome-vzdump-{vmid}-"))
         fleece_dir = store.root / ".fleecing" / f"{vmid}-{uuid.uuid4().hex[:8]}"
         fleecing = _Fleecing(vmid, workdir, workdir / "nbd.sock", fleece_dir)
+        bitmaps = _Bitmaps(vmid, f"{BITMAP_PREFIX}{uuid.uuid4().hex[:12]}")
+        instance = qemu_instance(self.ctx.runtime.paths(vmid).pidfile)
         try:
-            paused = False
-            if options.mode == "suspend":
-                # PVE's suspend mode: the guest is paused while the backup is set up
-                task.log("INFO: suspending guest")
-                await self._qmp(vmid, "stop")
-                paused = True
             try:
-                await self._start_fleecing(task, fleecing, disks)
+                paused = False
+                if options.mode == "suspend":
+                    # PVE's suspend mode: the guest is paused while the backup is set up
+                    task.log("INFO: suspending guest")
+                    await self._qmp(vmid, "stop")
+                    paused = True
+                try:
+                    plan = await self._start_fleecing(task, fleecing, disks, store, bitmaps,
+                                                      instance, options.storage)
+                finally:
+                    if paused:
+                        task.log("INFO: resuming guest")
+                        await self._qmp(vmid, "cont")
+
+                def source(disk: _Disk) -> BlockSource:
+                    context = bitmaps.contexts.get(disk.key)
+                    return NbdExport(str(fleecing.socket), f"drive-{disk.key}",
+                                     meta_contexts=[context] if context else None)
+
+                stats = await self._read_disks(task, disks, writer, options, source,
+                                               (plan, bitmaps))
             finally:
-                if paused:
-                    task.log("INFO: resuming guest")
-                    await self._qmp(vmid, "cont")
-
-            def source(disk: _Disk) -> BlockSource:
-                return NbdExport(str(fleecing.socket), f"drive-{disk.key}")
-
-            return await self._read_disks(task, disks, writer, options, source)
-        finally:
-            await asyncio.shield(self._stop_fleecing(fleecing))
-            shutil.rmtree(workdir, ignore_errors=True)
+                await asyncio.shield(self._stop_fleecing(fleecing))
+                shutil.rmtree(workdir, ignore_errors=True)
+        except BaseException:
+            await asyncio.shield(self._settle_bitmaps(task, bitmaps, committed=False))
+            raise
+        record = BitmapRecord(
+            node=self.ctx.node, instance=instance, bitmap=bitmaps.new,
+            volumes={d.key: d.volid for d in disks},
+            previous=(backup_name(plan.previous) if plan.previous is not None
+                      and plan.bases else None))
+        return stats, bitmaps, record
 
     async def _qmp(self, vmid: int, command: str, args: dict[str, Any] | None = None) -> Any:
         return await self.ctx.runtime.command(vmid, command, args)
 
-    async def _start_fleecing(self, task: Task, fl: _Fleecing, disks: list[_Disk]) -> None:
+    async def _start_fleecing(self, task: Task, fl: _Fleecing, disks: list[_Disk],
+                              store: DumpStore, bitmaps: _Bitmaps, instance: str,
+                              storage_id: str) -> _Incremental:
         vmid = fl.vmid
         blocks = {b.get("device"): b for b in await self._qmp(vmid, "query-block")}
         plan = []
+        live = []
         for disk in disks:
             block = blocks.get(f"drive-{disk.key}")
             if not block or "inserted" not in block:
                 raise GuestFailure(f"VM {vmid}: QEMU has no drive 'drive-{disk.key}'")
-            plan.append((disk, block["inserted"]["node-name"],
-                         int(block["inserted"]["image"]["virtual-size"])))
+            inserted = block["inserted"]
+            plan.append((disk, inserted["node-name"], int(inserted["image"]["virtual-size"])))
+            live.append(LiveDrive(disk.key, disk.volid, tuple(
+                LiveBitmap.from_qmp(b) for b in inserted.get("dirty-bitmaps") or [])))
+        incremental = await self._trust(task, vmid, store, live, instance, storage_id)
         fl.fleece_dir.mkdir(parents=True, exist_ok=True)
         for disk, node, size in plan:
             image = fl.fleece_dir / f"{disk.key}.qcow2"
@@ -411,24 +577,141 @@ class Backups:
                 "driver": "qcow2", "node-name": fleece, "discard": "unmap",
                 "file": {"driver": "file", "filename": str(image)}, "backing": node})
             fl.nodes.append(fleece)
-        # one transaction: every disk's copy-before-write starts at the same instant
-        await self._qmp(vmid, "transaction", {"actions": [
+        # the bitmap each drive keeps is the one the previous backup started (if it still
+        # records): it is disabled at this backup's instant, a new one starts; any other
+        # of ours (left by an interrupted backup) goes first
+        actions: list[dict[str, Any]] = []
+        for (disk, node, _size), drive in zip(plan, live, strict=True):
+            bitmaps.nodes[disk.key] = node
+            ours = [b for b in drive.bitmaps if b.name.startswith(BITMAP_PREFIX)]
+            recorded = incremental.decision.recorded_bitmap
+            keep = next((b for b in ours if b.name == recorded and b.recording
+                         and not b.busy), None) or next(
+                (b for b in ours if b.recording and not b.busy and not b.inconsistent), None)
+            for stale in ours:
+                if stale is not keep:
+                    await self._remove_bitmap(vmid, node, stale.name)
+            actions.append({"type": "block-dirty-bitmap-add", "data": {
+                "node": node, "name": bitmaps.new, "granularity": DEFAULT_CHUNK_SIZE,
+                "persistent": False}})
+            if keep is not None:
+                bitmaps.bases[disk.key] = keep.name
+                actions.append({"type": "block-dirty-bitmap-disable", "data": {
+                    "node": node, "name": keep.name}})
+        # one transaction: every disk's copy-before-write and bitmap switch happen at the
+        # same instant, so no write falls between "old bitmap stopped" and "backup point"
+        await self._qmp(vmid, "transaction", {"actions": actions + [
             {"type": "blockdev-backup", "data": {
                 "job-id": f"vzdump-{disk.key}", "device": node, "target": f"fleece-{disk.key}",
                 "sync": "none", "auto-finalize": True, "auto-dismiss": True}}
             for disk, node, _size in plan]})
+        bitmaps.started = True
         fl.jobs = [f"vzdump-{disk.key}" for disk, _node, _size in plan]
         task.log("INFO: started backup: copy-before-write fleecing of "
                  + ", ".join(d.key for d in disks))
+        for disk, _node, _size in plan:
+            base = bitmaps.bases.get(disk.key)
+            if base is not None and base == incremental.decision.recorded_bitmap \
+                    and disk.key in incremental.bases and incremental.decision.trusted(disk.key):
+                bitmaps.contexts[disk.key] = f"qemu:dirty-bitmap:{base}"
+            else:
+                incremental.bases.pop(disk.key, None)
         await self._qmp(vmid, "nbd-server-start", {
             "addr": {"type": "unix", "data": {"path": str(fl.socket)}}})
         fl.server = True
-        for disk, *_ in plan:
+        for disk, node, _size in plan:
             export = f"vzdump-{disk.key}"
-            await self._qmp(vmid, "block-export-add", {
+            args: dict[str, Any] = {
                 "type": "nbd", "id": export, "node-name": f"fleece-{disk.key}",
-                "name": f"drive-{disk.key}", "writable": False})
+                "name": f"drive-{disk.key}", "writable": False}
+            if disk.key in bitmaps.contexts:
+                args["bitmaps"] = [{"node": node, "name": bitmaps.bases[disk.key]}]
+            await self._qmp(vmid, "block-export-add", args)
             fl.exports.append(export)
+        return incremental
+
+    async def _trust(self, task: Task, vmid: int, store: DumpStore, live: list[LiveDrive],
+                     instance: str, storage_id: str) -> _Incremental:
+        """Decide which drives may be read incrementally, load their previous indexes
+        and log why the others are read in full."""
+        found = await asyncio.to_thread(previous_backup, store, vmid)
+        previous_ref, previous = found if found is not None else (None, None)
+        decision = decide(previous, node=self.ctx.node, instance=instance, drives=live,
+                          restored=self.restored.get(vmid), storage=storage_id)
+        if previous is not None and previous.record is not None:
+            decision.recorded_bitmap = previous.record.bitmap
+        plan = _Incremental(decision, previous_ref)
+        if decision.reason is not None:
+            task.log(f"INFO: dirty bitmap not trusted: {decision.reason} - full backup")
+            return plan
+        for drive in live:
+            reason = decision.why_full(drive.key)
+            if reason is not None:
+                task.log(f"INFO: {drive.key}: dirty bitmap not trusted: {reason} - read in "
+                         f"full")
+                continue
+            assert previous_ref is not None
+            try:
+                plan.bases[drive.key] = await asyncio.to_thread(
+                    store.read_index, previous_ref, f"drive-{drive.key}.img.fidx")
+            except (OSError, FixedIndexError) as error:
+                task.log(f"INFO: {drive.key}: previous index unreadable ({error}) - read in "
+                         f"full")
+        return plan
+
+    async def _remove_bitmap(self, vmid: int, node: str, name: str) -> bool:
+        """Remove one of our bitmaps, waiting while an export being deleted holds it."""
+        deadline = time.monotonic() + _BITMAP_BUSY_WAIT
+        while True:
+            try:
+                await self._qmp(vmid, "block-dirty-bitmap-remove", {"node": node, "name": name})
+                return True
+            except GuestError as error:
+                if "busy" not in str(error).lower() or time.monotonic() > deadline:
+                    log.warning("VM %s: removing dirty bitmap %s on %s: %s", vmid, name, node,
+                                error)
+                    return False
+            await asyncio.sleep(0.05)
+
+    async def _settle_bitmaps(self, task: Task, bm: _Bitmaps, *, committed: bool) -> None:
+        """After a committed backup, drop the bitmaps it disabled (the new ones now hold
+        the writes since it). After a failed one, merge the new bitmaps back into the
+        old ones and re-enable them, so the next backup still sees every write since
+        the last good one; if that cannot be done, drop both (the next one is full)."""
+        vmid = bm.vmid
+        if not bm.started or not self.ctx.runtime.is_running(vmid):
+            return
+        for key, node in bm.nodes.items():
+            base = bm.bases.get(key)
+            if committed:
+                if base is not None:
+                    await self._remove_bitmap(vmid, node, base)
+                continue
+            if base is None:
+                await self._remove_bitmap(vmid, node, bm.new)
+                continue
+            deadline = time.monotonic() + _BITMAP_BUSY_WAIT
+            while True:
+                try:
+                    await self._qmp(vmid, "transaction", {"actions": [
+                        {"type": "block-dirty-bitmap-enable",
+                         "data": {"node": node, "name": base}},
+                        {"type": "block-dirty-bitmap-merge",
+                         "data": {"node": node, "target": base, "bitmaps": [bm.new]}},
+                        {"type": "block-dirty-bitmap-remove",
+                         "data": {"node": node, "name": bm.new}}]})
+                    task.log(f"INFO: {key}: dirty bitmap kept (the failed backup's writes "
+                             f"merged back)")
+                    break
+                except GuestError as error:
+                    if "busy" in str(error).lower() and time.monotonic() < deadline:
+                        await asyncio.sleep(0.05)
+                        continue
+                    task.log(f"WARN: {key}: could not merge the dirty bitmap back ({error}): "
+                             f"the next backup is full")
+                    await self._remove_bitmap(vmid, node, bm.new)
+                    await self._remove_bitmap(vmid, node, base)
+                    break
 
     async def _stop_fleecing(self, fl: _Fleecing) -> None:
         """Undo what `_start_fleecing` did, in reverse; nothing to do if QEMU is gone."""
@@ -528,6 +811,7 @@ class Backups:
             with contextlib.suppress(Exception):
                 await self.ctx.configs.unreserve(vmid)
             raise
+        self.restored[vmid] = Restored(archive, time.time())
         task.log(f"VM {vmid} restored on node {self.ctx.node}")
 
     async def _restore_disk(self, task: Task, store: DumpStore, ref: SnapshotRef,

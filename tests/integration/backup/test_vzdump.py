@@ -331,3 +331,104 @@ def test_bad_input_is_a_pve_400(px) -> None:
     with pytest.raises(ResourceException) as exc:
         node.qemu.post(vmid=990, archive="bk:backup/x.binome", memory=64)
     assert exc.value.status_code == 400 and "memory" in exc.value.errors
+
+
+def test_incremental_backups_follow_the_dirty_bitmap(px, cluster: Cluster) -> None:
+    """Full, then incremental through QEMU's dirty bitmap (only the written chunks are
+    read); a backup cancelled mid-way loses no dirty bit; deleting the newest backup or
+    restarting QEMU makes the next backup full with the reason. Restores hash like the
+    disk at each backup's instant."""
+    node = px.nodes("n1")
+    vmid = 930
+    create_vm(px, vmid, f"local:{DISK_MIB / 1024},format=qcow2")
+    try:
+        disk = image_path(cluster, node.qemu(vmid).config.get()["virtio0"])
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x41 0 {DISK}", str(disk)],
+                       check=True, capture_output=True)
+        wait_task(px, node.qemu(vmid).status.start.post())
+        console = Console(cluster["n1"].state_dir / "run" / "qemu" / f"{vmid}.serial")
+        wait_shell(console)
+
+        def backup(**extra: object) -> list[str]:
+            upid = node.vzdump.post(vmid=str(vmid), storage="bk", **extra)
+            status = wait_task(px, upid)
+            log = task_log(px, upid)
+            assert status["exitstatus"] == "OK", log
+            return log
+
+        def disk_with(changes: dict[int, str]) -> str:
+            whole = hashlib.sha256()
+            for mib in range(DISK_MIB):
+                whole.update((changes[mib] + "\n").encode() * (1 << 19) if mib in changes
+                             else b"A" * (1 << 20))
+            return whole.hexdigest()
+
+        log = backup()
+        assert "INFO: dirty bitmap not trusted: no previous backup on storage 'bk' - full " \
+               "backup" in log, log
+        assert f"INFO: transferred {DISK_MIB}.0 MiB" in " ".join(log), log
+
+        fill_disk(console, "B", range(40, 41))            # chunk 10 (4 MiB chunks)
+        # a backup cancelled while it reads: the bits of B and of C (written during it)
+        # must both be in the next backup
+        upid = node.vzdump.post(vmid=str(vmid), storage="bk", bwlimit=512)
+        wait_for(lambda: any("copy-before-write" in line for line in task_log(px, upid)),
+                 30, "fleecing set up")
+        fill_disk(console, "C", range(20, 21))            # chunk 5
+        assert node.tasks(upid).status.get()["status"] == "running", task_log(px, upid)
+        node.tasks(upid).delete()
+        wait_for(lambda: node.tasks(upid).status.get()["status"] == "stopped", 30,
+                 "cancelled backup ended")
+        wait_for(lambda: node.qemu(vmid).config.get().get("lock") is None, 10,
+                 "backup lock released")
+        assert any("using fast incremental mode" in line for line in task_log(px, upid))
+        assert "INFO: virtio0: dirty bitmap kept (the failed backup's writes merged back)" \
+            in task_log(px, upid), task_log(px, upid)
+
+        log = backup()
+        assert "INFO: virtio0: dirty-bitmap status: OK (8.0 MiB of 64.0 MiB dirty)" in log, log
+        assert "INFO: using fast incremental mode (dirty-bitmap), 8.0 MiB dirty of 64.0 MiB " \
+               "total" in log, log
+        assert any(line.startswith("INFO: transferred 8.0 MiB in ") for line in log), log
+        second = backups(px, vmid)[-1]["volid"]
+
+        upid = node.qemu.post(vmid=vmid + 1, archive=second)
+        assert wait_task(px, upid)["exitstatus"] == "OK", task_log(px, upid)
+        try:
+            restored = image_path(cluster, node.qemu(vmid + 1).config.get()["virtio0"])
+            assert sha256_of(restored, "qcow2") == disk_with({20: "C", 40: "B"})
+        finally:
+            destroy(px, vmid + 1)
+
+        # the newest backup deleted: the bitmap it started is not the one of the backup
+        # now newest, so that disk is read in full
+        log = backup()
+        assert "INFO: using fast incremental mode (dirty-bitmap), 0 B dirty of 64.0 MiB " \
+               "total" in log, log
+        wait_task(px, node.storage("bk").content(backups(px, vmid)[-1]["volid"]).delete())
+        log = backup()
+        assert any(line.startswith("INFO: virtio0: dirty bitmap not trusted: the bitmap of "
+                                   "virtio0 belongs to a later backup than ") for line in log), \
+            log
+        assert any(line.startswith(f"INFO: transferred {DISK_MIB}.0 MiB in ") for line in log)
+
+        # QEMU stopped and started: the disk may have changed meanwhile, so a full backup
+        wait_task(px, node.qemu(vmid).status.stop.post())
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x41 40M 1M", str(disk)],
+                       check=True, capture_output=True)
+        wait_task(px, node.qemu(vmid).status.start.post())
+        log = backup()
+        assert "INFO: dirty bitmap not trusted: QEMU restarted since the previous backup - " \
+               "full backup" in log, log
+        assert any(line.startswith(f"INFO: transferred {DISK_MIB}.0 MiB in ") for line in log)
+        upid = node.qemu.post(vmid=vmid + 1, archive=backups(px, vmid)[-1]["volid"])
+        assert wait_task(px, upid)["exitstatus"] == "OK", task_log(px, upid)
+        try:
+            restored = image_path(cluster, node.qemu(vmid + 1).config.get()["virtio0"])
+            assert sha256_of(restored, "qcow2") == disk_with({20: "C"})
+        finally:
+            destroy(px, vmid + 1)
+        for listed in backups(px, vmid):
+            wait_task(px, node.storage("bk").content(listed["volid"]).delete())
+    finally:
+        destroy(px, vmid)
