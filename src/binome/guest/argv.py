@@ -199,7 +199,8 @@ def build_argv(
         "-name", f"guest={qemu_opt(spec.name)},debug-threads=on",
         "-no-user-config",
         "-nodefaults",
-        "-machine", "q35" if spec.acpi else "q35,acpi=off",
+        "-machine", ",".join(["q35", *([] if spec.acpi else ["acpi=off"]),
+                              *(["smm=on"] if spec.secure_boot else [])]),
         "-accel", accel,
         "-cpu", cpu_option(spec.cpu, spec.cpu_flags, accel),
         "-smp", f"{online},sockets={spec.sockets},cores={spec.cores},maxcpus={spec.vcpus}",
@@ -211,10 +212,23 @@ def build_argv(
         "-serial", "chardev:serial0",
         "-msg", "timestamp=on",
     ]
-    if spec.ovmf_code and spec.ovmf_vars_template:
-        code, efivars = qemu_opt(spec.ovmf_code), qemu_opt(str(paths.efivars))
+    if spec.ovmf_code and (spec.ovmf_vars_template or spec.efivars_source):
+        code = qemu_opt(spec.ovmf_code)
+        if spec.efivars_source:    # the VM's efidisk0 (PVE's drive-efidisk0)
+            efivars = (f"id=drive-efidisk0,format={spec.efivars_format or 'raw'},"
+                       f"file={qemu_opt(spec.efivars_source)}")
+        else:
+            efivars = f"format=raw,file={qemu_opt(str(paths.efivars))}"
         argv += ["-drive", f"if=pflash,unit=0,format=raw,readonly=on,file={code}",
-                 "-drive", f"if=pflash,unit=1,format=raw,file={efivars}"]
+                 "-drive", f"if=pflash,unit=1,{efivars}"]
+        if spec.secure_boot:
+            # the secboot build keeps its vars behind SMM: only SMM code may write them
+            argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+    if spec.tpm_state:
+        # PVE: tpm-tis for both versions (swtpm's --tpm2 decides), swtpm on a socket
+        argv += ["-chardev", f"socket,id=tpmchar,path={qemu_opt(str(paths.tpm_socket))}",
+                 "-tpmdev", "emulator,id=tpmdev,chardev=tpmchar",
+                 "-device", "tpm-tis,tpmdev=tpmdev"]
     if spec.numa:
         argv += _numa(spec)
     if spec.uuid:

@@ -63,6 +63,7 @@ from binome.schema import (
 DISK_BUSES: dict[str, int] = {"virtio": 16, "scsi": 31, "ide": 4, "sata": 6}
 MAX_NETS = 32
 MAX_SERIALS = 4
+MAX_UNUSED = 256
 NIC_MODELS = ("virtio", "e1000", "rtl8139")
 MAC_PREFIX = "BC:24:11"
 DISK_OPTIONS = {"size", "cache", "discard", "iothread", "ssd", "media", "backup", "format",
@@ -97,8 +98,36 @@ def is_disk_key(key: str) -> bool:
 
 
 def is_unused_key(key: str) -> bool:
-    """`unusedN`: a volume of the VM no drive uses (left by a snapshot rollback)."""
-    return re.fullmatch(r"unused(0|[1-9]\d*)", key) is not None
+    """`unusedN` (0-255): a volume of the VM no drive uses (a detached disk, a
+    rollback's leftover)."""
+    m = re.fullmatch(r"unused(0|[1-9]\d*)", key)
+    return m is not None and int(m.group(1)) < MAX_UNUSED
+
+
+def is_owned_volume(vmid: int, volid: str) -> bool:
+    """PVE's vm_is_volid_owner: the volume's name says it belongs to `vmid`
+    ('local:100/vm-100-disk-0.raw', 'rep:vm-100-disk-1'); others (ISOs, another VM's
+    disk, a shared base) are never freed or registered as unused on its behalf."""
+    name = volid.partition(":")[2]
+    return re.search(rf"(?:^|/)vm-{vmid}-disk-\d+(?:\.\w+)?$", name) is not None
+
+
+def add_unused_volume(config: dict[str, Any], volid: str) -> str | None:
+    """GuestHelpers/AbstractConfig::add_unused_volume: record `volid` under the lowest
+    free `unusedN` key (None if it is already recorded); ValueError with PVE's text when
+    all 256 are taken."""
+    free = None
+    for index in range(MAX_UNUSED - 1, -1, -1):
+        key = f"unused{index}"
+        if key in config:
+            if str(config[key]).split(",")[0] == volid:
+                return None
+        else:
+            free = key
+    if free is None:
+        raise ValueError("Too many unused volumes - please delete them first.")
+    config[free] = volid
+    return free
 
 
 def is_net_key(key: str) -> bool:
@@ -134,6 +163,30 @@ DISK_FORMAT = PropertyString(keys={
     "aio": Param(optional=True, enum=("native", "threads", "io_uring")),
 }, default_key="file", verify=_check_disk)
 _MAC = Param(optional=True, description="The MAC address (assigned if not given).")
+
+# PVE's efidisk0 and tpmstate0 (QemuServer/Drive.pm $efidisk_fmt, $tpmstate_fmt)
+SPECIAL_DRIVES = ("efidisk0", "tpmstate0")
+TPMSTATE_SIZE = 4 * 1024 * 1024     # PVE's TPMSTATE_DISK_SIZE, raw
+_DRIVE_BASE = {
+    "file": Param(description="The drive's backing volume (STORAGE:VOLNAME), or "
+                              "STORAGE:SIZE to allocate one (the size is ignored)."),
+    "format": Param(optional=True, enum=("raw", "qcow2")),
+    "size": Param(optional=True, description="Disk size (informational)."),
+}
+EFIDISK_FORMAT = PropertyString(keys={
+    **_DRIVE_BASE,
+    "efitype": Param(optional=True, enum=("2m", "4m"), default="2m", description=(
+        "Size and type of the OVMF EFI vars; '4m' is needed for Secure Boot.")),
+    "pre-enrolled-keys": Param(type="boolean", optional=True, default=0, description=(
+        "With efitype=4m: vars with Microsoft and distribution keys enrolled "
+        "(Secure Boot on).")),
+    "ms-cert": Param(optional=True, enum=("2011", "2023", "2023w", "2023k")),
+}, default_key="file")
+TPMSTATE_FORMAT = PropertyString(keys={
+    **_DRIVE_BASE,
+    "version": Param(optional=True, enum=("v1.2", "v2.0"), default="v1.2",
+                     description="TPM interface version (cannot be changed later)."),
+}, default_key="file")
 NET_FORMAT = PropertyString(keys={
     **{model: _MAC for model in NIC_MODELS},
     "model": Param(optional=True, enum=NIC_MODELS, description="NIC model (or MODEL=MAC)."),
@@ -296,6 +349,10 @@ def schema() -> dict[str, Param]:
         keys[key] = Param(optional=True, max_length=512, props=DISK_FORMAT, description=(
             f"Disk {key}: STORAGE:SIZE_GiB to allocate, or a volume "
             f"'STORAGE:VOLNAME[,size=..][,cache=..][,media=cdrom]'."))
+    keys["efidisk0"] = Param(optional=True, max_length=512, props=EFIDISK_FORMAT, description=(
+        "A disk for the EFI vars (bios: ovmf): STORAGE:1 allocates it from the template."))
+    keys["tpmstate0"] = Param(optional=True, max_length=512, props=TPMSTATE_FORMAT,
+                              description="A disk for the TPM state (swtpm), 4 MiB raw.")
     for i in range(MAX_NETS):
         keys[f"net{i}"] = Param(optional=True, max_length=256, props=NET_FORMAT, description=(
             f"NIC net{i}: 'MODEL[=MAC],bridge=BRIDGE[,tag=VLAN]', MODEL in "
@@ -528,6 +585,53 @@ def parse_disk(key: str, value: str) -> DiskEntry:
     return DiskEntry(key, m.group(1), int(m.group(2)), file, None, props)
 
 
+def is_drive_key(key: str) -> bool:
+    """A key whose value is a drive (a bus disk, efidisk0 or tpmstate0)."""
+    return is_disk_key(key) or key in SPECIAL_DRIVES
+
+
+def parse_special_drive(key: str, value: str) -> DiskEntry:
+    """efidisk0 / tpmstate0: an existing volume or 'STORAGE:SIZE' to allocate (PVE
+    ignores the size: the EFI vars template or 4 MiB decide it)."""
+    fmt = {"efidisk0": EFIDISK_FORMAT, "tpmstate0": TPMSTATE_FORMAT}.get(key)
+    if fmt is None:
+        raise ValueError(f"invalid drive key '{key}'")
+    props = {k: str(v) for k, v in fmt.parse(value).items()}
+    file = props.pop("file", None)
+    if not file:
+        raise ValueError("missing volume")
+    if "size" in props:
+        parse_size(props["size"])
+    if key == "tpmstate0" and props.get("format", "raw") != "raw":
+        raise ValueError("the format of a TPM state is fixed to 'raw'")
+    bus = key[:-1]
+    new = _NEW_DISK_RE.match(file)
+    if new:
+        return DiskEntry(key, bus, 0, None, float(new.group(2)),
+                         {**props, "_storage": new.group(1)})
+    if not _VOLID_RE.match(file):
+        raise ValueError(f"invalid volume '{file}' (expected STORAGE:VOLNAME or STORAGE:SIZE)")
+    return DiskEntry(key, bus, 0, file, None, props)
+
+
+def parse_drive(key: str, value: str) -> DiskEntry:
+    """Any drive key: a bus disk (parse_disk) or efidisk0/tpmstate0."""
+    return parse_special_drive(key, value) if key in SPECIAL_DRIVES else parse_disk(key, value)
+
+
+def special_drives(config: dict[str, Any]) -> list[DiskEntry]:
+    """The VM's efidisk0 / tpmstate0 entries (not among `disks`: QEMU does not see them
+    as disks; pflash and swtpm use them)."""
+    return [parse_special_drive(k, str(config[k])) for k in SPECIAL_DRIVES if config.get(k)]
+
+
+def drive_volumes(config: dict[str, Any]) -> list[DiskEntry]:
+    """Every drive that holds a volume of the VM's own: disks (not CD-ROMs), efidisk0
+    and tpmstate0."""
+    return [d for d in (*disks(config), *special_drives(config))
+            if d.volid and not d.is_cdrom]
+
+
 @dataclass(frozen=True)
 class NetEntry:
     key: str
@@ -625,8 +729,8 @@ def validate_changes(changes: dict[str, Any], *, assign_macs: bool = True) -> di
             if p is not None and not is_net_key(key):
                 value = p.coerce(value)
                 text = str(value)
-            if is_disk_key(key):
-                parse_disk(key, text)
+            if is_drive_key(key):
+                parse_drive(key, text)
                 out[key] = text
             elif is_net_key(key):
                 out[key] = parse_net(key, text, assign_mac=assign_macs).format()

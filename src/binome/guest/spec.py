@@ -172,6 +172,13 @@ class LaunchSpec:
     ovmf_code: str | None = None      # OVMF firmware (bios: ovmf): code, read-only,
     ovmf_vars_template: str | None = None   # and the vars template the runtime copies
     args: tuple[str, ...] = ()        # root's raw QEMU arguments (PVE 'args')
+    # an efidisk0: the VM's own vars volume (file or NBD URI) instead of the template copy
+    efivars_source: str | None = None
+    efivars_format: str | None = None
+    secure_boot: bool = False         # secboot OVMF code: SMM and a secure pflash
+    # a tpmstate0: swtpm's state file (raw) and the TPM version (v1.2 | v2.0)
+    tpm_state: str | None = None
+    tpm_version: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.vmid, int) or not 100 <= self.vmid <= 999_999_999:
@@ -234,8 +241,22 @@ class LaunchSpec:
                              f"{WATCHDOG_MODELS}")
         if self.watchdog_action is not None and self.watchdog_action not in WATCHDOG_ACTIONS:
             raise ValueError(f"VM {self.vmid}: watchdog action {self.watchdog_action!r}")
-        if (self.ovmf_code is None) != (self.ovmf_vars_template is None):
+        has_vars = self.ovmf_vars_template is not None or self.efivars_source is not None
+        if (self.ovmf_code is None) != (not has_vars):
             raise ValueError(f"VM {self.vmid}: OVMF needs both its code and vars files")
+        if self.efivars_source is not None and (
+                any(c in self.efivars_source for c in "\0\n")
+                or (self.efivars_format is None and not is_nbd_uri(self.efivars_source))
+                or (self.efivars_format is not None
+                    and self.efivars_format not in DISK_FORMATS)):
+            raise ValueError(f"VM {self.vmid}: bad EFI vars volume {self.efivars_source!r}")
+        if (self.tpm_state is None) != (self.tpm_version is None) or (
+                self.tpm_version is not None and self.tpm_version not in ("v1.2", "v2.0")):
+            raise ValueError(f"VM {self.vmid}: a TPM needs its state file and a version "
+                             f"v1.2|v2.0")
+        if self.tpm_state is not None and (not self.tpm_state.startswith("/")
+                                           or any(c in self.tpm_state for c in "\0\n,")):
+            raise ValueError(f"VM {self.vmid}: bad TPM state path {self.tpm_state!r}")
 
     @property
     def vcpus(self) -> int:

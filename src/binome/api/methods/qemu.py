@@ -353,6 +353,11 @@ async def vm_pending(ctx: RequestContext, params: dict[str, Any]) -> list[dict[s
     return [{"key": k, "value": v} for k, v in sorted(typed_config(vm.config).items())]
 
 
+# PVE's $opt_force_description (API2/Qemu.pm)
+FORCE_DESCRIPTION = ("Force physical removal. Without this, we simple remove the disk from the "
+                     "config file and create an additional configuration entry called "
+                     "'unused[n]', which contains the volume ID. Unlink of unused[n] always "
+                     "cause physical removal.")
 CONFIG_PARAMS = {
     "node": NODE, "vmid": VMID,
     "delete": Param(optional=True, max_length=4096,
@@ -360,6 +365,7 @@ CONFIG_PARAMS = {
     "digest": Param(optional=True, max_length=64,
                     description="Refuse the change if the config digest differs."),
     "revert": Param(optional=True, description="Revert pending changes (none exist)."),
+    "force": Param(type="boolean", optional=True, description=FORCE_DESCRIPTION),
     "skiplock": Param(type="boolean", optional=True, default=False),
     "background_delay": Param(type="integer", optional=True, minimum=1, maximum=30),
     **SETTABLE,
@@ -388,11 +394,17 @@ async def _apply_config(ctx: RequestContext, params: dict[str, Any],
     await _check_config_privs(ctx, params["vmid"], changes, deletes)
     # PVE's update_vm_api runs the same $check_storage_access as create
     await _check_storage_access(ctx, new_disk_storages(changes))
-    await guests(ctx).update(params["vmid"], changes, deletes, params.get("digest"), task=task)
+    if params.get("force") is not None and "delete" not in params:
+        # PVE's schema: 'force' requires 'delete'
+        raise param_error("delete", "missing property - 'force' requires this property")
+    await guests(ctx).update(params["vmid"], changes, deletes, params.get("digest"), task=task,
+                             force=bool(params.get("force")))
 
 
 def _key_privs(key: str, value: Any) -> tuple[str, ...]:
     if vmconf.is_unused_key(key):
+        return ("VM.Config.Disk",)
+    if key in vmconf.SPECIAL_DRIVES:
         return ("VM.Config.Disk",)
     if vmconf.is_disk_key(key):
         cdrom = value is not None and "media=cdrom" in str(value)
@@ -424,10 +436,10 @@ def new_disk_storages(changes: dict[str, Any]) -> list[str]:
     each new disk (`STORAGE:SIZE`, not a CD-ROM), in key order, each once."""
     out: list[str] = []
     for key in sorted(changes):
-        if not vmconf.is_disk_key(key):
+        if not vmconf.is_drive_key(key):
             continue
         try:
-            disk = vmconf.parse_disk(key, str(changes[key]))
+            disk = vmconf.parse_drive(key, str(changes[key]))
         except ValueError:
             continue                      # validation reports it
         storage = disk.options.get("_storage")
@@ -530,6 +542,24 @@ async def vm_set_config(ctx: RequestContext, params: dict[str, Any]) -> str:
         await _apply_config(ctx, params, task)
 
     return _start_task(ctx, "qmconfig", params["vmid"], body)
+
+
+@registry.register(
+    "PUT", "/nodes/{node}/qemu/{vmid}/unlink", name="vm_unlink",
+    permission=privs("VM.Config.Disk", path=VM_PATH), proxyto="node",
+    description="Unlink/delete disk images.",
+    parameters={"node": NODE, "vmid": VMID,
+                "idlist": Param(max_length=4096, description=(
+                    "A list of disk IDs you want to delete.")),
+                "force": Param(type="boolean", optional=True, description=FORCE_DESCRIPTION)},
+    returns={"type": "null"},
+    cli=CliSpec(("vm", "unlink"), positional=("vmid",)),
+)
+async def vm_unlink(ctx: RequestContext, params: dict[str, Any]) -> None:
+    """PVE's unlink: update_vm with delete=idlist (drives become unusedN, or are freed
+    with force; unusedN are freed)."""
+    await _apply_config(ctx, {"node": params["node"], "vmid": params["vmid"],
+                              "delete": params["idlist"], "force": params.get("force")})
 
 
 @registry.register(
