@@ -200,7 +200,8 @@ def build_argv(
         "-no-user-config",
         "-nodefaults",
         "-machine", ",".join(["q35", *([] if spec.acpi else ["acpi=off"]),
-                              *(["smm=on"] if spec.secure_boot else [])]),
+                              *(["smm=on"] if spec.secure_boot else []),
+                              *([] if spec.mem_merge else ["mem-merge=off"])]),
         "-accel", accel,
         "-cpu", cpu_option(spec.cpu, spec.cpu_flags, accel),
         "-smp", f"{online},sockets={spec.sockets},cores={spec.cores},maxcpus={spec.vcpus}",
@@ -253,6 +254,22 @@ def build_argv(
         argv += ["-device", f"{spec.watchdog},id=watchdog0"]
         if spec.watchdog_action:
             argv += ["-watchdog-action", spec.watchdog_action]
+    if spec.rng:
+        # PVE's RNG.pm: rng-random on the host source, a virtio-rng-pci rate-limited
+        source, max_bytes, period = spec.rng
+        dev = "virtio-rng-pci,rng=rng0,id=rng0"
+        if max_bytes:
+            dev += f",max-bytes={max_bytes},period={period}"
+        argv += ["-object", f"rng-random,filename={source},id=rng0", "-device", dev]
+    if spec.audio:
+        # the device the guest sees; the host side is always 'none' (no SPICE here)
+        argv += ["-audiodev", "none,id=audiodev0"]
+        if spec.audio == "AC97":
+            argv += ["-device", "AC97,id=audiodev0-dev,audiodev=audiodev0"]
+        else:
+            argv += ["-device", f"{spec.audio},id=audiodev0-hda",
+                     "-device", "hda-duplex,id=audiodev0-codec0,bus=audiodev0-hda.0,"
+                                "cad=0,audiodev=audiodev0"]
     argv += _serials(spec, paths)
     argv += ["-boot", "strict=on,reboot-timeout=1000" if boot else "reboot-timeout=1000"]
     if spec.kernel:

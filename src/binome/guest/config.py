@@ -39,14 +39,25 @@ from binome.guest.options import (
     _SERIAL,
     _UUID_RE,
     AGENT_FORMAT,
+    AUDIO_FORMAT,
     BUILTIN_CPU_MODELS,
     CPU_FORMAT,
+    HOSTPCI_FORMAT,
+    IVSHMEM_FORMAT,
     KEYMAPS,
     MACHINE_FORMAT,
+    NUMA_NODE_FORMAT,
     OSTYPES,
+    PARALLEL,
+    RNG_FORMAT,
     SCSI_HW,
+    SEV_FORMAT,
     SMBIOS1_FORMAT,
+    SPICE_ENHANCEMENTS_FORMAT,
+    TDX_FORMAT,
+    USB_FORMAT,
     VGA_FORMAT,
+    VIRTIOFS_FORMAT,
     WATCHDOG_FORMAT,
     WINDOWS_OSTYPES,
     parse_cpu,
@@ -64,6 +75,11 @@ DISK_BUSES: dict[str, int] = {"virtio": 16, "scsi": 31, "ide": 4, "sata": 6}
 MAX_NETS = 32
 MAX_SERIALS = 4
 MAX_UNUSED = 256
+MAX_NUMA_NODES = 8
+MAX_USB = 14
+MAX_HOSTPCI = 16
+MAX_PARALLEL = 3
+MAX_VIRTIOFS = 10
 NIC_MODELS = ("virtio", "e1000", "rtl8139")
 MAC_PREFIX = "BC:24:11"
 DISK_OPTIONS = {"size", "cache", "discard", "iothread", "ssd", "media", "backup", "format",
@@ -349,6 +365,39 @@ def schema() -> dict[str, Param]:
         keys[key] = Param(optional=True, max_length=512, props=DISK_FORMAT, description=(
             f"Disk {key}: STORAGE:SIZE_GiB to allocate, or a volume "
             f"'STORAGE:VOLNAME[,size=..][,cache=..][,media=cdrom]'."))
+    keys.update({
+        "smp": Param(type="integer", optional=True, minimum=1,
+                     description="Deprecated: use 'sockets' (stored)."),
+        "allow-ksm": Param(type="boolean", optional=True, description=(
+            "Allow KSM to merge the guest's memory (0: QEMU's mem-merge=off).")),
+        "amd-sev": Param(optional=True, props=SEV_FORMAT, description=(
+            "AMD SEV (root only; refused at start: no SEV here).")),
+        "intel-tdx": Param(optional=True, props=TDX_FORMAT, description=(
+            "Intel TDX (root only; refused at start: no TDX here).")),
+        "ivshmem": Param(optional=True, props=IVSHMEM_FORMAT, description=(
+            "Inter-VM shared memory (root only; stored, not created).")),
+        "audio0": Param(optional=True, props=AUDIO_FORMAT, description=(
+            "An audio device (its backend is always 'none': no SPICE here).")),
+        "spice_enhancements": Param(optional=True, props=SPICE_ENHANCEMENTS_FORMAT,
+                                    description="SPICE enhancements (root only; stored: "
+                                                "no SPICE here)."),
+        "rng0": Param(optional=True, props=RNG_FORMAT, description=(
+            "A VirtIO RNG fed from the host's entropy source.")),
+    })
+    for i in range(MAX_NUMA_NODES):
+        keys[f"numa{i}"] = Param(optional=True, props=NUMA_NODE_FORMAT, description=(
+            "A guest NUMA node (stored; binome lays out one node per socket)."))
+    for i in range(MAX_USB):
+        keys[f"usb{i}"] = Param(optional=True, props=USB_FORMAT, description=(
+            "A USB device ('spice' is stored; host devices are refused at start)."))
+    for i in range(MAX_HOSTPCI):
+        keys[f"hostpci{i}"] = Param(optional=True, props=HOSTPCI_FORMAT, description=(
+            "PCI passthrough (root only; refused at start: no passthrough here)."))
+    for i in range(MAX_PARALLEL):
+        keys[f"parallel{i}"] = PARALLEL
+    for i in range(MAX_VIRTIOFS):
+        keys[f"virtiofs{i}"] = Param(optional=True, props=VIRTIOFS_FORMAT, description=(
+            "A host directory over virtio-fs (refused at start: no directory mappings)."))
     keys["efidisk0"] = Param(optional=True, max_length=512, props=EFIDISK_FORMAT, description=(
         "A disk for the EFI vars (bios: ovmf): STORAGE:1 allocates it from the template."))
     keys["tpmstate0"] = Param(optional=True, max_length=512, props=TPMSTATE_FORMAT,
@@ -367,8 +416,8 @@ DEFAULTS: dict[str, Any] = {"memory": 512, "cores": 1, "sockets": 1, "cpu": "qem
                             "ostype": "other", "vga": "std"}
 # only root@pam may set these (PVE's check_vm_modify_config_perm: keys outside its tables)
 # ('lock' is not settable at all; deleting it is binome's `qm unlock` for admins)
-ROOT_ONLY = ("affinity", "args", "arch", "hookscript", "hugepages", "keephugepages",
-             "vmgenid")
+ROOT_ONLY = ("affinity", "amd-sev", "args", "arch", "hookscript", "hugepages", "intel-tdx",
+             "ivshmem", "keephugepages", "spice_enhancements", "vmgenid")
 
 
 def root_only(key: str, value: Any) -> str | None:
@@ -377,6 +426,19 @@ def root_only(key: str, value: Any) -> str | None:
         return f"only root can set '{key}' config"
     if re.fullmatch(r"serial\d+", key) and value is not None and str(value) != "socket":
         return f"only root can set '{key}' config for real devices"
+    if re.fullmatch(r"parallel\d+", key):
+        return f"only root can set '{key}' config"
+    if re.fullmatch(r"usb\d+", key) and value is not None:
+        # PVE's check_usb_perm: 'spice' is HW; a host device root's; a mapping needs
+        # Mapping.Use on it, and binome has no mappings (so root's too)
+        try:
+            host = str(USB_FORMAT.parse(str(value)).get("host", ""))
+        except ValueError:
+            host = ""
+        if host.lower() != "spice":
+            return f"only root can set '{key}' config for real devices"
+    if re.fullmatch(r"hostpci\d+", key):
+        return f"only root can set '{key}' config for non-mapped devices"
     return None
 
 
@@ -871,6 +933,9 @@ def launch_options(config: dict[str, Any]) -> dict[str, Any]:
     vmgenid = str(c.get("vmgenid") or "0")
     watchdog = WATCHDOG_FORMAT.parse(str(c["watchdog"])) if c.get("watchdog") else {}
     smbios = smbios1_fields(str(c["smbios1"])) if c.get("smbios1") else []
+    unavailable_here(c)
+    rng = RNG_FORMAT.parse(str(c["rng0"])) if c.get("rng0") else None
+    audio = AUDIO_FORMAT.parse(str(c["audio0"])) if c.get("audio0") else None
     try:
         args = tuple(shlex.split(str(c.get("args") or "")))
     except ValueError as exc:
@@ -892,4 +957,29 @@ def launch_options(config: dict[str, Any]) -> dict[str, Any]:
         "no_reboot": not bool(int(c.get("reboot", 1))),
         "freeze": bool(int(c.get("freeze", 0))),
         "args": args,
+        "rng": ((str(rng["source"]), int(rng.get("max_bytes", 1024)),
+                 int(rng.get("period", 1000))) if rng else None),
+        "audio": str(audio["device"]) if audio else None,
+        "mem_merge": bool(int(c.get("allow-ksm", 1))),
     }
+
+
+def unavailable_here(config: dict[str, Any]) -> None:
+    """ValueError (a clear start failure) for keys a VM cannot run without and binome
+    cannot provide: host device passthrough, confidential computing, virtio-fs."""
+    reasons = []
+    for key in sorted(config):
+        if re.fullmatch(r"hostpci\d+", key):
+            reasons.append(f"{key}: PCI passthrough is not available on binome nodes")
+        elif re.fullmatch(r"usb\d+", key):
+            host = str(USB_FORMAT.parse(str(config[key])).get("host") or "")
+            if host.lower() != "spice":     # spice: a redirection slot, no SPICE here
+                reasons.append(f"{key}: USB passthrough is not available on binome nodes")
+        elif re.fullmatch(r"parallel\d+", key):
+            reasons.append(f"{key}: host parallel ports are not passed through here")
+        elif re.fullmatch(r"virtiofs\d+", key):
+            reasons.append(f"{key}: virtio-fs directory mappings are not available here")
+        elif key in ("amd-sev", "intel-tdx"):
+            reasons.append(f"{key}: confidential computing is not available on binome nodes")
+    if reasons:
+        raise ValueError("; ".join(reasons))

@@ -90,6 +90,8 @@ async def write_volume(storage: Any, volid: str, image: str, fmt: str) -> None:
 
 def launch_options(node: str, config: dict[str, Any]) -> dict[str, Any]:
     options = vmconf.launch_options(config)
+    if options["rng"] and not os.path.exists(options["rng"][0]):
+        raise GuestFailure(f"rng0: node '{node}' has no {options['rng'][0]}")
     if config.get("bios") == "ovmf":
         options.update(ovmf_firmware(node))
     return options

@@ -179,6 +179,10 @@ class LaunchSpec:
     # a tpmstate0: swtpm's state file (raw) and the TPM version (v1.2 | v2.0)
     tpm_state: str | None = None
     tpm_version: str | None = None
+    # PVE rng0: (host source, max bytes per period, period ms) for a virtio-rng-pci
+    rng: tuple[str, int, int] | None = None
+    audio: str | None = None          # PVE audio0 device (ich9-intel-hda|intel-hda|AC97)
+    mem_merge: bool = True            # PVE allow-ksm: 0 is QEMU's mem-merge=off
 
     def __post_init__(self) -> None:
         if not isinstance(self.vmid, int) or not 100 <= self.vmid <= 999_999_999:
@@ -254,6 +258,15 @@ class LaunchSpec:
                 self.tpm_version is not None and self.tpm_version not in ("v1.2", "v2.0")):
             raise ValueError(f"VM {self.vmid}: a TPM needs its state file and a version "
                              f"v1.2|v2.0")
+        if self.rng is not None:
+            object.__setattr__(self, "rng", tuple(self.rng))
+            source, max_bytes, period = self.rng
+            if source not in ("/dev/urandom", "/dev/random", "/dev/hwrng") \
+                    or max_bytes < 0 or period < 1:
+                raise ValueError(f"VM {self.vmid}: bad rng {self.rng!r}")
+        if self.audio is not None and self.audio not in ("ich9-intel-hda", "intel-hda",
+                                                         "AC97"):
+            raise ValueError(f"VM {self.vmid}: bad audio device {self.audio!r}")
         if self.tpm_state is not None and (not self.tpm_state.startswith("/")
                                            or any(c in self.tpm_state for c in "\0\n,")):
             raise ValueError(f"VM {self.vmid}: bad TPM state path {self.tpm_state!r}")
@@ -282,4 +295,6 @@ class LaunchSpec:
             fields[key] = tuple(fields.get(key, ()))
         for key in ("smbios1", "serials"):
             fields[key] = tuple(tuple(item) for item in fields.get(key, ()))
+        if fields.get("rng") is not None:
+            fields["rng"] = tuple(fields["rng"])
         return cls(**fields)

@@ -1,6 +1,7 @@
 """Real QEMU with a VM's own EFI vars volume (efidisk0) and a TPM (tpmstate0 + swtpm):
 OVMF boots from Debian's firmware and writes its variables into the volume, the TPM is
-QEMU's tpm-emulator on a real swtpm, and swtpm stops with the guest."""
+QEMU's tpm-emulator on a real swtpm, and swtpm stops with the guest; the same QEMU has
+the rng0, audio0 and watchdog devices and allow-ksm=0, so QEMU accepts those options."""
 
 from __future__ import annotations
 
@@ -32,7 +33,10 @@ async def test_ovmf_with_efidisk_and_swtpm(tmp_path: Path) -> None:
     rt = QemuRuntime(tmp_path / "run", accel="tcg")
     spec = LaunchSpec(vmid=100, name="uefi", memory_mb=128, vga="none", ovmf_code=CODE,
                       efivars_source=str(efivars), efivars_format="raw",
-                      tpm_state=str(tpm_state), tpm_version="v2.0")
+                      tpm_state=str(tpm_state), tpm_version="v2.0",
+                      # PVE's rng0, audio0, watchdog and allow-ksm=0 in the same QEMU
+                      rng=("/dev/urandom", 1024, 1000), audio="ich9-intel-hda",
+                      watchdog="i6300esb", watchdog_action="reset", mem_merge=False)
     paths = GuestPaths(tmp_path / "run", 100)
     try:
         await rt.start(spec)
@@ -40,6 +44,9 @@ async def test_ovmf_with_efidisk_and_swtpm(tmp_path: Path) -> None:
         assert tpm_pid is not None
         tpms = await rt.command(100, "query-tpm")
         assert [(t["model"], t["options"]["type"]) for t in tpms] == [("tpm-tis", "emulator")]
+        peripherals = {p["name"] for p in await rt.command(
+            100, "qom-list", {"path": "/machine/peripheral"})}
+        assert {"rng0", "audiodev0-hda", "audiodev0-codec0", "watchdog0"} <= peripherals
         # OVMF writes its variables (boot entries, ...) into the efidisk, not a copy
         template = Path(TEMPLATE).read_bytes()
         deadline = time.monotonic() + 60

@@ -56,7 +56,14 @@ KEY_PRIVS.update({
     # binome's direct kernel boot: which code the guest runs, from a storage
     "kernel": ("VM.Config.Disk", "VM.Config.HWType"),
     "initrd": ("VM.Config.Disk", "VM.Config.HWType"),
-    "append": ("VM.Config.Disk", "VM.Config.HWType")})
+    "append": ("VM.Config.Disk", "VM.Config.HWType"),
+    # PVE: numaN and smp are CPU options, allow-ksm memory, audio0 / rng0 / usbN (spice)
+    # hardware, virtiofsN a disk (plus Mapping.Use, and binome has no mappings)
+    **{f"numa{i}": ("VM.Config.CPU",) for i in range(vmconf.MAX_NUMA_NODES)},
+    "smp": ("VM.Config.CPU",), "allow-ksm": ("VM.Config.Memory",),
+    "audio0": ("VM.Config.HWType",), "rng0": ("VM.Config.HWType",),
+    **{f"usb{i}": ("VM.Config.HWType",) for i in range(vmconf.MAX_USB)},
+    **{f"virtiofs{i}": ("VM.Config.Disk",) for i in range(vmconf.MAX_VIRTIOFS)}})
 TIMEOUT = Param(type="integer", optional=True, minimum=0, maximum=86400,
                 description="Wait at most this many seconds.")
 SETTABLE = {k: v for k, v in vmconf.SCHEMA.items() if k not in vmconf.INTERNAL_KEYS}
@@ -173,8 +180,8 @@ async def vm_create(ctx: RequestContext, params: dict[str, Any]) -> str:
     # PVE's create_vm: Datastore.AllocateSpace on each new disk's storage
     await _check_storage_access(ctx, new_disk_storages(changes))
     for key, value in changes.items():
-        if vmconf.is_disk_key(key):
-            disk = vmconf.parse_disk(key, str(value))
+        if vmconf.is_drive_key(key):
+            disk = vmconf.parse_drive(key, str(value))
             storage_id = disk.options.get("_storage") or disk.storage
             if storage_id:
                 try:
