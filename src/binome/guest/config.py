@@ -191,16 +191,16 @@ _DRIVE_BASE = {
 }
 EFIDISK_FORMAT = PropertyString(keys={
     **_DRIVE_BASE,
-    "efitype": Param(optional=True, enum=("2m", "4m"), default="2m", description=(
+    "efitype": Param(optional=True, enum=("2m", "4m"), description=(
         "Size and type of the OVMF EFI vars; '4m' is needed for Secure Boot.")),
-    "pre-enrolled-keys": Param(type="boolean", optional=True, default=0, description=(
+    "pre-enrolled-keys": Param(type="boolean", optional=True, description=(
         "With efitype=4m: vars with Microsoft and distribution keys enrolled "
         "(Secure Boot on).")),
     "ms-cert": Param(optional=True, enum=("2011", "2023", "2023w", "2023k")),
 }, default_key="file")
 TPMSTATE_FORMAT = PropertyString(keys={
     **_DRIVE_BASE,
-    "version": Param(optional=True, enum=("v1.2", "v2.0"), default="v1.2",
+    "version": Param(optional=True, enum=("v1.2", "v2.0"),
                      description="TPM interface version (cannot be changed later)."),
 }, default_key="file")
 NET_FORMAT = PropertyString(keys={

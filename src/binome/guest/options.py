@@ -229,6 +229,8 @@ _SERIAL = Param(optional=True, pattern=r"(/dev/[^,]+|socket)",
 
 # ---------------------------------------------------------------- devices (qemu-server
 # Memory.pm numa_fmt, RNG.pm, USB.pm, PCI.pm, Virtiofs.pm, QemuServer.pm, CPUConfig.pm)
+# No `default=` on their keys: a value is stored as given, as PVE does (the defaults
+# apply where the value is used)
 _NUMBER_SETS = r"\d+(?:-\d+)?(?:;\d+(?:-\d+)?)*"
 NUMA_NODE_FORMAT = PropertyString(keys={
     "cpus": Param(pattern=_NUMBER_SETS, description="CPUs accessing this NUMA node."),
@@ -239,9 +241,9 @@ NUMA_NODE_FORMAT = PropertyString(keys={
 RNG_FORMAT = PropertyString(keys={
     "source": Param(enum=("/dev/urandom", "/dev/random", "/dev/hwrng"),
                     description="The host's entropy source."),
-    "max_bytes": Param(type="integer", optional=True, default=1024,
+    "max_bytes": Param(type="integer", optional=True,
                        description="Maximum bytes of entropy per 'period' (0: no limit)."),
-    "period": Param(type="integer", optional=True, default=1000,
+    "period": Param(type="integer", optional=True,
                     description="Every 'period' ms the guest may take 'max_bytes' more."),
 }, default_key="source")
 _USB_ID = r"(0x)?([0-9A-Fa-f]{4}):(0x)?([0-9A-Fa-f]{4})"
@@ -251,7 +253,7 @@ USB_FORMAT = PropertyString(keys={
                   description="Host USB device or port, or 'spice'."),
     "mapping": Param(optional=True, format="pve-configid",
                      description="A cluster-wide USB mapping."),
-    "usb3": Param(type="boolean", optional=True, default=0),
+    "usb3": Param(type="boolean", optional=True),
 }, default_key="host")
 _PCI = r"(?:[a-f0-9]{4,}:)?[a-f0-9]{2}:[a-f0-9]{2}(?:\.[a-f0-9])?"
 _PCI_ID = r"0x[0-9a-fA-F]{4}"
@@ -260,22 +262,21 @@ HOSTPCI_FORMAT = PropertyString(keys={
                   description="Host PCI device(s)."),
     "mapping": Param(optional=True, format="pve-configid",
                      description="A cluster-wide PCI mapping."),
-    "rombar": Param(type="boolean", optional=True, default=1),
+    "rombar": Param(type="boolean", optional=True),
     "romfile": Param(optional=True, pattern=r"[^,;]+"),
-    "pcie": Param(type="boolean", optional=True, default=0),
-    "x-vga": Param(type="boolean", optional=True, default=0),
-    "legacy-igd": Param(type="boolean", optional=True, default=0),
+    "pcie": Param(type="boolean", optional=True),
+    "x-vga": Param(type="boolean", optional=True),
+    "legacy-igd": Param(type="boolean", optional=True),
     "mdev": Param(optional=True, pattern=r"[^/\.:]+"),
     "vendor-id": Param(optional=True, pattern=_PCI_ID),
     "device-id": Param(optional=True, pattern=_PCI_ID),
     "sub-vendor-id": Param(optional=True, pattern=_PCI_ID),
     "sub-device-id": Param(optional=True, pattern=_PCI_ID),
-    "driver": Param(optional=True, enum=("vfio", "keep"), default="vfio"),
+    "driver": Param(optional=True, enum=("vfio", "keep")),
 }, default_key="host")
 VIRTIOFS_FORMAT = PropertyString(keys={
     "dirid": Param(format="pve-configid", description="A directory mapping."),
-    "cache": Param(optional=True, enum=("auto", "always", "metadata", "never"),
-                   default="auto"),
+    "cache": Param(optional=True, enum=("auto", "always", "metadata", "never")),
     "direct-io": _BOOL, "expose-xattr": _BOOL, "expose-acl": _BOOL,
 }, default_key="dirid")
 IVSHMEM_FORMAT = PropertyString(keys={
@@ -284,11 +285,11 @@ IVSHMEM_FORMAT = PropertyString(keys={
 })
 AUDIO_FORMAT = PropertyString(keys={
     "device": Param(enum=("ich9-intel-hda", "intel-hda", "AC97")),
-    "driver": Param(optional=True, enum=("spice", "none"), default="spice"),
+    "driver": Param(optional=True, enum=("spice", "none")),
 })
 SPICE_ENHANCEMENTS_FORMAT = PropertyString(keys={
-    "foldersharing": Param(type="boolean", optional=True, default=0),
-    "videostreaming": Param(optional=True, enum=("off", "all", "filter"), default="off"),
+    "foldersharing": Param(type="boolean", optional=True),
+    "videostreaming": Param(optional=True, enum=("off", "all", "filter")),
 })
 SEV_FORMAT = PropertyString(keys={
     "type": Param(enum=("std", "es", "snp"), max_length=3),
@@ -297,8 +298,8 @@ SEV_FORMAT = PropertyString(keys={
 TDX_FORMAT = PropertyString(keys={
     "type": Param(enum=("tdx",)),
     "attestation": _BOOL,
-    "vsock-cid": Param(type="integer", optional=True, minimum=2, default=2),
-    "vsock-port": Param(type="integer", optional=True, minimum=0, default=4050),
+    "vsock-cid": Param(type="integer", optional=True, minimum=2),
+    "vsock-port": Param(type="integer", optional=True, minimum=0),
 }, default_key="type")
 PARALLEL = Param(optional=True, pattern=r"/dev/parport\d+|/dev/usb/lp\d+",
                  description="A host parallel device (root only).")
