@@ -391,6 +391,12 @@ def _deletes(params: dict[str, Any]) -> list[str]:
     return keys
 
 
+def _check_force(params: dict[str, Any]) -> None:
+    if params.get("force") is not None and params.get("delete") is None:
+        # PVE's schema: 'force' requires 'delete'
+        raise param_error("delete", "missing property - 'force' requires this property")
+
+
 async def _apply_config(ctx: RequestContext, params: dict[str, Any],
                         task: Task | None = None) -> None:
     changes = _config_changes(params)
@@ -401,9 +407,7 @@ async def _apply_config(ctx: RequestContext, params: dict[str, Any],
     await _check_config_privs(ctx, params["vmid"], changes, deletes)
     # PVE's update_vm_api runs the same $check_storage_access as create
     await _check_storage_access(ctx, new_disk_storages(changes))
-    if params.get("force") is not None and "delete" not in params:
-        # PVE's schema: 'force' requires 'delete'
-        raise param_error("delete", "missing property - 'force' requires this property")
+    _check_force(params)
     await guests(ctx).update(params["vmid"], changes, deletes, params.get("digest"), task=task,
                              force=bool(params.get("force")))
 
@@ -543,6 +547,7 @@ async def vm_set_config(ctx: RequestContext, params: dict[str, Any]) -> str:
     service = guests(ctx)
     await service.read(params["vmid"])
     # refused before the task, as PVE's checks run before it forks a worker
+    _check_force(params)
     await _check_config_privs(ctx, params["vmid"], _config_changes(params), _deletes(params))
 
     async def body(task: Task) -> None:
