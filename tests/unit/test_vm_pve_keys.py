@@ -128,6 +128,27 @@ def test_rng_audio_ksm_watchdog_are_honoured():
     assert "virtio-rng-pci,rng=rng0,id=rng0" in hda          # max_bytes=0: no limit
 
 
+def test_numa_nodes_as_given_with_pves_checks():
+    conf = {"numa": "1", "memory": "512", "numa0": "cpus=0-1;3,memory=256,hostnodes=0,"
+            "policy=bind", "numa1": "cpus=2,memory=256"}
+    argv = argv_of(conf)
+    assert values(argv, "-object")[:2] == [
+        "memory-backend-ram,id=ram-node0,size=256M,host-nodes=0,policy=bind",
+        "memory-backend-ram,id=ram-node1,size=256M"]
+    assert values(argv, "-numa") == ["node,nodeid=0,cpus=0-1,cpus=3,memdev=ram-node0",
+                                     "node,nodeid=1,cpus=2,memdev=ram-node1"]
+    for change, text in (
+            ({"numa1": "cpus=2,memory=128"},
+             "total memory for NUMA nodes must be equal to vm static memory"),
+            ({"numa1": "cpus=2"}, "missing NUMA node1 memory value"),
+            ({"numa1": "cpus=2,memory=256,hostnodes=0-1"},
+             "you need to define a policy for hostnode 0-1")):
+        with pytest.raises(ValueError, match=f"^{text}$"):
+            argv_of({**conf, **change})
+    # without numa: 1 the nodes are stored only
+    assert "-numa" not in argv_of({**conf, "numa": "0"})
+
+
 def test_stored_only_device_keys_change_nothing():
     base = argv_of({})
     for key in ("numa0", "ivshmem", "spice_enhancements", "smp"):

@@ -29,10 +29,14 @@ Owns the mapping from Proxmox-style devices to QEMU options. Choices, and why:
   controller; ``keyboard`` ``-k``; ``localtime``/``startdate``/``tdf``
   ``-rtc``; ``smbios1`` ``-smbios type=1``; ``vmgenid`` a ``vmgenid`` device
   (needs ACPI, so none with ``acpi: 0``); ``balloon`` a ``virtio-balloon-pci``;
-  ``numa: 1`` one node per socket with its share of the memory; ``watchdog``
-  the device and ``-watchdog-action``; ``reboot: 0`` ``-no-reboot``;
-  ``freeze`` ``-S``; ``serialN`` more ports (``isa-serial`` with its index, so
-  ttyS2 stays ttyS2 without ttyS1); ``bios: ovmf`` two pflash drives;
+  ``numa: 1`` the ``numaN`` nodes, or one node per socket with its share of
+  the memory; ``watchdog`` the device and ``-watchdog-action``; ``reboot: 0``
+  ``-no-reboot``; ``freeze`` ``-S``; ``serialN`` more ports (``isa-serial``
+  with its index, so ttyS2 stays ttyS2 without ttyS1); ``bios: ovmf`` two
+  pflash drives (the vars: the VM's ``efidisk0``, else a per-start copy;
+  Secure Boot code adds SMM and a secure pflash); ``tpmstate0`` a
+  ``tpm-tis`` on swtpm's socket; ``rng0`` ``virtio-rng-pci``; ``audio0`` the
+  device with a ``none`` backend; ``allow-ksm: 0`` ``mem-merge=off``;
   ``args`` (root only) appended last.
 * CPU: 'host' exists only with KVM; under TCG it becomes 'max' (everything TCG
   emulates). PVE's flags are QEMU's ``name=on|off``, except ``nested-virt``
@@ -137,9 +141,21 @@ def _display(spec: LaunchSpec, paths: GuestPaths) -> list[str]:
 
 
 def _numa(spec: LaunchSpec) -> list[str]:
-    """PVE without numaN keys: one node per socket, its cores, an equal share of memory
-    (the remainder on the last node, as QEMU wants the nodes to add up)."""
+    """PVE's numaN nodes as given (cpus and host nodes as repeated keys); without them
+    one node per socket, its cores, an equal share of memory (the remainder on the last
+    node, as QEMU wants the nodes to add up)."""
     argv: list[str] = []
+    if spec.numa_nodes:
+        for nodeid, cpus, memory, hostnodes, policy in spec.numa_nodes:
+            backend = f"memory-backend-ram,id=ram-node{nodeid},size={memory}M"
+            if hostnodes is not None:
+                backend += "".join(f",host-nodes={h}" for h in hostnodes.split(";"))
+                backend += f",policy={policy}"
+            argv += ["-object", backend, "-numa",
+                     f"node,nodeid={nodeid},"
+                     + ",".join(f"cpus={c}" for c in cpus.split(";"))
+                     + f",memdev=ram-node{nodeid}"]
+        return argv
     share = spec.memory_mb // spec.sockets
     for i in range(spec.sockets):
         size = share if i < spec.sockets - 1 else spec.memory_mb - share * (spec.sockets - 1)

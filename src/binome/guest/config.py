@@ -386,7 +386,7 @@ def schema() -> dict[str, Param]:
     })
     for i in range(MAX_NUMA_NODES):
         keys[f"numa{i}"] = Param(optional=True, props=NUMA_NODE_FORMAT, description=(
-            "A guest NUMA node (stored; binome lays out one node per socket)."))
+            "A guest NUMA node (with numa: 1)."))
     for i in range(MAX_USB):
         keys[f"usb{i}"] = Param(optional=True, props=USB_FORMAT, description=(
             "A USB device ('spice' is stored; host devices are refused at start)."))
@@ -934,6 +934,7 @@ def launch_options(config: dict[str, Any]) -> dict[str, Any]:
     watchdog = WATCHDOG_FORMAT.parse(str(c["watchdog"])) if c.get("watchdog") else {}
     smbios = smbios1_fields(str(c["smbios1"])) if c.get("smbios1") else []
     unavailable_here(c)
+    numa_nodes = numa_layout(c)
     rng = RNG_FORMAT.parse(str(c["rng0"])) if c.get("rng0") else None
     audio = AUDIO_FORMAT.parse(str(c["audio0"])) if c.get("audio0") else None
     try:
@@ -961,7 +962,37 @@ def launch_options(config: dict[str, Any]) -> dict[str, Any]:
                  int(rng.get("period", 1000))) if rng else None),
         "audio": str(audio["device"]) if audio else None,
         "mem_merge": bool(int(c.get("allow-ksm", 1))),
+        "numa_nodes": numa_nodes,
     }
+
+
+def numa_layout(config: dict[str, Any]) -> tuple[tuple[int, str, int, str | None,
+                                                         str | None], ...]:
+    """PVE's explicit guest NUMA nodes (Memory.pm config): with `numa: 1`, each numaN as
+    (N, cpus 'a-b;c', MiB, host nodes 'a-b;c' or None, policy or None); () when no numaN
+    is set (one node per socket then). ValueError with PVE's texts."""
+    if not int(config.get("numa", 0)):
+        return ()
+    nodes = []
+    total = 0
+    for i in range(MAX_NUMA_NODES):
+        if not config.get(f"numa{i}"):
+            continue
+        numa = NUMA_NODE_FORMAT.parse(str(config[f"numa{i}"]))
+        if not numa.get("memory"):
+            raise ValueError(f"missing NUMA node{i} memory value")
+        memory = int(float(numa["memory"]))
+        total += memory
+        hostnodes = numa.get("hostnodes")
+        if hostnodes is not None and not numa.get("policy"):
+            raise ValueError(f"you need to define a policy for hostnode "
+                             f"{str(hostnodes).replace(';', ',')}")
+        nodes.append((i, str(numa["cpus"]), memory,
+                      str(hostnodes) if hostnodes is not None else None,
+                      str(numa["policy"]) if hostnodes is not None else None))
+    if nodes and total != int(config.get("memory", DEFAULTS["memory"])):
+        raise ValueError("total memory for NUMA nodes must be equal to vm static memory")
+    return tuple(nodes)
 
 
 def unavailable_here(config: dict[str, Any]) -> None:

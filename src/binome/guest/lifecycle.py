@@ -92,6 +92,14 @@ def launch_options(node: str, config: dict[str, Any]) -> dict[str, Any]:
     options = vmconf.launch_options(config)
     if options["rng"] and not os.path.exists(options["rng"][0]):
         raise GuestFailure(f"rng0: node '{node}' has no {options['rng'][0]}")
+    for _, _, _, hostnodes, _ in options["numa_nodes"]:
+        for part in (hostnodes or "").split(";"):
+            if not part:
+                continue
+            first, _, last = part.partition("-")
+            for i in range(int(first), int(last or first) + 1):
+                if not os.path.isdir(f"/sys/devices/system/node/node{i}"):
+                    raise GuestFailure(f"host NUMA node{i} doesn't exist")   # PVE's text
     if config.get("bios") == "ovmf":
         options.update(ovmf_firmware(node))
     return options

@@ -183,6 +183,8 @@ class LaunchSpec:
     rng: tuple[str, int, int] | None = None
     audio: str | None = None          # PVE audio0 device (ich9-intel-hda|intel-hda|AC97)
     mem_merge: bool = True            # PVE allow-ksm: 0 is QEMU's mem-merge=off
+    # PVE numaN (with numa): (node id, cpus 'a-b;c', MiB, host nodes 'a-b;c', policy)
+    numa_nodes: tuple[tuple[int, str, int, str | None, str | None], ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.vmid, int) or not 100 <= self.vmid <= 999_999_999:
@@ -264,6 +266,14 @@ class LaunchSpec:
             if source not in ("/dev/urandom", "/dev/random", "/dev/hwrng") \
                     or max_bytes < 0 or period < 1:
                 raise ValueError(f"VM {self.vmid}: bad rng {self.rng!r}")
+        object.__setattr__(self, "numa_nodes", tuple(tuple(n) for n in self.numa_nodes))
+        sets = re.compile(r"^\d+(-\d+)?(;\d+(-\d+)?)*$")
+        for node in self.numa_nodes:
+            nodeid, cpus, memory, hostnodes, policy = node
+            if not 0 <= nodeid < 8 or not sets.match(cpus) or memory < 1 or (
+                    hostnodes is not None and (not sets.match(hostnodes) or policy not in (
+                        "preferred", "bind", "interleave"))):
+                raise ValueError(f"VM {self.vmid}: bad NUMA node {node!r}")
         if self.audio is not None and self.audio not in ("ich9-intel-hda", "intel-hda",
                                                          "AC97"):
             raise ValueError(f"VM {self.vmid}: bad audio device {self.audio!r}")
@@ -295,6 +305,7 @@ class LaunchSpec:
             fields[key] = tuple(fields.get(key, ()))
         for key in ("smbios1", "serials"):
             fields[key] = tuple(tuple(item) for item in fields.get(key, ()))
+        fields["numa_nodes"] = tuple(tuple(n) for n in fields.get("numa_nodes", ()))
         if fields.get("rng") is not None:
             fields["rng"] = tuple(fields["rng"])
         return cls(**fields)

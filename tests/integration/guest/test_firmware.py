@@ -1,7 +1,8 @@
 """Real QEMU with a VM's own EFI vars volume (efidisk0) and a TPM (tpmstate0 + swtpm):
 OVMF boots from Debian's firmware and writes its variables into the volume, the TPM is
 QEMU's tpm-emulator on a real swtpm, and swtpm stops with the guest; the same QEMU has
-the rng0, audio0 and watchdog devices and allow-ksm=0, so QEMU accepts those options."""
+the rng0, audio0 and watchdog devices, allow-ksm=0 and numaN nodes, so QEMU accepts
+those options."""
 
 from __future__ import annotations
 
@@ -36,7 +37,10 @@ async def test_ovmf_with_efidisk_and_swtpm(tmp_path: Path) -> None:
                       tpm_state=str(tpm_state), tpm_version="v2.0",
                       # PVE's rng0, audio0, watchdog and allow-ksm=0 in the same QEMU
                       rng=("/dev/urandom", 1024, 1000), audio="ich9-intel-hda",
-                      watchdog="i6300esb", watchdog_action="reset", mem_merge=False)
+                      watchdog="i6300esb", watchdog_action="reset", mem_merge=False,
+                      # and two explicit guest NUMA nodes, one bound to host node 0
+                      cores=2, numa=True, numa_nodes=((0, "0", 64, "0", "bind"),
+                                                      (1, "1", 64, None, None)))
     paths = GuestPaths(tmp_path / "run", 100)
     try:
         await rt.start(spec)
@@ -47,6 +51,10 @@ async def test_ovmf_with_efidisk_and_swtpm(tmp_path: Path) -> None:
         peripherals = {p["name"] for p in await rt.command(
             100, "qom-list", {"path": "/machine/peripheral"})}
         assert {"rng0", "audiodev0-hda", "audiodev0-codec0", "watchdog0"} <= peripherals
+        memdevs = {m["id"]: m for m in await rt.command(100, "query-memdev")}
+        assert (memdevs["ram-node0"]["host-nodes"], memdevs["ram-node0"]["policy"]) == (
+            [0], "bind")
+        assert memdevs["ram-node1"]["size"] == 64 << 20
         # OVMF writes its variables (boot entries, ...) into the efidisk, not a copy
         template = Path(TEMPLATE).read_bytes()
         deadline = time.monotonic() + 60
