@@ -151,7 +151,7 @@ def test_numa_nodes_as_given_with_pves_checks():
 
 def test_stored_only_device_keys_change_nothing():
     base = argv_of({})
-    for key in ("numa0", "ivshmem", "spice_enhancements", "smp"):
+    for key in ("numa0", "spice_enhancements", "smp"):
         assert argv_of({key: GOOD[key]}) == base, key
     assert argv_of({"usb0": "spice"}) == base
 
@@ -178,3 +178,15 @@ def test_bad_rng_and_audio_specs_are_refused():
         LaunchSpec(vmid=100, name="t", memory_mb=64, audio="sb16")
     spec = LaunchSpec(vmid=100, name="t", memory_mb=64, rng=("/dev/urandom", 0, 1000))
     assert LaunchSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_ivshmem_shared_file_as_pve():
+    argv = argv_of({"ivshmem": "size=32,name=shared-1"})
+    assert "memory-backend-file,id=ivshmem,share=on,mem-path=/dev/shm/pve-shm-shared-1," \
+           "size=32M" in values(argv, "-object")
+    assert "ivshmem-plain,memdev=ivshmem,id=ivshmem" in values(argv, "-device")
+    # without a name, the vmid names the file
+    assert "mem-path=/dev/shm/pve-shm-100,size=1M" in ",".join(
+        values(argv_of({"ivshmem": "size=1"}), "-object"))
+    with pytest.raises(ValueError, match="bad ivshmem"):
+        LaunchSpec(vmid=100, name="t", memory_mb=64, ivshmem_size_mb=1, ivshmem_name="../x")

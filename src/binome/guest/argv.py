@@ -37,6 +37,8 @@ Owns the mapping from Proxmox-style devices to QEMU options. Choices, and why:
   Secure Boot code adds SMM and a secure pflash); ``tpmstate0`` a
   ``tpm-tis`` on swtpm's socket; ``rng0`` ``virtio-rng-pci``; ``audio0`` the
   device with a ``none`` backend; ``allow-ksm: 0`` ``mem-merge=off``;
+  ``ivshmem`` an ``ivshmem-plain`` on ``/dev/shm/pve-shm-<name>`` (removed at
+  stop, as PVE);
   ``args`` (root only) appended last.
 * CPU: 'host' exists only with KVM; under TCG it becomes 'max' (everything TCG
   emulates). PVE's flags are QEMU's ``name=on|off``, except ``nested-virt``
@@ -277,6 +279,10 @@ def build_argv(
         if max_bytes:
             dev += f",max-bytes={max_bytes},period={period}"
         argv += ["-object", f"rng-random,filename={source},id=rng0", "-device", dev]
+    if spec.ivshmem_path:
+        argv += ["-object", f"memory-backend-file,id=ivshmem,share=on,"
+                            f"mem-path={spec.ivshmem_path},size={spec.ivshmem_size_mb}M",
+                 "-device", "ivshmem-plain,memdev=ivshmem,id=ivshmem"]
     if spec.audio:
         # the device the guest sees; the host side is always 'none' (no SPICE here)
         argv += ["-audiodev", "none,id=audiodev0"]

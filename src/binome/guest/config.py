@@ -375,7 +375,7 @@ def schema() -> dict[str, Param]:
         "intel-tdx": Param(optional=True, props=TDX_FORMAT, description=(
             "Intel TDX (root only; refused at start: no TDX here).")),
         "ivshmem": Param(optional=True, props=IVSHMEM_FORMAT, description=(
-            "Inter-VM shared memory (root only; stored, not created).")),
+            "Inter-VM shared memory: /dev/shm/pve-shm-NAME (root only).")),
         "audio0": Param(optional=True, props=AUDIO_FORMAT, description=(
             "An audio device (its backend is always 'none': no SPICE here).")),
         "spice_enhancements": Param(optional=True, props=SPICE_ENHANCEMENTS_FORMAT,
@@ -935,6 +935,7 @@ def launch_options(config: dict[str, Any]) -> dict[str, Any]:
     smbios = smbios1_fields(str(c["smbios1"])) if c.get("smbios1") else []
     unavailable_here(c)
     numa_nodes = numa_layout(c)
+    ivshmem = IVSHMEM_FORMAT.parse(str(c["ivshmem"])) if c.get("ivshmem") else None
     rng = RNG_FORMAT.parse(str(c["rng0"])) if c.get("rng0") else None
     audio = AUDIO_FORMAT.parse(str(c["audio0"])) if c.get("audio0") else None
     try:
@@ -963,6 +964,9 @@ def launch_options(config: dict[str, Any]) -> dict[str, Any]:
         "audio": str(audio["device"]) if audio else None,
         "mem_merge": bool(int(c.get("allow-ksm", 1))),
         "numa_nodes": numa_nodes,
+        # PVE: /dev/shm/pve-shm-<name, default the vmid>, removed when the VM stops
+        "ivshmem_size_mb": int(ivshmem["size"]) if ivshmem else None,
+        "ivshmem_name": str(ivshmem["name"]) if ivshmem and ivshmem.get("name") else None,
     }
 
 

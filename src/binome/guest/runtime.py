@@ -127,6 +127,14 @@ class RuntimeStatus:
     exit_reason: str | None
 
 
+def remove_ivshmem(spec: LaunchSpec) -> None:
+    """PVE's vm_stop_cleanup: the ivshmem file goes when the VM stops (VMs that still
+    have it open keep their mapping; a new start gets a new file)."""
+    if spec.ivshmem_path:
+        with contextlib.suppress(OSError):
+            os.unlink(spec.ivshmem_path)
+
+
 class QemuRuntime:
     """Runs and tracks this node's QEMU guests; state lives in ``run_dir``.
 
@@ -358,6 +366,7 @@ class QemuRuntime:
         await self._wait_gone(g.pid, KILL_WAIT)
         await delete_taps(g.taps)
         await stop_swtpm(g.paths)
+        remove_ivshmem(g.spec)
         for path in g.paths.transient():
             path.unlink(missing_ok=True)
 
@@ -404,6 +413,7 @@ class QemuRuntime:
             await g.qmp.disconnect()
             await delete_taps(g.taps)
             await stop_swtpm(g.paths)
+            remove_ivshmem(g.spec)
             for path in g.paths.transient():
                 path.unlink(missing_ok=True)
             write_json(g.paths.last_exit, {"vmid": g.vmid, "reason": reason, "status": status,

@@ -185,6 +185,9 @@ class LaunchSpec:
     mem_merge: bool = True            # PVE allow-ksm: 0 is QEMU's mem-merge=off
     # PVE numaN (with numa): (node id, cpus 'a-b;c', MiB, host nodes 'a-b;c', policy)
     numa_nodes: tuple[tuple[int, str, int, str | None, str | None], ...] = ()
+    # PVE ivshmem: a shared file /dev/shm/pve-shm-<name or vmid> of this size
+    ivshmem_size_mb: int | None = None
+    ivshmem_name: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.vmid, int) or not 100 <= self.vmid <= 999_999_999:
@@ -274,12 +277,24 @@ class LaunchSpec:
                     hostnodes is not None and (not sets.match(hostnodes) or policy not in (
                         "preferred", "bind", "interleave"))):
                 raise ValueError(f"VM {self.vmid}: bad NUMA node {node!r}")
+        if (self.ivshmem_size_mb is not None and self.ivshmem_size_mb < 1) or (
+                self.ivshmem_name is not None
+                and not re.fullmatch(r"[a-zA-Z0-9\-]+", self.ivshmem_name)):
+            raise ValueError(f"VM {self.vmid}: bad ivshmem {self.ivshmem_name!r} "
+                             f"{self.ivshmem_size_mb!r}")
         if self.audio is not None and self.audio not in ("ich9-intel-hda", "intel-hda",
                                                          "AC97"):
             raise ValueError(f"VM {self.vmid}: bad audio device {self.audio!r}")
         if self.tpm_state is not None and (not self.tpm_state.startswith("/")
                                            or any(c in self.tpm_state for c in "\0\n,")):
             raise ValueError(f"VM {self.vmid}: bad TPM state path {self.tpm_state!r}")
+
+    @property
+    def ivshmem_path(self) -> str | None:
+        """PVE's shared memory file of `ivshmem` (None without one)."""
+        if self.ivshmem_size_mb is None:
+            return None
+        return f"/dev/shm/pve-shm-{self.ivshmem_name or self.vmid}"
 
     @property
     def vcpus(self) -> int:

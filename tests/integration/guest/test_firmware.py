@@ -1,12 +1,13 @@
 """Real QEMU with a VM's own EFI vars volume (efidisk0) and a TPM (tpmstate0 + swtpm):
 OVMF boots from Debian's firmware and writes its variables into the volume, the TPM is
 QEMU's tpm-emulator on a real swtpm, and swtpm stops with the guest; the same QEMU has
-the rng0, audio0 and watchdog devices, allow-ksm=0 and numaN nodes, so QEMU accepts
-those options."""
+the rng0, audio0, watchdog and ivshmem devices, allow-ksm=0 and numaN nodes, so QEMU
+accepts those options."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import time
 from pathlib import Path
@@ -40,7 +41,10 @@ async def test_ovmf_with_efidisk_and_swtpm(tmp_path: Path) -> None:
                       watchdog="i6300esb", watchdog_action="reset", mem_merge=False,
                       # and two explicit guest NUMA nodes, one bound to host node 0
                       cores=2, numa=True, numa_nodes=((0, "0", 64, "0", "bind"),
-                                                      (1, "1", 64, None, None)))
+                                                      (1, "1", 64, None, None)),
+                      # and PVE's ivshmem file, removed at stop
+                      ivshmem_size_mb=1, ivshmem_name=f"binome-test-{os.getpid()}")
+    shm = Path(f"/dev/shm/pve-shm-binome-test-{os.getpid()}")
     paths = GuestPaths(tmp_path / "run", 100)
     try:
         await rt.start(spec)
@@ -55,6 +59,7 @@ async def test_ovmf_with_efidisk_and_swtpm(tmp_path: Path) -> None:
         assert (memdevs["ram-node0"]["host-nodes"], memdevs["ram-node0"]["policy"]) == (
             [0], "bind")
         assert memdevs["ram-node1"]["size"] == 64 << 20
+        assert memdevs["ivshmem"]["share"] and shm.stat().st_size == 1 << 20
         # OVMF writes its variables (boot entries, ...) into the efidisk, not a copy
         template = Path(TEMPLATE).read_bytes()
         deadline = time.monotonic() + 60
@@ -68,10 +73,12 @@ async def test_ovmf_with_efidisk_and_swtpm(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "swtpm outlived the guest"
             await asyncio.sleep(0.1)
         assert not paths.tpm_socket.exists()
+        assert not shm.exists()
         # swtpm_setup manufactured a TPM 2.0 in the state volume
         assert tpm_state.read_bytes().strip(b"\0")
     finally:
         if rt.is_running(100):
             await rt.stop(100)
         await stop_swtpm(paths)
+        shm.unlink(missing_ok=True)
         await rt.close()
