@@ -85,6 +85,11 @@ def test_unused_unlink_protection_efidisk_tpm(api, cluster: Cluster) -> None:
     conf = config(api, cluster, vmid)
     assert "virtio0" not in conf and not any(k.startswith("unused") for k in conf)
     assert virtio0 not in images(api, cluster, vmid)
+    # 'cdrom' is PVE's alias of ide2 (media=cdrom added), in a set and in a delete
+    assert api.put(url + "/config", data={"cdrom": "none"}, timeout=30).ok
+    assert config(api, cluster, vmid)["ide2"] == "none,media=cdrom"
+    assert api.put(url + "/config", data={"delete": "cdrom"}, timeout=30).ok
+    assert "ide2" not in config(api, cluster, vmid)
     # the efidisk detached becomes unused0; destroy frees it and the TPM state too
     assert api.put(url + "/config", data={"delete": "efidisk0"}, timeout=30).ok
     assert config(api, cluster, vmid)["unused0"] == efi.group(1)

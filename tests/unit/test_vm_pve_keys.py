@@ -32,8 +32,6 @@ PVE_KEYS = {*PVE_TOP_KEYS, *(f"{p}{i}" for p, n in PVE_ENUMERATED.items() for i 
 NOT_IN_SCHEMA = {
     # written by PVE itself, refused as API input by PVE too (json_config_properties)
     "meta", "runningmachine", "runningcpu", "running-nets-host-mtu",
-    # 'cdrom' is PVE's alias of ide2: binome takes ide2 itself
-    "cdrom",
     # cloud-init: its own work (another branch)
     "citype", "ciuser", "cipassword", "ciupgrade", "cicustom", "searchdomain", "nameserver",
     "sshkeys", *(f"ipconfig{i}" for i in range(32)),
@@ -190,3 +188,10 @@ def test_ivshmem_shared_file_as_pve():
         values(argv_of({"ivshmem": "size=1"}), "-object"))
     with pytest.raises(ValueError, match="bad ivshmem"):
         LaunchSpec(vmid=100, name="t", memory_mb=64, ivshmem_size_mb=1, ivshmem_name="../x")
+
+
+def test_cdrom_is_ide2_with_media_cdrom():
+    assert vmconf.check_params({"cdrom": "local:iso/d.iso"}) == {
+        "ide2": "local:iso/d.iso,media=cdrom"}
+    assert vmconf.check_params({"cdrom": "none,media=cdrom", "ide2": "local:iso/x.iso,"
+                                "media=cdrom"}) == {"ide2": "none,media=cdrom"}

@@ -398,6 +398,8 @@ def schema() -> dict[str, Param]:
     for i in range(MAX_VIRTIOFS):
         keys[f"virtiofs{i}"] = Param(optional=True, props=VIRTIOFS_FORMAT, description=(
             "A host directory over virtio-fs (refused at start: no directory mappings)."))
+    keys["cdrom"] = Param(optional=True, max_length=512, props=DISK_FORMAT, description=(
+        "An alias for ide2 (media=cdrom is added): stored as ide2."))
     keys["efidisk0"] = Param(optional=True, max_length=512, props=EFIDISK_FORMAT, description=(
         "A disk for the EFI vars (bios: ovmf): STORAGE:1 allocates it from the template."))
     keys["tpmstate0"] = Param(optional=True, max_length=512, props=TPMSTATE_FORMAT,
@@ -781,6 +783,11 @@ def validate_changes(changes: dict[str, Any], *, assign_macs: bool = True) -> di
     """
     errors: dict[str, str] = {}
     out: dict[str, Any] = {}
+    if changes.get("cdrom"):
+        # PVE's resolve_cdrom_alias: 'cdrom' is ide2 with media=cdrom, and wins over it
+        changes = dict(changes)
+        value = str(changes.pop("cdrom"))
+        changes["ide2"] = value if "media=" in value else f"{value},media=cdrom"
     for key, value in changes.items():
         try:
             text = str(value)

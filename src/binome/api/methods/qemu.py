@@ -381,7 +381,9 @@ CONFIG_PARAMS = {
 
 def _deletes(params: dict[str, Any]) -> list[str]:
     raw = params.get("delete") or ""
-    keys = [k.strip() for k in raw.replace(";", ",").split(",") if k.strip()]
+    # PVE: deleting 'cdrom' deletes ide2
+    keys = ["ide2" if k.strip() == "cdrom" else k.strip()
+            for k in raw.replace(";", ",").split(",") if k.strip()]
     # 'lock' cannot be set, but deleting it is how an admin unlocks a VM whose
     # operation died half-way (PVE: qm unlock)
     # an unused volume (a rollback's leftover) is removed by deleting its key (PVE)
