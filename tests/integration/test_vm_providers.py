@@ -163,8 +163,8 @@ def test_bpg_create_read_back_start_and_protection(api, cluster: Cluster) -> Non
     # only root@pam sets raw QEMU arguments; unknown keys keep PVE's 400
     r = api.put(url + "/config", data={"args": "-S"}, timeout=30)
     assert r.status_code == 500 and r.reason == "only root can set 'args' config"
-    r = api.put(url + "/config", data={"numa0": "cpus=0"}, timeout=30)
-    assert r.status_code == 400 and r.json()["errors"] == {"numa0": UNDEFINED}
+    r = api.put(url + "/config", data={"numa8": "cpus=0"}, timeout=30)
+    assert r.status_code == 400 and r.json()["errors"] == {"numa8": UNDEFINED}
     r = api.put(url + "/config", data={"boot": "order=scsi1;virtio0"}, timeout=30)
     assert r.status_code == 500 and r.reason == ("invalid bootorder: device 'scsi1' does not "
                                                  "exist'")
@@ -182,13 +182,13 @@ def test_bpg_create_read_back_start_and_protection(api, cluster: Cluster) -> Non
 def test_refused_create_stores_nothing(api, cluster: Cluster) -> None:
     vmid = next_id(api, cluster)
     _, sent = bpg_body(vmid)
-    bad = {**sent, "bios": "uefi", "hotplug": "network,floppy", "numa0": "cpus=0"}
+    bad = {**sent, "bios": "uefi", "hotplug": "network,floppy", "numa8": "cpus=0"}
     r = api.post(f"{base(cluster)}/nodes/n1/qemu", data=urllib.parse.urlencode(bad),
                  headers=FORM, timeout=30)
     assert r.status_code == 400 and r.reason == "Parameter verification failed."
     assert r.json()["errors"] == {
         "bios": "value 'uefi' does not have a value in the enumeration 'seabios, ovmf'",
-        "hotplug": "invalid hotplug feature 'floppy'", "numa0": UNDEFINED}
+        "hotplug": "invalid hotplug feature 'floppy'", "numa8": UNDEFINED}
     # a key only root may set: refused before any task, the vmid stays free
     r = api.post(f"{base(cluster)}/nodes/n1/qemu", data={**sent, "args": "-S"}, timeout=30)
     assert r.status_code == 500 and r.reason == "only root can set 'args' config"

@@ -29,10 +29,16 @@ Owns the mapping from Proxmox-style devices to QEMU options. Choices, and why:
   controller; ``keyboard`` ``-k``; ``localtime``/``startdate``/``tdf``
   ``-rtc``; ``smbios1`` ``-smbios type=1``; ``vmgenid`` a ``vmgenid`` device
   (needs ACPI, so none with ``acpi: 0``); ``balloon`` a ``virtio-balloon-pci``;
-  ``numa: 1`` one node per socket with its share of the memory; ``watchdog``
-  the device and ``-watchdog-action``; ``reboot: 0`` ``-no-reboot``;
-  ``freeze`` ``-S``; ``serialN`` more ports (``isa-serial`` with its index, so
-  ttyS2 stays ttyS2 without ttyS1); ``bios: ovmf`` two pflash drives;
+  ``numa: 1`` the ``numaN`` nodes, or one node per socket with its share of
+  the memory; ``watchdog`` the device and ``-watchdog-action``; ``reboot: 0``
+  ``-no-reboot``; ``freeze`` ``-S``; ``serialN`` more ports (``isa-serial``
+  with its index, so ttyS2 stays ttyS2 without ttyS1); ``bios: ovmf`` two
+  pflash drives (the vars: the VM's ``efidisk0``, else a per-start copy;
+  Secure Boot code adds SMM and a secure pflash); ``tpmstate0`` a
+  ``tpm-tis`` on swtpm's socket; ``rng0`` ``virtio-rng-pci``; ``audio0`` the
+  device with a ``none`` backend; ``allow-ksm: 0`` ``mem-merge=off``;
+  ``ivshmem`` an ``ivshmem-plain`` on ``/dev/shm/pve-shm-<name>`` (removed at
+  stop, as PVE);
   ``args`` (root only) appended last.
 * CPU: 'host' exists only with KVM; under TCG it becomes 'max' (everything TCG
   emulates). PVE's flags are QEMU's ``name=on|off``, except ``nested-virt``
@@ -137,9 +143,21 @@ def _display(spec: LaunchSpec, paths: GuestPaths) -> list[str]:
 
 
 def _numa(spec: LaunchSpec) -> list[str]:
-    """PVE without numaN keys: one node per socket, its cores, an equal share of memory
-    (the remainder on the last node, as QEMU wants the nodes to add up)."""
+    """PVE's numaN nodes as given (cpus and host nodes as repeated keys); without them
+    one node per socket, its cores, an equal share of memory (the remainder on the last
+    node, as QEMU wants the nodes to add up)."""
     argv: list[str] = []
+    if spec.numa_nodes:
+        for nodeid, cpus, memory, hostnodes, policy in spec.numa_nodes:
+            backend = f"memory-backend-ram,id=ram-node{nodeid},size={memory}M"
+            if hostnodes is not None:
+                backend += "".join(f",host-nodes={h}" for h in hostnodes.split(";"))
+                backend += f",policy={policy}"
+            argv += ["-object", backend, "-numa",
+                     f"node,nodeid={nodeid},"
+                     + ",".join(f"cpus={c}" for c in cpus.split(";"))
+                     + f",memdev=ram-node{nodeid}"]
+        return argv
     share = spec.memory_mb // spec.sockets
     for i in range(spec.sockets):
         size = share if i < spec.sockets - 1 else spec.memory_mb - share * (spec.sockets - 1)
@@ -199,7 +217,9 @@ def build_argv(
         "-name", f"guest={qemu_opt(spec.name)},debug-threads=on",
         "-no-user-config",
         "-nodefaults",
-        "-machine", "q35" if spec.acpi else "q35,acpi=off",
+        "-machine", ",".join(["q35", *([] if spec.acpi else ["acpi=off"]),
+                              *(["smm=on"] if spec.secure_boot else []),
+                              *([] if spec.mem_merge else ["mem-merge=off"])]),
         "-accel", accel,
         "-cpu", cpu_option(spec.cpu, spec.cpu_flags, accel),
         "-smp", f"{online},sockets={spec.sockets},cores={spec.cores},maxcpus={spec.vcpus}",
@@ -211,10 +231,23 @@ def build_argv(
         "-serial", "chardev:serial0",
         "-msg", "timestamp=on",
     ]
-    if spec.ovmf_code and spec.ovmf_vars_template:
-        code, efivars = qemu_opt(spec.ovmf_code), qemu_opt(str(paths.efivars))
+    if spec.ovmf_code and (spec.ovmf_vars_template or spec.efivars_source):
+        code = qemu_opt(spec.ovmf_code)
+        if spec.efivars_source:    # the VM's efidisk0 (PVE's drive-efidisk0)
+            efivars = (f"id=drive-efidisk0,format={spec.efivars_format or 'raw'},"
+                       f"file={qemu_opt(spec.efivars_source)}")
+        else:
+            efivars = f"format=raw,file={qemu_opt(str(paths.efivars))}"
         argv += ["-drive", f"if=pflash,unit=0,format=raw,readonly=on,file={code}",
-                 "-drive", f"if=pflash,unit=1,format=raw,file={efivars}"]
+                 "-drive", f"if=pflash,unit=1,{efivars}"]
+        if spec.secure_boot:
+            # the secboot build keeps its vars behind SMM: only SMM code may write them
+            argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+    if spec.tpm_state:
+        # PVE: tpm-tis for both versions (swtpm's --tpm2 decides), swtpm on a socket
+        argv += ["-chardev", f"socket,id=tpmchar,path={qemu_opt(str(paths.tpm_socket))}",
+                 "-tpmdev", "emulator,id=tpmdev,chardev=tpmchar",
+                 "-device", "tpm-tis,tpmdev=tpmdev"]
     if spec.numa:
         argv += _numa(spec)
     if spec.uuid:
@@ -239,6 +272,26 @@ def build_argv(
         argv += ["-device", f"{spec.watchdog},id=watchdog0"]
         if spec.watchdog_action:
             argv += ["-watchdog-action", spec.watchdog_action]
+    if spec.rng:
+        # PVE's RNG.pm: rng-random on the host source, a virtio-rng-pci rate-limited
+        source, max_bytes, period = spec.rng
+        dev = "virtio-rng-pci,rng=rng0,id=rng0"
+        if max_bytes:
+            dev += f",max-bytes={max_bytes},period={period}"
+        argv += ["-object", f"rng-random,filename={source},id=rng0", "-device", dev]
+    if spec.ivshmem_path:
+        argv += ["-object", f"memory-backend-file,id=ivshmem,share=on,"
+                            f"mem-path={spec.ivshmem_path},size={spec.ivshmem_size_mb}M",
+                 "-device", "ivshmem-plain,memdev=ivshmem,id=ivshmem"]
+    if spec.audio:
+        # the device the guest sees; the host side is always 'none' (no SPICE here)
+        argv += ["-audiodev", "none,id=audiodev0"]
+        if spec.audio == "AC97":
+            argv += ["-device", "AC97,id=audiodev0-dev,audiodev=audiodev0"]
+        else:
+            argv += ["-device", f"{spec.audio},id=audiodev0-hda",
+                     "-device", "hda-duplex,id=audiodev0-codec0,bus=audiodev0-hda.0,"
+                                "cad=0,audiodev=audiodev0"]
     argv += _serials(spec, paths)
     argv += ["-boot", "strict=on,reboot-timeout=1000" if boot else "reboot-timeout=1000"]
     if spec.kernel:

@@ -308,6 +308,9 @@ class Backups:
             size = entry.size or await storage.size(entry.volid)
             task.log(f"INFO: include disk '{entry.key}' '{entry.volid}' {human_size(size)}")
             disks.append(_Disk(entry.key, entry.volid, source.source, source.format or "raw"))
+        for entry in vmconf.special_drives(config):
+            task.log(f"INFO: exclude '{entry.key}' '{entry.volid}' (not backed up by binome "
+                     f"yet; a restore leaves it out)")
         if not disks:
             raise GuestFailure("no disks to back up")
         return disks
@@ -785,6 +788,12 @@ class Backups:
             new: dict[str, Any] = {}
             for key, value in backed_up.items():
                 if key in ("lock",):
+                    continue
+                if key in vmconf.SPECIAL_DRIVES:
+                    # efidisk0 / tpmstate0 are not in binome's archives yet: the restored
+                    # VM must not point at the original VM's volume (a fresh EFI vars copy
+                    # per start, no TPM, until they are set again)
+                    task.warn(f"{key} is not restored (not in the archive): left out")
                     continue
                 if vmconf.is_disk_key(key):
                     disk = vmconf.parse_disk(key, str(value))

@@ -39,14 +39,25 @@ from binome.guest.options import (
     _SERIAL,
     _UUID_RE,
     AGENT_FORMAT,
+    AUDIO_FORMAT,
     BUILTIN_CPU_MODELS,
     CPU_FORMAT,
+    HOSTPCI_FORMAT,
+    IVSHMEM_FORMAT,
     KEYMAPS,
     MACHINE_FORMAT,
+    NUMA_NODE_FORMAT,
     OSTYPES,
+    PARALLEL,
+    RNG_FORMAT,
     SCSI_HW,
+    SEV_FORMAT,
     SMBIOS1_FORMAT,
+    SPICE_ENHANCEMENTS_FORMAT,
+    TDX_FORMAT,
+    USB_FORMAT,
     VGA_FORMAT,
+    VIRTIOFS_FORMAT,
     WATCHDOG_FORMAT,
     WINDOWS_OSTYPES,
     parse_cpu,
@@ -63,6 +74,12 @@ from binome.schema import (
 DISK_BUSES: dict[str, int] = {"virtio": 16, "scsi": 31, "ide": 4, "sata": 6}
 MAX_NETS = 32
 MAX_SERIALS = 4
+MAX_UNUSED = 256
+MAX_NUMA_NODES = 8
+MAX_USB = 14
+MAX_HOSTPCI = 16
+MAX_PARALLEL = 3
+MAX_VIRTIOFS = 10
 NIC_MODELS = ("virtio", "e1000", "rtl8139")
 MAC_PREFIX = "BC:24:11"
 DISK_OPTIONS = {"size", "cache", "discard", "iothread", "ssd", "media", "backup", "format",
@@ -97,8 +114,36 @@ def is_disk_key(key: str) -> bool:
 
 
 def is_unused_key(key: str) -> bool:
-    """`unusedN`: a volume of the VM no drive uses (left by a snapshot rollback)."""
-    return re.fullmatch(r"unused(0|[1-9]\d*)", key) is not None
+    """`unusedN` (0-255): a volume of the VM no drive uses (a detached disk, a
+    rollback's leftover)."""
+    m = re.fullmatch(r"unused(0|[1-9]\d*)", key)
+    return m is not None and int(m.group(1)) < MAX_UNUSED
+
+
+def is_owned_volume(vmid: int, volid: str) -> bool:
+    """PVE's vm_is_volid_owner: the volume's name says it belongs to `vmid`
+    ('local:100/vm-100-disk-0.raw', 'rep:vm-100-disk-1'); others (ISOs, another VM's
+    disk, a shared base) are never freed or registered as unused on its behalf."""
+    name = volid.partition(":")[2]
+    return re.search(rf"(?:^|/)vm-{vmid}-disk-\d+(?:\.\w+)?$", name) is not None
+
+
+def add_unused_volume(config: dict[str, Any], volid: str) -> str | None:
+    """GuestHelpers/AbstractConfig::add_unused_volume: record `volid` under the lowest
+    free `unusedN` key (None if it is already recorded); ValueError with PVE's text when
+    all 256 are taken."""
+    free = None
+    for index in range(MAX_UNUSED - 1, -1, -1):
+        key = f"unused{index}"
+        if key in config:
+            if str(config[key]).split(",")[0] == volid:
+                return None
+        else:
+            free = key
+    if free is None:
+        raise ValueError("Too many unused volumes - please delete them first.")
+    config[free] = volid
+    return free
 
 
 def is_net_key(key: str) -> bool:
@@ -134,6 +179,30 @@ DISK_FORMAT = PropertyString(keys={
     "aio": Param(optional=True, enum=("native", "threads", "io_uring")),
 }, default_key="file", verify=_check_disk)
 _MAC = Param(optional=True, description="The MAC address (assigned if not given).")
+
+# PVE's efidisk0 and tpmstate0 (QemuServer/Drive.pm $efidisk_fmt, $tpmstate_fmt)
+SPECIAL_DRIVES = ("efidisk0", "tpmstate0")
+TPMSTATE_SIZE = 4 * 1024 * 1024     # PVE's TPMSTATE_DISK_SIZE, raw
+_DRIVE_BASE = {
+    "file": Param(description="The drive's backing volume (STORAGE:VOLNAME), or "
+                              "STORAGE:SIZE to allocate one (the size is ignored)."),
+    "format": Param(optional=True, enum=("raw", "qcow2")),
+    "size": Param(optional=True, description="Disk size (informational)."),
+}
+EFIDISK_FORMAT = PropertyString(keys={
+    **_DRIVE_BASE,
+    "efitype": Param(optional=True, enum=("2m", "4m"), description=(
+        "Size and type of the OVMF EFI vars; '4m' is needed for Secure Boot.")),
+    "pre-enrolled-keys": Param(type="boolean", optional=True, description=(
+        "With efitype=4m: vars with Microsoft and distribution keys enrolled "
+        "(Secure Boot on).")),
+    "ms-cert": Param(optional=True, enum=("2011", "2023", "2023w", "2023k")),
+}, default_key="file")
+TPMSTATE_FORMAT = PropertyString(keys={
+    **_DRIVE_BASE,
+    "version": Param(optional=True, enum=("v1.2", "v2.0"),
+                     description="TPM interface version (cannot be changed later)."),
+}, default_key="file")
 NET_FORMAT = PropertyString(keys={
     **{model: _MAC for model in NIC_MODELS},
     "model": Param(optional=True, enum=NIC_MODELS, description="NIC model (or MODEL=MAC)."),
@@ -296,6 +365,45 @@ def schema() -> dict[str, Param]:
         keys[key] = Param(optional=True, max_length=512, props=DISK_FORMAT, description=(
             f"Disk {key}: STORAGE:SIZE_GiB to allocate, or a volume "
             f"'STORAGE:VOLNAME[,size=..][,cache=..][,media=cdrom]'."))
+    keys.update({
+        "smp": Param(type="integer", optional=True, minimum=1,
+                     description="Deprecated: use 'sockets' (stored)."),
+        "allow-ksm": Param(type="boolean", optional=True, description=(
+            "Allow KSM to merge the guest's memory (0: QEMU's mem-merge=off).")),
+        "amd-sev": Param(optional=True, props=SEV_FORMAT, description=(
+            "AMD SEV (root only; refused at start: no SEV here).")),
+        "intel-tdx": Param(optional=True, props=TDX_FORMAT, description=(
+            "Intel TDX (root only; refused at start: no TDX here).")),
+        "ivshmem": Param(optional=True, props=IVSHMEM_FORMAT, description=(
+            "Inter-VM shared memory: /dev/shm/pve-shm-NAME (root only).")),
+        "audio0": Param(optional=True, props=AUDIO_FORMAT, description=(
+            "An audio device (its backend is always 'none': no SPICE here).")),
+        "spice_enhancements": Param(optional=True, props=SPICE_ENHANCEMENTS_FORMAT,
+                                    description="SPICE enhancements (root only; stored: "
+                                                "no SPICE here)."),
+        "rng0": Param(optional=True, props=RNG_FORMAT, description=(
+            "A VirtIO RNG fed from the host's entropy source.")),
+    })
+    for i in range(MAX_NUMA_NODES):
+        keys[f"numa{i}"] = Param(optional=True, props=NUMA_NODE_FORMAT, description=(
+            "A guest NUMA node (with numa: 1)."))
+    for i in range(MAX_USB):
+        keys[f"usb{i}"] = Param(optional=True, props=USB_FORMAT, description=(
+            "A USB device ('spice' is stored; host devices are refused at start)."))
+    for i in range(MAX_HOSTPCI):
+        keys[f"hostpci{i}"] = Param(optional=True, props=HOSTPCI_FORMAT, description=(
+            "PCI passthrough (root only; refused at start: no passthrough here)."))
+    for i in range(MAX_PARALLEL):
+        keys[f"parallel{i}"] = PARALLEL
+    for i in range(MAX_VIRTIOFS):
+        keys[f"virtiofs{i}"] = Param(optional=True, props=VIRTIOFS_FORMAT, description=(
+            "A host directory over virtio-fs (refused at start: no directory mappings)."))
+    keys["cdrom"] = Param(optional=True, max_length=512, props=DISK_FORMAT, description=(
+        "An alias for ide2 (media=cdrom is added): stored as ide2."))
+    keys["efidisk0"] = Param(optional=True, max_length=512, props=EFIDISK_FORMAT, description=(
+        "A disk for the EFI vars (bios: ovmf): STORAGE:1 allocates it from the template."))
+    keys["tpmstate0"] = Param(optional=True, max_length=512, props=TPMSTATE_FORMAT,
+                              description="A disk for the TPM state (swtpm), 4 MiB raw.")
     for i in range(MAX_NETS):
         keys[f"net{i}"] = Param(optional=True, max_length=256, props=NET_FORMAT, description=(
             f"NIC net{i}: 'MODEL[=MAC],bridge=BRIDGE[,tag=VLAN]', MODEL in "
@@ -310,8 +418,8 @@ DEFAULTS: dict[str, Any] = {"memory": 512, "cores": 1, "sockets": 1, "cpu": "qem
                             "ostype": "other", "vga": "std"}
 # only root@pam may set these (PVE's check_vm_modify_config_perm: keys outside its tables)
 # ('lock' is not settable at all; deleting it is binome's `qm unlock` for admins)
-ROOT_ONLY = ("affinity", "args", "arch", "hookscript", "hugepages", "keephugepages",
-             "vmgenid")
+ROOT_ONLY = ("affinity", "amd-sev", "args", "arch", "hookscript", "hugepages", "intel-tdx",
+             "ivshmem", "keephugepages", "spice_enhancements", "vmgenid")
 
 
 def root_only(key: str, value: Any) -> str | None:
@@ -320,6 +428,19 @@ def root_only(key: str, value: Any) -> str | None:
         return f"only root can set '{key}' config"
     if re.fullmatch(r"serial\d+", key) and value is not None and str(value) != "socket":
         return f"only root can set '{key}' config for real devices"
+    if re.fullmatch(r"parallel\d+", key):
+        return f"only root can set '{key}' config"
+    if re.fullmatch(r"usb\d+", key) and value is not None:
+        # PVE's check_usb_perm: 'spice' is HW; a host device root's; a mapping needs
+        # Mapping.Use on it, and binome has no mappings (so root's too)
+        try:
+            host = str(USB_FORMAT.parse(str(value)).get("host", ""))
+        except ValueError:
+            host = ""
+        if host.lower() != "spice":
+            return f"only root can set '{key}' config for real devices"
+    if re.fullmatch(r"hostpci\d+", key):
+        return f"only root can set '{key}' config for non-mapped devices"
     return None
 
 
@@ -528,6 +649,53 @@ def parse_disk(key: str, value: str) -> DiskEntry:
     return DiskEntry(key, m.group(1), int(m.group(2)), file, None, props)
 
 
+def is_drive_key(key: str) -> bool:
+    """A key whose value is a drive (a bus disk, efidisk0 or tpmstate0)."""
+    return is_disk_key(key) or key in SPECIAL_DRIVES
+
+
+def parse_special_drive(key: str, value: str) -> DiskEntry:
+    """efidisk0 / tpmstate0: an existing volume or 'STORAGE:SIZE' to allocate (PVE
+    ignores the size: the EFI vars template or 4 MiB decide it)."""
+    fmt = {"efidisk0": EFIDISK_FORMAT, "tpmstate0": TPMSTATE_FORMAT}.get(key)
+    if fmt is None:
+        raise ValueError(f"invalid drive key '{key}'")
+    props = {k: str(v) for k, v in fmt.parse(value).items()}
+    file = props.pop("file", None)
+    if not file:
+        raise ValueError("missing volume")
+    if "size" in props:
+        parse_size(props["size"])
+    if key == "tpmstate0" and props.get("format", "raw") != "raw":
+        raise ValueError("the format of a TPM state is fixed to 'raw'")
+    bus = key[:-1]
+    new = _NEW_DISK_RE.match(file)
+    if new:
+        return DiskEntry(key, bus, 0, None, float(new.group(2)),
+                         {**props, "_storage": new.group(1)})
+    if not _VOLID_RE.match(file):
+        raise ValueError(f"invalid volume '{file}' (expected STORAGE:VOLNAME or STORAGE:SIZE)")
+    return DiskEntry(key, bus, 0, file, None, props)
+
+
+def parse_drive(key: str, value: str) -> DiskEntry:
+    """Any drive key: a bus disk (parse_disk) or efidisk0/tpmstate0."""
+    return parse_special_drive(key, value) if key in SPECIAL_DRIVES else parse_disk(key, value)
+
+
+def special_drives(config: dict[str, Any]) -> list[DiskEntry]:
+    """The VM's efidisk0 / tpmstate0 entries (not among `disks`: QEMU does not see them
+    as disks; pflash and swtpm use them)."""
+    return [parse_special_drive(k, str(config[k])) for k in SPECIAL_DRIVES if config.get(k)]
+
+
+def drive_volumes(config: dict[str, Any]) -> list[DiskEntry]:
+    """Every drive that holds a volume of the VM's own: disks (not CD-ROMs), efidisk0
+    and tpmstate0."""
+    return [d for d in (*disks(config), *special_drives(config))
+            if d.volid and not d.is_cdrom]
+
+
 @dataclass(frozen=True)
 class NetEntry:
     key: str
@@ -615,6 +783,11 @@ def validate_changes(changes: dict[str, Any], *, assign_macs: bool = True) -> di
     """
     errors: dict[str, str] = {}
     out: dict[str, Any] = {}
+    if changes.get("cdrom"):
+        # PVE's resolve_cdrom_alias: 'cdrom' is ide2 with media=cdrom, and wins over it
+        changes = dict(changes)
+        value = str(changes.pop("cdrom"))
+        changes["ide2"] = value if "media=" in value else f"{value},media=cdrom"
     for key, value in changes.items():
         try:
             text = str(value)
@@ -625,8 +798,8 @@ def validate_changes(changes: dict[str, Any], *, assign_macs: bool = True) -> di
             if p is not None and not is_net_key(key):
                 value = p.coerce(value)
                 text = str(value)
-            if is_disk_key(key):
-                parse_disk(key, text)
+            if is_drive_key(key):
+                parse_drive(key, text)
                 out[key] = text
             elif is_net_key(key):
                 out[key] = parse_net(key, text, assign_mac=assign_macs).format()
@@ -767,6 +940,11 @@ def launch_options(config: dict[str, Any]) -> dict[str, Any]:
     vmgenid = str(c.get("vmgenid") or "0")
     watchdog = WATCHDOG_FORMAT.parse(str(c["watchdog"])) if c.get("watchdog") else {}
     smbios = smbios1_fields(str(c["smbios1"])) if c.get("smbios1") else []
+    unavailable_here(c)
+    numa_nodes = numa_layout(c)
+    ivshmem = IVSHMEM_FORMAT.parse(str(c["ivshmem"])) if c.get("ivshmem") else None
+    rng = RNG_FORMAT.parse(str(c["rng0"])) if c.get("rng0") else None
+    audio = AUDIO_FORMAT.parse(str(c["audio0"])) if c.get("audio0") else None
     try:
         args = tuple(shlex.split(str(c.get("args") or "")))
     except ValueError as exc:
@@ -788,4 +966,62 @@ def launch_options(config: dict[str, Any]) -> dict[str, Any]:
         "no_reboot": not bool(int(c.get("reboot", 1))),
         "freeze": bool(int(c.get("freeze", 0))),
         "args": args,
+        "rng": ((str(rng["source"]), int(rng.get("max_bytes", 1024)),
+                 int(rng.get("period", 1000))) if rng else None),
+        "audio": str(audio["device"]) if audio else None,
+        "mem_merge": bool(int(c.get("allow-ksm", 1))),
+        "numa_nodes": numa_nodes,
+        # PVE: /dev/shm/pve-shm-<name, default the vmid>, removed when the VM stops
+        "ivshmem_size_mb": int(ivshmem["size"]) if ivshmem else None,
+        "ivshmem_name": str(ivshmem["name"]) if ivshmem and ivshmem.get("name") else None,
     }
+
+
+def numa_layout(config: dict[str, Any]) -> tuple[tuple[int, str, int, str | None,
+                                                         str | None], ...]:
+    """PVE's explicit guest NUMA nodes (Memory.pm config): with `numa: 1`, each numaN as
+    (N, cpus 'a-b;c', MiB, host nodes 'a-b;c' or None, policy or None); () when no numaN
+    is set (one node per socket then). ValueError with PVE's texts."""
+    if not int(config.get("numa", 0)):
+        return ()
+    nodes = []
+    total = 0
+    for i in range(MAX_NUMA_NODES):
+        if not config.get(f"numa{i}"):
+            continue
+        numa = NUMA_NODE_FORMAT.parse(str(config[f"numa{i}"]))
+        if not numa.get("memory"):
+            raise ValueError(f"missing NUMA node{i} memory value")
+        memory = int(float(numa["memory"]))
+        total += memory
+        hostnodes = numa.get("hostnodes")
+        if hostnodes is not None and not numa.get("policy"):
+            raise ValueError(f"you need to define a policy for hostnode "
+                             f"{str(hostnodes).replace(';', ',')}")
+        nodes.append((i, str(numa["cpus"]), memory,
+                      str(hostnodes) if hostnodes is not None else None,
+                      str(numa["policy"]) if hostnodes is not None else None))
+    if nodes and total != int(config.get("memory", DEFAULTS["memory"])):
+        raise ValueError("total memory for NUMA nodes must be equal to vm static memory")
+    return tuple(nodes)
+
+
+def unavailable_here(config: dict[str, Any]) -> None:
+    """ValueError (a clear start failure) for keys a VM cannot run without and binome
+    cannot provide: host device passthrough, confidential computing, virtio-fs."""
+    reasons = []
+    for key in sorted(config):
+        if re.fullmatch(r"hostpci\d+", key):
+            reasons.append(f"{key}: PCI passthrough is not available on binome nodes")
+        elif re.fullmatch(r"usb\d+", key):
+            host = str(USB_FORMAT.parse(str(config[key])).get("host") or "")
+            if host.lower() != "spice":     # spice: a redirection slot, no SPICE here
+                reasons.append(f"{key}: USB passthrough is not available on binome nodes")
+        elif re.fullmatch(r"parallel\d+", key):
+            reasons.append(f"{key}: host parallel ports are not passed through here")
+        elif re.fullmatch(r"virtiofs\d+", key):
+            reasons.append(f"{key}: virtio-fs directory mappings are not available here")
+        elif key in ("amd-sev", "intel-tdx"):
+            reasons.append(f"{key}: confidential computing is not available on binome nodes")
+    if reasons:
+        raise ValueError("; ".join(reasons))

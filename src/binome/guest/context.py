@@ -74,9 +74,9 @@ class GuestContext:
         second are activated on the node that runs the guest (replicated volumes)."""
         local: list[dict[str, Any]] = []
         per_node: list[str] = []
-        for d in vmconf.disks(vm.config):
-            if not d.volid or d.is_cdrom:
-                continue   # ISO images and kernels must exist on the target: checked there
+        # ISO images and kernels must exist on the target: checked there
+        for d in vmconf.drive_volumes(vm.config):    # disks, efidisk0, tpmstate0
+            assert d.volid is not None
             storage = await self.storages.for_volid(d.volid)
             if storage.per_node_activation:
                 per_node.append(d.volid)

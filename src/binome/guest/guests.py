@@ -118,9 +118,12 @@ class GuestService:
         return await self.configs.next_free_vmid(start)
 
     async def update(self, vmid: int, changes: dict[str, Any], delete: list[str],
-                     digest: str | None, *, task: Task | None = None) -> VmConfig:
-        """Apply config changes; `digest` (if given) must match the current config."""
-        return await self.lifecycle.update(vmid, changes, delete, digest, task=task)
+                     digest: str | None, *, task: Task | None = None,
+                     force: bool = False) -> VmConfig:
+        """Apply config changes; `digest` (if given) must match the current config.
+        Deleted drives become `unusedN`, or are freed with `force`."""
+        return await self.lifecycle.update(vmid, changes, delete, digest, task=task,
+                                           force=force)
 
     # ------------------------------------------------------------ lifecycle
     async def create(self, task: Task, vmid: int, settings: dict[str, Any],

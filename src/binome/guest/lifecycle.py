@@ -11,6 +11,7 @@ before it allocates disks, and removes both if it fails.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import uuid
@@ -40,8 +41,65 @@ def ovmf_firmware(node: str) -> dict[str, str]:
                        f"package 'ovmf'), which is not installed on node '{node}'")
 
 
+# Debian's OVMF builds for an efidisk0 (PVE's OVMF.pm table, Debian's file names):
+# (efitype, pre-enrolled-keys) -> (code, vars template); secure boot needs SMM
+OVMF_FOR_EFIDISK = {
+    ("2m", False): ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+    ("4m", False): ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+    ("4m", True): ("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+                   "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"),
+}
+
+
+def efi_files(options: dict[str, Any], node: str) -> tuple[str, str]:
+    """(OVMF code, vars template) for an efidisk0's efitype / pre-enrolled-keys (keys
+    are only enrolled with 4m, as PVE); GuestFailure if the firmware is missing."""
+    efitype = str(options.get("efitype") or "2m")
+    keys_on = str(options.get("pre-enrolled-keys", "0")) in ("1", "True", "true")
+    code, template = OVMF_FOR_EFIDISK[(efitype, keys_on and efitype == "4m")]
+    for path in (code, template):
+        if not os.path.exists(path):
+            raise GuestFailure(f"EFI image '{path}' not found on node '{node}' (Debian "
+                               f"package 'ovmf')")
+    return code, template
+
+
+def efi_vars_template(options: dict[str, Any], node: str) -> str:
+    return efi_files(options, node)[1]
+
+
+async def write_volume(storage: Any, volid: str, image: str, fmt: str) -> None:
+    """Copy a raw image file into a volume through the storage's own source (a file or
+    NBD export), activating a per-node volume for the copy and releasing it after."""
+    activated = await storage.activate_volume(volid)
+    try:
+        src = storage.source(volid)
+        proc = await asyncio.create_subprocess_exec(
+            "qemu-img", "convert", "-q", "-n", "-f", "raw", "-O", src.format or "raw",
+            image, src.source, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise GuestFailure(f"cannot write {image} to {volid}: "
+                               f"{err.decode(errors='replace').strip()}")
+    finally:
+        if activated:
+            with contextlib.suppress(Exception):
+                await storage.deactivate_volume(volid)
+
+
 def launch_options(node: str, config: dict[str, Any]) -> dict[str, Any]:
     options = vmconf.launch_options(config)
+    if options["rng"] and not os.path.exists(options["rng"][0]):
+        raise GuestFailure(f"rng0: node '{node}' has no {options['rng'][0]}")
+    for _, _, _, hostnodes, _ in options["numa_nodes"]:
+        for part in (hostnodes or "").split(";"):
+            if not part:
+                continue
+            first, _, last = part.partition("-")
+            for i in range(int(first), int(last or first) + 1):
+                if not os.path.isdir(f"/sys/devices/system/node/node{i}"):
+                    raise GuestFailure(f"host NUMA node{i} doesn't exist")   # PVE's text
     if config.get("bios") == "ovmf":
         options.update(ovmf_firmware(node))
     return options
@@ -54,13 +112,76 @@ def owned_volumes(config: dict[str, Any], snapshots: dict[str, dict[str, Any]]
     (PVE's destroy frees them all)."""
     out: dict[str, str] = {}
     for conf in (config, *snapshots.values()):
-        for disk in vmconf.disks(conf):
-            if disk.volid and not disk.is_cdrom:
-                out.setdefault(disk.volid, disk.key)
+        for disk in vmconf.drive_volumes(conf):
+            out.setdefault(str(disk.volid), disk.key)
         for key, value in conf.items():
             if vmconf.is_unused_key(key) and value:
                 out.setdefault(str(value).split(",")[0], key)
     return [(key, volid) for volid, key in out.items()]
+
+
+# efidisk0 and tpmstate0 keep their volume (PVE: the TPM version cannot change; a new
+# EFI vars volume is made by deleting the old one first)
+SPECIAL_DRIVES_FIXED = vmconf.SPECIAL_DRIVES
+
+
+def _held_by_snapshot(snapshots: dict[str, dict[str, Any]], volid: str) -> bool:
+    return any(d.volid == volid for snap in snapshots.values()
+               for d in vmconf.drive_volumes(snap))
+
+
+def remove_key(vmid: int, config: dict[str, Any], snapshots: dict[str, dict[str, Any]],
+               key: str, *, force: bool = False) -> list[str]:
+    """Delete `key` from `config` as PVE's update does (pure); the volids to free.
+
+    - `unusedN`: the volume is freed (refused while a snapshot holds it);
+    - a drive (disk, efidisk0, tpmstate0): its own volume moves to the lowest free
+      `unusedN`, or with `force` is freed (refused while a snapshot holds it); a CD-ROM,
+      or a volume another VM owns, just leaves the config;
+    - a drive or NIC leaves the boot order too.
+    ValueError with PVE's text when `protection` is set or a snapshot holds the volume."""
+    value = str(config[key])
+    freed: list[str] = []
+    if vmconf.is_unused_key(key):
+        volid = value.split(",")[0]
+        protected = vmconf.protection_error(config, f"can't remove unused disk '{volid}'")
+        if protected:
+            raise ValueError(protected)
+        if vmconf.is_owned_volume(vmid, volid):
+            if _held_by_snapshot(snapshots, volid):
+                raise ValueError(f"unable to delete '{volid}' - volume is still in use "
+                                 f"(snapshot?)")
+            freed.append(volid)
+    elif vmconf.is_drive_key(key):
+        protected = vmconf.protection_error(config, f"can't remove drive '{key}'")
+        if protected:
+            raise ValueError(protected)
+        drive = vmconf.parse_drive(key, value)
+        if drive.volid and not drive.is_cdrom and vmconf.is_owned_volume(vmid, drive.volid):
+            if force:
+                if _held_by_snapshot(snapshots, drive.volid):
+                    raise ValueError(f"unable to delete '{drive.volid}' - volume is still "
+                                     f"in use (snapshot?)")
+                freed.append(drive.volid)
+            else:
+                vmconf.add_unused_volume(config, drive.volid)
+    config.pop(key)
+    if vmconf.is_drive_key(key) or vmconf.is_net_key(key):
+        vmconf.drop_from_boot_order(config, key)
+    return freed
+
+
+def detach_replaced(vmid: int, config: dict[str, Any], key: str, value: str) -> None:
+    """A drive set to another volume: the old one, if the VM owns it, becomes unusedN
+    (PVE's vmconfig_register_unused_drive)."""
+    try:
+        old = vmconf.parse_drive(key, str(config[key]))
+        new = vmconf.parse_drive(key, value)
+    except ValueError:
+        return
+    if old.volid and old.volid != new.volid and not old.is_cdrom \
+            and vmconf.is_owned_volume(vmid, old.volid):
+        vmconf.add_unused_volume(config, old.volid)
 
 
 class Lifecycle:
@@ -68,8 +189,10 @@ class Lifecycle:
         self.ctx = ctx
 
     async def update(self, vmid: int, changes: dict[str, Any], delete: list[str],
-                     digest: str | None, *, task: Task | None = None) -> VmConfig:
-        """Apply config changes; `digest` (if given) must match the current config."""
+                     digest: str | None, *, task: Task | None = None,
+                     force: bool = False) -> VmConfig:
+        """Apply config changes; `digest` (if given) must match the current config.
+        A deleted drive's volume becomes `unusedN`, or is freed with `force` (PVE)."""
         async with self.ctx.lock(vmid):
             vm = await self.ctx.read(vmid)
             if digest and digest != vm.digest:
@@ -80,35 +203,35 @@ class Lifecycle:
             if vm.config.get("template") and any(vmconf.is_disk_key(k) for k in changes):
                 raise GuestFailure("you can't change disks of a template")
             new = dict(vm.config)
+            running = self.ctx.runtime.is_running(vmid)
             freed: list[str] = []
             for key in delete:
                 if key not in new:
                     continue
-                if vmconf.is_unused_key(key):
-                    volid = self._unused_to_free(vm, str(new[key]))
-                    protected = vmconf.protection_error(
-                        vm.config, f"can't remove unused disk '{volid}'")
+                if vmconf.is_drive_key(key) and running:
+                    protected = vmconf.protection_error(vm.config,
+                                                        f"can't remove drive '{key}'")
                     if protected:
                         raise GuestFailure(protected)
-                    freed.append(volid)
-                if vmconf.is_disk_key(key):
-                    protected = vmconf.protection_error(vm.config, f"can't remove drive '{key}'")
-                    if protected:
-                        raise GuestFailure(protected)
-                    if self.ctx.runtime.is_running(vmid):
-                        raise GuestFailure(f"cannot remove disk {key} of a running VM")
-                new.pop(key)
-                if vmconf.is_disk_key(key) or vmconf.is_net_key(key):
-                    vmconf.drop_from_boot_order(new, key)
+                    raise GuestFailure(f"cannot remove disk {key} of a running VM")
+                try:
+                    freed += remove_key(vmid, new, vm.snapshots, key, force=force)
+                except ValueError as exc:
+                    raise GuestFailure(str(exc)) from None
             allocated = []
             try:
                 for key, value in changes.items():
-                    if vmconf.is_disk_key(key):
+                    if vmconf.is_drive_key(key):
+                        if key in SPECIAL_DRIVES_FIXED and key in vm.config:
+                            raise GuestFailure(f"{key} cannot be replaced: delete it first")
                         value, vol = await self._materialize_disk(vmid, key, str(value))
                         if vol:
                             allocated.append(vol)
                             if task:
                                 task.log(f"{key}: allocated {vol}")
+                        if key in new:
+                            # PVE: a drive given another volume leaves the old one unused
+                            detach_replaced(vmid, new, key, str(value))
                     new[key] = value
                 if "boot" in changes:
                     try:
@@ -129,25 +252,16 @@ class Lifecycle:
                 try:
                     await (await self.ctx.storages.for_volid(volid)).free(volid)
                     if task:
-                        task.log(f"removed unused volume {volid}")
+                        task.log(f"removed volume {volid}")
                 except StorageError as exc:
                     if task:
                         task.warn(f"could not remove unused volume {volid}: {exc}")
             return written
 
-    def _unused_to_free(self, vm: VmConfig, volid: str) -> str:
-        """The volume an `unusedN` key names, refused (PVE's text) while a snapshot
-        still holds it."""
-        volid = volid.split(",")[0]
-        if any(d.volid == volid for snap in vm.snapshots.values()
-               for d in vmconf.disks(snap)):
-            raise GuestFailure(f"unable to delete '{volid}' - volume is still in use "
-                               f"(snapshot?)")
-        return volid
-
     async def _materialize_disk(self, vmid: int, key: str, value: str) -> tuple[str, str | None]:
-        """'local:4' -> allocate 4 GiB and return the volume's config value."""
-        disk = vmconf.parse_disk(key, value)
+        """'local:4' -> allocate 4 GiB and return the volume's config value (efidisk0:
+        the EFI vars template, written in; tpmstate0: 4 MiB, as PVE)."""
+        disk = vmconf.parse_drive(key, value)
         if disk.new_size_gib is None:
             if disk.volid:
                 storage = await self.ctx.storages.for_volid(disk.volid)
@@ -157,11 +271,26 @@ class Lifecycle:
         storage_id = options.pop("_storage")
         fmt = options.pop("format", "raw")
         storage = await self.ctx.storages.get(storage_id)
-        size = int(disk.new_size_gib * (1 << 30))
+        template = None
+        if key == "efidisk0":
+            template = efi_vars_template(options, self.ctx.node)
+            size = os.path.getsize(template)
+        elif key == "tpmstate0":
+            size = vmconf.TPMSTATE_SIZE
+        else:
+            if disk.new_size_gib <= 0:
+                raise GuestFailure(f"{key}: size must be positive")
+            size = int(disk.new_size_gib * (1 << 30))
         volid = await storage.alloc(vmid, size, fmt)
+        if template is not None:
+            try:
+                await write_volume(storage, volid, template, fmt)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await storage.free(volid)
+                raise
         options["size"] = vmconf.format_size(size)
         return ",".join([volid, *(f"{k}={v}" for k, v in options.items())]), volid
-
 
     async def create(self, task: Task, vmid: int, settings: dict[str, Any],
                      start: bool = False) -> None:
@@ -174,7 +303,7 @@ class Lifecycle:
         try:
             config: dict[str, Any] = {}
             for key, value in settings.items():
-                if vmconf.is_disk_key(key):
+                if vmconf.is_drive_key(key):
                     value, vol = await self._materialize_disk(vmid, key, str(value))
                     if vol:
                         allocated.append(vol)
@@ -216,7 +345,7 @@ class Lifecycle:
             if protected:
                 raise TaskFailed(protected)
             for key, volid in owned_volumes(vm.config, vm.snapshots):
-                if f"-{vmid}-disk-" not in volid:
+                if not vmconf.is_owned_volume(vmid, volid):
                     task.log(f"{key}: {volid} is not owned by VM {vmid}; kept")
                     continue
                 try:
@@ -240,6 +369,24 @@ class Lifecycle:
             disks.append(DiskSpec(bus=d.bus, index=d.index, source=src.source,
                                   format=src.format, readonly=d.is_cdrom,
                                   cache=d.options.get("cache", "none")))
+        firmware: dict[str, Any] = {}
+        efidisk = next((d for d in vmconf.special_drives(c) if d.key == "efidisk0"), None)
+        if c.get("bios") == "ovmf" and efidisk is not None and efidisk.volid:
+            # the VM's own EFI vars volume replaces the per-start copy of the template
+            code, _ = efi_files(efidisk.options, self.ctx.node)
+            vars_src = (await self.ctx.storages.for_volid(efidisk.volid)).source(efidisk.volid)
+            firmware = {"ovmf_code": code, "ovmf_vars_template": None,
+                        "efivars_source": vars_src.source,
+                        "efivars_format": vars_src.format,
+                        "secure_boot": code.endswith(".secboot.fd")}
+        tpm = next((d for d in vmconf.special_drives(c) if d.key == "tpmstate0"), None)
+        if tpm is not None and tpm.volid:
+            tpm_src = (await self.ctx.storages.for_volid(tpm.volid)).source(tpm.volid)
+            if tpm_src.source.startswith(("nbd:", "nbd+")) or tpm_src.format != "raw":
+                raise GuestFailure(f"tpmstate0: {tpm.volid} is not a raw file on this node; "
+                                   f"swtpm here needs a tpmstate0 on a dir storage")
+            firmware["tpm_state"] = tpm_src.source
+            firmware["tpm_version"] = tpm.options.get("version", "v1.2")
         nics = [NicSpec(index=n.index, model=n.model, mac=n.mac, bridge=n.bridge, tag=n.tag)
                 for n in vmconf.nets(c)]
         kernel = initrd = None
@@ -253,7 +400,8 @@ class Lifecycle:
                               cores=int(c.get("cores", 1)), sockets=int(c.get("sockets", 1)),
                               disks=tuple(disks), nics=tuple(nics),
                               boot=tuple(vmconf.boot_order(c)), kernel=kernel, initrd=initrd,
-                              append=c.get("append"), **launch_options(self.ctx.node, c))
+                              append=c.get("append"),
+                              **{**launch_options(self.ctx.node, c), **firmware})
         except ValueError as exc:
             raise GuestFailure(f"VM {vm.vmid}: {exc}") from None
 
@@ -349,8 +497,8 @@ class Lifecycle:
                 # like PVE's clone: no snapshot keys (the copy has no snapshots)
                 if key in ("template", "smbios1", *vmconf.INTERNAL_KEYS):
                     continue
-                if vmconf.is_disk_key(key):
-                    disk = vmconf.parse_disk(key, str(value))
+                if vmconf.is_drive_key(key):
+                    disk = vmconf.parse_drive(key, str(value))
                     if disk.volid and not disk.is_cdrom:
                         storage = await self.ctx.storages.for_volid(disk.volid)
                         volid = await storage.copy(disk.volid, newid)

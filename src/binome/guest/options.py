@@ -226,3 +226,80 @@ WATCHDOG_FORMAT = PropertyString(keys={
 _SERIAL = Param(optional=True, pattern=r"(/dev/[^,]+|socket)",
                 description="A serial port: 'socket' (a unix socket on the host) or a host "
                             "device /dev/... (root only).")
+
+# ---------------------------------------------------------------- devices (qemu-server
+# Memory.pm numa_fmt, RNG.pm, USB.pm, PCI.pm, Virtiofs.pm, QemuServer.pm, CPUConfig.pm)
+# No `default=` on their keys: a value is stored as given, as PVE does (the defaults
+# apply where the value is used)
+_NUMBER_SETS = r"\d+(?:-\d+)?(?:;\d+(?:-\d+)?)*"
+NUMA_NODE_FORMAT = PropertyString(keys={
+    "cpus": Param(pattern=_NUMBER_SETS, description="CPUs accessing this NUMA node."),
+    "memory": Param(type="number", optional=True, description="Memory of this node (MiB)."),
+    "hostnodes": Param(optional=True, pattern=_NUMBER_SETS, description="Host NUMA nodes."),
+    "policy": Param(optional=True, enum=("preferred", "bind", "interleave")),
+})
+RNG_FORMAT = PropertyString(keys={
+    "source": Param(enum=("/dev/urandom", "/dev/random", "/dev/hwrng"),
+                    description="The host's entropy source."),
+    "max_bytes": Param(type="integer", optional=True,
+                       description="Maximum bytes of entropy per 'period' (0: no limit)."),
+    "period": Param(type="integer", optional=True,
+                    description="Every 'period' ms the guest may take 'max_bytes' more."),
+}, default_key="source")
+_USB_ID = r"(0x)?([0-9A-Fa-f]{4}):(0x)?([0-9A-Fa-f]{4})"
+_USB_PATH = r"(\d+)\-(\d+(\.\d+)*)"
+USB_FORMAT = PropertyString(keys={
+    "host": Param(optional=True, pattern=f"(?:(?:{_USB_ID})|(?:{_USB_PATH})|[Ss][Pp][Ii][Cc][Ee])",
+                  description="Host USB device or port, or 'spice'."),
+    "mapping": Param(optional=True, format="pve-configid",
+                     description="A cluster-wide USB mapping."),
+    "usb3": Param(type="boolean", optional=True),
+}, default_key="host")
+_PCI = r"(?:[a-f0-9]{4,}:)?[a-f0-9]{2}:[a-f0-9]{2}(?:\.[a-f0-9])?"
+_PCI_ID = r"0x[0-9a-fA-F]{4}"
+HOSTPCI_FORMAT = PropertyString(keys={
+    "host": Param(optional=True, pattern=f"{_PCI}(;{_PCI})*",
+                  description="Host PCI device(s)."),
+    "mapping": Param(optional=True, format="pve-configid",
+                     description="A cluster-wide PCI mapping."),
+    "rombar": Param(type="boolean", optional=True),
+    "romfile": Param(optional=True, pattern=r"[^,;]+"),
+    "pcie": Param(type="boolean", optional=True),
+    "x-vga": Param(type="boolean", optional=True),
+    "legacy-igd": Param(type="boolean", optional=True),
+    "mdev": Param(optional=True, pattern=r"[^/\.:]+"),
+    "vendor-id": Param(optional=True, pattern=_PCI_ID),
+    "device-id": Param(optional=True, pattern=_PCI_ID),
+    "sub-vendor-id": Param(optional=True, pattern=_PCI_ID),
+    "sub-device-id": Param(optional=True, pattern=_PCI_ID),
+    "driver": Param(optional=True, enum=("vfio", "keep")),
+}, default_key="host")
+VIRTIOFS_FORMAT = PropertyString(keys={
+    "dirid": Param(format="pve-configid", description="A directory mapping."),
+    "cache": Param(optional=True, enum=("auto", "always", "metadata", "never")),
+    "direct-io": _BOOL, "expose-xattr": _BOOL, "expose-acl": _BOOL,
+}, default_key="dirid")
+IVSHMEM_FORMAT = PropertyString(keys={
+    "size": Param(type="integer", minimum=1, description="Size of the file in MB."),
+    "name": Param(optional=True, pattern=r"[a-zA-Z0-9\-]+"),
+})
+AUDIO_FORMAT = PropertyString(keys={
+    "device": Param(enum=("ich9-intel-hda", "intel-hda", "AC97")),
+    "driver": Param(optional=True, enum=("spice", "none")),
+})
+SPICE_ENHANCEMENTS_FORMAT = PropertyString(keys={
+    "foldersharing": Param(type="boolean", optional=True),
+    "videostreaming": Param(optional=True, enum=("off", "all", "filter")),
+})
+SEV_FORMAT = PropertyString(keys={
+    "type": Param(enum=("std", "es", "snp"), max_length=3),
+    "no-debug": _BOOL, "no-key-sharing": _BOOL, "allow-smt": _BOOL, "kernel-hashes": _BOOL,
+}, default_key="type")
+TDX_FORMAT = PropertyString(keys={
+    "type": Param(enum=("tdx",)),
+    "attestation": _BOOL,
+    "vsock-cid": Param(type="integer", optional=True, minimum=2),
+    "vsock-port": Param(type="integer", optional=True, minimum=0),
+}, default_key="type")
+PARALLEL = Param(optional=True, pattern=r"/dev/parport\d+|/dev/usb/lp\d+",
+                 description="A host parallel device (root only).")

@@ -9,6 +9,8 @@ cleanup agree:
                  and writes ttyS0); ``.serial1``-``.serial3`` the sockets of
                  ``serialN: socket`` ports;
 * ``.efivars.fd`` OVMF's writable vars (``bios: ovmf``; reset at each start);
+* ``.tpm``, ``.tpm.pid``, ``.tpm.log`` swtpm's control socket, pid and log
+                 (``tpmstate0``);
 * ``.vnc``       VNC server socket (only with a display device);
 * ``.json``      the runtime's record of the running guest (spec, pids,
                  taps, requested action): what a restarted daemon adopts;
@@ -59,6 +61,18 @@ class GuestPaths:
     def efivars(self) -> Path:
         """The OVMF vars copy of a guest without an efidisk (PVE's temporary efivars)."""
         return self._p(".efivars.fd")
+
+    @property
+    def tpm_socket(self) -> Path:
+        return self._p(".tpm")
+
+    @property
+    def tpm_pid(self) -> Path:
+        return self._p(".tpm.pid")
+
+    @property
+    def tpm_log(self) -> Path:
+        return self._p(".tpm.log")
 
     @property
     def state(self) -> Path:

@@ -87,6 +87,7 @@ from binome.guest.running import (
     write_json,
 )
 from binome.guest.spec import LaunchSpec
+from binome.guest.tpm import start_swtpm, stop_swtpm
 
 __all__ = ["GuestError", "QemuRuntime", "RuntimeStatus"]
 
@@ -124,6 +125,14 @@ class RuntimeStatus:
     netin: int
     netout: int
     exit_reason: str | None
+
+
+def remove_ivshmem(spec: LaunchSpec) -> None:
+    """PVE's vm_stop_cleanup: the ivshmem file goes when the VM stops (VMs that still
+    have it open keep their mapping; a new start gets a new file)."""
+    if spec.ivshmem_path:
+        with contextlib.suppress(OSError):
+            os.unlink(spec.ivshmem_path)
 
 
 class QemuRuntime:
@@ -293,6 +302,8 @@ class QemuRuntime:
             write_json(paths.state, g.record())
             try:
                 await create_taps(vmid, spec.nics)
+                if spec.tpm_state and spec.tpm_version:
+                    await start_swtpm(paths, spec.tpm_state, spec.tpm_version)
                 await self._spawn(g)
             except BaseException:
                 await asyncio.shield(self._abort_start(g))
@@ -354,6 +365,8 @@ class QemuRuntime:
                 await asyncio.to_thread(g.popen.wait, KILL_WAIT)
         await self._wait_gone(g.pid, KILL_WAIT)
         await delete_taps(g.taps)
+        await stop_swtpm(g.paths)
+        remove_ivshmem(g.spec)
         for path in g.paths.transient():
             path.unlink(missing_ok=True)
 
@@ -399,6 +412,8 @@ class QemuRuntime:
                                    log_text=log_tail(g.paths.log))
             await g.qmp.disconnect()
             await delete_taps(g.taps)
+            await stop_swtpm(g.paths)
+            remove_ivshmem(g.spec)
             for path in g.paths.transient():
                 path.unlink(missing_ok=True)
             write_json(g.paths.last_exit, {"vmid": g.vmid, "reason": reason, "status": status,

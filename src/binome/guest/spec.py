@@ -172,6 +172,22 @@ class LaunchSpec:
     ovmf_code: str | None = None      # OVMF firmware (bios: ovmf): code, read-only,
     ovmf_vars_template: str | None = None   # and the vars template the runtime copies
     args: tuple[str, ...] = ()        # root's raw QEMU arguments (PVE 'args')
+    # an efidisk0: the VM's own vars volume (file or NBD URI) instead of the template copy
+    efivars_source: str | None = None
+    efivars_format: str | None = None
+    secure_boot: bool = False         # secboot OVMF code: SMM and a secure pflash
+    # a tpmstate0: swtpm's state file (raw) and the TPM version (v1.2 | v2.0)
+    tpm_state: str | None = None
+    tpm_version: str | None = None
+    # PVE rng0: (host source, max bytes per period, period ms) for a virtio-rng-pci
+    rng: tuple[str, int, int] | None = None
+    audio: str | None = None          # PVE audio0 device (ich9-intel-hda|intel-hda|AC97)
+    mem_merge: bool = True            # PVE allow-ksm: 0 is QEMU's mem-merge=off
+    # PVE numaN (with numa): (node id, cpus 'a-b;c', MiB, host nodes 'a-b;c', policy)
+    numa_nodes: tuple[tuple[int, str, int, str | None, str | None], ...] = ()
+    # PVE ivshmem: a shared file /dev/shm/pve-shm-<name or vmid> of this size
+    ivshmem_size_mb: int | None = None
+    ivshmem_name: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.vmid, int) or not 100 <= self.vmid <= 999_999_999:
@@ -234,8 +250,51 @@ class LaunchSpec:
                              f"{WATCHDOG_MODELS}")
         if self.watchdog_action is not None and self.watchdog_action not in WATCHDOG_ACTIONS:
             raise ValueError(f"VM {self.vmid}: watchdog action {self.watchdog_action!r}")
-        if (self.ovmf_code is None) != (self.ovmf_vars_template is None):
+        has_vars = self.ovmf_vars_template is not None or self.efivars_source is not None
+        if (self.ovmf_code is None) != (not has_vars):
             raise ValueError(f"VM {self.vmid}: OVMF needs both its code and vars files")
+        if self.efivars_source is not None and (
+                any(c in self.efivars_source for c in "\0\n")
+                or (self.efivars_format is None and not is_nbd_uri(self.efivars_source))
+                or (self.efivars_format is not None
+                    and self.efivars_format not in DISK_FORMATS)):
+            raise ValueError(f"VM {self.vmid}: bad EFI vars volume {self.efivars_source!r}")
+        if (self.tpm_state is None) != (self.tpm_version is None) or (
+                self.tpm_version is not None and self.tpm_version not in ("v1.2", "v2.0")):
+            raise ValueError(f"VM {self.vmid}: a TPM needs its state file and a version "
+                             f"v1.2|v2.0")
+        if self.rng is not None:
+            object.__setattr__(self, "rng", tuple(self.rng))
+            source, max_bytes, period = self.rng
+            if source not in ("/dev/urandom", "/dev/random", "/dev/hwrng") \
+                    or max_bytes < 0 or period < 1:
+                raise ValueError(f"VM {self.vmid}: bad rng {self.rng!r}")
+        object.__setattr__(self, "numa_nodes", tuple(tuple(n) for n in self.numa_nodes))
+        sets = re.compile(r"^\d+(-\d+)?(;\d+(-\d+)?)*$")
+        for node in self.numa_nodes:
+            nodeid, cpus, memory, hostnodes, policy = node
+            if not 0 <= nodeid < 8 or not sets.match(cpus) or memory < 1 or (
+                    hostnodes is not None and (not sets.match(hostnodes) or policy not in (
+                        "preferred", "bind", "interleave"))):
+                raise ValueError(f"VM {self.vmid}: bad NUMA node {node!r}")
+        if (self.ivshmem_size_mb is not None and self.ivshmem_size_mb < 1) or (
+                self.ivshmem_name is not None
+                and not re.fullmatch(r"[a-zA-Z0-9\-]+", self.ivshmem_name)):
+            raise ValueError(f"VM {self.vmid}: bad ivshmem {self.ivshmem_name!r} "
+                             f"{self.ivshmem_size_mb!r}")
+        if self.audio is not None and self.audio not in ("ich9-intel-hda", "intel-hda",
+                                                         "AC97"):
+            raise ValueError(f"VM {self.vmid}: bad audio device {self.audio!r}")
+        if self.tpm_state is not None and (not self.tpm_state.startswith("/")
+                                           or any(c in self.tpm_state for c in "\0\n,")):
+            raise ValueError(f"VM {self.vmid}: bad TPM state path {self.tpm_state!r}")
+
+    @property
+    def ivshmem_path(self) -> str | None:
+        """PVE's shared memory file of `ivshmem` (None without one)."""
+        if self.ivshmem_size_mb is None:
+            return None
+        return f"/dev/shm/pve-shm-{self.ivshmem_name or self.vmid}"
 
     @property
     def vcpus(self) -> int:
@@ -261,4 +320,7 @@ class LaunchSpec:
             fields[key] = tuple(fields.get(key, ()))
         for key in ("smbios1", "serials"):
             fields[key] = tuple(tuple(item) for item in fields.get(key, ()))
+        fields["numa_nodes"] = tuple(tuple(n) for n in fields.get("numa_nodes", ()))
+        if fields.get("rng") is not None:
+            fields["rng"] = tuple(fields["rng"])
         return cls(**fields)

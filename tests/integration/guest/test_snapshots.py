@@ -185,9 +185,10 @@ def test_raw_disks_and_locked_vms_are_refused(px, cluster: Cluster, vm: int) -> 
         q.snapshot.post(snapname="s1")
     assert exc.value.status_code == 500
     raw = q.config.get()["virtio1"].split(",")[0]
-    q.config.put(delete="virtio1")
-    # (deleting a disk key does not free its volume in binome yet: not left to later tests)
-    disk_path(cluster, vm).with_name(raw.rsplit("/", 1)[1]).unlink()
+    # force: the volume is freed at once (without it, it would stay as unused0)
+    q.config.put(delete="virtio1", force=1)
+    assert not disk_path(cluster, vm).with_name(raw.rsplit("/", 1)[1]).exists()
+    assert not any(k.startswith("unused") for k in q.config.get())
     task_ok(px, q.snapshot.post(snapname="s1"))
     assert q.config.get()["digest"] != digest
     # a VM locked by an operation that died half-way: PVE's "VM is locked"

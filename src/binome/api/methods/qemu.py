@@ -56,7 +56,14 @@ KEY_PRIVS.update({
     # binome's direct kernel boot: which code the guest runs, from a storage
     "kernel": ("VM.Config.Disk", "VM.Config.HWType"),
     "initrd": ("VM.Config.Disk", "VM.Config.HWType"),
-    "append": ("VM.Config.Disk", "VM.Config.HWType")})
+    "append": ("VM.Config.Disk", "VM.Config.HWType"),
+    # PVE: numaN and smp are CPU options, allow-ksm memory, audio0 / rng0 / usbN (spice)
+    # hardware, virtiofsN a disk (plus Mapping.Use, and binome has no mappings)
+    **{f"numa{i}": ("VM.Config.CPU",) for i in range(vmconf.MAX_NUMA_NODES)},
+    "smp": ("VM.Config.CPU",), "allow-ksm": ("VM.Config.Memory",),
+    "audio0": ("VM.Config.HWType",), "rng0": ("VM.Config.HWType",),
+    **{f"usb{i}": ("VM.Config.HWType",) for i in range(vmconf.MAX_USB)},
+    **{f"virtiofs{i}": ("VM.Config.Disk",) for i in range(vmconf.MAX_VIRTIOFS)}})
 TIMEOUT = Param(type="integer", optional=True, minimum=0, maximum=86400,
                 description="Wait at most this many seconds.")
 SETTABLE = {k: v for k, v in vmconf.SCHEMA.items() if k not in vmconf.INTERNAL_KEYS}
@@ -173,8 +180,8 @@ async def vm_create(ctx: RequestContext, params: dict[str, Any]) -> str:
     # PVE's create_vm: Datastore.AllocateSpace on each new disk's storage
     await _check_storage_access(ctx, new_disk_storages(changes))
     for key, value in changes.items():
-        if vmconf.is_disk_key(key):
-            disk = vmconf.parse_disk(key, str(value))
+        if vmconf.is_drive_key(key):
+            disk = vmconf.parse_drive(key, str(value))
             storage_id = disk.options.get("_storage") or disk.storage
             if storage_id:
                 try:
@@ -353,6 +360,11 @@ async def vm_pending(ctx: RequestContext, params: dict[str, Any]) -> list[dict[s
     return [{"key": k, "value": v} for k, v in sorted(typed_config(vm.config).items())]
 
 
+# PVE's $opt_force_description (API2/Qemu.pm)
+FORCE_DESCRIPTION = ("Force physical removal. Without this, we simple remove the disk from the "
+                     "config file and create an additional configuration entry called "
+                     "'unused[n]', which contains the volume ID. Unlink of unused[n] always "
+                     "cause physical removal.")
 CONFIG_PARAMS = {
     "node": NODE, "vmid": VMID,
     "delete": Param(optional=True, max_length=4096,
@@ -360,6 +372,7 @@ CONFIG_PARAMS = {
     "digest": Param(optional=True, max_length=64,
                     description="Refuse the change if the config digest differs."),
     "revert": Param(optional=True, description="Revert pending changes (none exist)."),
+    "force": Param(type="boolean", optional=True, description=FORCE_DESCRIPTION),
     "skiplock": Param(type="boolean", optional=True, default=False),
     "background_delay": Param(type="integer", optional=True, minimum=1, maximum=30),
     **SETTABLE,
@@ -368,7 +381,9 @@ CONFIG_PARAMS = {
 
 def _deletes(params: dict[str, Any]) -> list[str]:
     raw = params.get("delete") or ""
-    keys = [k.strip() for k in raw.replace(";", ",").split(",") if k.strip()]
+    # PVE: deleting 'cdrom' deletes ide2
+    keys = ["ide2" if k.strip() == "cdrom" else k.strip()
+            for k in raw.replace(";", ",").split(",") if k.strip()]
     # 'lock' cannot be set, but deleting it is how an admin unlocks a VM whose
     # operation died half-way (PVE: qm unlock)
     # an unused volume (a rollback's leftover) is removed by deleting its key (PVE)
@@ -376,6 +391,12 @@ def _deletes(params: dict[str, Any]) -> list[str]:
     if bad:
         raise param_error("delete", f"invalid configuration key '{bad[0]}'")
     return keys
+
+
+def _check_force(params: dict[str, Any]) -> None:
+    if params.get("force") is not None and params.get("delete") is None:
+        # PVE's schema: 'force' requires 'delete'
+        raise param_error("delete", "missing property - 'force' requires this property")
 
 
 async def _apply_config(ctx: RequestContext, params: dict[str, Any],
@@ -388,11 +409,15 @@ async def _apply_config(ctx: RequestContext, params: dict[str, Any],
     await _check_config_privs(ctx, params["vmid"], changes, deletes)
     # PVE's update_vm_api runs the same $check_storage_access as create
     await _check_storage_access(ctx, new_disk_storages(changes))
-    await guests(ctx).update(params["vmid"], changes, deletes, params.get("digest"), task=task)
+    _check_force(params)
+    await guests(ctx).update(params["vmid"], changes, deletes, params.get("digest"), task=task,
+                             force=bool(params.get("force")))
 
 
 def _key_privs(key: str, value: Any) -> tuple[str, ...]:
     if vmconf.is_unused_key(key):
+        return ("VM.Config.Disk",)
+    if key in vmconf.SPECIAL_DRIVES:
         return ("VM.Config.Disk",)
     if vmconf.is_disk_key(key):
         cdrom = value is not None and "media=cdrom" in str(value)
@@ -424,10 +449,10 @@ def new_disk_storages(changes: dict[str, Any]) -> list[str]:
     each new disk (`STORAGE:SIZE`, not a CD-ROM), in key order, each once."""
     out: list[str] = []
     for key in sorted(changes):
-        if not vmconf.is_disk_key(key):
+        if not vmconf.is_drive_key(key):
             continue
         try:
-            disk = vmconf.parse_disk(key, str(changes[key]))
+            disk = vmconf.parse_drive(key, str(changes[key]))
         except ValueError:
             continue                      # validation reports it
         storage = disk.options.get("_storage")
@@ -524,12 +549,31 @@ async def vm_set_config(ctx: RequestContext, params: dict[str, Any]) -> str:
     service = guests(ctx)
     await service.read(params["vmid"])
     # refused before the task, as PVE's checks run before it forks a worker
+    _check_force(params)
     await _check_config_privs(ctx, params["vmid"], _config_changes(params), _deletes(params))
 
     async def body(task: Task) -> None:
         await _apply_config(ctx, params, task)
 
     return _start_task(ctx, "qmconfig", params["vmid"], body)
+
+
+@registry.register(
+    "PUT", "/nodes/{node}/qemu/{vmid}/unlink", name="vm_unlink",
+    permission=privs("VM.Config.Disk", path=VM_PATH), proxyto="node",
+    description="Unlink/delete disk images.",
+    parameters={"node": NODE, "vmid": VMID,
+                "idlist": Param(max_length=4096, description=(
+                    "A list of disk IDs you want to delete.")),
+                "force": Param(type="boolean", optional=True, description=FORCE_DESCRIPTION)},
+    returns={"type": "null"},
+    cli=CliSpec(("vm", "unlink"), positional=("vmid",)),
+)
+async def vm_unlink(ctx: RequestContext, params: dict[str, Any]) -> None:
+    """PVE's unlink: update_vm with delete=idlist (drives become unusedN, or are freed
+    with force; unusedN are freed)."""
+    await _apply_config(ctx, {"node": params["node"], "vmid": params["vmid"],
+                              "delete": params["idlist"], "force": params.get("force")})
 
 
 @registry.register(
