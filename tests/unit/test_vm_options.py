@@ -188,7 +188,7 @@ def test_every_problem_at_once_and_nothing_returned():
 
 
 @pytest.mark.parametrize("key", ["numa0", "hostpci0", "usb0", "efidisk0", "tpmstate0", "rng0",
-                                 "audio0", "ipconfig0", "ciuser", "serial4", "parallel0",
+                                 "audio0", "serial4", "parallel0",
                                  "bogus", "runningmachine", "meta"])
 def test_keys_not_supported_yet_keep_pves_400_text(key):
     assert errors_of({key: "x"}) == {key: UNDEFINED}

@@ -16,6 +16,7 @@ import os
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from binome.guest import cloudinit
 from binome.guest import config as vmconf
 from binome.guest.configs import VmConfig
 from binome.guest.errors import GuestFailure
@@ -50,12 +51,12 @@ def launch_options(node: str, config: dict[str, Any]) -> dict[str, Any]:
 def owned_volumes(config: dict[str, Any], snapshots: dict[str, dict[str, Any]]
                   ) -> list[tuple[str, str]]:
     """(key, volid) of every volume a VM references, once each: its disks (not
-    CD-ROMs), its `unusedN` volumes and the disks only its snapshots still hold
-    (PVE's destroy frees them all)."""
+    CD-ROMs, but its cloud-init drive), its `unusedN` volumes and the disks only its
+    snapshots still hold (PVE's destroy frees them all)."""
     out: dict[str, str] = {}
     for conf in (config, *snapshots.values()):
         for disk in vmconf.disks(conf):
-            if disk.volid and not disk.is_cdrom:
+            if disk.volid and (not disk.is_cdrom or cloudinit.is_cloudinit_volid(disk.volid)):
                 out.setdefault(disk.volid, disk.key)
         for key, value in conf.items():
             if vmconf.is_unused_key(key) and value:
@@ -97,6 +98,9 @@ class Lifecycle:
                         raise GuestFailure(protected)
                     if self.ctx.runtime.is_running(vmid):
                         raise GuestFailure(f"cannot remove disk {key} of a running VM")
+                    ci_volid = str(new[key]).split(",")[0]
+                    if cloudinit.is_cloudinit_volid(ci_volid):
+                        freed.append(ci_volid)   # PVE frees a removed cloud-init drive
                 new.pop(key)
                 if vmconf.is_disk_key(key) or vmconf.is_net_key(key):
                     vmconf.drop_from_boot_order(new, key)
@@ -104,7 +108,7 @@ class Lifecycle:
             try:
                 for key, value in changes.items():
                     if vmconf.is_disk_key(key):
-                        value, vol = await self._materialize_disk(vmid, key, str(value))
+                        value, vol = await self._materialize_disk(vmid, key, str(value), new)
                         if vol:
                             allocated.append(vol)
                             if task:
@@ -145,9 +149,14 @@ class Lifecycle:
                                f"(snapshot?)")
         return volid
 
-    async def _materialize_disk(self, vmid: int, key: str, value: str) -> tuple[str, str | None]:
-        """'local:4' -> allocate 4 GiB and return the volume's config value."""
+    async def _materialize_disk(self, vmid: int, key: str, value: str,
+                                config: dict[str, Any]) -> tuple[str, str | None]:
+        """'local:4' -> allocate 4 GiB and return the volume's config value;
+        'local:cloudinit' -> allocate the VM's cloud-init drive."""
         disk = vmconf.parse_disk(key, value)
+        ci_storage = cloudinit.cloudinit_request(disk.volid or "")
+        if ci_storage is not None:
+            return await self._allocate_cloudinit(vmid, key, ci_storage, disk.options, config)
         if disk.new_size_gib is None:
             if disk.volid:
                 storage = await self.ctx.storages.for_volid(disk.volid)
@@ -163,6 +172,48 @@ class Lifecycle:
         return ",".join([volid, *(f"{k}={v}" for k, v in options.items())]), volid
 
 
+    async def _allocate_cloudinit(self, vmid: int, key: str, storage_id: str,
+                                  options: dict[str, str], config: dict[str, Any]
+                                  ) -> tuple[str, str]:
+        """PVE's create_disks for 'STORAGE:cloudinit': one 4 MiB vm-<vmid>-cloudinit
+        volume (qcow2 on a dir storage unless format= says otherwise), a CD-ROM."""
+        present = cloudinit.cloudinit_drive({k: v for k, v in config.items() if k != key})
+        if present is not None:
+            raise GuestFailure(f"{key} - cloud-init drive is already attached at "
+                               f"'{present[0]}'")
+        storage = await self.ctx.storages.get(storage_id)
+        if storage.per_node_activation:
+            raise GuestFailure(f"{key} - binome keeps cloud-init drives only on storages "
+                               f"without node-bound volumes (e.g. 'dir'), not on "
+                               f"'{storage_id}' ({storage.config.type})")
+        options = {k: v for k, v in options.items() if k not in ("media", "size")}
+        fmt = options.pop("format", "qcow2" if storage.config.type == "dir" else "raw")
+        volid = await storage.alloc(vmid, cloudinit.DISK_SIZE, fmt,
+                                    name=f"vm-{vmid}-cloudinit")
+        return ",".join([volid, "media=cdrom", *(f"{k}={v}" for k, v in options.items())]), \
+            volid
+
+    async def regenerate_cloudinit(self, vm: VmConfig, task: Task | None = None) -> None:
+        """Write the VM's cloud-init seed to its drive (at start and on PUT .../cloudinit)."""
+        try:
+            volid = await cloudinit.regenerate(self.ctx.storages, vm.config, vm.vmid)
+        except (cloudinit.CloudinitError, StorageError, OSError) as exc:
+            raise GuestFailure(str(exc)) from None
+        if volid and task is not None:
+            task.log(f"generating cloud-init ISO ({volid})")
+
+    async def update_cloudinit(self, vmid: int) -> bool:
+        """PUT .../cloudinit (PVE's vmconfig_update_cloudinit_drive): rewrite the drive;
+        False when the VM runs (its QEMU holds the image: the next start rewrites it)."""
+        async with self.ctx.lock(vmid):
+            vm = await self.ctx.read(vmid)
+            if vm.config.get("lock"):
+                raise GuestFailure(f"VM is locked ({vm.config['lock']})")
+            if self.ctx.runtime.is_running(vmid):
+                return False
+            await self.regenerate_cloudinit(vm)
+            return True
+
     async def create(self, task: Task, vmid: int, settings: dict[str, Any],
                      start: bool = False) -> None:
         configs = self.ctx.configs
@@ -175,7 +226,7 @@ class Lifecycle:
             config: dict[str, Any] = {}
             for key, value in settings.items():
                 if vmconf.is_disk_key(key):
-                    value, vol = await self._materialize_disk(vmid, key, str(value))
+                    value, vol = await self._materialize_disk(vmid, key, str(value), config)
                     if vol:
                         allocated.append(vol)
                         task.log(f"{key}: allocated {vol}")
@@ -216,7 +267,7 @@ class Lifecycle:
             if protected:
                 raise TaskFailed(protected)
             for key, volid in owned_volumes(vm.config, vm.snapshots):
-                if f"-{vmid}-disk-" not in volid:
+                if f"-{vmid}-disk-" not in volid and f"vm-{vmid}-cloudinit" not in volid:
                     task.log(f"{key}: {volid} is not owned by VM {vmid}; kept")
                     continue
                 try:
@@ -270,6 +321,7 @@ class Lifecycle:
     async def start_vm(self, task: Task, vmid: int) -> None:
         async with self.ctx.lock(vmid):
             vm = await self.check_startable(vmid)
+            await self.regenerate_cloudinit(vm, task)
             spec = await self.launch_spec(vm)
             pid = await self.ctx.runtime.start(spec)
             self.ctx.believed_running.add(vmid)

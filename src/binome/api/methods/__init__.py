@@ -4,6 +4,7 @@ from binome.api.methods import (  # noqa: F401
     access,
     access_acl,
     access_users,
+    cloudinit,
     cluster,
     console,
     domains,
