@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages binome needs, idempotently (only what is missing).
 set -euo pipefail
-PACKAGES=(etcd-server etcd-client qemu-system-x86 qemu-utils busybox-static iproute2
+PACKAGES=(etcd-server etcd-client qemu-system-x86 qemu-utils busybox-static iproute2 genisoimage
           ipmitool cpio iptables iputils-ping curl python3-venv libpam0g fio util-linux
           e2fsprogs lz4 zstd nftables slapd ldap-utils ovmf prometheus)
 # slapd, ldap-utils: the LDAP realm tests start their own directory server.
@@ -9,6 +9,7 @@ PACKAGES=(etcd-server etcd-client qemu-system-x86 qemu-utils busybox-static ipro
 # and modules; nftables: `nft`, the lab's second partition backend (tests/lab run both).
 # prometheus: the metrics tests start a real Prometheus (and check rules with promtool).
 # ovmf: the UEFI firmware of VMs with `bios: ovmf` (their start fails clearly without it).
+# genisoimage: builds the cloud-init (NoCloud/configdrive2) ISO, with the options PVE uses.
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
