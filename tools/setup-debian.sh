@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages binome needs, idempotently (only what is missing).
 set -euo pipefail
-PACKAGES=(etcd-server etcd-client qemu-system-x86 qemu-utils busybox-static iproute2 genisoimage
+PACKAGES=(etcd-server etcd-client qemu-system-x86 qemu-utils busybox-static iproute2
           ipmitool cpio iptables iputils-ping curl python3-venv libpam0g fio util-linux
           e2fsprogs lz4 zstd nftables slapd ldap-utils ovmf prometheus)
 # slapd, ldap-utils: the LDAP realm tests start their own directory server.
@@ -10,6 +10,7 @@ PACKAGES=(etcd-server etcd-client qemu-system-x86 qemu-utils busybox-static ipro
 # prometheus: the metrics tests start a real Prometheus (and check rules with promtool).
 # ovmf: the UEFI firmware of VMs with `bios: ovmf` (their start fails clearly without it).
 # genisoimage: builds the cloud-init (NoCloud/configdrive2) ISO, with the options PVE uses.
+PACKAGES+=(genisoimage)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
