@@ -58,6 +58,8 @@ def _check_ipconfig(value: str) -> None:
 
 def _check_cicustom(value: str) -> None:
     for kind, volid in CICUSTOM_FORMAT.split(value):
+        if kind not in CICUSTOM_FORMAT.keys:   # PVE's parse_property_string text
+            raise ValueError(f"invalid key in comma-separated list property: {kind}")
         if not re.fullmatch(r"[a-z][a-z0-9\-_.]*:[^\s,]+", volid, re.IGNORECASE):
             raise ValueError(f"invalid volume ID '{volid}' for '{kind}'")
 
@@ -130,7 +132,8 @@ def parse_ipconfig(text: str) -> dict[str, str]:
     out = {k: str(v) for k, v in IPCONFIG_FORMAT.split(text)}
     unknown = set(out) - {"ip", "gw", "ip6", "gw6"}
     if unknown:
-        raise ValueError(f"invalid format - unknown property '{sorted(unknown)[0]}'")
+        raise ValueError(f"invalid key in comma-separated list property: "
+                         f"{sorted(unknown)[0]}")
     ip, gw, ip6, gw6 = (out.get(k) for k in ("ip", "gw", "ip6", "gw6"))
     if ip is not None and ip != "dhcp":
         try:

@@ -52,12 +52,25 @@ mask2prefix() {
     unset IFS; echo $p
 }
 find_seed() {
+    # Only a virtio-scsi controller or a virtio disk can hold the seed here: without
+    # one, no wait at all; with only virtio disks (probed synchronously), one look.
+    scsi=; blk=
+    for d in /sys/bus/pci/devices/*; do
+        case "$(cat "$d/vendor"):$(cat "$d/device")" in
+            0x1af4:0x1004|0x1af4:0x1048) scsi=1 ;;
+            0x1af4:0x1001|0x1af4:0x1042) blk=1 ;;
+        esac
+    done
+    [ -n "$scsi$blk" ] || return 1
     load_modules /etc/binome/seed-modules
     mkdir -p /mnt/seed
-    i=0
-    while [ $i -lt 60 ]; do
+    # the SCSI scan is asynchronous: wait for its devices (at most 4 s), then a little
+    # longer for the other LUNs once one has shown up without a seed
+    i=0; left=40; [ -n "$scsi" ] || left=1
+    while [ $i -lt $left ]; do
         for dev in /dev/sr* /dev/vd* /dev/sd*; do
             [ -b "$dev" ] || continue
+            [ $left -gt $((i + 5)) ] && left=$((i + 5))
             mount -t iso9660 -o ro "$dev" /mnt/seed 2>/dev/null || continue
             if [ -f /mnt/seed/meta-data ]; then SEED=/mnt/seed; return 0; fi
             umount /mnt/seed
