@@ -251,3 +251,39 @@ def test_dir_storage_holds_the_drive_and_snippets(tmp_path: Path):
     assert storage.path("local:snippets/user.yml") == tmp_path / "snippets" / "user.yml"
     with pytest.raises(Exception, match="invalid volume name"):
         storage.path("local:snippets/../x")
+
+
+class _OneStorage:
+    """The StorageManager surface `regenerate` uses, over one real dir storage."""
+
+    def __init__(self, storage: DirStorage) -> None:
+        self.storage = storage
+
+    async def for_volid(self, volid: str) -> DirStorage:
+        return self.storage
+
+
+def test_regenerate_writes_the_iso_and_reallocates_a_missing_drive(tmp_path: Path):
+    import subprocess
+
+    storage = DirStorage(StorageConfig("local", "dir", path=str(tmp_path),
+                                       content=("images", "snippets")))
+    (tmp_path / "snippets").mkdir()
+    (tmp_path / "snippets" / "user.yml").write_text("#cloud-config\nhostname: custom\n")
+    config = {**BASE, "scsi1": "local:100/vm-100-cloudinit.qcow2,media=cdrom",
+              "cicustom": "user=local:snippets/user.yml"}
+    manager = _OneStorage(storage)
+    # no volume yet (a VM moved to a node without it): allocated under its name, as PVE
+    assert asyncio.run(ci.regenerate(manager, config, 100)) == \
+        "local:100/vm-100-cloudinit.qcow2"   # type: ignore[arg-type]
+    raw = tmp_path / "seed.raw"
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw",
+                    str(tmp_path / "images" / "100" / "vm-100-cloudinit.qcow2"), str(raw)],
+                   check=True)
+    image = raw.read_bytes()
+    assert image[16 * 2048 + 40:16 * 2048 + 72].decode().strip() == "cidata"
+    assert b"#cloud-config\nhostname: custom\n" in image          # the snippet, not ours
+    assert asyncio.run(ci.regenerate(manager, BASE, 100)) is None  # type: ignore[arg-type]
+    with pytest.raises(ci.CloudinitError, match="not in the snippets directory"):
+        asyncio.run(ci.regenerate(manager, {**config, "cicustom": "user=local:iso/x"},
+                                  100))  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from binome.schema import Param, PropertyString
+from binome.storage.base import StorageError
 
 if TYPE_CHECKING:
     from binome.storage.manager import StorageManager
@@ -533,7 +534,16 @@ async def regenerate(storages: StorageManager, config: dict[str, Any], vmid: int
         raise CloudinitError(f"cloud-init drive on storage '{storage.id}': binome writes "
                              f"cloud-init drives only on storages without node-bound "
                              f"volumes (e.g. 'dir')")
-    source = storage.source(volid)
+    try:
+        source = storage.source(volid)
+    except StorageError:
+        # PVE's commit_cloudinit_disk: a missing drive (a VM moved to a node whose local
+        # storage lacks it) is allocated again under its name
+        m = re.search(r"(vm-(\d+)-cloudinit)(?:\.(raw|qcow2))?$", volid)
+        if m is None or int(m.group(2)) != vmid:
+            raise
+        await storage.alloc(vmid, DISK_SIZE, m.group(3) or "raw", name=m.group(1))
+        source = storage.source(volid)
     if len(iso) > await storage.size(volid):
         await storage.resize(volid, (len(iso) + DISK_SIZE - 1) // DISK_SIZE * DISK_SIZE)
     with tempfile.NamedTemporaryFile(prefix="binome-cloudinit-", suffix=".iso") as f:
