@@ -28,7 +28,7 @@ import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from binome.schema import Param, PropertyString
+from binome.schema import Param, PropertyString, register_format
 from binome.storage.base import StorageError
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def schema_keys() -> dict[str, Param]:
         "searchdomain": Param(optional=True, description="cloud-init: DNS search domains."),
         "nameserver": Param(optional=True, description=(
             "cloud-init: DNS server IP addresses (space separated).")),
-        "sshkeys": Param(optional=True, max_length=16384, description=(
+        "sshkeys": Param(optional=True, max_length=16384, format="pve-qm-sshkeys", description=(
             "cloud-init: public SSH keys, one per line, OpenSSH format, URL-encoded.")),
     }
     for i in range(MAX_IPCONFIGS):
@@ -194,6 +194,15 @@ def check_ssh_keys(encoded: str) -> None:
                 ok = False
         if not ok:
             raise ValueError("SSH public key validation error")
+
+
+def _sshkeys_format(value: str) -> str:
+    check_ssh_keys(value)
+    return value
+
+
+# checked with the other parameters, so one answer names every bad key
+register_format("pve-qm-sshkeys", _sshkeys_format)
 
 
 def hash_password(password: str) -> str:

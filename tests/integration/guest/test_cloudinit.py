@@ -64,7 +64,7 @@ def _iso_label(volume: Path, tmp: Path) -> str:
 
 
 def test_cloudinit_seed_reaches_the_guest(cluster: Cluster, bridge, tmp_path: Path) -> None:
-    from proxmoxer import ProxmoxAPI
+    from proxmoxer import ProxmoxAPI, ResourceException
     from proxmoxer.tools import Tasks
 
     from binome.lab.image import build_image
@@ -108,6 +108,12 @@ def test_cloudinit_seed_reaches_the_guest(cluster: Cluster, bridge, tmp_path: Pa
         assert f"address: '{net}.2'" in network and f"gateway: '{net}.1'" in network
         meta = vm.cloudinit.dump.get(type="meta")
         assert meta.startswith("instance-id: ") and len(meta.strip()) == len("instance-id: ") + 40
+        # bad values: PVE-style 400 naming each key, nothing changed
+        with pytest.raises(ResourceException) as exc:
+            vm.config.put(sshkeys="not%20a%20key", ipconfig0=f"ip=dhcp,gw={net}.1")
+        assert exc.value.status_code == 400
+        assert set(exc.value.errors) == {"sshkeys", "ipconfig0"}
+        assert vm.config.get()["digest"] == config["digest"]
         pending = {p["key"]: p for p in vm.cloudinit.get()}
         assert pending["cipassword"]["value"] == "**********"
         assert pending["ciuser"]["value"] == "admin"
