@@ -287,3 +287,11 @@ def test_regenerate_writes_the_iso_and_reallocates_a_missing_drive(tmp_path: Pat
     with pytest.raises(ci.CloudinitError, match="not in the snippets directory"):
         asyncio.run(ci.regenerate(manager, {**config, "cicustom": "user=local:iso/x"},
                                   100))  # type: ignore[arg-type]
+
+
+def test_regenerate_never_writes_another_vms_drive(tmp_path: Path):
+    storage = DirStorage(StorageConfig("local", "dir", path=str(tmp_path)))
+    config = {**BASE, "ide2": "local:100/vm-100-cloudinit.qcow2,media=cdrom"}
+    with pytest.raises(ci.CloudinitError, match="does not belong to VM 101"):
+        asyncio.run(ci.regenerate(_OneStorage(storage), config, 101))  # type: ignore[arg-type]
+    assert not (tmp_path / "images").exists()

@@ -534,6 +534,10 @@ async def regenerate(storages: StorageManager, config: dict[str, Any], vmid: int
     if drive is None:
         return None
     _key, volid = drive
+    owner = re.search(r"vm-(\d+)-cloudinit", volid)
+    if owner is None or int(owner.group(1)) != vmid:
+        # never overwrite another VM's seed (a config edited by hand to point at it)
+        raise CloudinitError(f"cloud-init drive '{volid}' does not belong to VM {vmid}")
     custom = {kind: await read_snippet(storages, vol)
               for kind, vol in custom_volumes(config).items()}
     label, files = seed_files(config, vmid, custom, host_dns())

@@ -403,7 +403,17 @@ class Lifecycle:
                     continue
                 if vmconf.is_disk_key(key):
                     disk = vmconf.parse_disk(key, str(value))
-                    if disk.volid and not disk.is_cdrom:
+                    if cloudinit.is_cloudinit_volid(disk.volid):
+                        # PVE's clone_disk: the copy gets its own (empty) cloud-init drive,
+                        # written when it starts
+                        storage = await self.ctx.storages.for_volid(str(disk.volid))
+                        fmt = "qcow2" if str(disk.volid).endswith(".qcow2") else "raw"
+                        volid = await storage.alloc(newid, cloudinit.DISK_SIZE, fmt,
+                                                    name=f"vm-{newid}-cloudinit")
+                        copied.append(volid)
+                        task.log(f"{key}: allocated {volid}")
+                        value = ",".join([volid, *(f"{k}={v}" for k, v in disk.options.items())])
+                    elif disk.volid and not disk.is_cdrom:
                         storage = await self.ctx.storages.for_volid(disk.volid)
                         volid = await storage.copy(disk.volid, newid)
                         copied.append(volid)

@@ -124,6 +124,16 @@ def test_cloudinit_seed_reaches_the_guest(cluster: Cluster, bridge, tmp_path: Pa
         assert vm.cloudinit.put() is None
         assert _iso_label(volume, tmp_path) == "cidata"
 
+        # a clone gets its own cloud-init drive, never the source's
+        cloneid = int(px.cluster.nextid.get())
+        assert done(vm.clone.post(newid=cloneid, name="ci-clone")) == "OK"
+        cloned = node.qemu(cloneid).config.get()
+        assert cloned["scsi1"] == f"local:{cloneid}/vm-{cloneid}-cloudinit.qcow2,media=cdrom"
+        assert cloned["cipassword"] == "**********"
+        assert done(node.qemu(cloneid).delete()) == "OK"
+        assert not (cluster["n1"].state_dir / "storage" / "local" / "images"
+                    / str(cloneid)).exists()
+
         assert done(vm.status.start.post()) == "OK"
         base = f"http://{net}.2"
         keys = wait_for(lambda: _http(f"{base}/ci/authorized_keys"), 60,
