@@ -295,3 +295,8 @@ def test_regenerate_never_writes_another_vms_drive(tmp_path: Path):
     with pytest.raises(ci.CloudinitError, match="does not belong to VM 101"):
         asyncio.run(ci.regenerate(_OneStorage(storage), config, 101))  # type: ignore[arg-type]
     assert not (tmp_path / "images").exists()
+
+
+def test_no_cloudinit_key_has_a_default_the_api_would_fill_in():
+    # a default here would be stored into every config a create or an update writes
+    assert all(p.default is None for p in ci.schema_keys().values())

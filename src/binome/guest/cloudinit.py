@@ -87,8 +87,8 @@ def schema_keys() -> dict[str, Param]:
         "cipassword": Param(optional=True, secret=True, description=(
             "cloud-init: password for the user (stored as a SHA-256 crypt hash; "
             "shown as '**********').")),
-        "ciupgrade": Param(type="boolean", optional=True, default=1, description=(
-            "cloud-init: do an automatic package upgrade after the first boot.")),
+        "ciupgrade": Param(type="boolean", optional=True, description=(
+            "cloud-init: do an automatic package upgrade after the first boot (default 1).")),
         "cicustom": Param(optional=True, props=CICUSTOM_FORMAT, description=(
             "cloud-init: custom files replacing the generated ones "
             "('user=<volume>,network=<volume>,meta=<volume>,vendor=<volume>').")),

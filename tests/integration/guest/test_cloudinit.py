@@ -101,6 +101,7 @@ def test_cloudinit_seed_reaches_the_guest(cluster: Cluster, bridge, tmp_path: Pa
         assert config["scsi1"] == f"local:{vmid}/vm-{vmid}-cloudinit.qcow2,media=cdrom"
         assert config["cipassword"] == "**********"          # never the hash, never clear
         assert config["sshkeys"] == encoded                     # stored URL-encoded, as PVE
+        assert "ciupgrade" not in config                        # no default stored
         user = vm.cloudinit.dump.get(type="user")
         assert "user: admin\n" in user and f"  - {key}\n" in user
         assert "s3cret-pw" not in user and "password: $5$" in user   # a SHA-256 crypt hash
