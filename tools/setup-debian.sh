@@ -11,6 +11,8 @@ PACKAGES=(etcd-server etcd-client qemu-system-x86 qemu-utils busybox-static ipro
 # prometheus: the metrics tests start a real Prometheus (and check rules with promtool).
 # ovmf: the UEFI firmware of VMs with `bios: ovmf` (their start fails clearly without it).
 # swtpm, swtpm-tools: the software TPM (and swtpm_setup) of VMs with a `tpmstate0`.
+# genisoimage: builds the cloud-init (NoCloud/configdrive2) ISO, with the options PVE uses.
+PACKAGES+=(genisoimage)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then

@@ -13,7 +13,8 @@ Owns the mapping from Proxmox-style devices to QEMU options. Choices, and why:
   uses a separate AHCI controller ``ahci0`` (ports ``ahci0.N``), as PVE does,
   so ideN and sataN never share a port.
 * A read-only IDE/SATA disk is attached as ``ide-cd`` (QEMU's ``ide-hd``
-  refuses read-only backends); virtio and SCSI disks stay disks.
+  refuses read-only backends), a read-only SCSI one as ``scsi-cd`` (PVE's
+  media=cdrom); virtio disks stay disks.
 * Boot order: ``bootindex`` 100, 101, ... in the spec's order (PVE's scheme);
   devices not listed get none. With an order, ``strict=on`` stops the
   firmware from falling back to unlisted devices.
@@ -97,7 +98,8 @@ def _disk_device(disk: DiskSpec, bootindex: int | None) -> str:
     if disk.bus == "virtio":
         dev = f"virtio-blk-pci,{ref}"
     elif disk.bus == "scsi":
-        dev = f"scsi-hd,bus={SCSI_CONTROLLER}.0,channel=0,scsi-id=0,lun={disk.index},{ref}"
+        kind = "scsi-cd" if disk.readonly else "scsi-hd"   # PVE: media=cdrom is scsi-cd
+        dev = f"{kind},bus={SCSI_CONTROLLER}.0,channel=0,scsi-id=0,lun={disk.index},{ref}"
     else:
         kind = "ide-cd" if disk.readonly else "ide-hd"
         port = f"ide.{disk.index}" if disk.bus == "ide" else f"{SATA_CONTROLLER}.{disk.index}"

@@ -35,6 +35,7 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from binome.guest import cloudinit
 from binome.guest.options import (
     _SERIAL,
     _UUID_RE,
@@ -408,6 +409,7 @@ def schema() -> dict[str, Param]:
         keys[f"net{i}"] = Param(optional=True, max_length=256, props=NET_FORMAT, description=(
             f"NIC net{i}: 'MODEL[=MAC],bridge=BRIDGE[,tag=VLAN]', MODEL in "
             f"{'|'.join(NIC_MODELS)}."))
+    keys.update(cloudinit.schema_keys())   # the ci* keys: binome.guest.cloudinit owns them
     return keys
 
 
@@ -807,6 +809,8 @@ def validate_changes(changes: dict[str, Any], *, assign_macs: bool = True) -> di
                 if not _VOLID_RE.match(text):
                     raise ValueError("expected a volume 'STORAGE:iso/FILE'")
                 out[key] = text
+            elif cloudinit.is_cloudinit_key(key):
+                out[key] = cloudinit.store_value(key, text, changes)
             elif key == "tags":
                 out[key] = unique_tags(text)
             elif key == "vmgenid":

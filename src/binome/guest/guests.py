@@ -140,6 +140,9 @@ class GuestService:
     async def check_startable(self, vmid: int) -> VmConfig:
         return await self.lifecycle.check_startable(vmid)
 
+    async def update_cloudinit(self, vmid: int) -> bool:
+        return await self.lifecycle.update_cloudinit(vmid)
+
     async def start_vm(self, task: Task, vmid: int) -> None:
         await self.lifecycle.start_vm(task, vmid)
 

@@ -17,6 +17,7 @@ import os
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from binome.guest import cloudinit
 from binome.guest import config as vmconf
 from binome.guest.configs import VmConfig
 from binome.guest.errors import GuestFailure
@@ -108,12 +109,15 @@ def launch_options(node: str, config: dict[str, Any]) -> dict[str, Any]:
 def owned_volumes(config: dict[str, Any], snapshots: dict[str, dict[str, Any]]
                   ) -> list[tuple[str, str]]:
     """(key, volid) of every volume a VM references, once each: its disks (not
-    CD-ROMs), its `unusedN` volumes and the disks only its snapshots still hold
-    (PVE's destroy frees them all)."""
+    CD-ROMs, but its cloud-init drive), its `unusedN` volumes and the disks only its
+    snapshots still hold (PVE's destroy frees them all)."""
     out: dict[str, str] = {}
     for conf in (config, *snapshots.values()):
         for disk in vmconf.drive_volumes(conf):
             out.setdefault(str(disk.volid), disk.key)
+        for disk in vmconf.disks(conf):   # the cloud-init drive is a CD-ROM, but the VM's
+            if disk.volid and disk.is_cdrom and cloudinit.is_cloudinit_volid(disk.volid):
+                out.setdefault(disk.volid, disk.key)
         for key, value in conf.items():
             if vmconf.is_unused_key(key) and value:
                 out.setdefault(str(value).split(",")[0], key)
@@ -157,7 +161,10 @@ def remove_key(vmid: int, config: dict[str, Any], snapshots: dict[str, dict[str,
         if protected:
             raise ValueError(protected)
         drive = vmconf.parse_drive(key, value)
-        if drive.volid and not drive.is_cdrom and vmconf.is_owned_volume(vmid, drive.volid):
+        if (drive.volid and cloudinit.is_cloudinit_volid(drive.volid)
+                and f"vm-{vmid}-" in drive.volid):
+            freed.append(drive.volid)    # PVE frees a removed cloud-init drive
+        elif drive.volid and not drive.is_cdrom and vmconf.is_owned_volume(vmid, drive.volid):
             if force:
                 if _held_by_snapshot(snapshots, drive.volid):
                     raise ValueError(f"unable to delete '{drive.volid}' - volume is still "
@@ -224,7 +231,7 @@ class Lifecycle:
                     if vmconf.is_drive_key(key):
                         if key in SPECIAL_DRIVES_FIXED and key in vm.config:
                             raise GuestFailure(f"{key} cannot be replaced: delete it first")
-                        value, vol = await self._materialize_disk(vmid, key, str(value))
+                        value, vol = await self._materialize_disk(vmid, key, str(value), new)
                         if vol:
                             allocated.append(vol)
                             if task:
@@ -258,10 +265,15 @@ class Lifecycle:
                         task.warn(f"could not remove unused volume {volid}: {exc}")
             return written
 
-    async def _materialize_disk(self, vmid: int, key: str, value: str) -> tuple[str, str | None]:
+    async def _materialize_disk(self, vmid: int, key: str, value: str,
+                                config: dict[str, Any]) -> tuple[str, str | None]:
         """'local:4' -> allocate 4 GiB and return the volume's config value (efidisk0:
-        the EFI vars template, written in; tpmstate0: 4 MiB, as PVE)."""
+        the EFI vars template, written in; tpmstate0: 4 MiB, as PVE); 'local:cloudinit'
+        -> allocate the VM's cloud-init drive."""
         disk = vmconf.parse_drive(key, value)
+        ci_storage = cloudinit.cloudinit_request(disk.volid or "")
+        if ci_storage is not None:
+            return await self._allocate_cloudinit(vmid, key, ci_storage, disk.options, config)
         if disk.new_size_gib is None:
             if disk.volid:
                 storage = await self.ctx.storages.for_volid(disk.volid)
@@ -292,6 +304,48 @@ class Lifecycle:
         options["size"] = vmconf.format_size(size)
         return ",".join([volid, *(f"{k}={v}" for k, v in options.items())]), volid
 
+    async def _allocate_cloudinit(self, vmid: int, key: str, storage_id: str,
+                                  options: dict[str, str], config: dict[str, Any]
+                                  ) -> tuple[str, str]:
+        """PVE's create_disks for 'STORAGE:cloudinit': one 4 MiB vm-<vmid>-cloudinit
+        volume (qcow2 on a dir storage unless format= says otherwise), a CD-ROM."""
+        present = cloudinit.cloudinit_drive({k: v for k, v in config.items() if k != key})
+        if present is not None:
+            raise GuestFailure(f"{key} - cloud-init drive is already attached at "
+                               f"'{present[0]}'")
+        storage = await self.ctx.storages.get(storage_id)
+        if storage.per_node_activation:
+            raise GuestFailure(f"{key} - binome keeps cloud-init drives only on storages "
+                               f"without node-bound volumes (e.g. 'dir'), not on "
+                               f"'{storage_id}' ({storage.config.type})")
+        options = {k: v for k, v in options.items() if k not in ("media", "size")}
+        fmt = options.pop("format", "qcow2" if storage.config.type == "dir" else "raw")
+        volid = await storage.alloc(vmid, cloudinit.DISK_SIZE, fmt,
+                                    name=f"vm-{vmid}-cloudinit")
+        return ",".join([volid, "media=cdrom", *(f"{k}={v}" for k, v in options.items())]), \
+            volid
+
+    async def regenerate_cloudinit(self, vm: VmConfig, task: Task | None = None) -> None:
+        """Write the VM's cloud-init seed to its drive (at start and on PUT .../cloudinit)."""
+        try:
+            volid = await cloudinit.regenerate(self.ctx.storages, vm.config, vm.vmid)
+        except (cloudinit.CloudinitError, StorageError, OSError) as exc:
+            raise GuestFailure(str(exc)) from None
+        if volid and task is not None:
+            task.log(f"generating cloud-init ISO ({volid})")
+
+    async def update_cloudinit(self, vmid: int) -> bool:
+        """PUT .../cloudinit (PVE's vmconfig_update_cloudinit_drive): rewrite the drive;
+        False when the VM runs (its QEMU holds the image: the next start rewrites it)."""
+        async with self.ctx.lock(vmid):
+            vm = await self.ctx.read(vmid)
+            if vm.config.get("lock"):
+                raise GuestFailure(f"VM is locked ({vm.config['lock']})")
+            if self.ctx.runtime.is_running(vmid):
+                return False
+            await self.regenerate_cloudinit(vm)
+            return True
+
     async def create(self, task: Task, vmid: int, settings: dict[str, Any],
                      start: bool = False) -> None:
         configs = self.ctx.configs
@@ -304,7 +358,7 @@ class Lifecycle:
             config: dict[str, Any] = {}
             for key, value in settings.items():
                 if vmconf.is_drive_key(key):
-                    value, vol = await self._materialize_disk(vmid, key, str(value))
+                    value, vol = await self._materialize_disk(vmid, key, str(value), config)
                     if vol:
                         allocated.append(vol)
                         task.log(f"{key}: allocated {vol}")
@@ -345,7 +399,8 @@ class Lifecycle:
             if protected:
                 raise TaskFailed(protected)
             for key, volid in owned_volumes(vm.config, vm.snapshots):
-                if not vmconf.is_owned_volume(vmid, volid):
+                if not (vmconf.is_owned_volume(vmid, volid)
+                        or (cloudinit.is_cloudinit_volid(volid) and f"vm-{vmid}-" in volid)):
                     task.log(f"{key}: {volid} is not owned by VM {vmid}; kept")
                     continue
                 try:
@@ -418,6 +473,7 @@ class Lifecycle:
     async def start_vm(self, task: Task, vmid: int) -> None:
         async with self.ctx.lock(vmid):
             vm = await self.check_startable(vmid)
+            await self.regenerate_cloudinit(vm, task)
             spec = await self.launch_spec(vm)
             pid = await self.ctx.runtime.start(spec)
             self.ctx.believed_running.add(vmid)
@@ -499,7 +555,17 @@ class Lifecycle:
                     continue
                 if vmconf.is_drive_key(key):
                     disk = vmconf.parse_drive(key, str(value))
-                    if disk.volid and not disk.is_cdrom:
+                    if cloudinit.is_cloudinit_volid(disk.volid):
+                        # PVE's clone_disk: the copy gets its own (empty) cloud-init drive,
+                        # written when it starts
+                        storage = await self.ctx.storages.for_volid(str(disk.volid))
+                        fmt = "qcow2" if str(disk.volid).endswith(".qcow2") else "raw"
+                        volid = await storage.alloc(newid, cloudinit.DISK_SIZE, fmt,
+                                                    name=f"vm-{newid}-cloudinit")
+                        copied.append(volid)
+                        task.log(f"{key}: allocated {volid}")
+                        value = ",".join([volid, *(f"{k}={v}" for k, v in disk.options.items())])
+                    elif disk.volid and not disk.is_cdrom:
                         storage = await self.ctx.storages.for_volid(disk.volid)
                         volid = await storage.copy(disk.volid, newid)
                         copied.append(volid)

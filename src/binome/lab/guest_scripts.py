@@ -20,12 +20,15 @@ exec </dev/console >/dev/console 2>&1
 log() { echo "binome-init: $*"; }
 
 # Kernel modules, in dependency order.
-while read -r mod; do
-    [ -n "$mod" ] || continue
-    name=${mod##*/}; name=${name%.ko}
-    [ -d "/sys/module/$name" ] && continue
-    insmod "/lib/modules/$mod" || log "insmod $mod failed"
-done < /etc/binome/modules
+load_modules() {
+    while read -r mod; do
+        [ -n "$mod" ] || continue
+        name=${mod##*/}; name=${name%.ko}
+        [ -d "/sys/module/$name" ] && continue
+        insmod "/lib/modules/$mod" || log "insmod $mod failed"
+    done < "$1"
+}
+load_modules /etc/binome/modules
 
 IP=; GW=; HTTP_PORT=80; HOST=guest
 for arg in $(cat /proc/cmdline); do
@@ -36,8 +39,87 @@ for arg in $(cat /proc/cmdline); do
         binome.hostname=*) HOST=${arg#binome.hostname=} ;;
     esac
 done
+
+# A NoCloud seed (cloud-init's 'cidata' CD, as Proxmox VE writes it) configures the
+# guest when the kernel command line does not: hostname, eth0's address, ssh keys.
+SEED=; CKIND=; CADDR=; CMASK=; CGW=
+mask2prefix() {
+    p=0; IFS=.
+    for o in $1; do
+        case $o in 255) p=$((p+8));; 254) p=$((p+7));; 252) p=$((p+6));; 248) p=$((p+5));;
+            240) p=$((p+4));; 224) p=$((p+3));; 192) p=$((p+2));; 128) p=$((p+1));; esac
+    done
+    unset IFS; echo $p
+}
+find_seed() {
+    # Only a virtio-scsi controller or a virtio disk can hold the seed here: without
+    # one, no wait at all; with only virtio disks (probed synchronously), one look.
+    scsi=; blk=
+    for d in /sys/bus/pci/devices/*; do
+        case "$(cat "$d/vendor"):$(cat "$d/device")" in
+            0x1af4:0x1004|0x1af4:0x1048) scsi=1 ;;
+            0x1af4:0x1001|0x1af4:0x1042) blk=1 ;;
+        esac
+    done
+    [ -n "$scsi$blk" ] || return 1
+    load_modules /etc/binome/seed-modules
+    mkdir -p /mnt/seed
+    # the SCSI scan is asynchronous: wait for its devices (at most 4 s), then a little
+    # longer for the other LUNs once one has shown up without a seed
+    i=0; left=40; [ -n "$scsi" ] || left=1
+    while [ $i -lt $left ]; do
+        for dev in /dev/sr* /dev/vd* /dev/sd*; do
+            [ -b "$dev" ] || continue
+            [ $left -gt $((i + 5)) ] && left=$((i + 5))
+            mount -t iso9660 -o ro "$dev" /mnt/seed 2>/dev/null || continue
+            if [ -f /mnt/seed/meta-data ]; then SEED=/mnt/seed; return 0; fi
+            umount /mnt/seed
+        done
+        usleep 100000; i=$((i + 1))
+    done
+    return 1
+}
+if [ -z "$IP" ] && find_seed; then
+    mkdir -p /www/ci /root/.ssh
+    cp "$SEED/meta-data" /www/ci/meta-data
+    sed -n 's/^instance-id: *//p' "$SEED/meta-data" | head -n 1 > /www/ci/instance-id
+    H=$(sed -n 's/^hostname: *//p' "$SEED/user-data" | head -n 1)
+    [ -n "$H" ] && HOST=$H
+    awk '/^ssh_authorized_keys:/ { k = 1; next }
+         k && /^  - / { sub(/^  - /, ""); print; next }
+         /^[^ ]/ { k = 0 }' "$SEED/user-data" > /www/ci/authorized_keys
+    cp /www/ci/authorized_keys /root/.ssh/authorized_keys
+    i=0
+    while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 20 ]; do usleep 100000; i=$((i + 1)); done
+    MAC=$(cat /sys/class/net/eth0/address 2>/dev/null)
+    NET=$(awk -v q="'" -v want="$MAC" '
+        function val(s) { sub(/^[^:]*: */, "", s); gsub(q, "", s); return s }
+        /^    - type: / { phys = ($0 ~ /physical$/); if (phys) n++; sub4 = 0; next }
+        !phys { next }
+        /^      mac_address:/ { mac[n] = val($0); next }
+        /^      - type: / { t = val($0); sub4 = 0
+                            if ((t == "static" || t == "dhcp4") && !(n in kind)) {
+                                kind[n] = t; sub4 = 1 }
+                            next }
+        sub4 && /^        address:/ { addr[n] = val($0) }
+        sub4 && /^        netmask:/ { mask[n] = val($0) }
+        sub4 && /^        gateway:/ { gw[n] = val($0) }
+        END { for (i = 1; i <= n; i++)
+                  if (want == "" || tolower(mac[i]) == tolower(want)) {
+                      print kind[i] "|" addr[i] "|" mask[i] "|" gw[i]; exit } }
+        ' "$SEED/network-config" 2>/dev/null)
+    IFS='|' read -r CKIND CADDR CMASK CGW <<SEEDNET
+$NET
+SEEDNET
+    unset IFS
+    if [ "$CKIND" = static ] && [ -n "$CADDR" ]; then
+        IP="$CADDR/$(mask2prefix "${CMASK:-255.255.255.0}")"; GW=$CGW
+    fi
+    echo "BINOME-CLOUDINIT instance-id=$(cat /www/ci/instance-id) hostname=$HOST net=${CKIND:-none}"
+fi
 hostname "$HOST"
 echo "$HOST" > /etc/hostname
+[ -d /www/ci ] && hostname > /www/ci/hostname
 
 # ACPI power button (QMP system_powerdown) -> acpid -> /etc/acpi/PWRF/00000080
 acpid -c /etc/acpi -l /var/log/acpid.log -p /var/run/acpid.pid || log "acpid failed"

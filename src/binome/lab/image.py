@@ -25,6 +25,9 @@ and the QEMU argv (:func:`qemu_command`) for such a guest.
 Guest HTTP interface (port ``binome.http``, default 80):
 
 * ``/`` - static text containing the hostname;
+* ``/ci/authorized_keys``, ``/ci/hostname``, ``/ci/instance-id``, ``/ci/meta-data`` -
+  what the guest took from its NoCloud seed (a ``cidata`` CD, read when the kernel
+  command line has no ``binome.ip``: hostname, eth0's static address or DHCP, ssh keys);
 * ``/cgi-bin/status`` - JSON ``{"hostname", "uptime", "ip"}``;
 * ``/cgi-bin/disk`` - ``present <bytes>`` / ``absent`` for ``/dev/vda``;
   ``?read=OFFSET`` returns the text stored in the 512-byte sector at OFFSET
@@ -99,6 +102,12 @@ GUEST_MODULES: tuple[str, ...] = (
     "evdev",
 )
 
+#: Kernel modules /init loads only when it looks for a NoCloud seed (no ``binome.ip``):
+#: a CD-ROM or disk on virtio-scsi (``scsiN: STORAGE:cloudinit``) and ISO 9660 (Rock
+#: Ridge) to read it. Debian's cloud kernel has no AHCI driver (CONFIG_SATA_AHCI unset),
+#: so this guest cannot see an ``ide2``/``sataN`` drive on q35; a virtio disk works too.
+SEED_MODULES: tuple[str, ...] = ("virtio_scsi", "sr_mod", "sd_mod", "isofs")
+
 #: Busybox applets linked into the initramfs (/init also calls them by name).
 BUSYBOX_APPLETS: tuple[str, ...] = tuple(
     """
@@ -149,7 +158,8 @@ class GuestImage:
         """Kernel command line for this guest.
 
         ``ip`` is ``ADDR/PREFIX`` (``/24`` assumed if the prefix is missing);
-        without it the guest tries DHCP once. ``panic=-1`` makes a panic
+        without it the guest reads its NoCloud seed (a ``cidata`` CD) if it has
+        one, else tries DHCP once. ``panic=-1`` makes a panic
         reboot, which ``-no-reboot`` turns into a QEMU exit.
         """
         parts = [
@@ -263,6 +273,7 @@ def _recipe_hash() -> str:
         STATUS_CGI,
         DISK_CGI,
         ",".join(GUEST_MODULES),
+        ",".join(SEED_MODULES),
         ",".join(BUSYBOX_APPLETS),
     ):
         h.update(part.encode())
@@ -426,7 +437,9 @@ def _find_busybox(work: Path) -> Path:
     raise ImageBuildError(f"no static busybox in {deb.name}")
 
 
-def _build_initramfs(busybox: Path, modules: list[tuple[str, Path, bytes]], kver: str) -> bytes:
+def _build_initramfs(busybox: Path, modules: list[tuple[str, Path, bytes]], kver: str,
+                     seed_modules: list[tuple[str, Path, bytes]] | None = None) -> bytes:
+    seed_modules = seed_modules or []
     cpio = _Cpio()
     for d in (
         "bin",
@@ -478,6 +491,12 @@ def _build_initramfs(busybox: Path, modules: list[tuple[str, Path, bytes]], kver
         cpio.file(f"lib/modules/{rel}", data)
         listing.append(rel)
     cpio.file("etc/binome/modules", ("\n".join(listing) + "\n").encode())
+    seed_listing = []
+    for name, _path, data in seed_modules:
+        rel = f"{kver}/{name}.ko"
+        cpio.file(f"lib/modules/{rel}", data)
+        seed_listing.append(rel)
+    cpio.file("etc/binome/seed-modules", ("\n".join(seed_listing) + "\n").encode())
     return gzip.compress(cpio.finish(), compresslevel=6, mtime=0)
 
 
@@ -541,8 +560,11 @@ def _build_locked(guest_dir: Path) -> GuestImage:
             raise ImageBuildError(f"{deb.name} has no boot/vmlinuz-* or lib/modules/*")
         kver = moddirs[-1].name
         modules = kernel_files.collect_modules(moddirs[-1], GUEST_MODULES)
+        loaded = {name for name, _p, _d in modules}
+        seed_modules = [m for m in kernel_files.collect_modules(
+            moddirs[-1], (*GUEST_MODULES, *SEED_MODULES)) if m[0] not in loaded]
         busybox = _find_busybox(work)
-        initrd = _build_initramfs(busybox, modules, kver)
+        initrd = _build_initramfs(busybox, modules, kver, seed_modules)
 
         bzimage = kernels[-1].read_bytes()
         vmlinux = kernel_files.pvh_kernel(bzimage)
@@ -560,6 +582,7 @@ def _build_locked(guest_dir: Path) -> GuestImage:
             "pvh": vmlinux is not None,
             "busybox": str(busybox) if not busybox.is_relative_to(work) else BUSYBOX_PACKAGE,
             "modules": [str(p.relative_to(moddirs[-1])) for _n, p, _d in modules],
+            "seed_modules": [str(p.relative_to(moddirs[-1])) for _n, p, _d in seed_modules],
             "recipe": _recipe_hash(),
             "built_at": int(time.time()),
         }

@@ -152,7 +152,8 @@ def split_volid(volid: str) -> tuple[str, str]:
     return storage, volname
 
 
-_IMAGE_RE = re.compile(r"^(\d+)/((?:vm|base)-(\d+)-disk-(\d+))\.(raw|qcow2)$")
+# a disk, or a VM's cloud-init drive (PVE's vm-<vmid>-cloudinit)
+_IMAGE_RE = re.compile(r"^(\d+)/((?:vm|base)-(\d+)-(?:disk-\d+|cloudinit))\.(raw|qcow2)$")
 
 
 def parse_image_volname(volname: str) -> tuple[int, str, str]:
@@ -160,7 +161,7 @@ def parse_image_volname(volname: str) -> tuple[int, str, str]:
     m = _IMAGE_RE.match(volname)
     if not m:
         raise StorageError(f"unable to parse image volume name '{volname}'")
-    return int(m.group(1)), m.group(2), m.group(5)
+    return int(m.group(1)), m.group(2), m.group(4)
 
 
 class Storage(ABC):

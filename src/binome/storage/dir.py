@@ -5,7 +5,9 @@ Images live in ``<path>/images/<vmid>/vm-<vmid>-disk-<n>.<fmt>`` with volids
 ``<path>/template/iso/`` with volids ``STORAGE:iso/<file>``; backups (content
 ``backup``) in ``<path>/dump/`` with volids ``STORAGE:backup/<name>``: binome's own
 (``vzdump-qemu-<vmid>-<time>.binome``, `binome.backup.dumpstore`) and PVE archives
-copied there (listed, not restorable).
+copied there (listed, not restorable). A VM's cloud-init drive is
+``<vmid>/vm-<vmid>-cloudinit.<fmt>``; cloud-init custom files (content ``snippets``)
+are ``<path>/snippets/<file>``, volids ``STORAGE:snippets/<file>``.
 
 Snapshots, as PVE's dir plugin: qcow2 images only, as qcow2 internal snapshots
 (``qemu-img snapshot`` on an image no QEMU has open; the running QEMU takes
@@ -78,6 +80,11 @@ class DirStorage(Storage):
             if "/" in name or name in ("", ".", ".."):
                 raise StorageError(f"invalid volume name '{volname}'")
             return self.root / "template" / "iso" / name
+        if volname.startswith("snippets/"):   # cloud-init custom files, hook scripts
+            name = volname[len("snippets/"):]
+            if "/" in name or name in ("", ".", ".."):
+                raise StorageError(f"invalid volume name '{volname}'")
+            return self.root / "snippets" / name
         vmid, name, fmt = parse_image_volname(volname)
         return self._image_dir(vmid) / f"{name}.{fmt}"
 

@@ -6,6 +6,7 @@ from binome.api.methods import (  # noqa: F401
     access_users,
     backup_jobs,
     backup_storage,
+    cloudinit,
     cluster,
     console,
     domains,

@@ -18,6 +18,7 @@ from binome.api.methods.common import NODE, access_change
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
 from binome.errors import BinomeError
+from binome.guest import cloudinit
 from binome.guest import config as vmconf
 from binome.guest.guests import GuestFailure, GuestService
 from binome.ha.config import sid_of
@@ -63,7 +64,10 @@ KEY_PRIVS.update({
     "smp": ("VM.Config.CPU",), "allow-ksm": ("VM.Config.Memory",),
     "audio0": ("VM.Config.HWType",), "rng0": ("VM.Config.HWType",),
     **{f"usb{i}": ("VM.Config.HWType",) for i in range(vmconf.MAX_USB)},
-    **{f"virtiofs{i}": ("VM.Config.Disk",) for i in range(vmconf.MAX_VIRTIOFS)}})
+    **{f"virtiofs{i}": ("VM.Config.Disk",) for i in range(vmconf.MAX_VIRTIOFS)},
+    # PVE's $cloudinitoptions and ipconfigN
+    **{key: ("VM.Config.Cloudinit",) for key in cloudinit.OPTIONS},
+    **{f"ipconfig{i}": ("VM.Config.Cloudinit",) for i in range(cloudinit.MAX_IPCONFIGS)}})
 TIMEOUT = Param(type="integer", optional=True, minimum=0, maximum=86400,
                 description="Wait at most this many seconds.")
 SETTABLE = {k: v for k, v in vmconf.SCHEMA.items() if k not in vmconf.INTERNAL_KEYS}
@@ -252,8 +256,8 @@ async def _restore(ctx: RequestContext, service: GuestService, params: dict[str,
 )
 async def vm_index(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, str]]:
     await guests(ctx).read(params["vmid"])
-    return [{"subdir": s} for s in ("config", "pending", "status", "clone", "template",
-                                    "snapshot",
+    return [{"subdir": s} for s in ("config", "pending", "cloudinit", "status", "clone",
+                                    "template", "snapshot",
                                     "resize", "vncproxy", "termproxy", "rrddata")]
 
 
@@ -294,7 +298,7 @@ async def vm_destroy(ctx: RequestContext, params: dict[str, Any]) -> str:
 def typed_config(config: dict[str, Any]) -> dict[str, Any]:
     """A config (or a snapshot's section) with PVE's JSON types for the answer."""
     out: dict[str, Any] = {}
-    for key, value in config.items():
+    for key, value in cloudinit.masked(config).items():   # the password never leaves
         p = vmconf.SCHEMA.get(key)
         if p is not None and p.type in ("integer", "boolean"):
             try:
@@ -420,6 +424,9 @@ def _key_privs(key: str, value: Any) -> tuple[str, ...]:
     if key in vmconf.SPECIAL_DRIVES:
         return ("VM.Config.Disk",)
     if vmconf.is_disk_key(key):
+        head = str(value).split(",")[0] if value is not None else ""
+        if cloudinit.cloudinit_request(head) or cloudinit.is_cloudinit_volid(head):
+            return ("VM.Config.CDROM", "VM.Config.Cloudinit")   # PVE: a cloud-init drive
         cdrom = value is not None and "media=cdrom" in str(value)
         return ("VM.Config.CDROM",) if cdrom else ("VM.Config.Disk",)
     if vmconf.is_net_key(key):
