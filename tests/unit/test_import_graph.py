@@ -32,7 +32,7 @@ ROOT = SRC / "binome"
 #:   lab (and tests) on top of everything, imported by nothing in src/binome.
 #: Owners import each other only downwards: ha -> guest, storage, fence, cluster, tasks ;
 #: guest -> storage, cluster, tasks ; storage -> cluster, tasks ; cluster -> tasks.
-LEAVES = frozenset({"config", "errors", "durable", "loops", "schema", "tickets"})
+LEAVES = frozenset({"config", "errors", "durable", "loops", "schema", "tickets", "units"})
 ALLOWED_EDGES: dict[str, frozenset[str]] = {
     "cli": frozenset({"api", "tasks"}),   # tasks: the pure UPID format it prints
     "daemon": frozenset({"api", "ha", "guest", "storage", "fence", "cluster", "tasks",

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from binome.units import human_duration
+
 
 def render(data: Any, formatter: str | None, output_format: str) -> str:
     if output_format == "json":
@@ -182,38 +184,28 @@ def ha_availability(reports: list[dict[str, Any]]) -> str:
         pct = "n/a" if rep["availability"] is None else f"{rep['availability']:.4f} %"
         lines.append(f"{rep['sid']} ({rep['state']}) {since} .. {until} UTC: "
                      f"availability {pct} (class {rep['class']}), "
-                     f"downtime {_duration(rep['downtime'])} in {rep['outages']} outage(s), "
-                     f"longest {_duration(rep['longest'])}, MTTR {_duration(rep['mttr'])}, "
-                     f"planned {_duration(rep['planned_downtime'])}")
+                     f"downtime {_dur(rep['downtime'])} in {rep['outages']} outage(s), "
+                     f"longest {_dur(rep['longest'])}, MTTR {_dur(rep['mttr'])}, "
+                     f"planned {_dur(rep['planned_downtime'])}")
         bud = rep.get("budget")
         if bud:
-            lines.append(f"  budget {bud['target']:g} %: {_duration(bud['used'])} of "
-                         f"{_duration(bud['allowed'])} used ({bud['used_percent']:g} %), "
-                         f"{_duration(bud['left'])} left")
+            lines.append(f"  budget {bud['target']:g} %: {_dur(bud['used'])} of "
+                         f"{_dur(bud['allowed'])} used ({bud['used_percent']:g} %), "
+                         f"{_dur(bud['left'])} left")
         for kind, items in (("outage", rep["outage_list"]), ("planned", rep["planned_list"])):
             for o in items:
                 start = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(o["start"]))
-                phases = ", ".join(f"{p['cause']} {_duration(p['duration'])}"
+                phases = ", ".join(f"{p['cause']} {_dur(p['duration'])}"
                                    for p in o["phases"])
-                lines.append(f"  {kind:<7} {start}  {_duration(o['duration']):>14}  "
+                lines.append(f"  {kind:<7} {start}  {_dur(o['duration']):>14}  "
                              f"{o['cause']:<10} on {o['node'] or '?'}"
                              + (" (ongoing)" if o["ongoing"] else "")
                              + (f"  [{phases}]" if len(o["phases"]) > 1 else ""))
     return "\n".join(lines)
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    secs = round(seconds)
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if secs >= size:
-            parts.append(f"{secs // size} {unit}")
-            secs %= size
-    if secs:
-        parts.append(f"{secs} s")
-    return " ".join(parts)
+def _dur(seconds: float) -> str:
+    return human_duration(seconds, tenths_under_a_minute=True)
 
 
 FORMATTERS: dict[str, Callable[[Any], str]] = {

@@ -224,19 +224,6 @@ def allowed_per_year(cls_percent: float) -> float:
     return (1 - cls_percent / 100) * YEAR
 
 
-def human_duration(seconds: float) -> str:
-    """8 h 45 min 36 s, the way the seeds spoke of downtime."""
-    secs = round(seconds)
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if secs >= size:
-            parts.append(f"{secs // size} {unit}")
-            secs %= size
-    if secs or not parts:
-        parts.append(f"{secs} s")
-    return " ".join(parts)
-
-
 def period_bounds(period: str, now: float) -> tuple[float, float]:
     """The calendar period (UTC) containing `now`: its start and its end (may be future)."""
     t = dt.datetime.fromtimestamp(now, dt.UTC)

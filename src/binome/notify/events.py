@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from binome.units import human_duration
+
 
 class Severity(StrEnum):
     INFO = "info"
@@ -193,18 +195,6 @@ BLOCKED_REASONS: dict[str, tuple[str, str]] = {
 }
 
 
-def _duration(seconds: float) -> str:
-    """2 h 3 min 4 s: downtime as an administrator reads it."""
-    secs, parts = round(seconds), []
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if secs >= size:
-            parts.append(f"{secs // size} {unit}")
-            secs %= size
-    if secs or not parts:
-        parts.append(f"{secs} s")
-    return " ".join(parts)
-
-
 class EventError(ValueError):
     pass
 
@@ -245,8 +235,8 @@ def make_event(kind: str, hostname: str, *, severity: Severity | str | None = No
     if spec.type == "availability":
         down, allowed = float(data["downtime"]), float(data["budget"])
         data.setdefault("used_percent", f"{100 * down / allowed:.0f}" if allowed > 0 else "100")
-        data.setdefault("downtime_text", _duration(down))
-        data.setdefault("budget_text", _duration(allowed))
+        data.setdefault("downtime_text", human_duration(down))
+        data.setdefault("budget_text", human_duration(allowed))
         data.setdefault("target", "the target")
     values = _Defaulting({k: v for k, v in data.items()})
     values["hostname"] = hostname

@@ -8,6 +8,7 @@ import pytest
 
 from binome.ha import availability as av
 from binome.ha.availability import Transition as T
+from binome.units import human_duration
 
 
 def rep(log, since=0.0, until=1000.0, now=None, target=None):
@@ -124,9 +125,9 @@ def test_classes(percent: float, cls: str) -> None:
 
 
 def test_class_allowance_per_year_is_the_seeds_figure() -> None:
-    assert av.human_duration(av.allowed_per_year(99.9)) == "8 h 45 min 36 s"
-    assert av.human_duration(av.allowed_per_year(99.99)) == "52 min 34 s"
-    assert av.human_duration(av.allowed_per_year(99.0)) == "3 d 15 h 36 min"
+    assert human_duration(av.allowed_per_year(99.9)) == "8 h 45 min 36 s"
+    assert human_duration(av.allowed_per_year(99.99)) == "52 min 34 s"
+    assert human_duration(av.allowed_per_year(99.0)) == "3 d 15 h 36 min"
 
 
 def test_budget_over_the_whole_period() -> None:

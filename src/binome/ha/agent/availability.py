@@ -21,6 +21,7 @@ from typing import Any
 from binome.ha import availability as av
 from binome.ha.availability_log import AvailabilityLog, ServiceRecord
 from binome.store.client import Store, StoreUnavailable
+from binome.units import human_duration
 
 log = logging.getLogger("binome.ha")
 
@@ -115,5 +116,5 @@ class AvailabilityRecorder:
             self._notify(kind, sid=sid, month=label, downtime=int(rep["downtime"]),
                          budget=int(bud["allowed"]), target=f"{target:g} %",
                          used_percent=f"{bud['used_percent']:g}",
-                         downtime_text=av.human_duration(rep["downtime"]),
-                         budget_text=av.human_duration(bud["allowed"]))
+                         downtime_text=human_duration(rep["downtime"]),
+                         budget_text=human_duration(bud["allowed"]))
