@@ -52,8 +52,27 @@ def test_unused_unlink_protection_efidisk_tpm(api, cluster: Cluster) -> None:
     assert wait_task(api, cluster, api.post(url + "/status/start", timeout=30)
                      .json()["data"]) == "OK"
     assert api.get(url + "/status/current", timeout=10).json()["data"]["status"] == "running"
+    # qm sendkey: QEMU's monitor key names; anything else never reaches the monitor
+    assert api.put(url + "/sendkey", data={"key": "shift"}, timeout=30).status_code == 200
+    r = api.put(url + "/sendkey", data={"key": "nosuchkey"}, timeout=30)
+    assert r.status_code == 500 and "nosuchkey" in r.json()["message"], r.text
+    r = api.put(url + "/sendkey", data={"key": "a\ninfo"}, timeout=30)
+    assert r.status_code == 400 and "key" in r.json()["errors"], r.text
+    # a running VM's disk grows through QEMU (block_resize), a stopped one's on storage
+    upid = api.put(url + "/resize", data={"disk": "virtio0", "size": "+64M"},
+                   timeout=30).json()["data"]
+    assert wait_task(api, cluster, upid) == "OK"
+    log = api.get(f"{base(cluster)}/nodes/n1/tasks/{upid}/log", timeout=10).json()["data"]
+    assert any("grown online" in line["t"] for line in log), log
+    assert config(api, cluster, vmid)["virtio0"].endswith(",size=1088M")
+    assert images(api, cluster, vmid)[virtio0] == (1024 + 64) << 20
+    r = api.put(url + "/resize", data={"disk": "virtio0", "size": "1G"}, timeout=30)
+    assert r.status_code == 400 and "size" in r.json()["errors"], r.text   # no shrinking
     assert wait_task(api, cluster, api.post(url + "/status/stop", timeout=30)
                      .json()["data"]) == "OK"
+    assert wait_task(api, cluster, api.put(url + "/resize", timeout=30, data={
+        "disk": "virtio0", "size": "+64M"}).json()["data"]) == "OK"
+    assert images(api, cluster, vmid)[virtio0] == (1024 + 128) << 20
 
     # protection: no disk removal, no destroy, nothing changes (PVE's texts)
     assert api.put(url + "/config", data={"protection": 1}, timeout=30).status_code == 200

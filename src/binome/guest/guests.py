@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from binome.guest.backups import Backups, VzdumpOptions
 from binome.guest.configs import VmConfig, conf_missing
 from binome.guest.context import GuestContext
-from binome.guest.errors import GuestFailure
+from binome.guest.errors import GuestError, GuestFailure
 from binome.guest.lifecycle import Lifecycle
 from binome.guest.migration import MigrationSource, MigrationTarget
 from binome.guest.settling import MigrationSettler
@@ -116,6 +116,20 @@ class GuestService:
 
     async def next_free_vmid(self, start: int = 100) -> int:
         return await self.configs.next_free_vmid(start)
+
+    async def send_key(self, vmid: int, key: str) -> None:
+        """`qm sendkey`: the VM must run here."""
+        async with self.ctx.lock(vmid):
+            await self.ctx.read(vmid)
+            if not self.ctx.runtime.is_running(vmid):
+                raise GuestFailure(f"VM {vmid} not running")
+            try:
+                await self.ctx.runtime.send_key(vmid, key)
+            except GuestError as exc:
+                raise GuestFailure(str(exc)) from None
+
+    async def resize_disk(self, task: Task, vmid: int, key: str, new_size: int) -> None:
+        await self.lifecycle.resize_disk(task, vmid, key, new_size)
 
     async def update(self, vmid: int, changes: dict[str, Any], delete: list[str],
                      digest: str | None, *, task: Task | None = None,

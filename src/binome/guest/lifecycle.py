@@ -265,6 +265,34 @@ class Lifecycle:
                         task.warn(f"could not remove unused volume {volid}: {exc}")
             return written
 
+    async def resize_disk(self, task: Task, vmid: int, key: str, new_size: int) -> None:
+        """PVE's `qm resize`: grow disk `key` to `new_size` bytes. A running guest's disk
+        grows through QEMU (`block_resize`: it holds the image open, and the guest sees
+        the new capacity at once); a stopped guest's through its storage. A disk QEMU
+        reaches over NBD (a replicated volume) cannot grow under a running guest: QEMU's
+        NBD client cannot change an export's size."""
+        async with self.ctx.lock(vmid):
+            vm = await self.ctx.read(vmid)
+            if key not in vm.config or not vmconf.is_disk_key(key):
+                raise GuestFailure(f"disk '{key}' does not exist")
+            disk = vmconf.parse_disk(key, str(vm.config[key]))
+            if not disk.volid or disk.is_cdrom:
+                raise GuestFailure(f"disk '{key}' cannot be resized")
+            storage = await self.ctx.storages.for_volid(disk.volid)
+            if self.ctx.runtime.is_running(vmid):
+                if storage.per_node_activation:
+                    raise GuestFailure(f"{key}: a disk on '{storage.config.storage}' "
+                                       f"({storage.config.type}) cannot grow while the VM "
+                                       f"runs (QEMU reaches it over NBD); stop the VM first")
+                await self.ctx.runtime.block_resize(vmid, key, new_size)
+                task.log(f"{key}: grown online (QMP block_resize)")
+            else:
+                await storage.resize(disk.volid, new_size)
+            options = {**disk.options, "size": vmconf.format_size(new_size)}
+            value = ",".join([disk.volid, *(f"{k}={v}" for k, v in options.items())])
+            await self.ctx.configs.write(vm, {**vm.config, key: value})
+        task.log(f"{key}: resized to {vmconf.format_size(new_size)}")
+
     async def _materialize_disk(self, vmid: int, key: str, value: str,
                                 config: dict[str, Any]) -> tuple[str, str | None]:
         """'local:4' -> allocate 4 GiB and return the volume's config value (efidisk0:

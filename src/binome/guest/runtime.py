@@ -606,6 +606,23 @@ class QemuRuntime:
         """Continue a paused guest (QMP ``cont``)."""
         await self._running(vmid).qmp.command("cont")
 
+    async def send_key(self, vmid: int, key: str) -> None:
+        """Press `key` (QEMU monitor encoding, e.g. ``ctrl-alt-delete``) on the guest's
+        keyboard. PVE's vm_sendkey uses the human monitor's ``sendkey`` (its names are
+        what PVE's API takes); any text it answers is an error. The caller validated the
+        name (no spaces: nothing else reaches the monitor)."""
+        answer = await self._running(vmid).qmp.command(
+            "human-monitor-command", {"command-line": f"sendkey {key}"})
+        if isinstance(answer, str) and answer.strip():
+            raise GuestError(answer.strip())
+
+    async def block_resize(self, vmid: int, key: str, size: int) -> None:
+        """Grow a running guest's disk `key` to `size` bytes (QMP ``block_resize`` on
+        PVE's drive id ``drive-<key>``): QEMU grows the image it holds open and the
+        guest sees the new capacity, as PVE's `qemu_block_resize`."""
+        await self._running(vmid).qmp.command("block_resize",
+                                              {"device": f"drive-{key}", "size": int(size)})
+
     async def command(
         self, vmid: int, cmd: str, args: dict[str, Any] | None = None,
         timeout: float = QMP_TIMEOUT,

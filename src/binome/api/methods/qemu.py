@@ -20,7 +20,7 @@ from binome.api.schema import Param
 from binome.errors import BinomeError
 from binome.guest import cloudinit
 from binome.guest import config as vmconf
-from binome.guest.guests import GuestFailure, GuestService
+from binome.guest.guests import GuestService
 from binome.ha.config import sid_of
 from binome.tasks.manager import Task
 
@@ -741,6 +741,23 @@ async def vm_template(ctx: RequestContext, params: dict[str, Any]) -> str:
 
 
 @registry.register(
+    "PUT", "/nodes/{node}/qemu/{vmid}/sendkey", name="vm_sendkey",
+    permission=privs("VM.Console", path=VM_PATH), proxyto="node",
+    description="Send key event to virtual machine.",
+    parameters={"node": NODE, "vmid": VMID,
+                # QEMU monitor key names joined by '-' (ctrl-alt-delete): nothing else
+                # may reach the monitor's command line
+                "key": Param(pattern=r"[a-z0-9_]+(?:-[a-z0-9_]+)*", max_length=64,
+                             description="The key (qemu monitor encoding)."),
+                "skiplock": SKIPLOCK},
+    returns={"type": "null"},
+    cli=CliSpec(("vm", "sendkey"), positional=("vmid", "key")),
+)
+async def vm_sendkey(ctx: RequestContext, params: dict[str, Any]) -> None:
+    await guests(ctx).send_key(params["vmid"], params["key"])
+
+
+@registry.register(
     "PUT", "/nodes/{node}/qemu/{vmid}/resize", name="vm_resize",
     permission=privs("VM.Config.Disk", path=VM_PATH), proxyto="node",
     description="Extend a disk ('+1G' adds, '8G' sets; shrinking is refused).",
@@ -770,14 +787,7 @@ async def vm_resize(ctx: RequestContext, params: dict[str, Any]) -> str:
         raise param_error("size", "shrinking disks is not supported")
 
     async def body(task: Task) -> None:
-        async with service.lock(vmid):
-            if service.runtime.is_running(vmid):
-                raise GuestFailure("resizing the disk of a running VM is not supported yet")
-            await storage.resize(volid, new_size)
-            options = {**disk.options, "size": vmconf.format_size(new_size)}
-            value = ",".join([volid, *(f"{k}={v}" for k, v in options.items())])
-        await service.update(vmid, {key: value}, [], None, task=task)
-        task.log(f"{key}: resized to {vmconf.format_size(new_size)}")
+        await service.resize_disk(task, vmid, key, new_size)
 
     return _start_task(ctx, "resize", vmid, body)
 
