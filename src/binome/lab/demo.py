@@ -72,6 +72,8 @@ def banner(lab: LabCluster, guest_url: str | None) -> str:
         "",
         "binome demo: cluster 'demo' with nodes n1, n2 and witness w is up.",
         "",
+        f"  Web UI:       https://{n1}:8006/   (any node; the certificate is the cluster's "
+        f"own CA: accept it in the browser)",
         f"  API (HTTPS):  https://{n1}:8006/api2/json   (n2: https://{n2}:8006)",
         f"  Login:        {ADMIN}",
         f"  Password:     {lab.password}   (demo-only; also in {lab.password_file})",
