@@ -14,6 +14,7 @@ const en = {
   "login.tfa.help": "Enter the code from your authenticator app, or a recovery key.",
   "login.tfa.code": "TOTP code",
   "login.tfa.recovery": "Use a recovery key",
+  "login.tfa.recoverykey": "Recovery key",
   "login.tfa.submit": "Verify",
   "login.tfa.failed": "The second factor was not accepted.",
   "login.tfa.back": "Back",

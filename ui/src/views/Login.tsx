@@ -115,7 +115,7 @@ export function Login(props: { onLoggedIn: () => void }) {
             <h2>{t("login.tfa.title")}</h2>
             <p>{t("login.tfa.help")}</p>
             <label>
-              {t("login.tfa.code")}
+              {recovery ? t("login.tfa.recoverykey") : t("login.tfa.code")}
               <input id="login-tfa-code" ref={codeRef} autocomplete="one-time-code" required
                 inputMode={recovery ? "text" : "numeric"} value={code}
                 onInput={(e) => setCode(e.currentTarget.value)} />

@@ -89,7 +89,7 @@ export function VmView(props: { vmid: number; resources: Resource[] }) {
         <button id="vm-migrate" onClick={() => open("migrate")}>{t("vm.migrate")}</button>
       </div>
       {message && <p class={message.error ? "error" : "notice"} role="status" id="vm-message">{message.text}</p>}
-      {error && <p class="error">{t("common.error", { message: error.message })}</p>}
+      {error && !movedAway(error) && <p class="error">{t("common.error", { message: error.message })}</p>}
       <section class="card" aria-label={t("vm.summary")}>
         <h2>{t("vm.summary")}</h2>
         <dl>
@@ -131,4 +131,10 @@ export function VmView(props: { vmid: number; resources: Resource[] }) {
       )}
     </div>
   );
+}
+
+/** The VM left the node just asked (a migration, a failover): the next poll of
+ * /cluster/resources names its new node; not an error to show. */
+function movedAway(e: ApiError): boolean {
+  return e.status === 500 && /does not exist/.test(e.message);
 }
