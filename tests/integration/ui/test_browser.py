@@ -231,6 +231,12 @@ def test_login_tree_live_views(browser, cluster: Cluster, api: requests.Session,
     _css(browser, "#theme-toggle")[0].click()
     theme = browser.execute_script("return document.documentElement.dataset.theme")
     browser.save_screenshot(str(shots / f"node-{theme}.png"))
+    # a phone's width: the panes stack, the tree and the view both still there
+    browser.set_window_size(390, 844)
+    assert _css(browser, ".tree [role=treeitem]")[0].is_displayed()
+    assert _css(browser, "#view-node")[0].is_displayed()
+    browser.save_screenshot(str(shots / "node-phone.png"))
+    browser.set_window_size(1366, 768)
 
     # no JavaScript error in the console; the failed requests expected: the wrong
     # password's 401, and the VM's status asked of n1 in the instant after the migration

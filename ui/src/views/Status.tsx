@@ -15,7 +15,7 @@ export function NodeIcon(props: { status?: string }) {
 
 export function VmIcon(props: { vm: Resource }) {
   const s = props.vm.status ?? "unknown";
-  const glyph = s === "running" ? "▶" : s === "paused" ? "❚❚" : "■";
+  const glyph = s === "running" ? "▶" : s === "paused" ? "❚❚" : s === "stopped" ? "■" : "?";
   const label = s in { running: 1, stopped: 1, paused: 1 }
     ? t(`status.${s}` as "status.running") : s;
   return (
