@@ -191,6 +191,8 @@ def test_login_tree_live_views(browser, cluster: Cluster, api: requests.Session,
     _css(browser, "#vm-stop")[0].click()
     dialog = _wait(browser, lambda d: _css(d, "dialog[open]"), "the confirmation")[0]
     assert str(vm) in dialog.text
+    # a destructive action starts with the focus on Cancel: Enter alone stops nothing
+    assert browser.switch_to.active_element.get_attribute("type") == "button"
     browser.save_screenshot(str(shots / "vm-confirm.png"))
     dialog.find_element("css selector", "button[type=button]").click()   # cancel
     _wait(browser, lambda d: not _css(d, "dialog[open]"), "the dialog to close")

@@ -8,6 +8,8 @@ export function Dialog(props: {
   children?: ComponentChildren;
   okLabel?: string;
   okDisabled?: boolean;
+  /** destructive: the focus starts on Cancel, so a stray Enter changes nothing */
+  danger?: boolean;
   onOk: () => void;
   onCancel: () => void;
 }) {
@@ -23,8 +25,11 @@ export function Dialog(props: {
         <h2>{props.title}</h2>
         {props.children}
         <div class="dialog-buttons">
-          <button type="button" onClick={props.onCancel}>{t("dialog.cancel")}</button>
-          <button type="submit" class="primary" disabled={props.okDisabled} autofocus>
+          <button type="button" onClick={props.onCancel} autofocus={props.danger}>
+            {t("dialog.cancel")}
+          </button>
+          <button type="submit" class={props.danger ? "primary danger" : "primary"}
+            disabled={props.okDisabled} autofocus={!props.danger}>
             {props.okLabel ?? t("dialog.ok")}
           </button>
         </div>

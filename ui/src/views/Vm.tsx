@@ -104,7 +104,8 @@ export function VmView(props: { vmid: number; resources: Resource[] }) {
         </dl>
       </section>
       {pending && pending !== "migrate" && (
-        <Dialog title={t(`vm.${pending}` as "vm.start")} onOk={run} onCancel={() => setPending(null)}>
+        <Dialog title={t(`vm.${pending}` as "vm.start")} danger={pending === "stop"}
+          onOk={run} onCancel={() => setPending(null)}>
           <p>{t(`vm.confirm.${pending}` as "vm.confirm.start", { vmid: props.vmid })}</p>
         </Dialog>
       )}
