@@ -81,6 +81,40 @@ def vm(api: requests.Session, cluster: Cluster) -> Iterator[int]:
 
 
 @pytest.fixture(scope="module")
+def console_vm(api: requests.Session, cluster: Cluster) -> Iterator[int]:
+    """A running VM on n1 booting the lab's tiny image: a shell on its serial console
+    (console=ttyS0) and a VGA display for VNC."""
+    from binome.lab.image import build_image
+
+    image = build_image()
+    iso = cluster["n1"].state_dir / "storage" / "local" / "template" / "iso"
+    iso.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(image.kernel, iso / "ui-vmlinuz")
+    shutil.copyfile(image.initrd, iso / "ui-initrd.gz")
+    vmid = int(api.get(_base(cluster) + "/api2/json/cluster/nextid", timeout=10)
+               .json()["data"])
+    url = f"{_base(cluster)}/api2/json/nodes/n1/qemu"
+    r = api.post(url, timeout=30, data={
+        "vmid": vmid, "name": "ui-console", "memory": 96, "vga": "std",
+        "kernel": "local:iso/ui-vmlinuz", "initrd": "local:iso/ui-initrd.gz",
+        "append": "console=ttyS0 quiet panic=-1"})
+    assert r.status_code == 200, r.text
+    _task_ok(api, cluster, r.json()["data"])
+    try:
+        r = api.post(f"{url}/{vmid}/status/start", timeout=30)
+        assert r.status_code == 200, r.text
+        _task_ok(api, cluster, r.json()["data"])
+        yield vmid
+    finally:
+        r = api.post(f"{url}/{vmid}/status/stop", timeout=30)
+        if r.status_code == 200:
+            _task_ok(api, cluster, r.json()["data"])
+        r = api.delete(f"{url}/{vmid}", timeout=30)
+        if r.status_code == 200:
+            _task_ok(api, cluster, r.json()["data"])
+
+
+@pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory):
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
         pytest.skip("chromium/chromium-driver are not installed (make setup installs them)")
@@ -250,6 +284,62 @@ def test_login_tree_live_views(browser, cluster: Cluster, api: requests.Session,
             or (f"/nodes/n1/qemu/{vm}/status/current" in m and "does not exist" in m))
     errors = [e for e in browser.get_log("browser")
               if e["level"] == "SEVERE" and not expected(e)]
+    assert errors == [], errors
+
+
+def _go(driver, hash_: str) -> None:
+    driver.execute_script("location.hash = arguments[0]", hash_)
+
+
+def test_consoles_and_graphs(browser, cluster: Cluster, console_vm: int, shots: Path) -> None:
+    """The serial console (xterm.js) answers a command typed in the browser, the VNC
+    console (noVNC) draws the guest's display, the graphs draw the rrddata."""
+    from selenium.webdriver.support.ui import Select
+
+    vm = console_vm
+    if not _css(browser, ".tree"):       # run alone: log in first
+        browser.get(_base(cluster) + "/")
+        _login(browser, PASSWORD)
+        _wait(browser, lambda d: _css(d, ".tree"), "the resource tree after login")
+    _go(browser, f"#/vm/{vm}/console")
+    _wait(browser, lambda d: _css(d, "#console-state[data-state=connected]"),
+          "the serial console connected", timeout=20)
+    # the guest boots (or, booted, answers the Enter sent on connect) to its shell prompt
+    # on ttyS0; then a command typed into the terminal is answered (the answer computed
+    # by the guest, so it cannot be the typed text echoed)
+    _wait(browser, lambda d: "guest:/#" in _css(d, "#serial-console .xterm-rows")[0].text,
+          "the guest's shell prompt in the terminal", timeout=30)
+    _css(browser, "#serial-console .xterm-helper-textarea")[0].send_keys(
+        "echo ui-console-$((40+2))\n")
+    _wait(browser, lambda d: "ui-console-42" in _css(d, "#serial-console .xterm-rows")[0]
+          .text.replace("$((40+2))", ""), "the guest's answer in the terminal", timeout=20)
+    browser.save_screenshot(str(shots / "console-serial.png"))
+
+    _css(browser, "#vm-tab-vnc")[0].click()
+    _wait(browser, lambda d: _css(d, "#console-state[data-state=connected]"),
+          "the VNC console connected", timeout=20)
+    # a frame drawn: the canvas has the guest's size and some pixel that is not black
+    drawn = """
+        const c = document.querySelector('#vnc-console canvas');
+        if (!c || c.width < 100) return false;
+        const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        for (let i = 0; i < px.length; i += 4) if (px[i] || px[i+1] || px[i+2]) return true;
+        return false;"""
+    _wait(browser, lambda d: d.execute_script(drawn), "a VNC frame on the canvas", timeout=20)
+    browser.save_screenshot(str(shots / "console-vnc.png"))
+
+    _css(browser, "#vm-tab-graphs")[0].click()
+    _wait(browser, lambda d: len(_css(d, "#graphs .chart canvas")) == 4
+          and int(_css(d, "#graphs")[0].get_attribute("data-points")) > 0,
+          "four VM charts drawn from rrddata")
+    Select(_css(browser, "#graphs-timeframe")[0]).select_by_value("day")
+    _wait(browser, lambda d: len(_css(d, "#graphs .chart canvas")) == 4, "the day charts")
+    browser.save_screenshot(str(shots / "vm-graphs.png"))
+    _go(browser, "#/node/n1")
+    _wait(browser, lambda d: len(_css(d, "#view-node #graphs .chart canvas")) == 4,
+          "the node's four charts")
+    browser.save_screenshot(str(shots / "node-graphs.png"))
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == [], errors
 
 

@@ -4,6 +4,7 @@ import { t } from "../strings";
 import * as fmt from "../format";
 import type { Resource } from "../types";
 import { Meter } from "./Datacenter";
+import { Graphs } from "./Graphs";
 import { NodeIcon, VmIcon } from "./Status";
 
 interface NodeStatus {
@@ -70,6 +71,10 @@ export function NodeSummary(props: { node: string; resources: Resource[];
             </tbody>
           </table>
         </div>
+      </section>
+      <section>
+        <h2>{t("vm.tab.graphs")}</h2>
+        <Graphs kind="node" path={`/nodes/${encodeURIComponent(props.node)}/rrddata`} />
       </section>
     </div>
   );

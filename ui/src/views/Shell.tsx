@@ -33,7 +33,7 @@ export function Shell(props: { theme: string; onTheme: () => void; onLogout: () 
         onVm={(vmid) => go({ kind: "vm", vmid })} />;
       break;
     case "vm":
-      content = <VmView key={route.vmid} vmid={route.vmid} resources={resources} />;
+      content = <VmView key={route.vmid} vmid={route.vmid} tab={route.tab ?? "summary"} resources={resources} />;
       break;
     default:
       content = <DatacenterSummary resources={resources}

@@ -9,6 +9,11 @@ import type { Resource } from "../types";
 import { Dialog } from "./Confirm";
 import { Meter } from "./Datacenter";
 import { VmIcon } from "./Status";
+import { VmConsole } from "./VmConsole";
+import { Graphs } from "./Graphs";
+import { href, type VmTab } from "../route";
+
+const TABS: VmTab[] = ["summary", "console", "vnc", "graphs"];
 
 interface VmStatus {
   status: string;
@@ -24,7 +29,7 @@ interface VmStatus {
 
 type Action = "start" | "shutdown" | "stop" | "migrate";
 
-export function VmView(props: { vmid: number; resources: Resource[] }) {
+export function VmView(props: { vmid: number; tab: VmTab; resources: Resource[] }) {
   const entry = props.resources.find((r) => r.type === "qemu" && r.vmid === props.vmid);
   const node = entry?.node;
   const base = node ? `/nodes/${encodeURIComponent(node)}/qemu/${props.vmid}` : null;
@@ -90,7 +95,19 @@ export function VmView(props: { vmid: number; resources: Resource[] }) {
       </div>
       {message && <p class={message.error ? "error" : "notice"} role="status" id="vm-message">{message.text}</p>}
       {error && !movedAway(error) && <p class="error">{t("common.error", { message: error.message })}</p>}
-      <section class="card" aria-label={t("vm.summary")}>
+      <nav class="tabs" role="tablist" aria-label={t("vm.summary")}>
+        {TABS.map((tab) => (
+          <a key={tab} role="tab" id={`vm-tab-${tab}`} aria-selected={props.tab === tab}
+            href={href({ kind: "vm", vmid: props.vmid, tab })}>{t(`vm.tab.${tab}` as "vm.tab.summary")}</a>
+        ))}
+      </nav>
+      {props.tab === "console" && node && <VmConsole key="serial" kind="serial" node={node}
+        vmid={props.vmid} running={running} />}
+      {props.tab === "vnc" && node && <VmConsole key="vnc" kind="vnc" node={node}
+        vmid={props.vmid} running={running} />}
+      {props.tab === "graphs" && node && <Graphs path={`/nodes/${encodeURIComponent(node)}/qemu/${props.vmid}/rrddata`}
+        kind="vm" />}
+      {props.tab === "summary" && <section class="card" aria-label={t("vm.summary")}>
         <h2>{t("vm.summary")}</h2>
         <dl>
           <dt>{t("vm.status")}</dt><dd id="vm-status">{status}{data?.qmpstatus && data.qmpstatus !== status ? ` (${data.qmpstatus})` : ""}</dd>
@@ -102,7 +119,7 @@ export function VmView(props: { vmid: number; resources: Resource[] }) {
             text={`${fmt.bytes(data?.mem)} / ${fmt.bytes(data?.maxmem)}`} /></dd>
           <dt>{t("vm.uptime")}</dt><dd>{fmt.uptime(data?.uptime)}</dd>
         </dl>
-      </section>
+      </section>}
       {pending && pending !== "migrate" && (
         <Dialog title={t(`vm.${pending}` as "vm.start")} danger={pending === "stop"}
           onOk={run} onCancel={() => setPending(null)}>
