@@ -7,6 +7,7 @@ import { usePoll } from "../poll";
 import { useRoute } from "../route";
 import { t } from "../strings";
 import type { Resource } from "../types";
+import { CreateVm } from "./Create";
 import { DatacenterSummary } from "./Datacenter";
 import { NodeSummary } from "./Node";
 import { TaskList } from "./Tasks";
@@ -35,6 +36,9 @@ export function Shell(props: { theme: string; onTheme: () => void; onLogout: () 
     case "vm":
       content = <VmView key={route.vmid} vmid={route.vmid} tab={route.tab ?? "summary"} resources={resources} />;
       break;
+    case "create":
+      content = <CreateVm resources={resources} onCreated={(vmid) => go({ kind: "vm", vmid })} />;
+      break;
     default:
       content = <DatacenterSummary resources={resources}
         onNode={(node) => go({ kind: "node", node })} />;
@@ -48,6 +52,7 @@ export function Shell(props: { theme: string; onTheme: () => void; onLogout: () 
       <header class="header">
         <span class="brand"><span class="logo" aria-hidden="true">◆</span> {t("app.title")}</span>
         <span class="spacer" />
+        <a class="button" id="create-vm" href="#/create">{t("create.open")}</a>
         {session && <span class="user" id="shell-user">{t("shell.user", { user: session.username })}</span>}
         <button id="theme-toggle" onClick={props.onTheme} title={t("shell.theme")}>
           {props.theme === "dark" ? t("shell.theme.light") : t("shell.theme.dark")}
