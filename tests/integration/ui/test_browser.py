@@ -400,6 +400,47 @@ def test_create_vm_wizard(browser, cluster: Cluster, api: requests.Session,
             _task_ok(api, cluster, r.json()["data"])
 
 
+def test_datacenter_pages(browser, cluster: Cluster, api: requests.Session, vm: int,
+                          shots: Path) -> None:
+    """The cluster log, the storage list, and HA: a VM added as a resource through the
+    dialog, then removed (confirmed)."""
+    from selenium.webdriver.support.ui import Select
+
+    if not _css(browser, ".tree"):       # run alone: log in first
+        browser.get(_base(cluster) + "/")
+        _login(browser, PASSWORD)
+        _wait(browser, lambda d: _css(d, ".tree"), "the resource tree after login")
+    _go(browser, "#/dc")
+    _css(browser, "#dc-tab-log")[0].click()
+    _wait(browser, lambda d: len(_css(d, "#dc-log-table tbody tr")) > 0, "cluster log rows")
+    _css(browser, "#dc-tab-storage")[0].click()
+    _wait(browser, lambda d: _css(d, '#dc-storage-table tr[data-storage="local"]'),
+          "the local storage listed")
+    _css(browser, "#dc-tab-ha")[0].click()
+    _wait(browser, lambda d: _css(d, "#ha-status-list li[data-type=quorum]"), "HA status")
+    _css(browser, "#ha-add")[0].click()
+    dialog = _wait(browser, lambda d: _css(d, "dialog[open]"), "the add dialog")[0]
+    Select(_css(browser, "#ha-add-vm")[0]).select_by_value(str(vm))
+    Select(_css(browser, "#ha-add-state")[0]).select_by_value("stopped")
+    dialog.find_element("css selector", "button[type=submit]").click()
+    row = f'#ha-resource-table tr[data-sid="vm:{vm}"]'
+    try:
+        _wait(browser, lambda d: _css(d, row) and "stopped" in _css(d, row)[0].text,
+              "the VM as an HA resource")
+        browser.save_screenshot(str(shots / "dc-ha.png"))
+        _css(browser, f"{row} .ha-remove")[0].click()
+        _wait(browser, lambda d: _css(d, "dialog[open]"), "the remove confirmation")[0] \
+            .find_element("css selector", "button[type=submit]").click()
+        _wait(browser, lambda d: not _css(d, row), "the HA resource removed")
+        listed = api.get(f"{_base(cluster)}/api2/json/cluster/ha/resources",
+                         timeout=10).json()["data"]
+        assert f"vm:{vm}" not in [r["sid"] for r in listed]
+    finally:
+        api.delete(f"{_base(cluster)}/api2/json/cluster/ha/resources/vm:{vm}", timeout=10)
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == [], errors
+
+
 def test_second_factor_step(browser, cluster: Cluster, shots: Path) -> None:
     """A user with a second factor: the password step, then the TFA form (here with a
     recovery key: a TOTP code would need waiting for the next 30 s step)."""

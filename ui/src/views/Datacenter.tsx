@@ -4,6 +4,7 @@ import { usePoll } from "../poll";
 import { t } from "../strings";
 import * as fmt from "../format";
 import type { ClusterStatusEntry, HaStatusEntry, Resource } from "../types";
+import { DcTabs } from "./DcViews";
 import { NodeIcon } from "./Status";
 
 export function DatacenterSummary(props: { resources: Resource[]; onNode: (n: string) => void }) {
@@ -19,6 +20,7 @@ export function DatacenterSummary(props: { resources: Resource[]; onNode: (n: st
   return (
     <div class="view" id="view-datacenter">
       <h1>{t("dc.summary")}</h1>
+      <DcTabs current="summary" />
       <div class="cards">
         <section class="card" aria-labelledby="dc-cluster">
           <h2 id="dc-cluster">{t("dc.cluster")}</h2>

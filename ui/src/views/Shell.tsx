@@ -9,6 +9,7 @@ import { t } from "../strings";
 import type { Resource } from "../types";
 import { CreateVm } from "./Create";
 import { DatacenterSummary } from "./Datacenter";
+import { ClusterLog, HaView, StorageList } from "./DcViews";
 import { NodeSummary } from "./Node";
 import { TaskList } from "./Tasks";
 import { Tree } from "./Tree";
@@ -35,6 +36,10 @@ export function Shell(props: { theme: string; onTheme: () => void; onLogout: () 
       break;
     case "vm":
       content = <VmView key={route.vmid} vmid={route.vmid} tab={route.tab ?? "summary"} resources={resources} />;
+      break;
+    case "dcview":
+      content = route.view === "log" ? <ClusterLog />
+        : route.view === "ha" ? <HaView resources={resources} /> : <StorageList />;
       break;
     case "create":
       content = <CreateVm resources={resources} onCreated={(vmid) => go({ kind: "vm", vmid })} />;
