@@ -381,8 +381,17 @@ def test_create_vm_wizard(browser, cluster: Cluster, api: requests.Session,
         _css(browser, "#create-step-confirm")[0].click()
         assert f"{vmid}" in _css(browser, "#create-summary")[0].text
         _css(browser, "#create-submit")[0].click()
-        _wait(browser, lambda d: (i := _tree_item(d, f"#/vm/{vmid}")) is not None
-              and "ui-wizard" in i.text, f"VM {vmid} in the tree", timeout=30)
+
+        def created(d) -> bool:
+            # a refusal now would show as the wizard's message: say it, do not wait
+            message = _css(d, "#create-message")
+            assert not message, message[0].text
+            return (i := _tree_item(d, f"#/vm/{vmid}")) is not None and "ui-wizard" in i.text
+        try:
+            _wait(browser, created, f"VM {vmid} in the tree", timeout=30)
+        except AssertionError:
+            browser.save_screenshot(str(shots / "create-failed.png"))
+            raise
         _wait(browser, lambda d: d.execute_script("return location.hash") == f"#/vm/{vmid}",
               "the new VM's view")
         browser.save_screenshot(str(shots / "create-done.png"))
