@@ -4,9 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup deps venv image path demo test test-unit test-integration test-lab lint clean
+.PHONY: setup deps venv ui image path demo test test-unit test-integration test-lab lint clean
 
-setup: deps venv image path
+setup: deps venv ui image path
 
 deps:
 	@bash tools/setup-debian.sh
@@ -18,6 +18,23 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+# The web interface (ui/): `npm ci` when the lock file changed, a build when a source
+# did; both skipped when up to date. The build lands in the Python package
+# (src/binome/ui_dist, not committed) so that `pip install` ships it.
+UI_DIST  := src/binome/ui_dist/index.html
+UI_DEPS  := ui/node_modules/.binome-installed
+UI_SRC   := $(shell find ui/src -type f 2>/dev/null) ui/index.html ui/vite.config.ts ui/tsconfig.json
+
+$(UI_DEPS): ui/package.json ui/package-lock.json
+	@command -v npm >/dev/null || { echo "setup: npm (Node.js 20+) is needed to build the web UI"; exit 1; }
+	cd ui && npm ci --no-audit --no-fund
+	@touch $@
+
+$(UI_DIST): $(UI_DEPS) $(UI_SRC)
+	cd ui && npm run build
+
+ui: $(UI_DIST)
 
 image: venv
 	$(PY) -m binome.lab.image
@@ -57,4 +74,4 @@ test-lab: setup
 	$(PY) -m pytest -p no:cacheprovider -m lab
 
 clean:
-	rm -rf $(VENV) .cache build *.egg-info
+	rm -rf $(VENV) .cache build *.egg-info ui/node_modules src/binome/ui_dist

@@ -4,11 +4,12 @@ set -euo pipefail
 PACKAGES=(etcd-server etcd-client qemu-system-x86 qemu-utils busybox-static iproute2
           ipmitool cpio iptables iputils-ping curl python3-venv libpam0g fio util-linux
           e2fsprogs lz4 zstd nftables slapd ldap-utils ovmf prometheus
-          swtpm swtpm-tools)
+          swtpm swtpm-tools chromium chromium-driver)
 # slapd, ldap-utils: the LDAP realm tests start their own directory server.
 # e2fsprogs: mkfs.ext4 for the replica I/O-error tests; lz4/zstd: unpack the guest kernel
 # and modules; nftables: `nft`, the lab's second partition backend (tests/lab run both).
 # prometheus: the metrics tests start a real Prometheus (and check rules with promtool).
+# chromium, chromium-driver: the web UI's browser tests (Selenium, tests/integration/ui).
 # ovmf: the UEFI firmware of VMs with `bios: ovmf` (their start fails clearly without it).
 # swtpm, swtpm-tools: the software TPM (and swtpm_setup) of VMs with a `tpmstate0`.
 # genisoimage: builds the cloud-init (NoCloud/configdrive2) ISO, with the options PVE uses.

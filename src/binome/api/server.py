@@ -31,7 +31,7 @@ from binome.access import permission
 from binome.access.model import ROOT_USER
 from binome.access.permission import AnyUser, World
 from binome.access.service import AuthRefused
-from binome.api import auth, openapi, wire
+from binome.api import auth, openapi, webui, wire
 from binome.api.context import NodeServices, RequestContext
 from binome.api.errors import ApiError, AuthError, PermissionDenied
 from binome.api.registry import ApiMethod, WithTotal, privs, registry
@@ -108,6 +108,7 @@ class ApiServer:
         if metrics is not None:
             self.app.router.add_get(METRICS_PATH, self.serve_metrics)
         self.app.router.add_get("/", self.index)
+        self.app.router.add_get(webui.ASSETS_PATH, self.asset)
         self.runner: web.AppRunner | None = None
         self.ssl_context: ssl.SSLContext | None = None
         self._client: aiohttp.ClientSession | None = None
@@ -163,11 +164,11 @@ class ApiServer:
         return response
 
     async def index(self, request: web.Request) -> web.Response:
-        text = (f"<!doctype html><title>binome {self.services.config.name}</title>"
-                f"<h1>binome node {self.services.config.name}</h1>"
-                f"<p>API: <a href='{API_PREFIX}/version'>{API_PREFIX}</a>, "
-                f"schema: <a href='{OPENAPI_PATH}'>{OPENAPI_PATH}</a></p>")
-        return web.Response(text=text, content_type="text/html")
+        """The web interface (webui): the single-page application's index.html."""
+        return webui.index_response(self.services.config.name)
+
+    async def asset(self, request: web.Request) -> web.StreamResponse:
+        return webui.asset_response(request.match_info["name"])
 
     async def serve_metrics(self, request: web.Request) -> web.Response:
         """`GET /metrics`: the Prometheus exposition, for a caller with Sys.Audit on /."""

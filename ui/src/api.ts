@@ -1,0 +1,152 @@
+// The only way the UI talks to binome: /api2/json with the ticket cookie and, on writes,
+// the CSRFPreventionToken header, as any Proxmox client does.
+const PREFIX = "/api2/json";
+const SESSION_KEY = "binome.session";
+const COOKIE = "PVEAuthCookie";
+
+export interface Session {
+  username: string;
+  csrf: string;
+  clustername?: string;
+}
+
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly errors?: Record<string, string>,
+  ) {
+    super(message);
+  }
+}
+
+let session: Session | null = loadSession();
+let onLoggedOut: (() => void) | null = null;
+
+function loadSession(): Session | null {
+  try {
+    const raw = localStorage.getItem(SESSION_KEY);
+    return raw ? (JSON.parse(raw) as Session) : null;
+  } catch {
+    return null;
+  }
+}
+
+export function currentSession(): Session | null {
+  return session;
+}
+
+export function setLoggedOutHandler(fn: () => void): void {
+  onLoggedOut = fn;
+}
+
+function setTicket(ticket: string, data: Session): void {
+  document.cookie = `${COOKIE}=${encodeURIComponent(ticket)}; path=/; secure; SameSite=Strict`;
+  session = data;
+  localStorage.setItem(SESSION_KEY, JSON.stringify(data));
+}
+
+export function logout(): void {
+  document.cookie = `${COOKIE}=; path=/; secure; SameSite=Strict; max-age=0`;
+  session = null;
+  localStorage.removeItem(SESSION_KEY);
+}
+
+type Params = Record<string, string | number | boolean | undefined>;
+
+function encode(params: Params): string {
+  const form = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) {
+    if (v === undefined) continue;
+    form.set(k, typeof v === "boolean" ? (v ? "1" : "0") : String(v));
+  }
+  return form.toString();
+}
+
+export async function request<T>(method: string, path: string, params: Params = {}): Promise<T> {
+  const headers: Record<string, string> = {};
+  let url = PREFIX + path;
+  let body: string | undefined;
+  if (method === "GET" || method === "DELETE") {
+    const q = encode(params);
+    if (q) url += "?" + q;
+  } else {
+    body = encode(params);
+    headers["Content-Type"] = "application/x-www-form-urlencoded";
+  }
+  if (method !== "GET" && session) headers["CSRFPreventionToken"] = session.csrf;
+  let res: Response;
+  try {
+    res = await fetch(url, { method, headers, body, credentials: "same-origin" });
+  } catch (e) {
+    throw new ApiError(0, (e as Error).message || "network error");
+  }
+  let payload: { data?: T; message?: string; errors?: Record<string, string> } = {};
+  try {
+    payload = await res.json();
+  } catch {
+    /* a body that is not JSON: the status text says what happened */
+  }
+  if (!res.ok) {
+    const message = (payload.message || res.statusText || `HTTP ${res.status}`).trim();
+    if (res.status === 401 && path !== "/access/ticket") {
+      logout();
+      onLoggedOut?.();
+    }
+    throw new ApiError(res.status, message, payload.errors);
+  }
+  return payload.data as T;
+}
+
+export const get = <T>(path: string, params?: Params) => request<T>("GET", path, params);
+export const post = <T>(path: string, params?: Params) => request<T>("POST", path, params);
+
+interface TicketAnswer {
+  username: string;
+  ticket: string;
+  CSRFPreventionToken: string;
+  NeedTFA?: number;
+  clustername?: string;
+}
+
+/** Step one. Returns "ok", or a challenge ticket when the second factor is needed. */
+export async function login(
+  username: string,
+  password: string,
+  realm: string,
+): Promise<{ needTfa: false } | { needTfa: true; challenge: string; username: string }> {
+  const data = await post<TicketAnswer>("/access/ticket", { username, password, realm });
+  if (data.NeedTFA) return { needTfa: true, challenge: data.ticket, username: data.username };
+  setTicket(data.ticket, {
+    username: data.username,
+    csrf: data.CSRFPreventionToken,
+    clustername: data.clustername,
+  });
+  return { needTfa: false };
+}
+
+/** Step two: the challenge ticket of step one with the factor's response. */
+export async function loginTfa(username: string, challenge: string, response: string) {
+  const data = await post<TicketAnswer>("/access/ticket", {
+    username,
+    password: response,
+    "tfa-challenge": challenge,
+  });
+  setTicket(data.ticket, {
+    username: data.username,
+    csrf: data.CSRFPreventionToken,
+    clustername: data.clustername,
+  });
+}
+
+/** A ticket lasts two hours: renew it with itself (PVE's renewal) well before then. */
+export async function renewTicket(): Promise<void> {
+  if (!session) return;
+  const m = document.cookie.match(/(?:^|;\s*)PVEAuthCookie=([^;]*)/);
+  if (!m) return;
+  const data = await post<TicketAnswer>("/access/ticket", {
+    username: session.username,
+    password: decodeURIComponent(m[1]),
+  });
+  setTicket(data.ticket, { ...session, csrf: data.CSRFPreventionToken });
+}

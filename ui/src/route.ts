@@ -1,0 +1,59 @@
+// Where the user is, in the URL's hash (#/dc, #/node/n1, #/vm/100): back/forward work
+// and a view can be bookmarked. A VM is addressed by its id alone: it may move nodes.
+import { useEffect, useState } from "preact/hooks";
+
+export type Route =
+  | { kind: "dc" }
+  | { kind: "node"; node: string }
+  | { kind: "vm"; vmid: number; tab?: VmTab }
+  | { kind: "dcview"; view: DcView }
+  | { kind: "create" };
+
+/** The VM view's tabs; the summary is the VM's own address (#/vm/100). */
+export type VmTab = "summary" | "console" | "vnc" | "graphs";
+const VM_TABS: VmTab[] = ["summary", "console", "vnc", "graphs"];
+/** The datacenter's sub-views beside its summary. */
+export type DcView = "log" | "ha" | "storage";
+const DC_VIEWS: DcView[] = ["log", "ha", "storage"];
+
+export function parseRoute(hash: string): Route {
+  const parts = hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  if (parts[0] === "node" && parts[1]) return { kind: "node", node: parts[1] };
+  if (parts[0] === "vm" && /^\d+$/.test(parts[1] ?? "")) {
+    const tab = VM_TABS.find((x) => x === parts[2]) ?? "summary";
+    return { kind: "vm", vmid: Number(parts[1]), tab };
+  }
+  if (parts[0] === "dc") {
+    const view = DC_VIEWS.find((x) => x === parts[1]);
+    if (view) return { kind: "dcview", view };
+  }
+  if (parts[0] === "create") return { kind: "create" };
+  return { kind: "dc" };
+}
+
+export function href(r: Route): string {
+  switch (r.kind) {
+    case "dc": return "#/dc";
+    case "node": return `#/node/${encodeURIComponent(r.node)}`;
+    case "vm": return r.tab && r.tab !== "summary" ? `#/vm/${r.vmid}/${r.tab}` : `#/vm/${r.vmid}`;
+    case "dcview": return `#/dc/${r.view}`;
+    case "create": return "#/create";
+  }
+}
+
+/** The tree item a route belongs to: a VM's tabs all select the VM. */
+export function routeKey(r: Route): string {
+  if (r.kind === "vm") return `#/vm/${r.vmid}`;
+  if (r.kind === "dcview" || r.kind === "create") return "#/dc";
+  return href(r);
+}
+
+export function useRoute(): [Route, (r: Route) => void] {
+  const [route, setRoute] = useState(() => parseRoute(location.hash));
+  useEffect(() => {
+    const on = () => setRoute(parseRoute(location.hash));
+    window.addEventListener("hashchange", on);
+    return () => window.removeEventListener("hashchange", on);
+  }, []);
+  return [route, (r: Route) => { location.hash = href(r); }];
+}

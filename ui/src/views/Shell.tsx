@@ -1,0 +1,77 @@
+// The app shell, laid out as Proxmox's: header, resource tree left, content right, task
+// list at the bottom. It polls /cluster/resources about every second and feeds the tree
+// and the views, so statuses change in place without a reload.
+import { useEffect } from "preact/hooks";
+import { currentSession, renewTicket } from "../api";
+import { usePoll } from "../poll";
+import { useRoute } from "../route";
+import { t } from "../strings";
+import type { Resource } from "../types";
+import { CreateVm } from "./Create";
+import { DatacenterSummary } from "./Datacenter";
+import { ClusterLog, HaView, StorageList } from "./DcViews";
+import { NodeSummary } from "./Node";
+import { TaskList } from "./Tasks";
+import { Tree } from "./Tree";
+import { VmView } from "./Vm";
+
+const RENEW_MS = 15 * 60 * 1000;
+
+export function Shell(props: { theme: string; onTheme: () => void; onLogout: () => void }) {
+  const [route, go] = useRoute();
+  const { data, error } = usePoll<Resource[]>("/cluster/resources", 1000);
+  const resources = data ?? [];
+  const session = currentSession();
+
+  useEffect(() => {
+    const id = window.setInterval(() => { renewTicket().catch(() => {}); }, RENEW_MS);
+    return () => window.clearInterval(id);
+  }, []);
+
+  let content;
+  switch (route.kind) {
+    case "node":
+      content = <NodeSummary node={route.node} resources={resources}
+        onVm={(vmid) => go({ kind: "vm", vmid })} />;
+      break;
+    case "vm":
+      content = <VmView key={route.vmid} vmid={route.vmid} tab={route.tab ?? "summary"} resources={resources} />;
+      break;
+    case "dcview":
+      content = route.view === "log" ? <ClusterLog />
+        : route.view === "ha" ? <HaView resources={resources} /> : <StorageList />;
+      break;
+    case "create":
+      content = <CreateVm resources={resources} onCreated={(vmid) => go({ kind: "vm", vmid })} />;
+      break;
+    default:
+      content = <DatacenterSummary resources={resources}
+        onNode={(node) => go({ kind: "node", node })} />;
+  }
+
+  return (
+    <div class="shell">
+      <a class="skip" href="#content" onClick={(e) => {
+        e.preventDefault(); document.getElementById("content")?.focus();
+      }}>{t("shell.skip")}</a>
+      <header class="header">
+        <span class="brand"><span class="logo" aria-hidden="true">◆</span> {t("app.title")}</span>
+        <span class="spacer" />
+        <a class="button" id="create-vm" href="#/create">{t("create.open")}</a>
+        {session && <span class="user" id="shell-user">{t("shell.user", { user: session.username })}</span>}
+        <button id="theme-toggle" onClick={props.onTheme} title={t("shell.theme")}>
+          {props.theme === "dark" ? t("shell.theme.light") : t("shell.theme.dark")}
+        </button>
+        <button id="logout" onClick={props.onLogout}>{t("shell.logout")}</button>
+      </header>
+      <nav class="sidebar" aria-label={t("tree.label")}>
+        <Tree resources={resources} clusterName={session?.clustername} route={route} onSelect={go} />
+      </nav>
+      <main class="content" id="content" tabIndex={-1}>
+        {error && <p class="error banner" role="alert">{t("shell.offline", { message: error.message })}</p>}
+        {content}
+      </main>
+      <TaskList />
+    </div>
+  );
+}
