@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -153,3 +154,47 @@ class DumpStore(Datastore):
             raise DatastoreError(f"'{staging}' is not a staging directory of this store")
         shutil.rmtree(staging, ignore_errors=True)
         (self.root / ".writers" / staging.name).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------ maintenance tasks
+
+    def verify_backups(self, refs: list[SnapshotRef], log: Callable[[str], None]) -> list[str]:
+        """PBS's verify over `refs` (each chunk re-read and re-hashed, a bad backup marked
+        failed), narrated to `log`; the names of the backups that failed."""
+        log(f"verify datastore of storage '{self.storage_id}': {len(refs)} backup(s)")
+        failed = []
+        for ref in refs:
+            name = backup_name(ref)
+            log(f"verify {name}")
+            try:
+                result = self.verify(ref)
+            except (DatastoreError, OSError) as error:   # removed meanwhile, unreadable
+                log(f"  check failed: {error}")
+                failed.append(name)
+                continue
+            for bad in result.bad_chunks[:20]:
+                log(f"  chunk {bad} is missing or corrupt")
+            if not result.ok:
+                log(f"  {name}: {len(result.bad_chunks)} bad chunk(s), marked failed")
+                failed.append(name)
+        if failed:
+            log(f"Failed to verify the following snapshots/groups: {', '.join(failed)}")
+        else:
+            log("verified all backups: ok")
+        return failed
+
+    def collect_garbage(self, log: Callable[[str], None]) -> None:
+        """PBS's garbage collection (mark, then sweep), narrated to `log` as PBS does.
+        DatastoreError or OSError when it fails."""
+        log(f"starting garbage collection on storage '{self.storage_id}'")
+        log("Start GC phase1 (mark used chunks)")
+        log("Start GC phase2 (sweep unused chunks)")
+        if not self.root.is_dir():
+            log("no backups on this storage: nothing to do")
+            return
+        result = self.garbage_collect()
+        sweep = result.sweep
+        log(f"Marked chunks of {result.marked_indexes} index(es)")
+        log(f"Removed garbage: {sweep.removed_bytes} B")
+        log(f"Removed chunks: {sweep.removed_chunks}")
+        log(f"Disk chunks: {sweep.kept_chunks}")
+        log(f"Disk bytes: {sweep.kept_bytes} B")

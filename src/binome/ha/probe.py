@@ -37,6 +37,13 @@ class Probe:
     renewal: float            # the node's last renewal the probe was asked against
 
 
+def _probeable(env: CrmEnv, node: str, info: NodeInfo | None, fact: NodeFacts) -> bool:
+    """Another node with a fence device and a live lease: one whose silence a power read
+    can explain."""
+    return (info is not None and info.fence_device and node != env.node
+            and fact.lease_alive and fact.last_renewal is not None)
+
+
 class PowerProber:
     """The probes one CRM asked for, by node (lives as long as the `Crm`)."""
 
@@ -57,8 +64,7 @@ class PowerProber:
                 if probe is not None and fact.last_renewal > probe.renewal:
                     del self.probes[node]   # renewed since: alive, the answer is stale
                     probe = None
-            if (info is None or not info.fence_device or node == env.node or fact is None
-                    or not fact.lease_alive or fact.last_renewal is None):
+            if fact is None or fact.last_renewal is None or not _probeable(env, node, info, fact):
                 continue
             if now - fact.last_renewal < timers.probe_after:
                 continue
@@ -81,9 +87,9 @@ class PowerProber:
         starts `power_probe_after` after the last renewal, not up to a round later."""
         due = []
         for node in targets:
-            info, fact = nodes.get(node), facts.get(node)
-            if (info is None or not info.fence_device or node == env.node or fact is None
-                    or not fact.lease_alive or fact.last_renewal is None):
+            fact = facts.get(node)
+            if fact is None or fact.last_renewal is None \
+                    or not _probeable(env, node, nodes.get(node), fact):
                 continue
             probe = self.probes.get(node)
             if probe is not None and probe.renewal == fact.last_renewal:

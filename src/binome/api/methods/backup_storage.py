@@ -21,7 +21,7 @@ from binome.api.methods.storage import STORAGE_ID
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
 from binome.backup.datastore import DatastoreError, SnapshotRef
-from binome.backup.dumpstore import DumpStore, backup_name, ref_of_name
+from binome.backup.dumpstore import DumpStore, ref_of_name
 from binome.backup.prune import (
     Mark,
     PruneError,
@@ -186,26 +186,9 @@ async def backup_verify(ctx: RequestContext, params: dict[str, Any]) -> str:
     refs = _refs(store, params)
 
     async def body(task: Task) -> None:
-        task.log(f"verify datastore of storage '{store.storage_id}': {len(refs)} backup(s)")
-        failed = []
-        for ref in refs:
-            name = backup_name(ref)
-            task.log(f"verify {name}")
-            try:
-                result = await asyncio.to_thread(store.verify, ref)
-            except (DatastoreError, OSError) as error:   # removed meanwhile, unreadable
-                task.log(f"  check failed: {error}")
-                failed.append(name)
-                continue
-            for bad in result.bad_chunks[:20]:
-                task.log(f"  chunk {bad} is missing or corrupt")
-            if not result.ok:
-                task.log(f"  {name}: {len(result.bad_chunks)} bad chunk(s), marked failed")
-                failed.append(name)
+        failed = await asyncio.to_thread(store.verify_backups, refs, task.log)
         if failed:
-            task.log(f"Failed to verify the following snapshots/groups: {', '.join(failed)}")
             raise TaskFailed("verification failed - please check the log for details")
-        task.log("verified all backups: ok")
 
     return ctx.services.tasks.start("verify", store.storage_id, ctx.userid, body)
 
@@ -225,21 +208,9 @@ async def backup_gc(ctx: RequestContext, params: dict[str, Any]) -> str:
     store = await _datastore(ctx, params["storage"])
 
     async def body(task: Task) -> None:
-        task.log(f"starting garbage collection on storage '{store.storage_id}'")
-        task.log("Start GC phase1 (mark used chunks)")
-        task.log("Start GC phase2 (sweep unused chunks)")
-        if not store.root.is_dir():
-            task.log("no backups on this storage: nothing to do")
-            return
         try:
-            result = await asyncio.to_thread(store.garbage_collect)
+            await asyncio.to_thread(store.collect_garbage, task.log)
         except (DatastoreError, OSError) as error:
             raise TaskFailed(f"garbage collection failed: {error}") from None
-        sweep = result.sweep
-        task.log(f"Marked chunks of {result.marked_indexes} index(es)")
-        task.log(f"Removed garbage: {sweep.removed_bytes} B")
-        task.log(f"Removed chunks: {sweep.removed_chunks}")
-        task.log(f"Disk chunks: {sweep.kept_chunks}")
-        task.log(f"Disk bytes: {sweep.kept_bytes} B")
 
     return ctx.services.tasks.start("garbage_collection", store.storage_id, ctx.userid, body)
