@@ -99,6 +99,10 @@ class ClusterService:
         """This node's live lease (keys bound to it vanish when the node dies)."""
         return self.monitor.lease_id
 
+    def adopt_lease(self, lease_id: int) -> None:
+        """Keep the previous daemon's lease if it still lives (see ClusterMonitor)."""
+        self.monitor.adopt_lease = lease_id
+
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """On daemon start: bring back our etcd member and the cluster loops."""

@@ -50,6 +50,10 @@ class ClusterMonitor:
         self.on_quorum_change: Callable[[bool, int, int], None] = lambda *_: None
         self._loops: list[asyncio.Task] = []
         self._lease_id: int | None = None
+        # the lease of this node's previous daemon, if it crashed while the lease lived
+        # (ha.agent.lease_bridge kept it alive since): tried before granting a new one,
+        # so the keys bound to it (alive, stats, a master's manager lock) live on
+        self.adopt_lease: int | None = None
         self._peer_stores: dict[str, Store] = {}   # the member probes' channels
         self._refreshing = asyncio.Lock()   # one quorum view refresh at a time
         self._etcd_leader_id: int | None = None   # as the local member last saw it
@@ -225,6 +229,17 @@ class ClusterMonitor:
             if ttl <= 0:
                 log.warning("node lease %x expired; granting a new one", self._lease_id)
                 self._lease_id = None
+        if self._lease_id is None and self.adopt_lease is not None:
+            # unreachable store: raised, and tried again next round with the same lease
+            ttl = await store.refresh_lease(self.adopt_lease, timeout=t.keepalive_interval)
+            candidate, self.adopt_lease = self.adopt_lease, None
+            if ttl > 0:
+                self._lease_id = candidate
+                log.info("node lease %x of the previous daemon adopted (%d s left)",
+                         candidate, ttl)
+                publish_stats = True
+            else:
+                log.info("node lease %x of the previous daemon has expired", candidate)
         if self._lease_id is None:
             self._lease_id = await store.grant_lease(t.lease_ttl)
             await store.put(keys.alive(self.config.name),

@@ -36,10 +36,15 @@ from binome.tasks.manager import TaskManager
 
 if TYPE_CHECKING:
     from binome.ha.agent.agent import HaAgent
+    from binome.ha.agent.lease_bridge import LeaseBridge
 
 class NodeGraph:
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, lease_bridge: LeaseBridge | None = None) -> None:
+        """`lease_bridge`: the previous daemon's lease kept alive since this one started
+        (after a crash of binomed); the cluster monitor adopts that lease and the HA
+        agent ends the bridge when it takes over the watchdog."""
         self.config = config
+        self._lease_bridge = lease_bridge
         config.state_dir.mkdir(parents=True, exist_ok=True)
         is_node = config.role == "node"
         self.clusterlog = ClusterLog(config.name, config.state_dir / "clusterlog.pending")
@@ -54,6 +59,8 @@ class NodeGraph:
         self.cluster = ClusterService(config, self.clusterlog, node_stats=self.host.summary,
                                       on_tls_change=self._tls_changed,
                                       on_quorum_change=self._quorum_changed)
+        if lease_bridge is not None:
+            self.cluster.adopt_lease(lease_bridge.record.lease)
         self.access = AccessService(lambda: self.cluster.store, on_change=self._log_access)
         # replicated volumes: the engine runs apart from the daemon (it outlives it)
         self.volumes: VolumeService | None = (
@@ -89,7 +96,8 @@ class NodeGraph:
 
         try:
             return HaAgent(self.config, self.cluster, self.guests, self.storages,
-                           self.tasks, self.clusterlog, notify=self.notifications.emit)
+                           self.tasks, self.clusterlog, notify=self.notifications.emit,
+                           bridge=self._lease_bridge)
         except ConfigError as exc:   # cluster timers the HA timers cannot live with
             logging.getLogger("binome.ha").error("HA manager disabled: %s", exc)
             return None

@@ -15,8 +15,12 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from binome.config import ConfigError, NodeConfig
+
+if TYPE_CHECKING:
+    from binome.ha.agent.lease_bridge import LeaseBridge
 
 log = logging.getLogger("binome.daemon")
 
@@ -68,14 +72,14 @@ def load_config(args: argparse.Namespace) -> NodeConfig:
     return cfg
 
 
-async def run(cfg: NodeConfig) -> None:
+async def run(cfg: NodeConfig, lease_bridge: LeaseBridge | None = None) -> None:
     from binome.api import methods  # noqa: F401  (registers the API methods)
     from binome.daemon.backupjobs import node_scheduler
     from binome.daemon.graph import NodeGraph
     from binome.daemon.rrd import sample_forever, storage_usage
     from binome.metrics.push import MetricPusher
 
-    node = NodeGraph(cfg)
+    node = NodeGraph(cfg, lease_bridge)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -140,7 +144,28 @@ def main(argv: list[str] | None = None) -> None:
         print(f"binomed: {exc}", file=sys.stderr)
         sys.exit(2)
     logfmt.setup(cfg.name, args.log_level, cfg.log_dir / "binomed.log")
-    asyncio.run(run(cfg))
+    asyncio.run(run(cfg, bridge_lease(cfg)))
+
+
+def bridge_lease(cfg: NodeConfig) -> LeaseBridge | None:
+    """After a crash of the last daemon, its lease kept alive from now on (before the
+    heavy imports: the self-fence deadline counts from the last renewal)."""
+    if cfg.role != "node":
+        return None
+    from binome.ha.agent import lease_bridge
+
+    path = lease_bridge.record_path(cfg.run_dir)
+    record = lease_bridge.load_record(path)
+    if record is None:
+        lease_bridge.forget_record(path)   # a stale one, from before a long stop
+        return None
+    try:
+        bridge = lease_bridge.LeaseBridge(record)
+    except (OSError, ValueError) as exc:   # TLS files gone: a node that left its cluster
+        log.warning("lease of the previous daemon not bridged: %s", exc)
+        return None
+    bridge.start()
+    return bridge
 
 
 if __name__ == "__main__":

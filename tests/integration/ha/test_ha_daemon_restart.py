@@ -17,6 +17,7 @@ script here, the `agent` fence type) confirmed the power-off, after
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -123,6 +124,46 @@ def test_binomed_restart_keeps_the_guest_running(cluster: Cluster) -> None:
         assert "binomed restarts on n1" in logs and "unfrozen" in logs
         time.sleep(3)   # a few rounds: nothing undoes it
         assert qemu_pid(n1, vmid) == pid and qemu_pid(n2, vmid) is None
+    finally:
+        remove_ha_guest(n1, n2, sid, vmid)
+        print(f"test runtime {time.monotonic() - began:.1f} s")
+
+
+def test_a_crash_of_binomed_is_bridged_and_the_guest_lives_on(cluster: Cluster) -> None:
+    """kill -9 of binomed (its etcd member dies with it) and a restart at once, as
+    systemd's Restart= would: the new daemon's lease bridge renews the old lease and
+    moves the watchdog's deadline from its first instant, the monitor adopts the lease,
+    the LRM takes the watchdog over. Without the bridge the self-fence supervisor
+    killed the guest 3.8 s after the last renewal (and the CRM restarted it)."""
+    began = time.monotonic()
+    c = cluster
+    n1, n2 = c["n1"], c["n2"]
+    vmid, sid = ha_vm(c, "ha-crash")
+    record = n1.state_dir / "run" / "ha-lease.json"
+    try:
+        pid = qemu_pid(n1, vmid)
+        wait_for(record.exists, 10, "the lease record")
+        lease = json.loads(record.read_text())["lease"]
+        wall0 = time.time()
+        t0 = time.monotonic()
+        n1.kill()
+        n1.start()
+        print(f"kill -9 -> the new binomed's API answers: {time.monotonic() - t0:.1f} s")
+        # past the self-fence deadline (3.8 s) and the lease TTL (5 s) from the kill
+        while time.monotonic() < t0 + 10:
+            assert qemu_pid(n1, vmid) == pid, "the guest was killed: the crash was not bridged"
+            assert qemu_pid(n2, vmid) is None, "two copies"
+            time.sleep(0.2)
+        wait_for(lambda: service(n2, sid).get("state") == "started"
+                 and service(n2, sid).get("node") == "n1", 30, f"{sid} started on n1")
+        log = n1.log_path.read_text()
+        assert f"node lease {lease:x} of the previous daemon adopted" in log
+        assert "lease bridge stopped" in log and "the HA agent took over" in log
+        since = "\n".join(e.get("msg", "") for e in n2.json("cluster", "log")
+                          if e.get("time", 0) >= wall0 - 1)
+        for word in ("watchdog fired", "fenc", "-> unknown", "recover"):
+            assert word not in since, f"{word!r} after the crash:\n{since}"
+        assert json.loads(record.read_text())["lease"] == lease
     finally:
         remove_ha_guest(n1, n2, sid, vmid)
         print(f"test runtime {time.monotonic() - began:.1f} s")

@@ -50,11 +50,13 @@ from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
 from binome.fence.watchdog import Watchdog
+from binome.ha.agent import lease_bridge
 from binome.ha.agent.availability import AvailabilityRecorder
 from binome.ha.agent.etcd_env import EtcdEnv, vmid_of
 from binome.ha.agent.executor import Executor
 from binome.ha.agent.fencer import Fencer
 from binome.ha.agent.keeper_link import KeeperLink
+from binome.ha.agent.lease_bridge import LeaseBridge, LeaseRecord
 from binome.ha.agent.shutdown import ShutdownDetector
 from binome.ha.agent.stats import HaStats
 from binome.ha.agent.wake import WATCH_PREFIXES, Debouncer, wakes_rounds
@@ -159,9 +161,12 @@ class HaAgent:
                  guests: GuestService | None, storages: StorageManager,
                  tasks: TaskManager, clusterlog: ClusterLog,
                  timers: HaTimers | None = None,
-                 notify: Callable[..., None] | None = None) -> None:
+                 notify: Callable[..., None] | None = None,
+                 bridge: LeaseBridge | None = None) -> None:
         """`notify(kind, **fields)`: the node's notification emitter (never blocks);
-        the HA agent hands it the events its CRM decided, once committed."""
+        the HA agent hands it the events its CRM decided, once committed. `bridge`:
+        what kept the lease alive since this daemon started after a crash of the last
+        one (`lease_bridge`); stopped before this agent's first watchdog write."""
         self.config = config
         self._notify = notify
         self.node = config.name
@@ -186,6 +191,9 @@ class HaAgent:
         device = None if config.watchdog_device == "none" else config.watchdog_device
         self.watchdog = Watchdog(run / "ha-watchdog.state", run / "ha-watchdog.pid",
                                  device=device)
+        self._bridge = bridge
+        self._lease_record_path = lease_bridge.record_path(run)
+        self._lease_record: LeaseRecord | None = None
         self.armed_sids: set[str] = set()
         self.rebooting_vmids: set[int] = set()
         self.executor = Executor(self)
@@ -283,7 +291,14 @@ class HaAgent:
 
     # ------------------------------------------------------------ watchdog
 
+    def _bridge_done(self) -> None:
+        """From the first watchdog write of this agent on, the watchdog is the LRM's."""
+        if self._bridge is not None:
+            self._bridge.stop()
+            self._bridge = None
+
     def watchdog_arm(self, deadline: float, sids: Collection[str]) -> None:
+        self._bridge_done()
         with self._watchdog_lock:
             self._arm_locked(deadline, sids)
             self.armed_sids = set(sids)
@@ -296,6 +311,7 @@ class HaAgent:
         self.watchdog.arm_sync(deadline, vmids, self.qemu_run_dir)
 
     def watchdog_disarm(self) -> None:
+        self._bridge_done()
         with self._watchdog_lock:
             self.watchdog.disarm_sync()
             self.armed_sids = set()
@@ -351,6 +367,9 @@ class HaAgent:
         if self._hb_thread is not None:   # ends after its current pause (<= an interval)
             await asyncio.to_thread(self._hb_thread.join, 2 * self.timers.keepalive_interval + 1)
             self._hb_thread = None
+        # a clean stop revokes the lease next: nothing for a next daemon to bridge
+        self._bridge_done()
+        lease_bridge.forget_record(self._lease_record_path)
         if self._debounce_handle is not None:
             self._debounce_handle.cancel()
         if self._probe_handle is not None:
@@ -484,7 +503,32 @@ class HaAgent:
                 self._arm_locked(sent + self.timers.self_fence_deadline, self.armed_sids)
         self.renewals.renewed(sent, time.monotonic() - sent, self.node)
         await self._hb_link.succeeded(store)
+        self._save_lease_record(lease)
         return True
+
+    def _save_lease_record(self, lease: int) -> None:
+        """What a restarted daemon needs to bridge its lease (`lease_bridge`): saved when
+        it changed, and at least every lease_ttl / 2 so that its age bounds the lease's."""
+        paths, t = self.cluster.paths, self.timers
+        record = LeaseRecord(
+            node=self.node, lease=lease, heartbeat_key=keys.ha_heartbeat(self.node),
+            urls=self._hb_link.member_urls(self.config.etcd_client_url),
+            ca=str(paths.ca_cert), cert=str(paths.node_cert), key=str(paths.node_key),
+            watchdog_state=str(self.watchdog.state_file),
+            watchdog_pid=str(self.watchdog.pidfile),
+            keepalive_interval=t.keepalive_interval,
+            self_fence_deadline=t.self_fence_deadline, lease_ttl=t.lease_ttl)
+        last = self._lease_record
+        if last is not None and record.same_as(last) \
+                and record.saved_at - last.saved_at < t.lease_ttl / 2:
+            return
+        try:
+            lease_bridge.save_record(self._lease_record_path, record)
+        except OSError as exc:
+            log.warning("%s: lease record not saved (a crash of binomed would not be "
+                        "bridged): %s", self.node, exc)
+            return
+        self._lease_record = record
 
     async def _loop_monitor(self) -> None:
         """Log stalls of the daemon's event loop (what would have delayed renewals before

@@ -85,6 +85,10 @@ class KeeperLink:
         log.warning("%s: lease renewals failing through the local etcd member; renewing "
                     "through %s meanwhile", self.node, url)
 
+    def member_urls(self, own: str) -> list[str]:
+        """`own` (this node's member) first, then the others' client URLs as last learnt."""
+        return [own, *(u for u in self._peers if u.rstrip("/") != own.rstrip("/"))]
+
     async def _drop_remote(self) -> None:
         if self._remote is not None:
             await self._remote.close()
