@@ -251,11 +251,13 @@ class Storage(ABC):
                            f"take over")
 
     async def release_fenced_copy(self, volid: str, *, still_idle: Callable[[], bool],
-                                  timeout: float) -> str | None:
+                                  timeout: float, owner: str | None = None) -> str | None:
         """On a node that was fenced and is back: if its peer recorded this node's copy
         Outdated and no guest here uses it (`still_idle()`, asked under the volume's
-        lock), deactivate it so it resyncs from the peer. Returns the peer that
-        outdated it when released, None when there was nothing to release."""
+        lock), deactivate it so it resyncs from the peer. Also, without a mark, when the
+        guest's config belongs to another node (`owner`, not this one) and the copy is
+        connected to a Secondary peer: demoted so that the owner can start it. Returns
+        the node it was released for, None when there was nothing to release."""
         return None
 
     # ------------------------------------------------------------ snapshots

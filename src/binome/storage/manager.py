@@ -111,9 +111,9 @@ class StorageManager:
         await (await self._holder(volid)).take_over_volume(volid, reason=reason, task=task)
 
     async def release_fenced_copy(self, volid: str, *, still_idle: Callable[[], bool],
-                                  timeout: float) -> str | None:
+                                  timeout: float, owner: str | None = None) -> str | None:
         return await (await self._holder(volid)).release_fenced_copy(
-            volid, still_idle=still_idle, timeout=timeout)
+            volid, still_idle=still_idle, timeout=timeout, owner=owner)
 
     # snapshots (see Storage): the guest's snapshot operations reach volumes only here
 

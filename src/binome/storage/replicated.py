@@ -192,13 +192,22 @@ class ReplicaVolumes:
                     f"Secondary)")
 
     async def release_fenced(self, name: str, *, still_idle: Callable[[], bool],
-                             timeout: float) -> str | None:
+                             timeout: float, owner: str | None = None) -> str | None:
         """See `Storage.release_fenced_copy`. The trigger is the fencing record: the
         survivor writes this node's mark (a quorum transaction) *before* it promotes,
         so a mark on a Primary copy nobody here uses means the guest lives on the
         other node now and this copy can only be stale. The engine is then told it is
         Outdated (held writes fail), Secondary, and connecting: the handshake makes it
-        SyncTarget of the survivor, which clears the mark once both are UpToDate."""
+        SyncTarget of the survivor, which clears the mark once both are UpToDate.
+
+        Without a mark, `owner` (the node the guest's config belongs to) decides: a
+        node whose watchdog killed the guest but which came back at once (a stall just
+        past the self-fence deadline) finds its copy still Primary and *connected*,
+        the survivor's copy Secondary and in sync, and the guest recovered to the
+        survivor, which refuses to start it next to a Primary peer whose node lives.
+        Nothing else would end that: the survivor never promoted, so it wrote no mark.
+        Demoting is then a role change only (no data is judged stale): the guest runs
+        nowhere here and never will, its config being the other node's."""
         svc = self.service
         store = svc.cluster.store
         if store is None:
@@ -207,7 +216,17 @@ class ReplicaVolumes:
         entry = await store.get(vkeys.fencing(name), timeout=timeout)   # linearizable
         mark = (((entry.value if entry else None) or {}).get("outdated") or {}).get(self.node)
         if mark is None:
-            return None
+            if owner is None or owner == self.node:
+                return None
+            with _engine_errors():
+                async with svc.lock(name):
+                    cur = await svc.call("status", name=name)
+                    if (cur.get("role") != "Primary" or cur.get("open_count")
+                            or not still_idle() or cur.get("cstate") not in CONNECTED_STATES
+                            or cur.get("peer_role") != "Secondary"):
+                        return None
+                    await svc.demote(name)
+            return owner
         with _engine_errors():
             by = mark.get("by") or svc.peer_of(rec)
             async with svc.lock(name):
@@ -424,6 +443,6 @@ class ReplicatedStorage(Storage):
         await self._rep().take_over(self.volname(volid), reason=reason, task=task)
 
     async def release_fenced_copy(self, volid: str, *, still_idle: Callable[[], bool],
-                                  timeout: float) -> str | None:
+                                  timeout: float, owner: str | None = None) -> str | None:
         return await self._rep().release_fenced(self.volname(volid), still_idle=still_idle,
-                                                timeout=timeout)
+                                                timeout=timeout, owner=owner)

@@ -255,8 +255,12 @@ async def release_fenced_volumes(hub: HaAgent, busy: set[int]) -> list[str]:
             return hub.guests is None or not hub.guests.runtime.is_running(vmid)
 
         try:
+            # the config's node: a guest recovered elsewhere by the watchdog proof while
+            # this node was back at once (its copy connected, never marked Outdated)
+            owner = await hub.guests.owner(vmid) if hub.guests is not None else None
             by = await hub.storages.release_fenced_copy(volid, still_idle=idle,
-                                                         timeout=hub.io_timeout)
+                                                         timeout=hub.io_timeout,
+                                                         owner=owner)
         except (StoreUnavailable, TimeoutError) as exc:
             # expected while this node is cut off; the next round tries again
             log.debug("volume %s: fenced copy not released yet: %s", name, exc)
@@ -267,9 +271,15 @@ async def release_fenced_volumes(hub: HaAgent, busy: set[int]) -> list[str]:
         if by is None:
             continue
         released.append(volid)
-        hub.log("info", f"{hub.node}/lrm",
-                f"volume {name}: this copy was recorded Outdated by {by} and VM {vmid} does "
-                f"not run here: demoted to Secondary and reconnecting (it resyncs from {by})")
+        if by == owner:
+            hub.log("info", f"{hub.node}/lrm",
+                    f"volume {name}: VM {vmid} was recovered on {owner} and does not run "
+                    f"here: this copy demoted to Secondary, so that {owner} can start it")
+        else:
+            hub.log("info", f"{hub.node}/lrm",
+                    f"volume {name}: this copy was recorded Outdated by {by} and VM {vmid} "
+                    f"does not run here: demoted to Secondary and reconnecting (it resyncs "
+                    f"from {by})")
     return released
 
 
