@@ -43,6 +43,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from binome.store.client import StoreUnavailable
+
 if TYPE_CHECKING:
     from binome.storage.manager import StorageManager
 
@@ -243,7 +245,11 @@ def _numbers(values: dict[str, Any], fields: tuple[str, ...]) -> dict[str, float
 async def storage_usage(storages: StorageManager, node: str) -> dict[str, dict[str, Any]]:
     """`total` and `used` of every enabled storage this node can use."""
     out: dict[str, dict[str, Any]] = {}
-    for cfg in await storages.configs():
+    try:
+        configs = await storages.configs()
+    except StoreUnavailable:   # etcd starting or cut off: the node's own sample still counts
+        return out
+    for cfg in configs:
         if cfg.disable or not cfg.available_on(node):
             continue
         try:
