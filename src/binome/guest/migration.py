@@ -234,6 +234,8 @@ class MigrationSource:
             if now_owner == self.ctx.node:
                 task.log(f"switch-over failed ({exc}); resuming VM {vmid} here")
                 await asyncio.shield(self.ctx.runtime.resume(vmid))
+                with contextlib.suppress(Exception):   # traffic back from the target
+                    await asyncio.shield(self.ctx.runtime.announce_self(vmid))
                 await asyncio.shield(target_abort())
                 raise
             if now_owner is None:

@@ -46,6 +46,12 @@ async def listen_incoming(qmp: QmpChannel, host: str) -> str:
     """
     await qmp.command("migrate-set-capabilities", {"capabilities": [
         {"capability": "events", "state": True}]})
+    # QEMU announces the guest's MACs (RARP, and a guest announce request) when the
+    # incoming migration completes, first after `announce-initial` ms: 50 by default,
+    # during which the switches still send the guest's traffic to the source, where it
+    # is lost. At 0 the announce goes out at once, while the guest is still paused
+    # here: what arrives meanwhile waits in the tap's queue and is read on resume.
+    await qmp.command("migrate-set-parameters", {"announce-initial": 0})
     await qmp.command("migrate-incoming", {"uri": f"tcp:{host}:0"})
     info = await qmp.command("query-migrate")
     for addr in info.get("socket-address") or []:

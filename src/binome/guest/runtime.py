@@ -606,6 +606,13 @@ class QemuRuntime:
         """Continue a paused guest (QMP ``cont``)."""
         await self._running(vmid).qmp.command("cont")
 
+    async def announce_self(self, vmid: int) -> None:
+        """Have QEMU announce the guest's MACs now (RARP on every NIC, QMP
+        ``announce-self``): a source resumed after a failed switch-over takes its traffic
+        back from the target, which announced them first."""
+        await self._running(vmid).qmp.command(
+            "announce-self", {"initial": 0, "max": 550, "rounds": 5, "step": 100})
+
     async def send_key(self, vmid: int, key: str) -> None:
         """Press `key` (QEMU monitor encoding, e.g. ``ctrl-alt-delete``) on the guest's
         keyboard. PVE's vm_sendkey uses the human monitor's ``sendkey`` (its names are
