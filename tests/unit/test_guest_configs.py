@@ -159,3 +159,16 @@ def test_unusable_reason_names_why() -> None:
         "v", "n1", VolumeState(disk="Inconsistent"))
     why = unusable_reason("v", "n1", VolumeState(active=False, link="StandAlone"))
     assert why is not None and "Secondary" in why and "StandAlone" in why
+
+
+def test_migration_and_ha_moves_carry_the_pending_section() -> None:
+    for lock, release in (("migrate", "migrate"), (None, None)):
+        store = FakeStore()
+        conf = {"name": "vm", "memory": 512, **({"lock": lock} if lock else {})}
+        text = vmconf.format_conf(conf, None, {"memory": 1024, "delete": "name"})
+        store.put(keys.vm_conf("n1", 100), text)
+        store.put(keys.vmid(100), {"node": "n1"})
+        run(configs.move(store, 100, "n1", "n2", release_lock=release))
+        moved = store.kv[keys.vm_conf("n2", 100)][0]
+        assert vmconf.parse_conf(moved) == {"name": "vm", "memory": 512}
+        assert vmconf.parse_conf_pending(moved) == {"memory": 1024, "delete": "name"}

@@ -60,7 +60,8 @@ from binome.guest.network import tap_name
 from binome.guest.paths import GuestPaths
 from binome.guest.spec import DiskSpec, LaunchSpec, NicSpec
 
-__all__ = ["NIC_DEVICES", "QEMU_BINARY", "build_argv", "qemu_opt"]
+__all__ = ["NIC_DEVICES", "QEMU_BINARY", "build_argv", "disk_device", "drive_option",
+           "hotplug_slot", "nic_device", "nic_netdev", "qemu_opt"]
 
 QEMU_BINARY = "qemu-system-x86_64"
 
@@ -69,6 +70,40 @@ BOOTINDEX_BASE = 100
 SCSI_CONTROLLER = "scsihw0"
 BUS_ORDER = ("virtio", "scsi", "ide", "sata")
 SATA_CONTROLLER = "ahci0"
+
+
+# Hot-plug layout (spec.hotplug_pci), as PVE's pci bridges on q35: a DMI-to-PCI bridge
+# on pcie.0 and conventional PCI bridges behind it (SHPC/ACPI hot-plug, transitional
+# virtio), each device at a slot fixed by its name, so a device plugged into a
+# running guest sits where a later start or a migration target puts it.
+HOTPLUG_DMI = "pcidmi"
+HOTPLUG_BRIDGES = ("pci.1", "pci.2", "pci.3")   # virtio0-15, net0-15, net16-31
+SLOTS_PER_BRIDGE = 16
+
+
+def hotplug_slot(name: str) -> tuple[str, str]:
+    """(bus, addr) of a VirtIO disk or NIC under the hot-plug layout."""
+    index = int(name.lstrip("abcdefghijklmnopqrstuvwxyz"))
+    if name.startswith("virtio"):
+        bridge = HOTPLUG_BRIDGES[0]
+    else:
+        bridge = HOTPLUG_BRIDGES[1 + index // SLOTS_PER_BRIDGE]
+    return bridge, hex(1 + index % SLOTS_PER_BRIDGE)
+
+
+def hotplug_bridges() -> list[str]:
+    argv = ["-device", f"i82801b11-bridge,id={HOTPLUG_DMI},bus=pcie.0,addr=0x1e"]
+    for n, bridge in enumerate(HOTPLUG_BRIDGES, start=1):
+        argv += ["-device", f"pci-bridge,id={bridge},chassis_nr={n},bus={HOTPLUG_DMI},"
+                            f"addr={hex(n)}"]
+    return argv
+
+
+def _placed(dev: str, name: str, hotplug_pci: bool) -> str:
+    if not hotplug_pci:
+        return dev
+    bus, addr = hotplug_slot(name)
+    return f"{dev},bus={bus},addr={addr}"
 
 
 def qemu_opt(value: str) -> str:
@@ -84,7 +119,7 @@ def _bootindex(spec: LaunchSpec) -> dict[str, int]:
     return order
 
 
-def _drive(disk: DiskSpec) -> str:
+def drive_option(disk: DiskSpec) -> str:
     opts = [f"file={qemu_opt(disk.source)}", "if=none", f"id=drive-{disk.name}"]
     opts.append(f"format={disk.format or 'raw'}")
     opts.append(f"cache={disk.cache}")
@@ -93,10 +128,11 @@ def _drive(disk: DiskSpec) -> str:
     return ",".join(opts)
 
 
-def _disk_device(disk: DiskSpec, bootindex: int | None) -> str:
+def disk_device(disk: DiskSpec, bootindex: int | None, hotplug_pci: bool = False) -> str:
+    """The ``-device`` value of a disk (also what is hot-plugged with device_add)."""
     ref = f"drive=drive-{disk.name},id={disk.name}"
     if disk.bus == "virtio":
-        dev = f"virtio-blk-pci,{ref}"
+        dev = _placed(f"virtio-blk-pci,{ref}", disk.name, hotplug_pci)
     elif disk.bus == "scsi":
         kind = "scsi-cd" if disk.readonly else "scsi-hd"   # PVE: media=cdrom is scsi-cd
         dev = f"{kind},bus={SCSI_CONTROLLER}.0,channel=0,scsi-id=0,lun={disk.index},{ref}"
@@ -184,12 +220,22 @@ def _serials(spec: LaunchSpec, paths: GuestPaths) -> list[str]:
     return argv
 
 
-def _nic(vmid: int, nic: NicSpec, bootindex: int | None) -> list[str]:
-    netdev = f"tap,id={nic.name},ifname={tap_name(vmid, nic.index)},script=no,downscript=no"
+def nic_netdev(vmid: int, nic: NicSpec) -> str:
+    return f"tap,id={nic.name},ifname={tap_name(vmid, nic.index)},script=no,downscript=no"
+
+
+def nic_device(nic: NicSpec, bootindex: int | None, hotplug_pci: bool = False) -> str:
+    """The ``-device`` value of a NIC (also what is hot-plugged with device_add)."""
     dev = f"{NIC_DEVICES[nic.model]},netdev={nic.name},id={nic.name},mac={nic.mac.lower()}"
+    dev = _placed(dev, nic.name, hotplug_pci)
     if bootindex is not None:
         dev += f",bootindex={bootindex}"
-    return ["-netdev", netdev, "-device", dev]
+    return dev
+
+
+def _nic(vmid: int, nic: NicSpec, bootindex: int | None, hotplug_pci: bool) -> list[str]:
+    return ["-netdev", nic_netdev(vmid, nic),
+            "-device", nic_device(nic, bootindex, hotplug_pci)]
 
 
 def build_argv(
@@ -304,14 +350,17 @@ def build_argv(
             argv += ["-append", spec.append]
 
     disks = sorted(spec.disks, key=lambda d: (BUS_ORDER.index(d.bus), d.index))
-    if any(d.bus == "scsi" for d in disks):
+    if spec.hotplug_pci:
+        argv += hotplug_bridges()
+    if spec.hotplug_scsi or any(d.bus == "scsi" for d in disks):
         argv += ["-device", f"virtio-scsi-pci,id={SCSI_CONTROLLER}"]
     if any(d.bus == "sata" for d in disks):
         argv += ["-device", f"ahci,id={SATA_CONTROLLER}"]
     for disk in disks:
-        argv += ["-drive", _drive(disk), "-device", _disk_device(disk, boot.get(disk.name))]
+        argv += ["-drive", drive_option(disk),
+                 "-device", disk_device(disk, boot.get(disk.name), spec.hotplug_pci)]
     for nic in sorted(spec.nics, key=lambda n: n.index):
-        argv += _nic(spec.vmid, nic, boot.get(nic.name))
+        argv += _nic(spec.vmid, nic, boot.get(nic.name), spec.hotplug_pci)
     if incoming:
         argv += ["-S", "-incoming", "defer"]
     elif spec.freeze:

@@ -446,6 +446,22 @@ def root_only(key: str, value: Any) -> str | None:
     return None
 
 
+# PVE's default when `hotplug` is unset or 1
+DEFAULT_HOTPLUG = frozenset({"network", "disk", "usb"})
+
+
+def hotplug_features(value: Any) -> frozenset[str]:
+    """The features of a `hotplug` value: unset or ``1`` the default, ``0`` none."""
+    if value is None:
+        return DEFAULT_HOTPLUG
+    text = str(value).strip()
+    if text == "1":
+        return DEFAULT_HOTPLUG
+    if text in ("0", ""):
+        return frozenset()
+    return frozenset(f.strip() for f in text.split(",") if f.strip())
+
+
 def cpu_count(config: dict[str, Any]) -> int:
     """The vCPUs PVE's status reports: `vcpus` if set, else cores x sockets."""
     if config.get("vcpus"):
@@ -480,13 +496,16 @@ def _parse_block(lines: list[str]) -> dict[str, Any]:
     return config
 
 
+PENDING_SECTION = "PENDING"
+
+
 def parse_conf_sections(text: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Parse a .conf text into (the current config, {snapshot name: its config}).
 
     PVE's layout: the current config first, then one ``[name]`` section per
     snapshot holding the config as it was then (with ``snaptime``, ``parent``,
-    ``vmstate``, its own description). Other sections PVE may write
-    (``[PENDING]``, ``[special:...]``) are not binome's and are dropped."""
+    ``vmstate``, its own description). The ``[PENDING]`` section is read by
+    `parse_conf_pending`; ``[special:...]`` sections are not binome's and are dropped."""
     blocks: list[tuple[str | None, list[str]]] = [(None, [])]
     for line in text.splitlines():
         m = _SECTION_RE.match(line)
@@ -496,8 +515,24 @@ def parse_conf_sections(text: str) -> tuple[dict[str, Any], dict[str, dict[str, 
             blocks[-1][1].append(line)
     config = _parse_block(blocks[0][1])
     snapshots = {name: _parse_block(lines) for name, lines in blocks[1:]
-                 if name is not None and name != "PENDING" and not name.startswith("special:")}
+                 if name is not None and name != PENDING_SECTION
+                 and not name.startswith("special:")}
     return config, snapshots
+
+
+def parse_conf_pending(text: str) -> dict[str, Any]:
+    """The ``[PENDING]`` section of a .conf text (see `guest.pending`), {} if none."""
+    lines: list[str] | None = None
+    for line in text.splitlines():
+        m = _SECTION_RE.match(line)
+        if m:
+            if lines is not None:
+                break
+            if m.group(1) == PENDING_SECTION:
+                lines = []
+        elif lines is not None:
+            lines.append(line)
+    return _parse_block(lines) if lines else {}
 
 
 def parse_conf(text: str) -> dict[str, Any]:
@@ -516,9 +551,13 @@ def _format_block(config: dict[str, Any]) -> list[str]:
 
 
 def format_conf(config: dict[str, Any],
-                snapshots: dict[str, dict[str, Any]] | None = None) -> str:
-    """The .conf text: the current config, then each snapshot's section by name."""
+                snapshots: dict[str, dict[str, Any]] | None = None,
+                pending: dict[str, Any] | None = None) -> str:
+    """The .conf text: the current config, its ``[PENDING]`` section if any (PVE's
+    order), then each snapshot's section by name."""
     lines = _format_block(config)
+    if pending:
+        lines += ["", f"[{PENDING_SECTION}]", *_format_block(pending)]
     for name in sorted(snapshots or {}):
         lines += ["", f"[{name}]", *_format_block((snapshots or {})[name])]
     return "\n".join(lines) + "\n"
@@ -949,6 +988,7 @@ def launch_options(config: dict[str, Any]) -> dict[str, Any]:
     ivshmem = IVSHMEM_FORMAT.parse(str(c["ivshmem"])) if c.get("ivshmem") else None
     rng = RNG_FORMAT.parse(str(c["rng0"])) if c.get("rng0") else None
     audio = AUDIO_FORMAT.parse(str(c["audio0"])) if c.get("audio0") else None
+    hotplug = hotplug_features(c.get("hotplug"))
     try:
         args = tuple(shlex.split(str(c.get("args") or "")))
     except ValueError as exc:
@@ -978,6 +1018,8 @@ def launch_options(config: dict[str, Any]) -> dict[str, Any]:
         # PVE: /dev/shm/pve-shm-<name, default the vmid>, removed when the VM stops
         "ivshmem_size_mb": int(ivshmem["size"]) if ivshmem else None,
         "ivshmem_name": str(ivshmem["name"]) if ivshmem and ivshmem.get("name") else None,
+        "hotplug_pci": bool(hotplug & {"network", "disk"}),
+        "hotplug_scsi": "disk" in hotplug,
     }
 
 

@@ -55,6 +55,15 @@ class VmConfig:
     revision: int
     # the snapshot sections of the config text, by name (see config.parse_conf_sections)
     snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the [PENDING] section: changes waiting for a hot-plug or the next start
+    # (see guest.pending); it travels with the config on every move
+    pending: dict[str, Any] = field(default_factory=dict)
+
+
+def _vm_config(vmid: int, node: str, text: str, revision: int) -> VmConfig:
+    config, snapshots = vmconf.parse_conf_sections(text)
+    return VmConfig(vmid, node, config, vmconf.digest(text), revision, snapshots,
+                    vmconf.parse_conf_pending(text))
 
 
 class MoveRefused(GuestFailure):
@@ -85,7 +94,8 @@ def moved_text(text: str, release_lock: str | None) -> str:
     config, snapshots = vmconf.parse_conf_sections(text)
     if config.get("lock") != release_lock:
         return text
-    return vmconf.format_conf({k: v for k, v in config.items() if k != "lock"}, snapshots)
+    return vmconf.format_conf({k: v for k, v in config.items() if k != "lock"}, snapshots,
+                              vmconf.parse_conf_pending(text))
 
 
 def move_parts(vmid: int, source: str, target: str, config_text: str, config_revision: int,
@@ -183,10 +193,7 @@ class VmConfigs:
         entry = await self.store.get(keys.vm_conf(node, vmid), serializable=not fresh)
         if entry is None:
             raise conf_missing(node, vmid)
-        text = str(entry.value)
-        config, snapshots = vmconf.parse_conf_sections(text)
-        return VmConfig(vmid, node, config, vmconf.digest(text), entry.mod_revision,
-                        snapshots)
+        return _vm_config(vmid, node, str(entry.value), entry.mod_revision)
 
     async def list(self, node: str | None = None) -> list[VmConfig]:
         """The configs held by `node` (this one by default), by vmid; local read."""
@@ -199,10 +206,8 @@ class VmConfigs:
             name = entry.key[len(prefix):]
             if not name.endswith(".conf") or not name[:-5].isdigit():
                 continue
-            text = str(entry.value)
-            config, snapshots = vmconf.parse_conf_sections(text)
-            out.append(VmConfig(int(name[:-5]), node, config, vmconf.digest(text),
-                                entry.mod_revision, snapshots))
+            out.append(_vm_config(int(name[:-5]), node, str(entry.value),
+                                  entry.mod_revision))
         return sorted(out, key=lambda v: v.vmid)
 
     async def list_all(self) -> builtins.list[tuple[str, int, dict[str, Any]]]:
@@ -246,10 +251,13 @@ class VmConfigs:
                                 [keys.vm_conf(vm.node, vm.vmid), keys.vmid(vm.vmid)])
 
     async def write(self, vm: VmConfig, new: dict[str, Any],
-                    snapshots: dict[str, dict[str, Any]] | None = None) -> VmConfig:
+                    snapshots: dict[str, dict[str, Any]] | None = None, *,
+                    pending: dict[str, Any] | None = None) -> VmConfig:
         """Replace the config, if unchanged since `vm` was read (CAS); the new one. The
-        snapshot sections are kept as read unless `snapshots` replaces them."""
-        text = vmconf.format_conf(new, vm.snapshots if snapshots is None else snapshots)
+        snapshot and pending sections are kept as read unless `snapshots` / `pending`
+        replace them."""
+        text = vmconf.format_conf(new, vm.snapshots if snapshots is None else snapshots,
+                                  vm.pending if pending is None else pending)
         ok = await self.store.commit({keys.vm_conf(vm.node, vm.vmid): vm.revision},
                                      {keys.vm_conf(vm.node, vm.vmid): text})
         if not ok:

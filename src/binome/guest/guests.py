@@ -133,11 +133,11 @@ class GuestService:
 
     async def update(self, vmid: int, changes: dict[str, Any], delete: list[str],
                      digest: str | None, *, task: Task | None = None,
-                     force: bool = False) -> VmConfig:
-        """Apply config changes; `digest` (if given) must match the current config.
-        Deleted drives become `unusedN`, or are freed with `force`."""
+                     force: bool = False, revert: list[str] | None = None) -> VmConfig:
+        """Apply config changes (see `Lifecycle.update`: pending and hot-plug on a
+        running VM); `digest` (if given) must match the current config."""
         return await self.lifecycle.update(vmid, changes, delete, digest, task=task,
-                                           force=force)
+                                           force=force, revert=revert or [])
 
     # ------------------------------------------------------------ lifecycle
     async def create(self, task: Task, vmid: int, settings: dict[str, Any],

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from binome.guest import cloudinit
 from binome.guest import config as vmconf
+from binome.guest import pending as pending_mod
 from binome.guest.configs import VmConfig
-from binome.guest.errors import GuestFailure
+from binome.guest.errors import GuestError, GuestFailure, HotplugProblems
 from binome.guest.spec import DiskSpec, LaunchSpec, NicSpec
 from binome.storage.base import StorageError
 from binome.tasks.manager import Task, TaskFailed
@@ -191,15 +192,80 @@ def detach_replaced(vmid: int, config: dict[str, Any], key: str, value: str) -> 
         vmconf.add_unused_volume(config, old.volid)
 
 
+def apply_pending(vmid: int, config: dict[str, Any], pending: dict[str, Any],
+                  snapshots: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    """`config` with the `pending` changes applied, as PVE's vmconfig_apply_pending
+    (pure): deletions first (a drive's own volume to `unusedN`, or freed when forced:
+    the volids to free), then the values (a drive given another volume leaves the old
+    one unused). ValueError with PVE's text where `remove_key` refuses."""
+    new = dict(config)
+    freed: list[str] = []
+    for key, force in pending_mod.deletes(pending).items():
+        if key in new:
+            freed += remove_key(vmid, new, snapshots, key, force=force)
+    for key, value in pending_mod.values(pending).items():
+        if vmconf.is_drive_key(key) and key in new:
+            detach_replaced(vmid, new, key, str(value))
+        new[key] = value
+    return new, freed
+
+
+def keep_reverted_volume(vmid: int, config: dict[str, Any], key: str, value: str) -> None:
+    """A reverted pending drive: its volume, if the VM owns it and nothing in `config`
+    refers to it, becomes `unusedN` (it was allocated for the change: not lost)."""
+    try:
+        drive = vmconf.parse_drive(key, value)
+    except ValueError:
+        return
+    if not drive.volid or drive.is_cdrom or not vmconf.is_owned_volume(vmid, drive.volid):
+        return
+    if any(str(v).split(",")[0] == drive.volid for k, v in config.items()
+           if vmconf.is_drive_key(k) or vmconf.is_unused_key(k)):
+        return
+    vmconf.add_unused_volume(config, drive.volid)
+
+
+def _same_volume(key: str, old: Any, new: Any) -> bool:
+    if new is None:
+        return False
+    try:
+        return vmconf.parse_drive(key, str(old)).volid == vmconf.parse_drive(key, str(new)).volid
+    except ValueError:
+        return False
+
+
+def check_applicable(config: dict[str, Any], changes: dict[str, Any]) -> None:
+    """The rules an update's result must keep (PVE dies with these texts: a 500)."""
+    if "boot" in changes:
+        try:
+            vmconf.check_boot_devices(config)
+        except vmconf.ConfigError as exc:
+            raise GuestFailure(exc.errors["boot"]) from None
+    if "memory" in changes or "balloon" in changes:
+        too_large = vmconf.balloon_error(config)
+        if too_large:
+            raise GuestFailure(too_large)
+
+
+def nic_spec(n: vmconf.NetEntry) -> NicSpec:
+    return NicSpec(index=n.index, model=n.model, mac=n.mac, bridge=n.bridge, tag=n.tag)
+
+
 class Lifecycle:
     def __init__(self, ctx: GuestContext) -> None:
         self.ctx = ctx
 
     async def update(self, vmid: int, changes: dict[str, Any], delete: list[str],
                      digest: str | None, *, task: Task | None = None,
-                     force: bool = False) -> VmConfig:
-        """Apply config changes; `digest` (if given) must match the current config.
-        A deleted drive's volume becomes `unusedN`, or is freed with `force` (PVE)."""
+                     force: bool = False, revert: list[str] | tuple[str, ...] = ()
+                     ) -> VmConfig:
+        """PVE's update_vm_api: the changes go to the config's pending section (new
+        disks allocated first), then a stopped VM takes them all at once and a running
+        one what can be hot-plugged (`_hotplug`); the rest waits for its next start.
+        Deleting `unusedN`, `tags`, `vmstate` or `lock` and setting `cipassword` never
+        wait. `revert` drops keys' pending changes. Refusals (digest, lock, protection,
+        a snapshot holding a volume, the boot order, balloon > memory) change nothing.
+        HotplugProblems (after writing) names the changes left pending by a failure."""
         async with self.ctx.lock(vmid):
             vm = await self.ctx.read(vmid)
             if digest and digest != vm.digest:
@@ -209,61 +275,158 @@ class Lifecycle:
                 raise GuestFailure(f"VM is locked ({vm.config['lock']})")
             if vm.config.get("template") and any(vmconf.is_disk_key(k) for k in changes):
                 raise GuestFailure("you can't change disks of a template")
-            new = dict(vm.config)
+            config = dict(vm.config)
             running = self.ctx.runtime.is_running(vmid)
             freed: list[str] = []
+            later: list[str] = []
             for key in delete:
-                if key not in new:
-                    continue
-                if vmconf.is_drive_key(key) and running:
-                    protected = vmconf.protection_error(vm.config,
-                                                        f"can't remove drive '{key}'")
-                    if protected:
-                        raise GuestFailure(protected)
-                    raise GuestFailure(f"cannot remove disk {key} of a running VM")
-                try:
-                    freed += remove_key(vmid, new, vm.snapshots, key, force=force)
-                except ValueError as exc:
-                    raise GuestFailure(str(exc)) from None
+                if key == "lock" or key in pending_mod.DELETE_AT_ONCE \
+                        or vmconf.is_unused_key(key):
+                    if key in config:
+                        try:
+                            freed += remove_key(vmid, config, vm.snapshots, key, force=force)
+                        except ValueError as exc:
+                            raise GuestFailure(str(exc)) from None
+                else:
+                    later.append(key)
             allocated = []
             try:
+                staged: dict[str, Any] = {}
                 for key, value in changes.items():
+                    if key == "cipassword":
+                        config[key] = value     # PVE writes it directly, never pending
+                        continue
                     if vmconf.is_drive_key(key):
                         if key in SPECIAL_DRIVES_FIXED and key in vm.config:
                             raise GuestFailure(f"{key} cannot be replaced: delete it first")
-                        value, vol = await self._materialize_disk(vmid, key, str(value), new)
+                        value, vol = await self._materialize_disk(
+                            vmid, key, str(value), pending_mod.merged(config, vm.pending))
                         if vol:
                             allocated.append(vol)
                             if task:
                                 task.log(f"{key}: allocated {vol}")
-                        if key in new:
-                            # PVE: a drive given another volume leaves the old one unused
-                            detach_replaced(vmid, new, key, str(value))
-                    new[key] = value
-                if "boot" in changes:
-                    try:
-                        vmconf.check_boot_devices(new)
-                    except vmconf.ConfigError as exc:   # PVE dies: a 500 with its text
-                        raise GuestFailure(exc.errors["boot"]) from None
-                if "memory" in changes or "balloon" in changes:
-                    too_large = vmconf.balloon_error(new)
-                    if too_large:
-                        raise GuestFailure(too_large)
-                written = await self.ctx.configs.write(vm, new)
+                    staged[key] = value
+                # a pending drive value reverted, deleted or replaced: its new volume is
+                # kept as unusedN (it was allocated for that change: nothing is lost)
+                before = pending_mod.values(vm.pending)
+                for key in {*revert, *later, *staged}:
+                    if key in before and vmconf.is_drive_key(key) \
+                            and not _same_volume(key, before[key], staged.get(key)):
+                        keep_reverted_volume(vmid, config, key, str(before[key]))
+                pending = pending_mod.record(config, vm.pending, staged, later, force=force,
+                                             revert=list(revert))
+                # every refusal before anything is written: the whole update, tried
+                try:
+                    trial, _ = apply_pending(vmid, config, pending, vm.snapshots)
+                except ValueError as exc:
+                    raise GuestFailure(str(exc)) from None
+                check_applicable(trial, changes)
+                if running:
+                    written = await self.ctx.configs.write(vm, config, pending=pending)
+                else:
+                    new, more = apply_pending(vmid, config, pending, vm.snapshots)
+                    freed += more
+                    written = await self.ctx.configs.write(vm, new, pending={})
             except BaseException:
                 for vol in allocated:
                     with contextlib.suppress(Exception):
                         await (await self.ctx.storages.for_volid(vol)).free(vol)
                 raise
-            for volid in freed:
-                try:
-                    await (await self.ctx.storages.for_volid(volid)).free(volid)
-                    if task:
-                        task.log(f"removed volume {volid}")
-                except StorageError as exc:
-                    if task:
-                        task.warn(f"could not remove unused volume {volid}: {exc}")
+            problems: dict[str, str] = {}
+            if running and written.pending:
+                written, more, problems = await self._hotplug(written, task)
+                freed += more
+            await self._free(freed, task)
+            if problems:
+                raise HotplugProblems(problems)
             return written
+
+    async def _free(self, volids: list[str], task: Task | None) -> None:
+        for volid in volids:
+            try:
+                await (await self.ctx.storages.for_volid(volid)).free(volid)
+                if task:
+                    task.log(f"removed volume {volid}")
+            except StorageError as exc:
+                if task:
+                    task.warn(f"could not remove unused volume {volid}: {exc}")
+
+    async def _hotplug(self, vm: VmConfig, task: Task | None
+                       ) -> tuple[VmConfig, list[str], dict[str, str]]:
+        """PVE's vmconfig_hotplug_pending: each pending change the running guest can take
+        (`pending.live_action`) is plugged and moves into the config; a failure leaves
+        it pending ("hotplug problem - ..."). Returns the written config, the volumes
+        to free and the problems."""
+        features = vmconf.hotplug_features(vm.config.get("hotplug"))
+        config, pending = dict(vm.config), dict(vm.pending)
+        freed: list[str] = []
+        problems: dict[str, str] = {}
+        for key, is_delete in pending_mod.order(vm.pending):
+            old = config.get(key)
+            new = None if is_delete else pending_mod.values(pending)[key]
+            action = pending_mod.live_action(key, old, new, features)
+            if action == "pending":
+                continue
+            one = pending_mod.single(pending, key)
+            try:
+                trial, gone = apply_pending(vm.vmid, config, one, vm.snapshots)
+                await self._plug(vm.vmid, action, key, old, new, trial)
+            except (GuestError, GuestFailure, StorageError, ValueError) as exc:
+                problems[key] = f"hotplug problem - {exc}"
+                if task:
+                    task.warn(f"{key}: {problems[key]}")
+                continue
+            config, pending = trial, pending_mod.drop(pending, key)
+            freed += gone
+            if task and action != "config":
+                task.log(f"{key}: {'unplugged' if is_delete else 'hot-plugged'}")
+        written = await self.ctx.configs.write(vm, config, pending=pending)
+        return written, freed, problems
+
+    async def _plug(self, vmid: int, action: str, key: str, old: Any, new: Any,
+                    config: dict[str, Any]) -> None:
+        runtime = self.ctx.runtime
+        if action == "disk":
+            if new is None:
+                await runtime.unplug_disk(vmid, key)
+            else:
+                await runtime.plug_disk(vmid, await self._disk_spec(
+                    vmconf.parse_disk(key, str(new))))
+        elif action == "nic":
+            index = vmconf.parse_net(key, str(old or new)).index
+            if old is not None:
+                await runtime.unplug_nic(vmid, index)
+            if new is not None:
+                await runtime.plug_nic(vmid, nic_spec(vmconf.parse_net(key, str(new))))
+        elif action == "cpu":
+            await runtime.set_vcpus(vmid, int(config.get("vcpus") or vmconf.cpu_count(config)))
+        elif action == "balloon":
+            # the target: balloon, or all the memory when unset (PVE's default)
+            target = int(config.get("balloon") or config.get("memory")
+                         or vmconf.DEFAULTS["memory"])
+            await runtime.command(vmid, "balloon", {"value": target << 20})
+
+    async def _disk_spec(self, d: vmconf.DiskEntry) -> DiskSpec:
+        assert d.volid is not None
+        storage = await self.ctx.storages.for_volid(d.volid)
+        src = storage.source(d.volid)
+        return DiskSpec(bus=d.bus, index=d.index, source=src.source, format=src.format,
+                        readonly=d.is_cdrom, cache=d.options.get("cache", "none"))
+
+    async def apply_pending_for_start(self, vm: VmConfig, task: Task | None) -> VmConfig:
+        """PVE's vmconfig_apply_pending at a cold start: every pending change goes into
+        the config before the command line is built (caller holds the VM's lock)."""
+        if not vm.pending:
+            return vm
+        try:
+            new, freed = apply_pending(vm.vmid, vm.config, vm.pending, vm.snapshots)
+        except ValueError as exc:
+            raise GuestFailure(f"cannot apply pending changes: {exc}") from None
+        written = await self.ctx.configs.write(vm, new, pending={})
+        if task:
+            task.log("applying pending changes: " + ", ".join(pending_mod.keys(vm.pending)))
+        await self._free(freed, task)
+        return written
 
     async def resize_disk(self, task: Task, vmid: int, key: str, new_size: int) -> None:
         """PVE's `qm resize`: grow disk `key` to `new_size` bytes. A running guest's disk
@@ -470,8 +633,7 @@ class Lifecycle:
                                    f"swtpm here needs a tpmstate0 on a dir storage")
             firmware["tpm_state"] = tpm_src.source
             firmware["tpm_version"] = tpm.options.get("version", "v1.2")
-        nics = [NicSpec(index=n.index, model=n.model, mac=n.mac, bridge=n.bridge, tag=n.tag)
-                for n in vmconf.nets(c)]
+        nics = [nic_spec(n) for n in vmconf.nets(c)]
         kernel = initrd = None
         if c.get("kernel"):
             kernel = (await self.ctx.storages.for_volid(c["kernel"])).source(c["kernel"]).source
@@ -500,7 +662,7 @@ class Lifecycle:
 
     async def start_vm(self, task: Task, vmid: int) -> None:
         async with self.ctx.lock(vmid):
-            vm = await self.check_startable(vmid)
+            vm = await self.apply_pending_for_start(await self.check_startable(vmid), task)
             await self.regenerate_cloudinit(vm, task)
             spec = await self.launch_spec(vm)
             pid = await self.ctx.runtime.start(spec)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import logging
 import os
@@ -53,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from binome.guest import qemu_migration
+from binome.guest import qemu_hotplug, qemu_migration
 from binome.guest.accel import cached_accel, resolve_accel
 from binome.guest.argv import QEMU_BINARY, build_argv
 from binome.guest.errors import GuestError
@@ -86,7 +87,7 @@ from binome.guest.running import (
     spawn_detached,
     write_json,
 )
-from binome.guest.spec import LaunchSpec
+from binome.guest.spec import DiskSpec, LaunchSpec, NicSpec
 from binome.guest.tpm import start_swtpm, stop_swtpm
 
 __all__ = ["GuestError", "QemuRuntime", "RuntimeStatus"]
@@ -629,6 +630,53 @@ class QemuRuntime:
         guest sees the new capacity, as PVE's `qemu_block_resize`."""
         await self._running(vmid).qmp.command("block_resize",
                                               {"device": f"drive-{key}", "size": int(size)})
+
+    # -- hot-plug (QEMU's side: `qemu_hotplug`); the record follows the devices, so a
+    # restarted daemon knows them and the exit removes a plugged NIC's tap too --------
+
+    def _replug_record(self, g: RunningGuest, spec: LaunchSpec) -> None:
+        g.spec = spec
+        write_json(g.paths.state, g.record())
+
+    async def plug_disk(self, vmid: int, disk: DiskSpec) -> None:
+        g = self._running(vmid)
+        await qemu_hotplug.plug_disk(g.qmp, disk, g.spec.hotplug_pci)
+        disks = (*(d for d in g.spec.disks if d.name != disk.name), disk)
+        self._replug_record(g, dataclasses.replace(g.spec, disks=disks))
+
+    async def unplug_disk(self, vmid: int, name: str) -> None:
+        g = self._running(vmid)
+        await qemu_hotplug.unplug_disk(g.qmp, name)
+        disks = tuple(d for d in g.spec.disks if d.name != name)
+        self._replug_record(g, dataclasses.replace(g.spec, disks=disks))
+
+    async def plug_nic(self, vmid: int, nic: NicSpec) -> None:
+        """The tap is made and joins its bridge as at start (`create_taps`), then QEMU
+        takes it; the tap goes again if QEMU refuses."""
+        g = self._running(vmid)
+        taps = await create_taps(vmid, [nic])
+        try:
+            await qemu_hotplug.plug_nic(g.qmp, vmid, nic, g.spec.hotplug_pci)
+        except BaseException:
+            await asyncio.shield(delete_taps(taps))
+            raise
+        g.taps = [t for t in g.taps if t not in taps] + taps
+        nics = (*(n for n in g.spec.nics if n.index != nic.index), nic)
+        self._replug_record(g, dataclasses.replace(g.spec, nics=nics))
+
+    async def unplug_nic(self, vmid: int, index: int) -> None:
+        g = self._running(vmid)
+        await qemu_hotplug.unplug_nic(g.qmp, f"net{index}")
+        tap = tap_name(vmid, index)
+        await delete_taps([tap])
+        g.taps = [t for t in g.taps if t != tap]
+        nics = tuple(n for n in g.spec.nics if n.index != index)
+        self._replug_record(g, dataclasses.replace(g.spec, nics=nics))
+
+    async def set_vcpus(self, vmid: int, count: int) -> None:
+        g = self._running(vmid)
+        await qemu_hotplug.set_vcpus(g.qmp, count)
+        self._replug_record(g, dataclasses.replace(g.spec, vcpus_online=count))
 
     async def command(
         self, vmid: int, cmd: str, args: dict[str, Any] | None = None,

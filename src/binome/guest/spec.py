@@ -188,6 +188,11 @@ class LaunchSpec:
     # PVE ivshmem: a shared file /dev/shm/pve-shm-<name or vmid> of this size
     ivshmem_size_mb: int | None = None
     ivshmem_name: str | None = None
+    # PVE hotplug network/disk: VirtIO disks and NICs sit on PCI bridges at fixed slots
+    # (so they can be plugged and unplugged, and a migration target rebuilds the same
+    # layout from the config); with disk, a SCSI controller is always there
+    hotplug_pci: bool = False
+    hotplug_scsi: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.vmid, int) or not 100 <= self.vmid <= 999_999_999:

@@ -67,7 +67,8 @@ class GuestStatus:
             try:
                 async with self.ctx.lock(vm.vmid):
                     spec = await self.lifecycle.launch_spec(
-                        await self.lifecycle.check_startable(vm.vmid))
+                        await self.lifecycle.apply_pending_for_start(
+                            await self.lifecycle.check_startable(vm.vmid), None))
                     await self.ctx.runtime.start(spec)
                     self.ctx.believed_running.add(vm.vmid)
                 await self.ctx.clusterlog.write(

@@ -18,11 +18,12 @@ from binome.api.methods.common import NODE, access_change
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
 from binome.errors import BinomeError
-from binome.guest import cloudinit
+from binome.guest import cloudinit, pending
 from binome.guest import config as vmconf
+from binome.guest.errors import HotplugProblems
 from binome.guest.guests import GuestService
 from binome.ha.config import sid_of
-from binome.tasks.manager import Task
+from binome.tasks.manager import Task, TaskFailed
 
 VMID = Param(type="integer", minimum=100, maximum=999_999_999, description="The (unique) ID "
              "of the VM.")
@@ -349,19 +350,32 @@ async def vm_config(ctx: RequestContext, params: dict[str, Any]) -> dict[str, An
         snap = guests(ctx).snapshots.existing(vm, params["snapshot"])
         return {**typed_config(snap), "digest": vm.digest}
     vm = await guests(ctx).read(params["vmid"])
-    return {**typed_config(vm.config), "digest": vm.digest}
+    # PVE: the values as they will be (pending applied); current=1 ignores pending
+    shown = vm.config if params["current"] else pending.merged(vm.config, vm.pending)
+    return {**typed_config(shown), "digest": vm.digest}
 
 
 @registry.register(
     "GET", "/nodes/{node}/qemu/{vmid}/pending", name="vm_pending", permission=AUDIT,
-    proxyto="node", description="The VM configuration with pending changes (none: binome "
-                                "applies changes at once, or at the next start).",
+    proxyto="node", description="Get the VM configuration with both current and pending "
+                                "values.",
     parameters={"node": NODE, "vmid": VMID},
     returns={"type": "array"},
 )
 async def vm_pending(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """PVE's rows: key, value (current), pending (new), delete (1, or 2 when forced)."""
     vm = await guests(ctx).read(params["vmid"])
-    return [{"key": k, "value": v} for k, v in sorted(typed_config(vm.config).items())]
+    current = typed_config(vm.config)
+    new = typed_config(pending.values(vm.pending))
+    out = []
+    for row in pending.rows(vm.config, vm.pending):
+        key = row["key"]
+        if "value" in row:
+            row["value"] = current[key]
+        if "pending" in row:
+            row["pending"] = new[key]
+        out.append(row)
+    return out
 
 
 # PVE's $opt_force_description (API2/Qemu.pm)
@@ -375,12 +389,22 @@ CONFIG_PARAMS = {
                     description="Settings to delete, separated by ',' or ';'."),
     "digest": Param(optional=True, max_length=64,
                     description="Refuse the change if the config digest differs."),
-    "revert": Param(optional=True, description="Revert pending changes (none exist)."),
+    "revert": Param(optional=True, max_length=4096,
+                    description="Revert a pending change (keys separated by ',' or ';')."),
     "force": Param(type="boolean", optional=True, description=FORCE_DESCRIPTION),
     "skiplock": Param(type="boolean", optional=True, default=False),
     "background_delay": Param(type="integer", optional=True, minimum=1, maximum=30),
     **SETTABLE,
 }
+
+
+def _reverts(params: dict[str, Any]) -> list[str]:
+    keys = [k.strip() for k in (params.get("revert") or "").replace(";", ",").split(",")
+            if k.strip()]
+    bad = [k for k in keys if k not in SETTABLE and not vmconf.is_unused_key(k)]
+    if bad:
+        raise param_error("revert", f"unknown option '{bad[0]}'")
+    return keys
 
 
 def _deletes(params: dict[str, Any]) -> list[str]:
@@ -407,15 +431,28 @@ async def _apply_config(ctx: RequestContext, params: dict[str, Any],
                         task: Task | None = None) -> None:
     changes = _config_changes(params)
     deletes = _deletes(params)
+    reverts = _reverts(params)
     both = set(changes) & set(deletes)
     if both:
         raise param_error("delete", f"cannot set and delete '{sorted(both)[0]}' at once")
-    await _check_config_privs(ctx, params["vmid"], changes, deletes)
+    for key in sorted(set(reverts) & (set(changes) | set(deletes))):
+        raise param_error("revert", f"you can't use '-{key}' and '-revert {key}' at the same "
+                                    f"time")
+    if not (changes or deletes or reverts):
+        raise fail("no options specified")
+    await _check_config_privs(ctx, params["vmid"], changes, [*deletes, *reverts])
     # PVE's update_vm_api runs the same $check_storage_access as create
     await _check_storage_access(ctx, new_disk_storages(changes))
     _check_force(params)
-    await guests(ctx).update(params["vmid"], changes, deletes, params.get("digest"), task=task,
-                             force=bool(params.get("force")))
+    try:
+        await guests(ctx).update(params["vmid"], changes, deletes, params.get("digest"),
+                                 task=task, force=bool(params.get("force")), revert=reverts)
+    except HotplugProblems as exc:
+        # PVE raises the hot-plug errors as parameter errors, after writing the config
+        # (in a task: its failure, each error already in the task log)
+        if task is not None:
+            raise TaskFailed(str(exc)) from None
+        raise ApiError(400, "Parameter verification failed.", exc.errors) from None
 
 
 def _key_privs(key: str, value: Any) -> tuple[str, ...]:

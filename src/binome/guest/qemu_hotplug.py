@@ -1,0 +1,139 @@
+"""QEMU's side of hot-plug: the QMP conversations that add and remove a running
+guest's disks, NICs and vCPUs (as qemu-server's qemu_driveadd / qemu_deviceadd /
+qemu_devicedel / qemu_cpu_hotplug). It owns nothing: the runtime calls it with
+the guest's QMP channel and keeps its own record; the device strings are the
+command line's own (`argv`), so a plugged device is the one a start would make.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from binome.guest.argv import disk_device, drive_option, nic_device, nic_netdev
+from binome.guest.errors import GuestError
+from binome.guest.qmp import QmpChannel
+from binome.guest.spec import DiskSpec, NicSpec
+
+# how long a device may take to go after device_del (PVE waits about as long); a
+# PCI device needs the guest's consent (ACPI/SHPC), a SCSI disk goes at once
+UNPLUG_TIMEOUT = 10.0
+UNPLUG_POLL = 0.1
+
+
+def device_args(option: str) -> dict[str, Any]:
+    """A ``-device`` value as device_add arguments: ``driver`` and the properties as
+    strings (QEMU parses them as on the command line; PVE's qemu_deviceadd does the
+    same)."""
+    driver, _, rest = option.partition(",")
+    args: dict[str, Any] = {"driver": driver}
+    for item in rest.split(",") if rest else []:
+        key, _, value = item.partition("=")
+        args[key] = value
+    return args
+
+
+async def _hmp(qmp: QmpChannel, line: str) -> None:
+    answer = await qmp.command("human-monitor-command", {"command-line": line})
+    if isinstance(answer, str) and answer.strip() and "OK" not in answer:
+        raise GuestError(answer.strip())
+
+
+async def _peripherals(qmp: QmpChannel) -> set[str]:
+    return {p["name"] for p in await qmp.command("qom-list", {"path": "/machine/peripheral"})}
+
+
+async def _wait_gone(qmp: QmpChannel, device_id: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while device_id in await _peripherals(qmp):
+        if time.monotonic() >= deadline:
+            raise GuestError(f"error on hot-unplugging device '{device_id}'")
+        await asyncio.sleep(UNPLUG_POLL)
+
+
+async def plug_disk(qmp: QmpChannel, disk: DiskSpec, hotplug_pci: bool) -> None:
+    """The drive (the command line's ``-drive`` text, through the monitor's drive_add
+    as PVE does), then its device; the drive is removed again if the device fails."""
+    await _hmp(qmp, f"drive_add auto \"{drive_option(disk)}\"")
+    try:
+        await qmp.command("device_add", device_args(disk_device(disk, None, hotplug_pci)))
+    except GuestError:
+        await _hmp(qmp, f"drive_del drive-{disk.name}")
+        raise
+
+
+def _holds(block: dict[str, Any], name: str) -> bool:
+    qdev = str(block.get("qdev") or "")
+    return (block.get("device") == f"drive-{name}" or qdev == name
+            or qdev.startswith(f"/machine/peripheral/{name}/"))
+
+
+async def unplug_disk(qmp: QmpChannel, name: str, timeout: float = UNPLUG_TIMEOUT) -> None:
+    """device_del, wait until QEMU dropped the device, then until its drive (deleted
+    with it, as a drive_add'ed one is) is gone too, or drive_del it."""
+    deadline = time.monotonic() + timeout
+    if name in await _peripherals(qmp):
+        await qmp.command("device_del", {"id": name})
+        await _wait_gone(qmp, name, timeout)
+    while True:
+        held = [b for b in await qmp.command("query-block") if _holds(b, name)]
+        if not held:
+            return
+        # only the named drive is left, no device on it: a drive of its own to delete
+        if time.monotonic() >= deadline or all(not b.get("qdev") for b in held):
+            await _hmp(qmp, f"drive_del drive-{name}")
+            return
+        await asyncio.sleep(UNPLUG_POLL)
+
+
+async def plug_nic(qmp: QmpChannel, vmid: int, nic: NicSpec, hotplug_pci: bool) -> None:
+    """The tap backend (the tap exists and is on its bridge), then the device."""
+    netdev = nic_netdev(vmid, nic)
+    kind, _, rest = netdev.partition(",")
+    args: dict[str, Any] = {"type": kind}
+    for item in rest.split(","):
+        key, _, value = item.partition("=")
+        args[key] = value
+    await qmp.command("netdev_add", args)
+    try:
+        await qmp.command("device_add", device_args(nic_device(nic, None, hotplug_pci)))
+    except GuestError:
+        await qmp.command("netdev_del", {"id": nic.name})
+        raise
+
+
+async def unplug_nic(qmp: QmpChannel, name: str, timeout: float = UNPLUG_TIMEOUT) -> None:
+    if name in await _peripherals(qmp):
+        await qmp.command("device_del", {"id": name})
+        await _wait_gone(qmp, name, timeout)
+    try:
+        await qmp.command("netdev_del", {"id": name})
+    except GuestError as exc:
+        if "not found" not in str(exc).lower():
+            raise
+
+
+async def set_vcpus(qmp: QmpChannel, count: int) -> None:
+    """Bring the online vCPUs to `count` (PVE's qemu_cpu_hotplug): new ones are
+    device_add'ed into free slots of query-hotpluggable-cpus as ``cpuN``; only
+    those can go again (the start's vCPUs cannot be unplugged)."""
+    slots = await qmp.command("query-hotpluggable-cpus")
+    online = [s for s in slots if s.get("qom-path")]
+    if count > len(online):
+        free = sorted((s for s in slots if not s.get("qom-path")),
+                      key=lambda s: tuple(sorted(s["props"].items())))
+        for n, slot in enumerate(free[:count - len(online)], start=len(online) + 1):
+            await qmp.command("device_add", {"driver": slot["type"], "id": f"cpu{n}",
+                                             **slot["props"]})
+        return
+    plugged = sorted((s["qom-path"].rsplit("/", 1)[-1] for s in online
+                      if s["qom-path"].startswith("/machine/peripheral/")),
+                     key=lambda i: int(i[3:]) if i[3:].isdigit() else 0, reverse=True)
+    excess = len(online) - count
+    if excess > len(plugged):
+        raise GuestError("online cpu unplug is only possible for hot-plugged vCPUs: "
+                         "reduce 'vcpus' at the next start")
+    for device_id in plugged[:excess]:
+        await qmp.command("device_del", {"id": device_id})
+        await _wait_gone(qmp, device_id, UNPLUG_TIMEOUT)
