@@ -96,7 +96,7 @@ class QgaChannel:
                              ) from None
         try:
             sync_id = next(self._ids)
-            request = {"execute": command}
+            request: dict[str, Any] = {"execute": command}
             if args:
                 request["arguments"] = args
             # 0xFF first: makes the agent drop a partial request another client left
