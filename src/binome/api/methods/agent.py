@@ -89,6 +89,7 @@ for _command, _method in sorted(SIMPLE_COMMANDS.items()):
                 "command": Param(type="array", optional=True, items=Param(),
                                  description="The command as a list of program + arguments."),
                 "input-data": Param(optional=True, max_length=64 * 1024,
+                                    extra={"multiline": True},
                                     description="Data to pass as 'input-data' to the guest. "
                                                 "Usually treated as STDIN to 'command'.")},
     returns={"type": "object", "properties": {"pid": {"type": "integer"}}},
@@ -139,7 +140,7 @@ async def agent_file_read(ctx: RequestContext, params: dict[str, Any]) -> dict[s
     proxyto="node", description="Writes the given file via guest agent.",
     parameters={"node": NODE, "vmid": VMID,
                 "file": Param(description="The path to the file."),
-                "content": Param(max_length=60 * 1024,
+                "content": Param(max_length=60 * 1024, extra={"multiline": True},
                                  description="The content to write into the file."),
                 "encode": Param(type="boolean", optional=True, default=True,
                                 description="Base64-encode the content (QEMU needs it); "
