@@ -128,6 +128,31 @@ PVE = [
     ("POST", "/cluster/metrics/server/{id}", Perm("/", ("Sys.Modify",))),
     ("PUT", "/cluster/metrics/server/{id}", Perm("/", ("Sys.Modify",))),
     ("DELETE", "/cluster/metrics/server/{id}", Perm("/", ("Sys.Modify",))),
+    # qemu-server API2/Qemu/Agent.pm (PVE 9): each command's privilege or Unrestricted
+    ("GET", "/nodes/{node}/qemu/{vmid}/agent/network-get-interfaces",
+     Perm("/vms/{vmid}", ("VM.GuestAgent.Audit", "VM.GuestAgent.Unrestricted"), any=True)),
+    ("POST", "/nodes/{node}/qemu/{vmid}/agent/ping",
+     Perm("/vms/{vmid}", ("VM.GuestAgent.Audit", "VM.GuestAgent.Unrestricted"), any=True)),
+    ("POST", "/nodes/{node}/qemu/{vmid}/agent/fsfreeze-status",
+     Perm("/vms/{vmid}", ("VM.GuestAgent.Audit", "VM.GuestAgent.FileSystemMgmt",
+                          "VM.GuestAgent.Unrestricted"), any=True)),
+    ("POST", "/nodes/{node}/qemu/{vmid}/agent/fsfreeze-freeze",
+     Perm("/vms/{vmid}", ("VM.GuestAgent.FileSystemMgmt", "VM.GuestAgent.Unrestricted"),
+          any=True)),
+    ("POST", "/nodes/{node}/qemu/{vmid}/agent/shutdown",
+     Perm("/vms/{vmid}", ("VM.PowerMgmt", "VM.GuestAgent.Unrestricted"), any=True)),
+    ("POST", "/nodes/{node}/qemu/{vmid}/agent",
+     Perm("/vms/{vmid}", ("VM.GuestAgent.Unrestricted",))),
+    ("POST", "/nodes/{node}/qemu/{vmid}/agent/exec",
+     Perm("/vms/{vmid}", ("VM.GuestAgent.Unrestricted",))),
+    ("GET", "/nodes/{node}/qemu/{vmid}/agent/exec-status",
+     Perm("/vms/{vmid}", ("VM.GuestAgent.Unrestricted",))),
+    ("GET", "/nodes/{node}/qemu/{vmid}/agent/file-read",
+     Perm("/vms/{vmid}", ("VM.GuestAgent.FileRead", "VM.GuestAgent.Unrestricted"), any=True)),
+    ("POST", "/nodes/{node}/qemu/{vmid}/agent/file-write",
+     Perm("/vms/{vmid}", ("VM.GuestAgent.FileWrite", "VM.GuestAgent.Unrestricted"), any=True)),
+    ("POST", "/nodes/{node}/qemu/{vmid}/agent/set-user-password",
+     Perm("/vms/{vmid}", ("VM.GuestAgent.Unrestricted",))),
     # pve-access-control User.pm unlock_tfa: ['userid-group', ['User.Modify']]
     ("PUT", "/access/users/{userid}/unlock-tfa", UseridGroup(("User.Modify",))),
 ]
@@ -142,7 +167,8 @@ def test_pve_declarations(method: str, path: str, decl: Decl) -> None:
 ALL_USERS = [("GET", "/cluster/resources"), ("GET", "/nodes"), ("GET", "/nodes/{node}/qemu"),
              ("GET", "/storage"), ("GET", "/nodes/{node}/storage"), ("GET", "/pools"),
              ("GET", "/nodes/{node}/tasks"), ("GET", "/cluster/log"), ("GET", "/version"),
-             ("GET", "/cluster/nextid"), ("GET", "/cluster/tasks"), ("GET", "/cluster/metrics")]
+             ("GET", "/cluster/nextid"), ("GET", "/cluster/tasks"), ("GET", "/cluster/metrics"),
+             ("GET", "/nodes/{node}/qemu/{vmid}/agent")]
 
 
 @pytest.mark.parametrize("method,path", ALL_USERS, ids=[f"{m} {p}" for m, p in ALL_USERS])

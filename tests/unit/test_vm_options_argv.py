@@ -194,7 +194,7 @@ def test_stored_only_keys_change_nothing():
     base = argv_of({})
     stored = {"cpulimit": "2", "cpuunits": "512", "shares": "0", "hotplug": "1",
               "startup": "order=1", "onboot": "1", "autostart": "1", "protection": "1",
-              "tags": "a", "description": "x", "machine": "pc", "agent": "1",
+              "tags": "a", "description": "x", "machine": "pc", "agent": "0,type=isa",
               "migrate_speed": "10", "affinity": "0-1", "hookscript": "local:snippets/h.pl",
               "scsihw": "lsi", "ostype": "l26", "bios": "seabios", "hugepages": "2"}
     assert argv_of(stored) == base

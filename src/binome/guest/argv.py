@@ -40,6 +40,9 @@ Owns the mapping from Proxmox-style devices to QEMU options. Choices, and why:
   device with a ``none`` backend; ``allow-ksm: 0`` ``mem-merge=off``;
   ``ivshmem`` an ``ivshmem-plain`` on ``/dev/shm/pve-shm-<name>`` (removed at
   stop, as PVE);
+  ``agent`` (enabled) a chardev on ``<vmid>.qga`` and, for ``type=virtio``, a
+  ``virtio-serial`` bus with the port ``org.qemu.guest_agent.0`` (``isa``: an
+  ``isa-serial`` port), as qemu-server;
   ``args`` (root only) appended last.
 * CPU: 'host' exists only with KVM; under TCG it becomes 'max' (everything TCG
   emulates). PVE's flags are QEMU's ``name=on|off``, except ``nested-virt``
@@ -220,6 +223,16 @@ def _serials(spec: LaunchSpec, paths: GuestPaths) -> list[str]:
     return argv
 
 
+def _agent(spec: LaunchSpec, paths: GuestPaths) -> list[str]:
+    if spec.agent is None:
+        return []
+    argv = ["-chardev", f"socket,path={qemu_opt(str(paths.qga))},server=on,wait=off,id=qga0"]
+    if spec.agent == "isa":
+        return [*argv, "-device", "isa-serial,chardev=qga0"]
+    return [*argv, "-device", "virtio-serial,id=qga0",
+            "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"]
+
+
 def nic_netdev(vmid: int, nic: NicSpec) -> str:
     return f"tap,id={nic.name},ifname={tap_name(vmid, nic.index)},script=no,downscript=no"
 
@@ -341,6 +354,7 @@ def build_argv(
                      "-device", "hda-duplex,id=audiodev0-codec0,bus=audiodev0-hda.0,"
                                 "cad=0,audiodev=audiodev0"]
     argv += _serials(spec, paths)
+    argv += _agent(spec, paths)
     argv += ["-boot", "strict=on,reboot-timeout=1000" if boot else "reboot-timeout=1000"]
     if spec.kernel:
         argv += ["-kernel", spec.kernel]

@@ -84,6 +84,7 @@ from binome.tasks.manager import Task, TaskFailed
 
 if TYPE_CHECKING:
     from binome.guest.context import GuestContext
+    from binome.guest.guest_agent import GuestAgent
     from binome.guest.lifecycle import Lifecycle
 
 log = logging.getLogger("binome.guest.backups")
@@ -237,9 +238,10 @@ class _Progress:
 class Backups:
     """The vzdump job and the restore of this node's guests."""
 
-    def __init__(self, ctx: GuestContext, lifecycle: Lifecycle) -> None:
+    def __init__(self, ctx: GuestContext, lifecycle: Lifecycle, agent: GuestAgent) -> None:
         self.ctx = ctx
         self.lifecycle = lifecycle
+        self.agent = agent
         # restores made here since the daemon started: the next backup says why it is full
         self.restored: dict[int, Restored] = {}
 
@@ -345,7 +347,7 @@ class Backups:
             writer.add_file(GUEST_CONFIG, vmconf.format_conf(config).encode())
             if running:
                 stats, bitmaps, record = await self._backup_running(task, vmid, disks, writer,
-                                                                    store, options)
+                                                                    store, options, config)
                 writer.add_file(RECORD_FILE, record.to_json())
             else:
                 stats = await self._backup_stopped(task, vmid, disks, writer, options)
@@ -507,10 +509,14 @@ class Backups:
     # ------------------------------------------------------------ running guests
 
     async def _backup_running(self, task: Task, vmid: int, disks: list[_Disk],
-                              writer: DumpWriter, store: DumpStore, options: VzdumpOptions
+                              writer: DumpWriter, store: DumpStore, options: VzdumpOptions,
+                              config: dict[str, Any],
                               ) -> tuple[BackupStats, _Bitmaps, BitmapRecord]:
         """Fleece and read the disks of a running guest; the bitmaps it started are
-        settled by the caller once the backup is committed or has failed."""
+        settled by the caller once the backup is committed or has failed. With an
+        enabled guest agent (and `freeze-fs`), the guest's filesystems are frozen
+        around the snapshot instant (the fleecing start) and thawed right after it,
+        whatever happened (PVE's qga_fs_freeze / qga_fs_thaw)."""
         workdir = Path(tempfile.mkdtemp(prefix=f"binome-vzdump-{vmid}-"))
         fleece_dir = store.root / ".fleecing" / f"{vmid}-{uuid.uuid4().hex[:8]}"
         fleecing = _Fleecing(vmid, workdir, workdir / "nbd.sock", fleece_dir)
@@ -519,18 +525,24 @@ class Backups:
         try:
             try:
                 paused = False
-                if options.mode == "suspend":
-                    # PVE's suspend mode: the guest is paused while the backup is set up
-                    task.log("INFO: suspending guest")
-                    await self._qmp(vmid, "stop")
-                    paused = True
+                # the agent cannot answer while the guest is paused: freeze first, thaw last
+                frozen = await self.agent.freeze_for_backup(vmid, config, task.log)
                 try:
-                    plan = await self._start_fleecing(task, fleecing, disks, store, bitmaps,
-                                                      instance, options.storage)
+                    if options.mode == "suspend":
+                        # PVE's suspend mode: the guest is paused while the backup is set up
+                        task.log("INFO: suspending guest")
+                        await self._qmp(vmid, "stop")
+                        paused = True
+                    try:
+                        plan = await self._start_fleecing(task, fleecing, disks, store,
+                                                          bitmaps, instance, options.storage)
+                    finally:
+                        if paused:
+                            task.log("INFO: resuming guest")
+                            await self._qmp(vmid, "cont")
                 finally:
-                    if paused:
-                        task.log("INFO: resuming guest")
-                        await self._qmp(vmid, "cont")
+                    if frozen:
+                        await asyncio.shield(self.agent.thaw_after_backup(vmid, task.log))
 
                 def source(disk: _Disk) -> BlockSource:
                     context = bitmaps.contexts.get(disk.key)

@@ -956,6 +956,32 @@ def cpu_model(value: str | None) -> tuple[str, tuple[str, ...]]:
     return model, flags
 
 
+def agent_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """PVE's parse_guest_agent: the `agent` options, {} when it is absent or disabled
+    (the other options then do not count; an unparsable value counts as absent, as
+    PVE's eval there)."""
+    value = config.get("agent")
+    if value in (None, ""):
+        return {}
+    try:
+        settings = AGENT_FORMAT.parse(str(value))
+    except ValueError:
+        return {}
+    if not int(settings.get("enabled") or 0):
+        return {}
+    return settings
+
+
+def agent_freeze_fs(config: dict[str, Any]) -> bool:
+    """PVE's should_fs_freeze: with an enabled agent, freeze unless `freeze-fs` (or its
+    PVE 8 alias `freeze-fs-on-backup`) says 0."""
+    settings = agent_settings(config)
+    if not settings:
+        return False
+    flag = settings.get("freeze-fs", settings.get("freeze-fs-on-backup", 1))
+    return bool(int(flag))
+
+
 def launch_options(config: dict[str, Any]) -> dict[str, Any]:
     """The LaunchSpec fields that PVE's options decide, with PVE's defaults
     (qemu-server's config_to_command); ValueError for what cannot run here."""
@@ -1020,6 +1046,8 @@ def launch_options(config: dict[str, Any]) -> dict[str, Any]:
         "ivshmem_name": str(ivshmem["name"]) if ivshmem and ivshmem.get("name") else None,
         "hotplug_pci": bool(hotplug & {"network", "disk"}),
         "hotplug_scsi": "disk" in hotplug,
+        "agent": (str(agent.get("type") or "virtio")
+                  if (agent := agent_settings(c)).get("enabled") else None),
     }
 
 

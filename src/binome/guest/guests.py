@@ -2,7 +2,8 @@
 
 A facade over the parts, each in its own module, sharing one `GuestContext`:
 the config repository (`configs`), the lifecycle (`lifecycle`), snapshots
-(`snapshots`), migration as source and target (`migration`), the settling of
+(`snapshots`), the guest agent (`guest_agent`), migration as source and target
+(`migration`), the settling of
 migrations a binomed restart interrupted (`settling`) and the status loop
 (`status`). The QEMU processes
 belong to the runtime and outlive the daemon: `start` re-adopts them.
@@ -18,6 +19,7 @@ from binome.guest.backups import Backups, VzdumpOptions
 from binome.guest.configs import VmConfig, conf_missing
 from binome.guest.context import GuestContext
 from binome.guest.errors import GuestError, GuestFailure
+from binome.guest.guest_agent import GuestAgent
 from binome.guest.lifecycle import Lifecycle
 from binome.guest.migration import MigrationSource, MigrationTarget
 from binome.guest.settling import MigrationSettler
@@ -48,7 +50,8 @@ class GuestService:
         self.incoming = MigrationTarget(ctx, self.lifecycle)
         self.settler = MigrationSettler(ctx)
         self.snapshots = Snapshots(ctx, self.lifecycle)
-        self.backups = Backups(ctx, self.lifecycle)
+        self.agent = GuestAgent(ctx)
+        self.backups = Backups(ctx, self.lifecycle, self.agent)
         self.status = GuestStatus(ctx, self.lifecycle, self.settler)
         runtime.on_exit = self.status.on_guest_exit
         self._loops: list[asyncio.Task] = []

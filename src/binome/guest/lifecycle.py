@@ -675,17 +675,23 @@ class Lifecycle:
 
     async def shutdown_vm(self, task: Task, vmid: int, timeout: float, force_stop: bool) -> None:
         async with self.ctx.lock(vmid):
-            await self.ctx.read(vmid, fresh=False)
+            vm = await self.ctx.read(vmid, fresh=False)
             self.require_running(vmid)
             self.ctx.believed_running.discard(vmid)
             task.log(f"requesting shutdown of VM {vmid} (timeout {timeout:.0f}s)")
+            # PVE's vm_stop: through the guest agent when one is configured and answers
+            via_agent = bool(vmconf.agent_settings(vm.config))
             try:
-                await self.ctx.runtime.shutdown(vmid, timeout=timeout, force_stop=force_stop)
+                how = await self.ctx.runtime.shutdown(vmid, timeout=timeout,
+                                                      force_stop=force_stop,
+                                                      via_agent=via_agent)
             except BaseException:
                 if self.ctx.runtime.is_running(vmid):
                     self.ctx.believed_running.add(vmid)
                 raise
-            task.log(f"VM {vmid} is stopped")
+            task.log(f"VM {vmid} is stopped" + {
+                "agent": " (shut down through the guest agent)",
+                "stop": " (stopped hard: the shutdown timed out)"}.get(how, ""))
 
     async def stop_vm(self, task: Task, vmid: int, timeout: float = 10.0) -> None:
         async with self.ctx.lock(vmid):

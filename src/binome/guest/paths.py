@@ -5,6 +5,7 @@ cleanup agree:
 
 * ``.pid``       QEMU's ``-pidfile`` (QEMU writes and locks it);
 * ``.qmp``       QMP monitor socket (server; the runtime is its client);
+* ``.qga``       the guest agent's socket (``agent: 1``; server, PVE's name);
 * ``.serial``    serial console socket (server; one client at a time reads
                  and writes ttyS0); ``.serial1``-``.serial3`` the sockets of
                  ``serialN: socket`` ports;
@@ -44,6 +45,10 @@ class GuestPaths:
     @property
     def qmp(self) -> Path:
         return self._p(".qmp")
+
+    @property
+    def qga(self) -> Path:
+        return self._p(".qga")
 
     @property
     def serial(self) -> Path:
@@ -92,5 +97,6 @@ class GuestPaths:
 
     def transient(self) -> list[Path]:
         """Files that only make sense while QEMU runs (removed once it has exited)."""
-        return [self.pidfile, self.qmp, self.serial, *(self.serial_port(i) for i in (1, 2, 3)),
-                self.vnc, self.state, self.exitcode, self.efivars]
+        return [self.pidfile, self.qmp, self.qga, self.serial,
+                *(self.serial_port(i) for i in (1, 2, 3)), self.vnc, self.state,
+                self.exitcode, self.efivars]

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from binome import durable
+from binome.guest.agent import QgaChannel
 from binome.guest.paths import GuestPaths
 from binome.guest.process import is_alive
 from binome.guest.qmp import QmpChannel
@@ -42,6 +43,7 @@ class RunningGuest:
     argv: list[str] = field(default_factory=list)
     started_at: float = 0.0
     qmp: QmpChannel = field(init=False)
+    qga: QgaChannel = field(init=False)
     pidfd: int | None = None
     cpu_sample: tuple[float, int] | None = None  # (monotonic, cpu ticks)
     finalizer: asyncio.Task[str] | None = None
@@ -49,6 +51,7 @@ class RunningGuest:
 
     def __post_init__(self) -> None:
         self.qmp = QmpChannel(self.spec.vmid, self.paths.qmp)
+        self.qga = QgaChannel(self.spec.vmid, self.paths.qga)
 
     @property
     def vmid(self) -> int:

@@ -56,6 +56,7 @@ from typing import Any
 
 from binome.guest import qemu_hotplug, qemu_migration
 from binome.guest.accel import cached_accel, resolve_accel
+from binome.guest.agent import AgentError
 from binome.guest.argv import QEMU_BINARY, build_argv
 from binome.guest.errors import GuestError
 from binome.guest.network import create_taps, delete_taps, tap_counters, tap_name
@@ -542,32 +543,56 @@ class QemuRuntime:
         with contextlib.suppress(OSError):
             write_json(g.paths.state, g.record())
 
-    async def shutdown(self, vmid: int, timeout: float = 60.0, force_stop: bool = False) -> None:
+    async def shutdown(self, vmid: int, timeout: float = 60.0, force_stop: bool = False,
+                       *, via_agent: bool = False) -> str:
         """ACPI power button; wait up to ``timeout`` for the guest to power off.
 
-        On timeout: GuestError, or with ``force_stop`` a hard :meth:`stop`.
-        A paused guest cannot react to ACPI: GuestError unless ``force_stop``.
+        `via_agent` (the VM has an enabled guest agent): as PVE's vm_stop, the agent's
+        ``guest-shutdown`` when the agent answers a ping, the ACPI button when it does
+        not or refuses. On timeout: GuestError, or with ``force_stop`` a hard
+        :meth:`stop`. A paused guest cannot react: GuestError unless ``force_stop``.
+        Returns how it went: ``agent``, ``acpi`` or ``stop`` (the hard stop).
         """
         g = self._running(vmid)
         if await g.qmp.runstate() == "paused":
             if not force_stop:
                 raise GuestError(f"VM {vmid} is paused - cannot shutdown")
             await self.stop(vmid)
-            return
+            return "stop"
         self._set_requested(g, "shutdown")
+        how = "agent"
+        if not (via_agent and await self._agent_shutdown(g, timeout)):
+            how = "acpi"
+            await self._acpi_powerdown(g)
+        if await self._wait_exit(g, timeout):
+            return how
+        if not force_stop:
+            self._set_requested(g, None)
+            raise GuestError("VM quit/powerdown failed - got timeout")
+        log.warning("VM %s: shutdown timed out after %ss, stopping it", vmid, timeout)
+        await self.stop(vmid)
+        return "stop"
+
+    async def _agent_shutdown(self, g: RunningGuest, timeout: float) -> bool:
+        """Ask the guest agent to power the guest off; False if it is not there or
+        refuses. The agent does not answer a shutdown it carries out, so no answer
+        after a short while means under way; the caller waits for the exit."""
+        try:
+            await g.qga.command("guest-ping", timeout=3.0)
+            await g.qga.command("guest-shutdown", timeout=min(timeout, 10.0))
+        except AgentError as exc:
+            log.info("VM %s: guest agent shutdown not possible (%s) - using ACPI",
+                     g.vmid, exc)
+            return False
+        return True
+
+    async def _acpi_powerdown(self, g: RunningGuest) -> None:
         try:
             await g.qmp.command("system_powerdown")
         except GuestError:
             if g.alive():
                 self._set_requested(g, None)
                 raise
-        if await self._wait_exit(g, timeout):
-            return
-        if not force_stop:
-            self._set_requested(g, None)
-            raise GuestError("VM quit/powerdown failed - got timeout")
-        log.warning("VM %s: shutdown timed out after %ss, stopping it", vmid, timeout)
-        await self.stop(vmid)
 
     async def stop(self, vmid: int, timeout: float = 10.0, *, requested: str = "stop") -> None:
         """Hard stop: QMP ``quit``; after ``timeout`` SIGTERM, then SIGKILL, by pid.
@@ -688,6 +713,12 @@ class QemuRuntime:
         password, migration ...). QMP errors become GuestError.
         """
         return await self._running(vmid).qmp.command(cmd, args, timeout)
+
+    async def agent_command(self, vmid: int, cmd: str, args: dict[str, Any] | None = None,
+                            timeout: float | None = None) -> Any:
+        """One command to the guest agent of a running guest (`binome.guest.agent`);
+        AgentError when it does not answer or answers with an error."""
+        return await self._running(vmid).qga.command(cmd, args, timeout)
 
     # -- live migration (QEMU's side: `qemu_migration`) -------------------------------
 

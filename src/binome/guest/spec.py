@@ -193,6 +193,8 @@ class LaunchSpec:
     # layout from the config); with disk, a SCSI controller is always there
     hotplug_pci: bool = False
     hotplug_scsi: bool = False
+    # PVE agent (enabled): the guest agent's port, virtio (virtio-serial) or isa
+    agent: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.vmid, int) or not 100 <= self.vmid <= 999_999_999:
@@ -287,6 +289,8 @@ class LaunchSpec:
                 and not re.fullmatch(r"[a-zA-Z0-9\-]+", self.ivshmem_name)):
             raise ValueError(f"VM {self.vmid}: bad ivshmem {self.ivshmem_name!r} "
                              f"{self.ivshmem_size_mb!r}")
+        if self.agent is not None and self.agent not in ("virtio", "isa"):
+            raise ValueError(f"VM {self.vmid}: bad agent type {self.agent!r}")
         if self.audio is not None and self.audio not in ("ich9-intel-hda", "intel-hda",
                                                          "AC97"):
             raise ValueError(f"VM {self.vmid}: bad audio device {self.audio!r}")

@@ -158,7 +158,8 @@ class GuestStatus:
         st = await self.ctx.runtime.status(vmid)
         entry = self.status_entry(vm, st)
         entry["ha"] = {"managed": 0}
-        entry["agent"] = 0
+        # PVE: 1 with an enabled agent (bpg then waits on network-get-interfaces)
+        entry["agent"] = 1 if vmconf.agent_settings(vm.config) else 0
         return entry
 
 

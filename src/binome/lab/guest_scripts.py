@@ -147,6 +147,17 @@ fi
 
 echo "binome guest $HOST" > /www/index.html
 httpd -f -p "$HTTP_PORT" -h /www &
+
+# QEMU guest agent (PVE 'agent: 1'): Debian's qemu-ga on the virtio port QEMU names
+# org.qemu.guest_agent.0 (devtmpfs calls it /dev/vportNpM; udev's by-name link is absent)
+if [ -x /usr/sbin/qemu-ga ]; then
+    for p in /sys/class/virtio-ports/vport*; do
+        [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] || continue
+        /usr/sbin/qemu-ga -m virtio-serial -p "/dev/${p##*/}" -t /var/run \
+            -l /var/log/qemu-ga.log &
+        log "qemu-ga started on /dev/${p##*/}"
+    done
+fi
 i=0
 until wget -q -O /dev/null "http://127.0.0.1:$HTTP_PORT/" 2>/dev/null || [ $i -ge 50 ]; do
     usleep 100000; i=$((i + 1))
@@ -175,6 +186,21 @@ export PS1='\h:\w# '
 poweroff() { sync; /bin/busybox poweroff -f; }
 reboot() { sync; /bin/busybox reboot -f; }
 halt() { sync; /bin/busybox halt -f; }
+"""
+
+# qemu-ga's guest-shutdown runs '/sbin/shutdown -h -P +0 <message>' and reports the
+# shutdown as failed unless that exits 0: power off a moment later, in the background.
+SHUTDOWN_COMMAND = r"""#!/bin/sh
+echo "binome-guest: shutdown requested ($*), powering off" > /dev/console
+( sleep 1; sync; /bin/busybox poweroff -f ) </dev/null >/dev/null 2>&1 &
+exit 0
+"""
+
+# qemu-ga's guest-get-osinfo reads it
+OS_RELEASE = """PRETTY_NAME="binome lab guest"
+NAME="binome lab guest"
+ID=binome-lab
+VERSION_ID="1"
 """
 
 POWER_SCRIPT = r"""#!/bin/sh

@@ -12,7 +12,10 @@ boot under QEMU/TCG:
   in-guest decompression of ~50 MB (falls back to the bzImage when the
   payload cannot be unpacked or the kernel has no PVH entry);
 * the initramfs (gzip'ed newc cpio, written in pure Python) holds a static
-  busybox, the virtio/ACPI-button/evdev kernel modules (decompressed to plain
+  busybox, Debian's ``qemu-guest-agent`` (``qemu-ga`` and the shared libraries it
+  needs, from their packages, found by following DT_NEEDED; started on the
+  ``org.qemu.guest_agent.0`` port when the VM has one), the
+  virtio/ACPI-button/evdev/virtio-console kernel modules (decompressed to plain
   ``.ko`` at build time) and an ``/init`` shell script that configures the
   network from ``binome.*`` kernel parameters, serves HTTP (static page plus
   the ``status`` and ``disk`` CGIs), prints ``BINOME-GUEST-READY <ip>`` on the
@@ -60,8 +63,10 @@ from binome.lab import kernel_files
 from binome.lab.guest_scripts import (
     DISK_CGI,
     INIT_SCRIPT,
+    OS_RELEASE,
     POWER_SCRIPT,
     PROFILE,
+    SHUTDOWN_COMMAND,
     SHUTDOWN_WRAPPER,
     STATUS_CGI,
     UDHCPC_SCRIPT,
@@ -81,6 +86,11 @@ __all__ = [
 
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
+#: Debian's QEMU guest agent, unpacked with the libraries it links (from their own
+#: packages: Depends, recursively, but not PreDepends) into the initramfs
+AGENT_PACKAGE = "qemu-guest-agent"
+AGENT_BINARY = "usr/sbin/qemu-ga"
+_LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64")
 QEMU_BINARY = "qemu-system-x86_64"
 READY_MARKER = "BINOME-GUEST-READY"
 
@@ -100,6 +110,8 @@ GUEST_MODULES: tuple[str, ...] = (
     # ACPI power button -> input event -> busybox acpid -> poweroff -f
     "button",
     "evdev",
+    # the guest agent's virtio-serial port (/dev/vportNpM)
+    "virtio_console",
 )
 
 #: Kernel modules /init loads only when it looks for a NoCloud seed (no ``binome.ip``):
@@ -258,7 +270,7 @@ def qemu_command(
 
 
 # Bumped whenever the initramfs layout changes in a way the hash below misses.
-_FORMAT_VERSION = "2"
+_FORMAT_VERSION = "3"
 
 
 def _recipe_hash() -> str:
@@ -267,6 +279,9 @@ def _recipe_hash() -> str:
         _FORMAT_VERSION,
         INIT_SCRIPT,
         SHUTDOWN_WRAPPER,
+        SHUTDOWN_COMMAND,
+        OS_RELEASE,
+        AGENT_PACKAGE,
         PROFILE,
         POWER_SCRIPT,
         UDHCPC_SCRIPT,
@@ -437,8 +452,106 @@ def _find_busybox(work: Path) -> Path:
     raise ImageBuildError(f"no static busybox in {deb.name}")
 
 
+def _agent_packages() -> list[str]:
+    """qemu-guest-agent and what it Depends on, recursively (apt's resolution)."""
+    out = _run(["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests",
+                "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances",
+                "--no-pre-depends", AGENT_PACKAGE])
+    names = {line.strip() for line in out.splitlines()
+             if line and not line[0].isspace() and not line.startswith("<")}
+    if AGENT_PACKAGE not in names:
+        raise ImageBuildError(f"apt-cache knows no {AGENT_PACKAGE}")
+    return sorted(names)
+
+
+def elf_needed(data: bytes) -> tuple[str | None, list[str]]:
+    """(PT_INTERP, DT_NEEDED sonames) of a 64-bit little-endian ELF file."""
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise ImageBuildError("not a 64-bit little-endian ELF file")
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    interp = None
+    loads: list[tuple[int, int, int]] = []    # (vaddr, file offset, file size)
+    dynamic: tuple[int, int] | None = None
+    for i in range(phnum):
+        p_type, _flags, offset, vaddr, _paddr, filesz = struct.unpack_from(
+            "<IIQQQQ", data, phoff + i * phentsize)
+        if p_type == 1:      # PT_LOAD
+            loads.append((vaddr, offset, filesz))
+        elif p_type == 2:    # PT_DYNAMIC
+            dynamic = (offset, filesz)
+        elif p_type == 3:    # PT_INTERP
+            interp = data[offset:offset + filesz].rstrip(b"\0").decode()
+    if dynamic is None:
+        return interp, []
+    needed: list[int] = []
+    strtab = None
+    for pos in range(dynamic[0], dynamic[0] + dynamic[1], 16):
+        tag, value = struct.unpack_from("<qQ", data, pos)
+        if tag == 0:
+            break
+        if tag == 1:         # DT_NEEDED: an offset in DT_STRTAB
+            needed.append(value)
+        elif tag == 5:       # DT_STRTAB: a virtual address
+            strtab = next((value - vaddr + offset for vaddr, offset, size in loads
+                           if vaddr <= value < vaddr + size), None)
+    if strtab is None:
+        return interp, []
+    names = [data[strtab + n:data.index(b"\0", strtab + n)].decode() for n in needed]
+    return interp, names
+
+
+def _resolve_in(root: Path, path: Path) -> Path:
+    """Follow symlinks inside an unpacked package tree (absolute ones stay in it)."""
+    for _ in range(16):
+        if not path.is_symlink():
+            return path
+        target = os.readlink(path)
+        path = root / target.lstrip("/") if target.startswith("/") else path.parent / target
+    raise ImageBuildError(f"symlink loop at {path}")
+
+
+def _agent_files(work: Path) -> list[tuple[str, bytes]]:
+    """qemu-ga, its ELF interpreter and the libraries it needs, transitively, as
+    (path in the initramfs, content); the libraries go to /lib/x86_64-linux-gnu, a
+    directory the dynamic loader searches without a cache."""
+    root = work / "agent-root"
+    debs = work / "agent-debs"
+    debs.mkdir()
+    for package in _agent_packages():
+        _run(["dpkg-deb", "-x", str(_apt_download(package, debs)), str(root)])
+    binary = root / AGENT_BINARY
+    if not binary.is_file():
+        raise ImageBuildError(f"{AGENT_PACKAGE} has no {AGENT_BINARY}")
+    files: list[tuple[str, bytes]] = [(AGENT_BINARY, binary.read_bytes())]
+    interp, pending = elf_needed(files[0][1])
+    if interp is None:
+        raise ImageBuildError(f"{AGENT_BINARY} has no ELF interpreter")
+    loader = _resolve_in(root, root / interp.lstrip("/"))
+    if not loader.is_file():
+        raise ImageBuildError(f"the ELF interpreter {interp} is in no dependency of "
+                              f"{AGENT_PACKAGE}")
+    files.append((interp.lstrip("/"), loader.read_bytes()))
+    seen: set[str] = set()
+    while pending:
+        soname = pending.pop()
+        if soname in seen:
+            continue
+        seen.add(soname)
+        found = next((p for d in _LIB_DIRS
+                      if (p := _resolve_in(root, root / d / soname)).is_file()), None)
+        if found is None:
+            raise ImageBuildError(f"{soname} (needed by qemu-ga) is in none of its "
+                                  f"dependencies")
+        data = found.read_bytes()
+        files.append((f"lib/x86_64-linux-gnu/{soname}", data))
+        pending.extend(elf_needed(data)[1])
+    return files
+
+
 def _build_initramfs(busybox: Path, modules: list[tuple[str, Path, bytes]], kver: str,
-                     seed_modules: list[tuple[str, Path, bytes]] | None = None) -> bytes:
+                     seed_modules: list[tuple[str, Path, bytes]] | None = None,
+                     agent_files: list[tuple[str, bytes]] | None = None) -> bytes:
     seed_modules = seed_modules or []
     cpio = _Cpio()
     for d in (
@@ -459,6 +572,8 @@ def _build_initramfs(busybox: Path, modules: list[tuple[str, Path, bytes]], kver
         "etc/acpi",
         "etc/acpi/PWRF",
         "lib",
+        "lib/x86_64-linux-gnu",
+        "lib64",
         "lib/modules",
         f"lib/modules/{kver}",
         "www",
@@ -485,6 +600,10 @@ def _build_initramfs(busybox: Path, modules: list[tuple[str, Path, bytes]], kver
     cpio.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
     cpio.file("etc/group", b"root:x:0:\n")
     cpio.file("etc/hostname", b"guest\n")
+    cpio.file("etc/os-release", OS_RELEASE.encode())
+    cpio.file("sbin/shutdown", SHUTDOWN_COMMAND.encode(), 0o755)
+    for name, data in agent_files or []:
+        cpio.file(name, data, 0o755)
     listing = []
     for name, _path, data in modules:
         rel = f"{kver}/{name}.ko"
@@ -564,7 +683,8 @@ def _build_locked(guest_dir: Path) -> GuestImage:
         seed_modules = [m for m in kernel_files.collect_modules(
             moddirs[-1], (*GUEST_MODULES, *SEED_MODULES)) if m[0] not in loaded]
         busybox = _find_busybox(work)
-        initrd = _build_initramfs(busybox, modules, kver, seed_modules)
+        agent_files = _agent_files(work)
+        initrd = _build_initramfs(busybox, modules, kver, seed_modules, agent_files)
 
         bzimage = kernels[-1].read_bytes()
         vmlinux = kernel_files.pvh_kernel(bzimage)
@@ -583,6 +703,7 @@ def _build_locked(guest_dir: Path) -> GuestImage:
             "busybox": str(busybox) if not busybox.is_relative_to(work) else BUSYBOX_PACKAGE,
             "modules": [str(p.relative_to(moddirs[-1])) for _n, p, _d in modules],
             "seed_modules": [str(p.relative_to(moddirs[-1])) for _n, p, _d in seed_modules],
+            "agent_files": [name for name, _data in agent_files],
             "recipe": _recipe_hash(),
             "built_at": int(time.time()),
         }

@@ -4,6 +4,7 @@ from binome.api.methods import (  # noqa: F401
     access,
     access_acl,
     access_users,
+    agent,
     backup_jobs,
     backup_storage,
     cloudinit,
