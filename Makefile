@@ -4,9 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup deps venv ui image path demo test test-unit test-integration test-lab lint clean
+.PHONY: setup deps venv ui oidc-op image path demo test test-unit test-integration test-lab lint clean
 
-setup: deps venv ui image path
+setup: deps venv ui oidc-op image path
 
 deps:
 	@bash tools/setup-debian.sh
@@ -35,6 +35,18 @@ $(UI_DIST): $(UI_DEPS) $(UI_SRC)
 	cd ui && npm run build
 
 ui: $(UI_DIST)
+
+# The test-only OpenID provider (the reference Node.js OP, oidc-provider) that the OpenID
+# realm's integration test starts: `npm ci` when its lock file changed, else nothing.
+OIDC_OP      := tests/integration/access/oidc_op
+OIDC_OP_DEPS := $(OIDC_OP)/node_modules/.binome-installed
+
+$(OIDC_OP_DEPS): $(OIDC_OP)/package.json $(OIDC_OP)/package-lock.json
+	@command -v npm >/dev/null || { echo "setup: npm (Node.js 20+) is needed for the OpenID test provider"; exit 1; }
+	cd $(OIDC_OP) && npm ci --no-audit --no-fund
+	@touch $@
+
+oidc-op: $(OIDC_OP_DEPS)
 
 image: venv
 	$(PY) -m binome.lab.image
@@ -74,4 +86,4 @@ test-lab: setup
 	$(PY) -m pytest -p no:cacheprovider -m lab
 
 clean:
-	rm -rf $(VENV) .cache build *.egg-info ui/node_modules src/binome/ui_dist
+	rm -rf $(VENV) .cache build *.egg-info ui/node_modules src/binome/ui_dist $(OIDC_OP)/node_modules

@@ -291,10 +291,10 @@ REMOVE_VANISHED: Final = ("acl", "entry", "properties")
 
 @dataclass(frozen=True)
 class Realm:
-    """An authentication domain. `bind_password` is write-only: never in `to_public()`.
+    """An authentication domain. Its secret is write-only, never in `to_public()`:
+    `bind_password` (LDAP/AD bind) or `client_key` (OpenID client secret).
 
-    `openid` is declared so its configuration round-trips; binome does not log in with it
-    yet (the redirect flow is a follow-up).
+    `openid` realms log in by the redirect flow of access/openid.py, never by password.
     """
 
     realm: str
@@ -304,6 +304,7 @@ class Realm:
     tfa: str = ""                        # "type=oath[,digits=6][,step=30]"
     options: dict[str, Any] = field(default_factory=dict)   # type-specific, see below
     bind_password: str | None = None
+    client_key: str | None = None
 
     LDAP_OPTIONS: ClassVar[frozenset[str]] = frozenset({
         "server1", "server2", "port", "mode", "verify", "capath", "cert", "certkey",
@@ -311,7 +312,7 @@ class Realm:
         "group_dn", "user_classes", "group_classes", "group_name_attr", "sync_attributes",
         "sync-defaults-options", "case-sensitive", "domain"})
     OPENID_OPTIONS: ClassVar[frozenset[str]] = frozenset({
-        "issuer-url", "client-id", "client-key", "autocreate", "username-claim",
+        "issuer-url", "client-id", "autocreate", "username-claim",
         "groups-claim", "groups-autocreate", "groups-overwrite", "prompt", "scopes",
         "acr-values", "query-userinfo", "audiences"})
 
@@ -347,6 +348,28 @@ class Realm:
             _need(key in allowed, key, f"property is not defined in schema for '{self.type}'")
         _need(self.bind_password is None or self.type in ("ldap", "ad"), "password",
               "only LDAP and AD realms have a bind password")
+        _need(self.client_key is None or self.type == "openid", "client-key",
+              "only OpenID realms have a client key")
+        if self.type == "openid":
+            self._check_openid()
+
+    def _check_openid(self) -> None:
+        """PVE's patterns for the options it constrains; URLs must be http(s)."""
+        o = self.options
+        issuer = str(o.get("issuer-url", ""))
+        _need(bool(re.fullmatch(r"https?://[^\s]+", issuer)) and len(issuer) <= 256,
+              "issuer-url", "value must be an http or https URL (at most 256 characters)")
+        _need(0 < len(str(o.get("client-id", ""))) <= 256, "client-id",
+              "value must be 1 to 256 characters")
+        _need(self.client_key is None or 0 < len(self.client_key) <= 256, "client-key",
+              "value must be 1 to 256 characters")
+        claim = o.get("groups-claim")
+        _need(claim is None or bool(re.fullmatch(r"[A-Za-z0-9.\-_]{1,256}", str(claim))),
+              "groups-claim", "value does not match the regex pattern")
+        _need(bool(re.fullmatch(r"\S*", str(o.get("prompt", "")))), "prompt",
+              "value does not match the regex pattern")
+        _need(bool(re.fullmatch(r'[^\x00-\x1F\x7F <>#"]*', str(o.get("acr-values", "")))),
+              "acr-values", "value does not match the regex pattern")
 
     def to_public(self) -> dict[str, Any]:
         out: dict[str, Any] = {"realm": self.realm, "type": self.type, **self.options}

@@ -319,7 +319,7 @@ def _set_realm(cfg: AccessConfig, realm: Realm) -> AccessConfig:
 
 def update_realm(cfg: AccessConfig, realm_id: str, changes: dict[str, Any],
                  delete: Iterable[str] = ()) -> AccessConfig:
-    """Set or delete options; a `password` of None in `changes` keeps the bind password."""
+    """Set or delete options; an absent `password` / `client-key` keeps the secret."""
     realm = cfg.realms.get(realm_id) or (Realm(realm_id, realm_id)  # type: ignore[arg-type]
                                          if realm_id in ("pam", "pve") else None)
     if realm is None:
@@ -327,8 +327,9 @@ def update_realm(cfg: AccessConfig, realm_id: str, changes: dict[str, Any],
     top: dict[str, Any] = {k: changes[k] for k in ("comment", "default", "tfa") if k in changes}
     options = dict(realm.options)
     options.update({k: v for k, v in changes.items()
-                    if k not in ("comment", "default", "tfa", "password")})
+                    if k not in ("comment", "default", "tfa", "password", "client-key")})
     password = changes.get("password", realm.bind_password)
+    client_key = changes.get("client-key", realm.client_key)
     for name in delete:
         if name in ("comment", "tfa"):
             top[name] = ""
@@ -336,11 +337,13 @@ def update_realm(cfg: AccessConfig, realm_id: str, changes: dict[str, Any],
             top[name] = False
         elif name == "password":
             password = None
+        elif name == "client-key":
+            client_key = None
         else:
             options.pop(name, None)
     new = Realm(realm.realm, realm.type, comment=top.get("comment", realm.comment),
                 default=bool(top.get("default", realm.default)), tfa=top.get("tfa", realm.tfa),
-                options=options, bind_password=password)
+                options=options, bind_password=password, client_key=client_key)
     return _set_realm(cfg, new)
 
 

@@ -11,7 +11,7 @@ document because PVE evaluates and edits it as a whole):
     /binome/access/pools/<poolid>        {poolid, comment, vms[], storage[]}  (poolid a/b/c)
     /binome/access/tokens/<user!token>   {tokenid, expire, privsep, comment, secret_hash}
     /binome/access/realms/<realm>        {realm, type, comment, default, tfa, options{}}
-    /binome/access/realm-secrets/<realm> {bind_password}
+    /binome/access/realm-secrets/<realm> {bind_password} or {client_key} (write-only)
     /binome/access/tfa/<userid>          {userid, entries[], totp_failures, tfa_failures,
                                           tfa_locked_until}
     /binome/access/generation            int, bumped by every configuration change
@@ -171,6 +171,8 @@ def encode(cfg: AccessConfig) -> dict[str, Any]:
                                  "options": dict(r.options)}
         if r.bind_password is not None:
             out[REALM_SECRETS + r.realm] = {"bind_password": r.bind_password}
+        elif r.client_key is not None:
+            out[REALM_SECRETS + r.realm] = {"client_key": r.client_key}
     for tfa in cfg.tfa.values():
         out[TFA + tfa.userid] = _tfa_doc(tfa)
     return out
@@ -185,7 +187,7 @@ def decode(values: dict[str, Any]) -> tuple[AccessConfig, list[str]]:
     tokens: dict[str, Token] = {}
     realms: dict[str, Realm] = {}
     tfa: dict[str, TfaUser] = {}
-    secrets: dict[str, str] = {}
+    secrets: dict[str, dict[str, Any]] = {}
     acl: list[AclEntry] = []
     warnings: list[str] = []
     for key, doc in sorted(values.items()):
@@ -218,15 +220,19 @@ def decode(values: dict[str, Any]) -> tuple[AccessConfig, list[str]]:
                                              bool(doc.get("default", 0)), doc.get("tfa", ""),
                                              dict(doc.get("options", {})))
             elif key.startswith(REALM_SECRETS):
-                secrets[key[len(REALM_SECRETS):]] = doc["bind_password"]
+                secrets[key[len(REALM_SECRETS):]] = {
+                    k: str(doc[k]) for k in ("bind_password", "client_key") if k in doc}
             elif key.startswith(TFA):
                 tfa[doc["userid"]] = _tfa(doc)
         except (ValidationError, KeyError, TypeError, ValueError) as exc:
             # never echo the record: it may hold a hash or a seed
             warnings.append(f"{key}: ignored invalid record ({type(exc).__name__})")
-    for name, password in secrets.items():
+    for name, secret in secrets.items():
         if name in realms:
-            realms[name] = replace(realms[name], bind_password=password)
+            try:
+                realms[name] = replace(realms[name], **secret)
+            except ValidationError:   # a secret of the wrong realm type: never echoed
+                warnings.append(f"{REALM_SECRETS}{name}: ignored invalid record")
     return AccessConfig(users=users, groups=groups, roles=roles, acl=tuple(acl), pools=pools,
                         tokens=tokens, realms=realms, tfa=tfa), warnings
 

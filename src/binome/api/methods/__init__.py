@@ -17,6 +17,7 @@ from binome.api.methods import (  # noqa: F401
     metric_servers,
     nodes,
     notifications,
+    openid,
     pools,
     qemu,
     snapshots,

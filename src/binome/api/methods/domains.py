@@ -1,7 +1,8 @@
 """/access/domains: authentication realms (PVE's Domains.pm) and `realm sync` for LDAP/AD.
 
-pam and pve are built in; ldap and ad realms carry PVE's options. The bind password is
-write-only: stored in its own key (`access.repository.REALM_SECRETS`), never answered.
+pam and pve are built in; ldap, ad and openid realms carry PVE's options. The LDAP bind
+password and the OpenID client key are write-only: stored in their own key
+(`access.repository.REALM_SECRETS`), never answered.
 A sync is a task whose log lists what was added, updated and removed; `dry-run` logs
 the same plan and stores nothing.
 """
@@ -25,7 +26,7 @@ REALM = Param(description="Authentication domain ID.", max_length=32,
               pattern=r"[A-Za-z][A-Za-z\d\.\-_]+")
 
 # the realm's own fields; everything else below is a type option (Realm.options)
-_TOP = ("comment", "default", "tfa", "password")
+_TOP = ("comment", "default", "tfa", "password", "client-key")
 # PVE's schema for the options binome uses; booleans are stored as 0/1 as PVE writes them
 OPTIONS: dict[str, Param] = {
     "comment": Param(optional=True, max_length=2048, description="Description."),
@@ -76,8 +77,43 @@ OPTIONS: dict[str, Param] = {
     "case-sensitive": Param(type="boolean", optional=True,
                             description="username is case-sensitive"),
     "domain": Param(optional=True, max_length=256, description="AD domain name"),
+    # openid (PVE's Auth/OpenId.pm)
+    "issuer-url": Param(optional=True, max_length=256, description="OpenID Issuer Url"),
+    "client-id": Param(optional=True, max_length=256, description="OpenID Client ID"),
+    "client-key": Param(optional=True, secret=True, max_length=256,
+                        description="OpenID Client Key (never returned)."),
+    "autocreate": Param(type="boolean", optional=True,
+                        description="Automatically create users if they do not exist."),
+    "username-claim": Param(optional=True, max_length=256,
+                            description="OpenID claim used to generate the unique username "
+                            "(default sub; fixed at creation)."),
+    "groups-claim": Param(optional=True, max_length=256, pattern=r"[A-Za-z0-9\.\-_]+",
+                          description="OpenID claim used to retrieve groups with."),
+    "groups-autocreate": Param(type="boolean", optional=True,
+                               description="Automatically create groups if they do not "
+                               "exist."),
+    "groups-overwrite": Param(type="boolean", optional=True,
+                              description="All groups will be overwritten for the user on "
+                              "login."),
+    "prompt": Param(optional=True, max_length=256, pattern=r"\S+",
+                    description="Specifies whether the Authorization Server prompts the "
+                    "End-User for reauthentication and consent (none, login, consent, "
+                    "select_account)."),
+    "scopes": Param(optional=True, max_length=1024, description="Specifies the scopes (user "
+                    "details) that should be authorized and returned (default 'email "
+                    "profile')."),
+    "acr-values": Param(optional=True, max_length=1024, pattern=r'[^\x00-\x1F\x7F <>#"]*',
+                        description="Authentication Context Class Reference values for the "
+                        "Auth Request."),
+    "query-userinfo": Param(type="boolean", optional=True,
+                            description="Enables querying the userinfo endpoint for claims "
+                            "values (default 1)."),
+    "audiences": Param(optional=True, max_length=1024, description="Further accepted "
+                       "audiences of the ID token, besides the client ID (comma or space "
+                       "separated)."),
 }
-_BOOL_OPTIONS = ("verify", "case-sensitive")
+_BOOL_OPTIONS = ("verify", "case-sensitive", "autocreate", "groups-autocreate",
+                 "groups-overwrite", "query-userinfo")
 
 
 def _split(params: dict[str, Any]) -> dict[str, Any]:
@@ -126,7 +162,7 @@ async def domains(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str,
     permission=privs("Realm.Allocate", path="/access/realm"),
     description="Add an authentication server.",
     parameters={"realm": REALM,
-                "type": Param(enum=("ldap", "ad"), description="Realm type."),
+                "type": Param(enum=("ldap", "ad", "openid"), description="Realm type."),
                 **OPTIONS},
     cli=CliSpec(("realm", "add"), positional=("realm",)),
 )
@@ -139,7 +175,8 @@ async def domain_create(ctx: RequestContext, params: dict[str, Any]) -> None:
                                     comment=top.get("comment", ""),
                                     default=bool(top.get("default", False)),
                                     tfa=top.get("tfa", ""), options=given,
-                                    bind_password=top.get("password")))
+                                    bind_password=top.get("password"),
+                                    client_key=top.get("client-key")))
 
     await access_change(ctx, f"add realm {params['realm']}", op)
 
@@ -147,7 +184,8 @@ async def domain_create(ctx: RequestContext, params: dict[str, Any]) -> None:
 @registry.register(
     "GET", "/access/domains/{realm}", name="domain_read",
     permission=privs("Realm.Allocate", "Sys.Audit", path="/access/realm", any=True),
-    description="Get auth server configuration (the bind password is never returned).",
+    description="Get auth server configuration (the bind password and the OpenID client "
+    "key are never returned).",
     parameters={"realm": REALM},
     returns={"type": "object"},
 )
@@ -174,6 +212,8 @@ async def domain_update(ctx: RequestContext, params: dict[str, Any]) -> None:
     unknown = [d for d in delete if d not in OPTIONS]
     if unknown:
         raise ParamError({"delete": f"invalid option '{unknown[0]}'"})
+    if "username-claim" in given or "username-claim" in delete:
+        raise ParamError({"username-claim": "can't change fixed property"})
     clash = [d for d in delete if d in given]
     if clash:
         raise ParamError({"delete": f"cannot set and delete property '{clash[0]}' at the "
