@@ -257,8 +257,10 @@ class RemoteDumpStore:
         self.client = client
         self.storage_id = storage_id
         self.chunks = RemoteChunkStore(client)
-        # a running guest's fleecing images are local scratch space, never on the server
-        self.root = Path(tempfile.gettempdir()) / "binome-backup-scratch"
+        # a running guest's fleecing images are local scratch space, never on the server:
+        # on disk (/var/tmp), as they take what the guest writes during the backup
+        scratch = Path("/var/tmp") if Path("/var/tmp").is_dir() else Path(tempfile.gettempdir())
+        self.root = scratch / "binome-backup-scratch"
 
     def describe(self, ref: SnapshotRef) -> str:
         return (f"'{backup_name(ref)}' on backup server {self.client.server}:"
@@ -275,6 +277,15 @@ class RemoteDumpStore:
             "backup-type": backup_type, "backup-id": backup_id, "backup-time": backup_time})
         ref = SnapshotRef(backup_type, backup_id, int(answer["backup-time"]))
         return RemoteWriter(self, ref, str(answer["writer"]))
+
+    def status(self) -> dict[str, int]:
+        """The datastore's file system: total, used, avail bytes."""
+        return {k: int(v) for k, v in self.client.request("GET", "/status").items()}
+
+    def staging_dirs(self) -> list[Path]:
+        """None here: the server aborts the sessions of clients that went away (and
+        drops all staging when it restarts)."""
+        return []
 
     def listing(self, vmid: str | None = None) -> list[dict[str, Any]]:
         """The server's entries (name, time, size, protected, notes, verification)."""

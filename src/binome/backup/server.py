@@ -34,6 +34,7 @@ import re
 import secrets
 import ssl
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,11 +188,17 @@ def snapshot_entry(store: DumpStore, name: str) -> dict[str, Any]:
             "verification": manifest.verify_state, "files": manifest.files}
 
 
+# a writer session no request has used for this long belongs to a client that died
+# (a node lost mid-backup): it is aborted, so GC stops holding chunks back for it
+SESSION_IDLE_TIMEOUT = 900.0
+
+
 @dataclass
 class _Session:
     writer: DumpWriter
     datastore: str
     new_dirs: set[Path] = field(default_factory=set)
+    last_used: float = field(default_factory=time.monotonic)
 
 
 class BackupServer:
@@ -205,6 +212,21 @@ class BackupServer:
         self.gc_grace = gc_grace          # None: the datastore's (PBS-like) default
         self.authenticated_requests = 0
         self._busy = asyncio.Lock()   # GC and prune are serialized with each other
+
+    def reap_idle_sessions(self, idle: float = SESSION_IDLE_TIMEOUT,
+                           now: float | None = None) -> list[str]:
+        """Abort the writer sessions unused for `idle` seconds; their backup names."""
+        now = time.monotonic() if now is None else now
+        reaped = []
+        for writer_id, session in list(self.sessions.items()):
+            if now - session.last_used >= idle:
+                self.sessions.pop(writer_id, None)
+                session.writer.abort()
+                reaped.append(backup_name(session.writer.ref))
+                log.warning("backup %s on datastore %s aborted: its client sent nothing for "
+                            "%d s", backup_name(session.writer.ref), session.datastore,
+                            int(idle))
+        return reaped
 
     def drop_stale_staging(self) -> None:
         """Writer sessions do not outlive the process: a previous run's staging
@@ -225,6 +247,7 @@ class BackupServer:
         ds = API + "/datastore/{datastore}"
         app.add_routes([
             web.get(API + "/version", self.version),
+            web.get(ds + "/status", self.status),
             web.get(ds + "/backups", self.list_backups),
             web.post(ds + "/writer", self.begin),
             web.post(ds + "/chunks/missing", self.missing),
@@ -283,8 +306,10 @@ class BackupServer:
         session = self.sessions.get(request.match_info["writer"])
         if session is None or session.datastore != request.match_info["datastore"]:
             raise web.HTTPNotFound(text=json.dumps({"error": "no such backup writer (the "
-                                                             "server restarted?)"}),
+                                                             "server restarted, or it was "
+                                                             "idle too long)"}),
                                    content_type="application/json")
+        session.last_used = time.monotonic()
         return session
 
     @staticmethod
@@ -303,6 +328,13 @@ class BackupServer:
 
     async def version(self, request: web.Request) -> web.Response:
         return web.json_response({"server": "binome-backup-server", "api": 1})
+
+    async def status(self, request: web.Request) -> web.Response:
+        store = self._store(request)
+        usage = await asyncio.to_thread(os.statvfs, store.root.parent)
+        total = usage.f_blocks * usage.f_frsize
+        return web.json_response({"total": total, "avail": usage.f_bavail * usage.f_frsize,
+                                  "used": total - usage.f_bfree * usage.f_frsize})
 
     async def list_backups(self, request: web.Request) -> web.Response:
         store = self._store(request)
@@ -486,7 +518,9 @@ async def serve(data_dir: Path, host: str, port: int,
     if ready is not None:
         ready.set()
     try:
-        await asyncio.Event().wait()
+        while True:
+            await asyncio.sleep(60)
+            await asyncio.to_thread(server.reap_idle_sessions)
     finally:
         await runner.cleanup()
 

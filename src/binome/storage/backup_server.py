@@ -116,10 +116,10 @@ class BackupServerStorage(Storage):
         return sorted(out, key=lambda e: (e["vmid"], e["ctime"]))
 
     async def status(self) -> dict[str, Any]:
+        """The datastore's space as the server sees it; inactive if it does not answer."""
+        enabled = 0 if self.config.disable else 1
         try:
-            await self._call(self.backup_store().listing, "0")
+            usage = await self._call(self.backup_store().status)
         except StorageError:
-            return {"total": 0, "used": 0, "avail": 0, "active": 0,
-                    "enabled": 0 if self.config.disable else 1}
-        return {"total": 0, "used": 0, "avail": 0, "active": 1,
-                "enabled": 0 if self.config.disable else 1}
+            return {"total": 0, "used": 0, "avail": 0, "active": 0, "enabled": enabled}
+        return {**usage, "active": 1, "enabled": enabled}

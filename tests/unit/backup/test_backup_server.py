@@ -290,3 +290,18 @@ def test_restore_from_the_server_directory_alone(running: Running, tmp_path: Pat
     assert server_main([*data, "restore-file", "--datastore", "main", backup_name(ref),
                         "scsi1", str(out)]) == 1
     assert "has no disk 'scsi1' (it has: virtio0)" in capsys.readouterr().err
+
+
+def test_a_writer_whose_client_went_away_is_aborted(running: Running) -> None:
+    store = running.store()
+    writer = store.begin("vm", "100", 1_700_000_000)
+    assert running.local().oldest_writer_start() is not None     # GC holds back for it
+    assert running.server.reap_idle_sessions(idle=900) == []     # just used: kept
+    assert running.server.reap_idle_sessions(idle=900, now=time.monotonic() + 901) == [
+        backup_name(writer.ref)]
+    assert running.local().staging_dirs() == []
+    assert running.local().oldest_writer_start() is None
+    with pytest.raises(RemoteError, match="idle too long"):
+        writer.commit()
+    usage = store.status()
+    assert usage["total"] > 0 and 0 <= usage["used"] <= usage["total"]
