@@ -305,3 +305,43 @@ def test_a_writer_whose_client_went_away_is_aborted(running: Running) -> None:
         writer.commit()
     usage = store.status()
     assert usage["total"] > 0 and 0 <= usage["used"] <= usage["total"]
+
+
+async def test_the_binome_backup_storage_lists_and_changes_backups(running: Running,
+                                                                   tmp_path: Path) -> None:
+    from binome.storage.backup_server import BackupServerStorage
+    from binome.storage.base import StorageConfig, StorageError
+
+    config = StorageConfig("pbs1", "binome-backup", content=("backup",), shared=True,
+                           options={"server": "127.0.0.1", "port": running.port,
+                                    "datastore": "main", "username": TOKEN,
+                                    "fingerprint": running.fingerprint})
+    storage = BackupServerStorage(config, "n1", running.secret)
+    ref, _ = await asyncio.to_thread(_backup, storage.backup_store(),
+                                     _image(tmp_path / "disk.raw", chunks=2), 1_700_000_000)
+    volid = f"pbs1:backup/{backup_name(ref)}"
+    (entry,) = await storage.list("backup", 100)
+    assert entry == {"volid": volid, "content": "backup", "format": "binome",
+                     "size": 2 * CHUNK + 4, "ctime": 1_700_000_000, "vmid": 100,
+                     "subtype": "qemu", "protected": 0, "notes": "nightly"}
+    assert await storage.list("images") == [] and await storage.list("backup", 101) == []
+    await storage.set_backup_attributes(volid, notes="kept", protected=True)
+    (entry,) = await storage.list()
+    assert entry["notes"] == "kept" and entry["protected"] == 1
+    with pytest.raises(StorageError, match="protected"):
+        await storage.free(volid)
+    await storage.set_backup_attributes(volid, protected=False)
+    await storage.free(volid)
+    assert await storage.list() == []
+    status = await storage.status()
+    assert status["active"] == 1 and status["total"] > 0
+    with pytest.raises(StorageError, match="holds backups only"):
+        await storage.alloc(100, 1 << 20)
+    # no secret stored, or a server that is not there: clear errors, inactive status
+    with pytest.raises(StorageError, match="no token secret"):
+        await BackupServerStorage(config, "n1", None).list()
+    gone = StorageConfig("pbs2", "binome-backup", content=("backup",),
+                         options={**config.options, "port": 1})
+    assert (await BackupServerStorage(gone, "n1", running.secret).status())["active"] == 0
+    with pytest.raises(StorageError, match="cannot connect to backup server"):
+        await BackupServerStorage(gone, "n1", running.secret).list()
