@@ -35,6 +35,8 @@ from binome.backup.prune import Mark, PruneOptions, format_prune_backups
 
 API = "/api2/binome"
 _TIMEOUT = 120.0
+# an unreachable server must not hold a storage listing for long (I/O then gets _TIMEOUT)
+_CONNECT_TIMEOUT = 5.0
 _MISSING_BATCH = 4096
 
 
@@ -85,7 +87,7 @@ class BackupServerClient:
         conn: http.client.HTTPSConnection | None = getattr(self._local, "conn", None)
         if conn is not None and conn.sock is not None:
             return conn
-        conn = http.client.HTTPSConnection(self.server, self.port, timeout=self.timeout,
+        conn = http.client.HTTPSConnection(self.server, self.port, timeout=_CONNECT_TIMEOUT,
                                            context=self._context)
         try:
             conn.connect()
@@ -94,6 +96,7 @@ class BackupServerClient:
             raise RemoteError(f"cannot connect to backup server {self.server}:{self.port}: "
                               f"{error}") from None
         assert conn.sock is not None
+        conn.sock.settimeout(self.timeout)
         der = conn.sock.getpeercert(binary_form=True) or b""
         seen = fingerprint_of(der)
         if seen != self.fingerprint:
