@@ -285,11 +285,6 @@ class RemoteDumpStore:
         """The datastore's file system: total, used, avail bytes."""
         return {k: int(v) for k, v in self.client.request("GET", "/status").items()}
 
-    def staging_dirs(self) -> list[Path]:
-        """None here: the server aborts the sessions of clients that went away (and
-        drops all staging when it restarts)."""
-        return []
-
     def listing(self, vmid: str | None = None) -> list[dict[str, Any]]:
         """The server's entries (name, time, size, protected, notes, verification)."""
         return list(self.client.request("GET", "/backups", query={"vmid": vmid}))
