@@ -276,6 +276,9 @@ class RemoteDumpStore:
               crypt: CryptConfig | None = None) -> RemoteWriter:
         if crypt is not None:
             raise RemoteError("encrypted backups to a backup server are not supported yet")
+        # the fleecing images hold guest data: the scratch directory is root's alone
+        self.root.mkdir(mode=0o700, exist_ok=True)
+        self.root.chmod(0o700)
         answer = self.client.request("POST", "/writer", json_body={
             "backup-type": backup_type, "backup-id": backup_id, "backup-time": backup_time})
         ref = SnapshotRef(backup_type, backup_id, int(answer["backup-time"]))
