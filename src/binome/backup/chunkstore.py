@@ -123,6 +123,32 @@ def decode_blob(blob: bytes, crypt: CryptConfig | None = None) -> bytes:
     return payload
 
 
+def check_blob(digest: bytes, blob: bytes) -> None:
+    """Check a blob without its key (a backup server's view): a plain blob must decode to
+    data of `digest`, an encrypted one must have a good CRC. ChunkError otherwise."""
+    if blob[:8] in (ENCRYPTED_MAGIC, ENCRYPTED_COMPRESSED_MAGIC):
+        if len(blob) < 12 or zlib.crc32(blob[12:]) != struct.unpack("<I", blob[8:12])[0]:
+            raise ChunkError(f"chunk {digest.hex()}: CRC mismatch")
+        return
+    if chunk_digest(decode_blob(blob)) != digest:
+        raise ChunkError(f"chunk {digest.hex()} does not match its digest")
+
+
+def missing_digests(store: ChunkStore, digests: Iterable[bytes]) -> list[bytes]:
+    """Those of `digests` the store lacks (in order, once each); the present ones are
+    touched, so a garbage collection running meanwhile keeps them for the caller."""
+    missing, seen = [], set()
+    for digest in digests:
+        if digest in seen:
+            continue
+        seen.add(digest)
+        if store.contains(digest):
+            store.touch(digest)
+        else:
+            missing.append(digest)
+    return missing
+
+
 @dataclass
 class SweepStats:
     removed_chunks: int = 0
@@ -177,6 +203,10 @@ class ChunkStore:
             fsync_dir(target.parent)
         return True
 
+    def missing(self, digests: Iterable[bytes]) -> list[bytes]:
+        """Those of `digests` not stored here (the others are touched)."""
+        return missing_digests(self, digests)
+
     def sync_dirs(self, directories: Iterable[Path]) -> None:
         """Make the names of chunks inserted with `sync_dir=False` durable."""
         for directory in sorted(set(directories)):
@@ -199,9 +229,8 @@ class ChunkStore:
         """Raise ChunkError if the chunk is bad. Without the key, an encrypted chunk is checked
         by CRC only (as PBS's server does: it cannot decrypt)."""
         blob = self.load(digest)
-        if crypt is None and blob[:8] in (ENCRYPTED_MAGIC, ENCRYPTED_COMPRESSED_MAGIC):
-            if len(blob) < 12 or zlib.crc32(blob[12:]) != struct.unpack("<I", blob[8:12])[0]:
-                raise ChunkError(f"chunk {digest.hex()}: CRC mismatch")
+        if crypt is None:
+            check_blob(digest, blob)
             return
         self.read_chunk(digest, crypt)
 

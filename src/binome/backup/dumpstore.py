@@ -122,6 +122,14 @@ class DumpStore(Datastore):
                 refs.append(ref)
         return sorted(refs, key=lambda r: (r.backup_type, int(r.backup_id), r.backup_time))
 
+    def read_file(self, ref: SnapshotRef, name: str) -> bytes:
+        """A small file of the backup (OSError if it has none)."""
+        return (self.snapshot_dir(ref) / name).read_bytes()
+
+    def describe(self, ref: SnapshotRef) -> str:
+        """Where the backup is, for a task log."""
+        return f"'{self.snapshot_dir(ref)}' (chunks in '{self.chunks.base}')"
+
     def guest_config(self, ref: SnapshotRef) -> str:
         try:
             return (self.snapshot_dir(ref) / GUEST_CONFIG).read_text()
@@ -182,16 +190,19 @@ class DumpStore(Datastore):
             log("verified all backups: ok")
         return failed
 
-    def collect_garbage(self, log: Callable[[str], None]) -> None:
+    def collect_garbage(self, log: Callable[[str], None],
+                        grace_seconds: float | None = None) -> None:
         """PBS's garbage collection (mark, then sweep), narrated to `log` as PBS does.
-        DatastoreError or OSError when it fails."""
+        DatastoreError or OSError when it fails. `grace_seconds`: see `garbage_collect`
+        (None: its default)."""
         log(f"starting garbage collection on storage '{self.storage_id}'")
         log("Start GC phase1 (mark used chunks)")
         log("Start GC phase2 (sweep unused chunks)")
         if not self.root.is_dir():
             log("no backups on this storage: nothing to do")
             return
-        result = self.garbage_collect()
+        result = (self.garbage_collect() if grace_seconds is None
+                  else self.garbage_collect(grace_seconds))
         sweep = result.sweep
         log(f"Marked chunks of {result.marked_indexes} index(es)")
         log(f"Removed garbage: {sweep.removed_bytes} B")

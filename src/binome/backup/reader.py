@@ -14,9 +14,13 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from binome.backup.chunkstore import ChunkError, CryptConfig
 from binome.backup.datastore import Datastore, SnapshotRef
+
+if TYPE_CHECKING:
+    from binome.backup.remote import RemoteDumpStore
 
 
 class RestoreError(Exception):
@@ -30,7 +34,7 @@ class RestoreStats:
     bytes_written: int
 
 
-def restore_image(store: Datastore, ref: SnapshotRef, name: str, target: Path, *,
+def restore_image(store: Datastore | RemoteDumpStore, ref: SnapshotRef, name: str, target: Path, *,
                   crypt: CryptConfig | None = None, sparse: bool = True) -> RestoreStats:
     """Write the image `<name>` of snapshot `ref` to `target`; return its size and SHA-256.
 
@@ -59,7 +63,7 @@ def restore_image(store: Datastore, ref: SnapshotRef, name: str, target: Path, *
 DEFAULT_WORKERS = 2  # chunk load/decode/check threads (zlib, zstd, hashlib release the GIL)
 
 
-def restore_to(store: Datastore, ref: SnapshotRef, name: str,
+def restore_to(store: Datastore | RemoteDumpStore, ref: SnapshotRef, name: str,
                write: Callable[[int, bytes], object], *, crypt: CryptConfig | None = None,
                skip_zero: bool = False,
                progress: Callable[[int, int], None] | None = None,

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from binome.backup.chunkstore import (
     DEFAULT_CHUNK_SIZE,
@@ -31,6 +31,9 @@ from binome.backup.chunkstore import (
 from binome.backup.datastore import SnapshotWriter
 from binome.backup.index import FixedIndex
 from binome.backup.nbd import DEFAULT_READ_DEPTH
+
+if TYPE_CHECKING:
+    from binome.backup.remote import RemoteWriter
 
 
 @dataclass
@@ -120,7 +123,7 @@ class _ChunkSaver:
     does those, one per directory, and must run before an index references them.
     """
 
-    def __init__(self, writer: SnapshotWriter, chunk_size: int) -> None:
+    def __init__(self, writer: SnapshotWriter | RemoteWriter, chunk_size: int) -> None:
         self.crypt: CryptConfig | None = writer.crypt
         self.chunks = writer.store.chunks
         self.zero = bytes(chunk_size)
@@ -169,7 +172,7 @@ def _read_chunks(source: BlockSource, ranges: list[tuple[int, int]],
         yield source.pread(offset, length)
 
 
-def backup_image(writer: SnapshotWriter, name: str, source: Path | BlockSource, *,
+def backup_image(writer: SnapshotWriter | RemoteWriter, name: str, source: Path | BlockSource, *,
                  chunk_size: int = DEFAULT_CHUNK_SIZE, previous: FixedIndex | None = None,
                  dirty: Iterable[tuple[int, int]] | None = None,
                  progress: Callable[[BackupStats], None] | None = None,
@@ -203,7 +206,7 @@ def backup_image(writer: SnapshotWriter, name: str, source: Path | BlockSource, 
             stats.full_reason = "no previous backup"
         elif previous.size != size or previous.chunk_size != chunk_size:
             stats.full_reason = "image size or chunk size changed since the previous backup"
-        elif not all(chunks.contains(d) for d in set(previous.digests)):
+        elif chunks.missing(previous.digests):   # (and touches them all: GC keeps them)
             stats.full_reason = "chunks of the previous backup are missing"
         else:
             to_read = dirty_chunks(dirty, chunk_size, size)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from binome.backup import schedule
+from binome.backup.dumpstore import DumpStore
 from binome.backup.jobs import BackupJobs, parse_vmid_list
 from binome.backup.prune import PruneError, parse_prune_backups
 from binome.backup.schedule import JobState
@@ -287,6 +288,8 @@ async def remove_stale_staging(graph: NodeGraph, started_before: float) -> list[
             store = (await graph.storages.get(cfg.storage)).backup_store()
         except Exception:
             continue
+        if not isinstance(store, DumpStore):
+            continue   # a backup server aborts and drops its own unfinished backups
         for staging in store.staging_dirs():
             began = store.staging_started(staging)
             if began is not None and began >= started_before:

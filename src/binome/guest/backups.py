@@ -69,6 +69,7 @@ from binome.backup.index import FixedIndex, FixedIndexError
 from binome.backup.nbd import NbdError, NbdExport
 from binome.backup.prune import Mark, PruneOptions
 from binome.backup.reader import RestoreError, restore_to
+from binome.backup.remote import RemoteDumpStore, RemoteWriter
 from binome.backup.writer import (
     BackupStats,
     BlockSource,
@@ -93,6 +94,10 @@ MODES = ("snapshot", "suspend", "stop")
 _NBD_WAIT = 10.0
 _SHUTDOWN_TIMEOUT = 60.0
 _BITMAP_BUSY_WAIT = 10.0   # an export being deleted still holds its bitmap briefly
+
+# where a backup goes: a local datastore (dir storage) or a backup server's
+BackupStore = DumpStore | RemoteDumpStore
+BackupWriter = DumpWriter | RemoteWriter
 
 
 def human_size(count: float) -> str:
@@ -193,15 +198,15 @@ def qemu_instance(pidfile: Path) -> str:
     return f"{boot}:{pid}:{stat.start_ticks}"
 
 
-def previous_backup(store: DumpStore, vmid: int) -> tuple[SnapshotRef, PreviousBackup] | None:
+def previous_backup(store: BackupStore, vmid: int) -> tuple[SnapshotRef, PreviousBackup] | None:
     """The newest finished backup of VM `vmid` in `store`, with its bitmap record."""
     refs = store.snapshots("vm", str(vmid))
     if not refs:
         return None
     ref = refs[-1]
     try:
-        record = BitmapRecord.from_json((store.snapshot_dir(ref) / RECORD_FILE).read_bytes())
-    except OSError:
+        record = BitmapRecord.from_json(store.read_file(ref, RECORD_FILE))
+    except (OSError, DatastoreError):
         record = None
     try:
         state = (store.manifest(ref).verify_state or {}).get("state")
@@ -318,7 +323,7 @@ class Backups:
         return disks
 
     async def _backup_locked(self, task: Task, vmid: int, config: dict[str, Any],
-                             store: DumpStore, options: VzdumpOptions,
+                             store: BackupStore, options: VzdumpOptions,
                              started: float) -> SnapshotRef:
         runtime = self.ctx.runtime
         running = runtime.is_running(vmid)
@@ -338,17 +343,17 @@ class Backups:
             task.log("INFO: stopping virtual guest")
             await runtime.shutdown(vmid, timeout=_SHUTDOWN_TIMEOUT, force_stop=True)
             running, restart = False, True
-        writer = store.begin("vm", str(vmid))
-        target = store.snapshot_dir(writer.ref)
-        task.log(f"INFO: creating vzdump archive '{target}' (chunks in "
-                 f"'{store.chunks.base}')")
+        # a backup server's datastore is across the network: its calls run in threads
+        writer: BackupWriter = await asyncio.to_thread(store.begin, "vm", str(vmid))
+        task.log(f"INFO: creating vzdump archive {store.describe(writer.ref)}")
         bitmaps: _Bitmaps | None = None
         try:
-            writer.add_file(GUEST_CONFIG, vmconf.format_conf(config).encode())
+            await asyncio.to_thread(writer.add_file, GUEST_CONFIG,
+                                    vmconf.format_conf(config).encode())
             if running:
                 stats, bitmaps, record = await self._backup_running(task, vmid, disks, writer,
                                                                     store, options, config)
-                writer.add_file(RECORD_FILE, record.to_json())
+                await asyncio.to_thread(writer.add_file, RECORD_FILE, record.to_json())
             else:
                 stats = await self._backup_stopped(task, vmid, disks, writer, options)
             notes = ""
@@ -372,7 +377,8 @@ class Backups:
         if bitmaps is not None:
             await self._settle_bitmaps(task, bitmaps, committed=True)
         self.restored.pop(vmid, None)
-        self._log_totals(task, stats, store, ref)
+        self._log_totals(task, stats, await asyncio.to_thread(store.used_bytes, ref),
+                         store.volid(ref))
         if notes:
             task.log("INFO: adding notes to backup")
         if options.protected:
@@ -384,18 +390,18 @@ class Backups:
         task.log(f"INFO: Backup finished at {datetime.now():%Y-%m-%d %H:%M:%S}")
         return ref
 
-    def _log_totals(self, task: Task, stats: BackupStats, store: DumpStore,
-                    ref: SnapshotRef) -> None:
+    def _log_totals(self, task: Task, stats: BackupStats, archive_size: int,
+                    volid: str) -> None:
         seconds = max(stats.seconds, 1e-6)
         task.log(f"INFO: transferred {human_size(stats.bytes_read)} in {int(stats.seconds)} "
                  f"seconds ({human_size(stats.bytes_read / seconds)}/s)")
         task.log(f"INFO: backup stored {human_size(stats.bytes_stored)} in {stats.chunks_new} "
                  f"new chunks, {stats.chunks_reused} chunks already in the store "
                  f"(deduplicated)")
-        task.log(f"INFO: archive file size: {human_size(store.used_bytes(ref))}")
-        task.log(f"INFO: backup volume: {store.volid(ref)}")
+        task.log(f"INFO: archive file size: {human_size(archive_size)}")
+        task.log(f"INFO: backup volume: {volid}")
 
-    async def _prune(self, task: Task, store: DumpStore, vmid: int,
+    async def _prune(self, task: Task, store: BackupStore, vmid: int,
                      options: PruneOptions) -> None:
         task.log("INFO: prune older backups with retention: "
                  + ", ".join(f"{k}={v}" for k, v in options.counts().items() if v))
@@ -405,7 +411,7 @@ class Backups:
             task.log(f"INFO: removed backup {store.volid(ref)}")
         task.log(f"INFO: pruned {len(removed)} backup(s)")
 
-    async def _read_disks(self, task: Task, disks: list[_Disk], writer: DumpWriter,
+    async def _read_disks(self, task: Task, disks: list[_Disk], writer: BackupWriter,
                           options: VzdumpOptions,
                           sources: Callable[[_Disk], BlockSource],
                           incremental: tuple[_Incremental, _Bitmaps] | None = None
@@ -484,7 +490,7 @@ class Backups:
     # ------------------------------------------------------------ stopped guests
 
     async def _backup_stopped(self, task: Task, vmid: int, disks: list[_Disk],
-                              writer: DumpWriter, options: VzdumpOptions) -> BackupStats:
+                              writer: BackupWriter, options: VzdumpOptions) -> BackupStats:
         servers: dict[str, tuple[asyncio.subprocess.Process, Path]] = {}
         workdir = Path(tempfile.mkdtemp(prefix=f"binome-vzdump-{vmid}-"))
         try:
@@ -509,7 +515,7 @@ class Backups:
     # ------------------------------------------------------------ running guests
 
     async def _backup_running(self, task: Task, vmid: int, disks: list[_Disk],
-                              writer: DumpWriter, store: DumpStore, options: VzdumpOptions,
+                              writer: BackupWriter, store: BackupStore, options: VzdumpOptions,
                               config: dict[str, Any],
                               ) -> tuple[BackupStats, _Bitmaps, BitmapRecord]:
         """Fleece and read the disks of a running guest; the bitmaps it started are
@@ -568,7 +574,7 @@ class Backups:
         return await self.ctx.runtime.command(vmid, command, args)
 
     async def _start_fleecing(self, task: Task, fl: _Fleecing, disks: list[_Disk],
-                              store: DumpStore, bitmaps: _Bitmaps, instance: str,
+                              store: BackupStore, bitmaps: _Bitmaps, instance: str,
                               storage_id: str) -> _Incremental:
         vmid = fl.vmid
         blocks = {b.get("device"): b for b in await self._qmp(vmid, "query-block")}
@@ -645,7 +651,7 @@ class Backups:
             fl.exports.append(export)
         return incremental
 
-    async def _trust(self, task: Task, vmid: int, store: DumpStore, live: list[LiveDrive],
+    async def _trust(self, task: Task, vmid: int, store: BackupStore, live: list[LiveDrive],
                      instance: str, storage_id: str) -> _Incremental:
         """Decide which drives may be read incrementally, load their previous indexes
         and log why the others are read in full."""
@@ -774,8 +780,8 @@ class Backups:
         store = source_storage.backup_store()
         try:
             ref = ref_of_name(volname[len("backup/"):])
-            manifest = store.manifest(ref)
-            backed_up = vmconf.parse_conf(store.guest_config(ref))
+            manifest = await asyncio.to_thread(store.manifest, ref)
+            backed_up = vmconf.parse_conf(await asyncio.to_thread(store.guest_config, ref))
         except DatastoreError as error:
             raise TaskFailed(f"cannot restore '{archive}': {error}") from None
         indexes = {f["filename"] for f in manifest.files}
@@ -835,7 +841,7 @@ class Backups:
         self.restored[vmid] = Restored(archive, time.time())
         task.log(f"VM {vmid} restored on node {self.ctx.node}")
 
-    async def _restore_disk(self, task: Task, store: DumpStore, ref: SnapshotRef,
+    async def _restore_disk(self, task: Task, store: BackupStore, ref: SnapshotRef,
                             index_name: str, disk: vmconf.DiskEntry, vmid: int,
                             storage_id: str | None) -> str:
         index = await asyncio.to_thread(store.read_index, ref, index_name)

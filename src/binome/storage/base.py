@@ -30,7 +30,8 @@ alone). What a type implements:
   them for qcow2 images.
 
 - backups: `backup_store()` (the deduplicated datastore that holds this storage's
-  backups, for types with content `backup`: `dir` today); backup volumes are listed
+  backups, for types with content `backup`: `dir`, and `binome-backup` whose datastore
+  is on a backup server); backup volumes are listed
   by `list(content="backup")`, changed by `set_backup_attributes` (notes,
   protection) and removed by `free`.
 
@@ -53,6 +54,7 @@ from binome.errors import BinomeError
 
 if TYPE_CHECKING:
     from binome.backup.dumpstore import DumpStore
+    from binome.backup.remote import RemoteDumpStore
     from binome.tasks.manager import Task
 
 CONTENT_TYPES = ("images", "iso", "backup", "rootdir", "vztmpl", "snippets")
@@ -272,7 +274,7 @@ class Storage(ABC):
         snapshots (qcow2 internal snapshots); False: the storage does, QEMU or not."""
         return False
 
-    def backup_store(self) -> DumpStore:
+    def backup_store(self) -> DumpStore | RemoteDumpStore:
         """The datastore of this storage's backups; StorageError if it holds none."""
         raise StorageError(f"storage '{self.id}' cannot hold backups (type {self.config.type})")
 

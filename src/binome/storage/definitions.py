@@ -2,8 +2,13 @@
 the one module that writes them.
 
 A definition is a flat record (`storage`, `type`, `path`, `content`, `nodes`, `shared`,
-`disable`), created together with a bump of the cluster config version, so every node
-sees a versioned change. Reading them into `StorageConfig` stays with
+`disable`, and a type's own options such as a backup server's `server`, `port`,
+`datastore`, `username`, `fingerprint`), created together with a bump of the cluster
+config version, so every node sees a versioned change. A storage's secret (a backup
+server's token secret) is written in the same transaction under
+`/binome/priv/storage/<id>` (PVE's /etc/pve/priv/storage/<id>.pw): never in the
+definition, so no listing carries it; `secret` reads it for the node that needs it.
+Reading them into `StorageConfig` stays with
 `binome.storage.manager.StorageManager.configs`.
 """
 
@@ -32,10 +37,14 @@ register_format("pve-storage-content", _content_type)
 
 def definition_record(storage: str, type_: str, *, path: str = "",
                       content: Sequence[str] = ("images", "iso"), nodes: str = "",
-                      shared: bool = False, disable: bool = False) -> dict[str, Any]:
+                      shared: bool = False, disable: bool = False,
+                      options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The stored form of a definition (what `StorageManager.configs` reads back)."""
-    return {"storage": storage, "type": type_, "path": path, "content": ",".join(content),
-            "nodes": nodes, "shared": int(shared), "disable": int(disable)}
+    record = {"storage": storage, "type": type_, "path": path, "content": ",".join(content),
+              "nodes": nodes, "shared": int(shared), "disable": int(disable)}
+    if options:
+        record["options"] = dict(options)
+    return record
 
 
 class StorageDefinitions:
@@ -44,8 +53,17 @@ class StorageDefinitions:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def create(self, record: dict[str, Any]) -> None:
-        """Define a storage; StorageError if its ID is taken."""
+    async def create(self, record: dict[str, Any], secret: str | None = None) -> None:
+        """Define a storage (with its secret, if it has one); StorageError if its ID is
+        taken."""
         key = keys.STORAGE + record["storage"]
-        if not await self.store.commit({key: 0}, {key: record}, bump_config=True):
+        puts: dict[str, Any] = {key: record}
+        if secret is not None:
+            puts[keys.storage_secret(record["storage"])] = {"secret": secret}
+        if not await self.store.commit({key: 0}, puts, bump_config=True):
             raise StorageError(f"storage ID '{record['storage']}' already defined")
+
+    async def secret(self, storage: str) -> str | None:
+        """The storage's secret, for the backend that uses it (never for an API answer)."""
+        entry = await self.store.get(keys.storage_secret(storage))
+        return None if entry is None else str(dict(entry.value)["secret"])

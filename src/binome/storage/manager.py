@@ -16,7 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from binome.storage.backup_server import BackupServerStorage
 from binome.storage.base import Storage, StorageConfig, StorageError, VolumeState
+from binome.storage.definitions import StorageDefinitions
 from binome.storage.dir import DirStorage
 from binome.storage.replicated import ReplicatedStorage, ReplicaVolumes
 from binome.store import keys
@@ -26,7 +28,8 @@ if TYPE_CHECKING:
     from binome.storage.replica.node.volumes import VolumeService
     from binome.tasks.manager import Task
 
-BACKENDS: dict[str, type[Storage]] = {"dir": DirStorage, "replicated": ReplicatedStorage}
+BACKENDS: dict[str, type[Storage]] = {"dir": DirStorage, "replicated": ReplicatedStorage,
+                                      "binome-backup": BackupServerStorage}
 
 
 class StorageManager:
@@ -54,7 +57,8 @@ class StorageManager:
                     content=tuple(data.get("content", "images").split(",")),
                     shared=bool(data.get("shared", 0)),
                     nodes=tuple(n for n in data.get("nodes", "").split(",") if n),
-                    disable=bool(data.get("disable", 0)))
+                    disable=bool(data.get("disable", 0)),
+                    options=dict(data.get("options") or {}))
         return sorted(found.values(), key=lambda c: c.storage)
 
     async def config(self, storage_id: str) -> StorageConfig:
@@ -77,6 +81,9 @@ class StorageManager:
             raise StorageError(f"storage '{storage_id}' is not available on node '{self.node}'")
         if cfg.disable:
             raise StorageError(f"storage '{storage_id}' is disabled")
+        if cfg.type == "binome-backup" and self.cluster.store is not None:
+            secret = await StorageDefinitions(self.cluster.store).secret(storage_id)
+            return BackupServerStorage(cfg, self.node, secret)
         return self._build(cfg)
 
     async def for_volid(self, volid: str) -> Storage:

@@ -17,6 +17,12 @@ CONFIG_NODES = f"{ROOT}/config/nodes/"     # per-node guest configs (next issues
 VMIDS = f"{ROOT}/vmids/"                   # vmid -> owner node: cluster-wide uniqueness
 VM_STATUS = f"{ROOT}/vmstatus/"            # per node: its guests' runtime status (lease-bound)
 STORAGE = f"{ROOT}/storage/"               # storage definitions (PVE storage.cfg)
+# storage secrets (PVE's /etc/pve/priv/storage/<id>.pw): outside STORAGE, never listed
+STORAGE_SECRETS = f"{ROOT}/priv/storage/"
+
+
+def storage_secret(storage: str) -> str:
+    return f"{STORAGE_SECRETS}{storage}"
 
 
 def node(name: str) -> str:

@@ -30,6 +30,7 @@ from binome.backup.prune import (
     mark_backup_list,
     parse_prune_backups,
 )
+from binome.backup.remote import RemoteDumpStore
 from binome.errors import BinomeError
 from binome.storage.base import Storage, StorageError, split_volid
 from binome.tasks.manager import Task, TaskFailed
@@ -143,11 +144,11 @@ async def prunebackups(ctx: RequestContext, params: dict[str, Any]) -> str:
     return ctx.services.tasks.start("prunebackups", task_id, ctx.userid, body)
 
 
-async def _datastore(ctx: RequestContext, storage_id: str) -> DumpStore:
+async def _datastore(ctx: RequestContext, storage_id: str) -> DumpStore | RemoteDumpStore:
     return (await _storage(ctx, storage_id)).backup_store()
 
 
-def _refs(store: DumpStore, params: dict[str, Any]) -> list[SnapshotRef]:
+def _refs(store: DumpStore | RemoteDumpStore, params: dict[str, Any]) -> list[SnapshotRef]:
     volume = params.get("volume")
     if volume is None:
         vmid = params.get("vmid")
@@ -183,7 +184,7 @@ def _refs(store: DumpStore, params: dict[str, Any]) -> list[SnapshotRef]:
 )
 async def backup_verify(ctx: RequestContext, params: dict[str, Any]) -> str:
     store = await _datastore(ctx, params["storage"])
-    refs = _refs(store, params)
+    refs = await asyncio.to_thread(_refs, store, params)   # a backup server: network
 
     async def body(task: Task) -> None:
         failed = await asyncio.to_thread(store.verify_backups, refs, task.log)

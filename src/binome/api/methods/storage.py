@@ -16,6 +16,7 @@ from binome.api.methods.common import NODE, RRD_PARAMS, storage_definitions
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
 from binome.errors import BinomeError
+from binome.storage.backup_server import OPTIONS as BACKUP_SERVER_OPTIONS
 from binome.storage.base import CONTENT_TYPES
 from binome.storage.definitions import definition_record
 from binome.storage.manager import BACKENDS
@@ -56,26 +57,69 @@ async def storage_index(ctx: RequestContext, params: dict[str, Any]) -> list[dic
 @registry.register(
     "POST", "/storage", name="storage_create",
     permission=privs("Datastore.Allocate", path="/storage"),
-    description="Define a storage (type 'dir' now).",
+    description="Define a storage: 'dir', 'replicated' or 'binome-backup' (a binome backup "
+                "server: server, datastore, username (token id), password (token secret) "
+                "and fingerprint).",
     parameters={"storage": STORAGE_ID,
                 "type": Param(enum=tuple(BACKENDS), description="Storage type."),
                 "path": Param(optional=True, pattern=r"/[^\0]*", max_length=4096),
-                "content": Param(optional=True, default="images,iso", max_length=256,
+                "content": Param(optional=True, max_length=256,
                                  format="pve-storage-content-list",
-                                 description="Content types, e.g. images,iso."),
+                                 description="Content types, e.g. images,iso (default; "
+                                             "'backup' for binome-backup)."),
                 "nodes": Param(optional=True, max_length=1024),
                 "shared": Param(type="boolean", optional=True, default=False),
-                "disable": Param(type="boolean", optional=True, default=False)},
+                "disable": Param(type="boolean", optional=True, default=False),
+                "server": Param(optional=True, max_length=253,
+                                pattern=r"[A-Za-z0-9.:\[\]-]+",
+                                description="Backup server address (binome-backup)."),
+                "port": Param(type="integer", optional=True, minimum=1, maximum=65535,
+                              description="Backup server port (default 8007)."),
+                "datastore": Param(optional=True, max_length=64,
+                                   pattern=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+                                   description="Datastore name on the backup server."),
+                "username": Param(optional=True, max_length=128,
+                                  pattern=r"[A-Za-z0-9._-]+@[A-Za-z0-9._-]+![A-Za-z0-9._-]+",
+                                  description="API token id on the backup server "
+                                              "(user@realm!name)."),
+                "password": Param(optional=True, secret=True, max_length=256,
+                                  description="The token's secret (write-only: stored "
+                                              "apart from the definition, never shown)."),
+                "fingerprint": Param(optional=True, max_length=128,
+                                     pattern=r"([A-Fa-f0-9]{2}:){31}[A-Fa-f0-9]{2}",
+                                     description="SHA-256 fingerprint of the backup "
+                                                 "server's certificate (pinned).")},
     cli=CliSpec(("storage", "add"), positional=("storage",)),
 )
 async def storage_create(ctx: RequestContext, params: dict[str, Any]) -> None:
     definitions = storage_definitions(ctx)
-    content = [c for c in params["content"].split(",") if c]
+    backup_server = params["type"] == "binome-backup"
+    content_text = params.get("content") or ("backup" if backup_server else "images,iso")
+    content = [c for c in content_text.split(",") if c]
+    options: dict[str, Any] = {}
+    secret = None
     if params["type"] == "dir" and not params.get("path"):
         raise param_error("path", "property is missing and it is not optional")
+    if backup_server:
+        for name in ("server", "datastore", "username", "password", "fingerprint"):
+            if not params.get(name):
+                raise param_error(name, "property is missing and it is not optional")
+        if params.get("path"):
+            raise param_error("path", "a binome-backup storage has no path")
+        if content != ["backup"]:
+            raise param_error("content", "a binome-backup storage holds content 'backup' "
+                                         "only")
+        options = {name: params[name] for name in BACKUP_SERVER_OPTIONS if name in params}
+        options["fingerprint"] = options["fingerprint"].upper()
+        secret = params["password"]
+    else:
+        for name in (*BACKUP_SERVER_OPTIONS, "password"):
+            if name in params:
+                raise param_error(name, f"not an option of storage type '{params['type']}'")
     await definitions.create(definition_record(
         params["storage"], params["type"], path=params.get("path", ""), content=content,
-        nodes=params.get("nodes", ""), shared=params["shared"], disable=params["disable"]))
+        nodes=params.get("nodes", ""), shared=params["shared"] or backup_server,
+        disable=params["disable"], options=options), secret)
 
 
 @registry.register(

@@ -1,0 +1,255 @@
+"""The disaster drill: a backup server outlives the whole cluster.
+
+A real `binome-backup-server` process serves a datastore over HTTPS. Cluster A (a real
+etcd + binomed node) adds it as a `binome-backup` storage, backs up a running guest
+(full, then incremental through the dirty bitmap: only the changed chunk is read and
+sent), and is then destroyed completely (processes stopped, state directory deleted).
+A fresh cluster B adds the same storage, lists the backups, restores the guest and gets
+the disk's bytes as they were at the backup's instant; prune, verify and GC run there.
+A storage with a wrong fingerprint fails with a clear error and sends nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.integration.backup.test_vzdump import (
+    DISK,
+    DISK_MIB,
+    Console,
+    fill_disk,
+    sha256_of,
+    wait_shell,
+    wait_task,
+)
+from tests.integration.conftest import _nets, _require_tools
+from tests.integration.harness import PASSWORD, Cluster, wait_for
+
+pytestmark = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None
+                                or shutil.which("qemu-nbd") is None,
+                                reason="QEMU (qemu-system-x86, qemu-utils) is not installed")
+
+SERVER = Path(sys.executable).parent / "binome-backup-server"
+TOKEN = "backup@pbs!drill"
+VMID = 950
+
+
+@dataclass
+class BackupServerProcess:
+    data_dir: Path
+    port: int
+    fingerprint: str
+    secret: str
+    log: Path
+
+    def storage_params(self, **changes: object) -> dict[str, object]:
+        return {"storage": "offsite", "type": "binome-backup", "server": "127.0.0.1",
+                "port": self.port, "datastore": "main", "username": TOKEN,
+                "password": self.secret, "fingerprint": self.fingerprint, **changes}
+
+    def cli(self, *args: str) -> str:
+        return subprocess.run([str(SERVER), "--data-dir", str(self.data_dir), *args],
+                              check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def backup_server(tmp_path: Path) -> Iterator[BackupServerProcess]:
+    data_dir = tmp_path / "backup-server"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def run(*args: str) -> str:
+        return subprocess.run([str(SERVER), "--data-dir", str(data_dir), *args], check=True,
+                              capture_output=True, text=True).stdout
+
+    fingerprint = run("init").split("fingerprint: ")[1].strip()
+    run("datastore-create", "main")
+    created = run("token-create", TOKEN)
+    secret = re.search(r"^secret: (\S+)$", created, re.M)
+    assert secret is not None, created
+    log = tmp_path / "backup-server.log"
+    with open(log, "ab") as out:
+        process = subprocess.Popen([str(SERVER), "--data-dir", str(data_dir), "serve",
+                                    "--listen", "127.0.0.1", "--port", str(port)],
+                                   stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: "listening on" in log.read_text(), 20, "backup server listening")
+        assert run("fingerprint").strip() == fingerprint
+        yield BackupServerProcess(data_dir, port, fingerprint, secret[1], log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def _stop(cluster: Cluster) -> None:
+    """Stop the cluster and the guest QEMU it started, even after a failed assertion."""
+    pidfile = cluster["n1"].state_dir / "run" / "qemu" / f"{VMID}.pid"
+    cluster.stop()
+    try:
+        pid = int(pidfile.read_text().strip())
+        if b"qemu" in Path(f"/proc/{pid}/cmdline").read_bytes():   # ours, not a reused pid
+            os.kill(pid, signal.SIGKILL)
+    except (OSError, ValueError):
+        pass   # not running (the normal case: the test stops its guest)
+
+
+def _cluster(root: Path) -> Cluster:
+    _require_tools()
+    root.mkdir(parents=True)
+    cluster = Cluster(root, next(_nets))
+    try:
+        cluster.create()
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def _api(cluster: Cluster):
+    from proxmoxer import ProxmoxAPI
+
+    from binome.lab.image import build_image
+
+    image = build_image()
+    iso = cluster["n1"].state_dir / "storage" / "local" / "template" / "iso"
+    iso.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(image.kernel, iso / "vmlinuz")
+    shutil.copyfile(image.initrd, iso / "initrd.gz")
+    return ProxmoxAPI(cluster["n1"].address, user="admin@pve", password=PASSWORD,
+                      verify_ssl=False, timeout=30)
+
+
+def _log(px, upid: str) -> list[str]:
+    return [line["t"] for line in px.nodes("n1").tasks(upid).log.get(limit=1000)]
+
+
+def _disk(cluster: Cluster, volid: str) -> Path:
+    storage, volname = volid.split(",")[0].split(":")
+    assert storage == "local"
+    return cluster["n1"].state_dir / "storage" / "local" / "images" / volname
+
+
+def _content(px) -> list[dict]:
+    listed = px.nodes("n1").storage("offsite").content.get(content="backup")
+    return sorted(listed, key=lambda b: b["ctime"])
+
+
+def test_a_backup_server_outlives_its_cluster(tmp_path: Path,
+                                              backup_server: BackupServerProcess) -> None:
+    from proxmoxer import ResourceException
+
+    from binome.lab.image import build_image
+
+    # ---------------------------------------------------------------- cluster A
+    first = _cluster(tmp_path / "a")
+    try:
+        px = _api(first)
+        px.storage.post(**backup_server.storage_params())
+        px.storage.post(**backup_server.storage_params(
+            storage="spoofed", fingerprint=":".join(["AB"] * 32)))
+        listed = {s["storage"]: s for s in px.storage.get()}
+        assert listed["offsite"]["type"] == "binome-backup"
+        assert listed["offsite"]["fingerprint"] == backup_server.fingerprint
+        assert backup_server.secret not in str(listed) and "password" not in listed["offsite"]
+        with pytest.raises(ResourceException) as bad:
+            px.storage.post(**backup_server.storage_params(storage="nofp", fingerprint=None))
+        assert "fingerprint" in str(bad.value)
+
+        node = px.nodes("n1")
+        upid = node.qemu.post(vmid=VMID, name="drill", memory=96, cores=1,
+                              virtio0=f"local:{DISK_MIB / 1024},format=qcow2",
+                              kernel="local:iso/vmlinuz", initrd="local:iso/initrd.gz",
+                              vga="serial0", append=build_image().cmdline())
+        assert wait_task(px, upid)["exitstatus"] == "OK"
+        disk = _disk(first, node.qemu(VMID).config.get()["virtio0"])
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x41 0 {DISK}", str(disk)],
+                       check=True, capture_output=True)
+
+        # a pinned fingerprint that does not match: a clear error, nothing sent
+        served_before = backup_server.log.read_text()
+        upid = node.vzdump.post(vmid=str(VMID), storage="spoofed")
+        assert wait_task(px, upid)["exitstatus"] != "OK"
+        assert any("does not match the configured" in line for line in _log(px, upid)), \
+            _log(px, upid)
+        assert backup_server.log.read_text() == served_before   # not even a failed login
+
+        wait_task(px, node.qemu(VMID).status.start.post())
+        console = Console(first["n1"].state_dir / "run" / "qemu" / f"{VMID}.serial")
+        wait_shell(console)
+        upid = node.vzdump.post(vmid=str(VMID), storage="offsite")
+        assert wait_task(px, upid)["exitstatus"] == "OK", _log(px, upid)
+        log = _log(px, upid)
+        assert any("on backup server 127.0.0.1" in line for line in log), log
+        assert any(line.startswith(f"INFO: transferred {DISK_MIB}.0 MiB") for line in log)
+
+        fill_disk(console, "B", range(40, 41))          # one 4 MiB chunk changes
+        upid = node.vzdump.post(vmid=str(VMID), storage="offsite")
+        assert wait_task(px, upid)["exitstatus"] == "OK", _log(px, upid)
+        log = _log(px, upid)
+        assert "INFO: using fast incremental mode (dirty-bitmap), 4.0 MiB dirty of 64.0 MiB " \
+               "total" in log, log
+        assert any(line.startswith("INFO: transferred 4.0 MiB in ") for line in log), log
+        assert any(line.startswith("INFO: backup stored ") and " in 1 new chunks" in line
+                   for line in log), log
+        wait_task(px, node.qemu(VMID).status.stop.post())
+        expected = sha256_of(disk, "qcow2")
+        assert len(_content(px)) == 2
+    finally:
+        _stop(first)
+    shutil.rmtree(tmp_path / "a")   # the whole cluster is gone: nothing of it is left
+
+    # ---------------------------------------------------------------- cluster B
+    second = _cluster(tmp_path / "b")
+    try:
+        px = _api(second)
+        px.storage.post(**backup_server.storage_params())
+        node = px.nodes("n1")
+        _older, newest = _content(px)
+        assert newest["volid"].startswith(f"offsite:backup/vzdump-qemu-{VMID}-")
+        assert newest["format"] == "binome" and newest["size"] == DISK
+
+        upid = node.qemu.post(vmid=VMID, archive=newest["volid"], storage="local")
+        assert wait_task(px, upid)["exitstatus"] == "OK", _log(px, upid)
+        config = node.qemu(VMID).config.get()
+        assert config["name"] == "drill"
+        assert sha256_of(_disk(second, config["virtio0"]), "qcow2") == expected
+        wait_task(px, node.qemu(VMID).status.start.post())
+        wait_for(lambda: node.qemu(VMID).status.current.get()["status"] == "running", 20,
+                 "restored guest running")
+        wait_shell(Console(second["n1"].state_dir / "run" / "qemu" / f"{VMID}.serial"))
+        wait_task(px, node.qemu(VMID).status.stop.post())
+
+        upid = node.storage("offsite").verify.post()
+        assert wait_task(px, upid)["exitstatus"] == "OK", _log(px, upid)
+        upid = node.storage("offsite").prunebackups.delete(**{"prune-backups": "keep-last=1"})
+        assert wait_task(px, upid)["exitstatus"] == "OK", _log(px, upid)
+        assert [b["volid"] for b in _content(px)] == [newest["volid"]]
+        assert _content(px)[0]["verification"] == {"state": "ok"}
+        upid = node.storage("offsite").gc.post()
+        assert wait_task(px, upid)["exitstatus"] == "OK", _log(px, upid)
+        assert any(line.startswith("Removed chunks: ") for line in _log(px, upid))
+    finally:
+        _stop(second)
+
+    # ---------------------------------------------------------------- no cluster at all
+    restored = tmp_path / "disk.raw"
+    out = backup_server.cli("restore-file", "--datastore", "main", newest["volid"], "virtio0",
+                            str(restored))
+    assert sha256_of(restored) == expected and expected in out
+    assert os.path.getsize(restored) == DISK
