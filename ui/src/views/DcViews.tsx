@@ -13,7 +13,7 @@ import { Dialog } from "./Confirm";
 const TABS: (DcView | "summary")[] = ["summary", "log", "ha", "storage"];
 
 /** The datacenter's tab bar (summary, log, HA, storage). */
-export function DcTabs(props: { current: DcView | "summary" }) {
+export function DcTabs(props: { current: DcView | "summary" | "access" }) {
   return (
     <nav class="tabs" role="tablist" aria-label={t("dc.summary")}>
       {TABS.map((v) => (
@@ -21,6 +21,8 @@ export function DcTabs(props: { current: DcView | "summary" }) {
           href={v === "summary" ? href({ kind: "dc" }) : href({ kind: "dcview", view: v })}>
           {t(`dc.tab.${v}` as "dc.tab.log")}</a>
       ))}
+      <a role="tab" id="dc-tab-access" aria-selected={props.current === "access"}
+        href={href({ kind: "access", view: "users" })}>{t("access.title")}</a>
     </nav>
   );
 }
