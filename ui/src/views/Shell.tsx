@@ -15,6 +15,7 @@ import { TaskList } from "./Tasks";
 import { Tree } from "./Tree";
 import { VmView } from "./Vm";
 import { AccessPage } from "./access/lazy";
+import { useAnywhere } from "./access/perms";
 import { SearchPanel, TreeToolbar, useTreeOptions } from "./Search";
 
 const RENEW_MS = 15 * 60 * 1000;
@@ -25,6 +26,7 @@ export function Shell(props: { theme: string; onTheme: () => void; onLogout: () 
   const resources = data ?? [];
   const session = currentSession();
   const [treeView, setTreeView, filter, setFilter] = useTreeOptions();
+  const anywhere = useAnywhere();
 
   useEffect(() => {
     const id = window.setInterval(() => { renewTicket().catch(() => {}); }, RENEW_MS);
@@ -66,7 +68,7 @@ export function Shell(props: { theme: string; onTheme: () => void; onLogout: () 
       <header class="header">
         <span class="brand"><span class="logo" aria-hidden="true">◆</span> {t("app.title")}</span>
         <span class="spacer" />
-        <a class="button" id="create-vm" href="#/create">{t("create.open")}</a>
+        {anywhere("VM.Allocate") && <a class="button" id="create-vm" href="#/create">{t("create.open")}</a>}
         {session && <span class="user" id="shell-user">{t("shell.user", { user: session.username })}</span>}
         <button id="theme-toggle" onClick={props.onTheme} title={t("shell.theme")}>
           {props.theme === "dark" ? t("shell.theme.light") : t("shell.theme.dark")}
