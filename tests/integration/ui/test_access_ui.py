@@ -2,7 +2,8 @@
 fixtures of test_browser.py), against the shared cluster: as admin@pve, a user created
 through the form (a too-short password first: the API's reason shows next to the
 field), a PVEAuditor ACL entry for it, an API token whose secret is shown once and
-works, a pool with a VM added from the pool's page; the pool view of the tree, the
+works, a pool with a VM added from the pool's page, an LDAP realm (the bind password
+write-only) and its sync task; the pool view of the tree, the
 search box and the Search panel, the tag view; then, logged in as the new auditor, the
 write buttons are absent, and the auditor adds a TOTP factor for itself (its code
 computed here from the otpauth URI the page shows once)."""
@@ -68,6 +69,7 @@ def test_permissions_pool_view_and_search(browser, cluster: Cluster,  # noqa: F8
 
     suffix = uuid.uuid4().hex[:6]
     name, pool, tokenid = f"uiaud{suffix}", f"uipool{suffix}", f"uitok{suffix}"
+    realm = f"uildap{suffix}"
     userid = f"{name}@pve"
     base = _base(cluster) + "/api2/json"
     try:
@@ -90,8 +92,16 @@ def test_permissions_pool_view_and_search(browser, cluster: Cluster,  # noqa: F8
         _fill(browser, "#user-password", AUDITOR_PW)
         _fill(browser, "#user-confirm", AUDITOR_PW)
         _submit(browser)
-        _wait(browser, lambda d: _css(d, f'#user-table tr[data-userid="{userid}"]'),
-              "the new user")
+        def created(d) -> bool:
+            # a refusal now shows in the dialog: say it, do not wait
+            refused = _css(d, "#dialog-message")
+            assert not refused, refused[0].text
+            return bool(_css(d, f'#user-table tr[data-userid="{userid}"]'))
+        try:
+            _wait(browser, created, "the new user")
+        except AssertionError:
+            browser.save_screenshot(str(shots / "access-user-failed.png"))
+            raise
         assert "created" in _css(browser, "#access-message")[0].text
 
         # the ACL: PVEAuditor on / for the user
@@ -175,9 +185,41 @@ def test_permissions_pool_view_and_search(browser, cluster: Cluster,  # noqa: F8
         browser.save_screenshot(str(shots / "tree-tags.png"))
         Select(_css(browser, "#tree-view")[0]).select_by_value("server")
         _clear(_css(browser, "#tree-search")[0])
+        # an LDAP realm: its server is required (the reason at the field), the bind
+        # password is write-only; a sync starts a task whose end shows (nothing listens
+        # on port 1: it fails)
+        _go(browser, "#/access/realms")
+        _click(browser, "#realm-add", "Add realm")
+        _dialog(browser, "the realm dialog")
+        _fill(browser, "#realm-id", realm)
+        _fill(browser, "#realm-base_dn", "dc=example,dc=org")
+        _fill(browser, "#realm-bind_dn", "cn=admin,dc=example,dc=org")
+        _fill(browser, "#realm-password", "bind-secret-1")
+        _submit(browser)
+        _wait(browser, lambda d: _css(d, "#error-server1"), "the missing server's reason")
+        _fill(browser, "#realm-server1", "127.0.0.1")
+        _fill(browser, "#realm-port", "1")
+        _submit(browser)
+        _wait(browser, lambda d: _css(d, f'#realm-table tr[data-realm="{realm}"]'), "the realm")
+        stored = api.get(f"{base}/access/domains/{realm}", timeout=10).json()["data"]
+        assert stored["server1"] == "127.0.0.1" and "bind-secret-1" not in str(stored)
+        _click(browser, f'tr[data-realm="{realm}"] .realm-edit', "Edit realm")
+        _dialog(browser, "the realm edit dialog")
+        _wait(browser, lambda d: _css(d, "#realm-server1")[0].get_attribute("value")
+              == "127.0.0.1", "the realm's settings in the form")
+        assert _css(browser, "#realm-password")[0].get_attribute("value") == ""
+        _css(browser, "dialog[open] button[type=button]")[0].click()          # cancel
+        _click(browser, f'tr[data-realm="{realm}"] .realm-sync', "Sync")
+        _dialog(browser, "the sync dialog")
+        _submit(browser)
+        ended = _wait(browser, lambda d: (s := _css(d, "#task-result")[0]
+                                          .get_attribute("data-status")) != "running" and s,
+                      "the sync task's end", timeout=30)
+        assert ended != "OK", ended
         admin_errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"
                         and not (e.get("source") == "network" and " 400 " in e["message"]
-                                 and "/access/users" in e["message"])]
+                                 and ("/access/users" in e["message"]
+                                      or "/access/domains" in e["message"]))]
         assert admin_errors == [], admin_errors
 
         # the auditor sees every page, and no write button
@@ -229,3 +271,4 @@ def test_permissions_pool_view_and_search(browser, cluster: Cluster,  # noqa: F8
         api.delete(f"{base}/pools", params={"poolid": pool}, timeout=10)
         api.delete(f"{base}/access/users/admin@pve/token/{tokenid}", timeout=10)
         api.delete(f"{base}/access/users/{userid}", timeout=10)
+        api.delete(f"{base}/access/domains/{realm}", timeout=10)
