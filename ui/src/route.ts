@@ -7,7 +7,9 @@ export type Route =
   | { kind: "node"; node: string }
   | { kind: "vm"; vmid: number; tab?: VmTab }
   | { kind: "dcview"; view: DcView }
-  | { kind: "create" };
+  | { kind: "create" }
+  | { kind: "access"; view: AccessView; id?: string }
+  | { kind: "search"; query: string };
 
 /** The VM view's tabs; the summary is the VM's own address (#/vm/100). */
 export type VmTab = "summary" | "console" | "vnc" | "graphs";
@@ -15,6 +17,9 @@ const VM_TABS: VmTab[] = ["summary", "console", "vnc", "graphs"];
 /** The datacenter's sub-views beside its summary. */
 export type DcView = "log" | "ha" | "storage";
 const DC_VIEWS: DcView[] = ["log", "ha", "storage"];
+/** The datacenter's Permissions pages (#/access/users, a pool's page #/access/pools/p1). */
+export type AccessView = "users" | "groups" | "roles" | "acl" | "tokens" | "pools" | "realms" | "tfa";
+const ACCESS_VIEWS: AccessView[] = ["users", "groups", "roles", "acl", "tokens", "pools", "realms", "tfa"];
 
 export function parseRoute(hash: string): Route {
   const parts = hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
@@ -28,6 +33,11 @@ export function parseRoute(hash: string): Route {
     if (view) return { kind: "dcview", view };
   }
   if (parts[0] === "create") return { kind: "create" };
+  if (parts[0] === "access") {
+    const view = ACCESS_VIEWS.find((x) => x === parts[1]) ?? "users";
+    return parts[2] ? { kind: "access", view, id: parts.slice(2).join("/") } : { kind: "access", view };
+  }
+  if (parts[0] === "search") return { kind: "search", query: parts.slice(1).join("/") };
   return { kind: "dc" };
 }
 
@@ -38,13 +48,16 @@ export function href(r: Route): string {
     case "vm": return r.tab && r.tab !== "summary" ? `#/vm/${r.vmid}/${r.tab}` : `#/vm/${r.vmid}`;
     case "dcview": return `#/dc/${r.view}`;
     case "create": return "#/create";
+    case "access": return `#/access/${r.view}` + (r.id ? `/${r.id.split("/").map(encodeURIComponent).join("/")}` : "");
+    case "search": return r.query ? `#/search/${encodeURIComponent(r.query)}` : "#/search";
   }
 }
 
 /** The tree item a route belongs to: a VM's tabs all select the VM. */
 export function routeKey(r: Route): string {
   if (r.kind === "vm") return `#/vm/${r.vmid}`;
-  if (r.kind === "dcview" || r.kind === "create") return "#/dc";
+  if (r.kind === "dcview" || r.kind === "create" || r.kind === "search") return "#/dc";
+  if (r.kind === "access") return r.id && r.view === "pools" ? href(r) : "#/dc";
   return href(r);
 }
 

@@ -1,6 +1,9 @@
 // Every text the UI shows, in one table: a translation is another table with the same
 // keys. `{name}` placeholders are filled by t(key, {name: value}).
+import { accessStrings } from "./views/access/strings";
+
 const en = {
+  ...accessStrings,
   "app.title": "binome",
   "login.title": "Log in to binome",
   "login.username": "User name",

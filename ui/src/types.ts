@@ -16,6 +16,8 @@ export interface Resource {
   hastate?: string;
   template?: number;
   pool?: string;
+  storage?: string;
+  tags?: string;       // PVE's list: "a;b" (also "," or " " separated)
 }
 
 export interface Task {

@@ -9,11 +9,12 @@ import { t } from "../strings";
 import * as fmt from "../format";
 import type { HaStatusEntry, Resource } from "../types";
 import { Dialog } from "./Confirm";
+import { usePerms } from "./access/perms";
 
 const TABS: (DcView | "summary")[] = ["summary", "log", "ha", "storage"];
 
 /** The datacenter's tab bar (summary, log, HA, storage). */
-export function DcTabs(props: { current: DcView | "summary" }) {
+export function DcTabs(props: { current: DcView | "summary" | "access" }) {
   return (
     <nav class="tabs" role="tablist" aria-label={t("dc.summary")}>
       {TABS.map((v) => (
@@ -21,6 +22,8 @@ export function DcTabs(props: { current: DcView | "summary" }) {
           href={v === "summary" ? href({ kind: "dc" }) : href({ kind: "dcview", view: v })}>
           {t(`dc.tab.${v}` as "dc.tab.log")}</a>
       ))}
+      <a role="tab" id="dc-tab-access" aria-selected={props.current === "access"}
+        href={href({ kind: "access", view: "users" })}>{t("access.title")}</a>
     </nav>
   );
 }
@@ -64,6 +67,8 @@ export function HaView(props: { resources: Resource[] }) {
   const [removing, setRemoving] = useState<string | null>(null);
   const [message, setMessage] = useState<{ text: string; error: boolean } | null>(null);
   const [errors, setErrors] = useState<Record<string, string>>({});
+  const can = usePerms();
+  const write = can("/", "Sys.Console", "HA.Modify");
   const managed = new Set((res.data ?? []).map((r) => r.sid));
   const candidates = props.resources.filter((r) => r.type === "qemu" && !managed.has(`vm:${r.vmid}`))
     .sort((a, b) => (a.vmid ?? 0) - (b.vmid ?? 0));
@@ -107,9 +112,9 @@ export function HaView(props: { resources: Resource[] }) {
       <section>
         <h2>{t("ha.resources")}</h2>
         <div class="toolbar">
-          <button id="ha-add" onClick={() => {
+          {write && <button id="ha-add" onClick={() => {
             setAddVm(String(candidates[0]?.vmid ?? "")); setErrors({}); setAdding(true);
-          }}>{t("ha.add")}</button>
+          }}>{t("ha.add")}</button>}
         </div>
         <div class="table-wrap">
           <table id="ha-resource-table">
@@ -120,7 +125,7 @@ export function HaView(props: { resources: Resource[] }) {
                 <tr key={r.sid} data-sid={r.sid}>
                   <td>{r.sid}</td><td>{r.state}</td><td>{r.group ?? ""}</td>
                   <td>{r.max_restart}</td><td>{r.max_relocate}</td>
-                  <td><button class="ha-remove" onClick={() => setRemoving(r.sid)}>{t("ha.remove")}</button></td>
+                  <td>{write && <button class="ha-remove" onClick={() => setRemoving(r.sid)}>{t("ha.remove")}</button>}</td>
                 </tr>
               ))}
             </tbody>

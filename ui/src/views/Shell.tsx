@@ -14,6 +14,9 @@ import { NodeSummary } from "./Node";
 import { TaskList } from "./Tasks";
 import { Tree } from "./Tree";
 import { VmView } from "./Vm";
+import { AccessPage } from "./access/lazy";
+import { useAnywhere } from "./access/perms";
+import { SearchPanel, TreeToolbar, useTreeOptions } from "./Search";
 
 const RENEW_MS = 15 * 60 * 1000;
 
@@ -22,6 +25,8 @@ export function Shell(props: { theme: string; onTheme: () => void; onLogout: () 
   const { data, error } = usePoll<Resource[]>("/cluster/resources", 1000);
   const resources = data ?? [];
   const session = currentSession();
+  const [treeView, setTreeView, filter, setFilter] = useTreeOptions();
+  const anywhere = useAnywhere();
 
   useEffect(() => {
     const id = window.setInterval(() => { renewTicket().catch(() => {}); }, RENEW_MS);
@@ -44,6 +49,12 @@ export function Shell(props: { theme: string; onTheme: () => void; onLogout: () 
     case "create":
       content = <CreateVm resources={resources} onCreated={(vmid) => go({ kind: "vm", vmid })} />;
       break;
+    case "access":
+      content = <AccessPage route={route} resources={resources} go={go} />;
+      break;
+    case "search":
+      content = <SearchPanel query={route.query} resources={resources} go={go} />;
+      break;
     default:
       content = <DatacenterSummary resources={resources}
         onNode={(node) => go({ kind: "node", node })} />;
@@ -57,7 +68,7 @@ export function Shell(props: { theme: string; onTheme: () => void; onLogout: () 
       <header class="header">
         <span class="brand"><span class="logo" aria-hidden="true">◆</span> {t("app.title")}</span>
         <span class="spacer" />
-        <a class="button" id="create-vm" href="#/create">{t("create.open")}</a>
+        {anywhere("VM.Allocate") && <a class="button" id="create-vm" href="#/create">{t("create.open")}</a>}
         {session && <span class="user" id="shell-user">{t("shell.user", { user: session.username })}</span>}
         <button id="theme-toggle" onClick={props.onTheme} title={t("shell.theme")}>
           {props.theme === "dark" ? t("shell.theme.light") : t("shell.theme.dark")}
@@ -65,7 +76,10 @@ export function Shell(props: { theme: string; onTheme: () => void; onLogout: () 
         <button id="logout" onClick={props.onLogout}>{t("shell.logout")}</button>
       </header>
       <nav class="sidebar" aria-label={t("tree.label")}>
-        <Tree resources={resources} clusterName={session?.clustername} route={route} onSelect={go} />
+        <TreeToolbar view={treeView} onView={setTreeView} filter={filter} onFilter={setFilter}
+          onSearch={(query) => go({ kind: "search", query })} />
+        <Tree resources={resources} clusterName={session?.clustername} route={route} onSelect={go}
+          view={treeView} filter={filter} />
       </nav>
       <main class="content" id="content" tabIndex={-1}>
         {error && <p class="error banner" role="alert">{t("shell.offline", { message: error.message })}</p>}

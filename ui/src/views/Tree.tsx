@@ -1,5 +1,6 @@
-// The resource tree (server view): datacenter > nodes > VMs, fed by the shell's poll of
-// /cluster/resources. Keyboard: a single tab stop (roving tabindex); Up/Down/Home/End
+// The resource tree, fed by the shell's poll of /cluster/resources: the server view
+// (datacenter > nodes > VMs), or the pool and tag views (Search.tsx builds those), each
+// narrowed by the search box's filter. Keyboard: a single tab stop (roving tabindex); Up/Down/Home/End
 // move, Enter or Space opens, Left/Right collapse and expand a node.
 import type { ComponentChild } from "preact";
 import { useMemo, useRef, useState } from "preact/hooks";
@@ -7,9 +8,11 @@ import { t } from "../strings";
 import { type Route, routeKey } from "../route";
 import type { Resource } from "../types";
 import { NodeIcon, VmIcon } from "./Status";
+import { groupedItems, matches, type TreeView } from "./Search";
 
-interface Item {
+export interface Item {
   key: string;
+  select?: string;       // the route key it selects, when it is not `key` (a VM under a tag)
   route: Route;
   level: number;
   label: string;
@@ -24,22 +27,31 @@ export function Tree(props: {
   clusterName?: string;
   route: Route;
   onSelect: (r: Route) => void;
+  view?: TreeView;
+  filter?: string;
 }) {
   const [collapsed, setCollapsed] = useState<Set<string>>(new Set());
   const [focus, setFocus] = useState<string | null>(null);
   const listRef = useRef<HTMLUListElement>(null);
 
   const items = useMemo(() => {
-    const nodes = props.resources.filter((r) => r.type === "node")
+    const filter = props.filter?.trim() ?? "";
+    let nodes = props.resources.filter((r) => r.type === "node")
       .sort((a, b) => (a.node ?? "").localeCompare(b.node ?? ""));
-    const vms = props.resources.filter((r) => r.type === "qemu")
+    const vms = props.resources.filter((r) => r.type === "qemu" && matches(r, filter))
       .sort((a, b) => (a.vmid ?? 0) - (b.vmid ?? 0));
-    const out: Item[] = [{
+    const root: Item = {
       key: routeKey({ kind: "dc" }), route: { kind: "dc" }, level: 1,
       label: props.clusterName ? t("tree.datacenter.named", { name: props.clusterName })
         : t("tree.datacenter"),
       icon: <span class="icon dc" aria-hidden="true">▦</span>,
-    }];
+    };
+    if (props.view === "pool" || props.view === "tag") {
+      return [root, ...groupedItems(props.view, props.resources, vms, filter, collapsed)];
+    }
+    const out: Item[] = [root];
+    // filtered: a node shows when it matches or holds a VM that does
+    if (filter) nodes = nodes.filter((n) => matches(n, filter) || vms.some((v) => v.node === n.node));
     const names = new Set(nodes.map((n) => n.node));
     // a VM whose node is not listed (yet) still shows, under a node entry of its own
     for (const vm of vms) {
@@ -62,11 +74,12 @@ export function Tree(props: {
       }
     }
     return out;
-  }, [props.resources, props.clusterName, collapsed]);
+  }, [props.resources, props.clusterName, collapsed, props.view, props.filter]);
 
   const selected = routeKey(props.route);
+  const isSelected = (i: Item) => (i.select ?? i.key) === selected;
   const active = focus && items.some((i) => i.key === focus) ? focus
-    : items.some((i) => i.key === selected) ? selected : items[0].key;
+    : items.find(isSelected)?.key ?? items[0].key;
 
   const moveTo = (key: string) => {
     setFocus(key);
@@ -106,10 +119,11 @@ export function Tree(props: {
   return (
     <ul class="tree" role="tree" aria-label={t("tree.label")} ref={listRef} onKeyDown={onKey}>
       {items.map((item) => (
-        <li key={item.key} role="treeitem" data-key={item.key} aria-level={item.level}
-          aria-selected={item.key === selected} aria-expanded={item.expandable ? item.expanded : undefined}
+        <li key={item.key} role="treeitem" data-key={item.key} data-route={item.select ?? item.key}
+          aria-level={item.level}
+          aria-selected={isSelected(item)} aria-expanded={item.expandable ? item.expanded : undefined}
           data-status={item.status} tabIndex={item.key === active ? 0 : -1}
-          class={`tree-item level-${item.level}${item.key === selected ? " selected" : ""}`}
+          class={`tree-item level-${item.level}${isSelected(item) ? " selected" : ""}`}
           onClick={() => { setFocus(item.key); props.onSelect(item.route); }}>
           {item.expandable ? (
             <span class="twisty" aria-hidden="true"
