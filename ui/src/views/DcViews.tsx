@@ -10,7 +10,7 @@ import * as fmt from "../format";
 import type { HaStatusEntry, Resource } from "../types";
 import { Dialog } from "./Confirm";
 
-const TABS: (DcView | "summary")[] = ["summary", "log", "ha", "storage"];
+const TABS: (DcView | "summary")[] = ["summary", "log", "ha", "storage", "backup", "notifications"];
 
 /** The datacenter's tab bar (summary, log, HA, storage). */
 export function DcTabs(props: { current: DcView | "summary" }) {
