@@ -3,7 +3,8 @@ Selenium, the fixtures of test_browser): on a stopped VM with a small qcow2 disk
 NIC, the Hardware tab edits the memory (a bad value first: the API's error shows next
 to the field) and the NIC; the Snapshots tab takes a snapshot and rolls back to it; the
 Backup tab starts a backup, its task viewer follows it to OK and the backup is listed;
-Datacenter → Backup creates a job. Every change is checked through the API."""
+the Options tab renames the VM; Datacenter → Backup creates a job; Datacenter →
+Notifications lists the API's targets. Every change is checked through the API."""
 
 from __future__ import annotations
 
@@ -127,6 +128,13 @@ def test_vm_tabs_and_backup_job(browser, cluster: Cluster, api: requests.Session
     assert net0.startswith(f"e1000={mac},") and "bridge=vmbr0" in net0 and "tag=42" in net0, net0
     browser.save_screenshot(str(shots / "vm-hardware.png"))
 
+    # Options: a new name, saved with what changed only
+    _css(browser, "#vm-tab-options")[0].click()
+    _type(browser, "#opt-name", "ui-renamed")
+    _css(browser, "#opt-save")[0].click()
+    _wait(browser, lambda d: _css(d, "#opt-message.notice"), "the options saved")
+    assert _config(api, cluster, vmid)["name"] == "ui-renamed"
+
     # Snapshots: take one, change the memory, roll back (confirmed): the memory is back
     _css(browser, "#vm-tab-snapshots")[0].click()
     _wait(browser, lambda d: _css(d, "#snap-table tr[data-snap=current]"), "the snapshot list")
@@ -171,6 +179,14 @@ def test_vm_tabs_and_backup_job(browser, cluster: Cluster, api: requests.Session
     assert created["schedule"] == "sun 03:00" and created["storage"] == "bk"
     assert str(created["vmid"]) == str(vmid)
     browser.save_screenshot(str(shots / "dc-backup-jobs.png"))
+
+    # Datacenter → Notifications: the targets and matchers as the API lists them
+    _css(browser, "#dc-tab-notifications")[0].click()
+    targets = api.get(_url(cluster, "/cluster/notifications/targets"), timeout=10).json()["data"]
+    listed = '#notif-target-table tr[data-target="{}"]'
+    for target in targets:
+        _wait(browser, lambda d, n=target["name"]: _css(d, listed.format(n)),
+              f"target {target['name']} listed")
 
     # the one expected failure: the refused memory value (a 400 on .../config)
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"

@@ -12,7 +12,7 @@ import { VmIcon } from "./Status";
 import { VmConsole } from "./VmConsole";
 import { Graphs } from "./Graphs";
 import { href, VM_TABS as TABS, type VmTab } from "../route";
-import { VmEditTab } from "./vm/Tabs";
+import { VmEditTab } from "./lazy";
 
 interface VmStatus {
   status: string;

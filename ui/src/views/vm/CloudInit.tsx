@@ -34,10 +34,7 @@ export function CloudInit(props: { base: string }) {
     if (password) params.cipassword = password;
     if (!Object.keys(params).length && !deletes.length) return;
     if (deletes.length) params.delete = deletes.join(",");
-    if (await outcome.send("PUT", `${props.base}/config`, params, t("hw.saved"))) {
-      setForm(null);
-      setPassword("");
-    }
+    if (await outcome.send("PUT", `${props.base}/config`, params, t("hw.saved"))) setPassword("");
   };
   const set = (k: Key) => (e: Event) =>
     setForm({ ...form, [k]: (e.currentTarget as HTMLInputElement).value });

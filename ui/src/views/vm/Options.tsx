@@ -37,7 +37,8 @@ export function Options(props: { base: string }) {
     if (!Object.keys(params).length && !deletes.length) return;
     if (deletes.length) params.delete = deletes.join(",");
     if (config.data?.digest) params.digest = String(config.data.digest);
-    if (await outcome.send("PUT", `${props.base}/config`, params, t("hw.saved"))) setForm(null);
+    // the form keeps what was saved; the refreshed config then agrees with it
+    await outcome.send("PUT", `${props.base}/config`, params, t("hw.saved"));
   };
   const errors = outcome.errors;
   const text = (k: Key, label: string, placeholder?: string) => (
