@@ -104,6 +104,8 @@ def test_vm_tabs_and_backup_job(browser, cluster: Cluster, api: requests.Session
     # Hardware: memory (a bad value: the API's error beside the field, then a good one)
     _go(browser, f"#/vm/{vmid}/hardware")
     _wait(browser, lambda d: _css(d, '#hw-table tr[data-key=memory]'), "the hardware list")
+    # unset sockets and cores: the Processors row shows their defaults, as PVE's
+    assert "1 socket(s), 1 core(s)" in _css(browser, "#hw-table tr[data-key=cores]")[0].text
     _css(browser, "#hw-table tr[data-key=memory] .hw-edit")[0].click()
     _type(browser, "#hw-memory", "lots")
     _submit(browser)

@@ -129,7 +129,7 @@ export function BackupJobs(props: { resources: Resource[] }) {
       <div class="table-wrap">
         <table id="bjob-table">
           <thead><tr><th>{t("bjob.id")}</th><th>{t("storage.enabled")}</th><th>{t("bjob.schedule")}</th>
-            <th>{t("bjob.next")}</th><th>{t("create.storage")}</th><th>{t("bjob.selection")}</th>
+            <th>{t("bjob.next")}</th><th>{t("backup.storage")}</th><th>{t("bjob.selection")}</th>
             <th>{t("backup.mode")}</th><th>{t("opt.description")}</th><th /></tr></thead>
           <tbody>
             {jobs.data && jobs.data.length === 0 && <tr><td colSpan={9}>{t("bjob.none")}</td></tr>}
@@ -155,7 +155,7 @@ export function BackupJobs(props: { resources: Resource[] }) {
             <input id="bjob-id" value={form.id} onInput={set("id")} placeholder={t("bjob.id.auto")} /></Field>}
           <Field label={t("bjob.schedule")} param="schedule" errors={errors}>
             <input id="bjob-schedule" value={form.schedule} onInput={set("schedule")} placeholder="sat 02:00" /></Field>
-          <Field label={t("create.storage")} param="storage" errors={errors}>
+          <Field label={t("backup.storage")} param="storage" errors={errors}>
             <select id="bjob-storage" value={form.storage} onChange={set("storage")}>
               {backupStorages.map((s) => <option key={s} value={s}>{s}</option>)}</select></Field>
           <Field label={t("bjob.selection")} param="selection" errors={errors}>

@@ -102,7 +102,7 @@ export function Backup(props: { node: string; vmid: number; running: boolean }) 
       {editing?.kind === "backup" && (
         <Dialog title={t("backup.now")} okLabel={t("backup.start")} onOk={save}
           okDisabled={outcome.busy || !form.storage} onCancel={() => setEditing(null)}>
-          <Field label={t("create.storage")} param="storage" errors={errors}>
+          <Field label={t("backup.storage")} param="storage" errors={errors}>
             <select id="backup-storage" value={form.storage} onChange={set("storage")}>
               {storages.map((s) => <option key={s} value={s}>{s}</option>)}</select>
           </Field>

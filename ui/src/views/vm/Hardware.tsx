@@ -125,7 +125,18 @@ export function Hardware(props: { base: string; node: string; vmid: number }) {
     if (ok) setEditing(null);
   };
 
-  const rows = entries.filter((e) => kindOf(e.key, String(e.value ?? e.pending ?? "")) !== "other")
+  // PVE's Processors row: sockets and cores in one, their defaults (1) when unset
+  const cpuPart = (key: string) => byKey.get(key) ?? { key, value: 1 };
+  const sockets = cpuPart("sockets");
+  const cores = cpuPart("cores");
+  const processors: PendingEntry = {
+    key: "cores", value: t("hw.processors.value", { sockets: sockets.value ?? 1, cores: cores.value ?? 1 }),
+    pending: sockets.pending !== undefined || cores.pending !== undefined
+      ? t("hw.processors.value", { sockets: sockets.pending ?? sockets.value ?? 1,
+                                     cores: cores.pending ?? cores.value ?? 1 }) : undefined,
+  };
+  const listed = [...entries.filter((e) => e.key !== "sockets" && e.key !== "cores"), processors];
+  const rows = listed.filter((e) => kindOf(e.key, String(e.value ?? e.pending ?? "")) !== "other")
     .sort((a, b) => order(a.key) - order(b.key) || a.key.localeCompare(b.key, undefined, { numeric: true }));
   const errors = outcome.errors;
   const netKey = editing?.kind === "net" ? form.key : "";
