@@ -52,12 +52,17 @@ export function logout(): void {
   localStorage.removeItem(SESSION_KEY);
 }
 
-type Params = Record<string, string | number | boolean | undefined>;
+/** A parameter list: an array is sent as the key repeated (PVE's array parameters). */
+export type Params = Record<string, string | number | boolean | string[] | undefined>;
 
 function encode(params: Params): string {
   const form = new URLSearchParams();
   for (const [k, v] of Object.entries(params)) {
     if (v === undefined) continue;
+    if (Array.isArray(v)) {
+      for (const item of v) form.append(k, item);
+      continue;
+    }
     form.set(k, typeof v === "boolean" ? (v ? "1" : "0") : String(v));
   }
   return form.toString();

@@ -12,11 +12,13 @@ export type Route =
   | { kind: "search"; query: string };
 
 /** The VM view's tabs; the summary is the VM's own address (#/vm/100). */
-export type VmTab = "summary" | "console" | "vnc" | "graphs";
-const VM_TABS: VmTab[] = ["summary", "console", "vnc", "graphs"];
+export type VmTab = "summary" | "console" | "vnc" | "graphs" | "hardware" | "options"
+  | "cloudinit" | "snapshots" | "backup";
+export const VM_TABS: VmTab[] = ["summary", "hardware", "options", "cloudinit", "snapshots",
+  "backup", "console", "vnc", "graphs"];
 /** The datacenter's sub-views beside its summary. */
-export type DcView = "log" | "ha" | "storage";
-const DC_VIEWS: DcView[] = ["log", "ha", "storage"];
+export type DcView = "log" | "ha" | "storage" | "backup" | "notifications";
+const DC_VIEWS: DcView[] = ["log", "ha", "storage", "backup", "notifications"];
 /** The datacenter's Permissions pages (#/access/users, a pool's page #/access/pools/p1). */
 export type AccessView = "users" | "groups" | "roles" | "acl" | "tokens" | "pools" | "realms" | "tfa";
 const ACCESS_VIEWS: AccessView[] = ["users", "groups", "roles", "acl", "tokens", "pools", "realms", "tfa"];

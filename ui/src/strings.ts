@@ -1,6 +1,7 @@
 // Every text the UI shows, in one table: a translation is another table with the same
 // keys. `{name}` placeholders are filled by t(key, {name: value}).
 import { accessStrings } from "./views/access/strings";
+import { pageStrings } from "./strings-pages";
 
 const en = {
   ...accessStrings,
@@ -190,6 +191,7 @@ const en = {
   "common.loading": "Loading…",
   "common.error": "Error: {message}",
   "common.none": "—",
+  ...pageStrings,
 } as const;
 
 export type StringKey = keyof typeof en;

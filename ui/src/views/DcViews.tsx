@@ -11,7 +11,7 @@ import type { HaStatusEntry, Resource } from "../types";
 import { Dialog } from "./Confirm";
 import { usePerms } from "./access/perms";
 
-const TABS: (DcView | "summary")[] = ["summary", "log", "ha", "storage"];
+const TABS: (DcView | "summary")[] = ["summary", "log", "ha", "storage", "backup", "notifications"];
 
 /** The datacenter's tab bar (summary, log, HA, storage). */
 export function DcTabs(props: { current: DcView | "summary" | "access" }) {

@@ -10,6 +10,7 @@ import type { Resource } from "../types";
 import { CreateVm } from "./Create";
 import { DatacenterSummary } from "./Datacenter";
 import { ClusterLog, HaView, StorageList } from "./DcViews";
+import { BackupJobs, Notifications } from "./lazy";
 import { NodeSummary } from "./Node";
 import { TaskList } from "./Tasks";
 import { Tree } from "./Tree";
@@ -43,7 +44,9 @@ export function Shell(props: { theme: string; onTheme: () => void; onLogout: () 
       content = <VmView key={route.vmid} vmid={route.vmid} tab={route.tab ?? "summary"} resources={resources} />;
       break;
     case "dcview":
-      content = route.view === "log" ? <ClusterLog />
+      content = route.view === "backup" ? <BackupJobs resources={resources} />
+        : route.view === "notifications" ? <Notifications />
+        : route.view === "log" ? <ClusterLog />
         : route.view === "ha" ? <HaView resources={resources} /> : <StorageList />;
       break;
     case "create":

@@ -11,9 +11,8 @@ import { Meter } from "./Datacenter";
 import { VmIcon } from "./Status";
 import { VmConsole } from "./VmConsole";
 import { Graphs } from "./Graphs";
-import { href, type VmTab } from "../route";
-
-const TABS: VmTab[] = ["summary", "console", "vnc", "graphs"];
+import { href, VM_TABS as TABS, type VmTab } from "../route";
+import { VmEditTab } from "./lazy";
 
 interface VmStatus {
   status: string;
@@ -107,6 +106,8 @@ export function VmView(props: { vmid: number; tab: VmTab; resources: Resource[] 
         vmid={props.vmid} running={running} />}
       {props.tab === "graphs" && node && <Graphs path={`/nodes/${encodeURIComponent(node)}/qemu/${props.vmid}/rrddata`}
         kind="vm" />}
+      {base && node && <VmEditTab tab={props.tab} base={base} node={node} vmid={props.vmid}
+        running={running} />}
       {props.tab === "summary" && <section class="card" aria-label={t("vm.summary")}>
         <h2>{t("vm.summary")}</h2>
         <dl>

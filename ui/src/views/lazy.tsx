@@ -1,0 +1,41 @@
+// The editing pages (a VM's hardware, options, cloud-init, snapshots and backup tabs;
+// the datacenter's backup jobs and notifications) load their code when first opened, as
+// the consoles and graphs do, so the login and the tree stay small.
+import type { ComponentType } from "preact";
+import { useEffect, useState } from "preact/hooks";
+import { t } from "../strings";
+import type { VmTab } from "../route";
+import type { Resource } from "../types";
+
+function lazyView<P extends object>(load: () => Promise<ComponentType<P>>): ComponentType<P> {
+  let loaded: ComponentType<P> | null = null;
+  return function Lazy(props: P) {
+    const [view, setView] = useState<{ c: ComponentType<P> } | null>(loaded ? { c: loaded } : null);
+    const [error, setError] = useState<string | null>(null);
+    useEffect(() => {
+      if (view) return;
+      let alive = true;
+      load().then((c) => { loaded = c; if (alive) setView({ c }); },
+        (e: Error) => { if (alive) setError(e.message); });
+      return () => { alive = false; };
+    }, []);
+    if (error) return <p class="error">{t("common.error", { message: error })}</p>;
+    if (!view) return <p>{t("common.loading")}</p>;
+    const View = view.c;
+    return <View {...props} />;
+  };
+}
+
+const EDIT_TABS: VmTab[] = ["hardware", "options", "cloudinit", "snapshots", "backup"];
+type EditTabProps = { tab: VmTab; base: string; node: string; vmid: number; running: boolean };
+const LazyEditTab = lazyView<EditTabProps>(() => import("./vm/Tabs").then((m) => m.VmEditTab));
+
+/** The VM view's editing tab, if `tab` is one (nothing is loaded for the others). */
+export function VmEditTab(props: EditTabProps) {
+  return EDIT_TABS.includes(props.tab) ? <LazyEditTab {...props} /> : null;
+}
+
+export const BackupJobs = lazyView<{ resources: Resource[] }>(
+  () => import("./BackupJobs").then((m) => m.BackupJobs));
+export const Notifications = lazyView<Record<string, never>>(
+  () => import("./Notifications").then((m) => m.Notifications));
