@@ -90,6 +90,7 @@ def on_event(svc: VolumeService, event: dict[str, Any]) -> None:
     svc.statuses[name] = st
     queue_publish(svc, name, {"up": True, **{k: st.get(k) for k in PUBLISHED}})
     notify_replication(svc, name, st)
+    notify_split_brain(svc, name, st)
     notify_disk(svc, name, st)
     ver = st.get("verify")
     if (event.get("event") == "change" and isinstance(ver, dict)
@@ -136,6 +137,40 @@ def notify_replication(svc: VolumeService, name: str, st: dict[str, Any]) -> Non
                        duration=round(time.monotonic() - started, 1))
         started = None
     svc.replication[name] = (cstate, started)
+
+
+_RESYNCING_OR_IN_SYNC = ("SyncSource", "PausedSyncS", "Connected")
+
+
+def notify_split_brain(svc: VolumeService, name: str, st: dict[str, Any]) -> None:
+    """A split brain found, and its end, from the engine's record
+    (`handshake.split_brain_record`), each said by one node: a detection by the record's
+    `reporter` (the same name on both nodes), a resolution by the survivor once it sends
+    the resync (a resolution the victim then refused never reaches that state). A record
+    seen at daemon start is a state, not a change: nothing is said."""
+    rec = st.get("split_brain")
+    key = None if not isinstance(rec, dict) else \
+        (rec.get("state"), rec.get("time"), rec.get("resolved_time"))
+    if name not in svc.split_brains:
+        svc.split_brains[name] = key
+        return
+    if key is None or svc.split_brains[name] == key:
+        return
+    assert isinstance(rec, dict)
+    peer = str(st.get("peer_node") or "peer")
+    if rec.get("state") == "detected":
+        svc.split_brains[name] = key
+        if rec.get("reporter") == svc.node:
+            svc.notify("split-brain-detected", volume=name, peer=peer,
+                       policy=str(rec.get("policy")),
+                       primaries=", ".join(rec.get("primaries") or []) or "none")
+    elif rec.get("state") == "resolved":
+        if rec.get("survivor") != svc.node:
+            svc.split_brains[name] = key
+        elif str(st.get("cstate")) in _RESYNCING_OR_IN_SYNC:
+            svc.split_brains[name] = key
+            svc.notify("split-brain-resolved", volume=name, policy=str(rec.get("policy")),
+                       victim=str(rec.get("victim")), peer=peer)
 
 
 _ATTACHED = ("Inconsistent", "Outdated", "Consistent", "UpToDate")
