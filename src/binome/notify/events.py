@@ -125,8 +125,9 @@ CATALOGUE: dict[str, EventKind] = {k.name: k for k in [
     _k("replication-disconnected", "replication", S.WARNING, ("volume", "peer"),
        "Replication of {volume} to {peer} disconnected",
        "Volume {volume} lost its connection to {peer} ({reason}).\nWrites continue locally; "
-       "the peer is out of date and cannot take over until it resyncs. Check the replication "
-       "link.", ("peer",)),
+       "the peer is out of date and cannot take over until it resyncs. If it was not on "
+       "purpose, check the replication link; after a disconnect by hand, 'binome volume "
+       "connect {volume}' on both nodes reconnects it.", ("peer",)),
     _k("resync-started", "replication", S.INFO, ("volume", "peer", "out_of_sync_bytes"),
        "Resync of {volume} to {peer} started",
        "Volume {volume} is resyncing {out_of_sync_bytes} bytes to {peer}. {peer} cannot take "

@@ -35,7 +35,7 @@ def test_the_primary_says_the_link_dropped_and_the_sync_source_says_resync() -> 
                  ("PausedSyncS", "Primary"), ("SyncSource", "Primary"),
                  ("Connected", "Primary")) == [
         "replication-disconnected", "resync-started", "resync-done"]
-    assert primary.notes[0][1]["reason"] == "NetworkFailure"
+    assert primary.notes[0][1]["reason"] == "NetworkFailure: network failure"
     assert primary.notes[1][1]["out_of_sync_bytes"] == 8192
 
 

@@ -30,7 +30,7 @@ log = logging.getLogger("binome.volumes")
 PUBLISH_COALESCE = 0.2
 PUBLISHED = ("role", "peer_role", "cstate", "disk", "peer_disk", "suspended", "gi",
              "fenced_by", "fencing", "out_of_sync_kib", "crashed_primary", "open_count",
-             "verify")
+             "verify", "split_brain")
 
 
 async def watch_events(svc: VolumeService, h: supervisor.EngineHandle) -> None:
@@ -106,6 +106,20 @@ def on_event(svc: VolumeService, event: dict[str, Any]) -> None:
 
 _SENDING = ("SyncSource", "PausedSyncS")
 
+# The first state after Connected says why the link went (DRBD's connection states).
+DISCONNECT_REASONS = {
+    "Disconnecting": "disconnected by an administrator ('binome volume disconnect') or "
+                     "dropped by a handshake that refused the peer; see the node log",
+    "StandAlone": "disconnected by an administrator or refused by a handshake; see the "
+                  "node log",
+    "NetworkFailure": "network failure",
+    "BrokenPipe": "the connection broke (broken pipe)",
+    "Timeout": "the peer stopped answering (timeout)",
+    "ProtocolError": "a protocol error on the replication link; see the node log",
+    "TearDown": "the peer closed the connection (its engine stopped or disconnected)",
+    "Unconnected": "the connection was lost",
+}
+
 
 def _connected(cstate: str) -> bool:
     state = ConnState.__members__.get(cstate)
@@ -126,7 +140,8 @@ def notify_replication(svc: VolumeService, name: str, st: dict[str, Any]) -> Non
     peer = str(st.get("peer_node") or "peer")
     if _connected(before) and not _connected(cstate) \
             and st.get("role") == "Primary":
-        svc.notify("replication-disconnected", volume=name, peer=peer, reason=cstate)
+        svc.notify("replication-disconnected", volume=name, peer=peer,
+                   reason=f"{cstate}: {DISCONNECT_REASONS.get(cstate, 'connection lost')}")
     if cstate in _SENDING and before not in _SENDING:
         started = time.monotonic()
         svc.notify("resync-started", volume=name, peer=peer,
