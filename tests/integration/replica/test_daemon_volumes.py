@@ -24,8 +24,8 @@ import pytest
 
 from binome.lab.nbd_client import NbdClient
 from tests.integration.access.client import Api
-from tests.integration.harness import PASSWORD, Cluster, Node, make_cluster, wait_for
-from tests.integration.notify.mailbox import Inbox, free_port, smtp_server
+from tests.integration.harness import Cluster, Node, make_cluster, wait_for
+from tests.integration.notify.mailbox import Inbox
 
 MiB = 1 << 20
 
@@ -332,22 +332,6 @@ def test_volume_events_now_and_streamed(vc: Cluster) -> None:
         local.stop()
         proxied.stop()
     assert not any("s3cret" in ln or "secret" in ln for ln in local.lines + proxied.lines)
-
-
-@pytest.fixture(scope="module")
-def mail(vc: Cluster) -> Iterator[tuple[Inbox, Api]]:
-    """A real SMTP server receiving the cluster's volume notifications (target `mail`),
-    and a target `deadmail` whose server does not listen: its failures must show."""
-    api = Api(vc, "admin@pve", PASSWORD)
-    with smtp_server() as (inbox, port):
-        for name, at in (("mail", port), ("deadmail", free_port())):
-            api.ok("POST", "/cluster/notifications/endpoints/smtp", name=name,
-                   server="127.0.0.1", port=at, mode="insecure", mailto="ops@example.org",
-                   **{"from-address": "binome@example.org"})
-        api.ok("POST", "/cluster/notifications/matchers", name="volume-events",
-               target=["mail", "deadmail"],
-               **{"match-field": ["exact:type=split-brain,replication"]})
-        yield inbox, api
 
 
 def test_split_brain_in_standalone_mode_recovered_through_the_cli(
