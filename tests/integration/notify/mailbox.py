@@ -38,7 +38,8 @@ class Inbox:
     @staticmethod
     def body(mail: Message) -> str:
         raw = mail.get_payload(decode=True)
-        return raw.decode() if isinstance(raw, bytes) else str(mail.get_payload())
+        text = raw.decode() if isinstance(raw, bytes) else str(mail.get_payload())
+        return text.replace("\r\n", "\n")     # SMTP's line ends
 
     def events(self, title: str) -> list[tuple[Message, str]]:
         """Each event with this title, with its text: a mail of its own (the subject), or
