@@ -90,14 +90,6 @@ def _check_availability(node: Node, sid: str, wall_kill: float, recovery: float)
     assert abs(out["duration"] - recovery) <= keepalive + 1.0
     text = node.cli("ha", "availability", sid).stdout
     assert f"{sid} (started)" in text and "fencing" in text, text
-    # the service's own target replaces the cluster's (none set here) in its report
-    node.cli("ha", "set", sid, "--availability_target", "99.99")
-    [rep] = node.json("ha", "availability", sid, "--period", "day")
-    assert rep["budget"]["target"] == 99.99 and rep["budget"]["scope"] == "service"
-    assert "this service's target" in node.cli("ha", "availability", sid).stdout
-    node.cli("ha", "set", sid, "--delete", "availability_target")
-    [rep] = node.json("ha", "availability", sid, "--period", "day")
-    assert "budget" not in rep
     bad = node.cli("ha", "availability", "--period", "day", "--since", "5", check=False)
     assert bad.returncode != 0 and "give either a period or since/until" in bad.stderr
 
