@@ -189,7 +189,8 @@ def ha_availability(reports: list[dict[str, Any]]) -> str:
                      f"planned {_dur(rep['planned_downtime'])}")
         bud = rep.get("budget")
         if bud:
-            lines.append(f"  budget {bud['target']:g} %: {_dur(bud['used'])} of "
+            scope = " (this service's target)" if bud.get("scope") == "service" else ""
+            lines.append(f"  budget {bud['target']:g} %{scope}: {_dur(bud['used'])} of "
                          f"{_dur(bud['allowed'])} used ({bud['used_percent']:g} %), "
                          f"{_dur(bud['left'])} left")
         for kind, items in (("outage", rep["outage_list"]), ("planned", rep["planned_list"])):

@@ -36,7 +36,8 @@ from binome.store.client import StoreUnavailable
 if TYPE_CHECKING:
     from binome.store.client import Store
 
-RESOURCE_KEYS = ("state", "group", "max_restart", "max_relocate", "comment")
+RESOURCE_KEYS = ("state", "group", "max_restart", "max_relocate", "comment",
+                 "availability_target")
 GROUP_KEYS = ("nodes", "restricted", "nofailback", "comment")
 # qm stop/shutdown's hint to the LRM of how long the guest may take to shut down
 STOP_TIMEOUT = "stop_timeout"

@@ -151,17 +151,25 @@ class ResourceConfig:
     max_restart: int = 1
     max_relocate: int = 1
     comment: str = ""
+    # binome: this service's availability target in percent (None: the cluster's)
+    availability_target: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"state": str(self.state), "group": self.group, "max_restart": self.max_restart,
-                "max_relocate": self.max_relocate, "comment": self.comment}
+        out: dict[str, Any] = {"state": str(self.state), "group": self.group,
+                               "max_restart": self.max_restart,
+                               "max_relocate": self.max_relocate, "comment": self.comment}
+        if self.availability_target is not None:
+            out["availability_target"] = self.availability_target
+        return out
 
     @classmethod
     def from_dict(cls, sid: str, data: dict[str, Any]) -> ResourceConfig:
         return cls(sid=sid, state=RequestedState(data.get("state", "started")),
                    group=data.get("group"), max_restart=int(data.get("max_restart", 1)),
                    max_relocate=int(data.get("max_relocate", 1)),
-                   comment=data.get("comment", ""))
+                   comment=data.get("comment", ""),
+                   availability_target=None if data.get("availability_target") is None
+                   else float(data["availability_target"]))
 
 
 @dataclass

@@ -156,6 +156,18 @@ METRICS: dict[str, Spec] = _specs(
      "Tasks in this node's task index by type and status (running, ok, warning, error)."),
     ("binome_api_request_duration_seconds", "histogram", "method path code",
      "API request latency on this node, by HTTP method, route template and status code."),
+    # ---- notifications this node sent (each event is sent by one node)
+    ("binome_notification_deliveries_total", "counter", "target outcome",
+     "Messages this node finished delivering per target: `delivered`, or `failed` after "
+     "the last retry."),
+    ("binome_notification_delivery_attempt_failures_total", "counter", "target",
+     "Failed delivery attempts per target (each retry that failed counts)."),
+    ("binome_notification_deliveries_pending", "gauge", "target",
+     "Messages being delivered or waiting for a retry, per target."),
+    ("binome_notification_last_failure_timestamp_seconds", "gauge", "target",
+     "Unix time of the last failed delivery attempt per target (absent if none)."),
+    ("binome_notification_events_dropped_total", "counter", "",
+     "Events dropped by this node: its queue was full, or the configuration unreadable."),
     ("binome_metrics_source_up", "gauge", "source",
      "1 if the exporter could read this source at this scrape (etcd, etcd_quorum_read, "
      "ha, ha_availability, volumes, host)."),
@@ -204,6 +216,7 @@ def build(snap: Snapshot) -> Iterator[Metric]:
     _ha(b, snap)
     _volumes(b, snap)
     _tasks(b, snap)
+    _notifications(b, snap)
     for source in SOURCES:
         b.set("binome_metrics_source_up", 0.0 if source in snap.failed else 1.0, source)
     yield from b.families.values()
@@ -335,6 +348,22 @@ def task_status(exitstatus: str | None, running: bool) -> str:
     if exitstatus == "OK":
         return "ok"
     return "warning" if (exitstatus or "").startswith("WARNINGS") else "error"
+
+
+def _notifications(b: _Builder, snap: Snapshot) -> None:
+    if snap.notifications is None:
+        return
+    dropped, targets = snap.notifications
+    b.set("binome_notification_events_dropped_total", dropped)
+    for target, st in sorted(targets.items()):
+        b.set("binome_notification_deliveries_total", st["delivered"], target, "delivered")
+        b.set("binome_notification_deliveries_total", st["failed"], target, "failed")
+        b.set("binome_notification_delivery_attempt_failures_total", st["attempts_failed"],
+              target)
+        b.set("binome_notification_deliveries_pending", st["pending"], target)
+        if st.get("last_failure") is not None:
+            b.set("binome_notification_last_failure_timestamp_seconds", st["last_failure"],
+                  target)
 
 
 def _tasks(b: _Builder, snap: Snapshot) -> None:

@@ -57,6 +57,8 @@ class Snapshot:
     ha_stats: HaStats | None = None
     volumes: list[dict[str, Any]] | None = None
     tasks: list[TaskRecord] = field(default_factory=list)
+    # (events dropped, target -> its delivery counts) of this node's dispatcher
+    notifications: tuple[int, dict[str, dict[str, Any]]] | None = None
     failed: set[str] = field(default_factory=set)
 
 
@@ -71,6 +73,7 @@ async def take(src: MetricSources) -> Snapshot:
     if src.guests is not None:
         snap.guests = dict(src.guests.last_status)
     snap.tasks = list(src.tasks.records.values())
+    snap.notifications = src.notifications.delivery_counts()
     if src.ha is not None:
         snap.ha_stats = src.ha.stats
     cluster = src.cluster

@@ -32,6 +32,12 @@ class HaCounting(Protocol):
     def stats(self) -> HaStats: ...
 
 
+class DeliveryCounting(Protocol):
+    """The notification service's counts (`NotificationService.delivery_counts`)."""
+
+    def delivery_counts(self) -> tuple[int, dict[str, dict[str, Any]]]: ...
+
+
 class MetricSources(Protocol):
     @property
     def config(self) -> NodeConfig: ...
@@ -53,3 +59,6 @@ class MetricSources(Protocol):
 
     @property
     def ha(self) -> HaCounting | None: ...
+
+    @property
+    def notifications(self) -> DeliveryCounting: ...

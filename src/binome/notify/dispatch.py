@@ -5,16 +5,20 @@ the event in a bounded queue (a full queue drops it and counts the drop), so a s
 server can never delay a failover. A worker task gathers events of the same group key within
 `group_window` seconds into one message ("one mail for a node failure, not fifty"), finds the
 targets with the matchers and delivers to each in its own task, with exponential backoff.
+Each delivery (one message to one target) is kept in a bounded history with its outcome:
+delivered, retrying or failed, the last attempt's one-line reason and when.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from binome.notify.config import Entry, NotificationConfig
 from binome.notify.events import Event, Severity
@@ -39,9 +43,40 @@ class TargetStatus:
     pending: int = 0
     delivered: int = 0
     failed: int = 0
+    attempts_failed: int = 0      # failed attempts, retried or not
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
+
+
+#: deliveries kept per node (the newest; each is one message to one target)
+HISTORY_SIZE = 200
+
+
+@dataclass
+class Delivery:
+    """One message to one target and how its delivery went (the API's history entry)."""
+
+    id: int
+    time: float                   # when the message was routed to the target
+    target: str
+    target_type: str
+    title: str
+    severity: str
+    type: str                     # the event type field (fencing, split-brain, ...)
+    events: int                   # events grouped into this message
+    status: str = "pending"       # pending | retrying | delivered | failed
+    attempts: int = 0
+    error: str | None = None      # the last failed attempt's one-line reason
+    updated: float | None = None  # when the status last changed
+
+    def as_dict(self) -> dict[str, object]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit - 1] + "…"
 
 
 def combine(events: list[Event]) -> Notification:
@@ -71,6 +106,8 @@ class Dispatcher:
         self.max_retry = max_retry
         self.dropped = 0
         self.status: dict[str, TargetStatus] = {}
+        self.history: deque[Delivery] = deque(maxlen=HISTORY_SIZE)
+        self._ids = itertools.count(1)
         self._groups: dict[str, list[Event]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._worker: asyncio.Task[None] | None = None
@@ -140,29 +177,40 @@ class Dispatcher:
         note = combine(events)
         for target in targets.values():
             self.status.setdefault(target.name, TargetStatus()).pending += 1
-            self._spawn(self._deliver(target, note))
+            record = Delivery(next(self._ids), time.time(), target.name, target.type,
+                              note.title, note.severity, note.fields.get("type", ""),
+                              len(events))
+            self.history.append(record)
+            self._spawn(self._deliver(target, note, record))
 
-    async def _deliver(self, target: Entry, note: Notification) -> None:
+    async def _deliver(self, target: Entry, note: Notification, record: Delivery) -> None:
         status = self.status[target.name]
         delay = self.first_retry
         try:
             for attempt in range(1, self.max_attempts + 1):
+                record.attempts = attempt
                 try:
                     await self._send(target, note)
                 except DeliveryError as exc:
-                    status.last_failure, status.last_error = time.time(), str(exc)
+                    now = time.time()
+                    status.last_failure, status.last_error = now, str(exc)
+                    status.attempts_failed += 1
+                    record.error, record.updated = one_line(str(exc)), now
                     log.warning("notification '%s' to '%s' failed (attempt %d/%d): %s",
                                 note.title, target.name, attempt, self.max_attempts, exc)
                     if attempt == self.max_attempts:
                         status.failed += 1
+                        record.status = "failed"
                         log.error("notification '%s' to '%s' given up", note.title,
                                   target.name)
                         return
+                    record.status = "retrying"
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.max_retry)
                 else:
-                    status.last_success = time.time()
+                    status.last_success = record.updated = time.time()
                     status.delivered += 1
+                    record.status = "delivered"
                     return
         finally:
             status.pending -= 1

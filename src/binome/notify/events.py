@@ -104,21 +104,30 @@ CATALOGUE: dict[str, EventKind] = {k.name: k for k in [
        "HA service {sid} on {node} entered the error state: {error}.\nThe HA manager no longer "
        "acts on it. Fix the cause, then 'binome ha set {sid} --state disabled' and enable it "
        "again.", ("sid",)),
-    _k("split-brain-detected", "split-brain", S.ERROR, ("volume", "peer"),
+    _k("split-brain-detected", "split-brain", S.ERROR, ("volume", "peer", "policy"),
        "Split brain on volume {volume}",
-       "Volume {volume} has diverging data on {hostname} and {peer}: both were written while "
-       "disconnected.\nReplication is stopped for it. Decide which copy survives (the policy "
-       "configured for it: {policy}), or resolve by hand with 'binome volume resolve'.",
+       "Volume {volume} has diverging data on {hostname} and {peer}: both copies were written "
+       "while they were disconnected, and neither may simply overwrite the other.\n"
+       "Why it stays: {policy} (Primary at the reconnect: {primaries}). Replication of "
+       "{volume} is stopped (StandAlone) and each node keeps its own data.\n"
+       "What to do: decide which node's writes survive. On the other node (the victim), "
+       "whose writes since the split are lost: 'binome volume secondary {volume}' (stop its "
+       "guest first) and 'binome volume connect {volume} --discard-my-data 1'; then on the "
+       "survivor 'binome volume connect {volume}'. The victim resyncs from the survivor.",
        ("volume",)),
     _k("split-brain-resolved", "split-brain", S.WARNING, ("volume", "policy", "victim"),
        "Split brain on volume {volume} resolved",
-       "The split brain on volume {volume} was resolved by policy '{policy}': the changes on "
-       "{victim} were discarded and it resyncs from the survivor.", ("volume",)),
+       "The split brain on volume {volume} was resolved by {policy_text}: {hostname} keeps "
+       "its data; the changes made on {victim} while the two were disconnected are "
+       "discarded, and {victim} resyncs from {hostname}.\nCheck that no data the guest "
+       "wrote on {victim} during the split is needed: it is gone once the resync ends.",
+       ("volume",)),
     _k("replication-disconnected", "replication", S.WARNING, ("volume", "peer"),
        "Replication of {volume} to {peer} disconnected",
        "Volume {volume} lost its connection to {peer} ({reason}).\nWrites continue locally; "
-       "the peer is out of date and cannot take over until it resyncs. Check the replication "
-       "link.", ("peer",)),
+       "the peer is out of date and cannot take over until it resyncs. If it was not on "
+       "purpose, check the replication link; after a disconnect by hand, 'binome volume "
+       "connect {volume}' on both nodes reconnects it.", ("peer",)),
     _k("resync-started", "replication", S.INFO, ("volume", "peer", "out_of_sync_bytes"),
        "Resync of {volume} to {peer} started",
        "Volume {volume} is resyncing {out_of_sync_bytes} bytes to {peer}. {peer} cannot take "
@@ -229,6 +238,14 @@ def make_event(kind: str, hostname: str, *, severity: Severity | str | None = No
         detail = f" ({data['detail']})" if data.get("detail") else ""
         data.setdefault("reason_text", BLOCKED_REASONS[reason][0] + detail)
         data.setdefault("reason_action", BLOCKED_REASONS[reason][1])
+    if kind == "split-brain-resolved":
+        policy = str(data["policy"])
+        data.setdefault("policy_text", {
+            "discard-my-data": "hand ('connect --discard-my-data' on the victim)",
+            "manual": "hand (the victim was invalidated or its data replaced)",
+        }.get(policy, f"the policy '{policy}'"))
+    if kind == "split-brain-detected":
+        data.setdefault("primaries", "?")
     if kind == "disk-io-error":
         data.setdefault("detach_text", "The disk was detached; the volume now reads and writes "
                         "through its peer (diskless). " if data.get("detached") else "")

@@ -110,6 +110,15 @@ class NotificationService:
 
     # -- delivery ------------------------------------------------------------------------
 
+    def delivery_counts(self) -> tuple[int, dict[str, dict[str, Any]]]:
+        """(events dropped, target -> its counts and last outcomes), for the metrics."""
+        return self.dispatcher.dropped, {name: st.as_dict()
+                                         for name, st in self.dispatcher.status.items()}
+
+    def history(self) -> list[dict[str, object]]:
+        """This node's recent deliveries, newest first (bounded: `dispatch.HISTORY_SIZE`)."""
+        return [d.as_dict() for d in reversed(self.dispatcher.history)]
+
     async def _send(self, target: Any, note: Notification) -> None:
         users = target.options.get("mailto-user") or []
         if users:

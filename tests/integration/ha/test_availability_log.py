@@ -138,3 +138,26 @@ async def test_removed_service_and_bounded_log(store: Store) -> None:
     # a stale write (wrong key revision) is refused as a whole
     stale = ServiceRecord("vm:200", [av.Transition(T0, "started", "n1")], revision=1)
     assert not await AvailabilityLog(store).save({"vm:200": stale}, lock, T0)
+
+
+async def test_a_service_is_held_to_its_own_target(store: Store) -> None:
+    """vm:300 has its own 99.99 % target (a resource option), vm:301 the cluster's 99 %:
+    the same 300 s outage uses 112 % of vm:300's monthly budget (267.8 s) and 11 % of
+    vm:301's (26784 s): only vm:300 is told, against its own target."""
+    clock, notes = Clock(), []
+    lock = await _lock(store, "n1")
+    r = AvailabilityRecorder(lambda: store, lambda kind, **f: notes.append((kind, f)),
+                             clock=clock)
+    own = {"vm:300": 99.99}
+    r.offer({"vm:300": ("started", "n1"), "vm:301": ("started", "n1")}, lock, 99.0, None, own)
+    assert await r.sync()
+    clock.now = T0 + 100
+    r.offer({"vm:300": ("error", "n1"), "vm:301": ("error", "n1")}, lock, 99.0, None, own)
+    assert await r.sync()
+    clock.now = T0 + 400
+    r._last_budget_check = float("-inf")
+    r.offer({"vm:300": ("error", "n1"), "vm:301": ("error", "n1")}, lock, 99.0, None, own)
+    assert await r.sync()
+    assert [(k, f["sid"]) for k, f in notes] == [("availability-budget-exceeded", "vm:300")]
+    assert notes[0][1]["target"] == "99.99 % (its own target)"
+    assert notes[0][1]["budget"] == 267

@@ -12,11 +12,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
 import threading
 from collections.abc import Iterator
-from email import message_from_bytes
-from email.message import Message
 from typing import Any
 
 import pytest
@@ -26,6 +23,8 @@ from aiosmtpd.smtp import AuthResult
 
 from tests.integration.access.client import Api
 from tests.integration.harness import PASSWORD, Cluster, make_cluster, wait_for
+from tests.integration.notify.mailbox import Inbox
+from tests.integration.notify.mailbox import free_port as _free_port
 
 pytestmark = pytest.mark.integration
 
@@ -36,29 +35,6 @@ HOOK_SECRET = "hook-s3cret-71ab"
 
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Inbox:
-    """aiosmtpd's handler: every mail received, parsed, in order."""
-
-    def __init__(self) -> None:
-        self.mails: list[Message] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.mails.append(message_from_bytes(envelope.content))
-        return "250 OK"
-
-    def subjects(self) -> list[str]:
-        return [str(m["Subject"]) for m in self.mails]
-
-    def with_subject(self, subject: str) -> list[Message]:
-        return [m for m in self.mails if m["Subject"] == subject]
 
 
 def _authenticator(server: Any, session: Any, envelope: Any, mechanism: str,

@@ -17,6 +17,9 @@ import pytest
 
 from binome.storage.replica.engine import control
 from binome.storage.replica.node import supervisor
+from tests.integration.access.client import Api
+from tests.integration.harness import PASSWORD, Cluster
+from tests.integration.notify.mailbox import Inbox, free_port, smtp_server
 
 _names = itertools.count(1)
 
@@ -113,3 +116,19 @@ def pair() -> Iterator[Any]:
 
     with running_engine() as a, running_engine() as b:
         yield Pair(a, b)
+
+
+@pytest.fixture(scope="module")
+def mail(vc: Cluster) -> Iterator[tuple[Inbox, Api]]:
+    """A real SMTP server receiving the cluster's volume notifications (target `mail`),
+    and a target `deadmail` whose server does not listen: its failures must show."""
+    api = Api(vc, "admin@pve", PASSWORD)
+    with smtp_server() as (inbox, port):
+        for name, at in (("mail", port), ("deadmail", free_port())):
+            api.ok("POST", "/cluster/notifications/endpoints/smtp", name=name,
+                   server="127.0.0.1", port=at, mode="insecure", mailto="ops@example.org",
+                   **{"from-address": "binome@example.org"})
+        api.ok("POST", "/cluster/notifications/matchers", name="volume-events",
+               target=["mail", "deadmail"],
+               **{"match-field": ["exact:type=split-brain,replication"]})
+        yield inbox, api

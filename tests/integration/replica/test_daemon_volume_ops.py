@@ -9,7 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.integration.access.client import Api
 from tests.integration.harness import Cluster, wait_for
+from tests.integration.notify.mailbox import Inbox
 from tests.integration.replica.test_daemon_volumes import (
     MiB,
     backing,
@@ -25,8 +27,10 @@ def vc(tmp_path_factory) -> Iterator[Cluster]:
     yield from volume_cluster(tmp_path_factory, "volops")
 
 
-def test_two_primaries_and_online_verify_through_the_api(vc: Cluster) -> None:
+def test_two_primaries_and_online_verify_through_the_api(
+        vc: Cluster, mail: tuple[Inbox, Api]) -> None:
     n1, n2 = vc["n1"], vc["n2"]
+    inbox, _ = mail
     r = n1.cli("volume", "create", "d1", "--size", "8M", "--protocol", "A",
                "--allow-two-primaries", "1", check=False)
     assert r.returncode != 0 and "allow-two-primaries requires protocol C" in r.stdout + r.stderr
@@ -56,6 +60,10 @@ def test_two_primaries_and_online_verify_through_the_api(vc: Cluster) -> None:
     wait_for(lambda: any("online verify on n1 finished after 8192 KiB: 1 blocks out of sync"
                          in e["msg"] for e in n1.json("cluster", "log", "--max", "50")),
              10, "the cluster log entry")
+    # ... and mailed once, by the node that ran it
+    (_, text), = wait_for(lambda: inbox.events("Verify found differences on d1"), 30,
+                          "the verify mail")
+    assert "against n2 found 4096 bytes that differ" in text, text
     # disconnect/connect resyncs the block
     n2.cli("volume", "disconnect", "d1")
     n2.cli("volume", "connect", "d1")

@@ -23,7 +23,9 @@ from pathlib import Path
 import pytest
 
 from binome.lab.nbd_client import NbdClient
+from tests.integration.access.client import Api
 from tests.integration.harness import Cluster, Node, make_cluster, wait_for
+from tests.integration.notify.mailbox import Inbox
 
 MiB = 1 << 20
 
@@ -332,11 +334,15 @@ def test_volume_events_now_and_streamed(vc: Cluster) -> None:
     assert not any("s3cret" in ln or "secret" in ln for ln in local.lines + proxied.lines)
 
 
-def test_split_brain_in_standalone_mode_recovered_through_the_cli(vc: Cluster) -> None:
+def test_split_brain_in_standalone_mode_recovered_through_the_cli(
+        vc: Cluster, mail: tuple[Inbox, Api]) -> None:
     """Standalone mode on both nodes, both write while disconnected, the reconnect finds
     a split brain (after-sb-1pri disconnect): StandAlone on both; the DRBD recovery by
-    hand through `binome volume`: the victim (n2) discards its data, n1 survives."""
+    hand through `binome volume`: the victim (n2) discards its data, n1 survives.
+    Each step is mailed once, by one node: the disconnect, the split brain with what to
+    do, its resolution by hand, the resync; the deliveries are in the history."""
     n1, n2 = vc["n1"], vc["n2"]
+    inbox, api = mail
     wait_for(lambda: in_sync(vstatus(n1)) and in_sync(vstatus(n2)), 30, "in sync")
     for node in (n1, n2):
         node.cli("volume", "standalone", "v1", "--yes")
@@ -362,6 +368,13 @@ def test_split_brain_in_standalone_mode_recovered_through_the_cli(vc: Cluster) -
         finally:
             events.stop()
         assert backing(n2).read_bytes()[3 * MiB:3 * MiB + 8192] != survivor
+        split = vstatus(n1)["split_brain"]
+        assert split["state"] == "detected" and split["reporter"] == "n1", split
+        (_, text), = wait_for(lambda: inbox.events("Split brain on volume v1"), 30,
+                              "the split-brain mail")
+        print(text)
+        assert "on n1 and n2" in text and "(Primary at the reconnect: n1)" in text
+        assert "'binome volume connect v1 --discard-my-data 1'" in text
         # DRBD's manual recovery, through the CLI (API) on each node.
         n2.cli("volume", "connect", "v1", "--discard-my-data", "1")
         n1.cli("volume", "connect", "v1")
@@ -370,6 +383,47 @@ def test_split_brain_in_standalone_mode_recovered_through_the_cli(vc: Cluster) -
         assert vstatus(n1)["role"] == "Primary" and vstatus(n2)["role"] == "Secondary"
         assert backing(n2).read_bytes() == backing(n1).read_bytes()
         assert backing(n2).read_bytes()[3 * MiB:3 * MiB + 8192] == survivor
+        resolved = vstatus(n2)["split_brain"]
+        assert (resolved["state"], resolved["policy"], resolved["survivor"],
+                resolved["victim"]) == ("resolved", "discard-my-data", "n1", "n2")
+
+        titles = ("Replication of v1 to n2 disconnected", "Split brain on volume v1",
+                  "Split brain on volume v1 resolved", "Resync of v1 to n2 started",
+                  "Resync of v1 to n2 done")
+        wait_for(lambda: all(inbox.events(t) for t in titles), 30,
+                 f"the mails {titles}; got {inbox.subjects()}")
+        assert [len(inbox.events(t)) for t in titles] == [1] * len(titles), inbox.subjects()
+        (_, text), = inbox.events("Split brain on volume v1 resolved")
+        assert "resolved by hand ('connect --discard-my-data' on the victim): n1 keeps its " \
+               "data; the changes made on n2" in text, text
+        (_, text), = inbox.events("Replication of v1 to n2 disconnected")
+        assert "by an administrator" in text, text
+
+        # the deliveries, cluster-wide: delivered to `mail`; `deadmail` failing, with why
+        def history() -> list[dict]:
+            return api.ok("GET", "/cluster/notifications/history", limit=200)
+        wait_for(lambda: any(e["target"] == "deadmail" and e.get("error")
+                             for e in history()), 30, "deadmail's failure in the history")
+        rows = history()
+        good = [e for e in rows if e["target"] == "mail" and e["type"] == "split-brain"]
+        assert good and all(e["status"] == "delivered" and e["node"] == "n1" for e in good)
+        bad = [e for e in rows if e["target"] == "deadmail"]
+        assert all(e["status"] in ("retrying", "failed") and e["attempts"] >= 1 for e in bad)
+        print(bad[0])
+        assert "\n" not in bad[0]["error"]
+        assert api.ok("GET", "/cluster/notifications/history", target="deadmail",
+                      status="delivered") == []
+        assert "deadmail" in n1.cli("notification", "history").stdout
+        r = api.call("GET", "/cluster/notifications/history", status="lost")
+        assert r.status_code == 400 and "status" in r.json().get("errors", {})
+        scrape = api.s.get(f"https://{n1.address}:8006/metrics", timeout=10)
+        assert scrape.status_code == 200, scrape.text
+        assert 'binome_notification_delivery_attempt_failures_total{target="deadmail"}' \
+            in scrape.text
+        assert 'binome_notification_deliveries_total{outcome="delivered",target="mail"}' \
+            in scrape.text or \
+            'binome_notification_deliveries_total{target="mail",outcome="delivered"}' \
+            in scrape.text
     finally:
         for node in (n1, n2):
             node.cli("volume", "standalone", "v1", "--enable", "0", "--yes", check=False)

@@ -135,6 +135,34 @@ def wait_files(d: Path, names: set[str], timeout: float = 20) -> dict[str, str]:
         time.sleep(0.05)
 
 
+def check_split_brain_record(pair: Pair, case: Case) -> None:
+    """The status's `split_brain` (what the daemon's notifications follow): resolved on
+    both with the policy and the survivor's name; unresolved on a side that refused,
+    naming one reporter (the first name when both refused, else the refuser)."""
+    names = {"a": "alpha", "b": "beta"}
+    primaries = sum(case.roles)
+    policy = (case.p0, case.p1, case.p2)[primaries]
+    for side, engine in (("a", pair.a), ("b", pair.b)):
+        rec = engine.call("status", name="r0")["split_brain"]
+        assert rec is not None, (side, case.id)
+        refused = case.survivor is None and case.refuser in (side, "both")
+        if refused:
+            assert rec["state"] == "detected", (side, rec)
+            assert rec["reporter"] == ("alpha" if case.refuser == "both"
+                                       else names[case.refuser]), rec
+        elif case.survivor is not None or case.refuser != "both":
+            assert rec["state"] == "resolved", (side, rec)
+            winner = case.survivor or ("a" if case.refuser == "b" else "b")
+            assert (rec["survivor"], rec["victim"]) == (
+                names[winner], names["b" if winner == "a" else "a"]), rec
+        assert rec["policy"].startswith(f"after-sb-{primaries}pri ")
+        if not policy.startswith("discard-node-"):
+            assert rec["policy"] == f"after-sb-{primaries}pri {policy}" or \
+                (refused and rec["policy"].startswith(f"after-sb-{primaries}pri")), rec
+        assert sorted(rec["primaries"]) == sorted(
+            names[s] for s, p in zip("ab", case.roles, strict=True) if p), rec
+
+
 def make_pair(pair: Pair, case: Case, hdir: Path) -> None:
     cmd = f"{{ env; echo END; }} > {hdir}/$DRBD_MY_NODE.$BINOME_HANDLER"
     pair.create(size="4M", after_sb_0pri=case.p0, after_sb_1pri=case.p1,
@@ -207,6 +235,7 @@ def test_after_split_brain_policy(pair, tmp_path, case):
                 assert (f"automatically solved. Sync from {side} node") in log_of(engine)
         roles = [pair.a.call("status", name="r0")["role"],
                  pair.b.call("status", name="r0")["role"]]
+    check_split_brain_record(pair, case)
     if case.demoted:
         idx = 0 if case.demoted == "a" else 1
         assert roles[idx] == "Secondary"

@@ -213,3 +213,14 @@ def test_availability_target_setting_round_trip() -> None:
     assert "availability_target" not in HaSettings().to_dict()
     with pytest.raises(ValueError, match="minimum value of 90"):
         HA_OPTION.parse("availability_target=80")
+
+
+def test_a_resource_may_have_its_own_availability_target() -> None:
+    from binome.ha.config import merge_resource
+    from binome.ha.model import ResourceConfig
+
+    entry = merge_resource({"state": "started"}, {"availability_target": 99.99})
+    assert ResourceConfig.from_dict("vm:100", entry).availability_target == 99.99
+    assert "availability_target" not in ResourceConfig("vm:100").to_dict()
+    entry = merge_resource(entry, {}, delete=["availability_target"])
+    assert ResourceConfig.from_dict("vm:100", entry).availability_target is None

@@ -4,6 +4,8 @@ from binome.storage.replica.core.handshake import (
     HandshakeInput,
     Policies,
     RrConflict,
+    SplitBrain,
+    split_brain_record,
     sync_handshake,
 )
 from binome.storage.replica.core.splitbrain import AfterSb
@@ -152,3 +154,77 @@ def test_stray_bits_with_equal_generations_are_resynced():
     out = hs(G(A), G(A), mine=12, my_disk=DiskState.Inconsistent,
              peer_disk=DiskState.Inconsistent)
     assert out.conn == ConnState.Connected
+
+
+# -- the split-brain status (what the daemon's notifications follow) --------------------
+
+def test_outcome_says_which_policy_resolved_the_split_brain_and_who_survives():
+    out = hs(*SPLIT, mine=3, theirs=10,
+             policies=Policies(after_sb_0pri=AfterSb.DISCARD_LEAST_CHANGES))
+    assert out.split_brain == SplitBrain(True, "after-sb-0pri discard-least-changes", 0,
+                                         "peer")
+    out = hs(*SPLIT, me_pri=True, policies=Policies(after_sb_1pri=AfterSb.DISCARD_SECONDARY))
+    assert out.split_brain is not None and out.split_brain.survivor == "self"
+    assert out.split_brain.policy == "after-sb-1pri discard-secondary"
+    victim = hs(*SPLIT, discard_my_data=True)
+    assert victim.split_brain == SplitBrain(True, "discard-my-data", 0, "peer")
+    assert hs(G(B, A), G(A)).split_brain is None
+
+
+def test_outcome_of_an_unresolved_split_brain_says_why():
+    assert hs(*SPLIT).split_brain == SplitBrain(False, "after-sb-0pri disconnect", 0)
+    out = hs(*SPLIT_HISTORY, policies=Policies(after_sb_0pri=AfterSb.DISCARD_LEAST_CHANGES))
+    assert out.split_brain is not None and not out.split_brain.resolved
+    assert out.split_brain.policy.startswith("none (the histories diverged")
+    # the policy made this Primary the victim but rr-conflict refuses: unresolved here only
+    out = hs(*SPLIT, me_pri=True, mine=1, theirs=3,
+             policies=Policies(after_sb_0pri=AfterSb.DISCARD_LEAST_CHANGES,
+                               after_sb_1pri=AfterSb.VIOLENTLY))
+    assert out.conn is None and out.split_brain is not None
+    assert not out.split_brain.resolved and out.split_brain.alone
+    # a losing Primary that cannot demote (clients open): the handler, unresolved here only
+    out = hs(*SPLIT, me_pri=True, peer_pri=True, mine=1, theirs=9, can_demote=False,
+             policies=Policies(after_sb_0pri=AfterSb.DISCARD_LEAST_CHANGES,
+                               after_sb_2pri=AfterSb.CALL_HELPER))
+    assert out.conn is None and out.split_brain is not None and out.split_brain.alone
+
+
+def _record(previous, out, me="n1", peer="n2", now=100.0, **kw):
+    return split_brain_record(previous, out, me=me, peer=peer, me_primary=kw.get("mp", False),
+                              peer_primary=kw.get("pp", False), now=now)
+
+
+def test_record_detected_once_then_resolved_by_the_next_handshake():
+    unresolved = hs(*SPLIT)
+    first = _record(None, unresolved, mp=True)
+    assert first == {"state": "detected", "policy": "after-sb-0pri disconnect", "time": 100.0,
+                     "primaries": ["n1"], "nodes": ["n1", "n2"], "reporter": "n1"}
+    # the other side computes the same reporter (the first name)
+    assert _record(None, hs(SPLIT[1], SPLIT[0]), me="n2", peer="n1")["reporter"] == "n1"
+    # the retried connection finds it again: the same split brain, the same record
+    assert _record(first, unresolved, now=130.0) is first
+    # the admin discards n2's data: resolved, survivor n1, the detection time kept
+    survivor = hs(SPLIT[1], SPLIT[0], peer_discard_my_data=True)
+    done = _record(first, survivor, now=160.0)
+    assert done is not None and done["state"] == "resolved"
+    assert (done["policy"], done["survivor"], done["victim"]) == ("discard-my-data", "n1", "n2")
+    assert (done["time"], done["resolved_time"]) == (100.0, 160.0)
+    # later ordinary handshakes keep the last record
+    assert _record(done, hs(G(A), G(A)), now=200.0) is done
+
+
+def test_record_of_a_refusing_side_names_itself_reporter():
+    out = hs(*SPLIT, me_pri=True, peer_pri=True, mine=1, theirs=9, can_demote=False,
+             policies=Policies(after_sb_0pri=AfterSb.DISCARD_LEAST_CHANGES,
+                               after_sb_2pri=AfterSb.CALL_HELPER))
+    rec = _record(None, out, me="n2", peer="n1", mp=True, pp=True)
+    assert rec is not None and rec["reporter"] == "n2" and rec["primaries"] == ["n2", "n1"]
+
+
+def test_record_resolved_by_hand_another_way():
+    detected = _record(None, hs(*SPLIT))
+    # n1 invalidated (Inconsistent): the next handshake makes it the target, no split brain
+    out = hs(*SPLIT_HISTORY, my_disk=DiskState.Inconsistent)
+    rec = _record(detected, out, now=300.0)
+    assert rec is not None and rec["state"] == "resolved" and rec["policy"] == "manual"
+    assert (rec["survivor"], rec["victim"]) == ("n2", "n1")

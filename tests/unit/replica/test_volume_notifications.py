@@ -6,12 +6,16 @@ from types import SimpleNamespace
 from typing import Any
 
 from binome.notify.events import make_event
-from binome.storage.replica.node.engine_events import notify_disk, notify_replication
+from binome.storage.replica.node.engine_events import (
+    notify_disk,
+    notify_replication,
+    notify_split_brain,
+)
 
 
-def _node() -> Any:
+def _node(name: str = "n1") -> Any:
     notes: list[tuple[str, dict[str, Any]]] = []
-    return SimpleNamespace(replication={}, disks={}, notes=notes,
+    return SimpleNamespace(node=name, replication={}, disks={}, split_brains={}, notes=notes,
                            notify=lambda kind, **f: notes.append((kind, f)))
 
 
@@ -31,7 +35,7 @@ def test_the_primary_says_the_link_dropped_and_the_sync_source_says_resync() -> 
                  ("PausedSyncS", "Primary"), ("SyncSource", "Primary"),
                  ("Connected", "Primary")) == [
         "replication-disconnected", "resync-started", "resync-done"]
-    assert primary.notes[0][1]["reason"] == "NetworkFailure"
+    assert primary.notes[0][1]["reason"] == "NetworkFailure: network failure"
     assert primary.notes[1][1]["out_of_sync_bytes"] == 8192
 
 
@@ -70,3 +74,55 @@ def test_a_clean_detach_or_the_state_found_at_start_is_no_io_error() -> None:
     for disk in ("Failed", "Diskless", "UpToDate", "Diskless", "Attaching", "UpToDate"):
         notify_disk(node, "v", {"disk": disk, "backing": "/dev/x"})
     assert node.notes == []
+
+
+DETECTED = {"state": "detected", "policy": "after-sb-1pri disconnect", "time": 10.0,
+            "primaries": ["n1"], "nodes": ["n1", "n2"], "reporter": "n1"}
+RESOLVED = {**DETECTED, "state": "resolved", "policy": "discard-my-data",
+            "resolved_time": 50.0, "survivor": "n1", "victim": "n2"}
+
+
+def _sb(svc: Any, *states: tuple[str, dict[str, Any] | None]) -> list[str]:
+    for cstate, rec in states:
+        peer = "n2" if svc.node == "n1" else "n1"
+        notify_split_brain(svc, "v1", {"cstate": cstate, "peer_node": peer,
+                                       "split_brain": rec})
+    for kind, fields in svc.notes:
+        make_event(kind, svc.node, **fields)
+    return [kind for kind, _ in svc.notes]
+
+
+def test_a_split_brain_is_said_once_by_the_reporter_and_its_end_by_the_survivor() -> None:
+    n1, n2 = _node("n1"), _node("n2")
+    for svc in (n1, n2):
+        _sb(svc, ("Connected", None), ("StandAlone", DETECTED),
+            ("WFConnection", DETECTED), ("StandAlone", DETECTED),   # retried: same record
+            ("WFBitMapS" if svc is n1 else "WFBitMapT", RESOLVED),
+            ("SyncSource" if svc is n1 else "SyncTarget", RESOLVED),
+            ("Connected", RESOLVED))
+    assert [k for k, _ in n1.notes] == ["split-brain-detected", "split-brain-resolved"]
+    assert n2.notes == []
+    detected = make_event("split-brain-detected", "n1", **n1.notes[0][1])
+    assert detected.fields["type"] == "split-brain" and detected.severity == "error"
+    assert "after-sb-1pri disconnect (Primary at the reconnect: n1)" in detected.message
+    assert "'binome volume connect v1 --discard-my-data 1'" in detected.message
+    resolved = make_event("split-brain-resolved", "n1", **n1.notes[1][1])
+    assert "resolved by hand ('connect --discard-my-data' on the victim)" in resolved.message
+    assert "n1 keeps its data" in resolved.message and "changes made on n2" in resolved.message
+
+
+def test_a_resolution_the_victim_refused_is_not_said() -> None:
+    n1 = _node("n1")
+    assert _sb(n1, ("Connected", None), ("WFBitMapS", RESOLVED),
+               ("NetworkFailure", RESOLVED), ("WFConnection", RESOLVED)) == []
+    # the victim's own record says it alone refused: it is the reporter
+    n2 = _node("n2")
+    alone = {**DETECTED, "reporter": "n2"}
+    assert _sb(n2, ("Connected", None), ("StandAlone", alone)) == ["split-brain-detected"]
+
+
+def test_a_split_brain_found_at_daemon_start_is_a_state_not_news() -> None:
+    n1 = _node("n1")
+    assert _sb(n1, ("StandAlone", DETECTED), ("StandAlone", DETECTED)) == []
+    # ... but its resolution afterwards is news
+    assert _sb(n1, ("SyncSource", RESOLVED)) == ["split-brain-resolved"]

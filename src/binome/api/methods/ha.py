@@ -50,6 +50,8 @@ def _resource_entry(sid: str, cfg: dict[str, Any], digest: str) -> dict[str, Any
         out["group"] = cfg["group"]
     if cfg.get("comment"):
         out["comment"] = cfg["comment"]
+    if cfg.get("availability_target") is not None:
+        out["availability_target"] = cfg["availability_target"]
     return out
 
 
@@ -62,6 +64,11 @@ RESOURCE_PARAMS = {
     "max_relocate": Param(type="integer", optional=True, minimum=0, maximum=10,
                           description="Relocations to another node after failed restarts."),
     "comment": Param(type="string", optional=True, max_length=4096, description="Comment."),
+    "availability_target": Param(
+        type="number", optional=True, minimum=90, maximum=99.99999,
+        description="binome: this service's availability target in percent (e.g. 99.99); "
+                    "its report and budget notifications use it instead of the "
+                    "cluster-wide target of the datacenter option 'ha'."),
 }
 
 
@@ -610,11 +617,16 @@ async def ha_availability(ctx: RequestContext, params: dict[str, Any]) -> list[d
     if sid is not None and not records:
         if sid not in await config.resources():
             raise ApiError(500, f"no such resource '{sid}'")
-    target = (await config.settings()).get("availability_target")
+    default = (await config.settings()).get("availability_target")
+    resources = await config.resources()
     out = []
     for name, rec in sorted(records.items()):
+        own = (resources.get(name) or {}).get("availability_target")
+        target = own if own is not None else default
         rep = av.report(name, rec.log, since, until, now,
                         None if target is None else float(target))
+        if target is not None:
+            rep["budget"]["scope"] = "service" if own is not None else "cluster"
         rep["period"] = period
         rep["state"] = rec.last[0] if rec.last else ""
         out.append(rep)

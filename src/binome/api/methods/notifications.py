@@ -11,13 +11,18 @@ update and never returned: a GET shows a webhook secret's name only.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
+
 from binome.access.permission import And, AnyUser, Or
+from binome.api import auth
 from binome.api.context import RequestContext
 from binome.api.errors import ApiError, ParamError
-from binome.api.methods.common import require_quorum
+from binome.api.methods.common import NODE, require_quorum
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
 from binome.notify.config import (
@@ -33,6 +38,8 @@ from binome.notify.events import CATALOGUE
 from binome.notify.repository import DigestMismatch, NotifyConflict
 from binome.notify.senders import DeliveryError
 from binome.notify.service import NotConfigured, NotificationService
+
+log = logging.getLogger(__name__)
 
 BASE = "/cluster/notifications"
 MAPPING = "/mapping/notifications"
@@ -195,7 +202,7 @@ def _options(params: dict[str, Any]) -> dict[str, Any]:
 )
 async def notifications_index(ctx: RequestContext, params: dict[str, Any]) -> list[Any]:
     return [{"name": n} for n in ("endpoints", "matchers", "targets", "matcher-fields",
-                                  "matcher-field-values")]
+                                  "matcher-field-values", "history")]
 
 
 @registry.register(
@@ -244,6 +251,96 @@ async def test_target(ctx: RequestContext, params: dict[str, Any]) -> None:
         await _service(ctx).test_target(name)
     except DeliveryError as exc:   # the sender's text never holds a secret
         raise ApiError(500, f"could not notify via target(s): {name}: {exc}") from None
+
+
+# -- delivery history (binome-specific: PVE keeps none) ------------------------------------
+
+HISTORY_FILTERS = {
+    "limit": Param(type="integer", optional=True, default=50, minimum=1, maximum=1000,
+                   description="Max. number of deliveries (newest first)."),
+    "target": Param(pattern=CONFIGID, max_length=32, optional=True,
+                    description="Only deliveries to this target."),
+    "status": Param(enum=("pending", "retrying", "delivered", "failed"), optional=True,
+                    description="Only deliveries in this state."),
+}
+HISTORY_RETURNS = {"type": "array", "items": {"type": "object", "properties": {
+    "id": {"type": "integer"}, "node": {"type": "string"},
+    "time": {"type": "number", "description": "When the message was routed to the target."},
+    "target": {"type": "string"}, "target_type": {"type": "string"},
+    "title": {"type": "string"}, "severity": {"type": "string"}, "type": {"type": "string"},
+    "events": {"type": "integer", "description": "Events grouped into this message."},
+    "status": {"type": "string", "enum": ["pending", "retrying", "delivered", "failed"]},
+    "attempts": {"type": "integer"},
+    "error": {"type": "string", "optional": True,
+              "description": "The last failed attempt's reason, one line."},
+    "updated": {"type": "number", "optional": True}}}}
+#: how long the cluster-wide history waits for another node's answer
+REMOTE_TIMEOUT = 5.0
+
+
+def _filtered(entries: list[dict[str, Any]], params: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e for e in entries
+            if params.get("target") in (None, e.get("target"))
+            and params.get("status") in (None, e.get("status"))]
+
+
+@registry.register(
+    "GET", "/nodes/{node}/notifications/history", name="node_notification_history",
+    permission=AUDIT, proxyto="node",
+    description="The notifications this node sent (each event is sent by one node), per "
+                "target: delivered, retrying or failed, with the last failure's reason. "
+                "Kept in memory, the newest 200 deliveries.",
+    parameters={"node": NODE, **HISTORY_FILTERS}, returns=HISTORY_RETURNS,
+)
+async def node_history(ctx: RequestContext, params: dict[str, Any]) -> list[Any]:
+    entries = [{**e, "node": ctx.node} for e in ctx.services.notifications.history()]
+    return _filtered(entries, params)[:params.get("limit") or 50]
+
+
+async def _remote_history(ctx: RequestContext, http: aiohttp.ClientSession, node: str,
+                          headers: dict[str, str], params: dict[str, Any]) -> list[Any]:
+    base = await ctx.services.node_api_url(node)
+    query = {k: str(v) for k, v in params.items() if k in HISTORY_FILTERS and v is not None}
+    async with http.get(f"{base}/api2/json/nodes/{node}/notifications/history",
+                        params=query, headers=headers,
+                        ssl=ctx.services.cluster_ssl_context()) as resp:
+        if resp.status != 200:
+            raise aiohttp.ClientError(f"HTTP {resp.status} {resp.reason}")
+        return list((await resp.json(content_type=None)).get("data") or [])
+
+
+@registry.register(
+    "GET", f"{BASE}/history", name="notification_history", permission=AUDIT,
+    description="Notification deliveries of every online node, newest first: per message "
+                "and target, delivered, retrying or failed, with the last failure's reason "
+                "and time. A node that does not answer is left out.",
+    parameters=HISTORY_FILTERS, returns=HISTORY_RETURNS,
+    cli=CliSpec(("notification", "history"),
+                formatter="table:time,node,target,status,attempts,title,error"),
+)
+async def cluster_history(ctx: RequestContext, params: dict[str, Any]) -> list[Any]:
+    entries = _filtered([{**e, "node": ctx.node}
+                         for e in ctx.services.notifications.history()], params)
+    cluster = ctx.services.cluster
+    others = sorted(name for name in cluster.node_records
+                    if name != ctx.node and cluster.node_online(name)) \
+        if cluster.is_member else []
+    if others:
+        key = await ctx.services.authkey()
+        headers = {"Authorization": "PVEAuthCookie=" + auth.make_ticket(key, "root@pam")}
+        async with aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=REMOTE_TIMEOUT)) as http:
+            results = await asyncio.gather(
+                *(_remote_history(ctx, http, node, headers, params) for node in others),
+                return_exceptions=True)
+        for node, result in zip(others, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("notification history: node %s left out: %s", node,
+                            result or type(result).__name__)
+                continue
+            entries.extend(result)
+    entries.sort(key=lambda e: (-float(e.get("time") or 0), str(e.get("node"))))
+    return entries[:params.get("limit") or 50]
 
 
 @registry.register(

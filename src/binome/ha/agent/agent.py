@@ -622,7 +622,8 @@ class HaAgent:
                         if rec.state not in (NodeState.ONLINE, NodeState.MAINTENANCE)
                         and node in seen}
                 self.availability.offer(services, lock_revision,
-                                        self.crm_env.availability_target(), lost)
+                                        self.crm_env.availability_target(), lost,
+                                        self.crm_env.availability_targets())
             clocks = self.crm_env.liveness.clocks
             for node, skew in clocks.alerts():
                 if node != self.node:

@@ -5,7 +5,8 @@ writer of that log. After each CRM round on the node holding the manager lock, t
 `offer`s the committed services' (state, node) and the lock revision; a background task
 (never the round itself: recording must not slow HA) appends what differs from the
 log's last states and, at most every `BUDGET_CHECK` seconds, checks each service's
-downtime budget of the month against `HaSettings.availability_target`, sending the
+downtime budget of the month against its own target (the resource option
+`availability_target`), else `HaSettings.availability_target`, sending the
 "nearly exhausted" (80 %) and "exceeded" (100 %) notifications once per month each (the
 sent level is stored with the log, so a new master does not repeat them).
 """
@@ -37,17 +38,19 @@ class AvailabilityRecorder:
         self._clock = clock
         self._timeout = timeout
         self._offer: tuple[dict[str, tuple[str, str]], int, float | None,
-                           dict[str, float]] | None = None
+                           dict[str, float], dict[str, float]] | None = None
         self._records: dict[str, ServiceRecord] | None = None   # cache, while master
         self._lock_revision: int | None = None
         self._last_budget_check = float("-inf")
         self._wake = asyncio.Event()
 
     def offer(self, services: dict[str, tuple[str, str]], lock_revision: int,
-              target: float | None, lost_since: dict[str, float] | None = None) -> None:
-        """The committed services' (state, node) as master at `lock_revision`, the budget
-        target, and the nodes the status has lost -> their last renewal (wall clock)."""
-        self._offer = (services, lock_revision, target, lost_since or {})
+              target: float | None, lost_since: dict[str, float] | None = None,
+              targets: dict[str, float] | None = None) -> None:
+        """The committed services' (state, node) as master at `lock_revision`, the
+        cluster's budget target, the nodes the status has lost -> their last renewal (wall
+        clock), and the services' own targets (sid -> percent) that replace the cluster's."""
+        self._offer = (services, lock_revision, target, lost_since or {}, targets or {})
         self._wake.set()
 
     def not_master(self) -> None:
@@ -72,7 +75,7 @@ class AvailabilityRecorder:
         offer, store = self._offer, self._store_of()
         if offer is None or store is None:
             return False
-        services, lock_revision, target, lost_since = offer
+        services, lock_revision, target, lost_since, targets = offer
         repo = AvailabilityLog(store)
         if self._records is None or self._lock_revision != lock_revision:
             self._records = await repo.load()
@@ -89,17 +92,19 @@ class AvailabilityRecorder:
         if changed and not await repo.save(changed, lock_revision, now, self._timeout):
             self._records = None     # someone else wrote (a new master): re-read next time
             return False
-        if target is not None and now - self._last_budget_check >= BUDGET_CHECK:
+        if (target is not None or targets) and now - self._last_budget_check >= BUDGET_CHECK:
             self._last_budget_check = now
-            await self._check_budgets(repo, records, target, lock_revision, now)
+            await self._check_budgets(repo, records, target, targets, lock_revision, now)
         return True
 
     async def _check_budgets(self, repo: AvailabilityLog, records: dict[str, ServiceRecord],
-                             target: float, lock_revision: int, now: float) -> None:
+                             default: float | None, targets: dict[str, float],
+                             lock_revision: int, now: float) -> None:
         since, until = av.period_bounds("month", now)
         label = av.period_label("month", since)
         for sid, rec in sorted(records.items()):
-            if rec.last is None or rec.last[0] == av.REMOVED:
+            target = targets.get(sid, default)
+            if rec.last is None or rec.last[0] == av.REMOVED or target is None:
                 continue
             rep = av.report(sid, rec.log, since, until, now, target)
             bud: dict[str, Any] = rep["budget"]
@@ -114,7 +119,9 @@ class AvailabilityRecorder:
             kind = ("availability-budget-exceeded" if level >= 100
                     else "availability-budget-nearly")
             self._notify(kind, sid=sid, month=label, downtime=int(rep["downtime"]),
-                         budget=int(bud["allowed"]), target=f"{target:g} %",
+                         budget=int(bud["allowed"]),
+                         target=f"{target:g} %" + (" (its own target)" if sid in targets
+                                                   else ""),
                          used_percent=f"{bud['used_percent']:g}",
                          downtime_text=human_duration(rep["downtime"]),
                          budget_text=human_duration(bud["allowed"]))

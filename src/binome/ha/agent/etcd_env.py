@@ -473,6 +473,13 @@ class EtcdEnv:
         return decode_settings(self._value(keys.HA_SETTINGS)).availability_target \
             if self._ok else None
 
+    def availability_targets(self) -> dict[str, float]:
+        """The services' own availability targets (a resource option), by sid."""
+        if not self._ok:
+            return {}
+        return {sid: res.availability_target for sid, res in self.read_resources().items()
+                if res.availability_target is not None}
+
     def lock_revision(self) -> int | None:
         """The manager lock's revision when this node held it in the last snapshot."""
         lock = self._entries.get(keys.HA_MANAGER_LOCK)

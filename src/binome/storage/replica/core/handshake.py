@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from binome.storage.replica.core.splitbrain import (
     AfterSb,
@@ -99,6 +100,20 @@ class HandshakeInput:
 
 
 @dataclass(frozen=True)
+class SplitBrain:
+    """A split brain this handshake found: resolved (by which policy, which side keeps its
+    data) or not (the connection is dropped; the administrator decides)."""
+
+    resolved: bool
+    policy: str                     # "after-sb-1pri discard-secondary", "discard-my-data", ...
+    primaries: int                  # Primaries at connect time (which after-sb slot applied)
+    survivor: str | None = None     # "self" or "peer" when resolved
+    # Unresolved here only: the peer's (mirrored) decision was a resync, refused on this
+    # side (a Primary that cannot give up its role, rr-conflict, an inconsistent source).
+    alone: bool = False
+
+
+@dataclass(frozen=True)
 class HandshakeOutcome:
     conn: ConnState | None          # None: drop the connection and go StandAlone
     result: Sync                    # final decision after post-processing
@@ -107,20 +122,69 @@ class HandshakeOutcome:
     handlers: tuple[str, ...] = ()
     demote: bool = False            # demote this node (call-pri-lost-after-sb won)
     log: tuple[str, ...] = ()
+    split_brain: SplitBrain | None = None
+
+
+def split_brain_record(previous: dict[str, Any] | None, out: HandshakeOutcome, *, me: str,
+                       peer: str, me_primary: bool, peer_primary: bool,
+                       now: float) -> dict[str, Any] | None:
+    """The volume's split-brain status after a handshake (`status()["split_brain"]`).
+
+    `state` is "detected" while a split brain stays unresolved and "resolved" once a
+    handshake resolved it: by an after-sb policy, by `discard-my-data`, or by hand another
+    way (the next connection needed no split-brain decision, e.g. after an invalidate).
+    A repeated detection (the source side retries the connection) keeps the first record:
+    `time` identifies one split brain, so the daemon says it once. Both nodes compute the
+    same names, so each event can be sent by one of them.
+    """
+    found = out.split_brain
+    if found is None:
+        if previous is not None and previous.get("state") == "detected" \
+                and out.conn is not None:
+            survivor, victim = (me, peer) if out.result > 0 else (peer, me)
+            return {**previous, "state": "resolved", "policy": "manual",
+                    "survivor": survivor, "victim": victim, "resolved_time": now}
+        return previous
+    if not found.resolved:
+        if previous is not None and previous.get("state") == "detected":
+            return previous
+        # Who says it: both sides found it unresolved (mirrored decisions), so the first
+        # name; or this side alone refused what the peer took for a resolution.
+        return {"state": "detected", "policy": found.policy, "time": now,
+                "primaries": [n for n, p in ((me, me_primary), (peer, peer_primary)) if p],
+                "nodes": sorted((me, peer)),
+                "reporter": me if found.alone else min(me, peer)}
+    survivor, victim = (me, peer) if found.survivor == "self" else (peer, me)
+    detected = previous.get("time") if previous is not None \
+        and previous.get("state") == "detected" else now
+    return {"state": "resolved", "policy": found.policy, "time": detected,
+            "resolved_time": now, "survivor": survivor, "victim": victim,
+            "primaries": [n for n, p in ((me, me_primary), (peer, peer_primary)) if p],
+            "nodes": sorted((me, peer))}
+
+
+def _slot_policy(p: Policies, primaries: int) -> str:
+    return str((p.after_sb_0pri, p.after_sb_1pri, p.after_sb_2pri)[min(primaries, 2)])
 
 
 def sync_handshake(h: HandshakeInput) -> HandshakeOutcome:
     log: list[str] = []
     handlers: list[str] = []
     demote = False
+    split: SplitBrain | None = None
     cmp = uuid_compare(h.me, h.peer, resolve_conflicts=h.resolve_conflicts)
     log.extend(cmp.messages)
     log.append(f"uuid_compare()={int(cmp.result)} by rule {cmp.rule}")
     hg = int(cmp.result)
 
     def out(conn: ConnState | None, result: int, full: bool = False) -> HandshakeOutcome:
+        found = split
+        if found is not None and found.resolved and conn is None:
+            # a policy chose a survivor, but the connection is refused after all (rr-conflict,
+            # an inconsistent source): the split brain stays
+            found = SplitBrain(False, found.policy, found.primaries, alone=True)
         return HandshakeOutcome(conn, Sync(result), full, cmp, tuple(handlers), demote,
-                                tuple(log))
+                                tuple(log), found)
 
     if hg == Sync.UNRELATED:
         log.append("Unrelated data, aborting!")
@@ -152,11 +216,16 @@ def sync_handshake(h: HandshakeInput) -> HandshakeOutcome:
         hg = 1 if source else -1
         log.append(f"Resyncing the out-of-sync blocks from {'this' if source else 'peer'} node.")
 
+    pcount = int(h.me.primary) + int(h.peer.primary)
+    slot = f"after-sb-{pcount}pri"
     if abs(hg) == 100:
         handlers.append("initial-split-brain")
+        automatic = hg == Sync.SPLIT_BRAIN_AUTO or h.policies.always_asbp
+        split = SplitBrain(False, f"{slot} {_slot_policy(h.policies, pcount)}" if automatic
+                           else "none (the histories diverged: no after-sb policy applies "
+                                "without always-asbp)", pcount)
 
     if hg == Sync.SPLIT_BRAIN_AUTO or (hg == Sync.SPLIT_BRAIN and h.policies.always_asbp):
-        pcount = int(h.me.primary) + int(h.peer.primary)
         forced = hg == Sync.SPLIT_BRAIN
         view = SplitBrainView(
             self_was_primary=bool(h.me.gi.bitmap & 1), peer_was_primary=bool(h.peer.gi.bitmap & 1),
@@ -173,11 +242,15 @@ def sync_handshake(h: HandshakeInput) -> HandshakeOutcome:
             log.append(rec.message)
         if rec.handler:
             handlers.append(rec.handler)
+            # pri-lost-after-sb: only this losing Primary refuses; the peer resyncs
+            split = SplitBrain(False, f"{slot} {_slot_policy(p, pcount)}", pcount, alone=True)
         demote = rec.demote
         hg = int(rec.result)
         if abs(hg) < 100:
             log.append(f"Split-Brain detected, {pcount} primaries, automatically solved. "
                        f"Sync from {'peer' if hg < 0 else 'this'} node")
+            split = SplitBrain(True, f"{slot} {_slot_policy(p, pcount)}", pcount,
+                               "peer" if hg < 0 else "self")
             if forced:
                 log.append("Doing a full sync, since UUIDs where ambiguous.")
                 hg *= 2
@@ -190,6 +263,7 @@ def sync_handshake(h: HandshakeInput) -> HandshakeOutcome:
         if abs(hg) < 100:
             log.append("Split-Brain detected, manually solved. "
                        f"Sync from {'peer' if hg < 0 else 'this'} node")
+            split = SplitBrain(True, "discard-my-data", pcount, "peer" if hg < 0 else "self")
 
     if hg == Sync.SPLIT_BRAIN:
         log.append("Split-Brain detected but unresolved, dropping connection!")

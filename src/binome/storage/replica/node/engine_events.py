@@ -30,7 +30,7 @@ log = logging.getLogger("binome.volumes")
 PUBLISH_COALESCE = 0.2
 PUBLISHED = ("role", "peer_role", "cstate", "disk", "peer_disk", "suspended", "gi",
              "fenced_by", "fencing", "out_of_sync_kib", "crashed_primary", "open_count",
-             "verify")
+             "verify", "split_brain")
 
 
 async def watch_events(svc: VolumeService, h: supervisor.EngineHandle) -> None:
@@ -90,6 +90,7 @@ def on_event(svc: VolumeService, event: dict[str, Any]) -> None:
     svc.statuses[name] = st
     queue_publish(svc, name, {"up": True, **{k: st.get(k) for k in PUBLISHED}})
     notify_replication(svc, name, st)
+    notify_split_brain(svc, name, st)
     notify_disk(svc, name, st)
     ver = st.get("verify")
     if (event.get("event") == "change" and isinstance(ver, dict)
@@ -104,6 +105,20 @@ def on_event(svc: VolumeService, event: dict[str, Any]) -> None:
 
 
 _SENDING = ("SyncSource", "PausedSyncS")
+
+# The first state after Connected says why the link went (DRBD's connection states).
+DISCONNECT_REASONS = {
+    "Disconnecting": "disconnected by an administrator ('binome volume disconnect') or "
+                     "dropped by a handshake that refused the peer; see the node log",
+    "StandAlone": "disconnected by an administrator or refused by a handshake; see the "
+                  "node log",
+    "NetworkFailure": "network failure",
+    "BrokenPipe": "the connection broke (broken pipe)",
+    "Timeout": "the peer stopped answering (timeout)",
+    "ProtocolError": "a protocol error on the replication link; see the node log",
+    "TearDown": "the peer closed the connection (its engine stopped or disconnected)",
+    "Unconnected": "the connection was lost",
+}
 
 
 def _connected(cstate: str) -> bool:
@@ -125,7 +140,8 @@ def notify_replication(svc: VolumeService, name: str, st: dict[str, Any]) -> Non
     peer = str(st.get("peer_node") or "peer")
     if _connected(before) and not _connected(cstate) \
             and st.get("role") == "Primary":
-        svc.notify("replication-disconnected", volume=name, peer=peer, reason=cstate)
+        svc.notify("replication-disconnected", volume=name, peer=peer,
+                   reason=f"{cstate}: {DISCONNECT_REASONS.get(cstate, 'connection lost')}")
     if cstate in _SENDING and before not in _SENDING:
         started = time.monotonic()
         svc.notify("resync-started", volume=name, peer=peer,
@@ -136,6 +152,40 @@ def notify_replication(svc: VolumeService, name: str, st: dict[str, Any]) -> Non
                        duration=round(time.monotonic() - started, 1))
         started = None
     svc.replication[name] = (cstate, started)
+
+
+_RESYNCING_OR_IN_SYNC = ("SyncSource", "PausedSyncS", "Connected")
+
+
+def notify_split_brain(svc: VolumeService, name: str, st: dict[str, Any]) -> None:
+    """A split brain found, and its end, from the engine's record
+    (`handshake.split_brain_record`), each said by one node: a detection by the record's
+    `reporter` (the same name on both nodes), a resolution by the survivor once it sends
+    the resync (a resolution the victim then refused never reaches that state). A record
+    seen at daemon start is a state, not a change: nothing is said."""
+    rec = st.get("split_brain")
+    key = None if not isinstance(rec, dict) else \
+        (rec.get("state"), rec.get("time"), rec.get("resolved_time"))
+    if name not in svc.split_brains:
+        svc.split_brains[name] = key
+        return
+    if key is None or svc.split_brains[name] == key:
+        return
+    assert isinstance(rec, dict)
+    peer = str(st.get("peer_node") or "peer")
+    if rec.get("state") == "detected":
+        svc.split_brains[name] = key
+        if rec.get("reporter") == svc.node:
+            svc.notify("split-brain-detected", volume=name, peer=peer,
+                       policy=str(rec.get("policy")),
+                       primaries=", ".join(rec.get("primaries") or []) or "none")
+    elif rec.get("state") == "resolved":
+        if rec.get("survivor") != svc.node:
+            svc.split_brains[name] = key
+        elif str(st.get("cstate")) in _RESYNCING_OR_IN_SYNC:
+            svc.split_brains[name] = key
+            svc.notify("split-brain-resolved", volume=name, policy=str(rec.get("policy")),
+                       victim=str(rec.get("victim")), peer=peer)
 
 
 _ATTACHED = ("Inconsistent", "Outdated", "Consistent", "UpToDate")

@@ -101,6 +101,8 @@ class VolumeService:
         # volume -> (last connection state, when a resync this node sends started)
         self.replication: dict[str, tuple[str, float | None]] = {}
         self.disks: dict[str, str] = {}   # volume -> last local disk state (I/O errors)
+        # volume -> the engine's split-brain record last seen (its state and times)
+        self.split_brains: dict[str, tuple[Any, ...] | None] = {}
         self.engine_dir = state_dir / ENGINE_SUBDIR
         self._handlers_applied: dict[str, dict[str, Any]] = {}
         self.socket_dir = self._socket_dir(self.engine_dir)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from binome.storage.replica.core.handshake import (
     Policies,
     RrConflict,
     incompatible,
+    split_brain_record,
     sync_handshake,
 )
 from binome.storage.replica.core.splitbrain import AfterSb
@@ -166,6 +168,10 @@ async def decide_now(link: PeerLink) -> None:
         can_demote=vol.open_count == 0, dry_run=link.dry_run))
     for line in out.log:
         log.info("%s: %s", vol.name, line)
+    if not link.dry_run:
+        vol.split_brain = split_brain_record(
+            vol.split_brain, out, me=vol.config.node, peer=vol.config.peer_node,
+            me_primary=me.primary, peer_primary=peer.primary, now=time.time())
     for handler in out.handlers:
         vol.call_handler(handler)       # handlers.py; nobody waits for these
     if out.comparison.self_gi != me.gi:

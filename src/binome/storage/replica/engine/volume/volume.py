@@ -142,6 +142,8 @@ class Volume:
         self.fenced_by: str | None = None  # who recorded the peer Outdated (for status)
         self.user_paused = False           # pause-sync
         self.verify_result: dict[str, Any] | None = None   # the last online verify's outcome
+        # the last split brain a handshake found (handshake.split_brain_record)
+        self.split_brain: dict[str, Any] | None = None
         self.on_change: Callable[[Volume], None] | None = None   # the engine's event hook
         # The engine's hook for handler calls and their exit codes (events "call"/"response").
         self.on_helper: Callable[[Volume, str, int | None], None] | None = None

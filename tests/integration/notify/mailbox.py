@@ -1,0 +1,68 @@
+"""A real SMTP server for the notification tests (aiosmtpd on loopback) and the helpers to
+point a cluster's notifications at it over the HTTPS API."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from email import message_from_bytes
+from email.message import Message
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Inbox:
+    """aiosmtpd's handler: every mail received, parsed, in order."""
+
+    def __init__(self) -> None:
+        self.mails: list[Message] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.mails.append(message_from_bytes(envelope.content))
+        return "250 OK"
+
+    def subjects(self) -> list[str]:
+        return [str(m["Subject"]) for m in self.mails]
+
+    def with_subject(self, subject: str) -> list[Message]:
+        return [m for m in self.mails if m["Subject"] == subject]
+
+    @staticmethod
+    def body(mail: Message) -> str:
+        raw = mail.get_payload(decode=True)
+        text = raw.decode() if isinstance(raw, bytes) else str(mail.get_payload())
+        return text.replace("\r\n", "\n")     # SMTP's line ends
+
+    def events(self, title: str) -> list[tuple[Message, str]]:
+        """Each event with this title, with its text: a mail of its own (the subject), or
+        one part of a grouped mail (its body lists each event's time and title)."""
+        found = []
+        for mail in self.mails:
+            body = self.body(mail)
+            if mail["Subject"] == title:
+                found.append((mail, body))
+                continue
+            for part in body.split("\n\n"):
+                head, _, text = part.partition("\n")
+                if head.endswith("  " + title):
+                    found.append((mail, text))
+        return found
+
+
+@contextmanager
+def smtp_server(**kwargs: Any) -> Iterator[tuple[Inbox, int]]:
+    inbox, port = Inbox(), free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port, **kwargs)
+    controller.start()
+    try:
+        yield inbox, port
+    finally:
+        controller.stop()
