@@ -85,7 +85,9 @@ def _check_availability(node: Node, sid: str, wall_kill: float, recovery: float)
     print(f"availability history: {out}; probe: {recovery:.1f} s")
     assert out["cause"] == "fencing" and out["node"] == "n1"
     keepalive = 1.5   # > the default keepalive interval: the last renewal seen before the kill
-    assert wall_kill - keepalive <= out["start"] <= wall_kill + 0.5
+    # the master dates a renewal when its round sees it, up to a round later on a
+    # loaded machine (0.8 s seen once): the start is the last renewal seen
+    assert wall_kill - keepalive <= out["start"] <= wall_kill + keepalive
     # ends when the LRM on n2 reported the guest started (QEMU launched: what the probe saw)
     assert abs(out["duration"] - recovery) <= keepalive + 1.0
     text = node.cli("ha", "availability", sid).stdout
