@@ -36,7 +36,9 @@ AUDITOR_PW = "auditor-password-1"
 
 def _fill(driver, css: str, text: str) -> None:
     el = _css(driver, css)[0]
-    el.clear()
+    # with keys, not WebDriver's clear(): the page's state follows input events, and a
+    # clear() fires none (a field refilled after a refusal kept its old state once)
+    _clear(el)
     el.send_keys(text)
 
 
