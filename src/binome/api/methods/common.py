@@ -6,14 +6,19 @@ them the cluster's store (there is none outside a cluster: a 500 then).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import aiohttp
 
 from binome.access.model import AccessConfig, ValidationError
 from binome.access.ops import AccessError
 from binome.access.repository import AccessConflict, Change
 from binome.access.roles import RoleError
 from binome.access.service import AuthRefused
+from binome.api import auth
 from binome.api.errors import ApiError, ParamError
 from binome.fence.devices import FenceDevices
 from binome.ha.config import HaConfig
@@ -22,6 +27,9 @@ from binome.storage.definitions import StorageDefinitions
 
 if TYPE_CHECKING:
     from binome.api.context import RequestContext
+
+T = TypeVar("T")
+log = logging.getLogger("binome.api")
 
 NODE = Param(format="pve-node", description="The cluster node name ('localhost': this node).")
 UPID = Param(description="The task's unique ID (UPID).", max_length=256)
@@ -87,3 +95,32 @@ RRD_PARAMS = {"timeframe": Param(enum=("hour", "day", "week", "month", "year"),
                                  description="Time frame."),
               "cf": Param(optional=True, default="AVERAGE", enum=("AVERAGE", "MAX"),
                           description="Consolidation function.")}
+
+
+async def from_other_nodes(
+        ctx: RequestContext, what: str, timeout: float,
+        fetch: Callable[[aiohttp.ClientSession, str, dict[str, str]], Awaitable[T]],
+) -> dict[str, T]:
+    """`fetch(http, node, headers)` on every other online node of the cluster at once, as
+    root@pam (a ticket made with the cluster's key): a view PVE builds from every
+    node's own files (tasks, notification deliveries). A node that fails or does not
+    answer within `timeout` seconds is left out, with a warning naming `what`."""
+    cluster = ctx.services.cluster
+    others = sorted(name for name in cluster.node_records
+                    if name != ctx.node and cluster.node_online(name)) \
+        if cluster.is_member else []
+    if not others:
+        return {}
+    key = await ctx.services.authkey()
+    headers = {"Authorization": "PVEAuthCookie=" + auth.make_ticket(key, "root@pam")}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
+        results = await asyncio.gather(*(fetch(http, node, headers) for node in others),
+                                       return_exceptions=True)
+    out: dict[str, T] = {}
+    for node, result in zip(others, results, strict=True):
+        if isinstance(result, BaseException):
+            log.warning("%s: node %s left out: %s", what, node,
+                        result or type(result).__name__)
+            continue
+        out[node] = result
+    return out

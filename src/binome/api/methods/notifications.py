@@ -11,7 +11,6 @@ update and never returned: a GET shows a webhook secret's name only.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -19,10 +18,9 @@ from typing import Any
 import aiohttp
 
 from binome.access.permission import And, AnyUser, Or
-from binome.api import auth
 from binome.api.context import RequestContext
 from binome.api.errors import ApiError, ParamError
-from binome.api.methods.common import NODE, require_quorum
+from binome.api.methods.common import NODE, from_other_nodes, require_quorum
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
 from binome.notify.config import (
@@ -321,24 +319,11 @@ async def _remote_history(ctx: RequestContext, http: aiohttp.ClientSession, node
 async def cluster_history(ctx: RequestContext, params: dict[str, Any]) -> list[Any]:
     entries = _filtered([{**e, "node": ctx.node}
                          for e in ctx.services.notifications.history()], params)
-    cluster = ctx.services.cluster
-    others = sorted(name for name in cluster.node_records
-                    if name != ctx.node and cluster.node_online(name)) \
-        if cluster.is_member else []
-    if others:
-        key = await ctx.services.authkey()
-        headers = {"Authorization": "PVEAuthCookie=" + auth.make_ticket(key, "root@pam")}
-        async with aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=REMOTE_TIMEOUT)) as http:
-            results = await asyncio.gather(
-                *(_remote_history(ctx, http, node, headers, params) for node in others),
-                return_exceptions=True)
-        for node, result in zip(others, results, strict=True):
-            if isinstance(result, BaseException):
-                log.warning("notification history: node %s left out: %s", node,
-                            result or type(result).__name__)
-                continue
-            entries.extend(result)
+    remote = await from_other_nodes(
+        ctx, "notification history", REMOTE_TIMEOUT,
+        lambda http, node, headers: _remote_history(ctx, http, node, headers, params))
+    for result in remote.values():
+        entries.extend(result)
     entries.sort(key=lambda e: (-float(e.get("time") or 0), str(e.get("node"))))
     return entries[:params.get("limit") or 50]
 

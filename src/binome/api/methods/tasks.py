@@ -3,17 +3,15 @@ the cluster's recent tasks (`/cluster/tasks`, gathered from every node)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
 import aiohttp
 
 from binome.access.permission import AnyUser
-from binome.api import auth
 from binome.api.context import RequestContext
 from binome.api.errors import PermissionDenied, fail, param_error
-from binome.api.methods.common import NODE, UPID
+from binome.api.methods.common import NODE, UPID, from_other_nodes
 from binome.api.registry import CliSpec, WithTotal, registry
 from binome.api.schema import Param
 from binome.tasks.manager import RECENT_TASKS
@@ -214,24 +212,9 @@ async def cluster_tasks(ctx: RequestContext, params: dict[str, Any]) -> list[dic
     local = [cluster_task_entry(str(r.upid), running=r.status == "running",
                                 status=r.exitstatus, endtime=r.endtime)
              for r in ctx.services.tasks.recent()]
-    cluster = ctx.services.cluster
-    others = sorted(name for name in cluster.node_records
-                    if name != ctx.node and cluster.node_online(name)) \
-        if cluster.is_member else []
     by_node: dict[str, list[dict[str, Any]]] = {ctx.node: local}
-    if others:
-        key = await ctx.services.authkey()
-        headers = {"Authorization": "PVEAuthCookie=" + auth.make_ticket(key, "root@pam")}
-        async with aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=REMOTE_TIMEOUT)) as http:
-            results = await asyncio.gather(
-                *(_remote_recent(ctx, http, node, headers) for node in others),
-                return_exceptions=True)
-        for node, result in zip(others, results, strict=True):
-            if isinstance(result, BaseException):
-                log.warning("cluster tasks: node %s left out: %s", node,
-                            result or type(result).__name__)
-                continue
-            by_node[node] = result
+    by_node.update(await from_other_nodes(
+        ctx, "cluster tasks", REMOTE_TIMEOUT,
+        lambda http, node, headers: _remote_recent(ctx, http, node, headers)))
     entries = [e for node in sorted(by_node) for e in by_node[node]]
     return visible_tasks(entries, ctx.userid, see_all)
