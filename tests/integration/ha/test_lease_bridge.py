@@ -94,7 +94,7 @@ async def test_renews_past_the_ttl_and_moves_the_watchdog(etcd, store, tmp_path)
         assert now["armed"] and now["vmids"] == [100, 101]
         assert now["deadline"] > first + 2.0
         assert now["deadline"] - time.monotonic() <= rec.self_fence_deadline
-        assert bridge.extended >= 5 and bridge.running
+        assert bridge.extended >= 5 and bridge.running and bridge.guarding is True
     finally:
         bridge.stop("test over")
     frozen = (tmp_path / "ha-watchdog.state").read_text()
@@ -105,6 +105,27 @@ async def test_renews_past_the_ttl_and_moves_the_watchdog(etcd, store, tmp_path)
     bridge.join(2)
     assert not bridge.running and bridge.ended == "test over"
     await store.revoke_lease(lease)
+
+
+async def test_a_disarmed_watchdog_is_not_carried(etcd, store, tmp_path) -> None:
+    """A node without HA guests: the lease and heartbeat only (the agent's keeper ends the
+    bridge at its first renewal, seeing `guarding` False)."""
+    lease = await store.grant_lease(3)
+    rec = record(etcd, tmp_path, lease)
+    Watchdog(rec.watchdog_state, rec.watchdog_pid, device=None).disarm_sync()
+    before = (tmp_path / "ha-watchdog.state").read_text()
+    bridge = LeaseBridge(rec)
+    assert bridge.guarding is None
+    bridge.start()
+    try:
+        await wait(lambda: bridge.renewals >= 2, 5, "two renewals")
+        assert bridge.guarding is False and bridge.extended == 0
+        assert (tmp_path / "ha-watchdog.state").read_text() == before
+        beats, _ = await store.range_leased(HEARTBEAT)
+        assert [b.lease for b in beats] == [lease]
+    finally:
+        bridge.stop("test over")
+        await store.revoke_lease(lease)
 
 
 async def test_a_revoked_lease_ends_it_and_the_watchdog_is_left_alone(etcd, store,

@@ -503,6 +503,9 @@ class HaAgent:
                 self._arm_locked(sent + self.timers.self_fence_deadline, self.armed_sids)
         self.renewals.renewed(sent, time.monotonic() - sent, self.node)
         await self._hb_link.succeeded(store)
+        bridge = self._bridge
+        if bridge is not None and bridge.guarding is False:
+            bridge.stop("the HA agent renews the lease (no armed watchdog to carry)")
         self._save_lease_record(lease)
         return True
 

@@ -27,7 +27,8 @@ lease instead of granting a new one, so keys bound to it (alive, stats, the mana
 lock of a master) survive too.
 
 It stops for good, and never touches the watchdog again, as soon as: the HA agent
-writes the watchdog itself (its first arm or disarm: `stop()`), the lease is gone
+writes the watchdog itself (its first arm or disarm: `stop()`), or renews the lease
+itself while the watchdog is not armed (a node without HA guests), the lease is gone
 (expired or revoked: a clean stop revokes it), the supervisor has fired (the guests
 are dead; the restarted LRM deals with it as with any fire), the record is older than
 the lease could be, or `MAX_BRIDGE` seconds have passed (a daemon that cannot start its
@@ -137,6 +138,10 @@ class LeaseBridge:
         self.extended = 0            # watchdog deadlines moved
         self.started_at = 0.0
         self.ended = ""              # why it stopped ("" while running)
+        # whether the watchdog was armed at the last renewal (None: not known yet): when
+        # it was not, the bridge only carries the lease, and the agent's keeper ends it
+        # at its own first renewal instead of at a watchdog write that may never come
+        self.guarding: bool | None = None
         self._lock = threading.Lock()    # held around each watchdog write and by stop()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -232,6 +237,7 @@ class LeaseBridge:
                 self._end("the watchdog had already fired: the guests it guarded are dead")
                 return
             state = _read_state(Path(rec.watchdog_state))
+            self.guarding = bool(state.get("armed"))
             if state.get("armed") and isinstance(state.get("vmids"), list):
                 self._watchdog.arm_sync(sent + rec.self_fence_deadline, state["vmids"],
                                         state.get("qemu_run_dir", ""))
