@@ -21,6 +21,7 @@ from tests.integration.harness import PASSWORD, Cluster
 from tests.integration.ui.test_browser import (  # noqa: F401 (fixtures)
     _base,
     _css,
+    _fill,
     _go,
     _login,
     _tree_item,
@@ -32,14 +33,6 @@ from tests.integration.ui.test_browser import (  # noqa: F401 (fixtures)
 )
 
 AUDITOR_PW = "auditor-password-1"
-
-
-def _fill(driver, css: str, text: str) -> None:
-    el = _css(driver, css)[0]
-    # with keys, not WebDriver's clear(): the page's state follows input events, and a
-    # clear() fires none (a field refilled after a refusal kept its old state once)
-    _clear(el)
-    el.send_keys(text)
 
 
 def _submit(driver) -> None:

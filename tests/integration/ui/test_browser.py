@@ -153,15 +153,32 @@ def _css(driver, selector: str):
     return driver.find_elements(By.CSS_SELECTOR, selector)
 
 
+def _fill(driver, selector: str, text: str) -> None:
+    """Replace a field's text with keys, and see it took.
+
+    Not WebDriver's clear(): the page's state follows input events and clear() fires
+    none, so a re-render between clear() and the keys put the old text back (once the
+    Options tab saved "ui-editui-renamed")."""
+    from selenium.webdriver.common.keys import Keys
+
+    def typed(driver) -> bool:
+        field = _css(driver, selector)
+        if not field:
+            return False
+        field[0].send_keys(Keys.CONTROL, "a")
+        field[0].send_keys(Keys.BACKSPACE)
+        field[0].send_keys(text)
+        return field[0].get_attribute("value") == text
+
+    _wait(driver, typed, f"{text!r} typed into {selector}")
+
+
 def _login(driver, password: str, username: str = "admin") -> None:
     from selenium.webdriver.support.ui import Select
 
     _wait(driver, lambda d: _css(d, "#login-realm option[value=pve]"), "the realm list")
-    user, pw = _css(driver, "#login-username")[0], _css(driver, "#login-password")[0]
-    user.clear()
-    user.send_keys(username)
-    pw.clear()
-    pw.send_keys(password)
+    _fill(driver, "#login-username", username)
+    _fill(driver, "#login-password", password)
     Select(_css(driver, "#login-realm")[0]).select_by_value("pve")
     _css(driver, "#login-submit")[0].click()
 
@@ -350,11 +367,6 @@ def test_create_vm_wizard(browser, cluster: Cluster, api: requests.Session,
     shows in the tree."""
     from selenium.webdriver.support.ui import Select
 
-    def field(css: str, text: str) -> None:
-        el = _css(browser, css)[0]
-        el.clear()
-        el.send_keys(text)
-
     _go(browser, "#/dc")
     _css(browser, "#create-vm")[0].click()
     _wait(browser, lambda d: _css(d, "#create-vmid") and _css(d, "#create-vmid")[0]
@@ -362,22 +374,22 @@ def test_create_vm_wizard(browser, cluster: Cluster, api: requests.Session,
     vmid = int(_css(browser, "#create-vmid")[0].get_attribute("value"))
     try:
         assert Select(_css(browser, "#create-node")[0]).first_selected_option.text == "n1"
-        field("#create-name", "ui-wizard")
+        _fill(browser, "#create-name", "ui-wizard")
         _css(browser, "#create-next")[0].click()                       # -> OS
         _wait(browser, lambda d: _css(d, "#create-iso"), "the OS step")
         _css(browser, "#create-step-memory")[0].click()
-        field("#create-memory", "64x")
+        _fill(browser, "#create-memory", "64x")
         _css(browser, "#create-step-disks")[0].click()
         Select(_css(browser, "#create-storage")[0]).select_by_value("")  # no disk
         _css(browser, "#create-step-network")[0].click()
-        _css(browser, "#create-bridge")[0].clear()                     # no NIC
+        _fill(browser, "#create-bridge", "")                           # no NIC
         _css(browser, "#create-step-confirm")[0].click()
         _css(browser, "#create-submit")[0].click()
         error = _wait(browser, lambda d: _css(d, "#error-memory"), "the memory error")[0]
         assert error.text, "the API's reason for the parameter"
         assert "has-error" in _css(browser, "#create-step-memory")[0].get_attribute("class")
         browser.save_screenshot(str(shots / "create-error.png"))
-        field("#create-memory", "64")
+        _fill(browser, "#create-memory", "64")
         _css(browser, "#create-step-confirm")[0].click()
         assert f"{vmid}" in _css(browser, "#create-summary")[0].text
         _css(browser, "#create-submit")[0].click()

@@ -17,7 +17,7 @@ import requests
 
 from tests.integration.harness import PASSWORD, Cluster
 from tests.integration.ui import test_browser as ui
-from tests.integration.ui.test_browser import _base, _css, _go, _login, _task_ok, _wait
+from tests.integration.ui.test_browser import _base, _css, _fill, _go, _login, _task_ok, _wait
 
 # the browser tests' module fixtures (a logged-in API session, chromium, the screenshots'
 # directory), used here by name
@@ -75,12 +75,6 @@ def _submit(driver) -> None:
     _dialog(driver).find_element("css selector", "button[type=submit]").click()
 
 
-def _type(driver, selector: str, text: str) -> None:
-    field = _wait(driver, lambda d: _css(d, selector), selector)[0]
-    field.clear()
-    field.send_keys(text)
-
-
 def _task_finished_ok(driver, what: str) -> None:
     """The task viewer shows the change's task, and the task ends OK."""
     _wait(driver, lambda d: _css(d, "#task-viewer[data-state=ok], #task-viewer[data-state=failed]"),
@@ -107,11 +101,11 @@ def test_vm_tabs_and_backup_job(browser, cluster: Cluster, api: requests.Session
     # unset sockets and cores: the Processors row shows their defaults, as PVE's
     assert "1 socket(s), 1 core(s)" in _css(browser, "#hw-table tr[data-key=cores]")[0].text
     _css(browser, "#hw-table tr[data-key=memory] .hw-edit")[0].click()
-    _type(browser, "#hw-memory", "lots")
+    _fill(browser, "#hw-memory", "lots")
     _submit(browser)
     error = _wait(browser, lambda d: _css(d, "#error-memory"), "the memory field's error")[0]
     assert error.text, "an empty error"
-    _type(browser, "#hw-memory", "256")
+    _fill(browser, "#hw-memory", "256")
     _submit(browser)
     _wait(browser, lambda d: not _css(d, "dialog[open]"), "the memory dialog closed")
     assert _config(api, cluster, vmid)["memory"] == 256
@@ -123,7 +117,7 @@ def test_vm_tabs_and_backup_job(browser, cluster: Cluster, api: requests.Session
     _css(browser, "#hw-table tr[data-key=net0] .hw-edit")[0].click()
     _dialog(browser)
     Select(_css(browser, "#hw-net-model")[0]).select_by_value("e1000")
-    _type(browser, "#hw-net-tag", "42")
+    _fill(browser, "#hw-net-tag", "42")
     _submit(browser)
     _wait(browser, lambda d: not _css(d, "dialog[open]"), "the NIC dialog closed")
     net0 = _config(api, cluster, vmid)["net0"]
@@ -132,7 +126,7 @@ def test_vm_tabs_and_backup_job(browser, cluster: Cluster, api: requests.Session
 
     # Options: a new name, saved with what changed only
     _css(browser, "#vm-tab-options")[0].click()
-    _type(browser, "#opt-name", "ui-renamed")
+    _fill(browser, "#opt-name", "ui-renamed")
     _css(browser, "#opt-save")[0].click()
     _wait(browser, lambda d: _css(d, "#opt-message.notice"), "the options saved")
     assert _config(api, cluster, vmid)["name"] == "ui-renamed"
@@ -141,7 +135,7 @@ def test_vm_tabs_and_backup_job(browser, cluster: Cluster, api: requests.Session
     _css(browser, "#vm-tab-snapshots")[0].click()
     _wait(browser, lambda d: _css(d, "#snap-table tr[data-snap=current]"), "the snapshot list")
     _css(browser, "#snap-take")[0].click()
-    _type(browser, "#snap-name", "before")
+    _fill(browser, "#snap-name", "before")
     _submit(browser)
     _task_finished_ok(browser, "the snapshot")
     _wait(browser, lambda d: _css(d, "#snap-table tr[data-snap=before]"), "the snapshot listed")
@@ -168,10 +162,10 @@ def test_vm_tabs_and_backup_job(browser, cluster: Cluster, api: requests.Session
     _go(browser, "#/dc/backup")
     _wait(browser, lambda d: _css(d, "#bjob-add"), "the backup jobs page")
     _css(browser, "#bjob-add")[0].click()
-    _type(browser, "#bjob-id", f"ui-job-{vmid}")
-    _type(browser, "#bjob-schedule", "sun 03:00")
+    _fill(browser, "#bjob-id", f"ui-job-{vmid}")
+    _fill(browser, "#bjob-schedule", "sun 03:00")
     Select(_css(browser, "#bjob-storage")[0]).select_by_value("bk")
-    _type(browser, "#bjob-vmid", str(vmid))
+    _fill(browser, "#bjob-vmid", str(vmid))
     _submit(browser)
     job = f'#bjob-table tr[data-job="ui-job-{vmid}"]'
     _wait(browser, lambda d: _css(d, job), "the new job listed")
