@@ -8,22 +8,27 @@ a node outside a cluster has none, and then knows only root@pam.
 Freshness: every authenticated request reads one key, the access generation (bumped by
 every change, in the change's own transaction), and rebuilds the snapshot when it
 moved. So a user disabled, a token deleted or an ACL removed on any node takes effect
-on the next request everywhere, at the price of one etcd read per request.
+on the next request everywhere, at the price of one etcd read per request. Long-lived
+connections (console websockets) are held with `live_session` instead: sessions.py
+watches that key and ends them within moments of such a change, or at an expiry.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from binome.access.evaluator import Evaluator
 from binome.access.model import ROOT_USER, AccessConfig, TfaUser, ValidationError, split_userid
+from binome.access.permission import Decl
 from binome.access.ratelimit import LoginRateLimiter
 from binome.access.repository import GENERATION, AccessRepository, Change, Snapshot, StoreLike
 from binome.access.secrets import verify_secret
+from binome.access.sessions import LiveSession, SessionWatch, grant_for
 from binome.access.tokens import TokenAuthError, TokenVerifier, parse_token_header
 
 log = logging.getLogger("binome.access")
@@ -58,6 +63,7 @@ class AccessService:
         self._cached: _Cached | None = None
         self.limiter = LoginRateLimiter()
         self._tokens = TokenVerifier()
+        self.sessions = SessionWatch(self.evaluator, store_of, clock)
 
     # -- the current snapshot ------------------------------------------------------------
 
@@ -157,6 +163,17 @@ class AccessService:
         except LdapError as exc:
             log.warning("LDAP realm %s: %s", realm, exc)   # the text carries no secret
             return False
+
+    @contextlib.asynccontextmanager
+    async def live_session(self, authid: str, decl: Decl, params: Mapping[str, Any]
+                           ) -> AsyncIterator[LiveSession]:
+        """Watch a long-lived connection (a console websocket) opened by `authid` under
+        the permission `decl` with `params`: `ended()` answers once the user or token is
+        disabled, expired, deleted or regenerated, or the permission is gone (sessions.py).
+        The caller closes its connection then."""
+        grant = grant_for(await self.config(), authid, decl, params)
+        async with self.sessions.hold(grant) as session:
+            yield session
 
     # -- changes -----------------------------------------------------------------------
 

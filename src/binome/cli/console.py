@@ -73,6 +73,8 @@ async def _scripted(ws, expect: str | None, timeout: float) -> int:
         except TimeoutError:
             break
         if msg.type != aiohttp.WSMsgType.BINARY:
+            if _say_why(msg):
+                return 1
             break
         out.write(msg.data)
         out.flush()
@@ -98,9 +100,14 @@ async def _interactive(ws) -> int:
                 return
             await ws.send_bytes(data)
 
+    why: list[str] = []
+
     async def screen() -> None:
-        async for msg in ws:
+        while True:
+            msg = await ws.receive()
             if msg.type != aiohttp.WSMsgType.BINARY:
+                if msg.type == aiohttp.WSMsgType.CLOSE and msg.extra:
+                    why.append(str(msg.extra))
                 return
             os.write(sys.stdout.fileno(), msg.data)
 
@@ -113,5 +120,14 @@ async def _interactive(ws) -> int:
         loop.remove_reader(fd)
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
         with contextlib.suppress(Exception):
-            sys.stderr.write("\r\nDisconnected.\n")
-    return 0
+            sys.stderr.write(f"\r\nDisconnected{': ' + why[0] if why else ''}.\n")
+    return 1 if why else 0
+
+
+def _say_why(msg: aiohttp.WSMessage) -> bool:
+    """Print the server's reason for closing ("access revoked: user ... was disabled"),
+    if it gave one; whether it did."""
+    if msg.type == aiohttp.WSMsgType.CLOSE and msg.extra:
+        sys.stderr.write(f"binome: console closed: {msg.extra}\n")
+        return True
+    return False

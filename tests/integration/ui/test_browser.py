@@ -11,6 +11,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -358,6 +359,91 @@ def test_consoles_and_graphs(browser, cluster: Cluster, console_vm: int, shots: 
     browser.save_screenshot(str(shots / "node-graphs.png"))
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == [], errors
+
+
+def test_console_ends_when_access_is_revoked(cluster: Cluster, api: requests.Session,
+                                            console_vm: int) -> None:
+    """A live console websocket (VNC, on the guest's node n1) opened as a non-root user
+    with VM.Console closes within seconds, with the reason, when the access changes on
+    another node (n2): first a token-authenticated one whose token is deleted (the
+    user's own session stays), then a ticket one whose user is disabled."""
+    import asyncio
+
+    import aiohttp
+
+    vm = console_vm
+    n1 = f"{_base(cluster)}/api2/json"
+    n2 = f"https://{cluster['n2'].address}:8006/api2/json"
+    userid = f"ws-{uuid.uuid4().hex[:6]}@pve"
+    password = "console-" + uuid.uuid4().hex
+
+    def ok(r: requests.Response) -> Any:
+        assert r.status_code == 200, (r.status_code, r.reason, r.text)
+        return r.json()["data"]
+
+    ok(api.post(f"{n1}/access/users", data={"userid": userid, "password": password},
+                timeout=10))
+    try:
+        ok(api.put(f"{n1}/access/acl", data={"path": f"/vms/{vm}", "roles": "PVEVMUser",
+                                              "users": userid}, timeout=10))
+        token = ok(api.post(f"{n1}/access/users/{userid}/token/ws", data={"privsep": 0},
+                            timeout=10))
+        token_header = {"Authorization": f"PVEAPIToken={token['full-tokenid']}="
+                                         f"{token['value']}"}
+        login = ok(requests.post(f"{n1}/access/ticket", verify=False, timeout=10,
+                                 data={"username": userid, "password": password}))
+        cookies = {"PVEAuthCookie": login["ticket"]}
+        ticket_headers = {"CSRFPreventionToken": login["CSRFPreventionToken"]}
+
+        async def open_vnc(session: aiohttp.ClientSession,
+                           headers: dict[str, str]) -> aiohttp.ClientWebSocketResponse:
+            async with session.post(f"{n1}/nodes/n1/qemu/{vm}/vncproxy", headers=headers,
+                                    ssl=False) as r:
+                assert r.status == 200, (r.status, r.reason)
+                data = (await r.json())["data"]
+            ws = await session.ws_connect(
+                f"{n1}/nodes/n1/qemu/{vm}/vncwebsocket", ssl=False, headers=headers,
+                params={"port": data["port"], "vncticket": data["ticket"]})
+            banner = await asyncio.wait_for(ws.receive(), 10)
+            assert banner.type == aiohttp.WSMsgType.BINARY and \
+                banner.data.startswith(b"RFB "), banner
+            return ws
+
+        async def closed_within(ws: aiohttp.ClientWebSocketResponse, seconds: float
+                                ) -> tuple[float, aiohttp.WSMessage]:
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            while True:                 # the guest's frames until the close
+                msg = await asyncio.wait_for(ws.receive(), began + seconds - loop.time())
+                if msg.type != aiohttp.WSMsgType.BINARY:
+                    return loop.time() - began, msg
+
+        async def scenario() -> None:
+            async with aiohttp.ClientSession(cookies=cookies) as user_session, \
+                    aiohttp.ClientSession() as token_session:
+                by_token = await open_vnc(token_session, token_header)
+                by_ticket = await open_vnc(user_session, ticket_headers)
+                r = await asyncio.to_thread(
+                    api.delete, f"{n2}/access/users/{userid}/token/ws", timeout=10)
+                assert r.status_code == 200, r.text
+                took, msg = await closed_within(by_token, 5)
+                assert msg.type == aiohttp.WSMsgType.CLOSE, msg
+                assert msg.data == 1008 and msg.extra == \
+                    f"access revoked: API token '{userid}!ws' was deleted", msg
+                print(f"token session closed {took:.2f} s after the delete")
+                assert not by_ticket.closed    # the user's own session goes on
+                r = await asyncio.to_thread(api.put, f"{n2}/access/users/{userid}",
+                                            data={"enable": 0}, timeout=10)
+                assert r.status_code == 200, r.text
+                took, msg = await closed_within(by_ticket, 5)
+                assert msg.type == aiohttp.WSMsgType.CLOSE, msg
+                assert msg.data == 1008 and \
+                    msg.extra == f"access revoked: user '{userid}' was disabled", msg
+                print(f"ticket session closed {took:.2f} s after the disable")
+
+        asyncio.run(scenario())
+    finally:
+        api.delete(f"{n1}/access/users/{userid}", timeout=10)
 
 
 def test_create_vm_wizard(browser, cluster: Cluster, api: requests.Session,

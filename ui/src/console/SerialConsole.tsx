@@ -35,7 +35,8 @@ export default function SerialConsole(props: ConsoleProps) {
         ws?.send(encoder.encode("\r"));
       };
       ws.onmessage = (e) => term.write(new Uint8Array(e.data as ArrayBuffer));
-      ws.onclose = () => { if (alive) props.onState("closed"); };
+      // the server's reason, e.g. "access revoked: user 'x@pve' was disabled"
+      ws.onclose = (e) => { if (alive) props.onState("closed", e.reason || undefined); };
     }, (e: Error) => { if (alive) props.onState("closed", e.message); });
     return () => {
       alive = false;

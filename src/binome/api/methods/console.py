@@ -4,8 +4,12 @@
 bound to the user, the VM and the console kind, valid for 30 seconds;
 `vncwebsocket` checks the API login *and* that ticket, then relays bytes
 between the websocket and the guest's VNC or serial unix socket. noVNC (web
-UI) and `binome vm console` use it. The websocket must be opened on the node
-that runs the guest.
+UI) and `binome vm console` use it. The ticket request is proxied to the guest's
+node like any method with `proxyto`; the websocket itself is never proxied: it must be
+opened on the node that runs the guest, which holds it as a live session of the access
+module (access/sessions.py). That closes it (code 1008, "access revoked: <why>") within
+moments of the user or token being disabled, expiring, being deleted or regenerated, or
+losing VM.Console on the VM, whichever node the change was made on.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import secrets
 import time
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from binome.api.context import RequestContext
 from binome.api.errors import ApiError, fail
@@ -122,6 +126,7 @@ async def vm_vncwebsocket(ctx: RequestContext, params: dict[str, Any]) -> web.St
     except OSError as exc:
         raise fail(f"VM {vmid}: cannot open the {kind} console: {exc}") from None
     assert ctx.request is not None
+    access = ctx.services.access
     ws = web.WebSocketResponse(protocols=("binary",), max_msg_size=0)
     await ws.prepare(ctx.request)
 
@@ -139,14 +144,32 @@ async def vm_vncwebsocket(ctx: RequestContext, params: dict[str, Any]) -> web.St
                 break
             await writer.drain()
 
-    tasks = [asyncio.create_task(guest_to_client()), asyncio.create_task(client_to_guest())]
+    close_code, close_text = WSCloseCode.OK, b""
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        # the access module ends the session when the user or token may no longer
+        # open it (disabled, expired, deleted, regenerated, VM.Console gone)
+        async with access.live_session(ctx.userid, CONSOLE, params) as session:
+            ended = asyncio.create_task(session.ended())
+            tasks = [asyncio.create_task(guest_to_client()),
+                     asyncio.create_task(client_to_guest()), ended]
+            try:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in tasks:
+                    t.cancel()
+            if session.reason is not None:
+                # 1008 policy violation; the reason (<= 123 bytes) is what clients show
+                close_code = WSCloseCode.POLICY_VIOLATION
+                close_text = close_reason(session.reason)
     finally:
-        for t in tasks:
-            t.cancel()
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
-        await ws.close()
+        await ws.close(code=close_code, message=close_text)
     return ws
+
+
+def close_reason(reason: str) -> bytes:
+    """A websocket close reason: 'access revoked: <why>', cut to the 123 bytes allowed."""
+    text = f"access revoked: {reason}".encode()
+    return text[:123].decode(errors="ignore").encode()
