@@ -144,6 +144,41 @@ export async function loginTfa(username: string, challenge: string, response: st
   });
 }
 
+/** The page's own address, the `redirect-url` of an OpenID login (PVE's UI sends the
+ * same, and the provider must allow it). */
+const openIdRedirect = () => location.origin;
+
+/** The provider's answer in this page's address after an OpenID login, or null. */
+export function openIdReturn(): { state: string; code?: string; error?: string } | null {
+  const q = new URLSearchParams(location.search);
+  const state = q.get("state");
+  if (!state || !(q.has("code") || q.has("error"))) return null;
+  return { state, code: q.get("code") ?? undefined,
+           error: q.get("error_description") || q.get("error") || undefined };
+}
+
+/** Forget the provider's answer in the address bar (a reload must not replay it). */
+export function clearOpenIdReturn(): void {
+  history.replaceState(null, "", location.pathname + location.hash);
+}
+
+/** Step one of an OpenID login: the provider's authorization URL for `realm`. */
+export async function openIdAuthUrl(realm: string): Promise<string> {
+  return post<string>("/access/openid/auth-url", { realm, "redirect-url": openIdRedirect() });
+}
+
+/** Step two, back from the provider: the code and state for a ticket. */
+export async function loginOpenId(code: string, state: string): Promise<void> {
+  const data = await post<TicketAnswer>("/access/openid/login", {
+    code, state, "redirect-url": openIdRedirect(),
+  });
+  setTicket(data.ticket, {
+    username: data.username,
+    csrf: data.CSRFPreventionToken,
+    clustername: data.clustername,
+  });
+}
+
 /** A ticket lasts two hours: renew it with itself (PVE's renewal) well before then. */
 export async function renewTicket(): Promise<void> {
   if (!session) return;

@@ -2,7 +2,7 @@
 // follows the system's preference until the user picks one.
 import { render } from "preact";
 import { useEffect, useState } from "preact/hooks";
-import { currentSession, get, logout, setLoggedOutHandler } from "./api";
+import { currentSession, get, logout, openIdReturn, setLoggedOutHandler } from "./api";
 import { Login } from "./views/Login";
 import { Shell } from "./views/Shell";
 import "./style.css";
@@ -16,7 +16,10 @@ function initialTheme(): string {
 }
 
 function App() {
-  const [loggedIn, setLoggedIn] = useState(() => currentSession() !== null);
+  // back from an OpenID provider: the login form finishes that login, even over a
+  // stored session
+  const [loggedIn, setLoggedIn] = useState(() => currentSession() !== null
+    && openIdReturn() === null);
   const [theme, setTheme] = useState(initialTheme);
 
   useEffect(() => {

@@ -6,7 +6,8 @@ works, a pool with a VM added from the pool's page, an LDAP realm (the bind pass
 write-only) and its sync task; the pool view of the tree, the
 search box and the Search panel, the tag view; then, logged in as the new auditor, the
 write buttons are absent, and the auditor adds a TOTP factor for itself (its code
-computed here from the otpauth URI the page shows once)."""
+computed here from the otpauth URI the page shows once). Then the login form's OpenID
+button, through the test provider of tests/integration/access/test_openid.py."""
 
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ from pathlib import Path
 import pyotp
 import requests
 
+from tests.integration.access.test_openid import (  # noqa: F401 (fixture)
+    CLIENT_ID,
+    CLIENT_SECRET,
+    _purge,
+    provider,
+)
 from tests.integration.harness import PASSWORD, Cluster
 from tests.integration.ui.test_browser import (  # noqa: F401 (fixtures)
     _base,
@@ -267,3 +274,55 @@ def test_permissions_pool_view_and_search(browser, cluster: Cluster,  # noqa: F8
         api.delete(f"{base}/access/users/admin@pve/token/{tokenid}", timeout=10)
         api.delete(f"{base}/access/users/{userid}", timeout=10)
         api.delete(f"{base}/access/domains/{realm}", timeout=10)
+
+
+def test_openid_login_button(browser, cluster: Cluster, api: requests.Session,  # noqa: F811
+                             provider: dict[str, str], shots: Path) -> None:  # noqa: F811
+    """An OpenID Connect realm in the login form: choosing it hides the password and
+    shows "Login with <realm>"; the browser goes to the provider (the test OP of
+    test_openid.py), signs in there and comes back with code and state, and the page
+    finishes the login (autocreate) and forgets them from its address."""
+    from selenium.webdriver.support.ui import Select
+
+    base = f"{_base(cluster)}/api2/json"
+    realm = f"uioidc{uuid.uuid4().hex[:4]}"
+    r = api.post(f"{base}/access/domains", timeout=10, data={
+        "realm": realm, "type": "openid", "issuer-url": provider["issuer"],
+        "client-id": CLIENT_ID, "client-key": CLIENT_SECRET, "autocreate": 1})
+    assert r.status_code == 200, r.text
+    try:
+        if _css(browser, "#logout"):
+            _css(browser, "#logout")[0].click()
+        else:
+            browser.get(_base(cluster) + "/")
+        _wait(browser, lambda d: _css(d, f"#login-realm option[value={realm}]"),
+              "the OpenID realm in the realm list")
+        Select(_css(browser, "#login-realm")[0]).select_by_value(realm)
+        button = _wait(browser, lambda d: _css(d, "#login-openid"), "the OpenID button")[0]
+        assert button.text == f"Login with {realm}"
+        assert not _css(browser, "#login-password, #login-submit")
+        browser.save_screenshot(str(shots / "login-openid.png"))
+        button.click()
+        # the provider's own pages (oidc-provider's development interactions): any
+        # name signs in, then the consent
+        _wait(browser, lambda d: d.current_url.startswith(provider["issuer"])
+              and _css(d, "input[name=login]"), "the provider's login form")
+        _css(browser, "input[name=login]")[0].send_keys("carol")
+        _css(browser, "input[name=password]")[0].send_keys("anything")
+        _css(browser, "button[type=submit]")[0].click()
+        _wait(browser, lambda d: _css(d, "input[name=prompt][value=consent]")
+              or d.current_url.startswith(provider["redirect"]), "the provider's consent")
+        if _css(browser, "input[name=prompt][value=consent]"):
+            _css(browser, "button[type=submit]")[0].click()
+        _wait(browser, lambda d: _css(d, "#shell-user") and f"carol@{realm}" in
+              _css(d, "#shell-user")[0].text, "logged in back from the provider")
+        assert browser.execute_script("return location.search") == ""
+        browser.save_screenshot(str(shots / "login-openid-done.png"))
+        _css(browser, "#logout")[0].click()
+        _wait(browser, lambda d: _css(d, "#login-realm"), "the login form again")
+        # this user may see nothing (403s are network errors): only script errors count
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"
+                  and e.get("source") != "network"]
+        assert errors == [], errors
+    finally:
+        _purge(cluster, realm)

@@ -1,11 +1,16 @@
 // Login: user name, password and realm (GET /access/domains), then the second factor
-// when the API answers NeedTFA.
+// when the API answers NeedTFA. An OpenID Connect realm has no password: its button
+// sends the browser to the provider (POST /access/openid/auth-url), which sends it back
+// here with code and state for POST /access/openid/login, as PVE's login does.
 import { useEffect, useRef, useState } from "preact/hooks";
-import { ApiError, get, login, loginTfa } from "../api";
+import {
+  ApiError, clearOpenIdReturn, get, login, loginOpenId, loginTfa, openIdAuthUrl, openIdReturn,
+} from "../api";
 import { t } from "../strings";
 
 interface Realm {
   realm: string;
+  type?: string;
   comment?: string;
   default?: number;
 }
@@ -22,6 +27,21 @@ export function Login(props: { onLoggedIn: () => void }) {
   const [recovery, setRecovery] = useState(false);
   const userRef = useRef<HTMLInputElement>(null);
   const codeRef = useRef<HTMLInputElement>(null);
+
+  useEffect(() => {
+    const back = openIdReturn();
+    if (back === null) return;
+    clearOpenIdReturn();
+    if (!back.code) {
+      setError(t("login.openid.refused", { message: back.error ?? "" }));
+      return;
+    }
+    setBusy(true);
+    loginOpenId(back.code, back.state).then(() => props.onLoggedIn(), (e: unknown) => {
+      setError(explain(e, t("login.openid.failed")));
+      setBusy(false);
+    });
+  }, []);
 
   useEffect(() => {
     get<Realm[]>("/access/domains").then((list) => {
@@ -61,6 +81,20 @@ export function Login(props: { onLoggedIn: () => void }) {
     }
   };
 
+  const openid = realms.find((r) => r.realm === realm)?.type === "openid";
+
+  const submitOpenId = async (ev: Event) => {
+    ev.preventDefault();
+    setBusy(true);
+    setError("");
+    try {
+      location.href = await openIdAuthUrl(realm);   // the provider sends the browser back
+    } catch (e) {
+      setError(t("login.error", { message: (e as Error).message }));
+      setBusy(false);
+    }
+  };
+
   const submitTfa = async (ev: Event) => {
     ev.preventDefault();
     if (!tfa) return;
@@ -82,8 +116,9 @@ export function Login(props: { onLoggedIn: () => void }) {
       <div class="login-box">
         <h1><span class="logo" aria-hidden="true">◆</span> {t("app.title")}</h1>
         {tfa === null ? (
-          <form onSubmit={submit} aria-label={t("login.title")}>
+          <form onSubmit={openid ? submitOpenId : submit} aria-label={t("login.title")}>
             <h2>{t("login.title")}</h2>
+            {!openid && <>
             <label>
               {t("login.username")}
               <input id="login-username" ref={userRef} autocomplete="username" required
@@ -94,6 +129,7 @@ export function Login(props: { onLoggedIn: () => void }) {
               <input id="login-password" type="password" autocomplete="current-password"
                 required value={password} onInput={(e) => setPassword(e.currentTarget.value)} />
             </label>
+            </>}
             <label>
               {t("login.realm")}
               <select id="login-realm" value={realm}
@@ -106,9 +142,15 @@ export function Login(props: { onLoggedIn: () => void }) {
               </select>
             </label>
             {error && <p class="error" role="alert" id="login-error">{error}</p>}
-            <button id="login-submit" type="submit" class="primary" disabled={busy}>
-              {busy ? t("login.busy") : t("login.submit")}
-            </button>
+            {openid ? (
+              <button id="login-openid" type="submit" class="primary" disabled={busy}>
+                {busy ? t("login.busy") : t("login.openid", { realm })}
+              </button>
+            ) : (
+              <button id="login-submit" type="submit" class="primary" disabled={busy}>
+                {busy ? t("login.busy") : t("login.submit")}
+              </button>
+            )}
           </form>
         ) : (
           <form onSubmit={submitTfa} aria-label={t("login.tfa.title")}>
