@@ -250,6 +250,12 @@ def test_permissions_pool_view_and_search(browser, cluster: Cluster,  # noqa: F8
         _dialog(browser, "the TOTP dialog")
         uri = _css(browser, "#tfa-uri")[0].text
         assert uri.startswith("otpauth://totp/"), uri
+        # beside it, the URI as a QR code: an SVG image the browser decoded and drew
+        qr = _wait(browser, lambda d: d.execute_script(
+            "const i = document.querySelector('#tfa-qr');"
+            "return i && i.complete && i.naturalWidth > 0 && i.getAttribute('src');"),
+            "the QR code drawn")
+        assert qr.startswith("data:image/svg+xml"), qr[:40]
         totp = pyotp.parse_uri(uri)
         _fill(browser, "#tfa-code", "000000" if totp.now() != "000000" else "111111")
         _fill(browser, "#tfa-password", AUDITOR_PW)

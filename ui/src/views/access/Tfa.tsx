@@ -1,6 +1,6 @@
 // Second factors (/access/tfa): every user's entries the caller may see, add a TOTP
-// factor for oneself (the seed is made here in the browser, shown once as the otpauth
-// URI and its secret for the authenticator app, and proven by a current code), add
+// factor for oneself (the seed is made here in the browser, shown once as a QR code,
+// the otpauth URI and its secret for the authenticator app, and proven by a current code), add
 // recovery keys (shown once), delete an entry. Writes ask for the caller's password, as
 // PVE does (root@pam excepted).
 import { useState } from "preact/hooks";
@@ -10,6 +10,7 @@ import { t } from "../../strings";
 import * as fmt from "../../format";
 import { Dialog } from "../Confirm";
 import { AccessTabs, Field, Message, enc, useAction, usePerms } from "./common";
+import { QrCode } from "./QrCode";
 
 interface TfaEntry { id: string; type: string; description?: string; created?: number; enable?: number }
 interface TfaUser { userid: string; entries: TfaEntry[]; "totp-locked"?: number; "tfa-locked-until"?: number }
@@ -122,6 +123,7 @@ export function TfaView() {
           onOk={addTotp} onCancel={() => setAdding(null)}>
           <Message outcome={action.message?.error ? action.message : null} id="dialog-message" />
           <p>{t("access.tfa.scan")}</p>
+          <QrCode id="tfa-qr" text={adding.uri} label={t("access.tfa.qr")} />
           <dl id="tfa-new-secret">
             <dt>{t("access.tfa.uri")}</dt><dd><code id="tfa-uri" class="wrap">{adding.uri}</code></dd>
             <dt>{t("access.tfa.secret")}</dt><dd><code id="tfa-secret">{adding.secret}</code></dd>
