@@ -1,4 +1,5 @@
-"""The HA Env protocol (`binome.ha.env.Env`) against every implementation of it.
+"""The HA Env protocol (`binome.ha.env.Env`) against every implementation of it (and
+the store protocol of the access module's live-session watch against the real store).
 
 mypy checks this file (`make lint`): each `_as_env` function below only type-checks if
 the implementation has every method and property of `Env` with compatible signatures.
@@ -13,9 +14,11 @@ import inspect
 
 import pytest
 
+from binome.access.sessions import WatchingStore
 from binome.ha.agent.etcd_env import EtcdEnv
 from binome.ha.env import ClusterEnv, CrmEnv, Env, LrmEnv
 from binome.ha.sim.env import SimEnv
+from binome.store.client import Store
 from tests.unit.ha.fakes import FakeEnv
 
 pytestmark = pytest.mark.unit
@@ -31,6 +34,12 @@ def _fake_env_as_env(env: FakeEnv) -> Env:
 
 def _sim_env_as_env(env: SimEnv) -> Env:
     return env
+
+
+def _store_as_watching(store: Store) -> WatchingStore:
+    """The access module's live-session watch (access/sessions.py) uses the real store
+    only through this protocol; it must keep matching."""
+    return store
 
 
 def _protocol_members(protocol: type) -> set[str]:
