@@ -119,16 +119,16 @@ export function Login(props: { onLoggedIn: () => void }) {
           <form onSubmit={openid ? submitOpenId : submit} aria-label={t("login.title")}>
             <h2>{t("login.title")}</h2>
             {!openid && <>
-            <label>
-              {t("login.username")}
-              <input id="login-username" ref={userRef} autocomplete="username" required
-                value={username} onInput={(e) => setUsername(e.currentTarget.value)} />
-            </label>
-            <label>
-              {t("login.password")}
-              <input id="login-password" type="password" autocomplete="current-password"
-                required value={password} onInput={(e) => setPassword(e.currentTarget.value)} />
-            </label>
+              <label>
+                {t("login.username")}
+                <input id="login-username" ref={userRef} autocomplete="username" required
+                  value={username} onInput={(e) => setUsername(e.currentTarget.value)} />
+              </label>
+              <label>
+                {t("login.password")}
+                <input id="login-password" type="password" autocomplete="current-password"
+                  required value={password} onInput={(e) => setPassword(e.currentTarget.value)} />
+              </label>
             </>}
             <label>
               {t("login.realm")}
