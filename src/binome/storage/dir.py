@@ -268,7 +268,8 @@ class DirStorage(Storage):
         if path.suffix == ".qcow2":
             import json
 
-            info = json.loads(await _run("qemu-img", "info", "--output=json", str(path)))
+            # -U: a running guest's QEMU holds the image's write lock; reading its size is safe
+            info = json.loads(await _run("qemu-img", "info", "-U", "--output=json", str(path)))
             return int(info["virtual-size"])
         return path.stat().st_size
 

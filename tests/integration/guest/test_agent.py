@@ -175,9 +175,13 @@ def move_disk_online(px, node, vm, vmid: int, cluster: Cluster, done) -> None:
     # cancelled mid-way (bandwidth-limited): the guest stays on its disk, nothing changes
     before = vm.config.get()
     upid = vm.move_disk.post(disk="virtio0", storage="mvqga", bwlimit=1024)
-    wait_for(lambda: any("drive-virtio0: transferred" in e["t"]
-                         for e in node.tasks(upid).log.get(limit=100)), 20,
-             "the mirror under way")
+    try:
+        wait_for(lambda: any("drive-virtio0: transferred" in e["t"]
+                             for e in node.tasks(upid).log.get(limit=100)), 20,
+                 "the mirror under way")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {[e['t'] for e in node.tasks(upid).log.get()]}") \
+            from None
     node.tasks(upid).delete()
     assert done(upid) != "OK"
     after = vm.config.get()
