@@ -114,3 +114,135 @@ def test_unused_unlink_protection_efidisk_tpm(api, cluster: Cluster) -> None:
     assert config(api, cluster, vmid)["unused0"] == efi.group(1)
     assert wait_task(api, cluster, api.delete(url, timeout=30).json()["data"]) == "OK"
     assert images(api, cluster, vmid) == {}
+
+
+def _storage(api: requests.Session, cluster: Cluster, name: str, content: str) -> None:
+    r = api.get(f"{base(cluster)}/storage", timeout=10)
+    if name not in {s["storage"] for s in r.json()["data"]}:
+        r = api.post(f"{base(cluster)}/storage", timeout=10, data={
+            "storage": name, "type": "dir", "content": content, "nodes": "n1",
+            "path": str(cluster["n1"].state_dir / f"storage-{name}")})
+        assert r.status_code == 200, r.reason
+
+
+def _raw_digest(path: str, fmt: str) -> str:
+    """sha256 of an image's guest-visible bytes (qemu-img's raw view of it)."""
+    import hashlib
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".raw") as out:
+        subprocess.run(["qemu-img", "convert", "-U", "-f", fmt, "-O", "raw", path, out.name],
+                       check=True, capture_output=True)
+        return hashlib.sha256(open(out.name, "rb").read()).hexdigest()
+
+
+def test_move_disk_stopped_format_change_to_another_vm_and_refusals(
+        api, cluster: Cluster) -> None:
+    """POST .../move_disk (and its alias move-disk) of stopped VMs: raw on `local` to
+    qcow2 on another dir storage and back with delete=1, then the old volume (unused0)
+    to another VM; the guest-visible bytes unchanged each time; PVE's refusals change
+    nothing."""
+    _storage(api, cluster, "mvdrv", "images")
+    _storage(api, cluster, "mviso", "iso")
+    a, b = next_id(api, cluster), 0
+    images_dir = cluster["n1"].state_dir / "storage"
+    r = api.post(f"{base(cluster)}/nodes/n1/qemu", timeout=30, data={
+        "vmid": a, "name": "move-a", "memory": 64, "vga": "none",
+        "scsi0": "local:0.0078125", "boot": "order=scsi0"})
+    assert wait_task(api, cluster, r.json()["data"]) == "OK"
+    try:
+        b = next_id(api, cluster)
+        r = api.post(f"{base(cluster)}/nodes/n1/qemu", timeout=30, data={
+            "vmid": b, "name": "move-b", "memory": 64, "vga": "none",
+            "ide2": "none,media=cdrom"})
+        assert wait_task(api, cluster, r.json()["data"]) == "OK"
+        url = f"{base(cluster)}/nodes/n1/qemu/{a}"
+        conf = config(api, cluster, a)
+        old = conf["scsi0"].split(",")[0]
+        old_path = images_dir / "local" / "images" / str(a) / f"vm-{a}-disk-0.raw"
+        assert old == f"local:{a}/vm-{a}-disk-0.raw" and old_path.exists()
+        with open(old_path, "r+b") as f:                  # the guest's data
+            f.write(os.urandom(8 << 20))
+        digest = _raw_digest(str(old_path), "raw")
+
+        # refusals: PVE's status and text, the config and the volumes untouched
+        def refused(data: dict, status: int, text: str, alias: bool = False) -> None:
+            path = "/move-disk" if alias else "/move_disk"
+            r = api.post(url + path, data=data, timeout=30)
+            assert r.status_code == status, (data, r.status_code, r.text)
+            body = r.json()
+            assert text in (r.reason + str(body.get("errors") or "")), (data, r.text)
+            after = config(api, cluster, a)
+            assert after["digest"] == conf["digest"], data
+        both = "both 'storage' and 'target-vmid' missing, either needs to be set"
+        refused({"disk": "scsi0"}, 400, both)
+        refused({"disk": "scsi0", "storage": "mvdrv", "target-vmid": b}, 400,
+                "either set 'storage' or 'target-vmid', but not both")
+        refused({"disk": "scsi5", "storage": "mvdrv"}, 500, "disk 'scsi5' does not exist")
+        refused({"disk": "bogus0", "storage": "mvdrv"}, 400, "enumeration", alias=True)
+        refused({"disk": "scsi0", "storage": "local"}, 500,
+                "you can't move to the same storage with same format")
+        refused({"disk": "scsi0", "storage": "mviso"}, 400,
+                "storage 'mviso' does not support vm images")
+        refused({"disk": "scsi0", "storage": "nosuch"}, 500, "storage 'nosuch' does not exist")
+        refused({"disk": "scsi0", "storage": "mvdrv", "digest": "0" * 40}, 500,
+                "detected modified configuration")
+        refused({"disk": "scsi0", "target-vmid": a}, 400,
+                "must be different than source VMID to reassign disk")
+        refused({"disk": "scsi0", "target-vmid": b, "target-disk": "ide2"}, 500,
+                f"Target disk key 'ide2' is already in use for VM '{b}'")
+        assert api.put(url + "/config", data={"protection": 1}, timeout=30).ok
+        conf = config(api, cluster, a)
+        refused({"disk": "scsi0", "target-vmid": b}, 500,
+                "can't move disk 'scsi0' to another VM - protection mode enabled")
+        assert api.put(url + "/config", data={"delete": "protection"}, timeout=30).ok
+        assert images(api, cluster, a) == {old: 8 << 20}
+
+        # a stopped VM: raw -> qcow2 on another storage (qemu-img convert, progress)
+        r = api.post(url + "/move_disk", timeout=30,
+                     data={"disk": "scsi0", "storage": "mvdrv", "format": "qcow2"})
+        assert r.status_code == 200, r.text
+        upid = r.json()["data"]
+        assert f":qmmove:{a}:" in upid
+        assert wait_task(api, cluster, upid) == "OK"
+        log = [e["t"] for e in api.get(f"{base(cluster)}/nodes/n1/tasks/{upid}/log",
+                                       params={"limit": 500}, timeout=10).json()["data"]]
+        new = f"mvdrv:{a}/vm-{a}-disk-0.qcow2"
+        assert f"allocated target volume '{new}'" in log, log
+        assert any(line.startswith("transferred ") and "of 8.0 MiB (100.00%)" in line
+                   for line in log), log
+        assert f"adding source volume '{old}' as 'unused0' to config" in log, log
+        conf = config(api, cluster, a)
+        assert conf["scsi0"] == f"{new},size=8M" and conf["unused0"] == old
+        assert conf["boot"] == "order=scsi0"
+        new_path = images_dir.parent / "storage-mvdrv" / "images" / str(a) / \
+            f"vm-{a}-disk-0.qcow2"
+        assert _raw_digest(str(new_path), "qcow2") == digest
+        # back to raw on local with delete=1 (the alias path): the qcow2 is freed
+        upid = api.post(url + "/move-disk", timeout=30, data={
+            "disk": "scsi0", "storage": "local", "format": "raw", "delete": 1}).json()["data"]
+        assert wait_task(api, cluster, upid) == "OK"
+        conf = config(api, cluster, a)
+        back = conf["scsi0"].split(",")[0]
+        assert back == f"local:{a}/vm-{a}-disk-1.raw" and conf["unused0"] == old
+        assert not new_path.exists()
+        assert _raw_digest(str(images_dir / "local" / "images" / str(a) /
+                               f"vm-{a}-disk-1.raw"), "raw") == digest
+
+        # the old volume (unused0) to the other VM as its scsi1: renamed for it
+        upid = api.post(url + "/move_disk", timeout=30, data={
+            "disk": "unused0", "target-vmid": b, "target-disk": "scsi1"}).json()["data"]
+        assert f":qmmove:{a}-unused0>{b}-scsi1:" in upid
+        assert wait_task(api, cluster, upid) == "OK"
+        assert "unused0" not in config(api, cluster, a)
+        moved = config(api, cluster, b)["scsi1"]
+        assert moved == f"local:{b}/vm-{b}-disk-0.raw", moved
+        assert not old_path.exists()
+        assert _raw_digest(str(images_dir / "local" / "images" / str(b) /
+                               f"vm-{b}-disk-0.raw"), "raw") == digest
+    finally:
+        for vmid in (a, b):
+            if vmid:
+                wait_task(api, cluster, api.delete(f"{base(cluster)}/nodes/n1/qemu/{vmid}",
+                                                   timeout=30).json()["data"])

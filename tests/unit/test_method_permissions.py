@@ -81,6 +81,10 @@ PVE = [
     ("POST", "/nodes/{node}/qemu/{vmid}/termproxy", Perm("/vms/{vmid}", ("VM.Console",))),
     ("POST", "/nodes/{node}/qemu/{vmid}/migrate", Perm("/vms/{vmid}", ("VM.Migrate",))),
     ("PUT", "/nodes/{node}/qemu/{vmid}/resize", Perm("/vms/{vmid}", ("VM.Config.Disk",))),
+    # qemu-server move_vm_disk (Datastore.AllocateSpace and the target VM's
+    # VM.Config.Disk: checked in the handler), and its alias
+    ("POST", "/nodes/{node}/qemu/{vmid}/move_disk", Perm("/vms/{vmid}", ("VM.Config.Disk",))),
+    ("POST", "/nodes/{node}/qemu/{vmid}/move-disk", Perm("/vms/{vmid}", ("VM.Config.Disk",))),
     # qemu-server API2/Qemu.pm snapshot_list, snapshot, get/update_snapshot_config,
     # rollback (VM.PowerMgmt too with start=1: checked in the handler), delsnapshot
     ("GET", "/nodes/{node}/qemu/{vmid}/snapshot", Perm("/vms/{vmid}", ("VM.Audit",))),

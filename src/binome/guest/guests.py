@@ -2,8 +2,8 @@
 
 A facade over the parts, each in its own module, sharing one `GuestContext`:
 the config repository (`configs`), the lifecycle (`lifecycle`), snapshots
-(`snapshots`), the guest agent (`guest_agent`), migration as source and target
-(`migration`), the settling of
+(`snapshots`), disk moves (`disk_moves`), the guest agent (`guest_agent`),
+migration as source and target (`migration`), the settling of
 migrations a binomed restart interrupted (`settling`) and the status loop
 (`status`). The QEMU processes
 belong to the runtime and outlive the daemon: `start` re-adopts them.
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from binome.guest.backups import Backups, VzdumpOptions
 from binome.guest.configs import VmConfig, conf_missing
 from binome.guest.context import GuestContext
+from binome.guest.disk_move import DiskMoves
 from binome.guest.errors import GuestError, GuestFailure
 from binome.guest.guest_agent import GuestAgent
 from binome.guest.lifecycle import Lifecycle
@@ -50,6 +51,7 @@ class GuestService:
         self.incoming = MigrationTarget(ctx, self.lifecycle)
         self.settler = MigrationSettler(ctx)
         self.snapshots = Snapshots(ctx, self.lifecycle)
+        self.disk_moves = DiskMoves(ctx, self.lifecycle)
         self.agent = GuestAgent(ctx)
         self.backups = Backups(ctx, self.lifecycle, self.agent)
         self.status = GuestStatus(ctx, self.lifecycle, self.settler)

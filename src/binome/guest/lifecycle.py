@@ -267,79 +267,87 @@ class Lifecycle:
         a snapshot holding a volume, the boot order, balloon > memory) change nothing.
         HotplugProblems (after writing) names the changes left pending by a failure."""
         async with self.ctx.lock(vmid):
-            vm = await self.ctx.read(vmid)
-            if digest and digest != vm.digest:
-                raise GuestFailure("detected modified configuration - file changed by other "
-                                   "user? Try again.")
-            if vm.config.get("lock") and "lock" not in delete:
-                raise GuestFailure(f"VM is locked ({vm.config['lock']})")
-            if vm.config.get("template") and any(vmconf.is_disk_key(k) for k in changes):
-                raise GuestFailure("you can't change disks of a template")
-            config = dict(vm.config)
-            running = self.ctx.runtime.is_running(vmid)
-            freed: list[str] = []
-            later: list[str] = []
-            for key in delete:
-                if key == "lock" or key in pending_mod.DELETE_AT_ONCE \
-                        or vmconf.is_unused_key(key):
-                    if key in config:
-                        try:
-                            freed += remove_key(vmid, config, vm.snapshots, key, force=force)
-                        except ValueError as exc:
-                            raise GuestFailure(str(exc)) from None
-                else:
-                    later.append(key)
-            allocated = []
+            return await self.update_locked(vmid, changes, delete, digest, task=task,
+                                            force=force, revert=revert)
+
+    async def update_locked(self, vmid: int, changes: dict[str, Any], delete: list[str],
+                            digest: str | None, *, task: Task | None = None,
+                            force: bool = False, revert: list[str] | tuple[str, ...] = ()
+                            ) -> VmConfig:
+        """`update` for a caller that holds the VM's lock (a disk reassigned to it)."""
+        vm = await self.ctx.read(vmid)
+        if digest and digest != vm.digest:
+            raise GuestFailure("detected modified configuration - file changed by other "
+                               "user? Try again.")
+        if vm.config.get("lock") and "lock" not in delete:
+            raise GuestFailure(f"VM is locked ({vm.config['lock']})")
+        if vm.config.get("template") and any(vmconf.is_disk_key(k) for k in changes):
+            raise GuestFailure("you can't change disks of a template")
+        config = dict(vm.config)
+        running = self.ctx.runtime.is_running(vmid)
+        freed: list[str] = []
+        later: list[str] = []
+        for key in delete:
+            if key == "lock" or key in pending_mod.DELETE_AT_ONCE \
+                    or vmconf.is_unused_key(key):
+                if key in config:
+                    try:
+                        freed += remove_key(vmid, config, vm.snapshots, key, force=force)
+                    except ValueError as exc:
+                        raise GuestFailure(str(exc)) from None
+            else:
+                later.append(key)
+        allocated = []
+        try:
+            staged: dict[str, Any] = {}
+            for key, value in changes.items():
+                if key == "cipassword":
+                    config[key] = value     # PVE writes it directly, never pending
+                    continue
+                if vmconf.is_drive_key(key):
+                    if key in SPECIAL_DRIVES_FIXED and key in vm.config:
+                        raise GuestFailure(f"{key} cannot be replaced: delete it first")
+                    value, vol = await self._materialize_disk(
+                        vmid, key, str(value), pending_mod.merged(config, vm.pending))
+                    if vol:
+                        allocated.append(vol)
+                        if task:
+                            task.log(f"{key}: allocated {vol}")
+                staged[key] = value
+            # a pending drive value reverted, deleted or replaced: its new volume is
+            # kept as unusedN (it was allocated for that change: nothing is lost)
+            before = pending_mod.values(vm.pending)
+            for key in {*revert, *later, *staged}:
+                if key in before and vmconf.is_drive_key(key) \
+                        and not _same_volume(key, before[key], staged.get(key)):
+                    keep_reverted_volume(vmid, config, key, str(before[key]))
+            pending = pending_mod.record(config, vm.pending, staged, later, force=force,
+                                         revert=list(revert))
+            # every refusal before anything is written: the whole update, tried
             try:
-                staged: dict[str, Any] = {}
-                for key, value in changes.items():
-                    if key == "cipassword":
-                        config[key] = value     # PVE writes it directly, never pending
-                        continue
-                    if vmconf.is_drive_key(key):
-                        if key in SPECIAL_DRIVES_FIXED and key in vm.config:
-                            raise GuestFailure(f"{key} cannot be replaced: delete it first")
-                        value, vol = await self._materialize_disk(
-                            vmid, key, str(value), pending_mod.merged(config, vm.pending))
-                        if vol:
-                            allocated.append(vol)
-                            if task:
-                                task.log(f"{key}: allocated {vol}")
-                    staged[key] = value
-                # a pending drive value reverted, deleted or replaced: its new volume is
-                # kept as unusedN (it was allocated for that change: nothing is lost)
-                before = pending_mod.values(vm.pending)
-                for key in {*revert, *later, *staged}:
-                    if key in before and vmconf.is_drive_key(key) \
-                            and not _same_volume(key, before[key], staged.get(key)):
-                        keep_reverted_volume(vmid, config, key, str(before[key]))
-                pending = pending_mod.record(config, vm.pending, staged, later, force=force,
-                                             revert=list(revert))
-                # every refusal before anything is written: the whole update, tried
-                try:
-                    trial, _ = apply_pending(vmid, config, pending, vm.snapshots)
-                except ValueError as exc:
-                    raise GuestFailure(str(exc)) from None
-                check_applicable(trial, changes)
-                if running:
-                    written = await self.ctx.configs.write(vm, config, pending=pending)
-                else:
-                    new, more = apply_pending(vmid, config, pending, vm.snapshots)
-                    freed += more
-                    written = await self.ctx.configs.write(vm, new, pending={})
-            except BaseException:
-                for vol in allocated:
-                    with contextlib.suppress(Exception):
-                        await (await self.ctx.storages.for_volid(vol)).free(vol)
-                raise
-            problems: dict[str, str] = {}
-            if running and written.pending:
-                written, more, problems = await self._hotplug(written, task)
+                trial, _ = apply_pending(vmid, config, pending, vm.snapshots)
+            except ValueError as exc:
+                raise GuestFailure(str(exc)) from None
+            check_applicable(trial, changes)
+            if running:
+                written = await self.ctx.configs.write(vm, config, pending=pending)
+            else:
+                new, more = apply_pending(vmid, config, pending, vm.snapshots)
                 freed += more
-            await self._free(freed, task)
-            if problems:
-                raise HotplugProblems(problems)
-            return written
+                written = await self.ctx.configs.write(vm, new, pending={})
+        except BaseException:
+            for vol in allocated:
+                with contextlib.suppress(Exception):
+                    await (await self.ctx.storages.for_volid(vol)).free(vol)
+            raise
+        problems: dict[str, str] = {}
+        if running and written.pending:
+            written, more, problems = await self._hotplug(written, task)
+            freed += more
+        await self._free(freed, task)
+        if problems:
+            raise HotplugProblems(problems)
+        return written
 
     async def _free(self, volids: list[str], task: Task | None) -> None:
         for volid in volids:

@@ -11,6 +11,7 @@ import asyncio
 import time
 from typing import Any
 
+from binome.guest import qemu_mirror
 from binome.guest.argv import disk_device, drive_option, nic_device, nic_netdev
 from binome.guest.errors import GuestError
 from binome.guest.qmp import QmpChannel
@@ -79,6 +80,10 @@ async def unplug_disk(qmp: QmpChannel, name: str, timeout: float = UNPLUG_TIMEOU
     while True:
         held = [b for b in await qmp.command("query-block") if _holds(b, name)]
         if not held:
+            # a disk moved while the guest ran sits on a node the monitor added
+            # (qemu_mirror): the drive's deletion leaves it open until blockdev-del
+            for node in await qemu_mirror.owned_nodes(qmp, name):
+                await qemu_mirror.detach(qmp, node)
             return
         # only the named drive is left, no device on it: a drive of its own to delete
         if time.monotonic() >= deadline or all(not b.get("qdev") for b in held):

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from binome.guest import qemu_hotplug, qemu_migration
+from binome.guest import qemu_hotplug, qemu_migration, qemu_mirror
 from binome.guest.accel import cached_accel, resolve_accel
 from binome.guest.agent import AgentError
 from binome.guest.argv import QEMU_BINARY, build_argv
@@ -655,6 +655,34 @@ class QemuRuntime:
         guest sees the new capacity, as PVE's `qemu_block_resize`."""
         await self._running(vmid).qmp.command("block_resize",
                                               {"device": f"drive-{key}", "size": int(size)})
+
+    # -- disk moves (QEMU's side: `qemu_mirror`); the record follows the switch, so a
+    # restarted daemon knows which volume the guest has open ---------------------------
+
+    async def mirror_start(self, vmid: int, key: str, source: str, fmt: str | None,
+                           cache: str, *, speed: int | None = None) -> qemu_mirror.MirrorJob:
+        """Start mirroring running guest `vmid`'s drive `key` to `source` (a file or an
+        NBD URI, with its format): see `qemu_mirror.start`."""
+        return await qemu_mirror.start(self._running(vmid).qmp, key, source, fmt, cache,
+                                       speed=speed)
+
+    async def mirror_wait_ready(self, vmid: int, job: qemu_mirror.MirrorJob,
+                                on_progress: Callable[[str], Any] | None = None) -> None:
+        g = self._running(vmid)
+        await qemu_mirror.wait_ready(g.qmp, g.alive, job, on_progress)
+
+    async def mirror_complete(self, vmid: int, job: qemu_mirror.MirrorJob, source: str,
+                              fmt: str | None) -> None:
+        """Switch the drive to the mirror's target, and the record with it."""
+        g = self._running(vmid)
+        await qemu_mirror.complete(g.qmp, job)
+        disks = tuple(dataclasses.replace(d, source=source, format=fmt)
+                      if d.name == job.key else d for d in g.spec.disks)
+        self._replug_record(g, dataclasses.replace(g.spec, disks=disks))
+
+    async def mirror_cancel(self, vmid: int, job: qemu_mirror.MirrorJob) -> None:
+        """Give the mirror up before its switch: the drive stays where it was."""
+        await qemu_mirror.cancel(self._running(vmid).qmp, job)
 
     # -- hot-plug (QEMU's side: `qemu_hotplug`); the record follows the devices, so a
     # restarted daemon knows them and the exit removes a plugged NIC's tap too --------

@@ -10,6 +10,10 @@ alone). What a type implements:
   `activate_volume` / `deactivate_volume` (PVE's `activate_volume(s)`: a
   replicated copy becomes Primary / Secondary), `volume_state` and
   `usable_here` ("may this node use this volume now", with the reason when not);
+- moving a disk (PVE's move_disk): `formats` (the image formats the type can
+  hold, its default first), `volume_format` (an existing volume's), and
+  `rename_volume` (PVE's rename_volume: the volume handed to another guest,
+  refused by the base with PVE's text; `dir` renames the file);
 - moving a guest: `migration_blocker` (why a target node cannot take the
   volume over, live or not); a live migration activates the target's copy
   while the source's is still active (both Primary for the hand-over: every
@@ -171,6 +175,11 @@ class Storage(ABC):
     # deactivates them after (a replicated copy is Primary on one node at a time, on
     # two only during a live migration's hand-over).
     per_node_activation: ClassVar[bool] = False
+    # the image formats a volume of this type can have, the default first (PVE's
+    # plugindata 'format'): what a disk move's `format` resolves against
+    formats: ClassVar[tuple[str, ...]] = ("raw",)
+    # PVE's volume_has_feature('rename'): `rename_volume` hands a volume to another guest
+    can_rename: ClassVar[bool] = False
 
     def __init__(self, config: StorageConfig, node: str = "") -> None:
         self.config = config
@@ -207,6 +216,20 @@ class Storage(ABC):
 
     @abstractmethod
     async def status(self) -> dict[str, Any]: ...
+
+    def volume_format(self, volid: str) -> str:
+        """The image format of an existing volume (PVE's parse_volname format)."""
+        return self.formats[0]
+
+    def resolve_format(self, wanted: str | None) -> str:
+        """PVE's resolve_format_hint: `wanted` if this type can hold it, else the
+        default format."""
+        return wanted if wanted in self.formats else self.formats[0]
+
+    async def rename_volume(self, volid: str, vmid: int) -> str:
+        """Hand a volume no guest has open to guest `vmid` under a name of its own (PVE's
+        rename_volume, for a disk moved to another VM); the new volid."""
+        raise StorageError("Storage does not support moving of this disk to another VM")
 
     # ------------------------------------------------------------ use by a guest here
 

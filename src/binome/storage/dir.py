@@ -51,6 +51,9 @@ async def _run(*argv: str) -> str:
 
 
 class DirStorage(Storage):
+    formats = FORMATS
+    can_rename = True
+
     @property
     def root(self) -> Path:
         return Path(self.config.path)
@@ -147,6 +150,31 @@ class DirStorage(Storage):
                    str(dst))
         return f"{self.id}:{vmid}/{name}.{fmt}"
 
+    def volume_format(self, volid: str) -> str:
+        suffix = self.path(volid).suffix[1:]
+        return suffix if suffix in FORMATS else "raw"
+
+    async def rename_volume(self, volid: str, vmid: int) -> str:
+        """The image file moves to `vmid`'s directory under its next free disk name
+        (PVE's dir plugin rename_volume); same file system, so one rename."""
+        src = self.path(volid)
+        volname = split_volid(volid)[1]
+        owner, name, fmt = parse_image_volname(volname)
+        if name.endswith("-cloudinit"):
+            raise StorageError("Storage does not support moving of this disk to another VM")
+        if not src.exists():
+            raise StorageError(f"volume '{volid}' does not exist")
+        self._image_dir(vmid).mkdir(parents=True, exist_ok=True)
+        new = self._next_name(vmid)
+        dst = self._image_dir(vmid) / f"{new}.{fmt}"
+        if dst.exists():
+            raise StorageError(f"volume '{self.id}:{vmid}/{new}.{fmt}' already exists")
+        os.rename(src, dst)
+        old_dir = src.parent
+        if owner != vmid and old_dir.exists() and not any(old_dir.iterdir()):
+            old_dir.rmdir()
+        return f"{self.id}:{vmid}/{new}.{fmt}"
+
     def _free_backup(self, path: Path) -> None:
         """Remove a backup; its chunks stay until a garbage collection (PBS's model)."""
         try:
@@ -240,7 +268,8 @@ class DirStorage(Storage):
         if path.suffix == ".qcow2":
             import json
 
-            info = json.loads(await _run("qemu-img", "info", "--output=json", str(path)))
+            # -U: a running guest's QEMU holds the image's write lock; reading its size is safe
+            info = json.loads(await _run("qemu-img", "info", "-U", "--output=json", str(path)))
             return int(info["virtual-size"])
         return path.stat().st_size
 

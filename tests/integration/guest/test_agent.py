@@ -5,15 +5,18 @@ A VM with ``agent: 1`` boots the lab guest, whose /init starts qemu-ga on the
 call them): ``ping``, ``network-get-interfaces`` showing the address the guest
 gave itself, ``exec`` + ``exec-status`` output, a ``file-write`` / ``file-read``
 round trip, PVE's errors without an agent, a vzdump of the running VM that freezes
-and thaws the guest's filesystems around its start, and ``status/shutdown`` going
+and thaws the guest's filesystems around its start, an online disk move (``move_disk``:
+QEMU's mirror job) while the guest writes to the disk, and ``status/shutdown`` going
 through the agent's ``guest-shutdown`` rather than the ACPI button.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+import tempfile
 
 import pytest
 
@@ -114,6 +117,8 @@ def test_guest_agent_in_a_real_guest(cluster: Cluster, agent_bridge: str) -> Non
         assert freeze < thaw and not any(line.startswith("ERROR") for line in lines)
         assert vm.agent("fsfreeze-status").post() == {"result": "thawed"}
 
+        move_disk_online(px, node, vm, vmid, cluster, done)
+
         # Terraform's and PVE's shutdown: through the agent when it answers
         upid = vm.status.shutdown.post(timeout=60)
         assert done(upid) == "OK"
@@ -133,3 +138,84 @@ def test_guest_agent_in_a_real_guest(cluster: Cluster, agent_bridge: str) -> Non
             node.qemu(other).agent("network-get-interfaces").get()
     finally:
         done(node.qemu(other).delete())
+
+
+# the guest writes a counter to its disk's first sector, each write synced, until
+# /tmp/stop appears; it exits 1 as soon as a write fails
+WRITER = ("i=0; while [ ! -e /tmp/stop ]; do i=$((i+1)); "
+          "echo $i | dd of=/dev/vda bs=512 count=1 conv=sync,fsync 2>/dev/null || exit 1; "
+          "echo $i > /tmp/seq; usleep 20000; done")
+
+
+def move_disk_online(px, node, vm, vmid: int, cluster: Cluster, done) -> None:
+    """POST .../move_disk of the running guest's virtio0 (qcow2 on `local`) to another
+    dir storage, while the guest writes to it: QEMU's mirror job with PVE's
+    progress lines, the config switched, the old volume kept as unused0; every write
+    the guest made before and after reached the disk it uses now. A cancelled move
+    changes nothing and the guest writes on."""
+    if "mvqga" not in {s["storage"] for s in px.storage.get()}:
+        px.storage.post(storage="mvqga", type="dir", content="images", nodes="n1",
+                        path=str(cluster["n1"].state_dir / "storage-mvqga"))
+    old = vm.config.get()["virtio0"].split(",")[0]
+
+    def seq() -> int:
+        text = vm.agent("file-read").get(file="/tmp/seq")["content"].strip()
+        return int(text or 0)
+
+    def sector(path, fmt: str) -> int:
+        """The counter in an image's first sector (-U: QEMU may hold it open)."""
+        with tempfile.NamedTemporaryFile(suffix=".raw") as out:
+            subprocess.run(["qemu-img", "convert", "-U", "-f", fmt, "-O", "raw", str(path),
+                            out.name], check=True, capture_output=True)
+            return int(open(out.name, "rb").read(512).split(b"\n")[0] or 0)
+
+    pid = vm.agent.exec.post(command=["sh", "-c", WRITER])["pid"]
+    wait_for(lambda: seq() > 5, 20, "the guest's writer under way")
+
+    # cancelled mid-way (bandwidth-limited): the guest stays on its disk, nothing changes
+    before = vm.config.get()
+    upid = vm.move_disk.post(disk="virtio0", storage="mvqga", bwlimit=1024)
+    try:
+        wait_for(lambda: any("drive-virtio0: transferred" in e["t"]
+                             for e in node.tasks(upid).log.get(limit=100)), 20,
+                 "the mirror under way")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {[e['t'] for e in node.tasks(upid).log.get()]}") \
+            from None
+    node.tasks(upid).delete()
+    assert done(upid) != "OK"
+    after = vm.config.get()
+    assert after["digest"] == before["digest"] and "unused0" not in after
+    assert not list((cluster["n1"].state_dir / "storage-mvqga").rglob("vm-*")), \
+        "the cancelled move left its volume"
+    mark = seq()
+    wait_for(lambda: seq() > mark + 5, 20, "the guest writing on after the cancel")
+
+    # the move: qcow2 on local -> mvqga, online (the format kept: this disk's odd size,
+    # 0.01 GiB, is no multiple of 4 KiB, which QEMU cannot open as a raw file with
+    # cache=none)
+    upid = vm.move_disk.post(disk="virtio0", storage="mvqga")
+    assert done(upid) == "OK"
+    log = [e["t"] for e in node.tasks(upid).log.get(limit=1000)]
+    assert "drive mirror is starting for drive-virtio0" in log, log
+    assert any(re.fullmatch(r"drive-virtio0: transferred \S+ \S+ of \S+ \S+ "
+                            r"\(100\.00%\) in \d+s, ready", line) for line in log), log
+    for line in ("all 'mirror' jobs are ready", "drive-virtio0: Completed successfully.",
+                 f"adding source volume '{old}' as 'unused0' to config"):
+        assert line in log, log
+    conf = vm.config.get()
+    new = conf["virtio0"].split(",")[0]
+    assert new == f"mvqga:{vmid}/vm-{vmid}-disk-0.qcow2" and conf["unused0"] == old
+    mark = seq()
+    wait_for(lambda: seq() > mark + 10, 20, "the guest writing after the switch")
+    vm.agent("file-write").post(file="/tmp/stop", content="")
+    status = wait_for(lambda: (s := vm.agent("exec-status").get(pid=pid))["exited"] and s,
+                      20, "the writer to stop")
+    assert status["exitcode"] == 0, status          # no write failed
+    last = seq()
+    new_path = cluster["n1"].state_dir / "storage-mvqga" / "images" / str(vmid) / \
+        f"vm-{vmid}-disk-0.qcow2"
+    old_path = cluster["n1"].state_dir / "storage" / "local" / "images" / str(vmid) / \
+        old.split("/")[-1]
+    assert sector(new_path, "qcow2") == last            # the last write is on the new disk
+    assert sector(old_path, "qcow2") < last            # and the old one was left behind

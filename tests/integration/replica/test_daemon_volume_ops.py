@@ -99,3 +99,51 @@ def test_vm_disk_resize_grows_both_copies(vc: Cluster) -> None:
     assert store_get(vc, f"/binome/volumes/{name}/config")["size"] == 128 * MiB
     conf = n1.json("vm", "config", "300")
     assert "size=128M" in conf["virtio0"]
+
+
+def _sha(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_vm_disk_moves_between_replicated_and_dir(vc: Cluster) -> None:
+    """move_disk of VM 300's disk (replicated, from the test above): stopped off the
+    replicated storage to `local` (qemu-img over the engine's NBD export), then with
+    the VM running (a QEMU without an OS) onto the replicated storage and off it again
+    by QEMU's mirror job, each time with delete=1; the data the same on every copy."""
+    n1, n2 = vc["n1"], vc["n2"]
+
+    def disk() -> str:
+        return n1.json("vm", "config", "300")["virtio0"].split(",")[0]
+
+    def move(storage: str) -> str:
+        out = n1.cli("vm", "move-disk", "300", "virtio0", storage, "--delete", "1").stdout
+        assert "TASK OK" in out or disk().startswith(storage + ":"), out
+        return out
+
+    assert disk() == "repl:vm-300-disk-0"
+    move("local")                                      # stopped: qemu-img convert
+    local = n1.state_dir / "storage" / "local" / "images" / "300" / "vm-300-disk-0.raw"
+    assert disk() == "local:300/vm-300-disk-0.raw" and local.stat().st_size == 128 * MiB
+    wait_for(lambda: vstatus(n1, "vm-300-disk-0") == {}, 30, "the replicated volume gone")
+    with open(local, "r+b") as f:                      # data to carry along
+        f.write(os.urandom(4 * MiB))
+    digest = _sha(local)
+    n1.cli("vm", "start", "300")
+    try:
+        out = move("repl")                             # running: mirror into NBD
+        assert "drive-virtio0: Completed successfully." in out, out
+        name = disk().partition(":")[2]
+        assert disk().startswith("repl:vm-300-disk-") and not local.exists()
+        wait_for(lambda: in_sync(vstatus(n2, name)), 60, "n2's copy in sync")
+        assert _sha(backing(n2, name)) == digest       # the peer's copy has the data
+        out = move("local")                            # running: mirror out of NBD
+        assert "drive-virtio0: Completed successfully." in out, out
+        assert disk().startswith("local:300/vm-300-disk-")
+        wait_for(lambda: vstatus(n1, name) == {}, 30, "the replicated volume gone")
+    finally:
+        n1.cli("vm", "stop", "300", check=False)
+    final = n1.state_dir / "storage" / "local" / "images" / "300" / \
+        disk().rpartition("/")[2]
+    assert _sha(final) == digest

@@ -10,6 +10,7 @@ from binome.api.methods import (  # noqa: F401
     cloudinit,
     cluster,
     console,
+    disk_move,
     domains,
     fence,
     ha,
