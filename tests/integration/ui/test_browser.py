@@ -494,17 +494,27 @@ def _ha_editing(browser, api: requests.Session, cluster: Cluster, vm: int, row: 
     the resource uses it."""
     from selenium.webdriver.support.ui import Select
 
+    # the VM's node stays the group's preferred one: the HA manager has no reason to move it
+    listed = api.get(f"{_base(cluster)}/api2/json/cluster/resources", timeout=10,
+                     params={"type": "vm"}).json()["data"]
+    here = next(e["node"] for e in listed if e.get("vmid") == vm)
+    other = "n2" if here == "n1" else "n1"
+
+    def members(prio: dict[str, int]) -> str:      # the API's form: sorted, no ":0"
+        return ",".join(f"{n}:{prio[n]}" if prio.get(n) else n for n in ("n1", "n2"))
+
     _css(browser, "#ha-group-add")[0].click()
     _fill(browser, "#ha-group-name", group)
     for node in ("n1", "n2"):
         _css(browser, f"#ha-group-node-{node}")[0].click()
-    _fill(browser, "#ha-group-prio-n1", "2")
+    _fill(browser, f"#ha-group-prio-{here}", "2")
     _css(browser, "#ha-group-restricted")[0].click()
     _submit(browser)
-    _wait(browser, lambda d: _css(d, grow) and "n1:2,n2" in _css(d, grow)[0].text,
+    nodes = members({here: 2})
+    _wait(browser, lambda d: _css(d, grow) and nodes in _css(d, grow)[0].text,
           "the new group listed with its members")
     created = next(g for g in _ha(api, cluster, "groups") if g["group"] == group)
-    assert (created["nodes"], created["restricted"], created["nofailback"]) == ("n1:2,n2", 1, 0)
+    assert (created["nodes"], created["restricted"], created["nofailback"]) == (nodes, 1, 0)
 
     _css(browser, f"{row} .ha-edit")[0].click()
     _fill(browser, "#ha-res-maxrestart", "11")
@@ -526,13 +536,14 @@ def _ha_editing(browser, api: requests.Session, cluster: Cluster, vm: int, row: 
     _wait(browser, lambda d: group in _css(d, f"{row} .ha-group")[0].text, "the group listed")
 
     _css(browser, f"{grow} .ha-group-edit")[0].click()
-    _fill(browser, "#ha-group-prio-n2", "5")
+    _fill(browser, f"#ha-group-prio-{other}", "1")
     _css(browser, "#ha-group-restricted")[0].click()          # off
     _css(browser, "#ha-group-nofailback")[0].click()          # on
     _submit(browser)
-    _wait(browser, lambda d: "n1:2,n2:5" in _css(d, grow)[0].text, "the group's new priorities")
+    nodes = members({here: 2, other: 1})
+    _wait(browser, lambda d: nodes in _css(d, grow)[0].text, "the group's new priorities")
     edited = next(g for g in _ha(api, cluster, "groups") if g["group"] == group)
-    assert (edited["nodes"], edited["restricted"], edited["nofailback"]) == ("n1:2,n2:5", 0, 1)
+    assert (edited["nodes"], edited["restricted"], edited["nofailback"]) == (nodes, 0, 1)
     browser.save_screenshot(str(shots / "dc-ha-edited.png"))
 
     _css(browser, f"{grow} .ha-group-delete")[0].click()

@@ -28,6 +28,7 @@ function useNodeVolumes(nodes: string[]) {
   const [loaded, setLoaded] = useState(false);
   const key = nodes.join(",");
   useEffect(() => {
+    if (!nodes.length) return;          // the tree has not loaded yet
     let alive = true;
     let timer: number | undefined;
     const run = async () => {
@@ -53,8 +54,16 @@ function useNodeVolumes(nodes: string[]) {
 }
 
 export function Volumes(props: { resources: Resource[] }) {
-  const nodes = props.resources.filter((r) => r.type === "node" && r.node).map((r) => r.node as string).sort();
-  const { lists, errors, loaded } = useNodeVolumes(nodes);
+  const nodeRes = props.resources.filter((r) => r.type === "node" && r.node);
+  // an offline node is not asked (its proxied request would only time out): its copies
+  // show as its peer reports them
+  const online = nodeRes.filter((r) => r.status === "online").map((r) => r.node as string).sort();
+  const offline = nodeRes.filter((r) => r.status !== "online").map((r) => r.node as string).sort();
+  const polled = useNodeVolumes(online);
+  const lists = polled.lists;
+  const errors: Record<string, string> = { ...polled.errors };
+  for (const n of offline) errors[n] = t("status.offline");
+  const loaded = polled.loaded;
   const volumes = mergeVolumes(lists);
   const can = usePerms();
   return (
