@@ -718,6 +718,12 @@ def test_replicated_volume_split_brain_resolved(browser, cluster: Cluster,
     browser.save_screenshot(str(shots / "dc-volumes-resolved.png"))
     _css(browser, "#sb-close")[0].click()
     _wait(browser, lambda d: not _css(d, f"{card} .splitbrain"), "the resolution panel closed")
+    # an online verify from the card: its task ends OK, the copies are equal
+    _css(browser, f"{card} .vol-verify-start")[0].click()
+    _wait(browser, lambda d: _css(d, f"{card} #task-viewer[data-state=ok]"), "the verify task",
+          timeout=30)
+    _wait(browser, lambda d: _css(d, f'{card} .vol-verify[data-found="0"]'),
+          "the verify's result: no block differs", timeout=30)
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == [], errors
 

@@ -1,6 +1,6 @@
 // The checks of test_dc_logic.py, run by Node.js next to the bundled modules.
 import assert from "node:assert/strict";
-import { mergeVolumes, needsResolution, resolutionPlan, latestSplitBrain } from "./volumes.js";
+import { isConnected, mergeVolumes, needsResolution, resolutionPlan, latestSplitBrain } from "./volumes.js";
 import { series, yRange, percentFormat, duration } from "./availability.js";
 
 const st = (node, peer, o = {}) => ({ name: "v1", size: 8 << 20, node, peer_node: peer, role: "Secondary",
@@ -59,6 +59,13 @@ assert.equal(latestSplitBrain([
   n2: [st("n2", "n1", { cstate: "SyncTarget", disk: "Inconsistent",
                         peer: { sync: { source: false, done: 39, left_kib: 61, total_kib: 100 } } })] });
 assert.deepEqual([v.sync.from, v.sync.to, v.sync.progress.done], ["n1", "n2", 40]);
+
+// the last verify: the newest of the nodes' results, with its node
+[v] = mergeVolumes({ n1: [st("n1", "n2", { verify: { time: 10, found_blocks: 2 } })],
+                     n2: [st("n2", "n1", { verify: { time: 20, found_blocks: 0 } })] });
+assert.deepEqual([v.verify.node, v.verify.result.found_blocks], ["n2", 0]);
+assert.deepEqual(["Connected", "SyncTarget", "PausedSyncS", "StandAlone", "WFConnection", undefined]
+  .map(isConnected), [true, true, true, false, false, false]);
 
 // availability: a day monitored from 00:00, a 36 s outage in hour 1, 10 min planned in hour 2
 const rep = { sid: "vm:100", since: 0, until: 86400, monitored: 3 * 3600, planned_downtime: 600,

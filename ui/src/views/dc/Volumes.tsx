@@ -13,9 +13,9 @@ import type { Resource } from "../../types";
 import { Dialog } from "../Confirm";
 import { DcTabs } from "../DcViews";
 import { usePerms } from "../access/perms";
-import { TaskViewer, upidNode } from "../forms";
+import { OutcomeMessage, TaskArea, TaskViewer, upidNode, useOutcome } from "../forms";
 import {
-  mergeVolumes, needsResolution, resolutionPlan, type Copy, type Step, type Volume, type VolumeStatus,
+  isConnected, mergeVolumes, needsResolution, resolutionPlan, type Copy, type Step, type Volume, type VolumeStatus,
 } from "./volumes";
 
 const POLL_MS = 2000;
@@ -109,7 +109,7 @@ function VolumeCard(props: { volume: Volume; resources: Resource[]; silent: Reco
                   node: v.copies.find((o) => o.own)?.node ?? "?" })})</span>}</td>
                 <td>{c.role}</td>
                 <td class={c.disk === "UpToDate" ? "ok" : "bad"}>{c.disk}</td>
-                <td class={c.cstate && c.cstate !== "Connected" && !c.cstate.startsWith("Sync") ? "bad" : ""}>
+                <td class={c.cstate && !isConnected(c.cstate) ? "bad" : ""}>
                   {c.cstate ?? "—"}{c.suspended ? ` — ${t("vol.suspended")}` : ""}</td>
                 <td>{c.own ? kib(c.outOfSyncKib) : "—"}</td>
                 <td>{c.own ? c.openCount ?? 0 : "—"}</td>
@@ -119,6 +119,12 @@ function VolumeCard(props: { volume: Volume; resources: Resource[]; silent: Reco
         </table>
       </div>
       <SyncLine volume={v} />
+      {v.verify && <p class="vol-verify" data-found={v.verify.result.found_blocks}>
+        {t("vol.verify.last", { node: v.verify.node, time: fmt.time(v.verify.result.time),
+          kib: kib(v.verify.result.verified_kib), found: v.verify.result.found_blocks })}
+        {v.verify.result.stopped ? t("vol.verify.stopped") : v.verify.result.lost ? t("vol.verify.lost") : ""}
+        {v.verify.result.found_blocks ? t("vol.verify.differ") : ""}</p>}
+      {props.write && !needsResolution(v) && <Controls volume={v} />}
       <p class="vol-splitbrain" data-state={sb?.state ?? "none"}>
         <strong>{t("vol.splitbrain.last")}:</strong>{" "}
         {!sb ? t("vol.splitbrain.none")
@@ -149,6 +155,52 @@ function SyncLine(props: { volume: Volume }) {
     <p class="vol-sync" data-state={p.verify ? "verify" : "resync"}>
       <progress max={100} value={p.done} aria-label={text} /> {text}
     </p>
+  );
+}
+
+/** Verify, pause/resume a resync, a copy's full resync: each a task, followed below. */
+function Controls(props: { volume: Volume }) {
+  const v = props.volume;
+  const outcome = useOutcome();
+  const [invalidate, setInvalidate] = useState<{ node: string; peer: string } | null>(null);
+  const connected = v.copies.filter((c) => c.own && isConnected(c.cstate));
+  const both = connected.length === 2;
+  // the verify runs from the Primary's side when there is one (any side works)
+  const from = (connected.find((c) => c.role === "Primary") ?? connected[0])?.node;
+  const run = (node: string, action: string, label: string) =>
+    outcome.send("POST", `/nodes/${encodeURIComponent(node)}/volumes/${encodeURIComponent(v.name)}/${action}`,
+                 {}, t("vol.started", { action: label, node }));
+  const verifying = v.sync?.progress.verify;
+  return (
+    <div class="vol-controls">
+      <div class="toolbar" role="toolbar">
+        {both && !v.sync && from && <button class="vol-verify-start" disabled={outcome.busy}
+          onClick={() => run(from, "verify", t("vol.action.verify"))}>{t("vol.action.verify")}</button>}
+        {verifying && <button class="vol-verify-stop" disabled={outcome.busy}
+          onClick={() => run(v.sync!.from, "verify-stop", t("vol.action.verifystop"))}>{t("vol.action.verifystop")}</button>}
+        {v.sync && !verifying && (v.sync.paused
+          ? <button class="vol-resume" disabled={outcome.busy}
+              onClick={() => run(v.sync!.from, "resume-sync", t("vol.action.resume"))}>{t("vol.action.resume")}</button>
+          : <button class="vol-pause" disabled={outcome.busy}
+              onClick={() => run(v.sync!.from, "pause-sync", t("vol.action.pause"))}>{t("vol.action.pause")}</button>)}
+        {both && !v.sync && connected.map((c) => {
+          const peer = connected.find((o) => o.node !== c.node)!;
+          return peer.disk === "UpToDate" && <button key={c.node} class="vol-invalidate" data-node={c.node}
+            disabled={outcome.busy} onClick={() => { outcome.clear(); setInvalidate({ node: c.node, peer: peer.node }); }}>
+            {t("vol.action.invalidate", { node: c.node })}</button>;
+        })}
+      </div>
+      <OutcomeMessage outcome={outcome} id={`vol-message-${v.name}`} />
+      <TaskArea outcome={outcome} />
+      {invalidate && (
+        <Dialog title={t("vol.action.invalidate", { node: invalidate.node })} danger
+          onOk={() => { const i = invalidate; setInvalidate(null);
+                        run(i.node, "invalidate", t("vol.action.invalidate", { node: i.node })); }}
+          onCancel={() => setInvalidate(null)}>
+          <p>{t("vol.confirm.invalidate", { node: invalidate.node, peer: invalidate.peer, name: v.name })}</p>
+        </Dialog>
+      )}
+    </div>
   );
 }
 

@@ -10,6 +10,11 @@ export interface SyncProgress {
   eta_s: number | null; verify: boolean; found: number; stalled: boolean;
 }
 
+export interface VerifyResult {
+  finished: boolean; stopped: boolean; lost: boolean; verified_kib: number; found_blocks: number;
+  found_kib: number; time: number;
+}
+
 export interface SplitBrainRecord {
   state: "detected" | "resolved"; policy: string; time: number; resolved_time?: number;
   primaries?: string[]; nodes?: string[]; reporter?: string; survivor?: string; victim?: string;
@@ -20,6 +25,7 @@ export interface VolumeStatus {
   role: string; peer_role: string; cstate: string; disk: string; peer_disk: string;
   suspended?: boolean; out_of_sync_kib?: number; open_count?: number; gi?: string | null;
   paused?: { user: boolean; peer: boolean };
+  verify?: VerifyResult | null;
   split_brain?: SplitBrainRecord | null;
   peer?: { sync?: SyncProgress; last_error?: string | null } | null;
   vmid?: number | null; storage?: string | null; desired_primary?: string | null; deleting?: boolean;
@@ -48,6 +54,18 @@ export interface Volume {
   statuses: Record<string, VolumeStatus>;
   sync: { from: string; to: string; progress: SyncProgress; paused: boolean } | null;
   splitBrain: SplitBrainRecord | null;
+  /** the last online verify a node ran, with that node */
+  verify: { node: string; result: VerifyResult } | null;
+}
+
+// DRBD's connection states from Connected on (binome's ConnState >= Connected)
+const LINKED = new Set(["Connected", "StartingSyncS", "StartingSyncT", "WFBitMapS", "WFBitMapT",
+  "WFSyncUUID", "SyncSource", "SyncTarget", "VerifyS", "VerifyT", "PausedSyncS", "PausedSyncT",
+  "Ahead", "Behind"]);
+
+/** The copy's node is connected to its peer (in sync, resyncing or verifying). */
+export function isConnected(cstate: string | undefined): boolean {
+  return cstate !== undefined && LINKED.has(cstate);
 }
 
 /** Merge the nodes' lists (node -> its volumes) into one entry per volume. */
@@ -86,8 +104,12 @@ export function mergeVolumes(lists: Record<string, VolumeStatus[]>): Volume[] {
         if (p.source) break;        // the source's view of the resync, when both tell
       }
     }
+    let verify: Volume["verify"] = null;
+    for (const [node, st] of Object.entries(statuses)) {
+      if (st.verify && (!verify || st.verify.time > verify.result.time)) verify = { node, result: st.verify };
+    }
     return { name, size: any.size, vmid: any.vmid, storage: any.storage, copies, statuses, sync,
-             splitBrain: latestSplitBrain(Object.values(statuses)) };
+             splitBrain: latestSplitBrain(Object.values(statuses)), verify };
   });
 }
 
