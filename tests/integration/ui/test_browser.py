@@ -555,10 +555,15 @@ def _ha_editing(browser, api: requests.Session, cluster: Cluster, vm: int, row: 
     assert group in [g["group"] for g in _ha(api, cluster, "groups")]
 
     # Availability: the service, started by the HA manager, is charted with its target
+    def reported() -> list:
+        return api.get(f"{_base(cluster)}/api2/json/cluster/ha/availability", timeout=10,
+                       params={"sid": f"vm:{vm}"}).json()["data"]
+    wait_for(lambda: (r := reported()) and r[0]["availability"] is not None, 60,
+             "an availability once the HA manager started the VM")
     _css(browser, "#dc-tab-availability")[0].click()
     arow = f'#avail-table tr[data-sid="vm:{vm}"]'
     _wait(browser, lambda d: _css(d, arow) and _css(d, f"{arow} .avail-percent")[0].text
-          .endswith("%"), "the service's availability once it runs under HA", timeout=45)
+          .endswith("%"), "the service's availability on the page", timeout=30)
     assert "99.9" in _css(browser, f"{arow} .avail-budget")[0].text
     chart = f'.avail-chart[data-sid="vm:{vm}"]'
     _wait(browser, lambda d: _css(d, f"{chart} canvas")
@@ -567,8 +572,7 @@ def _ha_editing(browser, api: requests.Session, cluster: Cluster, vm: int, row: 
           "the availability chart with the target line")
     legend = _css(browser, f"{chart} .u-legend")[0].text
     assert "target 99.9 %" in legend, legend
-    report = api.get(f"{_base(cluster)}/api2/json/cluster/ha/availability", timeout=10,
-                     params={"sid": f"vm:{vm}"}).json()["data"][0]
+    report = reported()[0]
     shown = _css(browser, f"{arow} .avail-percent")[0].text
     assert shown == f"{report['availability']:.4f} %", (shown, report)
     browser.save_screenshot(str(shots / "dc-availability.png"))

@@ -12,7 +12,8 @@ import { t } from "../../strings";
 import { DcTabs } from "../DcViews";
 import { BUCKETS, PERIODS, duration, percentFormat, series, yRange, type Period, type Report } from "./availability";
 
-const REFRESH_MS: Record<Period, number> = { day: 10_000, week: 30_000, month: 60_000, year: 300_000 };
+// an outage shows within seconds on the day's chart, within a minute on the year's
+const REFRESH_MS: Record<Period, number> = { day: 5_000, week: 10_000, month: 15_000, year: 60_000 };
 
 export function Availability() {
   const [period, setPeriod] = useState<Period>("month");

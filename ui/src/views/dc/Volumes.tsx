@@ -74,14 +74,14 @@ export function Volumes(props: { resources: Resource[] }) {
       ))}
       {loaded && !volumes.length && <p id="vol-none">{t("vol.none")}</p>}
       {volumes.map((v) => (
-        <VolumeCard key={v.name} volume={v} resources={props.resources} silent={errors}
+        <VolumeCard key={v.name} volume={v} resources={props.resources}
           write={can("/", "Volume.Modify")} />
       ))}
     </div>
   );
 }
 
-function VolumeCard(props: { volume: Volume; resources: Resource[]; silent: Record<string, string>; write: boolean }) {
+function VolumeCard(props: { volume: Volume; resources: Resource[]; write: boolean }) {
   const v = props.volume;
   const guest = v.vmid ? props.resources.find((r) => r.type === "qemu" && r.vmid === v.vmid) : undefined;
   const sb = v.splitBrain;
@@ -124,7 +124,7 @@ function VolumeCard(props: { volume: Volume; resources: Resource[]; silent: Reco
           kib: kib(v.verify.result.verified_kib), found: v.verify.result.found_blocks })}
         {v.verify.result.stopped ? t("vol.verify.stopped") : v.verify.result.lost ? t("vol.verify.lost") : ""}
         {v.verify.result.found_blocks ? t("vol.verify.differ") : ""}</p>}
-      {props.write && !needsResolution(v) && <Controls volume={v} />}
+      {props.write && !needsResolution(v) && !resolving && <Controls volume={v} />}
       <p class="vol-splitbrain" data-state={sb?.state ?? "none"}>
         <strong>{t("vol.splitbrain.last")}:</strong>{" "}
         {!sb ? t("vol.splitbrain.none")
