@@ -22,6 +22,8 @@ export interface ChartProps {
   format: (v: number | null) => string;
   /** the y axis' fixed range (availability: near 100 %); default 0 to the maximum */
   yRange?: [number, number];
+  /** the y axis' width in pixels, for its longest label (default 70) */
+  yAxisSize?: number;
 }
 
 export default function Chart(props: ChartProps) {
@@ -44,7 +46,7 @@ export default function Chart(props: ChartProps) {
         value: (_u: uPlot, v: number | null) => fmt(v),
       }))],
       axes: [{ stroke: "currentColor" },
-             { stroke: "currentColor", size: 70, values: (_u, vals) => vals.map((v) => fmt(v)) }],
+             { stroke: "currentColor", size: props.yAxisSize ?? 70, values: (_u, vals) => vals.map((v) => fmt(v)) }],
       scales: { y: { range: (_u, _min, max): uPlot.Range.MinMax =>
         yRange ?? [0, max > 0 ? max * 1.1 : 1] } },
     };

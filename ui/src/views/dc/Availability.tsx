@@ -103,7 +103,7 @@ function ServiceChart(props: { report: Report; period: Period; Chart: ComponentT
   return (
     <div class="avail-chart" data-sid={r.sid} data-points={s.x.length} data-target={target ?? ""}>
       <Chart id={`avail-chart-${r.sid.replace(":", "-")}`} title={t("avail.chart", { sid: r.sid, bucket: bucketName })}
-        series={lines} data={columns} format={percentFormat(range)} yRange={range} />
+        series={lines} data={columns} format={percentFormat(range)} yRange={range} yAxisSize={90} />
       {r.state && <p class="notice">{t("avail.state", { state: r.state })}</p>}
     </div>
   );

@@ -209,7 +209,10 @@ type StepState = "pending" | "running" | "ok" | "failed";
 /** The guided resolution of one volume's split brain. */
 function SplitBrain(props: { volume: Volume; resources: Resource[]; write: boolean;
                              onStart: () => void; onClose: () => void }) {
-  const v = props.volume;
+  // once the resolution runs, the panel keeps the situation it was decided on (the live
+  // state is in the card above it)
+  const [frozen, setFrozen] = useState<Volume | null>(null);
+  const v = frozen ?? props.volume;
   const sb = v.splitBrain!;
   const [survivor, setSurvivor] = useState<string | null>(null);
   const [confirming, setConfirming] = useState(false);
@@ -230,6 +233,7 @@ function SplitBrain(props: { volume: Volume; resources: Resource[]; write: boole
     const states: StepState[] = steps.map(() => "pending");
     const state = { steps, states, upid: null as string | null, error: null as string | null, survivor, victim };
     props.onStart();
+    setFrozen(props.volume);
     setRun({ ...state });
     for (let i = 0; i < steps.length; i++) {
       const s = steps[i];
@@ -314,7 +318,8 @@ function SplitBrain(props: { volume: Volume; resources: Resource[]; write: boole
           )}
           {run.upid && <TaskViewer key={run.upid} upid={run.upid} onClose={() => setRun({ ...run, upid: null })} />}
           {(run.error || run.states.every((s) => s === "ok")) && (
-            <button id="sb-close" onClick={() => { setRun(null); props.onClose(); }}>{t("taskview.close")}</button>)}
+            <button id="sb-close" onClick={() => { setRun(null); setFrozen(null); props.onClose(); }}>
+              {t("taskview.close")}</button>)}
         </div>
       )}
       {confirming && survivor && plan && "steps" in plan && (
