@@ -17,8 +17,10 @@ export type VmTab = "summary" | "console" | "vnc" | "graphs" | "hardware" | "opt
 export const VM_TABS: VmTab[] = ["summary", "hardware", "options", "cloudinit", "snapshots",
   "backup", "console", "vnc", "graphs"];
 /** The datacenter's sub-views beside its summary. */
-export type DcView = "log" | "ha" | "storage" | "backup" | "notifications";
-const DC_VIEWS: DcView[] = ["log", "ha", "storage", "backup", "notifications"];
+export type DcView = "log" | "ha" | "availability" | "storage" | "volumes" | "backup"
+  | "notifications";
+const DC_VIEWS: DcView[] = ["log", "ha", "availability", "storage", "volumes", "backup",
+  "notifications"];
 /** The datacenter's Permissions pages (#/access/users, a pool's page #/access/pools/p1). */
 export type AccessView = "users" | "groups" | "roles" | "acl" | "tokens" | "pools" | "realms" | "tfa";
 const ACCESS_VIEWS: AccessView[] = ["users", "groups", "roles", "acl", "tokens", "pools", "realms", "tfa"];

@@ -2,6 +2,7 @@
 // keys. `{name}` placeholders are filled by t(key, {name: value}).
 import { accessStrings } from "./views/access/strings";
 import { pageStrings } from "./strings-pages";
+import { dcStrings } from "./views/dc/strings";
 
 const en = {
   ...accessStrings,
@@ -195,6 +196,7 @@ const en = {
   "common.error": "Error: {message}",
   "common.none": "—",
   ...pageStrings,
+  ...dcStrings,
 } as const;
 
 export type StringKey = keyof typeof en;

@@ -183,9 +183,94 @@ def test_vm_tabs_and_backup_job(browser, cluster: Cluster, api: requests.Session
     for target in targets:
         _wait(browser, lambda d, n=target["name"]: _css(d, listed.format(n)),
               f"target {target['name']} listed")
+    _notification_targets(browser, api, cluster, vmid, shots)
 
-    # the one expected failure: the refused memory value (a 400 on .../config)
+    # the expected failures: the refused memory value (a 400 on .../config) and the
+    # refused SMTP port (a 400 on .../endpoints/smtp)
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"
               and not (e.get("source") == "network" and " 400 " in e["message"]
-                       and f"/qemu/{vmid}/config" in e["message"])]
+                       and (f"/qemu/{vmid}/config" in e["message"]
+                            or "/notifications/endpoints/smtp" in e["message"]))]
     assert errors == [], errors
+
+
+def _notification_targets(browser, api: requests.Session, cluster: Cluster, vmid: int,
+                          shots: Path) -> None:
+    """Notification targets created, edited and deleted on the Notifications page: an
+    SMTP target (a bad port refused beside its field first), a gotify target whose token
+    is never shown again (the edit's token field starts empty, the page holds no token),
+    a webhook with a header and a secret (the secret's name listed, never its value)."""
+    base = "/cluster/notifications/endpoints"
+
+    def read(kind: str) -> dict:
+        return api.get(_url(cluster, f"{base}/{kind}/{names[kind]}"), timeout=10).json()["data"]
+
+    names = {kind: f"ui-{kind}-{vmid}" for kind in ("smtp", "gotify", "webhook")}
+    row = '#notif-target-table tr[data-target="{}"]'
+    token, password, secret = "tok-ui-s3cret", "pw-ui-s3cret", "hook-ui-s3cret"
+    try:
+        _css(browser, "#notif-add-smtp")[0].click()
+        _fill(browser, "#target-name", names["smtp"])
+        _fill(browser, "#target-server", "127.0.0.1")
+        _fill(browser, "#target-port", "99999")
+        _fill(browser, "#target-from", "binome@example.test")
+        _fill(browser, "#target-password", password)
+        _submit(browser)
+        error = _wait(browser, lambda d: _css(d, "dialog[open] #error-port"), "the port's error")[0]
+        assert error.text, "an empty error"
+        _fill(browser, "#target-port", "2525")
+        _submit(browser)
+        _wait(browser, lambda d: _css(d, row.format(names["smtp"])), "the SMTP target listed")
+        smtp = read("smtp")
+        assert (smtp["server"], smtp["port"], smtp["from-address"]) == \
+            ("127.0.0.1", 2525, "binome@example.test") and "password" not in smtp, smtp
+
+        _css(browser, "#notif-add-gotify")[0].click()
+        _fill(browser, "#target-name", names["gotify"])
+        _fill(browser, "#target-server", "http://127.0.0.1:9")
+        _fill(browser, "#target-token", token)
+        _submit(browser)
+        _wait(browser, lambda d: _css(d, row.format(names["gotify"])), "the gotify target listed")
+        _css(browser, f"{row.format(names['gotify'])} .notif-edit-target")[0].click()
+        _wait(browser, lambda d: _css(d, "#target-server")[0].get_attribute("value")
+              == "http://127.0.0.1:9", "the gotify target's settings in the dialog")
+        assert _css(browser, "#target-token")[0].get_attribute("value") == ""
+        assert token not in browser.page_source and password not in browser.page_source
+        _fill(browser, "#target-comment", "edited in the UI")
+        _submit(browser)
+        _wait(browser, lambda d: "edited in the UI" in
+              _css(d, row.format(names["gotify"]))[0].text, "the gotify target's new comment")
+        gotify = read("gotify")
+        assert gotify["comment"] == "edited in the UI" and "token" not in gotify, gotify
+
+        _css(browser, "#notif-add-webhook")[0].click()
+        _fill(browser, "#target-name", names["webhook"])
+        _fill(browser, "#target-url", "http://127.0.0.1:9/hook")
+        _fill(browser, "#target-header", "X-Binome: ui test")
+        _css(browser, "#target-secret-add")[0].click()
+        _fill(browser, ".target-secret-name", "key")
+        _fill(browser, ".target-secret-value", secret)
+        _submit(browser)
+        _wait(browser, lambda d: _css(d, row.format(names["webhook"])), "the webhook listed")
+        hook = read("webhook")
+        assert hook["secret"] == ["name=key"] and secret not in str(hook), hook
+        assert hook["header"] == ["name=X-Binome,value=dWkgdGVzdA=="], hook   # base64("ui test")
+        _css(browser, f"{row.format(names['webhook'])} .notif-edit-target")[0].click()
+        _wait(browser, lambda d: _css(d, "#target-header")[0].get_attribute("value")
+              == "X-Binome: ui test", "the webhook's header, decoded, in the dialog")
+        assert _css(browser, ".target-secret-name")[0].get_attribute("value") == "key"
+        assert _css(browser, ".target-secret-value")[0].get_attribute("value") == ""
+        assert secret not in browser.page_source
+        browser.save_screenshot(str(shots / "dc-notification-target.png"))
+        _submit(browser)                 # unchanged: the stored secret is kept
+        _wait(browser, lambda d: not _css(d, "dialog[open]"), "the webhook dialog closed")
+        hook = read("webhook")
+        assert hook["secret"] == ["name=key"], hook
+
+        _css(browser, f"{row.format(names['gotify'])} .notif-delete")[0].click()
+        _submit(browser)
+        _wait(browser, lambda d: not _css(d, row.format(names["gotify"])),
+              "the gotify target deleted")
+    finally:
+        for kind, name in names.items():
+            api.delete(_url(cluster, f"{base}/{kind}/{name}"), timeout=10)

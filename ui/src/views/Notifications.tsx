@@ -1,6 +1,7 @@
 // Datacenter → Notifications, in the API's shapes (/cluster/notifications): the targets
 // (every endpoint: sendmail, smtp, gotify, webhook) with a Test button and delete, a new
-// sendmail endpoint, and the matchers that route notifications to targets (create, edit,
+// sendmail endpoint, smtp, gotify and webhook targets created and edited (dc/TargetEditor:
+// their secrets write-only), and the matchers that route notifications to targets (create, edit,
 // delete). Built-in entries (origin "builtin") can be changed but not removed.
 import { useState } from "preact/hooks";
 import { usePoll } from "../poll";
@@ -8,6 +9,7 @@ import { t } from "../strings";
 import { Dialog } from "./Confirm";
 import { DcTabs } from "./DcViews";
 import { Field, OtherErrors, OutcomeMessage, useOutcome } from "./forms";
+import { TARGET_TYPES, TargetDialog, type TargetType } from "./dc/TargetEditor";
 
 const BASE = "/cluster/notifications";
 
@@ -22,6 +24,7 @@ const asList = (v: string[] | string | undefined) => (Array.isArray(v) ? v : v ?
 const splitList = (text: string) => text.split(/[\s,]+/).filter(Boolean);
 
 type Editing = { kind: "matcher"; matcher: Matcher | null } | { kind: "sendmail" }
+  | { kind: "target"; type: TargetType; name: string | null }
   | { kind: "delete"; what: "matcher" | "endpoint"; name: string; type?: string };
 
 export function Notifications() {
@@ -68,7 +71,7 @@ export function Notifications() {
       ok = await outcome.send("POST", `${BASE}/endpoints/sendmail`, {
         name: form.name, mailto: splitList(form.mailto), "mailto-user": splitList(form.mailtouser),
         comment: form.comment || undefined }, t("notif.saved", { name: form.name }));
-    } else {
+    } else if (editing.kind === "delete") {
       const path = editing.what === "matcher" ? `${BASE}/matchers/${encodeURIComponent(editing.name)}`
         : `${BASE}/endpoints/${editing.type}/${encodeURIComponent(editing.name)}`;
       ok = await outcome.send("DELETE", path, {}, t("notif.deleted", { name: editing.name }));
@@ -92,6 +95,11 @@ export function Notifications() {
             outcome.clear(); setForm({ name: "", mailto: "", mailtouser: "root@pam", comment: "" });
             setEditing({ kind: "sendmail" });
           }}>{t("notif.addsendmail")}</button>
+          {TARGET_TYPES.map((type) => (
+            <button key={type} id={`notif-add-${type}`} onClick={() => {
+              outcome.clear(); setEditing({ kind: "target", type, name: null });
+            }}>{t("notif.add")}: {t(`notif.add.${type}`)}</button>
+          ))}
         </div>
         {targets.error && <p class="error">{t("common.error", { message: targets.error.message })}</p>}
         <div class="table-wrap">
@@ -105,6 +113,9 @@ export function Notifications() {
                   <td>{e.origin ?? ""}</td><td>{e.comment ?? ""}</td>
                   <td class="row-actions">
                     <button class="notif-test" disabled={outcome.busy} onClick={() => test(e.name)}>{t("notif.test")}</button>
+                    {TARGET_TYPES.includes(e.type as TargetType) && <button class="notif-edit-target" onClick={() => {
+                      outcome.clear(); setEditing({ kind: "target", type: e.type as TargetType, name: e.name });
+                    }}>{t("hw.edit")}</button>}
                     {e.origin !== "builtin" && <button class="notif-delete" onClick={() => {
                       outcome.clear(); setEditing({ kind: "delete", what: "endpoint", name: e.name, type: e.type });
                     }}>{t("snap.delete")}</button>}
@@ -187,6 +198,10 @@ export function Notifications() {
             <input value={form.comment} onInput={set("comment")} /></Field>
           <OtherErrors errors={errors} shown={["name", "mailto", "mailto-user", "comment"]} />
         </Dialog>
+      )}
+      {editing?.kind === "target" && (
+        <TargetDialog key={`${editing.type}-${editing.name ?? ""}`} type={editing.type} name={editing.name}
+          outcome={outcome} onClose={() => setEditing(null)} />
       )}
       {editing?.kind === "delete" && (
         <Dialog title={t("snap.delete")} danger onOk={save} onCancel={() => setEditing(null)}>

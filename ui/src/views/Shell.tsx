@@ -9,8 +9,8 @@ import { t } from "../strings";
 import type { Resource } from "../types";
 import { CreateVm } from "./Create";
 import { DatacenterSummary } from "./Datacenter";
-import { ClusterLog, HaView, StorageList } from "./DcViews";
-import { BackupJobs, Notifications } from "./lazy";
+import { ClusterLog, StorageList } from "./DcViews";
+import { Availability, BackupJobs, HaPage, Notifications, Volumes } from "./lazy";
 import { NodeSummary } from "./Node";
 import { TaskList } from "./Tasks";
 import { Tree } from "./Tree";
@@ -47,7 +47,9 @@ export function Shell(props: { theme: string; onTheme: () => void; onLogout: () 
       content = route.view === "backup" ? <BackupJobs resources={resources} />
         : route.view === "notifications" ? <Notifications />
         : route.view === "log" ? <ClusterLog />
-        : route.view === "ha" ? <HaView resources={resources} /> : <StorageList />;
+        : route.view === "ha" ? <HaPage resources={resources} />
+        : route.view === "availability" ? <Availability />
+        : route.view === "volumes" ? <Volumes resources={resources} /> : <StorageList />;
       break;
     case "create":
       content = <CreateVm resources={resources} onCreated={(vmid) => go({ kind: "vm", vmid })} />;

@@ -1,5 +1,6 @@
 // The editing pages (a VM's hardware, options, cloud-init, snapshots and backup tabs;
-// the datacenter's backup jobs and notifications) load their code when first opened, as
+// the datacenter's HA, availability, replicated volumes, backup jobs and notifications)
+// load their code when first opened, as
 // the consoles and graphs do, so the login and the tree stay small.
 import type { ComponentType } from "preact";
 import { useEffect, useState } from "preact/hooks";
@@ -39,3 +40,9 @@ export const BackupJobs = lazyView<{ resources: Resource[] }>(
   () => import("./BackupJobs").then((m) => m.BackupJobs));
 export const Notifications = lazyView<Record<string, never>>(
   () => import("./Notifications").then((m) => m.Notifications));
+export const HaPage = lazyView<{ resources: Resource[] }>(
+  () => import("./dc/Ha").then((m) => m.HaPage));
+export const Availability = lazyView<Record<string, never>>(
+  () => import("./dc/Availability").then((m) => m.Availability));
+export const Volumes = lazyView<{ resources: Resource[] }>(
+  () => import("./dc/Volumes").then((m) => m.Volumes));

@@ -1,0 +1,32 @@
+"""The web UI's pure logic of the datacenter pages, run by Node.js as the browser runs it
+(TypeScript compiled by the UI's own tsc): the replicated volumes merged from every
+node's list, the split-brain resolution plan (which calls, on which node, and when it
+must be refused: a copy a guest has open, a node that does not answer), and the
+availability report cut into a time series for the charts. The TypeScript is bundled by
+the UI's own bundler (rolldown, Vite's; `make ui` type-checks it with tsc)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+ROLLDOWN = ROOT / "ui" / "node_modules" / ".bin" / "rolldown"
+DC = ROOT / "ui" / "src" / "views" / "dc"
+SOURCES = [DC / "volumes.ts", DC / "availability.ts"]
+CHECKS = Path(__file__).with_name("dc_logic_checks.mjs")
+
+
+@pytest.mark.skipif(shutil.which("node") is None or not ROLLDOWN.exists(),
+                    reason="Node.js or the UI's node_modules (make ui) missing")
+def test_volume_merge_split_brain_plan_and_availability_series(tmp_path: Path) -> None:
+    subprocess.run([str(ROLLDOWN), *map(str, SOURCES), "-d", str(tmp_path), "-f", "esm"],
+                   check=True, capture_output=True, text=True, timeout=120)
+    (tmp_path / "package.json").write_text('{"type": "module"}')
+    shutil.copyfile(CHECKS, tmp_path / "checks.mjs")
+    r = subprocess.run(["node", "checks.mjs"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
