@@ -14,6 +14,7 @@ import pytest
 
 from binome.cluster import pki
 from binome.store.client import Store
+from tests.integration.harness import stop_process
 
 
 @contextlib.contextmanager
@@ -44,12 +45,7 @@ def single_etcd(root: Path, address: str, ca_name: str) -> Iterator[dict[str, Pa
     try:
         yield paths
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 async def empty_store(paths: dict[str, Path], address: str) -> Store:

@@ -75,7 +75,7 @@ def test_confirm_off_cli_form_and_warning(capsys) -> None:
     assert _aliases(["fence", "--confirm-off", "n1"]) == ["fence", "confirm-off", "n1"]
     assert _aliases(["fence", "n1"]) == ["fence", "node", "n1"]   # unchanged
     args = build_parser().parse_args(_aliases(["fence", "n1", "--confirm-off", "--yes"]))
-    assert args._method.path == "/cluster/ha/fence/{node}/confirm" and args.p_node == "n1"
+    assert args._spec.path == "/cluster/ha/fence/{node}/confirm" and args.p_node == "n1"
     _confirm(args._spec, args)   # --yes: no question, but the warning is always shown
     err = capsys.readouterr().err
     assert "node n1 is POWERED OFF" in err and "run TWICE" in err

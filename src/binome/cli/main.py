@@ -18,19 +18,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from binome.api.registry import ApiMethod, CliSpec, registry
+from binome.cli import commands as command_table
 from binome.cli import logs as logs_cli
 from binome.cli.client import ApiCallError, Client
+from binome.cli.commands import Command, Option
 from binome.cli.format import render
-from binome.schema import Param
 from binome.tasks.upid import InvalidUpid, Upid
 
 OUTPUT_FORMATS = ("text", "json", "json-pretty")
 API_VERBS = {"get": "GET", "create": "POST", "set": "PUT", "delete": "DELETE"}
-
-
-def _load_methods() -> None:
-    from binome.api import methods  # noqa: F401  (registers every method)
 
 
 def _common_options(parser: argparse.ArgumentParser) -> None:
@@ -69,19 +65,13 @@ def _bool(text: str) -> str:
     raise argparse.ArgumentTypeError(f"expected 0/1, got {text!r}")
 
 
-def _add_param(parser: argparse.ArgumentParser, name: str, p: Param, positional: bool,
+def _add_param(parser: argparse.ArgumentParser, p: Option, positional: bool,
                required_group: Any = None) -> None:
-    help_text = p.description or None
-    if p.props is not None:
-        help_text = f"{help_text or ''} Format: {p.props.typetext()}".strip()
-    if p.enum:
-        help_text = f"{help_text or ''} ({'|'.join(p.enum)})".strip()
-    if p.default is not None:
-        help_text = f"{help_text or ''} [default: {p.default}]".strip()
+    name, help_text = p.name, p.help
     dest = "p_" + name.replace("-", "_")
     if p.secret:
         parser.add_argument(f"--{name}-file", dest=dest + "_file", metavar="FILE",
-                            help=f"read {name} from FILE ({p.description})")
+                            help=f"read {name} from FILE ({help_text})")
         return
     if positional:
         parser.add_argument(dest, metavar=name.upper(), nargs="?" if p.optional else None,
@@ -103,35 +93,34 @@ def _add_param(parser: argparse.ArgumentParser, name: str, p: Param, positional:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    _load_methods()
     parser = argparse.ArgumentParser(prog="binome", description="binome cluster command line")
     _common_options(parser)
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
     nodes: dict[tuple[str, ...], Any] = {(): groups}
     parsers: dict[tuple[str, ...], argparse.ArgumentParser] = {}
-    for spec, method in sorted(registry.commands(), key=lambda sm: sm[0].command):
-        for depth in range(1, len(spec.command)):
-            prefix = spec.command[:depth]
+    for spec in command_table.load():
+        for depth in range(1, len(spec.words)):
+            prefix = spec.words[:depth]
             if prefix not in nodes:
                 sub = nodes[prefix[:-1]].add_parser(prefix[-1], help=f"{prefix[-1]} commands")
                 parsers[prefix] = sub
                 nodes[prefix] = sub.add_subparsers(dest="_".join(prefix) + "_cmd",
                                                    required=True, metavar="COMMAND")
-        leaf = nodes[spec.command[:-1]].add_parser(
-            spec.command[-1], help=spec.help or method.description,
-            description=f"{method.description}\n\nAPI: {method.method} {method.path}",
+        leaf = nodes[spec.words[:-1]].add_parser(
+            spec.words[-1], help=spec.help or spec.description,
+            description=f"{spec.description}\n\nAPI: {spec.http_method} {spec.path}",
             formatter_class=argparse.RawDescriptionHelpFormatter)
         _common_options(leaf)
         fixed = dict(spec.fixed)
         required = leaf.add_argument_group("required options")
-        for name, p in method.parameters.items():
-            if name in fixed:
+        for p in spec.options:
+            if p.name in fixed:
                 continue
-            if name == "node" and name not in spec.positional:
+            if p.name == "node" and p.name not in spec.positional:
                 leaf.add_argument("--node", dest="p_node", help="node (default: this node)")
                 continue
-            _add_param(leaf, name, p, name in spec.positional, required)
-        leaf.set_defaults(_spec=spec, _method=method)
+            _add_param(leaf, p, p.name in spec.positional, required)
+        leaf.set_defaults(_spec=spec)
     if ("vm",) in nodes:
         console = nodes[("vm",)].add_parser(
             "console", help="attach to the VM's serial console (Ctrl-] leaves)",
@@ -212,7 +201,7 @@ def make_client(args: argparse.Namespace) -> Client:
     return client
 
 
-def _confirm(spec: CliSpec, args: argparse.Namespace) -> None:
+def _confirm(spec: Command, args: argparse.Namespace) -> None:
     if not spec.confirm:
         return
     node = getattr(args, "p_node", None) or "the node"
@@ -225,9 +214,10 @@ def _confirm(spec: CliSpec, args: argparse.Namespace) -> None:
         raise SystemExit("binome: aborted")
 
 
-def _collect(method: ApiMethod, spec: CliSpec, args: argparse.Namespace) -> dict[str, Any]:
+def _collect(spec: Command, args: argparse.Namespace) -> dict[str, Any]:
     params: dict[str, Any] = {}
-    for name, p in method.parameters.items():
+    for p in spec.options:
+        name = p.name
         dest = "p_" + name.replace("-", "_")
         if p.secret:
             value = _read_secret(getattr(args, dest + "_file", None), name, not p.optional)
@@ -236,7 +226,7 @@ def _collect(method: ApiMethod, spec: CliSpec, args: argparse.Namespace) -> dict
         if value is not None:
             params[name] = value
     params.update(dict(spec.fixed))
-    if "node" in method.parameters and "node" not in params:
+    if any(p.name == "node" for p in spec.options) and "node" not in params:
         upid = params.get("upid")
         try:
             params["node"] = Upid.parse(upid).node if upid else "localhost"
@@ -245,9 +235,9 @@ def _collect(method: ApiMethod, spec: CliSpec, args: argparse.Namespace) -> dict
     return params
 
 
-def _split(method: ApiMethod, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    path_params = method.path_params
-    path = method.path
+def _split(spec: Command, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    path_params = spec.path_params
+    path = spec.path
     for name in path_params:
         path = path.replace("{" + name + "}", quote(str(params[name]), safe=""))
     return path, {k: v for k, v in params.items() if k not in path_params}
@@ -305,12 +295,12 @@ def run(argv: list[str] | None = None) -> int:
             data = client.call(API_VERBS[args._api_verb], args.path, params)
             formatter = None
         else:
-            spec, method = args._spec, args._method
+            spec = args._spec
             _confirm(spec, args)
-            path, params = _split(method, _collect(method, spec, args))
-            if method.name == "volume_events":
+            path, params = _split(spec, _collect(spec, args))
+            if spec.name == "volume_events":
                 return _volume_events(client, path, params, output)
-            data = client.call(method.method, path, params)
+            data = client.call(spec.http_method, path, params)
             formatter = spec.formatter
         if isinstance(data, str) and data.startswith("UPID:") and not _opt(args, "no_wait"):
             return _wait(client, data, output)

@@ -3,10 +3,14 @@ API-token session, and waiting for a task's end."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import requests
 
+from binome.access import ops
+from binome.access.model import AccessConfig
+from binome.access.repository import AccessRepository
 from tests.integration.harness import Cluster, wait_for
 
 
@@ -55,3 +59,34 @@ def wait_task(api: Api, upid: str) -> None:
             return True
         return False
     wait_for(done, 60, f"task {upid}")
+
+
+def stored_access_config(cluster: Cluster) -> AccessConfig:
+    """The access configuration as stored in etcd (read beside the API, to check it)."""
+    async def go() -> AccessConfig:
+        store = cluster.raw_store("n1")
+        try:
+            return (await AccessRepository(store).load()).config
+        finally:
+            await store.close()
+    return asyncio.run(go())
+
+
+def purge_realm(cluster: Cluster, realm_id: str) -> None:
+    """Remove a realm and the users and groups a sync into it created (tests clean up)."""
+    def op(cfg: AccessConfig) -> AccessConfig:
+        for u in [u for u in cfg.users if u.endswith("@" + realm_id)]:
+            cfg = ops.delete_user(cfg, u)
+        for g in [g for g in cfg.groups if g.endswith("-" + realm_id)]:
+            cfg = ops.delete_group(cfg, g)
+        if realm_id in cfg.realms:
+            cfg = ops.delete_realm(cfg, realm_id)
+        return cfg
+
+    async def go() -> None:
+        store = cluster.raw_store("n1")
+        try:
+            await AccessRepository(store).change("test", "cleanup", op)
+        finally:
+            await store.close()
+    asyncio.run(go())

@@ -3,7 +3,6 @@ clear text, over ldaps and with STARTTLS (a CA and server certificate made by th
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import ipaddress
 import logging
@@ -29,8 +28,8 @@ from proxmoxer.tools import Tasks
 
 from binome.access import ldap, ops
 from binome.access.model import AccessConfig, AclEntry, Realm
-from binome.access.repository import AccessRepository
-from tests.integration.harness import PASSWORD, Cluster
+from tests.integration.access.client import purge_realm, stored_access_config
+from tests.integration.harness import PASSWORD, Cluster, stop_process
 
 urllib3.disable_warnings()
 
@@ -152,12 +151,7 @@ access to * by * read
         conn.unbind()
         yield ADDRESS
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def realm(**extra) -> Realm:
@@ -273,36 +267,6 @@ async def test_sync_then_a_user_removed_from_the_directory(slapd):
 
 # -- through the API of a real cluster ----------------------------------------------------
 
-def _config(cluster: Cluster) -> AccessConfig:
-    async def go() -> AccessConfig:
-        store = cluster.raw_store("n1")
-        try:
-            return (await AccessRepository(store).load()).config
-        finally:
-            await store.close()
-    return asyncio.run(go())
-
-
-def _purge(cluster: Cluster, realm_id: str) -> None:
-    """Remove what a sync into `realm_id` created (tests clean up after themselves)."""
-    def op(cfg: AccessConfig) -> AccessConfig:
-        for u in [u for u in cfg.users if u.endswith("@" + realm_id)]:
-            cfg = ops.delete_user(cfg, u)
-        for g in [g for g in cfg.groups if g.endswith("-" + realm_id)]:
-            cfg = ops.delete_group(cfg, g)
-        if realm_id in cfg.realms:
-            cfg = ops.delete_realm(cfg, realm_id)
-        return cfg
-
-    async def go() -> None:
-        store = cluster.raw_store("n1")
-        try:
-            await AccessRepository(store).change("test", "cleanup", op)
-        finally:
-            await store.close()
-    asyncio.run(go())
-
-
 def _login(cluster: Cluster, user: str, password: str) -> requests.Response:
     return requests.post(f"https://{cluster['n1'].address}:8006/api2/json/access/ticket",
                          data={"username": user, "password": password}, verify=False,
@@ -338,7 +302,7 @@ def test_realm_api_sync_and_login(slapd: str, pki: dict[str, str], cluster: Clus
         with pytest.raises(ResourceException) as e:
             px.access.domains.post(realm=realm_id, type="ldap", server1=ADDRESS)
         assert e.value.status_code == 400 and "base_dn" in e.value.errors
-        assert realm_id not in _config(cluster).realms
+        assert realm_id not in stored_access_config(cluster).realms
 
         px.access.domains.post(realm=realm_id, type="ldap", password=ADMIN_PW,
                                comment="directory", **options)
@@ -352,17 +316,17 @@ def test_realm_api_sync_and_login(slapd: str, pki: dict[str, str], cluster: Clus
         got = px.access.domains(realm_id).get()
         assert got["bind_dn"] == ADMIN and got["comment"] == "directory"
         assert "password" not in got and ADMIN_PW not in str(got)
-        assert _config(cluster).realms[realm_id].bind_password == ADMIN_PW
+        assert stored_access_config(cluster).realms[realm_id].bind_password == ADMIN_PW
 
         # a dry run logs the plan and stores nothing
         log = _sync(px, realm_id, scope="both", **{"dry-run": 1})
         assert any(line.startswith("added user:") and f"{dave}@{realm_id}" in line
                    for line in log), log
-        assert f"{dave}@{realm_id}" not in _config(cluster).users
+        assert f"{dave}@{realm_id}" not in stored_access_config(cluster).users
 
         log = _sync(px, realm_id, scope="both", **{"remove-vanished": "acl;entry"})
         assert any(f"{dave}@{realm_id}" in line for line in log), log
-        cfg = _config(cluster)
+        cfg = stored_access_config(cluster)
         assert cfg.users[f"{dave}@{realm_id}"].email == "d@x.org"
         assert cfg.members(f"web{dave}-{realm_id}") == [f"{dave}@{realm_id}"]
 
@@ -393,7 +357,7 @@ def test_realm_api_sync_and_login(slapd: str, pki: dict[str, str], cluster: Clus
         log = _sync(px, realm_id, scope="both", **{"remove-vanished": "acl;entry"})
         assert any(line.startswith("removed user:") and f"{dave}@{realm_id}" in line
                    for line in log), log
-        assert f"{dave}@{realm_id}" not in _config(cluster).users
+        assert f"{dave}@{realm_id}" not in stored_access_config(cluster).users
         assert _login(cluster, f"{dave}@{realm_id}", "dave-pw").status_code == 401
 
         px.access.domains(realm_id).put(comment="changed", delete="server2")
@@ -405,4 +369,4 @@ def test_realm_api_sync_and_login(slapd: str, pki: dict[str, str], cluster: Clus
         conn.delete(f"uid={dave},ou=people,{BASE}")
         conn.delete(f"cn=web{dave},ou=groups,{BASE}")
         conn.unbind()
-        _purge(cluster, realm_id)
+        purge_realm(cluster, realm_id)

@@ -12,7 +12,6 @@ a user missing without autocreate, a password login.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import shutil
@@ -27,11 +26,8 @@ import pytest
 import requests
 import urllib3
 
-from binome.access import ops
-from binome.access.model import AccessConfig
-from binome.access.repository import AccessRepository
-from tests.integration.access.client import Api, base_url
-from tests.integration.harness import PASSWORD, Cluster, wait_for
+from tests.integration.access.client import Api, base_url, purge_realm, stored_access_config
+from tests.integration.harness import PASSWORD, Cluster, stop_process, wait_for
 
 urllib3.disable_warnings()
 
@@ -73,41 +69,7 @@ def provider(cluster: Cluster) -> Iterator[dict[str, str]]:
         assert proc.poll() is None, "the OpenID provider exited"
         yield {"issuer": f"http://127.0.0.1:{port}", "redirect": redirect}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _store_config(cluster: Cluster) -> AccessConfig:
-    async def go() -> AccessConfig:
-        store = cluster.raw_store("n1")
-        try:
-            return (await AccessRepository(store).load()).config
-        finally:
-            await store.close()
-    return asyncio.run(go())
-
-
-def _purge(cluster: Cluster, realm_id: str) -> None:
-    def op(cfg: AccessConfig) -> AccessConfig:
-        for u in [u for u in cfg.users if u.endswith("@" + realm_id)]:
-            cfg = ops.delete_user(cfg, u)
-        for g in [g for g in cfg.groups if g.endswith("-" + realm_id)]:
-            cfg = ops.delete_group(cfg, g)
-        if realm_id in cfg.realms:
-            cfg = ops.delete_realm(cfg, realm_id)
-        return cfg
-
-    async def go() -> None:
-        store = cluster.raw_store("n1")
-        try:
-            await AccessRepository(store).change("test", "cleanup", op)
-        finally:
-            await store.close()
-    asyncio.run(go())
+        stop_process(proc)
 
 
 def _anon(cluster: Cluster, path: str, **data: str) -> requests.Response:
@@ -165,7 +127,7 @@ def test_openid_login_flow_and_refusals(cluster: Cluster, provider: dict[str, st
         shown = admin.ok("GET", f"/access/domains/{realm}")
         assert "client-key" not in shown and CLIENT_SECRET not in str(shown)
         assert shown["issuer-url"] == provider["issuer"]
-        assert _store_config(cluster).realms[realm].client_key == CLIENT_SECRET
+        assert stored_access_config(cluster).realms[realm].client_key == CLIENT_SECRET
 
         url = _auth_url(cluster, realm, redirect)
         asked = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
@@ -192,7 +154,7 @@ def test_openid_login_flow_and_refusals(cluster: Cluster, provider: dict[str, st
         assert me.status_code == 200, me.text
         # autocreate from the claims; groups claim mapped to `<group>-<realm>`, the
         # invalid name skipped
-        user = _store_config(cluster).users[f"alice@{realm}"]
+        user = stored_access_config(cluster).users[f"alice@{realm}"]
         assert (user.email, user.firstname, user.lastname) == \
             ("alice@example.test", "Test", "alice")
         assert user.groups == (f"ops-{realm}",)
@@ -224,7 +186,7 @@ def test_openid_login_flow_and_refusals(cluster: Cluster, provider: dict[str, st
         url_t = _auth_url(cluster, realm, redirect)
         tampered = _login(cluster, _through_provider(url_t, "mallory", redirect), redirect)
         assert tampered.status_code == 401
-        users = _store_config(cluster).users
+        users = stored_access_config(cluster).users
         assert f"admin@{realm}" not in users and f"mallory@{realm}" not in users
         # a state used with another redirect URL than its auth-url's
         url_c = _auth_url(cluster, realm, redirect)
@@ -244,7 +206,7 @@ def test_openid_login_flow_and_refusals(cluster: Cluster, provider: dict[str, st
         refused = _login(cluster, back, redirect)
         assert refused.status_code == 401
         assert refused.json()["message"].strip() == "authentication failure"
-        assert f"u-bob@{strict}" not in _store_config(cluster).users
+        assert f"u-bob@{strict}" not in stored_access_config(cluster).users
         admin.ok("POST", "/access/users", userid=f"u-bob@{strict}")
         back = _through_provider(_auth_url(cluster, strict, redirect), "bob", redirect)
         r = _login(cluster, back, redirect)
@@ -266,7 +228,7 @@ def test_openid_login_flow_and_refusals(cluster: Cluster, provider: dict[str, st
         no_issuer = admin.call("POST", "/access/domains", realm="oidcbad", type="openid",
                                **{"client-id": CLIENT_ID})
         assert no_issuer.status_code == 400 and "issuer-url" in no_issuer.json()["errors"]
-        assert "oidcbad" not in _store_config(cluster).realms
+        assert "oidcbad" not in stored_access_config(cluster).realms
     finally:
-        _purge(cluster, realm)
-        _purge(cluster, strict)
+        purge_realm(cluster, realm)
+        purge_realm(cluster, strict)
