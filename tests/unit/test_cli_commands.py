@@ -3,8 +3,10 @@ of other code is not used, and a cache that cannot be written only costs time.""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,10 +34,14 @@ def test_a_cache_of_other_code_is_ignored_and_replaced(monkeypatch: pytest.Monke
                                                        tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     old = tmp_path / "binome" / "cli-commands-0000.json"
+    recent = tmp_path / "binome" / "cli-commands-1111.json"
     old.parent.mkdir(parents=True)
     old.write_text("[]")                          # an older installation's table
+    os.utime(old, (time.time() - 2 * commands.STALE_AFTER,) * 2)
+    recent.write_text("[]")                       # another installation's, in use
     table = commands.load()
-    assert table and not old.exists() and commands.cache_path().exists()
+    assert table and commands.cache_path().exists()
+    assert not old.exists() and recent.exists()
     commands.cache_path().write_text("not json")  # damaged: rebuilt, not trusted
     assert commands.load() == table
 

@@ -12,15 +12,18 @@ cannot be read or written is only slower, never wrong.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 CACHE_FORMAT = 1
+STALE_AFTER = 86400.0   # s: another code's table unused this long is removed
 
 
 @dataclass(frozen=True)
@@ -111,8 +114,8 @@ def _decode(raw: list[dict[str, Any]]) -> list[Command]:
 
 
 def _write(path: Path, table: list[Command]) -> None:
-    """Atomically (concurrent calls may race to write it); stale files of older code
-    are removed."""
+    """Atomically (concurrent calls may race to write it). Tables of other code not
+    used for a day are removed (another installation's recent one is left alone)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".cli-commands-")
     try:
@@ -122,9 +125,11 @@ def _write(path: Path, table: list[Command]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    now = time.time()
     for old in path.parent.glob("cli-commands-*.json"):
-        if old != path:
-            old.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            if old != path and now - old.stat().st_mtime > STALE_AFTER:
+                old.unlink()
 
 
 def load() -> list[Command]:
