@@ -74,7 +74,7 @@ lint: venv
 	$(VENV)/bin/mypy   # what and how strictly: [tool.mypy] in pyproject.toml
 
 test: setup lint
-	$(PY) -m pytest -p no:cacheprovider
+	$(PY) -m pytest -p no:cacheprovider --durations=30
 
 test-unit: venv
 	$(PY) -m pytest -p no:cacheprovider -m unit
