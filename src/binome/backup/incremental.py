@@ -127,13 +127,13 @@ def decide(previous: PreviousBackup | None, *, node: str, instance: str,
         return TrustDecision(f"no previous backup{where}")
     record = previous.record
     decision = TrustDecision(recorded_bitmap=record.bitmap if record else None)
-    if record is None:
+    if previous.unusable is not None:
+        decision.reason = previous.unusable
+    elif record is None:
         decision.reason = (f"previous backup {previous.name} has no dirty bitmap (the guest "
                            f"was not running)")
     elif previous.verify_failed:
         decision.reason = f"previous backup {previous.name} failed verification"
-    elif previous.unusable is not None:
-        decision.reason = previous.unusable
     elif restored is not None and restored.time >= previous.time:
         decision.reason = f"guest restored from {restored.archive} since the previous backup"
     elif record.node != node:
