@@ -507,9 +507,14 @@ class Backups:
                               writer: BackupWriter, options: VzdumpOptions) -> BackupStats:
         servers: dict[str, tuple[asyncio.subprocess.Process, Path]] = {}
         workdir = Path(tempfile.mkdtemp(prefix=f"binome-vzdump-{vmid}-"))
+        # a volume bound to nodes (replicated) is read where it is active: here, for the
+        # backup's duration if it was not already
+        activated = await self.ctx.activate_here(
+            [d.volid for d in disks if parse_nbd_unix_uri(d.source) is not None])
         try:
             for disk in disks:
-                if disk.fmt == "raw" and os.path.exists(disk.source):
+                if parse_nbd_unix_uri(disk.source) is not None or (
+                        disk.fmt == "raw" and os.path.exists(disk.source)):
                     continue
                 socket = workdir / f"{disk.key}.sock"
                 servers[disk.key] = (await _qemu_nbd(disk.source, disk.fmt, socket,
@@ -518,6 +523,9 @@ class Backups:
             def source(disk: _Disk) -> BlockSource:
                 if disk.key in servers:
                     return NbdExport(str(servers[disk.key][1]), "drive")
+                nbd = parse_nbd_unix_uri(disk.source)
+                if nbd is not None:      # the storage's own NBD export (raw)
+                    return NbdExport(*nbd)
                 return FileSource(Path(disk.source))
 
             return await self._read_disks(task, disks, writer, options, source)
@@ -525,6 +533,8 @@ class Backups:
             for process, _ in servers.values():
                 await _stop_process(process)
             shutil.rmtree(workdir, ignore_errors=True)
+            if activated:
+                await asyncio.shield(self.ctx.deactivate_after(task, activated))
 
     # ------------------------------------------------------------ running guests
 
