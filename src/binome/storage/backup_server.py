@@ -12,8 +12,9 @@ file (`binome.backup.crypt` format) lives on the cluster's side only, in
 `<state dir>/priv/storage/<id>.enc` (root's alone: 0600 in a 0700 directory; PVE's
 /etc/pve/priv/storage/<id>.enc), on the node where the storage was added (copy it to
 the other nodes that back up or restore); the definition records only its fingerprint.
-A node whose key file is missing or is another key refuses to back up or restore
-through the storage (never falls back to plain backups).
+A node whose key file is missing or is another key lists the storage's backups and
+changes their notes and protection, and refuses the rest (`backup_store()`: backup,
+restore, prune, verify, GC); it never falls back to plain backups.
 """
 
 from __future__ import annotations
