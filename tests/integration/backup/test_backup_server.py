@@ -164,7 +164,24 @@ def _encrypted_backups(px, cluster: Cluster, backup_server: BackupServerProcess)
     datastore; the running guest is backed up to it (then incrementally, deduplicated
     under the same key). The server's files hold no plaintext, the API never shows the
     key. Returns the key file, as the admin keeps it off the cluster."""
+    from proxmoxer import ResourceException
+
     backup_server.cli("datastore-create", "vault")
+    for storage, changes, error in (
+            ("badkey", {"type": "binome-backup", "encryption-key": '{"kdf": null, '
+                                                                   '"data": "AAAA"}'},
+             "32 bytes"),
+            ("dirkey", {"type": "dir", "path": "/tmp/x", "server": None, "datastore": None,
+                        "username": None, "password": None, "fingerprint": None,
+                        "port": None, "encryption-key": "autogen"},
+             "not an option of storage type 'dir'")):
+        params = {k: v for k, v in backup_server.storage_params(storage=storage,
+                                                                **changes).items()
+                  if v is not None}
+        with pytest.raises(ResourceException) as bad:
+            px.storage.post(**params)
+        assert "encryption-key" in str(bad.value) and error in str(bad.value), bad.value
+    assert {"badkey", "dirkey"}.isdisjoint(s["storage"] for s in px.storage.get())
     px.storage.post(**backup_server.storage_params(storage="vault", datastore="vault",
                                                    **{"encryption-key": "autogen"}))
     key_file = cluster["n1"].state_dir / "priv" / "storage" / "vault.enc"
