@@ -124,7 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
         _common_options(leaf)
         fixed = dict(spec.fixed)
         required = leaf.add_argument_group("required options")
-        for name, p in method.parameters.items():
+        # positionals in the spec's order (`qmrestore ARCHIVE VMID`), not the method's
+        ordered = [n for n in spec.positional if n in method.parameters] + [
+            n for n in method.parameters if n not in spec.positional]
+        for name in ordered:
+            p = method.parameters[name]
             if name in fixed:
                 continue
             if name == "node" and name not in spec.positional:

@@ -92,6 +92,7 @@ async def storage_index(ctx: RequestContext, params: dict[str, Any]) -> list[dic
                                      description="SHA-256 fingerprint of the backup "
                                                  "server's certificate (pinned)."),
                 "encryption-key": Param(optional=True, secret=True, max_length=4096,
+                                        extra={"multiline": True},   # a key file's JSON
                                         description="Client-side encryption of the "
                                                     "backups (binome-backup): 'autogen' "
                                                     "for a new key, or a key file's "
