@@ -36,3 +36,13 @@ def test_demo_prints_the_full_path_unless_the_path_finds_this_binome(
     link.symlink_to(mine)
     monkeypatch.setattr(demo.shutil, "which", lambda name: str(link))
     assert demo.binome_command() == "binome"
+
+
+def test_positionals_follow_the_command_spec_order() -> None:
+    """`binome qmrestore ARCHIVE VMID`: the spec's order, not the method's parameters'."""
+    from binome.cli.main import build_parser
+
+    args = build_parser().parse_args(["qmrestore", "bk:backup/vzdump-qemu-1-x.binome", "311",
+                                      "--storage", "repl"])
+    assert (args.p_archive, args.p_vmid, args.p_storage) == (
+        "bk:backup/vzdump-qemu-1-x.binome", "311", "repl")

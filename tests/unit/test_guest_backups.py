@@ -54,3 +54,35 @@ def test_previous_backup_reads_the_newest_backup_and_its_record(tmp_path) -> Non
     store.remove(ref)
     found = previous_backup(store, 100)
     assert found is not None and found[1].record is None and found[1].time == 1_000
+
+
+def test_an_incremental_base_must_be_of_the_same_key(tmp_path) -> None:
+    from binome.backup.crypt import CryptConfig
+    from binome.backup.dumpstore import DumpStore
+    from binome.backup.incremental import RECORD_FILE, BitmapRecord, decide
+    from binome.guest.backups import previous_backup
+
+    key, other = CryptConfig.generate()[0], CryptConfig.generate()[0]
+    record = BitmapRecord("n1", "boot:1:2", "binome-backup-x", {"virtio0": "local:1"})
+    store = DumpStore(tmp_path, "bk", key)
+    writer = store.begin("vm", "100", 1_000)
+    writer.add_file(RECORD_FILE, record.to_json())
+    writer.commit()
+    found = previous_backup(store, 100)
+    assert found is not None and found[1].unusable is None and found[1].record == record
+    for reader in (DumpStore(tmp_path, "bk", other), DumpStore(tmp_path, "bk")):
+        found = previous_backup(reader, 100)
+        assert found is not None and "another encryption key" in str(found[1].unusable)
+        decision = decide(found[1], node="n1", instance="boot:1:2", drives=[])
+        assert decision.reason is not None and "another encryption key" in decision.reason
+
+
+def test_nbd_unix_uris() -> None:
+    from binome.backup.nbd import parse_nbd_unix_uri
+
+    assert parse_nbd_unix_uri("nbd+unix:///vm-100-disk-0?socket=/run/e/vm-100-disk-0.sock") \
+        == ("/run/e/vm-100-disk-0.sock", "vm-100-disk-0")
+    assert parse_nbd_unix_uri("nbd+unix://?socket=/s") == ("/s", "")
+    for other in ("/var/lib/binome/images/100/vm-100-disk-0.raw", "nbd://host:10809/x",
+                  "nbd+unix:///x", "nbd+unix://host/x?socket=/s"):
+        assert parse_nbd_unix_uri(other) is None

@@ -1,10 +1,9 @@
 """The deduplicated chunk store: PBS-style data blobs in `.chunks/<4 hex>/<digest>`.
 
 Owns chunk encoding (PBS data blob: 8-byte magic, CRC-32 of the payload, for encrypted
-blobs a 16-byte IV and 16-byte GCM tag, then the zstd-compressed or plain payload), the
-client-side AES-256-GCM encryption (the key stays with the caller; the digest of an
-encrypted chunk is SHA-256 over the plaintext and a key-derived id key, as PBS's
-`CryptConfig::compute_digest` does, so the store never learns plaintext digests), atomic
+blobs a 16-byte IV and 16-byte GCM tag, then the zstd-compressed or plain payload; the
+key, its derived keys and the keyed chunk ids of encrypted backups are
+`binome.backup.crypt`'s: the store never learns plaintext digests), atomic
 insert (temp, fsync, rename, then an fsync of the directory, or one per directory and
 backup) and the two GC phases (touch, then sweep chunks not touched since a cutoff).
 """
@@ -13,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import struct
 import tempfile
 import time
@@ -23,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import zstandard
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from binome.backup.crypt import CryptConfig as CryptConfig  # re-exported: the blobs' key
 from binome.durable import fsync_dir
 
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
@@ -40,35 +38,8 @@ class ChunkError(Exception):
     """A chunk that is missing, torn, corrupt or cannot be decrypted."""
 
 
-class CryptConfig:
-    """The client-side encryption key (32 bytes). Never logged; repr hides it."""
-
-    def __init__(self, key: bytes) -> None:
-        if len(key) != 32:
-            raise ValueError("an encryption key is 32 bytes")
-        self._aead = AESGCM(key)
-        # A separate id key so the digest reveals nothing about the data key.
-        self._id_key = hashlib.sha256(b"binome-backup-id-key\0" + key).digest()
-        self.fingerprint = hashlib.sha256(self._id_key + b"fingerprint").hexdigest()[:32]
-
-    @classmethod
-    def generate(cls) -> tuple[CryptConfig, bytes]:
-        key = secrets.token_bytes(32)
-        return cls(key), key
-
-    def __repr__(self) -> str:
-        return f"CryptConfig(fingerprint={self.fingerprint})"
-
-    def digest(self, data: bytes) -> bytes:
-        return hashlib.sha256(data + self._id_key).digest()
-
-    def encrypt(self, data: bytes) -> tuple[bytes, bytes, bytes]:
-        iv = secrets.token_bytes(_IV_LEN)
-        sealed = self._aead.encrypt(iv, data, None)
-        return iv, sealed[-_TAG_LEN:], sealed[:-_TAG_LEN]
-
-    def decrypt(self, iv: bytes, tag: bytes, data: bytes) -> bytes:
-        return self._aead.decrypt(iv, data + tag, None)
+def is_encrypted_blob(blob: bytes) -> bool:
+    return blob[:8] in (ENCRYPTED_MAGIC, ENCRYPTED_COMPRESSED_MAGIC)
 
 
 def chunk_digest(data: bytes, crypt: CryptConfig | None = None) -> bytes:

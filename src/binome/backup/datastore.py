@@ -102,10 +102,18 @@ class SnapshotWriter:
         self.files.append({"filename": name, "size": index.size,
                            "csum": index.checksum().hex()})
 
-    def commit(self, notes: str = "", protected: bool = False) -> SnapshotRef:
+    def commit(self, notes: str = "", protected: bool = False, *,
+               crypt_fingerprint: str | None = None,
+               signature: str | None = None) -> SnapshotRef:
+        """Make the snapshot visible. An encrypted one is signed here with the writer's
+        key; a backup server, which has no key, stores the fingerprint and signature
+        its client sent (`crypt_fingerprint`, `signature`)."""
         manifest = Manifest(self.ref.backup_type, self.ref.backup_id, self.ref.backup_time,
                             files=self.files, notes=notes, protected=protected,
-                            crypt_fingerprint=self.crypt.fingerprint if self.crypt else None)
+                            crypt_fingerprint=crypt_fingerprint, signature=signature)
+        if self.crypt is not None:
+            manifest.crypt_fingerprint = self.crypt.fingerprint
+            manifest.signature = self.crypt.sign(manifest.signed_payload())
         write_json(self.staging / MANIFEST, manifest.to_json())
         if protected:
             (self.staging / PROTECTED_MARKER).touch()

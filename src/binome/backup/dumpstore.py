@@ -10,11 +10,14 @@ when complete, so a failed or half-written backup is never listed. Volume ids ar
 `<storage>:backup/<name>`.
 
 Everything else (verify, prune, GC, protection, notes, restore) is `Datastore`'s: this
-class only maps snapshots to names.
+class only maps snapshots to names. The checks a reader with an encryption key makes
+(`authenticated_manifest`, `checked_index`, `checked_file`, `decode_guest_config`) are
+shared with the backup server's client (`binome.backup.remote`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -23,7 +26,13 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from binome.backup.chunkstore import CryptConfig
+from binome.backup.chunkstore import (
+    ChunkError,
+    CryptConfig,
+    decode_blob,
+    is_encrypted_blob,
+)
+from binome.backup.crypt import CryptError, check_encryption, file_entry
 from binome.backup.datastore import (
     MANIFEST,
     Datastore,
@@ -32,6 +41,7 @@ from binome.backup.datastore import (
     SnapshotWriter,
 )
 from binome.backup.dumpdir import CHUNKED_EXT, DumpDirError, archive_name, parse_archive_name
+from binome.backup.index import FixedIndex, Manifest
 from binome.durable import write_json
 
 GUEST_CONFIG = "qemu-server.conf"
@@ -57,6 +67,45 @@ def ref_of_name(name: str) -> SnapshotRef:
                        int(archive.time.timestamp()))
 
 
+def authenticated_manifest(name: str, manifest: Manifest, crypt: CryptConfig | None
+                           ) -> Manifest:
+    """`manifest` if a reader with `crypt` may use it (see `crypt.check_encryption`);
+    CryptError otherwise."""
+    check_encryption(name, manifest.crypt_fingerprint, manifest.signature,
+                     manifest.signed_payload(), crypt)
+    return manifest
+
+
+def checked_index(name: str, manifest: Manifest, filename: str,
+                  index: FixedIndex) -> FixedIndex:
+    """`index` if it is the one the (authenticated) manifest lists; CryptError if not."""
+    entry = manifest.file(filename)
+    if entry is None or entry.get("csum") != index.checksum().hex() \
+            or int(entry.get("size", -1)) != index.size:
+        raise CryptError(f"backup {name}: index {filename} does not match the signed "
+                         f"manifest - the backup was altered on the server")
+    return index
+
+
+def checked_file(name: str, manifest: Manifest, filename: str, data: bytes) -> bytes:
+    entry = manifest.file(filename)
+    if entry is None or entry.get("csum") != hashlib.sha256(data).hexdigest():
+        raise CryptError(f"backup {name}: file {filename} does not match the signed "
+                         f"manifest - the backup was altered on the server")
+    return data
+
+
+def decode_guest_config(name: str, data: bytes, crypt: CryptConfig | None) -> str:
+    """The guest config's text: stored plain, or as an encrypted blob in an encrypted
+    backup (it is guest data too)."""
+    if not is_encrypted_blob(data):
+        return data.decode()
+    try:
+        return decode_blob(data, crypt).decode()
+    except ChunkError as error:
+        raise CryptError(f"backup {name}: guest config: {error}") from None
+
+
 class DumpWriter(SnapshotWriter):
     """Stages a backup in `dump/.tmp-<name>-<uuid>/` (not in a per-guest group dir)."""
 
@@ -75,15 +124,28 @@ class DumpWriter(SnapshotWriter):
         if "/" in name or name.startswith("."):
             raise DatastoreError(f"bad file name '{name}'")
         (self.staging / name).write_bytes(data)
-        self.files.append({"filename": name, "size": len(data)})
+        self.files.append(file_entry(name, data))
 
 
 class DumpStore(Datastore):
     """The `dump/` directory of a dir storage as a datastore with vzdump names."""
 
-    def __init__(self, storage_path: str | os.PathLike[str], storage_id: str) -> None:
+    def __init__(self, storage_path: str | os.PathLike[str], storage_id: str,
+                 crypt: CryptConfig | None = None) -> None:
         super().__init__(Path(storage_path) / "dump")
         self.storage_id = storage_id
+        # the key of a reader: manifests, indexes and files are then checked against
+        # the signature (a backup server's own directory is read without it)
+        self.crypt = crypt
+
+    def authenticated_manifest(self, ref: SnapshotRef) -> Manifest:
+        return authenticated_manifest(backup_name(ref), self.manifest(ref), self.crypt)
+
+    def read_index(self, ref: SnapshotRef, name: str) -> FixedIndex:
+        index = super().read_index(ref, name)
+        if self.crypt is not None:
+            checked_index(backup_name(ref), self.authenticated_manifest(ref), name, index)
+        return index
 
     def snapshot_dir(self, ref: SnapshotRef) -> Path:
         return self.root / backup_name(ref)
@@ -100,7 +162,7 @@ class DumpStore(Datastore):
         if self.snapshot_dir(ref).exists():
             raise DatastoreError(f"backup {backup_name(ref)} already exists")
         self.create()
-        return DumpWriter(self, ref, crypt)
+        return DumpWriter(self, ref, crypt or self.crypt)
 
     def groups(self) -> list[tuple[str, str]]:
         return sorted({(r.backup_type, r.backup_id) for r in self.snapshots()})
@@ -124,7 +186,10 @@ class DumpStore(Datastore):
 
     def read_file(self, ref: SnapshotRef, name: str) -> bytes:
         """A small file of the backup (OSError if it has none)."""
-        return (self.snapshot_dir(ref) / name).read_bytes()
+        data = (self.snapshot_dir(ref) / name).read_bytes()
+        if self.crypt is not None:
+            checked_file(backup_name(ref), self.authenticated_manifest(ref), name, data)
+        return data
 
     def describe(self, ref: SnapshotRef) -> str:
         """Where the backup is, for a task log."""
@@ -132,9 +197,10 @@ class DumpStore(Datastore):
 
     def guest_config(self, ref: SnapshotRef) -> str:
         try:
-            return (self.snapshot_dir(ref) / GUEST_CONFIG).read_text()
+            data = self.read_file(ref, GUEST_CONFIG)
         except FileNotFoundError:
             raise DatastoreError(f"backup {backup_name(ref)} has no guest config") from None
+        return decode_guest_config(backup_name(ref), data, self.crypt)
 
     def used_bytes(self, ref: SnapshotRef) -> int:
         """The size PVE lists for a backup: here the sum of its disk images."""

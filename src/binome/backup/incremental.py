@@ -11,7 +11,8 @@ the bitmap's back since then. Anything doubtful makes it a full backup, with the
 in the task log:
 
 - there is no previous backup on the storage, it has no record (it was made of a stopped
-  guest) or it failed verification;
+  guest) or it failed verification, or it was made with another encryption key (or
+  without one) than this backup's;
 - the guest was restored, or moved to another node (failover, migration);
 - the QEMU process is not the one that started the bitmap (stop/start, crash: a
   restarted guest's disk may have been written by anything while QEMU was down);
@@ -66,6 +67,7 @@ class PreviousBackup:
     time: int
     record: BitmapRecord | None
     verify_failed: bool = False
+    unusable: str | None = None    # why its indexes cannot be a base (e.g. another key)
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,9 @@ def decide(previous: PreviousBackup | None, *, node: str, instance: str,
         return TrustDecision(f"no previous backup{where}")
     record = previous.record
     decision = TrustDecision(recorded_bitmap=record.bitmap if record else None)
-    if record is None:
+    if previous.unusable is not None:
+        decision.reason = previous.unusable
+    elif record is None:
         decision.reason = (f"previous backup {previous.name} has no dirty bitmap (the guest "
                            f"was not running)")
     elif previous.verify_failed:

@@ -3,7 +3,9 @@
 A fixed index is a 4096-byte header (magic, uuid, ctime, SHA-256 over the digests, image
 size, chunk size) followed by one 32-byte chunk digest per fixed-size chunk. The manifest
 (`index.json`) lists a snapshot's files with sizes and checksums and carries the mutable
-parts: notes, protected flag, verify state.
+parts: notes, protected flag, verify state. An encrypted backup's manifest also names its
+key (`crypt-fingerprint`) and carries the `signature` over its protected part
+(`binome.backup.crypt.signed_payload`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from binome.backup.crypt import signed_payload
 from binome.durable import write_bytes
 
 FIXED_INDEX_MAGIC = bytes([47, 127, 65, 237, 145, 253, 15, 205])
@@ -91,12 +94,20 @@ class Manifest:
     protected: bool = False
     verify_state: dict[str, Any] | None = None
     crypt_fingerprint: str | None = None
+    signature: str | None = None
+
+    def signed_payload(self) -> bytes:
+        return signed_payload(self.backup_type, self.backup_id, self.backup_time, self.files,
+                              self.crypt_fingerprint)
+
+    def file(self, name: str) -> dict[str, Any] | None:
+        return next((f for f in self.files if f.get("filename") == name), None)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "backup-type": self.backup_type, "backup-id": self.backup_id,
             "backup-time": self.backup_time, "files": self.files,
-            "crypt-fingerprint": self.crypt_fingerprint,
+            "crypt-fingerprint": self.crypt_fingerprint, "signature": self.signature,
             "unprotected": {"notes": self.notes, "protected": self.protected,
                             "verify_state": self.verify_state},
         }
@@ -108,4 +119,5 @@ class Manifest:
                    backup_time=int(data["backup-time"]), files=list(data.get("files", [])),
                    notes=extra.get("notes", ""), protected=bool(extra.get("protected")),
                    verify_state=extra.get("verify_state"),
-                   crypt_fingerprint=data.get("crypt-fingerprint"))
+                   crypt_fingerprint=data.get("crypt-fingerprint"),
+                   signature=data.get("signature"))

@@ -20,6 +20,7 @@ import struct
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote, urlsplit
 
 NBDMAGIC = b"NBDMAGIC"
 IHAVEOPT = b"IHAVEOPT"
@@ -62,6 +63,18 @@ class _Pending:
 
     def result(self) -> bytes:
         return bytes(self.buffer) if self.buffer is not None else b""
+
+
+def parse_nbd_unix_uri(uri: str) -> tuple[str, str] | None:
+    """(socket path, export name) of QEMU's `nbd+unix:///<export>?socket=<path>` URI
+    (how a storage names an NBD export QEMU opens); None for anything else."""
+    parts = urlsplit(uri)
+    if parts.scheme != "nbd+unix":
+        return None
+    sockets = parse_qs(parts.query).get("socket")
+    if not sockets or parts.netloc:
+        return None
+    return sockets[0], unquote(parts.path.lstrip("/"))
 
 
 class NbdError(Exception):

@@ -7,6 +7,12 @@ unchanged over it: `RemoteChunkStore` asks the server which chunks are missing a
 uploads only those (an incremental backup reads and sends only its dirty chunks), and
 loads chunks for a restore, each checked against its digest here.
 
+With an encryption key (`crypt`, the storage's, never sent): chunks and the guest config
+leave this node encrypted under keyed ids, the writer signs the manifest's protected
+part and sends only the signature and the key's fingerprint with the commit, and every
+manifest, index and file read back is checked against that signature
+(`binome.backup.crypt`): the server holds nothing it could read or alter unnoticed.
+
 Transport: HTTPS with the server's certificate pinned by SHA-256 fingerprint (checked
 right after the TLS handshake, before any request is sent: a mismatch sends nothing),
 one keep-alive connection per thread (the backup pipeline uploads from several), the
@@ -28,8 +34,17 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from binome.backup.chunkstore import ChunkError, CryptConfig, chunk_digest, decode_blob
+from binome.backup.crypt import file_entry
 from binome.backup.datastore import MANIFEST, DatastoreError, SnapshotRef
-from binome.backup.dumpstore import GUEST_CONFIG, backup_name, ref_of_name
+from binome.backup.dumpstore import (
+    GUEST_CONFIG,
+    authenticated_manifest,
+    backup_name,
+    checked_file,
+    checked_index,
+    decode_guest_config,
+    ref_of_name,
+)
 from binome.backup.index import FixedIndex, FixedIndexError, Manifest
 from binome.backup.prune import Mark, PruneOptions, format_prune_backups
 
@@ -225,23 +240,35 @@ class RemoteChunkStore:
 class RemoteWriter:
     """One backup being written to the server (a writer session there)."""
 
-    def __init__(self, store: RemoteDumpStore, ref: SnapshotRef, writer_id: str) -> None:
+    def __init__(self, store: RemoteDumpStore, ref: SnapshotRef, writer_id: str,
+                 crypt: CryptConfig | None = None) -> None:
         self.store, self.ref, self.writer_id = store, ref, writer_id
-        self.crypt: CryptConfig | None = None
+        self.crypt = crypt
+        # what this node sent, as the server lists it in the manifest: the signature
+        # covers this list, so a server-side change to it is found at the next read
         self.files: list[dict[str, Any]] = []
         store.chunks.writer_id = writer_id
 
     def add_file(self, name: str, data: bytes) -> None:
         self.store.client.request("PUT", f"/writer/{self.writer_id}/file/{quote(name)}",
                                   body=data)
+        self.files.append(file_entry(name, data))
 
     def add_index(self, name: str, index: FixedIndex) -> None:
         self.store.client.request("PUT", f"/writer/{self.writer_id}/file/{quote(name)}",
                                   body=index.to_bytes())
+        self.files.append({"filename": name, "size": index.size,
+                           "csum": index.checksum().hex()})
 
     def commit(self, notes: str = "", protected: bool = False) -> SnapshotRef:
-        self.store.client.request("POST", f"/writer/{self.writer_id}/commit",
-                                  json_body={"notes": notes, "protected": protected})
+        body: dict[str, Any] = {"notes": notes, "protected": protected}
+        if self.crypt is not None:
+            manifest = Manifest(self.ref.backup_type, self.ref.backup_id,
+                                self.ref.backup_time, files=self.files,
+                                crypt_fingerprint=self.crypt.fingerprint)
+            body["crypt-fingerprint"] = self.crypt.fingerprint
+            body["signature"] = self.crypt.sign(manifest.signed_payload())
+        self.store.client.request("POST", f"/writer/{self.writer_id}/commit", json_body=body)
         self.store.chunks.writer_id = None
         return self.ref
 
@@ -256,9 +283,12 @@ class RemoteWriter:
 class RemoteDumpStore:
     """A datastore on a backup server, with a local `DumpStore`'s interface and names."""
 
-    def __init__(self, client: BackupServerClient, storage_id: str) -> None:
+    def __init__(self, client: BackupServerClient, storage_id: str,
+                 crypt: CryptConfig | None = None) -> None:
         self.client = client
         self.storage_id = storage_id
+        self.crypt = crypt       # the storage's encryption key (None: plain backups)
+        self._authentic: dict[SnapshotRef, Manifest] = {}
         self.chunks = RemoteChunkStore(client)
         # a running guest's fleecing images are local scratch space, never on the server:
         # on disk (/var/tmp), as they take what the guest writes during the backup
@@ -274,15 +304,14 @@ class RemoteDumpStore:
 
     def begin(self, backup_type: str, backup_id: str, backup_time: int | None = None,
               crypt: CryptConfig | None = None) -> RemoteWriter:
-        if crypt is not None:
-            raise RemoteError("encrypted backups to a backup server are not supported yet")
+        crypt = crypt or self.crypt
         # the fleecing images hold guest data: the scratch directory is root's alone
         self.root.mkdir(mode=0o700, exist_ok=True)
         self.root.chmod(0o700)
         answer = self.client.request("POST", "/writer", json_body={
             "backup-type": backup_type, "backup-id": backup_id, "backup-time": backup_time})
         ref = SnapshotRef(backup_type, backup_id, int(answer["backup-time"]))
-        return RemoteWriter(self, ref, str(answer["writer"]))
+        return RemoteWriter(self, ref, str(answer["writer"]), crypt)
 
     def status(self) -> dict[str, int]:
         """The datastore's file system: total, used, avail bytes."""
@@ -299,25 +328,43 @@ class RemoteDumpStore:
         refs = [ref_of_name(e["name"]) for e in self.listing(backup_id)]
         return sorted(refs, key=lambda r: (r.backup_type, int(r.backup_id), r.backup_time))
 
-    def read_file(self, ref: SnapshotRef, name: str) -> bytes:
+    def _fetch(self, ref: SnapshotRef, name: str) -> bytes:
         return bytes(self.client.request("GET", f"/backup/{backup_name(ref)}/file/{name}",
                                          raw=True))
 
+    def read_file(self, ref: SnapshotRef, name: str) -> bytes:
+        data = self._fetch(ref, name)
+        if self.crypt is not None:
+            checked_file(backup_name(ref), self.authenticated_manifest(ref), name, data)
+        return data
+
+    def authenticated_manifest(self, ref: SnapshotRef) -> Manifest:
+        """The manifest, checked against this storage's key (CryptError if it may not
+        be used with it); fetched once per store object."""
+        if ref not in self._authentic:
+            self._authentic[ref] = authenticated_manifest(backup_name(ref),
+                                                          self.manifest(ref), self.crypt)
+        return self._authentic[ref]
+
     def manifest(self, ref: SnapshotRef) -> Manifest:
         try:
-            return Manifest.from_json(json.loads(self.read_file(ref, MANIFEST)))
+            return Manifest.from_json(json.loads(self._fetch(ref, MANIFEST)))
         except (ValueError, KeyError) as error:
             raise DatastoreError(f"manifest of {backup_name(ref)} is unreadable: "
                                  f"{error}") from None
 
     def read_index(self, ref: SnapshotRef, name: str) -> FixedIndex:
         try:
-            return FixedIndex.from_bytes(self.read_file(ref, name))
+            index = FixedIndex.from_bytes(self._fetch(ref, name))
         except RemoteError as error:
             raise FixedIndexError(str(error)) from None
+        if self.crypt is not None:
+            checked_index(backup_name(ref), self.authenticated_manifest(ref), name, index)
+        return index
 
     def guest_config(self, ref: SnapshotRef) -> str:
-        return self.read_file(ref, GUEST_CONFIG).decode()
+        return decode_guest_config(backup_name(ref), self.read_file(ref, GUEST_CONFIG),
+                                   self.crypt)
 
     def used_bytes(self, ref: SnapshotRef) -> int:
         return sum(int(f.get("size", 0)) for f in self.manifest(ref).files

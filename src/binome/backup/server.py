@@ -15,9 +15,11 @@ The HTTP protocol (`/api2/binome/datastore/<name>/...`, JSON, blobs as octet str
 a backup is a writer session (POST `writer`: its staging directory and its GC mark),
 the client asks which chunks of a list are `missing` (the present ones are touched, so
 a concurrent GC keeps them), uploads only those (PUT `writer/<id>/chunk/<digest>`,
-checked before insert), uploads its files and indexes (an index is refused if it names a
+checked before insert: a plain one against its digest, an encrypted one, which the
+server cannot read, by its CRC), uploads its files and indexes (an index is refused if it names a
 chunk the store does not hold), then `commit`s: the staging directory is renamed into
-place at once, so a half-written backup is never listed. Writer sessions live in this
+place at once, so a half-written backup is never listed. An encrypted backup's commit
+carries its key fingerprint and manifest signature, stored as given. Writer sessions live in this
 process: at start, the staging directories of a previous run are dropped.
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import hashlib
 import hmac
 import json
@@ -64,6 +67,8 @@ TOKEN_RE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9._-]+![A-Za-z0-9._-]+$")
 DATASTORE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+_FINGERPRINT_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){31}$")
+_SIGNATURE_RE = _DIGEST_RE
 MAX_BLOB = 16 << 20   # a 4 MiB chunk, incompressible and encrypted, is far below
 
 
@@ -185,6 +190,7 @@ def snapshot_entry(store: DumpStore, name: str) -> dict[str, Any]:
     return {"name": name, "backup-type": ref.backup_type, "backup-id": ref.backup_id,
             "backup-time": ref.backup_time, "size": store.used_bytes(ref),
             "protected": int(manifest.protected), "notes": manifest.notes,
+            "crypt-fingerprint": manifest.crypt_fingerprint,
             "verification": manifest.verify_state, "files": manifest.files}
 
 
@@ -413,8 +419,18 @@ class BackupServer:
     async def commit(self, request: web.Request) -> web.Response:
         session = self._session(request)
         body = await request.json()
-        ref = await asyncio.to_thread(session.writer.commit, str(body.get("notes", "")),
-                                      bool(body.get("protected", False)))
+        fingerprint, signature = body.get("crypt-fingerprint"), body.get("signature")
+        # an encrypted backup: the client's key fingerprint and manifest signature are
+        # stored as given (the server has no key to check them; the client does, at
+        # every read)
+        if (fingerprint is None) != (signature is None) or (
+                fingerprint is not None and not (_FINGERPRINT_RE.match(str(fingerprint))
+                                                 and _SIGNATURE_RE.match(str(signature)))):
+            raise ValueError("bad crypt-fingerprint or signature")
+        ref = await asyncio.to_thread(
+            functools.partial(session.writer.commit, str(body.get("notes", "")),
+                              bool(body.get("protected", False)),
+                              crypt_fingerprint=fingerprint, signature=signature))
         self.sessions.pop(request.match_info["writer"], None)
         log.info("backup %s finished on datastore %s", backup_name(ref), session.datastore)
         return web.json_response({"name": backup_name(ref)})

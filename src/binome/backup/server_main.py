@@ -4,7 +4,7 @@ Owns the command line of the server role (`binome.backup.server`): `serve`, `ini
 `fingerprint`, `datastore-create`, `token-create`, `token-remove`, and the disaster
 tools that need nothing but the server's data directory: `list` (the backups of a
 datastore) and `restore-file` (a disk image, checked chunk by chunk, or the guest
-config of a backup).
+config of a backup; an encrypted one with `--keyfile`, the storage's key file).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+from binome.backup.crypt import CryptError, load_key
 from binome.backup.datastore import DatastoreError
 from binome.backup.dumpstore import backup_name, ref_of_name
 from binome.backup.reader import RestoreError, restore_image
@@ -66,14 +67,24 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("disk", help="disk key (e.g. virtio0, scsi0) or 'config'")
     restore.add_argument("output", type=Path, help="raw image file or block device to write "
                                                    "(or the config file)")
+    restore.add_argument("--keyfile", type=Path,
+                         help="the storage's encryption key file, for an encrypted backup "
+                              "(the key is read on this machine only)")
     return parser
 
 
 def _restore_file(data_dir: Path, datastore: str, backup: str, disk: str,
-                  output: Path) -> str:
+                  output: Path, keyfile: Path | None = None) -> str:
     store = open_datastore(data_dir, datastore)
+    if keyfile is not None:
+        store.crypt = load_key(keyfile.read_text())
     ref = ref_of_name(backup.rpartition("backup/")[2] if "backup/" in backup else backup)
-    manifest = store.manifest(ref)
+    # an encrypted backup: the key's fingerprint and the manifest's signature first
+    try:
+        manifest = store.authenticated_manifest(ref)
+    except CryptError as error:
+        hint = "" if keyfile is not None else " (give the storage's key file: --keyfile)"
+        raise CryptError(f"{error}{hint}") from None
     if disk == "config":
         output.write_text(store.guest_config(ref))
         return f"wrote the guest config of {backup_name(ref)} to {output}"
@@ -83,7 +94,7 @@ def _restore_file(data_dir: Path, datastore: str, backup: str, disk: str,
                        for f in manifest.files if f["filename"].endswith(".img.fidx"))
         raise DatastoreError(f"backup {backup_name(ref)} has no disk '{disk}' (it has: "
                              f"{', '.join(disks) or 'none'})")
-    stats = restore_image(store, ref, name, output)
+    stats = restore_image(store, ref, name, output, crypt=store.crypt)
     return (f"restored {disk} of {backup_name(ref)} to {output}: {stats.size} bytes, "
             f"sha256 {stats.sha256}")
 
@@ -122,12 +133,14 @@ def main(argv: list[str] | None = None) -> int:
                 disks = ",".join(f["filename"][len("drive-"):-len(".img.fidx")]
                                  for f in entry["files"]
                                  if f["filename"].endswith(".img.fidx"))
+                encrypted = entry["crypt-fingerprint"] or "no"
                 print(f"{entry['name']}  size={entry['size']}  disks={disks}  "
-                      f"protected={entry['protected']}  verify={state}")
+                      f"protected={entry['protected']}  verify={state}  "
+                      f"encrypted={encrypted}")
         elif args.command == "restore-file":
             print(_restore_file(data_dir, args.datastore, args.backup, args.disk,
-                                args.output))
-    except (ServerError, DatastoreError, RestoreError, OSError) as error:
+                                args.output, args.keyfile))
+    except (ServerError, DatastoreError, RestoreError, CryptError, OSError) as error:
         print(f"binome-backup-server: {error}", file=sys.stderr)
         return 1
     return 0

@@ -113,7 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
         _common_options(leaf)
         fixed = dict(spec.fixed)
         required = leaf.add_argument_group("required options")
-        for p in spec.options:
+        # positionals in the spec's order (`qmrestore ARCHIVE VMID`), not the method's
+        by_name = {p.name: p for p in spec.options}
+        ordered = [by_name[n] for n in spec.positional if n in by_name] + [
+            p for p in spec.options if p.name not in spec.positional]
+        for p in ordered:
             if p.name in fixed:
                 continue
             if p.name == "node" and p.name not in spec.positional:

@@ -51,7 +51,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from binome.backup.chunkstore import DEFAULT_CHUNK_SIZE
+from binome.backup.chunkstore import DEFAULT_CHUNK_SIZE, encode_blob
+from binome.backup.crypt import CryptError
 from binome.backup.datastore import DatastoreError, SnapshotRef
 from binome.backup.dumpstore import GUEST_CONFIG, DumpStore, DumpWriter, backup_name, ref_of_name
 from binome.backup.incremental import (
@@ -66,9 +67,9 @@ from binome.backup.incremental import (
     decide,
 )
 from binome.backup.index import FixedIndex, FixedIndexError
-from binome.backup.nbd import NbdError, NbdExport
+from binome.backup.nbd import NbdError, NbdExport, parse_nbd_unix_uri
 from binome.backup.prune import Mark, PruneOptions
-from binome.backup.reader import RestoreError, restore_to
+from binome.backup.reader import RestoreError, RestoreStats, restore_to
 from binome.backup.remote import RemoteDumpStore, RemoteWriter
 from binome.backup.writer import (
     BackupStats,
@@ -80,7 +81,7 @@ from binome.backup.writer import (
 from binome.guest import config as vmconf
 from binome.guest.errors import GuestError, GuestFailure
 from binome.guest.process import proc_stat
-from binome.storage.base import StorageError, split_volid
+from binome.storage.base import StorageError, VolumeSource, split_volid
 from binome.tasks.manager import Task, TaskFailed
 
 if TYPE_CHECKING:
@@ -204,16 +205,25 @@ def previous_backup(store: BackupStore, vmid: int) -> tuple[SnapshotRef, Previou
     if not refs:
         return None
     ref = refs[-1]
+    unusable = None
+    try:
+        manifest = store.manifest(ref)
+        state = (manifest.verify_state or {}).get("state")
+    except DatastoreError:
+        manifest, state = None, "failed"
+    if manifest is not None and manifest.crypt_fingerprint != (
+            store.crypt.fingerprint if store.crypt is not None else None):
+        # its chunk ids are another key's (or plain): none can be reused under this one
+        unusable = (f"previous backup {backup_name(ref)} was made with another encryption "
+                    f"key (or none)")
     try:
         record = BitmapRecord.from_json(store.read_file(ref, RECORD_FILE))
-    except (OSError, DatastoreError):
+    except (OSError, DatastoreError, CryptError) as error:
         record = None
-    try:
-        state = (store.manifest(ref).verify_state or {}).get("state")
-    except DatastoreError:
-        state = "failed"
+        if isinstance(error, CryptError) and unusable is None:
+            unusable = str(error)
     return ref, PreviousBackup(backup_name(ref), ref.backup_time, record,
-                               verify_failed=state == "failed")
+                               verify_failed=state == "failed", unusable=unusable)
 
 
 class _Progress:
@@ -348,8 +358,12 @@ class Backups:
         task.log(f"INFO: creating vzdump archive {store.describe(writer.ref)}")
         bitmaps: _Bitmaps | None = None
         try:
-            await asyncio.to_thread(writer.add_file, GUEST_CONFIG,
-                                    vmconf.format_conf(config).encode())
+            conf = vmconf.format_conf(config).encode()
+            if writer.crypt is not None:
+                conf = encode_blob(conf, writer.crypt)   # the guest's config is its data too
+                task.log(f"INFO: encrypting the backup (key fingerprint "
+                         f"{writer.crypt.fingerprint})")
+            await asyncio.to_thread(writer.add_file, GUEST_CONFIG, conf)
             if running:
                 stats, bitmaps, record = await self._backup_running(task, vmid, disks, writer,
                                                                     store, options, config)
@@ -493,9 +507,14 @@ class Backups:
                               writer: BackupWriter, options: VzdumpOptions) -> BackupStats:
         servers: dict[str, tuple[asyncio.subprocess.Process, Path]] = {}
         workdir = Path(tempfile.mkdtemp(prefix=f"binome-vzdump-{vmid}-"))
+        # a volume bound to nodes (replicated) is read where it is active: here, for the
+        # backup's duration if it was not already
+        activated = await self.ctx.activate_here(
+            [d.volid for d in disks if parse_nbd_unix_uri(d.source) is not None])
         try:
             for disk in disks:
-                if disk.fmt == "raw" and os.path.exists(disk.source):
+                if parse_nbd_unix_uri(disk.source) is not None or (
+                        disk.fmt == "raw" and os.path.exists(disk.source)):
                     continue
                 socket = workdir / f"{disk.key}.sock"
                 servers[disk.key] = (await _qemu_nbd(disk.source, disk.fmt, socket,
@@ -504,6 +523,9 @@ class Backups:
             def source(disk: _Disk) -> BlockSource:
                 if disk.key in servers:
                     return NbdExport(str(servers[disk.key][1]), "drive")
+                nbd = parse_nbd_unix_uri(disk.source)
+                if nbd is not None:      # the storage's own NBD export (raw)
+                    return NbdExport(*nbd)
                 return FileSource(Path(disk.source))
 
             return await self._read_disks(task, disks, writer, options, source)
@@ -511,6 +533,8 @@ class Backups:
             for process, _ in servers.values():
                 await _stop_process(process)
             shutil.rmtree(workdir, ignore_errors=True)
+            if activated:
+                await asyncio.shield(self.ctx.deactivate_after(task, activated))
 
     # ------------------------------------------------------------ running guests
 
@@ -675,7 +699,7 @@ class Backups:
             try:
                 plan.bases[drive.key] = await asyncio.to_thread(
                     store.read_index, previous_ref, f"drive-{drive.key}.img.fidx")
-            except (OSError, FixedIndexError) as error:
+            except (OSError, FixedIndexError, CryptError) as error:
                 task.log(f"INFO: {drive.key}: previous index unreadable ({error}) - read in "
                          f"full")
         return plan
@@ -780,10 +804,15 @@ class Backups:
         store = source_storage.backup_store()
         try:
             ref = ref_of_name(volname[len("backup/"):])
-            manifest = await asyncio.to_thread(store.manifest, ref)
+            # with the storage's key: the manifest's signature (and through it every
+            # index and file) is checked before anything is created
+            manifest = await asyncio.to_thread(store.authenticated_manifest, ref)
             backed_up = vmconf.parse_conf(await asyncio.to_thread(store.guest_config, ref))
-        except DatastoreError as error:
+        except (DatastoreError, CryptError) as error:
             raise TaskFailed(f"cannot restore '{archive}': {error}") from None
+        if manifest.crypt_fingerprint is not None:
+            task.log(f"backup is encrypted (key fingerprint {manifest.crypt_fingerprint}): "
+                     f"manifest signature ok")
         indexes = {f["filename"] for f in manifest.files}
         task.log(f"restore binome backup '{archive}' ({backup_name(ref)}) to VM {vmid}")
         owner = await self.ctx.configs.owner(vmid)
@@ -854,10 +883,32 @@ class Backups:
         except StorageError:
             volid = await storage.alloc(vmid, index.size, "raw")
         task.log(f"new volume ID is '{volid}'")
-        source = storage.source(volid)
-        if not os.path.exists(source.source):
-            raise TaskFailed(f"restore to storage '{target_id}' ({storage.config.type}) is "
-                             f"not supported yet")
+        try:
+            # a volume bound to nodes (replicated) is written where it is active: here
+            activated = await storage.activate_volume(volid, task=task)
+            try:
+                stats = await self._write_image(task, store, ref, index_name, disk.key,
+                                                storage.source(volid), vmid)
+            finally:
+                if activated:
+                    with contextlib.suppress(Exception):
+                        await storage.deactivate_volume(volid)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await storage.free(volid)
+            raise
+        sparse = stats.size - stats.bytes_written
+        task.log(f"total bytes read {stats.size}, sparse bytes {human_size(sparse)} "
+                 f"({sparse * 100 / max(stats.size, 1):.1f}%)")
+        task.log(f"{disk.key}: restored {human_size(stats.size)}, sha256 {stats.sha256}")
+        return volid
+
+    async def _write_image(self, task: Task, store: BackupStore, ref: SnapshotRef,
+                           index_name: str, key: str, source: VolumeSource,
+                           vmid: int) -> RestoreStats:
+        """Write a backed-up image into a fresh volume through the storage's own source:
+        a raw file, an NBD export (a replicated volume's), or a qcow2 image through
+        qemu-nbd. Chunks are checked (and decrypted) with the store's key."""
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         last = [-1]
@@ -870,45 +921,45 @@ class Backups:
                     task.log, f"progress {step * 10}% (read {done} bytes, duration "
                               f"{int(time.monotonic() - started)} sec)")
 
-        if source.format == "raw":
-            def write_raw() -> Any:
-                fd = os.open(source.source, os.O_WRONLY)
-                try:
-                    stats = restore_to(store, ref, index_name,
-                                       lambda offset, data: os.pwrite(fd, data, offset),
-                                       skip_zero=True, progress=progress)
-                    os.fsync(fd)
-                    return stats
-                finally:
-                    os.close(fd)
-            try:
-                stats = await asyncio.to_thread(write_raw)
-            except RestoreError as error:
-                raise TaskFailed(f"restore of {disk.key} failed: {error}") from None
-        else:
+        def write_nbd(socket: str, export_name: str) -> RestoreStats:
+            with NbdExport(socket, export_name) as export:
+                if export.size < index.size:
+                    raise RestoreError(f"the volume ({export.size} bytes) is smaller than "
+                                       f"the image ({index.size} bytes)")
+                stats = restore_to(store, ref, index_name, export.pwrite, crypt=store.crypt,
+                                   skip_zero=True, progress=progress)
+                export.flush()
+                return stats
+
+        index = await asyncio.to_thread(store.read_index, ref, index_name)
+        nbd = parse_nbd_unix_uri(source.source)
+        try:
+            if nbd is not None:
+                return await asyncio.to_thread(write_nbd, *nbd)
+            if source.format in ("raw", None) and os.path.exists(source.source):
+                def write_raw() -> RestoreStats:
+                    fd = os.open(source.source, os.O_WRONLY)
+                    try:
+                        stats = restore_to(store, ref, index_name,
+                                           lambda offset, data: os.pwrite(fd, data, offset),
+                                           crypt=store.crypt, skip_zero=True,
+                                           progress=progress)
+                        os.fsync(fd)
+                        return stats
+                    finally:
+                        os.close(fd)
+                return await asyncio.to_thread(write_raw)
             workdir = Path(tempfile.mkdtemp(prefix=f"binome-restore-{vmid}-"))
             socket = workdir / "nbd.sock"
             process = await _qemu_nbd(source.source, source.format or "raw", socket,
                                       read_only=False)
             try:
-                def write_nbd() -> Any:
-                    with NbdExport(str(socket), "drive") as export:
-                        stats = restore_to(store, ref, index_name, export.pwrite,
-                                           skip_zero=True, progress=progress)
-                        export.flush()
-                        return stats
-                try:
-                    stats = await asyncio.to_thread(write_nbd)
-                except (RestoreError, NbdError) as error:
-                    raise TaskFailed(f"restore of {disk.key} failed: {error}") from None
+                return await asyncio.to_thread(write_nbd, str(socket), "drive")
             finally:
                 await _stop_process(process)
                 shutil.rmtree(workdir, ignore_errors=True)
-        sparse = stats.size - stats.bytes_written
-        task.log(f"total bytes read {stats.size}, sparse bytes {human_size(sparse)} "
-                 f"({sparse * 100 / max(stats.size, 1):.1f}%)")
-        task.log(f"{disk.key}: restored {human_size(stats.size)}, sha256 {stats.sha256}")
-        return volid
+        except (RestoreError, NbdError, CryptError) as error:
+            raise TaskFailed(f"restore of {key} failed: {error}") from None
 
 
 async def _run(*argv: str) -> None:

@@ -6,33 +6,87 @@ token id `user@realm!name`), `fingerprint`; the token secret is kept apart, see
 storage: listing (PVE's content entries, the same as a `dir` storage's binome backups:
 volids `<storage>:backup/vzdump-qemu-<vmid>-<time>.binome`), notes and protection,
 removal. It holds backups only: no images, no ISO.
+
+Also owns the storage's client-side encryption key (`encryption-key`, PBS's): the key
+file (`binome.backup.crypt` format) lives on the cluster's side only, in
+`<state dir>/priv/storage/<id>.enc` (root's alone: 0600 in a 0700 directory; PVE's
+/etc/pve/priv/storage/<id>.enc), on the node where the storage was added (copy it to
+the other nodes that back up or restore); the definition records only its fingerprint.
+A node whose key file is missing or is another key lists the storage's backups and
+changes their notes and protection, and refuses the rest (`backup_store()`: backup,
+restore, prune, verify, GC); it never falls back to plain backups.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 from typing import Any
 
+from binome.backup.crypt import CryptConfig, CryptError, load_key
 from binome.backup.datastore import DatastoreError
 from binome.backup.dumpstore import ref_of_name
 from binome.backup.remote import BackupServerClient, RemoteDumpStore
+from binome.durable import write_bytes
 from binome.storage.base import Storage, StorageConfig, StorageError, VolumeSource, split_volid
 
 TYPE = "binome-backup"
 DEFAULT_PORT = 8007
 OPTIONS = ("server", "port", "datastore", "username", "fingerprint")
+ENCRYPTION_KEY = "encryption-key"   # in the definition: the key's fingerprint only
+
+
+def key_file(key_dir: Path, storage_id: str) -> Path:
+    return key_dir / f"{storage_id}.enc"
+
+
+def write_key_file(key_dir: Path, storage_id: str, text: str) -> Path:
+    """Store a storage's key file, root's alone; its path."""
+    key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(key_dir, 0o700)
+    path = key_file(key_dir, storage_id)
+    write_bytes(path, text.encode(), mode=0o600)
+    return path
 
 
 class BackupServerStorage(Storage):
-    def __init__(self, config: StorageConfig, node: str = "", secret: str | None = None
-                 ) -> None:
+    def __init__(self, config: StorageConfig, node: str = "", secret: str | None = None,
+                 key_dir: Path | None = None) -> None:
         super().__init__(config, node)
         self._secret = secret
+        self._key_dir = key_dir
 
     def __repr__(self) -> str:
         return f"BackupServerStorage({self.id})"
 
+    def encryption(self) -> CryptConfig | None:
+        """The storage's key (None: it makes plain backups); StorageError if it has one
+        and this node cannot use it."""
+        fingerprint = self.config.options.get(ENCRYPTION_KEY)
+        if not fingerprint:
+            return None
+        path = key_file(self._key_dir, self.id) if self._key_dir is not None else None
+        try:
+            if path is None:
+                raise FileNotFoundError
+            crypt = load_key(path.read_text())
+        except FileNotFoundError:
+            raise StorageError(f"storage '{self.id}' encrypts its backups (key fingerprint "
+                               f"{fingerprint}) but node '{self.node}' has no key file "
+                               f"{path}: copy it from the node where the storage was "
+                               f"added") from None
+        except (OSError, CryptError) as error:
+            raise StorageError(f"storage '{self.id}': key file {path}: {error}") from None
+        if crypt.fingerprint != fingerprint:
+            raise StorageError(f"storage '{self.id}': key file {path} holds key "
+                               f"{crypt.fingerprint}, not the storage's {fingerprint}")
+        return crypt
+
     def backup_store(self) -> RemoteDumpStore:
+        return self._store(self.encryption())
+
+    def _store(self, crypt: CryptConfig | None) -> RemoteDumpStore:
         options = self.config.options
         if self._secret is None:
             raise StorageError(f"storage '{self.id}': no token secret is stored for it")
@@ -43,7 +97,7 @@ class BackupServerStorage(Storage):
                 str(options["fingerprint"]))
         except (KeyError, ValueError) as error:
             raise StorageError(f"storage '{self.id}' is misconfigured: {error}") from None
-        return RemoteDumpStore(client, self.id)
+        return RemoteDumpStore(client, self.id, crypt)
 
     def _backup_name(self, volid: str) -> str:
         storage, volname = split_volid(volid)
@@ -67,7 +121,7 @@ class BackupServerStorage(Storage):
             ref = ref_of_name(self._backup_name(volid))
         except DatastoreError as error:
             raise StorageError(str(error)) from None
-        store = self.backup_store()
+        store = self._store(None)
         await self._call(store.remove, ref)
 
     async def resize(self, volid: str, size: int) -> None:
@@ -81,7 +135,7 @@ class BackupServerStorage(Storage):
 
     async def size(self, volid: str) -> int:
         ref = ref_of_name(self._backup_name(volid))
-        return int(await self._call(self.backup_store().used_bytes, ref))
+        return int(await self._call(self._store(None).used_bytes, ref))
 
     async def set_backup_attributes(self, volid: str, *, notes: str | None = None,
                                     protected: bool | None = None) -> None:
@@ -89,7 +143,7 @@ class BackupServerStorage(Storage):
             ref = ref_of_name(self._backup_name(volid))
         except DatastoreError as error:
             raise StorageError(str(error)) from None
-        store = self.backup_store()
+        store = self._store(None)
         if notes is not None:
             await self._call(store.set_notes, ref, notes)
         if protected is not None:
@@ -99,7 +153,7 @@ class BackupServerStorage(Storage):
                    vmid: int | None = None) -> list[dict[str, Any]]:
         if content not in (None, "backup"):
             return []
-        store = self.backup_store()
+        store = self._store(None)
         listing = await self._call(store.listing, None if vmid is None else str(vmid))
         out = []
         for item in listing:
@@ -110,6 +164,8 @@ class BackupServerStorage(Storage):
                 "subtype": "qemu", "protected": int(item["protected"])}
             if item.get("notes"):
                 entry["notes"] = item["notes"]
+            if item.get("crypt-fingerprint"):
+                entry["encrypted"] = item["crypt-fingerprint"]   # PVE's field for PBS
             if item.get("verification"):
                 entry["verification"] = {"state": item["verification"].get("state")}
             out.append(entry)
@@ -119,7 +175,7 @@ class BackupServerStorage(Storage):
         """The datastore's space as the server sees it; inactive if it does not answer."""
         enabled = 0 if self.config.disable else 1
         try:
-            usage = await self._call(self.backup_store().status)
+            usage = await self._call(self._store(None).status)
         except StorageError:
             return {"total": 0, "used": 0, "avail": 0, "active": 0, "enabled": enabled}
         return {**usage, "active": 1, "enabled": enabled}

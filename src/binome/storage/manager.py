@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from binome.storage.backup_server import BackupServerStorage
+from binome.storage.backup_server import BackupServerStorage, write_key_file
 from binome.storage.base import Storage, StorageConfig, StorageError, VolumeState
 from binome.storage.definitions import StorageDefinitions
 from binome.storage.dir import DirStorage
@@ -41,6 +41,15 @@ class StorageManager:
         self.state_dir = state_dir
         self.cluster = cluster
         self.replicas = ReplicaVolumes(volumes) if volumes is not None else None
+
+    @property
+    def key_dir(self) -> Path:
+        """Where this node keeps storages' encryption keys (root's alone)."""
+        return self.state_dir / "priv" / "storage"
+
+    def save_encryption_key(self, storage_id: str, key_text: str) -> Path:
+        """Keep a binome-backup storage's key file on this node; its path."""
+        return write_key_file(self.key_dir, storage_id, key_text)
 
     def default_local(self) -> StorageConfig:
         return StorageConfig("local", "dir", path=str(self.state_dir / "storage" / "local"),
@@ -83,7 +92,7 @@ class StorageManager:
             raise StorageError(f"storage '{storage_id}' is disabled")
         if cfg.type == "binome-backup" and self.cluster.store is not None:
             secret = await StorageDefinitions(self.cluster.store).secret(storage_id)
-            return BackupServerStorage(cfg, self.node, secret)
+            return BackupServerStorage(cfg, self.node, secret, self.key_dir)
         return self._build(cfg)
 
     async def for_volid(self, volid: str) -> Storage:

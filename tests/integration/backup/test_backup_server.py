@@ -11,6 +11,7 @@ A storage with a wrong fingerprint fails with a clear error and sends nothing.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -150,6 +151,98 @@ def _content(px) -> list[dict]:
     return sorted(listed, key=lambda b: b["ctime"])
 
 
+MARKER = b"BINOME-PLAINTEXT-MARKER-4d1f"
+
+
+def _datastore_files(backup_server: BackupServerProcess, name: str) -> list[Path]:
+    return [p for p in (backup_server.data_dir / "datastores" / name).rglob("*")
+            if p.is_file()]
+
+
+def _encrypted_backups(px, cluster: Cluster, backup_server: BackupServerProcess) -> str:
+    """Client-side encryption: a storage with `encryption-key=autogen` on its own
+    datastore; the running guest is backed up to it (then incrementally, deduplicated
+    under the same key). The server's files hold no plaintext, the API never shows the
+    key. Returns the key file, as the admin keeps it off the cluster."""
+    from proxmoxer import ResourceException
+
+    backup_server.cli("datastore-create", "vault")
+    for storage, changes, error in (
+            ("badkey", {"type": "binome-backup", "encryption-key": '{"kdf": null, '
+                                                                   '"data": "AAAA"}'},
+             "32 bytes"),
+            ("dirkey", {"type": "dir", "path": "/tmp/x", "server": None, "datastore": None,
+                        "username": None, "password": None, "fingerprint": None,
+                        "port": None, "encryption-key": "autogen"},
+             "not an option of storage type 'dir'")):
+        params = {k: v for k, v in backup_server.storage_params(storage=storage,
+                                                                **changes).items()
+                  if v is not None}
+        with pytest.raises(ResourceException) as bad:
+            px.storage.post(**params)
+        assert "encryption-key" in str(bad.value) and error in str(bad.value), bad.value
+    assert {"badkey", "dirkey"}.isdisjoint(s["storage"] for s in px.storage.get())
+    px.storage.post(**backup_server.storage_params(storage="vault", datastore="vault",
+                                                   **{"encryption-key": "autogen"}))
+    key_file = cluster["n1"].state_dir / "priv" / "storage" / "vault.enc"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    key_text = key_file.read_text()
+    fingerprint = json.loads(key_text)["fingerprint"]
+    listed = {s["storage"]: s for s in px.storage.get()}
+    assert listed["vault"]["encryption-key"] == fingerprint
+    assert json.loads(key_text)["data"] not in str(px.storage.get())
+    node = px.nodes("n1")
+    upid = node.vzdump.post(vmid=str(VMID), storage="vault")
+    assert wait_task(px, upid)["exitstatus"] == "OK", _log(px, upid)
+    log = _log(px, upid)
+    assert f"INFO: encrypting the backup (key fingerprint {fingerprint})" in log, log
+    upid = node.vzdump.post(vmid=str(VMID), storage="vault")
+    assert wait_task(px, upid)["exitstatus"] == "OK", _log(px, upid)
+    log = _log(px, upid)
+    assert any(line.startswith("INFO: using fast incremental mode") for line in log), log
+    assert any(" in 0 new chunks" in line for line in log), log
+    (entry, _) = px.nodes("n1").storage("vault").content.get(content="backup")
+    assert entry["encrypted"] == fingerprint
+    # the marker is in the plain datastore's chunks (so this check can fail), never in
+    # the encrypted one's
+    assert any(MARKER in p.read_bytes() for p in _datastore_files(backup_server, "main"))
+    vault = _datastore_files(backup_server, "vault")
+    assert len(vault) > 5 and not any(MARKER in p.read_bytes() for p in vault)
+    assert not any(b"name: drill" in p.read_bytes() for p in vault)   # nor the config
+    return key_text
+
+
+def _encrypted_restores(px, cluster: Cluster, backup_server: BackupServerProcess,
+                        key_text: str, expected: str) -> None:
+    """On the fresh cluster: with the saved key file the encrypted backup restores to the
+    same bytes and verifies; with another key, or none, the restore is refused and leaves
+    nothing behind."""
+    node = px.nodes("n1")
+    px.storage.post(**backup_server.storage_params(storage="vault", datastore="vault",
+                                                   **{"encryption-key": key_text}))
+    newest = sorted(node.storage("vault").content.get(content="backup"),
+                    key=lambda b: b["ctime"])[-1]
+    upid = node.qemu.post(vmid=VMID + 1, archive=newest["volid"], storage="local")
+    assert wait_task(px, upid)["exitstatus"] == "OK", _log(px, upid)
+    assert any("manifest signature ok" in line for line in _log(px, upid))
+    config = node.qemu(VMID + 1).config.get()
+    assert config["name"] == "drill"
+    assert sha256_of(_disk(cluster, config["virtio0"]), "qcow2") == expected
+    upid = node.storage("vault").verify.post()
+    assert wait_task(px, upid)["exitstatus"] == "OK", _log(px, upid)
+    name = newest["volid"].split(":", 1)[1]
+    for storage, changes, reason in (
+            ("wrongkey", {"encryption-key": "autogen"}, "- wrong key"),
+            ("nokey", {}, "this storage has no encryption key")):
+        px.storage.post(**backup_server.storage_params(storage=storage, datastore="vault",
+                                                       **changes))
+        upid = node.qemu.post(vmid=VMID + 2, archive=f"{storage}:{name}", storage="local")
+        assert wait_task(px, upid)["exitstatus"] != "OK"
+        assert any(reason in line for line in _log(px, upid)), _log(px, upid)
+        assert VMID + 2 not in [vm["vmid"] for vm in node.qemu.get()]
+        assert not node.storage("local").content.get(vmid=VMID + 2)
+
+
 def test_a_backup_server_outlives_its_cluster(tmp_path: Path,
                                               backup_server: BackupServerProcess) -> None:
     from proxmoxer import ResourceException
@@ -192,6 +285,11 @@ def test_a_backup_server_outlives_its_cluster(tmp_path: Path,
         wait_task(px, node.qemu(VMID).status.start.post())
         console = Console(first["n1"].state_dir / "run" / "qemu" / f"{VMID}.serial")
         wait_shell(console)
+        # a marker in incompressible data (the chunk is stored as is when not encrypted)
+        console(f"head -c 4194304 /dev/urandom > /tmp/r; printf {MARKER.decode()} | "
+                f"dd of=/tmp/r bs=1 seek=2097152 conv=notrunc 2>/dev/null; dd if=/tmp/r "
+                f"of=/dev/vda bs=1M seek=48 count=4 conv=notrunc 2>/dev/null; sync",
+                timeout=60)
         upid = node.vzdump.post(vmid=str(VMID), storage="offsite")
         assert wait_task(px, upid)["exitstatus"] == "OK", _log(px, upid)
         log = _log(px, upid)
@@ -207,6 +305,7 @@ def test_a_backup_server_outlives_its_cluster(tmp_path: Path,
         assert any(line.startswith("INFO: transferred 4.0 MiB in ") for line in log), log
         assert any(line.startswith("INFO: backup stored ") and " in 1 new chunks" in line
                    for line in log), log
+        key_text = _encrypted_backups(px, first, backup_server)
         wait_task(px, node.qemu(VMID).status.stop.post())
         expected = sha256_of(disk, "qcow2")
         assert len(_content(px)) == 2
@@ -234,6 +333,8 @@ def test_a_backup_server_outlives_its_cluster(tmp_path: Path,
                  "restored guest running")
         wait_shell(Console(second["n1"].state_dir / "run" / "qemu" / f"{VMID}.serial"))
         wait_task(px, node.qemu(VMID).status.stop.post())
+
+        _encrypted_restores(px, second, backup_server, key_text, expected)
 
         upid = node.storage("offsite").verify.post()
         assert wait_task(px, upid)["exitstatus"] == "OK", _log(px, upid)

@@ -147,3 +147,47 @@ def test_vm_disk_moves_between_replicated_and_dir(vc: Cluster) -> None:
     final = n1.state_dir / "storage" / "local" / "images" / "300" / \
         disk().rpartition("/")[2]
     assert _sha(final) == digest
+
+
+def test_backup_and_restore_onto_replicated_storage(vc: Cluster) -> None:
+    """A guest on replicated storage is backed up (its volume read through the engine's
+    NBD export) to a dir storage, and restored with `--storage repl`: the restore creates
+    a replicated volume, writes it on n1 (Primary), n2's copy gets the same bytes, and
+    the restored guest's QEMU runs from it."""
+    from binome.backup.nbd import NbdExport
+    from binome.storage.replica.node.volumes import ENGINE_SUBDIR, VolumeService
+
+    n1, n2 = vc["n1"], vc["n2"]
+    if not any(s["storage"] == "repl" for s in n1.json("storage", "list")):
+        n1.cli("storage", "add", "repl", "--type", "replicated", "--content", "images")
+    n1.cli("storage", "add", "bk", "--type", "dir", "--path", str(n1.state_dir / "bk"),
+           "--content", "backup", "--nodes", "n1")
+    n1.cli("vm", "create", "310", "--memory", "64", "--virtio0", "repl:0.03125")  # 32 MiB
+    source = "vm-310-disk-0"
+    wait_for(lambda: in_sync(vstatus(n2, source)), 60, "n2's copy of the source in sync")
+    socket = VolumeService._socket_dir(n1.state_dir / ENGINE_SUBDIR) / f"{source}.sock"
+    pattern = b"".join(bytes([i]) * MiB for i in range(1, 9)) + b"replicated restore" * 1000
+    with NbdExport(str(socket), source) as export:      # what a guest would have written
+        export.pwrite(3 * MiB, pattern)
+        export.flush()
+    expected = backing(n1, source).read_bytes()[:32 * MiB]
+    out = n1.cli("vzdump", "310", "--storage", "bk").stdout
+    assert "Finished Backup of VM 310" in out, out
+    (backup,) = [e for e in n1.json("storage", "content", "bk") if e["content"] == "backup"]
+    out = n1.cli("qmrestore", backup["volid"], "311", "--storage", "repl").stdout
+    assert "new volume ID is 'repl:vm-311-disk-0'" in out, out
+    config = n1.json("vm", "config", "311")
+    assert config["virtio0"].startswith("repl:vm-311-disk-0,")
+    restored = "vm-311-disk-0"
+    wait_for(lambda: in_sync(vstatus(n2, restored)), 60, "n2's copy of the restore in sync")
+    for node in (n1, n2):
+        assert backing(node, restored).read_bytes()[:32 * MiB] == expected, node.name
+    # the guest runs from the replicated volume (QEMU opens n1's export; no OS needed)
+    n1.cli("vm", "start", "311")
+    try:
+        wait_for(lambda: n1.json("vm", "status", "311")["status"] == "running", 30,
+                 "the restored guest running")
+        wait_for(lambda: vstatus(n1, restored).get("open_count", 0) >= 1, 10,
+                 "QEMU has the restored volume open")
+    finally:
+        n1.cli("vm", "stop", "311", check=False)   # the cluster's stop leaves guests

@@ -18,6 +18,9 @@ import pytest
 from aiohttp import web
 from argon2 import PasswordHasher
 
+from binome.backup.chunkstore import encode_blob
+from binome.backup.crypt import CryptConfig, CryptError, new_key_file
+from binome.backup.datastore import SnapshotRef
 from binome.backup.dumpstore import GUEST_CONFIG, DumpStore, backup_name
 from binome.backup.index import FixedIndex
 from binome.backup.prune import PruneOptions
@@ -38,7 +41,7 @@ from binome.backup.server import (
     tls_context,
 )
 from binome.backup.server_main import main as server_main
-from binome.backup.writer import backup_image
+from binome.backup.writer import BackupStats, backup_image
 
 CHUNK = 64 * 1024
 TOKEN = "backup@pbs!cluster"
@@ -345,3 +348,132 @@ async def test_the_binome_backup_storage_lists_and_changes_backups(running: Runn
     assert (await BackupServerStorage(gone, "n1", running.secret).status())["active"] == 0
     with pytest.raises(StorageError, match="cannot connect to backup server"):
         await BackupServerStorage(gone, "n1", running.secret).list()
+
+
+MARKER = b"GUEST-PLAINTEXT-MARKER:"
+
+
+def _secret_image(path: Path, chunks: int = 4) -> Path:
+    path.write_bytes(b"".join(MARKER * (CHUNK // len(MARKER)) + bytes([i]) * (
+        CHUNK % len(MARKER)) for i in range(chunks)))
+    return path
+
+
+def _encrypted_backup(store: RemoteDumpStore, source: Path, when: int,
+                      **kwargs: object) -> tuple[SnapshotRef, BackupStats]:
+    writer = store.begin("vm", "100", when)
+    assert writer.crypt is store.crypt is not None
+    writer.add_file(GUEST_CONFIG, encode_blob(b"name: secret-web\n", store.crypt))
+    stats = backup_image(writer, "drive-virtio0.img.fidx", source, chunk_size=CHUNK,
+                         **kwargs)  # type: ignore[arg-type]
+    return writer.commit(), stats
+
+
+def test_encrypted_backups_through_the_server(running: Running, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    key_text, crypt = new_key_file()
+    store = RemoteDumpStore(running.client(), "pbs1", crypt)
+    source = _secret_image(tmp_path / "disk.raw")
+    ref, first = _encrypted_backup(store, source, 1_700_000_000)
+    assert first.chunks_new == 4
+    # the server holds ciphertext only: neither the disk's data nor the config
+    for path in running.data_dir.rglob("*"):
+        if path.is_file():
+            assert MARKER not in path.read_bytes() and b"secret-web" not in path.read_bytes()
+    (entry,) = store.listing("100")
+    assert entry["crypt-fingerprint"] == crypt.fingerprint
+    assert store.guest_config(ref) == "name: secret-web\n"
+    restored = tmp_path / "restored.raw"
+    restore_image(store, ref, "drive-virtio0.img.fidx", restored,
+                  crypt=crypt)
+    assert restored.read_bytes() == source.read_bytes()
+    # the same key deduplicates, and an incremental backup reuses the previous index
+    previous = store.read_index(ref, "drive-virtio0.img.fidx")
+    ref2, again = _encrypted_backup(RemoteDumpStore(running.client(), "pbs1", crypt), source,
+                                    1_700_000_100, previous=previous, dirty=[(0, 1)])
+    assert again.incremental and again.chunks_new == 0 and again.bytes_read == CHUNK
+    # the server's verify works on ciphertext (CRC and presence: it has no key)
+    lines: list[str] = []
+    assert store.verify_backups([ref, ref2], lines.append) == []
+    # wrong key, no key: refused before anything is read
+    with pytest.raises(CryptError, match="wrong key"):
+        RemoteDumpStore(running.client(), "pbs1",
+                        CryptConfig.generate()[0]).authenticated_manifest(ref)
+    with pytest.raises(CryptError, match="no encryption key"):
+        running.store().authenticated_manifest(ref)
+    with pytest.raises(CryptError, match="guest config"):
+        running.store().guest_config(ref)
+    # restore from the server's directory alone needs the key file
+    data = ["--data-dir", str(running.data_dir)]
+    out = tmp_path / "out.raw"
+    assert server_main([*data, "restore-file", "--datastore", "main", backup_name(ref),
+                        "virtio0", str(out)]) == 1
+    assert "no encryption key" in capsys.readouterr().err and not out.exists()
+    keyfile = tmp_path / "pbs1.enc"
+    keyfile.write_text(key_text)
+    assert server_main([*data, "restore-file", "--datastore", "main", backup_name(ref),
+                        "virtio0", str(out), "--keyfile", str(keyfile)]) == 0
+    assert out.read_bytes() == source.read_bytes()
+    conf = tmp_path / "100.conf"
+    assert server_main([*data, "restore-file", "--datastore", "main", backup_name(ref),
+                        "config", str(conf), "--keyfile", str(keyfile)]) == 0
+    assert conf.read_text() == "name: secret-web\n"
+    # the server rewrites the manifest (drops the signature, claims it is plain):
+    # a storage with the key refuses it
+    manifest = running.local().snapshot_dir(ref) / "index.json"
+    doc = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps(dict(doc, signature=None)))
+    with pytest.raises(CryptError, match="signature mismatch"):
+        RemoteDumpStore(running.client(), "pbs1", crypt).authenticated_manifest(ref)
+    manifest.write_text(json.dumps({**doc, "crypt-fingerprint": None, "signature": None}))
+    with pytest.raises(CryptError, match="is not encrypted"):
+        RemoteDumpStore(running.client(), "pbs1", crypt).guest_config(ref)
+    manifest.write_text(json.dumps(doc))
+    # ... or serves the newer backup's index as the older's: not the signed one
+    older_index = running.local().snapshot_dir(ref) / "drive-virtio0.img.fidx"
+    with open(source, "r+b") as disk:
+        disk.write(b"changed")
+    ref3, _ = _encrypted_backup(store, source, 1_700_000_200)
+    older_index.write_bytes(
+        (running.local().snapshot_dir(ref3) / "drive-virtio0.img.fidx").read_bytes())
+    with pytest.raises(CryptError, match="does not match the signed manifest"):
+        RemoteDumpStore(running.client(), "pbs1", crypt).read_index(
+            ref, "drive-virtio0.img.fidx")
+    # a commit with a malformed signature is refused by the server
+    writer = store.begin("vm", "100", 1_700_000_300)
+    with pytest.raises(RemoteError, match="bad crypt-fingerprint or signature"):
+        store.client.request("POST", f"/writer/{writer.writer_id}/commit",
+                             json_body={"crypt-fingerprint": crypt.fingerprint,
+                                        "signature": "zz"})
+
+
+async def test_the_storage_key_file(running: Running, tmp_path: Path) -> None:
+    from binome.storage.backup_server import BackupServerStorage, write_key_file
+    from binome.storage.base import StorageConfig, StorageError
+
+    key_text, crypt = new_key_file()
+    config = StorageConfig("vault", "binome-backup", content=("backup",), shared=True,
+                           options={"server": "127.0.0.1", "port": running.port,
+                                    "datastore": "main", "username": TOKEN,
+                                    "fingerprint": running.fingerprint,
+                                    "encryption-key": crypt.fingerprint})
+    key_dir = tmp_path / "priv" / "storage"
+    storage = BackupServerStorage(config, "n2", running.secret, key_dir)
+    # the definition says encrypted, this node has no key: refused, never plain
+    with pytest.raises(StorageError, match="node 'n2' has no key file"):
+        storage.backup_store()
+    path = write_key_file(key_dir, "vault", key_text)
+    assert path.stat().st_mode & 0o777 == 0o600 and key_dir.stat().st_mode & 0o777 == 0o700
+    store = storage.backup_store()
+    assert store.crypt is not None and store.crypt.fingerprint == crypt.fingerprint
+    ref, _ = await asyncio.to_thread(_encrypted_backup, store,
+                                     _secret_image(tmp_path / "d.raw", 1), 1_700_000_000)
+    (entry,) = await storage.list("backup")
+    assert entry["encrypted"] == crypt.fingerprint
+    assert key_text not in str(entry) and str(crypt) not in str(entry)
+    write_key_file(key_dir, "vault", new_key_file()[0])     # another key in its place
+    with pytest.raises(StorageError, match="not the storage's"):
+        storage.backup_store()
+    # listing and notes need no key
+    assert len(await storage.list("backup")) == 1
+    await storage.set_backup_attributes(f"vault:backup/{backup_name(ref)}", notes="n")

@@ -15,7 +15,9 @@ from binome.api.errors import param_error
 from binome.api.methods.common import NODE, RRD_PARAMS, storage_definitions
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
+from binome.backup.crypt import AUTOGEN, CryptError, load_key, new_key_file
 from binome.errors import BinomeError
+from binome.storage.backup_server import ENCRYPTION_KEY
 from binome.storage.backup_server import OPTIONS as BACKUP_SERVER_OPTIONS
 from binome.storage.base import CONTENT_TYPES
 from binome.storage.definitions import definition_record
@@ -59,7 +61,7 @@ async def storage_index(ctx: RequestContext, params: dict[str, Any]) -> list[dic
     permission=privs("Datastore.Allocate", path="/storage"),
     description="Define a storage: 'dir', 'replicated' or 'binome-backup' (a binome backup "
                 "server: server, datastore, username (token id), password (token secret) "
-                "and fingerprint).",
+                "and fingerprint; optionally encryption-key).",
     parameters={"storage": STORAGE_ID,
                 "type": Param(enum=tuple(BACKENDS), description="Storage type."),
                 "path": Param(optional=True, pattern=r"/[^\0]*", max_length=4096),
@@ -88,7 +90,15 @@ async def storage_index(ctx: RequestContext, params: dict[str, Any]) -> list[dic
                 "fingerprint": Param(optional=True, max_length=128,
                                      pattern=r"([A-Fa-f0-9]{2}:){31}[A-Fa-f0-9]{2}",
                                      description="SHA-256 fingerprint of the backup "
-                                                 "server's certificate (pinned).")},
+                                                 "server's certificate (pinned)."),
+                "encryption-key": Param(optional=True, secret=True, max_length=4096,
+                                        extra={"multiline": True},   # a key file's JSON
+                                        description="Client-side encryption of the "
+                                                    "backups (binome-backup): 'autogen' "
+                                                    "for a new key, or a key file's "
+                                                    "content. Write-only: kept in a "
+                                                    "root-only file on this node; the "
+                                                    "definition shows its fingerprint.")},
     cli=CliSpec(("storage", "add"), positional=("storage",)),
 )
 async def storage_create(ctx: RequestContext, params: dict[str, Any]) -> None:
@@ -98,6 +108,7 @@ async def storage_create(ctx: RequestContext, params: dict[str, Any]) -> None:
     content = [c for c in content_text.split(",") if c]
     options: dict[str, Any] = {}
     secret = None
+    key_text: str | None = None
     if params["type"] == "dir" and not params.get("path"):
         raise param_error("path", "property is missing and it is not optional")
     if backup_server:
@@ -112,14 +123,27 @@ async def storage_create(ctx: RequestContext, params: dict[str, Any]) -> None:
         options = {name: params[name] for name in BACKUP_SERVER_OPTIONS if name in params}
         options["fingerprint"] = options["fingerprint"].upper()
         secret = params["password"]
+        if params.get("encryption-key"):
+            key_text = params["encryption-key"].strip()
+            try:
+                if key_text == AUTOGEN:
+                    key_text, crypt = new_key_file()
+                else:
+                    crypt = load_key(key_text)
+            except CryptError as exc:
+                raise param_error("encryption-key", str(exc)) from None
+            options[ENCRYPTION_KEY] = crypt.fingerprint
     else:
-        for name in (*BACKUP_SERVER_OPTIONS, "password"):
+        for name in (*BACKUP_SERVER_OPTIONS, "password", "encryption-key"):
             if name in params:
                 raise param_error(name, f"not an option of storage type '{params['type']}'")
     await definitions.create(definition_record(
         params["storage"], params["type"], path=params.get("path", ""), content=content,
         nodes=params.get("nodes", ""), shared=params["shared"] or backup_server,
         disable=params["disable"], options=options), secret)
+    if key_text is not None:
+        # after the definition: a taken storage ID never overwrites another's key
+        _manager(ctx).save_encryption_key(params["storage"], key_text)
 
 
 @registry.register(
