@@ -18,10 +18,10 @@ from pathlib import Path
 import pyotp
 import requests
 
+from tests.integration.access.client import purge_realm
 from tests.integration.access.test_openid import (  # noqa: F401 (fixture)
     CLIENT_ID,
     CLIENT_SECRET,
-    _purge,
     provider,
 )
 from tests.integration.harness import PASSWORD, Cluster
@@ -331,4 +331,4 @@ def test_openid_login_button(browser, cluster: Cluster, api: requests.Session,  
                   and e.get("source") != "network"]
         assert errors == [], errors
     finally:
-        _purge(cluster, realm)
+        purge_realm(cluster, realm)
