@@ -252,3 +252,19 @@ def test_node_failure_mailed_exactly_once(env: dict[str, Any]) -> None:
     # the other mails the cluster raised meanwhile: none for this failure twice
     assert len(inbox.with_subject("Node n2 offline")) == 1, inbox.subjects()
     assert len(inbox.with_subject("Node n2 back online")) == 1, inbox.subjects()
+
+    # the delivery history survives a restart of the daemon that delivered the mail
+    api: Api = env["api"]
+    rows = wait_for(lambda: [e for e in api.ok("GET", f"{N}/history", target="mail")
+                             if e["title"] == "Node n2 offline"
+                             and e["status"] == "delivered"], 30,
+                    "the 'Node n2 offline' delivery in the history")
+    (before,) = rows
+    sender = cluster[before["node"]]
+    sender.stop()
+    sender.start()
+    after = wait_for(lambda: [e for e in api.ok("GET", f"/nodes/{sender.name}/notifications/"
+                                                "history", target="mail", limit=1000)
+                              if e["id"] == before["id"]], 60,
+                     f"{sender.name}'s history after its restart")
+    assert after == [before], (after, before)
