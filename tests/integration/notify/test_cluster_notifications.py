@@ -99,6 +99,40 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         smtp.stop()
 
 
+def _short_lived_cert(cluster: Cluster, node: str, days: int) -> str:
+    """Replace `node`'s certificate by one of the cluster CA valid `days` days and an hour
+    (same subject, key and extensions); its expiry as the mail writes it."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    from binome.cluster import pki
+    from binome.store import keys
+
+    async def read_ca() -> Any:
+        store = cluster.raw_store(node)
+        try:
+            return await store.get_value(keys.PKI_CA)
+        finally:
+            await store.close()
+
+    ca = asyncio.run(read_ca())
+    ca_cert, ca_key = pki.load_cert(ca["cert"].encode()), pki.load_key(ca["key"].encode())
+    path = pki.PkiPaths(cluster[node].state_dir / "pki").node_cert
+    old = pki.load_cert(path.read_bytes())
+    now = dt.datetime.now(dt.UTC)
+    not_after = now + dt.timedelta(days=days, hours=1)
+    builder = (x509.CertificateBuilder().subject_name(old.subject)
+               .issuer_name(ca_cert.subject).public_key(old.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(not_after))
+    for ext in old.extensions:
+        builder = builder.add_extension(ext.value, ext.critical)
+    pki.write_public(path, pki.cert_pem(builder.sign(ca_key, hashes.SHA256())))
+    return not_after.strftime("%Y-%m-%d %H:%M UTC")
+
+
 def _errors(api: Api, verb: str, url: str, /, **params: Any) -> dict[str, str]:
     r = api.call(verb, url, **params)
     assert r.status_code == 400, (url, r.status_code, r.text)
@@ -261,8 +295,18 @@ def test_node_failure_mailed_exactly_once(env: dict[str, Any]) -> None:
                     "the 'Node n2 offline' delivery in the history")
     (before,) = rows
     sender = cluster[before["node"]]
+    # ... which comes back with a certificate that expires in 3 days (issued by the
+    # cluster's CA like its own, for the same key and names): it says so at start
+    api.ok("POST", f"{N}/matchers", name="cert-events", target=["mail"],
+           **{"match-field": ["exact:type=certificate"]})
+    not_after = _short_lived_cert(cluster, sender.name, days=3)
     sender.stop()
     sender.start()
+    (_, text), = wait_for(lambda: inbox.events("Certificate node.pem (API) expires in 3 "
+                                               "days"), 30,
+                          f"the certificate mail; got {inbox.subjects()}")
+    assert f"The certificate node.pem (API) on {sender.name} expires on {not_after}" in text
+    assert "binome has no renewal command yet" in text, text
     after = wait_for(lambda: [e for e in api.ok("GET", f"/nodes/{sender.name}/notifications/"
                                                 "history", target="mail", limit=1000)
                               if e["id"] == before["id"]], 60,
