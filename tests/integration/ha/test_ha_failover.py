@@ -254,10 +254,15 @@ def _failover_and_quorum(c: Cluster, inbox: Inbox, port: int) -> None:
         # said by n1 itself, from its own copy of the notification configuration
         text = _one(inbox, "Quorum lost on n1")
         assert "This node lost quorum (1 of 3 votes)" in text, text
+        # (n1's start above may have said "regained" already: its first check can fail
+        # while its etcd member catches up)
+        before = len(inbox.events("Quorum regained on n1"))
         w.start()     # the witness back: n1 has quorum again, and says so
         wait_for(n1.quorate, 30, "n1 quorate with the witness")
-        assert "This node has quorum again (2 of 3 votes)" in _one(inbox, "Quorum regained "
-                                                                   "on n1")
+        regained = wait_for(lambda: inbox.events("Quorum regained on n1")[before:], 30,
+                            "the 'Quorum regained on n1' mail")
+        assert len(regained) == 1, inbox.subjects()
+        assert "This node has quorum again (2 of 3 votes)" in regained[0][1], regained
         assert not inbox.events("Quorum lost on w") and not inbox.events("Quorum lost on n2")
         # with quorum the recovery resumes (n2 is gone): awaited, so that no QEMU starts
         # after the cleanup below
