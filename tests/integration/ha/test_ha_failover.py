@@ -104,7 +104,7 @@ def _start_fails_into_error(n1: Node, px, inbox: Inbox) -> None:
                                     vga="serial0")
     wait_for(lambda: px.nodes("n1").tasks(upid).status.get()["status"] == "stopped",
              30, "VM creation")
-    n1.cli("vm", "set", str(vmid), "--args", "-no-such-qemu-option")   # root only: the CLI
+    n1.cli("vm", "set", str(vmid), "--args=-no-such-qemu-option")   # root only: the CLI
     n1.cli("ha", "add", sid, "--state", "started", "--max_restart", "0",
            "--max_relocate", "0")
     try:

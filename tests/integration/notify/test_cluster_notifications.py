@@ -281,6 +281,8 @@ def test_node_failure_mailed_exactly_once(env: dict[str, Any]) -> None:
     # the etcd member of the dead node is unhealthy: said by the master to the webhook
     env["api"].ok("POST", f"{N}/matchers", name="etcd-events", target=["hook"],
                   **{"match-field": ["exact:type=etcd"]})
+    env["api"].ok("POST", f"{N}/matchers", name="time-events", target=["mail"],
+                  **{"match-field": ["exact:type=time"]})
     cluster["n2"].kill()
     (offline,) = wait_for(lambda: inbox.with_subject("Node n2 offline"), 60,
                           "the 'Node n2 offline' mail")
