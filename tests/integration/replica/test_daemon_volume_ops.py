@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from binome.lab.nbd_client import NbdClient
+from binome.storage.replica.node.volumes import VolumeService
 from tests.integration.access.client import Api
 from tests.integration.harness import Cluster, wait_for
 from tests.integration.notify.mailbox import Inbox
@@ -138,8 +139,8 @@ def test_a_local_disk_io_error_is_mailed_by_its_node(
         written = os.urandom(65536)
 
         async def io() -> None:
-            c = await NbdClient.connect(str(n1.state_dir / "replica" / "nbd" / "e1.sock"),
-                                        "e1")
+            sockets = VolumeService._socket_dir(n1.state_dir / "replica")  # the daemon's
+            c = await NbdClient.connect(str(sockets / "e1.sock"), "e1")
             try:
                 await c.write(MiB, written)
                 await c.flush()
