@@ -1,20 +1,14 @@
-"""Dual-primary, online verify, resize and a local disk I/O error's notification through
-the real path (CLI -> API -> binomed -> engine, etcd, the kernel's EIO, aiosmtpd): one
-2-node + witness cluster for the module."""
+"""Dual-primary, online verify and resize through the real path (CLI -> API -> binomed ->
+engine, etcd): one 2-node + witness cluster for the module."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 
 import pytest
 
-from binome.lab.nbd_client import NbdClient
-from binome.storage.replica.node.volumes import VolumeService
 from tests.integration.access.client import Api
 from tests.integration.harness import Cluster, wait_for
 from tests.integration.notify.mailbox import Inbox
@@ -25,10 +19,6 @@ from tests.integration.replica.test_daemon_volumes import (
     store_get,
     volume_cluster,
     vstatus,
-)
-from tests.integration.replica.test_io_errors import (  # noqa: F401 (fixture)
-    FailingDisk,
-    failing_disk,
 )
 
 
@@ -109,58 +99,3 @@ def test_vm_disk_resize_grows_both_copies(vc: Cluster) -> None:
     assert store_get(vc, f"/binome/volumes/{name}/config")["size"] == 128 * MiB
     conf = n1.json("vm", "config", "300")
     assert "size=128M" in conf["virtio0"]
-
-
-@pytest.mark.skipif(os.geteuid() != 0 or not all(shutil.which(t) for t in (
-    "losetup", "mkfs.ext4", "mount", "blockdev")), reason="needs root and losetup")
-def test_a_local_disk_io_error_is_mailed_by_its_node(
-        vc: Cluster, mail: tuple[Inbox, Api],
-        failing_disk: FailingDisk) -> None:  # noqa: F811 (the fixture)
-    """A real kernel EIO under n1's copy (its backing moved onto the failing loop device of
-    test_io_errors while the volume was down): the engine detaches the disk, the volume
-    is served through n2, and n1's daemon mails it, once."""
-    inbox, api = mail
-    n1, n2 = vc["n1"], vc["n2"]
-    api.ok("POST", "/cluster/notifications/matchers", name="disk-events", target=["mail"],
-           **{"match-field": ["exact:type=disk"]})
-    n1.cli("volume", "create", "e1", "--size", "16M")       # the failing disk's size
-    data = backing(n1, "e1")
-    try:
-        wait_for(lambda: in_sync(vstatus(n2, "e1")), 30, "n2's copy of e1 in sync")
-        n1.cli("volume", "secondary", "e1")
-        n1.cli("volume", "down", "e1")
-        subprocess.run(["dd", f"if={data}", f"of={failing_disk.device}", "bs=1M",
-                        "oflag=direct", "status=none"], check=True)
-        data.unlink()
-        data.symlink_to(failing_disk.device)
-        n1.cli("volume", "up", "e1")
-        wait_for(lambda: in_sync(vstatus(n1, "e1")), 30, "n1's copy of e1 up, in sync")
-        n1.cli("volume", "primary", "e1")
-        written = os.urandom(65536)
-
-        async def io() -> None:
-            sockets = VolumeService._socket_dir(n1.state_dir / "replica")  # the daemon's
-            c = await NbdClient.connect(str(sockets / "e1.sock"), "e1")
-            try:
-                await c.write(MiB, written)
-                await c.flush()
-                failing_disk.fail()
-                await c.write(5 * MiB, os.urandom(8192))   # meets the EIO, served by n2
-                await c.flush()
-                assert await c.read(MiB, 65536) == written
-            finally:
-                await c.close()
-
-        asyncio.run(io())
-        st = wait_for(lambda: (s := vstatus(n1, "e1")).get("disk") == "Diskless" and s, 30,
-                      "n1's disk detached")
-        assert st["peer_disk"] == "UpToDate", st
-        (mail_, text), = wait_for(lambda: inbox.events(f"I/O error on {data} (e1)"), 30,
-                                  f"the disk-io-error mail; got {inbox.subjects()}")
-        assert f"The local disk {data} of volume e1 returned an I/O error" in text, text
-        assert "The disk was detached; the volume now reads and writes through its peer" \
-            in text, text
-        assert str(mail_["Message-ID"]).endswith("@n1>"), mail_["Message-ID"]
-    finally:
-        n1.cli("volume", "destroy", "e1", "--yes", check=False)   # releases the device
-        api.call("DELETE", "/cluster/notifications/matchers/disk-events")
