@@ -14,6 +14,8 @@ PACKAGES=(etcd-server etcd-client qemu-system-x86 qemu-utils busybox-static ipro
 # swtpm, swtpm-tools: the software TPM (and swtpm_setup) of VMs with a `tpmstate0`.
 # genisoimage: builds the cloud-init (NoCloud/configdrive2) ISO, with the options PVE uses.
 PACKAGES+=(genisoimage)
+# libfaketime: the notification tests run one node with its wall clock ahead (clock skew).
+PACKAGES+=(libfaketime)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then

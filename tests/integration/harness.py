@@ -58,7 +58,8 @@ class Node:
     def socket(self) -> str:
         return str(self.state_dir / "run" / "api.sock")
 
-    def start(self) -> None:
+    def start(self, env: dict[str, str] | None = None) -> None:
+        """Start binomed; `env`: extra environment of the daemon (and its children)."""
         # several nodes share this host: a self-fence must never reset it
         args = [str(BIN / "binomed"), "--state-dir", str(self.state_dir),
                 "--watchdog-device", "none"]
@@ -66,7 +67,8 @@ class Node:
             args += ["--name", self.name, "--address", self.address, "--api-bind",
                      self.address, "--role", self.role]
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                     env=None if env is None else {**os.environ, **env})
         log.close()
         wait_for(lambda: Path(self.socket).exists() and self.cli_ok("version"), 20,
                  f"{self.name} API")

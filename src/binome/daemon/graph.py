@@ -27,6 +27,7 @@ from binome.daemon.logs import NodeLogs
 from binome.daemon.rrd import RrdStore
 from binome.guest.guests import GuestService
 from binome.metrics.exporter import NodeMetrics
+from binome.notify import history as notify_history
 from binome.notify.repository import Change as NotifyChange
 from binome.notify.service import NotificationService
 from binome.storage.manager import StorageManager
@@ -55,7 +56,8 @@ class NodeGraph:
         # every node (witness too) sends the events it decides: see docs/architecture.md
         self.notifications = NotificationService(
             config.name, lambda: self.cluster.store, user_emails=self._user_emails,
-            on_change=self._log_notify_change)
+            on_change=self._log_notify_change,
+            history_path=config.state_dir / notify_history.FILE_NAME)
         self.cluster = ClusterService(config, self.clusterlog, node_stats=self.host.summary,
                                       on_tls_change=self._tls_changed,
                                       on_quorum_change=self._quorum_changed)

@@ -259,7 +259,8 @@ class HaConfig:
 
     async def status_snapshot(self, *, serializable: bool = False) -> dict[str, Any]:
         """One read of everything `ha status` shows: `ms` (manager status), `lock` (the
-        master's name), `resources`, `lrms` {node: report}, `confirms` {node: doc}."""
+        master's name), `resources`, `settings` (the datacenter-wide HA settings),
+        `lrms` {node: report}, `confirms` {node: doc}."""
         entries = {e.key: e.value for e in await self.store.get_prefix(
             keys.HA, serializable=serializable)}
         lrms = {k[len(keys.HA_LRM):]: v for k, v in entries.items() if k.startswith(keys.HA_LRM)}
@@ -267,7 +268,8 @@ class HaConfig:
                     if k.startswith(keys.HA_FENCE_CONFIRM) and isinstance(v, dict)}
         return {"ms": entries.get(keys.HA_MANAGER_STATUS) or {},
                 "lock": entries.get(keys.HA_MANAGER_LOCK),
-                "resources": entries.get(keys.HA_RESOURCES) or {}, "lrms": lrms,
+                "resources": entries.get(keys.HA_RESOURCES) or {},
+                "settings": entries.get(keys.HA_SETTINGS) or {}, "lrms": lrms,
                 "confirms": confirms}
 
     async def hastates(self) -> dict[int, str]:

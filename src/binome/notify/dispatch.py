@@ -6,22 +6,22 @@ server can never delay a failover. A worker task gathers events of the same grou
 `group_window` seconds into one message ("one mail for a node failure, not fifty"), finds the
 targets with the matchers and delivers to each in its own task, with exponential backoff.
 Each delivery (one message to one target) is kept in a bounded history with its outcome:
-delivered, retrying or failed, the last attempt's one-line reason and when.
+delivered, retrying or failed, the last attempt's one-line reason and when
+(`binome.notify.history`, which keeps it in a file of the node across restarts).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import itertools
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from binome.notify.config import Entry, NotificationConfig
 from binome.notify.events import Event, Severity
+from binome.notify.history import Delivery, DeliveryHistory
 from binome.notify.matching import targets_for
 from binome.notify.senders import DeliveryError, Notification
 
@@ -49,31 +49,6 @@ class TargetStatus:
         return dict(self.__dict__)
 
 
-#: deliveries kept per node (the newest; each is one message to one target)
-HISTORY_SIZE = 200
-
-
-@dataclass
-class Delivery:
-    """One message to one target and how its delivery went (the API's history entry)."""
-
-    id: int
-    time: float                   # when the message was routed to the target
-    target: str
-    target_type: str
-    title: str
-    severity: str
-    type: str                     # the event type field (fencing, split-brain, ...)
-    events: int                   # events grouped into this message
-    status: str = "pending"       # pending | retrying | delivered | failed
-    attempts: int = 0
-    error: str | None = None      # the last failed attempt's one-line reason
-    updated: float | None = None  # when the status last changed
-
-    def as_dict(self) -> dict[str, object]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-
 def one_line(text: str, limit: int = 300) -> str:
     line = " ".join(text.split())
     return line if len(line) <= limit else line[:limit - 1] + "…"
@@ -96,7 +71,8 @@ def combine(events: list[Event]) -> Notification:
 class Dispatcher:
     def __init__(self, config: ConfigFn, send: SendFn, *,
                  queue_size: int = 1000, group_window: float = 5.0, max_attempts: int = 6,
-                 first_retry: float = 2.0, max_retry: float = 300.0) -> None:
+                 first_retry: float = 2.0, max_retry: float = 300.0,
+                 history: DeliveryHistory | None = None) -> None:
         self._config = config
         self._send = send
         self._queue: asyncio.Queue[Event] = asyncio.Queue(queue_size)
@@ -106,8 +82,7 @@ class Dispatcher:
         self.max_retry = max_retry
         self.dropped = 0
         self.status: dict[str, TargetStatus] = {}
-        self.history: deque[Delivery] = deque(maxlen=HISTORY_SIZE)
-        self._ids = itertools.count(1)
+        self.history = history if history is not None else DeliveryHistory()
         self._groups: dict[str, list[Event]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._worker: asyncio.Task[None] | None = None
@@ -132,6 +107,7 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._worker = None
+        await self.history.close()
 
     async def drain(self) -> None:
         """Wait until the queue is empty and every group and delivery has finished (tests)."""
@@ -177,10 +153,10 @@ class Dispatcher:
         note = combine(events)
         for target in targets.values():
             self.status.setdefault(target.name, TargetStatus()).pending += 1
-            record = Delivery(next(self._ids), time.time(), target.name, target.type,
-                              note.title, note.severity, note.fields.get("type", ""),
-                              len(events))
-            self.history.append(record)
+            record = self.history.new(
+                time=time.time(), target=target.name, target_type=target.type,
+                title=note.title, severity=note.severity, type=note.fields.get("type", ""),
+                events=len(events))
             self._spawn(self._deliver(target, note, record))
 
     async def _deliver(self, target: Entry, note: Notification, record: Delivery) -> None:
@@ -189,6 +165,7 @@ class Dispatcher:
         try:
             for attempt in range(1, self.max_attempts + 1):
                 record.attempts = attempt
+                self.history.changed()
                 try:
                     await self._send(target, note)
                 except DeliveryError as exc:
@@ -201,16 +178,19 @@ class Dispatcher:
                     if attempt == self.max_attempts:
                         status.failed += 1
                         record.status = "failed"
+                        self.history.changed()
                         log.error("notification '%s' to '%s' given up", note.title,
                                   target.name)
                         return
                     record.status = "retrying"
+                    self.history.changed()
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.max_retry)
                 else:
                     status.last_success = record.updated = time.time()
                     status.delivered += 1
                     record.status = "delivered"
+                    self.history.changed()
                     return
         finally:
             status.pending -= 1

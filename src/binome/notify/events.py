@@ -73,8 +73,8 @@ CATALOGUE: dict[str, EventKind] = {k.name: k for k in [
        "Fencing node {node} FAILED",
        "Fencing node {node} failed: {error}.\nIts HA services stay down until a fence succeeds "
        "(recovery without a fence risks a split brain). Check the fence device (IPMI address, "
-       "credentials) or power the node off by hand and confirm with "
-       "'binome ha fence-confirm {node}'.", ("node",)),
+       "credentials) or power the node off by hand and confirm it with "
+       "'binome fence {node} --confirm-off'.", ("node",)),
     _k("node-offline", "node", S.WARNING, ("node",),
        "Node {node} offline",
        "Node {node} stopped answering the cluster ({why}).\nIf it holds HA "
@@ -193,7 +193,8 @@ BLOCKED_REASONS: dict[str, tuple[str, str]] = {
         "are lost, promote an outdated copy by hand knowing the recent writes are lost."),
     "fence-failed": (
         "the failed node could not be fenced",
-        "Fence the node by hand (power it off) and confirm with 'binome ha fence-confirm'."),
+        "Fence the node by hand (power it off) and confirm it with 'binome fence "
+        "{from_node} --confirm-off'."),
     "no-quorum": (
         "the cluster has no quorum",
         "Restore the links between nodes or the witness; recovery resumes with quorum."),
@@ -237,7 +238,8 @@ def make_event(kind: str, hostname: str, *, severity: Severity | str | None = No
             raise EventError(f"unknown recovery-blocked reason '{reason}'")
         detail = f" ({data['detail']})" if data.get("detail") else ""
         data.setdefault("reason_text", BLOCKED_REASONS[reason][0] + detail)
-        data.setdefault("reason_action", BLOCKED_REASONS[reason][1])
+        data.setdefault("reason_action", BLOCKED_REASONS[reason][1].format(
+            from_node=data["from_node"]))
     if kind == "split-brain-resolved":
         policy = str(data["policy"])
         data.setdefault("policy_text", {

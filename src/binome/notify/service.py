@@ -15,11 +15,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from binome.notify.config import NotificationConfig
 from binome.notify.dispatch import Dispatcher
 from binome.notify.events import EventError, make_event
+from binome.notify.history import DeliveryHistory
 from binome.notify.repository import Change, NotifyRepository, Snapshot, StoreLike
 from binome.notify.senders import DeliveryError, Notification, Sender
 
@@ -40,14 +42,18 @@ class NotConfigured(RuntimeError):
 class NotificationService:
     def __init__(self, node: str, store_of: Callable[[], StoreLike | None], *,
                  user_emails: UserEmails = _no_emails, on_change: ChangeLog | None = None,
-                 sender: Sender | None = None, group_window: float = 5.0) -> None:
+                 sender: Sender | None = None, group_window: float = 5.0,
+                 history_path: Path | None = None) -> None:
+        """`history_path`: the file keeping this node's delivery history across restarts
+        (`binome.notify.history`); None keeps it in memory only."""
         self.node = node
         self._store_of = store_of
         self._user_emails = user_emails
         self._on_change = on_change
         self.sender = sender or Sender()
         self.dispatcher = Dispatcher(self._config_for_delivery, self._send,
-                                     group_window=group_window)
+                                     group_window=group_window,
+                                     history=DeliveryHistory(history_path))
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -116,7 +122,8 @@ class NotificationService:
                                          for name, st in self.dispatcher.status.items()}
 
     def history(self) -> list[dict[str, object]]:
-        """This node's recent deliveries, newest first (bounded: `dispatch.HISTORY_SIZE`)."""
+        """This node's recent deliveries, newest first (bounded: `history.HISTORY_SIZE`),
+        kept across restarts when the service has a history file."""
         return [d.as_dict() for d in reversed(self.dispatcher.history)]
 
     async def _send(self, target: Any, note: Notification) -> None:

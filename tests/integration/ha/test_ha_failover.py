@@ -6,6 +6,12 @@ with it, of its QEMU and of its watchdog supervisor, all by pid) and the CRM on
 the survivor recovers the guest there once the lease has expired (watchdog
 guarantee: no fence device). Then, without quorum (witness and the guest's
 node gone), nothing is recovered.
+
+The notifications of each step reach a real SMTP server (aiosmtpd) through the
+daemons: a guest that cannot start (`ha-error`), the node lost, fenced and its
+service recovered (said once, by the survivor's CRM), quorum lost and regained
+(said by the node itself). The service's own availability target is set, shown,
+refused when bad and cleared through the CLI and the API.
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ import contextlib
 import os
 import time
 
+from tests.integration.access.client import Api
 from tests.integration.ha.guests import _pid, install_guest_image, kill_pid, qemu_pid
 from tests.integration.harness import PASSWORD, Cluster, Node, wait_for
+from tests.integration.notify.mailbox import Inbox, smtp_server
 
 
 def power_off(node: Node, vmid: int) -> None:
@@ -70,6 +78,73 @@ def _crm_steps(node: Node, since: float) -> str:
             f"{first('recovery -> starting')}")
 
 
+def _mail_everything(node: Node, port: int) -> None:
+    """Every event of the cluster to the SMTP server on `port` (a matcher without rules
+    matches all), through the CLI."""
+    node.cli("notification", "endpoint", "smtp", "add", "mail", "--server", "127.0.0.1",
+             "--port", str(port), "--mode", "insecure", "--mailto", "ops@example.org",
+             "--from-address", "binome@example.org")
+    node.cli("notification", "matcher", "add", "everything", "--target", "mail")
+
+
+def _one(inbox: Inbox, title: str, timeout: float = 30) -> str:
+    """The text of the event `title`, mailed exactly once (alone or in a grouped mail)."""
+    found = wait_for(lambda: inbox.events(title), timeout, f"the mail '{title}'; got "
+                     f"{inbox.subjects()}")
+    assert len(found) == 1, (title, inbox.subjects())
+    return found[0][1]
+
+
+def _start_fails_into_error(n1: Node, px) -> str:
+    """A guest QEMU refuses to start, no restart or relocation allowed: `error` (its mail is
+    checked later, with the others: the test does not wait for it here)."""
+    vmid = int(px.cluster.nextid.get())
+    sid = f"vm:{vmid}"
+    upid = px.nodes("n1").qemu.post(vmid=vmid, name="broken", memory=64, cores=1,
+                                    kernel="local:iso/vmlinuz", initrd="local:iso/initrd.gz",
+                                    vga="serial0")
+    wait_for(lambda: px.nodes("n1").tasks(upid).status.get()["status"] == "stopped",
+             30, "VM creation")
+    n1.cli("vm", "set", str(vmid), "--args=-no-such-qemu-option")   # root only: the CLI
+    n1.cli("ha", "add", sid, "--state", "started", "--max_restart", "0",
+           "--max_relocate", "0")
+    try:
+        wait_for(lambda: service(n1, sid).get("state") == "error", 60, f"{sid} in error")
+    finally:
+        n1.cli("ha", "remove", sid)
+    return sid
+
+
+def _check_error_mail(inbox: Inbox, sid: str) -> None:
+    text = _one(inbox, f"HA service {sid} in error state", 60)
+    assert f"HA service {sid} on n1 entered the error state: start failed" in text, text
+    assert f"binome ha set {sid} --state disabled" in text, text
+
+
+def _check_target_api(n1: Node, api: Api, sid: str) -> None:
+    """The service's own availability target: set (CLI), read (API), shown in `ha status`,
+    refused when bad (PVE's 400, nothing changed)."""
+    n1.cli("ha", "set", sid, "--availability_target", "99.99")
+    assert api.ok("GET", f"/cluster/ha/resources/{sid}")["availability_target"] == 99.99
+    assert f"service {sid} (n1, started) [availability target 99.99 %]" in \
+        n1.cli("ha", "status").stdout
+    entry = next(e for e in api.ok("GET", "/cluster/ha/status/current")
+                 if e.get("sid") == sid)
+    assert (entry["availability_target"], entry["availability_target_scope"]) == \
+        (99.99, "service")
+    for params, name, text in (
+            ({"availability_target": 80}, "availability_target", "minimum value of 90"),
+            ({"availability_target": "high"}, "availability_target", "type check"),
+            ({"availability_target": 99.9, "delete": "availability_target"}, "delete",
+             "cannot set and delete property 'availability_target'"),
+            ({"delete": "availability"}, "delete", "no such option 'availability'")):
+        r = api.call("PUT", f"/cluster/ha/resources/{sid}", **params)
+        assert r.status_code == 400 and text in r.json()["errors"][name], (params, r.text)
+    bad = n1.cli("ha", "set", sid, "--availability_target", "100", check=False)
+    assert bad.returncode != 0 and "maximum value of 99.99999" in bad.stderr, bad.stderr
+    assert api.ok("GET", f"/cluster/ha/resources/{sid}")["availability_target"] == 99.99
+
+
 def _check_availability(node: Node, sid: str, wall_kill: float, recovery: float) -> None:
     """The availability history has the failover: one outage caused by the node's loss,
     starting at n1's last renewal (just before the kill) and about as long as the probe
@@ -90,6 +165,9 @@ def _check_availability(node: Node, sid: str, wall_kill: float, recovery: float)
     assert wall_kill - keepalive <= out["start"] <= wall_kill + keepalive
     # ends when the LRM on n2 reported the guest started (QEMU launched: what the probe saw)
     assert abs(out["duration"] - recovery) <= keepalive + 1.0
+    # held to its own target (set above), not a cluster-wide one
+    [rep] = node.json("ha", "availability", sid)
+    assert rep["budget"]["scope"] == "service" and rep["budget"]["target"] == 99.99, rep
     text = node.cli("ha", "availability", sid).stdout
     assert f"{sid} (started)" in text and "fencing" in text, text
     bad = node.cli("ha", "availability", "--period", "day", "--since", "5", check=False)
@@ -97,17 +175,25 @@ def _check_availability(node: Node, sid: str, wall_kill: float, recovery: float)
 
 
 def test_ha_failover_and_no_recovery_without_quorum(fresh_cluster: Cluster) -> None:
+    with smtp_server() as (inbox, port):
+        _failover_and_quorum(fresh_cluster, inbox, port)
+
+
+def _failover_and_quorum(c: Cluster, inbox: Inbox, port: int) -> None:
     from proxmoxer import ProxmoxAPI
 
     began = time.monotonic()
-    c = fresh_cluster
     n1, n2, w = c["n1"], c["n2"], c["w"]
     install_guest_image(c)
+    _mail_everything(n1, port)
     px = ProxmoxAPI(n2.address, user="admin@pve", password=PASSWORD, verify_ssl=False,
                     timeout=30)
     vmid = int(px.cluster.nextid.get())
     sid = f"vm:{vmid}"
     try:
+        broken = _start_fails_into_error(n1, px)
+        vmid = int(px.cluster.nextid.get())
+        sid = f"vm:{vmid}"
         upid = px.nodes("n1").qemu.post(vmid=vmid, name="ha-vm", memory=64, cores=1,
                                         kernel="local:iso/vmlinuz",
                                         initrd="local:iso/initrd.gz", vga="serial0")
@@ -127,6 +213,7 @@ def test_ha_failover_and_no_recovery_without_quorum(fresh_cluster: Cluster) -> N
         status = n1.cli("ha", "status").stdout
         print(status)
         assert "quorum OK" in status and f"service {sid} (n1, started)" in status
+        _check_target_api(n1, Api(c, "admin@pve", PASSWORD), sid)
         # steady state: the HA rounds' watch sees heartbeat renewals, nothing that wakes
         # a round (a status rewritten every round would make the rounds loop)
         waking = asyncio.run(_waking_events(c, 3.0))
@@ -145,6 +232,20 @@ def test_ha_failover_and_no_recovery_without_quorum(fresh_cluster: Cluster) -> N
         assert px.nodes("n2").qemu(vmid).config.get()["name"] == "ha-vm"   # config moved
         print(n2.cli("ha", "status").stdout)
         _check_availability(n2, sid, wall_kill, recovery)
+        # mailed by the survivor's CRM, each once: n1 is lost, fenced, the guest recovered
+        text = _one(inbox, "Node n1 offline")
+        assert "Node n1 stopped answering the cluster (" in text and "fenced" in text, text
+        assert "services to recover: " + sid in _one(inbox, "Fencing node n1")
+        text = _one(inbox, "Node n1 fenced")
+        assert "fenced successfully by watchdog (" in text, text
+        text = _one(inbox, f"HA service {sid} recovered on n2")
+        assert f"HA service {sid} was recovered on n2 after n1 failed" in text, text
+        assert not inbox.events(f"HA service {sid} cannot be recovered"), inbox.subjects()
+        _check_error_mail(inbox, broken)
+        # cleared: the cluster's target (none here) applies again
+        n2.cli("ha", "set", sid, "--delete", "availability_target")
+        assert "availability_target" not in px.cluster.ha.resources(sid).get()
+        assert "availability target" not in n2.cli("ha", "status").stdout
 
         # ---- without quorum nothing is recovered: n1 back, then witness and n2 gone
         n1.start()
@@ -156,6 +257,22 @@ def test_ha_failover_and_no_recovery_without_quorum(fresh_cluster: Cluster) -> N
         assert qemu_pid(n1, vmid) is None, "recovered without quorum"
         assert not n1.quorate()
         print(f"no quorum on n1 for {time.monotonic() - t_lost:.1f} s: {sid} not recovered")
+        # said by n1 itself, from its own copy of the notification configuration
+        text = _one(inbox, "Quorum lost on n1")
+        assert "This node lost quorum (1 of 3 votes)" in text, text
+        # (n1's start above may have said "regained" already: its first check can fail
+        # while its etcd member catches up)
+        before = len(inbox.events("Quorum regained on n1"))
+        w.start()     # the witness back: n1 has quorum again, and says so
+        wait_for(n1.quorate, 30, "n1 quorate with the witness")
+        regained = wait_for(lambda: inbox.events("Quorum regained on n1")[before:], 30,
+                            "the 'Quorum regained on n1' mail")
+        assert len(regained) == 1, inbox.subjects()
+        assert "This node has quorum again (2 of 3 votes)" in regained[0][1], regained
+        assert not inbox.events("Quorum lost on w") and not inbox.events("Quorum lost on n2")
+        # with quorum the recovery would resume (n2 is gone): n1 dies first, so that no
+        # QEMU starts after the cleanup below (one started already is killed there)
+        n1.kill()
     finally:
         cleanup(c, vmid)
         print(f"test runtime {time.monotonic() - began:.1f} s")

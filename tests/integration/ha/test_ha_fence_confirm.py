@@ -10,7 +10,9 @@ recovered, an alert names the way out. The admin confirms the power-off on
 n2: the guest is recovered on n2 (`fenced (manual: root@pam ...)`: the CLI
 on the local socket acts as root@pam). Refusals: the local node, a node that
 is online, an unknown node, a malformed name, and no `--yes` without a
-terminal.
+terminal. Every step is mailed to a real SMTP server (aiosmtpd), once, by n2's
+CRM: the failed fence and the blocked recovery with the way out, then the manual
+fence and the recovery.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from tests.integration.ha.test_ha_daemon_restart import (  # noqa: F401 (fixture
     sigterm,
 )
 from tests.integration.harness import Cluster, wait_for
+from tests.integration.notify.mailbox import Inbox, smtp_server
 
 FAILING_AGENT = """#!/bin/sh
 # a fence agent whose device never answers: every action fails (exit 1)
@@ -42,8 +45,30 @@ exit 1
 """
 
 
+def one_event(inbox: Inbox, title: str) -> str:
+    found = wait_for(lambda: inbox.events(title), 30, f"the mail '{title}'; got "
+                     f"{inbox.subjects()}")
+    assert len(found) == 1, (title, inbox.subjects())
+    return found[0][1]
+
+
 def test_confirm_off_recovers_when_fencing_cannot_succeed(cluster: Cluster,  # noqa: F811
                                                           tmp_path) -> None:
+    with smtp_server() as (inbox, port):
+        cluster["n2"].cli("notification", "endpoint", "smtp", "add", "mail", "--server",
+                          "127.0.0.1", "--port", str(port), "--mode", "insecure",
+                          "--mailto", "ops@example.org", "--from-address",
+                          "binome@example.org")
+        cluster["n2"].cli("notification", "matcher", "add", "ha-and-fencing", "--target",
+                          "mail", "--match-field", "exact:type=fencing,ha")
+        try:
+            _confirm_off(cluster, tmp_path, inbox)
+        finally:
+            cluster["n2"].cli("notification", "matcher", "delete", "ha-and-fencing")
+            cluster["n2"].cli("notification", "endpoint", "smtp", "delete", "mail")
+
+
+def _confirm_off(cluster: Cluster, tmp_path, inbox: Inbox) -> None:  # noqa: F811
     began = time.monotonic()
     c = cluster
     n1, n2 = c["n1"], c["n2"]
@@ -84,6 +109,16 @@ def test_confirm_off_recovers_when_fencing_cannot_succeed(cluster: Cluster,  # n
             assert qemu_pid(n2, vmid) is None
             time.sleep(0.5)
         print(f"n1 dead -> blocked with the alert: {time.monotonic() - t_dead:.1f} s")
+        # mailed once each, though the device is retried: why, and the way out
+        text = one_event(inbox, "Fencing node n1 FAILED")
+        assert "Fencing node n1 failed: " in text and "BMC unreachable" in text, text
+        assert "confirm it with 'binome fence n1 --confirm-off'" in text, text
+        text = one_event(inbox, f"HA service {sid} cannot be recovered")
+        assert f"HA service {sid} (was on n1) cannot be recovered: the failed node could " \
+               "not be fenced (" in text, text
+        assert "Fence the node by hand (power it off) and confirm it with 'binome fence n1 " \
+               "--confirm-off'" in text, text
+        assert not inbox.events(f"HA service {sid} recovered on n2")
 
         t0 = time.monotonic()
         out = n2.cli("fence", "n1", "--confirm-off", "--yes")
@@ -99,6 +134,10 @@ def test_confirm_off_recovers_when_fencing_cannot_succeed(cluster: Cluster,  # n
         status = n2.cli("ha", "status").stdout
         print(status)
         assert "power-off confirmed by root@pam" in status, status
+        text = one_event(inbox, "Node n1 fenced")
+        assert "fenced successfully by manual (root@pam confirmed it is powered off)" in text
+        one_event(inbox, f"HA service {sid} recovered on n2")
+        assert len(inbox.events("Fencing node n1 FAILED")) == 1, inbox.subjects()
 
         # n1 back: its binomed starts nothing (the config is on n2), and the
         # confirmation no longer applies (shown nowhere, refused as online)

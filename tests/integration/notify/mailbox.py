@@ -3,6 +3,7 @@ point a cluster's notifications at it over the HTTPS API."""
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,10 +58,36 @@ class Inbox:
         return found
 
 
+    def titles(self) -> list[str]:
+        """Every event received, by title, in order: a mail's subject, or each part of a
+        grouped mail ("<title> (+N related events)", whose body has one part per event)."""
+        out = []
+        for mail in self.mails:
+            subject = str(mail["Subject"])
+            if not _GROUPED.search(subject):
+                out.append(subject)
+                continue
+            for part in self.body(mail).split("\n\n"):
+                head = part.partition("\n")[0]
+                stamp = _STAMP.match(head)
+                if stamp:
+                    out.append(head[stamp.end():])
+        return out
+
+    def senders(self) -> set[str]:
+        """The nodes that sent the mails (the Message-ID's domain is the hostname)."""
+        return {str(m["Message-ID"]).rstrip(">").rpartition("@")[2] for m in self.mails}
+
+
+_GROUPED = re.compile(r" \(\+\d+ related events\)$")
+_STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  ")
+
+
 @contextmanager
-def smtp_server(**kwargs: Any) -> Iterator[tuple[Inbox, int]]:
+def smtp_server(hostname: str = "127.0.0.1", **kwargs: Any) -> Iterator[tuple[Inbox, int]]:
+    """A real SMTP server on `hostname` (loopback, or an address the lab's nodes reach)."""
     inbox, port = Inbox(), free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port, **kwargs)
+    controller = Controller(inbox, hostname=hostname, port=port, **kwargs)
     controller.start()
     try:
         yield inbox, port

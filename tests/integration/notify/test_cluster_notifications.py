@@ -14,6 +14,7 @@ import base64
 import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -97,6 +98,51 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             cluster.stop()
         receiver.stop()
         smtp.stop()
+
+
+FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
+
+
+def _clock_ahead(seconds: int) -> dict[str, str]:
+    """The environment that runs a process with its wall clock `seconds` ahead."""
+    if not FAKETIME_LIB.exists():
+        pytest.fail(f"{FAKETIME_LIB} missing: tools/setup-debian.sh installs libfaketime")
+    return {"LD_PRELOAD": str(FAKETIME_LIB), "FAKETIME": f"+{seconds}",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+def _short_lived_cert(cluster: Cluster, node: str, days: int) -> str:
+    """Replace `node`'s certificate by one of the cluster CA valid `days` days and an hour
+    (same subject, key and extensions); its expiry as the mail writes it."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    from binome.cluster import pki
+    from binome.store import keys
+
+    async def read_ca() -> Any:
+        store = cluster.raw_store(node)
+        try:
+            return await store.get_value(keys.PKI_CA)
+        finally:
+            await store.close()
+
+    ca = asyncio.run(read_ca())
+    ca_cert, ca_key = pki.load_cert(ca["cert"].encode()), pki.load_key(ca["key"].encode())
+    path = pki.PkiPaths(cluster[node].state_dir / "pki").node_cert
+    old = pki.load_cert(path.read_bytes())
+    now = dt.datetime.now(dt.UTC)
+    not_after = now + dt.timedelta(days=days, hours=1)
+    builder = (x509.CertificateBuilder().subject_name(old.subject)
+               .issuer_name(ca_cert.subject).public_key(old.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(not_after))
+    for ext in old.extensions:
+        builder = builder.add_extension(ext.value, ext.critical)
+    pki.write_public(path, pki.cert_pem(builder.sign(ca_key, hashes.SHA256())))
+    return not_after.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _errors(api: Api, verb: str, url: str, /, **params: Any) -> dict[str, str]:
@@ -235,6 +281,8 @@ def test_node_failure_mailed_exactly_once(env: dict[str, Any]) -> None:
     # the etcd member of the dead node is unhealthy: said by the master to the webhook
     env["api"].ok("POST", f"{N}/matchers", name="etcd-events", target=["hook"],
                   **{"match-field": ["exact:type=etcd"]})
+    env["api"].ok("POST", f"{N}/matchers", name="time-events", target=["mail"],
+                  **{"match-field": ["exact:type=time"]})
     cluster["n2"].kill()
     (offline,) = wait_for(lambda: inbox.with_subject("Node n2 offline"), 60,
                           "the 'Node n2 offline' mail")
@@ -246,9 +294,45 @@ def test_node_failure_mailed_exactly_once(env: dict[str, Any]) -> None:
     sent = json.loads(hook[3])
     assert sent["title"] == "etcd member n2 unhealthy" and sent["severity"] == "error"
     assert "not answering at " in sent["message"] and "keeps quorum" in sent["message"]
-    cluster["n2"].start()
+    # n2 comes back with its wall clock 5 s ahead (libfaketime: binomed's time.time();
+    # monotonic clocks untouched, as leases and deadlines use them): the master sees it
+    # in n2's HA heartbeats and says so, once
+    cluster["n2"].start(env=_clock_ahead(5))
     wait_for(lambda: inbox.with_subject("Node n2 back online"), 60,
              "the 'Node n2 back online' mail")
+    skew = wait_for(lambda: [t for t in inbox.titles() if t.startswith("Clock skew on n2: ")],
+                    60, f"the clock-skew mail; got {inbox.subjects()}")
+    assert len(skew) == 1, inbox.subjects()
+    seconds = float(skew[0].split(": ")[1].removesuffix(" s"))
+    assert 4.0 <= seconds <= 5.1, skew     # the skew less the shortest heartbeat delay
+    (_, text), = inbox.events(skew[0])
+    assert "from the cluster's (n1's; threshold 1 s)" in text and "chronyc" in text, text
     # the other mails the cluster raised meanwhile: none for this failure twice
     assert len(inbox.with_subject("Node n2 offline")) == 1, inbox.subjects()
     assert len(inbox.with_subject("Node n2 back online")) == 1, inbox.subjects()
+
+    # the delivery history survives a restart of the daemon that delivered the mail
+    api: Api = env["api"]
+    rows = wait_for(lambda: [e for e in api.ok("GET", f"{N}/history", target="mail")
+                             if e["title"] == "Node n2 offline"
+                             and e["status"] == "delivered"], 30,
+                    "the 'Node n2 offline' delivery in the history")
+    (before,) = rows
+    sender = cluster[before["node"]]
+    # ... which comes back with a certificate that expires in 3 days (issued by the
+    # cluster's CA like its own, for the same key and names): it says so at start
+    api.ok("POST", f"{N}/matchers", name="cert-events", target=["mail"],
+           **{"match-field": ["exact:type=certificate"]})
+    not_after = _short_lived_cert(cluster, sender.name, days=3)
+    sender.stop()
+    sender.start()
+    (_, text), = wait_for(lambda: inbox.events("Certificate node.pem (API) expires in 3 "
+                                               "days"), 30,
+                          f"the certificate mail; got {inbox.subjects()}")
+    assert f"The certificate node.pem (API) on {sender.name} expires on {not_after}" in text
+    assert "binome has no renewal command yet" in text, text
+    after = wait_for(lambda: [e for e in api.ok("GET", f"/nodes/{sender.name}/notifications/"
+                                                "history", target="mail", limit=1000)
+                              if e["id"] == before["id"]], 60,
+                     f"{sender.name}'s history after its restart")
+    assert after == [before], (after, before)

@@ -94,7 +94,7 @@ async def test_smtp_plain_content():
     assert mail["Subject"] == "Fencing node n2 FAILED"
     assert mail["From"] == "binome n1 <binome@lab>" and mail["To"] == "admin@lab"
     assert mail["Auto-Submitted"] == "auto-generated"
-    assert "fence-confirm n2" in mail.get_payload()
+    assert "binome fence n2 --confirm-off" in mail.get_payload()
 
 
 async def test_smtp_starttls_auth_and_implicit_tls(tls_files):

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from binome.lab.ha import HaLab, HttpProbe, QemuWatch, SeqWriter, Timeline, _qemu_alive, wait_until
-from tests.lab.ha.labs import serving_lab
+from tests.lab.ha.labs import failover_mail, serving_lab, settled_mail
 
 pytestmark = pytest.mark.lab
 
@@ -151,19 +151,37 @@ def test_scenario_1_links_cut(ha: HaLab) -> None:
 
 
 def test_scenario_2_power_off_bmc_dead(ha: HaLab) -> None:
-    """Seeds' case 3: powered off through its BMC, then the BMC is unreachable."""
-    def fault(node: str) -> None:
-        ha.power_off(node)
-        ha.kill_bmc(node)
-    victim, _survivor, tl = run_fault(ha, fault, "scenario 2 (power off, BMC dead)")
-    assert tl.fenced_by == "watchdog", tl.summary()   # the device cannot answer any more
-    # powered on again (fresh daemon and engine): Secondary, resynced by itself
-    began = time.monotonic()
-    ha.restore(victim)
-    ha.wait_resynced(victim, 10)
-    print(f"\nscenario 2: {victim} powered on -> its copy UpToDate Secondary in "
-          f"{time.monotonic() - began:.1f} s (no admin action); both copies sha256 "
-          f"{ha.copies_equal()[:16]}...")
+    """Seeds' case 3: powered off through its BMC, then the BMC is unreachable.
+
+    The on-call address (a real SMTP server; a matcher for the failover's event types)
+    gets exactly the failover's mails: the node lost, fenced, its guest recovered, the
+    node back; each once, all from the survivor (the dead node says nothing, and the
+    witness decides nothing); nothing else of these types."""
+    first = ha.guest_node()
+    assert first is not None
+    via = ha.other(first)
+    with failover_mail(ha, via) as inbox:
+        def fault(node: str) -> None:
+            ha.power_off(node)
+            ha.kill_bmc(node)
+        victim, survivor, tl = run_fault(ha, fault, "scenario 2 (power off, BMC dead)")
+        assert tl.fenced_by == "watchdog", tl.summary()   # the device cannot answer any more
+        # powered on again (fresh daemon and engine): Secondary, resynced by itself
+        began = time.monotonic()
+        ha.restore(victim)
+        ha.wait_resynced(victim, 10)
+        print(f"\nscenario 2: {victim} powered on -> its copy UpToDate Secondary in "
+              f"{time.monotonic() - began:.1f} s (no admin action); both copies sha256 "
+              f"{ha.copies_equal()[:16]}...")
+        expected = [f"Node {victim} offline", f"Fencing node {victim}",
+                    f"Node {victim} fenced", f"HA service {ha.sid} recovered on {survivor}",
+                    f"Node {victim} back online"]
+        titles = settled_mail(ha, inbox, via, expected)
+        print(f"   mails: {inbox.subjects()} from {sorted(inbox.senders())}")
+        assert sorted(titles) == sorted(expected), titles
+        assert inbox.senders() == {survivor}, inbox.senders()
+        text = next(text for _, text in inbox.events(f"Node {victim} fenced"))
+        assert f"Node {victim} was fenced successfully by watchdog (" in text, text
 
 
 def test_scenario_6_daemon_paused_past_its_lease(ha: HaLab) -> None:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from prometheus_client.core import Metric
 
 from binome.metrics.families import build
 from binome.metrics.snapshot import Snapshot
 from binome.notify.config import NotificationConfig, validate_entry
-from binome.notify.dispatch import HISTORY_SIZE, Dispatcher
+from binome.notify.dispatch import Dispatcher
 from binome.notify.events import make_event
+from binome.notify.history import FILE_NAME, HISTORY_SIZE, INTERRUPTED, DeliveryHistory
 from binome.notify.senders import DeliveryError, Notification
 
 
@@ -86,3 +88,88 @@ def test_delivery_counts_are_exported_per_target() -> None:
     assert s[("binome_notification_last_failure_timestamp_seconds", ("mail",))] == 1.7e9
     assert ("binome_notification_last_failure_timestamp_seconds", ("hook",)) not in s
     assert s[("binome_notification_events_dropped_total", ())] == 3
+
+
+# -- kept in a file across restarts (binome.notify.history) ----------------------------
+
+
+async def test_the_history_survives_a_restart_and_unfinished_ones_are_interrupted(
+        tmp_path) -> None:
+    path = tmp_path / FILE_NAME
+    gate = asyncio.Event()
+
+    async def send(target, note: Notification) -> None:
+        if target.name == "down":
+            raise DeliveryError("connection refused")
+        if note.title.startswith("Node n2"):
+            await gate.wait()        # still being delivered when the daemon stops
+
+    d = Dispatcher(_config, send, group_window=0.01, max_attempts=3, first_retry=30,
+                   history=DeliveryHistory(path, save_delay=0.01))
+    d.start()
+    d.emit(make_event("fence-failed", "n1", node="n2", error="BMC timeout"))
+    await asyncio.sleep(0.2)
+    # written within the save delay, off the loop: one delivered, one retrying
+    saved = {e["target"]: e for e in json.loads(path.read_text())["deliveries"]}
+    assert saved["up"]["status"] == "delivered"
+    assert saved["down"]["status"] == "retrying" and saved["down"]["attempts"] == 1
+    d.emit(make_event("node-offline", "n1", node="n2"))
+    await asyncio.sleep(0.2)
+    await d.stop()     # the daemon stops: nothing pending is lost from the record
+
+    again = DeliveryHistory(path)
+    rows = [r.as_dict() for r in again if r.target in ("up", "down")]
+    assert [(r["title"], r["target"], r["status"]) for r in rows] == [
+        ("Fencing node n2 FAILED", "up", "delivered"),
+        ("Fencing node n2 FAILED", "down", "interrupted"),
+        ("Node n2 offline", "up", "interrupted"),
+        ("Node n2 offline", "down", "interrupted")]
+    assert rows[1]["error"] == f"connection refused; {INTERRUPTED}"
+    assert rows[2]["error"] == INTERRUPTED and rows[0].get("error") is None
+    # the next daemon numbers on, and the API shape is the same
+    d2 = Dispatcher(_config, _send, group_window=0.01, max_attempts=1,
+                    history=DeliveryHistory(path, save_delay=0.01))
+    d2.start()
+    try:
+        d2.emit(make_event("node-online", "n1", node="n2"))
+        await asyncio.wait_for(d2.drain(), 5)
+    finally:
+        await d2.stop()
+    ids = [r.id for r in DeliveryHistory(path)]
+    assert len(ids) > len(again) and ids == list(range(1, len(ids) + 1))
+
+
+def test_a_crash_mid_delivery_reads_back_interrupted(tmp_path) -> None:
+    """The file as a crashed daemon left it (a delivery retrying): interrupted, with the
+    last reason kept; entries of another shape are skipped, not fatal."""
+    path = tmp_path / FILE_NAME
+    path.write_text(json.dumps({"format": 1, "deliveries": [
+        {"id": 7, "time": 1.0, "target": "mail", "target_type": "smtp", "title": "t",
+         "severity": "error", "type": "fencing", "events": 1, "status": "retrying",
+         "attempts": 2, "error": "timeout", "updated": 2.0},
+        {"id": 8, "bogus": 1}, "nonsense"]}))
+    (rec,) = DeliveryHistory(path)
+    assert (rec.id, rec.status, rec.attempts) == (7, "interrupted", 2)
+    assert rec.error == f"timeout; {INTERRUPTED}"
+    assert DeliveryHistory(path).new(time=3.0, target="m", target_type="smtp", title="x",
+                                     severity="info", type="test", events=1).id == 8
+
+
+def test_an_unreadable_file_starts_empty(tmp_path) -> None:
+    path = tmp_path / FILE_NAME
+    path.write_text("{not json")
+    assert len(DeliveryHistory(path)) == 0
+    path.write_text("[]")
+    assert len(DeliveryHistory(path)) == 0
+
+
+async def test_the_file_is_bounded(tmp_path) -> None:
+    path = tmp_path / FILE_NAME
+    hist = DeliveryHistory(path, size=5, save_delay=0.01)
+    for i in range(12):
+        hist.new(time=float(i), target="m", target_type="smtp", title=f"t{i}",
+                 severity="info", type="test", events=1)
+    await hist.close()
+    saved = json.loads(path.read_text())["deliveries"]
+    assert [e["title"] for e in saved] == [f"t{i}" for i in range(7, 12)]
+    assert [r.id for r in DeliveryHistory(path, size=5)] == [8, 9, 10, 11, 12]

@@ -59,7 +59,8 @@ def test_every_kind_renders_without_placeholders():
 def test_recovery_blocked_explains_reason_and_action():
     ev = make_event("ha-recovery-blocked", "n1", sid="vm:100", from_node="n2",
                     reason="fence-failed")
-    assert "could not be fenced" in ev.message and "fence-confirm" in ev.message
+    assert "could not be fenced" in ev.message
+    assert "'binome fence n2 --confirm-off'" in ev.message
     with pytest.raises(EventError):
         make_event("ha-recovery-blocked", "n1", sid="vm:1", from_node="n2", reason="bogus")
 

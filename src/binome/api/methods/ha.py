@@ -78,7 +78,8 @@ RESOURCE_PARAMS = {
     parameters={"type": Param(type="string", optional=True, enum=("vm", "ct"),
                               description="Only list resources of this type.")},
     returns={"type": "array", "items": {"type": "object"}},
-    cli=CliSpec(("ha", "config"), formatter="table:sid,state,group,max_restart,max_relocate"),
+    cli=CliSpec(("ha", "config"),
+                formatter="table:sid,state,group,max_restart,max_relocate,availability_target"),
 )
 async def ha_resources(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
     doc = await ha_config(ctx).resources()
@@ -122,9 +123,22 @@ async def ha_resource_get(ctx: RequestContext, params: dict[str, Any]) -> dict[s
     cli=CliSpec(("ha", "set"), positional=("sid",)),
 )
 async def ha_resource_set(ctx: RequestContext, params: dict[str, Any]) -> None:
+    delete = resource_deletions(params)
     config = ha_config(ctx, quorum=True)
-    delete = [d.strip() for d in (params.get("delete") or "").split(",") if d.strip()]
     await config.update_resource(params["sid"], params, delete, params.get("digest"))
+
+
+def resource_deletions(params: dict[str, Any]) -> list[str]:
+    """The options `delete` names, checked as PVE's resource update does: each one an
+    option of a resource, and not also given a value in the same request."""
+    delete = [d.strip() for d in (params.get("delete") or "").split(",") if d.strip()]
+    for name in delete:
+        if name not in RESOURCE_PARAMS:
+            raise param_error("delete", f"no such option '{name}'")
+        if params.get(name) is not None:
+            raise param_error("delete", f"cannot set and delete property '{name}' at the "
+                                        "same time")
+    return delete
 
 
 @registry.register(
@@ -312,8 +326,25 @@ async def ha_status_current(ctx: RequestContext, params: dict[str, Any]) -> list
             entry["target"] = sd["target"]
         if sd.get("reason"):
             entry["reason"] = sd["reason"]
+        target, scope = effective_target(cfg, raw["settings"])
+        if target is not None:
+            entry["availability_target"] = target
+            entry["availability_target_scope"] = scope
         out.append(entry)
     return out
+
+
+def effective_target(resource: dict[str, Any], settings: dict[str, Any]
+                     ) -> tuple[float | None, str]:
+    """The availability target a service is held to, and whose it is: its own
+    (`service`), else the datacenter-wide one (`cluster`), else none."""
+    own = resource.get("availability_target")
+    if own is not None:
+        return float(own), "service"
+    default = settings.get("availability_target")
+    if default is not None:
+        return float(default), "cluster"
+    return None, ""
 
 
 @registry.register(
@@ -617,16 +648,14 @@ async def ha_availability(ctx: RequestContext, params: dict[str, Any]) -> list[d
     if sid is not None and not records:
         if sid not in await config.resources():
             raise ApiError(500, f"no such resource '{sid}'")
-    default = (await config.settings()).get("availability_target")
+    settings = await config.settings()
     resources = await config.resources()
     out = []
     for name, rec in sorted(records.items()):
-        own = (resources.get(name) or {}).get("availability_target")
-        target = own if own is not None else default
-        rep = av.report(name, rec.log, since, until, now,
-                        None if target is None else float(target))
+        target, scope = effective_target(resources.get(name) or {}, settings)
+        rep = av.report(name, rec.log, since, until, now, target)
         if target is not None:
-            rep["budget"]["scope"] = "service" if own is not None else "cluster"
+            rep["budget"]["scope"] = scope
         rep["period"] = period
         rep["state"] = rec.last[0] if rec.last else ""
         out.append(rep)

@@ -258,7 +258,8 @@ HISTORY_FILTERS = {
                    description="Max. number of deliveries (newest first)."),
     "target": Param(pattern=CONFIGID, max_length=32, optional=True,
                     description="Only deliveries to this target."),
-    "status": Param(enum=("pending", "retrying", "delivered", "failed"), optional=True,
+    "status": Param(enum=("pending", "retrying", "delivered", "failed", "interrupted"),
+                    optional=True,
                     description="Only deliveries in this state."),
 }
 HISTORY_RETURNS = {"type": "array", "items": {"type": "object", "properties": {
@@ -267,7 +268,8 @@ HISTORY_RETURNS = {"type": "array", "items": {"type": "object", "properties": {
     "target": {"type": "string"}, "target_type": {"type": "string"},
     "title": {"type": "string"}, "severity": {"type": "string"}, "type": {"type": "string"},
     "events": {"type": "integer", "description": "Events grouped into this message."},
-    "status": {"type": "string", "enum": ["pending", "retrying", "delivered", "failed"]},
+    "status": {"type": "string", "enum": ["pending", "retrying", "delivered", "failed",
+                                          "interrupted"]},
     "attempts": {"type": "integer"},
     "error": {"type": "string", "optional": True,
               "description": "The last failed attempt's reason, one line."},
@@ -287,7 +289,8 @@ def _filtered(entries: list[dict[str, Any]], params: dict[str, Any]) -> list[dic
     permission=AUDIT, proxyto="node",
     description="The notifications this node sent (each event is sent by one node), per "
                 "target: delivered, retrying or failed, with the last failure's reason. "
-                "Kept in memory, the newest 200 deliveries.",
+                "The newest 200 deliveries, kept in a file of the node across restarts "
+                "(a delivery a restart cut short is `interrupted`).",
     parameters={"node": NODE, **HISTORY_FILTERS}, returns=HISTORY_RETURNS,
 )
 async def node_history(ctx: RequestContext, params: dict[str, Any]) -> list[Any]:
