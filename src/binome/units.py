@@ -1,7 +1,8 @@
-"""How durations read for an administrator: one formatter for logs, notifications and CLI.
+"""How durations and sizes read for an administrator: one formatter each for logs,
+task logs, notifications and CLI.
 
 Owns nothing but the text: `human_duration(31_536)` is "8 h 45 min 36 s", the way the
-seeds spoke of downtime.
+seeds spoke of downtime; `render_bytes(1536)` is "1.5 KiB", as PVE's task logs say it.
 """
 
 from __future__ import annotations
@@ -20,3 +21,16 @@ def human_duration(seconds: float, *, tenths_under_a_minute: bool = False) -> st
     if secs or not parts:
         parts.append(f"{secs} s")
     return " ".join(parts)
+
+
+def render_bytes(count: float, *, whole_bytes: bool = False) -> str:
+    """PVE's render_bytes($value, 1): `512.0 B`, `1.5 GiB`; `512 B` with `whole_bytes`
+    (vzdump's task log)."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+    value, unit = float(count), 0
+    while value >= 1024 and unit < len(units) - 1:
+        value /= 1024
+        unit += 1
+    if whole_bytes and unit == 0:
+        return f"{int(value)} B"
+    return f"{value:.1f} {units[unit]}"

@@ -25,12 +25,12 @@ from binome.guest.disk_move import (
 from binome.guest.qemu_mirror import (
     cache_options,
     progress_line,
-    render_bytes,
     render_duration,
     target_blockdev,
 )
 from binome.storage.base import StorageConfig, StorageError
 from binome.storage.dir import DirStorage
+from binome.units import render_bytes
 
 CONF = {"name": "vm", "memory": 512, "boot": "order=scsi0;net0",
         "scsi0": "local:100/vm-100-disk-0.qcow2,cache=writeback,size=4G",
@@ -205,6 +205,8 @@ def test_the_source_loses_the_drive_and_its_boot_entry() -> None:
 
 def test_pve_progress_lines_and_units() -> None:
     assert render_bytes(512) == "512.0 B" and render_bytes(3 << 30) == "3.0 GiB"
+    assert render_bytes(512, whole_bytes=True) == "512 B"   # vzdump's task log
+    assert render_bytes(1536, whole_bytes=True) == "1.5 KiB"
     assert [render_duration(s) for s in (0, 5, 65, 7203)] == ["0s", "5s", "1m 5s",
                                                              "2h 0m 3s"]
     info = {"device": "drive-scsi0", "len": 4 << 30, "offset": 1 << 30, "status": "running"}

@@ -83,6 +83,7 @@ from binome.guest.errors import GuestError, GuestFailure
 from binome.guest.process import proc_stat
 from binome.storage.base import StorageError, VolumeSource, split_volid
 from binome.tasks.manager import Task, TaskFailed
+from binome.units import render_bytes
 
 if TYPE_CHECKING:
     from binome.guest.context import GuestContext
@@ -102,13 +103,8 @@ BackupWriter = DumpWriter | RemoteWriter
 
 
 def human_size(count: float) -> str:
-    """PVE's render_bytes: `4.0 GiB`, `512 B`."""
-    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
-    value, unit = float(count), 0
-    while value >= 1024 and unit < len(units) - 1:
-        value /= 1024
-        unit += 1
-    return f"{int(value)} B" if unit == 0 else f"{value:.1f} {units[unit]}"
+    """PVE's render_bytes as vzdump logs it: `4.0 GiB`, `512 B`."""
+    return render_bytes(count, whole_bytes=True)
 
 
 def human_duration(seconds: float) -> str:

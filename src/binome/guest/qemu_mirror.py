@@ -34,6 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 from binome.guest.errors import GuestError
 from binome.guest.qmp import QmpChannel
 from binome.guest.spec import is_nbd_uri
+from binome.units import render_bytes
 
 POLL = 0.5            # seconds between query-block-jobs
 PROGRESS_EVERY = 1.0  # a progress line at most this often (PVE prints one a second)
@@ -51,16 +52,6 @@ class MirrorJob:
     job_id: str
     source_node: str      # the node the drive had: what job-complete replaces
     target_node: str      # the blockdev-add'ed target
-
-
-def render_bytes(count: float) -> str:
-    """PVE's render_bytes($value, 1): ``512.0 B``, ``1.5 GiB``."""
-    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
-    value, unit = float(count), 0
-    while value >= 1024 and unit < len(units) - 1:
-        value /= 1024
-        unit += 1
-    return f"{value:.1f} {units[unit]}"
 
 
 def render_duration(seconds: float) -> str:
@@ -215,12 +206,8 @@ async def complete(qmp: QmpChannel, job: MirrorJob, timeout: float = FINISH_TIME
     without error (dismissed, the old node closed if it was ours). GuestError if QEMU
     refuses or the job failed: the drive may then still be on its old node."""
     await qmp.command("job-complete", {"id": job.job_id})
-    info = await _until_gone_or_concluded(qmp, job, timeout)
+    info = await _dismissed(qmp, job, timeout)
     if info is not None:
-        try:
-            await qmp.command("job-dismiss", {"id": job.job_id})
-        except GuestError:
-            pass
         if info.get("error"):
             raise GuestError(f"{job.job_id}: {info['error']}")
     if job.source_node.startswith(NODE_PREFIX):
@@ -235,13 +222,19 @@ async def cancel(qmp: QmpChannel, job: MirrorJob, timeout: float = FINISH_TIMEOU
         await qmp.command("block-job-cancel", {"device": job.job_id, "force": True})
     except GuestError:
         pass   # already concluded or gone: dismissed below
+    await _dismissed(qmp, job, timeout)
+    await detach(qmp, job.target_node)
+
+
+async def _dismissed(qmp: QmpChannel, job: MirrorJob, timeout: float) -> dict | None:
+    """Wait for the job to conclude and dismiss it; its last info (None: already gone)."""
     info = await _until_gone_or_concluded(qmp, job, timeout)
     if info is not None:
         try:
             await qmp.command("job-dismiss", {"id": job.job_id})
         except GuestError:
-            pass
-    await detach(qmp, job.target_node)
+            pass   # dismissed meanwhile (auto-dismiss, or another caller)
+    return info
 
 
 async def owned_nodes(qmp: QmpChannel, key: str) -> list[str]:
