@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email import message_from_bytes
@@ -28,7 +29,23 @@ class Inbox:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.mails.append(message_from_bytes(envelope.content))
+        self.last_arrival = time.monotonic()
         return "250 OK"
+
+    last_arrival = 0.0
+
+    def settle(self, quiet: float = 7.0, timeout: float = 60.0) -> None:
+        """Wait until no mail came for `quiet` seconds (longer than the dispatcher's 5 s
+        group window), then forget what came: an earlier test's events still waiting in a
+        group window reach a matcher created meanwhile, and must not count in the next
+        test."""
+        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        while time.monotonic() - max(self.last_arrival, start) < quiet:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"mail kept coming for {timeout} s: {self.subjects()}")
+            time.sleep(0.2)
+        self.mails.clear()
 
     def subjects(self) -> list[str]:
         return [str(m["Subject"]) for m in self.mails]
