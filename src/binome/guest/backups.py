@@ -609,6 +609,7 @@ class Backups:
             live.append(LiveDrive(disk.key, disk.volid, tuple(
                 LiveBitmap.from_qmp(b) for b in inserted.get("dirty-bitmaps") or [])))
         incremental = await self._trust(task, vmid, store, live, instance, storage_id)
+        await self._remove_leftovers(vmid, [disk.key for disk, _node, _size in plan])
         fl.fleece_dir.mkdir(parents=True, exist_ok=True)
         for disk, node, size in plan:
             image = fl.fleece_dir / f"{disk.key}.qcow2"
@@ -779,13 +780,55 @@ class Backups:
                 if not running & set(fl.jobs):
                     break
                 await asyncio.sleep(0.05)
-            for node in reversed(fl.nodes):
+            await self._wait_exports_gone(vmid, fl.exports, deadline)
+            await self._delete_nodes(vmid, list(reversed(fl.nodes)), deadline)
+        shutil.rmtree(fl.fleece_dir, ignore_errors=True)
+
+    async def _wait_exports_gone(self, vmid: int, exports: list[str], deadline: float) -> None:
+        """QEMU deletes an export asynchronously (`block-export-del` returns while its
+        requests drain): until it is gone it holds its node, and a blockdev-del of the
+        node fails."""
+        while exports and time.monotonic() < deadline:
+            try:
+                listed = {e["id"] for e in await self._qmp(vmid, "query-block-exports")}
+            except GuestError:
+                return
+            if not listed & set(exports):
+                return
+            await asyncio.sleep(0.05)
+
+    async def _delete_nodes(self, vmid: int, nodes: list[str], deadline: float) -> None:
+        """blockdev-del each node, retried while it is still in use (until `deadline`): a
+        fleecing node left behind would refuse every later backup of the guest."""
+        for node in nodes:
+            while True:
                 try:
                     await self._qmp(vmid, "blockdev-del", {"node-name": node})
+                    break
                 except GuestError as error:
-                    log.warning("VM %s: fleecing cleanup blockdev-del %s: %s", vmid, node,
-                                error)
-        shutil.rmtree(fl.fleece_dir, ignore_errors=True)
+                    if time.monotonic() >= deadline:
+                        log.warning("VM %s: fleecing cleanup blockdev-del %s: %s", vmid,
+                                    node, error)
+                        break
+                    await asyncio.sleep(0.1)
+
+    async def _remove_leftovers(self, vmid: int, keys: list[str]) -> None:
+        """An earlier backup whose cleanup did not finish (QEMU busy, binomed stopped)
+        may have left its export and fleecing nodes: this backup reuses their names."""
+        exports = {f"vzdump-{key}" for key in keys}
+        listed = {e["id"] for e in await self._qmp(vmid, "query-block-exports")} & exports
+        for export in sorted(listed):
+            with contextlib.suppress(GuestError):
+                await self._qmp(vmid, "block-export-del", {"id": export, "mode": "hard"})
+        deadline = time.monotonic() + 10
+        await self._wait_exports_gone(vmid, sorted(listed), deadline)
+        names = {n.get("node-name") for n in
+                 await self._qmp(vmid, "query-named-block-nodes", {"flat": True})}
+        left = [f"fleece-{key}" for key in keys if f"fleece-{key}" in names]
+        if left:
+            log.warning("VM %s: removing fleecing nodes left by an earlier backup: %s", vmid,
+                        ", ".join(left))
+            await self._delete_nodes(vmid, left, deadline)
 
     # ------------------------------------------------------------------ restore
 
