@@ -146,8 +146,12 @@ class HaConfig:
 
     async def update_resource(self, sid: str, changes: Mapping[str, Any],
                               delete: Iterable[str] = (), digest: str | None = None) -> None:
-        """Apply `changes`, remove `delete`; refused if `digest` is not the document's."""
+        """Apply `changes`, remove `delete`; refused if `digest` is not the document's or
+        the group to move it into does not exist (as `add_resource`)."""
         gone = list(delete)
+        group = changes.get("group")
+        if group and group not in await self.groups():
+            raise HaConfigError(f"no such ha group '{group}'")
 
         def same_digest(doc: dict[str, Any]) -> None:
             if digest and digest != config_digest(doc):

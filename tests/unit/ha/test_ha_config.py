@@ -89,6 +89,9 @@ def test_resource_and_group_edits() -> None:
     assert doc == {"vm:100": {"state": "started", "group": "g", "max_restart": 3}}
     with pytest.raises(HaConfigError, match="detected modified configuration"):
         run(config.update_resource("vm:100", {"state": "stopped"}, digest="0" * 40))
+    with pytest.raises(HaConfigError, match="no such ha group 'nope'"):
+        run(config.update_resource("vm:100", {"group": "nope"}))
+    assert run(config.resources()) == doc          # refused: nothing changed
     run(config.update_resource("vm:100", {"state": "stopped"}, ["max_restart"],
                                digest=config_digest(doc)))
     run(config.set_requested_state("vm:100", "started", 0.0))
