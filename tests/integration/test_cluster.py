@@ -135,7 +135,11 @@ def test_quorum_transitions_and_expected_override(fresh_cluster: Cluster) -> Non
     n2.start()
     wait_for(n1.quorate, 20, "quorum back")
     wait_for(lambda: n1.cluster()["total_votes"] == 3, 20, "all three votes back")
-    log_msgs = [e["msg"] for e in n2.json("cluster", "log", "--max", "200")]
+    # read through n2, whose own etcd member may still be starting (n1 counts its vote
+    # from the peers' view first)
+    def n2_log() -> list[str]:
+        return [e["msg"] for e in n2.json("cluster", "log", "--max", "200")]
+    log_msgs = wait_for(n2_log, 20, "the cluster log through n2")
     assert any("n1: quorum lost" in m for m in log_msgs), log_msgs
     assert any("n1: quorum regained" in m for m in log_msgs), log_msgs
 

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,12 +193,16 @@ def _encrypted_backups(px, cluster: Cluster, backup_server: BackupServerProcess)
     assert listed["vault"]["encryption-key"] == fingerprint
     assert json.loads(key_text)["data"] not in str(px.storage.get())
     node = px.nodes("n1")
+    first = time.time()
     upid = node.vzdump.post(vmid=str(VMID), storage="vault")
-    assert wait_task(px, upid)["exitstatus"] == "OK", _log(px, upid)
+    assert wait_task(px, upid)["exitstatus"] == "OK", "\n".join(_log(px, upid))
     log = _log(px, upid)
     assert f"INFO: encrypting the backup (key fingerprint {fingerprint})" in log, log
+    # a backup is named by its start second (as PVE's): two of one guest in one second
+    # collide ("already exists"), so the incremental one starts in the next second
+    wait_for(lambda: int(time.time()) > int(first), 2, "the next second")
     upid = node.vzdump.post(vmid=str(VMID), storage="vault")
-    assert wait_task(px, upid)["exitstatus"] == "OK", _log(px, upid)
+    assert wait_task(px, upid)["exitstatus"] == "OK", "\n".join(_log(px, upid))
     log = _log(px, upid)
     assert any(line.startswith("INFO: using fast incremental mode") for line in log), log
     assert any(" in 0 new chunks" in line for line in log), log
@@ -223,13 +228,13 @@ def _encrypted_restores(px, cluster: Cluster, backup_server: BackupServerProcess
     newest = sorted(node.storage("vault").content.get(content="backup"),
                     key=lambda b: b["ctime"])[-1]
     upid = node.qemu.post(vmid=VMID + 1, archive=newest["volid"], storage="local")
-    assert wait_task(px, upid)["exitstatus"] == "OK", _log(px, upid)
+    assert wait_task(px, upid)["exitstatus"] == "OK", "\n".join(_log(px, upid))
     assert any("manifest signature ok" in line for line in _log(px, upid))
     config = node.qemu(VMID + 1).config.get()
     assert config["name"] == "drill"
     assert sha256_of(_disk(cluster, config["virtio0"]), "qcow2") == expected
     upid = node.storage("vault").verify.post()
-    assert wait_task(px, upid)["exitstatus"] == "OK", _log(px, upid)
+    assert wait_task(px, upid)["exitstatus"] == "OK", "\n".join(_log(px, upid))
     name = newest["volid"].split(":", 1)[1]
     for storage, changes, reason in (
             ("wrongkey", {"encryption-key": "autogen"}, "- wrong key"),
@@ -291,14 +296,14 @@ def test_a_backup_server_outlives_its_cluster(tmp_path: Path,
                 f"of=/dev/vda bs=1M seek=48 count=4 conv=notrunc 2>/dev/null; sync",
                 timeout=60)
         upid = node.vzdump.post(vmid=str(VMID), storage="offsite")
-        assert wait_task(px, upid)["exitstatus"] == "OK", _log(px, upid)
+        assert wait_task(px, upid)["exitstatus"] == "OK", "\n".join(_log(px, upid))
         log = _log(px, upid)
         assert any("on backup server 127.0.0.1" in line for line in log), log
         assert any(line.startswith(f"INFO: transferred {DISK_MIB}.0 MiB") for line in log)
 
         fill_disk(console, "B", range(40, 41))          # one 4 MiB chunk changes
         upid = node.vzdump.post(vmid=str(VMID), storage="offsite")
-        assert wait_task(px, upid)["exitstatus"] == "OK", _log(px, upid)
+        assert wait_task(px, upid)["exitstatus"] == "OK", "\n".join(_log(px, upid))
         log = _log(px, upid)
         assert "INFO: using fast incremental mode (dirty-bitmap), 4.0 MiB dirty of 64.0 MiB " \
                "total" in log, log
@@ -324,7 +329,7 @@ def test_a_backup_server_outlives_its_cluster(tmp_path: Path,
         assert newest["format"] == "binome" and newest["size"] == DISK
 
         upid = node.qemu.post(vmid=VMID, archive=newest["volid"], storage="local")
-        assert wait_task(px, upid)["exitstatus"] == "OK", _log(px, upid)
+        assert wait_task(px, upid)["exitstatus"] == "OK", "\n".join(_log(px, upid))
         config = node.qemu(VMID).config.get()
         assert config["name"] == "drill"
         assert sha256_of(_disk(second, config["virtio0"]), "qcow2") == expected
@@ -337,13 +342,13 @@ def test_a_backup_server_outlives_its_cluster(tmp_path: Path,
         _encrypted_restores(px, second, backup_server, key_text, expected)
 
         upid = node.storage("offsite").verify.post()
-        assert wait_task(px, upid)["exitstatus"] == "OK", _log(px, upid)
+        assert wait_task(px, upid)["exitstatus"] == "OK", "\n".join(_log(px, upid))
         upid = node.storage("offsite").prunebackups.delete(**{"prune-backups": "keep-last=1"})
-        assert wait_task(px, upid)["exitstatus"] == "OK", _log(px, upid)
+        assert wait_task(px, upid)["exitstatus"] == "OK", "\n".join(_log(px, upid))
         assert [b["volid"] for b in _content(px)] == [newest["volid"]]
         assert _content(px)[0]["verification"] == {"state": "ok"}
         upid = node.storage("offsite").gc.post()
-        assert wait_task(px, upid)["exitstatus"] == "OK", _log(px, upid)
+        assert wait_task(px, upid)["exitstatus"] == "OK", "\n".join(_log(px, upid))
         assert any(line.startswith("Removed chunks: ") for line in _log(px, upid))
     finally:
         _stop(second)
