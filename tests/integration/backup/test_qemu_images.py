@@ -11,6 +11,7 @@ import pytest
 from binome.backup.datastore import Datastore
 from binome.backup.reader import restore_image
 from binome.backup.writer import backup_image
+from tests.integration.harness import stop_process
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None or
                                 shutil.which("qemu-io") is None,
@@ -81,14 +82,6 @@ def test_dirty_bitmap_over_nbd_drives_an_incremental_backup(tmp_path: Path) -> N
             time.sleep(0.02)
         return process
 
-    def stop(process: subprocess.Popen[bytes]) -> None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
     server = serve()
     try:
         writer = store.begin("vm", "100", 1000)
@@ -96,7 +89,7 @@ def test_dirty_bitmap_over_nbd_drives_an_incremental_backup(tmp_path: Path) -> N
             backup_image(writer, "drive-scsi0.img.fidx", export, chunk_size=CHUNK)
         first = writer.commit()
     finally:
-        stop(server)
+        stop_process(server)
 
     # the bitmap starts at the first backup's instant; then B over 5 MiB + 4 KiB and 20 MiB
     _run("qemu-img", "bitmap", "--add", str(qcow2), "binome-backup-t")
@@ -122,7 +115,7 @@ def test_dirty_bitmap_over_nbd_drives_an_incremental_backup(tmp_path: Path) -> N
                                  dirty=dirty)
         second = writer.commit()
     finally:
-        stop(server)
+        stop_process(server)
     assert stats.incremental and stats.full_reason is None
     assert stats.chunks_read == 2 and stats.bytes_read == 2 * CHUNK
     assert stats.bytes_dirty == 2 * CHUNK

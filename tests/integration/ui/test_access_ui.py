@@ -26,6 +26,7 @@ from tests.integration.access.test_openid import (  # noqa: F401 (fixture)
 )
 from tests.integration.harness import PASSWORD, Cluster
 from tests.integration.ui.test_browser import (  # noqa: F401 (fixtures)
+    _assert_no_script_errors,
     _base,
     _css,
     _fill,
@@ -326,9 +327,6 @@ def test_openid_login_button(browser, cluster: Cluster, api: requests.Session,  
         browser.save_screenshot(str(shots / "login-openid-done.png"))
         _css(browser, "#logout")[0].click()
         _wait(browser, lambda d: _css(d, "#login-realm"), "the login form again")
-        # this user may see nothing (403s are network errors): only script errors count
-        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"
-                  and e.get("source") != "network"]
-        assert errors == [], errors
+        _assert_no_script_errors(browser)
     finally:
         purge_realm(cluster, realm)

@@ -184,6 +184,14 @@ def _login(driver, password: str, username: str = "admin") -> None:
     _css(driver, "#login-submit")[0].click()
 
 
+def _assert_no_script_errors(driver) -> None:
+    """No script error in the page's console; a user who may see nothing gets 403s,
+    which the browser logs as network errors: those do not count."""
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"
+              and e.get("source") != "network"]
+    assert errors == [], errors
+
+
 def _tree_item(driver, key: str):
     items = _css(driver, f'.tree [data-key="{key}"]')
     return items[0] if items else None
@@ -856,10 +864,7 @@ def test_second_factor_step(browser, cluster: Cluster, shots: Path) -> None:
               _css(d, "#shell-user")[0].text, "logged in after the second factor")
         _css(browser, "#logout")[0].click()
         _wait(browser, lambda d: _css(d, "#login-username"), "the login form again")
-        # this user may see nothing (403s are network errors): only script errors count
-        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"
-                  and e.get("source") != "network"]
-        assert errors == [], errors
+        _assert_no_script_errors(browser)
     finally:
         _repo(cluster, lambda r: r.change("test", "delete user",
                                           lambda c: ops.delete_user(c, userid)))
