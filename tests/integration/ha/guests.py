@@ -90,6 +90,15 @@ def service(node: Node, sid: str) -> dict:
     return next((e for e in node.json("ha", "status") if e.get("sid") == sid), {})
 
 
+def takes_services(view: Node, name: str) -> bool:
+    """The CRM (as `view` reads it) may place services on `name` now: its node is online
+    and its LRM active. A node that is merely quorate again may not be yet: a migration
+    asked before that is refused (logged, not queued), as ha-manager does."""
+    return any(e.get("node") == name and e.get("state") == "active"
+               and e.get("mode") in (None, "active") and e.get("node_state") == "online"
+               for e in view.json("ha", "status") if e.get("type") == "lrm")
+
+
 def guest_cluster(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Cluster]:
     """A loopback 2-node + witness cluster with the tiny guest image on n1 and n2, for
     a module fixture (`yield from`); guests, daemons and supervisors stopped after."""

@@ -22,6 +22,7 @@ from tests.integration.ha.guests import (
     qemu_pid,
     service,
     sigterm_and_wait,
+    takes_services,
 )
 from tests.integration.harness import PASSWORD, Cluster, wait_for
 
@@ -452,7 +453,7 @@ def test_host_shutdown_policies(
         # ---- policy `migrate`: live-migrated away before the node goes, back after
         answer.write_text("")
         n1.start()
-        wait_for(n1.quorate, 60, "n1 quorate again")
+        wait_for(lambda: takes_services(n2, "n1"), 60, "n1 online and active for the CRM")
         n2.cli("ha", "migrate", sid, "n1")
         wait_for(lambda: qemu_pid(n1, vmid) and service(n2, sid).get("node") == "n1"
                  and service(n2, sid).get("state") == "started", 120, f"{sid} back on n1")

@@ -301,7 +301,7 @@ async def ha_status_current(ctx: RequestContext, params: dict[str, Any]) -> list
             text = f"{text}, node {rec['state']}"
         entry = {"id": f"lrm:{node}", "type": "lrm", "node": node, "state": state,
                  "mode": lrm.get("mode"), "watchdog": int(bool(lrm.get("watchdog_armed"))),
-                 "status": f"{node} ({text})"}
+                 "node_state": rec.get("state"), "status": f"{node} ({text})"}
         conf = raw["confirms"].get(node)
         if conf and rec.get("loss") and conf.get("loss") == rec["loss"]:
             # only for the node's current loss: an older one no longer applies
