@@ -17,6 +17,13 @@ runs, e.g. the previous commit's clone and this one:
     sudo /path/to/baseline/.venv/bin/python bench/migration.py --runs 6 --label before
     sudo .venv/bin/python bench/migration.py --runs 6 --label after
 
+With `--pauses N` it then pauses the guest N times in place (QMP `stop`, the
+pause, `cont` on the same QEMU), each pause as long as the median switch-over
+just measured (or `--pause-ms`), and prints the client gap of those too: what a
+stop of that length costs without a new process (the TCG guest's catch-up,
+the bridge), so the rest of a migration's gap is what the hand-over to a new
+QEMU adds.
+
 Root only. About 1.5 min of setup plus ~15 s per migration. The pinger is
 stopped by pid and the lab torn down, also on failure or Ctrl-C.
 """
@@ -24,6 +31,7 @@ stopped by pid and the lab torn down, also on failure or Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import json
 import os
@@ -35,6 +43,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from qemu.qmp import QMPClient
 
 from binome.lab.ha import HaLab, wait_until
 
@@ -97,18 +107,45 @@ def task_figures(ha: HaLab, source: str, since: float) -> tuple[int | None, int 
     return None, None, ""
 
 
+def qmp_socket(ha: HaLab, node: str) -> Path:
+    """The guest's QMP socket on `node` (a file socket: reachable from any namespace)."""
+    found = sorted(ha.cluster.state_dir(node).rglob(f"{ha.vmid}.qmp"))
+    if not found:
+        raise RuntimeError(f"no QMP socket of VM {ha.vmid} under {ha.cluster.state_dir(node)}")
+    return found[0]
+
+
+async def pause_in_place(socket: Path, pause_s: float) -> float:
+    """`stop`, wait `pause_s`, `cont` on the running QEMU; the pause as measured (s)."""
+    client = QMPClient("bench-pause")
+    await client.connect(str(socket))
+    try:
+        t0 = time.monotonic()
+        await client.execute("stop")
+        await asyncio.sleep(max(0.0, pause_s - (time.monotonic() - t0)))
+        await client.execute("cont")
+        return time.monotonic() - t0
+    finally:
+        await client.disconnect()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=int, default=6, help="migrations (default 6)")
     p.add_argument("--base", default="198.40", help="lab subnets <base>.1-4.0/24")
     p.add_argument("--label", default="", help="printed with the results")
     p.add_argument("--json", help="also write the runs to this file")
+    p.add_argument("--pauses", type=int, default=0,
+                   help="then pause the guest in place this many times (default 0)")
+    p.add_argument("--pause-ms", type=int, default=0,
+                   help="length of each pause (default: the median switch-over measured)")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/migration.py needs root (network namespaces)", file=sys.stderr)
         return 2
     ha = HaLab(base=args.base, lab_id=f"mg{os.getpid() % 100000:x}"[:8], name="migration")
     runs: list[dict[str, Any]] = []
+    pauses: list[dict[str, Any]] = []
     pinger: Pinger | None = None
     began = time.monotonic()
     try:
@@ -141,6 +178,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  run {i}: {source}->{target}: longest silence {run['gap_ms']} ms "
                   f"({lost} pings unanswered), QEMU downtime {qemu_ms} ms, switch-over "
                   f"{switch_ms} ms{split}", flush=True)
+        switch = [r["switch_over_ms"] for r in runs if r["switch_over_ms"] is not None]
+        pause_ms = args.pause_ms or (round(statistics.median(switch)) if switch else 100)
+        for i in range(1, args.pauses + 1):
+            node = ha.guest_node()
+            assert node is not None
+            time.sleep(2)
+            t0 = time.time()
+            took = asyncio.run(pause_in_place(qmp_socket(ha, node), pause_ms / 1000))
+            time.sleep(1.5)
+            gap, lost = pinger.worst_gap(t0, time.time())
+            pauses.append({"node": node, "pause_ms": round(took * 1000),
+                           "gap_ms": round(gap * 1000), "lost_pings": lost})
+            print(f"  pause {i} on {node}: stopped {round(took * 1000)} ms in place -> "
+                  f"longest silence {round(gap * 1000)} ms ({lost} pings unanswered)",
+                  flush=True)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
     finally:
@@ -157,8 +209,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"live migration{label}, {len(runs)} runs: client gap (ms) {stat('gap_ms')}; "
           f"QEMU downtime (ms) {stat('qemu_downtime_ms')}; switch-over (ms) "
           f"{stat('switch_over_ms')}; total {time.monotonic() - began:.0f} s")
+    if pauses:
+        gaps = [p["gap_ms"] for p in pauses]
+        held = [p["pause_ms"] for p in pauses]
+        extra = [p["gap_ms"] - p["pause_ms"] for p in pauses]
+        print(f"in-place pauses{label}, {len(pauses)} runs: paused (ms) median "
+              f"{statistics.median(held):.0f}; client gap (ms) median "
+              f"{statistics.median(gaps):.0f}, max {max(gaps)}; gap beyond the pause (ms) "
+              f"median {statistics.median(extra):.0f}")
+        mig = [r["gap_ms"] for r in runs]
+        if mig:
+            print(f"ratio: migration gap / in-place pause gap = "
+                  f"{statistics.median(mig) / max(1, statistics.median(gaps)):.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"label": args.label, "runs": runs}, indent=1))
+        Path(args.json).write_text(json.dumps({"label": args.label, "runs": runs,
+                                               "pauses": pauses}, indent=1))
     return 0
 
 

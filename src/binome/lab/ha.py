@@ -145,6 +145,7 @@ class Sample:
     t: float                 # when the request was sent
     ok: bool
     boot: float | None = None   # the answering guest's boot time (t - uptime)
+    why: str = ""               # a failed request: the error, and how long it took
 
 
 class HttpProbe(_NetnsThread):
@@ -167,9 +168,11 @@ class HttpProbe(_NetnsThread):
                 if status == 200:
                     with contextlib.suppress(ValueError, KeyError, TypeError):
                         boot = t - float(str(json.loads(body)["uptime"]).split()[0])
-                self.samples.append(Sample(t, status == 200, boot))
-            except (OSError, http.client.HTTPException):
-                self.samples.append(Sample(t, False))
+                self.samples.append(Sample(t, status == 200, boot,
+                                           "" if status == 200 else f"HTTP {status}"))
+            except (OSError, http.client.HTTPException) as exc:
+                self.samples.append(Sample(t, False, why=f"{type(exc).__name__}: {exc} "
+                                                         f"after {time.time() - t:.1f} s"))
             self._stop.wait(max(0.0, t + self.interval - time.time()))
 
     def ok_now(self) -> bool:
@@ -181,6 +184,12 @@ class HttpProbe(_NetnsThread):
             if s.t > since and s.ok and s.boot is not None and s.boot > since - 1.0:
                 return s.t
         return None
+
+    def failures(self, since: float = 0.0) -> list[tuple[float, str]]:
+        """Each failed request since `since`: when it was sent and why it failed (for the
+        diagnosis of an outage: a timeout is a stalled guest or host, a refusal a guest
+        whose server is down, no route a network fault)."""
+        return [(s.t, s.why) for s in list(self.samples) if s.t >= since and not s.ok]
 
     def outages(self, since: float = 0.0) -> list[tuple[float, float | None]]:
         """(first failed request, first answered request after it) intervals."""
