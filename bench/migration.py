@@ -17,8 +17,8 @@ runs, e.g. the previous commit's clone and this one:
     sudo /path/to/baseline/.venv/bin/python bench/migration.py --runs 6 --label before
     sudo .venv/bin/python bench/migration.py --runs 6 --label after
 
-With `--pauses N` it then pauses the guest N times in place (QMP `stop`, the
-pause, `cont` on the same QEMU), each pause as long as the median switch-over
+With `--pauses N` it then pauses the guest N times in place (SIGSTOP, the
+pause, SIGCONT of the same QEMU), each pause as long as the median switch-over
 just measured (or `--pause-ms`), and prints the client gap of those too: what a
 stop of that length costs without a new process (the TCG guest's catch-up,
 the bridge), so the rest of a migration's gap is what the hand-over to a new
@@ -31,11 +31,11 @@ stopped by pid and the lab torn down, also on failure or Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import itertools
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -44,14 +44,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import QMPClient
-
 from binome.lab.ha import HaLab, wait_until
 
 INTERVAL = 0.01
 REPLY_RE = re.compile(r"^\[(\d+\.\d+)\].*icmp_seq=(\d+)")
 DOWNTIME_RE = re.compile(r"migration downtime: (\d+) ms \(QEMU[^)]*\) \+ (\d+) ms")
-SPLIT_RE = re.compile(r"config move (\d+) ms, target resume (\d+) ms")
+SPLIT_RE = re.compile(r"config move (\d+) ms, target resume (\d+) ms(?: \(on the target: "
+                      r"([^)]*)\))?")
 
 
 class Pinger:
@@ -103,30 +102,31 @@ def task_figures(ha: HaLab, source: str, since: float) -> tuple[int | None, int 
         if m:
             split = SPLIT_RE.search(log)
             return int(m.group(1)), int(m.group(2)), (
-                f" (move {split.group(1)} + resume {split.group(2)})" if split else "")
+                f" (move {split.group(1)} + resume {split.group(2)}"
+                + (f": {split.group(3)}" if split.group(3) else "") + ")" if split else "")
     return None, None, ""
 
 
-def qmp_socket(ha: HaLab, node: str) -> Path:
-    """The guest's QMP socket on `node` (a file socket: reachable from any namespace)."""
-    found = sorted(ha.cluster.state_dir(node).rglob(f"{ha.vmid}.qmp"))
+def qemu_pid(ha: HaLab, node: str) -> int:
+    """The guest's QEMU pid on `node`, from its `-pidfile`."""
+    found = sorted(ha.cluster.state_dir(node).rglob(f"{ha.vmid}.pid"))
     if not found:
-        raise RuntimeError(f"no QMP socket of VM {ha.vmid} under {ha.cluster.state_dir(node)}")
-    return found[0]
+        raise RuntimeError(f"no pid file of VM {ha.vmid} under {ha.cluster.state_dir(node)}")
+    return int(found[0].read_text().split()[0])
 
 
-async def pause_in_place(socket: Path, pause_s: float) -> float:
-    """`stop`, wait `pause_s`, `cont` on the running QEMU; the pause as measured (s)."""
-    client = QMPClient("bench-pause")
-    await client.connect(str(socket))
+def pause_in_place(pid: int, pause_s: float) -> float:
+    """Freeze the guest's QEMU (SIGSTOP), wait `pause_s`, let it go on (SIGCONT); the
+    pause as measured (s). Not QMP `stop`/`cont`: the socket takes one client, binomed.
+    A frozen process is what a paused guest is to the network (nothing answers) and
+    its catch-up after is the same TCG work."""
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGSTOP)
     try:
-        t0 = time.monotonic()
-        await client.execute("stop")
-        await asyncio.sleep(max(0.0, pause_s - (time.monotonic() - t0)))
-        await client.execute("cont")
-        return time.monotonic() - t0
+        time.sleep(pause_s)
     finally:
-        await client.disconnect()
+        os.kill(pid, signal.SIGCONT)
+    return time.monotonic() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             assert node is not None
             time.sleep(2)
             t0 = time.time()
-            took = asyncio.run(pause_in_place(qmp_socket(ha, node), pause_ms / 1000))
+            took = pause_in_place(qemu_pid(ha, node), pause_ms / 1000)
             time.sleep(1.5)
             gap, lost = pinger.worst_gap(t0, time.time())
             pauses.append({"node": node, "pause_ms": round(took * 1000),

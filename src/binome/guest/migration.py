@@ -254,10 +254,16 @@ class MigrationSource:
         # (postmigrate) and never runs again (a restarted daemon stops a paused copy of
         # a VM owned elsewhere), so quitting it is no longer on the guest's downtime
         resumed_err: BaseException | None = None
+        target_steps = ""
         for attempt in range(3):
             try:
-                await session.call("POST", path, {"phase": "resume", "source": self.ctx.node})
+                answer = await session.call("POST", path,
+                                            {"phase": "resume", "source": self.ctx.node})
                 resumed_err = None
+                timings = answer.get("timings") if isinstance(answer, dict) else None
+                if isinstance(timings, dict):
+                    target_steps = " (on the target: " + ", ".join(
+                        f"{k} {v} ms" for k, v in timings.items()) + ")"
                 break
             except BinomeError as exc:
                 resumed_err = exc
@@ -271,7 +277,7 @@ class MigrationSource:
         task.log(f"VM {vmid} resumed on node '{target}'")
         task.log(f"migration downtime: {qemu_downtime} ms (QEMU stop-and-copy) + "
                  f"{switch_ms} ms (switch-over: config move {moved_ms} ms, target resume "
-                 f"{switch_ms - moved_ms} ms)")
+                 f"{switch_ms - moved_ms} ms{target_steps})")
         await self.ctx.deactivate_after(task, replicated)
 
 
@@ -318,9 +324,15 @@ class MigrationTarget:
                 if runstate == "running":
                     await self.ctx.read(vmid)
                     return {"status": "running"}
+            # each step's time goes back to the source's task log: where a switch-over's
+            # milliseconds go (issue 16's migration gap)
+            marks = [time.monotonic()]
             await self.ctx.runtime.wait_incoming(vmid)
+            marks.append(time.monotonic())
             await self.ctx.read(vmid)          # quorum read: the config must be ours now
+            marks.append(time.monotonic())
             await self.ctx.runtime.resume(vmid)
+            marks.append(time.monotonic())
             self.ctx.believed_running.add(vmid)
             self.ctx.incoming.pop(vmid, None)
             try:
@@ -328,7 +340,10 @@ class MigrationTarget:
             except GuestError as exc:
                 log.warning("VM %s: announce after migration failed: %s", vmid, exc)
             log.info("VM %s: migrated here from %s and resumed", vmid, source)
-            return {"status": "running"}
+            steps = ("incoming complete", "config read", "cont")
+            return {"status": "running",
+                    "timings": {name: round((b - a) * 1000)
+                                for name, a, b in zip(steps, marks, marks[1:], strict=True)}}
 
     async def incoming_abort(self, vmid: int, source: str) -> dict[str, Any]:
         """Remove what `incoming_prepare` made, unless the guest is ours by now."""

@@ -92,9 +92,10 @@ def service(node: Node, sid: str) -> dict:
 
 def takes_services(view: Node, name: str) -> bool:
     """The CRM (as `view` reads it) may place services on `name` now: its node is online
-    and its LRM active. A node that is merely quorate again may not be yet: a migration
-    asked before that is refused (logged, not queued), as ha-manager does."""
-    return any(e.get("node") == name and e.get("state") == "active"
+    and its LRM in `active` mode (an LRM without services stays idle, as ha-manager's, so
+    its state is not asked). A node that is merely quorate again may not be yet: a
+    migration asked before that is refused (logged, not queued), as ha-manager does."""
+    return any(e.get("node") == name
                and e.get("mode") in (None, "active") and e.get("node_state") == "online"
                for e in view.json("ha", "status") if e.get("type") == "lrm")
 
