@@ -236,9 +236,8 @@ class GuestService:
     async def incoming_prepare(self, vmid: int, source: str) -> dict[str, Any]:
         return await self.incoming.incoming_prepare(vmid, source)
 
-    async def incoming_resume(self, vmid: int, source: str, *, armed: bool = False
-                              ) -> dict[str, Any]:
-        return await self.incoming.incoming_resume(vmid, source, armed=armed)
+    async def incoming_resume(self, vmid: int, source: str) -> dict[str, Any]:
+        return await self.incoming.incoming_resume(vmid, source)
 
     async def incoming_abort(self, vmid: int, source: str) -> dict[str, Any]:
         return await self.incoming.incoming_abort(vmid, source)

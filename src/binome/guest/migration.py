@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from binome.errors import BinomeError
@@ -38,14 +36,6 @@ log = logging.getLogger("binome.guest")
 # seconds between two reads that keep the switch-over's connection to the target open
 # (the API server closes an idle one after 75 s)
 SESSION_REWARM = 20.0
-# The armed resume (see MigrationTarget.incoming_resume): how long the target waits for
-# the state (the source's migration timeout, and a margin), then for the config to move
-# here, read how often: each period is downtime, a read of the local etcd costs ~1 ms
-MIGRATE_WAIT = 660.0
-HANDOVER_TIMEOUT = 30.0
-HANDOVER_POLL = 0.003
-# the source's wait for the armed resume's answer after the move (then it asks again)
-ARMED_ANSWER_WAIT = 10.0
 
 
 class MigrationSource:
@@ -220,28 +210,6 @@ class MigrationSource:
                      f"{ram.get('transferred', 0)}, remaining {ram.get('remaining', 0)}), "
                      f"total {ram.get('total', 0)})")
 
-        # the target waits for the state and then for the config, and resumes the
-        # moment the config is its own: no API call after the switch-over's commit
-        armed = asyncio.get_running_loop().create_task(session.call(
-            "POST", path, {"phase": "resume", "source": self.ctx.node, "armed": 1},
-            timeout=MIGRATE_WAIT + 60))
-        try:
-            await self._hand_over(task, vm, target, uri, replicated, session, armed,
-                                  bandwidth, progress, target_abort)
-        finally:
-            if not armed.done():
-                armed.cancel()
-            with contextlib.suppress(BaseException):
-                await armed
-
-    async def _hand_over(self, task: Task, vm: VmConfig, target: str, uri: str,
-                         replicated: list[str], session: NodeSession,
-                         armed: asyncio.Task[Any], bandwidth: int,
-                         progress: Callable[[dict[str, Any]], None],
-                         target_abort: Callable[[], Awaitable[None]]) -> None:
-        """The state's transfer and the switch-over of `_live_migrate_with`."""
-        vmid = vm.vmid
-        path = f"/nodes/{target}/qemu/{vmid}/migrate/incoming"
         try:
             info = await self.ctx.runtime.migrate_out(vmid, uri, on_progress=progress,
                                                   max_bandwidth=bandwidth)
@@ -253,6 +221,8 @@ class MigrationSource:
         ram = info.get("ram") or {}
         mbps = float(ram.get("mbps") or 0.0)
         qemu_downtime = int(info.get("downtime") or 0)
+        task.log(f"migration status: completed (transferred {ram.get('transferred', 0)}, "
+                 f"total {ram.get('total', 0)}, {mbps / 8:.1f} MB/s)")
         # switch-over: the source is paused (postmigrate), the target paused (-S)
         try:
             await self.ctx.configs.move(vm, target, release_lock="migrate")
@@ -270,7 +240,6 @@ class MigrationSource:
                 raise
             if now_owner is None:
                 # resuming either side could make two running copies: leave both paused
-                # (the target's armed wait resumes it if a later read says it is its own)
                 task.log(f"switch-over failed ({exc}) and the owner of VM {vmid} cannot be "
                          f"read: VM left paused on {self.ctx.node} and {target}")
                 raise
@@ -279,39 +248,32 @@ class MigrationSource:
             task.log(f"switch-over reported an error ({exc}) but VM {vmid} belongs to "
                      f"{target} now: going on")
         moved_ms = int((time.monotonic() - completed_at) * 1000)
-        # logged after the move: a log line is a write, not on the guest's downtime
-        task.log(f"migration status: completed (transferred {ram.get('transferred', 0)}, "
-                 f"total {ram.get('total', 0)}, {mbps / 8:.1f} MB/s)")
         task.log(f"VM {vmid}: config moved to node '{target}'")
         self.ctx.believed_running.discard(vmid)
         # the target resumes before the source quits: the source stays paused
         # (postmigrate) and never runs again (a restarted daemon stops a paused copy of
         # a VM owned elsewhere), so quitting it is no longer on the guest's downtime
-        answer: Any = None
         resumed_err: BaseException | None = None
-        try:
-            answer = await asyncio.wait_for(asyncio.shield(armed), ARMED_ANSWER_WAIT)
-        except (BinomeError, TimeoutError) as exc:
-            # an older target, a dropped connection: resume it the explicit way
-            task.warn(f"armed resume on {target} did not answer ({exc}); resuming it now")
-            for attempt in range(3):
-                try:
-                    answer = await session.call("POST", path,
-                                                {"phase": "resume", "source": self.ctx.node})
-                    resumed_err = None
-                    break
-                except BinomeError as exc2:
-                    resumed_err = exc2
-                    task.warn(f"resume on {target} failed (attempt {attempt + 1}): {exc2}")
-                    await asyncio.sleep(1.0)
+        target_steps = ""
+        for attempt in range(3):
+            try:
+                answer = await session.call("POST", path,
+                                            {"phase": "resume", "source": self.ctx.node})
+                resumed_err = None
+                timings = answer.get("timings") if isinstance(answer, dict) else None
+                if isinstance(timings, dict):
+                    target_steps = " (on the target: " + ", ".join(
+                        f"{k} {v} ms" for k, v in timings.items()) + ")"
+                break
+            except BinomeError as exc:
+                resumed_err = exc
+                task.warn(f"resume on {target} failed (attempt {attempt + 1}): {exc}")
+                await asyncio.sleep(1.0)
         switch_ms = int((time.monotonic() - completed_at) * 1000)
         await self.ctx.runtime.stop(vmid, requested="migrated")
         if resumed_err is not None:
             raise GuestFailure(f"VM {vmid} was handed over to {target} but could not be "
                                f"resumed there: {resumed_err}")
-        timings = answer.get("timings") if isinstance(answer, dict) else None
-        target_steps = (" (on the target: " + ", ".join(
-            f"{k} {v} ms" for k, v in timings.items()) + ")") if isinstance(timings, dict) else ""
         task.log(f"VM {vmid} resumed on node '{target}'")
         task.log(f"migration downtime: {qemu_downtime} ms (QEMU stop-and-copy) + "
                  f"{switch_ms} ms (switch-over: config move {moved_ms} ms, target resume "
@@ -353,36 +315,24 @@ class MigrationTarget:
                 await self.ctx.runtime.stop(vmid, timeout=5.0)
         await self.ctx.deactivate_after(None, promoted, timeout=10.0)
 
-    async def incoming_resume(self, vmid: int, source: str, *, armed: bool = False
-                              ) -> dict[str, Any]:
-        """After the switch-over: the config is here now; run the received guest.
-
-        `armed`: called by the source *before* the state is sent; wait (without the
-        VM's lock) for the incoming state and then for the config to be ours, and
-        resume at once. The switch-over then costs the config move's commit and a
-        read here, not an API call after it (issue 16's migration gap). Nothing runs
-        here before a linearizable read says the config is ours; an abort (the
-        migration failed, the source runs on) ends the wait."""
-        marks: list[tuple[str, float]] = [] if armed else [("start", time.monotonic())]
-        if armed:
-            await self._await_handover(vmid, marks)
+    async def incoming_resume(self, vmid: int, source: str) -> dict[str, Any]:
+        """After the switch-over: the config is here now; run the received guest."""
         async with self.ctx.lock(vmid):
             if vmid not in self.ctx.incoming and self.ctx.runtime.is_running(vmid):
-                # resumed already (an armed call, or this daemon's previous life after
-                # an adoption): the same answer again
+                # adopted after a restart of this daemon: maybe already resumed by it
                 runstate, _migration, _incoming = await self.ctx.runtime.migration_state(vmid)
                 if runstate == "running":
                     await self.ctx.read(vmid)
                     return {"status": "running"}
-            if not armed:
-                await self.ctx.runtime.wait_incoming(vmid)
-                marks.append(("incoming complete", time.monotonic()))
-                await self.ctx.read(vmid)          # quorum read: the config must be ours now
-                marks.append(("config read", time.monotonic()))
-            elif vmid not in self.ctx.incoming:
-                raise GuestFailure(f"VM {vmid}: incoming migration from {source} aborted")
+            # each step's time goes back to the source's task log: where a switch-over's
+            # milliseconds go (issue 16's migration gap)
+            marks = [time.monotonic()]
+            await self.ctx.runtime.wait_incoming(vmid)
+            marks.append(time.monotonic())
+            await self.ctx.read(vmid)          # quorum read: the config must be ours now
+            marks.append(time.monotonic())
             await self.ctx.runtime.resume(vmid)
-            marks.append(("cont", time.monotonic()))
+            marks.append(time.monotonic())
             self.ctx.believed_running.add(vmid)
             self.ctx.incoming.pop(vmid, None)
             try:
@@ -390,33 +340,10 @@ class MigrationTarget:
             except GuestError as exc:
                 log.warning("VM %s: announce after migration failed: %s", vmid, exc)
             log.info("VM %s: migrated here from %s and resumed", vmid, source)
-            # each step's time goes back to the source's task log: where a switch-over's
-            # milliseconds go
+            steps = ("incoming complete", "config read", "cont")
             return {"status": "running",
-                    "timings": {name: round((b - a) * 1000) for (_, a), (name, b)
-                                in itertools.pairwise(marks)}}
-
-    async def _await_handover(self, vmid: int, marks: list[tuple[str, float]]) -> None:
-        """The armed resume's wait: the incoming state complete, then the config ours
-        (linearizable reads every HANDOVER_POLL s). Raises if the migration is aborted
-        or fails meanwhile, or after HANDOVER_TIMEOUT."""
-        def aborted() -> bool:
-            return vmid not in self.ctx.incoming or not self.ctx.runtime.is_running(vmid)
-
-        if aborted():
-            raise GuestFailure(f"VM {vmid} is not waiting for an incoming migration here")
-        # QEMU's MIGRATION event ends this wait; the slow poll is for a missed one
-        await self.ctx.runtime.wait_incoming(vmid, timeout=MIGRATE_WAIT, poll=0.25)
-        marks.append(("incoming complete", time.monotonic()))
-        deadline = time.monotonic() + HANDOVER_TIMEOUT
-        while await self.ctx.configs.owner(vmid) != self.ctx.node:
-            if aborted():
-                raise GuestFailure(f"VM {vmid}: incoming migration aborted")
-            if time.monotonic() > deadline:
-                raise GuestFailure(f"VM {vmid}: the config did not move here within "
-                                   f"{HANDOVER_TIMEOUT:.0f} s of the state's arrival")
-            await asyncio.sleep(HANDOVER_POLL)
-        marks.append(("config ours", time.monotonic()))
+                    "timings": {name: round((b - a) * 1000)
+                                for name, a, b in zip(steps, marks, marks[1:], strict=True)}}
 
     async def incoming_abort(self, vmid: int, source: str) -> dict[str, Any]:
         """Remove what `incoming_prepare` made, unless the guest is ours by now."""

@@ -138,19 +138,16 @@ async def cancel_outgoing(qmp: QmpChannel, alive: Callable[[], bool]) -> None:
 
 
 async def wait_incoming(qmp: QmpChannel, alive: Callable[[], bool],
-                        timeout: float = 30.0, poll: float = INCOMING_POLL) -> str:
+                        timeout: float = 30.0) -> str:
     """On the target: wait until the incoming state is complete; the runstate.
 
     The guest then sits ``paused`` (it was started with ``-S``) until
     resumed. GuestError if QEMU exits, fails the migration or is still
-    receiving after ``timeout``. QEMU's MIGRATION event (sent once the runstate
-    is ``paused``) ends each wait at once; `poll` bounds the wait for a missed
-    event, so a wait armed for the whole migration can poll slowly.
+    receiving after ``timeout``.
     """
     vmid = qmp.vmid
     deadline = time.monotonic() + timeout
     while True:
-        qmp.migration_changed.clear()   # before the read: an event after it ends the wait
         status = await qmp.runstate()
         if status is not None and status != "inmigrate":
             if status != "paused":
@@ -164,8 +161,7 @@ async def wait_incoming(qmp: QmpChannel, alive: Callable[[], bool],
         if time.monotonic() > deadline:
             raise GuestError(f"VM {vmid}: incoming migration not complete after "
                              f"{timeout:.0f} s")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(qmp.migration_changed.wait(), poll)
+        await asyncio.sleep(INCOMING_POLL)
 
 
 async def migration_state(qmp: QmpChannel) -> tuple[str | None, str | None]:

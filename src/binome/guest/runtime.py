@@ -767,12 +767,11 @@ class QemuRuntime:
             g.qmp, g.alive, uri, downtime_ms=downtime_ms, max_bandwidth=max_bandwidth,
             timeout=timeout, on_progress=on_progress)
 
-    async def wait_incoming(self, vmid: int, timeout: float = 30.0,
-                            poll: float = qemu_migration.INCOMING_POLL) -> str:
+    async def wait_incoming(self, vmid: int, timeout: float = 30.0) -> str:
         """On the target: wait until the incoming state is complete; the runstate (the
         guest sits ``paused`` until :meth:`resume`)."""
         g = self._running(vmid)
-        return await qemu_migration.wait_incoming(g.qmp, g.alive, timeout, poll)
+        return await qemu_migration.wait_incoming(g.qmp, g.alive, timeout)
 
     async def migration_state(self, vmid: int) -> tuple[str | None, str | None, bool]:
         """(runstate, ``query-migrate`` status, started as a migration target) of a

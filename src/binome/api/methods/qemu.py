@@ -980,11 +980,7 @@ async def _ha_migrate(ctx: RequestContext, vmid: int, target: str) -> str:
                 "the paused QEMU, demote), promote (after an offline migration).",
     parameters={"node": NODE, "vmid": VMID,
                 "phase": Param(enum=("prepare", "resume", "abort", "promote")),
-                "source": Param(format="pve-node", description="The source node."),
-                "armed": Param(type="boolean", optional=True, default=False,
-                               description="resume, sent before the state: wait for the "
-                                           "state and for the config to move here, then "
-                                           "resume at once.")},
+                "source": Param(format="pve-node", description="The source node.")},
     returns={"type": "object"},
 )
 async def vm_migrate_incoming(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
@@ -995,7 +991,7 @@ async def vm_migrate_incoming(ctx: RequestContext, params: dict[str, Any]) -> di
     if phase == "prepare":
         return await service.incoming_prepare(vmid, source)
     if phase == "resume":
-        return await service.incoming_resume(vmid, source, armed=bool(params.get("armed")))
+        return await service.incoming_resume(vmid, source)
     if phase == "abort":
         return await service.incoming_abort(vmid, source)
     return await service.incoming_promote(vmid)
