@@ -109,10 +109,13 @@ def task_figures(ha: HaLab, source: str, since: float) -> tuple[int | None, int 
 
 def qemu_pid(ha: HaLab, node: str) -> int:
     """The guest's QEMU pid on `node`, from its `-pidfile`."""
-    found = sorted(ha.cluster.state_dir(node).rglob(f"{ha.vmid}.pid"))
-    if not found:
-        raise RuntimeError(f"no pid file of VM {ha.vmid} under {ha.cluster.state_dir(node)}")
-    return int(found[0].read_text().split()[0])
+    for pidfile in sorted(ha.cluster.state_dir(node).rglob(f"{ha.vmid}.pid")):
+        if not pidfile.with_suffix(".qmp").exists():
+            continue        # not a guest's run directory
+        pid = int(pidfile.read_text().split()[0])
+        if Path(f"/proc/{pid}/comm").read_text().startswith("qemu-system"):
+            return pid
+    raise RuntimeError(f"no running QEMU of VM {ha.vmid} under {ha.cluster.state_dir(node)}")
 
 
 def pause_in_place(pid: int, pause_s: float) -> float:
@@ -185,12 +188,14 @@ def main(argv: list[str] | None = None) -> int:
             assert node is not None
             time.sleep(2)
             t0 = time.time()
-            took = pause_in_place(qemu_pid(ha, node), pause_ms / 1000)
+            pid = qemu_pid(ha, node)
+            took = pause_in_place(pid, pause_ms / 1000)
             time.sleep(1.5)
             gap, lost = pinger.worst_gap(t0, time.time())
             pauses.append({"node": node, "pause_ms": round(took * 1000),
                            "gap_ms": round(gap * 1000), "lost_pings": lost})
-            print(f"  pause {i} on {node}: stopped {round(took * 1000)} ms in place -> "
+            print(f"  pause {i} on {node}: QEMU pid {pid} stopped {round(took * 1000)} ms "
+                  f"in place -> "
                   f"longest silence {round(gap * 1000)} ms ({lost} pings unanswered)",
                   flush=True)
     except KeyboardInterrupt:
