@@ -85,7 +85,7 @@ CATALOGUE: dict[str, EventKind] = {k.name: k for k in [
        "stay where they are unless a group prefers this node.", ("node",)),
     _k("quorum-lost", "quorum", S.ERROR, ("votes", "expected"),
        "Quorum lost on {hostname}",
-       "This node lost quorum ({votes} of {expected} votes).\nIt will not start, migrate or "
+       "{lost_text} ({votes} of {expected} votes).\nIt will not start, migrate or "
        "recover HA services, and self-fences if it runs any. Check the links to the other "
        "nodes and the witness."),
     _k("quorum-regained", "quorum", S.NOTICE, ("votes", "expected"),
@@ -250,6 +250,9 @@ def make_event(kind: str, hostname: str, *, severity: Severity | str | None = No
         }.get(policy, f"the policy '{policy}'"))
     if kind == "split-brain-detected":
         data.setdefault("primaries", "?")
+    if kind == "quorum-lost":
+        data.setdefault("lost_text", "This node has had no quorum since its daemon started"
+                        if data.get("since_start") else "This node lost quorum")
     if kind == "disk-io-error":
         data.setdefault("peer", "the peer")
         data.setdefault("detach_text", (
