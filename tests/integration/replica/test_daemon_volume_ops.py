@@ -275,3 +275,55 @@ def test_a_local_disk_io_error_is_mailed_by_its_node_and_the_disk_replaced(
     finally:
         n1.cli("volume", "destroy", "e1", "--yes", check=False)   # releases the device
         api.call("DELETE", "/cluster/notifications/matchers/disk-events")
+
+
+def test_a_split_brain_resolved_by_its_policy_is_mailed_by_the_survivor(
+        vc: Cluster, mail: tuple[Inbox, Api]) -> None:
+    """A volume created with `--after-sb-0pri discard-least-changes`; both copies written
+    while disconnected (standalone mode, no fencing), both Secondary at the reconnect:
+    the engines resolve it by the policy (n2 wrote more, n1's changes are discarded) and
+    the survivor, n2, mails that, naming the policy; nothing waits for an admin."""
+    inbox, _ = mail
+    n1, n2 = vc["n1"], vc["n2"]
+    n1.cli("volume", "create", "s1", "--size", "8M", "--after-sb-0pri",
+           "discard-least-changes")
+
+    async def write(node: str, offset: int, blocks: int) -> None:
+        sock = vstatus(vc[node], "s1")["socket"]
+        c = await NbdClient.connect(sock, "s1")
+        try:
+            for i in range(blocks):
+                await c.write(offset + i * 4096, os.urandom(4096))
+            await c.flush()
+        finally:
+            await c.close()
+
+    try:
+        wait_for(lambda: in_sync(vstatus(n2, "s1")), 30, "n2's copy of s1 in sync")
+        for node in (n1, n2):
+            node.cli("volume", "standalone", "s1", "--yes")
+        for node in (n1, n2):
+            node.cli("volume", "disconnect", "s1")
+        asyncio.run(write("n1", MiB, 1))                 # n1 (Primary): one block
+        n1.cli("volume", "secondary", "s1")
+        n2.cli("volume", "primary", "s1", "--force", "1")
+        asyncio.run(write("n2", 2 * MiB, 3))             # n2: three blocks
+        n2.cli("volume", "secondary", "s1")
+        for node in (n1, n2):
+            node.cli("volume", "connect", "s1")
+        wait_for(lambda: in_sync(vstatus(n1, "s1")) and in_sync(vstatus(n2, "s1")), 30,
+                 "the split brain resolved and resynced")
+        assert backing(n1, "s1").read_bytes() == backing(n2, "s1").read_bytes()
+        rec = vstatus(n2, "s1")["split_brain"]
+        assert (rec["state"], rec["policy"], rec["survivor"], rec["victim"]) == \
+            ("resolved", "after-sb-0pri discard-least-changes", "n2", "n1"), rec
+        (mail_, text), = wait_for(lambda: inbox.events("Split brain on volume s1 resolved"),
+                                  30, "the split-brain-resolved mail")
+        assert "was resolved by the policy 'after-sb-0pri discard-least-changes': n2 keeps " \
+               "its data; the changes made on n1" in text, text
+        assert "n1 resyncs from n2" in text, text
+        assert str(mail_["Message-ID"]).endswith("@n2>"), mail_["Message-ID"]
+    finally:
+        for node in (n1, n2):
+            node.cli("volume", "standalone", "s1", "--enable", "0", "--yes", check=False)
+        n1.cli("volume", "destroy", "s1", "--yes", check=False)
