@@ -2,7 +2,7 @@
 
 import pytest
 
-from binome.cluster.quorum import MemberView, QuorumView
+from binome.cluster.quorum import MemberView, QuorumTransitions, QuorumView
 
 
 def member(name, nodeid, *, role="node", online=True, learner=False, votes=1):
@@ -100,3 +100,47 @@ def test_expected_override():
     assert view.flags == ["Quorate", "Witness", "ExpectedOverride"]
     assert any("overridden to 1 by root@pam" in w for w in view.warnings)
     assert "ExpectedOverride" not in QuorumView(quorate=True, override={}).flags
+
+
+# --- which quorum checks are announced (cluster log, quorum-lost/-regained mails) -------
+
+def test_a_daemon_starting_before_its_peers_announces_nothing():
+    """First checks fail (the peers still booting), then succeed: no loss, no regain."""
+    t = QuorumTransitions(grace=60)
+    t.start(100.0)
+    assert [t.observe(False, 100.0 + i) for i in range(10)] == [None] * 10
+    assert t.observe(True, 111.0) is None
+    assert t.observe(True, 112.0) is None
+
+
+def test_a_real_loss_then_regain_is_announced_once_each():
+    t = QuorumTransitions(grace=60)
+    t.start(0.0)
+    assert t.observe(True, 1.0) is None
+    assert t.observe(False, 2.0) == "lost"
+    assert t.observe(False, 3.0) is None          # still lost: said once
+    assert t.observe(True, 4.0) == "regained"
+    assert t.observe(True, 5.0) is None
+    assert t.observe(False, 6.0) == "lost"        # a second loss is a new one
+    assert t.observe(True, 7.0) == "regained"
+
+
+def test_no_quorum_past_the_startup_grace_is_a_loss_and_its_end_a_regain():
+    t = QuorumTransitions(grace=60)
+    t.start(0.0)
+    assert t.observe(False, 59.0) is None
+    assert t.never_quorate()
+    assert t.observe(False, 60.0) == "lost"
+    assert t.observe(False, 61.0) is None
+    assert t.observe(True, 62.0) == "regained"
+    assert not t.never_quorate()
+
+
+def test_restarting_the_loops_keeps_the_first_start_and_leaving_resets():
+    t = QuorumTransitions(grace=60)
+    t.start(0.0)
+    t.start(50.0)                                 # loops restarted around a join
+    assert t.observe(False, 60.0) == "lost"       # the grace ran from the first start
+    t.reset()                                     # left the cluster: a new story
+    t.start(100.0)
+    assert t.observe(True, 101.0) is None         # no regain for the old cluster's loss

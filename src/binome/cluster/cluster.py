@@ -33,12 +33,13 @@ class ClusterService:
     def __init__(self, config: NodeConfig, clusterlog: ClusterLog, *,
                  node_stats: Callable[[], dict[str, Any]] = dict,
                  on_tls_change: Callable[[], None] = lambda: None,
-                 on_quorum_change: Callable[[bool, int, int], None] = lambda *_: None,
+                 on_quorum_change: Callable[[bool, int, int, bool], None] = lambda *_: None,
                  ) -> None:
         """`node_stats`: what the node publishes as its stats, bound to its lease;
         `on_tls_change`: called when the node certificate changes (create/join);
         `on_quorum_change`: called, without waiting, when this node loses or regains
-        quorum (quorate, votes, expected votes)."""
+        quorum (quorate, votes, expected votes, whether a loss is "none since the daemon
+        started"; see `quorum.QuorumTransitions` for which changes are announced)."""
         self.local = LocalMember(config, clusterlog)
         # the parts take their callbacks as attributes; they are set here, once
         self.local.on_tls_change = on_tls_change

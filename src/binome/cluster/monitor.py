@@ -3,8 +3,9 @@ visible to the others.
 
 - the quorum view (`QuorumView`): a linearizable probe, the etcd member list, the node
   records, and a probe of each member, refreshed every quorum check interval; a
-  change of quorum goes to the cluster log, and the log's backlog is flushed when
-  quorate;
+  change of quorum goes to the cluster log and `on_quorum_change` (which changes are
+  announced: `QuorumTransitions`; a daemon starting before its peers has not lost
+  quorum), and the log's backlog is flushed when quorate;
 - the node lease: kept alive every keepalive interval, with the alive key and the
   node's stats bound to it;
 - etcd leadership: moved to the witness when this node's member leads (docs/ha.md,
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from binome.cluster.local_member import LocalMember
-from binome.cluster.quorum import MemberView, QuorumView
+from binome.cluster.quorum import MemberView, QuorumTransitions, QuorumView
 from binome.loops import run_periodic, stop_tasks
 from binome.store import keys
 from binome.store.client import Member, Store, StoreUnavailable
@@ -46,8 +47,10 @@ class ClusterMonitor:
         self.cluster_doc: dict[str, Any] = {}
         # what the node publishes as its stats (the daemon sets its host summary)
         self.on_node_stats: Callable[[], dict[str, Any]] = dict
-        # told of this node's quorum changes (quorate, votes, expected); must not block
-        self.on_quorum_change: Callable[[bool, int, int], None] = lambda *_: None
+        # told of this node's announced quorum changes (quorate, votes, expected, and
+        # whether a loss is "no quorum since the daemon started"); must not block
+        self.on_quorum_change: Callable[[bool, int, int, bool], None] = lambda *_: None
+        self.transitions = QuorumTransitions()
         self._loops: list[asyncio.Task] = []
         self._lease_id: int | None = None
         # the lease of this node's previous daemon, if it crashed while the lease lived
@@ -60,6 +63,7 @@ class ClusterMonitor:
 
     # ------------------------------------------------------------------ lifecycle
     def start_loops(self) -> None:
+        self.transitions.start(time.monotonic())
         self._loops = [asyncio.create_task(self._quorum_loop(), name="quorum"),
                        asyncio.create_task(self._lease_loop(), name="lease"),
                        asyncio.create_task(self._leadership_loop(), name="etcd-leadership")]
@@ -85,6 +89,7 @@ class ClusterMonitor:
     def forget_view(self) -> None:
         """The node left its cluster: nothing it saw of it holds any more."""
         self.view = QuorumView()
+        self.transitions.reset()
 
     @property
     def lease_id(self) -> int | None:
@@ -110,7 +115,6 @@ class ClusterMonitor:
         store = self.local.store
         assert store is not None
         t = self.config.timers
-        was = self.view.quorate if self.view.checked_at else None
         try:
             await store.linearizable_probe(timeout=t.quorum_check_timeout)
             quorate = True
@@ -139,8 +143,9 @@ class ClusterMonitor:
         views.sort(key=lambda v: (v.nodeid or 1 << 30, v.name))
         self.view = QuorumView(quorate=quorate, members=views, checked_at=time.time(),
                                override=self.cluster_doc.get("expected_override"))
-        if was is not None and was != quorate:
-            await self._quorum_changed(quorate)
+        at_start = self.transitions.never_quorate()
+        if self.transitions.observe(quorate, time.monotonic()) is not None:
+            await self._quorum_changed(quorate, at_start=at_start)
         if quorate:
             await self.clusterlog.flush()
         return self.view
@@ -189,10 +194,10 @@ class ClusterMonitor:
         results = await asyncio.gather(*(probe(m) for m in members))
         return dict(results)
 
-    async def _quorum_changed(self, quorate: bool) -> None:
+    async def _quorum_changed(self, quorate: bool, *, at_start: bool = False) -> None:
         v = self.view
         try:
-            self.on_quorum_change(quorate, v.total_votes, v.expected_votes)
+            self.on_quorum_change(quorate, v.total_votes, v.expected_votes, at_start)
         except Exception:   # a listener's bug must not stop the quorum loop
             log.exception("quorum change listener failed")
         if quorate:
@@ -200,7 +205,9 @@ class ClusterMonitor:
             await self.clusterlog.write(f"node {self.config.name}: {msg}", tag="quorum")
         else:
             msg = (f"quorum lost: {v.total_votes} of {v.expected_votes} votes, "
-                   f"{v.quorum} needed")
+                   f"{v.quorum} needed"
+                   + (f" (none since binomed started {self.transitions.grace:.0f} s ago)"
+                      if at_start else ""))
             await self.clusterlog.write(f"node {self.config.name}: {msg}", tag="quorum",
                                         pri="warning")
 

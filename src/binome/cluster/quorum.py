@@ -73,3 +73,57 @@ class QuorumView:
             out.append(f"expected votes were overridden to {self.override.get('votes')} by "
                        f"{self.override.get('user')}; evicted members must rejoin")
         return out
+
+
+# A node that starts without quorum is joining its peers, not losing them: its etcd
+# member waits for the others (they may be booting too). Only past this long without a
+# first quorum is that worth an alert.
+STARTUP_GRACE = 60.0
+
+
+class QuorumTransitions:
+    """Which quorum checks are announced (cluster log, `quorum-lost`/`-regained` events).
+
+    A loss is announced at the first failed check after a quorate one, or once a node
+    that never had quorum since `start` stayed without it for `grace` seconds (a
+    daemon starting before its peers is not a loss). A regain is announced only after
+    an announced loss: a node whose first checks fail and then succeed says nothing.
+    Pure: the caller passes the checks' results and a monotonic clock.
+    """
+
+    def __init__(self, grace: float = STARTUP_GRACE) -> None:
+        self.grace = grace
+        self.lost_announced = False
+        self._ever_quorate = False
+        self._started: float | None = None
+
+    def start(self, now: float) -> None:
+        """The quorum checks (re)start: the startup grace runs from here until a quorum."""
+        if self._started is None:
+            self._started = now
+
+    def reset(self) -> None:
+        """The node left its cluster: whatever it announced of it no longer applies."""
+        self.lost_announced = self._ever_quorate = False
+        self._started = None
+
+    def observe(self, quorate: bool, now: float) -> str | None:
+        """One check's result: "lost", "regained" (to announce) or None."""
+        if self._started is None:
+            self._started = now
+        if quorate:
+            self._ever_quorate = True
+            if self.lost_announced:
+                self.lost_announced = False
+                return "regained"
+            return None
+        if self.lost_announced:
+            return None
+        if self._ever_quorate or now - self._started >= self.grace:
+            self.lost_announced = True
+            return "lost"
+        return None
+
+    def never_quorate(self) -> bool:
+        """No check succeeded since the start (a loss then is "no quorum since start")."""
+        return not self._ever_quorate

@@ -116,10 +116,14 @@ class NodeGraph:
         users = (await self.access.config()).users
         return {uid: u.email for uid, u in users.items() if u.email}
 
-    def _quorum_changed(self, quorate: bool, votes: int, expected: int) -> None:
+    def _quorum_changed(self, quorate: bool, votes: int, expected: int,
+                        at_start: bool) -> None:
         # this node's own view: each node says it for itself (hostname = this node)
-        self.notifications.emit("quorum-regained" if quorate else "quorum-lost",
-                                votes=votes, expected=expected)
+        if quorate:
+            self.notifications.emit("quorum-regained", votes=votes, expected=expected)
+        else:
+            self.notifications.emit("quorum-lost", votes=votes, expected=expected,
+                                    since_start=at_start)
 
     def _tls_changed(self) -> None:
         """The node certificate changed (create/join): trust and serve the new one."""

@@ -85,7 +85,7 @@ CATALOGUE: dict[str, EventKind] = {k.name: k for k in [
        "stay where they are unless a group prefers this node.", ("node",)),
     _k("quorum-lost", "quorum", S.ERROR, ("votes", "expected"),
        "Quorum lost on {hostname}",
-       "This node lost quorum ({votes} of {expected} votes).\nIt will not start, migrate or "
+       "{lost_text} ({votes} of {expected} votes).\nIt will not start, migrate or "
        "recover HA services, and self-fences if it runs any. Check the links to the other "
        "nodes and the witness."),
     _k("quorum-regained", "quorum", S.NOTICE, ("votes", "expected"),
@@ -142,8 +142,10 @@ CATALOGUE: dict[str, EventKind] = {k.name: k for k in [
        "memory of both nodes (this should not happen).", ("volume",)),
     _k("disk-io-error", "disk", S.ERROR, ("volume", "device", "error"),
        "I/O error on {device} ({volume})",
-       "The local disk {device} of volume {volume} returned an I/O error: {error}.\n"
-       "{detach_text}Replace the disk, then reattach it.", ("device",)),
+       "The local disk {device} of volume {volume} on {hostname} failed: {error}.\n"
+       "{detach_text}Check the disk (the kernel log: 'dmesg'; 'smartctl -a'). Replace it "
+       "at the same path; then, on {hostname}, 'binome volume attach {volume}' resyncs the "
+       "whole volume from {peer} onto it{attach_text}.", ("device",)),
     _k("backup-result", "vzdump", None, ("job_id", "status", "ok_count", "failed_count"),
        "vzdump backup status ({hostname}): {status_text}",
        "Backup job {job_id} finished: {ok_count} guests backed up, {failed_count} failed, "
@@ -248,9 +250,18 @@ def make_event(kind: str, hostname: str, *, severity: Severity | str | None = No
         }.get(policy, f"the policy '{policy}'"))
     if kind == "split-brain-detected":
         data.setdefault("primaries", "?")
+    if kind == "quorum-lost":
+        data.setdefault("lost_text", "This node has had no quorum since its daemon started"
+                        if data.get("since_start") else "This node lost quorum")
     if kind == "disk-io-error":
-        data.setdefault("detach_text", "The disk was detached; the volume now reads and writes "
-                        "through its peer (diskless). " if data.get("detached") else "")
+        data.setdefault("peer", "the peer")
+        data.setdefault("detach_text", (
+            f"The disk was detached (on-io-error detach): the volume now reads and writes "
+            f"through {data['peer']} (diskless), and {data['peer']} holds its only copy "
+            f"until a disk is attached again. ") if data.get("detached") else "")
+        data.setdefault("attach_text", " (a Primary must be made Secondary first: migrate or "
+                        "stop its guest, then 'binome volume secondary "
+                        f"{data['volume']}')" if data.get("role") != "Secondary" else "")
     if spec.type == "availability":
         down, allowed = float(data["downtime"]), float(data["budget"])
         data.setdefault("used_percent", f"{100 * down / allowed:.0f}" if allowed > 0 else "100")

@@ -47,11 +47,17 @@ class Inbox:
             time.sleep(0.2)
         self.mails.clear()
 
+    @staticmethod
+    def subject(mail: Message) -> str:
+        """The subject as sent: a long one is folded over lines on the wire (RFC 5322,
+        "I/O error on\\r\\n /long/path"), which the parsed header keeps."""
+        return _FOLD.sub("", str(mail["Subject"]))
+
     def subjects(self) -> list[str]:
-        return [str(m["Subject"]) for m in self.mails]
+        return [self.subject(m) for m in self.mails]
 
     def with_subject(self, subject: str) -> list[Message]:
-        return [m for m in self.mails if m["Subject"] == subject]
+        return [m for m in self.mails if self.subject(m) == subject]
 
     @staticmethod
     def body(mail: Message) -> str:
@@ -65,7 +71,7 @@ class Inbox:
         found = []
         for mail in self.mails:
             body = self.body(mail)
-            if mail["Subject"] == title:
+            if self.subject(mail) == title:
                 found.append((mail, body))
                 continue
             for part in body.split("\n\n"):
@@ -80,7 +86,7 @@ class Inbox:
         grouped mail ("<title> (+N related events)", whose body has one part per event)."""
         out = []
         for mail in self.mails:
-            subject = str(mail["Subject"])
+            subject = self.subject(mail)
             if not _GROUPED.search(subject):
                 out.append(subject)
                 continue
@@ -96,6 +102,7 @@ class Inbox:
         return {str(m["Message-ID"]).rstrip(">").rpartition("@")[2] for m in self.mails}
 
 
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
 _GROUPED = re.compile(r" \(\+\d+ related events\)$")
 _STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  ")
 

@@ -1,14 +1,19 @@
-"""Dual-primary, online verify and resize through the real path (CLI -> API -> binomed ->
-engine, etcd): one 2-node + witness cluster for the module."""
+"""Dual-primary, online verify, resize and a local disk I/O error's notification through
+the real path (CLI -> API -> binomed -> engine, etcd, the kernel's EIO, aiosmtpd): one
+2-node + witness cluster for the module."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 
 import pytest
 
+from binome.lab.nbd_client import NbdClient
 from tests.integration.access.client import Api
 from tests.integration.harness import Cluster, wait_for
 from tests.integration.notify.mailbox import Inbox
@@ -19,6 +24,10 @@ from tests.integration.replica.test_daemon_volumes import (
     store_get,
     volume_cluster,
     vstatus,
+)
+from tests.integration.replica.test_io_errors import (  # noqa: F401 (fixture)
+    FailingDisk,
+    failing_disk,
 )
 
 
@@ -191,3 +200,130 @@ def test_backup_and_restore_onto_replicated_storage(vc: Cluster) -> None:
                  "QEMU has the restored volume open")
     finally:
         n1.cli("vm", "stop", "311", check=False)   # the cluster's stop leaves guests
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not all(shutil.which(t) for t in (
+    "losetup", "mkfs.ext4", "mount", "blockdev")), reason="needs root and losetup")
+def test_a_local_disk_io_error_is_mailed_by_its_node_and_the_disk_replaced(
+        vc: Cluster, mail: tuple[Inbox, Api],
+        failing_disk: FailingDisk) -> None:  # noqa: F811 (the fixture)
+    """A real kernel EIO under n1's copy (its backing moved onto the failing loop device of
+    test_io_errors while the volume was down): the engine detaches the disk, the volume
+    is served through n2, and n1's daemon mails it, once, saying what failed and what to
+    do; doing it (a new disk at the same path, `volume secondary`, `volume attach`)
+    brings n1's copy back, resynced in full from n2."""
+    from binome.storage.replica.node.volumes import ENGINE_SUBDIR, VolumeService
+
+    inbox, api = mail
+    n1, n2 = vc["n1"], vc["n2"]
+    api.ok("POST", "/cluster/notifications/matchers", name="disk-events", target=["mail"],
+           **{"match-field": ["exact:type=disk"]})
+    n1.cli("volume", "create", "e1", "--size", "16M")       # the failing disk's size
+    data = backing(n1, "e1")
+    try:
+        wait_for(lambda: in_sync(vstatus(n2, "e1")), 30, "n2's copy of e1 in sync")
+        n1.cli("volume", "secondary", "e1")
+        n1.cli("volume", "down", "e1")
+        subprocess.run(["dd", f"if={data}", f"of={failing_disk.device}", "bs=1M",
+                        "oflag=direct", "status=none"], check=True)
+        data.unlink()
+        data.symlink_to(failing_disk.device)
+        n1.cli("volume", "up", "e1")
+        wait_for(lambda: in_sync(vstatus(n1, "e1")), 30, "n1's copy of e1 up, in sync")
+        n1.cli("volume", "primary", "e1")
+        written, later = os.urandom(65536), os.urandom(8192)
+        sockets = VolumeService._socket_dir(n1.state_dir / ENGINE_SUBDIR)   # the daemon's
+
+        async def io() -> None:
+            c = await NbdClient.connect(str(sockets / "e1.sock"), "e1")
+            try:
+                await c.write(MiB, written)
+                await c.flush()
+                failing_disk.fail()
+                await c.write(5 * MiB, later)       # meets the EIO, served by n2
+                await c.flush()
+                assert await c.read(MiB, 65536) == written
+            finally:
+                await c.close()
+
+        asyncio.run(io())
+        st = wait_for(lambda: (s := vstatus(n1, "e1")).get("disk") == "Diskless" and s, 30,
+                      "n1's disk detached")
+        assert st["peer_disk"] == "UpToDate", st
+        title = f"I/O error on {data} (e1)"
+        (mail_, text), = wait_for(lambda: inbox.events(title), 30, f"the mail '{title}'")
+        assert f"The local disk {data} of volume e1 on n1 failed: a flush (fdatasync) " \
+               "returned EIO (Input/output error)." in text, text
+        assert "The disk was detached (on-io-error detach): the volume now reads and " \
+               "writes through n2 (diskless), and n2 holds its only copy" in text, text
+        assert "'binome volume attach e1' resyncs the whole volume from n2" in text, text
+        assert "'binome volume secondary e1'" in text, text       # n1 is its Primary
+        assert str(mail_["Message-ID"]).endswith("@n1>"), mail_["Message-ID"]
+        show = json.loads(n1.cli("volume", "show", "e1", "--output-format", "json").stdout)
+        assert (show["io_error"]["op"], show["io_error"]["errno"]) == ("flush", "EIO"), show
+        # what the mail says to do: a new disk at the same path, Secondary, attach
+        data.unlink()
+        with open(data, "wb") as f:
+            f.truncate(16 * MiB)
+        n1.cli("volume", "secondary", "e1")
+        n1.cli("volume", "attach", "e1")
+        wait_for(lambda: in_sync(vstatus(n1, "e1")), 30, "n1's new disk resynced from n2")
+        copy = data.read_bytes()
+        assert copy[MiB:MiB + 65536] == written and copy[5 * MiB:5 * MiB + 8192] == later
+        assert copy == backing(n2, "e1").read_bytes()
+        assert len(inbox.events(title)) == 1, inbox.subjects()     # said once
+    finally:
+        n1.cli("volume", "destroy", "e1", "--yes", check=False)   # releases the device
+        api.call("DELETE", "/cluster/notifications/matchers/disk-events")
+
+
+def test_a_split_brain_resolved_by_its_policy_is_mailed_by_the_survivor(
+        vc: Cluster, mail: tuple[Inbox, Api]) -> None:
+    """A volume created with `--after-sb-0pri discard-least-changes`; both copies written
+    while disconnected (standalone mode, no fencing), both Secondary at the reconnect:
+    the engines resolve it by the policy (n2 wrote more, n1's changes are discarded) and
+    the survivor, n2, mails that, naming the policy; nothing waits for an admin."""
+    inbox, _ = mail
+    n1, n2 = vc["n1"], vc["n2"]
+    n1.cli("volume", "create", "s1", "--size", "8M", "--after-sb-0pri",
+           "discard-least-changes")
+
+    async def write(node: str, offset: int, blocks: int) -> None:
+        sock = vstatus(vc[node], "s1")["socket"]
+        c = await NbdClient.connect(sock, "s1")
+        try:
+            for i in range(blocks):
+                await c.write(offset + i * 4096, os.urandom(4096))
+            await c.flush()
+        finally:
+            await c.close()
+
+    try:
+        wait_for(lambda: in_sync(vstatus(n2, "s1")), 30, "n2's copy of s1 in sync")
+        for node in (n1, n2):
+            node.cli("volume", "standalone", "s1", "--yes")
+        for node in (n1, n2):
+            node.cli("volume", "disconnect", "s1")
+        asyncio.run(write("n1", MiB, 1))                 # n1 (Primary): one block
+        n1.cli("volume", "secondary", "s1")
+        n2.cli("volume", "primary", "s1", "--force", "1")
+        asyncio.run(write("n2", 2 * MiB, 3))             # n2: three blocks
+        n2.cli("volume", "secondary", "s1")
+        for node in (n1, n2):
+            node.cli("volume", "connect", "s1")
+        wait_for(lambda: in_sync(vstatus(n1, "s1")) and in_sync(vstatus(n2, "s1")), 30,
+                 "the split brain resolved and resynced")
+        assert backing(n1, "s1").read_bytes() == backing(n2, "s1").read_bytes()
+        rec = vstatus(n2, "s1")["split_brain"]
+        assert (rec["state"], rec["policy"], rec["survivor"], rec["victim"]) == \
+            ("resolved", "after-sb-0pri discard-least-changes", "n2", "n1"), rec
+        (mail_, text), = wait_for(lambda: inbox.events("Split brain on volume s1 resolved"),
+                                  30, "the split-brain-resolved mail")
+        assert "was resolved by the policy 'after-sb-0pri discard-least-changes': n2 keeps " \
+               "its data; the changes made on n1" in text, text
+        assert "n1 resyncs from n2" in text, text
+        assert str(mail_["Message-ID"]).endswith("@n2>"), mail_["Message-ID"]
+    finally:
+        for node in (n1, n2):
+            node.cli("volume", "standalone", "s1", "--enable", "0", "--yes", check=False)
+        n1.cli("volume", "destroy", "s1", "--yes", check=False)

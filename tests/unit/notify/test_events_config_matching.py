@@ -223,3 +223,12 @@ def test_availability_budget_texts() -> None:
                            "month": "2026-12", "downtime": "2705", "budget": "2678",
                            "kind": "availability-budget-exceeded"}
     assert "(99.9 %: 101 % used)" in over.message
+
+
+def test_quorum_lost_says_whether_it_was_lost_or_never_had():
+    lost = make_event("quorum-lost", "n1", votes=1, expected=3)
+    assert lost.message.startswith("This node lost quorum (1 of 3 votes).")
+    boot = make_event("quorum-lost", "n1", votes=1, expected=3, since_start=True)
+    assert boot.message.startswith("This node has had no quorum since its daemon started "
+                                   "(1 of 3 votes).")
+    assert "Check the links to the other nodes and the witness." in boot.message

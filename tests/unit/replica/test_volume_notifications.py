@@ -58,22 +58,59 @@ def test_the_state_found_at_start_is_no_change() -> None:
         "resync-done"]
 
 
+IO_ERROR = {"time": 100.5, "op": "flush", "backing": "/dev/vg0/vm-100", "errno": "EIO",
+            "error": "Input/output error"}
+
+
+def _disk(node: Any, *states: tuple[str, dict[str, Any] | None], role: str = "Primary"
+          ) -> list[str]:
+    for disk, rec in states:
+        notify_disk(node, "vm-100-disk-0", {"disk": disk, "backing": "/dev/vg0/vm-100",
+                                            "io_error": rec, "peer_node": "n2",
+                                            "role": role})
+    return [k for k, _ in node.notes]
+
+
 def test_a_failed_local_disk_is_said_once_by_its_node() -> None:
     node = _node()
-    for disk in ("UpToDate", "Failed", "Diskless", "Diskless", "Inconsistent", "UpToDate"):
-        notify_disk(node, "vm-100-disk-0", {"disk": disk, "backing": "/dev/vg0/vm-100"})
-    assert [k for k, _ in node.notes] == ["disk-io-error"]
+    assert _disk(node, ("UpToDate", None), ("Failed", IO_ERROR), ("Diskless", IO_ERROR),
+                 ("Diskless", IO_ERROR), ("Inconsistent", IO_ERROR),
+                 ("UpToDate", IO_ERROR)) == ["disk-io-error"]
     ev = make_event("disk-io-error", "n1", **node.notes[0][1])
     assert ev.severity == "error" and ev.fields["device"] == "/dev/vg0/vm-100"
     assert ev.fields["type"] == "disk" and ev.fields["volume"] == "vm-100-disk-0"
-    assert "was detached" in ev.message and "Replace the disk" in ev.message
+    assert ev.title == "I/O error on /dev/vg0/vm-100 (vm-100-disk-0)"
+    # what happened, why, what to do
+    assert "failed: a flush (fdatasync) returned EIO (Input/output error)." in ev.message
+    assert "through n2 (diskless), and n2 holds its only copy" in ev.message
+    assert "'binome volume attach vm-100-disk-0' resyncs the whole volume from n2" \
+        in ev.message
+    assert "'binome volume secondary vm-100-disk-0'" in ev.message   # it is Primary
+    # a second failure (a replaced disk failing again) is a new one
+    assert _disk(node, ("Failed", {**IO_ERROR, "time": 200.0})) == ["disk-io-error"] * 2
 
 
-def test_a_clean_detach_or_the_state_found_at_start_is_no_io_error() -> None:
+def test_the_transient_failed_state_missed_still_says_it() -> None:
+    """The event stream reconnected while the disk went Failed: the next status (already
+    Diskless) carries the engine's record, and the failure is said."""
     node = _node()
-    for disk in ("Failed", "Diskless", "UpToDate", "Diskless", "Attaching", "UpToDate"):
-        notify_disk(node, "v", {"disk": disk, "backing": "/dev/x"})
-    assert node.notes == []
+    assert _disk(node, ("UpToDate", None), ("Diskless", IO_ERROR)) == ["disk-io-error"]
+
+
+def test_a_secondary_is_not_told_to_demote() -> None:
+    node = _node()
+    _disk(node, ("UpToDate", None), ("Failed", IO_ERROR), role="Secondary")
+    ev = make_event("disk-io-error", "n1", **node.notes[0][1])
+    assert "volume secondary" not in ev.message and "volume attach" in ev.message
+
+
+def test_a_clean_detach_or_the_record_found_at_start_is_no_io_error() -> None:
+    node = _node()
+    # daemon start: the record of a failure before it is a state, not news
+    assert _disk(node, ("Diskless", IO_ERROR), ("UpToDate", IO_ERROR)) == []
+    other = _node()
+    assert _disk(other, ("UpToDate", None), ("Diskless", None), ("Attaching", None),
+                 ("UpToDate", None)) == []
 
 
 DETECTED = {"state": "detected", "policy": "after-sb-1pri disconnect", "time": 10.0,

@@ -120,7 +120,7 @@ class AvailabilityRecorder:
                     else "availability-budget-nearly")
             self._notify(kind, sid=sid, month=label, downtime=int(rep["downtime"]),
                          budget=int(bud["allowed"]),
-                         target=f"{target:g} %" + (" (its own target)" if sid in targets
+                         target=f"{target:.10g} %" + (" (its own target)" if sid in targets
                                                    else ""),
                          used_percent=f"{bud['used_percent']:g}",
                          downtime_text=human_duration(rep["downtime"]),

@@ -188,20 +188,29 @@ def notify_split_brain(svc: VolumeService, name: str, st: dict[str, Any]) -> Non
                        victim=str(rec.get("victim")), peer=peer)
 
 
-_ATTACHED = ("Inconsistent", "Outdated", "Consistent", "UpToDate")
-
-
 def notify_disk(svc: VolumeService, name: str, st: dict[str, Any]) -> None:
-    """The local disk failed: the engine moves it to Failed on an I/O error only (then
-    detaches it to Diskless, `on_io_error detach`; a clean detach never passes Failed).
-    Said by the node whose disk failed."""
-    disk = str(st.get("disk") or "")
-    before = svc.disks.get(name)
-    svc.disks[name] = disk
-    if before in _ATTACHED and disk == "Failed":
-        svc.notify("disk-io-error", volume=name, device=str(st.get("backing") or "?"),
-                   error="the backing device failed a read, write or flush (see the "
-                         "node log for the errno)", detached=True)
+    """The local disk failed, said by the node whose disk failed, once per failure: from
+    the engine's record of the I/O error that detached it (`io_error`, set as the disk
+    goes Failed, then Diskless; a clean detach sets none). The record, not the transient
+    Failed state, so an event stream that reconnected meanwhile (a lagging reader is
+    dropped) still sees it. A record seen at first sight (daemon start) is a state, not a
+    change: nothing is said."""
+    rec = st.get("io_error")
+    key = rec.get("time") if isinstance(rec, dict) else None
+    if name not in svc.disks:
+        svc.disks[name] = key
+        return
+    if key is None or svc.disks[name] == key:
+        return
+    assert isinstance(rec, dict)
+    svc.disks[name] = key
+    what = {"read": "a read", "write": "a write", "flush": "a flush (fdatasync)"}.get(
+        str(rec.get("op")), str(rec.get("op")))
+    svc.notify("disk-io-error", volume=name,
+               device=str(rec.get("backing") or st.get("backing") or "?"),
+               error=f"{what} returned {rec.get('errno')} ({rec.get('error')})",
+               detached=True, peer=str(st.get("peer_node") or "its peer"),
+               role=str(st.get("role") or "?"))
 
 
 async def log_verify(svc: VolumeService, name: str, ver: dict[str, Any]) -> None:

@@ -100,7 +100,8 @@ class VolumeService:
         self.notify: Callable[..., None] = notify or (lambda *_a, **_k: None)
         # volume -> (last connection state, when a resync this node sends started)
         self.replication: dict[str, tuple[str, float | None]] = {}
-        self.disks: dict[str, str] = {}   # volume -> last local disk state (I/O errors)
+        # volume -> the time of the engine's last local I/O error record seen (or None)
+        self.disks: dict[str, float | None] = {}
         # volume -> the engine's split-brain record last seen (its state and times)
         self.split_brains: dict[str, tuple[Any, ...] | None] = {}
         self.engine_dir = state_dir / ENGINE_SUBDIR

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -130,6 +131,9 @@ def local_io_error(vol: Volume, what: str, exc: OSError) -> bool:
         return False            # going down, or not attached: not a disk failure
     vol._diskless_io = True
     log.error("%s: Local IO failed in %s: %s. Detaching...", vol.name, what, exc)
+    vol.io_error = {"time": time.time(), "op": what, "backing": vol.config.backing,
+                    "error": exc.strerror or str(exc),
+                    "errno": errno.errorcode.get(exc.errno or 0, str(exc.errno))}
     vol.set_state(disk=DiskState.Failed)
     vol._spawn_detached(detach_failed(vol))
     return io_path.peer_serves(vol)

@@ -45,6 +45,7 @@ def status(vol: Volume) -> dict[str, Any]:
                    "peer": bool(link is not None and link.peer_paused)},
         "verify": vol.verify_result,
         "split_brain": vol.split_brain,
+        "io_error": vol.io_error,
         "protocol": cfg.protocol if cfg.has_net else "C",
         "settings": cfg.settings(),
         "has_net": cfg.has_net,

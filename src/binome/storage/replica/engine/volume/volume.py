@@ -144,6 +144,10 @@ class Volume:
         self.verify_result: dict[str, Any] | None = None   # the last online verify's outcome
         # the last split brain a handshake found (handshake.split_brain_record)
         self.split_brain: dict[str, Any] | None = None
+        # the last local I/O error that detached the disk (faults.local_io_error): it
+        # outlives the transient Failed state, so a subscriber that missed that event
+        # (its stream reconnecting) still learns of the failure from the status
+        self.io_error: dict[str, Any] | None = None
         self.on_change: Callable[[Volume], None] | None = None   # the engine's event hook
         # The engine's hook for handler calls and their exit codes (events "call"/"response").
         self.on_helper: Callable[[Volume, str, int | None], None] | None = None
