@@ -149,7 +149,7 @@ def ha_status(entries: list[dict[str, Any]]) -> str:
             text += f" - {e['reason']}"
         if e["type"] == "service" and e.get("availability_target") is not None:
             whose = "" if e.get("availability_target_scope") == "service" else " (cluster)"
-            text += f" [availability target {e['availability_target']:g} %{whose}]"
+            text += f" [availability target {e['availability_target']:.10g} %{whose}]"
         lines.append(f"{e['type']} {text}")
     return "\n".join(lines)
 

@@ -569,7 +569,7 @@ async def cluster_options(ctx: RequestContext, params: dict[str, Any]) -> dict[s
     if doc.get("shutdown_policy"):
         out["ha"] = f"shutdown_policy={doc['shutdown_policy']}"
         if doc.get("availability_target") is not None:
-            out["ha"] += f",availability_target={doc['availability_target']:g}"
+            out["ha"] += f",availability_target={doc['availability_target']:.10g}"
     return out
 
 
