@@ -193,7 +193,7 @@ def ha_availability(reports: list[dict[str, Any]]) -> str:
         bud = rep.get("budget")
         if bud:
             scope = " (this service's target)" if bud.get("scope") == "service" else ""
-            lines.append(f"  budget {bud['target']:g} %{scope}: {_dur(bud['used'])} of "
+            lines.append(f"  budget {bud['target']:.10g} %{scope}: {_dur(bud['used'])} of "
                          f"{_dur(bud['allowed'])} used ({bud['used_percent']:g} %), "
                          f"{_dur(bud['left'])} left")
         for kind, items in (("outage", rep["outage_list"]), ("planned", rep["planned_list"])):
