@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -342,8 +343,8 @@ class MigrationTarget:
             log.info("VM %s: migrated here from %s and resumed", vmid, source)
             steps = ("incoming complete", "config read", "cont")
             return {"status": "running",
-                    "timings": {name: round((b - a) * 1000)
-                                for name, a, b in zip(steps, marks, marks[1:], strict=True)}}
+                    "timings": {name: round((b - a) * 1000) for name, (a, b)
+                                in zip(steps, itertools.pairwise(marks), strict=True)}}
 
     async def incoming_abort(self, vmid: int, source: str) -> dict[str, Any]:
         """Remove what `incoming_prepare` made, unless the guest is ours by now."""
