@@ -190,6 +190,8 @@ async def _chunks(part: Any) -> AsyncIterator[bytes]:
                                      description="Not used by binome (the file is streamed "
                                                  "into the storage).")},
     returns=UPID_RETURN,
+    cli=CliSpec(("storage", "upload"), positional=("storage", "filename"),
+                help="upload a local file (FILENAME) into the storage"),
 )
 async def storage_upload(ctx: RequestContext, params: dict[str, Any]) -> str:
     request = ctx.request
