@@ -231,9 +231,9 @@ async def storage_update(ctx: RequestContext, params: dict[str, Any]) -> dict[st
         unknown = [n for n in changes["nodes"].split(",") if n not in known]
         if unknown:
             raise param_error("nodes", f"no such cluster node '{unknown[0]}'")
-    # the built-in `local` has no stored record until its first change
-    local = _manager(ctx).default_local()
-    base = definition_record("local", "dir", path=local.path, content=local.content) \
+    # the built-in `local` has no stored record until its first change; stored without
+    # a path, it stays each node's own <state-dir>/storage/local (StorageManager.configs)
+    base = definition_record("local", "dir", content=_manager(ctx).default_local().content) \
         if storage_id == "local" else None
     try:
         await definitions.update(storage_id, changes, delete, digest=params.get("digest"),
