@@ -324,6 +324,39 @@ def test_storage_definitions_content_and_uploads(cluster: Cluster, tmp_path) -> 
             fails(lambda: px.nodes("n1").storage(sid).upload.post(
                 content="iso", filename=f), 400, "filename")
 
+        # permissions as PVE's: PVEDatastoreUser allocates disks but uploads nothing;
+        # PVEDatastoreAdmin uploads, but downloading from a URL also needs the network
+        from tests.integration.access.client import Api
+        admin = Api(cluster, "admin@pve", PASSWORD)
+        user = f"stu{sid}@pve"
+        admin.ok("POST", "/access/users", userid=user, password="storage-user-pw1")
+        try:
+            admin.ok("PUT", "/access/acl", path=f"/storage/{sid}", users=user,
+                     roles="PVEDatastoreUser")
+            limited = Api(cluster, user, "storage-user-pw1")
+            r = limited.s.post(f"{limited.base}/nodes/n1/storage/{sid}/upload", timeout=30,
+                               data={"content": "iso"},
+                               files={"filename": ("denied.iso", b"x" * 100)})
+            assert (r.status_code, r.reason) == (
+                403, f"Permission check failed (/storage/{sid}, Datastore.AllocateTemplate)")
+            assert not (root / "template" / "iso" / "denied.iso").exists()
+            assert limited.ok("POST", f"/nodes/n1/storage/{sid}/content", vmid=vmid,
+                              filename=f"vm-{vmid}-disk-1", size="64") == \
+                f"{sid}:{vmid}/vm-{vmid}-disk-1.raw"
+            r = limited.call("DELETE", f"/nodes/n1/storage/{sid}/content/"
+                                       f"{sid}:{vmid}/vm-{vmid}-disk-1.raw")
+            assert r.status_code == 403, r.text          # freeing needs Datastore.Allocate
+            admin.ok("PUT", "/access/acl", path=f"/storage/{sid}", users=user,
+                     roles="PVEDatastoreAdmin")
+            r = limited.call("POST", f"/nodes/n1/storage/{sid}/download-url",
+                             url="http://127.0.0.1:9/x.iso", content="iso", filename="x.iso")
+            assert (r.status_code, r.reason) == (
+                403, "Permission check failed (/nodes/n1, Sys.AccessNetwork)"), r.text
+        finally:
+            admin.call("DELETE", f"/access/users/{user}")
+        task(px.nodes("n1").storage(sid).content(f"{sid}:{vmid}/vm-{vmid}-disk-1.raw")
+             .delete())
+
         # download-url and query-url-metadata from a local HTTP server
         served = tmp_path / "www"
         served.mkdir()

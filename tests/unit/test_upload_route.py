@@ -128,3 +128,13 @@ async def test_upload_needs_a_multipart_body(api):
     async with http.post(URL, data=aiohttp.FormData({"content": "iso"},
                                                      default_to_multipart=True)) as r:
         assert r.status == 400 and "filename" in (await r.json())["errors"]
+
+
+async def test_text_fields_are_limited(api):
+    from binome.api.wire import MAX_VALUE
+
+    http, services, _ = api
+    async with http.post(URL, data=form({"content": "i" * (MAX_VALUE + 1)}, "a.iso",
+                                        b"x")) as r:
+        assert r.status == 413
+    assert services.tasks.records == {}

@@ -9,7 +9,10 @@ envelope with the error text as the HTTP reason phrase.
 Malformed requests (see `wire`) are answered the same way, never by a dropped
 connection or a Python message: the path is checked before any route (400), the
 URL's and body's sizes are limited (414, 413), the parameters are decoded strictly
-(400 naming them) and a body of another content type is refused (415).
+(400 naming them) and a body of another content type is refused (415). An upload
+method's body (`ApiMethod.upload`) has no size limit: its text fields are read (each
+limited), its file part is left for the handler to stream to disk, and a request for
+another node is relayed to it as it comes.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ log = logging.getLogger("binome.api")
 API_PREFIX = "/api2/json"
 OPENAPI_PATH = "/api2/openapi.json"
 METRICS_PATH = "/metrics"
+MAX_UPLOAD_FIELDS = 32      # text fields before an upload's file part
 
 
 async def _no_handler(ctx: RequestContext, params: dict[str, Any]) -> None:
@@ -240,9 +244,13 @@ class ApiServer:
                     request[UPLOAD_PART] = part
                     fields.append(("filename", part.filename))
                     break
-                value = await part.read(decode=True)
-                if len(value) > wire.MAX_VALUE:
+                if len(fields) >= MAX_UPLOAD_FIELDS:
                     raise wire.body_too_large()
+                value = bytearray()     # a text field: read up to the value limit only
+                while chunk := await part.read_chunk(1 << 16):
+                    value += chunk
+                    if len(value) > wire.MAX_VALUE:
+                        raise wire.body_too_large()
                 fields.append((part.name or "", value.decode("utf-8", "replace")))
         except ApiError:
             raise
