@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import shutil
 import subprocess
 import uuid
@@ -221,3 +223,170 @@ def test_client_bootstrap_endpoints(cluster: Cluster, session) -> None:
     assert {"root@pam", "admin@pve"} <= {u["userid"] for u in users}
     assert all("password" not in u for u in users)
     assert session.get(base(cluster) + "/pools", timeout=10).json()["data"] == []
+
+
+def test_storage_definitions_content_and_uploads(cluster: Cluster, tmp_path) -> None:
+    """PVE's storage API through proxmoxer and the CLI: a definition read, changed (digest,
+    delete=), refused while a VM names a volume on it, then removed; a disk allocated and
+    refused for deletion while its VM exists; an ISO uploaded (streamed, proxied to n2)
+    and downloaded from a local HTTP server with checksums; bad input changes nothing."""
+    import hashlib
+    import http.server
+    import threading
+
+    from proxmoxer import ProxmoxAPI, ResourceException
+    from proxmoxer.tools import Tasks
+
+    sid = f"st{uuid.uuid4().hex[:6]}"
+    vmid = 800 + int(sid[2:], 16) % 90
+    root = tmp_path / sid
+    px = ProxmoxAPI(cluster["n1"].address, user="admin@pve", password=PASSWORD,
+                    verify_ssl=False, timeout=30)
+
+    def fails(call, status: int, text: str) -> ResourceException:
+        with pytest.raises(ResourceException) as info:
+            call()
+        assert info.value.status_code == status and text in str(info.value), info.value
+        return info.value
+
+    def task(upid: str) -> dict:
+        return Tasks.blocking_status(px, upid, timeout=30)
+
+    px.storage.post(storage=sid, type="dir", path=str(root), content="images,iso")
+    try:
+        cfg = px.storage(sid).get()
+        assert (cfg["type"], cfg["content"], cfg["path"]) == ("dir", "images,iso", str(root))
+        px.storage(sid).put(content="images,iso,snippets", digest=cfg["digest"])
+        fails(lambda: px.storage(sid).put(disable=1, digest=cfg["digest"]), 500,
+              "update storage failed: detected modified configuration")
+        fails(lambda: px.storage(sid).put(delete="path"), 500,
+              "update storage failed: unable to delete fixed option 'path'")
+        err = fails(lambda: px.storage(sid).put(nodes="nosuchnode"), 400, "nodes")
+        assert "no such cluster node" in str(err.errors)
+        cluster["n1"].cli("storage", "set", sid, "--nodes", "n1,n2")
+        assert px.storage(sid).get()["content"] == "images,iso,snippets"
+        assert px.storage(sid).get()["nodes"] == "n1,n2"
+        cluster["n1"].cli("storage", "set", sid, "--delete", "nodes")
+        assert "nodes" not in px.storage(sid).get()
+        # the CLI's upload (a cloud-init snippet) and free
+        snippet = tmp_path / "user.yaml"
+        snippet.write_text("#cloud-config\nhostname: st\n")
+        cluster["n1"].cli("storage", "upload", sid, str(snippet), "--content", "snippets")
+        assert (root / "snippets" / "user.yaml").read_text() == snippet.read_text()
+        cluster["n1"].cli("storage", "free", sid, f"{sid}:snippets/user.yaml")
+        assert not (root / "snippets" / "user.yaml").exists()
+
+        # a disk allocated for a VM; its deletion is refused while the VM exists
+        volid = px.nodes("n1").storage(sid).content.post(
+            vmid=vmid, filename=f"vm-{vmid}-disk-0.qcow2", size="1M")
+        assert volid == f"{sid}:{vmid}/vm-{vmid}-disk-0.qcow2"
+        fails(lambda: px.nodes("n1").storage(sid).content.post(
+            vmid=vmid, filename="mine", size="1M"), 400, "filename")
+        listed = px.nodes("n1").storage(sid).content.get(content="images")
+        assert [(v["volid"], v["size"]) for v in listed] == [(volid, 1 << 20)]
+        task(px.nodes("n1").qemu.post(vmid=vmid, memory=64, virtio0=volid))
+        try:
+            fails(lambda: px.nodes("n1").storage(sid).content(volid).delete(), 500,
+                  f"Cannot remove image, a guest with VMID '{vmid}' exists!")
+            fails(lambda: px.storage(sid).delete(), 500,
+                  f"delete storage failed: can't remove storage - storage is used by VM "
+                  f"{vmid}")
+        finally:
+            task(px.nodes("n1").qemu(vmid).delete())
+        assert px.nodes("n1").storage(sid).content.get(content="images") == []
+
+        # an ISO upload, through n1 to n2 (relayed as it comes), with its checksum
+        iso = tmp_path / "boot disk.iso"
+        iso.write_bytes(os.urandom(3 << 20))
+        digest = hashlib.sha256(iso.read_bytes()).hexdigest()
+        with open(iso, "rb") as f:
+            upid = px.nodes("n2").storage(sid).upload.post(
+                content="iso", checksum=digest, **{"checksum-algorithm": "sha256"},
+                filename=f)
+        assert upid.split(":")[1] == "n2" and task(upid)["exitstatus"] == "OK"
+        log = "\n".join(e["t"] for e in px.nodes("n2").tasks(upid).log.get())
+        assert "OK, checksum verified" in log, log
+        assert (root / "template" / "iso" / "boot_disk.iso").read_bytes() == iso.read_bytes()
+        # a wrong checksum: the task fails and nothing is left
+        other = tmp_path / "other.iso"
+        other.write_bytes(iso.read_bytes())
+        with open(other, "rb") as f:
+            upid = px.nodes("n1").storage(sid).upload.post(
+                content="iso", checksum="0" * 64, **{"checksum-algorithm": "sha256"},
+                filename=f)
+        status = task(upid)
+        assert status["exitstatus"] == f"checksum mismatch: got '{digest}' != expect " \
+                                       f"'{'0' * 64}'", status
+        assert sorted(p.name for p in (root / "template" / "iso").iterdir()) == \
+            ["boot_disk.iso"]
+        (tmp_path / "x.exe").write_bytes(b"MZ")
+        with open(tmp_path / "x.exe", "rb") as f:     # bad input: PVE's 400, nothing written
+            fails(lambda: px.nodes("n1").storage(sid).upload.post(
+                content="iso", filename=f), 400, "filename")
+
+        # permissions as PVE's: PVEDatastoreUser allocates disks but uploads nothing;
+        # PVEDatastoreAdmin uploads, but downloading from a URL also needs the network
+        from tests.integration.access.client import Api
+        admin = Api(cluster, "admin@pve", PASSWORD)
+        user = f"stu{sid}@pve"
+        admin.ok("POST", "/access/users", userid=user, password="storage-user-pw1")
+        try:
+            admin.ok("PUT", "/access/acl", path=f"/storage/{sid}", users=user,
+                     roles="PVEDatastoreUser")
+            limited = Api(cluster, user, "storage-user-pw1")
+            r = limited.s.post(f"{limited.base}/nodes/n1/storage/{sid}/upload", timeout=30,
+                               data={"content": "iso"},
+                               files={"filename": ("denied.iso", b"x" * 100)})
+            assert (r.status_code, r.reason) == (
+                403, f"Permission check failed (/storage/{sid}, Datastore.AllocateTemplate)")
+            assert not (root / "template" / "iso" / "denied.iso").exists()
+            assert limited.ok("POST", f"/nodes/n1/storage/{sid}/content", vmid=vmid,
+                              filename=f"vm-{vmid}-disk-1", size="64") == \
+                f"{sid}:{vmid}/vm-{vmid}-disk-1.raw"
+            r = limited.call("DELETE", f"/nodes/n1/storage/{sid}/content/"
+                                       f"{sid}:{vmid}/vm-{vmid}-disk-1.raw")
+            assert r.status_code == 403, r.text          # freeing needs Datastore.Allocate
+            admin.ok("PUT", "/access/acl", path=f"/storage/{sid}", users=user,
+                     roles="PVEDatastoreAdmin")
+            r = limited.call("POST", f"/nodes/n1/storage/{sid}/download-url",
+                             url="http://127.0.0.1:9/x.iso", content="iso", filename="x.iso")
+            assert (r.status_code, r.reason) == (
+                403, "Permission check failed (/nodes/n1, Sys.AccessNetwork)"), r.text
+        finally:
+            admin.call("DELETE", f"/access/users/{user}")
+        task(px.nodes("n1").storage(sid).content(f"{sid}:{vmid}/vm-{vmid}-disk-1.raw")
+             .delete())
+
+        # download-url and query-url-metadata from a local HTTP server
+        served = tmp_path / "www"
+        served.mkdir()
+        (served / "tiny.iso").write_bytes(b"tiny" * 1000)
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                                    directory=str(served))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}/tiny.iso"
+            meta = px.nodes("n1")("query-url-metadata").get(url=url)
+            assert meta["filename"] == "tiny.iso" and meta["size"] == 4000
+            md5 = hashlib.md5(b"tiny" * 1000).hexdigest()
+            upid = px.nodes("n1").storage(sid)("download-url").post(
+                url=url, content="iso", filename="tiny.iso", checksum=md5,
+                **{"checksum-algorithm": "md5"})
+            assert task(upid)["exitstatus"] == "OK"
+            upid = px.nodes("n1").storage(sid)("download-url").post(
+                url=url + ".missing", content="iso", filename="gone.iso")
+            assert "404" in task(upid)["exitstatus"]
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(10)
+        isos = {v["volid"] for v in px.nodes("n1").storage(sid).content.get(content="iso")}
+        assert isos == {f"{sid}:iso/boot_disk.iso", f"{sid}:iso/tiny.iso"}
+        task(px.nodes("n1").storage(sid).content(f"{sid}:iso/tiny.iso").delete())
+        assert not (root / "template" / "iso" / "tiny.iso").exists()
+    finally:
+        if sid in {s["storage"] for s in px.storage.get()}:
+            cluster["n1"].cli("storage", "remove", sid)
+    assert sid not in {s["storage"] for s in px.storage.get()}

@@ -5,6 +5,7 @@ import { useEffect, useState } from "preact/hooks";
 export type Route =
   | { kind: "dc" }
   | { kind: "node"; node: string }
+  | { kind: "storage"; node: string; storage: string }
   | { kind: "vm"; vmid: number; tab?: VmTab }
   | { kind: "dcview"; view: DcView }
   | { kind: "create" }
@@ -27,6 +28,9 @@ const ACCESS_VIEWS: AccessView[] = ["users", "groups", "roles", "acl", "tokens",
 
 export function parseRoute(hash: string): Route {
   const parts = hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  if (parts[0] === "node" && parts[1] && parts[2] === "storage" && parts[3]) {
+    return { kind: "storage", node: parts[1], storage: parts[3] };
+  }
   if (parts[0] === "node" && parts[1]) return { kind: "node", node: parts[1] };
   if (parts[0] === "vm" && /^\d+$/.test(parts[1] ?? "")) {
     const tab = VM_TABS.find((x) => x === parts[2]) ?? "summary";
@@ -49,6 +53,7 @@ export function href(r: Route): string {
   switch (r.kind) {
     case "dc": return "#/dc";
     case "node": return `#/node/${encodeURIComponent(r.node)}`;
+    case "storage": return `#/node/${encodeURIComponent(r.node)}/storage/${encodeURIComponent(r.storage)}`;
     case "vm": return r.tab && r.tab !== "summary" ? `#/vm/${r.vmid}/${r.tab}` : `#/vm/${r.vmid}`;
     case "dcview": return `#/dc/${r.view}`;
     case "create": return "#/create";
@@ -60,6 +65,7 @@ export function href(r: Route): string {
 /** The tree item a route belongs to: a VM's tabs all select the VM. */
 export function routeKey(r: Route): string {
   if (r.kind === "vm") return `#/vm/${r.vmid}`;
+  if (r.kind === "storage") return href({ kind: "node", node: r.node });
   if (r.kind === "dcview" || r.kind === "create" || r.kind === "search") return "#/dc";
   if (r.kind === "access") return r.id && r.view === "pools" ? href(r) : "#/dc";
   return href(r);

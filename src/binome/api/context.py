@@ -28,6 +28,11 @@ if TYPE_CHECKING:
     from binome.tasks.manager import TaskManager
 
 
+# the request key under which an upload method finds its file part (an aiohttp
+# BodyPartReader, unread): see `ApiMethod.upload`
+UPLOAD_PART = "binome.upload_part"
+
+
 class HostView(Protocol):
     """This host's resources, as `nodes/{node}/status` and the node list show them."""
 

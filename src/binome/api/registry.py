@@ -69,6 +69,10 @@ class ApiMethod:
     proxyto: str | None = None
     cli: tuple[CliSpec, ...] = ()
     allow_token: bool = True     # PVE's allowtoken: login, password and TFA writes refuse tokens
+    # a multipart upload (PVE's upload): the text fields before the file part are the
+    # parameters, the file part (its file name: `filename`) is left unread for the handler
+    # to stream (`UPLOAD_PART` in the request); the body has no size limit
+    upload: bool = False
 
     @property
     def segments(self) -> list[str]:
@@ -88,14 +92,14 @@ class Registry:
                  returns: dict[str, Any] | None = None,
                  permission: Decl = ANY_USER, proxyto: str | None = None,
                  cli: CliSpec | tuple[CliSpec, ...] = (), allow_token: bool = True,
-                 ) -> Callable[[Handler], Handler]:
+                 upload: bool = False) -> Callable[[Handler], Handler]:
         def decorator(handler: Handler) -> Handler:
             m = ApiMethod(method=method, path=path, name=name, description=description,
                           handler=handler, parameters=dict(parameters or {}),
                           returns=returns or {"type": "null"}, permission=permission,
                           proxyto=proxyto,
                           cli=(cli,) if isinstance(cli, CliSpec) else tuple(cli),
-                          allow_token=allow_token)
+                          allow_token=allow_token, upload=upload)
             for p in m.path_params:
                 if p not in m.parameters:
                     raise ValueError(f"{method} {path}: path parameter {p} not declared")

@@ -9,7 +9,10 @@ envelope with the error text as the HTTP reason phrase.
 Malformed requests (see `wire`) are answered the same way, never by a dropped
 connection or a Python message: the path is checked before any route (400), the
 URL's and body's sizes are limited (414, 413), the parameters are decoded strictly
-(400 naming them) and a body of another content type is refused (415).
+(400 naming them) and a body of another content type is refused (415). An upload
+method's body (`ApiMethod.upload`) has no size limit: its text fields are read (each
+limited), its file part is left for the handler to stream to disk, and a request for
+another node is relayed to it as it comes.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from binome.access.model import ROOT_USER
 from binome.access.permission import AnyUser, World
 from binome.access.service import AuthRefused
 from binome.api import auth, openapi, webui, wire
-from binome.api.context import NodeServices, RequestContext
+from binome.api.context import UPLOAD_PART, NodeServices, RequestContext
 from binome.api.errors import ApiError, AuthError, PermissionDenied
 from binome.api.registry import ApiMethod, WithTotal, privs, registry
 from binome.api.schema import validate
@@ -45,6 +48,7 @@ log = logging.getLogger("binome.api")
 API_PREFIX = "/api2/json"
 OPENAPI_PATH = "/api2/openapi.json"
 METRICS_PATH = "/metrics"
+MAX_UPLOAD_FIELDS = 32      # text fields before an upload's file part
 
 
 async def _no_handler(ctx: RequestContext, params: dict[str, Any]) -> None:
@@ -75,6 +79,17 @@ def error_response(exc: ApiError) -> web.Response:
     if exc.errors:
         body["errors"] = exc.errors
     return web.json_response(body, status=status, reason=reason)
+
+
+def _is_upload(request: web.Request) -> bool:
+    """Whether the request is for an upload method (no body size limit)."""
+    if not request.path.startswith(API_PREFIX + "/"):
+        return False
+    try:
+        method, _ = registry.match(request.method, request.path[len(API_PREFIX):])
+    except ApiError:
+        return False
+    return method.upload
 
 
 def _peer_uid(request: web.Request) -> int | None:
@@ -156,7 +171,7 @@ class ApiServer:
             if len(request.raw_path) > MAX_URL:
                 raise wire.url_too_long()
             wire.check_path(request.raw_path)
-            if (request.content_length or 0) > MAX_BODY:
+            if (request.content_length or 0) > MAX_BODY and not _is_upload(request):
                 raise wire.body_too_large()
         except ApiError as exc:
             return error_response(exc)
@@ -209,6 +224,40 @@ class ApiServer:
         except web.HTTPRequestEntityTooLarge:     # a chunked body past the limit
             raise wire.body_too_large() from None
 
+    async def _upload_params(self, request: web.Request) -> dict[str, Any]:
+        """An upload's parameters: the query's and the multipart text fields before the
+        file part; the file part's file name is `filename`. The file part itself is left
+        in the request (`UPLOAD_PART`) for the handler to stream: never read here."""
+        query = wire.parameters(request.rel_url.raw_query_string, None, None)
+        if request.content_type != MULTIPART:
+            raise ApiError(415, f"an upload is a {MULTIPART} body")
+        try:
+            reader = await request.multipart()
+            fields: list[tuple[str, Any]] = []
+            while True:
+                part = await reader.next()
+                if part is None:
+                    break
+                if not isinstance(part, aiohttp.BodyPartReader):
+                    raise ApiError(400, f"invalid {MULTIPART} body")
+                if part.filename is not None:
+                    request[UPLOAD_PART] = part
+                    fields.append(("filename", part.filename))
+                    break
+                if len(fields) >= MAX_UPLOAD_FIELDS:
+                    raise wire.body_too_large()
+                value = bytearray()     # a text field: read up to the value limit only
+                while chunk := await part.read_chunk(1 << 16):
+                    value += chunk
+                    if len(value) > wire.MAX_VALUE:
+                        raise wire.body_too_large()
+                fields.append((part.name or "", value.decode("utf-8", "replace")))
+        except ApiError:
+            raise
+        except Exception as exc:
+            raise ApiError(400, f"invalid {MULTIPART} body") from exc
+        return wire.merge_fields(query, fields)
+
     async def _authenticate(self, request: web.Request, method: ApiMethod) -> tuple[str | None,
                                                                                     bool]:
         """Who calls: root@pam on the local socket (root only), a token (PVEAPIToken
@@ -255,7 +304,13 @@ class ApiServer:
             if path_params.get("node") == "localhost":
                 path_params["node"] = self.services.config.name
             user, via_socket = await self._authenticate(request, method)
-            raw = await self._params(request)
+            if method.upload and method.proxyto and path_params.get(method.proxyto) not in (
+                    None, self.services.config.name):
+                # the body is relayed as it comes, not read here
+                return await self._proxy(request, path_params[method.proxyto], path, {},
+                                         user, raw_body=True)
+            raw = await (self._upload_params(request) if method.upload
+                         else self._params(request))
             raw.update(path_params)
             params = validate(method.parameters, raw)
             if method.proxyto and params.get(method.proxyto) not in (None,
@@ -315,7 +370,7 @@ class ApiServer:
         return resp
 
     async def _proxy(self, request: web.Request, node: str, path: str, raw: dict[str, Any],
-                     user: str | None) -> web.StreamResponse:
+                     user: str | None, raw_body: bool = False) -> web.StreamResponse:
         """Forward to the node named in the path, as the same user."""
         base = await self.services.node_api_url(node)
         if self._client is None:
@@ -328,13 +383,16 @@ class ApiServer:
             key = await self.services.authkey()
             headers["Authorization"] = "PVEAuthCookie=" + auth.make_ticket(key, user)
             headers["CSRFPreventionToken"] = auth.make_csrf_token(key, user)
-        data = None if request.method in ("GET", "DELETE") else {
+        data: Any = None if request.method in ("GET", "DELETE") else {
             k: str(v) for k, v in raw.items()}
+        if raw_body:      # an upload: its multipart body relayed chunk by chunk
+            data = request.content.iter_chunked(1 << 20)
+            headers["Content-Type"] = request.headers.get("Content-Type", "")
         query = dict(request.query) if request.method in ("GET", "DELETE") else None
         # Event streams (volume events: application/x-ndjson) are relayed as they come,
         # without the 60 s limit of ordinary answers.
         streaming = request.method == "GET" and path.rstrip("/").endswith("events")
-        timeout = (aiohttp.ClientTimeout(total=None, sock_connect=30) if streaming
+        timeout = (aiohttp.ClientTimeout(total=None, sock_connect=30) if streaming or raw_body
                    else aiohttp.ClientTimeout(total=60))
         # the path as it came (encoded; the guard checked it): re-encoded from its decoded
         # form, '%3F' would become a query, '%23' a fragment, a twice-quoted '/' a separator

@@ -103,6 +103,51 @@ class Client:
             return payload.get("data"), payload.get("total")
         return payload.get("data")
 
+    def upload(self, path: str, params: dict[str, Any], file_path: str) -> Any:
+        """POST a multipart upload (PVE's `.../upload`): the text fields, then the file
+        under the part name `filename`, sent from disk in chunks (never read whole)."""
+        import os
+        import uuid
+
+        boundary = "binome-" + uuid.uuid4().hex
+        head = b"".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+            .encode() for k, v in params.items() if v is not None)
+        name = os.path.basename(file_path).replace('"', "_")
+        head += (f'--{boundary}\r\nContent-Disposition: form-data; name="filename"; '
+                 f'filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+                 ).encode()
+        tail = f"\r\n--{boundary}--\r\n".encode()
+        size = os.path.getsize(file_path)
+
+        def body() -> Iterator[bytes]:
+            yield head
+            with open(file_path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    yield chunk
+            yield tail
+
+        headers = {"Accept": "application/json",
+                   "Content-Type": f"multipart/form-data; boundary={boundary}",
+                   "Content-Length": str(len(head) + size + len(tail))}
+        if self.ticket:
+            headers["Cookie"] = f"PVEAuthCookie={quote(self.ticket, safe='')}"
+            headers["CSRFPreventionToken"] = self.csrf or ""
+        conn = self._connection()
+        try:
+            conn.request("POST", "/api2/json" + quote(path), body=body(), headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+        finally:
+            conn.close()
+        try:
+            payload = json.loads(raw) if raw else {}
+        except json.JSONDecodeError:
+            payload = {}
+        if response.status != 200:
+            raise ApiCallError(response.status, response.reason, payload.get("errors"))
+        return payload.get("data")
+
     def stream(self, path: str, params: dict[str, Any] | None = None) -> Iterator[Any]:
         """GET a streaming path (application/x-ndjson): yield one object per line until
         the server ends the stream (no read timeout once it started)."""

@@ -304,7 +304,11 @@ def run(argv: list[str] | None = None) -> int:
             path, params = _split(spec, _collect(spec, args))
             if spec.name == "volume_events":
                 return _volume_events(client, path, params, output)
-            data = client.call(spec.http_method, path, params)
+            if spec.name == "storage_upload":   # FILENAME: the local file, sent as it is
+                data = client.upload(path, {k: v for k, v in params.items()
+                                            if k != "filename"}, str(params["filename"]))
+            else:
+                data = client.call(spec.http_method, path, params)
             formatter = spec.formatter
         if isinstance(data, str) and data.startswith("UPID:") and not _opt(args, "no_wait"):
             return _wait(client, data, output)

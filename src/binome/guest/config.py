@@ -535,6 +535,27 @@ def parse_conf_pending(text: str) -> dict[str, Any]:
     return _parse_block(lines) if lines else {}
 
 
+def referenced_volids(text: str) -> set[str]:
+    """Every volume ID a VM's .conf text refers to (PVE's foreach_volume with snapshots
+    and pending changes): its drives (CD-ROM images too), efidisk0, tpmstate0, `unusedN`,
+    in the current config, every snapshot and the [PENDING] section. Values that do
+    not parse are skipped: this answers "is the volume still named", not "is the config
+    valid"."""
+    config, snapshots = parse_conf_sections(text)
+    out: set[str] = set()
+    for conf in (config, *snapshots.values(), parse_conf_pending(text)):
+        for key, value in conf.items():
+            if not (is_drive_key(key) or is_unused_key(key)) or value is None:
+                continue
+            try:
+                volid = parse_property_string(str(value), "file").get("file", "")
+            except ValueError:
+                continue
+            if ":" in volid:
+                out.add(volid)
+    return out
+
+
 def parse_conf(text: str) -> dict[str, Any]:
     """Parse a .conf text into typed values: the current config (no snapshot sections)."""
     return parse_conf_sections(text)[0]

@@ -221,6 +221,19 @@ class VmConfigs:
             out.append((node, int(tail[:-5]), vmconf.parse_conf(str(entry.value))))
         return out
 
+    async def volume_users(self) -> dict[str, builtins.list[int]]:
+        """{volid: the VMs whose config (snapshots and pending changes included) names
+        it}, over the whole cluster; local read."""
+        out: dict[str, builtins.list[int]] = {}
+        for entry in await self.store.get_prefix(keys.CONFIG_NODES, serializable=True):
+            rest = entry.key[len(keys.CONFIG_NODES):]
+            _node, _, tail = rest.partition("/qemu/")
+            if not tail.endswith(".conf") or not tail[:-5].isdigit():
+                continue
+            for volid in vmconf.referenced_volids(str(entry.value)):
+                out.setdefault(volid, []).append(int(tail[:-5]))
+        return {volid: sorted(vmids) for volid, vmids in out.items()}
+
     async def owner(self, vmid: int) -> str | None:
         """The node that owns `vmid` (quorum read), None if the vmid is free."""
         value = await self.store.get_value(keys.vmid(vmid))

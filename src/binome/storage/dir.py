@@ -83,6 +83,11 @@ class DirStorage(Storage):
             if "/" in name or name in ("", ".", ".."):
                 raise StorageError(f"invalid volume name '{volname}'")
             return self.root / "template" / "iso" / name
+        if volname.startswith("vztmpl/"):     # container templates (kept, not used)
+            name = volname[len("vztmpl/"):]
+            if "/" in name or name in ("", ".", ".."):
+                raise StorageError(f"invalid volume name '{volname}'")
+            return self.root / "template" / "cache" / name
         if volname.startswith("snippets/"):   # cloud-init custom files, hook scripts
             name = volname[len("snippets/"):]
             if "/" in name or name in ("", ".", ".."):
@@ -292,12 +297,22 @@ class DirStorage(Storage):
                                 "ctime": int(st.st_ctime), "vmid": int(vdir.name)})
         if content in (None, "backup") and "backup" in self.config.content:
             out += await asyncio.to_thread(self._backups, vmid)
-        iso = self.root / "template" / "iso"
-        if content in (None, "iso") and vmid is None and iso.exists():
-            for f in sorted(iso.iterdir()):
+        # files: ISO images, container templates, snippets (PVE's formats: iso, the
+        # template's compression, snippet); an upload's hidden .part file is not content
+        for kind, sub in (("iso", "template/iso"), ("vztmpl", "template/cache"),
+                          ("snippets", "snippets")):
+            folder = self.root / sub
+            if content not in (None, kind) or vmid is not None or not folder.is_dir():
+                continue
+            for f in sorted(folder.iterdir()):
+                if f.name.startswith(".") or not f.is_file():
+                    continue
                 st = f.stat()
-                out.append({"volid": f"{self.id}:iso/{f.name}", "format": "iso",
-                            "content": "iso", "size": st.st_size, "ctime": int(st.st_ctime)})
+                fmt = {"iso": "iso", "snippets": "snippet"}.get(kind) or \
+                    f.name.rpartition(".")[2]
+                out.append({"volid": f"{self.id}:{kind}/{f.name}", "format": fmt,
+                            "content": kind, "size": st.st_size,
+                            "ctime": int(st.st_ctime)})
         return out
 
     async def status(self) -> dict[str, Any]:

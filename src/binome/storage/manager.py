@@ -61,8 +61,13 @@ class StorageManager:
         if store is not None:
             for entry in await store.get_prefix(keys.STORAGE, serializable=True):
                 data = dict(entry.value)
+                path = data.get("path", "")
+                if data["storage"] == "local" and data["type"] == "dir" and not path:
+                    # the built-in `local` once changed (PUT /storage/local): still each
+                    # node's own directory
+                    path = self.default_local().path
                 found[data["storage"]] = StorageConfig(
-                    storage=data["storage"], type=data["type"], path=data.get("path", ""),
+                    storage=data["storage"], type=data["type"], path=path,
                     content=tuple(data.get("content", "images").split(",")),
                     shared=bool(data.get("shared", 0)),
                     nodes=tuple(n for n in data.get("nodes", "").split(",") if n),

@@ -1,5 +1,5 @@
 """Ansible's `community.proxmox` collection (PyPI `ansible`) against binome, unchanged,
-authenticated with API tokens as its users do.
+authenticated with API tokens as its users do (and `proxmox_template`'s ISO upload).
 
 The administrator's automation, with an admin token: a group, a user in it, a pool, the
 pool's VM, an ACL giving the group PVEVMAdmin on the pool; the info modules read them
@@ -73,6 +73,7 @@ def admin(cluster: Cluster) -> Iterator[Api]:
         api.call("DELETE", f"/access/groups/{GROUP}")
         api.call("DELETE", "/pools", poolid=POOL)
         api.call("DELETE", f"/access/users/admin@pve/token/ans{SUFFIX}")
+        api.call("DELETE", f"/nodes/n1/storage/local/content/local:iso/ans{SUFFIX}.iso")
 
 
 def test_community_proxmox_with_tokens(cluster: Cluster, admin: Api, tmp_path: Path) -> None:
@@ -104,9 +105,14 @@ def test_community_proxmox_with_tokens(cluster: Cluster, admin: Api, tmp_path: P
     Api(cluster, USER, "ansible-secret-1")          # the password the module set
 
     # idempotence: the same play again changes nothing; the info modules read it back
+    # proxmox_template uploads an ISO image (multipart, streamed into the storage)
+    iso = tmp_path / f"ans{SUFFIX}.iso"
+    iso.write_bytes(os.urandom(1 << 20))
+    template = {"node": "n1", "storage": "local", "content_type": "iso"}
     info = [("community.proxmox.proxmox_user_info", {"userid": USER}),
             ("community.proxmox.proxmox_group_info", {"group": GROUP}),
-            ("community.proxmox.proxmox_domain_info", {})]
+            ("community.proxmox.proxmox_domain_info", {}),
+            ("community.proxmox.proxmox_template", {**template, "src": str(iso)})]
     # (proxmox_user re-sets a password whenever one is given, which PVE, like binome,
     # refuses to tokens: the second run leaves it out, as a playbook with tokens must)
     again = [(m, {k: v for k, v in a.items() if k != "password"}) for m, a in setup]
@@ -114,7 +120,10 @@ def test_community_proxmox_with_tokens(cluster: Cluster, admin: Api, tmp_path: P
     for (module, _), result in zip(again, second[:len(again)], strict=True):
         assert not result.get("failed") and result["changed"] is False, \
             (module, result.get("msg"), result.get("changed"))
-    user_info, group_info, domain_info = second[len(setup):]
+    user_info, group_info, domain_info, uploaded = second[len(setup):]
+    assert not uploaded.get("failed") and uploaded["changed"] is True, uploaded
+    stored = cluster["n1"].state_dir / "storage" / "local" / "template" / "iso" / iso.name
+    assert stored.read_bytes() == iso.read_bytes()
     assert not user_info.get("failed"), user_info
     assert [u["userid"] for u in user_info["proxmox_users"]] == [USER]
     assert user_info["proxmox_users"][0]["groups"] == [GROUP]
@@ -141,9 +150,12 @@ def test_community_proxmox_with_tokens(cluster: Cluster, admin: Api, tmp_path: P
         ("community.proxmox.proxmox_pool", {"poolid": POOL, "state": "absent"}),
         ("community.proxmox.proxmox_user", {"userid": USER, "state": "absent"}),
         ("community.proxmox.proxmox_group", {"groupid": GROUP, "state": "absent"}),
+        ("community.proxmox.proxmox_template", {**template, "template": iso.name,
+                                                 "state": "absent"}),
     ]
     gone = run_play(cluster, tmp_path, "admin@pve", admin_token, teardown)
     for (module, _), result in zip(teardown, gone, strict=True):
         assert not result.get("failed") and result["changed"] is True, (module, result)
     assert POOL not in [p["poolid"] for p in admin.ok("GET", "/pools")]
     assert USER not in [u["userid"] for u in admin.ok("GET", "/access/users")]
+    assert not stored.exists()

@@ -1,6 +1,6 @@
-// The datacenter's tab bar and its small read-only pages: the cluster log (/cluster/log)
-// and the storage definitions (/storage). Each polls what it shows. The HA, availability
-// and replicated volume pages are lazy chunks (dc/).
+// The datacenter's tab bar and its small read-only page, the cluster log (/cluster/log),
+// polled. The HA, availability and replicated volume pages are lazy chunks (dc/), the
+// storage definitions too (storage/).
 import { href, type DcView } from "../route";
 import { usePoll } from "../poll";
 import { t } from "../strings";
@@ -40,34 +40,6 @@ export function ClusterLog() {
             {(data ?? []).map((e, i) => (
               <tr key={e.uid ?? i} class={e.pri !== undefined && e.pri <= 3 ? "bad" : ""}>
                 <td>{fmt.time(e.time)}</td><td>{e.node}</td><td>{e.tag}</td><td>{e.user}</td><td>{e.msg}</td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      </div>
-    </div>
-  );
-}
-
-interface StorageDef { storage: string; type: string; content?: string; path?: string; shared?: number; nodes?: string; disable?: number }
-
-export function StorageList() {
-  const { data, error } = usePoll<StorageDef[]>("/storage", 5000);
-  return (
-    <div class="view" id="view-dc-storage">
-      <DcTabs current="storage" />
-      {error && <p class="error">{t("common.error", { message: error.message })}</p>}
-      <div class="table-wrap">
-        <table id="dc-storage-table">
-          <thead><tr><th>{t("col.name")}</th><th>{t("storage.type")}</th><th>{t("storage.content")}</th>
-            <th>{t("storage.path")}</th><th>{t("storage.shared")}</th><th>{t("storage.nodes")}</th>
-            <th>{t("storage.enabled")}</th></tr></thead>
-          <tbody>
-            {(data ?? []).map((s) => (
-              <tr key={s.storage} data-storage={s.storage}>
-                <td>{s.storage}</td><td>{s.type}</td><td>{s.content}</td><td>{s.path ?? ""}</td>
-                <td>{s.shared ? "✓" : ""}</td><td>{s.nodes ?? t("storage.allnodes")}</td>
-                <td>{s.disable ? "" : "✓"}</td>
               </tr>
             ))}
           </tbody>

@@ -5,6 +5,7 @@ import * as fmt from "../format";
 import type { Resource } from "../types";
 import { Meter } from "./Datacenter";
 import { Graphs } from "./Graphs";
+import { NodeStorages } from "./lazy";
 import { NodeIcon, VmIcon } from "./Status";
 
 interface NodeStatus {
@@ -71,6 +72,10 @@ export function NodeSummary(props: { node: string; resources: Resource[];
             </tbody>
           </table>
         </div>
+      </section>
+      <section>
+        <h2>{t("storage.node.list")}</h2>
+        <NodeStorages node={props.node} />
       </section>
       <section>
         <h2>{t("vm.tab.graphs")}</h2>

@@ -9,8 +9,8 @@ import { t } from "../strings";
 import type { Resource } from "../types";
 import { CreateVm } from "./Create";
 import { DatacenterSummary } from "./Datacenter";
-import { ClusterLog, StorageList } from "./DcViews";
-import { Availability, BackupJobs, HaPage, Notifications, Volumes } from "./lazy";
+import { ClusterLog } from "./DcViews";
+import { Availability, BackupJobs, HaPage, Notifications, StorageContent, StoragePage, Volumes } from "./lazy";
 import { NodeSummary } from "./Node";
 import { TaskList } from "./Tasks";
 import { Tree } from "./Tree";
@@ -40,6 +40,10 @@ export function Shell(props: { theme: string; onTheme: () => void; onLogout: () 
       content = <NodeSummary node={route.node} resources={resources}
         onVm={(vmid) => go({ kind: "vm", vmid })} />;
       break;
+    case "storage":
+      content = <StorageContent key={`${route.node}/${route.storage}`} node={route.node}
+        storage={route.storage} resources={resources} />;
+      break;
     case "vm":
       content = <VmView key={route.vmid} vmid={route.vmid} tab={route.tab ?? "summary"} resources={resources} />;
       break;
@@ -49,7 +53,8 @@ export function Shell(props: { theme: string; onTheme: () => void; onLogout: () 
         : route.view === "log" ? <ClusterLog />
         : route.view === "ha" ? <HaPage resources={resources} />
         : route.view === "availability" ? <Availability />
-        : route.view === "volumes" ? <Volumes resources={resources} /> : <StorageList />;
+        : route.view === "volumes" ? <Volumes resources={resources} />
+        : <StoragePage resources={resources} />;
       break;
     case "create":
       content = <CreateVm resources={resources} onCreated={(vmid) => go({ kind: "vm", vmid })} />;

@@ -46,3 +46,9 @@ export const Availability = lazyView<Record<string, never>>(
   () => import("./dc/Availability").then((m) => m.Availability));
 export const Volumes = lazyView<{ resources: Resource[] }>(
   () => import("./dc/Volumes").then((m) => m.Volumes));
+export const StoragePage = lazyView<{ resources: Resource[] }>(
+  () => import("./storage/Storage").then((m) => m.StoragePage));
+export const StorageContent = lazyView<{ node: string; storage: string; resources: Resource[] }>(
+  () => import("./storage/Storage").then((m) => m.StorageContent));
+export const NodeStorages = lazyView<{ node: string }>(
+  () => import("./storage/Storage").then((m) => m.NodeStorages));

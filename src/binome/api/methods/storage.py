@@ -6,21 +6,23 @@ Definitions are written by `binome.storage.definitions`, read through the node's
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 from binome.access.permission import AnyUser
 from binome.api.context import RequestContext
-from binome.api.errors import param_error
+from binome.api.errors import fail, param_error
 from binome.api.methods.common import NODE, RRD_PARAMS, storage_definitions
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
 from binome.backup.crypt import AUTOGEN, CryptError, load_key, new_key_file
 from binome.errors import BinomeError
+from binome.guest.configs import VmConfigs
 from binome.storage.backup_server import ENCRYPTION_KEY
 from binome.storage.backup_server import OPTIONS as BACKUP_SERVER_OPTIONS
-from binome.storage.base import CONTENT_TYPES
-from binome.storage.definitions import definition_record
+from binome.storage.base import CONTENT_TYPES, StorageError
+from binome.storage.definitions import definition_record, volume_storage
 from binome.storage.manager import BACKENDS
 
 STORAGE_ID = Param(pattern=r"[a-z][a-z0-9\-_.]*", max_length=64, description="Storage ID.")
@@ -144,6 +146,131 @@ async def storage_create(ctx: RequestContext, params: dict[str, Any]) -> None:
     if key_text is not None:
         # after the definition: a taken storage ID never overwrites another's key
         _manager(ctx).save_encryption_key(params["storage"], key_text)
+
+
+UPDATE_PARAMS: dict[str, Param] = {
+    "storage": STORAGE_ID,
+    "content": Param(optional=True, max_length=256, format="pve-storage-content-list",
+                     description="Allowed content types."),
+    "nodes": Param(optional=True, max_length=1024,
+                   pattern=r"[a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?"
+                           r"(,[a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?)*",
+                   description="List of nodes for which the storage configuration applies."),
+    "shared": Param(type="boolean", optional=True,
+                    description="Indicate that this is a single storage with the same "
+                                "contents on all nodes."),
+    "disable": Param(type="boolean", optional=True, description="Flag to disable the "
+                                                                "storage."),
+    "server": Param(optional=True, max_length=253, pattern=r"[A-Za-z0-9.:\[\]-]+",
+                    description="Backup server address (binome-backup)."),
+    "port": Param(type="integer", optional=True, minimum=1, maximum=65535,
+                  description="Backup server port."),
+    "datastore": Param(optional=True, max_length=64, pattern=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+                       description="Datastore name on the backup server."),
+    "username": Param(optional=True, max_length=128,
+                      pattern=r"[A-Za-z0-9._-]+@[A-Za-z0-9._-]+![A-Za-z0-9._-]+",
+                      description="API token id on the backup server."),
+    "password": Param(optional=True, secret=True, max_length=256,
+                      description="The token's secret (write-only)."),
+    "fingerprint": Param(optional=True, max_length=128,
+                         pattern=r"([A-Fa-f0-9]{2}:){31}[A-Fa-f0-9]{2}",
+                         description="SHA-256 fingerprint of the backup server's "
+                                     "certificate."),
+    "delete": Param(optional=True, max_length=4096,
+                    pattern=r"[a-z][a-z0-9\-]*(?:[,; ]+[a-z][a-z0-9\-]*)*[,; ]*",
+                    description="A list of settings you want to delete."),
+    "digest": Param(optional=True, max_length=64, pattern=r"[a-fA-F0-9]{40,64}",
+                    description="Prevent changes if current configuration file has a "
+                                "different digest. This can be used to prevent concurrent "
+                                "modifications."),
+}
+_UPDATABLE = tuple(k for k in UPDATE_PARAMS if k not in ("storage", "delete", "digest",
+                                                          "password"))
+
+
+@registry.register(
+    "GET", "/storage/{storage}", name="storage_read",
+    permission=privs("Datastore.Allocate", path="/storage/{storage}"),
+    description="Read storage configuration.",
+    parameters={"storage": STORAGE_ID}, returns={"type": "object"},
+    cli=CliSpec(("storage", "config"), positional=("storage",)),
+)
+async def storage_read(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    cfg = await _manager(ctx).config(params["storage"])
+    digest = await storage_definitions(ctx).digest()
+    return {**cfg.to_api(), "digest": digest}
+
+
+@registry.register(
+    "PUT", "/storage/{storage}", name="storage_update",
+    permission=privs("Datastore.Allocate", path="/storage"),
+    description="Update storage configuration (type and path are fixed; 'delete' resets "
+                "options to their defaults).",
+    parameters=UPDATE_PARAMS,
+    returns={"type": "object"},
+    cli=CliSpec(("storage", "set"), positional=("storage",)),
+)
+async def storage_update(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    definitions = storage_definitions(ctx)
+    storage_id = params["storage"]
+    cfg = await _manager(ctx).config(storage_id)
+    delete = [d for d in re.split(r"[,; ]+", params.get("delete") or "") if d]
+    changes = {k: params[k] for k in _UPDATABLE if params.get(k) is not None}
+    secret = params.get("password")
+    if secret is not None and cfg.type != "binome-backup":
+        raise param_error("password", f"not an option of storage type '{cfg.type}'")
+    if "content" in changes:
+        content = [c for c in changes["content"].split(",") if c]
+        if not content:
+            raise param_error("content", "value must not be empty")
+        changes["content"] = ",".join(dict.fromkeys(content))
+    if "fingerprint" in changes:
+        changes["fingerprint"] = changes["fingerprint"].upper()
+    if "nodes" in changes:
+        known = set(ctx.services.cluster.node_records) | {ctx.node}
+        unknown = [n for n in changes["nodes"].split(",") if n not in known]
+        if unknown:
+            raise param_error("nodes", f"no such cluster node '{unknown[0]}'")
+    # the built-in `local` has no stored record until its first change; stored without
+    # a path, it stays each node's own <state-dir>/storage/local (StorageManager.configs)
+    base = definition_record("local", "dir", content=_manager(ctx).default_local().content) \
+        if storage_id == "local" else None
+    try:
+        await definitions.update(storage_id, changes, delete, digest=params.get("digest"),
+                                 base=base, secret=secret)
+    except StorageError as exc:
+        raise fail(f"update storage failed: {exc}") from None
+    return {"storage": storage_id, "type": cfg.type}
+
+
+@registry.register(
+    "DELETE", "/storage/{storage}", name="storage_delete",
+    permission=privs("Datastore.Allocate", path="/storage"),
+    description="Delete storage configuration (refused while a VM's config names a volume "
+                "on it). The volumes themselves are left in place.",
+    parameters={"storage": STORAGE_ID},
+    cli=CliSpec(("storage", "remove"), positional=("storage",)),
+)
+async def storage_delete(ctx: RequestContext, params: dict[str, Any]) -> None:
+    definitions = storage_definitions(ctx)
+    storage_id = params["storage"]
+    await _manager(ctx).config(storage_id)        # "storage 'x' does not exist"
+    users = VmConfigs(ctx.node, lambda: ctx.services.cluster.store)
+
+    async def in_use() -> str | None:
+        vmids = sorted({vmid for volid, vmids in (await users.volume_users()).items()
+                        if volume_storage(volid) == storage_id for vmid in vmids})
+        if vmids:
+            return (f"can't remove storage - storage is used by VM "
+                    f"{', '.join(map(str, vmids))}")
+        return None
+
+    if storage_id == "local" and "local" not in await definitions.records():
+        raise fail("delete storage failed: 'local' is every node's built-in storage")
+    try:
+        await definitions.remove(storage_id, in_use=in_use)
+    except StorageError as exc:
+        raise fail(f"delete storage failed: {exc}") from None
 
 
 @registry.register(

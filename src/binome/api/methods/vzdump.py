@@ -16,6 +16,7 @@ from binome.api.errors import ApiError, PermissionDenied, fail, param_error
 from binome.api.methods.common import NODE
 from binome.api.methods.qemu import guests
 from binome.api.methods.storage import STORAGE_ID
+from binome.api.methods.storage_content import free_volume
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
 from binome.backup.prune import PruneError, parse_prune_backups
@@ -193,8 +194,8 @@ async def _backup_volume(ctx: RequestContext, params: dict[str, Any]) -> tuple[s
 async def storage_volume_delete(ctx: RequestContext, params: dict[str, Any]) -> str:
     volid, volname, storage = await _backup_volume(ctx, params)
     if not volname.startswith("backup/"):
-        # disks belong to their VM (its config, `qm disk unlink`): not deleted from here
-        raise param_error("volume", "only backup volumes can be deleted here for now")
+        # images, ISO images, templates, snippets: storage_content (refuses a VM's disk)
+        return await free_volume(ctx, volid, storage)
     listed = {v["volid"]: v for v in await storage.list("backup")}
     if volid not in listed:
         raise fail(f"volume '{volid}' does not exist")
