@@ -133,9 +133,10 @@ class StorageManager:
 
     # snapshots (see Storage): the guest's snapshot operations reach volumes only here
 
-    async def snapshot_blocker(self, volid: str) -> str | None:
+    async def snapshot_blocker(self, volid: str, *, state_bytes: int | None = 0) -> str | None:
         try:
-            return (await self._holder(volid)).snapshot_blocker(volid)
+            return await (await self._holder(volid)).snapshot_blocker(
+                volid, state_bytes=state_bytes)
         except StorageError as exc:
             return str(exc)
 
