@@ -23,6 +23,7 @@ from binome.api.methods import (  # noqa: F401
     qemu,
     snapshots,
     storage,
+    storage_keys,
     tasks,
     tfa,
     version,
