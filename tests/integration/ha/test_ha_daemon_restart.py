@@ -259,7 +259,7 @@ def test_snapshot_survives_a_failover_of_a_guest_on_replicated_storage(
     vmid = int(px.cluster.nextid.get())
     sid = f"vm:{vmid}"
     upid = px.nodes("n1").qemu.post(
-        vmid=vmid, name="ha-snap", memory=64, cores=1, virtio0="repl:0.0625,format=qcow2",
+        vmid=vmid, name="ha-snap", memory=128, cores=1, virtio0="repl:0.0625,format=qcow2",
         kernel="local:iso/vmlinuz", initrd="local:iso/initrd.gz",
         append=build_image().cmdline(), vga="serial0")
     wait_for(lambda: px.nodes("n1").tasks(upid).status.get()["status"] == "stopped", 60,

@@ -233,10 +233,10 @@ def test_qcow2_volume_snapshots_backup_and_restore(vc: Cluster) -> None:
     uri = f"nbd+unix:///{name}?socket={socket}"
 
     _qemu_io(uri, "qcow2", "write -P 0x41 0 64k")                     # data A
-    n1.cli("vm", "snapshot", "320", "a")
+    n1.cli("vm", "snapshot", "320", "snap-a")
     _qemu_io(uri, "qcow2", "write -P 0x42 0 64k")                     # data B
-    assert [s["name"] for s in n1.json("vm", "listsnapshot", "320")] == ["a", "current"]
-    n1.cli("vm", "rollback", "320", "a")
+    assert [s["name"] for s in n1.json("vm", "listsnapshot", "320")] == ["snap-a", "current"]
+    n1.cli("vm", "rollback", "320", "snap-a")
     assert "Pattern verification failed" not in _qemu_io(uri, "qcow2", "read -P 0x41 0 64k")
     # the snapshot is in the peer's copy: its backing file holds the same image
     wait_for(lambda: in_sync(vstatus(n2, name)), 30, "n2's copy in sync")
@@ -244,13 +244,13 @@ def test_qcow2_volume_snapshots_backup_and_restore(vc: Cluster) -> None:
                                                     "filename": str(backing(n2, name))}})
     listing = subprocess.run(["qemu-img", "snapshot", "-U", "-l", f"json:{image}"],
                              capture_output=True, text=True, check=True).stdout
-    assert " a " in listing, listing
+    assert " snap-a " in listing, listing
 
     # a raw replicated disk has no snapshots: refused, nothing changed
     n1.cli("vm", "set", "320", "--virtio1", "repl:0.015625")
-    r = n1.cli("vm", "snapshot", "320", "b", check=False)
+    r = n1.cli("vm", "snapshot", "320", "snap-b", check=False)
     assert r.returncode != 0 and "is raw: snapshots need a qcow2 volume" in r.stdout + r.stderr
-    assert [s["name"] for s in n1.json("vm", "listsnapshot", "320")] == ["a", "current"]
+    assert [s["name"] for s in n1.json("vm", "listsnapshot", "320")] == ["snap-a", "current"]
     n1.cli("vm", "set", "320", "--delete", "virtio1", "--force", "1")
 
     # backup (the image as the guest sees it) and restore (a raw replicated volume)
@@ -266,7 +266,7 @@ def test_qcow2_volume_snapshots_backup_and_restore(vc: Cluster) -> None:
     restored = VolumeService._socket_dir(n1.state_dir / ENGINE_SUBDIR) / "vm-321-disk-0.sock"
     raw = f"nbd+unix:///vm-321-disk-0?socket={restored}"
     assert "Pattern verification failed" not in _qemu_io(raw, "raw", "read -P 0x41 0 64k")
-    n1.cli("vm", "delsnapshot", "320", "a")
+    n1.cli("vm", "delsnapshot", "320", "snap-a")
     assert [s["name"] for s in n1.json("vm", "listsnapshot", "320")] == ["current"]
     for vmid in ("320", "321"):
         n1.cli("vm", "destroy", vmid, check=False)

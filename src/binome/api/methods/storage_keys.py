@@ -74,6 +74,7 @@ async def push_encryption_key(ctx: RequestContext, storage_id: str, key_text: st
                 "storage": Param(pattern=r"[a-z][a-z0-9\-_.]*", max_length=64,
                                  description="Storage ID."),
                 "key": Param(secret=True, max_length=4096,
+                             extra={"multiline": True},   # a key file's JSON
                              description="The key file's contents (JSON).")},
     cli=CliSpec(("storage", "set-key"), positional=("storage",)),
 )
