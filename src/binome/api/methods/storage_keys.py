@@ -32,7 +32,7 @@ from binome.storage.base import StorageError
 
 log = logging.getLogger(__name__)
 
-PUSH_TIMEOUT = 20.0
+PUSH_TIMEOUT = 10.0   # per node, all at once: a storage add waits at most this
 
 
 async def push_encryption_key(ctx: RequestContext, storage_id: str, key_text: str
