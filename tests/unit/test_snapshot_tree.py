@@ -132,6 +132,8 @@ def test_snapshot_names_are_pve_configids(name: str, ok: bool) -> None:
 
 
 def test_which_volumes_can_have_snapshots(tmp_path) -> None:
+    import asyncio
+
     from binome.storage.base import StorageConfig
     from binome.storage.dir import DirStorage
     from binome.storage.replicated import ReplicatedStorage
@@ -141,12 +143,16 @@ def test_which_volumes_can_have_snapshots(tmp_path) -> None:
     images.mkdir(parents=True)
     (images / "vm-100-disk-0.raw").write_bytes(b"")
     (images / "vm-100-disk-1.qcow2").write_bytes(b"")
-    assert local.snapshot_blocker("local:100/vm-100-disk-1.qcow2") is None
-    assert "snapshots need qcow2" in str(local.snapshot_blocker("local:100/vm-100-disk-0.raw"))
-    assert "does not exist" in str(local.snapshot_blocker("local:100/vm-100-disk-2.qcow2"))
-    assert "not a disk image" in str(local.snapshot_blocker("local:iso/x.iso"))
+
+    def blocker(storage, volid: str) -> str | None:
+        return asyncio.run(storage.snapshot_blocker(volid))
+
+    assert blocker(local, "local:100/vm-100-disk-1.qcow2") is None
+    assert "snapshots need qcow2" in str(blocker(local, "local:100/vm-100-disk-0.raw"))
+    assert "does not exist" in str(blocker(local, "local:100/vm-100-disk-2.qcow2"))
+    assert "not a disk image" in str(blocker(local, "local:iso/x.iso"))
     replicated = ReplicatedStorage(StorageConfig("rep", "replicated"), "n1", None)
-    assert "no snapshots yet" in str(replicated.snapshot_blocker("rep:vm-100-disk-0"))
+    assert "not available on this node" in str(blocker(replicated, "rep:vm-100-disk-0"))
 
 
 def test_destroy_frees_unused_and_snapshot_only_volumes_once() -> None:

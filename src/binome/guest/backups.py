@@ -509,8 +509,10 @@ class Backups:
             [d.volid for d in disks if parse_nbd_unix_uri(d.source) is not None])
         try:
             for disk in disks:
-                if parse_nbd_unix_uri(disk.source) is not None or (
-                        disk.fmt == "raw" and os.path.exists(disk.source)):
+                # raw data read as it is; an image (qcow2, also inside a replicated
+                # volume's export) through qemu-nbd, which serves what the guest sees
+                if disk.fmt == "raw" and (parse_nbd_unix_uri(disk.source) is not None
+                                          or os.path.exists(disk.source)):
                     continue
                 socket = workdir / f"{disk.key}.sock"
                 servers[disk.key] = (await _qemu_nbd(disk.source, disk.fmt, socket,
@@ -973,7 +975,7 @@ class Backups:
         index = await asyncio.to_thread(store.read_index, ref, index_name)
         nbd = parse_nbd_unix_uri(source.source)
         try:
-            if nbd is not None:
+            if nbd is not None and source.format in ("raw", None):
                 return await asyncio.to_thread(write_nbd, *nbd)
             if source.format in ("raw", None) and os.path.exists(source.source):
                 def write_raw() -> RestoreStats:

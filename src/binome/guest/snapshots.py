@@ -132,24 +132,31 @@ class Snapshots:
 
     # ------------------------------------------------------------ checks
 
-    async def unavailable(self, config: dict[str, Any]) -> str | None:
-        """Why the disks of `config` cannot all have snapshots (None: they can)."""
-        for disk in snapshot_disks(config):
+    async def unavailable(self, config: dict[str, Any], *, state_bytes: int | None = 0
+                          ) -> str | None:
+        """Why the disks of `config` cannot all have snapshots (None: they can).
+        `state_bytes`: the RAM a new snapshot saves into the first disk; None: no
+        snapshot is being taken (a rollback): the storages check only that the
+        volumes can have snapshots, not their room for one more."""
+        for n, disk in enumerate(snapshot_disks(config)):
             assert disk.volid is not None
-            reason = await self.ctx.storages.snapshot_blocker(disk.volid)
+            state = state_bytes if state_bytes is None or n == 0 else 0
+            reason = await self.ctx.storages.snapshot_blocker(disk.volid, state_bytes=state)
             if reason is not None:
                 return f"{disk.key}: {reason}"
         return None
 
-    async def check_create(self, vm: VmConfig, snapname: str) -> None:
-        """PVE's refusals of a new snapshot, before anything changes (GuestFailure)."""
+    async def check_create(self, vm: VmConfig, snapname: str, *, state_bytes: int = 0
+                           ) -> None:
+        """PVE's refusals of a new snapshot, before anything changes (GuestFailure);
+        `state_bytes`: the guest's RAM, when it is saved with the snapshot."""
         if vm.config.get("template"):
             raise GuestFailure("you can't take a snapshot if it's a template")
         if vm.config.get("lock"):
             raise GuestFailure(f"VM is locked ({vm.config['lock']})")
         if snapname in vm.snapshots:
             raise GuestFailure(f"snapshot name '{snapname}' already used")
-        reason = await self.unavailable(vm.config)
+        reason = await self.unavailable(vm.config, state_bytes=state_bytes)
         if reason is not None:
             raise GuestFailure(f"{SNAPSHOT_UNAVAILABLE} ({reason})")
 
@@ -204,8 +211,10 @@ class Snapshots:
         ctx = self.ctx
         async with ctx.lock(vmid):
             vm = await ctx.read(vmid)
-            await self.check_create(vm, snapname)
             running = ctx.runtime.is_running(vmid)
+            memory = int(vm.config.get("memory") or vmconf.DEFAULTS["memory"])
+            await self.check_create(vm, snapname,
+                                    state_bytes=memory << 20 if vmstate and running else 0)
             disks = snapshot_disks(vm.config)
             snap = copy_config(vm.config)
             snap.update(snapstate="prepare", snaptime=int(time.time()))
@@ -287,7 +296,7 @@ class Snapshots:
         async with ctx.lock(vmid):
             vm = await ctx.read(vmid)
             snap = self.check_rollback(vm, snapname)
-            reason = await self.unavailable(snap)
+            reason = await self.unavailable(snap, state_bytes=None)
             if reason is not None:
                 raise GuestFailure(f"{SNAPSHOT_UNAVAILABLE} ({reason})")
             if ctx.runtime.is_running(vmid):

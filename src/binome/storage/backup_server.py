@@ -10,8 +10,9 @@ removal. It holds backups only: no images, no ISO.
 Also owns the storage's client-side encryption key (`encryption-key`, PBS's): the key
 file (`binome.backup.crypt` format) lives on the cluster's side only, in
 `<state dir>/priv/storage/<id>.enc` (root's alone: 0600 in a 0700 directory; PVE's
-/etc/pve/priv/storage/<id>.enc), on the node where the storage was added (copy it to
-the other nodes that back up or restore); the definition records only its fingerprint.
+/etc/pve/priv/storage/<id>.enc), on the node where the storage was added, which sends
+it to the other nodes node-to-node (`api.methods.storage_keys`; never through etcd);
+the definition records only its fingerprint.
 A node whose key file is missing or is another key lists the storage's backups and
 changes their notes and protection, and refuses the rest (`backup_store()`: backup,
 restore, prune, verify, GC); it never falls back to plain backups.
@@ -74,8 +75,9 @@ class BackupServerStorage(Storage):
         except FileNotFoundError:
             raise StorageError(f"storage '{self.id}' encrypts its backups (key fingerprint "
                                f"{fingerprint}) but node '{self.node}' has no key file "
-                               f"{path}: copy it from the node where the storage was "
-                               f"added") from None
+                               f"{path}: run 'binome storage set-key {self.id} "
+                               f"--key-file FILE' on it with the storage's key "
+                               f"file") from None
         except (OSError, CryptError) as error:
             raise StorageError(f"storage '{self.id}': key file {path}: {error}") from None
         if crypt.fingerprint != fingerprint:

@@ -26,12 +26,14 @@ alone). What a type implements:
 
 - snapshots (PVE's volume_snapshot*, volume_has_feature 'snapshot' and
   volume_qemu_snapshot_method): `snapshot_blocker` (why the volume cannot have
-  snapshots; None: it can), `snapshot`, `rollback_snapshot`, `delete_snapshot`,
+  snapshots now, RAM of `state_bytes` saved into it or not; None: it can),
+  `snapshot`, `rollback_snapshot`, `delete_snapshot`,
   `snapshots` (the names present) on a volume no QEMU has open, and
   `qemu_snapshots_internal` (True: while a guest runs, its QEMU takes and drops
   the volume's snapshots itself, as qcow2 internal snapshots). The base refuses
   them all with PVE's "snapshot feature is not available"; `dir` implements
-  them for qcow2 images.
+  them for qcow2 images, `replicated` for qcow2 volumes (an image inside the
+  replicated device).
 
 - backups: `backup_store()` (the deduplicated datastore that holds this storage's
   backups, for types with content `backup`: `dir`, and `binome-backup` whose datastore
@@ -287,9 +289,11 @@ class Storage(ABC):
 
     # ------------------------------------------------------------ snapshots
 
-    def snapshot_blocker(self, volid: str) -> str | None:
+    async def snapshot_blocker(self, volid: str, *, state_bytes: int | None = 0) -> str | None:
         """Why the volume cannot have snapshots (None: it can): PVE's
-        volume_has_feature('snapshot'), with the reason for the log."""
+        volume_has_feature('snapshot'), with the reason for the log. `state_bytes`: a
+        guest's RAM about to be saved into it with a new snapshot; None: no snapshot
+        is being taken (a rollback), only whether the volume has snapshots at all."""
         return f"storage type '{self.config.type}' has no volume snapshots"
 
     def qemu_snapshots_internal(self, volid: str) -> bool:

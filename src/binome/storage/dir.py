@@ -333,7 +333,7 @@ class DirStorage(Storage):
             raise StorageError(f"volume '{volid}' does not exist")
         return path
 
-    def snapshot_blocker(self, volid: str) -> str | None:
+    async def snapshot_blocker(self, volid: str, *, state_bytes: int | None = 0) -> str | None:
         try:
             path = self._image(volid)
         except StorageError as exc:
@@ -346,7 +346,7 @@ class DirStorage(Storage):
         return True
 
     async def _qcow2(self, volid: str) -> Path:
-        reason = self.snapshot_blocker(volid)
+        reason = await self.snapshot_blocker(volid)
         if reason is not None:
             raise StorageError(f"{SNAPSHOT_UNAVAILABLE}: {reason}")
         return self._image(volid)

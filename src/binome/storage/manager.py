@@ -16,7 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from binome.storage.backup_server import BackupServerStorage, write_key_file
+from binome.backup.crypt import CryptError, load_key
+from binome.storage.backup_server import (
+    ENCRYPTION_KEY,
+    BackupServerStorage,
+    key_file,
+    write_key_file,
+)
 from binome.storage.base import Storage, StorageConfig, StorageError, VolumeState
 from binome.storage.definitions import StorageDefinitions
 from binome.storage.dir import DirStorage
@@ -50,6 +56,42 @@ class StorageManager:
     def save_encryption_key(self, storage_id: str, key_text: str) -> Path:
         """Keep a binome-backup storage's key file on this node; its path."""
         return write_key_file(self.key_dir, storage_id, key_text)
+
+    def encryption_key_text(self, storage_id: str) -> str | None:
+        """This node's copy of a storage's key file (None: it has none), to hand to
+        another node; never for a log or an API answer."""
+        try:
+            return key_file(self.key_dir, storage_id).read_text()
+        except FileNotFoundError:
+            return None
+
+    async def receive_encryption_key(self, storage_id: str, key_text: str) -> None:
+        """Keep the key file another node sent for storage `storage_id`: only the key
+        whose fingerprint the definition records (StorageError otherwise, nothing
+        written)."""
+        cfg = await self.config(storage_id)
+        if cfg.type != "binome-backup":
+            raise StorageError(f"storage '{storage_id}' is not a binome-backup storage")
+        expected = cfg.options.get(ENCRYPTION_KEY)
+        if not expected:
+            raise StorageError(f"storage '{storage_id}' has no encryption key")
+        try:
+            crypt = load_key(key_text.strip())
+        except CryptError as exc:
+            raise StorageError(f"not a key file: {exc}") from None
+        if crypt.fingerprint != expected:
+            raise StorageError(f"the key's fingerprint {crypt.fingerprint} is not storage "
+                               f"'{storage_id}''s ({expected})")
+        self.save_encryption_key(storage_id, key_text)
+
+    async def key_recipients(self, storage_id: str) -> list[str]:
+        """The other guest-hosting nodes a storage's key file goes to (the storage's
+        `nodes`, or every node; witnesses back up nothing)."""
+        cfg = await self.config(storage_id)
+        records = self.cluster.node_records
+        return sorted(n for n, rec in records.items()
+                      if n != self.node and rec.get("role", "node") == "node"
+                      and cfg.available_on(n))
 
     def default_local(self) -> StorageConfig:
         return StorageConfig("local", "dir", path=str(self.state_dir / "storage" / "local"),
@@ -138,9 +180,10 @@ class StorageManager:
 
     # snapshots (see Storage): the guest's snapshot operations reach volumes only here
 
-    async def snapshot_blocker(self, volid: str) -> str | None:
+    async def snapshot_blocker(self, volid: str, *, state_bytes: int | None = 0) -> str | None:
         try:
-            return (await self._holder(volid)).snapshot_blocker(volid)
+            return await (await self._holder(volid)).snapshot_blocker(
+                volid, state_bytes=state_bytes)
         except StorageError as exc:
             return str(exc)
 

@@ -9,12 +9,25 @@ record, secret and replication port go to etcd, and the peer's daemon creates
 its copy from there (`replica.node.volumes`); the backing files live in each
 node's engine state directory, or under the storage's `path` when set.
 
-Volume IDs are `<storage>:vm-<vmid>-disk-<n>` (no format suffix: the export
-is raw, so no snapshots yet: `snapshot_blocker`). QEMU opens `source()`: the
-engine's NBD unix socket, which serves
-I/O only while the volume is Primary on this node: `activate_volume` makes it
-so (Primary), `deactivate_volume` gives it up (Secondary). Resizing grows both
-copies.
+Volume IDs are `<storage>:vm-<vmid>-disk-<n>` (no format suffix). QEMU opens
+`source()`: the engine's NBD unix socket, which serves I/O only while the
+volume is Primary on this node: `activate_volume` makes it so (Primary),
+`deactivate_volume` gives it up (Secondary). Resizing grows both copies.
+
+Formats (docs/replicated-volumes.md, "Snapshots"): a volume is `raw` (the
+default: the guest's disk is the device itself) or `qcow2`: a qcow2 image
+written *inside* the raw device (QEMU opens the export with `format=qcow2`),
+whose internal snapshots are then on both copies like every other write. The
+device of a qcow2 volume is larger than the image's virtual size
+(`qcow2_device_size`: the snapshot reserve). This module owns the `image`
+entry of the volume's etcd record (`{"format", "size"}`: the format and the
+virtual size), written through the volume service and read from its cache;
+a volume whose record has none is raw (every volume created before formats).
+Snapshots of a stopped guest's qcow2 volume are taken by `qemu-img` on this
+node's export (the copy made Primary for the operation when it was not, never
+next to a Primary peer); a running guest's QEMU takes them itself
+(`qemu_snapshots_internal`). `snapshot_blocker` refuses a raw volume, and a
+snapshot the image could outgrow the device with (`room_blocker`).
 
 `ReplicaVolumes` is this node's side of every replicated storage: the one
 object that knows the volume engine's commands and the volume service's
@@ -26,13 +39,18 @@ only through the `Storage` interface.
 from __future__ import annotations
 
 import asyncio
+import builtins
+import contextlib
+import json
 import os
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from binome.storage.base import (
+    SNAPSHOT_UNAVAILABLE,
     StaleCopy,
     Storage,
     StorageConfig,
@@ -53,6 +71,66 @@ if TYPE_CHECKING:
 
 _NAME_RE = re.compile(r"^(?:vm|base)-(\d+)-disk-(\d+)$")
 REFUSED_AS_PRIMARY = "but I am primary"   # the handshake's rr-conflict refusal
+FORMATS = ("raw", "qcow2")                # raw first: the default, as before formats
+MiB = 1 << 20
+# what a snapshot itself adds to a qcow2 image (its table entry, the copied L1
+# table, refcount updates) is far below this; a RAM state comes on top
+SNAPSHOT_SLACK = 8 * MiB
+CLOSE_WAIT = 5.0          # a just-stopped QEMU's NBD connections are being closed
+
+
+def _align(size: int) -> int:
+    return (size + 4095) // 4096 * 4096
+
+
+def qcow2_device_size(virtual: int) -> int:
+    """The device that carries a qcow2 image of `virtual` bytes: the image itself, as
+    much again for what snapshots keep (a cluster written after a snapshot is
+    copied, so a fully rewritten disk needs twice its size), and room for the
+    qcow2 metadata (L2 and refcount tables, snapshot tables: at most ~1/64 of the
+    virtual size with 64 KiB clusters). The backing files are sparse: unused
+    reserve costs no disk, only a full resync's time."""
+    return _align(2 * virtual + max(16 * MiB, virtual // 64))
+
+
+def record_format(rec: dict[str, Any]) -> str:
+    """The image format a volume record says (raw when it has no `image`)."""
+    return str((rec.get("image") or {}).get("format") or "raw")
+
+
+def virtual_size(rec: dict[str, Any]) -> int:
+    """The size the guest sees: the qcow2 image's, else the device's."""
+    image = rec.get("image") or {}
+    return int(image["size"]) if image.get("size") else int(rec["size"])
+
+
+def room_blocker(volid: str, device: int, end_offset: int, state_bytes: int = 0) -> str | None:
+    """Why a snapshot of a qcow2 image ending at `end_offset` in a device of `device`
+    bytes could make it outgrow the device (None: it fits), `state_bytes` of RAM
+    being saved into it; pure."""
+    needed = end_offset + state_bytes + SNAPSHOT_SLACK
+    if needed <= device:
+        return None
+    what = f" and {state_bytes // MiB} MiB of RAM" if state_bytes else ""
+    return (f"volume {volid}: its qcow2 image ends at {end_offset // MiB} MiB of a "
+            f"{device // MiB} MiB device, no room for a snapshot{what}; delete snapshots "
+            f"or move the disk")
+
+
+def end_offset_of(check_output: str) -> int:
+    """`image-end-offset` of `qemu-img check --output=json` (ValueError when absent)."""
+    data = json.loads(check_output)
+    return int(data["image-end-offset"])
+
+
+async def _run(*argv: str, ok: tuple[int, ...] = (0,)) -> str:
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    if proc.returncode not in ok:
+        raise StorageError(f"{argv[0]} {argv[1]} failed: "
+                           f"{err.decode(errors='replace').strip() or proc.returncode}")
+    return out.decode()
 
 
 @contextmanager
@@ -273,17 +351,12 @@ class ReplicaVolumes:
 
 class ReplicatedStorage(Storage):
     per_node_activation = True
+    formats = FORMATS
 
     def __init__(self, config: StorageConfig, node: str = "",
                  replicas: ReplicaVolumes | None = None) -> None:
         super().__init__(config, node or (replicas.node if replicas else ""))
         self.replicas = replicas
-
-    def snapshot_blocker(self, volid: str) -> str | None:
-        # the design (a qcow2 layer carried on the replicated device) is in
-        # docs/replicated-volumes.md, "Snapshots"; until then PVE's refusal
-        return (f"volume {volid} is replicated: replicated volumes have no snapshots yet "
-                f"(raw export)")
 
     def _svc(self) -> VolumeService:
         if self.replicas is None:
@@ -304,6 +377,17 @@ class ReplicatedStorage(Storage):
             raise StorageError(f"unable to parse replicated volume name '{name}'")
         return name
 
+    def _cached_record(self, name: str) -> dict[str, Any]:
+        """The volume's record from the volume service's cache (no I/O). A copy that
+        exists here but whose record the service has not loaded yet (just after a
+        daemon start) is refused rather than guessed: a qcow2 image opened as raw
+        would hand the guest the image's metadata."""
+        rec = self._svc().records.get(name)
+        if rec is None:
+            raise StorageError(f"volume '{self.id}:{name}': its record is not loaded on "
+                               f"{self.node} yet (try again in a few seconds)")
+        return rec
+
     def _peer(self) -> str:
         try:
             return self._svc().default_peer(self.config.nodes)
@@ -317,13 +401,23 @@ class ReplicatedStorage(Storage):
         except VolumeFailure as exc:
             raise StorageError(str(exc)) from None
 
+    def image_name(self, name: str) -> str:
+        """The qcow2 image inside volume `name`, as a qemu-img filename: this node's NBD
+        export with the format stated, never probed."""
+        spec = {"driver": "qcow2",
+                "file": {"driver": "nbd", "export": name,
+                         "server": {"type": "unix",
+                                    "path": str(self._svc().socket_path(name))}}}
+        return "json:" + json.dumps(spec, separators=(",", ":"))
+
     async def alloc(self, vmid: int, size: int, fmt: str = "raw",
                     name: str | None = None) -> str:
-        if fmt != "raw":
-            raise StorageError(f"unsupported format '{fmt}' on replicated storage (raw only)")
+        if fmt not in FORMATS:
+            raise StorageError(f"unsupported format '{fmt}' on replicated storage (raw or "
+                               f"qcow2)")
         if size <= 0:
             raise StorageError("volume size must be positive")
-        size = (size + 4095) // 4096 * 4096
+        size = _align(size)
         service = self._svc()
         try:
             taken = set(await service.all_records())
@@ -337,14 +431,28 @@ class ReplicatedStorage(Storage):
         elif name in taken:
             raise StorageError(f"volume '{self.id}:{name}' already exists")
         peer = self._peer()
+        qcow2 = fmt == "qcow2"
         try:
             # A VM disk may be live-migrated: both nodes Primary during the hand-over.
-            await service.create_volume(name, size, peer=peer, storage=self.id, vmid=vmid,
-                                        backing_dir=self.config.path or None,
-                                        allow_two_primaries=True)
+            await service.create_volume(
+                name, qcow2_device_size(size) if qcow2 else size, peer=peer,
+                storage=self.id, vmid=vmid, backing_dir=self.config.path or None,
+                allow_two_primaries=True,
+                image={"format": "qcow2", "size": size} if qcow2 else None)
         except VolumeFailure as exc:
             raise StorageError(str(exc)) from None
-        return f"{self.id}:{name}"
+        volid = f"{self.id}:{name}"
+        if qcow2:
+            # Primary here since its creation: the export serves; the image's writes
+            # reach the peer like any other (its initial sync runs meanwhile)
+            try:
+                await _run("qemu-img", "create", "-q", "-f", "qcow2",
+                           service.nbd_uri(name), str(size))
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await self.free(volid)
+                raise
+        return volid
 
     async def free(self, volid: str) -> None:
         try:
@@ -354,20 +462,39 @@ class ReplicatedStorage(Storage):
 
     async def resize(self, volid: str, size: int) -> None:
         """Grow both copies (the peer must be connected); running guests keep the size
-        their NBD connection negotiated until they reconnect."""
+        their NBD connection negotiated until they reconnect. A qcow2 volume's device
+        grows by its reserve too, then the image (a stopped guest's: no QEMU has it)."""
+        name = self.volname(volid)
         try:
-            await self._svc().resize_volume(self.volname(volid), size)
+            rec = await self._svc().record(name, serializable=False)
         except VolumeFailure as exc:
             raise StorageError(str(exc)) from None
+        qcow2 = record_format(rec) == "qcow2"
+        device = qcow2_device_size(_align(size)) if qcow2 else size
+        try:
+            if device > int(rec["size"]) or not qcow2:
+                await self._svc().resize_volume(name, device)
+        except VolumeFailure as exc:
+            raise StorageError(str(exc)) from None
+        if qcow2:
+            async with self._image_here(volid) as image:
+                await _run("qemu-img", "resize", "-q", image, str(size))
+            try:
+                await self._svc().set_image(name, {**rec["image"], "size": size})
+            except (VolumeFailure, StoreUnavailable) as exc:
+                raise StorageError(f"volume {name}: the image grew to {size} bytes but its "
+                                   f"record could not say so: {exc}") from None
 
     async def copy(self, volid: str, vmid: int, fmt: str | None = None) -> str:
         """A new replicated volume with the same data (qemu-img over both NBD exports)."""
         src = self.source(volid)
-        new = await self.alloc(vmid, await self.size(volid))
+        fmt = fmt if fmt in FORMATS else (src.format or "raw")
+        new = await self.alloc(vmid, await self.size(volid), fmt)
         dst = self.source(new)
         proc = await asyncio.create_subprocess_exec(
-            "qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", src.source, dst.source,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            "qemu-img", "convert", "-n", "-f", src.format or "raw", "-O", dst.format or "raw",
+            src.source, dst.source, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
         _, err = await proc.communicate()
         if proc.returncode != 0:
             await self.free(new)
@@ -379,17 +506,22 @@ class ReplicatedStorage(Storage):
         service = self._svc()
         if not service.exists_locally(name):
             raise StorageError(f"volume '{volid}' does not exist on this node")
-        return VolumeSource(service.nbd_uri(name), None)
+        fmt = record_format(self._cached_record(name))
+        # a raw export is opened as raw data (format None: never probed)
+        return VolumeSource(service.nbd_uri(name), "qcow2" if fmt == "qcow2" else None)
+
+    def volume_format(self, volid: str) -> str:
+        return record_format(self._cached_record(self.volname(volid)))
 
     async def size(self, volid: str) -> int:
         name = self.volname(volid)
         rec = (await self._records()).get(name)
         if rec is None:
             raise StorageError(f"volume '{volid}' does not exist")
-        return int(rec["size"])
+        return virtual_size(rec)
 
     async def list(self, content: str | None = None,
-                   vmid: int | None = None) -> list[dict[str, Any]]:
+                   vmid: int | None = None) -> builtins.list[dict[str, Any]]:
         if content not in (None, "images"):
             return []
         out = []
@@ -398,9 +530,10 @@ class ReplicatedStorage(Storage):
                 continue
             if self._svc().node not in rec.get("nodes", {}):
                 continue
-            out.append({"volid": f"{self.id}:{name}", "format": "raw", "content": "images",
-                        "size": int(rec["size"]), "used": int(rec["size"]),
-                        "ctime": int(rec.get("created", 0)), "vmid": rec.get("vmid"),
+            out.append({"volid": f"{self.id}:{name}", "format": record_format(rec),
+                        "content": "images", "size": virtual_size(rec),
+                        "used": int(rec["size"]), "ctime": int(rec.get("created", 0)),
+                        "vmid": rec.get("vmid"),
                         "peer": next((n for n in rec["nodes"] if n != self._svc().node), None)})
         return out
 
@@ -412,6 +545,105 @@ class ReplicatedStorage(Storage):
         return {"total": total, "used": total - st.f_bfree * st.f_frsize,
                 "avail": st.f_bavail * st.f_frsize, "active": 1,
                 "enabled": 0 if self.config.disable else 1}
+
+    # ------------------------------------------------------------ snapshots (qcow2)
+
+    async def snapshot_blocker(self, volid: str, *, state_bytes: int | None = 0) -> str | None:
+        try:
+            name = self.volname(volid)
+            rec = self._cached_record(name)
+        except StorageError as exc:
+            return str(exc)
+        if record_format(rec) != "qcow2":
+            return (f"volume {volid} is raw: snapshots need a qcow2 volume on replicated "
+                    f"storage (a disk allocated with format=qcow2)")
+        if state_bytes is None:
+            return None
+        try:
+            state = await self._rep().state(name)
+        except StorageError as exc:
+            return str(exc)
+        if state_bytes is None or not state.active:
+            return None    # not taking one; or measured once active, by `snapshot`
+        return await self._room(volid, name, int(rec["size"]), state_bytes)
+
+    async def _room(self, volid: str, name: str, device: int, state_bytes: int) -> str | None:
+        # a running guest's image may be mid-update: check reports leaks or errors
+        # (exit 2, 3) yet still says where the image ends
+        out = await _run("qemu-img", "check", "--output=json", self.image_name(name),
+                         ok=(0, 2, 3))
+        try:
+            end = end_offset_of(out)
+        except (ValueError, KeyError) as exc:
+            return f"volume {volid}: cannot tell where its qcow2 image ends ({exc})"
+        return room_blocker(volid, device, end, state_bytes)
+
+    def qemu_snapshots_internal(self, volid: str) -> bool:
+        return True
+
+    @asynccontextmanager
+    async def _image_here(self, volid: str, *, read_only: bool = False
+                          ) -> AsyncIterator[str]:
+        """The qcow2 image of a volume, reachable through this node's export for the
+        block: the copy is made Primary for it when it was not (never next to a Primary
+        peer: the guest may run there) and given up after. Unless `read_only`, no
+        QEMU may have it open."""
+        name = self.volname(volid)
+        if record_format(self._cached_record(name)) != "qcow2":
+            raise StorageError(f"{SNAPSHOT_UNAVAILABLE}: volume {volid} is raw")
+        rep = self._rep()
+        state = await rep.state(name)
+        if not state.exists:
+            raise StorageError(f"volume '{volid}' does not exist on {self.node}")
+        activated = False
+        if not state.active:
+            if state.peer_active:
+                raise StorageError(f"volume {name} is Primary on {state.peer}: its image is "
+                                   f"changed there")
+            activated = await rep.activate(name)
+        try:
+            if not read_only:
+                deadline = time.monotonic() + CLOSE_WAIT
+                while (state := await rep.state(name)).in_use:
+                    if time.monotonic() > deadline:
+                        raise StorageError(f"volume {name} is open on {self.node} "
+                                           f"({state.in_use} connection(s)): stop the guest "
+                                           f"first")
+                    await asyncio.sleep(0.1)
+            yield self.image_name(name)
+        finally:
+            if activated:
+                with contextlib.suppress(Exception):
+                    await rep.deactivate(name)
+
+    async def snapshot(self, volid: str, snap: str) -> None:
+        async with self._image_here(volid) as image:
+            if snap in await self._snapshot_names(image):
+                raise StorageError(f"snapshot '{snap}' already exists in volume {volid}")
+            name = self.volname(volid)
+            reason = await self._room(volid, name, int(self._cached_record(name)["size"]), 0)
+            if reason is not None:
+                raise StorageError(f"{SNAPSHOT_UNAVAILABLE}: {reason}")
+            await _run("qemu-img", "snapshot", "-q", "-c", snap, image)
+
+    async def rollback_snapshot(self, volid: str, snap: str) -> None:
+        async with self._image_here(volid) as image:
+            await _run("qemu-img", "snapshot", "-q", "-a", snap, image)
+
+    async def delete_snapshot(self, volid: str, snap: str) -> None:
+        async with self._image_here(volid) as image:
+            await _run("qemu-img", "snapshot", "-q", "-d", snap, image)
+
+    async def snapshots(self, volid: str) -> builtins.list[str]:
+        if self.volume_format(volid) != "qcow2":
+            return []
+        async with self._image_here(volid, read_only=True) as image:
+            return await self._snapshot_names(image)
+
+    @staticmethod
+    async def _snapshot_names(image: str) -> builtins.list[str]:
+        info = json.loads(await _run("qemu-img", "info", "--output=json", image))
+        return [s["name"] for s in info.get("snapshots", [])]
 
     # ------------------------------------------------------------ use by a guest here
 

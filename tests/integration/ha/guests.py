@@ -70,13 +70,20 @@ def watchdog_supervisors(root: Path) -> list[int]:
 
 
 def stop_cluster_and_guests(c: Cluster) -> None:
-    """Guests first, then the daemons, then the supervisors (they outlive a daemon stop)."""
+    """Guests first, then the daemons, then the supervisors and the volume engines (they
+    outlive a daemon stop)."""
+    from tests.integration.replica.test_daemon_volumes import kill_engine
+
     for node in c.nodes.values():
         for pidfile in (node.state_dir / "run" / "qemu").glob("*.pid"):
             kill_pid(qemu_pid(node, int(pidfile.stem)))
-    c.stop()
-    for pid in watchdog_supervisors(c.root):
-        kill_pid(pid)
+    try:
+        c.stop()
+    finally:
+        for pid in watchdog_supervisors(c.root):
+            kill_pid(pid)
+        for node in c.nodes.values():
+            kill_engine(node)
 
 
 def api(node: Node):

@@ -13,6 +13,12 @@ lease expiry proves nothing (the watchdog was released): the guest is
 recovered on the other node only after its fence device (an external agent
 script here, the `agent` fence type) confirmed the power-off, after
 `restart_grace` (30 s).
+
+The same cluster carries issue 13's snapshot-across-failover case: an HA guest
+whose disk is a qcow2 image on replicated storage writes A, is snapshotted by its
+QEMU (QMP), writes B; its node dies (daemon, QEMU, watchdog supervisor and volume
+engine killed) and the guest is recovered on n2, where it is rolled back
+(qemu-img on n2's copy) and reads A again.
 """
 
 from __future__ import annotations
@@ -236,4 +242,72 @@ def test_node_dead_during_restart_is_recovered_only_after_a_device_fence(
         assert qemu_pid(n2, vmid)
     finally:
         remove_ha_guest(n1, n2, sid, vmid, fence=True)
+        print(f"test runtime {time.monotonic() - began:.1f} s")
+
+
+def test_snapshot_survives_a_failover_of_a_guest_on_replicated_storage(
+        cluster: Cluster) -> None:
+    from binome.lab.image import build_image
+    from tests.integration.guest.test_snapshots import Console, guest_read, guest_write
+    from tests.integration.replica.test_daemon_volumes import kill_engine
+
+    began = time.monotonic()
+    c = cluster
+    n1, n2 = c["n1"], c["n2"]
+    px = api(n2)
+    n2.cli("storage", "add", "repl", "--type", "replicated", "--content", "images")
+    vmid = int(px.cluster.nextid.get())
+    sid = f"vm:{vmid}"
+    upid = px.nodes("n1").qemu.post(
+        vmid=vmid, name="ha-snap", memory=128, cores=1, virtio0="repl:0.0625,format=qcow2",
+        kernel="local:iso/vmlinuz", initrd="local:iso/initrd.gz",
+        append=build_image().cmdline(), vga="serial0")
+    wait_for(lambda: px.nodes("n1").tasks(upid).status.get()["status"] == "stopped", 60,
+             f"creation of VM {vmid}")
+    assert px.nodes("n1").tasks(upid).status.get()["exitstatus"] == "OK"
+    console = Console(n1.state_dir / "run" / "qemu" / f"{vmid}.serial")
+
+    def task_ok(node: str, upid: str, timeout: float = 60) -> None:
+        tasks = px.nodes(node).tasks(upid)
+        wait_for(lambda: tasks.status.get()["status"] == "stopped", timeout, upid)
+        status = tasks.status.get()["exitstatus"]
+        log = "\n".join(e["t"] for e in tasks.log.get(limit=500))
+        assert status == "OK", f"{status}\n{log}"
+
+    try:
+        n2.cli("ha", "add", sid, "--state", "started")
+        wait_for(lambda: qemu_pid(n1, vmid) and service(n2, sid).get("state") == "started",
+                 90, f"{sid} started on n1")
+        guest_write(console, "DATA-A", "RAM-A")
+        task_ok("n1", px.nodes("n1").qemu(vmid).snapshot.post(snapname="before"))
+        guest_write(console, "DATA-B", "RAM-B")
+        console.close()
+        volume = f"vm-{vmid}-disk-0"
+
+        # n1 dies: everything of it at once
+        t_dead = time.monotonic()
+        kill_pid(qemu_pid(n1, vmid))
+        kill_pid(_pid(n1.state_dir / "run" / "ha-watchdog.pid"))
+        n1.kill()
+        kill_engine(n1)
+        wait_for(lambda: qemu_pid(n2, vmid) is not None, 90, f"{sid} recovered on n2",
+                 interval=0.2)
+        print(f"n1 dead -> {sid} running on n2: {time.monotonic() - t_dead:.1f} s")
+        q2 = px.nodes("n2").qemu(vmid)
+        assert [s["name"] for s in q2.snapshot.get()] == ["before", "current"]
+
+        # rolled back on n2 by its administrator: HA stops it, the rollback, HA starts it
+        n2.cli("ha", "set", sid, "--state", "stopped")
+        wait_for(lambda: qemu_pid(n2, vmid) is None, 60, f"{sid} stopped on n2")
+        task_ok("n2", q2.snapshot("before").rollback.post())
+        n2.cli("ha", "set", sid, "--state", "started")
+        wait_for(lambda: qemu_pid(n2, vmid) is not None, 60, f"{sid} started on n2 again")
+        console = Console(n2.state_dir / "run" / "qemu" / f"{vmid}.serial")
+        assert guest_read(console) == ("DATA-A", "none")
+        st = next(v for v in n2.json("volume", "list") if v["name"] == volume)
+        assert st["role"] == "Primary", st
+    finally:
+        console.close()
+        remove_ha_guest(n1, n2, sid, vmid)
+        wait_for(n1.quorate, 60, "n1 quorate again")
         print(f"test runtime {time.monotonic() - began:.1f} s")

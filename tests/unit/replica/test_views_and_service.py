@@ -154,6 +154,7 @@ class _FakeService:
 
     def __init__(self, records=None, others=("n2",)):
         self._records = records or {}
+        self.records = self._records     # the volume service's record cache
         self._others = others
 
     def default_peer(self, candidates=()):

@@ -24,6 +24,7 @@ from binome.api.methods import (  # noqa: F401
     snapshots,
     storage,
     storage_content,
+    storage_keys,
     tasks,
     tfa,
     version,

@@ -14,6 +14,7 @@ from binome.access.permission import AnyUser
 from binome.api.context import RequestContext
 from binome.api.errors import fail, param_error
 from binome.api.methods.common import NODE, RRD_PARAMS, storage_definitions
+from binome.api.methods.storage_keys import push_encryption_key
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
 from binome.backup.crypt import AUTOGEN, CryptError, load_key, new_key_file
@@ -146,6 +147,7 @@ async def storage_create(ctx: RequestContext, params: dict[str, Any]) -> None:
     if key_text is not None:
         # after the definition: a taken storage ID never overwrites another's key
         _manager(ctx).save_encryption_key(params["storage"], key_text)
+        await push_encryption_key(ctx, params["storage"], key_text)
 
 
 UPDATE_PARAMS: dict[str, Param] = {

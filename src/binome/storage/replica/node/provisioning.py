@@ -44,7 +44,8 @@ async def create_volume(svc: VolumeService, name: str, size: int | str, *, peer:
                         backing_dir: str | None = None, primary: bool = True,
                         task: Task | None = None, wait_peer: float = 30.0,
                         allow_two_primaries: bool = False,
-                        options: dict[str, Any] | None = None) -> dict[str, Any]:
+                        options: dict[str, Any] | None = None,
+                        image: dict[str, Any] | None = None) -> dict[str, Any]:
     """Create a volume on this node and its peer; this node becomes its Primary.
 
     The record goes to etcd first (the name, the port and the secret are
@@ -52,7 +53,10 @@ async def create_volume(svc: VolumeService, name: str, size: int | str, *, peer:
     This node waits (up to `wait_peer` s) for the peer to connect, then
     forces itself Primary, which starts the initial full sync. `options`: more
     adjustable engine settings (config.ADJUSTABLE: the c_* of the dynamic resync
-    controller, verify_alg, csums_alg), recorded like the others.
+    controller, verify_alg, csums_alg), recorded like the others. `image`: what the
+    `replicated` storage keeps about the image it writes inside the device (its
+    format and virtual size: `storage.replicated`), recorded as `image`, never read
+    here.
     """
     say = task.log if task is not None else (lambda m: log.info("%s", m))
     if not NAME_RE.match(name):
@@ -84,6 +88,8 @@ async def create_volume(svc: VolumeService, name: str, size: int | str, *, peer:
         "primary": svc.node if primary else None, "down": [], "creator": svc.node,
         "created": int(time.time()),
     }
+    if image:
+        rec["image"] = dict(image)
     if backing_dir:
         for n in rec["nodes"].values():
             n["backing_dir"] = backing_dir
@@ -192,3 +198,11 @@ async def ack_deletion(svc: VolumeService, name: str) -> bool:
 async def set_record(svc: VolumeService, name: str,
                      mutate: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
     await svc.record_store.update(name, mutate)
+
+
+async def set_image(svc: VolumeService, name: str, image: dict[str, Any]) -> None:
+    """Replace the record's `image` entry (the `replicated` storage's, see
+    `create_volume`), in etcd and in this node's cache."""
+    await set_record(svc, name, lambda r: {**r, "image": dict(image)})
+    if name in svc.records:
+        svc.records[name] = {**svc.records[name], "image": dict(image)}

@@ -330,6 +330,7 @@ class VolumeService:
     # creating and deleting volumes
     create_volume = provisioning.create_volume
     delete_volume = provisioning.delete_volume
+    set_image = provisioning.set_image
 
     # quorum fencing
     fence_peer = fencing.fence_peer
