@@ -187,8 +187,11 @@ def main(argv: list[str] | None = None) -> int:
             node = ha.guest_node()
             assert node is not None
             time.sleep(2)
-            t0 = time.time()
             pid = qemu_pid(ha, node)
+            # the window opens before the pause: a silence is measured between two
+            # replies inside it, and the last reply before the pause must be one
+            t0 = time.time()
+            time.sleep(0.5)
             took = pause_in_place(pid, pause_ms / 1000)
             time.sleep(1.5)
             gap, lost = pinger.worst_gap(t0, time.time())
