@@ -3,6 +3,7 @@
 import { accessStrings } from "./views/access/strings";
 import { pageStrings } from "./strings-pages";
 import { dcStrings } from "./views/dc/strings";
+import { nodeStrings } from "./views/node/strings";
 
 const en = {
   ...accessStrings,
@@ -197,6 +198,7 @@ const en = {
   "common.none": "—",
   ...pageStrings,
   ...dcStrings,
+  ...nodeStrings,
 } as const;
 
 export type StringKey = keyof typeof en;
