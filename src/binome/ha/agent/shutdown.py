@@ -19,6 +19,11 @@ On Debian that knowledge lives in systemd, and there are two ways to get it:
    queued jobs say which kind. A `systemctl restart binomed` leaves the
    system `running`: a plain daemon restart is no shutdown.
 
+3. **Announced by binome** (`announce`): a reboot or shutdown asked through the API
+   (`POST /nodes/{node}/status`) is known before anything stops; the API's task
+   then waits for the LRM, and runs `power_argv` (`BINOME_HOST_POWER_COMMAND`,
+   default `systemctl`, with `reboot` or `poweroff` appended) last.
+
 Both use only subprocesses of tools that ship with systemd and glib (no new
 Python dependency), and both degrade to "no shutdown known" when the tools
 are missing: the watchdog guarantee still covers the guests then.
