@@ -108,3 +108,14 @@ def test_arm_and_disarm_are_served_at_both_paths() -> None:
     assert set(ours.parameters) == {"mode"} and set(upstream.parameters) == {"resource-mode"}
     assert ours.permission == upstream.permission
     assert [s.command for s in upstream.cli] == []   # one CLI verb for both
+
+
+@pytest.mark.parametrize(("kind", "wanted", "shown"), [
+    ("bridge", "bridge", True), ("bridge", "any_bridge", True),
+    ("bridge", "any_local_bridge", True), ("eth", "any_bridge", False),
+    ("bond", "bond", True), ("vlan", "eth", False), ("unknown", "include_sdn", True),
+])
+def test_network_type_filter(kind: str, wanted: str, shown: bool) -> None:
+    from binome.api.methods.node_system import _type_matches
+
+    assert _type_matches({"type": kind}, wanted) is shown

@@ -264,10 +264,14 @@ async def node_report(ctx: RequestContext, params: dict[str, Any]) -> str:
                                  description="Specify the command.")},
     cli=(CliSpec(("node", "reboot"), positional=("node",), fixed=(("command", "reboot"),),
                  confirm="this stops or moves every guest of the node, then reboots the "
-                         "host"),
+                         "host",
+                 help="Reboot the node: HA shutdown policy, other guests shut down, then "
+                      "the host's reboot command (a nodereboot task)."),
          CliSpec(("node", "shutdown"), positional=("node",), fixed=(("command", "shutdown"),),
                  confirm="this stops or moves every guest of the node, then powers the "
-                         "host off")),
+                         "host off",
+                 help="Power the node off: HA shutdown policy, other guests shut down, "
+                      "then the host's power-off command (a nodeshutdown task).")),
 )
 async def node_cmd(ctx: RequestContext, params: dict[str, Any]) -> None:
     kind = "reboot" if params["command"] == "reboot" else "poweroff"
