@@ -387,7 +387,7 @@ def test_consoles_and_graphs(browser, cluster: Cluster, console_vm: int, shots: 
     _wait(browser, lambda d: _css(d, "dialog button[type=submit]")[0].get_attribute("disabled")
           is not None, "OK disabled for a bad timeout")
     _css(browser, "dialog button[type=button]")[0].click()
-    assert not _css(browser, "dialog")
+    _wait(browser, lambda d: not _css(d, "dialog"), "the dialog closed")
     st = api.get(f"{_base(cluster)}/api2/json/nodes/n1/qemu/{console_vm}/status/current",
                  timeout=30).json()["data"]
     assert st["status"] == "running"
