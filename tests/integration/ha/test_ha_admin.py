@@ -449,7 +449,7 @@ def test_node_bulk_start_stop_migrate(ha_cluster: Cluster) -> None:
                  and service(n1, sid).get("state") == "started", 60, "b and the HA guest up")
 
         # ---- stopall: reverse startup order (no order = last, so stopped first)
-        log = bulk_task(px, "n1", px.nodes("n1").stopall.post(vms=vms, timeout=5))
+        log = bulk_task(px, "n1", px.nodes("n1").stopall.post(vms=vms, timeout=3))
         order = [log.index(f"Stopping VM {v} ") for v in (h, b, a)]
         assert order == sorted(order), log
         wait_for(lambda: not any(qemu_pid(n1, v) for v in (a, b, h)), 30, "all stopped")
