@@ -17,7 +17,8 @@ Which interfaces are listed follows PVE: bridges, bonds and VLANs always; physic
 NICs (PVE's `physical_nic_regex`, or a device behind it in sysfs); anything else only
 if it carries a global address (type `unknown`). Guests' tap devices and bare veth
 peers are left out, as PVE leaves out what is not in its configuration. Loopback is
-never listed (PVE deletes `lo`).
+never listed (PVE deletes `lo`). A bridge's `bridge_ports` and a bond's `slaves` name
+every member but guests' taps, listed or not (a veth into a namespace is a port).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Any
 
 # PVE::Network::physical_nic_regex
 PHYSICAL_NIC = re.compile(r"^(?:eth\d+|en[^:.]+|ib[^:.]+)$")
+GUEST_TAP = re.compile(r"^tap\d+i\d+$")
 # what PVE's bond_mode enum calls the kernel's modes (the kernel's names are the same)
 BOND_XMIT = {"layer2": "layer2", "layer2+3": "layer2+3", "layer3+4": "layer3+4"}
 IP_TIMEOUT = 5.0
@@ -56,6 +58,13 @@ def _has_device(name: str) -> bool:
     return Path(f"/sys/class/net/{name}/device").exists()
 
 
+def _guest_device(link: dict[str, Any]) -> bool:
+    """A guest's tap (`tap<vmid>i<n>`, a tun device): plugged in by binome at the
+    guest's start, no port of the host's configuration (PVE's bridge_ports)."""
+    kind = (link.get("linkinfo") or {}).get("info_kind")
+    return kind == "tun" or GUEST_TAP.match(link.get("ifname", "")) is not None
+
+
 def shape_interfaces(links: list[dict[str, Any]], routes4: list[dict[str, Any]],
                      routes6: list[dict[str, Any]],
                      is_physical: Any = _has_device) -> dict[str, dict[str, Any]]:
@@ -65,7 +74,7 @@ def shape_interfaces(links: list[dict[str, Any]], routes4: list[dict[str, Any]],
     gw6 = {r["dev"]: r["gateway"] for r in routes6 if r.get("dev") and r.get("gateway")}
     ports: dict[str, list[str]] = {}
     for link in links:
-        if link.get("master"):
+        if link.get("master") and not _guest_device(link):
             ports.setdefault(link["master"], []).append(link["ifname"])
     out: dict[str, dict[str, Any]] = {}
     for link in links:
@@ -145,8 +154,7 @@ def shape_interfaces(links: list[dict[str, Any]], routes4: list[dict[str, Any]],
             entry["altnames"] = list(link["altnames"])
         out[name] = entry
     for name, entry in out.items():
-        # a guest's tap on a bridge is no port of the host's configuration
-        members = " ".join(sorted(p for p in ports.get(name, []) if p in out))
+        members = " ".join(sorted(ports.get(name, [])))
         for key in ("bridge_ports", "slaves"):
             if key in entry:
                 entry[key] = members

@@ -55,7 +55,7 @@ LINKS = [
      "addr_info": []},
     {"ifindex": 8, "ifname": "tap100i0", "flags": ["BROADCAST", "UP"], "master": "br0",
      "mtu": 1500, "link_type": "ether", "linkinfo": {"info_kind": "tun"}, "addr_info": []},
-    {"ifindex": 9, "link": "v1", "ifname": "v0", "flags": ["BROADCAST", "UP"],
+    {"ifindex": 9, "link": "v1", "ifname": "v0", "flags": ["BROADCAST", "UP"], "master": "br0",
      "mtu": 1500, "link_type": "ether", "linkinfo": {"info_kind": "veth"}, "addr_info": []},
     {"ifindex": 10, "link": "v0", "ifname": "wg0", "flags": ["POINTOPOINT", "UP"],
      "mtu": 1420, "link_type": "none", "linkinfo": {"info_kind": "wireguard"},
@@ -78,13 +78,14 @@ def test_bridge_with_pve_field_names() -> None:
     br = shaped()["br0"]
     assert br == {
         "iface": "br0", "type": "bridge", "priority": 2, "active": 1, "autostart": 1,
-        "bridge_ports": "eno1", "bridge_stp": "off", "bridge_fd": "15",
+        "bridge_ports": "eno1 v0", "bridge_stp": "off", "bridge_fd": "15",
         "bridge_vlan_aware": 1, "method": "static", "address": "198.51.100.1",
         "netmask": "255.255.255.0", "cidr": "198.51.100.1/24", "gateway": "198.51.100.254",
         "method6": "static", "address6": "2001:db8::1", "netmask6": 64,
         "cidr6": "2001:db8::1/64", "gateway6": "2001:db8::fe", "families": ["inet", "inet6"]}
-    # the tap of a guest on the bridge is no port of the host's configuration
-    assert "tap100i0" not in br["bridge_ports"]
+    # the tap of a guest on the bridge is no port of the host's configuration; the veth
+    # is one, though not listed itself (no address: nothing of the host's config)
+    assert "tap100i0" not in br["bridge_ports"] and "v0" not in shaped()
 
 
 def test_physical_port_bond_and_vlan() -> None:
