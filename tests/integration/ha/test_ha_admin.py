@@ -514,7 +514,7 @@ def test_host_shutdown_policies(
         t0 = time.monotonic()
         assert px.nodes("n1").status.post(command="reboot") is None
         upid = wait_for(lambda: next((t["upid"] for t in px.nodes("n1").tasks.get(
-            typefilter="nodereboot")), None), 10, "the nodereboot task")
+            typefilter="nodereboot", source="all")), None), 10, "the nodereboot task")
         st = task_done(px, "n1", upid, 120)
         log = task_log(px, "n1", upid)
         print(log)
