@@ -4,6 +4,7 @@ import { accessStrings } from "./views/access/strings";
 import { pageStrings } from "./strings-pages";
 import { dcStrings } from "./views/dc/strings";
 import { storageStrings } from "./views/storage/strings";
+import { nodeStrings } from "./views/node/strings";
 
 const en = {
   ...accessStrings,
@@ -199,6 +200,7 @@ const en = {
   ...pageStrings,
   ...dcStrings,
   ...storageStrings,
+  ...nodeStrings,
 } as const;
 
 export type StringKey = keyof typeof en;

@@ -40,6 +40,14 @@ class HostView(Protocol):
 
     def status(self) -> dict[str, Any]: ...
 
+    async def network(self) -> dict[str, dict[str, Any]]:
+        """The host's interfaces by name, in PVE's `/nodes/{node}/network` shape."""
+        ...
+
+    def dns(self) -> dict[str, str]: ...
+
+    def time(self) -> dict[str, Any]: ...
+
 
 class RrdView(Protocol):
     """The node's, guests' and storages' usage history (`.../rrddata`), PVE's rows."""
@@ -68,6 +76,11 @@ class RebootGuard(Protocol):
     """The HA agent as the API sees it: an API reboot of an HA guest is not a crash."""
 
     def rebooting(self, vmid: int) -> AbstractContextManager[None]: ...
+
+    async def prepare_host_shutdown(self, kind: str, timeout: float) -> bool:
+        """The host is about to `kind` ("reboot" | "poweroff"): apply the HA shutdown
+        policy to this node's HA guests now; True once done within `timeout`."""
+        ...
 
 
 class NodeServices(Protocol):
@@ -130,6 +143,10 @@ class NodeServices(Protocol):
 
     async def node_api_url(self, node: str) -> str:
         """`https://host:port` of a cluster node's API."""
+        ...
+
+    def service_states(self) -> list[dict[str, Any]]:
+        """binome's processes on this node, in PVE's `/nodes/{node}/services` shape."""
         ...
 
 

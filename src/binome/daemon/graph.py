@@ -9,10 +9,11 @@ On a witness (`role == "witness"`) there are no guests, volumes or HA agent.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import ssl
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from binome.access.repository import Change
 from binome.access.service import AccessService
@@ -26,6 +27,7 @@ from binome.daemon.hostinfo import HostInfo
 from binome.daemon.logs import NodeLogs
 from binome.daemon.rrd import RrdStore
 from binome.guest.guests import GuestService
+from binome.guest.process import is_alive
 from binome.metrics.exporter import NodeMetrics
 from binome.notify import history as notify_history
 from binome.notify.repository import Change as NotifyChange
@@ -153,6 +155,36 @@ class NodeGraph:
                 pki.write_private(path, secrets.token_hex(32).encode())
             self._local_authkey = bytes.fromhex(path.read_text())
         return self._local_authkey
+
+    def service_states(self) -> list[dict[str, Any]]:
+        """binome's processes on this node, as PVE's `/nodes/{node}/services` lists the
+        node's systemd units: binomed itself, its etcd member, the replicated volume
+        engine and the HA watchdog supervisor (these run as binomed's children or
+        beside it, not as units of their own)."""
+        def entry(service: str, desc: str, pid: int | None, *, wanted: bool) -> dict[str, Any]:
+            st: dict[str, Any] = {"service": service, "name": service, "desc": desc,
+                                  "state": "running" if pid else "dead",
+                                  "active-state": "active" if pid else "inactive",
+                                  "unit-state": "static" if wanted else "disabled"}
+            if pid:
+                st["pid"] = pid
+            return st
+
+        member = self.cluster.local.etcd
+        out = [entry("binomed", "binome node daemon (API, cluster, guests, HA)", os.getpid(),
+                     wanted=True),
+               entry("etcd", "etcd member of the cluster store",
+                     member.pid if member is not None else None,
+                     wanted=self.cluster.is_member)]
+        if self.volumes is not None:
+            handle = self.volumes.handle
+            out.append(entry("binome-volumes", "replicated volume engine (outlives binomed)",
+                             handle.pid if handle is not None and is_alive(handle.pid)
+                             else None, wanted=True))
+        if self.ha is not None:
+            out.append(entry("watchdog", "HA watchdog supervisor (runs while HA guests are "
+                             "protected here)", self.ha.watchdog.running_pid(), wanted=True))
+        return out
 
     async def node_api_url(self, node: str) -> str:
         address = self.cluster.node_address(node)

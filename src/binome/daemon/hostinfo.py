@@ -1,4 +1,5 @@
-"""What this host looks like: CPU, memory, load, uptime, root filesystem (read from /proc)."""
+"""What this host looks like: CPU, memory, load, uptime, root filesystem (read from /proc);
+its network, DNS and time as `binome.daemon.nodeinfo` reads them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from binome import __version__
+from binome.daemon import nodeinfo
 
 
 def _meminfo() -> dict[str, int]:
@@ -119,3 +121,13 @@ class HostInfo:
             "pveversion": f"binome/{__version__}",
             "idle": 0, "wait": 0,
         }
+
+    async def network(self) -> dict[str, dict[str, Any]]:
+        """The host's interfaces in PVE's shape (`/nodes/{node}/network`)."""
+        return await nodeinfo.read_interfaces()
+
+    def dns(self) -> dict[str, str]:
+        return nodeinfo.read_dns()
+
+    def time(self) -> dict[str, Any]:
+        return nodeinfo.time_info()

@@ -314,7 +314,10 @@ def test_fence_device_api_and_binome_fence(ha_cluster: Cluster, tmp_path) -> Non
 
 def test_node_maintenance_evacuates_and_brings_back(ha_cluster: Cluster) -> None:
     """`binome ha node-maintenance enable n1` live-migrates the HA VM to n2 and
-    releases n1's watchdog; `disable` brings it back; disarm/arm from the CLI."""
+    releases n1's watchdog; `disable` brings it back; disarm (upstream's API path) and
+    arm (the CLI)."""
+    from proxmoxer import ResourceException
+
     began = time.monotonic()
     c = ha_cluster
     n1, n2 = c["n1"], c["n2"]
@@ -363,8 +366,11 @@ def test_node_maintenance_evacuates_and_brings_back(ha_cluster: Cluster) -> None
         print(f"maintenance disable -> {sid} back on n1: {time.monotonic() - t0:.1f} s")
         assert qemu_pid(n2, vmid) is None
 
-        # ---- disarm (freeze) and arm again
-        n1.cli("ha", "crm-command", "disarm-ha", "freeze")
+        # ---- disarm (freeze) and arm again; disarm through upstream's path (PVE 9)
+        with pytest.raises(ResourceException) as bad:
+            px.cluster.ha.status("disarm-ha").post(**{"resource-mode": "sometimes"})
+        assert bad.value.status_code == 400 and "resource-mode" in bad.value.errors
+        px.cluster.ha.status("disarm-ha").post(**{"resource-mode": "freeze"})
         wait_for(lambda: service(n1, sid).get("state") == "freeze", 20, f"{sid} frozen")
         wait_for(lambda: all(e["watchdog"] == 0 for e in n1.json("ha", "status")
                              if e["type"] == "lrm"), 20, "watchdogs released")
@@ -385,6 +391,88 @@ def test_node_maintenance_evacuates_and_brings_back(ha_cluster: Cluster) -> None
         print(f"test runtime {time.monotonic() - began:.1f} s")
 
 
+# ---------------------------------------------------------------- bulk actions
+
+
+def bulk_task(px, node: str, upid: str) -> str:
+    st = task_done(px, node, upid, 120)
+    log = task_log(px, node, upid)
+    print(log)
+    assert st["exitstatus"] == "OK", log
+    return log
+
+
+def test_node_bulk_start_stop_migrate(ha_cluster: Cluster) -> None:
+    """startall/stopall/migrateall (PVE's Nodes.pm): onboot and `startup` order, `vms`
+    and `force`, the HA guest through the manager; bad input refused, nothing changed."""
+    from proxmoxer import ResourceException
+
+    began = time.monotonic()
+    c = ha_cluster
+    n1, n2 = c["n1"], c["n2"]
+    px = api(n2)                       # through n2: proxied to n1 as PVE does
+    a = create_vm(px, "n1", "bulk-a")
+    b = create_vm(px, "n1", "bulk-b")
+    h = create_vm(px, "n1", "bulk-ha")
+    sid = f"vm:{h}"
+    vms = f"{a},{b},{h}"
+    try:
+        # `up=0`: no pause after each start (PVE waits 3 s by default)
+        px.nodes("n1").qemu(a).config.put(onboot=1, startup="order=1,up=0")
+        px.nodes("n1").qemu(b).config.put(startup="order=2,up=0")
+        px.nodes("n1").qemu(h).config.put(onboot=1, startup="up=0")
+        n1.cli("ha", "add", sid, "--state", "stopped")
+
+        # ---- bad input: PVE's 400 naming the parameter; nothing started or moved
+        for call, field in ((lambda: px.nodes("n1").startall.post(vms="100,99"), "vms"),
+                            (lambda: px.nodes("n1").stopall.post(timeout=-1), "timeout"),
+                            (lambda: px.nodes("n1").migrateall.post(target="n1"), "target"),
+                            (lambda: px.nodes("n1").migrateall.post(target="n9"), "target"),
+                            (lambda: px.nodes("n1").migrateall.post(target="w"), "target"),
+                            (lambda: px.nodes("n1").status.post(command="halt"), "command")):
+            with pytest.raises(ResourceException) as bad:
+                call()
+            assert bad.value.status_code == 400 and field in bad.value.errors, bad.value
+        assert not any(qemu_pid(node, v) for node in (n1, n2) for v in (a, b, h))
+        assert {a, b, h} <= {vm["vmid"] for vm in px.nodes("n1").qemu.get()}
+
+        # ---- startall: onboot guests only, not the HA one (the manager's business)
+        log = bulk_task(px, "n1", px.nodes("n1").startall.post())
+        assert f"Starting VM {a}" in log and f"VM {b}" not in log and f"VM {h}" not in log
+        assert qemu_pid(n1, a) and not qemu_pid(n1, b) and not qemu_pid(n1, h)
+        # force + vms: a guest without onboot, and the HA guest through the manager
+        log = bulk_task(px, "n1", px.nodes("n1").startall.post(force=1, vms=f"{b},{h}"))
+        assert f"Starting VM {b}" in log and f"Starting VM {h}" in log
+        assert ":hastart:" in "".join(t["upid"] for t in px.nodes("n1").tasks.get(
+            typefilter="hastart", vmid=h))
+        wait_for(lambda: qemu_pid(n1, b) and qemu_pid(n1, h)
+                 and service(n1, sid).get("state") == "started", 60, "b and the HA guest up")
+
+        # ---- stopall: reverse startup order (no order = last, so stopped first)
+        log = bulk_task(px, "n1", px.nodes("n1").stopall.post(vms=vms, timeout=3))
+        order = [log.index(f"Stopping VM {v} ") for v in (h, b, a)]
+        assert order == sorted(order), log
+        wait_for(lambda: not any(qemu_pid(n1, v) for v in (a, b, h)), 30, "all stopped")
+        assert px.cluster.ha.resources(sid).get()["state"] == "stopped"
+
+        # ---- migrateall: every guest (the HA one by the manager) to n2
+        log = bulk_task(px, "n1", px.nodes("n1").migrateall.post(
+            target="n2", vms=vms, **{"max-workers": 2}))
+        assert all(f"Migrating VM {v}" in log for v in (a, b, h)), log
+        wait_for(lambda: {a, b, h} <= {vm["vmid"] for vm in px.nodes("n2").qemu.get()}, 60,
+                 "the three guests on n2")
+        wait_for(lambda: service(n1, sid).get("node") == "n2", 30, "the HA guest on n2")
+        # CLI: the same verbs (`binome node ...`), here with nothing left to do
+        out = n2.cli("node", "migrateall", "n1", "n2", "--vms", vms, check=False)
+        assert out.returncode == 1 and "no virtual guests matched" in out.stdout, out
+    finally:
+        n1.cli("ha", "remove", sid, check=False)
+        for node in (n1, n2):
+            for v in (a, b, h):
+                kill_pid(qemu_pid(node, v))
+        print(f"test runtime {time.monotonic() - began:.1f} s")
+
+
 # ---------------------------------------------------------------- host shutdown
 
 
@@ -402,6 +490,9 @@ def test_host_shutdown_policies(
     answer = tmp_path / "host-state"
     answer.write_text("")
     monkeypatch.setenv("BINOME_SHUTDOWN_PROBE", f"cat {answer}")
+    # the host power command of `POST /nodes/n1/status`: a probe that records the ask
+    asked = tmp_path / "power-asked"
+    monkeypatch.setenv("BINOME_HOST_POWER_COMMAND", f"sh -c 'echo \"$0\" >> {asked}'")
     vmid = None
     sid = ""
     try:
@@ -417,11 +508,24 @@ def test_host_shutdown_policies(
         wait_for(lambda: qemu_pid(n1, vmid) and service(n2, sid).get("state") == "started",
                  90, f"{sid} started on n1")
 
-        # ---- reboot: freeze, stop, do not recover
-        answer.write_text("reboot\n")
-        took = sigterm_and_wait(n1, 120)
-        print(f"reboot: binomed applied the policy and exited in {took:.1f} s")
+        # ---- reboot through the API (PVE's POST /nodes/{node}/status): binomed applies
+        # the policy (freeze, stop), then asks the host (here the recording probe); the
+        # SIGTERM systemd then sends finds the policy applied. Not recovered elsewhere.
+        t0 = time.monotonic()
+        assert px.nodes("n1").status.post(command="reboot") is None
+        upid = wait_for(lambda: next((t["upid"] for t in px.nodes("n1").tasks.get(
+            typefilter="nodereboot", source="all")), None), 10, "the nodereboot task")
+        st = task_done(px, "n1", upid, 120)
+        log = task_log(px, "n1", upid)
+        print(log)
+        assert st["exitstatus"] == "OK", log
+        assert "HA shutdown policy applied" in log and "asking the host to reboot" in log
+        assert asked.read_text() == "reboot\n"
         assert qemu_pid(n1, vmid) is None, "the guest outlived its node's reboot"
+        wait_for(lambda: service(n2, sid).get("state") == "freeze", 10, f"{sid} frozen")
+        took = sigterm_and_wait(n1, 120)
+        print(f"reboot: policy applied through the API and binomed exited "
+              f"{time.monotonic() - t0:.1f} s after the request ({took:.1f} s for the stop)")
         assert service(n2, sid).get("state") == "freeze", service(n2, sid)
         # longer than lease_ttl + fence_delay + rounds: a lost node's started service
         # would be fenced and recovered by now; a frozen one must wait for its node

@@ -317,9 +317,11 @@ def _go(driver, hash_: str) -> None:
     driver.execute_script("location.hash = arguments[0]", hash_)
 
 
-def test_consoles_and_graphs(browser, cluster: Cluster, console_vm: int, shots: Path) -> None:
+def test_consoles_and_graphs(browser, cluster: Cluster, console_vm: int, shots: Path,
+                            api: requests.Session) -> None:
     """The serial console (xterm.js) answers a command typed in the browser, the VNC
-    console (noVNC) draws the guest's display, the graphs draw the rrddata."""
+    console (noVNC) draws the guest's display, the graphs draw the rrddata; the node's
+    Network and System tabs and its bulk actions (confirmed, checked before sending)."""
     from selenium.webdriver.support.ui import Select
 
     vm = console_vm
@@ -365,6 +367,36 @@ def test_consoles_and_graphs(browser, cluster: Cluster, console_vm: int, shots: 
     _wait(browser, lambda d: len(_css(d, "#view-node #graphs .chart canvas")) == 4,
           "the node's four charts")
     browser.save_screenshot(str(shots / "node-graphs.png"))
+
+    # the node's Network tab: the interfaces the API reads from the host, one row each
+    ifaces = api.get(f"{_base(cluster)}/api2/json/nodes/n1/network", timeout=30).json()["data"]
+    _css(browser, "#node-tab-network")[0].click()
+    _wait(browser, lambda d: {r.get_attribute("data-iface") for r in
+                              _css(d, "#node-network-table tbody tr")}
+          == {i["iface"] for i in ifaces}, "a row per interface")
+    browser.save_screenshot(str(shots / "node-network.png"))
+    # System: version, time, and binomed running among the services
+    _css(browser, "#node-tab-system")[0].click()
+    _wait(browser, lambda d: (r := _css(d, '#node-services-table tr[data-service="binomed"]'))
+          and "running" in r[0].text, "binomed running in the services")
+    assert "PVE API 8." in _css(browser, "#node-sys-version")[0].text
+    browser.save_screenshot(str(shots / "node-system.png"))
+    # bulk shutdown: a bad timeout is said before anything is sent; Cancel sends nothing
+    _css(browser, "#node-stopall")[0].click()
+    _fill(browser, "#node-bulk-timeout", "-1")
+    _wait(browser, lambda d: _css(d, "dialog button[type=submit]")[0].get_attribute("disabled")
+          is not None, "OK disabled for a bad timeout")
+    _css(browser, "dialog button[type=button]")[0].click()
+    _wait(browser, lambda d: not _css(d, "dialog"), "the dialog closed")
+    st = api.get(f"{_base(cluster)}/api2/json/nodes/n1/qemu/{console_vm}/status/current",
+                 timeout=30).json()["data"]
+    assert st["status"] == "running"
+    # bulk start of the running guest, confirmed: a startall task, the guest skipped
+    _css(browser, "#node-startall")[0].click()
+    _fill(browser, "#node-bulk-vms", str(console_vm))
+    _css(browser, "dialog button[type=submit]")[0].click()
+    _wait(browser, lambda d: (m := _css(d, "#node-message")) and ":startall:" in m[0].text,
+          "the startall task started")
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == [], errors
 

@@ -1,4 +1,6 @@
-// Node summary: GET /nodes/{node}/status (proxied to that node by the API) and its guests.
+// Node view: the summary (GET /nodes/{node}/status, proxied to that node by the API) and
+// its guests; the Network and System tabs and the bulk actions (views/node/).
+import { useState } from "preact/hooks";
 import { usePoll } from "../poll";
 import { t } from "../strings";
 import * as fmt from "../format";
@@ -7,6 +9,11 @@ import { Meter } from "./Datacenter";
 import { Graphs } from "./Graphs";
 import { NodeStorages } from "./lazy";
 import { NodeIcon, VmIcon } from "./Status";
+import { BulkActions, NodeNetwork, NodeSystem } from "./node/NodeSystem";
+
+// the tabs live in the view (not the URL): the node's address stays #/node/<name>
+const NODE_TABS = ["summary", "network", "system"] as const;
+type NodeTab = typeof NODE_TABS[number];
 
 interface NodeStatus {
   cpu?: number;
@@ -22,7 +29,8 @@ interface NodeStatus {
 
 export function NodeSummary(props: { node: string; resources: Resource[];
                                      onVm: (vmid: number) => void }) {
-  const { data, error } = usePoll<NodeStatus>(`/nodes/${encodeURIComponent(props.node)}/status`, 2000);
+  const [tab, setTab] = useState<NodeTab>("summary");
+  const { data, error } = usePoll<NodeStatus>(tab === "summary" ? `/nodes/${encodeURIComponent(props.node)}/status` : null, 2000);
   const entry = props.resources.find((r) => r.type === "node" && r.node === props.node);
   const vms = props.resources.filter((r) => r.type === "qemu" && r.node === props.node)
     .sort((a, b) => (a.vmid ?? 0) - (b.vmid ?? 0));
@@ -30,6 +38,16 @@ export function NodeSummary(props: { node: string; resources: Resource[];
     <div class="view" id="view-node">
       <h1><NodeIcon status={entry?.status} /> {t("node.summary", { node: props.node })}</h1>
       {error && <p class="error">{t("node.unreachable", { node: props.node, message: error.message })}</p>}
+      <BulkActions node={props.node} resources={props.resources} />
+      <nav class="tabs" role="tablist" aria-label={t("node.summary", { node: props.node })}>
+        {NODE_TABS.map((x) => (
+          <a key={x} role="tab" id={`node-tab-${x}`} aria-selected={tab === x} href={`#/node/${encodeURIComponent(props.node)}`}
+            onClick={(e) => { e.preventDefault(); setTab(x); }}>{t(`node.tab.${x}` as "node.tab.summary")}</a>
+        ))}
+      </nav>
+      {tab === "network" && <NodeNetwork node={props.node} />}
+      {tab === "system" && <NodeSystem node={props.node} />}
+      {tab === "summary" && <>
       <section class="card">
         <dl>
           <dt>{t("node.cpu")}</dt>
@@ -81,6 +99,7 @@ export function NodeSummary(props: { node: string; resources: Resource[];
         <h2>{t("vm.tab.graphs")}</h2>
         <Graphs kind="node" path={`/nodes/${encodeURIComponent(props.node)}/rrddata`} />
       </section>
+      </>}
     </div>
   );
 }

@@ -16,6 +16,8 @@ from binome.api.methods import (  # noqa: F401
     ha,
     logs,
     metric_servers,
+    node_bulk,
+    node_system,
     nodes,
     notifications,
     openid,

@@ -516,25 +516,41 @@ for _action in ("enable", "disable"):
     )(_make_maint(_action))
 
 
-@registry.register(
-    "POST", "/cluster/ha/crm-command/disarm-ha", name="ha_disarm", permission=CONSOLE,
-    description="Disarm HA for cluster maintenance: no fencing, no recovery, watchdogs "
-                "released. freeze: services keep their state; ignore: left to the admin.",
-    parameters={"mode": Param(type="string", enum=("freeze", "ignore"),
-                              description="What the services do meanwhile.")},
-    cli=CliSpec(("ha", "crm-command", "disarm-ha"), positional=("mode",)),
-)
 async def ha_disarm(ctx: RequestContext, params: dict[str, Any]) -> None:
     await queue_command(ctx, f"disarm-ha {params['mode']}")
 
 
-@registry.register(
-    "POST", "/cluster/ha/crm-command/arm-ha", name="ha_arm", permission=CONSOLE,
-    description="Re-arm HA after disarm-ha: watchdogs armed, fencing and recovery resume.",
-    cli=CliSpec(("ha", "crm-command", "arm-ha")),
-)
+async def _disarm_upstream(ctx: RequestContext, params: dict[str, Any]) -> None:
+    # upstream names the mode `resource-mode`; the queued command is the same
+    await queue_command(ctx, f"disarm-ha {params['resource-mode']}")
+
+
 async def ha_arm(ctx: RequestContext, params: dict[str, Any]) -> None:
     await queue_command(ctx, "arm-ha")
+
+
+# Declared once, served at two paths: ours under crm-command/ and upstream's
+# /cluster/ha/status/{arm,disarm}-ha (pve-ha-manager's API2/HA/Status.pm, PVE 9).
+DISARM_DESCRIPTION = ("Disarm HA for cluster maintenance: no fencing, no recovery, watchdogs "
+                      "released. freeze: services keep their state; ignore: left to the admin.")
+ARM_DESCRIPTION = "Re-arm HA after disarm-ha: watchdogs armed, fencing and recovery resume."
+DISARM_PARAMS = {"resource-mode": Param(type="string", enum=("freeze", "ignore"),
+                                        description="What the services do meanwhile.")}
+for _base, _suffix in (("/cluster/ha/crm-command", ""), ("/cluster/ha/status", "_upstream")):
+    registry.register(
+        "POST", f"{_base}/disarm-ha", name=f"ha_disarm{_suffix}", permission=CONSOLE,
+        description=DISARM_DESCRIPTION + (" (upstream's path)" if _suffix else ""),
+        parameters={"mode": Param(type="string", enum=("freeze", "ignore"),
+                                  description="What the services do meanwhile.")}
+        if not _suffix else DISARM_PARAMS,
+        cli=CliSpec(("ha", "crm-command", "disarm-ha"), positional=("mode",))
+        if not _suffix else (),
+    )(ha_disarm if not _suffix else _disarm_upstream)
+    registry.register(
+        "POST", f"{_base}/arm-ha", name=f"ha_arm{_suffix}", permission=CONSOLE,
+        description=ARM_DESCRIPTION + (" (upstream's path)" if _suffix else ""),
+        cli=CliSpec(("ha", "crm-command", "arm-ha")) if not _suffix else (),
+    )(ha_arm)
 
 
 # ---------------------------------------------------------------- datacenter options: ha

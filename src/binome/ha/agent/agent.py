@@ -400,6 +400,22 @@ class HaAgent:
         self._shutdown_ready.set()
         asyncio.get_running_loop().create_task(self.shutdown.release())
 
+    async def prepare_host_shutdown(self, kind: str, timeout: float) -> bool:
+        """A host reboot/power-off asked through the API (`POST /nodes/{node}/status`):
+        the detector learns it now, before the host stops binomed, so the LRM applies
+        the shutdown policy (freeze, stop, fail over or migrate) while binomed, etcd and
+        the network are all still up. True once the LRM said it is ready; the SIGTERM
+        that follows then finds the policy applied (see `stop`)."""
+        self.shutdown.announce(kind, "requested through the API")
+        self.log("info", f"{self.node}/lrm", f"host {kind} requested: applying the HA "
+                                              "shutdown policy")
+        self.wake()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._shutdown_ready.wait()), timeout)
+        except TimeoutError:
+            return False
+        return True
+
     async def _daemon_restart(self) -> None:
         """Keep the rounds going until the LRM has its services frozen and the watchdog
         released (at most RESTART_WAIT); the guests keep running meanwhile."""

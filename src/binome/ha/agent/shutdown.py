@@ -19,6 +19,11 @@ On Debian that knowledge lives in systemd, and there are two ways to get it:
    queued jobs say which kind. A `systemctl restart binomed` leaves the
    system `running`: a plain daemon restart is no shutdown.
 
+3. **Announced by binome** (`announce`): a reboot or shutdown asked through the API
+   (`POST /nodes/{node}/status`) is known before anything stops; the API's task
+   then waits for the LRM, and runs `power_argv` (`BINOME_HOST_POWER_COMMAND`,
+   default `systemctl`, with `reboot` or `poweroff` appended) last.
+
 Both use only subprocesses of tools that ship with systemd and glib (no new
 Python dependency), and both degrade to "no shutdown known" when the tools
 are missing: the watchdog guarantee still covers the guests then.
@@ -46,6 +51,9 @@ from pathlib import Path
 log = logging.getLogger("binome.ha")
 
 PROBE_ENV = "BINOME_SHUTDOWN_PROBE"
+POWER_ENV = "BINOME_HOST_POWER_COMMAND"
+POWER_DEFAULT = "systemctl"
+POWER_TIMEOUT = 30.0
 PROBE_TIMEOUT = 5.0
 REBOOT_TARGETS = ("reboot.target", "kexec.target", "soft-reboot.target")
 POWEROFF_TARGETS = ("poweroff.target", "halt.target", "shutdown.target")
@@ -137,6 +145,13 @@ class ShutdownDetector:
             return None
         return classify_jobs(jobs)
 
+    def announce(self, kind: str, source: str) -> None:
+        """The host goes down this way, said by binome itself (the API's node reboot or
+        shutdown, which then runs `power_command`)."""
+        if kind not in ("reboot", "poweroff"):
+            raise ValueError(f"unknown host shutdown kind {kind!r}")
+        self._set(kind, source)
+
     def _set(self, kind: str, source: str) -> None:
         if self.request is None:
             log.warning("host %s detected (%s)", kind, source)
@@ -182,3 +197,30 @@ class ShutdownDetector:
                 await self._monitor
             self._monitor = None
         await self.release()
+
+
+def power_argv(kind: str, command: str | None = None) -> list[str]:
+    """The command that reboots or powers off this host: `BINOME_HOST_POWER_COMMAND`
+    (default `systemctl`) with `reboot` or `poweroff` appended. The lab and the tests
+    set a harmless command (a probe that records what it was asked)."""
+    if kind not in ("reboot", "poweroff"):
+        raise ValueError(f"unknown host power action {kind!r}")
+    text = command if command is not None else os.environ.get(POWER_ENV) or POWER_DEFAULT
+    return [*shlex.split(text), kind]
+
+
+async def run_power_command(kind: str, command: str | None = None) -> tuple[int, str]:
+    """Ask the host to reboot or power off; (exit status, output). systemd then stops
+    binomed, whose detector already knows the kind (the policy is not applied twice)."""
+    proc = await asyncio.create_subprocess_exec(
+        *power_argv(kind, command), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), POWER_TIMEOUT)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        return -1, f"no answer within {POWER_TIMEOUT:.0f}s"
+    return proc.returncode or 0, out.decode(errors="replace").strip()
