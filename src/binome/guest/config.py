@@ -337,9 +337,11 @@ def schema() -> dict[str, Param]:
                             description="Hook script (root only; stored, not run)."),
         "args": Param(optional=True, description="Arbitrary arguments for QEMU (root only)."),
         "migrate_speed": Param(type="integer", optional=True, minimum=0,
-                               description="Migration speed limit in MB/s (stored)."),
+                               description="Migration speed limit in MB/s (0: none), when the "
+                                           "migration asks no bwlimit."),
         "migrate_downtime": Param(type="number", optional=True, minimum=0,
-                                  description="Tolerated migration downtime (stored)."),
+                                  description="Tolerated migration downtime in seconds (QEMU's "
+                                              "downtime-limit; default 0.1)."),
         "vmstatestorage": Param(optional=True, pattern=r"[a-z][a-z0-9\-_.]*[a-z0-9]",
                                 description="Storage for VM state volumes (stored)."),
         "kernel": Param(optional=True, max_length=256,

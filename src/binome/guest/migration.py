@@ -188,9 +188,16 @@ class MigrationSource:
         task.log(f"migration listens on {uri}")
         task.log(f"starting online/live migration on {uri}")
         defaults = runtime_defaults()
-        bandwidth = bwlimit_kib * 1024 if bwlimit_kib else defaults["max_bandwidth"]
+        # PVE's VM options: migrate_speed (MB/s, 0 = no limit) when no bwlimit is asked,
+        # migrate_downtime (seconds, default 0.1) the stop-and-copy QEMU may take
+        speed_mb = int(vm.config.get("migrate_speed") or 0)
+        bandwidth = (bwlimit_kib * 1024 if bwlimit_kib else
+                     speed_mb << 20 if speed_mb else defaults["max_bandwidth"])
+        downtime_ms = defaults["downtime_ms"]
+        if vm.config.get("migrate_downtime") is not None:
+            downtime_ms = max(1, round(float(vm.config["migrate_downtime"]) * 1000))
         task.log(f"set migration capabilities: auto-converge, events; downtime limit "
-                 f"{defaults['downtime_ms']} ms, bandwidth limit {bandwidth // 1024} KiB/s")
+                 f"{downtime_ms} ms, bandwidth limit {bandwidth // 1024} KiB/s")
         last = [0.0]
         await session.warm()
         warmed = [time.monotonic()]
@@ -213,6 +220,7 @@ class MigrationSource:
 
         try:
             info = await self.ctx.runtime.migrate_out(vmid, uri, on_progress=progress,
+                                                  downtime_ms=downtime_ms,
                                                   max_bandwidth=bandwidth)
         except BaseException:
             # migrate_out has cancelled the migration: the source runs on
