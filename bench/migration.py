@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", default="198.40", help="lab subnets <base>.1-4.0/24")
     p.add_argument("--label", default="", help="printed with the results")
     p.add_argument("--json", help="also write the runs to this file")
+    p.add_argument("--downtime", type=float, default=None,
+                   help="the VM's migrate_downtime (s) for the runs (default: PVE's 0.1)")
     p.add_argument("--pauses", type=int, default=0,
                    help="then pause the guest in place this many times (default 0)")
     p.add_argument("--pause-ms", type=int, default=0,
@@ -154,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ha.start()
         ha.create_ha_guest()
+        if args.downtime is not None:
+            node = ha.guest_node()
+            assert node is not None
+            ha.cluster.cli(node, "vm", "set", str(ha.vmid), "--migrate_downtime",
+                           str(args.downtime))
         pinger = Pinger(ha.client_netns, ha.guest_ip)
         wait_until(lambda: len(pinger.replies) > 50, 30, "the guest answering pings")
         for i in range(1, args.runs + 1):
