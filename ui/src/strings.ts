@@ -3,6 +3,7 @@
 import { accessStrings } from "./views/access/strings";
 import { pageStrings } from "./strings-pages";
 import { dcStrings } from "./views/dc/strings";
+import { replStrings } from "./views/vm/strings";
 
 const en = {
   ...accessStrings,
@@ -118,6 +119,7 @@ const en = {
   "console.connected": "Connected",
   "console.closed": "Disconnected",
   "console.reconnect": "Reconnect",
+  "console.closecode": "the connection ended (code {code})",
   "console.notrunning": "The VM is not running: start it to open its console.",
   "console.elsewhere": "The VM runs on {node}: its console opens from that node's own address.",
   "graphs.timeframe": "Timeframe",
@@ -197,6 +199,7 @@ const en = {
   "common.none": "—",
   ...pageStrings,
   ...dcStrings,
+  ...replStrings,
 } as const;
 
 export type StringKey = keyof typeof en;
