@@ -204,7 +204,8 @@ def _watch_in_browser(stack: contextlib.ExitStack, n2: Node, vmid: int):
 
 def _check_failover_seen(driver, wall_kill: float, recovery: float, vmid: int) -> None:
     """The page, never reloaded, showed n1 offline and the guest running under n2 within
-    the recovery time (power-off to QEMU running on n2) + 2 s."""
+    the recovery time (power-off to QEMU running on n2) + 2 s, and the task list the
+    recovery's start task."""
     from tests.integration.ui import chromium
 
     allowed = recovery + 2.0
@@ -222,6 +223,13 @@ def _check_failover_seen(driver, wall_kill: float, recovery: float, vmid: int) -
     assert driver.execute_script(
         "return document.querySelector('.tree [data-key=\"#/node/n1\"] .icon')"
         ".classList.contains('bad')"), "n1's icon is not the offline (red) one"
+    # the task list shows the recovery: the LRM's hastart of the guest on n2
+    row = wait_for(lambda: driver.execute_script(
+        "const r = [...document.querySelectorAll('#task-list tr[data-upid]')].find((e) =>"
+        " e.dataset.upid.startsWith('UPID:n2:') && e.dataset.upid.includes(':hastart:'"
+        " + arguments[0] + ':')); return r ? r.innerText : null", vmid), 10,
+        "the recovery's hastart task in the browser's task list", interval=0.1)
+    print(f"browser task list: {row!r}")
 
 
 def test_ha_failover_and_no_recovery_without_quorum(fresh_cluster: Cluster) -> None:
