@@ -367,7 +367,8 @@ def test_console_ends_when_access_is_revoked(browser, cluster: Cluster, api: req
     with VM.Console closes within seconds, with the reason, when the access changes on
     another node (n2): first a token-authenticated one whose token is deleted (the
     user's own session stays), then a ticket one whose user is disabled; and the
-    browser's VNC tab shows that reason when the user's VM.Console is taken away."""
+    browser's VNC tab shows that reason when the user's VM.Console is taken away; and a
+    console whose guest stops is closed with that said."""
     import asyncio
 
     import aiohttp
@@ -450,6 +451,20 @@ def test_console_ends_when_access_is_revoked(browser, cluster: Cluster, api: req
 
         asyncio.run(scenario())
         _vnc_tab_says_why(browser, cluster, api, vm, userid, password, shots)
+
+        async def guest_goes() -> None:
+            """The guest's end closes (the VM is stopped, its last use here): said too."""
+            async with aiohttp.ClientSession(cookies=api.cookies.get_dict()) as admin:
+                ws = await open_vnc(admin, {"CSRFPreventionToken":
+                                            str(api.headers["CSRFPreventionToken"])})
+                took, msg = await change_then_close(lambda: api.post(
+                    f"{n1}/nodes/n1/qemu/{vm}/status/stop", timeout=30), ws, seconds=30)
+                assert msg.type == aiohttp.WSMsgType.CLOSE, msg
+                assert msg.data == 1000 and \
+                    msg.extra == f"VM {vm}: the guest's vnc console closed", msg
+                print(f"admin session closed {took:.2f} s after the stop was sent")
+
+        asyncio.run(guest_goes())
     finally:
         api.delete(f"{n1}/access/users/{userid}", timeout=10)
         _fresh_login(browser, cluster, PASSWORD)       # the next tests run as admin
