@@ -2,6 +2,7 @@
 // follows the system's preference until the user picks one.
 import { render } from "preact";
 import { useEffect, useState } from "preact/hooks";
+import { watchScrollRegions } from "./a11y";
 import { currentSession, get, logout, openIdReturn, setLoggedOutHandler } from "./api";
 import { Login } from "./views/Login";
 import { Shell } from "./views/Shell";
@@ -41,4 +42,6 @@ function App() {
     onLogout={() => { logout(); setLoggedIn(false); }} />;
 }
 
-render(<App />, document.getElementById("app")!);
+const app = document.getElementById("app")!;
+render(<App />, app);
+watchScrollRegions(app);

@@ -14,9 +14,9 @@ export type Route =
 
 /** The VM view's tabs; the summary is the VM's own address (#/vm/100). */
 export type VmTab = "summary" | "console" | "vnc" | "graphs" | "hardware" | "options"
-  | "cloudinit" | "snapshots" | "backup";
+  | "cloudinit" | "snapshots" | "backup" | "replication";
 export const VM_TABS: VmTab[] = ["summary", "hardware", "options", "cloudinit", "snapshots",
-  "backup", "console", "vnc", "graphs"];
+  "backup", "replication", "console", "vnc", "graphs"];
 /** The datacenter's sub-views beside its summary. */
 export type DcView = "log" | "ha" | "availability" | "storage" | "volumes" | "backup"
   | "notifications";

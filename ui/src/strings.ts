@@ -5,6 +5,7 @@ import { pageStrings } from "./strings-pages";
 import { dcStrings } from "./views/dc/strings";
 import { storageStrings } from "./views/storage/strings";
 import { nodeStrings } from "./views/node/strings";
+import { replStrings } from "./views/vm/strings";
 
 const en = {
   ...accessStrings,
@@ -120,6 +121,7 @@ const en = {
   "console.connected": "Connected",
   "console.closed": "Disconnected",
   "console.reconnect": "Reconnect",
+  "console.closecode": "the connection ended (code {code})",
   "console.notrunning": "The VM is not running: start it to open its console.",
   "console.elsewhere": "The VM runs on {node}: its console opens from that node's own address.",
   "graphs.timeframe": "Timeframe",
@@ -201,6 +203,7 @@ const en = {
   ...dcStrings,
   ...storageStrings,
   ...nodeStrings,
+  ...replStrings,
 } as const;
 
 export type StringKey = keyof typeof en;

@@ -177,6 +177,15 @@ class GuestStatus:
                 st = dict(self.last_status[vmid])
             else:
                 st = dict(statuses.get(node, {}).get(str(vmid)) or {})
+            if node == self.ctx.node:
+                # whether this node's QEMU runs is known now, not only at the next watch
+                # round (up to STATUS_PUBLISH_INTERVAL): a guest started or recovered
+                # here shows running at once (the web UI's tree during a failover)
+                alive = self.ctx.runtime.is_running(vmid)
+                if alive and st.get("status") in (None, "stopped", "unknown"):
+                    st["status"] = "running"
+                elif not alive and st.get("status") == "running":
+                    st["status"] = "stopped"
             item = {"id": f"qemu/{vmid}", "type": "qemu", "vmid": vmid, "node": node,
                     "name": c.get("name", f"VM {vmid}"), "status": st.get("status", "unknown"),
                     "template": int(c.get("template", 0) or 0),

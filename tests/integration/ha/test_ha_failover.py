@@ -7,6 +7,9 @@ the survivor recovers the guest there once the lease has expired (watchdog
 guarantee: no fence device). Then, without quorum (witness and the guest's
 node gone), nothing is recovered.
 
+The failover is watched in the survivor's web UI (chromium): the page, never reloaded,
+shows n1 offline and the guest running under n2 within the recovery time + 2 s.
+
 The notifications of each step reach a real SMTP server (aiosmtpd) through the
 daemons: a guest that cannot start (`ha-error`), the node lost, fenced and its
 service recovered (said once, by the survivor's CRM), quorum lost and regained
@@ -174,6 +177,61 @@ def _check_availability(node: Node, sid: str, wall_kill: float, recovery: float)
     assert bad.returncode != 0 and "give either a period or since/until" in bad.stderr
 
 
+def _watch_in_browser(stack: contextlib.ExitStack, n2: Node, vmid: int):
+    """Chromium logged in on the survivor's web UI, its tree showing the guest running
+    under n1, stamping from now on when n1 leaves online and the guest runs under n2
+    (tests/integration/ui/chromium.py); None without chromium (as the browser tests skip)."""
+    from binome.api.webui import DIST
+    from tests.integration.ui import chromium
+
+    if not chromium.available():
+        print("chromium/chromium-driver missing: the failover is not watched in a browser")
+        return None
+    assert (DIST / "index.html").is_file(), "the web UI is not built: run `make ui`"
+    began = time.monotonic()
+    driver = stack.enter_context(chromium.chromium())
+    chromium.login(driver, f"https://{n2.address}:8006/", "admin", PASSWORD)
+
+    def shown(key: str, status: str) -> bool:
+        items = chromium.css(driver, f'.tree [data-key="{key}"]')
+        return bool(items) and items[0].get_attribute("data-status") == status
+    wait_for(lambda: shown("#/node/n1", "online") and shown(f"#/vm/{vmid}", "running"), 20,
+             "n1 online and the guest running in the browser's tree", interval=0.1)
+    chromium.watch_failover(driver, "n1", vmid, "n2")
+    print(f"browser started, logged in and watching in {time.monotonic() - began:.1f} s")
+    return driver
+
+
+def _check_failover_seen(driver, wall_kill: float, recovery: float, vmid: int) -> None:
+    """The page, never reloaded, showed n1 offline and the guest running under n2 within
+    the recovery time (power-off to QEMU running on n2) + 2 s, and the task list the
+    recovery's start task."""
+    from tests.integration.ui import chromium
+
+    allowed = recovery + 2.0
+    # waited for longer than allowed, so that a failure says when the page showed what
+    seen = wait_for(lambda: (s := chromium.seen(driver)).get("offline") and s.get("running")
+                    and s, max(0.5, wall_kill + allowed + 20 - time.time()),
+                    f"n1 offline and VM {vmid} running under n2 in the browser", interval=0.1)
+    took = {k: seen[k] - wall_kill for k in ("offline", "moved", "running")}
+    print("browser: n1 {} after {offline:.1f} s, VM {vmid} under n2 after {moved:.1f} s, "
+          "running there after {running:.1f} s (recovery {rec:.1f} s)".format(
+              seen["status"], vmid=vmid, rec=recovery, **took))
+    assert not seen["reloaded"], "the page was reloaded"
+    assert seen["status"] == "offline", seen
+    assert max(took.values()) <= allowed, (took, allowed)
+    assert driver.execute_script(
+        "return document.querySelector('.tree [data-key=\"#/node/n1\"] .icon')"
+        ".classList.contains('bad')"), "n1's icon is not the offline (red) one"
+    # the task list shows the recovery: the LRM's hastart of the guest on n2
+    row = wait_for(lambda: driver.execute_script(
+        "const r = [...document.querySelectorAll('#task-list tr[data-upid]')].find((e) =>"
+        " e.dataset.upid.startsWith('UPID:n2:') && e.dataset.upid.includes(':hastart:'"
+        " + arguments[0] + ':')); return r ? r.innerText : null", vmid), 10,
+        "the recovery's hastart task in the browser's task list", interval=0.1)
+    print(f"browser task list: {row!r}")
+
+
 def test_ha_failover_and_no_recovery_without_quorum(fresh_cluster: Cluster) -> None:
     with smtp_server() as (inbox, port):
         _failover_and_quorum(fresh_cluster, inbox, port)
@@ -190,6 +248,7 @@ def _failover_and_quorum(c: Cluster, inbox: Inbox, port: int) -> None:
                     timeout=30)
     vmid = int(px.cluster.nextid.get())
     sid = f"vm:{vmid}"
+    ui = contextlib.ExitStack()
     try:
         broken = _start_fails_into_error(n1, px)
         vmid = int(px.cluster.nextid.get())
@@ -219,7 +278,9 @@ def _failover_and_quorum(c: Cluster, inbox: Inbox, port: int) -> None:
         waking = asyncio.run(_waking_events(c, 3.0))
         assert len(waking) <= 1, waking
 
-        # ---- power loss of n1: recovered on n2 (watchdog guarantee, no fence device)
+        # ---- power loss of n1: recovered on n2 (watchdog guarantee, no fence device),
+        # watched in the web UI of n2 (issue 15: the node turns red, the guest moves)
+        driver = _watch_in_browser(ui, n2, vmid)
         t_kill, wall_kill = time.monotonic(), time.time()
         power_off(n1, vmid)
         wait_for(lambda: qemu_pid(n2, vmid), 40, f"{sid} recovered on n2", interval=0.1)
@@ -227,6 +288,9 @@ def _failover_and_quorum(c: Cluster, inbox: Inbox, port: int) -> None:
         watch = "off" if os.environ.get("BINOME_HA_WATCH") == "0" else "on"
         print(f"\nrecovery: power-off of n1 -> QEMU of {sid} running on n2: {recovery:.1f} s"
               f" (HA watch {watch}; {_crm_steps(n2, wall_kill)})")
+        if driver is not None:
+            _check_failover_seen(driver, wall_kill, recovery, vmid)
+            ui.close()
         wait_for(lambda: service(n2, sid).get("node") == "n2"
                  and service(n2, sid).get("state") == "started", 20, f"{sid} started on n2")
         assert px.nodes("n2").qemu(vmid).config.get()["name"] == "ha-vm"   # config moved
@@ -282,5 +346,6 @@ def _failover_and_quorum(c: Cluster, inbox: Inbox, port: int) -> None:
         # QEMU starts after the cleanup below (one started already is killed there)
         n1.kill()
     finally:
+        ui.close()
         cleanup(c, vmid)
         print(f"test runtime {time.monotonic() - began:.1f} s")

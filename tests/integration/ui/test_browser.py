@@ -7,6 +7,7 @@ Screenshots go to the test's temp dir."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -19,15 +20,9 @@ import urllib3
 
 from binome.api.webui import DIST
 from tests.integration.harness import PASSWORD, Cluster, wait_for
+from tests.integration.ui import chromium
 
 urllib3.disable_warnings()
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-# as root in a closed network: no sandbox, and none of Chromium's own connections
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--ignore-certificate-errors", "--window-size=1366,768")
 
 
 def _base(cluster: Cluster) -> str:
@@ -117,26 +112,11 @@ def console_vm(api: requests.Session, cluster: Cluster) -> Iterator[int]:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory):
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+    if not chromium.available():
         pytest.skip("chromium/chromium-driver are not installed (make setup installs them)")
     assert (DIST / "index.html").is_file(), "the web UI is not built: run `make ui`"
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={profile}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    driver.set_page_load_timeout(30)
-    try:
+    with chromium.chromium(tmp_path_factory.mktemp("chromium-profile")) as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +164,17 @@ def _login(driver, password: str, username: str = "admin") -> None:
     _css(driver, "#login-submit")[0].click()
 
 
+def _fresh_login(driver, cluster: Cluster, password: str, username: str = "admin") -> None:
+    """A new session whoever was logged in: the ticket cookie and the stored session
+    dropped, the page loaded again, the login form filled."""
+    driver.get(_base(cluster) + "/")
+    driver.delete_all_cookies()
+    driver.execute_script("localStorage.removeItem('binome.session')")
+    driver.get(_base(cluster) + "/")
+    _login(driver, password, username=username)
+    _wait(driver, lambda d: _css(d, ".tree"), "the resource tree after login")
+
+
 def _assert_no_script_errors(driver) -> None:
     """No script error in the page's console; a user who may see nothing gets 403s,
     which the browser logs as network errors: those do not count."""
@@ -205,6 +196,7 @@ def test_wrong_password_is_explained(browser, cluster: Cluster, shots: Path) -> 
     assert _css(browser, "#login-password")[0].get_attribute("value") == ""
     assert not _css(browser, ".tree"), "a failed login must not show the app"
     browser.save_screenshot(str(shots / "login-failed.png"))
+    assert chromium.axe_violations(browser) == [], "axe-core on the login form"
 
 
 def test_login_tree_live_views(browser, cluster: Cluster, api: requests.Session, vm: int,
@@ -401,12 +393,14 @@ def test_consoles_and_graphs(browser, cluster: Cluster, console_vm: int, shots: 
     assert errors == [], errors
 
 
-def test_console_ends_when_access_is_revoked(cluster: Cluster, api: requests.Session,
-                                            console_vm: int) -> None:
+def test_console_ends_when_access_is_revoked(browser, cluster: Cluster, api: requests.Session,
+                                            console_vm: int, shots: Path) -> None:
     """A live console websocket (VNC, on the guest's node n1) opened as a non-root user
     with VM.Console closes within seconds, with the reason, when the access changes on
     another node (n2): first a token-authenticated one whose token is deleted (the
-    user's own session stays), then a ticket one whose user is disabled."""
+    user's own session stays), then a ticket one whose user is disabled; and the
+    browser's VNC tab shows that reason when the user's VM.Console is taken away; and a
+    console whose guest stops is closed with that said."""
     import asyncio
 
     import aiohttp
@@ -488,8 +482,52 @@ def test_console_ends_when_access_is_revoked(cluster: Cluster, api: requests.Ses
                 print(f"ticket session closed {took:.2f} s after the disable was sent")
 
         asyncio.run(scenario())
+        _vnc_tab_says_why(browser, cluster, api, vm, userid, password, shots)
+
+        async def guest_goes() -> None:
+            """The guest's end closes (the VM is stopped, its last use here): said too."""
+            async with aiohttp.ClientSession(cookies=api.cookies.get_dict()) as admin:
+                ws = await open_vnc(admin, {"CSRFPreventionToken":
+                                            str(api.headers["CSRFPreventionToken"])})
+                took, msg = await change_then_close(lambda: api.post(
+                    f"{n1}/nodes/n1/qemu/{vm}/status/stop", timeout=30), ws, seconds=30)
+                assert msg.type == aiohttp.WSMsgType.CLOSE, msg
+                assert msg.data == 1000 and \
+                    msg.extra == f"VM {vm}: the guest's vnc console closed", msg
+                print(f"admin session closed {took:.2f} s after the stop was sent")
+
+        asyncio.run(guest_goes())
     finally:
         api.delete(f"{n1}/access/users/{userid}", timeout=10)
+        _fresh_login(browser, cluster, PASSWORD)       # the next tests run as admin
+        # drained: the deleted user's page had its last requests refused (401), as it
+        # should; its script errors were checked before the user went
+        browser.get_log("browser")
+
+
+def _vnc_tab_says_why(browser, cluster: Cluster, api: requests.Session, vm: int, userid: str,
+                      password: str, shots: Path) -> None:
+    """The VNC tab, open as that user (enabled again, auditing everything, VM.Console
+    on the VM alone), shows the server's reason when VM.Console is taken away."""
+    n1 = f"{_base(cluster)}/api2/json"
+    r = api.put(f"{n1}/access/users/{userid}", data={"enable": 1}, timeout=10)
+    assert r.status_code == 200, r.text
+    r = api.put(f"{n1}/access/acl", data={"path": "/", "roles": "PVEAuditor", "users": userid},
+                timeout=10)
+    assert r.status_code == 200, r.text
+    _fresh_login(browser, cluster, password, username=userid.split("@")[0])
+    _wait(browser, lambda d: _css(d, f'.tree [data-key="#/vm/{vm}"]'), "the VM in the user's tree")
+    _go(browser, f"#/vm/{vm}/vnc")
+    _wait(browser, lambda d: _css(d, "#console-state[data-state=connected]"), "VNC connected")
+    r = api.put(f"{n1}/access/acl", timeout=10, data={
+        "path": f"/vms/{vm}", "roles": "PVEVMUser", "users": userid, "delete": 1})
+    assert r.status_code == 200, r.text
+    state = _wait(browser, lambda d: (e := _css(d, "#console-state[data-state=closed]")) and e[0],
+                  "the VNC tab closed")
+    assert "access revoked: permission removed" in state.text, state.text
+    assert _css(browser, "#console-reconnect"), "no way to reconnect"
+    browser.save_screenshot(str(shots / "vm-vnc-closed.png"))
+    _assert_no_script_errors(browser)
 
 
 def test_create_vm_wizard(browser, cluster: Cluster, api: requests.Session,
@@ -686,6 +724,46 @@ def _storage_editing(browser, api: requests.Session, cluster: Cluster, shots: Pa
     finally:
         api.delete(f"{_base(cluster)}/api2/json/storage/{sid}", timeout=10)
         shutil.rmtree(root, ignore_errors=True)
+
+
+# the main pages, each with what shows it has loaded (axe checks the page as it is)
+A11Y_PAGES = (("#/dc", "#dc-node-table tbody tr"), ("#/dc/log", "#dc-log-table tbody tr"),
+              ("#/dc/ha", "#ha-status-list li"), ("#/dc/storage", "#dc-storage-table tr"),
+              ("#/dc/volumes", "#view-dc-volumes"), ("#/dc/availability", ".view"),
+              ("#/dc/backup", ".view"), ("#/dc/notifications", ".view"),
+              ("#/node/n1", "#view-node"), ("#/vm/{vm}", "#vm-status"),
+              ("#/vm/{vm}/hardware", ".view table"), ("#/vm/{vm}/options", ".view"),
+              ("#/vm/{vm}/replication", "#vm-replication"), ("#/vm/{vm}/snapshots", ".view"),
+              ("#/vm/{vm}/backup", ".view"), ("#/vm/{vm}/graphs", ".view"),
+              ("#/create", ".wizard"), ("#/access/users", ".view"), ("#/access/acl", ".view"),
+              ("#/search/ui", ".view"))
+
+
+def test_accessibility(browser, cluster: Cluster, vm: int, shots: Path) -> None:
+    """axe-core (the UI's devDependency, injected here) finds no serious or critical
+    violation on the main pages, in the light theme and the dark one."""
+    if not _css(browser, ".tree"):       # run alone: log in first
+        browser.get(_base(cluster) + "/")
+        _login(browser, PASSWORD)
+        _wait(browser, lambda d: _css(d, ".tree"), "the resource tree after login")
+    found: dict[str, list] = {}
+    for theme in ("light", "dark"):
+        if browser.execute_script("return document.documentElement.dataset.theme") != theme:
+            _css(browser, "#theme-toggle")[0].click()
+        for page, ready in A11Y_PAGES:
+            if theme == "dark" and page not in ("#/dc", "#/vm/{vm}"):
+                continue
+            page = page.format(vm=vm)
+            _go(browser, page)
+            _wait(browser, lambda d, r=ready: _css(d, r) and "Loading…" not in
+                  _css(d, "#content")[0].text, f"{page} loaded")
+            if violations := chromium.axe_violations(browser):
+                found[f"{theme} {page}"] = violations
+    (shots / "axe-violations.json").write_text(json.dumps(found, indent=2))
+    summary = {page: sorted({f"{v['id']}: {v['nodes'][:2]}" for v in vs})
+               for page, vs in found.items()}
+    assert found == {}, json.dumps(summary, indent=1)
+    _assert_no_script_errors(browser)
 
 
 def _ha(api: requests.Session, cluster: Cluster, what: str) -> list[dict]:
@@ -941,6 +1019,116 @@ def test_replicated_volume_split_brain_resolved(browser, cluster: Cluster,
     _wait(browser, lambda d: _css(d, f'{card} .vol-verify[data-found="0"]'),
           "the verify's result: no block differs", timeout=30)
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == [], errors
+
+
+@pytest.fixture
+def replicated_vm(api: requests.Session, cluster: Cluster) -> Iterator[int]:
+    """A stopped VM on n1 whose 8 MiB disk is a replicated volume (storage `uirepl`,
+    added here) between n1 and n2, in sync; the VM, its volume and the storage removed
+    after, and the volume engines stopped by pid."""
+    from tests.integration.replica.test_daemon_volumes import in_sync, kill_engine
+
+    base = f"{_base(cluster)}/api2/json"
+    r = api.post(f"{base}/storage", timeout=10,
+                 data={"storage": "uirepl", "type": "replicated", "content": "images"})
+    assert r.status_code == 200, r.text
+    vmid = int(api.get(f"{base}/cluster/nextid", timeout=10).json()["data"])
+    try:
+        r = api.post(f"{base}/nodes/n1/qemu", timeout=30, data={
+            "vmid": vmid, "name": "ui-repl", "memory": 64, "virtio0": "uirepl:0.0078125"})
+        assert r.status_code == 200, r.text
+        _task_ok(api, cluster, r.json()["data"])
+        name = f"vm-{vmid}-disk-0"
+
+        def state(node: str) -> dict:
+            r = api.get(f"{base}/nodes/{node}/volumes", params={"volume": name}, timeout=10)
+            return r.json()["data"][0] if r.status_code == 200 else {}
+        wait_for(lambda: in_sync(state("n1")) and in_sync(state("n2")), 60,
+                 f"{name} in sync")
+        yield vmid
+    finally:
+        try:
+            r = api.delete(f"{base}/nodes/n1/qemu/{vmid}", timeout=30)
+            if r.status_code == 200:
+                _task_ok(api, cluster, r.json()["data"])
+            api.delete(f"{base}/storage/uirepl", timeout=10)
+        finally:
+            for name in ("n1", "n2"):
+                kill_engine(cluster[name])
+
+
+def test_vm_disk_replication_tab(browser, cluster: Cluster, api: requests.Session,
+                                 replicated_vm: int, shots: Path) -> None:
+    """A VM's Replication tab: its replicated disk's two copies (role, disk state,
+    connection) live, following a disconnect and reconnect made through the API; the
+    volume's settings as the API reports them, changed from the form (applied on both
+    nodes), and a refused combination explained beside its field, nothing changed."""
+    vm = replicated_vm
+    name = f"vm-{vm}-disk-0"
+    base = f"{_base(cluster)}/api2/json"
+    if not _css(browser, ".tree"):       # run alone: log in first
+        browser.get(_base(cluster) + "/")
+        _login(browser, PASSWORD)
+        _wait(browser, lambda d: _css(d, ".tree"), "the resource tree after login")
+    card = "#repl-virtio0"
+    _go(browser, f"#/vm/{vm}/replication")
+    _wait(browser, lambda d: _css(d, f'{card}[data-volume="{name}"] .vol-sync[data-state=insync]'),
+          "the disk's volume in sync on the tab")
+    rows = {r.get_attribute("data-node"): (r.get_attribute("data-role"),
+                                           r.get_attribute("data-disk"),
+                                           r.get_attribute("data-cstate"))
+            for r in _css(browser, f"{card} .vol-copies tbody tr")}
+    assert rows == {"n1": ("Primary", "UpToDate", "Connected"),
+                    "n2": ("Secondary", "UpToDate", "Connected")}, rows
+
+    def config(node: str) -> dict:
+        return api.get(f"{base}/nodes/{node}/volumes/{name}/config", timeout=10) \
+            .json()["data"]["settings"]
+    before = config("n1")
+    field = f"#repl-{name}-resync-rate"
+    _wait(browser, lambda d: _css(d, field), "the settings form")
+    assert _css(browser, field)[0].get_attribute("value") == str(before["resync_rate"] // 1024)
+    assert _css(browser, f"#repl-{name}-protocol")[0].get_attribute("value") == before["protocol"]
+    browser.save_screenshot(str(shots / "vm-replication.png"))
+
+    # live: n2 disconnected and connected again through the API, the tab follows
+    r = api.post(f"{base}/nodes/n2/volumes/{name}/disconnect", timeout=30)
+    assert r.status_code == 200, r.text
+    _task_ok(api, cluster, r.json()["data"])
+    _wait(browser, lambda d: (row := _css(d, f'{card} .vol-copies tr[data-node="n2"]'))
+          and row[0].get_attribute("data-cstate") == "StandAlone", "n2 StandAlone on the tab")
+    r = api.post(f"{base}/nodes/n2/volumes/{name}/connect", timeout=30)
+    assert r.status_code == 200, r.text
+    _task_ok(api, cluster, r.json()["data"])
+    _wait(browser, lambda d: _css(d, f"{card} .vol-sync[data-state=insync]"),
+          "in sync again on the tab", timeout=30)
+
+    # a change from the form, applied on both nodes
+    from selenium.webdriver.support.ui import Select
+    _fill(browser, field, "2048")
+    Select(_css(browser, f"#repl-{name}-verify-alg")[0]).select_by_value("sha1")
+    _css(browser, f"{card} .repl-save")[0].click()
+    _wait(browser, lambda d: (m := _css(d, f"#repl-message-{name}")) and "Applied" in m[0].text,
+          "the change applied")
+    assert "resync-rate" in _css(browser, f"#repl-message-{name}")[0].text
+    for node in ("n1", "n2"):
+        after = wait_for(lambda n=node: (c := config(n))["verify_alg"] == "sha1" and c, 10,
+                         f"verify-alg on {node}")
+        if node == "n1":
+            assert after["resync_rate"] == 2048 * 1024, after
+    # refused: c-min-rate above c-max-rate, said beside the field, nothing changed
+    _fill(browser, f"#repl-{name}-c-max-rate", "100")
+    _fill(browser, f"#repl-{name}-c-min-rate", "200")
+    _css(browser, f"{card} .repl-save")[0].click()
+    error = _wait(browser, lambda d: _css(d, f'{card} [data-param="c-min-rate"] .field-error'),
+                  "the c-min-rate error beside its field")[0]
+    assert "must not exceed c-max-rate" in error.text, error.text
+    assert config("n1")["c_max_rate"] == before["c_max_rate"]
+    browser.save_screenshot(str(shots / "vm-replication-refused.png"))
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"
+              and not (e.get("source") == "network" and f"/volumes/{name}" in e["message"]
+                       and " 400 " in e["message"])]
     assert errors == [], errors
 
 

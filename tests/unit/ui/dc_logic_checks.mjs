@@ -2,6 +2,7 @@
 import assert from "node:assert/strict";
 import { isConnected, mergeVolumes, needsResolution, resolutionPlan, latestSplitBrain } from "./volumes.js";
 import { series, yRange, percentFormat, duration } from "./availability.js";
+import { vmDisks, formValues, changedParams } from "./replication.js";
 
 const st = (node, peer, o = {}) => ({ name: "v1", size: 8 << 20, node, peer_node: peer, role: "Secondary",
   peer_role: "Secondary", cstate: "Connected", disk: "UpToDate", peer_disk: "UpToDate",
@@ -89,4 +90,24 @@ assert.deepEqual(yRange([100, 100], 99.9).map((x) => +x.toFixed(2)), [99.87, 100
 assert.equal(percentFormat(yRange([99.99], undefined))(99.995), "99.9950 %");
 assert.equal(duration(8.7), "8.7 s");
 assert.equal(duration(2678), "44 min 38 s");
+
+// a VM's disks: CD-ROMs, empty drives and other keys left out, the volume after the colon
+assert.deepEqual(vmDisks({ name: "x", virtio0: "repl:vm-100-disk-0,size=8M", ide2: "local:iso/a.iso,media=cdrom",
+  scsi1: "local:100/vm-100-disk-1.qcow2,size=1G", sata0: "none,media=cdrom", unused0: "repl:vm-100-disk-2",
+  net0: "virtio=AA:BB:CC:DD:EE:FF,bridge=vmbr0", efidisk0: "local:100/vm-100-disk-3.raw,efitype=4m" }), [
+  { key: "virtio0", storage: "repl", volume: "vm-100-disk-0" },
+  { key: "scsi1", storage: "local", volume: "100/vm-100-disk-1.qcow2" },
+  { key: "unused0", storage: "repl", volume: "vm-100-disk-2" },
+  { key: "efidisk0", storage: "local", volume: "100/vm-100-disk-3.raw" }]);
+// the engine's units (bytes/s, bytes, seconds) to the API's (KiB/s, KiB, 1/10 s)
+const form = formValues({ resync_rate: 2048 * 1024, c_plan_ahead: 2.0, c_fill_target: 0, c_delay_target: 1.0,
+  c_max_rate: 100 << 20, c_min_rate: 0, allow_two_primaries: false, protocol: "C", verify_alg: "sha256",
+  csums_alg: "" });
+assert.deepEqual(form, { "protocol": "C", "allow-two-primaries": "0", "resync-rate": "2048", "c-plan-ahead": "20",
+  "c-fill-target": "0", "c-delay-target": "10", "c-max-rate": "102400", "c-min-rate": "0",
+  "verify-alg": "sha256", "csums-alg": "none" });
+// only what changed is sent
+assert.deepEqual(changedParams(form, form), {});
+assert.deepEqual(changedParams(form, { ...form, "resync-rate": " 4096 ", "csums-alg": "crc32" }),
+  { "resync-rate": "4096", "csums-alg": "crc32" });
 console.log("ok");

@@ -2,7 +2,9 @@
 (TypeScript compiled by the UI's own tsc): the replicated volumes merged from every
 node's list, the split-brain resolution plan (which calls, on which node, and when it
 must be refused: a copy a guest has open, a node that does not answer), and the
-availability report cut into a time series for the charts. The TypeScript is bundled by
+availability report cut into a time series for the charts; a VM's disks found in its
+configuration and a volume's settings converted between the engine's units and the
+API's for the VM's Replication tab. The TypeScript is bundled by
 the UI's own bundler (rolldown, Vite's; `make ui` type-checks it with tsc)."""
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[3]
 ROLLDOWN = ROOT / "ui" / "node_modules" / ".bin" / "rolldown"
 DC = ROOT / "ui" / "src" / "views" / "dc"
-SOURCES = [DC / "volumes.ts", DC / "availability.ts"]
+SOURCES = [DC / "volumes.ts", DC / "availability.ts",
+           ROOT / "ui" / "src" / "views" / "vm" / "replication.ts"]
 CHECKS = Path(__file__).with_name("dc_logic_checks.mjs")
 
 

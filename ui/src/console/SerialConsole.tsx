@@ -3,6 +3,7 @@ import { Terminal } from "@xterm/xterm";
 import "@xterm/xterm/css/xterm.css";
 import { useEffect, useRef } from "preact/hooks";
 import { consoleUrl } from "./socket";
+import { t } from "../strings";
 
 export interface ConsoleProps {
   node: string;
@@ -36,7 +37,10 @@ export default function SerialConsole(props: ConsoleProps) {
       };
       ws.onmessage = (e) => term.write(new Uint8Array(e.data as ArrayBuffer));
       // the server's reason, e.g. "access revoked: user 'x@pve' was disabled"
-      ws.onclose = (e) => { if (alive) props.onState("closed", e.reason || undefined); };
+      ws.onclose = (e) => {
+        if (alive) props.onState("closed", e.reason || (e.code !== 1000 && e.code !== 1005
+          ? t("console.closecode", { code: e.code }) : undefined));
+      };
     }, (e: Error) => { if (alive) props.onState("closed", e.message); });
     return () => {
       alive = false;

@@ -119,7 +119,8 @@ export function CreateVm(props: { resources: Resource[]; onCreated: (vmid: numbe
       <h1>{t("create.title")}</h1>
       <nav class="tabs" aria-label={t("create.title")}>
         {STEPS.map((s) => (
-          <a key={s} href="#/create" id={`create-step-${s}`} aria-selected={s === step}
+          <a key={s} href="#/create" id={`create-step-${s}`}
+            aria-current={s === step ? "step" : undefined}
             class={STEPS.some((x) => x === s && Object.keys(errors).some((k) => STEP_OF[k] === s)) ? "has-error" : ""}
             onClick={(e) => { e.preventDefault(); setStep(s); }}>{t(`create.${s}` as "create.general")}</a>
         ))}

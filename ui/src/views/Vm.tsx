@@ -12,7 +12,7 @@ import { VmIcon } from "./Status";
 import { VmConsole } from "./VmConsole";
 import { Graphs } from "./Graphs";
 import { href, VM_TABS as TABS, type VmTab } from "../route";
-import { VmEditTab } from "./lazy";
+import { VmEditTab, VmReplication } from "./lazy";
 
 interface VmStatus {
   status: string;
@@ -106,6 +106,8 @@ export function VmView(props: { vmid: number; tab: VmTab; resources: Resource[] 
         vmid={props.vmid} running={running} />}
       {props.tab === "graphs" && node && <Graphs path={`/nodes/${encodeURIComponent(node)}/qemu/${props.vmid}/rrddata`}
         kind="vm" />}
+      {props.tab === "replication" && base && node && <VmReplication base={base} node={node}
+        vmid={props.vmid} resources={props.resources} />}
       {base && node && <VmEditTab tab={props.tab} base={base} node={node} vmid={props.vmid}
         running={running} />}
       {props.tab === "summary" && <section class="card" aria-label={t("vm.summary")}>

@@ -1,4 +1,5 @@
-// The editing pages (a VM's hardware, options, cloud-init, snapshots and backup tabs;
+// The editing pages (a VM's hardware, options, cloud-init, snapshots, backup and
+// replication tabs;
 // the datacenter's HA, availability, replicated volumes, backup jobs and notifications)
 // load their code when first opened, as
 // the consoles and graphs do, so the login and the tree stay small.
@@ -44,6 +45,8 @@ export const HaPage = lazyView<{ resources: Resource[] }>(
   () => import("./dc/Ha").then((m) => m.HaPage));
 export const Availability = lazyView<Record<string, never>>(
   () => import("./dc/Availability").then((m) => m.Availability));
+export const VmReplication = lazyView<{ base: string; node: string; vmid: number; resources: Resource[] }>(
+  () => import("./vm/Replication").then((m) => m.Replication));
 export const Volumes = lazyView<{ resources: Resource[] }>(
   () => import("./dc/Volumes").then((m) => m.Volumes));
 export const StoragePage = lazyView<{ resources: Resource[] }>(

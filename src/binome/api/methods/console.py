@@ -9,7 +9,8 @@ node like any method with `proxyto`; the websocket itself is never proxied: it m
 opened on the node that runs the guest, which holds it as a live session of the access
 module (access/sessions.py). That closes it (code 1008, "access revoked: <why>") within
 moments of the user or token being disabled, expiring, being deleted or regenerated, or
-losing VM.Console on the VM, whichever node the change was made on.
+losing VM.Console on the VM, whichever node the change was made on. When QEMU closes its
+end (the guest stopped), the close says so ("VM <vmid>: the guest's vnc console closed").
 """
 
 from __future__ import annotations
@@ -161,6 +162,9 @@ async def vm_vncwebsocket(ctx: RequestContext, params: dict[str, Any]) -> web.St
                 # 1008 policy violation; the reason (<= 123 bytes) is what clients show
                 close_code = WSCloseCode.POLICY_VIOLATION
                 close_text = close_reason(session.reason)
+            elif tasks[0].done() and not tasks[0].cancelled() and tasks[0].exception() is None:
+                # QEMU closed its end (the guest stopped, or moved): said, not a bare close
+                close_text = f"VM {vmid}: the guest's {kind} console closed".encode()
     finally:
         writer.close()
         with contextlib.suppress(Exception):

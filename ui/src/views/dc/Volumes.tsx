@@ -22,7 +22,7 @@ const POLL_MS = 2000;
 const kib = (n: number | undefined) => (n === undefined ? "—" : fmt.bytes(n * 1024));
 
 /** Every node's volume list, polled: node -> list, and node -> why it did not answer. */
-function useNodeVolumes(nodes: string[]) {
+export function useNodeVolumes(nodes: string[]) {
   const [lists, setLists] = useState<Record<string, VolumeStatus[]>>({});
   const [errors, setErrors] = useState<Record<string, string>>({});
   const [loaded, setLoaded] = useState(false);
@@ -98,26 +98,7 @@ function VolumeCard(props: { volume: Volume; resources: Resource[]; write: boole
         {v.vmid ? <><dt>{t("vol.vm")}</dt><dd><a href={`#/vm/${v.vmid}`}>{v.vmid}{guest?.name ? ` (${guest.name})` : ""}</a>
           {guest ? ` — ${guest.status} on ${guest.node}` : ""}</dd></> : null}
       </dl>
-      <div class="table-wrap">
-        <table class="vol-copies">
-          <thead><tr><th>{t("vol.node")}</th><th>{t("vol.role")}</th><th>{t("vol.disk")}</th>
-            <th>{t("vol.cstate")}</th><th>{t("vol.oos")}</th><th>{t("vol.inuse")}</th></tr></thead>
-          <tbody>
-            {v.copies.map((c) => (
-              <tr key={c.node} data-node={c.node} data-role={c.role} data-disk={c.disk} data-cstate={c.cstate ?? ""}>
-                <td>{c.node}{!c.own && <span class="notice"> ({t("vol.seenfrom", {
-                  node: v.copies.find((o) => o.own)?.node ?? "?" })})</span>}</td>
-                <td>{c.role}</td>
-                <td class={c.disk === "UpToDate" ? "ok" : "bad"}>{c.disk}</td>
-                <td class={c.cstate && !isConnected(c.cstate) ? "bad" : ""}>
-                  {c.cstate ?? "—"}{c.suspended ? ` — ${t("vol.suspended")}` : ""}</td>
-                <td>{c.own ? kib(c.outOfSyncKib) : "—"}</td>
-                <td>{c.own ? c.openCount ?? 0 : "—"}</td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      </div>
+      <CopiesTable volume={v} />
       <SyncLine volume={v} />
       {v.verify && <p class="vol-verify" data-found={v.verify.result.found_blocks}>
         {t("vol.verify.last", { node: v.verify.node, time: fmt.time(v.verify.result.time),
@@ -138,7 +119,34 @@ function VolumeCard(props: { volume: Volume; resources: Resource[]; write: boole
   );
 }
 
-function SyncLine(props: { volume: Volume }) {
+/** The volume's two copies: node, role, disk state, connection, out of sync, open count. */
+export function CopiesTable(props: { volume: Volume }) {
+  const v = props.volume;
+  return (
+    <div class="table-wrap">
+      <table class="vol-copies">
+        <thead><tr><th>{t("vol.node")}</th><th>{t("vol.role")}</th><th>{t("vol.disk")}</th>
+          <th>{t("vol.cstate")}</th><th>{t("vol.oos")}</th><th>{t("vol.inuse")}</th></tr></thead>
+        <tbody>
+          {v.copies.map((c) => (
+            <tr key={c.node} data-node={c.node} data-role={c.role} data-disk={c.disk} data-cstate={c.cstate ?? ""}>
+              <td>{c.node}{!c.own && <span class="notice"> ({t("vol.seenfrom", {
+                node: v.copies.find((o) => o.own)?.node ?? "?" })})</span>}</td>
+              <td>{c.role}</td>
+              <td class={c.disk === "UpToDate" ? "ok" : "bad"}>{c.disk}</td>
+              <td class={c.cstate && !isConnected(c.cstate) ? "bad" : ""}>
+                {c.cstate ?? "—"}{c.suspended ? ` — ${t("vol.suspended")}` : ""}</td>
+              <td>{c.own ? kib(c.outOfSyncKib) : "—"}</td>
+              <td>{c.own ? c.openCount ?? 0 : "—"}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </div>
+  );
+}
+
+export function SyncLine(props: { volume: Volume }) {
   const s = props.volume.sync;
   if (!s) {
     const all = props.volume.copies.every((c) => c.own && c.cstate === "Connected" && c.disk === "UpToDate");
