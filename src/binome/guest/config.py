@@ -341,7 +341,7 @@ def schema() -> dict[str, Param]:
                                            "migration asks no bwlimit."),
         "migrate_downtime": Param(type="number", optional=True, minimum=0,
                                   description="Tolerated migration downtime in seconds (QEMU's "
-                                              "downtime-limit; default 0.1)."),
+                                              "downtime-limit; default 0.03)."),
         "vmstatestorage": Param(optional=True, pattern=r"[a-z][a-z0-9\-_.]*[a-z0-9]",
                                 description="Storage for VM state volumes (stored)."),
         "kernel": Param(optional=True, max_length=256,
