@@ -82,6 +82,15 @@ class Client:
         else:
             body = urlencode(params, doseq=True)
             headers["Content-Type"] = "application/x-www-form-urlencoded"
+        payload = self._send(method, url, body, headers)
+        if with_total:
+            return payload.get("data"), payload.get("total")
+        return payload.get("data")
+
+    def _send(self, method: str, url: str, body: Any, headers: dict[str, str]
+              ) -> dict[str, Any]:
+        """One request with the session's ticket (and CSRF token unless GET); the
+        answer's JSON object, ApiCallError when it is not a 200."""
         if self.ticket:
             headers["Cookie"] = f"PVEAuthCookie={quote(self.ticket, safe='')}"
             if method != "GET":
@@ -97,11 +106,11 @@ class Client:
             payload = json.loads(raw) if raw else {}
         except json.JSONDecodeError:
             payload = {}
+        if not isinstance(payload, dict):
+            payload = {}
         if response.status != 200:
             raise ApiCallError(response.status, response.reason, payload.get("errors"))
-        if with_total:
-            return payload.get("data"), payload.get("total")
-        return payload.get("data")
+        return payload
 
     def upload(self, path: str, params: dict[str, Any], file_path: str) -> Any:
         """POST a multipart upload (PVE's `.../upload`): the text fields, then the file
@@ -130,23 +139,7 @@ class Client:
         headers = {"Accept": "application/json",
                    "Content-Type": f"multipart/form-data; boundary={boundary}",
                    "Content-Length": str(len(head) + size + len(tail))}
-        if self.ticket:
-            headers["Cookie"] = f"PVEAuthCookie={quote(self.ticket, safe='')}"
-            headers["CSRFPreventionToken"] = self.csrf or ""
-        conn = self._connection()
-        try:
-            conn.request("POST", "/api2/json" + quote(path), body=body(), headers=headers)
-            response = conn.getresponse()
-            raw = response.read()
-        finally:
-            conn.close()
-        try:
-            payload = json.loads(raw) if raw else {}
-        except json.JSONDecodeError:
-            payload = {}
-        if response.status != 200:
-            raise ApiCallError(response.status, response.reason, payload.get("errors"))
-        return payload.get("data")
+        return self._send("POST", "/api2/json" + quote(path), body(), headers).get("data")
 
     def stream(self, path: str, params: dict[str, Any] | None = None) -> Iterator[Any]:
         """GET a streaming path (application/x-ndjson): yield one object per line until

@@ -9,27 +9,16 @@ the UI's own bundler (rolldown, Vite's; `make ui` type-checks it with tsc)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
+from tests.unit.ui.node_checks import ROOT, needs_node, run_checks
 
-ROOT = Path(__file__).resolve().parents[3]
-ROLLDOWN = ROOT / "ui" / "node_modules" / ".bin" / "rolldown"
 DC = ROOT / "ui" / "src" / "views" / "dc"
 SOURCES = [DC / "volumes.ts", DC / "availability.ts",
            ROOT / "ui" / "src" / "views" / "vm" / "replication.ts"]
 CHECKS = Path(__file__).with_name("dc_logic_checks.mjs")
 
 
-@pytest.mark.skipif(shutil.which("node") is None or not ROLLDOWN.exists(),
-                    reason="Node.js or the UI's node_modules (make ui) missing")
+@needs_node
 def test_volume_merge_split_brain_plan_and_availability_series(tmp_path: Path) -> None:
-    subprocess.run([str(ROLLDOWN), *map(str, SOURCES), "-d", str(tmp_path), "-f", "esm"],
-                   check=True, capture_output=True, text=True, timeout=120)
-    (tmp_path / "package.json").write_text('{"type": "module"}')
-    shutil.copyfile(CHECKS, tmp_path / "checks.mjs")
-    r = subprocess.run(["node", "checks.mjs"], cwd=tmp_path, capture_output=True, text=True,
-                       timeout=60)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
+    run_checks(SOURCES, CHECKS, tmp_path)

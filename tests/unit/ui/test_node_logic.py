@@ -5,25 +5,14 @@ server checks them), PVE's `localtime` shown as a wall clock."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
+from tests.unit.ui.node_checks import ROOT, needs_node, run_checks
 
-ROOT = Path(__file__).resolve().parents[3]
-ROLLDOWN = ROOT / "ui" / "node_modules" / ".bin" / "rolldown"
 SOURCE = ROOT / "ui" / "src" / "views" / "node" / "network.ts"
 CHECKS = Path(__file__).with_name("node_logic_checks.mjs")
 
 
-@pytest.mark.skipif(shutil.which("node") is None or not ROLLDOWN.exists(),
-                    reason="Node.js or the UI's node_modules (make ui) missing")
+@needs_node
 def test_network_rows_bulk_parameters_and_clock(tmp_path: Path) -> None:
-    subprocess.run([str(ROLLDOWN), str(SOURCE), "-d", str(tmp_path), "-f", "esm"],
-                   check=True, capture_output=True, text=True, timeout=120)
-    (tmp_path / "package.json").write_text('{"type": "module"}')
-    shutil.copyfile(CHECKS, tmp_path / "checks.mjs")
-    r = subprocess.run(["node", "checks.mjs"], cwd=tmp_path, capture_output=True, text=True,
-                       timeout=60)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
+    run_checks([SOURCE], CHECKS, tmp_path)
