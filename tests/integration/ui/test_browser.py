@@ -238,7 +238,9 @@ def test_login_tree_live_views(browser, cluster: Cluster, api: requests.Session,
     _tree_item(browser, f"#/vm/{vm}").click()
     _wait(browser, lambda d: _css(d, "#vm-status") and _css(d, "#vm-status")[0].text
           .startswith("running"), "the VM view's status")
-    assert "not managed" in _css(browser, "#vm-ha")[0].text
+    # the tree's status may come before the view's own status read (which has the HA
+    # state): a local guest's QEMU shows running in /cluster/resources at once
+    _wait(browser, lambda d: "not managed" in _css(d, "#vm-ha")[0].text, "the VM's HA state")
     assert _css(browser, "#vm-start")[0].get_attribute("disabled") is not None
     _css(browser, "#vm-stop")[0].click()
     dialog = _wait(browser, lambda d: _css(d, "dialog[open]"), "the confirmation")[0]
@@ -731,7 +733,8 @@ A11Y_PAGES = (("#/dc", "#dc-node-table tbody tr"), ("#/dc/log", "#dc-log-table t
               ("#/dc/ha", "#ha-status-list li"), ("#/dc/storage", "#dc-storage-table tr"),
               ("#/dc/volumes", "#view-dc-volumes"), ("#/dc/availability", ".view"),
               ("#/dc/backup", ".view"), ("#/dc/notifications", ".view"),
-              ("#/node/n1", "#view-node"), ("#/vm/{vm}", "#vm-status"),
+              ("#/node/n1", "#view-node"),
+              ("#/node/n1/storage/local", "#view-storage-content"), ("#/vm/{vm}", "#vm-status"),
               ("#/vm/{vm}/hardware", ".view table"), ("#/vm/{vm}/options", ".view"),
               ("#/vm/{vm}/replication", "#vm-replication"), ("#/vm/{vm}/snapshots", ".view"),
               ("#/vm/{vm}/backup", ".view"), ("#/vm/{vm}/graphs", ".view"),
