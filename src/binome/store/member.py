@@ -7,7 +7,12 @@ crashed daemon never leaves an orphan member behind (not `preexec_fn`: forking
 Python code in a process with gRPC threads can abort the child), and a pidfile
 lets a restarted daemon clean up a member that survived anyway (checked by its
 command line, never by name). A member that etcd itself reports as removed from
-the cluster is not restarted: the node must rejoin.
+the cluster is not restarted: the node must rejoin. It runs at `nice -n -10`
+(ETCD_NICE, through `nice`, before `setpriv`): an election or a lease renewal must
+get the CPU when TCG guests and resyncs take it all, or a node misses its
+self-fence deadline for want of a leader (docs/ha.md 5.1); corosync runs
+real-time for the same reason. Where raising it is not allowed, `nice` says so in
+the member's log and etcd runs at normal priority.
 
 It also owns the *leadership preference* (pure, no I/O): `witness_transfer_target`
 decides whether the etcd leader should hand leadership to the witness's member,
@@ -28,6 +33,8 @@ from typing import Any
 
 from binome import durable
 
+# the etcd member's niceness (see the module's docstring)
+ETCD_NICE = -10
 log = logging.getLogger("binome.etcd")
 
 REMOVED_MARKERS = ("has already been removed", "permanently removed", "member has been removed",
@@ -93,6 +100,7 @@ class EtcdMember:
              force_new_cluster: bool = False) -> list[str]:
         s = self.spec
         argv = [
+            "nice", "-n", str(ETCD_NICE),
             "setpriv", "--pdeathsig", "SIGTERM", "--",
             "etcd", "--name", s.name, "--data-dir", str(s.data_dir),
             "--listen-peer-urls", s.peer_url, "--initial-advertise-peer-urls", s.peer_url,
