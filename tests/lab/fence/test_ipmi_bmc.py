@@ -179,6 +179,11 @@ async def test_ipmitool_talks_to_the_simulated_bmc(node_on: FenceLab, bmc: BmcPr
     assert node_on.node_pids() == []
     rc, out = await ipmitool("power", "on")
     assert rc == 0 and "Up/On" in out, out
+    # the power-on command runs in the BMC's background: the node's processes follow
+    for _ in range(100):
+        if node_on.node_pids():
+            break
+        await asyncio.sleep(0.1)
     assert node_on.node_pids()
     # Only cipher suite 3 is offered; asking for 17 is refused cleanly, not hung.
     rc, out = await ipmitool("-C", "17", "power", "status")
