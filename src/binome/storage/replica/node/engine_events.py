@@ -157,6 +157,16 @@ def notify_replication(svc: VolumeService, name: str, st: dict[str, Any]) -> Non
 _RESYNCING_OR_IN_SYNC = ("SyncSource", "PausedSyncS", "Connected")
 
 
+def _new_record(seen: dict[str, Any], name: str, key: Any) -> bool:
+    """Whether the engine's record `key` of volume `name` is one to speak of: not the first
+    sight of the volume (a record there at daemon start is a state: remembered, not
+    said), and not the record already seen. The caller remembers it once handled."""
+    if name not in seen:
+        seen[name] = key
+        return False
+    return key is not None and seen[name] != key
+
+
 def notify_split_brain(svc: VolumeService, name: str, st: dict[str, Any]) -> None:
     """A split brain found, and its end, from the engine's record
     (`handshake.split_brain_record`), each said by one node: a detection by the record's
@@ -166,10 +176,7 @@ def notify_split_brain(svc: VolumeService, name: str, st: dict[str, Any]) -> Non
     rec = st.get("split_brain")
     key = None if not isinstance(rec, dict) else \
         (rec.get("state"), rec.get("time"), rec.get("resolved_time"))
-    if name not in svc.split_brains:
-        svc.split_brains[name] = key
-        return
-    if key is None or svc.split_brains[name] == key:
+    if not _new_record(svc.split_brains, name, key):
         return
     assert isinstance(rec, dict)
     peer = str(st.get("peer_node") or "peer")
@@ -197,10 +204,7 @@ def notify_disk(svc: VolumeService, name: str, st: dict[str, Any]) -> None:
     change: nothing is said."""
     rec = st.get("io_error")
     key = rec.get("time") if isinstance(rec, dict) else None
-    if name not in svc.disks:
-        svc.disks[name] = key
-        return
-    if key is None or svc.disks[name] == key:
+    if not _new_record(svc.disks, name, key):
         return
     assert isinstance(rec, dict)
     svc.disks[name] = key
