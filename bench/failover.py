@@ -23,9 +23,15 @@ invariant audit (max simultaneous QEMU copies, acknowledged writes lost), and
 per scenario the median and max, with the baselines as ratios: Proxmox's
 documented ~120 s, and the seeds' 45-51 lost pings at 1 s.
 
-    sudo .venv/bin/python bench/failover.py [--runs 5] [--scenarios 1,2,3]
+    sudo .venv/bin/python bench/failover.py [--runs 5] [--scenarios 1,2,3] [--workdir DIR]
                                              [--base 198.20] [--json FILE]
                                              [--compare BASELINE.json]
+
+`--workdir DIR` keeps the lab's logs, each run's timeline (`run-s<S>-r<I>.timeline`)
+and, when a run does not recover in time, `failure-s<S>-r<I>.json` (the whole
+cluster log, the HA and volume keys, each node's `ha status` and volume states,
+where QEMU runs), written at once and again after 3 more minutes of waiting (late
+or never); the bench then stops.
 
 `--compare` takes the `--json` of a baseline run (e.g. an older commit run
 side by side) and prints each scenario's median outage against it.
@@ -47,6 +53,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from binome.lab.cluster import LabClusterError
 from binome.lab.ha import FaultRun, HaLab
 
 PROXMOX_S = 120.0          # pve-ha-manager: about 2 minutes (docs/reference/proxmox-ha.md)
@@ -99,6 +106,34 @@ def summary(name: str, runs: list[FaultRun]) -> list[str]:
     return lines
 
 
+def diagnose(ha: HaLab, out: Path, what: str) -> None:
+    """What a run that needs explaining leaves in the workdir: the whole cluster log,
+    the HA and volume keys in etcd (fence devices left out: they name secret files),
+    each node's `ha status` and volume states, and where QEMU runs."""
+    state: dict[str, Any] = {"what": what, "at": time.time()}
+
+    async def read(store: Any) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for prefix in ("/binome/ha/", "/binome/volumes/", "/binome/alive/",
+                       "/binome/config/nodes/"):
+            for e in await store.get_prefix(prefix):
+                if not e.key.startswith("/binome/ha/fence/"):
+                    found[e.key] = e.value
+        return found
+    for name, get in (("cluster_log", lambda: ha.cluster_log()),
+                      ("etcd", lambda: ha.etcd(read)),
+                      ("ha_status", lambda: {n: ha.cluster.json(n, "ha", "status")
+                                             for n in (*ha.nodes, ha.cluster.witness) if n}),
+                      ("volumes", lambda: {n: ha.volume_states(n) for n in ha.nodes}),
+                      ("qemu_on", lambda: ha.guest_node())):
+        try:
+            state[name] = get()
+        except Exception as exc:   # a dead node's CLI: say so, keep the rest
+            state[name] = f"{type(exc).__name__}: {exc}"
+    out.write_text(json.dumps(state, indent=1, default=str))
+    print(f"diagnosis written to {out}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=int, default=5, help="runs per scenario (default 5)")
@@ -107,12 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", default="198.20", help="lab subnets <base>.1-4.0/24")
     p.add_argument("--json", help="also write the runs to this file")
     p.add_argument("--compare", help="a baseline run's --json: print median ratios")
+    p.add_argument("--workdir", type=Path,
+                   help="keep the lab's logs and state here (default: a temporary "
+                        "directory, removed at the end)")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/failover.py needs root (network namespaces)", file=sys.stderr)
         return 2
     wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    ha = HaLab(base=args.base, lab_id=f"fb{os.getpid() % 100000:x}"[:8], name="failover")
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+    ha = HaLab(base=args.base, lab_id=f"fb{os.getpid() % 100000:x}"[:8], name="failover",
+               workdir=args.workdir)
     results: dict[str, list[FaultRun]] = {s: [] for s in wanted}
     began = time.monotonic()
     try:
@@ -124,10 +165,27 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(1, args.runs + 1):
             for s in wanted:
                 label, fault = faults[s]
-                run = ha.run_fault(fault, f"scenario {s} ({label})", timeout=120)
+                try:
+                    run = ha.run_fault(fault, f"scenario {s} ({label})", timeout=120)
+                except LabClusterError as exc:
+                    print(f"scenario {s} ({label}) run {i}: FAILED: {exc}", flush=True)
+                    if args.workdir is not None:
+                        diagnose(ha, args.workdir / f"failure-s{s}-r{i}.json", str(exc))
+                        # late or never: the lab stays up 3 more minutes to tell
+                        try:
+                            ha.wait_serving(180)
+                            print("  ... answering again later", flush=True)
+                        except LabClusterError:
+                            print("  ... still not answering 3 min later", flush=True)
+                        diagnose(ha, args.workdir / f"failure-s{s}-r{i}-later.json",
+                                 str(exc))
+                    raise
                 results[s].append(run)
                 print(f"scenario {s} ({label})", flush=True)
                 print(row(i, run), flush=True)
+                if args.workdir is not None:
+                    (args.workdir / f"run-s{s}-r{i}.timeline").write_text(
+                        run.timeline.summary() + "\n" + "\n".join(run.timeline.lines) + "\n")
                 ha.restore(run.victim)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -24,6 +24,11 @@ stop of that length costs without a new process (the TCG guest's catch-up,
 the bridge), so the rest of a migration's gap is what the hand-over to a new
 QEMU adds.
 
+With `--floor N` it then stops the HA guest and runs its very QEMU command line
+by hand on the same nodes, without binome, and migrates it N times over QMP
+alone (`bench/migration_floor.py`): the gap of QEMU alone on this machine, the
+floor under binome's, printed side by side with binome's and their ratio.
+
 Root only. About 1.5 min of setup plus ~15 s per migration. The pinger is
 stopped by pid and the lab torn down, also on failure or Ctrl-C.
 """
@@ -31,6 +36,7 @@ stopped by pid and the lab torn down, also on failure or Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import json
 import os
@@ -43,6 +49,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from migration_floor import FloorNode, run_floor, tap_of
 
 from binome.lab.ha import HaLab, wait_until
 
@@ -132,6 +140,29 @@ def pause_in_place(pid: int, pause_s: float) -> float:
     return time.monotonic() - t0
 
 
+def run_floor_series(ha: HaLab, pinger: Pinger, runs: int,
+                     downtime_ms: int) -> list[dict[str, Any]]:
+    """Stop the HA guest, then migrate its QEMU command line by hand (QMP only) `runs`
+    times between the two nodes: the floor under binome's gap."""
+    node = ha.guest_node()
+    assert node is not None
+    pid = qemu_pid(ha, node)
+    argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    run_dir = str(Path(argv[argv.index("-pidfile") + 1]).parent)
+    tap = tap_of(argv)
+    ha.cluster.cli(node, "ha", "set", ha.sid, "--state", "stopped")
+    wait_until(lambda: not Path(f"/proc/{pid}").exists(), 120, "the HA guest stopped")
+    first, second = node, ha.other(node)
+    nodes = [FloorNode(n, ha.cluster.lab.host(n).netns, ha.cluster.address(n), argv,
+                       run_dir, tap) for n in (first, second)]
+
+    def answering(since: float) -> bool:
+        return bool(pinger.replies) and pinger.replies[-1][0] > since
+
+    return asyncio.run(run_floor(nodes, runs, downtime_ms, answering, pinger.worst_gap,
+                                 lambda line: print(line, flush=True)))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=int, default=6, help="migrations (default 6)")
@@ -144,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="then pause the guest in place this many times (default 0)")
     p.add_argument("--pause-ms", type=int, default=0,
                    help="length of each pause (default: the median switch-over measured)")
+    p.add_argument("--floor", type=int, default=0,
+                   help="then this many migrations of the same QEMU without binome")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/migration.py needs root (network namespaces)", file=sys.stderr)
@@ -152,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     pauses: list[dict[str, Any]] = []
     pinger: Pinger | None = None
+    floor: list[dict[str, Any]] = []
     began = time.monotonic()
     try:
         ha.start()
@@ -208,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"in place -> "
                   f"longest silence {round(gap * 1000)} ms ({lost} pings unanswered)",
                   flush=True)
+        if args.floor:
+            floor = run_floor_series(ha, pinger, args.floor,
+                                     round((args.downtime or 0.03) * 1000))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
     finally:
@@ -236,9 +273,20 @@ def main(argv: list[str] | None = None) -> int:
         if mig:
             print(f"ratio: migration gap / in-place pause gap = "
                   f"{statistics.median(mig) / max(1, statistics.median(gaps)):.2f}")
+    if floor:
+        fgaps = [f["gap_ms"] for f in floor]
+        fqemu = [f["qemu_downtime_ms"] for f in floor]
+        print(f"QEMU alone{label}, {len(floor)} runs: client gap (ms) median "
+              f"{statistics.median(fgaps):.0f}, max {max(fgaps)}; QEMU downtime (ms) median "
+              f"{statistics.median(fqemu):.0f}")
+        mig = [r["gap_ms"] for r in runs]
+        if mig:
+            print(f"ratio: binome's gap / QEMU alone = "
+                  f"{statistics.median(mig) / max(1, statistics.median(fgaps)):.2f} "
+                  f"({statistics.median(mig):.0f} vs {statistics.median(fgaps):.0f} ms median)")
     if args.json:
         Path(args.json).write_text(json.dumps({"label": args.label, "runs": runs,
-                                               "pauses": pauses}, indent=1))
+                                               "pauses": pauses, "floor": floor}, indent=1))
     return 0
 
 

@@ -14,6 +14,9 @@ PACKAGES=(etcd-server etcd-client qemu-system-x86 qemu-utils busybox-static ipro
 # swtpm, swtpm-tools: the software TPM (and swtpm_setup) of VMs with a `tpmstate0`.
 # genisoimage: builds the cloud-init (NoCloud/configdrive2) ISO, with the options PVE uses.
 PACKAGES+=(genisoimage)
+# pebble: the ACME certificate tests order from a real (test) CA, pebble, with
+# pebble-challtestsrv answering its DNS queries.
+PACKAGES+=(pebble)
 # libfaketime: the notification tests run one node with its wall clock ahead (clock skew).
 PACKAGES+=(libfaketime)
 missing=()

@@ -117,6 +117,11 @@ FORMATS: dict[str, Format] = {
     "host-address": _checked(is_host_address, "invalid address"),
     "pve-userid": _checked(lambda v: re.fullmatch(
         r"[^\s:/@]{1,64}@[A-Za-z][A-Za-z0-9.\-_]{1,31}", v) is not None, "invalid user ID"),
+    # PVE's userid_or_token_regex (GET /access/permissions): `user@realm` or
+    # `user@realm!tokenid`
+    "pve-userid-or-token": _checked(lambda v: re.fullmatch(
+        r"[^\s:/@]{1,64}@[A-Za-z][A-Za-z0-9.\-_]{1,31}(?:![A-Za-z][A-Za-z0-9.\-_]+)?", v)
+        is not None, "invalid user or API token ID"),
     "fingerprint": _checked(lambda v: re.fullmatch(
         r"(?:[0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2}|[0-9A-Fa-f]{64}", v) is not None,
         "invalid SHA-256 fingerprint"),

@@ -120,3 +120,56 @@ def test_node_system_pages(px, cluster: Cluster, bridge: tuple[str, str, str]) -
     assert "binomed" in n1.cli("node", "services", "n1").stdout
     assert n1.json("node", "time", "n2")["time"] > 0
     print(f"test runtime {time.monotonic() - began:.1f} s")
+
+
+def test_hosts_certificates_and_subscription(px, cluster: Cluster) -> None:
+    """The read-only node pages bpg's and Ansible's modules read: /etc/hosts with its
+    digest, the node's certificates, the subscription state (none), the PCI devices."""
+    import hashlib
+
+    began = time.monotonic()
+    with open("/etc/hosts", "rb") as f:
+        raw = f.read()
+    assert px.nodes("n2").hosts.get() == {"data": raw.decode(),
+                                          "digest": hashlib.sha1(raw).hexdigest()}
+    # certificates: the cluster CA and the node's API certificate, as PVE describes them
+    nodes = {n["node"]: n for n in px.nodes.get()}
+    for name in ("n1", "n2"):
+        ca, cert = px.nodes(name).certificates.info.get()
+        assert ca["filename"] == "ca.pem" and cert["filename"] == "node.pem"
+        assert cert["fingerprint"] == nodes[name]["ssl_fingerprint"]
+        assert cert["issuer"] == ca["subject"] and cert["pem"].startswith("-----BEGIN CERT")
+        assert name in cert["san"]
+        assert isinstance(cert["notafter"], int) and cert["notafter"] > time.time()
+        assert (cert["public-key-type"], cert["public-key-bits"]) == ("id-ecPublicKey", 256)
+    assert px.nodes("n1").subscription.get() == {"status": "notfound",
+                                                 "message": "There is no subscription key"}
+    # PCI devices: the host's sysfs, less PVE's default classes (05, 06, 0b)
+    from pathlib import Path
+
+    from proxmoxer import ResourceException
+    sysfs = Path("/sys/bus/pci/devices")
+    expected = sorted(d.name for d in sysfs.iterdir()
+                      if not (d / "class").read_text().startswith(("0x05", "0x06", "0x0b")))
+    devices = px.nodes("n1").hardware.pci.get()
+    assert [d["id"] for d in devices] == expected
+    assert all(isinstance(d["iommugroup"], int) and d["vendor"].startswith("0x")
+               for d in devices)
+    everything = px.nodes("n1").hardware.pci.get(**{"pci-class-blacklist": ""})
+    assert len(everything) == len(list(sysfs.iterdir()))
+    with pytest.raises(ResourceException) as bad:
+        px.nodes("n1").hardware.pci.get(**{"pci-class-blacklist": "zz"})
+    assert bad.value.status_code == 400 and "pci-class-blacklist" in bad.value.errors
+    # the cluster's join information (Ansible's proxmox_cluster_join_info)
+    info = px.cluster.config.join.get()
+    listed = {n["name"]: n for n in info["nodelist"]}
+    assert info["preferred_node"] == "n1" and {"n1", "n2"} <= set(listed)
+    for name in ("n1", "n2"):
+        assert listed[name]["pve_fp"] == nodes[name]["ssl_fingerprint"]
+        assert listed[name]["pve_addr"] and listed[name]["quorum_votes"] == 1
+    assert px.cluster.config.join.get(node="n2")["preferred_node"] == "n2"
+    assert len(info["config_digest"]) == 40
+    with pytest.raises(ResourceException) as unknown:
+        px.cluster.config.join.get(node="nosuch")
+    assert unknown.value.status_code == 500 and "unknown node 'nosuch'" in unknown.value.content
+    print(f"hosts/certificates/subscription/pci/join: {time.monotonic() - began:.1f} s")

@@ -3,10 +3,12 @@
 The test watches QEMU through a second QMP monitor of its own, added with PVE's
 root-only `args` (set over the node's unix socket, where root is root@pam): a SCSI
 disk, a NIC (its tap on the test's bridge) and a vCPU are plugged into the running
-guest and QEMU has them; `memory` (no memory hot-plug) stays pending, GET .../pending
+guest and QEMU has them; `memory` (without `memory` in `hotplug`) stays pending, GET .../pending
 and GET .../config show both sides, a hot-plug that fails stays pending with PVE's
 "hotplug problem", revert drops a pending change, a disk is unplugged (its volume
-kept as unusedN) and the next cold start applies what was pending.
+kept as unusedN) and the next cold start applies what was pending. With `memory` in
+`hotplug`, DIMMs are added to and asked out of the running guest (PVE's memory
+hot-plug).
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ def test_hotplug_and_pending_on_a_running_vm(cluster: Cluster, bridge: str) -> N
         tap = Path(f"/sys/class/net/tap{vmid}i0")
         assert (tap / "master").resolve().name == bridge
         assert len(monitor("query-cpus-fast")) == 2
-        # memory waits for the next start (no memory hot-plug): both sides shown
+        # memory waits for the next start (no `memory` in hotplug): both sides shown
         pending = rows(root, vmid)
         assert pending["memory"] == {"key": "memory", "value": 64, "pending": 96}
         for key in ("scsi1", "net0", "vcpus", "name", "balloon"):
@@ -136,6 +138,71 @@ def test_hotplug_and_pending_on_a_running_vm(cluster: Cluster, bridge: str) -> N
         assert root.call("GET", url + "/status/current")["maxmem"] == 96 << 20
         monitor = Monitor(sock)
         assert "net0" in monitor.pci_ids()       # a start puts it where it was plugged
+    finally:
+        if monitor is not None:
+            monitor.close()
+        with contextlib.suppress(ApiCallError):
+            root.wait_task(root.call("POST", url + "/status/stop"))
+        root.wait_task(root.call("DELETE", url))
+        Path(sock).unlink(missing_ok=True)
+
+
+def test_memory_hotplug_adds_and_removes_dimms(cluster: Cluster) -> None:
+    """PVE's memory hot-plug (`hotplug: memory`, `numa: 1`): the guest starts with 1024
+    MiB of static memory and the rest as DIMMs; `memory` raised on the running guest
+    adds `pc-dimm` devices (QMP query-memory-devices has them, status `maxmem` grows);
+    lowered, the DIMMs are asked to go, and a guest that keeps them (this one runs no
+    OS to release them) leaves the change pending with PVE's "error unplug memory
+    module" until the next start. A start without NUMA is PVE's refusal."""
+    root = Client(socket_path=cluster["n1"].socket)
+    vmid = int(root.call("GET", "/cluster/nextid"))
+    url = f"/nodes/n1/qemu/{vmid}"
+    sock = f"/tmp/binome-mh-{os.getpid()}-{vmid}.qmp"
+    upid = root.call("POST", "/nodes/n1/qemu", {
+        "vmid": vmid, "name": "memhp", "memory": 1024, "hotplug": "disk,memory",
+        "vga": "none", "args": f"-qmp unix:{sock},server=on,wait=off"})
+    assert root.wait_task(upid)["exitstatus"] == "OK"
+    monitor = None
+    try:
+        status = root.wait_task(root.call("POST", url + "/status/start"))
+        assert "NUMA needs to be enabled for memory hotplug" in status["exitstatus"]
+        root.call("PUT", url + "/config", {"numa": 1})
+        assert root.wait_task(root.call("POST", url + "/status/start"))["exitstatus"] == "OK"
+        monitor = Monitor(sock)
+        assert monitor("query-memory-devices") == []
+
+        def dimms() -> dict[str, tuple[int, int]]:
+            return {d["data"]["id"]: (d["data"]["size"] >> 20, d["data"]["node"])
+                    for d in monitor("query-memory-devices")}
+
+        root.call("PUT", url + "/config", {"memory": 2048})
+        assert dimms() == {"dimm0": (512, 0), "dimm1": (512, 0)}
+        assert "pending" not in rows(root, vmid)["memory"]
+        assert root.call("GET", url + "/config", {"current": 1})["memory"] == 2048
+        assert root.call("GET", url + "/status/current")["maxmem"] == 2048 << 20
+
+        # PVE's refusals of a size the DIMMs cannot make: stays pending
+        with pytest.raises(ApiCallError) as exc:
+            root.call("PUT", url + "/config", {"memory": 2100})
+        assert exc.value.status == 400 and exc.value.errors["memory"] == (
+            "hotplug problem - memory size (2100) must be aligned to 512 for hotplugging")
+        root.call("PUT", url + "/config", {"revert": "memory"})
+
+        # lowered: dimm1 is asked to go; the guest does not release it
+        with pytest.raises(ApiCallError) as exc:
+            root.call("PUT", url + "/config", {"memory": 1536})
+        assert exc.value.errors["memory"].startswith(
+            "hotplug problem - dimm1: error unplug memory module")
+        assert rows(root, vmid)["memory"] == {"key": "memory", "value": 2048, "pending": 1536}
+        assert root.call("GET", url + "/status/current")["maxmem"] == 2048 << 20
+        # the next start applies it: one DIMM
+        monitor.close()
+        monitor = None
+        assert root.wait_task(root.call("POST", url + "/status/stop"))["exitstatus"] == "OK"
+        assert root.wait_task(root.call("POST", url + "/status/start"))["exitstatus"] == "OK"
+        monitor = Monitor(sock)
+        assert dimms() == {"dimm0": (512, 0)}
+        assert root.call("GET", url + "/status/current")["maxmem"] == 1536 << 20
     finally:
         if monitor is not None:
             monitor.close()

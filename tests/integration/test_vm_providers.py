@@ -247,3 +247,44 @@ def test_ovmf_without_the_firmware_fails_at_start(api, cluster: Cluster) -> None
         assert api.get(url + "/status/current", timeout=10).json()["data"]["status"] == (
             "stopped")
     assert wait_task(api, cluster, api.delete(url, timeout=30).json()["data"]) == "OK"
+
+
+def test_bpg_replication_job_refused_as_pve_refuses_it_off_zfs(api, cluster: Cluster) -> None:
+    """bpg's `proxmox_virtual_environment_replication` (proxmox/cluster/replications/,
+    @d6bd1ffe: ReplicationCreate form `id`, `target`, `type`, `schedule`, `comment`,
+    `disable` as an int) against binome: the list is empty, and a job for a VM with a
+    disk on `local` is refused with PVE's text for storage without the replicate
+    feature (PVE replicates only ZFS; binome's replicated storage is synchronous
+    already); nothing appears. Reading, changing or removing a job: PVE's 'no such'."""
+    url = f"{base(cluster)}/cluster/replication"
+    r = api.get(url, timeout=10)
+    assert r.status_code == 200 and r.json()["data"] == [], r.text
+    vmid = next_id(api, cluster)
+    r = api.post(f"{base(cluster)}/nodes/n1/qemu", timeout=30,
+                 data={"vmid": vmid, "memory": 64, "scsi0": "local:0.001"})
+    assert r.status_code == 200, r.text
+    assert wait_task(api, cluster, r.json()["data"]) == "OK"
+    try:
+        volid = config(api, cluster, vmid)["scsi0"].split(",")[0]
+        body = {"id": f"{vmid}-0", "target": "n2", "type": "local", "schedule": "*/15",
+                "comment": "nightly", "disable": 0}
+        r = api.post(url, data=urllib.parse.urlencode(body), headers=FORM, timeout=10)
+        assert (r.status_code, r.reason) == (500, f"missing replicate feature on volume "
+                                                  f"'{volid}'"), (r.status_code, r.reason)
+        r = api.post(url, data={**body, "target": "n1"}, timeout=10)
+        assert (r.status_code, r.reason) == (500, "Source and target must not be identical")
+        r = api.post(url, data={**body, "target": "nosuch"}, timeout=10)
+        assert (r.status_code, r.reason) == (500, "Target 'nosuch' does not exist.")
+        r = api.post(url, data={**body, "id": "99-1"}, timeout=10)
+        assert r.status_code == 400 and "id" in r.json()["errors"], r.text
+        assert api.get(url, timeout=10).json()["data"] == []
+        r = api.get(f"{url}/{vmid}-0", timeout=10)
+        assert (r.status_code, r.reason) == (500, f"no such replication job '{vmid}-0'")
+        r = api.put(f"{url}/{vmid}-0", data={"comment": "x"}, timeout=10)
+        assert (r.status_code, r.reason) == (500, f"no such job '{vmid}-0'")
+        r = api.delete(f"{url}/{vmid}-0", timeout=10)
+        assert (r.status_code, r.reason) == (500, f"no such job '{vmid}-0'")
+    finally:
+        r = api.delete(f"{base(cluster)}/nodes/n1/qemu/{vmid}", timeout=30)
+        if r.status_code == 200:
+            wait_task(api, cluster, r.json()["data"])

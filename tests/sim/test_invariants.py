@@ -186,3 +186,47 @@ def test_a_stall_shorter_than_the_deadline_was_fenced_with_the_old_fence_delay()
                                                                          timers=old))
     with pytest.raises(InvariantViolation, match="before its self-fence deadline"):
         run(scenario)
+
+
+# ---------------------------------------------------------------- HA rules
+
+THREE_NODES = {"nodes": {"n1": {"fence_device": {"delay": 1.0}},
+                         "n2": {"fence_device": {"delay": 1.0}},
+                         "n3": {"fence_device": {"delay": 1.0}}}, "witness": None}
+APART = {"resources": {"vm:100": {"node": "n1", "state": "started"},
+                       "vm:101": {"node": "n2", "state": "started"},
+                       "vm:102": {"node": "n3", "state": "started"},
+                       "vm:103": {"node": "n3", "state": "started"}},
+         "rules": {"apart": {"type": "resource-affinity", "resources": "vm:100,vm:101",
+                             "affinity": "negative"}}}
+
+
+def test_recovery_next_to_a_negative_partner_is_caught(monkeypatch):
+    # n1 lost: the least loaded node is n2, where vm:101 runs; the rule sends vm:100 to n3
+    text = "delay 20\npower n1 off\ndelay 30\n"
+    world = run(scenario(text, THREE_NODES, APART))
+    assert "vm:100: recovering from fenced node n1 to n3" in "\n".join(world.lines)
+
+    def no_resource_affinity(p):
+        return select_node(dataclasses.replace(p, separate={}, together={}))
+    monkeypatch.setattr(context, "select_node", no_resource_affinity)
+    with pytest.raises(InvariantViolation, match="CRM ordered vm:100 onto n2 where vm:101 "
+                                                 "runs or is ordered to"):
+        run(scenario(text, THREE_NODES, APART))
+
+
+def test_recovery_outside_a_strict_node_affinity_is_caught(monkeypatch):
+    services = {"resources": {"vm:100": {"node": "n1", "state": "started"}},
+                "rules": {"pin": {"type": "node-affinity", "resources": "vm:100",
+                                  "nodes": "n1", "strict": True}}}
+    text = "delay 20\npower n1 off\ndelay 30\n"
+    world = run(scenario(text, THREE_NODES, services))
+    assert "recovery waits: no online node in strict node affinity rule pin" in \
+        "\n".join(world.lines)
+
+    def no_node_affinity(p):
+        return select_node(dataclasses.replace(p, affinity=None))
+    monkeypatch.setattr(context, "select_node", no_node_affinity)
+    with pytest.raises(InvariantViolation, match="CRM ordered vm:100 onto n2, outside its "
+                                                 "strict node affinity rule pin"):
+        run(scenario(text, THREE_NODES, services))

@@ -1,5 +1,6 @@
 """The `dir` storage backend (image files in a tmp dir; qemu-img for qcow2, copy, resize)."""
 
+import asyncio
 import shutil
 
 import pytest
@@ -8,6 +9,8 @@ from binome.storage.base import (
     StorageConfig,
     StorageError,
     VolumeSource,
+    is_base_volname,
+    linked_base,
     parse_image_volname,
     split_volid,
 )
@@ -124,6 +127,49 @@ async def test_resize_grows_raw_and_qcow2(store):
     q = await store.alloc(100, 2 * MiB, "qcow2")
     await store.resize(q, 16 * MiB)
     assert await store.size(q) == 16 * MiB
+
+
+def _qemu(*argv: str) -> None:
+    import subprocess
+
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+def _killed_writer(path) -> int:
+    """qemu-io writes into the image and kills itself (SIGKILL) with it open."""
+    import subprocess
+
+    return subprocess.run(["qemu-io", "-c", "write 0 64k", "-c", "sigraise 9", str(path)],
+                          capture_output=True).returncode
+
+
+def _bitmaps(path) -> list[tuple[str, list[str]]]:
+    import json
+    import subprocess
+
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(path)],
+                                     check=True, capture_output=True, text=True).stdout)
+    return [(b["name"], b["flags"]) for b in info["format-specific"]["data"].get("bitmaps", [])]
+
+
+@needs_qemu_img
+async def test_resize_and_rollback_drop_the_backups_dirty_bitmaps(store, tmp_path):
+    """A backup's persistent bitmap left `in-use` by a QEMU that died with the image open
+    makes qemu-img refuse a resize, and any bitmap a rollback: the backups' go first
+    (the next backup is full)."""
+    q = await store.alloc(100, 4 * MiB, "qcow2")
+    path = image(tmp_path, 100, 0, "qcow2")
+    _qemu("qemu-img", "bitmap", "--add", str(path), "binome-backup-a")
+    # a writer killed with the image open (qemu-io's own SIGKILL)
+    assert _killed_writer(path) == -9
+    assert _bitmaps(path) == [("binome-backup-a", ["in-use", "auto"])]
+    await store.resize(q, 8 * MiB)
+    assert await store.size(q) == 8 * MiB and _bitmaps(path) == []
+
+    await store.snapshot(q, "s1")
+    _qemu("qemu-img", "bitmap", "--add", str(path), "binome-backup-b")
+    await store.rollback_snapshot(q, "s1")
+    assert _bitmaps(path) == []
 
 
 async def test_resize_missing_volume(store):
@@ -273,6 +319,9 @@ def test_split_volid_errors(volid):
 @pytest.mark.parametrize("volname, expected", [
     ("100/vm-100-disk-0.raw", (100, "vm-100-disk-0", "raw")),
     ("2000/base-2000-disk-12.qcow2", (2000, "base-2000-disk-12", "qcow2")),
+    # a linked clone's volume names its base first (PVE's dir plugin)
+    ("100/base-100-disk-0.qcow2/101/vm-101-disk-2.qcow2", (101, "vm-101-disk-2", "qcow2")),
+    ("100/base-100-disk-1.raw/101/vm-101-disk-0.qcow2", (101, "vm-101-disk-0", "qcow2")),
 ])
 def test_parse_image_volname(volname, expected):
     assert parse_image_volname(volname) == expected
@@ -282,7 +331,94 @@ def test_parse_image_volname(volname, expected):
     "vm-100-disk-0.raw", "100/vm-100-disk-0.vmdk", "100/vm-100-disk-0", "100/disk-0.raw",
     "100/vm-100-disk-x.raw", "abc/vm-100-disk-0.raw", "100/vm-100-disk-0.raw/x",
     "100/../vm-100-disk-0.raw", "iso/x.iso",
+    # a base that is not a base image, a clone path that escapes
+    "100/vm-100-disk-0.qcow2/101/vm-101-disk-0.qcow2",
+    "100/base-100-disk-0.qcow2/../101/vm-101-disk-0.qcow2",
+    "100/base-100-disk-0.qcow2/101/vm-101-disk-0.qcow2/x",
 ])
 def test_parse_image_volname_errors(volname):
     with pytest.raises(StorageError, match="unable to parse image volume name"):
         parse_image_volname(volname)
+
+
+def test_linked_base_and_is_base():
+    assert linked_base("100/base-100-disk-0.qcow2/101/vm-101-disk-0.qcow2") == \
+        (100, "base-100-disk-0.qcow2")
+    assert linked_base("100/base-100-disk-0.qcow2") is None
+    assert linked_base("101/vm-101-disk-0.qcow2") is None
+    assert is_base_volname("100/base-100-disk-0.qcow2")
+    assert not is_base_volname("100/base-100-disk-0.qcow2/101/vm-101-disk-0.qcow2")
+    assert is_base_volname("100/base-100-disk-0.qcow2/101/base-101-disk-0.qcow2")
+
+
+# ---------------------------------------------------------------- templates, linked clones
+@needs_qemu_img
+async def test_template_base_linked_clone_and_refusals(store, tmp_path):
+    """PVE's dir create_base / clone_image / vdisk_free: the base is renamed and made
+    read-only, a linked clone is a qcow2 backed by '../<vmid>/<base>', reads the base's
+    data, is listed with `parent`, and the base cannot be freed while it is used."""
+    import re
+
+    def qemu_io(path, command: str) -> str:
+        import subprocess
+        return subprocess.run(["qemu-io", "-c", command, str(path)], check=True,
+                              capture_output=True, text=True).stdout
+
+    vol = await store.alloc(100, 4 * MiB, "qcow2")
+    path = store.path(vol)
+    await asyncio.to_thread(qemu_io, path, "write -P 0x5a 0 64k")
+    assert not store.can_link(vol)
+    with pytest.raises(StorageError, match="clone_image only works on base images"):
+        await store.clone_image(vol, 101)
+    base = await store.create_base(vol)
+    assert base == "local:100/base-100-disk-0.qcow2"
+    assert not path.exists()
+    assert (store.path(base).stat().st_mode & 0o777) == 0o444
+    assert store.can_link(base)
+    with pytest.raises(StorageError, match="create_base not possible with base image"):
+        await store.create_base(base)
+    # a new disk of the template does not reuse the base's number
+    assert await store.alloc(100, MiB) == "local:100/vm-100-disk-1.raw"
+    linked = await store.clone_image(base, 101)
+    assert linked == "local:100/base-100-disk-0.qcow2/101/vm-101-disk-0.qcow2"
+    assert store.path(linked) == tmp_path / "images" / "101" / "vm-101-disk-0.qcow2"
+    assert await store.size(linked) == 4 * MiB
+    out = await asyncio.to_thread(qemu_io, store.path(linked), "read -P 0x5a 0 64k")
+    assert "read 65536/65536" in out
+    second = await store.clone_image(base, 101)
+    assert second == "local:100/base-100-disk-0.qcow2/101/vm-101-disk-1.qcow2"
+    listed = {e["volid"]: e for e in await store.list("images")}
+    assert listed[linked]["parent"] == "../100/base-100-disk-0.qcow2"
+    assert listed[linked]["vmid"] == 101 and listed[linked]["format"] == "qcow2"
+    assert "parent" not in listed[base]
+    assert await store.base_users(base) == [linked, second]
+    assert await store.base_users(linked) == []
+    with pytest.raises(StorageError, match=re.escape(
+            "base volume '100/base-100-disk-0.qcow2' is still in use by linked clones")):
+        await store.free(base)
+    # a full copy of a linked clone reads through its base: an image of its own
+    copy = await store.copy(linked, 102)
+    assert "parent" not in {e["volid"]: e for e in await store.list("images")}[copy]
+    out = await asyncio.to_thread(qemu_io, store.path(copy), "read -P 0x5a 0 64k")
+    assert "read 65536/65536" in out
+    with pytest.raises(StorageError, match="read-only base image"):
+        await store.resize(base, 8 * MiB)
+    # a linked clone's own snapshots, resize and rollback touch only its image
+    await store.snapshot(linked, "s1")
+    await asyncio.to_thread(qemu_io, store.path(linked), "write -P 0x11 0 64k")
+    await store.resize(linked, 8 * MiB)
+    await store.rollback_snapshot(linked, "s1")
+    out = await asyncio.to_thread(qemu_io, store.path(linked), "read -P 0x5a 0 64k")
+    assert "read 65536/65536" in out
+    assert await store.snapshots(base) == []
+    await store.delete_snapshot(linked, "s1")
+    # handed to another VM, a linked clone keeps naming its base
+    moved = await store.rename_volume(second, 103)
+    assert moved == "local:100/base-100-disk-0.qcow2/103/vm-103-disk-0.qcow2"
+    with pytest.raises(StorageError, match="does not support moving"):
+        await store.rename_volume(base, 103)
+    await store.free(linked)
+    await store.free(moved)
+    assert await store.base_users(base) == []
+    await store.free(base)
+    assert not store.path(base).exists()

@@ -22,6 +22,7 @@ from binome.guest.disk_move import (
     with_volid,
     without_drive,
 )
+from binome.guest.errors import GuestError
 from binome.guest.qemu_mirror import (
     cache_options,
     progress_line,
@@ -230,6 +231,12 @@ def test_mirror_targets_as_blockdev_add_arguments() -> None:
     assert nbd["file"] == {"driver": "nbd", "export": "vm-100-disk-1",
                            "server": {"type": "unix", "path": "/run/e/v.sock"}}
     assert nbd["cache"]["direct"] is False
+    # another node's export (a live migration's local disk)
+    tcp = target_blockdev("mv-scsi0-3", "nbd://127.9.0.2:40123/drive-scsi0", "raw", "none")
+    assert tcp["file"] == {"driver": "nbd", "export": "drive-scsi0",
+                           "server": {"type": "inet", "host": "127.9.0.2", "port": "40123"}}
+    with pytest.raises(GuestError, match="unsupported NBD source"):
+        target_blockdev("mv-scsi0-4", "nbd://host-without-port/x", "raw", "none")
 
 
 def test_what_follows_the_commit_point_survives_a_cancel() -> None:
@@ -272,3 +279,25 @@ def test_dir_rename_hands_the_image_to_another_vm(tmp_path: Path) -> None:
             await store.rename_volume(a, 102)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("text, gone", [
+    ("Failed to find node with node-name='mv-scsi0-0-1'", True),   # QEMU 7.2
+    ("Node 'mv-scsi0-0-1' not found", True),
+    ("Node mv-scsi0-0-1 is in use", False)])
+async def test_detach_of_a_node_already_gone_is_fine(text: str, gone: bool) -> None:
+    """A failed mirror's target is closed when the job is dismissed; the cancel that
+    follows detaches it again (QEMU's refusal for a node gone is not an error)."""
+    from binome.guest import qemu_mirror
+    from binome.guest.errors import GuestError
+
+    class Qmp:
+        async def command(self, name: str, args: dict | None = None) -> dict:
+            assert name == "blockdev-del" and args == {"node-name": "mv-scsi0-0-1"}
+            raise GuestError(f"VM 100 qmp command 'blockdev-del' failed - {text}")
+
+    if gone:
+        await qemu_mirror.detach(Qmp(), "mv-scsi0-0-1")  # type: ignore[arg-type]
+    else:
+        with pytest.raises(GuestError, match="in use"):
+            await qemu_mirror.detach(Qmp(), "mv-scsi0-0-1")  # type: ignore[arg-type]

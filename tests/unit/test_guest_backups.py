@@ -86,3 +86,31 @@ def test_nbd_unix_uris() -> None:
     for other in ("/var/lib/binome/images/100/vm-100-disk-0.raw", "nbd://host:10809/x",
                   "nbd+unix:///x", "nbd+unix://host/x?socket=/s"):
         assert parse_nbd_unix_uri(other) is None
+
+
+def test_image_bitmaps_of_qcow2_v3_and_v2(tmp_path) -> None:
+    """What a stopped guest's backup reads of its qcow2 images (real qemu-img): a v3
+    image stores our persistent bitmaps, with their flags; a v2 one cannot."""
+    import asyncio
+    import shutil
+    import subprocess
+
+    import pytest
+
+    from binome.backup.incremental import LiveBitmap
+    from binome.guest.backups import _image_bitmaps
+
+    if shutil.which("qemu-img") is None:
+        pytest.skip("qemu-img is not installed")
+    v3, v2 = tmp_path / "v3.qcow2", tmp_path / "v2.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(v3), "64M"], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10", str(v2),
+                    "64M"], check=True)
+    assert asyncio.run(_image_bitmaps(str(v3))) == (True, ())
+    subprocess.run(["qemu-img", "bitmap", "--add", "-g", str(4 << 20), str(v3),
+                    "binome-backup-a"], check=True)
+    subprocess.run(["qemu-img", "bitmap", "--add", "--disable", str(v3), "binome-backup-b"],
+                   check=True)
+    assert asyncio.run(_image_bitmaps(str(v3))) == (True, (
+        LiveBitmap("binome-backup-a"), LiveBitmap("binome-backup-b", recording=False)))
+    assert asyncio.run(_image_bitmaps(str(v2))) == (False, ())

@@ -74,7 +74,7 @@ ALLOWED_MODULES: dict[str, frozenset[str]] = {
 PURE_MODULES = (
     "binome.ha.commands", "binome.ha.context", "binome.ha.crm", "binome.ha.env",
     "binome.ha.lrm", "binome.ha.manager", "binome.ha.model", "binome.ha.nodes", "binome.ha.probe",
-    "binome.ha.scheduler", "binome.ha.timers", "binome.ha.transitions",
+    "binome.ha.rules", "binome.ha.scheduler", "binome.ha.timers", "binome.ha.transitions",
     "binome.ha.sim", "binome.ha.availability",
     "binome.tasks.upid", "binome.cluster.quorum",
     "binome.storage.placement",

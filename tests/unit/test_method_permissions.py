@@ -5,6 +5,7 @@ to PVE's (qemu-server Qemu.pm, pve-manager Pool.pm/Storage/*.pm/Tasks.pm/Cluster
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
@@ -157,6 +158,21 @@ PVE = [
      Perm("/vms/{vmid}", ("VM.GuestAgent.FileWrite", "VM.GuestAgent.Unrestricted"), any=True)),
     ("POST", "/nodes/{node}/qemu/{vmid}/agent/set-user-password",
      Perm("/vms/{vmid}", ("VM.GuestAgent.Unrestricted",))),
+    # qemu-server Qemu.pm vm_feature: ['perm', '/vms/{vmid}', ['VM.Audit']]
+    ("GET", "/nodes/{node}/qemu/{vmid}/feature", Perm("/vms/{vmid}", ("VM.Audit",))),
+    # pve-manager Nodes.pm get_etc_hosts: ['perm', '/', ['Sys.Audit']]
+    ("GET", "/nodes/{node}/hosts", Perm("/", ("Sys.Audit",))),
+    # pve-manager Hardware/PCI.pm pci_scan: ['perm', '/', ['Sys.Audit', 'Sys.Modify'], any => 1]
+    ("GET", "/nodes/{node}/hardware/pci", Perm("/", ("Sys.Audit", "Sys.Modify"), any=True)),
+    # pve-manager NodeConfig.pm get_config/set_options: ['perm', '/', ['Sys.Audit']] and
+    # ['perm', '/', ['Sys.Modify']]; Nodes.pm wakeonlan: ['perm', '/nodes/{node}',
+    # ['Sys.PowerMgmt']]; pve-storage Disks.pm list: ['or', ['perm', '/', ['Sys.Audit']],
+    # ['perm', '/nodes/{node}', ['Sys.Audit']]]
+    ("GET", "/nodes/{node}/config", Perm("/", ("Sys.Audit",))),
+    ("PUT", "/nodes/{node}/config", Perm("/", ("Sys.Modify",))),
+    ("POST", "/nodes/{node}/wakeonlan", Perm("/nodes/{node}", ("Sys.PowerMgmt",))),
+    ("GET", "/nodes/{node}/disks/list",
+     Or(Perm("/", ("Sys.Audit",)), Perm("/nodes/{node}", ("Sys.Audit",)))),
     # pve-access-control User.pm unlock_tfa: ['userid-group', ['User.Modify']]
     ("PUT", "/access/users/{userid}/unlock-tfa", UseridGroup(("User.Modify",))),
 ]
@@ -172,7 +188,11 @@ ALL_USERS = [("GET", "/cluster/resources"), ("GET", "/nodes"), ("GET", "/nodes/{
              ("GET", "/storage"), ("GET", "/nodes/{node}/storage"), ("GET", "/pools"),
              ("GET", "/nodes/{node}/tasks"), ("GET", "/cluster/log"), ("GET", "/version"),
              ("GET", "/cluster/nextid"), ("GET", "/cluster/tasks"), ("GET", "/cluster/metrics"),
-             ("GET", "/nodes/{node}/qemu/{vmid}/agent")]
+             ("GET", "/nodes/{node}/qemu/{vmid}/agent"),
+             # pve-manager Certificates.pm info, Subscription.pm get; pve-storage
+             # Content.pm info (then check_volume_access in the handler)
+             ("GET", "/nodes/{node}/certificates/info"), ("GET", "/nodes/{node}/subscription"),
+             ("GET", "/nodes/{node}/storage/{storage}/content/{volume}")]
 
 
 @pytest.mark.parametrize("method,path", ALL_USERS, ids=[f"{m} {p}" for m, p in ALL_USERS])
@@ -189,3 +209,44 @@ def test_pool_allocate_on_pool_creates_in_pool_only() -> None:
     assert check(decl, ev, "alice@pve", {"node": "a", "vmid": 150, "pool": "web"})
     assert not check(decl, ev, "alice@pve", {"node": "a", "vmid": 150})
     assert not check(decl, ev, "alice@pve", {"node": "a", "vmid": 150, "pool": "other"})
+
+
+async def test_volume_info_checks_pves_check_volume_access() -> None:
+    """`GET .../content/{volume}`: PVE's check_volume_access, by the volume's kind."""
+    from types import SimpleNamespace
+
+    from binome.api.errors import PermissionDenied
+    from binome.api.methods.vzdump import _check_read_access
+
+    cfg = AccessConfig(users={u: User(u) for u in ("aud@pve", "ds@pve", "vm@pve")},
+                       acl=(AclEntry("/", "user", "aud@pve", "PVEAuditor"),
+                            AclEntry("/storage/local", "user", "ds@pve", "PVEDatastoreUser"),
+                            AclEntry("/storage/local", "user", "vm@pve", "PVEAuditor"),
+                            AclEntry("/vms/100", "user", "vm@pve", "PVEVMAdmin")))
+    ev = Evaluator(cfg)
+
+    async def evaluator() -> Evaluator:
+        return ev
+
+    def ctx(user: str) -> Any:
+        return SimpleNamespace(userid=user, services=SimpleNamespace(
+            access=SimpleNamespace(evaluator=evaluator)))
+
+    async def allowed(user: str, volname: str) -> bool:
+        try:
+            await _check_read_access(ctx(user), "local", volname)
+        except PermissionDenied:
+            return False
+        return True
+
+    # ISO images: whoever sees the storage
+    assert await allowed("ds@pve", "iso/d.iso") and await allowed("aud@pve", "iso/d.iso")
+    # a guest's disk: Datastore.Audit and VM.Config.Disk on the guest (the auditor lacks it)
+    assert await allowed("vm@pve", "100/vm-100-disk-0.raw")
+    assert not await allowed("vm@pve", "101/vm-101-disk-0.raw")
+    assert not await allowed("aud@pve", "100/vm-100-disk-0.raw")
+    # a backup: Datastore.AllocateSpace and VM.Backup
+    backup = "backup/vzdump-qemu-100-2026_01_01-00_00_00.vma.zst"
+    assert not await allowed("vm@pve", backup) and not await allowed("ds@pve", backup)
+    # anything else (snippets): the storage's administrator
+    assert not await allowed("ds@pve", "snippets/user.yaml")

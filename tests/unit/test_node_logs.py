@@ -144,3 +144,36 @@ def test_missing_files_give_no_content(logs):
 def test_foreign_cursors_are_refused(bad):
     with pytest.raises(CursorError):
         parse_cursor(bad)
+
+
+def test_etcd_log_copy_truncated_while_its_writer_appends(logs):
+    """etcd 3.4 cannot rotate its log: binomed copy-truncates it (store/member.py
+    rotate_log). A real writer process holding the file in append mode (as etcd's
+    stderr is) goes on at the new start of the file, without a hole; the reader
+    serves the rotated lines first."""
+    import subprocess
+
+    from binome.store.member import rotate_log
+
+    _etcd(logs.etcd_log, [(T0 + i, f"old line {i}") for i in range(3)])
+    assert not rotate_log(logs.etcd_log, max_bytes=1 << 20)        # small: left alone
+    with open(logs.etcd_log, "ab") as out:                           # etcd's redirection
+        writer = subprocess.Popen(["sh", "-c", "read go; cat"], stdin=subprocess.PIPE,
+                                  stdout=out)
+    try:
+        assert rotate_log(logs.etcd_log, max_bytes=100, kept=2)
+        assert logs.etcd_log.stat().st_size == 0
+        line = json.dumps({"level": "info", "ts": "2027-01-15T08:00:09.000Z",
+                           "msg": "after rotation"}) + "\n"
+        writer.communicate(("go\n" + line).encode(), timeout=10)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    assert logs.etcd_log.read_bytes() == line.encode()               # no hole before it
+    _etcd(logs.etcd_log, [(T0 + 20, "x" * 200)])
+    assert rotate_log(logs.etcd_log, max_bytes=100, kept=2)          # .1 -> .2
+    assert sorted(p.name for p in logs.etcd_log.parent.glob("etcd.log*")) == [
+        "etcd.log", "etcd.log.1", "etcd.log.2"]
+    texts = [e.text for e in logs.entries() if " etcd: " in e.text]
+    assert [t for t in texts if "old line" in t or "after rotation" in t] == texts[:4]
+    assert "old line 0" in texts[0] and "after rotation" in texts[3]

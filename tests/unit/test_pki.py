@@ -152,3 +152,30 @@ def test_ensure_self_signed_writes_once(tmp_path):
     pki.ensure_self_signed(paths, "n1", ["10.0.0.1"])
     assert paths.self_signed_cert.read_bytes() == first
     assert not paths.has_cluster_cert()
+
+
+def test_certificate_info_as_pve_describes_it(ca, node_key, tmp_path):
+    """PVE's get_certificate_info fields (`GET /nodes/{node}/certificates/info`)."""
+    ca_key, ca_cert = ca
+    cert = pki.sign_node_cert(ca_key, ca_cert, pki.make_csr(node_key, "n1"), "n1",
+                              ["10.0.0.1", "fd00::1"])
+    path = tmp_path / "node.pem"
+    path.write_bytes(pki.cert_pem(cert))
+    info = pki.certificate_info(path)
+    assert info["filename"] == "node.pem"
+    assert info["fingerprint"] == pki.fingerprint(cert)
+    # OpenSSL's one-line names; the issuer is the CA's subject
+    assert str(info["subject"]).startswith("/") and "/CN=n1" in str(info["subject"])
+    assert info["issuer"] == pki.certificate_info(_write(tmp_path / "ca.pem", ca_cert))["subject"]
+    assert info["notbefore"] == int(cert.not_valid_before_utc.timestamp())
+    assert info["notafter"] == int(cert.not_valid_after_utc.timestamp())
+    # DNS names, then addresses; IPv6 as PVE unpacks it (eight 4-digit groups)
+    assert sorted(info["san"]) == sorted(["n1", "localhost", "10.0.0.1",
+                                          "fd00:0000:0000:0000:0000:0000:0000:0001"])
+    assert info["pem"] == pki.cert_pem(cert).decode()
+    assert (info["public-key-type"], info["public-key-bits"]) == ("id-ecPublicKey", 256)
+
+
+def _write(path, cert):
+    path.write_bytes(pki.cert_pem(cert))
+    return path

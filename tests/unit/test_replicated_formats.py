@@ -116,3 +116,89 @@ def test_unsupported_format_is_refused_before_anything() -> None:
     storage = _storage({}, set())
     with pytest.raises(StorageError, match=r"unsupported format 'vmdk' .*raw or qcow2"):
         asyncio.run(storage.alloc(1, MiB, "vmdk"))
+
+
+class _Engine(_Service):
+    """The volume service's engine calls, recording promotions and demotions."""
+
+    def __init__(self, primary: bool) -> None:
+        super().__init__({"vm-1-disk-0": {"size": 3 * MiB, "image": {"format": "qcow2",
+                                                                      "size": MiB}}},
+                         {"vm-1-disk-0"})
+        self.role = "Primary" if primary else "Secondary"
+        self.events: list[str] = []
+
+    async def call(self, command: str, **_: Any) -> dict[str, Any]:
+        return {"role": self.role, "cstate": "Connected", "disk": "UpToDate",
+                "open_count": 0}
+
+    async def promote(self, name: str, **_: Any) -> dict[str, Any]:
+        self.role = "Primary"
+        self.events.append("promote")
+        return await self.call("status")
+
+    async def demote(self, name: str) -> dict[str, Any]:
+        self.role = "Secondary"
+        self.events.append("demote")
+        return await self.call("status")
+
+    async def record(self, name: str) -> dict[str, Any]:
+        return self.records[name]
+
+    def peer_of(self, rec: dict[str, Any]) -> str:
+        return "n2"
+
+
+@pytest.mark.parametrize("primary", [True, False])
+def test_a_demotion_waits_for_the_storage_operation_holding_the_copy(primary: bool) -> None:
+    """The HA agent demotes a just-stopped guest's volumes while the administrator's
+    rollback runs qemu-img on the image: the demotion waits for the rollback (once, in
+    CI, it pulled the export from under qemu-img: 'Denied by server for option 7')."""
+    engine = _Engine(primary)
+    storage = ReplicatedStorage(StorageConfig("rep", "replicated"), "n1",
+                                ReplicaVolumes(engine))   # type: ignore[arg-type]
+    replicas = storage.replicas
+    assert replicas is not None
+
+    async def scenario() -> None:
+        inside = asyncio.Event()
+        leave = asyncio.Event()
+
+        async def rollback() -> None:
+            async with storage._image_here("rep:vm-1-disk-0"):
+                engine.events.append(f"qemu-img on a {engine.role}")
+                inside.set()
+                await leave.wait()
+                engine.events.append(f"qemu-img done on a {engine.role}")
+
+        job = asyncio.create_task(rollback())
+        await inside.wait()
+        demotion = asyncio.create_task(replicas.deactivate("vm-1-disk-0"))
+        await asyncio.sleep(0.05)
+        assert not demotion.done() and engine.role == "Primary"
+        leave.set()
+        await job
+        state = await demotion
+        assert not state.active and engine.role == "Secondary"
+
+    asyncio.run(scenario())
+    before = [] if primary else ["promote"]
+    after = ["demote"] if primary else ["demote", "demote"]
+    assert engine.events == [*before, "qemu-img on a Primary", "qemu-img done on a Primary",
+                             *after]
+
+
+def test_the_last_holder_gives_up_a_copy_made_primary_for_the_holders() -> None:
+    engine = _Engine(primary=False)
+    storage = ReplicatedStorage(StorageConfig("rep", "replicated"), "n1",
+                                ReplicaVolumes(engine))   # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        async with storage._image_here("rep:vm-1-disk-0", read_only=True):
+            async with storage._image_here("rep:vm-1-disk-0", read_only=True):
+                assert engine.role == "Primary"
+            assert engine.role == "Primary"    # the first holder is still inside
+        assert engine.role == "Secondary"
+
+    asyncio.run(scenario())
+    assert engine.events == ["promote", "demote"]

@@ -161,6 +161,9 @@ def test_defaults_applied_for_optional():
       "GG:" * 31 + "GG", "AB-" * 31 + "CD"]),
     ("pve-userid", ["root@pam", "alice@pve", "bob.smith@my-realm"],
      ["root", "@pam", "root@", "ro ot@pam", "a:b@pam", "root@p", "root@1realm"]),
+    ("pve-userid-or-token", ["root@pam", "alice@pve", "alice@pve!tf", "bob@my-realm!ci.2"],
+     ["root", "alice@pve!", "alice@pve!1x", "alice@pve!t", "alice@pve!a b", "!tf",
+      "alice@pve!tf!x"]),
     ("pve-cluster-name", ["c1", "my-cluster", "A" * 15],
      ["", "A" * 16, "my_cluster", "my.cluster", "my cluster"]),
 ])

@@ -225,3 +225,52 @@ async def test_download_streams_and_verifies(http_server, tmp_path: Path):
         await upload.download(f"{base}/nothing", failed, verify=True)
     failed.discard()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["boot.iso"]
+
+
+# ------------------------------------------------------------ copy (PVE's imgcopy)
+
+def test_copy_resolves_volume_ids_as_pve() -> None:
+    from binome.api.methods.storage_content import real_volume_id
+
+    assert real_volume_id("local", "100/vm-100-disk-0.raw", "volume") == \
+        "local:100/vm-100-disk-0.raw"
+    assert real_volume_id("local", "local:100/vm-100-disk-0.raw", "target") == \
+        "local:100/vm-100-disk-0.raw"
+    for storage, volume, text in (("local", "other:100/vm-100-disk-0.raw",
+                                   "storage ID mismatch (other != local)"),
+                                  (None, "100/vm-100-disk-0.raw",
+                                   "no storage specified - incomplete volume ID")):
+        with pytest.raises(ParamError) as info:
+            real_volume_id(storage, volume, "target")
+        assert info.value.errors == {"target": text}
+
+
+def test_copy_volume_writes_the_data_and_leaves_nothing_on_failure(tmp_path) -> None:
+    import asyncio
+
+    from binome.storage.base import StorageConfig, StorageError
+    from binome.storage.copy import copy_volume
+    from binome.storage.dir import DirStorage
+
+    a = DirStorage(StorageConfig("a", "dir", path=str(tmp_path / "a")))
+    b = DirStorage(StorageConfig("b", "dir", path=str(tmp_path / "b")))
+    src = asyncio.run(a.alloc(100, 1 << 20, "raw"))
+    with open(a.path(src), "r+b") as f:
+        f.seek(4096)
+        f.write(b"binome copy check")
+    lines: list[str] = []
+    made = asyncio.run(copy_volume(a, src, b, "b:101/vm-101-disk-3.qcow2", lines.append))
+    assert made == "b:101/vm-101-disk-3.qcow2" and lines
+    raw = tmp_path / "out.raw"
+    import subprocess
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(b.path(made)), str(raw)],
+                   check=True)
+    data = raw.read_bytes()
+    assert len(data) == 1 << 20 and data[4096:4113] == b"binome copy check"
+    # an existing target is refused; a source that is no disk image too
+    with pytest.raises(StorageError, match="already exists"):
+        asyncio.run(copy_volume(a, src, b, made))
+    with pytest.raises(StorageError):
+        asyncio.run(copy_volume(a, "a:iso/x.iso", b, "b:101/vm-101-disk-4.raw"))
+    assert sorted(p.name for p in (tmp_path / "b" / "images" / "101").iterdir()) == [
+        "vm-101-disk-3.qcow2"]

@@ -53,12 +53,18 @@ def test_force_frees_the_volume_instead():
 
 def test_cdroms_and_volumes_of_others_just_leave_the_config():
     conf = {"ide2": "local:iso/debian.iso,media=cdrom", "virtio1": "local:101/vm-101-disk-0.raw",
-            "scsi0": "local:base-100-disk-0.raw"}
+            # another VM's base image (a linked clone's own volume names it first)
+            "scsi0": "local:200/base-200-disk-0.raw"}
     for key in ("ide2", "virtio1", "scsi0"):
         assert remove_key(100, conf, {}, key, force=True) == []
     assert conf == {}
     conf = {"unused0": "local:101/vm-101-disk-0.raw"}
     assert remove_key(100, conf, {}, "unused0") == [] and conf == {}
+    # PVE's vm_is_volid_owner: a template's base images are its own, a linked clone's
+    # image the clone's
+    assert vmconf.is_owned_volume(100, "local:100/base-100-disk-0.qcow2")
+    linked = "local:100/base-100-disk-0.qcow2/101/vm-101-disk-0.qcow2"
+    assert vmconf.is_owned_volume(101, linked) and not vmconf.is_owned_volume(100, linked)
 
 
 def test_a_volume_a_snapshot_holds_is_not_freed():

@@ -35,7 +35,7 @@ def test_defaults_are_pves():
     argv = argv_of({})
     devices = values(argv, "-device")
     assert "usb-tablet,id=tablet,bus=xhci.0,port=1" in devices      # tablet: 1
-    assert "qemu-xhci,id=xhci" in devices
+    assert "qemu-xhci,p2=15,p3=15,id=xhci" in devices        # PVE's ports: usbN hot-plug
     assert "virtio-balloon-pci,id=balloon0" in devices              # balloon unless 0
     assert values(argv, "-machine") == ["q35"]
     assert values(argv, "-accel") == ["tcg"]
@@ -207,3 +207,30 @@ def test_old_specs_without_the_new_fields_still_load():
     rich = LaunchSpec(vmid=100, name="r", memory_mb=64, smbios1=(("serial", "1"),),
                       serials=((2, "socket"),), cpu_flags=("+aes",), args=("-S",))
     assert LaunchSpec.from_dict(rich.to_dict()) == rich
+
+
+def test_spice_display_is_pves_with_tls_on_localhost():
+    x509 = ("/etc/binome/pki/node.pem", "/etc/binome/pki/node.key", "/etc/binome/pki/ca.pem")
+    argv = argv_of({"vga": "qxl"}, spice_port=61000, spice_x509=x509)
+    devices = values(argv, "-device")
+    assert devices[0] == "qxl-vga,id=vga"
+    assert "virtio-serial,id=spice" in devices
+    assert "virtserialport,chardev=vdagent,name=com.redhat.spice.0" in devices
+    assert values(argv, "-chardev")[-1] == "spicevmc,id=vdagent,name=vdagent"
+    assert values(argv, "-spice") == [
+        "tls-port=61000,addr=127.0.0.1,tls-ciphers=HIGH,seamless-migration=on,"
+        "x509-cert-file=/etc/binome/pki/node.pem,x509-key-file=/etc/binome/pki/node.key,"
+        "x509-cacert-file=/etc/binome/pki/ca.pem"]
+    assert values(argv, "-vnc"), "VNC stays"
+    assert "-spice" not in argv_of({"vga": "qxl"}), "no port given: no SPICE"
+    # SPICE only with a SPICE display (PVE's $is_spice), a port and all three files
+    for bad in ({"vga": "std", "spice_port": 61000, "spice_x509": x509},
+                {"vga": "qxl", "spice_port": 61000},
+                {"vga": "qxl", "spice_port": 80, "spice_x509": x509},
+                {"vga": "qxl", "spice_port": 61000, "spice_x509": ("a", "b", "c")}):
+        config = {"vga": bad.pop("vga")}
+        with pytest.raises(ValueError, match="SPICE"):
+            argv_of(config, **bad)
+    spec = LaunchSpec(vmid=100, name="t", memory_mb=64, vga="virtio", spice_port=61001,
+                      spice_x509=x509)
+    assert LaunchSpec.from_dict(spec.to_dict()) == spec

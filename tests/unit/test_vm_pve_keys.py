@@ -93,6 +93,35 @@ def test_root_only_device_keys():
         assert vmconf.root_only(key, value), key
     assert vmconf.root_only("usb0", "spice") is None
     assert vmconf.root_only("rng0", "/dev/urandom") is None
+    # PVE's check_usb_perm / check_hostpci_perm: a mapping is Mapping.Use's (the API),
+    # neither host nor mapping is refused
+    assert vmconf.root_only("usb2", "mapping=webcam,usb3=1") is None
+    assert vmconf.root_only("hostpci1", "mapping=gpu,pcie=1") is None
+    assert vmconf.root_only("usb2", "usb3=1") == "either 'host' or 'mapping' must be set."
+    assert vmconf.root_only("hostpci1", "pcie=1") == "either 'host' or 'mapping' must be set."
+    assert vmconf.mapping_uses("usb2", "mapping=webcam") == ("usb", "webcam")
+    assert vmconf.mapping_uses("hostpci3", "mapping=gpu,pcie=1") == ("pci", "gpu")
+    assert vmconf.mapping_uses("virtiofs0", "share,cache=never") == ("dir", "share")
+    assert vmconf.mapping_uses("usb2", "host=1d6b:0002") is None
+
+
+def test_usb_host_devices_are_qemu_usb_host_on_the_xhci():
+    # qemu-server's print_usbdevice_full: vendorid/productid or hostbus/hostport; the
+    # controller gets PVE's 15+15 ports, the tablet keeps port 1
+    argv = argv_of({"usb0": "host=spice", "usb1": "host=1D6B:0002", "usb3": "host=1-2.3"})
+    devices = values(argv, "-device")
+    assert "qemu-xhci,p2=15,p3=15,id=xhci" in devices
+    assert "usb-host,bus=xhci.0,port=3,vendorid=0x1d6b,productid=0x0002,id=usb1" in devices
+    assert "usb-host,bus=xhci.0,port=5,hostbus=1,hostport=2.3,id=usb3" in devices
+    assert not [d for d in devices if "usb0" in d]          # spice: stored only
+    assert devices.count("usb-tablet,id=tablet,bus=xhci.0,port=1") == 1
+    # a tablet alone gets the same controller: a hot-plugged usbN finds its port
+    assert "qemu-xhci,p2=15,p3=15,id=xhci" in values(argv_of({}), "-device")
+    with pytest.raises(ValueError, match="bad USB host device"):
+        LaunchSpec(vmid=100, name="t", memory_mb=64, usb_hosts=((0, "vendorid=x,a=b"),))
+    spec = LaunchSpec(vmid=100, name="t", memory_mb=64,
+                      usb_hosts=((1, "hostbus=1,hostport=2"),))
+    assert LaunchSpec.from_dict(spec.to_dict()) == spec
 
 
 def argv_of(config: dict) -> list[str]:
@@ -153,7 +182,6 @@ def test_stored_only_device_keys_change_nothing():
 
 @pytest.mark.parametrize(("key", "text"), [
     ("hostpci0", "hostpci0: PCI passthrough is not available on binome nodes"),
-    ("usb1", "usb1: USB passthrough is not available on binome nodes"),
     ("parallel0", "parallel0: host parallel ports are not passed through here"),
     ("virtiofs0", "virtiofs0: virtio-fs directory mappings are not available here"),
     ("amd-sev", "amd-sev: confidential computing is not available on binome nodes"),

@@ -6,6 +6,9 @@ const SCROLLERS = ".table-wrap, .task-log";
 
 function update(root: HTMLElement): void {
   for (const el of root.querySelectorAll<HTMLElement>(SCROLLERS)) {
+    // a view's own tab stop (a log that fills as lines arrive): kept, so there is no
+    // moment, between new lines and the next frame, when it scrolls without one
+    if (el.dataset.tabstop === "always") continue;
     const scrolls = el.scrollWidth > el.clientWidth || el.scrollHeight > el.clientHeight;
     if (scrolls && !el.hasAttribute("tabindex")) el.tabIndex = 0;
     else if (!scrolls && el.getAttribute("tabindex") === "0") el.removeAttribute("tabindex");

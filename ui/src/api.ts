@@ -1,5 +1,7 @@
 // The only way the UI talks to binome: /api2/json with the ticket cookie and, on writes,
 // the CSRFPreventionToken header, as any Proxmox client does.
+import { t } from "./strings";
+
 const PREFIX = "/api2/json";
 const SESSION_KEY = "binome.session";
 const COOKIE = "PVEAuthCookie";
@@ -69,6 +71,13 @@ function encode(params: Params): string {
 }
 
 export async function request<T>(method: string, path: string, params: Params = {}): Promise<T> {
+  return (await requestPage<T>(method, path, params)).data;
+}
+
+/** A PVE list answer with its top-level `total` (paged lists: tasks, syslog). */
+export interface Page<T> { data: T; total?: number }
+
+async function requestPage<T>(method: string, path: string, params: Params = {}): Promise<Page<T>> {
   const headers: Record<string, string> = {};
   let url = PREFIX + path;
   let body: string | undefined;
@@ -86,7 +95,7 @@ export async function request<T>(method: string, path: string, params: Params = 
   } catch (e) {
     throw new ApiError(0, (e as Error).message || "network error");
   }
-  let payload: { data?: T; message?: string; errors?: Record<string, string> } = {};
+  let payload: { data?: T; total?: number; message?: string; errors?: Record<string, string> } = {};
   try {
     payload = await res.json();
   } catch {
@@ -98,12 +107,15 @@ export async function request<T>(method: string, path: string, params: Params = 
       logout();
       onLoggedOut?.();
     }
-    throw new ApiError(res.status, message, payload.errors);
+    // a refusal for want of privileges says so plainly, whatever page shows it
+    throw new ApiError(res.status, res.status === 403 ? t("common.denied", { message }) : message,
+      payload.errors);
   }
-  return payload.data as T;
+  return { data: payload.data as T, total: payload.total };
 }
 
 export const get = <T>(path: string, params?: Params) => request<T>("GET", path, params);
+export const getPage = <T>(path: string, params?: Params) => requestPage<T>("GET", path, params);
 export const post = <T>(path: string, params?: Params) => request<T>("POST", path, params);
 
 interface TicketAnswer {

@@ -1,7 +1,7 @@
 // Live data without reloads: poll an API path, one request at a time (the next one is
 // scheduled when the last has answered), paused while the tab is hidden.
 import { useEffect, useRef, useState } from "preact/hooks";
-import { ApiError, get } from "./api";
+import { ApiError, get, type Params } from "./api";
 
 export interface Polled<T> {
   data: T | undefined;
@@ -9,8 +9,10 @@ export interface Polled<T> {
   refresh: () => void;
 }
 
+/** `fetch`: how to read the path (`getPage` keeps a paged list's `total`). */
 export function usePoll<T>(path: string | null, intervalMs: number,
-                           params?: Record<string, string | number>): Polled<T> {
+                           params?: Record<string, string | number>,
+                           fetch: (path: string, params?: Params) => Promise<T> = get): Polled<T> {
   const [data, setData] = useState<T | undefined>(undefined);
   const [error, setError] = useState<ApiError | undefined>(undefined);
   const kick = useRef<() => void>(() => {});
@@ -32,7 +34,7 @@ export function usePoll<T>(path: string | null, intervalMs: number,
       }
       inflight = true;
       try {
-        const d = await get<T>(path, params);
+        const d = await fetch(path, params);
         if (alive) {
           setData(d);
           setError(undefined);

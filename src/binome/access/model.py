@@ -382,12 +382,14 @@ class Realm:
         return out
 
 
-TfaType = Literal["totp", "recovery"]
+TfaType = Literal["totp", "recovery", "webauthn"]
 
 
 @dataclass(frozen=True)
 class TfaEntry:
-    """A second factor. `secret` is the TOTP seed (base32) or, for recovery, unused."""
+    """A second factor. `secret` is the TOTP seed (base32), for recovery the salt of the
+    key hashes, for WebAuthn the credential (fido2's AttestedCredentialData, base64url:
+    its id and public key)."""
 
     id: str
     type: TfaType
@@ -397,10 +399,40 @@ class TfaEntry:
     secret: str = ""                                 # never returned
     recovery_hashes: tuple[str | None, ...] = ()     # None = that key was used
     last_step: int = -1                              # TOTP time step last accepted (replay)
+    sign_count: int = 0                              # WebAuthn signature counter last seen
 
     def to_public(self) -> dict[str, Any]:
         return {"id": self.id, "type": self.type, "description": self.description,
                 "created": self.created, "enable": int(self.enable)}
+
+
+@dataclass(frozen=True)
+class WebauthnChallenge:
+    """A WebAuthn challenge handed out and not yet answered (PVE keeps them in tfa.cfg):
+    `kind` register or login, the challenge (base64url), the user verification asked
+    for, when it expires, and a registration's description."""
+
+    kind: Literal["register", "login"]
+    challenge: str
+    expires: int
+    user_verification: str | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class WebauthnConfig:
+    """Datacenter option `webauthn` (PVE's datacenter.cfg): relying party name and ID,
+    the origin users browse to (unset: any https origin on the ID, or a subdomain if
+    `allow_subdomains`)."""
+
+    rp: str = ""
+    id: str = ""
+    origin: str = ""
+    allow_subdomains: bool = True
+
+    @property
+    def usable(self) -> bool:
+        return bool(self.rp and self.id)
 
 
 @dataclass(frozen=True)
@@ -412,6 +444,7 @@ class TfaUser:
     totp_failures: int = 0
     tfa_failures: int = 0
     tfa_locked_until: int = 0
+    challenges: tuple[WebauthnChallenge, ...] = ()   # WebAuthn challenges pending
 
     @property
     def totp_locked(self) -> bool:
@@ -430,6 +463,7 @@ class AccessConfig:
     tokens: dict[str, Token] = field(default_factory=dict)
     realms: dict[str, Realm] = field(default_factory=dict)
     tfa: dict[str, TfaUser] = field(default_factory=dict)
+    webauthn: WebauthnConfig | None = None                         # datacenter option
 
     def role_privs(self, roleid: str) -> frozenset[str] | None:
         return BUILTIN_ROLES.get(roleid, self.roles.get(roleid))

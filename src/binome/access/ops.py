@@ -211,8 +211,9 @@ def update_pool(cfg: AccessConfig, poolid: str, *, comment: str | None = None,
                 delete: bool = False, allow_move: bool = False,
                 existing_vms: Iterable[int] | None = None) -> AccessConfig:
     """PUT /pools: add (or with `delete` remove) members. A VM lives in one pool: it is
-    moved from another only with `allow_move`. `existing_vms`, when given, refuses
-    VM ids that do not exist in the cluster."""
+    moved from another only with `allow_move` (the caller's Pool.Allocate on the old pool
+    is the API's check). Adding a member already there is refused, as PVE does.
+    `existing_vms`, when given, refuses VM ids that do not exist in the cluster."""
     pool = cfg.pools.get(poolid)
     if pool is None:
         raise AccessError(f"pool '{poolid}' does not exist")
@@ -224,18 +225,25 @@ def update_pool(cfg: AccessConfig, poolid: str, *, comment: str | None = None,
             raise AccessError(f"VM {missing[0]} is not a pool member")
         missing_s = sorted(storage - pool.storage)
         if missing_s:
-            raise AccessError(f"storage '{missing_s[0]}' is not a pool member")
+            raise AccessError(f"Storage '{missing_s[0]}' is not a pool member")
         new = replace(pool, vms=pool.vms - vms, storage=pool.storage - storage)
     else:
         known = None if existing_vms is None else set(existing_vms)
         for vmid in sorted(vms):
             if known is not None and vmid not in known:
                 raise AccessError(f"VM {vmid} does not exist")
+            # PVE 8 (pve-manager Pool.pm update_pool): its texts
+            if vmid in pool.vms:
+                raise AccessError(f"VM {vmid} is already a pool member")
             other = cfg.pool_of_vm(vmid)
-            if other and other != poolid:
+            if other:
                 if not allow_move:
-                    raise AccessError(f"VM {vmid} is already a pool member")
+                    raise AccessError(f"VM {vmid} belongs already to pool '{other}' and "
+                                      "'allow-move' is not set")
                 pools[other] = replace(pools[other], vms=pools[other].vms - {vmid})
+        present = sorted(storage & pool.storage)
+        if present:
+            raise AccessError(f"Storage '{present[0]}' is already a pool member")
         new = replace(pool, vms=pool.vms | vms, storage=pool.storage | storage)
     if comment is not None:
         new = replace(new, comment=comment)

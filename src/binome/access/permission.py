@@ -15,6 +15,7 @@ for the API registry to declare on every method and enforce before the handler r
 
 `check(decl, evaluator, authid, params)` answers; `describe(decl)` gives the OpenAPI text.
 root@pam passes every check; its tokens are held to their ACLs (PVE).
+A token is never its user for `UseridSelf` (PVE compares the full `user@realm!token` id).
 """
 
 from __future__ import annotations
@@ -131,10 +132,12 @@ def check(decl: Decl, ev: Evaluator, authid: str, params: Mapping[str, Any]) -> 
         except MissingParam:
             return False
         return ev.check(authid, path, decl.privs, any=decl.any)
-    user = ev.owner_of(authid)
     if isinstance(decl, UseridSelf):
+        # PVE compares the authenticated id itself: a token's id is `user@realm!name`,
+        # never a userid, so a token is never "self" (else a privsep token could lift its
+        # own separation or mint tokens for its user); it needs the real privileges
         target = params.get(decl.param)
-        return target == user and target in ev.config.users
+        return not is_tokenid(authid) and target == authid and target in ev.config.users
     if isinstance(decl, UseridRealm):
         target = params.get(decl.param)
         return isinstance(target, str) and bool(target) and ev.check(

@@ -13,7 +13,9 @@ document because PVE evaluates and edits it as a whole):
     /binome/access/realms/<realm>        {realm, type, comment, default, tfa, options{}}
     /binome/access/realm-secrets/<realm> {bind_password} or {client_key} (write-only)
     /binome/access/tfa/<userid>          {userid, entries[], totp_failures, tfa_failures,
-                                          tfa_locked_until}
+                                          tfa_locked_until, challenges[]}
+    /binome/access/webauthn              {rp, id, origin, allow_subdomains}: datacenter
+                                          option `webauthn` (the relying party)
     /binome/access/generation            int, bumped by every configuration change
     /binome/access/authkey               ticket key: not touched here
 
@@ -47,7 +49,10 @@ from binome.access.model import (
     Token,
     User,
     ValidationError,
+    WebauthnChallenge,
+    WebauthnConfig,
 )
+from binome.access.privileges import is_privilege, unknown_privileges
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,7 @@ TOKENS = f"{ROOT}tokens/"
 REALMS = f"{ROOT}realms/"
 REALM_SECRETS = f"{ROOT}realm-secrets/"
 TFA = f"{ROOT}tfa/"
+WEBAUTHN = f"{ROOT}webauthn"
 GENERATION = f"{ROOT}generation"
 _NOT_OURS = (f"{ROOT}authkey",)
 
@@ -134,7 +140,11 @@ def _tfa_doc(t: TfaUser) -> dict[str, Any]:
             "entries": [{"id": e.id, "type": e.type, "description": e.description,
                          "created": e.created, "enable": int(e.enable), "secret": e.secret,
                          "recovery_hashes": list(e.recovery_hashes),
-                         "last_step": e.last_step} for e in t.entries]}
+                         "last_step": e.last_step, "sign_count": e.sign_count}
+                        for e in t.entries],
+            "challenges": [{"kind": c.kind, "challenge": c.challenge, "expires": c.expires,
+                            "user_verification": c.user_verification,
+                            "description": c.description} for c in t.challenges]}
 
 
 def _tfa(doc: dict[str, Any]) -> TfaUser:
@@ -142,10 +152,15 @@ def _tfa(doc: dict[str, Any]) -> TfaUser:
                              created=int(e.get("created", 0)), enable=bool(e.get("enable", 1)),
                              secret=e.get("secret", ""),
                              recovery_hashes=tuple(e.get("recovery_hashes", ())),
-                             last_step=int(e.get("last_step", -1)))
+                             last_step=int(e.get("last_step", -1)),
+                             sign_count=int(e.get("sign_count", 0)))
                     for e in doc.get("entries", ()))
+    challenges = tuple(WebauthnChallenge(c["kind"], c["challenge"], int(c["expires"]),
+                                         c.get("user_verification"), c.get("description", ""))
+                       for c in doc.get("challenges", ()))
     return TfaUser(doc["userid"], entries, int(doc.get("totp_failures", 0)),
-                   int(doc.get("tfa_failures", 0)), int(doc.get("tfa_locked_until", 0)))
+                   int(doc.get("tfa_failures", 0)), int(doc.get("tfa_locked_until", 0)),
+                   challenges)
 
 
 def encode(cfg: AccessConfig) -> dict[str, Any]:
@@ -175,6 +190,10 @@ def encode(cfg: AccessConfig) -> dict[str, Any]:
             out[REALM_SECRETS + r.realm] = {"client_key": r.client_key}
     for tfa in cfg.tfa.values():
         out[TFA + tfa.userid] = _tfa_doc(tfa)
+    if cfg.webauthn is not None:
+        w = cfg.webauthn
+        out[WEBAUTHN] = {"rp": w.rp, "id": w.id, "origin": w.origin,
+                         "allow_subdomains": int(w.allow_subdomains)}
     return out
 
 
@@ -189,6 +208,7 @@ def decode(values: dict[str, Any]) -> tuple[AccessConfig, list[str]]:
     tfa: dict[str, TfaUser] = {}
     secrets: dict[str, dict[str, Any]] = {}
     acl: list[AclEntry] = []
+    webauthn: WebauthnConfig | None = None
     warnings: list[str] = []
     for key, doc in sorted(values.items()):
         try:
@@ -197,7 +217,12 @@ def decode(values: dict[str, Any]) -> tuple[AccessConfig, list[str]]:
             elif key.startswith(GROUPS):
                 groups[doc["groupid"]] = Group(doc["groupid"], doc.get("comment", ""))
             elif key.startswith(ROLES):
-                roles[doc["roleid"]] = frozenset(doc.get("privs", ()))
+                # PVE's parse_user_config: an unknown privilege (VM.Monitor, dropped by
+                # PVE 9, in a role written before) is ignored with a warning
+                privs = [str(p) for p in doc.get("privs", ())]
+                for priv in unknown_privileges(privs):
+                    warnings.append(f"{key}: ignore invalid privilege '{priv}'")
+                roles[doc["roleid"]] = frozenset(p for p in privs if is_privilege(p))
             elif key == ACL:
                 raw = doc.get("entries", []) if isinstance(doc, dict) else doc or []
                 for e in raw:
@@ -224,6 +249,10 @@ def decode(values: dict[str, Any]) -> tuple[AccessConfig, list[str]]:
                     k: str(doc[k]) for k in ("bind_password", "client_key") if k in doc}
             elif key.startswith(TFA):
                 tfa[doc["userid"]] = _tfa(doc)
+            elif key == WEBAUTHN:
+                webauthn = WebauthnConfig(str(doc.get("rp", "")), str(doc.get("id", "")),
+                                          str(doc.get("origin", "")),
+                                          bool(doc.get("allow_subdomains", 1)))
         except (ValidationError, KeyError, TypeError, ValueError) as exc:
             # never echo the record: it may hold a hash or a seed
             warnings.append(f"{key}: ignored invalid record ({type(exc).__name__})")
@@ -234,7 +263,7 @@ def decode(values: dict[str, Any]) -> tuple[AccessConfig, list[str]]:
             except ValidationError:   # a secret of the wrong realm type: never echoed
                 warnings.append(f"{REALM_SECRETS}{name}: ignored invalid record")
     return AccessConfig(users=users, groups=groups, roles=roles, acl=tuple(acl), pools=pools,
-                        tokens=tokens, realms=realms, tfa=tfa), warnings
+                        tokens=tokens, realms=realms, tfa=tfa, webauthn=webauthn), warnings
 
 
 # -- repository -------------------------------------------------------------------------

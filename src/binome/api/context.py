@@ -10,7 +10,6 @@ from __future__ import annotations
 import ssl
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -18,6 +17,7 @@ if TYPE_CHECKING:
 
     from binome.access.service import AccessService
     from binome.api.registry import ApiMethod
+    from binome.cluster.certificates import NodeCertificates
     from binome.cluster.cluster import ClusterService
     from binome.config import NodeConfig
     from binome.guest.guests import GuestService
@@ -47,6 +47,19 @@ class HostView(Protocol):
     def dns(self) -> dict[str, str]: ...
 
     def time(self) -> dict[str, Any]: ...
+
+    def hosts(self) -> dict[str, str]:
+        """/etc/hosts: `{digest, data}` (PVE's read_etc_hosts)."""
+        ...
+
+    def pci(self, class_blacklist: list[str], verbose: bool) -> list[dict[str, Any]]:
+        """The host's PCI devices (PVE's SysFSTools::lspci)."""
+        ...
+
+    def disks(self, include_partitions: bool, kind: str | None) -> list[dict[str, Any]]:
+        """The host's local disks (PVE's Diskmanage::get_disks; blocking: OSError when
+        lsblk cannot run)."""
+        ...
 
 
 class RrdView(Protocol):
@@ -129,8 +142,9 @@ class NodeServices(Protocol):
         """Notification targets and matchers, the node's dispatcher."""
         ...
 
-    def api_cert_paths(self) -> tuple[Path, Path]:
-        """The certificate and key the API serves (the node's, once it is a member)."""
+    @property
+    def certificates(self) -> NodeCertificates:
+        """The certificates the API serves: the node's and the custom (or ACME) one."""
         ...
 
     def cluster_ssl_context(self) -> ssl.SSLContext:

@@ -28,8 +28,11 @@ class AuthError(ApiError):
 
 
 class PermissionDenied(ApiError):
-    def __init__(self, detail: str) -> None:
-        super().__init__(403, f"Permission check failed ({detail})")
+    """PVE's raise_perm_exc: "Permission check failed (detail)", or bare without one."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(403, f"Permission check failed ({detail})" if detail
+                         else "Permission check failed")
 
 
 class NotImplementedMethod(ApiError):

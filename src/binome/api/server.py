@@ -126,19 +126,44 @@ class ApiServer:
         self.app.router.add_get(webui.ASSETS_PATH, self.asset)
         self.runner: web.AppRunner | None = None
         self.ssl_context: ssl.SSLContext | None = None
+        self._custom_context: ssl.SSLContext | None = None
         self._client: aiohttp.ClientSession | None = None
 
     def _make_ssl_context(self) -> ssl.SSLContext:
-        cert, key = self.services.api_cert_paths()
+        """The node's certificate for clients that connect by address (the cluster's
+        nodes); the custom one, if any, for clients that name the server (SNI)."""
+        cert, key = self.services.certificates.served()
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(cert, key)
+        ctx.sni_callback = self._sni
+        self._custom_context = self._make_custom_context()
         return ctx
 
+    def _make_custom_context(self) -> ssl.SSLContext | None:
+        pair = self.services.certificates.custom()
+        if pair is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ctx.load_cert_chain(*pair)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("custom certificate %s not served: %s", pair[0], exc)
+            return None
+        return ctx
+
+    def _sni(self, conn: ssl.SSLObject, server_name: str | None,
+             ctx: ssl.SSLContext) -> None:
+        custom = self._custom_context
+        if server_name is not None and custom is not None:
+            conn.context = custom
+
     def reload_tls(self) -> None:
-        """Serve the current node certificate on new connections (after create/join)."""
+        """Serve the current certificates on new connections (after create/join, after a
+        custom or ACME certificate was set or removed)."""
         if self.ssl_context is not None:
-            cert, key = self.services.api_cert_paths()
+            cert, key = self.services.certificates.served()
             self.ssl_context.load_cert_chain(cert, key)
+            self._custom_context = self._make_custom_context()
 
     async def start(self) -> None:
         cfg = self.services.config
@@ -313,8 +338,8 @@ class ApiServer:
                          else self._params(request))
             raw.update(path_params)
             params = validate(method.parameters, raw)
-            if method.proxyto and params.get(method.proxyto) not in (None,
-                                                                     self.services.config.name):
+            if method.proxyto and params.get(method.proxyto) not in (
+                    None, "localhost", self.services.config.name):
                 return await self._proxy(request, params[method.proxyto], path, raw, user)
             ctx = RequestContext(self.services, user, request, method, via_socket)
             await self._check_permission(ctx, method, params)

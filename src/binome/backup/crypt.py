@@ -82,11 +82,11 @@ class CryptConfig:
     def __repr__(self) -> str:
         return f"CryptConfig(fingerprint={self.fingerprint})"
 
-    def digest(self, data: bytes) -> bytes:
+    def digest(self, data: bytes | bytearray) -> bytes:
         """The chunk id of `data`: keyed, so it tells nothing without the key."""
         return hmac.new(self._id_key, data, hashlib.sha256).digest()
 
-    def encrypt(self, data: bytes) -> tuple[bytes, bytes, bytes]:
+    def encrypt(self, data: bytes | bytearray) -> tuple[bytes, bytes, bytes]:
         """(iv, tag, ciphertext) of `data` under AES-256-GCM, a fresh random IV each."""
         iv = secrets.token_bytes(16)
         sealed = self._aead.encrypt(iv, data, None)

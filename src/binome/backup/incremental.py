@@ -1,24 +1,32 @@
 """Whether a QEMU dirty bitmap may drive an incremental backup: the record and the rule.
 
-Owns the record kept with each backup of a running guest (`binome-dirty-bitmap.json` in
-the backup: the node and QEMU instance it ran on, the dirty bitmap it started on each
-drive and the volume behind each drive) and the pure trust decision the next backup
-makes from it. A backup starts, in the same QMP transaction as its fleecing, a fresh
-bitmap `binome-backup-<id>` on every drive: that bitmap then holds every write since the
-backup's instant. The next backup may read only the bitmap's dirty extents, and copy the
+Owns the record kept with each backup (`binome-dirty-bitmap.json` in the backup: the
+node and QEMU instance it ran on, `stopped` for a stopped guest, the dirty bitmap it
+started on each drive and the volume behind each drive) and the pure trust decision the
+next backup makes from it. A backup of a running guest starts, in the same QMP
+transaction as its fleecing, a fresh bitmap `binome-backup-<id>` on every drive; a
+backup of a stopped guest adds it to each qcow2 image (`qemu-img bitmap --add`). That
+bitmap then holds every write since the backup's instant. On a qcow2 image of a `dir`
+storage the bitmap is persistent: QEMU stores it in the image when it closes it cleanly
+and loads it again (still recording) at the next open, and a QEMU that dies with the
+image open leaves the bitmap flagged `in-use`, which every later reader sees as
+inconsistent. Elsewhere (raw files, NBD-backed replicated volumes) it lives only in the
+running QEMU. The next backup may read only the bitmap's dirty extents, and copy the
 rest from the previous backup's index, only if nothing can have changed the disk behind
 the bitmap's back since then. Anything doubtful makes it a full backup, with the reason
 in the task log:
 
-- there is no previous backup on the storage, it has no record (it was made of a stopped
-  guest) or it failed verification, or it was made with another encryption key (or
-  without one) than this backup's;
+- there is no previous backup on the storage, it has no record or it failed
+  verification, or it was made with another encryption key (or without one) than this
+  backup's;
 - the guest was restored, or moved to another node (failover, migration);
-- the QEMU process is not the one that started the bitmap (stop/start, crash: a
-  restarted guest's disk may have been written by anything while QEMU was down);
+- a running guest's QEMU process is not the one that started the bitmap (stop/start,
+  crash: a restarted guest's disk may have been written by anything while QEMU was
+  down, and a transient bitmap is gone anyway); a stopped guest's image bitmap needs no
+  such check, its `in-use` flag tells an unclean close;
 - the drive's volume changed, or the recorded bitmap is not on the drive any more (a
-  later backup, to another storage or since deleted, started another one), or QEMU says
-  it is inconsistent, busy or not recording.
+  later backup, to another storage or since deleted, started another one; a snapshot
+  rollback removes them), or QEMU says it is inconsistent, busy or not recording.
 """
 
 from __future__ import annotations
@@ -84,6 +92,14 @@ class LiveBitmap:
         return cls(name=str(data.get("name", "")), recording=bool(data.get("recording")),
                    busy=bool(data.get("busy")), inconsistent=bool(data.get("inconsistent")))
 
+    @classmethod
+    def from_image(cls, data: dict[str, Any]) -> LiveBitmap:
+        """A bitmap stored in a qcow2 image, as `qemu-img info` shows it: flag `auto`
+        (enabled: it records), `in-use` (the image was not closed cleanly since)."""
+        flags = {str(f) for f in data.get("flags") or ()}
+        return cls(name=str(data.get("name", "")), recording="auto" in flags,
+                   inconsistent="in-use" in flags)
+
 
 @dataclass(frozen=True)
 class LiveDrive:
@@ -118,10 +134,15 @@ class TrustDecision:
         return self.reason or self.drive_reasons.get(key)
 
 
+STOPPED = "stopped"   # the record's instance for a backup of a stopped guest
+
+
 def decide(previous: PreviousBackup | None, *, node: str, instance: str,
            drives: list[LiveDrive], restored: Restored | None = None,
            storage: str = "") -> TrustDecision:
-    """Which drives of a running guest an incremental backup may trust (pure)."""
+    """Which drives an incremental backup may trust (pure). `instance` is the running
+    QEMU's, or `STOPPED` for a stopped guest: its drives' bitmaps are the ones stored
+    in the images, whichever QEMU recorded them."""
     where = f" on storage '{storage}'" if storage else ""
     if previous is None:
         return TrustDecision(f"no previous backup{where}")
@@ -130,15 +151,14 @@ def decide(previous: PreviousBackup | None, *, node: str, instance: str,
     if previous.unusable is not None:
         decision.reason = previous.unusable
     elif record is None:
-        decision.reason = (f"previous backup {previous.name} has no dirty bitmap (the guest "
-                           f"was not running)")
+        decision.reason = f"previous backup {previous.name} has no dirty bitmap record"
     elif previous.verify_failed:
         decision.reason = f"previous backup {previous.name} failed verification"
     elif restored is not None and restored.time >= previous.time:
         decision.reason = f"guest restored from {restored.archive} since the previous backup"
     elif record.node != node:
         decision.reason = f"guest moved from {record.node} to {node}"
-    elif record.instance != instance:
+    elif record.instance != instance and instance != STOPPED:
         decision.reason = "QEMU restarted since the previous backup"
     if record is None or decision.reason is not None:
         return decision

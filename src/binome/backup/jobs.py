@@ -7,7 +7,8 @@ vzdump, `schedule`, `enabled`, `node`, `vmid`|`all`|`pool`, `exclude`, `storage`
 `protected`, `comment`, `repeat-missed`, `bwlimit`, ...). `build_job` applies an
 administrator's settings to a record with PVE's rules (API2/Backup.pm: the guest
 selection is exactly one of vmid, all, pool; `exclude` implies `all`; the schedule is a
-calendar event; `notes-template` and `protected` need a `storage`). Every change bumps
+calendar event; `notes-template` and `protected` need a `storage`); `without_vmid` takes
+a destroyed VM out of a job (PVE's purge). Every change bumps
 the cluster config version in the same transaction. When a job runs is
 `binome.backup.schedule`'s; who runs it, the daemon's backup scheduler.
 """
@@ -178,6 +179,25 @@ def public_record(job_id: str, record: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def without_vmid(record: Mapping[str, Any], vmid: int) -> dict[str, Any] | None:
+    """PVE's remove_vmid_from_job (a destroyed VM's `purge`): `vmid` leaves the job's
+    `vmid` list (None: the list is empty, the job goes) or its `exclude` list (dropped
+    when empty)."""
+    out = dict(record)
+    for name in ("vmid", "exclude"):
+        if out.get(name) is None:
+            continue
+        rest = [i for i in re.split(r"[,;\s]+", str(out[name])) if i and i != str(vmid)]
+        if rest:
+            out[name] = ",".join(rest)
+        elif name == "vmid":
+            return None
+        else:
+            del out[name]
+        break
+    return out
+
+
 class StoreLike(Protocol):
     """The part of binome.store.client.Store used here."""
 
@@ -219,6 +239,22 @@ class BackupJobs:
                 bump_config=True):
             raise JobError("detected modified configuration - file changed by other user? "
                            "Try again.")
+
+    async def remove_vmid(self, vmid: int) -> list[str]:
+        """PVE's remove_vmid_from_backup_jobs: every job `without_vmid`; returns what
+        changed, one line per job (`JobError` when a job changed under it)."""
+        changed = []
+        for job_id, record in sorted((await self.records()).items()):
+            if record.get("type", "vzdump") != "vzdump":
+                continue
+            new = without_vmid(record, vmid)
+            if new is None:
+                await self.remove(job_id)
+                changed.append(f"removed backup job '{job_id}' (it had only VM {vmid})")
+            elif new != record:
+                await self.replace(job_id, record, new)
+                changed.append(f"removed VM {vmid} from backup job '{job_id}'")
+        return changed
 
     async def remove(self, job_id: str) -> None:
         entry = await self.store.get(JOBS + job_id)

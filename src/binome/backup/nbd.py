@@ -58,11 +58,29 @@ class _Pending:
     command: int
     offset: int
     length: int
-    buffer: bytearray | None = None
+    buffer: bytearray | None = None   # a read's, made (zeroed) at its first data reply
     done: bool = False
 
     def result(self) -> bytes:
-        return bytes(self.buffer) if self.buffer is not None else b""
+        return bytes(self.data())
+
+    def data(self) -> bytes | bytearray:
+        """The read's data without a copy: the receive buffer itself, or for a read
+        answered by holes only, one shared zero buffer of its length."""
+        if self.buffer is not None:
+            return self.buffer
+        return _zeros(self.length) if self.command == _CMD_READ else b""
+
+
+_zero_buffers: dict[int, bytes] = {}
+
+
+def _zeros(length: int) -> bytes:
+    zeros = _zero_buffers.get(length)
+    if zeros is None:
+        zeros = _zero_buffers.setdefault(length, bytes(length)) if len(_zero_buffers) < 8 \
+            else bytes(length)
+    return zeros
 
 
 def parse_nbd_unix_uri(uri: str) -> tuple[str, str] | None:
@@ -235,17 +253,16 @@ class NbdExport:
         if request is None:
             raise NbdError("unexpected NBD reply")
         reading = request.command == _CMD_READ
-        if reading and request.buffer is None:
-            request.buffer = bytearray(request.length)
         if kind == _REPLY_OFFSET_DATA and reading and size >= 8:
             (at,) = struct.unpack(">Q", self._recv(8))
             start = at - request.offset
             if start < 0 or start + size - 8 > request.length:
                 raise NbdError("NBD read reply outside the request")
-            assert request.buffer is not None
+            if request.buffer is None:
+                request.buffer = bytearray(request.length)
             self._recv_exact(memoryview(request.buffer)[start:start + size - 8])
         elif kind == _REPLY_OFFSET_HOLE and reading and size == 12:
-            # the buffer starts zeroed: a hole needs no copy
+            # the buffer starts zeroed (or is not made at all): a hole needs no copy
             at, hole = struct.unpack(">QI", self._recv(12))
             start = at - request.offset
             if start < 0 or start + hole > request.length:
@@ -264,10 +281,11 @@ class NbdExport:
             request.done = True
 
     def read_ahead(self, ranges: Iterable[tuple[int, int]],
-                   depth: int = DEFAULT_READ_DEPTH) -> Iterator[bytes]:
+                   depth: int = DEFAULT_READ_DEPTH) -> Iterator[bytes | bytearray]:
         """The data of each (offset, length) in `ranges`, in order, with up to `depth`
         read requests in flight so the server reads the next chunks while the caller
-        works on this one."""
+        works on this one. Not copied: each is the buffer it was received into (the
+        caller's from then on), or a shared zero `bytes` for an all-hole range."""
         todo = iter(ranges)
         order: deque[int] = deque()
         pending: dict[int, _Pending] = {}
@@ -288,7 +306,7 @@ class NbdExport:
             while not pending[head].done:
                 self._take_reply(pending)
             order.popleft()
-            data = pending.pop(head).result()
+            data = pending.pop(head).data()
             fill()
             yield data
 

@@ -2,12 +2,16 @@
 
 Every chunk is checked against its digest (and its GCM tag when encrypted) before it is
 written; a bad chunk stops the restore with its position. All-zero chunks are skipped on
-a fresh sparse file target, so a mostly empty disk restores fast and stays sparse.
+a fresh sparse file target, so a mostly empty disk restores fast and stays sparse. Whole
+chunks go to a file or block device with O_DIRECT where it takes it (no page-cache copy),
+the rest through the page cache; one fsync at the end makes both durable.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import mmap
 import os
 from collections import deque
 from collections.abc import Callable
@@ -52,12 +56,69 @@ def restore_image(store: Datastore | RemoteDumpStore, ref: SnapshotRef, name: st
     try:
         if not is_block:
             os.ftruncate(fd, index.size)
-        stats = restore_to(store, ref, name, lambda offset, data: os.pwrite(fd, data, offset),
-                           crypt=crypt, skip_zero=sparse and not is_block)
+        with _DirectWriter(target, fd) as writer:
+            stats = restore_to(store, ref, name, writer.write, crypt=crypt,
+                               skip_zero=sparse and not is_block)
         os.fsync(fd)
     finally:
         os.close(fd)
     return stats
+
+
+_ALIGN = 4096   # O_DIRECT: buffer address, file offset and length (covers 512 too)
+
+
+class _DirectWriter:
+    """Writes the restored chunks with O_DIRECT where the target takes it (aligned
+    offset and length: every whole chunk), else through the page cache (`fd`).
+
+    Why: an image restored is not read back soon, and the page-cache copy into fresh
+    pages was most of a restore's time on this project's test VM. The caller's fsync of
+    `fd` afterwards makes both kinds of write durable (the device cache flush included).
+    """
+
+    def __init__(self, target: Path, fd: int) -> None:
+        self.fd = fd
+        self.buffer: mmap.mmap | None = None
+        try:
+            self.direct: int | None = os.open(target, os.O_WRONLY | os.O_DIRECT)
+        except OSError:
+            self.direct = None
+
+    def __enter__(self) -> _DirectWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.direct is not None:
+            os.close(self.direct)
+            self.direct = None
+        if self.buffer is not None:
+            self.buffer.close()
+
+    def write(self, offset: int, data: bytes) -> None:
+        length = len(data)
+        if self.direct is not None and length and not (offset | length) % _ALIGN:
+            if self.buffer is None or len(self.buffer) < length:
+                if self.buffer is not None:
+                    self.buffer.close()
+                self.buffer = mmap.mmap(-1, length)
+            self.buffer[:length] = data
+            view = memoryview(self.buffer)
+            try:
+                done = 0
+                while done < length:
+                    done += os.pwrite(self.direct, view[done:length], offset + done)
+                return
+            except OSError as error:
+                if error.errno != errno.EINVAL or done:
+                    raise
+                os.close(self.direct)   # alignment refused: the page cache from now on
+                self.direct = None
+            finally:
+                view.release()
+        done = 0
+        while done < length:
+            done += os.pwrite(self.fd, data[done:], offset + done)
 
 
 DEFAULT_WORKERS = 2  # chunk load/decode/check threads (zlib, zstd, hashlib release the GIL)

@@ -208,11 +208,65 @@ def ha_availability(reports: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def permissions(data: dict[str, dict[str, int]]) -> str:
+    """pveum's print_perm_result: one row per path, its privileges one a line, '(*)'
+    marking the propagating ones."""
+    rows = []
+    for path in sorted(data or {}):
+        privs = data[path]
+        lines = [f"{p} (*)" if privs[p] else p for p in sorted(privs)] or [""]
+        rows += [(path if i == 0 else "", line) for i, line in enumerate(lines)]
+    width = max([len("ACL PATH")] + [len(r[0]) for r in rows])
+    out = [f"{'ACL PATH':<{width}}  PERMISSIONS".rstrip()]
+    out += [f"{path:<{width}}  {line}".rstrip() for path, line in rows]
+    out.append("Permissions marked with '(*)' have the 'propagate' flag set.")
+    return "\n".join(out)
+
+
+def tfa_entries(data: list[dict[str, Any]]) -> str:
+    """pveum's `user tfa list`: per user, each entry's type, id and description (never a
+    secret: the API answers none)."""
+    out: list[str] = []
+    for user in sorted(data or [], key=lambda u: u["userid"]):
+        if out:
+            out.append("")
+        out.append(f"{user['userid']}:")
+        for e in user.get("entries", []):
+            state = "" if e.get("enable", 1) else " (disabled)"
+            out.append(f"    {e['type'] + ':':<9} {e['id']}{state}")
+            out.append(f"        {e.get('description') or ''}".rstrip())
+    return "\n".join(out)
+
+
 def _dur(seconds: float) -> str:
     return human_duration(seconds, tenths_under_a_minute=True)
 
 
+def ha_rules(rows: list[dict[str, Any]]) -> str:
+    """`ha-manager rules config`: enabled, state (in use / ignored (conflicts)), rule,
+    type, resources, comment; nodes/strict/affinity as well, which ha-manager hides."""
+    out = []
+    for rule in rows or []:
+        detail = rule.get("nodes", "") if rule.get("type") == "node-affinity" \
+            else rule.get("affinity", "")
+        if rule.get("strict"):
+            detail += " (strict)"
+        out.append({"enabled": int(not rule.get("disable")),
+                    "state": "ignored (conflicts)" if rule.get("errors") else "in use",
+                    "rule": rule.get("rule"), "type": rule.get("type"),
+                    "resources": rule.get("resources"), "nodes/affinity": detail,
+                    "comment": rule.get("comment", "")})
+    lines = [table(out, ["enabled", "state", "rule", "type", "resources", "nodes/affinity",
+                         "comment"])]
+    for rule in rows or []:
+        for prop, messages in sorted((rule.get("errors") or {}).items()):
+            for message in messages:
+                lines.append(f"{rule.get('rule')}: {prop}: {message}")
+    return "\n".join(lines)
+
+
 FORMATTERS: dict[str, Callable[[Any], str]] = {
+    "ha_rules": ha_rules,
     "ha_availability": ha_availability,
     "cluster_status": cluster_status,
     "witness_status": witness_status,
@@ -223,4 +277,6 @@ FORMATTERS: dict[str, Callable[[Any], str]] = {
     "fence_result": fence_result,
     "volume_status": volume_status,
     "volume_config": volume_config,
+    "permissions": permissions,
+    "tfa_entries": tfa_entries,
 }

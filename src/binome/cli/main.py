@@ -12,10 +12,11 @@ import argparse
 import getpass
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 from binome.cli import commands as command_table
@@ -27,6 +28,44 @@ from binome.tasks.upid import InvalidUpid, Upid
 
 OUTPUT_FORMATS = ("text", "json", "json-pretty")
 API_VERBS = {"get": "GET", "create": "POST", "set": "PUT", "delete": "DELETE"}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, except that an error never echoes what was typed after an option name:
+    an unrecognized word may be a secret (`binome user add bob@pve hunter2`)."""
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            names = sorted({a.split("=", 1)[0] for a in extras if a.startswith("-")})
+            words = len([a for a in extras if not a.startswith("-")])
+            what = ", ".join(names)
+            if words:
+                what += (", " if what else "") + (f"{words} unexpected word"
+                                                  f"{'s' if words > 1 else ''} (not shown)")
+            self.error(f"unrecognized arguments: {what}")
+        return parsed
+
+    def error(self, message: str) -> NoReturn:
+        # argparse names `--opt=VALUE` as typed (an ambiguous prefix, an unknown option)
+        super().error(re.sub(r"(--?[A-Za-z][\w-]*)=\S*", r"\1=...", message))
+
+
+class _SecretOnCommandLine(argparse.Action):
+    """`--password` alone asks for it on the terminal (pveum's interactive form);
+    `--password X` is refused without echoing X (it would be in the shell's history and
+    the process list)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if values is None:
+            setattr(namespace, self.dest, True)
+            return
+        name = self.metavar
+        parser.error(f"{option_string}: a {name} is not taken on the command line (it would "
+                     f"show in the shell history and the process list): give --{name} "
+                     f"without a value to be asked for it, or --{name}-file FILE "
+                     f"(--{name}-file - reads it from standard input)")
 
 
 def _common_options(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +110,11 @@ def _add_param(parser: argparse.ArgumentParser, p: Option, positional: bool,
     dest = "p_" + name.replace("-", "_")
     if p.secret:
         parser.add_argument(f"--{name}-file", dest=dest + "_file", metavar="FILE",
-                            help=f"read {name} from FILE ({help_text})")
+                            help=f"read {name} from FILE ('-': standard input) "
+                                 f"({help_text})")
+        parser.add_argument(f"--{name}", dest=dest + "_ask", nargs="?",
+                            action=_SecretOnCommandLine, metavar=name,
+                            help=f"ask for {name} on the terminal (never give it here)")
         return
     if positional:
         parser.add_argument(dest, metavar=name.upper(), nargs="?" if p.optional else None,
@@ -93,9 +136,10 @@ def _add_param(parser: argparse.ArgumentParser, p: Option, positional: bool,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="binome", description="binome cluster command line")
+    parser = Parser(prog="binome", description="binome cluster command line")
     _common_options(parser)
-    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND",
+                                   parser_class=Parser)
     nodes: dict[tuple[str, ...], Any] = {(): groups}
     parsers: dict[tuple[str, ...], argparse.ArgumentParser] = {}
     for spec in command_table.load():
@@ -105,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                 sub = nodes[prefix[:-1]].add_parser(prefix[-1], help=f"{prefix[-1]} commands")
                 parsers[prefix] = sub
                 nodes[prefix] = sub.add_subparsers(dest="_".join(prefix) + "_cmd",
-                                                   required=True, metavar="COMMAND")
+                                                   required=True, metavar="COMMAND",
+                                                   parser_class=Parser)
         leaf = nodes[spec.words[:-1]].add_parser(
             spec.words[-1], help=spec.help or spec.description,
             description=f"{spec.description}\n\nAPI: {spec.http_method} {spec.path}",
@@ -139,12 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
         console.set_defaults(_console=True)
     logs_cli.add_parser(groups, _common_options)
     api = groups.add_parser("api", help="call any API path (like pvesh)")
-    api_verbs = api.add_subparsers(dest="api_cmd", required=True, metavar="VERB")
+    api_verbs = api.add_subparsers(dest="api_cmd", required=True, metavar="VERB",
+                                   parser_class=Parser)
     for verb in API_VERBS:
         vp = api_verbs.add_parser(verb, help=f"{API_VERBS[verb]} an API path")
         _common_options(vp)
         vp.add_argument("path", help="API path, e.g. /cluster/status")
-        vp.add_argument("params", nargs="*", metavar="KEY=VALUE", help="parameters")
+        vp.add_argument("params", nargs="*", metavar="KEY=VALUE",
+                        help="parameters; a secret as KEY@FILE ('-': standard input)")
         vp.set_defaults(_api_verb=verb)
     # `binome lab ...` is the lab's own program, `binome-lab` (git-style external command):
     # the production CLI never imports the lab. Listed here so `binome --help` shows it.
@@ -180,6 +227,8 @@ def _socket_path(args: argparse.Namespace) -> str:
 
 
 def _read_secret(path: str | None, name: str, required: bool) -> str | None:
+    if path == "-":
+        return sys.stdin.readline().rstrip("\n")
     if path:
         try:
             return Path(path).read_text().rstrip("\n")
@@ -189,7 +238,8 @@ def _read_secret(path: str | None, name: str, required: bool) -> str | None:
         return None
     if sys.stdin.isatty():
         return getpass.getpass(f"{name}: ")
-    raise SystemExit(f"binome: --{name}-file is required (no terminal to ask on)")
+    raise SystemExit(f"binome: --{name}-file is required (no terminal to ask on; "
+                     f"--{name}-file - reads it from standard input)")
 
 
 def make_client(args: argparse.Namespace) -> Client:
@@ -224,7 +274,8 @@ def _collect(spec: Command, args: argparse.Namespace) -> dict[str, Any]:
         name = p.name
         dest = "p_" + name.replace("-", "_")
         if p.secret:
-            value = _read_secret(getattr(args, dest + "_file", None), name, not p.optional)
+            value = _read_secret(getattr(args, dest + "_file", None), name,
+                                 not p.optional or bool(getattr(args, dest + "_ask", False)))
         else:
             value = getattr(args, dest, None)
         if value is not None:
@@ -259,9 +310,54 @@ FENCE_VERBS = {"list", "config", "add", "set", "remove", "test", "node", "confir
                "power-on"}
 
 
+# pveum's one-word aliases (PVE/CLI/pveum.pm), and its `user token delete`
+PVEUM_ALIASES: dict[str, tuple[str, ...]] = {
+    "useradd": ("user", "add"), "usermod": ("user", "modify"), "userdel": ("user", "delete"),
+    "groupadd": ("group", "add"), "groupmod": ("group", "modify"),
+    "groupdel": ("group", "delete"),
+    "roleadd": ("role", "add"), "rolemod": ("role", "modify"), "roledel": ("role", "delete"),
+    "aclmod": ("acl", "modify"), "acldel": ("acl", "delete"),
+}
+_ONE_DASH_LONG = re.compile(r"-[a-z]{2}[a-z0-9-]*(=.*)?", re.S)
+_SHORT_FLAGS = set("fnh")       # the single-letter options (logs' -f -n, -h)
+
+
+def _pve_forms(argv: list[str]) -> list[str]:
+    """PVE's CLI forms: one-dash long options (`-groups ops`, `-role X`: argparse's prefix
+    matching then takes `--role` for `--roles` as Getopt::Long does), pveum's one-word
+    aliases (`useradd`, `aclmod`, ...), `user token delete` for `user token remove` and
+    `user token permissions USERID TOKENID` for `user permissions USERID!TOKENID`.
+    Single-letter options (`-n 20`, bundled `-fn`) are left as they are, and anything
+    after `--`."""
+    out: list[str] = []
+    for i, a in enumerate(argv):
+        if a == "--":
+            out += argv[i:]
+            break
+        name = a.split("=")[0][1:]
+        # `-fn`: bundled single-letter options of `binome logs`, not a long one
+        out.append("-" + a if _ONE_DASH_LONG.fullmatch(a) and set(name) - _SHORT_FLAGS
+                   else a)
+    words = [i for i, a in enumerate(out) if not a.startswith("-")]
+    if words and out[words[0]] in PVEUM_ALIASES:
+        i = words[0]
+        out = [*out[:i], *PVEUM_ALIASES[out[i]], *out[i + 1:]]
+        words = [i for i, a in enumerate(out) if not a.startswith("-")]
+    if len(words) >= 3 and [out[i] for i in words[:3]] == ["user", "token", "delete"]:
+        out[words[2]] = "remove"
+    if len(words) >= 5 and [out[i] for i in words[:3]] == ["user", "token", "permissions"]:
+        # pveum's `user token permissions USERID TOKENID`: the token's full id
+        user, token = out[words[3]], out[words[4]]
+        out = [a for i, a in enumerate(out) if i not in words[:5]]
+        out[words[0]:words[0]] = ["user", "permissions", f"{user}!{token}"]
+    return out
+
+
 def _aliases(argv: list[str]) -> list[str]:
     """Short forms: `binome fence NODE` (like fence_node) is `binome fence node NODE`;
-    `binome ha node-maintenance ...` is `binome ha crm-command node-maintenance ...`."""
+    `binome ha node-maintenance ...` is `binome ha crm-command node-maintenance ...`;
+    PVE's CLI forms (`_pve_forms`)."""
+    argv = _pve_forms(argv)
     words = [i for i, a in enumerate(argv) if not a.startswith("-")]
     for flag in ("--confirm-off", "--power-on"):
         if len(words) >= 2 and argv[words[0]] == "fence" and flag in argv \
@@ -278,6 +374,30 @@ def _aliases(argv: list[str]) -> list[str]:
     return argv
 
 
+_SECRET_KEY = re.compile(r"(.*password|.*secret|otp|totp|client-key)", re.I)
+
+
+def _api_params(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
+    """`binome api` parameters: KEY=VALUE, or KEY@FILE (the value read from FILE, '-':
+    standard input) which a secret needs: a password or secret as KEY=VALUE is refused
+    (it would show in the shell history and the process list). Nothing is echoed."""
+    params: dict[str, str] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if eq and "@" not in key:
+            if _SECRET_KEY.fullmatch(key):
+                parser.error(f"{key}: a secret is not taken on the command line: give "
+                             f"{key}@FILE ({key}@- reads it from standard input)")
+            params[key] = value
+            continue
+        key, at, path = item.partition("@")
+        if not at or not key or not path:
+            parser.error("parameters must be KEY=VALUE or KEY@FILE (one is neither, not "
+                         "shown)")
+        params[key] = _read_secret(path, key, True) or ""
+    return params
+
+
 def run(argv: list[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     if words[:1] == ["lab"]:   # lab-only commands act on the demo's processes directly
@@ -285,6 +405,7 @@ def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_aliases(words))
     output = _opt(args, "output_format", "text")
+    api_params = _api_params(parser, args.params) if hasattr(args, "_api_verb") else {}
     try:
         client = make_client(args)
         if hasattr(args, "_console"):
@@ -292,11 +413,7 @@ def run(argv: list[str] | None = None) -> int:
         if hasattr(args, "_log"):
             return logs_cli.run(client, args, output)
         if hasattr(args, "_api_verb"):
-            bad = [kv for kv in args.params if "=" not in kv]
-            if bad:
-                parser.error(f"parameters must be KEY=VALUE, got: {' '.join(bad)}")
-            params = dict(kv.split("=", 1) for kv in args.params)
-            data = client.call(API_VERBS[args._api_verb], args.path, params)
+            data = client.call(API_VERBS[args._api_verb], args.path, api_params)
             formatter = None
         else:
             spec = args._spec

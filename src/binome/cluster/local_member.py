@@ -99,6 +99,8 @@ class LocalMember:
         # the old member's log could hold a "removed" marker that a new member must not
         # inherit
         self.config.etcd_log.unlink(missing_ok=True)
+        for rotated in self.config.etcd_log.parent.glob(self.config.etcd_log.name + ".*"):
+            rotated.unlink(missing_ok=True)
         for path in (self.paths.ca_cert, self.paths.node_cert, self.paths.node_key):
             path.unlink(missing_ok=True)
         self.config.membership_path.unlink(missing_ok=True)

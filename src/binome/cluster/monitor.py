@@ -37,6 +37,31 @@ log = logging.getLogger("binome.cluster")
 LEADER_MOVE_TIMEOUT = 5.0   # etcd itself gives up a transfer after an election timeout
 
 
+PROBE_RETRY = 0.1   # seconds between two quorum probes within one check's timeout
+
+
+async def reaches_quorum(store: Store, timeout: float) -> bool:
+    """One linearizable read answered within `timeout` seconds. A read refused at once
+    is tried again until then: while etcd hands its leadership over (the leadership
+    loop moves it to the preferred member, ~100 ms) the old leader refuses reads
+    ("leader changed") rather than waiting, and one such answer must not make a
+    quorate cluster report "no quorum" until the next check (seen in CI: `ha add`
+    refused with `cluster not ready - no quorum?` just after a cluster formed)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        left = deadline - loop.time()
+        if left <= 0:
+            return False
+        try:
+            await store.linearizable_probe(timeout=left)
+            return True
+        except StoreUnavailable:
+            if deadline - loop.time() <= PROBE_RETRY:
+                return False
+            await asyncio.sleep(PROBE_RETRY)
+
+
 class ClusterMonitor:
     def __init__(self, local: LocalMember) -> None:
         self.local = local
@@ -115,11 +140,10 @@ class ClusterMonitor:
         store = self.local.store
         assert store is not None
         t = self.config.timers
-        try:
-            await store.linearizable_probe(timeout=t.quorum_check_timeout)
-            quorate = True
-        except StoreUnavailable:
-            quorate = False
+        # the view is as old as its first read: a member promoted while the probes ran
+        # is not in it, so a reader asking for a view newer than that must not get it
+        started = time.time()
+        quorate = await reaches_quorum(store, t.quorum_check_timeout)
         members: list[Member] = []
         with contextlib.suppress(StoreUnavailable):
             members = await store.members(timeout=t.quorum_check_timeout)
@@ -141,7 +165,7 @@ class ClusterMonitor:
                 online=online.get(m.id, False), is_learner=m.is_learner,
                 address=rec.get("cluster_address", "")))
         views.sort(key=lambda v: (v.nodeid or 1 << 30, v.name))
-        self.view = QuorumView(quorate=quorate, members=views, checked_at=time.time(),
+        self.view = QuorumView(quorate=quorate, members=views, checked_at=started,
                                override=self.cluster_doc.get("expected_override"))
         at_start = self.transitions.never_quorate()
         if self.transitions.observe(quorate, time.monotonic()) is not None:
@@ -158,16 +182,16 @@ class ClusterMonitor:
         store = self.local.store
         if store is None:
             return False
-        try:
-            await store.linearizable_probe(timeout=self.config.timers.quorum_check_timeout)
-        except StoreUnavailable:
-            return False
-        return True
+        return await reaches_quorum(store, self.config.timers.quorum_check_timeout)
 
     async def fresh_view(self, max_age: float = 0.5) -> QuorumView:
-        """The quorum view, refreshed first if older than `max_age` seconds."""
-        if self.local.store is not None and time.time() - self.view.checked_at > max_age:
-            await self.refresh_view()
+        """The quorum view, refreshed first if its reads began more than `max_age`
+        seconds ago (0: after this call). Callers waiting together share one refresh."""
+        wanted = time.time() - max_age
+        if self.local.store is not None and self.view.checked_at < wanted:
+            async with self._refreshing:
+                if self.view.checked_at < wanted:   # not done meanwhile by another caller
+                    await self._refresh_view()
         return self.view
 
     async def _probe_members(self, members: list[Member]) -> dict[int, bool]:

@@ -4,7 +4,8 @@ One CA per cluster, created by `cluster create`. Every node (and witness) gets a
 certificate signed by it, used for the API on 8006 and for etcd's peer and
 client TLS. The node's private key is generated on the node and never leaves
 it: joining sends a CSR. Before a node belongs to a cluster its API uses a
-self-signed certificate.
+self-signed certificate. `certificate_info` describes a certificate file as PVE's
+`certificates/info` does.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from binome import durable
@@ -173,6 +174,52 @@ def fingerprint(cert: x509.Certificate) -> str:
     """SHA-256 of the DER certificate, colon-separated uppercase hex (as PVE shows it)."""
     digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest().upper()
     return ":".join(digest[i:i + 2] for i in range(0, 64, 2))
+
+
+def _oneline(name: x509.Name) -> str:
+    """OpenSSL's X509_NAME_oneline: `/CN=n1/O=binome`."""
+    return "".join(f"/{attr.rfc4514_attribute_name}={attr.value!s}" for attr in name)
+
+
+def _san_entries(cert: x509.Certificate) -> list[str]:
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    out: list[str] = []
+    for entry in ext:
+        if isinstance(entry, x509.DNSName):
+            out.append(entry.value)
+        elif isinstance(entry, x509.IPAddress) and isinstance(entry.value, ipaddress.IPv4Address):
+            out.append(str(entry.value))
+        elif isinstance(entry, x509.IPAddress) and isinstance(entry.value, ipaddress.IPv6Address):
+            # PVE unpacks IPv6 as eight 4-digit groups, uncompressed
+            raw = entry.value.packed.hex()
+            out.append(":".join(raw[i:i + 4] for i in range(0, 32, 4)))
+    return out
+
+
+def certificate_info(path: Path) -> dict[str, object]:
+    """PVE's get_certificate_info (`GET /nodes/{node}/certificates/info`): a PEM
+    certificate file's fingerprint, subject, issuer, validity, SANs, PEM and key."""
+    cert = load_cert(path.read_bytes())
+    key = cert.public_key()
+    key_type = ("id-ecPublicKey" if isinstance(key, ec.EllipticCurvePublicKey)
+                else "rsaEncryption" if isinstance(key, rsa.RSAPublicKey) else "unknown")
+    info: dict[str, object] = {
+        "filename": path.name,
+        "fingerprint": fingerprint(cert),
+        "subject": _oneline(cert.subject),
+        "issuer": _oneline(cert.issuer),
+        "notbefore": int(cert.not_valid_before_utc.timestamp()),
+        "notafter": int(cert.not_valid_after_utc.timestamp()),
+        "san": _san_entries(cert),
+        "pem": cert_pem(cert).decode(),
+        "public-key-type": key_type,
+    }
+    if isinstance(key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
+        info["public-key-bits"] = key.key_size
+    return info
 
 
 def normalize_fingerprint(value: str) -> str:

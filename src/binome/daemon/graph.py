@@ -19,7 +19,9 @@ from binome.access.repository import Change
 from binome.access.service import AccessService
 from binome.api.errors import ApiError
 from binome.api.server import ApiServer
+from binome.api.spiceproxy import SpiceProxy
 from binome.cluster import pki
+from binome.cluster.certificates import NodeCertificates
 from binome.cluster.cluster import ClusterService
 from binome.config import ConfigError, NodeConfig
 from binome.daemon.health import HealthWatch
@@ -80,12 +82,18 @@ class NodeGraph:
         self._cluster_ssl: ssl.SSLContext | None = None   # cache, reset on a TLS change
         pki.ensure_self_signed(self.cluster.paths, config.name,
                                [config.cluster_address, "127.0.0.1"])
+        self.certificates = NodeCertificates(self.cluster.paths,
+                                             lambda: self.cluster.is_member,
+                                             changed=lambda: self.api.reload_tls())
         self.metrics = NodeMetrics(self)   # reads the graph at each scrape
         self.health = HealthWatch(
-            config.name, self.notifications.emit, lambda: self.api_cert_paths()[0],
+            config.name, self.notifications.emit, self._watched_certificates,
             lambda: self.cluster.store,
             lambda: self.ha is not None and self.ha.crm_env.lock_revision() is not None)
         self.api = ApiServer(self, self.metrics)    # last: it takes the whole graph
+        # PVE's spiceproxy on 3128 of the API's address: remote-viewer's way to SPICE
+        self.spice_proxy = SpiceProxy(config.name, config.api_bind, self.authkey,
+                                      self._node_host)
 
     def _guests(self) -> GuestService:
         from binome.guest.runtime import QemuRuntime
@@ -118,6 +126,11 @@ class NodeGraph:
         users = (await self.access.config()).users
         return {uid: u.email for uid, u in users.items() if u.email}
 
+    def _watched_certificates(self) -> list[Path]:
+        """The certificates whose expiry the health watch warns of."""
+        pair = self.certificates.custom()
+        return [self.certificates.served()[0], *([pair[0]] if pair else [])]
+
     def _quorum_changed(self, quorate: bool, votes: int, expected: int,
                         at_start: bool) -> None:
         # this node's own view: each node says it for itself (hostname = this node)
@@ -131,12 +144,6 @@ class NodeGraph:
         """The node certificate changed (create/join): trust and serve the new one."""
         self._cluster_ssl = None
         self.api.reload_tls()
-
-    def api_cert_paths(self) -> tuple[Path, Path]:
-        paths = self.cluster.paths
-        if self.cluster.is_member:
-            return paths.node_cert, paths.node_key
-        return paths.self_signed_cert, paths.self_signed_key
 
     def cluster_ssl_context(self) -> ssl.SSLContext:
         """Client context for node-to-node calls: trust the cluster CA only."""
@@ -185,6 +192,10 @@ class NodeGraph:
             out.append(entry("watchdog", "HA watchdog supervisor (runs while HA guests are "
                              "protected here)", self.ha.watchdog.running_pid(), wanted=True))
         return out
+
+    def _node_host(self, node: str) -> str | None:
+        address = self.cluster.node_address(node)
+        return None if address is None else address[0]
 
     async def node_api_url(self, node: str) -> str:
         address = self.cluster.node_address(node)

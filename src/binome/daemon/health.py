@@ -2,7 +2,8 @@
 
 Owns no cluster state. Two checks, each said by one node only:
 
-- the API TLS certificate of this node (`NodeGraph.api_cert_paths`): `certificate-expiry`
+- the API TLS certificates of this node (`NodeCertificates`: the node's own, and the
+  custom or ACME one if any): `certificate-expiry`
   when fewer than `CERT_WARN_DAYS` days are left (or it expired), once per day left
   crossing one of `CERT_STEPS` (30, 14, 7, 3, 1, 0 days), so a month's warning is not a
   daily mail until the last week. Each node says it of its own certificate.
@@ -122,7 +123,8 @@ async def member_health(store: Store, timeout: float = ETCD_TIMEOUT) -> dict[str
 
 
 class HealthWatch:
-    def __init__(self, node: str, notify: Notify, cert_path: Callable[[], Path],
+    def __init__(self, node: str, notify: Notify,
+                 cert_path: Callable[[], Path | list[Path]],
                  store_of: Callable[[], Store | None], is_master: Callable[[], bool]) -> None:
         self.node = node
         self._notify = notify
@@ -152,16 +154,18 @@ class HealthWatch:
             await asyncio.sleep(every)
 
     async def check_cert(self, now: float | None = None) -> None:
-        path = self._cert_path()
-        if not path.is_file():
-            return
-        not_after = cert_not_after(path)
-        now = time.time() if now is None else now
-        days = self.certs.check(str(path), not_after, now)
-        if days is not None:
-            when = dt.datetime.fromtimestamp(not_after, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-            self._notify("certificate-expiry", certificate=f"{path.name} (API)",
-                         days_left=days, not_after=when)
+        paths = self._cert_path()
+        for path in [paths] if isinstance(paths, Path) else paths:
+            if not path.is_file():
+                continue
+            not_after = cert_not_after(path)
+            at = time.time() if now is None else now
+            days = self.certs.check(str(path), not_after, at)
+            if days is not None:
+                when = dt.datetime.fromtimestamp(not_after, dt.UTC).strftime(
+                    "%Y-%m-%d %H:%M UTC")
+                self._notify("certificate-expiry", certificate=f"{path.name} (API)",
+                             days_left=days, not_after=when)
 
     async def check_members(self) -> None:
         store = self._store_of()

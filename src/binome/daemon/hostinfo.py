@@ -1,5 +1,5 @@
 """What this host looks like: CPU, memory, load, uptime, root filesystem (read from /proc);
-its network, DNS and time as `binome.daemon.nodeinfo` reads them."""
+its network, DNS, time, /etc/hosts and PCI devices as `binome.daemon.nodeinfo` reads them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from binome import __version__
-from binome.daemon import nodeinfo
+from binome.daemon import disks, nodeinfo
 
 
 def _meminfo() -> dict[str, int]:
@@ -131,3 +131,12 @@ class HostInfo:
 
     def time(self) -> dict[str, Any]:
         return nodeinfo.time_info()
+
+    def hosts(self) -> dict[str, str]:
+        return nodeinfo.read_hosts()
+
+    def pci(self, class_blacklist: list[str], verbose: bool) -> list[dict[str, Any]]:
+        return nodeinfo.pci_devices(class_blacklist, verbose)
+
+    def disks(self, include_partitions: bool, kind: str | None) -> list[dict[str, Any]]:
+        return disks.list_disks(include_partitions, kind)

@@ -7,8 +7,9 @@ Owns reading two files of the state directory:
   same logfmt lines it writes to stderr (so to the journal under systemd), written by
   `binome.daemon.logfmt` whatever the host runs, so the API serves the same thing with
   or without journald;
-- `<state>/etcd.log`: the local etcd member's output (zap JSON lines), which binomed
-  redirects there when it starts the member.
+- `<state>/etcd.log` (and its rotated `.1`, `.2`, copy-truncated by
+  `binome.store.member`): the local etcd member's output (zap JSON lines), which
+  binomed redirects there when it starts the member.
 
 Each line becomes an entry with a time, a service (`binomed`, `etcd`) and a text shown
 like `journalctl -o short` shows it (`Dec 06 06:10:02 n1 binomed: level=info ...`).
@@ -102,16 +103,18 @@ class NodeLogs:
         self.binomed_log = binomed_log
         self.etcd_log = etcd_log
 
-    def _binomed_files(self) -> list[Path]:
-        rotated = sorted(self.binomed_log.parent.glob(self.binomed_log.name + ".*"),
+    @staticmethod
+    def _files(current: Path) -> list[Path]:
+        """The rotated files (`.N`, oldest first), then the current one."""
+        rotated = sorted(current.parent.glob(current.name + ".*"),
                          key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0)
-        return [p for p in rotated if p.suffix[1:].isdigit()] + [self.binomed_log]
+        return [p for p in rotated if p.suffix[1:].isdigit()] + [current]
 
     def _read(self, service: str) -> list[LogEntry]:
         if service == "binomed":
-            lines = _tail_lines(self._binomed_files(), MAX_READ)
+            lines = _tail_lines(self._files(self.binomed_log), MAX_READ)
         else:
-            lines = _tail_lines([self.etcd_log], MAX_READ)
+            lines = _tail_lines(self._files(self.etcd_log), MAX_READ)
         out: list[LogEntry] = []
         last, rank = 0, -1
         for line in lines:

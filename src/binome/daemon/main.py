@@ -74,6 +74,7 @@ def load_config(args: argparse.Namespace) -> NodeConfig:
 
 async def run(cfg: NodeConfig, lease_bridge: LeaseBridge | None = None) -> None:
     from binome.api import methods  # noqa: F401  (registers the API methods)
+    from binome.daemon.acme_renewal import AcmeRenewal
     from binome.daemon.backupjobs import node_scheduler
     from binome.daemon.graph import NodeGraph
     from binome.daemon.rrd import sample_forever, storage_usage
@@ -88,6 +89,7 @@ async def run(cfg: NodeConfig, lease_bridge: LeaseBridge | None = None) -> None:
     cfg.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     pidfile.write_text(f"{os.getpid()}\n")
     await node.api.start()
+    await node.spice_proxy.start()
     node.notifications.start()      # before anything that emits events
     try:
         await node.metrics.start_listener()
@@ -106,6 +108,7 @@ async def run(cfg: NodeConfig, lease_bridge: LeaseBridge | None = None) -> None:
             interval=cfg.timers.rrd_interval), name="rrd")
         pusher = asyncio.create_task(MetricPusher(node).run(), name="metric-push")
         node.health.start()               # certificate expiry, etcd members: notifications
+        renewal = asyncio.create_task(AcmeRenewal(node).run(), name="acme-renewal")
         backup_jobs = None
         if node.guests is not None:     # removes stale backup staging at its first round
             backup_jobs = asyncio.create_task(node_scheduler(node).run(), name="backup-jobs")
@@ -115,11 +118,13 @@ async def run(cfg: NodeConfig, lease_bridge: LeaseBridge | None = None) -> None:
         log.info("shutting down")
         sampler.cancel()
         pusher.cancel()
+        renewal.cancel()
         if backup_jobs is not None:
             backup_jobs.cancel()
     finally:
         await node.health.stop()
         await node.metrics.stop_listener()
+        await node.spice_proxy.stop()
         await node.api.stop()
         if node.ha is not None:
             await node.ha.stop()         # before the lease is revoked

@@ -1,7 +1,9 @@
-"""What PVE's node system pages read from the host: network interfaces, DNS, time.
+"""What PVE's node system pages read from the host: network interfaces, DNS, time,
+/etc/hosts, PCI devices.
 
 Owns nothing in the cluster: it reads this host, on demand, for
-`/nodes/{node}/network`, `/dns` and `/time` (PVE's `Network.pm` and `Nodes.pm`).
+`/nodes/{node}/network`, `/dns`, `/time`, `/hosts` and `/hardware/pci` (PVE's `Network.pm`,
+`Nodes.pm`, `Hardware/PCI.pm`).
 
 PVE reads `/etc/network/interfaces` (ifupdown2's configuration) and marks what is live;
 binome configures no host network, so the list is built from the *running* interfaces
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import json
 import os
@@ -209,6 +212,106 @@ def read_dns(path: Path = Path("/etc/resolv.conf")) -> dict[str, str]:
         return parse_resolv_conf(path.read_text(errors="replace"))
     except OSError:
         return {}
+
+
+def read_hosts(path: Path = Path("/etc/hosts")) -> dict[str, str]:
+    """PVE's read_etc_hosts (`GET /nodes/{node}/hosts`): the file's text and the SHA-1
+    of its bytes as `digest`. A missing file reads as empty."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raw = b""
+    return {"digest": hashlib.sha1(raw).hexdigest(), "data": raw.decode("utf-8", errors="replace")}
+
+
+PCI_ID = re.compile(r"^([a-f0-9]{4,}):([a-f0-9]{2}):([a-f0-9]{2})\.([a-f0-9])$")
+
+
+def parse_pci_ids(text: str) -> dict[str, dict[str, Any]]:
+    """pci.ids as PVE's SysFSTools parses it: {"0xVVVV": {name, devices: {"0xDDDD":
+    {name, subs: {"0xSV": {"0xSD": name}}}}}}."""
+    ids: dict[str, dict[str, Any]] = {}
+    vendor: dict[str, Any] = {}
+    device: dict[str, Any] = {}
+    for line in text.splitlines():
+        if m := re.match(r"^([0-9a-fA-F]{4})\s+(.*)$", line):
+            vendor = ids[f"0x{m[1]}"] = {"name": m[2], "devices": {}}
+        elif m := re.match(r"^\t([0-9a-fA-F]{4})\s+(.*)$", line):
+            device = vendor.setdefault("devices", {})[f"0x{m[1]}"] = {"name": m[2], "subs": {}}
+        elif m := re.match(r"^\t\t([0-9a-fA-F]{4}) ([0-9a-fA-F]{4})\s+(.*)$", line):
+            device.setdefault("subs", {}).setdefault(f"0x{m[1]}", {})[f"0x{m[2]}"] = m[3]
+    return ids
+
+
+def _first_line(path: Path) -> str | None:
+    try:
+        return path.read_text().splitlines()[0].strip()
+    except (OSError, IndexError):
+        return None
+
+
+def pci_devices(class_blacklist: list[str], verbose: bool, *,
+                sysfs: Path = Path("/sys/bus/pci"),
+                pci_ids: Path = Path("/usr/share/misc/pci.ids")) -> list[dict[str, Any]]:
+    """PVE's SysFSTools::lspci (`GET /nodes/{node}/hardware/pci`): the host's PCI
+    devices from sysfs, less the classes whose hex prefix is blacklisted; with `verbose`
+    the subsystem IDs and the names pci.ids gives (none when it is not installed)."""
+    ids: dict[str, dict[str, Any]] = {}
+    if verbose:
+        try:
+            ids = parse_pci_ids(pci_ids.read_text(errors="replace"))
+        except OSError:
+            ids = {}
+    out: list[dict[str, Any]] = []
+    try:
+        entries = sorted(p.name for p in (sysfs / "devices").iterdir())
+    except OSError:
+        return []
+    for name in entries:
+        if not PCI_ID.match(name):
+            continue
+        devdir = sysfs / "devices" / name
+        res: dict[str, Any] = {"id": name, "vendor": _first_line(devdir / "vendor"),
+                               "device": _first_line(devdir / "device"),
+                               "class": _first_line(devdir / "class")}
+        if any(str(res["class"] or "").startswith(f"0x{c}") for c in class_blacklist if c):
+            continue
+        res["iommugroup"] = -1
+        group = devdir / "iommu_group"
+        if group.exists():
+            with contextlib.suppress(OSError, ValueError):
+                res["iommugroup"] = int(os.readlink(group).rsplit("/", 1)[1])
+        if (devdir / "mdev_supported_types").is_dir():
+            res["mdev"] = 1
+        elif (devdir / "nvidia").is_dir():
+            res["mdev"] = 1
+            res["nvidia"] = 1
+        if verbose:
+            vendor = ids.get(res["vendor"] or "", {})
+            dev = vendor.get("devices", {}).get(res["device"] or "", {})
+            sub_vendor = _first_line(devdir / "subsystem_vendor")
+            sub_device = _first_line(devdir / "subsystem_device")
+            names = {"vendor_name": vendor.get("name"), "device_name": dev.get("name"),
+                     "subsystem_vendor": sub_vendor, "subsystem_device": sub_device,
+                     "subsystem_vendor_name": ids.get(sub_vendor or "", {}).get("name"),
+                     "subsystem_device_name": dev.get("subs", {}).get(sub_vendor or "", {})
+                     .get(sub_device or "")}
+            res.update({k: v for k, v in names.items() if v is not None})
+            with contextlib.suppress(OSError):
+                physfn = os.readlink(devdir / "physfn").rsplit("/", 1)[-1]
+                if PCI_ID.match(physfn):
+                    res["physfn"] = physfn
+            virtfns = {}
+            for link in sorted(devdir.glob("virtfn*")):
+                if re.fullmatch(r"virtfn\d+", link.name):
+                    with contextlib.suppress(OSError):
+                        target = os.readlink(link).rsplit("/", 1)[-1]
+                        if PCI_ID.match(target):
+                            virtfns[link.name] = target
+            if virtfns:
+                res["virtfns"] = virtfns
+        out.append(res)
+    return out
 
 
 def timezone_name(etc: Path = Path("/etc")) -> str:

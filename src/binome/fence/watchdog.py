@@ -511,6 +511,8 @@ class Watchdog:
         self.ack_timeout = ack_timeout
         self.python = python
         self._popen: subprocess.Popen[bytes] | None = None
+        # the fire `new_fire` last answered True for: (supervisor pid, at, kills)
+        self._reported: tuple[Any, Any, int] | None = None
 
     # -- finding and starting the supervisor ---------------------------------------
 
@@ -661,6 +663,25 @@ class Watchdog:
     async def status(self) -> WatchdogStatus:
         """The supervisor's view: running, armed, deadline, fired and what it killed."""
         return self.read_status()
+
+    def new_fire(self) -> bool:
+        """True once for each fire the supervisor reports (and once more for each guest it
+        kills again under the same latch): the daemon's "the watchdog fired".
+
+        The report keeps a fire (`fired`) until the supervisor reads a deadline in the
+        future, at its next tick after the daemon arms again: up to an interval later,
+        longer on a loaded machine. Read as "fired", that latch made an LRM which had
+        handled the fire and armed again take it for a new one (issue 16: a recovery
+        onto the node that had self-fenced in the previous scenario logged "the watchdog
+        fired and killed this node's HA guests" while nothing was killed)."""
+        st = self.read_status()
+        if not st.fired:
+            return False
+        fire = (st.pid, st.fired_at, len(st.killed))
+        if fire == self._reported:
+            return False
+        self._reported = fire
+        return True
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Disarm, then end the supervisor (SIGTERM by pid) and wait for it to exit.

@@ -21,6 +21,10 @@ Owns the mapping from Proxmox-style devices to QEMU options. Choices, and why:
 * Console: ttyS0 is always a socket chardev (``<vmid>.serial``) so every
   guest has a console. ``vga=std|virtio`` adds the display device and VNC on
   ``<vmid>.vnc``; ``none``/``serial0`` add no display device and no VNC.
+  A SPICE display (``spice_port``: vga qxl*/virtio*, PVE's ``$is_spice``) adds
+  PVE's devices (a ``virtio-serial`` bus ``spice``, the ``spicevmc`` vdagent
+  chardev and its ``com.redhat.spice.0`` port) and ``-spice`` with TLS only, on
+  127.0.0.1, with the node's cluster certificate; VNC stays.
 * NBD sources go straight into ``file=`` (QEMU parses the URI); with no
   format, ``format=raw`` is still given so QEMU never probes guest data.
 * Values from the spec are escaped for QEMU's option parser (``,`` -> ``,,``).
@@ -59,6 +63,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from binome.guest.memory import SLOTS, Dimm
 from binome.guest.network import tap_name
 from binome.guest.paths import GuestPaths
 from binome.guest.spec import DiskSpec, LaunchSpec, NicSpec
@@ -79,6 +84,8 @@ SATA_CONTROLLER = "ahci0"
 # on pcie.0 and conventional PCI bridges behind it (SHPC/ACPI hot-plug, transitional
 # virtio), each device at a slot fixed by its name, so a device plugged into a
 # running guest sits where a later start or a migration target puts it.
+# PVE's print_qemu_xhci_controller: 15 USB2 and 15 USB3 ports
+XHCI_CONTROLLER = "qemu-xhci,p2=15,p3=15,id=xhci"
 HOTPLUG_DMI = "pcidmi"
 HOTPLUG_BRIDGES = ("pci.1", "pci.2", "pci.3")   # virtio0-15, net0-15, net16-31
 SLOTS_PER_BRIDGE = 16
@@ -131,6 +138,12 @@ def drive_option(disk: DiskSpec) -> str:
     return ",".join(opts)
 
 
+def usb_host_device(index: int, selector: str) -> str:
+    """`usbN`'s ``-device`` (qemu-server's print_usbdevice_full): a usb-host on the xhci
+    at port N+2 (port 1 is the tablet's)."""
+    return f"usb-host,bus=xhci.0,port={index + 2},{selector},id=usb{index}"
+
+
 def disk_device(disk: DiskSpec, bootindex: int | None, hotplug_pci: bool = False) -> str:
     """The ``-device`` value of a disk (also what is hot-plugged with device_add)."""
     ref = f"drive=drive-{disk.name},id={disk.name}"
@@ -178,9 +191,26 @@ def _display(spec: LaunchSpec, paths: GuestPaths) -> list[str]:
         # PVE: 'qxlN' is N displays, the first VGA-compatible
         argv += [a for i in range(1, int(spec.vga[3])) for a in ("-device", f"qxl,id=vga{i}")]
     argv += ["-vnc", f"unix:{qemu_opt(str(paths.vnc))}"]
+    if spec.spice_port is not None and spec.spice_x509 is not None:
+        cert, key, ca = (qemu_opt(p) for p in spec.spice_x509)
+        argv += ["-device", "virtio-serial,id=spice",
+                 "-chardev", "spicevmc,id=vdagent,name=vdagent",
+                 "-device", "virtserialport,chardev=vdagent,name=com.redhat.spice.0",
+                 "-spice", f"tls-port={spec.spice_port},addr=127.0.0.1,tls-ciphers=HIGH,"
+                           f"seamless-migration=on,x509-cert-file={cert},"
+                           f"x509-key-file={key},x509-cacert-file={ca}"]
     if spec.keyboard:
         argv += ["-k", spec.keyboard]
     return argv
+
+
+def dimm_backend(name: str, size: int) -> str:
+    """A DIMM's memory (PVE's print_mem_object without hugepages)."""
+    return f"memory-backend-ram,id=mem-{name},size={size}M"
+
+
+def dimm_device(dimm: Dimm) -> str:
+    return f"pc-dimm,id={dimm.name},memdev=mem-{dimm.name},node={dimm.node}"
 
 
 def _numa(spec: LaunchSpec) -> list[str]:
@@ -199,9 +229,10 @@ def _numa(spec: LaunchSpec) -> list[str]:
                      + ",".join(f"cpus={c}" for c in cpus.split(";"))
                      + f",memdev=ram-node{nodeid}"]
         return argv
-    share = spec.memory_mb // spec.sockets
+    static = spec.static_memory_mb
+    share = static // spec.sockets
     for i in range(spec.sockets):
-        size = share if i < spec.sockets - 1 else spec.memory_mb - share * (spec.sockets - 1)
+        size = share if i < spec.sockets - 1 else static - share * (spec.sockets - 1)
         first = i * spec.cores
         cpus = str(first) if spec.cores == 1 else f"{first}-{first + spec.cores - 1}"
         argv += ["-object", f"memory-backend-ram,id=ram-node{i},size={size}M",
@@ -284,7 +315,9 @@ def build_argv(
         "-accel", accel,
         "-cpu", cpu_option(spec.cpu, spec.cpu_flags, accel),
         "-smp", f"{online},sockets={spec.sockets},cores={spec.cores},maxcpus={spec.vcpus}",
-        "-m", str(spec.memory_mb),
+        "-m", (str(spec.memory_mb) if spec.memory_hotplug_max_mb is None else
+               f"size={spec.static_memory_mb},slots={SLOTS},"
+               f"maxmem={spec.memory_hotplug_max_mb}M"),
         # QEMU writes and locks the pidfile: a second QEMU for this vmid cannot start.
         "-pidfile", str(paths.pidfile),
         "-qmp", f"unix:{qemu_opt(str(paths.qmp))},server=on,wait=off",
@@ -311,6 +344,8 @@ def build_argv(
                  "-device", "tpm-tis,tpmdev=tpmdev"]
     if spec.numa:
         argv += _numa(spec)
+    for dimm in spec.dimms():        # PVE's memory hot-plug: the DIMMs of `memory`
+        argv += ["-object", dimm_backend(dimm.name, dimm.size), "-device", dimm_device(dimm)]
     if spec.uuid:
         argv += ["-uuid", spec.uuid]
     if spec.smbios1:
@@ -322,9 +357,15 @@ def build_argv(
     if spec.no_reboot:
         argv.append("-no-reboot")
     argv += _display(spec, paths)
+    if spec.usb_hosts or spec.tablet:
+        # qemu-server: one qemu-xhci with 15 USB2 and 15 USB3 ports, usbN at port N+1;
+        # the tablet keeps port 1, so binome puts usbN at port N+2 (every port a
+        # hot-plugged usbN may take is there)
+        argv += ["-device", XHCI_CONTROLLER]
     if spec.tablet:
-        argv += ["-device", "qemu-xhci,id=xhci",
-                 "-device", "usb-tablet,id=tablet,bus=xhci.0,port=1"]
+        argv += ["-device", "usb-tablet,id=tablet,bus=xhci.0,port=1"]
+    for index, selector in spec.usb_hosts:
+        argv += ["-device", usb_host_device(index, selector)]
     if spec.vmgenid and spec.acpi:
         argv += ["-device", f"vmgenid,guid={spec.vmgenid},id=vmgenid0"]
     if spec.balloon:

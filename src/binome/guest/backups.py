@@ -27,17 +27,31 @@ the old bitmap, the backup asks the NBD server for its dirty extents
 (`qemu:dirty-bitmap:<name>`) and reads only the chunks under them; every other chunk
 comes from the previous backup's index. Once the backup is committed the old bitmap
 is removed; if it fails, the new bitmap is merged back into the old one and the old one
-re-enabled, so no dirty bit is lost. The bitmaps are QEMU's transient ones, not
-persistent ones kept in the qcow2 image: a bitmap is never trusted across a QEMU
-restart anyway (the disk may have been written while QEMU was down), and a persistent
-bitmap makes `qemu-img snapshot -a` and `snapshot-load` refuse ("Device has active dirty
-bitmaps"), that is the rollback of a snapshot. A stopped guest is always read in full.
+re-enabled, so no dirty bit is lost. On a raw file or an NBD-backed (replicated) volume
+the bitmaps are QEMU's transient ones; on a qcow2 image of a dir storage they are
+persistent: QEMU writes them into the image when it closes it cleanly. A running
+guest's bitmap is still trusted only within one QEMU process (`incremental.decide`).
+
+A stopped guest's qcow2 images are read through `qemu-nbd`: the backup adds its new
+bitmap to each image (`qemu-img bitmap --add`) and, when the previous backup's bitmap
+is in the image and trusted (recording, not flagged `in-use` by a QEMU that died with
+the image open), exports it (`qemu-nbd -B`) and reads only its dirty chunks; once
+committed the old bitmap is removed, after a failure the new one. So "run, back up,
+stop, back up" reads only what the guest wrote in between. A snapshot rollback drops
+these bitmaps (`qemu-img snapshot -a` refuses an image with them), and the next backup
+is full. Raw images of a stopped guest are read in full.
+
+efidisk0 (with `bios: ovmf`, as PVE's vzdump) and tpmstate0 are backed up as disks of
+their own (`drive-efidisk0.img.fidx`, `drive-tpmstate0.img.fidx`). A running guest's
+efidisk0 is a QEMU pflash drive, fleeced with the others; its tpmstate0 belongs to
+swtpm and is read from its file as it is at that moment (PVE reads it likewise).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -58,6 +72,7 @@ from binome.backup.dumpstore import GUEST_CONFIG, DumpStore, DumpWriter, backup_
 from binome.backup.incremental import (
     BITMAP_PREFIX,
     RECORD_FILE,
+    STOPPED,
     BitmapRecord,
     LiveBitmap,
     LiveDrive,
@@ -140,6 +155,9 @@ class _Disk:
     source: str            # path or URI QEMU opens
     fmt: str
     index_name: str = ""
+    # a running guest's drive is read through QEMU (fleecing, dirty bitmap): the bus
+    # disks and efidisk0 (the pflash vars); tpmstate0 is swtpm's file, read as it is
+    in_qemu: bool = True
 
     def __post_init__(self) -> None:
         self.index_name = f"drive-{self.key}.img.fidx"
@@ -322,8 +340,19 @@ class Backups:
             task.log(f"INFO: include disk '{entry.key}' '{entry.volid}' {human_size(size)}")
             disks.append(_Disk(entry.key, entry.volid, source.source, source.format or "raw"))
         for entry in vmconf.special_drives(config):
-            task.log(f"INFO: exclude '{entry.key}' '{entry.volid}' (not backed up by binome "
-                     f"yet; a restore leaves it out)")
+            # PVE's vzdump: efidisk0 only with an OVMF BIOS (otherwise nothing uses it)
+            if not entry.volid:
+                continue
+            if entry.key == "efidisk0" and config.get("bios") != "ovmf":
+                task.log(f"INFO: exclude disk '{entry.key}' '{entry.volid}' (efidisk but no "
+                         f"OMVF BIOS)")
+                continue
+            storage = await self.ctx.storages.for_volid(entry.volid)
+            source = storage.source(entry.volid)
+            size = entry.size or await storage.size(entry.volid)
+            task.log(f"INFO: include disk '{entry.key}' '{entry.volid}' {human_size(size)}")
+            disks.append(_Disk(entry.key, entry.volid, source.source, source.format or "raw",
+                               in_qemu=entry.key != "tpmstate0"))
         if not disks:
             raise GuestFailure("no disks to back up")
         return disks
@@ -353,6 +382,7 @@ class Backups:
         writer: BackupWriter = await asyncio.to_thread(store.begin, "vm", str(vmid))
         task.log(f"INFO: creating vzdump archive {store.describe(writer.ref)}")
         bitmaps: _Bitmaps | None = None
+        image_bitmaps: _Bitmaps | None = None
         try:
             conf = vmconf.format_conf(config).encode()
             if writer.crypt is not None:
@@ -365,17 +395,28 @@ class Backups:
                                                                     store, options, config)
                 await asyncio.to_thread(writer.add_file, RECORD_FILE, record.to_json())
             else:
-                stats = await self._backup_stopped(task, vmid, disks, writer, options)
+                stats, image_bitmaps, image_record = await self._backup_stopped(
+                    task, vmid, disks, writer, store, options)
+                if image_record is not None:
+                    await asyncio.to_thread(writer.add_file, RECORD_FILE,
+                                            image_record.to_json())
             notes = ""
             if options.notes_template:
                 notes = expand_notes(options.notes_template, vmid=vmid, name=name,
                                      node=self.ctx.node,
                                      cluster=self.ctx.cluster.cluster_name or "")
             ref = await asyncio.to_thread(writer.commit, notes, options.protected)
+            if image_bitmaps is not None:
+                # before a `stop` mode restart: QEMU will hold the images
+                settled, image_bitmaps = image_bitmaps, None
+                await self._settle_image_bitmaps(task, settled, committed=True)
         except BaseException:
             await asyncio.shield(asyncio.to_thread(writer.abort))
             if bitmaps is not None:
                 await asyncio.shield(self._settle_bitmaps(task, bitmaps, committed=False))
+            if image_bitmaps is not None:
+                await asyncio.shield(self._settle_image_bitmaps(task, image_bitmaps,
+                                                                committed=False))
             raise
         finally:
             if restart:
@@ -500,14 +541,28 @@ class Backups:
     # ------------------------------------------------------------ stopped guests
 
     async def _backup_stopped(self, task: Task, vmid: int, disks: list[_Disk],
-                              writer: BackupWriter, options: VzdumpOptions) -> BackupStats:
+                              writer: BackupWriter, store: BackupStore,
+                              options: VzdumpOptions
+                              ) -> tuple[BackupStats, _Bitmaps | None, BitmapRecord | None]:
+        """Read a stopped guest's images. Its qcow2 images on a dir storage carry a
+        persistent dirty bitmap: a new one is added to each at this backup's instant,
+        and a trusted one the previous backup added is exported by qemu-nbd (`-B`) so
+        that only its dirty chunks are read. The bitmaps are settled by the caller
+        (`_settle_image_bitmaps`) once the backup is committed or has failed."""
         servers: dict[str, tuple[asyncio.subprocess.Process, Path]] = {}
         workdir = Path(tempfile.mkdtemp(prefix=f"binome-vzdump-{vmid}-"))
+        images = [d for d in disks if _local_qcow2(d)]
+        bitmaps = _Bitmaps(vmid, f"{BITMAP_PREFIX}{uuid.uuid4().hex[:12]}") if images else None
+        plan: _Incremental | None = None
+        read = False
         # a volume bound to nodes (replicated) is read where it is active: here, for the
         # backup's duration if it was not already
         activated = await self.ctx.activate_here(
             [d.volid for d in disks if parse_nbd_unix_uri(d.source) is not None])
         try:
+            if bitmaps is not None:
+                plan = await self._start_image_bitmaps(task, vmid, images, store, bitmaps,
+                                                       options.storage)
             for disk in disks:
                 # raw data read as it is; an image (qcow2, also inside a replicated
                 # volume's export) through qemu-nbd, which serves what the guest sees
@@ -515,24 +570,93 @@ class Backups:
                                           or os.path.exists(disk.source)):
                     continue
                 socket = workdir / f"{disk.key}.sock"
+                exported = bitmaps.bases.get(disk.key) if bitmaps is not None \
+                    and disk.key in bitmaps.contexts else None
                 servers[disk.key] = (await _qemu_nbd(disk.source, disk.fmt, socket,
-                                                     read_only=True), socket)
+                                                     read_only=True, bitmap=exported), socket)
 
             def source(disk: _Disk) -> BlockSource:
                 if disk.key in servers:
-                    return NbdExport(str(servers[disk.key][1]), "drive")
+                    context = bitmaps.contexts.get(disk.key) if bitmaps is not None else None
+                    return NbdExport(str(servers[disk.key][1]), "drive",
+                                     meta_contexts=[context] if context else None)
                 nbd = parse_nbd_unix_uri(disk.source)
                 if nbd is not None:      # the storage's own NBD export (raw)
                     return NbdExport(*nbd)
                 return FileSource(Path(disk.source))
 
-            return await self._read_disks(task, disks, writer, options, source)
+            stats = await self._read_disks(
+                task, disks, writer, options, source,
+                (plan, bitmaps) if plan is not None and bitmaps is not None else None)
+            read = True
         finally:
             for process, _ in servers.values():
                 await _stop_process(process)
             shutil.rmtree(workdir, ignore_errors=True)
+            if not read and bitmaps is not None:    # once qemu-nbd let go of the images
+                await asyncio.shield(self._settle_image_bitmaps(task, bitmaps,
+                                                                committed=False))
             if activated:
                 await asyncio.shield(self.ctx.deactivate_after(task, activated))
+        if bitmaps is None or plan is None or not bitmaps.nodes:
+            return stats, None, None
+        record = BitmapRecord(
+            node=self.ctx.node, instance=STOPPED, bitmap=bitmaps.new,
+            volumes={d.key: d.volid for d in disks},
+            previous=(backup_name(plan.previous) if plan.previous is not None
+                      and plan.bases else None))
+        return stats, bitmaps, record
+
+    async def _start_image_bitmaps(self, task: Task, vmid: int, images: list[_Disk],
+                                   store: BackupStore, bitmaps: _Bitmaps,
+                                   storage_id: str) -> _Incremental:
+        """Decide which images' bitmaps to trust, drop our stale ones and add this
+        backup's (the guest is stopped and locked: nothing writes in between)."""
+        live = []
+        for disk in list(images):
+            can_store, stored = await _image_bitmaps(disk.source)
+            if can_store:
+                live.append(LiveDrive(disk.key, disk.volid, stored))
+            else:       # a qcow2 v2 (compat 0.10) image: read in full
+                images.remove(disk)
+                task.log(f"INFO: {disk.key}: qcow2 image of version 2 (compat=0.10) keeps no "
+                         f"dirty bitmap - read in full")
+        plan = await self._trust(task, vmid, store, live, STOPPED, storage_id)
+        recorded = plan.decision.recorded_bitmap
+        for disk, drive in zip(images, live, strict=True):
+            path = disk.source
+            for bitmap in drive.bitmaps:
+                if not bitmap.name.startswith(BITMAP_PREFIX):
+                    continue
+                if bitmap.name == recorded and disk.key in plan.bases:
+                    bitmaps.bases[disk.key] = bitmap.name
+                    bitmaps.contexts[disk.key] = f"qemu:dirty-bitmap:{bitmap.name}"
+                else:
+                    await _run("qemu-img", "bitmap", "--remove", path, bitmap.name)
+            await _run("qemu-img", "bitmap", "--add", "-g", str(DEFAULT_CHUNK_SIZE), path,
+                       bitmaps.new)
+            bitmaps.nodes[disk.key] = path     # settled by _settle_image_bitmaps
+            bitmaps.started = True
+        for key in list(plan.bases):
+            if key not in bitmaps.contexts:
+                plan.bases.pop(key)
+        return plan
+
+    async def _settle_image_bitmaps(self, task: Task, bm: _Bitmaps, *,
+                                    committed: bool) -> None:
+        """A stopped guest's images (`bm.nodes`: disk key -> image): after a committed
+        backup, drop the bitmap it read (the new one holds the writes since); after a
+        failed one, drop the new one (the old one still holds every write since the
+        last good backup)."""
+        for key, path in bm.nodes.items():
+            name = bm.bases.get(key) if committed else bm.new
+            if name is None:
+                continue
+            try:
+                await _run("qemu-img", "bitmap", "--remove", path, name)
+            except GuestFailure as error:
+                task.log(f"WARN: {key}: could not remove dirty bitmap {name} ({error}): "
+                         f"the next backup of {key} is full")
 
     # ------------------------------------------------------------ running guests
 
@@ -562,8 +686,10 @@ class Backups:
                         await self._qmp(vmid, "stop")
                         paused = True
                     try:
-                        plan = await self._start_fleecing(task, fleecing, disks, store,
-                                                          bitmaps, instance, options.storage)
+                        plan = await self._start_fleecing(task, fleecing,
+                                                          [d for d in disks if d.in_qemu],
+                                                          store, bitmaps, instance,
+                                                          options.storage)
                     finally:
                         if paused:
                             task.log("INFO: resuming guest")
@@ -573,6 +699,8 @@ class Backups:
                         await asyncio.shield(self.agent.thaw_after_backup(vmid, task.log))
 
                 def source(disk: _Disk) -> BlockSource:
+                    if not disk.in_qemu:    # tpmstate0: swtpm's raw file, as it is now
+                        return FileSource(Path(disk.source))
                     context = bitmaps.contexts.get(disk.key)
                     return NbdExport(str(fleecing.socket), f"drive-{disk.key}",
                                      meta_contexts=[context] if context else None)
@@ -600,6 +728,7 @@ class Backups:
                               storage_id: str) -> _Incremental:
         vmid = fl.vmid
         blocks = {b.get("device"): b for b in await self._qmp(vmid, "query-block")}
+        persistent: set[str] = set()    # the drives whose image can store the bitmap
         plan = []
         live = []
         for disk in disks:
@@ -608,6 +737,8 @@ class Backups:
                 raise GuestFailure(f"VM {vmid}: QEMU has no drive 'drive-{disk.key}'")
             inserted = block["inserted"]
             plan.append((disk, inserted["node-name"], int(inserted["image"]["virtual-size"])))
+            if _local_qcow2(disk) and _qcow2_v3(inserted["image"]):
+                persistent.add(disk.key)
             live.append(LiveDrive(disk.key, disk.volid, tuple(
                 LiveBitmap.from_qmp(b) for b in inserted.get("dirty-bitmaps") or [])))
         incremental = await self._trust(task, vmid, store, live, instance, storage_id)
@@ -637,7 +768,7 @@ class Backups:
                     await self._remove_bitmap(vmid, node, stale.name)
             actions.append({"type": "block-dirty-bitmap-add", "data": {
                 "node": node, "name": bitmaps.new, "granularity": DEFAULT_CHUNK_SIZE,
-                "persistent": False}})
+                "persistent": disk.key in persistent}})
             if keep is not None:
                 bitmaps.bases[disk.key] = keep.name
                 actions.append({"type": "block-dirty-bitmap-disable", "data": {
@@ -877,15 +1008,15 @@ class Backups:
             for key, value in backed_up.items():
                 if key in ("lock",):
                     continue
-                if key in vmconf.SPECIAL_DRIVES:
-                    # efidisk0 / tpmstate0 are not in binome's archives yet: the restored
-                    # VM must not point at the original VM's volume (a fresh EFI vars copy
-                    # per start, no TPM, until they are set again)
+                index_name = f"drive-{key}.img.fidx"
+                if key in vmconf.SPECIAL_DRIVES and index_name not in indexes:
+                    # an efidisk0 / tpmstate0 the archive does not hold (an efidisk0
+                    # without OVMF, or a backup made before they were backed up): the
+                    # restored VM must not point at the original VM's volume
                     task.warn(f"{key} is not restored (not in the archive): left out")
                     continue
-                if vmconf.is_disk_key(key):
-                    disk = vmconf.parse_disk(key, str(value))
-                    index_name = f"drive-{key}.img.fidx"
+                if vmconf.is_disk_key(key) or key in vmconf.SPECIAL_DRIVES:
+                    disk = vmconf.parse_drive(key, str(value))
                     if disk.volid and not disk.is_cdrom and index_name in indexes:
                         volid = await self._restore_disk(task, store, ref, index_name, disk,
                                                          vmid, storage_id)
@@ -917,6 +1048,14 @@ class Backups:
         index = await asyncio.to_thread(store.read_index, ref, index_name)
         target_id = storage_id or str(disk.storage)
         storage = await self.ctx.storages.get(target_id)
+        if disk.key == "tpmstate0" and storage.per_node_activation:
+            # swtpm needs a local file: a replicated volume would refuse every start
+            fallback = str(disk.storage)
+            if fallback == target_id or not await self._is_local_dir(fallback):
+                fallback = "local"
+            task.warn(f"tpmstate0: storage '{target_id}' cannot hold a TPM state (swtpm "
+                      f"needs a dir storage): restored to '{fallback}'")
+            storage = await self.ctx.storages.get(fallback)
         fmt = disk.volid.rsplit(".", 1)[-1] if disk.volid and "." in disk.volid else "raw"
         fmt = fmt if fmt in ("raw", "qcow2") else "raw"
         try:
@@ -943,6 +1082,13 @@ class Backups:
                  f"({sparse * 100 / max(stats.size, 1):.1f}%)")
         task.log(f"{disk.key}: restored {human_size(stats.size)}, sha256 {stats.sha256}")
         return volid
+
+    async def _is_local_dir(self, storage_id: str) -> bool:
+        try:
+            storage = await self.ctx.storages.get(storage_id)
+        except StorageError:
+            return False
+        return storage.config.type == "dir" and "images" in storage.config.content
 
     async def _write_image(self, task: Task, store: BackupStore, ref: SnapshotRef,
                            index_name: str, key: str, source: VolumeSource,
@@ -1011,14 +1157,47 @@ async def _run(*argv: str) -> None:
         raise GuestFailure(f"{argv[0]} failed: {err.decode().strip() or process.returncode}")
 
 
-async def _qemu_nbd(path: str, fmt: str, socket: Path, *,
-                    read_only: bool) -> asyncio.subprocess.Process:
+def _local_qcow2(disk: _Disk) -> bool:
+    """A qcow2 image file of a dir storage: it can hold a persistent dirty bitmap."""
+    return disk.fmt == "qcow2" and disk.in_qemu and parse_nbd_unix_uri(disk.source) is None
+
+
+def _qcow2_v3(image: dict[str, Any]) -> bool:
+    """A qcow2 image (QMP's or `qemu-img info`'s description) of version 3, the one that
+    can store dirty bitmaps (compat 0.10 cannot)."""
+    specific = image.get("format-specific") or {}
+    return specific.get("type") == "qcow2" and \
+        (specific.get("data") or {}).get("compat") == "1.1"
+
+
+async def _image_bitmaps(path: str) -> tuple[bool, tuple[LiveBitmap, ...]]:
+    """Whether a qcow2 image can store dirty bitmaps, and those it stores
+    (`qemu-img info`)."""
+    process = await asyncio.create_subprocess_exec(
+        "qemu-img", "info", "--output=json", path, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await process.communicate()
+    if process.returncode != 0:
+        raise GuestFailure(f"qemu-img info {path} failed: {err.decode().strip()}")
+    try:
+        data = json.loads(out)
+        listed = (data.get("format-specific") or {}).get("data", {}).get("bitmaps") or []
+        return _qcow2_v3(data), tuple(LiveBitmap.from_image(b) for b in listed)
+    except (ValueError, AttributeError) as error:
+        raise GuestFailure(f"qemu-img info {path}: {error}") from None
+
+
+async def _qemu_nbd(path: str, fmt: str, socket: Path, *, read_only: bool,
+                    bitmap: str | None = None) -> asyncio.subprocess.Process:
     """Serve one image as export `drive` on `socket` (`qemu-nbd`, our child: stopped by
-    `_stop_process`); returns once the socket accepts connections."""
+    `_stop_process`), with dirty bitmap `bitmap` as meta context
+    `qemu:dirty-bitmap:<bitmap>`; returns once the socket accepts connections."""
     argv = ["qemu-nbd", f"--format={fmt}", "--export-name=drive", f"--socket={socket}",
             "--cache=none", "--aio=threads", "--persistent"]
     if read_only:
         argv.append("--read-only")
+    if bitmap is not None:
+        argv += ["-B", bitmap]
     process = await asyncio.create_subprocess_exec(*argv, path,
                                                    stdout=asyncio.subprocess.DEVNULL,
                                                    stderr=asyncio.subprocess.PIPE)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from binome.guest import cloudinit
+from binome.guest import memory as guest_memory
 from binome.guest.options import (
     _SERIAL,
     _UUID_RE,
@@ -124,9 +125,23 @@ def is_unused_key(key: str) -> bool:
 def is_owned_volume(vmid: int, volid: str) -> bool:
     """PVE's vm_is_volid_owner: the volume's name says it belongs to `vmid`
     ('local:100/vm-100-disk-0.raw', 'rep:vm-100-disk-1'); others (ISOs, another VM's
-    disk, a shared base) are never freed or registered as unused on its behalf."""
+    disk, another VM's base image) are never freed or registered as unused on its
+    behalf. A template's own base images ('local:100/base-100-disk-0.qcow2') are its;
+    a linked clone's volume ('local:100/base-100-disk-0.qcow2/101/vm-101-disk-0.qcow2')
+    is the clone's."""
     name = volid.partition(":")[2]
-    return re.search(rf"(?:^|/)vm-{vmid}-disk-\d+(?:\.\w+)?$", name) is not None
+    return re.search(rf"(?:^|/)(?:vm|base)-{vmid}-disk-\d+(?:\.\w+)?$", name) is not None
+
+
+def is_named_for(vmid: int, volid: str) -> bool:
+    """PVE's parse_volname owner is `vmid`: the volume's name is one of its images
+    (`vm-<vmid>-disk-N`, `vm-<vmid>-cloudinit`, `vm-<vmid>-state-...`, `base-<vmid>-...`)
+    and, on a dir storage, it sits in the VM's own `<vmid>/` directory."""
+    name = volid.partition(":")[2]
+    folder, _, base = name.rpartition("/")
+    if folder and folder != str(vmid):
+        return False
+    return re.fullmatch(rf"(?:vm|base)-{vmid}-[^/]+", base) is not None
 
 
 def add_unused_volume(config: dict[str, Any], volid: str) -> str | None:
@@ -436,16 +451,45 @@ def root_only(key: str, value: Any) -> str | None:
         return f"only root can set '{key}' config"
     if re.fullmatch(r"usb\d+", key) and value is not None:
         # PVE's check_usb_perm: 'spice' is HW; a host device root's; a mapping needs
-        # Mapping.Use on it, and binome has no mappings (so root's too)
+        # Mapping.Use on it (the API checks it: `mapping_uses`)
         try:
-            host = str(USB_FORMAT.parse(str(value)).get("host", ""))
+            device = USB_FORMAT.parse(str(value))
         except ValueError:
-            host = ""
-        if host.lower() != "spice":
+            device = {}
+        host = str(device.get("host") or "")
+        if host and host.lower() != "spice":
             return f"only root can set '{key}' config for real devices"
+        if not host and not device.get("mapping"):
+            return "either 'host' or 'mapping' must be set."
     if re.fullmatch(r"hostpci\d+", key):
-        return f"only root can set '{key}' config for non-mapped devices"
+        # PVE's check_hostpci_perm (a deletion: binome keeps it root's)
+        try:
+            pci = HOSTPCI_FORMAT.parse(str(value)) if value is not None else {"host": "?"}
+        except ValueError:
+            pci = {"host": "?"}
+        if pci.get("host"):
+            return f"only root can set '{key}' config for non-mapped devices"
+        if not pci.get("mapping"):
+            return "either 'host' or 'mapping' must be set."
     return None
+
+
+def mapping_uses(key: str, value: Any) -> tuple[str, str] | None:
+    """The cluster mapping a `usbN`/`hostpciN`/`virtiofsN` value uses: (type, id), or
+    None (PVE's check_usb_perm, check_hostpci_perm and check_dir_perm ask Mapping.Use on
+    `/mapping/<type>/<id>` for it)."""
+    fmt, kind, field_ = ((USB_FORMAT, "usb", "mapping") if re.fullmatch(r"usb\d+", key) else
+                         (HOSTPCI_FORMAT, "pci", "mapping")
+                         if re.fullmatch(r"hostpci\d+", key) else
+                         (VIRTIOFS_FORMAT, "dir", "dirid")
+                         if re.fullmatch(r"virtiofs\d+", key) else (None, "", ""))
+    if fmt is None or value is None:
+        return None
+    try:
+        mid = fmt.parse(str(value)).get(field_)
+    except ValueError:
+        return None
+    return (kind, str(mid)) if mid else None
 
 
 # PVE's default when `hotplug` is unset or 1
@@ -1038,6 +1082,13 @@ def launch_options(config: dict[str, Any]) -> dict[str, Any]:
     rng = RNG_FORMAT.parse(str(c["rng0"])) if c.get("rng0") else None
     audio = AUDIO_FORMAT.parse(str(c["audio0"])) if c.get("audio0") else None
     hotplug = hotplug_features(c.get("hotplug"))
+    maxmem = None
+    if "memory" in hotplug:
+        cpu = parse_cpu(str(c["cpu"])) if c.get("cpu") else {}
+        phys_bits = cpu.get("phys-bits")
+        maxmem = guest_memory.hotplug_limits(
+            c, str(cpu.get("cputype") or "kvm64"),
+            None if phys_bits is None else str(phys_bits), guest_memory.host_phys_bits())
     try:
         args = tuple(shlex.split(str(c.get("args") or "")))
     except ValueError as exc:
@@ -1069,6 +1120,8 @@ def launch_options(config: dict[str, Any]) -> dict[str, Any]:
         "ivshmem_name": str(ivshmem["name"]) if ivshmem and ivshmem.get("name") else None,
         "hotplug_pci": bool(hotplug & {"network", "disk"}),
         "hotplug_scsi": "disk" in hotplug,
+        "usb_hosts": usb_host_devices(c),
+        "memory_hotplug_max_mb": maxmem,
         "agent": (str(agent.get("type") or "virtio")
                   if (agent := agent_settings(c)).get("enabled") else None),
     }
@@ -1103,6 +1156,27 @@ def numa_layout(config: dict[str, Any]) -> tuple[tuple[int, str, int, str | None
     return tuple(nodes)
 
 
+_USB_ID_RE = re.compile(r"(?:0x)?([0-9a-fA-F]{4}):(?:0x)?([0-9a-fA-F]{4})")
+_USB_PATH_RE = re.compile(r"(\d+)-(\d+(?:\.\d+)*)")
+
+
+def usb_host_devices(config: dict[str, Any]) -> tuple[tuple[int, str], ...]:
+    """qemu-server's print_usbdevice_full for the host devices: (index, the usb-host
+    selector: `vendorid=0x..,productid=0x..` or `hostbus=B,hostport=P`). 'spice' slots
+    are left out (no SPICE here)."""
+    out = []
+    for i in range(MAX_USB):
+        value = config.get(f"usb{i}")
+        if not value:
+            continue
+        host = str(USB_FORMAT.parse(str(value)).get("host") or "")
+        if m := _USB_ID_RE.fullmatch(host):
+            out.append((i, f"vendorid=0x{m[1].lower()},productid=0x{m[2].lower()}"))
+        elif m := _USB_PATH_RE.fullmatch(host):
+            out.append((i, f"hostbus={m[1]},hostport={m[2]}"))
+    return tuple(out)
+
+
 def unavailable_here(config: dict[str, Any]) -> None:
     """ValueError (a clear start failure) for keys a VM cannot run without and binome
     cannot provide: host device passthrough, confidential computing, virtio-fs."""
@@ -1111,9 +1185,10 @@ def unavailable_here(config: dict[str, Any]) -> None:
         if re.fullmatch(r"hostpci\d+", key):
             reasons.append(f"{key}: PCI passthrough is not available on binome nodes")
         elif re.fullmatch(r"usb\d+", key):
-            host = str(USB_FORMAT.parse(str(config[key])).get("host") or "")
-            if host.lower() != "spice":     # spice: a redirection slot, no SPICE here
-                reasons.append(f"{key}: USB passthrough is not available on binome nodes")
+            # a host device (a mapping resolved at start: guest.host_devices) is QEMU's
+            # usb-host; 'spice' is a redirection slot, and there is no SPICE here
+            if not USB_FORMAT.parse(str(config[key])).get("host"):
+                reasons.append(f"{key}: a USB mapping must be resolved on the node")
         elif re.fullmatch(r"parallel\d+", key):
             reasons.append(f"{key}: host parallel ports are not passed through here")
         elif re.fullmatch(r"virtiofs\d+", key):

@@ -87,20 +87,41 @@ class ConfigMove:
     deletes: list[str] = field(default_factory=list)
 
 
-def moved_text(text: str, release_lock: str | None) -> str:
-    """The config text written at the target: unchanged, except the mover's own lock."""
-    if release_lock is None:
+def moved_text(text: str, release_lock: str | None,
+               volids: dict[str, str] | None = None) -> str:
+    """The config text written at the target: unchanged, except the mover's own lock
+    and the volumes copied to the target (`volids`: old -> new, in the config and its
+    pending section)."""
+    if release_lock is None and not volids:
         return text
     config, snapshots = vmconf.parse_conf_sections(text)
-    if config.get("lock") != release_lock:
+    pending = vmconf.parse_conf_pending(text)
+    if volids:
+        config = rename_volumes(config, volids)
+        pending = rename_volumes(pending, volids)
+    elif config.get("lock") != release_lock:
         return text
-    return vmconf.format_conf({k: v for k, v in config.items() if k != "lock"}, snapshots,
-                              vmconf.parse_conf_pending(text))
+    if release_lock is not None and config.get("lock") == release_lock:
+        config = {k: v for k, v in config.items() if k != "lock"}
+    return vmconf.format_conf(config, snapshots, pending)
+
+
+def rename_volumes(config: dict[str, Any], volids: dict[str, str]) -> dict[str, Any]:
+    """The config with each volume of `volids` (old -> new) renamed, in its drives and
+    `unusedN`, their options kept; pure."""
+    out = dict(config)
+    for key, value in config.items():
+        if vmconf.is_drive_key(key) or vmconf.is_unused_key(key):
+            head, sep, rest = str(value).partition(",")
+            if head in volids:
+                out[key] = volids[head] + sep + rest
+    return out
 
 
 def move_parts(vmid: int, source: str, target: str, config_text: str, config_revision: int,
                owner: dict[str, Any], owner_revision: int, *,
-               release_lock: str | None = None) -> ConfigMove:
+               release_lock: str | None = None,
+               volids: dict[str, str] | None = None) -> ConfigMove:
     """The compare/put/delete parts of moving `vmid` from `source` to `target`, given
     the source config and owner record as read (pure: no I/O)."""
     src_key, dst_key, own_key = (keys.vm_conf(source, vmid), keys.vm_conf(target, vmid),
@@ -109,14 +130,14 @@ def move_parts(vmid: int, source: str, target: str, config_text: str, config_rev
         vmid, source, target,
         compare=[(src_key, "mod", config_revision), (own_key, "mod", owner_revision),
                  (dst_key, "create", 0)],
-        puts={dst_key: (moved_text(config_text, release_lock), 0),
+        puts={dst_key: (moved_text(config_text, release_lock, volids), 0),
               own_key: ({**owner, "node": target}, 0)},
         deletes=[src_key])
 
 
 async def plan_move(store: Store, vmid: int, source: str, target: str, *,
-                    expect_revision: int | None = None, release_lock: str | None = None
-                    ) -> ConfigMove:
+                    expect_revision: int | None = None, release_lock: str | None = None,
+                    volids: dict[str, str] | None = None) -> ConfigMove:
     """Read (linearizable) the source config and the owner, and return the move's parts.
 
     Raises MoveRefused when the owner is not `source`, the config is missing, or
@@ -128,7 +149,8 @@ async def plan_move(store: Store, vmid: int, source: str, target: str, *,
     if expect_revision is not None and cur.mod_revision != expect_revision:
         raise MoveRefused(f"VM {vmid}: config changed while moving it; not moved")
     return move_parts(vmid, source, target, str(cur.value), cur.mod_revision,
-                      dict(own.value), own.mod_revision, release_lock=release_lock)
+                      dict(own.value), own.mod_revision, release_lock=release_lock,
+                      volids=volids)
 
 
 async def resolve_outcome(store: Store, vmid: int, target: str, *,
@@ -150,14 +172,14 @@ async def resolve_outcome(store: Store, vmid: int, target: str, *,
 async def move(store: Store, vmid: int, source: str, target: str, *,
                expect_revision: int | None = None, release_lock: str | None = None,
                timeout: float | None = None, attempts: int = OUTCOME_ATTEMPTS,
-               retry: float = OUTCOME_RETRY) -> None:
+               retry: float = OUTCOME_RETRY, volids: dict[str, str] | None = None) -> None:
     """Move the config and the vmid owner of `vmid` from `source` to `target`, alone.
 
     Returns once moved; raises MoveRefused when it did not happen (nothing was
     written) and MoveOutcomeUnknown when that cannot be learnt (see the module
     docstring)."""
     plan = await plan_move(store, vmid, source, target, expect_revision=expect_revision,
-                           release_lock=release_lock)
+                           release_lock=release_lock, volids=volids)
     try:
         rev = await store.txn(plan.compare, plan.puts, plan.deletes, timeout)
         moved = rev is not None
@@ -246,17 +268,20 @@ class VmConfigs:
             vmid += 1
         return vmid
 
-    async def reserve(self, vmid: int, placeholder: dict[str, Any]) -> bool:
-        """Take `vmid` for this node with a placeholder config (a create or clone in
-        progress); False if the vmid is taken."""
-        conf_key = keys.vm_conf(self.node, vmid)
+    async def reserve(self, vmid: int, placeholder: dict[str, Any], node: str | None = None
+                      ) -> bool:
+        """Take `vmid` for this node (or `node`: a clone to another node) with a
+        placeholder config (a create or clone in progress); False if the vmid is taken."""
+        node = node or self.node
+        conf_key = keys.vm_conf(node, vmid)
         return await self.store.commit({keys.vmid(vmid): 0, conf_key: 0},
-                                       {keys.vmid(vmid): {"node": self.node},
+                                       {keys.vmid(vmid): {"node": node},
                                         conf_key: vmconf.format_conf(placeholder)})
 
-    async def unreserve(self, vmid: int) -> None:
+    async def unreserve(self, vmid: int, node: str | None = None) -> None:
         """Undo `reserve` (a failed create or clone)."""
-        await self.store.commit({}, None, [keys.vmid(vmid), keys.vm_conf(self.node, vmid)])
+        await self.store.commit({}, None, [keys.vmid(vmid),
+                                           keys.vm_conf(node or self.node, vmid)])
 
     async def remove(self, vm: VmConfig) -> None:
         """Delete the config and free the vmid, if the config is still as read."""
@@ -286,7 +311,9 @@ class VmConfigs:
         return await self.write(vm, new)
 
     async def move(self, vm: VmConfig, target: str, *, release_lock: str | None = None,
-                   timeout: float | None = None) -> None:
-        """Move `vm` (as read) from its node to `target`: module function `move`."""
+                   timeout: float | None = None, volids: dict[str, str] | None = None
+                   ) -> None:
+        """Move `vm` (as read) from its node to `target`: module function `move`
+        (`volids`: volumes copied to the target, renamed in the moved config)."""
         await move(self.store, vm.vmid, vm.node, target, expect_revision=vm.revision,
-                   release_lock=release_lock, timeout=timeout)
+                   release_lock=release_lock, timeout=timeout, volids=volids)

@@ -51,6 +51,11 @@ class GuestContext:
         """Held by every operation on guest `vmid` on this node."""
         return self._locks.setdefault(vmid, asyncio.Lock())
 
+    def locked(self, vmid: int) -> bool:
+        """An operation on guest `vmid` holds its lock now (no lock made to ask)."""
+        lock = self._locks.get(vmid)
+        return lock is not None and lock.locked()
+
     async def read(self, vmid: int, node: str | None = None, *, fresh: bool = True
                    ) -> VmConfig:
         return await self.configs.read(vmid, node, fresh=fresh)

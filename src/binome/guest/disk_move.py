@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from binome.guest import cloudinit
@@ -43,7 +43,7 @@ from binome.guest import config as vmconf
 from binome.guest.configs import VmConfig
 from binome.guest.errors import GuestError, GuestFailure, HotplugProblems
 from binome.guest.qemu_mirror import render_bytes
-from binome.storage.base import StorageError
+from binome.storage.base import StorageError, VolumeSource
 
 if TYPE_CHECKING:
     from binome.guest.context import GuestContext
@@ -280,6 +280,55 @@ async def _uncancellable(aw: Awaitable[T]) -> tuple[T, bool]:
             cancelled = True
 
 
+def convert_argv(src: VolumeSource, dst: VolumeSource, bwlimit_kib: int | None = None, *,
+                 snapname: str | None = None, shared: bool = False) -> list[str]:
+    """`qemu-img convert -p -n` from one volume's source to another's (PVE's
+    qemu_img_convert): `-l snapshot.name=` to read a snapshot, `-U` for an image a
+    running QEMU holds (its snapshot's clusters do not change under it), `-r` KiB/s."""
+    argv = ["qemu-img", "convert", "-p", "-n", "-f", src.format or "raw",
+            "-O", dst.format or "raw"]
+    if snapname:
+        argv += ["-l", f"snapshot.name={snapname}"]
+    if shared:
+        argv += ["-U"]
+    if bwlimit_kib:
+        argv += ["-r", f"{bwlimit_kib}K"]
+    return [*argv, src.source, dst.source]
+
+
+async def convert_with_progress(task: Task, argv: list[str], size: int) -> None:
+    """Run `qemu-img convert -p ...`, its progress in the task log (PVE's lines)."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    said = None
+    try:
+        buf = b""
+        while True:
+            chunk = await proc.stdout.read(256)
+            if not chunk:
+                break
+            buf += chunk
+            parts = re.split(rb"[\r\n]", buf)
+            buf = parts.pop()
+            for part in parts:
+                m = _PROGRESS_RE.search(part)
+                if m and m.group(1) != said:
+                    said = m.group(1)
+                    percent = float(said)
+                    task.log(f"transferred {render_bytes(int(size * percent / 100))} of "
+                             f"{render_bytes(size)} ({said.decode()}%)")
+        err = await proc.stderr.read()
+        code = await proc.wait()
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+            await asyncio.shield(proc.wait())
+        raise
+    if code != 0:
+        raise GuestFailure(f"copy failed: {err.decode(errors='replace').strip() or code}")
+
+
 class KeepTarget(GuestFailure):
     """A move failed where the new volume may be in use (the config may name it, or a
     mirror job still writes it): it is never freed then."""
@@ -357,8 +406,23 @@ class DiskMoves:
                 if not isinstance(exc, KeepTarget):
                     await asyncio.shield(self._free_quietly(task, target, new))
                 raise
+            if vm.config.get("template") and not vmconf.is_unused_key(key):
+                await self._as_base(task, vmid, key, new, target)
             if plan.delete:
                 await self._drop_old(task, vm, plan.old_volid, source)
+
+    async def _as_base(self, task: Task, vmid: int, key: str, volid: str,
+                       storage: Storage) -> None:
+        """PVE's move_disk of a template: the moved disk becomes a base image too
+        (template_create for that disk), so linked clones can be made of it."""
+        base = await storage.create_base(volid)
+        if base == volid:
+            return
+        vm = await self.ctx.read(vmid)
+        drive = vmconf.parse_drive(key, str(vm.config[key]))
+        await self.ctx.configs.write(vm, {**vm.config, key: replace(
+            drive, volid=base).format()})
+        task.log(f"{key}: {volid} is now the base image {base}")
 
     async def _copy(self, task: Task, vm: VmConfig, plan: MovePlan, source: Storage,
                     target: Storage, new: str, size: int, bwlimit_kib: int | None,
@@ -367,11 +431,7 @@ class DiskMoves:
         activated = await self.ctx.activate_here([plan.old_volid, new])
         try:
             src, dst = source.source(plan.old_volid), target.source(new)
-            argv = ["qemu-img", "convert", "-p", "-n", "-f", src.format or "raw",
-                    "-O", dst.format or "raw"]
-            if bwlimit_kib:
-                argv += ["-r", f"{bwlimit_kib}K"]
-            await self._convert(task, [*argv, src.source, dst.source], size)
+            await self._convert(task, convert_argv(src, dst, bwlimit_kib), size)
         finally:
             await asyncio.shield(self._release(activated))
         if target.per_node_activation and not self.ctx.runtime.is_running(vm.vmid) \
@@ -382,35 +442,7 @@ class DiskMoves:
         await self._commit(task, vm, plan, new, await self._size(target, new, size), state)
 
     async def _convert(self, task: Task, argv: list[str], size: int) -> None:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        assert proc.stdout is not None and proc.stderr is not None
-        said = None
-        try:
-            buf = b""
-            while True:
-                chunk = await proc.stdout.read(256)
-                if not chunk:
-                    break
-                buf += chunk
-                parts = re.split(rb"[\r\n]", buf)
-                buf = parts.pop()
-                for part in parts:
-                    m = _PROGRESS_RE.search(part)
-                    if m and m.group(1) != said:
-                        said = m.group(1)
-                        percent = float(said)
-                        task.log(f"transferred {render_bytes(int(size * percent / 100))} of "
-                                 f"{render_bytes(size)} ({said.decode()}%)")
-            err = await proc.stderr.read()
-            code = await proc.wait()
-        except BaseException:
-            if proc.returncode is None:
-                proc.kill()
-                await asyncio.shield(proc.wait())
-            raise
-        if code != 0:
-            raise GuestFailure(f"copy failed: {err.decode(errors='replace').strip() or code}")
+        await convert_with_progress(task, argv, size)
 
     async def _mirror(self, task: Task, vm: VmConfig, plan: MovePlan, source: Storage,
                       target: Storage, new: str, size: int, bwlimit_kib: int | None,

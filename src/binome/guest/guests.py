@@ -15,6 +15,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from binome.guest import spice
 from binome.guest.backups import Backups, VzdumpOptions
 from binome.guest.configs import VmConfig, conf_missing
 from binome.guest.context import GuestContext
@@ -26,6 +27,7 @@ from binome.guest.migration import MigrationSource, MigrationTarget
 from binome.guest.settling import MigrationSettler
 from binome.guest.snapshots import Snapshots
 from binome.guest.status import GuestStatus
+from binome.guest.volume_copy import StorageMap, VolumeImports
 from binome.loops import stop_tasks
 
 if TYPE_CHECKING:
@@ -48,7 +50,8 @@ class GuestService:
         self.configs = ctx.configs
         self.lifecycle = Lifecycle(ctx)
         self.migration = MigrationSource(ctx)
-        self.incoming = MigrationTarget(ctx, self.lifecycle)
+        self.imports = VolumeImports(ctx)
+        self.incoming = MigrationTarget(ctx, self.lifecycle, self.imports)
         self.settler = MigrationSettler(ctx)
         self.snapshots = Snapshots(ctx, self.lifecycle)
         self.disk_moves = DiskMoves(ctx, self.lifecycle)
@@ -113,11 +116,27 @@ class GuestService:
         own copy (`fresh=False`) so they keep working without quorum."""
         return await self.configs.read(vmid, node, fresh=fresh)
 
+    async def monitor(self, vmid: int, command: str) -> str:
+        """A human monitor command line for the guest (its permission checked by the
+        caller: `binome.guest.monitor`); its output, or PVE's `ERROR: ...` text when the
+        guest does not run or QEMU refuses (an answer, not a failure, as PVE's)."""
+        await self.read(vmid, self.ctx.node, fresh=False)   # PVE: the VM exists here
+        try:
+            return await self.ctx.runtime.monitor_command(vmid, command)
+        except GuestError as exc:
+            return f"ERROR: {exc}\n"
+
     async def list_configs(self, node: str | None = None) -> list[VmConfig]:
         return await self.configs.list(node)
 
     async def owner(self, vmid: int) -> str | None:
         return await self.configs.owner(vmid)
+
+    def operating_here(self, vmid: int) -> bool:
+        """An operation on guest `vmid` runs on this node now (it holds the guest's
+        lock: an incoming migration between promoting its copies and starting QEMU, a
+        clone, a move ...), or a live migration into this node is under way."""
+        return self.ctx.locked(vmid) or vmid in self.ctx.incoming
 
     async def next_free_vmid(self, start: int = 100) -> int:
         return await self.configs.next_free_vmid(start)
@@ -132,6 +151,21 @@ class GuestService:
                 await self.ctx.runtime.send_key(vmid, key)
             except GuestError as exc:
                 raise GuestFailure(str(exc)) from None
+
+    async def spice_config(self, vmid: int, proxy: str, key: bytes) -> dict[str, Any]:
+        """PVE's `spiceproxy`: the remote-viewer config of a guest running here with a
+        SPICE display, its one-time password set on QEMU (`binome.guest.spice`)."""
+        vm = await self.ctx.read(vmid, self.ctx.node, fresh=False)
+        if not self.ctx.runtime.is_running(vmid):
+            raise GuestFailure(f"VM {vmid} not running")
+        title = f"VM {vmid}" + (f" - {vm.config['name']}" if vm.config.get("name") else "")
+        pki = self.ctx.cluster.paths
+        try:
+            return await spice.remote_viewer_config(
+                self.ctx.runtime, vmid=vmid, node=self.ctx.node, title=title, proxy=proxy,
+                cert_file=pki.node_cert, ca_file=pki.ca_cert, key=key)
+        except GuestError as exc:
+            raise GuestFailure(str(exc)) from None
 
     async def resize_disk(self, task: Task, vmid: int, key: str, new_size: int) -> None:
         await self.lifecycle.resize_disk(task, vmid, key, new_size)
@@ -150,8 +184,8 @@ class GuestService:
         await self.lifecycle.create(task, vmid, settings, start)
 
     async def destroy(self, task: Task, vmid: int, purge: bool = False,
-                      skiplock: bool = False) -> None:
-        await self.lifecycle.destroy(task, vmid, purge, skiplock)
+                      skiplock: bool = False, destroy_unreferenced: bool = False) -> None:
+        await self.lifecycle.destroy(task, vmid, purge, skiplock, destroy_unreferenced)
 
     async def launch_spec(self, vm: VmConfig) -> LaunchSpec:
         return await self.lifecycle.launch_spec(vm)
@@ -187,8 +221,17 @@ class GuestService:
         await self.lifecycle.resume_vm(task, vmid)
 
     async def clone(self, task: Task, vmid: int, newid: int, name: str | None,
-                    target: str | None) -> None:
-        await self.lifecycle.clone(task, vmid, newid, name, target)
+                    target: str | None, storage: str | None = None,
+                    bwlimit_kib: int | None = None, fmt: str | None = None,
+                    snapname: str | None = None, full: bool | None = None) -> None:
+        await self.lifecycle.clone(task, vmid, newid, name, target, storage, bwlimit_kib,
+                                   fmt, snapname, full)
+
+    async def clone_is_linked(self, vm: VmConfig, full: bool | None, *,
+                              snapname: str | None = None, target: str | None = None
+                              ) -> bool:
+        return await self.lifecycle.clone_is_linked(vm, full, snapname=snapname,
+                                                    target=target)
 
     async def selected(self, vmids: list[int] | None, exclude: list[int]) -> list[int]:
         return await self.backups.selected(vmids, exclude)
@@ -201,8 +244,8 @@ class GuestService:
         await self.backups.restore(task, vmid, archive, storage_id=storage, unique=unique,
                                    force=force)
 
-    async def make_template(self, task: Task, vmid: int) -> None:
-        await self.lifecycle.make_template(task, vmid)
+    async def make_template(self, task: Task, vmid: int, disk: str | None = None) -> None:
+        await self.lifecycle.make_template(task, vmid, disk)
 
     # ------------------------------------------------------------ status
     async def current_status(self, vmid: int) -> dict[str, Any]:
@@ -222,19 +265,32 @@ class GuestService:
         return await self.migration.migrate_preconditions(vmid, target)
 
     async def check_migratable(self, vmid: int, target: str, *, online: bool,
-                               with_local_disks: bool = False) -> VmConfig:
+                               with_local_disks: bool = False,
+                               storage_map: StorageMap | None = None) -> VmConfig:
         return await self.migration.check_migratable(vmid, target, online=online,
-                                                     with_local_disks=with_local_disks)
+                                                     with_local_disks=with_local_disks,
+                                                     storage_map=storage_map)
 
     async def migrate_vm(self, task: Task, vmid: int, target: str, *, online: bool,
-                         with_local_disks: bool = False, bwlimit_kib: int | None = None
-                         ) -> None:
+                         with_local_disks: bool = False, bwlimit_kib: int | None = None,
+                         storage_map: StorageMap | None = None) -> None:
         await self.migration.migrate_vm(task, vmid, target, online=online,
                                         with_local_disks=with_local_disks,
-                                        bwlimit_kib=bwlimit_kib)
+                                        bwlimit_kib=bwlimit_kib, storage_map=storage_map)
 
-    async def incoming_prepare(self, vmid: int, source: str) -> dict[str, Any]:
-        return await self.incoming.incoming_prepare(vmid, source)
+    async def import_volume(self, phase: str, vmid: int, source: str, *,
+                            storage: str | None = None, size: int | None = None,
+                            fmt: str | None = None, volumes: list[str] | None = None,
+                            name: str | None = None) -> dict[str, Any]:
+        """The target's side of a volume copy (`volume_copy`): start, finish, abort,
+        allocate."""
+        return await self.incoming.import_volume(phase, vmid, source, storage=storage,
+                                                 size=size, fmt=fmt, volumes=volumes,
+                                                 name=name)
+
+    async def incoming_prepare(self, vmid: int, source: str,
+                               volids: dict[str, str] | None = None) -> dict[str, Any]:
+        return await self.incoming.incoming_prepare(vmid, source, volids)
 
     async def incoming_resume(self, vmid: int, source: str) -> dict[str, Any]:
         return await self.incoming.incoming_resume(vmid, source)

@@ -13,21 +13,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from binome.guest import cloudinit
+from binome.guest import cloudinit, host_devices
 from binome.guest import config as vmconf
 from binome.guest import pending as pending_mod
 from binome.guest.configs import VmConfig
 from binome.guest.errors import GuestError, GuestFailure, HotplugProblems
 from binome.guest.spec import DiskSpec, LaunchSpec, NicSpec
+from binome.guest.spice import is_spice, next_spice_port
 from binome.storage.base import StorageError
 from binome.tasks.manager import Task, TaskFailed
 
 if TYPE_CHECKING:
     from binome.guest.context import GuestContext
+
+log = logging.getLogger(__name__)
 
 
 # Debian's 'ovmf' package: the 4 MiB build first (what PVE's efitype=4m uses), then 2 MiB
@@ -251,6 +256,79 @@ def nic_spec(n: vmconf.NetEntry) -> NicSpec:
     return NicSpec(index=n.index, model=n.model, mac=n.mac, bridge=n.bridge, tag=n.tag)
 
 
+class _RunningCopies:
+    """A running guest's disks cloned by QEMU (PVE's clone_disk of a running VM): one
+    mirror job per disk to its new volume, all left ready (write-blocking: both
+    volumes get every write), then, the guest's filesystems frozen when its agent
+    allows it, every job ended after its last synchronization without switching the
+    drive (`mirror_release`): each new volume holds the disk as it was at that
+    instant."""
+
+    def __init__(self, ctx: GuestContext, task: Task, vmid: int) -> None:
+        self.ctx, self.task, self.vmid = ctx, task, vmid
+        self.jobs: list[tuple[str, Any]] = []
+        self.new: list[str] = []      # the copies: given up here once complete
+
+    async def add(self, key: str, volid: str, newid: int, storage_id: str | None,
+                  fmt: str | None, bwlimit_kib: int | None, copied: list[str]) -> str:
+        ctx, task = self.ctx, self.task
+        source = await ctx.storages.for_volid(volid)
+        target = await ctx.storages.get(storage_id or volid.partition(":")[0])
+        new_format = target.resolve_format(fmt or source.volume_format(volid))
+        new = await target.alloc(newid, await source.size(volid), new_format)
+        copied.append(new)
+        task.log(f"{key}: allocated {new} ({new_format}) for {volid}")
+        self.new.append(new)
+        await ctx.activate_here([new])
+        dst = target.source(new)
+        drive = vmconf.parse_drive(key, str((await ctx.read(self.vmid)).config.get(key, "")))
+        task.log(f"drive mirror is starting for drive-{key}" + (
+            f" with bandwidth limit: {bwlimit_kib} KiB/s" if bwlimit_kib else ""))
+        job = await ctx.runtime.mirror_start(
+            self.vmid, key, dst.source, dst.format, drive.options.get("cache", "none"),
+            speed=bwlimit_kib * 1024 if bwlimit_kib else None)
+        self.jobs.append((key, job))
+        await ctx.runtime.mirror_wait_ready(self.vmid, job, task.log)
+        return new
+
+    async def finish(self, config: dict[str, Any]) -> None:
+        """End every job at one instant, the filesystems frozen around it."""
+        if not self.jobs:
+            return
+        from binome.guest.guest_agent import GuestAgent
+
+        agent = GuestAgent(self.ctx)
+        task = self.task
+        task.log("all 'mirror' jobs are ready")
+        frozen = await agent.freeze_for_backup(self.vmid, config, task.log)
+        try:
+            jobs, self.jobs = self.jobs, []
+            for key, job in jobs:
+                await self.ctx.runtime.mirror_release(self.vmid, job)
+                task.log(f"drive-{key}: Completed successfully (the copy ends here).")
+        finally:
+            if frozen:
+                await agent.thaw_after_backup(self.vmid, task.log)
+            await self._deactivate()
+
+    async def cancel(self) -> None:
+        jobs, self.jobs = self.jobs, []
+        for key, job in jobs:
+            try:
+                await self.ctx.runtime.mirror_cancel(self.vmid, job)
+                self.task.log(f"drive-{key}: Cancelling block job")
+            except Exception as exc:   # QEMU gone: its jobs went with it
+                self.task.warn(f"drive-{key}: cancelling the mirror job: {exc}")
+        await self._deactivate()
+
+    async def _deactivate(self) -> None:
+        # like a stopped guest's moved disk: the copy's own start activates it (a
+        # replicated copy is Primary here since its allocation)
+        new, self.new = self.new, []
+        if new:
+            await self.ctx.deactivate_after(None, new, timeout=10.0)
+
+
 class Lifecycle:
     def __init__(self, ctx: GuestContext) -> None:
         self.ctx = ctx
@@ -372,7 +450,8 @@ class Lifecycle:
         for key, is_delete in pending_mod.order(vm.pending):
             old = config.get(key)
             new = None if is_delete else pending_mod.values(pending)[key]
-            action = pending_mod.live_action(key, old, new, features)
+            action = pending_mod.live_action(key, old, new, features,
+                                             ostype=config.get("ostype"))
             if action == "pending":
                 continue
             one = pending_mod.single(pending, key)
@@ -406,8 +485,26 @@ class Lifecycle:
                 await runtime.unplug_nic(vmid, index)
             if new is not None:
                 await runtime.plug_nic(vmid, nic_spec(vmconf.parse_net(key, str(new))))
+        elif action == "usb":
+            # PVE's qemu_usb_hotplug: the old device goes first, the new one takes its
+            # id and port (a mapping resolved for this node, as at start: before the
+            # old one goes, so a mapping without an entry here changes nothing)
+            index = int(key[3:])
+            selector = None
+            if new is not None:
+                resolved = await host_devices.resolve({key: new}, self.ctx.node,
+                                                      self.ctx.cluster.store)
+                selector = dict(vmconf.usb_host_devices(resolved)).get(index)
+                if selector is None:
+                    raise GuestFailure(f"{key}: no USB host device in '{new}'")
+            if old is not None:
+                await runtime.unplug_usb(vmid, index)
+            if selector is not None:
+                await runtime.plug_usb(vmid, index, selector)
         elif action == "cpu":
             await runtime.set_vcpus(vmid, int(config.get("vcpus") or vmconf.cpu_count(config)))
+        elif action == "memory":
+            await runtime.set_memory(vmid, int(new))
         elif action == "balloon":
             # the target: balloon, or all the memory when unset (PVE's default)
             target = int(config.get("balloon") or config.get("memory")
@@ -587,7 +684,12 @@ class Lifecycle:
             await self.start_vm(task, vmid)
 
     async def destroy(self, task: Task, vmid: int, purge: bool = False,
-                      skiplock: bool = False) -> None:
+                      skiplock: bool = False, destroy_unreferenced: bool = False) -> None:
+        """PVE's destroy_vm: the volumes the VM references (its config, snapshots and
+        pending changes) and owns are freed, then, with `destroy_unreferenced`
+        (`destroy-unreferenced-disks`, default off since PVE 7), every other volume
+        named for it on the storages this node can use (`_free_unreferenced`); last
+        the config goes."""
         async with self.ctx.lock(vmid):
             vm = await self.ctx.read(vmid)
             if self.ctx.runtime.is_running(vmid):
@@ -597,23 +699,68 @@ class Lifecycle:
             protected = vmconf.protection_error(vm.config, f"can't remove VM {vmid}")
             if protected:
                 raise TaskFailed(protected)
-            for key, volid in owned_volumes(vm.config, vm.snapshots):
+            if vm.config.get("template"):
+                # PVE's destroy_vm: no base image still backing a linked clone
+                for _key, volid in owned_volumes(vm.config, vm.snapshots):
+                    with contextlib.suppress(StorageError):
+                        store = await self.ctx.storages.for_volid(volid)
+                        if await store.base_users(volid):
+                            raise TaskFailed(f"base volume '{volid}' is still in use by "
+                                             f"linked cloned")
+            freed: set[str] = set()
+            # a pending disk (added while the VM ran, not yet plugged) is the VM's too
+            referenced = owned_volumes(vm.config, {**vm.snapshots,
+                                                   "\0pending": pending_mod.values(vm.pending)})
+            for key, volid in referenced:
                 if not (vmconf.is_owned_volume(vmid, volid)
                         or (cloudinit.is_cloudinit_volid(volid) and f"vm-{vmid}-" in volid)):
                     task.log(f"{key}: {volid} is not owned by VM {vmid}; kept")
                     continue
                 try:
                     await (await self.ctx.storages.for_volid(volid)).free(volid)
+                    freed.add(volid)
                     task.log(f"{key}: removed {volid}")
                 except StorageError as exc:
                     task.warn(f"{key}: could not remove {volid}: {exc}")
+            if destroy_unreferenced:
+                await self._free_unreferenced(task, vmid, freed | {v for _, v in referenced})
             await self.ctx.configs.remove(vm)
             self.ctx.believed_running.discard(vmid)
             task.log(f"VM {vmid} destroyed{' (purged)' if purge else ''}")
 
 
-    async def launch_spec(self, vm: VmConfig) -> LaunchSpec:
-        c = vm.config
+    async def _free_unreferenced(self, task: Task, vmid: int, seen: set[str]) -> None:
+        """PVE's destroy_vm with `$purge_unreferenced`: vdisk_list(vmid, 'images') over
+        every storage that is enabled, available on this node and holds `images` (shared
+        ones included), and each volume found freed; a failure is a warning. Only a
+        volume both listed for `vmid` (a replicated volume's record) and named for it is
+        freed, never one already handled (`seen`)."""
+        for cfg in await self.ctx.storages.configs():
+            if cfg.disable or not cfg.available_on(self.ctx.node) or "images" not in cfg.content:
+                continue
+            try:
+                storage = await self.ctx.storages.get(cfg.storage)
+                found = await storage.list("images", vmid)
+            except StorageError as exc:
+                task.warn(f"could not list volumes of VM {vmid} on '{cfg.storage}': {exc}")
+                continue
+            for entry in found:
+                volid = str(entry.get("volid") or "")
+                if (volid in seen or entry.get("content", "images") != "images"
+                        or entry.get("vmid") != vmid or not vmconf.is_named_for(vmid, volid)):
+                    continue
+                seen.add(volid)
+                try:
+                    await storage.free(volid)
+                    task.log(f"removed unreferenced volume {volid}")
+                except StorageError as exc:
+                    task.warn(f"could not remove unreferenced volume '{volid}': {exc}")
+
+    async def launch_spec(self, vm: VmConfig,
+                          warn: Callable[[str], None] | None = None) -> LaunchSpec:
+        # the cluster mappings (usbN/hostpciN mapping=) resolved for this node
+        c = await host_devices.resolve(vm.config, self.ctx.node, self.ctx.cluster.store,
+                                       warn=warn or (lambda m: log.warning("%s", m)))
         disks = []
         for d in vmconf.disks(c):
             if not d.volid:
@@ -647,6 +794,12 @@ class Lifecycle:
             kernel = (await self.ctx.storages.for_volid(c["kernel"])).source(c["kernel"]).source
         if c.get("initrd"):
             initrd = (await self.ctx.storages.for_volid(c["initrd"])).source(c["initrd"]).source
+        options = launch_options(self.ctx.node, c)
+        pki = self.ctx.cluster.paths
+        if is_spice(str(options.get("vga", ""))) and pki.has_cluster_cert():
+            # PVE's SPICE display: TLS with the node's cluster certificate on a free port
+            options["spice_port"] = next_spice_port()
+            options["spice_x509"] = (str(pki.node_cert), str(pki.node_key), str(pki.ca_cert))
         try:
             return LaunchSpec(vmid=vm.vmid, name=str(c.get("name", f"vm{vm.vmid}")),
                               memory_mb=int(c.get("memory", vmconf.DEFAULTS["memory"])),
@@ -654,7 +807,7 @@ class Lifecycle:
                               disks=tuple(disks), nics=tuple(nics),
                               boot=tuple(vmconf.boot_order(c)), kernel=kernel, initrd=initrd,
                               append=c.get("append"),
-                              **{**launch_options(self.ctx.node, c), **firmware})
+                              **{**options, **firmware})
         except ValueError as exc:
             raise GuestFailure(f"VM {vm.vmid}: {exc}") from None
 
@@ -672,7 +825,7 @@ class Lifecycle:
         async with self.ctx.lock(vmid):
             vm = await self.apply_pending_for_start(await self.check_startable(vmid), task)
             await self.regenerate_cloudinit(vm, task)
-            spec = await self.launch_spec(vm)
+            spec = await self.launch_spec(vm, warn=task.log)
             pid = await self.ctx.runtime.start(spec)
             self.ctx.believed_running.add(vmid)
             task.log(f"VM {vmid} started (pid {pid})")
@@ -736,43 +889,103 @@ class Lifecycle:
 
 
     async def clone(self, task: Task, vmid: int, newid: int, name: str | None,
-                    target: str | None) -> None:
-        if target and target != self.ctx.node:
-            raise TaskFailed("clone to another node is not supported yet; clone here, then "
-                             "migrate")
+                    target: str | None, storage: str | None = None,
+                    bwlimit_kib: int | None = None, fmt: str | None = None,
+                    snapname: str | None = None, full: bool | None = None) -> None:
+        """A copy of VM `vmid` (stopped, or a template) as `newid`: linked (`full`
+        false, the default for a template whose disks all allow it: `link_blocker`), each
+        disk a new image backed by the template's base image; else full, here or on node
+        `target`: to another node each disk is copied over the cluster network onto
+        `storage` (default: the disk's own storage) there (`volume_copy`); here, onto
+        `storage` in `fmt` when given (else each disk on its own storage, its format).
+        `snapname`: the VM as snapshot `snapname` has it, config and disks (here only)."""
+        from binome.guest.volume_copy import abort_copies, send_volumes
+
+        remote = bool(target) and target != self.ctx.node
+        node = str(target) if remote else self.ctx.node
         async with self.ctx.lock(vmid):
             vm = await self.ctx.read(vmid)
-            if self.ctx.runtime.is_running(vmid) and not vm.config.get("template"):
-                raise TaskFailed(f"VM {vmid} is running: full clone of a running VM is not "
-                                 f"supported yet (stop it, or clone from a template)")
-            source = dict(vm.config)
+            # a running guest's disks are copied by QEMU's mirror (PVE's drive-mirror,
+            # ended without switching), unless a snapshot is read: it does not change
+            running = self.ctx.runtime.is_running(vmid) and not vm.config.get("template")
+            if running and remote:
+                raise TaskFailed(f"VM {vmid} is running: a clone to another node copies "
+                                 f"stopped disks only (stop it, or clone it here first)")
+            if running and snapname is None and vm.config.get("tpmstate0"):
+                raise TaskFailed("cannot clone TPM state while VM is running")
+            if snapname is not None:
+                if remote:
+                    raise TaskFailed("cloning a snapshot to another node is not supported "
+                                     "yet: clone it here, then migrate the copy")
+                if snapname not in vm.snapshots:
+                    raise TaskFailed(f"snapshot '{snapname}' does not exist")
+                if vm.snapshots[snapname].get("snapstate"):
+                    raise TaskFailed(f"snapshot '{snapname}' is not complete "
+                                     f"({vm.snapshots[snapname]['snapstate']})")
+                source = dict(vm.snapshots[snapname])
+                task.log(f"create full clone of VM {vmid} as it was at snapshot "
+                         f"'{snapname}'")
+            else:
+                source = dict(vm.config)
+            linked = await self.clone_is_linked(vm, full, snapname=snapname, target=node)
+            if linked:
+                task.log(f"create linked clone of VM {vmid} as VM {newid}")
+            elif remote:
+                task.log(f"create full clone of VM {vmid} as VM {newid} on node '{node}'")
         configs = self.ctx.configs
-        if not await configs.reserve(newid, {"lock": "clone"}):
+        if not await configs.reserve(newid, {"lock": "clone"}, node=node):
             raise TaskFailed(f"unable to create VM {newid} - VM {newid} already exists on node "
                              f"'{await self.ctx.configs.owner(newid)}'")
         copied: list[str] = []
+        remote_copies: dict[str, str] = {}
+        mirrors = _RunningCopies(self.ctx, task, vmid) if running and not snapname else None
         try:
             new: dict[str, Any] = {}
+            to_send: list[tuple[str, str]] = []
             for key, value in source.items():
-                # like PVE's clone: no snapshot keys (the copy has no snapshots)
-                if key in ("template", "smbios1", *vmconf.INTERNAL_KEYS):
+                # like PVE's clone: no snapshot keys (the copy has no snapshots), no
+                # unused volumes (they are the source's: the copy must never name them)
+                if key in ("template", "smbios1", "runningmachine", "runningcpu",
+                           *vmconf.INTERNAL_KEYS) or vmconf.is_unused_key(key):
                     continue
                 if vmconf.is_drive_key(key):
                     disk = vmconf.parse_drive(key, str(value))
-                    if cloudinit.is_cloudinit_volid(disk.volid):
+                    if remote and disk.volid and (
+                            not disk.is_cdrom or cloudinit.is_cloudinit_volid(disk.volid)):
+                        # copied to the target below; the config names the copy after
+                        sid = storage or str(disk.volid).partition(":")[0]
+                        if (disk.volid, sid) not in to_send:
+                            to_send.append((str(disk.volid), sid))
+                    elif cloudinit.is_cloudinit_volid(disk.volid):
                         # PVE's clone_disk: the copy gets its own (empty) cloud-init drive,
                         # written when it starts
-                        storage = await self.ctx.storages.for_volid(str(disk.volid))
+                        store = await self.ctx.storages.for_volid(str(disk.volid))
                         fmt = "qcow2" if str(disk.volid).endswith(".qcow2") else "raw"
-                        volid = await storage.alloc(newid, cloudinit.DISK_SIZE, fmt,
-                                                    name=f"vm-{newid}-cloudinit")
+                        volid = await store.alloc(newid, cloudinit.DISK_SIZE, fmt,
+                                                  name=f"vm-{newid}-cloudinit")
                         copied.append(volid)
                         task.log(f"{key}: allocated {volid}")
                         value = ",".join([volid, *(f"{k}={v}" for k, v in disk.options.items())])
-                    elif disk.volid and not disk.is_cdrom:
-                        storage = await self.ctx.storages.for_volid(disk.volid)
-                        volid = await storage.copy(disk.volid, newid)
+                    elif linked and disk.volid and not disk.is_cdrom and key != "tpmstate0":
+                        store = await self.ctx.storages.for_volid(disk.volid)
+                        task.log(f"create linked clone of drive {key} ({disk.volid})")
+                        volid = await store.clone_image(disk.volid, newid)
                         copied.append(volid)
+                        task.log(f"{key}: {volid} backed by {disk.volid}")
+                        value = ",".join([volid, *(f"{k}={v}" for k, v in disk.options.items())])
+                    elif disk.volid and not disk.is_cdrom:
+                        if mirrors is not None:
+                            volid = await mirrors.add(key, str(disk.volid), newid, storage,
+                                                      fmt, bwlimit_kib, copied)
+                        elif storage or fmt or snapname:
+                            volid = await self._clone_disk(task, key, str(disk.volid), newid,
+                                                           storage, fmt, snapname,
+                                                           bwlimit_kib, copied,
+                                                           shared=running)
+                        else:
+                            store = await self.ctx.storages.for_volid(disk.volid)
+                            volid = await store.copy(disk.volid, newid)
+                            copied.append(volid)
                         task.log(f"{key}: copied {disk.volid} to {volid}")
                         value = ",".join([volid, *(f"{k}={v}" for k, v in disk.options.items())])
                 elif vmconf.is_net_key(key):
@@ -780,30 +993,147 @@ class Lifecycle:
                     value = vmconf.NetEntry(nic.key, nic.index, nic.model, vmconf.random_mac(),
                                             nic.bridge, nic.tag, nic.options).format()
                 new[key] = value
+            if mirrors is not None:
+                await mirrors.finish(vm.config)
+            if to_send:
+                remote_copies = await send_volumes(self.ctx, task, node, vmid, to_send,
+                                                   new_vmid=newid, bwlimit_kib=bwlimit_kib)
+                from binome.guest.configs import rename_volumes
+
+                new = rename_volumes(new, remote_copies)
             new["name"] = name or f"Copy-of-VM-{source.get('name', vmid)}"[:63]
             new["smbios1"] = f"uuid={uuid.uuid4()}"
             if new.get("vmgenid", "0") != "0":
                 # PVE's clone: a copy is a new generation, to the guest too
                 new["vmgenid"] = str(uuid.uuid4())
-            await self.ctx.configs.write(await self.ctx.read(newid), new)
+            await self.ctx.configs.write(await self.ctx.read(newid, node), new)
         except BaseException as exc:
             task.log(f"clone failed ({exc}); removing what was created")
+            if mirrors is not None:
+                await asyncio.shield(mirrors.cancel())
             for vol in copied:
                 with contextlib.suppress(Exception):
                     await (await self.ctx.storages.for_volid(vol)).free(vol)
+            if remote_copies:
+                await asyncio.shield(abort_copies(self.ctx, task, node, newid,
+                                                  list(remote_copies.values())))
             with contextlib.suppress(Exception):
-                await configs.unreserve(newid)
+                await configs.unreserve(newid, node)
             raise
-        task.log(f"VM {vmid} cloned to VM {newid}")
+        task.log(f"VM {vmid} cloned to VM {newid}" + (f" on node '{node}'" if remote else ""))
 
-    async def make_template(self, task: Task, vmid: int) -> None:
+    async def link_blocker(self, config: dict[str, Any], snapname: str | None = None
+                           ) -> str | None:
+        """Why a linked clone of `config` cannot be made (PVE's clone_vm text for the
+        first disk whose volume is no base image a linked clone can read: not a
+        template's, or on a storage without linked clones, such as `replicated`);
+        None: every disk can be linked. CD-ROMs, the cloud-init drive and the TPM state
+        are copied in full, as PVE."""
+        for key in sorted(config):
+            if not vmconf.is_drive_key(key):
+                continue
+            try:
+                disk = vmconf.parse_drive(key, str(config[key]))
+            except ValueError:
+                continue
+            if not disk.volid or disk.is_cdrom or key == "tpmstate0" \
+                    or cloudinit.is_cloudinit_volid(disk.volid):
+                continue
+            try:
+                store = await self.ctx.storages.for_volid(disk.volid)
+                ok = not snapname and store.can_link(disk.volid)
+            except StorageError:
+                ok = False
+            if not ok:
+                of = " a snapshot of" if snapname else ""
+                return f"Linked clone feature is not supported for{of} '{disk.volid}' ({key})"
+        return None
+
+    async def clone_is_linked(self, vm: VmConfig, full: bool | None, *,
+                              snapname: str | None = None, target: str | None = None
+                              ) -> bool:
+        """PVE's `full` default (linked for a template, full otherwise; binome: full too
+        for a template a linked clone cannot be made of, so one on `replicated` storage
+        still clones), and its refusals of `full=0` (GuestFailure, PVE's texts)."""
+        if full:
+            return False
+        why = await self.link_blocker(vm.config if not snapname
+                                      else vm.snapshots.get(snapname, {}), snapname)
+        if full is None:
+            return bool(vm.config.get("template")) and why is None and \
+                (not target or target == self.ctx.node)
+        if why:
+            raise GuestFailure(why)
+        if target and target != self.ctx.node:
+            raise GuestFailure(f"can't clone VM to node '{target}' (VM uses local storage)")
+        return True
+
+    async def _clone_disk(self, task: Task, key: str, volid: str, newid: int,
+                          storage_id: str | None, fmt: str | None, snapname: str | None,
+                          bwlimit_kib: int | None, copied: list[str], *,
+                          shared: bool = False) -> str:
+        """One disk of a same-node clone onto `storage_id` (default: its own) in `fmt`
+        (default: the source's when the target holds it), read at snapshot `snapname`
+        when given (PVE's qemu_img_convert `-l snapshot.name=`); the new volume is in
+        `copied` as soon as it exists, so a failure frees it."""
+        from binome.guest.disk_move import convert_argv, convert_with_progress
+
+        source = await self.ctx.storages.for_volid(volid)
+        target = await self.ctx.storages.get(storage_id or volid.partition(":")[0])
+        src_format = source.volume_format(volid)
+        new_format = target.resolve_format(fmt or src_format)
+        if snapname and src_format != "qcow2":
+            raise TaskFailed(f"{key}: volume {volid} is {src_format}: it has no snapshot "
+                             f"'{snapname}' to read")
+        size = await source.size(volid)
+        new = await target.alloc(newid, size, new_format)
+        copied.append(new)
+        task.log(f"{key}: allocated {new} ({new_format}) for {volid}")
+        activated = await self.ctx.activate_here([volid, new])
+        try:
+            src, dst = source.source(volid), target.source(new)
+            await convert_with_progress(
+                task, convert_argv(src, dst, bwlimit_kib, snapname=snapname, shared=shared),
+                size)
+        finally:
+            if activated:
+                await asyncio.shield(self.ctx.deactivate_after(None, activated, timeout=10.0))
+        if target.per_node_activation and new not in activated:
+            # allocated Primary here; like a stopped VM's moved disk, the copy's start
+            # activates it
+            with contextlib.suppress(StorageError):
+                await target.deactivate_volume(new)
+        return new
+
+    async def make_template(self, task: Task, vmid: int, only: str | None = None) -> None:
+        """PVE's template + template_create: `template: 1`, then each disk (or only disk
+        `only`, also of a template: one that became a plain image, moved or migrated)
+        whose storage has base images (`dir`) renamed to its read-only 'base-' image,
+        the config written after each, so linked clones can be made of them."""
         async with self.ctx.lock(vmid):
             vm = await self.ctx.read(vmid)
+            if vm.snapshots:
+                raise TaskFailed("unable to create template, because VM contains snapshots")
+            if vm.config.get("template") and not only:
+                raise TaskFailed("you can't convert a template to a template")
             if self.ctx.runtime.is_running(vmid):
-                raise TaskFailed(f"VM {vmid} is running: shut it down before converting it to "
-                                 f"a template")
-            if vm.config.get("template"):
-                raise TaskFailed(f"VM {vmid} is already a template")
-            await self.ctx.configs.write(vm, {**vm.config, "template": 1})
+                raise TaskFailed("you can't convert a VM to template if VM is running")
+            config = {**vm.config, "template": 1}
+            vm = await self.ctx.configs.write(vm, config)
+            for key in sorted(config):
+                if not vmconf.is_drive_key(key) or (only and key != only):
+                    continue
+                disk = vmconf.parse_drive(key, str(config[key]))
+                if not disk.volid or disk.is_cdrom or ":" not in disk.volid:
+                    continue
+                store = await self.ctx.storages.for_volid(disk.volid)
+                if store.can_link(disk.volid):
+                    continue                # a base image already
+                base = await store.create_base(disk.volid)
+                if base == disk.volid:
+                    continue
+                task.log(f"{key}: {disk.volid} is now the base image {base}")
+                config[key] = ",".join([base, *(f"{k}={v}" for k, v in disk.options.items())])
+                vm = await self.ctx.configs.write(vm, config)
             task.log(f"VM {vmid} converted to a template")
 

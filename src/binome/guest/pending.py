@@ -15,11 +15,13 @@ removal (unusedN, freeing) is the lifecycle's (`lifecycle.apply_pending`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
 from binome.guest import cloudinit
 from binome.guest import config as vmconf
+from binome.guest.options import USB_FORMAT
 
 DELETE = "delete"
 hotplug_features = vmconf.hotplug_features
@@ -33,7 +35,8 @@ ALWAYS_LIVE = frozenset({
 # deleting these never waits for a restart (PVE's update_vm_api deletes them directly)
 DELETE_AT_ONCE = frozenset({"tags", "vmstate"})
 
-LiveAction = Literal["config", "disk", "nic", "cpu", "balloon", "pending"]
+LiveAction = Literal["config", "disk", "nic", "cpu", "memory", "balloon", "usb",
+                     "pending"]
 
 
 # ---------------------------------------------------------------- the delete list
@@ -150,7 +153,29 @@ def _drive_bus(key: str) -> str:
     return key.rstrip("0123456789")
 
 
-def live_action(key: str, old: Any, new: Any, features: frozenset[str]) -> LiveAction:
+def usb_hotplug_ostype(ostype: Any) -> bool:
+    """PVE's is_usb_hotplug_supported, the guest's side: USB devices are plugged into a
+    running guest of `ostype` l26 or a Windows after 7 (qemu-server's windows_version),
+    the guests PVE gives a qemu-xhci; others wait for the start."""
+    text = str(ostype or "")
+    if text == "l26":
+        return True
+    m = re.fullmatch(r"win(\d+)", text)
+    return m is not None and int(m.group(1)) > 7
+
+
+def _is_spice_usb(value: Any) -> bool:
+    if value is None:
+        return False
+    try:
+        host = USB_FORMAT.parse(str(value)).get("host")
+    except ValueError:
+        return False
+    return str(host or "").lower() == "spice"
+
+
+def live_action(key: str, old: Any, new: Any, features: frozenset[str],
+                ostype: Any = None) -> LiveAction:
     """How a pending change of `key` (from `old` to `new`; None: absent / deleted) may
     reach a running VM: ``config`` (just moves into the config), ``disk`` / ``nic`` /
     ``cpu`` (a device is plugged or unplugged first), ``balloon`` (a new balloon
@@ -166,8 +191,12 @@ def live_action(key: str, old: Any, new: Any, features: frozenset[str]) -> LiveA
       value changes waits for the start);
     - a NIC added, removed or changed (unplugged and plugged again), with `network`;
     - `vcpus`, with `cpu` (binome starts QEMU with maxcpus = sockets x cores);
+    - `memory`, with `memory` (DIMMs added or removed: binome.guest.memory);
     - `balloon`, a new target while the balloon device stays (not to or from 0);
-    - everything else, `memory` included, at the next start."""
+    - a `usbN` host device or mapping added, changed (unplugged, plugged again) or
+      removed, with `usb` and an `ostype` PVE hot-plugs USB for (`usb_hotplug_ostype`);
+      a `spice` redirection slot waits for the start (it needs SPICE);
+    - everything else at the next start."""
     if key in ALWAYS_LIVE or cloudinit.is_cloudinit_key(key):
         return "config"
     if key == "hotplug":
@@ -193,6 +222,13 @@ def live_action(key: str, old: Any, new: Any, features: frozenset[str]) -> LiveA
         return "nic" if "network" in features else "pending"
     if key == "vcpus":
         return "cpu" if "cpu" in features else "pending"
+    if key == "memory":
+        return "memory" if "memory" in features and new is not None else "pending"
+    if re.fullmatch(r"usb\d+", key):
+        if ("usb" not in features or not usb_hotplug_ostype(ostype)
+                or _is_spice_usb(old) or _is_spice_usb(new)):
+            return "pending"
+        return "usb"
     if key == "balloon":
         # a new target for the balloon device; adding or removing the device (0) waits
         present_before = old is None or int(old) != 0

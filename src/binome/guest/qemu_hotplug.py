@@ -1,8 +1,10 @@
 """QEMU's side of hot-plug: the QMP conversations that add and remove a running
-guest's disks, NICs and vCPUs (as qemu-server's qemu_driveadd / qemu_deviceadd /
-qemu_devicedel / qemu_cpu_hotplug). It owns nothing: the runtime calls it with
-the guest's QMP channel and keeps its own record; the device strings are the
-command line's own (`argv`), so a plugged device is the one a start would make.
+guest's disks, NICs, USB host devices, vCPUs and memory DIMMs (as qemu-server's
+qemu_driveadd / qemu_deviceadd / qemu_devicedel / qemu_usb_hotplug / qemu_cpu_hotplug /
+qemu_memory_hotplug). It owns
+nothing: the runtime calls it with the guest's QMP channel and keeps its own record;
+the device strings are the command line's own (`argv`), so a plugged device is the
+one a start would make.
 """
 
 from __future__ import annotations
@@ -12,8 +14,17 @@ import time
 from typing import Any
 
 from binome.guest import qemu_mirror
-from binome.guest.argv import disk_device, drive_option, nic_device, nic_netdev
+from binome.guest.argv import (
+    XHCI_CONTROLLER,
+    dimm_device,
+    disk_device,
+    drive_option,
+    nic_device,
+    nic_netdev,
+    usb_host_device,
+)
 from binome.guest.errors import GuestError
+from binome.guest.memory import Dimm
 from binome.guest.qmp import QmpChannel
 from binome.guest.spec import DiskSpec, NicSpec
 
@@ -119,6 +130,30 @@ async def unplug_nic(qmp: QmpChannel, name: str, timeout: float = UNPLUG_TIMEOUT
             raise
 
 
+async def plug_usb(qmp: QmpChannel, index: int, selector: str) -> None:
+    """PVE's qemu_usb_hotplug: `usbN` as a `usb-host` on the xhci controller at port
+    N+2 (the command line's own device); the controller is added first when the guest
+    has none (no tablet, no USB device at start) and removed again if the device fails."""
+    added_xhci = False
+    if "xhci" not in await _peripherals(qmp):
+        await qmp.command("device_add", device_args(XHCI_CONTROLLER))
+        added_xhci = True
+    try:
+        await qmp.command("device_add", device_args(usb_host_device(index, selector)))
+    except GuestError:
+        if added_xhci:
+            await qmp.command("device_del", {"id": "xhci"})
+        raise
+
+
+async def unplug_usb(qmp: QmpChannel, device_id: str,
+                     timeout: float = UNPLUG_TIMEOUT) -> None:
+    """device_del and wait until QEMU dropped it (PVE's qemu_devicedelverify)."""
+    if device_id in await _peripherals(qmp):
+        await qmp.command("device_del", {"id": device_id})
+        await _wait_gone(qmp, device_id, timeout)
+
+
 async def set_vcpus(qmp: QmpChannel, count: int) -> None:
     """Bring the online vCPUs to `count` (PVE's qemu_cpu_hotplug): new ones are
     device_add'ed into free slots of query-hotpluggable-cpus as ``cpuN``; only
@@ -142,3 +177,52 @@ async def set_vcpus(qmp: QmpChannel, count: int) -> None:
     for device_id in plugged[:excess]:
         await qmp.command("device_del", {"id": device_id})
         await _wait_gone(qmp, device_id, UNPLUG_TIMEOUT)
+
+
+async def memory_dimms(qmp: QmpChannel) -> dict[str, int]:
+    """The guest's hot-plugged DIMMs, id -> size in bytes (PVE's qemu_memdevices_list,
+    from query-memory-devices)."""
+    out: dict[str, int] = {}
+    for device in await qmp.command("query-memory-devices"):
+        data = device.get("data") or {}
+        if str(data.get("id", "")).startswith("dimm"):
+            out[str(data["id"])] = int(data.get("size") or 0)
+    return out
+
+
+async def set_memory(qmp: QmpChannel, wanted: list[Dimm],
+                     timeout: float = UNPLUG_TIMEOUT) -> None:
+    """Bring the guest's DIMMs to `wanted` (PVE's qemu_memory_hotplug): the missing
+    ones are added in order (a `memory-backend-ram` object ``mem-dimmN``, then its
+    `pc-dimm`), the ones beyond removed last first (device_del, which needs the
+    guest's consent: one still there after `timeout` stops here with PVE's "error
+    unplug memory module"; then its object). DIMMs already as wanted are kept, so a
+    change half done is finished by the next call."""
+    present = await memory_dimms(qmp)
+    names = {d.name for d in wanted}
+    for dimm in wanted:
+        if dimm.name in present:
+            continue
+        await qmp.command("object-add", {"qom-type": "memory-backend-ram",
+                                         "id": f"mem-{dimm.name}",
+                                         "size": dimm.size << 20})
+        try:
+            await qmp.command("device_add", device_args(dimm_device(dimm)))
+        except GuestError:
+            await qmp.command("object-del", {"id": f"mem-{dimm.name}"})
+            raise
+    extra = sorted((n for n in present if n not in names),
+                   key=lambda n: int(n[4:]) if n[4:].isdigit() else 0, reverse=True)
+    for name in extra:
+        await qmp.command("device_del", {"id": name})
+        deadline = time.monotonic() + timeout
+        while name in await memory_dimms(qmp):
+            if time.monotonic() >= deadline:
+                raise GuestError(f"{name}: error unplug memory module (the guest did not "
+                                 f"release it)")
+            await asyncio.sleep(UNPLUG_POLL * 5)
+        try:
+            await qmp.command("object-del", {"id": f"mem-{name}"})
+        except GuestError as exc:
+            if "not found" not in str(exc).lower():
+                raise

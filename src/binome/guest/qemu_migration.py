@@ -41,6 +41,35 @@ MIGRATE_TIMEOUT = 600.0
 _STILL_MIGRATING = ("active", "setup", "device", "pre-switchover", "cancelling")
 
 
+async def export_drives(qmp: QmpChannel, host: str, port: int, keys: list[str]
+                        ) -> dict[str, str]:
+    """On the target of a live migration with local disks: QEMU's own NBD server on
+    ``host:port`` exporting each drive `key` writable (``block-export-add``, which
+    activates the incoming guest's image for it), as qemu-server's ``nbd-server-start``
+    + ``block-export-add``; {key: nbd://host:port/drive-KEY}. GuestError if QEMU
+    refuses (the caller stops this QEMU then)."""
+    blocks = {b.get("device"): b for b in await qmp.command("query-block")}
+    await qmp.command("nbd-server-start", {"addr": {"type": "inet", "data": {
+        "host": host, "port": str(port)}}})
+    uris = {}
+    h = f"[{host}]" if ":" in host else host
+    for key in keys:
+        device = f"drive-{key}"
+        node = ((blocks.get(device) or {}).get("inserted") or {}).get("node-name")
+        if not node:
+            raise GuestError(f"{device} has no medium in the incoming guest")
+        await qmp.command("block-export-add", {"type": "nbd", "id": device,
+                                               "node-name": node, "name": device,
+                                               "writable": True})
+        uris[key] = f"nbd://{h}:{port}/{device}"
+    return uris
+
+
+async def stop_exports(qmp: QmpChannel) -> None:
+    """Stop the NBD server of `export_drives` (its exports with it)."""
+    await qmp.command("nbd-server-stop")
+
+
 async def listen_incoming(qmp: QmpChannel, host: str) -> str:
     """On the target: listen for the migration stream; returns ``tcp:HOST:PORT``.
 

@@ -18,7 +18,13 @@ The job, and why:
   drive had); the old node goes with its last reference, or, when an earlier move
   added it (``mv-...``), by ``blockdev-del``, which closes its file or NBD export;
 - a cancel before the switch (``block-job-cancel``) keeps the drive where it was
-  and ``blockdev-del`` closes the target.
+  and ``blockdev-del`` closes the target;
+- a live migration's local disks (`release`): the target is another node's NBD
+  export (``nbd://host:port/export``, its incoming QEMU's drive); once the guest's
+  state is sent the ready job is cancelled without force, which ends it after its
+  last synchronization, the drive never switching; the jobs such a migration left
+  when its daemon died are ended by the restarted daemon's settling
+  (`end_migration_mirrors`).
 """
 
 from __future__ import annotations
@@ -96,10 +102,16 @@ def target_blockdev(node_name: str, source: str, fmt: str | None, cache: str
     if is_nbd_uri(source):
         url = urlsplit(source)
         socket = (parse_qs(url.query).get("socket") or [""])[0]
-        if url.scheme != "nbd+unix" or not socket:
+        file: dict[str, Any]
+        if url.scheme == "nbd" and url.hostname and url.port:
+            # another node's NBD export (a live migration's local disks)
+            file = {"driver": "nbd", "export": url.path.lstrip("/"),
+                    "server": {"type": "inet", "host": url.hostname, "port": str(url.port)}}
+        elif url.scheme == "nbd+unix" and socket:
+            file = {"driver": "nbd", "server": {"type": "unix", "path": socket},
+                    "export": url.path.lstrip("/")}
+        else:
             raise GuestError(f"unsupported NBD source '{source}' for a mirror target")
-        file: dict[str, Any] = {"driver": "nbd", "server": {"type": "unix", "path": socket},
-                                "export": url.path.lstrip("/")}
         fmt = fmt or "raw"
     else:
         if fmt is None:
@@ -127,7 +139,8 @@ async def detach(qmp: QmpChannel, node_name: str) -> None:
     try:
         await qmp.command("blockdev-del", {"node-name": node_name})
     except GuestError as exc:
-        if "not found" not in str(exc).lower() and "cannot find" not in str(exc).lower():
+        text = str(exc).lower()
+        if not any(gone in text for gone in ("not found", "cannot find", "failed to find")):
             raise
 
 
@@ -226,6 +239,18 @@ async def cancel(qmp: QmpChannel, job: MirrorJob, timeout: float = FINISH_TIMEOU
     await detach(qmp, job.target_node)
 
 
+async def release(qmp: QmpChannel, job: MirrorJob, timeout: float = FINISH_TIMEOUT
+                  ) -> None:
+    """End a ready job without switching the drive, after its last synchronization
+    (block-job-cancel without force, as qemu-server ends a live migration's mirror of
+    local disks once the state is sent): the target holds every write; closed after."""
+    await qmp.command("block-job-cancel", {"device": job.job_id})
+    info = await _dismissed(qmp, job, timeout)
+    await detach(qmp, job.target_node)
+    if info is not None and info.get("error"):
+        raise GuestError(f"{job.job_id}: {info['error']}")
+
+
 async def _dismissed(qmp: QmpChannel, job: MirrorJob, timeout: float) -> dict | None:
     """Wait for the job to conclude and dismiss it; its last info (None: already gone)."""
     info = await _until_gone_or_concluded(qmp, job, timeout)
@@ -235,6 +260,34 @@ async def _dismissed(qmp: QmpChannel, job: MirrorJob, timeout: float) -> dict | 
         except GuestError:
             pass   # dismissed meanwhile (auto-dismiss, or another caller)
     return info
+
+
+async def end_migration_mirrors(qmp: QmpChannel, timeout: float = FINISH_TIMEOUT
+                                ) -> list[str]:
+    """After a migration with local disks whose task died with its daemon: cancel the
+    mirror jobs it left (force: the drives stay where they are) and close their
+    targets, the other node's NBD exports (``mv-`` nodes over ``nbd://host:port``
+    that no drive uses); the ids of the jobs ended. A later mirror can then use the
+    drives' job ids again."""
+    ended = []
+    for job_id, info in (await _jobs(qmp)).items():
+        if info.get("type") != "mirror" or not str(job_id).startswith("drive-"):
+            continue
+        job = MirrorJob(str(job_id)[len("drive-"):], str(job_id), "", "")
+        try:
+            await qmp.command("block-job-cancel", {"device": job.job_id, "force": True})
+        except GuestError:
+            pass   # concluded already (its target gone): dismissed below
+        await _dismissed(qmp, job, timeout)
+        ended.append(job.job_id)
+    inserted = {(b.get("inserted") or {}).get("node-name")
+                for b in await qmp.command("query-block")}
+    for node in await qmp.command("query-named-block-nodes"):
+        name = str(node.get("node-name", ""))
+        if name.startswith(NODE_PREFIX) and name not in inserted \
+                and str(node.get("file", "")).startswith("nbd://"):
+            await detach(qmp, name)
+    return ended
 
 
 async def owned_nodes(qmp: QmpChannel, key: str) -> list[str]:

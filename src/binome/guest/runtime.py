@@ -54,7 +54,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from binome.guest import qemu_hotplug, qemu_migration, qemu_mirror
+from binome.backup.incremental import BITMAP_PREFIX
+from binome.guest import memory, qemu_hotplug, qemu_migration, qemu_mirror
 from binome.guest.accel import cached_accel, resolve_accel
 from binome.guest.agent import AgentError
 from binome.guest.argv import QEMU_BINARY, build_argv
@@ -652,9 +653,21 @@ class QemuRuntime:
     async def block_resize(self, vmid: int, key: str, size: int) -> None:
         """Grow a running guest's disk `key` to `size` bytes (QMP ``block_resize`` on
         PVE's drive id ``drive-<key>``): QEMU grows the image it holds open and the
-        guest sees the new capacity, as PVE's `qemu_block_resize`."""
-        await self._running(vmid).qmp.command("block_resize",
-                                              {"device": f"drive-{key}", "size": int(size)})
+        guest sees the new capacity, as PVE's `qemu_block_resize`. A backup's persistent
+        dirty bitmap that QEMU loaded inconsistent (an earlier QEMU died with the image
+        open) makes QEMU refuse: it goes first (it is worthless, and the next backup
+        reads a resized disk in full anyway)."""
+        qmp = self._running(vmid).qmp
+        for block in await qmp.command("query-block"):
+            inserted = block.get("inserted")
+            if block.get("device") != f"drive-{key}" or not inserted:
+                continue
+            for bitmap in inserted.get("dirty-bitmaps") or []:
+                name = str(bitmap.get("name", ""))
+                if name.startswith(BITMAP_PREFIX) and bitmap.get("inconsistent"):
+                    await qmp.command("block-dirty-bitmap-remove",
+                                      {"node": inserted["node-name"], "name": name})
+        await qmp.command("block_resize", {"device": f"drive-{key}", "size": int(size)})
 
     # -- disk moves (QEMU's side: `qemu_mirror`); the record follows the switch, so a
     # restarted daemon knows which volume the guest has open ---------------------------
@@ -679,6 +692,21 @@ class QemuRuntime:
         disks = tuple(dataclasses.replace(d, source=source, format=fmt)
                       if d.name == job.key else d for d in g.spec.disks)
         self._replug_record(g, dataclasses.replace(g.spec, disks=disks))
+
+    async def mirror_release(self, vmid: int, job: qemu_mirror.MirrorJob) -> None:
+        """End a ready mirror after its last synchronization, the drive not switching
+        (a live migration's local disks: `qemu_mirror.release`)."""
+        await qemu_mirror.release(self._running(vmid).qmp, job)
+
+    async def export_drives(self, vmid: int, host: str, port: int, keys: list[str]
+                            ) -> dict[str, str]:
+        """On a live migration's target: the drives `keys` exported over NBD
+        (`qemu_migration.export_drives`)."""
+        return await qemu_migration.export_drives(self._running(vmid).qmp, host, port,
+                                                  keys)
+
+    async def stop_exports(self, vmid: int) -> None:
+        await qemu_migration.stop_exports(self._running(vmid).qmp)
 
     async def mirror_cancel(self, vmid: int, job: qemu_mirror.MirrorJob) -> None:
         """Give the mirror up before its switch: the drive stays where it was."""
@@ -726,10 +754,40 @@ class QemuRuntime:
         nics = tuple(n for n in g.spec.nics if n.index != index)
         self._replug_record(g, dataclasses.replace(g.spec, nics=nics))
 
+    async def plug_usb(self, vmid: int, index: int, selector: str) -> None:
+        """`usbN` as the `usb-host` device a start would give it (`qemu_hotplug.plug_usb`)."""
+        g = self._running(vmid)
+        await qemu_hotplug.plug_usb(g.qmp, index, selector)
+        hosts = tuple(sorted((*(u for u in g.spec.usb_hosts if u[0] != index),
+                              (index, selector))))
+        self._replug_record(g, dataclasses.replace(g.spec, usb_hosts=hosts))
+
+    async def unplug_usb(self, vmid: int, index: int) -> None:
+        g = self._running(vmid)
+        await qemu_hotplug.unplug_usb(g.qmp, f"usb{index}")
+        hosts = tuple(u for u in g.spec.usb_hosts if u[0] != index)
+        self._replug_record(g, dataclasses.replace(g.spec, usb_hosts=hosts))
+
     async def set_vcpus(self, vmid: int, count: int) -> None:
         g = self._running(vmid)
         await qemu_hotplug.set_vcpus(g.qmp, count)
         self._replug_record(g, dataclasses.replace(g.spec, vcpus_online=count))
+
+    async def set_memory(self, vmid: int, memory_mb: int) -> None:
+        """PVE's memory hot-plug: the guest's DIMMs made those of `memory_mb` (PVE's
+        layout, `binome.guest.memory`); GuestError with PVE's texts when the guest was
+        not started with memory hot-plug or the size is not allowed."""
+        g = self._running(vmid)
+        limit = g.spec.memory_hotplug_max_mb
+        if limit is None:
+            raise GuestError("the VM was started without memory hot-plug: 'memory' "
+                             "changes at the next start")
+        problem = memory.live_change_problem(g.spec.memory_mb, memory_mb, limit,
+                                             g.spec.sockets)
+        if problem:
+            raise GuestError(problem)
+        await qemu_hotplug.set_memory(g.qmp, memory.dimm_layout(memory_mb, g.spec.sockets))
+        self._replug_record(g, dataclasses.replace(g.spec, memory_mb=memory_mb))
 
     async def command(
         self, vmid: int, cmd: str, args: dict[str, Any] | None = None,
@@ -741,6 +799,18 @@ class QemuRuntime:
         password, migration ...). QMP errors become GuestError.
         """
         return await self._running(vmid).qmp.command(cmd, args, timeout)
+
+    async def monitor_command(self, vmid: int, command: str, timeout: float = 25.0) -> str:
+        """One human monitor (HMP) command line, through QMP's human-monitor-command
+        (PVE's hmp_cmd, 25 s); its text output."""
+        g = self._running(vmid)
+        try:
+            out = await asyncio.wait_for(
+                g.qmp.command("human-monitor-command", {"command-line": command}), timeout)
+        except TimeoutError:
+            raise GuestError(f"VM {vmid} qmp command 'human-monitor-command' failed - "
+                             f"got timeout") from None
+        return str(out or "")
 
     async def agent_command(self, vmid: int, cmd: str, args: dict[str, Any] | None = None,
                             timeout: float | None = None) -> Any:
@@ -782,9 +852,14 @@ class QemuRuntime:
         return runstate, status, "-incoming" in g.argv
 
     async def cancel_migration(self, vmid: int) -> None:
-        """Cancel an outgoing migration and let the source run on (see migrate_out)."""
+        """Cancel an outgoing migration and let the source run on (see migrate_out),
+        with the mirror jobs of its local disks (`qemu_mirror.end_migration_mirrors`)."""
         g = self._running(vmid)
         await qemu_migration.cancel_outgoing(g.qmp, g.alive)
+        ended = await qemu_mirror.end_migration_mirrors(g.qmp)
+        if ended:
+            log.info("VM %s: mirror jobs of the cancelled migration ended: %s", vmid,
+                     ", ".join(ended))
 
     async def announce(self, vmid: int) -> None:
         """Gratuitous RARPs for every NIC (QMP ``announce-self``), right after a migrated

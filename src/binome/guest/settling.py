@@ -3,11 +3,11 @@
 binomed may die (crash, SIGKILL, host OOM) while it drives a migration as its
 source or serves one as its target; QEMU runs on without it. Once quorate,
 with the config (read by quorum) as the only arbiter of where a guest may
-run, `settle_at_start` cancels this node's own interrupted migrations, stops
-the paused copies of VMs owned elsewhere and resumes a copy that was handed
-over but never resumed; every watch round, `settle_copy` also stops an
-incoming copy whose source went offline. Each action is in the cluster log
-with its reason.
+run, `settle_at_start` cancels this node's own interrupted migrations (with the
+mirror jobs of their local disks), stops the paused copies of VMs owned elsewhere
+and resumes a copy that was handed over but never resumed; every watch round,
+`settle_copy` also stops an incoming copy whose source went offline. Each action
+is in the cluster log with its reason.
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ import uuid as uuidlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from binome.guest.memory import STATIC_MEMORY, Dimm, dimm_layout
+
 __all__ = [
     "BUS_MAX_INDEX",
     "CACHE_MODES",
@@ -195,6 +197,16 @@ class LaunchSpec:
     hotplug_scsi: bool = False
     # PVE agent (enabled): the guest agent's port, virtio (virtio-serial) or isa
     agent: str | None = None
+    # PVE usbN host devices: (N, usb-host selector 'vendorid=0x..,productid=0x..' or
+    # 'hostbus=B,hostport=P'), on the xhci controller
+    usb_hosts: tuple[tuple[int, str], ...] = ()
+    # PVE hotplug memory: QEMU's maxmem in MiB; the guest starts with the static memory
+    # (binome.guest.memory) and the rest of memory_mb as DIMMs (None: plain -m)
+    memory_hotplug_max_mb: int | None = None
+    # SPICE (PVE: vga qxl*/virtio*): QEMU's TLS port on 127.0.0.1 and the node's
+    # certificate, key and cluster CA files it serves TLS with
+    spice_port: int | None = None
+    spice_x509: tuple[str, str, str] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.vmid, int) or not 100 <= self.vmid <= 999_999_999:
@@ -235,6 +247,11 @@ class LaunchSpec:
         for flag in self.cpu_flags:
             if not _CPU_FLAG_RE.match(flag):
                 raise ValueError(f"VM {self.vmid}: bad cpu flag {flag!r}")
+        if self.memory_hotplug_max_mb is not None:
+            if not STATIC_MEMORY <= self.memory_mb <= self.memory_hotplug_max_mb:
+                raise ValueError(f"VM {self.vmid}: memory {self.memory_mb} MiB not in "
+                                 f"{STATIC_MEMORY}..{self.memory_hotplug_max_mb} (hotplug)")
+            dimm_layout(self.memory_mb, self.sockets)
         if self.vcpus_online is not None and not 1 <= self.vcpus_online <= self.vcpus:
             raise ValueError(f"VM {self.vmid}: vcpus {self.vcpus_online} not in "
                              f"1..{self.vcpus} (cores x sockets)")
@@ -289,11 +306,27 @@ class LaunchSpec:
                 and not re.fullmatch(r"[a-zA-Z0-9\-]+", self.ivshmem_name)):
             raise ValueError(f"VM {self.vmid}: bad ivshmem {self.ivshmem_name!r} "
                              f"{self.ivshmem_size_mb!r}")
+        object.__setattr__(self, "usb_hosts", tuple(tuple(u) for u in self.usb_hosts))
+        usb_selector = re.compile(r"vendorid=0x[0-9a-f]{4},productid=0x[0-9a-f]{4}"
+                                  r"|hostbus=\d+,hostport=\d+(\.\d+)*")
+        for index, selector in self.usb_hosts:
+            if not 0 <= index < 14 or not usb_selector.fullmatch(selector):
+                raise ValueError(f"VM {self.vmid}: bad USB host device {selector!r}")
         if self.agent is not None and self.agent not in ("virtio", "isa"):
             raise ValueError(f"VM {self.vmid}: bad agent type {self.agent!r}")
         if self.audio is not None and self.audio not in ("ich9-intel-hda", "intel-hda",
                                                          "AC97"):
             raise ValueError(f"VM {self.vmid}: bad audio device {self.audio!r}")
+        if self.spice_x509 is not None:
+            object.__setattr__(self, "spice_x509", tuple(self.spice_x509))
+        if (self.spice_port is None) != (self.spice_x509 is None) or (
+                self.spice_port is not None and (
+                    not 1024 <= self.spice_port <= 65535
+                    or not self.vga.startswith(("qxl", "virtio"))
+                    or any(not p.startswith("/") or any(c in p for c in "\0\n")
+                           for p in self.spice_x509 or ()))):
+            raise ValueError(f"VM {self.vmid}: bad SPICE display {self.spice_port!r} "
+                             f"{self.spice_x509!r} (vga {self.vga})")
         if self.tpm_state is not None and (not self.tpm_state.startswith("/")
                                            or any(c in self.tpm_state for c in "\0\n,")):
             raise ValueError(f"VM {self.vmid}: bad TPM state path {self.tpm_state!r}")
@@ -308,6 +341,20 @@ class LaunchSpec:
     @property
     def vcpus(self) -> int:
         return self.cores * self.sockets
+
+    def dimms(self) -> list[Dimm]:
+        """The DIMMs beyond the static memory, with memory hot-plug (binome.guest.memory's
+        PVE layout, over the NUMA nodes: one per socket); [] without."""
+        if self.memory_hotplug_max_mb is None:
+            return []
+        return list(dimm_layout(self.memory_mb, self.sockets))
+
+    @property
+    def static_memory_mb(self) -> int:
+        """The memory QEMU's -m gives the guest at start (the NUMA nodes' total)."""
+        if self.memory_hotplug_max_mb is None:
+            return self.memory_mb
+        return STATIC_MEMORY
 
     @property
     def maxmem(self) -> int:
@@ -327,9 +374,11 @@ class LaunchSpec:
         fields["boot"] = tuple(fields.get("boot", ()))
         for key in ("cpu_flags", "args"):
             fields[key] = tuple(fields.get(key, ()))
-        for key in ("smbios1", "serials"):
+        for key in ("smbios1", "serials", "usb_hosts"):
             fields[key] = tuple(tuple(item) for item in fields.get(key, ()))
         fields["numa_nodes"] = tuple(tuple(n) for n in fields.get("numa_nodes", ()))
         if fields.get("rng") is not None:
             fields["rng"] = tuple(fields["rng"])
+        if fields.get("spice_x509") is not None:
+            fields["spice_x509"] = tuple(fields["spice_x509"])
         return cls(**fields)

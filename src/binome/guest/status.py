@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from binome import durable
+from binome.cluster.node_config import NodeConfigs
 from binome.guest import config as vmconf
 from binome.guest.configs import VmConfig
 from binome.guest.options import parse_startup
@@ -57,6 +59,7 @@ class GuestStatus:
         if marker.exists() and marker.read_text().strip() == boot_id:
             return
         await self.ctx.until_quorate(poll=1.0)
+        await self.onboot_delay()
         marker.parent.mkdir(parents=True, exist_ok=True)
         durable.write_text(marker, boot_id + "\n")
         for vm in sorted(await self.ctx.configs.list(), key=startup_key):
@@ -80,6 +83,21 @@ class GuestStatus:
                 await self.ctx.clusterlog.write(f"VM {vm.vmid}: start at boot failed: {exc}",
                                             tag="qemu", pri="err")
 
+
+    async def onboot_delay(self, sleep=asyncio.sleep) -> int:
+        """The node's `startall-onboot-delay` (PVE's `pve-startall-delay` before the
+        on-boot start-all): waited, logged; the seconds waited."""
+        store = self.ctx.cluster.store
+        if store is None:
+            return 0
+        try:
+            delay = await NodeConfigs(store).onboot_delay(self.ctx.node)
+        except StoreUnavailable:
+            return 0
+        if delay > 0:
+            log.info("Delaying on-boot 'startall' command for %d second(s).", delay)
+            await sleep(delay)
+        return delay
 
     async def safe_list(self) -> list[VmConfig]:
         try:
@@ -160,6 +178,10 @@ class GuestStatus:
         entry["ha"] = {"managed": 0}
         # PVE: 1 with an enabled agent (bpg then waits on network-get-interfaces)
         entry["agent"] = 1 if vmconf.agent_settings(vm.config) else 0
+        if vm.config.get("vga"):
+            vga = vmconf.VGA_FORMAT.parse(str(vm.config["vga"]))
+            if re.fullmatch(r"qxl[234]?|virtio.*", str(vga.get("type") or "")):
+                entry["spice"] = 1     # PVE: the VGA configuration supports SPICE
         return entry
 
 

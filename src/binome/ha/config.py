@@ -1,17 +1,19 @@
 """The HA configuration in etcd: the one module that reads and writes it (PVE::HA::Config).
 
 Owns the keys under `/binome/ha/` that administrators change or read: the
-resources and groups documents (single JSON documents, edited with
-compare-and-swap), the datacenter-wide settings, the admin command queue the
-CRM master reads, the administrator's power-off confirmations, and the
-read side of what the daemons publish (manager status, LRM reports) for
-`ha status`. The API validates its input and shapes its answers; everything
-that touches these keys is here. The decoders (`decode_*`) turn the stored
-documents into the model (`binome.ha.model`) for the daemons' Env too.
+resources, groups and rules documents (single JSON documents, edited with
+compare-and-swap; the rules' logic is `binome.ha.rules`), the datacenter-wide
+settings, the admin command queue the CRM master reads, the administrator's
+power-off confirmations, and the read side of what the daemons publish
+(manager status, LRM reports) for `ha status`. The API validates its input
+and shapes its answers; everything that touches these keys is here. The
+decoders (`decode_*`) turn the stored documents into the model
+(`binome.ha.model`) for the daemons' Env too.
 
 Refusals (no such resource, group in use, a changed digest...) are
 `HaConfigError`: a `BinomeError`, so the API answers them as PVE does (500,
-the message as reason).
+the message as reason); a rule refused per property is `RuleParamError` or
+`RuleInvalid` (PVE's 400 with `errors`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,17 @@ from binome.ha.model import (
     ResourceConfig,
     parse_group_nodes,
 )
+from binome.ha.rules import (
+    NODE_AFFINITY,
+    RESOURCE_AFFINITY,
+    Rule,
+    check_feasibility,
+    decode_rules,
+    migrate_groups,
+    next_order,
+    parse_nodes,
+    parse_resources,
+)
 from binome.store import keys
 from binome.store.client import StoreUnavailable
 
@@ -37,7 +50,7 @@ if TYPE_CHECKING:
     from binome.store.client import Store
 
 RESOURCE_KEYS = ("state", "group", "max_restart", "max_relocate", "comment",
-                 "availability_target")
+                 "availability_target", "failback")
 GROUP_KEYS = ("nodes", "restricted", "nofailback", "comment")
 # qm stop/shutdown's hint to the LRM of how long the guest may take to shut down
 STOP_TIMEOUT = "stop_timeout"
@@ -45,6 +58,23 @@ STOP_TIMEOUT = "stop_timeout"
 
 class HaConfigError(BinomeError):
     """A refused HA configuration change or a missing entry (the message says which)."""
+
+
+class RuleInvalid(HaConfigError):
+    """A rule the rule set cannot hold (PVE's 400 "Rule '<id>' is invalid." with the
+    problems per property in `errors`)."""
+
+    def __init__(self, rule_id: str, errors: Mapping[str, str]) -> None:
+        super().__init__(f"Rule '{rule_id}' is invalid.")
+        self.errors = dict(errors)
+
+
+class RuleParamError(HaConfigError):
+    """A rule property refused before any feasibility check (PVE's 400 per parameter)."""
+
+    def __init__(self, errors: Mapping[str, str]) -> None:
+        super().__init__("Parameter verification failed.")
+        self.errors = dict(errors)
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -233,6 +263,119 @@ class HaConfig:
         await self._edit(keys.HA_GROUPS, name, lambda _old: None,
                          missing=f"no such ha group '{name}'")
 
+    # ------------------------------------------------------------ rules (PVE 9)
+
+    async def rules_doc(self) -> dict[str, Any]:
+        return await self.store.get_value(keys.HA_RULES, {}) or {}
+
+    async def rules_view(self, nodes: Iterable[str]
+                         ) -> tuple[dict[str, Rule], dict[str, dict[str, list[str]]], str]:
+        """(every rule, the groups' generated `ha-group-<g>` rules included, as upstream's
+        index shows them; the feasibility errors per rule; the rules document's digest)."""
+        doc = await self.rules_doc()
+        full = await self._with_groups(decode_rules(doc))
+        return full, check_feasibility(full, sorted(nodes)), config_digest(doc)
+
+    async def add_rule(self, rule_id: str, params: Mapping[str, Any],
+                       nodes: Iterable[str]) -> None:
+        """Create a rule (`type`, `resources`, `nodes`/`strict` or `affinity`, `disable`,
+        `comment`); refused as upstream's create_rule refuses it."""
+        known = sorted(nodes)
+
+        async def change(doc: dict[str, Any]) -> dict[str, Any]:
+            rules = decode_rules(doc)
+            if rule_id in doc:
+                raise HaConfigError(f"HA rule '{rule_id}' already defined")
+            rule = _rule_from_params(rule_id, params, None, (), next_order(rules))
+            await self._check_rule(rule, known)
+            rules[rule_id] = rule
+            await self._assert_feasible(rules, rule_id, known)
+            return {**doc, rule_id: rule.to_dict()}
+
+        await self._update_async(keys.HA_RULES, change)
+
+    async def update_rule(self, rule_id: str, params: Mapping[str, Any],
+                          delete: Iterable[str], digest: str | None,
+                          nodes: Iterable[str]) -> None:
+        known = sorted(nodes)
+        gone = list(delete)
+
+        async def change(doc: dict[str, Any]) -> dict[str, Any]:
+            if digest and digest != config_digest(doc):
+                raise HaConfigError("detected modified configuration - file changed by other "
+                                    "user? Try again.")
+            rules = decode_rules(doc)
+            old = rules.get(rule_id)
+            if old is None:
+                raise HaConfigError(f"HA rule '{rule_id}' does not exist")
+            if params.get("type") and params["type"] != old.type:
+                raise RuleParamError({"type": f"rule '{rule_id}' is a {old.type} rule"})
+            rule = _rule_from_params(rule_id, params, old, gone, old.order)
+            await self._check_rule(rule, known, only=params)
+            rules[rule_id] = rule
+            await self._assert_feasible(rules, rule_id, known)
+            return {**doc, rule_id: rule.to_dict()}
+
+        await self._update_async(keys.HA_RULES, change)
+
+    async def remove_rule(self, rule_id: str) -> None:
+        """Upstream deletes without asking whether it existed: so does this."""
+        def change(doc: dict[str, Any] | None) -> dict[str, Any]:
+            return {k: v for k, v in (doc or {}).items() if k != rule_id}
+        await self.store.update(keys.HA_RULES, change)
+
+    async def purge_rules_of(self, sid: str) -> None:
+        """Take `sid` out of every rule; a rule left without resources goes (upstream's
+        `ha-manager remove --purge`)."""
+        def change(doc: dict[str, Any] | None) -> dict[str, Any]:
+            out = {}
+            for rule_id, data in (doc or {}).items():
+                resources = [s for s in data.get("resources", []) if s != sid]
+                if resources:
+                    out[rule_id] = {**data, "resources": resources}
+            return out
+        await self.store.update(keys.HA_RULES, change)
+
+    async def _with_groups(self, rules: Mapping[str, Rule]) -> dict[str, Rule]:
+        return migrate_groups(rules, decode_groups(await self.groups()),
+                              decode_resources(await self.resources()))
+
+    async def _check_rule(self, rule: Rule, nodes: list[str],
+                          only: Mapping[str, Any] | None = None) -> None:
+        """Upstream's assert_valid_resources_param / assert_valid_nodes_param (on
+        update: only for the properties given)."""
+        if only is None or only.get("resources") is not None:
+            if not rule.resources:
+                raise HaConfigError("no resources were specified")
+            configured = await self.resources()
+            unknown = sorted(s for s in rule.resources if s not in configured)
+            if unknown:
+                raise HaConfigError(f"cannot use unmanaged resource(s) {', '.join(unknown)}.")
+        if rule.type == NODE_AFFINITY and (only is None or only.get("nodes") is not None):
+            if not rule.nodes:
+                raise HaConfigError("no nodes were specified")
+            missing = sorted(n for n in rule.nodes if n not in nodes)
+            if missing:
+                raise HaConfigError(f"cannot use non-existent node(s) {', '.join(missing)}.")
+
+    async def _assert_feasible(self, rules: Mapping[str, Rule], rule_id: str,
+                               nodes: list[str]) -> None:
+        errors = check_feasibility(await self._with_groups(rules), nodes).get(rule_id)
+        if errors:
+            raise RuleInvalid(rule_id, {p: ", ".join(m) for p, m in sorted(errors.items())})
+
+    async def _update_async(self, key: str, change: Callable[[dict[str, Any]], Any]) -> None:
+        """Compare-and-swap of a document whose change needs reads of its own (a rule
+        checks the resources and groups): read, change, write if unchanged, retry."""
+        for _ in range(10):
+            raw = await self.store.get(key)
+            doc = dict(raw.value) if raw is not None and isinstance(raw.value, dict) else {}
+            new = await change(doc)
+            if await self.store.commit({key: 0 if raw is None else raw.mod_revision},
+                                       {key: new}):
+                return
+        raise HaConfigError("create ha rule failed: the rules changed too often; try again")
+
     # ------------------------------------------------------------ settings and commands
 
     async def settings(self) -> dict[str, Any]:
@@ -342,3 +485,62 @@ class HaConfig:
             return doc
 
         await self.store.update(key, mutate)
+
+
+def _rule_from_params(rule_id: str, params: Mapping[str, Any], old: Rule | None,
+                      delete: Iterable[str], order: int) -> Rule:
+    """A rule from API parameters (strings as PVE sends them) over `old`; `delete`
+    removes optional properties. RuleParamError per parameter."""
+    errors: dict[str, str] = {}
+    rtype = old.type if old is not None else str(params.get("type") or "")
+    if rtype not in (NODE_AFFINITY, RESOURCE_AFFINITY):
+        raise RuleParamError({"type": "property is missing and it is not optional"
+                              if not rtype else f"value '{rtype}' does not have a value in "
+                              "the enumeration 'node-affinity, resource-affinity'"})
+    allowed = {"strict", "comment", "disable"} if rtype == NODE_AFFINITY \
+        else {"comment", "disable"}
+    own = {"nodes", "strict"} if rtype == NODE_AFFINITY else {"affinity"}
+    for key in ("nodes", "strict", "affinity"):
+        if params.get(key) is not None and key not in own:
+            errors[key] = f"property is not defined in schema for type '{rtype}'"
+    data: dict[str, Any] = old.to_dict() if old is not None else {"type": rtype}
+    for key in delete:
+        if key in ("resources", "nodes", "affinity", "type"):
+            errors.setdefault("delete", f"unable to delete required option '{key}'")
+        elif key not in allowed:
+            errors.setdefault("delete", f"no such option '{key}'")
+        elif params.get(key) is not None:
+            errors.setdefault("delete",
+                              f"cannot set and delete property '{key}' at the same time!")
+        else:
+            data.pop(key, None)
+    if params.get("resources") is not None:
+        try:
+            data["resources"] = sorted(parse_resources(str(params["resources"])))
+        except ValueError as exc:
+            errors["resources"] = str(exc)
+    if params.get("nodes") is not None and "nodes" in own:
+        try:
+            data["nodes"] = parse_nodes(str(params["nodes"]))
+        except ValueError as exc:
+            errors["nodes"] = str(exc)
+    for key in ("strict", "disable"):
+        if params.get(key) is not None and (key != "strict" or key in own):
+            data[key] = bool(params[key])
+    if params.get("affinity") is not None and "affinity" in own:
+        data["affinity"] = params["affinity"]
+    if params.get("comment") is not None:
+        data["comment"] = str(params["comment"])
+    if old is None:
+        for key in ("resources", *sorted(own - {"strict"})):
+            if key not in data and key not in errors:
+                errors[key] = "property is missing and it is not optional"
+    if errors:
+        raise RuleParamError(errors)
+    data["order"] = order
+    try:
+        return Rule.from_dict(rule_id, data)
+    except ValueError as exc:
+        raise RuleParamError({"affinity" if rtype == RESOURCE_AFFINITY else "type": str(exc)}
+                             ) from None
+

@@ -28,6 +28,7 @@ from binome.ha.model import (
     ServiceState,
     ServiceStatus,
 )
+from binome.ha.rules import CompiledRules, NodeAffinity
 from binome.ha.scheduler import Choice, Placement, select_node
 from binome.ha.timers import HaTimers
 
@@ -52,6 +53,8 @@ class RoundContext:
     confirmations: dict[str, FenceConfirmation] = field(default_factory=dict)
     # nodes whose fence device read their chassis off after their last renewal (`ha.probe`)
     powered_off: dict[str, str] = field(default_factory=dict)
+    # the HA rules (groups included, as node-affinity rules) compiled for this round
+    rules: CompiledRules = field(default_factory=CompiledRules)
     _replicas: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
 
     # ------------------------------------------------------------ reads
@@ -85,9 +88,41 @@ class RoundContext:
             self._replicas[sid] = self.env.replica_states(sid)
         return self._replicas[sid]
 
-    def group_of(self, sid: str) -> GroupConfig | None:
-        cfg = self.resources.get(sid)
-        return self.groups.get(cfg.group) if cfg and cfg.group else None
+    def node_affinity(self, sid: str) -> NodeAffinity | None:
+        return self.rules.node_affinity.get(sid)
+
+    def partners(self, sid: str, *, current: str | None = None
+                 ) -> tuple[dict[str, frozenset[str]], dict[str, int]]:
+        """(node -> services there `sid` must be kept apart from, node -> number of services
+        there it must run with), from the services' states (upstream's get_resource_affinity:
+        a moving service counts on both its nodes, on its target only for `together`).
+
+        A partner leaving `current` (the node `sid` runs on) does not count there: `sid`
+        need not move away from a node the other one is already leaving."""
+        usable = set(self.placeable())
+        separate: dict[str, set[str]] = {}
+        together: dict[str, int] = {}
+        for csid in sorted(self.rules.negative.get(sid, ())):
+            for node in self._used_nodes(csid, usable, leaving=current):
+                separate.setdefault(node, set()).add(csid)
+        for csid in sorted(self.rules.positive.get(sid, ())):
+            used = self._used_nodes(csid, usable)
+            if used:
+                node = used[-1]   # the target of a move, else its node
+                together[node] = together.get(node, 0) + 1
+        return {n: frozenset(s) for n, s in separate.items()}, together
+
+    def _used_nodes(self, sid: str, usable: set[str], leaving: str | None = None) -> list[str]:
+        sd = self.status.service_status.get(sid)
+        if sd is None or sd.state in (ServiceState.STOPPED, ServiceState.REQUEST_START):
+            return []
+        out = []
+        moving = sd.state in (ServiceState.MIGRATE, ServiceState.RELOCATE) and sd.target
+        if sd.node in usable and not (moving and sd.node == leaving):
+            out.append(sd.node)
+        if moving and sd.target in usable:
+            out.append(str(sd.target))
+        return out
 
     def placeable(self) -> list[str]:
         """Nodes that may receive services now: online, not in maintenance, not shutting down."""
@@ -112,9 +147,15 @@ class RoundContext:
         if sd is not None and sd.state in _LOADED and sd.node in load:
             # the service itself must not make its current node look busier than the others
             load[sd.node] -= 1
-        return select_node(Placement(sid=sid, current=current, group=self.group_of(sid),
-                                     online=online, load=load, replicas=self.replicas(sid),
-                                     avoid=avoid, stay=stay))
+        # a running service need not leave a node its partner is leaving; one not yet
+        # running must not start where that partner still is (upstream counts both)
+        running = sd is not None and sd.state == ServiceState.STARTED and sd.node == current
+        separate, together = self.partners(sid, current=current if running else None)
+        return select_node(Placement(sid=sid, current=current, online=online,
+                                     affinity=self.node_affinity(sid), load=load,
+                                     replicas=self.replicas(sid), avoid=avoid, stay=stay,
+                                     failback=sid not in self.rules.nofailback,
+                                     separate=separate, together=together))
 
     # ------------------------------------------------------------ writes (to the status)
 

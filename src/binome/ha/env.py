@@ -48,6 +48,7 @@ from binome.ha.model import (
     NodeInfo,
     ResourceConfig,
 )
+from binome.ha.rules import Rule
 
 
 class EnvUnavailable(Exception):
@@ -130,6 +131,10 @@ class CrmEnv(ClusterEnv, Protocol):
 
     def read_groups(self) -> dict[str, GroupConfig]: ...
 
+    def read_rules(self) -> dict[str, Rule]:
+        """The HA rules as stored (`binome.ha.rules`; groups are not in them)."""
+        ...
+
     def read_commands(self) -> list[tuple[str, str]]:
         """Queued admin commands as (id, line), oldest first (`migrate vm:100 n2`, ...)."""
         ...
@@ -203,7 +208,9 @@ class LrmEnv(ClusterEnv, Protocol):
     def watchdog_disarm(self) -> None: ...
 
     def watchdog_fired(self) -> bool:
-        """True once the watchdog fired, until the next `watchdog_arm`."""
+        """True once the watchdog fired, until the next `watchdog_arm` (the daemon's
+        adapter answers True once per fire: its supervisor reports a fire until it
+        has read the next arm's deadline, `binome.fence.watchdog.Watchdog.new_fire`)."""
         ...
 
     def shutdown_request(self) -> str | None:

@@ -32,6 +32,7 @@ from binome.ha.model import (
 )
 from binome.ha.nodes import fence_nodes, update_node_states
 from binome.ha.probe import PowerProber
+from binome.ha.rules import compile_config
 from binome.ha.scheduler import replica_reason, uptodate_nodes
 from binome.ha.timers import HaTimers
 from binome.ha.transitions import next_state
@@ -47,6 +48,7 @@ class Manager:
         self.since = env.now()  # when this node became master: see nodes.alive()
         # the CRM's, so what it probed before it was master still counts (`ha.probe`)
         self.prober = prober if prober is not None else PowerProber()
+        self._dropped: list[str] = []   # the rule drop messages last logged
 
     def round(self) -> None:
         env = self.env
@@ -55,12 +57,19 @@ class Manager:
         now, nodes, facts = env.now(), env.cluster_nodes(), env.node_facts()
         if status.disarm is None:   # disarmed: no fencing, so no probing either
             self.prober.step(env, self.timers, now, facts, nodes, sorted(nodes))
+        resources, groups = env.read_resources(), env.read_groups()
+        rules, dropped = compile_config(env.read_rules(), groups, resources, sorted(nodes))
+        if dropped != self._dropped:   # upstream logs them at every recompile: once here
+            for message in dropped:
+                env.log("warn", message)
+            self._dropped = dropped
         ctx = RoundContext(
             env=env, timers=self.timers, now=now, status=status,
-            resources=env.read_resources(), groups=env.read_groups(),
+            resources=resources, groups=groups,
             settings=env.read_settings(), nodes=nodes, facts=facts,
             lrms=env.read_lrm_statuses(), master_since=self.since,
-            confirmations=env.fence_confirmations(), powered_off=self.prober.powered_off(env))
+            confirmations=env.fence_confirmations(), powered_off=self.prober.powered_off(env),
+            rules=rules)
         status.master_node = env.node
         commands = env.read_commands()  # deleted with the status write: none is lost
         for _cmd_id, line in commands:
@@ -141,9 +150,15 @@ class Manager:
         if target not in ctx.placeable():
             ctx.log("warn", f"{cmd}: refused: {target} cannot take services now")
             return
-        group = ctx.group_of(sid)
-        if group is not None and group.restricted and target not in group.nodes:
-            ctx.log("warn", f"{cmd}: refused: {target} is not in restricted group {group.name}")
+        aff = ctx.node_affinity(sid)
+        if aff is not None and aff.priority(target) is None:
+            ctx.log("warn", f"{cmd}: refused: {target} is not in {aff.label}")
+            return
+        separate, _ = ctx.partners(sid)
+        if separate.get(target):
+            csid = sorted(separate[target])[0]
+            ctx.log("err", f"{cmd}: refused: service '{csid}' on node '{target}' in negative "
+                           f"affinity with service '{sid}'")
             return
         replicas = ctx.replicas(sid)
         good = uptodate_nodes(replicas)
@@ -153,6 +168,21 @@ class Manager:
         sd.maintenance_node = None
         live = cmd.verb == "migrate" and sd.state == S.STARTED
         ctx.change(sid, sd, S.MIGRATE if live else S.RELOCATE, target=target, why="admin command")
+        # upstream's queue_resource_motion: its positive-affinity partners follow it
+        for csid in sorted(ctx.rules.positive.get(sid, ())):
+            csd = ctx.status.service_status.get(csid)
+            if csd is None or target in (csd.node, csd.target) \
+                    or csd.state not in (S.STARTED, S.STOPPED):
+                continue
+            good = uptodate_nodes(ctx.replicas(csid))
+            if good is not None and target not in good:
+                ctx.log("warn", f"{cmd}: {csid} (positive affinity) stays: "
+                                f"{replica_reason(ctx.replicas(csid), [target])}")
+                continue
+            csd.maintenance_node = None
+            live = cmd.verb == "migrate" and csd.state == S.STARTED
+            ctx.change(csid, csd, S.MIGRATE if live else S.RELOCATE, target=target,
+                       why=f"in positive affinity with {sid} ({cmd})")
 
     def _disarm(self, ctx: RoundContext, cmd: CrmCommand) -> None:
         ctx.status.disarm = cmd.disarm

@@ -153,6 +153,9 @@ class ResourceConfig:
     comment: str = ""
     # binome: this service's availability target in percent (None: the cluster's)
     availability_target: float | None = None
+    # PVE 9: move back to the highest-priority node of its node affinity when it comes
+    # online (a group's `nofailback` overrides it, as upstream's group migration does)
+    failback: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"state": str(self.state), "group": self.group,
@@ -160,6 +163,8 @@ class ResourceConfig:
                                "max_relocate": self.max_relocate, "comment": self.comment}
         if self.availability_target is not None:
             out["availability_target"] = self.availability_target
+        if not self.failback:
+            out["failback"] = False
         return out
 
     @classmethod
@@ -169,7 +174,8 @@ class ResourceConfig:
                    max_relocate=int(data.get("max_relocate", 1)),
                    comment=data.get("comment", ""),
                    availability_target=None if data.get("availability_target") is None
-                   else float(data["availability_target"]))
+                   else float(data["availability_target"]),
+                   failback=bool(data.get("failback", True)))
 
 
 @dataclass

@@ -426,6 +426,17 @@ def _freeze(ctx: RoundContext, sid: str, sd: ServiceStatus) -> None:
     if lrm is None or lrm.mode != LrmMode.ACTIVE or lrm.shutdown_done:
         return
     nxt = S.REQUEST_STOP if _wants_stop(ctx, sid) else S.STARTING
+    if nxt == S.STARTING and sid not in lrm.running:
+        # not running there (frozen while stopped): a start the rules forbid on this node
+        # (a partner to keep apart from is there, a strict node affinity excludes it) is
+        # placed like any start instead
+        separate, _ = ctx.partners(sid)
+        aff = ctx.node_affinity(sid)
+        if separate.get(sd.node) or (aff is not None and aff.priority(sd.node) is None):
+            ctx.change(sid, sd, S.REQUEST_START,
+                       why=f"unfrozen: {sd.node}'s LRM is active again; not running there "
+                           "and its rules want it elsewhere")
+            return
     ctx.change(sid, sd, nxt, why=f"unfrozen: {sd.node}'s LRM is active again")
 
 

@@ -154,8 +154,9 @@ CATALOGUE: dict[str, EventKind] = {k.name: k for k in [
        "Certificate {certificate} expires in {days_left} days",
        "The certificate {certificate} on {hostname} expires on {not_after}.\nClients, and the "
        "other nodes, will refuse this node's API once it has expired. Plan its renewal now: "
-       "binome has no renewal command yet (node certificates are issued for 10 years when "
-       "a node joins); a node joined again gets a new one.",
+       "a custom or ACME certificate (pveproxy-ssl.pem) with 'binome acme cert renew' or a "
+       "new upload ('binome cert set'); the node's own certificate (node.pem, issued for 10 "
+       "years when a node joins) by joining the node again.",
        ("certificate",)),
     _k("clock-skew", "time", S.WARNING, ("node", "skew", "threshold"),
        "Clock skew on {node}: {skew} s",

@@ -14,6 +14,10 @@ alone). What a type implements:
   hold, its default first), `volume_format` (an existing volume's), and
   `rename_volume` (PVE's rename_volume: the volume handed to another guest,
   refused by the base with PVE's text; `dir` renames the file);
+- templates and linked clones (PVE's create_base, clone_image, volume_has_feature
+  'clone', volume_is_base_and_used): `create_base` (a template's read-only base
+  image; the base keeps the volume as it is), `can_link`, `clone_image` (refused by
+  the base) and `base_users`; `dir` implements them;
 - moving a guest: `migration_blocker` (why a target node cannot take the
   volume over, live or not); a live migration activates the target's copy
   while the source's is still active (both Primary for the hand-over: every
@@ -49,6 +53,7 @@ activation for network storage and LVM (`activate_storage` /
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import re
 from abc import ABC, abstractmethod
@@ -82,6 +87,20 @@ class VolumeSource:
 
     source: str            # a file path or an NBD URI
     format: str | None     # raw | qcow2 | None (NBD: the export is raw)
+
+
+async def convert_into(src: VolumeSource, dst: VolumeSource) -> None:
+    """Copy `src`'s data into the existing volume `dst` (`qemu-img convert -n`, each in
+    its own format); StorageError with qemu-img's message when it fails."""
+
+    proc = await asyncio.create_subprocess_exec(
+        "qemu-img", "convert", "-n", "-f", src.format or "raw", "-O", dst.format or "raw",
+        src.source, dst.source, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise StorageError(err.decode(errors="replace").strip()
+                           or f"qemu-img convert exited {proc.returncode}")
 
 
 @dataclass(frozen=True)
@@ -160,16 +179,34 @@ def split_volid(volid: str) -> tuple[str, str]:
     return storage, volname
 
 
-# a disk, or a VM's cloud-init drive (PVE's vm-<vmid>-cloudinit)
-_IMAGE_RE = re.compile(r"^(\d+)/((?:vm|base)-(\d+)-(?:disk-\d+|cloudinit))\.(raw|qcow2)$")
+# a disk, or a VM's cloud-init drive (PVE's vm-<vmid>-cloudinit); a linked clone's
+# volume names its base first (PVE's dir plugin: '<basevmid>/<basename>/<vmid>/<name>')
+_IMAGE_RE = re.compile(r"^(?:(\d+)/(base-\d+-disk-\d+\.(?:raw|qcow2))/)?"
+                       r"(\d+)/((?:vm|base)-\d+-(?:disk-\d+|cloudinit))\.(raw|qcow2)$")
 
 
 def parse_image_volname(volname: str) -> tuple[int, str, str]:
-    """'100/vm-100-disk-0.raw' -> (100, 'vm-100-disk-0', 'raw')."""
+    """'100/vm-100-disk-0.raw' -> (100, 'vm-100-disk-0', 'raw');
+    '100/base-100-disk-0.qcow2/101/vm-101-disk-0.qcow2' (a linked clone) ->
+    (101, 'vm-101-disk-0', 'qcow2')."""
     m = _IMAGE_RE.match(volname)
     if not m:
         raise StorageError(f"unable to parse image volume name '{volname}'")
-    return int(m.group(1)), m.group(2), m.group(4)
+    return int(m.group(3)), m.group(4), m.group(5)
+
+
+def linked_base(volname: str) -> tuple[int, str] | None:
+    """The base image a linked clone's volume is backed by, (basevmid, basename) as
+    PVE's parse_volname gives them; None for any other volume."""
+    m = _IMAGE_RE.match(volname)
+    if not m or m.group(1) is None:
+        return None
+    return int(m.group(1)), m.group(2)
+
+
+def is_base_volname(volname: str) -> bool:
+    """A template's read-only base image (PVE's isBase: the name starts with 'base-')."""
+    return parse_image_volname(volname)[1].startswith("base-")
 
 
 class Storage(ABC):
@@ -227,6 +264,27 @@ class Storage(ABC):
         """PVE's resolve_format_hint: `wanted` if this type can hold it, else the
         default format."""
         return wanted if wanted in self.formats else self.formats[0]
+
+    async def create_base(self, volid: str) -> str:
+        """Make the volume a template's read-only base image (PVE's create_base, for a
+        VM converted to a template); the new volid. Types without base images keep the
+        volume as it is."""
+        return volid
+
+    async def clone_image(self, volid: str, vmid: int) -> str:
+        """A linked clone of base volume `volid` for guest `vmid` (PVE's clone_image): a
+        new volume that reads the base and writes only its own changes; its volid."""
+        raise StorageError(f"storage type '{self.config.type}' has no linked clones")
+
+    def can_link(self, volid: str) -> bool:
+        """PVE's volume_has_feature('clone'): the volume is a base image a linked clone
+        can be made of."""
+        return False
+
+    async def base_users(self, volid: str) -> builtins.list[str]:
+        """The linked clones' volumes backed by base volume `volid` (PVE's
+        volume_is_base_and_used); none for other volumes."""
+        return []
 
     async def rename_volume(self, volid: str, vmid: int) -> str:
         """Hand a volume no guest has open to guest `vmid` under a name of its own (PVE's

@@ -9,9 +9,19 @@ copied there (listed, not restorable). A VM's cloud-init drive is
 ``<vmid>/vm-<vmid>-cloudinit.<fmt>``; cloud-init custom files (content ``snippets``)
 are ``<path>/snippets/<file>``, volids ``STORAGE:snippets/<file>``.
 
+Templates and linked clones, as PVE's dir plugin: `create_base` renames a template's
+``vm-<vmid>-disk-<n>`` to ``base-<vmid>-disk-<n>`` (mode 0444: never written again);
+`clone_image` makes a linked clone's qcow2 image in the clone's directory, backed by
+``../<basevmid>/<basename>`` (a relative path), volid
+``STORAGE:<basevmid>/<basename>/<vmid>/vm-<vmid>-disk-<n>.qcow2``; a base image
+cannot be freed while an image's header names it as backing file (`base_users`). A
+copy of a linked clone (`qemu-img convert`, QEMU's mirror) reads through its base.
+
 Snapshots, as PVE's dir plugin: qcow2 images only, as qcow2 internal snapshots
 (``qemu-img snapshot`` on an image no QEMU has open; the running QEMU takes
-them itself otherwise: `qemu_snapshots_internal`). A raw image has none (PVE:
+them itself otherwise: `qemu_snapshots_internal`). A rollback and an offline resize
+drop the backups' persistent dirty bitmaps of the image (`binome.backup.incremental`)
+first. A raw image has none (PVE:
 "snapshot feature is not available"); a new disk is raw unless created with
 ``format=qcow2``, PVE's default for dir storage.
 """
@@ -20,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import json
 import os
 import re
 import shutil
@@ -29,11 +40,14 @@ from typing import Any
 from binome.backup.datastore import DatastoreError
 from binome.backup.dumpdir import DumpDir, DumpDirError, parse_archive_name
 from binome.backup.dumpstore import DumpStore, ref_of_name
+from binome.backup.incremental import BITMAP_PREFIX
 from binome.storage.base import (
     SNAPSHOT_UNAVAILABLE,
     Storage,
     StorageError,
     VolumeSource,
+    is_base_volname,
+    linked_base,
     parse_image_volname,
     split_volid,
 )
@@ -48,6 +62,34 @@ async def _run(*argv: str) -> str:
     if proc.returncode != 0:
         raise StorageError(f"{argv[0]} failed: {err.decode().strip() or proc.returncode}")
     return out.decode()
+
+
+async def _drop_backup_bitmaps(path: Path) -> None:
+    """Remove the backups' persistent dirty bitmaps (`binome.backup.incremental`) from a
+    qcow2 image no QEMU has open: the next backup of the guest reads it in full."""
+    info = json.loads(await _run("qemu-img", "info", "--output=json", str(path)))
+    for bitmap in (info.get("format-specific") or {}).get("data", {}).get("bitmaps") or []:
+        if str(bitmap.get("name", "")).startswith(BITMAP_PREFIX):
+            await _run("qemu-img", "bitmap", "--remove", str(path), str(bitmap["name"]))
+
+
+def qcow2_backing(path: Path) -> str | None:
+    """The backing file a qcow2 image's header names (a linked clone's
+    '../<basevmid>/<basename>'), None without one or for another format; read from
+    the header itself, so listing many images starts no process."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(20)
+            if len(header) < 20 or header[:4] != b"QFI\xfb":
+                return None
+            offset = int.from_bytes(header[8:16], "big")
+            size = int.from_bytes(header[16:20], "big")
+            if not offset or not size or size > 1023:
+                return None
+            f.seek(offset)
+            return f.read(size).decode(errors="replace")
+    except OSError:
+        return None
 
 
 class DirStorage(Storage):
@@ -129,9 +171,12 @@ class DirStorage(Storage):
 
     async def free(self, volid: str) -> None:
         path = self.path(volid)
-        if split_volid(volid)[1].startswith("backup/"):
+        volname = split_volid(volid)[1]
+        if volname.startswith("backup/"):
             await asyncio.to_thread(self._free_backup, path)
             return
+        if await self.base_users(volid):
+            raise StorageError(f"base volume '{volname}' is still in use by linked clones")
         path.unlink(missing_ok=True)
         with_dir = path.parent
         if with_dir.name.isdigit() and with_dir.exists() and not any(with_dir.iterdir()):
@@ -141,6 +186,13 @@ class DirStorage(Storage):
         path = self.path(volid)
         if not path.exists():
             raise StorageError(f"volume '{volid}' does not exist")
+        if self._is_base(volid):
+            # PVE's base images are immutable (chattr +i): qemu-img cannot write them
+            raise StorageError(f"volume '{volid}' is a template's read-only base image")
+        if path.suffix == ".qcow2":
+            # an inconsistent one (QEMU died with the image open) makes qemu-img refuse;
+            # the next backup reads a resized disk in full anyway
+            await _drop_backup_bitmaps(path)
         await _run("qemu-img", "resize", "-q", "-f", path.suffix[1:], str(path), str(size))
 
     async def copy(self, volid: str, vmid: int, fmt: str | None = None) -> str:
@@ -154,6 +206,89 @@ class DirStorage(Storage):
         await _run("qemu-img", "convert", "-q", "-f", src.suffix[1:], "-O", fmt, str(src),
                    str(dst))
         return f"{self.id}:{vmid}/{name}.{fmt}"
+
+    # ------------------------------------------------------------ templates, linked clones
+
+    def _is_base(self, volid: str) -> bool:
+        try:
+            return is_base_volname(split_volid(volid)[1])
+        except StorageError:
+            return False
+
+    async def create_base(self, volid: str) -> str:
+        """PVE's dir create_base: 'vm-N-disk-M' renamed 'base-N-disk-M' in place (a
+        linked clone keeps naming its own base), made read-only (mode 0444)."""
+        volname = split_volid(volid)[1]
+        owner, name, fmt = parse_image_volname(volname)
+        if name.endswith("-cloudinit"):
+            return volid
+        if name.startswith("base-"):
+            raise StorageError("create_base not possible with base image")
+        src = self.path(volid)
+        if not src.exists():
+            raise StorageError(f"volume '{volid}' does not exist")
+        base = linked_base(volname)
+        new_name = "base-" + name[len("vm-"):]
+        new_volname = (f"{base[0]}/{base[1]}/" if base else "") + f"{owner}/{new_name}.{fmt}"
+        dst = self._image_dir(owner) / f"{new_name}.{fmt}"
+        if dst.exists():
+            raise StorageError(f"file '{dst}' already exists")
+        os.rename(src, dst)
+        os.chmod(dst, 0o444)    # nobody should write anything
+        return f"{self.id}:{new_volname}"
+
+    def can_link(self, volid: str) -> bool:
+        return self._is_base(volid)
+
+    async def clone_image(self, volid: str, vmid: int) -> str:
+        """PVE's dir clone_image: a qcow2 image in `vmid`'s directory whose backing file
+        is the base, by a relative path ('../<basevmid>/<basename>'), named
+        '<basevmid>/<basename>/<vmid>/vm-<vmid>-disk-N.qcow2'."""
+        volname = split_volid(volid)[1]
+        basevmid, basename, fmt = parse_image_volname(volname)
+        if not basename.startswith("base-"):
+            raise StorageError("clone_image only works on base images")
+        base = self.path(volid)
+        if not base.exists():
+            raise StorageError(f"volume '{volid}' does not exist")
+        self._image_dir(vmid).mkdir(parents=True, exist_ok=True)
+        name = self._next_name(vmid)
+        dst = self._image_dir(vmid) / f"{name}.qcow2"
+        await _run("qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt,
+                   "-b", f"../{basevmid}/{basename}.{fmt}", str(dst))
+        return f"{self.id}:{basevmid}/{basename}.{fmt}/{vmid}/{name}.qcow2"
+
+    def _linked_images(self) -> builtins.list[tuple[str, str]]:
+        """(volid, backing file) of every image with a backing file."""
+        out: builtins.list[tuple[str, str]] = []
+        images = self.root / "images"
+        if not images.is_dir():
+            return out
+        for vdir in images.iterdir():
+            if not vdir.name.isdigit() or not vdir.is_dir():
+                continue
+            for f in vdir.iterdir():
+                if f.suffix != ".qcow2":
+                    continue
+                parent = qcow2_backing(f)
+                if parent:
+                    out.append((self._volid_of(vdir.name, f.name, parent), parent))
+        return out
+
+    def _volid_of(self, owner: str, name: str, parent: str | None) -> str:
+        """PVE's list_images volid: a linked clone's names its base."""
+        m = re.fullmatch(r"\.\./(\d+)/([^/]+\.(?:raw|qcow2))", parent or "")
+        if m:
+            return f"{self.id}:{m.group(1)}/{m.group(2)}/{owner}/{name}"
+        return f"{self.id}:{owner}/{name}"
+
+    async def base_users(self, volid: str) -> builtins.list[str]:
+        if not self._is_base(volid):
+            return []
+        owner, name, fmt = parse_image_volname(split_volid(volid)[1])
+        wanted = f"../{owner}/{name}.{fmt}"
+        return sorted(v for v, parent in await asyncio.to_thread(self._linked_images)
+                      if parent == wanted)
 
     def volume_format(self, volid: str) -> str:
         suffix = self.path(volid).suffix[1:]
@@ -170,6 +305,8 @@ class DirStorage(Storage):
         if not src.exists():
             raise StorageError(f"volume '{volid}' does not exist")
         self._image_dir(vmid).mkdir(parents=True, exist_ok=True)
+        if name.startswith("base-"):
+            raise StorageError("Storage does not support moving of this disk to another VM")
         new = self._next_name(vmid)
         dst = self._image_dir(vmid) / f"{new}.{fmt}"
         if dst.exists():
@@ -178,7 +315,11 @@ class DirStorage(Storage):
         old_dir = src.parent
         if owner != vmid and old_dir.exists() and not any(old_dir.iterdir()):
             old_dir.rmdir()
-        return f"{self.id}:{vmid}/{new}.{fmt}"
+        # a linked clone's image keeps its relative backing file ('../<base vmid>/...'),
+        # right from any VM's directory: its volid keeps naming the base (PVE's)
+        base = linked_base(volname)
+        prefix = f"{base[0]}/{base[1]}/" if base else ""
+        return f"{self.id}:{prefix}{vmid}/{new}.{fmt}"
 
     def _free_backup(self, path: Path) -> None:
         """Remove a backup; its chunks stay until a garbage collection (PBS's model)."""
@@ -286,15 +427,19 @@ class DirStorage(Storage):
                 if not vdir.name.isdigit() or (vmid is not None and int(vdir.name) != vmid):
                     continue
                 for f in sorted(vdir.iterdir()):
-                    volid = f"{self.id}:{vdir.name}/{f.name}"
                     try:
                         parse_image_volname(f"{vdir.name}/{f.name}")
                     except StorageError:
                         continue
+                    parent = qcow2_backing(f) if f.suffix == ".qcow2" else None
+                    volid = self._volid_of(vdir.name, f.name, parent)
                     st = f.stat()
-                    out.append({"volid": volid, "format": f.suffix[1:], "content": "images",
-                                "size": await self.size(volid), "used": st.st_blocks * 512,
-                                "ctime": int(st.st_ctime), "vmid": int(vdir.name)})
+                    entry = {"volid": volid, "format": f.suffix[1:], "content": "images",
+                             "size": await self.size(volid), "used": st.st_blocks * 512,
+                             "ctime": int(st.st_ctime), "vmid": int(vdir.name)}
+                    if parent:
+                        entry["parent"] = parent    # PVE's list_images
+                    out.append(entry)
         if content in (None, "backup") and "backup" in self.config.content:
             out += await asyncio.to_thread(self._backups, vmid)
         # files: ISO images, container templates, snippets (PVE's formats: iso, the
@@ -361,6 +506,10 @@ class DirStorage(Storage):
 
     async def rollback_snapshot(self, volid: str, snap: str) -> None:
         path = await self._qcow2(volid)
+        # a backup's persistent dirty bitmaps make qemu-img refuse ("Device has active
+        # dirty bitmaps"); after a rollback they would not describe the disk anyway:
+        # dropped, so the next backup of the guest is full ("bitmap missing")
+        await _drop_backup_bitmaps(path)
         await _run("qemu-img", "snapshot", "-q", "-a", snap, str(path))
 
     async def delete_snapshot(self, volid: str, snap: str) -> None:

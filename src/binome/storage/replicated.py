@@ -57,6 +57,7 @@ from binome.storage.base import (
     StorageError,
     VolumeSource,
     VolumeState,
+    convert_into,
     split_volid,
     unusable_reason,
 )
@@ -77,6 +78,7 @@ MiB = 1 << 20
 # table, refcount updates) is far below this; a RAM state comes on top
 SNAPSHOT_SLACK = 8 * MiB
 CLOSE_WAIT = 5.0          # a just-stopped QEMU's NBD connections are being closed
+HOLD_WAIT = 120.0         # a demotion waits this long for a snapshot/rollback here
 
 
 def _align(size: int) -> int:
@@ -168,6 +170,13 @@ class ReplicaVolumes:
 
     def __init__(self, service: VolumeService) -> None:
         self.service = service
+        # Storage operations (qemu-img on a stopped guest's image) holding a copy
+        # Primary here: a demotion waits for them, so the HA agent demoting a guest's
+        # volumes just after its stop cannot pull the export from under a rollback
+        # the administrator started in the same second.
+        self._holds: dict[str, int] = {}
+        self._borrowed: set[str] = set()   # made Primary by a holder: demoted after
+        self._released = asyncio.Condition()
 
     @property
     def node(self) -> str:
@@ -207,9 +216,38 @@ class ReplicaVolumes:
         return True
 
     async def deactivate(self, name: str) -> VolumeState:
-        with _engine_errors():
-            st = await self.service.demote(name)
+        """Secondary here, once no storage operation holds the copy (waiting up to
+        HOLD_WAIT for them to end)."""
+        async with self._released:
+            try:
+                await asyncio.wait_for(
+                    self._released.wait_for(lambda: name not in self._holds), HOLD_WAIT)
+            except TimeoutError:
+                raise StorageError(f"volume {name} is in use by a storage operation on "
+                                   f"{self.node} (a snapshot, rollback or copy)") from None
+            with _engine_errors():
+                st = await self.service.demote(name)
         return state_of(st, peer=await self._peer(name))
+
+    @asynccontextmanager
+    async def held(self, name: str) -> AsyncIterator[Callable[[], None]]:
+        """Keep the copy here from being demoted (`deactivate` waits) while inside.
+        The context gives `borrowed()`, to call once the holder made the copy Primary
+        for itself: the last holder to leave then gives it up."""
+        async with self._released:
+            self._holds[name] = self._holds.get(name, 0) + 1
+        try:
+            yield lambda: self._borrowed.add(name)
+        finally:
+            async with self._released:
+                self._holds[name] -= 1
+                if not self._holds[name]:
+                    del self._holds[name]
+                    if name in self._borrowed:
+                        self._borrowed.discard(name)
+                        with contextlib.suppress(Exception), _engine_errors():
+                            await self.service.demote(name)
+                self._released.notify_all()
 
     async def migration_blocker(self, name: str, target: str, *, live: bool) -> str | None:
         """Why `target` cannot take volume `name` now (None: it can)."""
@@ -284,15 +322,27 @@ class ReplicaVolumes:
         the survivor's copy Secondary and in sync, and the guest recovered to the
         survivor, which refuses to start it next to a Primary peer whose node lives.
         Nothing else would end that: the survivor never promoted, so it wrote no mark.
-        Demoting is then a role change only (no data is judged stale): the guest runs
-        nowhere here and never will, its config being the other node's."""
+        The same holds with the peer Primary (its guest runs there: a migration's
+        source whose demotion failed, a daemon restarted mid-hand-over): left Primary,
+        a later cut of the replication link makes both copies race to fence, and this
+        idle one can win (an outage). Demoting is then a role change only (no data is
+        judged stale): the guest runs nowhere here and never will, its config being the
+        other node's. An incoming live migration's copy is Primary before its QEMU opens
+        it, with the config still the source's: `still_idle` must be False while a
+        guest operation here holds the guest, and a storage operation's hold
+        (`held`) keeps its copy too."""
         svc = self.service
         store = svc.cluster.store
         if store is None:
             return None
         rec = svc.records.get(name) or {}
-        entry = await store.get(vkeys.fencing(name), timeout=timeout)   # linearizable
-        mark = (((entry.value if entry else None) or {}).get("outdated") or {}).get(self.node)
+
+        async def current_mark() -> dict[str, Any] | None:
+            entry = await store.get(vkeys.fencing(name), timeout=timeout)   # linearizable
+            return (((entry.value if entry else None) or {}).get("outdated") or {}
+                    ).get(self.node)
+
+        mark = await current_mark()
         if mark is None:
             if owner is None or owner == self.node:
                 return None
@@ -300,10 +350,11 @@ class ReplicaVolumes:
                 async with svc.lock(name):
                     cur = await svc.call("status", name=name)
                     if (cur.get("role") != "Primary" or cur.get("open_count")
-                            or not still_idle() or cur.get("cstate") not in CONNECTED_STATES
-                            or cur.get("peer_role") != "Secondary"):
+                            or name in self._holds or not still_idle()
+                            or cur.get("cstate") not in CONNECTED_STATES
+                            or cur.get("peer_role") not in ("Secondary", "Primary")):
                         return None
-                    await svc.demote(name)
+                    await svc.demote(name, locked=True)
             return owner
         with _engine_errors():
             by = mark.get("by") or svc.peer_of(rec)
@@ -311,8 +362,15 @@ class ReplicaVolumes:
                 cur = await svc.call("status", name=name)
                 if not stuck_active(cur) or cur.get("open_count") or not still_idle():
                     return None
+                # The mark is read again under the volume's lock, which a fence-peer may
+                # hold for seconds after a partition heals: meanwhile the peer may have
+                # resynced this copy, cleared the mark and died (issue 16: the copy, in
+                # sync, was outdated here on the stale mark, and the HA manager could not
+                # recover the guest onto it). Gone, the copy is still released (a role
+                # change only: its guest was recovered on the peer), never outdated.
                 if (cur.get("cstate") not in CONNECTED_STATES
-                        and cur.get("disk") in ("UpToDate", "Consistent")):
+                        and cur.get("disk") in ("UpToDate", "Consistent")
+                        and await current_mark() is not None):
                     # what the volume service's reconcile loop would do next: the
                     # engine agrees the copy is stale before it stops being Primary
                     await svc.call("outdated-by-peer", name=name, by=by)
@@ -491,14 +549,11 @@ class ReplicatedStorage(Storage):
         fmt = fmt if fmt in FORMATS else (src.format or "raw")
         new = await self.alloc(vmid, await self.size(volid), fmt)
         dst = self.source(new)
-        proc = await asyncio.create_subprocess_exec(
-            "qemu-img", "convert", "-n", "-f", src.format or "raw", "-O", dst.format or "raw",
-            src.source, dst.source, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
-        _, err = await proc.communicate()
-        if proc.returncode != 0:
+        try:
+            await convert_into(src, dst)
+        except StorageError as exc:
             await self.free(new)
-            raise StorageError(f"copy of {volid} failed: {err.decode().strip()}")
+            raise StorageError(f"copy of {volid} failed: {exc}") from None
         return new
 
     def source(self, volid: str) -> VolumeSource:
@@ -592,16 +647,16 @@ class ReplicatedStorage(Storage):
         if record_format(self._cached_record(name)) != "qcow2":
             raise StorageError(f"{SNAPSHOT_UNAVAILABLE}: volume {volid} is raw")
         rep = self._rep()
-        state = await rep.state(name)
-        if not state.exists:
-            raise StorageError(f"volume '{volid}' does not exist on {self.node}")
-        activated = False
-        if not state.active:
-            if state.peer_active:
-                raise StorageError(f"volume {name} is Primary on {state.peer}: its image is "
-                                   f"changed there")
-            activated = await rep.activate(name)
-        try:
+        async with rep.held(name) as borrowed:
+            state = await rep.state(name)
+            if not state.exists:
+                raise StorageError(f"volume '{volid}' does not exist on {self.node}")
+            if not state.active:
+                if state.peer_active:
+                    raise StorageError(f"volume {name} is Primary on {state.peer}: its image "
+                                       f"is changed there")
+                if await rep.activate(name):
+                    borrowed()
             if not read_only:
                 deadline = time.monotonic() + CLOSE_WAIT
                 while (state := await rep.state(name)).in_use:
@@ -611,10 +666,6 @@ class ReplicatedStorage(Storage):
                                            f"first")
                     await asyncio.sleep(0.1)
             yield self.image_name(name)
-        finally:
-            if activated:
-                with contextlib.suppress(Exception):
-                    await rep.deactivate(name)
 
     async def snapshot(self, volid: str, snap: str) -> None:
         async with self._image_here(volid) as image:

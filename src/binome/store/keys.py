@@ -16,9 +16,20 @@ CLUSTER_LOG = f"{ROOT}/clusterlog/"
 CONFIG_NODES = f"{ROOT}/config/nodes/"     # per-node guest configs (next issues)
 VMIDS = f"{ROOT}/vmids/"                   # vmid -> owner node: cluster-wide uniqueness
 VM_STATUS = f"{ROOT}/vmstatus/"            # per node: its guests' runtime status (lease-bound)
+NODE_OPTIONS = f"{ROOT}/nodeconfig/"       # per node: PVE's nodes/<node>/config text
 STORAGE = f"{ROOT}/storage/"               # storage definitions (PVE storage.cfg)
 # storage secrets (PVE's /etc/pve/priv/storage/<id>.pw): outside STORAGE, never listed
 STORAGE_SECRETS = f"{ROOT}/priv/storage/"
+
+
+# ACME accounts (with their keys) and challenge plugins (PVE's /etc/pve/priv/acme):
+# binome.cluster.acme owns them
+ACME_ACCOUNTS = f"{ROOT}/priv/acme/accounts/"
+ACME_PLUGINS = f"{ROOT}/priv/acme/plugins"
+
+
+def acme_account(name: str) -> str:
+    return f"{ACME_ACCOUNTS}{name}"
 
 
 def storage_secret(storage: str) -> str:
@@ -27,6 +38,10 @@ def storage_secret(storage: str) -> str:
 
 def node(name: str) -> str:
     return f"{NODES}{name}"
+
+
+def node_options(name: str) -> str:
+    return f"{NODE_OPTIONS}{name}"
 
 
 def alive(name: str) -> str:
@@ -65,6 +80,7 @@ def prefix_end(prefix: str) -> str:
 HA = f"{ROOT}/ha/"
 HA_RESOURCES = f"{HA}resources"            # {sid: ResourceConfig JSON}
 HA_GROUPS = f"{HA}groups"                  # {group: GroupConfig JSON}
+HA_RULES = f"{HA}rules"                    # {rule: binome.ha.rules.Rule JSON} (PVE 9 rules)
 HA_SETTINGS = f"{HA}settings"              # HaSettings JSON
 HA_MANAGER_STATUS = f"{HA}manager_status"  # ManagerStatus JSON, written by the CRM master
 HA_MANAGER_LOCK = f"{HA}manager_lock"      # value: node name; bound to the master's lease

@@ -14,6 +14,14 @@ self-fence deadline for want of a leader (docs/ha.md 5.1); corosync runs
 real-time for the same reason. Where raising it is not allowed, `nice` says so in
 the member's log and etcd runs at normal priority.
 
+Its output goes to `<state>/etcd.log`, opened in append mode; etcd 3.4 cannot rotate
+its own log, so `rotate_log` (every ETCD_LOG_CHECK seconds while it runs) copies a log
+past ETCD_LOG_BYTES to `etcd.log.1` (older ones shifted, ETCD_LOG_KEPT kept) and
+truncates it: etcd's next append then starts the file again (O_APPEND), with no hole.
+Lines written between the copy and the truncation are lost, as with logrotate's
+copytruncate; piping the output through binomed instead would let a stalled event loop
+block etcd's writes, and with them the member.
+
 It also owns the *leadership preference* (pure, no I/O): `witness_transfer_target`
 decides whether the etcd leader should hand leadership to the witness's member,
 `LeadershipPreference` when it may try (settling, backoff, no flapping). The
@@ -25,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -35,6 +44,10 @@ from binome import durable
 
 # the etcd member's niceness (see the module's docstring)
 ETCD_NICE = -10
+# the etcd log's bound: a file past ETCD_LOG_BYTES is rotated, ETCD_LOG_KEPT old ones kept
+ETCD_LOG_BYTES = 8 << 20
+ETCD_LOG_KEPT = 2
+ETCD_LOG_CHECK = 60.0
 log = logging.getLogger("binome.etcd")
 
 REMOVED_MARKERS = ("has already been removed", "permanently removed", "member has been removed",
@@ -91,6 +104,7 @@ class EtcdMember:
         self._argv: list[str] = []
         self.restarts = 0
         self.removed = False   # etcd said this member was removed from the cluster
+        self._rotator: asyncio.Task | None = None
 
     @property
     def pid(self) -> int | None:
@@ -145,6 +159,16 @@ class EtcdMember:
         self._stopping = False
         await self._spawn()
         self._supervisor = asyncio.create_task(self._supervise(), name="etcd-supervisor")
+        if self._rotator is None or self._rotator.done():
+            self._rotator = asyncio.create_task(self._rotate_loop(), name="etcd-log-rotation")
+
+    async def _rotate_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(ETCD_LOG_CHECK)
+            try:
+                await asyncio.to_thread(rotate_log, self.log_path)
+            except OSError as exc:
+                log.warning("etcd log not rotated: %s", exc)
 
     def clear_force(self) -> None:
         """Once a forced new cluster is up, later restarts must not force it again."""
@@ -190,6 +214,9 @@ class EtcdMember:
 
     async def stop(self, timeout: float = 10.0) -> None:
         self._stopping = True
+        if self._rotator:
+            self._rotator.cancel()
+            self._rotator = None
         if self._supervisor:
             self._supervisor.cancel()
             try:
@@ -207,6 +234,24 @@ class EtcdMember:
                 await proc.wait()
         self.pidfile.unlink(missing_ok=True)
         self._proc = None
+
+
+def rotate_log(path: Path, max_bytes: int = ETCD_LOG_BYTES, kept: int = ETCD_LOG_KEPT) -> bool:
+    """Copy-truncate `path` once it is past `max_bytes`: `path.1` .. `path.<kept>` hold
+    the older contents (newest first). True if it rotated. The writer must have the file
+    open with O_APPEND (see the module's docstring)."""
+    try:
+        if path.stat().st_size <= max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    for n in range(kept - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{n}")
+        if older.exists():
+            older.replace(path.with_name(f"{path.name}.{n + 1}"))
+    shutil.copyfile(path, path.with_name(f"{path.name}.1"))
+    os.truncate(path, 0)
+    return True
 
 
 # ---------------------------------------------------------------------- leadership preference

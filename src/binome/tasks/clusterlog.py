@@ -39,6 +39,7 @@ class ClusterLog:
         self.pending_path = pending_path
         self._seq = 0
         self._flushing = asyncio.Lock()
+        self._background: set[asyncio.Task[bool]] = set()   # write_behind's flushes
         self._load_pending()
 
     def _load_pending(self) -> None:
@@ -71,6 +72,22 @@ class ClusterLog:
 
     async def write(self, msg: str, **kw: Any) -> dict[str, Any]:
         """Record an event; never raises (a log write must not fail an action)."""
+        entry = self._enqueue(msg, **kw)
+        await self.flush()
+        return entry
+
+    def write_behind(self, msg: str, **kw: Any) -> dict[str, Any]:
+        """Record an event now (in the pending queue and its file, as `write`) and send
+        it in the background: for a caller on a critical path that must not wait for
+        etcd, e.g. a fence-peer holding a volume's lock while the engine's writes are
+        suspended (just after a partition heals, the backlog's flush takes seconds)."""
+        entry = self._enqueue(msg, **kw)
+        task = asyncio.get_running_loop().create_task(self.flush(), name="clusterlog-flush")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return entry
+
+    def _enqueue(self, msg: str, **kw: Any) -> dict[str, Any]:
         entry = self.entry(msg, **kw)
         level = logging.WARNING if entry["pri"] <= PRI["warning"] else logging.INFO
         log.log(level, "cluster log: %s", msg, extra={"tag": entry["tag"], "user": entry["user"]})
@@ -78,7 +95,6 @@ class ClusterLog:
         if self.pending_path is not None:
             with open(self.pending_path, "a") as f:
                 f.write(json.dumps(entry) + "\n")
-        await self.flush()
         return entry
 
     async def flush(self) -> bool:

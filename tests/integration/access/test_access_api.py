@@ -208,6 +208,9 @@ def test_acl_escalation_is_refused(cluster: Cluster, admin: Api) -> None:
     assert r.status_code == 403
     # a caller sees only the entries on paths where they may modify permissions
     assert {e["path"] for e in deleg.ok("GET", "/access/acl")} == {"/vms/100"}
+    # ... except an auditor of /access (PVEAuditor on /): every entry (PVE's read_acl)
+    seen = Api(cluster, ALICE, USER_PW).ok("GET", "/access/acl")
+    assert sorted(map(str, seen)) == sorted(map(str, acl_before))
     # ... and only their own user record (no group rights)
     assert [u["userid"] for u in deleg.ok("GET", "/access/users")] == [DELEG]
     # VM.Allocate on /vms/101 only gives roles made of privileges the caller holds there
@@ -246,21 +249,64 @@ def test_disabled_user_is_cut_off(cluster: Cluster, admin: Api) -> None:
         admin.call("DELETE", f"/access/users/{ALICE}/token/cut")
 
 
+def test_ticket_verification_mode(cluster: Cluster, admin: Api) -> None:
+    """PVE's POST /access/ticket with path and privs (verify_auth, as proxies use it):
+    the user's ticket or password, the privileges on the path, no new ticket."""
+    url = f"https://{cluster['n1'].address}:8006/api2/json/access/ticket"
+
+    def post(**data: str) -> requests.Response:
+        return requests.post(url, data=data, verify=False, timeout=10)
+
+    alloc = Api(cluster, ALLOC, USER_PW)
+    for secret in (alloc.ticket, USER_PW):
+        r = post(username=ALLOC, password=secret, path="/vms/101", privs="VM.Audit,VM.Allocate")
+        assert r.status_code == 200, r.text
+        data = r.json()["data"]
+        assert data["username"] == ALLOC and data["cap"]["vms"]["VM.Allocate"] == 1
+        assert "ticket" not in data and "CSRFPreventionToken" not in data
+    # a privilege not held there, another path, another user's ticket, a wrong password:
+    # PVE's bare 401
+    for data in ({"password": alloc.ticket, "path": "/vms/101", "privs": "VM.PowerMgmt"},
+                 {"password": alloc.ticket, "path": "/vms/100", "privs": "VM.Audit"},
+                 {"password": admin.ticket, "path": "/vms/101", "privs": "VM.Audit"},
+                 {"password": "not-the-password", "path": "/vms/101", "privs": "VM.Audit"}):
+        r = post(username=ALLOC, **data)
+        assert (r.status_code, r.reason) == (401, "authentication failure"), data
+    # bad input: a half of the pair, an unknown privilege
+    r = post(username=ALLOC, password=USER_PW, path="/vms/101")
+    assert r.status_code == 400 and "privs" in r.json()["errors"]
+    r = post(username=ALLOC, password=USER_PW, path="/vms/101", privs="VM.Fly")
+    assert r.status_code == 400 and "privs" in r.json()["errors"]
+    Api(cluster, ALLOC, USER_PW)        # the one wrong password did not lock her out
+
+
 def test_password_changes(cluster: Cluster, admin: Api) -> None:
     deleg = Api(cluster, DELEG, USER_PW)
     r = deleg.call("PUT", "/access/password", userid=DELEG, password="short")
     assert r.status_code == 400 and "password" in r.json()["errors"]
-    deleg.ok("PUT", "/access/password", userid=DELEG, password="second-password-2")
+    # PVE 8+: the caller's current password confirms the change
+    r = deleg.call("PUT", "/access/password", userid=DELEG, password="second-password-2")
+    assert r.status_code == 400 and r.json()["errors"] == {
+        "confirmation-password": "password is required to modify user"}
+    r = deleg.call("PUT", "/access/password", userid=DELEG, password="second-password-2",
+                   **{"confirmation-password": "not-my-password"})
+    assert r.status_code == 500 and r.reason == "authentication failure"
+    Api(cluster, DELEG, USER_PW)                          # nothing changed
+    deleg.ok("PUT", "/access/password", userid=DELEG, password="second-password-2",
+             **{"confirmation-password": USER_PW})
     Api(cluster, DELEG, "second-password-2")
     with pytest.raises(AssertionError):
         Api(cluster, DELEG, USER_PW)
     # another user's password needs User.Modify and the realm's Realm.AllocateUser
     assert deleg.call("PUT", "/access/password", userid=ALLOC,
                       password="stolen-password").status_code == 403
-    admin.ok("PUT", "/access/password", userid=DELEG, password=USER_PW)
+    admin.ok("PUT", "/access/password", userid=DELEG, password=USER_PW,
+             **{"confirmation-password": PASSWORD})     # the administrator's own
     Api(cluster, DELEG, USER_PW)
-    r = admin.call("PUT", "/access/password", userid="root@pam", password="whatever-long")
-    assert r.status_code == 500 and "pam" in r.reason
+    # root@pam's password is root@pam's alone (PVE: a bare 403, before any confirmation)
+    r = admin.call("PUT", "/access/password", userid="root@pam", password="whatever-long",
+                   **{"confirmation-password": PASSWORD})
+    assert r.status_code == 403 and r.reason == "Permission check failed"
 
 
 def test_no_secret_in_any_answer(cluster: Cluster, admin: Api) -> None:

@@ -81,3 +81,41 @@ def test_start_after_create_needs_power_management(cluster: Cluster, admin: Api)
     refused(user.call("POST", "/nodes/n1/qemu", vmid=STARTED, start=1),
             f"/vms/{STARTED}", "VM.PowerMgmt")
     assert not exists(admin, STARTED)
+
+
+def test_another_guests_disk_cannot_be_attached(cluster: Cluster, admin: Api) -> None:
+    """PVE's check_volume_access on update: a VM admin of their own VM (here POOLED,
+    through the pool) cannot attach another guest's disk to it and read it, nor a host
+    path; a storage's auditor needs VM.Config.Disk on the disk's owner too. Refused
+    before anything changes, PUT and POST alike."""
+    if not exists(admin, POOLED):       # run alone: the pooled VM of the first test
+        admin.ok("PUT", "/access/acl", path=f"/pool/{POOL}", users=USER, roles="PVEVMAdmin")
+        wait_task(admin, admin.ok("POST", "/nodes/n1/qemu", vmid=POOLED, pool=POOL,
+                                  memory=64))
+    victim = int(admin.ok("GET", "/cluster/nextid"))
+    wait_task(admin, admin.ok("POST", "/nodes/n1/qemu", vmid=victim, memory=64,
+                              scsi0="local:0.001"))
+    try:
+        volid = admin.ok("GET", f"/nodes/n1/qemu/{victim}/config")["scsi0"].split(",")[0]
+        user = Api(cluster, USER, PW)
+        before = admin.ok("GET", f"/nodes/n1/qemu/{POOLED}/config")
+        refused(user.call("PUT", f"/nodes/n1/qemu/{POOLED}/config", scsi1=volid),
+                "/storage/local", "Datastore.Audit")
+        refused(user.call("POST", f"/nodes/n1/qemu/{POOLED}/config", scsi1=volid),
+                "/storage/local", "Datastore.Audit")
+        admin.ok("PUT", "/access/acl", path="/storage/local", users=USER,
+                 roles="PVEDatastoreUser")
+        refused(user.call("PUT", f"/nodes/n1/qemu/{POOLED}/config", scsi1=volid),
+                f"/vms/{victim}", "VM.Config.Disk")
+        r = user.call("PUT", f"/nodes/n1/qemu/{POOLED}/config", scsi1="/dev/null")
+        assert r.status_code in (400, 500) and r.status_code != 200, (r.status_code, r.text)
+        assert admin.ok("GET", f"/nodes/n1/qemu/{POOLED}/config") == before
+        # a new disk on a storage where the user may allocate is still theirs to add
+        user.ok("PUT", f"/nodes/n1/qemu/{POOLED}/config", scsi1="local:0.001")
+        assert "scsi1" in admin.ok("GET", f"/nodes/n1/qemu/{POOLED}/config")
+    finally:
+        admin.call("PUT", "/access/acl", path="/storage/local", users=USER,
+                   roles="PVEDatastoreUser", delete=1)
+        r = admin.call("DELETE", f"/nodes/n1/qemu/{victim}")
+        if r.status_code == 200:
+            wait_task(admin, r.json()["data"])

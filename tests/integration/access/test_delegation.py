@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import requests
 import urllib3
-from proxmoxer import ProxmoxAPI
+from proxmoxer import ProxmoxAPI, ResourceException
 
 from tests.integration.access.client import Api, base_url, wait_task
 from tests.integration.harness import PASSWORD, Cluster
@@ -121,6 +121,30 @@ def test_delegating_a_pool_and_tokens_through_the_api(cluster: Cluster, admin: A
                           password="x" * 10).status_code == 403   # tokens may not
     bad = Api(cluster, f"{ALICE}!tf", token="0" * 36)
     assert bad.call("GET", "/version").status_code == 401
+    # the token cannot lift its own separation nor mint tokens for alice: a token is never
+    # its user for PVE's ['userid-param', 'self'] (its id is user@realm!tokenid), so it
+    # needs User.Modify, which alice lacks; proxmoxer sees PVE's 403
+    with pytest.raises(ResourceException) as refused:
+        prox.access.users(ALICE).token("tf").put(privsep=0)
+    assert refused.value.status_code == 403
+    assert token_api.call("POST", f"/access/users/{ALICE}/token/tf2",
+                          privsep=0).status_code == 403
+    assert token_api.call("DELETE", f"/access/users/{ALICE}/token/tf").status_code == 403
+    assert alice.ok("GET", f"/access/users/{ALICE}/token/tf")["privsep"] == 1
+    # her ticket still can
+    alice.ok("PUT", f"/access/users/{ALICE}/token/tf", comment="terraform, separated")
+    alice.ok("POST", f"/access/users/{ALICE}/token/tf2")
+    alice.ok("DELETE", f"/access/users/{ALICE}/token/tf2")
+    # a token's effective permissions, PVE's userid=user@realm!tokenid: her pool's VM
+    # privileges only (the intersection), asked by her, by the token itself, by an auditor
+    for api in (alice, token_api, admin):
+        perms = api.ok("GET", "/access/permissions", userid=f"{ALICE}!tf")
+        assert "VM.PowerMgmt" in perms[f"/vms/{VM_IN}"]
+        assert "Sys.Modify" not in perms.get("/", {}) and f"/vms/{VM_OUT}" not in perms
+    one = prox.access.permissions.get(userid=f"{ALICE}!tf", path=f"/vms/{VM_OUT}")
+    assert one == {f"/vms/{VM_OUT}": {}}
+    r = alice.call("GET", "/access/permissions", userid=f"{ALICE}!")
+    assert r.status_code == 400 and "userid" in r.json()["errors"]
 
     # a delegated Permissions.Modify cannot escalate
     admin.ok("POST", "/access/roles", roleid=f"Delegate{SUFFIX}",
@@ -145,7 +169,8 @@ def test_delegating_a_pool_and_tokens_through_the_api(cluster: Cluster, admin: A
     alice.ok("PUT", "/access/password", userid=ALICE, password="alice-secret-2",
              **{"confirmation-password": ALICE_PW})
     Api(cluster, ALICE, "alice-secret-2")
-    admin.ok("PUT", "/access/password", userid=ALICE, password="alice-secret-3")
+    admin.ok("PUT", "/access/password", userid=ALICE, password="alice-secret-3",
+             **{"confirmation-password": PASSWORD})
     r = requests.post(base_url(cluster) + "/access/ticket", verify=False, timeout=10,
                       data={"username": ALICE, "password": "alice-secret-2"})
     assert r.status_code == 401
@@ -186,6 +211,19 @@ def test_the_cli_speaks_pveum(cluster: Cluster, tmp_path) -> None:
         refused = n1.cli("user", "add", user, check=False)
         assert refused.returncode != 0 and "already exists" in refused.stderr
         Api(cluster, user, "carol-secret-1")        # the password the CLI read from the file
+        # a secret on the command line is refused, never echoed; nothing changed
+        refused = n1.cli("passwd", user, "--password", "carol-secret-2", check=False)
+        assert refused.returncode == 2 and "carol-secret-2" not in refused.stderr + \
+            refused.stdout and "--password-file" in refused.stderr
+        Api(cluster, user, "carol-secret-1")
+        # pveum's one-word aliases and one-dash options; `user permissions` (a token too)
+        n1.cli("aclmod", f"/pool/{pool}", "-group", group, "-role", "PVEAuditor")
+        perms = n1.json("user", "permissions", user, "-path", f"/pool/{pool}")
+        assert "Pool.Audit" in perms[f"/pool/{pool}"]
+        n1.cli("acldel", f"/pool/{pool}", "-group", group, "-role", "PVEAuditor")
+        text = n1.cli("user", "token", "permissions", user, "ci", "--path",
+                      f"/pool/{pool}").stdout
+        assert text.startswith("ACL PATH") and "VM.Audit" in text and "(*)" in text
         n1.cli("acl", "delete", f"/pool/{pool}", "--groups", group, "--roles", "PVEVMUser")
         assert not [e for e in n1.json("acl", "list") if e["ugid"] == group]
     finally:

@@ -108,7 +108,8 @@ def test_pool_lifecycle(cluster: Cluster, admin: requests.Session, vms: list[int
         # a VM lives in one pool: moving it needs allow-move
         assert admin.post(url, data={"poolid": other}, timeout=10).status_code == 200
         r = admin.put(f"{url}/{other}", data={"vms": str(vms[1])}, timeout=10)
-        assert r.status_code == 500 and r.reason == f"VM {vms[1]} is already a pool member"
+        assert r.status_code == 500 and r.reason == \
+            f"VM {vms[1]} belongs already to pool '{top}' and 'allow-move' is not set"
         r = admin.put(f"{url}/{other}", data={"vms": str(vms[1]), "allow-move": 1},
                       timeout=10)
         assert r.status_code == 200, r.reason
@@ -177,12 +178,32 @@ def test_delegated_pool_admin(cluster: Cluster, admin: requests.Session,
         cfg = _access(cluster, None)
         assert cfg.pools[pool].comment == "mine" and not cfg.pools[pool].vms
         assert cfg.pools[hidden].comment == ""
+
+        # moving a VM out of another pool (allow-move) needs Pool.Allocate there too
+        # (pve-manager Pool.pm), beside what she may delegate on the VM itself
+        _access(cluster, lambda c: ops.modify_acl(
+            ops.update_pool(c, hidden, vms=[vms[0]]), f"/vms/{vms[0]}", ["PVEVMAdmin"],
+            users=[userid]))
+        move = {"poolid": pool, "vms": str(vms[0]), "allow-move": 1}
+        r = requests.put(url, data=move, headers=header, verify=False, timeout=10)
+        assert (r.status_code, r.reason) == (
+            403, f"Permission check failed (/pool/{hidden}, Pool.Allocate)")
+        r = requests.put(url, data={**move, "allow-move": 0}, headers=header, verify=False,
+                         timeout=10)
+        assert r.status_code == 500 and "'allow-move' is not set" in r.reason
+        assert _access(cluster, None).pool_of_vm(vms[0]) == hidden
+        _access(cluster, lambda c: ops.modify_acl(c, f"/pool/{hidden}", ["PVEPoolAdmin"],
+                                                  users=[userid]))
+        r = requests.put(url, data=move, headers=header, verify=False, timeout=10)
+        assert r.status_code == 200, r.reason
+        assert _access(cluster, None).pool_of_vm(vms[0]) == pool
     finally:
         def cleanup(cfg: AccessConfig) -> AccessConfig:
             if userid in cfg.users:
                 cfg = ops.delete_user(cfg, userid)
             for pid in (pool, hidden):
                 if pid in cfg.pools:
+                    cfg = ops.update_pool(cfg, pid, vms=cfg.pools[pid].vms, delete=True)
                     cfg = ops.delete_pool(cfg, pid)
             return cfg
         _access(cluster, cleanup)

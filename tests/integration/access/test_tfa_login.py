@@ -19,7 +19,7 @@ from binome.access import ops
 from binome.access.model import TfaUser, User
 from binome.access.repository import AccessRepository
 from binome.access.secrets import hash_secret
-from tests.integration.harness import Cluster
+from tests.integration.harness import PASSWORD, Cluster
 
 urllib3.disable_warnings()
 PW = "tfa-user-password"
@@ -61,8 +61,8 @@ def post_ticket(cluster: Cluster, **data: str) -> requests.Response:
                          timeout=20)
 
 
-def session_of(cluster: Cluster, userid: str) -> requests.Session:
-    r = post_ticket(cluster, username=userid, password=PW)
+def session_of(cluster: Cluster, userid: str, password: str = PW) -> requests.Session:
+    r = post_ticket(cluster, username=userid, password=password)
     assert r.status_code == 200, r.text
     data = r.json()["data"]
     assert "NeedTFA" not in data
@@ -213,6 +213,34 @@ def test_tokens_may_not_change_factors(cluster: Cluster, user: str) -> None:
     assert tfa_state(cluster, user).entries == ()
 
 
+def test_root_pam_factors_are_root_pam_s_alone(cluster: Cluster, user: str) -> None:
+    """PVE's reauth_user_for_user_modification: an administrator with User.Modify
+    changes another user's factors with their own password confirmed, but never
+    root@pam's (a bare 403, nothing changed)."""
+    admin = session_of(cluster, "admin@pve", PASSWORD)
+    before = tfa_state(cluster, "root@pam")
+    r = admin.post(f"{base(cluster)}/access/tfa/root@pam",
+                   data={"type": "recovery", "password": PASSWORD})
+    assert (r.status_code, r.reason) == (403, "Permission check failed"), r.text
+    r = admin.delete(f"{base(cluster)}/access/tfa/root@pam/recovery",
+                     params={"password": PASSWORD})
+    assert r.status_code == 403
+    assert tfa_state(cluster, "root@pam") == before
+    # another user's: only with the administrator's own current password
+    r = admin.post(f"{base(cluster)}/access/tfa/{user}", data={"type": "recovery"})
+    assert r.status_code == 400 and r.json()["errors"] == {
+        "password": "password is required to modify user"}
+    r = admin.post(f"{base(cluster)}/access/tfa/{user}",
+                   data={"type": "recovery", "password": PW})     # the user's: not the caller's
+    assert r.status_code == 500 and tfa_state(cluster, user).entries == ()
+    r = admin.post(f"{base(cluster)}/access/tfa/{user}",
+                   data={"type": "recovery", "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    r = admin.delete(f"{base(cluster)}/access/tfa/{user}/recovery",
+                     params={"password": PASSWORD})
+    assert r.status_code == 200 and tfa_state(cluster, user).entries == ()
+
+
 def test_realm_enforced_tfa(cluster: Cluster, user: str) -> None:
     """`tfa=type=oath` on the pve realm: a user without TOTP is refused, clearly; with
     one, the two-step login proceeds. The realm option is put back afterwards."""
@@ -242,5 +270,9 @@ def test_cli_lists_and_deletes_factors(cluster: Cluster, user: str) -> None:
     assert any(u["userid"] == user and u["entries"][0]["id"] == "recovery" for u in listed)
     out = cluster["n1"].cli("realm", "list").stdout
     assert out.startswith("REALM") and "\npve " in out and "\npam " in out
-    cluster["n1"].cli("tfa", "delete", user, "recovery")
+    # pveum's forms: `user tfa list USERID`, `user tfa delete USERID -id ID`
+    text = cluster["n1"].cli("user", "tfa", "list", user).stdout
+    assert text.splitlines()[:2] == [f"{user}:", "    recovery: recovery"]
+    assert [u["userid"] for u in cluster["n1"].json("user", "tfa", "list", user)] == [user]
+    cluster["n1"].cli("user", "tfa", "delete", user, "-id", "recovery")
     assert tfa_state(cluster, user).entries == ()

@@ -334,6 +334,19 @@ def test_bad_input_is_a_pve_400(px) -> None:
     assert exc.value.status_code == 400 and "memory" in exc.value.errors
 
 
+def _started_with_pattern(px, cluster: Cluster, vmid: int) -> tuple[Path, Console]:
+    """VM `vmid`'s qcow2 disk filled with 0x41, the VM started, its shell reached: the
+    disk's image path and the serial console."""
+    node = px.nodes("n1")
+    disk = image_path(cluster, node.qemu(vmid).config.get()["virtio0"])
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x41 0 {DISK}", str(disk)],
+                   check=True, capture_output=True)
+    wait_task(px, node.qemu(vmid).status.start.post())
+    console = Console(cluster["n1"].state_dir / "run" / "qemu" / f"{vmid}.serial")
+    wait_shell(console)
+    return disk, console
+
+
 def test_incremental_backups_follow_the_dirty_bitmap(px, cluster: Cluster) -> None:
     """Full, then incremental through QEMU's dirty bitmap (only the written chunks are
     read); a backup cancelled mid-way loses no dirty bit; deleting the newest backup or
@@ -343,12 +356,7 @@ def test_incremental_backups_follow_the_dirty_bitmap(px, cluster: Cluster) -> No
     vmid = 930
     create_vm(px, vmid, f"local:{DISK_MIB / 1024},format=qcow2")
     try:
-        disk = image_path(cluster, node.qemu(vmid).config.get()["virtio0"])
-        subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x41 0 {DISK}", str(disk)],
-                       check=True, capture_output=True)
-        wait_task(px, node.qemu(vmid).status.start.post())
-        console = Console(cluster["n1"].state_dir / "run" / "qemu" / f"{vmid}.serial")
-        wait_shell(console)
+        disk, console = _started_with_pattern(px, cluster, vmid)
 
         def backup(**extra: object) -> list[str]:
             upid = node.vzdump.post(vmid=str(vmid), storage="bk", **extra)
@@ -427,6 +435,156 @@ def test_incremental_backups_follow_the_dirty_bitmap(px, cluster: Cluster) -> No
         try:
             restored = image_path(cluster, node.qemu(vmid + 1).config.get()["virtio0"])
             assert sha256_of(restored, "qcow2") == disk_with({20: "C"})
+        finally:
+            destroy(px, vmid + 1)
+        for listed in backups(px, vmid):
+            wait_task(px, node.storage("bk").content(listed["volid"]).delete())
+    finally:
+        destroy(px, vmid)
+
+
+def disk_with(changes: dict[int, str]) -> str:
+    """The hash of an all-`A` (0x41) disk with `letter\\n` in the MiBs of `changes`."""
+    whole = hashlib.sha256()
+    for mib in range(DISK_MIB):
+        whole.update((changes[mib] + "\n").encode() * (1 << 19) if mib in changes
+                     else b"A" * (1 << 20))
+    return whole.hexdigest()
+
+
+def test_stopped_guest_backup_reads_only_what_the_guest_wrote(px, cluster: Cluster) -> None:
+    """Run, back up, write, stop, back up again stopped: the persistent dirty bitmap the
+    first backup started is in the qcow2 image, qemu-nbd exports it and only the written
+    chunk is read; the restore hashes like the disk. A snapshot rollback removes the
+    bitmap, a QEMU killed with the image open leaves it `in-use`: the next backup is
+    full, with the reason; and an `in-use` bitmap does not stop an online resize."""
+    import os
+    import signal
+
+    node = px.nodes("n1")
+    vmid = 940
+    create_vm(px, vmid, f"local:{DISK_MIB / 1024},format=qcow2")
+    try:
+        disk, console = _started_with_pattern(px, cluster, vmid)
+
+        def backup() -> list[str]:
+            upid = node.vzdump.post(vmid=str(vmid), storage="bk")
+            status = wait_task(px, upid)
+            log = task_log(px, upid)
+            assert status["exitstatus"] == "OK", log
+            return log
+
+        log = backup()
+        assert "INFO: status = running" in log
+        assert any(line.startswith(f"INFO: transferred {DISK_MIB}.0 MiB in ") for line in log)
+        fill_disk(console, "B", range(40, 41))            # one 4 MiB chunk of 16
+        wait_task(px, node.qemu(vmid).status.stop.post())
+
+        log = backup()
+        assert "INFO: status = stopped" in log, log
+        assert "INFO: virtio0: dirty-bitmap status: OK (4.0 MiB of 64.0 MiB dirty)" in log, log
+        assert "INFO: using fast incremental mode (dirty-bitmap), 4.0 MiB dirty of 64.0 MiB " \
+               "total" in log, log
+        assert any(line.startswith("INFO: transferred 4.0 MiB in ") for line in log), log
+        assert sha256_of(disk, "qcow2") == disk_with({40: "B"})
+        upid = node.qemu.post(vmid=vmid + 1, archive=backups(px, vmid)[-1]["volid"])
+        assert wait_task(px, upid)["exitstatus"] == "OK", task_log(px, upid)
+        try:
+            restored = image_path(cluster, node.qemu(vmid + 1).config.get()["virtio0"])
+            assert sha256_of(restored, "qcow2") == disk_with({40: "B"})
+        finally:
+            destroy(px, vmid + 1)
+        # stopped again, nothing written since: nothing read
+        log = backup()
+        assert "INFO: using fast incremental mode (dirty-bitmap), 0 B dirty of 64.0 MiB " \
+               "total" in log, log
+
+        # a snapshot rollback drops the image's bitmaps: full, with the reason
+        upid = node.qemu(vmid).snapshot.post(snapname="s1")
+        assert wait_task(px, upid)["exitstatus"] == "OK", task_log(px, upid)
+        upid = node.qemu(vmid).snapshot("s1").rollback.post()
+        assert wait_task(px, upid)["exitstatus"] == "OK", task_log(px, upid)
+        log = backup()
+        assert "INFO: virtio0: dirty bitmap not trusted: bitmap missing on virtio0 - read in " \
+               "full" in log, log
+
+        def start_and_kill() -> None:
+            """QEMU killed with the image open: the bitmap it loaded stays `in-use`."""
+            wait_task(px, node.qemu(vmid).status.start.post())
+            pid = int((cluster["n1"].state_dir / "run" / "qemu" / f"{vmid}.pid").read_text())
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: node.qemu(vmid).status.current.get()["status"] == "stopped", 30,
+                     "killed guest seen stopped")
+
+        start_and_kill()
+        log = backup()
+        assert "INFO: virtio0: dirty bitmap not trusted: bitmap inconsistent on virtio0 - " \
+               "read in full" in log, log
+        assert any(line.startswith(f"INFO: transferred {DISK_MIB}.0 MiB in ") for line in log)
+        # such a bitmap, loaded by the next QEMU, does not stop an online resize
+        start_and_kill()
+        wait_task(px, node.qemu(vmid).status.start.post())
+        upid = node.qemu(vmid).resize.put(disk="virtio0", size="+4M")
+        assert wait_task(px, upid)["exitstatus"] == "OK", task_log(px, upid)
+        wait_task(px, node.qemu(vmid).status.stop.post())
+
+        for listed in backups(px, vmid):
+            wait_task(px, node.storage("bk").content(listed["volid"]).delete())
+    finally:
+        destroy(px, vmid)
+
+
+def test_efidisk_and_tpmstate_are_backed_up_and_restored(px, cluster: Cluster) -> None:
+    """An OVMF guest's efidisk0 and tpmstate0 are disks of the backup (running: the
+    pflash vars fleeced with the disk, swtpm's state read from its file; stopped: the
+    files) and come back, byte for byte, on the restore's target storage."""
+    node = px.nodes("n1")
+    vmid = 960
+    create_vm(px, vmid, f"local:{DISK_MIB / 1024}", bios="ovmf",
+              efidisk0="local:1,efitype=4m", tpmstate0="local:1,version=v2.0")
+    try:
+        config = node.qemu(vmid).config.get()
+        efidisk, tpm = image_path(cluster, config["efidisk0"]), image_path(cluster,
+                                                                          config["tpmstate0"])
+
+        def backup_and_restore(target: int) -> dict:
+            upid = node.vzdump.post(vmid=str(vmid), storage="bk")
+            status = wait_task(px, upid)
+            log = task_log(px, upid)
+            assert status["exitstatus"] == "OK", log
+            efivol = config["efidisk0"].split(",")[0]
+            assert any(line.startswith(f"INFO: include disk 'efidisk0' '{efivol}'")
+                       for line in log), log
+            assert any(line.startswith("INFO: include disk 'tpmstate0'") for line in log), log
+            upid = node.qemu.post(vmid=target, archive=backups(px, vmid)[-1]["volid"],
+                                  storage="local")
+            assert wait_task(px, upid)["exitstatus"] == "OK", task_log(px, upid)
+            assert not any("is not restored" in line for line in task_log(px, upid))
+            return node.qemu(target).config.get()
+
+        # running, paused (OVMF and swtpm write nothing meanwhile)
+        wait_task(px, node.qemu(vmid).status.start.post())
+        wait_task(px, node.qemu(vmid).status.suspend.post())
+        sums = (sha256_of(efidisk), sha256_of(tpm))
+        assert sums[1] != hashlib.sha256(bytes(tpm.stat().st_size)).hexdigest(), \
+            "swtpm wrote no state"
+        restored = backup_and_restore(vmid + 1)
+        try:
+            assert restored["efidisk0"].startswith(f"local:{vmid + 1}/"), restored
+            assert "efitype=4m" in restored["efidisk0"], restored
+            assert "version=v2.0" in restored["tpmstate0"]
+            assert (sha256_of(image_path(cluster, restored["efidisk0"])),
+                    sha256_of(image_path(cluster, restored["tpmstate0"]))) == sums
+        finally:
+            destroy(px, vmid + 1)
+        wait_task(px, node.qemu(vmid).status.stop.post())
+
+        # stopped
+        sums = (sha256_of(efidisk), sha256_of(tpm))
+        restored = backup_and_restore(vmid + 1)
+        try:
+            assert (sha256_of(image_path(cluster, restored["efidisk0"])),
+                    sha256_of(image_path(cluster, restored["tpmstate0"]))) == sums
         finally:
             destroy(px, vmid + 1)
         for listed in backups(px, vmid):

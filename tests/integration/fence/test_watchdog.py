@@ -293,6 +293,41 @@ async def test_a_fire_stays_in_force_until_a_real_renewal(watchdogs, guests, run
     assert status.last_fire is not None and status.last_fire["killed"][0]["pid"] == first.pid
 
 
+async def test_a_fire_is_new_once_even_while_its_latch_outlives_the_next_arm(
+        watchdogs, guests, run_dir) -> None:
+    """The daemon's "the watchdog fired" (`new_fire`, issue 16). The LRM handles a fire,
+    arms again later (a recovery onto this node) and asks again before the supervisor's
+    next tick has read the new deadline: the report still shows the old fire, which is
+    not a new one. A guest killed again under the latch, and a later fire, are new."""
+    w = watchdogs()
+    first = guests(100)
+    await w.arm(time.monotonic() + 0.3, [100], run_dir)
+    await watch_death(first, timeout=5)
+    await fired(w)
+    assert w.new_fire() and not w.new_fire()
+    second = guests(100)   # started before any renewal: killed again, a new kill
+    await watch_death(second, timeout=5)
+    await fired(w, kills=2)
+    assert w.new_fire() and not w.new_fire()
+    pid = w.running_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)   # not scheduled yet (a loaded machine)
+    try:
+        w.arm_sync(time.monotonic() + 30, [100], run_dir)
+        assert w.read_status().fired   # the old latch, as the LRM used to read it
+        assert not w.new_fire()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    await wait_until(lambda: not w.read_status().fired, "fire latch released", timeout=3)
+    third = guests(100)
+    await stays_alive_until([third], time.monotonic() + 3 * INTERVAL)
+    assert not w.new_fire()
+    w.arm_sync(time.monotonic() + 0.3, [100], run_dir)   # no renewal: a new fire
+    await watch_death(third, timeout=5)
+    await wait_until(lambda: w.read_status().fired, "new fire recorded", timeout=5)
+    assert w.new_fire() and not w.new_fire()
+
+
 async def test_state_from_another_boot_is_not_an_arm(watchdogs, guests, run_dir) -> None:
     w = watchdogs()
     dummy = guests(100)

@@ -6,8 +6,9 @@ call them): ``ping``, ``network-get-interfaces`` showing the address the guest
 gave itself, ``exec`` + ``exec-status`` output, a ``file-write`` / ``file-read``
 round trip, PVE's errors without an agent, a vzdump of the running VM that freezes
 and thaws the guest's filesystems around its start, an online disk move (``move_disk``:
-QEMU's mirror job) while the guest writes to the disk, and ``status/shutdown`` going
-through the agent's ``guest-shutdown`` rather than the ACPI button.
+QEMU's mirror job) and a full clone of the running guest while it writes to the disk,
+and ``status/shutdown`` going through the agent's ``guest-shutdown`` rather than the
+ACPI button.
 """
 
 from __future__ import annotations
@@ -71,11 +72,25 @@ def test_guest_agent_in_a_real_guest(cluster: Cluster, agent_bridge: str) -> Non
             vm.agent.ping.post()
         assert {"ping", "exec", "file-read", "network-get-interfaces"} <= {
             c["name"] for c in vm.agent.get()}
+        # the QEMU monitor (Telmate's `monitor`) answers PVE's text, not an error
+        assert vm.monitor.post(command="info status") == f"ERROR: VM {vmid} not running\n"
 
         assert done(vm.status.start.post()) == "OK"
         assert wait_for(lambda: vm.agent.ping.post() == {"result": {}}, 60,
                         "the guest agent answering ping")
         assert vm.status.current.get()["agent"] == 1      # PVE's, bpg looks at it
+
+        # HMP through QMP; PVE's permission table (admin@pve is no root@pam), where
+        # binome keeps what changes its own records (run state, disks) for root@pam
+        assert "VM status: running" in vm.monitor.post(command="info status")
+        assert "info" in vm.monitor.post(command="help")
+        with pytest.raises(ResourceException, match="root-only command 'system_reset'"):
+            vm.monitor.post(command="system_reset")
+        with pytest.raises(ResourceException, match="root-only command 'drive_mirror'"):
+            vm.monitor.post(command="drive_mirror drive-virtio0 /tmp/x")
+        with pytest.raises(ResourceException, match="command 'frobnicate' non-existent"):
+            vm.monitor.post(command="  frobnicate now")
+        assert vm.status.current.get()["qmpstatus"] == "running"
 
         interfaces = vm.agent("network-get-interfaces").get()["result"]
         eth0 = next(i for i in interfaces if i["hardware-address"] == "bc:24:11:aa:00:07")
@@ -147,6 +162,13 @@ WRITER = ("i=0; while [ ! -e /tmp/stop ]; do i=$((i+1)); "
           "echo $i > /tmp/seq; usleep 20000; done")
 
 
+def _tail(path, size: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-size:]
+    except OSError as exc:
+        return f"({exc})"
+
+
 def move_disk_online(px, node, vm, vmid: int, cluster: Cluster, done) -> None:
     """POST .../move_disk of the running guest's virtio0 (qcow2 on `local`) to another
     dir storage, while the guest writes to it: QEMU's mirror job with PVE's
@@ -159,7 +181,14 @@ def move_disk_online(px, node, vm, vmid: int, cluster: Cluster, done) -> None:
     old = vm.config.get()["virtio0"].split(",")[0]
 
     def seq() -> int:
-        text = vm.agent("file-read").get(file="/tmp/seq")["content"].strip()
+        try:
+            text = vm.agent("file-read").get(file="/tmp/seq")["content"].strip()
+        except Exception as exc:
+            # the guest gone (seen once in CI after a cancelled move): say how QEMU ended
+            run = cluster["n1"].state_dir / "run" / "qemu"
+            raise AssertionError(f"{exc}; QEMU exit: {_tail(run / f'{vmid}.exit.json')}; "
+                                 f"QEMU log: {_tail(run / f'{vmid}.log')}; binomed: "
+                                 f"{_tail(cluster['n1'].log_path, 4000)}") from exc
         return int(text or 0)
 
     def sector(path, fmt: str) -> int:
@@ -208,6 +237,32 @@ def move_disk_online(px, node, vm, vmid: int, cluster: Cluster, done) -> None:
     assert new == f"mvqga:{vmid}/vm-{vmid}-disk-0.qcow2" and conf["unused0"] == old
     mark = seq()
     wait_for(lambda: seq() > mark + 10, 20, "the guest writing after the switch")
+
+    # a full clone of the running guest onto another storage (PVE's drive-mirror, ended
+    # without switching, the filesystems frozen): the copy holds the disk as it was at
+    # one instant of the clone while the guest writes on
+    low = seq()
+    clone_id = int(px.cluster.nextid.get())
+    upid = vm.clone.post(newid=clone_id, name="qga-clone", storage="local")
+    try:
+        assert done(upid) == "OK", [e["t"] for e in node.tasks(upid).log.get(limit=500)]
+        high = seq()
+        log = [e["t"] for e in node.tasks(upid).log.get(limit=1000)]
+        freeze = log.index("INFO: issuing guest-agent 'fs-freeze' command")
+        thaw = log.index("INFO: issuing guest-agent 'fs-thaw' command")
+        ended = log.index("drive-virtio0: Completed successfully (the copy ends here).")
+        assert freeze < ended < thaw, log
+        copy = node.qemu(clone_id).config.get()["virtio0"].split(",")[0]
+        assert copy == f"local:{clone_id}/vm-{clone_id}-disk-0.qcow2"
+        copy_path = cluster["n1"].state_dir / "storage" / "local" / "images" / \
+            str(clone_id) / f"vm-{clone_id}-disk-0.qcow2"
+        # /tmp/seq is written right after each synced write: by the time the task
+        # ended it had caught up with what the copy holds
+        assert low <= sector(copy_path, "qcow2") <= high
+        assert vm.agent("fsfreeze-status").post() == {"result": "thawed"}
+        assert vm.config.get()["virtio0"].split(",")[0] == new   # the guest never moved
+    finally:
+        done(node.qemu(clone_id).delete(purge=1))
     vm.agent("file-write").post(file="/tmp/stop", content="")
     status = wait_for(lambda: (s := vm.agent("exec-status").get(pid=pid))["exited"] and s,
                       20, "the writer to stop")

@@ -501,6 +501,9 @@ def test_host_shutdown_policies(
         print(f"plain restart: binomed stopped in {took:.1f} s")
         n1.start()
         wait_for(n1.quorate, 60, "n1 quorate again")
+        # quorate is not yet online for the HA manager (its lease comes with its HA
+        # agent): a service asked on n1 before that is recovered elsewhere, rightly
+        wait_for(lambda: takes_services(n2, "n1"), 60, "n1 online and active for the CRM")
         px = api(n2)
         vmid = create_vm(px, "n1", "ha-shutdown")
         sid = f"vm:{vmid}"
@@ -585,5 +588,150 @@ def test_host_shutdown_policies(
             n2.cli("ha", "remove", sid, check=False)
         if vmid is not None:
             for node in (n1, n2):
+                kill_pid(qemu_pid(node, vmid))
+        print(f"test runtime {time.monotonic() - began:.1f} s")
+
+
+# ---------------------------------------------------------------- PVE 9 rules
+
+
+def test_ha_rules_api_round_trip_and_placement(ha_cluster: Cluster) -> None:
+    """`/cluster/ha/rules` through proxmoxer (PVE 9's shapes, refusals and digests), a
+    group shown as its `ha-group-<g>` rule, `binome ha rules ...`; and the CRM really
+    keeps two VMs of a negative rule apart: added on n1 together, one starts on n2."""
+    from proxmoxer import ResourceException
+
+    began = time.monotonic()
+    c = ha_cluster
+    n1, n2 = c["n1"], c["n2"]
+    px = api(n2)
+    a, b = create_vm(px, "n1", "rule-a"), create_vm(px, "n1", "rule-b")
+    sa, sb = f"vm:{a}", f"vm:{b}"
+    pair = ",".join(sorted((sa, sb)))
+    try:
+        for sid in (sa, sb):
+            px.cluster.ha.resources.post(sid=sid, state="stopped")
+        assert px.cluster.ha.rules.get() == []
+
+        # ---- bad input: PVE's 400 per parameter or its refusal; nothing stored
+        for kw, status, text in (
+                ({"rule": "1x", "type": "node-affinity", "resources": sa, "nodes": "n1"},
+                 400, "rule"),
+                ({"rule": "pin", "type": "node-affinity", "resources": sa}, 400, "nodes"),
+                ({"rule": "pin", "type": "colocation", "resources": sa}, 400, "type"),
+                ({"rule": "pin", "type": "node-affinity", "resources": sa, "nodes": "n1,n9"},
+                 500, "cannot use non-existent node(s) n9."),
+                ({"rule": "pin", "type": "node-affinity", "resources": "vm:999999",
+                  "nodes": "n1"}, 500, "cannot use unmanaged resource(s) vm:999999."),
+                ({"rule": "many", "type": "resource-affinity", "resources": f"{pair},vm:{b + 1}",
+                  "affinity": "negative"}, 500, "cannot use unmanaged resource(s)")):
+            with pytest.raises(ResourceException) as bad:
+                px.cluster.ha.rules.post(**kw)
+            assert bad.value.status_code == status, (kw, bad.value)
+            if status == 400:
+                assert text in bad.value.errors, bad.value.errors
+            else:
+                assert text in str(bad.value), bad.value
+        assert px.cluster.ha.rules.get() == []
+
+        # ---- create, list, read: PVE 9's fields
+        px.cluster.ha.rules.post(rule="apart", type="resource-affinity", resources=pair,
+                                 affinity="negative", comment="keep them apart")
+        px.cluster.ha.rules.post(rule="pin-a", type="node-affinity", resources=sa,
+                                 nodes="n1,n2", strict=1)
+        rules = px.cluster.ha.rules.get()
+        assert [r["rule"] for r in rules] == ["apart", "pin-a"]
+        apart = px.cluster.ha.rules("apart").get()
+        assert {k: apart[k] for k in ("rule", "type", "resources", "affinity", "comment",
+                                      "order")} == {
+            "rule": "apart", "type": "resource-affinity", "resources": pair,
+            "affinity": "negative", "comment": "keep them apart", "order": 1}
+        assert "errors" not in apart and len(apart["digest"]) == 40
+        pin = px.cluster.ha.rules("pin-a").get()
+        assert pin["nodes"] == "n1,n2" and pin["strict"] == 1
+        assert [r["rule"] for r in px.cluster.ha.rules.get(type="node-affinity")] == ["pin-a"]
+        assert [r["rule"] for r in px.cluster.ha.rules.get(resource=sb)] == ["apart"]
+
+        # a conflicting rule: "Rule '...' is invalid." with the reason per property
+        with pytest.raises(ResourceException) as bad:
+            px.cluster.ha.rules.post(rule="together", type="resource-affinity",
+                                     resources=pair, affinity="positive")
+        assert bad.value.status_code == 400 and "is invalid" in str(bad.value)
+        assert bad.value.errors == {"resources": "rule shares two or more resources with a "
+                                                 "negative resource affinity rule"}
+        with pytest.raises(ResourceException) as bad:
+            px.cluster.ha.rules.post(rule="pin-again", type="node-affinity", resources=sa,
+                                     nodes="n2")
+        assert bad.value.errors == {
+            "resources": f"resource '{sa}' is already used in another node affinity rule"}
+
+        # update with the digest; a stale digest is refused
+        px.cluster.ha.rules("pin-a").put(type="node-affinity", comment="pinned",
+                                         digest=pin["digest"])
+        assert px.cluster.ha.rules("pin-a").get()["comment"] == "pinned"
+        with pytest.raises(ResourceException) as bad:
+            px.cluster.ha.rules("pin-a").put(type="node-affinity", comment="x",
+                                             digest=pin["digest"])
+        assert "detected modified configuration" in str(bad.value)
+        # priorities for a resource in a resource affinity rule: upstream's refusal
+        with pytest.raises(ResourceException) as bad:
+            px.cluster.ha.rules("pin-a").put(type="node-affinity", nodes="n1:2,n2:1")
+        assert bad.value.status_code == 400 and "multiple priorities" in \
+            bad.value.errors["resources"], bad.value.errors
+        assert px.cluster.ha.rules("pin-a").get()["nodes"] == "n1,n2"   # nothing changed
+        n1.cli("ha", "rules", "remove", "pin-a")
+
+        # ---- a group is shown (and checked) as its node-affinity rule
+        px.cluster.ha.groups.post(group="g", nodes="n2:1")
+        px.cluster.ha.resources(sb).put(group="g")
+        shown = {r["rule"]: r for r in px.cluster.ha.rules.get()}
+        assert shown["ha-group-g"]["nodes"] == "n2:1" and shown["ha-group-g"]["resources"] == sb
+        assert shown["ha-group-g"]["comment"] == "Generated from HA group 'g'."
+        px.cluster.ha.resources(sb).put(delete="group")
+        px.cluster.ha.groups("g").delete()
+
+        # ---- the CLI (`ha-manager rules ...`)
+        n1.cli("ha", "rules", "set", "resource-affinity", "apart", "--comment", "spread")
+        out = n1.cli("ha", "rules", "config").stdout
+        assert "apart" in out and "in use" in out and "spread" in out, out
+
+        # ---- the CRM: both started from n1, they end up on separate nodes, for real
+        t0 = time.monotonic()
+        for sid in (sa, sb):
+            px.cluster.ha.resources(sid).put(state="started")
+
+        def apart_and_running():
+            nodes = {service(n1, s).get("node") for s in (sa, sb)}
+            return (nodes == {"n1", "n2"}
+                    and all(service(n1, s).get("state") == "started" for s in (sa, sb))
+                    and all(qemu_pid(c[service(n1, s)["node"]], v) for s, v in ((sa, a), (sb, b))))
+        wait_for(apart_and_running, 120, "the two VMs running on separate nodes", interval=0.5)
+        print(f"negative rule: started apart in {time.monotonic() - t0:.1f} s")
+        # the one on n2 never ran on n1 as well
+        on_n2 = a if service(n1, sa)["node"] == "n2" else b
+        assert qemu_pid(n1, on_n2) is None
+
+        # PVE 9's resource option failback (default 1)
+        assert px.cluster.ha.resources(sa).get()["failback"] == 1
+        px.cluster.ha.resources(sa).put(failback=0)
+        assert px.cluster.ha.resources(sa).get()["failback"] == 0
+
+        # ---- removing a resource purges it from the rule (upstream's default purge=1);
+        # the rule, left with one resource, is shown with upstream's error
+        px.cluster.ha.resources(sa).delete()
+        left = px.cluster.ha.rules("apart").get()
+        assert left["resources"] == sb
+        assert left["errors"] == {"resources": [
+            "rule is ineffective as there are less than two resources"]}
+        px.cluster.ha.resources(sb).delete()
+        assert px.cluster.ha.rules.get() == []
+    finally:
+        for sid in (sa, sb):
+            n1.cli("ha", "remove", sid, check=False)
+        n1.cli("ha", "rules", "remove", "apart", check=False)
+        n1.cli("ha", "rules", "remove", "pin-a", check=False)
+        n1.cli("ha", "groupremove", "g", check=False)
+        for node in (n1, n2):
+            for vmid in (a, b):
                 kill_pid(qemu_pid(node, vmid))
         print(f"test runtime {time.monotonic() - began:.1f} s")

@@ -259,7 +259,7 @@ def test_snapshot_survives_a_failover_of_a_guest_on_replicated_storage(
     vmid = int(px.cluster.nextid.get())
     sid = f"vm:{vmid}"
     upid = px.nodes("n1").qemu.post(
-        vmid=vmid, name="ha-snap", memory=128, cores=1, virtio0="repl:0.0625,format=qcow2",
+        vmid=vmid, name="ha-snap", memory=128, cores=1, virtio0="repl:0.125,format=qcow2",
         kernel="local:iso/vmlinuz", initrd="local:iso/initrd.gz",
         append=build_image().cmdline(), vga="serial0")
     wait_for(lambda: px.nodes("n1").tasks(upid).status.get()["status"] == "stopped", 60,
@@ -281,6 +281,10 @@ def test_snapshot_survives_a_failover_of_a_guest_on_replicated_storage(
         guest_write(console, "DATA-A", "RAM-A")
         task_ok("n1", px.nodes("n1").qemu(vmid).snapshot.post(snapname="before"))
         guest_write(console, "DATA-B", "RAM-B")
+        # with its RAM: the state goes into the replicated qcow2 image like the disks
+        task_ok("n1", px.nodes("n1").qemu(vmid).snapshot.post(snapname="withram",
+                                                                vmstate=1))
+        guest_write(console, "DATA-C", "RAM-C")
         console.close()
         volume = f"vm-{vmid}-disk-0"
 
@@ -294,7 +298,21 @@ def test_snapshot_survives_a_failover_of_a_guest_on_replicated_storage(
                  interval=0.2)
         print(f"n1 dead -> {sid} running on n2: {time.monotonic() - t_dead:.1f} s")
         q2 = px.nodes("n2").qemu(vmid)
-        assert [s["name"] for s in q2.snapshot.get()] == ["before", "current"]
+        assert sorted(s["name"] for s in q2.snapshot.get()) == ["before", "current", "withram"]
+
+        # the RAM snapshot taken on n1, rolled back on n2 while HA keeps the guest
+        # started: the guest runs on from that instant (its RAM and its disk), once
+        rolled = q2.snapshot("withram").rollback.post()
+        task_ok("n2", rolled)
+        console = Console(n2.state_dir / "run" / "qemu" / f"{vmid}.serial")
+        assert guest_read(console) == ("DATA-B", "RAM-B")
+        console.close()
+        assert service(n2, sid).get("state") == "started" and qemu_pid(n1, vmid) is None
+        pid = qemu_pid(n2, vmid)
+        t_end = time.monotonic() + 5       # HA leaves it be: no restart, no second copy
+        while time.monotonic() < t_end:
+            assert qemu_pid(n2, vmid) == pid and service(n2, sid).get("state") == "started"
+            time.sleep(0.2)
 
         # rolled back on n2 by its administrator: HA stops it, the rollback, HA starts it
         n2.cli("ha", "set", sid, "--state", "stopped")

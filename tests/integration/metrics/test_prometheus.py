@@ -284,7 +284,11 @@ def test_prometheus_sees_a_replicated_volume_resync(
         wait_for(lambda: one_hot("binome_volume_connection_state", "state")
                  == {i1: "Connected", i2: "Connected"}, 30, "both copies connected",
                  interval=0.5)
-        assert one_hot("binome_volume_role", "role") == {i1: "Primary", i2: "Secondary"}
+        # the creator's promotion may come a scrape after the connection (both copies
+        # connect Secondary first): the roles are waited for too, not assumed
+        wait_for(lambda: one_hot("binome_volume_role", "role")
+                 == {i1: "Primary", i2: "Secondary"}, 30, "n1 Primary in the scrapes",
+                 interval=0.5)
         assert one_hot("binome_volume_peer_role", "role") == {i1: "Secondary", i2: "Primary"}
         assert one_hot("binome_volume_disk_state", "state") == {i1: "UpToDate", i2: "UpToDate"}
         assert set(prom.values('binome_volume_size_bytes{volume="mv1"}').values()) == {16 << 20}

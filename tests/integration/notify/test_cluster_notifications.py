@@ -330,7 +330,7 @@ def test_node_failure_mailed_exactly_once(env: dict[str, Any]) -> None:
                                                "days"), 30,
                           f"the certificate mail; got {inbox.subjects()}")
     assert f"The certificate node.pem (API) on {sender.name} expires on {not_after}" in text
-    assert "binome has no renewal command yet" in text, text
+    assert "by joining the node again" in text and "binome acme cert renew" in text, text
     after = wait_for(lambda: [e for e in api.ok("GET", f"/nodes/{sender.name}/notifications/"
                                                 "history", target="mail", limit=1000)
                               if e["id"] == before["id"]], 60,

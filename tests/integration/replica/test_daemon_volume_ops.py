@@ -9,7 +9,9 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -116,18 +118,29 @@ def _sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _guest_sha(path, fmt: str) -> str:
+    """SHA-256 of what the guest sees in an image (a qcow2 one read through qemu-img;
+    -U: its volume engine has the file open)."""
+    with tempfile.NamedTemporaryFile(suffix=".raw") as out:
+        subprocess.run(["qemu-img", "convert", "-U", "-f", fmt, "-O", "raw", str(path),
+                        out.name], check=True, capture_output=True)
+        return _sha(Path(out.name))
+
+
 def test_vm_disk_moves_between_replicated_and_dir(vc: Cluster) -> None:
     """move_disk of VM 300's disk (replicated, from the test above): stopped off the
     replicated storage to `local` (qemu-img over the engine's NBD export), then with
     the VM running (a QEMU without an OS) onto the replicated storage and off it again
-    by QEMU's mirror job, each time with delete=1; the data the same on every copy."""
+    by QEMU's mirror job, then in and out again as a qcow2 image inside the replicated
+    volume, each time with delete=1; the data the same on every copy."""
     n1, n2 = vc["n1"], vc["n2"]
 
     def disk() -> str:
         return n1.json("vm", "config", "300")["virtio0"].split(",")[0]
 
-    def move(storage: str) -> str:
-        out = n1.cli("vm", "move-disk", "300", "virtio0", storage, "--delete", "1").stdout
+    def move(storage: str, *fmt: str) -> str:
+        out = n1.cli("vm", "move-disk", "300", "virtio0", storage, "--delete", "1",
+                     *(("--format", fmt[0]) if fmt else ())).stdout
         assert "TASK OK" in out or disk().startswith(storage + ":"), out
         return out
 
@@ -151,6 +164,16 @@ def test_vm_disk_moves_between_replicated_and_dir(vc: Cluster) -> None:
         assert "drive-virtio0: Completed successfully." in out, out
         assert disk().startswith("local:300/vm-300-disk-")
         wait_for(lambda: vstatus(n1, name) == {}, 30, "the replicated volume gone")
+        # a qcow2 image inside a replicated volume, the same way in and out
+        out = move("repl", "qcow2")
+        assert "drive-virtio0: Completed successfully." in out, out
+        name = disk().partition(":")[2]
+        assert n1.json("vm", "config", "300")["virtio0"].startswith(f"repl:{name}")
+        wait_for(lambda: in_sync(vstatus(n2, name)), 60, "n2's qcow2 copy in sync")
+        assert _guest_sha(backing(n2, name), "qcow2") == digest
+        out = move("local", "raw")
+        assert "drive-virtio0: Completed successfully." in out, out
+        wait_for(lambda: vstatus(n1, name) == {}, 30, "the qcow2 replicated volume gone")
     finally:
         n1.cli("vm", "stop", "300", check=False)
     final = n1.state_dir / "storage" / "local" / "images" / "300" / \

@@ -27,9 +27,9 @@ def available() -> bool:
 
 
 @contextlib.contextmanager
-def chromium(profile: Path | None = None) -> Iterator[Any]:
-    """A headless chromium with its browser console log kept; quit (and its profile
-    removed) after, even on failure."""
+def chromium(profile: Path | None = None, extra_flags: tuple[str, ...] = ()) -> Iterator[Any]:
+    """A headless chromium with its browser console log kept (and `extra_flags`); quit
+    (and its profile removed) after, even on failure."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -37,7 +37,7 @@ def chromium(profile: Path | None = None) -> Iterator[Any]:
     profile = Path(tempfile.mkdtemp(prefix="chromium-")) if profile is None else profile
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in FLAGS:
+    for flag in (*FLAGS, *extra_flags):
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})

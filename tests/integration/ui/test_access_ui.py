@@ -107,6 +107,22 @@ def test_permissions_pool_view_and_search(browser, cluster: Cluster,  # noqa: F8
             raise
         assert "created" in _css(browser, "#access-message")[0].text
 
+        # her password set again by the admin: PVE 8+ asks the admin's own current one
+        _click(browser, f'#user-table tr[data-userid="{userid}"] .user-password',
+               "the password button")
+        _dialog(browser, "the password dialog")
+        _fill(browser, "#passwd-password", AUDITOR_PW)
+        _fill(browser, "#passwd-confirm", AUDITOR_PW)
+        _submit(browser)
+        error = _wait(browser, lambda d: _css(d, "#error-confirmation-password"),
+                      "the missing confirmation")[0]
+        assert "password is required" in error.text, error.text
+        _fill(browser, "#passwd-current", PASSWORD)
+        _submit(browser)
+        _wait(browser, lambda d: not _css(d, "dialog[open]"), "the dialog to close")
+        assert requests.post(f"{base}/access/ticket", verify=False, timeout=10, data={
+            "username": userid, "password": AUDITOR_PW}).status_code == 200
+
         # the ACL: PVEAuditor on / for the user
         _css(browser, "#access-tab-acl")[0].click()
         _click(browser, "#acl-add-user", "Add user permission")
@@ -222,6 +238,7 @@ def test_permissions_pool_view_and_search(browser, cluster: Cluster,  # noqa: F8
         admin_errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"
                         and not (e.get("source") == "network" and " 400 " in e["message"]
                                  and ("/access/users" in e["message"]
+                                      or "/access/password" in e["message"]
                                       or "/access/domains" in e["message"]))]
         assert admin_errors == [], admin_errors
 

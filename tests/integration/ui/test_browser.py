@@ -730,15 +730,30 @@ def _storage_editing(browser, api: requests.Session, cluster: Cluster, shots: Pa
 
 # the main pages, each with what shows it has loaded (axe checks the page as it is)
 A11Y_PAGES = (("#/dc", "#dc-node-table tbody tr"), ("#/dc/log", "#dc-log-table tbody tr"),
+              ("#/dc/tasks", "#dctasks-table tbody tr"),
               ("#/dc/ha", "#ha-status-list li"), ("#/dc/storage", "#dc-storage-table tr"),
               ("#/dc/volumes", "#view-dc-volumes"), ("#/dc/availability", ".view"),
               ("#/dc/backup", ".view"), ("#/dc/notifications", ".view"),
-              ("#/node/n1", "#view-node"),
+              ("#/dc/options", "#opt-current"),
+              ("#/dc/acme", '#acme-plugin-table tr[data-plugin="standalone"]'),
+              ("#/dc/mappings", "#map-dir-table"),
+              ("#/node/n1", "#view-node"), ("#/node/n1/tasks", "#node-tasks tbody tr"),
+              ("#/node/n1/syslog", "#syslog-lines"),
+              ("#/node/n1/network", "#node-network-table tbody tr"),
+              ("#/node/n1/system", '#node-services-table tr[data-service="binomed"]'),
+              ("#/node/n1/certificates", '#cert-table tr[data-filename="node.pem"]'),
               ("#/node/n1/storage/local", "#view-storage-content"), ("#/vm/{vm}", "#vm-status"),
               ("#/vm/{vm}/hardware", ".view table"), ("#/vm/{vm}/options", ".view"),
               ("#/vm/{vm}/replication", "#vm-replication"), ("#/vm/{vm}/snapshots", ".view"),
               ("#/vm/{vm}/backup", ".view"), ("#/vm/{vm}/graphs", ".view"),
+              ("#/vm/{vm}/cloudinit", ".view"), ("#/vm/{vm}/tasks", "#vm-tasks tbody tr"),
               ("#/create", ".wizard"), ("#/access/users", ".view"), ("#/access/acl", ".view"),
+              ("#/access/groups", "#view-access-groups table"),
+              ("#/access/roles", "#view-access-roles table"),
+              ("#/access/tokens", "#view-access-tokens"),
+              ("#/access/pools", "#view-access-pools table"),
+              ("#/access/realms", "#view-access-realms table"),
+              ("#/access/tfa", "#view-access-tfa"),
               ("#/search/ui", ".view"))
 
 

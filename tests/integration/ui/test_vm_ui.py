@@ -4,18 +4,22 @@ NIC, the Hardware tab edits the memory (a bad value first: the API's error shows
 to the field) and the NIC; the Snapshots tab takes a snapshot and rolls back to it; the
 Backup tab starts a backup, its task viewer follows it to OK and the backup is listed;
 the Options tab renames the VM; Datacenter → Backup creates a job; Datacenter →
-Notifications lists the API's targets. Every change is checked through the API."""
+Notifications lists the API's targets; the Hardware tab moves the disk to another dir
+storage; the node's backup storage prunes (its dry-run preview first), verifies and
+collects garbage. Every change is checked through the API."""
 
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.integration.harness import PASSWORD, Cluster
+from tests.integration.harness import PASSWORD, Cluster, wait_for
+from tests.integration.ui import chromium
 from tests.integration.ui import test_browser as ui
 from tests.integration.ui.test_browser import _base, _css, _fill, _go, _login, _task_ok, _wait
 
@@ -185,13 +189,72 @@ def test_vm_tabs_and_backup_job(browser, cluster: Cluster, api: requests.Session
               f"target {target['name']} listed")
     _notification_targets(browser, api, cluster, vmid, shots)
 
-    # the expected failures: the refused memory value (a 400 on .../config) and the
-    # refused SMTP port (a 400 on .../endpoints/smtp)
+    _move_disk(browser, api, cluster, vmid, shots)
+
+    # the expected failures: the refused memory value (a 400 on .../config), the
+    # refused SMTP port (a 400 on .../endpoints/smtp) and the refused move (.../move_disk)
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"
               and not (e.get("source") == "network" and " 400 " in e["message"]
                        and (f"/qemu/{vmid}/config" in e["message"]
-                            or "/notifications/endpoints/smtp" in e["message"]))]
+                            or "/notifications/endpoints/smtp" in e["message"]))
+              and not (e.get("source") == "network" and f"/qemu/{vmid}/move_disk" in e["message"])]
     assert errors == [], errors
+
+
+def _move_disk(browser, api: requests.Session, cluster: Cluster, vmid: int,
+               shots: Path) -> None:
+    """VM → Hardware → Move disk: the stopped VM's qcow2 disk moved from 'local' to
+    another dir storage. Deleting the source is refused in the dialog (a snapshot holds
+    it); without, the task viewer follows the move to its end (PVE's warning: the
+    snapshots stay behind), the VM's config names the new volume and keeps the old one
+    as unused0. Moved back afterwards."""
+    from selenium.webdriver.support.ui import Select
+
+    sid = f"ui-mv-{vmid}"
+    root = cluster["n1"].state_dir / sid
+    r = api.post(_url(cluster, "/storage"), timeout=10, data={
+        "storage": sid, "type": "dir", "content": "images", "nodes": "n1", "path": str(root)})
+    assert r.status_code == 200, r.text
+    try:
+        _go(browser, f"#/vm/{vmid}/hardware")
+        row = "#hw-table tr[data-key=virtio0]"
+        _wait(browser, lambda d: _css(d, f"{row} .hw-move"), "Move disk")[0].click()
+        _wait(browser, lambda d: _css(d, f'#hw-move-storage option[value="{sid}"]'),
+              "the target storage offered")
+        assert not _css(browser, '#hw-move-storage option[value="local"]'), "the source offered"
+        Select(_css(browser, "#hw-move-storage")[0]).select_by_value(sid)
+        Select(_css(browser, "#hw-move-format")[0]).select_by_value("qcow2")
+        _css(browser, "#hw-move-delete")[0].click()
+        before = _config(api, cluster, vmid)["virtio0"].split(",")[0]
+        _submit(browser)
+        refusal = _wait(browser, lambda d: _css(d, "dialog[open] #hw-move-message.error"),
+                        "the refusal in the dialog")[0]
+        assert "snapshot" in refusal.text, refusal.text
+        assert _config(api, cluster, vmid)["virtio0"].split(",")[0] == before
+        _css(browser, "#hw-move-delete")[0].click()
+        _submit(browser)
+        _wait(browser, lambda d: _css(d, "#task-viewer:is([data-state=ok], [data-state=warning], "
+                                         "[data-state=failed])"), "the move's end", timeout=60)
+        log = _css(browser, "#task-viewer-log")[0].text
+        assert _css(browser, "#task-viewer")[0].get_attribute("data-state") == "warning", log
+        assert "snapshots will not be moved" in log, log
+        config = _config(api, cluster, vmid)
+        assert config["virtio0"].startswith(f"{sid}:{vmid}/") and "qcow2" in config["virtio0"], \
+            config["virtio0"]
+        assert config.get("unused0") == before, config
+        _wait(browser, lambda d: sid in _css(d, row)[0].text, "the new volume listed")
+        browser.save_screenshot(str(shots / "vm-hardware-move.png"))
+    finally:
+        if _config(api, cluster, vmid).get("virtio0", "").startswith(f"{sid}:"):
+            r = api.post(_url(cluster, f"/nodes/n1/qemu/{vmid}/move_disk"), timeout=30,
+                         data={"disk": "virtio0", "storage": "local", "delete": 1})
+            assert r.status_code == 200, r.text
+            status = _url(cluster, f"/nodes/n1/tasks/{r.json()['data']}/status")
+            done = wait_for(lambda: (d := api.get(status, timeout=10).json()["data"])["status"]
+                            == "stopped" and d, 60, "the move back")
+            assert done["exitstatus"] in ("OK", "WARNINGS: 1"), done
+        api.delete(_url(cluster, f"/storage/{sid}"), timeout=10)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _notification_targets(browser, api: requests.Session, cluster: Cluster, vmid: int,
@@ -274,3 +337,108 @@ def _notification_targets(browser, api: requests.Session, cluster: Cluster, vmid
     finally:
         for kind, name in names.items():
             api.delete(_url(cluster, f"{base}/{kind}/{name}"), timeout=10)
+
+
+def test_backup_storage_prune_verify_gc(browser, cluster: Cluster, api: requests.Session,
+                                        disk_vm: int, shots: Path) -> None:
+    """Node → storage 'bk' (a dir storage with backups): Prune with keep-last=1 over the
+    guest's two backups previews the newer kept and the older removed, and confirming
+    removes that one (seen through the API); Verify and Garbage collection each run as a
+    task the task viewer follows to OK. Datacenter → Storage: a binome-backup storage's
+    edit dialog shows its encryption key's fingerprint; the add form offers one's options."""
+    from selenium.webdriver.support.ui import Select
+
+    vmid = disk_vm
+    if not _css(browser, ".tree"):       # run alone: log in first
+        browser.get(_base(cluster) + "/")
+        _login(browser, PASSWORD)
+        _wait(browser, lambda d: _css(d, ".tree"), "the resource tree after login")
+
+    def backups() -> list[dict]:
+        r = api.get(_url(cluster, "/nodes/n1/storage/bk/content"), timeout=10,
+                    params={"content": "backup", "vmid": vmid})
+        assert r.status_code == 200, r.text
+        return sorted(r.json()["data"], key=lambda v: (v["ctime"], v["volid"]))
+
+    while len(backups()) < 2:        # the tabs test made one when it ran before
+        # a backup's name has its start time to the second: the next one starts later
+        last = max((v["ctime"] for v in backups()), default=0)
+        wait_for(lambda t=last: time.time() >= t + 1, 5, "the clock past the last backup")
+        r = api.post(_url(cluster, "/nodes/n1/vzdump"), timeout=30,
+                     data={"vmid": vmid, "storage": "bk"})
+        assert r.status_code == 200, r.text
+        upid = r.json()["data"]
+        try:
+            _task_ok(api, cluster, upid)
+        except AssertionError:
+            log = api.get(_url(cluster, f"/nodes/n1/tasks/{upid}/log"), timeout=10,
+                          params={"limit": 1000}).json()["data"]
+            raise AssertionError("\n".join(line["t"] for line in log)) from None
+    listed = backups()
+    assert len(listed) == 2, listed
+    older, newer = listed[0]["volid"], listed[1]["volid"]
+
+    _go(browser, "#/node/n1/storage/bk")
+    _wait(browser, lambda d: _css(d, "#storage-prune"), "the backup storage's actions")
+    _css(browser, "#storage-prune")[0].click()
+    dialog = _dialog(browser)
+    _fill(browser, "#prune-keep-last", "1")
+    _fill(browser, "#prune-vmid", str(vmid))
+
+    def marks(driver) -> dict[str, str] | None:
+        rows = _css(driver, '#prune-preview[data-ready="1"] tbody tr')
+        got = {r.get_attribute("data-volid"): r.get_attribute("data-mark") for r in rows}
+        return got if set(got) == {older, newer} else None
+    shown = _wait(browser, marks, "the prune preview of the guest's two backups")
+    assert shown == {newer: "keep", older: "remove"}, shown
+    assert "1 of 2" in _css(browser, "#prune-summary")[0].text
+    browser.save_screenshot(str(shots / "storage-prune.png"))
+    assert chromium.axe_violations(browser) == [], "axe-core on the prune dialog"
+    dialog.find_element("css selector", "button[type=submit]").click()
+    _task_finished_ok(browser, "the prune")
+    assert [v["volid"] for v in backups()] == [newer]
+
+    # Verify, then GC: each a task the viewer follows to its end
+    for button, what in (("#storage-verify", "the verify"), ("#storage-gc", "the GC")):
+        _wait(browser, lambda d, b=button: _css(d, f"{b}:not([disabled])"), f"{what} button")
+        _css(browser, button)[0].click()
+        _task_finished_ok(browser, what)
+    browser.save_screenshot(str(shots / "storage-verify-gc.png"))
+
+    # a binome-backup storage with an autogen key: its edit dialog shows the key's
+    # fingerprint (the definition's) and the server's options, the token secret empty
+    sid = f"ui-enc-{vmid}"
+    r = api.post(_url(cluster, "/storage"), timeout=30, data={
+        "storage": sid, "type": "binome-backup", "server": "192.0.2.30", "datastore": "main",
+        "username": "backup@pbs!c1", "password": "s3cret", "nodes": "n1",
+        "fingerprint": ":".join(["AB"] * 32), "encryption-key": "autogen"})
+    assert r.status_code == 200, r.text
+    try:
+        fingerprint = api.get(_url(cluster, f"/storage/{sid}"), timeout=10).json()["data"][
+            "encryption-key"]
+        _go(browser, "#/dc/storage")
+        row = f'#dc-storage-table tr[data-storage="{sid}"]'
+        _wait(browser, lambda d: _css(d, row), "the binome-backup storage listed")
+        _css(browser, f"{row} [data-action=edit]")[0].click()
+        shown = _wait(browser, lambda d: _css(d, "#storage-key-fingerprint"),
+                      "the key's fingerprint")
+        assert shown[0].text == fingerprint
+        assert _css(browser, "#storage-server")[0].get_attribute("value") == "192.0.2.30"
+        assert _css(browser, "#storage-password")[0].get_attribute("value") == ""
+        browser.save_screenshot(str(shots / "storage-binome-backup.png"))
+        # Add storage, type binome-backup: backup content only, no path, the key's choice
+        _css(browser, "#storage-add")[0].click()
+        Select(_wait(browser, lambda d: _css(d, "#storage-type"), "the add form")[0]
+               ).select_by_value("binome-backup")
+        _wait(browser, lambda d: _css(d, "#storage-key-autogen"), "the key's choice")
+        assert not _css(browser, "#storage-path")
+        checked = [c.get_attribute("name") for c in _css(browser, "#storage-form .checks input")
+                   if c.is_selected()]
+        assert checked == ["content-backup"], checked
+        _css(browser, "#storage-key-paste")[0].click()
+        _wait(browser, lambda d: _css(d, "#storage-key-text"), "the key file's field")
+    finally:
+        api.delete(_url(cluster, f"/storage/{sid}"), timeout=10)
+
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == [], errors

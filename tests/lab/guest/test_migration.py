@@ -222,10 +222,12 @@ def test_bad_migrations_are_refused_and_change_nothing(lab: LabCluster) -> None:
     lab.cli("n2", "vm", "start", "301")
     try:
         out = refused("vm", "migrate", "301", "n1", "--node", "n2", "--online", "1")
-        assert "can't migrate VM 301 with local disks: virtio0 (local:301/" in out
+        assert ("can't live migrate attached local disks without with-local-disks "
+                "option: virtio0 (local:301/") in out
+        # with it, a target storage missing is refused (the disks would be mirrored there)
         out = refused("vm", "migrate", "301", "n1", "--node", "n2", "--online", "1",
-                      "--with-local-disks", "1")
-        assert "not implemented" in out
+                      "--with-local-disks", "1", "--targetstorage", "nosuch")
+        assert "storage 'nosuch' does not exist" in out
         check = lab.json("n2", "api", "get", "/nodes/n2/qemu/301/migrate")
         assert check["local_disks"][0]["drivename"] == "virtio0"
     finally:

@@ -1,4 +1,4 @@
-"""The soak of issue 16, four faults long: the lab tier's version of `bench/soak.py`.
+"""The soak of issue 16, five faults long: the lab tier's version of `bench/soak.py`.
 
 Its own HA lab (subnets 198.23.x; `tests.lab.ha.labs.serving_lab`, as the other
 HA modules, each of which needs its lab in a different state), a CPU hog in
@@ -11,9 +11,15 @@ n1's namespace, and a fixed plan on the node the guest runs on:
 3. kill -9 of its volume engine (binomed restarts it): the guest goes on, the
    crashed primary resyncs its activity log and both copies are UpToDate again
    (it used to stay Consistent: never promotable, the mirror degraded for good);
-4. chassis power off through its BMC: the CRM fences it through the device
-   (`action: off`: it stays off), the guest is recovered on the other node,
-   and the soak powers it on again.
+4. binomed paused for 5.5 s, past the deadline: its watchdog kills the guest,
+   which the CRM recovers on the other node (the watchdog proof) or which comes
+   back where it was if the node wakes first; a node back at once finds its
+   copy Primary and idle, unmarked (the survivor promoted nothing while it was
+   connected), and must demote it so the guest can run on the survivor (soak
+   fault 16: the release hung on the volume's own lock, a 228 s outage);
+5. chassis power off through its BMC of the node then running the guest: the
+   CRM fences it through the device (`action: off`: it stays off), the guest
+   is recovered on the other node, and the soak powers it on again.
 
 Asserted with the soak's own probes (`binome.lab.soak.Soak`): no acknowledged
 write lost, never two running QEMU copies (a live migration's paused
@@ -42,7 +48,7 @@ def ha(tmp_path_factory) -> Iterator[HaLab]:
                            label="soak lab")
 
 
-def test_soak_four_faults(ha: HaLab) -> None:
+def test_soak_five_faults(ha: HaLab) -> None:
     began = time.monotonic()
     node = ha.guest_node()
     assert node is not None
@@ -55,6 +61,9 @@ def test_soak_four_faults(ha: HaLab) -> None:
         soak.run(Fault("cut_replication", node, 10.0))
         soak.run(Fault("kill_engine", node))
         assert ha.guest_node() == node, "a volume engine crash moved the guest"
+        soak.run(Fault("pause", node, 5.5))
+        node = ha.guest_node()
+        assert node is not None
         soak.run(Fault("power_off", node))
         soak.finish()
     finally:
@@ -74,7 +83,7 @@ def test_soak_four_faults(ha: HaLab) -> None:
     assert not report["cluster_log_error"]
     assert report["unneeded_fences"] == 0, report["fences"]
     # the power-off was fenced (device or watchdog) and the guest recovered elsewhere
-    assert any(f["node"] == node and f["window"] == 4 for f in report["fences"]), \
+    assert any(f["node"] == node and f["window"] == 5 for f in report["fences"]), \
         report["fence_log"]
     assert ha.guest_node() == ha.other(node)
     ha.wait_serving(30)

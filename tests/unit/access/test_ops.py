@@ -120,8 +120,13 @@ def test_pools(cfg):
     c = ops.add_pool(c, "db")
     c = ops.update_pool(c, "web", vms=[100, 101], storage=["local"], comment="web farm")
     assert c.pools["web"].vms == {100, 101} and c.pools["web"].comment == "web farm"
-    with pytest.raises(AccessError, match="already a pool member"):
+    with pytest.raises(AccessError) as moved:
         ops.update_pool(c, "db", vms=[100])
+    assert str(moved.value) == "VM 100 belongs already to pool 'web' and 'allow-move' is " \
+                               "not set"
+    for again in ({"vms": [100]}, {"vms": [100], "allow_move": True}, {"storage": ["local"]}):
+        with pytest.raises(AccessError, match="is already a pool member"):
+            ops.update_pool(c, "web", **again)
     c2 = ops.update_pool(c, "db", vms=[100], allow_move=True)
     assert c2.pool_of_vm(100) == "db" and c2.pools["web"].vms == {101}
     with pytest.raises(AccessError, match="does not exist"):

@@ -73,6 +73,30 @@ def test_userid_checks():
     assert not check(UseridRealm(), EV, "bob@pve", {"userid": "new@pve"})
 
 
+def test_a_token_is_never_its_user_for_self():
+    # PVE compares the full authid: 'alice@pve!tf' is not 'alice@pve', privsep or not,
+    # so a token cannot lift its own privsep nor mint tokens for its user (issue 11 audit)
+    cfg = AccessConfig(
+        users={"carol@pve": User("carol@pve")},
+        tokens={"carol@pve!sep": Token("carol@pve!sep", "h", privsep=True),
+                "carol@pve!full": Token("carol@pve!full", "h", privsep=False)})
+    ev = Evaluator(cfg)
+    token_perm = Or(UseridSelf(), UseridGroup(("User.Modify",)))
+    assert check(token_perm, ev, "carol@pve", {"userid": "carol@pve", "tokenid": "sep"})
+    for authid in ("carol@pve!sep", "carol@pve!full"):
+        assert not check(UseridSelf(), ev, authid, {"userid": "carol@pve"})
+        assert not check(token_perm, ev, authid, {"userid": "carol@pve", "tokenid": "sep"})
+        assert not check(token_perm, ev, authid, {"userid": "carol@pve", "tokenid": "new"})
+    # a token with the real privilege (its user's, unseparated) passes through it
+    assert check(token_perm, EV, "alice@pve!tf", {"userid": "alice@pve"}) is False
+    assert check(UseridGroup(("User.Modify",)), Evaluator(AccessConfig(
+        users={"bob@pve": User("bob@pve"), "alice@pve": User("alice@pve", groups=("ops",))},
+        groups={"ops": Group("ops")},
+        tokens={"bob@pve!bt": Token("bob@pve!bt", "h", privsep=False)},
+        acl=(AclEntry("/access/groups/ops", "user", "bob@pve", "PVEUserAdmin"),))),
+        "bob@pve!bt", {"userid": "alice@pve"})
+
+
 def test_perm_modify():
     assert check(PermModify("{path}"), EV, "alice@pve", {"path": "/vms/100"})
     assert not check(PermModify("{path}"), EV, "alice@pve", {"path": "/"})

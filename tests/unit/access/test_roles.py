@@ -75,6 +75,23 @@ def test_custom_role_validation():
     with pytest.raises(RoleError) as e:
         validate_custom_role("Ops", "VM.Audit,VM.Fly")
     assert e.value.errors == {"privs": "invalid privilege 'VM.Fly'"}
+
+
+def test_vm_monitor_is_gone_as_in_pve_9():
+    # PVE 9 dropped VM.Monitor (pve-access-control 0706945): a role naming it is refused
+    # with PVE's text, as `pveum role add ... VM.Monitor` is on PVE 9
+    with pytest.raises(RoleError) as e:
+        validate_custom_role("Terraform", "VM.Audit VM.Monitor VM.PowerMgmt")
+    assert e.value.errors == {"privs": "invalid privilege 'VM.Monitor'"}
+
+
+def test_stored_role_drops_unknown_privileges_with_a_warning():
+    # PVE's parse_user_config: "ignore invalid privilege" (a role written before PVE 9)
+    from binome.access.repository import ROLES, decode
+    cfg, warnings = decode({ROLES + "Old": {"roleid": "Old",
+                                            "privs": ["VM.Audit", "VM.Monitor"]}})
+    assert cfg.roles == {"Old": frozenset({"VM.Audit"})}
+    assert warnings == [f"{ROLES}Old: ignore invalid privilege 'VM.Monitor'"]
     for bad in ("PVEVMAdmin", "pvething", "BinomeX", "Administrator", "bad name", ""):
         with pytest.raises(RoleError) as e:
             validate_custom_role(bad)

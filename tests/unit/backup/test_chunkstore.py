@@ -1,4 +1,5 @@
-"""Data blobs, encryption, atomic insert, chunk verification and the GC sweep."""
+"""Data blobs (and the incompressibility probe), encryption, atomic and batched insert,
+chunk verification and the GC sweep."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from binome.backup.chunkstore import (
     chunk_digest,
     decode_blob,
     encode_blob,
+    encode_blob_parts,
+    worth_compressing,
 )
 
 
@@ -105,3 +108,44 @@ def test_sweep_removes_only_old_untouched(tmp_path: Path) -> None:
     stats = store.sweep(time.time() - 60)
     assert stats.removed_chunks == 1 and stats.kept_chunks == 1
     assert not store.contains(old) and store.contains(fresh)
+
+
+def test_a_large_chunk_whose_samples_do_not_compress_is_stored_plain() -> None:
+    random = os.urandom(4 << 20)
+    assert not worth_compressing(random)
+    blob = encode_blob(random)
+    assert blob[:8] == UNCOMPRESSED_MAGIC and decode_blob(blob) == random
+    # a compressible stretch anywhere a sample falls makes the whole chunk compressed
+    mixed = random[:3 << 20] + bytes(1 << 20)
+    assert worth_compressing(mixed)
+    blob = encode_blob(mixed)
+    assert blob[:8] == COMPRESSED_MAGIC and len(blob) < len(mixed) * 0.8
+    assert decode_blob(blob) == mixed
+    text = b"".join(b"line %d of a log file\n" % i for i in range(200_000))[:4 << 20]
+    assert encode_blob(text)[:8] == COMPRESSED_MAGIC
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_a_batch_names_its_chunks_only_at_commit_and_abort_leaves_nothing(
+        tmp_path: Path, direct: bool) -> None:
+    store = ChunkStore(tmp_path)
+    store.create()
+    chunks = [os.urandom(4 << 20), os.urandom(4097), b"z" * 70_000, b""]
+    batch = store.batch()
+    batch.direct = direct
+    for data in chunks:
+        assert batch.add(chunk_digest(data), encode_blob_parts(data))
+    assert not any(store.contains(chunk_digest(data)) for data in chunks)
+    batch.commit()
+    for data in chunks:
+        assert store.read_chunk(chunk_digest(data)) == data
+    assert not list(store.base.rglob(".tmp-*"))
+    # present chunks are only touched; an aborted batch leaves no temporary file
+    again = store.batch()
+    assert not again.add(chunk_digest(chunks[0]), encode_blob_parts(chunks[0]))
+    other = os.urandom(5000)
+    assert again.add(chunk_digest(other), encode_blob_parts(other))
+    again.abort()
+    again.commit()
+    assert not store.contains(chunk_digest(other))
+    assert not list(store.base.rglob(".tmp-*"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from binome.backup.incremental import (
+    STOPPED,
     BitmapRecord,
     LiveBitmap,
     LiveDrive,
@@ -101,3 +102,31 @@ def test_record_round_trip_and_garbage() -> None:
                                 "granularity": 65536, "count": 0}) == LiveBitmap(BITMAP)
     assert LiveBitmap.from_qmp({"name": "x", "recording": False, "inconsistent": True}) == \
         LiveBitmap("x", recording=False, inconsistent=True)
+
+
+def test_a_stopped_guest_trusts_the_bitmaps_stored_in_its_images() -> None:
+    """No QEMU runs: the bitmap in the image (recording, not `in-use`) is the evidence,
+    whichever QEMU process recorded it; the guest-wide rules still apply."""
+    image = LiveBitmap.from_image({"name": BITMAP, "flags": ["auto"],
+                                   "granularity": 4 << 20})
+    assert image == LiveBitmap(BITMAP)
+    live = drives(image, second=())
+    decision = decide(PREVIOUS, node="n1", instance=STOPPED, drives=live)
+    assert decision.reason is None and decision.trusted("virtio0")
+    assert decision.drive_reasons == {"virtio1": "bitmap missing on virtio1"}
+    # a QEMU that died with the image open leaves the bitmap `in-use`
+    crashed = LiveBitmap.from_image({"name": BITMAP, "flags": ["in-use", "auto"]})
+    assert decide(PREVIOUS, node="n1", instance=STOPPED, drives=drives(crashed)
+                  ).drive_reasons["virtio0"] == "bitmap inconsistent on virtio0"
+    disabled = LiveBitmap.from_image({"name": BITMAP, "flags": []})
+    assert "left disabled" in decide(PREVIOUS, node="n1", instance=STOPPED,
+                                     drives=drives(disabled)).drive_reasons["virtio0"]
+    assert decide(PREVIOUS, node="n2", instance=STOPPED, drives=live).reason == \
+        "guest moved from n1 to n2"
+    # a stopped backup's record never vouches for a running QEMU's bitmap
+    stopped_record = BitmapRecord(node="n1", instance=STOPPED, bitmap=BITMAP,
+                                  volumes=RECORD.volumes)
+    after_stop = PreviousBackup(PREVIOUS.name, 1_000, stopped_record)
+    assert decide(after_stop, node="n1", instance="boot:123:456",
+                  drives=drives(LiveBitmap(BITMAP))).reason == \
+        "QEMU restarted since the previous backup"

@@ -67,31 +67,50 @@ def test_index_keeps_chunk_order_and_equal_chunks_are_stored_once(
     assert out.sha256 == hashlib.sha256(disk.read_bytes()).hexdigest()
 
 
+@pytest.mark.parametrize("direct", [True, False])
 def test_every_new_chunk_is_durable_before_the_index_is_written(
-        store: Datastore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        store: Datastore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        direct: bool) -> None:
     """The crash-safety rule: an index never references a chunk whose data or name is
-    not durable. Chunk directories are fsynced once each per backup, not per chunk."""
+    not durable, and a chunk name never appears before its data is durable. Batched:
+    the chunks are written without fsync (with O_DIRECT, or through the page cache
+    where the filesystem refuses it), then one syncfs, the renames, a second syncfs."""
     events: list[tuple[str, str]] = []
     lock = threading.Lock()
-    real_fsync, real_fsync_dir, real_write = os.fsync, chunkstore.fsync_dir, FixedIndex.write
+    real_direct, real_all = chunkstore._write_direct, chunkstore._write_all
+    real_syncfs, real_replace, real_write = chunkstore.syncfs, os.replace, FixedIndex.write
 
-    def fsync(fd: int) -> None:
-        real_fsync(fd)
+    def log(kind: str, path: str) -> None:
         with lock:
-            events.append(("file", os.readlink(f"/proc/self/fd/{fd}")))
+            events.append((kind, path))
 
-    def fsync_dir(path: str | os.PathLike[str]) -> None:
-        real_fsync_dir(path)
-        with lock:
-            events.append(("dir", str(path)))
+    def write_direct(fd: int, path: str, parts: list[bytes]) -> bool:
+        if not direct:
+            return False
+        assert real_direct(fd, path, parts)
+        log("data", path)
+        return True
+
+    def write_all(fd: int, parts: list[bytes]) -> None:
+        real_all(fd, parts)
+        log("data", os.readlink(f"/proc/self/fd/{fd}"))
+
+    def syncfs(path: str | os.PathLike[str]) -> None:
+        real_syncfs(path)
+        log("syncfs", str(path))
+
+    def replace(source: str, target: str | os.PathLike[str]) -> None:
+        real_replace(source, target)
+        log("rename", f"{source} {target}")
 
     def write_index(index: FixedIndex, path: Path) -> None:
-        with lock:
-            events.append(("index", str(path)))
+        log("index", str(path))
         real_write(index, path)
 
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(chunkstore, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(chunkstore, "_write_direct", write_direct)
+    monkeypatch.setattr(chunkstore, "_write_all", write_all)
+    monkeypatch.setattr(chunkstore, "syncfs", syncfs)
+    monkeypatch.setattr(os, "replace", replace)
     monkeypatch.setattr(FixedIndex, "write", write_index)
     disk, _chunks = _mixed_disk(tmp_path / "disk")
     writer = store.begin("vm", "100", 1000)
@@ -99,18 +118,23 @@ def test_every_new_chunk_is_durable_before_the_index_is_written(
     ref = writer.commit()
     at_index = next(i for i, (kind, _) in enumerate(events) if kind == "index")
     before = events[:at_index]
-    dirs_synced = [path for kind, path in before if kind == "dir"]
-    files_synced = {Path(path) for kind, path in before if kind == "file"}
-    chunk_dirs = set()
-    for digest in set(store.read_index(ref, "d.fidx").digests):
+    syncs = [i for i, (kind, _) in enumerate(before) if kind == "syncfs"]
+    assert len(syncs) == 2   # batched: not one per chunk
+    digests = set(store.read_index(ref, "d.fidx").digests)
+    renames = {path.split()[1]: (i, path.split()[0]) for i, (kind, path) in enumerate(before)
+               if kind == "rename" and path.startswith(str(store.chunks.base))}
+    assert len(renames) == len(digests)
+    for digest in digests:
         final = store.chunks.path(digest)
-        chunk_dirs.add(str(final.parent))
-        # the data was fsynced under its temporary name, in the chunk's directory
-        assert any(p.parent == final.parent and p.name.startswith(".tmp-")
-                   for p in files_synced), final
-        assert str(final.parent) in dirs_synced
-    # batched: each chunk directory once (plus `.chunks` itself for new prefixes)
-    assert sorted(p for p in dirs_synced if p != str(store.chunks.base)) == sorted(chunk_dirs)
+        assert str(final) in renames, final
+        renamed_at, tmp = renames[str(final)]
+        written_at = before.index(("data", tmp))
+        assert Path(tmp).parent == final.parent and Path(tmp).name.startswith(".tmp-")
+        # data written, then synced, then named, then the name synced: then the index
+        assert any(written_at < sync < renamed_at for sync in syncs), final
+        assert any(renamed_at < sync for sync in syncs), final
+        store.chunks.verify_chunk(digest)
+    assert not [p for p in store.chunks.base.rglob(".tmp-*")]
 
 
 class _FailingSource(FileSource):
@@ -137,11 +161,8 @@ def test_a_read_error_mid_pipeline_fails_the_backup_and_writes_no_index(
     assert not list(writer.staging.glob("*.fidx"))
     writer.abort()
     assert store.snapshots() == []
-    # the chunks written before the failure are whole (GC frees them later)
-    for path in store.chunks.base.rglob("*"):
-        if path.is_file():
-            assert not path.name.startswith(".tmp-")
-            store.chunks.verify_chunk(bytes.fromhex(path.name))
+    # the chunks staged before the failure are dropped, none was named (all or nothing)
+    assert not [p for p in store.chunks.base.rglob("*") if p.is_file()]
 
 
 def test_restore_checks_a_repeated_chunk_and_reports_the_first_bad_position(

@@ -61,6 +61,21 @@ async def test_check_cert_notifies_with_a_real_certificate(tmp_path: Path) -> No
     assert "will refuse this node's API" in ev.message and "UTC" in ev.message
 
 
+async def test_check_cert_watches_the_node_and_the_custom_certificate(tmp_path: Path) -> None:
+    ca_key, ca = pki.create_ca("t")
+    paths = []
+    for name in ("node.pem", "pveproxy-ssl.pem"):
+        key = pki.new_key()
+        paths.append(tmp_path / name)
+        paths[-1].write_bytes(pki.cert_pem(pki.sign_node_cert(
+            ca_key, ca, pki.make_csr(key, "n1"), "n1", ["127.0.0.1"])))
+    notes: list[str] = []
+    watch = HealthWatch("n1", lambda kind, **f: notes.append(f["certificate"]),
+                        lambda: [*paths, tmp_path / "gone.pem"], lambda: None, lambda: False)
+    await watch.check_cert(now=cert_not_after(paths[1]) - 5 * DAY)
+    assert notes == ["node.pem (API)", "pveproxy-ssl.pem (API)"]
+
+
 async def test_members_only_checked_by_the_master() -> None:
     calls: list[str] = []
     watch = HealthWatch("n2", lambda kind, **f: calls.append(kind), lambda: Path("/nonexistent"),

@@ -161,3 +161,65 @@ def test_time_info_shape() -> None:
     assert info["time"] == int(now)
     assert info["localtime"] - info["time"] == time.localtime(now).tm_gmtoff
     assert isinstance(info["timezone"], str) and info["timezone"]
+
+
+def test_read_hosts_is_pves_read_etc_hosts(tmp_path) -> None:
+    import hashlib
+
+    from binome.daemon.nodeinfo import read_hosts
+
+    raw = "127.0.0.1 localhost\n# caf\u00e9\n10.0.0.1 n1.example n1\n".encode()
+    path = tmp_path / "hosts"
+    path.write_bytes(raw)
+    assert read_hosts(path) == {"data": raw.decode(), "digest": hashlib.sha1(raw).hexdigest()}
+    assert read_hosts(tmp_path / "none") == {"data": "", "digest": hashlib.sha1(b"").hexdigest()}
+
+
+def _pci_tree(tmp_path: Path) -> tuple[Path, Path]:
+    """A sysfs /sys/bus/pci as the kernel lays it out: a GPU with an IOMMU group and a
+    virtual function, a host bridge, a NIC without a group; and a pci.ids file."""
+    sysfs = tmp_path / "pci"
+    groups = tmp_path / "kernel" / "iommu_groups"
+    devices = {
+        "0000:00:00.0": ("0x8086", "0x3e30", "0x060000", "0x1028", "0x0869"),
+        "0000:01:00.0": ("0x10de", "0x1eb8", "0x030200", "0x10de", "0x12a2"),
+        "0000:03:00.1": ("0x8086", "0x1533", "0x020000", "0x15d9", "0x1533"),
+    }
+    for name, (vendor, device, cls, sv, sd) in devices.items():
+        d = sysfs / "devices" / name
+        d.mkdir(parents=True)
+        for f, v in (("vendor", vendor), ("device", device), ("class", cls),
+                     ("subsystem_vendor", sv), ("subsystem_device", sd)):
+            (d / f).write_text(v + "\n")
+    (groups / "17").mkdir(parents=True)
+    (sysfs / "devices" / "0000:01:00.0" / "iommu_group").symlink_to(groups / "17")
+    (sysfs / "devices" / "0000:01:00.0" / "mdev_supported_types").mkdir()
+    (sysfs / "devices" / "0000:01:00.0" / "virtfn0").symlink_to("../0000:01:00.4")
+    (sysfs / "devices" / "README").write_text("not a device")
+    ids = tmp_path / "pci.ids"
+    ids.write_text("# comment\n10de  NVIDIA Corporation\n\t1eb8  TU104GL [Tesla T4]\n"
+                   "\t\t10de 12a2  Tesla T4\n8086  Intel Corporation\n"
+                   "\t1533  I210 Gigabit Network Connection\n")
+    return sysfs, ids
+
+
+def test_pci_devices_as_pves_lspci(tmp_path) -> None:
+    sysfs, ids = _pci_tree(tmp_path)
+    devs = nodeinfo.pci_devices(["05", "06", "0b"], True, sysfs=sysfs, pci_ids=ids)
+    # the bridge (class 06) is left out; by id
+    assert [d["id"] for d in devs] == ["0000:01:00.0", "0000:03:00.1"]
+    gpu, nic = devs
+    assert gpu == {"id": "0000:01:00.0", "vendor": "0x10de", "device": "0x1eb8",
+                   "class": "0x030200", "iommugroup": 17, "mdev": 1,
+                   "vendor_name": "NVIDIA Corporation", "device_name": "TU104GL [Tesla T4]",
+                   "subsystem_vendor": "0x10de", "subsystem_device": "0x12a2",
+                   "subsystem_vendor_name": "NVIDIA Corporation",
+                   "subsystem_device_name": "Tesla T4", "virtfns": {"virtfn0": "0000:01:00.4"}}
+    assert nic["iommugroup"] == -1 and nic["device_name"] == "I210 Gigabit Network Connection"
+    assert "subsystem_vendor_name" not in nic        # 0x15d9 is not in the file
+    # not verbose: the IDs only; an empty blacklist keeps the bridge; no pci.ids: no names
+    brief = nodeinfo.pci_devices([], False, sysfs=sysfs, pci_ids=ids)
+    assert len(brief) == 3 and set(brief[1]) == {"id", "vendor", "device", "class",
+                                                   "iommugroup", "mdev"}
+    assert "vendor_name" not in nodeinfo.pci_devices([], True, sysfs=sysfs,
+                                                     pci_ids=tmp_path / "none")[1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from binome.ha.env import Conflict, EnvUnavailable
 from binome.ha.model import (
@@ -25,6 +26,7 @@ from binome.ha.model import (
     NodeInfo,
     ResourceConfig,
 )
+from binome.ha.rules import Rule, decode_rules
 
 
 @dataclass
@@ -39,6 +41,7 @@ class FakeEnv:
     lock: bool = True
     resources: dict[str, ResourceConfig] = field(default_factory=dict)
     groups: dict[str, GroupConfig] = field(default_factory=dict)
+    rules: dict[str, Any] = field(default_factory=dict)   # the stored rules document
     settings: HaSettings = field(default_factory=HaSettings)
     commands: list[tuple[str, str]] = field(default_factory=list)
     facts: dict[str, NodeFacts] = field(default_factory=dict)
@@ -143,6 +146,10 @@ class FakeEnv:
     def read_groups(self) -> dict[str, GroupConfig]:
         self._need_quorum()
         return copy.deepcopy(self.groups)
+
+    def read_rules(self) -> dict[str, Rule]:
+        self._need_quorum()
+        return decode_rules(copy.deepcopy(self.rules))
 
     def read_commands(self) -> list[tuple[str, str]]:
         self._need_quorum()

@@ -1,15 +1,21 @@
-"""Node selection: group priorities, restricted groups, nofailback, load, replicas, avoid."""
+"""Node selection: node affinity (groups), resource affinity, nofailback, load, replicas, avoid."""
 
 from __future__ import annotations
 
 from binome.ha.model import GroupConfig
-from binome.ha.scheduler import Placement, select_node, uptodate_nodes
+from binome.ha.rules import NodeAffinity
+from binome.ha.scheduler import Placement, group_affinity, select_node, uptodate_nodes
 
 UP = "UpToDate"
 
 
 def place(**kw):
-    base = {"sid": "vm:100", "current": None, "group": None, "online": ["n1", "n2", "n3"]}
+    """A placement; `group=` is given as the node affinity the group translates to."""
+    g = kw.pop("group", None)
+    if g is not None:
+        kw["affinity"] = group_affinity(g)
+        kw.setdefault("failback", not g.nofailback)
+    base = {"sid": "vm:100", "current": None, "online": ["n1", "n2", "n3"]}
     return select_node(Placement(**{**base, **kw}))
 
 
@@ -80,3 +86,54 @@ def test_nothing_online():
 def test_uptodate_nodes():
     assert uptodate_nodes({}) is None
     assert uptodate_nodes({"a": {"n1": UP, "n2": UP}, "b": {"n1": UP, "n2": "Outdated"}}) == {"n1"}
+
+
+# ---------------------------------------------------------------- PVE 9 rules
+
+
+def rule(nodes, strict=False):
+    return NodeAffinity("pin", nodes, strict)
+
+
+def test_strict_node_affinity_never_places_on_a_non_listed_node():
+    choice = place(affinity=rule({"n1": 0}, strict=True), online=["n2", "n3"])
+    assert choice.node is None
+    assert choice.reason == "no online node in strict node affinity rule pin (members: n1)"
+
+
+def test_non_strict_node_affinity_prefers_its_nodes_then_falls_back():
+    assert place(affinity=rule({"n3": 0}), load={"n3": 5}).node == "n3"
+    assert place(affinity=rule({"n3": 0}), online=["n1", "n2"]).node == "n1"
+
+
+def test_negative_affinity_never_shares_a_node_while_another_can_take_it():
+    apart = {"n1": frozenset({"vm:101"}), "n2": frozenset({"vm:102"})}
+    choice = place(separate=apart, load={"n3": 9})
+    assert choice.node == "n3"
+    choice = place(separate=apart, online=["n1", "n2"])
+    assert choice.node is None
+    assert choice.reason == "negative resource affinity: n1 runs vm:101; n2 runs vm:102"
+
+
+def test_negative_affinity_moves_a_service_off_its_partners_node():
+    choice = place(current="n1", stay=True, separate={"n1": frozenset({"vm:101"})})
+    assert choice.node == "n2"
+
+
+def test_negative_affinity_falls_to_a_lower_priority_of_a_non_strict_rule():
+    # upstream takes the top class first and finds no node; "non-strict" may fall back
+    choice = place(affinity=rule({"n1": 0}), separate={"n1": frozenset({"vm:101"})})
+    assert choice.node == "n2"
+
+
+def test_positive_affinity_joins_the_node_with_most_partners():
+    choice = place(together={"n2": 1, "n3": 2}, load={"n3": 9})
+    assert choice.node == "n3" and "positive resource affinity" in choice.reason
+    # a partner on a node it may not use does not pull it there
+    choice = place(affinity=rule({"n1": 0, "n2": 0}, strict=True), together={"n3": 2})
+    assert choice.node == "n1"
+
+
+def test_negative_beats_positive():
+    choice = place(together={"n2": 1}, separate={"n2": frozenset({"vm:9"})})
+    assert choice.node == "n1"

@@ -1,7 +1,8 @@
 """The web UI's storage pages' pure logic, run by Node.js as the browser runs it: the
 parameters the add/edit form sends (only what changed, `delete` for emptied options, the
 digest read; type and path never), the upload's field order and progress, and which
-volumes the content view offers to delete."""
+volumes the content view offers to delete, a binome-backup storage's options and key choice,
+the prune dialog's `prune-backups` and which storages offer prune, verify and GC."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ import * as fmt from "../format";
 import type { Resource } from "../types";
 import { Dialog } from "./Confirm";
 import { DcTabs } from "./DcViews";
+import { useKnownPerms } from "./access/perms";
 import { Field, OtherErrors, OutcomeMessage, TaskArea, useOutcome } from "./forms";
 
 interface BackupJob {
@@ -34,6 +35,7 @@ export function BackupJobs(props: { resources: Resource[] }) {
   const jobs = usePoll<BackupJob[]>("/cluster/backup", 5000);
   const storages = usePoll<StorageDef[]>("/storage", 15000);
   const outcome = useOutcome(() => jobs.refresh());
+  const perms = useKnownPerms();
   const [editing, setEditing] = useState<{ kind: "edit"; job: BackupJob | null; digest?: string }
     | { kind: "delete"; id: string } | { kind: "run"; job: BackupJob } | null>(null);
   const [form, setForm] = useState<Form>({} as Form);
@@ -117,12 +119,14 @@ export function BackupJobs(props: { resources: Resource[] }) {
   const set = (k: keyof Form) => (e: Event) =>
     setForm({ ...form, [k]: (e.currentTarget as HTMLInputElement).value });
   const errors = outcome.errors;
+  // the write buttons: shown until /access/permissions answers, then only with Sys.Modify
+  const write = perms === null || perms.can("/", "Sys.Modify");
   return (
     <div class="view" id="view-dc-backup">
       <DcTabs current="backup" />
-      <div class="toolbar" role="toolbar">
+      {write && <div class="toolbar" role="toolbar">
         <button id="bjob-add" onClick={() => openEdit(null)}>{t("bjob.add")}</button>
-      </div>
+      </div>}
       <OutcomeMessage outcome={outcome} id="bjob-message" />
       {!editing && <OtherErrors errors={errors} shown={[]} />}
       {jobs.error && <p class="error">{t("common.error", { message: jobs.error.message })}</p>}
@@ -138,11 +142,11 @@ export function BackupJobs(props: { resources: Resource[] }) {
                 <td>{j.id}</td><td>{j.enabled === 0 ? "" : "✓"}</td><td>{j.schedule}</td>
                 <td>{j.enabled === 0 ? "—" : fmt.time(j["next-run"])}</td><td>{j.storage ?? ""}</td>
                 <td class="bjob-selection">{selectionText(j)}</td><td>{j.mode ?? ""}</td><td>{j.comment ?? ""}</td>
-                <td class="row-actions">
+                <td class="row-actions">{write && <>
                   <button class="bjob-edit" onClick={() => openEdit(j)}>{t("hw.edit")}</button>
                   <button class="bjob-run" onClick={() => { outcome.clear(); setEditing({ kind: "run", job: j }); }}>{t("bjob.run")}</button>
                   <button class="bjob-delete" onClick={() => { outcome.clear(); setEditing({ kind: "delete", id: j.id }); }}>{t("snap.delete")}</button>
-                </td>
+                </>}</td>
               </tr>
             ))}
           </tbody>

@@ -1,11 +1,13 @@
 // Datacenter summary: cluster and quorum (/cluster/status), nodes with usage (from the
-// shell's /cluster/resources), the HA manager's view (/cluster/ha/status/current).
+// shell's /cluster/resources), the HA manager's view (/cluster/ha/status/current), the
+// replicated volumes' health and the active alerts (dc/Health.tsx, a lazy chunk).
 import { usePoll } from "../poll";
 import { t } from "../strings";
 import * as fmt from "../format";
 import type { ClusterStatusEntry, HaStatusEntry, Resource } from "../types";
 import { DcTabs } from "./DcViews";
 import { NodeIcon } from "./Status";
+import { DcHealth } from "./lazy";
 
 export function DatacenterSummary(props: { resources: Resource[]; onNode: (n: string) => void }) {
   const status = usePoll<ClusterStatusEntry[]>("/cluster/status", 3000);
@@ -54,6 +56,8 @@ export function DatacenterSummary(props: { resources: Resource[]; onNode: (n: st
             ))}
           </ul>
         </section>
+        <DcHealth resources={props.resources} quorate={cluster ? !!cluster.quorate : undefined}
+          ha={ha.data} />
       </div>
       <section aria-labelledby="dc-nodes">
         <h2 id="dc-nodes">{t("dc.nodes")}</h2>

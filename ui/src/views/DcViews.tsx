@@ -1,19 +1,34 @@
 // The datacenter's tab bar and its small read-only page, the cluster log (/cluster/log),
-// polled. The HA, availability and replicated volume pages are lazy chunks (dc/), the
+// polled. The task history (dc/Tasks), the HA, availability and replicated volume pages are lazy chunks (dc/), the
 // storage definitions too (storage/).
 import { href, type DcView } from "../route";
 import { usePoll } from "../poll";
 import { t } from "../strings";
 import * as fmt from "../format";
+import { useKnownPerms } from "./access/perms";
 
-const TABS: (DcView | "summary")[] = ["summary", "log", "ha", "availability", "storage", "volumes",
-  "backup", "notifications"];
+const TABS: (DcView | "summary")[] = ["summary", "log", "tasks", "ha", "availability", "storage", "volumes",
+  "backup", "notifications", "acme", "mappings", "options"];
 
-/** The datacenter's tab bar. */
+type Perms = NonNullable<ReturnType<typeof useKnownPerms>>;
+/** Who may read each page's data (the API's own checks; a page opened anyway says so). */
+const NEEDS: Partial<Record<DcView, (p: Perms) => boolean>> = {
+  ha: (p) => p.can("/", "Sys.Audit", "HA.Audit"),
+  availability: (p) => p.can("/", "Sys.Audit", "HA.Audit"),
+  storage: (p) => ["Datastore.Audit", "Datastore.AllocateSpace", "Datastore.Allocate"].some(p.anywhere),
+  volumes: (p) => p.can("/", "Volume.Audit"),
+  backup: (p) => p.can("/", "Sys.Audit"),
+  notifications: (p) => p.can("/mapping/notifications", "Mapping.Modify", "Mapping.Audit", "Mapping.Use"),
+  options: (p) => p.can("/", "Sys.Audit"),
+};
+
+/** The datacenter's tab bar: the pages the caller may read (all, until that is known). */
 export function DcTabs(props: { current: DcView | "summary" | "access" }) {
+  const perms = useKnownPerms();
+  const shown = TABS.filter((v) => v === "summary" || v === props.current || !perms || (NEEDS[v]?.(perms) ?? true));
   return (
     <nav class="tabs" role="tablist" aria-label={t("dc.summary")}>
-      {TABS.map((v) => (
+      {shown.map((v) => (
         <a key={v} role="tab" id={`dc-tab-${v}`} aria-selected={props.current === v}
           href={v === "summary" ? href({ kind: "dc" }) : href({ kind: "dcview", view: v })}>
           {t(`dc.tab.${v}` as "dc.tab.log")}</a>

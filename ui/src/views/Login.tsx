@@ -1,5 +1,6 @@
 // Login: user name, password and realm (GET /access/domains), then the second factor
-// when the API answers NeedTFA. An OpenID Connect realm has no password: its button
+// when the API answers NeedTFA: a TOTP code, a recovery key, or, when the ticket's
+// challenge offers `webauthn`, the security key by navigator.credentials.get. An OpenID Connect realm has no password: its button
 // sends the browser to the provider (POST /access/openid/auth-url), which sends it back
 // here with code and state for POST /access/openid/login, as PVE's login does.
 import { useEffect, useRef, useState } from "preact/hooks";
@@ -7,6 +8,7 @@ import {
   ApiError, clearOpenIdReturn, get, login, loginOpenId, loginTfa, openIdAuthUrl, openIdReturn,
 } from "../api";
 import { t } from "../strings";
+import { getAssertion, ticketChallenge, webauthnAvailable } from "../webauthn";
 
 interface Realm {
   realm: string;
@@ -95,6 +97,30 @@ export function Login(props: { onLoggedIn: () => void }) {
     }
   };
 
+  const offersWebauthn = tfa !== null && !!ticketChallenge(tfa.challenge).webauthn;
+
+  const submitWebauthn = async () => {
+    if (!tfa) return;
+    setBusy(true);
+    setError("");
+    let answer: string;
+    try {
+      answer = await getAssertion(ticketChallenge(tfa.challenge).webauthn);
+    } catch (e) {
+      setError(t("login.tfa.webauthn.failed", { message: (e as Error).message }));
+      setBusy(false);
+      return;
+    }
+    try {
+      await loginTfa(tfa.username, tfa.challenge, answer);
+      props.onLoggedIn();
+    } catch (e) {
+      setError(explain(e, t("login.tfa.failed")));
+    } finally {
+      setBusy(false);
+    }
+  };
+
   const submitTfa = async (ev: Event) => {
     ev.preventDefault();
     if (!tfa) return;
@@ -155,6 +181,13 @@ export function Login(props: { onLoggedIn: () => void }) {
         ) : (
           <form onSubmit={submitTfa} aria-label={t("login.tfa.title")}>
             <h2>{t("login.tfa.title")}</h2>
+            {offersWebauthn && <>
+              <p>{t("login.tfa.webauthn.help")}</p>
+              <button id="login-webauthn" type="button" class="primary"
+                disabled={busy || !webauthnAvailable()} onClick={submitWebauthn}>
+                {t("login.tfa.webauthn")}
+              </button>
+            </>}
             <p>{t("login.tfa.help")}</p>
             <label>
               {recovery ? t("login.tfa.recoverykey") : t("login.tfa.code")}

@@ -1,19 +1,16 @@
 // Node view: the summary (GET /nodes/{node}/status, proxied to that node by the API) and
-// its guests; the Network and System tabs and the bulk actions (views/node/).
-import { useState } from "preact/hooks";
+// its guests; the Tasks, Syslog, Network, System and Certificates tabs (#/node/n1/syslog...) and the
+// bulk actions (views/node/).
 import { usePoll } from "../poll";
 import { t } from "../strings";
 import * as fmt from "../format";
 import type { Resource } from "../types";
 import { Meter } from "./Datacenter";
 import { Graphs } from "./Graphs";
-import { NodeStorages } from "./lazy";
+import { NodeCertificates, NodeStorages, NodeSyslog, TaskHistory } from "./lazy";
 import { NodeIcon, VmIcon } from "./Status";
 import { BulkActions, NodeNetwork, NodeSystem } from "./node/NodeSystem";
-
-// the tabs live in the view (not the URL): the node's address stays #/node/<name>
-const NODE_TABS = ["summary", "network", "system"] as const;
-type NodeTab = typeof NODE_TABS[number];
+import { href, NODE_TABS, type NodeTab } from "../route";
 
 interface NodeStatus {
   cpu?: number;
@@ -27,9 +24,9 @@ interface NodeStatus {
   pveversion?: string;
 }
 
-export function NodeSummary(props: { node: string; resources: Resource[];
+export function NodeSummary(props: { node: string; tab?: NodeTab; resources: Resource[];
                                      onVm: (vmid: number) => void }) {
-  const [tab, setTab] = useState<NodeTab>("summary");
+  const tab = props.tab ?? "summary";
   const { data, error } = usePoll<NodeStatus>(tab === "summary" ? `/nodes/${encodeURIComponent(props.node)}/status` : null, 2000);
   const entry = props.resources.find((r) => r.type === "node" && r.node === props.node);
   const vms = props.resources.filter((r) => r.type === "qemu" && r.node === props.node)
@@ -41,12 +38,15 @@ export function NodeSummary(props: { node: string; resources: Resource[];
       <BulkActions node={props.node} resources={props.resources} />
       <nav class="tabs" role="tablist" aria-label={t("node.summary", { node: props.node })}>
         {NODE_TABS.map((x) => (
-          <a key={x} role="tab" id={`node-tab-${x}`} aria-selected={tab === x} href={`#/node/${encodeURIComponent(props.node)}`}
-            onClick={(e) => { e.preventDefault(); setTab(x); }}>{t(`node.tab.${x}` as "node.tab.summary")}</a>
+          <a key={x} role="tab" id={`node-tab-${x}`} aria-selected={tab === x}
+            href={href({ kind: "node", node: props.node, tab: x })}>{t(`node.tab.${x}` as "node.tab.summary")}</a>
         ))}
       </nav>
+      {tab === "tasks" && <TaskHistory key={props.node} node={props.node} id="node-tasks" />}
+      {tab === "syslog" && <NodeSyslog key={props.node} node={props.node} />}
       {tab === "network" && <NodeNetwork node={props.node} />}
       {tab === "system" && <NodeSystem node={props.node} />}
+      {tab === "certificates" && <NodeCertificates key={props.node} node={props.node} />}
       {tab === "summary" && <>
       <section class="card">
         <dl>

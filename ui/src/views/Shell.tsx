@@ -10,7 +10,7 @@ import type { Resource } from "../types";
 import { CreateVm } from "./Create";
 import { DatacenterSummary } from "./Datacenter";
 import { ClusterLog } from "./DcViews";
-import { Availability, BackupJobs, HaPage, Notifications, StorageContent, StoragePage, Volumes } from "./lazy";
+import { Acme, Availability, BackupJobs, DcOptions, Mappings, DcTasks, HaPage, Notifications, StorageContent, StoragePage, Volumes } from "./lazy";
 import { NodeSummary } from "./Node";
 import { TaskList } from "./Tasks";
 import { Tree } from "./Tree";
@@ -37,7 +37,7 @@ export function Shell(props: { theme: string; onTheme: () => void; onLogout: () 
   let content;
   switch (route.kind) {
     case "node":
-      content = <NodeSummary node={route.node} resources={resources}
+      content = <NodeSummary node={route.node} tab={route.tab} resources={resources}
         onVm={(vmid) => go({ kind: "vm", vmid })} />;
       break;
     case "storage":
@@ -51,8 +51,12 @@ export function Shell(props: { theme: string; onTheme: () => void; onLogout: () 
       content = route.view === "backup" ? <BackupJobs resources={resources} />
         : route.view === "notifications" ? <Notifications />
         : route.view === "log" ? <ClusterLog />
+        : route.view === "tasks" ? <DcTasks resources={resources} />
         : route.view === "ha" ? <HaPage resources={resources} />
         : route.view === "availability" ? <Availability />
+        : route.view === "options" ? <DcOptions />
+        : route.view === "acme" ? <Acme />
+        : route.view === "mappings" ? <Mappings resources={resources} />
         : route.view === "volumes" ? <Volumes resources={resources} />
         : <StoragePage resources={resources} />;
       break;

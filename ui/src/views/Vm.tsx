@@ -1,7 +1,8 @@
 // VM view: summary (GET status/current on the VM's node, the API proxies) and the
-// actions start / shutdown / stop / migrate, each confirmed before it is sent.
+// actions start / shutdown / reboot / stop / migrate / clone / convert to template /
+// destroy, each confirmed before it is sent.
 import { useState } from "preact/hooks";
-import { ApiError, post } from "../api";
+import { ApiError, get, post, request } from "../api";
 import { usePoll } from "../poll";
 import { t } from "../strings";
 import * as fmt from "../format";
@@ -12,7 +13,7 @@ import { VmIcon } from "./Status";
 import { VmConsole } from "./VmConsole";
 import { Graphs } from "./Graphs";
 import { href, VM_TABS as TABS, type VmTab } from "../route";
-import { VmEditTab, VmReplication } from "./lazy";
+import { TaskHistory, VmEditTab, VmReplication } from "./lazy";
 
 interface VmStatus {
   status: string;
@@ -26,7 +27,7 @@ interface VmStatus {
   ha?: { managed: number; state?: string; request_state?: string; group?: string };
 }
 
-type Action = "start" | "shutdown" | "stop" | "migrate";
+type Action = "start" | "shutdown" | "reboot" | "stop" | "migrate" | "clone" | "template" | "destroy";
 
 export function VmView(props: { vmid: number; tab: VmTab; resources: Resource[] }) {
   const entry = props.resources.find((r) => r.type === "qemu" && r.vmid === props.vmid);
@@ -36,7 +37,13 @@ export function VmView(props: { vmid: number; tab: VmTab; resources: Resource[] 
   const [pending, setPending] = useState<Action | null>(null);
   const [target, setTarget] = useState("");
   const [online, setOnline] = useState(true);
+  // the VM's local disks (PVE's GET .../migrate): a live migration copies them too, so it
+  // asks `with-local-disks` as PVE's window does
+  const [localDisks, setLocalDisks] = useState<string[]>([]);
   const [message, setMessage] = useState<{ text: string; error: boolean } | null>(null);
+  // a template's clone is linked by default (PVE's clone window: mode Linked / Full)
+  const [clone, setClone] = useState({ newid: "", name: "", full: false });
+  const [purge, setPurge] = useState(true);
 
   if (!entry) {
     return (
@@ -55,7 +62,19 @@ export function VmView(props: { vmid: number; tab: VmTab; resources: Resource[] 
     if (a === "migrate") {
       setTarget(targets[0] ?? "");
       setOnline(running);
+      setLocalDisks([]);
+      if (base) {
+        get<{ local_disks?: { volid: string }[] }>(`${base}/migrate`)
+          .then((p) => setLocalDisks((p.local_disks ?? []).map((d) => d.volid)), () => {});
+      }
     }
+    if (a === "clone") {
+      setClone({ newid: "", name: `${entry.name ?? "vm"}-clone`, full: !entry.template });
+      setTarget(node ?? "");
+      get<string | number>("/cluster/nextid").then((id) => setClone((c) => ({ ...c, newid: String(id) })),
+        () => {});
+    }
+    if (a === "destroy") setPurge(true);
     setPending(a);
   };
   const run = async () => {
@@ -64,7 +83,14 @@ export function VmView(props: { vmid: number; tab: VmTab; resources: Resource[] 
     if (!a || !base) return;
     try {
       const upid = a === "migrate"
-        ? await post<string>(`${base}/migrate`, { target, online: running && online })
+        ? await post<string>(`${base}/migrate`, { target, online: running && online,
+          "with-local-disks": running && online && localDisks.length ? 1 : undefined })
+        : a === "clone"
+        ? await post<string>(`${base}/clone`, { newid: clone.newid, name: clone.name || undefined,
+          target: target && target !== node ? target : undefined,
+          full: entry.template ? (clone.full ? 1 : 0) : undefined })
+        : a === "template" ? await post<string>(`${base}/template`)
+        : a === "destroy" ? await request<string>("DELETE", base, { purge })
         : await post<string>(`${base}/status/${a}`);
       setMessage({ text: t("vm.action.started", { upid }), error: false });
       refresh();
@@ -89,8 +115,12 @@ export function VmView(props: { vmid: number; tab: VmTab; resources: Resource[] 
       <div class="toolbar" role="toolbar" aria-label={t("vm.summary")}>
         <button id="vm-start" disabled={running} onClick={() => open("start")}>{t("vm.start")}</button>
         <button id="vm-shutdown" disabled={!running} onClick={() => open("shutdown")}>{t("vm.shutdown")}</button>
+        <button id="vm-reboot" disabled={!running} onClick={() => open("reboot")}>{t("vm.reboot")}</button>
         <button id="vm-stop" disabled={!running} onClick={() => open("stop")}>{t("vm.stop")}</button>
         <button id="vm-migrate" onClick={() => open("migrate")}>{t("vm.migrate")}</button>
+        <button id="vm-clone" onClick={() => open("clone")}>{t("vm.clone")}</button>
+        <button id="vm-template" disabled={running || !!entry.template} onClick={() => open("template")}>{t("vm.template")}</button>
+        <button id="vm-destroy" disabled={running} onClick={() => open("destroy")}>{t("vm.destroy")}</button>
       </div>
       {message && <p class={message.error ? "error" : "notice"} role="status" id="vm-message">{message.text}</p>}
       {error && !movedAway(error) && <p class="error">{t("common.error", { message: error.message })}</p>}
@@ -108,6 +138,7 @@ export function VmView(props: { vmid: number; tab: VmTab; resources: Resource[] 
         kind="vm" />}
       {props.tab === "replication" && base && node && <VmReplication base={base} node={node}
         vmid={props.vmid} resources={props.resources} />}
+      {props.tab === "tasks" && node && <TaskHistory key={node} node={node} vmid={props.vmid} id="vm-tasks" />}
       {base && node && <VmEditTab tab={props.tab} base={base} node={node} vmid={props.vmid}
         running={running} />}
       {props.tab === "summary" && <section class="card" aria-label={t("vm.summary")}>
@@ -123,10 +154,34 @@ export function VmView(props: { vmid: number; tab: VmTab; resources: Resource[] 
           <dt>{t("vm.uptime")}</dt><dd>{fmt.uptime(data?.uptime)}</dd>
         </dl>
       </section>}
-      {pending && pending !== "migrate" && (
-        <Dialog title={t(`vm.${pending}` as "vm.start")} danger={pending === "stop"}
+      {pending && pending !== "migrate" && pending !== "clone" && (
+        <Dialog title={t(`vm.${pending}` as "vm.start")} danger={pending === "stop" || pending === "destroy"}
           onOk={run} onCancel={() => setPending(null)}>
           <p>{t(`vm.confirm.${pending}` as "vm.confirm.start", { vmid: props.vmid })}</p>
+          {pending === "destroy" && <label class="check"><input type="checkbox" id="vm-destroy-purge"
+            checked={purge} onChange={(e) => setPurge(e.currentTarget.checked)} />{t("vm.destroy.purge")}</label>}
+        </Dialog>
+      )}
+      {pending === "clone" && (
+        <Dialog title={t("vm.clone.title", { vmid: props.vmid })} okLabel={t("vm.clone")}
+          okDisabled={!/^\d+$/.test(clone.newid)} onOk={run} onCancel={() => setPending(null)}>
+          <label>{t("vm.clone.newid")}
+            <input id="vm-clone-newid" value={clone.newid} inputMode="numeric"
+              onInput={(e) => setClone({ ...clone, newid: e.currentTarget.value })} /></label>
+          <label>{t("vm.clone.name")}
+            <input id="vm-clone-name" value={clone.name}
+              onInput={(e) => setClone({ ...clone, name: e.currentTarget.value })} /></label>
+          {!!entry.template && (
+            <label>{t("vm.clone.mode")}
+              <select id="vm-clone-mode" value={clone.full ? "full" : "linked"}
+                onChange={(e) => setClone({ ...clone, full: e.currentTarget.value === "full" })}>
+                <option value="linked">{t("vm.clone.linked")}</option>
+                <option value="full">{t("vm.clone.full")}</option>
+              </select></label>)}
+          <label>{t("vm.migrate.target")}
+            <select id="vm-clone-target" value={target} onChange={(e) => setTarget(e.currentTarget.value)}>
+              {[node ?? "", ...targets].filter(Boolean).map((n) => <option key={n} value={n}>{n}</option>)}
+            </select></label>
         </Dialog>
       )}
       {pending === "migrate" && (
@@ -145,6 +200,10 @@ export function VmView(props: { vmid: number; tab: VmTab; resources: Resource[] 
                     onChange={(e) => setOnline(e.currentTarget.checked)} />
                   {t("vm.migrate.online")}
                 </label>
+              )}
+              {running && online && localDisks.length > 0 && (
+                <p class="notice" id="vm-migrate-local">
+                  {t("vm.migrate.localdisks", { disks: localDisks.join(", ") })}</p>
               )}
             </>
           )}

@@ -111,8 +111,9 @@ export function TaskViewer(props: { upid: string; onClose: () => void; onDone?: 
     return () => { alive = false; window.clearTimeout(timer); };
   }, [base]);
   const exit = status?.exitstatus;
+  // PVE's "WARNINGS: n": done, with warnings in the log (not a failure)
   const state = !status ? "loading" : status.status !== "stopped" ? "running"
-    : exit === "OK" ? "ok" : "failed";
+    : exit === "OK" ? "ok" : exit?.startsWith("WARNINGS") ? "warning" : "failed";
   return (
     <section class="card task-viewer" id="task-viewer" data-upid={props.upid} data-state={state}
       aria-label={t("taskview.title")}>
@@ -120,7 +121,8 @@ export function TaskViewer(props: { upid: string; onClose: () => void; onDone?: 
         <button type="button" class="close" id="task-viewer-close" onClick={props.onClose}>
           {t("taskview.close")}</button></h2>
       {error && <p class="error">{t("common.error", { message: error })}</p>}
-      <p id="task-viewer-status" class={state === "failed" ? "error" : state === "ok" ? "ok" : ""}>
+      <p id="task-viewer-status" class={state === "failed" ? "error" : state === "ok" ? "ok"
+        : state === "warning" ? "warning" : ""}>
         {state === "running" || state === "loading" ? t("tasks.running")
           : t("taskview.finished", { status: exit ?? "?" })}</p>
       <pre class="task-log" id="task-viewer-log">{log.map((l) => l.t).join("\n")}</pre>

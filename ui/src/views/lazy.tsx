@@ -1,13 +1,14 @@
 // The editing pages (a VM's hardware, options, cloud-init, snapshots, backup and
 // replication tabs;
-// the datacenter's HA, availability, replicated volumes, backup jobs and notifications)
+// the datacenter's HA, availability, replicated volumes, backup jobs, notifications, ACME
+// and resource mappings; a node's certificates)
 // load their code when first opened, as
 // the consoles and graphs do, so the login and the tree stay small.
 import type { ComponentType } from "preact";
 import { useEffect, useState } from "preact/hooks";
 import { t } from "../strings";
 import type { VmTab } from "../route";
-import type { Resource } from "../types";
+import type { HaStatusEntry, Resource } from "../types";
 
 function lazyView<P extends object>(load: () => Promise<ComponentType<P>>): ComponentType<P> {
   let loaded: ComponentType<P> | null = null;
@@ -41,8 +42,24 @@ export const BackupJobs = lazyView<{ resources: Resource[] }>(
   () => import("./BackupJobs").then((m) => m.BackupJobs));
 export const Notifications = lazyView<Record<string, never>>(
   () => import("./Notifications").then((m) => m.Notifications));
+export const DcTasks = lazyView<{ resources: Resource[] }>(
+  () => import("./dc/Tasks").then((m) => m.DcTasks));
 export const HaPage = lazyView<{ resources: Resource[] }>(
   () => import("./dc/Ha").then((m) => m.HaPage));
+export const NodeSyslog = lazyView<{ node: string }>(
+  () => import("./node/NodeLogs").then((m) => m.NodeSyslog));
+export const TaskHistory = lazyView<{ node: string; vmid?: number; id: string }>(
+  () => import("./node/NodeLogs").then((m) => m.TaskHistory));
+export const DcHealth = lazyView<{ resources: Resource[]; quorate?: boolean; ha?: HaStatusEntry[] }>(
+  () => import("./dc/Health").then((m) => m.DcHealth));
+export const Acme = lazyView<Record<string, never>>(
+  () => import("./dc/Acme").then((m) => m.Acme));
+export const Mappings = lazyView<{ resources: Resource[] }>(
+  () => import("./dc/Mappings").then((m) => m.Mappings));
+export const NodeCertificates = lazyView<{ node: string }>(
+  () => import("./node/Certificates").then((m) => m.Certificates));
+export const DcOptions = lazyView<Record<string, never>>(
+  () => import("./dc/Options").then((m) => m.Options));
 export const Availability = lazyView<Record<string, never>>(
   () => import("./dc/Availability").then((m) => m.Availability));
 export const VmReplication = lazyView<{ base: string; node: string; vmid: number; resources: Resource[] }>(

@@ -12,15 +12,17 @@ from typing import Any
 from urllib.parse import quote
 
 from binome.access import tfa
-from binome.access.model import ROOT_USER, is_tokenid, split_tokenid
+from binome.access.model import ROOT_USER, is_tokenid, normalize_path, split_tokenid
 from binome.access.permission import AnyUser
+from binome.access.privileges import is_privilege
 from binome.access.repository import AccessRepository
 from binome.access.service import AuthRefused
 from binome.api import auth
 from binome.api.context import RequestContext
-from binome.api.errors import AuthError, PermissionDenied
-from binome.api.registry import WORLD, registry
+from binome.api.errors import AuthError, ParamError, PermissionDenied
+from binome.api.registry import WORLD, CliSpec, registry
 from binome.api.schema import Param
+from binome.schema import split_list
 
 log = logging.getLogger("binome.api.access")
 
@@ -96,8 +98,9 @@ async def _second_factor(ctx: RequestContext, userid: str, response: str) -> str
     if store is None:
         return tfa.FAILED
     now = access.now()
+    webauthn = (await access.config()).webauthn
     outcome = await AccessRepository(store).update_tfa_state(
-        userid, lambda t: tfa.verify(t, response, now))
+        userid, lambda t: tfa.verify(t, response, now, webauthn))
     return str(outcome)
 
 
@@ -111,22 +114,39 @@ async def _factor_refused(ctx: RequestContext, userid: str, source: str,
     return await _refuse(ctx, userid, source, text, answer="authentication failure")
 
 
+async def _login_challenge(ctx: RequestContext, cfg: Any, tfa_user: Any,
+                           now: float) -> dict[str, Any]:
+    """The NeedTFA ticket's challenge; with WebAuthn entries, PVE's `webauthn` request
+    options, whose challenge is stored with the user's TFA state until answered."""
+    store = ctx.services.cluster.store
+    if store is None or not any(e.type == "webauthn" for e in tfa_user.entries):
+        return tfa.challenge(tfa_user)
+    result = await AccessRepository(store).update_tfa_state(
+        tfa_user.userid, lambda t: tfa.login_challenge(t, cfg.webauthn, now))
+    return dict(result)
+
+
 @registry.register(
     "POST", "/access/ticket", name="create_ticket", permission=WORLD,
     description="Create or verify an authentication ticket.",
     parameters={
         "username": Param(description="User name (user@realm).", max_length=64),
         "password": Param(description="The secret password, or a valid ticket to renew; "
-                          "with tfa-challenge, the TFA response (totp:CODE, recovery:KEY).",
+                          "with tfa-challenge, the TFA response (totp:CODE, recovery:KEY, "
+                          "webauthn:JSON).",
                           secret=True),
         "realm": Param(optional=True, description="Realm, if not part of the user name.",
                        max_length=32),
         "otp": Param(optional=True, secret=True,
                      description="One-time password for two-factor login (one step)."),
-        "tfa-challenge": Param(optional=True, max_length=4096,
+        "tfa-challenge": Param(optional=True, max_length=8192,
                                description="The signed TFA challenge ticket of step one."),
-        "path": Param(optional=True, description="Verify ticket for this path."),
-        "privs": Param(optional=True, description="Verify ticket for these privileges."),
+        "path": Param(optional=True, max_length=64,
+                      description="Verify ticket, and check if user have access 'privs' on "
+                                  "'path' (answers no new ticket)."),
+        "privs": Param(optional=True, max_length=64,
+                       description="Verify ticket, and check if user have access 'privs' on "
+                                   "'path' (a privilege list)."),
         "new-format": Param(type="boolean", optional=True, description="Ignored."),
     },
     returns={"type": "object", "properties": {"username": {"type": "string"},
@@ -145,6 +165,8 @@ async def create_ticket(ctx: RequestContext, params: dict[str, Any]) -> dict[str
         log.warning("authentication refused (rate limit); rhost=%s user=%s", source, userid)
         raise AuthError(access.limiter.message(wait))
     key = await ctx.services.authkey()
+    if params.get("path") is not None or params.get("privs") is not None:
+        return await _verify_auth(ctx, key, userid, source, params)
     challenge_ticket = params.get("tfa-challenge")
     if challenge_ticket:
         # step two: the partial ticket proves the password; the password is the factor
@@ -178,11 +200,72 @@ async def create_ticket(ctx: RequestContext, params: dict[str, Any]) -> dict[str
                     raise await _factor_refused(ctx, userid, source, outcome)
                 return await _full_ticket(ctx, key, userid)
             now = access.now()
+            challenge = await _login_challenge(ctx, cfg, tfa_user, now)
             return {"username": userid, "NeedTFA": 1,
-                    "ticket": _partial_ticket(key, userid, tfa.challenge(tfa_user), now),
+                    "ticket": _partial_ticket(key, userid, challenge, now),
                     # a CSRF token for a name no user can have: useless until step two
                     "CSRFPreventionToken": auth.make_csrf_token(key, "!tfa!" + userid)}
     return await _full_ticket(ctx, key, userid)
+
+
+def _path_privs(params: dict[str, Any]) -> tuple[str, list[str]]:
+    """PVE's `requires` between path and privs, and privs' pve-priv-list format (400s)."""
+    path, privs = params.get("path"), params.get("privs")
+    if not path or not privs:
+        missing = "privs" if path else "path"
+        raise ParamError({missing: "property is missing and it is not optional (required "
+                                   "with '" + ("path" if path else "privs") + "')"})
+    names = split_list(privs)
+    bad = [n for n in names if not is_privilege(n)]
+    if bad or not names:
+        raise ParamError({"privs": f"invalid privilege '{bad[0] if bad else privs}'"})
+    return path, names
+
+
+def _no_permission(userid: str, source: str, message: str) -> AuthError:
+    """A verified user without the privileges: PVE's bare 401, logged, but not counted as
+    a failed login (a proxy asking again must not lock the user out)."""
+    log.warning("authentication failure; rhost=%s user=%s msg=%s", source, userid, message)
+    return AuthError()
+
+
+async def _verify_auth(ctx: RequestContext, key: bytes, userid: str, source: str,
+                       params: dict[str, Any]) -> dict[str, Any]:
+    """PVE's ticket verification mode (AccessControl.pm verify_auth), as proxies use it:
+    the password is this user's valid ticket, or their password (with `otp` when they
+    have second factors); the user must hold every privilege of `privs` on `path`. The
+    answer is the user name and `cap`, never a new ticket; any failure is PVE's bare 401
+    (the reason is logged)."""
+    path, names = _path_privs(params)
+    access = ctx.services.access
+    norm = normalize_path(path)
+    if norm is None:
+        raise _no_permission(userid, source, f"invalid path - {path}")
+    try:
+        await access.check_active(userid)
+    except AuthRefused:
+        raise await _refuse(ctx, userid, source) from None
+    password = params["password"]
+    if not _is_renewal(key, userid, password):
+        if not await access.verify_password(userid, password, auth.pam_authenticate):
+            raise await _refuse(ctx, userid, source)
+        tfa_user = (await access.config()).tfa.get(userid)
+        if tfa_user is not None and tfa.has_factors(tfa_user):
+            if not params.get("otp"):
+                raise await _refuse(ctx, userid, source, "second factor required",
+                                    answer="authentication failure")
+            outcome = await _second_factor(ctx, userid, f"totp:{params['otp']}")
+            if outcome != tfa.OK:
+                raise await _factor_refused(ctx, userid, source, outcome)
+    evaluator = await access.evaluator()
+    if not evaluator.check(userid, norm, names):
+        raise _no_permission(userid, source, f"no permission ({path}, {params['privs']})")
+    access.limiter.success(userid)
+    data: dict[str, Any] = {"username": userid,
+                            "cap": {**evaluator.cap(userid), "sdn": {}, "mapping": {}}}
+    if ctx.services.cluster.cluster_name and evaluator.check(userid, "/", ["Sys.Audit"]):
+        data["clustername"] = ctx.services.cluster.cluster_name
+    return data
 
 
 def _is_renewal(key: bytes, userid: str, password: str) -> bool:
@@ -209,9 +292,14 @@ async def _full_ticket(ctx: RequestContext, key: bytes, userid: str) -> dict[str
     "GET", "/access/permissions", name="access_permissions",
     permission=AnyUser("another user's or token's: Sys.Audit on /access, or one's own token"),
     description="The effective privileges of a user (default: the caller) by path.",
-    parameters={"userid": Param(optional=True, format="pve-userid"),
-                "path": Param(optional=True, max_length=256)},
+    parameters={"userid": Param(optional=True, format="pve-userid-or-token", max_length=128,
+                                description="User ID or full API token ID "
+                                            "(user@realm!tokenid)."),
+                "path": Param(optional=True, max_length=256,
+                              description="Only dump this specific path, not the whole "
+                                          "tree.")},
     returns={"type": "object"},
+    cli=CliSpec(("user", "permissions"), positional=("userid",), formatter="permissions"),
 )
 async def access_permissions(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     evaluator = await ctx.services.access.evaluator()

@@ -194,14 +194,17 @@ async def delete_role(ctx: RequestContext, params: dict[str, Any]) -> None:
 
 @registry.register(
     "GET", "/access/acl", name="read_acl",
-    permission=AnyUser("entries on paths where one may modify permissions"),
+    permission=AnyUser("every entry with Sys.Audit on /access, else the entries on paths "
+                       "where one may modify permissions"),
     description="Get Access Control List (ACLs).", returns={"type": "array"},
     cli=CliSpec(("acl", "list"), formatter="table:path,type,ugid,roleid,propagate"),
 )
 async def read_acl(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
     ev = await ctx.services.access.evaluator()
+    # PVE (ACL.pm read_acl): an auditor of /access sees them all
+    audit = ev.check(ctx.userid, "/access", ["Sys.Audit"])
     return [e.to_public() for e in ev.config.acl
-            if ev.can_modify_permissions(ctx.userid, e.path)]
+            if audit or ev.can_modify_permissions(ctx.userid, e.path)]
 
 
 _ACL_PARAMS: dict[str, Param] = {

@@ -14,8 +14,8 @@ from binome.access.model import ROOT_USER, AccessConfig, TfaUser, User, Validati
 from binome.access.permission import And, AnyUser, Or, UseridGroup, UseridRealm, UseridSelf
 from binome.access.secrets import hash_secret
 from binome.api.context import RequestContext
-from binome.api.errors import ApiError, ParamError
-from binome.api.methods.common import access_change
+from binome.api.errors import ApiError, ParamError, PermissionDenied
+from binome.api.methods.common import access_change, reauth_user_for_user_modification
 from binome.api.registry import CliSpec, registry
 from binome.api.schema import Param
 
@@ -79,7 +79,7 @@ def _user_record(cfg: AccessConfig, user: User, full: bool, now: float,
 async def access_users(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
     ev = await ctx.services.access.evaluator()
     cfg = ev.config
-    caller = ev.owner_of(ctx.userid)
+    caller = ctx.userid      # PVE: `$user eq $authuser`; a token is not its user
     privs = ["User.Modify", "Sys.Audit"]
     see_all = ev.check(ctx.userid, "/access/groups", privs, any=True)
     users = dict(cfg.users)
@@ -219,17 +219,25 @@ def _check_password_length(password: str) -> None:
     parameters={"userid": USERID,
                 "password": Param(secret=True, max_length=64, description="The new password."),
                 "confirmation-password": Param(optional=True, secret=True, max_length=64,
-                                               description="The current password (ignored: "
-                                               "the caller is authenticated).")},
+                                               description="The current password of the "
+                                               "user performing the change (not needed "
+                                               "for root@pam).")},
     cli=CliSpec(("passwd",), positional=("userid",)),
 )
 async def change_password(ctx: RequestContext, params: dict[str, Any]) -> None:
+    """PVE 8+ (AccessControl.pm `change_password`): the caller confirms with their own
+    current password (root@pam excepted), only root@pam changes root@pam's, and a pam
+    user's password is not another user's to change."""
     userid, password = params["userid"], params["password"]
+    _check_password_length(password)
+    await reauth_user_for_user_modification(ctx, userid, params.get("confirmation-password"),
+                                            "confirmation-password")
+    if ctx.userid not in (ROOT_USER, userid) and userid.endswith("@pam"):
+        raise PermissionDenied()
     if userid.endswith("@pam"):
         # PAM passwords belong to the node's system accounts, not to binome
         raise ApiError(500, f"user '{userid}' is a pam user: change the password on "
                             "each node with the system's passwd")
-    _check_password_length(password)
     digest = hash_secret(password)
     await access_change(ctx, f"change password of '{userid}'",
                         lambda cfg: ops.set_password_hash(cfg, userid, digest))

@@ -309,7 +309,8 @@ async def backup_job_included_volumes(ctx: RequestContext, params: dict[str, Any
             children.append({"id": vmid, "type": "unknown", "leaf": 1})
             continue
         disks = []
-        for disk in vmconf.disks(cfg):   # qemu-server's get_backup_volumes
+        # qemu-server's get_backup_volumes: the bus disks, efidisk0 and tpmstate0
+        for disk in (*vmconf.disks(cfg), *vmconf.special_drives(cfg)):
             if disk.is_cdrom or not disk.volid:
                 continue
             off = disk.options.get("backup") in ("0", "no", "off", "false")

@@ -1,13 +1,16 @@
-"""Cluster methods: status, create, join, admit, delnode, expected votes, cluster log."""
+"""Cluster methods: status, create, join info, join, admit, delnode, expected votes, cluster
+log."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from binome.access.permission import AnyUser
 from binome.access.secrets import hash_secret
 from binome.api.context import RequestContext
-from binome.api.errors import fail
+from binome.api.errors import ApiError, fail
 from binome.api.methods.common import NODE
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
@@ -55,7 +58,9 @@ def cluster_status_entries(ctx: RequestContext) -> list[dict[str, Any]]:
          CliSpec(("witness", "status"), formatter="witness_status")),
 )
 async def cluster_status(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
-    await ctx.services.cluster.fresh_view()
+    # read after the request arrived, as `pvecm status` reads corosync: a status asked
+    # right after a join must show the new member
+    await ctx.services.cluster.fresh_view(max_age=0)
     return cluster_status_entries(ctx)
 
 
@@ -81,6 +86,41 @@ async def cluster_nodes(ctx: RequestContext, params: dict[str, Any]) -> list[dic
                     "online": int(cluster.node_online(name)),
                     "ssl_fingerprint": rec.get("fingerprint")})
     return out
+
+
+@registry.register(
+    "GET", "/cluster/config/join", name="cluster_join_info", permission=AUDIT,
+    description="Get information needed to join this cluster over the connected node.",
+    parameters={"node": Param(format="pve-node", optional=True,
+                              description="The node for which the joinee gets the nodeinfo "
+                                          "(default: the connected node).")},
+    returns={"type": "object", "properties": {
+        "nodelist": {"type": "array", "items": {"type": "object", "properties": {
+            "name": {"type": "string"}, "nodeid": {"type": "integer"},
+            "ring0_addr": {"type": "string"}, "quorum_votes": {"type": "integer"},
+            "pve_addr": {"type": "string"}, "pve_fp": {"type": "string"}}}},
+        "preferred_node": {"type": "string"}, "totem": {"type": "object"},
+        "config_digest": {"type": "string"}}},
+    cli=CliSpec(("cluster", "join-info"), formatter="json"),
+)
+async def cluster_join_info(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    cluster = ctx.services.cluster
+    if not cluster.is_member:
+        raise ApiError(424, "node is not in a cluster, no join info available!")
+    await cluster.fresh_view()
+    nodename = params.get("node") or ctx.node
+    records = cluster.node_records
+    if nodename not in records:
+        raise fail(f"unknown node '{nodename}'")
+    nodelist = [{"name": name, "nodeid": rec.get("nodeid"),
+                 "quorum_votes": 0 if rec.get("state") != "member" else 1,
+                 "ring0_addr": rec.get("cluster_address"),
+                 "pve_addr": rec.get("cluster_address"), "pve_fp": rec.get("fingerprint")}
+                for name, rec in sorted(records.items(), key=lambda kv: kv[1].get("nodeid", 0))]
+    # no corosync.conf: the digest is over the member list a joiner is shown
+    digest = hashlib.sha1(json.dumps(nodelist, sort_keys=True).encode()).hexdigest()
+    return {"nodelist": nodelist, "preferred_node": nodename,
+            "totem": {"cluster_name": cluster.cluster_name}, "config_digest": digest}
 
 
 @registry.register(

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, TypeVar
 
 import aiohttp
 
-from binome.access.model import AccessConfig, ValidationError
+from binome.access.model import ROOT_USER, AccessConfig, ValidationError
 from binome.access.ops import AccessError
 from binome.access.repository import AccessConflict, Change
 from binome.access.roles import RoleError
 from binome.access.service import AuthRefused
 from binome.api import auth
-from binome.api.errors import ApiError, ParamError
+from binome.api.errors import ApiError, ParamError, PermissionDenied
 from binome.fence.devices import FenceDevices
 from binome.ha.config import HaConfig
 from binome.schema import Param
@@ -124,3 +124,33 @@ async def from_other_nodes(
             continue
         out[node] = result
     return out
+
+
+async def reauth_user_for_user_modification(ctx: RequestContext, userid: str,
+                                            password: str | None,
+                                            param: str = "password") -> None:
+    """PVE's RPCEnvironment::reauth_user_for_user_modification, before a change to a user's
+    second factors or password: the user must exist; root@pam's may be changed by
+    root@pam only (a 403 even for an administrator with User.Modify); anyone but root@pam
+    confirms with their own current password in `param` (a stolen ticket alone must not
+    replace a second factor or a password). Tokens never get here (allowtoken=0)."""
+    access = ctx.services.access
+    cfg = await access.config()
+    if userid != ROOT_USER and userid not in cfg.users:
+        raise ApiError(500, f"no such user ('{userid}')")
+    if userid == ROOT_USER and ctx.userid != ROOT_USER:
+        raise PermissionDenied()
+    if ctx.userid == ROOT_USER:
+        return
+    if not password:
+        raise ParamError({param: "password is required to modify user"})
+    source = ctx.request.remote if ctx.request is not None and ctx.request.remote else "local"
+    # the login limiter here too: a stolen ticket must not become a password oracle
+    wait = access.limiter.retry_after(ctx.userid, source, access.now())
+    if wait > 0:
+        raise ApiError(500, access.limiter.message(wait))
+    if not await access.verify_password(ctx.userid, password, auth.pam_authenticate):
+        access.limiter.failure(ctx.userid, source, access.now())
+        log.warning("user modification refused: wrong confirmation password of %s",
+                    ctx.userid)
+        raise ApiError(500, "authentication failure")

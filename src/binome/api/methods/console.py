@@ -1,4 +1,5 @@
-"""Consoles: VNC and serial terminal of a guest over an authenticated websocket.
+"""Consoles: VNC and serial terminal of a guest over an authenticated websocket, and
+PVE's SPICE `spiceproxy` (remote-viewer's config; the proxy on 3128 is api/spiceproxy.py).
 
 `vncproxy` (VNC) or `termproxy` (serial console) hands out a one-time ticket
 bound to the user, the VM and the console kind, valid for 30 seconds;
@@ -31,6 +32,7 @@ from binome.api.methods.common import NODE
 from binome.api.methods.qemu import VM_PATH, VMID, guests
 from binome.api.registry import privs, registry
 from binome.api.schema import Param
+from binome.tickets import spice_key
 
 TICKET_LIFETIME = 30
 CONSOLE = privs("VM.Console", path=VM_PATH)
@@ -102,6 +104,21 @@ async def vm_vncproxy(ctx: RequestContext, params: dict[str, Any]) -> dict[str, 
 )
 async def vm_termproxy(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     return await _proxy_ticket(ctx, params, "serial")
+
+
+@registry.register(
+    "POST", "/nodes/{node}/qemu/{vmid}/spiceproxy", name="vm_spiceproxy", permission=CONSOLE,
+    proxyto="node", description="Returns a SPICE configuration to connect to the VM.",
+    parameters={"node": NODE, "vmid": VMID,
+                "proxy": Param(format="address", optional=True, description=(
+                    "SPICE proxy server the client is to use (every node runs one on "
+                    "port 3128); by default the VM's node."))},
+    returns={"type": "object", "description": "remote-viewer's config (PVE's keys)."},
+)
+async def vm_spiceproxy(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    key = spice_key(await ctx.services.authkey())
+    proxy = params.get("proxy") or ctx.services.config.cluster_address
+    return await guests(ctx).spice_config(params["vmid"], proxy, key)
 
 
 @registry.register(

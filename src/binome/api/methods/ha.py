@@ -7,12 +7,17 @@ CRM master reads, the status the daemons publish) and shapes the answers.
 
 from __future__ import annotations
 
+import re
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from binome.access import tfa
+from binome.access.model import WebauthnConfig
 from binome.access.permission import Or
-from binome.api.errors import ApiError, param_error
+from binome.api.errors import ApiError, ParamError, param_error
 from binome.api.methods.common import (
+    access_change,
     ha_config,
     ha_config_if_clustered,
     require_quorum,
@@ -21,8 +26,15 @@ from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param, PropertyString, check_param
 from binome.ha import availability as av
 from binome.ha.availability_log import AvailabilityLog
-from binome.ha.config import config_digest, sid_of
+from binome.ha.config import (
+    HaConfigError,
+    RuleInvalid,
+    RuleParamError,
+    config_digest,
+    sid_of,
+)
 from binome.ha.model import HaSettings
+from binome.ha.rules import AFFINITIES, RULE_TYPES, Rule
 
 if TYPE_CHECKING:
     from binome.api.context import RequestContext
@@ -52,6 +64,7 @@ def _resource_entry(sid: str, cfg: dict[str, Any], digest: str) -> dict[str, Any
         out["comment"] = cfg["comment"]
     if cfg.get("availability_target") is not None:
         out["availability_target"] = cfg["availability_target"]
+    out["failback"] = int(cfg.get("failback", True))   # PVE 9 (default 1)
     return out
 
 
@@ -64,6 +77,12 @@ RESOURCE_PARAMS = {
     "max_relocate": Param(type="integer", optional=True, minimum=0, maximum=10,
                           description="Relocations to another node after failed restarts."),
     "comment": Param(type="string", optional=True, max_length=4096, description="Comment."),
+    "failback": Param(type="boolean", optional=True,
+                      description="Automatically migrate HA resource to the node with the "
+                                  "highest priority according to their node affinity rules, "
+                                  "if a node with a higher priority than the current node "
+                                  "comes online (default 1; a group's nofailback decides for "
+                                  "its members)."),
     "availability_target": Param(
         type="number", optional=True, minimum=90, maximum=99.99999,
         description="binome: this service's availability target in percent (e.g. 99.99); "
@@ -144,11 +163,18 @@ def resource_deletions(params: dict[str, Any]) -> list[str]:
 @registry.register(
     "DELETE", "/cluster/ha/resources/{sid}", name="ha_resource_remove", permission=CONSOLE,
     description="Delete an HA resource (the guest is left as it is).",
-    parameters={"sid": SID},
+    parameters={"sid": SID,
+                "purge": Param(type="boolean", optional=True, default=True,
+                               description="Remove this resource from rules that reference "
+                                           "it, deleting the rule if this resource is the "
+                                           "only resource in the rule")},
     cli=CliSpec(("ha", "remove"), positional=("sid",)),
 )
 async def ha_resource_remove(ctx: RequestContext, params: dict[str, Any]) -> None:
-    await ha_config(ctx, quorum=True).remove_resource(params["sid"])
+    config = ha_config(ctx, quorum=True)
+    await config.remove_resource(params["sid"])
+    if params.get("purge") is None or params["purge"]:
+        await config.purge_rules_of(params["sid"])
 
 
 async def queue_command(ctx: RequestContext, line: str) -> None:
@@ -253,6 +279,135 @@ async def ha_group_set(ctx: RequestContext, params: dict[str, Any]) -> None:
 )
 async def ha_group_remove(ctx: RequestContext, params: dict[str, Any]) -> None:
     await ha_config(ctx, quorum=True).remove_group(params["group"])
+
+
+# ---------------------------------------------------------------- rules (PVE 9)
+
+RULE_ID = Param(type="string", format="pve-configid", description="HA rule identifier.")
+RULE_TYPE = Param(type="string", enum=RULE_TYPES, description="HA rule type.")
+RULE_PARAMS = {
+    "resources": Param(type="string", optional=True,
+                       description="List of HA resource IDs (vm:100,vm:101)."),
+    "nodes": Param(type="string", optional=True,
+                   description="node-affinity: list of cluster node names with optional "
+                               "priority (<node>[:<pri>]{,<node>[:<pri>]}*)."),
+    "strict": Param(type="boolean", optional=True,
+                    description="node-affinity: whether the rule is strict (the resources "
+                                "only run on these nodes) or non-strict (they prefer them)."),
+    "affinity": Param(type="string", optional=True, enum=AFFINITIES,
+                      description="resource-affinity: keep the resources on the same node "
+                                  "('positive') or on separate nodes ('negative')."),
+    "disable": Param(type="boolean", optional=True, description="Whether the rule is disabled."),
+    "comment": Param(type="string", optional=True, max_length=4096,
+                     description="HA rule description."),
+}
+
+
+async def _rule_nodes(ctx: RequestContext) -> list[str]:
+    """The cluster's nodes (a rule may name only these; negative rules count them)."""
+    cluster = ctx.services.cluster
+    if not cluster.is_member:
+        return [ctx.services.config.name]
+    return sorted(n for n, rec in cluster.node_records.items()
+                  if rec.get("role", "node") == "node")
+
+
+def _rule_error(exc: HaConfigError) -> ApiError:
+    if isinstance(exc, RuleInvalid | RuleParamError):
+        return ApiError(400, str(exc), exc.errors)
+    return ApiError(500, str(exc))
+
+
+def _rule_answer(rule: Rule, digest: str, errors: dict[str, list[str]] | None
+                 ) -> dict[str, Any]:
+    out = {**rule.api(), "digest": digest}
+    if errors:
+        out["errors"] = errors
+    return out
+
+
+@registry.register(
+    "GET", "/cluster/ha/rules", name="ha_rules", permission=AUDIT,
+    description="Get HA rules (HA groups appear as the node-affinity rules 'ha-group-<group>' "
+                "they are applied as).",
+    parameters={"type": Param(type="string", optional=True, enum=RULE_TYPES,
+                              description="Limit the returned list to the specified rule "
+                                          "type."),
+                "resource": Param(type="string", optional=True,
+                                  description="Limit the returned list to rules affecting the "
+                                              "specified resource.")},
+    returns={"type": "array", "items": {"type": "object"}},
+    cli=CliSpec(("ha", "rules", "config"), formatter="ha_rules"),
+)
+async def ha_rules(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
+    rules, errors, digest = await ha_config(ctx).rules_view(await _rule_nodes(ctx))
+    out = []
+    for rule in sorted(rules.values(), key=lambda r: (r.order, r.id)):
+        if params.get("type") and rule.type != params["type"]:
+            continue
+        if params.get("resource") and params["resource"] not in rule.resources:
+            continue
+        out.append(_rule_answer(rule, digest, errors.get(rule.id)))
+    return out
+
+
+@registry.register(
+    "GET", "/cluster/ha/rules/{rule}", name="ha_rule_get", permission=AUDIT,
+    description="Read HA rule.",
+    parameters={"rule": RULE_ID},
+    returns={"type": "object"},
+)
+async def ha_rule_get(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    rules, errors, digest = await ha_config(ctx).rules_view(await _rule_nodes(ctx))
+    rule = rules.get(params["rule"])
+    if rule is None:
+        raise ApiError(500, f"no such ha rule '{params['rule']}'")
+    return _rule_answer(rule, digest, errors.get(rule.id))
+
+
+@registry.register(
+    "POST", "/cluster/ha/rules", name="ha_rule_add", permission=CONSOLE,
+    description="Create HA rule.",
+    parameters={"rule": RULE_ID, "type": RULE_TYPE, **RULE_PARAMS},
+    cli=CliSpec(("ha", "rules", "add"), positional=("type", "rule")),
+)
+async def ha_rule_add(ctx: RequestContext, params: dict[str, Any]) -> None:
+    config = ha_config(ctx, quorum=True)
+    try:
+        await config.add_rule(params["rule"], params, await _rule_nodes(ctx))
+    except HaConfigError as exc:
+        raise _rule_error(exc) from None
+
+
+@registry.register(
+    "PUT", "/cluster/ha/rules/{rule}", name="ha_rule_set", permission=CONSOLE,
+    description="Update HA rule.",
+    parameters={"rule": RULE_ID, "type": RULE_TYPE, **RULE_PARAMS,
+                "delete": Param(type="string", optional=True, max_length=4096,
+                                description="A list of settings you want to delete."),
+                "digest": Param(type="string", optional=True, max_length=40,
+                                description="Prevent changes if current configuration file "
+                                            "has a different digest.")},
+    cli=CliSpec(("ha", "rules", "set"), positional=("type", "rule")),
+)
+async def ha_rule_set(ctx: RequestContext, params: dict[str, Any]) -> None:
+    delete = [d for d in re.split(r"[,;\s]+", params.get("delete") or "") if d]
+    config = ha_config(ctx, quorum=True)
+    try:
+        await config.update_rule(params["rule"], params, delete, params.get("digest"),
+                                 await _rule_nodes(ctx))
+    except HaConfigError as exc:
+        raise _rule_error(exc) from None
+
+
+@registry.register(
+    "DELETE", "/cluster/ha/rules/{rule}", name="ha_rule_remove", permission=CONSOLE,
+    description="Delete HA rule.",
+    parameters={"rule": RULE_ID},
+    cli=CliSpec(("ha", "rules", "remove"), positional=("rule",)),
+)
+async def ha_rule_remove(ctx: RequestContext, params: dict[str, Any]) -> None:
+    await ha_config(ctx, quorum=True).remove_rule(params["rule"])
 
 
 # ---------------------------------------------------------------- status
@@ -573,9 +728,31 @@ HA_OPTION = PropertyString(keys={"shutdown_policy": Param(
     default_key="shutdown_policy")
 
 
+# PVE's datacenter.cfg `webauthn`: the relying party second-factor WebAuthn uses (kept
+# by the access module, with the factors it checks)
+WEBAUTHN_OPTION = PropertyString(keys={
+    "rp": Param(optional=True, max_length=256,
+                description="Relying party name. Any text identifier. Changing this *may* "
+                            "break existing credentials."),
+    "origin": Param(optional=True, max_length=256,
+                    description="Site origin. Must be a `https://` URL (or "
+                                "`http://localhost`). Should contain the address users type "
+                                "in their browsers to access the web interface. Changing "
+                                "this *may* break existing credentials."),
+    "id": Param(optional=True, max_length=253,
+                description="Relying party ID. Must be the domain name without protocol, "
+                            "port or location. Changing this *will* break existing "
+                            "credentials."),
+    "allow-subdomains": Param(type="boolean", optional=True, default=1,
+                              description="Whether to allow the origin to be a subdomain, "
+                                          "rather than the exact URL."),
+})
+OPTIONS = ("ha", "webauthn")
+
+
 @registry.register(
     "GET", "/cluster/options", name="cluster_options", permission=privs("Sys.Audit"),
-    description="Datacenter options (binome: only the HA settings).",
+    description="Datacenter options (binome: the HA settings and `webauthn`).",
     returns={"type": "object"},
     cli=CliSpec(("cluster", "options")),
 )
@@ -586,25 +763,43 @@ async def cluster_options(ctx: RequestContext, params: dict[str, Any]) -> dict[s
         out["ha"] = f"shutdown_policy={doc['shutdown_policy']}"
         if doc.get("availability_target") is not None:
             out["ha"] += f",availability_target={doc['availability_target']:.10g}"
+    webauthn = (await ctx.services.access.config()).webauthn
+    if webauthn is not None:
+        out["webauthn"] = tfa.format_webauthn_option(webauthn)
     return out
 
 
 @registry.register(
     "PUT", "/cluster/options", name="cluster_set_options", permission=privs("Sys.Modify"),
-    description="Set datacenter options (binome: only `ha`, the HA shutdown policy).",
+    description="Set datacenter options (binome: `ha`, the HA shutdown policy, and "
+                "`webauthn`).",
     parameters={"ha": Param(type="string", optional=True, max_length=256,
                             props=HA_OPTION, description="Cluster-wide HA settings."),
+                "webauthn": Param(type="string", optional=True, max_length=1024,
+                                  props=WEBAUTHN_OPTION, description="webauthn configuration"),
                 "delete": Param(type="string", optional=True,
-                                description="Settings to delete (only 'ha').")},
+                                description="Settings to delete ('ha', 'webauthn').")},
     cli=CliSpec(("cluster", "set-options")),
 )
 async def cluster_set_options(ctx: RequestContext, params: dict[str, Any]) -> None:
     delete = [d.strip() for d in (params.get("delete") or "").split(",") if d.strip()]
-    bad = [d for d in delete if d != "ha"]
+    bad = [d for d in delete if d not in OPTIONS]
     if bad:
         raise param_error("delete", f"unknown or unsupported option '{bad[0]}'")
-    if params.get("ha") is not None and "ha" in delete:
-        raise param_error("delete", "cannot set and delete 'ha' at once")
+    for name in OPTIONS:
+        if params.get(name) is not None and name in delete:
+            raise param_error("delete", f"cannot set and delete '{name}' at once")
+    webauthn: WebauthnConfig | None = None
+    if params.get("webauthn") is not None:
+        try:
+            webauthn = tfa.parse_webauthn_option(WEBAUTHN_OPTION.parse(params["webauthn"]))
+        except tfa.TfaError as exc:
+            raise ParamError(exc.errors) from None
+    if webauthn is not None or "webauthn" in delete:
+        await access_change(ctx, "set datacenter option webauthn",
+                            lambda cfg: replace(cfg, webauthn=webauthn))
+    if params.get("ha") is None and "ha" not in delete:
+        return
     new = HA_OPTION.parse(params["ha"]) if params.get("ha") is not None else None
     config = ha_config(ctx, quorum=True)
     if "ha" in delete:

@@ -1,11 +1,12 @@
 """A node's system pages, in PVE's shapes (`PVE/API2/Nodes.pm`, `Network.pm`,
 `Services.pm`): `/nodes/{node}/version`, `network` (read only), `dns`, `time`,
-`services`, `report`, and `POST /nodes/{node}/status` (reboot or shut the host down).
+`hosts` (read only), `certificates/info`, `subscription` (none), `hardware/pci`, `services`,
+`report`, and `POST /nodes/{node}/status` (reboot or shut the host down).
 
 The facts come from the node itself (`NodeServices.host`, `service_states`): every
 method is proxied to the node named in the path. Nothing here writes the host's
-configuration (binome manages no host network, DNS or time zone: the write methods of
-PVE stay unimplemented, a 501).
+configuration (binome manages no host network, DNS, time zone or /etc/hosts: the write
+methods of PVE stay unimplemented, a 501).
 
 A node reboot/shutdown (`command=reboot|shutdown`) cannot be what PVE's is (PVE runs
 `/sbin/reboot` in the background and lets pve-ha-lrm and pve-guests react as systemd
@@ -19,8 +20,10 @@ down through `BINOME_HOST_POWER_COMMAND` (`systemctl reboot|poweroff` by default
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
+import re
 import time
 from typing import Any
 
@@ -29,6 +32,7 @@ from binome.access.permission import AnyUser
 from binome.api.context import RequestContext
 from binome.api.errors import ApiError, param_error
 from binome.api.methods import node_bulk
+from binome.api.methods.certificates import CERT_INFO
 from binome.api.methods.common import NODE
 from binome.api.methods.version import PVE_COMPAT_VERSION
 from binome.api.registry import CliSpec, privs, registry
@@ -316,3 +320,97 @@ async def run_host_power(ctx: RequestContext, task: Task, kind: str) -> None:
     if rc != 0:
         raise TaskFailed(f"host {kind} command failed (exit status {rc}); the HA guests "
                          "stay as the shutdown policy left them until binomed restarts")
+
+
+@registry.register(
+    "GET", "/nodes/{node}/hosts", name="node_hosts", proxyto="node",
+    permission=privs("Sys.Audit"),
+    description="Get the content of /etc/hosts.",
+    parameters={"node": NODE},
+    returns={"type": "object", "properties": {
+        "digest": {"type": "string", "optional": 1,
+                   "description": "Prevent changes if current configuration file has a "
+                                  "different digest."},
+        "data": {"type": "string", "description": "The content of /etc/hosts."}}},
+    cli=CliSpec(("node", "hosts"), positional=("node",)),
+)
+async def node_hosts(ctx: RequestContext, params: dict[str, Any]) -> dict[str, str]:
+    return ctx.services.host.hosts()
+
+
+@registry.register(
+    "GET", "/nodes/{node}/certificates/info", name="node_certificates_info", proxyto="node",
+    permission=AnyUser("PVE: user => 'all'"),
+    description="Get information about node's certificates: the cluster CA's, the node's "
+                "(self-signed before it joins a cluster) and the custom or ACME one "
+                "(pveproxy-ssl.pem), if any.",
+    parameters={"node": NODE},
+    returns={"type": "array", "items": CERT_INFO},
+    cli=CliSpec(("node", "certificates"), positional=("node",),
+                formatter="table:filename,subject,issuer,notafter,fingerprint"),
+)
+async def node_certificates_info(ctx: RequestContext,
+                                 params: dict[str, Any]) -> list[dict[str, Any]]:
+    # PVE lists pve-root-ca.pem, pve-ssl.pem and pveproxy-ssl.pem, each if readable
+    return ctx.services.certificates.info()
+
+
+@registry.register(
+    "GET", "/nodes/{node}/subscription", name="node_subscription", proxyto="node",
+    permission=AnyUser("PVE: user => 'all'"),
+    description="Read subscription info: binome has no subscription key, so PVE's answer for "
+                "a node without one.",
+    parameters={"node": NODE},
+    returns={"type": "object", "properties": {
+        "status": {"type": "string",
+                   "enum": ["new", "notfound", "active", "invalid", "expired", "suspended"]},
+        "message": {"type": "string", "optional": 1}}},
+)
+async def node_subscription(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    return {"status": "notfound", "message": "There is no subscription key"}
+
+
+PCI_DEVICE = {
+    "id": {"type": "string", "description": "The PCI ID."},
+    "class": {"type": "string", "description": "The PCI Class of the device."},
+    "vendor": {"type": "string", "description": "The Vendor ID."},
+    "vendor_name": {"type": "string", "optional": 1},
+    "device": {"type": "string", "description": "The Device ID."},
+    "device_name": {"type": "string", "optional": 1},
+    "subsystem_vendor": {"type": "string", "optional": 1},
+    "subsystem_vendor_name": {"type": "string", "optional": 1},
+    "subsystem_device": {"type": "string", "optional": 1},
+    "subsystem_device_name": {"type": "string", "optional": 1},
+    "iommugroup": {"type": "integer", "description": "-1 without an IOMMU group."},
+    "mdev": {"type": "boolean", "optional": 1}}
+
+
+@registry.register(
+    "GET", "/nodes/{node}/hardware/pci", name="node_hardware_pci", proxyto="node",
+    permission=privs("Sys.Audit", "Sys.Modify", any=True),
+    description="List local PCI devices (read from sysfs; names from pci.ids when "
+                "installed).",
+    parameters={"node": NODE,
+                "pci-class-blacklist": Param(optional=True, default="05;06;0b",
+                                             max_length=1024,
+                                             description="PCI classes not returned (hex "
+                                             "prefixes); by default memory controllers "
+                                             "(05), bridges (06) and processors (0b)."),
+                "verbose": Param(type="boolean", optional=True, default=True,
+                                 description="Subsystem IDs and names too.")},
+    returns={"type": "array", "items": {"type": "object", "properties": PCI_DEVICE}},
+    cli=CliSpec(("node", "pci"), positional=("node",),
+                formatter="table:id,class,vendor_name,device_name,iommugroup"),
+)
+async def node_hardware_pci(ctx: RequestContext,
+                            params: dict[str, Any]) -> list[dict[str, Any]]:
+    blacklist = params.get("pci-class-blacklist")
+    if blacklist is None:
+        blacklist = "05;06;0b"
+    classes = [c for c in re.split(r"[;,\s]+", blacklist) if c]
+    bad = [c for c in classes if not re.fullmatch(r"[0-9a-fA-F]{1,6}", c)]
+    if bad:
+        raise param_error("pci-class-blacklist", f"invalid PCI class '{bad[0]}'")
+    verbose = params.get("verbose")
+    return await asyncio.to_thread(ctx.services.host.pci, [c.lower() for c in classes],
+                                   True if verbose is None else bool(verbose))

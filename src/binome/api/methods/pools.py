@@ -153,6 +153,13 @@ async def _update(ctx: RequestContext, params: dict[str, Any]) -> None:
     for path in [f"/vms/{v}" for v in vms] + [f"/storage/{s}" for s in storage]:
         if not ev.can_modify_permissions(ctx.userid, path):
             raise PermissionDenied(f"{path}, Permissions.Modify")
+    if not delete and params.get("allow-move"):
+        # PVE 8.1+: taking a VM out of its pool needs Pool.Allocate on that pool too
+        for vmid in vms:
+            old = ev.config.pool_of_vm(vmid)
+            if old and old != poolid and not ev.check(ctx.userid, f"/pool/{old}",
+                                                      ["Pool.Allocate"]):
+                raise PermissionDenied(f"/pool/{old}, Pool.Allocate")
     if not delete:
         for vmid in vms:
             if ctx.services.guests is None or await ctx.services.guests.owner(vmid) is None:

@@ -7,6 +7,7 @@ client reads PVE's message from the HTTP reason phrase.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from binome.access.ops import remove_vm, update_pool
@@ -17,11 +18,14 @@ from binome.api.methods import ha as ha_api
 from binome.api.methods.common import NODE, access_change
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
+from binome.backup.jobs import BackupJobs, JobError
+from binome.cluster.mappings import Mappings
 from binome.errors import BinomeError
-from binome.guest import cloudinit, pending
+from binome.guest import cloudinit, monitor, pending
 from binome.guest import config as vmconf
-from binome.guest.errors import HotplugProblems
+from binome.guest.errors import GuestFailure, HotplugProblems
 from binome.guest.guests import GuestService
+from binome.guest.volume_copy import parse_storage_map
 from binome.ha.config import sid_of
 from binome.tasks.manager import Task, TaskFailed
 
@@ -60,11 +64,13 @@ KEY_PRIVS.update({
     "initrd": ("VM.Config.Disk", "VM.Config.HWType"),
     "append": ("VM.Config.Disk", "VM.Config.HWType"),
     # PVE: numaN and smp are CPU options, allow-ksm memory, audio0 / rng0 / usbN (spice)
-    # hardware, virtiofsN a disk (plus Mapping.Use, and binome has no mappings)
+    # hardware, virtiofsN a disk (plus Mapping.Use on the mapping: _check_root_keys)
     **{f"numa{i}": ("VM.Config.CPU",) for i in range(vmconf.MAX_NUMA_NODES)},
     "smp": ("VM.Config.CPU",), "allow-ksm": ("VM.Config.Memory",),
     "audio0": ("VM.Config.HWType",), "rng0": ("VM.Config.HWType",),
     **{f"usb{i}": ("VM.Config.HWType",) for i in range(vmconf.MAX_USB)},
+    # a mapped PCI device (a host one is root's): PVE's check_hostpci_perm
+    **{f"hostpci{i}": ("VM.Config.HWType",) for i in range(vmconf.MAX_HOSTPCI)},
     **{f"virtiofs{i}": ("VM.Config.Disk",) for i in range(vmconf.MAX_VIRTIOFS)},
     # PVE's $cloudinitoptions and ipconfigN
     **{key: ("VM.Config.Cloudinit",) for key in cloudinit.OPTIONS},
@@ -182,8 +188,10 @@ async def vm_create(ctx: RequestContext, params: dict[str, Any]) -> str:
     owner = await service.owner(vmid)
     if owner is not None:
         raise fail(f"unable to create VM {vmid} - VM {vmid} already exists on node '{owner}'")
-    # PVE's create_vm: Datastore.AllocateSpace on each new disk's storage
+    # PVE's create_vm: Datastore.AllocateSpace on each new disk's storage, and access to
+    # each existing volume attached
     await _check_storage_access(ctx, new_disk_storages(changes))
+    await _check_volume_access(ctx, vmid, changes)
     for key, value in changes.items():
         if vmconf.is_drive_key(key):
             disk = vmconf.parse_drive(key, str(value))
@@ -259,7 +267,7 @@ async def vm_index(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str
     await guests(ctx).read(params["vmid"])
     return [{"subdir": s} for s in ("config", "pending", "cloudinit", "status", "clone",
                                     "template", "snapshot",
-                                    "resize", "vncproxy", "termproxy", "rrddata")]
+                                    "resize", "vncproxy", "termproxy", "spiceproxy", "rrddata")]
 
 
 @registry.register(
@@ -269,8 +277,11 @@ async def vm_index(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str
     parameters={"node": NODE, "vmid": VMID,
                 "purge": Param(type="boolean", optional=True, default=False,
                                description="Also remove the VM from jobs and HA config."),
-                "destroy-unreferenced-disks": Param(type="boolean", optional=True,
-                                                    default=False),
+                "destroy-unreferenced-disks": Param(
+                    type="boolean", optional=True, default=False,
+                    description="If set, destroy additionally all disks not referenced in "
+                                "the config but with a matching VMID from all enabled "
+                                "storages."),
                 "skiplock": Param(type="boolean", optional=True, default=False)},
     returns={"type": "string", "description": "UPID"},
     cli=CliSpec(("vm", "destroy"), positional=("vmid",)),
@@ -287,7 +298,16 @@ async def vm_destroy(ctx: RequestContext, params: dict[str, Any]) -> str:
         raise fail(f"VM {vmid} is running - destroy failed")
 
     async def body(task: Task) -> None:
-        await service.destroy(task, vmid, purge=params["purge"], skiplock=params["skiplock"])
+        await service.destroy(task, vmid, purge=params["purge"], skiplock=params["skiplock"],
+                              destroy_unreferenced=params["destroy-unreferenced-disks"])
+        if params["purge"] and ctx.services.cluster.store is not None:
+            # PVE: remove_vmid_from_backup_jobs (replication jobs: binome has none)
+            task.log(f"purging VM {vmid} from related configurations..")
+            try:
+                for line in await BackupJobs(ctx.services.cluster.store).remove_vmid(vmid):
+                    task.log(line)
+            except JobError as exc:
+                task.warn(f"could not remove VM {vmid} from backup jobs: {exc}")
         # PVE's remove_vm_access (run on every destroy): the id may be reused, and a new
         # VM must not inherit the old one's pool or ACL entries
         await access_change(ctx, f"remove VM {vmid} from pools and ACLs",
@@ -443,6 +463,7 @@ async def _apply_config(ctx: RequestContext, params: dict[str, Any],
     await _check_config_privs(ctx, params["vmid"], changes, [*deletes, *reverts])
     # PVE's update_vm_api runs the same $check_storage_access as create
     await _check_storage_access(ctx, new_disk_storages(changes))
+    await _check_volume_access(ctx, params["vmid"], changes)
     _check_force(params)
     try:
         await guests(ctx).update(params["vmid"], changes, deletes, params.get("digest"),
@@ -475,17 +496,50 @@ async def _check_root_keys(ctx: RequestContext, changes: dict[str, Any],
                            deletes: list[str]) -> None:
     """PVE: keys outside its privilege tables (args, affinity, hookscript, vmgenid...) and
     host serial devices are root@pam's alone (a 500 with PVE's text); `startup` changes
-    the host's boot sequence, so it also needs Sys.Modify on /."""
+    the host's boot sequence, so it also needs Sys.Modify on /. A cluster mapping used
+    needs Mapping.Use on it, then it must exist."""
+    await _check_privileged_keys(ctx, changes, deletes)
+    await _check_mappings(ctx, changes)
+
+
+async def _check_privileged_keys(ctx: RequestContext, changes: dict[str, Any],
+                                 deletes: list[str]) -> None:
     if ctx.userid == "root@pam":
         return
     for key, value in [*changes.items(), *((k, None) for k in deletes)]:
         refused = vmconf.root_only(key, value)
         if refused:
             raise fail(refused)
+    ev = None
+    for key, value in changes.items():
+        used = vmconf.mapping_uses(key, value)
+        if used is None:
+            continue
+        ev = ev or await ctx.services.access.evaluator()
+        path = f"/mapping/{used[0]}/{used[1]}"
+        if not ev.check(ctx.userid, path, ["Mapping.Use"]):
+            raise PermissionDenied(f"{path}, Mapping.Use")
+        if re.fullmatch(r"hostpci\d+", key) and "romfile=" in str(value):
+            raise param_error(key, "only root@pam can set 'romfile' option")
     if "startup" in changes or "startup" in deletes:
-        ev = await ctx.services.access.evaluator()
+        ev = ev or await ctx.services.access.evaluator()
         if not ev.check(ctx.userid, "/", ["Sys.Modify"]):
             raise PermissionDenied("/, Sys.Modify")
+
+
+async def _check_mappings(ctx: RequestContext, changes: dict[str, Any]) -> None:
+    """A `mapping=`/`dirid=` must name an existing cluster mapping of its type (binome
+    checks it when the config is written; the node's entry is checked at start)."""
+    store = ctx.services.cluster.store
+    errors: dict[str, str] = {}
+    for key, value in sorted(changes.items()):
+        used = vmconf.mapping_uses(key, value)
+        if used is None or store is None:
+            continue
+        if await Mappings(store, used[0]).record(used[1]) is None:
+            errors[key] = f"{used[0]} mapping '{used[1]}' does not exist"
+    if errors:
+        raise ApiError(400, "Parameter verification failed.", errors)
 
 
 def new_disk_storages(changes: dict[str, Any]) -> list[str]:
@@ -525,6 +579,93 @@ def clone_storages(config: dict[str, Any], target: str | None) -> list[str]:
     if config.get("vmstatestorage") and config["vmstatestorage"] not in out:
         out.append(str(config["vmstatestorage"]))
     return out
+
+
+# PVE's parse_volname, as far as check_volume_access needs it: the content type by the
+# volume name's shape, and the VM owning it (a disk's `vm-N-`/`base-N-`, a backup's
+# `vzdump-qemu-N-`)
+_SHARED_VOLUME_KINDS = ("iso", "vztmpl", "import")
+_IMAGE_OWNER_RE = re.compile(r"(?:^|/)(?:vm|base)-(\d+)-[^/]*$")
+_BACKUP_OWNER_RE = re.compile(r"(?:^|/)vzdump-(?:qemu|lxc|openvz)-(\d+)-")
+
+
+def volume_kind(volname: str) -> tuple[str, int | None]:
+    """('iso', None) for 'iso/x.iso', ('images', 100) for '100/vm-100-disk-0.raw' or
+    'vm-100-disk-1', ('backup', 100) for 'backup/vzdump-qemu-100-...'."""
+    head = volname.split("/", 1)[0]
+    if head in (*_SHARED_VOLUME_KINDS, "snippets"):
+        return head, None
+    if m := _BACKUP_OWNER_RE.search(volname):
+        return "backup", int(m.group(1))
+    if m := _IMAGE_OWNER_RE.search(volname):
+        return "images", int(m.group(1))
+    return "images", None
+
+
+def existing_volumes(changes: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, volid or path) of the values that name an existing volume (not a new disk,
+    `none`, a physical `cdrom` or a cloud-init drive to make), the `unusedN` too: what
+    PVE's `$check_storage_access` hands to check_volume_access."""
+    out: list[tuple[str, str]] = []
+    for key in sorted(changes):
+        value = str(changes[key])
+        if vmconf.is_unused_key(key):
+            out.append((key, value.split(",")[0]))
+            continue
+        if not vmconf.is_drive_key(key):
+            continue
+        try:
+            disk = vmconf.parse_drive(key, value)
+        except ValueError:
+            continue                      # validation reports it
+        volid = disk.volid or value.split(",")[0]
+        if disk.new_size_gib is not None or volid in ("", "none", "cdrom") \
+                or volid.endswith(":cloudinit"):
+            continue
+        out.append((key, volid))
+    return out
+
+
+async def _check_volume_access(ctx: RequestContext, vmid: int,
+                               changes: dict[str, Any]) -> None:
+    """PVE's check_volume_access for each existing volume a create or update attaches,
+    before anything changes: without it a VM admin could attach another guest's disk
+    (or a host block device) to their own VM and read it. A physical CD drive needs
+    `Sys.Console` on `/` (PVE)."""
+    if ctx.userid == "root@pam":
+        return
+    ev = await ctx.services.access.evaluator()
+    for key, value in sorted(changes.items()):
+        if vmconf.is_drive_key(key) and str(value).split(",")[0] == "cdrom" \
+                and not ev.check(ctx.userid, "/", ["Sys.Console"]):
+            raise PermissionDenied("/, Sys.Console")
+    for key, volid in existing_volumes(changes):
+        sid, sep, volname = volid.partition(":")
+        if not sep or not sid or volid.startswith("/"):
+            raise fail("Only root can pass arbitrary filesystem paths.")
+        kind, owner = volume_kind(volname)
+        if vmconf.is_unused_key(key) and kind != "images":
+            raise fail(f"unable to use volume {volid} - content type needs to be 'images'")
+        storage = f"/storage/{sid}"
+        if ev.check(ctx.userid, storage, ["Datastore.Allocate"]):
+            continue
+        if kind in _SHARED_VOLUME_KINDS:
+            privs = ["Datastore.AllocateSpace", "Datastore.Audit"]
+            if not ev.check(ctx.userid, storage, privs, any=True):
+                raise PermissionDenied(f"{storage}, {'|'.join(privs)}")
+        elif owner is not None and owner == vmid:
+            continue                      # the VM's own volume
+        elif kind == "backup" and owner is not None:
+            for path, priv in ((storage, "Datastore.AllocateSpace"),
+                               (f"/vms/{owner}", "VM.Backup")):
+                if not ev.check(ctx.userid, path, [priv]):
+                    raise PermissionDenied(f"{path}, {priv}")
+        elif kind == "images" and owner is not None:
+            for path, priv in ((storage, "Datastore.Audit"), (f"/vms/{owner}", "VM.Config.Disk")):
+                if not ev.check(ctx.userid, path, [priv]):
+                    raise PermissionDenied(f"{path}, {priv}")
+        else:
+            raise fail(f"missing privileges to access {volid}")
 
 
 async def _check_storage_access(ctx: RequestContext, storages: list[str]) -> None:
@@ -595,6 +736,7 @@ async def vm_set_config(ctx: RequestContext, params: dict[str, Any]) -> str:
     # refused before the task, as PVE's checks run before it forks a worker
     _check_force(params)
     await _check_config_privs(ctx, params["vmid"], _config_changes(params), _deletes(params))
+    await _check_volume_access(ctx, params["vmid"], _config_changes(params))
 
     async def body(task: Task) -> None:
         await _apply_config(ctx, params, task)
@@ -713,66 +855,160 @@ _power("resume", "qmresume", "Resume a paused virtual machine.",
 
 
 @registry.register(
+    "POST", "/nodes/{node}/qemu/{vmid}/monitor", name="vm_monitor",
+    permission=privs("Sys.Audit", "Sys.Modify", path=VM_PATH, any=True), proxyto="node",
+    description="Execute QEMU monitor commands: `help` and `info ...` need no more "
+                "privilege; commands that only read the guest or send it input need "
+                "Sys.Modify on /; those that change its run state, disks, devices or "
+                "migration are root@pam's (binome.guest.monitor).",
+    parameters={"node": NODE, "vmid": VMID,
+                "command": Param(description="The monitor command.")},
+    returns={"type": "string"},
+    cli=CliSpec(("vm", "monitor"), positional=("vmid", "command")),
+)
+async def vm_monitor(ctx: RequestContext, params: dict[str, Any]) -> str:
+    command = params["command"]
+    try:
+        need = monitor.required(command)
+        has_modify = need != monitor.MODIFY or (
+            await ctx.services.access.evaluator()).check(ctx.userid, "/", ["Sys.Modify"])
+        monitor.check(command, ctx.userid, has_modify)
+    except monitor.MonitorRefused as exc:
+        raise fail(str(exc)) from None
+    except PermissionError as exc:
+        raise PermissionDenied(str(exc)) from None
+    return await guests(ctx).monitor(params["vmid"], command)
+
+
+@registry.register(
     "POST", "/nodes/{node}/qemu/{vmid}/clone", name="vm_clone",
     permission=And(privs("VM.Clone", path=VM_PATH),
                    Or(privs("VM.Allocate", path="/vms/{newid}"), IN_POOL)),
     proxyto="node",
-    description="Create a full copy of a virtual machine or template.",
+    description="Create a copy of virtual machine/template.",
     parameters={"node": NODE, "vmid": VMID, "newid": VMID,
                 "name": Param(format="pve-node", optional=True, max_length=63),
                 "description": Param(optional=True, max_length=8192, extra={"multiline": True}),
                 "target": Param(format="pve-node", optional=True),
-                "full": Param(type="boolean", optional=True, default=True),
+                "full": Param(type="boolean", optional=True,
+                              description="Create a full copy of all disks. This is always "
+                                          "done when you clone a normal VM. For VM "
+                                          "templates, we try to create a linked clone by "
+                                          "default."),
                 "storage": Param(optional=True), "format": Param(optional=True,
                                                                   enum=("raw", "qcow2")),
-                "pool": Param(optional=True), "snapname": Param(optional=True)},
+                "pool": Param(optional=True), "snapname": Param(optional=True),
+                "bwlimit": Param(type="integer", optional=True, minimum=0,
+                                 description="Bandwidth limit of a copy to another node, "
+                                             "in KiB/s.")},
     returns={"type": "string", "description": "UPID"},
     cli=CliSpec(("vm", "clone"), positional=("vmid", "newid")),
 )
 async def vm_clone(ctx: RequestContext, params: dict[str, Any]) -> str:
     service = guests(ctx)
     vmid, newid = params["vmid"], params["newid"]
+    target = params.get("target")
+    if target == ctx.node:
+        target = None
+    if target:
+        _check_target(ctx, {"target": target})
     source = await service.read(vmid)
     # PVE's clone_vm ($check_storage_access_clone): Datastore.AllocateSpace where each
-    # copy is allocated; binome copies each disk on its own storage, so that storage is
-    # checked too when a target `storage` is named
-    storages = clone_storages(source.config, None)
-    if params.get("storage"):
-        storages = [params["storage"], *(s for s in storages if s != params["storage"])]
-    await _check_storage_access(ctx, storages)
+    # copy is allocated (the target `storage`, else each disk's own)
+    snapname = params.get("snapname")
+    config = source.config
+    if snapname:
+        if target:
+            raise param_error("snapname", "cloning a snapshot to another node is not "
+                                          "supported yet: clone it here, then migrate the copy")
+        if snapname not in source.snapshots:
+            raise fail(f"snapshot '{snapname}' does not exist")
+        config = source.snapshots[snapname]
+    full = params.get("full")
+    # differs: PVE refuses `storage`/`format` for a template's default (linked) clone;
+    # binome makes that clone full, as the parameters ask
+    full = bool(full) if full is not None else \
+        (True if params.get("storage") or params.get("format") else None)
+    if full is False:
+        for name in ("storage", "format"):
+            if params.get(name) is not None:
+                raise fail(f"parameter '{name}' not allowed for linked clones")
+    try:
+        linked = await service.clone_is_linked(source, full, snapname=snapname,
+                                               target=target)
+    except GuestFailure as exc:
+        raise fail(str(exc)) from None
+    await _check_storage_access(ctx, clone_storages(config, params.get("storage")))
     owner = await service.owner(newid)
     if owner is not None:
         raise fail(f"unable to create VM {newid} - VM {newid} already exists on node '{owner}'")
-    if params.get("target") not in (None, ctx.node):
-        raise param_error("target", "clone to another node is not supported yet")
+    if target:
+        # PVE refuses a VM on local storage ("can't clone VM to node ... (VM uses local
+        # storage)"); binome copies its disks there over the cluster network
+        if not ctx.services.cluster.node_online(target):
+            raise fail(f"target node '{target}' is not online")
+        await _check_clone_storages(ctx, config, target, params.get("storage"))
+    elif params.get("storage"):
+        await _check_clone_storages(ctx, config, ctx.node, params["storage"])
     await _check_pool(ctx, params.get("pool"))
 
     async def body(task: Task) -> None:
-        await service.clone(task, vmid, newid, params.get("name"), params.get("target"))
+        await service.clone(task, vmid, newid, params.get("name"), target,
+                            params.get("storage"), params.get("bwlimit") or None,
+                            params.get("format"), snapname, not linked)
         await _add_to_pool(ctx, newid, params.get("pool"))
 
     return _start_task(ctx, "qmclone", vmid, body)
+
+
+async def _check_clone_storages(ctx: RequestContext, config: dict[str, Any], target: str,
+                                storage: str | None) -> None:
+    """A clone to another node: each disk's target storage (`storage`, or the disk's
+    own) exists, is enabled on `target` and holds images (PVE's storage_check_enabled
+    texts: `storage` is a 400 on that parameter)."""
+    storages = {c.storage: c for c in await ctx.services.storages.configs()}
+    for sid in clone_storages(config, storage):
+        scfg = storages.get(sid)
+        bad = (f"storage '{sid}' does not exist" if scfg is None else
+               f"storage '{sid}' is not available on node '{target}'"
+               if scfg.disable or not scfg.available_on(target) else
+               f"storage '{sid}' does not support vm images"
+               if "images" not in scfg.content else None)
+        if bad:
+            if storage:
+                raise param_error("storage", bad)
+            raise fail(bad)
 
 
 @registry.register(
     "POST", "/nodes/{node}/qemu/{vmid}/template", name="vm_template",
     permission=privs("VM.Allocate", path=VM_PATH), proxyto="node",
     description="Convert the VM to a template (it can then only be cloned).",
-    parameters={"node": NODE, "vmid": VMID, "disk": Param(optional=True)},
+    parameters={"node": NODE, "vmid": VMID,
+                "disk": Param(optional=True, pattern=r"(?:virtio|scsi|ide|sata)\d+|efidisk0"
+                                                     r"|tpmstate0",
+                              description="If you want to convert only 1 disk to base "
+                                          "image.")},
     returns={"type": "string", "description": "UPID"},
     cli=CliSpec(("vm", "template"), positional=("vmid",)),
 )
 async def vm_template(ctx: RequestContext, params: dict[str, Any]) -> str:
     service = guests(ctx)
     vmid = params["vmid"]
+    disk = params.get("disk")
+    if disk is not None and not vmconf.is_drive_key(disk):
+        raise param_error("disk", f"value '{disk}' does not have a value in the enumeration")
     vm = await service.read(vmid)
+    # PVE's checks, in its order and texts
+    if vm.snapshots:
+        raise fail("unable to create template, because VM contains snapshots")
+    if vm.config.get("template") and not disk:
+        raise fail("you can't convert a template to a template")
     if service.runtime.is_running(vmid):
-        raise fail(f"VM {vmid} is running: shut it down before converting it to a template")
-    if vm.config.get("template"):
-        raise fail(f"VM {vmid} is already a template")
+        raise fail("you can't convert a VM to template if VM is running")
 
     async def body(task: Task) -> None:
-        await service.make_template(task, vmid)
+        await service.make_template(task, vmid, disk)
 
     return _start_task(ctx, "qmtemplate", vmid, body)
 
@@ -886,10 +1122,15 @@ async def vm_migrate_precondition(ctx: RequestContext, params: dict[str, Any]) -
                                description="Accepted for compatibility (no local resources "
                                            "to override)."),
                 "with-local-disks": Param(type="boolean", optional=True, default=False,
-                                          description="Copy local disks (not implemented: "
-                                                      "refused)."),
-                "targetstorage": Param(optional=True, description="Not supported: disks "
-                                       "stay on their replicated storage."),
+                                          description="Live migration of a VM with local "
+                                                      "disks: QEMU mirrors them to new "
+                                                      "volumes on the target (a stopped "
+                                                      "VM's local disks are always "
+                                                      "copied)."),
+                "targetstorage": Param(optional=True, description="Mapping from source to "
+                                       "target storages of the local disks copied "
+                                       "(PVE's pve-storage-id-map: 'src:dst,...', one "
+                                       "storage id for all, or 1 for the same ids)."),
                 "migration_type": Param(optional=True, enum=("secure", "insecure"),
                                         description="Accepted; the state goes over plain "
                                                     "TCP on the cluster network."),
@@ -905,20 +1146,34 @@ async def vm_migrate(ctx: RequestContext, params: dict[str, Any]) -> str:
     service = guests(ctx)
     vmid = params["vmid"]
     target = _check_target(ctx, params)
-    for unsupported in ("targetstorage", "migration_network"):
-        if params.get(unsupported):
-            raise param_error(unsupported, "not supported by binome")
+    if params.get("migration_network"):
+        raise param_error("migration_network", "not supported by binome")
+    storage_map = None
+    if params.get("targetstorage"):
+        try:
+            storage_map = parse_storage_map(str(params["targetstorage"]))
+        except ValueError as exc:
+            raise param_error("targetstorage", f"failed to parse storage map: {exc}") from None
+        # PVE: Datastore.AllocateSpace on each target storage
+        await _check_storage_access(ctx, sorted({*storage_map.entries.values(),
+                                                 *([storage_map.default]
+                                                   if storage_map.default else [])}))
     await service.read(vmid)
     if await ha_api.ha_resource(ctx, vmid) is not None:
+        if storage_map is not None:
+            raise param_error("targetstorage", "not supported for an HA-managed VM (the "
+                              "HA manager moves it)")
         return await _ha_migrate(ctx, vmid, target)
     online = bool(params.get("online"))
     await service.check_migratable(vmid, target, online=online,
-                                   with_local_disks=bool(params.get("with-local-disks")))
+                                   with_local_disks=bool(params.get("with-local-disks")),
+                                   storage_map=storage_map)
 
     async def body(task: Task) -> None:
         await service.migrate_vm(task, vmid, target, online=online,
                                  with_local_disks=bool(params.get("with-local-disks")),
-                                 bwlimit_kib=params.get("bwlimit") or None)
+                                 bwlimit_kib=params.get("bwlimit") or None,
+                                 storage_map=storage_map)
 
     return _start_task(ctx, "qmigrate", vmid, body)
 
@@ -980,7 +1235,11 @@ async def _ha_migrate(ctx: RequestContext, vmid: int, target: str) -> str:
                 "the paused QEMU, demote), promote (after an offline migration).",
     parameters={"node": NODE, "vmid": VMID,
                 "phase": Param(enum=("prepare", "resume", "abort", "promote")),
-                "source": Param(format="pve-node", description="The source node.")},
+                "source": Param(format="pve-node", description="The source node."),
+                "volumes": Param(optional=True, max_length=65536,
+                                 description="prepare: the local volumes' copies here, "
+                                             "'old=new,...' (their disks are exported "
+                                             "over NBD for the source's mirror jobs).")},
     returns={"type": "object"},
 )
 async def vm_migrate_incoming(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
@@ -989,9 +1248,43 @@ async def vm_migrate_incoming(ctx: RequestContext, params: dict[str, Any]) -> di
     if source == ctx.services.config.name:
         raise param_error("source", "source is the local node")
     if phase == "prepare":
-        return await service.incoming_prepare(vmid, source)
+        volids = dict(pair.split("=", 1) for pair in
+                      str(params.get("volumes") or "").split(",") if "=" in pair)
+        return await service.incoming_prepare(vmid, source, volids or None)
     if phase == "resume":
         return await service.incoming_resume(vmid, source)
     if phase == "abort":
         return await service.incoming_abort(vmid, source)
     return await service.incoming_promote(vmid)
+
+
+@registry.register(
+    "POST", "/nodes/{node}/qemu/{vmid}/migrate/import", name="vm_migrate_import",
+    permission=MIGRATE, proxyto="node",
+    description="binome-internal step of a migration or clone that copies a stopped "
+                "VM's local disks, on the target node, called by the source node's task: "
+                "start (allocate a volume on `storage`, export it over NBD for the copy), "
+                "finish (the copy is whole: end the export), abort (free the copies), "
+                "allocate (a volume a live migration's incoming QEMU receives).",
+    parameters={"node": NODE, "vmid": VMID,
+                "phase": Param(enum=("start", "finish", "abort", "allocate")),
+                "source": Param(format="pve-node", description="The source node."),
+                "storage": Param(optional=True, description="Target storage (start)."),
+                "size": Param(type="integer", optional=True, minimum=0,
+                              description="Volume size in bytes (start)."),
+                "format": Param(optional=True, enum=("raw", "qcow2"),
+                                description="Wanted format (start)."),
+                "name": Param(optional=True, pattern=r"vm-\d+-cloudinit",
+                              description="Volume name (start: a cloud-init drive)."),
+                "volumes": Param(optional=True, max_length=65536,
+                                 description="Volids (finish, abort).")},
+    returns={"type": "object"},
+)
+async def vm_migrate_import(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    if params["source"] == ctx.services.config.name:
+        raise param_error("source", "source is the local node")
+    volumes = [v for v in str(params.get("volumes") or "").split(",") if v] or None
+    return await guests(ctx).import_volume(
+        params["phase"], params["vmid"], params["source"], storage=params.get("storage"),
+        size=params.get("size"), fmt=params.get("format"), volumes=volumes,
+        name=params.get("name"))

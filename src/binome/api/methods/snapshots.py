@@ -5,7 +5,8 @@ The snapshot tree and the flows belong to the guest service (`guest.snapshots`);
 these handlers validate, refuse early what PVE would refuse (so a refused
 request changes nothing and the client reads PVE's text: a GuestFailure is
 answered as PVE's 500 with it), start the task
-(qmsnapshot, qmrollback, qmdelsnapshot) and shape the answers.
+(qmsnapshot, qmrollback, qmdelsnapshot) and shape the answers. Also PVE's feature
+check (`GET .../feature`: snapshot, clone, copy), answered by `guest.features`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from binome.api.methods.common import NODE
 from binome.api.methods.qemu import VM_PATH, VMID, guests, typed_config
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
+from binome.guest import features
+from binome.guest.features import FEATURES
 from binome.guest.snapshots import reserved_name_error
 from binome.tasks.manager import Task
 
@@ -158,3 +161,21 @@ async def vm_delsnapshot(ctx: RequestContext, params: dict[str, Any]) -> str:
         await service.snapshots.delete(task, vmid, snapname, force=params["force"])
 
     return ctx.services.tasks.start("qmdelsnapshot", str(vmid), ctx.userid, body)
+
+
+@registry.register(
+    "GET", "/nodes/{node}/qemu/{vmid}/feature", name="vm_feature",
+    permission=privs("VM.Audit", path=VM_PATH), proxyto="node",
+    description="Check if feature for virtual machine is available.",
+    parameters={"node": NODE, "vmid": VMID,
+                "feature": Param(enum=FEATURES, description="Feature to check."),
+                "snapname": Param(format="pve-configid", max_length=40, optional=True,
+                                  description="The name of the snapshot.")},
+    returns={"type": "object", "properties": {
+        "hasFeature": {"type": "boolean"},
+        "nodes": {"type": "array", "items": {"type": "string"}}}},
+    cli=CliSpec(("vm", "feature"), positional=("vmid", "feature")),
+)
+async def vm_feature(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    return await features.vm_feature(guests(ctx).ctx, params["vmid"], params["feature"],
+                                     params.get("snapname"))

@@ -1,6 +1,7 @@
 """Storage content changes: allocate a disk image (`POST .../content`), delete any volume
 (`free_volume`, behind `DELETE .../content/{volume}`), upload (`POST .../upload`) and
-download (`POST .../download-url`) ISO images, container templates and snippets, and
+download (`POST .../download-url`) ISO images, container templates and snippets, copy a
+disk image (`POST .../content/{volume}`, `binome.storage.copy`), and
 `GET /nodes/{node}/query-url-metadata` (PVE's Content.pm, Status.pm and Nodes.pm).
 
 Validates, calls and shapes: volumes are the storage backends' (`binome.storage`), a
@@ -16,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from binome.access.permission import AnyUser
+from binome.access.permission import ROOT_ONLY, AnyUser
 from binome.api.context import UPLOAD_PART, RequestContext
 from binome.api.errors import ApiError, ParamError, fail, param_error
 from binome.api.methods.common import NODE
@@ -26,7 +27,8 @@ from binome.api.schema import Param
 from binome.errors import BinomeError
 from binome.guest.configs import VmConfigs
 from binome.storage import upload
-from binome.storage.base import Storage, StorageError
+from binome.storage.base import Storage, StorageError, parse_image_volname
+from binome.storage.copy import copy_volume
 from binome.tasks.manager import Task, TaskFailed
 
 UPID_RETURN = {"type": "string", "description": "UPID"}
@@ -147,8 +149,9 @@ async def free_volume(ctx: RequestContext, volid: str, storage: Storage) -> str:
 
 
 def _image_owner(volname: str) -> int | None:
-    """The VM a disk image volume belongs to by its name; None for other content."""
-    m = re.match(r"^(?:\d+/)?(?:vm|base)-(\d+)-", volname)
+    """The VM a disk image volume belongs to by its name; None for other content (a
+    linked clone's: the clone's, named last, after its base)."""
+    m = re.match(r"^(?:\d+/base-\d+-[^/]+/)?(?:\d+/)?(?:vm|base)-(\d+)-", volname)
     return int(m.group(1)) if m else None
 
 
@@ -324,3 +327,59 @@ async def node_query_url_metadata(ctx: RequestContext, params: dict[str, Any]
         return await upload.url_metadata(params["url"], verify=params["verify-certificates"])
     except BinomeError as exc:
         raise fail(str(exc)) from None
+
+
+# ------------------------------------------------------------ copy
+
+def real_volume_id(storage_id: str | None, volume: str, param: str) -> str:
+    """PVE's `$real_volume_id`: a full volume id (its storage must be the path's), or a
+    volume name on the path's storage."""
+    if ":" in volume:
+        sid, _, volname = volume.partition(":")
+        if not sid or not volname:
+            raise param_error(param, f"unable to parse volume ID '{volume}'")
+        if storage_id and sid != storage_id:
+            raise param_error(param, f"storage ID mismatch ({sid} != {storage_id})")
+        return volume
+    if not storage_id:
+        raise param_error(param, "no storage specified - incomplete volume ID")
+    return f"{storage_id}:{volume}"
+
+
+@registry.register(
+    "POST", "/nodes/{node}/storage/{storage}/content/{volume}", name="storage_volume_copy",
+    permission=ROOT_ONLY, proxyto="node",
+    description="Copy a volume (a disk image) to a new volume of the given name, on this "
+                "node (PVE: 'This is experimental code - do not use.').",
+    parameters={"node": NODE, "storage": STORAGE_ID,
+                "volume": Param(max_length=4096, description="Source volume identifier"),
+                "target": Param(max_length=4096, description="Target volume identifier"),
+                "target_node": Param(format="pve-node", optional=True,
+                                     description="Target node. Default is local node.")},
+    returns={"type": "string", "description": "UPID"},
+    cli=CliSpec(("storage", "copy"), positional=("storage", "volume", "target")),
+)
+async def storage_volume_copy(ctx: RequestContext, params: dict[str, Any]) -> str:
+    target_node = params.get("target_node") or ctx.node
+    if target_node not in (ctx.node, "localhost"):
+        raise param_error("target_node", "a copy to another node is not implemented: "
+                                         "copy on this node, then migrate the guest")
+    src_volid = real_volume_id(params["storage"], params["volume"], "volume")
+    # PVE resolves the target against the path's storage too
+    dst_volid = real_volume_id(params["storage"], params["target"], "target")
+    src = await _storage(ctx, src_volid.partition(":")[0])
+    dst = await _storage(ctx, dst_volid.partition(":")[0])
+    try:
+        src.source(src_volid)          # the source must exist and be a volume here
+        parse_image_volname(src_volid.partition(":")[2])
+        parse_image_volname(dst_volid.partition(":")[2])
+    except StorageError as exc:
+        raise fail(str(exc)) from None
+
+    async def body(task: Task) -> None:
+        try:
+            await copy_volume(src, src_volid, dst, dst_volid, task.log)
+        except StorageError as exc:
+            raise TaskFailed(str(exc)) from None
+
+    return ctx.services.tasks.start("imgcopy", "", ctx.userid, body)

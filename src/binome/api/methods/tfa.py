@@ -1,8 +1,11 @@
-"""/access/tfa: users' second factors (PVE 7+'s TFA.pm: TOTP and recovery keys).
+"""/access/tfa: users' second factors (PVE 7+'s TFA.pm: TOTP, WebAuthn and recovery keys).
 
 Secrets (TOTP seeds, recovery keys) are never returned, except the recovery keys once,
-in the answer that creates them. Writes refuse API tokens and, for anyone but root@pam,
-need the caller's current password (PVE's `password` confirmation).
+in the answer that creates them. WebAuthn registers in two POSTs as in PVE: without
+`value` the answer's `challenge` holds the creation options; the second POST brings that
+challenge back with the client's credential as `value`. Writes refuse API tokens, need
+the caller's current password for anyone but root@pam (PVE's `password` confirmation),
+and only root@pam changes root@pam's factors (PVE's reauth_user_for_user_modification).
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ from typing import Any
 from binome.access import ops, tfa
 from binome.access.model import ROOT_USER, AccessConfig, TfaUser
 from binome.access.permission import AnyUser, Or, UseridGroup, UseridSelf
-from binome.api import auth
+from binome.access.repository import AccessConflict, AccessRepository
 from binome.api.context import RequestContext
 from binome.api.errors import ApiError, ParamError
-from binome.api.methods.common import access_change
+from binome.api.methods.common import access_change, reauth_user_for_user_modification
 from binome.api.registry import CliSpec, registry
 from binome.schema import Param
 
@@ -26,25 +29,6 @@ TFA_ID = Param(description="A TFA entry id.", max_length=64)
 PASSWORD = Param(optional=True, secret=True, max_length=64,
                  description="The current password of the user performing the change.")
 WRITE = Or(UseridSelf(), UseridGroup(("User.Modify",)))
-
-
-async def _confirm_password(ctx: RequestContext, params: dict[str, Any]) -> None:
-    """PVE asks everyone but root@pam for their current password before a TFA change:
-    a stolen ticket alone must not be enough to replace a second factor."""
-    if ctx.userid == ROOT_USER:
-        return
-    password = params.get("password")
-    if not password:
-        raise ParamError({"password": "property is missing and it is not optional"})
-    access = ctx.services.access
-    source = ctx.request.remote if ctx.request is not None and ctx.request.remote else "local"
-    # the login limiter here too: a stolen ticket must not become a password oracle
-    wait = access.limiter.retry_after(ctx.userid, source, access.now())
-    if wait > 0:
-        raise ApiError(500, access.limiter.message(wait))
-    if not await access.verify_password(ctx.userid, password, auth.pam_authenticate):
-        access.limiter.failure(ctx.userid, source, access.now())
-        raise ApiError(500, "authentication failure")
 
 
 def _user_entries(cfg: AccessConfig, userid: str) -> TfaUser:
@@ -63,8 +47,12 @@ def _public_user(t: TfaUser, now: float) -> dict[str, Any]:
     permission=AnyUser("users whose TFA the caller may see: oneself, or Sys.Audit/User.Modify "
                        "on /access/groups"),
     description="List TFA configurations of users.",
+    parameters={"userid": Param(optional=True, format="pve-userid",
+                                description="binome: only this user's entries (pveum's "
+                                            "`user tfa list USERID`).")},
     returns={"type": "array"},
-    cli=CliSpec(("tfa", "list"), formatter="json"),
+    cli=(CliSpec(("tfa", "list"), formatter="json"),
+         CliSpec(("user", "tfa", "list"), positional=("userid",), formatter="tfa_entries")),
 )
 async def tfa_list(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
     cfg = await ctx.services.access.config()
@@ -74,8 +62,9 @@ async def tfa_list(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str
     now = ctx.services.access.now()
     # the lock-out state as stored now (logins move it without a configuration bump)
     states = await ctx.services.access.tfa_states()
+    only = params.get("userid")
     return [_public_user(states.get(uid, t), now) for uid, t in sorted(cfg.tfa.items())
-            if everyone or uid == ctx.userid]
+            if (everyone or uid == ctx.userid) and only in (None, uid)]
 
 
 @registry.register(
@@ -95,19 +84,24 @@ async def tfa_user(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str
     description="Add a TFA entry for a user.",
     parameters={
         "userid": USERID,
-        "type": Param(enum=("totp", "recovery"), description="TFA entry type."),
+        "type": Param(enum=("totp", "recovery", "webauthn"),
+                      description="TFA entry type (binome: not u2f or yubico)."),
         "description": Param(optional=True, max_length=255, description="A description."),
         "totp": Param(optional=True, secret=True, max_length=1024,
                       description="A totp URI (otpauth://totp/...)."),
-        "value": Param(optional=True, max_length=64,
-                       description="The current value of the TOTP, proving the seed."),
+        "value": Param(optional=True, max_length=16384,
+                       description="The current value for the provided totp URI, or a "
+                                   "Webauthn challenge response"),
+        "challenge": Param(optional=True, max_length=1024,
+                           description="When responding to a webauthn challenge: the "
+                                       "original challenge string"),
         "password": PASSWORD,
     },
     returns={"type": "object"},
 )
 async def tfa_add(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     userid = params["userid"]
-    await _confirm_password(ctx, params)
+    await reauth_user_for_user_modification(ctx, params["userid"], params.get("password"))
     now = ctx.services.access.now()
     kind = params["type"]
     description = params.get("description", "")
@@ -116,6 +110,10 @@ async def tfa_add(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
                    for k in ("totp", "value") if not params.get(k)}
         if missing:
             raise ParamError(missing)
+    if kind == "totp" and len(params["value"]) > 64:
+        raise ParamError({"value": "value may only be 64 characters long"})
+    if kind == "webauthn":
+        return await _webauthn_add(ctx, userid, params, description, now)
     entry_id = "recovery" if kind == "recovery" else secrets.token_hex(8)
     keys: list[str] = []
 
@@ -138,6 +136,48 @@ async def tfa_add(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
     if keys:
         out["recovery"] = keys
     return out
+
+
+async def _webauthn_add(ctx: RequestContext, userid: str, params: dict[str, Any],
+                        description: str, now: float) -> dict[str, Any]:
+    cfg = await ctx.services.access.config()
+    challenge, value = params.get("challenge"), params.get("value")
+    if challenge is None and value is None:
+        # step one: the challenge is state (kept with the user's TFA counters), not
+        # configuration: no config-version bump
+        store = ctx.services.cluster.store
+        if store is None:
+            raise ApiError(503, "the cluster store is not available")
+        try:
+            options = await AccessRepository(store).update_tfa_state(
+                userid, lambda t: tfa.webauthn_register_begin(
+                    t, cfg.webauthn, description=description, now=now))
+        except tfa.TfaError as exc:
+            raise ApiError(500, "; ".join(exc.errors.values())) from None
+        except AccessConflict as exc:
+            raise ApiError(500, str(exc)) from None
+        return {"challenge": options}
+    if challenge is None or value is None:
+        raise ParamError({"value" if value is None else "challenge":
+                          "missing 'value' parameter (webauthn challenge response missing)"})
+    entry_id = secrets.token_hex(8)
+    errors: dict[str, str] = {}
+
+    def op(cfg: AccessConfig) -> AccessConfig:
+        user = _user_entries(cfg, userid)
+        try:
+            new = tfa.webauthn_register_finish(user, cfg.webauthn, challenge, value,
+                                               entry_id=entry_id, now=now)
+        except tfa.TfaError as exc:
+            errors.update(exc.errors)
+            # the refused answer spends its challenge all the same
+            new, _ = tfa.spend_challenge(user, "register", challenge, now)
+        return ops.set_tfa(cfg, new)
+
+    await access_change(ctx, f"add webauthn TFA entry for {userid}", op)
+    if errors:
+        raise ParamError(errors)
+    return {"id": entry_id}
 
 
 def _find(cfg: AccessConfig, userid: str, entry_id: str) -> tuple[TfaUser, int]:
@@ -170,7 +210,7 @@ async def tfa_entry(ctx: RequestContext, params: dict[str, Any]) -> dict[str, An
                 "password": PASSWORD},
 )
 async def tfa_update(ctx: RequestContext, params: dict[str, Any]) -> None:
-    await _confirm_password(ctx, params)
+    await reauth_user_for_user_modification(ctx, params["userid"], params.get("password"))
 
     def op(cfg: AccessConfig) -> AccessConfig:
         user, i = _find(cfg, params["userid"], params["id"])
@@ -188,10 +228,11 @@ async def tfa_update(ctx: RequestContext, params: dict[str, Any]) -> None:
     "DELETE", "/access/tfa/{userid}/{id}", name="tfa_delete", permission=WRITE,
     allow_token=False, description="Delete a TFA entry by ID.",
     parameters={"userid": USERID, "id": TFA_ID, "password": PASSWORD},
-    cli=CliSpec(("tfa", "delete"), positional=("userid", "id")),
+    cli=(CliSpec(("tfa", "delete"), positional=("userid", "id")),
+         CliSpec(("user", "tfa", "delete"), positional=("userid",))),   # pveum: --id ID
 )
 async def tfa_delete(ctx: RequestContext, params: dict[str, Any]) -> None:
-    await _confirm_password(ctx, params)
+    await reauth_user_for_user_modification(ctx, params["userid"], params.get("password"))
 
     def op(cfg: AccessConfig) -> AccessConfig:
         user, i = _find(cfg, params["userid"], params["id"])

@@ -1,4 +1,5 @@
-"""Backup methods: `POST /nodes/{node}/vzdump` and deleting a storage volume (backups).
+"""Backup methods: `POST /nodes/{node}/vzdump`; a storage volume's attributes (`GET`), their
+update and its deletion (`.../content/{volume}`, backups and other volumes).
 
 The job and the backup format belong to `binome.guest.backups` (through the node's
 `GuestService`) and to the storage's datastore; this module validates PVE's vzdump
@@ -175,6 +176,80 @@ async def _backup_volume(ctx: RequestContext, params: dict[str, Any]) -> tuple[s
         if vmid is None or not ev.check(ctx.userid, f"/vms/{vmid}", ["VM.Backup"]):
             raise PermissionDenied(f"/storage/{storage_id}, Datastore.Allocate")
     return volid, volname, storage
+
+
+def _volume_id(params: dict[str, Any]) -> tuple[str, str]:
+    """PVE's real_volume_id: `volume` is a full volid, or a name on `storage`."""
+    volume = params["volume"]
+    if ":" not in volume and not params.get("storage"):
+        raise param_error("storage", "storage ID missing")
+    volid = volume if ":" in volume else f"{params['storage']}:{volume}"
+    storage_id, volname = split_volid(volid)
+    if params.get("storage") not in (None, storage_id):
+        raise param_error("volume", f"volume is not on storage '{params['storage']}'")
+    return volid, volname
+
+
+async def _check_read_access(ctx: RequestContext, storage_id: str, volname: str) -> None:
+    """PVE's check_volume_access (no owner VM given): ISO images and templates to who
+    may see the storage, a guest's disk to who may see the storage and configure the
+    guest's disks, a backup to who may back the guest up, the rest to its administrator."""
+    ev = await ctx.services.access.evaluator()
+    store = f"/storage/{storage_id}"
+
+    def need(path: str, *names: str, any_: bool = False) -> None:
+        if not ev.check(ctx.userid, path, list(names), any=any_):
+            raise PermissionDenied(f"{path}, {', '.join(names)}")
+
+    vmid = _backup_vmid(volname)
+    if volname.split("/", 1)[0] in ("iso", "vztmpl", "import"):
+        need(store, "Datastore.AllocateSpace", "Datastore.Audit", any_=True)
+    elif vmid is not None:
+        need(store, "Datastore.AllocateSpace")
+        need(f"/vms/{vmid}", "VM.Backup")
+    elif volname[:1].isdigit() and "/" in volname:     # an image: VMID/NAME
+        need(store, "Datastore.Audit")
+        need(f"/vms/{volname.split('/', 1)[0]}", "VM.Config.Disk")
+    else:
+        need(store, "Datastore.Allocate")
+
+
+@registry.register(
+    "GET", "/nodes/{node}/storage/{storage}/content/{volume}", name="storage_volume_info",
+    permission=AnyUser("PVE's check_volume_access on the volume"), proxyto="node",
+    description="Get volume attributes.",
+    parameters={"node": NODE, "storage": Param(optional=True, pattern=STORAGE_ID.pattern),
+                "volume": Param(max_length=1024, description="Volume identifier")},
+    returns={"type": "object", "properties": {
+        "path": {"type": "string"}, "size": {"type": "integer"}, "used": {"type": "integer"},
+        "format": {"type": "string"}, "notes": {"type": "string", "optional": 1},
+        "protected": {"type": "boolean", "optional": 1}}},
+    cli=CliSpec(("storage", "volume-info"), positional=("storage", "volume")),
+)
+async def storage_volume_info(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    volid, volname = _volume_id(params)
+    storage_id = volid.split(":", 1)[0]
+    await _check_read_access(ctx, storage_id, volname)
+    try:
+        storage = await ctx.services.storages.get(storage_id)
+        entry = next((v for v in await storage.list() if v["volid"] == volid), None)
+    except StorageError as error:
+        raise fail(str(error)) from None
+    if entry is None:
+        # PVE's text when volume_size_info finds nothing there
+        raise fail(f"volume_size_info on '{volid}' failed - no format")
+    try:
+        path = storage.source(volid).source
+    except StorageError:
+        path = volid        # a backup of binome's format: a datastore snapshot, no one file
+    out: dict[str, Any] = {"path": path, "size": int(entry.get("size") or 0),
+                           "used": int(entry.get("used", entry.get("size")) or 0),
+                           "format": entry["format"]}
+    if entry.get("notes"):
+        out["notes"] = entry["notes"]
+    if "protected" in entry:
+        out["protected"] = int(bool(entry["protected"]))
+    return out
 
 
 @registry.register(

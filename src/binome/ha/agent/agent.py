@@ -66,7 +66,7 @@ from binome.ha.model import LrmState, NodeState
 from binome.ha.timers import HaTimers
 from binome.loops import Backoff, run_periodic, stop_tasks
 from binome.store import keys
-from binome.store.client import StoreUnavailable
+from binome.store.client import Store, StoreUnavailable
 
 if TYPE_CHECKING:
     from binome.cluster.cluster import ClusterService
@@ -317,7 +317,9 @@ class HaAgent:
             self.armed_sids = set()
 
     def watchdog_fired(self) -> bool:
-        return self.watchdog.read_status().fired
+        # once per fire: a fire the LRM handled stays latched in the supervisor's report
+        # until its next tick after the LRM armed again (`Watchdog.new_fire`)
+        return self.watchdog.new_fire()
 
     async def _ensure_watchdog(self) -> None:
         try:
@@ -497,19 +499,20 @@ class HaAgent:
         store = await self._hb_link.store(self.store)
         if store is None or lease is None:
             return False
+        # after a failed attempt, the retry goes to every member at once (KeeperLink)
+        retry = self._hb_link.failures > 0
+        stores = self._hb_link.fanout(store) if retry else [store]
+        # (its wall clock: the CRM compares the nodes' clocks, ha.agent.clock_skew)
+        beat = {"seq": seq, "time": round(time.time(), 3)}
         sent = time.monotonic()
         try:
-            ttl = await store.refresh_lease(lease, timeout=self.io_timeout)
-            if ttl <= 0:
-                self._hb_ok = False
-                return False
-            # (its wall clock: the CRM compares the nodes' clocks, ha.agent.clock_skew)
-            beat = {"seq": seq, "time": round(time.time(), 3)}
-            rev = await store.txn([], {keys.ha_heartbeat(self.node): (beat, lease)},
-                                  (), self.io_timeout)
+            via, ttl, rev = await self._renew_first(stores, lease, beat)
         except StoreUnavailable:
-            await self._hb_link.failed(hung=time.monotonic() - sent >= self.io_timeout * 0.9)
+            await self._hb_link.failed()
             raise
+        if ttl <= 0:
+            self._hb_ok = False
+            return False
         if rev is None:
             return False
         lrm = self.lrm
@@ -518,12 +521,54 @@ class HaAgent:
             if lrm.armed and lrm.state == LrmState.ACTIVE and self.armed_sids:
                 self._arm_locked(sent + self.timers.self_fence_deadline, self.armed_sids)
         self.renewals.renewed(sent, time.monotonic() - sent, self.node)
-        await self._hb_link.succeeded(store)
+        await self._hb_link.renewed_through(via)
         bridge = self._bridge
         if bridge is not None and bridge.guarding is False:
             bridge.stop("the HA agent renews the lease (no armed watchdog to carry)")
         self._save_lease_record(lease)
         return True
+
+    async def _renew_through(self, store: Store, lease: int, beat: dict[str, Any],
+                             ) -> tuple[Store, int, int | None]:
+        """Refresh the lease and write the heartbeat bound to it, through `store`:
+        (store, the lease's TTL, the revision; None if the write did not apply)."""
+        ttl = await store.refresh_lease(lease, timeout=self.io_timeout)
+        if ttl <= 0:
+            return store, ttl, None
+        rev = await store.txn([], {keys.ha_heartbeat(self.node): (beat, lease)}, (),
+                              self.io_timeout)
+        return store, ttl, rev
+
+    async def _renew_first(self, stores: list[Store], lease: int, beat: dict[str, Any],
+                           ) -> tuple[Store, int, int | None]:
+        """Renew through all of `stores` at once; the first that renews (or says the lease
+        is gone: the leader's word, final) wins, the others are cancelled.
+        StoreUnavailable when none could."""
+        if len(stores) == 1:
+            return await self._renew_through(stores[0], lease, beat)
+        pending = {asyncio.ensure_future(self._renew_through(s, lease, beat))
+                   for s in stores}
+        error: BaseException | None = None
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    exc = task.exception()
+                    if exc is None:
+                        result = task.result()
+                        if result[1] <= 0 or result[2] is not None:
+                            return result
+                    elif isinstance(exc, StoreUnavailable):
+                        error = exc
+                    else:
+                        raise exc
+            raise StoreUnavailable(f"no etcd member renewed the lease ({error})")
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
 
     def _save_lease_record(self, lease: int) -> None:
         """What a restarted daemon needs to bridge its lease (`lease_bridge`): saved when

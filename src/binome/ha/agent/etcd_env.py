@@ -60,6 +60,7 @@ from binome.ha.model import (
     ResourceConfig,
     ServiceState,
 )
+from binome.ha.rules import Rule, decode_rules
 from binome.storage import placement
 from binome.store import keys
 from binome.store.client import LeasedEntry, Store, StoreUnavailable
@@ -403,6 +404,10 @@ class EtcdEnv:
     def read_groups(self) -> dict[str, GroupConfig]:
         self._need()
         return decode_groups(self._value(keys.HA_GROUPS, {}))
+
+    def read_rules(self) -> dict[str, Rule]:
+        self._need()
+        return decode_rules(self._value(keys.HA_RULES, {}))
 
     def read_commands(self) -> list[tuple[str, str]]:
         self._need()

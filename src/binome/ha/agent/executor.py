@@ -252,7 +252,10 @@ async def release_fenced_volumes(hub: HaAgent, busy: set[int]) -> list[str]:
         name = volid.partition(":")[2]
 
         def idle(vmid: int = vmid) -> bool:
-            return hub.guests is None or not hub.guests.runtime.is_running(vmid)
+            # asked under the volume's lock, after the engine's status: an incoming
+            # migration holds the guest from before it promotes until QEMU has the copy
+            return hub.guests is None or not (hub.guests.runtime.is_running(vmid)
+                                              or hub.guests.operating_here(vmid))
 
         try:
             # the config's node: a guest recovered elsewhere by the watchdog proof while

@@ -19,7 +19,11 @@
                               "max_restart": 1, "max_relocate": 1,
                               "volumes": {"vm-100-disk-0": {"n1": "UpToDate",
                                                             "n2": "UpToDate"}}}},
-     "groups": {"g1": {"nodes": "n1:2,n2:1", "restricted": false, "nofailback": false}}}
+     "groups": {"g1": {"nodes": "n1:2,n2:1", "restricted": false, "nofailback": false}},
+     "rules": {"apart": {"type": "resource-affinity", "resources": "vm:100,vm:101",
+                         "affinity": "negative"},
+               "pin": {"type": "node-affinity", "resources": "vm:102", "nodes": "n2:1,n3",
+                       "strict": true}}}
 
 A resource without `volumes` gets one volume `vm-<id>-disk-0` replicated and
 UpToDate on every node; `"volumes": {}` means no replicated storage.
@@ -32,6 +36,7 @@ from typing import Any
 
 from binome.config import ConfigError
 from binome.ha.model import GroupConfig, ResourceConfig, ShutdownPolicy
+from binome.ha.rules import Rule, check_rule_id
 from binome.ha.timers import HaTimers
 
 DISK_STATES = ("UpToDate", "Outdated", "Inconsistent", "DUnknown")
@@ -98,6 +103,7 @@ class ServiceSpec:
 class ServicesSpec:
     services: list[ServiceSpec]
     groups: dict[str, GroupConfig]
+    rules: dict[str, Rule] = field(default_factory=dict)
 
 
 def _known(data: dict[str, Any], keys: set[str], where: str) -> None:
@@ -140,13 +146,13 @@ def parse_cluster(data: dict[str, Any]) -> ClusterSpec:
 
 
 def parse_services(data: dict[str, Any], cluster: ClusterSpec) -> ServicesSpec:
-    _known(data, {"resources", "groups", "comment"}, "services")
+    _known(data, {"resources", "groups", "rules", "comment"}, "services")
     groups = {name: GroupConfig.from_dict(name, g)
               for name, g in (data.get("groups") or {}).items()}
     services = []
     for sid, spec in (data.get("resources") or {}).items():
         _known(spec, {"node", "state", "group", "max_restart", "max_relocate", "comment",
-                      "volumes"}, f"services.resources.{sid}")
+                      "failback", "volumes"}, f"services.resources.{sid}")
         node = spec.get("node")
         if node not in cluster.node_names:
             raise ConfigError(f"services.resources.{sid}.node: unknown node {node!r}")
@@ -163,4 +169,13 @@ def parse_services(data: dict[str, Any], cluster: ClusterSpec) -> ServicesSpec:
                     raise ConfigError(f"services.resources.{sid}.volumes.{vol}.{n}: "
                                       f"unknown node or disk state {state!r}")
         services.append(ServiceSpec(cfg, node, {v: dict(s) for v, s in volumes.items()}))
-    return ServicesSpec(services=services, groups=groups)
+    rules = {}
+    for order, (rule_id, spec) in enumerate((data.get("rules") or {}).items(), start=1):
+        _known(spec, {"type", "resources", "nodes", "strict", "affinity", "disable",
+                      "comment"}, f"services.rules.{rule_id}")
+        try:
+            check_rule_id(rule_id)
+            rules[rule_id] = Rule.from_dict(rule_id, {**spec, "order": order})
+        except ValueError as exc:
+            raise ConfigError(f"services.rules.{rule_id}: {exc}") from None
+    return ServicesSpec(services=services, groups=groups, rules=rules)

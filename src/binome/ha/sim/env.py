@@ -27,6 +27,7 @@ from binome.ha.model import (
     NodeInfo,
     ResourceConfig,
 )
+from binome.ha.rules import Rule, decode_rules
 from binome.ha.sim import keys
 from binome.ha.sim.clock import ms
 
@@ -133,6 +134,10 @@ class SimEnv:
         self._need_quorum()
         data = self.world.etcd.get(keys.GROUPS)[0] or {}
         return {name: GroupConfig.from_dict(name, g) for name, g in data.items()}
+
+    def read_rules(self) -> dict[str, Rule]:
+        self._need_quorum()
+        return decode_rules(self.world.etcd.get(keys.RULES)[0] or {})
 
     def read_commands(self) -> list[tuple[str, str]]:
         self._need_quorum()

@@ -16,10 +16,16 @@ Checked at the moment things happen (so a violation points at the event):
   survived, so powering it off is an unneeded fence;
 - **no stale promotion**: the CRM orders a start (`starting`, new uid) only
   on a node holding an UpToDate replica of every volume; and no guest is
-  ever promoted on anything else.
+  ever promoted on anything else;
+- **affinity** (HA rules, groups as rules): the CRM orders a start or a move
+  (`starting`, `migrate`, `relocate`, new uid) of a service with a strict node
+  affinity only onto one of its nodes, and never onto a node where a service
+  it must be kept apart from is active or arriving (a service `ignored` is
+  not managed: no rule binds it, as upstream).
 
 `converged()` is the liveness check run after a quiet period with every
-fault healed: requested states are reached and replicas are in sync.
+fault healed: requested states are reached, replicas are in sync, services
+with a negative affinity run on separate nodes and positive partners together.
 """
 
 from __future__ import annotations
@@ -96,6 +102,30 @@ class Invariants:
             if not replicas.all_uptodate(sid, sd.node):
                 self._fail(f"CRM ordered {sid} to start on {sd.node} without an UpToDate "
                            f"replica: {replicas.states(sid)}")
+        self._affinity(old, new)
+
+    def _affinity(self, old: ManagerStatus, new: ManagerStatus) -> None:
+        rules = self.world.compiled_rules()
+        moves = (ServiceState.STARTING, ServiceState.MIGRATE, ServiceState.RELOCATE)
+        for sid, sd in sorted(new.service_status.items()):
+            prev = old.service_status.get(sid)
+            if sd.state not in moves or (prev and prev.uid == sd.uid):
+                continue
+            dest = sd.target if sd.state != ServiceState.STARTING else sd.node
+            if dest is None:
+                continue
+            aff = rules.node_affinity.get(sid)
+            if aff is not None and aff.priority(dest) is None:
+                self._fail(f"CRM ordered {sid} onto {dest}, outside its {aff.label}")
+            for csid in sorted(rules.negative.get(sid, ())):
+                other = new.service_status.get(csid)
+                if other is None:
+                    continue   # not managed (`ignored`): no rule applies to it, as upstream
+                arriving = ((other.state == ServiceState.STARTING and other.node == dest)
+                    or (other.state in moves and other.target == dest))
+                if arriving or dest in self.world.guests.running_on(csid):
+                    self._fail(f"CRM ordered {sid} onto {dest} where {csid} runs or is "
+                               f"ordered to: they must be kept apart")
 
     # ------------------------------------------------------------ liveness
 
@@ -128,6 +158,22 @@ class Invariants:
             elif running or sd.state != ServiceState.STOPPED:
                 problems.append(f"{sid} should be stopped: state {sd.state}, running on "
                                 f"{running or 'no node'}")
+        rules = w.compiled_rules()
+        # services not managed (`ignored`) are bound by no rule, as upstream
+        where = {sid: w.guests.running_on(sid) for sid, cfg in resources.items()
+                 if cfg.state != RequestedState.IGNORED}
+        for sid, cfg in sorted(resources.items()):
+            if cfg.state != RequestedState.STARTED or len(where.get(sid, [])) != 1:
+                continue
+            for csid in sorted(rules.negative.get(sid, ())):
+                if sid < csid and where.get(csid) == where[sid]:
+                    problems.append(f"{sid} and {csid} must be kept apart but both run on "
+                                    f"{where[sid][0]}")
+            for csid in sorted(rules.positive.get(sid, ())):
+                other = where.get(csid) or []
+                if sid < csid and len(other) == 1 and other != where[sid]:
+                    problems.append(f"{sid} and {csid} must be kept together but run on "
+                                    f"{where[sid][0]} and {other[0]}")
         for vol, disks in sorted(w.replicas.disks.items()):
             stale = {n: s for n, s in disks.items() if s != "UpToDate"}
             if stale:

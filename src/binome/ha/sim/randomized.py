@@ -94,8 +94,31 @@ def generate(seed: int) -> RandomCase:
     lines.append("delay 20")
     lines += _heal(names, members, nodes, sids, broken, rng)
     lines.append(f"delay {QUIET:g}")
-    return RandomCase(seed, cluster, {"resources": resources, "groups": groups},
-                      "\n".join(lines) + "\n")
+    services = {"resources": resources, "groups": groups}
+    rules = _rules(seed, names, resources)
+    if rules:
+        services["rules"] = rules
+    return RandomCase(seed, cluster, services, "\n".join(lines) + "\n")
+
+
+def _rules(seed: int, names: list[str], resources: dict[str, Any]) -> dict[str, Any]:
+    """HA rules over the services (a separate random stream: each seed's faults stay
+    what they were): a negative or positive resource affinity, a node affinity for a
+    service without a group. Infeasible combinations are possible: the CRM drops them,
+    as upstream does."""
+    rng = random.Random(seed * 104729 + 3)
+    sids = sorted(resources)
+    rules: dict[str, Any] = {}
+    if len(sids) >= 2 and rng.random() < 0.5:
+        pair = rng.sample(sids, 2)
+        rules["pair"] = {"type": "resource-affinity", "resources": ",".join(sorted(pair)),
+                         "affinity": rng.choice(["negative", "negative", "positive"])}
+    free = [s for s in sids if "group" not in resources[s]]
+    if free and rng.random() < 0.4:
+        nodes = rng.sample(names, rng.randint(1, len(names)))
+        rules["pin"] = {"type": "node-affinity", "resources": rng.choice(free),
+                        "nodes": ",".join(nodes), "strict": rng.random() < 0.5}
+    return rules
 
 
 def _confirmations(seed: int, names: list[str], lines: list[str]) -> list[str]:

@@ -37,11 +37,13 @@ from binome.ha.model import (
     FenceConfirmation,
     FenceState,
     FenceStatus,
+    GroupConfig,
     HaSettings,
     ManagerStatus,
     NodeState,
     ResourceConfig,
 )
+from binome.ha.rules import CompiledRules, compile_config, decode_rules
 from binome.ha.sim import keys
 from binome.ha.sim.clock import EventQueue, ms
 from binome.ha.sim.config import ClusterSpec, ServicesSpec
@@ -92,6 +94,7 @@ class World:
         etcd = self.etcd
         etcd.put(keys.RESOURCES, {s.config.sid: s.config.to_dict() for s in services.services})
         etcd.put(keys.GROUPS, {name: g.to_dict() for name, g in services.groups.items()})
+        etcd.put(keys.RULES, {name: r.to_dict() for name, r in services.rules.items()})
         etcd.put(keys.SETTINGS, HaSettings(cluster.shutdown_policy).to_dict())
         for s in services.services:
             etcd.put(keys.config(s.config.sid), s.node)
@@ -127,6 +130,13 @@ class World:
     def resources(self) -> dict[str, ResourceConfig]:
         data = self.etcd.get(keys.RESOURCES)[0] or {}
         return {sid: ResourceConfig.from_dict(sid, r) for sid, r in data.items()}
+
+    def compiled_rules(self) -> CompiledRules:
+        """The HA rules (groups as rules) as the CRM compiles them, for the invariants."""
+        groups = {name: GroupConfig.from_dict(name, g)
+                  for name, g in (self.etcd.get(keys.GROUPS)[0] or {}).items()}
+        rules = decode_rules(self.etcd.get(keys.RULES)[0] or {})
+        return compile_config(rules, groups, self.resources(), sorted(self.nodes))[0]
 
     # ------------------------------------------------------------ connectivity
 

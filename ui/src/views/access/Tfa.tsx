@@ -1,7 +1,8 @@
 // Second factors (/access/tfa): every user's entries the caller may see, add a TOTP
 // factor for oneself (the seed is made here in the browser, shown once as a QR code,
 // the otpauth URI and its secret for the authenticator app, and proven by a current code), add
-// recovery keys (shown once), delete an entry. Writes ask for the caller's password, as
+// recovery keys (shown once), add a WebAuthn key (PVE's two POSTs around
+// navigator.credentials.create; needs the `webauthn` datacenter option and HTTPS), delete an entry. Writes ask for the caller's password, as
 // PVE does (root@pam excepted).
 import { useState } from "preact/hooks";
 import { currentSession, post, request } from "../../api";
@@ -11,6 +12,7 @@ import * as fmt from "../../format";
 import { Dialog } from "../Confirm";
 import { AccessTabs, Field, Message, enc, useAction, usePerms } from "./common";
 import { QrCode } from "./QrCode";
+import { createCredential, webauthnAvailable } from "../../webauthn";
 
 interface TfaEntry { id: string; type: string; description?: string; created?: number; enable?: number }
 interface TfaUser { userid: string; entries: TfaEntry[]; "totp-locked"?: number; "tfa-locked-until"?: number }
@@ -41,6 +43,7 @@ export function TfaView() {
   const [adding, setAdding] = useState<{ secret: string; uri: string; code: string; description: string;
                                          password: string } | null>(null);
   const [recovery, setRecovery] = useState<{ password: string } | null>(null);
+  const [webauthn, setWebauthn] = useState<{ description: string; password: string } | null>(null);
   const [keys, setKeys] = useState<string[] | null>(null);
   const [deleting, setDeleting] = useState<{ userid: string; id: string; password: string } | null>(null);
   const needPassword = self !== "root@pam";
@@ -72,6 +75,26 @@ export function TfaView() {
       list.refresh();
     }
   };
+  const addWebauthn = async () => {
+    if (!webauthn) return;
+    const w = webauthn;
+    const pw = needPassword ? w.password : undefined;
+    if (await action.run(async () => {
+      const step1 = await post<{ challenge: string }>(`/access/tfa/${enc(self)}`, { type: "webauthn",
+        description: w.description || undefined, password: pw });
+      let made: { challenge: string; value: string };
+      try {
+        made = await createCredential(step1.challenge);
+      } catch (e) {
+        throw new Error(t("access.tfa.webauthn.failed", { message: (e as Error).message }));
+      }
+      return post(`/access/tfa/${enc(self)}`, { type: "webauthn", description: w.description || undefined,
+        challenge: made.challenge, value: made.value, password: pw });
+    }, () => t("access.tfa.added", { userid: self }))) {
+      setWebauthn(null);
+      list.refresh();
+    }
+  };
   const remove = async () => {
     if (!deleting) return;
     const d = deleting;
@@ -93,12 +116,16 @@ export function TfaView() {
   return (
     <div class="view" id="view-access-tfa">
       <AccessTabs current="tfa" />
-      {!adding && !recovery && !deleting && <Message outcome={action.message} />}
+      {!adding && !recovery && !webauthn && !deleting && <Message outcome={action.message} />}
       {list.error && <p class="error">{t("common.error", { message: list.error.message })}</p>}
       <div class="toolbar">
         <button id="tfa-add-totp" onClick={openTotp}>{t("access.tfa.addtotp")}</button>
         <button id="tfa-add-recovery" onClick={() => { action.reset(); setRecovery({ password: "" }); }}>
           {t("access.tfa.addrecovery")}</button>
+        <button id="tfa-add-webauthn" disabled={!webauthnAvailable()}
+          title={webauthnAvailable() ? undefined : t("access.tfa.webauthn.https")}
+          onClick={() => { action.reset(); setWebauthn({ description: "", password: "" }); }}>
+          {t("access.tfa.addwebauthn")}</button>
       </div>
       <div class="table-wrap">
         <table id="tfa-table">
@@ -146,6 +173,21 @@ export function TfaView() {
           <Message outcome={action.message?.error ? action.message : null} id="dialog-message" />
           {action.errors.type && <span class="field-error error" id="error-type">{action.errors.type}</span>}
           {password(recovery.password, (v) => setRecovery({ password: v }))}
+        </Dialog>
+      )}
+      {webauthn && (
+        <Dialog title={t("access.tfa.addwebauthn")} okLabel={t("access.tfa.webauthn.register")}
+          okDisabled={action.busy} onOk={addWebauthn} onCancel={() => setWebauthn(null)}>
+          <Message outcome={action.message?.error ? action.message : null} id="dialog-message" />
+          <p>{t("access.tfa.webauthn.help")}</p>
+          {action.errors.type && <span class="field-error error" id="error-type">{action.errors.type}</span>}
+          {action.errors.challenge && <span class="field-error error" id="error-challenge">{action.errors.challenge}</span>}
+          <Field label={t("access.description")} param="description" errors={action.errors}>
+            <input id="tfa-webauthn-description" value={webauthn.description}
+              onInput={(e) => setWebauthn({ ...webauthn, description: e.currentTarget.value })} />
+          </Field>
+          {action.errors.value && <span class="field-error error" id="error-value">{action.errors.value}</span>}
+          {password(webauthn.password, (v) => setWebauthn({ ...webauthn, password: v }))}
         </Dialog>
       )}
       {keys && (

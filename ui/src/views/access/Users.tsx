@@ -36,7 +36,7 @@ export function UsersView() {
   const action = useAction();
   const [editing, setEditing] = useState<{ user?: UserEntry; form: UserForm } | null>(null);
   const [deleting, setDeleting] = useState<string | null>(null);
-  const [passwd, setPasswd] = useState<{ userid: string; password: string; confirm: string } | null>(null);
+  const [passwd, setPasswd] = useState<{ userid: string; password: string; confirm: string; current: string } | null>(null);
 
   const openAdd = () => {
     action.reset();
@@ -90,7 +90,9 @@ export function UsersView() {
       return;
     }
     if (await action.run(() => request("PUT", "/access/password",
-        { userid: passwd.userid, password: passwd.password }),
+        // PVE 8+: anyone but root@pam confirms with their own current password
+        { userid: passwd.userid, password: passwd.password,
+          "confirmation-password": self === "root@pam" ? undefined : passwd.current }),
         () => t("access.password.changed", { userid: passwd.userid }))) setPasswd(null);
   };
 
@@ -135,7 +137,7 @@ export function UsersView() {
                   <td class="row-actions">
                     {modify && u.userid !== "root@pam" && <button class="user-edit" onClick={() => openEdit(u)}>{t("access.edit")}</button>}
                     {pve && (modify || mine) && <button class="user-password" onClick={() => {
-                      action.reset(); setPasswd({ userid: u.userid, password: "", confirm: "" });
+                      action.reset(); setPasswd({ userid: u.userid, password: "", confirm: "", current: "" });
                     }}>{t("access.password")}</button>}
                     {modify && u.userid !== "root@pam" && !mine &&
                       <button class="user-delete" onClick={() => setDeleting(u.userid)}>{t("access.delete")}</button>}
@@ -216,6 +218,12 @@ export function UsersView() {
             <input id="passwd-confirm" type="password" autocomplete="new-password" value={passwd.confirm}
               onInput={(e) => setPasswd({ ...passwd, confirm: e.currentTarget.value })} />
           </Field>
+          {self !== "root@pam" && (
+            <Field label={t("access.tfa.yourpassword")} param="confirmation-password" errors={err}>
+              <input id="passwd-current" type="password" autocomplete="current-password" value={passwd.current}
+                onInput={(e) => setPasswd({ ...passwd, current: e.currentTarget.value })} />
+            </Field>
+          )}
         </Dialog>
       )}
       {deleting && (

@@ -10,6 +10,18 @@ type Privileges = Record<string, Record<string, number>>;
  * the propagating privileges of its nearest listed parent). False until it has loaded. */
 export function usePerms(): (path: string, ...privs: string[]) => boolean {
   const { data } = usePoll<Privileges>("/access/permissions", 15000);
+  return checker(data);
+}
+
+/** Like usePerms, but null until /access/permissions has answered: a page hides what
+ * the caller may not see only once it knows (no flicker for an administrator). */
+export function useKnownPerms(): { can: (path: string, ...privs: string[]) => boolean;
+                                   anywhere: (priv: string) => boolean } | null {
+  const { data } = usePoll<Privileges>("/access/permissions", 15000);
+  return data ? { can: checker(data), anywhere: (priv) => Object.values(data).some((e) => priv in e) } : null;
+}
+
+function checker(data: Privileges | undefined): (path: string, ...privs: string[]) => boolean {
   return (path: string, ...privs: string[]) => {
     if (!data) return false;
     let p = path;

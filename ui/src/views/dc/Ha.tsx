@@ -1,8 +1,10 @@
 // Datacenter → HA (/cluster/ha/...): the manager's status; the resources with add, edit
 // (requested state, group, max_restart/max_relocate, availability target, comment) and
-// remove; the groups with add, edit (member nodes and their priorities, restricted,
-// nofailback, comment) and delete. Every refusal shows the API's message and its
-// per-parameter errors next to their fields. A lazy chunk: loaded when the page opens.
+// remove, failback; the groups with add, edit (member nodes and their priorities,
+// restricted, nofailback, comment) and delete; PVE 9's rules (HaRules.tsx). Every refusal shows the API's message and its
+// per-parameter errors next to their fields; then maintenance (arm/disarm, a node's
+// maintenance mode) and the fence devices, added, edited, removed and tested (HaAdmin.tsx). A lazy
+// chunk: loaded when the page opens.
 import { useState } from "preact/hooks";
 import { usePoll } from "../../poll";
 import { t } from "../../strings";
@@ -11,32 +13,20 @@ import { Dialog } from "../Confirm";
 import { DcTabs } from "../DcViews";
 import { usePerms } from "../access/perms";
 import { Field, OtherErrors, OutcomeMessage, useOutcome } from "../forms";
+import { FenceDevices, HaMaintenance } from "./HaAdmin";
+import { HaRules } from "./HaRules";
+import { formatNodes, type Members, NodePriorities, parseNodes } from "./members";
 
 interface HaResource {
   sid: string; state: string; group?: string; max_restart?: number; max_relocate?: number;
-  comment?: string; availability_target?: number; digest?: string;
+  comment?: string; availability_target?: number; digest?: string; failback?: number;
 }
 interface HaGroup { group: string; nodes: string; restricted?: number; nofailback?: number; comment?: string }
 
 const STATES = ["started", "stopped", "disabled", "ignored"];
 // the fields the resource dialog shows an error beside (others are listed below them)
 const RES_FIELDS = ["sid", "state", "group", "max_restart", "max_relocate", "availability_target",
-  "comment"];
-
-/** `n1:2,n2` -> {n1: "2", n2: ""} */
-export function parseNodes(text: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const item of text.split(",").map((x) => x.trim()).filter(Boolean)) {
-    const [name, prio] = item.split(":");
-    out[name] = prio ?? "";
-  }
-  return out;
-}
-
-/** The members back to PVE's `node[:priority],...`, in the order given. */
-export function formatNodes(members: [string, string][]): string {
-  return members.map(([n, p]) => (p.trim() ? `${n}:${p.trim()}` : n)).join(",");
-}
+  "comment", "failback"];
 
 type Editing =
   | { kind: "resource"; res: HaResource | null }
@@ -51,7 +41,7 @@ export function HaPage(props: { resources: Resource[] }) {
   const outcome = useOutcome(() => { res.refresh(); groups.refresh(); });
   const [editing, setEditing] = useState<Editing | null>(null);
   const [form, setForm] = useState<Record<string, string>>({});
-  const [members, setMembers] = useState<Record<string, { on: boolean; prio: string }>>({});
+  const [members, setMembers] = useState<Members>({});
   const can = usePerms();
   const write = can("/", "Sys.Console", "HA.Modify");
   const managed = new Set((res.data ?? []).map((r) => r.sid));
@@ -69,7 +59,7 @@ export function HaPage(props: { resources: Resource[] }) {
       vm: String(candidates[0]?.vmid ?? ""), state: r?.state ?? "started", group: r?.group ?? "",
       max_restart: String(r?.max_restart ?? 1), max_relocate: String(r?.max_relocate ?? 1),
       availability_target: r?.availability_target !== undefined ? String(r.availability_target) : "",
-      comment: r?.comment ?? "",
+      comment: r?.comment ?? "", failback: r?.failback === 0 ? "0" : "1",
     });
     setEditing({ kind: "resource", res: r });
   };
@@ -93,6 +83,8 @@ export function HaPage(props: { resources: Resource[] }) {
         availability_target: form.availability_target.trim() || undefined,
       };
       const r = editing.res;
+      // failback sent when it changes (on a new resource: when not the default)
+      if (form.failback !== (r?.failback === 0 ? "0" : "1")) p.failback = form.failback;
       if (r) {
         const gone = [["group", r.group], ["comment", r.comment],
           ["availability_target", r.availability_target]]
@@ -147,13 +139,14 @@ export function HaPage(props: { resources: Resource[] }) {
           <table id="ha-resource-table">
             <thead><tr><th>{t("ha.sid")}</th><th>{t("ha.state")}</th><th>{t("ha.group")}</th>
               <th>{t("ha.maxrestart")}</th><th>{t("ha.maxrelocate")}</th><th>{t("ha.target")}</th>
-              <th>{t("ha.comment")}</th><th /></tr></thead>
+              <th>{t("ha.failback")}</th><th>{t("ha.comment")}</th><th /></tr></thead>
             <tbody>
               {(res.data ?? []).map((r) => (
                 <tr key={r.sid} data-sid={r.sid}>
                   <td>{r.sid}</td><td class="ha-state">{r.state}</td><td class="ha-group">{r.group ?? ""}</td>
                   <td class="ha-maxrestart">{r.max_restart}</td><td class="ha-maxrelocate">{r.max_relocate}</td>
-                  <td>{r.availability_target ?? ""}</td><td>{r.comment ?? ""}</td>
+                  <td>{r.availability_target ?? ""}</td>
+                  <td class="ha-failback">{r.failback === 0 ? "" : "✓"}</td><td>{r.comment ?? ""}</td>
                   <td class="row-actions">{write && <>
                     <button class="ha-edit" onClick={() => openResource(r)}>{t("ha.edit")}</button>
                     <button class="ha-remove" onClick={() => { outcome.clear(); setEditing({ kind: "remove", sid: r.sid }); }}>
@@ -191,6 +184,9 @@ export function HaPage(props: { resources: Resource[] }) {
           </table>
         </div>
       </section>
+      <HaRules sids={(res.data ?? []).map((r) => r.sid)} nodes={clusterNodes} />
+      <HaMaintenance status={status.data} onChanged={status.refresh} />
+      <FenceDevices nodes={clusterNodes} />
       {editing?.kind === "resource" && (
         <Dialog title={editing.res ? t("ha.editres", { sid: editing.res.sid }) : t("ha.add")}
           okLabel={editing.res ? undefined : t("ha.add")}
@@ -215,6 +211,11 @@ export function HaPage(props: { resources: Resource[] }) {
           <Field label={t("ha.target")} param="availability_target" errors={errors}>
             <input id="ha-res-target" inputMode="decimal" value={form.availability_target}
               placeholder={t("ha.target.help")} onInput={set("availability_target")} /></Field>
+          <label class="check" data-param="failback"><input type="checkbox" id="ha-res-failback"
+            checked={form.failback === "1"}
+            onChange={(e) => setForm({ ...form, failback: e.currentTarget.checked ? "1" : "0" })} />
+            {t("ha.failback")}: {t("ha.failback.help")}
+            {errors.failback && <span class="field-error error" id="error-failback">{errors.failback}</span>}</label>
           <Field label={t("ha.comment")} param="comment" errors={errors}>
             <input id="ha-res-comment" value={form.comment} onInput={set("comment")} /></Field>
           <OtherErrors errors={errors} shown={RES_FIELDS} />
@@ -232,26 +233,8 @@ export function HaPage(props: { resources: Resource[] }) {
           okDisabled={outcome.busy} onOk={save} onCancel={() => setEditing(null)}>
           {!editing.group && <Field label={t("ha.group.name")} param="group" errors={errors}>
             <input id="ha-group-name" value={form.group} onInput={set("group")} /></Field>}
-          <fieldset class="ha-members" data-param="nodes">
-            <legend>{t("ha.nodes")}</legend>
-            <table>
-              <thead><tr><th>{t("ha.group.member")}</th><th>{t("ha.group.priority")}</th></tr></thead>
-              <tbody>
-                {Object.entries(members).map(([n, m]) => (
-                  <tr key={n}>
-                    <td><label class="check"><input type="checkbox" id={`ha-group-node-${n}`} checked={m.on}
-                      onChange={(e) => setMembers({ ...members, [n]: { ...m, on: e.currentTarget.checked } })} />
-                      {n}</label></td>
-                    <td><input id={`ha-group-prio-${n}`} inputMode="numeric" size={4} value={m.prio}
-                      aria-label={`${t("ha.group.priority")} ${n}`} disabled={!m.on}
-                      onInput={(e) => setMembers({ ...members, [n]: { ...m, prio: e.currentTarget.value } })} /></td>
-                  </tr>
-                ))}
-              </tbody>
-            </table>
-            <p class="notice">{t("ha.group.nodes.help")}</p>
-            {errors.nodes && <span class="field-error error" id="error-nodes">{errors.nodes}</span>}
-          </fieldset>
+          <NodePriorities prefix="ha-group" members={members} setMembers={setMembers} errors={errors}
+            help={t("ha.group.nodes.help")} />
           <label class="check"><input type="checkbox" id="ha-group-restricted" checked={form.restricted === "1"}
             onChange={(e) => setForm({ ...form, restricted: e.currentTarget.checked ? "1" : "0" })} />
             {t("ha.restricted")}: {t("ha.restricted.help")}</label>

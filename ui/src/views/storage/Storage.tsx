@@ -1,9 +1,13 @@
 // The storage pages, loaded when first opened: the datacenter's storage definitions
-// (add, edit with per-parameter errors, remove: /storage) and a node's storage content
+// (add, edit with per-parameter errors, remove: /storage; a binome-backup storage's
+// server, token and encryption key, of which only the fingerprint is ever shown, and the
+// key file given to a node: POST .../encryption-key) and a node's storage content
 // (GET .../content, delete a volume, upload an ISO image, template or snippet with its
-// progress: POST .../upload as multipart, followed by its task).
-import { useState } from "preact/hooks";
-import { currentSession, get } from "../../api";
+// progress: POST .../upload as multipart, followed by its task; on a backup storage
+// prune with its dry-run preview (GET/DELETE .../prunebackups), verify and GC, each task
+// followed by the task viewer).
+import { useEffect, useState } from "preact/hooks";
+import { ApiError, currentSession, get, request } from "../../api";
 import { usePoll } from "../../poll";
 import { href } from "../../route";
 import { t } from "../../strings";
@@ -13,11 +17,12 @@ import { Dialog } from "../Confirm";
 import { DcTabs } from "../DcViews";
 import { Field, OtherErrors, OutcomeMessage, TaskViewer, useOutcome } from "../forms";
 import {
-  CONTENT_TYPES, createParams, deleteBlocker, formOf, percent, updateParams, uploadFields,
-  type StorageDef, type StorageForm, type Volume,
+  BACKUP_SERVER, CONTENT_TYPES, KEEP_OPTIONS, backupMaintenance, createParams, deleteBlocker,
+  emptyKeep, formOf, percent, pruneParams, removedCount, updateParams, uploadFields,
+  type KeepForm, type PruneMark, type StorageDef, type StorageForm, type Volume,
 } from "./storage";
 
-const TYPES = ["dir", "replicated"];
+const TYPES = ["dir", "replicated", BACKUP_SERVER];
 
 /** Datacenter -> Storage: the definitions, with add / edit / remove. */
 export function StoragePage(props: { resources: Resource[] }) {
@@ -68,7 +73,7 @@ export function StoragePage(props: { resources: Resource[] }) {
           </tbody>
         </table>
       </div>
-      {editing && <StorageEditor key={editing === "new" ? "" : editing.storage}
+      {editing && <StorageEditor key={editing === "new" ? "" : editing.storage} nodes={nodes}
         def={editing === "new" ? null : editing} onDone={() => { setEditing(null); refresh(); }} />}
       {removing && <Dialog title={t("storage.remove")} danger okLabel={t("storage.remove")}
         onCancel={() => setRemoving(null)}
@@ -84,7 +89,7 @@ export function StoragePage(props: { resources: Resource[] }) {
   );
 }
 
-function StorageEditor(props: { def: StorageDef | null; onDone: () => void }) {
+function StorageEditor(props: { def: StorageDef | null; nodes: string[]; onDone: () => void }) {
   const [form, setForm] = useState<StorageForm>(() => formOf(props.def));
   const outcome = useOutcome();
   const set = (patch: Partial<StorageForm>) => setForm({ ...form, ...patch });
@@ -101,6 +106,12 @@ function StorageEditor(props: { def: StorageDef | null; onDone: () => void }) {
     }
   };
   const e = outcome.errors;
+  const server = form.type === BACKUP_SERVER;
+  const text = (k: "server" | "port" | "datastore" | "username" | "password" | "fingerprint",
+                label: string, extra: Record<string, string> = {}) => (
+    <Field label={label} param={k} errors={e}>
+      <input id={`storage-${k}`} value={form[k]} {...extra}
+        onInput={(ev) => set({ [k]: (ev.target as HTMLInputElement).value } as Partial<StorageForm>)} /></Field>);
   return (
     <section class="card" id="storage-form" aria-label={t("storage.add")}>
       <h2>{adding ? t("storage.title.add") : t("storage.title.edit", { storage: form.storage })}</h2>
@@ -110,12 +121,28 @@ function StorageEditor(props: { def: StorageDef | null; onDone: () => void }) {
             onInput={(ev) => set({ storage: (ev.target as HTMLInputElement).value })} /></Field>
         <Field label={t("storage.type")} param="type" errors={e}>
           <select id="storage-type" value={form.type} disabled={!adding}
-            onChange={(ev) => set({ type: (ev.target as HTMLSelectElement).value })}>
+            onChange={(ev) => {
+              const type = (ev.target as HTMLSelectElement).value;
+              // a backup server holds backups only (the API refuses other content)
+              set(type === BACKUP_SERVER ? { type, content: ["backup"], shared: true }
+                : { type, ...(form.type === BACKUP_SERVER ? { content: ["images", "iso"], shared: false } : {}) });
+            }}>
             {TYPES.map((x) => <option key={x} value={x}>{x}</option>)}
           </select></Field>
-        <Field label={t("storage.path")} param="path" errors={e}>
+        {!server && <Field label={t("storage.path")} param="path" errors={e}>
           <input id="storage-path" value={form.path} disabled={!adding}
-            onInput={(ev) => set({ path: (ev.target as HTMLInputElement).value })} /></Field>
+            onInput={(ev) => set({ path: (ev.target as HTMLInputElement).value })} /></Field>}
+        {server && <>
+          {text("server", t("storage.server"))}
+          {text("port", t("storage.port"), { inputMode: "numeric", placeholder: t("storage.port.help") })}
+          {text("datastore", t("storage.datastore"))}
+          {text("username", t("storage.username"), { placeholder: "user@realm!token" })}
+          {text("password", t("storage.password"), { type: "password", autocomplete: "new-password",
+            ...(adding ? {} : { placeholder: t("storage.password.keep") }) })}
+          {text("fingerprint", t("storage.fingerprint"), { placeholder: "AA:BB:..." })}
+          {adding ? <KeyChoice form={form} set={set} errors={e} />
+            : <KeyOfStorage def={props.def!} nodes={props.nodes} />}
+        </>}
         <Field label={t("storage.content")} param="content" errors={e}>
           <span class="checks">{CONTENT_TYPES.map((c) => (
             <label key={c}><input type="checkbox" name={`content-${c}`} checked={form.content.includes(c)}
@@ -131,7 +158,8 @@ function StorageEditor(props: { def: StorageDef | null; onDone: () => void }) {
         <Field label={t("storage.disable")} param="disable" errors={e}>
           <input type="checkbox" id="storage-disable" checked={form.disable}
             onChange={(ev) => set({ disable: (ev.target as HTMLInputElement).checked })} /></Field>
-        <OtherErrors errors={e} shown={["storage", "type", "path", "content", "nodes", "shared", "disable"]} />
+        <OtherErrors errors={e} shown={["storage", "type", "path", "content", "nodes", "shared", "disable",
+          "server", "port", "datastore", "username", "password", "fingerprint", "encryption-key"]} />
         <OutcomeMessage outcome={outcome} id="storage-form-message" />
         <div class="dialog-buttons">
           <button type="button" onClick={props.onDone}>{t("dialog.cancel")}</button>
@@ -140,6 +168,65 @@ function StorageEditor(props: { def: StorageDef | null; onDone: () => void }) {
         </div>
       </form>
     </section>
+  );
+}
+
+/** A new binome-backup storage's encryption key: none, autogen, or a pasted key file
+ * (write-only: sent once, never read back). */
+function KeyChoice(props: { form: StorageForm; set: (p: Partial<StorageForm>) => void;
+                            errors: Record<string, string> }) {
+  const f = props.form;
+  return (
+    <fieldset data-param="encryption-key" class="storage-key">
+      <legend>{t("storage.key")}</legend>
+      {(["", "autogen", "paste"] as const).map((m) => (
+        <label key={m}><input type="radio" name="storage-key-mode" value={m} checked={f.keyMode === m}
+          id={`storage-key-${m || "none"}`}
+          onChange={() => props.set({ keyMode: m })} />
+          {" "}{t(m === "" ? "storage.key.none" : m === "autogen" ? "storage.key.autogen" : "storage.key.paste")}</label>))}
+      {f.keyMode === "autogen" && <p class="notice">{t("storage.key.autogen.help", { storage: f.storage || "ID" })}</p>}
+      {f.keyMode === "paste" && <label class="field">{t("storage.key.file")}
+        <textarea id="storage-key-text" rows={4} value={f.key} spellcheck={false} autocomplete="off"
+          onInput={(ev) => props.set({ key: (ev.target as HTMLTextAreaElement).value })} /></label>}
+      {props.errors["encryption-key"] && <span class="field-error error" id="error-encryption-key">
+        {props.errors["encryption-key"]}</span>}
+    </fieldset>
+  );
+}
+
+/** An existing binome-backup storage's key: its fingerprint only, and the key file given
+ * to a node that was down when the storage was added (root only, checked by the API). */
+function KeyOfStorage(props: { def: StorageDef; nodes: string[] }) {
+  const fp = props.def["encryption-key"];
+  const [node, setNode] = useState(props.nodes[0] ?? "");
+  const [key, setKey] = useState("");
+  const outcome = useOutcome();
+  const send = async () => {
+    const path = `/nodes/${encodeURIComponent(node)}/storage/${encodeURIComponent(props.def.storage)}/encryption-key`;
+    if (await outcome.send("POST", path, { key: key.trim() },
+                           t("storage.key.sent", { node, storage: props.def.storage }))) setKey("");
+  };
+  return (
+    <fieldset class="storage-key" id="storage-key">
+      <legend>{t("storage.key")}</legend>
+      <p>{t("storage.key.fingerprint")}: <code id="storage-key-fingerprint">{fp ?? t("storage.key.unset")}</code></p>
+      <p class="notice">{t("storage.key.fixed")}</p>
+      {fp && <>
+        <p class="notice">{t("storage.key.send")}: {t("storage.key.send.help")}</p>
+        <Field label={t("storage.key.node")} param="node" errors={outcome.errors}>
+          <select id="storage-key-node" value={node}
+            onChange={(ev) => setNode((ev.target as HTMLSelectElement).value)}>
+            {props.nodes.map((n) => <option key={n} value={n}>{n}</option>)}
+          </select></Field>
+        <Field label={t("storage.key.file")} param="key" errors={outcome.errors}>
+          <textarea id="storage-key-text" rows={4} value={key} spellcheck={false} autocomplete="off"
+            onInput={(ev) => setKey((ev.target as HTMLTextAreaElement).value)} /></Field>
+        <OtherErrors errors={outcome.errors} shown={["node", "key"]} />
+        <OutcomeMessage outcome={outcome} id="storage-key-message" />
+        <button type="button" id="storage-key-send" disabled={outcome.busy || !key.trim() || !node}
+          onClick={send}>{t("storage.key.sendbutton")}</button>
+      </>}
+    </fieldset>
   );
 }
 
@@ -152,11 +239,25 @@ export function StorageContent(props: { node: string; storage: string; resources
   const [deleting, setDeleting] = useState<string | null>(null);
   const [upid, setUpid] = useState<string | null>(null);
   const vmids = new Set(props.resources.filter((r) => r.type === "qemu").map((r) => r.vmid ?? -1));
+  const status = usePoll<{ type?: string; content?: string }>(`${base}/status`, 30000).data;
+  const [pruning, setPruning] = useState(false);
+  const backups = backupMaintenance(status?.type, status?.content);
   return (
     <div class="view" id="view-storage-content" data-node={props.node} data-storage={props.storage}>
       <h1>{t("storage.node.title", { storage: props.storage, node: props.node })}</h1>
       {error && <p class="error">{t("common.error", { message: error.message })}</p>}
+      {backups && <div class="toolbar" id="storage-backup-actions">
+        <button type="button" id="storage-prune" onClick={() => { outcome.clear(); setPruning(true); }}>
+          {t("storage.prune")}</button>
+        <button type="button" id="storage-verify" disabled={outcome.busy}
+          onClick={() => outcome.send("POST", `${base}/verify`)}>{t("storage.verify")}</button>
+        <button type="button" id="storage-gc" disabled={outcome.busy}
+          onClick={() => outcome.send("POST", `${base}/gc`)}>{t("storage.gc")}</button>
+      </div>}
       <OutcomeMessage outcome={outcome} id="storage-content-message" />
+      {pruning && <PruneDialog base={base} storage={props.storage}
+        onCancel={() => setPruning(false)}
+        onTask={(u) => { setPruning(false); setUpid(u); refresh(); }} />}
       <Upload base={base} onTask={(u) => { setUpid(u); refresh(); }} />
       {(upid ?? outcome.upid) && <TaskViewer key={upid ?? outcome.upid!} upid={(upid ?? outcome.upid)!}
         onClose={() => { setUpid(null); outcome.closeTask(); }} onDone={refresh} />}
@@ -191,6 +292,92 @@ export function StorageContent(props: { node: string; storage: string; resources
         <p>{t("storage.confirm.delete", { volid: deleting })}</p>
       </Dialog>}
     </div>
+  );
+}
+
+/** Prune: the retention counts and an optional guest, the dry run's list of what is kept
+ * and removed (updated as the counts change), then the prune itself (a task). */
+function PruneDialog(props: { base: string; storage: string; onCancel: () => void;
+                              onTask: (upid: string) => void }) {
+  const [keep, setKeep] = useState<KeepForm>(() => ({ ...emptyKeep(), "keep-last": "1" }));
+  const [vmid, setVmid] = useState("");
+  const [marks, setMarks] = useState<PruneMark[] | null>(null);
+  const [errors, setErrors] = useState<Record<string, string>>({});
+  const [message, setMessage] = useState<string | null>(null);
+  const [busy, setBusy] = useState(false);
+  const params = pruneParams(keep, vmid);
+  const key = JSON.stringify(params);
+  const fail = (e: unknown) => {
+    const err = e instanceof ApiError ? e : new ApiError(0, String(e));
+    setErrors(err.errors ?? {});
+    setMessage(t("common.error", { message: err.message }));
+  };
+  useEffect(() => {   // the dry run, a moment after the last keystroke
+    let alive = true;
+    setMarks(null);
+    const timer = window.setTimeout(async () => {
+      try {
+        const list = await get<PruneMark[]>(`${props.base}/prunebackups`, params);
+        if (!alive) return;
+        setMarks([...list].sort((a, b) => (a.vmid ?? 0) - (b.vmid ?? 0) || (b.ctime ?? 0) - (a.ctime ?? 0)));
+        setErrors({});
+        setMessage(null);
+      } catch (e) {
+        if (alive) fail(e);
+      }
+    }, 300);
+    return () => { alive = false; window.clearTimeout(timer); };
+  }, [key]);
+  const prune = async () => {
+    setBusy(true);
+    try {
+      props.onTask(await request<string>("DELETE", `${props.base}/prunebackups`, params));
+    } catch (e) {
+      fail(e);
+    } finally {
+      setBusy(false);
+    }
+  };
+  const removing = marks ? removedCount(marks) : 0;
+  return (
+    <Dialog title={t("storage.prune.title", { storage: props.storage })} danger
+      okLabel={t("storage.prune.go")} okDisabled={busy || !marks || removing === 0}
+      onCancel={props.onCancel} onOk={prune}>
+      <fieldset data-param="prune-backups" id="prune-retention">
+        <legend>{t("storage.prune.retention")}</legend>
+        {KEEP_OPTIONS.map((o) => (
+          <label class="field" key={o}>{t(`storage.${o}` as const)}
+            <input id={`prune-${o}`} inputMode="numeric" size={4} value={keep[o]}
+              onInput={(ev) => setKeep({ ...keep, [o]: (ev.target as HTMLInputElement).value })} /></label>))}
+        {errors["prune-backups"] && <span class="field-error error" id="error-prune-backups">
+          {errors["prune-backups"]}</span>}
+        {params["prune-backups"] === "keep-all=1" && <p class="notice">{t("storage.prune.keepall")}</p>}
+      </fieldset>
+      <Field label={t("storage.prune.vmid")} param="vmid" errors={errors}>
+        <input id="prune-vmid" inputMode="numeric" value={vmid} placeholder={t("storage.prune.vmid.help")}
+          onInput={(ev) => setVmid((ev.target as HTMLInputElement).value)} /></Field>
+      <OtherErrors errors={errors} shown={["prune-backups", "vmid"]} />
+      {message && <p class="error" role="status" id="prune-message">{message}</p>}
+      <p>{t("storage.prune.preview")}</p>
+      <p role="status" id="prune-summary">{marks === null ? (message ? "" : t("storage.prune.loading"))
+        : marks.length === 0 ? t("storage.prune.none")
+        : t("storage.prune.summary", { remove: removing, total: marks.length })}</p>
+      <div class="table-wrap prune-preview">
+        <table id="prune-preview" data-ready={marks === null ? "0" : "1"}>
+          <thead><tr><th>{t("storage.col.volume")}</th><th>{t("storage.col.vmid")}</th>
+            <th>{t("storage.prune.col.time")}</th><th>{t("storage.prune.col.mark")}</th></tr></thead>
+          <tbody>
+            {(marks ?? []).map((m) => (
+              <tr key={m.volid} data-volid={m.volid} data-mark={m.mark}
+                class={m.mark === "remove" ? "prune-remove" : undefined}>
+                <td>{m.volid}</td><td>{m.vmid ?? ""}</td><td>{fmt.time(m.ctime)}</td>
+                <td>{m.mark === "remove" ? t("storage.mark.remove") : m.mark === "protected"
+                  ? t("storage.mark.protected") : t("storage.mark.keep")}</td>
+              </tr>))}
+          </tbody>
+        </table>
+      </div>
+    </Dialog>
   );
 }
 

@@ -3,7 +3,11 @@
 // config with the values waiting for the next start; those are shown in their own style)
 // and edits with PUT .../config (memory, processors, NICs, detach: the API's
 // per-parameter errors come back at once), POST .../config for a new disk and PUT
-// .../resize for a bigger one (both run as tasks, shown in the task viewer).
+// .../resize for a bigger one (both run as tasks, shown in the task viewer); a CD/DVD
+// drive added or changed with PUT .../config: an ISO image of the node's ISO storages
+// (GET /nodes/{node}/storage?content=iso, then each one's content), or no media; a disk
+// moved to another storage with POST .../move_disk (format, delete the source, bandwidth
+// limit; a task, shown in the task viewer).
 import { useState } from "preact/hooks";
 import { get } from "../../api";
 import { usePoll } from "../../poll";
@@ -16,6 +20,7 @@ interface PendingEntry { key: string; value?: string | number; pending?: string 
 const BUSES = ["virtio", "scsi", "sata", "ide"];
 const DISK_KEY = /^(virtio|scsi|sata|ide)\d+$/;
 const NIC_MODELS = ["virtio", "e1000", "rtl8139", "vmxnet3"];
+const MOVE_FORMATS = ["raw", "qcow2", "vmdk"];
 
 type Kind = "memory" | "processors" | "disk" | "cdrom" | "cloudinit" | "efidisk" | "tpm" | "net"
   | "unused" | "other";
@@ -48,7 +53,8 @@ export function parseProps(value: string): Record<string, string> {
 
 type Editing =
   | { kind: "memory" } | { kind: "processors" } | { kind: "net"; key: string | null }
-  | { kind: "adddisk" } | { kind: "resize"; key: string } | { kind: "remove"; key: string };
+  | { kind: "adddisk" } | { kind: "resize"; key: string } | { kind: "remove"; key: string }
+  | { kind: "cdrom"; key: string | null } | { kind: "move"; key: string };
 
 export function Hardware(props: { base: string; node: string; vmid: number }) {
   const pending = usePoll<PendingEntry[]>(`${props.base}/pending`, 2000);
@@ -56,6 +62,7 @@ export function Hardware(props: { base: string; node: string; vmid: number }) {
   const [editing, setEditing] = useState<Editing | null>(null);
   const [form, setForm] = useState<Record<string, string>>({});
   const [storages, setStorages] = useState<string[]>([]);
+  const [isos, setIsos] = useState<string[] | null>(null);
   const entries = pending.data ?? [];
   const byKey = new Map(entries.map((e) => [e.key, e]));
   const current = (key: string) => String(byKey.get(key)?.pending ?? byKey.get(key)?.value ?? "");
@@ -86,6 +93,32 @@ export function Hardware(props: { base: string; node: string; vmid: number }) {
         }, () => setStorages([]));
     }
     if (what.kind === "resize") setForm({ size: "+1G" });
+    if (what.kind === "move") {
+      // the other storages of the node that hold disk images
+      const from = parseProps(current(what.key))._?.split(":")[0] ?? "";
+      setForm({ storage: "", format: "", delete: "0", bwlimit: "" });
+      setStorages([]);
+      get<{ storage: string; active?: number }[]>(
+        `/nodes/${encodeURIComponent(props.node)}/storage`, { content: "images" })
+        .then((list) => {
+          const names = list.filter((s) => s.active !== 0 && s.storage !== from).map((s) => s.storage);
+          setStorages(names);
+          setForm((f) => ({ ...f, storage: f.storage || names[0] || "" }));
+        }, () => setStorages([]));
+    }
+    if (what.kind === "cdrom") {
+      const file = what.key ? parseProps(current(what.key))._ ?? "none" : "none";
+      const free = ["ide2", "ide0", "ide1", "ide3", "sata0", "sata1", "sata2", "sata3"]
+        .find((k) => !byKey.has(k)) ?? "ide2";
+      setForm({ key: what.key ?? free, iso: file === "cdrom" ? "none" : file });
+      setIsos(null);
+      const node = encodeURIComponent(props.node);
+      get<{ storage: string; active?: number }[]>(`/nodes/${node}/storage`, { content: "iso" })
+        .then((list) => Promise.all(list.filter((x) => x.active !== 0).map((x) =>
+          get<{ volid: string }[]>(`/nodes/${node}/storage/${encodeURIComponent(x.storage)}/content`,
+            { content: "iso" }).catch(() => []))))
+        .then((all) => setIsos(all.flat().map((v) => v.volid).sort()), () => setIsos([]));
+    }
     setEditing(what);
   };
 
@@ -121,6 +154,14 @@ export function Hardware(props: { base: string; node: string; vmid: number }) {
       case "remove":
         ok = await outcome.send("PUT", config, { delete: editing.key }, t("hw.removed", { key: editing.key }));
         break;
+      case "cdrom":
+        ok = await outcome.send("PUT", config, { [form.key]: `${form.iso || "none"},media=cdrom` }, t("hw.saved"));
+        break;
+      case "move":
+        ok = await outcome.send("POST", `${props.base}/move_disk`, {
+          disk: editing.key, storage: form.storage, format: form.format || undefined,
+          delete: form.delete === "1", bwlimit: form.bwlimit.trim() || undefined });
+        break;
     }
     if (ok) setEditing(null);
   };
@@ -146,6 +187,7 @@ export function Hardware(props: { base: string; node: string; vmid: number }) {
       <div class="toolbar" role="toolbar">
         <button id="hw-add-disk" onClick={() => open({ kind: "adddisk" })}>{t("hw.adddisk")}</button>
         <button id="hw-add-net" onClick={() => open({ kind: "net", key: null })}>{t("hw.addnet")}</button>
+        <button id="hw-add-cdrom" onClick={() => open({ kind: "cdrom", key: null })}>{t("hw.addcdrom")}</button>
       </div>
       <OutcomeMessage outcome={outcome} id="hw-message" />
       {!editing && <OtherErrors errors={errors} shown={[]} />}
@@ -171,7 +213,9 @@ export function Hardware(props: { base: string; node: string; vmid: number }) {
                     {kind === "memory" && <button class="hw-edit" onClick={() => open({ kind: "memory" })}>{t("hw.edit")}</button>}
                     {kind === "processors" && e.key === "cores" && <button class="hw-edit" onClick={() => open({ kind: "processors" })}>{t("hw.edit")}</button>}
                     {kind === "net" && <button class="hw-edit" onClick={() => open({ kind: "net", key: e.key })}>{t("hw.edit")}</button>}
+                    {kind === "cdrom" && <button class="hw-edit" onClick={() => open({ kind: "cdrom", key: e.key })}>{t("hw.edit")}</button>}
                     {kind === "disk" && <button class="hw-resize" onClick={() => open({ kind: "resize", key: e.key })}>{t("hw.resize")}</button>}
+                    {(kind === "disk" || kind === "unused") && <button class="hw-move" onClick={() => open({ kind: "move", key: e.key })}>{t("hw.move")}</button>}
                     {["disk", "cdrom", "cloudinit", "net", "unused", "efidisk", "tpm"].includes(kind) && (
                       <button class="hw-remove" onClick={() => open({ kind: "remove", key: e.key })}>
                         {kind === "disk" ? t("hw.detach") : t("hw.remove")}</button>)}
@@ -242,6 +286,25 @@ export function Hardware(props: { base: string; node: string; vmid: number }) {
           <OtherErrors errors={errors} shown={[]} />
         </Dialog>
       )}
+      {editing?.kind === "cdrom" && (
+        <Dialog title={t("hw.cdrom.title", { key: form.key })} onOk={save} okDisabled={outcome.busy || isos === null}
+          onCancel={() => setEditing(null)}>
+          {editing.key === null && <Field label={t("hw.cdrom.slot")} param="key" errors={errors}>
+            <select id="hw-cdrom-key" value={form.key} onChange={set("key")}>
+              {["ide0", "ide1", "ide2", "ide3", "sata0", "sata1", "sata2", "sata3", "sata4", "sata5"]
+                .filter((k) => !byKey.has(k)).map((k) => <option key={k} value={k}>{k}</option>)}</select>
+          </Field>}
+          <Field label={t("hw.cdrom.iso")} param={form.key} errors={errors}>
+            <select id="hw-cdrom-iso" value={form.iso} onChange={set("iso")} disabled={isos === null}>
+              <option value="none">{t("hw.cdrom.none")}</option>
+              {form.iso && form.iso !== "none" && !(isos ?? []).includes(form.iso)
+                && <option value={form.iso}>{form.iso}</option>}
+              {(isos ?? []).map((x) => <option key={x} value={x}>{x}</option>)}</select>
+          </Field>
+          {isos !== null && isos.length === 0 && <p class="help">{t("hw.cdrom.noiso")}</p>}
+          <OtherErrors errors={errors} shown={[form.key]} />
+        </Dialog>
+      )}
       {editing?.kind === "resize" && (
         <Dialog title={t("hw.resize.title", { key: editing.key })} onOk={save} okDisabled={outcome.busy}
           onCancel={() => setEditing(null)}>
@@ -249,6 +312,29 @@ export function Hardware(props: { base: string; node: string; vmid: number }) {
             <input id="hw-resize-size" value={form.size} onInput={set("size")} />
           </Field>
           <OtherErrors errors={errors} shown={["size"]} />
+        </Dialog>
+      )}
+      {editing?.kind === "move" && (
+        <Dialog title={t("hw.move.title", { key: editing.key })} onOk={save}
+          okDisabled={outcome.busy || !form.storage} onCancel={() => setEditing(null)}>
+          <Field label={t("hw.move.storage")} param="storage" errors={errors}>
+            <select id="hw-move-storage" value={form.storage} onChange={set("storage")}>
+              {storages.map((s) => <option key={s} value={s}>{s}</option>)}</select>
+          </Field>
+          <Field label={t("hw.move.format")} param="format" errors={errors}>
+            <select id="hw-move-format" value={form.format} onChange={set("format")}>
+              <option value="">{t("hw.move.format.keep")}</option>
+              {MOVE_FORMATS.map((f) => <option key={f} value={f}>{f}</option>)}</select>
+          </Field>
+          <label class="check" data-param="delete"><input type="checkbox" id="hw-move-delete"
+            checked={form.delete === "1"}
+            onChange={(e) => setForm((f) => ({ ...f, delete: e.currentTarget.checked ? "1" : "0" }))} />
+            {t("hw.move.delete")}</label>
+          <Field label={t("hw.move.bwlimit")} param="bwlimit" errors={errors}>
+            <input id="hw-move-bwlimit" inputMode="numeric" value={form.bwlimit} onInput={set("bwlimit")} />
+          </Field>
+          <OtherErrors errors={errors} shown={["storage", "format", "bwlimit"]} />
+          <OutcomeMessage outcome={outcome} id="hw-move-message" />
         </Dialog>
       )}
       {editing?.kind === "remove" && (

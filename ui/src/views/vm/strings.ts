@@ -1,6 +1,13 @@
 // The texts of a VM's Replication tab (its disks' replicated volumes and their settings);
 // merged into the one table of strings.ts.
 export const replStrings = {
+  "hw.move": "Move disk",
+  "hw.move.title": "Move disk {key}",
+  "hw.move.storage": "Target storage",
+  "hw.move.format": "Format",
+  "hw.move.format.keep": "as the storage chooses",
+  "hw.move.delete": "Delete the source (else kept as an unused disk)",
+  "hw.move.bwlimit": "Bandwidth limit (KiB/s, empty: default)",
   "vm.tab.replication": "Replication",
   "repl.nodisks": "This VM has no disk.",
   "repl.notreplicated": "Not on replicated storage: one copy, on its node.",

@@ -34,15 +34,23 @@ def start_fencing(svc: VolumeService, name: str) -> None:
 
 
 async def fence_loop(svc: VolumeService, name: str) -> None:
-    """Retry the fence-peer handler while the engine waits for it."""
+    """Retry the fence-peer handler while the engine waits for it.
+
+    After an outcome the loop looks again: the peer may have been lost once more
+    while the call ran (right after a partition heals it can take seconds: its
+    cluster-log write flushes the backlog), and `start_fencing` then saw this loop
+    running and started none. It asks the engine itself, under the lock, since the
+    event saying the engine resumed may not have arrived yet (issue 16); never sooner
+    than FENCE_RETRY, so an engine that keeps asking is not a busy loop."""
     while (svc.statuses.get(name) or {}).get("fence") == "needed":
         try:
             async with svc.lock(name):
                 if (svc.statuses.get(name) or {}).get("fence") != "needed":
                     return
+                if (await svc.call("status", name=name)).get("fence") != "needed":
+                    return
                 outcome = await fence_peer(svc, name, reason="peer lost")
             log.info("volume %s: fence-peer: %s", name, outcome)
-            return
         except FenceFailed as exc:
             svc._warn(f"{name}/fence", f"writes stay suspended: {exc}")
         except VolumeFailure as exc:
@@ -70,7 +78,9 @@ async def fence_peer(svc: VolumeService, name: str, *, reason: str) -> str:
             if svc.node in marks:
                 by = marks[svc.node].get("by", peer)
                 await svc.call("outdated-by-peer", name=name, by=by)
-                await svc.clusterlog.write(
+                # written behind: the caller holds the volume's lock, and a promotion
+                # waiting for it must not wait for etcd's backlog too
+                svc.clusterlog.write_behind(
                     f"volume {name}: the copy on {svc.node} was outdated by {by}; its "
                     f"suspended writes failed", tag="volume", pri="warning")
                 return "outdated-self"
@@ -78,7 +88,9 @@ async def fence_peer(svc: VolumeService, name: str, *, reason: str) -> str:
                 marks[peer] = {"by": svc.node, "time": int(time.time()), "reason": reason}
                 if not await svc.record_store.swap_fencing_marks(name, marks, revision):
                     continue
-                await svc.clusterlog.write(
+                # the mark is what makes resuming safe; the log line must not delay the
+                # engine's suspended writes (2-4 s when a partition has just healed)
+                svc.clusterlog.write_behind(
                     f"volume {name}: {peer}'s copy recorded Outdated by {svc.node} "
                     f"({reason})", tag="volume", pri="warning")
             await svc.call("peer-outdated", name=name, by=svc.node)

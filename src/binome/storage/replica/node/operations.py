@@ -103,13 +103,22 @@ async def marks_for_promotion(svc: VolumeService, name: str, force: bool) -> dic
                             f"promotion without quorum needs standalone mode)") from None
 
 
-async def demote(svc: VolumeService, name: str) -> dict[str, Any]:
+async def demote(svc: VolumeService, name: str, *, locked: bool = False) -> dict[str, Any]:
+    """Secondary here. `locked`: the caller holds the volume's lock already (it checked
+    the engine's state under it and the demotion must follow that check: the lock is
+    not reentrant)."""
+    if locked:
+        return await _demote(svc, name)
     async with svc.lock(name):
-        st = await svc.call("secondary", name=name)
-        with contextlib.suppress(StoreUnavailable, VolumeFailure):
-            await provisioning.set_record(svc, name, lambda r: {
-                **r, "primary": None if r.get("primary") == svc.node else r.get("primary")})
-        return st
+        return await _demote(svc, name)
+
+
+async def _demote(svc: VolumeService, name: str) -> dict[str, Any]:
+    st = await svc.call("secondary", name=name)
+    with contextlib.suppress(StoreUnavailable, VolumeFailure):
+        await provisioning.set_record(svc, name, lambda r: {
+            **r, "primary": None if r.get("primary") == svc.node else r.get("primary")})
+    return st
 
 
 async def up(svc: VolumeService, name: str) -> dict[str, Any]:

@@ -112,6 +112,15 @@ async def reconcile_volume(svc: VolumeService, name: str, rec: dict[str, Any],
     peer = svc.peer_of(rec)
     mine = marks.get(svc.node)
     if mine is not None and not connected and st["disk"] in ("UpToDate", "Consistent"):
+        # `marks` is the round's snapshot: a serializable read taken before this
+        # volume's lock was ours, which a fence-peer or a promotion may have held for
+        # seconds. Meanwhile the peer may have resynced this copy, cleared its mark and
+        # died (issue 16: the copy, in sync, was outdated here on the stale mark and
+        # the HA manager could not recover onto the only surviving copy). So the mark
+        # is read again, linearizably, under the lock; gone, this copy is left as it is.
+        marks, _ = await svc.record_store.fencing_marks(name)
+        mine = marks.get(svc.node)
+    if mine is not None and not connected and st["disk"] in ("UpToDate", "Consistent"):
         # The cluster recorded this copy Outdated: make the engine agree, so that
         # even a direct promotion attempt is refused.
         await svc.call("outdated-by-peer", name=name, by=mine.get("by", peer))
