@@ -485,6 +485,14 @@ class WatchdogStatus:
     vmids: list[int] = field(default_factory=list)
     last_fire: dict[str, Any] | None = None
 
+    def protects(self, vmid: int) -> bool:
+        """The supervisor holds a live deadline covering guest `vmid`: the guest dies if
+        the lease is not renewed in time, and no latched fire of an earlier deadline
+        kills it for merely running (`Supervisor._enforce`)."""
+        return (self.running and self.armed and not self.fired
+                and self.remaining is not None and self.remaining > 0
+                and vmid in self.vmids)
+
 
 class Watchdog:
     """The daemon's handle on its node's self-fence supervisor.
@@ -659,6 +667,25 @@ class Watchdog:
             hardware=report.get("hardware"), vmids=list(report.get("vmids") or []),
             last_fire=report.get("last_fire"),
         )
+
+    def release_inherited_fire(self) -> WatchdogStatus | None:
+        """Release a fire this daemon's life inherited: the supervisor fired on a deadline
+        an earlier life of the daemon set (it crashed or stalled past it; or the
+        supervisor, started by this life, found that life's armed state expired; or the
+        lease bridge could not renew it) and keeps killing every guest listed there
+        whenever one runs (`Supervisor._enforce`) until someone arms or disarms. This
+        life knows of that fire (those guests are dead, the CRM recovers them
+        elsewhere) and starts none of them without arming first, so the latch would only
+        kill what it later runs lawfully: a guest migrated in before its LRM armed, one
+        taken out of HA and started by hand. Returns the fire released (None: none).
+        The caller holds the daemon's watchdog lock and has not armed in this life."""
+        st = self.read_status()
+        fire = (st.pid, st.fired_at, len(st.killed))
+        if not st.running or not st.fired or fire == self._reported:
+            return None     # (the last: released, the supervisor's next tick clears it)
+        self.disarm_sync()
+        self._reported = fire   # never a "new" fire
+        return st
 
     async def status(self) -> WatchdogStatus:
         """The supervisor's view: running, armed, deadline, fired and what it killed."""

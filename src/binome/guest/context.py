@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from binome.guest import config as vmconf
@@ -46,6 +47,10 @@ class GuestContext:
         self._locks: dict[int, asyncio.Lock] = {}
         self.believed_running: set[int] = set()
         self.incoming: dict[int, dict[str, Any]] = {}   # target side of live migrations
+        # what must hold before an incoming live migration starts QEMU here: installed by
+        # the HA agent (an HA guest runs only under this node's armed watchdog); raises
+        # GuestFailure to refuse
+        self.incoming_guard: Callable[[int], Awaitable[None]] | None = None
 
     def lock(self, vmid: int) -> asyncio.Lock:
         """Held by every operation on guest `vmid` on this node."""

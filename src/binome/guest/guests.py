@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from binome.guest import spice
@@ -131,6 +132,11 @@ class GuestService:
 
     async def owner(self, vmid: int) -> str | None:
         return await self.configs.owner(vmid)
+
+    def set_incoming_guard(self, guard: Callable[[int], Awaitable[None]]) -> None:
+        """`guard(vmid)` runs before an incoming live migration starts QEMU here and
+        raises GuestFailure to refuse it (the HA agent's: its watchdog armed first)."""
+        self.ctx.incoming_guard = guard
 
     def operating_here(self, vmid: int) -> bool:
         """An operation on guest `vmid` runs on this node now (it holds the guest's

@@ -544,6 +544,8 @@ class MigrationTarget:
                 raise GuestFailure(f"VM {vmid} is not being migrated from {source}")
             if self.ctx.runtime.is_running(vmid):
                 raise GuestFailure(f"VM {vmid} already running on {self.ctx.node}")
+            if self.ctx.incoming_guard is not None:
+                await self.ctx.incoming_guard(vmid)
             keys: list[str] = []
             if volids:
                 # the config as it will be here (its local volumes' copies: the source's

@@ -455,6 +455,30 @@ class HaLab:
                     out.append(entry)
         return sorted(out, key=lambda e: e["t"])
 
+    def daemon_log(self, since: float, components: tuple[str, ...] = (
+            "guest", "ha", "volumes", "qemu", "settle")) -> str:
+        """Every node's binomed log lines since `since` (epoch seconds) from the components
+        named (prefixes), merged in time order: what a failed lab assertion prints so that
+        a rare failure in CI can be read without the lab's files."""
+        lines: list[tuple[str, str]] = []
+        for node in self.nodes:
+            path = self.cluster.state_dir(node) / "log" / "binomed.log"
+            try:
+                text = path.read_text(errors="replace")
+            except OSError:
+                continue
+            for line in text.splitlines():
+                ts = line[3:26] if line.startswith("ts=") else ""
+                try:
+                    t = time.mktime(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + float(
+                        "0" + ts[19:])
+                except ValueError:
+                    continue
+                comp = line.partition(" component=")[2].partition(" ")[0]
+                if t >= since and comp.startswith(components):
+                    lines.append((ts, line))
+        return "\n".join(line for _ts, line in sorted(lines))
+
     def timeline(self, fault: float, victim: str, probe: HttpProbe | None = None,
                  watch: QemuWatch | None = None, survivor: str | None = None) -> Timeline:
         """Detect / fence / recovery times of a fault of `victim`, from the cluster log."""

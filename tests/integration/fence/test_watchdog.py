@@ -328,6 +328,36 @@ async def test_a_fire_is_new_once_even_while_its_latch_outlives_the_next_arm(
     assert w.new_fire() and not w.new_fire()
 
 
+async def test_a_new_life_releases_the_fire_it_inherited(watchdogs, guests, run_dir) -> None:
+    """The lab's failback after a power cycle (issue 16): the node's daemon died armed for
+    VM 100; its next life's supervisor found that armed state expired and fired (killing
+    nothing: the guest had died with the node), then stayed latched, killing VM 100
+    whenever it ran. The next live migration of VM 100 onto the node, resumed before the
+    node's LRM had armed, was killed and restarted: a new instance. The new life releases
+    the inherited fire before it ever arms; `protects` tells an armed, live deadline
+    covering a guest from a latched or expired one."""
+    old_life = watchdogs()
+    old_life.arm_sync(time.monotonic() - 5, [100], run_dir)   # expired before this life
+    w = watchdogs()        # the new daemon's handle on the same files: no fire seen yet
+    await w.ensure_running()
+    await wait_until(lambda: w.read_status().fired, "fire on the stale state", timeout=3)
+    assert not w.read_status().protects(100)
+    held = guests(100)     # e.g. migrated in before the LRM armed: the latch kills it
+    await watch_death(held, timeout=5)
+    await fired(w)
+    released = w.release_inherited_fire()
+    assert released is not None and [k["pid"] for k in released.killed] == [held.pid]
+    assert w.release_inherited_fire() is None   # released once, before the tick clears it
+    await wait_until(lambda: not w.read_status().fired and not w.read_status().armed,
+                     "latch released", timeout=3)
+    assert w.release_inherited_fire() is None and not w.new_fire()
+    migrated = guests(100)
+    await stays_alive_until([migrated], time.monotonic() + 5 * INTERVAL)
+    await w.arm(time.monotonic() + 30, [100], run_dir)
+    await wait_until(lambda: w.read_status().protects(100), "arm acknowledged", timeout=3)
+    assert not w.read_status().protects(101)
+
+
 async def test_state_from_another_boot_is_not_an_arm(watchdogs, guests, run_dir) -> None:
     w = watchdogs()
     dummy = guests(100)

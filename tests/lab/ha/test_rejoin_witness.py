@@ -144,7 +144,16 @@ def test_scenario_3_node_returns_resyncs_no_failback(ha: HaLab) -> None:
         # means: every answer before and after comes from the same guest instance (the
         # one that booted before the change; a second instance would have booted after
         # it), and the source is gone.
-        assert probe.answered_again(t1) is None, "a new guest instance answered"
+        assert probe.answered_again(t1) is None, (
+            f"a new guest instance answered; QEMU events since the change "
+            f"{[(round(t - t1, 2), n, up) for t, n, up in watch.events if t >= t1]}; "
+            f"failed requests {[(round(t - t1, 2), why) for t, why in probe.failures(t1)]}"
+            f"\n{ha.daemon_log(t1 - 1)}")
+        # the victim's supervisor, started after the power cycle, fired on the deadline
+        # its last life had armed (killing nothing) and latched; released by the new
+        # life before it armed, it killed nothing of the failback (issue 16: it did)
+        wd_log = (lab.state_dir(victim) / "run" / "ha-watchdog.state.log").read_text()
+        assert "fire latch released" in wd_log and "still in force" not in wd_log, wd_log
         assert ha.guest_node() == victim and watch.stopped_at(survivor, t1)
         assert all(nodes == sorted([victim, survivor]) for _, nodes in watch.overlaps)
         handover = (watch.overlaps[-1][0] - watch.overlaps[0][0]) if watch.overlaps else 0.0

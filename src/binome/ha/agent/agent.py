@@ -50,6 +50,7 @@ from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
 from binome.fence.watchdog import Watchdog
+from binome.guest.errors import GuestFailure
 from binome.ha.agent import lease_bridge
 from binome.ha.agent.availability import AvailabilityRecorder
 from binome.ha.agent.etcd_env import EtcdEnv, vmid_of
@@ -61,8 +62,9 @@ from binome.ha.agent.shutdown import ShutdownDetector
 from binome.ha.agent.stats import HaStats
 from binome.ha.agent.wake import WATCH_PREFIXES, Debouncer, wakes_rounds
 from binome.ha.crm import Crm
+from binome.ha.env import EnvUnavailable
 from binome.ha.lrm import Lrm
-from binome.ha.model import LrmState, NodeState
+from binome.ha.model import LrmState, NodeState, RequestedState
 from binome.ha.timers import HaTimers
 from binome.loops import Backoff, run_periodic, stop_tasks
 from binome.store import keys
@@ -91,6 +93,9 @@ LATE_FACTOR = 1.5            # a renewal gap over this many intervals is logged
 LOOP_PROBE = 0.25            # the main-loop stall monitor's period
 LOOP_STALL = 0.5             # a main-loop stall longer than this is logged
 ROUND_MIN_PAUSE = 0.05       # between two rounds, however long the last one took
+INCOMING_ARM_WAIT = 5.0      # an incoming HA guest waits this long for the arm here
+INCOMING_ARM_POLL = 0.02
+INCOMING_ARM_REWAKE = 0.5    # ... its rounds woken this often meanwhile
 PROBE_WAKE_MIN = 0.05        # a due power probe never makes the rounds a busy loop
 WATCH_RETRY_MIN, WATCH_RETRY_MAX = 0.5, 5.0   # backoff before re-creating a broken watch
 
@@ -226,6 +231,9 @@ class HaAgent:
         self._stopping = False
         self._restarting = False   # a plain daemon stop: the LRM's `restart` mode
         self._pending_logs: list[asyncio.Task[dict[str, Any]]] = []
+        self._armed_in_life = False   # this daemon's LRM armed the watchdog at least once
+        if guests is not None:
+            guests.set_incoming_guard(self.protect_incoming)
 
     # ------------------------------------------------------------ facts for the envs
 
@@ -302,6 +310,7 @@ class HaAgent:
         with self._watchdog_lock:
             self._arm_locked(deadline, sids)
             self.armed_sids = set(sids)
+            self._armed_in_life = True
         if self.watchdog.running_pid() is None:
             asyncio.get_running_loop().create_task(self._ensure_watchdog())
 
@@ -320,6 +329,72 @@ class HaAgent:
         # once per fire: a fire the LRM handled stays latched in the supervisor's report
         # until its next tick after the LRM armed again (`Watchdog.new_fire`)
         return self.watchdog.new_fire()
+
+    def _release_inherited_fire(self) -> None:
+        """Until this life's LRM first arms: a fire latched under an earlier life's
+        deadline is released (`Watchdog.release_inherited_fire`: its kills stand, but it
+        would kill a guest this life runs lawfully later, such as one migrated in)."""
+        if self._armed_in_life or not self.watchdog.read_status().fired:
+            return
+        self._bridge_done()     # the bridge ends on a fire anyway: its guests are dead
+        with self._watchdog_lock:
+            if self._armed_in_life:
+                return
+            fire = self.watchdog.release_inherited_fire()
+        if fire is not None:
+            killed = ", ".join(f"VM {k.get('vmid')}" for k in fire.killed) or "nothing"
+            self.log("warn", f"{self.node}/lrm",
+                     f"the watchdog fired before this daemon armed it (an earlier life's "
+                     f"deadline; it killed {killed}): released, so that it cannot kill a "
+                     f"guest this node runs later")
+
+    async def watchdog_protects(self, vmid: int, timeout: float) -> bool:
+        """Whether the supervisor holds a live deadline for guest `vmid`, waiting up to
+        `timeout` for it to read the last arm (it does every tick, 0.1 s)."""
+        deadline = time.monotonic() + timeout
+        while not self.watchdog.read_status().protects(vmid):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(INCOMING_ARM_POLL)
+        return True
+
+    async def protect_incoming(self, vmid: int) -> None:
+        """Before an incoming live migration starts QEMU here (`GuestContext.
+        incoming_guard`): an HA guest may only run on this node under this node's armed
+        watchdog. The CRM's `migrate` makes both LRMs act in their next rounds, the
+        source's migration and this node's arm; a guest resumed here first would run
+        unguarded (the CRM could take this node's lease expiry for proof that it died)
+        and, under a latched fire, be killed by the supervisor. Waits for the arm (its
+        round woken) and the supervisor's acknowledgement, up to INCOMING_ARM_WAIT;
+        refuses after that: the source keeps the guest."""
+        sid = f"vm:{vmid}"
+        began = time.monotonic()
+        deadline = began + INCOMING_ARM_WAIT
+        woken = began
+        while True:
+            try:
+                resource = self.lrm_env.read_resources().get(sid)
+            except EnvUnavailable:
+                resource = None
+                refreshed = False
+            else:
+                refreshed = True
+            if refreshed and (resource is None or resource.state == RequestedState.IGNORED):
+                return      # not an HA guest here: no watchdog involved
+            if refreshed and sid in self.armed_sids and await self.watchdog_protects(vmid, 0):
+                waited = time.monotonic() - began
+                if waited > INCOMING_ARM_POLL:
+                    log.info("%s: incoming %s waited %.0f ms for this node's watchdog arm",
+                             self.node, sid, waited * 1000)
+                return
+            if time.monotonic() >= deadline:
+                lrm = f"LRM {self.lrm.state}" + ("" if refreshed else ", HA state not read")
+                raise GuestFailure(f"HA guest {sid}: the watchdog of {self.node} does not "
+                                   f"protect it yet ({lrm}); not receiving it")
+            if time.monotonic() >= woken:     # a round now, not at its period
+                self.wake()
+                woken = time.monotonic() + INCOMING_ARM_REWAKE
+            await asyncio.sleep(INCOMING_ARM_POLL)
 
     async def _ensure_watchdog(self) -> None:
         try:
@@ -698,6 +773,7 @@ class HaAgent:
         if await self.lrm_env.refresh() and self.lrm_env.ha_sids() \
                 and self.watchdog.running_pid() is None:
             await self._ensure_watchdog()   # before the LRM may arm it and start guests
+        self._release_inherited_fire()
         self.lrm.step()
         errors = await self.lrm_env.commit()
         if errors:

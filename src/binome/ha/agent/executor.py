@@ -51,6 +51,7 @@ class StartNotReady(GuestFailure):
     ETRY_AGAIN, so the CRM retries or places it elsewhere without counting a restart."""
 
 STOP_TIMEOUT = 30.0
+START_ARM_WAIT = 2.0     # seconds an HA start waits for the supervisor to take the arm over
 RELEASE_INTERVAL = 2.0   # seconds between two looks at the fencing marks of stuck Primaries
 
 
@@ -142,6 +143,11 @@ class Executor:
             assert hub.guests is not None
             # the guest's replicated disks must be Primary here before QEMU opens them
             await promote_volumes(hub, task, sid, vmid)
+            # the arm written is not enough: a supervisor still latched on an earlier
+            # fire kills a listed guest that runs until it has read the new deadline
+            if not await hub.watchdog_protects(vmid, START_ARM_WAIT):
+                raise StartNotReady(f"refusing to start {sid}: the watchdog supervisor has "
+                                    f"not taken this node's arm over yet")
             # start_vm re-reads the config with a quorum read: it must still be ours
             await hub.guests.start_vm(task, vmid)
             return f"HA start of {sid} done"
