@@ -136,6 +136,19 @@ def test_qm_actions_of_an_ha_vm_go_through_the_manager(ha_cluster: Cluster) -> N
         assert r.status_code == 500 and "does not exist" in r.reason
         assert px.cluster.ha.resources(sid).get()["state"] == "stopped"
         assert qemu_pid(n1, vmid) is None
+
+        # ---- destroy: refused while HA holds the VM, unless purge (PVE's text), which
+        # takes the resource out of the HA configuration as well
+        r = s.delete(f"{base}/nodes/n1/qemu/{vmid}")
+        assert r.status_code == 500 and r.reason == (
+            f"unable to remove VM {vmid} - used in HA resources and purge parameter not set.")
+        assert px.nodes("n1").qemu(vmid).config.get()["name"] == "ha-qm"
+        upid = px.nodes("n1").qemu(vmid).delete(purge=1)
+        assert task_done(px, "n1", upid)["exitstatus"] == "OK"
+        log = task_log(px, "n1", upid)
+        assert f"NOTE: removed VM {vmid} from HA resource configuration." in log, log
+        assert sid not in [r["sid"] for r in px.cluster.ha.resources.get()]
+        assert vmid not in [r["vmid"] for r in px.cluster.resources.get(type="vm")]
     finally:
         n1.cli("ha", "remove", sid, check=False)
         for v in (vmid, plain):

@@ -15,7 +15,7 @@ from binome.access.permission import And, AnyUser, Or, Perm
 from binome.api.context import RequestContext
 from binome.api.errors import ApiError, PermissionDenied, fail, param_error
 from binome.api.methods import ha as ha_api
-from binome.api.methods.common import NODE, access_change
+from binome.api.methods.common import NODE, access_change, ha_config_if_clustered
 from binome.api.registry import CliSpec, privs, registry
 from binome.api.schema import Param
 from binome.backup.jobs import BackupJobs, JobError
@@ -294,6 +294,12 @@ async def vm_destroy(ctx: RequestContext, params: dict[str, Any]) -> str:
     protected = vmconf.protection_error(vm.config, f"can't remove VM {vmid}")
     if protected:
         raise fail(protected)
+    # PVE's service_is_configured: an HA resource in any state, ignored included
+    ha = ha_config_if_clustered(ctx)
+    ha_managed = ha is not None and sid_of(vmid) in await ha.resources()
+    if ha_managed and not params["purge"]:
+        raise fail(f"unable to remove VM {vmid} - used in HA resources and purge parameter "
+                   f"not set.")
     if service.runtime.is_running(vmid):
         raise fail(f"VM {vmid} is running - destroy failed")
 
@@ -308,6 +314,14 @@ async def vm_destroy(ctx: RequestContext, params: dict[str, Any]) -> str:
                     task.log(line)
             except JobError as exc:
                 task.warn(f"could not remove VM {vmid} from backup jobs: {exc}")
+            if ha is not None and ha_managed:
+                # PVE's delete_service_from_config with purge: the rules naming it too
+                try:
+                    await ha.remove_resource(sid_of(vmid))
+                    await ha.purge_rules_of(sid_of(vmid))
+                    task.log(f"NOTE: removed VM {vmid} from HA resource configuration.")
+                except BinomeError as exc:
+                    task.warn(f"could not remove VM {vmid} from the HA resources: {exc}")
         # PVE's remove_vm_access (run on every destroy): the id may be reused, and a new
         # VM must not inherit the old one's pool or ACL entries
         await access_change(ctx, f"remove VM {vmid} from pools and ACLs",
