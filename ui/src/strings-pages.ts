@@ -97,6 +97,7 @@ export const pageStrings = {
   "backup.nostorage": "No storage on {node} holds backups.",
   "backup.restore": "Restore",
   "backup.restore.running": "The VM runs: stop it first, the restore refuses a running VM.",
+  "backup.restore.live": "Start the VM at once, its disks restored in the background (live restore)",
   "backup.confirm.restore": "Restore {volid} over VM {vmid}? Its current disks and config are replaced.",
   "backup.confirm.delete": "Delete backup {volid}?",
   "bjob.add": "Add backup job",

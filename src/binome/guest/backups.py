@@ -95,7 +95,9 @@ from binome.backup.writer import (
 )
 from binome.guest import config as vmconf
 from binome.guest.errors import GuestError, GuestFailure
+from binome.guest.live_restore import LiveDisk, live_restore
 from binome.guest.process import proc_stat
+from binome.guest.tools import run_tool
 from binome.storage.base import StorageError, VolumeSource, split_volid
 from binome.tasks.manager import Task, TaskFailed
 from binome.units import render_bytes
@@ -104,6 +106,7 @@ if TYPE_CHECKING:
     from binome.guest.context import GuestContext
     from binome.guest.guest_agent import GuestAgent
     from binome.guest.lifecycle import Lifecycle
+    from binome.storage.base import Storage
 
 log = logging.getLogger("binome.guest.backups")
 
@@ -632,8 +635,8 @@ class Backups:
                     bitmaps.bases[disk.key] = bitmap.name
                     bitmaps.contexts[disk.key] = f"qemu:dirty-bitmap:{bitmap.name}"
                 else:
-                    await _run("qemu-img", "bitmap", "--remove", path, bitmap.name)
-            await _run("qemu-img", "bitmap", "--add", "-g", str(DEFAULT_CHUNK_SIZE), path,
+                    await run_tool("qemu-img", "bitmap", "--remove", path, bitmap.name)
+            await run_tool("qemu-img", "bitmap", "--add", "-g", str(DEFAULT_CHUNK_SIZE), path,
                        bitmaps.new)
             bitmaps.nodes[disk.key] = path     # settled by _settle_image_bitmaps
             bitmaps.started = True
@@ -653,7 +656,7 @@ class Backups:
             if name is None:
                 continue
             try:
-                await _run("qemu-img", "bitmap", "--remove", path, name)
+                await run_tool("qemu-img", "bitmap", "--remove", path, name)
             except GuestFailure as error:
                 task.log(f"WARN: {key}: could not remove dirty bitmap {name} ({error}): "
                          f"the next backup of {key} is full")
@@ -746,7 +749,7 @@ class Backups:
         fl.fleece_dir.mkdir(parents=True, exist_ok=True)
         for disk, node, size in plan:
             image = fl.fleece_dir / f"{disk.key}.qcow2"
-            await _run("qemu-img", "create", "-q", "-f", "qcow2", str(image), str(size))
+            await run_tool("qemu-img", "create", "-q", "-f", "qcow2", str(image), str(size))
             fleece = f"fleece-{disk.key}"
             await self._qmp(vmid, "blockdev-add", {
                 "driver": "qcow2", "node-name": fleece, "discard": "unmap",
@@ -966,9 +969,12 @@ class Backups:
     # ------------------------------------------------------------------ restore
 
     async def restore(self, task: Task, vmid: int, archive: str, *,
-                      storage_id: str | None, unique: bool, force: bool) -> None:
+                      storage_id: str | None, unique: bool, force: bool,
+                      live: bool = False) -> None:
         """Create VM `vmid` from backup volume `archive`; over an existing VM only with
-        `force` (that VM is destroyed first: nothing of it is kept)."""
+        `force` (that VM is destroyed first: nothing of it is kept). `live`: the VM
+        starts at once, its disks filled while it runs (`live_restore`; its EFI vars and
+        TPM state are restored before, as PVE's)."""
         source_storage = await self.ctx.storages.for_volid(archive)
         volname = split_volid(archive)[1]
         if not volname.startswith("backup/"):
@@ -986,6 +992,8 @@ class Backups:
             task.log(f"backup is encrypted (key fingerprint {manifest.crypt_fingerprint}): "
                      f"manifest signature ok")
         indexes = {f["filename"] for f in manifest.files}
+        if live and backed_up.get("template"):
+            raise TaskFailed("cannot do live-restore for template")
         task.log(f"restore binome backup '{archive}' ({backup_name(ref)}) to VM {vmid}")
         owner = await self.ctx.configs.owner(vmid)
         if owner is not None:
@@ -1003,6 +1011,7 @@ class Backups:
             raise TaskFailed(f"unable to restore VM {vmid} - VM {vmid} already exists on "
                              f"node '{await self.ctx.configs.owner(vmid)}'")
         allocated: list[str] = []
+        live_disks: list[LiveDisk] = []
         try:
             new: dict[str, Any] = {}
             for key, value in backed_up.items():
@@ -1017,7 +1026,17 @@ class Backups:
                     continue
                 if vmconf.is_disk_key(key) or key in vmconf.SPECIAL_DRIVES:
                     disk = vmconf.parse_drive(key, str(value))
-                    if disk.volid and not disk.is_cdrom and index_name in indexes:
+                    if disk.volid and not disk.is_cdrom and index_name in indexes \
+                            and live and key not in vmconf.SPECIAL_DRIVES:
+                        # filled by the running guest's mirror jobs, after the config
+                        index = await asyncio.to_thread(store.read_index, ref, index_name)
+                        _storage, volid = await self._restore_volume(task, index.size, disk,
+                                                                     vmid, storage_id)
+                        allocated.append(volid)
+                        live_disks.append(LiveDisk(key, index_name, volid))
+                        value = ",".join([volid, *(f"{k}={v}"
+                                                   for k, v in disk.options.items())])
+                    elif disk.volid and not disk.is_cdrom and index_name in indexes:
                         volid = await self._restore_disk(task, store, ref, index_name, disk,
                                                          vmid, storage_id)
                         allocated.append(volid)
@@ -1030,6 +1049,8 @@ class Backups:
                 new[key] = value
             if unique and "smbios1" in new:
                 new["smbios1"] = f"uuid={uuid.uuid4()}"
+            if live:
+                new["lock"] = "create"     # PVE keeps it for the whole live restore
             await self.ctx.configs.write(await self.ctx.read(vmid), new)
         except BaseException as error:
             task.log(f"restore failed ({error}); removing what was created")
@@ -1040,29 +1061,16 @@ class Backups:
                 await self.ctx.configs.unreserve(vmid)
             raise
         self.restored[vmid] = Restored(archive, time.time())
+        if live:
+            await live_restore(self.ctx, self.lifecycle, task, vmid, store, ref, archive,
+                               live_disks)
         task.log(f"VM {vmid} restored on node {self.ctx.node}")
 
     async def _restore_disk(self, task: Task, store: BackupStore, ref: SnapshotRef,
                             index_name: str, disk: vmconf.DiskEntry, vmid: int,
                             storage_id: str | None) -> str:
         index = await asyncio.to_thread(store.read_index, ref, index_name)
-        target_id = storage_id or str(disk.storage)
-        storage = await self.ctx.storages.get(target_id)
-        if disk.key == "tpmstate0" and storage.per_node_activation:
-            # swtpm needs a local file: a replicated volume would refuse every start
-            fallback = str(disk.storage)
-            if fallback == target_id or not await self._is_local_dir(fallback):
-                fallback = "local"
-            task.warn(f"tpmstate0: storage '{target_id}' cannot hold a TPM state (swtpm "
-                      f"needs a dir storage): restored to '{fallback}'")
-            storage = await self.ctx.storages.get(fallback)
-        fmt = disk.volid.rsplit(".", 1)[-1] if disk.volid and "." in disk.volid else "raw"
-        fmt = fmt if fmt in ("raw", "qcow2") else "raw"
-        try:
-            volid = await storage.alloc(vmid, index.size, fmt)
-        except StorageError:
-            volid = await storage.alloc(vmid, index.size, "raw")
-        task.log(f"new volume ID is '{volid}'")
+        storage, volid = await self._restore_volume(task, index.size, disk, vmid, storage_id)
         try:
             # a volume bound to nodes (replicated) is written where it is active: here
             activated = await storage.activate_volume(volid, task=task)
@@ -1082,6 +1090,29 @@ class Backups:
                  f"({sparse * 100 / max(stats.size, 1):.1f}%)")
         task.log(f"{disk.key}: restored {human_size(stats.size)}, sha256 {stats.sha256}")
         return volid
+
+    async def _restore_volume(self, task: Task, size: int, disk: vmconf.DiskEntry,
+                              vmid: int, storage_id: str | None) -> tuple[Storage, str]:
+        """The new volume a restored disk goes to: on `storage_id` (else the disk's own
+        storage), in the disk's format where the storage has it."""
+        target_id = storage_id or str(disk.storage)
+        storage = await self.ctx.storages.get(target_id)
+        if disk.key == "tpmstate0" and storage.per_node_activation:
+            # swtpm needs a local file: a replicated volume would refuse every start
+            fallback = str(disk.storage)
+            if fallback == target_id or not await self._is_local_dir(fallback):
+                fallback = "local"
+            task.warn(f"tpmstate0: storage '{target_id}' cannot hold a TPM state (swtpm "
+                      f"needs a dir storage): restored to '{fallback}'")
+            storage = await self.ctx.storages.get(fallback)
+        fmt = disk.volid.rsplit(".", 1)[-1] if disk.volid and "." in disk.volid else "raw"
+        fmt = fmt if fmt in ("raw", "qcow2") else "raw"
+        try:
+            volid = await storage.alloc(vmid, size, fmt)
+        except StorageError:
+            volid = await storage.alloc(vmid, size, "raw")
+        task.log(f"new volume ID is '{volid}'")
+        return storage, volid
 
     async def _is_local_dir(self, storage_id: str) -> bool:
         try:
@@ -1147,14 +1178,6 @@ class Backups:
                 shutil.rmtree(workdir, ignore_errors=True)
         except (RestoreError, NbdError, CryptError) as error:
             raise TaskFailed(f"restore of {key} failed: {error}") from None
-
-
-async def _run(*argv: str) -> None:
-    process = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
-                                                   stderr=asyncio.subprocess.PIPE)
-    _out, err = await process.communicate()
-    if process.returncode != 0:
-        raise GuestFailure(f"{argv[0]} failed: {err.decode().strip() or process.returncode}")
 
 
 def _local_qcow2(disk: _Disk) -> bool:

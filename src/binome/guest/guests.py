@@ -246,9 +246,9 @@ class GuestService:
         await self.backups.run_job(task, vmids, options)
 
     async def restore(self, task: Task, vmid: int, archive: str, *, storage: str | None,
-                      unique: bool, force: bool) -> None:
+                      unique: bool, force: bool, live: bool = False) -> None:
         await self.backups.restore(task, vmid, archive, storage_id=storage, unique=unique,
-                                   force=force)
+                                   force=force, live=live)
 
     async def make_template(self, task: Task, vmid: int, disk: str | None = None) -> None:
         await self.lifecycle.make_template(task, vmid, disk)

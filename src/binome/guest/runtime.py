@@ -685,11 +685,13 @@ class QemuRuntime:
         await qemu_mirror.wait_ready(g.qmp, g.alive, job, on_progress)
 
     async def mirror_complete(self, vmid: int, job: qemu_mirror.MirrorJob, source: str,
-                              fmt: str | None) -> None:
-        """Switch the drive to the mirror's target, and the record with it."""
+                              fmt: str | None, cache: str | None = None) -> None:
+        """Switch the drive to the mirror's target, and the record with it (`cache`: the
+        target's, when it differs from the drive's until now)."""
         g = self._running(vmid)
         await qemu_mirror.complete(g.qmp, job)
-        disks = tuple(dataclasses.replace(d, source=source, format=fmt)
+        disks = tuple(dataclasses.replace(d, source=source, format=fmt,
+                                          cache=cache if cache is not None else d.cache)
                       if d.name == job.key else d for d in g.spec.disks)
         self._replug_record(g, dataclasses.replace(g.spec, disks=disks))
 

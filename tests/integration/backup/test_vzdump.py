@@ -591,3 +591,91 @@ def test_efidisk_and_tpmstate_are_backed_up_and_restored(px, cluster: Cluster) -
             wait_task(px, node.storage("bk").content(listed["volid"]).delete())
     finally:
         destroy(px, vmid)
+
+
+def _chunk_files(cluster: Cluster) -> set[Path]:
+    return set((cluster["n1"].state_dir / "backups" / "dump" / ".chunks").glob("*/*"))
+
+
+def _live_restore_dirs(cluster: Cluster) -> list[str]:
+    run = cluster["n1"].state_dir / "run" / "qemu"
+    return [p.name for p in run.iterdir() if p.name.startswith("live-restore-")]
+
+
+def test_live_restore_runs_the_guest_at_once_then_on_its_own_disk(px, cluster: Cluster
+                                                                  ) -> None:
+    """PVE's `live-restore`: the restored VM starts before its disk is filled (it reads
+    the backup through binomed's NBD server and a temporary overlay), the disk is then
+    filled by a mirror job and the drive switched to it; the lock goes. The guest's
+    writes afterwards land on the restored volume. A backup chunk that cannot be read
+    fails the restore: the VM is stopped, "live-restore failed", nothing left over."""
+    node = px.nodes("n1")
+    vmid = 960
+    create_vm(px, vmid, f"local:{DISK_MIB / 1024}")
+    try:
+        wait_task(px, node.qemu(vmid).status.start.post())
+        console = Console(cluster["n1"].state_dir / "run" / "qemu" / f"{vmid}.serial")
+        wait_shell(console)
+        fill_disk(console, "L")
+        wait_task(px, node.qemu(vmid).status.stop.post())
+        before = _chunk_files(cluster)
+        assert wait_task(px, node.vzdump.post(vmid=str(vmid), storage="bk")
+                         )["exitstatus"] == "OK"
+        ours = _chunk_files(cluster) - before      # the 'L' chunk (all 16 are one)
+        assert ours
+        (listed,) = backups(px, vmid)
+
+        upid = node.qemu.post(vmid=vmid + 1, archive=listed["volid"],
+                              **{"live-restore": 1})
+        status = wait_task(px, upid)
+        log = task_log(px, upid)
+        assert status["exitstatus"] == "OK", log
+        try:
+            order = [next(i for i, line in enumerate(log) if line.startswith(text))
+                     for text in ("starting VM for live-restore",
+                                  f"restoring 'drive-virtio0' to 'local:{vmid + 1}/",
+                                  f"VM {vmid + 1} started (pid ",
+                                  "all 'mirror' jobs are ready",
+                                  "restore-drive jobs finished successfully")]
+            assert order == sorted(order), log
+            assert node.qemu(vmid + 1).status.current.get()["status"] == "running"
+            config = node.qemu(vmid + 1).config.get()
+            assert "lock" not in config, config
+            image = image_path(cluster, config["virtio0"])
+            # QEMU has the volume open now, not the overlay (gone with the NBD server)
+            block = node.qemu(vmid + 1).monitor.post(command="info block")
+            assert str(image) in block and "live-restore" not in block, block
+            assert _live_restore_dirs(cluster) == []
+            console = Console(cluster["n1"].state_dir / "run" / "qemu" /
+                              f"{vmid + 1}.serial")
+            wait_shell(console)
+            fill_disk(console, "B", range(0, 8))
+            wait_task(px, node.qemu(vmid + 1).status.stop.post())
+            assert sha256_of(image) == filled("L", "B", range(0, 8)), mib_letters(image)
+        finally:
+            destroy(px, vmid + 1)
+
+        # the backup unreadable (its chunk moved away): the restore fails cleanly
+        hidden = [(p, p.with_name(p.name + ".away")) for p in ours]
+        for path, away in hidden:
+            path.rename(away)
+        try:
+            upid = node.qemu.post(vmid=vmid + 1, archive=listed["volid"],
+                                  **{"live-restore": 1})
+            status = wait_task(px, upid)
+            log = task_log(px, upid)
+        finally:
+            for path, away in hidden:
+                away.rename(path)
+        assert status["exitstatus"].startswith("live-restore failed"), log
+        assert any(line.startswith("WARN: An error occurred during live-restore: ")
+                   for line in log), log
+        try:
+            assert node.qemu(vmid + 1).status.current.get()["status"] == "stopped"
+            # as PVE's: the incomplete VM keeps its 'create' lock (no start by mistake)
+            assert node.qemu(vmid + 1).config.get()["lock"] == "create"
+            assert _live_restore_dirs(cluster) == []
+        finally:
+            destroy(px, vmid + 1)
+    finally:
+        destroy(px, vmid)

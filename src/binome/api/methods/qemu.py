@@ -170,6 +170,9 @@ async def vm_list(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str,
                                             "(restore)."),
                 "force": Param(type="boolean", optional=True, default=False,
                                description="Allow to overwrite existing VM (restore)."),
+                "live-restore": Param(type="boolean", optional=True, default=False,
+                                      description="Start the VM immediately while "
+                                                  "restoring in the background."),
                 **SETTABLE},
     returns={"type": "string", "description": "UPID"},
     cli=(CliSpec(("vm", "create"), positional=("vmid",)),
@@ -181,7 +184,7 @@ async def vm_create(ctx: RequestContext, params: dict[str, Any]) -> str:
     vmid = params["vmid"]
     if params.get("archive") is not None:
         return await _restore(ctx, service, params)
-    for key in ("storage", "unique", "force"):
+    for key in ("storage", "unique", "force", "live-restore"):
         if params.get(key):
             raise param_error(key, "option is only valid with 'archive' (restore)")
     changes = _config_changes(params)
@@ -249,9 +252,10 @@ async def _restore(ctx: RequestContext, service: GuestService, params: dict[str,
 
     async def body(task: Task) -> None:
         await service.restore(task, vmid, archive, storage=params.get("storage"),
-                              unique=params["unique"], force=params["force"])
+                              unique=params["unique"], force=params["force"],
+                              live=params["live-restore"])
         await _add_to_pool(ctx, vmid, params.get("pool"))
-        if params["start"]:
+        if params["start"] and not params["live-restore"]:   # (PVE's: running already)
             await service.start_vm(task, vmid)
 
     return _start_task(ctx, "qmrestore", vmid, body)

@@ -1,7 +1,8 @@
 // The VM's Backup tab: its backups on every storage of its node that holds backups
 // (GET .../storage?content=backup, then each one's content for this vmid), "Backup now"
 // (POST /nodes/{node}/vzdump: storage, mode, compress), restore over this VM (POST
-// /nodes/{node}/qemu with archive and force, after a confirmation) and delete. Each
+// /nodes/{node}/qemu with archive and force, live-restore if asked, after a
+// confirmation) and delete. Each
 // starts a task, followed in the task viewer; the list refreshes when it ends.
 import { useEffect, useState } from "preact/hooks";
 import { get } from "../../api";
@@ -25,6 +26,7 @@ export function Backup(props: { node: string; vmid: number; running: boolean }) 
   const outcome = useOutcome();
   const [editing, setEditing] = useState<Editing | null>(null);
   const [form, setForm] = useState({ storage: "", mode: "snapshot", compress: "zstd" });
+  const [live, setLive] = useState(false);   // restore: start at once (live-restore)
 
   useEffect(() => {
     let alive = true;
@@ -48,6 +50,7 @@ export function Backup(props: { node: string; vmid: number; running: boolean }) 
   const open = (e: Editing) => {
     outcome.clear();
     if (e.kind === "backup") setForm((f) => ({ ...f, storage: f.storage || storages[0] || "" }));
+    if (e.kind === "restore") setLive(false);
     setEditing(e);
   };
   const save = async () => {
@@ -57,7 +60,8 @@ export function Backup(props: { node: string; vmid: number; running: boolean }) 
       ok = await outcome.send("POST", `${nodePath}/vzdump`, {
         vmid: String(props.vmid), storage: form.storage, mode: form.mode, compress: form.compress });
     } else if (editing.kind === "restore") {
-      ok = await outcome.send("POST", `${nodePath}/qemu`, { vmid: props.vmid, archive: editing.volid, force: true });
+      ok = await outcome.send("POST", `${nodePath}/qemu`, {
+        vmid: props.vmid, archive: editing.volid, force: true, ...(live ? { "live-restore": true } : {}) });
     } else {
       const storage = editing.volid.split(":")[0];
       ok = await outcome.send("DELETE",
@@ -123,6 +127,8 @@ export function Backup(props: { node: string; vmid: number; running: boolean }) 
           <p>{t(editing.kind === "restore" ? "backup.confirm.restore" : "backup.confirm.delete",
             { volid: editing.volid, vmid: props.vmid })}</p>
           {editing.kind === "restore" && props.running && <p class="error">{t("backup.restore.running")}</p>}
+          {editing.kind === "restore" && <label class="check"><input type="checkbox" id="backup-restore-live"
+            checked={live} onChange={(e) => setLive(e.currentTarget.checked)} />{t("backup.restore.live")}</label>}
           <OtherErrors errors={errors} shown={[]} />
         </Dialog>
       )}
