@@ -90,6 +90,7 @@ from binome.backup.writer import (
     BackupStats,
     BlockSource,
     FileSource,
+    Throttle,
     backup_image,
     dirty_chunks,
 )
@@ -970,11 +971,12 @@ class Backups:
 
     async def restore(self, task: Task, vmid: int, archive: str, *,
                       storage_id: str | None, unique: bool, force: bool,
-                      live: bool = False) -> None:
+                      live: bool = False, bwlimit_kib: int | None = None) -> None:
         """Create VM `vmid` from backup volume `archive`; over an existing VM only with
         `force` (that VM is destroyed first: nothing of it is kept). `live`: the VM
         starts at once, its disks filled while it runs (`live_restore`; its EFI vars and
-        TPM state are restored before, as PVE's)."""
+        TPM state are restored before, as PVE's). `bwlimit_kib`: at most this many KiB
+        written per second (PVE's `bwlimit`; the live restore's mirror speed)."""
         source_storage = await self.ctx.storages.for_volid(archive)
         volname = split_volid(archive)[1]
         if not volname.startswith("backup/"):
@@ -1038,7 +1040,7 @@ class Backups:
                                                    for k, v in disk.options.items())])
                     elif disk.volid and not disk.is_cdrom and index_name in indexes:
                         volid = await self._restore_disk(task, store, ref, index_name, disk,
-                                                         vmid, storage_id)
+                                                         vmid, storage_id, bwlimit_kib)
                         allocated.append(volid)
                         value = ",".join([volid, *(f"{k}={v}"
                                                    for k, v in disk.options.items())])
@@ -1063,12 +1065,12 @@ class Backups:
         self.restored[vmid] = Restored(archive, time.time())
         if live:
             await live_restore(self.ctx, self.lifecycle, task, vmid, store, ref, archive,
-                               live_disks)
+                               live_disks, bwlimit_kib)
         task.log(f"VM {vmid} restored on node {self.ctx.node}")
 
     async def _restore_disk(self, task: Task, store: BackupStore, ref: SnapshotRef,
                             index_name: str, disk: vmconf.DiskEntry, vmid: int,
-                            storage_id: str | None) -> str:
+                            storage_id: str | None, bwlimit_kib: int | None = None) -> str:
         index = await asyncio.to_thread(store.read_index, ref, index_name)
         storage, volid = await self._restore_volume(task, index.size, disk, vmid, storage_id)
         try:
@@ -1076,7 +1078,7 @@ class Backups:
             activated = await storage.activate_volume(volid, task=task)
             try:
                 stats = await self._write_image(task, store, ref, index_name, disk.key,
-                                                storage.source(volid), vmid)
+                                                storage.source(volid), vmid, bwlimit_kib)
             finally:
                 if activated:
                     with contextlib.suppress(Exception):
@@ -1123,15 +1125,20 @@ class Backups:
 
     async def _write_image(self, task: Task, store: BackupStore, ref: SnapshotRef,
                            index_name: str, key: str, source: VolumeSource,
-                           vmid: int) -> RestoreStats:
+                           vmid: int, bwlimit_kib: int | None = None) -> RestoreStats:
         """Write a backed-up image into a fresh volume through the storage's own source:
         a raw file, an NBD export (a replicated volume's), or a qcow2 image through
-        qemu-nbd. Chunks are checked (and decrypted) with the store's key."""
+        qemu-nbd. Chunks are checked (and decrypted) with the store's key; at most
+        `bwlimit_kib` KiB of the image per second."""
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         last = [-1]
+        throttle, restored = Throttle(bwlimit_kib * 1024 if bwlimit_kib else None), [0]
 
         def progress(done: int, size: int) -> None:
+            # (in the restore's thread, after each chunk: the limit paces the next one)
+            throttle.account(done - restored[0])
+            restored[0] = done
             step = done * 10 // max(size, 1)
             if step != last[0]:
                 last[0] = step

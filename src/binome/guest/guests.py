@@ -246,9 +246,10 @@ class GuestService:
         await self.backups.run_job(task, vmids, options)
 
     async def restore(self, task: Task, vmid: int, archive: str, *, storage: str | None,
-                      unique: bool, force: bool, live: bool = False) -> None:
+                      unique: bool, force: bool, live: bool = False,
+                      bwlimit_kib: int | None = None) -> None:
         await self.backups.restore(task, vmid, archive, storage_id=storage, unique=unique,
-                                   force=force, live=live)
+                                   force=force, live=live, bwlimit_kib=bwlimit_kib)
 
     async def make_template(self, task: Task, vmid: int, disk: str | None = None) -> None:
         await self.lifecycle.make_template(task, vmid, disk)

@@ -69,8 +69,9 @@ def chunk_loader(store: DumpStore | RemoteDumpStore, ref: SnapshotRef, index_nam
 
 async def live_restore(ctx: GuestContext, lifecycle: Lifecycle, task: Task, vmid: int,
                        store: DumpStore | RemoteDumpStore, ref: SnapshotRef, archive: str,
-                       disks: list[LiveDisk]) -> None:
-    """Start VM `vmid` on its backup and fill `disks` while it runs (module notes)."""
+                       disks: list[LiveDisk], bwlimit_kib: int | None = None) -> None:
+    """Start VM `vmid` on its backup and fill `disks` while it runs (module notes), each
+    mirror job at most `bwlimit_kib` KiB/s."""
     task.log("starting VM for live-restore")
     task.log(f"repository: '{archive.partition(':')[0]}', snapshot: '{backup_name(ref)}'")
     started = time.monotonic()
@@ -90,7 +91,7 @@ async def live_restore(ctx: GuestContext, lifecycle: Lifecycle, task: Task, vmid
             overlays[d.key] = overlay
             task.log(f"restoring 'drive-{d.key}' to '{d.volid}'")
         await _start_on_overlays(ctx, lifecycle, task, vmid, disks, overlays)
-        await _fill(ctx, task, vmid, disks)
+        await _fill(ctx, task, vmid, disks, bwlimit_kib)
         task.log("restore-drive jobs finished successfully, removing all tracking block "
                  "devices to disconnect from the backup")
     except BaseException as exc:
@@ -132,7 +133,8 @@ async def _start_on_overlays(ctx: GuestContext, lifecycle: Lifecycle, task: Task
         task.log(f"VM {vmid} started (pid {pid})")
 
 
-async def _fill(ctx: GuestContext, task: Task, vmid: int, disks: list[LiveDisk]) -> None:
+async def _fill(ctx: GuestContext, task: Task, vmid: int, disks: list[LiveDisk],
+                bwlimit_kib: int | None) -> None:
     """One mirror job per disk into its volume; each drive switched to its volume once
     every job is ready."""
     runtime = ctx.runtime
@@ -142,7 +144,8 @@ async def _fill(ctx: GuestContext, task: Task, vmid: int, disks: list[LiveDisk])
             target = (await ctx.storages.for_volid(d.volid)).source(d.volid)
             vm = await ctx.read(vmid)
             cache = _drive_cache(vm.config.get(d.key))
-            job = await runtime.mirror_start(vmid, d.key, target.source, target.format, cache)
+            job = await runtime.mirror_start(vmid, d.key, target.source, target.format, cache,
+                                             speed=bwlimit_kib * 1024 if bwlimit_kib else None)
             jobs.append((d, job, target, cache))
         for _d, job, _target, _cache in jobs:
             await runtime.mirror_wait_ready(vmid, job, task.log)

@@ -593,6 +593,13 @@ def test_efidisk_and_tpmstate_are_backed_up_and_restored(px, cluster: Cluster) -
         destroy(px, vmid)
 
 
+def disk_of(changes: dict[int, str], letter: str) -> str:
+    whole = hashlib.sha256()
+    for mib in range(DISK_MIB):
+        whole.update((changes.get(mib, letter) + "\n").encode() * (1 << 19))
+    return whole.hexdigest()
+
+
 def _chunk_files(cluster: Cluster) -> set[Path]:
     return set((cluster["n1"].state_dir / "backups" / "dump" / ".chunks").glob("*/*"))
 
@@ -625,9 +632,25 @@ def test_live_restore_runs_the_guest_at_once_then_on_its_own_disk(px, cluster: C
         assert ours
         (listed,) = backups(px, vmid)
 
-        upid = node.qemu.post(vmid=vmid + 1, archive=listed["volid"],
+        # 4 MiB/s: 16 s of restore, during which the guest runs, reads its disk from the
+        # backup and writes 'B' into its first 8 MiB
+        upid = node.qemu.post(vmid=vmid + 1, archive=listed["volid"], bwlimit=4096,
                               **{"live-restore": 1})
-        status = wait_task(px, upid)
+        try:
+            wait_for(lambda: any(line.startswith(f"VM {vmid + 1} started (pid ")
+                                 for line in task_log(px, upid)), 60, "the guest started")
+            assert node.qemu(vmid + 1).config.get()["lock"] == "create"
+            console = Console(cluster["n1"].state_dir / "run" / "qemu" /
+                              f"{vmid + 1}.serial")
+            wait_shell(console)
+            # a read the restore has not reached yet: from the backup (else it hangs)
+            console("[ \"$(dd if=/dev/vda bs=1M skip=60 count=1 2>/dev/null | tr -d 'L\\n' "
+                    "| wc -c)\" = 0 ] || sleep 600", timeout=30)
+            fill_disk(console, "B", range(0, 8))
+            assert node.tasks(upid).status.get()["status"] == "running", \
+                f"the restore ended before the guest's writes: {task_log(px, upid)}"
+        finally:
+            status = wait_task(px, upid)
         log = task_log(px, upid)
         assert status["exitstatus"] == "OK", log
         try:
@@ -646,12 +669,12 @@ def test_live_restore_runs_the_guest_at_once_then_on_its_own_disk(px, cluster: C
             block = node.qemu(vmid + 1).monitor.post(command="info block")
             assert str(image) in block and "live-restore" not in block, block
             assert _live_restore_dirs(cluster) == []
-            console = Console(cluster["n1"].state_dir / "run" / "qemu" /
-                              f"{vmid + 1}.serial")
-            wait_shell(console)
-            fill_disk(console, "B", range(0, 8))
+            # on its own disk now: the writes made during the restore are there, and
+            # the ones after land there too
+            fill_disk(console, "C", range(60, 62))
             wait_task(px, node.qemu(vmid + 1).status.stop.post())
-            assert sha256_of(image) == filled("L", "B", range(0, 8)), mib_letters(image)
+            assert sha256_of(image) == disk_of({**dict.fromkeys(range(8), "B"),
+                                                60: "C", 61: "C"}, "L"), mib_letters(image)
         finally:
             destroy(px, vmid + 1)
 

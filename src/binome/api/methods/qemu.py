@@ -173,6 +173,9 @@ async def vm_list(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str,
                 "live-restore": Param(type="boolean", optional=True, default=False,
                                       description="Start the VM immediately while "
                                                   "restoring in the background."),
+                "bwlimit": Param(type="integer", optional=True, minimum=0,
+                                 description="Override I/O bandwidth limit (in KiB/s) of "
+                                             "the restore (0: none)."),
                 **SETTABLE},
     returns={"type": "string", "description": "UPID"},
     cli=(CliSpec(("vm", "create"), positional=("vmid",)),
@@ -184,7 +187,7 @@ async def vm_create(ctx: RequestContext, params: dict[str, Any]) -> str:
     vmid = params["vmid"]
     if params.get("archive") is not None:
         return await _restore(ctx, service, params)
-    for key in ("storage", "unique", "force", "live-restore"):
+    for key in ("storage", "unique", "force", "live-restore", "bwlimit"):
         if params.get(key):
             raise param_error(key, "option is only valid with 'archive' (restore)")
     changes = _config_changes(params)
@@ -253,7 +256,8 @@ async def _restore(ctx: RequestContext, service: GuestService, params: dict[str,
     async def body(task: Task) -> None:
         await service.restore(task, vmid, archive, storage=params.get("storage"),
                               unique=params["unique"], force=params["force"],
-                              live=params["live-restore"])
+                              live=params["live-restore"],
+                              bwlimit_kib=params.get("bwlimit") or None)
         await _add_to_pool(ctx, vmid, params.get("pool"))
         if params["start"] and not params["live-restore"]:   # (PVE's: running already)
             await service.start_vm(task, vmid)
