@@ -332,6 +332,14 @@ def test_bad_input_is_a_pve_400(px) -> None:
     with pytest.raises(ResourceException) as exc:
         node.qemu.post(vmid=990, archive="bk:backup/x.binome", memory=64)
     assert exc.value.status_code == 400 and "memory" in exc.value.errors
+    for only_with_archive in ({"live-restore": 1}, {"bwlimit": 100}):
+        with pytest.raises(ResourceException) as exc:
+            node.qemu.post(vmid=990, memory=64, **only_with_archive)
+        assert exc.value.status_code == 400 and set(exc.value.errors) == set(only_with_archive)
+    with pytest.raises(ResourceException) as exc:
+        node.qemu.post(vmid=990, archive="bk:backup/x.binome", bwlimit=-1)
+    assert exc.value.status_code == 400 and "bwlimit" in exc.value.errors
+    assert 990 not in [r["vmid"] for r in px.cluster.resources.get(type="vm")]
 
 
 def _started_with_pattern(px, cluster: Cluster, vmid: int) -> tuple[Path, Console]:
