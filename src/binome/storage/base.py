@@ -81,6 +81,11 @@ class StaleCopy(StorageError):
     """This node's copy of a volume was recorded Outdated by its peer: never used."""
 
 
+class PeerActive(StorageError):
+    """The peer's copy of a volume is in use (Primary) on a node this node still sees
+    online: not usable here *now* (a node just fenced leaves that view a moment later)."""
+
+
 @dataclass(frozen=True)
 class VolumeSource:
     """How QEMU opens a volume."""

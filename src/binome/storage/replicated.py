@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from binome.storage.base import (
     SNAPSHOT_UNAVAILABLE,
+    PeerActive,
     StaleCopy,
     Storage,
     StorageConfig,
@@ -63,7 +64,7 @@ from binome.storage.base import (
 )
 from binome.storage.replica.core.views import CONNECTED_STATES, effective_disk_states
 from binome.storage.replica.node import records as vkeys
-from binome.storage.replica.node.errors import VolumeFailure
+from binome.storage.replica.node.errors import PeerPrimary, VolumeFailure
 from binome.store.client import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -139,6 +140,8 @@ async def _run(*argv: str, ok: tuple[int, ...] = (0,)) -> str:
 def _engine_errors() -> Iterator[None]:
     try:
         yield
+    except PeerPrimary as exc:
+        raise PeerActive(str(exc)) from None
     except VolumeFailure as exc:
         raise StorageError(str(exc)) from None
 

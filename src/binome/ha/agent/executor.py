@@ -34,7 +34,7 @@ from binome.guest import configs
 from binome.guest.errors import GuestFailure
 from binome.ha.agent.etcd_env import vmid_of
 from binome.ha.model import ExitCode, LrmResult
-from binome.storage.base import StaleCopy, StorageError
+from binome.storage.base import PeerActive, StaleCopy, StorageError
 from binome.store import keys
 from binome.store.client import StoreUnavailable
 
@@ -336,6 +336,11 @@ async def promote_volumes(hub: HaAgent, task: Task, sid: str, vmid: int) -> None
             task.log(f"volume {name}: Primary on {hub.node}")
         except StaleCopy as exc:
             raise StartNotReady(f"{exc}; refusing to start {sid}") from None
+        except PeerActive as exc:
+            # after a fence proof the CRM recovers at once (a chassis read off: 25 ms
+            # after the lease revocation), before this node's view of the members has
+            # dropped the fenced node; retried, not counted as a failed start
+            raise StartNotReady(f"{exc}; not starting {sid} yet") from None
         except StorageError as exc:
             raise GuestFailure(f"refusing to start {sid}: {exc}") from None
 

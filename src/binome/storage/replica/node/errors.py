@@ -19,3 +19,9 @@ class SettingRefused(VolumeFailure):
 
 class FenceFailed(VolumeFailure):
     """The peer's copy could not be recorded Outdated (no quorum, store unavailable)."""
+
+
+class PeerPrimary(VolumeFailure):
+    """A promotion refused because the peer's copy is Primary and the cluster view shows
+    its node online. Transient when that node was just fenced: its lease is revoked
+    first, and this node's view of the members follows a moment later."""

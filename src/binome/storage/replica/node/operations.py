@@ -19,7 +19,7 @@ from binome.storage.replica.core.config import (
 from binome.storage.replica.core.states import Fencing
 from binome.storage.replica.core.views import CONNECTED_STATES
 from binome.storage.replica.node import fencing, provisioning
-from binome.storage.replica.node.errors import SettingRefused, VolumeFailure
+from binome.storage.replica.node.errors import PeerPrimary, SettingRefused, VolumeFailure
 from binome.store.client import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -53,8 +53,8 @@ async def promote_locked(svc: VolumeService, name: str, *, force: bool,
             peer = svc.peer_of(view["config"])
             peer_state = view["states"].get(peer) or {}
             if peer_state.get("role") == "Primary" and svc.cluster.node_online(peer):
-                raise VolumeFailure(f"volume {name}: {peer} is Primary (and online); "
-                                    f"demote it first")
+                raise PeerPrimary(f"volume {name}: {peer} is Primary (and online); "
+                                  f"demote it first")
             outcome = await fencing.fence_peer(svc, name, reason=f"promotion of {svc.node}")
             if outcome == "outdated-self":
                 raise VolumeFailure(f"volume {name}: the copy on {svc.node} was "
