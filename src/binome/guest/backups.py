@@ -1035,7 +1035,7 @@ class Backups:
                         _storage, volid = await self._restore_volume(task, index.size, disk,
                                                                      vmid, storage_id)
                         allocated.append(volid)
-                        live_disks.append(LiveDisk(key, index_name, volid))
+                        live_disks.append(LiveDisk(key, index, volid))
                         value = ",".join([volid, *(f"{k}={v}"
                                                    for k, v in disk.options.items())])
                     elif disk.volid and not disk.is_cdrom and index_name in indexes:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from binome.backup.datastore import SnapshotRef
 from binome.backup.dumpstore import backup_name
+from binome.backup.index import FixedIndex
 from binome.backup.nbd_server import ImageSource, NbdServer
 from binome.backup.reader import RestoreError
 from binome.guest.tools import run_tool
@@ -45,17 +46,16 @@ OVERLAY_CACHE = "writeback"   # the overlay lives in the run directory (tmpfs: n
 
 @dataclass(frozen=True)
 class LiveDisk:
-    """One disk restored live: its config key, its image in the backup, its new volume."""
+    """One disk restored live: its config key, its image's index in the backup (read once,
+    by the restore that allocated the volume), its new volume."""
 
     key: str
-    index_name: str
+    index: FixedIndex
     volid: str
 
 
-def chunk_loader(store: DumpStore | RemoteDumpStore, ref: SnapshotRef, index_name: str
-                 ) -> ImageSource:
-    """The image `index_name` of backup `ref`, read by chunk (checked, decrypted)."""
-    index = store.read_index(ref, index_name)
+def chunk_loader(store: DumpStore | RemoteDumpStore, index: FixedIndex) -> ImageSource:
+    """The image `index` describes, read from `store` by chunk (checked, decrypted)."""
 
     def load(position: int) -> bytes:
         data = store.chunks.read_chunk(index.digests[position], store.crypt)
@@ -78,8 +78,7 @@ async def live_restore(ctx: GuestContext, lifecycle: Lifecycle, task: Task, vmid
     workdir = Path(tempfile.mkdtemp(prefix=f"live-restore-{vmid}-", dir=ctx.runtime.run_dir))
     server: NbdServer | None = None
     try:
-        exports = {d.key: await asyncio.to_thread(chunk_loader, store, ref, d.index_name)
-                   for d in disks}
+        exports = {d.key: chunk_loader(store, d.index) for d in disks}
         server = NbdServer(workdir / "nbd.sock", exports)
         await server.start()
         overlays: dict[str, Path] = {}
@@ -140,10 +139,10 @@ async def _fill(ctx: GuestContext, task: Task, vmid: int, disks: list[LiveDisk],
     runtime = ctx.runtime
     jobs = []
     try:
+        config = (await ctx.read(vmid)).config
         for d in disks:
             target = (await ctx.storages.for_volid(d.volid)).source(d.volid)
-            vm = await ctx.read(vmid)
-            cache = _drive_cache(vm.config.get(d.key))
+            cache = _drive_cache(config.get(d.key))
             job = await runtime.mirror_start(vmid, d.key, target.source, target.format, cache,
                                              speed=bwlimit_kib * 1024 if bwlimit_kib else None)
             jobs.append((d, job, target, cache))
